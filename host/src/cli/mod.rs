@@ -1,0 +1,27 @@
+//! The commands of olive-host, one module each; flags mirror Olive's CLI.
+
+mod convert;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "olive-host", version, about = "Olive-compatible model optimization in one binary")]
+pub struct Cli {
+    /// Olive's log level: 0 debug, 1 info, 2 warning, 3 error, 4 critical.
+    #[arg(long = "log_level", global = true, default_value_t = 2, value_parser = clap::value_parser!(u8).range(0..=4))]
+    pub log_level: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Convert a GGUF file to a Hugging Face folder.
+    Convert(convert::ConvertArgs),
+}
+
+pub fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Convert(args) => convert::run(args),
+    }
+}

@@ -1,0 +1,20 @@
+//! olive-host: the Olive-compatible command line of olive-rs.
+
+mod cli;
+mod logging;
+mod progress;
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let args = cli::Cli::parse();
+    logging::init(args.log_level);
+    match cli::run(args.command) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!("{err:#}");
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

