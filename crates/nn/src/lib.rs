@@ -1,0 +1,20 @@
+//! The Llama-family decoder (Llama 2/3, Mistral, Phi-3, Qwen2) on CPU in f32, following
+//! transformers' modeling code: embeddings, RMSNorm, RoPE (default, linear, llama3, LongRoPE),
+//! GQA attention with a KV cache and sliding window, SwiGLU MLP, tied or separate lm_head;
+//! calibration hooks for the quantizers; greedy generation with streaming detokenization.
+
+pub mod cache;
+pub mod error;
+pub mod generate;
+pub mod layer;
+pub mod linear;
+pub mod model;
+pub mod rope;
+
+pub use cache::{KvCache, LayerCache};
+pub use error::NnError;
+pub use generate::{argmax, TextStream};
+pub use layer::{DecoderLayer, LayerDims, ProbePoint, Workspace};
+pub use linear::Linear;
+pub use model::Transformer;
+pub use rope::{Rope, RopeTables};
