@@ -10,6 +10,7 @@
 
 import json
 import subprocess
+from functools import partial
 from pathlib import Path
 
 import gguf
@@ -125,18 +126,46 @@ LAYER_TYPES = [
 K_QUANT_SCALES = {Q.Q4_K: [0, 2], Q.Q5_K: [0, 2], Q.Q6_K: [208]}
 
 
-def tiny_vocab() -> tuple[list[str], list[str]]:
+def byte_level_vocab(w: gguf.GGUFWriter, pre: str = "smollm") -> int:
+    """A GPT-2-style vocabulary: 3 control tokens, the 256 byte characters, a few merged words."""
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
     alphabet = list(dict.fromkeys(chr(c) for c in [*range(33, 127), *range(161, 173), *range(174, 256)]))
     alphabet += [chr(256 + i) for i in range(256 - len(alphabet))]
     merges, tokens = [], specials + alphabet
-    for word in ["Ġthe", "Ġand", "ing", "Ġhello", "Ġworld", "Ġyear", "Ġreturn", "Ġdef", "ĠĠĠ", "Ċ"]:
+    for word in ["Ġthe", "Ġand", "ing", "Ġhello", "Ġworld", "Ġyear", "Ġreturn", "Ġdef", "ĠĠĠ", "ĊĊ", "Ġdays"]:
         for i in range(2, len(word) + 1):
             left, right = word[: i - 1], word[i - 1]
             if word[:i] not in tokens and left in tokens:
                 merges.append(f"{left} {right}")
                 tokens.append(word[:i])
-    return tokens, merges
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre(pre)
+    w.add_token_list(tokens)
+    w.add_token_types([3, 3, 3] + [1] * (len(tokens) - 3))
+    w.add_token_merges(merges)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_pad_token_id(2)
+    w.add_add_bos_token(False)
+    w.add_chat_template("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}")
+    return len(tokens)
+
+
+def sentencepiece_vocab(w: gguf.GGUFWriter) -> int:
+    """A Llama-2-style vocabulary: <unk> <s> </s>, 256 byte tokens, scored pieces and no merges."""
+    pieces = ["▁", "e", "t", "h", "l", "o", "w", "r", "d", "a", "n", "s", "y", "▁t", "▁th", "▁the", "he", "ll",
+              "llo", "hel", "hello", "▁h", "▁hello", "▁w", "or", "▁wor", "▁world", "▁a", "an", "▁an", "▁and",
+              "▁d", "ay", "ays", "▁days", "▁y", "ea", "▁ye", "▁yea", "▁year", "re", "▁re", "▁ret", "▁return"]
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + pieces
+    w.add_tokenizer_model("llama")
+    w.add_token_list(tokens)
+    w.add_token_scores([0.0] * 259 + [-float(i) for i in range(len(pieces))])
+    w.add_token_types([2, 3, 3] + [6] * 256 + [1] * len(pieces))
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_unk_token_id(0)
+    w.add_chat_template("{{ bos_token }}{% for m in messages %}[INST] {{ m['content'] }} [/INST]{% endfor %}")
+    return len(tokens)
 
 
 def random_tensor(rng, rows: int, cols: int, qtype) -> np.ndarray:
@@ -150,10 +179,10 @@ def random_tensor(rng, rows: int, cols: int, qtype) -> np.ndarray:
     return gguf.quants.quantize(data, qtype)
 
 
-def write_tiny_gguf(path: Path, types=LAYER_TYPES, magic_ok: bool = True) -> None:
+def write_tiny_gguf(path: Path, types=LAYER_TYPES, vocab=byte_level_vocab) -> None:
     rng = np.random.default_rng(0)
-    tokens, merges = tiny_vocab()
     w = gguf.GGUFWriter(path, "llama")
+    n_vocab = vocab(w)
     w.add_block_count(LAYERS)
     w.add_context_length(512)
     w.add_embedding_length(HIDDEN)
@@ -162,20 +191,10 @@ def write_tiny_gguf(path: Path, types=LAYER_TYPES, magic_ok: bool = True) -> Non
     w.add_head_count_kv(KV_HEADS)
     w.add_layer_norm_rms_eps(1e-5)
     w.add_rope_freq_base(10000.0)
-    w.add_vocab_size(len(tokens))
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("smollm")
-    w.add_token_list(tokens)
-    w.add_token_types([3, 3, 3] + [1] * (len(tokens) - 3))
-    w.add_token_merges(merges)
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
-    w.add_pad_token_id(2)
-    w.add_add_bos_token(False)
-    w.add_chat_template("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}")
-    w.add_tensor("token_embd.weight", random_tensor(rng, len(tokens), HIDDEN, Q.Q8_0), raw_dtype=Q.Q8_0)
+    w.add_vocab_size(n_vocab)
+    w.add_tensor("token_embd.weight", random_tensor(rng, n_vocab, HIDDEN, Q.Q8_0), raw_dtype=Q.Q8_0)
     w.add_tensor("output_norm.weight", rng.uniform(0.5, 1.5, HIDDEN).astype(np.float32))
-    w.add_tensor("output.weight", random_tensor(rng, len(tokens), HIDDEN, Q.F16).astype(np.float16))
+    w.add_tensor("output.weight", random_tensor(rng, n_vocab, HIDDEN, Q.F16).astype(np.float16))
     shapes = {"attn_q": (HEADS * 64, HIDDEN), "attn_k": (KV_HEADS * 64, HIDDEN), "attn_v": (KV_HEADS * 64, HIDDEN),
               "attn_output": (HIDDEN, HEADS * 64), "ffn_gate": (FFN, HIDDEN), "ffn_up": (FFN, HIDDEN), "ffn_down": (HIDDEN, FFN)}
     for layer, layer_types in enumerate(types):
@@ -204,6 +223,20 @@ def test_tiny_gguf_every_dtype(olive_host, tmp_path):
     print("tiny model max abs diff per type:", worst)
     ids = check_tokenizer(src, out, "hello the world and the year 2024: def return")
     print("tiny logits max abs diff:", check_logits(src, out, ids))
+
+
+@pytest.mark.parametrize(
+    "vocab",
+    [partial(byte_level_vocab, pre=pre) for pre in ["smollm", "llama-bpe", "qwen2", "default"]] + [sentencepiece_vocab],
+    ids=["smollm", "llama-bpe", "qwen2", "default", "sentencepiece"],
+)
+def test_tokenizer_from_metadata(olive_host, tmp_path, vocab):
+    src = tmp_path / "tok.gguf"
+    write_tiny_gguf(src, [{p: Q.F32 for p in LAYER_TYPES[0]}] * LAYERS, vocab)
+    out = tmp_path / "tok-hf"
+    run = convert(olive_host, src, out)
+    assert run.returncode == 0, run.stderr
+    check_tokenizer(src, out, MIXED_TEXT + " The year 12345 had 366 days and the world said hello")
 
 
 def test_default_model(olive_host, default_gguf, tmp_path):
