@@ -72,11 +72,15 @@ impl Hparams {
                 format!("{kv_heads} does not divide head_count {heads}"),
             ));
         }
-        let head_dim = gguf.opt(&key("attention.key_length"))?.unwrap_or(hidden / heads);
-        let embed = gguf.tensor("token_embd.weight").ok_or_else(|| ModelError::MissingTensor {
-            folder: gguf.path().to_path_buf(),
-            name: "token_embd.weight".into(),
-        })?;
+        let head_dim = gguf
+            .opt(&key("attention.key_length"))?
+            .unwrap_or(hidden / heads);
+        let embed = gguf
+            .tensor("token_embd.weight")
+            .ok_or_else(|| ModelError::MissingTensor {
+                folder: gguf.path().to_path_buf(),
+                name: "token_embd.weight".into(),
+            })?;
         let vocab_size = match gguf.opt(&key("vocab_size"))? {
             Some(v) => v,
             None => embed.shape().first().copied().unwrap_or(0),
@@ -111,7 +115,9 @@ impl Hparams {
             kv_heads,
             head_dim,
             context: gguf.opt(&key("context_length"))?.unwrap_or(2048),
-            rms_eps: gguf.opt(&key("attention.layer_norm_rms_epsilon"))?.unwrap_or(1e-5),
+            rms_eps: gguf
+                .opt(&key("attention.layer_norm_rms_epsilon"))?
+                .unwrap_or(1e-5),
             rope_theta: gguf.opt(&key("rope.freq_base"))?.unwrap_or(10000.0),
             rope_scaling,
             tied: gguf.tensor("output.weight").is_none(),
@@ -149,7 +155,11 @@ pub(crate) fn hf_config(gguf: &GgufFile, hp: &Hparams) -> Result<Value> {
     c.insert("initializer_range".into(), json!(0.02));
     c.insert("use_cache".into(), json!(true));
     c.insert("torch_dtype".into(), json!("float32"));
-    for (field, key) in [("bos_token_id", "bos_token_id"), ("eos_token_id", "eos_token_id"), ("pad_token_id", "padding_token_id")] {
+    for (field, key) in [
+        ("bos_token_id", "bos_token_id"),
+        ("eos_token_id", "eos_token_id"),
+        ("pad_token_id", "padding_token_id"),
+    ] {
         if let Some(id) = token_id(key)? {
             c.insert(field.into(), json!(id));
         }
@@ -177,9 +187,21 @@ pub(crate) fn plan_tensors<'a>(gguf: &'a GgufFile, hp: &Hparams) -> Result<Vec<P
     let mut plan = BTreeMap::new();
     for t in gguf.tensors() {
         let (hf_name, shape, transform) = match t.name.as_str() {
-            "token_embd.weight" => ("model.embed_tokens.weight".to_string(), vec![hp.vocab_size, hp.hidden], Transform::Copy),
-            "output_norm.weight" => ("model.norm.weight".to_string(), vec![hp.hidden], Transform::Copy),
-            "output.weight" => ("lm_head.weight".to_string(), vec![hp.vocab_size, hp.hidden], Transform::Copy),
+            "token_embd.weight" => (
+                "model.embed_tokens.weight".to_string(),
+                vec![hp.vocab_size, hp.hidden],
+                Transform::Copy,
+            ),
+            "output_norm.weight" => (
+                "model.norm.weight".to_string(),
+                vec![hp.hidden],
+                Transform::Copy,
+            ),
+            "output.weight" => (
+                "lm_head.weight".to_string(),
+                vec![hp.vocab_size, hp.hidden],
+                Transform::Copy,
+            ),
             "rope_freqs.weight" => continue,
             name => {
                 let unknown = || ModelError::BadTensor {
@@ -198,15 +220,51 @@ pub(crate) fn plan_tensors<'a>(gguf: &'a GgufFile, hp: &Hparams) -> Result<Vec<P
                     });
                 }
                 let (suffix, shape, transform) = match part {
-                    "attn_norm.weight" => ("input_layernorm.weight", vec![hp.hidden], Transform::Copy),
-                    "ffn_norm.weight" => ("post_attention_layernorm.weight", vec![hp.hidden], Transform::Copy),
-                    "attn_q.weight" => ("self_attn.q_proj.weight", vec![q_rows, hp.hidden], Transform::Unpermute { n_head: hp.heads }),
-                    "attn_k.weight" => ("self_attn.k_proj.weight", vec![kv_rows, hp.hidden], Transform::Unpermute { n_head: hp.kv_heads }),
-                    "attn_v.weight" => ("self_attn.v_proj.weight", vec![kv_rows, hp.hidden], Transform::Copy),
-                    "attn_output.weight" => ("self_attn.o_proj.weight", vec![hp.hidden, q_rows], Transform::Copy),
-                    "ffn_gate.weight" => ("mlp.gate_proj.weight", vec![hp.ffn, hp.hidden], Transform::Copy),
-                    "ffn_up.weight" => ("mlp.up_proj.weight", vec![hp.ffn, hp.hidden], Transform::Copy),
-                    "ffn_down.weight" => ("mlp.down_proj.weight", vec![hp.hidden, hp.ffn], Transform::Copy),
+                    "attn_norm.weight" => {
+                        ("input_layernorm.weight", vec![hp.hidden], Transform::Copy)
+                    }
+                    "ffn_norm.weight" => (
+                        "post_attention_layernorm.weight",
+                        vec![hp.hidden],
+                        Transform::Copy,
+                    ),
+                    "attn_q.weight" => (
+                        "self_attn.q_proj.weight",
+                        vec![q_rows, hp.hidden],
+                        Transform::Unpermute { n_head: hp.heads },
+                    ),
+                    "attn_k.weight" => (
+                        "self_attn.k_proj.weight",
+                        vec![kv_rows, hp.hidden],
+                        Transform::Unpermute {
+                            n_head: hp.kv_heads,
+                        },
+                    ),
+                    "attn_v.weight" => (
+                        "self_attn.v_proj.weight",
+                        vec![kv_rows, hp.hidden],
+                        Transform::Copy,
+                    ),
+                    "attn_output.weight" => (
+                        "self_attn.o_proj.weight",
+                        vec![hp.hidden, q_rows],
+                        Transform::Copy,
+                    ),
+                    "ffn_gate.weight" => (
+                        "mlp.gate_proj.weight",
+                        vec![hp.ffn, hp.hidden],
+                        Transform::Copy,
+                    ),
+                    "ffn_up.weight" => (
+                        "mlp.up_proj.weight",
+                        vec![hp.ffn, hp.hidden],
+                        Transform::Copy,
+                    ),
+                    "ffn_down.weight" => (
+                        "mlp.down_proj.weight",
+                        vec![hp.hidden, hp.ffn],
+                        Transform::Copy,
+                    ),
                     _ => return Err(unknown()),
                 };
                 (format!("model.layers.{layer}.{suffix}"), shape, transform)
@@ -216,7 +274,10 @@ pub(crate) fn plan_tensors<'a>(gguf: &'a GgufFile, hp: &Hparams) -> Result<Vec<P
             return Err(ModelError::BadTensor {
                 path: gguf.path().to_path_buf(),
                 name: t.name.clone(),
-                reason: format!("shape {:?}, expected {shape:?} from the metadata", t.shape()),
+                reason: format!(
+                    "shape {:?}, expected {shape:?} from the metadata",
+                    t.shape()
+                ),
             });
         }
         if let Transform::Unpermute { n_head } = transform {
@@ -224,11 +285,24 @@ pub(crate) fn plan_tensors<'a>(gguf: &'a GgufFile, hp: &Hparams) -> Result<Vec<P
                 return Err(ModelError::BadTensor {
                     path: gguf.path().to_path_buf(),
                     name: t.name.clone(),
-                    reason: format!("{} rows cannot be split into {n_head} heads of even size", shape[0]),
+                    reason: format!(
+                        "{} rows cannot be split into {n_head} heads of even size",
+                        shape[0]
+                    ),
                 });
             }
         }
-        if plan.insert(hf_name.clone(), PlannedTensor { hf_name, source: t, transform }).is_some() {
+        if plan
+            .insert(
+                hf_name.clone(),
+                PlannedTensor {
+                    hf_name,
+                    source: t,
+                    transform,
+                },
+            )
+            .is_some()
+        {
             return Err(ModelError::BadTensor {
                 path: gguf.path().to_path_buf(),
                 name: t.name.clone(),
@@ -236,17 +310,30 @@ pub(crate) fn plan_tensors<'a>(gguf: &'a GgufFile, hp: &Hparams) -> Result<Vec<P
             });
         }
     }
-    let mut required = vec!["model.embed_tokens.weight".to_string(), "model.norm.weight".to_string()];
+    let mut required = vec![
+        "model.embed_tokens.weight".to_string(),
+        "model.norm.weight".to_string(),
+    ];
     for i in 0..hp.layers {
         for part in [
-            "input_layernorm", "post_attention_layernorm", "self_attn.q_proj", "self_attn.k_proj",
-            "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj",
+            "input_layernorm",
+            "post_attention_layernorm",
+            "self_attn.q_proj",
+            "self_attn.k_proj",
+            "self_attn.v_proj",
+            "self_attn.o_proj",
+            "mlp.gate_proj",
+            "mlp.up_proj",
+            "mlp.down_proj",
         ] {
             required.push(format!("model.layers.{i}.{part}.weight"));
         }
     }
     if let Some(missing) = required.into_iter().find(|n| !plan.contains_key(n)) {
-        return Err(ModelError::MissingTensor { folder: gguf.path().to_path_buf(), name: missing });
+        return Err(ModelError::MissingTensor {
+            folder: gguf.path().to_path_buf(),
+            name: missing,
+        });
     }
     Ok(plan.into_values().collect())
 }

@@ -24,10 +24,16 @@ pub const FORMAT_VERSION: u32 = 1;
 /// `out` must not exist or be an empty folder. Nothing appears at `out` unless the whole conversion
 /// succeeded.
 pub fn gguf_to_hf(gguf: &Path, out: &Path) -> Result<()> {
-    if fs::read_dir(out).map(|mut d| d.next().is_some()).unwrap_or(false) {
+    if fs::read_dir(out)
+        .map(|mut d| d.next().is_some())
+        .unwrap_or(false)
+    {
         return Err(ModelError::io(
             out,
-            std::io::Error::new(std::io::ErrorKind::AlreadyExists, "output folder exists and is not empty"),
+            std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "output folder exists and is not empty",
+            ),
         ));
     }
     let file = GgufFile::open(gguf)?;
@@ -45,7 +51,10 @@ pub fn gguf_to_hf(gguf: &Path, out: &Path) -> Result<()> {
         _ => PathBuf::from("."),
     };
     fs::create_dir_all(&parent).map_err(|e| ModelError::io(&parent, e))?;
-    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = tempfile::Builder::new()
         .prefix(&format!(".{name}.tmp-"))
         .tempdir_in(&parent)
@@ -53,13 +62,24 @@ pub fn gguf_to_hf(gguf: &Path, out: &Path) -> Result<()> {
     tracing::info!("converting {} to {}", gguf.display(), out.display());
 
     write_json(&tmp.path().join("config.json"), &config)?;
-    write_json(&tmp.path().join("generation_config.json"), &layout::generation_config(&config))?;
+    write_json(
+        &tmp.path().join("generation_config.json"),
+        &layout::generation_config(&config),
+    )?;
     write_json(&tmp.path().join("tokenizer.json"), &tokenizer.tokenizer)?;
-    write_json(&tmp.path().join("tokenizer_config.json"), &tokenizer.tokenizer_config)?;
-    write_json(&tmp.path().join("special_tokens_map.json"), &tokenizer.special_tokens_map)?;
+    write_json(
+        &tmp.path().join("tokenizer_config.json"),
+        &tokenizer.tokenizer_config,
+    )?;
+    write_json(
+        &tmp.path().join("special_tokens_map.json"),
+        &tokenizer.special_tokens_map,
+    )?;
 
-    let shapes: Vec<(String, Vec<usize>)> =
-        plan.iter().map(|p| (p.hf_name.clone(), p.source.shape())).collect();
+    let shapes: Vec<(String, Vec<usize>)> = plan
+        .iter()
+        .map(|p| (p.hf_name.clone(), p.source.shape()))
+        .collect();
     safetensors_out::write_f32(&tmp.path().join("model.safetensors"), &shapes, |i| {
         let p = &plan[i];
         let w = file.dequantize(p.source)?;
@@ -86,7 +106,9 @@ pub fn gguf_to_hf(gguf: &Path, out: &Path) -> Result<()> {
 /// `$HOME/.cache/olive-rs` and `<key>` hashes the file's canonical path, size, mtime and
 /// [`FORMAT_VERSION`]. Any other path is returned unchanged.
 pub fn resolve_model_path(path: &Path) -> Result<PathBuf> {
-    let is_gguf = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
+    let is_gguf = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
     if !is_gguf || !path.is_file() {
         return Ok(path.to_path_buf());
     }
@@ -113,7 +135,13 @@ fn resolve_in_cache(path: &Path, cache: &Path) -> Result<PathBuf> {
         .map(|s| s.to_string_lossy())
         .unwrap_or_default()
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     let out = cache.join("gguf").join(format!("{stem}-{:016x}", key.0));
     if out.is_dir() {
@@ -156,7 +184,9 @@ fn write_json(path: &Path, value: &Value) -> Result<()> {
 
 /// fsyncs a folder so a rename or new entries in it survive a crash.
 fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| ModelError::io(dir, e))
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| ModelError::io(dir, e))
 }
 
 /// FNV-1a 64: a hash that stays the same across Rust releases (cache keys live on disk).

@@ -36,7 +36,8 @@ pub(crate) fn write_f32(
     let io = |e| ModelError::io(path, e);
     let file = File::create(path).map_err(io)?;
     let mut w = BufWriter::with_capacity(1 << 20, file);
-    w.write_all(&(header.len() as u64).to_le_bytes()).map_err(io)?;
+    w.write_all(&(header.len() as u64).to_le_bytes())
+        .map_err(io)?;
     w.write_all(&header).map_err(io)?;
     let mut buf = Vec::with_capacity(1 << 16);
     for (i, (name, shape)) in tensors.iter().enumerate() {
@@ -55,6 +56,8 @@ pub(crate) fn write_f32(
             w.write_all(&buf).map_err(io)?;
         }
     }
-    let file = w.into_inner().map_err(|e| ModelError::io(path, e.into_error()))?;
+    let file = w
+        .into_inner()
+        .map_err(|e| ModelError::io(path, e.into_error()))?;
     file.sync_all().map_err(io)
 }

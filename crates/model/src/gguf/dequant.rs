@@ -124,9 +124,10 @@ impl GgmlType {
         }
         dims.iter()
             .skip(1)
-            .try_fold((ne0 / block).checked_mul(self.type_size() as u64), |acc, &d| {
-                Some(acc?.checked_mul(d))
-            })
+            .try_fold(
+                (ne0 / block).checked_mul(self.type_size() as u64),
+                |acc, &d| Some(acc?.checked_mul(d)),
+            )
             .flatten()
             .ok_or_else(|| format!("size of {dims:?} overflows"))
     }
@@ -134,9 +135,12 @@ impl GgmlType {
 
 /// Dequantizes `bytes` (whole blocks of `ty`) into `out` (one f32 per element).
 pub(crate) fn dequantize(ty: GgmlType, bytes: &[u8], out: &mut [f32]) -> Result<(), String> {
-    let block_fn = ty
-        .block_fn()
-        .ok_or_else(|| format!("no dequantizer for this type (supported: {})", GgmlType::supported_names()))?;
+    let block_fn = ty.block_fn().ok_or_else(|| {
+        format!(
+            "no dequantizer for this type (supported: {})",
+            GgmlType::supported_names()
+        )
+    })?;
     let (block, size) = (ty.block_size(), ty.type_size());
     let n_blocks = out.len() / block;
     if !out.len().is_multiple_of(block) || bytes.len() != n_blocks * size {
@@ -234,7 +238,10 @@ fn scale_min_k4(j: usize, q: &[u8]) -> (f32, f32) {
     let (sc, m) = if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {
-        ((q[j + 4] & 0x0f) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
+        (
+            (q[j + 4] & 0x0f) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
     };
     (f32::from(sc), f32::from(m))
 }
@@ -245,7 +252,11 @@ fn q4_k_block(b: &[u8], out: &mut [f32]) {
     let (d, dmin) = (le_f16(b, 0), le_f16(b, 2));
     let scales = &b[4..16];
     // Each 64 outputs: 32 low nibbles (sub-block 2i), then 32 high nibbles (2i + 1) of 32 bytes.
-    for (i, (qs, out)) in b[16..144].chunks_exact(32).zip(out.chunks_exact_mut(64)).enumerate() {
+    for (i, (qs, out)) in b[16..144]
+        .chunks_exact(32)
+        .zip(out.chunks_exact_mut(64))
+        .enumerate()
+    {
         let (sc1, m1) = scale_min_k4(2 * i, scales);
         let (sc2, m2) = scale_min_k4(2 * i + 1, scales);
         let (d1, m1, d2, m2) = (d * sc1, dmin * m1, d * sc2, dmin * m2);
@@ -263,7 +274,11 @@ fn q5_k_block(b: &[u8], out: &mut [f32]) {
     let (d, dmin) = (le_f16(b, 0), le_f16(b, 2));
     let scales = &b[4..16];
     let qh = &b[16..48];
-    for (i, (qs, out)) in b[48..176].chunks_exact(32).zip(out.chunks_exact_mut(64)).enumerate() {
+    for (i, (qs, out)) in b[48..176]
+        .chunks_exact(32)
+        .zip(out.chunks_exact_mut(64))
+        .enumerate()
+    {
         let (sc1, m1) = scale_min_k4(2 * i, scales);
         let (sc2, m2) = scale_min_k4(2 * i + 1, scales);
         let (d1, m1, d2, m2) = (d * sc1, dmin * m1, d * sc2, dmin * m2);

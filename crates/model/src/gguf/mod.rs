@@ -123,8 +123,13 @@ impl GgufFile {
 
     /// A required metadata value of type `T`: a missing key or another type is a `Field` error.
     pub fn get<'a, T: FromMeta<'a>>(&'a self, key: &str) -> Result<T> {
-        self.opt(key)?
-            .ok_or_else(|| ModelError::field(&self.path, key, format!("missing; expected {}", T::EXPECTED)))
+        self.opt(key)?.ok_or_else(|| {
+            ModelError::field(
+                &self.path,
+                key,
+                format!("missing; expected {}", T::EXPECTED),
+            )
+        })
     }
 
     /// An optional metadata value of type `T`: `None` when absent, an error when of another type.
@@ -158,12 +163,16 @@ impl GgufFile {
 
     /// Raw bytes of a tensor of this file (bounds were checked at open).
     pub fn tensor_bytes(&self, info: &TensorInfo) -> Result<&[u8]> {
-        self.mmap.get(info.start..info.start + info.len).ok_or_else(|| self.bad(format!(
-            "tensor `{}`: data range {}..{} lies outside the file",
-            info.name,
-            info.start,
-            info.start + info.len
-        )))
+        self.mmap
+            .get(info.start..info.start + info.len)
+            .ok_or_else(|| {
+                self.bad(format!(
+                    "tensor `{}`: data range {}..{} lies outside the file",
+                    info.name,
+                    info.start,
+                    info.start + info.len
+                ))
+            })
     }
 
     /// The tensor as f32 in row-major order (`info.shape()`).
@@ -191,7 +200,10 @@ impl GgufFile {
     }
 
     fn bad(&self, reason: String) -> ModelError {
-        ModelError::Gguf { path: self.path.clone(), reason }
+        ModelError::Gguf {
+            path: self.path.clone(),
+            reason,
+        }
     }
 }
 
@@ -215,7 +227,10 @@ impl<'a> Parser<'a> {
     }
 
     fn err(&self, reason: impl Into<String>) -> ModelError {
-        ModelError::Gguf { path: self.path.to_path_buf(), reason: reason.into() }
+        ModelError::Gguf {
+            path: self.path.to_path_buf(),
+            reason: reason.into(),
+        }
     }
 
     fn take(&mut self, n: u64, what: &str) -> Result<&'a [u8]> {
@@ -235,7 +250,9 @@ impl<'a> Parser<'a> {
 
     fn array<const N: usize>(&mut self, what: &str) -> Result<[u8; N]> {
         let bytes = self.take(N as u64, what)?;
-        bytes.try_into().map_err(|_| self.err(format!("internal: short read of {what}")))
+        bytes
+            .try_into()
+            .map_err(|_| self.err(format!("internal: short read of {what}")))
     }
 
     fn u32(&mut self, what: &str) -> Result<u32> {
@@ -258,14 +275,22 @@ impl<'a> Parser<'a> {
             return Err(self.err(format!(
                 "bad magic {:?} ({}), expected \"GGUF\" (47 47 55 46): not a GGUF file",
                 String::from_utf8_lossy(&magic),
-                magic.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" ")
+                magic
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
             )));
         }
         let version = self.u32("version")?;
         if !(2..=3).contains(&version) {
             return Err(self.err(format!(
                 "unsupported GGUF version {version}, expected 2 or 3{}",
-                if version == 1 { " (version 1 files predate 64-bit counts; re-convert the model)" } else { "" }
+                if version == 1 {
+                    " (version 1 files predate 64-bit counts; re-convert the model)"
+                } else {
+                    ""
+                }
             )));
         }
         let n_tensors = self.u64("tensor count")?;
@@ -293,7 +318,8 @@ impl<'a> Parser<'a> {
 
         // Each tensor info takes at least 8 (name) + 4 + 4 + 8 bytes: cap the preallocation by that.
         let room = (self.buf.len() - self.pos) / 24;
-        let mut infos = Vec::with_capacity(room.min(usize::try_from(n_tensors).unwrap_or(usize::MAX)));
+        let mut infos =
+            Vec::with_capacity(room.min(usize::try_from(n_tensors).unwrap_or(usize::MAX)));
         for i in 0..n_tensors {
             infos.push(self.tensor_info(i)?);
         }
@@ -309,7 +335,10 @@ impl<'a> Parser<'a> {
                 )));
             }
             let n_bytes = ggml_type.n_bytes(&dims).map_err(|reason| {
-                self.err(format!("tensor `{name}` ({} {dims:?}): {reason}", ggml_type.name()))
+                self.err(format!(
+                    "tensor `{name}` ({} {dims:?}): {reason}",
+                    ggml_type.name()
+                ))
             })?;
             let start = data_start.checked_add(offset);
             let end = start.and_then(|s| s.checked_add(n_bytes));
@@ -330,7 +359,12 @@ impl<'a> Parser<'a> {
                 }
             }
         }
-        Ok(Parsed { version, metadata, tensors, alignment })
+        Ok(Parsed {
+            version,
+            metadata,
+            tensors,
+            alignment,
+        })
     }
 
     fn tensor_info(&mut self, index: u64) -> Result<(String, Vec<u64>, GgmlType, u64)> {
@@ -374,7 +408,11 @@ impl<'a> Parser<'a> {
             7 => match u8::from_le_bytes(self.array(&what)?) {
                 0 => MetaValue::Bool(false),
                 1 => MetaValue::Bool(true),
-                b => return Err(self.err(format!("metadata `{key}`: bool byte {b}, expected 0 or 1"))),
+                b => {
+                    return Err(
+                        self.err(format!("metadata `{key}`: bool byte {b}, expected 0 or 1"))
+                    )
+                }
             },
             8 => MetaValue::Str(self.string(&what)?),
             9 => {

@@ -28,7 +28,13 @@ fn array(elem_ty: u32, items: &[Vec<u8>]) -> Vec<u8> {
 
 impl GgufBuilder {
     pub fn new() -> Self {
-        GgufBuilder { magic: *b"GGUF", version: 3, alignment: 32, kv: Vec::new(), tensors: Vec::new() }
+        GgufBuilder {
+            magic: *b"GGUF",
+            version: 3,
+            alignment: 32,
+            kv: Vec::new(),
+            tensors: Vec::new(),
+        }
     }
 
     /// A value of GGUF type `ty` whose encoding is `bytes`.
@@ -65,7 +71,8 @@ impl GgufBuilder {
 
     /// A tensor with GGUF dims (`dims[0]` contiguous), ggml type id and raw data.
     pub fn tensor(&mut self, name: &str, dims: &[u64], ty: u32, data: Vec<u8>) -> &mut Self {
-        self.tensors.push((name.to_string(), dims.to_vec(), ty, data));
+        self.tensors
+            .push((name.to_string(), dims.to_vec(), ty, data));
         self
     }
 

@@ -55,8 +55,18 @@ fn metadata_of_every_type() {
         .kv_str_array("strs", &["a", "bc"])
         .kv_i32_array("ints", &[1, -2, 3]);
     // An array of arrays: [[1u8, 2u8]].
-    let inner = [0u32.to_le_bytes().to_vec(), 2u64.to_le_bytes().to_vec(), vec![1, 2]].concat();
-    let outer = [9u32.to_le_bytes().to_vec(), 1u64.to_le_bytes().to_vec(), inner].concat();
+    let inner = [
+        0u32.to_le_bytes().to_vec(),
+        2u64.to_le_bytes().to_vec(),
+        vec![1, 2],
+    ]
+    .concat();
+    let outer = [
+        9u32.to_le_bytes().to_vec(),
+        1u64.to_le_bytes().to_vec(),
+        inner,
+    ]
+    .concat();
     b.kv_raw("nested", 9, outer);
     let (_dir, f) = open(&b);
     let f = f.expect("open");
@@ -77,7 +87,10 @@ fn metadata_of_every_type() {
     assert_eq!(f.get::<Vec<i32>>("ints").unwrap(), [1, -2, 3]);
     assert_eq!(
         f.metadata()["nested"],
-        MetaValue::Array(vec![MetaValue::Array(vec![MetaValue::U8(1), MetaValue::U8(2)])])
+        MetaValue::Array(vec![MetaValue::Array(vec![
+            MetaValue::U8(1),
+            MetaValue::U8(2)
+        ])])
     );
     // Out of range, wrong type, missing: errors naming the key.
     assert!(f.get::<u32>("u64").is_err());
@@ -105,9 +118,15 @@ fn float_types_round_trip() {
     let values: Vec<f32> = (0..64).map(|i| (i as f32 - 30.0) * 0.375).collect();
     let f32_data = values.iter().flat_map(|v| v.to_le_bytes()).collect();
     assert_eq!(dequantized(GgmlType::F32, 32, f32_data), values);
-    let f16_data = values.iter().flat_map(|v| f16::from_f32(*v).to_bits().to_le_bytes()).collect();
+    let f16_data = values
+        .iter()
+        .flat_map(|v| f16::from_f32(*v).to_bits().to_le_bytes())
+        .collect();
     assert_eq!(dequantized(GgmlType::F16, 32, f16_data), values);
-    let bf16_data = values.iter().flat_map(|v| bf16::from_f32(*v).to_bits().to_le_bytes()).collect();
+    let bf16_data = values
+        .iter()
+        .flat_map(|v| bf16::from_f32(*v).to_bits().to_le_bytes())
+        .collect();
     assert_eq!(dequantized(GgmlType::BF16, 32, bf16_data), values);
 }
 
@@ -131,13 +150,21 @@ fn q8_0_blocks() {
 fn q4_0_and_q4_1_blocks() {
     // Block 32: element j < 16 is the low nibble of byte j, element j + 16 its high nibble.
     let qs = pattern(16, 1);
-    let nibble = |j: usize| if j < 16 { qs[j] & 0x0f } else { qs[j - 16] >> 4 };
+    let nibble = |j: usize| {
+        if j < 16 {
+            qs[j] & 0x0f
+        } else {
+            qs[j - 16] >> 4
+        }
+    };
     let (d, m) = (0.25f32, -1.5f32);
 
     let mut q4_0 = f16_bytes(d).to_vec();
     q4_0.extend_from_slice(&qs);
     let q4_0 = [q4_0.clone(), q4_0].concat();
-    let expected: Vec<f32> = (0..64).map(|j| (i32::from(nibble(j % 32)) - 8) as f32 * d).collect();
+    let expected: Vec<f32> = (0..64)
+        .map(|j| (i32::from(nibble(j % 32)) - 8) as f32 * d)
+        .collect();
     assert_eq!(dequantized(GgmlType::Q4_0, 32, q4_0), expected);
 
     let mut q4_1 = [f16_bytes(d), f16_bytes(m)].concat();
@@ -153,17 +180,35 @@ fn q5_0_and_q5_1_blocks() {
     let qs = pattern(16, 2);
     let qh = 0xa5c3_0f96u32;
     let q = |j: usize| {
-        let lo = if j < 16 { qs[j] & 0x0f } else { qs[j - 16] >> 4 };
+        let lo = if j < 16 {
+            qs[j] & 0x0f
+        } else {
+            qs[j - 16] >> 4
+        };
         u32::from(lo) | (((qh >> j) & 1) << 4)
     };
     let (d, m) = (0.5f32, 2.0f32);
     let q5_0 = [f16_bytes(d).to_vec(), qh.to_le_bytes().to_vec(), qs.clone()].concat();
-    let expected: Vec<f32> = (0..64).map(|j| (q(j % 32) as i32 - 16) as f32 * d).collect();
-    assert_eq!(dequantized(GgmlType::Q5_0, 32, [q5_0.clone(), q5_0].concat()), expected);
+    let expected: Vec<f32> = (0..64)
+        .map(|j| (q(j % 32) as i32 - 16) as f32 * d)
+        .collect();
+    assert_eq!(
+        dequantized(GgmlType::Q5_0, 32, [q5_0.clone(), q5_0].concat()),
+        expected
+    );
 
-    let q5_1 = [f16_bytes(d).to_vec(), f16_bytes(m).to_vec(), qh.to_le_bytes().to_vec(), qs.clone()].concat();
+    let q5_1 = [
+        f16_bytes(d).to_vec(),
+        f16_bytes(m).to_vec(),
+        qh.to_le_bytes().to_vec(),
+        qs.clone(),
+    ]
+    .concat();
     let expected: Vec<f32> = (0..64).map(|j| q(j % 32) as f32 * d + m).collect();
-    assert_eq!(dequantized(GgmlType::Q5_1, 32, [q5_1.clone(), q5_1].concat()), expected);
+    assert_eq!(
+        dequantized(GgmlType::Q5_1, 32, [q5_1.clone(), q5_1].concat()),
+        expected
+    );
 }
 
 #[test]
@@ -177,7 +222,13 @@ fn q4_k_block() {
     }
     let qs = pattern(128, 3);
     let (d, dmin) = (0.5f32, 0.25f32);
-    let block = [f16_bytes(d).to_vec(), f16_bytes(dmin).to_vec(), scales.to_vec(), qs.clone()].concat();
+    let block = [
+        f16_bytes(d).to_vec(),
+        f16_bytes(dmin).to_vec(),
+        scales.to_vec(),
+        qs.clone(),
+    ]
+    .concat();
     let expected: Vec<f32> = (0..256)
         .map(|i| {
             let (chunk, hi, l) = (i / 64, (i % 64) / 32, i % 32);
@@ -194,12 +245,20 @@ fn q4_k_block() {
 #[test]
 fn unsupported_type_names_tensor_and_type() {
     let mut b = GgufBuilder::new();
-    b.tensor("blk.0.ffn_up.weight", &[256, 1], GgmlType::Q2_K.id(), vec![0; GgmlType::Q2_K.type_size()]);
+    b.tensor(
+        "blk.0.ffn_up.weight",
+        &[256, 1],
+        GgmlType::Q2_K.id(),
+        vec![0; GgmlType::Q2_K.type_size()],
+    );
     let (_dir, f) = open(&b);
     let f = f.expect("a Q2_K tensor is listed; only dequantizing it fails");
     let t = f.tensor("blk.0.ffn_up.weight").expect("tensor");
     let e = reason(f.dequantize(t).unwrap_err());
-    assert!(e.contains("blk.0.ffn_up.weight") && e.contains("Q2_K") && e.contains("unsupported"), "{e}");
+    assert!(
+        e.contains("blk.0.ffn_up.weight") && e.contains("Q2_K") && e.contains("unsupported"),
+        "{e}"
+    );
 
     let mut b = GgufBuilder::new();
     b.tensor("w", &[32], 99, vec![0; 32]);
@@ -213,8 +272,14 @@ fn bad_magic_and_version() {
     b.magic = *b"GGML";
     let (dir, f) = open(&b);
     let e = f.unwrap_err().to_string();
-    assert!(e.contains(&dir.path().join("t.gguf").display().to_string()), "{e}");
-    assert!(e.contains("bad magic \"GGML\"") && e.contains("expected \"GGUF\""), "{e}");
+    assert!(
+        e.contains(&dir.path().join("t.gguf").display().to_string()),
+        "{e}"
+    );
+    assert!(
+        e.contains("bad magic \"GGML\"") && e.contains("expected \"GGUF\""),
+        "{e}"
+    );
 
     let mut b = GgufBuilder::new();
     b.version = 1;
@@ -226,7 +291,8 @@ fn alignment_is_honoured() {
     let mut b = GgufBuilder::new();
     b.alignment = 64;
     b.kv_u32("general.alignment", 64);
-    b.tensor_f32("a", &[3], &[1.0, 2.0, 3.0]).tensor_f32("b", &[2], &[4.0, 5.0]);
+    b.tensor_f32("a", &[3], &[1.0, 2.0, 3.0])
+        .tensor_f32("b", &[2], &[4.0, 5.0]);
     let (_dir, f) = open(&b);
     let f = f.expect("open");
     assert_eq!(f.alignment(), 64);
@@ -256,9 +322,13 @@ fn every_truncation_is_an_error() {
     let needed = full.len() - (34usize.next_multiple_of(32) - 34);
     for len in 0..needed {
         std::fs::write(&path, &full[..len]).expect("write");
-        let e = GgufFile::open(&path).expect_err(&format!("a file cut at {len} bytes must not open"));
+        let e =
+            GgufFile::open(&path).expect_err(&format!("a file cut at {len} bytes must not open"));
         let reason = reason(e);
-        assert!(reason.contains("truncated") || reason.contains("magic"), "cut at {len}: {reason}");
+        assert!(
+            reason.contains("truncated") || reason.contains("magic"),
+            "cut at {len}: {reason}"
+        );
     }
 }
 

@@ -39,10 +39,11 @@ impl TokenizerFiles {
     /// The tokenizer.json loaded by the `tokenizers` crate (checks that it is well formed).
     pub fn to_tokenizer(&self, gguf: &GgufFile) -> Result<tokenizers::Tokenizer> {
         let text = self.tokenizer.to_string();
-        text.parse::<tokenizers::Tokenizer>().map_err(|e| ModelError::Tokenizer {
-            path: gguf.path().to_path_buf(),
-            reason: format!("tokenizer.json built from the GGUF metadata does not load: {e}"),
-        })
+        text.parse::<tokenizers::Tokenizer>()
+            .map_err(|e| ModelError::Tokenizer {
+                path: gguf.path().to_path_buf(),
+                reason: format!("tokenizer.json built from the GGUF metadata does not load: {e}"),
+            })
     }
 }
 
@@ -60,12 +61,18 @@ struct Vocab<'a> {
 pub fn build_tokenizer(gguf: &GgufFile) -> Result<TokenizerFiles> {
     let model: &str = gguf.get("tokenizer.ggml.model")?;
     let tokens: Vec<&str> = gguf.get("tokenizer.ggml.tokens")?;
-    let token_types = gguf.opt::<Vec<i32>>("tokenizer.ggml.token_type")?.unwrap_or_default();
+    let token_types = gguf
+        .opt::<Vec<i32>>("tokenizer.ggml.token_type")?
+        .unwrap_or_default();
     if !token_types.is_empty() && token_types.len() != tokens.len() {
         return Err(ModelError::field(
             gguf.path(),
             "tokenizer.ggml.token_type",
-            format!("{} entries, expected one per token ({})", token_types.len(), tokens.len()),
+            format!(
+                "{} entries, expected one per token ({})",
+                token_types.len(),
+                tokens.len()
+            ),
         ));
     }
     let id = |key: &str| -> Result<Option<usize>> {
@@ -73,7 +80,10 @@ pub fn build_tokenizer(gguf: &GgufFile) -> Result<TokenizerFiles> {
             Some(i) if i >= tokens.len() => Err(ModelError::field(
                 gguf.path(),
                 key,
-                format!("token id {i} is outside the vocabulary of {} tokens", tokens.len()),
+                format!(
+                    "token id {i} is outside the vocabulary of {} tokens",
+                    tokens.len()
+                ),
             )),
             other => Ok(other),
         }
@@ -87,7 +97,9 @@ pub fn build_tokenizer(gguf: &GgufFile) -> Result<TokenizerFiles> {
         token_types,
     };
     let add_bos = gguf.opt::<bool>("tokenizer.ggml.add_bos_token")?;
-    let add_eos = gguf.opt::<bool>("tokenizer.ggml.add_eos_token")?.unwrap_or(false);
+    let add_eos = gguf
+        .opt::<bool>("tokenizer.ggml.add_eos_token")?
+        .unwrap_or(false);
     let add_space_prefix = gguf.opt::<bool>("tokenizer.ggml.add_space_prefix")?;
 
     let (tokenizer, add_bos, add_prefix_space) = match model {
@@ -132,7 +144,12 @@ pub fn build_tokenizer(gguf: &GgufFile) -> Result<TokenizerFiles> {
         .collect();
     config.insert("added_tokens_decoder".into(), Value::Object(decoder));
     let mut special = Map::new();
-    for (key, i) in [("bos_token", vocab.bos), ("eos_token", vocab.eos), ("unk_token", vocab.unk), ("pad_token", vocab.pad)] {
+    for (key, i) in [
+        ("bos_token", vocab.bos),
+        ("eos_token", vocab.eos),
+        ("unk_token", vocab.unk),
+        ("pad_token", vocab.pad),
+    ] {
         config.insert(key.into(), json!(name(i)));
         if let Some(token) = name(i) {
             special.insert(key.into(), json!(token));
@@ -183,7 +200,10 @@ fn byte_alphabet() -> [char; 256] {
 /// Added tokens: control tokens (and the bos/eos/unk/pad tokens) as special, user-defined ones as
 /// plain added tokens. `keep` filters out tokens the model's vocabulary cannot spell.
 fn added_tokens(vocab: &Vocab, keep: impl Fn(&str) -> bool) -> Vec<Value> {
-    let named: HashSet<usize> = [vocab.bos, vocab.eos, vocab.unk, vocab.pad].into_iter().flatten().collect();
+    let named: HashSet<usize> = [vocab.bos, vocab.eos, vocab.unk, vocab.pad]
+        .into_iter()
+        .flatten()
+        .collect();
     let mut added = Vec::new();
     for (i, token) in vocab.tokens.iter().enumerate() {
         let ty = vocab.token_types.get(i).copied().unwrap_or(1);
@@ -201,8 +221,14 @@ fn added_tokens(vocab: &Vocab, keep: impl Fn(&str) -> bool) -> Vec<Value> {
 
 /// `post_processor` adding bos/eos around each sequence, or `None` when neither is added.
 fn template(vocab: &Vocab, add_bos: bool, add_eos: bool) -> Option<Value> {
-    let bos = vocab.bos.filter(|_| add_bos).and_then(|i| Some((i, *vocab.tokens.get(i)?)));
-    let eos = vocab.eos.filter(|_| add_eos).and_then(|i| Some((i, *vocab.tokens.get(i)?)));
+    let bos = vocab
+        .bos
+        .filter(|_| add_bos)
+        .and_then(|i| Some((i, *vocab.tokens.get(i)?)));
+    let eos = vocab
+        .eos
+        .filter(|_| add_eos)
+        .and_then(|i| Some((i, *vocab.tokens.get(i)?)));
     if bos.is_none() && eos.is_none() {
         return None;
     }
@@ -229,7 +255,9 @@ fn template(vocab: &Vocab, add_bos: bool, add_eos: bool) -> Option<Value> {
     for (i, t) in bos.into_iter().chain(eos) {
         specials.insert(t.to_string(), json!({"id": t, "ids": [i], "tokens": [t]}));
     }
-    Some(json!({"type": "TemplateProcessing", "single": single, "pair": pair, "special_tokens": specials}))
+    Some(
+        json!({"type": "TemplateProcessing", "single": single, "pair": pair, "special_tokens": specials}),
+    )
 }
 
 /// Byte-level BPE (`tokenizer.ggml.model` = `gpt2`), laid out like the Hub's GPT-2-style tokenizers.
@@ -260,20 +288,18 @@ fn byte_level(
         .collect();
     let merges = split_merges(gguf, merges)?;
 
-    let byte_level = |use_regex: bool, trim_offsets: bool| {
-        json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": trim_offsets, "use_regex": use_regex})
-    };
-    let split = |regex: &str| {
-        json!({"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": false})
-    };
+    let byte_level = |use_regex: bool, trim_offsets: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": trim_offsets, "use_regex": use_regex});
+    let split = |regex: &str| json!({"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": false});
     let mut normalizer = Value::Null;
     let mut ignore_merges = false;
     let pre_tokenizer = match pre {
         // llama.cpp: `\p{N}` then GPT-2's regex; the Hub's tokenizer.json: Digits + ByteLevel.
-        "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone" | "minerva-7b" => json!({
-            "type": "Sequence",
-            "pretokenizers": [{"type": "Digits", "individual_digits": true}, byte_level(true, true)],
-        }),
+        "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone" | "minerva-7b" => {
+            json!({
+                "type": "Sequence",
+                "pretokenizers": [{"type": "Digits", "individual_digits": true}, byte_level(true, true)],
+            })
+        }
         "llama-bpe" | "llama3" | "llama-v3" | "smaug-bpe" | "dbrx" | "falcon3" | "pixtral" => {
             ignore_merges = true;
             json!({"type": "Sequence", "pretokenizers": [split(LLAMA3_SPLIT), byte_level(false, true)]})
@@ -338,8 +364,12 @@ fn sentencepiece_bpe(
     add_bos: bool,
     add_eos: bool,
 ) -> Result<Value> {
-    let model_vocab: Map<String, Value> =
-        vocab.tokens.iter().enumerate().map(|(i, t)| (t.to_string(), json!(i))).collect();
+    let model_vocab: Map<String, Value> = vocab
+        .tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.to_string(), json!(i)))
+        .collect();
     let merges = match gguf.opt::<Vec<&str>>("tokenizer.ggml.merges")? {
         Some(m) => split_merges(gguf, &m)?,
         None => {
@@ -348,7 +378,11 @@ fn sentencepiece_bpe(
                 return Err(ModelError::field(
                     gguf.path(),
                     "tokenizer.ggml.scores",
-                    format!("{} entries, expected one per token ({})", scores.len(), vocab.tokens.len()),
+                    format!(
+                        "{} entries, expected one per token ({})",
+                        scores.len(),
+                        vocab.tokens.len()
+                    ),
                 ));
             }
             merges_from_scores(&vocab.tokens, &scores)
@@ -365,7 +399,10 @@ fn sentencepiece_bpe(
     if add_prefix_space {
         decoders.push(json!({"type": "Strip", "content": " ", "start": 1, "stop": 0}));
     }
-    let unk = vocab.unk.and_then(|i| vocab.tokens.get(i)).map(|t| t.to_string());
+    let unk = vocab
+        .unk
+        .and_then(|i| vocab.tokens.get(i))
+        .map(|t| t.to_string());
     Ok(json!({
         "version": "1.0",
         "truncation": null,
@@ -397,7 +434,11 @@ fn merges_from_scores<'a>(tokens: &[&'a str], scores: &[f32]) -> Vec<(&'a str, &
         if !seen.insert(*token) {
             continue;
         }
-        let score = index.get(token).and_then(|&i| scores.get(i)).copied().unwrap_or(0.0);
+        let score = index
+            .get(token)
+            .and_then(|&i| scores.get(i))
+            .copied()
+            .unwrap_or(0.0);
         let mut local: Vec<(usize, usize, &str, &str)> = token
             .char_indices()
             .skip(1)
@@ -408,12 +449,12 @@ fn merges_from_scores<'a>(tokens: &[&'a str], scores: &[f32]) -> Vec<(&'a str, &
             .collect();
         local.sort_by_key(|&(il, ir, _, _)| (il, ir));
         merges.extend(
-            local.into_iter().map(|(_, _, l, r)| (score, l.chars().count(), r.chars().count(), l, r)),
+            local
+                .into_iter()
+                .map(|(_, _, l, r)| (score, l.chars().count(), r.chars().count(), l, r)),
         );
     }
     // Python's sorted(..., reverse=True) is stable: equal keys keep their order.
-    merges.sort_by(|a, b| {
-        b.0.total_cmp(&a.0).then(b.1.cmp(&a.1)).then(b.2.cmp(&a.2))
-    });
+    merges.sort_by(|a, b| b.0.total_cmp(&a.0).then(b.1.cmp(&a.1)).then(b.2.cmp(&a.2)));
     merges.into_iter().map(|(_, _, _, l, r)| (l, r)).collect()
 }
