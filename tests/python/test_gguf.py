@@ -50,6 +50,8 @@ def reverse_permute(w: np.ndarray, n_head: int) -> np.ndarray:
 
 
 def hf_name(name: str) -> str:
+    if name.endswith(".bias"):
+        return hf_name(name.removesuffix(".bias") + ".weight").removesuffix(".weight") + ".bias"
     fixed = {"token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight",
              "output.weight": "lm_head.weight"}
     if name in fixed:
@@ -65,17 +67,20 @@ def hf_name(name: str) -> str:
 def check_tensors(src: Path, folder: Path) -> dict[str, float]:
     """Max abs difference, per ggml type, between our tensors and the gguf package's dequantization."""
     reader = gguf.GGUFReader(src)
-    heads = int(reader.fields["llama.attention.head_count"].contents())
-    kv_heads = int(reader.fields["llama.attention.head_count_kv"].contents())
+    arch = reader.fields["general.architecture"].contents()
+    heads = int(reader.fields[f"{arch}.attention.head_count"].contents())
+    kv_heads = int(reader.fields[f"{arch}.attention.head_count_kv"].contents())
     ours = load_file(folder / "model.safetensors")
     assert len(ours) == len(reader.tensors)
     worst: dict[str, float] = {}
     for t in reader.tensors:
         ref = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32)
         ref = ref.reshape([int(d) for d in reversed(t.shape)])
-        if ".attn_q." in t.name:
+        if arch != "llama":  # llama.cpp permutes q/k rows of llama models only
+            pass
+        elif ".attn_q.weight" in t.name:
             ref = reverse_permute(ref, heads)
-        elif ".attn_k." in t.name:
+        elif ".attn_k.weight" in t.name:
             ref = reverse_permute(ref, kv_heads)
         got = ours[hf_name(t.name)]
         assert got.dtype == np.float32 and got.shape == ref.shape, t.name
@@ -179,9 +184,9 @@ def random_tensor(rng, rows: int, cols: int, qtype) -> np.ndarray:
     return gguf.quants.quantize(data, qtype)
 
 
-def write_tiny_gguf(path: Path, types=LAYER_TYPES, vocab=byte_level_vocab) -> None:
+def write_tiny_gguf(path: Path, types=LAYER_TYPES, vocab=byte_level_vocab, arch: str = "llama") -> None:
     rng = np.random.default_rng(0)
-    w = gguf.GGUFWriter(path, "llama")
+    w = gguf.GGUFWriter(path, arch)
     n_vocab = vocab(w)
     w.add_block_count(LAYERS)
     w.add_context_length(512)
@@ -200,6 +205,9 @@ def write_tiny_gguf(path: Path, types=LAYER_TYPES, vocab=byte_level_vocab) -> No
     for layer, layer_types in enumerate(types):
         for norm in ["attn_norm", "ffn_norm"]:
             w.add_tensor(f"blk.{layer}.{norm}.weight", rng.uniform(0.5, 1.5, HIDDEN).astype(np.float32))
+        if arch == "qwen2":
+            for part in ["attn_q", "attn_k", "attn_v"]:
+                w.add_tensor(f"blk.{layer}.{part}.bias", rng.normal(0, 0.1, shapes[part][0]).astype(np.float32))
         for part, qtype in layer_types.items():
             data = random_tensor(rng, *shapes[part], qtype)
             if qtype in (Q.F32, Q.F16):
@@ -212,9 +220,10 @@ def write_tiny_gguf(path: Path, types=LAYER_TYPES, vocab=byte_level_vocab) -> No
     w.close()
 
 
-def test_tiny_gguf_every_dtype(olive_host, tmp_path):
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_tiny_gguf_every_dtype(olive_host, tmp_path, arch):
     src = tmp_path / "tiny.gguf"
-    write_tiny_gguf(src)
+    write_tiny_gguf(src, arch=arch)
     out = tmp_path / "tiny-hf"
     run = convert(olive_host, src, out)
     assert run.returncode == 0, run.stderr

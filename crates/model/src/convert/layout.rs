@@ -1,6 +1,6 @@
-//! The Hugging Face layout of a llama-architecture GGUF: config.json from `llama.*` metadata and
-//! llama.cpp tensor names mapped back to transformers' (the inverse of llama.cpp's
-//! convert_hf_to_gguf.py `LlamaModel`, including its q/k row permutation).
+//! The Hugging Face layout of a llama- or qwen2-architecture GGUF: config.json from `{arch}.*`
+//! metadata and llama.cpp tensor names mapped back to transformers' (the inverse of llama.cpp's
+//! convert_hf_to_gguf.py `LlamaModel`, including its q/k row permutation, and `Qwen2Model`).
 
 use std::collections::BTreeMap;
 
@@ -26,9 +26,19 @@ pub(crate) struct PlannedTensor<'a> {
     pub transform: Transform,
 }
 
+/// The GGUF architectures converted here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Arch {
+    /// Llama 2/3, Mistral, SmolLM...: llama.cpp permutes q/k rows.
+    Llama,
+    /// Qwen2: q/k/v biases, rows not permuted.
+    Qwen2,
+}
+
 /// Hyper-parameters read from the `{arch}.*` metadata.
 #[derive(Debug, Clone)]
 pub(crate) struct Hparams {
+    pub arch: Arch,
     pub vocab_size: usize,
     pub hidden: usize,
     pub ffn: usize,
@@ -46,14 +56,19 @@ pub(crate) struct Hparams {
 impl Hparams {
     pub fn read(gguf: &GgufFile) -> Result<Self> {
         let arch = gguf.architecture()?;
-        if arch != "llama" {
-            return Err(ModelError::Gguf {
-                path: gguf.path().to_path_buf(),
-                reason: format!(
-                    "general.architecture `{arch}` is not supported for conversion (expected `llama`)"
-                ),
-            });
-        }
+        let kind = match arch {
+            "llama" => Arch::Llama,
+            "qwen2" => Arch::Qwen2,
+            _ => {
+                return Err(ModelError::Gguf {
+                    path: gguf.path().to_path_buf(),
+                    reason: format!(
+                        "general.architecture `{arch}` is not supported for conversion \
+                         (expected llama or qwen2)"
+                    ),
+                })
+            }
+        };
         let key = |k: &str| format!("{arch}.{k}");
         let hidden: usize = gguf.get(&key("embedding_length"))?;
         let heads: usize = gguf.get(&key("attention.head_count"))?;
@@ -107,6 +122,7 @@ impl Hparams {
             );
         }
         Ok(Hparams {
+            arch: kind,
             vocab_size,
             hidden,
             ffn: gguf.get(&key("feed_forward_length"))?,
@@ -130,15 +146,24 @@ fn exact(x: f32) -> f64 {
     x.to_string().parse().unwrap_or(f64::from(x))
 }
 
-/// config.json for `LlamaForCausalLM`.
+/// config.json for `LlamaForCausalLM` or `Qwen2ForCausalLM`.
 pub(crate) fn hf_config(gguf: &GgufFile, hp: &Hparams) -> Result<Value> {
     let token_id = |k: &str| gguf.opt::<u32>(&format!("tokenizer.ggml.{k}"));
     let mut c = Map::new();
-    c.insert("architectures".into(), json!(["LlamaForCausalLM"]));
-    c.insert("model_type".into(), json!("llama"));
-    c.insert("attention_bias".into(), json!(false));
+    match hp.arch {
+        Arch::Llama => {
+            c.insert("architectures".into(), json!(["LlamaForCausalLM"]));
+            c.insert("model_type".into(), json!("llama"));
+            c.insert("attention_bias".into(), json!(false));
+            c.insert("mlp_bias".into(), json!(false));
+        }
+        Arch::Qwen2 => {
+            c.insert("architectures".into(), json!(["Qwen2ForCausalLM"]));
+            c.insert("model_type".into(), json!("qwen2"));
+            c.insert("use_sliding_window".into(), json!(false));
+        }
+    }
     c.insert("attention_dropout".into(), json!(0.0));
-    c.insert("mlp_bias".into(), json!(false));
     c.insert("hidden_act".into(), json!("silu"));
     c.insert("hidden_size".into(), json!(hp.hidden));
     c.insert("intermediate_size".into(), json!(hp.ffn));
@@ -207,7 +232,10 @@ pub(crate) fn plan_tensors<'a>(gguf: &'a GgufFile, hp: &Hparams) -> Result<Vec<P
                 let unknown = || ModelError::BadTensor {
                     path: gguf.path().to_path_buf(),
                     name: name.to_string(),
-                    reason: "not a tensor of the llama architecture this converter knows".into(),
+                    reason: format!(
+                        "not a tensor of the {:?} layout this converter knows",
+                        hp.arch
+                    ),
                 };
                 let rest = name.strip_prefix("blk.").ok_or_else(unknown)?;
                 let (layer, part) = rest.split_once('.').ok_or_else(unknown)?;
@@ -219,48 +247,59 @@ pub(crate) fn plan_tensors<'a>(gguf: &'a GgufFile, hp: &Hparams) -> Result<Vec<P
                         reason: format!("layer {layer} is beyond block_count {}", hp.layers),
                     });
                 }
-                let (suffix, shape, transform) = match part {
-                    "attn_norm.weight" => {
+                let qk = |n_head| match hp.arch {
+                    Arch::Llama => Transform::Unpermute { n_head },
+                    Arch::Qwen2 => Transform::Copy,
+                };
+                let (suffix, shape, transform) = match (part, hp.arch) {
+                    ("attn_norm.weight", _) => {
                         ("input_layernorm.weight", vec![hp.hidden], Transform::Copy)
                     }
-                    "ffn_norm.weight" => (
+                    ("ffn_norm.weight", _) => (
                         "post_attention_layernorm.weight",
                         vec![hp.hidden],
                         Transform::Copy,
                     ),
-                    "attn_q.weight" => (
+                    ("attn_q.weight", _) => (
                         "self_attn.q_proj.weight",
                         vec![q_rows, hp.hidden],
-                        Transform::Unpermute { n_head: hp.heads },
+                        qk(hp.heads),
                     ),
-                    "attn_k.weight" => (
+                    ("attn_k.weight", _) => (
                         "self_attn.k_proj.weight",
                         vec![kv_rows, hp.hidden],
-                        Transform::Unpermute {
-                            n_head: hp.kv_heads,
-                        },
+                        qk(hp.kv_heads),
                     ),
-                    "attn_v.weight" => (
+                    ("attn_q.bias", Arch::Qwen2) => {
+                        ("self_attn.q_proj.bias", vec![q_rows], Transform::Copy)
+                    }
+                    ("attn_k.bias", Arch::Qwen2) => {
+                        ("self_attn.k_proj.bias", vec![kv_rows], Transform::Copy)
+                    }
+                    ("attn_v.bias", Arch::Qwen2) => {
+                        ("self_attn.v_proj.bias", vec![kv_rows], Transform::Copy)
+                    }
+                    ("attn_v.weight", _) => (
                         "self_attn.v_proj.weight",
                         vec![kv_rows, hp.hidden],
                         Transform::Copy,
                     ),
-                    "attn_output.weight" => (
+                    ("attn_output.weight", _) => (
                         "self_attn.o_proj.weight",
                         vec![hp.hidden, q_rows],
                         Transform::Copy,
                     ),
-                    "ffn_gate.weight" => (
+                    ("ffn_gate.weight", _) => (
                         "mlp.gate_proj.weight",
                         vec![hp.ffn, hp.hidden],
                         Transform::Copy,
                     ),
-                    "ffn_up.weight" => (
+                    ("ffn_up.weight", _) => (
                         "mlp.up_proj.weight",
                         vec![hp.ffn, hp.hidden],
                         Transform::Copy,
                     ),
-                    "ffn_down.weight" => (
+                    ("ffn_down.weight", _) => (
                         "mlp.down_proj.weight",
                         vec![hp.hidden, hp.ffn],
                         Transform::Copy,
@@ -327,6 +366,11 @@ pub(crate) fn plan_tensors<'a>(gguf: &'a GgufFile, hp: &Hparams) -> Result<Vec<P
             "mlp.down_proj",
         ] {
             required.push(format!("model.layers.{i}.{part}.weight"));
+        }
+        if hp.arch == Arch::Qwen2 {
+            for proj in ["q_proj", "k_proj", "v_proj"] {
+                required.push(format!("model.layers.{i}.self_attn.{proj}.bias"));
+            }
         }
     }
     if let Some(missing) = required.into_iter().find(|n| !plan.contains_key(n)) {

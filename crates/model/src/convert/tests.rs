@@ -59,20 +59,37 @@ fn tiny_llama(
     ffn_up: Option<(GgmlType, Vec<u8>)>,
     extra: impl FnOnce(&mut GgufBuilder),
 ) -> GgufBuilder {
+    tiny_model("llama", ffn_up, extra)
+}
+
+/// A tiny model of GGUF architecture `arch` (`llama` or `qwen2`, whose q/k rows are not permuted).
+fn tiny_model(
+    arch: &str,
+    ffn_up: Option<(GgmlType, Vec<u8>)>,
+    extra: impl FnOnce(&mut GgufBuilder),
+) -> GgufBuilder {
+    let permute = |w: Vec<f32>, rows, heads| {
+        if arch == "llama" {
+            llama_cpp_permute(&w, rows, heads)
+        } else {
+            w
+        }
+    };
     let toks = tokens();
     let vocab = toks.len();
     let mut b = GgufBuilder::new();
     let tok_refs: Vec<&str> = toks.iter().map(String::as_str).collect();
     let types: Vec<i32> = (0..vocab).map(|i| if i < 3 { 3 } else { 1 }).collect();
-    b.kv_str("general.architecture", "llama")
-        .kv_u32("llama.block_count", 1)
-        .kv_u32("llama.context_length", 256)
-        .kv_u32("llama.embedding_length", HIDDEN as u32)
-        .kv_u32("llama.feed_forward_length", FFN as u32)
-        .kv_u32("llama.attention.head_count", HEADS as u32)
-        .kv_u32("llama.attention.head_count_kv", KV_HEADS as u32)
-        .kv_f32("llama.attention.layer_norm_rms_epsilon", 1e-5)
-        .kv_f32("llama.rope.freq_base", 100000.0)
+    let key = |k: &str| format!("{arch}.{k}");
+    b.kv_str("general.architecture", arch)
+        .kv_u32(&key("block_count"), 1)
+        .kv_u32(&key("context_length"), 256)
+        .kv_u32(&key("embedding_length"), HIDDEN as u32)
+        .kv_u32(&key("feed_forward_length"), FFN as u32)
+        .kv_u32(&key("attention.head_count"), HEADS as u32)
+        .kv_u32(&key("attention.head_count_kv"), KV_HEADS as u32)
+        .kv_f32(&key("attention.layer_norm_rms_epsilon"), 1e-5)
+        .kv_f32(&key("rope.freq_base"), 100000.0)
         .kv_str("tokenizer.ggml.model", "gpt2")
         .kv_str("tokenizer.ggml.pre", "smollm")
         .kv_str_array("tokenizer.ggml.tokens", &tok_refs)
@@ -96,12 +113,12 @@ fn tiny_llama(
     .tensor_f32(
         "blk.0.attn_q.weight",
         &[sq(q), sq(HIDDEN)],
-        &llama_cpp_permute(&values(q * HIDDEN, 5), q, HEADS),
+        &permute(values(q * HIDDEN, 5), q, HEADS),
     )
     .tensor_f32(
         "blk.0.attn_k.weight",
         &[sq(kv), sq(HIDDEN)],
-        &llama_cpp_permute(&values(kv * HIDDEN, 6), kv, KV_HEADS),
+        &permute(values(kv * HIDDEN, 6), kv, KV_HEADS),
     )
     .tensor_f32(
         "blk.0.attn_v.weight",
@@ -247,6 +264,43 @@ fn untied_output_becomes_lm_head() {
         .expect("valid")
         .tensor("lm_head.weight")
         .is_ok());
+}
+
+#[test]
+fn converts_a_tiny_qwen2_with_biases() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (q, kv) = (HEADS * HEAD_DIM, KV_HEADS * HEAD_DIM);
+    let src = tiny_model("qwen2", None, |b| {
+        b.tensor_f32("blk.0.attn_q.bias", &[q as u64], &values(q, 13))
+            .tensor_f32("blk.0.attn_k.bias", &[kv as u64], &values(kv, 14))
+            .tensor_f32("blk.0.attn_v.bias", &[kv as u64], &values(kv, 15));
+    })
+    .write(dir.path(), "qwen2.gguf");
+    let out = dir.path().join("hf");
+    gguf_to_hf(&src, &out).expect("convert");
+    let config = crate::ModelConfig::from_folder(&out).expect("config.json");
+    assert!(config.attention_bias);
+    let bytes = fs::read(out.join("model.safetensors")).expect("read");
+    let st = SafeTensors::deserialize(&bytes).expect("valid safetensors");
+    let f32s = |name: &str| -> Vec<f32> {
+        let t = st.tensor(name).unwrap_or_else(|_| panic!("{name} missing"));
+        t.data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect()
+    };
+    assert_eq!(
+        f32s("model.layers.0.self_attn.q_proj.weight"),
+        values(q * HIDDEN, 5)
+    );
+    assert_eq!(f32s("model.layers.0.self_attn.k_proj.bias"), values(kv, 14));
+
+    // Without its biases a qwen2 file is incomplete.
+    let src = tiny_model("qwen2", None, |_| {}).write(dir.path(), "nobias.gguf");
+    let err = gguf_to_hf(&src, &dir.path().join("hf2"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("q_proj.bias"), "{err}");
 }
 
 /// Entries of `dir` other than `keep`.
