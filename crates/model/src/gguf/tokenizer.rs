@@ -286,7 +286,7 @@ fn byte_level(
             (key, json!(i))
         })
         .collect();
-    let merges = split_merges(gguf, merges)?;
+    let merges = merges_json(&split_merges(gguf, merges)?);
 
     let byte_level = |use_regex: bool, trim_offsets: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": trim_offsets, "use_regex": use_regex});
     let split = |regex: &str| json!({"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": false});
@@ -339,20 +339,38 @@ fn byte_level(
     }))
 }
 
-/// `"a b"` merges as `[a, b]` pairs (tokenizers' current merges layout).
-fn split_merges(gguf: &GgufFile, merges: &[&str]) -> Result<Vec<Value>> {
+/// The file's `"a b"` merges, checked.
+fn split_merges<'a>(gguf: &GgufFile, merges: &[&'a str]) -> Result<Vec<(&'a str, &'a str)>> {
     merges
         .iter()
         .enumerate()
-        .map(|(i, m)| match m.split_once(' ') {
-            Some((a, b)) => Ok(json!([a, b])),
-            None => Err(ModelError::field(
-                gguf.path(),
-                "tokenizer.ggml.merges",
-                format!("entry {i} `{m}` is not two tokens separated by a space"),
-            )),
+        .map(|(i, m)| {
+            m.split_once(' ').ok_or_else(|| {
+                ModelError::field(
+                    gguf.path(),
+                    "tokenizer.ggml.merges",
+                    format!("entry {i} `{m}` is not two tokens separated by a space"),
+                )
+            })
         })
         .collect()
+}
+
+/// Merges as tokenizer.json spells them: `"a b"` strings, which every reader of tokenizer.json
+/// (older `tokenizers`, onnxruntime-extensions) understands, or `[a, b]` pairs when a token
+/// holds a space and the string form would be ambiguous.
+fn merges_json(pairs: &[(&str, &str)]) -> Value {
+    if pairs
+        .iter()
+        .any(|(a, b)| a.contains(' ') || b.contains(' '))
+    {
+        pairs.iter().map(|(a, b)| json!([a, b])).collect()
+    } else {
+        pairs
+            .iter()
+            .map(|(a, b)| json!(format!("{a} {b}")))
+            .collect()
+    }
 }
 
 /// SentencePiece-style BPE (`tokenizer.ggml.model` = `llama`), as transformers' LlamaTokenizer builds it:
@@ -371,7 +389,7 @@ fn sentencepiece_bpe(
         .map(|(i, t)| (t.to_string(), json!(i)))
         .collect();
     let merges = match gguf.opt::<Vec<&str>>("tokenizer.ggml.merges")? {
-        Some(m) => split_merges(gguf, &m)?,
+        Some(m) => merges_json(&split_merges(gguf, &m)?),
         None => {
             let scores: Vec<f32> = gguf.get("tokenizer.ggml.scores")?;
             if scores.len() != vocab.tokens.len() {
@@ -385,10 +403,7 @@ fn sentencepiece_bpe(
                     ),
                 ));
             }
-            merges_from_scores(&vocab.tokens, &scores)
-                .into_iter()
-                .map(|(a, b)| json!([a, b]))
-                .collect()
+            merges_json(&merges_from_scores(&vocab.tokens, &scores))
         }
     };
     let mut decoders = vec![
