@@ -211,7 +211,7 @@ pub(crate) fn plan_tensors<'a>(gguf: &'a GgufFile, hp: &Hparams) -> Result<Vec<P
     let kv_rows = hp.kv_heads * hp.head_dim;
     let mut plan = BTreeMap::new();
     for t in gguf.tensors() {
-        let (hf_name, shape, transform) = match t.name.as_str() {
+        let (hf_name, shape, transform) = match t.name() {
             "token_embd.weight" => (
                 "model.embed_tokens.weight".to_string(),
                 vec![hp.vocab_size, hp.hidden],
@@ -312,7 +312,7 @@ pub(crate) fn plan_tensors<'a>(gguf: &'a GgufFile, hp: &Hparams) -> Result<Vec<P
         if t.shape() != shape {
             return Err(ModelError::BadTensor {
                 path: gguf.path().to_path_buf(),
-                name: t.name.clone(),
+                name: t.name().to_string(),
                 reason: format!(
                     "shape {:?}, expected {shape:?} from the metadata",
                     t.shape()
@@ -323,7 +323,7 @@ pub(crate) fn plan_tensors<'a>(gguf: &'a GgufFile, hp: &Hparams) -> Result<Vec<P
             if !shape[0].is_multiple_of(2 * n_head) {
                 return Err(ModelError::BadTensor {
                     path: gguf.path().to_path_buf(),
-                    name: t.name.clone(),
+                    name: t.name().to_string(),
                     reason: format!(
                         "{} rows cannot be split into {n_head} heads of even size",
                         shape[0]
@@ -344,7 +344,7 @@ pub(crate) fn plan_tensors<'a>(gguf: &'a GgufFile, hp: &Hparams) -> Result<Vec<P
         {
             return Err(ModelError::BadTensor {
                 path: gguf.path().to_path_buf(),
-                name: t.name.clone(),
+                name: t.name().to_string(),
                 reason: "appears twice".into(),
             });
         }

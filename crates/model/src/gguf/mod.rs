@@ -32,20 +32,33 @@ const MAX_DIMS: u32 = 4;
 /// Arrays may nest; deeper nesting than this is taken as corruption.
 const MAX_NESTING: u32 = 8;
 
-/// One tensor's description; its bytes live in the mmapped data section.
+/// One tensor's description (validated against the file at open); its bytes live in the mmapped
+/// data section.
 #[derive(Debug, Clone)]
 pub struct TensorInfo {
-    /// llama.cpp's name, e.g. `blk.0.attn_q.weight`.
-    pub name: String,
-    /// Dimensions in GGUF order: `dims[0]` (ne0) is the contiguous one, the reverse of a PyTorch shape.
-    pub dims: Vec<u64>,
-    pub ggml_type: GgmlType,
+    name: String,
+    dims: Vec<u64>,
+    ggml_type: GgmlType,
     /// Absolute byte range of the data within the file.
     start: usize,
     len: usize,
 }
 
 impl TensorInfo {
+    /// llama.cpp's name, e.g. `blk.0.attn_q.weight`.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Dimensions in GGUF order: `dims[0]` (ne0) is the contiguous one, the reverse of a PyTorch shape.
+    pub fn dims(&self) -> &[u64] {
+        &self.dims
+    }
+
+    pub fn ggml_type(&self) -> GgmlType {
+        self.ggml_type
+    }
+
     /// Row-major (PyTorch) shape: the GGUF dims reversed, e.g. `[out_features, in_features]`.
     pub fn shape(&self) -> Vec<usize> {
         // Each dim was checked to fit in usize when the file was opened.
