@@ -1,7 +1,9 @@
 //! olive-host: the Olive-compatible command line of olive-rs.
 
 mod cli;
+mod engine;
 mod logging;
+mod plugins;
 mod progress;
 
 use clap::Parser;

@@ -1,6 +1,9 @@
 //! The commands of olive-host, one module each; flags mirror Olive's CLI.
 
 mod convert;
+mod plugins;
+mod run_pass;
+mod worker;
 
 use clap::{Parser, Subcommand};
 
@@ -18,10 +21,20 @@ pub struct Cli {
 pub enum Command {
     /// Convert a GGUF file to a Hugging Face folder.
     Convert(convert::ConvertArgs),
+    /// List plugins, or write a plugin library's manifest.
+    Plugins(plugins::PluginsArgs),
+    /// Run one pass of a plugin on a model, in a worker process.
+    RunPass(run_pass::RunPassArgs),
+    /// Run one pass for the host (internal).
+    #[command(hide = true)]
+    Worker(worker::WorkerArgs),
 }
 
 pub fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Convert(args) => convert::run(args),
+        Command::Plugins(args) => plugins::run(args),
+        Command::RunPass(args) => run_pass::run(args),
+        Command::Worker(args) => worker::run(args),
     }
 }
