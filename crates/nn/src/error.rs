@@ -34,6 +34,13 @@ pub enum NnError {
         layers: usize,
         width: usize,
     },
+    /// Memory for a weight buffer could not be mapped.
+    #[error("could not allocate {floats} floats of weights: {source}")]
+    Alloc {
+        floats: usize,
+        #[source]
+        source: std::io::Error,
+    },
     /// `generate` was given no prompt token to start from.
     #[error("generate needs at least one prompt token")]
     EmptyPrompt,

@@ -106,3 +106,76 @@ impl<'t> TextStream<'t> {
             .map_err(|e| NnError::Tokenizer(e.to_string()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::str::FromStr;
+
+    /// A byte-level BPE tokenizer with one token per byte (id = byte value), no merges: every
+    /// non-ASCII character spans several tokens, the case streaming must not split.
+    fn byte_tokenizer() -> Tokenizer {
+        // GPT-2's bytes_to_unicode: printable bytes map to themselves, the others to 256 + n.
+        let printable = |b: u32| {
+            (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b)
+        };
+        let mut n = 0;
+        let mut vocab = serde_json::Map::new();
+        for b in 0u32..256 {
+            let c = if printable(b) {
+                b
+            } else {
+                n += 1;
+                255 + n
+            };
+            let c = char::from_u32(c).map(String::from).unwrap_or_default();
+            vocab.insert(c, serde_json::json!(b));
+        }
+        let byte_level = serde_json::json!({"type": "ByteLevel", "add_prefix_space": false,
+                                            "trim_offsets": true, "use_regex": true});
+        let json = serde_json::json!({
+            "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+            "normalizer": null, "pre_tokenizer": byte_level, "post_processor": null,
+            "decoder": byte_level,
+            "model": {"type": "BPE", "dropout": null, "unk_token": null,
+                      "continuing_subword_prefix": null, "end_of_word_suffix": null,
+                      "fuse_unk": false, "byte_fallback": false, "vocab": vocab, "merges": []}
+        });
+        Tokenizer::from_str(&json.to_string()).unwrap()
+    }
+
+    #[test]
+    fn stream_never_splits_characters() {
+        let tokenizer = byte_tokenizer();
+        let text = "héllo 😀 เชียงใหม่ ok";
+        let mut stream = TextStream::new(&tokenizer, false);
+        let mut pieces = Vec::new();
+        for b in text.bytes() {
+            if let Some(piece) = stream.push(b as u32).unwrap() {
+                assert!(!piece.contains('\u{FFFD}'), "{piece:?}");
+                pieces.push(piece);
+            }
+        }
+        assert_eq!(stream.finish().unwrap(), None);
+        assert_eq!(pieces.concat(), text);
+        assert!(pieces.contains(&"😀".to_string()), "{pieces:?}");
+    }
+
+    #[test]
+    fn finish_flushes_an_incomplete_character() {
+        let tokenizer = byte_tokenizer();
+        let mut stream = TextStream::new(&tokenizer, false);
+        assert_eq!(stream.push(b'a' as u32).unwrap().as_deref(), Some("a"));
+        // The first two bytes of "😀" (F0 9F 98 80): held back, then flushed as they stand.
+        assert_eq!(stream.push(0xF0).unwrap(), None);
+        assert_eq!(stream.push(0x9F).unwrap(), None);
+        let rest = stream.finish().unwrap().unwrap_or_default();
+        assert!(rest.contains('\u{FFFD}'), "{rest:?}");
+    }
+
+    #[test]
+    fn argmax_takes_the_first_maximum() {
+        assert_eq!(argmax(&[0.0, 3.0, -1.0, 3.0]), 1);
+        assert_eq!(argmax(&[f32::NEG_INFINITY, -5.0]), 1);
+    }
+}

@@ -3,6 +3,7 @@
 //! GQA attention with a KV cache and sliding window, SwiGLU MLP, tied or separate lm_head;
 //! calibration hooks for the quantizers; greedy generation with streaming detokenization.
 
+pub mod buffer;
 pub mod cache;
 pub mod error;
 pub mod generate;
@@ -11,6 +12,7 @@ pub mod linear;
 pub mod model;
 pub mod rope;
 
+pub use buffer::WeightBuf;
 pub use cache::{KvCache, LayerCache};
 pub use error::NnError;
 pub use generate::{argmax, TextStream};

@@ -5,13 +5,14 @@
 use olive_kernels::cpu::matmul;
 use olive_model::Checkpoint;
 
-use crate::error::Result;
+use crate::buffer::WeightBuf;
+use crate::error::{NnError, Result};
 
 /// A dense linear layer `y = x · Wᵀ + b`.
 #[derive(Debug, Clone)]
 pub struct Linear {
     /// weight: [out_features, in_features]
-    pub weight: Vec<f32>,
+    pub weight: WeightBuf,
     /// bias: [out_features]
     pub bias: Option<Vec<f32>>,
     pub in_features: usize,
@@ -62,10 +63,12 @@ impl Linear {
         in_features: usize,
     ) -> Result<Self> {
         let out_features: usize = parts.iter().map(|(_, n)| n).sum();
-        let mut weight = Vec::with_capacity(out_features * in_features);
+        let mut weight = weight_buf(out_features * in_features)?;
+        let mut row = 0;
         for (prefix, n) in parts {
             let t = ckpt.tensor_f32_shaped(&format!("{prefix}.weight"), &[*n, in_features])?;
-            weight.extend_from_slice(&t.data);
+            weight[row * in_features..(row + n) * in_features].copy_from_slice(&t.data);
+            row += n;
         }
         let has_bias = parts
             .iter()
@@ -111,4 +114,20 @@ pub(crate) fn load_fused_or_split(
     } else {
         Linear::load_fused(ckpt, split, in_features)
     }
+}
+
+/// `len` zeros in huge-page memory.
+pub(crate) fn weight_buf(len: usize) -> Result<WeightBuf> {
+    WeightBuf::zeroed(len).map_err(|source| NnError::Alloc {
+        floats: len,
+        source,
+    })
+}
+
+/// A tensor of the checkpoint with the given shape, copied into huge-page memory.
+pub(crate) fn load_matrix(ckpt: &Checkpoint, name: &str, shape: &[usize]) -> Result<WeightBuf> {
+    let t = ckpt.tensor_f32_shaped(name, shape)?;
+    let mut buf = weight_buf(t.data.len())?;
+    buf.copy_from_slice(&t.data);
+    Ok(buf)
 }

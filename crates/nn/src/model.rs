@@ -8,10 +8,11 @@ use olive_kernels::cpu::{matmul, rmsnorm};
 use olive_model::{Checkpoint, ModelConfig};
 use tracing::debug;
 
+use crate::buffer::WeightBuf;
 use crate::cache::KvCache;
 use crate::error::{NnError, Result};
 use crate::layer::{DecoderLayer, LayerDims};
-use crate::linear::load_vector;
+use crate::linear::{load_matrix, load_vector};
 use crate::rope::Rope;
 
 /// Which rows of logits a forward pass computes.
@@ -28,12 +29,12 @@ pub(crate) enum LogitRows {
 pub struct Transformer {
     config: ModelConfig,
     /// embed_tokens: [vocab, hidden]
-    embed_tokens: Vec<f32>,
+    embed_tokens: WeightBuf,
     layers: Vec<DecoderLayer>,
     /// norm: [hidden]
     norm: Vec<f32>,
     /// lm_head: [vocab, hidden]; None when tied to `embed_tokens`.
-    lm_head: Option<Vec<f32>>,
+    lm_head: Option<WeightBuf>,
     rope: Rope,
 }
 
@@ -48,9 +49,7 @@ impl Transformer {
     /// Builds the model from a parsed config and an opened checkpoint.
     pub fn from_checkpoint(config: ModelConfig, ckpt: &Checkpoint) -> Result<Self> {
         let (vocab, hidden) = (config.vocab_size, config.hidden_size);
-        let embed_tokens = ckpt
-            .tensor_f32_shaped("model.embed_tokens.weight", &[vocab, hidden])?
-            .data;
+        let embed_tokens = load_matrix(ckpt, "model.embed_tokens.weight", &[vocab, hidden])?;
         let layers = (0..config.num_hidden_layers)
             .map(|i| DecoderLayer::load(ckpt, &config, i))
             .collect::<Result<Vec<_>>>()?;
@@ -58,10 +57,7 @@ impl Transformer {
         let lm_head = if config.tie_word_embeddings {
             None
         } else {
-            Some(
-                ckpt.tensor_f32_shaped("lm_head.weight", &[vocab, hidden])?
-                    .data,
-            )
+            Some(load_matrix(ckpt, "lm_head.weight", &[vocab, hidden])?)
         };
         debug!(
             folder = %ckpt.folder().display(),
@@ -117,7 +113,7 @@ impl Transformer {
         &self,
         tokens: &[u32],
         cache: &mut KvCache,
-        hook: &mut dyn FnMut(usize, &[f32]),
+        hook: &mut (dyn FnMut(usize, &[f32]) + Send),
     ) -> Result<Vec<f32>> {
         self.run(tokens, cache, LogitRows::All, hook)?;
         Ok(cache.logits.clone())
@@ -146,7 +142,19 @@ impl Transformer {
         tokens: &[u32],
         cache: &mut KvCache,
         rows: LogitRows,
-        hook: &mut dyn FnMut(usize, &[f32]),
+        hook: &mut (dyn FnMut(usize, &[f32]) + Send),
+    ) -> Result<()> {
+        // Run the pass on a rayon worker: the ~150 parallel kernels of a decode step then start
+        // from inside the pool instead of each waking a blocked caller thread.
+        rayon::scope(|_| self.run_in_pool(tokens, cache, rows, hook))
+    }
+
+    fn run_in_pool(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        rows: LogitRows,
+        hook: &mut (dyn FnMut(usize, &[f32]) + Send),
     ) -> Result<()> {
         let width = LayerDims::from_config(&self.config).kv_width();
         let found_width = cache.layers.first().map_or(width, |l| l.width());
