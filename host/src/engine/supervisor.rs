@@ -35,6 +35,13 @@ pub struct Job {
     pub grace: Duration,
 }
 
+impl Job {
+    /// "plugin `p`, pass `x`", which starts every message about this job.
+    fn who(&self) -> String {
+        format!("plugin `{}`, pass `{}`", self.plugin, self.request.pass)
+    }
+}
+
 /// Why the host asked the pass to stop.
 #[derive(Debug, Clone, Copy)]
 enum Cancel {
@@ -68,7 +75,7 @@ enum Message {
 /// Runs `job` in a worker and returns the model the pass wrote, or an error naming the plugin,
 /// the pass and the cause.
 pub fn run(job: &Job) -> anyhow::Result<Model> {
-    let who = format!("plugin `{}`, pass `{}`", job.plugin, job.request.pass);
+    let who = job.who();
     signals::watch_interrupts();
     let exe = std::env::current_exe().context("cannot find the olive-host executable to start a worker")?;
     let mut command = Command::new(&exe);
@@ -83,12 +90,18 @@ pub fn run(job: &Job) -> anyhow::Result<Model> {
     let (tx, rx) = mpsc::channel();
     let tail = Arc::new(Mutex::new(VecDeque::new()));
     let readers = spawn_readers(&mut child, tx, tail.clone(), &who);
-    let Some(mut stdin) = child.stdin.take() else { bail!("{who}: the worker has no stdin") };
-    if let Err(err) = protocol::send(&mut stdin, &job.request) {
-        let _ = child.kill();
-        let _ = child.wait();
-        bail!("{who}: cannot send the request to the worker: {err}");
-    }
+    let sent = match child.stdin.take() {
+        Some(mut stdin) => protocol::send(&mut stdin, &job.request).map(|()| stdin),
+        None => Err(std::io::Error::other("no pipe to its stdin")),
+    };
+    let mut stdin = match sent {
+        Ok(stdin) => stdin,
+        Err(err) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("{who}: cannot send the request to the worker: {err}");
+        }
+    };
     let outcome = supervise(job, &mut child, &mut stdin, &rx, &who);
     drop(stdin);
     // The readers end with the worker, unless something it started still holds its pipes.
@@ -97,7 +110,7 @@ pub fn run(job: &Job) -> anyhow::Result<Model> {
         thread::sleep(Duration::from_millis(5));
     }
     let tail: Vec<String> = tail.lock().map(|t| t.iter().cloned().collect()).unwrap_or_default();
-    outcome.into_result(&who, &tail)
+    outcome.into_result(job, &tail)
 }
 
 /// How a worker ended.
@@ -171,7 +184,8 @@ fn supervise(job: &Job, child: &mut Child, stdin: &mut ChildStdin, rx: &Receiver
 }
 
 impl Outcome {
-    fn into_result(self, who: &str, tail: &[String]) -> anyhow::Result<Model> {
+    fn into_result(self, job: &Job, tail: &[String]) -> anyhow::Result<Model> {
+        let who = job.who();
         if let Some(cancel) = self.cancel {
             match self.killed {
                 Some(Kill::Grace(grace)) => bail!(
@@ -201,7 +215,7 @@ impl Outcome {
             }
             Some(Event::Failed { stage, message, .. }) => Err(match stage {
                 Stage::Pass => anyhow!("{who}: {message}"),
-                Stage::Load | Stage::Manifest => anyhow!("plugin `{}`: {message}", plugin_name(who)),
+                Stage::Load | Stage::Manifest => anyhow!("plugin `{}`: {message}", job.plugin),
                 Stage::Request => anyhow!("{who}: the worker rejected its request: {message}"),
             }),
             _ => {
@@ -210,10 +224,6 @@ impl Outcome {
             }
         }
     }
-}
-
-fn plugin_name(who: &str) -> &str {
-    who.split('`').nth(1).unwrap_or(who)
 }
 
 fn describe_status(status: ExitStatus) -> String {

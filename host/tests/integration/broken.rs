@@ -1,6 +1,6 @@
-//! Deliberately broken plugins: a panic, a segfault, an abort, a pass that runs until cancelled, one
-//! that ignores cancellation, a wrong api version, a missing root symbol, a stale manifest. Each is
-//! a clear error naming the plugin (and pass), exit status 1, and nothing half-written.
+//! Deliberately broken plugins: a panic, a segfault, an abort, an exit, a pass that runs until
+//! cancelled, one that ignores cancellation, a wrong api version, a missing root symbol, a stale
+//! manifest. Each is a clear error naming the plugin (and pass), exit status 1, nothing half-written.
 
 use std::env::consts::{DLL_PREFIX, DLL_SUFFIX};
 use std::io::{BufRead, BufReader};
@@ -54,6 +54,13 @@ fn a_segfault_is_an_error_naming_the_signal() {
 fn an_abort_is_an_error_naming_the_signal() {
     run_pass("Abort", &[]).0.assert_error(
         "plugin `fixture-broken`, pass `Abort`: the worker process was killed by signal 6 (SIGABRT, aborted) before the pass finished",
+    );
+}
+
+#[test]
+fn an_exit_is_an_error_quoting_the_last_output_and_stdout_does_not_corrupt_the_protocol() {
+    run_pass("Exit", &[]).0.assert_error(
+        "plugin `fixture-broken`, pass `Exit`: the worker process exited with status 3 before the pass finished; its last output:\nnoise on stdout",
     );
 }
 

@@ -1,5 +1,5 @@
 //! Test fixture: passes that fail in every way a vendor's pass can — a panic, a segfault, an abort,
-//! a pass that runs until cancelled, and one that ignores cancellation.
+//! an exit, a pass that runs until cancelled, and one that ignores cancellation.
 
 use std::time::Duration;
 
@@ -50,6 +50,12 @@ broken_pass!(Abort, "Writes a file, then aborts the process.", |ctx| {
     std::process::abort()
 });
 
+broken_pass!(Exit, "Prints to stdout, then exits the process with status 3.", |ctx| {
+    let _ = std::fs::write(ctx.output_dir().join("half-written"), b"x");
+    println!("noise on stdout");
+    std::process::exit(3)
+});
+
 broken_pass!(Hang, "Runs until cancelled.", |ctx| {
     let _ = std::fs::write(ctx.output_dir().join("half-written"), b"x");
     ctx.info("waiting for cancellation");
@@ -69,5 +75,5 @@ broken_pass!(IgnoreCancel, "Never returns, whatever the host asks.", |ctx| {
 olive_pass_sdk::export_plugin! {
     name: "fixture-broken",
     version: "0.1.0",
-    passes: [Panic, Segfault, Abort, Hang, IgnoreCancel],
+    passes: [Panic, Segfault, Abort, Exit, Hang, IgnoreCancel],
 }
