@@ -19,6 +19,31 @@ fn copies_a_model_and_prints_the_output_model() {
 }
 
 #[test]
+fn the_pass_logs_and_progress_reach_the_host_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let out = dir.path().join("out");
+    let run = olive(&["--log_level", "0", "run-pass", "--pass", "CopyModel", "-m", s(&model), "-o", s(&out)]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert!(run.stderr.contains("plugin `fixture-copy`, pass `CopyModel`: copied 2 files\n"), "{}", run.stderr);
+    assert!(run.stderr.contains("CopyModel: 2/2 sub/weights.bin\n"), "{}", run.stderr);
+}
+
+#[test]
+fn an_onnx_file_is_an_onnx_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model.onnx");
+    fs::write(&model, b"onnx").unwrap();
+    let out = dir.path().join("out");
+    let run = olive(&["run-pass", "--pass", "CopyModel", "-m", s(&model), "-o", s(&out)]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let printed: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(printed["kind"], "onnx");
+    assert_eq!(printed["path"], s(&out.join("model.onnx")));
+    assert_eq!(fs::read(out.join("model.onnx")).unwrap(), b"onnx");
+}
+
+#[test]
 fn the_config_may_be_a_file_and_an_existing_output_is_replaced() {
     let dir = tempfile::tempdir().unwrap();
     let model = tiny_model(dir.path());
