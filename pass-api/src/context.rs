@@ -17,7 +17,9 @@ use serde::{Deserialize, Serialize};
 
 /// The level of a log line from a pass.
 #[repr(u8)]
-#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    StableAbi, Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum LogLevel {
     /// Something failed.
@@ -150,19 +152,30 @@ fn with_host<H: HostCallbacks, T>(handle: HostHandle, fallback: T, f: impl FnOnc
 }
 
 extern "C" fn output_dir<H: HostCallbacks>(handle: HostHandle) -> RString {
-    with_host(handle, RString::new(), |host: &H| RString::from(host.output_dir()))
+    with_host(handle, RString::new(), |host: &H| {
+        RString::from(host.output_dir())
+    })
 }
 
 extern "C" fn device<H: HostCallbacks>(handle: HostHandle) -> RString {
-    with_host(handle, RString::new(), |host: &H| RString::from(host.device()))
+    with_host(handle, RString::new(), |host: &H| {
+        RString::from(host.device())
+    })
 }
 
 extern "C" fn log<H: HostCallbacks>(handle: HostHandle, level: LogLevel, message: RStr<'_>) {
     with_host(handle, (), |host: &H| host.log(level, message.as_str()))
 }
 
-extern "C" fn progress<H: HostCallbacks>(handle: HostHandle, done: u64, total: u64, message: RStr<'_>) {
-    with_host(handle, (), |host: &H| host.progress(done, total, message.as_str()))
+extern "C" fn progress<H: HostCallbacks>(
+    handle: HostHandle,
+    done: u64,
+    total: u64,
+    message: RStr<'_>,
+) {
+    with_host(handle, (), |host: &H| {
+        host.progress(done, total, message.as_str())
+    })
 }
 
 extern "C" fn is_cancelled<H: HostCallbacks>(handle: HostHandle) -> bool {
@@ -190,10 +203,16 @@ mod tests {
             "cpu"
         }
         fn log(&self, level: LogLevel, message: &str) {
-            self.lines.lock().unwrap().push(format!("{level:?} {message}"));
+            self.lines
+                .lock()
+                .unwrap()
+                .push(format!("{level:?} {message}"));
         }
         fn progress(&self, done: u64, total: u64, message: &str) {
-            self.lines.lock().unwrap().push(format!("{done}/{total} {message}"));
+            self.lines
+                .lock()
+                .unwrap()
+                .push(format!("{done}/{total} {message}"));
         }
         fn is_cancelled(&self) -> bool {
             self.cancelled.load(Ordering::SeqCst)
@@ -204,7 +223,10 @@ mod tests {
     fn calls_reach_the_host() {
         let host = Recorder::default();
         let ctx = PassContext::new(&host);
-        assert_eq!((ctx.output_dir().as_str(), ctx.device().as_str()), ("/out", "cpu"));
+        assert_eq!(
+            (ctx.output_dir().as_str(), ctx.device().as_str()),
+            ("/out", "cpu")
+        );
         ctx.log(LogLevel::Info, "hello");
         ctx.progress(1, 2, "half");
         assert!(!ctx.is_cancelled());

@@ -38,10 +38,16 @@ impl ErrorKind {
 
     /// The kind of a [`ErrorKind::name`]; unknown names are [`ErrorKind::FAILED`].
     pub fn from_name(name: &str) -> Self {
-        [Self::INVALID_CONFIG, Self::UNSUPPORTED_MODEL, Self::CANCELLED, Self::PANICKED, Self::UNKNOWN_PASS]
-            .into_iter()
-            .find(|kind| kind.name() == name)
-            .unwrap_or(Self::FAILED)
+        [
+            Self::INVALID_CONFIG,
+            Self::UNSUPPORTED_MODEL,
+            Self::CANCELLED,
+            Self::PANICKED,
+            Self::UNKNOWN_PASS,
+        ]
+        .into_iter()
+        .find(|kind| kind.name() == name)
+        .unwrap_or(Self::FAILED)
     }
 }
 
@@ -64,7 +70,10 @@ pub struct PassError {
 impl PassError {
     /// An error of `kind` with `message`.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        PassError { kind, message: RString::from(message.into()) }
+        PassError {
+            kind,
+            message: RString::from(message.into()),
+        }
     }
 }
 

@@ -109,7 +109,10 @@ impl Manifest {
 
     /// The library base name of a library file name on this platform (`libx.so` → `x`).
     pub fn library_base_name(file_name: &str) -> Option<&str> {
-        file_name.strip_prefix(DLL_PREFIX)?.strip_suffix(DLL_SUFFIX).filter(|base| !base.is_empty())
+        file_name
+            .strip_prefix(DLL_PREFIX)?
+            .strip_suffix(DLL_SUFFIX)
+            .filter(|base| !base.is_empty())
     }
 
     /// The library's file name on this platform (`x` → `libx.so`).
@@ -142,9 +145,16 @@ impl Manifest {
         let passes = passes
             .iter()
             .map(|pass| {
-                let config_schema = serde_json::from_str(&pass.config_schema_json)
-                    .map_err(|error| ManifestError::Schema { pass: pass.name.to_string(), error })?;
-                let strings = |list: &[abi_stable::std_types::RString]| list.iter().map(|s| s.to_string()).collect();
+                let config_schema =
+                    serde_json::from_str(&pass.config_schema_json).map_err(|error| {
+                        ManifestError::Schema {
+                            pass: pass.name.to_string(),
+                            error,
+                        }
+                    })?;
+                let strings = |list: &[abi_stable::std_types::RString]| {
+                    list.iter().map(|s| s.to_string()).collect()
+                };
                 Ok(PassManifest {
                     name: pass.name.to_string(),
                     version: pass.version.to_string(),
@@ -175,7 +185,9 @@ impl Manifest {
     /// The first way `library` (what the loaded library says) differs from this manifest, if any.
     pub fn disagreement(&self, library: &Manifest) -> Option<String> {
         let differ = |what: &str, ours: &dyn std::fmt::Debug, theirs: &dyn std::fmt::Debug| {
-            Some(format!("the manifest says {what} {ours:?}, the library says {theirs:?}"))
+            Some(format!(
+                "the manifest says {what} {ours:?}, the library says {theirs:?}"
+            ))
         };
         if self.name != library.name {
             return differ("name", &self.name, &library.name);
@@ -184,7 +196,11 @@ impl Manifest {
             return differ("version", &self.version, &library.version);
         }
         if self.api_version != library.api_version {
-            return differ("api_version", &self.api_version.to_string(), &library.api_version.to_string());
+            return differ(
+                "api_version",
+                &self.api_version.to_string(),
+                &library.api_version.to_string(),
+            );
         }
         let names = |m: &Manifest| m.passes.iter().map(|p| p.name.clone()).collect::<Vec<_>>();
         if names(self) != names(library) {
@@ -205,7 +221,10 @@ impl Manifest {
                 return differ(&field("devices"), &ours.devices, &theirs.devices);
             }
             if ours.config_schema != theirs.config_schema {
-                return Some(format!("pass `{}` has a different config_schema in the manifest and the library", ours.name));
+                return Some(format!(
+                    "pass `{}` has a different config_schema in the manifest and the library",
+                    ours.name
+                ));
             }
         }
         None
@@ -216,7 +235,10 @@ impl Manifest {
         if self.name.trim().is_empty() {
             return invalid("field `name` is empty".into());
         }
-        if self.library.is_empty() || self.library.contains(['/', '\\']) || self.library.starts_with('.') {
+        if self.library.is_empty()
+            || self.library.contains(['/', '\\'])
+            || self.library.starts_with('.')
+        {
             return invalid(format!(
                 "field `library` must be a library base name such as `quant_gptq`, got {:?}",
                 self.library
@@ -258,20 +280,29 @@ mod tests {
         let manifest = Manifest::from_json(EXAMPLE).unwrap();
         let file = manifest.library_file_name();
         assert_eq!(Manifest::library_base_name(&file), Some("fixture_copy"));
-        assert_eq!(Manifest::file_name_for("fixture_copy"), "fixture_copy.olive-plugin.json");
+        assert_eq!(
+            Manifest::file_name_for("fixture_copy"),
+            "fixture_copy.olive-plugin.json"
+        );
     }
 
     #[test]
     fn rejects_bad_values_with_the_field_named() {
         let bad_version = EXAMPLE.replace(r#""api_version": "1.0""#, r#""api_version": "one""#);
-        assert!(Manifest::from_json(&bad_version).unwrap_err().to_string().contains("api version `one`"));
+        assert!(Manifest::from_json(&bad_version)
+            .unwrap_err()
+            .to_string()
+            .contains("api version `one`"));
         let bad_library = EXAMPLE.replace(r#""library": "fixture_copy""#, r#""library": "../x""#);
         assert_eq!(
             Manifest::from_json(&bad_library).unwrap_err().to_string(),
             r#"field `library` must be a library base name such as `quant_gptq`, got "../x""#
         );
         let missing = EXAMPLE.replace(r#""version": "0.1.0","#, "");
-        assert!(Manifest::from_json(&missing).unwrap_err().to_string().contains("missing field `version`"));
+        assert!(Manifest::from_json(&missing)
+            .unwrap_err()
+            .to_string()
+            .contains("missing field `version`"));
     }
 
     #[test]

@@ -60,19 +60,32 @@ pub enum ModelError {
 impl Model {
     /// A model of `kind` at `path`, with no adapters and no metadata.
     pub fn new(kind: impl Into<String>, path: impl Into<PathBuf>) -> Self {
-        Model { kind: kind.into(), path: path.into(), adapter_paths: Vec::new(), metadata: Default::default() }
+        Model {
+            kind: kind.into(),
+            path: path.into(),
+            adapter_paths: Vec::new(),
+            metadata: Default::default(),
+        }
     }
 
     /// The ABI form of this model.
     pub fn to_ref(&self) -> Result<ModelRef, ModelError> {
         let utf8 = |path: &PathBuf| {
-            path.to_str().map(RString::from).ok_or_else(|| ModelError::NonUtf8Path(path.clone()))
+            path.to_str()
+                .map(RString::from)
+                .ok_or_else(|| ModelError::NonUtf8Path(path.clone()))
         };
         Ok(ModelRef {
             kind: RString::from(self.kind.as_str()),
             path: utf8(&self.path)?,
-            adapter_paths: self.adapter_paths.iter().map(utf8).collect::<Result<_, _>>()?,
-            metadata_json: RString::from(serde_json::Value::Object(self.metadata.clone()).to_string()),
+            adapter_paths: self
+                .adapter_paths
+                .iter()
+                .map(utf8)
+                .collect::<Result<_, _>>()?,
+            metadata_json: RString::from(
+                serde_json::Value::Object(self.metadata.clone()).to_string(),
+            ),
         })
     }
 
@@ -90,7 +103,11 @@ impl Model {
         Ok(Model {
             kind: model.kind.to_string(),
             path: PathBuf::from(model.path.as_str()),
-            adapter_paths: model.adapter_paths.iter().map(|p| PathBuf::from(p.as_str())).collect(),
+            adapter_paths: model
+                .adapter_paths
+                .iter()
+                .map(|p| PathBuf::from(p.as_str()))
+                .collect(),
             metadata,
         })
     }

@@ -80,7 +80,13 @@ mod tests {
     #[test]
     fn parses_and_prints() {
         let v: ApiVersion = "3.14".parse().unwrap();
-        assert_eq!(v, ApiVersion { major: 3, minor: 14 });
+        assert_eq!(
+            v,
+            ApiVersion {
+                major: 3,
+                minor: 14
+            }
+        );
         assert_eq!(v.to_string(), "3.14");
         assert_eq!(
             "3".parse::<ApiVersion>().unwrap_err().to_string(),

@@ -33,7 +33,10 @@ pub enum Error {
 impl Error {
     /// An I/O error on `path`.
     pub fn io(path: impl AsRef<Path>, error: std::io::Error) -> Self {
-        Error::Io { path: path.as_ref().to_path_buf(), error }
+        Error::Io {
+            path: path.as_ref().to_path_buf(),
+            error,
+        }
     }
 
     /// The ABI kind of this error.
@@ -59,7 +62,10 @@ mod tests {
 
     #[test]
     fn io_errors_name_the_file() {
-        let err = Error::io("/m/config.json", std::io::Error::from(std::io::ErrorKind::NotFound));
+        let err = Error::io(
+            "/m/config.json",
+            std::io::Error::from(std::io::ErrorKind::NotFound),
+        );
         let abi = PassError::from(err);
         assert_eq!(abi.kind, ErrorKind::FAILED);
         assert_eq!(abi.message.as_str(), "/m/config.json: entity not found");

@@ -146,6 +146,9 @@ macro_rules! __root_module_symbol {
 mod tests {
     #[test]
     fn root_module_symbol_is_abi_stables() {
-        assert_eq!(__root_module_symbol!(), abi_stable::library::ROOT_MODULE_LOADER_NAME);
+        assert_eq!(
+            __root_module_symbol!(),
+            abi_stable::library::ROOT_MODULE_LOADER_NAME
+        );
     }
 }

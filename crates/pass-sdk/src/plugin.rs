@@ -8,8 +8,8 @@ use std::sync::Once;
 use abi_stable::prefix_type::PrefixTypeTrait;
 use abi_stable::std_types::{RResult, RStr, RString, RVec};
 use olive_pass_api::{
-    ErrorKind, Manifest, ManifestError, Model, ModelRef, PassContext, PassDescriptor, PassError, PluginMod,
-    PluginModRef, API_VERSION,
+    ErrorKind, Manifest, ManifestError, Model, ModelRef, PassContext, PassDescriptor, PassError,
+    PluginMod, PluginModRef, API_VERSION,
 };
 
 use crate::{Context, Pass};
@@ -25,7 +25,11 @@ pub struct PassEntry {
 impl PassEntry {
     /// The entry for pass `P`.
     pub const fn of<P: Pass>() -> Self {
-        PassEntry { name: P::NAME, describe: describe::<P>, run: run::<P> }
+        PassEntry {
+            name: P::NAME,
+            describe: describe::<P>,
+            run: run::<P>,
+        }
     }
 
     /// The pass name.
@@ -40,15 +44,26 @@ impl PassEntry {
 
     /// Runs the pass: parses the config, checks the model kinds, and catches panics, so it never
     /// unwinds.
-    pub fn run(&self, model: &ModelRef, config_json: &str, ctx: PassContext<'_>) -> Result<ModelRef, PassError> {
-        let model = Model::from_ref(model)
-            .map_err(|err| PassError::new(ErrorKind::FAILED, format!("the host sent an invalid model: {err}")))?;
+    pub fn run(
+        &self,
+        model: &ModelRef,
+        config_json: &str,
+        ctx: PassContext<'_>,
+    ) -> Result<ModelRef, PassError> {
+        let model = Model::from_ref(model).map_err(|err| {
+            PassError::new(
+                ErrorKind::FAILED,
+                format!("the host sent an invalid model: {err}"),
+            )
+        })?;
         install_panic_hook();
         let _ = PANIC_LOCATION.try_with(Cell::take);
         let ctx = Context::new(ctx);
         let output = catch_unwind(AssertUnwindSafe(|| (self.run)(model, config_json, &ctx)))
             .unwrap_or_else(|payload| Err(panic_error(payload.as_ref())))?;
-        output.to_ref().map_err(|err| PassError::new(ErrorKind::FAILED, format!("invalid output model: {err}")))
+        output.to_ref().map_err(|err| {
+            PassError::new(ErrorKind::FAILED, format!("invalid output model: {err}"))
+        })
     }
 }
 
@@ -71,7 +86,13 @@ impl Plugin {
 
     /// The manifest of this plugin when built as the library with base name `library`.
     pub fn manifest(&self, library: &str) -> Result<Manifest, ManifestError> {
-        Manifest::describe(self.name, self.version, API_VERSION, library, &self.descriptors())
+        Manifest::describe(
+            self.name,
+            self.version,
+            API_VERSION,
+            library,
+            &self.descriptors(),
+        )
     }
 
     /// Runs pass `pass` (see [`PassEntry::run`]); never unwinds.
@@ -86,7 +107,10 @@ impl Plugin {
             let names: Vec<_> = self.passes.iter().map(|entry| entry.name).collect();
             return Err(PassError::new(
                 ErrorKind::UNKNOWN_PASS,
-                format!("no pass named `{pass}`; this plugin has: {}", names.join(", ")),
+                format!(
+                    "no pass named `{pass}`; this plugin has: {}",
+                    names.join(", ")
+                ),
             ));
         };
         entry.run(model, config_json, ctx)
@@ -105,14 +129,20 @@ impl Plugin {
         config_json: RStr<'_>,
         ctx: PassContext<'_>,
     ) -> RResult<ModelRef, PassError> {
-        self.run_pass(pass.as_str(), &model, config_json.as_str(), ctx).into()
+        self.run_pass(pass.as_str(), &model, config_json.as_str(), ctx)
+            .into()
     }
 
     #[doc(hidden)]
     pub fn root_module(
         &'static self,
         passes: extern "C" fn() -> RVec<PassDescriptor>,
-        run_pass: extern "C" fn(RStr<'_>, ModelRef, RStr<'_>, PassContext<'_>) -> RResult<ModelRef, PassError>,
+        run_pass: extern "C" fn(
+            RStr<'_>,
+            ModelRef,
+            RStr<'_>,
+            PassContext<'_>,
+        ) -> RResult<ModelRef, PassError>,
     ) -> PluginModRef {
         PluginMod {
             api_version: API_VERSION,
@@ -140,20 +170,33 @@ fn describe<P: Pass>() -> PassDescriptor {
 }
 
 fn run<P: Pass>(model: Model, config_json: &str, ctx: &Context<'_>) -> Result<Model, PassError> {
-    let text = if config_json.trim().is_empty() { "{}" } else { config_json };
-    let config: P::Config = serde_json::from_str(text)
-        .map_err(|err| PassError::new(ErrorKind::INVALID_CONFIG, format!("invalid config: {err}")))?;
+    let text = if config_json.trim().is_empty() {
+        "{}"
+    } else {
+        config_json
+    };
+    let config: P::Config = serde_json::from_str(text).map_err(|err| {
+        PassError::new(ErrorKind::INVALID_CONFIG, format!("invalid config: {err}"))
+    })?;
     if !P::ACCEPTS.contains(&model.kind.as_str()) {
         return Err(PassError::new(
             ErrorKind::UNSUPPORTED_MODEL,
-            format!("accepts models of kind {}, got `{}`", P::ACCEPTS.join(", "), model.kind),
+            format!(
+                "accepts models of kind {}, got `{}`",
+                P::ACCEPTS.join(", "),
+                model.kind
+            ),
         ));
     }
     let output = P::run(model, config, ctx)?;
     if !P::PRODUCES.contains(&output.kind.as_str()) {
         return Err(PassError::new(
             ErrorKind::FAILED,
-            format!("produced a model of kind `{}`, which is not among {}", output.kind, P::PRODUCES.join(", ")),
+            format!(
+                "produced a model of kind `{}`, which is not among {}",
+                output.kind,
+                P::PRODUCES.join(", ")
+            ),
         ));
     }
     Ok(output)

@@ -5,7 +5,9 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
-use olive_pass_api::{ErrorKind, HostCallbacks, LogLevel, Model, ModelError, ModelRef, PassContext, PassError};
+use olive_pass_api::{
+    ErrorKind, HostCallbacks, LogLevel, Model, ModelError, ModelRef, PassContext, PassError,
+};
 
 use crate::{Pass, PassEntry, Plugin};
 
@@ -56,22 +58,40 @@ impl TestHost {
 
     /// The log lines so far.
     pub fn logs(&self) -> Vec<(LogLevel, String)> {
-        self.logs.lock().map(|logs| logs.clone()).unwrap_or_default()
+        self.logs
+            .lock()
+            .map(|logs| logs.clone())
+            .unwrap_or_default()
     }
 
     /// The progress reports so far.
     pub fn progress(&self) -> Vec<Progress> {
-        self.progress.lock().map(|progress| progress.clone()).unwrap_or_default()
+        self.progress
+            .lock()
+            .map(|progress| progress.clone())
+            .unwrap_or_default()
     }
 
     /// Runs pass `P` on `model` with `config_json`.
     pub fn run<P: Pass>(&self, model: &Model, config_json: &str) -> Result<Model, PassError> {
-        self.run_with(|model, ctx| PassEntry::of::<P>().run(model, config_json, ctx), model)
+        self.run_with(
+            |model, ctx| PassEntry::of::<P>().run(model, config_json, ctx),
+            model,
+        )
     }
 
     /// Runs pass `pass` of `plugin` (e.g. a plugin crate's `OLIVE_PLUGIN`) on `model`.
-    pub fn run_plugin(&self, plugin: &Plugin, pass: &str, model: &Model, config_json: &str) -> Result<Model, PassError> {
-        self.run_with(|model, ctx| plugin.run_pass(pass, model, config_json, ctx), model)
+    pub fn run_plugin(
+        &self,
+        plugin: &Plugin,
+        pass: &str,
+        model: &Model,
+        config_json: &str,
+    ) -> Result<Model, PassError> {
+        self.run_with(
+            |model, ctx| plugin.run_pass(pass, model, config_json, ctx),
+            model,
+        )
     }
 
     fn run_with(
@@ -102,7 +122,11 @@ impl HostCallbacks for TestHost {
 
     fn progress(&self, done: u64, total: u64, message: &str) {
         if let Ok(mut progress) = self.progress.lock() {
-            progress.push(Progress { done, total, message: message.to_owned() });
+            progress.push(Progress {
+                done,
+                total,
+                message: message.to_owned(),
+            });
         }
     }
 

@@ -56,13 +56,19 @@ fn runs_a_pass_and_records_logs_and_progress() {
     let output = host.run::<Count>(&hf(), r#"{"steps": 2}"#).unwrap();
     assert_eq!(output, Model::new(kinds::ONNX, "/out/model.onnx"));
     assert_eq!(host.logs(), [(LogLevel::Info, "counted on gpu".to_owned())]);
-    let counting = |done| Progress { done, total: 2, message: "counting".into() };
+    let counting = |done| Progress {
+        done,
+        total: 2,
+        message: "counting".into(),
+    };
     assert_eq!(host.progress(), [counting(1), counting(2)]);
 }
 
 #[test]
 fn unknown_config_fields_are_an_invalid_config_error() {
-    let err = TestHost::new("/out").run::<Count>(&hf(), r#"{"steps": 1, "stpes": 2}"#).unwrap_err();
+    let err = TestHost::new("/out")
+        .run::<Count>(&hf(), r#"{"steps": 1, "stpes": 2}"#)
+        .unwrap_err();
     assert_eq!(err.kind, ErrorKind::INVALID_CONFIG);
     assert_eq!(
         err.message.as_str(),
@@ -72,17 +78,27 @@ fn unknown_config_fields_are_an_invalid_config_error() {
 
 #[test]
 fn models_of_other_kinds_are_refused() {
-    let err = TestHost::new("/out").run::<Count>(&Model::new(kinds::ONNX, "/m.onnx"), r#"{"steps": 1}"#).unwrap_err();
+    let err = TestHost::new("/out")
+        .run::<Count>(&Model::new(kinds::ONNX, "/m.onnx"), r#"{"steps": 1}"#)
+        .unwrap_err();
     assert_eq!(err.kind, ErrorKind::UNSUPPORTED_MODEL);
-    assert_eq!(err.message.as_str(), "accepts models of kind hf, got `onnx`");
+    assert_eq!(
+        err.message.as_str(),
+        "accepts models of kind hf, got `onnx`"
+    );
 }
 
 #[test]
 fn a_panic_becomes_an_error_with_its_location() {
-    let err = TestHost::new("/out").run::<Count>(&hf(), r#"{"steps": 3, "panic_at": 2}"#).unwrap_err();
+    let err = TestHost::new("/out")
+        .run::<Count>(&hf(), r#"{"steps": 3, "panic_at": 2}"#)
+        .unwrap_err();
     assert_eq!(err.kind, ErrorKind::PANICKED);
     let message = err.message.as_str();
-    assert!(message.starts_with("panicked at crates/pass-sdk/tests/sdk.rs:"), "{message}");
+    assert!(
+        message.starts_with("panicked at crates/pass-sdk/tests/sdk.rs:"),
+        "{message}"
+    );
     assert!(message.ends_with(": step 2 is cursed"), "{message}");
 }
 
@@ -91,16 +107,25 @@ fn a_cancelled_host_stops_the_pass() {
     let host = TestHost::new("/out");
     host.cancel();
     let err = host.run::<Count>(&hf(), r#"{"steps": 3}"#).unwrap_err();
-    assert_eq!((err.kind, err.message.as_str()), (ErrorKind::CANCELLED, "cancelled"));
+    assert_eq!(
+        (err.kind, err.message.as_str()),
+        (ErrorKind::CANCELLED, "cancelled")
+    );
     assert!(host.progress().is_empty());
 }
 
 #[test]
 fn the_exported_plugin_describes_itself() {
     let manifest = OLIVE_PLUGIN.manifest("counter").unwrap();
-    assert_eq!((manifest.name.as_str(), manifest.version.as_str()), ("counter", "0.3.0"));
+    assert_eq!(
+        (manifest.name.as_str(), manifest.version.as_str()),
+        ("counter", "0.3.0")
+    );
     let pass = manifest.pass("Count").unwrap();
-    assert_eq!((pass.version.as_str(), pass.description.as_str()), ("1.2.3", "Counts steps."));
+    assert_eq!(
+        (pass.version.as_str(), pass.description.as_str()),
+        ("1.2.3", "Counts steps.")
+    );
     assert_eq!(pass.devices, ["cpu", "gpu"]);
     let steps = &pass.config_schema["properties"]["steps"];
     assert_eq!(steps["description"], "How many steps to take.");
@@ -109,7 +134,12 @@ fn the_exported_plugin_describes_itself() {
 
 #[test]
 fn the_plugin_names_its_passes_when_asked_for_another() {
-    let err = TestHost::new("/out").run_plugin(&OLIVE_PLUGIN, "Nope", &hf(), "{}").unwrap_err();
+    let err = TestHost::new("/out")
+        .run_plugin(&OLIVE_PLUGIN, "Nope", &hf(), "{}")
+        .unwrap_err();
     assert_eq!(err.kind, ErrorKind::UNKNOWN_PASS);
-    assert_eq!(err.message.as_str(), "no pass named `Nope`; this plugin has: Count");
+    assert_eq!(
+        err.message.as_str(),
+        "no pass named `Nope`; this plugin has: Count"
+    );
 }

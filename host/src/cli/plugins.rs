@@ -42,7 +42,10 @@ pub fn run(args: PluginsArgs) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        PluginsCommand::Manifest { library, output_dir } => {
+        PluginsCommand::Manifest {
+            library,
+            output_dir,
+        } => {
             let path = load::write_manifest(&library, output_dir.as_deref())?;
             println!("{}", path.display());
             Ok(())
@@ -58,7 +61,12 @@ fn as_text(found: &plugins::Discovery) -> String {
     if !found.shadowed.is_empty() {
         text.push_str("\nshadowed by an earlier plugin of the same name:\n");
         for plugin in &found.shadowed {
-            text.push_str(&format!("  {} {}  {}\n", plugin.manifest.name, plugin.manifest.version, plugin.library_path.display()));
+            text.push_str(&format!(
+                "  {} {}  {}\n",
+                plugin.manifest.name,
+                plugin.manifest.version,
+                plugin.library_path.display()
+            ));
         }
     }
     if !found.broken.is_empty() {
@@ -68,7 +76,11 @@ fn as_text(found: &plugins::Discovery) -> String {
         }
     }
     if found.plugins.is_empty() {
-        let folders: Vec<_> = found.folders.iter().map(|f| f.display().to_string()).collect();
+        let folders: Vec<_> = found
+            .folders
+            .iter()
+            .map(|f| f.display().to_string())
+            .collect();
         text.push_str(&format!(
             "no plugins found (searched {}; add folders with {})\n",
             folders.join(", "),
@@ -80,7 +92,12 @@ fn as_text(found: &plugins::Discovery) -> String {
 
 fn plugin_text(plugin: &Plugin) -> String {
     let manifest = &plugin.manifest;
-    let mut text = format!("{} {}  {}\n", manifest.name, manifest.version, plugin.library_path.display());
+    let mut text = format!(
+        "{} {}  {}\n",
+        manifest.name,
+        manifest.version,
+        plugin.library_path.display()
+    );
     for pass in &manifest.passes {
         text.push_str(&format!(
             "  {} {}  {} -> {}  [{}]  {}\n",

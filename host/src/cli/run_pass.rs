@@ -61,7 +61,11 @@ pub fn run(args: RunPassArgs) -> anyhow::Result<()> {
         );
     }
     if !pass.devices.contains(&args.device) {
-        bail!("{who} runs on {}, not on `{}`", pass.devices.join(", "), args.device);
+        bail!(
+            "{who} runs on {}, not on `{}`",
+            pass.devices.join(", "),
+            args.device
+        );
     }
     let output = engine::run_pass(&PassRun {
         plugin,
@@ -86,10 +90,12 @@ fn read_config(arg: Option<&str>) -> anyhow::Result<String> {
     let (text, source) = if arg.trim_start().starts_with('{') {
         (arg.to_owned(), "--config".to_owned())
     } else {
-        let text = fs::read_to_string(arg).with_context(|| format!("cannot read config file {arg}"))?;
+        let text =
+            fs::read_to_string(arg).with_context(|| format!("cannot read config file {arg}"))?;
         (text, format!("config file {arg}"))
     };
-    let value: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{source} is not valid JSON"))?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{source} is not valid JSON"))?;
     if !value.is_object() {
         bail!("{source} must be a JSON object, not {value}");
     }
@@ -108,7 +114,10 @@ fn input_model(args: &RunPassArgs) -> anyhow::Result<Model> {
     let mut model = Model::new(kind.clone(), path);
     if let Some(adapter) = &args.adapter_path {
         if !adapter.join("adapter_config.json").is_file() {
-            bail!("adapter path {} is not a PEFT adapter folder (no adapter_config.json)", adapter.display());
+            bail!(
+                "adapter path {} is not a PEFT adapter folder (no adapter_config.json)",
+                adapter.display()
+            );
         }
         if kind == kinds::HF {
             kind = kinds::HF_ADAPTER.to_owned();
@@ -129,7 +138,11 @@ fn guess_kind(path: &Path) -> anyhow::Result<String> {
         return Ok(kinds::HF.to_owned());
     }
     let holds_onnx = fs::read_dir(path)
-        .map(|entries| entries.filter_map(Result::ok).any(|entry| is_onnx(&entry.path())))
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .any(|entry| is_onnx(&entry.path()))
+        })
         .unwrap_or(false);
     if holds_onnx {
         return Ok(kinds::ONNX.to_owned());
@@ -141,7 +154,9 @@ fn guess_kind(path: &Path) -> anyhow::Result<String> {
 }
 
 fn parse_seconds(text: &str) -> Result<Duration, String> {
-    let seconds: f64 = text.parse().map_err(|_| format!("`{text}` is not a number of seconds"))?;
+    let seconds: f64 = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number of seconds"))?;
     if !(seconds.is_finite() && seconds > 0.0) {
         return Err(format!("`{text}` must be a positive number of seconds"));
     }

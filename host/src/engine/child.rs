@@ -31,20 +31,39 @@ pub fn serve() -> anyhow::Result<()> {
 }
 
 fn run(channel: &Channel) -> Event {
-    let failed = |stage, kind: &str, message: String| Event::Failed { stage, kind: kind.to_owned(), message };
+    let failed = |stage, kind: &str, message: String| Event::Failed {
+        stage,
+        kind: kind.to_owned(),
+        message,
+    };
     let request: Request = match protocol::receive(&mut io::stdin().lock()) {
         Ok(Some(request)) => request,
         Ok(None) => return failed(Stage::Request, "error", "no request on stdin".into()),
-        Err(err) => return failed(Stage::Request, "error", format!("unreadable request: {err}")),
+        Err(err) => {
+            return failed(
+                Stage::Request,
+                "error",
+                format!("unreadable request: {err}"),
+            )
+        }
     };
     let cancelled = Arc::new(AtomicBool::new(false));
-    watch_control(cancelled.clone(), request.output_dir.clone(), Duration::from_millis(request.grace_ms));
+    watch_control(
+        cancelled.clone(),
+        request.output_dir.clone(),
+        Duration::from_millis(request.grace_ms),
+    );
 
     let loaded = match load::load(&request.library_path) {
         Ok(loaded) => loaded,
         Err(err) => return failed(Stage::Load, "error", format!("{err:#}")),
     };
-    if let Err(err) = load::check_agreement(&loaded, &request.manifest, &request.manifest_path, &request.library_path) {
+    if let Err(err) = load::check_agreement(
+        &loaded,
+        &request.manifest,
+        &request.manifest_path,
+        &request.library_path,
+    ) {
         return failed(Stage::Manifest, "error", format!("{err:#}"));
     }
     let model = match request.model.to_ref() {
@@ -67,7 +86,11 @@ fn run(channel: &Channel) -> Event {
     match result.into_result() {
         Ok(output) => match Model::from_ref(&output) {
             Ok(model) => Event::Done { model },
-            Err(err) => failed(Stage::Pass, "error", format!("the pass returned an invalid model: {err}")),
+            Err(err) => failed(
+                Stage::Pass,
+                "error",
+                format!("the pass returned an invalid model: {err}"),
+            ),
         },
         Err(err) => failed(Stage::Pass, err.kind.name(), err.message.into_string()),
     }
@@ -115,17 +138,32 @@ impl HostCallbacks for WorkerHost {
     }
 
     fn log(&self, level: LogLevel, message: &str) {
-        emit(&self.channel, &Event::Log { level, message: message.to_owned() });
+        emit(
+            &self.channel,
+            &Event::Log {
+                level,
+                message: message.to_owned(),
+            },
+        );
     }
 
     fn progress(&self, done: u64, total: u64, message: &str) {
-        let Ok(mut last) = self.last_progress.lock() else { return };
+        let Ok(mut last) = self.last_progress.lock() else {
+            return;
+        };
         let now = Instant::now();
         if done < total && last.is_some_and(|at| now.duration_since(at) < PROGRESS_INTERVAL) {
             return;
         }
         *last = Some(now);
-        emit(&self.channel, &Event::Progress { done, total, message: message.to_owned() });
+        emit(
+            &self.channel,
+            &Event::Progress {
+                done,
+                total,
+                message: message.to_owned(),
+            },
+        );
     }
 
     fn is_cancelled(&self) -> bool {

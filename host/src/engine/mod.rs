@@ -40,14 +40,18 @@ pub struct PassRun<'a> {
 /// Runs the pass and returns the model it wrote, with paths under `output_path`.
 pub fn run_pass(run: &PassRun) -> anyhow::Result<Model> {
     let output = &run.output_path;
-    let name = output
-        .file_name()
-        .ok_or_else(|| anyhow!("output path {} does not end in a file or folder name", output.display()))?;
+    let name = output.file_name().ok_or_else(|| {
+        anyhow!(
+            "output path {} does not end in a file or folder name",
+            output.display()
+        )
+    })?;
     let parent = match output.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    fs::create_dir_all(&parent).with_context(|| format!("cannot create the output folder {}", parent.display()))?;
+    fs::create_dir_all(&parent)
+        .with_context(|| format!("cannot create the output folder {}", parent.display()))?;
     let staging = tempfile::Builder::new()
         .prefix(&format!(".{}.olive-tmp-", name.to_string_lossy()))
         .tempdir_in(&parent)
@@ -80,7 +84,12 @@ pub fn run_pass(run: &PassRun) -> anyhow::Result<Model> {
 
 /// Renames `staged` to `output`; an existing `output` is moved aside first and removed after.
 fn publish(staged: &Path, output: &Path) -> anyhow::Result<()> {
-    let cannot = |err: std::io::Error| anyhow!("cannot move the output into place at {}: {err}", output.display());
+    let cannot = |err: std::io::Error| {
+        anyhow!(
+            "cannot move the output into place at {}: {err}",
+            output.display()
+        )
+    };
     let Ok(existing) = fs::symlink_metadata(output) else {
         return fs::rename(staged, output).map_err(cannot);
     };
@@ -92,9 +101,16 @@ fn publish(staged: &Path, output: &Path) -> anyhow::Result<()> {
         let _ = fs::rename(&aside, output);
         return Err(cannot(err));
     }
-    let removed = if existing.is_dir() { fs::remove_dir_all(&aside) } else { fs::remove_file(&aside) };
+    let removed = if existing.is_dir() {
+        fs::remove_dir_all(&aside)
+    } else {
+        fs::remove_file(&aside)
+    };
     if let Err(err) = removed {
-        tracing::warn!("cannot remove the previous output, moved to {}: {err}", aside.display());
+        tracing::warn!(
+            "cannot remove the previous output, moved to {}: {err}",
+            aside.display()
+        );
     }
     Ok(())
 }
@@ -124,7 +140,10 @@ mod tests {
         fs::create_dir(&output).unwrap();
         fs::write(output.join("old"), "old").unwrap();
         publish(&staged, &output).unwrap();
-        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names, ["out"]);
         assert!(output.join("new").exists() && !output.join("old").exists());
     }
@@ -135,6 +154,9 @@ mod tests {
         model.adapter_paths = vec!["/p/.o.tmp".into(), "/elsewhere/a".into()];
         let model = relocate(model, Path::new("/p/.o.tmp"), Path::new("/p/o"));
         assert_eq!(model.path, Path::new("/p/o/model"));
-        assert_eq!(model.adapter_paths, [PathBuf::from("/p/o"), PathBuf::from("/elsewhere/a")]);
+        assert_eq!(
+            model.adapter_paths,
+            [PathBuf::from("/p/o"), PathBuf::from("/elsewhere/a")]
+        );
     }
 }

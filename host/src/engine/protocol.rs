@@ -98,14 +98,19 @@ pub fn send<T: Serialize>(out: &mut impl Write, message: &T) -> std::io::Result<
 }
 
 /// Reads one JSON line; `Ok(None)` at end of input.
-pub fn receive<T: for<'de> Deserialize<'de>>(input: &mut impl BufRead) -> std::io::Result<Option<T>> {
+pub fn receive<T: for<'de> Deserialize<'de>>(
+    input: &mut impl BufRead,
+) -> std::io::Result<Option<T>> {
     let mut line = String::new();
     if input.read_line(&mut line)? == 0 {
         return Ok(None);
     }
-    serde_json::from_str(&line)
-        .map(Some)
-        .map_err(|err| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{err}: {}", line.trim_end())))
+    serde_json::from_str(&line).map(Some).map_err(|err| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{err}: {}", line.trim_end()),
+        )
+    })
 }
 
 #[cfg(test)]
@@ -115,7 +120,14 @@ mod tests {
     #[test]
     fn events_are_tagged_json_lines() {
         let mut out = Vec::new();
-        send(&mut out, &Event::Log { level: LogLevel::Warn, message: "hi".into() }).unwrap();
+        send(
+            &mut out,
+            &Event::Log {
+                level: LogLevel::Warn,
+                message: "hi".into(),
+            },
+        )
+        .unwrap();
         send(&mut out, &Control::Cancel).unwrap();
         assert_eq!(
             String::from_utf8(out.clone()).unwrap(),
@@ -123,8 +135,17 @@ mod tests {
         );
         let mut input = out.as_slice();
         let event: Option<Event> = receive(&mut input).unwrap();
-        assert_eq!(event, Some(Event::Log { level: LogLevel::Warn, message: "hi".into() }));
-        assert_eq!(receive::<Control>(&mut input).unwrap(), Some(Control::Cancel));
+        assert_eq!(
+            event,
+            Some(Event::Log {
+                level: LogLevel::Warn,
+                message: "hi".into()
+            })
+        );
+        assert_eq!(
+            receive::<Control>(&mut input).unwrap(),
+            Some(Control::Cancel)
+        );
         assert_eq!(receive::<Control>(&mut input).unwrap(), None);
     }
 }

@@ -77,7 +77,8 @@ enum Message {
 pub fn run(job: &Job) -> anyhow::Result<Model> {
     let who = job.who();
     signals::watch_interrupts();
-    let exe = std::env::current_exe().context("cannot find the olive-host executable to start a worker")?;
+    let exe = std::env::current_exe()
+        .context("cannot find the olive-host executable to start a worker")?;
     let mut command = Command::new(&exe);
     command
         .args(["--log_level", &olive_log_level().to_string(), "worker"])
@@ -86,7 +87,9 @@ pub fn run(job: &Job) -> anyhow::Result<Model> {
         .stderr(Stdio::piped());
     #[cfg(unix)]
     std::os::unix::process::CommandExt::process_group(&mut command, 0);
-    let mut child = command.spawn().with_context(|| format!("{who}: cannot start a worker ({})", exe.display()))?;
+    let mut child = command
+        .spawn()
+        .with_context(|| format!("{who}: cannot start a worker ({})", exe.display()))?;
     let (tx, rx) = mpsc::channel();
     let tail = Arc::new(Mutex::new(VecDeque::new()));
     let readers = spawn_readers(&mut child, tx, tail.clone(), &who);
@@ -109,7 +112,10 @@ pub fn run(job: &Job) -> anyhow::Result<Model> {
     while readers.iter().any(|r| !r.is_finished()) && waited.elapsed() < READER_WAIT {
         thread::sleep(Duration::from_millis(5));
     }
-    let tail: Vec<String> = tail.lock().map(|t| t.iter().cloned().collect()).unwrap_or_default();
+    let tail: Vec<String> = tail
+        .lock()
+        .map(|t| t.iter().cloned().collect())
+        .unwrap_or_default();
     outcome.into_result(job, &tail)
 }
 
@@ -121,7 +127,13 @@ struct Outcome {
     killed: Option<Kill>,
 }
 
-fn supervise(job: &Job, child: &mut Child, stdin: &mut ChildStdin, rx: &Receiver<Message>, who: &str) -> Outcome {
+fn supervise(
+    job: &Job,
+    child: &mut Child,
+    stdin: &mut ChildStdin,
+    rx: &Receiver<Message>,
+    who: &str,
+) -> Outcome {
     let started = Instant::now();
     let mut progress = Progress::default();
     let mut last = None;
@@ -139,11 +151,17 @@ fn supervise(job: &Job, child: &mut Child, stdin: &mut ChildStdin, rx: &Receiver
             }
         } else {
             match rx.recv_timeout(POLL) {
-                Ok(Message::Event(event @ (Event::Done { .. } | Event::Failed { .. }))) => last = Some(event),
-                Ok(Message::Event(Event::Log { level, message })) => progress.suspend(|| log(level, who, &message)),
-                Ok(Message::Event(Event::Progress { done, total, message })) => {
-                    progress.update(&job.request.pass, done, total, &message)
+                Ok(Message::Event(event @ (Event::Done { .. } | Event::Failed { .. }))) => {
+                    last = Some(event)
                 }
+                Ok(Message::Event(Event::Log { level, message })) => {
+                    progress.suspend(|| log(level, who, &message))
+                }
+                Ok(Message::Event(Event::Progress {
+                    done,
+                    total,
+                    message,
+                })) => progress.update(&job.request.pass, done, total, &message),
                 Ok(Message::Closed) | Err(RecvTimeoutError::Disconnected) => closed = true,
                 Err(RecvTimeoutError::Timeout) => {}
             }
@@ -154,7 +172,9 @@ fn supervise(job: &Job, child: &mut Child, stdin: &mut ChildStdin, rx: &Receiver
             let why = if interrupts > 0 {
                 Some(Cancel::Interrupt)
             } else {
-                job.timeout.filter(|limit| started.elapsed() >= *limit).map(Cancel::Timeout)
+                job.timeout
+                    .filter(|limit| started.elapsed() >= *limit)
+                    .map(Cancel::Timeout)
             };
             if let Some(why) = why {
                 progress.suspend(|| tracing::warn!("{who}: cancelling after {}", why.describe()));
@@ -180,7 +200,12 @@ fn supervise(job: &Job, child: &mut Child, stdin: &mut ChildStdin, rx: &Receiver
         }
     };
     progress.finish();
-    Outcome { status, last, cancel: cancel.map(|(why, _, _)| why), killed }
+    Outcome {
+        status,
+        last,
+        cancel: cancel.map(|(why, _, _)| why),
+        killed,
+    }
 }
 
 impl Outcome {
@@ -194,22 +219,38 @@ impl Outcome {
                     seconds(grace)
                 ),
                 Some(Kill::Interrupt) => {
-                    bail!("{who}: cancelled after {}; the worker was killed at a further interrupt", cancel.describe())
+                    bail!(
+                        "{who}: cancelled after {}; the worker was killed at a further interrupt",
+                        cancel.describe()
+                    )
                 }
                 None => {}
             }
-            if let Some(Event::Failed { stage: Stage::Pass, kind, message }) = &self.last {
+            if let Some(Event::Failed {
+                stage: Stage::Pass,
+                kind,
+                message,
+            }) = &self.last
+            {
                 if ErrorKind::from_name(kind) != ErrorKind::CANCELLED {
-                    bail!("{who}: {message} (while being cancelled after {})", cancel.describe());
+                    bail!(
+                        "{who}: {message} (while being cancelled after {})",
+                        cancel.describe()
+                    );
                 }
             }
             bail!("{who}: cancelled after {}", cancel.describe());
         }
-        let status = self.status.with_context(|| format!("{who}: cannot wait for the worker"))?;
+        let status = self
+            .status
+            .with_context(|| format!("{who}: cannot wait for the worker"))?;
         match self.last {
             Some(Event::Done { model }) => {
                 if !status.success() {
-                    tracing::warn!("{who}: the worker {} after the pass finished", describe_status(status));
+                    tracing::warn!(
+                        "{who}: the worker {} after the pass finished",
+                        describe_status(status)
+                    );
                 }
                 Ok(model)
             }
@@ -219,8 +260,15 @@ impl Outcome {
                 Stage::Request => anyhow!("{who}: the worker rejected its request: {message}"),
             }),
             _ => {
-                let output = if tail.is_empty() { String::new() } else { format!("; its last output:\n{}", tail.join("\n")) };
-                bail!("{who}: the worker process {} before the pass finished{output}", describe_status(status))
+                let output = if tail.is_empty() {
+                    String::new()
+                } else {
+                    format!("; its last output:\n{}", tail.join("\n"))
+                };
+                bail!(
+                    "{who}: the worker process {} before the pass finished{output}",
+                    describe_status(status)
+                )
             }
         }
     }
@@ -309,7 +357,9 @@ impl Progress {
                 ProgressDrawTarget::hidden()
             };
             let bar = ProgressBar::with_draw_target(None, target).with_prefix(pass.to_owned());
-            if let Ok(style) = ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed})") {
+            if let Ok(style) =
+                ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed})")
+            {
                 bar.set_style(style.progress_chars("=> "));
             }
             bar

@@ -22,12 +22,17 @@ pub fn load(path: &Path) -> anyhow::Result<Loaded> {
     let cannot = |why: String| anyhow!("cannot load {}: {why}", path.display());
     let header = lib_header_from_path(path).map_err(|err| cannot(library_error(&err)))?;
     let built_for = VersionNumber::new(header.version_strings())
-        .map(|v| ApiVersion { major: v.major, minor: v.minor })
+        .map(|v| ApiVersion {
+            major: v.major,
+            minor: v.minor,
+        })
         .map_err(|err| cannot(format!("its plugin api version is unreadable: {err}")))?;
     if !API_VERSION.accepts(built_for) {
         return Err(cannot(wrong_api(built_for)));
     }
-    let module = header.init_root_module::<PluginModRef>().map_err(|err| cannot(library_error(&err)))?;
+    let module = header
+        .init_root_module::<PluginModRef>()
+        .map_err(|err| cannot(library_error(&err)))?;
     if !API_VERSION.accepts(module.api_version()) {
         return Err(cannot(wrong_api(module.api_version())));
     }
@@ -35,15 +40,30 @@ pub fn load(path: &Path) -> anyhow::Result<Loaded> {
         .file_name()
         .and_then(|name| name.to_str())
         .and_then(Manifest::library_base_name)
-        .ok_or_else(|| cannot(format!("its file name is not of the form {DLL_PREFIX}NAME{DLL_SUFFIX}")))?;
+        .ok_or_else(|| {
+            cannot(format!(
+                "its file name is not of the form {DLL_PREFIX}NAME{DLL_SUFFIX}"
+            ))
+        })?;
     let passes = (module.passes())();
-    let manifest = Manifest::describe(module.name().as_str(), module.version().as_str(), module.api_version(), library, &passes)
-        .map_err(|err| cannot(format!("it describes itself wrongly: {err}")))?;
+    let manifest = Manifest::describe(
+        module.name().as_str(),
+        module.version().as_str(),
+        module.api_version(),
+        library,
+        &passes,
+    )
+    .map_err(|err| cannot(format!("it describes itself wrongly: {err}")))?;
     Ok(Loaded { module, manifest })
 }
 
 /// Checks that the library's own description agrees with the manifest it was found by.
-pub fn check_agreement(loaded: &Loaded, manifest: &Manifest, manifest_path: &Path, library_path: &Path) -> anyhow::Result<()> {
+pub fn check_agreement(
+    loaded: &Loaded,
+    manifest: &Manifest,
+    manifest_path: &Path,
+    library_path: &Path,
+) -> anyhow::Result<()> {
     let mut ours = manifest.clone();
     ours.library = loaded.manifest.library.clone();
     if let Some(difference) = ours.disagreement(&loaded.manifest) {
@@ -60,7 +80,9 @@ pub fn check_agreement(loaded: &Loaded, manifest: &Manifest, manifest_path: &Pat
 /// atomically; returns the manifest's path.
 pub fn write_manifest(library: &Path, folder: Option<&Path>) -> anyhow::Result<PathBuf> {
     let loaded = load(library)?;
-    let folder = folder.or_else(|| library.parent()).unwrap_or(Path::new("."));
+    let folder = folder
+        .or_else(|| library.parent())
+        .unwrap_or(Path::new("."));
     let path = folder.join(Manifest::file_name_for(&loaded.manifest.library));
     let mut staged = tempfile::Builder::new()
         .prefix(".olive-manifest-")
@@ -68,7 +90,9 @@ pub fn write_manifest(library: &Path, folder: Option<&Path>) -> anyhow::Result<P
         .with_context(|| format!("cannot create a temporary file in {}", folder.display()))?;
     std::io::Write::write_all(&mut staged, loaded.manifest.to_json().as_bytes())
         .with_context(|| format!("cannot write {}", path.display()))?;
-    staged.persist(&path).with_context(|| format!("cannot write {}", path.display()))?;
+    staged
+        .persist(&path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(path)
 }
 
@@ -84,18 +108,32 @@ fn library_error(err: &LibraryError) -> String {
             "it is not an olive plugin: it does not export the plugin root module (symbol `{}`)",
             abi_stable::library::ROOT_MODULE_LOADER_NAME
         ),
-        LibraryError::ParseVersionError(err) => format!("its plugin api version is unreadable: {err}"),
-        LibraryError::IncompatibleVersionNumber { actual_version, .. } => {
-            wrong_api(ApiVersion { major: actual_version.major, minor: actual_version.minor })
+        LibraryError::ParseVersionError(err) => {
+            format!("its plugin api version is unreadable: {err}")
         }
-        LibraryError::RootModule { err, .. } => format!("its root module failed to initialize: {err}"),
+        LibraryError::IncompatibleVersionNumber { actual_version, .. } => wrong_api(ApiVersion {
+            major: actual_version.major,
+            minor: actual_version.minor,
+        }),
+        LibraryError::RootModule { err, .. } => {
+            format!("its root module failed to initialize: {err}")
+        }
         LibraryError::AbiInstability(err) => format!(
             "its plugin ABI layout differs from this olive-host's ({} expected): {}",
             PluginModRef::NAME,
-            err.to_string().split_whitespace().collect::<Vec<_>>().join(" ")
+            err.to_string()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
         ),
-        LibraryError::InvalidAbiHeader(_) => "it was built with an incompatible abi_stable version".to_owned(),
+        LibraryError::InvalidAbiHeader(_) => {
+            "it was built with an incompatible abi_stable version".to_owned()
+        }
         LibraryError::InvalidCAbi { .. } => "it was built with an incompatible C ABI".to_owned(),
-        LibraryError::Many(errors) => errors.iter().map(library_error).collect::<Vec<_>>().join("; "),
+        LibraryError::Many(errors) => errors
+            .iter()
+            .map(library_error)
+            .collect::<Vec<_>>()
+            .join("; "),
     }
 }

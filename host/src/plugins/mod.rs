@@ -51,7 +51,11 @@ pub struct Discovery {
 /// The plugin folders: each of `OLIVE_PLUGIN_PATH`, the executable's folder and its `plugins/`.
 pub fn search_path() -> Vec<PathBuf> {
     let mut folders: Vec<PathBuf> = env::var_os(PLUGIN_PATH_VAR)
-        .map(|value| env::split_paths(&value).filter(|p| !p.as_os_str().is_empty()).collect())
+        .map(|value| {
+            env::split_paths(&value)
+                .filter(|p| !p.as_os_str().is_empty())
+                .collect()
+        })
         .unwrap_or_default();
     if let Some(exe_dir) = env::current_exe().ok().as_deref().and_then(Path::parent) {
         folders.push(exe_dir.to_path_buf());
@@ -68,15 +72,26 @@ pub fn search_path() -> Vec<PathBuf> {
 
 /// Reads every manifest in `folders`; folders that do not exist are skipped.
 pub fn discover(folders: &[PathBuf]) -> Discovery {
-    let mut found = Discovery { folders: folders.to_vec(), ..Discovery::default() };
+    let mut found = Discovery {
+        folders: folders.to_vec(),
+        ..Discovery::default()
+    };
     for folder in folders {
         for manifest_path in manifests_in(folder) {
             match read_plugin(&manifest_path) {
-                Ok(plugin) if found.plugins.iter().any(|p| p.manifest.name == plugin.manifest.name) => {
+                Ok(plugin)
+                    if found
+                        .plugins
+                        .iter()
+                        .any(|p| p.manifest.name == plugin.manifest.name) =>
+                {
                     found.shadowed.push(plugin)
                 }
                 Ok(plugin) => found.plugins.push(plugin),
-                Err(err) => found.broken.push(Broken { manifest_path, error: format!("{err:#}") }),
+                Err(err) => found.broken.push(Broken {
+                    manifest_path,
+                    error: format!("{err:#}"),
+                }),
             }
         }
     }
@@ -90,7 +105,11 @@ fn manifests_in(folder: &Path) -> Vec<PathBuf> {
     };
     let mut paths: Vec<PathBuf> = entries
         .filter_map(|entry| entry.ok().map(|e| e.path()))
-        .filter(|path| path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.ends_with(MANIFEST_SUFFIX)))
+        .filter(|path| {
+            path.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.ends_with(MANIFEST_SUFFIX))
+        })
         .collect();
     paths.sort();
     paths
@@ -120,7 +139,11 @@ pub fn read_plugin(manifest_path: &Path) -> anyhow::Result<Plugin> {
             library_path.display()
         );
     }
-    Ok(Plugin { manifest, manifest_path: manifest_path.to_path_buf(), library_path })
+    Ok(Plugin {
+        manifest,
+        manifest_path: manifest_path.to_path_buf(),
+        library_path,
+    })
 }
 
 impl Discovery {
@@ -129,23 +152,42 @@ impl Discovery {
         if let Some(plugin) = self.plugins.iter().find(|p| p.manifest.name == name) {
             return Ok(plugin);
         }
-        if let Some(broken) = self.broken.iter().find(|b| manifest_names(&b.manifest_path, name)) {
+        if let Some(broken) = self
+            .broken
+            .iter()
+            .find(|b| manifest_names(&b.manifest_path, name))
+        {
             return Err(anyhow!("{}", broken.error));
         }
         Err(anyhow!("no plugin named `{name}`; {}", self.summary()))
     }
 
     /// The plugin and pass for `pass`: in `plugin` when given, else the one plugin that has it.
-    pub fn pass(&self, plugin: Option<&str>, pass: &str) -> anyhow::Result<(&Plugin, &PassManifest)> {
+    pub fn pass(
+        &self,
+        plugin: Option<&str>,
+        pass: &str,
+    ) -> anyhow::Result<(&Plugin, &PassManifest)> {
         if let Some(name) = plugin {
             let plugin = self.plugin(name)?;
             let found = plugin.manifest.pass(pass).ok_or_else(|| {
-                let names: Vec<_> = plugin.manifest.passes.iter().map(|p| p.name.as_str()).collect();
-                anyhow!("plugin `{name}` has no pass `{pass}`; it has: {}", names.join(", "))
+                let names: Vec<_> = plugin
+                    .manifest
+                    .passes
+                    .iter()
+                    .map(|p| p.name.as_str())
+                    .collect();
+                anyhow!(
+                    "plugin `{name}` has no pass `{pass}`; it has: {}",
+                    names.join(", ")
+                )
             })?;
             return Ok((plugin, found));
         }
-        let mut having = self.plugins.iter().filter_map(|p| p.manifest.pass(pass).map(|found| (p, found)));
+        let mut having = self
+            .plugins
+            .iter()
+            .filter_map(|p| p.manifest.pass(pass).map(|found| (p, found)));
         match (having.next(), having.next()) {
             (Some(one), None) => Ok(one),
             (Some((a, _)), Some((b, _))) => bail!(
@@ -159,10 +201,25 @@ impl Discovery {
 
     /// "plugins found: a, b (searched: ...)" for error messages.
     fn summary(&self) -> String {
-        let names: Vec<_> = self.plugins.iter().map(|p| p.manifest.name.as_str()).collect();
-        let folders: Vec<_> = self.folders.iter().map(|f| f.display().to_string()).collect();
-        let found = if names.is_empty() { "no plugins found".to_owned() } else { format!("plugins found: {}", names.join(", ")) };
-        format!("{found} (searched {}; add folders with {PLUGIN_PATH_VAR})", folders.join(", "))
+        let names: Vec<_> = self
+            .plugins
+            .iter()
+            .map(|p| p.manifest.name.as_str())
+            .collect();
+        let folders: Vec<_> = self
+            .folders
+            .iter()
+            .map(|f| f.display().to_string())
+            .collect();
+        let found = if names.is_empty() {
+            "no plugins found".to_owned()
+        } else {
+            format!("plugins found: {}", names.join(", "))
+        };
+        format!(
+            "{found} (searched {}; add folders with {PLUGIN_PATH_VAR})",
+            folders.join(", ")
+        )
     }
 }
 

@@ -8,7 +8,9 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use crate::support::{doctored, entries, olive, olive_command, olive_with_path, plugin_dir, s, tiny_model};
+use crate::support::{
+    doctored, entries, olive, olive_command, olive_with_path, plugin_dir, s, tiny_model,
+};
 
 /// Runs pass `pass` on a tiny model with `extra` arguments; returns the run and how long it took,
 /// after checking that nothing but the input is left in the folder.
@@ -16,18 +18,39 @@ fn run_pass(pass: &str, extra: &[&str]) -> (crate::support::Run, Duration) {
     run_pass_with(None, pass, extra)
 }
 
-fn run_pass_with(plugin_path: Option<&Path>, pass: &str, extra: &[&str]) -> (crate::support::Run, Duration) {
+fn run_pass_with(
+    plugin_path: Option<&Path>,
+    pass: &str,
+    extra: &[&str],
+) -> (crate::support::Run, Duration) {
     let dir = tempfile::tempdir().unwrap();
     let model = tiny_model(dir.path());
     let out = dir.path().join("out");
-    let args = [&["run-pass", "--pass", pass, "-m", s(&model), "--output_path", s(&out)], extra].concat();
+    let args = [
+        &[
+            "run-pass",
+            "--pass",
+            pass,
+            "-m",
+            s(&model),
+            "--output_path",
+            s(&out),
+        ],
+        extra,
+    ]
+    .concat();
     let started = Instant::now();
     let run = match plugin_path {
         Some(path) => olive_with_path(path.as_os_str(), &args),
         None => olive(&args),
     };
     let took = started.elapsed();
-    assert_eq!(entries(dir.path()), ["in"], "a failed pass leaves nothing behind\n{}", run.stderr);
+    assert_eq!(
+        entries(dir.path()),
+        ["in"],
+        "a failed pass leaves nothing behind\n{}",
+        run.stderr
+    );
     (run, took)
 }
 
@@ -40,7 +63,10 @@ fn a_panic_is_an_error_with_its_location() {
         error.starts_with("plugin `fixture-broken`, pass `Panic`: panicked at tests/plugins/fixture-broken/src/lib.rs:"),
         "{error}"
     );
-    assert!(error.ends_with(": deliberate panic in a fixture"), "{error}");
+    assert!(
+        error.ends_with(": deliberate panic in a fixture"),
+        "{error}"
+    );
 }
 
 #[test]
@@ -73,7 +99,10 @@ fn a_pass_that_never_returns_is_cancelled_at_the_timeout() {
 
 #[test]
 fn a_pass_that_ignores_cancellation_is_killed_after_the_grace_period() {
-    let (run, took) = run_pass("IgnoreCancel", &["--timeout", "0.5", "--cancel_grace", "0.5"]);
+    let (run, took) = run_pass(
+        "IgnoreCancel",
+        &["--timeout", "0.5", "--cancel_grace", "0.5"],
+    );
     run.assert_error(
         "plugin `fixture-broken`, pass `IgnoreCancel`: cancelled after the 0.5s timeout but did not stop within 0.5s; the worker was killed",
     );
@@ -86,13 +115,32 @@ fn ctrl_c_cancels_the_pass() {
     let dir = tempfile::tempdir().unwrap();
     let model = tiny_model(dir.path());
     let out = dir.path().join("out");
-    let mut command = olive_command(&["--log_level", "1", "run-pass", "--pass", "Hang", "-m", s(&model), "-o", s(&out)]);
-    let mut child = command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut command = olive_command(&[
+        "--log_level",
+        "1",
+        "run-pass",
+        "--pass",
+        "Hang",
+        "-m",
+        s(&model),
+        "-o",
+        s(&out),
+    ]);
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
     let mut seen = String::new();
     // The pass logs this once it runs; then Ctrl-C reaches it, not an unstarted worker.
     while !seen.contains("waiting for cancellation") {
-        assert_ne!(stderr.read_line(&mut seen).unwrap(), 0, "olive-host ended early:\n{seen}");
+        assert_ne!(
+            stderr.read_line(&mut seen).unwrap(),
+            0,
+            "olive-host ended early:\n{seen}"
+        );
     }
     let pid = libc::pid_t::try_from(child.id()).unwrap();
     // SAFETY: signalling the child this test started.
@@ -102,7 +150,9 @@ fn ctrl_c_cancels_the_pass() {
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(1), "{rest}");
     assert!(
-        rest.ends_with("error: plugin `fixture-broken`, pass `Hang`: cancelled after an interrupt (Ctrl-C)\n"),
+        rest.ends_with(
+            "error: plugin `fixture-broken`, pass `Hang`: cancelled after an interrupt (Ctrl-C)\n"
+        ),
         "{rest}"
     );
     assert_eq!(entries(dir.path()), ["in"]);
@@ -119,7 +169,9 @@ fn a_manifest_for_another_api_version_is_refused_before_loading() {
 
 #[test]
 fn a_library_for_another_api_version_is_refused_at_load() {
-    let dir = doctored("fixture-wrong-api", "fixture_wrong_api", |m| m["api_version"] = "1.0".into());
+    let dir = doctored("fixture-wrong-api", "fixture_wrong_api", |m| {
+        m["api_version"] = "1.0".into()
+    });
     let (run, _) = run_pass_with(Some(dir.path()), "Nothing", &[]);
     run.assert_error(&format!(
         "plugin `fixture-wrong-api`: cannot load {}/{DLL_PREFIX}fixture_wrong_api{DLL_SUFFIX}: it was built for plugin api 99.0, and this olive-host speaks 1.0",
@@ -138,7 +190,9 @@ fn a_library_without_the_root_module_is_refused_at_load() {
 
 #[test]
 fn a_library_that_disagrees_with_its_manifest_is_refused() {
-    let dir = doctored("fixture-copy", "fixture_copy", |m| m["passes"][0]["version"] = "9.9.9".into());
+    let dir = doctored("fixture-copy", "fixture_copy", |m| {
+        m["passes"][0]["version"] = "9.9.9".into()
+    });
     let (run, _) = run_pass_with(Some(dir.path()), "CopyModel", &[]);
     let dir = dir.path().display();
     run.assert_error(&format!(
@@ -150,7 +204,11 @@ fn a_library_that_disagrees_with_its_manifest_is_refused() {
 #[test]
 fn a_missing_library_is_named() {
     let dir = doctored("fixture-copy", "fixture_copy", |_| {});
-    std::fs::remove_file(dir.path().join(format!("{DLL_PREFIX}fixture_copy{DLL_SUFFIX}"))).unwrap();
+    std::fs::remove_file(
+        dir.path()
+            .join(format!("{DLL_PREFIX}fixture_copy{DLL_SUFFIX}")),
+    )
+    .unwrap();
     let (run, _) = run_pass_with(Some(dir.path()), "CopyModel", &["--plugin", "fixture-copy"]);
     let dir = dir.path().display();
     run.assert_error(&format!(

@@ -3,7 +3,9 @@
 use std::env::consts::{DLL_PREFIX, DLL_SUFFIX};
 use std::fs;
 
-use crate::support::{checked_in_manifest, library, olive, olive_with_path, plugin_dir, s, stage, FIXTURES};
+use crate::support::{
+    checked_in_manifest, library, olive, olive_with_path, plugin_dir, s, stage, FIXTURES,
+};
 
 #[test]
 fn list_shows_each_plugin_with_its_file_version_and_passes() {
@@ -14,8 +16,12 @@ fn list_shows_each_plugin_with_its_file_version_and_passes() {
         "fixture-copy 0.1.0  {dir}/{DLL_PREFIX}fixture_copy{DLL_SUFFIX}\n  CopyModel 1.0.0  hf, onnx -> hf, onnx  [cpu]  Copies the input model to the output folder.\n"
     );
     assert!(run.stdout.contains(&copy), "{}", run.stdout);
-    assert!(run.stdout.contains("  Segfault 1.0.0  hf -> hf  [cpu]  Writes a file, then writes through a bad pointer.\n"));
-    assert!(run.stdout.contains(&format!("fixture-no-symbol 0.1.0  {dir}/{DLL_PREFIX}fixture_no_symbol{DLL_SUFFIX}\n")));
+    assert!(run.stdout.contains(
+        "  Segfault 1.0.0  hf -> hf  [cpu]  Writes a file, then writes through a bad pointer.\n"
+    ));
+    assert!(run.stdout.contains(&format!(
+        "fixture-no-symbol 0.1.0  {dir}/{DLL_PREFIX}fixture_no_symbol{DLL_SUFFIX}\n"
+    )));
     let broken = format!(
         "\nbroken:\n  plugin `fixture-wrong-api` ({dir}/fixture_wrong_api.olive-plugin.json) was built for plugin api 99.0, and this olive-host speaks 1.0\n"
     );
@@ -27,18 +33,36 @@ fn list_as_json() {
     let run = olive(&["plugins", "list", "--json"]);
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     let json: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
-    let names: Vec<_> = json["plugins"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["fixture-broken", "fixture-copy", "fixture-no-symbol"]);
+    let names: Vec<_> = json["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["fixture-broken", "fixture-copy", "fixture-no-symbol"]
+    );
     let copy = &json["plugins"][1];
     assert_eq!(copy["api_version"], "1.0");
-    assert_eq!(copy["passes"][0]["config_schema"]["additionalProperties"], false);
-    assert_eq!(json["broken"][0]["manifest"], s(&plugin_dir().join("fixture_wrong_api.olive-plugin.json")));
+    assert_eq!(
+        copy["passes"][0]["config_schema"]["additionalProperties"],
+        false
+    );
+    assert_eq!(
+        json["broken"][0]["manifest"],
+        s(&plugin_dir().join("fixture_wrong_api.olive-plugin.json"))
+    );
 }
 
 #[test]
 fn list_reports_bad_manifests_and_shadowed_plugins_and_still_lists_the_rest() {
     let extra = tempfile::tempdir().unwrap();
-    fs::write(extra.path().join("bad.olive-plugin.json"), "{\"name\": \"bad\",").unwrap();
+    fs::write(
+        extra.path().join("bad.olive-plugin.json"),
+        "{\"name\": \"bad\",",
+    )
+    .unwrap();
     let ghost = fs::read_to_string(checked_in_manifest("fixture-copy", "fixture_copy"))
         .unwrap()
         .replace("\"fixture-copy\"", "\"ghost\"")
@@ -50,7 +74,9 @@ fn list_reports_bad_manifests_and_shadowed_plugins_and_still_lists_the_rest() {
     let run = olive_with_path(&path, &["plugins", "list"]);
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     let (extra, dir) = (extra.path().display(), plugin_dir().display());
-    assert!(run.stdout.starts_with(&format!("fixture-copy 0.1.0  {extra}/{DLL_PREFIX}fixture_copy{DLL_SUFFIX}\n")));
+    assert!(run.stdout.starts_with(&format!(
+        "fixture-copy 0.1.0  {extra}/{DLL_PREFIX}fixture_copy{DLL_SUFFIX}\n"
+    )));
     let tail = format!(
         "\nshadowed by an earlier plugin of the same name:\n  fixture-copy 0.1.0  {dir}/{DLL_PREFIX}fixture_copy{DLL_SUFFIX}\n\
          \nbroken:\n  plugin manifest {extra}/bad.olive-plugin.json: not a valid plugin manifest: EOF while parsing a value at line 1 column 15\n  \
@@ -67,14 +93,28 @@ fn list_says_where_it_looked_when_there_are_no_plugins() {
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     let expected = format!("no plugins found (searched {}, ", empty.path().display());
     assert!(run.stdout.starts_with(&expected), "{}", run.stdout);
-    assert!(run.stdout.ends_with("; add folders with OLIVE_PLUGIN_PATH)\n"), "{}", run.stdout);
+    assert!(
+        run.stdout
+            .ends_with("; add folders with OLIVE_PLUGIN_PATH)\n"),
+        "{}",
+        run.stdout
+    );
 }
 
 #[test]
 fn manifest_writes_what_is_checked_in() {
-    for (package, lib) in FIXTURES.into_iter().filter(|(p, _)| ["fixture-copy", "fixture-broken"].contains(p)) {
+    for (package, lib) in FIXTURES
+        .into_iter()
+        .filter(|(p, _)| ["fixture-copy", "fixture-broken"].contains(p))
+    {
         let out = tempfile::tempdir().unwrap();
-        let run = olive(&["plugins", "manifest", s(&library(lib)), "--output_dir", s(out.path())]);
+        let run = olive(&[
+            "plugins",
+            "manifest",
+            s(&library(lib)),
+            "--output_dir",
+            s(out.path()),
+        ]);
         assert_eq!(run.code, Some(0), "{}", run.stderr);
         let written = out.path().join(format!("{lib}.olive-plugin.json"));
         assert_eq!(run.stdout.trim_end(), s(&written));
@@ -99,12 +139,25 @@ fn manifest_refuses_libraries_that_are_not_plugins_for_this_host() {
         no_symbol.display()
     ));
     let wrong_api = library("fixture_wrong_api");
-    olive(&["plugins", "manifest", s(&wrong_api), "--output_dir", s(out.path())]).assert_error(&format!(
+    olive(&[
+        "plugins",
+        "manifest",
+        s(&wrong_api),
+        "--output_dir",
+        s(out.path()),
+    ])
+    .assert_error(&format!(
         "cannot load {}: it was built for plugin api 99.0, and this olive-host speaks 1.0",
         wrong_api.display()
     ));
     let missing = out.path().join("libnothing.so");
     let run = olive(&["plugins", "manifest", s(&missing)]);
-    assert!(run.error().starts_with(&format!("cannot load {}: not a loadable library: ", missing.display())));
-    assert!(fs::read_dir(out.path()).unwrap().next().is_none(), "nothing is written on failure");
+    assert!(run.error().starts_with(&format!(
+        "cannot load {}: not a loadable library: ",
+        missing.display()
+    )));
+    assert!(
+        fs::read_dir(out.path()).unwrap().next().is_none(),
+        "nothing is written on failure"
+    );
 }

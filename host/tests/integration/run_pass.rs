@@ -10,12 +10,27 @@ fn copies_a_model_and_prints_the_output_model() {
     let dir = tempfile::tempdir().unwrap();
     let model = tiny_model(dir.path());
     let out = dir.path().join("out");
-    let run = olive(&["run-pass", "--pass", "CopyModel", "-m", s(&model), "--output_path", s(&out)]);
+    let run = olive(&[
+        "run-pass",
+        "--pass",
+        "CopyModel",
+        "-m",
+        s(&model),
+        "--output_path",
+        s(&out),
+    ]);
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     let printed: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
-    assert_eq!(printed, serde_json::json!({"kind": "hf", "path": s(&out), "metadata": {"copied_files": 2}}));
+    assert_eq!(
+        printed,
+        serde_json::json!({"kind": "hf", "path": s(&out), "metadata": {"copied_files": 2}})
+    );
     assert_eq!(fs::read(out.join("sub/weights.bin")).unwrap(), [1, 2, 3]);
-    assert_eq!(entries(dir.path()), ["in", "out"], "no staging folder is left behind");
+    assert_eq!(
+        entries(dir.path()),
+        ["in", "out"],
+        "no staging folder is left behind"
+    );
 }
 
 #[test]
@@ -23,10 +38,29 @@ fn the_pass_logs_and_progress_reach_the_host_log() {
     let dir = tempfile::tempdir().unwrap();
     let model = tiny_model(dir.path());
     let out = dir.path().join("out");
-    let run = olive(&["--log_level", "0", "run-pass", "--pass", "CopyModel", "-m", s(&model), "-o", s(&out)]);
+    let run = olive(&[
+        "--log_level",
+        "0",
+        "run-pass",
+        "--pass",
+        "CopyModel",
+        "-m",
+        s(&model),
+        "-o",
+        s(&out),
+    ]);
     assert_eq!(run.code, Some(0), "{}", run.stderr);
-    assert!(run.stderr.contains("plugin `fixture-copy`, pass `CopyModel`: copied 2 files\n"), "{}", run.stderr);
-    assert!(run.stderr.contains("CopyModel: 2/2 sub/weights.bin\n"), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("plugin `fixture-copy`, pass `CopyModel`: copied 2 files\n"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("CopyModel: 2/2 sub/weights.bin\n"),
+        "{}",
+        run.stderr
+    );
 }
 
 #[test]
@@ -35,7 +69,15 @@ fn an_onnx_file_is_an_onnx_model() {
     let model = dir.path().join("model.onnx");
     fs::write(&model, b"onnx").unwrap();
     let out = dir.path().join("out");
-    let run = olive(&["run-pass", "--pass", "CopyModel", "-m", s(&model), "-o", s(&out)]);
+    let run = olive(&[
+        "run-pass",
+        "--pass",
+        "CopyModel",
+        "-m",
+        s(&model),
+        "-o",
+        s(&out),
+    ]);
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     let printed: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
     assert_eq!(printed["kind"], "onnx");
@@ -52,7 +94,17 @@ fn the_config_may_be_a_file_and_an_existing_output_is_replaced() {
     fs::write(out.join("stale"), "old").unwrap();
     let config = dir.path().join("copy.json");
     fs::write(&config, r#"{"exclude": ["weights.bin"]}"#).unwrap();
-    let args = ["run-pass", "--plugin", "fixture-copy", "--pass", "CopyModel", "-m", s(&model), "-o", s(&out)];
+    let args = [
+        "run-pass",
+        "--plugin",
+        "fixture-copy",
+        "--pass",
+        "CopyModel",
+        "-m",
+        s(&model),
+        "-o",
+        s(&out),
+    ];
     let run = olive(&[&args[..], &["--config", s(&config)]].concat());
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     assert_eq!(entries(&out), ["config.json"]);
@@ -66,7 +118,15 @@ fn a_failed_pass_leaves_an_existing_output_untouched() {
     let out = dir.path().join("out");
     fs::create_dir(&out).unwrap();
     fs::write(out.join("keep"), "old").unwrap();
-    let run = olive(&["run-pass", "--pass", "Panic", "-m", s(&model), "-o", s(&out)]);
+    let run = olive(&[
+        "run-pass",
+        "--pass",
+        "Panic",
+        "-m",
+        s(&model),
+        "-o",
+        s(&out),
+    ]);
     assert_eq!(run.code, Some(1));
     assert_eq!(entries(&out), ["keep"]);
     assert_eq!(entries(dir.path()), ["in", "out"]);
@@ -81,7 +141,10 @@ fn refused(extra: &[&str], message: impl FnOnce(&std::path::Path) -> String) {
     if !extra.contains(&"--pass") {
         args.extend(["--pass", "CopyModel"]);
     }
-    let extra: Vec<String> = extra.iter().map(|a| a.replace("{dir}", s(dir.path()))).collect();
+    let extra: Vec<String> = extra
+        .iter()
+        .map(|a| a.replace("{dir}", s(dir.path())))
+        .collect();
     args.extend(extra.iter().map(String::as_str));
     olive(&args).assert_error(&message(dir.path()));
     assert_eq!(entries(dir.path()), ["in"]);
@@ -98,17 +161,30 @@ fn an_unknown_config_field_is_named() {
 #[test]
 fn a_config_file_that_is_missing_or_not_json_is_named() {
     refused(&["--config", "{dir}/missing.json"], |dir| {
-        format!("cannot read config file {}/missing.json: No such file or directory (os error 2)", dir.display())
+        format!(
+            "cannot read config file {}/missing.json: No such file or directory (os error 2)",
+            dir.display()
+        )
     });
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("bad.json");
     fs::write(&config, "{\n  \"exclude\": [,]\n}").unwrap();
     refused(&["--config", s(&config)], |_| {
-        format!("config file {} is not valid JSON: expected value at line 2 column 15", config.display())
+        format!(
+            "config file {} is not valid JSON: expected value at line 2 column 15",
+            config.display()
+        )
     });
-    refused(&["--config", "[1]"], |_| "cannot read config file [1]: No such file or directory (os error 2)".to_owned());
+    refused(&["--config", "[1]"], |_| {
+        "cannot read config file [1]: No such file or directory (os error 2)".to_owned()
+    });
     fs::write(&config, "[1]").unwrap();
-    refused(&["--config", s(&config)], |_| format!("config file {} must be a JSON object, not [1]", config.display()));
+    refused(&["--config", s(&config)], |_| {
+        format!(
+            "config file {} must be a JSON object, not [1]",
+            config.display()
+        )
+    });
 }
 
 #[test]
@@ -116,8 +192,16 @@ fn a_missing_or_unrecognised_model_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
     let missing = dir.path().join("nope");
-    olive(&["run-pass", "--pass", "CopyModel", "-m", s(&missing), "-o", s(&out)])
-        .assert_error(&format!("model path {} does not exist", missing.display()));
+    olive(&[
+        "run-pass",
+        "--pass",
+        "CopyModel",
+        "-m",
+        s(&missing),
+        "-o",
+        s(&out),
+    ])
+    .assert_error(&format!("model path {} does not exist", missing.display()));
     olive(&["run-pass", "--pass", "CopyModel", "-m", s(dir.path()), "-o", s(&out)]).assert_error(&format!(
         "cannot tell what kind of model {} is: expected a Hugging Face folder (with config.json) or an ONNX model (.onnx); give --model_kind",
         dir.path().display()
@@ -133,16 +217,25 @@ fn unknown_plugins_and_passes_are_named_with_what_was_found_where() {
         profile_dir().display(),
         profile_dir().display()
     );
-    refused(&["--plugin", "nope"], |_| format!("no plugin named `nope`; {found}"));
-    refused(&["--pass", "Nope"], |_| format!("no plugin has a pass `Nope`; {found}"));
+    refused(&["--plugin", "nope"], |_| {
+        format!("no plugin named `nope`; {found}")
+    });
+    refused(&["--pass", "Nope"], |_| {
+        format!("no plugin has a pass `Nope`; {found}")
+    });
 }
 
 #[test]
 fn a_pass_refuses_kinds_and_devices_it_does_not_serve() {
     refused(&["--pass", "Panic", "--model_kind", "onnx"], |dir| {
-        format!("pass `Panic` of plugin `fixture-broken` accepts models of kind hf; {}/in is `onnx`", dir.display())
+        format!(
+            "pass `Panic` of plugin `fixture-broken` accepts models of kind hf; {}/in is `onnx`",
+            dir.display()
+        )
     });
-    refused(&["--device", "npu"], |_| "pass `CopyModel` of plugin `fixture-copy` runs on cpu, not on `npu`".to_owned());
+    refused(&["--device", "npu"], |_| {
+        "pass `CopyModel` of plugin `fixture-copy` runs on cpu, not on `npu`".to_owned()
+    });
     refused(&["--plugin", "fixture-copy", "--pass", "Panic"], |_| {
         "plugin `fixture-copy` has no pass `Panic`; it has: CopyModel".to_owned()
     });

@@ -22,11 +22,15 @@ pub fn host_exe() -> &'static Path {
 
 /// `target/<profile>`, where cargo put olive-host and puts the fixture libraries.
 pub fn profile_dir() -> &'static Path {
-    host_exe().parent().expect("olive-host lives in a target folder")
+    host_exe()
+        .parent()
+        .expect("olive-host lives in a target folder")
 }
 
 fn workspace_root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("host/ is inside the workspace")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("host/ is inside the workspace")
 }
 
 /// The built library of fixture `lib` (e.g. `fixture_copy`).
@@ -37,7 +41,10 @@ pub fn library(lib: &str) -> PathBuf {
 
 /// The checked-in manifest of fixture package `package`.
 pub fn checked_in_manifest(package: &str, lib: &str) -> PathBuf {
-    workspace_root().join("tests/plugins").join(package).join(format!("{lib}.olive-plugin.json"))
+    workspace_root()
+        .join("tests/plugins")
+        .join(package)
+        .join(format!("{lib}.olive-plugin.json"))
 }
 
 /// The staged plugin folder with every fixture.
@@ -60,13 +67,22 @@ pub fn stage(dir: &Path, package: &str, lib: &str, edit: impl FnOnce(&mut serde_
     let file = format!("{DLL_PREFIX}{lib}{DLL_SUFFIX}");
     fs::copy(profile_dir().join(&file), dir.join(&file)).unwrap();
     let manifest = checked_in_manifest(package, lib);
-    let mut json: serde_json::Value = serde_json::from_str(&fs::read_to_string(&manifest).unwrap()).unwrap();
+    let mut json: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&manifest).unwrap()).unwrap();
     edit(&mut json);
-    fs::write(dir.join(manifest.file_name().unwrap()), serde_json::to_string_pretty(&json).unwrap()).unwrap();
+    fs::write(
+        dir.join(manifest.file_name().unwrap()),
+        serde_json::to_string_pretty(&json).unwrap(),
+    )
+    .unwrap();
 }
 
 /// A plugin folder holding only fixture `lib`, its manifest edited by `edit`.
-pub fn doctored(package: &str, lib: &str, edit: impl FnOnce(&mut serde_json::Value)) -> tempfile::TempDir {
+pub fn doctored(
+    package: &str,
+    lib: &str,
+    edit: impl FnOnce(&mut serde_json::Value),
+) -> tempfile::TempDir {
     plugin_dir();
     let dir = tempfile::tempdir().unwrap();
     stage(dir.path(), package, lib, edit);
@@ -98,8 +114,14 @@ fn build_fixtures() {
     for (package, _) in FIXTURES {
         command.args(["-p", package]);
     }
-    let status = command.stdin(Stdio::null()).status().expect("cannot run cargo to build the fixture plugins");
-    assert!(status.success(), "building the fixture plugins failed: {command:?}");
+    let status = command
+        .stdin(Stdio::null())
+        .status()
+        .expect("cannot run cargo to build the fixture plugins");
+    assert!(
+        status.success(),
+        "building the fixture plugins failed: {command:?}"
+    );
 }
 
 /// What an olive-host run printed and how it ended.
@@ -131,7 +153,10 @@ impl Run {
 /// A command running olive-host with the staged fixtures on `OLIVE_PLUGIN_PATH`.
 pub fn olive_command(args: &[&str]) -> Command {
     let mut command = Command::new(host_exe());
-    command.env("OLIVE_PLUGIN_PATH", plugin_dir()).env("NO_COLOR", "1").args(args);
+    command
+        .env("OLIVE_PLUGIN_PATH", plugin_dir())
+        .env("NO_COLOR", "1")
+        .args(args);
     command
 }
 
@@ -148,7 +173,10 @@ pub fn olive_with_path(path: &std::ffi::OsStr, args: &[&str]) -> Run {
 }
 
 pub fn run(mut command: Command) -> Run {
-    let output = command.stdin(Stdio::null()).output().expect("cannot run olive-host");
+    let output = command
+        .stdin(Stdio::null())
+        .output()
+        .expect("cannot run olive-host");
     Run {
         code: output.status.code(),
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
@@ -167,8 +195,10 @@ pub fn tiny_model(dir: &Path) -> PathBuf {
 
 /// The names in `dir`, sorted (to check that nothing was left behind).
 pub fn entries(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> =
-        fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
     names.sort();
     names
 }

@@ -38,23 +38,31 @@ broken_pass!(Panic, "Writes a file, then panics.", |ctx| {
     panic!("deliberate panic in a fixture")
 });
 
-broken_pass!(Segfault, "Writes a file, then writes through a bad pointer.", |ctx| {
-    let _ = std::fs::write(ctx.output_dir().join("half-written"), b"x");
-    // An aligned, non-null address in the unmapped first page: a real memory fault.
-    unsafe { std::ptr::write_volatile(std::ptr::without_provenance_mut::<u64>(0x10), 1) };
-    Err(Error::Failed("survived a segfault".into()))
-});
+broken_pass!(
+    Segfault,
+    "Writes a file, then writes through a bad pointer.",
+    |ctx| {
+        let _ = std::fs::write(ctx.output_dir().join("half-written"), b"x");
+        // An aligned, non-null address in the unmapped first page: a real memory fault.
+        unsafe { std::ptr::write_volatile(std::ptr::without_provenance_mut::<u64>(0x10), 1) };
+        Err(Error::Failed("survived a segfault".into()))
+    }
+);
 
 broken_pass!(Abort, "Writes a file, then aborts the process.", |ctx| {
     let _ = std::fs::write(ctx.output_dir().join("half-written"), b"x");
     std::process::abort()
 });
 
-broken_pass!(Exit, "Prints to stdout, then exits the process with status 3.", |ctx| {
-    let _ = std::fs::write(ctx.output_dir().join("half-written"), b"x");
-    println!("noise on stdout");
-    std::process::exit(3)
-});
+broken_pass!(
+    Exit,
+    "Prints to stdout, then exits the process with status 3.",
+    |ctx| {
+        let _ = std::fs::write(ctx.output_dir().join("half-written"), b"x");
+        println!("noise on stdout");
+        std::process::exit(3)
+    }
+);
 
 broken_pass!(Hang, "Runs until cancelled.", |ctx| {
     let _ = std::fs::write(ctx.output_dir().join("half-written"), b"x");
@@ -65,12 +73,16 @@ broken_pass!(Hang, "Runs until cancelled.", |ctx| {
     }
 });
 
-broken_pass!(IgnoreCancel, "Never returns, whatever the host asks.", |ctx| {
-    let _ = std::fs::write(ctx.output_dir().join("half-written"), b"x");
-    loop {
-        std::thread::sleep(Duration::from_millis(50));
+broken_pass!(
+    IgnoreCancel,
+    "Never returns, whatever the host asks.",
+    |ctx| {
+        let _ = std::fs::write(ctx.output_dir().join("half-written"), b"x");
+        loop {
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
-});
+);
 
 olive_pass_sdk::export_plugin! {
     name: "fixture-broken",

@@ -43,7 +43,11 @@ impl Pass for CopyModel {
             ctx.progress(done as u64 + 1, total, &relative.display().to_string());
         }
         ctx.info(&format!("copied {total} files"));
-        let path = if model.path.is_dir() { out } else { out.join(files.first().map(|f| f.1.clone()).unwrap_or_default()) };
+        let path = if model.path.is_dir() {
+            out
+        } else {
+            out.join(files.first().map(|f| f.1.clone()).unwrap_or_default())
+        };
         let mut output = Model::new(model.kind, path);
         output.metadata.insert("copied_files".into(), total.into());
         Ok(output)
@@ -61,7 +65,9 @@ fn list_files(root: &Path, exclude: &[String]) -> Result<Vec<(PathBuf, PathBuf)>
     while let Some(folder) = folders.pop() {
         for entry in fs::read_dir(&folder).map_err(|e| Error::io(&folder, e))? {
             let path = entry.map_err(|e| Error::io(&folder, e))?.path();
-            let excluded = path.file_name().is_some_and(|name| exclude.iter().any(|x| name == x.as_str()));
+            let excluded = path
+                .file_name()
+                .is_some_and(|name| exclude.iter().any(|x| name == x.as_str()));
             if path.is_dir() {
                 folders.push(path);
             } else if !excluded {
@@ -95,9 +101,14 @@ mod tests {
         let out = tempfile::tempdir().unwrap();
         let host = TestHost::new(out.path());
         let model = Model::new(kinds::HF, input.path());
-        let output = host.run::<CopyModel>(&model, r#"{"exclude": ["skip.bin"]}"#).unwrap();
+        let output = host
+            .run::<CopyModel>(&model, r#"{"exclude": ["skip.bin"]}"#)
+            .unwrap();
         assert_eq!(output.path, out.path());
-        assert_eq!(fs::read_to_string(out.path().join("config.json")).unwrap(), "{}");
+        assert_eq!(
+            fs::read_to_string(out.path().join("config.json")).unwrap(),
+            "{}"
+        );
         assert!(!out.path().join("sub/skip.bin").exists());
         assert_eq!(host.progress().len(), 1);
     }
