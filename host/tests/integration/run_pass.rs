@@ -240,3 +240,21 @@ fn a_pass_refuses_kinds_and_devices_it_does_not_serve() {
         "plugin `fixture-copy` has no pass `Panic`; it has: CopyModel".to_owned()
     });
 }
+
+#[test]
+fn an_adapter_makes_an_hf_adapter_model() {
+    refused(&["--adapter_path", "{dir}/in"], |dir| {
+        format!(
+            "adapter path {}/in is not a PEFT adapter folder (no adapter_config.json)",
+            dir.display()
+        )
+    });
+    let adapter = tempfile::tempdir().unwrap();
+    fs::write(adapter.path().join("adapter_config.json"), "{}").unwrap();
+    refused(&["--adapter_path", s(adapter.path())], |dir| {
+        format!(
+            "pass `CopyModel` of plugin `fixture-copy` accepts models of kind hf, onnx; {}/in is `hf+adapter`",
+            dir.display()
+        )
+    });
+}
