@@ -3,6 +3,8 @@
 //! converted by `olive-host convert`). transformers' figure for the same model and thread count
 //! comes from benches/decode_vs_transformers.py.
 //!
+//! Threads: rayon's default (every core) unless RAYON_NUM_THREADS says otherwise.
+//!
 //! Run: `OLIVE_BENCH_MODEL=tests/golden/out/smollm2/model cargo bench -p olive-nn --bench decode`
 
 use std::path::PathBuf;
