@@ -14,7 +14,6 @@ fn main() -> std::process::ExitCode {
     match cli::run(args.command) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
-            tracing::error!("{err:#}");
             eprintln!("error: {err:#}");
             std::process::ExitCode::FAILURE
         }

@@ -1,6 +1,7 @@
 //! The commands of olive-host, one module each; flags mirror Olive's CLI.
 
 mod convert;
+mod generate;
 mod plugins;
 mod run_pass;
 mod worker;
@@ -21,6 +22,8 @@ pub struct Cli {
 pub enum Command {
     /// Convert a GGUF file to a Hugging Face folder.
     Convert(convert::ConvertArgs),
+    /// Generate text greedily from a prompt, on CPU.
+    Generate(generate::GenerateArgs),
     /// List plugins, or write a plugin library's manifest.
     Plugins(plugins::PluginsArgs),
     /// Run one pass of a plugin on a model, in a worker process.
@@ -33,6 +36,7 @@ pub enum Command {
 pub fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Convert(args) => convert::run(args),
+        Command::Generate(args) => generate::run(args),
         Command::Plugins(args) => plugins::run(args),
         Command::RunPass(args) => run_pass::run(args),
         Command::Worker(args) => worker::run(args),
