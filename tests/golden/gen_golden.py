@@ -116,6 +116,8 @@ def smollm2_case() -> None:
 def tiny_case(name: str, config, prompt_len: int) -> None:
     def build(tmp: Path) -> None:
         torch.manual_seed(SEED)
+        # A wide init (0.02 leaves attention almost uniform) so that rope and masking errors show in the logits.
+        config.initializer_range = 0.15
         model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()
         # Random init leaves norms at 1 and biases at 0: perturb them so the test sees their use.
         with torch.no_grad():

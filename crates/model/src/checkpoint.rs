@@ -6,7 +6,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
-use safetensors::{Dtype, SafeTensors};
+use safetensors::{Dtype, SafeTensorError, SafeTensors};
 use serde_json::Value;
 
 use crate::error::{ModelError, Result};
@@ -212,7 +212,13 @@ fn open_shard(path: &Path) -> Result<Shard> {
         path: path.to_path_buf(),
         reason,
     };
-    let (header_len, metadata) = SafeTensors::read_metadata(&mmap).map_err(|e| bad(e.to_string()))?;
+    let (header_len, metadata) = SafeTensors::read_metadata(&mmap).map_err(|e| match e {
+        SafeTensorError::MetadataIncompleteBuffer => bad(format!(
+            "the header describes more data than the file's {} bytes hold (truncated file?)",
+            mmap.len()
+        )),
+        other => bad(other.to_string()),
+    })?;
     let data_start = 8 + header_len;
     let data_len = mmap.len() - data_start;
     let mut tensors = HashMap::new();
