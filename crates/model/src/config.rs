@@ -476,7 +476,7 @@ mod tests {
         v["model_type"] = json!("phi3");
         v["max_position_embeddings"] = json!(1024);
         v["original_max_position_embeddings"] = json!(64);
-        v["rope_scaling"] = json!({"type": "longrope", "short_factor": [1.0; 8], "long_factor": [2.0; 8]});
+        v["rope_scaling"] = json!({"type": "longrope", "short_factor": vec![1.0; 8], "long_factor": vec![2.0; 8]});
         let c = parse(v).unwrap();
         match c.rope_scaling {
             Some(RopeScaling::LongRope { original_max_position_embeddings, ref long_factor, .. }) => {
@@ -491,7 +491,7 @@ mod tests {
     fn longrope_factor_count_is_checked() {
         let mut v = llama();
         v["model_type"] = json!("phi3");
-        v["rope_scaling"] = json!({"type": "longrope", "short_factor": [1.0; 3], "long_factor": [2.0; 8],
+        v["rope_scaling"] = json!({"type": "longrope", "short_factor": vec![1.0; 3], "long_factor": vec![2.0; 8],
                                    "original_max_position_embeddings": 64});
         let err = parse(v).unwrap_err().to_string();
         assert!(err.contains("rope_scaling.short_factor"), "{err}");
