@@ -1,5 +1,7 @@
 //! Logging through `tracing`, levelled by Olive's `--log_level` (0 debug, 1 info, 2 warning, 3 error, 4 critical).
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::filter::LevelFilter;
 
 /// Maps Olive's numeric log level onto a tracing filter; critical is shown as error.
@@ -17,5 +19,6 @@ pub fn init(log_level: u8) {
         .with_max_level(level_filter(log_level))
         .with_writer(std::io::stderr)
         .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 }

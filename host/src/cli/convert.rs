@@ -10,14 +10,17 @@ pub struct ConvertArgs {
     /// The GGUF file to convert.
     #[arg(long = "model_name_or_path", short = 'm')]
     pub model_name_or_path: PathBuf,
-    /// The Hugging Face folder to write; replaced atomically when the conversion succeeds.
+    /// The Hugging Face folder to write; it appears only when the conversion succeeded.
     #[arg(long = "output_path", short = 'o')]
     pub output_path: PathBuf,
+    /// Replace an existing, non-empty output folder.
+    #[arg(long)]
+    pub overwrite: bool,
 }
 
 pub fn run(args: ConvertArgs) -> anyhow::Result<()> {
     let spinner = crate::progress::spinner(format!("converting {}", args.model_name_or_path.display()));
-    olive_model::convert::gguf_to_hf(&args.model_name_or_path, &args.output_path)
+    olive_model::convert::gguf_to_hf_with(&args.model_name_or_path, &args.output_path, args.overwrite)
         .with_context(|| format!("converting {}", args.model_name_or_path.display()))?;
     spinner.finish_and_clear();
     tracing::info!("wrote {}", args.output_path.display());

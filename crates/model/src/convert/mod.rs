@@ -24,7 +24,14 @@ pub const FORMAT_VERSION: u32 = 1;
 /// `out` must not exist or be an empty folder. Nothing appears at `out` unless the whole conversion
 /// succeeded.
 pub fn gguf_to_hf(gguf: &Path, out: &Path) -> Result<()> {
-    if fs::read_dir(out)
+    gguf_to_hf_with(gguf, out, false)
+}
+
+/// Like [`gguf_to_hf`]; with `overwrite`, an existing folder at `out` is replaced once the new one is
+/// complete (until then it stays as it was).
+pub fn gguf_to_hf_with(gguf: &Path, out: &Path, overwrite: bool) -> Result<()> {
+    if !overwrite
+        && fs::read_dir(out)
         .map(|mut d| d.next().is_some())
         .unwrap_or(false)
     {
@@ -92,11 +99,25 @@ pub fn gguf_to_hf(gguf: &Path, out: &Path) -> Result<()> {
     })?;
     sync_dir(tmp.path())?;
 
-    // An empty folder at `out` is replaced by the rename; a non-empty one (a concurrent writer) fails it.
+    // An empty folder at `out` is replaced by the rename; a non-empty one (a concurrent writer) fails it,
+    // unless `overwrite` moved it aside first.
     let tmp = tmp.keep();
+    let old = if overwrite && out.exists() {
+        let old = parent.join(format!(".{name}.old-{}", std::process::id()));
+        fs::rename(out, &old).map_err(|e| ModelError::io(out, e))?;
+        Some(old)
+    } else {
+        None
+    };
     if let Err(e) = fs::rename(&tmp, out) {
         let _ = fs::remove_dir_all(&tmp);
+        if let Some(old) = &old {
+            let _ = fs::rename(old, out);
+        }
         return Err(ModelError::io(out, e));
+    }
+    if let Some(old) = old {
+        fs::remove_dir_all(&old).map_err(|e| ModelError::io(&old, e))?;
     }
     sync_dir(&parent)
 }

@@ -375,3 +375,18 @@ fn resolve_converts_once_and_passes_folders_through() {
     assert_eq!(stamp, again);
     assert_eq!(resolve_model_path(dir.path()).expect("folder"), dir.path());
 }
+
+#[test]
+fn overwrite_replaces_a_non_empty_output() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let src = tiny_llama(None, |_| {}).write(dir.path(), "tiny.gguf");
+    let out = dir.path().join("out");
+    fs::create_dir(&out).expect("mkdir");
+    fs::write(out.join("stale.txt"), "old").expect("write");
+    gguf_to_hf_with(&src, &out, true).expect("overwrite");
+    assert!(!out.join("stale.txt").exists());
+    assert!(out.join("model.safetensors").is_file());
+    let mut rest = others(dir.path(), "out");
+    rest.sort();
+    assert_eq!(rest, ["tiny.gguf"], "nothing but the source beside the output");
+}
