@@ -46,20 +46,18 @@ fetch_wheel "onnxruntime==$ort_version" "$ort_dir"
 ort_lib=$(find "$ort_dir/onnxruntime/capi" -name "libonnxruntime.so.*" | head -n 1)
 [ -n "$ort_lib" ] || { log "error: libonnxruntime.so missing from the onnxruntime wheel"; exit 1; }
 
-venv=""
-if [ "$mode" = test ]; then
-    req=$root/tests/python/requirements.txt
-    key=$(sha256sum "$req" | cut -c1-16)
-    venv=$cache/venv-$key
-    if [ ! -f "$venv/.complete" ]; then
-        log "building the test venv $venv (torch pulls its CUDA wheels: a few GB)"
-        rm -rf "$venv"
-        "$python" -m venv "$venv"
-        "$venv/bin/python" -m pip install --quiet --upgrade pip
-        "$venv/bin/python" -m pip install --quiet -r "$req"
-        touch "$venv/.complete"
-    fi
+req=$root/tests/python/requirements.txt
+venv=$cache/venv-$(sha256sum "$req" | cut -c1-16)
+if [ "$mode" = test ] && [ ! -f "$venv/.complete" ]; then
+    log "building the test venv $venv (torch pulls its CUDA wheels: a few GB)"
+    rm -rf "$venv"
+    "$python" -m venv "$venv"
+    "$venv/bin/python" -m pip install --quiet --upgrade pip
+    "$venv/bin/python" -m pip install --quiet -r "$req"
+    touch "$venv/.complete"
 fi
+# The lab set-up does not need the venv; it is named only where it is complete.
+[ -f "$venv/.complete" ] || venv=""
 
 log "building olive-host (release)"
 (cd "$root" && cargo build --release --workspace --quiet)
