@@ -1,0 +1,7 @@
+//! ONNX models for olive-rs: the ONNX IR as prost types (compiled from onnx-ml.proto at build time).
+
+/// The ONNX IR (package `onnx` of onnx-ml.proto).
+pub mod proto {
+    #![allow(clippy::all, missing_docs)]
+    include!(concat!(env!("OUT_DIR"), "/onnx.rs"));
+}
