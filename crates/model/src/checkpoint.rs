@@ -9,7 +9,7 @@ use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensorError, SafeTensors};
 use serde_json::Value;
 
-use crate::error::{ModelError, Result};
+use crate::error::{require_folder, ModelError, Result};
 
 const SINGLE_FILE: &str = "model.safetensors";
 const INDEX_FILE: &str = "model.safetensors.index.json";
@@ -48,12 +48,7 @@ pub struct Checkpoint {
 impl Checkpoint {
     /// Opens the single-file or sharded checkpoint of a folder.
     pub fn open(folder: &Path) -> Result<Self> {
-        if !folder.is_dir() {
-            return Err(ModelError::io(
-                folder,
-                std::io::Error::new(std::io::ErrorKind::NotFound, "model folder not found"),
-            ));
-        }
+        require_folder(folder)?;
         let index_path = folder.join(INDEX_FILE);
         let files = if index_path.is_file() {
             shard_files(&index_path)?

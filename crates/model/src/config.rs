@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 
-use crate::error::{ModelError, Result};
+use crate::error::{require_folder, ModelError, Result};
 
 /// The model families this project runs; all are decoder-only Llama-style transformers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,12 +90,7 @@ pub struct ModelConfig {
 impl ModelConfig {
     /// Reads `dir/config.json`.
     pub fn from_folder(dir: &Path) -> Result<Self> {
-        if !dir.is_dir() {
-            return Err(ModelError::io(
-                dir,
-                std::io::Error::new(std::io::ErrorKind::NotFound, "model folder not found"),
-            ));
-        }
+        require_folder(dir)?;
         Self::from_file(&dir.join("config.json"))
     }
 

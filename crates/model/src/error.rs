@@ -71,4 +71,16 @@ impl ModelError {
     }
 }
 
+/// Fails with "model folder not found" unless `dir` is a folder.
+pub(crate) fn require_folder(dir: &std::path::Path) -> Result<()> {
+    if dir.is_dir() {
+        Ok(())
+    } else {
+        Err(ModelError::io(
+            dir,
+            std::io::Error::new(std::io::ErrorKind::NotFound, "model folder not found"),
+        ))
+    }
+}
+
 pub type Result<T, E = ModelError> = std::result::Result<T, E>;
