@@ -5,3 +5,8 @@ pub mod proto {
     #![allow(clippy::all, missing_docs)]
     include!(concat!(env!("OUT_DIR"), "/onnx.rs"));
 }
+
+pub mod error;
+pub mod external_data;
+pub mod graph;
+pub mod tensor;
