@@ -59,6 +59,19 @@ fi
 # The lab set-up does not need the venv; it is named only where it is complete.
 [ -f "$venv/.complete" ] || venv=""
 
+# A second venv with onnxruntime-genai 0.5.2, the API the lab's app.py is written against (see that file).
+req05=$root/tests/python/requirements-genai05.txt
+venv05=$cache/venv-genai05-$(sha256sum "$req05" | cut -c1-16)
+if [ "$mode" = test ] && [ ! -f "$venv05/.complete" ]; then
+    log "building the onnxruntime-genai 0.5.2 venv $venv05"
+    rm -rf "$venv05"
+    "$python" -m venv "$venv05"
+    "$venv05/bin/python" -m pip install --quiet --upgrade pip
+    "$venv05/bin/python" -m pip install --quiet -r "$req05"
+    touch "$venv05/.complete"
+fi
+[ -f "$venv05/.complete" ] || venv05=""
+
 log "building olive-host (release)"
 (cd "$root" && cargo build --release --workspace --quiet)
 
@@ -68,5 +81,6 @@ export OLIVE_HOST="$root/target/release/olive-host"
 export OLIVE_DEFAULT_GGUF="$default_gguf"
 export ORT_DYLIB_PATH="$ort_lib"
 export OLIVE_TEST_VENV="$venv"
+export OLIVE_GENAI05_VENV="$venv05"
 EOF
 log "ready: target/olive-env.sh"

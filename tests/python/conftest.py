@@ -26,3 +26,12 @@ def olive_host() -> Path:
 @pytest.fixture(scope="session")
 def default_gguf() -> Path:
     return _env_path("OLIVE_DEFAULT_GGUF")
+
+
+@pytest.fixture(scope="session")
+def genai05_python() -> Path:
+    """The python of the onnxruntime-genai 0.5.2 venv (the API of the lab's app.py)."""
+    python = _env_path("OLIVE_GENAI05_VENV") / "bin" / "python"
+    if not python.is_file():
+        pytest.fail(f"{python} is missing: OLIVE_GENAI05_VENV is not a complete venv; run `make test`")
+    return python
