@@ -8,5 +8,6 @@ pub mod proto {
 
 pub mod error;
 pub mod external_data;
+pub mod genai_config;
 pub mod graph;
 pub mod tensor;

@@ -1,0 +1,206 @@
+//! olive-rs plugin `onnx-builder`: the `ModelBuilder` pass (Olive's name), turning a Hugging Face Llama-family
+//! folder into the ONNX model, genai_config.json and tokenizer files that onnxruntime-genai runs, as
+//! onnxruntime-genai's own model builder (onnxruntime_genai.models.builder) lays them out.
+
+pub mod decoder;
+pub mod linear;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use olive_model::{Checkpoint, ModelConfig};
+use olive_onnx::genai_config::{GenaiConfig, GenaiModel};
+use olive_onnx::graph::GraphBuilder;
+use olive_onnx::tensor::DataType;
+use olive_pass_sdk::{kinds, Context, Error, Model, Pass};
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use crate::decoder::{Decoder, OPSETS};
+use crate::linear::{failed, Linears};
+
+/// Weight precision of the exported model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// fp32 weights and activations.
+    Fp32,
+    /// fp16 weights and activations.
+    Fp16,
+    /// int4 weights (MatMulNBits); fp32 activations on CPU.
+    Int4,
+}
+
+/// The config of `ModelBuilder`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ModelBuilderConfig {
+    /// Weight precision: fp32, fp16 or int4.
+    pub precision: Precision,
+    /// int4: weights per quantization block along the input dim (16, 32, 64, 128 or 256).
+    #[serde(default = "default_block_size")]
+    pub int4_block_size: usize,
+    /// int4: MatMulNBits accuracy_level (0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8 activations); 4 on CPU.
+    #[serde(default)]
+    pub int4_accuracy_level: Option<i64>,
+    /// int4: symmetric quantization (no zero points).
+    #[serde(default = "default_true")]
+    pub int4_is_symmetric: bool,
+    /// ONNX Runtime execution provider written to genai_config.json (CPUExecutionProvider, CUDAExecutionProvider,
+    /// DmlExecutionProvider, ...); by default the one of the pass's device.
+    #[serde(default)]
+    pub execution_provider: Option<String>,
+}
+
+fn default_block_size() -> usize {
+    32
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// The files onnxruntime-genai's tokenizer reads, copied when present (tokenizer.json is required).
+pub const TOKENIZER_FILES: &[&str] = &[
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "tokenizer.model",
+];
+
+/// `provider_options` of genai_config.json for an execution provider.
+pub fn provider_options(provider: &str) -> Result<Vec<serde_json::Value>, Error> {
+    let short = match provider {
+        "CPUExecutionProvider" => return Ok(vec![]),
+        "CUDAExecutionProvider" => "cuda",
+        "DmlExecutionProvider" => "dml",
+        "WebGpuExecutionProvider" => "webgpu",
+        "QNNExecutionProvider" => "qnn",
+        "OpenVINOExecutionProvider" => "OpenVINO",
+        other => {
+            return Err(Error::InvalidConfig(format!(
+                "execution_provider {other} is not one onnxruntime-genai runs; expected one of \
+                 CPUExecutionProvider, CUDAExecutionProvider, DmlExecutionProvider, WebGpuExecutionProvider, \
+                 QNNExecutionProvider, OpenVINOExecutionProvider"
+            )))
+        }
+    };
+    Ok(vec![serde_json::json!({ short: {} })])
+}
+
+/// Exports a Hugging Face Llama-family model to ONNX for onnxruntime-genai.
+pub struct ModelBuilder;
+
+impl Pass for ModelBuilder {
+    const NAME: &'static str = "ModelBuilder";
+    const VERSION: &'static str = "0.1.0";
+    const DESCRIPTION: &'static str =
+        "Hugging Face Llama-family model (Llama, Mistral, Phi-3, Qwen2) to an onnxruntime-genai ONNX model.";
+    const ACCEPTS: &'static [&'static str] = &[kinds::HF];
+    const PRODUCES: &'static [&'static str] = &[kinds::ONNX];
+    const DEVICES: &'static [&'static str] = &["cpu", "gpu"];
+    type Config = ModelBuilderConfig;
+
+    fn run(model: Model, config: ModelBuilderConfig, ctx: &Context<'_>) -> Result<Model, Error> {
+        let dir = &model.path;
+        let hf = ModelConfig::from_folder(dir).map_err(|e| Error::UnsupportedModel(e.to_string()))?;
+        let checkpoint = Checkpoint::open(dir).map_err(|e| Error::UnsupportedModel(e.to_string()))?;
+        let provider = match &config.execution_provider {
+            Some(p) => p.clone(),
+            None if ctx.device() == "gpu" => "CUDAExecutionProvider".into(),
+            None => "CPUExecutionProvider".into(),
+        };
+        let provider_options = provider_options(&provider)?;
+        let dtype = match config.precision {
+            Precision::Fp32 => DataType::Float,
+            Precision::Fp16 => DataType::Float16,
+            Precision::Int4 => {
+                return Err(Error::InvalidConfig(
+                    "precision int4 is not available in this build of ModelBuilder; use fp32 or fp16".into(),
+                ))
+            }
+        };
+        let out = ctx.output_dir();
+        std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
+        let tokenizer = dir.join("tokenizer.json");
+        if !tokenizer.is_file() {
+            return Err(Error::UnsupportedModel(format!(
+                "{}: not found; onnxruntime-genai needs the model's tokenizer.json",
+                tokenizer.display()
+            )));
+        }
+        ctx.info(&format!(
+            "exporting {} ({} layers) as {:?} for {provider}",
+            hf.architecture.model_type(),
+            hf.num_hidden_layers,
+            config.precision
+        ));
+        let mut g = GraphBuilder::create(&out, "model.onnx").map_err(failed)?;
+        let decoder = Decoder {
+            config: &hf,
+            checkpoint: &checkpoint,
+            linears: Linears { dtype, lora: BTreeMap::new() },
+        };
+        if let Err(e) = decoder.build(&mut g, ctx) {
+            g.discard();
+            return Err(e);
+        }
+        g.finish(OPSETS, "olive-rs").map_err(failed)?;
+        write_genai_config(&hf, &out, provider_options)?;
+        copy_tokenizer_files(dir, &out)?;
+        let mut output = Model::new(kinds::ONNX, &out);
+        output.metadata.insert("precision".into(), format!("{:?}", config.precision).to_lowercase().into());
+        output.metadata.insert("execution_provider".into(), provider.into());
+        Ok(output)
+    }
+}
+
+fn write_genai_config(
+    hf: &ModelConfig,
+    out: &Path,
+    provider_options: Vec<serde_json::Value>,
+) -> Result<(), Error> {
+    let eos = if hf.eos_token_ids.is_empty() {
+        return Err(Error::UnsupportedModel(
+            "config.json: eos_token_id is missing; onnxruntime-genai needs it".into(),
+        ));
+    } else {
+        hf.eos_token_ids.clone()
+    };
+    let m = GenaiModel {
+        model_type: hf.architecture.model_type(),
+        bos_token_id: hf.bos_token_id.unwrap_or(eos[0]),
+        eos_token_ids: &eos,
+        pad_token_id: hf.pad_token_id.unwrap_or(eos[0]),
+        context_length: hf.max_position_embeddings,
+        vocab_size: hf.vocab_size,
+        hidden_size: hf.hidden_size,
+        head_size: hf.head_dim,
+        num_attention_heads: hf.num_attention_heads,
+        num_key_value_heads: hf.num_key_value_heads,
+        num_hidden_layers: hf.num_hidden_layers,
+        filename: "model.onnx",
+        provider_options,
+    };
+    GenaiConfig::new(&m).write(&out.join("genai_config.json")).map_err(failed)
+}
+
+fn copy_tokenizer_files(from: &Path, to: &Path) -> Result<(), Error> {
+    for name in TOKENIZER_FILES {
+        let src = from.join(name);
+        if src.is_file() {
+            let dst = to.join(name);
+            let temp = to.join(format!(".{name}.tmp"));
+            std::fs::copy(&src, &temp).map_err(|e| Error::io(&src, e))?;
+            std::fs::rename(&temp, &dst).map_err(|e| Error::io(&dst, e))?;
+        }
+    }
+    Ok(())
+}
+
+olive_pass_sdk::export_plugin! {
+    name: "onnx-builder",
+    version: "0.1.0",
+    passes: [ModelBuilder],
+}

@@ -1,0 +1,139 @@
+//! Linear layers as onnxruntime-genai's builder emits them (`make_matmul`, `make_matmul_lora`): MatMul with
+//! the weight transposed to [in, out], an Add for a bias, and the LoRA branch (x·A·B, scale folded into B)
+//! added to the base output. Every linear of the model goes through [`Linears::emit`].
+
+use std::collections::BTreeMap;
+
+use olive_onnx::graph::GraphBuilder;
+use olive_onnx::tensor::{float_bytes, transpose, DataType};
+use olive_pass_sdk::Error;
+
+/// One linear layer to emit.
+#[derive(Debug)]
+pub struct LinearSpec {
+    /// ONNX basename, e.g. `/model/layers.0/attn/qkv_proj`; nodes are `<basename>/MatMul`, `<basename>/Add`.
+    pub basename: String,
+    /// weight: [out, in] (PyTorch's layout), already fused or split as the graph needs.
+    pub weight: Vec<f32>,
+    pub out_features: usize,
+    pub in_features: usize,
+    /// bias: [out].
+    pub bias: Option<Vec<f32>>,
+    /// Name of the last node's output, instead of `<node>/output_0` (`logits`).
+    pub output: Option<String>,
+}
+
+/// A LoRA pair for one linear: a: [in, r] (PEFT lora_A transposed), b: [r, out] (lora_B transposed, scale folded in).
+#[derive(Debug, Clone)]
+pub struct Lora {
+    pub a: Vec<f32>,
+    pub b: Vec<f32>,
+    pub rank: usize,
+}
+
+/// Emits linears in the model's float type.
+#[derive(Debug)]
+pub struct Linears {
+    /// Type of weights and activations.
+    pub dtype: DataType,
+    /// LoRA pairs by ONNX module path (`model.layers.0.attn.q_proj`); empty without an adapter.
+    pub lora: BTreeMap<String, Lora>,
+}
+
+impl Linears {
+    /// Emits `spec` on `input`: [batch, seq, in] → [batch, seq, out]; returns the output name.
+    pub fn emit(&self, g: &mut GraphBuilder, spec: LinearSpec, input: &str) -> Result<String, Error> {
+        let module = spec.basename.trim_start_matches('/').replace('/', ".");
+        let lora = self.lora.get(&module);
+        let last_is_matmul = spec.bias.is_none() && lora.is_none();
+        let matmul = format!("{}/MatMul", spec.basename);
+        let weight = self.weight(
+            g,
+            &format!("{module}.MatMul.weight"),
+            &transpose(&spec.weight, spec.out_features, spec.in_features),
+            &[spec.in_features as i64, spec.out_features as i64],
+        )?;
+        let mut out = match (&spec.output, last_is_matmul) {
+            (Some(name), true) => {
+                g.node_outputs("", "MatMul", &matmul, &[input, &weight], &[name], vec![])
+                    .map_err(failed)?;
+                name.clone()
+            }
+            _ => g.node("", "MatMul", &matmul, &[input, &weight], vec![]).map_err(failed)?,
+        };
+        if let Some(lora) = lora {
+            out = self.lora_branch(g, &spec, &module, lora, input, &out)?;
+        }
+        if let Some(bias) = &spec.bias {
+            let b = self.weight(g, &format!("{module}.Add.bias"), bias, &[spec.out_features as i64])?;
+            let add = format!("{}/Add", spec.basename);
+            out = match &spec.output {
+                Some(name) => {
+                    g.node_outputs("", "Add", &add, &[&out, &b], &[name], vec![])
+                        .map_err(failed)?;
+                    name.clone()
+                }
+                None => g.node("", "Add", &add, &[&out, &b], vec![]).map_err(failed)?,
+            };
+        }
+        Ok(out)
+    }
+
+    /// base + (x·A)·B, named as genai's `make_matmul_lora`.
+    fn lora_branch(
+        &self,
+        g: &mut GraphBuilder,
+        spec: &LinearSpec,
+        module: &str,
+        lora: &Lora,
+        input: &str,
+        base: &str,
+    ) -> Result<String, Error> {
+        let r = lora.rank as i64;
+        let a = self.weight(
+            g,
+            &format!("{module}.lora_A.weight"),
+            &lora.a,
+            &[spec.in_features as i64, r],
+        )?;
+        let b = self.weight(
+            g,
+            &format!("{module}.lora_B.weight"),
+            &lora.b,
+            &[r, spec.out_features as i64],
+        )?;
+        let xa = g
+            .node("", "MatMul", &format!("{}/lora_A/MatMul", spec.basename), &[input, &a], vec![])
+            .map_err(failed)?;
+        let xab = g
+            .node("", "MatMul", &format!("{}/lora_B/MatMul", spec.basename), &[&xa, &b], vec![])
+            .map_err(failed)?;
+        let add = format!("{}/lora/Add", spec.basename);
+        match (&spec.output, spec.bias.is_none()) {
+            (Some(name), true) => {
+                g.node_outputs("", "Add", &add, &[base, &xab], &[name], vec![])
+                    .map_err(failed)?;
+                Ok(name.clone())
+            }
+            _ => g.node("", "Add", &add, &[base, &xab], vec![]).map_err(failed),
+        }
+    }
+
+    /// A float initializer in the model's dtype.
+    pub fn weight(
+        &self,
+        g: &mut GraphBuilder,
+        name: &str,
+        values: &[f32],
+        dims: &[i64],
+    ) -> Result<String, Error> {
+        let bytes = float_bytes(values, self.dtype)
+            .ok_or_else(|| Error::Failed(format!("{name}: {:?} is not a float type", self.dtype)))?;
+        g.initializer(name, self.dtype, dims, &bytes).map_err(failed)
+    }
+}
+
+/// An ONNX writing error as a pass error.
+pub fn failed(e: olive_onnx::error::OnnxError) -> Error {
+    Error::Failed(e.to_string())
+}
