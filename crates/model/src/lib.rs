@@ -1,5 +1,6 @@
 //! Hugging Face model folders (config.json, safetensors, tokenizer.json) and GGUF files.
 
+pub mod adapter;
 pub mod checkpoint;
 pub mod config;
 pub mod convert;

@@ -6,8 +6,10 @@ pub mod proto {
     include!(concat!(env!("OUT_DIR"), "/onnx.rs"));
 }
 
+pub mod adapter_format;
 pub mod error;
 pub mod external_data;
+pub mod extract_adapters;
 pub mod genai_config;
 pub mod graph;
 pub mod tensor;
