@@ -4,6 +4,7 @@
 
 pub mod decoder;
 pub mod linear;
+pub mod special_tokens;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -105,6 +106,13 @@ impl Pass for ModelBuilder {
     fn run(model: Model, config: ModelBuilderConfig, ctx: &Context<'_>) -> Result<Model, Error> {
         let dir = &model.path;
         let hf = ModelConfig::from_folder(dir).map_err(|e| Error::UnsupportedModel(e.to_string()))?;
+        if hf.head_dim % 16 != 0 {
+            return Err(Error::UnsupportedModel(format!(
+                "{}: head_dim {} is not a multiple of 16, which GroupQueryAttention needs",
+                dir.join("config.json").display(),
+                hf.head_dim
+            )));
+        }
         let checkpoint = Checkpoint::open(dir).map_err(|e| Error::UnsupportedModel(e.to_string()))?;
         let provider = match &config.execution_provider {
             Some(p) => p.clone(),
@@ -147,7 +155,7 @@ impl Pass for ModelBuilder {
             return Err(e);
         }
         g.finish(OPSETS, "olive-rs").map_err(failed)?;
-        write_genai_config(&hf, &out, provider_options)?;
+        write_genai_config(&hf, dir, &out, provider_options)?;
         copy_tokenizer_files(dir, &out)?;
         let mut output = Model::new(kinds::ONNX, &out);
         output.metadata.insert("precision".into(), format!("{:?}", config.precision).to_lowercase().into());
@@ -158,21 +166,16 @@ impl Pass for ModelBuilder {
 
 fn write_genai_config(
     hf: &ModelConfig,
+    input: &Path,
     out: &Path,
     provider_options: Vec<serde_json::Value>,
 ) -> Result<(), Error> {
-    let eos = if hf.eos_token_ids.is_empty() {
-        return Err(Error::UnsupportedModel(
-            "config.json: eos_token_id is missing; onnxruntime-genai needs it".into(),
-        ));
-    } else {
-        hf.eos_token_ids.clone()
-    };
+    let tokens = special_tokens::resolve(input, hf)?;
     let m = GenaiModel {
         model_type: hf.architecture.model_type(),
-        bos_token_id: hf.bos_token_id.unwrap_or(eos[0]),
-        eos_token_ids: &eos,
-        pad_token_id: hf.pad_token_id.unwrap_or(eos[0]),
+        bos_token_id: tokens.bos,
+        eos_token_ids: &tokens.eos,
+        pad_token_id: tokens.pad,
         context_length: hf.max_position_embeddings,
         vocab_size: hf.vocab_size,
         hidden_size: hf.hidden_size,
