@@ -1,5 +1,6 @@
 //! The commands of olive-host, one module each; flags mirror Olive's CLI.
 
+mod auto_opt;
 mod convert;
 mod generate;
 mod plugins;
@@ -20,6 +21,8 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Optimize a Hugging Face model into an ONNX model for onnxruntime-genai (Olive's auto-opt).
+    AutoOpt(auto_opt::AutoOptArgs),
     /// Convert a GGUF file to a Hugging Face folder.
     Convert(convert::ConvertArgs),
     /// Generate text greedily from a prompt, on CPU.
@@ -35,6 +38,7 @@ pub enum Command {
 
 pub fn run(command: Command) -> anyhow::Result<()> {
     match command {
+        Command::AutoOpt(args) => auto_opt::run(args),
         Command::Convert(args) => convert::run(args),
         Command::Generate(args) => generate::run(args),
         Command::Plugins(args) => plugins::run(args),

@@ -1,0 +1,201 @@
+//! `olive-host auto-opt`: Olive's `olive auto-opt` (olive/cli/auto_opt.py) with `--use_ort_genai`: a Hugging
+//! Face model (folder or .gguf) through the `ModelBuilder` pass into Olive's layout,
+//! `<output_path>/model/{model.onnx, model.onnx.data, genai_config.json, tokenizer files}`.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, ValueEnum};
+use olive_pass_api::{kinds, Model};
+
+use crate::engine::{self, PassRun};
+use crate::plugins;
+
+/// Olive's `--precision` values that ModelBuilder produces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Precision {
+    Fp32,
+    Fp16,
+    Int4,
+}
+
+impl Precision {
+    fn name(self) -> &'static str {
+        match self {
+            Precision::Fp32 => "fp32",
+            Precision::Fp16 => "fp16",
+            Precision::Int4 => "int4",
+        }
+    }
+}
+
+/// The execution providers each device serves with the graph ModelBuilder writes.
+pub const PROVIDERS: &[(&str, &[&str])] = &[
+    ("cpu", &["CPUExecutionProvider"]),
+    ("gpu", &["CUDAExecutionProvider", "DmlExecutionProvider", "WebGpuExecutionProvider"]),
+];
+
+#[derive(Args, Debug)]
+pub struct AutoOptArgs {
+    /// The input model: a Hugging Face folder or a .gguf file.
+    #[arg(long = "model_name_or_path", short = 'm')]
+    pub model_name_or_path: PathBuf,
+    /// A PEFT adapter folder to export with the model.
+    #[arg(long = "adapter_path")]
+    pub adapter_path: Option<PathBuf>,
+    /// Where the optimized model goes (its files land in `<output_path>/model`).
+    #[arg(long = "output_path", short = 'o', default_value = "auto-opt-output")]
+    pub output_path: PathBuf,
+    /// The device the model will run on: cpu, gpu or npu.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// The ONNX Runtime execution provider the model will run with.
+    #[arg(long, default_value = "CPUExecutionProvider")]
+    pub provider: String,
+    /// The output precision.
+    #[arg(long, value_enum, default_value_t = Precision::Fp32)]
+    pub precision: Precision,
+    /// Produce a model for the ONNX Runtime generate() API (the only output this command writes).
+    #[arg(long = "use_ort_genai")]
+    pub use_ort_genai: bool,
+    /// Use the ModelBuilder pass (always the case here).
+    #[arg(long = "use_model_builder")]
+    pub use_model_builder: bool,
+    /// Accepted for Olive compatibility: the model's code is never run.
+    #[arg(long = "trust_remote_code")]
+    pub trust_remote_code: bool,
+    /// int4: weights per quantization block.
+    #[arg(long = "int4_block_size", default_value_t = 32)]
+    pub int4_block_size: usize,
+    /// int4: MatMulNBits accuracy level (default 4 on CPU).
+    #[arg(long = "int4_accuracy_level")]
+    pub int4_accuracy_level: Option<i64>,
+    /// Replace an existing, non-empty output folder.
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Cancel the export after this many seconds.
+    #[arg(long, value_parser = parse_seconds)]
+    pub timeout: Option<Duration>,
+}
+
+/// Checks the device/provider pair; the error lists the valid pairs.
+pub fn check_target(device: &str, provider: &str) -> anyhow::Result<()> {
+    let valid = PROVIDERS.iter().any(|(d, ps)| *d == device && ps.contains(&provider));
+    if valid {
+        return Ok(());
+    }
+    let list: Vec<String> = PROVIDERS
+        .iter()
+        .map(|(d, ps)| format!("  --device {d}: {}", ps.join(", ")))
+        .collect();
+    bail!(
+        "--device {device} with --provider {provider} is not supported; valid pairs:\n{}",
+        list.join("\n")
+    )
+}
+
+pub fn run(args: AutoOptArgs) -> anyhow::Result<()> {
+    check_target(&args.device, &args.provider)?;
+    refuse_non_empty(&args.output_path, args.overwrite)?;
+    let input = olive_model::convert::resolve_model_path(&args.model_name_or_path)
+        .with_context(|| format!("reading {}", args.model_name_or_path.display()))?;
+    if !input.join("config.json").is_file() {
+        bail!(
+            "{} is not a Hugging Face model folder (no config.json) or a .gguf file",
+            args.model_name_or_path.display()
+        );
+    }
+    let mut model = Model::new(kinds::HF, &input);
+    if let Some(adapter) = &args.adapter_path {
+        if !adapter.join("adapter_config.json").is_file() {
+            bail!("adapter path {} is not a PEFT adapter folder (no adapter_config.json)", adapter.display());
+        }
+        model.kind = kinds::HF_ADAPTER.to_owned();
+        model.adapter_paths.push(adapter.clone());
+    }
+    let mut config = serde_json::json!({
+        "precision": args.precision.name(),
+        "int4_block_size": args.int4_block_size,
+        "execution_provider": args.provider,
+    });
+    if let Some(level) = args.int4_accuracy_level {
+        config["int4_accuracy_level"] = level.into();
+    }
+    let found = plugins::discover(&plugins::search_path());
+    let (plugin, pass) = found.pass(None, "ModelBuilder")?;
+    if !pass.accepts.contains(&model.kind) {
+        bail!(
+            "pass ModelBuilder of plugin `{}` accepts {}, not a model of kind `{}`",
+            plugin.manifest.name,
+            pass.accepts.join(", "),
+            model.kind
+        );
+    }
+    let device = if args.device == "gpu" { "gpu" } else { "cpu" };
+    let target = args.output_path.join("model");
+    let spinner = crate::progress::spinner(format!("exporting {} to ONNX", args.model_name_or_path.display()));
+    let output = engine::run_pass(&PassRun {
+        plugin,
+        pass: pass.name.clone(),
+        model,
+        config_json: config.to_string(),
+        output_path: target.clone(),
+        device: device.to_owned(),
+        timeout: args.timeout,
+        grace: Duration::from_secs(5),
+    })?;
+    spinner.finish_and_clear();
+    tracing::info!("wrote {}", target.display());
+    println!("{}", serde_json::to_string_pretty(&output)?);
+    Ok(())
+}
+
+/// An existing output folder must be empty unless `--overwrite` is given.
+fn refuse_non_empty(path: &Path, overwrite: bool) -> anyhow::Result<()> {
+    if path.is_file() {
+        bail!("output path {} is a file; give a folder", path.display());
+    }
+    let non_empty = fs::read_dir(path).map(|mut d| d.next().is_some()).unwrap_or(false);
+    if non_empty && !overwrite {
+        bail!(
+            "output path {} exists and is not empty; give --overwrite to replace it",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+fn parse_seconds(text: &str) -> Result<Duration, String> {
+    let seconds: f64 = text.parse().map_err(|_| format!("`{text}` is not a number of seconds"))?;
+    if !(seconds.is_finite() && seconds > 0.0) {
+        return Err(format!("`{text}` must be a positive number of seconds"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_pairs_list_the_valid_ones() {
+        assert!(check_target("cpu", "CPUExecutionProvider").is_ok());
+        assert!(check_target("gpu", "CUDAExecutionProvider").is_ok());
+        let err = check_target("cpu", "CUDAExecutionProvider").unwrap_err().to_string();
+        assert!(err.contains("--device gpu: CUDAExecutionProvider"), "{err}");
+        assert!(check_target("npu", "QNNExecutionProvider").is_err());
+    }
+
+    #[test]
+    fn non_empty_output_needs_overwrite() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(refuse_non_empty(&dir.path().join("new"), false).is_ok());
+        assert!(refuse_non_empty(dir.path(), false).is_ok());
+        fs::write(dir.path().join("x"), "x").unwrap();
+        let err = refuse_non_empty(dir.path(), false).unwrap_err().to_string();
+        assert!(err.contains("--overwrite"), "{err}");
+        assert!(refuse_non_empty(dir.path(), true).is_ok());
+    }
+}

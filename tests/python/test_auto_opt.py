@@ -1,0 +1,176 @@
+"""`olive-host auto-opt` (the ModelBuilder pass) checked against the real consumers:
+
+- onnx.checker passes on the exported path (weights in model.onnx.data);
+- fp32 logits of the export through onnxruntime (prefill, then decode steps feeding present.* back) match
+  transformers within 1e-3 for the default model and tiny phi3 (LongRoPE, prompts past the original context),
+  qwen2 (q/k/v biases) and mistral (sliding window shorter than the prompt) models;
+- onnxruntime-genai 0.18 (og.Model, og.Generator, append_tokens) gives transformers' greedy tokens for 32 steps;
+- bad input: an unknown device/provider pair lists the valid ones; a non-empty output needs --overwrite; a head
+  size GroupQueryAttention cannot run is refused at export.
+"""
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from onnx_parity import hf_logits, max_abs_diff, ort_logits
+
+ROOT = Path(__file__).resolve().parents[2]
+GOLDEN = ROOT / "tests" / "golden" / "out"
+# fp32 export vs transformers: the same f32 math, in another order (fused attention, RMSNorm kernels).
+LOGITS_TOL = 1e-3
+DECODE_STEPS = 4
+GREEDY_TOKENS = 32
+TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]
+
+
+def auto_opt(olive_host: Path, model: Path, out: Path, *extra: str, device: str = "cpu",
+             provider: str = "CPUExecutionProvider") -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(olive_host), "auto-opt", "--model_name_or_path", str(model), "--output_path", str(out),
+         "--device", device, "--provider", provider, "--use_ort_genai", *extra],
+        capture_output=True, text=True, timeout=600,
+    )
+
+
+def export(olive_host: Path, model: Path, out: Path, *extra: str) -> Path:
+    result = auto_opt(olive_host, model, out, *extra)
+    assert result.returncode == 0, result.stderr
+    return out / "model"
+
+
+@pytest.fixture(scope="module")
+def default_hf(olive_host: Path, default_gguf: Path, tmp_path_factory) -> Path:
+    """The default model as a Hugging Face folder (for transformers and as tokenizer donor)."""
+    out = tmp_path_factory.mktemp("default") / "hf"
+    result = subprocess.run([str(olive_host), "convert", "-m", str(default_gguf), "-o", str(out)],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+@pytest.fixture(scope="module")
+def default_export(olive_host: Path, default_gguf: Path, tmp_path_factory) -> Path:
+    """auto-opt straight from the .gguf file (converted on the way), fp32."""
+    return export(olive_host, default_gguf, tmp_path_factory.mktemp("default-ao") / "ao")
+
+
+def with_tokenizer(src: Path, donor: Path, dst: Path) -> Path:
+    """A copy of the tiny model `src` with the default model's tokenizer files (genai needs them; ids < vocab)."""
+    shutil.copytree(src, dst)
+    for name in TOKENIZER_FILES:
+        shutil.copy(donor / name, dst / name)
+    return dst
+
+
+def tiny_mistral(dst: Path) -> Path:
+    """Like the golden mistral (sliding window 16 < prompt) with head_dim 16, which GroupQueryAttention runs."""
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.MistralConfig(
+        vocab_size=300, hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=128, rope_theta=10000.0, rms_norm_eps=1e-5,
+        sliding_window=16, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, initializer_range=0.15,
+    )
+    transformers.MistralForCausalLM(config).save_pretrained(dst)
+    return dst
+
+
+def test_layout_and_checker(default_export: Path):
+    names = sorted(p.name for p in default_export.iterdir())
+    assert names == sorted(["genai_config.json", "model.onnx", "model.onnx.data", *TOKENIZER_FILES]), names
+    onnx.checker.check_model(str(default_export / "model.onnx"))
+    model = onnx.load(str(default_export / "model.onnx"), load_external_data=False)
+    assert all(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+    locations = {e.value for t in model.graph.initializer for e in t.external_data if e.key == "location"}
+    assert locations == {"model.onnx.data"}
+    ops = {(n.domain, n.op_type) for n in model.graph.node}
+    assert ("com.microsoft", "GroupQueryAttention") in ops
+    assert ("com.microsoft", "SkipSimplifiedLayerNormalization") in ops
+    config = json.loads((default_export / "genai_config.json").read_text())
+    assert config["model"]["type"] == "llama"
+    assert config["model"]["decoder"]["num_key_value_heads"] == 3
+    assert config["model"]["decoder"]["head_size"] == 64
+
+
+def test_default_model_logits_match_transformers(default_export: Path, default_hf: Path):
+    prompt = list(range(200, 240))
+    diff = max_abs_diff(ort_logits(default_export, prompt, DECODE_STEPS), hf_logits(default_hf, prompt, DECODE_STEPS))
+    print(f"default model: max |logits diff| = {diff:.2e}")
+    assert diff <= LOGITS_TOL
+
+
+@pytest.mark.parametrize("case,prompt_len", [
+    ("phi3_longrope", 10),   # short factors throughout
+    ("phi3_longrope", 30),   # decode steps cross original_max_position_embeddings (32)
+    ("phi3_longrope", 40),   # prompt beyond it: long factors
+    ("qwen2", 20),
+    ("mistral", 40),         # sliding window 16
+])
+def test_tiny_models_match_transformers(olive_host: Path, default_hf: Path, tmp_path: Path, case: str,
+                                        prompt_len: int):
+    src = tiny_mistral(tmp_path / "src") if case == "mistral" else GOLDEN / case / "model"
+    hf = with_tokenizer(src, default_hf, tmp_path / "hf")
+    onnx_dir = export(olive_host, hf, tmp_path / "ao")
+    onnx.checker.check_model(str(onnx_dir / "model.onnx"))
+    prompt = [(i * 37) % 250 + 3 for i in range(prompt_len)]
+    diff = max_abs_diff(ort_logits(onnx_dir, prompt, DECODE_STEPS), hf_logits(hf, prompt, DECODE_STEPS))
+    print(f"{case} prompt {prompt_len}: max |logits diff| = {diff:.2e}")
+    assert diff <= LOGITS_TOL
+
+
+def test_genai_greedy_tokens_match_transformers(default_export: Path, default_hf: Path):
+    import onnxruntime_genai as og
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    prompt = AutoTokenizer.from_pretrained(str(default_hf))("Once upon a time, in a small village,")["input_ids"]
+    model = og.Model(str(default_export))
+    params = og.GeneratorParams(model)
+    params.set_search_options(do_sample=False, max_length=len(prompt) + GREEDY_TOKENS)
+    generator = og.Generator(model, params)
+    generator.append_tokens(prompt)
+    ours = []
+    while not generator.is_done():
+        generator.generate_next_token()
+        ours.append(int(generator.get_next_tokens()[0]))
+    hf = AutoModelForCausalLM.from_pretrained(str(default_hf), dtype=torch.float32)
+    with torch.no_grad():
+        ref = hf.generate(torch.tensor([prompt]), max_new_tokens=GREEDY_TOKENS, do_sample=False)
+    ref = ref[0, len(prompt):].tolist()
+    assert len(ref) == GREEDY_TOKENS, "the prompt must not stop at EOS early"
+    assert ours == ref
+
+
+def test_unknown_device_provider_lists_valid_pairs(olive_host: Path, default_gguf: Path, tmp_path: Path):
+    result = auto_opt(olive_host, default_gguf, tmp_path / "ao", device="npu", provider="CUDAExecutionProvider")
+    assert result.returncode != 0
+    assert "--device cpu: CPUExecutionProvider" in result.stderr
+    assert "--device gpu: CUDAExecutionProvider" in result.stderr
+    assert not (tmp_path / "ao").exists()
+
+
+def test_non_empty_output_needs_overwrite(olive_host: Path, default_gguf: Path, tmp_path: Path):
+    out = tmp_path / "ao"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    result = auto_opt(olive_host, default_gguf, out)
+    assert result.returncode != 0
+    assert "--overwrite" in result.stderr
+    assert (out / "keep.txt").read_text() == "mine"
+    assert not (out / "model").exists()
+
+
+def test_head_size_gqa_cannot_run_is_refused(olive_host: Path, default_hf: Path, tmp_path: Path):
+    hf = with_tokenizer(GOLDEN / "mistral" / "model", default_hf, tmp_path / "hf")  # head_dim 8
+    result = auto_opt(olive_host, hf, tmp_path / "ao")
+    assert result.returncode != 0
+    assert "head_dim 8 is not a multiple of 16" in result.stderr
+    assert not (tmp_path / "ao" / "model").exists()
