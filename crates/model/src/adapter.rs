@@ -163,6 +163,15 @@ impl Projection {
         }
     }
 
+    /// The unfused projections of a fused one, in row order (q, k, v; gate, up); empty for an unfused one.
+    pub fn parts(self) -> &'static [Projection] {
+        match self {
+            Projection::Qkv => &[Projection::Q, Projection::K, Projection::V],
+            Projection::GateUp => &[Projection::Gate, Projection::Up],
+            _ => &[],
+        }
+    }
+
     /// The unfused projections of a fused one with their output rows, in order; None for an unfused one.
     pub fn split(self, model: &ModelConfig) -> Option<Vec<(Projection, std::ops::Range<usize>)>> {
         let q = model.num_attention_heads * model.head_dim;
@@ -445,6 +454,46 @@ pub struct LoraWeights {
     pub scale: f32,
 }
 
+impl LoraWeights {
+    /// The same linear at a larger rank, mathematically equal: lora_A gets zero rows and lora_B zero columns, the
+    /// scale stays. ONNX Runtime binds the symbolic `lora_r` once per run, so every module of one adapter file must
+    /// share a rank; adapters with a rank_pattern are padded to their largest rank.
+    pub fn padded(&self, rank: usize) -> LoraWeights {
+        if rank <= self.rank {
+            return self.clone();
+        }
+        let mut a = self.a.clone();
+        a.resize(rank * self.in_features, 0.0);
+        let mut b = vec![0.0; self.out_features * rank];
+        for (row, old) in b.chunks_exact_mut(rank).zip(self.b.chunks_exact(self.rank)) {
+            row[..self.rank].copy_from_slice(old);
+        }
+        LoraWeights {
+            rank,
+            a,
+            b,
+            ..self.clone()
+        }
+    }
+
+    /// The weights of the unfused projections of a fused one: each gets the whole lora_A and its `rows` of lora_B
+    /// (ranges within `0..out_features`).
+    pub fn split_rows(&self, parts: &[(Projection, std::ops::Range<usize>)]) -> Vec<LoraWeights> {
+        parts
+            .iter()
+            .map(|(projection, rows)| LoraWeights {
+                module: LoraModule {
+                    layer: self.module.layer,
+                    projection: *projection,
+                },
+                out_features: rows.len(),
+                b: self.b[rows.start * self.rank..rows.end * self.rank].to_vec(),
+                ..self.clone()
+            })
+            .collect()
+    }
+}
+
 /// A PEFT LoRA adapter folder, read whole (adapters are small).
 #[derive(Debug, Clone)]
 pub struct LoraAdapter {
@@ -604,19 +653,7 @@ impl LoraAdapter {
         for w in &self.weights {
             match w.module.projection.split(model) {
                 None => out.push(w.clone()),
-                Some(parts) => {
-                    for (projection, rows) in parts {
-                        out.push(LoraWeights {
-                            module: LoraModule {
-                                layer: w.module.layer,
-                                projection,
-                            },
-                            out_features: rows.len(),
-                            b: w.b[rows.start * w.rank..rows.end * w.rank].to_vec(),
-                            ..w.clone()
-                        });
-                    }
-                }
+                Some(parts) => out.extend(w.split_rows(&parts)),
             }
         }
         out.sort_by_key(|w| w.module);

@@ -153,20 +153,23 @@ impl Adapter {
         fbb.finished_data().to_vec()
     }
 
-    /// Writes the file atomically (a temp file beside it, then a rename).
+    /// Writes the file atomically (a temp file beside it, synced, then renamed into place).
     pub fn write(&self, path: &Path) -> Result<()> {
         let io = |source| AdapterFormatError::Io {
             path: path.to_path_buf(),
             source,
         };
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
-        let mut temp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
-        temp.write_all(&self.to_bytes()).map_err(io)?;
-        temp.as_file().sync_all().map_err(io)?;
-        temp.persist(path).map_err(|e| io(e.error))?;
+        let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let temp = path.with_file_name(format!(".{file_name}.{}.tmp", std::process::id()));
+        let written = std::fs::File::create(&temp).and_then(|mut file| {
+            file.write_all(&self.to_bytes())?;
+            file.sync_all()
+        });
+        if let Err(e) = written.and_then(|()| std::fs::rename(&temp, path)) {
+            // Best effort: the temp file is hidden and named after the target.
+            let _ = std::fs::remove_file(&temp);
+            return Err(io(e));
+        }
         Ok(())
     }
 

@@ -2,6 +2,7 @@
 
 mod auto_opt;
 mod convert;
+mod convert_adapters;
 mod generate;
 mod plugins;
 mod run_pass;
@@ -25,6 +26,8 @@ pub enum Command {
     AutoOpt(auto_opt::AutoOptArgs),
     /// Convert a GGUF file to a Hugging Face folder.
     Convert(convert::ConvertArgs),
+    /// Convert a PEFT LoRA adapter to an ONNX Runtime adapter file for a model exported with LoRA.
+    ConvertAdapters(convert_adapters::ConvertAdaptersArgs),
     /// Generate text greedily from a prompt, on CPU.
     Generate(generate::GenerateArgs),
     /// List plugins, or write a plugin library's manifest.
@@ -40,6 +43,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::AutoOpt(args) => auto_opt::run(args),
         Command::Convert(args) => convert::run(args),
+        Command::ConvertAdapters(args) => convert_adapters::run(args),
         Command::Generate(args) => generate::run(args),
         Command::Plugins(args) => plugins::run(args),
         Command::RunPass(args) => run_pass::run(args),

@@ -297,3 +297,32 @@ fn phi3_fused_projections_split_like_genai() {
         assert_eq!((w.in_features, w.out_features, w.b.len()), (i, o, o * 2));
     }
 }
+
+/// B·A of a module, [out, in].
+fn product(w: &LoraWeights) -> Vec<f32> {
+    let mut out = vec![0.0; w.out_features * w.in_features];
+    for o in 0..w.out_features {
+        for i in 0..w.in_features {
+            out[o * w.in_features + i] = (0..w.rank).map(|k| w.b[o * w.rank + k] * w.a[k * w.in_features + i]).sum();
+        }
+    }
+    out
+}
+
+#[test]
+fn padding_the_rank_keeps_the_product() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = config_json(2, json!(["o_proj"]));
+    config["rank_pattern"] = json!({"o_proj": 2});
+    write_adapter(
+        dir.path(),
+        &config,
+        &[(&name(0, "self_attn", "o_proj", "lora_A"), vec![2, 16]), (&name(0, "self_attn", "o_proj", "lora_B"), vec![16, 2])],
+    );
+    let adapter = LoraAdapter::open(dir.path()).expect("open");
+    let w = &adapter.weights()[0];
+    let padded = w.padded(5);
+    assert_eq!((padded.rank, padded.a.len(), padded.b.len(), padded.scale), (5, 80, 80, w.scale));
+    assert_eq!(product(&padded), product(w));
+    assert_eq!(w.padded(1), *w);
+}
