@@ -4,7 +4,8 @@
 - fp32 logits of the export through onnxruntime (prefill, then decode steps feeding present.* back) match
   transformers within 1e-3 for the default model and tiny phi3 (LongRoPE, prompts past the original context),
   qwen2 (q/k/v biases) and mistral (sliding window shorter than the prompt) models;
-- onnxruntime-genai 0.18 (og.Model, og.Generator, append_tokens) gives transformers' greedy tokens for 32 steps;
+- onnxruntime-genai 0.18 (og.Model, og.Generator, append_tokens) gives transformers' greedy tokens for 32 steps,
+  and so does 0.5.2 (the lab's API) on the same export;
 - bad input: an unknown device/provider pair lists the valid ones; a non-empty output needs --overwrite; a head
   size GroupQueryAttention cannot run is refused at export.
 """
@@ -18,6 +19,7 @@ import numpy as np
 import onnx
 import pytest
 
+from lab_app import genai_greedy
 from onnx_parity import hf_logits, max_abs_diff, ort_logits
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -126,12 +128,24 @@ def test_tiny_models_match_transformers(olive_host: Path, default_hf: Path, tmp_
     assert diff <= LOGITS_TOL
 
 
-def test_genai_greedy_tokens_match_transformers(default_export: Path, default_hf: Path):
-    import onnxruntime_genai as og
+def greedy_reference(hf_dir: Path) -> tuple[list[int], list[int]]:
+    """A prompt and transformers' 32 greedy tokens after it (none of them EOS)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    prompt = AutoTokenizer.from_pretrained(str(default_hf))("Once upon a time, in a small village,")["input_ids"]
+    prompt = AutoTokenizer.from_pretrained(str(hf_dir))("Once upon a time, in a small village,")["input_ids"]
+    hf = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32)
+    with torch.no_grad():
+        ref = hf.generate(torch.tensor([prompt]), max_new_tokens=GREEDY_TOKENS, do_sample=False)
+    ref = ref[0, len(prompt):].tolist()
+    assert len(ref) == GREEDY_TOKENS, "the prompt must not stop at EOS early"
+    return prompt, ref
+
+
+def test_genai_greedy_tokens_match_transformers(default_export: Path, default_hf: Path):
+    import onnxruntime_genai as og
+
+    prompt, ref = greedy_reference(default_hf)
     model = og.Model(str(default_export))
     params = og.GeneratorParams(model)
     params.set_search_options(do_sample=False, max_length=len(prompt) + GREEDY_TOKENS)
@@ -141,12 +155,13 @@ def test_genai_greedy_tokens_match_transformers(default_export: Path, default_hf
     while not generator.is_done():
         generator.generate_next_token()
         ours.append(int(generator.get_next_tokens()[0]))
-    hf = AutoModelForCausalLM.from_pretrained(str(default_hf), dtype=torch.float32)
-    with torch.no_grad():
-        ref = hf.generate(torch.tensor([prompt]), max_new_tokens=GREEDY_TOKENS, do_sample=False)
-    ref = ref[0, len(prompt):].tolist()
-    assert len(ref) == GREEDY_TOKENS, "the prompt must not stop at EOS early"
     assert ours == ref
+
+
+def test_genai05_greedy_tokens_match_transformers(default_export: Path, default_hf: Path, genai05_python: Path):
+    prompt, ref = greedy_reference(default_hf)
+    assert 2 not in prompt  # 0.5.2 masks prompt tokens equal to pad_token_id
+    assert genai_greedy(genai05_python, default_export, prompt, GREEDY_TOKENS) == ref
 
 
 def test_unknown_device_provider_lists_valid_pairs(olive_host: Path, default_gguf: Path, tmp_path: Path):
