@@ -12,4 +12,5 @@ pub mod external_data;
 pub mod extract_adapters;
 pub mod genai_config;
 pub mod graph;
+pub mod matmul_nbits;
 pub mod tensor;
