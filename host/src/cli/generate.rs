@@ -185,6 +185,7 @@ fn stream_to_stdout(
     if let Some(e) = stream_error {
         return Err(e.context("streaming the generated text"));
     }
+    tracing::debug!("generated ids: {generated:?}");
     if let Some(rest) = stream.finish()? {
         stdout.write_all(rest.as_bytes())?;
     }
