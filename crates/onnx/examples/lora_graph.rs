@@ -23,7 +23,9 @@ const LINEARS: [(&str, usize, usize, usize, f32); 2] = [
 
 /// Deterministic values in [-1, 1).
 fn values(n: usize, seed: usize) -> Vec<f32> {
-    (0..n).map(|i| ((i * 37 + seed * 101) % 200) as f32 / 100.0 - 1.0).collect()
+    (0..n)
+        .map(|i| ((i * 37 + seed * 101) % 200) as f32 / 100.0 - 1.0)
+        .collect()
 }
 
 fn write(out: &Path) -> Result<(), Box<dyn std::error::Error>> {
@@ -36,9 +38,23 @@ fn write(out: &Path) -> Result<(), Box<dyn std::error::Error>> {
         let w = values(n_in * n_out, 10 * i + 1); // [in, out]
         let a = values(rank * n_in, 10 * i + 2); // PEFT [rank, in]
         let b = values(n_out * rank, 10 * i + 3); // PEFT [out, rank]
-        let weight = format!("{}.MatMul.weight", path.trim_start_matches('/').replace('/', "."));
-        let w_name = g.initializer(&weight, DataType::Float, &[n_in as i64, n_out as i64], &f32_bytes(&w))?;
-        let base = g.node("", "MatMul", &format!("{path}/MatMul"), &[&x, &w_name], vec![])?;
+        let weight = format!(
+            "{}.MatMul.weight",
+            path.trim_start_matches('/').replace('/', ".")
+        );
+        let w_name = g.initializer(
+            &weight,
+            DataType::Float,
+            &[n_in as i64, n_out as i64],
+            &f32_bytes(&w),
+        )?;
+        let base = g.node(
+            "",
+            "MatMul",
+            &format!("{path}/MatMul"),
+            &[&x, &w_name],
+            vec![],
+        )?;
         let branch = LoraBranch {
             path,
             in_features: n_in,
@@ -49,8 +65,10 @@ fn write(out: &Path) -> Result<(), Box<dyn std::error::Error>> {
             scale,
         };
         x = emit_lora(&mut g, &branch, DataType::Float, &x, &base)?;
-        reference.push(json!({"path": path, "w": w, "a": a, "b": b, "rank": rank, "scale": scale,
-                              "in": n_in, "out": n_out}));
+        reference.push(
+            json!({"path": path, "w": w, "a": a, "b": b, "rank": rank, "scale": scale,
+                              "in": n_in, "out": n_out}),
+        );
     }
     g.node_outputs("", "Identity", "/y", &[&x], &["y"], vec![])?;
     g.output("y", DataType::Float, &[Dim::sym("batch"), Dim::from(5)]);
@@ -66,7 +84,10 @@ fn write(out: &Path) -> Result<(), Box<dyn std::error::Error>> {
         ..Adapter::default()
     }
     .write(&out.join("adapter_weights.onnx_adapter"))?;
-    std::fs::write(out.join("reference.json"), Value::Array(reference).to_string())?;
+    std::fs::write(
+        out.join("reference.json"),
+        Value::Array(reference).to_string(),
+    )?;
     Ok(())
 }
 

@@ -159,7 +159,10 @@ impl Adapter {
             path: path.to_path_buf(),
             source,
         };
-        let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let file_name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let temp = path.with_file_name(format!(".{file_name}.{}.tmp", std::process::id()));
         let written = std::fs::File::create(&temp).and_then(|mut file| {
             file.write_all(&self.to_bytes())?;

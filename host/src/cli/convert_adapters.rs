@@ -47,7 +47,11 @@ struct LoraInput {
 pub fn run(args: ConvertAdaptersArgs) -> anyhow::Result<()> {
     let adapter = LoraAdapter::open(&args.adapter_path)?;
     let base = args.base_model.clone().or_else(|| {
-        let named = adapter.config().base_model_name_or_path.as_deref().map(PathBuf::from)?;
+        let named = adapter
+            .config()
+            .base_model_name_or_path
+            .as_deref()
+            .map(PathBuf::from)?;
         named.is_dir().then_some(named)
     });
     let mut dtype = args.dtype.as_deref().map(parse_dtype);
@@ -73,14 +77,20 @@ pub fn run(args: ConvertAdaptersArgs) -> anyhow::Result<()> {
             weights
         }
         None => {
-            if let Some(fused) = adapter.weights().iter().find(|w| !w.module.projection.parts().is_empty()) {
+            if let Some(fused) = adapter
+                .weights()
+                .iter()
+                .find(|w| !w.module.projection.parts().is_empty())
+            {
                 bail!(
                     "module `{}` is fused: pass --base_model (a Hugging Face folder or the exported ONNX model) \
                      to split it as the exported model does",
                     fused.module.hf_key()
                 );
             }
-            tracing::warn!("no --base_model: the adapter is not checked against the model it will run with");
+            tracing::warn!(
+                "no --base_model: the adapter is not checked against the model it will run with"
+            );
             adapter.weights().to_vec()
         }
     };
@@ -125,7 +135,10 @@ fn branch<'a>(w: &'a LoraWeights, path: &'a str) -> LoraBranch<'a> {
 
 /// Olive's `save_weights`: the format's suffix replaces the output's extension.
 fn output_path(path: &Path) -> PathBuf {
-    if path.extension().is_some_and(|e| e == adapter_format::EXTENSION) {
+    if path
+        .extension()
+        .is_some_and(|e| e == adapter_format::EXTENSION)
+    {
         path.to_path_buf()
     } else {
         path.with_extension(adapter_format::EXTENSION)
@@ -142,7 +155,11 @@ fn onnx_model_path(base: &Path) -> anyhow::Result<PathBuf> {
     let file = std::fs::read_to_string(&genai)
         .ok()
         .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
-        .and_then(|v| v["model"]["decoder"]["filename"].as_str().map(str::to_string))
+        .and_then(|v| {
+            v["model"]["decoder"]["filename"]
+                .as_str()
+                .map(str::to_string)
+        })
         .unwrap_or_else(|| "model.onnx".to_string());
     let path = base.join(file);
     if !path.is_file() {
@@ -156,16 +173,21 @@ fn onnx_model_path(base: &Path) -> anyhow::Result<PathBuf> {
 
 /// The graph inputs of a model whose names end in `.lora_A.weight` / `.lora_B.weight`.
 fn lora_inputs(model_path: &Path) -> anyhow::Result<HashMap<String, LoraInput>> {
-    let bytes = std::fs::read(model_path).with_context(|| format!("reading {}", model_path.display()))?;
+    let bytes =
+        std::fs::read(model_path).with_context(|| format!("reading {}", model_path.display()))?;
     let model = ModelProto::decode(bytes.as_slice())
         .with_context(|| format!("{}: not an ONNX model", model_path.display()))?;
     let mut out = HashMap::new();
     for input in model.graph.iter().flat_map(|g| &g.input) {
-        let Some(name) = input.name.as_deref() else { continue };
+        let Some(name) = input.name.as_deref() else {
+            continue;
+        };
         if !(name.ends_with(".lora_A.weight") || name.ends_with(".lora_B.weight")) {
             continue;
         }
-        let Some(type_proto::Value::TensorType(t)) = input.r#type.as_ref().and_then(|t| t.value.as_ref()) else {
+        let Some(type_proto::Value::TensorType(t)) =
+            input.r#type.as_ref().and_then(|t| t.value.as_ref())
+        else {
             continue;
         };
         let dims = t
@@ -252,7 +274,10 @@ fn check_against_onnx(
     let mut dtype = None;
     for w in weights {
         let path = w.module.onnx_path();
-        for (side, fixed_dim, size) in [(LoraSide::A, 0, w.in_features), (LoraSide::B, 1, w.out_features)] {
+        for (side, fixed_dim, size) in [
+            (LoraSide::A, 0, w.in_features),
+            (LoraSide::B, 1, w.out_features),
+        ] {
             let name = weight_name(&path, side);
             let input = inputs.get(&name).with_context(|| {
                 format!(
@@ -276,7 +301,10 @@ fn check_against_onnx(
             let input_dtype = match input.elem_type {
                 1 => DataType::Float,
                 10 => DataType::Float16,
-                other => bail!("{}: input `{name}` has element type {other}, expected float or float16", model_path.display()),
+                other => bail!(
+                    "{}: input `{name}` has element type {other}, expected float or float16",
+                    model_path.display()
+                ),
             };
             dtype.get_or_insert(input_dtype);
         }

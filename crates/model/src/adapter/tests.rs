@@ -303,7 +303,9 @@ fn product(w: &LoraWeights) -> Vec<f32> {
     let mut out = vec![0.0; w.out_features * w.in_features];
     for o in 0..w.out_features {
         for i in 0..w.in_features {
-            out[o * w.in_features + i] = (0..w.rank).map(|k| w.b[o * w.rank + k] * w.a[k * w.in_features + i]).sum();
+            out[o * w.in_features + i] = (0..w.rank)
+                .map(|k| w.b[o * w.rank + k] * w.a[k * w.in_features + i])
+                .sum();
         }
     }
     out
@@ -317,12 +319,18 @@ fn padding_the_rank_keeps_the_product() {
     write_adapter(
         dir.path(),
         &config,
-        &[(&name(0, "self_attn", "o_proj", "lora_A"), vec![2, 16]), (&name(0, "self_attn", "o_proj", "lora_B"), vec![16, 2])],
+        &[
+            (&name(0, "self_attn", "o_proj", "lora_A"), vec![2, 16]),
+            (&name(0, "self_attn", "o_proj", "lora_B"), vec![16, 2]),
+        ],
     );
     let adapter = LoraAdapter::open(dir.path()).expect("open");
     let w = &adapter.weights()[0];
     let padded = w.padded(5);
-    assert_eq!((padded.rank, padded.a.len(), padded.b.len(), padded.scale), (5, 80, 80, w.scale));
+    assert_eq!(
+        (padded.rank, padded.a.len(), padded.b.len(), padded.scale),
+        (5, 80, 80, w.scale)
+    );
     assert_eq!(product(&padded), product(w));
     assert_eq!(w.padded(1), *w);
 }
