@@ -1,6 +1,7 @@
 """Helpers for the auto-opt tests: run an exported onnxruntime-genai decoder with onnxruntime (prefill + decode
 steps feeding present.* back as past_key_values.*) and the Hugging Face model with transformers, same tokens."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,8 @@ def ort_logits(model_dir: Path, prompt: list[int], steps: int) -> list[np.ndarra
     past_type = inputs["past_key_values.0.key"].type
     dtype = np.float16 if "float16" in past_type else np.float32
     _, kv_heads, _, head_dim = inputs["past_key_values.0.key"].shape
+    if not isinstance(head_dim, int):  # onnxruntime-genai's builder writes a symbolic kv_cache_dim
+        head_dim = json.loads((model_dir / "genai_config.json").read_text())["model"]["decoder"]["head_size"]
     layers = sum(1 for n in inputs if n.startswith("past_key_values.") and n.endswith(".key"))
     past = {
         f"past_key_values.{l}.{k}": np.zeros((1, kv_heads, 0, head_dim), dtype)

@@ -6,6 +6,10 @@
   qwen2 (q/k/v biases) and mistral (sliding window shorter than the prompt) models;
 - onnxruntime-genai 0.18 (og.Model, og.Generator, append_tokens) gives transformers' greedy tokens for 32 steps,
   and so does 0.5.2 (the lab's API) on the same export;
+- fp16 export: fp16 weights, the same greedy token at every step as transformers, logits within fp16 rounding;
+- int4 export: MatMulNBits (block 32, accuracy_level 4 on CPU) on every linear, perplexity on an English paragraph
+  within PPL_RATIO of the fp32 export's (onnxruntime-genai's own int4 export of the default model measured 1.32x,
+  ours 1.24x: 17.16 and 16.15 vs 13.02);
 - bad input: an unknown device/provider pair lists the valid ones; a non-empty output needs --overwrite; a head
   size GroupQueryAttention cannot run is refused at export.
 """
@@ -28,6 +32,16 @@ GOLDEN = ROOT / "tests" / "golden" / "out"
 LOGITS_TOL = 1e-3
 DECODE_STEPS = 4
 GREEDY_TOKENS = 32
+# fp16 weights and activations vs transformers' fp32: measured 0.13 on the default model.
+FP16_TOL = 0.5
+# int4 (RTN, block 32, symmetric) perplexity over the fp32 export's: genai's builder gets 1.32x on the same text.
+PPL_RATIO = 1.35
+PARAGRAPH = (
+    "The history of the city begins in the early nineteenth century, when a small trading post was built on the "
+    "banks of the river. Merchants brought furs, grain and timber, and within a few decades the settlement had grown "
+    "into a busy town with schools, churches and a railway station. Today it is known for its museums, its parks and "
+    "its long tradition of music, which draws visitors from all over the world every summer."
+)
 TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]
 
 
@@ -189,3 +203,39 @@ def test_head_size_gqa_cannot_run_is_refused(olive_host: Path, default_hf: Path,
     assert result.returncode != 0
     assert "head_dim 8 is not a multiple of 16" in result.stderr
     assert not (tmp_path / "ao" / "model").exists()
+
+
+def perplexity(model_dir: Path, ids: list[int]) -> float:
+    logits = ort_logits(model_dir, ids, 0)[0][0].astype(np.float64)
+    logits -= logits.max(-1, keepdims=True)
+    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    return float(np.exp(-np.mean([logp[i, ids[i + 1]] for i in range(len(ids) - 1)])))
+
+
+def test_fp16_export(olive_host: Path, default_gguf: Path, default_hf: Path, tmp_path: Path):
+    onnx_dir = export(olive_host, default_gguf, tmp_path / "ao", "--precision", "fp16")
+    model = onnx.load(str(onnx_dir / "model.onnx"), load_external_data=False)
+    assert {t.data_type for t in model.graph.initializer if t.name.endswith("MatMul.weight")} == {onnx.TensorProto.FLOAT16}
+    prompt = list(range(200, 240))
+    ours, ref = ort_logits(onnx_dir, prompt, DECODE_STEPS), hf_logits(default_hf, prompt, DECODE_STEPS)
+    assert [int(x[0, -1].argmax()) for x in ours] == [int(x[0, -1].argmax()) for x in ref]
+    diff = max_abs_diff(ours, ref)
+    print(f"fp16: max |logits diff| = {diff:.3f}")
+    assert diff <= FP16_TOL
+
+
+def test_int4_export(olive_host: Path, default_gguf: Path, default_hf: Path, default_export: Path, tmp_path: Path):
+    from transformers import AutoTokenizer
+
+    onnx_dir = export(olive_host, default_gguf, tmp_path / "ao", "--precision", "int4")
+    onnx.checker.check_model(str(onnx_dir / "model.onnx"))
+    model = onnx.load(str(onnx_dir / "model.onnx"), load_external_data=False)
+    nbits = [n for n in model.graph.node if n.op_type == "MatMulNBits"]
+    assert len(nbits) == 30 * 5 + 1  # qkv, o, gate, up, down per layer, and lm_head
+    assert not [n for n in model.graph.node if n.op_type == "MatMul"]
+    attrs = {a.name: a.i for a in nbits[0].attribute}
+    assert (attrs["bits"], attrs["block_size"], attrs["accuracy_level"]) == (4, 32, 4)
+    ids = AutoTokenizer.from_pretrained(str(default_hf))(PARAGRAPH)["input_ids"]
+    ppl4, ppl32 = perplexity(onnx_dir, ids), perplexity(default_export, ids)
+    print(f"perplexity: int4 {ppl4:.2f}, fp32 {ppl32:.2f}")
+    assert ppl4 <= PPL_RATIO * ppl32

@@ -45,24 +45,50 @@ impl Decoder<'_> {
         let c = self.config;
         let dt = self.dtype();
         let (kv, hd) = (c.num_key_value_heads, c.head_dim);
-        g.input("input_ids", DataType::Int64, &[sym("batch_size"), sym("sequence_length")]);
-        g.input("attention_mask", DataType::Int64, &[sym("batch_size"), sym("total_sequence_length")]);
+        g.input(
+            "input_ids",
+            DataType::Int64,
+            &[sym("batch_size"), sym("sequence_length")],
+        );
+        g.input(
+            "attention_mask",
+            DataType::Int64,
+            &[sym("batch_size"), sym("total_sequence_length")],
+        );
         for l in 0..c.num_hidden_layers {
             for kind in ["key", "value"] {
                 g.input(
                     &format!("past_key_values.{l}.{kind}"),
                     dt,
-                    &[sym("batch_size"), kv.into(), sym("past_sequence_length"), hd.into()],
+                    &[
+                        sym("batch_size"),
+                        kv.into(),
+                        sym("past_sequence_length"),
+                        hd.into(),
+                    ],
                 );
             }
         }
-        g.output("logits", dt, &[sym("batch_size"), sym("sequence_length"), c.vocab_size.into()]);
+        g.output(
+            "logits",
+            dt,
+            &[
+                sym("batch_size"),
+                sym("sequence_length"),
+                c.vocab_size.into(),
+            ],
+        );
         for l in 0..c.num_hidden_layers {
             for kind in ["key", "value"] {
                 g.output(
                     &format!("present.{l}.{kind}"),
                     dt,
-                    &[sym("batch_size"), kv.into(), sym("total_sequence_length"), hd.into()],
+                    &[
+                        sym("batch_size"),
+                        kv.into(),
+                        sym("total_sequence_length"),
+                        hd.into(),
+                    ],
                 );
             }
         }
@@ -72,11 +98,20 @@ impl Decoder<'_> {
 
         // embeddings: [batch, seq, hidden]
         let embed = self.tensor("model.embed_tokens.weight", &[c.vocab_size, c.hidden_size])?;
-        let table = self
-            .linears
-            .weight(g, "model.embed_tokens.weight", &embed, &[c.vocab_size as i64, c.hidden_size as i64])?;
+        let table = self.linears.weight(
+            g,
+            "model.embed_tokens.weight",
+            &embed,
+            &[c.vocab_size as i64, c.hidden_size as i64],
+        )?;
         let mut hidden = g
-            .node("", "Gather", "/model/embed_tokens/Gather", &[&table, "input_ids"], vec![])
+            .node(
+                "",
+                "Gather",
+                "/model/embed_tokens/Gather",
+                &[&table, "input_ids"],
+                vec![],
+            )
             .map_err(failed)?;
         let eps = attr_float("epsilon", c.rms_norm_eps as f32);
         let mut residual = String::new();
@@ -93,12 +128,19 @@ impl Decoder<'_> {
                 normed
             };
             let attn = self.attention(g, l, &normed, &seqlens_k, &total_len, &cos, &sin)?;
-            let w = self.norm_weight(g, &format!("model.layers.{l}.post_attention_layernorm.weight"))?;
+            let w = self.norm_weight(
+                g,
+                &format!("model.layers.{l}.post_attention_layernorm.weight"),
+            )?;
             let base = format!("/model/layers.{l}/post_attention_layernorm");
             let (normed, sum) = self.skip_norm(g, &base, &residual, &attn, &w)?;
             residual = sum;
             hidden = self.mlp(g, l, &normed)?;
-            ctx.progress(l as u64 + 1, c.num_hidden_layers as u64 + 1, &format!("layer {l}"));
+            ctx.progress(
+                l as u64 + 1,
+                c.num_hidden_layers as u64 + 1,
+                &format!("layer {l}"),
+            );
         }
         // final norm: [batch, seq, hidden], then lm_head → logits [batch, seq, vocab]
         let w = self.norm_weight(g, "model.norm.weight")?;
@@ -128,7 +170,11 @@ impl Decoder<'_> {
             output: Some("logits".into()),
         };
         self.linears.emit(g, spec, &out)?;
-        ctx.progress(c.num_hidden_layers as u64 + 1, c.num_hidden_layers as u64 + 1, "lm_head");
+        ctx.progress(
+            c.num_hidden_layers as u64 + 1,
+            c.num_hidden_layers as u64 + 1,
+            "lm_head",
+        );
         Ok(())
     }
 
@@ -136,27 +182,54 @@ impl Decoder<'_> {
         let w = self.tensor(hf_name, &[self.config.hidden_size])?;
         // genai's name: the final norm is `model.layers.<n>.final_norm_layernorm.weight`.
         let name = if hf_name == "model.norm.weight" {
-            format!("model.layers.{}.final_norm_layernorm.weight", self.config.num_hidden_layers)
+            format!(
+                "model.layers.{}.final_norm_layernorm.weight",
+                self.config.num_hidden_layers
+            )
         } else {
             hf_name.to_string()
         };
-        self.linears.weight(g, &name, &w, &[self.config.hidden_size as i64])
+        self.linears
+            .weight(g, &name, &w, &[self.config.hidden_size as i64])
     }
 
     /// RMSNorm of the first layer in standard ONNX ops (onnx.checker knows no SimplifiedLayerNormalization in
     /// the default domain), computed in fp32 like transformers and SimplifiedLayerNormalization's stash_type 1:
     /// y = gamma * cast(x / sqrt(mean(x², -1) + eps)).
-    fn rms_norm(&self, g: &mut GraphBuilder, base: &str, x: &str, gamma: &str) -> Result<String, Error> {
+    fn rms_norm(
+        &self,
+        g: &mut GraphBuilder,
+        base: &str,
+        x: &str,
+        gamma: &str,
+    ) -> Result<String, Error> {
         let dt = self.dtype();
         let x32 = if dt == DataType::Float {
             x.to_string()
         } else {
-            g.node("", "Cast", &format!("{base}/Cast"), &[x], vec![attr_int("to", 1)]).map_err(failed)?
+            g.node(
+                "",
+                "Cast",
+                &format!("{base}/Cast"),
+                &[x],
+                vec![attr_int("to", 1)],
+            )
+            .map_err(failed)?
         };
-        let sq = g.node("", "Mul", &format!("{base}/Pow"), &[&x32, &x32], vec![]).map_err(failed)?;
-        let axes = g.constant_i64(&format!("{base}/axes"), &[1], &[-1]).map_err(failed)?;
+        let sq = g
+            .node("", "Mul", &format!("{base}/Pow"), &[&x32, &x32], vec![])
+            .map_err(failed)?;
+        let axes = g
+            .constant_i64(&format!("{base}/axes"), &[1], &[-1])
+            .map_err(failed)?;
         let mean = g
-            .node("", "ReduceMean", &format!("{base}/ReduceMean"), &[&sq, &axes], vec![attr_int("keepdims", 1)])
+            .node(
+                "",
+                "ReduceMean",
+                &format!("{base}/ReduceMean"),
+                &[&sq, &axes],
+                vec![attr_int("keepdims", 1)],
+            )
             .map_err(failed)?;
         let eps = g
             .initializer(
@@ -166,16 +239,29 @@ impl Decoder<'_> {
                 &(self.config.rms_norm_eps as f32).to_le_bytes(),
             )
             .map_err(failed)?;
-        let var = g.node("", "Add", &format!("{base}/Add"), &[&mean, &eps], vec![]).map_err(failed)?;
-        let std = g.node("", "Sqrt", &format!("{base}/Sqrt"), &[&var], vec![]).map_err(failed)?;
-        let normed = g.node("", "Div", &format!("{base}/Div"), &[&x32, &std], vec![]).map_err(failed)?;
+        let var = g
+            .node("", "Add", &format!("{base}/Add"), &[&mean, &eps], vec![])
+            .map_err(failed)?;
+        let std = g
+            .node("", "Sqrt", &format!("{base}/Sqrt"), &[&var], vec![])
+            .map_err(failed)?;
+        let normed = g
+            .node("", "Div", &format!("{base}/Div"), &[&x32, &std], vec![])
+            .map_err(failed)?;
         let normed = if dt == DataType::Float {
             normed
         } else {
-            g.node("", "Cast", &format!("{base}/Div/Cast"), &[&normed], vec![attr_int("to", dt.code() as i64)])
-                .map_err(failed)?
+            g.node(
+                "",
+                "Cast",
+                &format!("{base}/Div/Cast"),
+                &[&normed],
+                vec![attr_int("to", dt.code() as i64)],
+            )
+            .map_err(failed)?
         };
-        g.node("", "Mul", &format!("{base}/Mul"), &[&normed, gamma], vec![]).map_err(failed)
+        g.node("", "Mul", &format!("{base}/Mul"), &[&normed, gamma], vec![])
+            .map_err(failed)
     }
 
     /// SkipSimplifiedLayerNormalization(input, skip, gamma) → (normed, input + skip).
@@ -202,51 +288,122 @@ impl Decoder<'_> {
     }
 
     /// seqlens_k = ReduceSum(mask, 1) - 1 (int32), total_sequence_length = Shape(mask)[1] (int32 and int64).
-    fn attention_mask_subgraph(&self, g: &mut GraphBuilder) -> Result<(String, String, String), Error> {
+    fn attention_mask_subgraph(
+        &self,
+        g: &mut GraphBuilder,
+    ) -> Result<(String, String, String), Error> {
         let base = "/model/attn_mask_reformat/attn_mask_subgraph";
-        let one = g.constant_i64("/model/constant_nodes/INT64/[1]", &[1], &[1]).map_err(failed)?;
-        let one_scalar = g.constant_i64("/model/constant_nodes/INT64/1", &[], &[1]).map_err(failed)?;
+        let one = g
+            .constant_i64("/model/constant_nodes/INT64/[1]", &[1], &[1])
+            .map_err(failed)?;
+        let one_scalar = g
+            .constant_i64("/model/constant_nodes/INT64/1", &[], &[1])
+            .map_err(failed)?;
         let sum = g
-            .node("", "ReduceSum", &format!("{base}/ReduceSum"), &["attention_mask", &one], vec![attr_int("keepdims", 0)])
+            .node(
+                "",
+                "ReduceSum",
+                &format!("{base}/ReduceSum"),
+                &["attention_mask", &one],
+                vec![attr_int("keepdims", 0)],
+            )
             .map_err(failed)?;
-        let sub = g.node("", "Sub", &format!("{base}/Sub"), &[&sum, &one], vec![]).map_err(failed)?;
+        let sub = g
+            .node("", "Sub", &format!("{base}/Sub"), &[&sum, &one], vec![])
+            .map_err(failed)?;
         let seqlens = g
-            .node("", "Cast", &format!("{base}/Sub/Cast"), &[&sub], vec![attr_int("to", 6)])
+            .node(
+                "",
+                "Cast",
+                &format!("{base}/Sub/Cast"),
+                &[&sub],
+                vec![attr_int("to", 6)],
+            )
             .map_err(failed)?;
-        let shape = g.node("", "Shape", &format!("{base}/Shape"), &["attention_mask"], vec![]).map_err(failed)?;
+        let shape = g
+            .node(
+                "",
+                "Shape",
+                &format!("{base}/Shape"),
+                &["attention_mask"],
+                vec![],
+            )
+            .map_err(failed)?;
         let total = g
-            .node("", "Gather", &format!("{base}/Gather"), &[&shape, &one_scalar], vec![attr_int("axis", 0)])
+            .node(
+                "",
+                "Gather",
+                &format!("{base}/Gather"),
+                &[&shape, &one_scalar],
+                vec![attr_int("axis", 0)],
+            )
             .map_err(failed)?;
         let total32 = g
-            .node("", "Cast", &format!("{base}/Gather/Cast"), &[&total], vec![attr_int("to", 6)])
+            .node(
+                "",
+                "Cast",
+                &format!("{base}/Gather/Cast"),
+                &[&total],
+                vec![attr_int("to", 6)],
+            )
             .map_err(failed)?;
         Ok((seqlens, total32, total))
     }
 
     /// cos_cache / sin_cache: [context, rotary_dim / 2]; LongRoPE: If(total_len > original, long, short).
-    fn rotary_caches(&self, g: &mut GraphBuilder, total_len: &str) -> Result<(String, String), Error> {
+    fn rotary_caches(
+        &self,
+        g: &mut GraphBuilder,
+        total_len: &str,
+    ) -> Result<(String, String), Error> {
         let c = self.config;
         let rope = Rope::new(c);
         let half = (rope.rotary_dim() / 2) as i64;
-        let cache = |g: &mut GraphBuilder, suffix: &str, len: usize| -> Result<(String, String), Error> {
-            let t = rope.tables(0, len);
-            let cos = self.linears.weight(g, &format!("cos_cache{suffix}"), t.cos(), &[len as i64, half])?;
-            let sin = self.linears.weight(g, &format!("sin_cache{suffix}"), t.sin(), &[len as i64, half])?;
-            Ok((cos, sin))
-        };
-        let Some(RopeScaling::LongRope { original_max_position_embeddings: original, .. }) = &c.rope_scaling else {
+        let cache =
+            |g: &mut GraphBuilder, suffix: &str, len: usize| -> Result<(String, String), Error> {
+                let t = rope.tables(0, len);
+                let cos = self.linears.weight(
+                    g,
+                    &format!("cos_cache{suffix}"),
+                    t.cos(),
+                    &[len as i64, half],
+                )?;
+                let sin = self.linears.weight(
+                    g,
+                    &format!("sin_cache{suffix}"),
+                    t.sin(),
+                    &[len as i64, half],
+                )?;
+                Ok((cos, sin))
+            };
+        let Some(RopeScaling::LongRope {
+            original_max_position_embeddings: original,
+            ..
+        }) = &c.rope_scaling
+        else {
             return cache(g, "", c.max_position_embeddings);
         };
         let original = *original;
         // Rope::tables picks the short factors while the sequence stays within `original`.
         let (cos_small, sin_small) = cache(g, "_small", original)?;
-        let (cos_large, sin_large) = cache(g, "_large", c.max_position_embeddings.max(original + 1))?;
+        let (cos_large, sin_large) =
+            cache(g, "_large", c.max_position_embeddings.max(original + 1))?;
         let base = "/model/rope_caches_subgraph";
         let limit = g
-            .constant_i64(&format!("/model/constant_nodes/INT64/{original}"), &[], &[original as i64])
+            .constant_i64(
+                &format!("/model/constant_nodes/INT64/{original}"),
+                &[],
+                &[original as i64],
+            )
             .map_err(failed)?;
         let greater = g
-            .node("", "Greater", &format!("{base}/Greater"), &[total_len, &limit], vec![])
+            .node(
+                "",
+                "Greater",
+                &format!("{base}/Greater"),
+                &[total_len, &limit],
+                vec![],
+            )
             .map_err(failed)?;
         let dt = self.dtype();
         let branch = |name: &str, cos: &str, sin: &str| -> GraphProto {
@@ -254,8 +411,22 @@ impl Decoder<'_> {
             GraphProto {
                 name: Some(format!("{name}_graph")),
                 node: vec![
-                    node("", "Identity", &format!("{base}/{name}/cos"), &[cos], &[&co], vec![]),
-                    node("", "Identity", &format!("{base}/{name}/sin"), &[sin], &[&so], vec![]),
+                    node(
+                        "",
+                        "Identity",
+                        &format!("{base}/{name}/cos"),
+                        &[cos],
+                        &[&co],
+                        vec![],
+                    ),
+                    node(
+                        "",
+                        "Identity",
+                        &format!("{base}/{name}/sin"),
+                        &[sin],
+                        &[&so],
+                        vec![],
+                    ),
                 ],
                 output: vec![
                     value_info(&co, dt, &[sym("max_seq"), Dim::Fixed(half)]),
@@ -272,7 +443,10 @@ impl Decoder<'_> {
             &format!("{base}/If"),
             &[&greater],
             &["cos_cache", "sin_cache"],
-            vec![attr_graph("then_branch", then_branch), attr_graph("else_branch", else_branch)],
+            vec![
+                attr_graph("then_branch", then_branch),
+                attr_graph("else_branch", else_branch),
+            ],
         )
         .map_err(failed)?;
         Ok(("cos_cache".into(), "sin_cache".into()))
@@ -291,11 +465,19 @@ impl Decoder<'_> {
         sin: &str,
     ) -> Result<String, Error> {
         let c = self.config;
-        let (h, kv, hd, hidden) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.hidden_size);
+        let (h, kv, hd, hidden) = (
+            c.num_attention_heads,
+            c.num_key_value_heads,
+            c.head_dim,
+            c.hidden_size,
+        );
         let (q_out, kv_out) = (h * hd, kv * hd);
         let hf = format!("model.layers.{l}.self_attn");
         let (q, k, v) = if c.architecture == Architecture::Phi3 {
-            let qkv = self.tensor(&format!("{hf}.qkv_proj.weight"), &[q_out + 2 * kv_out, hidden])?;
+            let qkv = self.tensor(
+                &format!("{hf}.qkv_proj.weight"),
+                &[q_out + 2 * kv_out, hidden],
+            )?;
             let (q, rest) = qkv.split_at(q_out * hidden);
             let (k, v) = rest.split_at(kv_out * hidden);
             (q.to_vec(), k.to_vec(), v.to_vec())
@@ -316,15 +498,21 @@ impl Decoder<'_> {
             None
         };
         let base = format!("/model/layers.{l}/attn");
-        let adapted = ["q_proj", "k_proj", "v_proj"]
-            .iter()
-            .any(|p| self.linears.lora.contains_key(&format!("model.layers.{l}.attn.{p}")));
+        let adapted = ["q_proj", "k_proj", "v_proj"].iter().any(|p| {
+            self.linears
+                .lora
+                .contains_key(&format!("model.layers.{l}.attn.{p}"))
+        });
         let (query, key, value) = if adapted {
             let mut outs = Vec::new();
             let bias_parts = biases.map(|(a, b, c)| [a, b, c]);
-            for (i, (name, w, out)) in [("q_proj", q, q_out), ("k_proj", k, kv_out), ("v_proj", v, kv_out)]
-                .into_iter()
-                .enumerate()
+            for (i, (name, w, out)) in [
+                ("q_proj", q, q_out),
+                ("k_proj", k, kv_out),
+                ("v_proj", v, kv_out),
+            ]
+            .into_iter()
+            .enumerate()
             {
                 let spec = LinearSpec {
                     basename: format!("{base}/{name}"),
@@ -350,19 +538,27 @@ impl Decoder<'_> {
         };
         let gqa = format!("{base}/GroupQueryAttention");
         let out = format!("{gqa}/output_0");
-        let (pk, pv) = (format!("past_key_values.{l}.key"), format!("past_key_values.{l}.value"));
+        let (pk, pv) = (
+            format!("past_key_values.{l}.key"),
+            format!("past_key_values.{l}.value"),
+        );
         let (ck, cv) = (format!("present.{l}.key"), format!("present.{l}.value"));
         g.node_outputs(
             "com.microsoft",
             "GroupQueryAttention",
             &gqa,
-            &[&query, &key, &value, &pk, &pv, seqlens_k, total_len, cos, sin],
+            &[
+                &query, &key, &value, &pk, &pv, seqlens_k, total_len, cos, sin,
+            ],
             &[&out, &ck, &cv],
             vec![
                 attr_int("num_heads", h as i64),
                 attr_int("kv_num_heads", kv as i64),
                 attr_float("scale", 1.0 / (hd as f32).sqrt()),
-                attr_int("local_window_size", c.sliding_window.map_or(-1, |w| w as i64)),
+                attr_int(
+                    "local_window_size",
+                    c.sliding_window.map_or(-1, |w| w as i64),
+                ),
                 attr_int("do_rotary", 1),
                 attr_int("rotary_interleaved", 0),
             ],
@@ -396,22 +592,42 @@ impl Decoder<'_> {
             )
         };
         let base = format!("/model/layers.{l}/mlp");
-        let lin = |name: &str, weight: Vec<f32>, out_features: usize, in_features: usize| LinearSpec {
-            basename: format!("{base}/{name}"),
-            weight,
-            out_features,
-            in_features,
-            bias: None,
-            output: None,
-        };
-        let gate = self.linears.emit(g, lin("gate_proj", gate, inter, hidden), x)?;
+        let lin =
+            |name: &str, weight: Vec<f32>, out_features: usize, in_features: usize| LinearSpec {
+                basename: format!("{base}/{name}"),
+                weight,
+                out_features,
+                in_features,
+                bias: None,
+                output: None,
+            };
+        let gate = self
+            .linears
+            .emit(g, lin("gate_proj", gate, inter, hidden), x)?;
         let up = self.linears.emit(g, lin("up_proj", up, inter, hidden), x)?;
         let sig = g
-            .node("", "Sigmoid", &format!("{base}/act_fn/Sigmoid"), &[&gate], vec![])
+            .node(
+                "",
+                "Sigmoid",
+                &format!("{base}/act_fn/Sigmoid"),
+                &[&gate],
+                vec![],
+            )
             .map_err(failed)?;
-        let silu = g.node("", "Mul", &format!("{base}/act_fn/Mul"), &[&gate, &sig], vec![]).map_err(failed)?;
-        let prod = g.node("", "Mul", &format!("{base}/Mul"), &[&silu, &up], vec![]).map_err(failed)?;
+        let silu = g
+            .node(
+                "",
+                "Mul",
+                &format!("{base}/act_fn/Mul"),
+                &[&gate, &sig],
+                vec![],
+            )
+            .map_err(failed)?;
+        let prod = g
+            .node("", "Mul", &format!("{base}/Mul"), &[&silu, &up], vec![])
+            .map_err(failed)?;
         let down = self.tensor(&format!("{hf}.down_proj.weight"), &[hidden, inter])?;
-        self.linears.emit(g, lin("down_proj", down, hidden, inter), &prod)
+        self.linears
+            .emit(g, lin("down_proj", down, hidden, inter), &prod)
     }
 }

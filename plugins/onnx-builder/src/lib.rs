@@ -12,6 +12,7 @@ use std::path::Path;
 use olive_model::{Checkpoint, ModelConfig};
 use olive_onnx::genai_config::{GenaiConfig, GenaiModel};
 use olive_onnx::graph::GraphBuilder;
+use olive_onnx::matmul_nbits::NBitsConfig;
 use olive_onnx::tensor::DataType;
 use olive_pass_sdk::{kinds, Context, Error, Model, Pass};
 use schemars::JsonSchema;
@@ -105,7 +106,8 @@ impl Pass for ModelBuilder {
 
     fn run(model: Model, config: ModelBuilderConfig, ctx: &Context<'_>) -> Result<Model, Error> {
         let dir = &model.path;
-        let hf = ModelConfig::from_folder(dir).map_err(|e| Error::UnsupportedModel(e.to_string()))?;
+        let hf =
+            ModelConfig::from_folder(dir).map_err(|e| Error::UnsupportedModel(e.to_string()))?;
         if hf.head_dim % 16 != 0 {
             return Err(Error::UnsupportedModel(format!(
                 "{}: head_dim {} is not a multiple of 16, which GroupQueryAttention needs",
@@ -113,22 +115,26 @@ impl Pass for ModelBuilder {
                 hf.head_dim
             )));
         }
-        let checkpoint = Checkpoint::open(dir).map_err(|e| Error::UnsupportedModel(e.to_string()))?;
+        let checkpoint =
+            Checkpoint::open(dir).map_err(|e| Error::UnsupportedModel(e.to_string()))?;
         let provider = match &config.execution_provider {
             Some(p) => p.clone(),
             None if ctx.device() == "gpu" => "CUDAExecutionProvider".into(),
             None => "CPUExecutionProvider".into(),
         };
         let provider_options = provider_options(&provider)?;
+        let on_cpu = provider == "CPUExecutionProvider";
+        // int4 keeps fp32 activations on CPU and fp16 elsewhere, as Olive's auto-opt does.
         let dtype = match config.precision {
             Precision::Fp32 => DataType::Float,
-            Precision::Fp16 => DataType::Float16,
-            Precision::Int4 => {
-                return Err(Error::InvalidConfig(
-                    "precision int4 is not available in this build of ModelBuilder; use fp32 or fp16".into(),
-                ))
-            }
+            Precision::Int4 if on_cpu => DataType::Float,
+            Precision::Fp16 | Precision::Int4 => DataType::Float16,
         };
+        let nbits = (config.precision == Precision::Int4).then(|| NBitsConfig {
+            scale_type: dtype,
+            accuracy_level: config.int4_accuracy_level.or(on_cpu.then_some(4)),
+            ..NBitsConfig::int4(config.int4_block_size, config.int4_is_symmetric)
+        });
         let out = ctx.output_dir();
         std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
         let tokenizer = dir.join("tokenizer.json");
@@ -148,7 +154,11 @@ impl Pass for ModelBuilder {
         let decoder = Decoder {
             config: &hf,
             checkpoint: &checkpoint,
-            linears: Linears { dtype, lora: BTreeMap::new() },
+            linears: Linears {
+                dtype,
+                nbits,
+                lora: BTreeMap::new(),
+            },
         };
         if let Err(e) = decoder.build(&mut g, ctx) {
             g.discard();
@@ -158,8 +168,13 @@ impl Pass for ModelBuilder {
         write_genai_config(&hf, dir, &out, provider_options)?;
         copy_tokenizer_files(dir, &out)?;
         let mut output = Model::new(kinds::ONNX, &out);
-        output.metadata.insert("precision".into(), format!("{:?}", config.precision).to_lowercase().into());
-        output.metadata.insert("execution_provider".into(), provider.into());
+        output.metadata.insert(
+            "precision".into(),
+            format!("{:?}", config.precision).to_lowercase().into(),
+        );
+        output
+            .metadata
+            .insert("execution_provider".into(), provider.into());
         Ok(output)
     }
 }
@@ -186,7 +201,9 @@ fn write_genai_config(
         filename: "model.onnx",
         provider_options,
     };
-    GenaiConfig::new(&m).write(&out.join("genai_config.json")).map_err(failed)
+    GenaiConfig::new(&m)
+        .write(&out.join("genai_config.json"))
+        .map_err(failed)
 }
 
 fn copy_tokenizer_files(from: &Path, to: &Path) -> Result<(), Error> {

@@ -1,10 +1,12 @@
 //! Linear layers as onnxruntime-genai's builder emits them (`make_matmul`, `make_matmul_lora`): MatMul with
 //! the weight transposed to [in, out], an Add for a bias, and the LoRA branch (x·A·B, scale folded into B)
-//! added to the base output. Every linear of the model goes through [`Linears::emit`].
+//! added to the base output. Every linear of the model goes through [`Linears::emit`]. With int4 the base
+//! MatMul is a com.microsoft MatMulNBits (`make_matmul_int4`); LoRA MatMuls stay float.
 
 use std::collections::BTreeMap;
 
 use olive_onnx::graph::GraphBuilder;
+use olive_onnx::matmul_nbits::{quantize, NBitsConfig};
 use olive_onnx::tensor::{float_bytes, transpose, DataType};
 use olive_pass_sdk::Error;
 
@@ -34,38 +36,74 @@ pub struct Lora {
 /// Emits linears in the model's float type.
 #[derive(Debug)]
 pub struct Linears {
-    /// Type of weights and activations.
+    /// Type of float weights and activations.
     pub dtype: DataType,
+    /// Block-wise quantization of the linears' weights (int4); `None` keeps them float.
+    pub nbits: Option<NBitsConfig>,
     /// LoRA pairs by ONNX module path (`model.layers.0.attn.q_proj`); empty without an adapter.
     pub lora: BTreeMap<String, Lora>,
 }
 
 impl Linears {
     /// Emits `spec` on `input`: [batch, seq, in] → [batch, seq, out]; returns the output name.
-    pub fn emit(&self, g: &mut GraphBuilder, spec: LinearSpec, input: &str) -> Result<String, Error> {
+    pub fn emit(
+        &self,
+        g: &mut GraphBuilder,
+        spec: LinearSpec,
+        input: &str,
+    ) -> Result<String, Error> {
         let module = spec.basename.trim_start_matches('/').replace('/', ".");
         let lora = self.lora.get(&module);
         let last_is_matmul = spec.bias.is_none() && lora.is_none();
-        let matmul = format!("{}/MatMul", spec.basename);
-        let weight = self.weight(
-            g,
-            &format!("{module}.MatMul.weight"),
-            &transpose(&spec.weight, spec.out_features, spec.in_features),
-            &[spec.in_features as i64, spec.out_features as i64],
-        )?;
-        let mut out = match (&spec.output, last_is_matmul) {
-            (Some(name), true) => {
-                g.node_outputs("", "MatMul", &matmul, &[input, &weight], &[name], vec![])
+        let weight_name = format!("{module}.MatMul.weight");
+        let mut out = match &self.nbits {
+            Some(nbits) => {
+                let q = quantize(&spec.weight, spec.out_features, spec.in_features, nbits)
+                    .map_err(|e| Error::Failed(format!("{weight_name}: {e}")))?;
+                let node = format!("{}/MatMulNBits", spec.basename);
+                let out = q
+                    .add_to_graph(g, &weight_name, &node, input)
                     .map_err(failed)?;
-                name.clone()
+                match (&spec.output, last_is_matmul) {
+                    (Some(name), true) => {
+                        let id = format!("{}/Identity", spec.basename);
+                        g.node_outputs("", "Identity", &id, &[&out], &[name], vec![])
+                            .map_err(failed)?;
+                        name.clone()
+                    }
+                    _ => out,
+                }
             }
-            _ => g.node("", "MatMul", &matmul, &[input, &weight], vec![]).map_err(failed)?,
+            None => {
+                let matmul = format!("{}/MatMul", spec.basename);
+                let weight = self.weight(
+                    g,
+                    &weight_name,
+                    &transpose(&spec.weight, spec.out_features, spec.in_features),
+                    &[spec.in_features as i64, spec.out_features as i64],
+                )?;
+                match (&spec.output, last_is_matmul) {
+                    (Some(name), true) => {
+                        g.node_outputs("", "MatMul", &matmul, &[input, &weight], &[name], vec![])
+                            .map_err(failed)?;
+                        name.clone()
+                    }
+                    _ => g
+                        .node("", "MatMul", &matmul, &[input, &weight], vec![])
+                        .map_err(failed)?,
+                }
+            }
         };
         if let Some(lora) = lora {
             out = self.lora_branch(g, &spec, &module, lora, input, &out)?;
         }
         if let Some(bias) = &spec.bias {
-            let b = self.weight(g, &format!("{module}.Add.bias"), bias, &[spec.out_features as i64])?;
+            let b = self.weight(
+                g,
+                &format!("{module}.Add.bias"),
+                bias,
+                &[spec.out_features as i64],
+            )?;
             let add = format!("{}/Add", spec.basename);
             out = match &spec.output {
                 Some(name) => {
@@ -73,7 +111,9 @@ impl Linears {
                         .map_err(failed)?;
                     name.clone()
                 }
-                None => g.node("", "Add", &add, &[&out, &b], vec![]).map_err(failed)?,
+                None => g
+                    .node("", "Add", &add, &[&out, &b], vec![])
+                    .map_err(failed)?,
             };
         }
         Ok(out)
@@ -103,10 +143,22 @@ impl Linears {
             &[r, spec.out_features as i64],
         )?;
         let xa = g
-            .node("", "MatMul", &format!("{}/lora_A/MatMul", spec.basename), &[input, &a], vec![])
+            .node(
+                "",
+                "MatMul",
+                &format!("{}/lora_A/MatMul", spec.basename),
+                &[input, &a],
+                vec![],
+            )
             .map_err(failed)?;
         let xab = g
-            .node("", "MatMul", &format!("{}/lora_B/MatMul", spec.basename), &[&xa, &b], vec![])
+            .node(
+                "",
+                "MatMul",
+                &format!("{}/lora_B/MatMul", spec.basename),
+                &[&xa, &b],
+                vec![],
+            )
             .map_err(failed)?;
         let add = format!("{}/lora/Add", spec.basename);
         match (&spec.output, spec.bias.is_none()) {
@@ -115,7 +167,9 @@ impl Linears {
                     .map_err(failed)?;
                 Ok(name.clone())
             }
-            _ => g.node("", "Add", &add, &[base, &xab], vec![]).map_err(failed),
+            _ => g
+                .node("", "Add", &add, &[base, &xab], vec![])
+                .map_err(failed),
         }
     }
 
@@ -127,9 +181,11 @@ impl Linears {
         values: &[f32],
         dims: &[i64],
     ) -> Result<String, Error> {
-        let bytes = float_bytes(values, self.dtype)
-            .ok_or_else(|| Error::Failed(format!("{name}: {:?} is not a float type", self.dtype)))?;
-        g.initializer(name, self.dtype, dims, &bytes).map_err(failed)
+        let bytes = float_bytes(values, self.dtype).ok_or_else(|| {
+            Error::Failed(format!("{name}: {:?} is not a float type", self.dtype))
+        })?;
+        g.initializer(name, self.dtype, dims, &bytes)
+            .map_err(failed)
     }
 }
 

@@ -23,7 +23,11 @@ fn read_json(path: &Path) -> Option<Value> {
 
 fn ids(v: &Value) -> Vec<u32> {
     match v {
-        Value::Number(n) => n.as_u64().and_then(|x| u32::try_from(x).ok()).into_iter().collect(),
+        Value::Number(n) => n
+            .as_u64()
+            .and_then(|x| u32::try_from(x).ok())
+            .into_iter()
+            .collect(),
         Value::Array(a) => a.iter().flat_map(ids).collect(),
         _ => vec![],
     }
@@ -52,7 +56,13 @@ fn tokenizer_token(dir: &Path, key: &str) -> Option<u32> {
 /// Resolves the ids for the model in `dir`.
 pub fn resolve(dir: &Path, hf: &ModelConfig) -> Result<SpecialTokens, Error> {
     let generation = read_json(&dir.join("generation_config.json"));
-    let from_generation = |key: &str| generation.as_ref().and_then(|g| g.get(key)).map(ids).unwrap_or_default();
+    let from_generation = |key: &str| {
+        generation
+            .as_ref()
+            .and_then(|g| g.get(key))
+            .map(ids)
+            .unwrap_or_default()
+    };
     let mut eos = hf.eos_token_ids.clone();
     if eos.is_empty() {
         eos = from_generation("eos_token_id");
