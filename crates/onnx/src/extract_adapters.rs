@@ -15,7 +15,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
-use crate::adapter_format::Parameter;
+use prost::Message;
+
+use crate::adapter_format::{Adapter, AdapterFormatError, Parameter};
 use crate::error::{OnnxError, Result};
 use crate::graph::{value_info, Dim, GraphBuilder};
 use crate::proto::{tensor_proto::DataLocation, ModelProto, TensorProto};
@@ -277,6 +279,71 @@ pub fn extract_adapters(model: &mut ModelProto, model_dir: &Path) -> Result<Vec<
         }
     }
     Ok(params)
+}
+
+/// The adapter file ExtractAdapters writes beside the model (Olive's name).
+pub const ADAPTER_FILE: &str = "adapter_weights.onnx_adapter";
+
+/// ExtractAdapters from one model folder to another: `out_dir` gets every file of `src_dir` (hard-linked, or copied
+/// across file systems), `model_file` rewritten with the LoRA inputs, and [`ADAPTER_FILE`]. Returns the number of
+/// adapter parameters; 0 when the model has no LoRA weights (then `out_dir` is a plain copy, as Olive returns the
+/// model unchanged).
+pub fn extract_adapters_folder(src_dir: &Path, model_file: &str, out_dir: &Path) -> Result<usize> {
+    let src_model = src_dir.join(model_file);
+    let bytes = std::fs::read(&src_model).map_err(|e| OnnxError::io(&src_model, e))?;
+    let mut model = ModelProto::decode(bytes.as_slice()).map_err(|e| {
+        OnnxError::Graph(format!("{}: not an ONNX model: {e}", src_model.display()))
+    })?;
+    let parameters = extract_adapters(&mut model, src_dir)?;
+    std::fs::create_dir_all(out_dir).map_err(|e| OnnxError::io(out_dir, e))?;
+    let same = |a: &Path, b: &Path| {
+        a.canonicalize()
+            .ok()
+            .is_some_and(|a| b.canonicalize().is_ok_and(|b| a == b))
+    };
+    if same(src_dir, out_dir) {
+        return Err(OnnxError::Graph(format!(
+            "{}: ExtractAdapters writes to another folder than its input",
+            out_dir.display()
+        )));
+    }
+    for entry in std::fs::read_dir(src_dir).map_err(|e| OnnxError::io(src_dir, e))? {
+        let entry = entry.map_err(|e| OnnxError::io(src_dir, e))?;
+        let name = entry.file_name();
+        let (from, to) = (entry.path(), out_dir.join(&name));
+        if name == model_file || name == ADAPTER_FILE || !from.is_file() {
+            continue;
+        }
+        if std::fs::hard_link(&from, &to).is_err() {
+            std::fs::copy(&from, &to).map_err(|e| OnnxError::io(&to, e))?;
+        }
+    }
+    if !parameters.is_empty() {
+        let count = parameters.len();
+        Adapter {
+            parameters,
+            ..Adapter::default()
+        }
+        .write(&out_dir.join(ADAPTER_FILE))
+        .map_err(|e| match e {
+            AdapterFormatError::Io { path, source } => OnnxError::Io { path, source },
+            other => OnnxError::Graph(other.to_string()),
+        })?;
+        write_atomically(&out_dir.join(model_file), &model.encode_to_vec())?;
+        return Ok(count);
+    }
+    write_atomically(&out_dir.join(model_file), &bytes)?;
+    Ok(0)
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let temp = path.with_file_name(format!(".{name}.tmp"));
+    std::fs::write(&temp, bytes).map_err(|e| OnnxError::io(&temp, e))?;
+    std::fs::rename(&temp, path).map_err(|e| OnnxError::io(path, e))
 }
 
 /// A tensor's little-endian bytes, from raw_data, the typed fields, or external data under `model_dir`.

@@ -238,3 +238,42 @@ fn external_data_that_is_missing_names_the_file() {
         .to_string();
     assert!(text.contains("model.onnx.data"), "{text}");
 }
+
+#[test]
+fn extract_folder_links_files_and_writes_the_adapter() {
+    let src = tempfile::tempdir().expect("src");
+    let out = tempfile::tempdir().expect("out");
+    built_model(src.path());
+    std::fs::write(src.path().join("genai_config.json"), "{}").expect("config");
+    let n =
+        extract_adapters_folder(src.path(), "model.onnx", &out.path().join("m")).expect("extract");
+    assert_eq!(n, 2);
+    let dir = out.path().join("m");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .expect("ls")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            ADAPTER_FILE,
+            "genai_config.json",
+            "model.onnx",
+            "model.onnx.data"
+        ]
+    );
+    let adapter = Adapter::read(&dir.join(ADAPTER_FILE)).expect("adapter");
+    assert_eq!(adapter.parameters.len(), 2);
+    let model =
+        ModelProto::decode(&*std::fs::read(dir.join("model.onnx")).expect("read")).expect("decode");
+    assert_eq!(model.graph.expect("graph").input.len(), 3);
+    assert!(
+        extract_adapters_folder(src.path(), "model.onnx", src.path()).is_err(),
+        "never in place"
+    );
+    // the source model is untouched
+    let source = ModelProto::decode(&*std::fs::read(src.path().join("model.onnx")).expect("read"))
+        .expect("decode");
+    assert_eq!(source.graph.expect("graph").input.len(), 1);
+}
