@@ -1,0 +1,214 @@
+"""`olive-host generate` on an exported ONNX folder (ONNX Runtime through the `ort` crate), checked against
+onnxruntime-genai 0.18 and transformers on the default model:
+
+- greedy: the 32 new token ids equal onnxruntime-genai's (og.Generator, append_tokens) and transformers'
+  greedy generate, without the adapter and with it (genai's set_active_adapter, a PEFT model in
+  transformers), and the two differ;
+- `--do_sample --seed 1` twice gives the same text, another seed another text;
+- a missing adapter file or a missing ONNX Runtime library is a clear error.
+
+The export: the default model with a PEFT LoRA adapter (q_proj, v_proj, r=8, random init so it changes the
+output), laid out as `auto-opt --adapter_path` lays it out: model.onnx whose LoRA weights are graph inputs with
+empty defaults, their values in adapter_weights.onnx_adapter. It is built with onnxruntime-genai's own
+builder (the reference layout; the runtime is what is under test) and ONNX Runtime's AdapterFormat.
+"""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+GOLDEN_HF = ROOT / "tests" / "golden" / "out" / "smollm2" / "model"
+PROMPT = "The best thing to see in Chicago is"
+NEW_TOKENS = 32
+ADAPTER_FILE = "adapter_weights.onnx_adapter"
+# `olive-host generate --log_level 0` logs the generated ids on this line.
+IDS_LINE = re.compile(r"generated ids: \[([0-9, ]*)\]")
+
+
+@pytest.fixture(scope="module")
+def hf_model(olive_host: Path, default_gguf: Path, tmp_path_factory) -> Path:
+    """The default model as a Hugging Face folder: scripts/test.sh's golden copy, else converted here."""
+    if (GOLDEN_HF / "model.safetensors").is_file():
+        return GOLDEN_HF
+    out = tmp_path_factory.mktemp("hf") / "model"
+    run = subprocess.run([str(olive_host), "convert", "-m", str(default_gguf), "-o", str(out)],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    return out
+
+
+@pytest.fixture(scope="module")
+def peft_adapter(hf_model: Path, tmp_path_factory) -> Path:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(str(hf_model), dtype=torch.float32)
+    config = LoraConfig(init_lora_weights=False, r=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    out = tmp_path_factory.mktemp("peft") / "adapter"
+    get_peft_model(model, config).save_pretrained(str(out))
+    return out
+
+
+def extract_adapters(src: Path, dst: Path) -> None:
+    """Turns the LoRA initializers of `src/model.onnx` into graph inputs with empty defaults (rank 0) and writes
+    their values to `dst/adapter_weights.onnx_adapter`, as Olive's ExtractAdapters does; copies the other files."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(src / "model.onnx"))
+    params = {}
+    for init in model.graph.initializer:
+        side = 1 if ".lora_A." in init.name else 0 if ".lora_B." in init.name else None
+        if side is None:
+            continue
+        values = numpy_helper.to_array(init)
+        params[init.name] = values
+        empty = list(values.shape)
+        empty[side] = 0
+        init.CopyFrom(numpy_helper.from_array(np.zeros(empty, values.dtype), init.name))
+        dims = ["lora_r" if i == side else d for i, d in enumerate(values.shape)]
+        model.graph.input.append(
+            helper.make_tensor_value_info(init.name, helper.np_dtype_to_tensor_dtype(values.dtype), dims))
+    assert params, f"{src / 'model.onnx'} has no LoRA weights"
+    dst.mkdir(parents=True)
+    onnx.save(model, str(dst / "model.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+              location="model.onnx.data")
+    for f in src.iterdir():
+        if f.is_file() and not f.name.startswith("model.onnx"):
+            shutil.copy(f, dst / f.name)
+    adapter = ort.AdapterFormat()
+    adapter.set_adapter_version(1)
+    adapter.set_model_version(1)
+    adapter.set_parameters({k: ort.OrtValue.ortvalue_from_numpy(v) for k, v in params.items()})
+    adapter.export_adapter(str(dst / ADAPTER_FILE))
+
+
+@pytest.fixture(scope="module")
+def onnx_model(hf_model: Path, peft_adapter: Path, tmp_path_factory) -> Path:
+    """fp32 CPU export of the default model with the adapter's LoRA inputs and adapter_weights.onnx_adapter."""
+    tmp = tmp_path_factory.mktemp("export")
+    built = tmp / "built"
+    run = subprocess.run(
+        [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(hf_model), "-o", str(built),
+         "-p", "fp32", "-e", "cpu", "-c", str(tmp / "cache"), "--extra_options", f"adapter_path={peft_adapter}"],
+        capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-4000:]
+    out = tmp / "model"
+    extract_adapters(built, out)
+    shutil.rmtree(built)
+    return out
+
+
+@pytest.fixture(scope="module")
+def prompt_ids(onnx_model: Path) -> list[int]:
+    import onnxruntime_genai as og
+
+    return [int(i) for i in og.Tokenizer(og.Model(str(onnx_model))).encode(PROMPT)]
+
+
+def genai_greedy(model_dir: Path, ids: list[int], adapter: Path | None) -> list[int]:
+    import onnxruntime_genai as og
+
+    model = og.Model(str(model_dir))
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=len(ids) + NEW_TOKENS, do_sample=False)
+    generator = og.Generator(model, params)
+    if adapter:
+        adapters = og.Adapters(model)
+        adapters.load(str(adapter), "travel")
+        generator.set_active_adapter(adapters, "travel")
+    generator.append_tokens(np.array(ids, dtype=np.int32))
+    out = []
+    while not generator.is_done():
+        generator.generate_next_token()
+        out.append(int(generator.get_next_tokens()[0]))
+    return out
+
+
+def transformers_greedy(hf_dir: Path, ids: list[int], peft_dir: Path | None) -> list[int]:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32)
+    if peft_dir:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(peft_dir))
+    model.eval()
+    with torch.no_grad():
+        out = model.generate(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                             max_new_tokens=NEW_TOKENS, do_sample=False)
+    return out[0, len(ids):].tolist()
+
+
+def generate(olive_host: Path, model_dir: Path, *extra: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(olive_host), "generate", "-m", str(model_dir), "--prompt", PROMPT, "--max_new_tokens", str(NEW_TOKENS),
+         *extra],
+        capture_output=True, text=True, timeout=600, env=env)
+
+
+def olive_greedy(olive_host: Path, model_dir: Path, *extra: str) -> tuple[list[int], str]:
+    """The generated ids (from the debug log) and the printed text."""
+    run = generate(olive_host, model_dir, "--log_level", "0", *extra)
+    assert run.returncode == 0, run.stderr[-4000:]
+    found = IDS_LINE.findall(run.stderr)
+    assert len(found) == 1, f"expected one 'generated ids' line in the log:\n{run.stderr[-4000:]}"
+    return [int(i) for i in found[0].split(",") if i.strip()], run.stdout
+
+
+def test_greedy_matches_genai_and_transformers(olive_host, onnx_model, hf_model, peft_adapter, prompt_ids):
+    import onnxruntime_genai as og
+
+    tokenizer = og.Tokenizer(og.Model(str(onnx_model)))
+    adapter = onnx_model / ADAPTER_FILE
+    ours = {}
+    for name, extra, genai_adapter, peft in [
+        ("base", [], None, None),
+        ("adapter", ["--adapter", str(adapter), "--adapter_name", "travel"], adapter, peft_adapter),
+    ]:
+        ids, text = olive_greedy(olive_host, onnx_model, *extra)
+        genai = genai_greedy(onnx_model, prompt_ids, genai_adapter)
+        hf = transformers_greedy(hf_model, prompt_ids, peft)
+        assert len(genai) == NEW_TOKENS, f"{name}: genai stopped early ({genai}); pick a prompt that runs 32 tokens"
+        assert ids == genai, f"{name}: olive-host generate vs onnxruntime-genai"
+        assert genai == hf, f"{name}: onnxruntime-genai vs transformers"
+        assert text == tokenizer.decode(np.array(genai, dtype=np.int32)) + "\n", f"{name}: printed text"
+        ours[name] = ids
+    assert ours["base"] != ours["adapter"], "the adapter changes the greedy output"
+
+
+def test_sampling_is_reproducible_with_a_seed(olive_host, onnx_model):
+    def sample(seed: int) -> str:
+        run = generate(olive_host, onnx_model, "--do_sample", "--top_k", "50", "--top_p", "0.95",
+                       "--temperature", "1.2", "--seed", str(seed))
+        assert run.returncode == 0, run.stderr[-4000:]
+        assert run.stdout.strip(), "sampling printed nothing"
+        return run.stdout
+
+    first = sample(1)
+    assert sample(1) == first
+    assert sample(2) != first
+
+
+def test_bad_adapter_and_missing_runtime_are_clear_errors(olive_host, onnx_model, tmp_path):
+    missing = tmp_path / "nope.onnx_adapter"
+    run = generate(olive_host, onnx_model, "--adapter", str(missing))
+    assert run.returncode != 0
+    assert str(missing) in run.stderr and "panicked" not in run.stderr, run.stderr
+
+    env = {k: v for k, v in os.environ.items() if k != "ORT_DYLIB_PATH"}
+    run = generate(olive_host, onnx_model, env=env)
+    assert run.returncode != 0
+    assert "ORT_DYLIB_PATH" in run.stderr and "scripts/install.sh" in run.stderr, run.stderr
+    assert "panicked" not in run.stderr, run.stderr
