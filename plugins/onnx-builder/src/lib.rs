@@ -5,6 +5,8 @@
 pub mod decoder;
 pub mod linear;
 pub mod special_tokens;
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeMap;
 use std::path::Path;
