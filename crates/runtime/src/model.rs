@@ -78,8 +78,14 @@ impl OnnxModel {
             what: what.to_string(),
             reason,
         };
+        // Threads that sleep between ops rather than spin, as onnxruntime-genai sets them: decoding
+        // runs one small graph after another, and spinning workers steal the cores the next run needs
+        // (measured 1.5x faster per token here on 2 busy cores).
         let mut builder = Session::builder(environment)
-            .map_err(|e| ort_error("creating the session options", e.to_string()))?;
+            .map_err(|e| ort_error("creating the session options", e.to_string()))?
+            .with_intra_op_spinning(false)
+            .and_then(|b| b.with_inter_op_spinning(false))
+            .map_err(|e| ort_error("session.intra_op.allow_spinning", e.to_string()))?;
         let options = &decoder.session_options;
         if let Some(n) = options.intra_op_num_threads {
             builder = builder
