@@ -84,8 +84,9 @@ impl OnnxModel {
         let mut builder = Session::builder(environment)
             .map_err(|e| ort_error("creating the session options", e.to_string()))?
             .with_intra_op_spinning(false)
-            .and_then(|b| b.with_inter_op_spinning(false))
-            .map_err(|e| ort_error("session.intra_op.allow_spinning", e.to_string()))?;
+            .map_err(|e| ort_error("session.intra_op.allow_spinning", e.to_string()))?
+            .with_inter_op_spinning(false)
+            .map_err(|e| ort_error("session.inter_op.allow_spinning", e.to_string()))?;
         let options = &decoder.session_options;
         if let Some(n) = options.intra_op_num_threads {
             builder = builder
