@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -292,3 +293,74 @@ def test_our_reader_reads_onnxruntime_files(lora_graph, tmp_path):
     path.write_bytes(b"\x00" * 4 + b"ORTM" + path.read_bytes()[8:])
     result = subprocess.run([str(lora_graph), "dump", str(path)], capture_output=True, text=True, timeout=60)
     assert result.returncode != 0 and "TORT" in result.stderr, result.stderr
+
+
+def greedy_og(model_dir: Path, prompt: list, steps: int, adapter: tuple | None) -> list:
+    """Greedy tokens from onnxruntime-genai (0.18 API), with an adapter file (path, name) active or none."""
+    import onnxruntime_genai as og
+
+    model = og.Model(str(model_dir))
+    adapters = og.Adapters(model)
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=len(prompt) + steps, do_sample=False)
+    generator = og.Generator(model, params)
+    if adapter is not None:
+        adapters.load(str(adapter[0]), adapter[1])
+        generator.set_active_adapter(adapters, adapter[1])
+    generator.append_tokens([prompt])
+    tokens = []
+    while not generator.is_done():
+        generator.generate_next_token()
+        tokens.append(int(generator.get_next_tokens()[0]))
+    return tokens
+
+
+def greedy_peft(base: Path, adapter: Path | None, prompt: list, steps: int) -> list:
+    from peft import PeftModel
+
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    if adapter is not None:
+        model = PeftModel.from_pretrained(model, adapter)
+    out = model.generate(torch.tensor([prompt]), max_new_tokens=steps, min_new_tokens=steps, do_sample=False)
+    return out[0, len(prompt):].tolist()
+
+
+def test_genai_builder_export_with_our_adapters(lora_graph, olive_host, tmp_path):
+    """onnxruntime-genai's own builder exports tiny Phi-3 with a LoRA adapter (fused qkv/gate_up, split by the
+    builder); our ExtractAdapters on it gives the parameters convert-adapters writes, bit for bit, and
+    onnxruntime-genai runs the export with those files greedily like transformers + PEFT."""
+    base = tmp_path / "base"
+    shutil.copytree(golden("phi3_short"), base)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(golden("smollm2") / name, base / name)  # the builder saves a tokenizer; any one will do
+    first, second = tmp_path / "first", tmp_path / "second"
+    make_adapter(base, first, PHI3_TARGETS, seed=0)
+    make_adapter(base, second, PHI3_TARGETS, seed=1, r=2, lora_alpha=5)
+    subprocess.run([sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(base), "-o",
+                    str(tmp_path / "genai"), "-p", "fp32", "-e", "cpu", "--extra_options", f"adapter_path={first}"],
+                   check=True, capture_output=True, timeout=600)
+    export = tmp_path / "export"
+    subprocess.run([str(lora_graph), "extract", str(tmp_path / "genai"), str(export)], check=True, timeout=120)
+    extracted = read_with_ort(export / "adapter_weights.onnx_adapter")
+    assert len(extracted) == 2 * 2 * 7, "q, k, v, o, gate, up, down of 2 layers, A and B each"
+
+    for adapter in (first, second):
+        result = convert_adapters(olive_host, adapter, tmp_path / f"{adapter.name}.onnx_adapter",
+                                  "--base_model", str(export))
+        assert result.returncode == 0, result.stderr
+    converted = read_with_ort(tmp_path / "first.onnx_adapter")
+    assert sorted(converted) == sorted(extracted)
+    for name, value in extracted.items():
+        np.testing.assert_array_equal(converted[name], value, err_msg=name)
+
+    prompt, steps = [1, 5, 9, 13], 16
+    runs = {
+        "none": (None, None),
+        "first": ((export / "adapter_weights.onnx_adapter", "first"), first),
+        "second": ((tmp_path / "second.onnx_adapter", "second"), second),
+    }
+    tokens = {}
+    for label, (og_adapter, peft_adapter) in runs.items():
+        tokens[label] = greedy_og(export, prompt, steps, og_adapter)
+        assert tokens[label] == greedy_peft(base, peft_adapter, prompt, steps), label
+    assert len({tuple(t) for t in tokens.values()}) == 3, "each adapter changes the output"

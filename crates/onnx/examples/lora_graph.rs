@@ -3,11 +3,14 @@
 //!
 //! `lora_graph write OUT_DIR`: OUT_DIR/{model.onnx, model.onnx.data, adapter_weights.onnx_adapter, reference.json}
 //! `lora_graph dump FILE`: the adapter's versions and parameters (raw_data as hex) on stdout.
+//! `lora_graph extract SRC_DIR OUT_DIR`: ExtractAdapters on SRC_DIR/model.onnx (e.g. onnxruntime-genai's builder output).
 
 use std::path::Path;
 
 use olive_onnx::adapter_format::Adapter;
-use olive_onnx::extract_adapters::{emit_lora, extract_adapters, LoraBranch};
+use olive_onnx::extract_adapters::{
+    emit_lora, extract_adapters, extract_adapters_folder, LoraBranch,
+};
 use olive_onnx::graph::{Dim, GraphBuilder};
 use olive_onnx::proto::ModelProto;
 use olive_onnx::tensor::{f32_bytes, DataType};
@@ -110,7 +113,15 @@ fn main() -> std::process::ExitCode {
     let result = match args.get(1..).unwrap_or_default() {
         [mode, path] if mode == "write" => write(Path::new(path)),
         [mode, path] if mode == "dump" => dump(Path::new(path)),
-        _ => Err("usage: lora_graph write OUT_DIR | lora_graph dump FILE.onnx_adapter".into()),
+        [mode, src, out] if mode == "extract" => {
+            extract_adapters_folder(Path::new(src), "model.onnx", Path::new(out))
+                .map(|n| println!("{n} adapter parameters"))
+                .map_err(Into::into)
+        }
+        _ => Err(
+            "usage: lora_graph write OUT_DIR | dump FILE.onnx_adapter | extract SRC_DIR OUT_DIR"
+                .into(),
+        ),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -284,8 +284,7 @@ pub fn extract_adapters(model: &mut ModelProto, model_dir: &Path) -> Result<Vec<
 /// The adapter file ExtractAdapters writes beside the model (Olive's name).
 pub const ADAPTER_FILE: &str = "adapter_weights.onnx_adapter";
 
-/// ExtractAdapters from one model folder to another: `out_dir` gets every file of `src_dir` (hard-linked, or copied
-/// across file systems), `model_file` rewritten with the LoRA inputs, and [`ADAPTER_FILE`]. Returns the number of
+/// ExtractAdapters from one model folder to another: `out_dir` gets a copy of every file of `src_dir`, `model_file` rewritten with the LoRA inputs, and [`ADAPTER_FILE`]. Returns the number of
 /// adapter parameters; 0 when the model has no LoRA weights (then `out_dir` is a plain copy, as Olive returns the
 /// model unchanged).
 pub fn extract_adapters_folder(src_dir: &Path, model_file: &str, out_dir: &Path) -> Result<usize> {
@@ -314,9 +313,8 @@ pub fn extract_adapters_folder(src_dir: &Path, model_file: &str, out_dir: &Path)
         if name == model_file || name == ADAPTER_FILE || !from.is_file() {
             continue;
         }
-        if std::fs::hard_link(&from, &to).is_err() {
-            std::fs::copy(&from, &to).map_err(|e| OnnxError::io(&to, e))?;
-        }
+        // A copy, not a hard link: onnx refuses external data files with several links ("hardlink attack").
+        std::fs::copy(&from, &to).map_err(|e| OnnxError::io(&to, e))?;
     }
     if !parameters.is_empty() {
         let count = parameters.len();
