@@ -3,7 +3,8 @@ one-node model with our graph builder), checked against ONNX Runtime itself:
 
 - RTN quantization gives the same bytes as ONNX Runtime's own `MatMulNBitsQuantizer` (B, scales, zero points,
   shapes, attributes) for int4/int8, block sizes 16..256, ragged and odd K, symmetric or not, fp32 and fp16;
-- already-quantized integers (as AWQ/GPTQ store them) pack to the same bytes without re-quantizing;
+- already-quantized integers (as AWQ/GPTQ store them, group size a multiple of the block size, per channel
+  included) pack to the same bytes without re-quantizing and run exactly;
 - ONNX Runtime 1.32 (and 1.20.1, the floor of onnxruntime-genai 0.5.2) runs the node like numpy's matmul with the
   weights dequantized from the model's own initializers;
 - bad configurations are refused with a message naming the field.
@@ -223,7 +224,7 @@ def test_prequantized_packs_onnxruntime_values_to_its_bytes(nbits_example, tmp_p
             zp_arg = tmp_path / "zp.u8"
         out = tmp_path / f"pre-{symmetric}"
         run = run_example(nbits_example, "prequantized", tmp_path / "q.u8", tmp_path / "s.f32", zp_arg,
-                          n, k, 4, block, "f32", "-", out)
+                          n, k, block, 4, block, "f32", "-", out)
         assert run.returncode == 0, run.stderr
         _, t = initializers(out)
         np.testing.assert_array_equal(by_suffix(t, "_Q4"), ref_b)
@@ -234,22 +235,32 @@ def test_prequantized_packs_onnxruntime_values_to_its_bytes(nbits_example, tmp_p
             np.testing.assert_array_equal(by_suffix(t, "_zero_points"), ref_zp)
 
 
-def test_prequantized_gptq_style_integers_run_exactly(nbits_example, tmp_path):
-    """Arbitrary integers, scales and zero points (a GPTQ-like checkpoint) give W = (q - zp) · scale."""
-    rng = np.random.default_rng(5)
-    n, k, block = 40, 256, 64
-    n_blocks = k // block
+@pytest.mark.parametrize(
+    "k,group,block",
+    [
+        (256, 64, 64),  # group = block
+        (576, 128, 32),  # each group over 4 blocks, ragged last group (64 of 128)
+        (576, 576, 64),  # per channel (GPTQ/AWQ group -1): one group over 9 blocks
+    ],
+)
+def test_prequantized_gptq_style_integers_run_exactly(nbits_example, tmp_path, k, group, block):
+    """Arbitrary integers, scales and zero points (a GPTQ-like checkpoint with `group` weights a group along K)
+    give W = (q - zp) · scale, with the block size dividing the group."""
+    rng = np.random.default_rng(5 + k + group)
+    n = 40
+    n_groups = -(-k // group)
     q = rng.integers(0, 16, size=(n, k), dtype=np.uint8)
-    scales = rng.uniform(0.001, 0.05, size=(n, n_blocks)).astype(np.float32)
-    zp = rng.integers(0, 16, size=(n, n_blocks), dtype=np.uint8)
+    scales = rng.uniform(0.001, 0.05, size=(n, n_groups)).astype(np.float32)
+    zp = rng.integers(0, 16, size=(n, n_groups), dtype=np.uint8)
     q.tofile(tmp_path / "q.u8")
     scales.tofile(tmp_path / "s.f32")
     zp.tofile(tmp_path / "zp.u8")
     out = tmp_path / "gptq"
     run = run_example(nbits_example, "prequantized", tmp_path / "q.u8", tmp_path / "s.f32", tmp_path / "zp.u8",
-                      n, k, 4, block, "f32", "-", out)
+                      n, k, group, 4, block, "f32", "-", out)
     assert run.returncode == 0, run.stderr
-    w = ((q.astype(np.float64).reshape(n, n_blocks, block) - zp[:, :, None]) * scales[:, :, None]).reshape(n, k)
+    g = np.arange(k) // group
+    w = (q.astype(np.float64) - zp[:, g]) * scales[:, g]
     a = rng.standard_normal((3, k)).astype(np.float32)
     assert_close(run_model(out, a), a.astype(np.float64) @ w.T, MATMUL_RTOL, "pre-quantized MatMulNBits")
 
@@ -306,7 +317,13 @@ def test_weights_that_do_not_fit_are_named(nbits_example, tmp_path):
     q[1, 5] = 16
     q.tofile(tmp_path / "q.u8")
     np.ones((2, 2), np.float32).tofile(tmp_path / "s.f32")
-    run = run_example(nbits_example, "prequantized", tmp_path / "q.u8", tmp_path / "s.f32", "-", 2, 64, 4, 32,
+    run = run_example(nbits_example, "prequantized", tmp_path / "q.u8", tmp_path / "s.f32", "-", 2, 64, 32, 4, 32,
                       "f32", "-", tmp_path / "o")
     assert run.returncode == 1
     assert "quantized weight[1, 5] = 16 does not fit in 4 bits (max 15)" in run.stderr
+    q[1, 5] = 15
+    q.tofile(tmp_path / "q.u8")
+    run = run_example(nbits_example, "prequantized", tmp_path / "q.u8", tmp_path / "s.f32", "-", 2, 64, 32, 4, 64,
+                      "f32", "-", tmp_path / "o")
+    assert run.returncode == 1
+    assert "group size 32 is not a multiple of MatMulNBits block_size 64" in run.stderr

@@ -3,9 +3,9 @@
 //!
 //! ```text
 //! matmul_nbits quantize     W.f32 N K BITS BLOCK sym|asym f32|f16 ACCURACY OUT_DIR
-//! matmul_nbits prequantized Q.u8 SCALES.f32 ZP.u8|- N K BITS BLOCK f32|f16 ACCURACY OUT_DIR
+//! matmul_nbits prequantized Q.u8 SCALES.f32 ZP.u8|- N K GROUP BITS BLOCK f32|f16 ACCURACY OUT_DIR
 //! ```
-//! Raw little-endian files: `W: f32 [N, K]`, `Q: u8 [N, K]`, `SCALES: f32 [N, n_blocks]`, `ZP: u8 [N, n_blocks]`
+//! Raw little-endian files: `W: f32 [N, K]`, `Q: u8 [N, K]`, `SCALES: f32 [N, n_groups]`, `ZP: u8 [N, n_groups]`
 //! (`-`: symmetric). ACCURACY `-` leaves the attribute off. OUT_DIR gets `model.onnx` (+ `model.onnx.data`):
 //! input `A: [M, K]`, one output `[M, N]`, in the scales' type; opset ai.onnx 21, com.microsoft 1.
 
@@ -77,7 +77,7 @@ fn write_model(w: &MatMulNBitsWeights, out_dir: &Path) -> Result<(), Box<dyn Err
 
 fn run(args: &[String]) -> Result<(), Box<dyn Error>> {
     let usage = "usage: matmul_nbits quantize W.f32 N K BITS BLOCK sym|asym f32|f16 ACCURACY OUT_DIR\n       \
-                 matmul_nbits prequantized Q.u8 SCALES.f32 ZP.u8|- N K BITS BLOCK f32|f16 ACCURACY OUT_DIR";
+                 matmul_nbits prequantized Q.u8 SCALES.f32 ZP.u8|- N K GROUP BITS BLOCK f32|f16 ACCURACY OUT_DIR";
     match args {
         [mode, w, n, k, bits, block, sym, dtype, acc, out] if mode == "quantize" => {
             let symmetric = match sym.as_str() {
@@ -89,7 +89,9 @@ fn run(args: &[String]) -> Result<(), Box<dyn Error>> {
             let weights = quantize(&read_f32(w)?, parse("N", n)?, parse("K", k)?, &cfg)?;
             write_model(&weights, Path::new(out))
         }
-        [mode, q, scales, zp, n, k, bits, block, dtype, acc, out] if mode == "prequantized" => {
+        [mode, q, scales, zp, n, k, group, bits, block, dtype, acc, out]
+            if mode == "prequantized" =>
+        {
             let zero_points = if zp == "-" { None } else { Some(read_u8(zp)?) };
             let cfg = config(bits, block, zero_points.is_none(), dtype, acc)?;
             let weights = pack_prequantized(
@@ -98,6 +100,7 @@ fn run(args: &[String]) -> Result<(), Box<dyn Error>> {
                 zero_points.as_deref(),
                 parse("N", n)?,
                 parse("K", k)?,
+                parse("GROUP", group)?,
                 &cfg,
             )?;
             write_model(&weights, Path::new(out))

@@ -57,6 +57,14 @@ pub enum NBitsError {
         /// The value.
         value: f32,
     },
+    /// The checkpoint's group size is not a multiple of the block size.
+    #[error("group size {group_size} is not a multiple of MatMulNBits block_size {block_size}: pick a block size dividing it (block_size_for_group)")]
+    GroupSize {
+        /// Weights per group along K in the checkpoint.
+        group_size: usize,
+        /// The MatMulNBits block size asked for.
+        block_size: usize,
+    },
     /// A pre-quantized integer does not fit in `bits`.
     #[error("{what}[{row}, {col}] = {value} does not fit in {bits} bits (max {max})")]
     Range {
@@ -389,41 +397,46 @@ pub fn quantize(
     ))
 }
 
-/// Packs weights that are already quantized — `q: [N, K]` unsigned integers < 2^bits, `scales: [N, n_blocks]`
-/// and, unless symmetric, `zero_points: [N, n_blocks]` (one unpacked integer a block), with
-/// `n_blocks = ceil(K / block_size)` — into MatMulNBits layout without dequantizing. This is how AWQ / GPTQ
-/// checkpoints (group size = `block_size`, no activation reordering) go in once their int32 words are unpacked
-/// and transposed to `[N, K]`. Symmetric means the checkpoint's zero point is 2^(bits-1) everywhere.
+/// Packs weights that are already quantized — `q: [N, K]` unsigned integers < 2^bits, `scales: [N, n_groups]`
+/// and, unless symmetric, `zero_points: [N, n_groups]` (one unpacked integer a group), with
+/// `n_groups = ceil(K / group_size)` — into MatMulNBits layout without dequantizing. This is how AWQ / GPTQ
+/// checkpoints (no activation reordering) go in once their int32 words are unpacked and transposed to
+/// `[N, K]`; a per-channel checkpoint has `group_size = K`. `config.block_size` must divide `group_size` (see
+/// [`block_size_for_group`]): each group's scale and zero point are repeated over its blocks, so the ragged
+/// last group stays exact. Symmetric means the checkpoint's zero point is 2^(bits-1) everywhere.
 pub fn pack_prequantized(
     q: &[u8],
     scales: &[f32],
     zero_points: Option<&[u8]>,
     n: usize,
     k: usize,
+    group_size: usize,
     config: &NBitsConfig,
 ) -> Result<MatMulNBitsWeights, NBitsError> {
     config.check()?;
+    if group_size == 0 || !group_size.is_multiple_of(config.block_size) {
+        return Err(NBitsError::GroupSize {
+            group_size,
+            block_size: config.block_size,
+        });
+    }
+    let n_groups = k.div_ceil(group_size);
+    let groups_shape = format!("[N {n}, n_groups {n_groups}] (group size {group_size})");
     if config.symmetric != zero_points.is_none() {
         return Err(NBitsError::Length {
             what: "zero_points",
-            shape: format!("[N {n}, n_blocks] (given exactly when the config is asymmetric)"),
-            expected: if config.symmetric {
-                0
-            } else {
-                n * k.div_ceil(config.block_size)
-            },
+            shape: format!("{groups_shape}, given exactly when the config is asymmetric"),
+            expected: if config.symmetric { 0 } else { n * n_groups },
             got: zero_points.map_or(0, <[u8]>::len),
         });
     }
-    let n_blocks = k.div_ceil(config.block_size);
     check_len(
         "quantized weight",
         format!("[N {n}, K {k}]"),
         n * k,
         q.len(),
     )?;
-    let blocks_shape = format!("[N {n}, n_blocks {n_blocks}]");
-    check_len("scales", blocks_shape.clone(), n * n_blocks, scales.len())?;
+    check_len("scales", groups_shape.clone(), n * n_groups, scales.len())?;
     let max = config.max_q();
     let in_range = |what: &'static str, values: &[u8], cols: usize| -> Result<(), NBitsError> {
         match values.iter().position(|&v| v > max) {
@@ -440,11 +453,11 @@ pub fn pack_prequantized(
     };
     in_range("quantized weight", q, k)?;
     if let Some(zp) = zero_points {
-        check_len("zero_points", blocks_shape, n * n_blocks, zp.len())?;
-        in_range("zero_points", zp, n_blocks)?;
+        check_len("zero_points", groups_shape, n * n_groups, zp.len())?;
+        in_range("zero_points", zp, n_groups)?;
     }
     if let Some(i) = scales.iter().position(|v| !v.is_finite()) {
-        let (row, col) = (i / n_blocks, i % n_blocks);
+        let (row, col) = (i / n_groups, i % n_groups);
         return Err(NBitsError::NonFinite {
             what: "scales",
             row,
@@ -452,11 +465,36 @@ pub fn pack_prequantized(
             value: scales[i],
         });
     }
-    let scales = scales
-        .iter()
-        .map(|&s| to_scale_type(s, config.scale_type))
+    // Per block: the group holding block b of row r is b * block_size / group_size.
+    let n_blocks = k.div_ceil(config.block_size);
+    let group_of =
+        |i: usize| (i / n_blocks) * n_groups + (i % n_blocks) * config.block_size / group_size;
+    let block_scales = (0..n * n_blocks)
+        .map(|i| to_scale_type(scales[group_of(i)], config.scale_type))
         .collect();
-    Ok(pack_values(q, scales, zero_points, n, k, config))
+    let block_zps: Option<Vec<u8>> =
+        zero_points.map(|zp| (0..n * n_blocks).map(|i| zp[group_of(i)]).collect());
+    Ok(pack_values(
+        q,
+        block_scales,
+        block_zps.as_deref(),
+        n,
+        k,
+        config,
+    ))
+}
+
+/// The block size for a checkpoint's `group_size` (K for per-channel): the largest power of two from 16 to
+/// `max_block` dividing it, so that [`pack_prequantized`] keeps the groups exact; `None` when there is none.
+pub fn block_size_for_group(group_size: usize, max_block: usize) -> Option<usize> {
+    if group_size == 0 {
+        return None;
+    }
+    let top = max_block.checked_ilog2()?;
+    (4..=top)
+        .rev()
+        .map(|e| 1usize << e)
+        .find(|b| group_size.is_multiple_of(*b))
 }
 
 /// Packs checked values `q: [N, K]`, scales and unpacked zero points `[N, n_blocks]` into the layout.
@@ -510,250 +548,4 @@ fn pack_values(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    // Reference bytes from ONNX Runtime 1.32's quantizer (`onnxruntime.capi._pybind_state.quantize_matmul_4bits`
-    // / `_8bits`, as `MatMulNBitsQuantizer` calls them) on `test_weight()`, N 2, K 40, block 16 (3 blocks, the
-    // last one ragged). Regenerate: W = test_weight() transposed to [K, N], padded to 48 rows, then
-    // `quantize_matmul_Nbits(packed, W, scales, zp, 16, 2, 40, symmetric)`.
-    const N: usize = 2;
-    const K: usize = 40;
-    const REF_Q4_SYM_B: [u8; 48] = [
-        0xa0, 0xe4, 0x17, 0x4b, 0x8f, 0xc1, 0xf5, 0x29, 0x6c, 0x9f, 0xd3, 0x07, 0x4a, 0x7e, 0xb1,
-        0xf4, 0xf8, 0xb4, 0x70, 0x3e, 0x00, 0x00, 0x00, 0x00, 0xf6, 0x39, 0x7d, 0xa0, 0xe4, 0x17,
-        0x4b, 0x8f, 0xc1, 0xf5, 0x29, 0x6c, 0x9f, 0xd3, 0x07, 0x4a, 0x7e, 0xb0, 0xf4, 0x18, 0x00,
-        0x00, 0x00, 0x00,
-    ];
-    const REF_Q4_SYM_SCALES: [u32; 6] = [
-        0x3e300000, 0x3e300000, 0xbe200000, 0x3e300000, 0x3e300000, 0x3e200000,
-    ];
-    const REF_Q4_ASYM_B: [u8; 48] = [
-        0xa0, 0xe4, 0x17, 0x4b, 0x8e, 0xc2, 0xf5, 0x29, 0x6c, 0x9f, 0xd3, 0x17, 0x4a, 0x7d, 0xb1,
-        0xe5, 0x07, 0x4b, 0x8f, 0xc1, 0x00, 0x00, 0x00, 0x00, 0xf6, 0x39, 0x7d, 0xa1, 0xd4, 0x17,
-        0x5b, 0x8e, 0xb2, 0xf5, 0x39, 0x6c, 0x9f, 0xd3, 0x17, 0x4a, 0x7e, 0xb0, 0xf4, 0x18, 0x00,
-        0x00, 0x00, 0x00,
-    ];
-    const REF_Q4_ASYM_SCALES: [u32; 6] = [
-        0x3e333333, 0x3e3bbbbc, 0x3e222222, 0x3e3bbbbc, 0x3e3bbbbc, 0x3e222222,
-    ];
-    const REF_Q4_ASYM_ZP: [u8; 4] = [0x88, 0x87, 0x88, 0x88];
-    const REF_Q8_ASYM_B: [u8; 96] = [
-        0x00, 0xaa, 0x3d, 0xe7, 0x7a, 0x0d, 0xb7, 0x49, 0xf3, 0x86, 0x19, 0xc3, 0x55, 0xff, 0x92,
-        0x25, 0xc6, 0x5d, 0xff, 0x97, 0x2f, 0xd1, 0x69, 0x01, 0xa3, 0x3a, 0xdd, 0x74, 0x0c, 0xae,
-        0x46, 0xe8, 0x79, 0x00, 0xbc, 0x43, 0xff, 0x86, 0x0e, 0xca, 0x00, 0x00, 0x00, 0x00, 0x00,
-        0x00, 0x00, 0x00, 0x5d, 0xff, 0x97, 0x2f, 0xd1, 0x69, 0x01, 0xa3, 0x3a, 0xdd, 0x74, 0x0c,
-        0xae, 0x46, 0xe8, 0x80, 0x18, 0xba, 0x52, 0xf4, 0x8c, 0x23, 0xc6, 0x5d, 0xff, 0x97, 0x2f,
-        0xd1, 0x69, 0x01, 0xa3, 0x3a, 0xf1, 0x79, 0x00, 0xbc, 0x43, 0xff, 0x86, 0x0d, 0x00, 0x00,
-        0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
-    ];
-    const REF_Q8_ASYM_SCALES: [u32; 6] = [
-        0x3c28a8a9, 0x3c30b0b1, 0x3c189899, 0x3c30b0b1, 0x3c30b0b1, 0x3c189899,
-    ];
-    const REF_Q8_ASYM_ZP: [u8; 6] = [0x86, 0x80, 0x79, 0x80, 0x80, 0x86];
-
-    /// W: [2, 40], exact eighths in [-11/8, 11/8].
-    fn test_weight() -> Vec<f32> {
-        (0..N * K)
-            .map(|i| ((i * 37 % 23) as f32 - 11.0) / 8.0)
-            .collect()
-    }
-
-    fn scale_bits(w: &MatMulNBitsWeights) -> Vec<u32> {
-        w.scales.iter().map(|s| s.to_bits()).collect()
-    }
-
-    fn config(bits: u32, symmetric: bool) -> NBitsConfig {
-        NBitsConfig {
-            bits,
-            ..NBitsConfig::int4(16, symmetric)
-        }
-    }
-
-    #[test]
-    fn int4_symmetric_matches_onnxruntime_bytes() {
-        let q = quantize(&test_weight(), N, K, &config(4, true)).unwrap();
-        assert_eq!(q.b, REF_Q4_SYM_B);
-        assert_eq!(scale_bits(&q), REF_Q4_SYM_SCALES);
-        assert_eq!(q.zero_points, None);
-        assert_eq!((q.b_dims(), q.scales_dims()), ([2, 3, 8], [2, 3]));
-    }
-
-    #[test]
-    fn int4_asymmetric_matches_onnxruntime_bytes() {
-        let q = quantize(&test_weight(), N, K, &config(4, false)).unwrap();
-        assert_eq!(q.b, REF_Q4_ASYM_B);
-        assert_eq!(scale_bits(&q), REF_Q4_ASYM_SCALES);
-        assert_eq!(q.zero_points.as_deref(), Some(&REF_Q4_ASYM_ZP[..]));
-        assert_eq!(q.zero_points_dims(), [2, 2]);
-    }
-
-    #[test]
-    fn int8_asymmetric_matches_onnxruntime_bytes() {
-        let q = quantize(&test_weight(), N, K, &config(8, false)).unwrap();
-        assert_eq!(q.b, REF_Q8_ASYM_B);
-        assert_eq!(scale_bits(&q), REF_Q8_ASYM_SCALES);
-        assert_eq!(q.zero_points.as_deref(), Some(&REF_Q8_ASYM_ZP[..]));
-        assert_eq!((q.b_dims(), q.zero_points_dims()), ([2, 3, 16], [2, 3]));
-    }
-
-    #[test]
-    fn dequantized_weights_are_within_one_step() {
-        // Half a step of rounding, except at the range's far end, clipped by up to one step (symmetric: the
-        // positive end +2^(bits-1) is not representable; asymmetric: the rounded zero point shifts the grid).
-        let w = test_weight();
-        for (bits, symmetric) in [(4, true), (4, false), (8, true), (8, false)] {
-            let q = quantize(&w, N, K, &config(bits, symmetric)).unwrap();
-            let d = q.dequantize();
-            for (i, (a, b)) in w.iter().zip(&d).enumerate() {
-                let step = q.scales[(i / K) * q.n_blocks() + (i % K) / 16].abs();
-                assert!(
-                    (a - b).abs() <= step + 1e-6,
-                    "bits {bits} sym {symmetric} [{i}]: {a} vs {b}"
-                );
-            }
-        }
-    }
-
-    #[test]
-    fn prequantized_values_pack_to_the_same_bytes() {
-        for (bits, symmetric) in [(4, true), (4, false), (8, false)] {
-            let cfg = config(bits, symmetric);
-            let q = quantize(&test_weight(), N, K, &cfg).unwrap();
-            let values: Vec<u8> = (0..N * K).map(|i| q.value(i / K, i % K)).collect();
-            let zps: Vec<u8> = (0..N * 3).map(|i| q.zero_point(i / 3, i % 3)).collect();
-            let zps = (!symmetric).then_some(&zps[..]);
-            let packed = pack_prequantized(&values, &q.scales, zps, N, K, &cfg).unwrap();
-            assert_eq!(packed, q, "bits {bits} symmetric {symmetric}");
-        }
-    }
-
-    #[test]
-    fn float16_scales_are_rounded_and_written_as_halves() {
-        let cfg = NBitsConfig {
-            scale_type: DataType::Float16,
-            ..config(4, false)
-        };
-        let q = quantize(&test_weight(), N, K, &cfg).unwrap();
-        for s in &q.scales {
-            assert_eq!(half::f16::from_f32(*s).to_f32(), *s);
-        }
-        assert_eq!(q.scales_bytes().len(), 2 * q.scales.len());
-        // 0.175 (f32 0x3e333333) → f16 0x319a.
-        assert_eq!(&q.scales_bytes()[..2], &0x319au16.to_le_bytes());
-    }
-
-    #[test]
-    fn attributes_name_k_n_bits_block_and_accuracy() {
-        let cfg = NBitsConfig {
-            accuracy_level: Some(4),
-            ..config(4, true)
-        };
-        let q = quantize(&test_weight(), N, K, &cfg).unwrap();
-        let attrs: Vec<(String, i64)> = q
-            .attributes()
-            .into_iter()
-            .map(|a| (a.name.unwrap_or_default(), a.i.unwrap_or_default()))
-            .collect();
-        let expected = [
-            ("K", 40),
-            ("N", 2),
-            ("bits", 4),
-            ("block_size", 16),
-            ("accuracy_level", 4),
-        ];
-        assert_eq!(attrs, expected.map(|(k, v)| (k.to_string(), v)));
-        let none = quantize(&test_weight(), N, K, &config(4, true)).unwrap();
-        assert_eq!(none.attributes().len(), 4);
-    }
-
-    #[test]
-    fn bad_input_is_named() {
-        let w = test_weight();
-        let err = |r: Result<MatMulNBitsWeights, NBitsError>| r.unwrap_err().to_string();
-        assert!(err(quantize(&w, N, K, &config(3, true))).contains("bits must be 4 or 8, got 3"));
-        let cfg = NBitsConfig::int4(48, true);
-        assert!(err(quantize(&w, N, K, &cfg)).contains("power of two >= 16"));
-        let cfg = NBitsConfig {
-            scale_type: DataType::Int64,
-            ..config(4, true)
-        };
-        assert!(err(quantize(&w, N, K, &cfg)).contains("float or float16"));
-        assert!(err(quantize(&w, N, K + 1, &config(4, true)))
-            .contains("expected 82 values for [N 2, K 41], got 80"));
-        let mut nan = w.clone();
-        nan[K + 3] = f32::NAN;
-        assert!(err(quantize(&nan, N, K, &config(4, true))).contains("weight[1, 3] is NaN"));
-        let values = vec![3u8; N * K];
-        let scales = vec![0.5f32; N * 3];
-        let mut zps = vec![8u8; N * 3];
-        assert!(err(pack_prequantized(
-            &values,
-            &scales,
-            Some(&zps),
-            N,
-            K,
-            &config(4, true)
-        ))
-        .contains("zero_points"));
-        assert!(err(pack_prequantized(
-            &values,
-            &scales,
-            None,
-            N,
-            K,
-            &config(4, false)
-        ))
-        .contains("zero_points"));
-        zps[4] = 16;
-        let msg = err(pack_prequantized(
-            &values,
-            &scales,
-            Some(&zps),
-            N,
-            K,
-            &config(4, false),
-        ));
-        assert!(
-            msg.contains("zero_points[1, 1] = 16 does not fit in 4 bits (max 15)"),
-            "{msg}"
-        );
-        let mut big = values.clone();
-        big[5] = 200;
-        let msg = err(pack_prequantized(
-            &big,
-            &scales,
-            None,
-            N,
-            K,
-            &config(4, true),
-        ));
-        assert!(msg.contains("quantized weight[0, 5] = 200"), "{msg}");
-        assert!(err(pack_prequantized(
-            &values,
-            &scales[1..],
-            None,
-            N,
-            K,
-            &config(4, true)
-        ))
-        .contains("scales"));
-    }
-
-    #[test]
-    fn odd_k_and_all_zero_blocks() {
-        // K 33: two blocks of 16 and one of a single value; a zero row quantizes to scale 0.
-        let (n, k) = (2, 33);
-        let mut w: Vec<f32> = (0..n * k).map(|i| (i as f32 * 0.37).sin()).collect();
-        w[k..].iter_mut().for_each(|v| *v = 0.0);
-        for symmetric in [true, false] {
-            let q = quantize(&w, n, k, &config(4, symmetric)).unwrap();
-            assert_eq!(q.b_dims(), [2, 3, 8]);
-            // The lone value of block 2 sits in the low nibble; the rest of the block is 0.
-            assert_eq!(q.b[16] & 0x0f, q.value(0, 32));
-            assert!(q.b[17..24].iter().all(|&b| b == 0) && q.b[16] >> 4 == 0);
-            assert!(q.scales[3..].iter().all(|&s| s == 0.0));
-            assert!(q.dequantize()[k..].iter().all(|&v| v == 0.0));
-        }
-    }
-}
+mod tests;
