@@ -10,6 +10,8 @@
 - int4 export: MatMulNBits (block 32, accuracy_level 4 on CPU) on every linear, perplexity on an English paragraph
   within PPL_RATIO of the fp32 export's (onnxruntime-genai's own int4 export of the default model measured 1.32x,
   ours 1.24x: 17.16 and 16.15 vs 13.02);
+- with --adapter_path (a PEFT adapter, init_lora_weights=False): ExtractAdapters' layout, and onnxruntime-genai 0.18
+  and 0.5.2 give transformers+PEFT's greedy tokens with the adapter active and the base model's without it;
 - bad input: an unknown device/provider pair lists the valid ones; a non-empty output needs --overwrite; a head
   size GroupQueryAttention cannot run is refused at export.
 """
@@ -239,3 +241,61 @@ def test_int4_export(olive_host: Path, default_gguf: Path, default_hf: Path, def
     ppl4, ppl32 = perplexity(onnx_dir, ids), perplexity(default_export, ids)
     print(f"perplexity: int4 {ppl4:.2f}, fp32 {ppl32:.2f}")
     assert ppl4 <= PPL_RATIO * ppl32
+
+
+@pytest.fixture(scope="module")
+def default_adapter(default_hf: Path, tmp_path_factory) -> Path:
+    """A random (init_lora_weights=False) PEFT LoRA adapter of the default model, on q/v/o/down."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(str(default_hf), dtype=torch.float32)
+    config = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "o_proj", "down_proj"],
+                        init_lora_weights=False)
+    out = tmp_path_factory.mktemp("adapter") / "adapter"
+    get_peft_model(model, config).save_pretrained(str(out))
+    return out
+
+
+def test_adapter_export_runs_in_genai(olive_host: Path, default_gguf: Path, default_hf: Path, default_adapter: Path,
+                                      genai05_python: Path, tmp_path: Path):
+    import onnxruntime_genai as og
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    onnx_dir = export(olive_host, default_gguf, tmp_path / "ao", "--adapter_path", str(default_adapter))
+    adapter_file = onnx_dir / "adapter_weights.onnx_adapter"
+    assert adapter_file.is_file()
+    onnx.checker.check_model(str(onnx_dir / "model.onnx"))
+    model = onnx.load(str(onnx_dir / "model.onnx"), load_external_data=False)
+    lora_inputs = [i.name for i in model.graph.input if ".lora_" in i.name]
+    assert len(lora_inputs) == 30 * 4 * 2
+    assert "model.layers.0.attn.q_proj.lora_A.weight" in lora_inputs
+
+    prompt, base_ref = greedy_reference(default_hf)
+    peft = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(default_hf), dtype=torch.float32),
+                                     str(default_adapter))
+    with torch.no_grad():
+        lora_ref = peft.generate(input_ids=torch.tensor([prompt]), max_new_tokens=GREEDY_TOKENS, do_sample=False)
+    lora_ref = lora_ref[0, len(prompt):].tolist()
+    assert lora_ref != base_ref
+
+    og_model = og.Model(str(onnx_dir))
+    adapters = og.Adapters(og_model)
+    adapters.load(str(adapter_file), "travel")
+    for active, ref in ((True, lora_ref), (False, base_ref)):
+        params = og.GeneratorParams(og_model)
+        params.set_search_options(do_sample=False, max_length=len(prompt) + len(ref))
+        generator = og.Generator(og_model, params)
+        if active:
+            generator.set_active_adapter(adapters, "travel")
+        generator.append_tokens(prompt)
+        ours = []
+        while not generator.is_done():
+            generator.generate_next_token()
+            ours.append(int(generator.get_next_tokens()[0]))
+        assert ours == ref, f"adapter active: {active}"
+    assert genai_greedy(genai05_python, onnx_dir, prompt, len(lora_ref), adapter=adapter_file) == lora_ref

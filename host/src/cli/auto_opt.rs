@@ -1,6 +1,7 @@
 //! `olive-host auto-opt`: Olive's `olive auto-opt` (olive/cli/auto_opt.py) with `--use_ort_genai`: a Hugging
-//! Face model (folder or .gguf) through the `ModelBuilder` pass into Olive's layout,
-//! `<output_path>/model/{model.onnx, model.onnx.data, genai_config.json, tokenizer files}`.
+//! Face model (folder or .gguf), with a PEFT adapter or not, through the `ModelBuilder` pass (and `ExtractAdapters`
+//! with an adapter) into Olive's layout, `<output_path>/model/{model.onnx, model.onnx.data, genai_config.json,
+//! tokenizer files[, adapter_weights.onnx_adapter]}`.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -34,7 +35,14 @@ impl Precision {
 /// The execution providers each device serves with the graph ModelBuilder writes.
 pub const PROVIDERS: &[(&str, &[&str])] = &[
     ("cpu", &["CPUExecutionProvider"]),
-    ("gpu", &["CUDAExecutionProvider", "DmlExecutionProvider", "WebGpuExecutionProvider"]),
+    (
+        "gpu",
+        &[
+            "CUDAExecutionProvider",
+            "DmlExecutionProvider",
+            "WebGpuExecutionProvider",
+        ],
+    ),
 ];
 
 #[derive(Args, Debug)]
@@ -82,7 +90,9 @@ pub struct AutoOptArgs {
 
 /// Checks the device/provider pair; the error lists the valid pairs.
 pub fn check_target(device: &str, provider: &str) -> anyhow::Result<()> {
-    let valid = PROVIDERS.iter().any(|(d, ps)| *d == device && ps.contains(&provider));
+    let valid = PROVIDERS
+        .iter()
+        .any(|(d, ps)| *d == device && ps.contains(&provider));
     if valid {
         return Ok(());
     }
@@ -110,7 +120,10 @@ pub fn run(args: AutoOptArgs) -> anyhow::Result<()> {
     let mut model = Model::new(kinds::HF, &input);
     if let Some(adapter) = &args.adapter_path {
         if !adapter.join("adapter_config.json").is_file() {
-            bail!("adapter path {} is not a PEFT adapter folder (no adapter_config.json)", adapter.display());
+            bail!(
+                "adapter path {} is not a PEFT adapter folder (no adapter_config.json)",
+                adapter.display()
+            );
         }
         model.kind = kinds::HF_ADAPTER.to_owned();
         model.adapter_paths.push(adapter.clone());
@@ -124,31 +137,57 @@ pub fn run(args: AutoOptArgs) -> anyhow::Result<()> {
         config["int4_accuracy_level"] = level.into();
     }
     let found = plugins::discover(&plugins::search_path());
-    let (plugin, pass) = found.pass(None, "ModelBuilder")?;
-    if !pass.accepts.contains(&model.kind) {
-        bail!(
-            "pass ModelBuilder of plugin `{}` accepts {}, not a model of kind `{}`",
-            plugin.manifest.name,
-            pass.accepts.join(", "),
-            model.kind
-        );
-    }
     let device = if args.device == "gpu" { "gpu" } else { "cpu" };
     let target = args.output_path.join("model");
-    let spinner = crate::progress::spinner(format!("exporting {} to ONNX", args.model_name_or_path.display()));
-    let output = engine::run_pass(&PassRun {
-        plugin,
-        pass: pass.name.clone(),
-        model,
-        config_json: config.to_string(),
-        output_path: target.clone(),
-        device: device.to_owned(),
-        timeout: args.timeout,
-        grace: Duration::from_secs(5),
-    })?;
+    let parent = args
+        .output_path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+    let staging = tempfile::Builder::new()
+        .prefix(".auto-opt-")
+        .tempdir_in(parent)
+        .with_context(|| format!("cannot create a staging folder in {}", parent.display()))?;
+    let with_adapter = !model.adapter_paths.is_empty();
+    let mut steps = vec![("ModelBuilder", config.to_string())];
+    if with_adapter {
+        steps.push(("ExtractAdapters", "{}".to_owned()));
+    }
+    let spinner = crate::progress::spinner(format!(
+        "exporting {} to ONNX",
+        args.model_name_or_path.display()
+    ));
+    for (i, (name, config_json)) in steps.iter().enumerate() {
+        let (plugin, pass) = found.pass(None, name)?;
+        if !pass.accepts.contains(&model.kind) {
+            bail!(
+                "pass {name} of plugin `{}` accepts {}, not a model of kind `{}`",
+                plugin.manifest.name,
+                pass.accepts.join(", "),
+                model.kind
+            );
+        }
+        let last = i + 1 == steps.len();
+        let output_path = if last {
+            target.clone()
+        } else {
+            staging.path().join(name)
+        };
+        model = engine::run_pass(&PassRun {
+            plugin,
+            pass: pass.name.clone(),
+            model,
+            config_json: config_json.clone(),
+            output_path,
+            device: device.to_owned(),
+            timeout: args.timeout,
+            grace: Duration::from_secs(5),
+        })?;
+    }
     spinner.finish_and_clear();
     tracing::info!("wrote {}", target.display());
-    println!("{}", serde_json::to_string_pretty(&output)?);
+    println!("{}", serde_json::to_string_pretty(&model)?);
     Ok(())
 }
 
@@ -157,7 +196,9 @@ fn refuse_non_empty(path: &Path, overwrite: bool) -> anyhow::Result<()> {
     if path.is_file() {
         bail!("output path {} is a file; give a folder", path.display());
     }
-    let non_empty = fs::read_dir(path).map(|mut d| d.next().is_some()).unwrap_or(false);
+    let non_empty = fs::read_dir(path)
+        .map(|mut d| d.next().is_some())
+        .unwrap_or(false);
     if non_empty && !overwrite {
         bail!(
             "output path {} exists and is not empty; give --overwrite to replace it",
@@ -168,7 +209,9 @@ fn refuse_non_empty(path: &Path, overwrite: bool) -> anyhow::Result<()> {
 }
 
 fn parse_seconds(text: &str) -> Result<Duration, String> {
-    let seconds: f64 = text.parse().map_err(|_| format!("`{text}` is not a number of seconds"))?;
+    let seconds: f64 = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number of seconds"))?;
     if !(seconds.is_finite() && seconds > 0.0) {
         return Err(format!("`{text}` must be a positive number of seconds"));
     }
@@ -183,7 +226,9 @@ mod tests {
     fn unknown_pairs_list_the_valid_ones() {
         assert!(check_target("cpu", "CPUExecutionProvider").is_ok());
         assert!(check_target("gpu", "CUDAExecutionProvider").is_ok());
-        let err = check_target("cpu", "CUDAExecutionProvider").unwrap_err().to_string();
+        let err = check_target("cpu", "CUDAExecutionProvider")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("--device gpu: CUDAExecutionProvider"), "{err}");
         assert!(check_target("npu", "QNNExecutionProvider").is_err());
     }

@@ -11,7 +11,9 @@ mod tests;
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use olive_model::adapter::{LoraAdapter, LoraWeights};
 use olive_model::{Checkpoint, ModelConfig};
+use olive_onnx::extract_adapters::{extract_adapters_folder, ADAPTER_FILE};
 use olive_onnx::genai_config::{GenaiConfig, GenaiModel};
 use olive_onnx::graph::GraphBuilder;
 use olive_onnx::matmul_nbits::NBitsConfig;
@@ -101,7 +103,7 @@ impl Pass for ModelBuilder {
     const VERSION: &'static str = "0.1.0";
     const DESCRIPTION: &'static str =
         "Hugging Face Llama-family model (Llama, Mistral, Phi-3, Qwen2) to an onnxruntime-genai ONNX model.";
-    const ACCEPTS: &'static [&'static str] = &[kinds::HF];
+    const ACCEPTS: &'static [&'static str] = &[kinds::HF, kinds::HF_ADAPTER];
     const PRODUCES: &'static [&'static str] = &[kinds::ONNX];
     const DEVICES: &'static [&'static str] = &["cpu", "gpu"];
     type Config = ModelBuilderConfig;
@@ -152,15 +154,15 @@ impl Pass for ModelBuilder {
             hf.num_hidden_layers,
             config.precision
         ));
+        let lora = lora_weights(&model, &hf)?;
+        if !lora.is_empty() {
+            ctx.info(&format!("adding LoRA branches to {} linears", lora.len()));
+        }
         let mut g = GraphBuilder::create(&out, "model.onnx").map_err(failed)?;
         let decoder = Decoder {
             config: &hf,
             checkpoint: &checkpoint,
-            linears: Linears {
-                dtype,
-                nbits,
-                lora: BTreeMap::new(),
-            },
+            linears: Linears { dtype, nbits, lora },
         };
         if let Err(e) = decoder.build(&mut g, ctx) {
             g.discard();
@@ -179,6 +181,37 @@ impl Pass for ModelBuilder {
             .insert("execution_provider".into(), provider.into());
         Ok(output)
     }
+}
+
+/// The PEFT adapter's weights (at most one adapter), checked against the model, Phi-3's fused modules split,
+/// padded to one rank, by ONNX module path (`model.layers.0.attn.q_proj`).
+fn lora_weights(model: &Model, hf: &ModelConfig) -> Result<BTreeMap<String, LoraWeights>, Error> {
+    let adapter_dir = match model.adapter_paths.as_slice() {
+        [] => return Ok(BTreeMap::new()),
+        [one] => one,
+        more => {
+            return Err(Error::UnsupportedModel(format!(
+                "ModelBuilder takes one adapter, got {}; convert the others with olive-host convert-adapters",
+                more.len()
+            )))
+        }
+    };
+    let bad = |e: olive_model::adapter::AdapterError| Error::UnsupportedModel(e.to_string());
+    let weights = LoraAdapter::open(adapter_dir)
+        .map_err(bad)?
+        .unfused(hf)
+        .map_err(bad)?;
+    let rank = weights.iter().map(|w| w.rank).max().unwrap_or(0);
+    Ok(weights
+        .iter()
+        .map(|w| {
+            let path = w.module.onnx_path();
+            (
+                path.trim_start_matches('/').replace('/', "."),
+                w.padded(rank),
+            )
+        })
+        .collect())
 }
 
 fn write_genai_config(
@@ -221,8 +254,46 @@ fn copy_tokenizer_files(from: &Path, to: &Path) -> Result<(), Error> {
     Ok(())
 }
 
+/// The config of `ExtractAdapters`: Olive's defaults (LoRA weights become optional inputs with a symbolic
+/// `lora_r`, saved as an ONNX Runtime adapter file) are the only behaviour.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExtractAdaptersConfig {}
+
+/// Turns the LoRA weights of an exported model into graph inputs and writes them to `adapter_weights.onnx_adapter`.
+pub struct ExtractAdapters;
+
+impl Pass for ExtractAdapters {
+    const NAME: &'static str = "ExtractAdapters";
+    const VERSION: &'static str = "0.1.0";
+    const DESCRIPTION: &'static str =
+        "LoRA weights of an ONNX model to optional inputs plus an ONNX Runtime .onnx_adapter file.";
+    const ACCEPTS: &'static [&'static str] = &[kinds::ONNX];
+    const PRODUCES: &'static [&'static str] = &[kinds::ONNX];
+    const DEVICES: &'static [&'static str] = &["cpu", "gpu"];
+    type Config = ExtractAdaptersConfig;
+
+    fn run(
+        model: Model,
+        _config: ExtractAdaptersConfig,
+        ctx: &Context<'_>,
+    ) -> Result<Model, Error> {
+        let out = ctx.output_dir();
+        let count = extract_adapters_folder(&model.path, "model.onnx", &out).map_err(failed)?;
+        ctx.info(&format!(
+            "extracted {count} adapter weights to {ADAPTER_FILE}"
+        ));
+        let mut output = Model::new(kinds::ONNX, &out);
+        output.metadata = model.metadata;
+        output
+            .metadata
+            .insert("adapter_parameters".into(), count.into());
+        Ok(output)
+    }
+}
+
 olive_pass_sdk::export_plugin! {
     name: "onnx-builder",
     version: "0.1.0",
-    passes: [ModelBuilder],
+    passes: [ModelBuilder, ExtractAdapters],
 }

@@ -5,6 +5,8 @@
 
 use std::collections::BTreeMap;
 
+use olive_model::adapter::LoraWeights;
+use olive_onnx::extract_adapters::{emit_lora, LoraBranch};
 use olive_onnx::graph::GraphBuilder;
 use olive_onnx::matmul_nbits::{quantize, NBitsConfig};
 use olive_onnx::tensor::{float_bytes, transpose, DataType};
@@ -25,14 +27,6 @@ pub struct LinearSpec {
     pub output: Option<String>,
 }
 
-/// A LoRA pair for one linear: a: [in, r] (PEFT lora_A transposed), b: [r, out] (lora_B transposed, scale folded in).
-#[derive(Debug, Clone)]
-pub struct Lora {
-    pub a: Vec<f32>,
-    pub b: Vec<f32>,
-    pub rank: usize,
-}
-
 /// Emits linears in the model's float type.
 #[derive(Debug)]
 pub struct Linears {
@@ -40,8 +34,9 @@ pub struct Linears {
     pub dtype: DataType,
     /// Block-wise quantization of the linears' weights (int4); `None` keeps them float.
     pub nbits: Option<NBitsConfig>,
-    /// LoRA pairs by ONNX module path (`model.layers.0.attn.q_proj`); empty without an adapter.
-    pub lora: BTreeMap<String, Lora>,
+    /// LoRA weights (PEFT layout, one rank) by ONNX module path (`model.layers.0.attn.q_proj`); empty without
+    /// an adapter.
+    pub lora: BTreeMap<String, LoraWeights>,
 }
 
 impl Linears {
@@ -94,8 +89,18 @@ impl Linears {
                 }
             }
         };
-        if let Some(lora) = lora {
-            out = self.lora_branch(g, &spec, &module, lora, input, &out)?;
+        if let Some(w) = lora {
+            // LoRA in the activations' float type, between the base MatMul and the bias, as genai's make_matmul_lora.
+            let branch = LoraBranch {
+                path: &spec.basename,
+                in_features: w.in_features,
+                out_features: w.out_features,
+                rank: w.rank,
+                a: &w.a,
+                b: &w.b,
+                scale: w.scale,
+            };
+            out = emit_lora(g, &branch, self.dtype, input, &out).map_err(failed)?;
         }
         if let Some(bias) = &spec.bias {
             let b = self.weight(
@@ -117,60 +122,6 @@ impl Linears {
             };
         }
         Ok(out)
-    }
-
-    /// base + (x·A)·B, named as genai's `make_matmul_lora`.
-    fn lora_branch(
-        &self,
-        g: &mut GraphBuilder,
-        spec: &LinearSpec,
-        module: &str,
-        lora: &Lora,
-        input: &str,
-        base: &str,
-    ) -> Result<String, Error> {
-        let r = lora.rank as i64;
-        let a = self.weight(
-            g,
-            &format!("{module}.lora_A.weight"),
-            &lora.a,
-            &[spec.in_features as i64, r],
-        )?;
-        let b = self.weight(
-            g,
-            &format!("{module}.lora_B.weight"),
-            &lora.b,
-            &[r, spec.out_features as i64],
-        )?;
-        let xa = g
-            .node(
-                "",
-                "MatMul",
-                &format!("{}/lora_A/MatMul", spec.basename),
-                &[input, &a],
-                vec![],
-            )
-            .map_err(failed)?;
-        let xab = g
-            .node(
-                "",
-                "MatMul",
-                &format!("{}/lora_B/MatMul", spec.basename),
-                &[&xa, &b],
-                vec![],
-            )
-            .map_err(failed)?;
-        let add = format!("{}/lora/Add", spec.basename);
-        match (&spec.output, spec.bias.is_none()) {
-            (Some(name), true) => {
-                g.node_outputs("", "Add", &add, &[base, &xab], &[name], vec![])
-                    .map_err(failed)?;
-                Ok(name.clone())
-            }
-            _ => g
-                .node("", "Add", &add, &[base, &xab], vec![])
-                .map_err(failed),
-        }
     }
 
     /// A float initializer in the model's dtype.

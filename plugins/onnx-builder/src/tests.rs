@@ -14,7 +14,9 @@ use prost::Message;
 use safetensors::tensor::TensorView;
 use serde_json::json;
 
-use crate::linear::{LinearSpec, Linears, Lora};
+use olive_model::adapter::{LoraModule, LoraWeights, Projection};
+
+use crate::linear::{LinearSpec, Linears};
 use crate::ModelBuilder;
 
 const HIDDEN: usize = 32;
@@ -316,10 +318,17 @@ fn lora_branch_is_added_to_the_base_linear() {
     let mut lora = BTreeMap::new();
     lora.insert(
         "model.layers.0.attn.q_proj".to_string(),
-        Lora {
-            a: vec![0.5; 4 * 2],
-            b: vec![0.25; 2 * 3],
+        LoraWeights {
+            module: LoraModule {
+                layer: 0,
+                projection: Projection::Q,
+            },
             rank: 2,
+            in_features: 4,
+            out_features: 3,
+            a: vec![0.5; 2 * 4],
+            b: vec![0.25; 3 * 2],
+            scale: 2.0,
         },
     );
     let linears = Linears {
