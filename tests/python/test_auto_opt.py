@@ -12,6 +12,8 @@
   ours 1.24x: 17.16 and 16.15 vs 13.02);
 - with --adapter_path (a PEFT adapter, init_lora_weights=False): ExtractAdapters' layout, and onnxruntime-genai 0.18
   and 0.5.2 give transformers+PEFT's greedy tokens with the adapter active and the base model's without it;
+  ModelBuilder alone (LoRA weights still initializers) matches PEFT's logits on the tiny phi3, whose fused
+  qkv_proj / gate_up_proj adapters are split;
 - bad input: an unknown device/provider pair lists the valid ones; a non-empty output needs --overwrite; a head
   size GroupQueryAttention cannot run is refused at export.
 """
@@ -299,3 +301,28 @@ def test_adapter_export_runs_in_genai(olive_host: Path, default_gguf: Path, defa
             ours.append(int(generator.get_next_tokens()[0]))
         assert ours == ref, f"adapter active: {active}"
     assert genai_greedy(genai05_python, onnx_dir, prompt, len(lora_ref), adapter=adapter_file) == lora_ref
+
+
+def test_phi3_fused_lora_matches_peft(olive_host: Path, default_hf: Path, tmp_path: Path):
+    import torch
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    hf = with_tokenizer(GOLDEN / "phi3_longrope" / "model", default_hf, tmp_path / "hf")
+    torch.manual_seed(0)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["qkv_proj", "o_proj", "gate_up_proj", "down_proj"],
+                        init_lora_weights=False)
+    get_peft_model(AutoModelForCausalLM.from_pretrained(str(hf), dtype=torch.float32), config).save_pretrained(
+        str(tmp_path / "adapter"))
+    result = subprocess.run(
+        [str(olive_host), "run-pass", "--pass", "ModelBuilder", "-m", str(hf), "--adapter_path",
+         str(tmp_path / "adapter"), "--config", '{"precision": "fp32"}', "-o", str(tmp_path / "onnx")],
+        capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    merged = tmp_path / "merged"
+    base = AutoModelForCausalLM.from_pretrained(str(hf), dtype=torch.float32)
+    PeftModel.from_pretrained(base, str(tmp_path / "adapter")).merge_and_unload().save_pretrained(str(merged))
+    prompt = [(i * 37) % 250 + 3 for i in range(40)]
+    diff = max_abs_diff(ort_logits(tmp_path / "onnx", prompt, DECODE_STEPS), hf_logits(merged, prompt, DECODE_STEPS))
+    print(f"phi3 + LoRA: max |logits diff| = {diff:.2e}")
+    assert diff <= LOGITS_TOL
