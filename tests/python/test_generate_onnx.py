@@ -3,14 +3,15 @@ onnxruntime-genai 0.18 and transformers on the default model:
 
 - greedy: the 32 new token ids equal onnxruntime-genai's (og.Generator, append_tokens) and transformers'
   greedy generate, without the adapter and with it (genai's set_active_adapter, a PEFT model in
-  transformers), and the two differ;
+  transformers), and the two differ; on `olive-host auto-opt`'s own export (fp32, no adapter) too;
 - `--do_sample --seed 1` twice gives the same text, another seed another text;
 - a missing adapter file or a missing ONNX Runtime library is a clear error.
 
-The export: the default model with a PEFT LoRA adapter (q_proj, v_proj, r=8, random init so it changes the
-output), laid out as `auto-opt --adapter_path` lays it out: model.onnx whose LoRA weights are graph inputs with
-empty defaults, their values in adapter_weights.onnx_adapter. It is built with onnxruntime-genai's own
-builder (the reference layout; the runtime is what is under test) and ONNX Runtime's AdapterFormat.
+The adapter export: the default model with a PEFT LoRA adapter (q_proj, v_proj, r=8, random init so it changes
+the output), laid out as `auto-opt --adapter_path` lays it out: model.onnx whose LoRA weights are graph inputs
+with empty defaults, their values in adapter_weights.onnx_adapter. Until auto-opt exports adapters it is built
+with onnxruntime-genai's own builder (the reference layout; the runtime is what is under test) and ONNX
+Runtime's AdapterFormat.
 """
 
 import os
@@ -167,25 +168,44 @@ def olive_greedy(olive_host: Path, model_dir: Path, *extra: str) -> tuple[list[i
     return [int(i) for i in found[0].split(",") if i.strip()], run.stdout
 
 
-def test_greedy_matches_genai_and_transformers(olive_host, onnx_model, hf_model, peft_adapter, prompt_ids):
+@pytest.fixture(scope="module")
+def transformers_ids(hf_model: Path, peft_adapter: Path, prompt_ids: list[int]) -> dict[str, list[int]]:
+    """transformers' greedy ids without ("base") and with ("adapter") the PEFT adapter."""
+    ids = {"base": transformers_greedy(hf_model, prompt_ids, None),
+           "adapter": transformers_greedy(hf_model, prompt_ids, peft_adapter)}
+    for name, tokens in ids.items():
+        assert len(tokens) == NEW_TOKENS and 2 not in tokens, f"{name}: stopped early ({tokens}); pick another prompt"
+    return ids
+
+
+def test_greedy_matches_genai_and_transformers(olive_host, onnx_model, prompt_ids, transformers_ids):
     import onnxruntime_genai as og
 
     tokenizer = og.Tokenizer(og.Model(str(onnx_model)))
     adapter = onnx_model / ADAPTER_FILE
     ours = {}
-    for name, extra, genai_adapter, peft in [
-        ("base", [], None, None),
-        ("adapter", ["--adapter", str(adapter), "--adapter_name", "travel"], adapter, peft_adapter),
+    for name, extra, genai_adapter in [
+        ("base", [], None),
+        ("adapter", ["--adapter", str(adapter), "--adapter_name", "travel"], adapter),
     ]:
         ids, text = olive_greedy(olive_host, onnx_model, *extra)
         genai = genai_greedy(onnx_model, prompt_ids, genai_adapter)
-        hf = transformers_greedy(hf_model, prompt_ids, peft)
-        assert len(genai) == NEW_TOKENS, f"{name}: genai stopped early ({genai}); pick a prompt that runs 32 tokens"
         assert ids == genai, f"{name}: olive-host generate vs onnxruntime-genai"
-        assert genai == hf, f"{name}: onnxruntime-genai vs transformers"
+        assert genai == transformers_ids[name], f"{name}: onnxruntime-genai vs transformers"
         assert text == tokenizer.decode(np.array(genai, dtype=np.int32)) + "\n", f"{name}: printed text"
         ours[name] = ids
     assert ours["base"] != ours["adapter"], "the adapter changes the greedy output"
+
+
+def test_greedy_on_auto_opt_export(olive_host, hf_model, tmp_path, transformers_ids):
+    out = tmp_path / "ao"
+    run = subprocess.run(
+        [str(olive_host), "auto-opt", "--model_name_or_path", str(hf_model), "--output_path", str(out),
+         "--device", "cpu", "--provider", "CPUExecutionProvider", "--use_ort_genai"],
+        capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-4000:]
+    ids, _ = olive_greedy(olive_host, out / "model")
+    assert ids == transformers_ids["base"]
 
 
 def test_sampling_is_reproducible_with_a_seed(olive_host, onnx_model):
