@@ -271,10 +271,8 @@ impl LoraConfig {
         match get("peft_type").and_then(Value::as_str) {
             Some("LORA") => {}
             other => {
-                return Err(err(
-                    "peft_type",
-                    format!("\"LORA\", found {}", shown(other)),
-                ))
+                let found = other.map_or("nothing".to_string(), |t| format!("\"{t}\""));
+                return Err(err("peft_type", format!("\"LORA\", found {found}")));
             }
         }
         let r = get("r")
@@ -402,10 +400,6 @@ impl LoraConfig {
             }
         }
     }
-}
-
-fn shown(value: Option<&str>) -> String {
-    value.map_or_else(|| "nothing".to_string(), |v| format!("\"{v}\""))
 }
 
 fn patterns<T>(
@@ -547,10 +541,6 @@ impl LoraAdapter {
         &self.weights
     }
 
-    fn weights_path(&self) -> PathBuf {
-        self.folder.join(WEIGHTS_FILE)
-    }
-
     /// Checks the adapter against a base model: every target module and adapted module exists in the
     /// architecture, and every lora_A / lora_B fits the linear's in/out features.
     pub fn check(&self, model: &ModelConfig) -> Result<()> {
@@ -606,7 +596,7 @@ impl LoraAdapter {
         }
         for w in &self.weights {
             let module_error = |reason: String| AdapterError::Module {
-                path: self.weights_path(),
+                path: self.folder.join(WEIGHTS_FILE),
                 module: w.module.hf_key(),
                 reason,
             };
