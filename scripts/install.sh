@@ -75,12 +75,7 @@ fi
 log "building olive-host (release)"
 (cd "$root" && cargo build --release --workspace --quiet)
 
-# Each plugin in plugins/ is found through the manifest beside its library (olive-host reads it before loading).
-for plugin in "$root"/plugins/*/Cargo.toml; do
-    lib=$(sed -n 's/^name = "\(.*\)"$/\1/p' "$plugin" | head -n 1 | tr - _)
-    "$root/target/release/olive-host" plugins manifest "$root/target/release/lib$lib.so" \
-        --output_dir "$root/target/release" >/dev/null
-done
+"$root/scripts/write-plugin-manifests.sh"
 
 cat > "$root/target/olive-env.sh" <<EOF
 export OLIVE_CACHE_DIR="$cache"

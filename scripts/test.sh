@@ -15,4 +15,5 @@ echo "== cargo test"
 cargo test --release --workspace
 
 echo "== end-to-end tests (pytest)"
+scripts/write-plugin-manifests.sh
 "$py" -m pytest -q tests/python
