@@ -3,7 +3,7 @@ onnxruntime-genai 0.18 and transformers on the default model:
 
 - greedy: the 32 new token ids equal onnxruntime-genai's (og.Generator, append_tokens) and transformers'
   greedy generate, without the adapter and with it (genai's set_active_adapter, a PEFT model in
-  transformers), and the two differ; on `olive-host auto-opt`'s own export (fp32, no adapter) too;
+  transformers), and the two differ; on `olive-host auto-opt`'s own exports (fp32 and fp16, no adapter) too;
 - `--do_sample --seed 1` twice gives the same text, another seed another text;
 - a missing adapter file or a missing ONNX Runtime library is a clear error.
 
@@ -197,15 +197,20 @@ def test_greedy_matches_genai_and_transformers(olive_host, onnx_model, prompt_id
     assert ours["base"] != ours["adapter"], "the adapter changes the greedy output"
 
 
-def test_greedy_on_auto_opt_export(olive_host, hf_model, tmp_path, transformers_ids):
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_greedy_on_auto_opt_export(olive_host, hf_model, tmp_path, prompt_ids, transformers_ids, precision):
+    """auto-opt's own export: the ids of onnxruntime-genai on it (fp16: float16 KV cache and logits), and in
+    fp32 transformers' ids as well."""
     out = tmp_path / "ao"
     run = subprocess.run(
         [str(olive_host), "auto-opt", "--model_name_or_path", str(hf_model), "--output_path", str(out),
-         "--device", "cpu", "--provider", "CPUExecutionProvider", "--use_ort_genai"],
+         "--device", "cpu", "--provider", "CPUExecutionProvider", "--use_ort_genai", "--precision", precision],
         capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-4000:]
     ids, _ = olive_greedy(olive_host, out / "model")
-    assert ids == transformers_ids["base"]
+    assert ids == genai_greedy(out / "model", prompt_ids, None), "olive-host generate vs onnxruntime-genai"
+    if precision == "fp32":
+        assert ids == transformers_ids["base"], "olive-host generate vs transformers"
 
 
 def test_sampling_is_reproducible_with_a_seed(olive_host, onnx_model):
