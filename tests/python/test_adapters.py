@@ -265,6 +265,43 @@ def test_extract_adapters_runs_in_onnxruntime(lora_graph, olive_host, tmp_path):
     assert "model.layers.0.self_attn.q_proj" in result.stderr and "size 7" in result.stderr, result.stderr
 
 
+def test_convert_adapters_takes_the_dtype_of_an_fp16_export(lora_graph, olive_host, tmp_path):
+    out = tmp_path / "model"
+    subprocess.run([str(lora_graph), "write", str(out), "float16"], check=True, timeout=60)
+    reference = json.loads((out / "reference.json").read_text())
+    peft_dir = tmp_path / "peft"
+    peft_dir.mkdir()
+    rng = np.random.default_rng(2)
+    a, b = rng.standard_normal((3, 6), np.float32), rng.standard_normal((5, 3), np.float32)
+    prefix = "base_model.model.model.layers.0.mlp.down_proj"
+    save_file({f"{prefix}.lora_A.weight": a, f"{prefix}.lora_B.weight": b}, peft_dir / "adapter_model.safetensors")
+    (peft_dir / "adapter_config.json").write_text(json.dumps(
+        {"peft_type": "LORA", "r": 3, "lora_alpha": 6, "target_modules": ["down_proj"]}))
+
+    result = convert_adapters(olive_host, peft_dir, tmp_path / "a.onnx_adapter", "--base_model", str(out))
+    assert result.returncode == 0, result.stderr
+    got = read_with_ort(tmp_path / "a.onnx_adapter")
+    assert {v.dtype for v in got.values()} == {np.dtype(np.float16)}
+    # q_proj, which the adapter lacks, gets zeros of the adapter's rank: ONNX Runtime binds one lora_r per run.
+    assert got["model.layers.0.attn.q_proj.lora_A.weight"].shape == (8, 3)
+    assert got["model.layers.0.attn.q_proj.lora_B.weight"].shape == (3, 6)
+    assert not got["model.layers.0.attn.q_proj.lora_B.weight"].any()
+
+    adapter = ort.LoraAdapter()
+    adapter.Load(str(tmp_path / "a.onnx_adapter"))
+    options = ort.RunOptions()
+    options.add_active_adapter(adapter)
+    x = np.linspace(-1, 1, 2 * 8, dtype=np.float32).reshape(2, 8)
+    y = session(out / "model.onnx").run(None, {"x": x.astype(np.float16)}, options)[0]
+    want = run_reference(x, reference, {"/model/layers.0/mlp/down_proj": (a, b, 2.0)})
+    # float16 weights and activations through two small linears.
+    np.testing.assert_allclose(y.astype(np.float32), want, rtol=2e-2, atol=2e-2)
+
+    result = convert_adapters(olive_host, peft_dir, tmp_path / "b.onnx_adapter", "--base_model", str(out),
+                              "--dtype", "float32")
+    assert result.returncode != 0 and "does not match" in result.stderr, result.stderr
+
+
 def test_our_reader_reads_onnxruntime_files(lora_graph, tmp_path):
     rng = np.random.default_rng(1)
     params = {

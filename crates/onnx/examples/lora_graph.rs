@@ -1,7 +1,8 @@
 //! A two-linear ONNX model with LoRA branches (as onnxruntime-genai names them) run through ExtractAdapters, and a
 //! dump of `.onnx_adapter` files as JSON: the fixture tests/python/test_adapters.py checks in ONNX Runtime.
 //!
-//! `lora_graph write OUT_DIR`: OUT_DIR/{model.onnx, model.onnx.data, adapter_weights.onnx_adapter, reference.json}
+//! `lora_graph write OUT_DIR [float16]`: OUT_DIR/{model.onnx, model.onnx.data, adapter_weights.onnx_adapter,
+//! reference.json}, weights and activations in float32 (or float16)
 //! `lora_graph dump FILE`: the adapter's versions and parameters (raw_data as hex) on stdout.
 //! `lora_graph extract SRC_DIR OUT_DIR`: ExtractAdapters on SRC_DIR/model.onnx (e.g. onnxruntime-genai's builder output).
 
@@ -13,7 +14,7 @@ use olive_onnx::extract_adapters::{
 };
 use olive_onnx::graph::{Dim, GraphBuilder};
 use olive_onnx::proto::ModelProto;
-use olive_onnx::tensor::{f32_bytes, DataType};
+use olive_onnx::tensor::{float_bytes, DataType};
 use prost::Message;
 use serde_json::{json, Value};
 
@@ -31,10 +32,10 @@ fn values(n: usize, seed: usize) -> Vec<f32> {
         .collect()
 }
 
-fn write(out: &Path) -> Result<(), Box<dyn std::error::Error>> {
+fn write(out: &Path, dtype: DataType) -> Result<(), Box<dyn std::error::Error>> {
     std::fs::create_dir_all(out)?;
     let mut g = GraphBuilder::create(out, "model.onnx")?;
-    g.input("x", DataType::Float, &[Dim::sym("batch"), Dim::from(8)]);
+    g.input("x", dtype, &[Dim::sym("batch"), Dim::from(8)]);
     let mut x = "x".to_string();
     let mut reference = Vec::new();
     for (i, &(path, n_in, n_out, rank, scale)) in LINEARS.iter().enumerate() {
@@ -47,9 +48,9 @@ fn write(out: &Path) -> Result<(), Box<dyn std::error::Error>> {
         );
         let w_name = g.initializer(
             &weight,
-            DataType::Float,
+            dtype,
             &[n_in as i64, n_out as i64],
-            &f32_bytes(&w),
+            &float_bytes(&w, dtype).ok_or("float32 or float16")?,
         )?;
         let base = g.node(
             "",
@@ -67,14 +68,14 @@ fn write(out: &Path) -> Result<(), Box<dyn std::error::Error>> {
             b: &b,
             scale,
         };
-        x = emit_lora(&mut g, &branch, DataType::Float, &x, &base)?;
+        x = emit_lora(&mut g, &branch, dtype, &x, &base)?;
         reference.push(
             json!({"path": path, "w": w, "a": a, "b": b, "rank": rank, "scale": scale,
                               "in": n_in, "out": n_out}),
         );
     }
     g.node_outputs("", "Identity", "/y", &[&x], &["y"], vec![])?;
-    g.output("y", DataType::Float, &[Dim::sym("batch"), Dim::from(5)]);
+    g.output("y", dtype, &[Dim::sym("batch"), Dim::from(5)]);
     let path = g.finish(&[("", 21)], "olive-rs lora_graph")?;
 
     let mut model = ModelProto::decode(std::fs::read(&path)?.as_slice())?;
@@ -111,7 +112,8 @@ fn dump(file: &Path) -> Result<(), Box<dyn std::error::Error>> {
 fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().collect();
     let result = match args.get(1..).unwrap_or_default() {
-        [mode, path] if mode == "write" => write(Path::new(path)),
+        [mode, path] if mode == "write" => write(Path::new(path), DataType::Float),
+        [mode, path, dtype] if mode == "write" && dtype == "float16" => write(Path::new(path), DataType::Float16),
         [mode, path] if mode == "dump" => dump(Path::new(path)),
         [mode, src, out] if mode == "extract" => {
             extract_adapters_folder(Path::new(src), "model.onnx", Path::new(out))
@@ -119,7 +121,7 @@ fn main() -> std::process::ExitCode {
                 .map_err(Into::into)
         }
         _ => Err(
-            "usage: lora_graph write OUT_DIR | dump FILE.onnx_adapter | extract SRC_DIR OUT_DIR"
+            "usage: lora_graph write OUT_DIR [float16] | dump FILE.onnx_adapter | extract SRC_DIR OUT_DIR"
                 .into(),
         ),
     };

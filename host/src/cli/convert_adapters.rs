@@ -10,7 +10,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use olive_model::adapter::{LoraAdapter, LoraWeights, Projection};
 use olive_model::ModelConfig;
-use olive_onnx::adapter_format::{self, Adapter};
+use olive_onnx::adapter_format::{self, Adapter, Parameter};
 use olive_onnx::extract_adapters::{weight_name, LoraBranch, LoraSide};
 use olive_onnx::proto::{tensor_shape_proto::dimension::Value as DimValue, type_proto, ModelProto};
 use olive_onnx::tensor::DataType;
@@ -55,6 +55,8 @@ pub fn run(args: ConvertAdaptersArgs) -> anyhow::Result<()> {
         named.is_dir().then_some(named)
     });
     let mut dtype = args.dtype.as_deref().map(parse_dtype);
+    // The LoRA inputs of an exported base model: those the adapter lacks get zeros.
+    let mut model_inputs = None;
     let weights = match &base {
         Some(base) if base.join("config.json").is_file() => {
             let config = ModelConfig::from_folder(base)?;
@@ -74,6 +76,7 @@ pub fn run(args: ConvertAdaptersArgs) -> anyhow::Result<()> {
                 ),
                 _ => dtype = Some(model_dtype),
             }
+            model_inputs = Some(inputs);
             weights
         }
         None => {
@@ -101,6 +104,14 @@ pub fn run(args: ConvertAdaptersArgs) -> anyhow::Result<()> {
     for w in weights.iter().map(|w| w.padded(rank)) {
         let path = w.module.onnx_path();
         parameters.extend(branch(&w, &path).parameters(dtype)?);
+    }
+    match &model_inputs {
+        Some(inputs) => parameters.extend(zero_parameters(inputs, &parameters, rank, dtype)),
+        None => tracing::warn!(
+            "the adapter covers {} modules: should the exported model have LoRA inputs for more, pass it as \
+             --base_model so they get zeros of rank {rank} (ONNX Runtime binds one lora_r for all LoRA inputs)",
+            weights.len()
+        ),
     }
     let output = output_path(&args.output_path);
     Adapter {
@@ -131,6 +142,38 @@ fn branch<'a>(w: &'a LoraWeights, path: &'a str) -> LoraBranch<'a> {
         b: &w.b,
         scale: w.scale,
     }
+}
+
+/// Zero weights of rank `rank` for the model's LoRA inputs the adapter does not cover: ONNX Runtime binds the
+/// symbolic `lora_r` once per run, so an input left to its empty default ([in, 0]) beside rank-r ones fails.
+fn zero_parameters(
+    inputs: &HashMap<String, LoraInput>,
+    covered: &[Parameter],
+    rank: usize,
+    dtype: DataType,
+) -> Vec<Parameter> {
+    let mut names: Vec<&String> = inputs
+        .keys()
+        .filter(|name| !covered.iter().any(|p| &p.name == *name))
+        .collect();
+    names.sort();
+    names
+        .into_iter()
+        .map(|name| {
+            let dims: Vec<i64> = inputs[name]
+                .dims
+                .iter()
+                .map(|d| d.unwrap_or(rank as i64))
+                .collect();
+            let count = dims.iter().product::<i64>().max(0) as usize;
+            Parameter {
+                name: name.clone(),
+                dims,
+                data_type: dtype.code(),
+                raw_data: vec![0; count * dtype.size()],
+            }
+        })
+        .collect()
 }
 
 /// Olive's `save_weights`: the format's suffix replaces the output's extension.
