@@ -18,6 +18,7 @@
 pub mod config;
 pub mod env;
 mod error;
+mod io;
 mod model;
 pub mod sampling;
 

@@ -3,15 +3,15 @@
 //! out), run step by step through ONNX Runtime with the KV cache fed back, optionally with a LoRA
 //! adapter (ONNX Runtime's .onnx_adapter, `RunOptionsAddActiveLoraAdapter`) active.
 
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use half::f16;
 use ort::session::{Adapter, RunOptions, Session, SessionInputValue};
 use ort::value::{DynValue, Tensor, TensorElementType};
 
-use crate::config::{layer_name, GenaiConfig, CONFIG_FILE};
+use crate::config::{GenaiConfig, CONFIG_FILE};
 use crate::error::{Result, RuntimeError};
+use crate::io::GraphIo;
 use crate::sampling::{Sampler, SearchOptions};
 
 /// The file an ONNX folder without genai_config.json would hold.
@@ -32,16 +32,8 @@ pub struct OnnxModel {
     model_path: PathBuf,
     session: Session,
     run_options: RunOptions,
-    /// Element type of input_ids and attention_mask (int64, or int32 in some exports).
-    id_type: TensorElementType,
-    /// Element type of the KV cache (float32 or float16), as the graph declares it.
-    kv_type: TensorElementType,
-    attention_mask: Option<String>,
-    position_ids: Option<String>,
-    /// Per layer: (past key, past value) input names.
-    past_names: Vec<(String, String)>,
-    /// Per layer: (present key, present value) output names.
-    present_names: Vec<(String, String)>,
+    /// The names a step feeds and reads.
+    io: GraphIo,
     /// The adapter file and name, once one is active.
     adapter: Option<(PathBuf, String)>,
 }
@@ -104,126 +96,13 @@ impl OnnxModel {
         let run_options =
             RunOptions::new().map_err(|e| ort_error("creating the run options", e.to_string()))?;
 
-        let layers = decoder.num_hidden_layers;
-        let past_names: Vec<(String, String)> = (0..layers)
-            .map(|l| {
-                (
-                    layer_name(&decoder.inputs.past_key_names, l),
-                    layer_name(&decoder.inputs.past_value_names, l),
-                )
-            })
-            .collect();
-        let present_names: Vec<(String, String)> = (0..layers)
-            .map(|l| {
-                (
-                    layer_name(&decoder.outputs.present_key_names, l),
-                    layer_name(&decoder.outputs.present_value_names, l),
-                )
-            })
-            .collect();
-
-        let graph_error = |reason: String| RuntimeError::Graph {
-            path: model_path.clone(),
-            reason,
-        };
-        let input_type = |name: &str| -> Option<Option<TensorElementType>> {
-            session
-                .inputs()
-                .iter()
-                .find(|i| i.name() == name)
-                .map(|i| i.dtype().tensor_type())
-        };
-        let has_input =
-            |name: &Option<String>| name.as_ref().filter(|n| input_type(n).is_some()).cloned();
-        let attention_mask = has_input(&decoder.inputs.attention_mask);
-        let position_ids = has_input(&decoder.inputs.position_ids);
-
-        let id_type = match input_type(&decoder.inputs.input_ids) {
-            Some(Some(t @ (TensorElementType::Int64 | TensorElementType::Int32))) => t,
-            Some(other) => {
-                return Err(graph_error(format!(
-                    "input {:?} has type {other:?}; expected int64 or int32 token ids",
-                    decoder.inputs.input_ids
-                )))
-            }
-            None => {
-                return Err(graph_error(format!(
-                    "has no input {:?} (model.decoder.inputs.input_ids in {CONFIG_FILE})",
-                    decoder.inputs.input_ids
-                )))
-            }
-        };
-        let kv_type = match input_type(&past_names[0].0) {
-            Some(Some(t @ (TensorElementType::Float32 | TensorElementType::Float16))) => t,
-            Some(other) => {
-                return Err(graph_error(format!(
-                    "input {:?} has type {other:?}; expected a float32 or float16 KV cache",
-                    past_names[0].0
-                )))
-            }
-            None => {
-                return Err(graph_error(format!(
-                    "has no input {:?} (model.decoder.inputs.past_key_names for layer 0 in {CONFIG_FILE})",
-                    past_names[0].0
-                )))
-            }
-        };
-        for (key, value) in &past_names {
-            for name in [key, value] {
-                if input_type(name) != Some(Some(kv_type)) {
-                    return Err(graph_error(format!(
-                        "input {name:?} is missing or not of the KV cache type {kv_type:?}; \
-                         {CONFIG_FILE} says the model has {layers} layers"
-                    )));
-                }
-            }
-        }
-        let output_names: HashSet<&str> = session.outputs().iter().map(|o| o.name()).collect();
-        let wanted_outputs = std::iter::once(&decoder.outputs.logits)
-            .chain(present_names.iter().flat_map(|(k, v)| [k, v]));
-        for name in wanted_outputs {
-            if !output_names.contains(name.as_str()) {
-                return Err(graph_error(format!(
-                    "has no output {name:?}, which model.decoder.outputs in {CONFIG_FILE} names"
-                )));
-            }
-        }
-
-        // Inputs nobody feeds must have a default (an initializer of the same name, e.g. LoRA weights).
-        let mut fed: HashSet<&str> = past_names
-            .iter()
-            .flat_map(|(k, v)| [k.as_str(), v.as_str()])
-            .collect();
-        fed.insert(&decoder.inputs.input_ids);
-        fed.extend(attention_mask.as_deref());
-        fed.extend(position_ids.as_deref());
-        let defaults: HashSet<String> = session
-            .overridable_initializers()
-            .into_iter()
-            .map(|i| i.name().to_string())
-            .collect();
-        if let Some(input) = session
-            .inputs()
-            .iter()
-            .find(|i| !fed.contains(i.name()) && !defaults.contains(i.name()))
-        {
-            return Err(graph_error(format!(
-                "input {:?} is neither named in {CONFIG_FILE} nor has a default value; the runtime cannot feed it",
-                input.name()
-            )));
-        }
-
+        let io = GraphIo::resolve(&session, &config, &model_path)?;
         Ok(OnnxModel {
             config,
             model_path,
             session,
             run_options,
-            id_type,
-            kv_type,
-            attention_mask,
-            position_ids,
-            past_names,
-            present_names,
+            io,
             adapter: None,
         })
     }
@@ -301,25 +180,22 @@ impl OnnxModel {
     /// and leaves the presents in `cache`.
     fn step(&mut self, ids: &[u32], past_len: usize, cache: &mut KvCache) -> Result<Vec<f32>> {
         let total = past_len + ids.len();
-        let decoder = &self.config.model.decoder;
+        let io = &self.io;
         let mut inputs: Vec<(String, SessionInputValue<'static>)> =
             Vec::with_capacity(3 + 2 * cache.len());
         // input_ids: [1, seq]
         let ids_i64: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
-        inputs.push((
-            decoder.inputs.input_ids.clone(),
-            self.index_tensor(ids.len(), ids_i64)?,
-        ));
-        if let Some(name) = &self.attention_mask {
+        inputs.push((io.input_ids.clone(), self.index_tensor(ids.len(), ids_i64)?));
+        if let Some(name) = &io.attention_mask {
             // attention_mask: [1, total]
             inputs.push((name.clone(), self.index_tensor(total, vec![1; total])?));
         }
-        if let Some(name) = &self.position_ids {
+        if let Some(name) = &io.position_ids {
             // position_ids: [1, seq]
             let positions = (past_len as i64..total as i64).collect();
             inputs.push((name.clone(), self.index_tensor(ids.len(), positions)?));
         }
-        for ((key, value), (key_name, value_name)) in cache.drain(..).zip(&self.past_names) {
+        for ((key, value), (key_name, value_name)) in cache.drain(..).zip(&io.past) {
             inputs.push((key_name.clone(), key.into()));
             inputs.push((value_name.clone(), value.into()));
         }
@@ -337,7 +213,7 @@ impl OnnxModel {
             .session
             .run_with_options(inputs, &self.run_options)
             .map_err(|e| ort_error(e.to_string()))?;
-        for (key_name, value_name) in &self.present_names {
+        for (key_name, value_name) in &io.present {
             let mut take = |name: &str| {
                 outputs
                     .remove(name)
@@ -348,8 +224,8 @@ impl OnnxModel {
             cache.push((key, value));
         }
         let logits = outputs
-            .get(&decoder.outputs.logits)
-            .ok_or_else(|| ort_error(format!("output {:?} is missing", decoder.outputs.logits)))?;
+            .get(&io.logits)
+            .ok_or_else(|| ort_error(format!("output {:?} is missing", io.logits)))?;
         // logits: [1, seq, vocab] (or [1, vocab]); the last row is the next-token distribution.
         let last_row = |shape: &[i64], len: usize| -> Result<std::ops::Range<usize>> {
             let vocab = shape.last().copied().unwrap_or(0).max(0) as usize;
@@ -384,7 +260,7 @@ impl OnnxModel {
 
     /// A [1, len] tensor of token ids, positions or mask values in the graph's index type.
     fn index_tensor(&self, len: usize, values: Vec<i64>) -> Result<SessionInputValue<'static>> {
-        let tensor = match self.id_type {
+        let tensor = match self.io.id_type {
             TensorElementType::Int32 => {
                 let values: Vec<i32> = values.into_iter().map(|v| v as i32).collect();
                 Tensor::from_array(([1usize, len], values)).map(|t| t.into_dyn())
@@ -405,7 +281,7 @@ impl OnnxModel {
         let decoder = &self.config.model.decoder;
         let shape = [1usize, decoder.num_key_value_heads, 0, decoder.head_size];
         let empty = || -> ort::Result<DynValue> {
-            Ok(match self.kv_type {
+            Ok(match self.io.kv_type {
                 TensorElementType::Float16 => {
                     Tensor::<f16>::from_array((shape, Vec::new()))?.into_dyn()
                 }
