@@ -3,7 +3,7 @@
 
 use std::fs;
 
-use crate::support::{entries, olive, plugin_dir, profile_dir, s, tiny_model};
+use crate::support::{entries, host_exe, olive, plugin_dir, s, tiny_model};
 
 #[test]
 fn copies_a_model_and_prints_the_output_model() {
@@ -211,11 +211,12 @@ fn a_missing_or_unrecognised_model_is_named() {
 
 #[test]
 fn unknown_plugins_and_passes_are_named_with_what_was_found_where() {
+    let host_dir = host_exe().parent().unwrap();
     let found = format!(
         "plugins found: fixture-broken, fixture-copy, fixture-no-symbol (searched {}, {}, {}/plugins; add folders with OLIVE_PLUGIN_PATH)",
         plugin_dir().display(),
-        profile_dir().display(),
-        profile_dir().display()
+        host_dir.display(),
+        host_dir.display()
     );
     refused(&["--plugin", "nope"], |_| {
         format!("no plugin named `nope`; {found}")

@@ -16,13 +16,26 @@ pub const FIXTURES: [(&str, &str); 4] = [
     ("fixture-no-symbol", "fixture_no_symbol"),
 ];
 
+/// olive-host hard-linked (or copied) into a folder of its own, so that the real plugins whose manifests
+/// scripts/write-plugin-manifests.sh puts beside the built binary stay out of these tests' discovery.
 pub fn host_exe() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_olive-host"))
+    static EXE: OnceLock<PathBuf> = OnceLock::new();
+    EXE.get_or_init(|| {
+        let built = Path::new(env!("CARGO_BIN_EXE_olive-host"));
+        let dir = profile_dir().join("olive-test-host");
+        let exe = dir.join(built.file_name().expect("olive-host has a file name"));
+        fs::create_dir_all(&dir).unwrap();
+        let _ = fs::remove_file(&exe);
+        if fs::hard_link(built, &exe).is_err() {
+            fs::copy(built, &exe).unwrap();
+        }
+        exe
+    })
 }
 
 /// `target/<profile>`, where cargo put olive-host and puts the fixture libraries.
 pub fn profile_dir() -> &'static Path {
-    host_exe()
+    Path::new(env!("CARGO_BIN_EXE_olive-host"))
         .parent()
         .expect("olive-host lives in a target folder")
 }
