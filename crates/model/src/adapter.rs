@@ -11,7 +11,6 @@ use serde_json::{Map, Value};
 
 use crate::checkpoint::to_f32;
 use crate::config::{Architecture, ModelConfig};
-use crate::error::ModelError;
 
 /// The adapter's configuration file.
 pub const CONFIG_FILE: &str = "adapter_config.json";
@@ -24,9 +23,18 @@ pub const WEIGHTS_FILE_BIN: &str = "adapter_model.bin";
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum AdapterError {
-    /// A file could not be read, or is not valid JSON.
-    #[error(transparent)]
-    Model(#[from] ModelError),
+    /// A file or folder could not be read (the OS error is part of the message, not a separate source).
+    #[error("{}: {error}", path.display())]
+    Io {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    /// adapter_config.json is not valid JSON.
+    #[error("{}: invalid JSON: {error}", path.display())]
+    Json {
+        path: PathBuf,
+        error: serde_json::Error,
+    },
     /// A field of adapter_config.json is missing, of the wrong type, or asks for something unsupported.
     #[error("{path}: field `{field}`: {expected}")]
     Config {
@@ -249,10 +257,13 @@ pub struct LoraConfig {
 impl LoraConfig {
     /// Reads an adapter_config.json; rejects anything but a plain LoRA adapter of linears.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
-        let value: Value = serde_json::from_str(&text).map_err(|source| ModelError::Json {
+        let text = std::fs::read_to_string(path).map_err(|error| AdapterError::Io {
             path: path.to_path_buf(),
-            source,
+            error,
+        })?;
+        let value: Value = serde_json::from_str(&text).map_err(|error| AdapterError::Json {
+            path: path.to_path_buf(),
+            error,
         })?;
         Self::from_json(path, &value)
     }
@@ -502,11 +513,13 @@ impl LoraAdapter {
     /// a lora_B [out, r] of the rank the config gives it.
     pub fn open(folder: &Path) -> Result<Self> {
         if !folder.is_dir() {
-            return Err(ModelError::io(
-                folder,
-                std::io::Error::new(std::io::ErrorKind::NotFound, "adapter folder not found"),
-            )
-            .into());
+            return Err(AdapterError::Io {
+                path: folder.to_path_buf(),
+                error: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "adapter folder not found",
+                ),
+            });
         }
         let config = LoraConfig::from_file(&folder.join(CONFIG_FILE))?;
         let path = folder.join(WEIGHTS_FILE);
@@ -519,7 +532,10 @@ impl LoraAdapter {
             };
             return Err(AdapterError::Weights { path, reason });
         }
-        let bytes = std::fs::read(&path).map_err(|e| ModelError::io(&path, e))?;
+        let bytes = std::fs::read(&path).map_err(|error| AdapterError::Io {
+            path: path.clone(),
+            error,
+        })?;
         let weights = read_weights(&path, &bytes, &config)?;
         Ok(LoraAdapter {
             folder: folder.to_path_buf(),

@@ -334,3 +334,17 @@ fn padding_the_rank_keeps_the_product() {
     assert_eq!(product(&padded), product(w));
     assert_eq!(w.padded(1), *w);
 }
+
+#[test]
+fn missing_files_are_named_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = error_of(&dir.path().join("nope"), "llama");
+    assert!(text.ends_with("nope: adapter folder not found"), "{text}");
+    let text = error_of(dir.path(), "llama");
+    assert!(text.contains(CONFIG_FILE) && text.contains("os error 2"), "{text}");
+    let err = LoraAdapter::open(dir.path()).expect_err("no config");
+    assert!(std::error::Error::source(&err).is_none(), "the OS error is in the message, not repeated as a source");
+    std::fs::write(dir.path().join(CONFIG_FILE), "{").expect("write");
+    let text = error_of(dir.path(), "llama");
+    assert!(text.contains("invalid JSON"), "{text}");
+}
