@@ -259,6 +259,7 @@ pub fn extract_adapters(model: &mut ModelProto, model_dir: &Path) -> Result<Vec<
             })
             .collect();
         if !graph.input.iter().any(|i| i.name.as_deref() == Some(new)) {
+            // value_info takes the types olive-rs writes; the weight keeps whatever element type it had.
             let mut input = value_info(new, DataType::Float, &input_dims);
             if let Some(crate::proto::type_proto::Value::TensorType(t)) =
                 input.r#type.as_mut().and_then(|t| t.value.as_mut())
