@@ -7,18 +7,14 @@ onnxruntime-genai 0.18 and transformers on the default model:
 - `--do_sample --seed 1` twice gives the same text, another seed another text;
 - a missing adapter file or a missing ONNX Runtime library is a clear error.
 
-The adapter export: the default model with a PEFT LoRA adapter (q_proj, v_proj, r=8, random init so it changes
-the output), laid out as `auto-opt --adapter_path` lays it out: model.onnx whose LoRA weights are graph inputs
-with empty defaults, their values in adapter_weights.onnx_adapter. Until auto-opt exports adapters it is built
-with onnxruntime-genai's own builder (the reference layout; the runtime is what is under test) and ONNX
-Runtime's AdapterFormat.
+The adapter export: `olive-host auto-opt --adapter_path` of the default model with a PEFT LoRA adapter (q_proj,
+v_proj, r=8, random init so it changes the output): model.onnx whose LoRA weights are graph inputs with empty
+defaults, their values in adapter_weights.onnx_adapter.
 """
 
 import os
 import re
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -59,55 +55,23 @@ def peft_adapter(hf_model: Path, tmp_path_factory) -> Path:
     return out
 
 
-def extract_adapters(src: Path, dst: Path) -> None:
-    """Turns the LoRA initializers of `src/model.onnx` into graph inputs with empty defaults (rank 0) and writes
-    their values to `dst/adapter_weights.onnx_adapter`, as Olive's ExtractAdapters does; copies the other files."""
-    import onnx
-    import onnxruntime as ort
-    from onnx import helper, numpy_helper
-
-    model = onnx.load(str(src / "model.onnx"))
-    params = {}
-    for init in model.graph.initializer:
-        side = 1 if ".lora_A." in init.name else 0 if ".lora_B." in init.name else None
-        if side is None:
-            continue
-        values = numpy_helper.to_array(init)
-        params[init.name] = values
-        empty = list(values.shape)
-        empty[side] = 0
-        init.CopyFrom(numpy_helper.from_array(np.zeros(empty, values.dtype), init.name))
-        dims = ["lora_r" if i == side else d for i, d in enumerate(values.shape)]
-        model.graph.input.append(
-            helper.make_tensor_value_info(init.name, helper.np_dtype_to_tensor_dtype(values.dtype), dims))
-    assert params, f"{src / 'model.onnx'} has no LoRA weights"
-    dst.mkdir(parents=True)
-    onnx.save(model, str(dst / "model.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
-              location="model.onnx.data")
-    for f in src.iterdir():
-        if f.is_file() and not f.name.startswith("model.onnx"):
-            shutil.copy(f, dst / f.name)
-    adapter = ort.AdapterFormat()
-    adapter.set_adapter_version(1)
-    adapter.set_model_version(1)
-    adapter.set_parameters({k: ort.OrtValue.ortvalue_from_numpy(v) for k, v in params.items()})
-    adapter.export_adapter(str(dst / ADAPTER_FILE))
+def auto_opt(olive_host: Path, hf_model: Path, out: Path, *extra: str) -> Path:
+    """`olive-host auto-opt` for the CPU with onnxruntime-genai's layout; returns `out/model`."""
+    run = subprocess.run(
+        [str(olive_host), "auto-opt", "--model_name_or_path", str(hf_model), "--output_path", str(out),
+         "--device", "cpu", "--provider", "CPUExecutionProvider", "--use_ort_genai", *extra],
+        capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-4000:]
+    return out / "model"
 
 
 @pytest.fixture(scope="module")
-def onnx_model(hf_model: Path, peft_adapter: Path, tmp_path_factory) -> Path:
+def onnx_model(olive_host: Path, hf_model: Path, peft_adapter: Path, tmp_path_factory) -> Path:
     """fp32 CPU export of the default model with the adapter's LoRA inputs and adapter_weights.onnx_adapter."""
-    tmp = tmp_path_factory.mktemp("export")
-    built = tmp / "built"
-    run = subprocess.run(
-        [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(hf_model), "-o", str(built),
-         "-p", "fp32", "-e", "cpu", "-c", str(tmp / "cache"), "--extra_options", f"adapter_path={peft_adapter}"],
-        capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stderr[-4000:]
-    out = tmp / "model"
-    extract_adapters(built, out)
-    shutil.rmtree(built)
-    return out
+    model = auto_opt(olive_host, hf_model, tmp_path_factory.mktemp("export") / "ao", "--adapter_path",
+                     str(peft_adapter))
+    assert (model / ADAPTER_FILE).is_file(), f"auto-opt --adapter_path wrote no {ADAPTER_FILE}"
+    return model
 
 
 @pytest.fixture(scope="module")
@@ -201,14 +165,9 @@ def test_greedy_matches_genai_and_transformers(olive_host, onnx_model, prompt_id
 def test_greedy_on_auto_opt_export(olive_host, hf_model, tmp_path, prompt_ids, transformers_ids, precision):
     """auto-opt's own export: the ids of onnxruntime-genai on it (fp16: float16 KV cache and logits), and in
     fp32 transformers' ids as well."""
-    out = tmp_path / "ao"
-    run = subprocess.run(
-        [str(olive_host), "auto-opt", "--model_name_or_path", str(hf_model), "--output_path", str(out),
-         "--device", "cpu", "--provider", "CPUExecutionProvider", "--use_ort_genai", "--precision", precision],
-        capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stderr[-4000:]
-    ids, _ = olive_greedy(olive_host, out / "model")
-    assert ids == genai_greedy(out / "model", prompt_ids, None), "olive-host generate vs onnxruntime-genai"
+    model = auto_opt(olive_host, hf_model, tmp_path / "ao", "--precision", precision)
+    ids, _ = olive_greedy(olive_host, model)
+    assert ids == genai_greedy(model, prompt_ids, None), "olive-host generate vs onnxruntime-genai"
     if precision == "fp32":
         assert ids == transformers_ids["base"], "olive-host generate vs transformers"
 
