@@ -3,7 +3,7 @@ onnxruntime-genai 0.18 and transformers on the default model:
 
 - greedy: the 32 new token ids equal onnxruntime-genai's (og.Generator, append_tokens) and transformers'
   greedy generate, without the adapter and with it (genai's set_active_adapter, a PEFT model in
-  transformers), and the two differ; on `olive-host auto-opt`'s own exports (fp32 and fp16, no adapter) too;
+  transformers), and the two differ; on `olive-host auto-opt`'s own exports (fp32, fp16, int4; no adapter) too;
 - `--do_sample --seed 1` twice gives the same text, another seed another text;
 - a missing adapter file or a missing ONNX Runtime library is a clear error.
 
@@ -161,10 +161,10 @@ def test_greedy_matches_genai_and_transformers(olive_host, onnx_model, prompt_id
     assert ours["base"] != ours["adapter"], "the adapter changes the greedy output"
 
 
-@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int4"])
 def test_greedy_on_auto_opt_export(olive_host, hf_model, tmp_path, prompt_ids, transformers_ids, precision):
-    """auto-opt's own export: the ids of onnxruntime-genai on it (fp16: float16 KV cache and logits), and in
-    fp32 transformers' ids as well."""
+    """auto-opt's own export: the ids of onnxruntime-genai on it (fp16: float16 KV cache and logits; int4:
+    MatMulNBits), and in fp32 transformers' ids as well."""
     model = auto_opt(olive_host, hf_model, tmp_path / "ao", "--precision", precision)
     ids, _ = olive_greedy(olive_host, model)
     assert ids == genai_greedy(model, prompt_ids, None), "olive-host generate vs onnxruntime-genai"
