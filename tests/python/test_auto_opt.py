@@ -11,7 +11,8 @@
   within PPL_RATIO of the fp32 export's (onnxruntime-genai's own int4 export of the default model measured 1.32x,
   ours 1.24x: 17.16 and 16.15 vs 13.02);
 - with --adapter_path (a PEFT adapter, init_lora_weights=False): ExtractAdapters' layout, and onnxruntime-genai 0.18
-  and 0.5.2 give transformers+PEFT's greedy tokens with the adapter active and the base model's without it;
+  and 0.5.2 give transformers+PEFT's greedy tokens with the adapter active and the base model's without it, and
+  the lab's app.py runs unchanged on it under 0.5.2;
   ModelBuilder alone (LoRA weights still initializers) matches PEFT's logits on the tiny phi3, whose fused
   qkv_proj / gate_up_proj adapters are split;
 - bad input: an unknown device/provider pair lists the valid ones; a non-empty output needs --overwrite; a head
@@ -27,7 +28,7 @@ import numpy as np
 import onnx
 import pytest
 
-from lab_app import genai_greedy
+from lab_app import genai_greedy, run_lab_app
 from onnx_parity import hf_logits, max_abs_diff, ort_logits
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -301,6 +302,8 @@ def test_adapter_export_runs_in_genai(olive_host: Path, default_gguf: Path, defa
             ours.append(int(generator.get_next_tokens()[0]))
         assert ours == ref, f"adapter active: {active}"
     assert genai_greedy(genai05_python, onnx_dir, prompt, len(lora_ref), adapter=adapter_file) == lora_ref
+    # the lab's client, unchanged, under 0.5.2 (it fails the test on an error or an empty answer)
+    print("lab app answer:", run_lab_app(genai05_python, onnx_dir, tmp_path / "lab")[:200])
 
 
 def test_phi3_fused_lora_matches_peft(olive_host: Path, default_hf: Path, tmp_path: Path):
