@@ -401,3 +401,59 @@ def test_genai_builder_export_with_our_adapters(lora_graph, olive_host, tmp_path
         tokens[label] = greedy_og(export, prompt, steps, og_adapter)
         assert tokens[label] == greedy_peft(base, peft_adapter, prompt, steps), label
     assert len({tuple(t) for t in tokens.values()}) == 3, "each adapter changes the output"
+
+
+# The lab's API (onnxruntime-genai 0.5.2): params.input_ids, compute_logits; prints the greedy ids as JSON.
+GENAI05_SCRIPT = """
+import json, sys
+import onnxruntime_genai as og
+model_dir, adapter_file, prompt, steps = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), int(sys.argv[4])
+model = og.Model(model_dir)
+adapters = og.Adapters(model)
+adapters.load(adapter_file, "a")
+params = og.GeneratorParams(model)
+params.set_search_options(max_length=len(prompt) + steps, do_sample=False)
+params.input_ids = prompt
+generator = og.Generator(model, params)
+generator.set_active_adapter(adapters, "a")
+tokens = []
+while not generator.is_done():
+    generator.compute_logits()
+    generator.generate_next_token()
+    tokens.append(int(generator.get_next_tokens()[0]))
+print(json.dumps(tokens))
+"""
+
+
+def test_auto_opt_export_runs_further_adapters(olive_host, genai05_python, tmp_path):
+    """auto-opt --adapter_path exports tiny Qwen2 with one adapter; convert-adapters turns a second one (another
+    rank, fewer modules) into a file for that export; onnxruntime-genai 0.18 and 0.5.2 run both like PEFT."""
+    base = tmp_path / "base"
+    shutil.copytree(golden("qwen2"), base)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(golden("smollm2") / name, base / name)
+    first, second = tmp_path / "first", tmp_path / "second"
+    make_adapter(base, first, LLAMA_TARGETS, seed=3)
+    make_adapter(base, second, ["q_proj", "v_proj", "down_proj"], seed=4, r=2, lora_alpha=6)
+    result = subprocess.run(
+        [str(olive_host), "auto-opt", "--model_name_or_path", str(base), "--adapter_path", str(first),
+         "--output_path", str(tmp_path / "ao"), "--device", "cpu", "--provider", "CPUExecutionProvider",
+         "--use_ort_genai"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    export = tmp_path / "ao" / "model"
+    result = convert_adapters(olive_host, second, tmp_path / "second.onnx_adapter", "--base_model", str(export))
+    assert result.returncode == 0, result.stderr
+    # The export's LoRA inputs are all in the file: those `second` lacks as zeros of its rank.
+    assert sorted(read_with_ort(tmp_path / "second.onnx_adapter")) == sorted(
+        read_with_ort(export / "adapter_weights.onnx_adapter"))
+
+    prompt, steps = [1, 5, 9, 13, 21], 16
+    first_ids = greedy_og(export, prompt, steps, (export / "adapter_weights.onnx_adapter", "first"))
+    second_ids = greedy_og(export, prompt, steps, (tmp_path / "second.onnx_adapter", "second"))
+    assert first_ids == greedy_peft(base, first, prompt, steps)
+    assert second_ids == greedy_peft(base, second, prompt, steps)
+    assert first_ids != second_ids
+    lab = subprocess.run([str(genai05_python), "-c", GENAI05_SCRIPT, str(export), str(tmp_path / "second.onnx_adapter"),
+                          json.dumps(prompt), str(steps)], capture_output=True, text=True, timeout=300)
+    assert lab.returncode == 0, lab.stderr
+    assert json.loads(lab.stdout) == second_ids
