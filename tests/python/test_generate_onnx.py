@@ -5,7 +5,7 @@ onnxruntime-genai 0.18 and transformers on the default model:
   greedy generate, without the adapter and with it (genai's set_active_adapter, a PEFT model in
   transformers), and the two differ; on `olive-host auto-opt`'s own exports (fp32, fp16, int4; no adapter) too;
 - `--do_sample --seed 1` twice gives the same text, another seed another text;
-- a missing adapter file or a missing ONNX Runtime library is a clear error.
+- a missing adapter file, a missing ONNX Runtime library, or --adapter on a Hugging Face folder is a clear error.
 
 The adapter export: `olive-host auto-opt --adapter_path` of the default model with a PEFT LoRA adapter (q_proj,
 v_proj, r=8, random init so it changes the output): model.onnx whose LoRA weights are graph inputs with empty
@@ -185,7 +185,7 @@ def test_sampling_is_reproducible_with_a_seed(olive_host, onnx_model):
     assert sample(2) != first
 
 
-def test_bad_adapter_and_missing_runtime_are_clear_errors(olive_host, onnx_model, tmp_path):
+def test_bad_adapter_and_missing_runtime_are_clear_errors(olive_host, onnx_model, hf_model, tmp_path):
     missing = tmp_path / "nope.onnx_adapter"
     run = generate(olive_host, onnx_model, "--adapter", str(missing))
     assert run.returncode != 0
@@ -196,3 +196,8 @@ def test_bad_adapter_and_missing_runtime_are_clear_errors(olive_host, onnx_model
     assert run.returncode != 0
     assert "ORT_DYLIB_PATH" in run.stderr and "scripts/install.sh" in run.stderr, run.stderr
     assert "panicked" not in run.stderr, run.stderr
+
+    # The CPU transformer (a Hugging Face folder) decodes greedily only.
+    run = generate(olive_host, hf_model, "--adapter", str(onnx_model / ADAPTER_FILE))
+    assert run.returncode != 0
+    assert "ONNX folder" in run.stderr and "panicked" not in run.stderr, run.stderr
