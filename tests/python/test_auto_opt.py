@@ -329,3 +329,20 @@ def test_phi3_fused_lora_matches_peft(olive_host: Path, default_hf: Path, tmp_pa
     diff = max_abs_diff(ort_logits(tmp_path / "onnx", prompt, DECODE_STEPS), hf_logits(merged, prompt, DECODE_STEPS))
     print(f"phi3 + LoRA: max |logits diff| = {diff:.2e}")
     assert diff <= LOGITS_TOL
+
+
+def test_phi3_longrope_greedy_in_genai(olive_host: Path, default_hf: Path, genai05_python: Path, tmp_path: Path):
+    """Past original_max_position_embeddings (32) the If picks the long caches, under 0.18 and 0.5.2 alike."""
+    import sys
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    hf = with_tokenizer(GOLDEN / "phi3_longrope" / "model", default_hf, tmp_path / "hf")
+    onnx_dir = export(olive_host, hf, tmp_path / "ao")
+    prompt = list(range(3, 43))  # 40 tokens, none of them pad (0)
+    model = AutoModelForCausalLM.from_pretrained(str(hf), dtype=torch.float32)
+    with torch.no_grad():
+        ref = model.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False)[0, len(prompt):].tolist()
+    assert genai_greedy(Path(sys.executable), onnx_dir, prompt, 12) == ref
+    assert genai_greedy(genai05_python, onnx_dir, prompt, 12) == ref

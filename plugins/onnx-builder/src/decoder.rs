@@ -1,6 +1,7 @@
 //! The decoder graph onnxruntime-genai's model builder writes for the Llama family (builders/base.py:
 //! `make_model`, `make_layer`, `make_attention`, `make_mlp`, `make_rotary_embedding_caches`): Gather
-//! embedding, (Skip)SimplifiedLayerNormalization, packed QKV into com.microsoft GroupQueryAttention with
+//! embedding, the first RMSNorm in standard ops (so onnx.checker passes) and com.microsoft
+//! SkipSimplifiedLayerNormalization after it, packed QKV into com.microsoft GroupQueryAttention with
 //! rotary inside, SwiGLU as Sigmoid·Mul·Mul, lm_head MatMul. Phi-3's LongRoPE gets short and long cos/sin
 //! caches chosen by an If on the total sequence length.
 
