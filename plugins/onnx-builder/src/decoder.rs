@@ -114,6 +114,7 @@ impl Decoder<'_> {
                 vec![],
             )
             .map_err(failed)?;
+        drop(embed);
         let eps = attr_float("epsilon", c.rms_norm_eps as f32);
         let mut residual = String::new();
         for l in 0..c.num_hidden_layers {
@@ -156,12 +157,13 @@ impl Decoder<'_> {
             vec![eps],
         )
         .map_err(failed)?;
-        let lm_head = if c.tie_word_embeddings {
-            embed
+        // tied: the embedding again (read anew rather than kept through every layer)
+        let lm_head_name = if c.tie_word_embeddings {
+            "model.embed_tokens.weight"
         } else {
-            drop(embed);
-            self.tensor("lm_head.weight", &[c.vocab_size, c.hidden_size])?
+            "lm_head.weight"
         };
+        let lm_head = self.tensor(lm_head_name, &[c.vocab_size, c.hidden_size])?;
         let spec = LinearSpec {
             basename: "/lm_head".into(),
             weight: lm_head,
