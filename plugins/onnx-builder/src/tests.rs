@@ -265,6 +265,18 @@ fn int4_puts_every_linear_in_matmulnbits() {
         .iter()
         .find(|n| n.output.iter().any(|o| o == "logits"));
     assert_eq!(logits.and_then(|n| n.op_type.as_deref()), Some("Identity"));
+    // symmetric by default (no zero points); asymmetric adds them as a 4th input
+    assert_eq!(nbits[0].input.len(), 3);
+    let m = export(
+        input.path(),
+        out.path(),
+        r#"{"precision": "int4", "int4_is_symmetric": false, "int4_accuracy_level": 1}"#,
+    )
+    .unwrap();
+    let nbits = nodes(&m, "MatMulNBits");
+    assert_eq!(nbits[0].input.len(), 4);
+    assert!(nbits[0].input[3].ends_with("_zero_points"));
+    assert_eq!(attr(nbits[0], "accuracy_level"), Some(1));
 }
 
 #[test]
