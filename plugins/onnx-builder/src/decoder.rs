@@ -5,6 +5,8 @@
 //! rotary inside, SwiGLU as Sigmoid·Mul·Mul, lm_head MatMul. Phi-3's LongRoPE gets short and long cos/sin
 //! caches chosen by an If on the total sequence length.
 
+use std::cell::RefCell;
+
 use olive_model::{Architecture, Checkpoint, ModelConfig, RopeScaling};
 use olive_nn::rope::Rope;
 use olive_onnx::graph::{attr_float, attr_graph, attr_int, node, value_info, Dim, GraphBuilder};
@@ -20,7 +22,8 @@ pub const OPSETS: &[(&str, i64)] = &[("", 21), ("com.microsoft", 1)];
 /// Builds the whole decoder into `g`.
 pub struct Decoder<'a> {
     pub config: &'a ModelConfig,
-    pub checkpoint: &'a Checkpoint,
+    /// The open checkpoint; reopened after each layer so the pages of layers already written leave memory.
+    pub checkpoint: RefCell<Checkpoint>,
     pub linears: Linears,
 }
 
@@ -32,6 +35,7 @@ impl Decoder<'_> {
     fn tensor(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, Error> {
         Ok(self
             .checkpoint
+            .borrow()
             .tensor_f32_shaped(name, shape)
             .map_err(|e| Error::UnsupportedModel(e.to_string()))?
             .data)
@@ -138,6 +142,7 @@ impl Decoder<'_> {
             let (normed, sum) = self.skip_norm(g, &base, &residual, &attn, &w)?;
             residual = sum;
             hidden = self.mlp(g, l, &normed)?;
+            self.release_pages()?;
             ctx.progress(
                 l as u64 + 1,
                 c.num_hidden_layers as u64 + 1,
@@ -178,6 +183,15 @@ impl Decoder<'_> {
             c.num_hidden_layers as u64 + 1,
             "lm_head",
         );
+        Ok(())
+    }
+
+    /// Reopens the checkpoint: unmapping it drops the pages read so far from this process's memory.
+    fn release_pages(&self) -> Result<(), Error> {
+        let folder = self.checkpoint.borrow().folder().to_path_buf();
+        let fresh =
+            Checkpoint::open(&folder).map_err(|e| Error::UnsupportedModel(e.to_string()))?;
+        *self.checkpoint.borrow_mut() = fresh;
         Ok(())
     }
 

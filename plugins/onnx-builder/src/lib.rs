@@ -8,6 +8,7 @@ pub mod special_tokens;
 #[cfg(test)]
 mod tests;
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -161,7 +162,7 @@ impl Pass for ModelBuilder {
         let mut g = GraphBuilder::create(&out, "model.onnx").map_err(failed)?;
         let decoder = Decoder {
             config: &hf,
-            checkpoint: &checkpoint,
+            checkpoint: RefCell::new(checkpoint),
             linears: Linears { dtype, nbits, lora },
         };
         if let Err(e) = decoder.build(&mut g, ctx) {
