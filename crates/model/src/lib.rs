@@ -6,6 +6,7 @@ pub mod config;
 pub mod convert;
 pub mod error;
 pub mod gguf;
+pub mod quantized;
 pub mod tokenizer;
 
 pub use checkpoint::Checkpoint;

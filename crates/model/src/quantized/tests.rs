@@ -1,0 +1,270 @@
+//! Tests of the AWQ GEMM and GPTQ v1 layouts: known words, pack → safetensors → read round trips, errors.
+
+use super::*;
+use safetensors::tensor::TensorView;
+use serde_json::json;
+
+/// A deterministic linear: levels and zeros < 2^bits (zeros ≥ 1), fp16-exact scales.
+fn linear(bits: u8, group_size: usize, k: usize, n: usize) -> QuantizedLinear {
+    let groups = k.div_ceil(group_size);
+    let levels = 1u32 << bits;
+    let mut seed = 12345u32;
+    let mut next = || {
+        seed = seed.wrapping_mul(1664525).wrapping_add(1013904223);
+        seed >> 8
+    };
+    QuantizedLinear {
+        bits,
+        group_size,
+        in_features: k,
+        out_features: n,
+        q: (0..n * k).map(|_| (next() % levels) as u8).collect(),
+        scales: (0..n * groups)
+            .map(|_| (next() % 64 + 1) as f32 / 256.0)
+            .collect(),
+        zeros: (0..n * groups)
+            .map(|_| (next() % (levels - 1) + 1) as u8)
+            .collect(),
+        g_idx: None,
+    }
+}
+
+/// Writes `prefix.<tensor>` into model.safetensors of a fresh folder and opens it.
+fn checkpoint(prefix: &str, tensors: &[PackedTensor]) -> (tempfile::TempDir, Checkpoint) {
+    let dir = tempfile::tempdir().unwrap();
+    let views: Vec<(String, TensorView)> = tensors
+        .iter()
+        .map(|(n, d, s, b)| {
+            (
+                format!("{prefix}.{n}"),
+                TensorView::new(*d, s.clone(), b).unwrap(),
+            )
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, &dir.path().join("model.safetensors")).unwrap();
+    let ckpt = Checkpoint::open(dir.path()).unwrap();
+    (dir, ckpt)
+}
+
+fn config(q: Value) -> QuantizationConfig {
+    QuantizationConfig::from_value(Path::new("config.json"), &q).unwrap()
+}
+
+fn awq(group: usize) -> QuantizationConfig {
+    config(
+        json!({"quant_method": "awq", "bits": 4, "group_size": group, "zero_point": true, "version": "gemm"}),
+    )
+}
+
+fn gptq(bits: u8, group: i64, desc_act: bool) -> QuantizationConfig {
+    config(
+        json!({"quant_method": "gptq", "bits": bits, "group_size": group, "desc_act": desc_act, "sym": false}),
+    )
+}
+
+#[test]
+fn awq_nibble_order_is_autoawq_interleaved() {
+    // one input row, 8 outputs with levels 0..7, 1 group of 1 input
+    let l = QuantizedLinear {
+        bits: 4,
+        group_size: 1,
+        in_features: 1,
+        out_features: 8,
+        q: (0..8).collect(),
+        scales: vec![1.0; 8],
+        zeros: (1..9).collect(),
+        g_idx: None,
+    };
+    let packed = pack_awq_gemm(&l).unwrap();
+    // nibble i holds column [0, 2, 4, 6, 1, 3, 5, 7][i]
+    assert_eq!(packed[0].3, 0x7531_6420u32.to_le_bytes());
+    assert_eq!(packed[1].3, 0x8642_7531u32.to_le_bytes());
+}
+
+#[test]
+fn awq_round_trip() {
+    let l = linear(4, 8, 32, 24);
+    let (_d, ckpt) = checkpoint("m.q_proj", &pack_awq_gemm(&l).unwrap());
+    let back = quantized_linear(&ckpt, "m.q_proj", &awq(8)).unwrap();
+    assert_eq!(back, l);
+    let w = back.dequantize();
+    let (o, i) = (5, 17);
+    let g = o * 4 + i / 8;
+    assert_eq!(
+        w[o * 32 + i],
+        (l.q[o * 32 + i] as f32 - l.zeros[g] as f32) * l.scales[g]
+    );
+}
+
+#[test]
+fn awq_writer_refuses_ragged_group_reader_accepts_ceil_rows() {
+    let l = linear(4, 16, 24, 8);
+    let err = pack_awq_gemm(&l).unwrap_err().to_string();
+    assert!(err.contains("does not divide in_features 24"), "{err}");
+    // a ragged AWQ folder has ceil(24/16) = 2 scale rows: qweight from a one-group packing of the same
+    // levels, qzeros/scales from a 32-input packing of the same 2 groups
+    let mut tensors = pack_awq_gemm(&QuantizedLinear {
+        group_size: 24,
+        scales: vec![1.0; 8],
+        zeros: vec![1; 8],
+        ..l.clone()
+    })
+    .unwrap();
+    let groups = pack_awq_gemm(&QuantizedLinear {
+        in_features: 32,
+        q: vec![0; 8 * 32],
+        ..l.clone()
+    })
+    .unwrap();
+    tensors[1] = groups[1].clone();
+    tensors[2] = groups[2].clone();
+    let (_d, ckpt) = checkpoint("m.o", &tensors);
+    let back = quantized_linear(&ckpt, "m.o", &awq(16)).unwrap();
+    assert_eq!(back, l);
+    assert_eq!(back.n_groups(), 2);
+}
+
+#[test]
+fn gptq_v1_stores_zero_minus_one_packed_along_input() {
+    // 8 inputs x 8 outputs, per channel; level of (o, i) = i, zero 8
+    let l = QuantizedLinear {
+        bits: 4,
+        group_size: 8,
+        in_features: 8,
+        out_features: 8,
+        q: (0..64).map(|x| (x % 8) as u8).collect(),
+        scales: vec![0.5; 8],
+        zeros: vec![8; 8],
+        g_idx: None,
+    };
+    let packed = pack_gptq_v1(&l).unwrap();
+    assert_eq!(packed[0].2, vec![1, 8]);
+    assert_eq!(packed[0].3[..4], 0x7654_3210u32.to_le_bytes());
+    assert_eq!(packed[1].3, 0x7777_7777u32.to_le_bytes());
+}
+
+#[test]
+fn gptq_round_trips_bits_ragged_and_act_order() {
+    for bits in [2u8, 4, 8] {
+        // ragged: 48 inputs in groups of 32 -> 2 groups, the last of 16
+        let l = linear(bits, 32, 48, 16);
+        let (_d, ckpt) = checkpoint("m.down", &pack_gptq_v1(&l).unwrap());
+        let back = quantized_linear(&ckpt, "m.down", &gptq(bits, 32, false)).unwrap();
+        assert_eq!(back, l, "bits {bits}");
+    }
+    let mut l = linear(4, 16, 32, 8);
+    l.g_idx = Some((0..32).map(|i| (i % 2) as u32).collect());
+    let (_d, ckpt) = checkpoint("m.up", &pack_gptq_v1(&l).unwrap());
+    let back = quantized_linear(&ckpt, "m.up", &gptq(4, 16, true)).unwrap();
+    assert_eq!(back, l);
+    let w = back.dequantize();
+    assert_eq!(
+        w[3 * 32 + 5],
+        (l.q[3 * 32 + 5] as f32 - l.zeros[3 * 2 + 1] as f32) * l.scales[3 * 2 + 1]
+    );
+}
+
+#[test]
+fn gptq_per_channel_and_v2() {
+    let l = linear(4, 32, 32, 8);
+    let (_d, ckpt) = checkpoint("m.k", &pack_gptq_v1(&l).unwrap());
+    assert_eq!(
+        quantized_linear(&ckpt, "m.k", &gptq(4, -1, false)).unwrap(),
+        l
+    );
+    let v2 = config(
+        json!({"quant_method": "gptq", "bits": 4, "group_size": -1, "checkpoint_format": "gptq_v2"}),
+    );
+    let back = quantized_linear(&ckpt, "m.k", &v2).unwrap();
+    assert_eq!(
+        back.zeros,
+        l.zeros.iter().map(|z| z - 1).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn concat_and_rows_split_outputs() {
+    let (a, b) = (linear(4, 8, 16, 8), linear(4, 8, 16, 16));
+    let ab = QuantizedLinear::concat(&[a.clone(), b.clone()]).unwrap();
+    assert_eq!(ab.out_features, 24);
+    assert_eq!(ab.rows(0, 8), a);
+    assert_eq!(ab.rows(8, 24), b);
+    assert!(QuantizedLinear::concat(&[a, linear(4, 4, 16, 8)]).is_none());
+}
+
+#[test]
+fn writer_errors() {
+    let mut l = linear(4, 8, 16, 8);
+    l.zeros[0] = 0;
+    assert!(pack_gptq_v1(&l)
+        .unwrap_err()
+        .to_string()
+        .contains("zero point 0"));
+    assert!(pack_awq_gemm(&linear(4, 8, 16, 4))
+        .unwrap_err()
+        .to_string()
+        .contains("multiple of 8"));
+    let mut l = linear(4, 8, 16, 8);
+    l.q[3] = 16;
+    assert!(pack_awq_gemm(&l)
+        .unwrap_err()
+        .to_string()
+        .contains("does not fit 4 bits"));
+}
+
+#[test]
+fn reader_errors_name_tensor_and_expectation() {
+    let mut tensors = pack_awq_gemm(&linear(4, 8, 16, 8)).unwrap();
+    tensors[0].1 = Dtype::F32;
+    let (_d, ckpt) = checkpoint("m.q", &tensors);
+    let err = quantized_linear(&ckpt, "m.q", &awq(8))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("m.q.qweight") && err.contains("expected I32 [16, 1]"),
+        "{err}"
+    );
+    let tensors = pack_awq_gemm(&linear(4, 8, 16, 8)).unwrap();
+    let (_d, ckpt) = checkpoint("m.q", &tensors);
+    let err = quantized_linear(&ckpt, "m.q", &awq(4))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("m.q.scales") && err.contains("expected shape [4, 8]"),
+        "{err}"
+    );
+}
+
+#[test]
+fn config_errors_and_fields() {
+    let bad = |q: Value| {
+        QuantizationConfig::from_value(Path::new("config.json"), &q)
+            .unwrap_err()
+            .to_string()
+    };
+    assert!(
+        bad(json!({"quant_method": "bitsandbytes", "bits": 4})).contains("not \"bitsandbytes\"")
+    );
+    assert!(
+        bad(json!({"quant_method": "gptq", "bits": 3, "group_size": 128}))
+            .contains("quantization_config.bits")
+    );
+    assert!(
+        bad(json!({"quant_method": "awq", "bits": 4, "group_size": 128, "version": "gemv"}))
+            .contains("version")
+    );
+    assert!(bad(json!({"quant_method": "awq", "bits": 4})).contains("group_size"));
+    let c = config(
+        json!({"quant_method": "awq", "w_bit": 4, "q_group_size": 64, "zero_point": false,
+                          "modules_to_not_convert": ["lm_head"]}),
+    );
+    assert_eq!(
+        (c.method, c.bits, c.group_size, c.sym),
+        (QuantMethod::AwqGemm, 4, Some(64), true)
+    );
+    assert_eq!(c.modules_to_not_convert, vec!["lm_head".to_string()]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.json");
+    std::fs::write(&path, r#"{"model_type": "llama"}"#).unwrap();
+    assert_eq!(QuantizationConfig::from_config_json(&path).unwrap(), None);
+}
