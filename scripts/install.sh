@@ -4,6 +4,7 @@
 #   scripts/install.sh test   the same plus the test venv (tests/python/requirements.txt)
 # Writes target/olive-env.sh, which exports the paths the Makefile, the tests and the lab use.
 set -euo pipefail
+shopt -s inherit_errexit
 
 mode=${1:-lab}
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -46,31 +47,26 @@ fetch_wheel "onnxruntime==$ort_version" "$ort_dir"
 ort_lib=$(find "$ort_dir/onnxruntime/capi" -name "libonnxruntime.so.*" | head -n 1)
 [ -n "$ort_lib" ] || { log "error: libonnxruntime.so missing from the onnxruntime wheel"; exit 1; }
 
-req=$root/tests/python/requirements.txt
-venv=$cache/venv-$(sha256sum "$req" | cut -c1-16)
-if [ "$mode" = test ] && [ ! -f "$venv/.complete" ]; then
-    log "building the test venv $venv (torch pulls its CUDA wheels: a few GB)"
-    rm -rf "$venv"
-    "$python" -m venv "$venv"
-    "$venv/bin/python" -m pip install --quiet --upgrade pip
-    "$venv/bin/python" -m pip install --quiet -r "$req"
-    touch "$venv/.complete"
-fi
-# The lab set-up does not need the venv; it is named only where it is complete.
-[ -f "$venv/.complete" ] || venv=""
-
-# A second venv with onnxruntime-genai 0.5.2, the API the lab's app.py is written against (see that file).
-req05=$root/tests/python/requirements-genai05.txt
-venv05=$cache/venv-genai05-$(sha256sum "$req05" | cut -c1-16)
-if [ "$mode" = test ] && [ ! -f "$venv05/.complete" ]; then
-    log "building the onnxruntime-genai 0.5.2 venv $venv05"
-    rm -rf "$venv05"
-    "$python" -m venv "$venv05"
-    "$venv05/bin/python" -m pip install --quiet --upgrade pip
-    "$venv05/bin/python" -m pip install --quiet -r "$req05"
-    touch "$venv05/.complete"
-fi
-[ -f "$venv05/.complete" ] || venv05=""
+# Echoes the venv made from requirements file $1 under the name $2-<hash of the file>; builds it in test mode.
+# The lab set-up needs no venv: a venv is named only where it is complete.
+venv_for() {
+    local req=$1 venv
+    venv=$cache/$2-$(sha256sum "$req" | cut -c1-16)
+    if [ "$mode" = test ] && [ ! -f "$venv/.complete" ]; then
+        log "building the venv $venv from $(basename "$req")"
+        rm -rf "$venv"
+        "$python" -m venv "$venv"
+        "$venv/bin/python" -m pip install --quiet --upgrade pip >&2
+        "$venv/bin/python" -m pip install --quiet -r "$req" >&2
+        touch "$venv/.complete"
+    fi
+    [ -f "$venv/.complete" ] && echo "$venv"
+    return 0
+}
+# The real consumers (torch pulls its CUDA wheels: a few GB).
+venv=$(venv_for "$root/tests/python/requirements.txt" venv)
+# onnxruntime-genai 0.5.2, the API the lab's app.py is written against (see that file).
+venv05=$(venv_for "$root/tests/python/requirements-genai05.txt" venv-genai05)
 
 log "building olive-host (release)"
 (cd "$root" && cargo build --release --workspace --quiet)

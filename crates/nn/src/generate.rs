@@ -7,16 +7,7 @@ use tokenizers::Tokenizer;
 use crate::error::{NnError, Result};
 use crate::model::Transformer;
 
-/// Index of the largest logit; the first one on ties, like `torch.argmax`.
-pub fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0usize;
-    for (i, v) in logits.iter().enumerate() {
-        if *v > logits[best] {
-            best = i;
-        }
-    }
-    best as u32
-}
+pub use olive_kernels::cpu::argmax;
 
 impl Transformer {
     /// Greedy generation from `prompt` until the sequence (prompt included) reaches `max_length`

@@ -23,16 +23,7 @@ pub struct SearchOptions {
     pub eos_token_ids: Vec<u32>,
 }
 
-/// Index of the largest logit; the first one on ties, like `torch.argmax`.
-pub fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0usize;
-    for (i, v) in logits.iter().enumerate() {
-        if *v > logits[best] {
-            best = i;
-        }
-    }
-    best as u32
-}
+pub use olive_kernels::cpu::argmax;
 
 /// Picks next tokens from logits according to [`SearchOptions`].
 #[derive(Debug)]
@@ -228,12 +219,6 @@ mod tests {
     fn draws(options: &SearchOptions, n: usize) -> Vec<u32> {
         let mut sampler = Sampler::new(options).expect("valid options");
         (0..n).map(|_| sampler.next(&LOGITS)).collect()
-    }
-
-    #[test]
-    fn argmax_takes_the_first_of_ties() {
-        assert_eq!(argmax(&[0.0, 2.0, 1.0, 2.0]), 1);
-        assert_eq!(argmax(&[-1.0]), 0);
     }
 
     #[test]

@@ -84,7 +84,7 @@ pub struct AutoOptArgs {
     #[arg(long)]
     pub overwrite: bool,
     /// Cancel the export after this many seconds.
-    #[arg(long, value_parser = parse_seconds)]
+    #[arg(long, value_parser = super::parse_seconds)]
     pub timeout: Option<Duration>,
 }
 
@@ -208,15 +208,6 @@ fn refuse_non_empty(path: &Path, overwrite: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn parse_seconds(text: &str) -> Result<Duration, String> {
-    let seconds: f64 = text
-        .parse()
-        .map_err(|_| format!("`{text}` is not a number of seconds"))?;
-    if !(seconds.is_finite() && seconds > 0.0) {
-        return Err(format!("`{text}` must be a positive number of seconds"));
-    }
-    Ok(Duration::from_secs_f64(seconds))
-}
 
 #[cfg(test)]
 mod tests {

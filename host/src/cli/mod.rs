@@ -50,3 +50,14 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         Command::Worker(args) => worker::run(args),
     }
 }
+
+/// Parses a positive number of seconds (a flag's value).
+fn parse_seconds(text: &str) -> Result<std::time::Duration, String> {
+    let seconds: f64 = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number of seconds"))?;
+    if !(seconds.is_finite() && seconds > 0.0) {
+        return Err(format!("`{text}` must be a positive number of seconds"));
+    }
+    Ok(std::time::Duration::from_secs_f64(seconds))
+}

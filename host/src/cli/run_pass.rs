@@ -39,10 +39,10 @@ pub struct RunPassArgs {
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// Cancel the pass after this many seconds.
-    #[arg(long, value_parser = parse_seconds)]
+    #[arg(long, value_parser = super::parse_seconds)]
     pub timeout: Option<Duration>,
     /// Seconds a cancelled pass may take to stop before its worker is killed.
-    #[arg(long = "cancel_grace", value_parser = parse_seconds, default_value = "5")]
+    #[arg(long = "cancel_grace", value_parser = super::parse_seconds, default_value = "5")]
     pub cancel_grace: Duration,
 }
 
@@ -153,12 +153,3 @@ fn guess_kind(path: &Path) -> anyhow::Result<String> {
     )
 }
 
-fn parse_seconds(text: &str) -> Result<Duration, String> {
-    let seconds: f64 = text
-        .parse()
-        .map_err(|_| format!("`{text}` is not a number of seconds"))?;
-    if !(seconds.is_finite() && seconds > 0.0) {
-        return Err(format!("`{text}` must be a positive number of seconds"));
-    }
-    Ok(Duration::from_secs_f64(seconds))
-}

@@ -16,7 +16,7 @@ fn model(dir: &Path, config: &str, tensors: &[(&str, Dtype, &[usize])]) {
     fs::create_dir_all(dir).unwrap();
     fs::write(dir.join("config.json"), config).unwrap();
     let bytes: Vec<Vec<u8>> =
-        tensors.iter().map(|(_, d, shape)| vec![0u8; shape.iter().product::<usize>() * d.size()]).collect();
+        tensors.iter().map(|(_, d, shape)| vec![0u8; shape.iter().product::<usize>() * d.bitsize() / 8]).collect();
     let views: Vec<(String, TensorView)> = tensors
         .iter()
         .zip(&bytes)

@@ -1,6 +1,7 @@
 //! CPU kernels for the Llama-family decoder: dense matmul (`x · Wᵀ`, GEMV fast path), RMSNorm,
 //! rotate-half RoPE, softmax, SwiGLU's `silu(gate) * up`, and causal GQA attention over a KV cache.
 
+pub mod argmax;
 pub mod attention;
 mod dot;
 pub mod matmul;
@@ -12,6 +13,7 @@ pub mod softmax;
 #[cfg(test)]
 pub(crate) mod testutil;
 
+pub use argmax::argmax;
 pub use attention::{attention, attention_ref, AttentionDims};
 pub use matmul::{matmul, matmul_ref};
 pub use rmsnorm::{rmsnorm, rmsnorm_ref};
