@@ -7,6 +7,7 @@
 
 use std::cell::RefCell;
 
+use olive_model::quantized::{is_quantized, quantized_linear, QuantizationConfig};
 use olive_model::{Architecture, Checkpoint, ModelConfig, RopeScaling};
 use olive_nn::rope::Rope;
 use olive_onnx::graph::{attr_float, attr_graph, attr_int, node, value_info, Dim, GraphBuilder};
@@ -14,7 +15,7 @@ use olive_onnx::proto::GraphProto;
 use olive_onnx::tensor::DataType;
 use olive_pass_sdk::{Context, Error};
 
-use crate::linear::{failed, LinearSpec, Linears};
+use crate::linear::{failed, LinearSpec, Linears, Weight};
 
 /// Opsets of the model (opset 21: ONNX Runtime 1.20, under onnxruntime-genai 0.5.2, runs it).
 pub const OPSETS: &[(&str, i64)] = &[("", 21), ("com.microsoft", 1)];
@@ -25,6 +26,8 @@ pub struct Decoder<'a> {
     /// The open checkpoint; reopened after each layer so the pages of layers already written leave memory.
     pub checkpoint: RefCell<Checkpoint>,
     pub linears: Linears,
+    /// `quantization_config` of config.json: linears with `<prefix>.qweight` are read pre-quantized.
+    pub quant: Option<QuantizationConfig>,
 }
 
 fn sym(s: &str) -> Dim {
@@ -39,6 +42,30 @@ impl Decoder<'_> {
             .tensor_f32_shaped(name, shape)
             .map_err(|e| Error::UnsupportedModel(e.to_string()))?
             .data)
+    }
+
+    /// The weight of the linear at `prefix` (`model.layers.0.self_attn.q_proj`), [out, in] = `shape`: float
+    /// from `<prefix>.weight`, or pre-quantized when the checkpoint holds `<prefix>.qweight`.
+    fn linear_weight(&self, prefix: &str, shape: &[usize]) -> Result<Weight, Error> {
+        let ckpt = self.checkpoint.borrow();
+        match &self.quant {
+            Some(cfg) if is_quantized(&ckpt, prefix) => {
+                let q = quantized_linear(&ckpt, prefix, cfg)
+                    .map_err(|e| Error::UnsupportedModel(e.to_string()))?;
+                if [q.out_features, q.in_features] != shape {
+                    return Err(Error::UnsupportedModel(format!(
+                        "{prefix}.qweight: unpacks to [out, in] = [{}, {}], expected {shape:?} from config.json",
+                        q.out_features, q.in_features
+                    )));
+                }
+                Ok(Weight::Quantized(q))
+            }
+            _ => {
+                drop(ckpt);
+                self.tensor(&format!("{prefix}.weight"), shape)
+                    .map(Weight::Float)
+            }
+        }
     }
 
     fn dtype(&self) -> DataType {
@@ -164,11 +191,11 @@ impl Decoder<'_> {
         .map_err(failed)?;
         // tied: the embedding again (read anew rather than kept through every layer)
         let lm_head_name = if c.tie_word_embeddings {
-            "model.embed_tokens.weight"
+            "model.embed_tokens"
         } else {
-            "lm_head.weight"
+            "lm_head"
         };
-        let lm_head = self.tensor(lm_head_name, &[c.vocab_size, c.hidden_size])?;
+        let lm_head = self.linear_weight(lm_head_name, &[c.vocab_size, c.hidden_size])?;
         let spec = LinearSpec {
             basename: "/lm_head".into(),
             weight: lm_head,
@@ -491,18 +518,18 @@ impl Decoder<'_> {
         let (q_out, kv_out) = (h * hd, kv * hd);
         let hf = format!("model.layers.{l}.self_attn");
         let (q, k, v) = if c.architecture == Architecture::Phi3 {
-            let qkv = self.tensor(
-                &format!("{hf}.qkv_proj.weight"),
-                &[q_out + 2 * kv_out, hidden],
-            )?;
-            let (q, rest) = qkv.split_at(q_out * hidden);
-            let (k, v) = rest.split_at(kv_out * hidden);
-            (q.to_vec(), k.to_vec(), v.to_vec())
+            let qkv =
+                self.linear_weight(&format!("{hf}.qkv_proj"), &[q_out + 2 * kv_out, hidden])?;
+            (
+                qkv.rows(0, q_out, hidden),
+                qkv.rows(q_out, q_out + kv_out, hidden),
+                qkv.rows(q_out + kv_out, q_out + 2 * kv_out, hidden),
+            )
         } else {
             (
-                self.tensor(&format!("{hf}.q_proj.weight"), &[q_out, hidden])?,
-                self.tensor(&format!("{hf}.k_proj.weight"), &[kv_out, hidden])?,
-                self.tensor(&format!("{hf}.v_proj.weight"), &[kv_out, hidden])?,
+                self.linear_weight(&format!("{hf}.q_proj"), &[q_out, hidden])?,
+                self.linear_weight(&format!("{hf}.k_proj"), &[kv_out, hidden])?,
+                self.linear_weight(&format!("{hf}.v_proj"), &[kv_out, hidden])?,
             )
         };
         let biases = if c.attention_bias {
@@ -545,7 +572,7 @@ impl Decoder<'_> {
         } else {
             let spec = LinearSpec {
                 basename: format!("{base}/qkv_proj"),
-                weight: [q, k, v].concat(),
+                weight: Weight::concat(vec![q, k, v]),
                 out_features: q_out + 2 * kv_out,
                 in_features: hidden,
                 bias: biases.map(|(a, b, c)| [a, b, c].concat()),
@@ -581,7 +608,7 @@ impl Decoder<'_> {
             ],
         )
         .map_err(failed)?;
-        let o = self.tensor(&format!("{hf}.o_proj.weight"), &[hidden, q_out])?;
+        let o = self.linear_weight(&format!("{hf}.o_proj"), &[hidden, q_out])?;
         let spec = LinearSpec {
             basename: format!("{base}/o_proj"),
             weight: o,
@@ -599,18 +626,17 @@ impl Decoder<'_> {
         let (hidden, inter) = (c.hidden_size, c.intermediate_size);
         let hf = format!("model.layers.{l}.mlp");
         let (gate, up) = if c.architecture == Architecture::Phi3 {
-            let mut gu = self.tensor(&format!("{hf}.gate_up_proj.weight"), &[2 * inter, hidden])?;
-            let up = gu.split_off(inter * hidden);
-            (gu, up)
+            let gu = self.linear_weight(&format!("{hf}.gate_up_proj"), &[2 * inter, hidden])?;
+            (gu.rows(0, inter, hidden), gu.rows(inter, 2 * inter, hidden))
         } else {
             (
-                self.tensor(&format!("{hf}.gate_proj.weight"), &[inter, hidden])?,
-                self.tensor(&format!("{hf}.up_proj.weight"), &[inter, hidden])?,
+                self.linear_weight(&format!("{hf}.gate_proj"), &[inter, hidden])?,
+                self.linear_weight(&format!("{hf}.up_proj"), &[inter, hidden])?,
             )
         };
         let base = format!("/model/layers.{l}/mlp");
         let lin =
-            |name: &str, weight: Vec<f32>, out_features: usize, in_features: usize| LinearSpec {
+            |name: &str, weight: Weight, out_features: usize, in_features: usize| LinearSpec {
                 basename: format!("{base}/{name}"),
                 weight,
                 out_features,
@@ -643,7 +669,7 @@ impl Decoder<'_> {
         let prod = g
             .node("", "Mul", &format!("{base}/Mul"), &[&silu, &up], vec![])
             .map_err(failed)?;
-        let down = self.tensor(&format!("{hf}.down_proj.weight"), &[hidden, inter])?;
+        let down = self.linear_weight(&format!("{hf}.down_proj"), &[hidden, inter])?;
         self.linears
             .emit(g, lin("down_proj", down, hidden, inter), &prod)
     }

@@ -7,12 +7,15 @@ pub mod linear;
 pub mod special_tokens;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_quantized;
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use olive_model::adapter::{LoraAdapter, LoraWeights};
+use olive_model::quantized::QuantizationConfig;
 use olive_model::{Checkpoint, ModelConfig};
 use olive_onnx::extract_adapters::{extract_adapters_folder, ADAPTER_FILE};
 use olive_onnx::genai_config::{GenaiConfig, GenaiModel};
@@ -122,6 +125,8 @@ impl Pass for ModelBuilder {
         }
         let checkpoint =
             Checkpoint::open(dir).map_err(|e| Error::UnsupportedModel(e.to_string()))?;
+        let quant = QuantizationConfig::from_config_json(&dir.join("config.json"))
+            .map_err(|e| Error::UnsupportedModel(e.to_string()))?;
         let provider = match &config.execution_provider {
             Some(p) => p.clone(),
             None if ctx.device() == "gpu" => "CUDAExecutionProvider".into(),
@@ -164,6 +169,7 @@ impl Pass for ModelBuilder {
             config: &hf,
             checkpoint: RefCell::new(checkpoint),
             linears: Linears { dtype, nbits, lora },
+            quant,
         };
         if let Err(e) = decoder.build(&mut g, ctx) {
             g.discard();

@@ -1,14 +1,17 @@
 //! Linear layers as onnxruntime-genai's builder emits them (`make_matmul`, `make_matmul_lora`): MatMul with
 //! the weight transposed to [in, out], an Add for a bias, and the LoRA branch (x·A·B, scale folded into B)
 //! added to the base output. Every linear of the model goes through [`Linears::emit`]. With int4 the base
-//! MatMul is a com.microsoft MatMulNBits (`make_matmul_int4`); LoRA MatMuls stay float.
+//! MatMul is a com.microsoft MatMulNBits (`make_matmul_int4`); LoRA MatMuls stay float. A linear already
+//! quantized in the checkpoint (AWQ GEMM / GPTQ, `olive_model::quantized`) goes into MatMulNBits as it is
+//! (`pack_prequantized`, block size a divisor of its group size), never dequantized and requantized.
 
 use std::collections::BTreeMap;
 
 use olive_model::adapter::LoraWeights;
+use olive_model::quantized::QuantizedLinear;
 use olive_onnx::extract_adapters::{emit_lora, LoraBranch};
 use olive_onnx::graph::GraphBuilder;
-use olive_onnx::matmul_nbits::{quantize, NBitsConfig};
+use olive_onnx::matmul_nbits::{block_size_for_group, pack_prequantized, quantize, NBitsConfig};
 use olive_onnx::tensor::{float_bytes, transpose, DataType};
 use olive_pass_sdk::Error;
 
@@ -18,13 +21,58 @@ pub struct LinearSpec {
     /// ONNX basename, e.g. `/model/layers.0/attn/qkv_proj`; nodes are `<basename>/MatMul`, `<basename>/Add`.
     pub basename: String,
     /// weight: [out, in] (PyTorch's layout), already fused or split as the graph needs.
-    pub weight: Vec<f32>,
+    pub weight: Weight,
     pub out_features: usize,
     pub in_features: usize,
     /// bias: [out].
     pub bias: Option<Vec<f32>>,
     /// Name of the last node's output, instead of `<node>/output_0` (`logits`).
     pub output: Option<String>,
+}
+
+/// A linear's weight as the checkpoint holds it.
+#[derive(Debug, Clone)]
+pub enum Weight {
+    /// Float: [out, in].
+    Float(Vec<f32>),
+    /// Pre-quantized levels, scales and zero points (AWQ / GPTQ checkpoints).
+    Quantized(QuantizedLinear),
+}
+
+impl Weight {
+    /// Rows `start..end` of the output dim; `in_features` is the row length.
+    pub fn rows(&self, start: usize, end: usize, in_features: usize) -> Weight {
+        match self {
+            Weight::Float(w) => Weight::Float(w[start * in_features..end * in_features].to_vec()),
+            Weight::Quantized(q) => Weight::Quantized(q.rows(start, end)),
+        }
+    }
+
+    /// Stacks weights over the output dim (q, k, v into qkv). Quantized parts stay quantized when they share
+    /// bits and groups; otherwise every part is dequantized to float.
+    pub fn concat(parts: Vec<Weight>) -> Weight {
+        let quantized: Vec<QuantizedLinear> = parts
+            .iter()
+            .filter_map(|p| match p {
+                Weight::Quantized(q) => Some(q.clone()),
+                Weight::Float(_) => None,
+            })
+            .collect();
+        if quantized.len() == parts.len() {
+            if let Some(q) = QuantizedLinear::concat(&quantized) {
+                return Weight::Quantized(q);
+            }
+        }
+        Weight::Float(parts.into_iter().flat_map(Weight::into_float).collect())
+    }
+
+    /// The float weight [out, in] (dequantized if quantized).
+    pub fn into_float(self) -> Vec<f32> {
+        match self {
+            Weight::Float(w) => w,
+            Weight::Quantized(q) => q.dequantize(),
+        }
+    }
 }
 
 /// Emits linears in the model's float type.
@@ -51,10 +99,16 @@ impl Linears {
         let lora = self.lora.get(&module);
         let last_is_matmul = spec.bias.is_none() && lora.is_none();
         let weight_name = format!("{module}.MatMul.weight");
-        let mut out = match &self.nbits {
-            Some(nbits) => {
-                let q = quantize(&spec.weight, spec.out_features, spec.in_features, nbits)
-                    .map_err(|e| Error::Failed(format!("{weight_name}: {e}")))?;
+        let nbits = match (&spec.weight, &self.nbits) {
+            (Weight::Quantized(q), Some(cfg)) => Some(prequantized(q, cfg, &weight_name)?),
+            (Weight::Float(w), Some(cfg)) => Some(
+                quantize(w, spec.out_features, spec.in_features, cfg)
+                    .map_err(|e| Error::Failed(format!("{weight_name}: {e}")))?,
+            ),
+            (_, None) => None,
+        };
+        let mut out = match nbits {
+            Some(q) => {
                 let node = format!("{}/MatMulNBits", spec.basename);
                 let out = q
                     .add_to_graph(g, &weight_name, &node, input)
@@ -74,7 +128,11 @@ impl Linears {
                 let weight = self.weight(
                     g,
                     &weight_name,
-                    &transpose(&spec.weight, spec.out_features, spec.in_features),
+                    &transpose(
+                        &spec.weight.clone().into_float(),
+                        spec.out_features,
+                        spec.in_features,
+                    ),
                     &[spec.in_features as i64, spec.out_features as i64],
                 )?;
                 match (&spec.output, last_is_matmul) {
@@ -138,6 +196,44 @@ impl Linears {
         g.initializer(name, self.dtype, dims, &bytes)
             .map_err(failed)
     }
+}
+
+/// A checkpoint's quantized linear in MatMulNBits layout: its own bits, zero points kept (asymmetric), block
+/// size the largest power of two ≤ the configured one dividing the group size. Act-order (a permuted g_idx)
+/// is refused: MatMulNBits' optional g_idx input is left off for onnxruntime-genai 0.5.2 / ORT 1.20.
+fn prequantized(
+    q: &QuantizedLinear,
+    cfg: &NBitsConfig,
+    weight_name: &str,
+) -> Result<olive_onnx::matmul_nbits::MatMulNBitsWeights, Error> {
+    if q.g_idx.is_some() {
+        return Err(Error::UnsupportedModel(format!(
+            "{weight_name}: the checkpoint uses GPTQ act-order (desc_act, a permuted g_idx), which the \
+             exported MatMulNBits does not carry; quantize without desc_act"
+        )));
+    }
+    let block = block_size_for_group(q.group_size, cfg.block_size.max(16)).ok_or_else(|| {
+        Error::UnsupportedModel(format!(
+            "{weight_name}: group size {} has no power-of-two block size >= 16 dividing it (MatMulNBits)",
+            q.group_size
+        ))
+    })?;
+    let cfg = NBitsConfig {
+        bits: u32::from(q.bits),
+        block_size: block,
+        symmetric: false,
+        ..*cfg
+    };
+    pack_prequantized(
+        &q.q,
+        &q.scales,
+        Some(&q.zeros),
+        q.out_features,
+        q.in_features,
+        q.group_size,
+        &cfg,
+    )
+    .map_err(|e| Error::Failed(format!("{weight_name}: {e}")))
 }
 
 /// An ONNX writing error as a pass error.

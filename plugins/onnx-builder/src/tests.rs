@@ -19,13 +19,13 @@ use olive_model::adapter::{LoraModule, LoraWeights, Projection};
 use crate::linear::{LinearSpec, Linears};
 use crate::ModelBuilder;
 
-const HIDDEN: usize = 32;
-const INTER: usize = 48;
+pub(crate) const HIDDEN: usize = 32;
+pub(crate) const INTER: usize = 48;
 const VOCAB: usize = 40;
-const LAYERS: usize = 2;
+pub(crate) const LAYERS: usize = 2;
 
 /// Writes a tiny model of `model_type` (2 heads of 16, 1 kv head) with deterministic weights.
-fn tiny_model(dir: &Path, model_type: &str, extra: serde_json::Value) {
+pub(crate) fn tiny_model(dir: &Path, model_type: &str, extra: serde_json::Value) {
     let mut config = json!({
         "model_type": model_type, "vocab_size": VOCAB, "hidden_size": HIDDEN, "intermediate_size": INTER,
         "num_hidden_layers": LAYERS, "num_attention_heads": 2, "num_key_value_heads": 1,
@@ -89,7 +89,7 @@ fn tiny_model(dir: &Path, model_type: &str, extra: serde_json::Value) {
     std::fs::write(dir.join("model.safetensors"), bytes).unwrap();
 }
 
-fn export(model_dir: &Path, out: &Path, config: &str) -> Result<ModelProto, String> {
+pub(crate) fn export(model_dir: &Path, out: &Path, config: &str) -> Result<ModelProto, String> {
     let host = TestHost::new(out);
     host.run::<ModelBuilder>(&Model::new(kinds::HF, model_dir), config)
         .map_err(|e| e.to_string())?;
@@ -97,7 +97,7 @@ fn export(model_dir: &Path, out: &Path, config: &str) -> Result<ModelProto, Stri
     Ok(ModelProto::decode(&*bytes).unwrap())
 }
 
-fn nodes<'a>(m: &'a ModelProto, op: &str) -> Vec<&'a NodeProto> {
+pub(crate) fn nodes<'a>(m: &'a ModelProto, op: &str) -> Vec<&'a NodeProto> {
     let g = m.graph.as_ref().unwrap();
     g.node
         .iter()
@@ -350,7 +350,7 @@ fn lora_branch_is_added_to_the_base_linear() {
     };
     let spec = |name: &str| LinearSpec {
         basename: format!("/model/layers.0/attn/{name}"),
-        weight: vec![1.0; 3 * 4],
+        weight: crate::linear::Weight::Float(vec![1.0; 3 * 4]),
         out_features: 3,
         in_features: 4,
         bias: Some(vec![0.0; 3]),
