@@ -1,9 +1,11 @@
 //! `nn.Linear` weights in PyTorch layout (W: [out, in] row-major, optional bias) and their
 //! loading from Hugging Face checkpoints, including fusing separate projections into one matrix
-//! (q/k/v → qkv, gate/up → gate_up: Phi-3's layout).
+//! (q/k/v → qkv, gate/up → gate_up: Phi-3's layout). A pre-quantized linear (`<prefix>.qweight`, AutoAWQ GEMM
+//! or GPTQ per config.json's `quantization_config`, `olive_model::quantized`) is dequantized to f32.
 
 use olive_kernels::cpu::matmul;
-use olive_model::Checkpoint;
+use olive_model::quantized::{is_quantized, quantized_linear, QuantizationConfig};
+use olive_model::{Checkpoint, ModelError};
 
 use crate::buffer::WeightBuf;
 use crate::error::{NnError, Result};
@@ -66,8 +68,13 @@ impl Linear {
         let mut weight = weight_buf(out_features * in_features)?;
         let mut row = 0;
         for (prefix, n) in parts {
-            let t = ckpt.tensor_f32_shaped(&format!("{prefix}.weight"), &[*n, in_features])?;
-            weight[row * in_features..(row + n) * in_features].copy_from_slice(&t.data);
+            let rows = &mut weight[row * in_features..(row + n) * in_features];
+            if is_quantized(ckpt, prefix) {
+                rows.copy_from_slice(&dequantized(ckpt, prefix, *n, in_features)?);
+            } else {
+                let t = ckpt.tensor_f32_shaped(&format!("{prefix}.weight"), &[*n, in_features])?;
+                rows.copy_from_slice(&t.data);
+            }
             row += n;
         }
         let has_bias = parts
@@ -96,6 +103,36 @@ impl Linear {
     }
 }
 
+/// The dequantized weight [out, in] of the quantized linear at `prefix`, per config.json's
+/// `quantization_config`.
+fn dequantized(
+    ckpt: &Checkpoint,
+    prefix: &str,
+    out: usize,
+    in_features: usize,
+) -> Result<Vec<f32>> {
+    let path = ckpt.folder().join("config.json");
+    let cfg =
+        QuantizationConfig::from_config_json(&path)?.ok_or_else(|| ModelError::BadTensor {
+            path: path.clone(),
+            name: format!("{prefix}.qweight"),
+            reason: "a quantized tensor but config.json has no quantization_config".into(),
+        })?;
+    let q = quantized_linear(ckpt, prefix, &cfg)?;
+    if (q.out_features, q.in_features) != (out, in_features) {
+        return Err(ModelError::BadTensor {
+            path,
+            name: format!("{prefix}.qweight"),
+            reason: format!(
+                "unpacks to [out, in] = [{}, {}], expected [{out}, {in_features}]",
+                q.out_features, q.in_features
+            ),
+        }
+        .into());
+    }
+    Ok(q.dequantize())
+}
+
 /// Loads a 1-D weight such as a norm's scale: [len].
 pub(crate) fn load_vector(ckpt: &Checkpoint, name: &str, len: usize) -> Result<Vec<f32>> {
     Ok(ckpt.tensor_f32_shaped(name, &[len])?.data)
@@ -108,7 +145,7 @@ pub(crate) fn load_fused_or_split(
     split: &[(&str, usize)],
     in_features: usize,
 ) -> Result<Linear> {
-    if ckpt.contains(&format!("{fused}.weight")) {
+    if ckpt.contains(&format!("{fused}.weight")) || is_quantized(ckpt, fused) {
         let out: usize = split.iter().map(|(_, n)| n).sum();
         Linear::load(ckpt, fused, out, in_features)
     } else {
@@ -130,4 +167,53 @@ pub(crate) fn load_matrix(ckpt: &Checkpoint, name: &str, shape: &[usize]) -> Res
     let mut buf = weight_buf(t.data.len())?;
     buf.copy_from_slice(&t.data);
     Ok(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use olive_model::quantized::{pack_gptq_v1, QuantizedLinear};
+    use safetensors::tensor::TensorView;
+
+    #[test]
+    fn gptq_linear_loads_dequantized() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = QuantizedLinear {
+            bits: 4,
+            group_size: 16,
+            in_features: 24,
+            out_features: 8,
+            q: (0..8 * 24).map(|i| (i % 16) as u8).collect(),
+            scales: (0..16).map(|i| (i + 1) as f32 / 64.0).collect(),
+            zeros: (0..16).map(|i| (i % 15 + 1) as u8).collect(),
+            g_idx: None,
+        };
+        let packed = pack_gptq_v1(&q).unwrap();
+        let views: Vec<(String, TensorView)> = packed
+            .iter()
+            .map(|(n, d, s, b)| {
+                (
+                    format!("m.down.{n}"),
+                    TensorView::new(*d, s.clone(), b).unwrap(),
+                )
+            })
+            .collect();
+        safetensors::serialize_to_file(views, None, &dir.path().join("model.safetensors")).unwrap();
+        let ckpt = Checkpoint::open(dir.path()).unwrap();
+        let err = Linear::load(&ckpt, "m.down", 8, 24)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("config.json"), "{err}");
+        std::fs::write(
+            dir.path().join("config.json"),
+            r#"{"quantization_config": {"quant_method": "gptq", "bits": 4, "group_size": 16, "sym": false}}"#,
+        )
+        .unwrap();
+        let l = Linear::load(&ckpt, "m.down", 8, 24).unwrap();
+        assert_eq!(&l.weight[..], &q.dequantize()[..]);
+        let err = Linear::load(&ckpt, "m.down", 8, 32)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("expected [8, 32]"), "{err}");
+    }
 }
