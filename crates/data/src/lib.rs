@@ -186,9 +186,21 @@ pub fn calibration_samples(
     calibration(&tok.encode_all(&texts)?, tok.eos_id, n, seq_len, seed)
 }
 
-/// The non-empty lines of a text (one document each, as `--data_name text` reads a file).
+/// The blocks of a text separated by blank lines (one document each; a code block or a dialogue stays whole).
 pub fn paragraphs(text: &str) -> Vec<String> {
-    text.lines().filter(|l| !l.trim().is_empty()).map(String::from).collect()
+    let mut docs = Vec::new();
+    let mut cur: Vec<&str> = Vec::new();
+    for line in text.lines().chain([""]) {
+        if line.trim().is_empty() {
+            if !cur.is_empty() {
+                docs.push(cur.join("\n"));
+                cur.clear();
+            }
+        } else {
+            cur.push(line);
+        }
+    }
+    docs
 }
 
 /// The project's default calibration text (data/calibration.txt, written by the project).

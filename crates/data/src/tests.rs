@@ -199,4 +199,5 @@ fn default_texts_are_long_enough() {
     assert_eq!((calib.len(), calib[0].len()), (8, 512));
     assert!(DEFAULT_CALIBRATION_TEXT.split_whitespace().count() > 2500);
     assert!(DEFAULT_EVAL_TEXT.split_whitespace().count() > 2000);
+    assert_eq!(paragraphs("a\nb\n\n  \nc\n"), vec!["a\nb".to_string(), "c".to_string()]);
 }
