@@ -14,6 +14,11 @@
 //!   `scales` fp16 [G, N]; `g_idx` int32 [K] (group of each input; act-order permutes it).
 //!   w[o, i] = (q[i, o] − (z[g_idx[i], o] + 1)) · s[g_idx[i], o]. G = ceil(K / group_size) (AutoGPTQ sizes it
 //!   with math.ceil), so a ragged last group is stored as is; group_size −1 means one group of K.
+//! - Olive (`quant_method: "olive"`, Olive's `olive/common/quant/linear.py` QuantLinear, bits 4 or 8): the GPTQ v1
+//!   packing without g_idx (qweight along the input, qzeros = zero − 1 along the output, scales [G, N]);
+//!   config keys `bits`, `symmetric`, `block_size` (or `group_size`; −1 per channel, 0 per tensor: refused)
+//!   and per-module `overrides` of those three. Olive asserts that the group divides K; its zero-padded
+//!   packing of a K or N not a multiple of 32/bits is refused here.
 
 use std::path::Path;
 
@@ -35,6 +40,17 @@ pub enum QuantMethod {
     AwqGemm,
     /// GPTQ packing; `v2` stores zero points without v1's minus one.
     Gptq { v2: bool },
+    /// Olive's QuantLinear: GPTQ v1 packing, no g_idx.
+    Olive,
+}
+
+/// Olive's per-module `overrides` entry: fields that differ from the defaults.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ModuleOverride {
+    pub bits: Option<u8>,
+    pub sym: Option<bool>,
+    /// `Some(None)` overrides to per channel.
+    pub group_size: Option<Option<usize>>,
 }
 
 /// `quantization_config` of config.json.
@@ -50,6 +66,8 @@ pub struct QuantizationConfig {
     pub sym: bool,
     /// Module names left unquantized (`modules_to_not_convert`).
     pub modules_to_not_convert: Vec<String>,
+    /// Olive's per-module overrides by full module name (`model.layers.0.mlp.down_proj`).
+    pub overrides: Vec<(String, ModuleOverride)>,
 }
 
 impl QuantizationConfig {
@@ -77,12 +95,13 @@ impl QuantizationConfig {
             .ok_or_else(|| field("quant_method", "a string (awq or gptq)"))?;
         let int = |names: &[&str]| names.iter().find_map(|n| q.get(*n).and_then(Value::as_i64));
         let bits = int(&["bits", "w_bit"]).ok_or_else(|| field("bits", "an integer"))?;
-        let group = int(&["group_size", "q_group_size"]).unwrap_or(-1);
-        let group_size = match group {
-            -1 => None,
-            g if g > 0 => Some(g as usize),
-            _ => return Err(field("group_size", "a positive integer or -1")),
-        };
+        let group = int(&["group_size", "q_group_size", "block_size"]).unwrap_or(-1);
+        let group_size = group_size_of(group).ok_or_else(|| {
+            field(
+                "group_size",
+                "a positive integer or -1 (per channel; per tensor 0 is not read)",
+            )
+        })?;
         let flag =
             |name: &str, default: bool| q.get(name).and_then(Value::as_bool).unwrap_or(default);
         let modules_to_not_convert = q
@@ -105,6 +124,7 @@ impl QuantizationConfig {
                 }
                 (QuantMethod::AwqGemm, !flag("zero_point", true), false, &[4])
             }
+            "olive" => (QuantMethod::Olive, flag("symmetric", true), false, &[4, 8]),
             "gptq" => {
                 let format = q
                     .get("checkpoint_format")
@@ -125,7 +145,7 @@ impl QuantizationConfig {
             other => {
                 return Err(field(
                     "quant_method",
-                    &format!("\"awq\" or \"gptq\", not \"{other}\""),
+                    &format!("\"awq\", \"gptq\" or \"olive\", not \"{other}\""),
                 ))
             }
         };
@@ -141,6 +161,33 @@ impl QuantizationConfig {
                 "a positive group size (AWQ has no per-channel -1)",
             ));
         }
+        let mut overrides = Vec::new();
+        if let Some(map) = q.get("overrides").and_then(Value::as_object) {
+            for (module, o) in map {
+                let name = format!("overrides.{module}");
+                let bits = match o.get("bits").and_then(Value::as_i64) {
+                    None => None,
+                    Some(b @ (4 | 8)) => Some(b as u8),
+                    Some(b) => return Err(field(&name, &format!("bits 4 or 8, not {b}"))),
+                };
+                let group = o.get("block_size").or_else(|| o.get("group_size"));
+                let group_size = match group.and_then(Value::as_i64) {
+                    None => None,
+                    Some(g) => Some(group_size_of(g).ok_or_else(|| {
+                        field(&name, "a block size > 0 or -1 (per tensor 0 is not read)")
+                    })?),
+                };
+                let sym = o.get("symmetric").and_then(Value::as_bool);
+                overrides.push((
+                    module.clone(),
+                    ModuleOverride {
+                        bits,
+                        sym,
+                        group_size,
+                    },
+                ));
+            }
+        }
         Ok(QuantizationConfig {
             method,
             bits: bits as u8,
@@ -148,7 +195,28 @@ impl QuantizationConfig {
             desc_act,
             sym,
             modules_to_not_convert,
+            overrides,
         })
+    }
+
+    /// The settings of the module `prefix` (Olive's `overrides` applied).
+    pub fn for_module(&self, prefix: &str) -> QuantizationConfig {
+        let mut cfg = self.clone();
+        if let Some((_, o)) = self.overrides.iter().find(|(m, _)| m == prefix) {
+            cfg.bits = o.bits.unwrap_or(cfg.bits);
+            cfg.sym = o.sym.unwrap_or(cfg.sym);
+            cfg.group_size = o.group_size.unwrap_or(cfg.group_size);
+        }
+        cfg
+    }
+}
+
+/// A config's group size: −1 → per channel (`Some(None)`), > 0 → `Some(Some(g))`, else `None`.
+fn group_size_of(g: i64) -> Option<Option<usize>> {
+    match g {
+        -1 => Some(None),
+        g if g > 0 => Some(Some(g as usize)),
+        _ => None,
     }
 }
 
@@ -256,9 +324,11 @@ pub fn quantized_linear(
     prefix: &str,
     cfg: &QuantizationConfig,
 ) -> Result<QuantizedLinear> {
+    let cfg = &cfg.for_module(prefix);
     match cfg.method {
         QuantMethod::AwqGemm => read_awq(ckpt, prefix, cfg),
         QuantMethod::Gptq { v2 } => read_gptq(ckpt, prefix, cfg, v2),
+        QuantMethod::Olive => read_gptq(ckpt, prefix, cfg, false),
     }
 }
 

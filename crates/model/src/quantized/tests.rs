@@ -268,3 +268,31 @@ fn config_errors_and_fields() {
     std::fs::write(&path, r#"{"model_type": "llama"}"#).unwrap();
     assert_eq!(QuantizationConfig::from_config_json(&path).unwrap(), None);
 }
+
+#[test]
+fn olive_layout_is_gptq_v1_without_g_idx_and_honours_overrides() {
+    let (a, b) = (linear(4, 16, 32, 8), linear(8, 32, 32, 8));
+    let strip = |t: Vec<PackedTensor>| t.into_iter().filter(|t| t.0 != "g_idx").collect::<Vec<_>>();
+    let mut tensors: Vec<PackedTensor> = Vec::new();
+    for (prefix, l) in [("m.a", &a), ("m.b", &b)] {
+        for (n, d, s, bytes) in strip(pack_gptq_v1(l).unwrap()) {
+            tensors.push((format!("{prefix}.{n}"), d, s, bytes));
+        }
+    }
+    let (_d, ckpt) = checkpoint("x", &tensors);
+    let cfg = config(
+        json!({"quant_method": "olive", "bits": 4, "symmetric": false, "block_size": 16,
+                            "overrides": {"x.m.b": {"bits": 8, "block_size": -1}}}),
+    );
+    assert_eq!(quantized_linear(&ckpt, "x.m.a", &cfg).unwrap(), a);
+    let back = quantized_linear(&ckpt, "x.m.b", &cfg).unwrap();
+    assert_eq!((back.bits, back.group_size), (8, 32));
+    assert_eq!(back, b);
+    let err = QuantizationConfig::from_value(
+        Path::new("config.json"),
+        &json!({"quant_method": "olive", "bits": 4, "symmetric": true, "block_size": 0}),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("per tensor 0 is not read"), "{err}");
+}
