@@ -114,6 +114,21 @@ fn chat_template_maps_prompt_response_to_turns() {
     assert_eq!(texts, vec!["<|im_start|> user : a b <|im_end|> <|im_start|> assistant : c <|im_end|> "]);
     let gen = tok.config.apply_chat_template(&serde_json::json!([{"role": "user", "content": "a"}]), true);
     assert!(gen.expect("render").ends_with("<|im_start|> assistant : "));
+    // Python methods, `tojson` and `raise_exception` as in Llama/Mistral/Qwen templates.
+    let py = TokenizerConfig {
+        chat_template: Some(
+            "{{ bos_token }}{% for m in messages %}{% if m.role not in ['user', 'assistant'] %}\
+             {{ raise_exception('bad role ' + m.role) }}{% endif %}[{{ m.role.upper() }}]{{ m.content.strip() }}\
+             {{ m.content | tojson }}{% endfor %}"
+                .into(),
+        ),
+        bos_token: Some("<s>".into()),
+        ..TokenizerConfig::default()
+    };
+    let msgs = serde_json::json!([{"role": "user", "content": "  hi  "}]);
+    assert_eq!(py.apply_chat_template(&msgs, false).expect("render"), "<s>[USER]hi\"  hi  \"");
+    let bad = py.apply_chat_template(&serde_json::json!([{"role": "tool", "content": "x"}]), false);
+    assert!(bad.expect_err("raise_exception").to_string().contains("bad role tool"));
     let none = TokenizerConfig::default();
     assert!(none.apply_chat_template(&serde_json::json!([]), false).is_err());
 }
