@@ -1,7 +1,7 @@
 """Pre-quantized Hugging Face checkpoints (issue 5 item 4, issue 4): AutoAWQ GEMM and GPTQ v1 folders made here
 from the tiny qwen2 (numpy RTN, packed by INDEPENDENT numpy code following the published layouts: AutoAWQ's
 `pack` with order [0, 2, 4, 6, 1, 3, 5, 7], AutoGPTQ's `QuantLinear.pack` with qzeros = zero - 1), exported by
-`olive-host auto-opt`:
+`olive-host auto-opt` (and Olive's own `quant_method: olive` QuantLinear layout: GPTQ v1 packing, no g_idx):
 - int4: every decoder linear is a MatMulNBits whose B / scales / zero points, unpacked by numpy with the
   com.microsoft MatMulNBits layout, equal the numpy dequantized checkpoint weights exactly (no requantization),
   ragged last group included (GPTQ group 48 over 64 and 128 inputs); the export's logits (onnxruntime, fp32
@@ -94,13 +94,18 @@ def make_folders(tmp: Path, donor: Path, method: str, group: int):
             deq[prefix] = dequant(q, s, z, group)
             ref[name] = deq[prefix]
             packed = pack_awq(q, s, z) if method == "awq" else pack_gptq_v1(q, s, z, group)
+            if method == "olive":  # Olive's QuantLinear: the GPTQ v1 packing without g_idx
+                del packed["g_idx"]
             quant.update({f"{prefix}.{k}": v for k, v in packed.items()})
         else:
             quant[name] = ref[name] = t
-    qcfg = ({"quant_method": "awq", "bits": 4, "group_size": group, "zero_point": True, "version": "gemm"}
-            if method == "awq" else
-            {"quant_method": "gptq", "bits": 4, "group_size": group, "desc_act": False, "sym": False,
-             "checkpoint_format": "gptq"})
+    qcfg = {
+        "awq": {"quant_method": "awq", "bits": 4, "group_size": group, "zero_point": True, "version": "gemm"},
+        "gptq": {"quant_method": "gptq", "bits": 4, "group_size": group, "desc_act": False, "sym": False,
+                 "checkpoint_format": "gptq"},
+        "olive": {"quant_method": "olive", "bits": 4, "symmetric": False, "block_size": group,
+                  "modules_to_not_convert": None, "overrides": None},
+    }[method]
     dirs = []
     for sub, weights, cfg in [("quant", quant, {**config, "quantization_config": qcfg}), ("ref", ref, config)]:
         d = tmp / sub
@@ -149,7 +154,7 @@ def donor(olive_host: Path, default_gguf: Path, tmp_path_factory) -> Path:
     return out
 
 
-@pytest.mark.parametrize("method,group", [("awq", 32), ("gptq", 48), ("gptq", 64)])
+@pytest.mark.parametrize("method,group", [("awq", 32), ("gptq", 48), ("gptq", 64), ("olive", 32)])
 def test_quantized_checkpoint_exports_exactly(olive_host: Path, donor: Path, tmp_path: Path, method: str,
                                               group: int):
     quant, ref, deq = make_folders(tmp_path, donor, method, group)
