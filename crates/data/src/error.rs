@@ -11,7 +11,10 @@ pub type Result<T> = std::result::Result<T, DataError>;
 pub enum DataError {
     /// A file could not be read.
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// `--data_name` is not a local format.
     #[error("--data_name {0:?}: only the local formats \"json\" and \"text\" are supported (Hugging Face hub datasets are out of scope)")]
     UnsupportedDataName(String),
@@ -26,16 +29,28 @@ pub enum DataError {
     BadPattern { pattern: String, reason: String },
     /// A JSON or JSONL record did not parse.
     #[error("{path}:{line}: invalid JSON: {reason}")]
-    BadJson { path: PathBuf, line: usize, reason: String },
+    BadJson {
+        path: PathBuf,
+        line: usize,
+        reason: String,
+    },
     /// A JSON value is not an object where a record was expected.
     #[error("{origin}: expected a JSON object (one record), found {found}")]
     NotARecord { origin: String, found: String },
     /// A record lacks a field that the text field, template or chat mapping needs.
     #[error("{origin}: record has no field {field:?} (available: {available})")]
-    MissingField { origin: String, field: String, available: String },
+    MissingField {
+        origin: String,
+        field: String,
+        available: String,
+    },
     /// A record field is not a string, number or boolean.
     #[error("{origin}: field {field:?} must be a string, found {found}")]
-    FieldType { origin: String, field: String, found: String },
+    FieldType {
+        origin: String,
+        field: String,
+        found: String,
+    },
     /// The text template does not parse.
     #[error("--text_template {template:?}: {reason}")]
     BadTemplate { template: String, reason: String },
@@ -59,5 +74,8 @@ pub enum DataError {
     TooShort { tokens: usize, needed: usize },
     /// A numeric option is out of range.
     #[error("{option}: {reason}")]
-    BadOption { option: &'static str, reason: String },
+    BadOption {
+        option: &'static str,
+        reason: String,
+    },
 }

@@ -97,7 +97,10 @@ impl DataConfig {
             }
         }
         if texts.is_empty() {
-            return Err(DataError::Empty(format!("no text in {}", self.data_files.join(", "))));
+            return Err(DataError::Empty(format!(
+                "no text in {}",
+                self.data_files.join(", ")
+            )));
         }
         Ok(texts)
     }
@@ -131,8 +134,17 @@ impl ModelTokenizer {
             })
         };
         let eos_id = id("eos_token", &config.eos_token)?;
-        let pad_id = if config.pad_token.is_some() { id("pad_token", &config.pad_token)? } else { eos_id };
-        Ok(Self { tokenizer, config, eos_id, pad_id })
+        let pad_id = if config.pad_token.is_some() {
+            id("pad_token", &config.pad_token)?
+        } else {
+            eos_id
+        };
+        Ok(Self {
+            tokenizer,
+            config,
+            eos_id,
+            pad_id,
+        })
     }
 
     /// Token ids of each text, without special tokens added (Olive's `add_special_tokens=False`).
@@ -166,7 +178,21 @@ pub fn prepare(cfg: &DataConfig, tok: &ModelTokenizer) -> Result<Prepared> {
         }
     };
     let train = rows(&train_texts, cfg.max_samples)?;
-    let eval = if eval_texts.is_empty() { Vec::new() } else { rows(&eval_texts, None)? };
+    let eval = if eval_texts.is_empty() {
+        Vec::new()
+    } else {
+        rows(&eval_texts, None).map_err(|e| match e {
+            DataError::TooShort { tokens, needed } => DataError::BadOption {
+                option: "eval_ratio",
+                reason: format!(
+                    "the {} held-out records have {tokens} tokens, fewer than one packed row of {needed}; \
+                     raise eval_ratio or use padding",
+                    eval_texts.len()
+                ),
+            },
+            other => other,
+        })?
+    };
     Ok(Prepared { train, eval })
 }
 

@@ -60,7 +60,11 @@ impl std::str::FromStr for DataName {
 
 /// Splits Olive's comma-separated `--data_files` value into entries.
 pub fn split_data_files(arg: &str) -> Vec<String> {
-    arg.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()
+    arg.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
 }
 
 /// Expands paths and glob patterns (sorted matches) into files; an entry matching nothing is an error.
@@ -72,7 +76,10 @@ pub fn resolve_files(entries: &[String]) -> Result<Vec<PathBuf>> {
                 pattern: entry.clone(),
                 reason: e.to_string(),
             })?;
-            let mut matched: Vec<PathBuf> = paths.filter_map(std::result::Result::ok).filter(|p| p.is_file()).collect();
+            let mut matched: Vec<PathBuf> = paths
+                .filter_map(std::result::Result::ok)
+                .filter(|p| p.is_file())
+                .collect();
             if matched.is_empty() {
                 return Err(DataError::NoFiles(entry.clone()));
             }
@@ -99,7 +106,10 @@ pub fn load_records(name: DataName, files: &[PathBuf], split: &str) -> Result<Ve
     }
     let mut records = Vec::new();
     for path in files {
-        let content = std::fs::read_to_string(path).map_err(|source| DataError::Io { path: path.clone(), source })?;
+        let content = std::fs::read_to_string(path).map_err(|source| DataError::Io {
+            path: path.clone(),
+            source,
+        })?;
         match name {
             DataName::Text => records.extend(text_records(path, &content)),
             DataName::Json => records.extend(json_records(path, &content)?),
@@ -116,7 +126,10 @@ fn text_records(path: &Path, content: &str) -> Vec<Record> {
         .map(|(i, l)| {
             let mut fields = Map::new();
             fields.insert("text".into(), Value::String(l.to_string()));
-            Record { origin: format!("{}:line {}", path.display(), i + 1), fields }
+            Record {
+                origin: format!("{}:line {}", path.display(), i + 1),
+                fields,
+            }
         })
         .collect()
 }
@@ -134,9 +147,17 @@ fn json_records(path: &Path, content: &str) -> Result<Vec<Record>> {
             Some(Value::Array(items)) => Some(items),
             Some(other) => {
                 obj.insert("data".into(), other);
-                return Ok(vec![to_record(Value::Object(obj), format!("{}:line 1", path.display()))?]);
+                return Ok(vec![to_record(
+                    Value::Object(obj),
+                    format!("{}:line 1", path.display()),
+                )?]);
             }
-            None => return Ok(vec![to_record(Value::Object(obj), format!("{}:line 1", path.display()))?]),
+            None => {
+                return Ok(vec![to_record(
+                    Value::Object(obj),
+                    format!("{}:line 1", path.display()),
+                )?])
+            }
         },
         _ => None,
     };
@@ -149,9 +170,18 @@ fn json_records(path: &Path, content: &str) -> Result<Vec<Record>> {
     }
     if trimmed.starts_with('[') {
         // A JSON list that failed to parse as a whole: report serde's position.
-        let reason = serde_json::from_str::<Value>(content).err().map(|e| e.to_string()).unwrap_or_default();
-        let line = serde_json::from_str::<Value>(content).err().map_or(1, |e| e.line());
-        return Err(DataError::BadJson { path: path.to_path_buf(), line, reason });
+        let reason = serde_json::from_str::<Value>(content)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        let line = serde_json::from_str::<Value>(content)
+            .err()
+            .map_or(1, |e| e.line());
+        return Err(DataError::BadJson {
+            path: path.to_path_buf(),
+            line,
+            reason,
+        });
     }
     let mut out = Vec::new();
     for (i, line) in content.lines().enumerate() {
@@ -163,7 +193,10 @@ fn json_records(path: &Path, content: &str) -> Result<Vec<Record>> {
             line: i + 1,
             reason: e.to_string(),
         })?;
-        out.push(to_record(value, format!("{}:line {}", path.display(), i + 1))?);
+        out.push(to_record(
+            value,
+            format!("{}:line {}", path.display(), i + 1),
+        )?);
     }
     Ok(out)
 }
@@ -171,7 +204,10 @@ fn json_records(path: &Path, content: &str) -> Result<Vec<Record>> {
 fn to_record(value: Value, origin: String) -> Result<Record> {
     match value {
         Value::Object(fields) => Ok(Record { origin, fields }),
-        other => Err(DataError::NotARecord { origin, found: json_kind(&other).to_string() }),
+        other => Err(DataError::NotARecord {
+            origin,
+            found: json_kind(&other).to_string(),
+        }),
     }
 }
 

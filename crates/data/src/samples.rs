@@ -20,11 +20,19 @@ pub struct Sample {
 
 /// Concatenates the documents with `eos` after each and cuts the stream into full blocks of `seq_len`
 /// (the tail shorter than a block is dropped); at most `max_samples` blocks.
-pub fn pack(docs: &[Vec<u32>], eos: u32, seq_len: usize, max_samples: Option<usize>) -> Result<Vec<Sample>> {
+pub fn pack(
+    docs: &[Vec<u32>],
+    eos: u32,
+    seq_len: usize,
+    max_samples: Option<usize>,
+) -> Result<Vec<Sample>> {
     check_len(seq_len)?;
     let stream = join(docs, eos);
     if stream.len() < seq_len {
-        return Err(DataError::TooShort { tokens: stream.len(), needed: seq_len });
+        return Err(DataError::TooShort {
+            tokens: stream.len(),
+            needed: seq_len,
+        });
     }
     let limit = max_samples.unwrap_or(usize::MAX);
     Ok(stream
@@ -39,7 +47,12 @@ pub fn pack(docs: &[Vec<u32>], eos: u32, seq_len: usize, max_samples: Option<usi
 }
 
 /// One row per document: truncated to `seq_len`, right-padded with `pad`, mask 0 and label -100 on padding.
-pub fn pad(docs: &[Vec<u32>], pad: u32, seq_len: usize, max_samples: Option<usize>) -> Result<Vec<Sample>> {
+pub fn pad(
+    docs: &[Vec<u32>],
+    pad: u32,
+    seq_len: usize,
+    max_samples: Option<usize>,
+) -> Result<Vec<Sample>> {
     check_len(seq_len)?;
     let rows: Vec<Sample> = docs
         .iter()
@@ -53,7 +66,11 @@ pub fn pad(docs: &[Vec<u32>], pad: u32, seq_len: usize, max_samples: Option<usiz
             attention_mask.resize(seq_len, 0);
             let mut labels: Vec<i64> = doc[..n].iter().map(|&t| i64::from(t)).collect();
             labels.resize(seq_len, IGNORE_INDEX);
-            Sample { input_ids, attention_mask, labels }
+            Sample {
+                input_ids,
+                attention_mask,
+                labels,
+            }
         })
         .collect();
     if rows.is_empty() {
@@ -66,11 +83,17 @@ pub fn pad(docs: &[Vec<u32>], pad: u32, seq_len: usize, max_samples: Option<usiz
 /// keep their original order. A ratio that would leave train empty is an error.
 pub fn split<T: Clone>(items: &[T], eval_ratio: f64, seed: u64) -> Result<(Vec<T>, Vec<T>)> {
     if !(0.0..1.0).contains(&eval_ratio) {
-        return Err(DataError::BadOption { option: "eval_ratio", reason: format!("{eval_ratio} is not in [0, 1)") });
+        return Err(DataError::BadOption {
+            option: "eval_ratio",
+            reason: format!("{eval_ratio} is not in [0, 1)"),
+        });
     }
     let n_eval = (items.len() as f64 * eval_ratio).round() as usize;
     if n_eval >= items.len() {
-        return Err(DataError::Empty(format!("eval ratio {eval_ratio} leaves no training record of {}", items.len())));
+        return Err(DataError::Empty(format!(
+            "eval ratio {eval_ratio} leaves no training record of {}",
+            items.len()
+        )));
     }
     let mut order: Vec<usize> = (0..items.len()).collect();
     let mut rng = Rng::new(seed);
@@ -81,20 +104,36 @@ pub fn split<T: Clone>(items: &[T], eval_ratio: f64, seed: u64) -> Result<(Vec<T
     }
     let (mut train, mut eval) = (Vec::new(), Vec::new());
     for (item, e) in items.iter().zip(is_eval) {
-        if e { eval.push(item.clone()) } else { train.push(item.clone()) }
+        if e {
+            eval.push(item.clone())
+        } else {
+            train.push(item.clone())
+        }
     }
     Ok((train, eval))
 }
 
 /// `n` windows of `seq_len` tokens at seeded random offsets in the documents joined with `eos`, [n][seq_len].
-pub fn calibration(docs: &[Vec<u32>], eos: u32, n: usize, seq_len: usize, seed: u64) -> Result<Vec<Vec<u32>>> {
+pub fn calibration(
+    docs: &[Vec<u32>],
+    eos: u32,
+    n: usize,
+    seq_len: usize,
+    seed: u64,
+) -> Result<Vec<Vec<u32>>> {
     check_len(seq_len)?;
     if n == 0 {
-        return Err(DataError::BadOption { option: "--max_samples", reason: "need at least one calibration sample".into() });
+        return Err(DataError::BadOption {
+            option: "--max_samples",
+            reason: "need at least one calibration sample".into(),
+        });
     }
     let stream = join(docs, eos);
     if stream.len() < seq_len {
-        return Err(DataError::TooShort { tokens: stream.len(), needed: seq_len });
+        return Err(DataError::TooShort {
+            tokens: stream.len(),
+            needed: seq_len,
+        });
     }
     let starts = (stream.len() - seq_len + 1) as u64;
     let mut rng = Rng::new(seed);
@@ -117,7 +156,10 @@ fn join(docs: &[Vec<u32>], eos: u32) -> Vec<u32> {
 
 fn check_len(seq_len: usize) -> Result<()> {
     if seq_len == 0 {
-        return Err(DataError::BadOption { option: "--max_seq_len", reason: "must be at least 1".into() });
+        return Err(DataError::BadOption {
+            option: "--max_seq_len",
+            reason: "must be at least 1".into(),
+        });
     }
     Ok(())
 }

@@ -25,7 +25,10 @@ pub struct TextTemplate {
 impl TextTemplate {
     /// Parses `template` as given (see [`unescape_cli`] for shell-quoted `\n`).
     pub fn parse(template: &str) -> Result<Self> {
-        let bad = |reason: &str| DataError::BadTemplate { template: template.to_string(), reason: reason.to_string() };
+        let bad = |reason: &str| DataError::BadTemplate {
+            template: template.to_string(),
+            reason: reason.to_string(),
+        };
         let mut pieces = Vec::new();
         let mut lit = String::new();
         let mut chars = template.chars().peekable();
@@ -49,7 +52,9 @@ impl TextTemplate {
                         }
                     }
                     if name.is_empty() || name.contains([':', '!', '[', '.']) {
-                        return Err(bad(&format!("placeholder {{{name}}} must be a plain field name")));
+                        return Err(bad(&format!(
+                            "placeholder {{{name}}} must be a plain field name"
+                        )));
                     }
                     if !lit.is_empty() {
                         pieces.push(Piece::Literal(std::mem::take(&mut lit)));
@@ -132,9 +137,15 @@ impl TokenizerConfig {
     /// Reads `dir/tokenizer_config.json`; a token may be a string or `{"content": ...}`.
     pub fn load(dir: &Path) -> Result<Self> {
         let path = dir.join("tokenizer_config.json");
-        let text = std::fs::read_to_string(&path).map_err(|source| DataError::Io { path: path.clone(), source })?;
-        let v: Value = serde_json::from_str(&text)
-            .map_err(|e| DataError::BadJson { path: path.clone(), line: e.line(), reason: e.to_string() })?;
+        let text = std::fs::read_to_string(&path).map_err(|source| DataError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let v: Value = serde_json::from_str(&text).map_err(|e| DataError::BadJson {
+            path: path.clone(),
+            line: e.line(),
+            reason: e.to_string(),
+        })?;
         let token = |key: &str| match v.get(key) {
             Some(Value::String(s)) => Some(s.clone()),
             Some(Value::Object(o)) => o.get("content").and_then(Value::as_str).map(String::from),
@@ -161,18 +172,35 @@ impl TokenizerConfig {
     }
 
     /// Renders `messages` (`[{"role", "content"}]`) through the chat template.
-    pub fn apply_chat_template(&self, messages: &Value, add_generation_prompt: bool) -> Result<String> {
-        let err = |reason: String| DataError::ChatTemplate { path: self.path.clone(), reason };
-        let source = self.chat_template.as_deref().ok_or_else(|| err("tokenizer_config.json has no chat_template".into()))?;
+    pub fn apply_chat_template(
+        &self,
+        messages: &Value,
+        add_generation_prompt: bool,
+    ) -> Result<String> {
+        let err = |reason: String| DataError::ChatTemplate {
+            path: self.path.clone(),
+            reason,
+        };
+        let source = self
+            .chat_template
+            .as_deref()
+            .ok_or_else(|| err("tokenizer_config.json has no chat_template".into()))?;
         let mut env = minijinja::Environment::new();
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         // Python string/dict methods (`.strip()`, `.startswith()`, `.items()`) that Hugging Face templates use.
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
-            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
-        });
-        env.add_template("chat", source).map_err(|e| err(e.to_string()))?;
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> std::result::Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(
+                    minijinja::ErrorKind::InvalidOperation,
+                    msg,
+                ))
+            },
+        );
+        env.add_template("chat", source)
+            .map_err(|e| err(e.to_string()))?;
         let tmpl = env.get_template("chat").map_err(|e| err(e.to_string()))?;
         let ctx = serde_json::json!({
             "messages": messages,
