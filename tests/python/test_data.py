@@ -100,3 +100,12 @@ def test_missing_template_field_is_a_clear_error(tmp_path, dump_dataset):
     out = subprocess.run([str(dump_dataset), str(MODEL), json.dumps(cfg)], capture_output=True, text=True)
     assert out.returncode != 0
     assert "head.jsonl:line 1" in out.stderr and '"answer"' in out.stderr, out.stderr
+
+
+def test_text_files_match_hf_tokenizer_line_by_line(dump_dataset, tokenizer):
+    eval_txt = ROOT / "data/eval.txt"
+    got = _dump(dump_dataset, {"data_name": "text", "data_files": [str(eval_txt)], "max_seq_len": 128})
+    lines = [line for line in eval_txt.read_text(encoding="utf-8").splitlines() if line.strip()]
+    assert got["texts"] == lines
+    assert got["ids"] == [tokenizer(t, add_special_tokens=False)["input_ids"] for t in lines]
+    assert len(got["train"]) == sum(len(i) + 1 for i in got["ids"]) // 128
