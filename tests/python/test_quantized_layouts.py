@@ -7,11 +7,14 @@ from the tiny qwen2 (numpy RTN, packed by INDEPENDENT numpy code following the p
   ragged last group included (GPTQ group 48 over 64 and 128 inputs); the export's logits (onnxruntime, fp32
   compute: accuracy level 1) match transformers on a float folder holding the numpy dequantized weights.
 - fp32: the export (our Rust unpack + dequantize) matches the same reference.
+- our Rust writers (`pack_awq_gemm`, `pack_gptq_v1` through the `pack_quantized` example of olive-model) give
+  the numpy packing byte for byte; AWQ refuses a ragged group.
 transformers 5 has no AWQ/GPTQ kernels of its own (it needs gptqmodel / autoawq, GPU-oriented), so the reference
 unpack is the numpy code here, not transformers' loader.
 """
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -204,3 +207,51 @@ def test_act_order_is_refused(olive_host: Path, donor: Path, tmp_path: Path):
     )
     assert result.returncode != 0
     assert "act-order" in result.stderr and "o_proj" in result.stderr, result.stderr
+
+
+@pytest.fixture(scope="module")
+def pack_example() -> Path:
+    """The `pack_quantized` example of olive-model (our Rust writers), built in release mode."""
+    subprocess.run(["cargo", "build", "--release", "--quiet", "-p", "olive-model", "--example", "pack_quantized"],
+                   cwd=ROOT, check=True)
+    target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+    path = target / "release" / "examples" / "pack_quantized"
+    if not path.is_file():
+        pytest.fail(f"cargo built the pack_quantized example but {path} is missing")
+    return path
+
+
+@pytest.mark.parametrize("method,group,shapes", [
+    ("awq", 32, [(64, 128), (16, 32)]),
+    ("gptq", 32, [(64, 48), (8, 128)]),   # 48 inputs: a ragged last group of 16
+    ("gptq", 128, [(32, 128)]),
+])
+def test_our_writers_match_the_published_packing(pack_example: Path, tmp_path: Path, method: str, group: int,
+                                                 shapes):
+    """Our Rust writers' tensors equal the independent numpy packing byte for byte, and numpy's unpack of them
+    gives the levels back (so transformers' AWQ / GPTQ loaders, which follow these layouts, read what we write)."""
+    rng = np.random.default_rng(0)
+    inputs, want = {}, {}
+    for i, (out, k) in enumerate(shapes):
+        q, s, z = rtn(rng.standard_normal((out, k)).astype(np.float32), group)
+        inputs.update({f"l{i}.q": q, f"l{i}.scales": s, f"l{i}.zeros": z})
+        packed = pack_awq(q, s, z) if method == "awq" else pack_gptq_v1(q, s, z, group)
+        want.update({f"l{i}.{k}": v for k, v in packed.items()})
+    save_file({k: np.ascontiguousarray(v) for k, v in inputs.items()}, str(tmp_path / "in.safetensors"))
+    result = subprocess.run([str(pack_example), method, str(group), str(tmp_path / "in.safetensors"),
+                             str(tmp_path / "out.safetensors")], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    ours = load_file(str(tmp_path / "out.safetensors"))
+    assert sorted(ours) == sorted(want)
+    for name, w in want.items():
+        assert ours[name].dtype == w.dtype and ours[name].shape == w.shape, name
+        np.testing.assert_array_equal(ours[name], w, err_msg=name)
+
+
+def test_awq_writer_refuses_a_ragged_group(pack_example: Path, tmp_path: Path):
+    q, s, z = rtn(np.ones((8, 48), np.float32), 32)
+    save_file({"l.q": q, "l.scales": s, "l.zeros": z}, str(tmp_path / "in.safetensors"))
+    result = subprocess.run([str(pack_example), "awq", "32", str(tmp_path / "in.safetensors"),
+                             str(tmp_path / "out.safetensors")], capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "does not divide in_features 48" in result.stderr, result.stderr
+    assert not (tmp_path / "out.safetensors").exists()
