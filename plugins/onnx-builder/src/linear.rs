@@ -212,6 +212,14 @@ fn prequantized(
              exported MatMulNBits does not carry; quantize without desc_act"
         )));
     }
+    let max = (1u32 << q.bits) - 1;
+    if let Some(z) = q.zeros.iter().find(|&&z| u32::from(z) > max) {
+        return Err(Error::UnsupportedModel(format!(
+            "{weight_name}: zero point {z} (GPTQ v1 stores 2^bits - 1 for it) does not fit the {}-bit zero \
+             points of MatMulNBits",
+            q.bits
+        )));
+    }
     let block = block_size_for_group(q.group_size, cfg.block_size.max(16)).ok_or_else(|| {
         Error::UnsupportedModel(format!(
             "{weight_name}: group size {} has no power-of-two block size >= 16 dividing it (MatMulNBits)",

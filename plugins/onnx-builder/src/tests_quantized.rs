@@ -228,6 +228,21 @@ fn gptq_ragged_group_and_act_order() {
         err.contains("act-order") && err.contains("model.layers.0.attn.qkv_proj"),
         "{err}"
     );
+
+    // a GPTQ v1 zero point of 16 (stored 15) has no 4-bit MatMulNBits zero point
+    let (input, out) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    tiny_model(input.path(), "llama", json!({}));
+    let qcfg = json!({"quant_method": "gptq", "bits": 4, "group_size": 16, "sym": false});
+    quantize_folder(input.path(), 16, qcfg, pack_gptq_v1, |q| {
+        if q.out_features == HIDDEN && q.in_features == 32 {
+            q.zeros[0] = 16;
+        }
+    });
+    let err = export(input.path(), out.path(), r#"{"precision": "int4"}"#).unwrap_err();
+    assert!(
+        err.contains("model.layers.0.attn") && err.contains("zero point 16"),
+        "{err}"
+    );
 }
 
 #[test]
