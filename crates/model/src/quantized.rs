@@ -401,7 +401,8 @@ fn read_awq(ckpt: &Checkpoint, prefix: &str, cfg: &QuantizationConfig) -> Result
     let groups = k.div_ceil(group_size);
     let qw = words(ckpt, &qw_name, &[k, n8])?;
     let scales_t = floats(ckpt, &s_name, &[groups, n])?;
-    let zeros_t = if cfg.sym {
+    // AutoAWQ's GEMM modules always carry qzeros; without them (zero_point false) the zero point is 8
+    let zeros_t = if cfg.sym && !ckpt.contains(&qz_name) {
         None
     } else {
         Some(words(ckpt, &qz_name, &[groups, n8])?)
