@@ -14,7 +14,8 @@ pub fn spinner(message: String) -> ProgressBar {
     bar
 }
 
-fn draw_target() -> ProgressDrawTarget {
+/// stderr when it is a terminal, else nothing (logs and CI stay clean).
+pub fn draw_target() -> ProgressDrawTarget {
     if std::io::stderr().is_terminal() {
         ProgressDrawTarget::stderr()
     } else {

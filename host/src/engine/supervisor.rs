@@ -10,7 +10,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{ProgressBar, ProgressStyle};
 use olive_pass_api::{ErrorKind, LogLevel, Model};
 
 use super::protocol::{self, Control, Event, Request, Stage};
@@ -351,12 +351,8 @@ impl Progress {
     fn update(&mut self, pass: &str, done: u64, total: u64, message: &str) {
         tracing::debug!("{pass}: {done}/{total} {message}");
         let bar = self.bar.get_or_insert_with(|| {
-            let target = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-                ProgressDrawTarget::stderr()
-            } else {
-                ProgressDrawTarget::hidden()
-            };
-            let bar = ProgressBar::with_draw_target(None, target).with_prefix(pass.to_owned());
+            let bar = ProgressBar::with_draw_target(None, crate::progress::draw_target())
+                .with_prefix(pass.to_owned());
             if let Ok(style) =
                 ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed})")
             {
