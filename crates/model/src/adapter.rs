@@ -12,6 +12,9 @@ use serde_json::{Map, Value};
 use crate::checkpoint::to_f32;
 use crate::config::{Architecture, ModelConfig};
 
+pub mod write;
+pub use write::{write_adapter, LoraSaveConfig, WeightDtype};
+
 /// The adapter's configuration file.
 pub const CONFIG_FILE: &str = "adapter_config.json";
 /// The adapter's weights as safetensors.
