@@ -1,0 +1,14 @@
+//! Weight quantization math for olive-rs: the min/max grid of AutoGPTQ/AutoAWQ (`grid`), round-to-nearest
+//! (`rtn`) and GPTQ (Frantar et al. 2022, IST-DASLab/gptq `fasterquant`; `gptq`), producing
+//! `olive_model::quantized::QuantizedLinear` (unpacked levels, scales, zero points, g_idx).
+
+pub mod error;
+pub mod gptq;
+pub mod grid;
+mod linalg;
+pub mod rtn;
+
+pub use error::{QuantError, Result};
+pub use gptq::{gptq, GptqOptions, GptqResult, Hessian};
+pub use grid::{group_params, quantize_value, QuantSpec};
+pub use rtn::{fake_quantize, rtn};
