@@ -8,7 +8,10 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 /// A spinner for work of unknown length.
 pub fn spinner(message: String) -> ProgressBar {
     let bar = ProgressBar::with_draw_target(None, draw_target());
-    bar.set_style(ProgressStyle::with_template("{spinner} {msg} ({elapsed})").unwrap_or_else(|_| ProgressStyle::default_spinner()));
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
     bar.set_message(message);
     bar.enable_steady_tick(Duration::from_millis(120));
     bar

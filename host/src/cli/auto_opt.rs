@@ -11,6 +11,7 @@ use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use olive_pass_api::{kinds, Model};
 
+use super::common::{refuse_non_empty, resolve_hf_input};
 use crate::engine::{self, PassRun};
 use crate::plugins;
 
@@ -109,14 +110,7 @@ pub fn check_target(device: &str, provider: &str) -> anyhow::Result<()> {
 pub fn run(args: AutoOptArgs) -> anyhow::Result<()> {
     check_target(&args.device, &args.provider)?;
     refuse_non_empty(&args.output_path, args.overwrite)?;
-    let input = olive_model::convert::resolve_model_path(&args.model_name_or_path)
-        .with_context(|| format!("reading {}", args.model_name_or_path.display()))?;
-    if !input.join("config.json").is_file() {
-        bail!(
-            "{} is not a Hugging Face model folder (no config.json) or a .gguf file",
-            args.model_name_or_path.display()
-        );
-    }
+    let input = resolve_hf_input(&args.model_name_or_path)?;
     let mut model = Model::new(kinds::HF, &input);
     if let Some(adapter) = &args.adapter_path {
         if !adapter.join("adapter_config.json").is_file() {
@@ -191,24 +185,6 @@ pub fn run(args: AutoOptArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// An existing output folder must be empty unless `--overwrite` is given.
-fn refuse_non_empty(path: &Path, overwrite: bool) -> anyhow::Result<()> {
-    if path.is_file() {
-        bail!("output path {} is a file; give a folder", path.display());
-    }
-    let non_empty = fs::read_dir(path)
-        .map(|mut d| d.next().is_some())
-        .unwrap_or(false);
-    if non_empty && !overwrite {
-        bail!(
-            "output path {} exists and is not empty; give --overwrite to replace it",
-            path.display()
-        );
-    }
-    Ok(())
-}
-
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -222,16 +198,5 @@ mod tests {
             .to_string();
         assert!(err.contains("--device gpu: CUDAExecutionProvider"), "{err}");
         assert!(check_target("npu", "QNNExecutionProvider").is_err());
-    }
-
-    #[test]
-    fn non_empty_output_needs_overwrite() {
-        let dir = tempfile::tempdir().unwrap();
-        assert!(refuse_non_empty(&dir.path().join("new"), false).is_ok());
-        assert!(refuse_non_empty(dir.path(), false).is_ok());
-        fs::write(dir.path().join("x"), "x").unwrap();
-        let err = refuse_non_empty(dir.path(), false).unwrap_err().to_string();
-        assert!(err.contains("--overwrite"), "{err}");
-        assert!(refuse_non_empty(dir.path(), true).is_ok());
     }
 }

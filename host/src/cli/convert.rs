@@ -19,9 +19,14 @@ pub struct ConvertArgs {
 }
 
 pub fn run(args: ConvertArgs) -> anyhow::Result<()> {
-    let spinner = crate::progress::spinner(format!("converting {}", args.model_name_or_path.display()));
-    olive_model::convert::gguf_to_hf_with(&args.model_name_or_path, &args.output_path, args.overwrite)
-        .with_context(|| format!("converting {}", args.model_name_or_path.display()))?;
+    let spinner =
+        crate::progress::spinner(format!("converting {}", args.model_name_or_path.display()));
+    olive_model::convert::gguf_to_hf_with(
+        &args.model_name_or_path,
+        &args.output_path,
+        args.overwrite,
+    )
+    .with_context(|| format!("converting {}", args.model_name_or_path.display()))?;
     spinner.finish_and_clear();
     tracing::info!("wrote {}", args.output_path.display());
     Ok(())

@@ -1,17 +1,24 @@
 //! The commands of olive-host, one module each; flags mirror Olive's CLI.
 
 mod auto_opt;
+mod common;
 mod convert;
 mod convert_adapters;
+mod dataset;
 mod generate;
 mod plugins;
+mod quantize;
 mod run_pass;
 mod worker;
 
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "olive-host", version, about = "Olive-compatible model optimization in one binary")]
+#[command(
+    name = "olive-host",
+    version,
+    about = "Olive-compatible model optimization in one binary"
+)]
 pub struct Cli {
     /// Olive's log level: 0 debug, 1 info, 2 warning, 3 error, 4 critical.
     #[arg(long = "log_level", global = true, default_value_t = 2, value_parser = clap::value_parser!(u8).range(0..=4))]
@@ -30,6 +37,8 @@ pub enum Command {
     ConvertAdapters(convert_adapters::ConvertAdaptersArgs),
     /// Generate text greedily from a prompt, on CPU.
     Generate(generate::GenerateArgs),
+    /// Quantize a Hugging Face model's linears with RTN, AWQ or GPTQ (Olive's quantize).
+    Quantize(quantize::QuantizeArgs),
     /// List plugins, or write a plugin library's manifest.
     Plugins(plugins::PluginsArgs),
     /// Run one pass of a plugin on a model, in a worker process.
@@ -46,6 +55,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         Command::ConvertAdapters(args) => convert_adapters::run(args),
         Command::Generate(args) => generate::run(args),
         Command::Plugins(args) => plugins::run(args),
+        Command::Quantize(args) => quantize::run(args),
         Command::RunPass(args) => run_pass::run(args),
         Command::Worker(args) => worker::run(args),
     }

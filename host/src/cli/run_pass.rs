@@ -152,4 +152,3 @@ fn guess_kind(path: &Path) -> anyhow::Result<String> {
         path.display()
     )
 }
-

@@ -1,0 +1,223 @@
+//! `olive-host quantize`: Olive's `olive quantize` (olive/cli/quantize.py) for Hugging Face models: `--algorithm
+//! rtn|awq|gptq` runs the `Rtn`, `AutoAWQQuantizer` or `GptqQuantizer` pass of the quant plugins in a worker and
+//! writes a Hugging Face folder with `quantization_config` to `--output_path`. `--bits`, `--group_size` and
+//! `--sym` (which Olive lacks) set the grid; by default `--precision` gives the bits and each pass its defaults.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::bail;
+use clap::{Args, ValueEnum};
+use olive_pass_api::{kinds, Model};
+
+use super::common::{refuse_non_empty, resolve_hf_input};
+use super::dataset::DatasetArgs;
+use crate::engine::{self, PassRun};
+use crate::plugins;
+
+/// Olive's `--algorithm` values this build serves for Hugging Face models.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Algorithm {
+    Rtn,
+    Awq,
+    Gptq,
+}
+
+impl Algorithm {
+    /// The pass that runs it (Olive's pass type name).
+    fn pass(self) -> &'static str {
+        match self {
+            Algorithm::Rtn => "Rtn",
+            Algorithm::Awq => "AutoAWQQuantizer",
+            Algorithm::Gptq => "GptqQuantizer",
+        }
+    }
+
+    /// Olive's `--implementation` names that mean this algorithm's pass.
+    fn implementations(self) -> &'static [&'static str] {
+        match self {
+            Algorithm::Rtn => &["rtn", "olive"],
+            Algorithm::Awq => &["awq", "autoawq"],
+            Algorithm::Gptq => &["gptq", "autogptq", "gptqmodel"],
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct QuantizeArgs {
+    /// The input model: a Hugging Face folder or a .gguf file.
+    #[arg(long = "model_name_or_path", short = 'm')]
+    pub model_name_or_path: PathBuf,
+    /// Accepted for Olive compatibility: the model's code is never run.
+    #[arg(long = "trust_remote_code")]
+    pub trust_remote_code: bool,
+    /// Where the quantized Hugging Face folder goes.
+    #[arg(long = "output_path", short = 'o', default_value = "quantized-model")]
+    pub output_path: PathBuf,
+    /// The quantization algorithm.
+    #[arg(long, value_enum, default_value_t = Algorithm::Rtn)]
+    pub algorithm: Algorithm,
+    /// The weight precision: int4 or int8 (Olive's default int8).
+    #[arg(long, default_value = "int8")]
+    pub precision: String,
+    /// The implementation of the algorithm (Olive's names: awq, autogptq, ...); each has one here.
+    #[arg(long)]
+    pub implementation: Option<String>,
+    /// Bits per weight, overriding --precision (2, 3, 4 or 8 where the algorithm allows).
+    #[arg(long)]
+    pub bits: Option<u8>,
+    /// Weights per quantization group; -1 for one group per output channel.
+    #[arg(long = "group_size", allow_negative_numbers = true)]
+    pub group_size: Option<i64>,
+    /// Symmetric grid (zero point in the middle) instead of asymmetric: `--sym true|false`.
+    #[arg(long)]
+    pub sym: Option<bool>,
+    #[command(flatten)]
+    pub data: DatasetArgs,
+    /// Replace an existing, non-empty output folder.
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Cancel after this many seconds.
+    #[arg(long, value_parser = super::parse_seconds)]
+    pub timeout: Option<Duration>,
+}
+
+/// Bits of Olive's `--precision` values that quantize weights to integers.
+fn precision_bits(precision: &str) -> anyhow::Result<u8> {
+    match precision {
+        "int4" | "uint4" => Ok(4),
+        "int8" | "uint8" => Ok(8),
+        other => bail!(
+            "--precision {other} is not supported for Hugging Face models; valid: int4, int8 (or give --bits)"
+        ),
+    }
+}
+
+/// The pass config: the grid, then the calibration data when one was given.
+fn pass_config(args: &QuantizeArgs) -> anyhow::Result<serde_json::Value> {
+    if let Some(implementation) = &args.implementation {
+        let known = args.algorithm.implementations();
+        if !known.contains(&implementation.as_str()) {
+            bail!(
+                "--implementation {implementation} does not implement --algorithm {:?}; valid: {}",
+                args.algorithm,
+                known.join(", ")
+            );
+        }
+    }
+    let bits = match args.bits {
+        Some(b) => b,
+        None => precision_bits(&args.precision)?,
+    };
+    let mut config = serde_json::json!({ "bits": bits });
+    if let Some(g) = args.group_size {
+        config["group_size"] = g.into();
+    }
+    if let Some(sym) = args.sym {
+        config["sym"] = sym.into();
+    }
+    if let Some(data) = args.data.data_config()? {
+        config["data_config"] = serde_json::to_value(data)?;
+    }
+    Ok(config)
+}
+
+pub fn run(args: QuantizeArgs) -> anyhow::Result<()> {
+    let config = pass_config(&args)?;
+    refuse_non_empty(&args.output_path, args.overwrite)?;
+    let input = resolve_hf_input(&args.model_name_or_path)?;
+    let found = plugins::discover(&plugins::search_path());
+    let name = args.algorithm.pass();
+    let (plugin, pass) = found.pass(None, name)?;
+    let model = Model::new(kinds::HF, &input);
+    if !pass.accepts.contains(&model.kind) {
+        bail!(
+            "pass {name} of plugin `{}` accepts {}, not a model of kind `{}`",
+            plugin.manifest.name,
+            pass.accepts.join(", "),
+            model.kind
+        );
+    }
+    let model = engine::run_pass(&PassRun {
+        plugin,
+        pass: pass.name.clone(),
+        model,
+        config_json: config.to_string(),
+        output_path: args.output_path.clone(),
+        device: "cpu".to_owned(),
+        timeout: args.timeout,
+        grace: Duration::from_secs(5),
+    })?;
+    tracing::info!("wrote {}", args.output_path.display());
+    println!("{}", serde_json::to_string_pretty(&model)?);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: QuantizeArgs,
+    }
+
+    fn config(args: &[&str]) -> anyhow::Result<serde_json::Value> {
+        let cli = Cli::try_parse_from(["x", "-m", "m"].into_iter().chain(args.iter().copied()))?;
+        pass_config(&cli.args)
+    }
+
+    #[test]
+    fn precision_gives_bits_and_the_grid_flags_pass_through() {
+        assert_eq!(config(&[]).unwrap(), serde_json::json!({"bits": 8}));
+        let c = config(&[
+            "--algorithm",
+            "awq",
+            "--precision",
+            "int4",
+            "--group_size",
+            "-1",
+            "--sym",
+            "true",
+        ])
+        .unwrap();
+        assert_eq!(
+            c,
+            serde_json::json!({"bits": 4, "group_size": -1, "sym": true})
+        );
+        assert_eq!(
+            config(&["--precision", "int4", "--bits", "3"]).unwrap()["bits"],
+            3
+        );
+    }
+
+    #[test]
+    fn unknown_precision_and_implementation_name_the_valid_ones() {
+        let err = config(&["--precision", "fp16"]).unwrap_err().to_string();
+        assert!(err.contains("int4, int8"), "{err}");
+        let err = config(&["--algorithm", "gptq", "--implementation", "awq"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("autogptq"), "{err}");
+    }
+
+    #[test]
+    fn the_dataset_goes_into_data_config() {
+        let c = config(&[
+            "--data_name",
+            "json",
+            "--data_files",
+            "a.jsonl",
+            "--text_field",
+            "t",
+        ])
+        .unwrap();
+        assert_eq!(
+            c["data_config"]["data_files"],
+            serde_json::json!(["a.jsonl"])
+        );
+        assert_eq!(c["data_config"]["text_field"], "t");
+    }
+}
