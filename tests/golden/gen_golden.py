@@ -10,7 +10,8 @@ Writes tests/golden/out/<case>/:
 
 Cases: smollm2 (the default model: transformers reads the GGUF itself, our converter writes model/),
 phi3_short / phi3_longrope (tiny random Phi-3 with LongRoPE: short factors, then a prompt that crosses the
-original context during decoding), qwen2 (q/k/v bias), mistral (sliding window shorter than the prompt).
+original context during decoding), qwen2 (q/k/v bias), mistral (sliding window shorter than the prompt);
+train_<arch>: LoRA gradients and optimizer steps from transformers + peft (train_reference.py).
 
 Usage: python tests/golden/gen_golden.py   (needs OLIVE_HOST and OLIVE_DEFAULT_GGUF; `make golden` sets them)
 """
@@ -26,6 +27,8 @@ from pathlib import Path
 import torch
 import transformers
 from safetensors.torch import save_file
+
+import train_reference
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out"
@@ -199,6 +202,8 @@ def main() -> int:
         ),
         prompt_len=20,
     )
+    # LoRA training references (train_<arch> cases): see train_reference.py.
+    train_reference.main(write_case, stamp_of)
     return 0
 
 

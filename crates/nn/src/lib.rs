@@ -1,7 +1,8 @@
 //! The Llama-family decoder (Llama 2/3, Mistral, Phi-3, Qwen2) on CPU in f32, following
 //! transformers' modeling code: embeddings, RMSNorm, RoPE (default, linear, llama3, LongRoPE),
 //! GQA attention with a KV cache and sliding window, SwiGLU MLP, tied or separate lm_head;
-//! calibration hooks for the quantizers; greedy generation with streaming detokenization.
+//! calibration hooks for the quantizers; greedy generation with streaming detokenization; LoRA
+//! fine-tuning with hand-written backward passes (`train`).
 
 pub mod buffer;
 pub mod cache;
@@ -11,6 +12,7 @@ pub mod layer;
 pub mod linear;
 pub mod model;
 pub mod rope;
+pub mod train;
 
 pub use buffer::WeightBuf;
 pub use cache::{KvCache, LayerCache};

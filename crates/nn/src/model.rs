@@ -87,6 +87,21 @@ impl Transformer {
         &self.rope
     }
 
+    /// The decoder layers, for changing their weights (merging an adapter).
+    pub fn layers_mut(&mut self) -> &mut [DecoderLayer] {
+        &mut self.layers
+    }
+
+    /// The final RMSNorm's weight: [hidden].
+    pub fn final_norm(&self) -> &[f32] {
+        &self.norm
+    }
+
+    /// The lm_head weight: [vocab, hidden] (the token embeddings when tied).
+    pub fn lm_head(&self) -> &[f32] {
+        self.lm_head.as_deref().unwrap_or(&self.embed_tokens)
+    }
+
     /// An empty KV cache with room for `capacity` tokens (it grows past that if needed).
     pub fn new_cache(&self, capacity: usize) -> KvCache {
         let width = LayerDims::from_config(&self.config).kv_width();
