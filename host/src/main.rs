@@ -2,6 +2,7 @@
 
 mod cli;
 mod engine;
+mod evaluate;
 mod logging;
 mod plugins;
 mod progress;

@@ -22,6 +22,13 @@ pub fn is_onnx_folder(path: &Path) -> bool {
     path.is_dir() && (path.join(CONFIG_FILE).is_file() || path.join(DEFAULT_MODEL_FILE).is_file())
 }
 
+/// Which logits a step returns.
+#[derive(Debug, Clone, Copy)]
+enum Rows {
+    Last,
+    All,
+}
+
 /// The past key and value of every layer, as the graph last returned them.
 // layers[l]: (key, value), each [1, kv_heads, past_len, head_size]
 type KvCache = Vec<(DynValue, DynValue)>;
@@ -163,7 +170,7 @@ impl OnnxModel {
             return Ok(generated);
         }
         let mut cache = self.empty_cache()?;
-        let mut logits = self.step(prompt, 0, &mut cache)?;
+        let mut logits = self.step(prompt, 0, &mut cache, Rows::Last)?;
         loop {
             let token = sampler.next(&logits);
             generated.push(token);
@@ -172,13 +179,29 @@ impl OnnxModel {
             if !go_on || options.eos_token_ids.contains(&token) || length >= options.max_length {
                 return Ok(generated);
             }
-            logits = self.step(&[token], length - 1, &mut cache)?;
+            logits = self.step(&[token], length - 1, &mut cache, Rows::Last)?;
         }
     }
 
+    /// The logits of every position of `ids` run from an empty cache: [ids.len(), vocab] (what a
+    /// perplexity needs).
+    pub fn logits(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
+        if ids.is_empty() {
+            return Err(RuntimeError::EmptyPrompt);
+        }
+        let mut cache = self.empty_cache()?;
+        self.step(ids, 0, &mut cache, Rows::All)
+    }
+
     /// Runs `ids` after `past_len` cached positions; returns the logits of the last one ([vocab])
-    /// and leaves the presents in `cache`.
-    fn step(&mut self, ids: &[u32], past_len: usize, cache: &mut KvCache) -> Result<Vec<f32>> {
+    /// or of all of them ([ids.len(), vocab]), and leaves the presents in `cache`.
+    fn step(
+        &mut self,
+        ids: &[u32],
+        past_len: usize,
+        cache: &mut KvCache,
+        rows: Rows,
+    ) -> Result<Vec<f32>> {
         let total = past_len + ids.len();
         let io = &self.io;
         let mut inputs: Vec<(String, SessionInputValue<'static>)> =
@@ -226,28 +249,35 @@ impl OnnxModel {
         let logits = outputs
             .get(&io.logits)
             .ok_or_else(|| ort_error(format!("output {:?} is missing", io.logits)))?;
-        // logits: [1, seq, vocab] (or [1, vocab]); the last row is the next-token distribution.
-        let last_row = |shape: &[i64], len: usize| -> Result<std::ops::Range<usize>> {
+        // logits: [1, seq, vocab] (or [1, vocab] with Rows::Last); the last row is the next-token distribution.
+        let kept = |shape: &[i64], len: usize| -> Result<std::ops::Range<usize>> {
             let vocab = shape.last().copied().unwrap_or(0).max(0) as usize;
             if vocab == 0 || !len.is_multiple_of(vocab) {
                 return Err(ort_error(format!(
                     "logits have shape {shape:?}; expected [1, seq, vocab]"
                 )));
             }
-            Ok(len - vocab..len)
+            match rows {
+                Rows::Last => Ok(len - vocab..len),
+                Rows::All if len == ids.len() * vocab => Ok(0..len),
+                Rows::All => Err(ort_error(format!(
+                    "logits have shape {shape:?}; expected one row per input id ([1, {}, vocab])",
+                    ids.len()
+                ))),
+            }
         };
         match logits.dtype().tensor_type() {
             Some(TensorElementType::Float32) => {
                 let (shape, data) = logits
                     .try_extract_tensor::<f32>()
                     .map_err(|e| ort_error(e.to_string()))?;
-                Ok(data[last_row(shape, data.len())?].to_vec())
+                Ok(data[kept(shape, data.len())?].to_vec())
             }
             Some(TensorElementType::Float16) => {
                 let (shape, data) = logits
                     .try_extract_tensor::<f16>()
                     .map_err(|e| ort_error(e.to_string()))?;
-                Ok(data[last_row(shape, data.len())?]
+                Ok(data[kept(shape, data.len())?]
                     .iter()
                     .map(|v| v.to_f32())
                     .collect())

@@ -5,6 +5,7 @@ mod common;
 mod convert;
 mod convert_adapters;
 mod dataset;
+mod evaluate;
 mod generate;
 mod plugins;
 mod quantize;
@@ -35,6 +36,8 @@ pub enum Command {
     Convert(convert::ConvertArgs),
     /// Convert a PEFT LoRA adapter to an ONNX Runtime adapter file for a model exported with LoRA.
     ConvertAdapters(convert_adapters::ConvertAdaptersArgs),
+    /// Perplexity of a model over a text, on the CPU transformer or through ONNX Runtime.
+    Evaluate(evaluate::EvaluateArgs),
     /// Generate text greedily from a prompt, on CPU.
     Generate(generate::GenerateArgs),
     /// Quantize a Hugging Face model's linears with RTN, AWQ or GPTQ (Olive's quantize).
@@ -53,6 +56,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         Command::AutoOpt(args) => auto_opt::run(args),
         Command::Convert(args) => convert::run(args),
         Command::ConvertAdapters(args) => convert_adapters::run(args),
+        Command::Evaluate(args) => evaluate::run(args),
         Command::Generate(args) => generate::run(args),
         Command::Plugins(args) => plugins::run(args),
         Command::Quantize(args) => quantize::run(args),
