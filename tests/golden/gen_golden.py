@@ -28,6 +28,8 @@ import torch
 import transformers
 from safetensors.torch import save_file
 
+from gptq_reference import write_gptq_case
+
 import train_reference
 
 HERE = Path(__file__).resolve().parent
@@ -165,6 +167,7 @@ def phi3_config(original_ctx: int):
 def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     smollm2_case()
+    write_gptq_case(OUT)  # crates/quant/tests/golden_gptq.rs
     tiny_case("phi3_short", phi3_config(64), prompt_len=9)
     # Prompt within the original context; decoding crosses it, switching to the long factors.
     tiny_case("phi3_longrope", phi3_config(32), prompt_len=30)

@@ -24,8 +24,9 @@ use crate::rtn::check_weight;
 /// Rows one rayon task handles in the column loop: per block each row costs ~block²/2 multiply-adds.
 const ROWS_PER_TASK: usize = 16;
 
-/// H = 2/n · Σ xᵀx over the n calibration rows seen so far, kept as a running average as GPTQ's
-/// `add_batch` does (which counts rows for 2-D inputs); [in, in] row-major f32.
+/// H = 2/n · Σ xᵀx over the n calibration rows (tokens) seen so far, kept as a running average as GPTQ's
+/// `add_batch` does; [in, in] row-major f32. add_batch counts sequences, not rows (a 2-D input is one):
+/// a constant factor that leaves the quantized weight unchanged and only scales `GptqResult::error`.
 #[derive(Debug, Clone)]
 pub struct Hessian {
     n: usize,
