@@ -57,9 +57,10 @@ pub struct QuantizeArgs {
     /// The quantization algorithm.
     #[arg(long, value_enum, default_value_t = Algorithm::Rtn)]
     pub algorithm: Algorithm,
-    /// The weight precision: int4 or int8 (Olive's default int8).
-    #[arg(long, default_value = "int8")]
-    pub precision: String,
+    /// The weight precision: int4 or int8. Default: int4 for awq and gptq (AutoAWQ quantizes to 4 bits only, and
+    /// the lab's `olive quantize --algorithm awq` shrinks the model to 4 bits), int8 for rtn (Olive's default).
+    #[arg(long)]
+    pub precision: Option<String>,
     /// The implementation of the algorithm (Olive's names: awq, autogptq, ...); each has one here.
     #[arg(long)]
     pub implementation: Option<String>,
@@ -105,9 +106,11 @@ fn pass_config(args: &QuantizeArgs) -> anyhow::Result<serde_json::Value> {
             );
         }
     }
-    let bits = match args.bits {
-        Some(b) => b,
-        None => precision_bits(&args.precision)?,
+    let bits = match (args.bits, &args.precision) {
+        (Some(b), _) => b,
+        (None, Some(precision)) => precision_bits(precision)?,
+        (None, None) if args.algorithm == Algorithm::Rtn => 8,
+        (None, None) => 4,
     };
     let mut config = serde_json::json!({ "bits": bits });
     if let Some(g) = args.group_size {
@@ -172,6 +175,7 @@ mod tests {
     #[test]
     fn precision_gives_bits_and_the_grid_flags_pass_through() {
         assert_eq!(config(&[]).unwrap(), serde_json::json!({"bits": 8}));
+        assert_eq!(config(&["--algorithm", "awq"]).unwrap(), serde_json::json!({"bits": 4}));
         let c = config(&[
             "--algorithm",
             "awq",
