@@ -110,6 +110,32 @@ impl Checkpoint {
         })
     }
 
+    /// Drops the resident pages of a tensor's stored bytes (mapped pages count in RSS until then); a streaming
+    /// reader calls it once it has copied a tensor, so memory stays one layer deep. Later reads fault the
+    /// pages back in from the file; neighbouring tensors sharing an edge page are re-read the same way. Advisory
+    /// only: unknown names and platforms without `madvise` do nothing.
+    pub fn release(&self, name: &str) {
+        let Some(shard) = self.locations.get(name).map(|&i| &self.shards[i]) else {
+            return;
+        };
+        let (_, _, start, end) = shard.tensors[name];
+        #[cfg(unix)]
+        {
+            // SAFETY: the mapping is a read-only, private view of a file this process does not write:
+            // MADV_DONTNEED only drops page-cache references, and every later access reads the same bytes back
+            // from the file, so no live borrow of the mapping ever sees different contents.
+            let _ = unsafe {
+                shard.mmap.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    shard.data_start + start,
+                    end - start,
+                )
+            };
+        }
+        #[cfg(not(unix))]
+        let _ = (shard, start, end);
+    }
+
     /// The shard file holding a tensor (for error messages).
     pub fn file_of(&self, name: &str) -> Option<&Path> {
         self.locations.get(name).map(|&i| self.shards[i].path.as_path())

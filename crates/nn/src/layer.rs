@@ -180,8 +180,6 @@ impl DecoderLayer {
                 tokens,
             });
         }
-        let (q, kv) = (d.q_width(), d.kv_width());
-        let qkv_width = q + 2 * kv;
         let Workspace {
             normed,
             qkv,
@@ -195,6 +193,79 @@ impl DecoderLayer {
         let normed = take(normed, tokens * d.hidden); // [tokens, hidden]
         rmsnorm(hidden, &self.input_layernorm, d.rms_norm_eps, normed);
         probe(ProbePoint::Qkv, normed);
+        let attn = take(attn, tokens * d.q_width()); // [tokens, heads · head_dim]
+        self.attention_core(normed, rope, cache, qkv, attn);
+        probe(ProbePoint::O, attn);
+        let proj = take(proj, tokens * d.hidden); // [tokens, hidden]
+        self.o_proj.forward(attn, proj);
+        add_assign(hidden, proj);
+
+        // MLP block.
+        rmsnorm(
+            hidden,
+            &self.post_attention_layernorm,
+            d.rms_norm_eps,
+            normed,
+        );
+        probe(ProbePoint::GateUp, normed);
+        let act = take(act, tokens * d.intermediate); // [tokens, intermediate]
+        self.mlp_core(normed, gate_up, act);
+        probe(ProbePoint::Down, act);
+        self.down_proj.forward(act, proj);
+        add_assign(hidden, proj);
+        Ok(())
+    }
+
+    /// The attention block up to o_proj's input (what a quantizer inspects one block at a time):
+    /// out: [tokens, heads · head_dim] from `normed` ([tokens, hidden], input_layernorm's output) at
+    /// positions `cache.len() ..`, appending their keys and values to `cache`.
+    pub fn attention_context(
+        &self,
+        normed: &[f32],
+        rope: &RopeTables,
+        cache: &mut LayerCache,
+        ws: &mut Workspace,
+        out: &mut [f32],
+    ) -> Result<()> {
+        let d = self.dims;
+        let tokens = normed.len() / d.hidden.max(1);
+        if normed.len() != tokens * d.hidden || out.len() != tokens * d.q_width() {
+            return Err(NnError::HiddenShape {
+                len: normed.len(),
+                hidden_size: d.hidden,
+            });
+        }
+        if rope.start() != cache.len() || rope.len() != tokens {
+            return Err(NnError::PositionMismatch {
+                table_start: rope.start(),
+                table_len: rope.len(),
+                cache_len: cache.len(),
+                tokens,
+            });
+        }
+        self.attention_core(normed, rope, cache, &mut ws.qkv, out);
+        Ok(())
+    }
+
+    /// The MLP block up to down_proj's input: out: [tokens, intermediate] = silu(gate) · up of
+    /// `normed` ([tokens, hidden], post_attention_layernorm's output).
+    pub fn mlp_activation(&self, normed: &[f32], ws: &mut Workspace, out: &mut [f32]) {
+        self.mlp_core(normed, &mut ws.gate_up, out);
+    }
+
+    /// q/k/v, RoPE, cache append and attention: out [tokens, q_width] from normed [tokens, hidden].
+    fn attention_core(
+        &self,
+        normed: &[f32],
+        rope: &RopeTables,
+        cache: &mut LayerCache,
+        qkv: &mut Vec<f32>,
+        out: &mut [f32],
+    ) {
+        let d = self.dims;
+        let tokens = normed.len() / d.hidden;
+        let (q, kv) = (d.q_width(), d.kv_width());
+        let qkv_width = q + 2 * kv;
         let qkv = take(qkv, tokens * qkv_width); // [tokens, q + 2·kv]
         self.qkv_proj.forward(normed, qkv);
         // q and k heads sit side by side at the start of each row: rotate them together.
@@ -208,7 +279,6 @@ impl DecoderLayer {
         for row in qkv.chunks_exact(qkv_width) {
             cache.push(&row[q..q + kv], &row[q + kv..]);
         }
-        let attn = take(attn, tokens * q); // [tokens, heads · head_dim]
         let dims = AttentionDims {
             heads: d.heads,
             kv_heads: d.kv_heads,
@@ -223,29 +293,17 @@ impl DecoderLayer {
             dims,
             d.sliding_window,
             scale,
-            attn,
+            out,
         );
-        probe(ProbePoint::O, attn);
-        let proj = take(proj, tokens * d.hidden); // [tokens, hidden]
-        self.o_proj.forward(attn, proj);
-        add_assign(hidden, proj);
+    }
 
-        // MLP block.
-        rmsnorm(
-            hidden,
-            &self.post_attention_layernorm,
-            d.rms_norm_eps,
-            normed,
-        );
-        probe(ProbePoint::GateUp, normed);
+    /// gate_up and silu · up: out [tokens, intermediate] from normed [tokens, hidden].
+    fn mlp_core(&self, normed: &[f32], gate_up: &mut Vec<f32>, out: &mut [f32]) {
+        let d = self.dims;
+        let tokens = normed.len() / d.hidden;
         let gate_up = take(gate_up, tokens * 2 * d.intermediate); // [tokens, 2·intermediate]
         self.gate_up_proj.forward(normed, gate_up);
-        let act = take(act, tokens * d.intermediate); // [tokens, intermediate]
-        silu_mul(gate_up, act, d.intermediate);
-        probe(ProbePoint::Down, act);
-        self.down_proj.forward(act, proj);
-        add_assign(hidden, proj);
-        Ok(())
+        silu_mul(gate_up, out, d.intermediate);
     }
 }
 

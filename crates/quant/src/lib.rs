@@ -2,13 +2,19 @@
 //! (`rtn`) and GPTQ (Frantar et al. 2022, IST-DASLab/gptq `fasterquant`; `gptq`), producing
 //! `olive_model::quantized::QuantizedLinear` (unpacked levels, scales, zero points, g_idx).
 
+pub mod awq;
 pub mod error;
 pub mod gptq;
 pub mod grid;
 mod linalg;
 pub mod rtn;
+pub mod stream;
+pub mod writer;
 
 pub use error::{QuantError, Result};
 pub use gptq::{gptq, GptqOptions, GptqResult, Hessian};
 pub use grid::{group_params, quantize_value, QuantSpec};
 pub use rtn::{fake_quantize, rtn};
+pub use stream::{
+    quantize_model, Event, LayerReport, Method, OutputFormat, QuantizeOptions, Selected, Summary,
+};

@@ -1,0 +1,1013 @@
+//! Layer-streaming quantization of a Hugging Face Llama-family model (llama, mistral, phi3, qwen2) with RTN, AWQ
+//! (`awq`, after AutoAWQ) or GPTQ (`gptq`, after AutoGPTQ's layer loop with `true_sequential`): the calibration
+//! tokens are embedded (only their embedding rows are read), then one decoder layer at a time is loaded from the
+//! memory-mapped checkpoint, run over the calibration sequences, quantized, written out as its own safetensors
+//! shard (`writer`) and dropped, and its mapped pages released. Peak memory is one layer's f32 weights, the
+//! calibration activations and that layer's Hessians, whatever the number of layers.
+//!
+//! Inputs of the next layer: GPTQ and RTN (with calibration) pass on the quantized layer's outputs, as AutoGPTQ
+//! does; AWQ passes on the floating-point outputs, as AutoAWQ does. A layer's error is
+//! ‖y_q − y_fp‖² / ‖y_fp − x‖²: the output error of the quantized layer relative to the layer's own update of the
+//! residual stream, on the calibration tokens (RTN without calibration: ‖W_q − W‖² / ‖W‖² over its linears).
+
+use std::collections::BTreeSet;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use olive_kernels::cpu::rmsnorm;
+use olive_model::checkpoint::to_f32;
+use olive_model::quantized::{pack_awq_gemm, pack_gptq_v1, QuantizedLinear};
+use olive_model::{Checkpoint, ModelConfig};
+use olive_nn::{DecoderLayer, LayerCache, Rope, RopeTables, Workspace};
+use serde_json::{json, Value};
+
+use crate::awq::{awq_layer, AwqOptions, LayerInputs};
+use crate::error::{QuantError, Result};
+use crate::gptq::{gptq, GptqOptions, Hessian};
+use crate::grid::QuantSpec;
+use crate::rtn::rtn;
+use crate::writer::{ModelWriter, OutTensor};
+
+pub use crate::awq::Selected;
+
+/// The quantization algorithm.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Method {
+    /// Round to nearest on the min-max grid; needs no calibration.
+    Rtn,
+    /// Activation-aware scaling and clipping, then round to nearest.
+    Awq(AwqOptions),
+    /// GPTQ with calibration Hessians.
+    Gptq(GptqOptions),
+}
+
+/// The packed layout written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputFormat {
+    /// AWQ → AutoAWQ GEMM when every linear fits it (bits 4, group dividing in_features, out a multiple of 8),
+    /// else GPTQ v1; RTN and GPTQ → GPTQ v1.
+    Auto,
+    /// GPTQ v1 (`quant_method: gptq`, `checkpoint_format: gptq`): bits 2, 4, 8, ragged last group.
+    GptqV1,
+    /// AutoAWQ GEMM (`quant_method: awq`, `version: gemm`): bits 4, no ragged group, no act-order.
+    AwqGemm,
+}
+
+impl Selected {
+    /// Every decoder linear.
+    pub const ALL: Selected = Selected {
+        q: true,
+        k: true,
+        v: true,
+        o: true,
+        gate: true,
+        up: true,
+        down: true,
+    };
+
+    /// The projections named (`q_proj`, `k_proj`, `v_proj`, `o_proj`, `gate_proj`, `up_proj`, `down_proj`,
+    /// Phi-3's `qkv_proj` = q/k/v and `gate_up_proj` = gate/up). `lm_head` and `embed_tokens` are refused:
+    /// they stay in their original dtype (crates/nn and transformers' loaders read no packed lm_head here).
+    pub fn from_names(names: &[String]) -> Result<Self> {
+        let mut s = Selected {
+            q: false,
+            k: false,
+            v: false,
+            o: false,
+            gate: false,
+            up: false,
+            down: false,
+        };
+        for name in names {
+            match name.as_str() {
+                "q_proj" => s.q = true,
+                "k_proj" => s.k = true,
+                "v_proj" => s.v = true,
+                "qkv_proj" => (s.q, s.k, s.v) = (true, true, true),
+                "o_proj" => s.o = true,
+                "gate_proj" => s.gate = true,
+                "up_proj" => s.up = true,
+                "gate_up_proj" => (s.gate, s.up) = (true, true),
+                "down_proj" => s.down = true,
+                "lm_head" | "embed_tokens" => {
+                    return Err(QuantError::Unsupported(format!(
+                        "modules: `{name}` is not quantized by this quantizer (it stays in its original dtype); \
+                         expected decoder linears: q_proj, k_proj, v_proj, qkv_proj, o_proj, gate_proj, up_proj, \
+                         gate_up_proj, down_proj"
+                    )))
+                }
+                other => {
+                    return Err(QuantError::Unsupported(format!(
+                        "modules: unknown module `{other}`; expected q_proj, k_proj, v_proj, qkv_proj, o_proj, \
+                         gate_proj, up_proj, gate_up_proj, down_proj"
+                    )))
+                }
+            }
+        }
+        if s == Selected::NONE {
+            return Err(QuantError::Unsupported(
+                "modules: empty; name at least one decoder linear".into(),
+            ));
+        }
+        Ok(s)
+    }
+
+    const NONE: Selected = Selected {
+        q: false,
+        k: false,
+        v: false,
+        o: false,
+        gate: false,
+        up: false,
+        down: false,
+    };
+}
+
+/// What to do.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct QuantizeOptions {
+    pub method: Method,
+    pub spec: QuantSpec,
+    /// The decoder linears quantized (the others are written in their original dtype).
+    pub modules: Selected,
+    pub format: OutputFormat,
+}
+
+/// How a layer's error was measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorMetric {
+    /// ‖y_q − y_fp‖² / ‖y_fp − x‖² on the calibration tokens.
+    Output,
+    /// ‖W_q − W‖² / ‖W‖² (RTN without calibration).
+    Weight,
+}
+
+/// One finished layer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerReport {
+    pub index: usize,
+    pub layers: usize,
+    pub seconds: f64,
+    pub error: f64,
+    pub metric: ErrorMetric,
+}
+
+/// What the quantizer tells its caller while it runs; the callback returns false to stop (the run then fails
+/// with [`QuantError::Cancelled`] and leaves no output).
+#[derive(Debug, Clone, Copy)]
+pub enum Event<'a> {
+    Log(&'a str),
+    Layer(&'a LayerReport),
+}
+
+/// The finished run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Summary {
+    pub output: PathBuf,
+    /// The layout written (never `Auto`).
+    pub format: OutputFormat,
+    pub layers: usize,
+    pub quantized_linears: usize,
+    pub seconds: f64,
+    pub mean_error: f64,
+    pub metric: ErrorMetric,
+}
+
+/// Which fused buffer of [`DecoderLayer`] a module's rows live in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    Qkv,
+    O,
+    GateUp,
+    Down,
+}
+
+/// One linear as the checkpoint names it.
+#[derive(Debug, Clone)]
+struct Module {
+    /// `model.layers.{i}.self_attn.q_proj`
+    name: String,
+    slot: Slot,
+    rows: Range<usize>,
+    in_features: usize,
+    quantized: bool,
+}
+
+const SLOTS: [Slot; 4] = [Slot::Qkv, Slot::O, Slot::GateUp, Slot::Down];
+
+/// Quantizes the model folder `input` into the new folder `output` (see the module doc).
+/// `calibration`: token windows of one length (AWQ and GPTQ need at least one; RTN runs without, and
+/// measures output errors when given some).
+pub fn quantize_model(
+    input: &Path,
+    output: &Path,
+    options: &QuantizeOptions,
+    calibration: &[Vec<u32>],
+    events: &mut dyn FnMut(Event<'_>) -> bool,
+) -> Result<Summary> {
+    let start = Instant::now();
+    let spec = options.spec;
+    spec.validate()?;
+    if let Method::Gptq(g) = &options.method {
+        g.validate()?;
+    }
+    let config = ModelConfig::from_folder(input)?;
+    refuse_quantized_config(input)?;
+    let ckpt = Checkpoint::open(input)?;
+    if let Some(name) = ckpt.names().find(|n| n.ends_with(".qweight")) {
+        return Err(QuantError::AlreadyQuantized {
+            path: ckpt.file_of(name).unwrap_or(input).to_path_buf(),
+            what: format!("tensor `{name}`"),
+        });
+    }
+    let layers = config.num_hidden_layers;
+    let plan: Vec<Vec<Module>> = (0..layers)
+        .map(|i| layer_modules(&ckpt, &config, i, options.modules))
+        .collect::<Result<_>>()?;
+    let format = resolve_format(options, &plan, events)?;
+    let seq_len = check_calibration(&options.method, calibration, config.vocab_size)?;
+
+    let mut writer = ModelWriter::create(output, layers + 1)?;
+    let rope = Rope::new(&config);
+    let tables = rope.tables(0, seq_len.max(1));
+    // hidden: [sequences · seq_len, hidden], the current layer's input.
+    let mut hidden = embed(&ckpt, &config, calibration)?;
+    let mut errors = Vec::with_capacity(layers);
+    let metric = if calibration.is_empty() {
+        ErrorMetric::Weight
+    } else {
+        ErrorMetric::Output
+    };
+    let mut quantized_linears = 0;
+    for (i, modules) in plan.iter().enumerate() {
+        let t0 = Instant::now();
+        let prefix = format!("model.layers.{i}.");
+        let mut layer = DecoderLayer::load(&ckpt, &config, i)?;
+        let layer_names: Vec<String> = ckpt
+            .names()
+            .filter(|n| n.starts_with(&prefix))
+            .map(String::from)
+            .collect();
+        for n in &layer_names {
+            ckpt.release(n);
+        }
+        let run = LayerRun {
+            modules,
+            spec: &spec,
+            format,
+            seq_len,
+            rope: &tables,
+        };
+        let (linears, error) = match &options.method {
+            Method::Rtn => run.rtn(&mut layer, &mut hidden)?,
+            Method::Gptq(g) => run.gptq(&mut layer, &mut hidden, g)?,
+            Method::Awq(a) => run.awq(&mut layer, &mut hidden, a, events)?,
+        };
+        quantized_linears += linears.len();
+        let tensors = layer_tensors(&ckpt, &layer, modules, &linears, &layer_names, format)?;
+        writer.write_shard(&tensors, &mut |n| ckpt.release(n))?;
+        drop(tensors);
+        drop(layer);
+        errors.push(error);
+        let report = LayerReport {
+            index: i,
+            layers,
+            seconds: t0.elapsed().as_secs_f64(),
+            error,
+            metric,
+        };
+        if !events(Event::Layer(&report)) {
+            return Err(QuantError::Cancelled);
+        }
+    }
+    drop(hidden);
+    let rest: Vec<OutTensor<'_>> = ckpt
+        .names()
+        .filter(|n| !n.starts_with("model.layers."))
+        .map(|n| {
+            let raw = ckpt.raw(n)?;
+            Ok(OutTensor {
+                name: n.to_string(),
+                dtype: raw.dtype,
+                shape: raw.shape.to_vec(),
+                bytes: raw.bytes.into(),
+            })
+        })
+        .collect::<Result<_>>()?;
+    writer.write_shard(&rest, &mut |n| ckpt.release(n))?;
+    drop(rest);
+    let qc = quantization_config(options, format, &plan);
+    let output = writer.finish(input, qc)?;
+    Ok(Summary {
+        output,
+        format,
+        layers,
+        quantized_linears,
+        seconds: start.elapsed().as_secs_f64(),
+        mean_error: errors.iter().sum::<f64>() / errors.len().max(1) as f64,
+        metric,
+    })
+}
+
+/// An input whose config.json already has `quantization_config` is refused.
+fn refuse_quantized_config(input: &Path) -> Result<()> {
+    let path = input.join("config.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| QuantError::io(&path, e))?;
+    let json: Value = serde_json::from_str(&text).map_err(|source| QuantError::Json {
+        path: path.clone(),
+        source,
+    })?;
+    match json.get("quantization_config") {
+        None | Some(Value::Null) => Ok(()),
+        Some(q) => Err(QuantError::AlreadyQuantized {
+            path,
+            what: format!(
+                "config.json has quantization_config, quant_method {}",
+                q.get("quant_method").unwrap_or(&Value::Null)
+            ),
+        }),
+    }
+}
+
+/// The linears of layer `i` under the checkpoint's own names (fused Phi-3 projections or separate ones).
+fn layer_modules(
+    ckpt: &Checkpoint,
+    config: &ModelConfig,
+    i: usize,
+    sel: Selected,
+) -> Result<Vec<Module>> {
+    let (h, q, kv, inter) = (
+        config.hidden_size,
+        config.num_attention_heads * config.head_dim,
+        config.num_key_value_heads * config.head_dim,
+        config.intermediate_size,
+    );
+    let attn = format!("model.layers.{i}.self_attn");
+    let mlp = format!("model.layers.{i}.mlp");
+    let module = |name: String, slot, rows: Range<usize>, in_features, quantized| Module {
+        name,
+        slot,
+        rows,
+        in_features,
+        quantized,
+    };
+    let mut out = Vec::new();
+    if ckpt.contains(&format!("{attn}.qkv_proj.weight")) {
+        if !(sel.q == sel.k && sel.k == sel.v) {
+            return Err(QuantError::Unsupported(format!(
+                "modules: {attn}.qkv_proj holds q, k and v fused; select all three (qkv_proj) or none"
+            )));
+        }
+        out.push(module(
+            format!("{attn}.qkv_proj"),
+            Slot::Qkv,
+            0..q + 2 * kv,
+            h,
+            sel.q,
+        ));
+    } else {
+        out.push(module(format!("{attn}.q_proj"), Slot::Qkv, 0..q, h, sel.q));
+        out.push(module(
+            format!("{attn}.k_proj"),
+            Slot::Qkv,
+            q..q + kv,
+            h,
+            sel.k,
+        ));
+        out.push(module(
+            format!("{attn}.v_proj"),
+            Slot::Qkv,
+            q + kv..q + 2 * kv,
+            h,
+            sel.v,
+        ));
+    }
+    out.push(module(format!("{attn}.o_proj"), Slot::O, 0..h, q, sel.o));
+    if ckpt.contains(&format!("{mlp}.gate_up_proj.weight")) {
+        if sel.gate != sel.up {
+            return Err(QuantError::Unsupported(format!(
+                "modules: {mlp}.gate_up_proj holds gate and up fused; select both (gate_up_proj) or neither"
+            )));
+        }
+        out.push(module(
+            format!("{mlp}.gate_up_proj"),
+            Slot::GateUp,
+            0..2 * inter,
+            h,
+            sel.gate,
+        ));
+    } else {
+        out.push(module(
+            format!("{mlp}.gate_proj"),
+            Slot::GateUp,
+            0..inter,
+            h,
+            sel.gate,
+        ));
+        out.push(module(
+            format!("{mlp}.up_proj"),
+            Slot::GateUp,
+            inter..2 * inter,
+            h,
+            sel.up,
+        ));
+    }
+    out.push(module(
+        format!("{mlp}.down_proj"),
+        Slot::Down,
+        0..h,
+        inter,
+        sel.down,
+    ));
+    Ok(out)
+}
+
+/// The layout to write, checked against every quantized linear before anything is written.
+fn resolve_format(
+    options: &QuantizeOptions,
+    plan: &[Vec<Module>],
+    events: &mut dyn FnMut(Event<'_>) -> bool,
+) -> Result<OutputFormat> {
+    let spec = options.spec;
+    let act_order = matches!(options.method, Method::Gptq(g) if g.act_order);
+    let quantized = || plan.iter().flatten().filter(|m| m.quantized);
+    let awq_misfit = || -> Option<String> {
+        if spec.bits != 4 {
+            return Some(format!("bits {} (AutoAWQ GEMM packs 4)", spec.bits));
+        }
+        if act_order {
+            return Some("act-order (a permuted g_idx has no AWQ layout)".into());
+        }
+        quantized().find_map(|m| {
+            let g = spec.group_len(m.in_features);
+            if m.in_features % g != 0 {
+                Some(format!(
+                    "group_size {g} does not divide {}'s {} inputs (AutoAWQ has no ragged last group)",
+                    m.name, m.in_features
+                ))
+            } else if m.rows.len() % 8 != 0 {
+                Some(format!("{}'s {} outputs are not a multiple of 8", m.name, m.rows.len()))
+            } else {
+                None
+            }
+        })
+    };
+    let format = match (options.format, &options.method) {
+        (OutputFormat::Auto, Method::Awq(_)) => match awq_misfit() {
+            None => OutputFormat::AwqGemm,
+            Some(why) => {
+                let line = format!(
+                    "AutoAWQ GEMM layout does not fit ({why}): writing the AWQ-searched weights in the GPTQ v1 layout \
+                     (quant_method gptq)"
+                );
+                if !events(Event::Log(&line)) {
+                    return Err(QuantError::Cancelled);
+                }
+                OutputFormat::GptqV1
+            }
+        },
+        (OutputFormat::Auto, _) => OutputFormat::GptqV1,
+        (f, _) => f,
+    };
+    match format {
+        OutputFormat::AwqGemm => {
+            if let Some(why) = awq_misfit() {
+                return Err(QuantError::Unsupported(format!(
+                    "AutoAWQ GEMM output: {why}"
+                )));
+            }
+        }
+        _ => {
+            if !matches!(spec.bits, 2 | 4 | 8) {
+                return Err(QuantError::Unsupported(format!(
+                    "bits {}: the GPTQ v1 layout packs 2, 4 or 8 bits (AWQ GEMM 4)",
+                    spec.bits
+                )));
+            }
+            let per = 32 / usize::from(spec.bits);
+            if let Some(m) =
+                quantized().find(|m| m.in_features % per != 0 || m.rows.len() % per != 0)
+            {
+                return Err(QuantError::Unsupported(format!(
+                    "{}: [{}, {}] does not fit the GPTQ v1 layout at {} bits (both sizes must be multiples of {per})",
+                    m.name,
+                    m.rows.len(),
+                    m.in_features,
+                    spec.bits
+                )));
+            }
+        }
+    }
+    Ok(format)
+}
+
+/// The common length of the calibration windows (0 when there are none, for RTN).
+fn check_calibration(method: &Method, calibration: &[Vec<u32>], vocab: usize) -> Result<usize> {
+    let Some(first) = calibration.first() else {
+        return match method {
+            Method::Rtn => Ok(0),
+            _ => Err(QuantError::Calibration(
+                "no calibration samples; AWQ and GPTQ need at least one window of tokens".into(),
+            )),
+        };
+    };
+    let seq_len = first.len();
+    if seq_len == 0 {
+        return Err(QuantError::Calibration("sample 0 is empty".into()));
+    }
+    for (i, s) in calibration.iter().enumerate() {
+        if s.len() != seq_len {
+            return Err(QuantError::Calibration(format!(
+                "sample {i} has {} tokens, sample 0 has {seq_len}; all windows must have one length",
+                s.len()
+            )));
+        }
+        if let Some(t) = s.iter().find(|&&t| t as usize >= vocab) {
+            return Err(QuantError::Calibration(format!(
+                "sample {i}: token id {t} is outside the model's vocabulary of {vocab}"
+            )));
+        }
+    }
+    Ok(seq_len)
+}
+
+/// The embedding rows of the calibration tokens: [sequences · seq_len, hidden] (nothing else of the table is read).
+fn embed(ckpt: &Checkpoint, config: &ModelConfig, calibration: &[Vec<u32>]) -> Result<Vec<f32>> {
+    if calibration.is_empty() {
+        return Ok(Vec::new());
+    }
+    let name = "model.embed_tokens.weight";
+    let raw = ckpt.raw(name)?;
+    let h = config.hidden_size;
+    if raw.shape != [config.vocab_size, h] {
+        return Err(olive_model::ModelError::BadTensor {
+            path: ckpt.file_of(name).unwrap_or(ckpt.folder()).to_path_buf(),
+            name: name.into(),
+            reason: format!(
+                "shape {:?}, expected [{}, {h}]",
+                raw.shape, config.vocab_size
+            ),
+        }
+        .into());
+    }
+    let row_bytes = raw.bytes.len() / config.vocab_size;
+    let mut out = Vec::with_capacity(calibration.len() * calibration[0].len() * h);
+    for &t in calibration.iter().flatten() {
+        let t = t as usize;
+        let row =
+            to_f32(raw.dtype, &raw.bytes[t * row_bytes..(t + 1) * row_bytes]).ok_or_else(|| {
+                olive_model::ModelError::BadTensor {
+                    path: ckpt.file_of(name).unwrap_or(ckpt.folder()).to_path_buf(),
+                    name: name.into(),
+                    reason: format!("dtype {:?}, expected F32, F16 or BF16", raw.dtype),
+                }
+            })?;
+        out.extend_from_slice(&row);
+    }
+    ckpt.release(name);
+    Ok(out)
+}
+
+/// One layer's quantization settings.
+struct LayerRun<'a> {
+    modules: &'a [Module],
+    spec: &'a QuantSpec,
+    format: OutputFormat,
+    seq_len: usize,
+    rope: &'a RopeTables,
+}
+
+/// The quantized linears of a layer, by index into its modules.
+type Quantized = Vec<(usize, QuantizedLinear)>;
+
+/// Sees a linear group's input ([tokens, in]) before the group runs; may change the layer's weights.
+type BeforeGroup<'a> = dyn FnMut(&mut DecoderLayer, Slot, &[f32]) -> Result<()> + 'a;
+
+impl LayerRun<'_> {
+    fn rtn(&self, layer: &mut DecoderLayer, hidden: &mut Vec<f32>) -> Result<(Quantized, f64)> {
+        if hidden.is_empty() {
+            let (mut diff, mut norm) = (0f64, 0f64);
+            let mut out = Vec::new();
+            for slot in SLOTS {
+                let before = slot_linear(layer, slot).weight.to_vec();
+                let k = slot_in_features(layer, slot);
+                for (i, q) in self.quantize_slot(layer, slot, None)? {
+                    let rows = self.modules[i].rows.clone();
+                    let w = &before[rows.start * k..rows.end * k];
+                    for (a, b) in q.dequantize().iter().zip(w) {
+                        diff += f64::from(a - b).powi(2);
+                        norm += f64::from(*b).powi(2);
+                    }
+                    out.push((i, q));
+                }
+            }
+            return Ok((out, diff / norm.max(f64::MIN_POSITIVE)));
+        }
+        let y_fp = self.composed(layer, hidden, &mut |_, _, _| Ok(()))?;
+        let mut out = Vec::new();
+        for slot in SLOTS {
+            out.extend(self.quantize_slot(layer, slot, None)?);
+        }
+        let y_q = self.composed(layer, hidden, &mut |_, _, _| Ok(()))?;
+        let error = relative_error(&y_q, &y_fp, hidden);
+        *hidden = y_q;
+        Ok((out, error))
+    }
+
+    fn gptq(
+        &self,
+        layer: &mut DecoderLayer,
+        hidden: &mut Vec<f32>,
+        opts: &GptqOptions,
+    ) -> Result<(Quantized, f64)> {
+        let mut out = Vec::new();
+        let y_fp;
+        if opts.true_sequential {
+            y_fp = self.composed(layer, hidden, &mut |_, _, _| Ok(()))?;
+            // Each group's Hessian comes from inputs computed with the earlier groups already quantized.
+            let y_q = self.composed(layer, hidden, &mut |layer, slot, x| {
+                let mut h = Hessian::new(slot_in_features(layer, slot));
+                h.add(x);
+                out.extend(self.quantize_slot(layer, slot, Some((&h, opts)))?);
+                Ok(())
+            })?;
+            let error = relative_error(&y_q, &y_fp, hidden);
+            *hidden = y_q;
+            return Ok((out, error));
+        }
+        let mut hessians: Vec<(Slot, Hessian)> = Vec::new();
+        y_fp = self.composed(layer, hidden, &mut |layer, slot, x| {
+            let mut h = Hessian::new(slot_in_features(layer, slot));
+            h.add(x);
+            hessians.push((slot, h));
+            Ok(())
+        })?;
+        for (slot, h) in &hessians {
+            out.extend(self.quantize_slot(layer, *slot, Some((h, opts)))?);
+        }
+        let y_q = self.composed(layer, hidden, &mut |_, _, _| Ok(()))?;
+        let error = relative_error(&y_q, &y_fp, hidden);
+        *hidden = y_q;
+        Ok((out, error))
+    }
+
+    fn awq(
+        &self,
+        layer: &mut DecoderLayer,
+        hidden: &mut Vec<f32>,
+        opts: &AwqOptions,
+        events: &mut dyn FnMut(Event<'_>) -> bool,
+    ) -> Result<(Quantized, f64)> {
+        let mut inputs = LayerInputs {
+            seq_len: self.seq_len,
+            ..LayerInputs::default()
+        };
+        let y_fp = self.composed(layer, hidden, &mut |_, slot, x| {
+            let buf = match slot {
+                Slot::Qkv => &mut inputs.qkv,
+                Slot::O => &mut inputs.o,
+                Slot::GateUp => &mut inputs.gate_up,
+                Slot::Down => &mut inputs.down,
+            };
+            *buf = x.to_vec();
+            Ok(())
+        })?;
+        let sel = self.selected();
+        let stats = awq_layer(layer, self.rope, &mut inputs, self.spec, sel, opts)?;
+        drop(inputs);
+        let line = format!(
+            "AWQ {}: best ratios {:?}, {} weights clipped",
+            self.modules.first().map_or("", |m| m.name.as_str()),
+            stats.ratios,
+            stats.clipped
+        );
+        if !events(Event::Log(&line)) {
+            return Err(QuantError::Cancelled);
+        }
+        let mut out = Vec::new();
+        for slot in SLOTS {
+            out.extend(self.quantize_slot(layer, slot, None)?);
+        }
+        let y_q = self.composed(layer, hidden, &mut |_, _, _| Ok(()))?;
+        let error = relative_error(&y_q, &y_fp, hidden);
+        // AutoAWQ feeds the next layer with the floating-point outputs.
+        *hidden = y_fp;
+        Ok((out, error))
+    }
+
+    fn selected(&self) -> Selected {
+        let mut s = Selected::NONE;
+        let d = |m: &Module| m.quantized;
+        for m in self.modules {
+            let short = m.name.rsplit('.').next().unwrap_or("");
+            match short {
+                "q_proj" => s.q = d(m),
+                "k_proj" => s.k = d(m),
+                "v_proj" => s.v = d(m),
+                "qkv_proj" => (s.q, s.k, s.v) = (d(m), d(m), d(m)),
+                "o_proj" => s.o = d(m),
+                "gate_proj" => s.gate = d(m),
+                "up_proj" => s.up = d(m),
+                "gate_up_proj" => (s.gate, s.up) = (d(m), d(m)),
+                "down_proj" => s.down = d(m),
+                _ => {}
+            }
+        }
+        s
+    }
+
+    /// Quantizes the selected modules of `slot` (RTN, or GPTQ with a Hessian) and puts their dequantized weights
+    /// back into the layer, so later forwards see the quantized layer.
+    fn quantize_slot(
+        &self,
+        layer: &mut DecoderLayer,
+        slot: Slot,
+        gptq_with: Option<(&Hessian, &GptqOptions)>,
+    ) -> Result<Quantized> {
+        let mut out = Vec::new();
+        for (i, m) in self.modules.iter().enumerate() {
+            if m.slot != slot || !m.quantized {
+                continue;
+            }
+            let w = slot_rows(layer, slot, m.rows.clone());
+            let rows = m.rows.len();
+            let mut q = match gptq_with {
+                None => rtn(w, rows, m.in_features, self.spec)?,
+                Some((h, o)) => gptq(w, rows, m.in_features, h, self.spec, o)?.linear,
+            };
+            if self.format == OutputFormat::GptqV1 {
+                fit_gptq_v1_zeros(&mut q);
+            }
+            slot_rows_mut(layer, slot, m.rows.clone()).copy_from_slice(&q.dequantize());
+            out.push((i, q));
+        }
+        Ok(out)
+    }
+
+    /// The layer computed group by group over every calibration sequence, `before(layer, slot, x)` seeing each
+    /// linear group's input x ([tokens, in]) before the group runs (and free to change its weights); returns the
+    /// layer's output [tokens, hidden].
+    fn composed(
+        &self,
+        layer: &mut DecoderLayer,
+        hidden: &[f32],
+        before: &mut BeforeGroup<'_>,
+    ) -> Result<Vec<f32>> {
+        let d = layer.dims;
+        let tokens = hidden.len() / d.hidden;
+        let mut x1 = vec![0f32; hidden.len()]; // [tokens, hidden]
+        rmsnorm(hidden, &layer.input_layernorm, d.rms_norm_eps, &mut x1);
+        before(layer, Slot::Qkv, &x1)?;
+        let mut ws = Workspace::default();
+        let mut x2 = vec![0f32; tokens * d.q_width()]; // [tokens, heads · head_dim]
+        for (xs, cs) in x1
+            .chunks_exact(self.seq_len * d.hidden)
+            .zip(x2.chunks_exact_mut(self.seq_len * d.q_width()))
+        {
+            let mut cache = LayerCache::new(d.kv_width(), self.seq_len);
+            layer.attention_context(xs, self.rope, &mut cache, &mut ws, cs)?;
+        }
+        drop(x1);
+        before(layer, Slot::O, &x2)?;
+        let mut h2 = vec![0f32; hidden.len()]; // [tokens, hidden]
+        layer.o_proj.forward(&x2, &mut h2);
+        drop(x2);
+        for (a, b) in h2.iter_mut().zip(hidden) {
+            *a += b;
+        }
+        let mut x3 = vec![0f32; hidden.len()]; // [tokens, hidden]
+        rmsnorm(
+            &h2,
+            &layer.post_attention_layernorm,
+            d.rms_norm_eps,
+            &mut x3,
+        );
+        before(layer, Slot::GateUp, &x3)?;
+        let mut x4 = vec![0f32; tokens * d.intermediate]; // [tokens, intermediate]
+        layer.mlp_activation(&x3, &mut ws, &mut x4);
+        drop(x3);
+        before(layer, Slot::Down, &x4)?;
+        let mut y = vec![0f32; hidden.len()]; // [tokens, hidden]
+        layer.down_proj.forward(&x4, &mut y);
+        for (a, b) in y.iter_mut().zip(&h2) {
+            *a += b;
+        }
+        Ok(y)
+    }
+}
+
+/// ‖y_q − y_fp‖² / ‖y_fp − x‖².
+fn relative_error(y_q: &[f32], y_fp: &[f32], x: &[f32]) -> f64 {
+    let (mut num, mut den) = (0f64, 0f64);
+    for ((q, f), x) in y_q.iter().zip(y_fp).zip(x) {
+        num += f64::from(q - f).powi(2);
+        den += f64::from(f - x).powi(2);
+    }
+    num / den.max(f64::MIN_POSITIVE)
+}
+
+fn slot_linear(layer: &DecoderLayer, slot: Slot) -> &olive_nn::Linear {
+    match slot {
+        Slot::Qkv => &layer.qkv_proj,
+        Slot::O => &layer.o_proj,
+        Slot::GateUp => &layer.gate_up_proj,
+        Slot::Down => &layer.down_proj,
+    }
+}
+
+fn slot_in_features(layer: &DecoderLayer, slot: Slot) -> usize {
+    slot_linear(layer, slot).in_features
+}
+
+/// Rows of a slot's weight: [rows.len(), in].
+fn slot_rows(layer: &DecoderLayer, slot: Slot, rows: Range<usize>) -> &[f32] {
+    let l = slot_linear(layer, slot);
+    &l.weight[rows.start * l.in_features..rows.end * l.in_features]
+}
+
+fn slot_rows_mut(layer: &mut DecoderLayer, slot: Slot, rows: Range<usize>) -> &mut [f32] {
+    let l = match slot {
+        Slot::Qkv => &mut layer.qkv_proj,
+        Slot::O => &mut layer.o_proj,
+        Slot::GateUp => &mut layer.gate_up_proj,
+        Slot::Down => &mut layer.down_proj,
+    };
+    let k = l.in_features;
+    &mut l.weight[rows.start * k..rows.end * k]
+}
+
+/// GPTQ v1 stores zero − 1, so a zero point of 0 (a group with no negative weight) cannot be written: such a
+/// group gets zero 1 and its levels move up by one (clamped at the top level, which then loses one step).
+fn fit_gptq_v1_zeros(q: &mut QuantizedLinear) {
+    let (k, groups, maxq) = (q.in_features, q.n_groups(), (1u16 << q.bits) - 1);
+    for o in 0..q.out_features {
+        for g in 0..groups {
+            if q.zeros[o * groups + g] != 0 {
+                continue;
+            }
+            q.zeros[o * groups + g] = 1;
+            for i in 0..k {
+                if q.group_of(i) == g {
+                    let v = &mut q.q[o * k + i];
+                    *v = (u16::from(*v) + 1).min(maxq) as u8;
+                }
+            }
+        }
+    }
+}
+
+/// The tensors of one finished layer: packed quantized linears, the other linears, biases and norms in the
+/// input's dtypes, and any other tensor of the layer copied as stored.
+fn layer_tensors<'c>(
+    ckpt: &'c Checkpoint,
+    layer: &DecoderLayer,
+    modules: &[Module],
+    linears: &Quantized,
+    layer_names: &[String],
+    format: OutputFormat,
+) -> Result<Vec<OutTensor<'c>>> {
+    let mut out = Vec::new();
+    let mut done: BTreeSet<String> = BTreeSet::new();
+    let dtype_of = |name: &str| ckpt.raw(name).map(|r| r.dtype);
+    let prefix = modules
+        .first()
+        .and_then(|m| m.name.split(".self_attn").next())
+        .unwrap_or("")
+        .to_string();
+    for (name, values) in [
+        (
+            format!("{prefix}.input_layernorm.weight"),
+            &layer.input_layernorm,
+        ),
+        (
+            format!("{prefix}.post_attention_layernorm.weight"),
+            &layer.post_attention_layernorm,
+        ),
+    ] {
+        let dtype = dtype_of(&name)?;
+        out.push(OutTensor::from_f32(
+            name.clone(),
+            dtype,
+            vec![values.len()],
+            values,
+        )?);
+        done.insert(name);
+    }
+    for (i, m) in modules.iter().enumerate() {
+        let weight_name = format!("{}.weight", m.name);
+        let dtype = dtype_of(&weight_name)?;
+        match linears.iter().find(|(j, _)| *j == i) {
+            Some((_, q)) => {
+                let packed = match format {
+                    OutputFormat::AwqGemm => pack_awq_gemm(q),
+                    _ => pack_gptq_v1(q),
+                }
+                .map_err(|source| QuantError::Pack {
+                    module: m.name.clone(),
+                    source,
+                })?;
+                for (suffix, dtype, shape, bytes) in packed {
+                    out.push(OutTensor {
+                        name: format!("{}.{suffix}", m.name),
+                        dtype,
+                        shape,
+                        bytes: bytes.into(),
+                    });
+                }
+            }
+            None => {
+                let w = slot_rows(layer, m.slot, m.rows.clone());
+                out.push(OutTensor::from_f32(
+                    weight_name.clone(),
+                    dtype,
+                    vec![m.rows.len(), m.in_features],
+                    w,
+                )?);
+            }
+        }
+        done.insert(weight_name);
+        let bias_name = format!("{}.bias", m.name);
+        if ckpt.contains(&bias_name) {
+            let bias = slot_linear(layer, m.slot).bias.as_deref().unwrap_or(&[]);
+            let values = bias.get(m.rows.clone()).ok_or_else(|| {
+                QuantError::Unsupported(format!(
+                    "{bias_name}: the loaded layer has no bias rows {:?}",
+                    m.rows
+                ))
+            })?;
+            out.push(OutTensor::from_f32(
+                bias_name.clone(),
+                dtype_of(&bias_name)?,
+                vec![m.rows.len()],
+                values,
+            )?);
+            done.insert(bias_name);
+        }
+    }
+    for name in layer_names.iter().filter(|n| !done.contains(*n)) {
+        let raw = ckpt.raw(name)?;
+        out.push(OutTensor {
+            name: name.clone(),
+            dtype: raw.dtype,
+            shape: raw.shape.to_vec(),
+            bytes: raw.bytes.into(),
+        });
+    }
+    Ok(out)
+}
+
+/// `quantization_config` of the output's config.json, as transformers / AutoAWQ / AutoGPTQ write it.
+fn quantization_config(
+    options: &QuantizeOptions,
+    format: OutputFormat,
+    plan: &[Vec<Module>],
+) -> Value {
+    let spec = options.spec;
+    let group: i64 = spec.group_size.map_or(-1, |g| g as i64);
+    let not_converted: Vec<&str> = plan
+        .iter()
+        .flatten()
+        .filter(|m| !m.quantized)
+        .map(|m| m.name.as_str())
+        .collect();
+    match format {
+        OutputFormat::AwqGemm => json!({
+            "quant_method": "awq",
+            "version": "gemm",
+            "bits": spec.bits,
+            "group_size": group,
+            "zero_point": !spec.sym,
+            "modules_to_not_convert": if not_converted.is_empty() { Value::Null } else { json!(not_converted) },
+        }),
+        _ => {
+            let mut q = json!({
+                "quant_method": "gptq",
+                "bits": spec.bits,
+                "group_size": group,
+                "desc_act": matches!(options.method, Method::Gptq(g) if g.act_order),
+                "sym": spec.sym,
+                "checkpoint_format": "gptq",
+            });
+            if let Method::Gptq(g) = options.method {
+                q["true_sequential"] = json!(g.true_sequential);
+                q["damp_percent"] = json!(g.damp_percent);
+                q["static_groups"] = json!(g.static_groups);
+            }
+            if !not_converted.is_empty() {
+                // transformers' GPTQ loader: the linears of each block that are quantized.
+                let per_block: Vec<&str> = plan
+                    .first()
+                    .map(|ms| {
+                        ms.iter()
+                            .filter(|m| m.quantized)
+                            .filter_map(|m| m.name.splitn(4, '.').nth(3))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                q["modules_in_block_to_quantize"] = json!([per_block]);
+            }
+            q
+        }
+    }
+}
