@@ -350,3 +350,40 @@ fn per_row(
         .zip(zeros.par_chunks_mut(groups))
         .for_each(|((w, s), z)| f(w, s, z));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn indefinite_hessian_names_sizes_and_damping() {
+        // [[1, 2], [2, 1]] has eigenvalues 3 and −1; 1% damping does not rescue it.
+        let h = Hessian {
+            n: 2,
+            samples: 1,
+            h: vec![1.0, 2.0, 2.0, 1.0],
+        };
+        let spec = QuantSpec {
+            bits: 4,
+            group_size: None,
+            sym: false,
+        };
+        let err = gptq(&[0.1, -0.2], 1, 2, &h, &spec, &GptqOptions::default()).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                QuantError::NotPositiveDefinite {
+                    n: 2,
+                    column: 0,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        let msg = err.to_string();
+        assert!(
+            msg.contains("damp_percent 0.01") && msg.contains("[2, 2]"),
+            "{msg}"
+        );
+    }
+}

@@ -45,7 +45,7 @@ fn reference_path() -> PathBuf {
 fn tensor<'a>(st: &'a SafeTensors, name: &str, dtype: Dtype, len: usize) -> &'a [u8] {
     let t = st.tensor(name).unwrap_or_else(|e| panic!("`{name}`: {e}"));
     assert_eq!(t.dtype(), dtype, "`{name}` dtype");
-    assert_eq!(t.data().len(), len * dtype.size(), "`{name}` size");
+    assert_eq!(t.data().len(), len * dtype.bitsize() / 8, "`{name}` size");
     t.data()
 }
 
