@@ -2,6 +2,7 @@
 # All set-up, from the package registries only, kept outside the clone and keyed by what it was made from:
 #   scripts/install.sh lab    release build, the default model, the ONNX Runtime library
 #   scripts/install.sh test   the same plus the test venv (tests/python/requirements.txt)
+#   scripts/install.sh bench  the test set-up plus the peers' venv (benches/requirements.txt: olive-ai)
 # Writes target/olive-env.sh, which exports the paths the Makefile, the tests and the lab use.
 set -euo pipefail
 shopt -s inherit_errexit
@@ -47,12 +48,12 @@ fetch_wheel "onnxruntime==$ort_version" "$ort_dir"
 ort_lib=$(find "$ort_dir/onnxruntime/capi" -name "libonnxruntime.so.*" | head -n 1)
 [ -n "$ort_lib" ] || { log "error: libonnxruntime.so missing from the onnxruntime wheel"; exit 1; }
 
-# Echoes the venv made from requirements file $1 under the name $2-<hash of the file>; builds it in test mode.
-# The lab set-up needs no venv: a venv is named only where it is complete.
+# Echoes the venv made from requirements file $1 under the name $2-<hash of the file>; builds it in the modes $3
+# (default: test and bench). The lab set-up needs no venv: a venv is named only where it is complete.
 venv_for() {
-    local req=$1 venv
+    local req=$1 venv modes=${3:-test bench}
     venv=$cache/$2-$(sha256sum "$req" | cut -c1-16)
-    if [ "$mode" = test ] && [ ! -f "$venv/.complete" ]; then
+    if [[ " $modes " == *" $mode "* ]] && [ ! -f "$venv/.complete" ]; then
         log "building the venv $venv from $(basename "$req")"
         rm -rf "$venv"
         "$python" -m venv "$venv"
@@ -67,6 +68,8 @@ venv_for() {
 venv=$(venv_for "$root/tests/python/requirements.txt" venv)
 # onnxruntime-genai 0.5.2, the API the lab's app.py is written against (see that file).
 venv05=$(venv_for "$root/tests/python/requirements-genai05.txt" venv-genai05)
+# The peers of benches/ (olive-ai and its torch; another onnxruntime-genai than the test venv's).
+venvbench=$(venv_for "$root/benches/requirements.txt" venv-bench bench)
 
 log "building olive-host (release)"
 (cd "$root" && cargo build --release --workspace --quiet)
@@ -80,5 +83,6 @@ export OLIVE_DEFAULT_GGUF="$default_gguf"
 export ORT_DYLIB_PATH="$ort_lib"
 export OLIVE_TEST_VENV="$venv"
 export OLIVE_GENAI05_VENV="$venv05"
+export OLIVE_BENCH_VENV="$venvbench"
 EOF
 log "ready: target/olive-env.sh"
