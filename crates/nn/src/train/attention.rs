@@ -50,21 +50,43 @@ fn probabilities(qkv: &[f32], l: QkvLayout, key_mask: &[u8], h: usize, probs: &m
         false,
     );
     for (t, row) in probs.chunks_exact_mut(seq).enumerate() {
-        let lo = l.window.map_or(0, |w| (t + 1).saturating_sub(w));
+        let lo = visible_from(l.window, t);
+        // Keys outside lo ..= t get probability 0; padded keys inside are masked to −inf.
+        row[..lo].fill(0.0);
+        row[t + 1..].fill(0.0);
+        let visible = &mut row[lo..=t];
         let mut any = false;
-        for (j, s) in row.iter_mut().enumerate() {
-            if j < lo || j > t || key_mask[j] == 0 {
+        for (s, m) in visible.iter_mut().zip(&key_mask[lo..=t]) {
+            if *m == 0 {
                 *s = f32::NEG_INFINITY;
             } else {
                 any = true;
             }
         }
         if any {
-            softmax(row);
+            softmax(visible);
         } else {
-            row.fill(0.0);
+            visible.fill(0.0);
         }
     }
+}
+
+/// The first key query `t` may see: 0, or the start of its sliding window.
+fn visible_from(window: Option<usize>, t: usize) -> usize {
+    window.map_or(0, |w| (t + 1).saturating_sub(w))
+}
+
+/// Σ a·b with eight independent sums (the compiler vectorizes them).
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let (ac, at) = a.split_at(a.len() - a.len() % 8);
+    let (bc, bt) = b.split_at(ac.len());
+    for (x, y) in ac.chunks_exact(8).zip(bc.chunks_exact(8)) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    acc.iter().sum::<f32>() + at.iter().zip(bt).map(|(x, y)| x * y).sum::<f32>()
 }
 
 /// out: [rows·seq, heads·head_dim] = attention of each sequence of qkv ([rows·seq, width], q and k
@@ -80,18 +102,18 @@ pub(crate) fn attention_forward(
     let q_width = l.heads * l.head_dim;
     let blocks: Vec<Vec<f32>> = (0..rows * l.heads)
         .into_par_iter()
-        .map(|idx| {
+        .map_init(Vec::new, |probs: &mut Vec<f32>, idx| {
             let (b, h) = (idx / l.heads, idx % l.heads);
             let s_qkv = &qkv[b * seq * l.width..(b + 1) * seq * l.width];
-            let mut probs = vec![0.0; seq * seq];
-            probabilities(s_qkv, l, &key_mask[b * seq..(b + 1) * seq], h, &mut probs);
+            probs.resize(seq * seq, 0.0); // [seq, seq], reused across the tasks of a thread
+            probabilities(s_qkv, l, &key_mask[b * seq..(b + 1) * seq], h, probs);
             let g = h / (l.heads / l.kv_heads);
             let mut o = vec![0.0; seq * l.head_dim]; // [seq, head_dim]
             matmul_strided(
                 seq,
                 l.head_dim,
                 seq,
-                View::rows(&probs, seq),
+                View::rows(probs, seq),
                 View::rows(&s_qkv[l.v_col(g)..], l.width),
                 &mut o,
                 l.head_dim,
@@ -127,75 +149,88 @@ pub(crate) fn attention_backward(
     // One task per (sequence, kv head): it owns dk and dv of that head and dq of its query heads.
     let blocks: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = (0..rows * l.kv_heads)
         .into_par_iter()
-        .map(|idx| {
-            let (b, g) = (idx / l.kv_heads, idx % l.kv_heads);
-            let s_qkv = &qkv[b * seq * l.width..(b + 1) * seq * l.width];
-            let s_dout = &d_out[b * seq * q_width..(b + 1) * seq * q_width];
-            let mask = &key_mask[b * seq..(b + 1) * seq];
-            let mut dq = vec![0.0; group * seq * hd]; // [group, seq, head_dim]
-            let mut dk = vec![0.0; seq * hd]; // [seq, head_dim]
-            let mut dv = vec![0.0; seq * hd];
-            let mut probs = vec![0.0; seq * seq];
-            let mut ds = vec![0.0; seq * seq];
-            for (i, dq) in dq.chunks_exact_mut(seq * hd).enumerate() {
-                let h = g * group + i;
-                probabilities(s_qkv, l, mask, h, &mut probs);
-                let d_o = View::rows(&s_dout[h * hd..], q_width);
-                // dP = dO · vᵀ: [seq, seq]
-                matmul_strided(
-                    seq,
-                    seq,
-                    hd,
-                    d_o,
-                    View::transposed(&s_qkv[l.v_col(g)..], l.width),
-                    &mut ds,
-                    seq,
-                    1.0,
-                    false,
-                );
-                for (p_row, ds_row) in probs.chunks_exact(seq).zip(ds.chunks_exact_mut(seq)) {
-                    let dot: f32 = p_row.iter().zip(ds_row.iter()).map(|(p, d)| p * d).sum();
-                    for (d, p) in ds_row.iter_mut().zip(p_row) {
-                        *d = p * (*d - dot);
+        .map_init(
+            || (Vec::new(), Vec::new()),
+            |(probs, ds): &mut (Vec<f32>, Vec<f32>), idx| {
+                let (b, g) = (idx / l.kv_heads, idx % l.kv_heads);
+                let s_qkv = &qkv[b * seq * l.width..(b + 1) * seq * l.width];
+                let s_dout = &d_out[b * seq * q_width..(b + 1) * seq * q_width];
+                let mask = &key_mask[b * seq..(b + 1) * seq];
+                let mut dq = vec![0.0; group * seq * hd]; // [group, seq, head_dim]
+                let mut dk = vec![0.0; seq * hd]; // [seq, head_dim]
+                let mut dv = vec![0.0; seq * hd];
+                // [seq, seq] each, reused across the tasks of a thread.
+                probs.resize(seq * seq, 0.0);
+                ds.resize(seq * seq, 0.0);
+                for (i, dq) in dq.chunks_exact_mut(seq * hd).enumerate() {
+                    let h = g * group + i;
+                    probabilities(s_qkv, l, mask, h, probs);
+                    let d_o = View::rows(&s_dout[h * hd..], q_width);
+                    // dP = dO · vᵀ: [seq, seq]
+                    matmul_strided(
+                        seq,
+                        seq,
+                        hd,
+                        d_o,
+                        View::transposed(&s_qkv[l.v_col(g)..], l.width),
+                        ds,
+                        seq,
+                        1.0,
+                        false,
+                    );
+                    for (t, (p_row, ds_row)) in probs
+                        .chunks_exact(seq)
+                        .zip(ds.chunks_exact_mut(seq))
+                        .enumerate()
+                    {
+                        // dS = P ⊙ (dP − Σ P⊙dP); zero where P is.
+                        let lo = visible_from(l.window, t);
+                        ds_row[..lo].fill(0.0);
+                        ds_row[t + 1..].fill(0.0);
+                        let (p, d) = (&p_row[lo..=t], &mut ds_row[lo..=t]);
+                        let pd = dot(p, d);
+                        for (d, p) in d.iter_mut().zip(p) {
+                            *d = p * (*d - pd);
+                        }
                     }
+                    // dq = scale · dS · k; dk += scale · dSᵀ · q; dv += Pᵀ · dO.
+                    matmul_strided(
+                        seq,
+                        hd,
+                        seq,
+                        View::rows(ds, seq),
+                        View::rows(&s_qkv[l.k_col(g)..], l.width),
+                        dq,
+                        hd,
+                        l.scale,
+                        false,
+                    );
+                    matmul_strided(
+                        seq,
+                        hd,
+                        seq,
+                        View::transposed(ds, seq),
+                        View::rows(&s_qkv[l.q_col(h)..], l.width),
+                        &mut dk,
+                        hd,
+                        l.scale,
+                        true,
+                    );
+                    matmul_strided(
+                        seq,
+                        hd,
+                        seq,
+                        View::transposed(probs, seq),
+                        d_o,
+                        &mut dv,
+                        hd,
+                        1.0,
+                        true,
+                    );
                 }
-                // dq = scale · dS · k; dk += scale · dSᵀ · q; dv += Pᵀ · dO.
-                matmul_strided(
-                    seq,
-                    hd,
-                    seq,
-                    View::rows(&ds, seq),
-                    View::rows(&s_qkv[l.k_col(g)..], l.width),
-                    dq,
-                    hd,
-                    l.scale,
-                    false,
-                );
-                matmul_strided(
-                    seq,
-                    hd,
-                    seq,
-                    View::transposed(&ds, seq),
-                    View::rows(&s_qkv[l.q_col(h)..], l.width),
-                    &mut dk,
-                    hd,
-                    l.scale,
-                    true,
-                );
-                matmul_strided(
-                    seq,
-                    hd,
-                    seq,
-                    View::transposed(&probs, seq),
-                    d_o,
-                    &mut dv,
-                    hd,
-                    1.0,
-                    true,
-                );
-            }
-            (dq, dk, dv)
-        })
+                (dq, dk, dv)
+            },
+        )
         .collect();
     for (idx, (dq, dk, dv)) in blocks.iter().enumerate() {
         let (b, g) = (idx / l.kv_heads, idx % l.kv_heads);

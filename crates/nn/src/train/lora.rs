@@ -223,17 +223,24 @@ fn unit(key: u64, i: u64) -> f64 {
     (splitmix(key ^ i.wrapping_mul(0xD6E8_FEB8_6659_FD93)) >> 11) as f64 / (1u64 << 53) as f64
 }
 
-/// out = dropout(x) with inverted scaling (kept elements × 1/(1−p)), mask from stream `key`.
+/// out = dropout(x) with inverted scaling (kept elements × 1/(1−p)), mask from stream `key`: one
+/// 64-bit hash gives four elements 16 bits each (p resolved to 1/65536).
 fn apply_dropout(x: &[f32], p: f32, key: u64, out: &mut Vec<f32>) {
+    const CHUNK: usize = 4096;
     out.resize(x.len(), 0.0);
     let keep = 1.0 / (1.0 - p);
-    out.par_chunks_mut(4096)
-        .zip(x.par_chunks(4096))
+    let threshold = (p as f64 * 65536.0).round() as u64;
+    out.par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK))
         .enumerate()
         .for_each(|(c, (o, x))| {
-            for (i, (o, x)) in o.iter_mut().zip(x).enumerate() {
-                let kept = unit(key, (c * 4096 + i) as u64) >= p as f64;
-                *o = if kept { x * keep } else { 0.0 };
+            for (q, (o4, x4)) in o.chunks_mut(4).zip(x.chunks(4)).enumerate() {
+                let group = (c * CHUNK / 4 + q) as u64;
+                let bits = splitmix(key ^ group.wrapping_mul(0xD6E8_FEB8_6659_FD93));
+                for (j, (o, x)) in o4.iter_mut().zip(x4).enumerate() {
+                    let kept = (bits >> (16 * j)) & 0xFFFF >= threshold;
+                    *o = if kept { x * keep } else { 0.0 };
+                }
             }
         });
 }
