@@ -7,6 +7,8 @@ pub mod error;
 pub mod gptq;
 pub mod grid;
 mod linalg;
+#[cfg(feature = "pass")]
+pub mod pass;
 pub mod rtn;
 pub mod stream;
 pub mod writer;

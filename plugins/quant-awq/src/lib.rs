@@ -1,0 +1,182 @@
+//! olive-rs plugin `quant-awq`: the `AutoAWQQuantizer` pass (Olive's name) — AWQ (Lin et al. 2023) as AutoAWQ
+//! computes it (activation-aware scale search folded into the previous op, clipping search, then round to
+//! nearest), streamed one decoder layer at a time (`olive_quant::stream::quantize_model`, `olive_quant::awq`),
+//! written in AutoAWQ's GEMM layout (`quant_method: awq`, `version: gemm`); bits other than 4 or a group that
+//! does not divide in_features fall back to the GPTQ v1 layout (logged). Runs on CPU (Olive's needs a GPU).
+
+use olive_data::DataConfig;
+use olive_pass_sdk::{kinds, Context, Error, Model, Pass};
+use olive_quant::awq::AwqOptions;
+use olive_quant::pass::{
+    data_config_schema, default_bits, default_group_size, default_modules, default_seed, run,
+    Common, Format,
+};
+use olive_quant::Method;
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+/// The config of `AutoAWQQuantizer`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AwqConfig {
+    /// Bits per weight: 4 (AutoAWQ GEMM); 2 or 8 write the GPTQ v1 layout with the AWQ-searched weights.
+    #[serde(default = "default_bits")]
+    pub bits: u8,
+    /// Inputs per quantization group (32, 64, 128, ...); -1: one group per output channel. A group that does not
+    /// divide in_features leaves a shorter last group (then the GPTQ v1 layout is written).
+    #[serde(default = "default_group_size")]
+    pub group_size: i64,
+    /// Symmetric grid (AutoAWQ `zero_point: false`); default asymmetric (`zero_point: true`).
+    #[serde(default)]
+    pub sym: bool,
+    /// Decoder linears to quantize: q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj (Phi-3:
+    /// qkv_proj, gate_up_proj); default all. lm_head and embed_tokens are not supported (kept in their dtype).
+    #[serde(default = "default_modules")]
+    pub modules: Vec<String>,
+    /// Output layout: auto (AWQ GEMM when it fits, else GPTQ v1), awq or gptq.
+    #[serde(default)]
+    pub format: Format,
+    /// Scales s = x_mean^r / w_mean^(1-r) (AutoAWQ `duo_scaling`); false: s = x_mean^r.
+    #[serde(default = "yes")]
+    pub duo_scaling: bool,
+    /// Search per-group clipping of the weights after scaling (AutoAWQ `apply_clip`).
+    #[serde(default = "yes")]
+    pub apply_clip: bool,
+    /// Ratios tried by the scale search and shrink steps of the clip search (AutoAWQ: 20).
+    #[serde(default = "default_grid")]
+    pub n_grid: usize,
+    /// Calibration tokens the scale-search loss runs on (whole windows; all tokens still give the activation
+    /// means). More is slower and slightly better.
+    #[serde(default = "default_loss_tokens")]
+    pub loss_tokens: usize,
+    /// Calibration dataset (Olive's dataset flags); null: the project's calibration text (data/calibration.txt).
+    #[serde(default)]
+    #[schemars(schema_with = "data_config_schema")]
+    pub data_config: Option<DataConfig>,
+    /// Calibration windows (default: data_config.max_samples, else 16).
+    #[serde(default)]
+    pub n_samples: Option<usize>,
+    /// Tokens per calibration window (default 512).
+    #[serde(default)]
+    pub seq_len: Option<usize>,
+    /// Seed of the calibration windows' offsets.
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_grid() -> usize {
+    AwqOptions::default().n_grid
+}
+
+fn default_loss_tokens() -> usize {
+    AwqOptions::default().loss_tokens
+}
+
+/// AWQ weight quantization.
+pub struct AutoAwqQuantizer;
+
+impl Pass for AutoAwqQuantizer {
+    const NAME: &'static str = "AutoAWQQuantizer";
+    const VERSION: &'static str = "0.1.0";
+    const DESCRIPTION: &'static str =
+        "AWQ weight quantization (scale and clip search on calibration data), layer by layer, AutoAWQ GEMM output.";
+    const ACCEPTS: &'static [&'static str] = &[kinds::HF];
+    const PRODUCES: &'static [&'static str] = &[kinds::HF];
+    const DEVICES: &'static [&'static str] = &["cpu"];
+    type Config = AwqConfig;
+
+    fn run(model: Model, c: AwqConfig, ctx: &Context<'_>) -> Result<Model, Error> {
+        if c.n_grid == 0 {
+            return Err(Error::InvalidConfig(
+                "n_grid 0: expected at least 1 ratio".into(),
+            ));
+        }
+        let method = Method::Awq(AwqOptions {
+            n_grid: c.n_grid,
+            duo_scaling: c.duo_scaling,
+            apply_clip: c.apply_clip,
+            loss_tokens: c.loss_tokens,
+            ..AwqOptions::default()
+        });
+        let common = Common {
+            bits: c.bits,
+            group_size: c.group_size,
+            sym: c.sym,
+            modules: c.modules,
+            data_config: c.data_config,
+            n_samples: c.n_samples,
+            seq_len: c.seq_len,
+            seed: c.seed,
+            format: c.format,
+        };
+        run(model, common, method, ctx)
+    }
+}
+
+olive_pass_sdk::export_plugin! {
+    name: "quant-awq",
+    version: "0.1.0",
+    passes: [AutoAwqQuantizer],
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use olive_pass_sdk::testing::TestHost;
+    use olive_pass_sdk::ErrorKind;
+
+    #[test]
+    fn quantizes_a_tiny_llama_with_the_default_calibration_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("in");
+        olive_quant::pass::testing::write_tiny_llama(&input, 2).unwrap();
+        let out = dir.path().join("out");
+        std::fs::create_dir(&out).unwrap();
+        let host = TestHost::new(&out);
+        let model = Model::new(kinds::HF, &input);
+        let config = r#"{"bits": 4, "group_size": 32, "n_samples": 4, "seq_len": 64}"#;
+        let result = host
+            .run_plugin(&OLIVE_PLUGIN, "AutoAWQQuantizer", &model, config)
+            .unwrap();
+        assert_eq!(result.metadata["quant_method"], "awq");
+        let logs = host.logs();
+        assert!(
+            logs.iter()
+                .any(|(_, l)| l.contains("calibration: 4 windows of 64 tokens")),
+            "{logs:?}"
+        );
+        assert!(host
+            .progress()
+            .iter()
+            .any(|p| p.message.contains("output error")));
+        let cfg =
+            olive_model::quantized::QuantizationConfig::from_config_json(&out.join("config.json"))
+                .unwrap()
+                .unwrap();
+        assert_eq!(cfg.method, olive_model::quantized::QuantMethod::AwqGemm);
+        let t = olive_nn::Transformer::load(&out).unwrap();
+        assert!(t
+            .forward(&[1, 5, 9], &mut t.new_cache(3))
+            .unwrap()
+            .iter()
+            .all(|v| v.is_finite()));
+
+        // A calibration text shorter than one window: a clear config error, nothing written.
+        let out2 = dir.path().join("out2");
+        std::fs::create_dir(&out2).unwrap();
+        let data = dir.path().join("tiny.jsonl");
+        std::fs::write(&data, "{\"text\": \"the best of\"}\n").unwrap();
+        let config =
+            serde_json::json!({"data_config": {"data_files": [data]}, "seq_len": 64}).to_string();
+        let err = TestHost::new(&out2)
+            .run_plugin(&OLIVE_PLUGIN, "AutoAWQQuantizer", &model, &config)
+            .unwrap_err();
+        assert_eq!(err.kind, ErrorKind::INVALID_CONFIG, "{}", err.message);
+        assert!(err.message.contains("calibration data"), "{}", err.message);
+        assert!(std::fs::read_dir(&out2).unwrap().next().is_none());
+    }
+}
