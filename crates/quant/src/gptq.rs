@@ -1,11 +1,13 @@
 //! GPTQ (Frantar et al., "GPTQ: Accurate Post-Training Quantization for Generative Pre-trained
 //! Transformers", 2022), following IST-DASLab/gptq `gptq.py` `GPTQ.add_batch` / `fasterquant` and
-//! AutoGPTQ's g_idx: dead inputs, relative damping, the upper Cholesky factor of H⁻¹, column blocks with
-//! lazy batch updates, per-group grids recomputed at each group start, act-order and static groups.
+//! AutoGPTQ's g_idx: dead inputs, relative damping, the Cholesky factor of H⁻¹ (here its inverse V, see
+//! `GptqSolver::quantize`), column blocks with lazy batch updates, per-group grids recomputed at each
+//! group start, act-order and static groups.
 //!
-//! Precision: H, H⁻¹'s factor and W are kept in f32 as the reference does (an [in, in] f32 matrix is
+//! Precision and memory: H, V and W are kept in f32 as the reference does (an [in, in] f32 matrix is
 //! 822 MB at 14336 inputs; f64 would double it); the factorization sums small blocks in f64 and the
-//! rest through `gemm` (see `linalg`).
+//! rest through `gemm` (see `linalg`); it is done in place (`GptqSolver::from_hessian` reuses the
+//! Hessian's buffer) and costs ~n³/3 multiply-adds against the reference's ~n³ for its three calls.
 //!
 //! One deliberate difference: the reference recomputes a group's grid from `W[:, g:g+group]` *before*
 //! the in-block updates of the current block are applied to it, so with groups shorter than the block
@@ -18,11 +20,13 @@ use rayon::prelude::*;
 
 use crate::error::{QuantError, Result};
 use crate::grid::{dequantize_value, group_params, quantize_value, QuantSpec};
-use crate::linalg::{inverse_cholesky_upper, product};
+use crate::linalg::{product, reversed_cholesky};
 use crate::rtn::check_weight;
 
 /// Rows one rayon task handles in the column loop: per block each row costs ~block²/2 multiply-adds.
 const ROWS_PER_TASK: usize = 16;
+/// Rows of H computed per product in `Hessian::add` (lower-triangle blocks only).
+const HESSIAN_ROWS: usize = 128;
 
 /// H = 2/n · Σ xᵀx over the n calibration rows (tokens) seen so far, kept as a running average as GPTQ's
 /// `add_batch` does; [in, in] row-major f32. add_batch counts sequences, not rows (a 2-D input is one):
@@ -58,19 +62,31 @@ impl Hessian {
         }
         let total = self.samples + tokens;
         let keep = (self.samples > 0).then_some(self.samples as f32 / total as f32);
-        // SAFETY: h is [n, n] (row stride n); xᵀ [n, tokens] reads x [tokens, n] with row stride 1 and
-        // column stride n; x [tokens, n] with row stride n; h is exclusively borrowed and disjoint from x.
-        unsafe {
-            product(
-                n,
-                n,
-                tokens,
-                (self.h.as_mut_ptr(), n as isize, 1),
-                keep,
-                (x.as_ptr(), 1, n as isize),
-                (x.as_ptr(), n as isize, 1),
-                2.0 / total as f32,
-            );
+        // H is symmetric: only row blocks of the lower triangle are multiplied, then mirrored.
+        for r0 in (0..n).step_by(HESSIAN_ROWS) {
+            let r1 = (r0 + HESSIAN_ROWS).min(n);
+            // H[r0..r1, 0..r1] = keep·H + 2/total · xᵀ[r0..r1] · x[:, 0..r1]
+            // SAFETY: the H view is rows r0..r1, columns 0..r1 of h [n, n] (row stride n); xᵀ[r0..r1]
+            // [r1 − r0, tokens] reads x [tokens, n] at column r0 with row stride 1, column stride n;
+            // x[:, 0..r1] [tokens, r1] has row stride n; h is exclusively borrowed, disjoint from x.
+            unsafe {
+                product(
+                    r1 - r0,
+                    r1,
+                    tokens,
+                    (self.h.as_mut_ptr().add(r0 * n), n as isize, 1),
+                    keep,
+                    (x.as_ptr().add(r0), 1, n as isize),
+                    (x.as_ptr(), n as isize, 1),
+                    2.0 / total as f32,
+                );
+            }
+        }
+        let h = &mut self.h;
+        for i in 0..n {
+            for j in i + 1..n {
+                h[i * n + j] = h[j * n + i];
+            }
         }
         self.samples = total;
     }
@@ -159,7 +175,8 @@ enum Grids {
     Dynamic,
 }
 
-/// GPTQ of weight [out, in] row-major with the calibration Hessian of its inputs.
+/// GPTQ of weight [out, in] row-major with the calibration Hessian of its inputs:
+/// `GptqSolver::new(hessian, opts)?.quantize(weight, out_features, in_features, spec)`.
 pub fn gptq(
     weight: &[f32],
     out_features: usize,
@@ -169,171 +186,279 @@ pub fn gptq(
     opts: &GptqOptions,
 ) -> Result<GptqResult> {
     check_weight(weight, out_features, in_features, spec)?;
-    opts.validate()?;
-    let n = in_features;
-    if hessian.n != n {
-        return Err(QuantError::HessianSize {
-            hessian: hessian.n,
-            in_features: n,
-        });
-    }
-    if hessian.samples == 0 {
-        return Err(QuantError::NoSamples(n));
-    }
-    let (gs, groups, bits, sym) = (spec.group_len(n), spec.n_groups(n), spec.bits, spec.sym);
-    let grids = match (spec.group_size, opts.static_groups) {
-        (None, _) => Grids::PerChannel,
-        (Some(_), true) => Grids::Static,
-        (Some(_), false) => Grids::Dynamic,
-    };
-    let mut scales = vec![0f32; out_features * groups]; // [out, groups]
-    let mut zeros = vec![0u8; out_features * groups];
-    let params_of = |w: &[f32], s: &mut [f32], z: &mut [u8]| {
-        for (g, w) in w.chunks(gs).enumerate() {
-            (s[g], z[g]) = group_params(w, bits, sym);
-        }
-    };
-    if grids == Grids::PerChannel {
-        per_row(weight, n, &mut scales, &mut zeros, groups, params_of);
+    GptqSolver::new(hessian, opts)?.quantize(weight, out_features, in_features, spec)
+}
+
+/// The factored Hessian of one input: quantizes any number of weights that read that input (q, k and v;
+/// gate and up) without factoring H again. GPTQ treats output rows independently, so quantizing q, k
+/// and v one by one with one solver equals quantizing their stacked rows.
+#[derive(Debug, Clone)]
+pub struct GptqSolver {
+    n: usize,
+    opts: GptqOptions,
+    /// Inputs with H_ii = 0: their weights are zeroed.
+    dead: Vec<usize>,
+    /// Column order (act-order: by decreasing H_ii); `None` for input order.
+    perm: Option<Vec<usize>>,
+    /// [n, n] upper triangular V with V·Vᵀ = damped H (permuted); V⁻¹ is GPTQ's Cholesky factor of H⁻¹.
+    v: Vec<f32>,
+}
+
+impl GptqSolver {
+    /// Factors a copy of the Hessian.
+    pub fn new(hessian: &Hessian, opts: &GptqOptions) -> Result<Self> {
+        Self::factor(hessian.n, hessian.samples, hessian.h.clone(), opts)
     }
 
-    let mut h = hessian.h.clone(); // [n, n]
-    let mut w = weight.to_vec(); // [out, n]
-    for j in 0..n {
-        if h[j * n + j] != 0.0 {
+    /// Factors the Hessian in its own buffer (no [in, in] copy).
+    pub fn from_hessian(hessian: Hessian, opts: &GptqOptions) -> Result<Self> {
+        Self::factor(hessian.n, hessian.samples, hessian.h, opts)
+    }
+
+    /// Inputs of the weights this solver quantizes.
+    pub fn in_features(&self) -> usize {
+        self.n
+    }
+
+    fn factor(n: usize, samples: usize, mut h: Vec<f32>, opts: &GptqOptions) -> Result<Self> {
+        opts.validate()?;
+        if samples == 0 {
+            return Err(QuantError::NoSamples(n));
+        }
+        let dead: Vec<usize> = (0..n).filter(|&j| h[j * n + j] == 0.0).collect();
+        for &j in &dead {
+            h[j * n + j] = 1.0;
+        }
+        let perm: Option<Vec<usize>> = opts.act_order.then(|| {
+            let mut perm: Vec<usize> = (0..n).collect();
+            perm.sort_by(|&a, &b| h[b * n + b].total_cmp(&h[a * n + a]));
+            perm
+        });
+        if let Some(perm) = &perm {
+            permute_symmetric(&mut h, n, perm);
+        }
+        let mean_diag = (0..n).map(|j| f64::from(h[j * n + j])).sum::<f64>() / n as f64;
+        let damp = (f64::from(opts.damp_percent) * mean_diag) as f32;
+        for j in 0..n {
+            h[j * n + j] += damp;
+        }
+        reversed_cholesky(&mut h, n).map_err(|e| QuantError::NotPositiveDefinite {
+            n,
+            damp_percent: opts.damp_percent,
+            column: perm.as_ref().map_or(e.column, |p| p[e.column]),
+            pivot: e.pivot,
+            suggest: (opts.damp_percent * 10.0).clamp(0.01, 1.0),
+        })?;
+        Ok(GptqSolver {
+            n,
+            opts: *opts,
+            dead,
+            perm,
+            v: h,
+        })
+    }
+
+    /// GPTQ of weight [out, in] row-major (in = the Hessian's inputs).
+    ///
+    /// The column loop works with V (V·Vᵀ = H) instead of U = V⁻¹ (Uᵀ·U = H⁻¹): GPTQ's errors
+    /// e_j = (w'_j − q_j)/U_jj satisfy E·U = W − Q (the original weight), so E = (W − Q)·V and the
+    /// updated weight at column j is w'_j = w_j + Σ_{i<j} (w_i − q_i)·V_ij / V_jj. The lazy block update
+    /// accumulates Σ (w_i − q_i)·V_ij with `gemm`; a group's grid, which GPTQ takes from the weights
+    /// updated by the columns before the group only, is w_j + (y·V_gg⁻¹)_j with y the accumulated sums
+    /// and V_gg the group's diagonal block (a small triangular solve per row).
+    pub fn quantize(
+        &self,
+        weight: &[f32],
+        out_features: usize,
+        in_features: usize,
+        spec: &QuantSpec,
+    ) -> Result<GptqResult> {
+        check_weight(weight, out_features, in_features, spec)?;
+        let n = self.n;
+        if in_features != n {
+            return Err(QuantError::HessianSize {
+                hessian: n,
+                in_features,
+            });
+        }
+        let (gs, groups, bits, sym) = (spec.group_len(n), spec.n_groups(n), spec.bits, spec.sym);
+        let grids = match (spec.group_size, self.opts.static_groups) {
+            (None, _) => Grids::PerChannel,
+            (Some(_), true) => Grids::Static,
+            (Some(_), false) => Grids::Dynamic,
+        };
+        let mut scales = vec![0f32; out_features * groups]; // [out, groups]
+        let mut zeros = vec![0u8; out_features * groups];
+        let params_of = |w: &[f32], s: &mut [f32], z: &mut [u8]| {
+            for (g, w) in w.chunks(gs).enumerate() {
+                (s[g], z[g]) = group_params(w, bits, sym);
+            }
+        };
+        if grids == Grids::PerChannel {
+            per_row(weight, n, &mut scales, &mut zeros, groups, params_of);
+        }
+        let mut w = weight.to_vec(); // [out, n]; column j < current holds w_j − q_j once done
+        for &j in &self.dead {
+            w.iter_mut().skip(j).step_by(n).for_each(|x| *x = 0.0);
+        }
+        if grids == Grids::Static {
+            per_row(&w, n, &mut scales, &mut zeros, groups, params_of);
+        }
+        let perm = self.perm.as_deref();
+        if let Some(perm) = perm {
+            w.par_chunks_mut(n).for_each(|row| {
+                let orig = row.to_vec();
+                row.iter_mut().zip(perm).for_each(|(x, &p)| *x = orig[p]);
+            });
+        }
+        let v = &self.v;
+        let mut acc = vec![0f32; out_features * n]; // [out, n]: Σ_{i<j done} (w_i − q_i)·V_ij
+        let mut q = vec![0u8; out_features * n]; // [out, n], permuted columns
+        let mut losses = vec![0f64; out_features];
+        let mut i1 = 0;
+        while i1 < n {
+            let mut i2 = (i1 + self.opts.block_size).min(n);
+            if grids == Grids::Dynamic {
+                i2 = i2.min((i1 / gs + 1) * gs);
+            }
+            w.par_chunks_mut(n)
+                .zip(acc.par_chunks_mut(n))
+                .zip(q.par_chunks_mut(n))
+                .zip(scales.par_chunks_mut(groups))
+                .zip(zeros.par_chunks_mut(groups))
+                .zip(losses.par_iter_mut())
+                .with_min_len(ROWS_PER_TASK)
+                .for_each(|(((((w, acc), q), s), z), loss)| {
+                    if grids == Grids::Dynamic && i1 % gs == 0 {
+                        let g = i1 / gs;
+                        let updated = group_start_weights(w, acc, v, n, i1, (i1 + gs).min(n));
+                        (s[g], z[g]) = group_params(&updated, bits, sym);
+                    }
+                    for j in i1..i2 {
+                        let g = match grids {
+                            Grids::PerChannel => 0,
+                            Grids::Static => perm.map_or(j, |p| p[j]) / gs,
+                            Grids::Dynamic => j / gs,
+                        };
+                        let vjj = v[j * n + j];
+                        let x = w[j] + acc[j] / vjj;
+                        let level = quantize_value(x, s[g], z[g], bits);
+                        let deq = dequantize_value(level, s[g], z[g]);
+                        let e = (x - deq) * vjj;
+                        *loss += f64::from(e * e) / 2.0;
+                        let delta = w[j] - deq;
+                        q[j] = level;
+                        w[j] = delta;
+                        let vrow = &v[j * n + j + 1..j * n + i2];
+                        acc[j + 1..i2]
+                            .iter_mut()
+                            .zip(vrow)
+                            .for_each(|(a, &vjk)| *a += delta * vjk);
+                    }
+                });
+            if i2 < n {
+                // Acc[:, i2:] += (W − Q)[:, i1:i2] · V[i1:i2, i2:]
+                // SAFETY: acc and w are [out, n] (row stride n); the acc view is columns i2..n, the w view
+                // columns i1..i2, the V view rows i1..i2, columns i2..n of v [n, n]; acc is exclusively
+                // borrowed and a different allocation from w and v.
+                unsafe {
+                    product(
+                        out_features,
+                        n - i2,
+                        i2 - i1,
+                        (acc.as_mut_ptr().add(i2), n as isize, 1),
+                        Some(1.0),
+                        (w.as_ptr().add(i1), n as isize, 1),
+                        (v.as_ptr().add(i1 * n + i2), n as isize, 1),
+                        1.0,
+                    );
+                }
+            }
+            i1 = i2;
+        }
+        drop((w, acc));
+
+        let mut g_idx = None;
+        if let Some(perm) = perm {
+            q.par_chunks_mut(n).for_each(|row| {
+                let permuted = row.to_vec();
+                perm.iter()
+                    .zip(permuted)
+                    .for_each(|(&p, level)| row[p] = level);
+            });
+            if grids == Grids::Dynamic {
+                let mut idx = vec![0u32; n];
+                perm.iter()
+                    .enumerate()
+                    .for_each(|(i, &p)| idx[p] = (i / gs) as u32);
+                if idx.iter().enumerate().any(|(i, &g)| g as usize != i / gs) {
+                    g_idx = Some(idx);
+                }
+            }
+        }
+        Ok(GptqResult {
+            linear: QuantizedLinear {
+                bits,
+                group_size: gs,
+                in_features: n,
+                out_features,
+                q,
+                scales,
+                zeros,
+                g_idx,
+            },
+            error: losses.iter().sum::<f64>() as f32,
+        })
+    }
+}
+
+/// One row's weights of columns g0..g1 as GPTQ's grid sees them at the group start: updated by every
+/// column before g0 and none after. w: the row's original weights there, acc: Σ_{i<g0} (w_i − q_i)·V_ij.
+/// The update is z = y·V_gg⁻¹ with y = acc[g0..g1] and V_gg = V[g0..g1, g0..g1] upper triangular.
+fn group_start_weights(
+    w: &[f32],
+    acc: &[f32],
+    v: &[f32],
+    n: usize,
+    g0: usize,
+    g1: usize,
+) -> Vec<f32> {
+    let mut z = acc[g0..g1].to_vec();
+    for j in 0..z.len() {
+        let c = g0 + j;
+        let s: f32 = (0..j).map(|k| z[k] * v[(g0 + k) * n + c]).sum();
+        z[j] = (z[j] - s) / v[c * n + c];
+    }
+    z.iter_mut().zip(&w[g0..g1]).for_each(|(z, &w)| *z += w);
+    z
+}
+
+/// h [n, n] ← h[perm][:, perm], in place: columns within each row, then rows along the cycles of perm.
+fn permute_symmetric(h: &mut [f32], n: usize, perm: &[usize]) {
+    h.par_chunks_mut(n).for_each(|row| {
+        let orig = row.to_vec();
+        row.iter_mut().zip(perm).for_each(|(x, &p)| *x = orig[p]);
+    });
+    // new row i = old row perm[i]: follow each cycle once, holding one row aside.
+    let mut done = vec![false; n];
+    let mut held = vec![0f32; n];
+    for start in 0..n {
+        if done[start] || perm[start] == start {
             continue;
         }
-        h[j * n + j] = 1.0;
-        w.iter_mut().skip(j).step_by(n).for_each(|x| *x = 0.0);
-    }
-    if grids == Grids::Static {
-        per_row(&w, n, &mut scales, &mut zeros, groups, params_of);
-    }
-    let perm: Option<Vec<usize>> = opts.act_order.then(|| {
-        let mut perm: Vec<usize> = (0..n).collect();
-        perm.sort_by(|&a, &b| h[b * n + b].total_cmp(&h[a * n + a]));
-        perm
-    });
-    if let Some(perm) = &perm {
-        w.par_chunks_mut(n).for_each(|row| {
-            let orig = row.to_vec();
-            row.iter_mut().zip(perm).for_each(|(x, &p)| *x = orig[p]);
-        });
-        let orig = std::mem::take(&mut h);
-        h = (0..n * n)
-            .map(|idx| orig[perm[idx / n] * n + perm[idx % n]])
-            .collect();
-    }
-    let mean_diag = (0..n).map(|j| f64::from(h[j * n + j])).sum::<f64>() / n as f64;
-    let damp = (f64::from(opts.damp_percent) * mean_diag) as f32;
-    for j in 0..n {
-        h[j * n + j] += damp;
-    }
-    inverse_cholesky_upper(&mut h, n).map_err(|e| QuantError::NotPositiveDefinite {
-        n,
-        damp_percent: opts.damp_percent,
-        column: perm.as_ref().map_or(e.column, |p| p[e.column]),
-        pivot: e.pivot,
-        suggest: (opts.damp_percent * 10.0).clamp(0.01, 1.0),
-    })?;
-    let u = h; // [n, n] upper: Uᵀ·U = H⁻¹ (permuted)
-
-    let mut q = vec![0u8; out_features * n]; // [out, n], permuted columns
-    let mut losses = vec![0f64; out_features];
-    let mut err = vec![0f32; out_features * opts.block_size.min(n)];
-    let mut i1 = 0;
-    while i1 < n {
-        let mut i2 = (i1 + opts.block_size).min(n);
-        if grids == Grids::Dynamic {
-            i2 = i2.min((i1 / gs + 1) * gs);
-        }
-        let width = i2 - i1;
-        let err = &mut err[..out_features * width]; // [out, width]
-        w.par_chunks_mut(n)
-            .zip(q.par_chunks_mut(n))
-            .zip(err.par_chunks_mut(width))
-            .zip(scales.par_chunks_mut(groups))
-            .zip(zeros.par_chunks_mut(groups))
-            .zip(losses.par_iter_mut())
-            .with_min_len(ROWS_PER_TASK)
-            .for_each(|(((((w, q), err), s), z), loss)| {
-                if grids == Grids::Dynamic && i1 % gs == 0 {
-                    let g = i1 / gs;
-                    (s[g], z[g]) = group_params(&w[i1..(i1 + gs).min(n)], bits, sym);
-                }
-                for i in i1..i2 {
-                    let g = match grids {
-                        Grids::PerChannel => 0,
-                        Grids::Static => perm.as_ref().map_or(i, |p| p[i]) / gs,
-                        Grids::Dynamic => i / gs,
-                    };
-                    let x = w[i];
-                    let level = quantize_value(x, s[g], z[g], bits);
-                    let diff = x - dequantize_value(level, s[g], z[g]);
-                    let d = u[i * n + i];
-                    *loss += f64::from(diff * diff / (d * d)) / 2.0;
-                    let e = diff / d;
-                    q[i] = level;
-                    err[i - i1] = e;
-                    let urow = &u[i * n + i + 1..i * n + i2];
-                    w[i + 1..i2]
-                        .iter_mut()
-                        .zip(urow)
-                        .for_each(|(x, &uij)| *x -= e * uij);
-                }
-            });
-        if i2 < n {
-            // W[:, i2:] −= Err [out, width] · U[i1:i2, i2:]
-            // SAFETY: w is [out, n] (row stride n), the view starts at column i2 and spans n − i2
-            // columns; err is [out, width]; the U view is rows i1..i2, columns i2..n of u [n, n]. w is
-            // exclusively borrowed and disjoint from err and u.
-            unsafe {
-                product(
-                    out_features,
-                    n - i2,
-                    width,
-                    (w.as_mut_ptr().add(i2), n as isize, 1),
-                    Some(1.0),
-                    (err.as_ptr(), width as isize, 1),
-                    (u.as_ptr().add(i1 * n + i2), n as isize, 1),
-                    -1.0,
-                );
+        held.copy_from_slice(&h[start * n..(start + 1) * n]);
+        let mut i = start;
+        loop {
+            done[i] = true;
+            let src = perm[i];
+            if src == start {
+                h[i * n..(i + 1) * n].copy_from_slice(&held);
+                break;
             }
-        }
-        i1 = i2;
-    }
-
-    let mut g_idx = None;
-    if let Some(perm) = &perm {
-        q.par_chunks_mut(n).for_each(|row| {
-            let permuted = row.to_vec();
-            perm.iter()
-                .zip(permuted)
-                .for_each(|(&p, level)| row[p] = level);
-        });
-        if grids == Grids::Dynamic {
-            let mut idx = vec![0u32; n];
-            perm.iter()
-                .enumerate()
-                .for_each(|(i, &p)| idx[p] = (i / gs) as u32);
-            if idx.iter().enumerate().any(|(i, &g)| g as usize != i / gs) {
-                g_idx = Some(idx);
-            }
+            h.copy_within(src * n..(src + 1) * n, i * n);
+            i = src;
         }
     }
-    Ok(GptqResult {
-        linear: QuantizedLinear {
-            bits,
-            group_size: gs,
-            in_features: n,
-            out_features,
-            q,
-            scales,
-            zeros,
-            g_idx,
-        },
-        error: losses.iter().sum::<f64>() as f32,
-    })
 }
 
 /// Runs `f(row, scales_row, zeros_row)` over the rows of w [out, n] in parallel.

@@ -14,7 +14,7 @@ pub mod stream;
 pub mod writer;
 
 pub use error::{QuantError, Result};
-pub use gptq::{gptq, GptqOptions, GptqResult, Hessian};
+pub use gptq::{gptq, GptqOptions, GptqResult, GptqSolver, Hessian};
 pub use grid::{group_params, quantize_value, QuantSpec};
 pub use rtn::{fake_quantize, rtn};
 pub use stream::{

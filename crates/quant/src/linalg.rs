@@ -1,15 +1,16 @@
-//! The upper Cholesky factor of the inverse of a symmetric positive definite matrix (what GPTQ's
-//! `cholesky(cholesky_inverse(cholesky(H)), upper=True)` computes), in place in f32 storage.
+//! The "reversed" Cholesky factor of a symmetric positive definite matrix: upper triangular V with
+//! A = V·Vᵀ. With J the exchange matrix, J·A·J = L·Lᵀ gives V = J·L·J; J·A·J of a row-major matrix is the
+//! reversed flat buffer. V⁻¹ is the upper Cholesky factor of A⁻¹ (Vᵀ⁻¹·V⁻¹ = A⁻¹), the matrix GPTQ's
+//! `cholesky(cholesky_inverse(cholesky(H)), upper=True)` computes; `gptq` works with V itself and never
+//! forms an inverse (see there).
 //!
-//! With J the exchange matrix, if J·A·J = L·Lᵀ then A⁻¹ = Uᵀ·U with U = J·L⁻¹·J upper triangular with a
-//! positive diagonal, i.e. exactly the upper Cholesky factor of A⁻¹. J·A·J of a row-major matrix is the
-//! reversed flat buffer. L⁻¹ comes from one recursive pass (`inv_chol`): for A = [[P, Qᵀ], [Q, R]],
-//! M₁₁ = chol(P)⁻¹, L₂₁ = Q·M₁₁ᵀ, M₂₂ = chol(R − L₂₁·L₂₁ᵀ)⁻¹, M₂₁ = −M₂₂·L₂₁·M₁₁, the big products
-//! through the `gemm` crate; blocks of at most `BASE` are factored and inverted with f64 sums. No
-//! explicit inverse of A is formed and no memory beyond A is used: the redundant upper-right block holds
-//! L₂₁ᵀ while it is needed. ~4/3·n³ flops, as GPTQ's three torch calls.
+//! L comes from a recursive blocked Cholesky in place, f32 storage: for A = [[P, Qᵀ], [Q, R]],
+//! L₁₁ = chol(P), L₂₁ = Q·L₁₁⁻ᵀ (recursive triangular solve), L₂₂ = chol(R − L₂₁·L₂₁ᵀ); the products go
+//! through the `gemm` crate, blocks of at most `BASE` are factored with f64 sums. ~n³/3 multiply-adds.
 
-/// Blocks this size or smaller are factored and inverted directly (f64 sums).
+use rayon::prelude::*;
+
+/// Blocks this size or smaller are factored or solved directly.
 const BASE: usize = 64;
 /// Products with fewer multiply-adds than this run on one thread.
 const PARALLEL_FLOPS: usize = 1 << 21;
@@ -21,12 +22,12 @@ pub(crate) struct NotPositive {
     pub pivot: f32,
 }
 
-/// Replaces the symmetric positive definite `a` [n, n] (both triangles set) with the upper triangular
-/// U, Uᵀ·U = a⁻¹ (zeros below the diagonal).
-pub(crate) fn inverse_cholesky_upper(a: &mut [f32], n: usize) -> Result<(), NotPositive> {
-    assert_eq!(a.len(), n * n, "inverse_cholesky_upper: a must be [n, n]");
+/// Replaces the symmetric positive definite `a` [n, n] (upper triangle read) with the upper triangular
+/// V, V·Vᵀ = a (zeros below the diagonal).
+pub(crate) fn reversed_cholesky(a: &mut [f32], n: usize) -> Result<(), NotPositive> {
+    assert_eq!(a.len(), n * n, "reversed_cholesky: a must be [n, n]");
     a.reverse();
-    inv_chol(a, n, 0, n).map_err(|e| NotPositive {
+    chol(a, n, 0, n).map_err(|e| NotPositive {
         column: n - 1 - e.column,
         pivot: e.pivot,
     })?;
@@ -40,73 +41,124 @@ fn at(ld: usize, r: usize, c: usize) -> usize {
     r * ld + c
 }
 
-/// Block a[off.., off..] of size n: symmetric (lower triangle read) → M = chol(block)⁻¹, lower
-/// triangular, zeros above the diagonal of the block.
-fn inv_chol(a: &mut [f32], ld: usize, off: usize, n: usize) -> Result<(), NotPositive> {
+/// Block a[off.., off..] of size n (lower triangle read) → its lower Cholesky factor, zeros above.
+fn chol(a: &mut [f32], ld: usize, off: usize, n: usize) -> Result<(), NotPositive> {
     if n <= BASE {
-        return inv_chol_base(a, ld, off, n);
+        return chol_base(a, ld, off, n);
     }
     let n1 = (n / 2).next_multiple_of(16).min(n - 1);
     let n2 = n - n1;
     let (p, r) = (off, off + n1);
-    inv_chol(a, ld, p, n1)?;
-    let base = a.as_mut_ptr();
-    // SAFETY (all products below): the three regions are disjoint rectangles of `a` [ld, ld]:
-    // M₁₁ = rows p..p+n1, cols p..p+n1 (lower triangular, zeros above); Q = rows r..r+n2, cols p..p+n1;
-    // the upper-right block rows p..p+n1, cols r..r+n2 holds a transposed [n2, n1] matrix (element (i, j)
-    // at row p+j, col r+i: row stride 1, column stride ld); R = rows r..r+n2, cols r..r+n2. Every index
-    // stays below off+n ≤ ld, and no product writes a region it reads.
+    chol(a, ld, p, n1)?;
+    // L₂₁ = Q·L₁₁⁻ᵀ in place of Q (rows r.., cols p..p+n1).
+    trsm(a, ld, p, n1, r, n2);
+    // SAFETY: Q = rows r..r+n2, cols p..p+n1 and R = rows r..r+n2, cols r..r+n2 are disjoint rectangles of
+    // `a` [ld, ld] (r ≥ p + n1); Qᵀ is read with row stride 1, column stride ld; `a` is exclusively
+    // borrowed here.
     unsafe {
-        let m11 = base.add(at(ld, p, p));
+        let base = a.as_mut_ptr();
         let q = base.add(at(ld, r, p));
-        let ur = base.add(at(ld, p, r));
         let rr = base.add(at(ld, r, r));
         let ld = ld as isize;
-        // L₂₁ [n2, n1] = Q · M₁₁ᵀ, stored transposed in the upper-right block.
-        product(n2, n1, n1, (ur, 1, ld), None, (q, ld, 1), (m11, 1, ld), 1.0);
-        // R −= L₂₁ · L₂₁ᵀ (the lower triangle is what the recursion reads).
+        // R −= L₂₁·L₂₁ᵀ (the recursion reads its lower triangle).
         product(
             n2,
             n2,
             n1,
             (rr, ld, 1),
             Some(1.0),
-            (ur, 1, ld),
-            (ur, ld, 1),
-            -1.0,
-        );
-    }
-    inv_chol(a, ld, r, n2)?;
-    let base = a.as_mut_ptr();
-    // SAFETY: as above; M₂₂ now sits where R was (lower triangular).
-    unsafe {
-        let m11 = base.add(at(ld, p, p));
-        let q = base.add(at(ld, r, p));
-        let ur = base.add(at(ld, p, r));
-        let m22 = base.add(at(ld, r, r));
-        let ld = ld as isize;
-        // Q ← L₂₁ · M₁₁ [n2, n1].
-        product(n2, n1, n1, (q, ld, 1), None, (ur, 1, ld), (m11, ld, 1), 1.0);
-        // M₂₁ = −M₂₂ · (L₂₁ · M₁₁), stored transposed in the upper-right block.
-        product(
-            n2,
-            n1,
-            n2,
-            (ur, 1, ld),
-            None,
-            (m22, ld, 1),
             (q, ld, 1),
+            (q, 1, ld),
             -1.0,
         );
     }
-    // Move M₂₁ to the lower-left block and clear the upper-right one.
-    for i in 0..n2 {
-        for j in 0..n1 {
-            a[at(ld, r + i, p + j)] = a[at(ld, p + j, r + i)];
-        }
-    }
+    chol(a, ld, r, n2)?;
     for j in 0..n1 {
         a[at(ld, p + j, r)..at(ld, p + j, r + n2)].fill(0.0);
+    }
+    Ok(())
+}
+
+/// X ← X·L⁻ᵀ for L = a[lo.., lo..] lower triangular of size k and X = a[rows.., lo..] [m, k] below it.
+fn trsm(a: &mut [f32], ld: usize, lo: usize, k: usize, rows: usize, m: usize) {
+    if k <= BASE {
+        trsm_base(a, ld, lo, k, rows, m);
+        return;
+    }
+    let k1 = (k / 2).next_multiple_of(16).min(k - 1);
+    let k2 = k - k1;
+    trsm(a, ld, lo, k1, rows, m);
+    // SAFETY: X₁ = rows rows..rows+m, cols lo..lo+k1; X₂ = same rows, cols lo+k1..lo+k; B = rows
+    // lo+k1..lo+k, cols lo..lo+k1 (read as Bᵀ: row stride 1, column stride ld). rows ≥ lo + k, so X₂ is
+    // disjoint from X₁ and B; all inside `a` [ld, ld], exclusively borrowed.
+    unsafe {
+        let base = a.as_mut_ptr();
+        let x1 = base.add(at(ld, rows, lo));
+        let x2 = base.add(at(ld, rows, lo + k1));
+        let b = base.add(at(ld, lo + k1, lo));
+        let ld = ld as isize;
+        // X₂ −= X₁·Bᵀ
+        product(
+            m,
+            k2,
+            k1,
+            (x2, ld, 1),
+            Some(1.0),
+            (x1, ld, 1),
+            (b, 1, ld),
+            -1.0,
+        );
+    }
+    trsm(a, ld, lo + k1, k2, rows, m);
+}
+
+/// Direct X ← X·L⁻ᵀ for a small L: forward substitution on each row of X, rows in parallel.
+fn trsm_base(a: &mut [f32], ld: usize, lo: usize, k: usize, rows: usize, m: usize) {
+    let l: Vec<f32> = (0..k * k)
+        .map(|idx| a[at(ld, lo + idx / k, lo + idx % k)])
+        .collect(); // [k, k] lower
+    a[rows * ld..(rows + m) * ld]
+        .par_chunks_mut(ld)
+        .with_min_len(16)
+        .for_each(|row| {
+            let x = &mut row[lo..lo + k];
+            for j in 0..k {
+                let s: f64 = (0..j)
+                    .map(|i| f64::from(x[i]) * f64::from(l[j * k + i]))
+                    .sum();
+                x[j] = ((f64::from(x[j]) - s) / f64::from(l[j * k + j])) as f32;
+            }
+        });
+}
+
+/// Unblocked Cholesky of a block of at most `BASE` with f64 sums.
+fn chol_base(a: &mut [f32], ld: usize, off: usize, n: usize) -> Result<(), NotPositive> {
+    let mut l = vec![0f64; n * n]; // [n, n] lower
+    for j in 0..n {
+        let mut d = f64::from(a[at(ld, off + j, off + j)]);
+        for k in 0..j {
+            d -= l[j * n + k] * l[j * n + k];
+        }
+        if !d.is_finite() || d <= 0.0 {
+            return Err(NotPositive {
+                column: off + j,
+                pivot: d as f32,
+            });
+        }
+        let d = d.sqrt();
+        l[j * n + j] = d;
+        for i in j + 1..n {
+            let mut s = f64::from(a[at(ld, off + i, off + j)]);
+            for k in 0..j {
+                s -= l[i * n + k] * l[j * n + k];
+            }
+            l[i * n + j] = s / d;
+        }
+    }
+    for i in 0..n {
+        for j in 0..n {
+            a[at(ld, off + i, off + j)] = l[i * n + j] as f32;
+        }
     }
     Ok(())
 }
@@ -156,50 +208,6 @@ pub(crate) unsafe fn product(
     );
 }
 
-/// Unblocked base case: Cholesky and triangular inverse of a block of at most `BASE` with f64 sums.
-fn inv_chol_base(a: &mut [f32], ld: usize, off: usize, n: usize) -> Result<(), NotPositive> {
-    let mut l = vec![0f64; n * n]; // [n, n] lower
-    for j in 0..n {
-        let mut d = f64::from(a[at(ld, off + j, off + j)]);
-        for k in 0..j {
-            d -= l[j * n + k] * l[j * n + k];
-        }
-        if !d.is_finite() || d <= 0.0 {
-            return Err(NotPositive {
-                column: off + j,
-                pivot: d as f32,
-            });
-        }
-        let d = d.sqrt();
-        l[j * n + j] = d;
-        for i in j + 1..n {
-            let mut s = f64::from(a[at(ld, off + i, off + j)]);
-            for k in 0..j {
-                s -= l[i * n + k] * l[j * n + k];
-            }
-            l[i * n + j] = s / d;
-        }
-    }
-    // M = L⁻¹, lower: column by column forward substitution.
-    let mut m = vec![0f64; n * n];
-    for j in 0..n {
-        m[j * n + j] = 1.0 / l[j * n + j];
-        for i in j + 1..n {
-            let mut s = 0.0;
-            for k in j..i {
-                s += l[i * n + k] * m[k * n + j];
-            }
-            m[i * n + j] = -s / l[i * n + i];
-        }
-    }
-    for i in 0..n {
-        for j in 0..n {
-            a[at(ld, off + i, off + j)] = if j <= i { m[i * n + j] as f32 } else { 0.0 };
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -227,36 +235,26 @@ mod tests {
     }
 
     #[test]
-    fn factor_times_matrix_is_identity() {
+    fn factor_reproduces_the_matrix() {
         for n in [1usize, 5, 64, 65, 150, 300] {
             let a = spd(n);
-            let mut u = a.clone();
-            inverse_cholesky_upper(&mut u, n).unwrap();
-            // Uᵀ·U·A = I  ⇔  U·A·Uᵀ = I
+            let mut v = a.clone();
+            reversed_cholesky(&mut v, n).unwrap();
             let mut worst = 0f64;
-            let ua: Vec<f64> = (0..n * n)
-                .map(|idx| {
-                    let (i, j) = (idx / n, idx % n);
-                    (0..n)
-                        .map(|k| f64::from(u[i * n + k]) * f64::from(a[k * n + j]))
-                        .sum()
-                })
-                .collect();
             for i in 0..n {
+                assert!(v[i * n + i] > 0.0, "n {n}: diagonal {i}");
                 for j in 0..n {
                     assert!(
-                        j >= i || u[i * n + j] == 0.0,
-                        "n {n}: U not upper at ({i}, {j})"
+                        j >= i || v[i * n + j] == 0.0,
+                        "n {n}: V not upper at ({i}, {j})"
                     );
                     let s: f64 = (0..n)
-                        .map(|k| ua[i * n + k] * f64::from(u[j * n + k]))
+                        .map(|k| f64::from(v[i * n + k]) * f64::from(v[j * n + k]))
                         .sum();
-                    let want = if i == j { 1.0 } else { 0.0 };
-                    worst = worst.max((s - want).abs());
+                    worst = worst.max((s - f64::from(a[i * n + j])).abs());
                 }
-                assert!(u[i * n + i] > 0.0);
             }
-            assert!(worst < 1e-3, "n {n}: |U·A·Uᵀ − I| = {worst}");
+            assert!(worst < 1e-5, "n {n}: |V·Vᵀ − A| = {worst}");
         }
     }
 
@@ -265,7 +263,7 @@ mod tests {
         let n = 100;
         let mut a = spd(n);
         a[3 * n + 3] = -1.0;
-        let err = inverse_cholesky_upper(&mut a, n).unwrap_err();
+        let err = reversed_cholesky(&mut a, n).unwrap_err();
         assert!(err.pivot <= 0.0);
         assert!(err.column <= 3, "column {}", err.column);
     }

@@ -315,3 +315,28 @@ fn bad_inputs_are_named_errors() {
     let msg = gptq(&w, out, n, &h, &s, &bad_damp).unwrap_err().to_string();
     assert!(msg.contains("damp_percent"), "{msg}");
 }
+
+#[test]
+fn one_solver_quantizes_stacked_rows_like_separate_calls() {
+    let (n, tokens) = (64, 200);
+    let x = correlated_inputs(tokens, n, 14);
+    let h = hessian_of(&x, n);
+    let opts = GptqOptions {
+        act_order: true,
+        ..GptqOptions::default()
+    };
+    let s = spec(4, Some(16), false);
+    let (q, k) = (
+        Normal::new(15).vec(24 * n, 0.05),
+        Normal::new(16).vec(8 * n, 0.05),
+    );
+    let solver = olive_quant::GptqSolver::new(&h, &opts).unwrap();
+    let stacked: Vec<f32> = q.iter().chain(&k).copied().collect();
+    let both = solver.quantize(&stacked, 32, n, &s).unwrap().linear;
+    let owned = olive_quant::GptqSolver::from_hessian(h.clone(), &opts).unwrap();
+    let q_alone = owned.quantize(&q, 24, n, &s).unwrap().linear;
+    let k_alone = gptq(&k, 8, n, &h, &s, &opts).unwrap().linear;
+    assert_eq!(both.rows(0, 24).dequantize(), q_alone.dequantize());
+    assert_eq!(both.rows(24, 32).dequantize(), k_alone.dequantize());
+    assert_eq!(both.g_idx, q_alone.g_idx);
+}
