@@ -6,6 +6,7 @@ mod convert;
 mod convert_adapters;
 mod dataset;
 mod evaluate;
+mod finetune;
 mod generate;
 mod plugins;
 mod quantize;
@@ -38,6 +39,8 @@ pub enum Command {
     ConvertAdapters(convert_adapters::ConvertAdaptersArgs),
     /// Perplexity of a model over a text, on the CPU transformer or through ONNX Runtime.
     Evaluate(evaluate::EvaluateArgs),
+    /// Fine-tune LoRA adapters on a dataset, on CPU (Olive's finetune; PEFT adapter out).
+    Finetune(Box<finetune::FinetuneArgs>),
     /// Generate text greedily from a prompt, on CPU.
     Generate(generate::GenerateArgs),
     /// Quantize a Hugging Face model's linears with RTN, AWQ or GPTQ (Olive's quantize).
@@ -57,6 +60,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         Command::Convert(args) => convert::run(args),
         Command::ConvertAdapters(args) => convert_adapters::run(args),
         Command::Evaluate(args) => evaluate::run(args),
+        Command::Finetune(args) => finetune::run(*args),
         Command::Generate(args) => generate::run(args),
         Command::Plugins(args) => plugins::run(args),
         Command::Quantize(args) => quantize::run(args),

@@ -1,0 +1,287 @@
+//! The fine-tuning run shared by `LoRA` and `QLoRA`, as Olive's LoRA pass drives transformers' Trainer: the dataset
+//! prepared through olive-data, rows drawn in a seeded order reshuffled every epoch, one `LoraTrainer` step per
+//! `gradient_accumulation_steps` micro-batches, evaluation on the held-out rows, then the PEFT adapter folder and the
+//! loss curve written into the pass's output folder.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use olive_data::{prepare, ModelTokenizer, Rng, Sample, IGNORE_INDEX};
+use olive_model::adapter::{write_adapter, LoraSaveConfig, Projection};
+use olive_model::ModelConfig;
+use olive_nn::train::{LoraSpec, LoraTrainer, TrainError};
+use olive_nn::Transformer;
+use olive_pass_sdk::{kinds, Context, Error, Model};
+use serde_json::json;
+
+use crate::config::LoraConfig;
+use crate::curve::{self, CurvePoint};
+
+/// The adapter folder inside the pass's output folder.
+pub const ADAPTER_DIR: &str = "adapter";
+/// The loss curve files inside the pass's output folder.
+pub const LOSS_CSV: &str = "loss.csv";
+pub const LOSS_PNG: &str = "loss.png";
+
+/// Refuses a device other than the CPU: this build trains on CPU only.
+pub fn check_device(ctx: &Context<'_>) -> Result<(), Error> {
+    match ctx.device().as_str() {
+        "cpu" => Ok(()),
+        other => Err(Error::InvalidConfig(format!(
+            "device {other}: GPU training is not available in this build (LoRA and QLoRA train on the CPU); \
+             run with device cpu"
+        ))),
+    }
+}
+
+/// Checks `targets` against the architecture's linears before anything heavy is loaded (PEFT's matching: a name,
+/// a `.`-separated suffix such as `self_attn.q_proj`, or `all-linear`).
+pub fn check_targets(hf: &ModelConfig, targets: &[String]) -> Result<(), Error> {
+    let known = Projection::of(hf.architecture);
+    for t in targets.iter().filter(|t| *t != "all-linear") {
+        let found = known.iter().any(|p| {
+            let key = format!("{}.{}", p.block().hf_name(), p.name());
+            key == *t || key.ends_with(&format!(".{t}")) || p.name() == t
+        });
+        if !found {
+            let names: Vec<&str> = known.iter().map(|p| p.name()).collect();
+            return Err(Error::InvalidConfig(format!(
+                "target_modules: `{t}` is not a linear layer of this {} model; its linears are {} \
+                 (or give all-linear)",
+                hf.architecture.model_type(),
+                names.join(", ")
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn trainer_error(e: TrainError) -> Error {
+    match e {
+        TrainError::UnknownTarget { .. } | TrainError::Setting { .. } => {
+            Error::InvalidConfig(e.to_string())
+        }
+        other => Error::Failed(other.to_string()),
+    }
+}
+
+/// Label tokens a row contributes to the loss (labels shifted by one, padding ignored).
+fn label_tokens(rows: &[Sample]) -> usize {
+    rows.iter()
+        .map(|r| {
+            r.labels
+                .iter()
+                .skip(1)
+                .filter(|&&l| l != IGNORE_INDEX)
+                .count()
+        })
+        .sum()
+}
+
+/// Mean loss over `rows`, in batches of `batch` rows, weighted by their label tokens.
+fn eval_loss(trainer: &LoraTrainer, rows: &[Sample], batch: usize) -> Result<f32, Error> {
+    let (mut sum, mut count) = (0f64, 0usize);
+    for chunk in rows.chunks(batch.max(1)) {
+        let n = label_tokens(chunk);
+        if n == 0 {
+            continue;
+        }
+        let loss = trainer.eval_loss(chunk).map_err(trainer_error)?;
+        sum += loss as f64 * n as f64;
+        count += n;
+    }
+    if count == 0 {
+        return Err(Error::InvalidConfig(
+            "the held-out rows have no label tokens to evaluate".into(),
+        ));
+    }
+    Ok((sum / count as f64) as f32)
+}
+
+/// Rows in a seeded order, reshuffled at every epoch, drawn `batch` at a time.
+struct RowStream<'a> {
+    rows: &'a [Sample],
+    order: Vec<usize>,
+    next: usize,
+    rng: Rng,
+}
+
+impl<'a> RowStream<'a> {
+    fn new(rows: &'a [Sample], seed: u64) -> Self {
+        let mut stream = RowStream {
+            rows,
+            order: (0..rows.len()).collect(),
+            next: 0,
+            rng: Rng::new(seed),
+        };
+        stream.rng.shuffle(&mut stream.order);
+        stream
+    }
+
+    fn take(&mut self, batch: usize) -> Vec<Sample> {
+        (0..batch)
+            .map(|_| {
+                if self.next == self.order.len() {
+                    self.rng.shuffle(&mut self.order);
+                    self.next = 0;
+                }
+                self.next += 1;
+                self.rows[self.order[self.next - 1]].clone()
+            })
+            .collect()
+    }
+}
+
+/// Trains LoRA adapters with the input model's tokenizer over the weights in the folder `weights_dir` gives (the
+/// input model's folder, or its quantized copy for QLoRA; called once the config and the data have been checked),
+/// and writes `adapter/`, `loss.csv` and `loss.png` into the output folder. The model returned is the input model
+/// with the adapter (`hf+adapter`).
+pub fn run(
+    model: &Model,
+    cfg: &LoraConfig,
+    ctx: &Context<'_>,
+    title: &str,
+    weights_dir: impl FnOnce() -> Result<PathBuf, Error>,
+) -> Result<Model, Error> {
+    check_device(ctx)?;
+    cfg.check()?;
+    let args = &cfg.training_args;
+    let base = &model.path;
+    let hf = ModelConfig::from_folder(base).map_err(|e| Error::UnsupportedModel(e.to_string()))?;
+    let targets = cfg.targets(hf.architecture);
+    check_targets(&hf, &targets)?;
+    let tok = ModelTokenizer::load(base).map_err(|e| Error::UnsupportedModel(e.to_string()))?;
+    let data =
+        prepare(&cfg.train_data_config, &tok).map_err(|e| Error::InvalidConfig(e.to_string()))?;
+    if data.train.is_empty() {
+        return Err(Error::InvalidConfig(format!(
+            "dataset is empty: no training rows from {}",
+            cfg.train_data_config.data_files.join(", ")
+        )));
+    }
+    let total = args.total_steps(data.train.len())?;
+    let train_config = args.train_config(total)?;
+    ctx.info(&format!(
+        "{title}: {} training rows, {} held-out rows of {} tokens; {total} steps of {} x {} rows",
+        data.train.len(),
+        data.eval.len(),
+        cfg.train_data_config.max_seq_len,
+        args.gradient_accumulation_steps,
+        args.per_device_train_batch_size
+    ));
+    ctx.check_cancelled()?;
+    let weights_dir = weights_dir()?;
+    let transformer =
+        Transformer::load(&weights_dir).map_err(|e| Error::UnsupportedModel(e.to_string()))?;
+    let spec = LoraSpec {
+        r: cfg.r,
+        alpha: cfg.alpha as f32,
+        dropout: cfg.lora_dropout as f32,
+        target_modules: targets,
+        use_rslora: cfg.use_rslora,
+    };
+    let mut trainer = LoraTrainer::new(transformer, &spec, train_config).map_err(trainer_error)?;
+    let every = args.eval_every(total);
+    let base_eval = if data.eval.is_empty() {
+        None
+    } else {
+        let loss = eval_loss(&trainer, &data.eval, args.per_device_eval_batch_size)?;
+        ctx.info(&format!("evaluation loss before training: {loss:.4}"));
+        Some(loss)
+    };
+    let mut stream = RowStream::new(&data.train, args.seed);
+    let mut points = Vec::with_capacity(total);
+    let started = Instant::now();
+    let mut tokens_done = 0usize;
+    for step in 1..=total {
+        ctx.check_cancelled()?;
+        let micro: Vec<Vec<Sample>> = (0..args.gradient_accumulation_steps)
+            .map(|_| stream.take(args.per_device_train_batch_size))
+            .collect();
+        let t0 = Instant::now();
+        let stats = trainer.train_step(&micro).map_err(trainer_error)?;
+        let seconds = t0.elapsed().as_secs_f32().max(1e-9);
+        tokens_done += stats.tokens;
+        if !stats.loss.is_finite() {
+            return Err(Error::Failed(format!(
+                "step {step}: the loss is {} (learning rate {}); lower training_args.learning_rate",
+                stats.loss, stats.learning_rate
+            )));
+        }
+        let eval = if !data.eval.is_empty() && (step % every == 0 || step == total) {
+            Some(eval_loss(
+                &trainer,
+                &data.eval,
+                args.per_device_eval_batch_size,
+            )?)
+        } else {
+            None
+        };
+        let point = CurvePoint {
+            step,
+            loss: stats.loss,
+            learning_rate: stats.learning_rate,
+            grad_norm: stats.grad_norm,
+            tokens_per_second: stats.tokens as f32 / seconds,
+            eval_loss: eval,
+        };
+        let line = format!(
+            "loss {:.4} · {:.0} tok/s{}",
+            point.loss,
+            point.tokens_per_second,
+            eval.map(|e| format!(" · eval {e:.4}")).unwrap_or_default()
+        );
+        ctx.progress(step as u64, total as u64, &line);
+        let full = format!(
+            "step {step}/{total}: {line} · lr {:.3e} · grad norm {:.3}",
+            point.learning_rate, point.grad_norm
+        );
+        if step % every == 0 || step == total {
+            ctx.info(&full);
+        } else {
+            ctx.debug(&full);
+        }
+        points.push(point);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let out = ctx.output_dir();
+    let adapter_dir = out.join(ADAPTER_DIR);
+    let weights = trainer.adapter();
+    let mut names: Vec<&str> = weights.iter().map(|w| w.module.projection.name()).collect();
+    names.sort_unstable();
+    names.dedup();
+    let save = LoraSaveConfig {
+        r: cfg.r,
+        lora_alpha: cfg.alpha,
+        lora_dropout: cfg.lora_dropout,
+        target_modules: names.iter().map(|n| n.to_string()).collect(),
+        use_rslora: cfg.use_rslora,
+        base_model_name_or_path: Some(base.display().to_string()),
+        dtype: cfg.torch_dtype.weight_dtype(),
+    };
+    write_adapter(&adapter_dir, &save, &weights).map_err(|e| Error::Failed(e.to_string()))?;
+    let csv_path = out.join(LOSS_CSV);
+    std::fs::write(&csv_path, curve::csv(base_eval, &points))
+        .map_err(|e| Error::io(&csv_path, e))?;
+    curve::write_png(&out.join(LOSS_PNG), base_eval, &points, title).map_err(Error::Failed)?;
+    let last = points.last().map(|p| p.loss);
+    let last_eval = points.iter().rev().find_map(|p| p.eval_loss);
+    ctx.info(&format!(
+        "trained {} modules in {total} steps ({elapsed:.1} s, {:.0} tok/s); final loss {:.4}{}",
+        weights.len(),
+        tokens_done as f64 / elapsed.max(1e-9),
+        last.unwrap_or(f32::NAN),
+        last_eval
+            .map(|e| format!(", evaluation loss {e:.4}"))
+            .unwrap_or_default()
+    ));
+    let mut output = Model::new(kinds::HF_ADAPTER, base);
+    output.adapter_paths.push(adapter_dir);
+    output.metadata.insert("steps".into(), json!(total));
+    output.metadata.insert("train_loss".into(), json!(last));
+    output.metadata.insert("eval_loss".into(), json!(last_eval));
+    output
+        .metadata
+        .insert("base_eval_loss".into(), json!(base_eval));
+    Ok(output)
+}
