@@ -26,7 +26,7 @@ use crate::rtn::check_weight;
 /// Rows one rayon task handles in the column loop: per block each row costs ~block²/2 multiply-adds.
 const ROWS_PER_TASK: usize = 16;
 /// Rows of H computed per product in `Hessian::add` (lower-triangle blocks only).
-const HESSIAN_ROWS: usize = 128;
+const HESSIAN_ROWS: usize = 512;
 
 /// H = 2/n · Σ xᵀx over the n calibration rows (tokens) seen so far, kept as a running average as GPTQ's
 /// `add_batch` does; [in, in] row-major f32. add_batch counts sequences, not rows (a 2-D input is one):
@@ -82,12 +82,7 @@ impl Hessian {
                 );
             }
         }
-        let h = &mut self.h;
-        for i in 0..n {
-            for j in i + 1..n {
-                h[i * n + j] = h[j * n + i];
-            }
-        }
+        mirror_lower(&mut self.h, n);
         self.samples = total;
     }
 
@@ -431,6 +426,21 @@ fn group_start_weights(
     }
     z.iter_mut().zip(&w[g0..g1]).for_each(|(z, &w)| *z += w);
     z
+}
+
+/// Copies the lower triangle of h [n, n] onto the upper one, in square tiles (a column walk per row
+/// would miss the cache on every element).
+fn mirror_lower(h: &mut [f32], n: usize) {
+    const TILE: usize = 64;
+    for i0 in (0..n).step_by(TILE) {
+        for j0 in (i0..n).step_by(TILE) {
+            for i in i0..(i0 + TILE).min(n) {
+                for j in j0.max(i + 1)..(j0 + TILE).min(n) {
+                    h[i * n + j] = h[j * n + i];
+                }
+            }
+        }
+    }
 }
 
 /// h [n, n] ← h[perm][:, perm], in place: columns within each row, then rows along the cycles of perm.

@@ -74,7 +74,7 @@ pub fn group_params(w: &[f32], bits: u8, sym: bool) -> (f32, u8) {
     let zero = if sym {
         (maxq + 1.0) / 2.0
     } else {
-        (-xmin / scale).round_ties_even()
+        round_half_even(-xmin / scale)
     };
     (scale, zero as u8)
 }
@@ -83,7 +83,20 @@ pub fn group_params(w: &[f32], bits: u8, sym: bool) -> (f32, u8) {
 #[inline]
 pub fn quantize_value(x: f32, scale: f32, zero: u8, bits: u8) -> u8 {
     let maxq = f32::from(max_level(bits));
-    ((x / scale).round_ties_even() + f32::from(zero)).clamp(0.0, maxq) as u8
+    (round_half_even(x / scale) + f32::from(zero)).clamp(0.0, maxq) as u8
+}
+
+/// Round half to even (torch.round) without SSE4.1's `roundps`, which baseline x86-64 lacks (there
+/// `f32::round_ties_even` is a libm call per value): for |x| < 2^22, x + 1.5·2^23 lands where the f32
+/// spacing is exactly 1, so the addition itself rounds x half to even.
+#[inline]
+fn round_half_even(x: f32) -> f32 {
+    const SHIFT: f32 = 12_582_912.0; // 1.5 · 2^23
+    if x.abs() < 4_194_304.0 {
+        (x + SHIFT) - SHIFT
+    } else {
+        x.round_ties_even()
+    }
 }
 
 /// The float value of `level`: (level − zero) · scale, as `QuantizedLinear::dequantize` computes it.
@@ -142,6 +155,20 @@ mod tests {
             let (scale, z) = group_params(&[0.0; 4], bits, false);
             assert_eq!(scale, 2.0 / f32::from(max_level(bits)), "bits {bits}");
             assert_eq!(z, zero, "bits {bits}");
+        }
+    }
+
+    #[test]
+    fn fast_rounding_equals_round_ties_even() {
+        let mut x = -70_000.0f32;
+        while x < 70_000.0 {
+            for v in [x, x + 0.5, x + 0.49999997, x + 0.50000006] {
+                assert_eq!(round_half_even(v), v.round_ties_even(), "{v}");
+            }
+            x += 0.75;
+        }
+        for v in [5e6f32, -5e6, 1e30, -0.0, 4_194_303.5, -4_194_302.5] {
+            assert_eq!(round_half_even(v), v.round_ties_even(), "{v}");
         }
     }
 

@@ -10,8 +10,10 @@
 
 use rayon::prelude::*;
 
-/// Blocks this size or smaller are factored or solved directly.
+/// Blocks this size or smaller are factored directly.
 const BASE: usize = 64;
+/// Triangles this size or smaller are solved directly in `trsm`.
+const TRSM_BASE: usize = 32;
 /// Products with fewer multiply-adds than this run on one thread.
 const PARALLEL_FLOPS: usize = 1 << 21;
 
@@ -81,7 +83,7 @@ fn chol(a: &mut [f32], ld: usize, off: usize, n: usize) -> Result<(), NotPositiv
 
 /// X ← X·L⁻ᵀ for L = a[lo.., lo..] lower triangular of size k and X = a[rows.., lo..] [m, k] below it.
 fn trsm(a: &mut [f32], ld: usize, lo: usize, k: usize, rows: usize, m: usize) {
-    if k <= BASE {
+    if k <= TRSM_BASE {
         trsm_base(a, ld, lo, k, rows, m);
         return;
     }
@@ -112,21 +114,24 @@ fn trsm(a: &mut [f32], ld: usize, lo: usize, k: usize, rows: usize, m: usize) {
     trsm(a, ld, lo + k1, k2, rows, m);
 }
 
-/// Direct X ← X·L⁻ᵀ for a small L: forward substitution on each row of X, rows in parallel.
+/// Direct X ← X·L⁻ᵀ for a small L: substitution on each row of X (column-oriented, so the inner loop is a
+/// contiguous axpy), rows in parallel.
 fn trsm_base(a: &mut [f32], ld: usize, lo: usize, k: usize, rows: usize, m: usize) {
-    let l: Vec<f32> = (0..k * k)
-        .map(|idx| a[at(ld, lo + idx / k, lo + idx % k)])
-        .collect(); // [k, k] lower
+    let lt: Vec<f32> = (0..k * k)
+        .map(|idx| a[at(ld, lo + idx % k, lo + idx / k)])
+        .collect(); // [k, k] = Lᵀ, upper: lt[j·k + i] = L[i, j]
     a[rows * ld..(rows + m) * ld]
         .par_chunks_mut(ld)
         .with_min_len(16)
         .for_each(|row| {
             let x = &mut row[lo..lo + k];
             for j in 0..k {
-                let s: f64 = (0..j)
-                    .map(|i| f64::from(x[i]) * f64::from(l[j * k + i]))
-                    .sum();
-                x[j] = ((f64::from(x[j]) - s) / f64::from(l[j * k + j])) as f32;
+                let xj = x[j] / lt[j * k + j];
+                x[j] = xj;
+                x[j + 1..]
+                    .iter_mut()
+                    .zip(&lt[j * k + j + 1..(j + 1) * k])
+                    .for_each(|(xi, &lij)| *xi -= xj * lij);
             }
         });
 }
