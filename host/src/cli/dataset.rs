@@ -27,12 +27,12 @@ pub struct DatasetArgs {
     /// Render each record's `messages` through the model's chat template.
     #[arg(long = "use_chat_template", group = "text_source")]
     pub use_chat_template: bool,
-    /// Tokens per sample.
-    #[arg(long = "max_seq_len", default_value_t = 1024)]
-    pub max_seq_len: usize,
-    /// At most this many samples.
-    #[arg(long = "max_samples", default_value_t = 256)]
-    pub max_samples: usize,
+    /// Tokens per sample [default: 1024; quantize: 512 per calibration window].
+    #[arg(long = "max_seq_len")]
+    pub max_seq_len: Option<usize>,
+    /// At most this many samples [default: 256; quantize: 16 calibration windows].
+    #[arg(long = "max_samples")]
+    pub max_samples: Option<usize>,
 }
 
 impl DatasetArgs {
@@ -57,8 +57,8 @@ impl DatasetArgs {
             data_files: olive_data::split_data_files(files),
             use_chat_template: self.use_chat_template,
             text_template: self.text_template.as_deref().map(unescape_cli),
-            max_seq_len: self.max_seq_len,
-            max_samples: Some(self.max_samples),
+            max_seq_len: self.max_seq_len.unwrap_or(1024),
+            max_samples: Some(self.max_samples.unwrap_or(256)),
             ..DataConfig::default()
         };
         if let Some(field) = &self.text_field {

@@ -119,7 +119,16 @@ fn pass_config(args: &QuantizeArgs) -> anyhow::Result<serde_json::Value> {
     if let Some(sym) = args.sym {
         config["sym"] = sym.into();
     }
-    if let Some(data) = args.data.data_config()? {
+    // Calibration windows: --max_samples of --max_seq_len tokens when given, else the pass's defaults (Olive's
+    // 256 samples of 1024 tokens would take hours on a CPU).
+    if let Some(n) = args.data.max_samples {
+        config["n_samples"] = n.into();
+    }
+    if let Some(n) = args.data.max_seq_len {
+        config["seq_len"] = n.into();
+    }
+    if let Some(mut data) = args.data.data_config()? {
+        data.max_samples = args.data.max_samples;
         config["data_config"] = serde_json::to_value(data)?;
     }
     Ok(config)
@@ -223,5 +232,8 @@ mod tests {
             serde_json::json!(["a.jsonl"])
         );
         assert_eq!(c["data_config"]["text_field"], "t");
+        assert_eq!(c.get("n_samples"), None);
+        let c = config(&["--algorithm", "gptq", "--max_samples", "8", "--max_seq_len", "64"]).unwrap();
+        assert_eq!((c["n_samples"].as_u64(), c["seq_len"].as_u64()), (Some(8), Some(64)));
     }
 }
