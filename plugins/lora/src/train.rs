@@ -192,7 +192,7 @@ pub fn run(
     let mut stream = RowStream::new(&data.train, args.seed);
     let mut points = Vec::with_capacity(total);
     let started = Instant::now();
-    let mut tokens_done = 0usize;
+    let (mut tokens_done, mut train_seconds) = (0usize, 0f64);
     for step in 1..=total {
         ctx.check_cancelled()?;
         let micro: Vec<Vec<Sample>> = (0..args.gradient_accumulation_steps)
@@ -202,6 +202,7 @@ pub fn run(
         let stats = trainer.train_step(&micro).map_err(trainer_error)?;
         let seconds = t0.elapsed().as_secs_f32().max(1e-9);
         tokens_done += stats.tokens;
+        train_seconds += seconds as f64;
         if !stats.loss.is_finite() {
             return Err(Error::Failed(format!(
                 "step {step}: the loss is {} (learning rate {}); lower training_args.learning_rate",
@@ -267,9 +268,10 @@ pub fn run(
     let last = points.last().map(|p| p.loss);
     let last_eval = points.iter().rev().find_map(|p| p.eval_loss);
     ctx.info(&format!(
-        "trained {} modules in {total} steps ({elapsed:.1} s, {:.0} tok/s); final loss {:.4}{}",
+        "trained {} modules in {total} steps ({elapsed:.1} s with evaluation; {:.0} training tok/s); final loss \
+         {:.4}{}",
         weights.len(),
-        tokens_done as f64 / elapsed.max(1e-9),
+        tokens_done as f64 / train_seconds.max(1e-9),
         last.unwrap_or(f32::NAN),
         last_eval
             .map(|e| format!(", evaluation loss {e:.4}"))
