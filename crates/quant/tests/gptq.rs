@@ -407,9 +407,10 @@ fn gptq_f64(w: &[f32], out: usize, n: usize, x: &[f32], gs: usize, damp_percent:
             let q = ((row[j] / scale).round_ties_even() + zero).clamp(0.0, 15.0);
             let deq = (q - zero) * scale;
             let e = (row[j] - deq) / u(j, j);
-            for k in j + 1..n {
-                row[k] -= e * u(j, k);
-            }
+            row.iter_mut()
+                .enumerate()
+                .skip(j + 1)
+                .for_each(|(k, r)| *r -= e * u(j, k));
             wq[o * n + j] = deq as f32;
         }
     }
