@@ -17,6 +17,8 @@ pub(crate) struct QkvLayout {
     pub width: usize,
     pub window: Option<usize>,
     pub scale: f32,
+    /// Queries per block ([`QUERY_BLOCK`] outside tests).
+    pub query_block: usize,
 }
 
 impl QkvLayout {
@@ -33,30 +35,60 @@ impl QkvLayout {
     }
 }
 
-/// probs: [seq, seq] = softmax of the masked scores of query head h in one sequence; rows with no
-/// visible key are all zeros. qkv: [seq, width] of that sequence; key_mask: [seq].
-fn probabilities(qkv: &[f32], l: QkvLayout, key_mask: &[u8], h: usize, probs: &mut [f32]) {
-    let seq = key_mask.len();
+/// Queries per block: a block's scores reach only the keys up to its last query, which skips
+/// most of the causal mask's upper triangle.
+pub(crate) const QUERY_BLOCK: usize = 64;
+
+/// The first key query `t` may see: 0, or the start of its sliding window.
+fn visible_from(window: Option<usize>, t: usize) -> usize {
+    window.map_or(0, |w| (t + 1).saturating_sub(w))
+}
+
+/// Query blocks of a sequence: (q0, q1, k0) with keys k0 .. q1 visible to some query of q0 .. q1.
+fn blocks(seq: usize, l: QkvLayout) -> impl Iterator<Item = (usize, usize, usize)> {
+    (0..seq).step_by(l.query_block.max(1)).map(move |q0| {
+        (
+            q0,
+            (q0 + l.query_block.max(1)).min(seq),
+            visible_from(l.window, q0),
+        )
+    })
+}
+
+/// probs: [q1 − q0, q1 − k0] = softmax of the masked scores of queries q0 .. q1 of head h over keys
+/// k0 .. q1 in one sequence; rows with no visible key are all zeros. qkv: [seq, width] of that
+/// sequence; key_mask: [seq].
+fn probabilities(
+    qkv: &[f32],
+    l: QkvLayout,
+    key_mask: &[u8],
+    h: usize,
+    (q0, q1, k0): (usize, usize, usize),
+    probs: &mut Vec<f32>,
+) {
+    let (nq, nk) = (q1 - q0, q1 - k0);
     let g = h / (l.heads / l.kv_heads);
+    probs.resize(nq * nk, 0.0);
     matmul_strided(
-        seq,
-        seq,
+        nq,
+        nk,
         l.head_dim,
-        View::rows(&qkv[l.q_col(h)..], l.width),
-        View::transposed(&qkv[l.k_col(g)..], l.width),
+        View::rows(&qkv[q0 * l.width + l.q_col(h)..], l.width),
+        View::transposed(&qkv[k0 * l.width + l.k_col(g)..], l.width),
         probs,
-        seq,
+        nk,
         l.scale,
         false,
     );
-    for (t, row) in probs.chunks_exact_mut(seq).enumerate() {
-        let lo = visible_from(l.window, t);
-        // Keys outside lo ..= t get probability 0; padded keys inside are masked to −inf.
+    for (i, row) in probs.chunks_exact_mut(nk).enumerate() {
+        let t = q0 + i;
+        let (lo, hi) = (visible_from(l.window, t) - k0, t - k0);
+        // Keys outside lo ..= hi get probability 0; padded keys inside are masked to −inf.
         row[..lo].fill(0.0);
-        row[t + 1..].fill(0.0);
-        let visible = &mut row[lo..=t];
+        row[hi + 1..].fill(0.0);
+        let visible = &mut row[lo..=hi];
         let mut any = false;
-        for (s, m) in visible.iter_mut().zip(&key_mask[lo..=t]) {
+        for (s, m) in visible.iter_mut().zip(&key_mask[k0 + lo..=k0 + hi]) {
             if *m == 0 {
                 *s = f32::NEG_INFINITY;
             } else {
@@ -69,11 +101,6 @@ fn probabilities(qkv: &[f32], l: QkvLayout, key_mask: &[u8], h: usize, probs: &m
             visible.fill(0.0);
         }
     }
-}
-
-/// The first key query `t` may see: 0, or the start of its sliding window.
-fn visible_from(window: Option<usize>, t: usize) -> usize {
-    window.map_or(0, |w| (t + 1).saturating_sub(w))
 }
 
 /// Σ a·b with eight independent sums (the compiler vectorizes them).
@@ -100,30 +127,33 @@ pub(crate) fn attention_forward(
 ) {
     let rows = key_mask.len() / seq;
     let q_width = l.heads * l.head_dim;
-    let blocks: Vec<Vec<f32>> = (0..rows * l.heads)
+    let heads: Vec<Vec<f32>> = (0..rows * l.heads)
         .into_par_iter()
         .map_init(Vec::new, |probs: &mut Vec<f32>, idx| {
             let (b, h) = (idx / l.heads, idx % l.heads);
             let s_qkv = &qkv[b * seq * l.width..(b + 1) * seq * l.width];
-            probs.resize(seq * seq, 0.0); // [seq, seq], reused across the tasks of a thread
-            probabilities(s_qkv, l, &key_mask[b * seq..(b + 1) * seq], h, probs);
+            let mask = &key_mask[b * seq..(b + 1) * seq];
             let g = h / (l.heads / l.kv_heads);
             let mut o = vec![0.0; seq * l.head_dim]; // [seq, head_dim]
-            matmul_strided(
-                seq,
-                l.head_dim,
-                seq,
-                View::rows(probs, seq),
-                View::rows(&s_qkv[l.v_col(g)..], l.width),
-                &mut o,
-                l.head_dim,
-                1.0,
-                false,
-            );
+            for block in blocks(seq, l) {
+                let (q0, q1, k0) = block;
+                probabilities(s_qkv, l, mask, h, block, probs);
+                matmul_strided(
+                    q1 - q0,
+                    l.head_dim,
+                    q1 - k0,
+                    View::rows(probs, q1 - k0),
+                    View::rows(&s_qkv[k0 * l.width + l.v_col(g)..], l.width),
+                    &mut o[q0 * l.head_dim..],
+                    l.head_dim,
+                    1.0,
+                    false,
+                );
+            }
             o
         })
         .collect();
-    for (idx, o) in blocks.iter().enumerate() {
+    for (idx, o) in heads.iter().enumerate() {
         let (b, h) = (idx / l.heads, idx % l.heads);
         for (t, row) in o.chunks_exact(l.head_dim).enumerate() {
             let at = (b * seq + t) * q_width + h * l.head_dim;
@@ -147,7 +177,7 @@ pub(crate) fn attention_backward(
     let q_width = l.heads * l.head_dim;
     let hd = l.head_dim;
     // One task per (sequence, kv head): it owns dk and dv of that head and dq of its query heads.
-    let blocks: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = (0..rows * l.kv_heads)
+    let grads: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = (0..rows * l.kv_heads)
         .into_par_iter()
         .map_init(
             || (Vec::new(), Vec::new()),
@@ -159,80 +189,84 @@ pub(crate) fn attention_backward(
                 let mut dq = vec![0.0; group * seq * hd]; // [group, seq, head_dim]
                 let mut dk = vec![0.0; seq * hd]; // [seq, head_dim]
                 let mut dv = vec![0.0; seq * hd];
-                // [seq, seq] each, reused across the tasks of a thread.
-                probs.resize(seq * seq, 0.0);
-                ds.resize(seq * seq, 0.0);
                 for (i, dq) in dq.chunks_exact_mut(seq * hd).enumerate() {
                     let h = g * group + i;
-                    probabilities(s_qkv, l, mask, h, probs);
-                    let d_o = View::rows(&s_dout[h * hd..], q_width);
-                    // dP = dO · vᵀ: [seq, seq]
-                    matmul_strided(
-                        seq,
-                        seq,
-                        hd,
-                        d_o,
-                        View::transposed(&s_qkv[l.v_col(g)..], l.width),
-                        ds,
-                        seq,
-                        1.0,
-                        false,
-                    );
-                    for (t, (p_row, ds_row)) in probs
-                        .chunks_exact(seq)
-                        .zip(ds.chunks_exact_mut(seq))
-                        .enumerate()
-                    {
-                        // dS = P ⊙ (dP − Σ P⊙dP); zero where P is.
-                        let lo = visible_from(l.window, t);
-                        ds_row[..lo].fill(0.0);
-                        ds_row[t + 1..].fill(0.0);
-                        let (p, d) = (&p_row[lo..=t], &mut ds_row[lo..=t]);
-                        let pd = dot(p, d);
-                        for (d, p) in d.iter_mut().zip(p) {
-                            *d = p * (*d - pd);
+                    for block in blocks(seq, l) {
+                        let (q0, q1, k0) = block;
+                        let (nq, nk) = (q1 - q0, q1 - k0);
+                        probabilities(s_qkv, l, mask, h, block, probs);
+                        let d_o = View::rows(&s_dout[q0 * q_width + h * hd..], q_width);
+                        let k = &s_qkv[k0 * l.width + l.k_col(g)..];
+                        // dP = dO · vᵀ: [nq, nk]
+                        ds.resize(nq * nk, 0.0);
+                        matmul_strided(
+                            nq,
+                            nk,
+                            hd,
+                            d_o,
+                            View::transposed(&s_qkv[k0 * l.width + l.v_col(g)..], l.width),
+                            ds,
+                            nk,
+                            1.0,
+                            false,
+                        );
+                        for (r, (p_row, ds_row)) in probs
+                            .chunks_exact(nk)
+                            .zip(ds.chunks_exact_mut(nk))
+                            .enumerate()
+                        {
+                            // dS = P ⊙ (dP − Σ P⊙dP); zero where P is.
+                            let t = q0 + r;
+                            let (lo, hi) = (visible_from(l.window, t) - k0, t - k0);
+                            ds_row[..lo].fill(0.0);
+                            ds_row[hi + 1..].fill(0.0);
+                            let (p, d) = (&p_row[lo..=hi], &mut ds_row[lo..=hi]);
+                            let pd = dot(p, d);
+                            for (d, p) in d.iter_mut().zip(p) {
+                                *d = p * (*d - pd);
+                            }
                         }
+                        // dq = scale · dS · k; dk += scale · dSᵀ · q; dv += Pᵀ · dO.
+                        matmul_strided(
+                            nq,
+                            hd,
+                            nk,
+                            View::rows(ds, nk),
+                            View::rows(k, l.width),
+                            &mut dq[q0 * hd..],
+                            hd,
+                            l.scale,
+                            false,
+                        );
+                        matmul_strided(
+                            nk,
+                            hd,
+                            nq,
+                            View::transposed(ds, nk),
+                            View::rows(&s_qkv[q0 * l.width + l.q_col(h)..], l.width),
+                            &mut dk[k0 * hd..],
+                            hd,
+                            l.scale,
+                            true,
+                        );
+                        matmul_strided(
+                            nk,
+                            hd,
+                            nq,
+                            View::transposed(probs, nk),
+                            d_o,
+                            &mut dv[k0 * hd..],
+                            hd,
+                            1.0,
+                            true,
+                        );
                     }
-                    // dq = scale · dS · k; dk += scale · dSᵀ · q; dv += Pᵀ · dO.
-                    matmul_strided(
-                        seq,
-                        hd,
-                        seq,
-                        View::rows(ds, seq),
-                        View::rows(&s_qkv[l.k_col(g)..], l.width),
-                        dq,
-                        hd,
-                        l.scale,
-                        false,
-                    );
-                    matmul_strided(
-                        seq,
-                        hd,
-                        seq,
-                        View::transposed(ds, seq),
-                        View::rows(&s_qkv[l.q_col(h)..], l.width),
-                        &mut dk,
-                        hd,
-                        l.scale,
-                        true,
-                    );
-                    matmul_strided(
-                        seq,
-                        hd,
-                        seq,
-                        View::transposed(probs, seq),
-                        d_o,
-                        &mut dv,
-                        hd,
-                        1.0,
-                        true,
-                    );
                 }
                 (dq, dk, dv)
             },
         )
         .collect();
-    for (idx, (dq, dk, dv)) in blocks.iter().enumerate() {
+    for (idx, (dq, dk, dv)) in grads.iter().enumerate() {
         let (b, g) = (idx / l.kv_heads, idx % l.kv_heads);
         for t in 0..seq {
             let row = &mut d_qkv[(b * seq + t) * l.width..(b * seq + t + 1) * l.width];
@@ -253,7 +287,7 @@ mod tests {
     use crate::train::backward::tests::{numeric_grad, rel_err, values};
     use olive_kernels::cpu::{attention_ref, AttentionDims};
 
-    fn layout(window: Option<usize>) -> QkvLayout {
+    fn layout(window: Option<usize>, query_block: usize) -> QkvLayout {
         QkvLayout {
             heads: 4,
             kv_heads: 2,
@@ -261,14 +295,16 @@ mod tests {
             width: 4 * 4 + 2 * 2 * 4,
             window,
             scale: 0.5,
+            query_block,
         }
     }
 
     #[test]
     fn forward_matches_kv_cache_attention_per_sequence() {
         let (rows, seq) = (2, 6);
-        for window in [None, Some(3)] {
-            let l = layout(window);
+        // One block of queries, and blocks of 4 (the last one short) that skip masked keys.
+        for (window, block) in [(None, 64), (Some(3), 64), (None, 4), (Some(3), 4)] {
+            let l = layout(window, block);
             let qkv = values(11, rows * seq * l.width);
             let mask = vec![1u8; rows * seq];
             let mut out = vec![0.0; rows * seq * 16];
@@ -285,7 +321,10 @@ mod tests {
                 };
                 let want = attention_ref(s, &k, &v, dims, window, 0.5, seq);
                 let got = &out[b * seq * 16..(b + 1) * seq * 16];
-                assert!(rel_err(got, &want) < 1e-5, "window {window:?}");
+                assert!(
+                    rel_err(got, &want) < 1e-5,
+                    "window {window:?} block {block}"
+                );
             }
         }
     }
@@ -295,8 +334,8 @@ mod tests {
         let (rows, seq) = (2, 5);
         // The second row is right-padded: its last two keys are hidden.
         let mask = [1, 1, 1, 1, 1, 1, 1, 1, 0, 0];
-        for window in [None, Some(2)] {
-            let l = layout(window);
+        for (window, block) in [(None, 64), (Some(2), 64), (None, 2), (Some(2), 2)] {
+            let l = layout(window, block);
             let qkv: Vec<f32> = values(12, rows * seq * l.width)
                 .iter()
                 .map(|v| 2.0 * v)
@@ -313,7 +352,7 @@ mod tests {
                     .sum()
             });
             let e = rel_err(&d_qkv, &num);
-            assert!(e < 2e-3, "window {window:?}: {e}");
+            assert!(e < 2e-3, "window {window:?} block {block}: {e}");
         }
     }
 }

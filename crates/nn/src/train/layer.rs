@@ -4,7 +4,7 @@
 
 use olive_kernels::cpu::{matmul_strided, rmsnorm, rope_apply, silu_mul, RopeLayout, View};
 
-use super::attention::{attention_backward, attention_forward, QkvLayout};
+use super::attention::{attention_backward, attention_forward, QkvLayout, QUERY_BLOCK};
 use super::backward::{rmsnorm_backward, rope_backward, silu_mul_backward};
 use super::lora::{self, Adapted, Dropout, Site};
 use crate::layer::DecoderLayer;
@@ -57,6 +57,7 @@ fn qkv_layout(layer: &DecoderLayer, window: Option<usize>) -> QkvLayout {
         width: d.q_width() + 2 * d.kv_width(),
         window,
         scale: (d.head_dim as f32).powf(-0.5),
+        query_block: QUERY_BLOCK,
     }
 }
 

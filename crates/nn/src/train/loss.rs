@@ -62,13 +62,15 @@ pub(crate) fn cross_entropy(
             .zip(chunk.par_iter())
             .map(|(row, t)| {
                 let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let sum: f64 = row.iter().map(|v| ((v - max) as f64).exp()).sum();
+                // f32 exps (as torch's log_softmax), summed in f64.
+                let sum: f64 = row.iter().map(|v| (v - max).exp() as f64).sum();
                 let lse = max as f64 + sum.ln();
                 let loss = lse - row[t.token] as f64;
                 if let Some(inv_n) = inv_n {
                     // d logits = (softmax − onehot) · inv_n, in place.
+                    let lse32 = lse as f32;
                     for v in row.iter_mut() {
-                        *v = ((*v as f64 - lse).exp() as f32) * inv_n;
+                        *v = (*v - lse32).exp() * inv_n;
                     }
                     row[t.token] -= inv_n;
                 }

@@ -415,12 +415,14 @@ impl LoraTrainer {
             p: self.spec.dropout,
             key: lora::mix(&[self.cfg.seed, self.steps as u64, micro as u64]),
         });
-        let checkpointing = self.cfg.gradient_checkpointing;
-        // Without checkpointing every layer's activations; with it only each layer's input.
+        // Without checkpointing every layer's activations; with it each layer's input, and the
+        // last layer's activations (its backward comes first: recomputing them would gain nothing).
+        let last = self.model.layers().len().saturating_sub(1);
+        let recompute = |i: usize| self.cfg.gradient_checkpointing && i != last;
         let mut saved: Vec<Saved> = Vec::new();
         let mut inputs: Vec<Vec<f32>> = Vec::new();
-        let hidden = self.run_layers(flat, dropout, &mut |_, s| {
-            if checkpointing {
+        let hidden = self.run_layers(flat, dropout, &mut |i, s| {
+            if recompute(i) {
                 inputs.push(s.x);
             } else {
                 saved.push(s);
@@ -439,7 +441,7 @@ impl LoraTrainer {
         };
         for (i, l) in self.model.layers().iter().enumerate().rev() {
             let r = self.by_layer[i].clone();
-            let s = if checkpointing {
+            let s = if recompute(i) {
                 let x = inputs.pop().expect("run_layers keeps one input per layer");
                 layer::forward(l, &self.adapters[r.clone()], r.start, &batch, x, dropout).1
             } else {
