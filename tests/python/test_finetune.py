@@ -9,7 +9,8 @@
   the AWQ weights dequantized by independent numpy code);
 - QLoRA over a float base (RTN int4 inside the pass): the adapter loads on the float base it was given;
 - the lab's step on the default model (.gguf input, the lab's template and data, a few short steps): the held-out
-  loss falls, and the output holds the converted model;
+  loss falls below the base's, the greedy answer to a travel question not in the data changes (transformers +
+  PEFT), and the output holds the converted model;
 - bad input: an unparsable JSONL line (file:line), a template field missing from a record, an empty dataset,
   --max_steps 0, unknown target modules (the model's linears listed), --device gpu, a non-empty output without
   --overwrite: non-zero exit, a clear message, no output folder.
@@ -291,6 +292,32 @@ def test_lab_step_on_the_default_model(olive_host: Path, default_gguf: Path, tmp
     assert png_size(out / "loss.png") == (1000, 700)
     cfg = json.loads((out / "adapter" / "adapter_config.json").read_text())
     assert (cfg["r"], cfg["lora_alpha"], sorted(cfg["target_modules"])) == (64, 16, ["q_proj", "v_proj"])
+    # The adapter changes the greedy answer to a travel question that is not in the data.
+    base, tuned = greedy_answers(out / "model", out / "adapter", HELD_OUT_QUESTION)
+    print(f"base: {base!r}\nwith the adapter: {tuned!r}")
+    assert base != tuned
+
+
+HELD_OUT_QUESTION = "Is it safe to drink tap water in Lisbon?"
+
+
+def greedy_answers(model_dir: Path, adapter: Path, question: str, tokens: int = 24) -> tuple[str, str]:
+    """transformers' greedy answers in the lab's template, without and with the PEFT adapter."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    ids = tok(f"<|user|>\n{question}<|end|>\n<|assistant|>\n", return_tensors="pt").input_ids
+    answers = []
+    for with_adapter in (False, True):
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+        if with_adapter:
+            model = PeftModel.from_pretrained(model, str(adapter))
+        with torch.no_grad():
+            out = model.eval().generate(ids, max_new_tokens=tokens, do_sample=False)
+        answers.append(tok.decode(out[0, ids.shape[1]:]))
+    return answers[0], answers[1]
 
 
 @pytest.mark.parametrize("case", ["bad_json", "missing_field", "empty", "max_steps_0", "unknown_target", "gpu",
