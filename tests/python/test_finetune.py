@@ -7,6 +7,7 @@
 - ours: our ONNX export (ModelBuilder with the adapter, fp32) of the fine-tuned model gives PEFT's logits, on a float
   base and on an AWQ base quantized by `olive-host quantize --algorithm awq` (the lab's steps 1-2; transformers side:
   the AWQ weights dequantized by independent numpy code);
+- Phi-3 (fused qkv_proj, Olive's default targets o_proj + qkv_proj): PEFT loads the fused adapter, logits = merged by hand;
 - QLoRA over a float base (RTN int4 inside the pass): the adapter loads on the float base it was given;
 - the lab's step on the default model (.gguf input, the lab's template and data, a few short steps): the held-out
   loss falls below the base's, the greedy answer to a travel question not in the data changes (transformers +
@@ -169,6 +170,39 @@ def test_peft_loads_our_adapter(tiny_run: Path):
     print(f"PEFT vs merged by hand: {diff:.2e}; adapter moved logits by {moved:.2e}")
     assert diff <= MERGE_TOL
     assert moved > 1e-3
+
+
+def test_phi3_fused_projections(olive_host: Path, tmp_path: Path):
+    """Phi-3's fused qkv_proj / gate_up_proj: Olive's default targets (o_proj, qkv_proj), saved fused as PEFT does;
+    PEFT's logits equal ours merged by hand."""
+    import torch
+    import transformers
+    from peft import PeftModel
+
+    model_dir = tmp_path / "phi3"
+    torch.manual_seed(0)
+    config = transformers.Phi3Config(
+        vocab_size=49152, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=256, original_max_position_embeddings=256,
+        rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
+        pad_token_id=2, initializer_range=0.1,
+    )
+    transformers.Phi3ForCausalLM(config).save_pretrained(model_dir)
+    for name in TOKENIZER_FILES:
+        shutil.copy(donor() / name, model_dir / name)
+    out = tmp_path / "ft"
+    result = finetune(olive_host, model_dir, out, *tiny_args(4))
+    assert result.returncode == 0, result.stderr
+    cfg = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert sorted(cfg["target_modules"]) == ["o_proj", "qkv_proj"]
+    ids = torch.tensor([[(i * 997) % 49000 + 5 for i in range(24)]])
+    load = lambda: transformers.AutoModelForCausalLM.from_pretrained(str(out / "model"), dtype=torch.float32).eval()
+    with torch.no_grad():
+        peft = PeftModel.from_pretrained(load(), str(out / "adapter")).eval()(ids).logits
+        merged = merged_by_hand(load(), out / "adapter")(ids).logits
+        base = load()(ids).logits
+    assert float((peft - merged).abs().max()) <= MERGE_TOL
+    assert float((peft - base).abs().max()) > 1e-3
 
 
 def export_with_adapter(olive_host: Path, model: Path, adapter: Path, out: Path) -> Path:
