@@ -399,3 +399,13 @@ def test_bad_input_fails_cleanly(olive_host: Path, tiny: Path, tmp_path: Path, c
         assert [p.name for p in out.iterdir()] == ["keep.txt"]
     else:
         assert not (tmp_path / "out").exists(), list((tmp_path / "out").rglob("*"))
+
+
+def test_overwrite_replaces_an_existing_output(olive_host: Path, tiny: Path, tmp_path: Path):
+    out = tmp_path / "ft"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    result = finetune(olive_host, tiny, out, *tiny_args(1), "--overwrite")
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["adapter", "loss.csv", "loss.png", "model"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ft"]  # no staging folder left beside it
