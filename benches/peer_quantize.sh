@@ -29,10 +29,14 @@ timed() {
     shift
     rm -rf "${out:?}/$peer" "$out/$peer.run"
     mkdir -p "$out/$peer.run"
-    if (cd "$out/$peer.run" && /usr/bin/time -f "$peer %e s %M KB" "$@") >"$out/$peer.log" 2>&1; then
+    # Olive exits 0 after "No output model produced": success needs the quantized folder too.
+    if (cd "$out/$peer.run" && /usr/bin/time -f "$peer %e s %M KB" "$@") >"$out/$peer.log" 2>&1 &&
+        { [ -f "$out/$peer/config.json" ] || [ -f "$out/$peer/model/config.json" ]; }; then
         tail -n 1 "$out/$peer.log"
     else
-        echo "$peer FAILED: $(grep -E '^[A-Za-z.]*(Error|Exception)|No output model' "$out/$peer.log" | tail -n 1)"
+        local why
+        why=$(grep -E '^[A-Za-z.]*(Error|Exception)' "$out/$peer.log" | tail -n 1 || true)
+        echo "$peer FAILED: ${why:-$(tail -n 1 "$out/$peer.log")}"
     fi
     rm -rf "$out/$peer.run"
 }
