@@ -10,8 +10,9 @@
 //! 2. clipping: per output row and group, the max |w| shrunk over (1 − i/n_grid), i < max_shrink·n_grid, that
 //!    minimises the group's output error on a token subsample; q/k are not clipped (the q·kᵀ product).
 //!
-//! Speed on small CPUs: the loss runs on a subsample of whole calibration sequences, `loss_tokens` tokens at most
-//! (AutoAWQ runs all 128×512 tokens on a GPU); x_mean still uses every token. Clipping uses `clip_tokens`
+//! Speed on small CPUs: the loss runs on about `loss_tokens` tokens (AutoAWQ runs all 128×512 tokens on a GPU):
+//! whole calibration sequences, evenly spread, for the attention block; tokens strided over every sequence for
+//! the token-wise modules. x_mean still uses every token. Clipping uses `clip_tokens`
 //! evenly strided tokens, as AutoAWQ's `n_sample_token = 512`.
 
 use olive_kernels::cpu::matmul;
@@ -45,7 +46,7 @@ impl Default for AwqOptions {
             duo_scaling: true,
             apply_clip: true,
             max_shrink: 0.5,
-            loss_tokens: 2048,
+            loss_tokens: 1024,
             clip_tokens: 512,
         }
     }
@@ -256,6 +257,16 @@ fn gather_sequences(x: &[f32], width: usize, seq_len: usize, seqs: &[usize]) -> 
         .collect()
 }
 
+/// About `n` rows of x ([tokens, width]) evenly strided: [≈n, width].
+fn strided_rows(x: &[f32], width: usize, n: usize) -> Vec<f32> {
+    let tokens = x.len() / width;
+    let step = (tokens / n.max(1)).max(1);
+    x.chunks_exact(width)
+        .step_by(step)
+        .flat_map(|r| r.iter().copied())
+        .collect()
+}
+
 /// Mean |x| per column of x: [tokens, width], summed in f64.
 fn column_abs_mean(x: &[f32], width: usize) -> Vec<f32> {
     let mut sum = vec![0f64; width];
@@ -412,8 +423,13 @@ fn search(
     let (w, rows, in_features) = group_weight(layer, inspect);
     let x_mean = column_abs_mean(x_all, in_features);
     let w_mean = weight_abs_mean(w, rows, in_features, spec);
-    let x = gather_sequences(x_all, in_features, seq_len, seqs); // [loss tokens, in]
-                                                                 // The trial starts as the layer: earlier groups' scales are already folded into both.
+    // [loss tokens, in]: whole sequences for the attention block, tokens strided over every sequence for the
+    // token-wise modules (more varied tokens for the same cost).
+    let x = match inspect {
+        Inspect::Attention => gather_sequences(x_all, in_features, seq_len, seqs),
+        _ => strided_rows(x_all, in_features, seqs.len() * seq_len),
+    };
+    // The trial starts as the layer: earlier groups' scales are already folded into both.
     trial.clone_from(layer);
     let reference = inspect_output(layer, inspect, &x, seq_len, rope)?;
     let mut best: Option<(f64, Vec<f32>, f32)> = None;
