@@ -7,6 +7,8 @@
 #                                   group size nor hands --data_* to Gptq); Gptq calibrates on data/calibration.txt
 #                                   (HuggingfaceContainer text rows, JOIN into windows of 512, at most 128)
 #   gptqmodel-gptq / -awq / -rtn    GPTQModel (benches/peer_gptqmodel.py), same calibration windows
+#   autoawq                         AutoAWQ 0.2.9 (benches/peer_autoawq.py), installed without dependencies into
+#                                   $AUTOAWQ_TARGET (see that file), calibration.txt's paragraphs
 # Usage (after scripts/install.sh bench):
 #   source target/olive-env.sh; benches/peer_quantize.sh models/smollm2 64 /tmp/peers [peer ...]
 # Outputs stay in the output folder (<peer>/ and <peer>.log); a summary table ends the run.
@@ -75,6 +77,9 @@ for peer in "${peers[@]}"; do
         pass_type=$([ "$peer" = olive-rtn ] && echo Rtn || echo Gptq)
         olive_config "$pass_type" "$out/$peer" >"$out/$peer.json"
         timed "$peer" "$bench/olive" run --config "$out/$peer.json" ;;
+    autoawq)
+        timed "$peer" env PYTHONPATH="${AUTOAWQ_TARGET:?pip install --no-deps --target DIR autoawq==0.2.9 zstandard}" \
+            "$bench/python" "$root/benches/peer_autoawq.py" "$model" "$out/$peer" --group_size "$group" ;;
     gptqmodel-*)
         timed "$peer" "$bench/python" "$root/benches/peer_gptqmodel.py" "${peer#gptqmodel-}" "$model" \
             "$out/$peer" --group_size "$group" ;;
