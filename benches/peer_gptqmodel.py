@@ -2,7 +2,8 @@
 """GPTQModel (ModelCloud, the maintained successor of AutoGPTQ and AutoAWQ) quantizing a local Hugging Face folder
 on CPU: GPTQ, AWQ (in float16: its module refuses float32) or RTN, weight-only, 4 bits, the given group size,
 asymmetric, no act-order. Calibration: the project's data/calibration.txt tokenized once (no special tokens)
-and cut into full windows of --seq_len tokens (what Olive's JOIN text strategy makes of it). Writes the quantized folder (GPTQ v1 / AWQ GEMM layout).
+and cut into full windows of --seq_len tokens (what Olive's JOIN text strategy makes of it). Writes the quantized
+folder (GPTQ v1 / AWQ GEMM layout).
 
     $OLIVE_BENCH_VENV/bin/python benches/peer_gptqmodel.py gptq models/smollm2 OUT --group_size 128
 """
