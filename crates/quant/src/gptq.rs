@@ -419,10 +419,15 @@ fn group_start_weights(
     g1: usize,
 ) -> Vec<f32> {
     let mut z = acc[g0..g1].to_vec();
-    for j in 0..z.len() {
-        let c = g0 + j;
-        let s: f32 = (0..j).map(|k| z[k] * v[(g0 + k) * n + c]).sum();
-        z[j] = (z[j] - s) / v[c * n + c];
+    // Substitution by rows of V_gg (contiguous): z_k is final once the earlier columns are folded in.
+    for k in 0..z.len() {
+        let row = &v[(g0 + k) * n + g0..(g0 + k) * n + g1];
+        let zk = z[k] / row[k];
+        z[k] = zk;
+        z[k + 1..]
+            .iter_mut()
+            .zip(&row[k + 1..])
+            .for_each(|(zj, &vkj)| *zj -= zk * vkj);
     }
     z.iter_mut().zip(&w[g0..g1]).for_each(|(z, &w)| *z += w);
     z
