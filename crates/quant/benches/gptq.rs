@@ -1,5 +1,6 @@
 //! GPTQ on a 1536×576 linear (SmolLM2's gate_proj shape) with a Hessian of 8192 calibration tokens;
-//! RTN of the same weight is the baseline measured in the same run.
+//! RTN of the same weight is the baseline measured in the same run. Also a 576×1536 linear (down_proj:
+//! the factorization grows with the inputs) and the Hessian's accumulation.
 //! Run: `cargo bench -p olive-quant --bench gptq`.
 
 use criterion::{criterion_group, criterion_main, Criterion};
@@ -47,6 +48,13 @@ fn bench(c: &mut Criterion) {
             h.add(&x);
             h
         })
+    });
+    let (out2, in2) = (576, 1536);
+    let w2 = noise(out2 * in2, 3);
+    let mut h2 = Hessian::new(in2);
+    h2.add(&noise(4096 * in2, 4));
+    g.bench_function("gptq_576x1536", |b| {
+        b.iter(|| gptq(&w2, out2, in2, &h2, &spec, &GptqOptions::default()).unwrap())
     });
     g.finish();
 }
