@@ -725,22 +725,37 @@ impl LayerRun<'_> {
         slot: Slot,
         gptq_with: Option<(&Hessian, &GptqOptions)>,
     ) -> Result<Quantized> {
-        let mut out = Vec::new();
+        // The selected modules of the slot, merged into runs of adjacent rows: one GPTQ call per run shares the
+        // Hessian's factorisation (rows are independent given H, so splitting afterwards changes nothing).
+        let mut runs: Vec<(Range<usize>, Vec<usize>)> = Vec::new();
         for (i, m) in self.modules.iter().enumerate() {
             if m.slot != slot || !m.quantized {
                 continue;
             }
-            let w = slot_rows(layer, slot, m.rows.clone());
-            let rows = m.rows.len();
+            match runs.last_mut() {
+                Some((r, members)) if r.end == m.rows.start => {
+                    r.end = m.rows.end;
+                    members.push(i);
+                }
+                _ => runs.push((m.rows.clone(), vec![i])),
+            }
+        }
+        let in_features = slot_in_features(layer, slot);
+        let mut out = Vec::new();
+        for (span, members) in runs {
+            let w = slot_rows(layer, slot, span.clone());
             let mut q = match gptq_with {
-                None => rtn(w, rows, m.in_features, self.spec)?,
-                Some((h, o)) => gptq(w, rows, m.in_features, h, self.spec, o)?.linear,
+                None => rtn(w, span.len(), in_features, self.spec)?,
+                Some((h, o)) => gptq(w, span.len(), in_features, h, self.spec, o)?.linear,
             };
             if self.format == OutputFormat::GptqV1 {
                 fit_gptq_v1_zeros(&mut q);
             }
-            slot_rows_mut(layer, slot, m.rows.clone()).copy_from_slice(&q.dequantize());
-            out.push((i, q));
+            slot_rows_mut(layer, slot, span.clone()).copy_from_slice(&q.dequantize());
+            for i in members {
+                let r = &self.modules[i].rows;
+                out.push((i, q.rows(r.start - span.start, r.end - span.start)));
+            }
         }
         Ok(out)
     }
