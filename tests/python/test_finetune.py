@@ -8,7 +8,8 @@
   base and on an AWQ base quantized by `olive-host quantize --algorithm awq` (the lab's steps 1-2; transformers side:
   the AWQ weights dequantized by independent numpy code);
 - Phi-3 (fused qkv_proj, Olive's default targets o_proj + qkv_proj): PEFT loads the fused adapter, logits = merged by hand;
-- QLoRA over a float base (RTN int4 inside the pass): the adapter loads on the float base it was given;
+- QLoRA over a float base (RTN int4 inside the pass), adapter saved in bfloat16 (--torch_dtype): it loads on the
+  float base it was given;
 - the lab's step on the default model (.gguf input, the lab's template and data, a few short steps): the held-out
   loss falls below the base's, the greedy answer to a travel question not in the data changes (transformers +
   PEFT), and the output holds the converted model;
@@ -298,8 +299,11 @@ def test_qlora_over_a_float_base(olive_host: Path, tiny: Path, tmp_path: Path):
     from transformers import AutoModelForCausalLM
 
     out = tmp_path / "ft"
-    result = finetune(olive_host, tiny, out, "--method", "qlora", *tiny_args(4))
+    result = finetune(olive_host, tiny, out, "--method", "qlora", *tiny_args(4), "--torch_dtype", "bfloat16")
     assert result.returncode == 0, result.stderr
+    data = (out / "adapter" / "adapter_model.safetensors").read_bytes()
+    header = json.loads(data[8: 8 + struct.unpack("<Q", data[:8])[0]])
+    assert {v["dtype"] for k, v in header.items() if k != "__metadata__"} == {"BF16"}
     assert "rounding 14 linears to 4 bits" in result.stderr, result.stderr
     # Olive's CLI saves the base it was given (save_quant_config false): the float model.
     assert "quantization_config" not in json.loads((out / "model" / "config.json").read_text())
