@@ -45,6 +45,9 @@ pub enum QuantError {
         pivot: f32,
         suggest: f32,
     },
+    /// The Hessian holds NaN or infinity (calibration activations overflowed).
+    #[error("Hessian [{n}, {n}]: H[{column}, {column}] is {value}; the calibration activations of this linear overflowed or are not finite")]
+    NonFiniteHessian { n: usize, column: usize, value: f32 },
     /// A GPTQ option is out of range.
     #[error("GPTQ option {field} = {value}: expected {expected}")]
     BadOption {

@@ -220,6 +220,13 @@ impl GptqSolver {
         if samples == 0 {
             return Err(QuantError::NoSamples(n));
         }
+        if let Some(column) = (0..n).find(|&j| !h[j * n + j].is_finite()) {
+            return Err(QuantError::NonFiniteHessian {
+                n,
+                column,
+                value: h[column * n + column],
+            });
+        }
         let dead: Vec<usize> = (0..n).filter(|&j| h[j * n + j] == 0.0).collect();
         for &j in &dead {
             h[j * n + j] = 1.0;
@@ -524,6 +531,22 @@ mod tests {
         assert!(
             msg.contains("damp_percent 0.01") && msg.contains("[2, 2]"),
             "{msg}"
+        );
+    }
+
+    #[test]
+    fn overflowed_activations_are_named() {
+        let mut h = Hessian::new(3);
+        h.add(&[1.0, f32::INFINITY, 0.5]);
+        let spec = QuantSpec {
+            bits: 4,
+            group_size: None,
+            sym: false,
+        };
+        let err = gptq(&[0.1, -0.2, 0.3], 1, 3, &h, &spec, &GptqOptions::default()).unwrap_err();
+        assert!(
+            matches!(err, QuantError::NonFiniteHessian { n: 3, .. }),
+            "{err:?}"
         );
     }
 }

@@ -3,7 +3,9 @@
 //! W [48, 80], calibration X [256, 80] and, per case, the reference's dequantized weight, g_idx and loss.
 //! The reference runs each grouped case with block size = group size (its grids then see every earlier
 //! column's update, as ours always do); ours runs with the default block of 128, so the check also shows
-//! that our block splitting at group starts reproduces it. Ragged: group 32 on 80 inputs (last group 16).
+//! that our block splitting at group starts reproduces it. Ragged: group 32 on 80 inputs; AutoGPTQ slices
+//! `W[:, g:g+group]`, so its last group simply has the 16 remaining columns and ceil(80/32) = 3 grids, as
+//! ours (no difference to match; AutoAWQ's packing and Olive's own quantizer refuse a ragged group).
 //! Rounding ties: a symmetric grid puts a group's largest |w| exactly on a tie, where the last bit of an
 //! updated weight picks the level (torch's f32 and ours differ there by rounding noise). The reference marks
 //! the weights it met within 1e-4 levels of a tie and gives its column order; a row may differ from the
