@@ -425,6 +425,9 @@ fn group_start_weights(
     g0: usize,
     g1: usize,
 ) -> Vec<f32> {
+    if g0 == 0 {
+        return w[..g1].to_vec(); // nothing before the first group
+    }
     let mut z = acc[g0..g1].to_vec();
     // Substitution by rows of V_gg (contiguous): z_k is final once the earlier columns are folded in.
     for k in 0..z.len() {
