@@ -243,7 +243,7 @@ fn qlora_trains_over_an_int4_copy_and_leaves_only_the_adapter() {
     let s = setup();
     let extra = json!({"training_args": {"max_steps": 4, "per_device_train_batch_size": 2}, "group_size": 16});
     let out = TestHost::new(&s.out)
-        .run::<QLora>(&s.model, &config(&s.data, extra))
+        .run::<QLora>(&s.model, &config(&s.data, extra.clone()))
         .unwrap();
     assert_eq!(out.path, s.model.path);
     LoraAdapter::open(&s.out.join("adapter")).unwrap();
@@ -253,6 +253,51 @@ fn qlora_trains_over_an_int4_copy_and_leaves_only_the_adapter() {
         .collect();
     names.sort();
     assert_eq!(names, ["adapter", "loss.csv", "loss.png"]);
+
+    // A base that is already int4 (the GPTQ copy QLoRA makes, with the tokenizer) is trained over as it is.
+    let int4 = s.out.parent().unwrap().join("int4");
+    std::fs::create_dir(&int4).unwrap();
+    let int4_model = TestHost::new(&int4)
+        .run::<MakeInt4>(&s.model, "{}")
+        .unwrap();
+    for f in ["tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(s.model.path.join(f), int4.join(f)).unwrap();
+    }
+    let out2 = s.out.parent().unwrap().join("out2");
+    std::fs::create_dir(&out2).unwrap();
+    let host = TestHost::new(&out2);
+    host.run::<QLora>(&int4_model, &config(&s.data, extra))
+        .unwrap();
+    assert!(host
+        .logs()
+        .iter()
+        .any(|(_, m)| m.contains("already quantized")));
+    LoraAdapter::open(&out2.join("adapter")).unwrap();
+}
+
+/// Writes QLoRA's int4 copy of a model (GPTQ, groups of 16) into the output folder.
+struct MakeInt4;
+
+#[derive(serde::Deserialize, schemars::JsonSchema)]
+struct NoConfig {}
+
+impl olive_pass_sdk::Pass for MakeInt4 {
+    const NAME: &'static str = "MakeInt4";
+    const VERSION: &'static str = "0.0.0";
+    const DESCRIPTION: &'static str = "test: QLoRA's int4 copy";
+    const ACCEPTS: &'static [&'static str] = &[kinds::HF];
+    const PRODUCES: &'static [&'static str] = &[kinds::HF];
+    const DEVICES: &'static [&'static str] = &["cpu"];
+    type Config = NoConfig;
+
+    fn run(
+        model: Model,
+        _: NoConfig,
+        ctx: &olive_pass_sdk::Context<'_>,
+    ) -> Result<Model, olive_pass_sdk::Error> {
+        let dir = crate::qlora::quantized_base(&model.path, 4, 16, &ctx.output_dir(), ctx)?;
+        Ok(Model::new(kinds::HF, dir))
+    }
 }
 
 /// Runs LoRA with `extra` config fields (and `data` as the data file) and returns the error message.
