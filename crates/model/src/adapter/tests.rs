@@ -341,9 +341,15 @@ fn missing_files_are_named_once() {
     let text = error_of(&dir.path().join("nope"), "llama");
     assert!(text.ends_with("nope: adapter folder not found"), "{text}");
     let text = error_of(dir.path(), "llama");
-    assert!(text.contains(CONFIG_FILE) && text.contains("os error 2"), "{text}");
+    assert!(
+        text.contains(CONFIG_FILE) && text.contains("os error 2"),
+        "{text}"
+    );
     let err = LoraAdapter::open(dir.path()).expect_err("no config");
-    assert!(std::error::Error::source(&err).is_none(), "the OS error is in the message, not repeated as a source");
+    assert!(
+        std::error::Error::source(&err).is_none(),
+        "the OS error is in the message, not repeated as a source"
+    );
     std::fs::write(dir.path().join(CONFIG_FILE), "{").expect("write");
     let text = error_of(dir.path(), "llama");
     assert!(text.contains("invalid JSON"), "{text}");
