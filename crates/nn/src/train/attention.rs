@@ -176,107 +176,117 @@ pub(crate) fn attention_backward(
     let group = l.heads / l.kv_heads;
     let q_width = l.heads * l.head_dim;
     let hd = l.head_dim;
-    // One task per (sequence, kv head): it owns dk and dv of that head and dq of its query heads.
-    let grads: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = (0..rows * l.kv_heads)
+    // One task per (sequence, query head): its dq, and its share of its kv head's dk and dv
+    // (summed over the group below), so that every query head can run on its own core.
+    let grads: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = (0..rows * l.heads)
         .into_par_iter()
         .map_init(
             || (Vec::new(), Vec::new()),
             |(probs, ds): &mut (Vec<f32>, Vec<f32>), idx| {
-                let (b, g) = (idx / l.kv_heads, idx % l.kv_heads);
+                let (b, h) = (idx / l.heads, idx % l.heads);
+                let g = h / group;
                 let s_qkv = &qkv[b * seq * l.width..(b + 1) * seq * l.width];
                 let s_dout = &d_out[b * seq * q_width..(b + 1) * seq * q_width];
                 let mask = &key_mask[b * seq..(b + 1) * seq];
-                let mut dq = vec![0.0; group * seq * hd]; // [group, seq, head_dim]
-                let mut dk = vec![0.0; seq * hd]; // [seq, head_dim]
+                let mut dq = vec![0.0; seq * hd]; // [seq, head_dim]
+                let mut dk = vec![0.0; seq * hd];
                 let mut dv = vec![0.0; seq * hd];
-                for (i, dq) in dq.chunks_exact_mut(seq * hd).enumerate() {
-                    let h = g * group + i;
-                    for block in blocks(seq, l) {
-                        let (q0, q1, k0) = block;
-                        let (nq, nk) = (q1 - q0, q1 - k0);
-                        probabilities(s_qkv, l, mask, h, block, probs);
-                        let d_o = View::rows(&s_dout[q0 * q_width + h * hd..], q_width);
-                        let k = &s_qkv[k0 * l.width + l.k_col(g)..];
-                        // dP = dO · vᵀ: [nq, nk]
-                        ds.resize(nq * nk, 0.0);
-                        matmul_strided(
-                            nq,
-                            nk,
-                            hd,
-                            d_o,
-                            View::transposed(&s_qkv[k0 * l.width + l.v_col(g)..], l.width),
-                            ds,
-                            nk,
-                            1.0,
-                            false,
-                        );
-                        for (r, (p_row, ds_row)) in probs
-                            .chunks_exact(nk)
-                            .zip(ds.chunks_exact_mut(nk))
-                            .enumerate()
-                        {
-                            // dS = P ⊙ (dP − Σ P⊙dP); zero where P is.
-                            let t = q0 + r;
-                            let (lo, hi) = (visible_from(l.window, t) - k0, t - k0);
-                            ds_row[..lo].fill(0.0);
-                            ds_row[hi + 1..].fill(0.0);
-                            let (p, d) = (&p_row[lo..=hi], &mut ds_row[lo..=hi]);
-                            let pd = dot(p, d);
-                            for (d, p) in d.iter_mut().zip(p) {
-                                *d = p * (*d - pd);
-                            }
+                for block in blocks(seq, l) {
+                    let (q0, q1, k0) = block;
+                    let (nq, nk) = (q1 - q0, q1 - k0);
+                    probabilities(s_qkv, l, mask, h, block, probs);
+                    let d_o = View::rows(&s_dout[q0 * q_width + h * hd..], q_width);
+                    // dP = dO · vᵀ: [nq, nk]
+                    ds.resize(nq * nk, 0.0);
+                    matmul_strided(
+                        nq,
+                        nk,
+                        hd,
+                        d_o,
+                        View::transposed(&s_qkv[k0 * l.width + l.v_col(g)..], l.width),
+                        ds,
+                        nk,
+                        1.0,
+                        false,
+                    );
+                    for (r, (p_row, ds_row)) in probs
+                        .chunks_exact(nk)
+                        .zip(ds.chunks_exact_mut(nk))
+                        .enumerate()
+                    {
+                        // dS = P ⊙ (dP − Σ P⊙dP); zero where P is.
+                        let t = q0 + r;
+                        let (lo, hi) = (visible_from(l.window, t) - k0, t - k0);
+                        ds_row[..lo].fill(0.0);
+                        ds_row[hi + 1..].fill(0.0);
+                        let (p, d) = (&p_row[lo..=hi], &mut ds_row[lo..=hi]);
+                        let pd = dot(p, d);
+                        for (d, p) in d.iter_mut().zip(p) {
+                            *d = p * (*d - pd);
                         }
-                        // dq = scale · dS · k; dk += scale · dSᵀ · q; dv += Pᵀ · dO.
-                        matmul_strided(
-                            nq,
-                            hd,
-                            nk,
-                            View::rows(ds, nk),
-                            View::rows(k, l.width),
-                            &mut dq[q0 * hd..],
-                            hd,
-                            l.scale,
-                            false,
-                        );
-                        matmul_strided(
-                            nk,
-                            hd,
-                            nq,
-                            View::transposed(ds, nk),
-                            View::rows(&s_qkv[q0 * l.width + l.q_col(h)..], l.width),
-                            &mut dk[k0 * hd..],
-                            hd,
-                            l.scale,
-                            true,
-                        );
-                        matmul_strided(
-                            nk,
-                            hd,
-                            nq,
-                            View::transposed(probs, nk),
-                            d_o,
-                            &mut dv[k0 * hd..],
-                            hd,
-                            1.0,
-                            true,
-                        );
                     }
+                    // dq = scale · dS · k; dk += scale · dSᵀ · q; dv += Pᵀ · dO.
+                    matmul_strided(
+                        nq,
+                        hd,
+                        nk,
+                        View::rows(ds, nk),
+                        View::rows(&s_qkv[k0 * l.width + l.k_col(g)..], l.width),
+                        &mut dq[q0 * hd..],
+                        hd,
+                        l.scale,
+                        false,
+                    );
+                    matmul_strided(
+                        nk,
+                        hd,
+                        nq,
+                        View::transposed(ds, nk),
+                        View::rows(&s_qkv[q0 * l.width + l.q_col(h)..], l.width),
+                        &mut dk[k0 * hd..],
+                        hd,
+                        l.scale,
+                        true,
+                    );
+                    matmul_strided(
+                        nk,
+                        hd,
+                        nq,
+                        View::transposed(probs, nk),
+                        d_o,
+                        &mut dv[k0 * hd..],
+                        hd,
+                        1.0,
+                        true,
+                    );
                 }
                 (dq, dk, dv)
             },
         )
         .collect();
-    for (idx, (dq, dk, dv)) in grads.iter().enumerate() {
-        let (b, g) = (idx / l.kv_heads, idx % l.kv_heads);
-        for t in 0..seq {
-            let row = &mut d_qkv[(b * seq + t) * l.width..(b * seq + t + 1) * l.width];
-            for i in 0..group {
-                let h = g * group + i;
-                row[l.q_col(h)..l.q_col(h) + hd]
-                    .copy_from_slice(&dq[(i * seq + t) * hd..(i * seq + t + 1) * hd]);
+    for b in 0..rows {
+        let s_dqkv = &mut d_qkv[b * seq * l.width..(b + 1) * seq * l.width];
+        for (h, (dq, _, _)) in grads[b * l.heads..(b + 1) * l.heads].iter().enumerate() {
+            for (row, d) in s_dqkv.chunks_exact_mut(l.width).zip(dq.chunks_exact(hd)) {
+                row[l.q_col(h)..l.q_col(h) + hd].copy_from_slice(d);
             }
-            row[l.k_col(g)..l.k_col(g) + hd].copy_from_slice(&dk[t * hd..(t + 1) * hd]);
-            row[l.v_col(g)..l.v_col(g) + hd].copy_from_slice(&dv[t * hd..(t + 1) * hd]);
+        }
+        // k and v columns: the sums over each group's query heads.
+        for row in s_dqkv.chunks_exact_mut(l.width) {
+            row[l.k_col(0)..].fill(0.0);
+        }
+        for g in 0..l.kv_heads {
+            for (_, dk, dv) in &grads[b * l.heads + g * group..b * l.heads + (g + 1) * group] {
+                for (t, row) in s_dqkv.chunks_exact_mut(l.width).enumerate() {
+                    let (k, v) = (&dk[t * hd..(t + 1) * hd], &dv[t * hd..(t + 1) * hd]);
+                    for (o, d) in row[l.k_col(g)..l.k_col(g) + hd].iter_mut().zip(k) {
+                        *o += d;
+                    }
+                    for (o, d) in row[l.v_col(g)..l.v_col(g) + hd].iter_mut().zip(v) {
+                        *o += d;
+                    }
+                }
+            }
         }
     }
 }

@@ -6,8 +6,9 @@
 use olive_kernels::cpu::{matmul, matmul_strided, View};
 use rayon::prelude::*;
 
-/// Logits a block may hold: 4 M floats (16 MiB) — 85 positions of a 49152-token vocabulary.
-const BLOCK_FLOATS: usize = 4 << 20;
+/// Logits a block may hold: 16 M floats (64 MiB) — 341 positions of a 49152-token vocabulary.
+/// Each block repacks the whole lm_head in the matmul, so blocks should not be too small.
+const BLOCK_FLOATS: usize = 16 << 20;
 
 /// One labelled position: the row of the lm_head input it reads and the token it must predict.
 #[derive(Debug, Clone, Copy)]
