@@ -322,6 +322,10 @@ impl GptqSolver {
             let mut i2 = (i1 + self.opts.block_size).min(n);
             if grids == Grids::Dynamic {
                 i2 = i2.min((i1 / gs + 1) * gs);
+                if i1 % gs == 0 {
+                    let g1 = (i1 + gs).min(n);
+                    group_start_grids(&w, &acc, v, n, (i1, g1), &mut scales, &mut zeros, spec);
+                }
             }
             w.par_chunks_mut(n)
                 .zip(acc.par_chunks_mut(n))
@@ -331,11 +335,6 @@ impl GptqSolver {
                 .zip(losses.par_iter_mut())
                 .with_min_len(ROWS_PER_TASK)
                 .for_each(|(((((w, acc), q), s), z), loss)| {
-                    if grids == Grids::Dynamic && i1 % gs == 0 {
-                        let g = i1 / gs;
-                        let updated = group_start_weights(w, acc, v, n, i1, (i1 + gs).min(n));
-                        (s[g], z[g]) = group_params(&updated, bits, sym);
-                    }
                     for j in i1..i2 {
                         let g = match grids {
                             Grids::PerChannel => 0,
@@ -414,33 +413,66 @@ impl GptqSolver {
     }
 }
 
-/// One row's weights of columns g0..g1 as GPTQ's grid sees them at the group start: updated by every
-/// column before g0 and none after. w: the row's original weights there, acc: Σ_{i<g0} (w_i − q_i)·V_ij.
-/// The update is z = y·V_gg⁻¹ with y = acc[g0..g1] and V_gg = V[g0..g1, g0..g1] upper triangular.
-fn group_start_weights(
+/// Grids of the group of columns g0..g1 (the same group index in every row), from the weights as GPTQ
+/// sees them at the group start: updated by every column before g0 and by none after. With w the
+/// original weights there and acc = Σ_{i<g0} (w_i − q_i)·V_ij, that is w + acc[:, g0..g1]·V_gg⁻¹,
+/// V_gg = V[g0..g1, g0..g1] upper triangular (one small inverse, one `gemm`).
+#[allow(clippy::too_many_arguments)]
+fn group_start_grids(
     w: &[f32],
     acc: &[f32],
     v: &[f32],
     n: usize,
-    g0: usize,
-    g1: usize,
-) -> Vec<f32> {
-    if g0 == 0 {
-        return w[..g1].to_vec(); // nothing before the first group
+    (g0, g1): (usize, usize),
+    scales: &mut [f32],
+    zeros: &mut [u8],
+    spec: &QuantSpec,
+) {
+    let (len, rows, groups) = (g1 - g0, w.len() / n, spec.n_groups(n));
+    let g = g0 / spec.group_len(n);
+    let mut updated = vec![0f32; rows * len]; // [rows, len]
+    if g0 > 0 {
+        let vinv = upper_inverse(v, n, g0, g1); // [len, len]
+                                                // SAFETY: updated is [rows, len] (row stride len), exclusively borrowed; the acc view is columns
+                                                // g0..g1 of acc [rows, n]; vinv is [len, len]; three separate allocations.
+        unsafe {
+            product(
+                rows,
+                len,
+                len,
+                (updated.as_mut_ptr(), len as isize, 1),
+                None,
+                (acc.as_ptr().add(g0), n as isize, 1),
+                (vinv.as_ptr(), len as isize, 1),
+                1.0,
+            );
+        }
     }
-    let mut z = acc[g0..g1].to_vec();
-    // Substitution by rows of V_gg (contiguous): z_k is final once the earlier columns are folded in.
-    for k in 0..z.len() {
-        let row = &v[(g0 + k) * n + g0..(g0 + k) * n + g1];
-        let zk = z[k] / row[k];
-        z[k] = zk;
-        z[k + 1..]
-            .iter_mut()
-            .zip(&row[k + 1..])
-            .for_each(|(zj, &vkj)| *zj -= zk * vkj);
+    updated
+        .par_chunks_mut(len)
+        .zip(w.par_chunks(n))
+        .zip(scales.par_chunks_mut(groups))
+        .zip(zeros.par_chunks_mut(groups))
+        .with_min_len(ROWS_PER_TASK)
+        .for_each(|(((u, w), s), z)| {
+            u.iter_mut().zip(&w[g0..g1]).for_each(|(u, &w)| *u += w);
+            (s[g], z[g]) = group_params(u, spec.bits, spec.sym);
+        });
+}
+
+/// The inverse [len, len] of the upper triangular block V[g0..g1, g0..g1] of v [n, n], f64 sums.
+fn upper_inverse(v: &[f32], n: usize, g0: usize, g1: usize) -> Vec<f32> {
+    let len = g1 - g0;
+    let at = |i: usize, j: usize| f64::from(v[(g0 + i) * n + g0 + j]);
+    let mut x = vec![0f64; len * len];
+    for j in 0..len {
+        x[j * len + j] = 1.0 / at(j, j);
+        for i in (0..j).rev() {
+            let s: f64 = (i + 1..=j).map(|k| at(i, k) * x[k * len + j]).sum();
+            x[i * len + j] = -s / at(i, i);
+        }
     }
-    z.iter_mut().zip(&w[g0..g1]).for_each(|(z, &w)| *z += w);
-    z
+    x.into_iter().map(|v| v as f32).collect()
 }
 
 /// Copies the lower triangle of h [n, n] onto the upper one, in square tiles (a column walk per row
