@@ -2,6 +2,9 @@
 //! stride, so transposes and column slices cost nothing): the products of training's backward pass
 //! (`dX = dY·W`, `dW = dYᵀ·X`, per-head attention blocks), on the `gemm` crate's packed kernels.
 
+/// Multiply-adds below which a product runs single-threaded.
+const PARALLEL_MIN_MACS: usize = 1 << 23;
+
 /// A read-only [rows, cols] view: element (i, j) is `data[i·row_stride + j·col_stride]`.
 #[derive(Clone, Copy, Debug)]
 pub struct View<'a> {
@@ -81,6 +84,14 @@ pub fn matmul_strided(
     }
     a.check(m, k, "a");
     b.check(k, n, "b");
+    // Small products (per-head attention blocks, LoRA's rank-r factors) run on the calling
+    // thread: they are usually one of many parallel tasks already, and splitting them costs more
+    // than it gains.
+    let parallelism = if m * n * k < PARALLEL_MIN_MACS {
+        gemm::Parallelism::None
+    } else {
+        gemm::Parallelism::Rayon(0)
+    };
     // SAFETY: the asserts above keep every element the views and `out` address inside their
     // buffers; `out` is exclusively borrowed and its rows do not overlap (stride ≥ n), and the
     // inputs are shared borrows that gemm only reads.
@@ -104,7 +115,7 @@ pub fn matmul_strided(
             false,
             false,
             false,
-            gemm::Parallelism::Rayon(0),
+            parallelism,
         );
     }
 }
