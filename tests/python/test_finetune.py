@@ -8,6 +8,9 @@
   base and on an AWQ base quantized by `olive-host quantize --algorithm awq` (the lab's steps 1-2; transformers side:
   the AWQ weights dequantized by independent numpy code);
 - Phi-3 (fused qkv_proj, Olive's default targets o_proj + qkv_proj): PEFT loads the fused adapter, logits = merged by hand;
+- the lab's pipeline on the tiny model: quantize --algorithm awq -> finetune --method lora -> auto-opt --adapter_path
+  -> the lab's app.py runs unchanged (onnxruntime-genai 0.5.2), and onnxruntime-genai 0.18's greedy tokens with the
+  adapter active are transformers + PEFT's (on the dequantized AWQ base) and differ from the base's;
 - QLoRA over a float base (RTN int4 inside the pass), adapter saved in bfloat16 (--torch_dtype): it loads on the
   float base it was given;
 - the lab's step on the default model (.gguf input, the lab's template and data, a few short steps): the held-out
@@ -28,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from lab_app import genai_greedy, run_lab_app
 from onnx_parity import hf_logits, max_abs_diff, ort_logits
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -413,3 +417,36 @@ def test_overwrite_replaces_an_existing_output(olive_host: Path, tiny: Path, tmp
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in out.iterdir()) == ["adapter", "loss.csv", "loss.png", "model"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ft"]  # no staging folder left beside it
+
+
+def test_lab_pipeline_on_a_tiny_model(olive_host: Path, tiny: Path, genai05_python: Path, tmp_path: Path):
+    """The lab's steps 1-4 with the lab's flags (shortened training), on the tiny llama."""
+    import sys
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    awq, ft, ao = tmp_path / "awq", tmp_path / "ft", tmp_path / "ao"
+    result = subprocess.run([str(olive_host), "quantize", "-m", str(tiny), "--algorithm", "awq", "--group_size", "32",
+                             "-o", str(awq), "--log_level", "1"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    result = finetune(olive_host, awq, ft, "--method", "lora", *tiny_args(6))
+    assert result.returncode == 0, result.stderr
+    result = subprocess.run(
+        [str(olive_host), "auto-opt", "--model_name_or_path", str(ft / "model"), "--adapter_path", str(ft / "adapter"),
+         "--device", "cpu", "--provider", "CPUExecutionProvider", "--use_ort_genai", "--output_path", str(ao),
+         "--log_level", "1"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    onnx_dir = ao / "model"
+    print("lab app answer:", run_lab_app(genai05_python, onnx_dir, tmp_path / "lab")[:200])
+    prompt = [(i * 131) % 49000 + 7 for i in range(16)]
+    tokens = 12
+    with_adapter = genai_greedy(Path(sys.executable), onnx_dir, prompt, tokens,
+                                adapter=onnx_dir / "adapter_weights.onnx_adapter")
+    without = genai_greedy(Path(sys.executable), onnx_dir, prompt, tokens)
+    merged = peft_merged(dequantized_awq_folder(ft / "model", tmp_path / "deq"), ft / "adapter", tmp_path / "merged")
+    model = AutoModelForCausalLM.from_pretrained(str(merged), dtype=torch.float32).eval()
+    with torch.no_grad():
+        ref = model.generate(torch.tensor([prompt]), max_new_tokens=tokens, do_sample=False)[0, len(prompt):].tolist()
+    assert with_adapter == ref[: len(with_adapter)] and with_adapter, (with_adapter, ref)
+    assert with_adapter != without
