@@ -6,7 +6,7 @@ use olive_kernels::cpu::{matmul_strided, rmsnorm, rope_apply, silu_mul, RopeLayo
 
 use super::attention::{attention_backward, attention_forward, QkvLayout, QUERY_BLOCK};
 use super::backward::{rmsnorm_backward, rope_backward, silu_mul_backward};
-use super::lora::{self, Adapted, Dropout, Site};
+use super::lora::{self, Adapted, Dropout, Mask, Site};
 use crate::layer::DecoderLayer;
 use crate::linear::Linear;
 
@@ -44,8 +44,8 @@ pub(crate) struct Saved {
     gate_up: Vec<f32>,
     /// silu(gate)·up (down_proj's input): [tokens, intermediate].
     act: Vec<f32>,
-    /// Each module's dropout(x)·Aᵀ: [tokens, rank].
-    u: Vec<Vec<f32>>,
+    /// Each module's dropout(x)·Aᵀ ([tokens, rank]) and dropout mask (None without dropout).
+    u: Vec<(Vec<f32>, Option<Mask>)>,
 }
 
 fn qkv_layout(layer: &DecoderLayer, window: Option<usize>) -> QkvLayout {
@@ -80,7 +80,7 @@ fn adapted_linear(
     first: usize,
     x: &[f32],
     dropout: Option<Dropout>,
-    u: &mut [Vec<f32>],
+    u: &mut [(Vec<f32>, Option<Mask>)],
 ) -> Vec<f32> {
     let tokens = x.len() / lin.in_features;
     let mut out = vec![0.0; tokens * lin.out_features];
@@ -92,16 +92,13 @@ fn adapted_linear(
 }
 
 /// dx: [tokens, in] = dy·W plus the modules' input gradients; accumulates their LoRA gradients.
-#[allow(clippy::too_many_arguments)]
 fn adapted_linear_backward(
     lin: &Linear,
     site: Site,
     mods: &mut [Adapted],
-    first: usize,
     x: &[f32],
-    u: &[Vec<f32>],
+    u: &[(Vec<f32>, Option<Mask>)],
     dy: &[f32],
-    dropout: Option<Dropout>,
 ) -> Vec<f32> {
     let tokens = x.len() / lin.in_features;
     let mut dx = vec![0.0; tokens * lin.in_features];
@@ -117,16 +114,8 @@ fn adapted_linear_backward(
         false,
     );
     for (i, m) in mods.iter_mut().enumerate().filter(|(_, m)| m.site == site) {
-        lora::backward(
-            m,
-            first + i,
-            x,
-            &u[i],
-            dy,
-            lin.out_features,
-            &mut dx,
-            dropout,
-        );
+        let (u, mask) = &u[i];
+        lora::backward(m, x, (u, mask.as_ref()), dy, lin.out_features, &mut dx);
     }
     dx
 }
@@ -143,7 +132,7 @@ pub(crate) fn forward(
 ) -> (Vec<f32>, Saved) {
     let d = layer.dims;
     let tokens = batch.tokens();
-    let mut u = vec![Vec::new(); mods.len()];
+    let mut u = vec![(Vec::new(), None); mods.len()];
     let mut n1 = vec![0.0; tokens * d.hidden]; // [tokens, hidden]
     rmsnorm(&x, &layer.input_layernorm, d.rms_norm_eps, &mut n1);
     let mut qkv = adapted_linear(
@@ -215,35 +204,22 @@ pub(crate) fn forward(
 pub(crate) fn backward(
     layer: &DecoderLayer,
     mods: &mut [Adapted],
-    first: usize,
     batch: &Batch,
     s: &Saved,
     dy: &[f32],
-    dropout: Option<Dropout>,
 ) -> Vec<f32> {
     let d = layer.dims;
     // MLP block: out = mid + down(silu(gate)·up)(rmsnorm(mid)).
-    let d_act = adapted_linear_backward(
-        &layer.down_proj,
-        Site::Down,
-        mods,
-        first,
-        &s.act,
-        &s.u,
-        dy,
-        dropout,
-    );
+    let d_act = adapted_linear_backward(&layer.down_proj, Site::Down, mods, &s.act, &s.u, dy);
     let mut d_gate_up = vec![0.0; s.gate_up.len()];
     silu_mul_backward(&s.gate_up, &d_act, &mut d_gate_up, d.intermediate);
     let d_n2 = adapted_linear_backward(
         &layer.gate_up_proj,
         Site::GateUp,
         mods,
-        first,
         &s.n2,
         &s.u,
         &d_gate_up,
-        dropout,
     );
     let mut d_mid = dy.to_vec();
     rmsnorm_backward(
@@ -254,16 +230,7 @@ pub(crate) fn backward(
         &mut d_mid,
     );
     // Attention block: mid = x + o_proj(attention(rope(qkv(rmsnorm(x))))).
-    let d_attn = adapted_linear_backward(
-        &layer.o_proj,
-        Site::O,
-        mods,
-        first,
-        &s.attn,
-        &s.u,
-        &d_mid,
-        dropout,
-    );
+    let d_attn = adapted_linear_backward(&layer.o_proj, Site::O, mods, &s.attn, &s.u, &d_mid);
     let mut d_qkv = vec![0.0; s.qkv.len()];
     let ql = qkv_layout(layer, d.sliding_window);
     attention_backward(&s.qkv, ql, batch.key_mask, batch.seq, &d_attn, &mut d_qkv);
@@ -271,16 +238,7 @@ pub(crate) fn backward(
     for row in d_qkv.chunks_exact_mut(batch.seq * rl.row_stride) {
         rope_backward(row, rl, batch.cos, batch.neg_sin);
     }
-    let d_n1 = adapted_linear_backward(
-        &layer.qkv_proj,
-        Site::Qkv,
-        mods,
-        first,
-        &s.n1,
-        &s.u,
-        &d_qkv,
-        dropout,
-    );
+    let d_n1 = adapted_linear_backward(&layer.qkv_proj, Site::Qkv, mods, &s.n1, &s.u, &d_qkv);
     let mut dx = d_mid;
     rmsnorm_backward(&s.x, &layer.input_layernorm, d.rms_norm_eps, &d_n1, &mut dx);
     dx

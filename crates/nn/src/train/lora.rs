@@ -223,26 +223,54 @@ fn unit(key: u64, i: u64) -> f64 {
     (splitmix(key ^ i.wrapping_mul(0xD6E8_FEB8_6659_FD93)) >> 11) as f64 / (1u64 << 53) as f64
 }
 
-/// out = dropout(x) with inverted scaling (kept elements × 1/(1−p)), mask from stream `key`: one
-/// 64-bit hash gives four elements 16 bits each (p resolved to 1/65536).
-fn apply_dropout(x: &[f32], p: f32, key: u64, out: &mut Vec<f32>) {
-    const CHUNK: usize = 4096;
-    out.resize(x.len(), 0.0);
-    let keep = 1.0 / (1.0 - p);
-    let threshold = (p as f64 * 65536.0).round() as u64;
-    out.par_chunks_mut(CHUNK)
-        .zip(x.par_chunks(CHUNK))
-        .enumerate()
-        .for_each(|(c, (o, x))| {
-            for (q, (o4, x4)) in o.chunks_mut(4).zip(x.chunks(4)).enumerate() {
-                let group = (c * CHUNK / 4 + q) as u64;
-                let bits = splitmix(key ^ group.wrapping_mul(0xD6E8_FEB8_6659_FD93));
-                for (j, (o, x)) in o4.iter_mut().zip(x4).enumerate() {
-                    let kept = (bits >> (16 * j)) & 0xFFFF >= threshold;
-                    *o = if kept { x * keep } else { 0.0 };
+/// A drawn dropout mask: bit i of `bits` is set when element i is kept; kept elements are scaled
+/// by 1/(1−p) (inverted dropout, as torch). Drawn once in the forward pass and kept for the backward.
+#[derive(Debug, Clone)]
+pub(crate) struct Mask {
+    bits: Vec<u64>,
+    keep: f32,
+}
+
+impl Mask {
+    /// The mask of `n` elements from stream `key`: one 64-bit hash gives four elements 16 bits
+    /// each (p resolved to 1/65536).
+    fn draw(n: usize, p: f32, key: u64) -> Mask {
+        const WORDS: usize = 64;
+        let threshold = (p as f64 * 65536.0).round() as u64;
+        let mut bits = vec![0u64; n.div_ceil(64)];
+        bits.par_chunks_mut(WORDS)
+            .enumerate()
+            .for_each(|(c, words)| {
+                for (w, word) in words.iter_mut().enumerate() {
+                    let first = ((c * WORDS + w) * 16) as u64;
+                    for q in 0..16u64 {
+                        let h = splitmix(key ^ (first + q).wrapping_mul(0xD6E8_FEB8_6659_FD93));
+                        for j in 0..4 {
+                            let kept = (h >> (16 * j)) & 0xFFFF >= threshold;
+                            *word |= u64::from(kept) << (4 * q + j);
+                        }
+                    }
                 }
+            });
+        Mask {
+            bits,
+            keep: 1.0 / (1.0 - p),
+        }
+    }
+
+    /// out = x with dropped elements zeroed and kept ones scaled.
+    fn apply(&self, x: &[f32], out: &mut Vec<f32>) {
+        out.resize(x.len(), 0.0);
+        for ((o, x), word) in out.chunks_mut(64).zip(x.chunks(64)).zip(&self.bits) {
+            for (i, (o, x)) in o.iter_mut().zip(x).enumerate() {
+                *o = if (word >> i) & 1 == 1 {
+                    x * self.keep
+                } else {
+                    0.0
+                };
             }
-        });
+        }
+    }
 }
 
 /// The dropout of one forward: probability and the stream of each module (None in eval).
@@ -259,24 +287,8 @@ impl Dropout {
     }
 }
 
-/// The dropped input of module `index` when dropout is on, else x itself.
-fn dropped<'a>(
-    x: &'a [f32],
-    dropout: Option<Dropout>,
-    index: usize,
-    buf: &'a mut Vec<f32>,
-) -> &'a [f32] {
-    match dropout {
-        Some(d) if d.p > 0.0 => {
-            apply_dropout(x, d.p, d.stream(index), buf);
-            buf
-        }
-        _ => x,
-    }
-}
-
-/// y[:, rows] += scale · dropout(x)·Aᵀ·Bᵀ for one module; returns u = dropout(x)·Aᵀ: [tokens, rank]
-/// (what the backward pass needs). x: [tokens, in], y: [tokens, width].
+/// y[:, rows] += scale · dropout(x)·Aᵀ·Bᵀ for module `index`; returns u = dropout(x)·Aᵀ: [tokens,
+/// rank] and the dropout mask (what the backward pass needs). x: [tokens, in], y: [tokens, width].
 pub(crate) fn forward(
     m: &Adapted,
     index: usize,
@@ -284,10 +296,19 @@ pub(crate) fn forward(
     y: &mut [f32],
     width: usize,
     dropout: Option<Dropout>,
-) -> Vec<f32> {
+) -> (Vec<f32>, Option<Mask>) {
     let tokens = x.len() / m.in_features;
+    let mask = dropout
+        .filter(|d| d.p > 0.0)
+        .map(|d| Mask::draw(x.len(), d.p, d.stream(index)));
     let mut buf = Vec::new();
-    let xd = dropped(x, dropout, index, &mut buf);
+    let xd = match &mask {
+        Some(mask) => {
+            mask.apply(x, &mut buf);
+            &buf[..]
+        }
+        None => x,
+    };
     let mut u = vec![0.0; tokens * m.rank]; // [tokens, rank]
     matmul(xd, &m.a, &mut u, tokens, m.in_features, m.rank);
     matmul_strided(
@@ -301,22 +322,19 @@ pub(crate) fn forward(
         m.scale,
         true,
     );
-    u
+    (u, mask)
 }
 
 /// Backward of one module: grad_b += scale·dy[:, rows]ᵀ·u, grad_a += gᵀ·dropout(x) and
 /// dx += dropout'(g·A) with g = scale·dy[:, rows]·B. x: [tokens, in], dy: [tokens, width],
-/// u from [`forward`].
-#[allow(clippy::too_many_arguments)]
+/// u and mask from [`forward`].
 pub(crate) fn backward(
     m: &mut Adapted,
-    index: usize,
     x: &[f32],
-    u: &[f32],
+    (u, mask): (&[f32], Option<&Mask>),
     dy: &[f32],
     width: usize,
     dx: &mut [f32],
-    dropout: Option<Dropout>,
 ) {
     let tokens = x.len() / m.in_features;
     let (r, n_in, n_out) = (m.rank, m.in_features, m.rows.len());
@@ -345,7 +363,13 @@ pub(crate) fn backward(
         false,
     );
     let mut buf = Vec::new();
-    let xd = dropped(x, dropout, index, &mut buf);
+    let xd = match mask {
+        Some(mask) => {
+            mask.apply(x, &mut buf);
+            &buf[..]
+        }
+        None => x,
+    };
     matmul_strided(
         r,
         n_in,
@@ -357,8 +381,8 @@ pub(crate) fn backward(
         1.0,
         true,
     );
-    match dropout {
-        Some(d) if d.p > 0.0 => {
+    match mask {
+        Some(mask) => {
             let mut dxd = vec![0.0; tokens * n_in]; // [tokens, in]
             matmul_strided(
                 tokens,
@@ -372,13 +396,12 @@ pub(crate) fn backward(
                 false,
             );
             // The same mask and scaling as the forward: dropout is linear in its input.
-            let mut masked = Vec::new();
-            apply_dropout(&dxd, d.p, d.stream(index), &mut masked);
-            for (o, v) in dx.iter_mut().zip(&masked) {
+            mask.apply(&dxd, &mut buf);
+            for (o, v) in dx.iter_mut().zip(&buf) {
                 *o += v;
             }
         }
-        _ => matmul_strided(
+        None => matmul_strided(
             tokens,
             n_in,
             r,

@@ -63,15 +63,19 @@ pub(crate) fn cross_entropy(
             .zip(chunk.par_iter())
             .map(|(row, t)| {
                 let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                // f32 exps (as torch's log_softmax), summed in f64.
-                let sum: f64 = row.iter().map(|v| (v - max).exp() as f64).sum();
-                let lse = max as f64 + sum.ln();
-                let loss = lse - row[t.token] as f64;
+                let target = row[t.token];
+                // f32 exps (as torch's log_softmax), summed in f64; kept in the row for the gradient.
+                let mut sum = 0.0f64;
+                for v in row.iter_mut() {
+                    *v = (*v - max).exp();
+                    sum += *v as f64;
+                }
+                let loss = max as f64 + sum.ln() - target as f64;
                 if let Some(inv_n) = inv_n {
                     // d logits = (softmax − onehot) · inv_n, in place.
-                    let lse32 = lse as f32;
+                    let scale = (inv_n as f64 / sum) as f32;
                     for v in row.iter_mut() {
-                        *v = (*v - lse32).exp() * inv_n;
+                        *v *= scale;
                     }
                     row[t.token] -= inv_n;
                 }

@@ -447,15 +447,7 @@ impl LoraTrainer {
             } else {
                 saved.pop().expect("run_layers keeps one Saved per layer")
             };
-            dh = layer::backward(
-                l,
-                &mut self.adapters[r.clone()],
-                r.start,
-                &batch,
-                &s,
-                &dh,
-                dropout,
-            );
+            dh = layer::backward(l, &mut self.adapters[r.clone()], &batch, &s, &dh);
         }
         Ok(loss)
     }
