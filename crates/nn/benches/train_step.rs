@@ -3,7 +3,8 @@
 //! (default 1 × 512), rank 8 on all seven projections of every layer, with and without gradient
 //! checkpointing, on the Hugging Face folder named by OLIVE_BENCH_MODEL (the default model:
 //! models/smollm2). Peak RSS of one configuration:
-//! `/usr/bin/time -f %M target/release/deps/train_step-* --bench train_step/checkpointing`.
+//! `/usr/bin/time -f %M target/release/deps/train_step-* --bench --exact --profile-time 3
+//! train_step/checkpointing/1x512` (the peak is the model load's: mmap plus copy of the weights).
 //!
 //! Threads: rayon's default (every core) unless RAYON_NUM_THREADS says otherwise.
 //!
