@@ -13,7 +13,8 @@ Called by gen_golden.py. Writes tests/golden/out/train_<arch>/:
                           num_items_in_batch = label tokens of both, clip 1.0, torch.optim.AdamW lr 1e-3
                           weight decay 0.01, linear schedule with 2 warm-up steps over 10)
 Cases: llama (GQA, untied head), qwen2 (q/k/v bias, tied embeddings), mistral (sliding window 6 < 16 tokens),
-phi3 (fused qkv_proj / gate_up_proj, partial rotary 0.5, LongRoPE long factors: 16 tokens > original context 8).
+phi3 (fused qkv_proj / gate_up_proj, partial rotary 0.5, LongRoPE long factors: 16 tokens > original context 8),
+smollm2 (the default model: gen_golden.py's out/smollm2/model, which must exist first; no model/ copy is written).
 """
 
 from pathlib import Path
@@ -99,7 +100,8 @@ def module_key(param_name: str) -> str:
     return param_name.removeprefix("base_model.model.").removesuffix(".default.weight")
 
 
-def build_case(config, targets, tmp: Path) -> None:
+def tiny_base(config, tmp: Path):
+    """A random tiny model, saved to tmp/model."""
     torch.manual_seed(SEED)
     config.initializer_range = 0.15
     base = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager")
@@ -110,6 +112,12 @@ def build_case(config, targets, tmp: Path) -> None:
             elif pname.endswith(".bias"):
                 p.copy_(0.1 * torch.randn_like(p))
     base.save_pretrained(tmp / "model", safe_serialization=True)
+    return base
+
+
+def build_case(base, targets, tmp: Path) -> None:
+    torch.manual_seed(SEED)
+    config = base.config
     lora = peft.LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=targets, init_lora_weights=False)
     model = peft.get_peft_model(base, lora)
     model.save_pretrained(tmp / "adapter", safe_serialization=True)
@@ -156,4 +164,16 @@ def main(write_case, stamp_of) -> None:
     script = Path(__file__).read_text()
     for name, (config, targets) in configs().items():
         stamp = stamp_of("train", name, script, config.to_json_string(), peft.__version__)
-        write_case(f"train_{name}", stamp, lambda tmp, c=config, t=targets: build_case(c, t, tmp))
+        write_case(f"train_{name}", stamp, lambda tmp, c=config, t=targets: build_case(tiny_base(c, tmp), t, tmp))
+    # The default model as our converter writes it (tests/golden/out/smollm2/model).
+    model_dir = Path(__file__).resolve().parent / "out" / "smollm2" / "model"
+    weights = model_dir / "model.safetensors"
+    stamp = stamp_of("train", "smollm2", script, peft.__version__, str(weights.stat().st_size))
+
+    def smollm2(tmp: Path) -> None:
+        base = transformers.AutoModelForCausalLM.from_pretrained(
+            model_dir, dtype=torch.float32, attn_implementation="eager"
+        )
+        build_case(base, LLAMA_TARGETS, tmp)
+
+    write_case("train_smollm2", stamp, smollm2)

@@ -2,7 +2,8 @@
 //! tests/golden/train_reference.py (through gen_golden.py, `make golden`) under
 //! tests/golden/out/train_<arch>/: the same loss and LoRA gradients for one micro-batch, and the
 //! same losses, learning rates and gradient norms over ten AdamW steps with gradient accumulation,
-//! clipping and a linear warm-up schedule. OLIVE_GOLDEN_DIR points the test at another folder.
+//! clipping and a linear warm-up schedule; on tiny models of four architectures and on the default
+//! model. OLIVE_GOLDEN_DIR points the test at another folder.
 
 use std::path::{Path, PathBuf};
 
@@ -16,10 +17,12 @@ use safetensors::{Dtype, SafeTensors};
 /// cases land near 1e-6 (summation order only), so hold them tighter: a wrong mask or rope table
 /// shifts gradients by far more than 1e-5 but could hide under 1e-3.
 const GRAD_TOL: f64 = 1e-5;
-/// Losses of one micro-batch (~1e-6 apart).
-const LOSS_TOL: f32 = 1e-5;
-/// Losses over ten optimizer steps (the bar is 1e-3; they land within ~1e-6).
+/// Losses of one micro-batch and over ten optimizer steps (the bar is 1e-3; they land
+/// within ~1e-6).
 const STEP_LOSS_TOL: f32 = 1e-5;
+/// The default model (30 layers, real weights): the bars for gradients and losses.
+const GRAD_TOL_DEFAULT: f64 = 1e-3;
+const DEFAULT_MODEL_TOL: f32 = 1e-3;
 
 fn case_dir(case: &str) -> PathBuf {
     let root = std::env::var_os("OLIVE_GOLDEN_DIR")
@@ -106,8 +109,8 @@ fn config(gradient_checkpointing: bool) -> TrainConfig {
     }
 }
 
-fn trainer(dir: &Path, gradient_checkpointing: bool) -> LoraTrainer {
-    let model = Transformer::load(&dir.join("model")).unwrap();
+fn trainer(dir: &Path, model_dir: &Path, gradient_checkpointing: bool) -> LoraTrainer {
+    let model = Transformer::load(model_dir).unwrap();
     let adapter = LoraAdapter::open(&dir.join("adapter")).unwrap();
     LoraTrainer::with_adapter(
         model,
@@ -118,9 +121,12 @@ fn trainer(dir: &Path, gradient_checkpointing: bool) -> LoraTrainer {
     .unwrap()
 }
 
-fn check_case(arch: &str) {
+/// Loss, gradients and ten steps of case `train_{arch}` over the model in `model_dir` (the case's
+/// own `model/` when None), gradients within `grad_tol` and losses within `loss_tol`.
+fn check_case(arch: &str, model_dir: Option<PathBuf>, grad_tol: f64, loss_tol: f32) {
     let case = format!("train_{arch}");
     let dir = case_dir(&case);
+    let model_dir = model_dir.unwrap_or_else(|| dir.join("model"));
     let r = Reference {
         bytes: std::fs::read(dir.join("reference.safetensors")).unwrap(),
     };
@@ -128,11 +134,11 @@ fn check_case(arch: &str) {
 
     // Loss and gradients of micro-batch 0, with and without checkpointing.
     for checkpointing in [false, true] {
-        let mut t = trainer(&dir, checkpointing);
+        let mut t = trainer(&dir, &model_dir, checkpointing);
         let (loss, grads) = t.loss_and_gradients(&micro[..1]).unwrap();
         let want = r.floats("loss")[0];
         assert!(
-            (loss - want).abs() <= LOSS_TOL,
+            (loss - want).abs() <= loss_tol,
             "{case}: loss {loss}, PyTorch {want}"
         );
         let mut worst = 0.0f64;
@@ -141,11 +147,11 @@ fn check_case(arch: &str) {
             let ea = rel_err(&g.a, &r.floats(&format!("grad.{key}.lora_A")));
             let eb = rel_err(&g.b, &r.floats(&format!("grad.{key}.lora_B")));
             assert!(
-                ea <= GRAD_TOL,
+                ea <= grad_tol,
                 "{case}: {key}.lora_A gradient off by {ea:.2e}"
             );
             assert!(
-                eb <= GRAD_TOL,
+                eb <= grad_tol,
                 "{case}: {key}.lora_B gradient off by {eb:.2e}"
             );
             worst = worst.max(ea).max(eb);
@@ -154,7 +160,7 @@ fn check_case(arch: &str) {
     }
 
     // Ten optimizer steps.
-    let mut t = trainer(&dir, false);
+    let mut t = trainer(&dir, &model_dir, false);
     let (losses, lrs, norms) = (
         r.floats("step_loss"),
         r.floats("step_lr"),
@@ -171,7 +177,7 @@ fn check_case(arch: &str) {
             s.step, s.loss, losses[step], s.learning_rate, lrs[step], s.grad_norm, norms[step]
         );
         assert!(
-            (s.loss - losses[step]).abs() <= STEP_LOSS_TOL,
+            (s.loss - losses[step]).abs() <= loss_tol,
             "{case} step {step}: loss {}, PyTorch {}",
             s.loss,
             losses[step]
@@ -192,20 +198,26 @@ fn check_case(arch: &str) {
 
 #[test]
 fn llama_matches_peft() {
-    check_case("llama");
+    check_case("llama", None, GRAD_TOL, STEP_LOSS_TOL);
 }
 
 #[test]
 fn qwen2_with_qkv_bias_matches_peft() {
-    check_case("qwen2");
+    check_case("qwen2", None, GRAD_TOL, STEP_LOSS_TOL);
 }
 
 #[test]
 fn mistral_with_sliding_window_matches_peft() {
-    check_case("mistral");
+    check_case("mistral", None, GRAD_TOL, STEP_LOSS_TOL);
 }
 
 #[test]
 fn phi3_fused_partial_rotary_longrope_matches_peft() {
-    check_case("phi3");
+    check_case("phi3", None, GRAD_TOL, STEP_LOSS_TOL);
+}
+
+#[test]
+fn default_model_matches_peft() {
+    let model = case_dir("train_smollm2").join("../smollm2/model");
+    check_case("smollm2", Some(model), GRAD_TOL_DEFAULT, DEFAULT_MODEL_TOL);
 }
