@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # All set-up, from the package registries only, kept outside the clone and keyed by what it was made from:
-#   scripts/install.sh lab    release build, the default model, the ONNX Runtime library
+#   scripts/install.sh lab    release build, the default model, the ONNX Runtime library, the venv of the lab's
+#                             client app.py (onnxruntime-genai 0.5.2)
 #   scripts/install.sh test   the same plus the test venv (tests/python/requirements.txt)
 #   scripts/install.sh bench  the test set-up plus the peers' venv (benches/requirements.txt: olive-ai)
 # Writes target/olive-env.sh, which exports the paths the Makefile, the tests and the lab use.
@@ -49,7 +50,7 @@ ort_lib=$(find "$ort_dir/onnxruntime/capi" -name "libonnxruntime.so.*" | head -n
 [ -n "$ort_lib" ] || { log "error: libonnxruntime.so missing from the onnxruntime wheel"; exit 1; }
 
 # Echoes the venv made from requirements file $1 under the name $2-<hash of the file>; builds it in the modes $3
-# (default: test and bench). The lab set-up needs no venv: a venv is named only where it is complete.
+# (default: test and bench); a venv is named only where it is complete.
 venv_for() {
     local req=$1 venv modes=${3:-test bench}
     venv=$cache/$2-$(sha256sum "$req" | cut -c1-16)
@@ -67,7 +68,7 @@ venv_for() {
 # The real consumers (torch pulls its CUDA wheels: a few GB).
 venv=$(venv_for "$root/tests/python/requirements.txt" venv)
 # onnxruntime-genai 0.5.2, the API the lab's app.py is written against (see that file).
-venv05=$(venv_for "$root/tests/python/requirements-genai05.txt" venv-genai05)
+venv05=$(venv_for "$root/tests/python/requirements-genai05.txt" venv-genai05 "lab test bench")
 # The peers of benches/ (olive-ai and its torch; another onnxruntime-genai than the test venv's).
 venvbench=$(venv_for "$root/benches/requirements.txt" venv-bench bench)
 
