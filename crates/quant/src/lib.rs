@@ -11,6 +11,7 @@ mod linalg;
 pub mod pass;
 pub mod rtn;
 pub mod stream;
+mod value_hessian;
 pub mod writer;
 
 pub use error::{QuantError, Result};

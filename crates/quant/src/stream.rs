@@ -9,6 +9,9 @@
 //! does; AWQ passes on the floating-point outputs, as AutoAWQ does. A layer's error is
 //! ‖y_q − y_fp‖² / ‖y_fp − x‖²: the output error of the quantized layer relative to the layer's own update of the
 //! residual stream, on the calibration tokens (RTN without calibration: ‖W_q − W‖² / ‖W‖² over its linears).
+//!
+//! GPTQ's v_proj uses the attention-weighted Hessian of `value_hessian` (attention sinks), the other linears
+//! the Hessian of their inputs.
 
 use std::collections::BTreeSet;
 use std::ops::Range;
@@ -27,6 +30,7 @@ use crate::error::{QuantError, Result};
 use crate::gptq::{gptq, GptqOptions, Hessian};
 use crate::grid::QuantSpec;
 use crate::rtn::rtn;
+use crate::value_hessian::value_hessian;
 use crate::writer::{ModelWriter, OutTensor};
 
 pub use crate::awq::Selected;
@@ -627,29 +631,47 @@ impl LayerRun<'_> {
             y_fp = self.composed(layer, hidden, &mut |_, _, _| Ok(()))?;
             // Each group's Hessian comes from inputs computed with the earlier groups already quantized.
             let y_q = self.composed(layer, hidden, &mut |layer, slot, x| {
-                let mut h = Hessian::new(slot_in_features(layer, slot));
-                h.add(x);
-                out.extend(self.quantize_slot(layer, slot, Some((&h, opts)))?);
+                let (h, hv) = self.hessians(layer, slot, x)?;
+                out.extend(self.quantize_slot(layer, slot, Some((&h, hv.as_ref(), opts)))?);
                 Ok(())
             })?;
             let error = relative_error(&y_q, &y_fp, hidden);
             *hidden = y_q;
             return Ok((out, error));
         }
-        let mut hessians: Vec<(Slot, Hessian)> = Vec::new();
+        let mut hessians: Vec<(Slot, Hessian, Option<Hessian>)> = Vec::new();
         y_fp = self.composed(layer, hidden, &mut |layer, slot, x| {
-            let mut h = Hessian::new(slot_in_features(layer, slot));
-            h.add(x);
-            hessians.push((slot, h));
+            let (h, hv) = self.hessians(layer, slot, x)?;
+            hessians.push((slot, h, hv));
             Ok(())
         })?;
-        for (slot, h) in &hessians {
-            out.extend(self.quantize_slot(layer, *slot, Some((h, opts)))?);
+        for (slot, h, hv) in &hessians {
+            out.extend(self.quantize_slot(layer, *slot, Some((h, hv.as_ref(), opts)))?);
         }
         let y_q = self.composed(layer, hidden, &mut |_, _, _| Ok(()))?;
         let error = relative_error(&y_q, &y_fp, hidden);
         *hidden = y_q;
         Ok((out, error))
+    }
+
+    /// The GPTQ Hessian of a slot's input x ([tokens, in]) and, for the attention slot with a separate v_proj,
+    /// v_proj's attention-weighted one (`value_hessian`; a fused qkv_proj keeps x's).
+    fn hessians(
+        &self,
+        layer: &mut DecoderLayer,
+        slot: Slot,
+        x: &[f32],
+    ) -> Result<(Hessian, Option<Hessian>)> {
+        let mut h = Hessian::new(slot_in_features(layer, slot));
+        h.add(x);
+        let separate_v = self
+            .modules
+            .iter()
+            .any(|m| m.slot == Slot::Qkv && m.quantized && is_v_proj(m));
+        let hv = (slot == Slot::Qkv && separate_v)
+            .then(|| value_hessian(layer, x, self.seq_len, self.rope))
+            .transpose()?;
+        Ok((h, hv))
     }
 
     fn awq(
@@ -723,30 +745,35 @@ impl LayerRun<'_> {
         &self,
         layer: &mut DecoderLayer,
         slot: Slot,
-        gptq_with: Option<(&Hessian, &GptqOptions)>,
+        gptq_with: Option<(&Hessian, Option<&Hessian>, &GptqOptions)>,
     ) -> Result<Quantized> {
         // The selected modules of the slot, merged into runs of adjacent rows: one GPTQ call per run shares the
         // Hessian's factorisation (rows are independent given H, so splitting afterwards changes nothing).
-        let mut runs: Vec<(Range<usize>, Vec<usize>)> = Vec::new();
+        // v_proj with its own (attention-weighted) Hessian runs alone.
+        let mut runs: Vec<(Range<usize>, Vec<usize>, bool)> = Vec::new();
         for (i, m) in self.modules.iter().enumerate() {
             if m.slot != slot || !m.quantized {
                 continue;
             }
+            let own = is_v_proj(m) && matches!(gptq_with, Some((_, Some(_), _)));
             match runs.last_mut() {
-                Some((r, members)) if r.end == m.rows.start => {
+                Some((r, members, o)) if r.end == m.rows.start && *o == own => {
                     r.end = m.rows.end;
                     members.push(i);
                 }
-                _ => runs.push((m.rows.clone(), vec![i])),
+                _ => runs.push((m.rows.clone(), vec![i], own)),
             }
         }
         let in_features = slot_in_features(layer, slot);
         let mut out = Vec::new();
-        for (span, members) in runs {
+        for (span, members, own) in runs {
             let w = slot_rows(layer, slot, span.clone());
             let mut q = match gptq_with {
                 None => rtn(w, span.len(), in_features, self.spec)?,
-                Some((h, o)) => gptq(w, span.len(), in_features, h, self.spec, o)?.linear,
+                Some((h, hv, o)) => {
+                    let h = if own { hv.unwrap_or(h) } else { h };
+                    gptq(w, span.len(), in_features, h, self.spec, o)?.linear
+                }
             };
             if self.format == OutputFormat::GptqV1 {
                 fit_gptq_v1_zeros(&mut q);
@@ -810,6 +837,11 @@ impl LayerRun<'_> {
         }
         Ok(y)
     }
+}
+
+/// A separate v_proj (not a fused qkv_proj).
+fn is_v_proj(m: &Module) -> bool {
+    m.name.ends_with(".v_proj")
 }
 
 /// ‖y_q − y_fp‖² / ‖y_fp − x‖².
