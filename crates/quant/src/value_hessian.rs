@@ -75,3 +75,48 @@ pub(crate) fn value_hessian(
     h.add(&a);
     Ok(h)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use olive_model::{Checkpoint, ModelConfig};
+    use olive_nn::Rope;
+
+    use super::*;
+
+    /// With one-token windows each query attends only to itself (p = 1), so every head's a is x itself and the
+    /// attention-weighted Hessian equals the token Hessian; a wrong channel or head mapping would scramble it.
+    /// The tiny qwen2 of tests/golden (q/k/v bias) also checks that v's weights and bias come back unchanged.
+    #[test]
+    fn one_token_windows_give_the_token_hessian_and_restore_v() {
+        let dir = std::env::var_os("OLIVE_GOLDEN_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/golden/out"))
+            .join("qwen2/model");
+        assert!(
+            dir.join("config.json").exists(),
+            "tiny qwen2 missing at {}: run tests/golden/gen_golden.py (`make golden`) first",
+            dir.display()
+        );
+        let config = ModelConfig::from_folder(&dir).unwrap();
+        let ckpt = Checkpoint::open(&dir).unwrap();
+        let mut layer = DecoderLayer::load(&ckpt, &config, 0).unwrap();
+        assert!(layer.qkv_proj.bias.is_some(), "qwen2 has a q/k/v bias");
+        let (w0, b0) = (layer.qkv_proj.weight.to_vec(), layer.qkv_proj.bias.clone());
+        let hidden = layer.dims.hidden;
+        let x: Vec<f32> = (0..7 * hidden)
+            .map(|i| ((i * 37 % 101) as f32 / 50.0 - 1.0) * if i % hidden == 3 { 8.0 } else { 1.0 })
+            .collect(); // [7, hidden]
+        let tables = Rope::new(&config).tables(0, 1);
+        let hv = value_hessian(&mut layer, &x, 1, &tables).unwrap();
+        let mut hx = Hessian::new(hidden);
+        hx.add(&x);
+        let scale = hx.matrix().iter().fold(0f32, |m, v| m.max(v.abs()));
+        for (i, (a, b)) in hv.matrix().iter().zip(hx.matrix()).enumerate() {
+            assert!((a - b).abs() <= 1e-5 * scale, "H[{i}]: {a} vs {b}");
+        }
+        assert!(layer.qkv_proj.weight.to_vec() == w0, "qkv weights changed");
+        assert!(layer.qkv_proj.bias == b0, "qkv bias changed");
+    }
+}
