@@ -14,11 +14,15 @@
 //!   `scales` fp16 [G, N]; `g_idx` int32 [K] (group of each input; act-order permutes it).
 //!   w[o, i] = (q[i, o] − (z[g_idx[i], o] + 1)) · s[g_idx[i], o]. G = ceil(K / group_size) (AutoGPTQ sizes it
 //!   with math.ceil), so a ragged last group is stored as is; group_size −1 means one group of K.
-//! - Olive (`quant_method: "olive"`, Olive's `olive/common/quant/linear.py` QuantLinear, bits 4 or 8): the GPTQ v1
-//!   packing without g_idx (qweight along the input, qzeros = zero − 1 along the output, scales [G, N]);
-//!   config keys `bits`, `symmetric`, `block_size` (or `group_size`; −1 per channel, 0 per tensor: refused)
-//!   and per-module `overrides` of those three. Olive asserts that the group divides K; its zero-padded
-//!   packing of a K or N not a multiple of 32/bits is refused here.
+//! - Olive (`quant_method: "olive"`, olive-ai 0.13 `olive/common/quant/nn.py` QuantLinear and `utils.py`
+//!   pack_to_uint8, bits 2, 4 or 8): `qweight` uint8 [N, ceil(K·bits/8)] packed along the INPUT dim, lowest bits
+//!   first (byte j of row o holds inputs j·8/bits.., element t at bits t·bits; the last byte zero-padded);
+//!   `qzeros` uint8 [N, ceil(G·bits/8)] packed the same way along the groups, the zero point itself (no − 1),
+//!   absent when `symmetric` (zero 2^(bits−1)); `scales` [N, G] in the model dtype; no g_idx.
+//!   w[o, i] = (q[o, i] − z[o, i / group_size]) · s[o, i / group_size]. Config keys `bits`, `symmetric`,
+//!   `group_size` (or `block_size`; −1 per channel, 0 per tensor: refused) and per-module `overrides` of those
+//!   three; `embeds: true` (quantized embeddings) is refused. Olive requires the group to divide K, so
+//!   K = G · group_size (per channel: K = 8/bits · qweight columns, the padding of an odd K cannot be told).
 
 use std::path::Path;
 
@@ -40,7 +44,7 @@ pub enum QuantMethod {
     AwqGemm,
     /// GPTQ packing; `v2` stores zero points without v1's minus one.
     Gptq { v2: bool },
-    /// Olive's QuantLinear: GPTQ v1 packing, no g_idx.
+    /// Olive's QuantLinear: uint8 [out, in] packed along the input, zero points themselves, no g_idx.
     Olive,
 }
 
@@ -124,7 +128,20 @@ impl QuantizationConfig {
                 }
                 (QuantMethod::AwqGemm, !flag("zero_point", true), false, &[4])
             }
-            "olive" => (QuantMethod::Olive, flag("symmetric", true), false, &[4, 8]),
+            "olive" => {
+                if flag("embeds", false) {
+                    return Err(field(
+                        "embeds",
+                        "false (Olive's quantized embeddings are not read)",
+                    ));
+                }
+                (
+                    QuantMethod::Olive,
+                    flag("symmetric", true),
+                    false,
+                    &[2, 4, 8],
+                )
+            }
             "gptq" => {
                 let format = q
                     .get("checkpoint_format")
@@ -167,8 +184,8 @@ impl QuantizationConfig {
                 let name = format!("overrides.{module}");
                 let bits = match o.get("bits").and_then(Value::as_i64) {
                     None => None,
-                    Some(b @ (4 | 8)) => Some(b as u8),
-                    Some(b) => return Err(field(&name, &format!("bits 4 or 8, not {b}"))),
+                    Some(b @ (2 | 4 | 8)) => Some(b as u8),
+                    Some(b) => return Err(field(&name, &format!("bits 2, 4 or 8, not {b}"))),
                 };
                 let group = o.get("block_size").or_else(|| o.get("group_size"));
                 let group_size = match group.and_then(Value::as_i64) {
@@ -328,7 +345,7 @@ pub fn quantized_linear(
     match cfg.method {
         QuantMethod::AwqGemm => read_awq(ckpt, prefix, cfg),
         QuantMethod::Gptq { v2 } => read_gptq(ckpt, prefix, cfg, v2),
-        QuantMethod::Olive => read_gptq(ckpt, prefix, cfg, false),
+        QuantMethod::Olive => read_olive(ckpt, prefix, cfg),
     }
 }
 
@@ -531,6 +548,102 @@ fn read_gptq(
         scales,
         zeros,
         g_idx,
+    })
+}
+
+/// A uint8 tensor of exactly `shape`.
+fn bytes_u8<'a>(ckpt: &'a Checkpoint, name: &str, shape: &[usize]) -> Result<&'a [u8]> {
+    let raw = ckpt.raw(name)?;
+    if raw.dtype != Dtype::U8 || raw.shape != shape {
+        return Err(bad(
+            ckpt,
+            name,
+            format!(
+                "expected U8 {shape:?}, found {:?} {:?}",
+                raw.dtype, raw.shape
+            ),
+        ));
+    }
+    Ok(raw.bytes)
+}
+
+/// Olive's pack_to_uint8 undone: `packed` [rows, ceil(cols·bits/8)] → levels [rows, cols].
+fn unpack_u8(packed: &[u8], rows: usize, cols: usize, bits: usize) -> Vec<u8> {
+    let per = 8 / bits;
+    let width = cols.div_ceil(per);
+    let mask = ((1u16 << bits) - 1) as u8;
+    let mut out = vec![0u8; rows * cols];
+    for r in 0..rows {
+        for c in 0..cols {
+            let byte = packed[r * width + c / per];
+            out[r * cols + c] = (byte >> (bits * (c % per))) & mask;
+        }
+    }
+    out
+}
+
+fn read_olive(
+    ckpt: &Checkpoint,
+    prefix: &str,
+    cfg: &QuantizationConfig,
+) -> Result<QuantizedLinear> {
+    let (qw_name, qz_name, s_name) = (
+        format!("{prefix}.qweight"),
+        format!("{prefix}.qzeros"),
+        format!("{prefix}.scales"),
+    );
+    let bits = usize::from(cfg.bits);
+    let per = 8 / bits;
+    let qw = ckpt.raw(&qw_name)?;
+    let (qw_dtype, qw_shape) = (qw.dtype, qw.shape.to_vec());
+    let (&[n, kp], Dtype::U8) = (&qw_shape[..], qw_dtype) else {
+        return Err(bad(
+            ckpt,
+            &qw_name,
+            format!(
+                "expected U8 with 2 dims [out, ceil(in*{bits}/8)] (Olive's uint8 packing), found {qw_dtype:?} {qw_shape:?}"
+            ),
+        ));
+    };
+    let s_shape = ckpt.raw(&s_name)?.shape.to_vec();
+    let [_, groups] = s_shape[..] else {
+        return Err(bad(
+            ckpt,
+            &s_name,
+            format!("expected 2 dims [out, groups], found {s_shape:?}"),
+        ));
+    };
+    // [out, groups]
+    let scales = floats(ckpt, &s_name, &[n, groups])?;
+    let k = match cfg.group_size {
+        Some(g) => g * groups,
+        None if groups == 1 => kp * per,
+        None => {
+            return Err(bad(
+                ckpt,
+                &s_name,
+                format!("per-channel quantization expects 1 group column, found {groups}"),
+            ))
+        }
+    };
+    // [out, in]
+    let q = unpack_u8(bytes_u8(ckpt, &qw_name, &[n, k.div_ceil(per)])?, n, k, bits);
+    // [out, groups]
+    let zeros = if cfg.sym && !ckpt.contains(&qz_name) {
+        vec![1u8 << (bits - 1); n * groups]
+    } else {
+        let packed = bytes_u8(ckpt, &qz_name, &[n, groups.div_ceil(per)])?;
+        unpack_u8(packed, n, groups, bits)
+    };
+    Ok(QuantizedLinear {
+        bits: cfg.bits,
+        group_size: cfg.group_size.unwrap_or(k),
+        in_features: k,
+        out_features: n,
+        q,
+        scales,
+        zeros,
+        g_idx: None,
     })
 }
 

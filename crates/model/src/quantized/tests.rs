@@ -1,4 +1,4 @@
-//! Tests of the AWQ GEMM and GPTQ v1 layouts: known words, pack → safetensors → read round trips, errors.
+//! Tests of the AWQ GEMM, GPTQ v1 and Olive layouts: known words, pack → safetensors → read round trips, errors.
 
 use super::*;
 use safetensors::tensor::TensorView;
@@ -269,30 +269,190 @@ fn config_errors_and_fields() {
     assert_eq!(QuantizationConfig::from_config_json(&path).unwrap(), None);
 }
 
+/// Olive's pack_to_uint8 (olive-ai 0.13 olive/common/quant/utils.py), written here from its Python: levels
+/// [rows, cols] → uint8 [rows, ceil(cols / per)], value c at bits (c % per)·bits of byte c / per, zero-padded.
+fn pack_u8(levels: &[u8], rows: usize, cols: usize, bits: usize) -> Vec<u8> {
+    let per = 8 / bits;
+    let width = cols.div_ceil(per);
+    let mut out = vec![0u8; rows * width];
+    for r in 0..rows {
+        for c in 0..cols {
+            out[r * width + c / per] |= levels[r * cols + c] << (bits * (c % per));
+        }
+    }
+    out
+}
+
+/// Olive QuantLinear tensors of `l`: qweight/qzeros uint8, scales F32 [out, groups]; no qzeros when `sym`.
+fn olive_tensors(l: &QuantizedLinear, sym: bool) -> Vec<PackedTensor> {
+    let (k, n, groups, bits) = (
+        l.in_features,
+        l.out_features,
+        l.n_groups(),
+        usize::from(l.bits),
+    );
+    let per = 8 / bits;
+    let scales: Vec<u8> = l.scales.iter().flat_map(|s| s.to_le_bytes()).collect();
+    let mut t = vec![
+        (
+            "qweight".to_string(),
+            Dtype::U8,
+            vec![n, k.div_ceil(per)],
+            pack_u8(&l.q, n, k, bits),
+        ),
+        ("scales".to_string(), Dtype::F32, vec![n, groups], scales),
+    ];
+    if !sym {
+        t.push((
+            "qzeros".to_string(),
+            Dtype::U8,
+            vec![n, groups.div_ceil(per)],
+            pack_u8(&l.zeros, n, groups, bits),
+        ));
+    }
+    t
+}
+
+fn olive(bits: u8, group: i64, sym: bool) -> QuantizationConfig {
+    config(
+        json!({"quant_method": "olive", "bits": bits, "group_size": group, "symmetric": sym,
+               "embeds": false, "lm_head": false, "overrides": null}),
+    )
+}
+
 #[test]
-fn olive_layout_is_gptq_v1_without_g_idx_and_honours_overrides() {
+fn olive_known_bytes_low_nibble_first_zero_itself() {
+    // 2 outputs, 4 inputs, one group of 4: row 0 levels [1, 2, 3, 4], row 1 [15, 0, 7, 8]
+    let tensors: Vec<PackedTensor> = vec![
+        (
+            "qweight".into(),
+            Dtype::U8,
+            vec![2, 2],
+            vec![0x21, 0x43, 0x0F, 0x87],
+        ),
+        // zeros 5 and 9, each row padded to one byte
+        ("qzeros".into(), Dtype::U8, vec![2, 1], vec![0x05, 0x09]),
+        (
+            "scales".into(),
+            Dtype::F32,
+            vec![2, 1],
+            [0.5f32, 2.0].iter().flat_map(|s| s.to_le_bytes()).collect(),
+        ),
+    ];
+    let (_d, ckpt) = checkpoint("p", &tensors);
+    let l = quantized_linear(&ckpt, "p", &olive(4, -1, false)).unwrap();
+    assert_eq!(l.q, vec![1, 2, 3, 4, 15, 0, 7, 8]);
+    assert_eq!(l.zeros, vec![5, 9]);
+    assert_eq!(
+        l.dequantize(),
+        vec![-2.0, -1.5, -1.0, -0.5, 12.0, -18.0, -4.0, -2.0]
+    );
+}
+
+#[test]
+fn olive_round_trips_bits_padded_groups_symmetric_and_overrides() {
+    // 3 groups: qzeros padded to 2 bytes (4 bits) and 1 byte (2 bits)
+    for (bits, group, k) in [
+        (4u8, 16usize, 48usize),
+        (2, 16, 48),
+        (8, 32, 64),
+        (4, 64, 64),
+    ] {
+        let l = linear(bits, group, k, 6);
+        let (_d, ckpt) = checkpoint("m", &olive_tensors(&l, false));
+        let back = quantized_linear(&ckpt, "m", &olive(bits, group as i64, false)).unwrap();
+        assert_eq!(back, l, "bits {bits} group {group}");
+    }
+    // per channel, K = 6 at 4 bits: 3 bytes a row
+    let l = linear(4, 6, 6, 4);
+    let (_d, ckpt) = checkpoint("m", &olive_tensors(&l, false));
+    assert_eq!(
+        quantized_linear(&ckpt, "m", &olive(4, -1, false)).unwrap(),
+        l
+    );
+    // symmetric: no qzeros, zero point 2^(bits - 1)
+    for bits in [2u8, 4, 8] {
+        let mut l = linear(bits, 16, 32, 4);
+        l.zeros.fill(1 << (bits - 1));
+        let tensors = olive_tensors(&l, true);
+        assert!(tensors.iter().all(|t| t.0 != "qzeros"));
+        let (_d, ckpt) = checkpoint("m", &tensors);
+        assert_eq!(
+            quantized_linear(&ckpt, "m", &olive(bits, 16, true)).unwrap(),
+            l
+        );
+    }
+    // overrides by full module name (Olive writes `group_size`)
     let (a, b) = (linear(4, 16, 32, 8), linear(8, 32, 32, 8));
-    let strip = |t: Vec<PackedTensor>| t.into_iter().filter(|t| t.0 != "g_idx").collect::<Vec<_>>();
     let mut tensors: Vec<PackedTensor> = Vec::new();
     for (prefix, l) in [("m.a", &a), ("m.b", &b)] {
-        for (n, d, s, bytes) in strip(pack_gptq_v1(l).unwrap()) {
+        for (n, d, s, bytes) in olive_tensors(l, false) {
             tensors.push((format!("{prefix}.{n}"), d, s, bytes));
         }
     }
     let (_d, ckpt) = checkpoint("x", &tensors);
     let cfg = config(
-        json!({"quant_method": "olive", "bits": 4, "symmetric": false, "block_size": 16,
-                            "overrides": {"x.m.b": {"bits": 8, "block_size": -1}}}),
+        json!({"quant_method": "olive", "bits": 4, "symmetric": false, "group_size": 16,
+               "overrides": {"x.m.b": {"bits": 8, "group_size": -1}}}),
     );
     assert_eq!(quantized_linear(&ckpt, "x.m.a", &cfg).unwrap(), a);
     let back = quantized_linear(&ckpt, "x.m.b", &cfg).unwrap();
     assert_eq!((back.bits, back.group_size), (8, 32));
     assert_eq!(back, b);
-    let err = QuantizationConfig::from_value(
-        Path::new("config.json"),
-        &json!({"quant_method": "olive", "bits": 4, "symmetric": true, "block_size": 0}),
-    )
-    .unwrap_err()
-    .to_string();
-    assert!(err.contains("per tensor 0 is not read"), "{err}");
+}
+
+#[test]
+fn olive_errors_name_tensor_and_expectation() {
+    let l = linear(4, 16, 32, 8);
+    // GPTQ v1 int32 tensors under quant_method olive
+    let (_d, ckpt) = checkpoint("m", &pack_gptq_v1(&l).unwrap());
+    let err = quantized_linear(&ckpt, "m", &olive(4, 16, false))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("m.qweight") && err.contains("found I32 [4, 8]"),
+        "{err}"
+    );
+    let mut tensors = olive_tensors(&l, false);
+    tensors[2].1 = Dtype::I8; // qzeros
+    let (_d, ckpt) = checkpoint("m", &tensors);
+    let err = quantized_linear(&ckpt, "m", &olive(4, 16, false))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("m.qzeros") && err.contains("expected U8 [8, 1], found I8"),
+        "{err}"
+    );
+    // asymmetric without qzeros
+    let (_d, ckpt) = checkpoint("m", &olive_tensors(&l, true));
+    let err = quantized_linear(&ckpt, "m", &olive(4, 16, false))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("m.qzeros"), "{err}");
+    // the config's group does not match the scales' columns
+    let (_d, ckpt) = checkpoint("m", &olive_tensors(&l, false));
+    let err = quantized_linear(&ckpt, "m", &olive(4, 32, false))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("m.qweight") && err.contains("expected U8 [8, 32]"),
+        "{err}"
+    );
+    let bad = |q: Value| {
+        QuantizationConfig::from_value(Path::new("config.json"), &q)
+            .unwrap_err()
+            .to_string()
+    };
+    assert!(
+        bad(json!({"quant_method": "olive", "bits": 4, "symmetric": true, "block_size": 0}))
+            .contains("per tensor 0 is not read")
+    );
+    assert!(
+        bad(json!({"quant_method": "olive", "bits": 4, "group_size": 16, "embeds": true}))
+            .contains("quantization_config.embeds")
+    );
+    assert!(
+        bad(json!({"quant_method": "olive", "bits": 3, "group_size": 16}))
+            .contains("quantization_config.bits")
+    );
 }
