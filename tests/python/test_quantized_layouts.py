@@ -1,7 +1,8 @@
 """Pre-quantized Hugging Face checkpoints (issue 5 item 4, issue 4): AutoAWQ GEMM and GPTQ v1 folders made here
 from the tiny qwen2 (numpy RTN, packed by INDEPENDENT numpy code following the published layouts: AutoAWQ's
 `pack` with order [0, 2, 4, 6, 1, 3, 5, 7], AutoGPTQ's `QuantLinear.pack` with qzeros = zero - 1), exported by
-`olive-host auto-opt` (and Olive's own `quant_method: olive` QuantLinear layout: GPTQ v1 packing, no g_idx):
+`olive-host auto-opt` (and Olive's own `quant_method: olive` layout, packed as olive-ai 0.13's QuantLinear /
+`pack_to_uint8` does: uint8 along the input, low bits first, the zero point itself, scales [out, groups]):
 - int4: every decoder linear is a MatMulNBits whose B / scales / zero points, unpacked by numpy with the
   com.microsoft MatMulNBits layout, equal the numpy dequantized checkpoint weights exactly (no requantization),
   ragged last group included (GPTQ group 48 over 64 and 128 inputs); the export's logits (onnxruntime, fp32
@@ -85,6 +86,20 @@ def pack_gptq_v1(q, scales, zeros, group):
             "scales": scales.T.astype(np.float16), "g_idx": (np.arange(k) // group).astype(np.int32)}
 
 
+def pack_olive(q, scales, zeros, bits=4):
+    """olive-ai 0.13 QuantLinear.from_tensors (olive/common/quant/nn.py) with pack_to_uint8 (utils.py): each row
+    zero-padded to a multiple of 8 / bits, value i of each pack at bits i * bits; qweight [out, ceil(in*bits/8)],
+    qzeros [out, ceil(groups*bits/8)] holding the zero point itself; scales [out, groups] in the model dtype."""
+    def pack_to_uint8(t):  # t: [rows, cols] levels < 2^bits
+        pf = 8 // bits
+        t = np.pad(t.astype(np.uint8), ((0, 0), (0, (-t.shape[1]) % pf)))
+        packed = np.zeros((t.shape[0], t.shape[1] // pf), np.uint8)
+        for i in range(pf):
+            packed |= t[:, i::pf] << np.uint8(bits * i)
+        return packed
+    return {"qweight": pack_to_uint8(q), "qzeros": pack_to_uint8(zeros), "scales": scales.astype(np.float32)}
+
+
 def make_folders(tmp: Path, donor: Path, method: str, group: int):
     """(quantized folder, float folder with the dequantized weights, dequantized weights by HF prefix)."""
     tensors = load_file(str(TINY / "model.safetensors"))
@@ -96,9 +111,12 @@ def make_folders(tmp: Path, donor: Path, method: str, group: int):
             q, s, z = rtn(t, group)
             deq[prefix] = dequant(q, s, z, group)
             ref[name] = deq[prefix]
-            packed = pack_awq(q, s, z) if method == "awq" else pack_gptq_v1(q, s, z, group)
-            if method == "olive":  # Olive's QuantLinear: the GPTQ v1 packing without g_idx
-                del packed["g_idx"]
+            if method == "awq":
+                packed = pack_awq(q, s, z)
+            elif method == "olive":
+                packed = pack_olive(q, s, z)
+            else:
+                packed = pack_gptq_v1(q, s, z, group)
             quant.update({f"{prefix}.{k}": v for k, v in packed.items()})
         else:
             quant[name] = ref[name] = t
@@ -106,8 +124,9 @@ def make_folders(tmp: Path, donor: Path, method: str, group: int):
         "awq": {"quant_method": "awq", "bits": 4, "group_size": group, "zero_point": True, "version": "gemm"},
         "gptq": {"quant_method": "gptq", "bits": 4, "group_size": group, "desc_act": False, "sym": False,
                  "checkpoint_format": "gptq"},
-        "olive": {"quant_method": "olive", "bits": 4, "symmetric": False, "block_size": group,
-                  "modules_to_not_convert": None, "overrides": None},
+        # as olive-ai 0.13 writes it (OliveHfQuantizationConfig.to_dict)
+        "olive": {"bits": 4, "embeds": False, "group_size": group, "lm_head": False, "modules_to_not_convert": None,
+                  "overrides": None, "quant_method": "olive", "symmetric": False, "tie_word_embeddings": False},
     }[method]
     dirs = []
     for sub, weights, cfg in [("quant", quant, {**config, "quantization_config": qcfg}), ("ref", ref, config)]:
