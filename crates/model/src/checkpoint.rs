@@ -138,7 +138,9 @@ impl Checkpoint {
 
     /// The shard file holding a tensor (for error messages).
     pub fn file_of(&self, name: &str) -> Option<&Path> {
-        self.locations.get(name).map(|&i| self.shards[i].path.as_path())
+        self.locations
+            .get(name)
+            .map(|&i| self.shards[i].path.as_path())
     }
 
     /// A floating-point tensor (F32, F16 or BF16) converted to f32.
@@ -203,7 +205,9 @@ fn shard_files(index_path: &Path) -> Result<Vec<String>> {
     let map = index
         .get("weight_map")
         .and_then(Value::as_object)
-        .ok_or_else(|| ModelError::field(index_path, "weight_map", "an object of tensor name -> file"))?;
+        .ok_or_else(|| {
+            ModelError::field(index_path, "weight_map", "an object of tensor name -> file")
+        })?;
     let mut files: Vec<String> = Vec::new();
     for (tensor, file) in map {
         let file = file.as_str().ok_or_else(|| {
@@ -280,8 +284,14 @@ mod tests {
     #[test]
     fn reads_single_file_in_all_float_dtypes() {
         let dir = tempfile::tempdir().unwrap();
-        let h: Vec<u8> = [1.5f32, -2.0].iter().flat_map(|x| half::f16::from_f32(*x).to_le_bytes()).collect();
-        let b: Vec<u8> = [1.5f32, -2.0].iter().flat_map(|x| half::bf16::from_f32(*x).to_le_bytes()).collect();
+        let h: Vec<u8> = [1.5f32, -2.0]
+            .iter()
+            .flat_map(|x| half::f16::from_f32(*x).to_le_bytes())
+            .collect();
+        let b: Vec<u8> = [1.5f32, -2.0]
+            .iter()
+            .flat_map(|x| half::bf16::from_f32(*x).to_le_bytes())
+            .collect();
         write(
             &dir.path().join(SINGLE_FILE),
             &[
@@ -301,8 +311,14 @@ mod tests {
     #[test]
     fn reads_sharded_checkpoint() {
         let dir = tempfile::tempdir().unwrap();
-        write(&dir.path().join("model-00001-of-00002.safetensors"), &[("x", Dtype::F32, vec![1], f32_bytes(&[1.0]))]);
-        write(&dir.path().join("model-00002-of-00002.safetensors"), &[("y", Dtype::F32, vec![1], f32_bytes(&[2.0]))]);
+        write(
+            &dir.path().join("model-00001-of-00002.safetensors"),
+            &[("x", Dtype::F32, vec![1], f32_bytes(&[1.0]))],
+        );
+        write(
+            &dir.path().join("model-00002-of-00002.safetensors"),
+            &[("y", Dtype::F32, vec![1], f32_bytes(&[2.0]))],
+        );
         std::fs::write(
             dir.path().join(INDEX_FILE),
             r#"{"metadata": {}, "weight_map": {"x": "model-00001-of-00002.safetensors", "y": "model-00002-of-00002.safetensors"}}"#,
@@ -310,7 +326,10 @@ mod tests {
         .unwrap();
         let ckpt = Checkpoint::open(dir.path()).unwrap();
         assert_eq!(ckpt.tensor_f32("y").unwrap().data, vec![2.0]);
-        assert!(ckpt.file_of("x").unwrap().ends_with("model-00001-of-00002.safetensors"));
+        assert!(ckpt
+            .file_of("x")
+            .unwrap()
+            .ends_with("model-00001-of-00002.safetensors"));
     }
 
     #[test]
@@ -321,13 +340,19 @@ mod tests {
         let bytes = std::fs::read(&path).unwrap();
         std::fs::write(&path, &bytes[..bytes.len() - 10]).unwrap();
         let err = Checkpoint::open(dir.path()).err().unwrap().to_string();
-        assert!(err.contains("model.safetensors") && err.contains("invalid safetensors"), "{err}");
+        assert!(
+            err.contains("model.safetensors") && err.contains("invalid safetensors"),
+            "{err}"
+        );
     }
 
     #[test]
     fn missing_tensor_and_wrong_dtype_are_named() {
         let dir = tempfile::tempdir().unwrap();
-        write(&dir.path().join(SINGLE_FILE), &[("q", Dtype::I32, vec![2], vec![0; 8])]);
+        write(
+            &dir.path().join(SINGLE_FILE),
+            &[("q", Dtype::I32, vec![2], vec![0; 8])],
+        );
         let ckpt = Checkpoint::open(dir.path()).unwrap();
         let err = ckpt.tensor_f32("q").unwrap_err().to_string();
         assert!(err.contains("`q`") && err.contains("I32"), "{err}");

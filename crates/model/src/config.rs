@@ -121,13 +121,19 @@ impl ModelConfig {
         })?;
         if let Some(act) = fields.opt_string("hidden_act")? {
             if act != "silu" {
-                return Err(ModelError::field(path, "hidden_act", format!("\"silu\", found \"{act}\"")));
+                return Err(ModelError::field(
+                    path,
+                    "hidden_act",
+                    format!("\"silu\", found \"{act}\""),
+                ));
             }
         }
 
         let hidden_size = fields.usize("hidden_size")?;
         let num_attention_heads = fields.usize("num_attention_heads")?;
-        if num_attention_heads == 0 || hidden_size % num_attention_heads != 0 && !fields.has("head_dim") {
+        if num_attention_heads == 0
+            || hidden_size % num_attention_heads != 0 && !fields.has("head_dim")
+        {
             return Err(ModelError::field(
                 path,
                 "num_attention_heads",
@@ -163,9 +169,14 @@ impl ModelConfig {
             None | Some(Value::Null) => Vec::new(),
             Some(Value::Array(items)) => items
                 .iter()
-                .map(|v| token_id(v).ok_or_else(|| ModelError::field(path, "eos_token_id", "token ids")))
+                .map(|v| {
+                    token_id(v).ok_or_else(|| ModelError::field(path, "eos_token_id", "token ids"))
+                })
                 .collect::<Result<_>>()?,
-            Some(v) => vec![token_id(v).ok_or_else(|| ModelError::field(path, "eos_token_id", "a token id"))?],
+            Some(v) => {
+                vec![token_id(v)
+                    .ok_or_else(|| ModelError::field(path, "eos_token_id", "a token id"))?]
+            }
         };
 
         let config = ModelConfig {
@@ -199,7 +210,12 @@ impl ModelConfig {
     }
 
     fn check_rope(&self, path: &Path) -> Result<()> {
-        if let Some(RopeScaling::LongRope { short_factor, long_factor, .. }) = &self.rope_scaling {
+        if let Some(RopeScaling::LongRope {
+            short_factor,
+            long_factor,
+            ..
+        }) = &self.rope_scaling
+        {
             let half = self.rotary_dim() / 2;
             for (name, factors) in [("short_factor", short_factor), ("long_factor", long_factor)] {
                 if factors.len() != half {
@@ -249,7 +265,11 @@ impl<'a> Fields<'a> {
         match self.get(key) {
             None => Ok(None),
             Some(Value::String(s)) => Ok(Some(s.clone())),
-            Some(other) => Err(ModelError::field(&self.path, key, format!("a string, found {other}"))),
+            Some(other) => Err(ModelError::field(
+                &self.path,
+                key,
+                format!("a string, found {other}"),
+            )),
         }
     }
 
@@ -263,7 +283,11 @@ impl<'a> Fields<'a> {
             None => Ok(None),
             Some(v) => match v.as_u64().and_then(|n| usize::try_from(n).ok()) {
                 Some(n) if n > 0 => Ok(Some(n)),
-                _ => Err(ModelError::field(&self.path, key, format!("a positive integer, found {v}"))),
+                _ => Err(ModelError::field(
+                    &self.path,
+                    key,
+                    format!("a positive integer, found {v}"),
+                )),
             },
         }
     }
@@ -276,16 +300,20 @@ impl<'a> Fields<'a> {
         match self.get(key) {
             None => Ok(None),
             Some(Value::Bool(b)) => Ok(Some(*b)),
-            Some(other) => Err(ModelError::field(&self.path, key, format!("true or false, found {other}"))),
+            Some(other) => Err(ModelError::field(
+                &self.path,
+                key,
+                format!("true or false, found {other}"),
+            )),
         }
     }
 
     fn opt_token(&self, key: &str) -> Result<Option<u32>> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => token_id(v)
-                .map(Some)
-                .ok_or_else(|| ModelError::field(&self.path, key, format!("a token id, found {v}"))),
+            Some(v) => token_id(v).map(Some).ok_or_else(|| {
+                ModelError::field(&self.path, key, format!("a token id, found {v}"))
+            }),
         }
     }
 
@@ -294,30 +322,54 @@ impl<'a> Fields<'a> {
         let (params, params_name) = match self.get("rope_parameters") {
             Some(Value::Object(p)) => (Some(p), "rope_parameters"),
             Some(other) => {
-                return Err(ModelError::field(&self.path, "rope_parameters", format!("an object, found {other}")))
+                return Err(ModelError::field(
+                    &self.path,
+                    "rope_parameters",
+                    format!("an object, found {other}"),
+                ))
             }
             None => match self.get("rope_scaling") {
                 Some(Value::Object(p)) => (Some(p), "rope_scaling"),
                 Some(other) => {
-                    return Err(ModelError::field(&self.path, "rope_scaling", format!("an object, found {other}")))
+                    return Err(ModelError::field(
+                        &self.path,
+                        "rope_scaling",
+                        format!("an object, found {other}"),
+                    ))
                 }
                 None => (None, "rope_scaling"),
             },
         };
-        let theta = match params.map(|p| opt_f64_in(&self.path, p, "rope_theta", &format!("{params_name}.rope_theta"))) {
+        let theta = match params.map(|p| {
+            opt_f64_in(
+                &self.path,
+                p,
+                "rope_theta",
+                &format!("{params_name}.rope_theta"),
+            )
+        }) {
             Some(Ok(Some(theta))) => theta,
             Some(Err(e)) => return Err(e),
             _ => self.opt_f64("rope_theta")?.unwrap_or(10000.0),
         };
         let partial_rotary_factor = match params.map(|p| {
-            opt_f64_in(&self.path, p, "partial_rotary_factor", &format!("{params_name}.partial_rotary_factor"))
+            opt_f64_in(
+                &self.path,
+                p,
+                "partial_rotary_factor",
+                &format!("{params_name}.partial_rotary_factor"),
+            )
         }) {
             Some(Ok(Some(f))) => f,
             Some(Err(e)) => return Err(e),
             _ => self.opt_f64("partial_rotary_factor")?.unwrap_or(1.0),
         };
         if !(partial_rotary_factor > 0.0 && partial_rotary_factor <= 1.0) {
-            return Err(ModelError::field(&self.path, "partial_rotary_factor", "a number in (0, 1]"));
+            return Err(ModelError::field(
+                &self.path,
+                "partial_rotary_factor",
+                "a number in (0, 1]",
+            ));
         }
         let scaling = match params {
             None => None,
@@ -341,12 +393,18 @@ impl<'a> Fields<'a> {
             None | Some(Value::Null) => "default".to_string(),
             Some(Value::String(s)) => s.clone(),
             Some(other) => {
-                return Err(ModelError::field(path, format!("{name}.rope_type"), format!("a string, found {other}")))
+                return Err(ModelError::field(
+                    path,
+                    format!("{name}.rope_type"),
+                    format!("a string, found {other}"),
+                ))
             }
         };
         let num = |key: &str| opt_f64_in(path, p, key, &format!("{name}.{key}"));
         let required = |key: &str| -> Result<f64> {
-            num(key)?.ok_or_else(|| ModelError::field(path, format!("{name}.{key}"), "a number (missing)"))
+            num(key)?.ok_or_else(|| {
+                ModelError::field(path, format!("{name}.{key}"), "a number (missing)")
+            })
         };
         let original_max = |fallback: Option<usize>| -> Result<usize> {
             match num("original_max_position_embeddings")? {
@@ -357,13 +415,19 @@ impl<'a> Fields<'a> {
                     format!("a positive integer, found {v}"),
                 )),
                 None => fallback.ok_or_else(|| {
-                    ModelError::field(path, "original_max_position_embeddings", "a positive integer (missing)")
+                    ModelError::field(
+                        path,
+                        "original_max_position_embeddings",
+                        "a positive integer (missing)",
+                    )
                 }),
             }
         };
         match rope_type.as_str() {
             "default" => Ok(None),
-            "linear" => Ok(Some(RopeScaling::Linear { factor: required("factor")? })),
+            "linear" => Ok(Some(RopeScaling::Linear {
+                factor: required("factor")?,
+            })),
             "llama3" => Ok(Some(RopeScaling::Llama3 {
                 factor: required("factor")?,
                 low_freq_factor: required("low_freq_factor")?,
@@ -376,7 +440,10 @@ impl<'a> Fields<'a> {
                     match p.get(key) {
                         Some(Value::Array(items)) => items
                             .iter()
-                            .map(|v| v.as_f64().ok_or_else(|| ModelError::field(path, &field, "numbers")))
+                            .map(|v| {
+                                v.as_f64()
+                                    .ok_or_else(|| ModelError::field(path, &field, "numbers"))
+                            })
                             .collect(),
                         _ => Err(ModelError::field(path, field, "a list of numbers")),
                     }
@@ -417,7 +484,12 @@ pub fn longrope_attention_factor(factor: f64, original_max_position_embeddings: 
     }
 }
 
-fn opt_f64_in(path: &Path, map: &Map<String, Value>, key: &str, field: &str) -> Result<Option<f64>> {
+fn opt_f64_in(
+    path: &Path,
+    map: &Map<String, Value>,
+    key: &str,
+    field: &str,
+) -> Result<Option<f64>> {
     match map.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(v) => v
@@ -471,10 +543,15 @@ mod tests {
         v["model_type"] = json!("phi3");
         v["max_position_embeddings"] = json!(1024);
         v["original_max_position_embeddings"] = json!(64);
-        v["rope_scaling"] = json!({"type": "longrope", "short_factor": vec![1.0; 8], "long_factor": vec![2.0; 8]});
+        v["rope_scaling"] =
+            json!({"type": "longrope", "short_factor": vec![1.0; 8], "long_factor": vec![2.0; 8]});
         let c = parse(v).unwrap();
         match c.rope_scaling {
-            Some(RopeScaling::LongRope { original_max_position_embeddings, ref long_factor, .. }) => {
+            Some(RopeScaling::LongRope {
+                original_max_position_embeddings,
+                ref long_factor,
+                ..
+            }) => {
                 assert_eq!(original_max_position_embeddings, 64);
                 assert_eq!(long_factor.len(), 8);
             }
@@ -497,7 +574,10 @@ mod tests {
         let mut v = llama();
         v["model_type"] = json!("gpt_neox");
         let err = parse(v).unwrap_err().to_string();
-        assert!(err.contains("config.json") && err.contains("gpt_neox"), "{err}");
+        assert!(
+            err.contains("config.json") && err.contains("gpt_neox"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -27,7 +27,9 @@ pub enum ModelError {
         expected: String,
     },
     /// config.json names an architecture this project does not support.
-    #[error("{path}: unsupported architecture `{found}` (expected one of: llama, mistral, phi3, qwen2)")]
+    #[error(
+        "{path}: unsupported architecture `{found}` (expected one of: llama, mistral, phi3, qwen2)"
+    )]
     UnknownArchitecture { path: PathBuf, found: String },
     /// A safetensors file is truncated or malformed.
     #[error("{path}: invalid safetensors file: {reason}")]

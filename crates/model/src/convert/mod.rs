@@ -32,8 +32,8 @@ pub fn gguf_to_hf(gguf: &Path, out: &Path) -> Result<()> {
 pub fn gguf_to_hf_with(gguf: &Path, out: &Path, overwrite: bool) -> Result<()> {
     if !overwrite
         && fs::read_dir(out)
-        .map(|mut d| d.next().is_some())
-        .unwrap_or(false)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(false)
     {
         return Err(ModelError::io(
             out,

@@ -388,5 +388,9 @@ fn overwrite_replaces_a_non_empty_output() {
     assert!(out.join("model.safetensors").is_file());
     let mut rest = others(dir.path(), "out");
     rest.sort();
-    assert_eq!(rest, ["tiny.gguf"], "nothing but the source beside the output");
+    assert_eq!(
+        rest,
+        ["tiny.gguf"],
+        "nothing but the source beside the output"
+    );
 }
