@@ -154,14 +154,6 @@ pub fn run(args: AutoOptArgs) -> anyhow::Result<()> {
     ));
     for (i, (name, config_json)) in steps.iter().enumerate() {
         let (plugin, pass) = found.pass(None, name)?;
-        if !pass.accepts.contains(&model.kind) {
-            bail!(
-                "pass {name} of plugin `{}` accepts {}, not a model of kind `{}`",
-                plugin.manifest.name,
-                pass.accepts.join(", "),
-                model.kind
-            );
-        }
         let last = i + 1 == steps.len();
         let output_path = if last {
             target.clone()

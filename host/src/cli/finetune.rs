@@ -294,14 +294,6 @@ pub fn run(args: FinetuneArgs) -> anyhow::Result<()> {
     let name = args.method.pass();
     let (plugin, pass) = found.pass(None, name)?;
     let model = Model::new(kinds::HF, &input);
-    if !pass.accepts.contains(&model.kind) {
-        bail!(
-            "pass {name} of plugin `{}` accepts {}, not a model of kind `{}`",
-            plugin.manifest.name,
-            pass.accepts.join(", "),
-            model.kind
-        );
-    }
     let output = &args.output_path;
     let parent = match output.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),

@@ -142,14 +142,6 @@ pub fn run(args: QuantizeArgs) -> anyhow::Result<()> {
     let name = args.algorithm.pass();
     let (plugin, pass) = found.pass(None, name)?;
     let model = Model::new(kinds::HF, &input);
-    if !pass.accepts.contains(&model.kind) {
-        bail!(
-            "pass {name} of plugin `{}` accepts {}, not a model of kind `{}`",
-            plugin.manifest.name,
-            pass.accepts.join(", "),
-            model.kind
-        );
-    }
     let model = engine::run_pass(&PassRun {
         plugin,
         pass: pass.name.clone(),
@@ -184,7 +176,10 @@ mod tests {
     #[test]
     fn precision_gives_bits_and_the_grid_flags_pass_through() {
         assert_eq!(config(&[]).unwrap(), serde_json::json!({"bits": 8}));
-        assert_eq!(config(&["--algorithm", "awq"]).unwrap(), serde_json::json!({"bits": 4}));
+        assert_eq!(
+            config(&["--algorithm", "awq"]).unwrap(),
+            serde_json::json!({"bits": 4})
+        );
         let c = config(&[
             "--algorithm",
             "awq",
@@ -233,7 +228,18 @@ mod tests {
         );
         assert_eq!(c["data_config"]["text_field"], "t");
         assert_eq!(c.get("n_samples"), None);
-        let c = config(&["--algorithm", "gptq", "--max_samples", "8", "--max_seq_len", "64"]).unwrap();
-        assert_eq!((c["n_samples"].as_u64(), c["seq_len"].as_u64()), (Some(8), Some(64)));
+        let c = config(&[
+            "--algorithm",
+            "gptq",
+            "--max_samples",
+            "8",
+            "--max_seq_len",
+            "64",
+        ])
+        .unwrap();
+        assert_eq!(
+            (c["n_samples"].as_u64(), c["seq_len"].as_u64()),
+            (Some(8), Some(64))
+        );
     }
 }

@@ -52,14 +52,6 @@ pub fn run(args: RunPassArgs) -> anyhow::Result<()> {
     let found = plugins::discover(&plugins::search_path());
     let (plugin, pass) = found.pass(args.plugin.as_deref(), &args.pass)?;
     let who = format!("pass `{}` of plugin `{}`", pass.name, plugin.manifest.name);
-    if !pass.accepts.contains(&model.kind) {
-        bail!(
-            "{who} accepts models of kind {}; {} is `{}`",
-            pass.accepts.join(", "),
-            model.path.display(),
-            model.kind
-        );
-    }
     if !pass.devices.contains(&args.device) {
         bail!(
             "{who} runs on {}, not on `{}`",

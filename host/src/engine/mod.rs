@@ -11,7 +11,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{anyhow, Context};
+use anyhow::{anyhow, bail, Context};
 use olive_pass_api::Model;
 
 use crate::plugins::Plugin;
@@ -37,8 +37,23 @@ pub struct PassRun<'a> {
     pub grace: Duration,
 }
 
-/// Runs the pass and returns the model it wrote, with paths under `output_path`.
+/// Runs the pass and returns the model it wrote, with paths under `output_path`. A model of a kind the pass's
+/// manifest does not accept is refused before any worker starts.
 pub fn run_pass(run: &PassRun) -> anyhow::Result<Model> {
+    let manifest = &run.plugin.manifest;
+    let pass = manifest
+        .pass(&run.pass)
+        .ok_or_else(|| anyhow!("plugin `{}` has no pass `{}`", manifest.name, run.pass))?;
+    if !pass.accepts.contains(&run.model.kind) {
+        bail!(
+            "pass `{}` of plugin `{}` accepts models of kind {}; {} is `{}`",
+            pass.name,
+            manifest.name,
+            pass.accepts.join(", "),
+            run.model.path.display(),
+            run.model.kind
+        );
+    }
     let output = &run.output_path;
     let name = output.file_name().ok_or_else(|| {
         anyhow!(
