@@ -8,9 +8,11 @@
 //!   row holds columns 8c..8c+7; nibble `i` (bits 4i..4i+3) holds column 8c + [0, 2, 4, 6, 1, 3, 5, 7][i].
 //!   w[o, i] = (q - z) · s with the group of input i = i / group_size. AutoAWQ sizes scales as K / group_size
 //!   rows, so the writer refuses a ragged last group; the reader accepts ceil(K / group_size) rows.
-//! - GPTQ v1 (bits 2, 4, 8): `qweight` int32 [K·bits/32, N], packed along the input dim (word r of column o
-//!   holds inputs r·32/bits.., lowest bits first); `qzeros` int32 [G, N·bits/32] packed along the output dim
-//!   the same way, storing zero − 1 (v1's off-by-one; `checkpoint_format: "gptq_v2"` stores the zero itself);
+//! - GPTQ v1 (bits 2, 3, 4, 8): `qweight` int32 [K·bits/32, N], packed along the input dim as one little-endian
+//!   bit stream per column (input i at stream bits i·bits..; for 2/4/8 word r holds inputs r·32/bits..,
+//!   lowest bits first; for 3, AutoGPTQ's `QuantLinear.pack` puts 32 inputs into 3 words, values 10 and 21
+//!   straddling word boundaries); `qzeros` int32 [G, N·bits/32] packed along the output dim the same way, storing
+//!   zero − 1 (v1's off-by-one; `checkpoint_format: "gptq_v2"` stores the zero itself);
 //!   `scales` fp16 [G, N]; `g_idx` int32 [K] (group of each input; act-order permutes it).
 //!   w[o, i] = (q[i, o] − (z[g_idx[i], o] + 1)) · s[g_idx[i], o]. G = ceil(K / group_size) (AutoGPTQ sizes it
 //!   with math.ceil), so a ragged last group is stored as is; group_size −1 means one group of K.
@@ -156,7 +158,7 @@ impl QuantizationConfig {
                     QuantMethod::Gptq { v2 },
                     flag("sym", true),
                     flag("desc_act", false),
-                    &[2, 4, 8],
+                    &[2, 3, 4, 8],
                 )
             }
             other => {
@@ -473,8 +475,6 @@ fn read_gptq(
         format!("{prefix}.g_idx"),
     );
     let bits = usize::from(cfg.bits);
-    let per = 32 / bits;
-    let mask = (1u32 << bits) - 1;
     let raw = ckpt.raw(&qw_name)?;
     let [kw, n] = raw.shape[..] else {
         return Err(bad(
@@ -483,18 +483,22 @@ fn read_gptq(
             format!("expected 2 dims [in*{bits}/32, out], found {:?}", raw.shape),
         ));
     };
-    let k = kw * per;
-    if n % per != 0 {
+    let k = kw * 32 / bits;
+    if kw * 32 % bits != 0 || n * bits % 32 != 0 {
         return Err(bad(
             ckpt,
             &qw_name,
-            format!("out_features {n} is not a multiple of {per} (qzeros packing)"),
+            format!(
+                "[{kw}, {n}] does not hold whole {bits}-bit values: in*{bits}/32 rows and out*{bits} a multiple \
+                 of 32 (qzeros packing) expected"
+            ),
         ));
     }
     let group_size = cfg.group_size.unwrap_or(k);
     let groups = k.div_ceil(group_size);
     let qw = words(ckpt, &qw_name, &[kw, n])?;
-    let qz = words(ckpt, &qz_name, &[groups, n / per])?;
+    let zw = n * bits / 32;
+    let qz = words(ckpt, &qz_name, &[groups, zw])?;
     let scales_t = floats(ckpt, &s_name, &[groups, n])?;
     let g_idx = if ckpt.contains(&g_name) {
         let g = words(ckpt, &g_name, &[k])?;
@@ -513,23 +517,24 @@ fn read_gptq(
     } else {
         None
     };
+    // qweight is [kw, n]: column o's stream is qw[.., o]; transpose once so each column is contiguous.
     let mut q = vec![0u8; n * k];
-    for r in 0..kw {
-        for o in 0..n {
-            let word = qw[r * n + o];
-            for j in 0..per {
-                q[o * k + r * per + j] = ((word >> (bits * j)) & mask) as u8;
-            }
+    let mut column = vec![0u32; kw];
+    for o in 0..n {
+        for (r, c) in column.iter_mut().enumerate() {
+            *c = qw[r * n + o];
         }
+        unpack_stream(&column, bits, &mut q[o * k..(o + 1) * k]);
     }
     let offset = u32::from(!v2);
     let mut scales = vec![0f32; n * groups];
     let mut zeros = vec![0u8; n * groups];
+    let mut row = vec![0u8; n];
     for g in 0..groups {
+        unpack_stream(&qz[g * zw..(g + 1) * zw], bits, &mut row);
         for o in 0..n {
             scales[o * groups + g] = scales_t[g * n + o];
-            let word = qz[g * (n / per) + o / per];
-            let z = ((word >> (bits * (o % per))) & mask) + offset;
+            let z = u32::from(row[o]) + offset;
             zeros[o * groups + g] = u8::try_from(z).map_err(|_| {
                 bad(
                     ckpt,
@@ -549,6 +554,31 @@ fn read_gptq(
         zeros,
         g_idx,
     })
+}
+
+/// GPTQ's packing of `out.len()` values of `bits` bits from a little-endian stream of 32-bit words: value t
+/// occupies stream bits t·bits.. (it may straddle two words, as 3-bit values 10 and 21 of every 3 words do).
+pub fn unpack_stream(words: &[u32], bits: usize, out: &mut [u8]) {
+    let mask = (1u64 << bits) - 1;
+    for (t, v) in out.iter_mut().enumerate() {
+        let (w, b) = ((t * bits) / 32, (t * bits) % 32);
+        let lo = u64::from(words[w]);
+        let hi = words.get(w + 1).map_or(0, |&x| u64::from(x));
+        *v = (((lo | hi << 32) >> b) & mask) as u8;
+    }
+}
+
+/// The inverse of [`unpack_stream`]: `values` (each < 2^bits) into `words` (zeroed by the caller, room for
+/// ceil(len·bits / 32) words).
+pub fn pack_stream(values: &[u8], bits: usize, words: &mut [u32]) {
+    for (t, &v) in values.iter().enumerate() {
+        let (w, b) = ((t * bits) / 32, (t * bits) % 32);
+        let v = u64::from(v) << b;
+        words[w] |= v as u32;
+        if b + bits > 32 {
+            words[w + 1] |= (v >> 32) as u32;
+        }
+    }
 }
 
 /// A uint8 tensor of exactly `shape`.
@@ -741,24 +771,26 @@ pub fn pack_awq_gemm(l: &QuantizedLinear) -> std::result::Result<Vec<PackedTenso
     ])
 }
 
-/// GPTQ v1 tensors (`qweight`, `qzeros` holding zero − 1, `scales`, `g_idx`). Bits 2, 4, 8; in·bits and
-/// out·bits multiples of 32; a ragged last group is stored (ceil groups); zero points must be ≥ 1 (v1 cannot
-/// store 0: zero − 1 would be −1).
+/// GPTQ v1 tensors (`qweight`, `qzeros` holding zero − 1, `scales`, `g_idx`). Bits 2, 3, 4, 8 (3 as AutoGPTQ's
+/// straddling stream, [`pack_stream`]); in·bits and out·bits multiples of 32; a ragged last group is stored
+/// (ceil groups); zero points must be ≥ 1 (v1 cannot store 0: zero − 1 would be −1).
 pub fn pack_gptq_v1(l: &QuantizedLinear) -> std::result::Result<Vec<PackedTensor>, PackError> {
     const L: &str = "GPTQ v1";
     let (k, n, groups) = (l.in_features, l.out_features, l.n_groups());
-    if ![2, 4, 8].contains(&l.bits) {
+    if ![2, 3, 4, 8].contains(&l.bits) {
         return Err(unsupported(
             L,
-            format!("bits must be 2, 4 or 8, not {}", l.bits),
+            format!("bits must be 2, 3, 4 or 8, not {}", l.bits),
         ));
     }
     let bits = usize::from(l.bits);
-    let per = 32 / bits;
-    if k % per != 0 || n % per != 0 {
+    if k * bits % 32 != 0 || n * bits % 32 != 0 {
+        let per = 32 / gcd(32, bits);
         return Err(unsupported(
             L,
-            format!("in_features {k} and out_features {n} must be multiples of {per}"),
+            format!(
+                "in_features {k} and out_features {n} must be multiples of {per} at {bits} bits"
+            ),
         ));
     }
     l.check_levels().map_err(|r| unsupported(L, r))?;
@@ -772,39 +804,46 @@ pub fn pack_gptq_v1(l: &QuantizedLinear) -> std::result::Result<Vec<PackedTensor
             format!("zero point {z} is outside 1..=2^bits (v1 stores zero - 1)"),
         ));
     }
-    let mask = (1u32 << bits) - 1;
-    let mut qw = vec![0u32; (k / per) * n];
-    for r in 0..k / per {
-        for o in 0..n {
-            qw[r * n + o] = (0..per).fold(0, |w, j| {
-                w | u32::from(l.q[o * k + r * per + j]) << (bits * j)
-            });
+    let (kw, zw) = (k * bits / 32, n * bits / 32);
+    // qweight [kw, n]: column o is the stream of its inputs.
+    let mut qw = vec![0u32; kw * n];
+    let mut column = vec![0u32; kw];
+    for o in 0..n {
+        column.fill(0);
+        pack_stream(&l.q[o * k..(o + 1) * k], bits, &mut column);
+        for (r, &c) in column.iter().enumerate() {
+            qw[r * n + o] = c;
         }
     }
-    let mut qz = vec![0u32; groups * (n / per)];
+    let mask = (1u16 << bits) - 1;
+    let mut qz = vec![0u32; groups * zw];
+    let mut row = vec![0u8; n];
     for g in 0..groups {
-        for o in 0..n {
-            let z = (u32::from(l.zeros[o * groups + g]) - 1) & mask;
-            qz[g * (n / per) + o / per] |= z << (bits * (o % per));
+        for (o, z) in row.iter_mut().enumerate() {
+            *z = ((u16::from(l.zeros[o * groups + g]) - 1) & mask) as u8;
         }
+        pack_stream(&row, bits, &mut qz[g * zw..(g + 1) * zw]);
     }
     let g_idx: Vec<u32> = (0..k).map(|i| l.group_of(i) as u32).collect();
     Ok(vec![
-        (
-            "qweight".into(),
-            Dtype::I32,
-            vec![k / per, n],
-            i32_bytes(&qw),
-        ),
+        ("qweight".into(), Dtype::I32, vec![kw, n], i32_bytes(&qw)),
         (
             "qzeros".into(),
             Dtype::I32,
-            vec![groups, n / per],
+            vec![groups, zw],
             i32_bytes(&qz),
         ),
         ("scales".into(), Dtype::F16, vec![groups, n], scales_f16(l)),
         ("g_idx".into(), Dtype::I32, vec![k], i32_bytes(&g_idx)),
     ])
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
 }
 
 #[cfg(test)]

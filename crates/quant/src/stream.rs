@@ -25,7 +25,7 @@ use olive_model::{Checkpoint, ModelConfig};
 use olive_nn::{DecoderLayer, LayerCache, Rope, RopeTables, Workspace};
 use serde_json::{json, Value};
 
-use crate::awq::{awq_layer, AwqOptions, LayerInputs};
+use crate::awq::{awq_layer, AwqOptions, InputOf, LayerInputs};
 use crate::error::{QuantError, Result};
 use crate::gptq::{gptq, GptqOptions, Hessian};
 use crate::grid::QuantSpec;
@@ -52,7 +52,7 @@ pub enum OutputFormat {
     /// AWQ → AutoAWQ GEMM when every linear fits it (bits 4, group dividing in_features, out a multiple of 8),
     /// else GPTQ v1; RTN and GPTQ → GPTQ v1.
     Auto,
-    /// GPTQ v1 (`quant_method: gptq`, `checkpoint_format: gptq`): bits 2, 4, 8, ragged last group.
+    /// GPTQ v1 (`quant_method: gptq`, `checkpoint_format: gptq`): bits 2, 3, 4, 8, ragged last group.
     GptqV1,
     /// AutoAWQ GEMM (`quant_method: awq`, `version: gemm`): bits 4, no ragged group, no act-order.
     AwqGemm,
@@ -483,22 +483,22 @@ fn resolve_format(
             }
         }
         _ => {
-            if !matches!(spec.bits, 2 | 4 | 8) {
+            if !matches!(spec.bits, 2 | 3 | 4 | 8) {
                 return Err(QuantError::Unsupported(format!(
-                    "bits {}: the GPTQ v1 layout packs 2, 4 or 8 bits (AWQ GEMM 4)",
+                    "bits {}: the GPTQ v1 layout packs 2, 3, 4 or 8 bits (AWQ GEMM 4)",
                     spec.bits
                 )));
             }
-            let per = 32 / usize::from(spec.bits);
-            if let Some(m) =
-                quantized().find(|m| m.in_features % per != 0 || m.rows.len() % per != 0)
+            let bits = usize::from(spec.bits);
+            if let Some(m) = quantized()
+                .find(|m| m.in_features * bits % 32 != 0 || m.rows.len() * bits % 32 != 0)
             {
                 return Err(QuantError::Unsupported(format!(
-                    "{}: [{}, {}] does not fit the GPTQ v1 layout at {} bits (both sizes must be multiples of {per})",
+                    "{}: [{}, {}] does not fit the GPTQ v1 layout at {bits} bits (both sizes times {bits} must be \
+                     multiples of 32)",
                     m.name,
                     m.rows.len(),
                     m.in_features,
-                    spec.bits
                 )));
             }
         }
@@ -681,18 +681,15 @@ impl LayerRun<'_> {
         opts: &AwqOptions,
         events: &mut dyn FnMut(Event<'_>) -> bool,
     ) -> Result<(Quantized, f64)> {
-        let mut inputs = LayerInputs {
-            seq_len: self.seq_len,
-            ..LayerInputs::default()
-        };
+        let mut inputs = LayerInputs::new(layer.dims, self.seq_len, opts);
         let y_fp = self.composed(layer, hidden, &mut |_, slot, x| {
-            let buf = match slot {
-                Slot::Qkv => &mut inputs.qkv,
-                Slot::O => &mut inputs.o,
-                Slot::GateUp => &mut inputs.gate_up,
-                Slot::Down => &mut inputs.down,
+            let group = match slot {
+                Slot::Qkv => InputOf::Qkv,
+                Slot::O => InputOf::O,
+                Slot::GateUp => InputOf::GateUp,
+                Slot::Down => InputOf::Down,
             };
-            *buf = x.to_vec();
+            inputs.record(group, x);
             Ok(())
         })?;
         let sel = self.selected();

@@ -198,10 +198,12 @@ impl Linears {
     }
 }
 
-/// A checkpoint's quantized linear in MatMulNBits layout: its own bits, zero points kept (asymmetric), block
-/// size the largest power of two ≤ the configured one dividing the group size. Act-order (a permuted g_idx)
-/// is refused: MatMulNBits' optional g_idx input is left off for onnxruntime-genai 0.5.2 / ORT 1.20.
-fn prequantized(
+/// A checkpoint's quantized linear in MatMulNBits layout: its own levels, zero points kept (asymmetric), block
+/// size the largest power of two ≤ the configured one dividing the group size. 2- and 3-bit levels go into a
+/// 4-bit MatMulNBits unchanged (a level < 2^bits is a valid 4-bit level; the scales and zero points are the
+/// same), since MatMulNBits takes 4 or 8 bits. Act-order (a permuted g_idx) is refused: MatMulNBits' optional
+/// g_idx input is left off for onnxruntime-genai 0.5.2 / ORT 1.20.
+pub(crate) fn prequantized(
     q: &QuantizedLinear,
     cfg: &NBitsConfig,
     weight_name: &str,
@@ -212,12 +214,12 @@ fn prequantized(
              exported MatMulNBits does not carry; quantize without desc_act"
         )));
     }
-    let max = (1u32 << q.bits) - 1;
+    let bits = u32::from(q.bits.max(4));
+    let max = (1u32 << bits) - 1;
     if let Some(z) = q.zeros.iter().find(|&&z| u32::from(z) > max) {
         return Err(Error::UnsupportedModel(format!(
-            "{weight_name}: zero point {z} (GPTQ v1 stores 2^bits - 1 for it) does not fit the {}-bit zero \
+            "{weight_name}: zero point {z} (GPTQ v1 stores 2^bits - 1 for it) does not fit the {bits}-bit zero \
              points of MatMulNBits",
-            q.bits
         )));
     }
     let block = block_size_for_group(q.group_size, cfg.block_size.max(16)).ok_or_else(|| {
@@ -227,7 +229,7 @@ fn prequantized(
         ))
     })?;
     let cfg = NBitsConfig {
-        bits: u32::from(q.bits),
+        bits,
         block_size: block,
         symmetric: false,
         ..*cfg

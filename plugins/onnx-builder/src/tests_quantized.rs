@@ -261,3 +261,29 @@ fn fp32_export_of_a_quantized_checkpoint_dequantizes() {
         want
     );
 }
+
+#[test]
+fn three_and_two_bit_levels_go_into_4_bit_matmulnbits_unchanged() {
+    for bits in [2u8, 3] {
+        let (k, n, group) = (64, 8, 32);
+        let top = (1u32 << bits) as usize;
+        let q = QuantizedLinear {
+            bits,
+            group_size: group,
+            in_features: k,
+            out_features: n,
+            q: (0..n * k).map(|i| ((i * 5 + 1) % top) as u8).collect(),
+            scales: (0..n * 2).map(|i| (i + 1) as f32 / 64.0).collect(),
+            // GPTQ v1 reads a stored 2^bits − 1 back as 2^bits: still a 4-bit zero point
+            zeros: (0..n * 2).map(|i| (i % top + 1) as u8).collect(),
+            g_idx: None,
+        };
+        let cfg = NBitsConfig::int4(32, true);
+        let got = crate::linear::prequantized(&q, &cfg, "w").unwrap();
+        assert_eq!(got.config.bits, 4);
+        assert_eq!(got.dequantize(), q.dequantize(), "bits {bits}");
+        for (o, i) in [(0, 0), (3, 40), (7, 63)] {
+            assert_eq!(got.value(o, i), q.q[o * k + i], "bits {bits} ({o}, {i})");
+        }
+    }
+}

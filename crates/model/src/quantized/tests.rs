@@ -152,6 +152,11 @@ fn gptq_round_trips_bits_ragged_and_act_order() {
         let back = quantized_linear(&ckpt, "m.down", &gptq(bits, 32, false)).unwrap();
         assert_eq!(back, l, "bits {bits}");
     }
+    // 3 bits: 32 inputs in 3 words, 32 outputs' zero points in 3 words; ragged group 48 over 64 inputs
+    let l = linear(3, 48, 64, 32);
+    let (_d, ckpt) = checkpoint("m.gate", &pack_gptq_v1(&l).unwrap());
+    let back = quantized_linear(&ckpt, "m.gate", &gptq(3, 48, false)).unwrap();
+    assert_eq!(back, l, "bits 3");
     let mut l = linear(4, 16, 32, 8);
     l.g_idx = Some((0..32).map(|i| (i % 2) as u32).collect());
     let (_d, ckpt) = checkpoint("m.up", &pack_gptq_v1(&l).unwrap());
@@ -162,6 +167,77 @@ fn gptq_round_trips_bits_ragged_and_act_order() {
         w[3 * 32 + 5],
         (l.q[3 * 32 + 5] as f32 - l.zeros[3 * 2 + 1] as f32) * l.scales[3 * 2 + 1]
     );
+}
+
+/// AutoGPTQ's `QuantLinear.pack` for 3 bits (qlinear_cuda_old.py), transcribed loop for loop: 32 values
+/// into 3 words, value 10 split 2 + 1 bits over words 0/1, value 21 split 1 + 2 bits over words 1/2.
+fn autogptq_pack3(v: &[u32]) -> Vec<u32> {
+    let mut out = vec![0u32; v.len() / 32 * 3];
+    let (mut i, mut row) = (0, 0);
+    while row < out.len() {
+        for j in i..i + 10 {
+            out[row] |= v[j] << (3 * (j - i));
+        }
+        i += 10;
+        out[row] |= v[i] << 30;
+        row += 1;
+        out[row] |= (v[i] >> 2) & 1;
+        i += 1;
+        for j in i..i + 10 {
+            out[row] |= v[j] << (3 * (j - i) + 1);
+        }
+        i += 10;
+        out[row] |= v[i] << 31;
+        row += 1;
+        out[row] |= (v[i] >> 1) & 0x3;
+        i += 1;
+        for j in i..i + 10 {
+            out[row] |= v[j] << (3 * (j - i) + 2);
+        }
+        i += 10;
+        row += 1;
+    }
+    out
+}
+
+#[test]
+fn gptq_3bit_stream_is_autogptq_pack() {
+    let l = linear(3, 32, 64, 32);
+    let packed = pack_gptq_v1(&l).unwrap();
+    let words = |b: &[u8]| -> Vec<u32> {
+        b.chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()
+    };
+    assert_eq!(packed[0].2, vec![6, 32]);
+    let qw = words(&packed[0].3);
+    for o in 0..32 {
+        let column: Vec<u32> = (0..64).map(|i| u32::from(l.q[o * 64 + i])).collect();
+        let want = autogptq_pack3(&column);
+        let got: Vec<u32> = (0..6).map(|r| qw[r * 32 + o]).collect();
+        assert_eq!(got, want, "column {o}");
+    }
+    // qzeros [groups, 32·3/32]: AutoGPTQ packs zero − 1 along the outputs the same way
+    assert_eq!(packed[1].2, vec![2, 3]);
+    let qz = words(&packed[1].3);
+    for g in 0..2 {
+        let row: Vec<u32> = (0..32).map(|o| u32::from(l.zeros[o * 2 + g]) - 1).collect();
+        assert_eq!(qz[g * 3..g * 3 + 3], autogptq_pack3(&row)[..], "group {g}");
+    }
+    // streams of any width round trip
+    for bits in [2usize, 3, 4, 8] {
+        let values: Vec<u8> = (0..96).map(|t| ((t * 7 + 3) % (1 << bits)) as u8).collect();
+        let mut w = vec![0u32; 96 * bits / 32];
+        pack_stream(&values, bits, &mut w);
+        let mut back = vec![0u8; 96];
+        unpack_stream(&w, bits, &mut back);
+        assert_eq!(back, values, "bits {bits}");
+    }
+    // 3 bits needs multiples of 32
+    let err = pack_gptq_v1(&linear(3, 16, 48, 32))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("multiples of 32"), "{err}");
 }
 
 #[test]
@@ -246,7 +322,7 @@ fn config_errors_and_fields() {
         bad(json!({"quant_method": "bitsandbytes", "bits": 4})).contains("not \"bitsandbytes\"")
     );
     assert!(
-        bad(json!({"quant_method": "gptq", "bits": 3, "group_size": 128}))
+        bad(json!({"quant_method": "gptq", "bits": 5, "group_size": 128}))
             .contains("quantization_config.bits")
     );
     assert!(
