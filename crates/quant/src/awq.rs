@@ -13,14 +13,15 @@
 //! Speed on small CPUs: the loss runs on about `loss_tokens` tokens (AutoAWQ runs all 128×512 tokens on a GPU):
 //! whole calibration sequences, evenly spread, for the attention block; tokens strided over every sequence for
 //! the token-wise modules. x_mean still uses every token. Clipping uses `clip_tokens`
-//! evenly strided tokens, as AutoAWQ's `n_sample_token = 512`.
+//! evenly strided tokens, as AutoAWQ's `n_sample_token = 512`. Memory: only those subsets of the layer's inputs
+//! are kept (`LayerInputs`), and each ratio's trial weight is written into the layer itself (no layer copy).
 
 use olive_kernels::cpu::matmul;
-use olive_nn::{DecoderLayer, LayerCache, RopeTables, Workspace};
+use olive_nn::{DecoderLayer, LayerCache, LayerDims, RopeTables, Workspace};
+use rayon::prelude::*;
 
 use crate::error::Result;
-use crate::grid::QuantSpec;
-use crate::rtn::fake_quantize;
+use crate::grid::{dequantize_value, group_params, quantize_value, QuantSpec};
 
 /// AWQ's search settings.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -52,19 +53,94 @@ impl Default for AwqOptions {
     }
 }
 
-/// The inputs of the layer's linear groups on every calibration token, from the floating-point forward.
+/// Which linear group an input feeds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputOf {
+    /// input_layernorm's output: q, k, v.
+    Qkv,
+    /// the attention context: o.
+    O,
+    /// post_attention_layernorm's output: gate, up.
+    GateUp,
+    /// silu(gate) · up: down.
+    Down,
+}
+
+/// One linear group's input on the calibration tokens, reduced to what the search reads.
 #[derive(Debug, Clone, Default)]
+struct GroupInput {
+    /// Mean |x| per input channel over every calibration token: [in].
+    abs_mean: Vec<f32>,
+    /// The rows the scale-search loss runs on: [loss rows, in].
+    loss: Vec<f32>,
+    /// The rows the clip search runs on: [clip rows, in].
+    clip: Vec<f32>,
+}
+
+impl GroupInput {
+    /// Multiplies column i of the kept rows by f[i].
+    fn scale(&mut self, f: &[f32]) {
+        scale_columns(&mut self.loss, f);
+        scale_columns(&mut self.clip, f);
+    }
+}
+
+/// The inputs of a layer's linear groups from the floating-point forward, kept as AWQ reads them: the mean |x|
+/// over every token, and the loss and clip subsets (not the whole [tokens, in] inputs).
+#[derive(Debug, Clone)]
 pub struct LayerInputs {
-    /// Tokens per calibration sequence.
-    pub seq_len: usize,
-    /// input_layernorm output: [tokens, hidden].
-    pub qkv: Vec<f32>,
-    /// attention output, o_proj's input: [tokens, heads · head_dim].
-    pub o: Vec<f32>,
-    /// post_attention_layernorm output: [tokens, hidden].
-    pub gate_up: Vec<f32>,
-    /// silu(gate) · up, down_proj's input: [tokens, intermediate].
-    pub down: Vec<f32>,
+    dims: LayerDims,
+    seq_len: usize,
+    loss_tokens: usize,
+    clip_tokens: usize,
+    qkv: GroupInput,
+    o: GroupInput,
+    gate_up: GroupInput,
+    down: GroupInput,
+}
+
+impl LayerInputs {
+    /// Empty inputs of a layer with `dims`, calibration windows of `seq_len` tokens.
+    pub fn new(dims: LayerDims, seq_len: usize, opts: &AwqOptions) -> Self {
+        LayerInputs {
+            dims,
+            seq_len,
+            loss_tokens: opts.loss_tokens,
+            clip_tokens: opts.clip_tokens,
+            qkv: GroupInput::default(),
+            o: GroupInput::default(),
+            gate_up: GroupInput::default(),
+            down: GroupInput::default(),
+        }
+    }
+
+    /// Keeps what the search reads of a group's input x: [tokens, in], whole windows of `seq_len`; the loss
+    /// rows are whole windows, evenly spread, for the attention block (q/k/v), and tokens strided over every
+    /// window for the token-wise modules (more varied tokens for the same cost).
+    pub fn record(&mut self, group: InputOf, x: &[f32]) {
+        let d = self.dims;
+        let width = match group {
+            InputOf::Qkv | InputOf::GateUp => d.hidden,
+            InputOf::O => d.q_width(),
+            InputOf::Down => d.intermediate,
+        };
+        let tokens = x.len() / width.max(1);
+        let seqs = loss_sequences(tokens / self.seq_len.max(1), self.seq_len, self.loss_tokens);
+        let input = GroupInput {
+            abs_mean: column_abs_mean(x, width),
+            loss: match group {
+                InputOf::Qkv => gather_sequences(x, width, self.seq_len, &seqs),
+                _ => strided_rows(x, width, seqs.len() * self.seq_len),
+            },
+            clip: strided_rows(x, width, self.clip_tokens),
+        };
+        *match group {
+            InputOf::Qkv => &mut self.qkv,
+            InputOf::O => &mut self.o,
+            InputOf::GateUp => &mut self.gate_up,
+            InputOf::Down => &mut self.down,
+        } = input;
+    }
 }
 
 /// Which of a layer's projections are quantized.
@@ -112,131 +188,89 @@ pub fn awq_layer(
     opts: &AwqOptions,
 ) -> Result<AwqLayerStats> {
     let d = layer.dims;
-    let (q, kv, inter) = (d.q_width(), d.kv_width(), d.intermediate);
-    let sequences = inputs.qkv.len() / (d.hidden * inputs.seq_len).max(1);
-    let seqs = loss_sequences(sequences, inputs.seq_len, opts.loss_tokens);
+    let (q, kv, inter, h) = (d.q_width(), d.kv_width(), d.intermediate, d.hidden);
+    let seq_len = inputs.seq_len;
     let mut stats = AwqLayerStats::default();
-    let mut trial = layer.clone();
+    let inverse = |s: &[f32]| s.iter().map(|x| 1.0 / x).collect::<Vec<_>>();
 
     if sel.q && sel.k && sel.v {
-        let s = search(
+        let (s, ratio) = search(
             layer,
-            &mut trial,
             Inspect::Attention,
             &inputs.qkv,
-            &seqs,
-            inputs.seq_len,
+            seq_len,
             rope,
             spec,
             opts,
         )?;
-        stats.ratios.push(("attention", s.1));
-        let s = s.0;
+        stats.ratios.push(("attention", ratio));
         scale_rows_inv(&mut layer.input_layernorm, 1, &s);
         scale_columns(&mut layer.qkv_proj.weight, &s);
-        scale_columns(
-            &mut inputs.qkv,
-            &s.iter().map(|x| 1.0 / x).collect::<Vec<_>>(),
-        );
+        inputs.qkv.scale(&inverse(&s));
     }
     if sel.v && sel.o && kv == q {
-        let s = search(
-            layer,
-            &mut trial,
-            Inspect::O,
-            &inputs.o,
-            &seqs,
-            inputs.seq_len,
-            rope,
-            spec,
-            opts,
-        )?;
-        stats.ratios.push(("o", s.1));
-        let s = s.0;
-        let h = d.hidden;
+        let (s, ratio) = search(layer, Inspect::O, &inputs.o, seq_len, rope, spec, opts)?;
+        stats.ratios.push(("o", ratio));
         scale_rows_inv(&mut layer.qkv_proj.weight[(q + kv) * h..], h, &s);
         if let Some(b) = &mut layer.qkv_proj.bias {
             scale_rows_inv(&mut b[q + kv..], 1, &s);
         }
         scale_columns(&mut layer.o_proj.weight, &s);
-        scale_columns(
-            &mut inputs.o,
-            &s.iter().map(|x| 1.0 / x).collect::<Vec<_>>(),
-        );
+        inputs.o.scale(&inverse(&s));
     }
     if sel.gate && sel.up {
-        let s = search(
+        let (s, ratio) = search(
             layer,
-            &mut trial,
             Inspect::Mlp,
             &inputs.gate_up,
-            &seqs,
-            inputs.seq_len,
+            seq_len,
             rope,
             spec,
             opts,
         )?;
-        stats.ratios.push(("mlp", s.1));
-        let s = s.0;
+        stats.ratios.push(("mlp", ratio));
         scale_rows_inv(&mut layer.post_attention_layernorm, 1, &s);
         scale_columns(&mut layer.gate_up_proj.weight, &s);
-        scale_columns(
-            &mut inputs.gate_up,
-            &s.iter().map(|x| 1.0 / x).collect::<Vec<_>>(),
-        );
+        inputs.gate_up.scale(&inverse(&s));
     }
     if sel.up && sel.down {
-        let s = search(
+        let (s, ratio) = search(
             layer,
-            &mut trial,
             Inspect::Down,
             &inputs.down,
-            &seqs,
-            inputs.seq_len,
+            seq_len,
             rope,
             spec,
             opts,
         )?;
-        stats.ratios.push(("down", s.1));
-        let s = s.0;
-        let h = d.hidden;
+        stats.ratios.push(("down", ratio));
         scale_rows_inv(&mut layer.gate_up_proj.weight[inter * h..], h, &s);
         if let Some(b) = &mut layer.gate_up_proj.bias {
             scale_rows_inv(&mut b[inter..], 1, &s);
         }
         scale_columns(&mut layer.down_proj.weight, &s);
-        scale_columns(
-            &mut inputs.down,
-            &s.iter().map(|x| 1.0 / x).collect::<Vec<_>>(),
-        );
+        inputs.down.scale(&inverse(&s));
     }
 
     if opts.apply_clip {
-        let h = d.hidden;
         if sel.v {
             let w = &mut layer.qkv_proj.weight[(q + kv) * h..(q + 2 * kv) * h];
-            stats.clipped += clip(w, kv, h, &inputs.qkv, spec, opts)?;
+            stats.clipped += clip(w, kv, h, &inputs.qkv.clip, spec, opts);
         }
         if sel.o {
-            stats.clipped += clip(&mut layer.o_proj.weight, h, q, &inputs.o, spec, opts)?;
+            stats.clipped += clip(&mut layer.o_proj.weight, h, q, &inputs.o.clip, spec, opts);
         }
         if sel.gate {
             let w = &mut layer.gate_up_proj.weight[..inter * h];
-            stats.clipped += clip(w, inter, h, &inputs.gate_up, spec, opts)?;
+            stats.clipped += clip(w, inter, h, &inputs.gate_up.clip, spec, opts);
         }
         if sel.up {
             let w = &mut layer.gate_up_proj.weight[inter * h..];
-            stats.clipped += clip(w, inter, h, &inputs.gate_up, spec, opts)?;
+            stats.clipped += clip(w, inter, h, &inputs.gate_up.clip, spec, opts);
         }
         if sel.down {
-            stats.clipped += clip(
-                &mut layer.down_proj.weight,
-                h,
-                inter,
-                &inputs.down,
-                spec,
-                opts,
-            )?;
+            let w = &mut layer.down_proj.weight;
+            stats.clipped += clip(w, h, inter, &inputs.down.clip, spec, opts);
         }
     }
     Ok(stats)
@@ -341,15 +375,15 @@ fn scale_rows_inv(w: &mut [f32], width: usize, s: &[f32]) {
     }
 }
 
-/// The weight a scaling group searches, [rows, in] (all rows of the inspected slot).
-fn group_weight(layer: &DecoderLayer, inspect: Inspect) -> (&[f32], usize, usize) {
+/// [rows, in] of the weight a scaling group searches (all rows of the inspected slot).
+fn group_shape(layer: &DecoderLayer, inspect: Inspect) -> (usize, usize) {
     let l = match inspect {
         Inspect::Attention => &layer.qkv_proj,
         Inspect::O => &layer.o_proj,
         Inspect::Mlp => &layer.gate_up_proj,
         Inspect::Down => &layer.down_proj,
     };
-    (&l.weight, l.out_features, l.in_features)
+    (l.out_features, l.in_features)
 }
 
 fn group_weight_mut(layer: &mut DecoderLayer, inspect: Inspect) -> &mut [f32] {
@@ -368,6 +402,7 @@ fn inspect_output(
     x: &[f32],
     seq_len: usize,
     rope: &RopeTables,
+    ws: &mut Workspace,
 ) -> Result<Vec<f32>> {
     let d = layer.dims;
     let width = match inspect {
@@ -377,7 +412,6 @@ fn inspect_output(
     };
     let tokens = x.len() / width;
     let mut out = vec![0f32; tokens * d.hidden]; // [tokens, hidden]
-    let mut ws = Workspace::default();
     match inspect {
         Inspect::Attention => {
             let mut ctx = vec![0f32; seq_len * d.q_width()]; // [seq_len, heads · head_dim]
@@ -386,14 +420,14 @@ fn inspect_output(
                 .zip(out.chunks_exact_mut(seq_len * d.hidden))
             {
                 let mut cache = LayerCache::new(d.kv_width(), seq_len);
-                layer.attention_context(xs, rope, &mut cache, &mut ws, &mut ctx)?;
+                layer.attention_context(xs, rope, &mut cache, ws, &mut ctx)?;
                 layer.o_proj.forward(&ctx, os);
             }
         }
         Inspect::O => layer.o_proj.forward(x, &mut out),
         Inspect::Mlp => {
             let mut act = vec![0f32; tokens * d.intermediate]; // [tokens, intermediate]
-            layer.mlp_activation(x, &mut ws, &mut act);
+            layer.mlp_activation(x, ws, &mut act);
             layer.down_proj.forward(&act, &mut out);
         }
         Inspect::Down => layer.down_proj.forward(x, &mut out),
@@ -406,57 +440,85 @@ fn mse(a: &[f32], b: &[f32]) -> f64 {
     sum / a.len().max(1) as f64
 }
 
-/// `_compute_best_scale`: the scales of the best ratio, and that ratio. `trial` is a copy of `layer` whose
-/// searched weight is overwritten per ratio and restored at the end.
-#[allow(clippy::too_many_arguments)]
+/// `_compute_best_scale`: the scales of the best ratio, and that ratio. Each ratio's weight Q(W·s)/s is written
+/// into the layer for its forward; the original weight is restored before returning, also on error.
 fn search(
-    layer: &DecoderLayer,
-    trial: &mut DecoderLayer,
+    layer: &mut DecoderLayer,
     inspect: Inspect,
-    x_all: &[f32],
-    seqs: &[usize],
+    input: &GroupInput,
     seq_len: usize,
     rope: &RopeTables,
     spec: &QuantSpec,
     opts: &AwqOptions,
 ) -> Result<(Vec<f32>, f32)> {
-    let (w, rows, in_features) = group_weight(layer, inspect);
-    let x_mean = column_abs_mean(x_all, in_features);
-    let w_mean = weight_abs_mean(w, rows, in_features, spec);
-    // [loss tokens, in]: whole sequences for the attention block, tokens strided over every sequence for the
-    // token-wise modules (more varied tokens for the same cost).
-    let x = match inspect {
-        Inspect::Attention => gather_sequences(x_all, in_features, seq_len, seqs),
-        _ => strided_rows(x_all, in_features, seqs.len() * seq_len),
-    };
-    // The trial starts as the layer: earlier groups' scales are already folded into both.
-    trial.clone_from(layer);
-    let reference = inspect_output(layer, inspect, &x, seq_len, rope)?;
+    let (rows, in_features) = group_shape(layer, inspect);
+    let original = group_weight_mut(layer, inspect).to_vec(); // [rows, in]
+    let w_mean = weight_abs_mean(&original, rows, in_features, spec);
+    let mut ws = Workspace::default();
+    let reference = inspect_output(layer, inspect, &input.loss, seq_len, rope, &mut ws)?;
     let mut best: Option<(f64, Vec<f32>, f32)> = None;
-    for step in 0..opts.n_grid.max(1) {
-        let ratio = step as f32 / opts.n_grid.max(1) as f32;
-        let s = ratio_scales(&x_mean, &w_mean, ratio, opts.duo_scaling);
-        let mut scaled = w.to_vec();
-        scale_columns(&mut scaled, &s);
-        let mut fq = fake_quantize(&scaled, rows, in_features, spec)?;
-        let inv: Vec<f32> = s.iter().map(|v| 1.0 / v).collect();
-        scale_columns(&mut fq, &inv);
-        group_weight_mut(trial, inspect).copy_from_slice(&fq);
-        let loss = mse(
-            &inspect_output(trial, inspect, &x, seq_len, rope)?,
-            &reference,
-        );
-        if best.as_ref().is_none_or(|(b, _, _)| loss < *b) {
-            best = Some((loss, s, ratio));
+    let mut grid = || -> Result<()> {
+        for step in 0..opts.n_grid.max(1) {
+            let ratio = step as f32 / opts.n_grid.max(1) as f32;
+            let s = ratio_scales(&input.abs_mean, &w_mean, ratio, opts.duo_scaling);
+            let inv: Vec<f32> = s.iter().map(|v| 1.0 / v).collect();
+            let trial = group_weight_mut(layer, inspect);
+            scaled_fake_quantize(&original, in_features, &s, &inv, spec, trial);
+            let out = inspect_output(layer, inspect, &input.loss, seq_len, rope, &mut ws)?;
+            let loss = mse(&out, &reference);
+            if best.as_ref().is_none_or(|(b, _, _)| loss < *b) {
+                best = Some((loss, s, ratio));
+            }
         }
-    }
-    group_weight_mut(trial, inspect).copy_from_slice(w);
+        Ok(())
+    };
+    let searched = grid();
+    group_weight_mut(layer, inspect).copy_from_slice(&original);
+    searched?;
     let (_, s, ratio) = best.unwrap_or((0.0, vec![1.0; in_features], 0.0));
     Ok((s, ratio))
 }
 
-/// `_compute_best_clip` + `apply_clip` on w: [rows, in] with its input x: [tokens, in]; returns the weights
-/// changed.
+/// out = Q(w·s)·(1/s) for w: [rows, in], the RTN grid of each (row, group) found on w·s (what `fake_quantize`
+/// computes on the scaled weight, without its copies).
+fn scaled_fake_quantize(
+    w: &[f32],
+    in_features: usize,
+    s: &[f32],
+    inv: &[f32],
+    spec: &QuantSpec,
+    out: &mut [f32],
+) {
+    let gl = spec.group_len(in_features);
+    out.par_chunks_mut(in_features)
+        .zip(w.par_chunks(in_features))
+        .with_min_len(8)
+        .for_each_init(
+            || vec![0f32; gl],
+            |buf, (o, w)| {
+                for (((o, w), s), inv) in o
+                    .chunks_mut(gl)
+                    .zip(w.chunks(gl))
+                    .zip(s.chunks(gl))
+                    .zip(inv.chunks(gl))
+                {
+                    let buf = &mut buf[..w.len()];
+                    buf.iter_mut()
+                        .zip(w)
+                        .zip(s)
+                        .for_each(|((b, w), s)| *b = w * s);
+                    let (scale, zero) = group_params(buf, spec.bits, spec.sym);
+                    for ((o, &b), inv) in o.iter_mut().zip(buf.iter()).zip(inv) {
+                        let q = quantize_value(b, scale, zero, spec.bits);
+                        *o = dequantize_value(q, scale, zero) * inv;
+                    }
+                }
+            },
+        );
+}
+
+/// `_compute_best_clip` + `apply_clip` on w: [rows, in] with its input rows x: [tokens, in] (the clip subset);
+/// returns the weights changed.
 fn clip(
     w: &mut [f32],
     rows: usize,
@@ -464,57 +526,40 @@ fn clip(
     x: &[f32],
     spec: &QuantSpec,
     opts: &AwqOptions,
-) -> Result<usize> {
-    let tokens = x.len() / in_features;
-    let step = (tokens / opts.clip_tokens.max(1)).max(1);
-    let picked: Vec<usize> = (0..tokens).step_by(step).collect();
-    let m = picked.len();
+) -> usize {
+    let m = x.len() / in_features;
     let gl = spec.group_len(in_features);
-    let per_row = QuantSpec {
-        group_size: None,
-        ..*spec
-    };
     let steps = (opts.max_shrink * opts.n_grid as f32) as usize;
     let mut changed = 0;
+    let mut xg: Vec<f32> = Vec::with_capacity(m * gl); // [m, len]
+    let mut wg: Vec<f32> = Vec::with_capacity(rows * gl); // [rows, len]
+    let mut fq = vec![0f32; rows * gl]; // [rows, len]
+    let mut reference = vec![0f32; rows * m]; // [rows, m]
+    let mut cur = vec![0f32; rows * m]; // [rows, m]
     for c0 in (0..in_features).step_by(gl) {
         let len = gl.min(in_features - c0);
-        // xg: [m, len], wg: [rows, len]
-        let xg: Vec<f32> = picked
-            .iter()
-            .flat_map(|&t| {
-                x[t * in_features + c0..t * in_features + c0 + len]
-                    .iter()
-                    .copied()
-            })
-            .collect();
-        let wg: Vec<f32> = w
-            .chunks_exact(in_features)
-            .flat_map(|r| r[c0..c0 + len].iter().copied())
-            .collect();
+        xg.clear();
+        xg.extend(x.chunks_exact(in_features).flat_map(|r| &r[c0..c0 + len]));
+        wg.clear();
+        wg.extend(w.chunks_exact(in_features).flat_map(|r| &r[c0..c0 + len]));
+        let fq = &mut fq[..rows * len];
         let org_max: Vec<f32> = wg
             .chunks_exact(len)
             .map(|r| r.iter().fold(0f32, |a, v| a.max(v.abs())))
             .collect();
-        let mut reference = vec![0f32; m * rows]; // [m, rows]
-        matmul(&xg, &wg, &mut reference, m, len, rows);
+        matmul(&wg, &xg, &mut reference, rows, len, m);
         let mut best_max = org_max.clone();
         let mut best_err = vec![f64::INFINITY; rows];
-        let mut cur = vec![0f32; m * rows];
         for i in 0..steps.max(1) {
             let f = 1.0 - i as f32 / opts.n_grid.max(1) as f32;
-            let clamped: Vec<f32> = wg
-                .chunks_exact(len)
-                .zip(&org_max)
-                .flat_map(|(r, mx)| r.iter().map(move |v| v.clamp(-mx * f, mx * f)))
+            clamped_fake_quantize(&wg, &org_max, f, len, spec, fq);
+            matmul(fq, &xg, &mut cur, rows, len, m);
+            let err: Vec<f64> = cur
+                .par_chunks(m)
+                .zip(reference.par_chunks(m))
+                .with_min_len(16)
+                .map(|(c, r)| c.iter().zip(r).map(|(a, b)| f64::from(a - b).powi(2)).sum())
                 .collect();
-            let fq = fake_quantize(&clamped, rows, len, &per_row)?;
-            matmul(&xg, &fq, &mut cur, m, len, rows);
-            let mut err = vec![0f64; rows];
-            for (cr, rr) in cur.chunks_exact(rows).zip(reference.chunks_exact(rows)) {
-                for ((e, a), b) in err.iter_mut().zip(cr).zip(rr) {
-                    *e += f64::from(a - b).powi(2);
-                }
-            }
             for r in 0..rows {
                 if err[r] < best_err[r] {
                     best_err[r] = err[r];
@@ -532,12 +577,38 @@ fn clip(
             }
         }
     }
-    Ok(changed)
+    changed
+}
+
+/// out = Q(clamp(w, ±f·max_r)) for w: [rows, len], one grid per row found on the clamped row.
+fn clamped_fake_quantize(
+    w: &[f32],
+    max: &[f32],
+    f: f32,
+    len: usize,
+    spec: &QuantSpec,
+    out: &mut [f32],
+) {
+    out.par_chunks_mut(len)
+        .zip(w.par_chunks(len))
+        .zip(max.par_iter())
+        .with_min_len(16)
+        .for_each(|((o, w), mx)| {
+            let lim = mx * f;
+            o.iter_mut()
+                .zip(w)
+                .for_each(|(o, v)| *o = v.clamp(-lim, lim));
+            let (scale, zero) = group_params(o, spec.bits, spec.sym);
+            for o in o.iter_mut() {
+                *o = dequantize_value(quantize_value(*o, scale, zero, spec.bits), scale, zero);
+            }
+        });
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rtn::fake_quantize;
 
     #[test]
     fn ratio_zero_without_duo_is_identity_and_scales_are_normalised() {
@@ -586,7 +657,7 @@ mod tests {
         };
         let before = err(&w);
         let mut clipped = w.clone();
-        let n = clip(&mut clipped, rows, k, &x, &spec, &AwqOptions::default()).unwrap();
+        let n = clip(&mut clipped, rows, k, &x, &spec, &AwqOptions::default());
         assert!(n > 0);
         assert!(err(&clipped) <= before, "{} > {before}", err(&clipped));
     }
