@@ -6,6 +6,7 @@ mod evaluate;
 mod logging;
 mod plugins;
 mod progress;
+mod search;
 
 use clap::Parser;
 

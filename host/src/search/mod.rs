@@ -1,0 +1,25 @@
+//! Search over pass parameters, after Olive 0.13's olive/search: search parameters in pass configs, the search
+//! space, the sequential / random / TPE samplers, the joint and pass-by-pass strategies, and the Pareto front of
+//! the results as a table, JSON and a plot. `olive-host run` drives it: split each pass config, build a
+//! [`Search`], then loop `next()` → run the trial's passes and evaluate → `record()`; finally [`Report`].
+// Used by olive-host run (issue 7), landing next.
+#![cfg_attr(not(test), allow(dead_code))]
+#![allow(unused_imports)]
+
+mod objective;
+mod param;
+mod report;
+mod sampler;
+mod space;
+mod strategy;
+#[cfg(test)]
+mod tests;
+
+pub use objective::{objectives_from_metrics, pareto_front, MetricSubType, Objective};
+pub use param::{
+    apply_point, split_pass_config, ParamPath, PassSpace, SearchParam, IGNORED, INVALID,
+};
+pub use report::{Report, Row};
+pub use sampler::SamplerKind;
+pub use space::{PassPoint, SearchSpace};
+pub use strategy::{ExecutionOrder, Outcome, Search, SearchConfig, Trial, TrialResult};

@@ -1,0 +1,310 @@
+//! The search strategy (olive/search/search_strategy.py): `joint` searches one space over all passes;
+//! `pass-by-pass` searches one pass's space at a time, fixes its best point and goes on to the next pass, stepping
+//! back to the previous pass's next best when a pass has no successful trial (Olive's `_step_up`).
+
+use std::str::FromStr;
+
+use anyhow::{bail, Result};
+use serde_json::Value;
+
+use super::objective::{compare, Objective};
+use super::sampler::{Sampler, SamplerKind};
+use super::space::{PassPoint, SearchSpace, Subspace};
+
+/// Olive's `search_strategy.execution_order`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExecutionOrder {
+    /// One space over all passes.
+    Joint,
+    /// One pass's space at a time.
+    PassByPass,
+}
+
+impl FromStr for ExecutionOrder {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "joint" => Ok(Self::Joint),
+            "pass-by-pass" => Ok(Self::PassByPass),
+            _ => bail!("unknown execution_order `{s}`, expected joint or pass-by-pass"),
+        }
+    }
+}
+
+impl FromStr for SamplerKind {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "sequential" => Ok(Self::Sequential),
+            "random" => Ok(Self::Random),
+            "tpe" => Ok(Self::Tpe),
+            _ => bail!("unknown sampler `{s}`, expected sequential, random or tpe"),
+        }
+    }
+}
+
+/// How to search.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SearchConfig {
+    /// Joint or pass-by-pass.
+    pub execution_order: ExecutionOrder,
+    /// The sampler.
+    pub sampler: SamplerKind,
+    /// Most trials per space (per pass in pass-by-pass); 0 means all, as in Olive.
+    pub max_samples: usize,
+    /// Seed of the random and TPE samplers.
+    pub seed: u64,
+}
+
+/// One point to run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Trial {
+    /// Identifies the trial for [`Search::record`].
+    pub id: usize,
+    /// The chosen values of the passes in `configs` (earlier passes' at their best in pass-by-pass).
+    pub point: Vec<PassPoint>,
+    /// The passes to run, in order, each with its resolved config (pass-by-pass: up to the pass searched).
+    pub configs: Vec<(String, Value)>,
+}
+
+/// What running a trial gave.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    /// The objective values, in the order of [`Search::objectives`].
+    Metrics(Vec<f64>),
+    /// A pass or the evaluation failed.
+    Failed,
+}
+
+/// A trial and its outcome, once recorded.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrialResult {
+    /// The trial.
+    pub trial: Trial,
+    /// None until recorded.
+    pub outcome: Option<Outcome>,
+}
+
+/// One space being searched: a pass (or all passes, joint) under fixed earlier passes.
+struct Stage {
+    /// Range of passes of this space.
+    passes: std::ops::Range<usize>,
+    sub: Subspace,
+    sampler: Sampler,
+    /// The earlier passes' points and configs this stage runs on.
+    prefix: Vec<(PassPoint, Value)>,
+    /// (trial id, subspace index) of this stage's trials.
+    trials: Vec<(usize, usize)>,
+    /// Trials already taken as the base of the next stage.
+    taken: usize,
+}
+
+/// A search over a [`SearchSpace`]; ask [`Search::next`] for a trial, run it, [`Search::record`] its outcome.
+pub struct Search {
+    space: SearchSpace,
+    objectives: Vec<Objective>,
+    config: SearchConfig,
+    stack: Vec<Stage>,
+    results: Vec<TrialResult>,
+}
+
+impl Search {
+    /// A search of `space` ranking results by `objectives` (best found by Olive's rule, see [`compare`]).
+    pub fn new(
+        space: SearchSpace,
+        objectives: Vec<Objective>,
+        config: SearchConfig,
+    ) -> Result<Self> {
+        let mut search = Self {
+            space,
+            objectives,
+            config,
+            stack: Vec::new(),
+            results: Vec::new(),
+        };
+        let first = search.stage(0, Vec::new())?;
+        search.stack.push(first);
+        Ok(search)
+    }
+
+    fn stage(&self, first_pass: usize, prefix: Vec<(PassPoint, Value)>) -> Result<Stage> {
+        let passes = match self.config.execution_order {
+            ExecutionOrder::Joint => 0..self.space.passes().len(),
+            ExecutionOrder::PassByPass => {
+                first_pass..(first_pass + 1).min(self.space.passes().len())
+            }
+        };
+        let sub = self.space.subspace(passes.clone())?;
+        let sampler = Sampler::new(self.config.sampler, &sub, self.config.seed);
+        Ok(Stage {
+            passes,
+            sub,
+            sampler,
+            prefix,
+            trials: Vec::new(),
+            taken: 0,
+        })
+    }
+
+    /// The objectives, in the order [`Outcome::Metrics`] gives their values.
+    pub fn objectives(&self) -> &[Objective] {
+        &self.objectives
+    }
+
+    /// The space searched.
+    pub fn space(&self) -> &SearchSpace {
+        &self.space
+    }
+
+    /// Every trial so far, in order, with its outcome once recorded.
+    pub fn results(&self) -> &[TrialResult] {
+        &self.results
+    }
+
+    fn key(&self, id: usize) -> Option<&[f64]> {
+        match self.results.get(id)?.outcome.as_ref()? {
+            Outcome::Metrics(m) => Some(m),
+            Outcome::Failed => None,
+        }
+    }
+
+    /// The best successful trial by Olive's ranking, over the trials that ran every pass.
+    pub fn best(&self) -> Option<&TrialResult> {
+        let passes = self.space.passes().len();
+        self.results
+            .iter()
+            .filter(|r| r.trial.configs.len() == passes && self.key(r.trial.id).is_some())
+            .min_by(|a, b| compare(&self.objectives, self.key(a.trial.id), self.key(b.trial.id)))
+    }
+
+    /// The next trial, or None when the search is done. Every earlier trial must be recorded first when this
+    /// would move on to the next pass (pass-by-pass needs their results to pick the best).
+    pub fn next(&mut self) -> Result<Option<Trial>> {
+        while let Some(top) = self.stack.len().checked_sub(1) {
+            let cap = self.config.max_samples;
+            let stage = &mut self.stack[top];
+            if cap == 0 || stage.sampler.suggested() < cap {
+                let objectives = &self.objectives;
+                let rank = |a: &[f64], b: &[f64]| compare(objectives, Some(a), Some(b));
+                if let Some(index) = stage.sampler.suggest(&stage.sub, &rank) {
+                    return Ok(Some(self.trial(top, index)));
+                }
+            }
+            let stage = &self.stack[top];
+            if let Some((id, _)) = stage
+                .trials
+                .iter()
+                .find(|(id, _)| self.results[*id].outcome.is_none())
+            {
+                bail!(
+                    "trial {id} has no recorded outcome; record it before asking for the next pass"
+                );
+            }
+            let succeeded = stage.trials.iter().any(|(id, _)| self.key(*id).is_some());
+            if stage.passes.end == self.space.passes().len() && (succeeded || top == 0) {
+                // The last space is searched (pass-by-pass stops at the first full run, as `joint` does).
+                self.stack.clear();
+            } else {
+                self.step()?;
+            }
+        }
+        Ok(None)
+    }
+
+    /// Moves on from an exhausted stage to the next pass under its next best trial; a stage with none left is
+    /// dropped and its parent's next best is tried (Olive's `_step_down` / `_step_up`).
+    fn step(&mut self) -> Result<()> {
+        while let Some(top) = self.stack.len().checked_sub(1) {
+            let stage = &self.stack[top];
+            let mut ranked: Vec<usize> = stage
+                .trials
+                .iter()
+                .map(|(id, _)| *id)
+                .filter(|id| self.key(*id).is_some())
+                .collect();
+            ranked.sort_by(|a, b| compare(&self.objectives, self.key(*a), self.key(*b)));
+            let next_pass = stage.passes.end;
+            match ranked.get(stage.taken) {
+                Some(&id) if next_pass < self.space.passes().len() => {
+                    self.stack[top].taken += 1;
+                    let trial = &self.results[id].trial;
+                    let prefix: Vec<(PassPoint, Value)> = trial
+                        .point
+                        .iter()
+                        .cloned()
+                        .zip(trial.configs.iter().map(|(_, c)| c.clone()))
+                        .collect();
+                    let next = self.stage(next_pass, prefix)?;
+                    self.stack.push(next);
+                    return Ok(());
+                }
+                _ => {
+                    self.stack.pop();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn trial(&mut self, top: usize, index: usize) -> Trial {
+        let id = self.results.len();
+        let stage = &mut self.stack[top];
+        stage.trials.push((id, index));
+        // A suggested index decodes (samplers only suggest valid ones).
+        let values = stage.sub.decode(index).unwrap_or_default();
+        let own = stage
+            .sub
+            .point(self.space.passes(), stage.passes.clone(), &values);
+        let mut point: Vec<PassPoint> = stage.prefix.iter().map(|(p, _)| p.clone()).collect();
+        let mut configs: Vec<(String, Value)> = stage
+            .prefix
+            .iter()
+            .map(|(p, c)| (p.pass.clone(), c.clone()))
+            .collect();
+        for p in own {
+            let config = self.space.pass_config(&p).unwrap_or(Value::Null);
+            configs.push((p.pass.clone(), config));
+            point.push(p);
+        }
+        let trial = Trial { id, point, configs };
+        self.results.push(TrialResult {
+            trial: trial.clone(),
+            outcome: None,
+        });
+        trial
+    }
+
+    /// Records a trial's outcome; the metrics must have one value per objective.
+    pub fn record(&mut self, trial_id: usize, outcome: Outcome) -> Result<()> {
+        let Some(result) = self.results.get_mut(trial_id) else {
+            bail!(
+                "trial {trial_id}: no such trial ({} so far)",
+                self.results.len()
+            );
+        };
+        if result.outcome.is_some() {
+            bail!("trial {trial_id}: its outcome is already recorded");
+        }
+        if let Outcome::Metrics(m) = &outcome {
+            if m.len() != self.objectives.len() {
+                bail!(
+                    "trial {trial_id}: {} metric values, expected one per objective ({})",
+                    m.len(),
+                    self.objectives.len()
+                );
+            }
+        }
+        let key = match &outcome {
+            Outcome::Metrics(m) => Some(m.clone()),
+            Outcome::Failed => None,
+        };
+        result.outcome = Some(outcome);
+        for stage in &mut self.stack {
+            if let Some(&(_, index)) = stage.trials.iter().find(|(id, _)| *id == trial_id) {
+                stage.sampler.record(&stage.sub, index, key);
+                break;
+            }
+        }
+        Ok(())
+    }
+}
