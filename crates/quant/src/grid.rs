@@ -95,8 +95,16 @@ fn round_half_even(x: f32) -> f32 {
     if x.abs() < 4_194_304.0 {
         (x + SHIFT) - SHIFT
     } else {
-        x.round_ties_even()
+        round_large(x)
     }
+}
+
+/// `round_ties_even` out of line: inlined, the compiler evaluates its libm call for every value of a
+/// vectorised loop, whichever branch is taken.
+#[cold]
+#[inline(never)]
+fn round_large(x: f32) -> f32 {
+    x.round_ties_even()
 }
 
 /// The float value of `level`: (level − zero) · scale, as `QuantizedLinear::dequantize` computes it.

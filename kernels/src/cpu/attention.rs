@@ -2,11 +2,17 @@
 //! `eager_attention_forward` computes it: `softmax(q·kᵀ · scale + mask) · v`, each query head
 //! reading KV head `h / (heads / kv_heads)`, with an optional sliding window
 //! (key j visible from position p when `j <= p` and `p - j < window`, Mistral's rule).
+//! From `BLOCKED_MIN_TOKENS` queries on, `attention_blocked` computes the same with `gemm` per block of queries.
 
 use rayon::prelude::*;
 
+use super::attention_blocked::attention_blocked;
 use super::dot::dot;
 use super::softmax::softmax;
+
+/// Query tokens from which `attention` runs blocked `gemm` products (`attention_blocked`) instead of a
+/// dot product per query and key.
+const BLOCKED_MIN_TOKENS: usize = 8;
 
 /// Head counts and the query row layout.
 #[derive(Clone, Copy, Debug)]
@@ -43,6 +49,10 @@ pub fn attention(
     } = dims;
     let (tokens, kv_len, kv_dim) = check(q, k, v, dims, out);
     if tokens == 0 {
+        return;
+    }
+    if tokens >= BLOCKED_MIN_TOKENS {
+        attention_blocked(q, k, v, dims, window, scale, out);
         return;
     }
     let group = heads / kv_heads;

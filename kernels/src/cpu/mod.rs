@@ -3,6 +3,7 @@
 
 pub mod argmax;
 pub mod attention;
+mod attention_blocked;
 mod dot;
 pub mod matmul;
 pub mod matmul_strided;
