@@ -1,5 +1,6 @@
 //! olive-host: the Olive-compatible command line of olive-rs.
 
+mod cache;
 mod cli;
 mod engine;
 mod evaluate;
@@ -7,6 +8,7 @@ mod logging;
 mod plugins;
 mod progress;
 mod search;
+mod workflow;
 
 use clap::Parser;
 

@@ -1,16 +1,19 @@
 //! `olive-host evaluate`: perplexity of a model over a text, on the CPU transformer (a Hugging Face folder or
 //! .gguf) or through ONNX Runtime (an exported ONNX folder, optionally with a LoRA adapter), so the two can be
-//! compared. Prints a JSON object.
+//! compared; prints a JSON object. With `--metrics` it runs the workflow evaluators (host/src/evaluate) instead
+//! and prints Olive's metric result (`{"<metric>-<sub_type>": {value, priority, higher_is_better}}`).
 
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use olive_nn::Transformer;
-use olive_runtime::OnnxModel;
+use olive_pass_api::{kinds, Model};
+use serde_json::{json, Value};
 
 use super::common::resolve_hf_input;
-use crate::evaluate::perplexity::{windows, Nll};
+use crate::evaluate::perplexity::perplexity;
+use crate::evaluate::runner::Runner;
+use crate::evaluate::{choice, evaluate_with, metric, Options};
 
 #[derive(Args, Debug)]
 pub struct EvaluateArgs {
@@ -26,76 +29,176 @@ pub struct EvaluateArgs {
     /// An ONNX Runtime LoRA adapter file (.onnx_adapter) to activate (ONNX folders).
     #[arg(long)]
     pub adapter: Option<PathBuf>,
+    /// Metrics to run, comma-separated: perplexity, accuracy_score, latency (per-token decode), prefill_latency,
+    /// throughput (decode tokens/s), size_on_disk, memory (peak RSS).
+    #[arg(long, value_delimiter = ',')]
+    pub metrics: Vec<String>,
+    /// Multiple-choice questions for accuracy_score (JSON Lines: question, choices, answer); default:
+    /// data/multiple_choice.jsonl.
+    #[arg(long = "choices_file")]
+    pub choices_file: Option<PathBuf>,
+    /// Rank choices by log-likelihood per character (lm-eval's acc_norm).
+    #[arg(long = "length_normalized")]
+    pub length_normalized: bool,
+    /// Untimed runs before the latency samples.
+    #[arg(long = "warmup_num", default_value_t = 10)]
+    pub warmup_num: usize,
+    /// Timed runs.
+    #[arg(long = "repeat_test_num", default_value_t = 20)]
+    pub repeat_test_num: usize,
+    /// Prompt tokens for latency, throughput and memory (from --text_file or data/eval.txt).
+    #[arg(long = "prompt_length", default_value_t = 128)]
+    pub prompt_length: usize,
+    /// Also write how each multiple-choice question was scored (log-likelihood of each choice) to this JSON file.
+    #[arg(long = "details_file")]
+    pub details_file: Option<PathBuf>,
+    /// Load the model and run one forward pass of N tokens, then exit (the memory metric's child process).
+    #[arg(long = "memory_probe", hide = true)]
+    pub memory_probe: Option<usize>,
 }
 
-/// Scores windows one forward pass at a time.
-enum Scorer {
-    Cpu(Box<Transformer>),
-    Onnx(Box<OnnxModel>),
+/// The model as the evaluators take it.
+fn model_of(args: &EvaluateArgs) -> anyhow::Result<Model> {
+    if olive_runtime::is_onnx_folder(&args.model_name_or_path) {
+        let mut model = Model::new(kinds::ONNX, &args.model_name_or_path);
+        model.adapter_paths.extend(args.adapter.clone());
+        return Ok(model);
+    }
+    if args.adapter.is_some() {
+        bail!("--adapter takes an .onnx_adapter file and applies to ONNX folders; export the model with \
+               `olive-host auto-opt --adapter_path` first");
+    }
+    Ok(Model::new(
+        kinds::HF,
+        resolve_hf_input(&args.model_name_or_path)?,
+    ))
 }
 
-impl Scorer {
-    fn logits(&mut self, ids: &[u32]) -> anyhow::Result<Vec<f32>> {
-        Ok(match self {
-            Scorer::Cpu(model) => model.forward(ids, &mut model.new_cache(ids.len()))?,
-            Scorer::Onnx(model) => model.logits(ids)?,
+fn text(args: &EvaluateArgs) -> anyhow::Result<Option<String>> {
+    args.text_file
+        .as_ref()
+        .map(|p| {
+            std::fs::read_to_string(p)
+                .with_context(|| format!("reading the text file {}", p.display()))
         })
-    }
+        .transpose()
 }
 
-pub fn run(args: EvaluateArgs) -> anyhow::Result<()> {
-    if args.window < 2 {
-        bail!("--window {} is too short: a window predicts all its tokens but the first; give 2 or more", args.window);
+/// The metric a `--metrics` name stands for.
+fn metric_of(name: &str, args: &EvaluateArgs) -> anyhow::Result<Value> {
+    let latency = |mode: &str| {
+        json!({"warmup_num": args.warmup_num, "repeat_test_num": args.repeat_test_num, "mode": mode,
+               "prompt_length": args.prompt_length})
+    };
+    let subs = |names: &[&str], config: Value| -> Value {
+        names
+            .iter()
+            .map(|n| json!({"name": n, "metric_config": config}))
+            .collect()
+    };
+    let all = ["avg", "min", "max", "p50", "p75", "p90", "p95", "p99"];
+    Ok(match name {
+        "perplexity" => json!({"name": name, "type": "accuracy",
+            "sub_types": [{"name": "perplexity", "metric_config": {"window": args.window}}]}),
+        "accuracy_score" => json!({"name": name, "type": "accuracy",
+            "sub_types": [{"name": "accuracy_score", "metric_config": {"length_normalized": args.length_normalized}}]}),
+        "latency" => json!({"name": name, "type": "latency", "sub_types": subs(&all, latency("decode"))}),
+        "prefill_latency" => json!({"name": name, "type": "latency", "sub_types": subs(&all, latency("prefill"))}),
+        "throughput" => json!({"name": name, "type": "throughput", "sub_types": subs(&["avg", "p50", "min", "max"], latency("decode"))}),
+        "size_on_disk" => json!({"name": name, "type": "size_on_disk", "sub_types": [{"name": "bytes"}]}),
+        "memory" => json!({"name": name, "type": "memory",
+            "sub_types": [{"name": "peak_rss", "metric_config": {"prompt_length": args.prompt_length}}]}),
+        other => bail!("--metrics {other:?}: choose among perplexity, accuracy_score, latency, prefill_latency, \
+                        throughput, size_on_disk, memory"),
+    })
+}
+
+fn run_metrics(args: &EvaluateArgs) -> anyhow::Result<()> {
+    let metrics = args
+        .metrics
+        .iter()
+        .map(|n| metric_of(n, args).and_then(|v| Ok(serde_json::from_value::<metric::Metric>(v)?)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let plans = metric::validate(&metrics, &[], None)?;
+    let model = model_of(args)?;
+    let default_questions = match &args.choices_file {
+        Some(p) => {
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            Some(choice::parse_questions(&text, &p.display().to_string())?)
+        }
+        None => None,
+    };
+    let options = Options {
+        olive_host: None,
+        default_text: text(args)?,
+        default_questions,
+    };
+    let evaluation = evaluate_with(&plans, &model, &options)?;
+    if let Some(path) = &args.details_file {
+        let details: serde_json::Map<String, Value> = evaluation
+            .choices
+            .iter()
+            .map(|(name, scored)| (name.clone(), json!(scored)))
+            .collect();
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_string_pretty(&details)?)
+            .and_then(|()| std::fs::rename(&tmp, path))
+            .with_context(|| format!("writing {}", path.display()))?;
     }
-    let (folder, mut scorer, runtime) = if olive_runtime::is_onnx_folder(&args.model_name_or_path) {
-        let mut model = OnnxModel::load(&args.model_name_or_path)?;
-        if let Some(adapter) = &args.adapter {
-            model.activate_adapter(adapter, &adapter.display().to_string())?;
-        }
-        (
-            args.model_name_or_path.clone(),
-            Scorer::Onnx(Box::new(model)),
-            "onnxruntime",
-        )
-    } else {
-        if args.adapter.is_some() {
-            bail!("--adapter takes an .onnx_adapter file and applies to ONNX folders; export the model with \
-                   `olive-host auto-opt --adapter_path` first");
-        }
-        let folder = resolve_hf_input(&args.model_name_or_path)?;
-        let model =
-            Transformer::load(&folder).with_context(|| format!("loading {}", folder.display()))?;
-        (folder, Scorer::Cpu(Box::new(model)), "olive-nn")
-    };
-    let text = match &args.text_file {
-        Some(path) => std::fs::read_to_string(path)
-            .with_context(|| format!("reading the text file {}", path.display()))?,
-        None => olive_data::DEFAULT_EVAL_TEXT.to_owned(),
-    };
+    println!("{}", serde_json::to_string_pretty(&evaluation.result)?);
+    Ok(())
+}
+
+/// The memory metric's child: load, one forward of `n` tokens of the evaluation text.
+fn memory_probe(args: &EvaluateArgs, n: usize) -> anyhow::Result<()> {
+    let model = model_of(args)?;
+    let folder = crate::evaluate::runner::model_folder(&model)?;
+    let text = text(args)?.unwrap_or_else(|| olive_data::DEFAULT_EVAL_TEXT.to_owned());
     let tokenizer = olive_model::tokenizer::load(&folder)?;
     let ids = tokenizer
         .encode(text, false)
         .map_err(|e| anyhow::anyhow!("tokenizing the text: {e}"))?
         .get_ids()
         .to_vec();
-    let windows = windows(&ids, args.window);
-    if windows.is_empty() {
-        bail!(
-            "the text has {} tokens; a perplexity needs at least 2",
-            ids.len()
-        );
+    if ids.len() < n {
+        bail!("--memory_probe {n}: the text has only {} tokens", ids.len());
     }
-    let bar = crate::progress::bar(windows.len() as u64, "perplexity");
-    let mut nll = Nll::default();
-    for w in &windows {
-        nll.add(&scorer.logits(w)?, w);
-        bar.inc(1);
+    let mut runner = Runner::load(&model)?;
+    runner.logits(&ids[..n])?;
+    Ok(())
+}
+
+pub fn run(args: EvaluateArgs) -> anyhow::Result<()> {
+    if let Some(n) = args.memory_probe {
+        return memory_probe(&args, n);
     }
-    bar.finish_and_clear();
-    let result = serde_json::json!({
+    if !args.metrics.is_empty() {
+        return run_metrics(&args);
+    }
+    let model = model_of(&args)?;
+    let folder = crate::evaluate::runner::model_folder(&model)?;
+    let runtime = if model.kind == kinds::ONNX {
+        "onnxruntime"
+    } else {
+        "olive-nn"
+    };
+    let mut runner = Runner::load(&model)?;
+    let text = text(&args)?.unwrap_or_else(|| olive_data::DEFAULT_EVAL_TEXT.to_owned());
+    let tokenizer = olive_model::tokenizer::load(&folder)?;
+    let ids = tokenizer
+        .encode(text, false)
+        .map_err(|e| anyhow::anyhow!("tokenizing the text: {e}"))?
+        .get_ids()
+        .to_vec();
+    if args.window < 2 {
+        bail!("--window {} is too short: a window predicts all its tokens but the first; give 2 or more", args.window);
+    }
+    let nll = perplexity(&mut runner, &ids, args.window, None)?;
+    let result = json!({
         "perplexity": nll.perplexity(),
         "predicted_tokens": nll.predicted,
-        "windows": windows.len(),
+        "windows": crate::evaluate::perplexity::windows(&ids, args.window).len(),
         "runtime": runtime,
     });
     println!("{}", serde_json::to_string_pretty(&result)?);

@@ -1,6 +1,7 @@
 //! The commands of olive-host, one module each; flags mirror Olive's CLI.
 
 mod auto_opt;
+mod cache;
 mod common;
 mod convert;
 mod convert_adapters;
@@ -10,10 +11,13 @@ mod finetune;
 mod generate;
 mod plugins;
 mod quantize;
+mod run;
 mod run_pass;
 mod worker;
 
 use clap::{Parser, Subcommand};
+
+pub(crate) use common::resolve_hf_input;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -33,6 +37,8 @@ pub struct Cli {
 pub enum Command {
     /// Optimize a Hugging Face model into an ONNX model for onnxruntime-genai (Olive's auto-opt).
     AutoOpt(auto_opt::AutoOptArgs),
+    /// List or clean the workflow cache.
+    Cache(cache::CacheArgs),
     /// Convert a GGUF file to a Hugging Face folder.
     Convert(convert::ConvertArgs),
     /// Convert a PEFT LoRA adapter to an ONNX Runtime adapter file for a model exported with LoRA.
@@ -47,6 +53,8 @@ pub enum Command {
     Quantize(quantize::QuantizeArgs),
     /// List plugins, or write a plugin library's manifest.
     Plugins(plugins::PluginsArgs),
+    /// Run an Olive workflow file (JSON or YAML): passes through the cache, evaluation, search.
+    Run(run::RunArgs),
     /// Run one pass of a plugin on a model, in a worker process.
     RunPass(run_pass::RunPassArgs),
     /// Run one pass for the host (internal).
@@ -57,6 +65,7 @@ pub enum Command {
 pub fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::AutoOpt(args) => auto_opt::run(args),
+        Command::Cache(args) => cache::run(args),
         Command::Convert(args) => convert::run(args),
         Command::ConvertAdapters(args) => convert_adapters::run(args),
         Command::Evaluate(args) => evaluate::run(args),
@@ -64,6 +73,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         Command::Generate(args) => generate::run(args),
         Command::Plugins(args) => plugins::run(args),
         Command::Quantize(args) => quantize::run(args),
+        Command::Run(args) => run::run(args),
         Command::RunPass(args) => run_pass::run(args),
         Command::Worker(args) => worker::run(args),
     }

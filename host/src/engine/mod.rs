@@ -98,7 +98,7 @@ pub fn run_pass(run: &PassRun) -> anyhow::Result<Model> {
 }
 
 /// Renames `staged` to `output`; an existing `output` is moved aside first and removed after.
-fn publish(staged: &Path, output: &Path) -> anyhow::Result<()> {
+pub(crate) fn publish(staged: &Path, output: &Path) -> anyhow::Result<()> {
     let cannot = |err: std::io::Error| {
         anyhow!(
             "cannot move the output into place at {}: {err}",

@@ -3,6 +3,40 @@
 //! it has at least 2 tokens), each window one forward pass from an empty cache predicting all its tokens but the
 //! first; perplexity = exp(Σ negative log-likelihood / predicted tokens), log-softmax in f64.
 
+use super::runner::Runner;
+
+/// Perplexity of `ids` cut into windows of `window` tokens (at most `max_windows`), one forward each.
+pub fn perplexity(
+    runner: &mut Runner,
+    ids: &[u32],
+    window: usize,
+    max_windows: Option<usize>,
+) -> anyhow::Result<Nll> {
+    if window < 2 {
+        anyhow::bail!(
+            "window {window}: a window predicts all its tokens but the first; give 2 or more"
+        );
+    }
+    let mut ws = windows(ids, window);
+    if let Some(n) = max_windows {
+        ws.truncate(n);
+    }
+    if ws.is_empty() {
+        anyhow::bail!(
+            "the text has {} tokens; a perplexity needs at least 2",
+            ids.len()
+        );
+    }
+    let bar = crate::progress::bar(ws.len() as u64, "perplexity");
+    let mut nll = Nll::default();
+    for w in &ws {
+        nll.add(&runner.logits(w)?, w);
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    Ok(nll)
+}
+
 /// The windows of `ids`.
 pub fn windows(ids: &[u32], window: usize) -> Vec<&[u32]> {
     ids.chunks(window.max(2)).filter(|w| w.len() >= 2).collect()

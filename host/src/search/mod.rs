@@ -6,6 +6,7 @@
 #![cfg_attr(not(test), allow(dead_code))]
 #![allow(unused_imports)]
 
+mod config;
 mod objective;
 mod param;
 mod report;
@@ -15,6 +16,7 @@ mod strategy;
 #[cfg(test)]
 mod tests;
 
+pub use config::{ExecutionOrder, SearchConfig};
 pub use objective::{objectives_from_metrics, pareto_front, MetricSubType, Objective};
 pub use param::{
     apply_point, split_pass_config, ParamPath, PassSpace, SearchParam, IGNORED, INVALID,
@@ -22,4 +24,4 @@ pub use param::{
 pub use report::{Report, Row};
 pub use sampler::SamplerKind;
 pub use space::{PassPoint, SearchSpace};
-pub use strategy::{ExecutionOrder, Outcome, Search, SearchConfig, Trial, TrialResult};
+pub use strategy::{Outcome, Search, Trial, TrialResult};

@@ -30,8 +30,10 @@ pub(crate) struct Sampler {
     rng: Xoshiro256PlusPlus,
     /// Sequential: the next index to look at.
     cursor: usize,
-    /// Random and TPE: valid indices not yet suggested.
+    /// Random and TPE: valid indices, less those taken by random picks (TPE's own picks stay; skipped later).
     untried: Vec<usize>,
+    /// Random and TPE: number of valid indices.
+    valid: usize,
     /// TPE: every proposal's digits and its rank key (None for failed or invalid).
     history: Vec<(Vec<usize>, Option<Vec<f64>>)>,
     suggested: HashSet<usize>,
@@ -49,6 +51,7 @@ impl Sampler {
             kind,
             rng: Xoshiro256PlusPlus::seed_from_u64(seed),
             cursor: 0,
+            valid: untried.len(),
             untried,
             history: Vec::new(),
             suggested: HashSet::new(),
@@ -81,11 +84,14 @@ impl Sampler {
 
     /// Takes a uniformly chosen untried index out of the list (Olive's `RandomSampler.suggest`).
     fn pick_random(&mut self) -> Option<usize> {
-        if self.untried.is_empty() {
-            return None;
+        while !self.untried.is_empty() {
+            let at = self.rng.random_range(0..self.untried.len());
+            let index = self.untried.swap_remove(at);
+            if !self.suggested.contains(&index) {
+                return Some(index);
+            }
         }
-        let at = self.rng.random_range(0..self.untried.len());
-        Some(self.untried.swap_remove(at))
+        None
     }
 
     fn pick_tpe(
@@ -93,19 +99,18 @@ impl Sampler {
         sub: &Subspace,
         rank: &dyn Fn(&[f64], &[f64]) -> Ordering,
     ) -> Option<usize> {
-        if self.untried.is_empty() {
+        if self.suggested.len() >= self.valid {
             return None;
         }
         let radices = sub.radices();
         for _ in 0..TPE_TRIES {
             let digits = self.ask_tpe(&radices, rank);
             let index = sub.index(&digits);
-            if let Some(at) = self.untried.iter().position(|&i| i == index) {
-                return Some(self.untried.swap_remove(at));
-            }
             if sub.decode(index).is_none() {
                 // Invalid: told as a failure so TPE learns to avoid it.
                 self.history.push((digits, None));
+            } else if !self.suggested.contains(&index) {
+                return Some(index);
             }
         }
         self.pick_random()

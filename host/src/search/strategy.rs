@@ -2,59 +2,16 @@
 //! `pass-by-pass` searches one pass's space at a time, fixes its best point and goes on to the next pass, stepping
 //! back to the previous pass's next best when a pass has no successful trial (Olive's `_step_up`).
 
-use std::str::FromStr;
+use std::collections::BTreeMap;
+use std::time::Instant;
 
 use anyhow::{bail, Result};
 use serde_json::Value;
 
-use super::objective::{compare, Objective};
-use super::sampler::{Sampler, SamplerKind};
+use super::config::{ExecutionOrder, SearchConfig};
+use super::objective::{compare, meets_goals, Objective};
+use super::sampler::Sampler;
 use super::space::{PassPoint, SearchSpace, Subspace};
-
-/// Olive's `search_strategy.execution_order`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ExecutionOrder {
-    /// One space over all passes.
-    Joint,
-    /// One pass's space at a time.
-    PassByPass,
-}
-
-impl FromStr for ExecutionOrder {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s.to_ascii_lowercase().as_str() {
-            "joint" => Ok(Self::Joint),
-            "pass-by-pass" => Ok(Self::PassByPass),
-            _ => bail!("unknown execution_order `{s}`, expected joint or pass-by-pass"),
-        }
-    }
-}
-
-impl FromStr for SamplerKind {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s.to_ascii_lowercase().as_str() {
-            "sequential" => Ok(Self::Sequential),
-            "random" => Ok(Self::Random),
-            "tpe" => Ok(Self::Tpe),
-            _ => bail!("unknown sampler `{s}`, expected sequential, random or tpe"),
-        }
-    }
-}
-
-/// How to search.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SearchConfig {
-    /// Joint or pass-by-pass.
-    pub execution_order: ExecutionOrder,
-    /// The sampler.
-    pub sampler: SamplerKind,
-    /// Most trials per space (per pass in pass-by-pass); 0 means all, as in Olive.
-    pub max_samples: usize,
-    /// Seed of the random and TPE samplers.
-    pub seed: u64,
-}
 
 /// One point to run.
 #[derive(Clone, Debug, PartialEq)]
@@ -74,6 +31,19 @@ pub enum Outcome {
     Metrics(Vec<f64>),
     /// A pass or the evaluation failed.
     Failed,
+}
+
+impl Outcome {
+    /// The objectives' values from an evaluation keyed `{metric}-{sub_type}`; a missing one is NaN, ranked worst
+    /// (Olive fills a missing objective with the worst value).
+    pub fn from_values(objectives: &[Objective], values: &BTreeMap<&str, f64>) -> Self {
+        Outcome::Metrics(
+            objectives
+                .iter()
+                .map(|o| values.get(o.name.as_str()).copied().unwrap_or(f64::NAN))
+                .collect(),
+        )
+    }
 }
 
 /// A trial and its outcome, once recorded.
@@ -106,6 +76,7 @@ pub struct Search {
     config: SearchConfig,
     stack: Vec<Stage>,
     results: Vec<TrialResult>,
+    started: Option<Instant>,
 }
 
 impl Search {
@@ -121,6 +92,7 @@ impl Search {
             config,
             stack: Vec::new(),
             results: Vec::new(),
+            started: None,
         };
         let first = search.stage(0, Vec::new())?;
         search.stack.push(first);
@@ -180,6 +152,10 @@ impl Search {
     /// The next trial, or None when the search is done. Every earlier trial must be recorded first when this
     /// would move on to the next pass (pass-by-pass needs their results to pick the best).
     pub fn next(&mut self) -> Result<Option<Trial>> {
+        if self.should_stop() {
+            self.stack.clear();
+        }
+        self.started.get_or_insert_with(Instant::now);
         while let Some(top) = self.stack.len().checked_sub(1) {
             let cap = self.config.max_samples;
             let stage = &mut self.stack[top];
@@ -209,6 +185,26 @@ impl Search {
             }
         }
         Ok(None)
+    }
+
+    /// Olive's joint-only stop criteria, checked after each trial (so at least one runs).
+    fn should_stop(&self) -> bool {
+        let c = &self.config;
+        let Some(last) = self.results.last() else {
+            return false;
+        };
+        if c.execution_order != ExecutionOrder::Joint {
+            return false;
+        }
+        let goals_met = match &last.outcome {
+            Some(Outcome::Metrics(m)) => meets_goals(&self.objectives, m),
+            _ => false,
+        };
+        (c.stop_when_goals_met && goals_met)
+            || c.max_iter.is_some_and(|n| self.results.len() >= n)
+            || c.max_time
+                .zip(self.started)
+                .is_some_and(|(limit, t)| t.elapsed() > limit)
     }
 
     /// Moves on from an exhausted stage to the next pass under its next best trial; a stage with none left is

@@ -37,10 +37,9 @@ fn config(
     seed: u64,
 ) -> SearchConfig {
     SearchConfig {
-        execution_order,
-        sampler,
         max_samples,
         seed,
+        ..SearchConfig::new(execution_order, sampler)
     }
 }
 
@@ -458,4 +457,63 @@ fn plots_write_valid_png_and_svg() {
             .unwrap_err()
     );
     assert!(err.contains("expected a .png or .svg"), "{err}");
+}
+
+#[test]
+fn joint_stop_criteria() {
+    let mut objectives = vec![obj("quality-ppl", false, 1)];
+    objectives[0].goal = Some(20.0);
+    let ppl = |t: &Trial| Outcome::Metrics(vec![if t.id == 4 { 15.0 } else { 30.0 }]);
+    let mut cfg = config(ExecutionOrder::Joint, SamplerKind::Sequential, 0, 1);
+    cfg.stop_when_goals_met = true;
+    assert_eq!(
+        run(
+            &mut Search::new(grid_space(), objectives.clone(), cfg).unwrap(),
+            ppl
+        )
+        .len(),
+        5
+    );
+    cfg.stop_when_goals_met = false;
+    cfg.max_iter = Some(7);
+    assert_eq!(
+        run(
+            &mut Search::new(grid_space(), objectives.clone(), cfg).unwrap(),
+            ppl
+        )
+        .len(),
+        7
+    );
+    cfg.execution_order = ExecutionOrder::PassByPass;
+    assert_eq!(
+        run(
+            &mut Search::new(grid_space(), objectives, cfg).unwrap(),
+            ppl
+        )
+        .len(),
+        16 + 3,
+        "joint only"
+    );
+}
+
+#[test]
+fn outcomes_from_named_values_follow_the_objectives() {
+    let objectives = [obj("quality-ppl", false, 1), obj("latency-avg", false, 2)];
+    let values = [
+        ("latency-avg", 3.0),
+        ("quality-ppl", 12.0),
+        ("size-mb", 9.0),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(
+        Outcome::from_values(&objectives, &values),
+        Outcome::Metrics(vec![12.0, 3.0])
+    );
+    let Outcome::Metrics(m) =
+        Outcome::from_values(&objectives, &[("quality-ppl", 12.0)].into_iter().collect())
+    else {
+        panic!("expected metrics")
+    };
+    assert!(m[1].is_nan());
 }

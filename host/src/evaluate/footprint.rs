@@ -1,0 +1,115 @@
+//! What a model costs to keep and to run. `size_on_disk` / `bytes`: the bytes of every file under the model
+//! folder (weights, ONNX external data, tokenizer and config files; links followed), where Olive counts the
+//! serialized model alone. `memory` / `peak_rss` (olive-rs; Olive has no memory metric): the peak resident set
+//! size, in bytes, of a child `olive-host evaluate --memory_probe N` that loads the model and runs one forward
+//! pass of N tokens, read from the kernel's accounting of the child (`wait4` → `ru_maxrss`); it includes the
+//! olive-host binary and, for ONNX models, the ONNX Runtime library.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context};
+use olive_pass_api::Model;
+
+/// Bytes of all files under `path` (or of the file itself).
+pub fn size_on_disk(path: &Path) -> anyhow::Result<u64> {
+    let meta = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
+    if meta.is_file() {
+        return Ok(meta.len());
+    }
+    let mut total = 0;
+    let entries = std::fs::read_dir(path).with_context(|| format!("listing {}", path.display()))?;
+    for entry in entries {
+        let entry = entry.with_context(|| format!("listing {}", path.display()))?;
+        total += size_on_disk(&entry.path())?;
+    }
+    Ok(total)
+}
+
+/// Peak RSS in bytes of `olive_host evaluate --memory_probe prompt_length` on `model` (see the module doc).
+pub fn peak_rss(olive_host: &Path, model: &Model, prompt_length: usize) -> anyhow::Result<u64> {
+    let folder = super::runner::model_folder(model)?;
+    let mut cmd = Command::new(olive_host);
+    cmd.arg("evaluate")
+        .arg("--model_name_or_path")
+        .arg(&folder)
+        .arg("--memory_probe")
+        .arg(prompt_length.to_string());
+    if model.kind == olive_pass_api::kinds::ONNX {
+        for a in &model.adapter_paths {
+            cmd.arg("--adapter").arg(a);
+        }
+    }
+    let child = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {}", olive_host.display()))?;
+    let pid = child.id() as libc::pid_t;
+    let mut stderr = child.stderr;
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        if let Some(s) = stderr.as_mut() {
+            // the probe's error, if any, goes into ours
+            let _ = std::io::Read::read_to_string(s, &mut text);
+        }
+        text
+    });
+    let mut status = 0;
+    // SAFETY: rusage is plain old data; wait4 fills it for our own child `pid`.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let got = loop {
+        // SAFETY: pid is our child, not yet reaped (std::process::Child never waited on it).
+        let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+        if r == -1 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+            continue;
+        }
+        break r;
+    };
+    let err = reader.join().unwrap_or_default();
+    if got != pid {
+        bail!(
+            "waiting for the memory probe: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
+        bail!(
+            "the memory probe on {} failed: {}",
+            folder.display(),
+            err.trim()
+        );
+    }
+    // ru_maxrss is in KiB on Linux
+    Ok(usage.ru_maxrss as u64 * 1024)
+}
+
+/// The olive-host executable to run probes with: this process when it is olive-host, else `OLIVE_HOST`.
+pub fn olive_host_exe() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating olive-host")?;
+    if exe.file_stem().and_then(|s| s.to_str()) == Some("olive-host") {
+        return Ok(exe);
+    }
+    match std::env::var_os("OLIVE_HOST") {
+        Some(p) => Ok(PathBuf::from(p)),
+        None => bail!(
+            "the memory metric runs olive-host in a child process; set OLIVE_HOST to its path"
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn size_counts_nested_files() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a"), [0u8; 10]).unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        std::fs::write(dir.path().join("sub/model.onnx.data"), [0u8; 1000]).unwrap();
+        assert_eq!(size_on_disk(dir.path()).unwrap(), 1010);
+        assert_eq!(size_on_disk(&dir.path().join("a")).unwrap(), 10);
+        assert!(size_on_disk(&dir.path().join("missing")).is_err());
+    }
+}

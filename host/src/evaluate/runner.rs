@@ -1,0 +1,182 @@
+//! The model under evaluation, run one way or the other: a Hugging Face folder (kind `hf`) on the CPU
+//! transformer of olive-nn, or an ONNX export (kind `onnx`: a folder with genai_config.json, or its model.onnx)
+//! through ONNX Runtime (olive-runtime), optionally with an `.onnx_adapter` from `adapter_paths` active.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use olive_nn::Transformer;
+use olive_pass_api::{kinds, Model};
+use olive_runtime::{OnnxModel, SearchOptions};
+
+/// A loaded model.
+pub enum Runner {
+    Cpu(Box<Transformer>),
+    Onnx(Box<OnnxModel>),
+}
+
+/// The folder holding the model's files (and its tokenizer).
+pub fn model_folder(model: &Model) -> anyhow::Result<PathBuf> {
+    let p = &model.path;
+    match model.kind.as_str() {
+        kinds::HF => {
+            if !p.join("config.json").is_file() {
+                bail!("{}: not a Hugging Face model folder (no config.json)", p.display());
+            }
+            Ok(p.clone())
+        }
+        kinds::ONNX => {
+            let folder = if p.is_file() {
+                p.parent().map(Path::to_path_buf).unwrap_or_default()
+            } else {
+                p.clone()
+            };
+            if !olive_runtime::is_onnx_folder(&folder) {
+                bail!("{}: not an ONNX model folder (no genai_config.json or model.onnx)", p.display());
+            }
+            Ok(folder)
+        }
+        kinds::HF_ADAPTER => bail!(
+            "{}: a Hugging Face model with PEFT adapters is evaluated after `olive-host auto-opt --adapter_path` \
+             (kind onnx with the .onnx_adapter); the CPU transformer runs no adapters",
+            p.display()
+        ),
+        other => bail!("{}: model kind {other:?} cannot be evaluated (hf or onnx)", p.display()),
+    }
+}
+
+impl Runner {
+    /// Loads `model` (see the module doc).
+    pub fn load(model: &Model) -> anyhow::Result<Runner> {
+        let folder = model_folder(model)?;
+        if model.kind == kinds::HF {
+            let t = Transformer::load(&folder)
+                .with_context(|| format!("loading {}", folder.display()))?;
+            return Ok(Runner::Cpu(Box::new(t)));
+        }
+        let mut m = OnnxModel::load(&folder)?;
+        for adapter in &model.adapter_paths {
+            if adapter.extension().and_then(|e| e.to_str()) != Some("onnx_adapter") {
+                bail!(
+                    "{}: an ONNX model takes .onnx_adapter files as adapters",
+                    adapter.display()
+                );
+            }
+            m.activate_adapter(adapter, &adapter.display().to_string())?;
+        }
+        Ok(Runner::Onnx(Box::new(m)))
+    }
+
+    /// Longest sequence the model takes (max_position_embeddings, or the export's context_length).
+    pub fn context_length(&self) -> usize {
+        match self {
+            Runner::Cpu(t) => t.config().max_position_embeddings,
+            Runner::Onnx(m) => m.config().model.context_length,
+        }
+    }
+
+    /// The logits of every position of `ids` from an empty cache: [ids.len(), vocab].
+    pub fn logits(&mut self, ids: &[u32]) -> anyhow::Result<Vec<f32>> {
+        Ok(match self {
+            Runner::Cpu(model) => model.forward(ids, &mut model.new_cache(ids.len()))?,
+            Runner::Onnx(model) => model.logits(ids)?,
+        })
+    }
+
+    /// For each continuation, the logits of the rows that predict its tokens after `prefix`:
+    /// [cont.len(), vocab]. The CPU transformer runs the prefix once and each continuation from its cached keys
+    /// and values; ONNX Runtime runs prefix + continuation from an empty cache.
+    pub fn continuation_logits(
+        &mut self,
+        prefix: &[u32],
+        conts: &[&[u32]],
+    ) -> anyhow::Result<Vec<Vec<f32>>> {
+        if prefix.is_empty() || conts.iter().any(|c| c.is_empty()) {
+            bail!("a continuation needs a non-empty prefix and at least one token");
+        }
+        let mut out = Vec::with_capacity(conts.len());
+        match self {
+            Runner::Cpu(model) => {
+                let longest = conts.iter().map(|c| c.len()).max().unwrap_or(0);
+                let mut cache = model.new_cache(prefix.len() + longest);
+                let prefix_logits = model.forward(prefix, &mut cache)?;
+                let vocab = prefix_logits.len() / prefix.len();
+                // the prefix's last row predicts each continuation's first token
+                let last = &prefix_logits[(prefix.len() - 1) * vocab..];
+                for cont in conts {
+                    cache.truncate(prefix.len());
+                    let rows = model.forward(&cont[..cont.len() - 1], &mut cache)?;
+                    let mut l = Vec::with_capacity(cont.len() * vocab);
+                    l.extend_from_slice(last);
+                    l.extend_from_slice(&rows);
+                    out.push(l);
+                }
+            }
+            Runner::Onnx(model) => {
+                for cont in conts {
+                    let whole: Vec<u32> = prefix.iter().chain(cont.iter()).copied().collect();
+                    let logits = model.logits(&whole)?;
+                    let vocab = logits.len() / whole.len();
+                    out.push(
+                        logits[(prefix.len() - 1) * vocab..(whole.len() - 1) * vocab].to_vec(),
+                    );
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Greedy decoding of `new_tokens` tokens after `prompt` (no end-of-sequence stop), timing each step:
+    /// `on_step(i, d)` gets step 0 = the prompt's forward to the first token (prefill), then one decode step each.
+    /// Sleeps `sleep` after each step, outside the timing.
+    pub fn timed_generate(
+        &mut self,
+        prompt: &[u32],
+        new_tokens: usize,
+        sleep: Duration,
+        mut on_step: impl FnMut(usize, Duration),
+    ) -> anyhow::Result<()> {
+        let max_length = prompt.len() + new_tokens;
+        if max_length > self.context_length() {
+            bail!(
+                "{} prompt tokens + {new_tokens} new tokens exceed the model's context length {}; lower \
+                 prompt_length, warmup_num or repeat_test_num",
+                prompt.len(),
+                self.context_length()
+            );
+        }
+        let mut step = 0;
+        let mut last = Instant::now();
+        let mut callback = |_: u32| {
+            on_step(step, last.elapsed());
+            step += 1;
+            if !sleep.is_zero() {
+                std::thread::sleep(sleep);
+            }
+            last = Instant::now();
+            true
+        };
+        let got = match self {
+            Runner::Cpu(model) => model
+                .generate(prompt, max_length, &[], &mut callback)?
+                .len(),
+            Runner::Onnx(model) => {
+                let options = SearchOptions {
+                    max_length,
+                    do_sample: false,
+                    top_k: 1,
+                    top_p: 1.0,
+                    temperature: 1.0,
+                    seed: Some(0),
+                    eos_token_ids: Vec::new(),
+                };
+                model.generate(prompt, &options, &mut callback)?.len()
+            }
+        };
+        if got != new_tokens {
+            bail!("generated {got} tokens, expected {new_tokens}");
+        }
+        Ok(())
+    }
+}

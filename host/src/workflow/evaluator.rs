@@ -1,0 +1,63 @@
+//! The workflow's evaluator: the engine's `evaluator` (a name in `evaluators`, or inline) as Olive's metrics,
+//! checked against what olive-host measures when the workflow is read, then run on each model to evaluate.
+
+use anyhow::anyhow;
+use olive_pass_api::Model;
+use serde_json::Value;
+
+use super::config::Workflow;
+use super::document::typed;
+use crate::evaluate::metric::{validate, Metric, Plan};
+use crate::evaluate::result::MetricResult;
+
+/// A checked evaluator.
+#[derive(Debug, Clone)]
+pub struct Evaluator {
+    /// Where it was defined (`evaluators.<name>` or `evaluator`).
+    pub origin: String,
+    pub metrics: Vec<Metric>,
+    plans: Vec<Plan>,
+    /// The evaluator's JSON, part of the evaluation cache key.
+    config: Value,
+}
+
+impl Evaluator {
+    /// The engine's evaluator, or None when the workflow has none.
+    pub fn from_workflow(workflow: &Workflow) -> anyhow::Result<Option<Self>> {
+        let Some((origin, config)) = workflow.evaluator_for(None)? else {
+            return Ok(None);
+        };
+        let metrics_value = config
+            .get("metrics")
+            .ok_or_else(|| anyhow!("{origin}.metrics: missing; an evaluator lists its metrics"))?;
+        let metrics: Vec<Metric> = typed(metrics_value, &format!("{origin}.metrics"))?;
+        let plans = validate(&metrics, &workflow.data_configs, None)
+            .map_err(|e| anyhow!("{origin}.{e:#}"))?;
+        Ok(Some(Evaluator {
+            origin,
+            metrics,
+            plans,
+            config,
+        }))
+    }
+
+    /// What identifies the measurements (for the evaluation cache).
+    pub fn fingerprint(&self) -> &Value {
+        &self.config
+    }
+
+    /// Measures every metric on `model`.
+    pub fn evaluate(&self, model: &Model) -> anyhow::Result<MetricResult> {
+        crate::evaluate::evaluate(&self.plans, model)
+    }
+
+    /// `name: value, ...` for the log.
+    pub fn describe(&self, result: &MetricResult) -> String {
+        let parts: Vec<String> = result
+            .values()
+            .iter()
+            .map(|(k, v)| format!("{k} {v:.5}"))
+            .collect();
+        parts.join(", ")
+    }
+}

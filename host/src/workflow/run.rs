@@ -1,0 +1,310 @@
+//! Runs a workflow (olive/engine/engine.py): everything is resolved and checked first; then the input model is
+//! evaluated when asked, the passes run in order through the cache (each in a worker process), and the output
+//! model, its metrics and the footprints are written to `output_dir`. With a search strategy, each point the
+//! search proposes runs the chain of passes (finished prefixes come from the cache), is evaluated, and the best
+//! model by the objectives' priorities is the output, with the Pareto front beside it.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use olive_pass_api::Model;
+use serde_json::{json, Map, Value};
+
+use super::config::Workflow;
+use super::footprint::{Footprints, Node};
+use super::output::{model_config, save_model};
+use super::resolve::{resolve, ResolvedPass};
+use crate::cache::{key_of, Cache, Entry, Outcome};
+use crate::engine::{self, PassRun};
+use crate::evaluate::result::MetricResult;
+use crate::plugins::Discovery;
+
+/// A model reached by the run: its cache key and where it is.
+#[derive(Debug, Clone)]
+pub struct Reached {
+    pub id: String,
+    pub model: Model,
+}
+
+/// A workflow with its passes resolved and its input located, ready to run.
+pub struct Prepared {
+    pub workflow: Workflow,
+    pub passes: Vec<ResolvedPass>,
+    pub input: Model,
+    pub evaluator: Option<super::evaluator::Evaluator>,
+}
+
+/// Resolves and checks everything a run needs; nothing runs and nothing is written.
+pub fn prepare(workflow: Workflow, found: &Discovery) -> anyhow::Result<Prepared> {
+    let passes = resolve(&workflow, found)?;
+    for pass in &passes {
+        pass.check(&pass.config)?;
+    }
+    let input = input_model(&workflow)?;
+    let evaluator = super::evaluator::Evaluator::from_workflow(&workflow)?;
+    if workflow
+        .engine
+        .search_strategy
+        .as_ref()
+        .is_some_and(|s| s != &Value::Bool(false))
+    {
+        bail!("search_strategy: searching is not available in this build yet; remove search_strategy to run the passes once");
+    }
+    Ok(Prepared {
+        workflow,
+        passes,
+        input,
+        evaluator,
+    })
+}
+
+/// The input model as a model reference, a .gguf converted once into the model cache.
+fn input_model(workflow: &Workflow) -> anyhow::Result<Model> {
+    let input = &workflow.input_model;
+    let mut model = if input.kind == olive_pass_api::kinds::HF {
+        let path = crate::cli::resolve_hf_input(&input.model_path)
+            .with_context(|| "input_model.model_path")?;
+        Model::new(&input.kind, path)
+    } else {
+        let path = match &input.onnx_file_name {
+            Some(name) => input.model_path.join(name),
+            None => input.model_path.clone(),
+        };
+        if !path.exists() {
+            bail!("input_model.model_path: {} does not exist", path.display());
+        }
+        Model::new(&input.kind, path)
+    };
+    if let Some(adapter) = &input.adapter_path {
+        if !adapter.join("adapter_config.json").is_file() {
+            bail!(
+                "input_model.adapter_path: {} is not a PEFT adapter folder (no adapter_config.json)",
+                adapter.display()
+            );
+        }
+        model.kind = olive_pass_api::kinds::HF_ADAPTER.to_owned();
+        model.adapter_paths = vec![adapter.clone()];
+    }
+    Ok(model)
+}
+
+/// The summary a run prints.
+#[derive(Debug)]
+pub struct Report {
+    pub output: Option<Model>,
+    pub output_dir: PathBuf,
+    pub ran: usize,
+    pub hits: usize,
+}
+
+/// One run over a cache.
+struct Run<'a> {
+    prepared: &'a Prepared,
+    cache: Cache,
+    footprints: Footprints,
+    ran: usize,
+    hits: usize,
+}
+
+/// Runs a prepared workflow.
+pub fn execute(prepared: &Prepared) -> anyhow::Result<Report> {
+    let workflow = &prepared.workflow;
+    let cache = Cache::open(workflow.cache_dir())?;
+    if workflow.clean_cache() {
+        let removed = cache.clean(false)?;
+        tracing::info!("clean_cache: removed {removed} cache entries");
+    } else if workflow.clean_evaluation_cache() {
+        cache.clean(true)?;
+    }
+    let mut run = Run {
+        prepared,
+        cache,
+        footprints: Footprints {
+            workflow_id: workflow.workflow_id.clone(),
+            ..Footprints::default()
+        },
+        ran: 0,
+        hits: 0,
+    };
+    let output_dir = workflow.output_dir();
+    let input_id = run.cache.input_key(&prepared.input)?;
+    let input = Reached {
+        id: input_id.clone(),
+        model: prepared.input.clone(),
+    };
+    run.footprints.input(&input_id, &input.model);
+    if let Some(evaluator) = prepared
+        .evaluator
+        .as_ref()
+        .filter(|_| workflow.engine.evaluate_input_model)
+    {
+        let result = run.evaluate(&input)?;
+        tracing::info!("input model: {}", evaluator.describe(&result));
+        run.footprints.evaluated(&input_id, result.clone(), true);
+        if !workflow.engine.no_artifacts {
+            write_json(
+                &output_dir.join("input_model_metrics.json"),
+                &serde_json::to_value(&result)?,
+            )?;
+        }
+    }
+    if prepared.passes.is_empty() {
+        tracing::info!("no passes: nothing to run");
+        run.write_footprints(&output_dir)?;
+        return Ok(Report {
+            output: None,
+            output_dir,
+            ran: 0,
+            hits: 0,
+        });
+    }
+    let configs: Vec<Map<String, Value>> =
+        prepared.passes.iter().map(|p| p.config.clone()).collect();
+    let reached = run.chain(&input, &configs)?;
+    let last = reached
+        .last()
+        .ok_or_else(|| anyhow!("the chain of passes made no model"))?;
+    if prepared.evaluator.is_some() {
+        let result = run.evaluate(last)?;
+        run.footprints.evaluated(&last.id, result.clone(), true);
+        if !workflow.engine.no_artifacts {
+            write_json(
+                &output_dir.join("metrics.json"),
+                &serde_json::to_value(&result)?,
+            )?;
+        }
+    }
+    run.footprints.output_model_ids = vec![last.id.clone()];
+    let saved = save_model(&last.model, &output_dir)?;
+    run.write_footprints(&output_dir)?;
+    Ok(Report {
+        output: Some(saved),
+        output_dir,
+        ran: run.ran,
+        hits: run.hits,
+    })
+}
+
+fn write_json(path: &std::path::Path, value: &Value) -> anyhow::Result<()> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    crate::cache::write_atomic(path, &serde_json::to_vec_pretty(value)?)
+}
+
+impl Run<'_> {
+    /// Runs the passes in order on `input` with one config each; every pass output is a cache entry.
+    fn chain(
+        &mut self,
+        input: &Reached,
+        configs: &[Map<String, Value>],
+    ) -> anyhow::Result<Vec<Reached>> {
+        let workflow = &self.prepared.workflow;
+        let mut current = input.clone();
+        let mut reached = Vec::new();
+        for (pass, config) in self.prepared.passes.iter().zip(configs) {
+            let config = Value::Object(config.clone());
+            let key = key_of(&json!({
+                "parent": current.id,
+                "pass": pass.manifest.name,
+                "pass_version": pass.manifest.version,
+                "plugin": pass.plugin.manifest.name,
+                "plugin_version": pass.plugin.manifest.version,
+                "config": config,
+                "device": workflow.device,
+            }));
+            let entry = Entry {
+                key: key.clone(),
+                parent: current.id.clone(),
+                pass_name: pass.entry.name.clone(),
+                pass_type: pass.manifest.name.clone(),
+                pass_version: pass.manifest.version.clone(),
+                plugin: pass.plugin.manifest.name.clone(),
+                plugin_version: pass.plugin.manifest.version.clone(),
+                device: workflow.device.clone(),
+                config: config.clone(),
+                model: Model::new("", ""),
+                started: 0.0,
+                finished: 0.0,
+            };
+            let model = current.model.clone();
+            let (entry, outcome) = self.cache.run(entry, |output_path| {
+                tracing::info!("running pass {} ({})", pass.entry.name, pass.manifest.name);
+                engine::run_pass(&PassRun {
+                    plugin: &pass.plugin,
+                    pass: pass.manifest.name.clone(),
+                    model,
+                    config_json: config.to_string(),
+                    output_path: output_path.to_path_buf(),
+                    device: workflow.device.clone(),
+                    timeout: None,
+                    grace: Duration::from_secs(5),
+                })
+                .with_context(|| format!("passes.{}", pass.entry.name))
+            })?;
+            match outcome {
+                Outcome::Hit => {
+                    self.hits += 1;
+                    tracing::info!(
+                        "pass {} ({}): from the cache",
+                        pass.entry.name,
+                        pass.manifest.name
+                    );
+                }
+                Outcome::Ran => self.ran += 1,
+            }
+            self.footprints.record(Node {
+                model_id: key.clone(),
+                parent_model_id: Some(current.id.clone()),
+                pass_name: Some(pass.entry.name.clone()),
+                from_pass: Some(pass.manifest.name.clone()),
+                pass_run_config: Some(config),
+                model_config: model_config(&entry.model),
+                metrics: None,
+                is_pareto_frontier: false,
+                cache_hit: outcome == Outcome::Hit,
+                start_time: Some(entry.started),
+                end_time: Some(entry.finished),
+            });
+            current = Reached {
+                id: key,
+                model: entry.model,
+            };
+            reached.push(current.clone());
+        }
+        Ok(reached)
+    }
+
+    /// The evaluator's result for a model, from the cache when it was measured before with the same metrics.
+    fn evaluate(&mut self, model: &Reached) -> anyhow::Result<MetricResult> {
+        let evaluator = self
+            .prepared
+            .evaluator
+            .as_ref()
+            .ok_or_else(|| anyhow!("no evaluator"))?;
+        let key = key_of(&json!({
+            "model": model.id,
+            "evaluator": evaluator.fingerprint(),
+            "device": self.prepared.workflow.device,
+        }));
+        if let Some(stored) = self.cache.evaluation(&key) {
+            if let Ok(result) = serde_json::from_value::<MetricResult>(stored) {
+                tracing::info!("evaluation of {}: from the cache", model.id);
+                return Ok(result);
+            }
+        }
+        let result = evaluator.evaluate(&model.model)?;
+        self.cache
+            .store_evaluation(&key, &serde_json::to_value(&result)?)?;
+        Ok(result)
+    }
+
+    fn write_footprints(&self, output_dir: &std::path::Path) -> anyhow::Result<()> {
+        if self.prepared.workflow.engine.no_artifacts {
+            return Ok(());
+        }
+        std::fs::create_dir_all(output_dir)?;
+        self.footprints.write(&output_dir.join("footprints.json"))
+    }
+}

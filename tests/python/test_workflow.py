@@ -1,0 +1,287 @@
+"""olive-host run: Olive workflow files through the cache (issue 7).
+
+- a second identical run is all cache hits, takes < 10% of the first and writes the same output;
+- a run killed with SIGKILL mid-pass, then rerun, gives the same result as an uninterrupted run;
+- two concurrent runs on one cache both succeed, and each pass runs once;
+- Olive's own example workflow (olive-recipes' SmolLM2-135M CPU config, a hub id resolved from the local Hugging
+  Face cache) runs unchanged, and its output loads in onnxruntime-genai;
+- bad input (malformed JSON/YAML, a wrong type at a key path, an unknown pass type, a metric on a missing data
+  config) fails before any pass runs and leaves no output.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]
+LAB_TEMPLATE = "<|user|>\\n{prompt}<|end|>\\n<|assistant|>\\n{response}<|end|>"
+
+
+def donor() -> Path:
+    return ROOT / "tests" / "golden" / "out" / "smollm2" / "model"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    """A random tiny llama (2 layers) with the default model's tokenizer and vocabulary."""
+    import torch
+    import transformers
+
+    dst = tmp_path_factory.mktemp("tiny") / "model"
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=512, rms_norm_eps=1e-5, rope_theta=10000.0,
+        tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2, initializer_range=0.1,
+    )
+    transformers.LlamaForCausalLM(config).save_pretrained(dst)
+    for name in TOKENIZER_FILES:
+        shutil.copy(donor() / name, dst / name)
+    return dst
+
+
+def run(olive_host: Path, config: dict | str, folder: Path, *args: str, name: str = "workflow.json",
+        **kwargs) -> subprocess.CompletedProcess:
+    path = folder / name
+    path.write_text(config if isinstance(config, str) else json.dumps(config, indent=2))
+    return subprocess.run([str(olive_host), "run", "--config", str(path), *args], cwd=folder,
+                          capture_output=True, text=True, timeout=900, **kwargs)
+
+
+def lora_then_export(model: Path, steps: int = 6) -> dict:
+    """LoRA on the travel data, then an int4 ONNX export with the adapter: two passes, seeded."""
+    return {
+        "input_model": {"type": "HfModel", "model_path": str(model)},
+        "systems": {"local_system": {"type": "LocalSystem",
+                                     "accelerators": [{"device": "cpu",
+                                                       "execution_providers": ["CPUExecutionProvider"]}]}},
+        "data_configs": [{
+            "name": "travel", "type": "HuggingfaceContainer",
+            "load_dataset_config": {"data_name": "json", "data_files": str(ROOT / "data/data_sample_travel.jsonl"),
+                                    "split": "train"},
+            "pre_process_data_config": {"text_template": LAB_TEMPLATE.replace("\\n", "\n"), "max_seq_len": 64},
+        }],
+        "evaluators": {"common": {"metrics": [
+            {"name": "size", "type": "size_on_disk", "sub_types": [{"name": "bytes", "priority": 1}]},
+        ]}},
+        "passes": {
+            "lora": {"type": "LoRA", "r": 4, "alpha": 8, "train_data_config": "travel",
+                     "training_args": {"max_steps": steps, "per_device_train_batch_size": 2, "learning_rate": 0.01,
+                                       "seed": 7}},
+            "builder": {"type": "ModelBuilder", "precision": "int4"},
+        },
+        "evaluator": "common", "host": "local_system", "target": "local_system",
+        "cache_dir": "cache", "output_dir": "out",
+    }
+
+
+def footprints(folder: Path) -> dict:
+    return json.loads((folder / "footprints.json").read_text())
+
+
+def output_bytes(out: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((out / "model").iterdir())
+            if p.suffix in (".onnx", ".data", ".onnx_adapter")}
+
+
+def test_second_run_is_all_cache_hits_and_fast(olive_host: Path, tiny: Path, tmp_path: Path):
+    config = lora_then_export(tiny)
+    start = time.monotonic()
+    first = run(olive_host, config, tmp_path, "--log_level", "1")
+    first_s = time.monotonic() - start
+    assert first.returncode == 0, first.stderr
+    before = output_bytes(tmp_path / "out")
+    nodes = footprints(tmp_path / "out")["nodes"]
+    assert sum(1 for n in nodes.values() if n["from_pass"]) == 2
+    assert not any(n["cache_hit"] for n in nodes.values())
+
+    start = time.monotonic()
+    second = run(olive_host, config, tmp_path, "--log_level", "1")
+    second_s = time.monotonic() - start
+    assert second.returncode == 0, second.stderr
+    assert "running pass" not in second.stderr, second.stderr
+    assert second.stderr.count("): from the cache") == 2, second.stderr  # both passes
+    assert second.stderr.count("evaluation of") == 2, second.stderr  # the input's and the output's
+    nodes = footprints(tmp_path / "out")["nodes"]
+    assert all(n["cache_hit"] for n in nodes.values() if n["from_pass"])
+    assert output_bytes(tmp_path / "out") == before
+    assert second_s < 0.1 * first_s, (first_s, second_s)
+    listing = subprocess.run([str(olive_host), "cache", "list", "--cache_dir", str(tmp_path / "cache")],
+                             capture_output=True, text=True)
+    assert listing.returncode == 0 and "2 entries" in listing.stdout, listing.stdout
+
+
+def test_sigkill_mid_pass_then_rerun_gives_the_same_result(olive_host: Path, tiny: Path, tmp_path: Path):
+    config = lora_then_export(tiny, steps=60)
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    done = run(olive_host, config, reference)
+    assert done.returncode == 0, done.stderr
+
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    (killed / "workflow.json").write_text(json.dumps(config))
+    proc = subprocess.Popen([str(olive_host), "run", "--config", "workflow.json"], cwd=killed,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    runs = killed / "cache" / "runs"
+    deadline = time.monotonic() + 120
+    # Kill once the first pass is under way: its folder exists, its entry.json does not.
+    while time.monotonic() < deadline:
+        started = [d for d in runs.iterdir() if not (d / "entry.json").exists()] if runs.is_dir() else []
+        if started:
+            time.sleep(0.5)
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail("the first pass never started")
+    assert proc.poll() is None, "the run finished before it could be killed; make the pass longer"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "out" / "model").exists()
+
+    rerun = subprocess.run([str(olive_host), "run", "--config", "workflow.json", "--log_level", "1"], cwd=killed,
+                           capture_output=True, text=True, timeout=900)
+    assert rerun.returncode == 0, rerun.stderr
+    assert output_bytes(killed / "out") == output_bytes(reference / "out")
+    # Nothing half-written is left in the cache.
+    assert all((d / "entry.json").exists() for d in runs.iterdir())
+
+
+def test_concurrent_runs_on_one_cache_both_succeed(olive_host: Path, tiny: Path, tmp_path: Path):
+    procs = []
+    for name in ("a", "b"):
+        folder = tmp_path / name
+        folder.mkdir()
+        config = lora_then_export(tiny, steps=20)
+        config["cache_dir"] = str(tmp_path / "shared-cache")
+        (folder / "workflow.json").write_text(json.dumps(config))
+        procs.append(subprocess.Popen([str(olive_host), "run", "--config", "workflow.json", "--log_level", "1"],
+                                      cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    results = [p.communicate(timeout=900) for p in procs]
+    for p, (_, err) in zip(procs, results):
+        assert p.returncode == 0, err
+    ran = sum(err.count("running pass") for _, err in results)
+    assert ran == 2, [err for _, err in results]  # each pass once, the other run took it from the cache
+    assert output_bytes(tmp_path / "a" / "out") == output_bytes(tmp_path / "b" / "out")
+
+
+def test_olive_recipe_runs_unchanged(olive_host: Path, tmp_path: Path):
+    """olive-recipes' HuggingFaceTB-SmolLM2-135M-Instruct/CPU/olive_config.json, verbatim; the hub id comes from a
+    local Hugging Face cache laid out as huggingface_hub does."""
+    recipe = """{
+    "input_model": {
+      "type": "HfModel",
+      "config": {
+        "model_path": "HuggingFaceTB/SmolLM2-135M-Instruct"
+      }
+    },
+    "systems": {
+      "local_system": {
+        "type": "LocalSystem",
+        "config": {
+          "accelerators": [
+            {
+              "device": "cpu",
+              "execution_providers": ["CPUExecutionProvider"]
+            }
+          ]
+        }
+      }
+    },
+    "passes": {
+      "builder": {
+        "type": "ModelBuilder",
+        "config": {
+          "precision": "int4"
+        }
+      }
+    },
+    "engine": {
+      "log_severity_level": 1,
+      "host": "local_system",
+      "target": "local_system",
+      "cache_dir": ".olive-cache",
+      "output_dir": "models/smollm_manual"
+    }
+  }"""
+    hub = tmp_path / "hf" / "hub"
+    repo = hub / "models--HuggingFaceTB--SmolLM2-135M-Instruct"
+    snapshot = repo / "snapshots" / "0123abcd"
+    snapshot.mkdir(parents=True)
+    for item in donor().iterdir():
+        (snapshot / item.name).symlink_to(item)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123abcd")
+    env = dict(os.environ, HF_HUB_CACHE=str(hub))
+    result = run(olive_host, recipe, tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    model = tmp_path / "models" / "smollm_manual" / "model"
+    assert (model / "model.onnx").is_file() and (model / "genai_config.json").is_file()
+    assert json.loads((tmp_path / "models/smollm_manual/model_config.json").read_text())["type"] == "onnxmodel"
+    check = subprocess.run([sys.executable, "-c", (
+        "import onnxruntime_genai as og, sys\n"
+        "m = og.Model(sys.argv[1]); t = og.Tokenizer(m)\n"
+        "p = og.GeneratorParams(m); p.set_search_options(max_length=24)\n"
+        "g = og.Generator(m, p); g.append_tokens(t.encode('The capital of France is'))\n"
+        "while not g.is_done(): g.generate_next_token()\n"
+        "print(t.decode(g.get_sequence(0)))\n"), str(model)], capture_output=True, text=True, timeout=300)
+    assert check.returncode == 0, check.stderr
+    assert "capital of France" in check.stdout
+
+
+BASE = {"input_model": {"type": "HfModel", "model_path": "MODEL"},
+        "passes": {"q": {"type": "Rtn", "bits": 4}}, "output_dir": "out", "cache_dir": "cache"}
+
+
+def with_model(config: dict, model: Path) -> str:
+    return json.dumps(config).replace('"MODEL"', json.dumps(str(model)))
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("malformed-json", "malformed JSON at line 3 column"),
+    ("malformed-yaml", "malformed YAML at line"),
+    ("wrong-type", "passes.q.bits: expected integer, found \"four\""),
+    ("unknown-field", "passes.q.bitz: unknown field; expected one of"),
+    ("unknown-pass", "passes.q.type: unknown pass type `Gptqq`; available: "),
+    ("empty-space", "passes.q.group_size"),
+    ("missing-data", "not among the workflow's data_configs"),
+])
+def test_bad_workflows_fail_before_any_pass(olive_host: Path, tiny: Path, tmp_path: Path, case: str,
+                                            expected: str):
+    name = "workflow.yaml" if case == "malformed-yaml" else "workflow.json"
+    config = json.loads(json.dumps(BASE))
+    text = None
+    if case == "malformed-json":
+        text = '{\n  "input_model": {"type": "HfModel",\n  "passes": }\n}'
+    elif case == "malformed-yaml":
+        text = "input_model:\n  type: HfModel\n  model_path: [x\npasses: {}\n"
+    elif case == "wrong-type":
+        config["passes"]["q"]["bits"] = "four"
+    elif case == "unknown-field":
+        config["passes"]["q"]["bitz"] = 4
+    elif case == "unknown-pass":
+        config["passes"]["q"]["type"] = "Gptqq"
+    elif case == "empty-space":
+        config["passes"]["q"]["group_size"] = {"olive_parameter_type": "SearchParameter", "type": "Categorical",
+                                               "support": []}
+        config["search_strategy"] = {"execution_order": "joint", "sampler": "sequential"}
+    elif case == "missing-data":
+        config["evaluators"] = {"e": {"metrics": [{"name": "ppl", "type": "accuracy", "data_config": "nowhere",
+                                                   "sub_types": [{"name": "perplexity", "priority": 1}]}]}}
+        config["evaluator"] = "e"
+    result = run(olive_host, text if text is not None else with_model(config, tiny), tmp_path, name=name)
+    assert result.returncode != 0
+    assert expected in result.stderr, result.stderr
+    assert name in result.stderr, result.stderr  # the error names the file
+    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "cache" / "runs").exists() or not any((tmp_path / "cache" / "runs").iterdir())
