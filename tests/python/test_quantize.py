@@ -7,6 +7,11 @@
 - quality on the default model at 4 bits, group 128, asymmetric: AWQ and GPTQ each beat RTN in perplexity over
   the project's held-out text, and the perplexity through our CPU forward and through the ONNX export under
   onnxruntime agree;
+- 3 bits (GPTQ v1, AutoGPTQ's 32-values-in-3-words packing) and the opt-in lm_head (`--lm_head`, GPTQ v1 with
+  `lm_head: true`): numpy unpacks of every linear and of the lm_head equal our reader's weights; the int4 export
+  carries them as 4-bit MatMulNBits with the same levels (no requantizing), and its onnxruntime logits equal
+  transformers' on a float folder holding the numpy-dequantized weights; a 3-bit folder's perplexity through our
+  CPU forward equals the export's;
 - bad input: an already-quantized model, bits or group size not supported, a calibration file that is empty or
   shorter than one sample, an architecture without a layer map → a clear error and no output folder.
 """
@@ -20,7 +25,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper
-from safetensors.numpy import load_file
+from safetensors.numpy import load_file, save_file
 
 ROOT = Path(__file__).resolve().parents[2]
 AWQ_ORDER = [0, 2, 4, 6, 1, 3, 5, 7]
@@ -94,10 +99,33 @@ def unpack_awq_gemm(t: dict, prefix: str, group: int) -> np.ndarray:
     return ((q - z[g]) * s[g]).T
 
 
+def unpack_3bit(words: np.ndarray) -> np.ndarray:
+    """AutoGPTQ's 3-bit packing (qlinear_cuda_old.py `pack`) undone along axis 0: every 3 int32 rows hold 32
+    values, values 0-9 in word 0 at bits 3j, value 10 in word 0 bits 30-31 and word 1 bit 0, values 11-20 in word 1
+    at bits 3j+1, value 21 in word 1 bit 31 and word 2 bits 0-1, values 22-31 in word 2 at bits 3j+2."""
+    w = words.view(np.uint32).astype(np.uint64)
+    out = np.zeros((w.shape[0] // 3 * 32, w.shape[1]), np.uint64)
+    for blk in range(w.shape[0] // 3):
+        w0, w1, w2, base = w[3 * blk], w[3 * blk + 1], w[3 * blk + 2], 32 * blk
+        for j in range(10):
+            out[base + j] = (w0 >> np.uint64(3 * j)) & 7
+            out[base + 11 + j] = (w1 >> np.uint64(3 * j + 1)) & 7
+            out[base + 22 + j] = (w2 >> np.uint64(3 * j + 2)) & 7
+        out[base + 10] = ((w0 >> np.uint64(30)) | (w1 << np.uint64(2))) & 7
+        out[base + 21] = ((w1 >> np.uint64(31)) | (w2 << np.uint64(1))) & 7
+    return out.astype(np.float32)
+
+
 def unpack_gptq_v1(t: dict, prefix: str, bits: int) -> np.ndarray:
     """GPTQ v1: qweight int32 [K·bits/32, N] packed along the input (word r holds inputs r·32/bits + j at bit
     j·bits), qzeros int32 [G, N·bits/32] packed along the output storing zero − 1, scales fp16 [G, N], g_idx
     [K]; w[o, i] = (q[i, o] − (z[g_idx[i], o] + 1)) · s[g_idx[i], o]. Returns [N, K]."""
+    if bits == 3:
+        q = unpack_3bit(t[f"{prefix}.qweight"])  # [K, N]
+        z = unpack_3bit(t[f"{prefix}.qzeros"].T).T + 1  # [G, N]
+        s = t[f"{prefix}.scales"].astype(np.float32)
+        g = t[f"{prefix}.g_idx"].astype(np.int64)
+        return ((q - z[g]) * s[g]).T
     per = 32 // bits
     mask = (1 << bits) - 1
     qw = t[f"{prefix}.qweight"].view(np.uint32)
@@ -132,6 +160,8 @@ def export_weights(olive_host: Path, model: Path, out: Path) -> dict:
         weights[f"{hf}.self_attn.o_proj"] = inits[f"{onnx_prefix}.attn.o_proj.MatMul.weight"].T
         for p in ("gate_proj", "up_proj", "down_proj"):
             weights[f"{hf}.mlp.{p}"] = inits[f"{onnx_prefix}.mlp.{p}.MatMul.weight"].T
+    if "lm_head.qweight" in load_folder(model):
+        weights["lm_head"] = inits["lm_head.MatMul.weight"].T
     return weights
 
 
@@ -140,6 +170,9 @@ def export_weights(olive_host: Path, model: Path, out: Path) -> dict:
     ("gptq", ["--bits", "4", "--group_size", "48"]),  # ragged last group over 128 and 320 inputs
     ("gptq", ["--bits", "8", "--group_size", "-1", "--sym", "true"]),
     ("rtn", ["--bits", "4", "--group_size", "64"]),
+    ("rtn", ["--bits", "3", "--group_size", "32"]),
+    ("gptq", ["--bits", "3", "--group_size", "64", "--lm_head"]),
+    ("awq", ["--bits", "4", "--group_size", "32", "--lm_head"]),  # no AWQ GEMM lm_head: GPTQ v1, lm_head RTN
 ])
 def test_packed_tensors_unpack_to_our_weights(olive_host: Path, tiny_llama: Path, tmp_path: Path, algorithm: str,
                                               flags: list):
@@ -152,8 +185,9 @@ def test_packed_tensors_unpack_to_our_weights(olive_host: Path, tiny_llama: Path
     original = load_folder(tiny_llama)
     bits = int(flags[flags.index("--bits") + 1])
     assert qcfg["bits"] == bits
+    assert ("lm_head" in ours) == ("--lm_head" in flags) == bool(qcfg.get("lm_head"))
     for prefix, got in ours.items():
-        if qcfg["quant_method"] == "awq":
+        if qcfg["quant_method"] == "awq" and prefix != "lm_head":
             assert qcfg["version"] == "gemm" and qcfg["zero_point"] is True
             unpacked = unpack_awq_gemm(tensors, prefix, qcfg["group_size"])
         else:
@@ -161,15 +195,84 @@ def test_packed_tensors_unpack_to_our_weights(olive_host: Path, tiny_llama: Path
             unpacked = unpack_gptq_v1(tensors, prefix, bits)
         np.testing.assert_array_equal(unpacked, got, err_msg=prefix)
         w = original[f"{prefix}.weight"]
-        if algorithm == "rtn":  # round to nearest: within half a step of the float weight, plus the levels
+        if algorithm == "rtn" or prefix == "lm_head" and algorithm == "awq":  # round to nearest: within half a step of the float weight, plus the levels
             # (< 16) times the fp16 rounding of the step (AutoGPTQ rounds with the f32 scale and stores fp16)
             group = qcfg["group_size"]
             step = np.repeat(tensors[f"{prefix}.scales"].astype(np.float32).T, group, axis=1)[:, :w.shape[1]]
-            assert np.all(np.abs(unpacked - w) <= step * (0.5 + 16 * 2.0**-11)), prefix
+            assert np.all(np.abs(unpacked - w) <= step * (0.5 + 2**bits * 2.0**-11)), prefix
         elif algorithm == "gptq":  # GPTQ moves error between columns, never far from the weight
-            assert np.abs(unpacked - w).max() < np.abs(w).max() * 0.5, prefix
+            if bits >= 4:
+                assert np.abs(unpacked - w).max() < np.abs(w).max() * 0.5, prefix
+            else:  # 3 levels fewer: single weights move further, the whole weight stays close
+                assert np.linalg.norm(unpacked - w) < np.linalg.norm(w) * 0.5, prefix
     for f in TOKENIZER_FILES:
         assert (out / f).is_file(), f
+    if bits == 3 or "--lm_head" in flags:
+        check_int4_export(olive_host, out, tensors, original, ours, tmp_path)
+
+
+def matmul_nbits_weight(inits: dict, module: str, k: int) -> np.ndarray:
+    """Dequantizes a com.microsoft MatMulNBits (4 bits) by its layout: B uint8 [N, blocks, blob] low nibble
+    first, scales [N, blocks], zero points uint8 [N, ceil(blocks/2)] low nibble first (absent: 8). Returns [N, K]."""
+    b = inits[f"{module}.MatMul.weight_Q4"]
+    n, blocks, blob = b.shape
+    vals = np.stack([b & 0xF, b >> 4], -1).reshape(n, blocks, blob * 2).astype(np.float32)
+    scales = inits[f"{module}.MatMul.weight_scales"].reshape(n, blocks).astype(np.float32)
+    zp = inits.get(f"{module}.MatMul.weight_zero_points")
+    if zp is None:  # symmetric: zero point 8
+        zp = np.full((n, blocks), 8, np.uint8)
+    else:
+        zp = np.stack([zp & 0xF, zp >> 4], -1).reshape(n, -1)[:, :blocks]
+    return ((vals - zp[:, :, None].astype(np.float32)) * scales[:, :, None]).reshape(n, -1)[:, :k]
+
+
+def check_int4_export(olive_host: Path, quantized: Path, tensors: dict, original: dict, ours: dict, tmp: Path):
+    """The int4 export (fp32 compute) holds our levels as 4-bit MatMulNBits; its logits equal transformers' on
+    the numpy-dequantized weights and our CPU forward's perplexity on them equals the export's; our CPU forward of
+    the packed folder (when crates/nn can load it: no quantized lm_head) equals the fp32 export's."""
+    from onnx_parity import hf_logits, max_abs_diff, ort_logits
+
+    run([olive_host, "auto-opt", "-m", quantized, "-o", tmp / "int4", "--use_ort_genai", "--precision", "int4",
+         "--int4_accuracy_level", "1"])
+    model_dir = tmp / "int4" / "model"
+    inits = {i.name: numpy_helper.to_array(i, base_dir=str(model_dir))
+             for i in onnx.load(str(model_dir / "model.onnx")).graph.initializer}
+    if "lm_head" in ours:
+        got = matmul_nbits_weight(inits, "lm_head", ours["lm_head"].shape[1])
+        np.testing.assert_array_equal(got, ours["lm_head"], err_msg="lm_head MatMulNBits")
+    got = matmul_nbits_weight(inits, "model.layers.1.mlp.down_proj", ours["model.layers.1.mlp.down_proj"].shape[1])
+    np.testing.assert_array_equal(got, ours["model.layers.1.mlp.down_proj"], err_msg="down_proj MatMulNBits")
+    ref = tmp / "ref"
+    ref.mkdir()
+    # the quantized folder's float tensors (AWQ folds its scales into the norms), the linears dequantized
+    weights = {k: v for k, v in tensors.items() if not k.endswith((".qweight", ".qzeros", ".scales", ".g_idx"))}
+    for prefix, w in ours.items():
+        weights[f"{prefix}.weight"] = w
+    if "lm_head" not in ours:  # the export quantizes a float lm_head itself (int4 RTN): the reference takes it
+        weights["lm_head.weight"] = matmul_nbits_weight(inits, "lm_head", weights["lm_head.weight"].shape[1])
+    save_file({k: np.ascontiguousarray(v) for k, v in weights.items()}, str(ref / "model.safetensors"),
+              metadata={"format": "pt"})
+    config = json.loads((quantized / "config.json").read_text())
+    config.pop("quantization_config")
+    (ref / "config.json").write_text(json.dumps(config))
+    for f in TOKENIZER_FILES:
+        shutil.copy(quantized / f, ref / f)
+    prompt = [(i * 37) % 250 + 3 for i in range(12)]
+    want = hf_logits(ref, prompt, 3)
+    got = ort_logits(model_dir, prompt, 3)
+    diff = max_abs_diff(got, want)
+    scale = max(float(np.abs(x).max()) for x in want)
+    print(f"{quantized.name}: int4 export vs transformers on the dequantized weights: max |logits diff| {diff:.2e} "
+          f"(logit scale {scale:.2f})")
+    assert diff <= 1e-3 * max(scale, 1.0)
+    # our CPU forward on the same float weights agrees with the int4 export through onnxruntime
+    cpu, ort = evaluate(olive_host, ref), evaluate(olive_host, model_dir)
+    print(f"{quantized.name}: perplexity CPU {cpu:.4f}, onnxruntime int4 {ort:.4f}")
+    assert abs(cpu - ort) <= PPL_AGREE * cpu
+    if "lm_head" not in ours:  # our CPU forward reads the packed folder itself (the fp32 export: our reader)
+        packed, fp32 = evaluate(olive_host, quantized), evaluate(olive_host, tmp / "fp32" / "model")
+        print(f"{quantized.name}: perplexity CPU on the packed folder {packed:.4f}, fp32 export {fp32:.4f}")
+        assert abs(packed - fp32) <= PPL_AGREE * packed
 
 
 def evaluate(olive_host: Path, model: Path) -> float:

@@ -53,6 +53,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             sym: false,
         },
         modules: Selected::ALL,
+        lm_head: false,
         format: OutputFormat::Auto,
     };
     let summary = quantize_model(

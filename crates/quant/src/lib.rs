@@ -6,6 +6,7 @@ pub mod awq;
 pub mod error;
 pub mod gptq;
 pub mod grid;
+mod head;
 mod linalg;
 #[cfg(feature = "pass")]
 pub mod pass;

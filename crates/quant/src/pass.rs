@@ -41,11 +41,96 @@ pub struct Common {
     pub group_size: i64,
     pub sym: bool,
     pub modules: Vec<String>,
+    /// Quantize the lm_head too (Olive's `lm_head`; also on when `modules` names it).
+    pub lm_head: bool,
     pub data_config: Option<DataConfig>,
     pub n_samples: Option<usize>,
     pub seq_len: Option<usize>,
     pub seed: u64,
     pub format: Format,
+}
+
+/// Declares a quantizer pass's typed config: the fields every quantizer has (`bits`, `group_size`, `sym`,
+/// `modules`, `lm_head`, `format`, `data_config`, `n_samples`, `seq_len`, `seed`, with Olive's names and this
+/// module's defaults), then the method's own, in one struct with `deny_unknown_fields` (serde's `flatten` would
+/// lose that) and a JSON schema listing every field. `bits` and `format` take per-pass doc lines; the struct gets
+/// `fn common(&self) -> Common`. The plugin crate needs serde, schemars and olive_data as dependencies.
+#[macro_export]
+macro_rules! quantizer_config {
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident {
+            bits: $bits_doc:literal,
+            format: $format_doc:literal,
+            $(
+                $(#[$fmeta:meta])*
+                pub $field:ident : $ty:ty,
+            )*
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+        #[serde(deny_unknown_fields)]
+        pub struct $name {
+            #[doc = $bits_doc]
+            #[serde(default = "olive_quant::pass::default_bits")]
+            pub bits: u8,
+            /// Inputs per quantization group (32, 64, 128, ...; one that does not divide in_features leaves a
+            /// shorter last group); -1: one group per output channel.
+            #[serde(default = "olive_quant::pass::default_group_size")]
+            pub group_size: i64,
+            /// Symmetric grid (zero point 2^(bits-1)); false: asymmetric min-max grid.
+            #[serde(default)]
+            pub sym: bool,
+            /// Modules to quantize: q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj (Phi-3: qkv_proj,
+            /// gate_up_proj) and lm_head; default every decoder linear. embed_tokens is not quantized.
+            #[serde(default = "olive_quant::pass::default_modules")]
+            pub modules: Vec<String>,
+            /// Quantize the lm_head too (Olive's lm_head; GPTQ v1 layout with lm_head true; a tied model is
+            /// untied).
+            #[serde(default)]
+            pub lm_head: bool,
+            #[doc = $format_doc]
+            #[serde(default)]
+            pub format: olive_quant::pass::Format,
+            /// Calibration dataset (Olive's dataset flags); null: the project's calibration text
+            /// (data/calibration.txt).
+            #[serde(default)]
+            #[schemars(schema_with = "olive_quant::pass::data_config_schema")]
+            pub data_config: Option<olive_data::DataConfig>,
+            /// Calibration windows (default: data_config.max_samples, else 16).
+            #[serde(default)]
+            pub n_samples: Option<usize>,
+            /// Tokens per calibration window (default 512).
+            #[serde(default)]
+            pub seq_len: Option<usize>,
+            /// Seed of the calibration windows' offsets.
+            #[serde(default = "olive_quant::pass::default_seed")]
+            pub seed: u64,
+            $(
+                $(#[$fmeta])*
+                pub $field: $ty,
+            )*
+        }
+
+        impl $name {
+            /// The fields every quantizer has.
+            pub fn common(&self) -> olive_quant::pass::Common {
+                olive_quant::pass::Common {
+                    bits: self.bits,
+                    group_size: self.group_size,
+                    sym: self.sym,
+                    modules: self.modules.clone(),
+                    lm_head: self.lm_head,
+                    data_config: self.data_config.clone(),
+                    n_samples: self.n_samples,
+                    seq_len: self.seq_len,
+                    seed: self.seed,
+                    format: self.format,
+                }
+            }
+        }
+    };
 }
 
 /// Default of `bits`.
@@ -117,6 +202,7 @@ pub fn run(
             )))
         }
     };
+    let (modules, lm_head) = Selected::from_names(&common.modules).map_err(invalid)?;
     let options = QuantizeOptions {
         method,
         spec: QuantSpec {
@@ -124,7 +210,8 @@ pub fn run(
             group_size,
             sym: common.sym,
         },
-        modules: Selected::from_names(&common.modules).map_err(invalid)?,
+        modules,
+        lm_head: lm_head || common.lm_head,
         format: match common.format {
             Format::Auto => OutputFormat::Auto,
             Format::Gptq => OutputFormat::GptqV1,

@@ -29,6 +29,7 @@ use crate::awq::{awq_layer, AwqOptions, InputOf, LayerInputs};
 use crate::error::{QuantError, Result};
 use crate::gptq::{gptq, GptqOptions, Hessian};
 use crate::grid::QuantSpec;
+use crate::head::Head;
 use crate::rtn::rtn;
 use crate::value_hessian::value_hessian;
 use crate::writer::{ModelWriter, OutTensor};
@@ -71,18 +72,11 @@ impl Selected {
     };
 
     /// The projections named (`q_proj`, `k_proj`, `v_proj`, `o_proj`, `gate_proj`, `up_proj`, `down_proj`,
-    /// Phi-3's `qkv_proj` = q/k/v and `gate_up_proj` = gate/up). `lm_head` and `embed_tokens` are refused:
-    /// they stay in their original dtype (crates/nn and transformers' loaders read no packed lm_head here).
-    pub fn from_names(names: &[String]) -> Result<Self> {
-        let mut s = Selected {
-            q: false,
-            k: false,
-            v: false,
-            o: false,
-            gate: false,
-            up: false,
-            down: false,
-        };
+    /// Phi-3's `qkv_proj` = q/k/v and `gate_up_proj` = gate/up); `lm_head` too (returned as the flag).
+    /// `embed_tokens` is refused: the embeddings stay in their original dtype.
+    pub fn from_names(names: &[String]) -> Result<(Self, bool)> {
+        let mut s = Selected::NONE;
+        let mut lm_head = false;
         for name in names {
             match name.as_str() {
                 "q_proj" => s.q = true,
@@ -94,27 +88,29 @@ impl Selected {
                 "up_proj" => s.up = true,
                 "gate_up_proj" => (s.gate, s.up) = (true, true),
                 "down_proj" => s.down = true,
-                "lm_head" | "embed_tokens" => {
-                    return Err(QuantError::Unsupported(format!(
-                        "modules: `{name}` is not quantized by this quantizer (it stays in its original dtype); \
-                         expected decoder linears: q_proj, k_proj, v_proj, qkv_proj, o_proj, gate_proj, up_proj, \
-                         gate_up_proj, down_proj"
-                    )))
+                "lm_head" => lm_head = true,
+                "embed_tokens" => {
+                    return Err(QuantError::Unsupported(
+                        "modules: `embed_tokens` is not quantized by this quantizer (the embeddings stay in their \
+                         original dtype); expected q_proj, k_proj, v_proj, qkv_proj, o_proj, gate_proj, up_proj, \
+                         gate_up_proj, down_proj, lm_head"
+                            .into(),
+                    ))
                 }
                 other => {
                     return Err(QuantError::Unsupported(format!(
                         "modules: unknown module `{other}`; expected q_proj, k_proj, v_proj, qkv_proj, o_proj, \
-                         gate_proj, up_proj, gate_up_proj, down_proj"
+                         gate_proj, up_proj, gate_up_proj, down_proj, lm_head"
                     )))
                 }
             }
         }
-        if s == Selected::NONE {
+        if s == Selected::NONE && !lm_head {
             return Err(QuantError::Unsupported(
-                "modules: empty; name at least one decoder linear".into(),
+                "modules: empty; name at least one decoder linear or lm_head".into(),
             ));
         }
-        Ok(s)
+        Ok((s, lm_head))
     }
 
     const NONE: Selected = Selected {
@@ -135,6 +131,8 @@ pub struct QuantizeOptions {
     pub spec: QuantSpec,
     /// The decoder linears quantized (the others are written in their original dtype).
     pub modules: Selected,
+    /// Quantize the lm_head too (`head`; GPTQ v1 layout, a tied model untied).
+    pub lm_head: bool,
     pub format: OutputFormat,
 }
 
@@ -229,7 +227,11 @@ pub fn quantize_model(
     let plan: Vec<Vec<Module>> = (0..layers)
         .map(|i| layer_modules(&ckpt, &config, i, options.modules))
         .collect::<Result<_>>()?;
-    let format = resolve_format(options, &plan, events)?;
+    let head = options
+        .lm_head
+        .then(|| Head::find(&ckpt, &config))
+        .transpose()?;
+    let format = resolve_format(options, &plan, head.as_ref(), events)?;
     let seq_len = check_calibration(&options.method, calibration, config.vocab_size)?;
 
     let mut writer = ModelWriter::create(output, layers + 1)?;
@@ -285,10 +287,55 @@ pub fn quantize_model(
             return Err(QuantError::Cancelled);
         }
     }
+    let mut rest: Vec<OutTensor<'_>> = Vec::new();
+    if let Some(head) = &head {
+        let t0 = Instant::now();
+        let gptq_with = match &options.method {
+            Method::Gptq(g) if !hidden.is_empty() => Some((g, hidden.as_slice())),
+            _ => None,
+        };
+        let fit = |q: &mut QuantizedLinear| {
+            if format == OutputFormat::GptqV1 {
+                fit_gptq_v1_zeros(q);
+            }
+        };
+        let (q, error) = head.quantize(&ckpt, &config, &spec, gptq_with, &fit)?;
+        quantized_linears += 1;
+        let line = format!(
+            "lm_head [{}, {}]: {} weight error {error:.3e} ({:.1} s){}",
+            head.vocab,
+            head.hidden,
+            if gptq_with.is_some() { "GPTQ" } else { "RTN" },
+            t0.elapsed().as_secs_f64(),
+            if head.tied {
+                "; untied from the embeddings (tie_word_embeddings false)"
+            } else {
+                ""
+            }
+        );
+        if !events(Event::Log(&line)) {
+            return Err(QuantError::Cancelled);
+        }
+        for (suffix, dtype, shape, bytes) in
+            pack_gptq_v1(&q).map_err(|source| QuantError::Pack {
+                module: "lm_head".into(),
+                source,
+            })?
+        {
+            rest.push(OutTensor {
+                name: format!("lm_head.{suffix}"),
+                dtype,
+                shape,
+                bytes: bytes.into(),
+            });
+        }
+    }
     drop(hidden);
-    let rest: Vec<OutTensor<'_>> = ckpt
+    let head_quantized = head.is_some();
+    let copied: Vec<OutTensor<'_>> = ckpt
         .names()
         .filter(|n| !n.starts_with("model.layers."))
+        .filter(|n| !(head_quantized && *n == "lm_head.weight"))
         .map(|n| {
             let raw = ckpt.raw(n)?;
             Ok(OutTensor {
@@ -299,10 +346,15 @@ pub fn quantize_model(
             })
         })
         .collect::<Result<_>>()?;
+    rest.extend(copied);
     writer.write_shard(&rest, &mut |n| ckpt.release(n))?;
     drop(rest);
     let qc = quantization_config(options, format, &plan);
-    let output = writer.finish(input, qc)?;
+    let edits: Vec<(&str, Value)> = match &head {
+        Some(h) if h.tied => vec![("tie_word_embeddings", Value::Bool(false))],
+        _ => Vec::new(),
+    };
+    let output = writer.finish(input, qc, &edits)?;
     Ok(Summary {
         output,
         format,
@@ -431,6 +483,7 @@ fn layer_modules(
 fn resolve_format(
     options: &QuantizeOptions,
     plan: &[Vec<Module>],
+    head: Option<&Head>,
     events: &mut dyn FnMut(Event<'_>) -> bool,
 ) -> Result<OutputFormat> {
     let spec = options.spec;
@@ -442,6 +495,9 @@ fn resolve_format(
         }
         if act_order {
             return Some("act-order (a permuted g_idx has no AWQ layout)".into());
+        }
+        if head.is_some() {
+            return Some("lm_head (AutoAWQ GEMM has no quantized lm_head)".into());
         }
         quantized().find_map(|m| {
             let g = spec.group_len(m.in_features);
@@ -490,6 +546,14 @@ fn resolve_format(
                 )));
             }
             let bits = usize::from(spec.bits);
+            if let Some(h) = head.filter(|h| h.hidden * bits % 32 != 0 || h.vocab * bits % 32 != 0)
+            {
+                return Err(QuantError::Unsupported(format!(
+                    "lm_head: [{}, {}] does not fit the GPTQ v1 layout at {bits} bits (both sizes times {bits} \
+                     must be multiples of 32)",
+                    h.vocab, h.hidden
+                )));
+            }
             if let Some(m) = quantized()
                 .find(|m| m.in_features * bits % 32 != 0 || m.rows.len() * bits % 32 != 0)
             {
@@ -1033,6 +1097,10 @@ fn quantization_config(
                 "sym": spec.sym,
                 "checkpoint_format": "gptq",
             });
+            if options.lm_head {
+                // GPTQModel's key for a quantized lm_head (transformers' GPTQ loader skips lm_head otherwise).
+                q["lm_head"] = json!(true);
+            }
             if let Method::Gptq(g) = options.method {
                 q["true_sequential"] = json!(g.true_sequential);
                 q["damp_percent"] = json!(g.damp_percent);

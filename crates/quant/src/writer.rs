@@ -158,9 +158,14 @@ impl ModelWriter {
         Ok(path)
     }
 
-    /// Writes the index, config.json (the input's, with `quantization_config`) and the copied files, then renames
-    /// the folder into place.
-    pub fn finish(mut self, input: &Path, quantization_config: Value) -> Result<PathBuf> {
+    /// Writes the index, config.json (the input's, with `quantization_config` and the `edits` set) and the copied
+    /// files, then renames the folder into place.
+    pub fn finish(
+        mut self,
+        input: &Path,
+        quantization_config: Value,
+        edits: &[(&str, Value)],
+    ) -> Result<PathBuf> {
         if self.written != self.shards {
             return Err(QuantError::Unsupported(format!(
                 "internal: {} of {} shards written",
@@ -181,6 +186,9 @@ impl ModelWriter {
                 source,
             })?;
         config.insert("quantization_config".into(), quantization_config);
+        for (key, value) in edits {
+            config.insert((*key).into(), value.clone());
+        }
         write_json(&self.tmp.join("config.json"), &Value::Object(config))?;
         for name in COPIED_FILES {
             let src = input.join(name);
@@ -298,7 +306,12 @@ mod tests {
         w.write_shard(&[b], &mut |n| seen.push(n.to_string()))
             .unwrap();
         assert_eq!(seen, ["a", "b"]);
-        w.finish(&input, json!({"quant_method": "gptq"})).unwrap();
+        w.finish(
+            &input,
+            json!({"quant_method": "gptq"}),
+            &[("tie_word_embeddings", json!(false))],
+        )
+        .unwrap();
         let ckpt = Checkpoint::open(&out).unwrap();
         assert_eq!(ckpt.tensor_f32("a").unwrap().data, vec![1.5, -2.0]);
         assert_eq!(ckpt.tensor_f32("b").unwrap().shape, vec![1, 3]);
@@ -310,6 +323,7 @@ mod tests {
             serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap())
                 .unwrap();
         assert_eq!(config["quantization_config"]["quant_method"], "gptq");
+        assert_eq!(config["tie_word_embeddings"], false);
         assert!(out.join("tokenizer.json").is_file());
 
         // A non-empty output is refused; a writer dropped unfinished removes its temp folder.

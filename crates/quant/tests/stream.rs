@@ -208,6 +208,7 @@ fn opts(method: Method, bits: u8, group: Option<usize>) -> QuantizeOptions {
             sym: false,
         },
         modules: Selected::ALL,
+        lm_head: false,
         format: OutputFormat::Auto,
     }
 }
@@ -431,7 +432,9 @@ fn awq_ragged_or_int8_falls_back_to_gptq_layout_and_rtn_runs_without_calibration
     }
     let out = dir.path().join("out-rtn-nocal");
     let o = QuantizeOptions {
-        modules: Selected::from_names(&["down_proj".into(), "o_proj".into()]).unwrap(),
+        modules: Selected::from_names(&["down_proj".into(), "o_proj".into()])
+            .unwrap()
+            .0,
         ..opts(Method::Rtn, 4, None)
     };
     let (_, reports, _) = run(&fp, &out, &o, &[]).unwrap();
@@ -478,7 +481,15 @@ fn bad_inputs_fail_clearly_and_leave_nothing() {
             vec![],
             "already quantized",
         ),
-        (&fp, opts(gptq_method(), 3, Some(32)), cal.clone(), "bits 3"),
+        (
+            &fp,
+            QuantizeOptions {
+                format: OutputFormat::AwqGemm,
+                ..opts(gptq_method(), 3, Some(32))
+            },
+            cal.clone(),
+            "bits 3 (AutoAWQ GEMM packs 4)",
+        ),
         (&fp, opts(Method::Rtn, 5, Some(32)), vec![], "bits 5"),
         (&fp, opts(Method::Rtn, 4, Some(0)), vec![], "group_size 0"),
         (
@@ -526,7 +537,7 @@ fn bad_inputs_fail_clearly_and_leave_nothing() {
             leftovers(dir.path())
         );
     }
-    assert!(Selected::from_names(&["lm_head".into()])
+    assert!(Selected::from_names(&["embed_tokens".into()])
         .unwrap_err()
         .to_string()
         .contains("original dtype"));

@@ -1,7 +1,8 @@
 //! `olive-host quantize`: Olive's `olive quantize` (olive/cli/quantize.py) for Hugging Face models: `--algorithm
 //! rtn|awq|gptq` runs the `Rtn`, `AutoAWQQuantizer` or `GptqQuantizer` pass of the quant plugins in a worker and
 //! writes a Hugging Face folder with `quantization_config` to `--output_path`. `--bits`, `--group_size` and
-//! `--sym` (which Olive lacks) set the grid; by default `--precision` gives the bits and each pass its defaults.
+//! `--sym` (which Olive lacks) set the grid, `--lm_head` (Olive's pass option `lm_head`) quantizes the lm_head
+//! too; by default `--precision` gives the bits and each pass its defaults.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -73,6 +74,10 @@ pub struct QuantizeArgs {
     /// Symmetric grid (zero point in the middle) instead of asymmetric: `--sym true|false`.
     #[arg(long)]
     pub sym: Option<bool>,
+    /// Quantize the lm_head too (GPTQ v1 layout with `lm_head: true`; a tied model is untied; AWQ's lm_head
+    /// gets round-to-nearest).
+    #[arg(long = "lm_head")]
+    pub lm_head: bool,
     #[command(flatten)]
     pub data: DatasetArgs,
     /// Replace an existing, non-empty output folder.
@@ -118,6 +123,9 @@ fn pass_config(args: &QuantizeArgs) -> anyhow::Result<serde_json::Value> {
     }
     if let Some(sym) = args.sym {
         config["sym"] = sym.into();
+    }
+    if args.lm_head {
+        config["lm_head"] = true.into();
     }
     // Calibration windows: --max_samples of --max_seq_len tokens when given, else the pass's defaults (Olive's
     // 256 samples of 1024 tokens would take hours on a CPU).
@@ -189,11 +197,12 @@ mod tests {
             "-1",
             "--sym",
             "true",
+            "--lm_head",
         ])
         .unwrap();
         assert_eq!(
             c,
-            serde_json::json!({"bits": 4, "group_size": -1, "sym": true})
+            serde_json::json!({"bits": 4, "group_size": -1, "sym": true, "lm_head": true})
         );
         assert_eq!(
             config(&["--precision", "int4", "--bits", "3"]).unwrap()["bits"],

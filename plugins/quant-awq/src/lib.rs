@@ -4,64 +4,31 @@
 //! written in AutoAWQ's GEMM layout (`quant_method: awq`, `version: gemm`); bits other than 4 or a group that
 //! does not divide in_features fall back to the GPTQ v1 layout (logged). Runs on CPU (Olive's needs a GPU).
 
-use olive_data::DataConfig;
 use olive_pass_sdk::{kinds, Context, Error, Model, Pass};
 use olive_quant::awq::AwqOptions;
-use olive_quant::pass::{
-    data_config_schema, default_bits, default_group_size, default_modules, default_seed, run,
-    Common, Format,
-};
+use olive_quant::pass::run;
 use olive_quant::Method;
-use schemars::JsonSchema;
-use serde::Deserialize;
 
-/// The config of `AutoAWQQuantizer`.
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct AwqConfig {
-    /// Bits per weight: 4 (AutoAWQ GEMM); 2 or 8 write the GPTQ v1 layout with the AWQ-searched weights.
-    #[serde(default = "default_bits")]
-    pub bits: u8,
-    /// Inputs per quantization group (32, 64, 128, ...); -1: one group per output channel. A group that does not
-    /// divide in_features leaves a shorter last group (then the GPTQ v1 layout is written).
-    #[serde(default = "default_group_size")]
-    pub group_size: i64,
-    /// Symmetric grid (AutoAWQ `zero_point: false`); default asymmetric (`zero_point: true`).
-    #[serde(default)]
-    pub sym: bool,
-    /// Decoder linears to quantize: q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj (Phi-3:
-    /// qkv_proj, gate_up_proj); default all. lm_head and embed_tokens are not supported (kept in their dtype).
-    #[serde(default = "default_modules")]
-    pub modules: Vec<String>,
-    /// Output layout: auto (AWQ GEMM when it fits, else GPTQ v1), awq or gptq.
-    #[serde(default)]
-    pub format: Format,
-    /// Scales s = x_mean^r / w_mean^(1-r) (AutoAWQ `duo_scaling`); false: s = x_mean^r.
-    #[serde(default = "yes")]
-    pub duo_scaling: bool,
-    /// Search per-group clipping of the weights after scaling (AutoAWQ `apply_clip`).
-    #[serde(default = "yes")]
-    pub apply_clip: bool,
-    /// Ratios tried by the scale search and shrink steps of the clip search (AutoAWQ: 20).
-    #[serde(default = "default_grid")]
-    pub n_grid: usize,
-    /// Calibration tokens the scale-search loss runs on (whole windows; all tokens still give the activation
-    /// means). More is slower and slightly better.
-    #[serde(default = "default_loss_tokens")]
-    pub loss_tokens: usize,
-    /// Calibration dataset (Olive's dataset flags); null: the project's calibration text (data/calibration.txt).
-    #[serde(default)]
-    #[schemars(schema_with = "data_config_schema")]
-    pub data_config: Option<DataConfig>,
-    /// Calibration windows (default: data_config.max_samples, else 16).
-    #[serde(default)]
-    pub n_samples: Option<usize>,
-    /// Tokens per calibration window (default 512).
-    #[serde(default)]
-    pub seq_len: Option<usize>,
-    /// Seed of the calibration windows' offsets.
-    #[serde(default = "default_seed")]
-    pub seed: u64,
+olive_quant::quantizer_config! {
+    /// The config of `AutoAWQQuantizer`.
+    pub struct AwqConfig {
+        bits: "Bits per weight: 4 (AutoAWQ GEMM); 2, 3 or 8 write the GPTQ v1 layout with the AWQ-searched weights.",
+        format: "Output layout: auto (AWQ GEMM when it fits, else GPTQ v1: bits other than 4, a ragged group or \
+                 a quantized lm_head, which gets RTN), awq or gptq.",
+        /// Scales s = x_mean^r / w_mean^(1-r) (AutoAWQ `duo_scaling`); false: s = x_mean^r.
+        #[serde(default = "yes")]
+        pub duo_scaling: bool,
+        /// Search per-group clipping of the weights after scaling (AutoAWQ `apply_clip`).
+        #[serde(default = "yes")]
+        pub apply_clip: bool,
+        /// Ratios tried by the scale search and shrink steps of the clip search (AutoAWQ: 20).
+        #[serde(default = "default_grid")]
+        pub n_grid: usize,
+        /// Calibration tokens the scale-search loss runs on (whole windows; all tokens still give the activation
+        /// means). More is slower and slightly better.
+        #[serde(default = "default_loss_tokens")]
+        pub loss_tokens: usize,
+    }
 }
 
 fn yes() -> bool {
@@ -102,18 +69,7 @@ impl Pass for AutoAwqQuantizer {
             loss_tokens: c.loss_tokens,
             ..AwqOptions::default()
         });
-        let common = Common {
-            bits: c.bits,
-            group_size: c.group_size,
-            sym: c.sym,
-            modules: c.modules,
-            data_config: c.data_config,
-            n_samples: c.n_samples,
-            seq_len: c.seq_len,
-            seed: c.seed,
-            format: c.format,
-        };
-        run(model, common, method, ctx)
+        run(model, c.common(), method, ctx)
     }
 }
 

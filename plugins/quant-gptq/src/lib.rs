@@ -3,65 +3,32 @@
 //! with AutoGPTQ's true-sequential order (`olive_quant::stream::quantize_model`), written in the GPTQ v1 layout
 //! (`quant_method: gptq`, `checkpoint_format: gptq`, g_idx).
 
-use olive_data::DataConfig;
 use olive_pass_sdk::{kinds, Context, Error, Model, Pass};
-use olive_quant::pass::{
-    data_config_schema, default_bits, default_group_size, default_modules, default_seed, run,
-    Common, Format,
-};
+use olive_quant::pass::run;
 use olive_quant::{GptqOptions, Method};
-use schemars::JsonSchema;
-use serde::Deserialize;
 
-/// The config of `GptqQuantizer`.
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct GptqConfig {
-    /// Bits per weight: 2, 4 or 8 (the GPTQ v1 layout packs these).
-    #[serde(default = "default_bits")]
-    pub bits: u8,
-    /// Inputs per quantization group (32, 64, 128, ...; one that does not divide in_features leaves a shorter
-    /// last group); -1: one group per output channel.
-    #[serde(default = "default_group_size")]
-    pub group_size: i64,
-    /// Symmetric grid (zero point 2^(bits-1)); false: asymmetric min-max grid.
-    #[serde(default)]
-    pub sym: bool,
-    /// Decoder linears to quantize: q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj (Phi-3:
-    /// qkv_proj, gate_up_proj); default all. lm_head and embed_tokens are not supported (kept in their dtype).
-    #[serde(default = "default_modules")]
-    pub modules: Vec<String>,
-    /// Output layout: auto (= gptq), gptq (GPTQ v1) or awq (AutoAWQ GEMM: 4 bits, no act-order).
-    #[serde(default)]
-    pub format: Format,
-    /// Columns per lazy-update block (GPTQ's blocksize).
-    #[serde(default = "default_block_size")]
-    pub block_size: usize,
-    /// Damping added to the Hessian's diagonal, as a fraction of its mean (AutoGPTQ damp_percent).
-    #[serde(default = "default_damp")]
-    pub damp_percent: f32,
-    /// Act-order: quantize inputs by decreasing Hessian diagonal (AutoGPTQ desc_act; writes a permuted g_idx).
-    #[serde(default)]
-    pub desc_act: bool,
-    /// With desc_act: fix every group's grid up front so groups stay in input order (AutoGPTQ static_groups).
-    #[serde(default)]
-    pub static_groups: bool,
-    /// Quantize q/k/v, then o, then gate/up, then down, each on inputs from the already quantized ones.
-    #[serde(default = "yes")]
-    pub true_sequential: bool,
-    /// Calibration dataset (Olive's dataset flags); null: the project's calibration text (data/calibration.txt).
-    #[serde(default)]
-    #[schemars(schema_with = "data_config_schema")]
-    pub data_config: Option<DataConfig>,
-    /// Calibration windows (default: data_config.max_samples, else 16).
-    #[serde(default)]
-    pub n_samples: Option<usize>,
-    /// Tokens per calibration window (default 512).
-    #[serde(default)]
-    pub seq_len: Option<usize>,
-    /// Seed of the calibration windows' offsets.
-    #[serde(default = "default_seed")]
-    pub seed: u64,
+olive_quant::quantizer_config! {
+    /// The config of `GptqQuantizer`.
+    pub struct GptqConfig {
+        bits: "Bits per weight: 2, 3, 4 or 8 (GPTQ v1 layout; 3 as AutoGPTQ packs it).",
+        format: "Output layout: auto (= gptq), gptq (GPTQ v1) or awq (AutoAWQ GEMM: 4 bits, no act-order, no \
+                 lm_head).",
+        /// Columns per lazy-update block (GPTQ's blocksize).
+        #[serde(default = "default_block_size")]
+        pub block_size: usize,
+        /// Damping added to the Hessian's diagonal, as a fraction of its mean (AutoGPTQ damp_percent).
+        #[serde(default = "default_damp")]
+        pub damp_percent: f32,
+        /// Act-order: quantize inputs by decreasing Hessian diagonal (AutoGPTQ desc_act; writes a permuted g_idx).
+        #[serde(default)]
+        pub desc_act: bool,
+        /// With desc_act: fix every group's grid up front so groups stay in input order (AutoGPTQ static_groups).
+        #[serde(default)]
+        pub static_groups: bool,
+        /// Quantize q/k/v, then o, then gate/up, then down, each on inputs from the already quantized ones.
+        #[serde(default = "yes")]
+        pub true_sequential: bool,
+    }
 }
 
 fn yes() -> bool {
@@ -97,18 +64,7 @@ impl Pass for GptqQuantizer {
             static_groups: c.static_groups,
             true_sequential: c.true_sequential,
         });
-        let common = Common {
-            bits: c.bits,
-            group_size: c.group_size,
-            sym: c.sym,
-            modules: c.modules,
-            data_config: c.data_config,
-            n_samples: c.n_samples,
-            seq_len: c.seq_len,
-            seed: c.seed,
-            format: c.format,
-        };
-        run(model, common, method, ctx)
+        run(model, c.common(), method, ctx)
     }
 }
 
@@ -164,6 +120,7 @@ mod tests {
                 "act-order",
             ),
             (r#"{"blocksize": 64}"#, "blocksize"),
+            (r#"{"embeds": true}"#, "embeds"),
         ] {
             let err = host
                 .run_plugin(&OLIVE_PLUGIN, "GptqQuantizer", &model, config)
@@ -177,5 +134,113 @@ mod tests {
             assert!(err.message.contains(expect), "{config}: {}", err.message);
         }
         assert!(std::fs::read_dir(&out2).unwrap().next().is_none());
+    }
+
+    #[test]
+    fn quantizes_a_tied_lm_head_with_the_final_norm_hessian_and_unties_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("in");
+        olive_quant::pass::testing::write_tiny_llama(&input, 4).unwrap();
+        let out = dir.path().join("out");
+        std::fs::create_dir(&out).unwrap();
+        let host = TestHost::new(&out);
+        let model = Model::new(kinds::HF, &input);
+        let config = r#"{"bits": 3, "group_size": 32, "modules": ["down_proj", "lm_head"], "n_samples": 4,
+                         "seq_len": 64}"#;
+        host.run_plugin(&OLIVE_PLUGIN, "GptqQuantizer", &model, config)
+            .unwrap();
+        let logs = host.logs();
+        assert!(
+            logs.iter()
+                .any(|(_, l)| l.contains("lm_head [64, 64]: GPTQ") && l.contains("untied")),
+            "{logs:?}"
+        );
+        let json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+        assert_eq!(json["tie_word_embeddings"], false);
+        assert_eq!(json["quantization_config"]["lm_head"], true);
+        assert_eq!(json["quantization_config"]["bits"], 3);
+        let cfg = olive_model::quantized::QuantizationConfig::from_value(
+            std::path::Path::new("config.json"),
+            &json["quantization_config"],
+        )
+        .unwrap();
+        let ckpt = olive_model::Checkpoint::open(&out).unwrap();
+        assert!(!ckpt.contains("lm_head.weight") && ckpt.contains("model.embed_tokens.weight"));
+        assert!(!ckpt.contains("model.layers.0.mlp.up_proj.qweight"));
+        let head = olive_model::quantized::quantized_linear(&ckpt, "lm_head", &cfg).unwrap();
+        assert_eq!(
+            (head.bits, head.out_features, head.in_features),
+            (3, 64, 64)
+        );
+        // GPTQ moves error between columns but stays near the float weight
+        let w = olive_model::Checkpoint::open(&input)
+            .unwrap()
+            .tensor_f32("model.embed_tokens.weight")
+            .unwrap()
+            .data;
+        let wmax = w.iter().fold(0f32, |a, &b| a.max(b.abs()));
+        let worst = head
+            .dequantize()
+            .iter()
+            .zip(&w)
+            .fold(0f32, |a, (q, w)| a.max((q - w).abs()));
+        assert!(worst < 0.5 * wmax, "{worst} vs max |w| {wmax}");
+        assert!(head.q.iter().all(|&v| v < 8));
+
+        // embed_tokens / embeds are refused by name; bits 3 has no AWQ layout
+        let out2 = dir.path().join("out2");
+        std::fs::create_dir(&out2).unwrap();
+        let host = TestHost::new(&out2);
+        for (config, expect) in [
+            (r#"{"modules": ["embed_tokens"]}"#, "embed_tokens"),
+            (
+                r#"{"bits": 3, "format": "awq", "n_samples": 2, "seq_len": 16}"#,
+                "bits 3",
+            ),
+            (
+                r#"{"lm_head": true, "format": "awq", "n_samples": 2, "seq_len": 16}"#,
+                "lm_head",
+            ),
+        ] {
+            let err = host
+                .run_plugin(&OLIVE_PLUGIN, "GptqQuantizer", &model, config)
+                .unwrap_err();
+            assert_eq!(
+                err.kind,
+                ErrorKind::INVALID_CONFIG,
+                "{config}: {}",
+                err.message
+            );
+            assert!(err.message.contains(expect), "{config}: {}", err.message);
+        }
+        assert!(std::fs::read_dir(&out2).unwrap().next().is_none());
+    }
+
+    #[test]
+    fn schema_lists_common_and_own_fields() {
+        let schema = serde_json::to_value(schemars::schema_for!(GptqConfig)).unwrap();
+        let props = schema["properties"].as_object().unwrap();
+        for f in [
+            "bits",
+            "group_size",
+            "sym",
+            "modules",
+            "lm_head",
+            "format",
+            "data_config",
+            "n_samples",
+            "seq_len",
+            "seed",
+            "block_size",
+            "damp_percent",
+            "desc_act",
+            "static_groups",
+            "true_sequential",
+        ] {
+            assert!(props.contains_key(f), "{f} missing from {props:?}");
+        }
+        assert_eq!(props.len(), 15);
+        assert_eq!(schema["additionalProperties"], false);
     }
 }

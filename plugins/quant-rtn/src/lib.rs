@@ -4,50 +4,18 @@
 //! transformers, crates/model and the onnx-builder read. (Olive's own Rtn writes its `quant_method: olive`
 //! layout, which is GPTQ v1's packing without g_idx: the same numbers under another name.)
 
-use olive_data::DataConfig;
 use olive_pass_sdk::{kinds, Context, Error, Model, Pass};
-use olive_quant::pass::{
-    data_config_schema, default_bits, default_group_size, default_modules, default_seed, run,
-    Common, Format,
-};
+use olive_quant::pass::run;
 use olive_quant::Method;
-use schemars::JsonSchema;
-use serde::Deserialize;
 
-/// The config of `Rtn`.
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RtnConfig {
-    /// Bits per weight: 2, 4 or 8 (the GPTQ v1 layout packs these; 3 has no layout).
-    #[serde(default = "default_bits")]
-    pub bits: u8,
-    /// Inputs per quantization group (32, 64, 128, ...; one that does not divide in_features leaves a shorter
-    /// last group); -1: one group per output channel.
-    #[serde(default = "default_group_size")]
-    pub group_size: i64,
-    /// Symmetric grid (zero point 2^(bits-1)); false: asymmetric min-max grid.
-    #[serde(default)]
-    pub sym: bool,
-    /// Decoder linears to quantize: q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj (Phi-3:
-    /// qkv_proj, gate_up_proj); default all. lm_head and embed_tokens are not supported (kept in their dtype).
-    #[serde(default = "default_modules")]
-    pub modules: Vec<String>,
-    /// Output layout: auto (= gptq), gptq (GPTQ v1) or awq (AutoAWQ GEMM: 4 bits, group dividing in_features).
-    #[serde(default)]
-    pub format: Format,
-    /// Calibration data: RTN needs none; when given, each layer's output error is measured on it.
-    #[serde(default)]
-    #[schemars(schema_with = "data_config_schema")]
-    pub data_config: Option<DataConfig>,
-    /// Calibration windows (default: data_config.max_samples, else 16).
-    #[serde(default)]
-    pub n_samples: Option<usize>,
-    /// Tokens per calibration window (default 512).
-    #[serde(default)]
-    pub seq_len: Option<usize>,
-    /// Seed of the calibration windows' offsets.
-    #[serde(default = "default_seed")]
-    pub seed: u64,
+olive_quant::quantizer_config! {
+    /// The config of `Rtn`.
+    pub struct RtnConfig {
+        bits: "Bits per weight: 2, 3, 4 or 8 (GPTQ v1 layout; 3 as AutoGPTQ packs it).",
+        format: "Output layout: auto (= gptq), gptq (GPTQ v1) or awq (AutoAWQ GEMM: 4 bits, group dividing \
+                 in_features). RTN needs no calibration data; with data_config each layer's output error is \
+                 measured on it.",
+    }
 }
 
 /// Round-to-nearest weight quantization.
@@ -57,25 +25,15 @@ impl Pass for Rtn {
     const NAME: &'static str = "Rtn";
     const VERSION: &'static str = "0.1.0";
     const DESCRIPTION: &'static str =
-        "Round-to-nearest weight quantization (2/4/8 bits, groups, sym/asym), layer by layer, GPTQ v1 output.";
+        "Round-to-nearest weight quantization (2/3/4/8 bits, groups, sym/asym, optional lm_head), layer by layer, \
+         GPTQ v1 output.";
     const ACCEPTS: &'static [&'static str] = &[kinds::HF];
     const PRODUCES: &'static [&'static str] = &[kinds::HF];
     const DEVICES: &'static [&'static str] = &["cpu"];
     type Config = RtnConfig;
 
     fn run(model: Model, c: RtnConfig, ctx: &Context<'_>) -> Result<Model, Error> {
-        let common = Common {
-            bits: c.bits,
-            group_size: c.group_size,
-            sym: c.sym,
-            modules: c.modules,
-            data_config: c.data_config,
-            n_samples: c.n_samples,
-            seq_len: c.seq_len,
-            seed: c.seed,
-            format: c.format,
-        };
-        run(model, common, Method::Rtn, ctx)
+        run(model, c.common(), Method::Rtn, ctx)
     }
 }
 
@@ -129,16 +87,17 @@ mod tests {
                 ErrorKind::INVALID_CONFIG,
                 "nbits",
             ),
-            (r#"{"bits": 3}"#, ErrorKind::INVALID_CONFIG, "bits 3"),
+            (r#"{"bits": 5}"#, ErrorKind::INVALID_CONFIG, "bits 5"),
+            (r#"{"embeds": true}"#, ErrorKind::INVALID_CONFIG, "embeds"),
             (
                 r#"{"group_size": 0}"#,
                 ErrorKind::INVALID_CONFIG,
                 "group_size 0",
             ),
             (
-                r#"{"modules": ["lm_head"]}"#,
+                r#"{"modules": ["embed_tokens"]}"#,
                 ErrorKind::INVALID_CONFIG,
-                "lm_head",
+                "embed_tokens",
             ),
         ] {
             let err = host

@@ -171,6 +171,7 @@ fn gptq_round_trips_bits_ragged_and_act_order() {
 
 /// AutoGPTQ's `QuantLinear.pack` for 3 bits (qlinear_cuda_old.py), transcribed loop for loop: 32 values
 /// into 3 words, value 10 split 2 + 1 bits over words 0/1, value 21 split 1 + 2 bits over words 1/2.
+#[allow(clippy::needless_range_loop)] // transcribed loop for loop
 fn autogptq_pack3(v: &[u32]) -> Vec<u32> {
     let mut out = vec![0u32; v.len() / 32 * 3];
     let (mut i, mut row) = (0, 0);
