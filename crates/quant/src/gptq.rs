@@ -50,34 +50,42 @@ impl Hessian {
 
     /// Adds calibration rows x: [tokens, in]. Panics if `x.len()` is not a multiple of `in_features`.
     pub fn add(&mut self, x: &[f32]) {
+        let tokens = x.len() / self.n.max(1);
+        self.add_product(x, x, tokens);
+    }
+
+    /// Adds xᵀy for x, y: [rows, in] standing for `samples` calibration rows whose Σ aᵀa is xᵀy (symmetric; its
+    /// lower triangle is read). Panics if the lengths differ or are not a multiple of `in_features`.
+    pub(crate) fn add_product(&mut self, x: &[f32], y: &[f32], samples: usize) {
         let n = self.n;
         assert!(
-            n > 0 && x.len() % n == 0,
-            "Hessian::add: x has {} values, not a multiple of in_features {n}",
-            x.len()
+            n > 0 && x.len() % n == 0 && y.len() == x.len(),
+            "Hessian::add: x has {} values, y {}, not one multiple of in_features {n}",
+            x.len(),
+            y.len()
         );
-        let tokens = x.len() / n;
-        if tokens == 0 {
+        let rows = x.len() / n;
+        if rows == 0 || samples == 0 {
             return;
         }
-        let total = self.samples + tokens;
+        let total = self.samples + samples;
         let keep = (self.samples > 0).then_some(self.samples as f32 / total as f32);
         // H is symmetric: only row blocks of the lower triangle are multiplied, then mirrored.
         for r0 in (0..n).step_by(HESSIAN_ROWS) {
             let r1 = (r0 + HESSIAN_ROWS).min(n);
-            // H[r0..r1, 0..r1] = keep·H + 2/total · xᵀ[r0..r1] · x[:, 0..r1]
+            // H[r0..r1, 0..r1] = keep·H + 2/total · xᵀ[r0..r1] · y[:, 0..r1]
             // SAFETY: the H view is rows r0..r1, columns 0..r1 of h [n, n] (row stride n); xᵀ[r0..r1]
-            // [r1 − r0, tokens] reads x [tokens, n] at column r0 with row stride 1, column stride n;
-            // x[:, 0..r1] [tokens, r1] has row stride n; h is exclusively borrowed, disjoint from x.
+            // [r1 − r0, rows] reads x [rows, n] at column r0 with row stride 1, column stride n;
+            // y[:, 0..r1] [rows, r1] has row stride n; h is exclusively borrowed, disjoint from x and y.
             unsafe {
                 product(
                     r1 - r0,
                     r1,
-                    tokens,
+                    rows,
                     (self.h.as_mut_ptr().add(r0 * n), n as isize, 1),
                     keep,
                     (x.as_ptr().add(r0), 1, n as isize),
-                    (x.as_ptr(), n as isize, 1),
+                    (y.as_ptr(), n as isize, 1),
                     2.0 / total as f32,
                 );
             }

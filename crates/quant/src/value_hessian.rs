@@ -7,8 +7,8 @@
 //! layer error 0.133 with the token Hessian, RTN 0.069, 0.016 with this one).
 //!
 //! The attention probabilities are those of `olive_nn`'s attention (q/k projection with bias, RoPE, causal
-//! softmax of q·kᵀ/√head_dim, optional sliding window), computed once per window and head; A = P·X then costs
-//! one causal product per head instead of a full attention pass per `head_dim` input channels.
+//! softmax of q·kᵀ/√head_dim, optional sliding window), computed once per window and head. A is never formed:
+//! per window Σ_heads A_hᵀA_h = Xᵀ·M·X with M = Σ_heads P_hᵀP_h ([window, window], causal blocks of P only).
 
 use olive_kernels::cpu::{matmul, rope_apply, softmax, RopeLayout};
 use olive_nn::{DecoderLayer, RopeTables};
@@ -48,7 +48,8 @@ pub(crate) fn value_hessian(
     let w_qk = &layer.qkv_proj.weight[..qk_width * hidden]; // [q + kv, hidden]
     let mut qk = vec![0f32; seq_len * qk_width]; // [seq_len, q + kv]
     let mut p = vec![0f32; seq_len * seq_len]; // [seq_len, seq_len], one head's probabilities
-    let mut a = vec![0f32; seq_len * hidden]; // [seq_len, hidden], one head's A
+    let mut m = vec![0f32; seq_len * seq_len]; // [seq_len, seq_len], Σ_heads PᵀP
+    let mut mx = vec![0f32; seq_len * hidden]; // [seq_len, hidden], M·X
     let mut hq = vec![0f32; seq_len * hd]; // [seq_len, head_dim]
     let mut hk = vec![0f32; seq_len * hd]; // [seq_len, head_dim]
     let mut h = Hessian::new(hidden);
@@ -66,6 +67,7 @@ pub(crate) fn value_hessian(
             rotary_dim: d.rotary_dim,
         };
         rope_apply(&mut qk, layout, rope.cos(), rope.sin());
+        m.fill(0.0);
         for j in 0..heads {
             let g = j / group;
             for ((row, q), k) in qk
@@ -87,9 +89,23 @@ pub(crate) fn value_hessian(
                     row[lo..=t].iter_mut().for_each(|v| *v *= scale);
                     softmax(&mut row[lo..=t]);
                 });
-            causal_product(&p, xs, seq_len, hidden, &mut a);
-            h.add(&a);
+            add_causal_gram(&p, seq_len, &mut m);
         }
+        // SAFETY: mx [seq_len, hidden], m [seq_len, seq_len] and xs [seq_len, hidden] are whole buffers with
+        // their row strides; mx is exclusively borrowed and separate from m and xs.
+        unsafe {
+            product(
+                seq_len,
+                hidden,
+                seq_len,
+                (mx.as_mut_ptr(), hidden as isize, 1),
+                None,
+                (m.as_ptr(), seq_len as isize, 1),
+                (xs.as_ptr(), hidden as isize, 1),
+                1.0,
+            );
+        }
+        h.add_product(xs, &mx, heads * seq_len);
     }
     Ok(h)
 }
@@ -117,22 +133,24 @@ fn causal_scores(q: &[f32], k: &[f32], n: usize, hd: usize, s: &mut [f32]) {
     }
 }
 
-/// out ([n, width]) = P · x for P ([n, n]) zero above its diagonal, x: [n, width]; each block of rows reads
-/// only the columns of P up to its last row.
-fn causal_product(p: &[f32], x: &[f32], n: usize, width: usize, out: &mut [f32]) {
+/// m ([n, n]) += Pᵀ·P for P ([n, n]) zero above its diagonal: each block of rows of P is nonzero only in the
+/// columns up to its last row.
+fn add_causal_gram(p: &[f32], n: usize, m: &mut [f32]) {
     for r0 in (0..n).step_by(CAUSAL_BLOCK) {
         let r1 = (r0 + CAUSAL_BLOCK).min(n);
-        // SAFETY: the out view is rows r0..r1 of out [n, width]; P[r0..r1, 0..r1] of p [n, n]; x[0..r1] of x
-        // [n, width]; out is exclusively borrowed, separate from p and x.
+        // M[0..r1, 0..r1] += P[r0..r1, 0..r1]ᵀ · P[r0..r1, 0..r1]
+        // SAFETY: the m view is rows and columns 0..r1 of m [n, n]; Pᵀ [r1, r1 − r0] reads p [n, n] from row r0
+        // with row stride 1, column stride n; P[r0..r1, 0..r1] has row stride n; m is exclusively borrowed and
+        // separate from p.
         unsafe {
             product(
-                r1 - r0,
-                width,
                 r1,
-                (out.as_mut_ptr().add(r0 * width), width as isize, 1),
-                None,
+                r1,
+                r1 - r0,
+                (m.as_mut_ptr(), n as isize, 1),
+                Some(1.0),
+                (p.as_ptr().add(r0 * n), 1, n as isize),
                 (p.as_ptr().add(r0 * n), n as isize, 1),
-                (x.as_ptr(), width as isize, 1),
                 1.0,
             );
         }
