@@ -296,6 +296,11 @@ fn plan_metric(
     if m.kind == MetricType::SizeOnDisk && data_config.is_some() {
         bail!("data_config: size_on_disk reads no data; remove it");
     }
+    if m.kind == MetricType::Memory && data_config.is_some() {
+        bail!(
+            "data_config: memory runs its forward pass on the project's evaluation text; remove it"
+        );
+    }
     // (plan, whether its settings came from an explicit metric_config)
     let mut by_measure: Vec<(Plan, bool)> = Vec::new();
     for (j, sub) in m.sub_types.iter().enumerate() {

@@ -22,9 +22,19 @@ pub fn joint_key(metric: &str, sub_type: &str) -> String {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SubMetricResult {
+    /// Written as an integer when it is one (bytes), as Olive's `Union[float, int]` prints it.
+    #[serde(serialize_with = "integral_or_float")]
     pub value: f64,
     pub priority: i64,
     pub higher_is_better: bool,
+}
+
+fn integral_or_float<S: serde::Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+    if v.fract() == 0.0 && v.abs() < 9.0e15 {
+        s.serialize_i64(*v as i64)
+    } else {
+        s.serialize_f64(*v)
+    }
 }
 
 /// Every measured sub type of a model, keyed `<metric>-<sub_type>`.
@@ -230,6 +240,10 @@ mod tests {
             json!({"lat-avg": {"value": 1.5, "priority": 1, "higher_is_better": false}})
         );
         assert_eq!(serde_json::from_value::<MetricResult>(v).unwrap(), r);
+        let bytes = result(&[("size-bytes", 540199654.0, false)]);
+        let text = serde_json::to_string(&bytes).unwrap();
+        assert!(text.contains(r#""value":540199654,"#), "{text}");
+        assert_eq!(serde_json::from_str::<MetricResult>(&text).unwrap(), bytes);
         assert_eq!(r.values()[joint_key("lat", "avg").as_str()], 1.5);
         assert_eq!(round5(1.234_567_8), 1.23457);
     }

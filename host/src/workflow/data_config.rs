@@ -290,6 +290,9 @@ impl WorkflowDataConfig {
             .collect();
         // local files are one split, "train"; olive-data refuses any other
         data.split = split.unwrap_or_else(|| "train".into());
+        // a missing file is an error now, before any pass or evaluation runs
+        olive_data::resolve_files(&data.data_files)
+            .map_err(|e| anyhow!("{KEY}.data_files: {e}"))?;
         Ok(())
     }
 
@@ -368,7 +371,19 @@ mod tests {
     }
 
     fn err(v: Value) -> String {
-        format!("{:#}", config(v).resolve(None).unwrap_err())
+        let dir = files(&["f"]);
+        format!("{:#}", config(v).resolve(Some(dir.path())).unwrap_err())
+    }
+
+    /// A folder with the (empty) data files the configs name.
+    fn files(names: &[&str]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for n in names {
+            let p = dir.path().join(n);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, "{}\n").unwrap();
+        }
+        dir
     }
 
     #[test]
@@ -382,10 +397,14 @@ mod tests {
                                         "max_samples": 8, "strategy": "line-by-line", "model_name": "m"},
             "dataloader_config": {"batch_size": 4}
         }));
-        let r = c.resolve(Some(Path::new("/base"))).unwrap();
+        let dir = files(&["d/f.jsonl"]);
+        let r = c.resolve(Some(dir.path())).unwrap();
         assert_eq!(r.name, "calib");
         assert_eq!(r.batch_size, 4);
-        assert_eq!(r.data.data_files, ["/base/d/f.jsonl"]);
+        assert_eq!(
+            r.data.data_files,
+            [dir.path().join("d/f.jsonl").display().to_string()]
+        );
         assert_eq!(r.data.split, "train");
         assert_eq!(r.data.text_template.as_deref(), Some("{prompt} {response}"));
         assert_eq!(
@@ -405,9 +424,11 @@ mod tests {
                                     "params": {"data_name": "text", "data_files": ["a.txt", "b.txt"]}},
             "pre_process_data_config": {"params": {"text_cols": ["text"], "strategy": "join"}}
         }));
-        let r = c.resolve(None).unwrap();
+        let dir = files(&["a.txt", "b.txt", "tr.jsonl", "te.jsonl"]);
+        let at = |f: &str| dir.path().join(f).display().to_string();
+        let r = c.resolve(Some(dir.path())).unwrap();
         assert_eq!(r.data.data_name, "text");
-        assert_eq!(r.data.data_files, ["a.txt", "b.txt"]);
+        assert_eq!(r.data.data_files, [at("a.txt"), at("b.txt")]);
         assert_eq!(
             (r.data.text_field.as_str(), r.data.layout),
             ("text", Layout::Pack)
@@ -417,10 +438,10 @@ mod tests {
             json!({"name": "s", "load_dataset_config": {"data_name": "json", "split": "test",
             "data_files": {"train": "tr.jsonl", "test": "te.jsonl"}}}),
         );
-        let r = c.resolve(None).unwrap();
+        let r = c.resolve(Some(dir.path())).unwrap();
         assert_eq!(
             (r.data.data_files.as_slice(), r.data.split.as_str()),
-            (&["te.jsonl".to_string()][..], "train")
+            (&[at("te.jsonl")][..], "train")
         );
     }
 
@@ -429,6 +450,8 @@ mod tests {
         let cases = [
             (json!({"name": "w", "load_dataset_config": {"data_name": "wikitext", "subset": "wikitext-2-raw-v1"}}),
              "data config \"w\": load_dataset_config.data_name \"wikitext\": the dataset would come from the Hugging Face hub"),
+            (json!({"name": "w", "load_dataset_config": {"data_name": "json", "data_files": ["f", "gone.jsonl"]}}),
+             "data config \"w\": load_dataset_config.data_files: --data_files \"/"),
             (json!({"name": "w", "load_dataset_config": {"data_name": "json"}}),
              "load_dataset_config.data_files: missing; local data needs data_files"),
             (json!({"name": "w", "load_dataset_config": {"data_name": "json", "data_files": "f", "subset": "x"}}),
@@ -465,9 +488,11 @@ mod tests {
         let cs = vec![config(
             json!({"name": "a", "load_dataset_config": {"data_name": "json", "data_files": "f"}}),
         )];
-        assert!(DataConfigRef::Name("a".into()).resolve(&cs, None).is_ok());
+        let dir = files(&["f", "x.txt"]);
+        let base = Some(dir.path());
+        assert!(DataConfigRef::Name("a".into()).resolve(&cs, base).is_ok());
         let e = DataConfigRef::Name("b".into())
-            .resolve(&cs, None)
+            .resolve(&cs, base)
             .unwrap_err();
         assert!(
             e.to_string()
@@ -477,6 +502,6 @@ mod tests {
         let inline: DataConfigRef = serde_json::from_value(json!({"name": "i",
             "load_dataset_config": {"data_name": "text", "data_files": "x.txt"}}))
         .unwrap();
-        assert_eq!(inline.resolve(&cs, None).unwrap().name, "i");
+        assert_eq!(inline.resolve(&cs, base).unwrap().name, "i");
     }
 }
