@@ -7,7 +7,7 @@ use olive_model::{Checkpoint, ModelConfig};
 
 use crate::cache::LayerCache;
 use crate::error::{NnError, Result};
-use crate::linear::{load_fused_or_split, load_vector, Linear};
+use crate::linear::{load_fused_or_split, load_vector, Linear, QuantizedWeights};
 use crate::rope::RopeTables;
 
 /// Where a probe sees the input of a group of linear layers (what a quantizer calibrates on).
@@ -101,6 +101,16 @@ pub struct DecoderLayer {
 impl DecoderLayer {
     /// Loads layer `index` (`model.layers.{index}.*`), from fused (Phi-3) or separate projections.
     pub fn load(ckpt: &Checkpoint, config: &ModelConfig, index: usize) -> Result<Self> {
+        Self::load_with(ckpt, config, index, QuantizedWeights::Dequantize)
+    }
+
+    /// [`DecoderLayer::load`], keeping quantized linears as `mode` says.
+    pub fn load_with(
+        ckpt: &Checkpoint,
+        config: &ModelConfig,
+        index: usize,
+        mode: QuantizedWeights,
+    ) -> Result<Self> {
         let dims = LayerDims::from_config(config);
         let p = format!("model.layers.{index}");
         let (h, q, kv, inter) = (
@@ -123,8 +133,9 @@ impl DecoderLayer {
                     (&format!("{attn}.v_proj"), kv),
                 ],
                 h,
+                mode,
             )?,
-            o_proj: Linear::load(ckpt, &format!("{attn}.o_proj"), h, q)?,
+            o_proj: Linear::load_fused_with(ckpt, &[(&format!("{attn}.o_proj"), h)], q, mode)?,
             post_attention_layernorm: load_vector(
                 ckpt,
                 &format!("{p}.post_attention_layernorm.weight"),
@@ -138,8 +149,14 @@ impl DecoderLayer {
                     (&format!("{mlp}.up_proj"), inter),
                 ],
                 h,
+                mode,
             )?,
-            down_proj: Linear::load(ckpt, &format!("{mlp}.down_proj"), h, inter)?,
+            down_proj: Linear::load_fused_with(
+                ckpt,
+                &[(&format!("{mlp}.down_proj"), h)],
+                inter,
+                mode,
+            )?,
         })
     }
 

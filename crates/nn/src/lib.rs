@@ -11,6 +11,7 @@ pub mod generate;
 pub mod layer;
 pub mod linear;
 pub mod model;
+pub mod packed;
 pub mod rope;
 pub mod train;
 
@@ -19,6 +20,7 @@ pub use cache::{KvCache, LayerCache};
 pub use error::NnError;
 pub use generate::{argmax, TextStream};
 pub use layer::{DecoderLayer, LayerDims, ProbePoint, Workspace};
-pub use linear::Linear;
+pub use linear::{Linear, QuantizedWeights};
 pub use model::Transformer;
+pub use packed::PackedWeight;
 pub use rope::{Rope, RopeTables};

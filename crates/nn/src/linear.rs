@@ -1,20 +1,36 @@
 //! `nn.Linear` weights in PyTorch layout (W: [out, in] row-major, optional bias) and their
 //! loading from Hugging Face checkpoints, including fusing separate projections into one matrix
 //! (q/k/v → qkv, gate/up → gate_up: Phi-3's layout). A pre-quantized linear (`<prefix>.qweight`, AutoAWQ GEMM
-//! or GPTQ per config.json's `quantization_config`, `olive_model::quantized`) is dequantized to f32.
+//! or GPTQ per config.json's `quantization_config`, `olive_model::quantized`) is dequantized to f32 at load,
+//! or kept packed and dequantized at each use ([`QuantizedWeights::Packed`], QLoRA's frozen int4 base).
 
 use olive_kernels::cpu::matmul;
-use olive_model::quantized::{is_quantized, quantized_linear, QuantizationConfig};
+use olive_model::quantized::{is_quantized, quantized_linear, QuantizationConfig, QuantizedLinear};
 use olive_model::{Checkpoint, ModelError};
 
 use crate::buffer::WeightBuf;
 use crate::error::{NnError, Result};
+use crate::packed::PackedWeight;
 
-/// A dense linear layer `y = x · Wᵀ + b`.
+/// How a loader keeps the linears of a pre-quantized checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum QuantizedWeights {
+    /// Dequantized to f32 once (inference: the dense kernels at full speed).
+    #[default]
+    Dequantize,
+    /// Kept as packed levels, scales and zero points, dequantized into a per-thread scratch at each
+    /// use (training over a quantized base: the memory of one matrix instead of the model).
+    Packed,
+}
+
+/// A linear layer `y = x · Wᵀ + b`.
 #[derive(Debug, Clone)]
 pub struct Linear {
-    /// weight: [out_features, in_features]
+    /// weight: [out_features, in_features]; empty when `packed` holds the weight.
     pub weight: WeightBuf,
+    /// The weight as packed integer levels (a quantized checkpoint loaded with
+    /// [`QuantizedWeights::Packed`]); None for a dense weight.
+    pub packed: Option<PackedWeight>,
     /// bias: [out_features]
     pub bias: Option<Vec<f32>>,
     pub in_features: usize,
@@ -25,14 +41,7 @@ impl Linear {
     /// out: [tokens, out_features] = x: [tokens, in_features] · Wᵀ + b.
     pub fn forward(&self, x: &[f32], out: &mut [f32]) {
         let tokens = x.len() / self.in_features.max(1);
-        matmul(
-            x,
-            &self.weight,
-            out,
-            tokens,
-            self.in_features,
-            self.out_features,
-        );
+        self.with_weight(|w| matmul(x, w, out, tokens, self.in_features, self.out_features));
         if let Some(bias) = &self.bias {
             for row in out.chunks_exact_mut(self.out_features) {
                 for (o, b) in row.iter_mut().zip(bias) {
@@ -42,8 +51,38 @@ impl Linear {
         }
     }
 
-    /// Rows `start .. start + len` of the weight (e.g. the k part of a fused qkv): [len, in_features].
+    /// Calls `f` with the float weight [out_features, in_features]: the dense one, or the packed one
+    /// dequantized into this thread's scratch (the same values the dequantize-at-load path holds).
+    pub fn with_weight<R>(&self, f: impl FnOnce(&[f32]) -> R) -> R {
+        match &self.packed {
+            Some(p) => p.with_dequantized(f),
+            None => f(&self.weight),
+        }
+    }
+
+    /// Turns a packed weight into a dense one (e.g. before merging an adapter into it).
+    pub fn densify(&mut self) -> Result<()> {
+        if let Some(p) = self.packed.take() {
+            let mut weight = weight_buf(self.out_features * self.in_features)?;
+            p.dequantize_into(&mut weight);
+            self.weight = weight;
+        }
+        Ok(())
+    }
+
+    /// Bytes the weight holds (dense f32 or packed).
+    pub fn weight_bytes(&self) -> usize {
+        self.packed
+            .as_ref()
+            .map_or(4 * self.weight.len(), PackedWeight::bytes)
+    }
+
+    /// Rows `start .. start + len` of the dense weight (e.g. the k part of a fused qkv): [len,
+    /// in_features]; empty when the weight is packed.
     pub fn rows(&self, start: usize, len: usize) -> &[f32] {
+        if self.packed.is_some() {
+            return &[];
+        }
         &self.weight[start * self.in_features..(start + len) * self.in_features]
     }
 
@@ -64,19 +103,50 @@ impl Linear {
         parts: &[(&str, usize)],
         in_features: usize,
     ) -> Result<Self> {
+        Self::load_fused_with(ckpt, parts, in_features, QuantizedWeights::Dequantize)
+    }
+
+    /// [`Linear::load_fused`]; quantized parts are kept packed with [`QuantizedWeights::Packed`]
+    /// when all parts are quantized alike (bits, groups, g_idx), else dequantized.
+    pub fn load_fused_with(
+        ckpt: &Checkpoint,
+        parts: &[(&str, usize)],
+        in_features: usize,
+        mode: QuantizedWeights,
+    ) -> Result<Self> {
         let out_features: usize = parts.iter().map(|(_, n)| n).sum();
-        let mut weight = weight_buf(out_features * in_features)?;
-        let mut row = 0;
-        for (prefix, n) in parts {
-            let rows = &mut weight[row * in_features..(row + n) * in_features];
-            if is_quantized(ckpt, prefix) {
-                rows.copy_from_slice(&dequantized(ckpt, prefix, *n, in_features)?);
-            } else {
-                let t = ckpt.tensor_f32_shaped(&format!("{prefix}.weight"), &[*n, in_features])?;
-                rows.copy_from_slice(&t.data);
+        let all_quantized = parts.iter().all(|(p, _)| is_quantized(ckpt, p));
+        let packed = if mode == QuantizedWeights::Packed && all_quantized {
+            let qs = parts
+                .iter()
+                .map(|(p, n)| read_quantized(ckpt, p, *n, in_features))
+                .collect::<Result<Vec<_>>>()?;
+            match qs.as_slice() {
+                [one] => Some(PackedWeight::new(one)),
+                _ => QuantizedLinear::concat(&qs).map(|q| PackedWeight::new(&q)),
             }
-            row += n;
-        }
+        } else {
+            None
+        };
+        let weight = if packed.is_some() {
+            weight_buf(0)?
+        } else {
+            let mut weight = weight_buf(out_features * in_features)?;
+            let mut row = 0;
+            for (prefix, n) in parts {
+                let rows = &mut weight[row * in_features..(row + n) * in_features];
+                if is_quantized(ckpt, prefix) {
+                    rows.copy_from_slice(
+                        &read_quantized(ckpt, prefix, *n, in_features)?.dequantize(),
+                    );
+                } else {
+                    let t = read_f32(ckpt, &format!("{prefix}.weight"), &[*n, in_features])?;
+                    rows.copy_from_slice(&t);
+                }
+                row += n;
+            }
+            weight
+        };
         let has_bias = parts
             .iter()
             .any(|(p, _)| ckpt.contains(&format!("{p}.bias")));
@@ -85,7 +155,7 @@ impl Linear {
             for (prefix, n) in parts {
                 let name = format!("{prefix}.bias");
                 if ckpt.contains(&name) {
-                    bias.extend_from_slice(&ckpt.tensor_f32_shaped(&name, &[*n])?.data);
+                    bias.extend_from_slice(&read_f32(ckpt, &name, &[*n])?);
                 } else {
                     bias.resize(bias.len() + n, 0.0);
                 }
@@ -96,6 +166,7 @@ impl Linear {
         };
         Ok(Linear {
             weight,
+            packed,
             bias,
             in_features,
             out_features,
@@ -103,14 +174,14 @@ impl Linear {
     }
 }
 
-/// The dequantized weight [out, in] of the quantized linear at `prefix`, per config.json's
+/// The quantized linear at `prefix` ([out, in] once dequantized), per config.json's
 /// `quantization_config`.
-fn dequantized(
+fn read_quantized(
     ckpt: &Checkpoint,
     prefix: &str,
     out: usize,
     in_features: usize,
-) -> Result<Vec<f32>> {
+) -> Result<QuantizedLinear> {
     let path = ckpt.folder().join("config.json");
     let cfg =
         QuantizationConfig::from_config_json(&path)?.ok_or_else(|| ModelError::BadTensor {
@@ -119,6 +190,9 @@ fn dequantized(
             reason: "a quantized tensor but config.json has no quantization_config".into(),
         })?;
     let q = quantized_linear(ckpt, prefix, &cfg)?;
+    for part in ["qweight", "qzeros", "scales", "g_idx"] {
+        ckpt.release(&format!("{prefix}.{part}"));
+    }
     if (q.out_features, q.in_features) != (out, in_features) {
         return Err(ModelError::BadTensor {
             path,
@@ -130,12 +204,12 @@ fn dequantized(
         }
         .into());
     }
-    Ok(q.dequantize())
+    Ok(q)
 }
 
 /// Loads a 1-D weight such as a norm's scale: [len].
 pub(crate) fn load_vector(ckpt: &Checkpoint, name: &str, len: usize) -> Result<Vec<f32>> {
-    Ok(ckpt.tensor_f32_shaped(name, &[len])?.data)
+    read_f32(ckpt, name, &[len])
 }
 
 /// The fused projection when the checkpoint stores it (`fused`), else the separate ones stacked.
@@ -144,12 +218,13 @@ pub(crate) fn load_fused_or_split(
     fused: &str,
     split: &[(&str, usize)],
     in_features: usize,
+    mode: QuantizedWeights,
 ) -> Result<Linear> {
     if ckpt.contains(&format!("{fused}.weight")) || is_quantized(ckpt, fused) {
         let out: usize = split.iter().map(|(_, n)| n).sum();
-        Linear::load(ckpt, fused, out, in_features)
+        Linear::load_fused_with(ckpt, &[(fused, out)], in_features, mode)
     } else {
-        Linear::load_fused(ckpt, split, in_features)
+        Linear::load_fused_with(ckpt, split, in_features, mode)
     }
 }
 
@@ -163,10 +238,18 @@ pub(crate) fn weight_buf(len: usize) -> Result<WeightBuf> {
 
 /// A tensor of the checkpoint with the given shape, copied into huge-page memory.
 pub(crate) fn load_matrix(ckpt: &Checkpoint, name: &str, shape: &[usize]) -> Result<WeightBuf> {
-    let t = ckpt.tensor_f32_shaped(name, shape)?;
-    let mut buf = weight_buf(t.data.len())?;
-    buf.copy_from_slice(&t.data);
+    let t = read_f32(ckpt, name, shape)?;
+    let mut buf = weight_buf(t.len())?;
+    buf.copy_from_slice(&t);
     Ok(buf)
+}
+
+/// A tensor of the checkpoint with the given shape as f32, its mapped pages released once copied
+/// (they would count in the resident set until the checkpoint is dropped).
+fn read_f32(ckpt: &Checkpoint, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+    let t = ckpt.tensor_f32_shaped(name, shape)?;
+    ckpt.release(name);
+    Ok(t.data)
 }
 
 #[cfg(test)]

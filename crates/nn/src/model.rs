@@ -12,7 +12,7 @@ use crate::buffer::WeightBuf;
 use crate::cache::KvCache;
 use crate::error::{NnError, Result};
 use crate::layer::{DecoderLayer, LayerDims};
-use crate::linear::{load_matrix, load_vector};
+use crate::linear::{load_matrix, load_vector, QuantizedWeights};
 use crate::rope::Rope;
 
 /// Which rows of logits a forward pass computes.
@@ -41,17 +41,31 @@ pub struct Transformer {
 impl Transformer {
     /// Loads a Hugging Face folder (config.json and safetensors).
     pub fn load(dir: &Path) -> Result<Self> {
+        Self::load_with(dir, QuantizedWeights::Dequantize)
+    }
+
+    /// [`Transformer::load`], keeping quantized linears as `mode` says.
+    pub fn load_with(dir: &Path, mode: QuantizedWeights) -> Result<Self> {
         let config = ModelConfig::from_folder(dir)?;
         let ckpt = Checkpoint::open(dir)?;
-        Self::from_checkpoint(config, &ckpt)
+        Self::from_checkpoint_with(config, &ckpt, mode)
     }
 
     /// Builds the model from a parsed config and an opened checkpoint.
     pub fn from_checkpoint(config: ModelConfig, ckpt: &Checkpoint) -> Result<Self> {
+        Self::from_checkpoint_with(config, ckpt, QuantizedWeights::Dequantize)
+    }
+
+    /// [`Transformer::from_checkpoint`], keeping quantized linears as `mode` says.
+    pub fn from_checkpoint_with(
+        config: ModelConfig,
+        ckpt: &Checkpoint,
+        mode: QuantizedWeights,
+    ) -> Result<Self> {
         let (vocab, hidden) = (config.vocab_size, config.hidden_size);
         let embed_tokens = load_matrix(ckpt, "model.embed_tokens.weight", &[vocab, hidden])?;
         let layers = (0..config.num_hidden_layers)
-            .map(|i| DecoderLayer::load(ckpt, &config, i))
+            .map(|i| DecoderLayer::load_with(ckpt, &config, i, mode))
             .collect::<Result<Vec<_>>>()?;
         let norm = load_vector(ckpt, "model.norm.weight", hidden)?;
         let lm_head = if config.tie_word_embeddings {
@@ -90,6 +104,15 @@ impl Transformer {
     /// The decoder layers, for changing their weights (merging an adapter).
     pub fn layers_mut(&mut self) -> &mut [DecoderLayer] {
         &mut self.layers
+    }
+
+    /// Bytes of the decoder layers' linear weights (dense f32 or packed).
+    pub fn linear_weight_bytes(&self) -> usize {
+        self.layers
+            .iter()
+            .flat_map(|l| [&l.qkv_proj, &l.o_proj, &l.gate_up_proj, &l.down_proj])
+            .map(|lin| lin.weight_bytes())
+            .sum()
     }
 
     /// The final RMSNorm's weight: [hidden].

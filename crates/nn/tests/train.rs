@@ -136,7 +136,7 @@ fn training_lowers_the_loss_and_the_merged_model_agrees() {
     assert!(t.adapter().iter().all(|w| w.b.iter().any(|v| *v != 0.0)));
 
     // The merged weights compute the adapted model: same logits on an unpadded row.
-    let merged = t.merged_model();
+    let merged = t.merged_model().unwrap();
     let ids = &batch[0].input_ids;
     let logits = merged
         .forward(ids, &mut merged.new_cache(ids.len()))

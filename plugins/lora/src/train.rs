@@ -10,7 +10,7 @@ use olive_data::{prepare, ModelTokenizer, Rng, Sample, IGNORE_INDEX};
 use olive_model::adapter::{write_adapter, LoraSaveConfig, Projection};
 use olive_model::ModelConfig;
 use olive_nn::train::{LoraSpec, LoraTrainer, TrainError};
-use olive_nn::Transformer;
+use olive_nn::{QuantizedWeights, Transformer};
 use olive_pass_sdk::{kinds, Context, Error, Model};
 use serde_json::json;
 
@@ -153,6 +153,8 @@ pub fn run(
     let tok = ModelTokenizer::load(base).map_err(|e| Error::UnsupportedModel(e.to_string()))?;
     let data =
         prepare(&cfg.train_data_config, &tok).map_err(|e| Error::InvalidConfig(e.to_string()))?;
+    // The rows are token ids now: free the tokenizer before the weights load.
+    drop(tok);
     if data.train.is_empty() {
         return Err(Error::InvalidConfig(format!(
             "dataset is empty: no training rows from {}",
@@ -171,8 +173,13 @@ pub fn run(
     ));
     ctx.check_cancelled()?;
     let weights_dir = weights_dir()?;
-    let transformer =
-        Transformer::load(&weights_dir).map_err(|e| Error::UnsupportedModel(e.to_string()))?;
+    // A quantized base stays packed: each linear is dequantized when used.
+    let transformer = Transformer::load_with(&weights_dir, QuantizedWeights::Packed)
+        .map_err(|e| Error::UnsupportedModel(e.to_string()))?;
+    ctx.info(&format!(
+        "base linears: {:.1} MiB in memory",
+        transformer.linear_weight_bytes() as f64 / (1 << 20) as f64
+    ));
     let spec = LoraSpec {
         r: cfg.r,
         alpha: cfg.alpha as f32,

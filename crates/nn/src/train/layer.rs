@@ -102,17 +102,19 @@ fn adapted_linear_backward(
 ) -> Vec<f32> {
     let tokens = x.len() / lin.in_features;
     let mut dx = vec![0.0; tokens * lin.in_features];
-    matmul_strided(
-        tokens,
-        lin.in_features,
-        lin.out_features,
-        View::rows(dy, lin.out_features),
-        View::rows(&lin.weight, lin.in_features),
-        &mut dx,
-        lin.in_features,
-        1.0,
-        false,
-    );
+    lin.with_weight(|w| {
+        matmul_strided(
+            tokens,
+            lin.in_features,
+            lin.out_features,
+            View::rows(dy, lin.out_features),
+            View::rows(w, lin.in_features),
+            &mut dx,
+            lin.in_features,
+            1.0,
+            false,
+        )
+    });
     for (i, m) in mods.iter_mut().enumerate().filter(|(_, m)| m.site == site) {
         let (u, mask) = &u[i];
         lora::backward(m, x, (u, mask.as_ref()), dy, lin.out_features, &mut dx);

@@ -193,8 +193,9 @@ impl LoraTrainer {
         self.adapters.iter().map(Adapted::weights).collect()
     }
 
-    /// The base with the adapters merged in (W += scale · B·A), e.g. for greedy generation.
-    pub fn merged_model(&self) -> Transformer {
+    /// The base with the adapters merged in (W += scale · B·A), e.g. for greedy generation; packed
+    /// weights that get an adapter are dequantized first.
+    pub fn merged_model(&self) -> Result<Transformer> {
         let mut model = self.model.clone();
         for (layer, range) in model.layers_mut().iter_mut().zip(&self.by_layer) {
             for m in &self.adapters[range.clone()] {
@@ -204,6 +205,7 @@ impl LoraTrainer {
                     Site::GateUp => &mut layer.gate_up_proj,
                     Site::Down => &mut layer.down_proj,
                 };
+                lin.densify()?;
                 let n_in = lin.in_features;
                 matmul_strided(
                     m.rows.len(),
@@ -218,7 +220,7 @@ impl LoraTrainer {
                 );
             }
         }
-        model
+        Ok(model)
     }
 
     /// One optimizer step over the micro-batches of a gradient-accumulation step (each a batch of
