@@ -1,12 +1,15 @@
 //! Samplers over one search space (olive/search/samplers): sequential (every index in order), random (uniform
 //! without replacement, seeded) and TPE (Bergstra et al. 2011, "Algorithms for Hyper-Parameter Optimization",
-//! one categorical `tpe` crate optimizer per parameter, seeded). Points that are invalid are skipped.
+//! the `tpe` crate's categorical densities per parameter, candidates scored jointly, seeded). Invalid points are
+//! skipped.
 
 use std::cmp::Ordering;
 use std::collections::HashSet;
 
+use rand::distr::Distribution;
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::{RngExt, SeedableRng};
+use tpe::density_estimation::{BuildDensityEstimator, DefaultEstimator, DensityEstimator};
 
 use super::space::Subspace;
 
@@ -21,8 +24,12 @@ pub enum SamplerKind {
     Tpe,
 }
 
-/// Tries for TPE to propose an untried valid point before a uniform pick among the untried ones.
-const TPE_TRIES: usize = 32;
+/// Rounds of TPE candidates before a uniform pick among the untried points.
+const TPE_TRIES: usize = 8;
+/// Candidates per round (the `tpe` crate's and optuna's default, 24).
+const TPE_CANDIDATES: usize = 24;
+/// Fraction of the history that forms the good density (the `tpe` crate's and optuna's default, 0.1).
+const TPE_GAMMA: f64 = 0.1;
 
 /// A sampler's state over one subspace.
 pub(crate) struct Sampler {
@@ -34,7 +41,7 @@ pub(crate) struct Sampler {
     untried: Vec<usize>,
     /// Random and TPE: number of valid indices.
     valid: usize,
-    /// TPE: every proposal's digits and its rank key (None for failed or invalid).
+    /// TPE: every recorded trial's digits and its rank key (None for failed).
     history: Vec<(Vec<usize>, Option<Vec<f64>>)>,
     suggested: HashSet<usize>,
 }
@@ -103,62 +110,68 @@ impl Sampler {
             return None;
         }
         let radices = sub.radices();
+        let (good, bad) = self.estimators(&radices, rank);
         for _ in 0..TPE_TRIES {
-            let digits = self.ask_tpe(&radices, rank);
-            let index = sub.index(&digits);
-            if sub.decode(index).is_none() {
-                // Invalid: told as a failure so TPE learns to avoid it.
-                self.history.push((digits, None));
-            } else if !self.suggested.contains(&index) {
+            // Candidates drawn from the good density, scored by log l(x) - log g(x) summed over the parameters
+            // (multivariate, as Olive's default optuna TPE); tried and invalid ones are dropped.
+            let mut best: Option<(f64, usize)> = None;
+            for _ in 0..TPE_CANDIDATES {
+                let digits: Vec<usize> = good
+                    .iter()
+                    .zip(&radices)
+                    .map(|(l, &r)| (l.sample(&mut self.rng).max(0.0) as usize).min(r - 1))
+                    .collect();
+                let index = sub.index(&digits);
+                if self.suggested.contains(&index) || sub.decode(index).is_none() {
+                    continue;
+                }
+                let score: f64 = digits
+                    .iter()
+                    .zip(good.iter().zip(&bad))
+                    .map(|(&d, (l, g))| l.log_pdf(d as f64) - g.log_pdf(d as f64))
+                    .sum();
+                if best.is_none_or(|(s, _)| score > s) {
+                    best = Some((score, index));
+                }
+            }
+            if let Some((_, index)) = best {
                 return Some(index);
             }
         }
         self.pick_random()
     }
 
-    /// One TPE proposal: the optimizers are rebuilt from the history each time, its values being ranks, since
-    /// the ranking (goals, then priorities) has no fixed scalar and TPE only uses the order.
-    fn ask_tpe(
-        &mut self,
+    /// Per parameter, the `tpe` crate's histogram densities of the better fraction of the history (l) and of the
+    /// rest (g). The history's order is the ranking (goals, then priorities), which has no fixed scalar.
+    fn estimators(
+        &self,
         radices: &[usize],
         rank: &dyn Fn(&[f64], &[f64]) -> Ordering,
-    ) -> Vec<usize> {
-        let mut order: Vec<usize> = (0..self.history.len()).collect();
-        let key = |i: usize| self.history[i].1.as_deref();
-        let cmp = |a: usize, b: usize| match (key(a), key(b)) {
+    ) -> (Vec<DefaultEstimator>, Vec<DefaultEstimator>) {
+        let mut order: Vec<&(Vec<usize>, Option<Vec<f64>>)> = self.history.iter().collect();
+        order.sort_by(|a, b| match (&a.1, &b.1) {
             (Some(x), Some(y)) => rank(x, y),
             (Some(_), None) => Ordering::Less,
             (None, Some(_)) => Ordering::Greater,
             (None, None) => Ordering::Equal,
+        });
+        let split = (order.len() as f64 * TPE_GAMMA).ceil() as usize;
+        let (good, bad) = order.split_at(split);
+        let build = |set: &[&(Vec<usize>, Option<Vec<f64>>)]| -> Vec<DefaultEstimator> {
+            radices
+                .iter()
+                .enumerate()
+                .filter_map(|(p, &radix)| {
+                    let range = tpe::categorical_range(radix).ok()?;
+                    let xs = set.iter().map(|(digits, _)| digits[p] as f64);
+                    match tpe::histogram_estimator().build_density_estimator(xs, range) {
+                        Ok(e) => Some(e),
+                        Err(never) => match never {},
+                    }
+                })
+                .collect()
         };
-        order.sort_by(|&a, &b| cmp(a, b));
-        // Ties share a rank.
-        let mut ranks = vec![0.0; order.len()];
-        for (pos, &i) in order.iter().enumerate() {
-            ranks[i] = match pos {
-                0 => 0.0,
-                _ if cmp(order[pos - 1], i) == Ordering::Equal => ranks[order[pos - 1]],
-                _ => pos as f64,
-            };
-        }
-        radices
-            .iter()
-            .enumerate()
-            .map(|(p, &radix)| {
-                let Ok(range) = tpe::categorical_range(radix) else {
-                    return 0;
-                };
-                let mut optim = tpe::TpeOptimizer::new(tpe::histogram_estimator(), range);
-                for ((digits, _), &r) in self.history.iter().zip(&ranks) {
-                    // In range by construction, so tell cannot fail.
-                    let _ = optim.tell(digits[p] as f64, r);
-                }
-                match optim.ask(&mut self.rng) {
-                    Ok(x) => (x.max(0.0) as usize).min(radix - 1),
-                    Err(never) => match never {},
-                }
-            })
-            .collect()
+        (build(good), build(bad))
     }
 
     /// Tells the sampler a suggested point's result (None: failed); only TPE uses it.
