@@ -257,3 +257,6 @@ pub fn evaluate_with(
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests;
