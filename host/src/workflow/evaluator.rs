@@ -13,8 +13,6 @@ use crate::evaluate::result::MetricResult;
 /// A checked evaluator.
 #[derive(Debug, Clone)]
 pub struct Evaluator {
-    /// Where it was defined (`evaluators.<name>` or `evaluator`).
-    pub origin: String,
     pub metrics: Vec<Metric>,
     plans: Vec<Plan>,
     /// The evaluator's JSON, part of the evaluation cache key.
@@ -34,7 +32,6 @@ impl Evaluator {
         let plans = validate(&metrics, &workflow.data_configs, None)
             .map_err(|e| anyhow!("{origin}.{e:#}"))?;
         Ok(Some(Evaluator {
-            origin,
             metrics,
             plans,
             config,
@@ -49,6 +46,15 @@ impl Evaluator {
     /// Measures every metric on `model`.
     pub fn evaluate(&self, model: &Model) -> anyhow::Result<MetricResult> {
         crate::evaluate::evaluate(&self.plans, model)
+    }
+
+    /// How many metric sub types rank models (priority > 0).
+    pub fn objectives_declared(&self) -> usize {
+        self.metrics
+            .iter()
+            .flat_map(|m| &m.sub_types)
+            .filter(|s| s.priority > 0)
+            .count()
     }
 
     /// `name: value, ...` for the log.

@@ -17,8 +17,13 @@ use super::output::{model_config, save_model};
 use super::resolve::{resolve, ResolvedPass};
 use crate::cache::{key_of, Cache, Entry, Outcome};
 use crate::engine::{self, PassRun};
-use crate::evaluate::result::MetricResult;
+use crate::evaluate::result::{meets_goals, resolve_goals, MetricResult};
 use crate::plugins::Discovery;
+use crate::search::{
+    apply_point, objectives_from_metrics, split_pass_config, ExecutionOrder, MetricSubType,
+    Outcome as TrialOutcome, ParamPath, PassSpace, Report as SearchReport, SamplerKind, Search,
+    SearchConfig, SearchParam, SearchSpace, IGNORED, INVALID,
+};
 
 /// A model reached by the run: its cache key and where it is.
 #[derive(Debug, Clone)]
@@ -33,30 +38,115 @@ pub struct Prepared {
     pub passes: Vec<ResolvedPass>,
     pub input: Model,
     pub evaluator: Option<super::evaluator::Evaluator>,
+    /// The search strategy and each pass's fixed values and search parameters, when the workflow searches.
+    pub search: Option<(SearchConfig, SearchSpace)>,
 }
 
 /// Resolves and checks everything a run needs; nothing runs and nothing is written.
 pub fn prepare(workflow: Workflow, found: &Discovery) -> anyhow::Result<Prepared> {
     let passes = resolve(&workflow, found)?;
+    let mut spaces = Vec::new();
     for pass in &passes {
-        pass.check(&pass.config)?;
+        let space = split_pass_config(
+            &pass.entry.name,
+            &Value::Object(pass.config.clone()),
+            &pass.path(),
+        )?;
+        check_space(pass, &space)?;
+        spaces.push(space);
     }
     let input = input_model(&workflow)?;
     let evaluator = super::evaluator::Evaluator::from_workflow(&workflow)?;
-    if workflow
-        .engine
-        .search_strategy
-        .as_ref()
-        .is_some_and(|s| s != &Value::Bool(false))
-    {
-        bail!("search_strategy: searching is not available in this build yet; remove search_strategy to run the passes once");
-    }
+    let search = match search_config(&workflow)? {
+        Some(config) => {
+            if evaluator
+                .as_ref()
+                .is_none_or(|e| e.objectives_declared() == 0)
+            {
+                bail!(
+                    "search_strategy: a search ranks models by the evaluator's metrics; give an `evaluator` with at \
+                     least one sub type of priority > 0"
+                );
+            }
+            Some((config, SearchSpace::new(spaces)?))
+        }
+        None => {
+            if let Some(space) = spaces.iter().find(|s| !s.params.is_empty()) {
+                let (path, _) = &space.params[0];
+                bail!(
+                    "passes.{}.{path}: a search parameter, but the workflow has no search_strategy (add one, or give \
+                     the CLI --enable_search)",
+                    space.pass
+                );
+            }
+            None
+        }
+    };
     Ok(Prepared {
         workflow,
         passes,
         input,
         evaluator,
+        search,
     })
+}
+
+/// The engine's search strategy: a mapping, `true` (Olive: joint TPE) or false/absent (no search).
+fn search_config(workflow: &Workflow) -> anyhow::Result<Option<SearchConfig>> {
+    match &workflow.engine.search_strategy {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => Ok(None),
+        Some(Value::Bool(true)) => Ok(Some(SearchConfig::new(
+            ExecutionOrder::Joint,
+            SamplerKind::Tpe,
+        ))),
+        Some(value) => Ok(Some(SearchConfig::from_json(value, "search_strategy")?)),
+    }
+}
+
+/// Checks the pass's fixed values with each value of each search parameter (the others at their first value), so
+/// a wrong value anywhere in the space is reported before anything runs.
+fn check_space(pass: &ResolvedPass, space: &PassSpace) -> anyhow::Result<()> {
+    let usable = |v: &Value| !matches!(v.as_str(), Some(INVALID) | Some(IGNORED));
+    let first: Vec<(ParamPath, Value)> = space
+        .params
+        .iter()
+        .filter_map(|(path, param)| {
+            param_values(param)
+                .into_iter()
+                .find(|v| usable(v))
+                .map(|v| (path.clone(), v))
+        })
+        .collect();
+    let check = |values: &[(ParamPath, Value)]| -> anyhow::Result<()> {
+        match apply_point(&space.fixed, values) {
+            Value::Object(config) => pass.check(&config),
+            other => bail!("{}: expected a mapping, found {other}", pass.path()),
+        }
+    };
+    check(&first)?;
+    for (path, param) in &space.params {
+        for value in param_values(param).into_iter().filter(|v| usable(v)) {
+            let mut values = first.clone();
+            if let Some(slot) = values.iter_mut().find(|(p, _)| p == path) {
+                slot.1 = value;
+            }
+            check(&values)?;
+        }
+    }
+    Ok(())
+}
+
+/// Every value a search parameter can take (all branches of a conditional).
+fn param_values(param: &SearchParam) -> Vec<Value> {
+    match param {
+        SearchParam::Categorical(values) => values.clone(),
+        SearchParam::Conditional(c) => c
+            .branches
+            .iter()
+            .flat_map(|(_, values)| values.iter().cloned())
+            .chain(c.default.iter().cloned())
+            .collect(),
+    }
 }
 
 /// The input model as a model reference, a .gguf converted once into the model cache.
@@ -134,12 +224,14 @@ pub fn execute(prepared: &Prepared) -> anyhow::Result<Report> {
         model: prepared.input.clone(),
     };
     run.footprints.input(&input_id, &input.model);
+    let mut input_result = None;
     if let Some(evaluator) = prepared
         .evaluator
         .as_ref()
         .filter(|_| workflow.engine.evaluate_input_model)
     {
         let result = run.evaluate(&input)?;
+        input_result = Some(result.clone());
         tracing::info!("input model: {}", evaluator.describe(&result));
         run.footprints.evaluated(&input_id, result.clone(), true);
         if !workflow.engine.no_artifacts {
@@ -158,6 +250,15 @@ pub fn execute(prepared: &Prepared) -> anyhow::Result<Report> {
             ran: 0,
             hits: 0,
         });
+    }
+    if let Some((config, space)) = &prepared.search {
+        return run.search(
+            &input,
+            input_result.as_ref(),
+            *config,
+            space.clone(),
+            &output_dir,
+        );
     }
     let configs: Vec<Map<String, Value>> =
         prepared.passes.iter().map(|p| p.config.clone()).collect();
@@ -298,6 +399,133 @@ impl Run<'_> {
         self.cache
             .store_evaluation(&key, &serde_json::to_value(&result)?)?;
         Ok(result)
+    }
+
+    /// Runs the search: each trial's passes through the cache, then its evaluation; the best model by the
+    /// objectives' priorities is saved, and the Pareto front is written as a table, JSON and plots.
+    fn search(
+        mut self,
+        input: &Reached,
+        input_result: Option<&MetricResult>,
+        config: SearchConfig,
+        space: SearchSpace,
+        output_dir: &std::path::Path,
+    ) -> anyhow::Result<Report> {
+        let evaluator = self
+            .prepared
+            .evaluator
+            .as_ref()
+            .ok_or_else(|| anyhow!("a search needs an evaluator"))?;
+        let goals = resolve_goals(&evaluator.metrics, input_result)?;
+        let subs: Vec<MetricSubType> = evaluator
+            .metrics
+            .iter()
+            .flat_map(|m| {
+                m.sub_types.iter().map(|sub| {
+                    let key = crate::evaluate::result::joint_key(&m.name, &sub.name);
+                    MetricSubType {
+                        metric: m.name.clone(),
+                        sub_type: sub.name.clone(),
+                        higher_is_better: m.higher_is_better(sub),
+                        priority: sub.priority,
+                        goal: goals.get(&key).copied(),
+                    }
+                })
+            })
+            .collect();
+        let objectives = objectives_from_metrics(&subs);
+        for o in &objectives {
+            self.footprints.objective_dict.insert(
+                o.name.clone(),
+                json!({"higher_is_better": o.higher_is_better, "goal": o.goal, "priority": o.priority}),
+            );
+        }
+        let mut search = Search::new(space, objectives, config)?;
+        let mut models: Vec<Option<Reached>> = Vec::new();
+        while let Some(trial) = search.next()? {
+            let configs: Vec<Map<String, Value>> = trial
+                .configs
+                .iter()
+                .map(|(_, c)| c.as_object().cloned().unwrap_or_default())
+                .collect();
+            let values: Vec<String> = trial
+                .point
+                .iter()
+                .flat_map(|p| {
+                    p.values
+                        .iter()
+                        .map(move |(k, v)| format!("{}.{k}={v}", p.pass))
+                })
+                .collect();
+            tracing::info!("trial {}: {}", trial.id, values.join(", "));
+            let outcome = self.trial(input, &configs).and_then(|last| {
+                let result = self.evaluate(&last)?;
+                self.footprints
+                    .evaluated(&last.id, result.clone(), meets_goals(&result, &goals));
+                tracing::info!("trial {}: {}", trial.id, evaluator.describe(&result));
+                Ok((last, result))
+            });
+            let recorded = match outcome {
+                Ok((last, result)) => {
+                    let values = result.values();
+                    models.resize(trial.id + 1, None);
+                    models[trial.id] = Some(last);
+                    TrialOutcome::from_values(search.objectives(), &values)
+                }
+                Err(err) => {
+                    tracing::warn!("trial {} failed: {err:#}", trial.id);
+                    TrialOutcome::Failed
+                }
+            };
+            search.record(trial.id, recorded)?;
+        }
+        let report = SearchReport::new(&search);
+        println!("{}", report.table());
+        let mut front = Vec::new();
+        for row in report.rows.iter().filter(|r| r.on_front) {
+            if let Some(Some(model)) = models.get(row.trial) {
+                if let Some(node) = self.footprints.nodes.get_mut(&model.id) {
+                    node.is_pareto_frontier = true;
+                }
+                front.push(model.id.clone());
+            }
+        }
+        self.footprints.output_model_ids = front;
+        let best = report
+            .best
+            .and_then(|id| models.get(id).cloned().flatten())
+            .ok_or_else(|| anyhow!("no trial of the search succeeded; see the warnings above"))?;
+        let saved = save_model(&best.model, output_dir)?;
+        if !self.prepared.workflow.engine.no_artifacts {
+            report.write_json(&output_dir.join("search_results.json"))?;
+            for ext in ["png", "svg"] {
+                report.write_plot(
+                    &output_dir.join(format!("pareto_frontier.{ext}")),
+                    "Pareto front",
+                )?;
+            }
+        }
+        self.write_footprints(output_dir)?;
+        Ok(Report {
+            output: Some(saved),
+            output_dir: output_dir.to_path_buf(),
+            ran: self.ran,
+            hits: self.hits,
+        })
+    }
+
+    /// The last model of a trial's chain of passes.
+    fn trial(
+        &mut self,
+        input: &Reached,
+        configs: &[Map<String, Value>],
+    ) -> anyhow::Result<Reached> {
+        for (pass, config) in self.prepared.passes.iter().zip(configs) {
+            pass.check(config)?;
+        }
+        self.chain(input, configs)?
+            .pop()
+            .ok_or_else(|| anyhow!("the trial ran no pass"))
     }
 
     fn write_footprints(&self, output_dir: &std::path::Path) -> anyhow::Result<()> {
