@@ -105,11 +105,12 @@ impl Runner {
                 // the prefix's last row predicts each continuation's first token
                 let last = &prefix_logits[(prefix.len() - 1) * vocab..];
                 for cont in conts {
-                    cache.truncate(prefix.len());
-                    let rows = model.forward(&cont[..cont.len() - 1], &mut cache)?;
                     let mut l = Vec::with_capacity(cont.len() * vocab);
                     l.extend_from_slice(last);
-                    l.extend_from_slice(&rows);
+                    if cont.len() > 1 {
+                        cache.truncate(prefix.len());
+                        l.extend_from_slice(&model.forward(&cont[..cont.len() - 1], &mut cache)?);
+                    }
                     out.push(l);
                 }
             }
