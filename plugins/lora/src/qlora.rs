@@ -4,6 +4,7 @@
 //! of 64 with absmax scaling too, but normal-quantile levels instead of uniform ones — and written as a GPTQ v1
 //! folder that the trainer's loader dequantizes, so training sees exactly the int4 weights.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -14,6 +15,9 @@ use olive_quant::{rtn, QuantSpec};
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 use serde_json::{json, Value};
+
+/// A tensor of the int4 copy: name, dtype, shape, bytes.
+type OutTensor<'a> = (String, Dtype, Vec<usize>, Cow<'a, [u8]>);
 
 /// The decoder linears quantized: `model.layers.N.<self_attn|mlp>.<name>.weight`.
 fn is_decoder_linear(name: &str) -> Option<&str> {
@@ -71,7 +75,8 @@ pub fn quantized_base(
     ctx.info(&format!(
         "QLoRA: rounding {linears} linears to {bits} bits (symmetric, groups of {group_size})"
     ));
-    let mut tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::with_capacity(names.len());
+    // Packed linears are owned; the other tensors borrow the mapped file, so memory holds the int4 model once.
+    let mut tensors: Vec<OutTensor> = Vec::with_capacity(names.len());
     for (i, name) in names.iter().enumerate() {
         ctx.check_cancelled()?;
         let failed = |reason: String| {
@@ -83,10 +88,17 @@ pub fn quantized_base(
                 return Err(failed(format!("shape {:?}, expected [out, in]", t.shape)));
             };
             let q = rtn(&t.data, out_f, in_f, &spec).map_err(|e| failed(e.to_string()))?;
+            // The float weight's mapped pages are not read again.
+            ckpt.release(name);
             for (suffix, dtype, shape, bytes) in
                 pack_gptq_v1(&q).map_err(|e| failed(e.to_string()))?
             {
-                tensors.push((format!("{prefix}.{suffix}"), dtype, shape, bytes));
+                tensors.push((
+                    format!("{prefix}.{suffix}"),
+                    dtype,
+                    shape,
+                    Cow::Owned(bytes),
+                ));
             }
             ctx.progress(
                 i as u64 + 1,
@@ -99,7 +111,7 @@ pub fn quantized_base(
                 name.clone(),
                 raw.dtype,
                 raw.shape.to_vec(),
-                raw.bytes.to_vec(),
+                Cow::Borrowed(raw.bytes),
             ));
         }
     }
@@ -107,7 +119,7 @@ pub fn quantized_base(
     let views = tensors
         .iter()
         .map(|(name, dtype, shape, bytes)| {
-            TensorView::new(*dtype, shape.clone(), bytes).map(|v| (name.clone(), v))
+            TensorView::new(*dtype, shape.clone(), bytes.as_ref()).map(|v| (name.clone(), v))
         })
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| Error::Failed(format!("laying out the quantized base: {e}")))?;
