@@ -2,9 +2,6 @@
 //! space, the sequential / random / TPE samplers, the joint and pass-by-pass strategies, and the Pareto front of
 //! the results as a table, JSON and a plot. `olive-host run` drives it: split each pass config, build a
 //! [`Search`], then loop `next()` → run the trial's passes and evaluate → `record()`; finally [`Report`].
-// Used by olive-host run (issue 7), landing next.
-#![cfg_attr(not(test), allow(dead_code))]
-#![allow(unused_imports)]
 
 mod config;
 mod objective;
@@ -17,11 +14,12 @@ mod strategy;
 mod tests;
 
 pub use config::{ExecutionOrder, SearchConfig};
-pub use objective::{objectives_from_metrics, pareto_front, MetricSubType, Objective};
+pub use objective::{objectives_from_metrics, MetricSubType};
 pub use param::{
-    apply_point, split_pass_config, ParamPath, PassSpace, SearchParam, IGNORED, INVALID,
+    apply_point, split_pass_config, Conditional, ParamPath, PassSpace, SearchParam, IGNORED,
+    INVALID,
 };
-pub use report::{Report, Row};
+pub use report::Report;
 pub use sampler::SamplerKind;
-pub use space::{PassPoint, SearchSpace};
-pub use strategy::{Outcome, Search, Trial, TrialResult};
+pub use space::SearchSpace;
+pub use strategy::{Outcome, Search};

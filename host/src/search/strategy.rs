@@ -94,6 +94,12 @@ impl Search {
             results: Vec::new(),
             started: None,
         };
+        if config.execution_order == ExecutionOrder::PassByPass {
+            // Each pass's space is checked now rather than when the search reaches it.
+            for pass in 0..search.space.passes().len() {
+                search.space.subspace(pass..pass + 1)?;
+            }
+        }
         let first = search.stage(0, Vec::new())?;
         search.stack.push(first);
         Ok(search)
@@ -138,15 +144,6 @@ impl Search {
             Outcome::Metrics(m) => Some(m),
             Outcome::Failed => None,
         }
-    }
-
-    /// The best successful trial by Olive's ranking, over the trials that ran every pass.
-    pub fn best(&self) -> Option<&TrialResult> {
-        let passes = self.space.passes().len();
-        self.results
-            .iter()
-            .filter(|r| r.trial.configs.len() == passes && self.key(r.trial.id).is_some())
-            .min_by(|a, b| compare(&self.objectives, self.key(a.trial.id), self.key(b.trial.id)))
     }
 
     /// The next trial, or None when the search is done. Every earlier trial must be recorded first when this

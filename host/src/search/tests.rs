@@ -4,6 +4,9 @@ use std::collections::HashSet;
 
 use serde_json::{json, Value};
 
+use super::objective::Objective;
+use super::report::Row;
+use super::strategy::Trial;
 use super::*;
 
 fn cat(support: Value) -> Value {
@@ -340,10 +343,10 @@ fn pass_by_pass_fixes_each_pass_at_its_best() {
     assert!(second[3..]
         .iter()
         .all(|t| t.configs[0].1 == json!({"algorithm": "rtn", "group_size": 64})));
-    let best = search.best().unwrap();
-    assert_eq!(best.trial.configs[1].1, json!({"accuracy_level": 1}));
+    let best = &search.results()[Report::new(&search).best.unwrap()].trial;
+    assert_eq!(best.configs[1].1, json!({"accuracy_level": 1}));
     assert_ne!(
-        best.trial.configs[0].1,
+        best.configs[0].1,
         json!({"algorithm": "awq", "group_size": 64})
     );
 }
