@@ -13,6 +13,7 @@ use plotters::style::FontStyle;
 use serde_json::{json, Map, Value};
 
 use super::objective::{compare, meets_goals, pareto_front, Objective};
+use super::param::IGNORED;
 use super::space::PassPoint;
 use super::strategy::{Outcome, Search};
 
@@ -259,6 +260,10 @@ impl Report {
         chart
             .configure_mesh()
             .x_desc(x_desc)
+            .x_label_formatter(&|v| match self.objectives.len() {
+                1 => format!("{v:.0}"),
+                _ => number(*v),
+            })
             .y_desc(y_desc)
             .label_style((FAMILY, 14))
             .axis_desc_style((FAMILY, 16))
@@ -281,9 +286,12 @@ impl Report {
             .map_err(e)?
             .label("dominated")
             .legend(|(x, y)| Circle::new((x + 10, y), 4, GREY_DOT.filled()));
-        chart
-            .draw_series(LineSeries::new(front.iter().copied(), RED.stroke_width(1)))
-            .map_err(e)?;
+        if self.objectives.len() == 2 {
+            // Only a two-objective front is a curve in these axes.
+            chart
+                .draw_series(LineSeries::new(front.iter().copied(), RED.stroke_width(1)))
+                .map_err(e)?;
+        }
         chart
             .draw_series(front.iter().map(|&p| Circle::new(p, 6, RED.filled())))
             .map_err(e)?
@@ -356,7 +364,11 @@ fn point_text(point: &[PassPoint]) -> String {
         .flat_map(|p| {
             p.values
                 .iter()
-                .map(move |(path, v)| format!("{}.{path}={v}", p.pass))
+                .filter(|(_, v)| v != IGNORED)
+                .map(move |(path, v)| match v {
+                    Value::String(text) => format!("{}.{path}={text}", p.pass),
+                    _ => format!("{}.{path}={v}", p.pass),
+                })
         })
         .collect();
     if parts.is_empty() {
@@ -373,6 +385,7 @@ fn point_json(point: &[PassPoint]) -> Value {
             let values: Map<String, Value> = p
                 .values
                 .iter()
+                .filter(|(_, v)| v != IGNORED)
                 .map(|(path, v)| (path.to_string(), v.clone()))
                 .collect();
             (p.pass.clone(), Value::Object(values))
