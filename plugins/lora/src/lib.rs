@@ -29,7 +29,8 @@ fn plain_hf(model: &Model, pass: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// LoRA fine-tuning over the base's weights as they are (float, or a quantized AWQ/GPTQ folder dequantized).
+/// LoRA fine-tuning over the base's weights as they are (float, or a quantized AWQ/GPTQ folder kept packed in
+/// memory and dequantized a matrix at a time).
 pub struct Lora;
 
 impl Pass for Lora {
