@@ -141,6 +141,25 @@ def unpack_gptq_v1(t: dict, prefix: str, bits: int) -> np.ndarray:
     return ((q - z[g]) * s[g]).T
 
 
+def unpack_olive(t: dict, prefix: str, bits: int, group: int) -> np.ndarray:
+    """Olive (olive-ai 0.13 QuantLinear / QuantEmbedding, pack_to_uint8): qweight uint8 [N, ceil(K·bits/8)] with
+    value c of a row at bits (c % (8/bits))·bits of byte c // (8/bits), qzeros uint8 [N, ceil(G·bits/8)] the same
+    (the zero itself; absent when symmetric: 2^(bits-1)), scales [N, G]; w[o, i] = (q - z[o, i // group]) · s.
+    Returns [N, K]."""
+    per = 8 // bits
+    def unpack(b: np.ndarray, cols: int) -> np.ndarray:
+        out = np.zeros((b.shape[0], b.shape[1] * per), np.float32)
+        for j in range(per):
+            out[:, j::per] = (b >> (bits * j)) & ((1 << bits) - 1)
+        return out[:, :cols]
+    s = t[f"{prefix}.scales"].astype(np.float32)
+    k = s.shape[1] * group
+    q = unpack(t[f"{prefix}.qweight"], k)
+    z = unpack(t[f"{prefix}.qzeros"], s.shape[1]) if f"{prefix}.qzeros" in t else np.full(s.shape, 2 ** (bits - 1))
+    g = np.arange(k) // group
+    return (q - z[:, g]) * s[:, g]
+
+
 def export_weights(olive_host: Path, model: Path, out: Path) -> dict:
     """Our reader's dequantized linears: the MatMul initializers of the fp32 export, as [out, in] per HF module."""
     run([olive_host, "auto-opt", "-m", model, "-o", out, "--precision", "fp32", "--use_ort_genai"])
@@ -160,8 +179,11 @@ def export_weights(olive_host: Path, model: Path, out: Path) -> dict:
         weights[f"{hf}.self_attn.o_proj"] = inits[f"{onnx_prefix}.attn.o_proj.MatMul.weight"].T
         for p in ("gate_proj", "up_proj", "down_proj"):
             weights[f"{hf}.mlp.{p}"] = inits[f"{onnx_prefix}.mlp.{p}.MatMul.weight"].T
-    if "lm_head.qweight" in load_folder(model):
+    packed = load_folder(model)
+    if "lm_head.qweight" in packed:
         weights["lm_head"] = inits["lm_head.MatMul.weight"].T
+    if "model.embed_tokens.qweight" in packed:  # the Gather table, dequantized by our reader
+        weights["model.embed_tokens"] = inits["model.embed_tokens.weight"]
     return weights
 
 
@@ -173,6 +195,7 @@ def export_weights(olive_host: Path, model: Path, out: Path) -> dict:
     ("rtn", ["--bits", "3", "--group_size", "32"]),
     ("gptq", ["--bits", "3", "--group_size", "64", "--lm_head"]),
     ("awq", ["--bits", "4", "--group_size", "32", "--lm_head"]),  # no AWQ GEMM lm_head: GPTQ v1, lm_head RTN
+    ("rtn", ["--bits", "4", "--group_size", "32", "--embeds"]),  # Olive's layout, the embedding quantized
 ])
 def test_packed_tensors_unpack_to_our_weights(olive_host: Path, tiny_llama: Path, tmp_path: Path, algorithm: str,
                                               flags: list):
@@ -187,7 +210,10 @@ def test_packed_tensors_unpack_to_our_weights(olive_host: Path, tiny_llama: Path
     assert qcfg["bits"] == bits
     assert ("lm_head" in ours) == ("--lm_head" in flags) == bool(qcfg.get("lm_head"))
     for prefix, got in ours.items():
-        if qcfg["quant_method"] == "awq" and prefix != "lm_head":
+        if qcfg["quant_method"] == "olive":
+            assert qcfg["embeds"] is True and qcfg["lm_head"] is False and qcfg["symmetric"] is False
+            unpacked = unpack_olive(tensors, prefix, bits, qcfg["group_size"])
+        elif qcfg["quant_method"] == "awq" and prefix != "lm_head":
             assert qcfg["version"] == "gemm" and qcfg["zero_point"] is True
             unpacked = unpack_awq_gemm(tensors, prefix, qcfg["group_size"])
         else:
@@ -198,7 +224,9 @@ def test_packed_tensors_unpack_to_our_weights(olive_host: Path, tiny_llama: Path
         if algorithm == "rtn" or prefix == "lm_head" and algorithm == "awq":  # round to nearest: within half a step of the float weight, plus the levels
             # (< 16) times the fp16 rounding of the step (AutoGPTQ rounds with the f32 scale and stores fp16)
             group = qcfg["group_size"]
-            step = np.repeat(tensors[f"{prefix}.scales"].astype(np.float32).T, group, axis=1)[:, :w.shape[1]]
+            scales = tensors[f"{prefix}.scales"].astype(np.float32)  # GPTQ [G, N], Olive [N, G]
+            scales = scales if qcfg["quant_method"] == "olive" else scales.T
+            step = np.repeat(scales, group, axis=1)[:, :w.shape[1]]
             assert np.all(np.abs(unpacked - w) <= step * (0.5 + 2**bits * 2.0**-11)), prefix
         elif algorithm == "gptq":  # GPTQ moves error between columns, never far from the weight
             if bits >= 4:
@@ -207,7 +235,7 @@ def test_packed_tensors_unpack_to_our_weights(olive_host: Path, tiny_llama: Path
                 assert np.linalg.norm(unpacked - w) < np.linalg.norm(w) * 0.5, prefix
     for f in TOKENIZER_FILES:
         assert (out / f).is_file(), f
-    if bits == 3 or "--lm_head" in flags:
+    if bits == 3 or "--lm_head" in flags or "--embeds" in flags:
         check_int4_export(olive_host, out, tensors, original, ours, tmp_path)
 
 
@@ -269,7 +297,7 @@ def check_int4_export(olive_host: Path, quantized: Path, tensors: dict, original
     cpu, ort = evaluate(olive_host, ref), evaluate(olive_host, model_dir)
     print(f"{quantized.name}: perplexity CPU {cpu:.4f}, onnxruntime int4 {ort:.4f}")
     assert abs(cpu - ort) <= PPL_AGREE * cpu
-    if "lm_head" not in ours:  # our CPU forward reads the packed folder itself (the fp32 export: our reader)
+    if "lm_head" not in ours and "model.embed_tokens" not in ours:  # crates/nn reads the packed folder itself
         packed, fp32 = evaluate(olive_host, quantized), evaluate(olive_host, tmp / "fp32" / "model")
         print(f"{quantized.name}: perplexity CPU on the packed folder {packed:.4f}, fp32 export {fp32:.4f}")
         assert abs(packed - fp32) <= PPL_AGREE * packed

@@ -23,7 +23,8 @@
 //!   absent when `symmetric` (zero 2^(bits−1)); `scales` [N, G] in the model dtype; no g_idx.
 //!   w[o, i] = (q[o, i] − z[o, i / group_size]) · s[o, i / group_size]. Config keys `bits`, `symmetric`,
 //!   `group_size` (or `block_size`; −1 per channel, 0 per tensor: refused) and per-module `overrides` of those
-//!   three; `embeds: true` (quantized embeddings) is refused. Olive requires the group to divide K, so
+//!   three; `embeds: true`: `model.embed_tokens` is stored the same way ([vocab, hidden] as [out, in], Olive's
+//!   QuantEmbedding shares QuantLinear's QuantModule) and read like a linear. Olive requires the group to divide K, so
 //!   K = G · group_size (per channel: K = 8/bits · qweight columns, the padding of an odd K cannot be told).
 
 use std::path::Path;
@@ -130,20 +131,12 @@ impl QuantizationConfig {
                 }
                 (QuantMethod::AwqGemm, !flag("zero_point", true), false, &[4])
             }
-            "olive" => {
-                if flag("embeds", false) {
-                    return Err(field(
-                        "embeds",
-                        "false (Olive's quantized embeddings are not read)",
-                    ));
-                }
-                (
-                    QuantMethod::Olive,
-                    flag("symmetric", true),
-                    false,
-                    &[2, 4, 8],
-                )
-            }
+            "olive" => (
+                QuantMethod::Olive,
+                flag("symmetric", true),
+                false,
+                &[2, 4, 8],
+            ),
             "gptq" => {
                 let format = q
                     .get("checkpoint_format")
@@ -845,6 +838,10 @@ fn gcd(a: usize, b: usize) -> usize {
         gcd(b, a % b)
     }
 }
+
+#[path = "quantized/olive_pack.rs"]
+mod olive_pack;
+pub use olive_pack::pack_olive;
 
 #[cfg(test)]
 #[path = "quantized/tests.rs"]

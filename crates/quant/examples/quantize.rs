@@ -54,6 +54,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         },
         modules: Selected::ALL,
         lm_head: false,
+        embeds: false,
         format: OutputFormat::Auto,
     };
     let summary = quantize_model(

@@ -32,6 +32,8 @@ pub enum Format {
     Gptq,
     /// AutoAWQ GEMM (`quant_method: awq`, `version: gemm`).
     Awq,
+    /// Olive's own (`quant_method: olive`; the layout quantized embeddings need).
+    Olive,
 }
 
 /// The fields every quantizer pass has, gathered from its typed config.
@@ -43,6 +45,8 @@ pub struct Common {
     pub modules: Vec<String>,
     /// Quantize the lm_head too (Olive's `lm_head`; also on when `modules` names it).
     pub lm_head: bool,
+    /// Quantize the embeddings (Olive's `embeds`, Rtn only; also on when `modules` names embed_tokens).
+    pub embeds: bool,
     pub data_config: Option<DataConfig>,
     pub n_samples: Option<usize>,
     pub seq_len: Option<usize>,
@@ -122,6 +126,7 @@ macro_rules! quantizer_config {
                     sym: self.sym,
                     modules: self.modules.clone(),
                     lm_head: self.lm_head,
+                    embeds: false,
                     data_config: self.data_config.clone(),
                     n_samples: self.n_samples,
                     seq_len: self.seq_len,
@@ -202,7 +207,13 @@ pub fn run(
             )))
         }
     };
-    let (modules, lm_head) = Selected::from_names(&common.modules).map_err(invalid)?;
+    let (modules, lm_head, embeds) = Selected::from_names(&common.modules).map_err(invalid)?;
+    let embeds = embeds || common.embeds;
+    if embeds && !matches!(method, Method::Rtn) {
+        return Err(Error::InvalidConfig(
+            "modules: embed_tokens: only the Rtn pass quantizes embeddings (as in Olive)".into(),
+        ));
+    }
     let options = QuantizeOptions {
         method,
         spec: QuantSpec {
@@ -212,10 +223,12 @@ pub fn run(
         },
         modules,
         lm_head: lm_head || common.lm_head,
+        embeds,
         format: match common.format {
             Format::Auto => OutputFormat::Auto,
             Format::Gptq => OutputFormat::GptqV1,
             Format::Awq => OutputFormat::AwqGemm,
+            Format::Olive => OutputFormat::Olive,
         },
     };
     options.spec.validate().map_err(invalid)?;
@@ -280,6 +293,7 @@ pub fn run(
         "quant_method".into(),
         match summary.format {
             OutputFormat::AwqGemm => "awq",
+            OutputFormat::Olive => "olive",
             _ => "gptq",
         }
         .into(),

@@ -20,7 +20,7 @@ use std::time::Instant;
 
 use olive_kernels::cpu::rmsnorm;
 use olive_model::checkpoint::to_f32;
-use olive_model::quantized::{pack_awq_gemm, pack_gptq_v1, QuantizedLinear};
+use olive_model::quantized::{pack_awq_gemm, pack_gptq_v1, pack_olive, QuantizedLinear};
 use olive_model::{Checkpoint, ModelConfig};
 use olive_nn::{DecoderLayer, LayerCache, Rope, RopeTables, Workspace};
 use serde_json::{json, Value};
@@ -29,7 +29,7 @@ use crate::awq::{awq_layer, AwqOptions, InputOf, LayerInputs};
 use crate::error::{QuantError, Result};
 use crate::gptq::{gptq, GptqOptions, Hessian};
 use crate::grid::QuantSpec;
-use crate::head::Head;
+use crate::head::Tables;
 use crate::rtn::rtn;
 use crate::value_hessian::value_hessian;
 use crate::writer::{ModelWriter, OutTensor};
@@ -57,6 +57,9 @@ pub enum OutputFormat {
     GptqV1,
     /// AutoAWQ GEMM (`quant_method: awq`, `version: gemm`): bits 4, no ragged group, no act-order.
     AwqGemm,
+    /// Olive's own (`quant_method: olive`, olive-ai 0.13 QuantLinear / QuantEmbedding): bits 2, 4, 8, groups
+    /// dividing in_features, no act-order; the only layout with quantized embeddings.
+    Olive,
 }
 
 impl Selected {
@@ -72,11 +75,11 @@ impl Selected {
     };
 
     /// The projections named (`q_proj`, `k_proj`, `v_proj`, `o_proj`, `gate_proj`, `up_proj`, `down_proj`,
-    /// Phi-3's `qkv_proj` = q/k/v and `gate_up_proj` = gate/up); `lm_head` too (returned as the flag).
-    /// `embed_tokens` is refused: the embeddings stay in their original dtype.
-    pub fn from_names(names: &[String]) -> Result<(Self, bool)> {
+    /// Phi-3's `qkv_proj` = q/k/v and `gate_up_proj` = gate/up); `lm_head` and `embed_tokens`
+    /// too (returned as flags: quantize the lm_head, the embeddings).
+    pub fn from_names(names: &[String]) -> Result<(Self, bool, bool)> {
         let mut s = Selected::NONE;
-        let mut lm_head = false;
+        let (mut lm_head, mut embeds) = (false, false);
         for name in names {
             match name.as_str() {
                 "q_proj" => s.q = true,
@@ -89,28 +92,21 @@ impl Selected {
                 "gate_up_proj" => (s.gate, s.up) = (true, true),
                 "down_proj" => s.down = true,
                 "lm_head" => lm_head = true,
-                "embed_tokens" => {
-                    return Err(QuantError::Unsupported(
-                        "modules: `embed_tokens` is not quantized by this quantizer (the embeddings stay in their \
-                         original dtype); expected q_proj, k_proj, v_proj, qkv_proj, o_proj, gate_proj, up_proj, \
-                         gate_up_proj, down_proj, lm_head"
-                            .into(),
-                    ))
-                }
+                "embed_tokens" => embeds = true,
                 other => {
                     return Err(QuantError::Unsupported(format!(
                         "modules: unknown module `{other}`; expected q_proj, k_proj, v_proj, qkv_proj, o_proj, \
-                         gate_proj, up_proj, gate_up_proj, down_proj, lm_head"
+                         gate_proj, up_proj, gate_up_proj, down_proj, lm_head, embed_tokens"
                     )))
                 }
             }
         }
-        if s == Selected::NONE && !lm_head {
+        if s == Selected::NONE && !lm_head && !embeds {
             return Err(QuantError::Unsupported(
-                "modules: empty; name at least one decoder linear or lm_head".into(),
+                "modules: empty; name at least one decoder linear, lm_head or embed_tokens".into(),
             ));
         }
-        Ok((s, lm_head))
+        Ok((s, lm_head, embeds))
     }
 
     const NONE: Selected = Selected {
@@ -131,8 +127,10 @@ pub struct QuantizeOptions {
     pub spec: QuantSpec,
     /// The decoder linears quantized (the others are written in their original dtype).
     pub modules: Selected,
-    /// Quantize the lm_head too (`head`; GPTQ v1 layout, a tied model untied).
+    /// Quantize the lm_head too (`head`; GPTQ v1 or Olive layout, a tied model untied).
     pub lm_head: bool,
+    /// Quantize the embeddings (RTN; Olive layout only).
+    pub embeds: bool,
     pub format: OutputFormat,
 }
 
@@ -227,11 +225,8 @@ pub fn quantize_model(
     let plan: Vec<Vec<Module>> = (0..layers)
         .map(|i| layer_modules(&ckpt, &config, i, options.modules))
         .collect::<Result<_>>()?;
-    let head = options
-        .lm_head
-        .then(|| Head::find(&ckpt, &config))
-        .transpose()?;
-    let format = resolve_format(options, &plan, head.as_ref(), events)?;
+    let extra = Tables::plan(&ckpt, &config, options.lm_head, options.embeds)?;
+    let format = resolve_format(options, &plan, &extra, events)?;
     let seq_len = check_calibration(&options.method, calibration, config.vocab_size)?;
 
     let mut writer = ModelWriter::create(output, layers + 1)?;
@@ -271,7 +266,14 @@ pub fn quantize_model(
             Method::Awq(a) => run.awq(&mut layer, &mut hidden, a, events)?,
         };
         quantized_linears += linears.len();
-        let tensors = layer_tensors(&ckpt, &layer, modules, &linears, &layer_names, format)?;
+        let tensors = layer_tensors(
+            &ckpt,
+            &layer,
+            modules,
+            &linears,
+            &layer_names,
+            (format, spec.sym),
+        )?;
         writer.write_shard(&tensors, &mut |n| ckpt.release(n))?;
         drop(tensors);
         drop(layer);
@@ -287,55 +289,28 @@ pub fn quantize_model(
             return Err(QuantError::Cancelled);
         }
     }
-    let mut rest: Vec<OutTensor<'_>> = Vec::new();
-    if let Some(head) = &head {
-        let t0 = Instant::now();
-        let gptq_with = match &options.method {
-            Method::Gptq(g) if !hidden.is_empty() => Some((g, hidden.as_slice())),
-            _ => None,
-        };
-        let fit = |q: &mut QuantizedLinear| {
-            if format == OutputFormat::GptqV1 {
-                fit_gptq_v1_zeros(q);
-            }
-        };
-        let (q, error) = head.quantize(&ckpt, &config, &spec, gptq_with, &fit)?;
-        quantized_linears += 1;
-        let line = format!(
-            "lm_head [{}, {}]: {} weight error {error:.3e} ({:.1} s){}",
-            head.vocab,
-            head.hidden,
-            if gptq_with.is_some() { "GPTQ" } else { "RTN" },
-            t0.elapsed().as_secs_f64(),
-            if head.tied {
-                "; untied from the embeddings (tie_word_embeddings false)"
-            } else {
-                ""
-            }
-        );
-        if !events(Event::Log(&line)) {
-            return Err(QuantError::Cancelled);
+    let fit = |q: &mut QuantizedLinear| {
+        if format == OutputFormat::GptqV1 {
+            fit_gptq_v1_zeros(q);
         }
-        for (suffix, dtype, shape, bytes) in
-            pack_gptq_v1(&q).map_err(|source| QuantError::Pack {
-                module: "lm_head".into(),
-                source,
-            })?
-        {
-            rest.push(OutTensor {
-                name: format!("lm_head.{suffix}"),
-                dtype,
-                shape,
-                bytes: bytes.into(),
-            });
-        }
-    }
+    };
+    let tabled = extra.quantize(
+        &ckpt,
+        &config,
+        &spec,
+        &options.method,
+        &hidden,
+        format,
+        &fit,
+        events,
+    )?;
     drop(hidden);
-    let head_quantized = head.is_some();
+    quantized_linears += tabled.quantized;
+    let mut rest: Vec<OutTensor<'_>> = tabled.tensors;
     let copied: Vec<OutTensor<'_>> = ckpt
         .names()
         .filter(|n| !n.starts_with("model.layers."))
-        .filter(|n| !(head_quantized && *n == "lm_head.weight"))
+        .filter(|n| !tabled.replaced.iter().any(|r| r == n))
         .map(|n| {
             let raw = ckpt.raw(n)?;
             Ok(OutTensor {
@@ -349,12 +324,9 @@ pub fn quantize_model(
     rest.extend(copied);
     writer.write_shard(&rest, &mut |n| ckpt.release(n))?;
     drop(rest);
-    let qc = quantization_config(options, format, &plan);
-    let edits: Vec<(&str, Value)> = match &head {
-        Some(h) if h.tied => vec![("tie_word_embeddings", Value::Bool(false))],
-        _ => Vec::new(),
-    };
-    let output = writer.finish(input, qc, &edits)?;
+    let tied = config.tie_word_embeddings && tabled.edits.is_empty();
+    let qc = quantization_config(options, format, &plan, &extra, tied);
+    let output = writer.finish(input, qc, &tabled.edits)?;
     Ok(Summary {
         output,
         format,
@@ -483,9 +455,10 @@ fn layer_modules(
 fn resolve_format(
     options: &QuantizeOptions,
     plan: &[Vec<Module>],
-    head: Option<&Head>,
+    tables: &Tables,
     events: &mut dyn FnMut(Event<'_>) -> bool,
 ) -> Result<OutputFormat> {
+    let heads = || tables.head.iter().chain(&tables.embeds);
     let spec = options.spec;
     let act_order = matches!(options.method, Method::Gptq(g) if g.act_order);
     let quantized = || plan.iter().flatten().filter(|m| m.quantized);
@@ -496,7 +469,7 @@ fn resolve_format(
         if act_order {
             return Some("act-order (a permuted g_idx has no AWQ layout)".into());
         }
-        if head.is_some() {
+        if tables.head.is_some() {
             return Some("lm_head (AutoAWQ GEMM has no quantized lm_head)".into());
         }
         quantized().find_map(|m| {
@@ -527,10 +500,41 @@ fn resolve_format(
                 OutputFormat::GptqV1
             }
         },
+        (OutputFormat::Auto, _) if tables.embeds.is_some() => OutputFormat::Olive,
         (OutputFormat::Auto, _) => OutputFormat::GptqV1,
         (f, _) => f,
     };
+    if tables.embeds.is_some() && format != OutputFormat::Olive {
+        return Err(QuantError::Unsupported(format!(
+            "embeds: quantized embeddings exist only in Olive's layout (format olive), not {format:?}"
+        )));
+    }
     match format {
+        OutputFormat::Olive => {
+            if !matches!(spec.bits, 2 | 4 | 8) {
+                return Err(QuantError::Unsupported(format!(
+                    "bits {}: the Olive layout packs 2, 4 or 8 bits",
+                    spec.bits
+                )));
+            }
+            if act_order {
+                return Err(QuantError::Unsupported(
+                    "act-order (a permuted g_idx) has no Olive layout".into(),
+                ));
+            }
+            let sizes = quantized()
+                .map(|m| (m.name.as_str(), m.in_features))
+                .chain(heads().map(|h| (h.prefix, h.hidden)));
+            for (name, k) in sizes {
+                let g = spec.group_len(k);
+                if k % g != 0 {
+                    return Err(QuantError::Unsupported(format!(
+                        "{name}: group_size {g} does not divide its {k} inputs (Olive's layout has no ragged last \
+                         group)"
+                    )));
+                }
+            }
+        }
         OutputFormat::AwqGemm => {
             if let Some(why) = awq_misfit() {
                 return Err(QuantError::Unsupported(format!(
@@ -546,12 +550,12 @@ fn resolve_format(
                 )));
             }
             let bits = usize::from(spec.bits);
-            if let Some(h) = head.filter(|h| h.hidden * bits % 32 != 0 || h.vocab * bits % 32 != 0)
+            if let Some(h) = heads().find(|h| h.hidden * bits % 32 != 0 || h.vocab * bits % 32 != 0)
             {
                 return Err(QuantError::Unsupported(format!(
-                    "lm_head: [{}, {}] does not fit the GPTQ v1 layout at {bits} bits (both sizes times {bits} \
+                    "{}: [{}, {}] does not fit the GPTQ v1 layout at {bits} bits (both sizes times {bits} \
                      must be multiples of 32)",
-                    h.vocab, h.hidden
+                    h.prefix, h.vocab, h.hidden
                 )));
             }
             if let Some(m) = quantized()
@@ -973,7 +977,7 @@ fn layer_tensors<'c>(
     modules: &[Module],
     linears: &Quantized,
     layer_names: &[String],
-    format: OutputFormat,
+    (format, sym): (OutputFormat, bool),
 ) -> Result<Vec<OutTensor<'c>>> {
     let mut out = Vec::new();
     let mut done: BTreeSet<String> = BTreeSet::new();
@@ -1009,6 +1013,7 @@ fn layer_tensors<'c>(
             Some((_, q)) => {
                 let packed = match format {
                     OutputFormat::AwqGemm => pack_awq_gemm(q),
+                    OutputFormat::Olive => pack_olive(q, sym, dtype),
                     _ => pack_gptq_v1(q),
                 }
                 .map_err(|source| QuantError::Pack {
@@ -1070,6 +1075,8 @@ fn quantization_config(
     options: &QuantizeOptions,
     format: OutputFormat,
     plan: &[Vec<Module>],
+    tables: &Tables,
+    tied: bool,
 ) -> Value {
     let spec = options.spec;
     let group: i64 = spec.group_size.map_or(-1, |g| g as i64);
@@ -1088,6 +1095,18 @@ fn quantization_config(
             "zero_point": !spec.sym,
             "modules_to_not_convert": if not_converted.is_empty() { Value::Null } else { json!(not_converted) },
         }),
+        // as olive-ai 0.13 writes it (OliveHfQuantizationConfig.to_dict)
+        OutputFormat::Olive => json!({
+            "quant_method": "olive",
+            "bits": spec.bits,
+            "group_size": group,
+            "symmetric": spec.sym,
+            "lm_head": tables.lm_head_quantized(),
+            "embeds": tables.embeds.is_some(),
+            "modules_to_not_convert": if not_converted.is_empty() { Value::Null } else { json!(not_converted) },
+            "overrides": Value::Null,
+            "tie_word_embeddings": tied,
+        }),
         _ => {
             let mut q = json!({
                 "quant_method": "gptq",
@@ -1097,7 +1116,7 @@ fn quantization_config(
                 "sym": spec.sym,
                 "checkpoint_format": "gptq",
             });
-            if options.lm_head {
+            if tables.lm_head_quantized() {
                 // GPTQModel's key for a quantized lm_head (transformers' GPTQ loader skips lm_head otherwise).
                 q["lm_head"] = json!(true);
             }

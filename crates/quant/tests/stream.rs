@@ -209,6 +209,7 @@ fn opts(method: Method, bits: u8, group: Option<usize>) -> QuantizeOptions {
         },
         modules: Selected::ALL,
         lm_head: false,
+        embeds: false,
         format: OutputFormat::Auto,
     }
 }
@@ -537,10 +538,10 @@ fn bad_inputs_fail_clearly_and_leave_nothing() {
             leftovers(dir.path())
         );
     }
-    assert!(Selected::from_names(&["embed_tokens".into()])
+    assert!(Selected::from_names(&["lm_heads".into()])
         .unwrap_err()
         .to_string()
-        .contains("original dtype"));
+        .contains("unknown module `lm_heads`"));
 
     // A stop request after the first layer removes the partial output.
     let out = dir.path().join("out");

@@ -1,8 +1,8 @@
 //! `olive-host quantize`: Olive's `olive quantize` (olive/cli/quantize.py) for Hugging Face models: `--algorithm
 //! rtn|awq|gptq` runs the `Rtn`, `AutoAWQQuantizer` or `GptqQuantizer` pass of the quant plugins in a worker and
 //! writes a Hugging Face folder with `quantization_config` to `--output_path`. `--bits`, `--group_size` and
-//! `--sym` (which Olive lacks) set the grid, `--lm_head` (Olive's pass option `lm_head`) quantizes the lm_head
-//! too; by default `--precision` gives the bits and each pass its defaults.
+//! `--sym` (which Olive lacks) set the grid, `--lm_head` and `--embeds` (Olive's pass options) quantize the
+//! lm_head and the embeddings too; by default `--precision` gives the bits and each pass its defaults.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -78,6 +78,9 @@ pub struct QuantizeArgs {
     /// gets round-to-nearest).
     #[arg(long = "lm_head")]
     pub lm_head: bool,
+    /// Quantize the embeddings too (rtn only, as in Olive; written in Olive's layout, `quant_method: olive`).
+    #[arg(long)]
+    pub embeds: bool,
     #[command(flatten)]
     pub data: DatasetArgs,
     /// Replace an existing, non-empty output folder.
@@ -126,6 +129,12 @@ fn pass_config(args: &QuantizeArgs) -> anyhow::Result<serde_json::Value> {
     }
     if args.lm_head {
         config["lm_head"] = true.into();
+    }
+    if args.embeds {
+        if args.algorithm != Algorithm::Rtn {
+            bail!("--embeds: only --algorithm rtn quantizes embeddings (as in Olive)");
+        }
+        config["embeds"] = true.into();
     }
     // Calibration windows: --max_samples of --max_seq_len tokens when given, else the pass's defaults (Olive's
     // 256 samples of 1024 tokens would take hours on a CPU).
@@ -218,6 +227,11 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("autogptq"), "{err}");
+        let err = config(&["--algorithm", "gptq", "--embeds"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--embeds: only --algorithm rtn"), "{err}");
+        assert_eq!(config(&["--embeds"]).unwrap()["embeds"], true);
     }
 
     #[test]

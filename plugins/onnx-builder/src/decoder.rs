@@ -128,8 +128,21 @@ impl Decoder<'_> {
         let (seqlens_k, total_len, total_len_i64) = self.attention_mask_subgraph(g)?;
         let (cos, sin) = self.rotary_caches(g, &total_len_i64)?;
 
-        // embeddings: [batch, seq, hidden]
-        let embed = self.tensor("model.embed_tokens.weight", &[c.vocab_size, c.hidden_size])?;
+        // embeddings: [batch, seq, hidden]; a quantized table (Olive's embeds) is dequantized into a float Gather
+        // table (com.microsoft GatherBlockQuantized would keep it packed, but whether onnxruntime 1.20.1, under
+        // onnxruntime-genai 0.5.2, runs it on Olive's uint8-packed levels is unchecked)
+        let embed = match self
+            .linear_weight("model.embed_tokens", &[c.vocab_size, c.hidden_size])?
+        {
+            Weight::Float(w) => w,
+            Weight::Quantized(q) => {
+                ctx.info(&format!(
+                    "model.embed_tokens: {}-bit quantized embeddings dequantized into the Gather table",
+                    q.bits
+                ));
+                q.dequantize()
+            }
+        };
         let table = self.linears.weight(
             g,
             "model.embed_tokens.weight",

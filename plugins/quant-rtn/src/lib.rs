@@ -11,10 +11,14 @@ use olive_quant::Method;
 olive_quant::quantizer_config! {
     /// The config of `Rtn`.
     pub struct RtnConfig {
-        bits: "Bits per weight: 2, 3, 4 or 8 (GPTQ v1 layout; 3 as AutoGPTQ packs it).",
-        format: "Output layout: auto (= gptq), gptq (GPTQ v1) or awq (AutoAWQ GEMM: 4 bits, group dividing \
-                 in_features). RTN needs no calibration data; with data_config each layer's output error is \
-                 measured on it.",
+        bits: "Bits per weight: 2, 3, 4 or 8 (GPTQ v1 layout; 3 as AutoGPTQ packs it; Olive's layout: 2, 4, 8).",
+        format: "Output layout: auto (gptq; olive when embeds), gptq (GPTQ v1), awq (AutoAWQ GEMM: 4 bits, group \
+                 dividing in_features) or olive (Olive's quant_method olive). RTN needs no calibration data; with \
+                 data_config each layer's output error is measured on it.",
+        /// Quantize the embeddings too (Olive's embeds; Olive's layout, the only one with quantized embeddings;
+        /// also on when modules names embed_tokens).
+        #[serde(default)]
+        pub embeds: bool,
     }
 }
 
@@ -33,7 +37,9 @@ impl Pass for Rtn {
     type Config = RtnConfig;
 
     fn run(model: Model, c: RtnConfig, ctx: &Context<'_>) -> Result<Model, Error> {
-        run(model, c.common(), Method::Rtn, ctx)
+        let mut common = c.common();
+        common.embeds = c.embeds;
+        run(model, common, Method::Rtn, ctx)
     }
 }
 
@@ -88,16 +94,25 @@ mod tests {
                 "nbits",
             ),
             (r#"{"bits": 5}"#, ErrorKind::INVALID_CONFIG, "bits 5"),
-            (r#"{"embeds": true}"#, ErrorKind::INVALID_CONFIG, "embeds"),
+            (
+                r#"{"embeds": true, "format": "gptq"}"#,
+                ErrorKind::INVALID_CONFIG,
+                "only in Olive's layout",
+            ),
+            (
+                r#"{"embeds": true, "bits": 3}"#,
+                ErrorKind::INVALID_CONFIG,
+                "Olive layout packs 2, 4 or 8",
+            ),
             (
                 r#"{"group_size": 0}"#,
                 ErrorKind::INVALID_CONFIG,
                 "group_size 0",
             ),
             (
-                r#"{"modules": ["embed_tokens"]}"#,
+                r#"{"modules": ["embed_token"]}"#,
                 ErrorKind::INVALID_CONFIG,
-                "embed_tokens",
+                "unknown module `embed_token`",
             ),
         ] {
             let err = host
@@ -112,5 +127,71 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.kind, ErrorKind::UNSUPPORTED_MODEL, "{}", err.message);
         assert!(std::fs::read_dir(&out2).unwrap().next().is_none());
+    }
+
+    #[test]
+    fn quantizes_embeddings_in_olive_layout_untied_or_tied_with_the_lm_head() {
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("in");
+        olive_quant::pass::testing::write_tiny_llama(&input, 5).unwrap();
+        let w = olive_model::Checkpoint::open(&input)
+            .unwrap()
+            .tensor_f32("model.embed_tokens.weight")
+            .unwrap()
+            .data;
+        let model = Model::new(kinds::HF, &input);
+        for (name, config, tied) in [
+            (
+                "embeds",
+                r#"{"bits": 4, "group_size": 32, "embeds": true}"#,
+                false,
+            ),
+            (
+                "both",
+                r#"{"bits": 4, "group_size": 32, "modules": ["q_proj", "embed_tokens", "lm_head"]}"#,
+                true,
+            ),
+        ] {
+            let out = dir.path().join(name);
+            std::fs::create_dir(&out).unwrap();
+            let result = TestHost::new(&out)
+                .run_plugin(&OLIVE_PLUGIN, "Rtn", &model, config)
+                .unwrap();
+            assert_eq!(result.metadata["quant_method"], "olive", "{name}");
+            let json: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+            let qc = &json["quantization_config"];
+            assert_eq!(
+                (&qc["quant_method"], &qc["embeds"], &qc["lm_head"]),
+                (&"olive".into(), &true.into(), &tied.into()),
+                "{name}"
+            );
+            assert_eq!(json["tie_word_embeddings"], tied, "{name}");
+            assert_eq!(qc["tie_word_embeddings"], tied, "{name}");
+            let cfg = olive_model::quantized::QuantizationConfig::from_value(
+                std::path::Path::new("config.json"),
+                qc,
+            )
+            .unwrap();
+            let ckpt = olive_model::Checkpoint::open(&out).unwrap();
+            assert!(!ckpt.contains("model.embed_tokens.weight"), "{name}");
+            // untied: the float lm_head keeps the original table; tied: no lm_head tensor at all
+            assert_eq!(ckpt.contains("lm_head.weight"), !tied, "{name}");
+            assert!(!ckpt.contains("lm_head.qweight"), "{name}");
+            assert_eq!(
+                ckpt.contains("model.layers.0.mlp.down_proj.qweight"),
+                !tied,
+                "{name}"
+            );
+            let e = olive_model::quantized::quantized_linear(&ckpt, "model.embed_tokens", &cfg)
+                .unwrap();
+            assert_eq!((e.out_features, e.in_features), (64, 64));
+            for (o, (q, w)) in e.dequantize().chunks(64).zip(w.chunks(64)).enumerate() {
+                for (i, (a, b)) in q.iter().zip(w).enumerate() {
+                    let step = e.scales[o * 2 + i / 32];
+                    assert!((a - b).abs() <= step * 0.5001, "{name} ({o}, {i})");
+                }
+            }
+        }
     }
 }

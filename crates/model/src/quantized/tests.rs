@@ -525,11 +525,40 @@ fn olive_errors_name_tensor_and_expectation() {
             .contains("per tensor 0 is not read")
     );
     assert!(
-        bad(json!({"quant_method": "olive", "bits": 4, "group_size": 16, "embeds": true}))
-            .contains("quantization_config.embeds")
-    );
-    assert!(
         bad(json!({"quant_method": "olive", "bits": 3, "group_size": 16}))
             .contains("quantization_config.bits")
     );
+}
+
+#[test]
+fn olive_writer_equals_olive_packing_and_reads_back() {
+    for (bits, group, sym) in [
+        (4u8, 16usize, false),
+        (2, 32, false),
+        (8, 64, true),
+        (4, 64, true),
+    ] {
+        let mut l = linear(bits, group, 64, 6);
+        if sym {
+            l.zeros.fill(1 << (bits - 1));
+        }
+        let ours = pack_olive(&l, sym, Dtype::F32).unwrap();
+        let mut want = olive_tensors(&l, sym);
+        let mut got = ours.clone();
+        want.sort_by(|a, b| a.0.cmp(&b.0));
+        got.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(got, want, "bits {bits} group {group} sym {sym}");
+        let (_d, ckpt) = checkpoint("model.embed_tokens", &ours);
+        let back =
+            quantized_linear(&ckpt, "model.embed_tokens", &olive(bits, group as i64, sym)).unwrap();
+        assert_eq!(back, l, "bits {bits} group {group} sym {sym}");
+    }
+    let err = pack_olive(&linear(4, 48, 64, 6), false, Dtype::F32)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("does not divide in_features 64"), "{err}");
+    assert!(pack_olive(&linear(3, 32, 64, 6), false, Dtype::F32).is_err());
+    let embeds =
+        config(json!({"quant_method": "olive", "bits": 4, "group_size": 16, "embeds": true}));
+    assert_eq!(embeds.method, QuantMethod::Olive);
 }
