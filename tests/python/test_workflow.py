@@ -285,3 +285,78 @@ def test_bad_workflows_fail_before_any_pass(olive_host: Path, tiny: Path, tmp_pa
     assert name in result.stderr, result.stderr  # the error names the file
     assert not (tmp_path / "out").exists()
     assert not (tmp_path / "cache" / "runs").exists() or not any((tmp_path / "cache" / "runs").iterdir())
+
+
+def categorical(values: list) -> dict:
+    return {"olive_parameter_type": "SearchParameter", "type": "Categorical", "support": values}
+
+
+def search_workflow(model: Path, sampler: str, seed: int = 0, max_samples: int = 0) -> dict:
+    """RTN / GPTQ / AWQ (Olive's list of alternative pass configs) x group sizes, ranked by perplexity then
+    decode latency."""
+    strategy = {"execution_order": "joint", "sampler": sampler, "seed": seed}
+    if max_samples:
+        strategy["max_samples"] = max_samples
+    calibration = {"n_samples": 2, "seq_len": 64}
+    return {
+        "input_model": {"type": "HfModel", "model_path": str(model)},
+        "evaluators": {"e": {"metrics": [
+            {"name": "ppl", "type": "accuracy",
+             "sub_types": [{"name": "perplexity", "priority": 1, "metric_config": {"max_windows": 2}}]},
+            {"name": "latency", "type": "latency",
+             "sub_types": [{"name": "avg", "priority": 2,
+                            "metric_config": {"warmup_num": 1, "repeat_test_num": 3}}]},
+        ]}},
+        "passes": {"quant": [
+            {"type": "Rtn", "bits": categorical([4, 8]), "group_size": categorical([32, 64])},
+            {"type": "GptqQuantizer", "group_size": categorical([32, 64]), **calibration},
+            {"type": "AutoAWQQuantizer", "group_size": categorical([32, 64]), **calibration},
+        ]},
+        "evaluator": "e", "evaluate_input_model": False, "search_strategy": strategy,
+        "cache_dir": "cache", "output_dir": f"out-{sampler}-{seed}",
+    }
+
+
+def dominates(a: list[float], b: list[float]) -> bool:
+    return all(x <= y for x, y in zip(a, b)) and any(x < y for x, y in zip(a, b))
+
+
+def test_search_finds_the_pareto_front_and_tpe_reaches_the_best_sooner(olive_host: Path, tiny: Path,
+                                                                       tmp_path: Path):
+    exhaustive = run(olive_host, search_workflow(tiny, "sequential"), tmp_path, "--log_level", "1")
+    assert exhaustive.returncode == 0, exhaustive.stderr
+    out = tmp_path / "out-sequential-0"
+    results = json.loads((out / "search_results.json").read_text())
+    trials = results["trials"]
+    assert len(trials) == 8 and all(t["status"] == "succeeded" for t in trials)
+    types = {t["point"]["quant"]["type"] for t in trials}
+    assert types == {"Rtn", "GptqQuantizer", "AutoAWQQuantizer"}
+    names = [o["name"] for o in results["objectives"]]
+    assert names == ["ppl-perplexity", "latency-avg"]
+    values = {t["id"]: [t["metrics"][n] for n in names] for t in trials}
+    brute = {i for i, v in values.items() if not any(dominates(w, v) for j, w in values.items() if j != i)}
+    assert set(results["pareto_front"]) == brute
+    assert {t["id"] for t in trials if t["pareto_front"]} == brute
+    best = min(values, key=lambda i: values[i])  # priority order: perplexity, then latency
+    assert results["best"] == best
+    for ext in ("png", "svg"):
+        assert (out / f"pareto_frontier.{ext}").stat().st_size > 1000
+    footprint = footprints(out)
+    assert set(footprint["output_model_ids"]) == {n["model_id"] for n in footprint["nodes"].values()
+                                                   if n["is_pareto_frontier"]}
+    assert "| trial | point |" in exhaustive.stdout
+
+    # TPE over the same cache (every trial a cache hit): the mean number of trials until it first reaches the
+    # exhaustive best, over seeds, must be below the size of the space the exhaustive search had to run.
+    best_point = trials[best]["point"]
+    reached = []
+    for seed in range(8):
+        tpe = run(olive_host, search_workflow(tiny, "tpe", seed, max_samples=8), tmp_path, "--log_level", "1",
+                  name=f"tpe-{seed}.json")
+        assert tpe.returncode == 0, tpe.stderr
+        assert "running pass" not in tpe.stderr
+        order = json.loads((tmp_path / f"out-tpe-{seed}" / "search_results.json").read_text())["trials"]
+        points = [json.dumps(t["point"], sort_keys=True) for t in order]
+        assert len(set(points)) == len(points), "TPE proposed a point twice"
+        reached.append(points.index(json.dumps(best_point, sort_keys=True)) + 1)
+    assert sum(reached) / len(reached) < len(trials), reached

@@ -97,7 +97,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             prepared
                 .passes
                 .iter()
-                .map(|p| format!("{} ({})", p.entry.name, p.manifest.name))
+                .map(|p| {
+                    let types: Vec<&str> = p.choices.iter().map(|c| c.label.as_str()).collect();
+                    format!("{} ({})", p.name, types.join(" | "))
+                })
                 .collect::<Vec<_>>()
                 .join(", ")
         );

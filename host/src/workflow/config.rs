@@ -43,16 +43,23 @@ pub struct InputModel {
     pub adapter_path: Option<PathBuf>,
 }
 
-/// One pass: its name in the workflow, Olive's pass type, and its parameters.
+/// One pass of the workflow: its name and its configs — one, or a list of alternatives that a search chooses
+/// among (Olive's `passes: {name: [config, ...]}`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct PassEntry {
     pub name: String,
+    pub choices: Vec<PassChoice>,
+    /// The pass's own evaluator, when it names one.
+    pub evaluator: Option<EvaluatorRef>,
+}
+
+/// One config of a pass: Olive's pass type and its parameters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PassChoice {
     /// The pass type as written (matched to a plugin's pass case-insensitively, as Olive does).
     pub pass_type: String,
     /// Parameters from `config` and beside `type`, merged.
     pub config: Map<String, Value>,
-    /// The pass's own evaluator, when it names one.
-    pub evaluator: Option<EvaluatorRef>,
 }
 
 /// An evaluator: a name in `evaluators`, or one given inline.
@@ -490,33 +497,48 @@ fn data_configs(value: Option<&Value>) -> anyhow::Result<Vec<WorkflowDataConfig>
     Ok(configs)
 }
 
-/// `passes`: name → pass config, or a list holding one (Olive's alternatives form).
+/// `passes`: name → a pass config, or a list of alternative configs (Olive's form; a search picks one).
 fn passes(node: &Node) -> anyhow::Result<Vec<PassEntry>> {
     let mut out = Vec::new();
     for (name, value) in node.entries("passes")? {
         let path = format!("passes.{name}");
-        let value = match value {
-            Node::List(items) if items.len() == 1 => items[0].to_json(),
-            Node::List(items) => bail!(
-                "{path}: {} alternative configs; give one (search over values with search parameters instead)",
-                items.len()
-            ),
-            other => other.to_json(),
-        };
-        let (pass_type, mut config) = nested(&value, &path)?;
-        let evaluator = match config.remove("evaluator") {
-            None | Some(Value::Null) => None,
-            Some(v) => Some(typed(&v, &format!("{path}.evaluator"))?),
-        };
-        if let Some(host) = config.remove("host") {
-            if !host.is_null() {
-                tracing::warn!("{path}.host: every pass runs on the local system here; ignored");
+        let items: Vec<(String, Value)> = match value {
+            Node::List(items) if items.is_empty() => {
+                bail!("{path}: an empty list; give a pass config")
             }
+            Node::List(items) => items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| (format!("{path}[{i}]"), item.to_json()))
+                .collect(),
+            other => vec![(path.clone(), other.to_json())],
+        };
+        let mut choices = Vec::new();
+        let mut evaluator = None;
+        for (at, item) in items {
+            let (pass_type, mut config) = nested(&item, &at)?;
+            match config.remove("evaluator") {
+                None | Some(Value::Null) => {}
+                Some(v) => {
+                    let this: EvaluatorRef = typed(&v, &format!("{at}.evaluator"))?;
+                    if evaluator.as_ref().is_some_and(|e| e != &this) {
+                        bail!(
+                            "{at}.evaluator: the alternatives of one pass must share one evaluator"
+                        );
+                    }
+                    evaluator = Some(this);
+                }
+            }
+            if let Some(host) = config.remove("host") {
+                if !host.is_null() {
+                    tracing::warn!("{at}.host: every pass runs on the local system here; ignored");
+                }
+            }
+            choices.push(PassChoice { pass_type, config });
         }
         out.push(PassEntry {
             name: name.clone(),
-            pass_type,
-            config,
+            choices,
             evaluator,
         });
     }
@@ -551,8 +573,9 @@ mod tests {
         assert_eq!(w.device, "cpu");
         let names: Vec<_> = w.passes.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, ["q", "b"]);
-        assert_eq!(w.passes[0].config["group_size"], 64);
-        assert_eq!(w.passes[0].config["bits"], 4);
+        assert_eq!(w.passes[0].choices[0].config["group_size"], 64);
+        assert_eq!(w.passes[0].choices[0].config["bits"], 4);
+        assert_eq!(w.passes[1].choices[0].pass_type, "ModelBuilder");
         assert_eq!(w.cache_dir(), Path::new("c"));
         assert_eq!(w.output_dir(), Path::new("out"));
         assert!(!w.engine.evaluate_input_model);

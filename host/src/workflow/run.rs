@@ -14,15 +14,15 @@ use serde_json::{json, Map, Value};
 use super::config::Workflow;
 use super::footprint::{Footprints, Node};
 use super::output::{model_config, save_model};
-use super::resolve::{resolve, ResolvedPass};
+use super::resolve::{resolve, ResolvedPass, CHOICE_KEY};
 use crate::cache::{key_of, Cache, Entry, Outcome};
 use crate::engine::{self, PassRun};
 use crate::evaluate::result::{meets_goals, resolve_goals, MetricResult};
 use crate::plugins::Discovery;
 use crate::search::{
-    apply_point, objectives_from_metrics, split_pass_config, ExecutionOrder, MetricSubType,
-    Outcome as TrialOutcome, ParamPath, PassSpace, Report as SearchReport, SamplerKind, Search,
-    SearchConfig, SearchParam, SearchSpace, IGNORED, INVALID,
+    apply_point, objectives_from_metrics, split_pass_config, Conditional, ExecutionOrder,
+    MetricSubType, Outcome as TrialOutcome, ParamPath, PassSpace, Report as SearchReport,
+    SamplerKind, Search, SearchConfig, SearchParam, SearchSpace, IGNORED, INVALID,
 };
 
 /// A model reached by the run: its cache key and where it is.
@@ -47,11 +47,7 @@ pub fn prepare(workflow: Workflow, found: &Discovery) -> anyhow::Result<Prepared
     let passes = resolve(&workflow, found)?;
     let mut spaces = Vec::new();
     for pass in &passes {
-        let space = split_pass_config(
-            &pass.entry.name,
-            &Value::Object(pass.config.clone()),
-            &pass.path(),
-        )?;
+        let space = pass_space(pass)?;
         check_space(pass, &space)?;
         spaces.push(space);
     }
@@ -101,6 +97,91 @@ fn search_config(workflow: &Workflow) -> anyhow::Result<Option<SearchConfig>> {
         ))),
         Some(value) => Ok(Some(SearchConfig::from_json(value, "search_strategy")?)),
     }
+}
+
+/// A pass's fixed values and search parameters. A pass with alternatives gets a first parameter, `type`, choosing
+/// among them (Olive searches the index of a pass's configs), and each key of the alternatives becomes a parameter
+/// conditional on it: the alternative's value or values, or left out (IGNORED) where it has none.
+fn pass_space(pass: &ResolvedPass) -> anyhow::Result<PassSpace> {
+    if let [only] = pass.choices.as_slice() {
+        return split_pass_config(
+            &pass.name,
+            &Value::Object(only.config.clone()),
+            &pass.path(),
+        );
+    }
+    let choice_param = ParamPath(vec![CHOICE_KEY.to_owned()]);
+    let labels: Vec<String> = pass.choices.iter().map(|c| c.label.clone()).collect();
+    let mut keys: Vec<String> = Vec::new();
+    let mut splits = Vec::new();
+    for (i, choice) in pass.choices.iter().enumerate() {
+        let at = format!("{}[{i}]", pass.path());
+        let split = split_pass_config(&pass.name, &Value::Object(choice.config.clone()), &at)?;
+        for (path, param) in &split.params {
+            if path.0.len() != 1 || matches!(param, SearchParam::Conditional(_)) {
+                bail!(
+                    "{at}.{path}: inside a list of alternative pass configs, only top-level Categorical or Boolean \
+                     search parameters are supported"
+                );
+            }
+        }
+        let fixed_keys = split
+            .fixed
+            .as_object()
+            .into_iter()
+            .flat_map(|m| m.keys().cloned());
+        let param_keys = split.params.iter().map(|(p, _)| p.0[0].clone());
+        for key in fixed_keys.chain(param_keys) {
+            if !keys.contains(&key) {
+                keys.push(key);
+            }
+        }
+        splits.push(split);
+    }
+    let mut params = vec![(
+        choice_param.clone(),
+        SearchParam::Categorical(labels.iter().map(|l| Value::String(l.clone())).collect()),
+    )];
+    let mut fixed = Map::new();
+    for key in keys {
+        let per_choice: Vec<Vec<Value>> = splits
+            .iter()
+            .map(|split| {
+                let searched = split.params.iter().find(|(p, _)| p.0[0] == key);
+                match (searched, split.fixed.get(&key)) {
+                    (Some((_, SearchParam::Categorical(values))), _) => values.clone(),
+                    (_, Some(value)) => vec![value.clone()],
+                    _ => vec![Value::String(IGNORED.to_owned())],
+                }
+            })
+            .collect();
+        // A value every alternative shares stays fixed.
+        if per_choice
+            .iter()
+            .all(|v| v.len() == 1 && v == &per_choice[0])
+        {
+            fixed.insert(key, per_choice[0][0].clone());
+            continue;
+        }
+        let branches = labels
+            .iter()
+            .zip(per_choice)
+            .map(|(label, values)| (vec![label.clone()], values))
+            .collect();
+        params.push((
+            ParamPath(vec![key]),
+            SearchParam::Conditional(Conditional {
+                parents: vec![choice_param.clone()],
+                branches,
+                default: vec![Value::String(INVALID.to_owned())],
+            }),
+        ));
+    }
+    Ok(PassSpace {
+        pass: pass.name.clone(),
+        fixed: Value::Object(fixed),
+        params,
+    })
 }
 
 /// Checks the pass's fixed values with each value of each search parameter (the others at their first value), so
@@ -260,8 +341,11 @@ pub fn execute(prepared: &Prepared) -> anyhow::Result<Report> {
             &output_dir,
         );
     }
-    let configs: Vec<Map<String, Value>> =
-        prepared.passes.iter().map(|p| p.config.clone()).collect();
+    let configs: Vec<Map<String, Value>> = prepared
+        .passes
+        .iter()
+        .map(|p| p.choices[0].config.clone())
+        .collect();
     let reached = run.chain(&input, &configs)?;
     let last = reached
         .last()
@@ -305,24 +389,25 @@ impl Run<'_> {
         let mut current = input.clone();
         let mut reached = Vec::new();
         for (pass, config) in self.prepared.passes.iter().zip(configs) {
-            let config = Value::Object(config.clone());
+            let (choice, config) = pass.choose(config)?;
+            let config = Value::Object(config);
             let key = key_of(&json!({
                 "parent": current.id,
-                "pass": pass.manifest.name,
-                "pass_version": pass.manifest.version,
-                "plugin": pass.plugin.manifest.name,
-                "plugin_version": pass.plugin.manifest.version,
+                "pass": choice.manifest.name,
+                "pass_version": choice.manifest.version,
+                "plugin": choice.plugin.manifest.name,
+                "plugin_version": choice.plugin.manifest.version,
                 "config": config,
                 "device": workflow.device,
             }));
             let entry = Entry {
                 key: key.clone(),
                 parent: current.id.clone(),
-                pass_name: pass.entry.name.clone(),
-                pass_type: pass.manifest.name.clone(),
-                pass_version: pass.manifest.version.clone(),
-                plugin: pass.plugin.manifest.name.clone(),
-                plugin_version: pass.plugin.manifest.version.clone(),
+                pass_name: pass.name.clone(),
+                pass_type: choice.manifest.name.clone(),
+                pass_version: choice.manifest.version.clone(),
+                plugin: choice.plugin.manifest.name.clone(),
+                plugin_version: choice.plugin.manifest.version.clone(),
                 device: workflow.device.clone(),
                 config: config.clone(),
                 model: Model::new("", ""),
@@ -331,10 +416,10 @@ impl Run<'_> {
             };
             let model = current.model.clone();
             let (entry, outcome) = self.cache.run(entry, |output_path| {
-                tracing::info!("running pass {} ({})", pass.entry.name, pass.manifest.name);
+                tracing::info!("running pass {} ({})", pass.name, choice.manifest.name);
                 engine::run_pass(&PassRun {
-                    plugin: &pass.plugin,
-                    pass: pass.manifest.name.clone(),
+                    plugin: &choice.plugin,
+                    pass: choice.manifest.name.clone(),
                     model,
                     config_json: config.to_string(),
                     output_path: output_path.to_path_buf(),
@@ -342,15 +427,15 @@ impl Run<'_> {
                     timeout: None,
                     grace: Duration::from_secs(5),
                 })
-                .with_context(|| format!("passes.{}", pass.entry.name))
+                .with_context(|| format!("passes.{}", pass.name))
             })?;
             match outcome {
                 Outcome::Hit => {
                     self.hits += 1;
                     tracing::info!(
                         "pass {} ({}): from the cache",
-                        pass.entry.name,
-                        pass.manifest.name
+                        pass.name,
+                        choice.manifest.name
                     );
                 }
                 Outcome::Ran => self.ran += 1,
@@ -358,8 +443,8 @@ impl Run<'_> {
             self.footprints.record(Node {
                 model_id: key.clone(),
                 parent_model_id: Some(current.id.clone()),
-                pass_name: Some(pass.entry.name.clone()),
-                from_pass: Some(pass.manifest.name.clone()),
+                pass_name: Some(pass.name.clone()),
+                from_pass: Some(choice.manifest.name.clone()),
                 pass_run_config: Some(config),
                 model_config: model_config(&entry.model),
                 metrics: None,
@@ -454,6 +539,7 @@ impl Run<'_> {
                 .flat_map(|p| {
                     p.values
                         .iter()
+                        .filter(|(_, v)| v != IGNORED)
                         .map(move |(k, v)| format!("{}.{k}={v}", p.pass))
                 })
                 .collect();
