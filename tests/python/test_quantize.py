@@ -303,6 +303,54 @@ def check_int4_export(olive_host: Path, quantized: Path, tensors: dict, original
         assert abs(packed - fp32) <= PPL_AGREE * packed
 
 
+def test_tied_embeds_and_lm_head_stay_tied_and_export(olive_host: Path, tiny_llama: Path, tmp_path: Path):
+    """A tied model with both sides quantized (Rtn --embeds --lm_head) stays tied: one quantized table in Olive's
+    layout; the int4 export's lm_head MatMulNBits holds exactly its levels and the export's logits equal
+    transformers' on the numpy-dequantized table."""
+    from onnx_parity import hf_logits, max_abs_diff, ort_logits
+
+    tied = tmp_path / "tied"
+    shutil.copytree(tiny_llama, tied)
+    tensors = load_folder(tied)
+    del tensors["lm_head.weight"]
+    for f in tied.glob("*.safetensors"):
+        f.unlink()
+    for f in tied.glob("*.safetensors.index.json"):
+        f.unlink()
+    save_file(tensors, str(tied / "model.safetensors"), metadata={"format": "pt"})
+    config = json.loads((tied / "config.json").read_text())
+    (tied / "config.json").write_text(json.dumps({**config, "tie_word_embeddings": True}))
+    out = quantize(olive_host, tied, tmp_path / "q", "--algorithm", "rtn", "--bits", "4", "--group_size", "32",
+                   "--embeds", "--lm_head")
+    qcfg = json.loads((out / "config.json").read_text())["quantization_config"]
+    assert (qcfg["quant_method"], qcfg["embeds"], qcfg["lm_head"], qcfg["tie_word_embeddings"]) == \
+        ("olive", True, True, True)
+    packed = load_folder(out)
+    assert "lm_head.weight" not in packed and "lm_head.qweight" not in packed
+    table = unpack_olive(packed, "model.embed_tokens", 4, 32)
+    run([olive_host, "auto-opt", "-m", out, "-o", tmp_path / "int4", "--use_ort_genai", "--precision", "int4",
+         "--int4_accuracy_level", "1"])
+    model_dir = tmp_path / "int4" / "model"
+    inits = {i.name: numpy_helper.to_array(i, base_dir=str(model_dir))
+             for i in onnx.load(str(model_dir / "model.onnx")).graph.initializer}
+    np.testing.assert_array_equal(matmul_nbits_weight(inits, "lm_head", table.shape[1]), table)
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    weights = {k: v for k, v in packed.items() if not k.endswith((".qweight", ".qzeros", ".scales", ".g_idx"))}
+    weights["model.embed_tokens.weight"] = table
+    for prefix in {k.rsplit(".", 1)[0] for k in packed if k.endswith(".qweight")} - {"model.embed_tokens"}:
+        weights[f"{prefix}.weight"] = unpack_olive(packed, prefix, 4, 32)
+    save_file({k: np.ascontiguousarray(v) for k, v in weights.items()}, str(ref / "model.safetensors"),
+              metadata={"format": "pt"})
+    (ref / "config.json").write_text(json.dumps({**config, "tie_word_embeddings": True}))
+    prompt = [(i * 37) % 250 + 3 for i in range(12)]
+    want = hf_logits(ref, prompt, 3)
+    diff = max_abs_diff(ort_logits(model_dir, prompt, 3), want)
+    scale = max(float(np.abs(x).max()) for x in want)
+    print(f"tied embeds + lm_head: int4 export vs transformers: max |logits diff| {diff:.2e} (scale {scale:.2f})")
+    assert diff <= 1e-3 * max(scale, 1.0)
+
+
 def evaluate(olive_host: Path, model: Path) -> float:
     return json.loads(run([olive_host, "evaluate", "-m", model]).stdout)["perplexity"]
 
