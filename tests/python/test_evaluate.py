@@ -157,3 +157,43 @@ def test_default_model_multiple_choice_accuracy(olive_host: Path):
     print(f"default model multiple-choice accuracy: {acc:.4f} on {n} questions (chance 0.25)")
     # chance is 0.25 ± 0.040 (binomial sd over 116): 3 sd above it is far from luck
     assert acc > 0.25 + 3 * math.sqrt(0.25 * 0.75 / n)
+
+
+def test_peft_adapter_is_merged_for_evaluation(olive_host: Path, tiny: Path, tmp_path: Path):
+    """kind hf+adapter (what the LoRA pass returns): perplexity with the PEFT adapter merged equals PEFT's own
+    (transformers + peft, unmerged) over the same windows, and differs from the base model's."""
+    import numpy as np
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from ppl import eval_windows, perplexity, window_nll
+
+    torch.manual_seed(1)
+    base = AutoModelForCausalLM.from_pretrained(str(tiny), dtype=torch.float32)
+    peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"],
+                                                 lora_dropout=0.0, init_lora_weights=False))
+    adapter = tmp_path / "adapter"
+    peft_model.save_pretrained(adapter)
+    text = tmp_path / "t.txt"
+    text.write_text((ROOT / "data" / "eval.txt").read_text()[:1500])
+    windows = eval_windows(tiny, text, 64)
+    with torch.no_grad():
+        nll = sum(window_nll(peft_model(torch.tensor([w])).logits[0].numpy().astype(np.float64), w) for w in windows)
+    want = perplexity(nll, windows)
+
+    def ours(*extra):
+        cmd = [olive_host, "evaluate", "-m", tiny, "--text_file", text, "--window", "64", "--metrics",
+               "perplexity,size_on_disk", *extra]
+        return json.loads(run(cmd).stdout)
+
+    merged, plain = ours("--adapter", adapter), ours()
+    got = merged["perplexity-perplexity"]["value"]
+    print(f"perplexity with the adapter: ours {got}, peft {want}; base {plain['perplexity-perplexity']['value']}")
+    assert math.isclose(got, want, rel_tol=1e-4)
+    assert not math.isclose(got, plain["perplexity-perplexity"]["value"], rel_tol=1e-3)
+    adapter_bytes = sum(p.stat().st_size for p in adapter.rglob("*") if p.is_file())
+    assert merged["size_on_disk-bytes"]["value"] == plain["size_on_disk-bytes"]["value"] + adapter_bytes
+    bad = run([olive_host, "evaluate", "-m", tiny, "--adapter", tmp_path / "missing", "--metrics", "perplexity"],
+              ok=False)
+    assert bad.returncode != 0 and "PEFT adapter folders" in bad.stderr, bad.stderr

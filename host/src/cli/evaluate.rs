@@ -26,9 +26,10 @@ pub struct EvaluateArgs {
     /// Tokens per window; each window is scored from an empty cache.
     #[arg(long, default_value_t = 512)]
     pub window: usize,
-    /// An ONNX Runtime LoRA adapter file (.onnx_adapter) to activate (ONNX folders).
+    /// An ONNX Runtime LoRA adapter file (.onnx_adapter) to activate (ONNX folders), or a PEFT LoRA adapter
+    /// folder to merge (Hugging Face models); repeat for several.
     #[arg(long)]
-    pub adapter: Option<PathBuf>,
+    pub adapter: Vec<PathBuf>,
     /// Metrics to run, comma-separated: perplexity, accuracy_score, latency (per-token decode), prefill_latency,
     /// throughput (decode tokens/s), size_on_disk, memory (peak RSS).
     #[arg(long, value_delimiter = ',')]
@@ -61,17 +62,22 @@ pub struct EvaluateArgs {
 fn model_of(args: &EvaluateArgs) -> anyhow::Result<Model> {
     if olive_runtime::is_onnx_folder(&args.model_name_or_path) {
         let mut model = Model::new(kinds::ONNX, &args.model_name_or_path);
-        model.adapter_paths.extend(args.adapter.clone());
+        model.adapter_paths.extend(args.adapter.iter().cloned());
         return Ok(model);
     }
-    if args.adapter.is_some() {
-        bail!("--adapter takes an .onnx_adapter file and applies to ONNX folders; export the model with \
-               `olive-host auto-opt --adapter_path` first");
+    let mut model = Model::new(kinds::HF, resolve_hf_input(&args.model_name_or_path)?);
+    if let Some(a) = args.adapter.iter().find(|a| !a.is_dir()) {
+        bail!(
+            "--adapter {}: a Hugging Face model takes PEFT adapter folders (adapter_config.json + \
+               adapter_model.safetensors); .onnx_adapter files apply to ONNX exports",
+            a.display()
+        );
     }
-    Ok(Model::new(
-        kinds::HF,
-        resolve_hf_input(&args.model_name_or_path)?,
-    ))
+    if !args.adapter.is_empty() {
+        model.kind = kinds::HF_ADAPTER.to_owned();
+        model.adapter_paths.extend(args.adapter.iter().cloned());
+    }
+    Ok(model)
 }
 
 fn text(args: &EvaluateArgs) -> anyhow::Result<Option<String>> {

@@ -35,10 +35,8 @@ pub fn peak_rss(olive_host: &Path, model: &Model, prompt_length: usize) -> anyho
         .arg(&folder)
         .arg("--memory_probe")
         .arg(prompt_length.to_string());
-    if model.kind == olive_pass_api::kinds::ONNX {
-        for a in &model.adapter_paths {
-            cmd.arg("--adapter").arg(a);
-        }
+    for a in &model.adapter_paths {
+        cmd.arg("--adapter").arg(a);
     }
     let child = cmd
         .stdout(std::process::Stdio::null())

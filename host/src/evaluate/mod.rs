@@ -1,5 +1,5 @@
 //! Olive's evaluators for causal LMs (olive/evaluator/olive_evaluator.py of olive-ai 0.13), on a Hugging Face
-//! folder (CPU transformer) or an ONNX export (ONNX Runtime). A workflow's metrics are checked with
+//! folder (CPU transformer; PEFT adapters merged) or an ONNX export (ONNX Runtime), see [`runner`]. A workflow's metrics are checked with
 //! [`metric::validate`] before anything runs, then measured with [`evaluate`] into Olive's [`MetricResult`]
 //! (`{"<metric>-<sub_type>": {value, priority, higher_is_better}}`); [`result::resolve_goals`] and
 //! [`result::meets_goals`] apply Olive's goals.
@@ -10,7 +10,7 @@
 //! | accuracy | `accuracy_score` | fraction right on a multiple-choice set (data/multiple_choice.jsonl, or a data config's JSON records), see [`choice`] | `length_normalized`, `max_samples` |
 //! | latency | `avg` `min` `max` `p50` `p75` `p90` `p95` `p99` `p999` (ms) | per-token decode step (`mode: decode`, default) or prompt prefill to first token (`mode: prefill`), see [`timing`] | `warmup_num` 10, `repeat_test_num` 20, `sleep_num` 0, `mode`, `prompt_length` 128 |
 //! | throughput | same names (tokens/s; min ↔ max) | tokens per timed run / its latency: decode 1, prefill `prompt_length` | as latency |
-//! | size_on_disk | `bytes` | all files of the model folder, see [`footprint`] | none |
+//! | size_on_disk | `bytes` | all files of the model folder and its adapters, see [`footprint`] | none |
 //! | memory (olive-rs) | `peak_rss` (bytes) | peak RSS of a child that loads the model and runs one forward | `prompt_length` 128 |
 //!
 //! Percentiles are numpy's default (linear) as Olive uses them ([`stats`]). Prompts for latency and memory are
@@ -234,9 +234,12 @@ pub fn evaluate_with(
                     .with_context(at)?
             }
             Measure::SizeOnDisk => {
-                vec![
-                    footprint::size_on_disk(&runner::model_folder(model)?).with_context(at)? as f64,
-                ]
+                let mut bytes =
+                    footprint::size_on_disk(&runner::model_folder(model)?).with_context(at)?;
+                for adapter in &model.adapter_paths {
+                    bytes += footprint::size_on_disk(adapter).with_context(at)?;
+                }
+                vec![bytes as f64]
             }
             Measure::Memory(c) => {
                 let exe = match &options.olive_host {

@@ -1,11 +1,15 @@
 //! The model under evaluation, run one way or the other: a Hugging Face folder (kind `hf`) on the CPU
-//! transformer of olive-nn, or an ONNX export (kind `onnx`: a folder with genai_config.json, or its model.onnx)
-//! through ONNX Runtime (olive-runtime), optionally with an `.onnx_adapter` from `adapter_paths` active.
+//! transformer of olive-nn, with PEFT LoRA adapters (kind `hf+adapter`, `adapter_paths`) merged into its weights
+//! (W += scale·B·A, as PEFT's merge_and_unload), or an ONNX export (kind `onnx`: a folder with genai_config.json,
+//! or its model.onnx) through ONNX Runtime (olive-runtime), optionally with an `.onnx_adapter` from
+//! `adapter_paths` active.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use olive_model::adapter::LoraAdapter;
+use olive_nn::train::{LoraTrainer, TrainConfig};
 use olive_nn::Transformer;
 use olive_pass_api::{kinds, Model};
 use olive_runtime::{OnnxModel, SearchOptions};
@@ -20,9 +24,12 @@ pub enum Runner {
 pub fn model_folder(model: &Model) -> anyhow::Result<PathBuf> {
     let p = &model.path;
     match model.kind.as_str() {
-        kinds::HF => {
+        kinds::HF | kinds::HF_ADAPTER => {
             if !p.join("config.json").is_file() {
-                bail!("{}: not a Hugging Face model folder (no config.json)", p.display());
+                bail!(
+                    "{}: not a Hugging Face model folder (no config.json)",
+                    p.display()
+                );
             }
             Ok(p.clone())
         }
@@ -33,26 +40,48 @@ pub fn model_folder(model: &Model) -> anyhow::Result<PathBuf> {
                 p.clone()
             };
             if !olive_runtime::is_onnx_folder(&folder) {
-                bail!("{}: not an ONNX model folder (no genai_config.json or model.onnx)", p.display());
+                bail!(
+                    "{}: not an ONNX model folder (no genai_config.json or model.onnx)",
+                    p.display()
+                );
             }
             Ok(folder)
         }
-        kinds::HF_ADAPTER => bail!(
-            "{}: a Hugging Face model with PEFT adapters is evaluated after `olive-host auto-opt --adapter_path` \
-             (kind onnx with the .onnx_adapter); the CPU transformer runs no adapters",
+        other => bail!(
+            "{}: model kind {other:?} cannot be evaluated (hf or onnx)",
             p.display()
         ),
-        other => bail!("{}: model kind {other:?} cannot be evaluated (hf or onnx)", p.display()),
     }
+}
+
+/// `model` with the PEFT LoRA adapter in folder `adapter` merged into its weights.
+fn merge_adapter(model: Transformer, adapter: &Path) -> anyhow::Result<Transformer> {
+    let what = || format!("merging the PEFT adapter {}", adapter.display());
+    let lora = LoraAdapter::open(adapter).with_context(what)?;
+    lora.check(model.config()).with_context(what)?;
+    let weights = lora.weights().to_vec();
+    let merged = LoraTrainer::with_adapter(model, weights, 0.0, TrainConfig::default())
+        .and_then(|t| t.merged_model())
+        .with_context(what)?;
+    Ok(merged)
 }
 
 impl Runner {
     /// Loads `model` (see the module doc).
     pub fn load(model: &Model) -> anyhow::Result<Runner> {
         let folder = model_folder(model)?;
-        if model.kind == kinds::HF {
-            let t = Transformer::load(&folder)
+        if model.kind == kinds::HF || model.kind == kinds::HF_ADAPTER {
+            let mut t = Transformer::load(&folder)
                 .with_context(|| format!("loading {}", folder.display()))?;
+            if model.kind == kinds::HF_ADAPTER && model.adapter_paths.is_empty() {
+                bail!(
+                    "{}: a model of kind hf+adapter lists no adapter_paths",
+                    folder.display()
+                );
+            }
+            for adapter in &model.adapter_paths {
+                t = merge_adapter(t, adapter)?;
+            }
             return Ok(Runner::Cpu(Box::new(t)));
         }
         let mut m = OnnxModel::load(&folder)?;
