@@ -520,3 +520,43 @@ fn outcomes_from_named_values_follow_the_objectives() {
     };
     assert!(m[1].is_nan());
 }
+
+/// Search parameters exactly as Olive 0.13's `to_json` writes them (json.dumps of Conditional, Boolean and
+/// ConditionalDefault): tuple keys nested per parent, `true`/`4` as string keys, INVALID and IGNORED choices.
+#[test]
+fn olives_own_json_enumerates_as_olive_resolves_it() {
+    let conditional = r#"{"olive_parameter_type": "SearchParameter", "type": "Conditional", "parents": ["algorithm", "sym"], "support": {"awq": {"true": {"olive_parameter_type": "SearchParameter", "type": "Categorical", "support": [64, 128]}}, "rtn": {"false": {"olive_parameter_type": "SearchParameter", "type": "Categorical", "support": ["OLIVE_INVALID_PARAM_VALUE"]}}}, "default": {"olive_parameter_type": "SearchParameter", "type": "Categorical", "support": ["OLIVE_IGNORED_PARAM_VALUE"]}}"#;
+    let boolean = r#"{"olive_parameter_type": "SearchParameter", "type": "Categorical", "support": [true, false]}"#;
+    let conditional_default = r#"{"olive_parameter_type": "SearchParameter", "type": "ConditionalDefault", "parents": ["bits"], "support": {"4": {"olive_parameter_type": "SearchParameter", "type": "Categorical", "support": [128]}, "8": {"olive_parameter_type": "SearchParameter", "type": "Categorical", "support": [64]}}, "default": {"olive_parameter_type": "SearchParameter", "type": "Categorical", "support": [32]}}"#;
+    let parse = |s: &str| serde_json::from_str::<Value>(s).unwrap();
+    let pass = split(
+        "quant",
+        json!({"bits": 4, "algorithm": cat(json!(["awq", "rtn"])), "sym": parse(boolean),
+               "group_size": parse(conditional), "block_size": parse(conditional_default)}),
+    );
+    assert_eq!(pass.fixed, json!({"bits": 4, "block_size": 128}));
+    let cfg = config(ExecutionOrder::Joint, SamplerKind::Sequential, 0, 1);
+    let mut search = Search::new(SearchSpace::new(vec![pass]).unwrap(), vec![], cfg).unwrap();
+    let configs: Vec<Value> = run(&mut search, |_| Outcome::Failed)
+        .into_iter()
+        .map(|t| t.configs[0].1.clone())
+        .collect();
+    let with = |alg: &str, sym: bool, group: Option<u32>| {
+        let mut c = json!({"bits": 4, "block_size": 128, "algorithm": alg, "sym": sym});
+        if let Some(g) = group {
+            c["group_size"] = json!(g);
+        }
+        c
+    };
+    // Olive's SearchSpace yields indices 0, 1, 2, 4 with these values (checked with olive-ai 0.13); its 3 is
+    // INVALID, and 5-7 are padding (duplicates of 1 and 2, and (rtn, false) padded with the default), skipped here.
+    assert_eq!(
+        configs,
+        [
+            with("awq", true, Some(64)),
+            with("rtn", true, None),
+            with("awq", false, None),
+            with("awq", true, Some(128)),
+        ]
+    );
+}
