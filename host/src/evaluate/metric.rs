@@ -364,6 +364,40 @@ fn typed<T: serde::de::DeserializeOwned + Default>(
     }
 }
 
+/// Olive's accuracy metric_config holds torchmetrics arguments (Accuracy: task, num_classes, ...; Perplexity:
+/// ignore_index), which describe classifier outputs or label padding; multiple-choice scoring and perplexity
+/// over text have neither, so they are accepted and dropped, except a top_k other than 1 (a different metric).
+fn without_torchmetrics(
+    config: &Option<Map<String, Value>>,
+    sub: &str,
+) -> anyhow::Result<Option<Map<String, Value>>> {
+    const TORCHMETRICS: &[&str] = &[
+        "task",
+        "num_classes",
+        "num_labels",
+        "threshold",
+        "average",
+        "multidim_average",
+        "top_k",
+        "ignore_index",
+        "validate_args",
+        "kwargs",
+    ];
+    let Some(map) = config else { return Ok(None) };
+    if let Some(k) = map
+        .get("top_k")
+        .filter(|v| !v.is_null() && v.as_u64() != Some(1))
+    {
+        bail!("metric_config.top_k {k}: only top-1 accuracy is measured");
+    }
+    let mut kept = map.clone();
+    kept.retain(|k, _| !TORCHMETRICS.contains(&k.as_str()));
+    if kept.len() != map.len() {
+        tracing::debug!("{sub}: torchmetrics arguments in metric_config have no effect on an LLM and are dropped");
+    }
+    Ok(Some(kept))
+}
+
 fn plan_sub(kind: MetricType, sub: &SubMetric) -> anyhow::Result<Measure> {
     let supported = kind.supported_sub_types();
     if !supported.contains(&sub.name.as_str()) {
@@ -392,8 +426,14 @@ fn plan_sub(kind: MetricType, sub: &SubMetric) -> anyhow::Result<Measure> {
         );
     }
     Ok(match (kind, sub.name.as_str()) {
-        (MetricType::Accuracy, "perplexity") => Measure::Perplexity(typed(&sub.metric_config)?),
-        (MetricType::Accuracy, _) => Measure::Choice(typed(&sub.metric_config)?),
+        (MetricType::Accuracy, "perplexity") => Measure::Perplexity(typed(&without_torchmetrics(
+            &sub.metric_config,
+            &sub.name,
+        )?)?),
+        (MetricType::Accuracy, _) => Measure::Choice(typed(&without_torchmetrics(
+            &sub.metric_config,
+            &sub.name,
+        )?)?),
         (MetricType::Latency | MetricType::Throughput, _) => {
             let config: LatencyConfig = typed(&sub.metric_config)?;
             if config.repeat_test_num == 0 {
@@ -508,7 +548,7 @@ mod tests {
         let m = metrics(json!([
             {"name": "acc", "type": "accuracy", "sub_types": [
                 {"name": "perplexity", "priority": 1, "goal": {"type": "max-degradation", "value": 0.5}},
-                {"name": "accuracy_score", "metric_config": {"length_normalized": true}}]},
+                {"name": "accuracy_score", "metric_config": {"length_normalized": true, "task": "multiclass", "num_classes": 4, "top_k": 1}}]},
             {"name": "lat", "type": "latency", "sub_types": [
                 {"name": "avg", "priority": 2, "metric_config": {"warmup_num": 1, "repeat_test_num": 3}},
                 {"name": "p90"}]},
@@ -599,6 +639,9 @@ mod tests {
                 {"name": "avg", "metric_config": {"mode": "prefill"}}, {"name": "p90", "metric_config": {"mode": "decode"}}]}]),
              "sub_types[1] (\"p90\"): metric_config differs"),
             (json!([{"name": "l", "type": "latency", "sub_types": [{"name": "avg"}, {"name": "avg"}]}]), "listed twice"),
+            (json!([{"name": "a", "type": "accuracy", "sub_types": [
+                {"name": "accuracy_score", "metric_config": {"task": "multiclass", "top_k": 5}}]}]),
+             "metric_config.top_k 5: only top-1"),
             (json!([{"name": "l", "type": "lat", "sub_types": []}]), "unknown variant `lat`"),
             (json!([{"name": "l", "type": "latency", "sub_types": [], "extra": 1}]), "unknown field `extra`"),
             (json!([{"name": "l", "type": "latency", "sub_types": [{"name": "avg", "goal": {"type": "within", "value": 1}}]}]),
