@@ -22,3 +22,13 @@ pub fn init(log_level: u8) {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
 }
+
+/// The active `--log_level`, read back from the tracing filter (for workers and saved workflows).
+pub fn current_level() -> u8 {
+    match LevelFilter::current() {
+        LevelFilter::TRACE | LevelFilter::DEBUG => 0,
+        LevelFilter::INFO => 1,
+        LevelFilter::WARN => 2,
+        _ => 3,
+    }
+}

@@ -360,3 +360,46 @@ def test_search_finds_the_pareto_front_and_tpe_reaches_the_best_sooner(olive_hos
         assert len(set(points)) == len(points), "TPE proposed a point twice"
         reached.append(points.index(json.dumps(best_point, sort_keys=True)) + 1)
     assert sum(reached) / len(reached) < len(trials), reached
+
+
+def test_dry_run_writes_the_workflow_that_run_reproduces(olive_host: Path, tiny: Path, tmp_path: Path):
+    """`finetune`/`auto-opt --dry_run` write Olive's workflow and run nothing; `olive-host run` on it gives the
+    files the command itself writes; `--save_config_file` writes the same workflow beside a real run's output."""
+    finetune = ["finetune", "-m", str(tiny), "--data_name", "json", "--data_files",
+                str(ROOT / "data/data_sample_travel.jsonl"), "--text_template", LAB_TEMPLATE, "--max_steps", "3",
+                "--max_seq_len", "64", "--per_device_train_batch_size", "2", "--lora_r", "4"]
+    dry = subprocess.run([str(olive_host), *finetune, "-o", str(tmp_path / "dry"), "--dry_run"],
+                         capture_output=True, text=True, timeout=600)
+    assert dry.returncode == 0, dry.stderr
+    assert "Dry run mode enabled" in dry.stdout
+    assert sorted(p.name for p in (tmp_path / "dry").iterdir()) == ["config.json"]
+    workflow = json.loads((tmp_path / "dry" / "config.json").read_text())
+    assert workflow["passes"]["lora"]["type"] == "LoRA"
+    assert workflow["passes"]["lora"]["train_data_config"] == workflow["data_configs"][0]["name"]
+
+    direct = subprocess.run([str(olive_host), *finetune, "-o", str(tmp_path / "direct"), "--save_config_file"],
+                            capture_output=True, text=True, timeout=600)
+    assert direct.returncode == 0, direct.stderr
+    assert json.loads((tmp_path / "direct" / "config.json").read_text())["passes"] == workflow["passes"]
+    replay = subprocess.run([str(olive_host), "run", "--config", str(tmp_path / "dry" / "config.json"),
+                             "--output_path", str(tmp_path / "replay")], capture_output=True, text=True,
+                            cwd=tmp_path, timeout=600)
+    assert replay.returncode == 0, replay.stderr
+    name = "adapter_model.safetensors"
+    assert (tmp_path / "replay/adapter" / name).read_bytes() == (tmp_path / "direct/adapter" / name).read_bytes()
+
+    auto_opt = ["auto-opt", "-m", str(tmp_path / "direct/model"), "--adapter_path", str(tmp_path / "direct/adapter"),
+                "--precision", "int4", "--use_ort_genai"]
+    dry = subprocess.run([str(olive_host), *auto_opt, "-o", str(tmp_path / "ao-dry"), "--dry_run"],
+                         capture_output=True, text=True, timeout=600)
+    assert dry.returncode == 0, dry.stderr
+    workflow = json.loads((tmp_path / "ao-dry" / "config.json").read_text())
+    assert [p["type"] for p in workflow["passes"].values()] == ["ModelBuilder", "ExtractAdapters"]
+    direct = subprocess.run([str(olive_host), *auto_opt, "-o", str(tmp_path / "ao")], capture_output=True,
+                            text=True, timeout=600)
+    assert direct.returncode == 0, direct.stderr
+    replay = subprocess.run([str(olive_host), "run", "--config", str(tmp_path / "ao-dry" / "config.json"),
+                             "--output_path", str(tmp_path / "ao-replay")], capture_output=True, text=True,
+                            cwd=tmp_path, timeout=600)
+    assert replay.returncode == 0, replay.stderr
+    assert output_bytes(tmp_path / "ao-replay") == output_bytes(tmp_path / "ao")

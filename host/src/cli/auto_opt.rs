@@ -12,6 +12,7 @@ use clap::{Args, ValueEnum};
 use olive_pass_api::{kinds, Model};
 
 use super::common::{refuse_non_empty, resolve_hf_input};
+use super::config_file::{hf_model, workflow, ConfigFileArgs, PassSpec};
 use crate::engine::{self, PassRun};
 use crate::plugins;
 
@@ -87,6 +88,8 @@ pub struct AutoOptArgs {
     /// Cancel the export after this many seconds.
     #[arg(long, value_parser = super::parse_seconds)]
     pub timeout: Option<Duration>,
+    #[command(flatten)]
+    pub config_file: ConfigFileArgs,
 }
 
 /// Checks the device/provider pair; the error lists the valid pairs.
@@ -130,8 +133,31 @@ pub fn run(args: AutoOptArgs) -> anyhow::Result<()> {
     if let Some(level) = args.int4_accuracy_level {
         config["int4_accuracy_level"] = level.into();
     }
-    let found = plugins::discover(&plugins::search_path());
     let device = if args.device == "gpu" { "gpu" } else { "cpu" };
+    let mut passes = vec![PassSpec {
+        name: "builder",
+        pass_type: "ModelBuilder",
+        config: config.clone(),
+    }];
+    if args.adapter_path.is_some() {
+        passes.push(PassSpec {
+            name: "extract_adapters",
+            pass_type: "ExtractAdapters",
+            config: serde_json::json!({}),
+        });
+    }
+    let workflow = workflow(
+        hf_model(&args.model_name_or_path, args.adapter_path.as_deref()),
+        device,
+        &args.provider,
+        &passes,
+        &args.output_path,
+        crate::logging::current_level(),
+    );
+    if args.config_file.dry_run(&workflow, &args.output_path)? {
+        return Ok(());
+    }
+    let found = plugins::discover(&plugins::search_path());
     let target = args.output_path.join("model");
     let parent = args
         .output_path
@@ -173,6 +199,7 @@ pub fn run(args: AutoOptArgs) -> anyhow::Result<()> {
     }
     spinner.finish_and_clear();
     tracing::info!("wrote {}", target.display());
+    args.config_file.save(&workflow, &args.output_path)?;
     println!("{}", serde_json::to_string_pretty(&model)?);
     Ok(())
 }

@@ -15,6 +15,7 @@ use olive_pass_api::{kinds, Model};
 use serde_json::{json, Map, Value};
 
 use super::common::{refuse_non_empty, resolve_hf_input};
+use super::config_file::{hf_model, lift_data_configs, workflow, ConfigFileArgs, PassSpec};
 use super::dataset::DatasetArgs;
 use crate::engine::{self, PassRun};
 use crate::plugins;
@@ -136,6 +137,8 @@ pub struct FinetuneArgs {
     /// Cancel after this many seconds.
     #[arg(long, value_parser = super::parse_seconds)]
     pub timeout: Option<Duration>,
+    #[command(flatten)]
+    pub config_file: ConfigFileArgs,
 }
 
 /// The transformers TrainingArguments flags that were given, as the pass's `training_args` (the pass holds the
@@ -288,6 +291,23 @@ fn publish(staged: &Path, output: &Path) -> anyhow::Result<()> {
 
 pub fn run(args: FinetuneArgs) -> anyhow::Result<()> {
     let config = pass_config(&args)?;
+    let pass_name = args.method.pass().to_ascii_lowercase();
+    let mut workflow = workflow(
+        hf_model(&args.model_name_or_path, None),
+        "cpu",
+        "CPUExecutionProvider",
+        &[PassSpec {
+            name: &pass_name,
+            pass_type: args.method.pass(),
+            config: config.clone(),
+        }],
+        &args.output_path,
+        crate::logging::current_level(),
+    );
+    lift_data_configs(&mut workflow, &pass_name, &["train_data_config"]);
+    if args.config_file.dry_run(&workflow, &args.output_path)? {
+        return Ok(());
+    }
     refuse_non_empty(&args.output_path, args.overwrite)?;
     let input = resolve_hf_input(&args.model_name_or_path)?;
     let found = plugins::discover(&plugins::search_path());
@@ -329,6 +349,7 @@ pub fn run(args: FinetuneArgs) -> anyhow::Result<()> {
                 "wrote {} (model/, adapter/, loss.csv, loss.png)",
                 output.display()
             );
+            args.config_file.save(&workflow, output)?;
             println!("{}", serde_json::to_string_pretty(&model)?);
             Ok(())
         }

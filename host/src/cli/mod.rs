@@ -3,6 +3,7 @@
 mod auto_opt;
 mod cache;
 mod common;
+mod config_file;
 mod convert;
 mod convert_adapters;
 mod dataset;

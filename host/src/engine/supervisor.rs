@@ -81,7 +81,11 @@ pub fn run(job: &Job) -> anyhow::Result<Model> {
         .context("cannot find the olive-host executable to start a worker")?;
     let mut command = Command::new(&exe);
     command
-        .args(["--log_level", &olive_log_level().to_string(), "worker"])
+        .args([
+            "--log_level",
+            &crate::logging::current_level().to_string(),
+            "worker",
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -378,17 +382,6 @@ impl Progress {
         if let Some(bar) = self.bar.take() {
             bar.finish_and_clear();
         }
-    }
-}
-
-/// The host's `--log_level`, read back from the active tracing filter, for the worker.
-fn olive_log_level() -> u8 {
-    use tracing::level_filters::LevelFilter;
-    match LevelFilter::current() {
-        LevelFilter::TRACE | LevelFilter::DEBUG => 0,
-        LevelFilter::INFO => 1,
-        LevelFilter::WARN => 2,
-        _ => 3,
     }
 }
 

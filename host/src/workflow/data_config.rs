@@ -328,6 +328,13 @@ impl WorkflowDataConfig {
                     }
                 }
                 "random_seed" => data.seed = v.as_u64().ok_or_else(|| anyhow!("{key}: expected an integer"))?,
+                // olive-rs: the fraction of records held out for evaluation (finetune's --eval_split_ratio)
+                "eval_ratio" => {
+                    data.eval_ratio = v
+                        .as_f64()
+                        .filter(|r| (0.0..1.0).contains(r))
+                        .ok_or_else(|| anyhow!("{key}: expected a number in [0, 1)"))?
+                }
                 "pad_to_max_len" if boolean(v, &key)? => {}
                 "padding_side" if v.as_str() == Some("right") => {}
                 "drop_short_sequences" if !boolean(v, &key)? => {}
