@@ -2,7 +2,7 @@
 //! continuation of the question, ranked by its log-likelihood under the model. Context
 //! `"Question: {question}\nAnswer:"`, continuation `" {choice}"`; the continuation's tokens are those of
 //! encode(context + continuation) past the first len(encode(context)) (lm-eval's split), no special tokens;
-//! log-likelihood = Σ log-softmax(logits of the previous position)[token], in f64. `length_normalized` ranks by
+//! log-likelihood = Σ log-softmax(logits of the previous position) at the token, in f64. `length_normalized` ranks by
 //! log-likelihood per character of the continuation (lm-eval's `acc_norm`). Ties go to the first choice.
 //! Records: JSON objects `{"question": str, "choices": [str, ...], "answer": index}`
 //! (data/multiple_choice.jsonl, written for this project).

@@ -15,7 +15,9 @@
 //!
 //! Percentiles are numpy's default (linear) as Olive uses them ([`stats`]). Prompts for latency and memory are
 //! the first `prompt_length` tokens of the metric's data (or data/eval.txt). A latency and a throughput metric
-//! with the same settings and data share one timed run. Texts are tokenized without special tokens.
+//! with the same settings and data share one timed run. Texts are tokenized without special tokens. Everything
+//! runs one sequence at a time: a data config's `dataloader_config.batch_size` does not scale throughput (Olive
+//! multiplies by it because it times batches).
 
 pub mod choice;
 pub mod footprint;
@@ -160,12 +162,12 @@ fn questions(data: &Option<ResolvedData>, options: &Options) -> anyhow::Result<V
     }
 }
 
-/// Measures every plan of [`validate`] on `model`, with the default [`Options`].
+/// Measures every plan of [`metric::validate`] on `model`, with the default [`Options`].
 pub fn evaluate(plans: &[Plan], model: &Model) -> anyhow::Result<MetricResult> {
     Ok(evaluate_with(plans, model, &Options::default())?.result)
 }
 
-/// Measures every plan of [`validate`] on `model`.
+/// Measures every plan of [`metric::validate`] on `model`.
 pub fn evaluate_with(
     plans: &[Plan],
     model: &Model,
