@@ -12,6 +12,8 @@ mod space;
 mod strategy;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_parse;
 
 pub use config::{ExecutionOrder, SearchConfig};
 pub use objective::{objectives_from_metrics, MetricSubType};
