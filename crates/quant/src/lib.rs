@@ -7,6 +7,7 @@ pub mod error;
 pub mod gptq;
 pub mod grid;
 mod head;
+mod layout;
 mod linalg;
 #[cfg(feature = "pass")]
 pub mod pass;
