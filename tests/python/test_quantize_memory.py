@@ -112,7 +112,7 @@ def test_a_1b_model_streams_in_a_quarter_of_its_size(olive_host: Path, synthetic
         peak = int(result.stdout.strip().splitlines()[-1]) * 1024
         print(f"synthetic model: {size / 2**30:.2f} GiB fp32; quantize {algorithm} peak RSS {peak / 2**20:.0f} MiB "
               f"({peak / size:.1%})")
-        assert json.loads((out / "config.json").read_text())["quantization_config"]["bits"] == 4
+        assert json.loads((out / "model" / "config.json").read_text())["quantization_config"]["bits"] == 4
         assert peak < MAX_RSS_FRACTION * size
     finally:
         shutil.rmtree(out, ignore_errors=True)

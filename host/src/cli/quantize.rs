@@ -1,20 +1,24 @@
 //! `olive-host quantize`: Olive's `olive quantize` (olive/cli/quantize.py) for Hugging Face models: `--algorithm
 //! rtn|awq|gptq` runs the `Rtn`, `AutoAWQQuantizer` or `GptqQuantizer` pass of the quant plugins in a worker and
-//! writes a Hugging Face folder with `quantization_config` to `--output_path`. `--bits`, `--group_size` and
+//! writes, as Olive does, the Hugging Face folder with `quantization_config` to `<output_path>/model` and Olive's
+//! `<output_path>/model_config.json` (every command taking `--model_name_or_path` accepts the output folder). `--bits`, `--group_size` and
 //! `--sym` (which Olive lacks) set the grid, `--lm_head` and `--embeds` (Olive's pass options) quantize the
 //! lm_head and the embeddings too; by default `--precision` gives the bits and each pass its defaults.
 
+use std::fs;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::bail;
+use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use olive_pass_api::{kinds, Model};
 
 use super::common::{refuse_non_empty, resolve_hf_input};
+use super::config_file::{hf_model, lift_data_configs, workflow, ConfigFileArgs, PassSpec};
 use super::dataset::DatasetArgs;
 use crate::engine::{self, PassRun};
 use crate::plugins;
+use crate::workflow::output::model_config;
 
 /// Olive's `--algorithm` values this build serves for Hugging Face models.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -89,6 +93,8 @@ pub struct QuantizeArgs {
     /// Cancel after this many seconds.
     #[arg(long, value_parser = super::parse_seconds)]
     pub timeout: Option<Duration>,
+    #[command(flatten)]
+    pub config_file: ConfigFileArgs,
 }
 
 /// Bits of Olive's `--precision` values that quantize weights to integers.
@@ -153,23 +159,58 @@ fn pass_config(args: &QuantizeArgs) -> anyhow::Result<serde_json::Value> {
 
 pub fn run(args: QuantizeArgs) -> anyhow::Result<()> {
     let config = pass_config(&args)?;
+    let pass_name = args.algorithm.pass().to_ascii_lowercase();
+    let mut workflow = workflow(
+        hf_model(&args.model_name_or_path, None),
+        "cpu",
+        "CPUExecutionProvider",
+        &[PassSpec {
+            name: &pass_name,
+            pass_type: args.algorithm.pass(),
+            config: config.clone(),
+        }],
+        &args.output_path,
+        crate::logging::current_level(),
+    );
+    lift_data_configs(&mut workflow, &pass_name, &["data_config"]);
+    if args.config_file.dry_run(&workflow, &args.output_path)? {
+        return Ok(());
+    }
     refuse_non_empty(&args.output_path, args.overwrite)?;
     let input = resolve_hf_input(&args.model_name_or_path)?;
     let found = plugins::discover(&plugins::search_path());
     let name = args.algorithm.pass();
     let (plugin, pass) = found.pass(None, name)?;
-    let model = Model::new(kinds::HF, &input);
-    let model = engine::run_pass(&PassRun {
+    let output = &args.output_path;
+    let parent = match output.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    fs::create_dir_all(&parent).with_context(|| format!("cannot create {}", parent.display()))?;
+    // The model and model_config.json are staged together and renamed into place only when both are written.
+    let staging = tempfile::Builder::new()
+        .prefix(".quantize-")
+        .tempdir_in(&parent)
+        .with_context(|| format!("cannot create a staging folder in {}", parent.display()))?;
+    let mut model = engine::run_pass(&PassRun {
         plugin,
         pass: pass.name.clone(),
-        model,
+        model: Model::new(kinds::HF, &input),
         config_json: config.to_string(),
-        output_path: args.output_path.clone(),
+        output_path: staging.path().join("model"),
         device: "cpu".to_owned(),
         timeout: args.timeout,
         grace: Duration::from_secs(5),
     })?;
-    tracing::info!("wrote {}", args.output_path.display());
+    let absolute = std::path::absolute(output).unwrap_or_else(|_| output.clone());
+    model.path = absolute.join("model");
+    crate::cache::write_atomic(
+        &staging.path().join("model_config.json"),
+        &serde_json::to_vec_pretty(&model_config(&model))?,
+    )?;
+    crate::engine::publish(&staging.keep(), output)?;
+    tracing::info!("wrote {}", output.join("model").display());
+    args.config_file.save(&workflow, output)?;
     println!("{}", serde_json::to_string_pretty(&model)?);
     Ok(())
 }
