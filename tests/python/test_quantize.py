@@ -72,8 +72,11 @@ def tiny_llama(default_hf: Path, tmp_path_factory) -> Path:
 
 
 def quantize(olive_host: Path, model: Path, out: Path, *flags: str) -> Path:
+    """Olive's layout: the Hugging Face folder in <out>/model, described by <out>/model_config.json."""
     run([olive_host, "quantize", "-m", model, "-o", out, *flags])
-    return out
+    config = json.loads((out / "model_config.json").read_text())
+    assert config["type"] == "hfmodel" and Path(config["config"]["model_path"]) == (out / "model").absolute()
+    return out / "model"
 
 
 def load_folder(folder: Path) -> dict:
@@ -160,6 +163,16 @@ def unpack_olive(t: dict, prefix: str, bits: int, group: int) -> np.ndarray:
     return (q - z[:, g]) * s[:, g]
 
 
+def gather_block_quantized_table(inits: dict) -> np.ndarray:
+    """The table of the export's com.microsoft GatherBlockQuantized (quantize_axis 1): data uint4 [V, H] and
+    zero points uint4 [V, G] (onnx unpacks them), scales [V, G]; w = (q - z[:, i // block]) · s[:, i // block]."""
+    q = inits["model.embed_tokens.qweight"].astype(np.float32)
+    z = inits["model.embed_tokens.qzeros"].astype(np.float32)
+    s = inits["model.embed_tokens.scales"].astype(np.float32)
+    g = np.arange(q.shape[1]) // (q.shape[1] // s.shape[1])
+    return (q - z[:, g]) * s[:, g]
+
+
 def export_weights(olive_host: Path, model: Path, out: Path) -> dict:
     """Our reader's dequantized linears: the MatMul initializers of the fp32 export, as [out, in] per HF module."""
     run([olive_host, "auto-opt", "-m", model, "-o", out, "--precision", "fp32", "--use_ort_genai"])
@@ -182,8 +195,8 @@ def export_weights(olive_host: Path, model: Path, out: Path) -> dict:
     packed = load_folder(model)
     if "lm_head.qweight" in packed:
         weights["lm_head"] = inits["lm_head.MatMul.weight"].T
-    if "model.embed_tokens.qweight" in packed:  # the Gather table, dequantized by our reader
-        weights["model.embed_tokens"] = inits["model.embed_tokens.weight"]
+    if "model.embed_tokens.qweight" in packed:  # GatherBlockQuantized: uint4 levels and zero points, scales
+        weights["model.embed_tokens"] = gather_block_quantized_table(inits)
     return weights
 
 

@@ -69,10 +69,10 @@ impl ExternalDataWriter {
         bytes: &[u8],
     ) -> Result<TensorProto> {
         let count: i64 = dims.iter().product();
-        if count as u128 * dtype.size() as u128 != bytes.len() as u128 {
+        if dtype.byte_len(count as u128) != bytes.len() as u128 {
             return Err(OnnxError::Shape(format!(
                 "tensor {name}: dims {dims:?} of {dtype:?} need {} bytes, got {}",
-                count as u128 * dtype.size() as u128,
+                dtype.byte_len(count as u128),
                 bytes.len()
             )));
         }

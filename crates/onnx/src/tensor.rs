@@ -19,6 +19,8 @@ pub enum DataType {
     Bool = 9,
     /// 16-bit IEEE float.
     Float16 = 10,
+    /// 4-bit unsigned, two a byte, the first in the low nibble (ONNX's packing; GatherBlockQuantized data).
+    Uint4 = 21,
 }
 
 impl DataType {
@@ -27,13 +29,14 @@ impl DataType {
         self as i32
     }
 
-    /// Bytes per element.
-    pub fn size(self) -> usize {
+    /// Bytes of `count` elements (4-bit ones packed two a byte, the last byte padded).
+    pub fn byte_len(self, count: u128) -> u128 {
         match self {
-            DataType::Uint8 | DataType::Int8 | DataType::Bool => 1,
-            DataType::Float16 => 2,
-            DataType::Float | DataType::Int32 => 4,
-            DataType::Int64 => 8,
+            DataType::Uint4 => count.div_ceil(2),
+            DataType::Uint8 | DataType::Int8 | DataType::Bool => count,
+            DataType::Float16 => count * 2,
+            DataType::Float | DataType::Int32 => count * 4,
+            DataType::Int64 => count * 8,
         }
     }
 }
@@ -107,7 +110,8 @@ mod tests {
             .collect();
         // 1 + 2^-12 is a quarter of fp16 spacing (2^-10) above 1.0: rounds to 1.0 (0x3C00).
         assert_eq!(halves, vec![0x3C00, 0xC100, 0x7BFF, 0x3C00]);
-        assert_eq!(DataType::Float16.size(), 2);
+        assert_eq!(DataType::Float16.byte_len(3), 6);
+        assert_eq!(DataType::Uint4.byte_len(3), 2);
         assert!(float_bytes(&[1.0], DataType::Int64).is_none());
     }
 }

@@ -68,6 +68,93 @@ impl Decoder<'_> {
         }
     }
 
+    /// The embedding Gather on `input_ids`; returns its output [batch, seq, hidden]. A 4-bit quantized table
+    /// (Olive's embeds) stays packed in a com.microsoft GatherBlockQuantized (uint4 data and zero points,
+    /// block_size = its group; no `bits` attribute, which onnxruntime 1.20.1 rejects; 1.20.1 and 1.32 both run
+    /// this form exactly); other quantized tables (2/8 bits, groups that are no power of two ≥ 16) are
+    /// dequantized into a float Gather table.
+    fn embedding(&self, g: &mut GraphBuilder, ctx: &Context<'_>) -> Result<String, Error> {
+        let c = self.config;
+        let (v, h) = (c.vocab_size, c.hidden_size);
+        let embed = match self.linear_weight("model.embed_tokens", &[v, h])? {
+            Weight::Float(w) => w,
+            Weight::Quantized(q)
+                if q.bits == 4
+                    && q.g_idx.is_none()
+                    && q.group_size >= 16
+                    && q.group_size.is_power_of_two()
+                    && h % q.group_size == 0 =>
+            {
+                let groups = q.n_groups();
+                let w = g
+                    .initializer(
+                        "model.embed_tokens.qweight",
+                        DataType::Uint4,
+                        &[v as i64, h as i64],
+                        &pack_u4(&q.q),
+                    )
+                    .map_err(failed)?;
+                let scales = olive_onnx::tensor::float_bytes(&q.scales, self.dtype())
+                    .ok_or_else(|| Error::Failed(format!("scales in {:?}", self.dtype())))?;
+                let s = g
+                    .initializer(
+                        "model.embed_tokens.scales",
+                        self.dtype(),
+                        &[v as i64, groups as i64],
+                        &scales,
+                    )
+                    .map_err(failed)?;
+                let z = g
+                    .initializer(
+                        "model.embed_tokens.qzeros",
+                        DataType::Uint4,
+                        &[v as i64, groups as i64],
+                        &pack_u4(&q.zeros),
+                    )
+                    .map_err(failed)?;
+                ctx.info(&format!(
+                    "model.embed_tokens: 4-bit quantized embeddings kept packed (GatherBlockQuantized, block {})",
+                    q.group_size
+                ));
+                return g
+                    .node(
+                        "com.microsoft",
+                        "GatherBlockQuantized",
+                        "/model/embed_tokens/GatherBlockQuantized",
+                        &[&w, "input_ids", &s, &z],
+                        vec![
+                            attr_int("block_size", q.group_size as i64),
+                            attr_int("gather_axis", 0),
+                            attr_int("quantize_axis", 1),
+                        ],
+                    )
+                    .map_err(failed);
+            }
+            Weight::Quantized(q) => {
+                ctx.info(&format!(
+                    "model.embed_tokens: {}-bit quantized embeddings (group {}) dequantized into the Gather table \
+                     (GatherBlockQuantized takes 4 bits in power-of-two blocks >= 16)",
+                    q.bits, q.group_size
+                ));
+                q.dequantize()
+            }
+        };
+        let table = self.linears.weight(
+            g,
+            "model.embed_tokens.weight",
+            &embed,
+            &[v as i64, h as i64],
+        )?;
+        g.node(
+            "",
+            "Gather",
+            "/model/embed_tokens/Gather",
+            &[&table, "input_ids"],
+            vec![],
+        )
+        .map_err(failed)
+    }
+
     fn dtype(&self) -> DataType {
         self.linears.dtype
     }
@@ -128,37 +215,8 @@ impl Decoder<'_> {
         let (seqlens_k, total_len, total_len_i64) = self.attention_mask_subgraph(g)?;
         let (cos, sin) = self.rotary_caches(g, &total_len_i64)?;
 
-        // embeddings: [batch, seq, hidden]; a quantized table (Olive's embeds) is dequantized into a float Gather
-        // table (com.microsoft GatherBlockQuantized would keep it packed, but whether onnxruntime 1.20.1, under
-        // onnxruntime-genai 0.5.2, runs it on Olive's uint8-packed levels is unchecked)
-        let embed = match self
-            .linear_weight("model.embed_tokens", &[c.vocab_size, c.hidden_size])?
-        {
-            Weight::Float(w) => w,
-            Weight::Quantized(q) => {
-                ctx.info(&format!(
-                    "model.embed_tokens: {}-bit quantized embeddings dequantized into the Gather table",
-                    q.bits
-                ));
-                q.dequantize()
-            }
-        };
-        let table = self.linears.weight(
-            g,
-            "model.embed_tokens.weight",
-            &embed,
-            &[c.vocab_size as i64, c.hidden_size as i64],
-        )?;
-        let mut hidden = g
-            .node(
-                "",
-                "Gather",
-                "/model/embed_tokens/Gather",
-                &[&table, "input_ids"],
-                vec![],
-            )
-            .map_err(failed)?;
-        drop(embed);
+        // embeddings: [batch, seq, hidden]
+        let mut hidden = self.embedding(g, ctx)?;
         let eps = attr_float("epsilon", c.rms_norm_eps as f32);
         let mut residual = String::new();
         for l in 0..c.num_hidden_layers {
@@ -686,4 +744,12 @@ impl Decoder<'_> {
         self.linears
             .emit(g, lin("down_proj", down, hidden, inter), &prod)
     }
+}
+
+/// Levels < 16 packed two a byte, the first in the low nibble (ONNX uint4), the last byte zero-padded.
+fn pack_u4(levels: &[u8]) -> Vec<u8> {
+    levels
+        .chunks(2)
+        .map(|p| p[0] | p.get(1).map_or(0, |&hi| hi << 4))
+        .collect()
 }
