@@ -1,8 +1,9 @@
 //! olive-rs plugin `quant-awq`: the `AutoAWQQuantizer` pass (Olive's name) — AWQ (Lin et al. 2023) as AutoAWQ
 //! computes it (activation-aware scale search folded into the previous op, clipping search, then round to
 //! nearest), streamed one decoder layer at a time (`olive_quant::stream::quantize_model`, `olive_quant::awq`),
-//! written in AutoAWQ's GEMM layout (`quant_method: awq`, `version: gemm`); bits other than 4 or a group that
-//! does not divide in_features fall back to the GPTQ v1 layout (logged). Runs on CPU (Olive's needs a GPU).
+//! written in AutoAWQ's GEMM layout (`quant_method: awq`, `version: gemm`); bits other than 4, a group that
+//! does not divide in_features or a quantized lm_head (RTN, see `olive_quant` head.rs) fall back to the GPTQ v1
+//! layout (logged). Runs on CPU (Olive's needs a GPU).
 
 use olive_pass_sdk::{kinds, Context, Error, Model, Pass};
 use olive_quant::awq::AwqOptions;

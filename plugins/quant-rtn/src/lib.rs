@@ -1,8 +1,9 @@
 //! olive-rs plugin `quant-rtn`: the `Rtn` pass (Olive's name) — round-to-nearest weight quantization of a Hugging
 //! Face Llama-family model on GPTQ's min-max grid, streamed one decoder layer at a time
 //! (`olive_quant::stream::quantize_model`), written in the GPTQ v1 layout (`quant_method: gptq`) that
-//! transformers, crates/model and the onnx-builder read. (Olive's own Rtn writes its `quant_method: olive`
-//! layout, which is GPTQ v1's packing without g_idx: the same numbers under another name.)
+//! transformers, crates/model and the onnx-builder read, or in Olive's own `quant_method: olive` layout
+//! (`format: olive`; uint8 packed along the input, the zero point itself), the layout quantized embeddings
+//! (`embeds`, as Olive's Rtn has them) are written in.
 
 use olive_pass_sdk::{kinds, Context, Error, Model, Pass};
 use olive_quant::pass::run;
