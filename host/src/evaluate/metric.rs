@@ -419,7 +419,7 @@ fn plan_sub(kind: MetricType, sub: &SubMetric) -> anyhow::Result<Measure> {
             ""
         };
         bail!(
-            "sub type {:?} is not supported for a {} metric{why}; supported: {}",
+            "sub type {:?} is not supported for metric type {}{why}; supported: {}",
             sub.name,
             type_name(kind),
             supported.join(", ")
@@ -618,12 +618,12 @@ mod tests {
     fn unsupported_metrics_are_refused_naming_the_metric() {
         let cases = [
             (json!([{"name": "f1", "type": "accuracy", "sub_types": [{"name": "f1_score"}]}]),
-             "metrics[0] (\"f1\"): sub_types[0] (\"f1_score\"): sub type \"f1_score\" is not supported for a accuracy"),
+             "metrics[0] (\"f1\"): sub_types[0] (\"f1_score\"): sub type \"f1_score\" is not supported for metric type accuracy (Olive computes"),
             (json!([{"name": "c", "type": "custom", "sub_types": [{"name": "x"}],
                      "user_config": {"user_script": "u.py", "evaluate_func": "f"}}]),
              "metrics[0] (\"c\"): type \"custom\" runs a user Python script"),
             (json!([{"name": "l", "type": "latency", "sub_types": [{"name": "p42"}]}]),
-             "sub type \"p42\" is not supported for a latency metric; supported: avg, max"),
+             "sub type \"p42\" is not supported for metric type latency; supported: avg, max"),
             (json!([{"name": "l", "type": "latency", "sub_types": [{"name": "avg", "metric_config": {"warmup": 1}}]}]),
              "sub_types[0] (\"avg\"): metric_config: unknown field `warmup`"),
             (json!([{"name": "l", "type": "latency", "sub_types": [{"name": "avg"}], "user_config": {"user_script": "a.py"}}]),
