@@ -170,7 +170,7 @@ fn zero_parameters(
                 name: name.clone(),
                 dims,
                 data_type: dtype.code(),
-                raw_data: vec![0; count * dtype.size()],
+                raw_data: vec![0; dtype.byte_len(count as u128) as usize],
             }
         })
         .collect()
