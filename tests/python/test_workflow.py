@@ -403,3 +403,25 @@ def test_dry_run_writes_the_workflow_that_run_reproduces(olive_host: Path, tiny:
                             cwd=tmp_path, timeout=600)
     assert replay.returncode == 0, replay.stderr
     assert output_bytes(tmp_path / "ao-replay") == output_bytes(tmp_path / "ao")
+
+
+def test_auto_opt_enable_search_picks_the_best_export(olive_host: Path, tiny: Path, tmp_path: Path):
+    """`auto-opt --enable_search tpe` searches the int4 block size and symmetry through the workflow engine and
+    saves the best export by perplexity in Olive's layout, with the search results beside it."""
+    out = tmp_path / "ao"
+    result = subprocess.run([str(olive_host), "auto-opt", "-m", str(tiny), "--precision", "int4", "--use_ort_genai",
+                             "--enable_search", "tpe", "--seed", "3", "-o", str(out), "--log_level", "1"],
+                            capture_output=True, text=True, cwd=tmp_path, timeout=900)
+    assert result.returncode == 0, result.stderr
+    results = json.loads((out / "search_results.json").read_text())
+    assert len(results["trials"]) == 6  # 3 block sizes x symmetric or not
+    blocks = {t["point"]["builder"]["int4_block_size"] for t in results["trials"]}
+    assert blocks == {32, 64, 128}
+    best = results["trials"][results["best"]]
+    ppl = [t["metrics"]["accuracy-perplexity"] for t in results["trials"]]
+    assert best["metrics"]["accuracy-perplexity"] == min(ppl)
+    genai = json.loads((out / "model" / "genai_config.json").read_text())
+    assert genai["model"]["decoder"]["filename"] == "model.onnx"
+    refused = subprocess.run([str(olive_host), "auto-opt", "-m", str(tiny), "--precision", "fp32", "--enable_search",
+                              "-o", str(tmp_path / "fp32")], capture_output=True, text=True, timeout=60)
+    assert refused.returncode != 0 and "give --precision int4" in refused.stderr

@@ -88,8 +88,54 @@ pub struct AutoOptArgs {
     /// Cancel the export after this many seconds.
     #[arg(long, value_parser = super::parse_seconds)]
     pub timeout: Option<Duration>,
+    /// Search the int4 export's block size and symmetry for the best perplexity over data/eval.txt, then decode
+    /// latency, with this sampler (Olive's --enable_search; sequential when given without a value). The output
+    /// folder then also holds footprints.json, search_results.json and the Pareto plots.
+    #[arg(long = "enable_search", num_args = 0..=1, default_missing_value = "sequential",
+          value_parser = ["random", "sequential", "tpe"])]
+    pub enable_search: Option<String>,
+    /// Seed of the search sampler.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
     #[command(flatten)]
     pub config_file: ConfigFileArgs,
+}
+
+/// Turns the export's workflow into a search over the int4 settings, ranked by perplexity then decode latency.
+fn add_search(
+    workflow: &mut serde_json::Value,
+    args: &AutoOptArgs,
+    sampler: &str,
+) -> anyhow::Result<()> {
+    if args.precision != Precision::Int4 {
+        bail!("--enable_search searches the int4 export's settings; give --precision int4");
+    }
+    let categorical = |values: serde_json::Value| serde_json::json!({"olive_parameter_type": "SearchParameter", "type": "Categorical", "support": values});
+    let builder = &mut workflow["passes"]["builder"];
+    builder["int4_block_size"] = categorical(serde_json::json!([32, 64, 128]));
+    builder["int4_is_symmetric"] = categorical(serde_json::json!([true, false]));
+    workflow["evaluators"] = serde_json::json!({"common_evaluator": {"metrics": [
+        {"name": "accuracy", "type": "accuracy", "sub_types": [{"name": "perplexity", "priority": 1}]},
+        {"name": "latency", "type": "latency", "sub_types": [{"name": "avg", "priority": 2}]},
+    ]}});
+    workflow["evaluator"] = "common_evaluator".into();
+    workflow["evaluate_input_model"] = false.into();
+    workflow["search_strategy"] =
+        serde_json::json!({"execution_order": "joint", "sampler": sampler, "seed": args.seed});
+    Ok(())
+}
+
+/// Runs the export's workflow through the workflow engine (cache, evaluation, search).
+fn run_workflow(workflow: &serde_json::Value) -> anyhow::Result<()> {
+    let root = crate::workflow::document::parse(&workflow.to_string(), false)?;
+    let workflow = crate::workflow::config::Workflow::from_node(&root)?;
+    let prepared =
+        crate::workflow::run::prepare(workflow, &plugins::discover(&plugins::search_path()))?;
+    let report = crate::workflow::run::execute(&prepared)?;
+    if let Some(model) = report.output {
+        println!("{}", serde_json::to_string_pretty(&model)?);
+    }
+    Ok(())
 }
 
 /// Checks the device/provider pair; the error lists the valid pairs.
@@ -146,7 +192,7 @@ pub fn run(args: AutoOptArgs) -> anyhow::Result<()> {
             config: serde_json::json!({}),
         });
     }
-    let workflow = workflow(
+    let mut workflow = workflow(
         hf_model(&args.model_name_or_path, args.adapter_path.as_deref()),
         device,
         &args.provider,
@@ -154,8 +200,15 @@ pub fn run(args: AutoOptArgs) -> anyhow::Result<()> {
         &args.output_path,
         crate::logging::current_level(),
     );
+    if let Some(sampler) = &args.enable_search {
+        add_search(&mut workflow, &args, sampler)?;
+    }
     if args.config_file.dry_run(&workflow, &args.output_path)? {
         return Ok(());
+    }
+    if args.enable_search.is_some() {
+        run_workflow(&workflow)?;
+        return args.config_file.save(&workflow, &args.output_path);
     }
     let found = plugins::discover(&plugins::search_path());
     let target = args.output_path.join("model");
