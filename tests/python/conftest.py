@@ -1,11 +1,13 @@
 """Fixtures shared by the end-to-end tests: paths that scripts/install.sh wrote to target/olive-env.sh."""
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]
 
 
 def _env_path(name: str) -> Path:
@@ -35,3 +37,30 @@ def genai05_python() -> Path:
     if not python.is_file():
         pytest.fail(f"{python} is missing: OLIVE_GENAI05_VENV is not a complete venv; run `make test`")
     return python
+
+
+def tokenizer_donor() -> Path:
+    """The default model as tests/golden/gen_golden.py writes it: its tokenizer files serve the tiny models."""
+    path = ROOT / "tests" / "golden" / "out" / "smollm2" / "model"
+    if not (path / "tokenizer.json").is_file():
+        pytest.fail(f"{path} is missing: run tests/golden/gen_golden.py (make test does)")
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    """A random tiny llama (head_dim 16, 2 layers) with the default model's tokenizer and vocabulary."""
+    import torch
+    import transformers
+
+    dst = tmp_path_factory.mktemp("tiny") / "model"
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=512, rms_norm_eps=1e-5, rope_theta=10000.0,
+        tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2, initializer_range=0.1,
+    )
+    transformers.LlamaForCausalLM(config).save_pretrained(dst)
+    for name in TOKENIZER_FILES:
+        shutil.copy(tokenizer_donor() / name, dst / name)
+    return dst

@@ -64,25 +64,6 @@ def donor() -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    """A random tiny llama (head_dim 16, 2 layers) with the default model's tokenizer and vocabulary."""
-    import torch
-    import transformers
-
-    dst = tmp_path_factory.mktemp("tiny") / "model"
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=512, rms_norm_eps=1e-5, rope_theta=10000.0,
-        tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2, initializer_range=0.1,
-    )
-    transformers.LlamaForCausalLM(config).save_pretrained(dst)
-    for name in TOKENIZER_FILES:
-        shutil.copy(donor() / name, dst / name)
-    return dst
-
-
 def tiny_args(steps: int) -> list[str]:
     """Short runs on the tiny model: rows of 64 tokens, 2 per step, a high learning rate so the adapter moves."""
     return ["--text_template", LAB_TEMPLATE, "--max_steps", str(steps), "--max_seq_len", "64",

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -23,31 +22,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]
 LAB_TEMPLATE = "<|user|>\\n{prompt}<|end|>\\n<|assistant|>\\n{response}<|end|>"
 
 
 def donor() -> Path:
     return ROOT / "tests" / "golden" / "out" / "smollm2" / "model"
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    """A random tiny llama (2 layers) with the default model's tokenizer and vocabulary."""
-    import torch
-    import transformers
-
-    dst = tmp_path_factory.mktemp("tiny") / "model"
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=512, rms_norm_eps=1e-5, rope_theta=10000.0,
-        tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2, initializer_range=0.1,
-    )
-    transformers.LlamaForCausalLM(config).save_pretrained(dst)
-    for name in TOKENIZER_FILES:
-        shutil.copy(donor() / name, dst / name)
-    return dst
 
 
 def run(olive_host: Path, config: dict | str, folder: Path, *args: str, name: str = "workflow.json",

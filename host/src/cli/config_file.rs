@@ -59,6 +59,33 @@ pub fn workflow(
     })
 }
 
+/// The workflow of a command that runs one pass on a Hugging Face model on the CPU, its inline data config at
+/// `data_key` moved into `data_configs` (quantize, finetune).
+pub fn one_pass_on_cpu(
+    model: &Path,
+    pass_type: &str,
+    config: &Value,
+    data_key: &str,
+    output_path: &Path,
+) -> Value {
+    let name = pass_type.to_ascii_lowercase();
+    let pass = PassSpec {
+        name: &name,
+        pass_type,
+        config: config.clone(),
+    };
+    let mut flow = workflow(
+        hf_model(model, None),
+        "cpu",
+        "CPUExecutionProvider",
+        &[pass],
+        output_path,
+        crate::logging::current_level(),
+    );
+    lift_data_configs(&mut flow, &name, &[data_key]);
+    flow
+}
+
 /// An HfModel input.
 pub fn hf_model(path: &Path, adapter: Option<&Path>) -> Value {
     let mut model = json!({"type": "HfModel", "model_path": path});

@@ -15,7 +15,7 @@ use olive_pass_api::{kinds, Model};
 use serde_json::{json, Map, Value};
 
 use super::common::{refuse_non_empty, resolve_hf_input};
-use super::config_file::{hf_model, lift_data_configs, workflow, ConfigFileArgs, PassSpec};
+use super::config_file::{one_pass_on_cpu, ConfigFileArgs};
 use super::dataset::DatasetArgs;
 use crate::engine::{self, PassRun};
 use crate::plugins;
@@ -291,20 +291,13 @@ fn publish(staged: &Path, output: &Path) -> anyhow::Result<()> {
 
 pub fn run(args: FinetuneArgs) -> anyhow::Result<()> {
     let config = pass_config(&args)?;
-    let pass_name = args.method.pass().to_ascii_lowercase();
-    let mut workflow = workflow(
-        hf_model(&args.model_name_or_path, None),
-        "cpu",
-        "CPUExecutionProvider",
-        &[PassSpec {
-            name: &pass_name,
-            pass_type: args.method.pass(),
-            config: config.clone(),
-        }],
+    let workflow = one_pass_on_cpu(
+        &args.model_name_or_path,
+        args.method.pass(),
+        &config,
+        "train_data_config",
         &args.output_path,
-        crate::logging::current_level(),
     );
-    lift_data_configs(&mut workflow, &pass_name, &["train_data_config"]);
     if args.config_file.dry_run(&workflow, &args.output_path)? {
         return Ok(());
     }

@@ -14,7 +14,7 @@ use clap::{Args, ValueEnum};
 use olive_pass_api::{kinds, Model};
 
 use super::common::{refuse_non_empty, resolve_hf_input};
-use super::config_file::{hf_model, lift_data_configs, workflow, ConfigFileArgs, PassSpec};
+use super::config_file::{one_pass_on_cpu, ConfigFileArgs};
 use super::dataset::DatasetArgs;
 use crate::engine::{self, PassRun};
 use crate::plugins;
@@ -159,20 +159,13 @@ fn pass_config(args: &QuantizeArgs) -> anyhow::Result<serde_json::Value> {
 
 pub fn run(args: QuantizeArgs) -> anyhow::Result<()> {
     let config = pass_config(&args)?;
-    let pass_name = args.algorithm.pass().to_ascii_lowercase();
-    let mut workflow = workflow(
-        hf_model(&args.model_name_or_path, None),
-        "cpu",
-        "CPUExecutionProvider",
-        &[PassSpec {
-            name: &pass_name,
-            pass_type: args.algorithm.pass(),
-            config: config.clone(),
-        }],
+    let workflow = one_pass_on_cpu(
+        &args.model_name_or_path,
+        args.algorithm.pass(),
+        &config,
+        "data_config",
         &args.output_path,
-        crate::logging::current_level(),
     );
-    lift_data_configs(&mut workflow, &pass_name, &["data_config"]);
     if args.config_file.dry_run(&workflow, &args.output_path)? {
         return Ok(());
     }
