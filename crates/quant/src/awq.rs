@@ -508,13 +508,30 @@ fn scaled_fake_quantize(
                         .zip(s)
                         .for_each(|((b, w), s)| *b = w * s);
                     let (scale, zero) = group_params(buf, spec.bits, spec.sym);
-                    for ((o, &b), inv) in o.iter_mut().zip(buf.iter()).zip(inv) {
-                        let q = quantize_value(b, scale, zero, spec.bits);
-                        *o = dequantize_value(q, scale, zero) * inv;
+                    if scale.is_normal() {
+                        let (z, maxq) = (f32::from(zero), f32::from(spec.max_level()));
+                        for ((o, &b), inv) in o.iter_mut().zip(buf.iter()).zip(inv) {
+                            *o = on_grid(b, scale, z, maxq) * inv;
+                        }
+                    } else {
+                        for ((o, &b), inv) in o.iter_mut().zip(buf.iter()).zip(inv) {
+                            let q = quantize_value(b, scale, zero, spec.bits);
+                            *o = dequantize_value(q, scale, zero) * inv;
+                        }
                     }
                 }
             },
         );
+}
+
+/// `dequantize_value(quantize_value(x, ..))` in f32 arithmetic only, which the compiler vectorises; the same value
+/// while |x / scale| < 2^22 (rounding half to even by the 1.5 · 2^23 shift), true for x on the grid's own group
+/// when `scale` is a normal number (|x| ≤ range = scale · maxq).
+#[inline]
+fn on_grid(x: f32, scale: f32, zero: f32, maxq: f32) -> f32 {
+    const SHIFT: f32 = 12_582_912.0;
+    let level = (((x / scale + SHIFT) - SHIFT) + zero).clamp(0.0, maxq);
+    (level - zero) * scale
 }
 
 /// `_compute_best_clip` + `apply_clip` on w: [rows, in] with its input rows x: [tokens, in] (the clip subset);
@@ -599,8 +616,13 @@ fn clamped_fake_quantize(
                 .zip(w)
                 .for_each(|(o, v)| *o = v.clamp(-lim, lim));
             let (scale, zero) = group_params(o, spec.bits, spec.sym);
-            for o in o.iter_mut() {
-                *o = dequantize_value(quantize_value(*o, scale, zero, spec.bits), scale, zero);
+            if scale.is_normal() {
+                let (z, maxq) = (f32::from(zero), f32::from(spec.max_level()));
+                o.iter_mut().for_each(|o| *o = on_grid(*o, scale, z, maxq));
+            } else {
+                for o in o.iter_mut() {
+                    *o = dequantize_value(quantize_value(*o, scale, zero, spec.bits), scale, zero);
+                }
             }
         });
 }
