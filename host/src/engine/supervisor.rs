@@ -77,8 +77,7 @@ enum Message {
 pub fn run(job: &Job) -> anyhow::Result<Model> {
     let who = job.who();
     signals::watch_interrupts();
-    let exe = std::env::current_exe()
-        .context("cannot find the olive-host executable to start a worker")?;
+    let exe = worker_exe().context("cannot find the olive-host executable to start a worker")?;
     let mut command = Command::new(&exe);
     command
         .args([
@@ -383,6 +382,16 @@ impl Progress {
             bar.finish_and_clear();
         }
     }
+}
+
+/// This executable, for the worker. On Linux, /proc/self/exe: it still runs this very binary when the file was
+/// replaced on disk during a long run (a rebuild or an upgrade), where the path would start the new one or none.
+fn worker_exe() -> std::io::Result<std::path::PathBuf> {
+    let proc_self = std::path::Path::new("/proc/self/exe");
+    if proc_self.exists() {
+        return Ok(proc_self.to_path_buf());
+    }
+    std::env::current_exe()
 }
 
 /// "1s", "0.5s".
