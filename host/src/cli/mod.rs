@@ -1,6 +1,7 @@
 //! The commands of olive-host, one module each; flags mirror Olive's CLI.
 
 mod auto_opt;
+mod benchmark;
 mod cache;
 mod common;
 mod config_file;
@@ -38,6 +39,8 @@ pub struct Cli {
 pub enum Command {
     /// Optimize a Hugging Face model into an ONNX model for onnxruntime-genai (Olive's auto-opt).
     AutoOpt(auto_opt::AutoOptArgs),
+    /// Benchmark models × devices × settings with the evaluators: CSV, Markdown, JSON and a plot.
+    Benchmark(benchmark::BenchmarkArgs),
     /// List or clean the workflow cache.
     Cache(cache::CacheArgs),
     /// Convert a GGUF file to a Hugging Face folder.
@@ -66,6 +69,7 @@ pub enum Command {
 pub fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::AutoOpt(args) => auto_opt::run(args),
+        Command::Benchmark(args) => benchmark::run(args),
         Command::Cache(args) => cache::run(args),
         Command::Convert(args) => convert::run(args),
         Command::ConvertAdapters(args) => convert_adapters::run(args),

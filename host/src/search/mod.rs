@@ -21,6 +21,7 @@ pub use param::{
     apply_point, split_pass_config, Conditional, ParamPath, PassSpace, SearchParam, IGNORED,
     INVALID,
 };
+pub(crate) use report::register_font;
 pub use report::Report;
 pub use sampler::SamplerKind;
 pub use space::SearchSpace;

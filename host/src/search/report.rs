@@ -313,7 +313,7 @@ const FAMILY: &str = "sans-serif";
 const GREY_DOT: RGBColor = RGBColor(140, 140, 140);
 
 /// Registers the embedded font once per process.
-fn register_font() -> Result<()> {
+pub(crate) fn register_font() -> Result<()> {
     static REGISTERED: OnceLock<Result<(), String>> = OnceLock::new();
     REGISTERED
         .get_or_init(|| {
