@@ -380,39 +380,54 @@ impl Row {
     }
 }
 
+/// Measures `wanted` of `cell`, saying so on stderr.
+fn run_cell(sweep: &Sweep, cell: &Cell, wanted: &[Metric]) -> Result<MetricResult> {
+    let subject = &sweep.subjects[cell.model];
+    if wanted.is_empty() {
+        return Ok(MetricResult::default());
+    }
+    let plans: Vec<Plan> = validate(wanted, &[], None)?;
+    let names: Vec<&str> = wanted.iter().map(|m| m.name.as_str()).collect();
+    eprintln!(
+        "benchmark: {} on {} (prompt {}, {}): {}",
+        subject.label,
+        cell.device.name(),
+        cell.prompt_length,
+        cell.mode.name(),
+        names.join(", ")
+    );
+    evaluate(&plans, &subject.model).with_context(|| {
+        format!(
+            "benchmarking {:?} ({})",
+            subject.label,
+            subject.path.display()
+        )
+    })
+}
+
 /// Evaluates every cell; metrics that do not depend on the setting are measured once per model and device.
+/// Memory goes first, for every cell, before this process loads any model: Linux records the spawning process's
+/// peak RSS into a child's at exec, so a probe spawned after a big model was loaded here would report that peak.
 fn measure(sweep: &Sweep) -> Result<Vec<Row>> {
-    let mut rows: Vec<Row> = Vec::new();
+    let is_memory = |m: &&Metric| m.name == "memory";
+    let mut memory = Vec::new();
     for (cell, metrics) in sweep.cells.iter().zip(&sweep.metrics) {
+        let wanted: Vec<Metric> = metrics.iter().filter(is_memory).cloned().collect();
+        memory.push(run_cell(sweep, cell, &wanted)?);
+    }
+    let mut rows: Vec<Row> = Vec::new();
+    for ((cell, metrics), memory) in sweep.cells.iter().zip(&sweep.metrics).zip(memory) {
         let subject = &sweep.subjects[cell.model];
         let earlier = rows
             .iter()
             .position(|r| r.label == subject.label && r.device == cell.device);
         let wanted: Vec<Metric> = metrics
             .iter()
-            .filter(|m| earlier.is_none() || per_setting(&m.name))
+            .filter(|m| !is_memory(m) && (earlier.is_none() || per_setting(&m.name)))
             .cloned()
             .collect();
-        let plans: Vec<Plan> = validate(&wanted, &[], None)?;
-        eprintln!(
-            "benchmark: {} on {} (prompt {}, {}): {}",
-            subject.label,
-            cell.device.name(),
-            cell.prompt_length,
-            cell.mode.name(),
-            wanted
-                .iter()
-                .map(|m| m.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        let mut result = evaluate(&plans, &subject.model).with_context(|| {
-            format!(
-                "benchmarking {:?} ({})",
-                subject.label,
-                subject.path.display()
-            )
-        })?;
+        let mut result = run_cell(sweep, cell, &wanted)?;
+        result.0.extend(memory.0);
         if let Some(i) = earlier {
             for (k, v) in &rows[i].result.0 {
                 result.0.entry(k.clone()).or_insert(*v);
