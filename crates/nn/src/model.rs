@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use olive_kernels::cpu::{matmul, rmsnorm};
+use olive_model::quantized::is_quantized;
 use olive_model::{Checkpoint, ModelConfig};
 use tracing::debug;
 
@@ -12,7 +13,7 @@ use crate::buffer::WeightBuf;
 use crate::cache::KvCache;
 use crate::error::{NnError, Result};
 use crate::layer::{DecoderLayer, LayerDims};
-use crate::linear::{load_matrix, load_vector, QuantizedWeights};
+use crate::linear::{load_matrix, load_vector, Linear, QuantizedWeights};
 use crate::rope::Rope;
 
 /// Which rows of logits a forward pass computes.
@@ -36,6 +37,15 @@ pub struct Transformer {
     /// lm_head: [vocab, hidden]; None when tied to `embed_tokens`.
     lm_head: Option<WeightBuf>,
     rope: Rope,
+}
+
+/// A [vocab, hidden] table (`<prefix>.weight`, or a quantized one in any layout crates/model reads, dequantized).
+fn table(ckpt: &Checkpoint, prefix: &str, vocab: usize, hidden: usize) -> Result<WeightBuf> {
+    if is_quantized(ckpt, prefix) {
+        Ok(Linear::load(ckpt, prefix, vocab, hidden)?.weight)
+    } else {
+        load_matrix(ckpt, &format!("{prefix}.weight"), &[vocab, hidden])
+    }
 }
 
 impl Transformer {
@@ -63,7 +73,7 @@ impl Transformer {
         mode: QuantizedWeights,
     ) -> Result<Self> {
         let (vocab, hidden) = (config.vocab_size, config.hidden_size);
-        let embed_tokens = load_matrix(ckpt, "model.embed_tokens.weight", &[vocab, hidden])?;
+        let embed_tokens = table(ckpt, "model.embed_tokens", vocab, hidden)?;
         let layers = (0..config.num_hidden_layers)
             .map(|i| DecoderLayer::load_with(ckpt, &config, i, mode))
             .collect::<Result<Vec<_>>>()?;
@@ -71,7 +81,7 @@ impl Transformer {
         let lm_head = if config.tie_word_embeddings {
             None
         } else {
-            Some(load_matrix(ckpt, "lm_head.weight", &[vocab, hidden])?)
+            Some(table(ckpt, "lm_head", vocab, hidden)?)
         };
         debug!(
             folder = %ckpt.folder().display(),
