@@ -2,7 +2,8 @@
 
 - four rows (2 models × 2 prompt lengths); benchmark.csv holds the values of benchmark.json; the Markdown table
   is printed; latencies and throughputs are positive; size_on_disk equals each folder's bytes (summed here);
-- benchmark.png and benchmark.svg are a PNG and an SVG of the plot; --dry_run writes the first cell's workflow;
+- benchmark.png and benchmark.svg are a PNG and an SVG of the plot; --dry_run writes the first cell's workflow,
+  which `olive-host run` evaluates;
 - bad flags (an unknown task, a missing model, --device gpu) fail before anything runs, naming the flag, and
   leave no output folder.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 import subprocess
 import xml.etree.ElementTree as ET
@@ -109,16 +111,27 @@ def test_two_models_by_two_prompt_lengths(olive_host: Path, tiny: Path, tiny_int
     assert [m["name"] for m in config["evaluators"]["benchmark"]["metrics"]] == report["tasks"]
 
 
-def test_dry_run_writes_the_workflow_only(olive_host: Path, tiny_int4: Path, tmp_path: Path):
+def test_dry_run_writes_a_workflow_that_olive_host_run_evaluates(olive_host: Path, tiny_int4: Path,
+                                                                 tmp_path: Path):
     out = tmp_path / "dry"
-    r = benchmark(olive_host, "-m", str(tiny_int4), "--tasks", "latency,memory", "--prompt_length", "8",
-                  "--dry_run", "-o", str(out), cwd=tmp_path)
+    relative = os.path.relpath(tiny_int4, tmp_path)  # written absolute: run reads paths from the config's folder
+    r = benchmark(olive_host, "-m", relative, "--tasks", "latency,memory", "--prompt_length", "8",
+                  "--warmup_num", "1", "--repeat_test_num", "3", "--dry_run", "-o", "dry", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in out.iterdir()) == ["config.json"]
     config = json.loads((out / "config.json").read_text())
     assert config["input_model"]["type"] == "ONNXModel"
+    assert Path(config["input_model"]["model_path"]).is_absolute()
+    assert Path(config["input_model"]["model_path"]).resolve() == tiny_int4.resolve()
     latency = config["evaluators"]["benchmark"]["metrics"][0]
     assert latency["sub_types"][0]["metric_config"]["prompt_length"] == 8
+    r = subprocess.run([str(olive_host), "run", "--config", str(out / "config.json")], capture_output=True,
+                       text=True, timeout=120, cwd=out)
+    assert r.returncode == 0, r.stderr
+    metrics = json.loads((out / "input_model_metrics.json").read_text())
+    assert sorted(metrics) == sorted(["latency-avg", "latency-p50", "latency-p90", "latency-p99", "latency-max",
+                                      "memory-peak_rss"])
+    assert all(m["value"] > 0 for m in metrics.values())
 
 
 @pytest.mark.parametrize("flags, message", [

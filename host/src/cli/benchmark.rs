@@ -700,17 +700,18 @@ fn plot(svg: bool, tasks: &[String], rows: &[Row]) -> Result<Vec<u8>> {
 
 pub fn run(args: BenchmarkArgs) -> Result<()> {
     let sweep = plan(&args)?;
-    let first = &sweep.subjects[0];
-    let input_model = match first.model.kind.as_str() {
-        kinds::ONNX => json!({"type": "ONNXModel", "model_path": first.model.path}),
-        _ => json!({"type": "HfModel", "model_path": first.model.path}),
+    // Absolute paths: `olive-host run` reads relative ones from the config file's folder.
+    let model_path = std::path::absolute(&sweep.subjects[0].model.path)?;
+    let input_model = match sweep.subjects[0].model.kind.as_str() {
+        kinds::ONNX => json!({"type": "ONNXModel", "model_path": model_path}),
+        _ => json!({"type": "HfModel", "model_path": model_path}),
     };
     let mut wf = workflow(
         input_model,
         "cpu",
         "CPUExecutionProvider",
         &[],
-        &args.output_path,
+        &std::path::absolute(&args.output_path)?,
         crate::logging::current_level(),
     );
     wf["evaluators"] = json!({"benchmark": {"metrics": sweep.metrics[0]}});
