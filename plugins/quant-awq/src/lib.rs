@@ -29,7 +29,65 @@ olive_quant::quantizer_config! {
         /// means). More is slower and slightly better.
         #[serde(default = "default_loss_tokens")]
         pub loss_tokens: usize,
+        /// Olive 0.13's name for group_size (AutoAWQ `q_group_size`); when given, it is the group size.
+        #[serde(default)]
+        pub q_group_size: Option<i64>,
+        /// Olive's `zero_point` (AutoAWQ): true is the asymmetric grid, false the symmetric one; when given, it
+        /// sets sym.
+        #[serde(default)]
+        pub zero_point: Option<bool>,
+        /// Olive's `version`, AutoAWQ's kernel layout: only `gemm` is written here.
+        #[serde(default)]
+        pub version: Option<String>,
+        /// Olive's `modules_to_not_convert`: decoder linears left in float (the rest of `modules` is quantized).
+        #[serde(default)]
+        pub modules_to_not_convert: Option<Vec<String>>,
+        /// Olive's `input_model_dtype` (the dtype AutoAWQ loads the model in): accepted; the search computes in f32.
+        #[serde(default)]
+        pub input_model_dtype: Option<String>,
+        /// Olive's `export_compatible` (AutoAWQ saves fake-quantized float weights instead of packing): only false.
+        #[serde(default)]
+        pub export_compatible: Option<bool>,
     }
+}
+
+/// The common fields with Olive's AutoAWQQuantizer names applied over ours.
+fn with_olive_names(c: &AwqConfig) -> Result<olive_quant::pass::Common, Error> {
+    let mut common = c.common();
+    if let Some(g) = c.q_group_size {
+        common.group_size = g;
+    }
+    if let Some(zero_point) = c.zero_point {
+        common.sym = !zero_point;
+    }
+    match c.version.as_deref().map(str::to_ascii_lowercase).as_deref() {
+        None => {}
+        Some("gemm") => common.format = olive_quant::pass::Format::Awq,
+        Some(other) => {
+            return Err(Error::InvalidConfig(format!(
+                "version {other:?}: only \"gemm\" (AutoAWQ's GEMM layout) is written; gemv, gemv_fast and marlin \
+                 are GPU kernel layouts"
+            )))
+        }
+    }
+    if c.export_compatible == Some(true) {
+        return Err(Error::InvalidConfig(
+            "export_compatible true (float fake-quantized weights) is not supported: the GEMM layout exports to \
+             ONNX through auto-opt as it is"
+                .into(),
+        ));
+    }
+    if let Some(skip) = &c.modules_to_not_convert {
+        common
+            .modules
+            .retain(|m| !skip.iter().any(|s| s == m || s.ends_with(&format!(".{m}"))));
+        if common.modules.is_empty() {
+            return Err(Error::InvalidConfig(
+                "modules_to_not_convert leaves no decoder linear to quantize".into(),
+            ));
+        }
+    }
+    Ok(common)
 }
 
 fn yes() -> bool {
@@ -70,7 +128,8 @@ impl Pass for AutoAwqQuantizer {
             loss_tokens: c.loss_tokens,
             ..AwqOptions::default()
         });
-        run(model, c.common(), method, ctx)
+        let common = with_olive_names(&c)?;
+        run(model, common, method, ctx)
     }
 }
 
@@ -85,6 +144,29 @@ mod tests {
     use super::*;
     use olive_pass_sdk::testing::TestHost;
     use olive_pass_sdk::ErrorKind;
+
+    #[test]
+    fn olives_autoawq_names_set_the_grid_layout_and_modules() {
+        let c: AwqConfig = serde_json::from_str(
+            r#"{"q_group_size": 64, "zero_point": false, "version": "GEMM", "bits": 4,
+                "modules_to_not_convert": ["down_proj"], "input_model_dtype": "fp16", "export_compatible": false}"#,
+        )
+        .unwrap();
+        let common = with_olive_names(&c).unwrap();
+        assert_eq!((common.group_size, common.sym), (64, true));
+        assert_eq!(common.format, olive_quant::pass::Format::Awq);
+        assert!(
+            !common.modules.contains(&"down_proj".to_owned())
+                && common.modules.contains(&"q_proj".to_owned())
+        );
+        for bad in [r#"{"version": "gemv"}"#, r#"{"export_compatible": true}"#] {
+            let c: AwqConfig = serde_json::from_str(bad).unwrap();
+            assert!(
+                matches!(with_olive_names(&c), Err(Error::InvalidConfig(_))),
+                "{bad}"
+            );
+        }
+    }
 
     #[test]
     fn quantizes_a_tiny_llama_with_the_default_calibration_text() {

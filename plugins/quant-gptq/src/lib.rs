@@ -28,7 +28,42 @@ olive_quant::quantizer_config! {
         /// Quantize q/k/v, then o, then gate/up, then down, each on inputs from the already quantized ones.
         #[serde(default = "yes")]
         pub true_sequential: bool,
+        /// Olive's `layers_block_name` (where AutoGPTQ finds the decoder layers): only the Llama family's
+        /// `model.layers`.
+        #[serde(default)]
+        pub layers_block_name: Option<String>,
+        /// Olive's `outside_layer_modules` (modules AutoGPTQ keeps on the device beside the layers): accepted, they
+        /// are not quantized here either.
+        #[serde(default)]
+        pub outside_layer_modules: Option<Vec<String>>,
+        /// Olive's `inside_layer_modules`: the groups of decoder linears quantized in order (e.g.
+        /// `[["self_attn.q_proj", "self_attn.k_proj"], ["mlp.down_proj"]]`); when given, they are the modules.
+        #[serde(default)]
+        pub inside_layer_modules: Option<Vec<Vec<String>>>,
     }
+}
+
+/// The common fields with Olive's GptqQuantizer model-structure names applied.
+fn with_olive_names(c: &GptqConfig) -> Result<olive_quant::pass::Common, Error> {
+    let mut common = c.common();
+    if let Some(name) = c
+        .layers_block_name
+        .as_deref()
+        .filter(|n| *n != "model.layers")
+    {
+        return Err(Error::InvalidConfig(format!(
+            "layers_block_name {name:?}: the Llama-family layout keeps its decoder layers in \"model.layers\""
+        )));
+    }
+    if let Some(groups) = &c.inside_layer_modules {
+        // "self_attn.q_proj" names the module q_proj of each layer
+        common.modules = groups
+            .iter()
+            .flatten()
+            .map(|m| m.rsplit('.').next().unwrap_or(m).to_owned())
+            .collect();
+    }
+    Ok(common)
 }
 
 fn yes() -> bool {
@@ -64,7 +99,8 @@ impl Pass for GptqQuantizer {
             static_groups: c.static_groups,
             true_sequential: c.true_sequential,
         });
-        run(model, c.common(), method, ctx)
+        let common = with_olive_names(&c)?;
+        run(model, common, method, ctx)
     }
 }
 
@@ -79,6 +115,22 @@ mod tests {
     use super::*;
     use olive_pass_sdk::testing::TestHost;
     use olive_pass_sdk::ErrorKind;
+
+    #[test]
+    fn olives_model_structure_names_choose_the_modules() {
+        let c: GptqConfig = serde_json::from_str(
+            r#"{"layers_block_name": "model.layers", "outside_layer_modules": ["model.embed_tokens", "model.norm"],
+                "inside_layer_modules": [["self_attn.k_proj", "self_attn.v_proj"], ["mlp.down_proj"]]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            with_olive_names(&c).unwrap().modules,
+            ["k_proj", "v_proj", "down_proj"]
+        );
+        let c: GptqConfig =
+            serde_json::from_str(r#"{"layers_block_name": "transformer.h"}"#).unwrap();
+        assert!(matches!(with_olive_names(&c), Err(Error::InvalidConfig(_))));
+    }
 
     #[test]
     fn quantizes_a_tiny_llama_with_act_order_and_checks_options() {
@@ -237,10 +289,13 @@ mod tests {
             "desc_act",
             "static_groups",
             "true_sequential",
+            "layers_block_name",
+            "outside_layer_modules",
+            "inside_layer_modules",
         ] {
             assert!(props.contains_key(f), "{f} missing from {props:?}");
         }
-        assert_eq!(props.len(), 15);
+        assert_eq!(props.len(), 18);
         assert_eq!(schema["additionalProperties"], false);
     }
 }
