@@ -2,8 +2,9 @@
 //! folder (weights, ONNX external data, tokenizer and config files; links followed), where Olive counts the
 //! serialized model alone. `memory` / `peak_rss` (olive-rs; Olive has no memory metric): the peak resident set
 //! size, in bytes, of a child `olive-host evaluate --memory_probe N` that loads the model and runs one forward
-//! pass of N tokens, read from the kernel's accounting of the child (`wait4` → `ru_maxrss`); it includes the
-//! olive-host binary and, for ONNX models, the ONNX Runtime library.
+//! pass of N tokens, as the child reads its own high-water mark (`VmHWM` of /proc/self/status; a child's
+//! `ru_maxrss` would start from its parent's, which may have loaded a bigger model); it includes the olive-host
+//! binary and, for ONNX models, the ONNX Runtime library.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -38,48 +39,22 @@ pub fn peak_rss(olive_host: &Path, model: &Model, prompt_length: usize) -> anyho
     for a in &model.adapter_paths {
         cmd.arg("--adapter").arg(a);
     }
-    let child = cmd
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
+    let out = cmd
+        .output()
         .with_context(|| format!("starting {}", olive_host.display()))?;
-    let pid = child.id() as libc::pid_t;
-    let mut stderr = child.stderr;
-    let reader = std::thread::spawn(move || {
-        let mut text = String::new();
-        if let Some(s) = stderr.as_mut() {
-            // the probe's error, if any, goes into ours
-            let _ = std::io::Read::read_to_string(s, &mut text);
-        }
-        text
-    });
-    let mut status = 0;
-    // SAFETY: rusage is plain old data; wait4 fills it for our own child `pid`.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let got = loop {
-        // SAFETY: pid is our child, not yet reaped (std::process::Child never waited on it).
-        let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-        if r == -1 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
-            continue;
-        }
-        break r;
-    };
-    let err = reader.join().unwrap_or_default();
-    if got != pid {
-        bail!(
-            "waiting for the memory probe: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-    if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
+    if !out.status.success() {
         bail!(
             "the memory probe on {} failed: {}",
             folder.display(),
-            err.trim()
+            String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    // ru_maxrss is in KiB on Linux
-    Ok(usage.ru_maxrss as u64 * 1024)
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("peak_rss "))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("the memory probe on {} printed no peak_rss", folder.display()))
 }
 
 /// The olive-host executable to run probes with: this process when it is olive-host, else `OLIVE_HOST`.
