@@ -404,3 +404,42 @@ def test_auto_opt_enable_search_picks_the_best_export(olive_host: Path, tiny: Pa
     refused = subprocess.run([str(olive_host), "auto-opt", "-m", str(tiny), "--precision", "fp32", "--enable_search",
                               "-o", str(tmp_path / "fp32")], capture_output=True, text=True, timeout=60)
     assert refused.returncode != 0 and "give --precision int4" in refused.stderr
+
+
+def test_olive_quantizer_configs_run_unchanged(olive_host: Path, tiny: Path, tmp_path: Path):
+    """A workflow in Olive 0.13's own pass schemas (olive/passes/pytorch/autoawq.py, autogptq.py): AutoAWQQuantizer
+    with q_group_size / zero_point / version, GptqQuantizer with AutoGPTQ's model-structure names, each then
+    exported by ModelBuilder int4; data from an Olive data config over a local JSONL file."""
+    data = {"name": "calib", "type": "HuggingfaceContainer",
+            "load_dataset_config": {"data_name": "json", "data_files": str(ROOT / "data/data_sample_travel.jsonl"),
+                                    "split": "train"},
+            "pre_process_data_config": {"text_cols": ["response"], "max_seq_len": 64, "max_samples": 4}}
+    base = {"input_model": {"type": "HfModel", "model_path": str(tiny), "load_kwargs": {"torch_dtype": "float32"}},
+            "systems": {"local_system": {"type": "LocalSystem",
+                                         "accelerators": [{"device": "cpu",
+                                                           "execution_providers": ["CPUExecutionProvider"]}]}},
+            "data_configs": [data], "host": "local_system", "target": "local_system", "cache_dir": "cache"}
+    passes = {
+        "awq": {"awq": {"type": "AutoAWQQuantizer", "bits": 4, "q_group_size": 32, "zero_point": True,
+                        "version": "gemm", "duo_scaling": True, "input_model_dtype": "fp32",
+                        "export_compatible": False, "data_config": "calib"},
+                "builder": {"type": "ModelBuilder", "precision": "int4"}},
+        "gptq": {"gptq": {"type": "GptqQuantizer", "bits": 4, "group_size": 32, "sym": False, "desc_act": False,
+                          "damp_percent": 0.01, "static_groups": False, "true_sequential": True,
+                          "layers_block_name": "model.layers",
+                          "outside_layer_modules": ["model.embed_tokens", "model.norm"],
+                          "inside_layer_modules": [["self_attn.k_proj", "self_attn.v_proj", "self_attn.q_proj"],
+                                                   ["self_attn.o_proj"], ["mlp.up_proj", "mlp.gate_proj"],
+                                                   ["mlp.down_proj"]],
+                          "data_config": "calib"},
+                 "builder": {"type": "ModelBuilder", "precision": "int4"}},
+    }
+    for name, flow in passes.items():
+        result = run(olive_host, {**base, "passes": flow, "output_dir": f"out-{name}"}, tmp_path,
+                     name=f"{name}.json")
+        assert result.returncode == 0, result.stderr
+        assert (tmp_path / f"out-{name}" / "model" / "model.onnx").is_file()
+        quantized = [n for n in footprints(tmp_path / f"out-{name}")["nodes"].values() if n["pass_name"] == name][0]
+        layout = json.loads((Path(quantized["model_config"]["config"]["model_path"]) / "config.json").read_text())
+        assert layout["quantization_config"]["quant_method"] == ("awq" if name == "awq" else "gptq")
+        assert layout["quantization_config"]["bits"] == 4
