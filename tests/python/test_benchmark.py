@@ -13,7 +13,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import shutil
 import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -21,27 +20,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]
 FAST = ["--limit", "2", "--max_length", "64", "--warmup_num", "2", "--repeat_test_num", "5"]
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    """A random tiny llama (2 layers) with the default model's tokenizer (as test_workflow.py's)."""
-    import torch
-    import transformers
-
-    dst = tmp_path_factory.mktemp("tiny") / "tiny"
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=512, rms_norm_eps=1e-5, rope_theta=10000.0,
-        tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2, initializer_range=0.1,
-    )
-    transformers.LlamaForCausalLM(config).save_pretrained(dst)
-    for name in TOKENIZER_FILES:
-        shutil.copy(ROOT / "tests/golden/out/smollm2/model" / name, dst / name)
-    return dst
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +43,7 @@ def folder_bytes(folder: Path) -> int:
 
 def test_two_models_by_two_prompt_lengths(olive_host: Path, tiny: Path, tiny_int4: Path, tmp_path: Path):
     out = tmp_path / "bench"
-    r = benchmark(olive_host, "-m", str(tiny), "--model_name_or_path", f"int4={tiny_int4}",
+    r = benchmark(olive_host, "-m", f"tiny={tiny}", "--model_name_or_path", f"int4={tiny_int4}",
                   "--prompt_length", "16,32", *FAST, "--output_path", str(out), "--save_config_file", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     report = json.loads((out / "benchmark.json").read_text())
