@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
 FAST = ["--limit", "2", "--max_length", "64", "--warmup_num", "2", "--repeat_test_num", "5"]
 
 
