@@ -368,6 +368,28 @@ def evaluate(olive_host: Path, model: Path) -> float:
     return json.loads(run([olive_host, "evaluate", "-m", model]).stdout)["perplexity"]
 
 
+def test_act_order_gptq_exports_to_int4_exactly(olive_host: Path, tiny_llama: Path, tmp_path: Path):
+    """GptqQuantizer with desc_act (a permuted g_idx per linear; v_proj's order differs from q/k's, its Hessian
+    being attention-weighted): the int4 export gathers each input into group order, so its perplexity through
+    onnxruntime equals our CPU forward's on the same packed folder (the lm_head quantized too, so that the export
+    rounds nothing of its own)."""
+    out = tmp_path / "gptq-act"
+    config = json.dumps({"bits": 4, "group_size": 32, "desc_act": True, "lm_head": True, "n_samples": 4,
+                         "seq_len": 64})
+    run([olive_host, "run-pass", "--pass", "GptqQuantizer", "-m", tiny_llama, "--config", config, "-o", out])
+    packed = load_folder(out)
+    g_idx = packed["model.layers.0.self_attn.q_proj.g_idx"]
+    assert (np.diff(g_idx) < 0).any(), "act-order should permute the groups"
+    assert (packed["model.layers.0.self_attn.v_proj.g_idx"] != g_idx).any()
+    run([olive_host, "auto-opt", "-m", out, "-o", tmp_path / "int4", "--use_ort_genai", "--precision", "int4",
+         "--int4_accuracy_level", "1"])
+    model = onnx.load(str(tmp_path / "int4" / "model" / "model.onnx"), load_external_data=False)
+    assert any(n.op_type == "Gather" and n.name.endswith("MatMulNBits/Gather") for n in model.graph.node)
+    cpu, ort = evaluate(olive_host, out), evaluate(olive_host, tmp_path / "int4" / "model")
+    print(f"act-order GPTQ: perplexity CPU {cpu:.4f}, onnxruntime int4 {ort:.4f}")
+    assert abs(cpu - ort) <= PPL_AGREE * cpu
+
+
 def test_awq_and_gptq_beat_rtn_on_the_default_model(olive_host: Path, default_hf: Path, tmp_path: Path):
     grid = ["--precision", "int4", "--group_size", "128", "--sym", "false"]
     ppl = {"fp32": evaluate(olive_host, default_hf)}

@@ -130,6 +130,7 @@ impl Decoder<'_> {
                     )
                     .map_err(failed);
             }
+            parts @ Weight::Parts(_) => parts.into_float(),
             Weight::Quantized(q) => {
                 ctx.info(&format!(
                     "model.embed_tokens: {}-bit quantized embeddings (group {}) dequantized into the Gather table \

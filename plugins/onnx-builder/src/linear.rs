@@ -3,14 +3,15 @@
 //! added to the base output. Every linear of the model goes through [`Linears::emit`]. With int4 the base
 //! MatMul is a com.microsoft MatMulNBits (`make_matmul_int4`); LoRA MatMuls stay float. A linear already
 //! quantized in the checkpoint (AWQ GEMM / GPTQ, `olive_model::quantized`) goes into MatMulNBits as it is
-//! (`pack_prequantized`, block size a divisor of its group size), never dequantized and requantized.
+//! (`pack_prequantized`, block size a divisor of its group size), never dequantized and requantized; an act-order
+//! one multiplies its input gathered into group order.
 
 use std::collections::BTreeMap;
 
 use olive_model::adapter::LoraWeights;
 use olive_model::quantized::QuantizedLinear;
 use olive_onnx::extract_adapters::{emit_lora, LoraBranch};
-use olive_onnx::graph::GraphBuilder;
+use olive_onnx::graph::{attr_int, GraphBuilder};
 use olive_onnx::matmul_nbits::{block_size_for_group, pack_prequantized, quantize, NBitsConfig};
 use olive_onnx::tensor::{float_bytes, transpose, DataType};
 use olive_pass_sdk::Error;
@@ -37,6 +38,9 @@ pub enum Weight {
     Float(Vec<f32>),
     /// Pre-quantized levels, scales and zero points (AWQ / GPTQ checkpoints).
     Quantized(QuantizedLinear),
+    /// Pre-quantized parts stacked over the output dim that cannot share one MatMulNBits (act-order linears in
+    /// different input orders, e.g. GPTQ's v_proj beside q/k): one MatMulNBits each, then a Concat.
+    Parts(Vec<QuantizedLinear>),
 }
 
 impl Weight {
@@ -45,23 +49,37 @@ impl Weight {
         match self {
             Weight::Float(w) => Weight::Float(w[start * in_features..end * in_features].to_vec()),
             Weight::Quantized(q) => Weight::Quantized(q.rows(start, end)),
+            Weight::Parts(parts) => {
+                let mut first = 0;
+                let mut taken = Vec::new();
+                for p in parts {
+                    let (lo, hi) = (start.max(first), end.min(first + p.out_features));
+                    if lo < hi {
+                        taken.push(Weight::Quantized(p.rows(lo - first, hi - first)));
+                    }
+                    first += p.out_features;
+                }
+                Weight::concat(taken)
+            }
         }
     }
 
-    /// Stacks weights over the output dim (q, k, v into qkv). Quantized parts stay quantized when they share
-    /// bits and groups; otherwise every part is dequantized to float.
+    /// Stacks weights over the output dim (q, k, v into qkv). Quantized parts stay one quantized weight when they
+    /// share bits, groups and input order, else separate quantized parts; with a float part all become float.
     pub fn concat(parts: Vec<Weight>) -> Weight {
-        let quantized: Vec<QuantizedLinear> = parts
-            .iter()
-            .filter_map(|p| match p {
-                Weight::Quantized(q) => Some(q.clone()),
-                Weight::Float(_) => None,
-            })
-            .collect();
-        if quantized.len() == parts.len() {
-            if let Some(q) = QuantizedLinear::concat(&quantized) {
-                return Weight::Quantized(q);
-            }
+        if parts.iter().all(|p| !matches!(p, Weight::Float(_))) {
+            let quantized: Vec<QuantizedLinear> = parts
+                .into_iter()
+                .flat_map(|p| match p {
+                    Weight::Quantized(q) => vec![q],
+                    Weight::Parts(ps) => ps,
+                    Weight::Float(_) => Vec::new(),
+                })
+                .collect();
+            return match QuantizedLinear::concat(&quantized) {
+                Some(q) => Weight::Quantized(q),
+                None => Weight::Parts(quantized),
+            };
         }
         Weight::Float(parts.into_iter().flat_map(Weight::into_float).collect())
     }
@@ -71,6 +89,7 @@ impl Weight {
         match self {
             Weight::Float(w) => w,
             Weight::Quantized(q) => q.dequantize(),
+            Weight::Parts(parts) => parts.iter().flat_map(QuantizedLinear::dequantize).collect(),
         }
     }
 }
@@ -99,30 +118,46 @@ impl Linears {
         let lora = self.lora.get(&module);
         let last_is_matmul = spec.bias.is_none() && lora.is_none();
         let weight_name = format!("{module}.MatMul.weight");
-        let nbits = match (&spec.weight, &self.nbits) {
-            (Weight::Quantized(q), Some(cfg)) => Some(prequantized(q, cfg, &weight_name)?),
-            (Weight::Float(w), Some(cfg)) => Some(
-                quantize(w, spec.out_features, spec.in_features, cfg)
-                    .map_err(|e| Error::Failed(format!("{weight_name}: {e}")))?,
-            ),
+        let nbits_out = match (&spec.weight, &self.nbits) {
+            (Weight::Quantized(q), Some(cfg)) => {
+                let node = format!("{}/MatMulNBits", spec.basename);
+                Some(self.prequantized_matmul(g, q, cfg, &weight_name, &node, input)?)
+            }
+            (Weight::Parts(parts), Some(cfg)) => {
+                let mut outs = Vec::with_capacity(parts.len());
+                for (i, q) in parts.iter().enumerate() {
+                    let name = format!("{module}.MatMul.{i}.weight");
+                    let node = format!("{}/MatMulNBits_{i}", spec.basename);
+                    outs.push(self.prequantized_matmul(g, q, cfg, &name, &node, input)?);
+                }
+                let outs: Vec<&str> = outs.iter().map(String::as_str).collect();
+                let node = format!("{}/Concat", spec.basename);
+                Some(
+                    g.node("", "Concat", &node, &outs, vec![attr_int("axis", -1)])
+                        .map_err(failed)?,
+                )
+            }
+            (Weight::Float(w), Some(cfg)) => {
+                let q = quantize(w, spec.out_features, spec.in_features, cfg)
+                    .map_err(|e| Error::Failed(format!("{weight_name}: {e}")))?;
+                let node = format!("{}/MatMulNBits", spec.basename);
+                Some(
+                    q.add_to_graph(g, &weight_name, &node, input)
+                        .map_err(failed)?,
+                )
+            }
             (_, None) => None,
         };
-        let mut out = match nbits {
-            Some(q) => {
-                let node = format!("{}/MatMulNBits", spec.basename);
-                let out = q
-                    .add_to_graph(g, &weight_name, &node, input)
-                    .map_err(failed)?;
-                match (&spec.output, last_is_matmul) {
-                    (Some(name), true) => {
-                        let id = format!("{}/Identity", spec.basename);
-                        g.node_outputs("", "Identity", &id, &[&out], &[name], vec![])
-                            .map_err(failed)?;
-                        name.clone()
-                    }
-                    _ => out,
+        let mut out = match nbits_out {
+            Some(out) => match (&spec.output, last_is_matmul) {
+                (Some(name), true) => {
+                    let id = format!("{}/Identity", spec.basename);
+                    g.node_outputs("", "Identity", &id, &[&out], &[name], vec![])
+                        .map_err(failed)?;
+                    name.clone()
                 }
-            }
+                _ => out,
+            },
             None => {
                 let matmul = format!("{}/MatMul", spec.basename);
                 let weight = self.weight(
@@ -182,6 +217,45 @@ impl Linears {
         Ok(out)
     }
 
+    /// A checkpoint's quantized linear as a MatMulNBits on `input` (gathered into group order for act-order, see
+    /// [`in_group_order`]); returns its output.
+    fn prequantized_matmul(
+        &self,
+        g: &mut GraphBuilder,
+        q: &QuantizedLinear,
+        cfg: &NBitsConfig,
+        weight_name: &str,
+        node: &str,
+        input: &str,
+    ) -> Result<String, Error> {
+        if q.g_idx.is_none() {
+            let w = prequantized(q, cfg, weight_name)?;
+            return w.add_to_graph(g, weight_name, node, input).map_err(failed);
+        }
+        let (perm, sorted) = in_group_order(q, weight_name)?;
+        let bytes: Vec<u8> = perm.iter().flat_map(|i| i.to_le_bytes()).collect();
+        let indices = g
+            .initializer(
+                &format!("{weight_name}_perm"),
+                DataType::Int64,
+                &[perm.len() as i64],
+                &bytes,
+            )
+            .map_err(failed)?;
+        let gathered = g
+            .node(
+                "",
+                "Gather",
+                &format!("{node}/Gather"),
+                &[input, &indices],
+                vec![attr_int("axis", -1)],
+            )
+            .map_err(failed)?;
+        let w = prequantized(&sorted, cfg, weight_name)?;
+        w.add_to_graph(g, weight_name, node, &gathered)
+            .map_err(failed)
+    }
+
     /// A float initializer in the model's dtype.
     pub fn weight(
         &self,
@@ -198,22 +272,53 @@ impl Linears {
     }
 }
 
+/// An act-order linear (GPTQ desc_act: a permuted g_idx) with its inputs in group order: the permutation (inputs
+/// stably sorted by group, so group k holds positions k·group_size..) and the levels with their columns in that
+/// order, which is the plain grouped layout MatMulNBits takes. The graph gathers the activations by the same
+/// permutation, so x[perm] · W[:, perm]ᵀ is the checkpoint's product exactly — nothing is requantized, and
+/// MatMulNBits' optional g_idx input (which onnxruntime-genai 0.5.2's ORT 1.20 may not run) stays off.
+pub(crate) fn in_group_order(
+    q: &QuantizedLinear,
+    weight_name: &str,
+) -> Result<(Vec<i64>, QuantizedLinear), Error> {
+    let g_idx = q.g_idx.as_deref().unwrap_or_default();
+    let mut perm: Vec<usize> = (0..q.in_features).collect();
+    perm.sort_by_key(|&i| g_idx.get(i).copied().unwrap_or(u32::MAX));
+    if let Some(j) =
+        (0..perm.len()).find(|&j| g_idx.get(perm[j]).map(|&g| g as usize) != Some(j / q.group_size))
+    {
+        return Err(Error::UnsupportedModel(format!(
+            "{weight_name}: its g_idx puts input {} in group {:?}, but in group order position {j} belongs to group \
+             {} (groups of {} inputs): not a GPTQ act-order permutation",
+            perm[j],
+            g_idx.get(perm[j]),
+            j / q.group_size,
+            q.group_size
+        )));
+    }
+    let mut sorted = q.clone();
+    for (row, src) in sorted
+        .q
+        .chunks_exact_mut(q.in_features)
+        .zip(q.q.chunks_exact(q.in_features))
+    {
+        for (dst, &i) in row.iter_mut().zip(&perm) {
+            *dst = src[i];
+        }
+    }
+    sorted.g_idx = None;
+    Ok((perm.iter().map(|&i| i as i64).collect(), sorted))
+}
+
 /// A checkpoint's quantized linear in MatMulNBits layout: its own levels, zero points kept (asymmetric), block
 /// size the largest power of two ≤ the configured one dividing the group size. 2- and 3-bit levels go into a
 /// 4-bit MatMulNBits unchanged (a level < 2^bits is a valid 4-bit level; the scales and zero points are the
-/// same), since MatMulNBits takes 4 or 8 bits. Act-order (a permuted g_idx) is refused: MatMulNBits' optional
-/// g_idx input is left off for onnxruntime-genai 0.5.2 / ORT 1.20.
+/// same), since MatMulNBits takes 4 or 8 bits. Act-order linears come here in group order ([`in_group_order`]).
 pub(crate) fn prequantized(
     q: &QuantizedLinear,
     cfg: &NBitsConfig,
     weight_name: &str,
 ) -> Result<olive_onnx::matmul_nbits::MatMulNBitsWeights, Error> {
-    if q.g_idx.is_some() {
-        return Err(Error::UnsupportedModel(format!(
-            "{weight_name}: the checkpoint uses GPTQ act-order (desc_act, a permuted g_idx), which the \
-             exported MatMulNBits does not carry; quantize without desc_act"
-        )));
-    }
     let bits = u32::from(q.bits.max(4));
     let max = (1u32 << bits) - 1;
     if let Some(z) = q.zeros.iter().find(|&&z| u32::from(z) > max) {

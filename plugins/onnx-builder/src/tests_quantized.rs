@@ -1,7 +1,7 @@
 //! Tests of pre-quantized checkpoints (AutoAWQ GEMM, GPTQ v1; `olive_model::quantized`) in ModelBuilder: the
 //! MatMulNBits initializers are exactly `pack_prequantized` of the checkpoint's levels (no requantization),
-//! fused qkv and ragged groups included; act-order is refused. The logits check against numpy is in
-//! tests/python/test_quantized_layouts.py.
+//! fused qkv and ragged groups included, act-order through a Gather into group order. The logits check against
+//! numpy is in tests/python/test_quantized_layouts.py (act-order: tests/python/test_quantize.py).
 
 use std::path::Path;
 
@@ -212,21 +212,46 @@ fn gptq_ragged_group_and_act_order() {
     check_prequantized(&m, out.path(), "model.layers.0.mlp.down_proj", &q[6].1, 32);
     check_prequantized(&m, out.path(), "model.layers.0.mlp.gate_proj", &q[4].1, 32);
 
-    // act-order (permuted g_idx) is refused with the tensor named
+    // act-order (a permuted g_idx): the input is gathered into group order and the levels go in in that order;
+    // linears in one order share a MatMulNBits (gate/up); q beside k/v in another order get one each (Concat)
     let (input, out) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     tiny_model(input.path(), "llama", json!({}));
     let qcfg = json!({"quant_method": "gptq", "bits": 4, "group_size": 16, "desc_act": true, "sym": false});
-    quantize_folder(input.path(), 16, qcfg, pack_gptq_v1, |q| {
+    let q = quantize_folder(input.path(), 16, qcfg, pack_gptq_v1, |q| {
+        let shift = if q.out_features == 16 { 2 } else { 1 }; // k_proj and v_proj in another order than q_proj
         q.g_idx = Some(
             (0..q.in_features)
-                .map(|i| ((i + 1) % q.n_groups()) as u32)
+                .map(|i| ((i + shift) % q.n_groups()) as u32)
                 .collect(),
         );
     });
-    let err = export(input.path(), out.path(), r#"{"precision": "int4"}"#).unwrap_err();
+    let m = export(input.path(), out.path(), r#"{"precision": "int4"}"#).unwrap();
+    let o_proj = &q[3].1;
+    let (_, sorted) = crate::linear::in_group_order(o_proj, "o").unwrap();
+    check_prequantized(&m, out.path(), "model.layers.0.attn.o_proj", &sorted, 16);
+    let perm = initializer(
+        &m,
+        out.path(),
+        "model.layers.0.attn.o_proj.MatMul.weight_perm",
+    );
+    let perm: Vec<i64> = perm
+        .chunks_exact(8)
+        .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    let g_idx = o_proj.g_idx.as_ref().unwrap();
     assert!(
-        err.contains("act-order") && err.contains("model.layers.0.attn.qkv_proj"),
-        "{err}"
+        perm.windows(2)
+            .all(|w| g_idx[w[0] as usize] <= g_idx[w[1] as usize]),
+        "{perm:?}"
+    );
+    assert!(
+        nodes(&m, "Gather").len() > LAYERS * 4,
+        "one Gather per act-order MatMulNBits"
+    );
+    assert_eq!(
+        nodes(&m, "Concat").len(),
+        LAYERS,
+        "qkv: q in one order, k/v in another"
     );
 
     // a GPTQ v1 zero point of 16 (stored 15) has no 4-bit MatMulNBits zero point
