@@ -17,7 +17,7 @@ use serde_json::{json, Map, Value};
 use super::common::{refuse_non_empty, resolve_hf_input};
 use super::config_file::{one_pass_on_cpu, ConfigFileArgs};
 use super::dataset::DatasetArgs;
-use crate::engine::{self, PassRun};
+use crate::engine::{self, publish, PassRun};
 use crate::plugins;
 
 /// Olive's `--method` values.
@@ -257,34 +257,6 @@ fn link_or_copy_tree(from: &Path, to: &Path) -> anyhow::Result<()> {
             fs::copy(&real, &dst)
                 .with_context(|| format!("cannot copy {} to {}", real.display(), dst.display()))?;
         }
-    }
-    Ok(())
-}
-
-/// Moves `staged` to `output`, replacing an existing `output` (checked empty or `--overwrite` before).
-fn publish(staged: &Path, output: &Path) -> anyhow::Result<()> {
-    let cannot = |e: std::io::Error| {
-        anyhow!(
-            "cannot move the output into place at {}: {e}",
-            output.display()
-        )
-    };
-    if fs::symlink_metadata(output).is_err() {
-        return fs::rename(staged, output).map_err(cannot);
-    }
-    let mut aside = staged.as_os_str().to_owned();
-    aside.push(".old");
-    let aside = PathBuf::from(aside);
-    fs::rename(output, &aside).map_err(cannot)?;
-    if let Err(e) = fs::rename(staged, output) {
-        let _ = fs::rename(&aside, output);
-        return Err(cannot(e));
-    }
-    if let Err(e) = fs::remove_dir_all(&aside) {
-        tracing::warn!(
-            "cannot remove the previous output, moved to {}: {e}",
-            aside.display()
-        );
     }
     Ok(())
 }
