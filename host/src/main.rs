@@ -4,6 +4,7 @@ mod cache;
 mod cli;
 mod engine;
 mod evaluate;
+mod files;
 mod logging;
 mod plugins;
 mod progress;

@@ -114,7 +114,7 @@ impl ContentHasher {
             return;
         }
         if let Ok(bytes) = serde_json::to_vec(&self.memo) {
-            if let Err(e) = super::write_atomic(&self.memo_path, &bytes) {
+            if let Err(e) = crate::files::write_atomic(&self.memo_path, &bytes) {
                 tracing::debug!("cannot save file hashes: {e:#}");
             }
         }

@@ -20,6 +20,7 @@ use olive_pass_api::Model;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::files::write_atomic;
 pub use hash::{key_of, ContentHasher};
 use lock::Lock;
 
@@ -200,17 +201,6 @@ impl Cache {
         }
         Ok(removed)
     }
-}
-
-/// Writes `bytes` to `path` through a temporary file in the same folder.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)
-        .with_context(|| format!("cannot write in {}", dir.display()))?;
-    std::io::Write::write_all(&mut tmp, bytes)?;
-    tmp.persist(path)
-        .map_err(|e| anyhow!("cannot write {}: {}", path.display(), e.error))?;
-    Ok(())
 }
 
 fn map_paths(mut model: Model, f: impl Fn(&Path) -> PathBuf) -> Model {

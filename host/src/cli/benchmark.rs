@@ -17,9 +17,9 @@ use serde_json::{json, Value};
 
 use super::common::resolve_hf_input;
 use super::config_file::{workflow, ConfigFileArgs};
-use crate::cache::write_atomic;
 use crate::evaluate::metric::{validate, Metric, Plan};
 use crate::evaluate::{evaluate, MetricResult};
+use crate::files::write_atomic;
 
 /// The metrics `--tasks` names, in Olive's names where Olive has one.
 const TASKS: [&str; 6] = [

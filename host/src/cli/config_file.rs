@@ -8,7 +8,7 @@ use clap::Args;
 use olive_data::{DataConfig, Layout};
 use serde_json::{json, Map, Value};
 
-use crate::cache::write_atomic;
+use crate::files::write_atomic;
 
 #[derive(Args, Debug, Clone, Copy, Default)]
 pub struct ConfigFileArgs {

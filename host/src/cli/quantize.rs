@@ -197,7 +197,7 @@ pub fn run(args: QuantizeArgs) -> anyhow::Result<()> {
     })?;
     let absolute = std::path::absolute(output).unwrap_or_else(|_| output.clone());
     model.path = absolute.join("model");
-    crate::cache::write_atomic(
+    crate::files::write_atomic(
         &staging.path().join("model_config.json"),
         &serde_json::to_vec_pretty(&model_config(&model))?,
     )?;

@@ -16,6 +16,7 @@ use super::objective::{compare, meets_goals, pareto_front, Objective};
 use super::param::IGNORED;
 use super::space::PassPoint;
 use super::strategy::{Outcome, Search};
+use crate::files::{write_atomic, write_atomic_with};
 
 /// One recorded trial.
 #[derive(Clone, Debug, PartialEq)]
@@ -172,7 +173,7 @@ impl Report {
     /// Writes [`Report::to_json`] to `path` (temp file, then rename).
     pub fn write_json(&self, path: &Path) -> Result<()> {
         let text = serde_json::to_string_pretty(&self.to_json())?;
-        write_atomic(path, |tmp| std::fs::write(tmp, &text).map_err(Into::into))
+        write_atomic(path, text.as_bytes())
     }
 
     /// Draws the front as a PNG or SVG (by `path`'s extension): two objectives as a scatter with the front
@@ -184,7 +185,7 @@ impl Report {
             .and_then(|e| e.to_str())
             .map(str::to_ascii_lowercase);
         match ext.as_deref() {
-            Some("png") => write_atomic(path, |tmp| {
+            Some("png") => write_atomic_with(path, |tmp| {
                 let area = BitMapBackend::new(tmp, SIZE).into_drawing_area();
                 self.draw(&area, title)?;
                 area.present().map_err(|e| anyhow!("{e}"))
@@ -196,7 +197,7 @@ impl Report {
                     self.draw(&area, title)?;
                     area.present().map_err(|e| anyhow!("{e}"))?;
                 }
-                write_atomic(path, |tmp| std::fs::write(tmp, &svg).map_err(Into::into))
+                write_atomic(path, svg.as_bytes())
             }
             _ => bail!(
                 "{}: expected a .png or .svg file name for the plot",
@@ -392,25 +393,4 @@ fn point_json(point: &[PassPoint]) -> Value {
         })
         .collect();
     Value::Object(passes)
-}
-
-/// Writes through `write` into a temp file beside `path` (same extension), then renames it into place.
-fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .ok_or_else(|| anyhow!("{}: expected a file name", path.display()))?;
-    let tmp = dir.join(format!(".{}.{name}", std::process::id()));
-    let result = write(&tmp).and_then(|()| {
-        std::fs::rename(&tmp, path)
-            .with_context(|| format!("{}: cannot rename into place", path.display()))
-    });
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
 }

@@ -10,8 +10,8 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::output::model_config;
-use crate::cache::write_atomic;
 use crate::evaluate::result::MetricResult;
+use crate::files::write_atomic;
 
 /// One model of the run.
 #[derive(Debug, Clone, Serialize)]

@@ -10,8 +10,8 @@ use anyhow::{anyhow, Context};
 use olive_pass_api::{kinds, Model};
 use serde_json::{json, Value};
 
-use crate::cache::write_atomic;
 use crate::engine::publish;
+use crate::files::write_atomic;
 
 /// Copies `model` into `output_dir` and writes `model_config.json`; returns the model at its new place.
 pub fn save_model(model: &Model, output_dir: &Path) -> anyhow::Result<Model> {

@@ -375,7 +375,7 @@ fn write_json(path: &std::path::Path, value: &Value) -> anyhow::Result<()> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)?;
     }
-    crate::cache::write_atomic(path, &serde_json::to_vec_pretty(value)?)
+    crate::files::write_atomic(path, &serde_json::to_vec_pretty(value)?)
 }
 
 impl Run<'_> {
