@@ -173,7 +173,8 @@ fn memory_probe(args: &EvaluateArgs, n: usize) -> anyhow::Result<()> {
     let mut runner = Runner::load(&model)?;
     runner.logits(&ids[..n])?;
     // The kernel's high-water mark of this process alone (a fork's ru_maxrss starts from its parent's).
-    let status = std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    let status =
+        std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
     let kib: u64 = status
         .lines()
         .find_map(|l| l.strip_prefix("VmHWM:"))

@@ -54,7 +54,12 @@ pub fn peak_rss(olive_host: &Path, model: &Model, prompt_length: usize) -> anyho
         .lines()
         .find_map(|l| l.strip_prefix("peak_rss "))
         .and_then(|v| v.trim().parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("the memory probe on {} printed no peak_rss", folder.display()))
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "the memory probe on {} printed no peak_rss",
+                folder.display()
+            )
+        })
 }
 
 /// The olive-host executable to run probes with: this process when it is olive-host, else `OLIVE_HOST`.
