@@ -157,17 +157,23 @@ impl Checkpoint {
         })
     }
 
-    /// Like [`Checkpoint::tensor_f32`], checking the shape.
-    pub fn tensor_f32_shaped(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        let tensor = self.tensor_f32(name)?;
-        if tensor.shape != shape {
+    /// Like [`Checkpoint::raw`], checking the shape.
+    pub fn raw_shaped(&self, name: &str, shape: &[usize]) -> Result<RawTensor<'_>> {
+        let raw = self.raw(name)?;
+        if raw.shape != shape {
             return Err(ModelError::BadTensor {
                 path: self.file_of(name).unwrap_or(&self.folder).to_path_buf(),
                 name: name.to_string(),
-                reason: format!("shape {:?}, expected {:?}", tensor.shape, shape),
+                reason: format!("shape {:?}, expected {:?}", raw.shape, shape),
             });
         }
-        Ok(tensor)
+        Ok(raw)
+    }
+
+    /// Like [`Checkpoint::tensor_f32`], checking the shape (before converting anything).
+    pub fn tensor_f32_shaped(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        self.raw_shaped(name, shape)?;
+        self.tensor_f32(name)
     }
 }
 

@@ -64,15 +64,7 @@ impl Head {
                 ckpt.folder().display()
             )));
         };
-        let raw = ckpt.raw(source)?;
-        if raw.shape != [vocab, hidden] {
-            return Err(ModelError::BadTensor {
-                path: ckpt.file_of(source).unwrap_or(ckpt.folder()).to_path_buf(),
-                name: source.into(),
-                reason: format!("shape {:?}, expected [{vocab}, {hidden}]", raw.shape),
-            }
-            .into());
-        }
+        ckpt.raw_shaped(source, &[vocab, hidden])?;
         Ok(Head {
             prefix: "lm_head",
             source: source.into(),
@@ -86,15 +78,7 @@ impl Head {
     pub fn embedding(ckpt: &Checkpoint, config: &ModelConfig) -> Result<Head> {
         let (vocab, hidden) = (config.vocab_size, config.hidden_size);
         let source = "model.embed_tokens.weight";
-        let raw = ckpt.raw(source)?;
-        if raw.shape != [vocab, hidden] {
-            return Err(ModelError::BadTensor {
-                path: ckpt.file_of(source).unwrap_or(ckpt.folder()).to_path_buf(),
-                name: source.into(),
-                reason: format!("shape {:?}, expected [{vocab}, {hidden}]", raw.shape),
-            }
-            .into());
-        }
+        ckpt.raw_shaped(source, &[vocab, hidden])?;
         Ok(Head {
             prefix: "model.embed_tokens",
             source: source.into(),
