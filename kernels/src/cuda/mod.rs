@@ -1,0 +1,325 @@
+//! CUDA kernels, written by us in `kernels/cuda/*.cu` and compiled at run time by NVRTC for the device in hand,
+//! loaded through cudarc's dynamic loading: nothing of CUDA is needed to build, and a machine without a driver or
+//! a device gets a [`GpuError`] naming what is missing, never a panic.
+
+pub mod convert;
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use cudarc::cublas::CudaBlas;
+use cudarc::driver::{CudaContext, CudaModule, DriverError};
+use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions};
+
+pub use cudarc::driver::{
+    CudaFunction, CudaSlice, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
+};
+pub use half::{bf16, f16};
+
+/// Why a GPU could not be used or a kernel failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GpuError {
+    /// No CUDA driver library (libcuda.so) could be loaded: there is no NVIDIA driver on this machine.
+    #[error("no CUDA device: the NVIDIA driver library (libcuda.so) is not installed or not on the loader path")]
+    NoDriver,
+    /// The driver is there but reports fewer devices than asked for.
+    #[error("no CUDA device {ordinal}: the driver reports {count} device(s)")]
+    NoDevice { ordinal: usize, count: usize },
+    /// NVRTC (libnvrtc.so), which compiles our kernels, could not be loaded.
+    #[error(
+        "CUDA's run-time compiler NVRTC (libnvrtc.so) was not found on the loader path nor in {searched}; \
+         install the CUDA toolkit or the nvidia-cuda-nvrtc package, or put its lib folder on LD_LIBRARY_PATH"
+    )]
+    NoNvrtc { searched: String },
+    /// NVRTC refused a kernel source.
+    #[error("compiling kernels/cuda/{file} for {arch} failed:\n{log}")]
+    Compile {
+        file: &'static str,
+        arch: String,
+        log: String,
+    },
+    /// A kernel name that its source does not define.
+    #[error("kernels/cuda/{file} has no kernel `{name}`: {source}")]
+    MissingKernel {
+        file: &'static str,
+        name: String,
+        source: DriverError,
+    },
+    /// Shapes or arguments a launcher cannot take.
+    #[error("{0}")]
+    Shape(String),
+    /// A CUDA driver call failed.
+    #[error("CUDA driver: {0}")]
+    Driver(#[from] DriverError),
+    /// A cuBLAS call failed.
+    #[error("cuBLAS: {0}")]
+    Blas(#[from] cudarc::cublas::result::CublasError),
+}
+
+/// One kernel source file of `kernels/cuda/`, embedded in the binary.
+#[derive(Debug, Clone, Copy)]
+pub struct KernelSource {
+    /// The file name, e.g. `rmsnorm.cu`.
+    pub file: &'static str,
+    /// Its text.
+    pub code: &'static str,
+}
+
+/// The [`KernelSource`] of `kernels/cuda/<name>.cu`.
+#[macro_export]
+macro_rules! cuda_source {
+    ($name:literal) => {
+        $crate::cuda::KernelSource {
+            file: concat!($name, ".cu"),
+            code: include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/cuda/", $name, ".cu")),
+        }
+    };
+}
+
+/// One CUDA device: its context, the one stream everything of ours runs on, cuBLAS on that stream, and the
+/// modules compiled so far.
+pub struct Gpu {
+    context: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    blas: CudaBlas,
+    name: String,
+    arch: (u32, u32),
+    sm_count: u32,
+    modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
+}
+
+impl std::fmt::Debug for Gpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Gpu({}, sm_{}{})", self.name, self.arch.0, self.arch.1)
+    }
+}
+
+impl Gpu {
+    /// The process-wide handle of device `ordinal`, created on first use.
+    pub fn get(ordinal: usize) -> Result<Arc<Gpu>, GpuError> {
+        static GPUS: OnceLock<Mutex<HashMap<usize, Arc<Gpu>>>> = OnceLock::new();
+        let mut gpus = GPUS
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(gpu) = gpus.get(&ordinal) {
+            return Ok(gpu.clone());
+        }
+        let gpu = Arc::new(Self::open(ordinal)?);
+        gpus.insert(ordinal, gpu.clone());
+        Ok(gpu)
+    }
+
+    fn open(ordinal: usize) -> Result<Self, GpuError> {
+        // SAFETY: only tries to dlopen the driver library; cudarc panics on a missing one, so we ask first.
+        if !unsafe { cudarc::driver::sys::is_culib_present() } {
+            return Err(GpuError::NoDriver);
+        }
+        let count =
+            CudaContext::device_count().map_err(|_| GpuError::NoDevice { ordinal, count: 0 })?;
+        let count = usize::try_from(count).unwrap_or(0);
+        if ordinal >= count {
+            return Err(GpuError::NoDevice { ordinal, count });
+        }
+        load_nvrtc()?;
+        let context = CudaContext::new(ordinal)?;
+        let stream = context.new_stream()?;
+        let blas = CudaBlas::new(stream.clone())?;
+        let (major, minor) = context.compute_capability()?;
+        let sm_count = context.attribute(
+            cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+        )?;
+        Ok(Self {
+            name: context.name()?,
+            arch: (major as u32, minor as u32),
+            sm_count: sm_count as u32,
+            context,
+            stream,
+            blas,
+            modules: Mutex::default(),
+        })
+    }
+
+    /// The device's name, e.g. "NVIDIA H100 80GB HBM3".
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Its compute capability (major, minor).
+    pub fn arch(&self) -> (u32, u32) {
+        self.arch
+    }
+
+    /// Its number of multiprocessors.
+    pub fn sm_count(&self) -> u32 {
+        self.sm_count
+    }
+
+    /// The stream every kernel, copy and cuBLAS call of ours runs on (in order).
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    /// cuBLAS, bound to [`Gpu::stream`].
+    pub fn blas(&self) -> &CudaBlas {
+        &self.blas
+    }
+
+    /// Kernel `name` of `source`, compiling the file for this device on first use.
+    pub fn function(&self, source: &KernelSource, name: &str) -> Result<CudaFunction, GpuError> {
+        let module = self.module(source)?;
+        module
+            .load_function(name)
+            .map_err(|e| GpuError::MissingKernel {
+                file: source.file,
+                name: name.to_owned(),
+                source: e,
+            })
+    }
+
+    fn module(&self, source: &KernelSource) -> Result<Arc<CudaModule>, GpuError> {
+        let mut modules = self
+            .modules
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(module) = modules.get(source.file) {
+            return Ok(module.clone());
+        }
+        let arch = format!("sm_{}{}", self.arch.0, self.arch.1);
+        let options = CompileOptions {
+            options: vec![format!("--gpu-architecture={arch}"), "--std=c++17".into()],
+            include_paths: cuda_include_dirs(),
+            name: Some(source.file.to_owned()),
+            ..Default::default()
+        };
+        let ptx = compile_ptx_with_opts(source.code, options).map_err(|e| GpuError::Compile {
+            file: source.file,
+            arch: arch.clone(),
+            log: e.to_string(),
+        })?;
+        let module = self.context.load_module(ptx)?;
+        modules.insert(source.file, module.clone());
+        Ok(module)
+    }
+
+    /// A device copy of `host`.
+    pub fn upload<T: DeviceRepr>(&self, host: &[T]) -> Result<CudaSlice<T>, GpuError> {
+        Ok(self.stream.clone_htod(host)?)
+    }
+
+    /// A host copy of `device` (waits for the stream).
+    pub fn download<T: DeviceRepr + Default + Clone>(
+        &self,
+        device: &CudaSlice<T>,
+    ) -> Result<Vec<T>, GpuError> {
+        Ok(self.stream.clone_dtoh(device)?)
+    }
+
+    /// `len` zeroed elements on the device.
+    pub fn alloc<T: DeviceRepr + ValidAsZeroBits>(
+        &self,
+        len: usize,
+    ) -> Result<CudaSlice<T>, GpuError> {
+        Ok(self.stream.alloc_zeros(len)?)
+    }
+
+    /// Waits until everything queued on the stream has run, surfacing any asynchronous kernel error.
+    pub fn synchronize(&self) -> Result<(), GpuError> {
+        Ok(self.stream.synchronize()?)
+    }
+}
+
+/// The GPU for a GPU test, or `None` after printing `skipped: no CUDA device (<why>): <test>` where there is
+/// none, so CPU-only machines compile and list the GPU tests and say by name which did not run.
+pub fn test_gpu(test: &str) -> Option<Arc<Gpu>> {
+    match Gpu::get(0) {
+        Ok(gpu) => Some(gpu),
+        Err(GpuError::NoDriver | GpuError::NoDevice { .. }) => {
+            // Written to the stream itself: the test harness hides printed output of tests that pass.
+            let _ = writeln!(std::io::stderr(), "skipped: no CUDA device: {test}");
+            None
+        }
+        Err(other) => panic!("{test}: the GPU is there but unusable: {other}"),
+    }
+}
+
+/// The folders a CUDA toolkit may be installed in: $CUDA_PATH, $CUDA_HOME, /usr/local/cuda.
+fn cuda_roots() -> Vec<PathBuf> {
+    let mut roots: Vec<PathBuf> = ["CUDA_PATH", "CUDA_HOME"]
+        .iter()
+        .filter_map(std::env::var_os)
+        .map(PathBuf::from)
+        .collect();
+    roots.push(PathBuf::from("/usr/local/cuda"));
+    roots
+}
+
+/// The toolkit's include folders (NVRTC needs them for `cuda_fp16.h`/`cuda_bf16.h` where it lacks built-ins).
+fn cuda_include_dirs() -> Vec<String> {
+    cuda_roots()
+        .into_iter()
+        .map(|root| root.join("include"))
+        .filter(|dir| dir.join("cuda_fp16.h").is_file())
+        .map(|dir| dir.to_string_lossy().into_owned())
+        .take(1)
+        .collect()
+}
+
+/// Makes libnvrtc loadable: cudarc opens it by name, so where it is not on the loader path, the first one found
+/// under a toolkit root is opened here (globally, never closed) and the later open by name finds it loaded.
+fn load_nvrtc() -> Result<(), GpuError> {
+    static LOADED: OnceLock<Result<(), String>> = OnceLock::new();
+    let result = LOADED.get_or_init(|| {
+        // SAFETY: only tries to dlopen the library.
+        if unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+            return Ok(());
+        }
+        let dirs: Vec<PathBuf> = cuda_roots()
+            .into_iter()
+            .flat_map(|root| [root.join("lib64"), root.join("targets/x86_64-linux/lib")])
+            .collect();
+        for dir in &dirs {
+            if let Some(lib) = nvrtc_in(dir) {
+                if dlopen_global(&lib) {
+                    return Ok(());
+                }
+            }
+        }
+        Err(dirs
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "))
+    });
+    result
+        .clone()
+        .map_err(|searched| GpuError::NoNvrtc { searched })
+}
+
+/// `libnvrtc.so.<major>` (or plain `libnvrtc.so`) in `dir`.
+fn nvrtc_in(dir: &Path) -> Option<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libnvrtc.so"))
+        })
+        .collect();
+    found.sort();
+    found.into_iter().next()
+}
+
+fn dlopen_global(path: &Path) -> bool {
+    let Ok(path) = CString::new(path.to_string_lossy().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: dlopen of a shared library by path; the handle is deliberately never closed.
+    let handle = unsafe { libc::dlopen(path.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };
+    !handle.is_null()
+}

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Builds the GPU test binary (and the GPU bench, once it exists) here, where there is Rust but no GPU, and
+# copies them into .gpu/ (git-ignored), to be carried to a GPU machine and run there:
+#   .gpu/gpu-tests --test-threads=1 [filter]      .gpu/gpu-bench (when built)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mkdir -p .gpu
+built=$(cargo test --release -p olive-kernels --test gpu --no-run --message-format=json 2>/dev/null |
+    python3 -c 'import json,sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "gpu":
+        print(m["executable"])')
+[ -n "$built" ] || { echo "the GPU test binary did not build: run cargo test -p olive-kernels --test gpu --no-run" >&2; exit 1; }
+cp "$built" .gpu/gpu-tests && strip --strip-debug .gpu/gpu-tests
+if cargo metadata --no-deps --format-version 1 | grep -q '"name":"gpu-bench"'; then
+    cargo build --release -p olive-kernels --bin gpu-bench
+    cp target/release/gpu-bench .gpu/gpu-bench && strip --strip-debug .gpu/gpu-bench
+fi
+ls -la .gpu
