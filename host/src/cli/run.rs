@@ -45,7 +45,7 @@ fn apply_overrides(root: &mut Node, args: &RunArgs) -> anyhow::Result<()> {
                 }
             }
         }
-        let node = json_to_node(&value);
+        let node = Node::from_json(&value);
         match entries.iter_mut().find(|(k, _)| k == key) {
             Some((_, v)) => *v = node,
             None => entries.push((key.to_owned(), node)),
@@ -64,21 +64,6 @@ fn apply_overrides(root: &mut Node, args: &RunArgs) -> anyhow::Result<()> {
         set("output_dir", json!(out));
     }
     Ok(())
-}
-
-fn json_to_node(value: &serde_json::Value) -> Node {
-    match value {
-        serde_json::Value::Null => Node::Null,
-        serde_json::Value::Bool(b) => Node::Bool(*b),
-        serde_json::Value::Number(n) => Node::Number(n.clone()),
-        serde_json::Value::String(s) => Node::String(s.clone()),
-        serde_json::Value::Array(a) => Node::List(a.iter().map(json_to_node).collect()),
-        serde_json::Value::Object(m) => Node::Map(
-            m.iter()
-                .map(|(k, v)| (k.clone(), json_to_node(v)))
-                .collect(),
-        ),
-    }
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {

@@ -38,6 +38,22 @@ impl Node {
         }
     }
 
+    /// A serde_json value as a tree (its maps in serde_json's order).
+    pub fn from_json(value: &Value) -> Node {
+        match value {
+            Value::Null => Node::Null,
+            Value::Bool(b) => Node::Bool(*b),
+            Value::Number(n) => Node::Number(n.clone()),
+            Value::String(s) => Node::String(s.clone()),
+            Value::Array(items) => Node::List(items.iter().map(Node::from_json).collect()),
+            Value::Object(map) => Node::Map(
+                map.iter()
+                    .map(|(k, v)| (k.clone(), Node::from_json(v)))
+                    .collect(),
+            ),
+        }
+    }
+
     /// What the value is, for error messages.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -214,6 +230,14 @@ mod tests {
             .map(|(k, _)| k.as_str())
             .collect();
         assert_eq!(keys, ["b", "a", "c"]);
+    }
+
+    #[test]
+    fn json_values_round_trip_through_the_tree() {
+        let value = serde_json::json!({"a": [1, 2.5, null, true], "b": {"c": "d"}});
+        let node = Node::from_json(&value);
+        assert_eq!(node.entries("").unwrap()[1].0, "b");
+        assert_eq!(node.to_json(), value);
     }
 
     #[test]
