@@ -1,6 +1,8 @@
 //! The search strategy (olive/search/search_strategy.py): `joint` searches one space over all passes;
-//! `pass-by-pass` searches one pass's space at a time, fixes its best point and goes on to the next pass, stepping
-//! back to the previous pass's next best when a pass has no successful trial (Olive's `_step_up`).
+//! `pass-by-pass` searches one pass's space at a time, fixes its best point and goes on to the next pass; once the
+//! last pass's space is searched it steps back and searches the later passes again under the previous pass's next
+//! best point, and so on, a depth-first walk over the passes' results in rank order (Olive's `_step_down` /
+//! `_step_up`), bounded by each space's `max_samples`.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -173,13 +175,7 @@ impl Search {
                     "trial {id} has no recorded outcome; record it before asking for the next pass"
                 );
             }
-            let succeeded = stage.trials.iter().any(|(id, _)| self.key(*id).is_some());
-            if stage.passes.end == self.space.passes().len() && (succeeded || top == 0) {
-                // The last space is searched (pass-by-pass stops at the first full run, as `joint` does).
-                self.stack.clear();
-            } else {
-                self.step()?;
-            }
+            self.step()?;
         }
         Ok(None)
     }
@@ -204,8 +200,9 @@ impl Search {
                 .is_some_and(|(limit, t)| t.elapsed() > limit)
     }
 
-    /// Moves on from an exhausted stage to the next pass under its next best trial; a stage with none left is
-    /// dropped and its parent's next best is tried (Olive's `_step_down` / `_step_up`).
+    /// Moves on from an exhausted stage to the next pass under its next best trial; the last pass's stage, or one
+    /// with no trial left to build on, is dropped and its parent's next best is tried (Olive's `_step_down` /
+    /// `_step_up`).
     fn step(&mut self) -> Result<()> {
         while let Some(top) = self.stack.len().checked_sub(1) {
             let stage = &self.stack[top];

@@ -205,38 +205,56 @@ fn tpe_is_seeded_and_skips_invalid_points() {
     assert_eq!(a, points(3));
 }
 
-/// Pass-by-pass searches quant, fixes its best, then searches build on it; a failing first choice steps back.
+/// Pass-by-pass searches quant, then build under each quant result in rank order (Olive's depth-first walk);
+/// quant's trials that failed are never built on.
 #[test]
-fn pass_by_pass_fixes_each_pass_at_its_best() {
+fn pass_by_pass_walks_the_later_passes_under_each_result_in_rank_order() {
     let cfg = config(ExecutionOrder::PassByPass, SamplerKind::Sequential, 0, 1);
     let mut search = Search::new(grid_space(), vec![obj("loss-value", false, 1)], cfg).unwrap();
-    let trials = run(&mut search, |t| {
-        let q = &t.configs[0].1;
+    let quant_loss = |q: &Value| {
         let a = ["rtn", "awq", "gptq", "hqq"]
             .iter()
             .position(|s| q["algorithm"] == *s)
             .unwrap() as f64;
-        let g = q["group_size"].as_f64().unwrap();
+        (a - 1.0).abs() + (q["group_size"].as_f64().unwrap() - 64.0).abs() / 16.0
+    };
+    let trials = run(&mut search, |t| {
+        let q = &t.configs[0].1;
         match t.configs.get(1) {
-            None => Outcome::Metrics(vec![(a - 1.0).abs() + (g - 64.0).abs() / 16.0]),
-            // awq at 64 fails in build, so the search steps back to quant's next best (rtn 64, loss 1).
-            Some(_) if a == 1.0 && g == 64.0 => Outcome::Failed,
+            // hqq fails: no build runs on it.
+            None if q["algorithm"] == "hqq" => Outcome::Failed,
+            None => Outcome::Metrics(vec![quant_loss(q)]),
+            // awq at 64 fails in build.
+            Some(_) if *q == json!({"algorithm": "awq", "group_size": 64}) => Outcome::Failed,
             Some((_, b)) => Outcome::Metrics(vec![b["accuracy_level"].as_f64().unwrap()]),
         }
     });
-    assert_eq!(trials.iter().filter(|t| t.configs.len() == 1).count(), 16);
+    let first: Vec<&Trial> = trials.iter().filter(|t| t.configs.len() == 1).collect();
+    let succeeded = first
+        .iter()
+        .filter(|t| t.configs[0].1["algorithm"] != "hqq")
+        .count();
+    assert_eq!(first.len(), 16);
+    assert!(succeeded < 16, "some quant trials fail");
     let second: Vec<&Trial> = trials.iter().filter(|t| t.configs.len() == 2).collect();
     assert_eq!(
         second.len(),
-        6,
-        "build searched twice: under awq/64 (all failed), then under the next best"
+        3 * succeeded,
+        "build searched under every successful quant trial"
     );
-    assert!(second[..3]
-        .iter()
-        .all(|t| t.configs[0].1 == json!({"algorithm": "awq", "group_size": 64})));
-    assert!(second[3..]
-        .iter()
-        .all(|t| t.configs[0].1 == json!({"algorithm": "rtn", "group_size": 64})));
+    // Each run of build sits on one quant point, in the order of quant's results, best first.
+    let bases: Vec<f64> = second
+        .chunks(3)
+        .map(|c| {
+            assert!(c.iter().all(|t| t.configs[0].1 == c[0].configs[0].1));
+            quant_loss(&c[0].configs[0].1)
+        })
+        .collect();
+    assert!(bases.windows(2).all(|w| w[0] <= w[1]), "{bases:?}");
+    assert_eq!(
+        second[0].configs[0].1,
+        json!({"algorithm": "awq", "group_size": 64})
+    );
     let best = &search.results()[Report::new(&search).best.unwrap()].trial;
     assert_eq!(best.configs[1].1, json!({"accuracy_level": 1}));
     assert_ne!(
@@ -388,8 +406,8 @@ fn joint_stop_criteria() {
             ppl
         )
         .len(),
-        16 + 3,
-        "joint only"
+        16 + 16 * 3,
+        "the stop criteria are joint-only: pass-by-pass walks every quant result"
     );
 }
 
