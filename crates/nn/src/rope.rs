@@ -4,6 +4,7 @@
 //! reaches (`max(position_ids) + 1`): short factors up to `original_max_position_embeddings`, long
 //! beyond; keys already cached keep the rotation they were stored with, as in transformers.
 
+use olive_kernels::cpu::rope_tables;
 use olive_model::{ModelConfig, RopeScaling};
 
 /// The rotary embedding of one model.
@@ -127,6 +128,18 @@ impl Rope {
         }
     }
 
+    /// The factor on cos and sin (LongRoPE's attention factor; 1 otherwise).
+    pub fn attention_scaling(&self) -> f32 {
+        self.attention_scaling
+    }
+
+    /// LongRoPE's long-factor inv_freq and the sequence length past which it replaces `inv_freq(1)`.
+    pub fn long(&self) -> Option<(&[f32], usize)> {
+        self.long
+            .as_ref()
+            .map(|(f, original)| (f.as_slice(), *original))
+    }
+
     /// Tables for positions `start .. start + len`.
     pub fn tables(&self, start: usize, len: usize) -> RopeTables {
         let mut tables = RopeTables::default();
@@ -139,16 +152,14 @@ impl Rope {
         let inv_freq = self.inv_freq(start + len);
         tables.start = start;
         tables.len = len;
-        tables.cos.clear();
-        tables.sin.clear();
-        for pos in start..start + len {
-            for f in inv_freq {
-                // freqs = position_ids.float() * inv_freq; cos = emb.cos() * attention_scaling
-                let angle = pos as f32 * f;
-                tables.cos.push(angle.cos() * self.attention_scaling);
-                tables.sin.push(angle.sin() * self.attention_scaling);
-            }
-        }
+        rope_tables(
+            inv_freq,
+            start,
+            len,
+            self.attention_scaling,
+            &mut tables.cos,
+            &mut tables.sin,
+        );
     }
 }
 

@@ -1,5 +1,5 @@
 //! SwiGLU's gating (Shazeer 2020, "GLU Variants Improve Transformer"): `silu(gate) * up`, with
-//! `silu(x) = x · sigmoid(x)` as torch computes it.
+//! `silu(x) = x · sigmoid(x)` as torch computes it; and its backward, derived by hand.
 
 /// out[t, i] = silu(gate_up[t, i]) · gate_up[t, inter + i]; gate_up: [tokens, 2·inter] (gate
 /// columns first, the layout of Phi-3's fused `gate_up_proj`), out: [tokens, inter].
@@ -38,10 +38,29 @@ pub fn silu_mul_ref(gate_up: &[f32], inter: usize) -> Vec<f32> {
     out
 }
 
+/// d_gate_up: [tokens, 2·inter] from d_act: [tokens, inter] for act = silu(gate) · up, gate_up:
+/// [tokens, 2·inter] (gate columns first). With s = sigmoid(g): d_up = d_act·g·s,
+/// d_gate = d_act·up·s·(1 + g·(1 − s)).
+pub fn silu_mul_backward(gate_up: &[f32], d_act: &[f32], d_gate_up: &mut [f32], inter: usize) {
+    for ((gu, da), dgu) in gate_up
+        .chunks_exact(2 * inter)
+        .zip(d_act.chunks_exact(inter))
+        .zip(d_gate_up.chunks_exact_mut(2 * inter))
+    {
+        let (g, u) = gu.split_at(inter);
+        let (dg, du) = dgu.split_at_mut(inter);
+        for i in 0..inter {
+            let s = 1.0 / (1.0 + (-g[i]).exp());
+            du[i] = da[i] * g[i] * s;
+            dg[i] = da[i] * u[i] * s * (1.0 + g[i] * (1.0 - s));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cpu::testutil::{max_abs_diff, Rng};
+    use crate::cpu::testutil::{max_abs_diff, numeric_grad, project, rel_err, Rng, FD_TOL};
 
     /// One f32 exp and three roundings on values of size ≤ 10: a few ulps of 10.
     const SILU_TOL: f32 = 1e-5;
@@ -54,5 +73,25 @@ mod tests {
         let mut out = vec![0.0; 3 * inter];
         silu_mul(&gate_up, &mut out, inter);
         assert!(max_abs_diff(&out, &silu_mul_ref(&gate_up, inter)) <= SILU_TOL);
+    }
+
+    #[test]
+    fn silu_mul_backward_matches_finite_differences() {
+        let mut rng = Rng::new(4);
+        let (tokens, inter) = (3, 5);
+        let gu: Vec<f32> = rng
+            .vec(tokens * 2 * inter)
+            .iter()
+            .map(|v| 3.0 * v)
+            .collect();
+        let up = rng.vec(tokens * inter);
+        let mut dgu = vec![0.0; gu.len()];
+        silu_mul_backward(&gu, &up, &mut dgu, inter);
+        let num = numeric_grad(&gu, 1e-2, &mut |gu| {
+            let mut out = vec![0.0; tokens * inter];
+            silu_mul(gu, &mut out, inter);
+            project(&out, &up)
+        });
+        assert!(rel_err(&dgu, &num) < FD_TOL, "{}", rel_err(&dgu, &num));
     }
 }

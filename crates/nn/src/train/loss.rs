@@ -3,7 +3,7 @@
 //! are computed for a block of labelled positions at a time, so [tokens, vocab] is never held whole.
 //! The gradient of the loss with respect to the lm_head's input comes out of the same blocks.
 
-use olive_kernels::cpu::{matmul, matmul_strided, View};
+use olive_kernels::cpu::{cross_entropy_row, matmul, matmul_strided, View};
 use rayon::prelude::*;
 
 /// Logits a block may hold: 16 M floats (64 MiB) — 341 positions of a 49152-token vocabulary.
@@ -61,26 +61,7 @@ pub(crate) fn cross_entropy(
         let losses: Vec<f64> = logits
             .par_chunks_exact_mut(vocab)
             .zip(chunk.par_iter())
-            .map(|(row, t)| {
-                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let target = row[t.token];
-                // f32 exps (as torch's log_softmax), summed in f64; kept in the row for the gradient.
-                let mut sum = 0.0f64;
-                for v in row.iter_mut() {
-                    *v = (*v - max).exp();
-                    sum += *v as f64;
-                }
-                let loss = max as f64 + sum.ln() - target as f64;
-                if let Some(inv_n) = inv_n {
-                    // d logits = (softmax − onehot) · inv_n, in place.
-                    let scale = (inv_n as f64 / sum) as f32;
-                    for v in row.iter_mut() {
-                        *v *= scale;
-                    }
-                    row[t.token] -= inv_n;
-                }
-                loss
-            })
+            .map(|(row, t)| cross_entropy_row(row, t.token, inv_n))
             .collect();
         total += losses.iter().sum::<f64>();
         if let Some((_, dx)) = grad.as_mut() {

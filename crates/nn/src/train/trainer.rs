@@ -7,7 +7,9 @@
 use std::ops::Range;
 
 use olive_data::Sample;
-use olive_kernels::cpu::{matmul_strided, rmsnorm, View};
+use olive_kernels::cpu::{
+    adamw_update, clip_coefficient, matmul_strided, rmsnorm, sum_squares, AdamW, View,
+};
 use olive_model::adapter::LoraWeights;
 use rayon::prelude::*;
 
@@ -229,8 +231,7 @@ impl LoraTrainer {
         let (loss, tokens) = self.accumulate(micro_batches)?;
         let grad_norm = self.grad_norm();
         if self.cfg.max_grad_norm > 0.0 {
-            // torch.nn.utils.clip_grad_norm_: coef = max_norm / (norm + 1e-6), clamped to 1.
-            let coef = (self.cfg.max_grad_norm as f64 / (grad_norm + 1e-6)).min(1.0) as f32;
+            let coef = clip_coefficient(grad_norm, self.cfg.max_grad_norm);
             if coef < 1.0 {
                 self.adapters.par_iter_mut().for_each(|m| {
                     m.grad_a
@@ -458,8 +459,7 @@ impl LoraTrainer {
     fn grad_norm(&self) -> f64 {
         self.adapters
             .iter()
-            .flat_map(|m| m.grad_a.iter().chain(&m.grad_b))
-            .map(|g| (*g as f64) * (*g as f64))
+            .map(|m| sum_squares(&m.grad_a) + sum_squares(&m.grad_b))
             .sum::<f64>()
             .sqrt()
     }
@@ -467,25 +467,18 @@ impl LoraTrainer {
     /// torch.optim.AdamW's step (`_single_tensor_adamw`, not amsgrad, not maximize).
     fn adamw(&mut self, lr: f32) {
         let c = &self.cfg;
-        let t = (self.steps + 1) as i32;
-        let (b1, b2) = (c.adam_beta1 as f64, c.adam_beta2 as f64);
-        let decay = (1.0 - lr as f64 * c.weight_decay as f64) as f32;
-        let step_size = (lr as f64 / (1.0 - b1.powi(t))) as f32;
-        let bc2_sqrt = (1.0 - b2.powi(t)).sqrt() as f32;
-        let (b1, b2, eps) = (c.adam_beta1, c.adam_beta2, c.adam_epsilon);
-        let update = |p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]| {
-            for (((p, g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
-                *p *= decay;
-                *m += (g - *m) * (1.0 - b1);
-                *v = *v * b2 + (1.0 - b2) * g * g;
-                let denom = v.sqrt() / bc2_sqrt + eps;
-                *p -= step_size * *m / denom;
-            }
-        };
+        let step = AdamW {
+            lr,
+            beta1: c.adam_beta1,
+            beta2: c.adam_beta2,
+            eps: c.adam_epsilon,
+            weight_decay: c.weight_decay,
+        }
+        .at_step((self.steps + 1) as i32);
         self.adapters.par_iter_mut().for_each(|a| {
             let [ma, va, mb, vb] = &mut a.moments;
-            update(&mut a.a, &a.grad_a, ma, va);
-            update(&mut a.b, &a.grad_b, mb, vb);
+            adamw_update(&mut a.a, &a.grad_a, ma, va, &step);
+            adamw_update(&mut a.b, &a.grad_b, mb, vb, &step);
         });
     }
 }
