@@ -5,4 +5,5 @@ mod gpu {
     pub mod common;
 
     mod convert;
+    mod w4a16;
 }

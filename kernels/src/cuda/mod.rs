@@ -3,6 +3,7 @@
 //! a device gets a [`GpuError`] naming what is missing, never a panic.
 
 pub mod convert;
+pub mod w4a16;
 
 use std::collections::HashMap;
 use std::ffi::CString;

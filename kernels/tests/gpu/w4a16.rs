@@ -1,0 +1,277 @@
+//! w4a16.cu against its CPU reference (kernels/src/cpu/w4a16.rs): weights packed in each on-disk layout (AutoAWQ
+//! GEMM, GPTQ v1 with act-order, MatMulNBits), unpacked, repacked into the device tiles; products against the f64
+//! reference on the same 16-bit activations, `dequantize` bit for bit against w4a16_tiles::dequantize.
+
+use olive_kernels::cpu::w4a16::{
+    unpack_awq_gemm, unpack_gptq_v1, unpack_matmul_nbits, w4a16_ref, W4Levels,
+};
+use olive_kernels::cpu::w4a16_tiles::{dequantize as dequantize_ref, W4Tiles};
+use olive_kernels::cuda::w4a16::{dequantize, w4a16, w4a16_with, W4Act, W4Weight, CONFIGS};
+use olive_kernels::cuda::{bf16, f16, test_gpu, Gpu};
+
+use super::common::{random, rel_error};
+
+/// fp16: the weight is rounded twice (scale to fp16, (q − z)·s to fp16) and the output once, 2^-12 relative
+/// each, with fp32 accumulation; measured errors sit near 3e-4.
+const F16_REL: f64 = 2e-3;
+/// bf16: the same three roundings with an 8-bit mantissa (2^-9 each); measured near 2.5e-3.
+const BF16_REL: f64 = 1e-2;
+
+/// AutoAWQ's nibble order within an int32.
+const AWQ_ORDER: [usize; 8] = [0, 2, 4, 6, 1, 3, 5, 7];
+
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, m: u32) -> u32 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        ((self.0 >> 32) % u64::from(m)) as u32
+    }
+}
+
+/// Random levels, zero points 1..=15 (every layout holds them), scales 0.005..0.025, optional act-order g_idx.
+fn levels(n: usize, k: usize, gs: usize, seed: u64, act_order: bool) -> W4Levels {
+    let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let groups = k.div_ceil(gs);
+    let scales = random(n * groups, seed + 1, 1.0)
+        .iter()
+        .map(|v| 0.015 + 0.01 * v)
+        .collect();
+    let g_idx = act_order.then(|| {
+        let mut order: Vec<usize> = (0..k).collect();
+        for i in (1..k).rev() {
+            order.swap(i, rng.below(i as u32 + 1) as usize);
+        }
+        let mut g = vec![0u32; k];
+        for (r, &i) in order.iter().enumerate() {
+            g[i] = (r / gs) as u32;
+        }
+        g
+    });
+    W4Levels {
+        n,
+        k,
+        group_size: gs,
+        q: (0..n * k).map(|_| rng.below(16) as u8).collect(),
+        scales,
+        zeros: (0..n * groups).map(|_| 1 + rng.below(15) as u8).collect(),
+        g_idx,
+    }
+}
+
+fn nibbles(values: impl Iterator<Item = u8>) -> i32 {
+    values
+        .enumerate()
+        .fold(0u32, |w, (i, v)| w | u32::from(v) << (4 * i)) as i32
+}
+
+fn transpose(a: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    (0..cols)
+        .flat_map(|c| (0..rows).map(move |r| a[r * cols + c]))
+        .collect()
+}
+
+/// `l` written as AutoAWQ GEMM and read back.
+fn via_awq(l: &W4Levels) -> W4Levels {
+    let (n, k, g) = (l.n, l.k, l.groups());
+    let qweight: Vec<i32> = (0..k * n / 8)
+        .map(|idx| {
+            let (i, c) = (idx / (n / 8), idx % (n / 8));
+            nibbles(AWQ_ORDER.iter().map(|&col| l.q[(8 * c + col) * k + i]))
+        })
+        .collect();
+    let qzeros: Vec<i32> = (0..g * n / 8)
+        .map(|idx| {
+            let (gi, c) = (idx / (n / 8), idx % (n / 8));
+            nibbles(AWQ_ORDER.iter().map(|&col| l.zeros[(8 * c + col) * g + gi]))
+        })
+        .collect();
+    let scales = transpose(&l.scales, n, g);
+    unpack_awq_gemm(&qweight, &qzeros, &scales, k, n, l.group_size).unwrap()
+}
+
+/// `l` written as GPTQ v1 (zero − 1, g_idx) and read back.
+fn via_gptq(l: &W4Levels) -> W4Levels {
+    let (n, k, g) = (l.n, l.k, l.groups());
+    let qweight: Vec<i32> = (0..k / 8 * n)
+        .map(|idx| {
+            let (r, o) = (idx / n, idx % n);
+            nibbles((0..8).map(|e| l.q[o * k + 8 * r + e]))
+        })
+        .collect();
+    let qzeros: Vec<i32> = (0..g * n / 8)
+        .map(|idx| {
+            let (gi, c) = (idx / (n / 8), idx % (n / 8));
+            nibbles((0..8).map(|e| l.zeros[(8 * c + e) * g + gi] - 1))
+        })
+        .collect();
+    let scales = transpose(&l.scales, n, g);
+    let g_idx: Vec<i32> = (0..k).map(|i| l.group_of(i) as i32).collect();
+    unpack_gptq_v1(&qweight, &qzeros, &scales, Some(&g_idx), k, n, l.group_size).unwrap()
+}
+
+/// `l` written as MatMulNBits (block = group) and read back.
+fn via_matmul_nbits(l: &W4Levels) -> W4Levels {
+    let (n, k, bs, nb) = (l.n, l.k, l.group_size, l.groups());
+    let mut b = vec![0u8; n * nb * bs / 2];
+    for o in 0..n {
+        for i in 0..k {
+            b[o * nb * bs / 2 + i / 2] |= l.q[o * k + i] << (4 * (i % 2));
+        }
+    }
+    let zc = nb.div_ceil(2);
+    let mut zp = vec![0u8; n * zc];
+    for o in 0..n {
+        for blk in 0..nb {
+            zp[o * zc + blk / 2] |= l.zeros[o * nb + blk] << (4 * (blk % 2));
+        }
+    }
+    unpack_matmul_nbits(&b, &l.scales, Some(&zp), k, n, bs).unwrap()
+}
+
+/// Activations rounded to `T`, as f32 for the reference and as `T` for the GPU.
+fn activations<T: W4Act>(batch: usize, k: usize, seed: u64) -> (Vec<f32>, Vec<T>) {
+    let t: Vec<T> = random(batch * k, seed, 1.0)
+        .iter()
+        .map(|&v| T::from_f32(v))
+        .collect();
+    (t.iter().map(|v| v.to_f32()).collect(), t)
+}
+
+/// The GPU product of `batch` rows (config `None` = the launcher's pick), poisoned with NaN before.
+fn gpu_product<T: W4Act>(
+    gpu: &Gpu,
+    w: &W4Weight<T>,
+    x: &[T],
+    batch: usize,
+    config: Option<olive_kernels::cuda::w4a16::MmConfig>,
+) -> Vec<f32> {
+    let xd = gpu.upload(x).unwrap();
+    let mut y = gpu
+        .upload(&vec![T::from_f32(f32::NAN); batch * w.n()])
+        .unwrap();
+    match config {
+        None => w4a16(gpu, &xd, batch, w, &mut y).unwrap(),
+        Some(c) => w4a16_with(gpu, c, &xd, batch, w, &mut y).unwrap(),
+    }
+    gpu.download(&y)
+        .unwrap()
+        .iter()
+        .map(|v| v.to_f32())
+        .collect()
+}
+
+fn check_layouts<T: W4Act>(gpu: &Gpu, tol: f64) {
+    // 17 row tiles (ragged against every block), 10 chunks of 64 inputs.
+    let (n, k) = (272, 640);
+    let cases = [
+        ("awq g128", via_awq(&levels(n, k, 128, 11, false))),
+        ("gptq act-order g64", via_gptq(&levels(n, k, 64, 12, true))),
+        (
+            "matmul_nbits block32",
+            via_matmul_nbits(&levels(n, k, 32, 13, false)),
+        ),
+    ];
+    for (name, l) in &cases {
+        assert_eq!(l.g_idx.is_some(), name.contains("act-order"), "{name}");
+        let w = W4Weight::<T>::upload(gpu, &W4Tiles::from_levels(l).unwrap()).unwrap();
+        for batch in [1, 5, 16, 33, 64, 128, 130] {
+            let (xf, xt) = activations::<T>(batch, k, batch as u64);
+            let err = rel_error(
+                &gpu_product(gpu, &w, &xt, batch, None),
+                &w4a16_ref(&xf, batch, l),
+            );
+            eprintln!(
+                "w4a16 {} {name} batch {batch}: rel error {err:.2e}",
+                T::NAME
+            );
+            assert!(
+                err < tol,
+                "{} {name} batch {batch}: rel error {err} over {tol}",
+                T::NAME
+            );
+        }
+    }
+}
+
+#[test]
+fn products_match_the_reference_for_every_layout_and_batch() {
+    let Some(gpu) = test_gpu("gpu::w4a16::products_match_the_reference_for_every_layout_and_batch")
+    else {
+        return;
+    };
+    check_layouts::<f16>(&gpu, F16_REL);
+    check_layouts::<bf16>(&gpu, BF16_REL);
+}
+
+fn check_configs<T: W4Act>(gpu: &Gpu, tol: f64) {
+    let (n, k) = (272, 1024);
+    let l = levels(n, k, 128, 21, false);
+    let w = W4Weight::<T>::upload(gpu, &W4Tiles::from_levels(&l).unwrap()).unwrap();
+    for batch in [1, 9, 64, 128] {
+        let (xf, xt) = activations::<T>(batch, k, 100 + batch as u64);
+        let want = w4a16_ref(&xf, batch, &l);
+        for c in CONFIGS {
+            let err = rel_error(&gpu_product(gpu, &w, &xt, batch, Some(c)), &want);
+            assert!(
+                err < tol,
+                "{} {c:?} batch {batch}: rel error {err} over {tol}",
+                T::NAME
+            );
+        }
+    }
+}
+
+#[test]
+fn every_compiled_configuration_matches_the_reference() {
+    let Some(gpu) = test_gpu("gpu::w4a16::every_compiled_configuration_matches_the_reference")
+    else {
+        return;
+    };
+    check_configs::<f16>(&gpu, F16_REL);
+    check_configs::<bf16>(&gpu, BF16_REL);
+}
+
+fn check_dequantize<T: W4Act>(gpu: &Gpu) {
+    for l in [
+        via_awq(&levels(48, 256, 128, 31, false)),
+        via_gptq(&levels(48, 256, 32, 32, true)),
+    ] {
+        let tiles = W4Tiles::from_levels(&l).unwrap();
+        let w = W4Weight::<T>::upload(gpu, &tiles).unwrap();
+        let got: Vec<T> = gpu.download(&dequantize(gpu, &w).unwrap()).unwrap();
+        let want = dequantize_ref::<T>(&tiles);
+        let bad = got
+            .iter()
+            .zip(&want)
+            .position(|(g, r)| g.bits() != r.bits());
+        assert_eq!(bad, None, "{}: first differing element", T::NAME);
+    }
+}
+
+#[test]
+fn dequantize_is_bit_identical_to_the_cpu_reference() {
+    let Some(gpu) = test_gpu("gpu::w4a16::dequantize_is_bit_identical_to_the_cpu_reference") else {
+        return;
+    };
+    check_dequantize::<f16>(&gpu);
+    check_dequantize::<bf16>(&gpu);
+}
+
+#[test]
+fn mismatched_shapes_are_refused() {
+    let Some(gpu) = test_gpu("gpu::w4a16::mismatched_shapes_are_refused") else {
+        return;
+    };
+    let w = W4Weight::<bf16>::upload(
+        &gpu,
+        &W4Tiles::from_levels(&levels(16, 64, 64, 1, false)).unwrap(),
+    )
+    .unwrap();
+    let x = gpu.alloc::<bf16>(2 * 63).unwrap();
+    let mut y = gpu.alloc::<bf16>(2 * 16).unwrap();
+    let e = w4a16(&gpu, &x, 2, &w, &mut y).unwrap_err();
+    assert!(e.to_string().contains("x must be [batch 2, k 64]"), "{e}");
+}
