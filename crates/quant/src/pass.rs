@@ -52,10 +52,15 @@ pub struct Common {
     pub seq_len: Option<usize>,
     pub seed: u64,
     pub format: Format,
+    /// Olive's per-module `overrides` (module name -> bits / symmetric / group_size).
+    pub overrides: Option<Overrides>,
 }
 
+/// Olive's `overrides`: per-module settings keyed by module name.
+pub type Overrides = serde_json::Map<String, serde_json::Value>;
+
 /// Declares a quantizer pass's typed config: the fields every quantizer has (`bits`, `group_size`, `sym`,
-/// `modules`, `lm_head`, `format`, `data_config`, `n_samples`, `seq_len`, `seed`, with Olive's names and this
+/// `modules`, `lm_head`, `format`, `data_config`, `n_samples`, `seq_len`, `seed`, `overrides`, with Olive's names and this
 /// module's defaults), then the method's own, in one struct with `deny_unknown_fields` (serde's `flatten` would
 /// lose that) and a JSON schema listing every field. `bits` and `format` take per-pass doc lines; the struct gets
 /// `fn common(&self) -> Common`. The plugin crate needs serde, schemars and olive_data as dependencies.
@@ -111,6 +116,10 @@ macro_rules! quantizer_config {
             /// Seed of the calibration windows' offsets.
             #[serde(default = "olive_quant::pass::default_seed")]
             pub seed: u64,
+            /// Olive's per-module overrides (module name -> bits / symmetric / group_size): only null or empty
+            /// here; every module takes the pass's one setting.
+            #[serde(default)]
+            pub overrides: Option<olive_quant::pass::Overrides>,
             $(
                 $(#[$fmeta])*
                 pub $field: $ty,
@@ -132,6 +141,7 @@ macro_rules! quantizer_config {
                     seq_len: self.seq_len,
                     seed: self.seed,
                     format: self.format,
+                    overrides: self.overrides.clone(),
                 }
             }
         }
@@ -207,6 +217,12 @@ pub fn run(
             )))
         }
     };
+    if let Some(module) = common.overrides.as_ref().and_then(|o| o.keys().next()) {
+        return Err(Error::InvalidConfig(format!(
+            "overrides.{module}: per-module settings (mixed precision) are not supported; every module takes the \
+             pass's bits, sym and group_size (leave overrides null or empty)"
+        )));
+    }
     let (modules, lm_head, embeds) = Selected::from_names(&common.modules).map_err(invalid)?;
     let embeds = embeds || common.embeds;
     if embeds && !matches!(method, Method::Rtn) {

@@ -1,7 +1,9 @@
-//! olive-rs plugin `quant-gptq`: the `GptqQuantizer` pass (Olive's name) — GPTQ (Frantar et al. 2022) with
-//! calibration Hessians, lazy-batch Cholesky updates, damping and act-order, streamed one decoder layer at a time
-//! with AutoGPTQ's true-sequential order (`olive_quant::stream::quantize_model`), written in the GPTQ v1 layout
-//! (`quant_method: gptq`, `checkpoint_format: gptq`, g_idx).
+//! olive-rs plugin `quant-gptq`: GPTQ (Frantar et al. 2022) with calibration Hessians, lazy-batch Cholesky
+//! updates, damping and act-order, streamed one decoder layer at a time with AutoGPTQ's true-sequential order
+//! (`olive_quant::stream::quantize_model`), written in the GPTQ v1 layout (`quant_method: gptq`,
+//! `checkpoint_format: gptq`, g_idx). Two passes, under Olive's two names and config schemas: `GptqQuantizer`
+//! (Olive's AutoGPTQ pass) and `Gptq` (Olive's own, the one `olive quantize --algorithm gptq` runs; its
+//! `desc_act` unset means act-order exactly when group_size is -1).
 
 use olive_pass_sdk::{kinds, Context, Error, Model, Pass};
 use olive_quant::pass::run;
@@ -40,6 +42,25 @@ olive_quant::quantizer_config! {
         /// `[["self_attn.q_proj", "self_attn.k_proj"], ["mlp.down_proj"]]`); when given, they are the modules.
         #[serde(default)]
         pub inside_layer_modules: Option<Vec<Vec<String>>>,
+    }
+}
+
+olive_quant::quantizer_config! {
+    /// The config of `Gptq` (Olive 0.13 `olive/passes/pytorch/gptq.py`).
+    pub struct GptqOliveConfig {
+        bits: "Bits per weight: 2, 3, 4 or 8 (GPTQ v1 layout; 3 as AutoGPTQ packs it).",
+        format: "Output layout: auto (= gptq), gptq (GPTQ v1) or awq (AutoAWQ GEMM: 4 bits, no act-order, no \
+                 lm_head).",
+        /// Damping added to the Hessian's diagonal, as a fraction of its mean.
+        #[serde(default = "default_damp")]
+        pub damp_percent: f32,
+        /// Act-order (quantize inputs by decreasing Hessian diagonal); unset: on exactly when group_size is -1,
+        /// as in Olive.
+        #[serde(default)]
+        pub desc_act: Option<bool>,
+        /// Columns per lazy-update block (GPTQ's blocksize).
+        #[serde(default = "default_block_size")]
+        pub block_size: usize,
     }
 }
 
@@ -104,10 +125,35 @@ impl Pass for GptqQuantizer {
     }
 }
 
+/// GPTQ weight quantization under Olive's own pass name and schema.
+pub struct Gptq;
+
+impl Pass for Gptq {
+    const NAME: &'static str = "Gptq";
+    const VERSION: &'static str = "0.1.0";
+    const DESCRIPTION: &'static str =
+        "GPTQ weight quantization (Olive's Gptq: act-order by default for group_size -1), layer by layer, GPTQ \
+         v1 output.";
+    const ACCEPTS: &'static [&'static str] = &[kinds::HF];
+    const PRODUCES: &'static [&'static str] = &[kinds::HF];
+    const DEVICES: &'static [&'static str] = &["cpu"];
+    type Config = GptqOliveConfig;
+
+    fn run(model: Model, c: GptqOliveConfig, ctx: &Context<'_>) -> Result<Model, Error> {
+        let method = Method::Gptq(GptqOptions {
+            block_size: c.block_size,
+            damp_percent: c.damp_percent,
+            act_order: c.desc_act.unwrap_or(c.group_size == -1),
+            ..GptqOptions::default()
+        });
+        run(model, c.common(), method, ctx)
+    }
+}
+
 olive_pass_sdk::export_plugin! {
     name: "quant-gptq",
     version: "0.1.0",
-    passes: [GptqQuantizer],
+    passes: [GptqQuantizer, Gptq],
 }
 
 #[cfg(test)]
@@ -130,6 +176,49 @@ mod tests {
         let c: GptqConfig =
             serde_json::from_str(r#"{"layers_block_name": "transformer.h"}"#).unwrap();
         assert!(matches!(with_olive_names(&c), Err(Error::InvalidConfig(_))));
+    }
+
+    #[test]
+    fn olives_gptq_pass_takes_act_order_from_the_group_size_and_refuses_overrides() {
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("in");
+        olive_quant::pass::testing::write_tiny_llama(&input, 2).unwrap();
+        let model = Model::new(kinds::HF, &input);
+        for (group_size, act_order) in [(-1, true), (32, false)] {
+            let out = dir.path().join(format!("out{group_size}"));
+            std::fs::create_dir(&out).unwrap();
+            let config = format!(
+                r#"{{"bits": 4, "group_size": {group_size}, "sym": false, "lm_head": false, "overrides": null,
+                    "damp_percent": 0.01, "desc_act": null, "n_samples": 2, "seq_len": 32}}"#
+            );
+            TestHost::new(&out)
+                .run_plugin(&OLIVE_PLUGIN, "Gptq", &model, &config)
+                .unwrap();
+            let cfg = olive_model::quantized::QuantizationConfig::from_config_json(
+                &out.join("config.json"),
+            )
+            .unwrap()
+            .unwrap();
+            assert_eq!(cfg.desc_act, act_order, "group_size {group_size}");
+        }
+        let out = dir.path().join("refused");
+        std::fs::create_dir(&out).unwrap();
+        let err = TestHost::new(&out)
+            .run_plugin(
+                &OLIVE_PLUGIN,
+                "Gptq",
+                &model,
+                r#"{"overrides": {"model.layers.0.mlp.down_proj": {"bits": 8}}}"#,
+            )
+            .unwrap_err();
+        assert_eq!(err.kind, ErrorKind::INVALID_CONFIG);
+        assert!(
+            err.message
+                .contains("overrides.model.layers.0.mlp.down_proj"),
+            "{}",
+            err.message
+        );
+        assert!(std::fs::read_dir(&out).unwrap().next().is_none());
     }
 
     #[test]
@@ -284,6 +373,7 @@ mod tests {
             "n_samples",
             "seq_len",
             "seed",
+            "overrides",
             "block_size",
             "damp_percent",
             "desc_act",
@@ -295,7 +385,7 @@ mod tests {
         ] {
             assert!(props.contains_key(f), "{f} missing from {props:?}");
         }
-        assert_eq!(props.len(), 18);
+        assert_eq!(props.len(), 19);
         assert_eq!(schema["additionalProperties"], false);
     }
 }
