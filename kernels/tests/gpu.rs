@@ -4,6 +4,7 @@
 mod gpu {
     pub mod common;
 
+    mod attention;
     mod convert;
     mod w4a16;
 }

@@ -2,6 +2,7 @@
 //! loaded through cudarc's dynamic loading: nothing of CUDA is needed to build, and a machine without a driver or
 //! a device gets a [`GpuError`] naming what is missing, never a panic.
 
+pub mod attention;
 pub mod convert;
 pub mod w4a16;
 

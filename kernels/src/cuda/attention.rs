@@ -1,0 +1,531 @@
+//! Flash-style causal GQA attention over a KV cache on the GPU (kernels/cuda/attention.cu; FlashAttention-2, Dao
+//! 2023): [`forward`] (tiled for prefill, split over the KV length for decode), optionally keeping each row's
+//! log-sum-exp, and [`backward`] (dQ, dK, dV from the kept log-sum-exp). The same function as
+//! [`crate::cpu::attention_ref`]: query t at position `kv_len − tokens + t`, key j visible when `j ≤ pos`, within the
+//! sliding window, and (with a key mask) unmasked.
+
+use super::{bf16, f16, CudaSlice, DeviceRepr, Gpu, GpuError, LaunchConfig, PushKernelArg};
+use cudarc::driver::sys::CUfunction_attribute;
+
+const SOURCE: super::KernelSource = crate::cuda_source!("attention");
+/// Threads per block of every attention kernel.
+const THREADS: u32 = 128;
+/// Query rows and key rows of one tile (attention.cu's BR, BC).
+const TILE: usize = 64;
+/// The decode kernel's most query rows per KV head (group · tokens), attention.cu's MAXR.
+const DECODE_MAX_ROWS: usize = 16;
+/// Keys the decode kernel scores at a time: a split's chunk is a multiple of this.
+const DECODE_KEYS: usize = 128;
+
+/// A 16-bit float type the attention and LoRA kernels take, by its kernel-name suffix.
+pub trait Half16: DeviceRepr + Copy + Default {
+    /// `bf16` or `f16`.
+    const NAME: &'static str;
+}
+
+impl Half16 for bf16 {
+    const NAME: &'static str = "bf16";
+}
+
+impl Half16 for f16 {
+    const NAME: &'static str = "f16";
+}
+
+/// Where an operand's rows sit in its device buffer: row r of head h starts at element
+/// `offset + r·stride + h·head_dim` (a fused qkv row: q at offset 0, k at heads·head_dim, stride its width).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rows {
+    /// Elements before row 0.
+    pub offset: usize,
+    /// Elements from one row to the next.
+    pub stride: usize,
+}
+
+impl Rows {
+    /// Packed rows of `width` elements from offset 0.
+    pub fn packed(width: usize) -> Self {
+        Rows {
+            offset: 0,
+            stride: width,
+        }
+    }
+}
+
+/// An operand: a device buffer and where its rows are.
+#[derive(Debug)]
+pub struct Operand<'a, T> {
+    /// The buffer.
+    pub data: &'a CudaSlice<T>,
+    /// Its rows.
+    pub rows: Rows,
+}
+
+impl<T> Clone for Operand<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for Operand<'_, T> {}
+
+/// The problem: `batch` sequences of `tokens` new queries over `kv_len` keys each (the new tokens' keys last).
+#[derive(Clone, Copy, Debug)]
+pub struct AttentionShape {
+    /// Sequences; q and out hold batch·tokens rows, k and v batch·kv_len.
+    pub batch: usize,
+    /// Queries per sequence.
+    pub tokens: usize,
+    /// Keys per sequence, ≥ tokens.
+    pub kv_len: usize,
+    /// Query heads.
+    pub heads: usize,
+    /// Key/value heads; divides `heads`.
+    pub kv_heads: usize,
+    /// 64, 96 or 128.
+    pub head_dim: usize,
+    /// Mistral's sliding window: key j visible from position p when `p − j < window`.
+    pub window: Option<usize>,
+    /// Softmax scale (1/√head_dim).
+    pub scale: f32,
+}
+
+/// The inputs: q, k, v and an optional key mask ([batch·kv_len], 0 = hidden, e.g. padding).
+#[derive(Debug)]
+pub struct Inputs<'a, T> {
+    /// Queries: batch·tokens rows of heads·head_dim.
+    pub q: Operand<'a, T>,
+    /// Keys: batch·kv_len rows of kv_heads·head_dim.
+    pub k: Operand<'a, T>,
+    /// Values: as the keys.
+    pub v: Operand<'a, T>,
+    /// Per-key visibility, or every key visible.
+    pub key_mask: Option<&'a CudaSlice<u8>>,
+}
+
+impl<T> Clone for Inputs<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for Inputs<'_, T> {}
+
+/// The gradients [`backward`] writes (f32, overwritten): dq like q, dk and dv like k and v.
+#[derive(Debug)]
+pub struct Grads<'a> {
+    /// dL/dq and its rows.
+    pub dq: (&'a mut CudaSlice<f32>, Rows),
+    /// dL/dk and its rows.
+    pub dk: (&'a mut CudaSlice<f32>, Rows),
+    /// dL/dv and its rows.
+    pub dv: (&'a mut CudaSlice<f32>, Rows),
+}
+
+/// attention.cu's AttnParams, field for field.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+struct Params {
+    batch: i32,
+    tokens: i32,
+    kv_len: i32,
+    heads: i32,
+    kv_heads: i32,
+    q_off: i32,
+    q_stride: i32,
+    k_off: i32,
+    k_stride: i32,
+    v_off: i32,
+    v_stride: i32,
+    o_off: i32,
+    o_stride: i32,
+    do_off: i32,
+    do_stride: i32,
+    dk_off: i32,
+    dk_stride: i32,
+    dv_off: i32,
+    dv_stride: i32,
+    dq_off: i32,
+    dq_stride: i32,
+    window: i32,
+    has_mask: i32,
+    splits: i32,
+    chunk: i32,
+    scale: f32,
+}
+
+// SAFETY: a plain #[repr(C)] struct of 4-byte numbers, laid out as attention.cu's AttnParams.
+unsafe impl DeviceRepr for Params {}
+
+fn shape_error(what: String) -> GpuError {
+    GpuError::Shape(format!("attention: {what}"))
+}
+
+fn int(name: &str, v: usize) -> Result<i32, GpuError> {
+    i32::try_from(v).map_err(|_| shape_error(format!("{name} = {v} exceeds i32")))
+}
+
+/// The rows `r` of a buffer of `len` elements reach `rows` rows of `width` (16-byte aligned for the vector loads
+/// when `aligned`).
+fn check_rows(
+    name: &str,
+    r: Rows,
+    len: usize,
+    rows: usize,
+    width: usize,
+    aligned: bool,
+) -> Result<(), GpuError> {
+    if aligned && (r.offset % 8 != 0 || r.stride % 8 != 0) {
+        return Err(shape_error(format!(
+            "{name}: offset {} and stride {} must be multiples of 8 elements (16-byte rows)",
+            r.offset, r.stride
+        )));
+    }
+    if rows > 0 && (r.stride < width || r.offset + (rows - 1) * r.stride + width > len) {
+        return Err(shape_error(format!(
+            "{name}: {rows} rows of {width} at offset {} stride {} do not fit its {len} elements",
+            r.offset, r.stride
+        )));
+    }
+    Ok(())
+}
+
+impl AttentionShape {
+    fn check(&self) -> Result<(), GpuError> {
+        if ![64, 96, 128].contains(&self.head_dim) {
+            return Err(shape_error(format!(
+                "head_dim {} (64, 96 or 128 expected)",
+                self.head_dim
+            )));
+        }
+        if self.heads == 0 || self.kv_heads == 0 || self.heads % self.kv_heads != 0 {
+            return Err(shape_error(format!(
+                "kv_heads {} must divide heads {}",
+                self.kv_heads, self.heads
+            )));
+        }
+        if self.tokens > self.kv_len {
+            return Err(shape_error(format!(
+                "{} queries over {} keys (the new tokens' keys are part of the cache)",
+                self.tokens, self.kv_len
+            )));
+        }
+        if self.window == Some(0) {
+            return Err(shape_error("a window of 0 keys".into()));
+        }
+        Ok(())
+    }
+
+    fn params<T>(&self, inputs: &Inputs<'_, T>) -> Result<Params, GpuError> {
+        let (hd, b) = (self.head_dim, self.batch);
+        check_rows(
+            "q",
+            inputs.q.rows,
+            inputs.q.data.len(),
+            b * self.tokens,
+            self.heads * hd,
+            true,
+        )?;
+        for (name, op) in [("k", inputs.k), ("v", inputs.v)] {
+            check_rows(
+                name,
+                op.rows,
+                op.data.len(),
+                b * self.kv_len,
+                self.kv_heads * hd,
+                true,
+            )?;
+        }
+        if let Some(mask) = inputs.key_mask {
+            if mask.len() != b * self.kv_len {
+                return Err(shape_error(format!(
+                    "key_mask has {} entries, expected batch·kv_len = {}",
+                    mask.len(),
+                    b * self.kv_len
+                )));
+            }
+        }
+        Ok(Params {
+            batch: int("batch", b)?,
+            tokens: int("tokens", self.tokens)?,
+            kv_len: int("kv_len", self.kv_len)?,
+            heads: int("heads", self.heads)?,
+            kv_heads: int("kv_heads", self.kv_heads)?,
+            q_off: int("q offset", inputs.q.rows.offset)?,
+            q_stride: int("q stride", inputs.q.rows.stride)?,
+            k_off: int("k offset", inputs.k.rows.offset)?,
+            k_stride: int("k stride", inputs.k.rows.stride)?,
+            v_off: int("v offset", inputs.v.rows.offset)?,
+            v_stride: int("v stride", inputs.v.rows.stride)?,
+            window: int("window", self.window.unwrap_or(0))?,
+            has_mask: i32::from(inputs.key_mask.is_some()),
+            scale: self.scale,
+            ..Params::default()
+        })
+    }
+
+    /// Rows of query heads per KV head: the decode kernel takes them all in one block.
+    fn rows_per_kv_head(&self) -> usize {
+        self.heads / self.kv_heads * self.tokens
+    }
+}
+
+/// Shared memory of the tiled forward: Q, K, V [64, D+8] (16-bit), S [64, 68] f32, P [64, 72] 16-bit, O [64, D+4] f32.
+fn forward_smem(d: usize) -> usize {
+    3 * TILE * (d + 8) * 2 + TILE * (TILE + 4) * 4 + TILE * (TILE + 8) * 2 + TILE * (d + 4) * 4
+}
+
+/// Shared memory of the backward: K, V, Q, dO [64, D+8] 16-bit, S [64, D+4] f32, P, dS [64, 72] 16-bit, lse, delta.
+fn backward_smem(d: usize) -> usize {
+    4 * TILE * (d + 8) * 2 + TILE * (d + 4) * 4 + 2 * TILE * (TILE + 8) * 2 + 2 * TILE * 4
+}
+
+/// The kernel `name`, allowed `smem` bytes of dynamic shared memory.
+fn kernel(gpu: &Gpu, name: &str, smem: usize) -> Result<cudarc::driver::CudaFunction, GpuError> {
+    let f = gpu.function(&SOURCE, name)?;
+    if smem > 48 * 1024 {
+        f.set_attribute(
+            CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            int("shared memory", smem)?,
+        )?;
+    }
+    Ok(f)
+}
+
+/// A null device pointer for an absent optional argument.
+const NULL: u64 = 0;
+
+/// out (rows `out_rows`, batch·tokens rows of heads·head_dim) = attention of `inputs`; with `lse`, also each row's
+/// natural log-sum-exp of its scaled scores ([batch, heads, tokens]; −∞ for a row that sees no key), which
+/// [`backward`] needs. Few queries per KV head (decode) run split over the KV length, the rest tiled.
+pub fn forward<T: Half16>(
+    gpu: &Gpu,
+    shape: &AttentionShape,
+    inputs: &Inputs<'_, T>,
+    out: (&mut CudaSlice<T>, Rows),
+    lse: Option<&mut CudaSlice<f32>>,
+) -> Result<(), GpuError> {
+    shape.check()?;
+    let mut p = shape.params(inputs)?;
+    let (hd, b) = (shape.head_dim, shape.batch);
+    check_rows(
+        "out",
+        out.1,
+        out.0.len(),
+        b * shape.tokens,
+        shape.heads * hd,
+        false,
+    )?;
+    p.o_off = int("out offset", out.1.offset)?;
+    p.o_stride = int("out stride", out.1.stride)?;
+    let rows = b * shape.heads * shape.tokens;
+    if let Some(lse) = &lse {
+        if lse.len() != rows {
+            return Err(shape_error(format!(
+                "lse has {} entries, expected batch·heads·tokens = {rows}",
+                lse.len()
+            )));
+        }
+    }
+    if rows == 0 {
+        return Ok(());
+    }
+    if shape.rows_per_kv_head() <= DECODE_MAX_ROWS {
+        // Blocks per (sequence, KV head): enough to fill the device twice, each a multiple of 128 keys.
+        let per_head = b * shape.kv_heads;
+        let want = (2 * gpu.sm_count() as usize).div_ceil(per_head).max(1);
+        let chunk = shape
+            .kv_len
+            .div_ceil(want)
+            .div_ceil(DECODE_KEYS)
+            .max(1)
+            .saturating_mul(DECODE_KEYS);
+        let splits = shape.kv_len.div_ceil(chunk);
+        p.splits = int("splits", splits)?;
+        p.chunk = int("chunk", chunk)?;
+        let mut part = gpu.alloc::<f32>(rows * splits * (hd + 2))?;
+        let f = kernel(gpu, &format!("attention_decode_{}_{hd}", T::NAME), 0)?;
+        let cfg = LaunchConfig {
+            grid_dim: (splits as u32, shape.kv_heads as u32, b as u32),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut launch = gpu.stream().launch_builder(&f);
+        launch
+            .arg(&p)
+            .arg(inputs.q.data)
+            .arg(inputs.k.data)
+            .arg(inputs.v.data);
+        match inputs.key_mask {
+            Some(m) => launch.arg(m),
+            None => launch.arg(&NULL),
+        };
+        launch.arg(&mut part);
+        // SAFETY: the rows of q, k, v and the mask were checked against their buffers; part holds
+        // rows·splits·(head_dim + 2) floats, the kernel's [batch, heads, tokens, splits, D + 2].
+        unsafe { launch.launch(cfg) }?;
+        let f = kernel(gpu, &format!("attention_combine_{}_{hd}", T::NAME), 0)?;
+        let cfg = LaunchConfig {
+            grid_dim: (int("rows", rows)? as u32, 1, 1),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut launch = gpu.stream().launch_builder(&f);
+        launch.arg(&p).arg(&part).arg(out.0);
+        match lse {
+            Some(l) => launch.arg(l),
+            None => launch.arg(&NULL),
+        };
+        // SAFETY: out's rows were checked; part was written above; lse has rows entries.
+        unsafe { launch.launch(cfg) }?;
+        return Ok(());
+    }
+    let smem = forward_smem(hd);
+    let f = kernel(gpu, &format!("attention_fwd_{}_{hd}", T::NAME), smem)?;
+    let cfg = LaunchConfig {
+        grid_dim: (
+            shape.tokens.div_ceil(TILE) as u32,
+            shape.heads as u32,
+            b as u32,
+        ),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: smem as u32,
+    };
+    let mut launch = gpu.stream().launch_builder(&f);
+    launch
+        .arg(&p)
+        .arg(inputs.q.data)
+        .arg(inputs.k.data)
+        .arg(inputs.v.data);
+    match inputs.key_mask {
+        Some(m) => launch.arg(m),
+        None => launch.arg(&NULL),
+    };
+    launch.arg(out.0);
+    match lse {
+        Some(l) => launch.arg(l),
+        None => launch.arg(&NULL),
+    };
+    // SAFETY: every operand's rows were checked against its buffer; lse (when given) has batch·heads·tokens entries.
+    unsafe { launch.launch(cfg) }?;
+    Ok(())
+}
+
+/// The gradients of `Σ d_out ⊙ attention(inputs)` with respect to q, k and v, written to `grads` (overwritten; a
+/// key no query sees gets zeros). `out` and `lse` are [`forward`]'s output and log-sum-exp for these inputs.
+pub fn backward<T: Half16>(
+    gpu: &Gpu,
+    shape: &AttentionShape,
+    inputs: &Inputs<'_, T>,
+    out: Operand<'_, T>,
+    d_out: Operand<'_, T>,
+    lse: &CudaSlice<f32>,
+    grads: Grads<'_>,
+) -> Result<(), GpuError> {
+    shape.check()?;
+    let mut p = shape.params(inputs)?;
+    let (hd, b) = (shape.head_dim, shape.batch);
+    let (q_rows, kv_rows) = (b * shape.tokens, b * shape.kv_len);
+    let (q_width, kv_width) = (shape.heads * hd, shape.kv_heads * hd);
+    check_rows("out", out.rows, out.data.len(), q_rows, q_width, true)?;
+    check_rows("d_out", d_out.rows, d_out.data.len(), q_rows, q_width, true)?;
+    let Grads { dq, dk, dv } = grads;
+    check_rows("dq", dq.1, dq.0.len(), q_rows, q_width, false)?;
+    check_rows("dk", dk.1, dk.0.len(), kv_rows, kv_width, false)?;
+    check_rows("dv", dv.1, dv.0.len(), kv_rows, kv_width, false)?;
+    let rows = q_rows * shape.heads;
+    if lse.len() != rows {
+        return Err(shape_error(format!(
+            "lse has {} entries, expected batch·heads·tokens = {rows}",
+            lse.len()
+        )));
+    }
+    p.o_off = int("out offset", out.rows.offset)?;
+    p.o_stride = int("out stride", out.rows.stride)?;
+    p.do_off = int("d_out offset", d_out.rows.offset)?;
+    p.do_stride = int("d_out stride", d_out.rows.stride)?;
+    p.dq_off = int("dq offset", dq.1.offset)?;
+    p.dq_stride = int("dq stride", dq.1.stride)?;
+    p.dk_off = int("dk offset", dk.1.offset)?;
+    p.dk_stride = int("dk stride", dk.1.stride)?;
+    p.dv_off = int("dv offset", dv.1.offset)?;
+    p.dv_stride = int("dv stride", dv.1.stride)?;
+    if kv_rows == 0 {
+        return Ok(());
+    }
+    let mut delta = gpu.alloc::<f32>(rows.max(1))?;
+    let mut dq_acc = gpu.alloc::<f32>((q_rows * q_width).max(1))?;
+    let warps = THREADS as usize / 32;
+    if rows > 0 {
+        let f = kernel(gpu, &format!("attention_delta_{}_{hd}", T::NAME), 0)?;
+        let cfg = LaunchConfig {
+            grid_dim: (int("rows", rows.div_ceil(warps))? as u32, 1, 1),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: out and d_out rows checked; delta has one float per (b, h, t) row.
+        unsafe {
+            gpu.stream()
+                .launch_builder(&f)
+                .arg(&p)
+                .arg(out.data)
+                .arg(d_out.data)
+                .arg(&mut delta)
+                .launch(cfg)
+        }?;
+    }
+    let smem = backward_smem(hd);
+    let f = kernel(gpu, &format!("attention_bwd_{}_{hd}", T::NAME), smem)?;
+    let cfg = LaunchConfig {
+        grid_dim: (
+            shape.kv_len.div_ceil(TILE) as u32,
+            shape.kv_heads as u32,
+            b as u32,
+        ),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: smem as u32,
+    };
+    let mut launch = gpu.stream().launch_builder(&f);
+    launch
+        .arg(&p)
+        .arg(inputs.q.data)
+        .arg(inputs.k.data)
+        .arg(inputs.v.data);
+    match inputs.key_mask {
+        Some(m) => launch.arg(m),
+        None => launch.arg(&NULL),
+    };
+    launch
+        .arg(d_out.data)
+        .arg(lse)
+        .arg(&delta)
+        .arg(&mut dq_acc)
+        .arg(&mut *dk.0)
+        .arg(&mut *dv.0);
+    // SAFETY: every operand's rows were checked; dq_acc is the zeroed [batch·tokens, heads, head_dim] accumulator.
+    unsafe { launch.launch(cfg) }?;
+    if rows > 0 {
+        let f = gpu.function(&SOURCE, "attention_dq_copy")?;
+        let n = q_rows * q_width;
+        let cfg = LaunchConfig {
+            grid_dim: (
+                n.div_ceil(256).min(gpu.sm_count() as usize * 16) as u32,
+                1,
+                1,
+            ),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let head_dim = int("head_dim", hd)?;
+        // SAFETY: dq's rows were checked; dq_acc holds batch·tokens·heads·head_dim floats.
+        unsafe {
+            gpu.stream()
+                .launch_builder(&f)
+                .arg(&p)
+                .arg(&head_dim)
+                .arg(&dq_acc)
+                .arg(&mut *dq.0)
+                .launch(cfg)
+        }?;
+    }
+    Ok(())
+}
