@@ -5,20 +5,19 @@
 //! `--sym` (which Olive lacks) set the grid, `--lm_head` and `--embeds` (Olive's pass options) quantize the
 //! lm_head and the embeddings too; by default `--precision` gives the bits and each pass its defaults.
 
-use std::fs;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use clap::{Args, ValueEnum};
 use olive_pass_api::{kinds, Model};
 
 use super::common::{refuse_non_empty, resolve_hf_input};
 use super::config_file::{one_pass_on_cpu, ConfigFileArgs};
 use super::dataset::DatasetArgs;
-use crate::engine::{self, PassRun};
+use crate::engine::PassRun;
 use crate::plugins;
-use crate::workflow::output::model_config;
+use crate::workflow::output::run_pass_to_output;
 
 /// Olive's `--algorithm` values this build serves for Hugging Face models.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -175,33 +174,16 @@ pub fn run(args: QuantizeArgs) -> anyhow::Result<()> {
     let name = args.algorithm.pass();
     let (plugin, pass) = found.pass(None, name)?;
     let output = &args.output_path;
-    let parent = match output.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    fs::create_dir_all(&parent).with_context(|| format!("cannot create {}", parent.display()))?;
-    // The model and model_config.json are staged together and renamed into place only when both are written.
-    let staging = tempfile::Builder::new()
-        .prefix(".quantize-")
-        .tempdir_in(&parent)
-        .with_context(|| format!("cannot create a staging folder in {}", parent.display()))?;
-    let mut model = engine::run_pass(&PassRun {
+    let model = run_pass_to_output(PassRun {
         plugin,
         pass: pass.name.clone(),
         model: Model::new(kinds::HF, &input),
         config_json: config.to_string(),
-        output_path: staging.path().join("model"),
+        output_path: output.clone(),
         device: "cpu".to_owned(),
         timeout: args.timeout,
         grace: Duration::from_secs(5),
     })?;
-    let absolute = std::path::absolute(output).unwrap_or_else(|_| output.clone());
-    model.path = absolute.join("model");
-    crate::files::write_atomic(
-        &staging.path().join("model_config.json"),
-        &serde_json::to_vec_pretty(&model_config(&model))?,
-    )?;
-    crate::engine::publish(&staging.keep(), output)?;
     tracing::info!("wrote {}", output.join("model").display());
     args.config_file.save(&workflow, output)?;
     println!("{}", serde_json::to_string_pretty(&model)?);

@@ -131,7 +131,7 @@ pub(crate) fn publish(staged: &Path, output: &Path) -> anyhow::Result<()> {
 }
 
 /// The model with paths under `staged` moved under `output`.
-fn relocate(mut model: Model, staged: &Path, output: &Path) -> Model {
+pub(crate) fn relocate(mut model: Model, staged: &Path, output: &Path) -> Model {
     let moved = |path: &Path| match path.strip_prefix(staged) {
         Ok(rest) if rest.as_os_str().is_empty() => output.to_path_buf(),
         Ok(rest) => output.join(rest),

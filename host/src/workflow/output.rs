@@ -1,7 +1,8 @@
 //! What a workflow run leaves in `output_dir`, in Olive's layout (olive/cache.py `save_model`): the chosen model
 //! as `model/` (and a PEFT adapter as `adapter/`) with `model_config.json` describing it, plus the footprints and
 //! metrics files. The model is copied out of the cache through a staging folder, so an interrupted save never
-//! leaves a half-written `model/`.
+//! leaves a half-written `model/`. A CLI command that runs one pass (olive/cli/base.py `_run_workflow`) leaves the
+//! same layout: `run_pass_to_output`.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -10,8 +11,53 @@ use anyhow::{anyhow, Context};
 use olive_pass_api::{kinds, Model};
 use serde_json::{json, Value};
 
-use crate::engine::publish;
+use crate::engine::{self, publish, relocate, PassRun};
 use crate::files::write_atomic;
+
+/// Runs one pass so that `run.output_path` becomes an Olive output folder: the pass's model as `model/` (a
+/// folder; a single-file model inside it) and `model_config.json` describing it. Both are written into a hidden
+/// staging folder beside the output and renamed into place together, replacing what was there; a failed pass
+/// leaves the output as it was (and no parent folder this call created). Returns the model at its final place,
+/// by absolute path.
+pub fn run_pass_to_output(mut run: PassRun) -> anyhow::Result<Model> {
+    let output = std::path::absolute(&run.output_path).with_context(|| {
+        format!(
+            "cannot resolve the output path {}",
+            run.output_path.display()
+        )
+    })?;
+    let (Some(parent), Some(name)) = (output.parent(), output.file_name()) else {
+        anyhow::bail!(
+            "output path {} does not end in a folder name",
+            output.display()
+        );
+    };
+    let created_parent = !parent.exists();
+    fs::create_dir_all(parent)
+        .with_context(|| format!("cannot create the output folder {}", parent.display()))?;
+    let result = (|| -> anyhow::Result<Model> {
+        let staging = tempfile::Builder::new()
+            .prefix(&format!(".{}.olive-tmp-", name.to_string_lossy()))
+            .tempdir_in(parent)
+            .with_context(|| format!("cannot create a staging folder in {}", parent.display()))?;
+        run.output_path = staging.path().join("model");
+        let model = relocate(engine::run_pass(&run)?, staging.path(), &output);
+        write_atomic(
+            &staging.path().join("model_config.json"),
+            &serde_json::to_vec_pretty(&model_config(&model))?,
+        )?;
+        let staged = staging.keep();
+        if let Err(err) = publish(&staged, &output) {
+            let _ = fs::remove_dir_all(&staged);
+            return Err(err);
+        }
+        Ok(model)
+    })();
+    if result.is_err() && created_parent {
+        let _ = fs::remove_dir(parent);
+    }
+    result
+}
 
 /// Copies `model` into `output_dir` and writes `model_config.json`; returns the model at its new place.
 pub fn save_model(model: &Model, output_dir: &Path) -> anyhow::Result<Model> {
