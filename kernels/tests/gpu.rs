@@ -3,8 +3,14 @@
 
 mod gpu {
     pub mod common;
+    pub mod floats;
 
+    mod adamw;
     mod attention;
     mod convert;
+    mod cross_entropy;
+    mod rmsnorm;
+    mod rope;
+    mod silu_mul;
     mod w4a16;
 }

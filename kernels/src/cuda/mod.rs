@@ -2,8 +2,14 @@
 //! loaded through cudarc's dynamic loading: nothing of CUDA is needed to build, and a machine without a driver or
 //! a device gets a [`GpuError`] naming what is missing, never a panic.
 
+pub mod adamw;
 pub mod attention;
 pub mod convert;
+pub mod cross_entropy;
+pub mod float;
+pub mod rmsnorm;
+pub mod rope;
+pub mod silu_mul;
 pub mod w4a16;
 
 use std::collections::HashMap;

@@ -1,0 +1,105 @@
+//! RMSNorm on the GPU (kernels/cuda/rmsnorm.cu; Zhang & Sennrich 2019, as transformers' LlamaRMSNorm): the
+//! forward and the gradient with respect to x for a frozen weight, one block per row, the same functions as
+//! [`crate::cpu::rmsnorm`] and [`crate::cpu::rmsnorm_backward`].
+
+use super::float::{as_i32, pack_width, row_threads, Float};
+use super::{CudaSlice, Gpu, GpuError, LaunchConfig, PushKernelArg};
+
+const SOURCE: super::KernelSource = crate::cuda_source!("rmsnorm");
+
+/// Rows of `x` for a weight of `d` elements, checking that x is [rows, d].
+fn rows_of(x: usize, d: usize) -> Result<u32, GpuError> {
+    if d == 0 || x % d != 0 {
+        return Err(GpuError::Shape(format!(
+            "rmsnorm: x has {x} elements, not [rows, {d}] for a weight of {d}"
+        )));
+    }
+    u32::try_from(x / d).map_err(|_| GpuError::Shape(format!("rmsnorm: {} rows exceed u32", x / d)))
+}
+
+fn config<T>(rows: u32, d: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (rows, 1, 1),
+        block_dim: (row_threads(d, pack_width::<T>(d)), 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// out: [rows, d] = rmsnorm(x: [rows, d]) with weight: [d].
+pub fn rmsnorm<T: Float>(
+    gpu: &Gpu,
+    x: &CudaSlice<T>,
+    weight: &CudaSlice<T>,
+    eps: f32,
+    out: &mut CudaSlice<T>,
+) -> Result<(), GpuError> {
+    let d = weight.len();
+    let rows = rows_of(x.len(), d)?;
+    if out.len() != x.len() {
+        return Err(GpuError::Shape(format!(
+            "rmsnorm: out has {} elements, x {}",
+            out.len(),
+            x.len()
+        )));
+    }
+    if rows == 0 {
+        return Ok(());
+    }
+    let f = gpu.function(&SOURCE, &format!("rmsnorm_{}", T::SUFFIX))?;
+    let d_i = as_i32(d, "rmsnorm: d")?;
+    // SAFETY: out and x hold rows·d elements, weight d, of the type the kernel is instantiated for.
+    unsafe {
+        gpu.stream()
+            .launch_builder(&f)
+            .arg(out)
+            .arg(x)
+            .arg(weight)
+            .arg(&d_i)
+            .arg(&eps)
+            .launch(config::<T>(rows, d))
+    }?;
+    Ok(())
+}
+
+/// dx: [rows, d] = (dx if `accumulate` else 0) + ∂rmsnorm/∂x given dy: [rows, d], for x: [rows, d] and a
+/// frozen weight: [d].
+pub fn rmsnorm_backward<T: Float>(
+    gpu: &Gpu,
+    x: &CudaSlice<T>,
+    weight: &CudaSlice<T>,
+    eps: f32,
+    dy: &CudaSlice<T>,
+    dx: &mut CudaSlice<T>,
+    accumulate: bool,
+) -> Result<(), GpuError> {
+    let d = weight.len();
+    let rows = rows_of(x.len(), d)?;
+    if dy.len() != x.len() || dx.len() != x.len() {
+        return Err(GpuError::Shape(format!(
+            "rmsnorm_backward: x, dy and dx have {}, {} and {} elements",
+            x.len(),
+            dy.len(),
+            dx.len()
+        )));
+    }
+    if rows == 0 {
+        return Ok(());
+    }
+    let f = gpu.function(&SOURCE, &format!("rmsnorm_backward_{}", T::SUFFIX))?;
+    let d_i = as_i32(d, "rmsnorm: d")?;
+    let acc = i32::from(accumulate);
+    // SAFETY: dx, x and dy hold rows·d elements, weight d, of the kernel's type.
+    unsafe {
+        gpu.stream()
+            .launch_builder(&f)
+            .arg(dx)
+            .arg(x)
+            .arg(weight)
+            .arg(dy)
+            .arg(&d_i)
+            .arg(&eps)
+            .arg(&acc)
+            .launch(config::<T>(rows, d))
+    }?;
+    Ok(())
+}

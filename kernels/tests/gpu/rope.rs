@@ -1,0 +1,220 @@
+//! rope.cu against kernels/src/cpu/rope.rs: the rotation of q/k heads in a fused qkv row (and a partial rotary
+//! layout) for a training batch of rows, a prefill and a decode step after a KV cache, with default frequencies
+//! and LongRoPE's short/long sets and attention factor; the tables built on the CPU by `rope_tables` exactly as
+//! nn's Rope builds them, the rotation by the f64 reference. Forward and backward (the opposite angle), in
+//! f32/bf16/f16.
+
+use olive_kernels::cpu::{rope_apply_ref, rope_tables, RopeLayout};
+use olive_kernels::cuda::float::Float;
+use olive_kernels::cuda::rope::{rope, rope_backward, Positions, RopeFreqs};
+use olive_kernels::cuda::{bf16, f16, test_gpu, Gpu};
+
+use super::common::{random, rel_error};
+use super::floats::{download_f32, tol, upload_as};
+
+/// A model's frequencies on the host: inv_freq = 1 / (factor · base^(2i / rotary_dim)) as transformers.
+struct HostFreqs {
+    short: Vec<f32>,
+    long: Option<(Vec<f32>, usize)>,
+    scaling: f32,
+}
+
+impl HostFreqs {
+    fn new(rotary_dim: usize, longrope: Option<(u64, usize, f32)>) -> Self {
+        let half = rotary_dim / 2;
+        let inv = |factors: &[f32]| -> Vec<f32> {
+            (0..half)
+                .map(|i| 1.0 / (factors[i] * 10000f32.powf((2 * i) as f32 / rotary_dim as f32)))
+                .collect()
+        };
+        match longrope {
+            None => HostFreqs {
+                short: inv(&vec![1.0; half]),
+                long: None,
+                scaling: 1.0,
+            },
+            Some((seed, original, scaling)) => {
+                // Short factors in [1, 2), long in [2, 8): LongRoPE's searched factors are of this kind.
+                let short: Vec<f32> = random(half, seed, 0.5).iter().map(|v| 1.5 + v).collect();
+                let long: Vec<f32> = random(half, seed + 1, 3.0)
+                    .iter()
+                    .map(|v| 5.0 + v)
+                    .collect();
+                HostFreqs {
+                    short: inv(&short),
+                    long: Some((inv(&long), original)),
+                    scaling,
+                }
+            }
+        }
+    }
+
+    fn inv_freq(&self, seq_len: usize) -> &[f32] {
+        match &self.long {
+            Some((long, original)) if seq_len > *original => long,
+            _ => &self.short,
+        }
+    }
+}
+
+/// The CPU result: each row of `seq` tokens rotated with the tables of positions offset .. offset + seq.
+fn reference(
+    x: &[f32],
+    layout: RopeLayout,
+    freqs: &HostFreqs,
+    pos: Positions,
+    sign: f32,
+) -> Vec<f32> {
+    let inv_freq = freqs.inv_freq(pos.offset + pos.seq);
+    let (mut cos, mut sin) = (Vec::new(), Vec::new());
+    rope_tables(
+        inv_freq,
+        pos.offset,
+        pos.seq,
+        freqs.scaling,
+        &mut cos,
+        &mut sin,
+    );
+    let sin: Vec<f32> = sin.iter().map(|s| sign * s).collect();
+    x.chunks(pos.seq * layout.row_stride)
+        .flat_map(|row| rope_apply_ref(row, layout, &cos, &sin))
+        .collect()
+}
+
+fn check<T: Float>(
+    gpu: &Gpu,
+    layout: RopeLayout,
+    freqs: &HostFreqs,
+    pos: Positions,
+    rows: usize,
+    seed: u64,
+) {
+    let dev_freqs = RopeFreqs::new(
+        gpu,
+        &freqs.short,
+        freqs.long.as_ref().map(|(l, o)| (l.as_slice(), *o)),
+        freqs.scaling,
+    )
+    .unwrap();
+    let n = rows * pos.seq * layout.row_stride;
+    let (mut x, xh) = upload_as::<T>(gpu, &random(n, seed, 1.0));
+    rope(gpu, &mut x, layout, &dev_freqs, pos).unwrap();
+    let fwd = rel_error(
+        &download_f32(gpu, &x),
+        &reference(&xh, layout, freqs, pos, 1.0),
+    );
+    let (mut dx, dxh) = upload_as::<T>(gpu, &random(n, seed + 1, 1.0));
+    rope_backward(gpu, &mut dx, layout, &dev_freqs, pos).unwrap();
+    let bwd = rel_error(
+        &download_f32(gpu, &dx),
+        &reference(&dxh, layout, freqs, pos, -1.0),
+    );
+    eprintln!(
+        "rope {} {layout:?} long={} {pos:?} x{rows}: forward {fwd:.2e}, backward {bwd:.2e} (tol {:.0e})",
+        T::SUFFIX,
+        freqs.long.as_ref().is_some_and(|(_, o)| pos.offset + pos.seq > *o),
+        tol::<T>()
+    );
+    assert!(
+        fwd <= tol::<T>() && bwd <= tol::<T>(),
+        "{} {pos:?}",
+        T::SUFFIX
+    );
+}
+
+fn all_types(
+    gpu: &Gpu,
+    layout: RopeLayout,
+    freqs: &HostFreqs,
+    pos: Positions,
+    rows: usize,
+    seed: u64,
+) {
+    check::<f32>(gpu, layout, freqs, pos, rows, seed);
+    check::<bf16>(gpu, layout, freqs, pos, rows, seed);
+    check::<f16>(gpu, layout, freqs, pos, rows, seed);
+}
+
+#[test]
+fn rope_matches_the_cpu_with_default_frequencies() {
+    let Some(gpu) = test_gpu("gpu::rope::rope_matches_the_cpu_with_default_frequencies") else {
+        return;
+    };
+    // SmolLM2's fused qkv row: 9 q heads and 3 k heads rotate, 3 v heads pass.
+    let qkv = RopeLayout {
+        row_stride: 15 * 64,
+        heads: 12,
+        head_dim: 64,
+        rotary_dim: 64,
+    };
+    let freqs = HostFreqs::new(64, None);
+    all_types(&gpu, qkv, &freqs, Positions { seq: 40, offset: 0 }, 3, 300);
+    all_types(
+        &gpu,
+        qkv,
+        &freqs,
+        Positions {
+            seq: 1,
+            offset: 517,
+        },
+        1,
+        310,
+    );
+    // Partial rotary (Phi-4-mini: 3/4 of each head), a row wider than its heads.
+    let partial = RopeLayout {
+        row_stride: 4 * 128 + 8,
+        heads: 4,
+        head_dim: 128,
+        rotary_dim: 96,
+    };
+    let freqs = HostFreqs::new(96, None);
+    all_types(
+        &gpu,
+        partial,
+        &freqs,
+        Positions { seq: 24, offset: 5 },
+        2,
+        320,
+    );
+}
+
+#[test]
+fn longrope_picks_its_factor_set_by_length_and_scales() {
+    let Some(gpu) = test_gpu("gpu::rope::longrope_picks_its_factor_set_by_length_and_scales")
+    else {
+        return;
+    };
+    // Phi-3.5-mini's heads: 32 q and 32 k of 96 (q | k | v rows), an original context of 64 here.
+    let qkv = RopeLayout {
+        row_stride: 96 * 96,
+        heads: 64,
+        head_dim: 96,
+        rotary_dim: 96,
+    };
+    let freqs = HostFreqs::new(96, Some((400, 64, 1.19)));
+    // Short: a batch of rows within the original context.
+    all_types(&gpu, qkv, &freqs, Positions { seq: 48, offset: 0 }, 2, 410);
+    // Long: a decode step past it, and a prefill chunk far out (angles ~1e4 rad).
+    all_types(
+        &gpu,
+        qkv,
+        &freqs,
+        Positions {
+            seq: 1,
+            offset: 100,
+        },
+        1,
+        420,
+    );
+    all_types(
+        &gpu,
+        qkv,
+        &freqs,
+        Positions {
+            seq: 16,
+            offset: 131_000,
+        },
+        1,
+        430,
+    );
+}
