@@ -5,13 +5,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p .gpu
-built=$(cargo test --release -p olive-kernels --test gpu --no-run --message-format=json 2>/dev/null |
-    python3 -c 'import json,sys
-for line in sys.stdin:
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+if ! cargo test --release -p olive-kernels --test gpu --no-run --message-format=json-render-diagnostics >"$log"; then
+    echo "the GPU test binary did not build (the errors are above)" >&2
+    exit 1
+fi
+built=$(python3 -c 'import json,sys
+for line in open(sys.argv[1]):
     m = json.loads(line)
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "gpu":
-        print(m["executable"])')
-[ -n "$built" ] || { echo "the GPU test binary did not build: run cargo test -p olive-kernels --test gpu --no-run" >&2; exit 1; }
+        print(m["executable"])' "$log")
 cp "$built" .gpu/gpu-tests && strip --strip-debug .gpu/gpu-tests
 if cargo metadata --no-deps --format-version 1 | grep -q '"name":"gpu-bench"'; then
     cargo build --release -p olive-kernels --bin gpu-bench

@@ -9,6 +9,8 @@ mod gpu {
     mod attention;
     mod convert;
     mod cross_entropy;
+    mod gemm;
+    mod lora;
     mod rmsnorm;
     mod rope;
     mod silu_mul;

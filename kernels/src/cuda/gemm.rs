@@ -1,0 +1,106 @@
+//! Dense matrix products through cuBLAS (`cublasGemmEx`, fp32 accumulation), on row-major matrices as the rest
+//! of olive-rs stores them: `C[m, n] = alpha · op(A) · op(B) + beta · C`, where `op` transposes on request. A
+//! row-major matrix is its column-major transpose, so the product runs as `Cᵀ = op(B)ᵀ · op(A)ᵀ` with the
+//! operands swapped and no copy.
+
+use cudarc::cublas::sys::cublasOperation_t;
+use cudarc::cublas::{Gemm, GemmConfig};
+use cudarc::driver::{DevicePtr, DevicePtrMut};
+
+use super::float::{as_i32, Float};
+use super::{Gpu, GpuError};
+
+/// One operand: its data and whether it is used transposed.
+pub struct Operand<'a, P> {
+    /// The row-major data: `[rows, cols]` of op(X)ᵀ when `transposed`, else of op(X).
+    pub data: &'a P,
+    /// Use the stored matrix transposed.
+    pub transposed: bool,
+}
+
+/// `C[m, n] = alpha · op(A)[m, k] · op(B)[k, n] + beta · C`, all row-major and dense.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul<T, A, B, C>(
+    gpu: &Gpu,
+    a: Operand<'_, A>,
+    b: Operand<'_, B>,
+    c: &mut C,
+    (m, n, k): (usize, usize, usize),
+    alpha: f32,
+    beta: f32,
+) -> Result<(), GpuError>
+where
+    T: Float,
+    A: DevicePtr<T>,
+    B: DevicePtr<T>,
+    C: DevicePtrMut<T>,
+    cudarc::cublas::CudaBlas: Gemm<T>,
+{
+    for (name, have, want) in [
+        ("A", a.data.len(), m * k),
+        ("B", b.data.len(), k * n),
+        ("C", c.len(), m * n),
+    ] {
+        if have < want {
+            return Err(GpuError::Shape(format!(
+                "matmul {m}x{k} · {k}x{n}: {name} holds {have} elements, expected {want}"
+            )));
+        }
+    }
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    let op = |t: bool| {
+        if t {
+            cublasOperation_t::CUBLAS_OP_T
+        } else {
+            cublasOperation_t::CUBLAS_OP_N
+        }
+    };
+    // Leading dimensions are the stored row lengths.
+    let lda = if a.transposed { m } else { k };
+    let ldb = if b.transposed { k } else { n };
+    let cfg = GemmConfig {
+        transa: op(b.transposed),
+        transb: op(a.transposed),
+        m: as_i32(n, "n")?,
+        n: as_i32(m, "m")?,
+        k: as_i32(k, "k")?,
+        alpha: T::from_f32(alpha),
+        lda: as_i32(ldb, "ldb")?,
+        ldb: as_i32(lda, "lda")?,
+        beta: T::from_f32(beta),
+        ldc: as_i32(n, "n")?,
+    };
+    // SAFETY: the three buffers hold at least the elements the shapes address (checked above).
+    unsafe { gpu.blas().gemm(cfg, b.data, a.data, c) }?;
+    Ok(())
+}
+
+/// A linear layer's product, PyTorch's `x · Wᵀ`: `out[m, n] = x[m, k] · w[n, k]ᵀ (+ out when accumulate)`.
+pub fn linear<T, X, W, O>(
+    gpu: &Gpu,
+    x: &X,
+    w: &W,
+    out: &mut O,
+    (m, n, k): (usize, usize, usize),
+    accumulate: bool,
+) -> Result<(), GpuError>
+where
+    T: Float,
+    X: DevicePtr<T>,
+    W: DevicePtr<T>,
+    O: DevicePtrMut<T>,
+    cudarc::cublas::CudaBlas: Gemm<T>,
+{
+    let a = Operand {
+        data: x,
+        transposed: false,
+    };
+    let b = Operand {
+        data: w,
+        transposed: true,
+    };
+    let beta = if accumulate { 1.0 } else { 0.0 };
+    matmul(gpu, a, b, out, (m, n, k), 1.0, beta)
+}

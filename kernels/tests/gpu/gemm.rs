@@ -1,0 +1,125 @@
+//! gemm.rs (cuBLAS) against an f64 product of the same (rounded) inputs, every transpose combination.
+
+use olive_kernels::cuda::float::Float;
+use olive_kernels::cuda::gemm::{linear, matmul, Operand};
+use olive_kernels::cuda::{bf16, test_gpu, Gpu};
+
+use super::common::{random, rel_error};
+
+/// bf16 operands and output: the output's 8-bit mantissa rounds each element by up to 2^-9 relative; fp32
+/// accumulation adds far less.
+const BF16_REL: f64 = 1e-2;
+/// f32 throughout (cuBLAS's default math, no TF32): summation-order differences only.
+const F32_REL: f64 = 1e-5;
+
+fn check<T: Float>(gpu: &Gpu, (m, n, k): (usize, usize, usize), tol: f64)
+where
+    cudarc::cublas::CudaBlas: cudarc::cublas::Gemm<T>,
+{
+    let round = |v: Vec<f32>| -> Vec<T> { v.into_iter().map(T::from_f32).collect() };
+    for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+        let a = round(random(m * k, 1 + m as u64, 1.0));
+        let b = round(random(k * n, 2 + n as u64, 1.0));
+        let c0 = round(random(m * n, 3, 1.0));
+        // Element (i, j) of op(X) for X stored row-major, transposed on request.
+        let at = |x: &[T], i: usize, j: usize, rows: usize, cols: usize, t: bool| {
+            let _ = rows;
+            if t {
+                x[j * rows + i].to_f32() as f64
+            } else {
+                x[i * cols + j].to_f32() as f64
+            }
+        };
+        let mut reference = vec![0f32; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                let dot: f64 = (0..k)
+                    .map(|p| at(&a, i, p, m, k, ta) * at(&b, p, j, k, n, tb))
+                    .sum();
+                reference[i * n + j] = (0.5 * dot - 2.0 * c0[i * n + j].to_f32() as f64) as f32;
+            }
+        }
+        let (da, db) = (gpu.upload(&a).unwrap(), gpu.upload(&b).unwrap());
+        let mut dc = gpu.upload(&c0).unwrap();
+        let a_op = Operand {
+            data: &da,
+            transposed: ta,
+        };
+        let b_op = Operand {
+            data: &db,
+            transposed: tb,
+        };
+        matmul(gpu, a_op, b_op, &mut dc, (m, n, k), 0.5, -2.0).unwrap();
+        let out: Vec<f32> = gpu
+            .download(&dc)
+            .unwrap()
+            .into_iter()
+            .map(T::to_f32)
+            .collect();
+        let err = rel_error(&out, &reference);
+        assert!(
+            err <= tol,
+            "{m}x{k}x{n} ta={ta} tb={tb} {}: rel error {err:.2e}",
+            T::SUFFIX
+        );
+    }
+}
+
+#[test]
+fn matmul_matches_an_f64_product_for_every_transpose() {
+    let Some(gpu) = test_gpu("gpu::gemm::matmul_matches_an_f64_product_for_every_transpose") else {
+        return;
+    };
+    for shape in [(1, 1, 1), (7, 130, 33), (64, 96, 200), (1, 3072, 256)] {
+        check::<bf16>(&gpu, shape, BF16_REL);
+        check::<f32>(&gpu, shape, F32_REL);
+    }
+}
+
+#[test]
+fn linear_is_x_times_w_transposed_and_accumulates() {
+    let Some(gpu) = test_gpu("gpu::gemm::linear_is_x_times_w_transposed_and_accumulates") else {
+        return;
+    };
+    let (m, n, k) = (5, 17, 40);
+    let (x, w, base) = (
+        random(m * k, 11, 1.0),
+        random(n * k, 12, 1.0),
+        random(m * n, 13, 1.0),
+    );
+    let mut reference = base.clone();
+    for i in 0..m {
+        for j in 0..n {
+            let dot: f64 = (0..k)
+                .map(|p| x[i * k + p] as f64 * w[j * k + p] as f64)
+                .sum();
+            reference[i * n + j] += dot as f32;
+        }
+    }
+    let mut out = gpu.upload(&base).unwrap();
+    linear(
+        &gpu,
+        &gpu.upload(&x).unwrap(),
+        &gpu.upload(&w).unwrap(),
+        &mut out,
+        (m, n, k),
+        true,
+    )
+    .unwrap();
+    let err = rel_error(&gpu.download(&out).unwrap(), &reference);
+    assert!(err <= F32_REL, "rel error {err:.2e}");
+    let short = gpu.upload(&x[..10]).unwrap();
+    let e = linear(
+        &gpu,
+        &short,
+        &gpu.upload(&w).unwrap(),
+        &mut out,
+        (m, n, k),
+        false,
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string().contains("A holds 10 elements, expected 200"),
+        "{e}"
+    );
+}
