@@ -318,15 +318,16 @@ def test_phi3_fused_lora_matches_peft(olive_host: Path, default_hf: Path, tmp_pa
     get_peft_model(AutoModelForCausalLM.from_pretrained(str(hf), dtype=torch.float32), config).save_pretrained(
         str(tmp_path / "adapter"))
     result = subprocess.run(
-        [str(olive_host), "run-pass", "--pass", "ModelBuilder", "-m", str(hf), "--adapter_path",
-         str(tmp_path / "adapter"), "--config", '{"precision": "fp32"}', "-o", str(tmp_path / "onnx")],
+        [str(olive_host), "run-pass", "--pass-name", "ModelBuilder", "-m", str(hf), "--adapter_path",
+         str(tmp_path / "adapter"), "--pass-config", '{"precision": "fp32"}', "-o", str(tmp_path / "onnx")],
         capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     merged = tmp_path / "merged"
     base = AutoModelForCausalLM.from_pretrained(str(hf), dtype=torch.float32)
     PeftModel.from_pretrained(base, str(tmp_path / "adapter")).merge_and_unload().save_pretrained(str(merged))
     prompt = [(i * 37) % 250 + 3 for i in range(40)]
-    diff = max_abs_diff(ort_logits(tmp_path / "onnx", prompt, DECODE_STEPS), hf_logits(merged, prompt, DECODE_STEPS))
+    diff = max_abs_diff(ort_logits(tmp_path / "onnx" / "model", prompt, DECODE_STEPS),
+                        hf_logits(merged, prompt, DECODE_STEPS))
     print(f"phi3 + LoRA: max |logits diff| = {diff:.2e}")
     assert diff <= LOGITS_TOL
 

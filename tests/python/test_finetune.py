@@ -193,11 +193,11 @@ def test_phi3_fused_projections(olive_host: Path, tmp_path: Path):
 
 def export_with_adapter(olive_host: Path, model: Path, adapter: Path, out: Path) -> Path:
     result = subprocess.run(
-        [str(olive_host), "run-pass", "--pass", "ModelBuilder", "-m", str(model), "--adapter_path", str(adapter),
-         "--config", '{"precision": "fp32"}', "-o", str(out)],
+        [str(olive_host), "run-pass", "--pass-name", "ModelBuilder", "-m", str(model), "--adapter_path", str(adapter),
+         "--pass-config", '{"precision": "fp32"}', "-o", str(out)],
         capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
-    return out
+    return out / "model"
 
 
 def peft_merged(model_dir: Path, adapter: Path, out: Path) -> Path:

@@ -373,10 +373,11 @@ def test_act_order_gptq_exports_to_int4_exactly(olive_host: Path, tiny_llama: Pa
     being attention-weighted): the int4 export gathers each input into group order, so its perplexity through
     onnxruntime equals our CPU forward's on the same packed folder (the lm_head quantized too, so that the export
     rounds nothing of its own)."""
-    out = tmp_path / "gptq-act"
     config = json.dumps({"bits": 4, "group_size": 32, "desc_act": True, "lm_head": True, "n_samples": 4,
                          "seq_len": 64})
-    run([olive_host, "run-pass", "--pass", "GptqQuantizer", "-m", tiny_llama, "--config", config, "-o", out])
+    run([olive_host, "run-pass", "--pass-name", "GptqQuantizer", "-m", tiny_llama, "--pass-config", config, "-o",
+         tmp_path / "gptq-act"])
+    out = tmp_path / "gptq-act" / "model"
     packed = load_folder(out)
     g_idx = packed["model.layers.0.self_attn.q_proj.g_idx"]
     assert (np.diff(g_idx) < 0).any(), "act-order should permute the groups"

@@ -384,6 +384,47 @@ def test_dry_run_writes_the_workflow_that_run_reproduces(olive_host: Path, tiny:
     assert output_bytes(tmp_path / "ao-replay") == output_bytes(tmp_path / "ao")
 
 
+def test_run_pass_dry_run_writes_the_workflow_that_run_reproduces(olive_host: Path, tiny: Path, tmp_path: Path):
+    """`run-pass --dry_run` writes Olive's one-pass workflow (its inline data config moved to `data_configs`, its
+    relative data file made absolute) and runs nothing; `olive-host run` on it, from another folder, writes the
+    same `model/` as `run-pass --save_config_file`, which leaves the same workflow beside its output."""
+    (tmp_path / "travel.jsonl").write_bytes((ROOT / "data/data_sample_travel.jsonl").read_bytes())
+    data = {"data_name": "json", "data_files": ["travel.jsonl"], "text_field": "response", "max_seq_len": 64}
+    config = json.dumps({"bits": 4, "group_size": 32, "n_samples": 4, "seq_len": 64, "data_config": data})
+    run_pass = [str(olive_host), "run-pass", "--pass-name", "GptqQuantizer", "-m", str(tiny), "--pass-config", config]
+    dry = subprocess.run([*run_pass, "-o", "dry", "--dry_run"], capture_output=True, text=True, cwd=tmp_path,
+                         timeout=120)
+    assert dry.returncode == 0, dry.stderr
+    assert "Dry run mode enabled" in dry.stdout
+    assert sorted(p.name for p in (tmp_path / "dry").iterdir()) == ["config.json"]
+    workflow = json.loads((tmp_path / "dry" / "config.json").read_text())
+    assert workflow["passes"]["gptqquantizer"]["type"] == "GptqQuantizer"
+    assert workflow["passes"]["gptqquantizer"]["data_config"] == workflow["data_configs"][0]["name"]
+    files = workflow["data_configs"][0]["load_dataset_config"]["data_files"]
+    assert files == [str(tmp_path / "travel.jsonl")]
+
+    direct = subprocess.run([*run_pass, "-o", "direct", "--save_config_file"], capture_output=True, text=True,
+                            cwd=tmp_path, timeout=600)
+    assert direct.returncode == 0, direct.stderr
+    out = tmp_path / "direct"
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model", "model_config.json"]
+    assert json.loads((out / "config.json").read_text())["passes"] == workflow["passes"]
+    model_config = json.loads((out / "model_config.json").read_text())
+    assert model_config["type"] == "hfmodel" and model_config["config"]["model_path"] == str(out / "model")
+    assert direct.stdout.startswith("Config file saved at direct/config.json\n")
+    assert json.loads(direct.stdout.split("\n", 1)[1])["path"] == str(out / "model")
+
+    (tmp_path / "elsewhere").mkdir()
+    replay = subprocess.run([str(olive_host), "run", "--config", str(tmp_path / "dry" / "config.json"),
+                             "--output_path", str(tmp_path / "replay")], capture_output=True, text=True,
+                            cwd=tmp_path / "elsewhere", timeout=600)
+    assert replay.returncode == 0, replay.stderr
+    ours = {p.name: p.read_bytes() for p in sorted((out / "model").iterdir())}
+    theirs = {p.name: p.read_bytes() for p in sorted((tmp_path / "replay" / "model").iterdir())}
+    assert ours.keys() == theirs.keys() and any(name.endswith(".safetensors") for name in ours)
+    assert ours == theirs
+
+
 def test_auto_opt_enable_search_picks_the_best_export(olive_host: Path, tiny: Path, tmp_path: Path):
     """`auto-opt --enable_search tpe` searches the int4 block size and symmetry through the workflow engine and
     saves the best export by perplexity in Olive's layout, with the search results beside it."""

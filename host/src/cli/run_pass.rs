@@ -1,5 +1,7 @@
-//! `olive-host run-pass`: runs one pass of a plugin on a model, in a worker process, and prints
-//! the output model as JSON.
+//! `olive-host run-pass`: Olive's `olive run-pass` (olive/cli/run_pass.py) — runs one pass of a plugin on a model,
+//! in a worker process, writing Olive's layout (`<output_path>/model` and `model_config.json`), and prints the
+//! output model as JSON. `--list-passes` lists the passes of every plugin found; `--save_config_file` and
+//! `--dry_run` write the one-pass workflow that `olive-host run --config` runs to the same output.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -8,9 +10,14 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::Args;
 use olive_pass_api::{kinds, Model};
+use serde_json::{json, Value};
 
-use crate::engine::{self, PassRun};
-use crate::plugins;
+use super::common::refuse_non_empty;
+use super::config_file::{hf_model, lift_data_configs, workflow, ConfigFileArgs, PassSpec};
+use crate::engine::PassRun;
+use crate::plugins::{self, Discovery};
+use crate::workflow::output::run_pass_to_output;
+use crate::workflow::resolve::is_data_key;
 
 #[derive(Args, Debug)]
 pub struct RunPassArgs {
@@ -18,23 +25,38 @@ pub struct RunPassArgs {
     #[arg(long)]
     pub plugin: Option<String>,
     /// The pass to run (e.g. GptqQuantizer).
-    #[arg(long)]
-    pub pass: String,
+    #[arg(
+        long = "pass-name",
+        visible_alias = "pass",
+        required_unless_present = "list_passes"
+    )]
+    pub pass_name: Option<String>,
+    /// The pass config: a JSON object, or the path of a JSON file.
+    #[arg(long = "pass-config", visible_alias = "config")]
+    pub pass_config: Option<String>,
+    /// List the passes of every plugin found, with their plugin, and exit.
+    #[arg(long = "list-passes")]
+    pub list_passes: bool,
     /// The input model: a Hugging Face folder or an ONNX model.
-    #[arg(long = "model_name_or_path", short = 'm')]
-    pub model_name_or_path: PathBuf,
+    #[arg(
+        long = "model_name_or_path",
+        short = 'm',
+        required_unless_present = "list_passes"
+    )]
+    pub model_name_or_path: Option<PathBuf>,
     /// A PEFT adapter folder to pass along with the model.
-    #[arg(long = "adapter_path")]
+    #[arg(long = "adapter_path", short = 'a')]
     pub adapter_path: Option<PathBuf>,
     /// The input model's kind (hf, onnx, hf+adapter, ...); by default, guessed from its files.
     #[arg(long = "model_kind")]
     pub model_kind: Option<String>,
-    /// The pass config: a JSON object, or the path of a JSON file.
-    #[arg(long)]
-    pub config: Option<String>,
-    /// Where the output model goes; replaced only if the pass succeeds.
-    #[arg(long = "output_path", short = 'o')]
+    /// The output folder: the pass's model goes to <output_path>/model, described by
+    /// <output_path>/model_config.json; both appear only if the pass succeeds.
+    #[arg(long = "output_path", short = 'o', default_value = "run-pass-output")]
     pub output_path: PathBuf,
+    /// Replace an existing, non-empty output folder.
+    #[arg(long)]
+    pub overwrite: bool,
     /// The device to run on.
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -44,13 +66,22 @@ pub struct RunPassArgs {
     /// Seconds a cancelled pass may take to stop before its worker is killed.
     #[arg(long = "cancel_grace", value_parser = super::parse_seconds, default_value = "5")]
     pub cancel_grace: Duration,
+    #[command(flatten)]
+    pub config_file: ConfigFileArgs,
 }
 
 pub fn run(args: RunPassArgs) -> anyhow::Result<()> {
-    let config_json = read_config(args.config.as_deref())?;
-    let model = input_model(&args)?;
     let found = plugins::discover(&plugins::search_path());
-    let (plugin, pass) = found.pass(args.plugin.as_deref(), &args.pass)?;
+    if args.list_passes {
+        print!("{}", list_passes(&found));
+        return Ok(());
+    }
+    let (Some(pass_name), Some(model_path)) = (&args.pass_name, &args.model_name_or_path) else {
+        bail!("--pass-name and -m/--model_name_or_path are required when not using --list-passes");
+    };
+    let (config_json, config) = read_config(args.pass_config.as_deref())?;
+    let model = input_model(model_path, &args)?;
+    let (plugin, pass) = found.pass(args.plugin.as_deref(), pass_name)?;
     let who = format!("pass `{}` of plugin `{}`", pass.name, plugin.manifest.name);
     if !pass.devices.contains(&args.device) {
         bail!(
@@ -59,43 +90,159 @@ pub fn run(args: RunPassArgs) -> anyhow::Result<()> {
             args.device
         );
     }
-    let output = engine::run_pass(&PassRun {
+    let output = &args.output_path;
+    let flow = if args.config_file.save_config_file || args.config_file.dry_run {
+        let flow = one_pass_workflow(&model, &pass.name, &config, &args.device, output)?;
+        if args.config_file.dry_run(&flow, output)? {
+            return Ok(());
+        }
+        Some(flow)
+    } else {
+        None
+    };
+    refuse_non_empty(output, args.overwrite)?;
+    let model = run_pass_to_output(PassRun {
         plugin,
         pass: pass.name.clone(),
         model,
         config_json,
-        output_path: args.output_path.clone(),
+        output_path: output.clone(),
         device: args.device,
         timeout: args.timeout,
         grace: args.cancel_grace,
     })?;
-    tracing::info!("{who} wrote {}", args.output_path.display());
-    println!("{}", serde_json::to_string_pretty(&output)?);
+    tracing::info!("{who} wrote {}", output.display());
+    if let Some(flow) = &flow {
+        args.config_file.save(flow, output)?;
+    }
+    println!("{}", serde_json::to_string_pretty(&model)?);
     Ok(())
 }
 
-/// The config text: `{}` when absent, the argument when it is a JSON object, else a file's contents.
-fn read_config(arg: Option<&str>) -> anyhow::Result<String> {
+/// Every pass of every plugin found, by name, with its plugin and devices (Olive's `--list-passes`).
+fn list_passes(found: &Discovery) -> String {
+    let mut rows: Vec<(&str, String, String)> = found
+        .plugins
+        .iter()
+        .flat_map(|plugin| {
+            plugin.manifest.passes.iter().map(move |pass| {
+                let from = format!("{} {}", plugin.manifest.name, plugin.manifest.version);
+                (pass.name.as_str(), from, pass.devices.join(", "))
+            })
+        })
+        .collect();
+    if rows.is_empty() {
+        return format!("No passes available: {}\n", found.summary());
+    }
+    rows.sort();
+    let name_width = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
+    let plugin_width = rows.iter().map(|r| r.1.len()).max().unwrap_or(0);
+    let mut text = String::from("Available passes:\n");
+    for (i, (name, plugin, devices)) in rows.iter().enumerate() {
+        text.push_str(&format!(
+            "{:3}. {name:<name_width$}  {plugin:<plugin_width$}  {devices}\n",
+            i + 1
+        ));
+    }
+    text.push_str(&format!(
+        "\nTotal: {} passes available\n\nUsage: olive-host run-pass --pass-name <PassName> -m <model> -o <output>\n",
+        rows.len()
+    ));
+    text
+}
+
+/// The pass config as given (so that the pass's errors point into it) and parsed: `{}` when absent, the argument
+/// when it is a JSON object, else a file's contents.
+fn read_config(arg: Option<&str>) -> anyhow::Result<(String, Value)> {
     let Some(arg) = arg else {
-        return Ok("{}".to_owned());
+        return Ok(("{}".to_owned(), json!({})));
     };
     let (text, source) = if arg.trim_start().starts_with('{') {
-        (arg.to_owned(), "--config".to_owned())
+        (arg.to_owned(), "--pass-config".to_owned())
     } else {
         let text =
             fs::read_to_string(arg).with_context(|| format!("cannot read config file {arg}"))?;
         (text, format!("config file {arg}"))
     };
-    let value: serde_json::Value =
+    let value: Value =
         serde_json::from_str(&text).with_context(|| format!("{source} is not valid JSON"))?;
     if !value.is_object() {
         bail!("{source} must be a JSON object, not {value}");
     }
-    Ok(text)
+    Ok((text, value))
 }
 
-fn input_model(args: &RunPassArgs) -> anyhow::Result<Model> {
-    let path = &args.model_name_or_path;
+/// Olive's workflow for this one pass (olive/cli/run_pass.py `_get_run_config`): paths made absolute, so that
+/// `olive-host run --config <output_path>/config.json` runs it from any folder, and inline olive-data configs
+/// moved into `data_configs`.
+fn one_pass_workflow(
+    model: &Model,
+    pass_type: &str,
+    config: &Value,
+    device: &str,
+    output: &Path,
+) -> anyhow::Result<Value> {
+    let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let input = match model.kind.as_str() {
+        kinds::HF | kinds::HF_ADAPTER => hf_model(
+            &absolute(&model.path),
+            model.adapter_paths.first().map(|a| absolute(a)).as_deref(),
+        ),
+        kinds::ONNX => json!({"type": "OnnxModel", "model_path": absolute(&model.path)}),
+        other => bail!(
+            "--save_config_file/--dry_run: an Olive workflow has no input model type for a model of kind `{other}` \
+             (HfModel takes hf and hf+adapter, OnnxModel onnx)"
+        ),
+    };
+    let provider = match device {
+        "cpu" => "CPUExecutionProvider",
+        "gpu" => "CUDAExecutionProvider",
+        "npu" => "QNNExecutionProvider",
+        other => bail!(
+            "--save_config_file/--dry_run: no execution provider is known for device `{other}` (cpu, gpu, npu)"
+        ),
+    };
+    let name = pass_type.to_ascii_lowercase();
+    let pass = PassSpec {
+        name: &name,
+        pass_type,
+        config: config.clone(),
+    };
+    let mut flow = workflow(
+        input,
+        device,
+        provider,
+        &[pass],
+        &absolute(output),
+        crate::logging::current_level(),
+    );
+    let data_keys: Vec<&str> = config
+        .as_object()
+        .map(|c| {
+            c.keys()
+                .map(String::as_str)
+                .filter(|k| is_data_key(k))
+                .collect()
+        })
+        .unwrap_or_default();
+    lift_data_configs(&mut flow, &name, &data_keys);
+    if let Some(Value::Array(data_configs)) = flow.get_mut("data_configs") {
+        for data in data_configs {
+            if let Some(Value::Array(files)) = data.pointer_mut("/load_dataset_config/data_files") {
+                for file in files {
+                    if let Value::String(path) = file {
+                        if Path::new(path).is_relative() && Path::new(path).exists() {
+                            *file = json!(absolute(Path::new(path)));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(flow)
+}
+
+fn input_model(path: &Path, args: &RunPassArgs) -> anyhow::Result<Model> {
     if !path.exists() {
         bail!("model path {} does not exist", path.display());
     }
@@ -143,4 +290,43 @@ fn guess_kind(path: &Path) -> anyhow::Result<String> {
         "cannot tell what kind of model {} is: expected a Hugging Face folder (with config.json) or an ONNX model (.onnx); give --model_kind",
         path.display()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_workflow_names_the_pass_by_type_and_lifts_its_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut model = Model::new(kinds::HF_ADAPTER, dir.path().join("m"));
+        model.adapter_paths.push(dir.path().join("a"));
+        let data = serde_json::to_value(olive_data::DataConfig::default()).unwrap();
+        let config = json!({"bits": 4, "data_config": data});
+        let flow =
+            one_pass_workflow(&model, "GptqQuantizer", &config, "gpu", Path::new("out")).unwrap();
+        let pass = &flow["passes"]["gptqquantizer"];
+        assert_eq!(pass["type"], "GptqQuantizer");
+        assert_eq!(pass["bits"], 4);
+        assert_eq!(pass["data_config"], "gptqquantizer_data_config");
+        assert_eq!(
+            flow["input_model"]["adapter_path"],
+            json!(dir.path().join("a"))
+        );
+        let accelerator = &flow["systems"]["local_system"]["accelerators"][0];
+        assert_eq!(
+            accelerator["execution_providers"][0],
+            "CUDAExecutionProvider"
+        );
+        assert!(Path::new(flow["output_dir"].as_str().unwrap()).is_absolute());
+        let onnx = Model::new(kinds::ONNX, dir.path().join("m.onnx"));
+        let flow =
+            one_pass_workflow(&onnx, "CopyModel", &json!({}), "cpu", Path::new("o")).unwrap();
+        assert_eq!(flow["input_model"]["type"], "OnnxModel");
+        let other = Model::new("pytorch", dir.path());
+        let err = one_pass_workflow(&other, "CopyModel", &json!({}), "cpu", Path::new("o"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("kind `pytorch`"), "{err}");
+    }
 }

@@ -200,7 +200,7 @@ impl Discovery {
     }
 
     /// "plugins found: a, b (searched: ...)" for error messages.
-    fn summary(&self) -> String {
+    pub fn summary(&self) -> String {
         let names: Vec<_> = self
             .plugins
             .iter()

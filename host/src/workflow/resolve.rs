@@ -117,7 +117,7 @@ fn find<'a>(
 }
 
 /// Keys of a pass config that name a data config (Olive: `data_config`, `train_data_config`, ...).
-fn is_data_key(key: &str) -> bool {
+pub(crate) fn is_data_key(key: &str) -> bool {
     key == "data_config" || key.ends_with("_data_config")
 }
 

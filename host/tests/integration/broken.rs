@@ -29,7 +29,7 @@ fn run_pass_with(
     let args = [
         &[
             "run-pass",
-            "--pass",
+            "--pass-name",
             pass,
             "-m",
             s(&model),
@@ -119,7 +119,7 @@ fn ctrl_c_cancels_the_pass() {
         "--log_level",
         "1",
         "run-pass",
-        "--pass",
+        "--pass-name",
         "Hang",
         "-m",
         s(&model),
