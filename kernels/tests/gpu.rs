@@ -10,6 +10,7 @@ mod gpu {
     mod convert;
     mod cross_entropy;
     mod gemm;
+    mod lora;
     mod rmsnorm;
     mod rope;
     mod silu_mul;

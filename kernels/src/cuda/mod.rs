@@ -8,6 +8,7 @@ pub mod convert;
 pub mod cross_entropy;
 pub mod float;
 pub mod gemm;
+pub mod lora;
 pub mod rmsnorm;
 pub mod rope;
 pub mod silu_mul;

@@ -23,7 +23,7 @@ const F16_GRAD_TOL: f64 = 5e-3;
 const LSE_ABS_TOL: f32 = 2e-3;
 
 /// A 16-bit float the kernels take, with its conversions and tolerances.
-trait Dtype: Half16 + cudarc::driver::ValidAsZeroBits {
+pub(super) trait Dtype: Half16 + cudarc::driver::ValidAsZeroBits {
     const TOL: f64;
     const GRAD_TOL: f64;
     fn from_f32(x: f32) -> Self;
@@ -53,13 +53,13 @@ impl Dtype for f16 {
 }
 
 /// Random values in [-1, 1) rounded to `T`: the 16-bit copy and the f32 values the reference takes.
-fn rounded<T: Dtype>(n: usize, seed: u64) -> (Vec<T>, Vec<f32>) {
+pub(super) fn rounded<T: Dtype>(n: usize, seed: u64) -> (Vec<T>, Vec<f32>) {
     let h: Vec<T> = random(n, seed, 1.0).into_iter().map(T::from_f32).collect();
     let f = h.iter().map(|x| x.to_f32()).collect();
     (h, f)
 }
 
-fn widen<T: Dtype>(gpu: &Gpu, dev: &CudaSlice<T>) -> Vec<f32> {
+pub(super) fn widen<T: Dtype>(gpu: &Gpu, dev: &CudaSlice<T>) -> Vec<f32> {
     gpu.download(dev)
         .unwrap()
         .into_iter()

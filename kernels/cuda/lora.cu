@@ -1,0 +1,206 @@
+// LoRA (Hu et al. 2021) on the GPU, as PEFT's lora.Linear computes it in bf16 autocast: y += scale · (x·Aᵀ)·Bᵀ with
+// A: [r, in], B: [out, r] (PEFT's layouts, fp32 master weights rounded to the activations' 16-bit type for the tensor
+// cores), and its backward. Every product runs on the tensor cores (WMMA, fp32 accumulators): with r ≤ 64 the
+// products are thin, and on FFMA they would cost as much as the base matmul.
+//   lora_chain_<t>: u = scale_u · X·Pᵀ ([tokens, r], written in fp32), then Y += scale_y · u·Qᵀ in place, per block of
+//                   64 tokens: u stays in shared memory between the two products (one pass over X, one read-modify-
+//                   write of Y). Forward: X = x, P = A, Q = B; backward: X = dy, P = Bᵀ (g = scale·dy·B), Q = Aᵀ
+//                   (dx += g·A). P(j, i) = P[j·p_j + i·p_i], Q(o, j) = Q[o·q_o + j·q_j]. Grid (token blocks, out
+//                   slices): the slices recompute u, so they are used only where the token blocks do not fill the GPU.
+//   lora_outer_<t>: C(m, j) += alpha · Σ_t M[t, m] · W[t, j], W fp32 [tokens, r], C(m, j) = C[m·c_m + j·c_j]:
+//                   grad_B = scale·dyᵀ·u and grad_A = gᵀ·x. Grid (blocks of 64 m, token slices); slices meet in
+//                   fp32 atomics.
+// X/Y/M rows: element off + t·stride + column.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <mma.h>
+using namespace nvcuda;
+
+struct LoraParams {
+    int tokens, n_in, n_out, rank;
+    int x_off, x_stride, y_off, y_stride;
+    int p_j, p_i, q_o, q_j;
+    int out_slice, tokens_per_block;
+    int c_m, c_j;
+    float scale_u, scale_y;
+};
+
+constexpr int TILE = 64, LD = TILE + 8, LDF = TILE + 4, THREADS = 128;
+
+__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
+template <typename T> __device__ __forceinline__ T from_float(float x);
+template <> __device__ __forceinline__ __nv_bfloat16 from_float(float x) { return __float2bfloat16_rn(x); }
+template <> __device__ __forceinline__ __half from_float(float x) { return __float2half_rn(x); }
+
+template <typename T> using FragA = wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major>;
+template <typename T> using FragAT = wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::col_major>;
+template <typename T> using FragB = wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major>;
+template <typename T> using FragBT = wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major>;
+using FragC = wmma::fragment<wmma::accumulator, 16, 16, 16, float>;
+
+// dst[64][LD] = rows t0 .. t0+64, columns c0 .. c0+64 of a 16-bit matrix (zeros outside rows × cols).
+template <typename T>
+__device__ void load_tile(T (*dst)[LD], const T *src, int off, int stride, int t0, int rows, int c0, int cols) {
+    const bool vec = off % 8 == 0 && stride % 8 == 0 && c0 + TILE <= cols;
+    if (vec) {
+        for (int i = threadIdx.x; i < TILE * TILE / 8; i += blockDim.x) {
+            const int r = i / (TILE / 8), c = (i % (TILE / 8)) * 8;
+            uint4 val = make_uint4(0, 0, 0, 0);
+            if (t0 + r < rows) val = *reinterpret_cast<const uint4 *>(src + off + (long long)(t0 + r) * stride + c0 + c);
+            *reinterpret_cast<uint4 *>(&dst[r][c]) = val;
+        }
+    } else {
+        for (int i = threadIdx.x; i < TILE * TILE; i += blockDim.x) {
+            const int r = i / TILE, c = i % TILE;
+            dst[r][c] = t0 + r < rows && c0 + c < cols ? src[off + (long long)(t0 + r) * stride + c0 + c] : from_float<T>(0.f);
+        }
+    }
+}
+
+// dst[a][b] = T(src[(a0 + a)·sa + b·sb]) for a0 + a < na, b < nb; zeros elsewhere. The faster-moving index in memory
+// runs across threads.
+template <typename T>
+__device__ void load_f32(T (*dst)[LD], const float *src, int a0, int na, int sa, int nb, int sb) {
+    for (int i = threadIdx.x; i < TILE * TILE; i += blockDim.x) {
+        const int a = sa <= sb ? i % TILE : i / TILE, b = sa <= sb ? i / TILE : i % TILE;
+        dst[a][b] = a0 + a < na && b < nb ? from_float<T>(src[(long long)(a0 + a) * sa + (long long)b * sb]) : from_float<T>(0.f);
+    }
+}
+
+template <typename T>
+__device__ void lora_chain(const LoraParams p, const T *__restrict__ x, const float *__restrict__ pm,
+                           const float *__restrict__ qm, T *__restrict__ y, float *__restrict__ u) {
+    __shared__ __align__(128) T bufA[TILE][LD];  // X tile, then u (16-bit)
+    __shared__ __align__(128) T bufB[TILE][LD];  // P chunk [j][i], then Q chunk [o][j]
+    __shared__ __align__(128) float bufC[TILE][LDF];
+    const int t0 = blockIdx.x * TILE, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int rp = (p.rank + 15) / 16;  // 16-column groups of r
+    FragC acc[4];
+#pragma unroll
+    for (int n = 0; n < 4; ++n) wmma::fill_fragment(acc[n], 0.f);
+    // u[16w.., :] = X·Pᵀ over the input in chunks of 64
+    for (int i0 = 0; i0 < p.n_in; i0 += TILE) {
+        __syncthreads();
+        load_tile<T>(bufA, x, p.x_off, p.x_stride, t0, p.tokens, i0, p.n_in);
+        // bufB[j][i] = P(j, i0 + i): rows j < rank of the chunk; P(j, i) = pm[j·p_j + (i0 + i)·p_i]
+        load_f32<T>(bufB, pm + (long long)i0 * p.p_i, 0, p.rank, p.p_j, min(TILE, p.n_in - i0), p.p_i);
+        __syncthreads();
+#pragma unroll
+        for (int kk = 0; kk < TILE / 16; ++kk) {
+            FragA<T> fa;
+            wmma::load_matrix_sync(fa, &bufA[warp * 16][kk * 16], LD);
+#pragma unroll
+            for (int n = 0; n < 4; ++n) {
+                if (n < rp) {
+                    FragBT<T> fb;
+                    wmma::load_matrix_sync(fb, &bufB[n * 16][kk * 16], LD);
+                    wmma::mma_sync(acc[n], fa, fb, acc[n]);
+                }
+            }
+        }
+    }
+    __syncthreads();
+#pragma unroll
+    for (int n = 0; n < 4; ++n)
+        if (n < rp) wmma::store_matrix_sync(&bufC[warp * 16][n * 16], acc[n], LDF, wmma::mem_row_major);
+    __syncwarp();
+    // u to global (first slice only) and, rounded, to bufA[t][j] (zeros from rank on).
+    for (int r = 0; r < 16; ++r) {
+        const int row = warp * 16 + r, t = t0 + row;
+        for (int j = lane; j < TILE; j += 32) {
+            const float val = j < p.rank ? bufC[row][j] * p.scale_u : 0.f;
+            bufA[row][j] = from_float<T>(val);
+            if (blockIdx.y == 0 && t < p.tokens && j < p.rank) u[(long long)t * p.rank + j] = val;
+        }
+    }
+    // Y[:, o0 .. o0+64] += scale_y · u·Qᵀ for the chunks of this block's output slice.
+    const int o_begin = blockIdx.y * p.out_slice, o_end = min(p.n_out, o_begin + p.out_slice);
+    for (int o0 = o_begin; o0 < o_end; o0 += TILE) {
+        __syncthreads();
+        // bufB[o][j] = Q(o0 + o, j)
+        load_f32<T>(bufB, qm, o0, o_end, p.q_o, p.rank, p.q_j);
+        __syncthreads();
+#pragma unroll
+        for (int n = 0; n < TILE / 16; ++n) {
+            FragC c;
+            wmma::fill_fragment(c, 0.f);
+#pragma unroll
+            for (int kk = 0; kk < 4; ++kk) {
+                if (kk < rp) {
+                    FragA<T> fa;
+                    FragBT<T> fb;
+                    wmma::load_matrix_sync(fa, &bufA[warp * 16][kk * 16], LD);
+                    wmma::load_matrix_sync(fb, &bufB[n * 16][kk * 16], LD);
+                    wmma::mma_sync(c, fa, fb, c);
+                }
+            }
+            wmma::store_matrix_sync(&bufC[warp * 16][n * 16], c, LDF, wmma::mem_row_major);
+        }
+        __syncwarp();
+        for (int r = 0; r < 16; ++r) {
+            const int t = t0 + warp * 16 + r;
+            if (t >= p.tokens) break;
+            T *row = y + p.y_off + (long long)t * p.y_stride;
+            for (int c = lane; c < TILE && o0 + c < o_end; c += 32)
+                row[o0 + c] = from_float<T>(to_float(row[o0 + c]) + p.scale_y * bufC[warp * 16 + r][c]);
+        }
+    }
+}
+
+template <typename T>
+__device__ void lora_outer(const LoraParams p, const T *__restrict__ m, const float *__restrict__ w,
+                           float *__restrict__ c) {
+    __shared__ __align__(128) T bufA[TILE][LD];  // M tile [t][m]
+    __shared__ __align__(128) T bufB[TILE][LD];  // W tile [t][j]
+    __shared__ __align__(128) float bufC[TILE][LDF];
+    const int m0 = blockIdx.x * TILE, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int rp = (p.rank + 15) / 16;
+    const int t_begin = blockIdx.y * p.tokens_per_block, t_end = min(p.tokens, t_begin + p.tokens_per_block);
+    FragC acc[4];
+#pragma unroll
+    for (int n = 0; n < 4; ++n) wmma::fill_fragment(acc[n], 0.f);
+    for (int t0 = t_begin; t0 < t_end; t0 += TILE) {
+        __syncthreads();
+        load_tile<T>(bufA, m, p.x_off, p.x_stride, t0, t_end, m0, p.n_in);
+        load_f32<T>(bufB, w, t0, t_end, p.rank, p.rank, 1);
+        __syncthreads();
+        // acc[16w.. m, :] += Mᵀ · W
+#pragma unroll
+        for (int kk = 0; kk < TILE / 16; ++kk) {
+            FragAT<T> fa;
+            wmma::load_matrix_sync(fa, &bufA[kk * 16][warp * 16], LD);
+#pragma unroll
+            for (int n = 0; n < 4; ++n) {
+                if (n < rp) {
+                    FragB<T> fb;
+                    wmma::load_matrix_sync(fb, &bufB[kk * 16][n * 16], LD);
+                    wmma::mma_sync(acc[n], fa, fb, acc[n]);
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int n = 0; n < 4; ++n)
+        if (n < rp) wmma::store_matrix_sync(&bufC[warp * 16][n * 16], acc[n], LDF, wmma::mem_row_major);
+    __syncwarp();
+    for (int r = 0; r < 16; ++r) {
+        const int mm = m0 + warp * 16 + r;
+        if (mm >= p.n_in) break;
+        for (int j = lane; j < p.rank; j += 32)
+            atomicAdd(c + (long long)mm * p.c_m + (long long)j * p.c_j, p.scale_u * bufC[warp * 16 + r][j]);
+    }
+}
+
+#define LORA_KERNELS(NAME, T)                                                                                        \
+    extern "C" __global__ void __launch_bounds__(THREADS)                                                            \
+        lora_chain_##NAME(const LoraParams p, const T *x, const float *pm, const float *qm, T *y, float *u) {         \
+        lora_chain<T>(p, x, pm, qm, y, u);                                                                           \
+    }                                                                                                                \
+    extern "C" __global__ void __launch_bounds__(THREADS)                                                            \
+        lora_outer_##NAME(const LoraParams p, const T *m, const float *w, float *c) {                                \
+        lora_outer<T>(p, m, w, c);                                                                                   \
+    }
+
+LORA_KERNELS(bf16, __nv_bfloat16)
+LORA_KERNELS(f16, __half)
