@@ -16,12 +16,16 @@ template <> __device__ __forceinline__ float from_f32<float>(float x) { return x
 template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
 template <> __device__ __forceinline__ __half from_f32<__half>(float x) { return __float2half_rn(x); }
 
+// NVRTC has no math.h: -inf and a quiet NaN by their bits.
+#define NEG_INF __int_as_float(0xff800000)
+#define QNAN __int_as_float(0x7fc00000)
+
 template <typename T, int V> struct alignas(sizeof(T) * V) Pack { T v[V]; };
 
 // (m, s) <- the running max and sum of exp(v - max) of both halves.
 __device__ __forceinline__ void merge(float &m, float &s, float m2, float s2) {
     const float top = fmaxf(m, m2);
-    if (top == -INFINITY) return;  // both empty
+    if (top == NEG_INF) return;  // both empty
     s = s * expf(m - top) + s2 * expf(m2 - top);
     m = top;
 }
@@ -37,7 +41,7 @@ __device__ void block_merge(float &m, float &s) {
         ps[warp] = s;
     }
     __syncthreads();
-    m = -INFINITY;
+    m = NEG_INF;
     s = 0.f;
     if (lane < (int)(blockDim.x >> 5)) {
         m = pm[lane];
@@ -68,10 +72,27 @@ __device__ void cross_entropy(T *logits, const int *__restrict__ labels, float *
     }
     // Read before the block's barrier: no thread writes the row before every thread has passed it.
     const float target = (threadIdx.x == 0 && label < vocab) ? to_f32(x[label]) : 0.f;
-    float m = -INFINITY, s = 0.f;
-    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+    float m = NEG_INF, s = 0.f;
+    // Two packs per step, both loads issued before either is used; one merge per step.
+    int i = threadIdx.x;
+    for (; i + (int)blockDim.x < n; i += 2 * blockDim.x) {
+        const Pack<T, V> p = xv[i], q = xv[i + blockDim.x];
+        float v[2 * V], top = NEG_INF;
+#pragma unroll
+        for (int k = 0; k < V; ++k) {
+            v[k] = to_f32(p.v[k]);
+            v[V + k] = to_f32(q.v[k]);
+        }
+#pragma unroll
+        for (int k = 0; k < 2 * V; ++k) top = fmaxf(top, v[k]);
+        float part = 0.f;
+#pragma unroll
+        for (int k = 0; k < 2 * V; ++k) part += expf(v[k] - top);
+        merge(m, s, top, part);
+    }
+    if (i < n) {
         const Pack<T, V> p = xv[i];
-        float v[V], top = -INFINITY;
+        float v[V], top = NEG_INF;
 #pragma unroll
         for (int k = 0; k < V; ++k) {
             v[k] = to_f32(p.v[k]);
@@ -83,9 +104,10 @@ __device__ void cross_entropy(T *logits, const int *__restrict__ labels, float *
         merge(m, s, top, part);
     }
     block_merge(m, s);
-    if (threadIdx.x == 0) loss[row] = label < vocab ? m + logf(s) - target : NAN;
+    if (threadIdx.x == 0) loss[row] = label < vocab ? m + logf(s) - target : QNAN;
     if (!write_grad) return;
-    const float scale = label < vocab ? inv_n / s : NAN;
+    const float scale = label < vocab ? inv_n / s : QNAN;
+#pragma unroll 4
     for (int i = threadIdx.x; i < n; i += blockDim.x) {
         Pack<T, V> p = xv[i];
 #pragma unroll
@@ -99,7 +121,7 @@ __device__ void cross_entropy(T *logits, const int *__restrict__ labels, float *
 }
 
 #define CROSS_ENTROPY_KERNEL(T, SUFFIX)                                                                      \
-    extern "C" __global__ void cross_entropy_##SUFFIX(T *logits, const int *labels, float *loss, int vocab,  \
+    extern "C" __global__ void __launch_bounds__(1024) cross_entropy_##SUFFIX(T *logits, const int *labels, float *loss, int vocab,  \
                                                       float inv_n, int write_grad) {                         \
         constexpr int V = 16 / sizeof(T);                                                                    \
         if (vocab % V == 0) cross_entropy<T, V>(logits, labels, loss, vocab, inv_n, write_grad);             \

@@ -1,7 +1,7 @@
 // RMSNorm (Zhang & Sennrich 2019) as transformers' LlamaRMSNorm: y = w * (x * rsqrt(mean(x^2) + eps)), and its
 // gradient with respect to x for a frozen weight: with r = rsqrt(mean(x^2) + eps) and g = w * dy,
 // dx = r*g - r^3 * x * sum(g*x) / d. One block per row, fp32 math on f32/bf16/f16 data, 16-byte loads where the
-// row length allows.
+// row length allows, the row held in registers between the sum and the write.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -31,6 +31,12 @@ __device__ float block_sum(float v) {
     return v;
 }
 
+// Packs per thread kept in registers between a row's two passes (the launcher sizes blocks to match): 4 of x in
+// the forward, 2 each of x and dy in the backward (more spills under the 64 registers a 1024-thread block leaves);
+// packs past that are read again in the second pass.
+#define CACHE 4
+#define CACHE_BWD 2
+
 // out, x: [rows, d], w: [d]; row = blockIdx.x.
 template <typename T, int V>
 __device__ void forward(T *__restrict__ out, const T *__restrict__ x, const T *__restrict__ w, int d, float eps) {
@@ -39,22 +45,76 @@ __device__ void forward(T *__restrict__ out, const T *__restrict__ x, const T *_
     const Pack<T, V> *wr = reinterpret_cast<const Pack<T, V> *>(w);
     Pack<T, V> *outr = reinterpret_cast<Pack<T, V> *>(out + base);
     const int n = d / V;
+    Pack<T, V> cache[CACHE];
     float ss = 0.f;
-    for (int i = threadIdx.x; i < n; i += blockDim.x) {
-        Pack<T, V> p = xr[i];
+#pragma unroll
+    for (int c = 0; c < CACHE; ++c) {
+        const int i = threadIdx.x + c * blockDim.x;
+        if (i < n) cache[c] = xr[i];
+    }
+#pragma unroll
+    for (int c = 0; c < CACHE; ++c) {
+        if (threadIdx.x + c * blockDim.x < n) {
+#pragma unroll
+            for (int k = 0; k < V; ++k) {
+                const float v = to_f32(cache[c].v[k]);
+                ss += v * v;
+            }
+        }
+    }
+    for (int i = threadIdx.x + CACHE * blockDim.x; i < n; i += blockDim.x) {
+        const Pack<T, V> p = xr[i];
 #pragma unroll
         for (int k = 0; k < V; ++k) {
-            float v = to_f32(p.v[k]);
+            const float v = to_f32(p.v[k]);
             ss += v * v;
         }
     }
     const float r = rsqrtf(block_sum(ss) / (float)d + eps);
-    for (int i = threadIdx.x; i < n; i += blockDim.x) {
-        Pack<T, V> p = xr[i], q = wr[i], o;
+#pragma unroll
+    for (int c = 0; c < CACHE; ++c) {
+        const int i = threadIdx.x + c * blockDim.x;
+        if (i < n) {
+            const Pack<T, V> q = wr[i];
+            Pack<T, V> o;
+#pragma unroll
+            for (int k = 0; k < V; ++k) o.v[k] = from_f32<T>(to_f32(q.v[k]) * (to_f32(cache[c].v[k]) * r));
+            outr[i] = o;
+        }
+    }
+    for (int i = threadIdx.x + CACHE * blockDim.x; i < n; i += blockDim.x) {
+        const Pack<T, V> p = xr[i], q = wr[i];
+        Pack<T, V> o;
 #pragma unroll
         for (int k = 0; k < V; ++k) o.v[k] = from_f32<T>(to_f32(q.v[k]) * (to_f32(p.v[k]) * r));
         outr[i] = o;
     }
+}
+
+// ss += x^2 and gx += w * dy * x over one pack.
+template <typename T, int V>
+__device__ __forceinline__ void backward_sums(const Pack<T, V> &p, const Pack<T, V> &q, const Pack<T, V> &g, float &ss,
+                                              float &gx) {
+#pragma unroll
+    for (int k = 0; k < V; ++k) {
+        const float v = to_f32(p.v[k]);
+        ss += v * v;
+        gx += to_f32(q.v[k]) * to_f32(g.v[k]) * v;
+    }
+}
+
+// dx (pack i) = (accumulate ? dx : 0) + r * w * dy - c * x.
+template <typename T, int V>
+__device__ __forceinline__ void backward_store(Pack<T, V> *dxr, int i, const Pack<T, V> &p, const Pack<T, V> &q,
+                                               const Pack<T, V> &g, float r, float c, int accumulate) {
+    Pack<T, V> o;
+    if (accumulate) o = dxr[i];
+#pragma unroll
+    for (int k = 0; k < V; ++k) {
+        const float v = r * to_f32(q.v[k]) * to_f32(g.v[k]) - c * to_f32(p.v[k]);
+        o.v[k] = from_f32<T>(accumulate ? to_f32(o.v[k]) + v : v);
+    }
+    dxr[i] = o;
 }
 
 // dx, x, dy: [rows, d], w: [d]; dx = (accumulate ? dx : 0) + d rmsnorm / dx.
@@ -67,38 +127,42 @@ __device__ void backward(T *dx, const T *__restrict__ x, const T *__restrict__ w
     const Pack<T, V> *wr = reinterpret_cast<const Pack<T, V> *>(w);
     Pack<T, V> *dxr = reinterpret_cast<Pack<T, V> *>(dx + base);
     const int n = d / V;
+    Pack<T, V> cx[CACHE_BWD], cg[CACHE_BWD];
     float ss = 0.f, gx = 0.f;
-    for (int i = threadIdx.x; i < n; i += blockDim.x) {
-        Pack<T, V> p = xr[i], q = wr[i], g = dyr[i];
 #pragma unroll
-        for (int k = 0; k < V; ++k) {
-            float v = to_f32(p.v[k]);
-            ss += v * v;
-            gx += to_f32(q.v[k]) * to_f32(g.v[k]) * v;
+    for (int c = 0; c < CACHE_BWD; ++c) {
+        const int i = threadIdx.x + c * blockDim.x;
+        if (i < n) {
+            cx[c] = xr[i];
+            cg[c] = dyr[i];
         }
     }
+#pragma unroll
+    for (int c = 0; c < CACHE_BWD; ++c) {
+        const int i = threadIdx.x + c * blockDim.x;
+        if (i < n) backward_sums<T, V>(cx[c], wr[i], cg[c], ss, gx);
+    }
+    for (int i = threadIdx.x + CACHE_BWD * blockDim.x; i < n; i += blockDim.x) backward_sums<T, V>(xr[i], wr[i], dyr[i], ss, gx);
     const float r = rsqrtf(block_sum(ss) / (float)d + eps);
-    const float c = r * r * r * block_sum(gx) / (float)d;
-    for (int i = threadIdx.x; i < n; i += blockDim.x) {
-        Pack<T, V> p = xr[i], q = wr[i], g = dyr[i], o;
-        if (accumulate) o = dxr[i];
+    const float c3 = r * r * r * block_sum(gx) / (float)d;
 #pragma unroll
-        for (int k = 0; k < V; ++k) {
-            float v = r * to_f32(q.v[k]) * to_f32(g.v[k]) - c * to_f32(p.v[k]);
-            o.v[k] = from_f32<T>(accumulate ? to_f32(o.v[k]) + v : v);
-        }
-        dxr[i] = o;
+    for (int c = 0; c < CACHE_BWD; ++c) {
+        const int i = threadIdx.x + c * blockDim.x;
+        if (i < n) backward_store<T, V>(dxr, i, cx[c], wr[i], cg[c], r, c3, accumulate);
     }
+    for (int i = threadIdx.x + CACHE_BWD * blockDim.x; i < n; i += blockDim.x)
+        backward_store<T, V>(dxr, i, xr[i], wr[i], dyr[i], r, c3, accumulate);
 }
 
 // 16-byte accesses when d is a multiple of their width (rows then stay 16-byte aligned), else one element each.
+// Blocks of up to 1024 threads: registers capped to fit them.
 #define RMSNORM_KERNELS(T, SUFFIX)                                                                           \
-    extern "C" __global__ void rmsnorm_##SUFFIX(T *out, const T *x, const T *w, int d, float eps) {          \
+    extern "C" __global__ void __launch_bounds__(1024) rmsnorm_##SUFFIX(T *out, const T *x, const T *w, int d, float eps) {          \
         constexpr int V = 16 / sizeof(T);                                                                    \
         if (d % V == 0) forward<T, V>(out, x, w, d, eps);                                                    \
         else forward<T, 1>(out, x, w, d, eps);                                                               \
     }                                                                                                        \
-    extern "C" __global__ void rmsnorm_backward_##SUFFIX(T *dx, const T *x, const T *w, const T *dy, int d,  \
+    extern "C" __global__ void __launch_bounds__(1024) rmsnorm_backward_##SUFFIX(T *dx, const T *x, const T *w, const T *dy, int d,  \
                                                          float eps, int accumulate) {                        \
         constexpr int V = 16 / sizeof(T);                                                                    \
         if (d % V == 0) backward<T, V>(dx, x, w, dy, d, eps, accumulate);                                    \

@@ -4,10 +4,14 @@
 // scaling. inv_freq carries the rope type (default, linear, llama3, or LongRoPE's short or long factors) and
 // scaling is LongRoPE's attention factor (1 otherwise); sin_sign = -1 is the backward (the transpose of the
 // rotation). Token t sits at position pos_offset + t % seq (rows of `seq` tokens; pos_offset = the KV cache's
-// length). Dims past rotary_dim pass through. Grid: one block per token; threadIdx.x = i, threadIdx.y strides the
-// heads, so each angle's sincos is computed once per y-thread and reused across its heads.
+// length). Dims past rotary_dim pass through. One block per token: its h cos/sin pairs are computed once into
+// shared memory (accurate sincosf), then threadIdx.x walks a head's first half V elements at a time (16-byte
+// accesses where the layout keeps them aligned) and threadIdx.y walks the heads.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+
+// Most rotary_dim / 2 a block takes (the launcher checks).
+#define MAX_HALF 256
 
 __device__ __forceinline__ float to_f32(float x) { return x; }
 __device__ __forceinline__ float to_f32(__nv_bfloat16 x) { return __bfloat162float(x); }
@@ -17,25 +21,48 @@ template <> __device__ __forceinline__ float from_f32<float>(float x) { return x
 template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
 template <> __device__ __forceinline__ __half from_f32<__half>(float x) { return __float2half_rn(x); }
 
+template <typename T, int V> struct alignas(sizeof(T) * V) Pack { T v[V]; };
+
+template <typename T, int V>
+__device__ void rotate(T *row, const float *cs, const float *sn, int heads, int head_dim, int half) {
+    for (int h = threadIdx.y; h < heads; h += blockDim.y) {
+        T *head = row + (long long)h * head_dim;
+        for (int j = threadIdx.x; j < half / V; j += blockDim.x) {
+            const int i = j * V;
+            Pack<T, V> a = *reinterpret_cast<const Pack<T, V> *>(head + i);
+            Pack<T, V> b = *reinterpret_cast<const Pack<T, V> *>(head + i + half);
+#pragma unroll
+            for (int k = 0; k < V; ++k) {
+                const float x = to_f32(a.v[k]), y = to_f32(b.v[k]), c = cs[i + k], s = sn[i + k];
+                a.v[k] = from_f32<T>(x * c - y * s);
+                b.v[k] = from_f32<T>(y * c + x * s);
+            }
+            *reinterpret_cast<Pack<T, V> *>(head + i) = a;
+            *reinterpret_cast<Pack<T, V> *>(head + i + half) = b;
+        }
+    }
+}
+
 template <typename T>
 __device__ void rope(T *x, const float *__restrict__ inv_freq, int seq, int row_stride, int heads, int head_dim,
                      int rotary_dim, int pos_offset, float scaling, float sin_sign) {
+    __shared__ float cs[MAX_HALF], sn[MAX_HALF];
     const int t = blockIdx.x;
     const int half = rotary_dim / 2;
     const float pos = (float)(pos_offset + t % seq);
-    T *row = x + (long long)t * row_stride;
-    for (int i = threadIdx.x; i < half; i += blockDim.x) {
+    const int flat = threadIdx.y * blockDim.x + threadIdx.x;
+    for (int i = flat; i < half; i += blockDim.x * blockDim.y) {
         float s, c;
         sincosf(pos * inv_freq[i], &s, &c);
-        c *= scaling;
-        s = sin_sign * (s * scaling);
-        for (int h = threadIdx.y; h < heads; h += blockDim.y) {
-            T *head = row + (long long)h * head_dim;
-            const float a = to_f32(head[i]), b = to_f32(head[i + half]);
-            head[i] = from_f32<T>(a * c - b * s);
-            head[i + half] = from_f32<T>(b * c + a * s);
-        }
+        cs[i] = c * scaling;
+        sn[i] = sin_sign * (s * scaling);
     }
+    __syncthreads();
+    T *row = x + (long long)t * row_stride;
+    // Every pack start (t*row_stride + h*head_dim + i, i and i + half) is a multiple of V when these three are.
+    constexpr int V = 16 / sizeof(T);
+    if (half % V == 0 && head_dim % V == 0 && row_stride % V == 0) rotate<T, V>(row, cs, sn, heads, head_dim, half);
+    else rotate<T, 1>(row, cs, sn, heads, head_dim, half);
 }
 
 #define ROPE_KERNEL(T, SUFFIX)                                                                               \

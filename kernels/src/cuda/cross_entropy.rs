@@ -57,7 +57,7 @@ fn launch<T: Float>(
             1,
             1,
         ),
-        block_dim: (row_threads(vocab, pack_width::<T>(vocab)), 1, 1),
+        block_dim: (row_threads(vocab, pack_width::<T>(vocab), 2), 1, 1),
         shared_mem_bytes: 0,
     };
     let v = as_i32(vocab, "cross_entropy: vocab")?;

@@ -59,7 +59,8 @@ pub(crate) fn as_i32(n: usize, what: &str) -> Result<i32, super::GpuError> {
     i32::try_from(n).map_err(|_| super::GpuError::Shape(format!("{what} = {n} exceeds i32")))
 }
 
-/// Threads for one block per row of `len` elements read `pack_width` at a time: a multiple of 32, 32 ..= 1024.
-pub(crate) fn row_threads(len: usize, pack: usize) -> u32 {
-    (len / pack).div_ceil(32).clamp(1, 32) as u32 * 32
+/// Threads for one block per row of `len` elements read `pack` at a time, `per_thread` packs each: a multiple
+/// of 32, 32 ..= 1024.
+pub(crate) fn row_threads(len: usize, pack: usize, per_thread: usize) -> u32 {
+    (len / pack).div_ceil(32 * per_thread).clamp(1, 32) as u32 * 32
 }

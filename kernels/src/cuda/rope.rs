@@ -11,6 +11,8 @@ use crate::cpu::RopeLayout;
 const SOURCE: super::KernelSource = crate::cuda_source!("rope");
 /// Threads per block (one block per token).
 const THREADS: usize = 256;
+/// Most rotary_dim / 2 the kernel takes (rope.cu's MAX_HALF: its cos/sin tables in shared memory).
+const MAX_HALF: usize = 256;
 
 /// A model's rotary frequencies on the device: inv_freq: [rotary_dim / 2], and LongRoPE's long-factor set
 /// with the original context it takes over beyond (nn's `Rope::inv_freq` rule: picked per call from the
@@ -107,9 +109,15 @@ fn launch<T: Float>(
     } = layout;
     let half = rotary_dim / 2;
     let bad = |why: String| Err(GpuError::Shape(format!("rope: {why}")));
-    if half == 0 || rotary_dim % 2 != 0 || rotary_dim > head_dim || half != freqs.half() {
+    if half == 0
+        || rotary_dim % 2 != 0
+        || rotary_dim > head_dim
+        || half != freqs.half()
+        || half > MAX_HALF
+    {
         return bad(format!(
-            "rotary_dim {rotary_dim} must be even, > 0, ≤ head_dim {head_dim} and twice the {} frequencies",
+            "rotary_dim {rotary_dim} must be even, > 0, ≤ head_dim {head_dim}, ≤ {} and twice the {} frequencies",
+            2 * MAX_HALF,
             freqs.half()
         ));
     }
@@ -128,7 +136,14 @@ fn launch<T: Float>(
     }
     let inv_freq = freqs.inv_freq(positions.offset + positions.seq);
     let f = gpu.function(&SOURCE, &format!("rope_{}", T::SUFFIX))?;
-    let bx = half.min(THREADS);
+    // Threads along a head's first half, each taking the kernel's pack of elements (rope.cu's choice).
+    let v = 16 / std::mem::size_of::<T>();
+    let v = if half % v == 0 && head_dim % v == 0 && row_stride % v == 0 {
+        v
+    } else {
+        1
+    };
+    let bx = (half / v).clamp(1, THREADS);
     let by = (THREADS / bx).clamp(1, heads.max(1));
     let cfg = LaunchConfig {
         grid_dim: (

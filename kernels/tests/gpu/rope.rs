@@ -1,8 +1,8 @@
-//! rope.cu against kernels/src/cpu/rope.rs: the rotation of q/k heads in a fused qkv row (and a partial rotary
-//! layout) for a training batch of rows, a prefill and a decode step after a KV cache, with default frequencies
-//! and LongRoPE's short/long sets and attention factor; the tables built on the CPU by `rope_tables` exactly as
-//! nn's Rope builds them, the rotation by the f64 reference. Forward and backward (the opposite angle), in
-//! f32/bf16/f16.
+//! rope.cu against kernels/src/cpu/rope.rs: the rotation of q/k heads in a fused qkv row, a partial
+//! rotary layout and an odd row stride (the one-element path), for a training batch of rows, a prefill
+//! and a decode step after a KV cache, with default frequencies and LongRoPE's short/long sets and
+//! attention factor; the tables built on the CPU by `rope_tables` exactly as nn's Rope builds them, the
+//! rotation by the f64 reference. Forward and backward (the opposite angle), in f32/bf16/f16.
 
 use olive_kernels::cpu::{rope_apply_ref, rope_tables, RopeLayout};
 use olive_kernels::cuda::float::Float;
@@ -176,6 +176,15 @@ fn rope_matches_the_cpu_with_default_frequencies() {
         2,
         320,
     );
+    // An odd row stride: the one-element path.
+    let odd = RopeLayout {
+        row_stride: 4 * 64 + 3,
+        heads: 4,
+        head_dim: 64,
+        rotary_dim: 64,
+    };
+    let freqs = HostFreqs::new(64, None);
+    all_types(&gpu, odd, &freqs, Positions { seq: 7, offset: 2 }, 3, 330);
 }
 
 #[test]
