@@ -13,6 +13,7 @@ mod gpu {
     mod lora;
     mod rmsnorm;
     mod rope;
+    mod rows;
     mod silu_mul;
     mod w4a16;
 }

@@ -47,6 +47,9 @@ pub enum NnError {
     /// The tokenizer failed to decode generated ids.
     #[error("tokenizer: {0}")]
     Tokenizer(String),
+    /// The GPU could not be used, or a kernel failed.
+    #[error(transparent)]
+    Gpu(#[from] olive_kernels::cuda::GpuError),
 }
 
 pub type Result<T, E = NnError> = std::result::Result<T, E>;

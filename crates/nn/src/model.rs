@@ -40,7 +40,12 @@ pub struct Transformer {
 }
 
 /// A [vocab, hidden] table (`<prefix>.weight`, or a quantized one in any layout crates/model reads, dequantized).
-fn table(ckpt: &Checkpoint, prefix: &str, vocab: usize, hidden: usize) -> Result<WeightBuf> {
+pub(crate) fn table(
+    ckpt: &Checkpoint,
+    prefix: &str,
+    vocab: usize,
+    hidden: usize,
+) -> Result<WeightBuf> {
     if is_quantized(ckpt, prefix) {
         Ok(Linear::load(ckpt, prefix, vocab, hidden)?.weight)
     } else {

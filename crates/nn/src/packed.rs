@@ -94,6 +94,30 @@ impl PackedWeight {
         }
     }
 
+    /// The levels, scales and zero points as the int4 kernels take them, for weights of at most 4 bits
+    /// (levels of 2 and 3 bits are int4 levels too); None for 8-bit weights.
+    pub fn to_w4_levels(&self) -> Option<olive_kernels::cpu::w4a16::W4Levels> {
+        if self.bits > 4 {
+            return None;
+        }
+        let (k, rb) = (self.in_features, self.row_bytes());
+        let q = (0..self.out_features)
+            .flat_map(|o| {
+                let row = &self.levels[o * rb..(o + 1) * rb];
+                (0..k).map(move |i| self.level(row, i))
+            })
+            .collect();
+        Some(olive_kernels::cpu::w4a16::W4Levels {
+            n: self.out_features,
+            k,
+            group_size: self.group_size,
+            q,
+            scales: self.scales.clone(),
+            zeros: self.zeros.clone(),
+            g_idx: self.g_idx.clone(),
+        })
+    }
+
     /// out: [out, in] = the float weight, rows dequantized in parallel.
     pub fn dequantize_into(&self, out: &mut [f32]) {
         let k = self.in_features;

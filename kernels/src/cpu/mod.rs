@@ -14,6 +14,7 @@ pub mod matmul;
 pub mod matmul_strided;
 pub mod rmsnorm;
 pub mod rope;
+pub mod rows;
 pub mod silu_mul;
 pub mod softmax;
 pub mod w4a16;

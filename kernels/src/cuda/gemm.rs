@@ -3,7 +3,9 @@
 //! row-major matrix is its column-major transpose, so the product runs as `Cᵀ = op(B)ᵀ · op(A)ᵀ` with the
 //! operands swapped and no copy.
 
-use cudarc::cublas::sys::cublasOperation_t;
+use cudarc::cublas::sys::{
+    cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType_t,
+};
 use cudarc::cublas::{Gemm, GemmConfig};
 use cudarc::driver::{DevicePtr, DevicePtrMut};
 
@@ -103,4 +105,75 @@ where
     };
     let beta = if accumulate { 1.0 } else { 0.0 };
     matmul(gpu, a, b, out, (m, n, k), 1.0, beta)
+}
+
+/// The cuBLAS data type of `T`.
+fn data_type<T: Float>() -> cudaDataType_t {
+    match T::SUFFIX {
+        "bf16" => cudaDataType_t::CUDA_R_16BF,
+        "f16" => cudaDataType_t::CUDA_R_16F,
+        _ => cudaDataType_t::CUDA_R_32F,
+    }
+}
+
+/// [`linear`] with a wider output: `out[m, n] (f32) = x[m, k] · w[n, k]ᵀ` for 16-bit x and w (logits kept in
+/// f32, as transformers upcasts them).
+pub fn linear_f32_out<T, X, W, O>(
+    gpu: &Gpu,
+    x: &X,
+    w: &W,
+    out: &mut O,
+    (m, n, k): (usize, usize, usize),
+) -> Result<(), GpuError>
+where
+    T: Float,
+    X: DevicePtr<T>,
+    W: DevicePtr<T>,
+    O: DevicePtrMut<f32>,
+{
+    for (name, have, want) in [
+        ("x", x.len(), m * k),
+        ("w", w.len(), n * k),
+        ("out", out.len(), m * n),
+    ] {
+        if have < want {
+            return Err(GpuError::Shape(format!(
+                "linear {m}x{k} · ({n}x{k})ᵀ: {name} holds {have} elements, expected {want}"
+            )));
+        }
+    }
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    let (alpha, beta) = (1f32, 0f32);
+    let stream = gpu.stream();
+    let (w_ptr, _w) = w.device_ptr(stream);
+    let (x_ptr, _x) = x.device_ptr(stream);
+    let (o_ptr, _o) = out.device_ptr_mut(stream);
+    // SAFETY: as in `matmul` (Cᵀ[n, m] = W · xᵀ), the buffers hold what the shapes address (checked above);
+    // alpha and beta are f32 for the f32 compute type.
+    unsafe {
+        cudarc::cublas::result::gemm_ex(
+            *gpu.blas().handle(),
+            cublasOperation_t::CUBLAS_OP_T,
+            cublasOperation_t::CUBLAS_OP_N,
+            as_i32(n, "n")?,
+            as_i32(m, "m")?,
+            as_i32(k, "k")?,
+            (&alpha) as *const f32 as *const _,
+            w_ptr as *const _,
+            data_type::<T>(),
+            as_i32(k, "k")?,
+            x_ptr as *const _,
+            data_type::<T>(),
+            as_i32(k, "k")?,
+            (&beta) as *const f32 as *const _,
+            o_ptr as *mut _,
+            cudaDataType_t::CUDA_R_32F,
+            as_i32(n, "n")?,
+            cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+        )
+    }?;
+    Ok(())
 }

@@ -11,6 +11,7 @@ pub mod gemm;
 pub mod lora;
 pub mod rmsnorm;
 pub mod rope;
+pub mod rows;
 pub mod silu_mul;
 pub mod w4a16;
 

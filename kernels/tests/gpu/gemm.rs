@@ -123,3 +123,33 @@ fn linear_is_x_times_w_transposed_and_accumulates() {
         "{e}"
     );
 }
+
+#[test]
+fn linear_f32_out_keeps_the_product_in_f32() {
+    let Some(gpu) = test_gpu("gpu::gemm::linear_f32_out_keeps_the_product_in_f32") else {
+        return;
+    };
+    let (m, n, k) = (3, 1001, 64);
+    let x: Vec<bf16> = random(m * k, 21, 1.0)
+        .into_iter()
+        .map(bf16::from_f32)
+        .collect();
+    let w: Vec<bf16> = random(n * k, 22, 1.0)
+        .into_iter()
+        .map(bf16::from_f32)
+        .collect();
+    let mut reference = vec![0f32; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            let dot: f64 = (0..k)
+                .map(|p| x[i * k + p].to_f64() * w[j * k + p].to_f64())
+                .sum();
+            reference[i * n + j] = dot as f32;
+        }
+    }
+    let mut out = gpu.upload(&vec![f32::NAN; m * n]).unwrap();
+    let (dx, dw) = (gpu.upload(&x).unwrap(), gpu.upload(&w).unwrap());
+    olive_kernels::cuda::gemm::linear_f32_out(&gpu, &dx, &dw, &mut out, (m, n, k)).unwrap();
+    let err = rel_error(&gpu.download(&out).unwrap(), &reference);
+    assert!(err <= F32_REL, "rel error {err:.2e}");
+}

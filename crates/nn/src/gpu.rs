@@ -1,0 +1,398 @@
+//! The Llama-family decoder on a CUDA GPU, in bf16 with fp32 accumulation (as transformers runs it in bf16): the
+//! same computation as [`crate::Transformer`] — embeddings, RMSNorm, RoPE (LongRoPE too), GQA attention over a
+//! KV cache with a sliding window, SwiGLU, lm_head with f32 logits — on olive-kernels' CUDA kernels. Dense
+//! linears run through cuBLAS; quantized ones (AWQ, GPTQ with act-order, Olive, ≤ 4 bits) stay int4 on the
+//! device and run through the W4A16 kernels. The model is loaded one decoder layer at a time, so the host holds
+//! one layer's weights, not the model's.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use olive_kernels::cpu::w4a16_tiles::W4Tiles;
+use olive_kernels::cpu::RopeLayout;
+use olive_kernels::cuda::attention::{self, AttentionShape, Inputs, Operand, Rows};
+use olive_kernels::cuda::rope::{Positions, RopeFreqs};
+use olive_kernels::cuda::rows::{add_assign, add_bias, copy_columns, gather_rows, Block};
+use olive_kernels::cuda::w4a16::{w4a16, W4Weight};
+use olive_kernels::cuda::{bf16, gemm, rmsnorm, rope, silu_mul, CudaSlice, Gpu, GpuError};
+use olive_model::{Checkpoint, ModelConfig};
+use tracing::{debug, info};
+
+use crate::error::{NnError, Result};
+use crate::layer::{DecoderLayer, LayerDims};
+use crate::linear::{load_vector, Linear, QuantizedWeights};
+use crate::model::table;
+use crate::rope::Rope;
+
+/// The activation type on the device.
+type Act = bf16;
+
+fn to_act(v: &[f32]) -> Vec<Act> {
+    v.iter().map(|&x| Act::from_f32(x)).collect()
+}
+
+/// A linear layer's weight on the device.
+enum Weight {
+    /// [out, in] bf16, through cuBLAS.
+    Dense(CudaSlice<Act>),
+    /// Int4 levels in the W4A16 kernels' tile layout.
+    Int4(W4Weight<Act>),
+}
+
+/// `y = x · Wᵀ + b` on the device.
+struct GpuLinear {
+    weight: Weight,
+    bias: Option<CudaSlice<Act>>,
+    in_features: usize,
+    out_features: usize,
+}
+
+impl GpuLinear {
+    /// Uploads a CPU linear: packed int4 levels as int4 tiles where their shape allows, else the float weight.
+    fn upload(gpu: &Gpu, linear: &Linear, name: &str) -> Result<Self> {
+        let tiles = linear
+            .packed
+            .as_ref()
+            .and_then(|p| p.to_w4_levels())
+            .map(|levels| W4Tiles::from_levels(&levels));
+        let weight = match tiles {
+            Some(Ok(tiles)) => Weight::Int4(W4Weight::upload(gpu, &tiles)?),
+            other => {
+                if let Some(Err(why)) = other {
+                    info!("{name}: int4 weights the W4A16 kernels cannot take ({why}); running it dense");
+                }
+                Weight::Dense(gpu.upload(&linear.with_weight(to_act))?)
+            }
+        };
+        Ok(GpuLinear {
+            weight,
+            bias: linear
+                .bias
+                .as_deref()
+                .map(|b| gpu.upload(&to_act(b)))
+                .transpose()?,
+            in_features: linear.in_features,
+            out_features: linear.out_features,
+        })
+    }
+
+    /// out: [tokens, out] = x: [tokens, in] · Wᵀ + b, or `out +=` that with `accumulate` (`scratch` holds
+    /// the product of an int4 weight before it is added).
+    fn forward(
+        &self,
+        gpu: &Gpu,
+        x: &CudaSlice<Act>,
+        tokens: usize,
+        out: &mut CudaSlice<Act>,
+        accumulate: bool,
+        scratch: &mut CudaSlice<Act>,
+    ) -> Result<()> {
+        let shape = (tokens, self.out_features, self.in_features);
+        match &self.weight {
+            Weight::Dense(w) => {
+                // out + (x·Wᵀ + b) = (out + b) + x·Wᵀ: the bias goes first, then cuBLAS adds the product.
+                if accumulate {
+                    if let Some(bias) = &self.bias {
+                        add_bias(gpu, out, bias)?;
+                    }
+                }
+                gemm::linear(gpu, x, w, out, shape, accumulate)?;
+                if !accumulate {
+                    if let Some(bias) = &self.bias {
+                        add_bias(gpu, out, bias)?;
+                    }
+                }
+            }
+            Weight::Int4(w) => {
+                let target = if accumulate { &mut *scratch } else { &mut *out };
+                w4a16(gpu, x, tokens, w, target)?;
+                if let Some(bias) = &self.bias {
+                    add_bias(gpu, target, bias)?;
+                }
+                if accumulate {
+                    add_assign(gpu, out, scratch)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One decoder layer's weights on the device.
+struct GpuLayer {
+    input_layernorm: CudaSlice<Act>,
+    qkv_proj: GpuLinear,
+    o_proj: GpuLinear,
+    post_attention_layernorm: CudaSlice<Act>,
+    gate_up_proj: GpuLinear,
+    down_proj: GpuLinear,
+}
+
+impl GpuLayer {
+    fn upload(gpu: &Gpu, layer: &DecoderLayer, index: usize) -> Result<Self> {
+        let name = |n: &str| format!("model.layers.{index}.{n}");
+        Ok(GpuLayer {
+            input_layernorm: gpu.upload(&to_act(&layer.input_layernorm))?,
+            qkv_proj: GpuLinear::upload(gpu, &layer.qkv_proj, &name("self_attn.qkv_proj"))?,
+            o_proj: GpuLinear::upload(gpu, &layer.o_proj, &name("self_attn.o_proj"))?,
+            post_attention_layernorm: gpu.upload(&to_act(&layer.post_attention_layernorm))?,
+            gate_up_proj: GpuLinear::upload(gpu, &layer.gate_up_proj, &name("mlp.gate_up_proj"))?,
+            down_proj: GpuLinear::upload(gpu, &layer.down_proj, &name("mlp.down_proj"))?,
+        })
+    }
+}
+
+/// A KV cache on the device: per layer, keys and values of `capacity` positions, [capacity, kv_width].
+pub struct GpuKvCache {
+    keys: Vec<CudaSlice<Act>>,
+    values: Vec<CudaSlice<Act>>,
+    len: usize,
+    capacity: usize,
+}
+
+impl GpuKvCache {
+    /// Positions held.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether no position is held.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Positions it has room for.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Forgets positions from `len` on (a new sequence starts with `truncate(0)`).
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+}
+
+/// A Llama-family causal LM on a CUDA GPU.
+pub struct GpuTransformer {
+    gpu: Arc<Gpu>,
+    config: ModelConfig,
+    dims: LayerDims,
+    /// [vocab, hidden]
+    embed_tokens: CudaSlice<Act>,
+    layers: Vec<GpuLayer>,
+    /// [hidden]
+    norm: CudaSlice<Act>,
+    /// [vocab, hidden]; None when tied to the embeddings.
+    lm_head: Option<CudaSlice<Act>>,
+    freqs: RopeFreqs,
+}
+
+impl GpuTransformer {
+    /// Loads a Hugging Face folder onto `gpu`, one decoder layer at a time.
+    pub fn load(dir: &Path, gpu: Arc<Gpu>) -> Result<Self> {
+        let config = ModelConfig::from_folder(dir)?;
+        let ckpt = Checkpoint::open(dir)?;
+        let dims = LayerDims::from_config(&config);
+        let (vocab, hidden) = (config.vocab_size, config.hidden_size);
+        let embed = table(&ckpt, "model.embed_tokens", vocab, hidden)?;
+        let embed_tokens = gpu.upload(&to_act(&embed))?;
+        drop(embed);
+        let layers = (0..config.num_hidden_layers)
+            .map(|i| {
+                let layer = DecoderLayer::load_with(&ckpt, &config, i, QuantizedWeights::Packed)?;
+                GpuLayer::upload(&gpu, &layer, i)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let norm = gpu.upload(&to_act(&load_vector(&ckpt, "model.norm.weight", hidden)?))?;
+        let lm_head = if config.tie_word_embeddings {
+            None
+        } else {
+            Some(gpu.upload(&to_act(&table(&ckpt, "lm_head", vocab, hidden)?))?)
+        };
+        let rope = Rope::new(&config);
+        let freqs = RopeFreqs::new(
+            &gpu,
+            rope.inv_freq(1),
+            rope.long(),
+            rope.attention_scaling(),
+        )?;
+        debug!(folder = %dir.display(), device = gpu.name(), layers = layers.len(), "loaded transformer onto the GPU");
+        Ok(GpuTransformer {
+            gpu,
+            config,
+            dims,
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            freqs,
+        })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// The device it runs on.
+    pub fn gpu(&self) -> &Arc<Gpu> {
+        &self.gpu
+    }
+
+    /// An empty KV cache with room for `capacity` positions.
+    pub fn new_cache(&self, capacity: usize) -> Result<GpuKvCache> {
+        let n = capacity * self.dims.kv_width();
+        let alloc = || -> Result<Vec<CudaSlice<Act>>> {
+            (0..self.layers.len())
+                .map(|_| Ok(self.gpu.alloc::<Act>(n)?))
+                .collect()
+        };
+        Ok(GpuKvCache {
+            keys: alloc()?,
+            values: alloc()?,
+            len: 0,
+            capacity,
+        })
+    }
+
+    /// Logits: [tokens.len(), vocab] (f32) for `tokens` at positions `cache.len() ..`, appended to the cache.
+    pub fn forward(&self, tokens: &[u32], cache: &mut GpuKvCache) -> Result<Vec<f32>> {
+        self.run(tokens, cache, false)
+    }
+
+    /// Logits of the last token only: [vocab].
+    pub fn forward_last(&self, tokens: &[u32], cache: &mut GpuKvCache) -> Result<Vec<f32>> {
+        self.run(tokens, cache, true)
+    }
+
+    fn run(&self, tokens: &[u32], cache: &mut GpuKvCache, last_only: bool) -> Result<Vec<f32>> {
+        let gpu = &*self.gpu;
+        let d = self.dims;
+        let (hidden_size, vocab) = (d.hidden, self.config.vocab_size);
+        let t = tokens.len();
+        if t == 0 {
+            return Ok(Vec::new());
+        }
+        if let Some(&token) = tokens.iter().find(|&&id| id as usize >= vocab) {
+            return Err(NnError::TokenOutOfRange {
+                token,
+                vocab_size: vocab,
+            });
+        }
+        if cache.keys.len() != self.layers.len() || cache.len + t > cache.capacity {
+            return Err(NnError::CacheMismatch {
+                found_layers: cache.keys.len(),
+                found_width: cache.capacity,
+                layers: self.layers.len(),
+                width: cache.len + t,
+            });
+        }
+        let (q_w, kv_w) = (d.q_width(), d.kv_width());
+        let qkv_w = q_w + 2 * kv_w;
+        let start = cache.len;
+        let mut hidden = gpu.alloc::<Act>(t * hidden_size)?; // [t, hidden]
+        gather_rows(gpu, &self.embed_tokens, hidden_size, tokens, &mut hidden)?;
+        let mut normed = gpu.alloc::<Act>(t * hidden_size)?; // [t, hidden]
+        let mut qkv = gpu.alloc::<Act>(t * qkv_w)?; // [t, q + 2·kv]
+        let mut attn = gpu.alloc::<Act>(t * q_w)?; // [t, q]
+        let mut gate_up = gpu.alloc::<Act>(t * 2 * d.intermediate)?; // [t, 2·inter]
+        let mut act = gpu.alloc::<Act>(t * d.intermediate)?; // [t, inter]
+        let mut scratch = gpu.alloc::<Act>(t * hidden_size)?; // [t, hidden]
+        let rope_layout = RopeLayout {
+            row_stride: qkv_w,
+            heads: d.heads + d.kv_heads,
+            head_dim: d.head_dim,
+            rotary_dim: d.rotary_dim,
+        };
+        let positions = Positions {
+            seq: t,
+            offset: start,
+        };
+        let shape = AttentionShape {
+            batch: 1,
+            tokens: t,
+            kv_len: start + t,
+            heads: d.heads,
+            kv_heads: d.kv_heads,
+            head_dim: d.head_dim,
+            window: d.sliding_window,
+            scale: 1.0 / (d.head_dim as f32).sqrt(),
+        };
+        let eps = d.rms_norm_eps;
+        for (i, layer) in self.layers.iter().enumerate() {
+            rmsnorm::rmsnorm(gpu, &hidden, &layer.input_layernorm, eps, &mut normed)?;
+            layer
+                .qkv_proj
+                .forward(gpu, &normed, t, &mut qkv, false, &mut scratch)?;
+            rope::rope(gpu, &mut qkv, rope_layout, &self.freqs, positions)?;
+            let at_end = Block {
+                offset: start * kv_w,
+                stride: kv_w,
+            };
+            for (cached, column) in [
+                (&mut cache.keys[i], q_w),
+                (&mut cache.values[i], q_w + kv_w),
+            ] {
+                let from = Block {
+                    offset: column,
+                    stride: qkv_w,
+                };
+                copy_columns(gpu, (cached, at_end), (&qkv, from), t, kv_w)?;
+            }
+            let inputs = Inputs {
+                q: Operand {
+                    data: &qkv,
+                    rows: Rows {
+                        offset: 0,
+                        stride: qkv_w,
+                    },
+                },
+                k: Operand {
+                    data: &cache.keys[i],
+                    rows: Rows::packed(kv_w),
+                },
+                v: Operand {
+                    data: &cache.values[i],
+                    rows: Rows::packed(kv_w),
+                },
+                key_mask: None,
+            };
+            attention::forward(gpu, &shape, &inputs, (&mut attn, Rows::packed(q_w)), None)?;
+            layer
+                .o_proj
+                .forward(gpu, &attn, t, &mut hidden, true, &mut scratch)?;
+            rmsnorm::rmsnorm(
+                gpu,
+                &hidden,
+                &layer.post_attention_layernorm,
+                eps,
+                &mut normed,
+            )?;
+            layer
+                .gate_up_proj
+                .forward(gpu, &normed, t, &mut gate_up, false, &mut scratch)?;
+            silu_mul::silu_mul(gpu, &gate_up, d.intermediate, &mut act)?;
+            layer
+                .down_proj
+                .forward(gpu, &act, t, &mut hidden, true, &mut scratch)?;
+        }
+        cache.len = start + t;
+        let rows = if last_only { 1 } else { t };
+        let kept = hidden.slice((t - rows) * hidden_size..);
+        let mut final_normed = gpu.alloc::<Act>(rows * hidden_size)?;
+        let mut kept_copy = gpu.alloc::<Act>(rows * hidden_size)?;
+        gpu.stream()
+            .memcpy_dtod(&kept, &mut kept_copy)
+            .map_err(GpuError::from)?;
+        rmsnorm::rmsnorm(gpu, &kept_copy, &self.norm, eps, &mut final_normed)?;
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
+        let mut logits = gpu.alloc::<f32>(rows * vocab)?;
+        gemm::linear_f32_out(
+            gpu,
+            &final_normed,
+            head,
+            &mut logits,
+            (rows, vocab, hidden_size),
+        )?;
+        Ok(gpu.download(&logits)?)
+    }
+}

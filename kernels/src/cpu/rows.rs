@@ -1,0 +1,59 @@
+//! Row moves of a transformer's forward on row-major [rows, width] data, the CPU references of
+//! kernels/cuda/rows.cu: the embedding lookup, a residual add, a bias on every row, and a strided column copy.
+
+/// out: [ids.len(), width] = the rows `ids` of table: [vocab, width].
+pub fn gather_rows_ref(table: &[f32], ids: &[u32], width: usize) -> Vec<f32> {
+    ids.iter()
+        .flat_map(|&id| &table[id as usize * width..(id as usize + 1) * width])
+        .copied()
+        .collect()
+}
+
+/// x += y, element-wise.
+pub fn add_assign_ref(x: &mut [f32], y: &[f32]) {
+    for (a, b) in x.iter_mut().zip(y) {
+        *a += b;
+    }
+}
+
+/// Every row of x: [rows, bias.len()] += bias.
+pub fn add_bias_ref(x: &mut [f32], bias: &[f32]) {
+    for row in x.chunks_exact_mut(bias.len()) {
+        add_assign_ref(row, bias);
+    }
+}
+
+/// dst[r · dst_stride + c] = src[r · src_stride + c] for r < rows, c < width.
+pub fn copy_columns_ref(
+    dst: &mut [f32],
+    dst_stride: usize,
+    src: &[f32],
+    src_stride: usize,
+    rows: usize,
+    width: usize,
+) {
+    for r in 0..rows {
+        dst[r * dst_stride..r * dst_stride + width]
+            .copy_from_slice(&src[r * src_stride..r * src_stride + width]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_move_as_documented() {
+        let table: Vec<f32> = (0..12).map(|v| v as f32).collect(); // [4, 3]
+        assert_eq!(
+            gather_rows_ref(&table, &[2, 0], 3),
+            [6., 7., 8., 0., 1., 2.]
+        );
+        let mut x = vec![1., 2., 3., 4.];
+        add_bias_ref(&mut x, &[10., 20.]);
+        assert_eq!(x, [11., 22., 13., 24.]);
+        let mut dst = vec![0.; 6]; // [2, 3]
+        copy_columns_ref(&mut dst, 3, &table[1..], 3, 2, 2);
+        assert_eq!(dst, [1., 2., 0., 4., 5., 0.]);
+    }
+}

@@ -1,0 +1,89 @@
+//! rows.cu against kernels/src/cpu/rows.rs: moves are exact, adds round once to the data type.
+
+use olive_kernels::cpu::rows::{add_assign_ref, add_bias_ref, copy_columns_ref, gather_rows_ref};
+use olive_kernels::cuda::rows::{add_assign, add_bias, copy_columns, gather_rows, Block};
+use olive_kernels::cuda::{bf16, test_gpu};
+
+use super::common::{random, rel_error};
+
+/// One bf16 rounding of each sum: 2^-9 relative at most.
+const BF16_ADD_REL: f64 = 4e-3;
+
+fn to_bf16(v: &[f32]) -> Vec<bf16> {
+    v.iter().map(|&x| bf16::from_f32(x)).collect()
+}
+
+fn to_f32(v: &[bf16]) -> Vec<f32> {
+    v.iter().map(|x| x.to_f32()).collect()
+}
+
+#[test]
+fn gather_add_bias_and_copy_match_the_reference() {
+    let Some(gpu) = test_gpu("gpu::rows::gather_add_bias_and_copy_match_the_reference") else {
+        return;
+    };
+    let (vocab, width) = (1000, 200);
+    let table = to_f32(&to_bf16(&random(vocab * width, 1, 1.0)));
+    let ids = [3u32, 999, 0, 3, 517];
+    let table_dev = gpu.upload(&to_bf16(&table)).unwrap();
+    let mut out = gpu.upload(&vec![bf16::NAN; ids.len() * width]).unwrap();
+    gather_rows(&gpu, &table_dev, width, &ids, &mut out).unwrap();
+    assert_eq!(
+        to_f32(&gpu.download(&out).unwrap()),
+        gather_rows_ref(&table, &ids, width)
+    );
+    let err = gather_rows(&gpu, &table_dev, width, &[1000], &mut out).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("token id 1000 is past the table's 1000 rows"),
+        "{err}"
+    );
+
+    let (x, y) = (random(5 * width, 2, 1.0), random(5 * width, 3, 1.0));
+    let (mut x_dev, y_dev) = (
+        gpu.upload(&to_bf16(&x)).unwrap(),
+        gpu.upload(&to_bf16(&y)).unwrap(),
+    );
+    add_assign(&gpu, &mut x_dev, &y_dev).unwrap();
+    let bias = random(width, 4, 1.0);
+    add_bias(&gpu, &mut x_dev, &gpu.upload(&to_bf16(&bias)).unwrap()).unwrap();
+    let (mut expect, y_r, bias_r) = (
+        to_f32(&to_bf16(&x)),
+        to_f32(&to_bf16(&y)),
+        to_f32(&to_bf16(&bias)),
+    );
+    add_assign_ref(&mut expect, &y_r);
+    add_bias_ref(&mut expect, &bias_r);
+    let err = rel_error(&to_f32(&gpu.download(&x_dev).unwrap()), &expect);
+    assert!(err <= 2.0 * BF16_ADD_REL, "add: rel error {err:.2e}");
+
+    // k columns of a fused [rows, 3·64] qkv row into a [capacity, 64] cache at row 7.
+    let (rows, src_w, dst_w) = (9, 192, 64);
+    let src = to_f32(&to_bf16(&random(rows * src_w, 5, 1.0)));
+    let mut dst = to_f32(&to_bf16(&random(20 * dst_w, 6, 1.0)));
+    let mut dst_dev = gpu.upload(&to_bf16(&dst)).unwrap();
+    let d = Block {
+        offset: 7 * dst_w,
+        stride: dst_w,
+    };
+    let s = Block {
+        offset: 64,
+        stride: src_w,
+    };
+    copy_columns(
+        &gpu,
+        (&mut dst_dev, d),
+        (&gpu.upload(&to_bf16(&src)).unwrap(), s),
+        rows,
+        64,
+    )
+    .unwrap();
+    copy_columns_ref(&mut dst[7 * dst_w..], dst_w, &src[64..], src_w, rows, 64);
+    assert_eq!(to_f32(&gpu.download(&dst_dev).unwrap()), dst);
+    let far = Block {
+        offset: 12 * dst_w,
+        stride: dst_w,
+    };
+    let src_dev = gpu.upload(&to_bf16(&src)).unwrap();
+    assert!(copy_columns(&gpu, (&mut dst_dev, far), (&src_dev, s), rows, 64).is_err());
+}
