@@ -6,6 +6,9 @@ use super::float::{as_i32, pack_width, row_threads, Float};
 use super::{CudaSlice, Gpu, GpuError, LaunchConfig, PushKernelArg};
 
 const SOURCE: super::KernelSource = crate::cuda_source!("cross_entropy");
+/// Threads per row at most: blocks of 1024 leave one per SM (by registers), idle through each row's reduction;
+/// 512 lets three rows overlap.
+const MAX_THREADS: u32 = 512;
 
 /// Per-row losses: [rows] of logits: [rows, vocab] against labels: [rows] (0 where a label is negative; NaN
 /// where a label is ≥ vocab). The logits are left as they are.
@@ -57,7 +60,11 @@ fn launch<T: Float>(
             1,
             1,
         ),
-        block_dim: (row_threads(vocab, pack_width::<T>(vocab), 2), 1, 1),
+        block_dim: (
+            row_threads(vocab, pack_width::<T>(vocab), 2).min(MAX_THREADS),
+            1,
+            1,
+        ),
         shared_mem_bytes: 0,
     };
     let v = as_i32(vocab, "cross_entropy: vocab")?;
