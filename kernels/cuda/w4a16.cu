@@ -27,28 +27,44 @@ typedef unsigned int u32;
 __device__ __forceinline__ u32 as_u32(__half2 v) { return *reinterpret_cast<u32 *>(&v); }
 __device__ __forceinline__ u32 as_u32(__nv_bfloat162 v) { return *reinterpret_cast<u32 *>(&v); }
 
+// (a & mask) | magic in one LOP3 (written as PTX: the compiler otherwise splits it into two).
+__device__ __forceinline__ u32 and_or(u32 a, u32 mask, u32 magic) {
+    u32 r;
+    asm("lop3.b32 %0, %1, %2, %3, 0xea;\n" : "=r"(r) : "r"(a), "r"(mask), "r"(magic));
+    return r;
+}
+
 template <typename T> struct W4;
 
 template <> struct W4<__half> {
-    typedef __half2 T2;
-    // The four A fragments of word `w` for rows g (meta m0) and g+8 (meta m1).
-    __device__ static __forceinline__ void dequant(u32 w, u32 m0, u32 m1, u32 a[4]) {
-        const __half2 s0 = __half2half2(__ushort_as_half((unsigned short)(m0 & 0xffff)));
-        const __half2 s1 = __half2half2(__ushort_as_half((unsigned short)(m1 & 0xffff)));
+    // The four A fragments of word `w` as (q - z), exact, for rows g (meta m0) and g+8 (meta m1).
+    __device__ static __forceinline__ void levels(u32 w, u32 m0, u32 m1, u32 a[4]) {
         const __half z0 = __ushort_as_half((unsigned short)(m0 >> 16));
         const __half z1 = __ushort_as_half((unsigned short)(m1 >> 16));
         const __half2 lo_off = __half2half2(__hadd(z0, __float2half(1024.f)));  // 1024 + z, exact
         const __half2 hi_off = __half2half2(__hneg(__hadd(z1, __float2half(64.f))));
         const __half2 sixteenth = __float2half2_rn(0.0625f);
-        u32 lo = (w & 0x000f000fu) | 0x64006400u, hi = (w & 0x00f000f0u) | 0x64006400u;
-        a[0] = as_u32(__hmul2(__hsub2(*reinterpret_cast<__half2 *>(&lo), lo_off), s0));
+        u32 lo = and_or(w, 0x000f000fu, 0x64006400u), hi = and_or(w, 0x00f000f0u, 0x64006400u);
+        a[0] = as_u32(__hsub2(*reinterpret_cast<__half2 *>(&lo), lo_off));
         // (1024 + 16q) / 16 - (64 + z) = q - z, exact in one fma.
-        a[1] = as_u32(__hmul2(__hfma2(*reinterpret_cast<__half2 *>(&hi), sixteenth, hi_off), s1));
+        a[1] = as_u32(__hfma2(*reinterpret_cast<__half2 *>(&hi), sixteenth, hi_off));
         w >>= 8;
-        lo = (w & 0x000f000fu) | 0x64006400u;
-        hi = (w & 0x00f000f0u) | 0x64006400u;
-        a[2] = as_u32(__hmul2(__hsub2(*reinterpret_cast<__half2 *>(&lo), lo_off), s0));
-        a[3] = as_u32(__hmul2(__hfma2(*reinterpret_cast<__half2 *>(&hi), sixteenth, hi_off), s1));
+        lo = and_or(w, 0x000f000fu, 0x64006400u);
+        hi = and_or(w, 0x00f000f0u, 0x64006400u);
+        a[2] = as_u32(__hsub2(*reinterpret_cast<__half2 *>(&lo), lo_off));
+        a[3] = as_u32(__hfma2(*reinterpret_cast<__half2 *>(&hi), sixteenth, hi_off));
+    }
+    // The fragments dequantized: (q - z) * s rounded once.
+    __device__ static __forceinline__ void dequant(u32 w, u32 m0, u32 m1, u32 a[4]) {
+        levels(w, m0, m1, a);
+        const __half2 s0 = __half2half2(__ushort_as_half((unsigned short)(m0 & 0xffff)));
+        const __half2 s1 = __half2half2(__ushort_as_half((unsigned short)(m1 & 0xffff)));
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+            a[i] = as_u32(__hmul2(*reinterpret_cast<__half2 *>(&a[i]), (i & 1) ? s1 : s0));
+    }
+    __device__ static __forceinline__ float scale(u32 m) {
+        return __half2float(__ushort_as_half((unsigned short)(m & 0xffff)));
     }
     __device__ static __forceinline__ void mma(float c[4], const u32 a[4], u32 b0, u32 b1) {
         asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
@@ -60,21 +76,26 @@ template <> struct W4<__half> {
 };
 
 template <> struct W4<__nv_bfloat16> {
-    typedef __nv_bfloat162 T2;
-    __device__ static __forceinline__ void dequant(u32 w, u32 m0, u32 m1, u32 a[4]) {
-        const __nv_bfloat162 s0 = __bfloat162bfloat162(__ushort_as_bfloat16((unsigned short)(m0 & 0xffff)));
-        const __nv_bfloat162 s1 = __bfloat162bfloat162(__ushort_as_bfloat16((unsigned short)(m1 & 0xffff)));
+    __device__ static __forceinline__ void levels(u32 w, u32 m0, u32 m1, u32 a[4]) {
         const __nv_bfloat16 z0 = __ushort_as_bfloat16((unsigned short)(m0 >> 16));
         const __nv_bfloat16 z1 = __ushort_as_bfloat16((unsigned short)(m1 >> 16));
         const __nv_bfloat162 off0 = __bfloat162bfloat162(__hadd(z0, __float2bfloat16(128.f)));  // 128 + z, exact
         const __nv_bfloat162 off1 = __bfloat162bfloat162(__hadd(z1, __float2bfloat16(128.f)));
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
-            u32 v = ((w >> (4 * i)) & 0x000f000fu) | 0x43004300u;  // bf16 128 + q
-            a[i] = as_u32(__hmul2(__hsub2(*reinterpret_cast<__nv_bfloat162 *>(&v), (i & 1) ? off1 : off0),
-                                  (i & 1) ? s1 : s0));
+            u32 v = and_or(w >> (4 * i), 0x000f000fu, 0x43004300u);  // bf16 128 + q
+            a[i] = as_u32(__hsub2(*reinterpret_cast<__nv_bfloat162 *>(&v), (i & 1) ? off1 : off0));
         }
     }
+    __device__ static __forceinline__ void dequant(u32 w, u32 m0, u32 m1, u32 a[4]) {
+        levels(w, m0, m1, a);
+        const __nv_bfloat162 s0 = __bfloat162bfloat162(__ushort_as_bfloat16((unsigned short)(m0 & 0xffff)));
+        const __nv_bfloat162 s1 = __bfloat162bfloat162(__ushort_as_bfloat16((unsigned short)(m1 & 0xffff)));
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+            a[i] = as_u32(__hmul2(*reinterpret_cast<__nv_bfloat162 *>(&a[i]), (i & 1) ? s1 : s0));
+    }
+    __device__ static __forceinline__ float scale(u32 m) { return __uint_as_float(m << 16); }
     __device__ static __forceinline__ void mma(float c[4], const u32 a[4], u32 b0, u32 b1) {
         asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
                      "{%0,%1,%2,%3};\n"
@@ -132,6 +153,8 @@ __device__ __forceinline__ void w4_mm(T *__restrict__ y, const T *__restrict__ x
         xrow[b] = x + (size_t)(col_ok[b] ? col : 0) * k + 16 * t;
     }
 
+    // Small batch tiles with groups of whole chunks scale after the mma (fewer instructions, exact levels).
+    const bool scale_after = NB8 <= 2 && (group & 63) == 0;
     uint4 wcur[RT], wnxt[RT];
     u32 mcur[RT][2], mnxt[RT][2];
     auto load = [&](int c, uint4 (&wv)[RT], u32 (&mv)[RT][2]) {
@@ -152,23 +175,65 @@ __device__ __forceinline__ void w4_mm(T *__restrict__ y, const T *__restrict__ x
     if (wk < nchunks) load(wk, wcur, mcur);
     for (int c = wk; c < nchunks; c += WK) {
         if (c + WK < nchunks) load(c + WK, wnxt, mnxt);
+        if (scale_after) {
+            // (q - z) exact in the mma, this chunk's sums scaled in fp32 (one group per chunk).
+            float part[RT][NB8][4];
 #pragma unroll
-        for (int h = 0; h < 2; ++h) {
-            uint4 xv[NB8];
+            for (int r = 0; r < RT; ++r)
 #pragma unroll
-            for (int b = 0; b < NB8; ++b)
-                xv[b] = col_ok[b] ? __ldg(reinterpret_cast<const uint4 *>(xrow[b] + c * 64 + 8 * h))
-                                  : make_uint4(0, 0, 0, 0);
+                for (int b = 0; b < NB8; ++b)
 #pragma unroll
-            for (int jj = 0; jj < 2; ++jj) {
-                const int j = 2 * h + jj;
+                    for (int e = 0; e < 4; ++e) part[r][b][e] = 0.f;
 #pragma unroll
-                for (int r = 0; r < RT; ++r) {
-                    u32 a[4];
-                    Op::dequant(word(wcur[r], j), mcur[r][0], mcur[r][1], a);
+            for (int h = 0; h < 2; ++h) {
+                uint4 xv[NB8];
 #pragma unroll
-                    for (int b = 0; b < NB8; ++b)
-                        Op::mma(acc[r][b], a, jj ? xv[b].z : xv[b].x, jj ? xv[b].w : xv[b].y);
+                for (int b = 0; b < NB8; ++b)
+                    xv[b] = col_ok[b] ? __ldg(reinterpret_cast<const uint4 *>(xrow[b] + c * 64 + 8 * h))
+                                      : make_uint4(0, 0, 0, 0);
+#pragma unroll
+                for (int jj = 0; jj < 2; ++jj) {
+                    const int j = 2 * h + jj;
+#pragma unroll
+                    for (int r = 0; r < RT; ++r) {
+                        u32 a[4];
+                        Op::levels(word(wcur[r], j), mcur[r][0], mcur[r][1], a);
+#pragma unroll
+                        for (int b = 0; b < NB8; ++b)
+                            Op::mma(part[r][b], a, jj ? xv[b].z : xv[b].x, jj ? xv[b].w : xv[b].y);
+                    }
+                }
+            }
+#pragma unroll
+            for (int r = 0; r < RT; ++r) {
+                const float s0 = Op::scale(mcur[r][0]), s1 = Op::scale(mcur[r][1]);
+#pragma unroll
+                for (int b = 0; b < NB8; ++b) {
+                    acc[r][b][0] = fmaf(s0, part[r][b][0], acc[r][b][0]);
+                    acc[r][b][1] = fmaf(s0, part[r][b][1], acc[r][b][1]);
+                    acc[r][b][2] = fmaf(s1, part[r][b][2], acc[r][b][2]);
+                    acc[r][b][3] = fmaf(s1, part[r][b][3], acc[r][b][3]);
+                }
+            }
+        } else {
+    #pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                uint4 xv[NB8];
+    #pragma unroll
+                for (int b = 0; b < NB8; ++b)
+                    xv[b] = col_ok[b] ? __ldg(reinterpret_cast<const uint4 *>(xrow[b] + c * 64 + 8 * h))
+                                      : make_uint4(0, 0, 0, 0);
+    #pragma unroll
+                for (int jj = 0; jj < 2; ++jj) {
+                    const int j = 2 * h + jj;
+    #pragma unroll
+                    for (int r = 0; r < RT; ++r) {
+                        u32 a[4];
+                        Op::dequant(word(wcur[r], j), mcur[r][0], mcur[r][1], a);
+    #pragma unroll
+                        for (int b = 0; b < NB8; ++b)
+                            Op::mma(acc[r][b], a, jj ? xv[b].z : xv[b].x, jj ? xv[b].w : xv[b].y);
+                    }
                 }
             }
         }
@@ -223,6 +288,143 @@ __device__ __forceinline__ void w4_mm(T *__restrict__ y, const T *__restrict__ x
     }
 }
 
+__device__ __forceinline__ void cp_async16(void *dst, const void *src, int bytes) {
+    const u32 d = (u32)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(bytes));
+}
+
+// Larger batches: a block computes a ROWS x COLS output tile over a range of chunks (grid.z splits K; partial sums
+// then go to `part` [splits, batch, n] f32 for w4_reduce_*). Each chunk's weight tiles, group metadata (for the
+// four 16-input slices) and activations [COLS, 64] go to shared memory by cp.async, S stages deep (one barrier
+// per chunk); activation rows are padded to 144 bytes so the 16-byte fragment reads are conflict-free. Each warp
+// dequantizes its RT words once per k16 step and reuses them over its NB8 batch tiles. blockIdx.x runs over the
+// column blocks, so the blocks sharing a weight tile run together and read it once from memory.
+template <typename T, int RT, int NB8, int WN, int WB, int S>
+__device__ __forceinline__ void w4_mm_pipe(T *__restrict__ y, float *__restrict__ part, const T *__restrict__ x,
+                                           const uint4 *__restrict__ tiles, const u32 *__restrict__ meta,
+                                           int batch, int n, int k, int group, int chunks_per_split) {
+    typedef W4<T> Op;
+    constexpr int ROWS = 16 * RT * WN, COLS = 8 * NB8 * WB, PITCH = 72, NT = 32 * WN * WB, MPITCH = ROWS + 8;
+    constexpr int WBYTES = ROWS / 16 * 512, MBYTES = 4 * MPITCH * 4, XBYTES = COLS * PITCH * 2;
+    constexpr int STAGE = WBYTES + MBYTES + XBYTES;
+    extern __shared__ __align__(16) unsigned char smem[];
+
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int wn = warp % WN, wb = warp / WN;
+    const int g = lane >> 2, t = lane & 3;
+    const int ntiles = n >> 4, nchunks = k >> 6;
+    const int colb = blockIdx.x * COLS, rowb = blockIdx.y * ROWS;
+    const int c0 = blockIdx.z * chunks_per_split;
+    const int c1 = min(nchunks, c0 + chunks_per_split);
+
+    auto stage = [&](int c, int s) {
+        unsigned char *base = smem + s * STAGE;
+        for (int p = threadIdx.x; p < ROWS / 16 * 32; p += NT) {
+            const int tile = rowb / 16 + (p >> 5);
+            const bool ok = tile < ntiles;
+            cp_async16(base + p * 16, tiles + ((size_t)(ok ? tile : 0) * nchunks + c) * 32 + (p & 31), ok ? 16 : 0);
+        }
+        for (int p = threadIdx.x; p < ROWS; p += NT) {  // 4 slices x ROWS/4 pieces of 4 rows
+            const int slice = p / (ROWS / 4), q = p % (ROWS / 4);
+            const int grp = (c * 64 + 16 * slice) / group, row = rowb + 4 * q;
+            const bool ok = row < n;
+            cp_async16(base + WBYTES + (slice * MPITCH + 4 * q) * 4, meta + (size_t)grp * n + (ok ? row : 0),
+                       ok ? 16 : 0);
+        }
+        for (int p = threadIdx.x; p < COLS * 8; p += NT) {
+            const int row = p >> 3, piece = p & 7, col = colb + row;
+            const bool ok = col < batch;  // rows past the batch are zero-filled
+            cp_async16(base + WBYTES + MBYTES + (row * PITCH + piece * 8) * 2,
+                       x + (size_t)(ok ? col : 0) * k + c * 64 + piece * 8, ok ? 16 : 0);
+        }
+    };
+
+    float acc[RT][NB8][4];
+#pragma unroll
+    for (int r = 0; r < RT; ++r)
+#pragma unroll
+        for (int b = 0; b < NB8; ++b)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[r][b][e] = 0.f;
+
+#pragma unroll
+    for (int i = 0; i < S - 1; ++i) {
+        if (c0 + i < c1) stage(c0 + i, i);
+        asm volatile("cp.async.commit_group;\n" ::);
+    }
+    for (int c = c0; c < c1; ++c) {
+        const int i = c - c0;
+        asm volatile("cp.async.wait_group %0;\n" ::"n"(S - 2));
+        __syncthreads();  // stage i is in; every warp is done with the slot refilled next
+        if (c + S - 1 < c1) stage(c + S - 1, (i + S - 1) % S);
+        asm volatile("cp.async.commit_group;\n" ::);
+
+        const unsigned char *base = smem + (i % S) * STAGE;
+        const uint4 *ws = reinterpret_cast<const uint4 *>(base);
+        const u32 *ms = reinterpret_cast<const u32 *>(base + WBYTES);
+        const unsigned short *xs = reinterpret_cast<const unsigned short *>(base + WBYTES + MBYTES);
+        u32 a[RT][4][4];
+#pragma unroll
+        for (int r = 0; r < RT; ++r) {
+            const int tl = wn * RT + r;
+            const uint4 w = ws[tl * 32 + lane];
+            const u32 m0 = ms[t * MPITCH + tl * 16 + g], m1 = ms[t * MPITCH + tl * 16 + g + 8];
+#pragma unroll
+            for (int j = 0; j < 4; ++j) Op::dequant(word(w, j), m0, m1, a[r][j]);
+        }
+        const unsigned short *xb = xs + (wb * NB8 * 8 + g) * PITCH + 16 * t;
+#pragma unroll
+        for (int b = 0; b < NB8; ++b)
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                const uint4 v = *reinterpret_cast<const uint4 *>(xb + b * 8 * PITCH + 8 * h);
+#pragma unroll
+                for (int r = 0; r < RT; ++r) {
+                    Op::mma(acc[r][b], a[r][2 * h], v.x, v.y);
+                    Op::mma(acc[r][b], a[r][2 * h + 1], v.z, v.w);
+                }
+            }
+    }
+    asm volatile("cp.async.wait_group 0;\n" ::);
+
+    float *out = part + (size_t)blockIdx.z * batch * n;
+#pragma unroll
+    for (int r = 0; r < RT; ++r) {
+        const int row = rowb + (wn * RT + r) * 16 + g;
+        if (row >= n) continue;
+#pragma unroll
+        for (int b = 0; b < NB8; ++b) {
+            const int col = colb + (wb * NB8 + b) * 8 + 2 * t;
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int cc = col + (e & 1), rr = row + 8 * (e >> 1);
+                if (cc >= batch) continue;
+                if (gridDim.z == 1)
+                    y[(size_t)cc * n + rr] = Op::from_f32(acc[r][b][e]);
+                else
+                    out[(size_t)cc * n + rr] = acc[r][b][e];
+            }
+        }
+    }
+}
+
+// y = sum over the K splits of `part` [splits, len], rounded once.
+template <typename T>
+__device__ void w4_reduce(T *__restrict__ y, const float *__restrict__ part, int splits, long long len) {
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < len;
+         i += (long long)gridDim.x * blockDim.x) {
+        float s = 0.f;
+        for (int z = 0; z < splits; ++z) s += part[z * len + i];
+        y[i] = W4<T>::from_f32(s);
+    }
+}
+extern "C" __global__ void w4_reduce_f16(__half *y, const float *part, int splits, long long len) {
+    w4_reduce(y, part, splits, len);
+}
+extern "C" __global__ void w4_reduce_bf16(__nv_bfloat16 *y, const float *part, int splits, long long len) {
+    w4_reduce(y, part, splits, len);
+}
+
 // The configurations the launcher (kernels/src/cuda/w4a16.rs, CONFIGS) may pick: name w4_mm_<dtype>_<RT>_<NB8>_
 // <WK>_<WN>_<WB>, block = 32 * WK * WN * WB threads.
 #define W4_MM(TY, NAME, RT, NB8, WK, WN, WB)                                                                     \
@@ -252,6 +454,25 @@ W4_MM_BOTH(2, 8, 1, 8, 1)
 W4_MM_BOTH(2, 8, 1, 4, 2)
 W4_MM_BOTH(2, 8, 2, 2, 2)
 W4_MM_BOTH(1, 8, 2, 4, 2)
+
+// Pipelined kernels, named w4_mm_<dtype>_<RT>_<NB8>_0_<WN>_<WB>_<S>; dynamic shared memory S stages.
+#define W4_MMP(TY, NAME, RT, NB8, WN, WB, S)                                                                     \
+    extern "C" __global__ void __launch_bounds__(32 * WN * WB)                                                   \
+        w4_mm_##NAME##_##RT##_##NB8##_0_##WN##_##WB##_##S(TY *y, float *part, const TY *x, const uint4 *tiles,   \
+                                                          const u32 *meta, int batch, int n, int k, int group,   \
+                                                          int chunks_per_split) {                                \
+        w4_mm_pipe<TY, RT, NB8, WN, WB, S>(y, part, x, tiles, meta, batch, n, k, group, chunks_per_split);       \
+    }
+#define W4_MMP_BOTH(RT, NB8, WN, WB, S)                                                                           \
+    W4_MMP(__half, f16, RT, NB8, WN, WB, S)                                                                      \
+    W4_MMP(__nv_bfloat16, bf16, RT, NB8, WN, WB, S)
+
+W4_MMP_BOTH(2, 8, 4, 2, 3)
+W4_MMP_BOTH(2, 8, 4, 2, 4)
+W4_MMP_BOTH(2, 4, 4, 2, 4)
+W4_MMP_BOTH(2, 8, 8, 1, 4)
+W4_MMP_BOTH(1, 8, 8, 2, 3)
+W4_MMP_BOTH(2, 2, 4, 2, 4)
 
 // Dense W [N, K] (the original input order: column perm[k'] when has_perm) from the tiles, one thread a 16-byte
 // tile load, with the GEMM's own dequantization (so the values are identical).

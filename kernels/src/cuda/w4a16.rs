@@ -5,7 +5,11 @@
 use std::marker::PhantomData;
 
 use super::convert::Half;
-use super::{bf16, f16, CudaSlice, Gpu, GpuError, LaunchConfig, PushKernelArg, ValidAsZeroBits};
+use cudarc::driver::sys::CUfunction_attribute;
+
+use super::{
+    bf16, f16, CudaFunction, CudaSlice, Gpu, GpuError, LaunchConfig, PushKernelArg, ValidAsZeroBits,
+};
 use crate::cpu::w4a16_tiles::{Half16, W4Tiles};
 
 const SOURCE: super::KernelSource = crate::cuda_source!("w4a16");
@@ -84,20 +88,25 @@ impl<T: W4Act> W4Weight<T> {
     }
 }
 
-/// How a W4A16 product splits its work: a block of `wk · wn · wb` warps covers `16 · rt · wn` output rows and
-/// `8 · nb8 · wb` batch columns; its `wk` warps split the inputs and add up at the end.
+/// How a W4A16 product splits its work. With `stages == 0` (the split-K kernel for small batches) a block of
+/// `wk · wn · wb` warps covers `16 · rt · wn` output rows and `8 · nb8 · wb` batch columns, its `wk` warps
+/// splitting the inputs and adding up at the end. With `stages > 0` (the pipelined kernel for larger batches,
+/// `wk = 0`) a block of `wn · wb` warps covers the same tile over a range of inputs, `stages` chunks of weights and
+/// activations in flight through shared memory; the launcher splits K over blocks when the tiles are too few.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MmConfig {
     /// 16-row weight tiles per warp.
     pub rt: u32,
     /// 8-column batch tiles per warp.
     pub nb8: u32,
-    /// Warps splitting K.
+    /// Warps splitting K (0 for the pipelined kernel).
     pub wk: u32,
     /// Warps along the output rows.
     pub wn: u32,
     /// Warps along the batch.
     pub wb: u32,
+    /// Shared-memory stages of the pipelined kernel; 0 for the split-K kernel.
+    pub stages: u32,
 }
 
 const fn cfg(rt: u32, nb8: u32, wk: u32, wn: u32, wb: u32) -> MmConfig {
@@ -107,11 +116,23 @@ const fn cfg(rt: u32, nb8: u32, wk: u32, wn: u32, wb: u32) -> MmConfig {
         wk,
         wn,
         wb,
+        stages: 0,
     }
 }
 
-/// Every configuration compiled in kernels/cuda/w4a16.cu (its `W4_MM_BOTH` lines).
-pub const CONFIGS: [MmConfig; 17] = [
+const fn pipe(rt: u32, nb8: u32, wn: u32, wb: u32, stages: u32) -> MmConfig {
+    MmConfig {
+        rt,
+        nb8,
+        wk: 0,
+        wn,
+        wb,
+        stages,
+    }
+}
+
+/// Every configuration compiled in kernels/cuda/w4a16.cu (its `W4_MM_BOTH` and `W4_MMP_BOTH` lines).
+pub const CONFIGS: [MmConfig; 23] = [
     cfg(1, 1, 8, 1, 1),
     cfg(1, 1, 16, 1, 1),
     cfg(2, 1, 8, 1, 1),
@@ -129,9 +150,20 @@ pub const CONFIGS: [MmConfig; 17] = [
     cfg(2, 8, 1, 4, 2),
     cfg(2, 8, 2, 2, 2),
     cfg(1, 8, 2, 4, 2),
+    pipe(2, 8, 4, 2, 3),
+    pipe(2, 8, 4, 2, 4),
+    pipe(2, 4, 4, 2, 4),
+    pipe(2, 8, 8, 1, 4),
+    pipe(1, 8, 8, 2, 3),
+    pipe(2, 2, 4, 2, 4),
 ];
 
 impl MmConfig {
+    /// Threads of one block.
+    pub fn threads(&self) -> u32 {
+        32 * self.wk.max(1) * self.wn * self.wb
+    }
+
     /// Batch columns one block covers.
     pub fn cols(&self) -> usize {
         (8 * self.nb8 * self.wb) as usize
@@ -142,6 +174,13 @@ impl MmConfig {
         (16 * self.rt * self.wn) as usize
     }
 
+    /// Dynamic shared memory of the pipelined kernel (its STAGE bytes times the stages).
+    fn shared_bytes(&self) -> usize {
+        let (rows, cols) = (self.rows(), self.cols());
+        let stage = rows / 16 * 512 + 4 * (rows + 8) * 4 + cols * 72 * 2;
+        stage * self.stages as usize
+    }
+
     fn kernel<T: W4Act>(&self) -> String {
         let MmConfig {
             rt,
@@ -149,22 +188,34 @@ impl MmConfig {
             wk,
             wn,
             wb,
+            stages,
         } = *self;
-        format!("w4_mm_{}_{rt}_{nb8}_{wk}_{wn}_{wb}", T::NAME)
+        if stages == 0 {
+            format!("w4_mm_{}_{rt}_{nb8}_{wk}_{wn}_{wb}", T::NAME)
+        } else {
+            format!("w4_mm_{}_{rt}_{nb8}_0_{wn}_{wb}_{stages}", T::NAME)
+        }
     }
 
-    /// The configuration [`w4a16`] uses for `batch` rows: the smallest batch tile that holds the batch (up to
-    /// 128), split along K enough to give the GPU some 12 warps a multiprocessor.
+    /// The configuration [`w4a16`] uses for `batch` rows (from gpu-bench on an H200, see benches/RESULTS.md): up to
+    /// 16 rows the split-K kernel, its least split configuration that gives the GPU enough warps (31 a
+    /// multiprocessor at batch 1..8, 16 at 9..16); above, the pipelined kernel.
     pub fn pick(batch: usize, n: usize, sm_count: u32) -> MmConfig {
-        let candidates: &[MmConfig] = match batch {
-            0..=8 => &[cfg(1, 1, 8, 1, 1), cfg(1, 1, 16, 1, 1)],
-            9..=16 => &[cfg(1, 2, 8, 1, 1), cfg(1, 2, 16, 1, 1)],
-            17..=32 => &[cfg(1, 4, 8, 1, 1), cfg(2, 4, 4, 2, 1)],
-            33..=64 => &[cfg(1, 8, 4, 2, 1), cfg(2, 8, 2, 4, 1)],
-            _ => &[cfg(2, 8, 2, 2, 2), cfg(2, 8, 1, 4, 2)],
+        let (candidates, per_sm): (&[MmConfig], usize) = match batch {
+            0..=8 => (
+                &[cfg(2, 1, 8, 1, 1), cfg(1, 1, 8, 1, 1), cfg(1, 1, 16, 1, 1)],
+                31,
+            ),
+            9..=16 => (
+                &[cfg(2, 2, 8, 1, 1), cfg(1, 2, 8, 1, 1), cfg(1, 2, 16, 1, 1)],
+                16,
+            ),
+            17..=32 => (&[cfg(1, 4, 8, 1, 1), cfg(2, 4, 4, 2, 1)], 12),
+            33..=64 => return pipe(2, 4, 4, 2, 4),
+            _ => return pipe(1, 8, 8, 2, 3),
         };
-        let warps_wanted = 12 * sm_count as usize;
-        let warps = |c: &MmConfig| n.div_ceil(c.rows()) * (c.wk * c.wn * c.wb) as usize;
+        let warps_wanted = per_sm * sm_count as usize;
+        let warps = |c: &MmConfig| n.div_ceil(c.rows()) * c.threads() as usize / 32;
         // The first (least split) candidate that fills the GPU, else the one with most warps.
         candidates
             .iter()
@@ -177,6 +228,15 @@ impl MmConfig {
                     .max_by_key(warps)
                     .unwrap_or(CONFIGS[0])
             })
+    }
+
+    /// K splits of the pipelined kernel: enough blocks for every multiprocessor, each split at least
+    /// 2 · stages chunks.
+    fn splits(&self, batch: usize, n: usize, k: usize, sm_count: u32) -> usize {
+        let tiles = batch.div_ceil(self.cols()) * n.div_ceil(self.rows());
+        let chunks = k / 64;
+        let most = (chunks / (2 * self.stages as usize)).max(1);
+        (sm_count as usize).div_ceil(tiles).clamp(1, most)
     }
 }
 
@@ -244,13 +304,16 @@ pub fn w4a16_with<T: W4Act>(
         }
     };
     let f = gpu.function(&SOURCE, &config.kernel::<T>())?;
+    if config.stages > 0 {
+        return launch_pipe(gpu, config, &f, x, batch, w, y);
+    }
     let launch = LaunchConfig {
         grid_dim: (
             w.n.div_ceil(config.rows()) as u32,
             batch.div_ceil(config.cols()) as u32,
             1,
         ),
-        block_dim: (32 * config.wk * config.wn * config.wb, 1, 1),
+        block_dim: (config.threads(), 1, 1),
         shared_mem_bytes: 0,
     };
     let (b, n, k, g) = (batch as i32, w.n as i32, w.k as i32, w.group_size as i32);
@@ -268,6 +331,90 @@ pub fn w4a16_with<T: W4Act>(
             .arg(&k)
             .arg(&g)
             .launch(launch)
+    }?;
+    Ok(())
+}
+
+/// The pipelined kernel, over `splits` ranges of K; more than one writes f32 partial sums that `w4_reduce_*` adds.
+fn launch_pipe<T: W4Act>(
+    gpu: &Gpu,
+    config: MmConfig,
+    f: &CudaFunction,
+    x: &CudaSlice<T>,
+    batch: usize,
+    w: &W4Weight<T>,
+    y: &mut CudaSlice<T>,
+) -> Result<(), GpuError> {
+    let splits = config.splits(batch, w.n, w.k, gpu.sm_count());
+    let chunks_per_split = (w.k / 64).div_ceil(splits);
+    let splits = (w.k / 64).div_ceil(chunks_per_split);
+    let smem = config.shared_bytes();
+    f.set_attribute(
+        CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+        smem as i32,
+    )?;
+    let launch = LaunchConfig {
+        grid_dim: (
+            batch.div_ceil(config.cols()) as u32,
+            w.n.div_ceil(config.rows()) as u32,
+            splits as u32,
+        ),
+        block_dim: (config.threads(), 1, 1),
+        shared_mem_bytes: smem as u32,
+    };
+    let (b, n, k, g) = (batch as i32, w.n as i32, w.k as i32, w.group_size as i32);
+    let cps = chunks_per_split as i32;
+    let mut part = if splits > 1 {
+        Some(gpu.alloc::<f32>(splits * batch * w.n)?)
+    } else {
+        None
+    };
+    let mut builder = gpu.stream().launch_builder(f);
+    builder.arg(&mut *y);
+    let null = 0u64;
+    match part.as_mut() {
+        Some(p) => builder.arg(p),
+        // Unread with one split: a null pointer.
+        None => builder.arg(&null),
+    };
+    builder
+        .arg(x)
+        .arg(&w.tiles)
+        .arg(&w.meta)
+        .arg(&b)
+        .arg(&n)
+        .arg(&k)
+        .arg(&g)
+        .arg(&cps);
+    // SAFETY: x is [batch, k], y [batch, n], part [splits, batch, n] when there are splits; tiles/meta as sized by
+    // `upload`; the dynamic shared memory is what the kernel's S stages take.
+    unsafe { builder.launch(launch) }?;
+    let Some(part) = part else {
+        return Ok(());
+    };
+    let reduce = gpu.function(&SOURCE, &format!("w4_reduce_{}", T::NAME))?;
+    let len = (batch * w.n) as i64;
+    let (z, cfg) = (
+        splits as i32,
+        LaunchConfig {
+            grid_dim: (
+                (batch * w.n).div_ceil(256).min(gpu.sm_count() as usize * 8) as u32,
+                1,
+                1,
+            ),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        },
+    );
+    // SAFETY: y holds len elements, part splits · len.
+    unsafe {
+        gpu.stream()
+            .launch_builder(&reduce)
+            .arg(y)
+            .arg(&part)
+            .arg(&z)
+            .arg(&len)
+            .launch(cfg)
     }?;
     Ok(())
 }

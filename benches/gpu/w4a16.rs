@@ -1,0 +1,220 @@
+//! W4A16 (kernels/cuda/w4a16.cu) on Phi-3.5-mini and Llama-3-8B linear shapes with random int4 weights (group
+//! 128, bf16 activations): the GEMV's bandwidth against the plain read kernel on the same bytes, and every
+//! product against cuBLAS bf16 (on the same weights, dequantized) at batch 1, 16, 64 and 128. Weights rotate over
+//! copies totalling more than twice the L2, so no timing reads from the cache.
+
+use cudarc::cublas::{sys::cublasOperation_t, Gemm, GemmConfig};
+use olive_kernels::cpu::w4a16::W4Levels;
+use olive_kernels::cpu::w4a16_tiles::W4Tiles;
+use olive_kernels::cuda::w4a16::{dequantize, w4a16_with, MmConfig, W4Weight, CONFIGS};
+use olive_kernels::cuda::{bf16, CudaSlice, Gpu, GpuError};
+
+use crate::timing::{median_us, read_us};
+
+/// Bytes the rotated copies of one operand must exceed (H100 L2 is 50 MB).
+const ROTATE_BYTES: usize = 120 << 20;
+const GROUP: usize = 128;
+const BATCHES: [usize; 4] = [1, 16, 64, 128];
+
+/// (model, linear, K in, N out)
+const SHAPES: [(&str, &str, usize, usize); 8] = [
+    ("Phi-3.5-mini", "qkv", 3072, 9216),
+    ("Phi-3.5-mini", "o", 3072, 3072),
+    ("Phi-3.5-mini", "gate_up", 3072, 16384),
+    ("Phi-3.5-mini", "down", 8192, 3072),
+    ("Llama-3-8B", "qkv", 4096, 6144),
+    ("Llama-3-8B", "o", 4096, 4096),
+    ("Llama-3-8B", "gate_up", 4096, 28672),
+    ("Llama-3-8B", "down", 14336, 4096),
+];
+
+struct Xorshift(u64);
+
+impl Xorshift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+fn random_levels(n: usize, k: usize, seed: u64) -> W4Levels {
+    let mut rng = Xorshift(seed | 1);
+    let groups = k / GROUP;
+    let mut q = vec![0u8; n * k];
+    for chunk in q.chunks_mut(16) {
+        let r = rng.next();
+        for (i, v) in chunk.iter_mut().enumerate() {
+            *v = ((r >> (4 * i)) & 0xF) as u8;
+        }
+    }
+    W4Levels {
+        n,
+        k,
+        group_size: GROUP,
+        q,
+        scales: (0..n * groups)
+            .map(|_| 0.002 + (rng.next() % 1000) as f32 * 1e-5)
+            .collect(),
+        zeros: (0..n * groups).map(|_| (rng.next() % 16) as u8).collect(),
+        g_idx: None,
+    }
+}
+
+fn copies(bytes: usize) -> usize {
+    ROTATE_BYTES.div_ceil(bytes).clamp(1, 32)
+}
+
+fn random_bf16(gpu: &Gpu, len: usize, seed: u64) -> Result<CudaSlice<bf16>, GpuError> {
+    let mut rng = Xorshift(seed | 1);
+    let host: Vec<bf16> = (0..len)
+        .map(|_| bf16::from_f32((rng.next() % 2001) as f32 / 1000.0 - 1.0))
+        .collect();
+    gpu.upload(&host)
+}
+
+/// cuBLAS bf16 y [batch, n] = x [batch, k] · Wᵀ (W [n, k] row-major), fp32 compute.
+fn cublas(
+    gpu: &Gpu,
+    w: &CudaSlice<bf16>,
+    x: &CudaSlice<bf16>,
+    y: &mut CudaSlice<bf16>,
+    (batch, k, n): (usize, usize, usize),
+) -> Result<(), GpuError> {
+    let cfg = GemmConfig {
+        transa: cublasOperation_t::CUBLAS_OP_T,
+        transb: cublasOperation_t::CUBLAS_OP_N,
+        m: n as i32,
+        n: batch as i32,
+        k: k as i32,
+        alpha: bf16::ONE,
+        lda: k as i32,
+        ldb: k as i32,
+        beta: bf16::ZERO,
+        ldc: n as i32,
+    };
+    // SAFETY: w is [n, k], x [batch, k], y [batch, n], as the column-major view above reads them.
+    unsafe { gpu.blas().gemm(cfg, w, x, y) }?;
+    Ok(())
+}
+
+fn rel_error(a: &[bf16], b: &[bf16]) -> f64 {
+    let (mut d, mut r) = (0f64, 0f64);
+    for (x, y) in a.iter().zip(b) {
+        let (x, y) = (f64::from(x.to_f32()), f64::from(y.to_f32()));
+        d += (x - y).powi(2);
+        r += y * y;
+    }
+    if d.is_nan() {
+        f64::INFINITY
+    } else {
+        (d / r).sqrt()
+    }
+}
+
+/// The configurations worth timing at `batch`: batch tiles from the batch (at least 8) up to twice it.
+fn candidates(batch: usize) -> Vec<MmConfig> {
+    let lo = batch.clamp(8, 128);
+    CONFIGS
+        .iter()
+        .copied()
+        .filter(|c| c.cols() >= lo && c.cols() <= 2 * lo)
+        .collect()
+}
+
+pub fn run(gpu: &Gpu) -> Result<(), GpuError> {
+    println!(
+        "\n## W4A16 int4 (group {GROUP}, bf16 activations) vs cuBLAS bf16; times are medians in µs"
+    );
+    let mut sink = gpu.alloc::<u32>(gpu.sm_count() as usize * 8 * 256)?;
+    let big: Vec<CudaSlice<u32>> = vec![gpu.alloc::<u32>(1 << 28)?];
+    let t = read_us(gpu, &big, &mut sink)?;
+    println!(
+        "plain read kernel, 1 GiB buffer: {:.0} GB/s",
+        (1u64 << 30) as f64 / t / 1e3
+    );
+    drop(big);
+    let mut summary = Vec::new();
+    println!("| model | linear | K | N | batch | int4 µs (config) | picked µs | cuBLAS bf16 µs | speed-up | int4 GB/s | read GB/s (same bytes) | % of read | rel err vs cuBLAS |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    // W4A16_SHAPE="Llama-3-8B gate_up" and W4A16_BATCHES="1,128" narrow the run (for a profiler).
+    let only = std::env::var("W4A16_SHAPE").ok();
+    let batches: Vec<usize> = match std::env::var("W4A16_BATCHES") {
+        Ok(list) => list
+            .split(',')
+            .filter_map(|b| b.trim().parse().ok())
+            .collect(),
+        Err(_) => BATCHES.to_vec(),
+    };
+    for (si, &(model, linear, k, n)) in SHAPES.iter().enumerate() {
+        if only
+            .as_ref()
+            .is_some_and(|o| *o != format!("{model} {linear}"))
+        {
+            continue;
+        }
+        let tiles = W4Tiles::from_levels(&random_levels(n, k, 1000 + si as u64))
+            .map_err(|e| GpuError::Shape(e.to_string()))?;
+        let first = W4Weight::<bf16>::upload(gpu, &tiles)?;
+        let wbytes = first.bytes();
+        let mut weights = vec![first];
+        for _ in 1..copies(wbytes) {
+            weights.push(W4Weight::<bf16>::upload(gpu, &tiles)?);
+        }
+        drop(tiles);
+        let dense: Vec<CudaSlice<bf16>> = (0..copies(2 * n * k))
+            .map(|i| dequantize(gpu, &weights[i % weights.len()]))
+            .collect::<Result<_, _>>()?;
+        let reads: Vec<CudaSlice<u32>> = (0..weights.len())
+            .map(|_| gpu.alloc::<u32>(wbytes.div_ceil(16) * 4))
+            .collect::<Result<_, _>>()?;
+        let read = read_us(gpu, &reads, &mut sink)?;
+        drop(reads);
+        for &batch in &batches {
+            let x = random_bf16(gpu, batch * k, 7 + batch as u64)?;
+            let mut y = gpu.alloc::<bf16>(batch * n)?;
+            let mut y_ref = gpu.alloc::<bf16>(batch * n)?;
+            let mut best = (f64::INFINITY, CONFIGS[0]);
+            for c in candidates(batch) {
+                let t = median_us(gpu, |i| {
+                    w4a16_with(gpu, c, &x, batch, &weights[i % weights.len()], &mut y)
+                })?;
+                if t < best.0 {
+                    best = (t, c);
+                }
+            }
+            let picked = MmConfig::pick(batch, n, gpu.sm_count());
+            let t_pick = median_us(gpu, |i| {
+                w4a16_with(gpu, picked, &x, batch, &weights[i % weights.len()], &mut y)
+            })?;
+            let t_blas = median_us(gpu, |i| {
+                cublas(gpu, &dense[i % dense.len()], &x, &mut y_ref, (batch, k, n))
+            })?;
+            // Same weights (dense[0] is weights[0] dequantized): the outputs agree up to summation order.
+            w4a16_with(gpu, best.1, &x, batch, &weights[0], &mut y)?;
+            cublas(gpu, &dense[0], &x, &mut y_ref, (batch, k, n))?;
+            let err = rel_error(&gpu.download(&y)?, &gpu.download(&y_ref)?);
+            let bytes = (wbytes + 2 * batch * (k + n)) as f64;
+            let gbs = bytes / best.0 / 1e3;
+            let read_gbs = wbytes as f64 / read / 1e3;
+            let c = best.1;
+            println!(
+                "| {model} | {linear} | {k} | {n} | {batch} | {:.1} ({},{},{},{},{}) | {t_pick:.1} | {t_blas:.1} | {:.2}x | {gbs:.0} | {read_gbs:.0} | {:.0}% | {err:.1e} |",
+                best.0, c.rt, c.nb8, c.wk, c.wn, c.wb, t_blas / best.0, 100.0 * gbs / read_gbs
+            );
+            summary.push((batch, t_blas / best.0, gbs / read_gbs));
+        }
+    }
+    for &batch in &BATCHES {
+        let rows: Vec<_> = summary.iter().filter(|r| r.0 == batch).collect();
+        let (min_s, min_r) = rows.iter().fold((f64::INFINITY, f64::INFINITY), |a, r| {
+            (a.0.min(r.1), a.1.min(r.2))
+        });
+        println!(
+            "batch {batch}: speed-up vs cuBLAS bf16 min {min_s:.2}x over the 8 shapes; GB/s vs read min {:.0}%",
+            100.0 * min_r
+        );
+    }
+    Ok(())
+}
