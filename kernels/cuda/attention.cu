@@ -1,7 +1,8 @@
 // Causal GQA attention over a KV cache, flash-attention style (Dao et al. 2022, FlashAttention-2 2023): queries in
 // blocks of 64, keys/values streamed through shared memory in tiles of 64, an online softmax (running max and sum
 // per row, the partial output rescaled as the max grows), so the score matrix never reaches global memory.
-// Products run on the tensor cores through WMMA (bf16/fp16 operands, fp32 accumulators).
+// Products run on the tensor cores through mma.sync m16n8k16 (bf16/fp16 operands, fp32 accumulators), fragments
+// loaded with ldmatrix, so S, P and O (and in the backward dS, dK, dV) stay in registers.
 //   attention_fwd_<t>_<d>:    the tiled forward; grid (query blocks, heads, batch), 128 threads; writes out and,
 //                             when lse is not null, the log-sum-exp of each row ([batch, heads, tokens], natural log)
 //   attention_decode_<t>_<d>: few queries per KV head (decode): grid (splits, kv_heads, batch); each block takes all
@@ -19,8 +20,6 @@
 // k, v: [batch·kv_len] rows. Offsets and strides are multiples of 8 elements (16-byte loads).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
-#include <mma.h>
-using namespace nvcuda;
 
 struct AttnParams {
     int batch, tokens, kv_len, heads, kv_heads;
@@ -71,134 +70,206 @@ __device__ void load_rows(T *dst, const T *src, int stride, long long row0, int 
     }
 }
 
-template <typename T> using FragA = wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major>;
-template <typename T> using FragAT = wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::col_major>;
-template <typename T> using FragB = wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major>;
-template <typename T> using FragBT = wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major>;
-using FragC = wmma::fragment<wmma::accumulator, 16, 16, 16, float>;
-template <typename T, bool TR> struct FragAOf { using type = FragA<T>; };
-template <typename T> struct FragAOf<T, true> { using type = FragAT<T>; };
-template <typename T, bool TR> struct FragBOf { using type = FragB<T>; };
-template <typename T> struct FragBOf<T, true> { using type = FragBT<T>; };
-
-// out[16, N] (fp32, ld LDO) = A[16, K] · B[K, N]; A row-major (or col-major: A = Xᵀ) at a, B row-major (or
-// col-major: B = Yᵀ) at bm, all in shared memory. N, K multiples of 16.
-template <typename T, int N, int K, bool AT, bool BT>
-__device__ __forceinline__ void warp_gemm(float *out, int ldo, const T *a, int lda, const T *bm, int ldb) {
-#pragma unroll
-    for (int n = 0; n < N / 16; ++n) {
-        FragC acc;
-        wmma::fill_fragment(acc, 0.f);
-#pragma unroll
-        for (int kk = 0; kk < K / 16; ++kk) {
-            typename FragAOf<T, AT>::type fa;
-            typename FragBOf<T, BT>::type fb;
-            wmma::load_matrix_sync(fa, AT ? a + kk * 16 * lda : a + kk * 16, lda);
-            wmma::load_matrix_sync(fb, BT ? bm + n * 16 * ldb + kk * 16 : bm + kk * 16 * ldb + n * 16, ldb);
-            wmma::mma_sync(acc, fa, fb, acc);
-        }
-        wmma::store_matrix_sync(out + n * 16, acc, ldo, wmma::mem_row_major);
-    }
+// ---------------------------------------------------------------------------------------------------------------
+// Forward, tiled, FlashAttention-2's register layout: mma.sync m16n8k16 (bf16/f16 in, fp32 accumulators) with
+// fragments loaded by ldmatrix; the scores S, the probabilities P and the output O never leave registers (S's
+// accumulator layout is P's A-operand layout). Shared memory: Q, 2 × K, 2 × V [64, D+8] (K/V double-buffered through
+// cp.async; rows padded by 16 bytes: the 8 rows
+// an ldmatrix reads fall in distinct banks). Warp w owns query rows 16w .. 16w+16; lane (g = lane/4, c = lane%4)
+// holds rows g and g+8, columns 2c, 2c+1 of each 8-column tile.
+__device__ __forceinline__ unsigned smem_u32(const void *ptr) {
+    return static_cast<unsigned>(__cvta_generic_to_shared(ptr));
+}
+__device__ __forceinline__ void ldmatrix_x4(unsigned (&r)[4], const void *ptr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_u32(ptr)));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(unsigned (&r)[4], const void *ptr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_u32(ptr)));
+}
+// c[16×8] += a[16×16] · b[16×8]
+__device__ __forceinline__ void mma(float (&c)[4], const unsigned (&a)[4], unsigned b0, unsigned b1, __nv_bfloat16) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+__device__ __forceinline__ void mma(float (&c)[4], const unsigned (&a)[4], unsigned b0, unsigned b1, __half) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+// Two floats as one register of two 16-bit values, the first in the low half.
+__device__ __forceinline__ unsigned pack2(float lo, float hi, __nv_bfloat16) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<unsigned *>(&v);
+}
+__device__ __forceinline__ unsigned pack2(float lo, float hi, __half) {
+    __half2 v = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<unsigned *>(&v);
+}
+__device__ __forceinline__ float quad_max(float x) {
+    x = fmaxf(x, __shfl_xor_sync(0xffffffff, x, 1));
+    return fmaxf(x, __shfl_xor_sync(0xffffffff, x, 2));
+}
+__device__ __forceinline__ float quad_sum(float x) {
+    x += __shfl_xor_sync(0xffffffff, x, 1);
+    return x + __shfl_xor_sync(0xffffffff, x, 2);
 }
 
-// ---------------------------------------------------------------------------------------------------------------
-// Forward, tiled. Shared memory: Q, K, V [64, D+8] (T), S [64, 68] (f32), P [64, 72] (T), O [64, D+4] (f32).
-// Warp w owns query rows 16w .. 16w+16 of the block for S, the softmax and O.
+// 16 bytes global -> shared without registers (zeros when `valid` is false), in the current commit group.
+__device__ __forceinline__ void cp_async16(void *dst, const void *src, bool valid) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)), "l"(src), "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
+// Rows row0 .. row0+64 of k and v (zeros from row `valid` on) into dK, dV [64, LD], asynchronously.
+template <typename T, int D, int LD>
+__device__ void load_kv_async(T *dK, T *dV, const T *k, int k_stride, const T *v, int v_stride, long long row0, int valid) {
+    constexpr int V = D / 8;
+    for (int i = threadIdx.x; i < BC * V; i += blockDim.x) {
+        const int r = i / V, c = (i % V) * 8;
+        const long long row = row0 + min(r, valid - 1);
+        cp_async16(dK + r * LD + c, k + row * k_stride + c, r < valid);
+        cp_async16(dV + r * LD + c, v + row * v_stride + c, r < valid);
+    }
+    cp_async_commit();
+}
+
 template <typename T, int D>
 __device__ void attn_fwd(const AttnParams p, const T *__restrict__ q, const T *__restrict__ k,
                          const T *__restrict__ v, const unsigned char *__restrict__ mask, T *__restrict__ out,
                          float *__restrict__ lse) {
-    constexpr int LDT = D + 8, LDS = BC + 4, LDP = BC + 8, LDO = D + 4;
+    constexpr int LDT = D + 8;
     extern __shared__ __align__(128) unsigned char smem[];
     T *sQ = reinterpret_cast<T *>(smem);
-    T *sK = sQ + BR * LDT;
-    T *sV = sK + BC * LDT;
-    float *sS = reinterpret_cast<float *>(sV + BC * LDT);
-    T *sP = reinterpret_cast<T *>(sS + BR * LDS);
-    float *sO = reinterpret_cast<float *>(sP + BR * LDP);
+    T *sK = sQ + BR * LDT;      // two buffers [2][64][LDT]
+    T *sV = sK + 2 * BC * LDT;  // two buffers
 
     // The last query blocks see the most keys: they start first.
     const int t0 = (gridDim.x - 1 - blockIdx.x) * BR, h = blockIdx.y, b = blockIdx.z;
     const int g = h / (p.heads / p.kv_heads);
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gq = lane / 4, cq = lane % 4;
     const int start = p.kv_len - p.tokens;
     const int valid_q = min(BR, p.tokens - t0);
     load_rows<T, D, LDT>(sQ, q + p.q_off + h * D, p.q_stride, (long long)b * p.tokens + t0, BR, valid_q);
-    for (int i = threadIdx.x; i < BR * LDO; i += blockDim.x) sO[i] = 0.f;
+    __syncthreads();
+    unsigned qa[D / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) ldmatrix_x4(qa[kk], sQ + (warp * 16 + lane % 16) * LDT + kk * 16 + (lane / 16) * 8);
     const float sl2 = p.scale * LOG2E;
     const int pos_first = start + t0, pos_last = start + t0 + valid_q - 1;
     const int j_begin = p.window > 0 ? max(0, pos_first - p.window + 1) : 0;
-    float m[16], l[16];
+    // This lane's two rows: query t0 + 16w + gq (+ 8).
+    const int row_t[2] = {t0 + warp * 16 + gq, t0 + warp * 16 + gq + 8};
+    float o[D / 8][4], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
 #pragma unroll
-    for (int r = 0; r < 16; ++r) m[r] = -INFINITY, l[r] = 0.f;
+    for (int n = 0; n < D / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
 
-    for (int j0 = j_begin; j0 <= pos_last; j0 += BC) {
-        __syncthreads();
+    // K/V tiles double-buffered: the next tile's copy runs while this one is computed.
+    const T *kg = k + p.k_off + g * D, *vg = v + p.v_off + g * D;
+    const long long kv0 = (long long)b * p.kv_len;
+    load_kv_async<T, D, LDT>(sK, sV, kg, p.k_stride, vg, p.v_stride, kv0 + j_begin, min(BC, p.kv_len - j_begin));
+    int buf = 0;
+    for (int j0 = j_begin; j0 <= pos_last; j0 += BC, buf ^= 1) {
         const int valid_k = min(BC, p.kv_len - j0);
-        const long long krow = (long long)b * p.kv_len + j0;
-        load_rows<T, D, LDT>(sK, k + p.k_off + g * D, p.k_stride, krow, BC, valid_k);
-        load_rows<T, D, LDT>(sV, v + p.v_off + g * D, p.v_stride, krow, BC, valid_k);
+        if (j0 + BC <= pos_last) {
+            load_kv_async<T, D, LDT>(sK + (buf ^ 1) * BC * LDT, sV + (buf ^ 1) * BC * LDT, kg, p.k_stride, vg,
+                                     p.v_stride, kv0 + j0 + BC, min(BC, p.kv_len - j0 - BC));
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
         __syncthreads();
-        // S[16w.., :] = Q K^T
-        warp_gemm<T, BC, D, false, true>(sS + warp * 16 * LDS, LDS, sQ + warp * 16 * LDT, LDT, sK, LDT);
-        __syncwarp();
+        const T *tK = sK + buf * BC * LDT, *tV = sV + buf * BC * LDT;
+        float s[BC / 8][4];
 #pragma unroll
-        for (int r = 0; r < 16; ++r) {
-            const int row = warp * 16 + r, t = t0 + row, pos = start + t;
-            float s[2];
+        for (int n = 0; n < BC / 8; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
+        // S = Q K^T: B(k=d, n=key) = K[key][d], an ldmatrix of K's rows; x4 = two 8-key tiles.
 #pragma unroll
-            for (int c = 0; c < 2; ++c) {
-                const int col = lane + 32 * c;
-                s[c] = t < p.tokens && visible(p, mask, b, pos, j0 + col) ? sS[row * LDS + col] * sl2 : -INFINITY;
+        for (int kk = 0; kk < D / 16; ++kk) {
+#pragma unroll
+            for (int np = 0; np < BC / 16; ++np) {
+                unsigned kb[4];
+                ldmatrix_x4(kb, tK + (np * 16 + (lane / 16) * 8 + lane % 8) * LDT + kk * 16 + ((lane / 8) % 2) * 8);
+                mma(s[2 * np], qa[kk], kb[0], kb[1], T());
+                mma(s[2 * np + 1], qa[kk], kb[2], kb[3], T());
             }
-            const float mn = fmaxf(m[r], warp_max(fmaxf(s[0], s[1])));
-            float alpha = 1.f, p0 = 0.f, p1 = 0.f;
-            if (mn != -INFINITY) {
-                alpha = exp2f(m[r] - mn);
-                p0 = exp2f(s[0] - mn);
-                p1 = exp2f(s[1] - mn);
+        }
+        // Masks only where a key of the tile can be hidden from a query of the block.
+        const bool masked = p.has_mask || p.window > 0 || j0 + BC - 1 > pos_first || valid_k < BC;
+        float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+        for (int n = 0; n < BC / 8; ++n) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int r = e / 2, j = j0 + n * 8 + 2 * cq + e % 2;
+                const bool vis = !masked || (row_t[r] < p.tokens && visible(p, mask, b, start + row_t[r], j));
+                s[n][e] = vis ? s[n][e] * sl2 : -INFINITY;
+                mx[r] = fmaxf(mx[r], s[n][e]);
             }
-            l[r] = l[r] * alpha + warp_sum(p0 + p1);
+        }
+        float alpha[2];
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            const float mn = fmaxf(m[r], quad_max(mx[r]));
+            alpha[r] = mn == -INFINITY ? 1.f : exp2f(m[r] - mn);
             m[r] = mn;
-            sP[row * LDP + lane] = from_float<T>(p0);
-            sP[row * LDP + lane + 32] = from_float<T>(p1);
-            for (int c = lane; c < D; c += 32) sO[row * LDO + c] *= alpha;
+            l[r] *= alpha[r];
         }
-        __syncwarp();
-        // O[16w.., :] += P V
 #pragma unroll
-        for (int n = 0; n < D / 16; ++n) {
-            FragC acc;
-            float *o = sO + warp * 16 * LDO + n * 16;
-            wmma::load_matrix_sync(acc, o, LDO, wmma::mem_row_major);
+        for (int n = 0; n < BC / 8; ++n) {
 #pragma unroll
-            for (int kk = 0; kk < BC / 16; ++kk) {
-                FragA<T> fa;
-                FragB<T> fb;
-                wmma::load_matrix_sync(fa, sP + warp * 16 * LDP + kk * 16, LDP);
-                wmma::load_matrix_sync(fb, sV + kk * 16 * LDT + n * 16, LDT);
-                wmma::mma_sync(acc, fa, fb, acc);
+            for (int e = 0; e < 4; ++e) {
+                const int r = e / 2;
+                s[n][e] = m[r] == -INFINITY ? 0.f : exp2f(s[n][e] - m[r]);
+                l[r] += s[n][e];
             }
-            wmma::store_matrix_sync(o, acc, LDO, wmma::mem_row_major);
         }
-        __syncwarp();
+#pragma unroll
+        for (int n = 0; n < D / 8; ++n) o[n][0] *= alpha[0], o[n][1] *= alpha[0], o[n][2] *= alpha[1], o[n][3] *= alpha[1];
+        // O += P V: P's A fragment from S's accumulators; B(k=key, n=d) = V[key][d], a transposed ldmatrix.
+#pragma unroll
+        for (int kc = 0; kc < BC / 16; ++kc) {
+            const unsigned pa[4] = {pack2(s[2 * kc][0], s[2 * kc][1], T()), pack2(s[2 * kc][2], s[2 * kc][3], T()),
+                                    pack2(s[2 * kc + 1][0], s[2 * kc + 1][1], T()),
+                                    pack2(s[2 * kc + 1][2], s[2 * kc + 1][3], T())};
+#pragma unroll
+            for (int dp = 0; dp < D / 16; ++dp) {
+                unsigned vb[4];
+                ldmatrix_x4_trans(vb, tV + (kc * 16 + ((lane / 8) % 2) * 8 + lane % 8) * LDT + dp * 16 + (lane / 16) * 8);
+                mma(o[2 * dp], pa, vb[0], vb[1], T());
+                mma(o[2 * dp + 1], pa, vb[2], vb[3], T());
+            }
+        }
+        __syncthreads();  // every warp is done with this buffer before the next iteration refills it
     }
 #pragma unroll
-    for (int r = 0; r < 16; ++r) {
-        const int row = warp * 16 + r, t = t0 + row;
+    for (int r = 0; r < 2; ++r) {
+        const float sum = quad_sum(l[r]);
+        const int t = row_t[r];
         if (t >= p.tokens) continue;
-        const float inv = l[r] > 0.f ? 1.f / l[r] : 0.f;
-        T *o = out + ((long long)b * p.tokens + t) * p.o_stride + p.o_off + h * D;
-        for (int c = lane; c < D; c += 32) o[c] = from_float<T>(sO[row * LDO + c] * inv);
-        if (lse != nullptr && lane == 0)
-            lse[((long long)b * p.heads + h) * p.tokens + t] = l[r] > 0.f ? (m[r] + log2f(l[r])) * LN2 : -INFINITY;
+        const float inv = sum > 0.f ? 1.f / sum : 0.f;
+        T *dst = out + ((long long)b * p.tokens + t) * p.o_stride + p.o_off + h * D;
+#pragma unroll
+        for (int n = 0; n < D / 8; ++n) {
+            const unsigned pair = pack2(o[n][2 * r] * inv, o[n][2 * r + 1] * inv, T());
+            *reinterpret_cast<unsigned *>(dst + n * 8 + 2 * cq) = pair;
+        }
+        if (lse != nullptr && cq == 0)
+            lse[((long long)b * p.heads + h) * p.tokens + t] = sum > 0.f ? (m[r] + log2f(sum)) * LN2 : -INFINITY;
     }
 }
 
 // ---------------------------------------------------------------------------------------------------------------
 // Decode: R = group·tokens ≤ MAXR query rows of KV head g (row r: head g·group + r / tokens, token r % tokens) over
 // keys [s·chunk, (s+1)·chunk), 128 keys at a time: thread i scores key i against every row, the warps take the
-// softmax statistics row by row, then thread (kh, c) accumulates output column c over every KH-th key.
+// softmax statistics row by row, then thread (kh, c) accumulates output columns 2c, 2c+1 over every KH-th key.
 // part: [batch, heads, tokens, splits, D + 2] = the unnormalized output row, its running max (log2 units), its sum.
 constexpr int MAXR = 16;
 
@@ -206,11 +277,12 @@ template <typename T, int D>
 __device__ void attn_decode(const AttnParams p, const T *__restrict__ q, const T *__restrict__ k,
                             const T *__restrict__ v, const unsigned char *__restrict__ mask,
                             float *__restrict__ part) {
-    constexpr int KH = THREADS / D > 0 ? THREADS / D : 1;
+    constexpr int NP = D / 2, KH = THREADS / NP;
+    static_assert(KH >= 2, "column pairs fit one key half");
     __shared__ float sq[MAXR][D];
     __shared__ float sp[MAXR][THREADS];
     __shared__ float sm[MAXR], sl[MAXR], salpha[MAXR];
-    __shared__ float sred[KH > 1 ? MAXR : 1][KH > 1 ? D : 1];
+    __shared__ float sred[KH - 1][MAXR][D];
     const int s = blockIdx.x, g = blockIdx.y, b = blockIdx.z;
     const int group = p.heads / p.kv_heads, R = group * p.tokens, start = p.kv_len - p.tokens;
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
@@ -221,10 +293,10 @@ __device__ void attn_decode(const AttnParams p, const T *__restrict__ q, const T
     }
     if (tid < MAXR) sm[tid] = -INFINITY, sl[tid] = 0.f;
     const int j_begin = s * p.chunk, j_end = min(p.kv_len, j_begin + p.chunk);
-    const int col = tid % D, kh = tid / D;
-    float acc[MAXR];
+    const int cp = tid % NP, kh = tid / NP;
+    float acc[MAXR][2];
 #pragma unroll
-    for (int r = 0; r < MAXR; ++r) acc[r] = 0.f;
+    for (int r = 0; r < MAXR; ++r) acc[r][0] = acc[r][1] = 0.f;
     __syncthreads();
     for (int j0 = j_begin; j0 < j_end; j0 += THREADS) {
         const int j = j0 + tid;
@@ -277,41 +349,36 @@ __device__ void attn_decode(const AttnParams p, const T *__restrict__ q, const T
         if (kh < KH) {
 #pragma unroll
             for (int r = 0; r < MAXR; ++r)
-                if (r < R) acc[r] *= salpha[r];
+                if (r < R) acc[r][0] *= salpha[r], acc[r][1] *= salpha[r];
             const int nkeys = min(THREADS, j_end - j0);
+            const T *vcol = v + ((long long)b * p.kv_len + j0) * p.v_stride + p.v_off + g * D + 2 * cp;
             for (int jj = kh; jj < nkeys; jj += KH) {
-                const float vv = to_float(v[((long long)b * p.kv_len + j0 + jj) * p.v_stride + p.v_off + g * D + col]);
+                const unsigned raw = *reinterpret_cast<const unsigned *>(vcol + (long long)jj * p.v_stride);
+                const T *e = reinterpret_cast<const T *>(&raw);
+                const float v0 = to_float(e[0]), v1 = to_float(e[1]);
 #pragma unroll
                 for (int r = 0; r < MAXR; ++r)
-                    if (r < R) acc[r] += sp[r][jj] * vv;
+                    if (r < R) acc[r][0] += sp[r][jj] * v0, acc[r][1] += sp[r][jj] * v1;
             }
         }
         __syncthreads();
     }
-    if (KH > 1) {
-        for (int part_kh = 1; part_kh < KH; ++part_kh) {
-            if (kh == part_kh) {
+    if (kh >= 1 && kh < KH) {
 #pragma unroll
-                for (int r = 0; r < MAXR; ++r)
-                    if (r < R) sred[r][col] = acc[r];
-            }
-            __syncthreads();
-            if (kh == 0) {
-#pragma unroll
-                for (int r = 0; r < MAXR; ++r)
-                    if (r < R) acc[r] += sred[r][col];
-            }
-            __syncthreads();
-        }
+        for (int r = 0; r < MAXR; ++r)
+            if (r < R) sred[kh - 1][r][2 * cp] = acc[r][0], sred[kh - 1][r][2 * cp + 1] = acc[r][1];
     }
+    __syncthreads();
     if (kh == 0) {
 #pragma unroll
         for (int r = 0; r < MAXR; ++r) {
             if (r >= R) continue;
+            float a0 = acc[r][0], a1 = acc[r][1];
+            for (int x = 0; x < KH - 1; ++x) a0 += sred[x][r][2 * cp], a1 += sred[x][r][2 * cp + 1];
             const int h = g * group + r / p.tokens, t = r % p.tokens;
             float *dst = part + ((((long long)b * p.heads + h) * p.tokens + t) * p.splits + s) * (D + 2);
-            dst[col] = acc[r];
-            if (col == 0) dst[D] = sm[r], dst[D + 1] = sl[r];
+            dst[2 * cp] = a0, dst[2 * cp + 1] = a1;
+            if (cp == 0) dst[D] = sm[r], dst[D + 1] = sl[r];
         }
     }
 }
@@ -356,38 +423,42 @@ __device__ void attn_delta(const AttnParams p, const T *__restrict__ o, const T 
     if (threadIdx.x % 32 == 0) delta[row] = sum;
 }
 
-// Backward step 2. Shared memory: K, V, Q, dO [64, D+8] (T), S/dP/dQ [64, D+4] (f32), P, dS [64, 72] (T), lse and
-// delta [64] (f32). Warp w owns query rows 16w.. for S, P, dP, dS, dQ and key rows 16w.. for dK, dV (registers).
+// Backward step 2 (FlashAttention-2's, transposed): warp w owns keys j0+16w .. +16 of the block and computes, per
+// tile of 64 queries, Sᵀ = K_w·Qᵀ, Pᵀ = exp(Sᵀ·scale − lse), dV_w += Pᵀ·dO, dPᵀ = V_w·dOᵀ, dSᵀ = Pᵀ ⊙ (dPᵀ − delta),
+// dK_w += dSᵀ·Q in registers (mma.sync, the accumulators of one product the A operand of the next); dS goes through
+// shared memory for dQ = dS·K (query rows split over the warps), added to the fp32 accumulator with atomics.
+// Shared memory: K, V, Q, dO [64, D+8], dS [64 queries, 72] (16-bit), lse and delta [64] (f32).
 // dq_acc: [batch·tokens, heads, D] f32, zeroed before; gets scale · dS K.
 template <typename T, int D>
 __device__ void attn_bwd(const AttnParams p, const T *__restrict__ q, const T *__restrict__ k,
                          const T *__restrict__ v, const unsigned char *__restrict__ mask, const T *__restrict__ d_o,
                          const float *__restrict__ lse, const float *__restrict__ delta, float *__restrict__ dq_acc,
                          float *__restrict__ dk, float *__restrict__ dv) {
-    constexpr int LDT = D + 8, LDS = D + 4, LDP = BC + 8;
-    static_assert(D >= BC, "S shares its buffer with dQ: D columns");
+    constexpr int LDT = D + 8, LDS = BC + 8;
     extern __shared__ __align__(128) unsigned char smem[];
     T *sK = reinterpret_cast<T *>(smem);
     T *sV = sK + BC * LDT;
     T *sQ = sV + BC * LDT;
     T *sdO = sQ + BR * LDT;
-    float *sS = reinterpret_cast<float *>(sdO + BR * LDT);
-    T *sP = reinterpret_cast<T *>(sS + BR * LDS);
-    T *sdS = sP + BR * LDP;
-    float *sLse = reinterpret_cast<float *>(sdS + BR * LDP);
+    T *sdS = sdO + BR * LDT;  // [query][key]
+    float *sLse = reinterpret_cast<float *>(sdS + BR * LDS);
     float *sDelta = sLse + BR;
 
     const int j0 = blockIdx.x * BC, g = blockIdx.y, b = blockIdx.z;
     const int group = p.heads / p.kv_heads, start = p.kv_len - p.tokens;
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gq = lane / 4, cq = lane % 4;
     const int valid_k = min(BC, p.kv_len - j0);
     const long long krow = (long long)b * p.kv_len + j0;
     load_rows<T, D, LDT>(sK, k + p.k_off + g * D, p.k_stride, krow, BC, valid_k);
     load_rows<T, D, LDT>(sV, v + p.v_off + g * D, p.v_stride, krow, BC, valid_k);
     const float sl2 = p.scale * LOG2E;
-    FragC dK[D / 16], dV[D / 16];
+    // This lane's keys: j0 + 16w + gq (+ 8).
+    const int key[2] = {j0 + warp * 16 + gq, j0 + warp * 16 + gq + 8};
+    float dK[D / 8][4], dV[D / 8][4];
 #pragma unroll
-    for (int n = 0; n < D / 16; ++n) wmma::fill_fragment(dK[n], 0.f), wmma::fill_fragment(dV[n], 0.f);
+    for (int n = 0; n < D / 8; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) dK[n][e] = dV[n][e] = 0.f;
     // Queries that see some key of this block: pos ≥ j0 and pos ≤ last key + window − 1.
     const int t_lo = max(0, j0 - start);
     const int t_hi = p.window > 0 ? min(p.tokens, j0 + valid_k - 1 + p.window - start) : p.tokens;
@@ -402,90 +473,108 @@ __device__ void attn_bwd(const AttnParams p, const T *__restrict__ q, const T *_
             load_rows<T, D, LDT>(sdO, d_o + p.do_off + h * D, p.do_stride, qrow, BR, valid_q);
             for (int i = threadIdx.x; i < BR; i += blockDim.x) {
                 const long long at = ((long long)b * p.heads + h) * p.tokens + tq0 + i;
-                sLse[i] = i < valid_q ? lse[at] * LOG2E : -INFINITY;
+                sLse[i] = i < valid_q ? lse[at] * LOG2E : 0.f;
                 sDelta[i] = i < valid_q ? delta[at] : 0.f;
             }
             __syncthreads();
-            warp_gemm<T, BC, D, false, true>(sS + warp * 16 * LDS, LDS, sQ + warp * 16 * LDT, LDT, sK, LDT);
-            __syncwarp();
-            float pr[16][2];
+            // Sᵀ = K_w Qᵀ and dPᵀ = V_w dOᵀ: [16 keys, 64 queries] each.
+            float s[BR / 8][4], dp[BR / 8][4];
 #pragma unroll
-            for (int r = 0; r < 16; ++r) {
-                const int row = warp * 16 + r, t = tq0 + row, pos = start + t;
+            for (int n = 0; n < BR / 8; ++n)
 #pragma unroll
-                for (int c = 0; c < 2; ++c) {
-                    const int col = lane + 32 * c;
-                    const bool vis = t < p.tokens && visible(p, mask, b, pos, j0 + col);
-                    pr[r][c] = vis ? exp2f(sS[row * LDS + col] * sl2 - sLse[row]) : 0.f;
-                    sP[row * LDP + col] = from_float<T>(pr[r][c]);
+                for (int e = 0; e < 4; ++e) s[n][e] = dp[n][e] = 0.f;
+#pragma unroll
+            for (int kk = 0; kk < D / 16; ++kk) {
+                unsigned ka[4], va[4];
+                ldmatrix_x4(ka, sK + (warp * 16 + lane % 16) * LDT + kk * 16 + (lane / 16) * 8);
+                ldmatrix_x4(va, sV + (warp * 16 + lane % 16) * LDT + kk * 16 + (lane / 16) * 8);
+#pragma unroll
+                for (int np = 0; np < BR / 16; ++np) {
+                    const int off = (np * 16 + (lane / 16) * 8 + lane % 8) * LDT + kk * 16 + ((lane / 8) % 2) * 8;
+                    unsigned qb[4], ob[4];
+                    ldmatrix_x4(qb, sQ + off);
+                    ldmatrix_x4(ob, sdO + off);
+                    mma(s[2 * np], ka, qb[0], qb[1], T());
+                    mma(s[2 * np + 1], ka, qb[2], qb[3], T());
+                    mma(dp[2 * np], va, ob[0], ob[1], T());
+                    mma(dp[2 * np + 1], va, ob[2], ob[3], T());
+                }
+            }
+            // Pᵀ and dSᵀ in place of Sᵀ and dPᵀ; dS (transposed back) to shared memory for dQ.
+            const bool masked = p.has_mask || p.window > 0 || start + tq0 < j0 + BC - 1 || valid_k < BC || valid_q < BR;
+#pragma unroll
+            for (int n = 0; n < BR / 8; ++n) {
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const int c = n * 8 + 2 * cq + e % 2, j = key[e / 2], t = tq0 + c;
+                    const bool vis = !masked || (t < p.tokens && visible(p, mask, b, start + t, j));
+                    s[n][e] = vis ? exp2f(s[n][e] * sl2 - sLse[c]) : 0.f;
+                    dp[n][e] = s[n][e] * (dp[n][e] - sDelta[c]);
+                    sdS[c * LDS + warp * 16 + gq + (e / 2) * 8] = from_float<T>(dp[n][e]);
+                }
+            }
+            // dV_w += Pᵀ dO and dK_w += dSᵀ Q: B(k=query, n=d) = X[query][d], transposed ldmatrix.
+#pragma unroll
+            for (int kc = 0; kc < BR / 16; ++kc) {
+                const unsigned pa[4] = {pack2(s[2 * kc][0], s[2 * kc][1], T()), pack2(s[2 * kc][2], s[2 * kc][3], T()),
+                                        pack2(s[2 * kc + 1][0], s[2 * kc + 1][1], T()),
+                                        pack2(s[2 * kc + 1][2], s[2 * kc + 1][3], T())};
+                const unsigned da[4] = {pack2(dp[2 * kc][0], dp[2 * kc][1], T()), pack2(dp[2 * kc][2], dp[2 * kc][3], T()),
+                                        pack2(dp[2 * kc + 1][0], dp[2 * kc + 1][1], T()),
+                                        pack2(dp[2 * kc + 1][2], dp[2 * kc + 1][3], T())};
+#pragma unroll
+                for (int dd = 0; dd < D / 16; ++dd) {
+                    const int off = (kc * 16 + ((lane / 8) % 2) * 8 + lane % 8) * LDT + dd * 16 + (lane / 16) * 8;
+                    unsigned ob[4], qb[4];
+                    ldmatrix_x4_trans(ob, sdO + off);
+                    ldmatrix_x4_trans(qb, sQ + off);
+                    mma(dV[2 * dd], pa, ob[0], ob[1], T());
+                    mma(dV[2 * dd + 1], pa, ob[2], ob[3], T());
+                    mma(dK[2 * dd], da, qb[0], qb[1], T());
+                    mma(dK[2 * dd + 1], da, qb[2], qb[3], T());
                 }
             }
             __syncthreads();
-            // dV[16w.., :] += P^T dO
+            // dQ[16w.., :] = dS K over this block's keys: A = dS rows, B(k=key, n=d) = K[key][d] (transposed).
+            if (warp * 16 < valid_q) {
+                unsigned sa[BC / 16][4];
 #pragma unroll
-            for (int n = 0; n < D / 16; ++n) {
+                for (int kk = 0; kk < BC / 16; ++kk) ldmatrix_x4(sa[kk], sdS + (warp * 16 + lane % 16) * LDS + kk * 16 + (lane / 16) * 8);
 #pragma unroll
-                for (int kk = 0; kk < BR / 16; ++kk) {
-                    FragAT<T> fa;
-                    FragB<T> fb;
-                    wmma::load_matrix_sync(fa, sP + kk * 16 * LDP + warp * 16, LDP);
-                    wmma::load_matrix_sync(fb, sdO + kk * 16 * LDT + n * 16, LDT);
-                    wmma::mma_sync(dV[n], fa, fb, dV[n]);
+                for (int dd = 0; dd < D / 16; ++dd) {
+                    float acc[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+#pragma unroll
+                    for (int kk = 0; kk < BC / 16; ++kk) {
+                        unsigned kb[4];
+                        ldmatrix_x4_trans(kb, sK + (kk * 16 + ((lane / 8) % 2) * 8 + lane % 8) * LDT + dd * 16 + (lane / 16) * 8);
+                        mma(acc[0], sa[kk], kb[0], kb[1], T());
+                        mma(acc[1], sa[kk], kb[2], kb[3], T());
+                    }
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                        const int row = warp * 16 + gq + (e / 2) * 8;
+                        if (row < valid_q) {
+                            float *dst = dq_acc + ((qrow + row) * p.heads + h) * D + dd * 16 + 2 * cq + e % 2;
+                            atomicAdd(dst, acc[0][e] * p.scale);
+                            atomicAdd(dst + 8, acc[1][e] * p.scale);
+                        }
+                    }
                 }
-            }
-            // dP[16w.., :] = dO V^T
-            warp_gemm<T, BC, D, false, true>(sS + warp * 16 * LDS, LDS, sdO + warp * 16 * LDT, LDT, sV, LDT);
-            __syncwarp();
-#pragma unroll
-            for (int r = 0; r < 16; ++r) {
-                const int row = warp * 16 + r;
-#pragma unroll
-                for (int c = 0; c < 2; ++c) {
-                    const int col = lane + 32 * c;
-                    sdS[row * LDP + col] = from_float<T>(pr[r][c] * (sS[row * LDS + col] - sDelta[row]));
-                }
-            }
-            __syncthreads();
-            // dK[16w.., :] += dS^T Q
-#pragma unroll
-            for (int n = 0; n < D / 16; ++n) {
-#pragma unroll
-                for (int kk = 0; kk < BR / 16; ++kk) {
-                    FragAT<T> fa;
-                    FragB<T> fb;
-                    wmma::load_matrix_sync(fa, sdS + kk * 16 * LDP + warp * 16, LDP);
-                    wmma::load_matrix_sync(fb, sQ + kk * 16 * LDT + n * 16, LDT);
-                    wmma::mma_sync(dK[n], fa, fb, dK[n]);
-                }
-            }
-            // dQ[16w.., :] = dS K, added to the accumulator
-            warp_gemm<T, D, BC, false, false>(sS + warp * 16 * LDS, LDS, sdS + warp * 16 * LDP, LDP, sK, LDT);
-            __syncwarp();
-            for (int r = 0; r < 16; ++r) {
-                const int row = warp * 16 + r;
-                if (row >= valid_q) break;
-                float *dst = dq_acc + ((qrow + row) * p.heads + h) * D;
-                for (int c = lane; c < D; c += 32) atomicAdd(dst + c, sS[row * LDS + c] * p.scale);
             }
         }
     }
-    __syncwarp();
-    float *mine = sS + warp * 16 * LDS;
 #pragma unroll
-    for (int which = 0; which < 2; ++which) {
+    for (int e = 0; e < 4; ++e) {
+        const int j = key[e / 2];
+        if (j >= p.kv_len) continue;
+        const long long at = (long long)b * p.kv_len + j;
+        float *dkr = dk + at * p.dk_stride + p.dk_off + g * D, *dvr = dv + at * p.dv_stride + p.dv_off + g * D;
 #pragma unroll
-        for (int n = 0; n < D / 16; ++n)
-            wmma::store_matrix_sync(mine + n * 16, which == 0 ? dK[n] : dV[n], LDS, wmma::mem_row_major);
-        __syncwarp();
-        for (int r = 0; r < 16; ++r) {
-            const int j = j0 + warp * 16 + r;
-            if (j >= p.kv_len) break;
-            const long long at = (long long)b * p.kv_len + j;
-            float *dst = which == 0 ? dk + at * p.dk_stride + p.dk_off + g * D : dv + at * p.dv_stride + p.dv_off + g * D;
-            const float f = which == 0 ? p.scale : 1.f;
-            for (int c = lane; c < D; c += 32) dst[c] = mine[r * LDS + c] * f;
+        for (int n = 0; n < D / 8; ++n) {
+            const int c = n * 8 + 2 * cq + e % 2;
+            dkr[c] = dK[n][e] * p.scale;
+            dvr[c] = dV[n][e];
         }
-        __syncwarp();
     }
 }
 

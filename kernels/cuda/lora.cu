@@ -33,38 +33,107 @@ template <typename T> __device__ __forceinline__ T from_float(float x);
 template <> __device__ __forceinline__ __nv_bfloat16 from_float(float x) { return __float2bfloat16_rn(x); }
 template <> __device__ __forceinline__ __half from_float(float x) { return __float2half_rn(x); }
 
+// Element `hi` (0: low half) of a register holding two 16-bit values, and a value's bits.
+__device__ __forceinline__ float half_at(unsigned u, int hi, __nv_bfloat16) { return __uint_as_float((hi ? u >> 16 : u & 0xffffu) << 16); }
+__device__ __forceinline__ float half_at(unsigned u, int hi, __half) { return __half2float(__ushort_as_half((unsigned short)(hi ? u >> 16 : u & 0xffffu))); }
+__device__ __forceinline__ unsigned bits(__nv_bfloat16 x) { return __bfloat16_as_ushort(x); }
+__device__ __forceinline__ unsigned bits(__half x) { return __half_as_ushort(x); }
+
 template <typename T> using FragA = wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major>;
 template <typename T> using FragAT = wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::col_major>;
 template <typename T> using FragB = wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major>;
 template <typename T> using FragBT = wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major>;
 using FragC = wmma::fragment<wmma::accumulator, 16, 16, 16, float>;
 
-// dst[64][LD] = rows t0 .. t0+64, columns c0 .. c0+64 of a 16-bit matrix (zeros outside rows × cols).
+// dst[64][LD] = rows t0 .. t0+64, columns c0 .. c0+64 of a 16-bit matrix (zeros outside rows × cols). Every load
+// of a thread is issued before its first shared-memory store, so their latencies overlap.
 template <typename T>
 __device__ void load_tile(T (*dst)[LD], const T *src, int off, int stride, int t0, int rows, int c0, int cols) {
     const bool vec = off % 8 == 0 && stride % 8 == 0 && c0 + TILE <= cols;
     if (vec) {
-        for (int i = threadIdx.x; i < TILE * TILE / 8; i += blockDim.x) {
-            const int r = i / (TILE / 8), c = (i % (TILE / 8)) * 8;
-            uint4 val = make_uint4(0, 0, 0, 0);
-            if (t0 + r < rows) val = *reinterpret_cast<const uint4 *>(src + off + (long long)(t0 + r) * stride + c0 + c);
-            *reinterpret_cast<uint4 *>(&dst[r][c]) = val;
+        constexpr int PER = TILE * TILE / 8 / THREADS;
+        uint4 val[PER];
+#pragma unroll
+        for (int k = 0; k < PER; ++k) {
+            const int i = threadIdx.x + k * THREADS, r = i / (TILE / 8), c = (i % (TILE / 8)) * 8;
+            val[k] = t0 + r < rows ? *reinterpret_cast<const uint4 *>(src + off + (long long)(t0 + r) * stride + c0 + c)
+                                   : make_uint4(0, 0, 0, 0);
+        }
+#pragma unroll
+        for (int k = 0; k < PER; ++k) {
+            const int i = threadIdx.x + k * THREADS, r = i / (TILE / 8), c = (i % (TILE / 8)) * 8;
+            *reinterpret_cast<uint4 *>(&dst[r][c]) = val[k];
         }
     } else {
-        for (int i = threadIdx.x; i < TILE * TILE; i += blockDim.x) {
-            const int r = i / TILE, c = i % TILE;
-            dst[r][c] = t0 + r < rows && c0 + c < cols ? src[off + (long long)(t0 + r) * stride + c0 + c] : from_float<T>(0.f);
+        constexpr int PER = 16;
+        for (int base = 0; base < TILE * TILE; base += PER * THREADS) {
+            T val[PER];
+#pragma unroll
+            for (int k = 0; k < PER; ++k) {
+                const int i = base + threadIdx.x + k * THREADS, r = i / TILE, c = i % TILE;
+                val[k] = t0 + r < rows && c0 + c < cols ? src[off + (long long)(t0 + r) * stride + c0 + c] : from_float<T>(0.f);
+            }
+#pragma unroll
+            for (int k = 0; k < PER; ++k) {
+                const int i = base + threadIdx.x + k * THREADS;
+                dst[i / TILE][i % TILE] = val[k];
+            }
         }
     }
 }
 
-// dst[a][b] = T(src[(a0 + a)·sa + b·sb]) for a0 + a < na, b < nb; zeros elsewhere. The faster-moving index in memory
-// runs across threads.
+// dst[a][b] = T(src[(a0 + a)·sa + b·sb]) for a0 + a < na, b < nb; zeros elsewhere, for b < 16·bgroups. The
+// faster-moving index in memory runs across threads; loads are issued in batches before their stores.
 template <typename T>
-__device__ void load_f32(T (*dst)[LD], const float *src, int a0, int na, int sa, int nb, int sb) {
-    for (int i = threadIdx.x; i < TILE * TILE; i += blockDim.x) {
-        const int a = sa <= sb ? i % TILE : i / TILE, b = sa <= sb ? i / TILE : i % TILE;
-        dst[a][b] = a0 + a < na && b < nb ? from_float<T>(src[(long long)(a0 + a) * sa + (long long)b * sb]) : from_float<T>(0.f);
+__device__ void load_f32(T (*dst)[LD], const float *src, int a0, int na, int sa, int nb, int sb, int bgroups) {
+    constexpr int PER = 16;
+    const int nbp = bgroups * 16, total = TILE * nbp;
+    for (int base = 0; base < total; base += PER * THREADS) {
+        float val[PER];
+#pragma unroll
+        for (int k = 0; k < PER; ++k) {
+            const int i = base + threadIdx.x + k * THREADS;
+            const int a = sa <= sb ? i % TILE : i / nbp, b = sa <= sb ? i / TILE : i % nbp;
+            val[k] = i < total && a0 + a < na && b < nb ? src[(long long)(a0 + a) * sa + (long long)b * sb] : 0.f;
+        }
+#pragma unroll
+        for (int k = 0; k < PER; ++k) {
+            const int i = base + threadIdx.x + k * THREADS;
+            const int a = sa <= sb ? i % TILE : i / nbp, b = sa <= sb ? i / TILE : i % nbp;
+            if (i < total) dst[a][b] = from_float<T>(val[k]);
+        }
+    }
+}
+
+// Y[t0 + 16w + r, o0 + c] += scale · acc[16w + r][c] for the warp's 16 rows and 64 columns: all loads first, then
+// the stores; bf16x2/half2 pairs where the rows allow.
+template <typename T>
+__device__ void add_rows(T *y, const LoraParams &p, int t0, int o0, int o_end, const float (*acc)[LDF], float scale) {
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (p.y_off % 2 == 0 && p.y_stride % 2 == 0 && o0 + TILE <= o_end) {
+        unsigned val[16];
+#pragma unroll
+        for (int r = 0; r < 16; ++r) {
+            const int t = t0 + warp * 16 + r;
+            if (t < p.tokens) val[r] = *reinterpret_cast<const unsigned *>(y + p.y_off + (long long)t * p.y_stride + o0 + 2 * lane);
+        }
+#pragma unroll
+        for (int r = 0; r < 16; ++r) {
+            const int t = t0 + warp * 16 + r;
+            if (t >= p.tokens) continue;
+            const float lo = half_at(val[r], 0, T()) + scale * acc[warp * 16 + r][2 * lane];
+            const float hi = half_at(val[r], 1, T()) + scale * acc[warp * 16 + r][2 * lane + 1];
+            *reinterpret_cast<unsigned *>(y + p.y_off + (long long)t * p.y_stride + o0 + 2 * lane) =
+                bits(from_float<T>(lo)) | bits(from_float<T>(hi)) << 16;
+        }
+    } else {
+        for (int r = 0; r < 16; ++r) {
+            const int t = t0 + warp * 16 + r;
+            if (t >= p.tokens) break;
+            T *row = y + p.y_off + (long long)t * p.y_stride;
+            for (int c = lane; c < TILE && o0 + c < o_end; c += 32)
+                row[o0 + c] = from_float<T>(to_float(row[o0 + c]) + scale * acc[warp * 16 + r][c]);
+        }
     }
 }
 
@@ -84,7 +153,7 @@ __device__ void lora_chain(const LoraParams p, const T *__restrict__ x, const fl
         __syncthreads();
         load_tile<T>(bufA, x, p.x_off, p.x_stride, t0, p.tokens, i0, p.n_in);
         // bufB[j][i] = P(j, i0 + i): rows j < rank of the chunk; P(j, i) = pm[j·p_j + (i0 + i)·p_i]
-        load_f32<T>(bufB, pm + (long long)i0 * p.p_i, 0, p.rank, p.p_j, min(TILE, p.n_in - i0), p.p_i);
+        load_f32<T>(bufB, pm + (long long)i0 * p.p_i, 0, p.rank, p.p_j, min(TILE, p.n_in - i0), p.p_i, 4);
         __syncthreads();
 #pragma unroll
         for (int kk = 0; kk < TILE / 16; ++kk) {
@@ -119,7 +188,7 @@ __device__ void lora_chain(const LoraParams p, const T *__restrict__ x, const fl
     for (int o0 = o_begin; o0 < o_end; o0 += TILE) {
         __syncthreads();
         // bufB[o][j] = Q(o0 + o, j)
-        load_f32<T>(bufB, qm, o0, o_end, p.q_o, p.rank, p.q_j);
+        load_f32<T>(bufB, qm, o0, o_end, p.q_o, p.rank, p.q_j, rp);
         __syncthreads();
 #pragma unroll
         for (int n = 0; n < TILE / 16; ++n) {
@@ -138,13 +207,7 @@ __device__ void lora_chain(const LoraParams p, const T *__restrict__ x, const fl
             wmma::store_matrix_sync(&bufC[warp * 16][n * 16], c, LDF, wmma::mem_row_major);
         }
         __syncwarp();
-        for (int r = 0; r < 16; ++r) {
-            const int t = t0 + warp * 16 + r;
-            if (t >= p.tokens) break;
-            T *row = y + p.y_off + (long long)t * p.y_stride;
-            for (int c = lane; c < TILE && o0 + c < o_end; c += 32)
-                row[o0 + c] = from_float<T>(to_float(row[o0 + c]) + p.scale_y * bufC[warp * 16 + r][c]);
-        }
+        add_rows<T>(y, p, t0, o0, o_end, bufC, p.scale_y);
     }
 }
 
@@ -163,7 +226,7 @@ __device__ void lora_outer(const LoraParams p, const T *__restrict__ m, const fl
     for (int t0 = t_begin; t0 < t_end; t0 += TILE) {
         __syncthreads();
         load_tile<T>(bufA, m, p.x_off, p.x_stride, t0, t_end, m0, p.n_in);
-        load_f32<T>(bufB, w, t0, t_end, p.rank, p.rank, 1);
+        load_f32<T>(bufB, w, t0, t_end, p.rank, p.rank, 1, rp);
         __syncthreads();
         // acc[16w.. m, :] += Mᵀ · W
 #pragma unroll

@@ -1,10 +1,13 @@
 //! Times attention.cu's forward (causal, GQA, bf16, head_dim 128) with CUDA events, median of 20 runs after 3
-//! warm-ups, on random inputs: prefill shapes (tiled path) and decode over a 4096-key cache (split-KV path).
+//! warm-ups, on random inputs: prefill shapes (tiled path) and decode over a 4096-key cache (split-KV path); and
+//! the backward (training) of the prefill shapes.
 //! Prints a table to compare with `attention_timing_torch.py` (torch's scaled_dot_product_attention) run on the
 //! same GPU in the same call:
 //!   cargo build --release -p olive-kernels --example attention_timing   (then run the binary on the GPU machine)
 
-use olive_kernels::cuda::attention::{forward, AttentionShape, Inputs, Operand, Rows};
+use olive_kernels::cuda::attention::{
+    backward, forward, AttentionShape, Grads, Inputs, Operand, Rows,
+};
 use olive_kernels::cuda::{bf16, Gpu, GpuError};
 
 /// (batch, tokens, kv_len, heads, kv_heads).
@@ -27,6 +30,23 @@ fn random(n: usize, seed: u64) -> Vec<bf16> {
             bf16::from_f32((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0)
         })
         .collect()
+}
+
+/// Median milliseconds of `f` over 20 runs after 3 warm-ups, timed with events on the GPU's stream.
+fn time(gpu: &Gpu, f: &mut dyn FnMut() -> Result<(), GpuError>) -> Result<f64, GpuError> {
+    let mut times = Vec::new();
+    for i in 0..23 {
+        let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+        let start = gpu.stream().record_event(flags)?;
+        f()?;
+        let end = gpu.stream().record_event(flags)?;
+        end.synchronize()?;
+        if i >= 3 {
+            times.push(start.elapsed_ms(&end)?);
+        }
+    }
+    times.sort_by(f32::total_cmp);
+    Ok(times[times.len() / 2] as f64)
 }
 
 fn main() -> Result<(), GpuError> {
@@ -64,26 +84,59 @@ fn main() -> Result<(), GpuError> {
             },
             key_mask: None,
         };
-        let mut times = Vec::new();
-        for i in 0..23 {
-            let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
-            let start = gpu.stream().record_event(flags)?;
-            forward(&gpu, &shape, &inputs, (&mut out, Rows::packed(qw)), None)?;
-            let end = gpu.stream().record_event(flags)?;
-            end.synchronize()?;
-            if i >= 3 {
-                times.push(start.elapsed_ms(&end)?);
-            }
-        }
-        times.sort_by(f32::total_cmp);
-        let ms = times[times.len() / 2] as f64;
+        let ms = time(&gpu, &mut || {
+            forward(&gpu, &shape, &inputs, (&mut out, Rows::packed(qw)), None)
+        })?;
         // Causal: each query sees (kv_len − tokens + t + 1) keys; 4·head_dim flops per (query, key, head).
         let pairs: f64 = (0..tokens).map(|t| (kv_len - tokens + t + 1) as f64).sum();
-        let tflops = 4.0 * HEAD_DIM as f64 * pairs * (batch * heads) as f64 / (ms * 1e-3) / 1e12;
+        let flops = 4.0 * HEAD_DIM as f64 * pairs * (batch * heads) as f64;
+        let tflops = flops / (ms * 1e-3) / 1e12;
         let gbs = (2 * batch * kv_len * kvw * 2) as f64 / (ms * 1e-3) / 1e9;
         println!(
             "{batch:5} {tokens:6} {kv_len:6} {heads:5} {kv_heads:8}  {ms:9.4}  {tflops:7.1}  {gbs:8.0}"
         );
+        if tokens == kv_len && tokens <= 4096 {
+            let mut lse = gpu.alloc::<f32>(batch * heads * tokens)?;
+            forward(
+                &gpu,
+                &shape,
+                &inputs,
+                (&mut out, Rows::packed(qw)),
+                Some(&mut lse),
+            )?;
+            let d_out = gpu.upload(&random(batch * tokens * qw, 4))?;
+            let mut dq = gpu.alloc::<f32>(batch * tokens * qw)?;
+            let (mut dk, mut dv) = (
+                gpu.alloc::<f32>(batch * kv_len * kvw)?,
+                gpu.alloc::<f32>(batch * kv_len * kvw)?,
+            );
+            let ms_b = time(&gpu, &mut || {
+                backward(
+                    &gpu,
+                    &shape,
+                    &inputs,
+                    Operand {
+                        data: &out,
+                        rows: Rows::packed(qw),
+                    },
+                    Operand {
+                        data: &d_out,
+                        rows: Rows::packed(qw),
+                    },
+                    &lse,
+                    Grads {
+                        dq: (&mut dq, Rows::packed(qw)),
+                        dk: (&mut dk, Rows::packed(kvw)),
+                        dv: (&mut dv, Rows::packed(kvw)),
+                    },
+                )
+            })?;
+            // The backward's five products against the forward's two: 2.5× the flops.
+            println!(
+                "  backward {ms_b:9.4} ms  {:7.1} TFLOP/s",
+                2.5 * flops / (ms_b * 1e-3) / 1e12
+            );
+        }
     }
     Ok(())
 }

@@ -25,3 +25,18 @@ for batch, tokens, kv_len, heads, kv_heads in SHAPES:
     ms = sorted(times)[len(times) // 2]
     pairs = sum(kv_len - tokens + t + 1 for t in range(tokens))
     print(f"{batch:5} {tokens:6} {kv_len:6} {heads:5} {kv_heads:8}  {ms:9.4f}  {4 * D * pairs * batch * heads / (ms * 1e-3) / 1e12:7.1f}")
+    if causal and tokens <= 4096:
+        q.requires_grad_(), k.requires_grad_(), v.requires_grad_()
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        d_out = torch.rand_like(out) * 2 - 1
+        times = []
+        for i in range(23):
+            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            s.record()
+            torch.autograd.grad(out, (q, k, v), d_out, retain_graph=True)
+            e.record()
+            e.synchronize()
+            if i >= 3:
+                times.append(s.elapsed_time(e))
+        ms = sorted(times)[len(times) // 2]
+        print(f"  backward {ms:9.4f} ms  {2.5 * 4 * D * pairs * batch * heads / (ms * 1e-3) / 1e12:7.1f} TFLOP/s")

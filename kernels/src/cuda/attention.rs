@@ -269,14 +269,14 @@ impl AttentionShape {
     }
 }
 
-/// Shared memory of the tiled forward: Q, K, V [64, D+8] (16-bit), S [64, 68] f32, P [64, 72] 16-bit, O [64, D+4] f32.
+/// Shared memory of the tiled forward: Q and two buffers each of K and V, [64, D+8] (16-bit).
 fn forward_smem(d: usize) -> usize {
-    3 * TILE * (d + 8) * 2 + TILE * (TILE + 4) * 4 + TILE * (TILE + 8) * 2 + TILE * (d + 4) * 4
+    5 * TILE * (d + 8) * 2
 }
 
-/// Shared memory of the backward: K, V, Q, dO [64, D+8] 16-bit, S [64, D+4] f32, P, dS [64, 72] 16-bit, lse, delta.
+/// Shared memory of the backward: K, V, Q, dO [64, D+8] and dS [64, 72] (16-bit), lse and delta [64] (f32).
 fn backward_smem(d: usize) -> usize {
-    4 * TILE * (d + 8) * 2 + TILE * (d + 4) * 4 + 2 * TILE * (TILE + 8) * 2 + 2 * TILE * 4
+    4 * TILE * (d + 8) * 2 + TILE * (TILE + 8) * 2 + 2 * TILE * 4
 }
 
 /// The kernel `name`, allowed `smem` bytes of dynamic shared memory.
@@ -313,7 +313,7 @@ pub fn forward<T: Half16>(
         out.0.len(),
         b * shape.tokens,
         shape.heads * hd,
-        false,
+        true,
     )?;
     p.o_off = int("out offset", out.1.offset)?;
     p.o_stride = int("out stride", out.1.stride)?;
@@ -330,9 +330,10 @@ pub fn forward<T: Half16>(
         return Ok(());
     }
     if shape.rows_per_kv_head() <= DECODE_MAX_ROWS {
-        // Blocks per (sequence, KV head): enough to fill the device twice, each a multiple of 128 keys.
+        // Blocks per (sequence, KV head): about 8 per multiprocessor in all (a block's keys are read one
+        // dependent pass at a time), each split a multiple of 128 keys.
         let per_head = b * shape.kv_heads;
-        let want = (2 * gpu.sm_count() as usize).div_ceil(per_head).max(1);
+        let want = (8 * gpu.sm_count() as usize).div_ceil(per_head).max(1);
         let chunk = shape
             .kv_len
             .div_ceil(want)
