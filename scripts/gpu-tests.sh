@@ -2,6 +2,8 @@
 # Builds the GPU test binaries (kernels, and the transformer of crates/nn) and the GPU bench here, where there is
 # Rust but no GPU, and copies them into .gpu/ (git-ignored), to be carried to a GPU machine and run there:
 #   .gpu/gpu-tests --test-threads=1 [filter]    .gpu/nn-gpu-tests --test-threads=1    .gpu/gpu-bench
+#   python3 tests/gpu/check_gpu_paths.py --olive_host .gpu/olive-host --tokenizer .gpu/tokenizer --out "$OUT"
+# (the host binary and the default model's tokenizer files for the end-to-end check).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p .gpu
@@ -25,4 +27,10 @@ if cargo metadata --no-deps --format-version 1 | grep -q '"name":"gpu-bench"'; t
     cargo build --release -p olive-kernels --bin gpu-bench
     cp target/release/gpu-bench .gpu/gpu-bench && strip --strip-debug .gpu/gpu-bench
 fi
+cargo build --release -p olive-host
+cp target/release/olive-host .gpu/olive-host && strip --strip-debug .gpu/olive-host
+default_model=models/smollm2
+[ -f "$default_model/tokenizer.json" ] || { echo "$default_model/tokenizer.json is missing: run the set-up first" >&2; exit 1; }
+mkdir -p .gpu/tokenizer
+cp "$default_model"/tokenizer.json "$default_model"/tokenizer_config.json "$default_model"/special_tokens_map.json .gpu/tokenizer/
 ls -la .gpu

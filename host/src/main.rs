@@ -2,6 +2,7 @@
 
 mod cache;
 mod cli;
+mod device;
 mod engine;
 mod evaluate;
 mod files;

@@ -5,6 +5,7 @@
 use tokenizers::Tokenizer;
 
 use crate::error::{NnError, Result};
+use crate::gpu::GpuTransformer;
 use crate::model::Transformer;
 
 pub use olive_kernels::cpu::argmax;
@@ -18,25 +19,54 @@ impl Transformer {
         prompt: &[u32],
         max_length: usize,
         eos: &[u32],
-        mut on_token: impl FnMut(u32) -> bool,
+        on_token: impl FnMut(u32) -> bool,
     ) -> Result<Vec<u32>> {
-        if prompt.is_empty() {
-            return Err(NnError::EmptyPrompt);
-        }
-        let mut generated = Vec::new();
-        if prompt.len() >= max_length {
+        let mut cache = self.new_cache(max_length);
+        greedy(prompt, max_length, eos, on_token, |tokens| {
+            Ok(argmax(self.forward_last(tokens, &mut cache)?))
+        })
+    }
+}
+
+impl GpuTransformer {
+    /// [`Transformer::generate`] on the GPU.
+    pub fn generate(
+        &self,
+        prompt: &[u32],
+        max_length: usize,
+        eos: &[u32],
+        on_token: impl FnMut(u32) -> bool,
+    ) -> Result<Vec<u32>> {
+        let mut cache = self.new_cache(max_length)?;
+        greedy(prompt, max_length, eos, on_token, |tokens| {
+            Ok(argmax(&self.forward_last(tokens, &mut cache)?))
+        })
+    }
+}
+
+/// The greedy loop: `next(tokens)` runs tokens at the next positions and gives the most likely next id.
+fn greedy(
+    prompt: &[u32],
+    max_length: usize,
+    eos: &[u32],
+    mut on_token: impl FnMut(u32) -> bool,
+    mut next: impl FnMut(&[u32]) -> Result<u32>,
+) -> Result<Vec<u32>> {
+    if prompt.is_empty() {
+        return Err(NnError::EmptyPrompt);
+    }
+    let mut generated = Vec::new();
+    if prompt.len() >= max_length {
+        return Ok(generated);
+    }
+    let mut token = next(prompt)?;
+    loop {
+        generated.push(token);
+        let go_on = on_token(token);
+        if !go_on || eos.contains(&token) || prompt.len() + generated.len() >= max_length {
             return Ok(generated);
         }
-        let mut cache = self.new_cache(max_length);
-        let mut token = argmax(self.forward_last(prompt, &mut cache)?);
-        loop {
-            generated.push(token);
-            let go_on = on_token(token);
-            if !go_on || eos.contains(&token) || prompt.len() + generated.len() >= max_length {
-                return Ok(generated);
-            }
-            token = argmax(self.forward_last(&[token], &mut cache)?);
-        }
+        token = next(&[token])?;
     }
 }
 

@@ -21,7 +21,7 @@ use tracing::{debug, info};
 use crate::error::{NnError, Result};
 use crate::layer::{DecoderLayer, LayerDims};
 use crate::linear::{load_vector, Linear, QuantizedWeights};
-use crate::model::table;
+use crate::model::{table, Transformer};
 use crate::rope::Rope;
 
 /// The activation type on the device.
@@ -192,11 +192,9 @@ impl GpuTransformer {
     pub fn load(dir: &Path, gpu: Arc<Gpu>) -> Result<Self> {
         let config = ModelConfig::from_folder(dir)?;
         let ckpt = Checkpoint::open(dir)?;
-        let dims = LayerDims::from_config(&config);
         let (vocab, hidden) = (config.vocab_size, config.hidden_size);
-        let embed = table(&ckpt, "model.embed_tokens", vocab, hidden)?;
-        let embed_tokens = gpu.upload(&to_act(&embed))?;
-        drop(embed);
+        let embed_tokens =
+            gpu.upload(&to_act(&table(&ckpt, "model.embed_tokens", vocab, hidden)?))?;
         let layers = (0..config.num_hidden_layers)
             .map(|i| {
                 let layer = DecoderLayer::load_with(&ckpt, &config, i, QuantizedWeights::Packed)?;
@@ -209,6 +207,41 @@ impl GpuTransformer {
         } else {
             Some(gpu.upload(&to_act(&table(&ckpt, "lm_head", vocab, hidden)?))?)
         };
+        debug!(folder = %dir.display(), device = gpu.name(), "loaded transformer onto the GPU");
+        Self::assemble(gpu, config, embed_tokens, layers, norm, lm_head)
+    }
+
+    /// A copy of a model already in host memory (an adapter merged into it, say).
+    pub fn from_cpu(model: &Transformer, gpu: Arc<Gpu>) -> Result<Self> {
+        let layers = model
+            .layers()
+            .iter()
+            .enumerate()
+            .map(|(i, layer)| GpuLayer::upload(&gpu, layer, i))
+            .collect::<Result<Vec<_>>>()?;
+        let lm_head = if model.tied() {
+            None
+        } else {
+            Some(gpu.upload(&to_act(model.lm_head()))?)
+        };
+        Self::assemble(
+            gpu.clone(),
+            model.config().clone(),
+            gpu.upload(&to_act(model.embed_tokens()))?,
+            layers,
+            gpu.upload(&to_act(model.final_norm()))?,
+            lm_head,
+        )
+    }
+
+    fn assemble(
+        gpu: Arc<Gpu>,
+        config: ModelConfig,
+        embed_tokens: CudaSlice<Act>,
+        layers: Vec<GpuLayer>,
+        norm: CudaSlice<Act>,
+        lm_head: Option<CudaSlice<Act>>,
+    ) -> Result<Self> {
         let rope = Rope::new(&config);
         let freqs = RopeFreqs::new(
             &gpu,
@@ -216,11 +249,10 @@ impl GpuTransformer {
             rope.long(),
             rope.attention_scaling(),
         )?;
-        debug!(folder = %dir.display(), device = gpu.name(), layers = layers.len(), "loaded transformer onto the GPU");
         Ok(GpuTransformer {
+            dims: LayerDims::from_config(&config),
             gpu,
             config,
-            dims,
             embed_tokens,
             layers,
             norm,

@@ -140,6 +140,16 @@ impl Transformer {
         self.lm_head.as_deref().unwrap_or(&self.embed_tokens)
     }
 
+    /// The token embeddings: [vocab, hidden].
+    pub fn embed_tokens(&self) -> &[f32] {
+        &self.embed_tokens
+    }
+
+    /// Whether the lm_head is the token embeddings.
+    pub fn tied(&self) -> bool {
+        self.lm_head.is_none()
+    }
+
     /// An empty KV cache with room for `capacity` tokens (it grows past that if needed).
     pub fn new_cache(&self, capacity: usize) -> KvCache {
         let width = LayerDims::from_config(&self.config).kv_width();

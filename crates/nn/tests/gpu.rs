@@ -285,7 +285,17 @@ fn compare(name: &str, a: &Arch, weights: Weights) {
     let dir = tempfile::tempdir().unwrap();
     write_model(dir.path(), a, weights);
     let cpu = Transformer::load(dir.path()).unwrap();
-    let gpu_model = GpuTransformer::load(dir.path(), gpu).unwrap();
+    let gpu_model = GpuTransformer::load(dir.path(), gpu.clone()).unwrap();
+    if weights == Weights::F32 {
+        // A copy of the model in host memory uploads to the same weights.
+        let copy = GpuTransformer::from_cpu(&cpu, gpu).unwrap();
+        let ids = [7, 8, 9];
+        let a = copy.forward(&ids, &mut copy.new_cache(3).unwrap()).unwrap();
+        let b = gpu_model
+            .forward(&ids, &mut gpu_model.new_cache(3).unwrap())
+            .unwrap();
+        assert_eq!(a, b, "from_cpu and load give the same model");
+    }
     let prompt: Vec<u32> = (0..40).map(|i| (i * 37 + 11) % VOCAB as u32).collect();
     let (mut cpu_cache, mut gpu_cache) = (cpu.new_cache(64), gpu_model.new_cache(64).unwrap());
     let mut steps = vec![prompt];

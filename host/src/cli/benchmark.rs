@@ -17,8 +17,9 @@ use serde_json::{json, Value};
 
 use super::common::resolve_hf_input;
 use super::config_file::{workflow, ConfigFileArgs};
+use crate::device::{first_gpu, Device};
 use crate::evaluate::metric::{validate, Metric, Plan};
-use crate::evaluate::{evaluate, MetricResult};
+use crate::evaluate::{evaluate_with, MetricResult, Options};
 use crate::files::write_atomic;
 
 /// The metrics `--tasks` names, in Olive's names where Olive has one.
@@ -84,24 +85,9 @@ pub struct BenchmarkArgs {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Device {
-    Cpu,
-    Gpu,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Mode {
     Decode,
     Prefill,
-}
-
-impl Device {
-    fn name(self) -> &'static str {
-        match self {
-            Device::Cpu => "cpu",
-            Device::Gpu => "gpu",
-        }
-    }
 }
 
 impl Mode {
@@ -267,12 +253,8 @@ fn plan(args: &BenchmarkArgs) -> Result<Sweep> {
         }
         tasks.push(t.to_owned());
     }
-    if args.devices.contains(&Device::Gpu) {
-        bail!(
-            "--device gpu: the evaluators run on CPU only — the CPU transformer (olive-nn) has no GPU kernels and \
-             olive-runtime creates ONNX Runtime sessions with the CPU execution provider only (no CUDA execution \
-             provider); benchmark with --device cpu"
-        );
+    if args.devices.contains(&Device::Gpu) && tasks.iter().any(|t| t == "memory") {
+        bail!("--tasks memory: memory is the peak host RSS of a CPU run; it is not measured on --device gpu");
     }
     if let Some(&n) = args.prompt_lengths.iter().find(|&&n| n == 0) {
         bail!("--prompt_length {n}: must be at least 1");
@@ -302,6 +284,15 @@ fn plan(args: &BenchmarkArgs) -> Result<Sweep> {
         vec![(lengths[0], modes[0])]
     };
     let subjects = subjects(&args.models)?;
+    if let Some(onnx) = subjects.iter().find(|s| s.model.kind == kinds::ONNX) {
+        if devices.contains(&Device::Gpu) {
+            bail!(
+                "--device gpu runs Hugging Face folders on olive-rs's CUDA kernels; {} is an ONNX model, which runs \
+                 through ONNX Runtime's CPU execution provider here",
+                onnx.path.display()
+            );
+        }
+    }
     let mut cells = Vec::new();
     let mut metrics = Vec::new();
     for (i, s) in subjects.iter().enumerate() {
@@ -396,13 +387,18 @@ fn run_cell(sweep: &Sweep, cell: &Cell, wanted: &[Metric]) -> Result<MetricResul
         cell.mode.name(),
         names.join(", ")
     );
-    evaluate(&plans, &subject.model).with_context(|| {
+    let options = Options {
+        device: cell.device,
+        ..Options::default()
+    };
+    let evaluation = evaluate_with(&plans, &subject.model, &options).with_context(|| {
         format!(
             "benchmarking {:?} ({})",
             subject.label,
             subject.path.display()
         )
-    })
+    })?;
+    Ok(evaluation.result)
 }
 
 /// Evaluates every cell; metrics that do not depend on the setting are measured once per model and device.
@@ -719,6 +715,9 @@ pub fn run(args: BenchmarkArgs) -> Result<()> {
     wf["evaluate_input_model"] = json!(true);
     if args.config_file.dry_run(&wf, &args.output_path)? {
         return Ok(());
+    }
+    if args.devices.contains(&Device::Gpu) {
+        first_gpu()?;
     }
     let rows = measure(&sweep)?;
     let markdown = to_markdown(&sweep.columns, &rows);

@@ -11,6 +11,7 @@ use olive_pass_api::{kinds, Model};
 use serde_json::{json, Value};
 
 use super::common::resolve_hf_input;
+use crate::device::Device;
 use crate::evaluate::perplexity::perplexity;
 use crate::evaluate::runner::Runner;
 use crate::evaluate::{choice, evaluate_with, metric, Options};
@@ -53,6 +54,9 @@ pub struct EvaluateArgs {
     /// Also write how each multiple-choice question was scored (log-likelihood of each choice) to this JSON file.
     #[arg(long = "details_file")]
     pub details_file: Option<PathBuf>,
+    /// Where the model runs: cpu, or gpu (a Hugging Face folder on olive-rs's CUDA kernels, bf16).
+    #[arg(long, value_enum, default_value_t = Device::Cpu)]
+    pub device: Device,
     /// Load the model and run one forward pass of N tokens, then exit (the memory metric's child process).
     #[arg(long = "memory_probe", hide = true)]
     pub memory_probe: Option<usize>,
@@ -139,6 +143,7 @@ fn run_metrics(args: &EvaluateArgs) -> anyhow::Result<()> {
         olive_host: None,
         default_text: text(args)?,
         default_questions,
+        device: args.device,
     };
     let evaluation = evaluate_with(&plans, &model, &options)?;
     if let Some(path) = &args.details_file {
@@ -170,7 +175,7 @@ fn memory_probe(args: &EvaluateArgs, n: usize) -> anyhow::Result<()> {
     if ids.len() < n {
         bail!("--memory_probe {n}: the text has only {} tokens", ids.len());
     }
-    let mut runner = Runner::load(&model)?;
+    let mut runner = Runner::load(&model, Device::Cpu)?;
     runner.logits(&ids[..n])?;
     // The kernel's high-water mark of this process alone (a fork's ru_maxrss starts from its parent's).
     let status =
@@ -193,12 +198,12 @@ pub fn run(args: EvaluateArgs) -> anyhow::Result<()> {
     }
     let model = model_of(&args)?;
     let folder = crate::evaluate::runner::model_folder(&model)?;
-    let runtime = if model.kind == kinds::ONNX {
-        "onnxruntime"
-    } else {
-        "olive-nn"
+    let runtime = match (model.kind == kinds::ONNX, args.device) {
+        (true, _) => "onnxruntime",
+        (false, Device::Cpu) => "olive-nn",
+        (false, Device::Gpu) => "olive-nn (gpu)",
     };
-    let mut runner = Runner::load(&model)?;
+    let mut runner = Runner::load(&model, args.device)?;
     let text = text(&args)?.unwrap_or_else(|| olive_data::DEFAULT_EVAL_TEXT.to_owned());
     let tokenizer = olive_model::tokenizer::load(&folder)?;
     let ids = tokenizer

@@ -17,6 +17,7 @@ use serde_json::{json, Map, Value};
 use super::common::{refuse_non_empty, resolve_hf_input};
 use super::config_file::{one_pass_on_cpu, ConfigFileArgs};
 use super::dataset::DatasetArgs;
+use crate::device::Device;
 use crate::engine::{self, publish, PassRun};
 use crate::plugins;
 
@@ -35,13 +36,6 @@ impl Method {
             Method::Qlora => "QLoRA",
         }
     }
-}
-
-/// The devices `--device` names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Device {
-    Cpu,
-    Gpu,
 }
 
 #[derive(Args, Debug)]

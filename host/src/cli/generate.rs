@@ -1,5 +1,5 @@
 //! `olive-host generate`: text from a prompt, streamed to stdout. A Hugging Face folder or a GGUF
-//! file runs greedily on the CPU transformer (olive-nn); an ONNX folder in onnxruntime-genai's
+//! file runs greedily on olive-nn's transformer, on the CPU or (`--device gpu`) on our CUDA kernels; an ONNX folder in onnxruntime-genai's
 //! layout (genai_config.json, model.onnx) runs through ONNX Runtime (olive-runtime), greedy or
 //! sampled as onnxruntime-genai's search options, with an optional LoRA adapter.
 
@@ -9,9 +9,11 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use olive_nn::{TextStream, Transformer};
+use olive_nn::{GpuTransformer, TextStream, Transformer};
 use olive_runtime::{OnnxModel, SearchOptions};
 use tokenizers::Tokenizer;
+
+use crate::device::{first_gpu, Device};
 
 #[derive(Args, Debug)]
 pub struct GenerateArgs {
@@ -55,10 +57,21 @@ pub struct GenerateArgs {
     /// A name for the adapter in messages (default: the file name).
     #[arg(long = "adapter_name", requires = "adapter")]
     pub adapter_name: Option<String>,
+    /// Where a Hugging Face model runs: cpu (f32), or gpu (bf16 on olive-rs's CUDA kernels; int4 checkpoints stay
+    /// int4).
+    #[arg(long, value_enum, default_value_t = Device::Cpu)]
+    pub device: Device,
 }
 
 pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     if olive_runtime::is_onnx_folder(&args.model_name_or_path) {
+        if args.device == Device::Gpu {
+            bail!(
+                "--device gpu runs Hugging Face folders on olive-rs's CUDA kernels; {} is an ONNX folder, which \
+                 runs through ONNX Runtime's CPU execution provider here: use --device cpu",
+                args.model_name_or_path.display()
+            );
+        }
         return run_onnx(&args);
     }
     if args.do_sample || args.adapter.is_some() {
@@ -71,20 +84,36 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let folder = olive_model::convert::resolve_model_path(&args.model_name_or_path)
         .with_context(|| format!("opening {}", args.model_name_or_path.display()))?;
     let loading = crate::progress::spinner(format!("loading {}", folder.display()));
-    let model = Transformer::load(&folder)?;
+    let model = match args.device {
+        Device::Cpu => Model::Cpu(Transformer::load(&folder)?),
+        Device::Gpu => Model::Gpu(GpuTransformer::load(&folder, first_gpu()?)?),
+    };
     let tokenizer = olive_model::tokenizer::load(&folder)?;
     loading.finish_and_clear();
 
     let prompt = encode_prompt(&tokenizer, &args.prompt, &folder)?;
     let max_length = max_length(&args, prompt.len())?;
+    let config = match &model {
+        Model::Cpu(m) => m.config(),
+        Model::Gpu(m) => m.config(),
+    };
     let eos = if args.ignore_eos {
         Vec::new()
     } else {
-        model.config().eos_token_ids.clone()
+        config.eos_token_ids.clone()
     };
     stream_to_stdout(&tokenizer, prompt.len(), |on_token| {
-        Ok(model.generate(&prompt, max_length, &eos, on_token)?)
+        Ok(match &model {
+            Model::Cpu(m) => m.generate(&prompt, max_length, &eos, on_token)?,
+            Model::Gpu(m) => m.generate(&prompt, max_length, &eos, on_token)?,
+        })
     })
+}
+
+/// The transformer on its device.
+enum Model {
+    Cpu(Transformer),
+    Gpu(GpuTransformer),
 }
 
 /// The ONNX Runtime path: genai_config.json drives the decoding loop.

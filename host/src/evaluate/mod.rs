@@ -37,6 +37,7 @@ use tokenizers::Tokenizer;
 pub use metric::{Measure, Plan};
 pub use result::MetricResult;
 
+use crate::device::Device;
 use crate::workflow::data_config::ResolvedData;
 use choice::{Question, Scored};
 use metric::LatencyConfig;
@@ -51,6 +52,8 @@ pub struct Options {
     pub default_text: Option<String>,
     /// Questions of `accuracy_score` without a data config (None: data/multiple_choice.jsonl).
     pub default_questions: Option<Vec<Question>>,
+    /// Where the model runs.
+    pub device: Device,
 }
 
 /// A model's result and, for `accuracy_score`, how each question was scored.
@@ -67,6 +70,7 @@ type TimingKey = (LatencyConfig, Option<String>);
 /// The model, its tokenizer and the timed runs already made, loaded on first use.
 struct Session<'m> {
     model: &'m Model,
+    device: Device,
     runner: Option<Runner>,
     tokenizer: Option<Tokenizer>,
     timings: Vec<(TimingKey, Vec<f64>)>,
@@ -75,7 +79,7 @@ struct Session<'m> {
 impl Session<'_> {
     fn runner(&mut self) -> anyhow::Result<&mut Runner> {
         if self.runner.is_none() {
-            self.runner = Some(Runner::load(self.model)?);
+            self.runner = Some(Runner::load(self.model, self.device)?);
         }
         self.runner
             .as_mut()
@@ -162,11 +166,6 @@ fn questions(data: &Option<ResolvedData>, options: &Options) -> anyhow::Result<V
     }
 }
 
-/// Measures every plan of [`metric::validate`] on `model`, with the default [`Options`].
-pub fn evaluate(plans: &[Plan], model: &Model) -> anyhow::Result<MetricResult> {
-    Ok(evaluate_with(plans, model, &Options::default())?.result)
-}
-
 /// Measures every plan of [`metric::validate`] on `model`.
 pub fn evaluate_with(
     plans: &[Plan],
@@ -175,6 +174,7 @@ pub fn evaluate_with(
 ) -> anyhow::Result<Evaluation> {
     let mut s = Session {
         model,
+        device: options.device,
         runner: None,
         tokenizer: None,
         timings: Vec::new(),
@@ -244,6 +244,12 @@ pub fn evaluate_with(
                 vec![bytes as f64]
             }
             Measure::Memory(c) => {
+                if options.device == Device::Gpu {
+                    bail!(
+                        "{}: memory is the peak host RSS of a CPU run; it is not measured on --device gpu",
+                        at()
+                    );
+                }
                 let exe = match &options.olive_host {
                     Some(p) => p.clone(),
                     None => footprint::olive_host_exe()?,

@@ -2,7 +2,8 @@
 //! transformer of olive-nn, with PEFT LoRA adapters (kind `hf+adapter`, `adapter_paths`) merged into its weights
 //! (W += scale·B·A, as PEFT's merge_and_unload), or an ONNX export (kind `onnx`: a folder with genai_config.json,
 //! or its model.onnx) through ONNX Runtime (olive-runtime), optionally with an `.onnx_adapter` from
-//! `adapter_paths` active.
+//! `adapter_paths` active. A Hugging Face folder on `--device gpu` runs on olive-nn's GPU transformer (adapters
+//! merged on the host first).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -10,13 +11,16 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use olive_model::adapter::LoraAdapter;
 use olive_nn::train::{LoraTrainer, TrainConfig};
-use olive_nn::Transformer;
+use olive_nn::{GpuTransformer, Transformer};
 use olive_pass_api::{kinds, Model};
 use olive_runtime::{OnnxModel, SearchOptions};
+
+use crate::device::{first_gpu, Device};
 
 /// A loaded model.
 pub enum Runner {
     Cpu(Box<Transformer>),
+    Gpu(Box<GpuTransformer>),
     Onnx(Box<OnnxModel>),
 }
 
@@ -67,22 +71,37 @@ fn merge_adapter(model: Transformer, adapter: &Path) -> anyhow::Result<Transform
 }
 
 impl Runner {
-    /// Loads `model` (see the module doc).
-    pub fn load(model: &Model) -> anyhow::Result<Runner> {
+    /// Loads `model` (see the module doc) on `device`.
+    pub fn load(model: &Model, device: Device) -> anyhow::Result<Runner> {
         let folder = model_folder(model)?;
         if model.kind == kinds::HF || model.kind == kinds::HF_ADAPTER {
-            let mut t = Transformer::load(&folder)
-                .with_context(|| format!("loading {}", folder.display()))?;
             if model.kind == kinds::HF_ADAPTER && model.adapter_paths.is_empty() {
                 bail!(
                     "{}: a model of kind hf+adapter lists no adapter_paths",
                     folder.display()
                 );
             }
+            let loading = || format!("loading {}", folder.display());
+            if device == Device::Gpu && model.adapter_paths.is_empty() {
+                let t = GpuTransformer::load(&folder, first_gpu()?).with_context(loading)?;
+                return Ok(Runner::Gpu(Box::new(t)));
+            }
+            let mut t = Transformer::load(&folder).with_context(loading)?;
             for adapter in &model.adapter_paths {
                 t = merge_adapter(t, adapter)?;
             }
+            if device == Device::Gpu {
+                let t = GpuTransformer::from_cpu(&t, first_gpu()?).with_context(loading)?;
+                return Ok(Runner::Gpu(Box::new(t)));
+            }
             return Ok(Runner::Cpu(Box::new(t)));
+        }
+        if device == Device::Gpu {
+            bail!(
+                "{}: --device gpu runs Hugging Face folders on olive-rs's CUDA kernels; ONNX models run through \
+                 ONNX Runtime's CPU execution provider here (no CUDA execution provider yet): use --device cpu",
+                folder.display()
+            );
         }
         let mut m = OnnxModel::load(&folder)?;
         for adapter in &model.adapter_paths {
@@ -101,6 +120,7 @@ impl Runner {
     pub fn context_length(&self) -> usize {
         match self {
             Runner::Cpu(t) => t.config().max_position_embeddings,
+            Runner::Gpu(t) => t.config().max_position_embeddings,
             Runner::Onnx(m) => m.config().model.context_length,
         }
     }
@@ -109,6 +129,7 @@ impl Runner {
     pub fn logits(&mut self, ids: &[u32]) -> anyhow::Result<Vec<f32>> {
         Ok(match self {
             Runner::Cpu(model) => model.forward(ids, &mut model.new_cache(ids.len()))?,
+            Runner::Gpu(model) => model.forward(ids, &mut model.new_cache(ids.len())?)?,
             Runner::Onnx(model) => model.logits(ids)?,
         })
     }
@@ -124,37 +145,34 @@ impl Runner {
         if prefix.is_empty() || conts.iter().any(|c| c.is_empty()) {
             bail!("a continuation needs a non-empty prefix and at least one token");
         }
-        let mut out = Vec::with_capacity(conts.len());
+        let longest = conts.iter().map(|c| c.len()).max().unwrap_or(0);
         match self {
             Runner::Cpu(model) => {
-                let longest = conts.iter().map(|c| c.len()).max().unwrap_or(0);
                 let mut cache = model.new_cache(prefix.len() + longest);
                 let prefix_logits = model.forward(prefix, &mut cache)?;
-                let vocab = prefix_logits.len() / prefix.len();
-                // the prefix's last row predicts each continuation's first token
-                let last = &prefix_logits[(prefix.len() - 1) * vocab..];
-                for cont in conts {
-                    let mut l = Vec::with_capacity(cont.len() * vocab);
-                    l.extend_from_slice(last);
-                    if cont.len() > 1 {
-                        cache.truncate(prefix.len());
-                        l.extend_from_slice(&model.forward(&cont[..cont.len() - 1], &mut cache)?);
-                    }
-                    out.push(l);
-                }
+                continue_from(prefix.len(), &prefix_logits, conts, |tokens| {
+                    cache.truncate(prefix.len());
+                    Ok(model.forward(tokens, &mut cache)?)
+                })
             }
-            Runner::Onnx(model) => {
-                for cont in conts {
+            Runner::Gpu(model) => {
+                let mut cache = model.new_cache(prefix.len() + longest)?;
+                let prefix_logits = model.forward(prefix, &mut cache)?;
+                continue_from(prefix.len(), &prefix_logits, conts, |tokens| {
+                    cache.truncate(prefix.len());
+                    Ok(model.forward(tokens, &mut cache)?)
+                })
+            }
+            Runner::Onnx(model) => conts
+                .iter()
+                .map(|cont| {
                     let whole: Vec<u32> = prefix.iter().chain(cont.iter()).copied().collect();
                     let logits = model.logits(&whole)?;
                     let vocab = logits.len() / whole.len();
-                    out.push(
-                        logits[(prefix.len() - 1) * vocab..(whole.len() - 1) * vocab].to_vec(),
-                    );
-                }
-            }
+                    Ok(logits[(prefix.len() - 1) * vocab..(whole.len() - 1) * vocab].to_vec())
+                })
+                .collect(),
         }
-        Ok(out)
     }
 
     /// Greedy decoding of `new_tokens` tokens after `prompt` (no end-of-sequence stop), timing each step:
@@ -191,6 +209,9 @@ impl Runner {
             Runner::Cpu(model) => model
                 .generate(prompt, max_length, &[], &mut callback)?
                 .len(),
+            Runner::Gpu(model) => model
+                .generate(prompt, max_length, &[], &mut callback)?
+                .len(),
             Runner::Onnx(model) => {
                 let options = SearchOptions {
                     max_length,
@@ -209,4 +230,27 @@ impl Runner {
         }
         Ok(())
     }
+}
+
+/// The logits predicting each continuation's tokens: the prefix's last row, then the rows of
+/// `forward(cont[..len − 1])` run after the cached prefix ([cont.len(), vocab] each).
+fn continue_from(
+    prefix_len: usize,
+    prefix_logits: &[f32],
+    conts: &[&[u32]],
+    mut forward: impl FnMut(&[u32]) -> anyhow::Result<Vec<f32>>,
+) -> anyhow::Result<Vec<Vec<f32>>> {
+    let vocab = prefix_logits.len() / prefix_len;
+    // the prefix's last row predicts each continuation's first token
+    let last = &prefix_logits[(prefix_len - 1) * vocab..];
+    let mut out = Vec::with_capacity(conts.len());
+    for cont in conts {
+        let mut l = Vec::with_capacity(cont.len() * vocab);
+        l.extend_from_slice(last);
+        if cont.len() > 1 {
+            l.extend_from_slice(&forward(&cont[..cont.len() - 1])?);
+        }
+        out.push(l);
+    }
+    Ok(out)
 }

@@ -1,4 +1,4 @@
-//! evaluate() end to end on the default model (tests/golden/out/smollm2/model, written by scripts/test.sh):
+//! evaluate_with() end to end on the default model (tests/golden/out/smollm2/model, written by scripts/test.sh):
 //! metrics over a workflow data config, results keyed and ranked as Olive's, one timed run shared.
 
 use std::path::Path;
@@ -65,7 +65,7 @@ fn metrics_over_workflow_data_configs() {
     let tok = olive_model::tokenizer::load(&model.path).unwrap();
     let joined = text.lines().collect::<Vec<_>>().join("\n\n");
     let ids = tok.encode(joined, false).unwrap().get_ids().to_vec();
-    let mut runner = Runner::load(&model).unwrap();
+    let mut runner = Runner::load(&model, crate::device::Device::Cpu).unwrap();
     let want = perplexity::perplexity(&mut runner, &ids, 16, None)
         .unwrap()
         .perplexity();

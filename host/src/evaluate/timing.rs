@@ -62,7 +62,8 @@ mod tests {
                 dir.display()
             );
         }
-        Runner::load(&Model::new("hf", dir)).expect("loading the tiny mistral")
+        Runner::load(&Model::new("hf", dir), crate::device::Device::Cpu)
+            .expect("loading the tiny mistral")
     }
 
     #[test]

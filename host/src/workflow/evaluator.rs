@@ -7,7 +7,9 @@ use serde_json::Value;
 
 use super::config::Workflow;
 use super::document::typed;
+use crate::device::Device;
 use crate::evaluate::metric::{validate, Metric, Plan};
+use crate::evaluate::{evaluate_with, Options};
 use crate::evaluate::result::MetricResult;
 
 /// A checked evaluator.
@@ -17,6 +19,8 @@ pub struct Evaluator {
     plans: Vec<Plan>,
     /// The evaluator's JSON, part of the evaluation cache key.
     config: Value,
+    /// Where models are measured: the target's device.
+    device: Device,
 }
 
 impl Evaluator {
@@ -31,10 +35,15 @@ impl Evaluator {
         let metrics: Vec<Metric> = typed(metrics_value, &format!("{origin}.metrics"))?;
         let plans = validate(&metrics, &workflow.data_configs, None)
             .map_err(|e| anyhow!("{origin}.{e:#}"))?;
+        let device = match workflow.device.as_str() {
+            "gpu" => Device::Gpu,
+            _ => Device::Cpu,
+        };
         Ok(Some(Evaluator {
             metrics,
             plans,
             config,
+            device,
         }))
     }
 
@@ -45,7 +54,11 @@ impl Evaluator {
 
     /// Measures every metric on `model`.
     pub fn evaluate(&self, model: &Model) -> anyhow::Result<MetricResult> {
-        crate::evaluate::evaluate(&self.plans, model)
+        let options = Options {
+            device: self.device,
+            ..Options::default()
+        };
+        Ok(evaluate_with(&self.plans, model, &options)?.result)
     }
 
     /// How many metric sub types rank models (priority > 0).

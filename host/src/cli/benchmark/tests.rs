@@ -148,9 +148,9 @@ fn bad_flags_are_refused_before_anything_runs() {
     );
     let e = error(&args(&["-m", &x, "--tasks", "latency,latency"]));
     assert!(e.contains("listed twice"), "{e}");
-    let e = error(&args(&["-m", &x, "--device", "gpu"]));
+    let e = error(&args(&["-m", &x, "--device", "gpu", "--tasks", "latency,memory"]));
     assert!(
-        e.contains("--device gpu") && e.contains("CUDA execution provider"),
+        e.contains("--tasks memory") && e.contains("not measured on --device gpu"),
         "{e}"
     );
     let e = error(&args(&["-m", &x, "--prompt_length", "16,0"]));
