@@ -448,9 +448,10 @@ def test_auto_opt_enable_search_picks_the_best_export(olive_host: Path, tiny: Pa
 
 
 def test_olive_quantizer_configs_run_unchanged(olive_host: Path, tiny: Path, tmp_path: Path):
-    """A workflow in Olive 0.13's own pass schemas (olive/passes/pytorch/autoawq.py, autogptq.py): AutoAWQQuantizer
-    with q_group_size / zero_point / version, GptqQuantizer with AutoGPTQ's model-structure names, each then
-    exported by ModelBuilder int4; data from an Olive data config over a local JSONL file."""
+    """A workflow in Olive 0.13's own pass schemas (olive/passes/pytorch/autoawq.py, autogptq.py, gptq.py):
+    AutoAWQQuantizer with q_group_size / zero_point / version, GptqQuantizer with AutoGPTQ's model-structure names,
+    Olive's own Gptq with its quantizer fields (desc_act null: act-order for group_size -1), each then exported by
+    ModelBuilder int4; data from an Olive data config over a local JSONL file."""
     data = {"name": "calib", "type": "HuggingfaceContainer",
             "load_dataset_config": {"data_name": "json", "data_files": str(ROOT / "data/data_sample_travel.jsonl"),
                                     "split": "train"},
@@ -474,6 +475,10 @@ def test_olive_quantizer_configs_run_unchanged(olive_host: Path, tiny: Path, tmp
                                                    ["mlp.down_proj"]],
                           "data_config": "calib"},
                  "builder": {"type": "ModelBuilder", "precision": "int4"}},
+        "gptq_olive": {"gptq_olive": {"type": "Gptq", "bits": 4, "group_size": -1, "sym": False, "lm_head": False,
+                                      "overrides": None, "damp_percent": 0.01, "desc_act": None,
+                                      "data_config": "calib"},
+                       "builder": {"type": "ModelBuilder", "precision": "int4"}},
     }
     for name, flow in passes.items():
         result = run(olive_host, {**base, "passes": flow, "output_dir": f"out-{name}"}, tmp_path,
@@ -484,3 +489,5 @@ def test_olive_quantizer_configs_run_unchanged(olive_host: Path, tiny: Path, tmp
         layout = json.loads((Path(quantized["model_config"]["config"]["model_path"]) / "config.json").read_text())
         assert layout["quantization_config"]["quant_method"] == ("awq" if name == "awq" else "gptq")
         assert layout["quantization_config"]["bits"] == 4
+        if name == "gptq_olive":
+            assert layout["quantization_config"]["desc_act"] is True

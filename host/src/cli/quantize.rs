@@ -1,5 +1,6 @@
 //! `olive-host quantize`: Olive's `olive quantize` (olive/cli/quantize.py) for Hugging Face models: `--algorithm
-//! rtn|awq|gptq` runs the `Rtn`, `AutoAWQQuantizer` or `GptqQuantizer` pass of the quant plugins in a worker and
+//! rtn|awq|gptq` runs the `Rtn`, `AutoAWQQuantizer` or `Gptq` pass (`GptqQuantizer` with `--implementation
+//! autogptq`, as Olive picks them) of the quant plugins in a worker and
 //! writes, as Olive does, the Hugging Face folder with `quantization_config` to `<output_path>/model` and Olive's
 //! `<output_path>/model_config.json` (every command taking `--model_name_or_path` accepts the output folder). `--bits`, `--group_size` and
 //! `--sym` (which Olive lacks) set the grid, `--lm_head` and `--embeds` (Olive's pass options) quantize the
@@ -28,12 +29,14 @@ pub enum Algorithm {
 }
 
 impl Algorithm {
-    /// The pass that runs it (Olive's pass type name).
-    fn pass(self) -> &'static str {
-        match self {
-            Algorithm::Rtn => "Rtn",
-            Algorithm::Awq => "AutoAWQQuantizer",
-            Algorithm::Gptq => "GptqQuantizer",
+    /// The pass that runs it with `implementation` (Olive's pass type name; Olive's own implementation by
+    /// default, as in olive/cli/quantize.py).
+    fn pass(self, implementation: Option<&str>) -> &'static str {
+        match (self, implementation) {
+            (Algorithm::Rtn, _) => "Rtn",
+            (Algorithm::Awq, _) => "AutoAWQQuantizer",
+            (Algorithm::Gptq, Some("autogptq" | "gptqmodel")) => "GptqQuantizer",
+            (Algorithm::Gptq, _) => "Gptq",
         }
     }
 
@@ -42,7 +45,7 @@ impl Algorithm {
         match self {
             Algorithm::Rtn => &["rtn", "olive"],
             Algorithm::Awq => &["awq", "autoawq"],
-            Algorithm::Gptq => &["gptq", "autogptq", "gptqmodel"],
+            Algorithm::Gptq => &["olive", "gptq", "autogptq", "gptqmodel"],
         }
     }
 }
@@ -160,7 +163,7 @@ pub fn run(args: QuantizeArgs) -> anyhow::Result<()> {
     let config = pass_config(&args)?;
     let workflow = one_pass_on_cpu(
         &args.model_name_or_path,
-        args.algorithm.pass(),
+        args.algorithm.pass(args.implementation.as_deref()),
         &config,
         "data_config",
         &args.output_path,
@@ -171,7 +174,7 @@ pub fn run(args: QuantizeArgs) -> anyhow::Result<()> {
     refuse_non_empty(&args.output_path, args.overwrite)?;
     let input = resolve_hf_input(&args.model_name_or_path)?;
     let found = plugins::discover(&plugins::search_path());
-    let name = args.algorithm.pass();
+    let name = args.algorithm.pass(args.implementation.as_deref());
     let (plugin, pass) = found.pass(None, name)?;
     let output = &args.output_path;
     let model = run_pass_to_output(PassRun {
