@@ -42,6 +42,14 @@ template <typename T> __device__ __forceinline__ T from_float(float x);
 template <> __device__ __forceinline__ __nv_bfloat16 from_float(float x) { return __float2bfloat16_rn(x); }
 template <> __device__ __forceinline__ __half from_float(float x) { return __float2half_rn(x); }
 
+// Element `hi` (0: the low half) of a register holding two 16-bit values.
+__device__ __forceinline__ float half_at(unsigned u, int hi, __nv_bfloat16) {
+    return __uint_as_float((hi ? u >> 16 : u & 0xffffu) << 16);
+}
+__device__ __forceinline__ float half_at(unsigned u, int hi, __half) {
+    return __half2float(__ushort_as_half((unsigned short)(hi ? u >> 16 : u & 0xffffu)));
+}
+
 __device__ __forceinline__ float warp_max(float x) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffff, x, o));
@@ -128,16 +136,21 @@ __device__ __forceinline__ void cp_async16(void *dst, const void *src, bool vali
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 
-// Rows row0 .. row0+64 of k and v (zeros from row `valid` on) into dK, dV [64, LD], asynchronously.
+// Rows row0 .. row0+64 of src (zeros from row `valid` on) into dst [64, LD], asynchronously (in the open group).
 template <typename T, int D, int LD>
-__device__ void load_kv_async(T *dK, T *dV, const T *k, int k_stride, const T *v, int v_stride, long long row0, int valid) {
+__device__ void load_rows_async(T *dst, const T *src, int stride, long long row0, int valid) {
     constexpr int V = D / 8;
     for (int i = threadIdx.x; i < BC * V; i += blockDim.x) {
         const int r = i / V, c = (i % V) * 8;
-        const long long row = row0 + min(r, valid - 1);
-        cp_async16(dK + r * LD + c, k + row * k_stride + c, r < valid);
-        cp_async16(dV + r * LD + c, v + row * v_stride + c, r < valid);
+        cp_async16(dst + r * LD + c, src + (row0 + min(r, valid - 1)) * stride + c, r < valid);
     }
+}
+
+// The K and V tiles of rows row0 .. row0+64 as one commit group.
+template <typename T, int D, int LD>
+__device__ void load_kv_async(T *dK, T *dV, const T *k, int k_stride, const T *v, int v_stride, long long row0, int valid) {
+    load_rows_async<T, D, LD>(dK, k, k_stride, row0, valid);
+    load_rows_async<T, D, LD>(dV, v, v_stride, row0, valid);
     cp_async_commit();
 }
 
@@ -352,13 +365,25 @@ __device__ void attn_decode(const AttnParams p, const T *__restrict__ q, const T
                 if (r < R) acc[r][0] *= salpha[r], acc[r][1] *= salpha[r];
             const int nkeys = min(THREADS, j_end - j0);
             const T *vcol = v + ((long long)b * p.kv_len + j0) * p.v_stride + p.v_off + g * D + 2 * cp;
-            for (int jj = kh; jj < nkeys; jj += KH) {
-                const unsigned raw = *reinterpret_cast<const unsigned *>(vcol + (long long)jj * p.v_stride);
-                const T *e = reinterpret_cast<const T *>(&raw);
-                const float v0 = to_float(e[0]), v1 = to_float(e[1]);
+            // Eight keys' loads in flight before their first use (a dependent load per key would serialize on
+            // the memory latency).
+            constexpr int U = 8;
+            for (int jb = kh; jb < nkeys; jb += U * KH) {
+                unsigned raw[U];
 #pragma unroll
-                for (int r = 0; r < MAXR; ++r)
-                    if (r < R) acc[r][0] += sp[r][jj] * v0, acc[r][1] += sp[r][jj] * v1;
+                for (int u = 0; u < U; ++u) {
+                    const int jj = jb + u * KH;
+                    raw[u] = jj < nkeys ? *reinterpret_cast<const unsigned *>(vcol + (long long)jj * p.v_stride) : 0u;
+                }
+#pragma unroll
+                for (int u = 0; u < U; ++u) {
+                    const int jj = jb + u * KH;
+                    if (jj >= nkeys) break;
+                    const float v0 = half_at(raw[u], 0, T()), v1 = half_at(raw[u], 1, T());
+#pragma unroll
+                    for (int r = 0; r < MAXR; ++r)
+                        if (r < R) acc[r][0] += sp[r][jj] * v0, acc[r][1] += sp[r][jj] * v1;
+                }
             }
         }
         __syncthreads();
@@ -427,7 +452,8 @@ __device__ void attn_delta(const AttnParams p, const T *__restrict__ o, const T 
 // tile of 64 queries, Sᵀ = K_w·Qᵀ, Pᵀ = exp(Sᵀ·scale − lse), dV_w += Pᵀ·dO, dPᵀ = V_w·dOᵀ, dSᵀ = Pᵀ ⊙ (dPᵀ − delta),
 // dK_w += dSᵀ·Q in registers (mma.sync, the accumulators of one product the A operand of the next); dS goes through
 // shared memory for dQ = dS·K (query rows split over the warps), added to the fp32 accumulator with atomics.
-// Shared memory: K, V, Q, dO [64, D+8], dS [64 queries, 72] (16-bit), lse and delta [64] (f32).
+// Shared memory: K, V, 2 × Q, 2 × dO [64, D+8] (the query tiles double-buffered through cp.async), dS [64 queries, 72]
+// (16-bit), lse and delta [64] (f32).
 // dq_acc: [batch·tokens, heads, D] f32, zeroed before; gets scale · dS K.
 template <typename T, int D>
 __device__ void attn_bwd(const AttnParams p, const T *__restrict__ q, const T *__restrict__ k,
@@ -438,9 +464,9 @@ __device__ void attn_bwd(const AttnParams p, const T *__restrict__ q, const T *_
     extern __shared__ __align__(128) unsigned char smem[];
     T *sK = reinterpret_cast<T *>(smem);
     T *sV = sK + BC * LDT;
-    T *sQ = sV + BC * LDT;
-    T *sdO = sQ + BR * LDT;
-    T *sdS = sdO + BR * LDT;  // [query][key]
+    T *sQ2 = sV + BC * LDT;     // two buffers
+    T *sdO2 = sQ2 + 2 * BR * LDT;  // two buffers
+    T *sdS = sdO2 + 2 * BR * LDT;  // [query][key]
     float *sLse = reinterpret_cast<float *>(sdS + BR * LDS);
     float *sDelta = sLse + BR;
 
@@ -463,14 +489,31 @@ __device__ void attn_bwd(const AttnParams p, const T *__restrict__ q, const T *_
     const int t_lo = max(0, j0 - start);
     const int t_hi = p.window > 0 ? min(p.tokens, j0 + valid_k - 1 + p.window - start) : p.tokens;
 
-    for (int hh = 0; hh < group; ++hh) {
-        const int h = g * group + hh;
-        for (int tq0 = t_lo; tq0 < t_hi; tq0 += BR) {
-            __syncthreads();
+    // (head of the group, query tile) pairs, the next one's Q and dO copied while this one is computed.
+    const int n_tiles = t_hi > t_lo ? (t_hi - t_lo + BR - 1) / BR : 0, total = group * n_tiles;
+    const T *qg = q + p.q_off + g * group * D, *dog = d_o + p.do_off + g * group * D;
+    auto issue = [&](int it, int slot) {
+        const int hh = it / n_tiles, tq0 = t_lo + (it % n_tiles) * BR;
+        const long long row0 = (long long)b * p.tokens + tq0;
+        const int valid = min(BR, p.tokens - tq0);
+        load_rows_async<T, D, LDT>(sQ2 + slot * BR * LDT, qg + hh * D, p.q_stride, row0, valid);
+        load_rows_async<T, D, LDT>(sdO2 + slot * BR * LDT, dog + hh * D, p.do_stride, row0, valid);
+        cp_async_commit();
+    };
+    if (total > 0) issue(0, 0);
+    for (int it = 0, slot = 0; it < total; ++it, slot ^= 1) {
+        {
+            const int hh = it / n_tiles, tq0 = t_lo + (it % n_tiles) * BR;
+            const int h = g * group + hh;
+            const T *sQ = sQ2 + slot * BR * LDT, *sdO = sdO2 + slot * BR * LDT;
+            if (it + 1 < total) {
+                issue(it + 1, slot ^ 1);
+                cp_async_wait<1>();
+            } else {
+                cp_async_wait<0>();
+            }
             const int valid_q = min(BR, p.tokens - tq0);
             const long long qrow = (long long)b * p.tokens + tq0;
-            load_rows<T, D, LDT>(sQ, q + p.q_off + h * D, p.q_stride, qrow, BR, valid_q);
-            load_rows<T, D, LDT>(sdO, d_o + p.do_off + h * D, p.do_stride, qrow, BR, valid_q);
             for (int i = threadIdx.x; i < BR; i += blockDim.x) {
                 const long long at = ((long long)b * p.heads + h) * p.tokens + tq0 + i;
                 sLse[i] = i < valid_q ? lse[at] * LOG2E : 0.f;
@@ -562,6 +605,7 @@ __device__ void attn_bwd(const AttnParams p, const T *__restrict__ q, const T *_
                 }
             }
         }
+        __syncthreads();  // every warp is done with this slot, dS, lse and delta before the next pair refills them
     }
 #pragma unroll
     for (int e = 0; e < 4; ++e) {

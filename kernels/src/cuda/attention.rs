@@ -274,9 +274,10 @@ fn forward_smem(d: usize) -> usize {
     5 * TILE * (d + 8) * 2
 }
 
-/// Shared memory of the backward: K, V, Q, dO [64, D+8] and dS [64, 72] (16-bit), lse and delta [64] (f32).
+/// Shared memory of the backward: K, V and two buffers each of Q and dO [64, D+8], dS [64, 72] (16-bit), lse and
+/// delta [64] (f32).
 fn backward_smem(d: usize) -> usize {
-    4 * TILE * (d + 8) * 2 + TILE * (TILE + 8) * 2 + 2 * TILE * 4
+    6 * TILE * (d + 8) * 2 + TILE * (TILE + 8) * 2 + 2 * TILE * 4
 }
 
 /// The kernel `name`, allowed `smem` bytes of dynamic shared memory.

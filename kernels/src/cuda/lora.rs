@@ -3,10 +3,11 @@
 //! `grad_A += gᵀ·x`, `grad_B += scale·dyᵀ·u`. A: [rank, in] and B: [out, rank] stay fp32 (PEFT's layouts and
 //! master weights); x, y, dy, dx are 16-bit, possibly column ranges of wider rows (a fused qkv / gate-up output).
 //!
-//! Fused: x·Aᵀ and ·Bᵀ run in one kernel per block of 64 tokens, u kept in shared memory between them (one read
-//! of x, one read-modify-write of y, no launch or round trip for u); the backward's dy·B and ·A likewise. Not
-//! fused: the frozen base product (cuBLAS, or the int4 kernels) — folding LoRA into its epilogue would save one
-//! pass over y but means owning the base GEMM; at r ≤ 64 the LoRA pass costs one read and write of y.
+//! Fused: the update is added into y in place (one read-modify-write of y, no delta tensor, the scale folded in)
+//! and the fp32 masters are rounded to 16 bits as their tiles load (no converted copies). Not fused: x·Aᵀ and ·Bᵀ
+//! are two kernels with u ([tokens, rank] fp32, small) between them — one kernel for both was 2× the base GEMM's
+//! time (see lora.cu); and the frozen base product (cuBLAS, or the int4 kernels) — folding LoRA into its epilogue
+//! would save one pass over y but means owning the base GEMM.
 
 use super::attention::{Half16, Operand, Rows};
 use super::{CudaSlice, DeviceRepr, Gpu, GpuError, LaunchConfig, PushKernelArg};
@@ -57,6 +58,7 @@ struct Params {
     q_j: i32,
     out_slice: i32,
     tokens_per_block: i32,
+    in_slice: i32,
     c_m: i32,
     c_j: i32,
     scale_u: f32,
@@ -102,49 +104,65 @@ fn check_dims(d: &LoraDims, w: &Adapter<'_>) -> Result<(), GpuError> {
     Ok(())
 }
 
-/// Runs lora_chain: u = scale_u·X·Pᵀ ([tokens, rank] to `u`), then Y += scale_y·u·Qᵀ over `n_out` columns.
-fn chain<T: Half16>(
+/// Blocks along a second grid axis: enough for about 4 per multiprocessor with `first` blocks on the first axis, at
+/// most one per 64-wide tile of `len`; returns (slices, slice length, a multiple of 64).
+fn slices(gpu: &Gpu, first: usize, len: usize) -> (usize, usize) {
+    let want = (4 * gpu.sm_count() as usize)
+        .div_ceil(first.max(1))
+        .clamp(1, len.div_ceil(TILE).max(1));
+    let slice = len.div_ceil(want).div_ceil(TILE).max(1) * TILE;
+    (len.div_ceil(slice).max(1), slice)
+}
+
+/// u (zeroed first) = scale_u·X·Pᵀ ([tokens, rank]), then, with `y`, Y += scale_y·u·Qᵀ over `n_out` columns.
+fn down_up<T: Half16>(
     gpu: &Gpu,
     mut p: Params,
     x: Operand<'_, T>,
     pq: (&CudaSlice<f32>, &CudaSlice<f32>),
-    y: Option<(&mut CudaSlice<T>, Rows)>,
+    y: Option<&mut CudaSlice<T>>,
     u: &mut CudaSlice<f32>,
 ) -> Result<(), GpuError> {
-    let tokens = p.tokens as usize;
-    let n_out = p.n_out as usize;
-    let blocks = tokens.div_ceil(TILE);
-    let sm = gpu.sm_count() as usize;
-    // Output slices only where the token blocks leave the device idle (each slice recomputes u).
-    let slices = if n_out == 0 {
-        1
-    } else {
-        sm.div_ceil(blocks).clamp(1, n_out.div_ceil(TILE))
-    };
-    let out_slice = n_out.div_ceil(slices).div_ceil(TILE) * TILE;
-    let slices = if n_out == 0 {
-        1
-    } else {
-        n_out.div_ceil(out_slice)
-    };
-    p.out_slice = int("out_slice", out_slice)?;
-    let f = gpu.function(&SOURCE, &format!("lora_chain_{}", T::NAME))?;
+    let blocks = (p.tokens as usize).div_ceil(TILE);
+    let (in_splits, in_slice) = slices(gpu, blocks, p.n_in as usize);
+    p.in_slice = int("in_slice", in_slice)?;
+    gpu.stream().memset_zeros(u)?;
+    let f = gpu.function(&SOURCE, &format!("lora_down_{}", T::NAME))?;
     let cfg = LaunchConfig {
-        grid_dim: (int("token blocks", blocks)? as u32, slices as u32, 1),
+        grid_dim: (int("token blocks", blocks)? as u32, in_splits as u32, 1),
         block_dim: (THREADS, 1, 1),
         shared_mem_bytes: 0,
     };
-    let mut launch = gpu.stream().launch_builder(&f);
-    launch.arg(&p).arg(x.data).arg(pq.0).arg(pq.1);
-    // With no output columns the kernel never touches y: x stands in for it.
-    match y {
-        Some((buf, _)) => launch.arg(buf),
-        None => launch.arg(x.data),
+    // SAFETY: the callers checked x's rows against its buffer; P holds rank·n_in floats at its strides; u holds
+    // tokens·rank.
+    unsafe {
+        gpu.stream()
+            .launch_builder(&f)
+            .arg(&p)
+            .arg(x.data)
+            .arg(pq.0)
+            .arg(&mut *u)
+            .launch(cfg)
+    }?;
+    let Some(y) = y else { return Ok(()) };
+    let (out_splits, out_slice) = slices(gpu, blocks, p.n_out as usize);
+    p.out_slice = int("out_slice", out_slice)?;
+    let f = gpu.function(&SOURCE, &format!("lora_up_{}", T::NAME))?;
+    let cfg = LaunchConfig {
+        grid_dim: (blocks as u32, out_splits as u32, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
     };
-    launch.arg(u);
-    // SAFETY: the callers checked x's and y's rows against their buffers, P and Q hold rank·n_in and n_out·rank
-    // floats, u holds tokens·rank.
-    unsafe { launch.launch(cfg) }?;
+    // SAFETY: the callers checked y's rows for n_out columns; Q holds n_out·rank floats at its strides.
+    unsafe {
+        gpu.stream()
+            .launch_builder(&f)
+            .arg(&p)
+            .arg(&*u)
+            .arg(pq.1)
+            .arg(y)
+            .launch(cfg)
+    }?;
     Ok(())
 }
 
@@ -158,19 +176,11 @@ fn outer<T: Half16>(
 ) -> Result<(), GpuError> {
     let (tokens, n_m) = (p.tokens as usize, p.n_in as usize);
     let m_blocks = n_m.div_ceil(TILE);
-    let sm = gpu.sm_count() as usize;
-    let slices = (2 * sm)
-        .div_ceil(m_blocks)
-        .clamp(1, tokens.div_ceil(TILE).max(1));
-    let per = tokens.div_ceil(slices).div_ceil(TILE).max(1) * TILE;
+    let (t_slices, per) = slices(gpu, m_blocks, tokens);
     p.tokens_per_block = int("tokens per block", per)?;
     let f = gpu.function(&SOURCE, &format!("lora_outer_{}", T::NAME))?;
     let cfg = LaunchConfig {
-        grid_dim: (
-            int("blocks", m_blocks)? as u32,
-            tokens.div_ceil(per) as u32,
-            1,
-        ),
+        grid_dim: (int("blocks", m_blocks)? as u32, t_slices as u32, 1),
         block_dim: (THREADS, 1, 1),
         shared_mem_bytes: 0,
     };
@@ -227,8 +237,7 @@ pub fn forward<T: Half16>(
         scale_y: d.scale,
         ..Params::default()
     };
-    let rows = y.1;
-    chain(gpu, p, x, (w.a, w.b), Some((y.0, rows)), u)
+    down_up(gpu, p, x, (w.a, w.b), Some(y.0), u)
 }
 
 /// The backward of [`forward`] for dy (tokens rows of out_features): adds to `grads`; `u` is forward's.
@@ -294,7 +303,7 @@ pub fn backward<T: Half16>(
         scale_y: 1.0,
         ..base
     };
-    chain(gpu, p, dy, (w.b, w.a), dx.map(|b| (b, dx_rows)), &mut g)?;
+    down_up(gpu, p, dy, (w.b, w.a), dx, &mut g)?;
     // grad_B(o, j) += scale·Σ_t dy[t, o]·u[t, j]
     let p = Params {
         n_in: int("out_features", d.out_features)?,
