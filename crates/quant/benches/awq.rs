@@ -10,6 +10,7 @@ use olive_kernels::cpu::{attention, AttentionDims};
 use olive_model::{Checkpoint, ModelConfig};
 use olive_nn::{DecoderLayer, Rope};
 use olive_quant::awq::{awq_layer, AwqOptions, InputOf, LayerInputs};
+use olive_quant::device::Compute;
 use olive_quant::{QuantSpec, Selected};
 
 const WINDOWS: usize = 16;
@@ -62,7 +63,16 @@ fn bench(c: &mut Criterion) {
     g.bench_function("awq_layer_16x512", |b| {
         b.iter(|| {
             let (mut l, mut i) = (layer.clone(), inputs.clone());
-            awq_layer(&mut l, &rope, &mut i, &spec, Selected::ALL, &opts).unwrap()
+            awq_layer(
+                &Compute::Cpu,
+                &mut l,
+                &rope,
+                &mut i,
+                &spec,
+                Selected::ALL,
+                &opts,
+            )
+            .unwrap()
         })
     });
     let dims = AttentionDims {

@@ -56,6 +56,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         lm_head: false,
         embeds: false,
         format: OutputFormat::Auto,
+        device: olive_quant::Device::Cpu,
     };
     let summary = quantize_model(
         &input,

@@ -16,10 +16,10 @@
 //! evenly strided tokens, as AutoAWQ's `n_sample_token = 512`. Memory: only those subsets of the layer's inputs
 //! are kept (`LayerInputs`), and each ratio's trial weight is written into the layer itself (no layer copy).
 
-use olive_kernels::cpu::matmul;
-use olive_nn::{DecoderLayer, LayerCache, LayerDims, RopeTables, Workspace};
+use olive_nn::{DecoderLayer, LayerDims, RopeTables};
 use rayon::prelude::*;
 
+use crate::device::{attention_context, mlp_activation, Compute};
 use crate::error::Result;
 use crate::grid::{dequantize_value, group_params, quantize_value, QuantSpec};
 
@@ -180,6 +180,7 @@ pub struct AwqLayerStats {
 /// Searches and applies AWQ's scales and clipping to `layer` (in place; the layer then computes the same function
 /// in f32 up to clipping), scaling `inputs` to match. Quantize the layer's weights with RTN afterwards.
 pub fn awq_layer(
+    compute: &Compute,
     layer: &mut DecoderLayer,
     rope: &RopeTables,
     inputs: &mut LayerInputs,
@@ -195,6 +196,7 @@ pub fn awq_layer(
 
     if sel.q && sel.k && sel.v {
         let (s, ratio) = search(
+            compute,
             layer,
             Inspect::Attention,
             &inputs.qkv,
@@ -209,7 +211,16 @@ pub fn awq_layer(
         inputs.qkv.scale(&inverse(&s));
     }
     if sel.v && sel.o && kv == q {
-        let (s, ratio) = search(layer, Inspect::O, &inputs.o, seq_len, rope, spec, opts)?;
+        let (s, ratio) = search(
+            compute,
+            layer,
+            Inspect::O,
+            &inputs.o,
+            seq_len,
+            rope,
+            spec,
+            opts,
+        )?;
         stats.ratios.push(("o", ratio));
         scale_rows_inv(&mut layer.qkv_proj.weight[(q + kv) * h..], h, &s);
         if let Some(b) = &mut layer.qkv_proj.bias {
@@ -220,6 +231,7 @@ pub fn awq_layer(
     }
     if sel.gate && sel.up {
         let (s, ratio) = search(
+            compute,
             layer,
             Inspect::Mlp,
             &inputs.gate_up,
@@ -235,6 +247,7 @@ pub fn awq_layer(
     }
     if sel.up && sel.down {
         let (s, ratio) = search(
+            compute,
             layer,
             Inspect::Down,
             &inputs.down,
@@ -255,22 +268,30 @@ pub fn awq_layer(
     if opts.apply_clip {
         if sel.v {
             let w = &mut layer.qkv_proj.weight[(q + kv) * h..(q + 2 * kv) * h];
-            stats.clipped += clip(w, kv, h, &inputs.qkv.clip, spec, opts);
+            stats.clipped += clip(compute, w, kv, h, &inputs.qkv.clip, spec, opts)?;
         }
         if sel.o {
-            stats.clipped += clip(&mut layer.o_proj.weight, h, q, &inputs.o.clip, spec, opts);
+            stats.clipped += clip(
+                compute,
+                &mut layer.o_proj.weight,
+                h,
+                q,
+                &inputs.o.clip,
+                spec,
+                opts,
+            )?;
         }
         if sel.gate {
             let w = &mut layer.gate_up_proj.weight[..inter * h];
-            stats.clipped += clip(w, inter, h, &inputs.gate_up.clip, spec, opts);
+            stats.clipped += clip(compute, w, inter, h, &inputs.gate_up.clip, spec, opts)?;
         }
         if sel.up {
             let w = &mut layer.gate_up_proj.weight[inter * h..];
-            stats.clipped += clip(w, inter, h, &inputs.gate_up.clip, spec, opts);
+            stats.clipped += clip(compute, w, inter, h, &inputs.gate_up.clip, spec, opts)?;
         }
         if sel.down {
             let w = &mut layer.down_proj.weight;
-            stats.clipped += clip(w, h, inter, &inputs.down.clip, spec, opts);
+            stats.clipped += clip(compute, w, h, inter, &inputs.down.clip, spec, opts)?;
         }
     }
     Ok(stats)
@@ -397,12 +418,12 @@ fn group_weight_mut(layer: &mut DecoderLayer, inspect: Inspect) -> &mut [f32] {
 
 /// The inspected module's output on x (whole sequences of `seq_len` tokens for the attention block).
 fn inspect_output(
+    compute: &Compute,
     layer: &DecoderLayer,
     inspect: Inspect,
     x: &[f32],
     seq_len: usize,
     rope: &RopeTables,
-    ws: &mut Workspace,
 ) -> Result<Vec<f32>> {
     let d = layer.dims;
     let width = match inspect {
@@ -414,23 +435,17 @@ fn inspect_output(
     let mut out = vec![0f32; tokens * d.hidden]; // [tokens, hidden]
     match inspect {
         Inspect::Attention => {
-            let mut ctx = vec![0f32; seq_len * d.q_width()]; // [seq_len, heads · head_dim]
-            for (xs, os) in x
-                .chunks_exact(seq_len * d.hidden)
-                .zip(out.chunks_exact_mut(seq_len * d.hidden))
-            {
-                let mut cache = LayerCache::new(d.kv_width(), seq_len);
-                layer.attention_context(xs, rope, &mut cache, ws, &mut ctx)?;
-                layer.o_proj.forward(&ctx, os);
-            }
+            let mut ctx = vec![0f32; tokens * d.q_width()]; // [tokens, heads · head_dim]
+            attention_context(compute, layer, x, seq_len, rope, &mut ctx)?;
+            compute.linear(&layer.o_proj, &ctx, &mut out)?;
         }
-        Inspect::O => layer.o_proj.forward(x, &mut out),
+        Inspect::O => compute.linear(&layer.o_proj, x, &mut out)?,
         Inspect::Mlp => {
             let mut act = vec![0f32; tokens * d.intermediate]; // [tokens, intermediate]
-            layer.mlp_activation(x, ws, &mut act);
-            layer.down_proj.forward(&act, &mut out);
+            mlp_activation(compute, layer, x, &mut act)?;
+            compute.linear(&layer.down_proj, &act, &mut out)?;
         }
-        Inspect::Down => layer.down_proj.forward(x, &mut out),
+        Inspect::Down => compute.linear(&layer.down_proj, x, &mut out)?,
     }
     Ok(out)
 }
@@ -442,7 +457,9 @@ fn mse(a: &[f32], b: &[f32]) -> f64 {
 
 /// `_compute_best_scale`: the scales of the best ratio, and that ratio. Each ratio's weight Q(W·s)/s is written
 /// into the layer for its forward; the original weight is restored before returning, also on error.
+#[allow(clippy::too_many_arguments)]
 fn search(
+    compute: &Compute,
     layer: &mut DecoderLayer,
     inspect: Inspect,
     input: &GroupInput,
@@ -454,8 +471,7 @@ fn search(
     let (rows, in_features) = group_shape(layer, inspect);
     let original = group_weight_mut(layer, inspect).to_vec(); // [rows, in]
     let w_mean = weight_abs_mean(&original, rows, in_features, spec);
-    let mut ws = Workspace::default();
-    let reference = inspect_output(layer, inspect, &input.loss, seq_len, rope, &mut ws)?;
+    let reference = inspect_output(compute, layer, inspect, &input.loss, seq_len, rope)?;
     let mut best: Option<(f64, Vec<f32>, f32)> = None;
     let mut grid = || -> Result<()> {
         for step in 0..opts.n_grid.max(1) {
@@ -464,7 +480,7 @@ fn search(
             let inv: Vec<f32> = s.iter().map(|v| 1.0 / v).collect();
             let trial = group_weight_mut(layer, inspect);
             scaled_fake_quantize(&original, in_features, &s, &inv, spec, trial);
-            let out = inspect_output(layer, inspect, &input.loss, seq_len, rope, &mut ws)?;
+            let out = inspect_output(compute, layer, inspect, &input.loss, seq_len, rope)?;
             let loss = mse(&out, &reference);
             if best.as_ref().is_none_or(|(b, _, _)| loss < *b) {
                 best = Some((loss, s, ratio));
@@ -537,13 +553,14 @@ fn on_grid(x: f32, scale: f32, zero: f32, maxq: f32) -> f32 {
 /// `_compute_best_clip` + `apply_clip` on w: [rows, in] with its input rows x: [tokens, in] (the clip subset);
 /// returns the weights changed.
 fn clip(
+    compute: &Compute,
     w: &mut [f32],
     rows: usize,
     in_features: usize,
     x: &[f32],
     spec: &QuantSpec,
     opts: &AwqOptions,
-) -> usize {
+) -> Result<usize> {
     let m = x.len() / in_features;
     let gl = spec.group_len(in_features);
     let steps = (opts.max_shrink * opts.n_grid as f32) as usize;
@@ -564,13 +581,13 @@ fn clip(
             .chunks_exact(len)
             .map(|r| r.iter().fold(0f32, |a, v| a.max(v.abs())))
             .collect();
-        matmul(&wg, &xg, &mut reference, rows, len, m);
+        compute.matmul(&wg, &xg, &mut reference, (rows, len, m))?;
         let mut best_max = org_max.clone();
         let mut best_err = vec![f64::INFINITY; rows];
         for i in 0..steps.max(1) {
             let f = 1.0 - i as f32 / opts.n_grid.max(1) as f32;
             clamped_fake_quantize(&wg, &org_max, f, len, spec, fq);
-            matmul(fq, &xg, &mut cur, rows, len, m);
+            compute.matmul(fq, &xg, &mut cur, (rows, len, m))?;
             let err: Vec<f64> = cur
                 .par_chunks(m)
                 .zip(reference.par_chunks(m))
@@ -594,7 +611,7 @@ fn clip(
             }
         }
     }
-    changed
+    Ok(changed)
 }
 
 /// out = Q(clamp(w, ±f·max_r)) for w: [rows, len], one grid per row found on the clamped row.
@@ -631,6 +648,7 @@ fn clamped_fake_quantize(
 mod tests {
     use super::*;
     use crate::rtn::fake_quantize;
+    use olive_kernels::cpu::matmul;
 
     #[test]
     fn ratio_zero_without_duo_is_identity_and_scales_are_normalised() {
@@ -679,7 +697,16 @@ mod tests {
         };
         let before = err(&w);
         let mut clipped = w.clone();
-        let n = clip(&mut clipped, rows, k, &x, &spec, &AwqOptions::default());
+        let n = clip(
+            &Compute::Cpu,
+            &mut clipped,
+            rows,
+            k,
+            &x,
+            &spec,
+            &AwqOptions::default(),
+        )
+        .unwrap();
         assert!(n > 0);
         assert!(err(&clipped) <= before, "{} > {before}", err(&clipped));
     }

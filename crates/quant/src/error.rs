@@ -94,6 +94,9 @@ pub enum QuantError {
     /// An option or model feature this quantizer does not support.
     #[error("{0}")]
     Unsupported(String),
+    /// The GPU asked for (`--device gpu`) is missing or failed.
+    #[error("GPU calibration: {0}")]
+    Gpu(#[from] olive_kernels::cuda::GpuError),
     /// The caller asked the quantizer to stop.
     #[error("cancelled")]
     Cancelled,

@@ -18,6 +18,7 @@
 use olive_model::quantized::QuantizedLinear;
 use rayon::prelude::*;
 
+use crate::device::Compute;
 use crate::error::{QuantError, Result};
 use crate::grid::{dequantize_value, group_params, quantize_value, QuantSpec};
 use crate::linalg::{product, reversed_cholesky};
@@ -92,6 +93,41 @@ impl Hessian {
         }
         mirror_lower(&mut self.h, n);
         self.samples = total;
+    }
+
+    /// [`Hessian::add_product`] with the product xᵀy computed by `compute` (in place on the CPU; on the GPU
+    /// the whole [in, in] product comes back and its lower triangle is folded in and mirrored, as here).
+    pub(crate) fn add_product_on(
+        &mut self,
+        compute: &Compute,
+        x: &[f32],
+        y: &[f32],
+        samples: usize,
+    ) -> Result<()> {
+        let n = self.n;
+        let Some(g) = compute.gram(x, y, n)? else {
+            self.add_product(x, y, samples);
+            return Ok(());
+        };
+        if x.len() / n.max(1) == 0 || samples == 0 {
+            return Ok(());
+        }
+        let total = self.samples + samples;
+        let keep = self.samples as f32 / total as f32;
+        let c = 2.0 / total as f32;
+        for (r, (h, g)) in self
+            .h
+            .chunks_exact_mut(n)
+            .zip(g.chunks_exact(n))
+            .enumerate()
+        {
+            for (h, g) in h[..=r].iter_mut().zip(&g[..=r]) {
+                *h = keep * *h + c * g;
+            }
+        }
+        mirror_lower(&mut self.h, n);
+        self.samples = total;
+        Ok(())
     }
 
     /// Calibration rows added so far.

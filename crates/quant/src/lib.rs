@@ -3,6 +3,7 @@
 //! `olive_model::quantized::QuantizedLinear` (unpacked levels, scales, zero points, g_idx).
 
 pub mod awq;
+pub mod device;
 pub mod error;
 pub mod gptq;
 pub mod grid;
@@ -16,6 +17,7 @@ pub mod stream;
 mod value_hessian;
 pub mod writer;
 
+pub use device::Device;
 pub use error::{QuantError, Result};
 pub use gptq::{gptq, GptqOptions, GptqResult, GptqSolver, Hessian};
 pub use grid::{group_params, quantize_value, QuantSpec};

@@ -246,6 +246,15 @@ pub fn run(
             Format::Awq => OutputFormat::AwqGemm,
             Format::Olive => OutputFormat::Olive,
         },
+        device: match ctx.device().as_str() {
+            "cpu" => crate::Device::Cpu,
+            "gpu" => crate::Device::Gpu,
+            other => {
+                return Err(Error::InvalidConfig(format!(
+                    "device `{other}`: the quantizers run on cpu or gpu"
+                )))
+            }
+        },
     };
     options.spec.validate().map_err(invalid)?;
     let windows = if matches!(method, Method::Rtn) && common.data_config.is_none() {

@@ -21,10 +21,11 @@ use olive_kernels::cpu::rmsnorm;
 use olive_model::checkpoint::to_f32;
 use olive_model::quantized::QuantizedLinear;
 use olive_model::{Checkpoint, ModelConfig};
-use olive_nn::{DecoderLayer, LayerCache, Rope, RopeTables, Workspace};
+use olive_nn::{DecoderLayer, Rope, RopeTables};
 use serde_json::Value;
 
 use crate::awq::{awq_layer, AwqOptions, InputOf, LayerInputs};
+use crate::device::{attention_context, mlp_activation, Compute, Device};
 use crate::error::{QuantError, Result};
 use crate::gptq::{gptq, GptqOptions, Hessian};
 use crate::grid::QuantSpec;
@@ -132,6 +133,8 @@ pub struct QuantizeOptions {
     /// Quantize the embeddings (RTN; Olive layout only).
     pub embeds: bool,
     pub format: OutputFormat,
+    /// Where calibration's products run (the CPU, or a CUDA GPU within float noise of it).
+    pub device: Device,
 }
 
 /// How a layer's error was measured.
@@ -228,6 +231,7 @@ pub fn quantize_model(
     let extra = Tables::plan(&ckpt, &config, options.lm_head, options.embeds)?;
     let format = resolve_format(options, &plan, &extra, events)?;
     let seq_len = check_calibration(&options.method, calibration, config.vocab_size)?;
+    let compute = Compute::open(options.device)?;
 
     let mut writer = ModelWriter::create(output, layers + 1)?;
     let rope = Rope::new(&config);
@@ -259,6 +263,7 @@ pub fn quantize_model(
             format,
             seq_len,
             rope: &tables,
+            compute: &compute,
         };
         let (linears, error) = match &options.method {
             Method::Rtn => run.rtn(&mut layer, &mut hidden)?,
@@ -525,6 +530,7 @@ struct LayerRun<'a> {
     format: OutputFormat,
     seq_len: usize,
     rope: &'a RopeTables,
+    compute: &'a Compute,
 }
 
 /// The quantized linears of a layer, by index into its modules.
@@ -608,13 +614,13 @@ impl LayerRun<'_> {
         x: &[f32],
     ) -> Result<(Hessian, Option<Hessian>)> {
         let mut h = Hessian::new(slot_in_features(layer, slot));
-        h.add(x);
+        h.add_product_on(self.compute, x, x, x.len() / h.in_features().max(1))?;
         let separate_v = self
             .modules
             .iter()
             .any(|m| m.slot == Slot::Qkv && m.quantized && is_v_proj(m));
         let hv = (slot == Slot::Qkv && separate_v)
-            .then(|| value_hessian(layer, x, self.seq_len, self.rope))
+            .then(|| value_hessian(self.compute, layer, x, self.seq_len, self.rope))
             .transpose()?;
         Ok((h, hv))
     }
@@ -638,7 +644,15 @@ impl LayerRun<'_> {
             Ok(())
         })?;
         let sel = self.selected();
-        let stats = awq_layer(layer, self.rope, &mut inputs, self.spec, sel, opts)?;
+        let stats = awq_layer(
+            self.compute,
+            layer,
+            self.rope,
+            &mut inputs,
+            self.spec,
+            sel,
+            opts,
+        )?;
         drop(inputs);
         let line = format!(
             "AWQ {}: best ratios {:?}, {} weights clipped",
@@ -743,19 +757,12 @@ impl LayerRun<'_> {
         let mut x1 = vec![0f32; hidden.len()]; // [tokens, hidden]
         rmsnorm(hidden, &layer.input_layernorm, d.rms_norm_eps, &mut x1);
         before(layer, Slot::Qkv, &x1)?;
-        let mut ws = Workspace::default();
         let mut x2 = vec![0f32; tokens * d.q_width()]; // [tokens, heads · head_dim]
-        for (xs, cs) in x1
-            .chunks_exact(self.seq_len * d.hidden)
-            .zip(x2.chunks_exact_mut(self.seq_len * d.q_width()))
-        {
-            let mut cache = LayerCache::new(d.kv_width(), self.seq_len);
-            layer.attention_context(xs, self.rope, &mut cache, &mut ws, cs)?;
-        }
+        attention_context(self.compute, layer, &x1, self.seq_len, self.rope, &mut x2)?;
         drop(x1);
         before(layer, Slot::O, &x2)?;
         let mut h2 = vec![0f32; hidden.len()]; // [tokens, hidden]
-        layer.o_proj.forward(&x2, &mut h2);
+        self.compute.linear(&layer.o_proj, &x2, &mut h2)?;
         drop(x2);
         for (a, b) in h2.iter_mut().zip(hidden) {
             *a += b;
@@ -769,11 +776,11 @@ impl LayerRun<'_> {
         );
         before(layer, Slot::GateUp, &x3)?;
         let mut x4 = vec![0f32; tokens * d.intermediate]; // [tokens, intermediate]
-        layer.mlp_activation(&x3, &mut ws, &mut x4);
+        mlp_activation(self.compute, layer, &x3, &mut x4)?;
         drop(x3);
         before(layer, Slot::Down, &x4)?;
         let mut y = vec![0f32; hidden.len()]; // [tokens, hidden]
-        layer.down_proj.forward(&x4, &mut y);
+        self.compute.linear(&layer.down_proj, &x4, &mut y)?;
         for (a, b) in y.iter_mut().zip(&h2) {
             *a += b;
         }

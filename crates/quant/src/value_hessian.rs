@@ -10,10 +10,11 @@
 //! softmax of q·kᵀ/√head_dim, optional sliding window), computed once per window and head. A is never formed:
 //! per window Σ_heads A_hᵀA_h = Xᵀ·M·X with M = Σ_heads P_hᵀP_h ([window, window], causal blocks of P only).
 
-use olive_kernels::cpu::{matmul, rope_apply, softmax, RopeLayout};
+use olive_kernels::cpu::{rope_apply, softmax, RopeLayout};
 use olive_nn::{DecoderLayer, RopeTables};
 use rayon::prelude::*;
 
+use crate::device::Compute;
 use crate::error::{QuantError, Result};
 use crate::gptq::Hessian;
 use crate::linalg::product;
@@ -25,6 +26,7 @@ const CAUSAL_BLOCK: usize = 64;
 /// p (its current q/k weights) and x = `normed` ([tokens, hidden], input_layernorm's output, whole windows of
 /// `seq_len`).
 pub(crate) fn value_hessian(
+    compute: &Compute,
     layer: &DecoderLayer,
     normed: &[f32],
     seq_len: usize,
@@ -46,27 +48,32 @@ pub(crate) fn value_hessian(
     let group = heads / kv_heads.max(1);
     let scale = (hd as f32).powf(-0.5);
     let w_qk = &layer.qkv_proj.weight[..qk_width * hidden]; // [q + kv, hidden]
-    let mut qk = vec![0f32; seq_len * qk_width]; // [seq_len, q + kv]
+    let tokens = normed.len() / hidden;
+    let mut qk_all = vec![0f32; tokens * qk_width]; // [tokens, q + kv]
+    compute.matmul(normed, w_qk, &mut qk_all, (tokens, hidden, qk_width))?;
+    if let Some(b) = &layer.qkv_proj.bias {
+        for row in qk_all.chunks_exact_mut(qk_width) {
+            row.iter_mut().zip(b).for_each(|(v, b)| *v += b);
+        }
+    }
     let mut p = vec![0f32; seq_len * seq_len]; // [seq_len, seq_len], one head's probabilities
     let mut m = vec![0f32; seq_len * seq_len]; // [seq_len, seq_len], Σ_heads PᵀP
-    let mut mx = vec![0f32; seq_len * hidden]; // [seq_len, hidden], M·X
+    let mut mx_all = vec![0f32; tokens * hidden]; // [tokens, hidden], M·X per window
     let mut hq = vec![0f32; seq_len * hd]; // [seq_len, head_dim]
     let mut hk = vec![0f32; seq_len * hd]; // [seq_len, head_dim]
     let mut h = Hessian::new(hidden);
-    for xs in normed.chunks_exact(window) {
-        matmul(xs, w_qk, &mut qk, seq_len, hidden, qk_width);
-        if let Some(b) = &layer.qkv_proj.bias {
-            for row in qk.chunks_exact_mut(qk_width) {
-                row.iter_mut().zip(b).for_each(|(v, b)| *v += b);
-            }
-        }
+    for ((xs, qk), mx) in normed
+        .chunks_exact(window)
+        .zip(qk_all.chunks_exact_mut(seq_len * qk_width))
+        .zip(mx_all.chunks_exact_mut(window))
+    {
         let layout = RopeLayout {
             row_stride: qk_width,
             heads: heads + kv_heads,
             head_dim: hd,
             rotary_dim: d.rotary_dim,
         };
-        rope_apply(&mut qk, layout, rope.cos(), rope.sin());
+        rope_apply(qk, layout, rope.cos(), rope.sin());
         m.fill(0.0);
         for j in 0..heads {
             let g = j / group;
@@ -105,8 +112,9 @@ pub(crate) fn value_hessian(
                 1.0,
             );
         }
-        h.add_product(xs, &mx, heads * seq_len);
     }
+    // Σ over windows of Xᵀ·(M·X) in one product.
+    h.add_product_on(compute, normed, &mx_all, heads * tokens)?;
     Ok(h)
 }
 
@@ -255,7 +263,7 @@ mod tests {
             let tables = Rope::new(&config).tables(0, seq_len);
             let want = hessian_through_attention(&layer, &x, seq_len, &tables);
             assert_close(
-                &value_hessian(&layer, &x, seq_len, &tables).unwrap(),
+                &value_hessian(&Compute::Cpu, &layer, &x, seq_len, &tables).unwrap(),
                 &want,
                 case,
             );
@@ -276,7 +284,7 @@ mod tests {
         let mut hx = Hessian::new(layer.dims.hidden);
         hx.add(&x);
         assert_close(
-            &value_hessian(&layer, &x, 1, &tables).unwrap(),
+            &value_hessian(&Compute::Cpu, &layer, &x, 1, &tables).unwrap(),
             &hx,
             "one-token windows",
         );

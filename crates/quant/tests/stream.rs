@@ -211,6 +211,7 @@ fn opts(method: Method, bits: u8, group: Option<usize>) -> QuantizeOptions {
         lm_head: false,
         embeds: false,
         format: OutputFormat::Auto,
+        device: olive_quant::Device::Cpu,
     }
 }
 
@@ -486,6 +487,7 @@ fn bad_inputs_fail_clearly_and_leave_nothing() {
             &fp,
             QuantizeOptions {
                 format: OutputFormat::AwqGemm,
+                device: olive_quant::Device::Cpu,
                 ..opts(gptq_method(), 3, Some(32))
             },
             cal.clone(),
@@ -522,6 +524,7 @@ fn bad_inputs_fail_clearly_and_leave_nothing() {
             &fp,
             QuantizeOptions {
                 format: OutputFormat::AwqGemm,
+                device: olive_quant::Device::Cpu,
                 ..opts(awq(), 4, Some(48))
             },
             cal.clone(),

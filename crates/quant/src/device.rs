@@ -1,0 +1,187 @@
+//! Where calibration's dense products run: the CPU (`olive_kernels::cpu::matmul`, `gemm`) or a CUDA GPU
+//! (cuBLAS f32 through `olive_kernels::cuda::gemm`, fp32 operands and accumulation, no TF32), so the GPU's
+//! results equal the CPU's up to the order of f32 additions. One code path serves both devices: the
+//! quantizer asks [`Compute`] for x·Wᵀ (layer forwards, AWQ candidates, clip errors) and for the Gram matrices
+//! xᵀy of GPTQ's Hessians; everything else (norms, RoPE, attention's softmax, grids, GPTQ's factorisation and
+//! column loop) stays on the CPU. The layer pieces here follow `olive_nn::DecoderLayer`'s attention and MLP
+//! blocks (transformers' Llama forward) with their linears computed by [`Compute`], over all calibration
+//! windows at once.
+
+use std::sync::Arc;
+
+use olive_kernels::cpu::{attention, matmul, rope_apply, silu_mul, AttentionDims, RopeLayout};
+use olive_kernels::cuda::gemm::{self, Operand};
+use olive_kernels::cuda::{Gpu, GpuError};
+use olive_nn::{DecoderLayer, Linear, RopeTables};
+
+use crate::error::{QuantError, Result};
+
+/// The device calibration runs on (`quantize --device`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Device {
+    /// The host CPU.
+    #[default]
+    Cpu,
+    /// CUDA device 0 (f32 cuBLAS products; results equal the CPU's within float noise).
+    Gpu,
+}
+
+/// The products of one run, on the device chosen.
+#[derive(Debug, Clone)]
+pub enum Compute {
+    /// The host CPU (`olive_kernels::cpu::matmul`).
+    Cpu,
+    /// A CUDA GPU (cuBLAS f32).
+    Gpu(Arc<Gpu>),
+}
+
+impl Compute {
+    /// Opens the device (device 0 for [`Device::Gpu`]; a clear error where there is none).
+    pub fn open(device: Device) -> Result<Self> {
+        match device {
+            Device::Cpu => Ok(Compute::Cpu),
+            Device::Gpu => Gpu::get(0).map(Compute::Gpu).map_err(QuantError::from),
+        }
+    }
+
+    /// out[m, n] = a[m, k] · b[n, k]ᵀ.
+    pub(crate) fn matmul(
+        &self,
+        a: &[f32],
+        b: &[f32],
+        out: &mut [f32],
+        (m, k, n): (usize, usize, usize),
+    ) -> Result<()> {
+        match self {
+            Compute::Cpu => matmul(a, b, out, m, k, n),
+            Compute::Gpu(gpu) => {
+                let (da, db) = (gpu.upload(&a[..m * k])?, gpu.upload(&b[..n * k])?);
+                let mut dc = gpu.alloc::<f32>(m * n)?;
+                gemm::linear(gpu, &da, &db, &mut dc, (m, n, k), false)?;
+                gpu.stream()
+                    .memcpy_dtoh(&dc, &mut out[..m * n])
+                    .map_err(GpuError::from)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// out: [tokens, out_features] = x: [tokens, in_features] · Wᵀ + b of a dense linear.
+    pub(crate) fn linear(&self, l: &Linear, x: &[f32], out: &mut [f32]) -> Result<()> {
+        let Compute::Gpu(_) = self else {
+            l.forward(x, out);
+            return Ok(());
+        };
+        let tokens = x.len() / l.in_features.max(1);
+        self.matmul(x, &l.weight, out, (tokens, l.in_features, l.out_features))?;
+        if let Some(bias) = &l.bias {
+            for row in out.chunks_exact_mut(l.out_features) {
+                row.iter_mut().zip(bias).for_each(|(o, b)| *o += b);
+            }
+        }
+        Ok(())
+    }
+
+    /// xᵀ·y ([n, n]) for x, y: [rows, n] on the GPU; `None` on the CPU, whose Hessian update multiplies
+    /// only the lower triangle in place (`Hessian::add_product`).
+    pub(crate) fn gram(&self, x: &[f32], y: &[f32], n: usize) -> Result<Option<Vec<f32>>> {
+        let Compute::Gpu(gpu) = self else {
+            return Ok(None);
+        };
+        let rows = x.len() / n.max(1);
+        let dx = gpu.upload(x)?;
+        let dy = if std::ptr::eq(x, y) {
+            None
+        } else {
+            Some(gpu.upload(y)?)
+        };
+        let mut dg = gpu.alloc::<f32>(n * n)?;
+        let a = Operand {
+            data: &dx,
+            transposed: true,
+        };
+        let b = Operand {
+            data: dy.as_ref().unwrap_or(&dx),
+            transposed: false,
+        };
+        gemm::matmul(gpu, a, b, &mut dg, (n, n, rows), 1.0, 0.0)?;
+        Ok(Some(gpu.download(&dg)?))
+    }
+}
+
+/// The attention block up to o_proj's input for whole windows of `seq_len` tokens, each starting at
+/// position 0: out [tokens, heads · head_dim] from `normed` ([tokens, hidden], input_layernorm's output).
+/// q/k/v for every token in one product, then per window RoPE and causal (sliding-window) attention.
+pub(crate) fn attention_context(
+    compute: &Compute,
+    layer: &DecoderLayer,
+    normed: &[f32],
+    seq_len: usize,
+    rope: &RopeTables,
+    out: &mut [f32],
+) -> Result<()> {
+    let d = layer.dims;
+    let (q, kv) = (d.q_width(), d.kv_width());
+    let width = q + 2 * kv;
+    let tokens = normed.len() / d.hidden.max(1);
+    if seq_len == 0 || tokens % seq_len != 0 || out.len() != tokens * q || rope.len() < seq_len {
+        return Err(QuantError::Shape {
+            what: "attention input",
+            shape: format!("[windows · {seq_len}, {}]", d.hidden),
+            expected: tokens.div_ceil(seq_len.max(1)) * seq_len * d.hidden,
+            got: normed.len(),
+        });
+    }
+    let mut qkv = vec![0f32; tokens * width]; // [tokens, q + 2·kv]
+    compute.linear(&layer.qkv_proj, normed, &mut qkv)?;
+    // q and k heads sit side by side at the start of each row: rotate them together.
+    let layout = RopeLayout {
+        row_stride: width,
+        heads: d.heads + d.kv_heads,
+        head_dim: d.head_dim,
+        rotary_dim: d.rotary_dim,
+    };
+    let dims = AttentionDims {
+        heads: d.heads,
+        kv_heads: d.kv_heads,
+        head_dim: d.head_dim,
+        q_stride: width,
+    };
+    let scale = (d.head_dim as f32).powf(-0.5);
+    let (cos, sin) = (rope.cos(), rope.sin());
+    let table = cos.len() / rope.len().max(1) * seq_len;
+    let mut k = vec![0f32; seq_len * kv]; // [seq_len, kv]
+    let mut v = vec![0f32; seq_len * kv]; // [seq_len, kv]
+    for (w, o) in qkv
+        .chunks_exact_mut(seq_len * width)
+        .zip(out.chunks_exact_mut(seq_len * q))
+    {
+        rope_apply(w, layout, &cos[..table], &sin[..table]);
+        for ((row, k), v) in w
+            .chunks_exact(width)
+            .zip(k.chunks_exact_mut(kv))
+            .zip(v.chunks_exact_mut(kv))
+        {
+            k.copy_from_slice(&row[q..q + kv]);
+            v.copy_from_slice(&row[q + kv..]);
+        }
+        attention(w, &k, &v, dims, d.sliding_window, scale, o);
+    }
+    Ok(())
+}
+
+/// The MLP block up to down_proj's input: out [tokens, intermediate] = silu(gate) · up of `normed`
+/// ([tokens, hidden], post_attention_layernorm's output).
+pub(crate) fn mlp_activation(
+    compute: &Compute,
+    layer: &DecoderLayer,
+    normed: &[f32],
+    out: &mut [f32],
+) -> Result<()> {
+    let inter = layer.dims.intermediate;
+    let tokens = normed.len() / layer.dims.hidden.max(1);
+    let mut gate_up = vec![0f32; tokens * 2 * inter]; // [tokens, 2·intermediate]
+    compute.linear(&layer.gate_up_proj, normed, &mut gate_up)?;
+    silu_mul(&gate_up, out, inter);
+    Ok(())
+}
