@@ -123,6 +123,18 @@ fn candidates(batch: usize) -> Vec<MmConfig> {
         .collect()
 }
 
+/// `rt,nb8,wk,wn,wb` for the split-K kernel, `pipe rt,nb8,wn,wb s<stages> b<min blocks>` for the pipelined one.
+fn label(c: &MmConfig) -> String {
+    if c.stages == 0 {
+        format!("{},{},{},{},{}", c.rt, c.nb8, c.wk, c.wn, c.wb)
+    } else {
+        format!(
+            "pipe {},{},{},{} s{} b{}",
+            c.rt, c.nb8, c.wn, c.wb, c.stages, c.min_blocks
+        )
+    }
+}
+
 pub fn run(gpu: &Gpu) -> Result<(), GpuError> {
     println!(
         "\n## W4A16 int4 (group {GROUP}, bf16 activations) vs cuBLAS bf16; times are medians in µs"
@@ -184,7 +196,7 @@ pub fn run(gpu: &Gpu) -> Result<(), GpuError> {
                     best = (t, c);
                 }
             }
-            let picked = MmConfig::pick(batch, n, gpu.sm_count());
+            let picked = MmConfig::pick(batch, n, k, gpu.sm_count());
             let t_pick = median_us(gpu, |i| {
                 w4a16_with(gpu, picked, &x, batch, &weights[i % weights.len()], &mut y)
             })?;
@@ -200,8 +212,8 @@ pub fn run(gpu: &Gpu) -> Result<(), GpuError> {
             let read_gbs = wbytes as f64 / read / 1e3;
             let c = best.1;
             println!(
-                "| {model} | {linear} | {k} | {n} | {batch} | {:.1} ({},{},{},{},{}) | {t_pick:.1} | {t_blas:.1} | {:.2}x | {gbs:.0} | {read_gbs:.0} | {:.0}% | {err:.1e} |",
-                best.0, c.rt, c.nb8, c.wk, c.wn, c.wb, t_blas / best.0, 100.0 * gbs / read_gbs
+                "| {model} | {linear} | {k} | {n} | {batch} | {:.1} ({}) | {t_pick:.1} | {t_blas:.1} | {:.2}x | {gbs:.0} | {read_gbs:.0} | {:.0}% | {err:.1e} |",
+                best.0, label(&c), t_blas / best.0, 100.0 * gbs / read_gbs
             );
             summary.push((batch, t_blas / best.0, gbs / read_gbs));
         }

@@ -19,6 +19,10 @@
 // high; group of input k is k / group (group % 16 == 0, a ragged last group allowed). Act-order (GPTQ g_idx) is a
 // permutation of the inputs into group order, applied to W at repacking and to x by `w4_gather_u16`.
 // Dequantized weights are ((q - z) * s) rounded once to the activation dtype: (q - z) is exact, one multiply.
+// Two product kernels: w4_mm (batch tiles of 8 or 16 columns, K split over the warps of a block, weights streamed
+// from memory into registers; with groups of whole 64-input chunks it feeds the exact (q - z) to the mma and scales
+// each chunk's fp32 sums) for decode, and w4_mm_pipe (cp.async stages in shared memory, K split over blocks when
+// the output tiles are few) for larger batches; kernels/src/cuda/w4a16.rs picks one per batch size.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -455,24 +459,29 @@ W4_MM_BOTH(2, 8, 1, 4, 2)
 W4_MM_BOTH(2, 8, 2, 2, 2)
 W4_MM_BOTH(1, 8, 2, 4, 2)
 
-// Pipelined kernels, named w4_mm_<dtype>_<RT>_<NB8>_0_<WN>_<WB>_<S>; dynamic shared memory S stages.
-#define W4_MMP(TY, NAME, RT, NB8, WN, WB, S)                                                                     \
-    extern "C" __global__ void __launch_bounds__(32 * WN * WB)                                                   \
-        w4_mm_##NAME##_##RT##_##NB8##_0_##WN##_##WB##_##S(TY *y, float *part, const TY *x, const uint4 *tiles,   \
-                                                          const u32 *meta, int batch, int n, int k, int group,   \
-                                                          int chunks_per_split) {                                \
+// Pipelined kernels, named w4_mm_<dtype>_<RT>_<NB8>_0_<WN>_<WB>_<S>_<MINB>: S shared-memory stages (dynamic), at
+// least MINB blocks a multiprocessor (the register cap that allows it).
+#define W4_MMP(TY, NAME, RT, NB8, WN, WB, S, MINB)                                                               \
+    extern "C" __global__ void __launch_bounds__(32 * WN * WB, MINB)                                             \
+        w4_mm_##NAME##_##RT##_##NB8##_0_##WN##_##WB##_##S##_##MINB(                                              \
+            TY *y, float *part, const TY *x, const uint4 *tiles, const u32 *meta, int batch, int n, int k,       \
+            int group, int chunks_per_split) {                                                                   \
         w4_mm_pipe<TY, RT, NB8, WN, WB, S>(y, part, x, tiles, meta, batch, n, k, group, chunks_per_split);       \
     }
-#define W4_MMP_BOTH(RT, NB8, WN, WB, S)                                                                           \
-    W4_MMP(__half, f16, RT, NB8, WN, WB, S)                                                                      \
-    W4_MMP(__nv_bfloat16, bf16, RT, NB8, WN, WB, S)
+#define W4_MMP_BOTH(RT, NB8, WN, WB, S, MINB)                                                                     \
+    W4_MMP(__half, f16, RT, NB8, WN, WB, S, MINB)                                                                \
+    W4_MMP(__nv_bfloat16, bf16, RT, NB8, WN, WB, S, MINB)
 
-W4_MMP_BOTH(2, 8, 4, 2, 3)
-W4_MMP_BOTH(2, 8, 4, 2, 4)
-W4_MMP_BOTH(2, 4, 4, 2, 4)
-W4_MMP_BOTH(2, 8, 8, 1, 4)
-W4_MMP_BOTH(1, 8, 8, 2, 3)
-W4_MMP_BOTH(2, 2, 4, 2, 4)
+W4_MMP_BOTH(2, 8, 4, 2, 3, 1)
+W4_MMP_BOTH(2, 8, 4, 2, 4, 1)
+W4_MMP_BOTH(2, 4, 4, 2, 4, 1)
+W4_MMP_BOTH(2, 8, 8, 1, 4, 1)
+W4_MMP_BOTH(1, 8, 8, 2, 3, 1)
+W4_MMP_BOTH(2, 2, 4, 2, 4, 1)
+W4_MMP_BOTH(2, 8, 4, 2, 3, 2)
+W4_MMP_BOTH(2, 8, 4, 2, 4, 2)
+W4_MMP_BOTH(1, 8, 4, 2, 4, 2)
+W4_MMP_BOTH(2, 4, 4, 2, 3, 2)
 
 // Dense W [N, K] (the original input order: column perm[k'] when has_perm) from the tiles, one thread a 16-byte
 // tile load, with the GEMM's own dequantization (so the values are identical).

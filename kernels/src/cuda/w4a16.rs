@@ -107,6 +107,8 @@ pub struct MmConfig {
     pub wb: u32,
     /// Shared-memory stages of the pipelined kernel; 0 for the split-K kernel.
     pub stages: u32,
+    /// Blocks a multiprocessor the pipelined kernel is compiled to fit (1 or 2; its register cap).
+    pub min_blocks: u32,
 }
 
 const fn cfg(rt: u32, nb8: u32, wk: u32, wn: u32, wb: u32) -> MmConfig {
@@ -117,6 +119,7 @@ const fn cfg(rt: u32, nb8: u32, wk: u32, wn: u32, wb: u32) -> MmConfig {
         wn,
         wb,
         stages: 0,
+        min_blocks: 1,
     }
 }
 
@@ -128,11 +131,20 @@ const fn pipe(rt: u32, nb8: u32, wn: u32, wb: u32, stages: u32) -> MmConfig {
         wn,
         wb,
         stages,
+        min_blocks: 1,
+    }
+}
+
+/// A pipelined configuration compiled for two blocks a multiprocessor.
+const fn pipe2(rt: u32, nb8: u32, wn: u32, wb: u32, stages: u32) -> MmConfig {
+    MmConfig {
+        min_blocks: 2,
+        ..pipe(rt, nb8, wn, wb, stages)
     }
 }
 
 /// Every configuration compiled in kernels/cuda/w4a16.cu (its `W4_MM_BOTH` and `W4_MMP_BOTH` lines).
-pub const CONFIGS: [MmConfig; 23] = [
+pub const CONFIGS: [MmConfig; 27] = [
     cfg(1, 1, 8, 1, 1),
     cfg(1, 1, 16, 1, 1),
     cfg(2, 1, 8, 1, 1),
@@ -156,6 +168,10 @@ pub const CONFIGS: [MmConfig; 23] = [
     pipe(2, 8, 8, 1, 4),
     pipe(1, 8, 8, 2, 3),
     pipe(2, 2, 4, 2, 4),
+    pipe2(2, 8, 4, 2, 3),
+    pipe2(2, 8, 4, 2, 4),
+    pipe2(1, 8, 4, 2, 4),
+    pipe2(2, 4, 4, 2, 3),
 ];
 
 impl MmConfig {
@@ -189,18 +205,23 @@ impl MmConfig {
             wn,
             wb,
             stages,
+            min_blocks,
         } = *self;
         if stages == 0 {
             format!("w4_mm_{}_{rt}_{nb8}_{wk}_{wn}_{wb}", T::NAME)
         } else {
-            format!("w4_mm_{}_{rt}_{nb8}_0_{wn}_{wb}_{stages}", T::NAME)
+            format!(
+                "w4_mm_{}_{rt}_{nb8}_0_{wn}_{wb}_{stages}_{min_blocks}",
+                T::NAME
+            )
         }
     }
 
     /// The configuration [`w4a16`] uses for `batch` rows (from gpu-bench on an H200, see benches/RESULTS.md): up to
     /// 16 rows the split-K kernel, its least split configuration that gives the GPU enough warps (31 a
-    /// multiprocessor at batch 1..8, 16 at 9..16); above, the pipelined kernel.
-    pub fn pick(batch: usize, n: usize, sm_count: u32) -> MmConfig {
+    /// multiprocessor at batch 1..8, 16 at 9..16, 4 at 33..64 over at most 4096 inputs and 16384 outputs); else the
+    /// pipelined kernel.
+    pub fn pick(batch: usize, n: usize, k: usize, sm_count: u32) -> MmConfig {
         let (candidates, per_sm): (&[MmConfig], usize) = match batch {
             0..=8 => (
                 &[cfg(2, 1, 8, 1, 1), cfg(1, 1, 8, 1, 1), cfg(1, 1, 16, 1, 1)],
@@ -211,8 +232,12 @@ impl MmConfig {
                 16,
             ),
             17..=32 => (&[cfg(1, 4, 8, 1, 1), cfg(2, 4, 4, 2, 1)], 12),
+            33..=64 if k <= 4096 && n <= 16384 => (
+                &[cfg(2, 8, 2, 4, 1), cfg(2, 8, 4, 2, 1), cfg(1, 8, 4, 2, 1)],
+                4,
+            ),
             33..=64 => return pipe(2, 4, 4, 2, 4),
-            _ => return pipe(1, 8, 8, 2, 3),
+            _ => return pipe2(2, 8, 4, 2, 3),
         };
         let warps_wanted = per_sm * sm_count as usize;
         let warps = |c: &MmConfig| n.div_ceil(c.rows()) * c.threads() as usize / 32;
@@ -230,13 +255,15 @@ impl MmConfig {
             })
     }
 
-    /// K splits of the pipelined kernel: enough blocks for every multiprocessor, each split at least
-    /// 2 · stages chunks.
+    /// K splits of the pipelined kernel: enough blocks for every multiprocessor (`min_blocks` each), each split
+    /// at least 2 · stages chunks.
     fn splits(&self, batch: usize, n: usize, k: usize, sm_count: u32) -> usize {
         let tiles = batch.div_ceil(self.cols()) * n.div_ceil(self.rows());
         let chunks = k / 64;
         let most = (chunks / (2 * self.stages as usize)).max(1);
-        (sm_count as usize).div_ceil(tiles).clamp(1, most)
+        (self.min_blocks.max(1) as usize * sm_count as usize)
+            .div_ceil(tiles)
+            .clamp(1, most)
     }
 }
 
@@ -273,7 +300,7 @@ pub fn w4a16<T: W4Act>(
     w: &W4Weight<T>,
     y: &mut CudaSlice<T>,
 ) -> Result<(), GpuError> {
-    let config = MmConfig::pick(batch, w.n, gpu.sm_count());
+    let config = MmConfig::pick(batch, w.n, w.k, gpu.sm_count());
     w4a16_with(gpu, config, x, batch, w, y)
 }
 
