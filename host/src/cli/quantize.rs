@@ -4,7 +4,8 @@
 //! writes, as Olive does, the Hugging Face folder with `quantization_config` to `<output_path>/model` and Olive's
 //! `<output_path>/model_config.json` (every command taking `--model_name_or_path` accepts the output folder). `--bits`, `--group_size` and
 //! `--sym` (which Olive lacks) set the grid, `--lm_head` and `--embeds` (Olive's pass options) quantize the
-//! lm_head and the embeddings too; by default `--precision` gives the bits and each pass its defaults.
+//! lm_head and the embeddings too; by default `--precision` gives the bits and each pass its defaults. `--device
+//! gpu` runs the calibration on the first CUDA GPU (the workflow's accelerator device `gpu`).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -16,6 +17,7 @@ use olive_pass_api::{kinds, Model};
 use super::common::{refuse_non_empty, resolve_hf_input};
 use super::config_file::{one_pass_on_cpu, ConfigFileArgs};
 use super::dataset::DatasetArgs;
+use crate::device::{first_gpu, Device};
 use crate::engine::PassRun;
 use crate::plugins;
 use crate::workflow::output::run_pass_to_output;
@@ -89,6 +91,10 @@ pub struct QuantizeArgs {
     pub embeds: bool,
     #[command(flatten)]
     pub data: DatasetArgs,
+    /// Where calibration runs (Olive: the workflow's accelerator device): cpu, or gpu (the first CUDA GPU runs
+    /// the calibration products in f32, giving the CPU's result within float noise).
+    #[arg(long, value_enum, default_value_t = Device::Cpu)]
+    pub device: Device,
     /// Replace an existing, non-empty output folder.
     #[arg(long)]
     pub overwrite: bool,
@@ -161,17 +167,23 @@ fn pass_config(args: &QuantizeArgs) -> anyhow::Result<serde_json::Value> {
 
 pub fn run(args: QuantizeArgs) -> anyhow::Result<()> {
     let config = pass_config(&args)?;
-    let workflow = one_pass_on_cpu(
+    let mut workflow = one_pass_on_cpu(
         &args.model_name_or_path,
         args.algorithm.pass(args.implementation.as_deref()),
         &config,
         "data_config",
         &args.output_path,
     );
+    if args.device == Device::Gpu {
+        workflow["systems"]["local_system"]["accelerators"] = serde_json::json!([{"device": "gpu", "execution_providers": ["CUDAExecutionProvider"]}]);
+    }
     if args.config_file.dry_run(&workflow, &args.output_path)? {
         return Ok(());
     }
     refuse_non_empty(&args.output_path, args.overwrite)?;
+    if args.device == Device::Gpu {
+        first_gpu()?;
+    }
     let input = resolve_hf_input(&args.model_name_or_path)?;
     let found = plugins::discover(&plugins::search_path());
     let name = args.algorithm.pass(args.implementation.as_deref());
@@ -183,7 +195,7 @@ pub fn run(args: QuantizeArgs) -> anyhow::Result<()> {
         model: Model::new(kinds::HF, &input),
         config_json: config.to_string(),
         output_path: output.clone(),
-        device: "cpu".to_owned(),
+        device: args.device.name().to_owned(),
         timeout: args.timeout,
         grace: Duration::from_secs(5),
     })?;
@@ -236,6 +248,38 @@ mod tests {
             config(&["--precision", "int4", "--bits", "3"]).unwrap()["bits"],
             3
         );
+    }
+
+    /// `--device gpu` where there is no GPU fails before any work, naming the flag, and leaves no output.
+    #[test]
+    fn device_gpu_without_a_gpu_is_a_clear_error() {
+        if first_gpu().is_ok() {
+            eprintln!(
+                "skipped: a CUDA device is present: device_gpu_without_a_gpu_is_a_clear_error"
+            );
+            return;
+        }
+        let out = tempfile::tempdir().unwrap().path().join("out");
+        let o = out.to_str().unwrap();
+        let cli = Cli::try_parse_from([
+            "x",
+            "-m",
+            "m",
+            "--algorithm",
+            "gptq",
+            "--device",
+            "gpu",
+            "-o",
+            o,
+        ])
+        .unwrap();
+        assert_eq!(cli.args.device, Device::Gpu);
+        let err = format!("{:#}", run(cli.args).unwrap_err());
+        assert!(
+            err.contains("--device gpu") && err.contains("no CUDA device"),
+            "{err}"
+        );
+        assert!(!out.exists());
     }
 
     #[test]

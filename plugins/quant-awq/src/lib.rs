@@ -3,7 +3,7 @@
 //! nearest), streamed one decoder layer at a time (`olive_quant::stream::quantize_model`, `olive_quant::awq`),
 //! written in AutoAWQ's GEMM layout (`quant_method: awq`, `version: gemm`); bits other than 4, a group that
 //! does not divide in_features or a quantized lm_head (RTN, see `olive_quant` head.rs) fall back to the GPTQ v1
-//! layout (logged). Runs on CPU (Olive's needs a GPU).
+//! layout (logged). Runs on the CPU, or on a CUDA GPU (device `gpu`: f32 cuBLAS products, `olive_quant::device`).
 
 use olive_pass_sdk::{kinds, Context, Error, Model, Pass};
 use olive_quant::awq::AwqOptions;
@@ -112,7 +112,7 @@ impl Pass for AutoAwqQuantizer {
         "AWQ weight quantization (scale and clip search on calibration data), layer by layer, AutoAWQ GEMM output.";
     const ACCEPTS: &'static [&'static str] = &[kinds::HF];
     const PRODUCES: &'static [&'static str] = &[kinds::HF];
-    const DEVICES: &'static [&'static str] = &["cpu"];
+    const DEVICES: &'static [&'static str] = &["cpu", "gpu"];
     type Config = AwqConfig;
 
     fn run(model: Model, c: AwqConfig, ctx: &Context<'_>) -> Result<Model, Error> {

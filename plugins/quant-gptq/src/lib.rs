@@ -109,7 +109,7 @@ impl Pass for GptqQuantizer {
         "GPTQ weight quantization (calibration Hessians, act-order, damping), layer by layer, GPTQ v1 output.";
     const ACCEPTS: &'static [&'static str] = &[kinds::HF];
     const PRODUCES: &'static [&'static str] = &[kinds::HF];
-    const DEVICES: &'static [&'static str] = &["cpu"];
+    const DEVICES: &'static [&'static str] = &["cpu", "gpu"];
     type Config = GptqConfig;
 
     fn run(model: Model, c: GptqConfig, ctx: &Context<'_>) -> Result<Model, Error> {
@@ -136,7 +136,7 @@ impl Pass for Gptq {
          v1 output.";
     const ACCEPTS: &'static [&'static str] = &[kinds::HF];
     const PRODUCES: &'static [&'static str] = &[kinds::HF];
-    const DEVICES: &'static [&'static str] = &["cpu"];
+    const DEVICES: &'static [&'static str] = &["cpu", "gpu"];
     type Config = GptqOliveConfig;
 
     fn run(model: Model, c: GptqOliveConfig, ctx: &Context<'_>) -> Result<Model, Error> {

@@ -34,7 +34,7 @@ impl Pass for Rtn {
          GPTQ v1 output.";
     const ACCEPTS: &'static [&'static str] = &[kinds::HF];
     const PRODUCES: &'static [&'static str] = &[kinds::HF];
-    const DEVICES: &'static [&'static str] = &["cpu"];
+    const DEVICES: &'static [&'static str] = &["cpu", "gpu"];
     type Config = RtnConfig;
 
     fn run(model: Model, c: RtnConfig, ctx: &Context<'_>) -> Result<Model, Error> {
