@@ -5,6 +5,8 @@
 //! device and run through the W4A16 kernels. The model is loaded one decoder layer at a time, so the host holds
 //! one layer's weights, not the model's.
 
+pub mod train;
+
 use std::path::Path;
 use std::sync::Arc;
 

@@ -7,9 +7,9 @@ mod attention;
 mod backward;
 pub mod error;
 mod layer;
-mod lora;
-mod loss;
-mod trainer;
+pub(crate) mod lora;
+pub(crate) mod loss;
+pub(crate) mod trainer;
 
 pub use error::{Result, TrainError};
 pub use trainer::LoraTrainer;

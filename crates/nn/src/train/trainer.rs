@@ -35,11 +35,11 @@ pub struct LoraTrainer {
 }
 
 /// A micro-batch as flat arrays: rows of `seq` tokens.
-struct Flat {
-    seq: usize,
-    ids: Vec<u32>,
-    mask: Vec<u8>,
-    labels: Vec<i64>,
+pub(crate) struct Flat {
+    pub seq: usize,
+    pub ids: Vec<u32>,
+    pub mask: Vec<u8>,
+    pub labels: Vec<i64>,
 }
 
 fn setting(field: &'static str, expected: &str) -> TrainError {
@@ -316,7 +316,7 @@ impl LoraTrainer {
     }
 
     /// Checks a micro-batch and lays it out flat.
-    fn flatten(&self, batch: &[Sample]) -> Result<Flat> {
+    pub(crate) fn flatten(&self, batch: &[Sample]) -> Result<Flat> {
         let vocab = self.model.config().vocab_size;
         let seq = batch.first().map_or(0, |s| s.input_ids.len());
         if seq == 0 {
