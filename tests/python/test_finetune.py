@@ -17,8 +17,8 @@
   loss falls below the base's, the greedy answer to a travel question not in the data changes (transformers +
   PEFT), and the output holds the converted model;
 - bad input: an unparsable JSONL line (file:line), a template field missing from a record, an empty dataset,
-  --max_steps 0, unknown target modules (the model's linears listed), --device gpu, a non-empty output without
-  --overwrite: non-zero exit, a clear message, no output folder.
+  --max_steps 0, unknown target modules (the model's linears listed), --device gpu without a CUDA device, a non-empty
+  output without --overwrite: non-zero exit, a clear message, no output folder.
 """
 
 import json
@@ -415,7 +415,7 @@ def test_bad_input_fails_cleanly(olive_host: Path, tiny: Path, tmp_path: Path, c
         "empty": "empty",
         "max_steps_0": "--max_steps 0",
         "unknown_target": "`attn_proj`",
-        "gpu": "GPU training is not available",
+        "gpu": "device gpu: no CUDA device",
         "not_empty": "--overwrite",
     }[case]
     if case == "bad_json":

@@ -37,10 +37,10 @@ impl Pass for Lora {
     const NAME: &'static str = "LoRA";
     const VERSION: &'static str = "0.1.0";
     const DESCRIPTION: &'static str =
-        "LoRA fine-tuning on CPU of a Llama-family Hugging Face model; writes a PEFT adapter and the loss curve.";
+        "LoRA fine-tuning on CPU or a CUDA GPU of a Llama-family Hugging Face model; writes a PEFT adapter and the loss curve.";
     const ACCEPTS: &'static [&'static str] = &[kinds::HF];
     const PRODUCES: &'static [&'static str] = &[kinds::HF_ADAPTER];
-    const DEVICES: &'static [&'static str] = &["cpu"];
+    const DEVICES: &'static [&'static str] = &["cpu", "gpu"];
     type Config = LoraConfig;
 
     fn run(model: Model, config: LoraConfig, ctx: &Context<'_>) -> Result<Model, Error> {
@@ -57,10 +57,10 @@ impl Pass for QLora {
     const NAME: &'static str = "QLoRA";
     const VERSION: &'static str = "0.1.0";
     const DESCRIPTION: &'static str =
-        "QLoRA fine-tuning on CPU: LoRA over an int4 base (AWQ/GPTQ as given, else RTN int4); writes a PEFT adapter.";
+        "QLoRA fine-tuning on CPU or a CUDA GPU: LoRA over an int4 base (AWQ/GPTQ as given, else RTN int4); writes a PEFT adapter.";
     const ACCEPTS: &'static [&'static str] = &[kinds::HF];
     const PRODUCES: &'static [&'static str] = &[kinds::HF_ADAPTER];
-    const DEVICES: &'static [&'static str] = &["cpu"];
+    const DEVICES: &'static [&'static str] = &["cpu", "gpu"];
     type Config = QLoraConfig;
 
     fn run(model: Model, config: QLoraConfig, ctx: &Context<'_>) -> Result<Model, Error> {

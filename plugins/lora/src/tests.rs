@@ -347,15 +347,23 @@ fn bad_inputs_get_clear_errors() {
     let msg = error_of(&s, &s.data, json!({"lora_rank": 4}));
     assert!(msg.contains("lora_rank"), "{msg}");
 
+    // Device gpu where there is no CUDA device (CI) fails before anything is written.
+    if olive_kernels::cuda::Gpu::get(0).is_err() {
+        let err = TestHost::new(&s.out)
+            .with_device("gpu")
+            .run::<Lora>(&s.model, &config(&s.data, json!({})))
+            .unwrap_err();
+        assert!(
+            err.message.contains("device gpu: no CUDA device"),
+            "{}",
+            err.message
+        );
+    }
     let err = TestHost::new(&s.out)
-        .with_device("gpu")
+        .with_device("npu")
         .run::<Lora>(&s.model, &config(&s.data, json!({})))
         .unwrap_err();
-    assert!(
-        err.message.contains("GPU training is not available"),
-        "{}",
-        err.message
-    );
+    assert!(err.message.contains("cpu or a CUDA gpu"), "{}", err.message);
     // Nothing was written by any failed run.
     assert_eq!(std::fs::read_dir(&s.out).unwrap().count(), 0);
 }

@@ -7,9 +7,13 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use olive_data::{prepare, ModelTokenizer, Rng, Sample, IGNORE_INDEX};
-use olive_model::adapter::{write_adapter, LoraSaveConfig, Projection};
+use std::sync::Arc;
+
+use olive_kernels::cuda::Gpu;
+use olive_model::adapter::{write_adapter, LoraSaveConfig, LoraWeights, Projection};
 use olive_model::ModelConfig;
-use olive_nn::train::{LoraSpec, LoraTrainer, TrainError};
+use olive_nn::gpu::train::GpuLoraTrainer;
+use olive_nn::train::{LoraSpec, LoraTrainer, StepStats, TrainError};
 use olive_nn::{QuantizedWeights, Transformer};
 use olive_pass_sdk::{kinds, Context, Error, Model};
 use serde_json::json;
@@ -23,14 +27,46 @@ pub const ADAPTER_DIR: &str = "adapter";
 pub const LOSS_CSV: &str = "loss.csv";
 pub const LOSS_PNG: &str = "loss.png";
 
-/// Refuses a device other than the CPU: this build trains on CPU only.
-pub fn check_device(ctx: &Context<'_>) -> Result<(), Error> {
+/// The GPU to train on for device `gpu` (the first CUDA device), None for `cpu`; refuses other devices, and `gpu`
+/// where there is no usable CUDA device.
+pub fn check_device(ctx: &Context<'_>) -> Result<Option<Arc<Gpu>>, Error> {
     match ctx.device().as_str() {
-        "cpu" => Ok(()),
+        "cpu" => Ok(None),
+        "gpu" => Gpu::get(0)
+            .map(Some)
+            .map_err(|e| Error::Failed(format!("device gpu: {e}"))),
         other => Err(Error::InvalidConfig(format!(
-            "device {other}: GPU training is not available in this build (LoRA and QLoRA train on the CPU); \
-             run with device cpu"
+            "device {other}: LoRA and QLoRA train on the cpu or a CUDA gpu"
         ))),
+    }
+}
+
+/// The trainer of the pass's device.
+enum Trainer {
+    Cpu(Box<LoraTrainer>),
+    Gpu(Box<GpuLoraTrainer>),
+}
+
+impl Trainer {
+    fn train_step(&mut self, micro: &[Vec<Sample>]) -> Result<StepStats, TrainError> {
+        match self {
+            Trainer::Cpu(t) => t.train_step(micro),
+            Trainer::Gpu(t) => t.train_step(micro),
+        }
+    }
+
+    fn eval_loss(&self, rows: &[Sample]) -> Result<f32, TrainError> {
+        match self {
+            Trainer::Cpu(t) => t.eval_loss(rows),
+            Trainer::Gpu(t) => t.eval_loss(rows),
+        }
+    }
+
+    fn adapter(&self) -> Result<Vec<LoraWeights>, TrainError> {
+        match self {
+            Trainer::Cpu(t) => Ok(t.adapter()),
+            Trainer::Gpu(t) => t.adapter(),
+        }
     }
 }
 
@@ -79,7 +115,7 @@ fn label_tokens(rows: &[Sample]) -> usize {
 }
 
 /// Mean loss over `rows`, in batches of `batch` rows, weighted by their label tokens.
-fn eval_loss(trainer: &LoraTrainer, rows: &[Sample], batch: usize) -> Result<f32, Error> {
+fn eval_loss(trainer: &Trainer, rows: &[Sample], batch: usize) -> Result<f32, Error> {
     let (mut sum, mut count) = (0f64, 0usize);
     for chunk in rows.chunks(batch.max(1)) {
         let n = label_tokens(chunk);
@@ -143,7 +179,7 @@ pub fn run(
     title: &str,
     weights_dir: impl FnOnce() -> Result<PathBuf, Error>,
 ) -> Result<Model, Error> {
-    check_device(ctx)?;
+    let gpu = check_device(ctx)?;
     cfg.check()?;
     let args = &cfg.training_args;
     let base = &model.path;
@@ -187,7 +223,18 @@ pub fn run(
         target_modules: targets,
         use_rslora: cfg.use_rslora,
     };
-    let mut trainer = LoraTrainer::new(transformer, &spec, train_config).map_err(trainer_error)?;
+    let mut trainer = match gpu {
+        None => Trainer::Cpu(Box::new(
+            LoraTrainer::new(transformer, &spec, train_config).map_err(trainer_error)?,
+        )),
+        Some(gpu) => {
+            ctx.info(&format!("training on {} (bf16)", gpu.name()));
+            Trainer::Gpu(Box::new(
+                GpuLoraTrainer::new(transformer, &spec, train_config, gpu)
+                    .map_err(trainer_error)?,
+            ))
+        }
+    };
     let every = args.eval_every(total);
     let base_eval = if data.eval.is_empty() {
         None
@@ -254,7 +301,7 @@ pub fn run(
     let elapsed = started.elapsed().as_secs_f64();
     let out = ctx.output_dir();
     let adapter_dir = out.join(ADAPTER_DIR);
-    let weights = trainer.adapter();
+    let weights = trainer.adapter().map_err(trainer_error)?;
     let mut names: Vec<&str> = weights.iter().map(|w| w.module.projection.name()).collect();
     names.sort_unstable();
     names.dedup();
