@@ -64,7 +64,7 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             let (mut l, mut i) = (layer.clone(), inputs.clone());
             awq_layer(
-                &Compute::Cpu,
+                &Compute::cpu(),
                 &mut l,
                 &rope,
                 &mut i,

@@ -551,7 +551,9 @@ fn on_grid(x: f32, scale: f32, zero: f32, maxq: f32) -> f32 {
 }
 
 /// `_compute_best_clip` + `apply_clip` on w: [rows, in] with its input rows x: [tokens, in] (the clip subset);
-/// returns the weights changed.
+/// returns the weights changed. A row's error over the tokens, Σ_t ((q − w)·x_t)², is computed as d·G·dᵀ with
+/// d = q − w and G = XᵀX of the group's inputs ([len, len]): the same sum as AutoAWQ's, without the [rows, tokens]
+/// outputs (len² instead of len·tokens per row) and without the cancellation of subtracting two outputs.
 fn clip(
     compute: &Compute,
     w: &mut [f32],
@@ -564,36 +566,51 @@ fn clip(
     let m = x.len() / in_features;
     let gl = spec.group_len(in_features);
     let steps = (opts.max_shrink * opts.n_grid as f32) as usize;
+    let steps = steps.max(1);
     let mut changed = 0;
-    let mut xg: Vec<f32> = Vec::with_capacity(m * gl); // [m, len]
+    let mut xt: Vec<f32> = Vec::with_capacity(gl * m); // [len, m], the group's inputs transposed
     let mut wg: Vec<f32> = Vec::with_capacity(rows * gl); // [rows, len]
-    let mut fq = vec![0f32; rows * gl]; // [rows, len]
-    let mut reference = vec![0f32; rows * m]; // [rows, m]
-    let mut cur = vec![0f32; rows * m]; // [rows, m]
+    let mut d = vec![0f32; steps * rows * gl]; // [steps · rows, len]: Q(clamp(w)) − w per shrink step
+    let mut e = vec![0f32; steps * rows * gl]; // [steps · rows, len]: d · G
+    let mut g = vec![0f32; gl * gl]; // [len, len]: Xᵀ·X of the group's inputs
     for c0 in (0..in_features).step_by(gl) {
         let len = gl.min(in_features - c0);
-        xg.clear();
-        xg.extend(x.chunks_exact(in_features).flat_map(|r| &r[c0..c0 + len]));
+        xt.clear();
+        xt.extend((c0..c0 + len).flat_map(|c| x.iter().skip(c).step_by(in_features)));
         wg.clear();
         wg.extend(w.chunks_exact(in_features).flat_map(|r| &r[c0..c0 + len]));
-        let fq = &mut fq[..rows * len];
         let org_max: Vec<f32> = wg
             .chunks_exact(len)
             .map(|r| r.iter().fold(0f32, |a, v| a.max(v.abs())))
             .collect();
-        compute.matmul(&wg, &xg, &mut reference, (rows, len, m))?;
+        let (g, d, e) = (
+            &mut g[..len * len],
+            &mut d[..steps * rows * len],
+            &mut e[..steps * rows * len],
+        );
+        compute.matmul(&xt, &xt, g, (len, m, len))?;
+        for (i, d) in d.chunks_exact_mut(rows * len).enumerate() {
+            let f = 1.0 - i as f32 / opts.n_grid.max(1) as f32;
+            clamped_fake_quantize(&wg, &org_max, f, len, spec, d);
+            d.iter_mut().zip(&wg).for_each(|(q, w)| *q -= w);
+        }
+        // The output error of a row over the tokens, ‖d·Xᵀ‖² = d·G·dᵀ (G symmetric): one product for all steps.
+        compute.matmul(d, g, e, (steps * rows, len, len))?;
+        let err: Vec<f64> = e
+            .par_chunks(len)
+            .zip(d.par_chunks(len))
+            .with_min_len(64)
+            .map(|(e, d)| {
+                e.iter()
+                    .zip(d)
+                    .map(|(a, b)| f64::from(*a) * f64::from(*b))
+                    .sum()
+            })
+            .collect(); // [steps · rows]
         let mut best_max = org_max.clone();
         let mut best_err = vec![f64::INFINITY; rows];
-        for i in 0..steps.max(1) {
+        for (i, err) in err.chunks_exact(rows).enumerate() {
             let f = 1.0 - i as f32 / opts.n_grid.max(1) as f32;
-            clamped_fake_quantize(&wg, &org_max, f, len, spec, fq);
-            compute.matmul(fq, &xg, &mut cur, (rows, len, m))?;
-            let err: Vec<f64> = cur
-                .par_chunks(m)
-                .zip(reference.par_chunks(m))
-                .with_min_len(16)
-                .map(|(c, r)| c.iter().zip(r).map(|(a, b)| f64::from(a - b).powi(2)).sum())
-                .collect();
             for r in 0..rows {
                 if err[r] < best_err[r] {
                     best_err[r] = err[r];
@@ -698,7 +715,7 @@ mod tests {
         let before = err(&w);
         let mut clipped = w.clone();
         let n = clip(
-            &Compute::Cpu,
+            &Compute::cpu(),
             &mut clipped,
             rows,
             k,

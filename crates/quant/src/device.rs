@@ -7,7 +7,9 @@
 //! blocks (transformers' Llama forward) with their linears computed by [`Compute`], over all calibration
 //! windows at once.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use olive_kernels::cpu::{attention, matmul, rope_apply, silu_mul, AttentionDims, RopeLayout};
 use olive_kernels::cuda::gemm::{self, Operand};
@@ -26,22 +28,52 @@ pub enum Device {
     Gpu,
 }
 
-/// The products of one run, on the device chosen.
-#[derive(Debug, Clone)]
-pub enum Compute {
-    /// The host CPU (`olive_kernels::cpu::matmul`).
-    Cpu,
-    /// A CUDA GPU (cuBLAS f32).
-    Gpu(Arc<Gpu>),
+/// The products of one run, on the device chosen, and the time spent in them.
+#[derive(Debug)]
+pub struct Compute {
+    /// The GPU (cuBLAS f32); `None`: the host CPU (`olive_kernels::cpu::matmul`).
+    gpu: Option<Arc<Gpu>>,
+    /// Nanoseconds spent in products so far (transfers included).
+    busy_ns: AtomicU64,
 }
 
 impl Compute {
+    /// Products on the CPU.
+    pub fn cpu() -> Self {
+        Compute {
+            gpu: None,
+            busy_ns: AtomicU64::new(0),
+        }
+    }
+
     /// Opens the device (device 0 for [`Device::Gpu`]; a clear error where there is none).
     pub fn open(device: Device) -> Result<Self> {
-        match device {
-            Device::Cpu => Ok(Compute::Cpu),
-            Device::Gpu => Gpu::get(0).map(Compute::Gpu).map_err(QuantError::from),
-        }
+        let gpu = match device {
+            Device::Cpu => None,
+            Device::Gpu => Some(Gpu::get(0)?),
+        };
+        Ok(Compute {
+            gpu,
+            busy_ns: AtomicU64::new(0),
+        })
+    }
+
+    /// Where the products run: "cpu" or the GPU's name.
+    pub fn name(&self) -> &str {
+        self.gpu.as_ref().map_or("cpu", |g| g.name())
+    }
+
+    /// Seconds spent in products so far, uploads and downloads included.
+    pub fn busy_seconds(&self) -> f64 {
+        self.busy_ns.load(Ordering::Relaxed) as f64 * 1e-9
+    }
+
+    fn timed<R>(&self, f: impl FnOnce() -> R) -> R {
+        let t0 = Instant::now();
+        let r = f();
+        let ns = u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.busy_ns.fetch_add(ns, Ordering::Relaxed);
+        r
     }
 
     /// out[m, n] = a[m, k] · b[n, k]ᵀ.
@@ -52,26 +84,27 @@ impl Compute {
         out: &mut [f32],
         (m, k, n): (usize, usize, usize),
     ) -> Result<()> {
-        match self {
-            Compute::Cpu => matmul(a, b, out, m, k, n),
-            Compute::Gpu(gpu) => {
-                let (da, db) = (gpu.upload(&a[..m * k])?, gpu.upload(&b[..n * k])?);
-                let mut dc = gpu.alloc::<f32>(m * n)?;
-                gemm::linear(gpu, &da, &db, &mut dc, (m, n, k), false)?;
-                gpu.stream()
-                    .memcpy_dtoh(&dc, &mut out[..m * n])
-                    .map_err(GpuError::from)?;
-            }
-        }
-        Ok(())
+        self.timed(|| {
+            let Some(gpu) = &self.gpu else {
+                matmul(a, b, out, m, k, n);
+                return Ok(());
+            };
+            let (da, db) = (gpu.upload(&a[..m * k])?, gpu.upload(&b[..n * k])?);
+            let mut dc = gpu.alloc::<f32>(m * n)?;
+            gemm::linear(gpu, &da, &db, &mut dc, (m, n, k), false)?;
+            gpu.stream()
+                .memcpy_dtoh(&dc, &mut out[..m * n])
+                .map_err(GpuError::from)?;
+            Ok(())
+        })
     }
 
     /// out: [tokens, out_features] = x: [tokens, in_features] · Wᵀ + b of a dense linear.
     pub(crate) fn linear(&self, l: &Linear, x: &[f32], out: &mut [f32]) -> Result<()> {
-        let Compute::Gpu(_) = self else {
-            l.forward(x, out);
+        if self.gpu.is_none() {
+            self.timed(|| l.forward(x, out));
             return Ok(());
-        };
+        }
         let tokens = x.len() / l.in_features.max(1);
         self.matmul(x, &l.weight, out, (tokens, l.in_features, l.out_features))?;
         if let Some(bias) = &l.bias {
@@ -83,11 +116,20 @@ impl Compute {
     }
 
     /// xᵀ·y ([n, n]) for x, y: [rows, n] on the GPU; `None` on the CPU, whose Hessian update multiplies
-    /// only the lower triangle in place (`Hessian::add_product`).
+    /// only the lower triangle in place (`Hessian::add_product`, timed through [`Compute::timed_cpu`]).
     pub(crate) fn gram(&self, x: &[f32], y: &[f32], n: usize) -> Result<Option<Vec<f32>>> {
-        let Compute::Gpu(gpu) = self else {
+        let Some(gpu) = &self.gpu else {
             return Ok(None);
         };
+        self.timed(|| self.gram_on(gpu, x, y, n)).map(Some)
+    }
+
+    /// A product done on the CPU outside this type, counted as product time.
+    pub(crate) fn timed_cpu<R>(&self, f: impl FnOnce() -> R) -> R {
+        self.timed(f)
+    }
+
+    fn gram_on(&self, gpu: &Gpu, x: &[f32], y: &[f32], n: usize) -> Result<Vec<f32>> {
         let rows = x.len() / n.max(1);
         let dx = gpu.upload(x)?;
         let dy = if std::ptr::eq(x, y) {
@@ -105,7 +147,7 @@ impl Compute {
             transposed: false,
         };
         gemm::matmul(gpu, a, b, &mut dg, (n, n, rows), 1.0, 0.0)?;
-        Ok(Some(gpu.download(&dg)?))
+        Ok(gpu.download(&dg)?)
     }
 }
 

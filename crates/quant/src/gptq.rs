@@ -106,7 +106,7 @@ impl Hessian {
     ) -> Result<()> {
         let n = self.n;
         let Some(g) = compute.gram(x, y, n)? else {
-            self.add_product(x, y, samples);
+            compute.timed_cpu(|| self.add_product(x, y, samples));
             return Ok(());
         };
         if x.len() / n.max(1) == 0 || samples == 0 {

@@ -247,6 +247,7 @@ pub fn quantize_model(
     let mut quantized_linears = 0;
     for (i, modules) in plan.iter().enumerate() {
         let t0 = Instant::now();
+        let busy0 = compute.busy_seconds();
         let prefix = format!("model.layers.{i}.");
         let mut layer = DecoderLayer::load(&ckpt, &config, i)?;
         let layer_names: Vec<String> = ckpt
@@ -283,6 +284,15 @@ pub fn quantize_model(
         drop(tensors);
         drop(layer);
         errors.push(error);
+        let line = format!(
+            "layer {i}: {:.2} s, of which {:.2} s in calibration products on {}",
+            t0.elapsed().as_secs_f64(),
+            compute.busy_seconds() - busy0,
+            compute.name()
+        );
+        if !events(Event::Log(&line)) {
+            return Err(QuantError::Cancelled);
+        }
         let report = LayerReport {
             index: i,
             layers,

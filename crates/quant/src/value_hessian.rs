@@ -263,7 +263,7 @@ mod tests {
             let tables = Rope::new(&config).tables(0, seq_len);
             let want = hessian_through_attention(&layer, &x, seq_len, &tables);
             assert_close(
-                &value_hessian(&Compute::Cpu, &layer, &x, seq_len, &tables).unwrap(),
+                &value_hessian(&Compute::cpu(), &layer, &x, seq_len, &tables).unwrap(),
                 &want,
                 case,
             );
@@ -284,7 +284,7 @@ mod tests {
         let mut hx = Hessian::new(layer.dims.hidden);
         hx.add(&x);
         assert_close(
-            &value_hessian(&Compute::Cpu, &layer, &x, 1, &tables).unwrap(),
+            &value_hessian(&Compute::cpu(), &layer, &x, 1, &tables).unwrap(),
             &hx,
             "one-token windows",
         );
