@@ -2,7 +2,7 @@
 //! one-time host repacking from [`W4Levels`], which every on-disk layout unpacks to), and the CPU reference of the
 //! GPU `dequantize`: the same tiles back to dense [n, k] weights rounded as the kernel rounds them.
 
-use half::{bf16, f16};
+use crate::cuda::float::Half;
 use rayon::prelude::*;
 
 use super::w4a16::{W4Error, W4Levels};
@@ -142,35 +142,9 @@ fn group_order(g_idx: &[u32], gs: usize) -> Result<Vec<u32>, W4Error> {
     Ok(perm)
 }
 
-/// A 16-bit float the GPU kernels compute in.
-pub trait Half16: Copy + Send + Sync {
-    /// Rounds to nearest even.
-    fn from_f32(v: f32) -> Self;
-    /// Widens exactly.
-    fn to_f32(self) -> f32;
-}
-
-impl Half16 for f16 {
-    fn from_f32(v: f32) -> Self {
-        f16::from_f32(v)
-    }
-    fn to_f32(self) -> f32 {
-        f16::to_f32(self)
-    }
-}
-
-impl Half16 for bf16 {
-    fn from_f32(v: f32) -> Self {
-        bf16::from_f32(v)
-    }
-    fn to_f32(self) -> f32 {
-        bf16::to_f32(self)
-    }
-}
-
 /// Dense weights [n, k] in the original input order, each `((q − z) · s)` with s rounded to `H` and the product
 /// rounded once to `H` — what the GPU `dequantize` (and the GEMM's in-register dequantization) computes.
-pub fn dequantize<H: Half16>(w: &W4Tiles) -> Vec<H> {
+pub fn dequantize<H: Half>(w: &W4Tiles) -> Vec<H> {
     let zero = H::from_f32(0.0);
     let mut out = vec![zero; w.n * w.k];
     out.par_chunks_mut(w.k).enumerate().for_each(|(o, row)| {
@@ -190,6 +164,7 @@ pub fn dequantize<H: Half16>(w: &W4Tiles) -> Vec<H> {
 mod tests {
     use super::*;
     use crate::cpu::testutil::Rng;
+    use half::f16;
 
     fn levels(n: usize, k: usize, gs: usize, seed: u64, act_order: bool) -> W4Levels {
         let mut rng = Rng::new(seed);

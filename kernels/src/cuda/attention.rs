@@ -4,7 +4,8 @@
 //! [`crate::cpu::attention_ref`]: query t at position `kv_len − tokens + t`, key j visible when `j ≤ pos`, within the
 //! sliding window, and (with a key mask) unmasked.
 
-use super::{bf16, f16, CudaSlice, DeviceRepr, Gpu, GpuError, LaunchConfig, PushKernelArg};
+use super::float::Half;
+use super::{CudaSlice, DeviceRepr, Gpu, GpuError, LaunchConfig, PushKernelArg};
 use cudarc::driver::sys::CUfunction_attribute;
 
 const SOURCE: super::KernelSource = crate::cuda_source!("attention");
@@ -16,20 +17,6 @@ const TILE: usize = 64;
 const DECODE_MAX_ROWS: usize = 16;
 /// Keys the decode kernel scores at a time: a split's chunk is a multiple of this.
 const DECODE_KEYS: usize = 128;
-
-/// A 16-bit float type the attention and LoRA kernels take, by its kernel-name suffix.
-pub trait Half16: DeviceRepr + Copy + Default {
-    /// `bf16` or `f16`.
-    const NAME: &'static str;
-}
-
-impl Half16 for bf16 {
-    const NAME: &'static str = "bf16";
-}
-
-impl Half16 for f16 {
-    const NAME: &'static str = "f16";
-}
 
 /// Where an operand's rows sit in its device buffer: row r of head h starts at element
 /// `offset + r·stride + h·head_dim` (a fused qkv row: q at offset 0, k at heads·head_dim, stride its width).
@@ -298,7 +285,7 @@ const NULL: u64 = 0;
 /// out (rows `out_rows`, batch·tokens rows of heads·head_dim) = attention of `inputs`; with `lse`, also each row's
 /// natural log-sum-exp of its scaled scores ([batch, heads, tokens]; −∞ for a row that sees no key), which
 /// [`backward`] needs. Few queries per KV head (decode) run split over the KV length, the rest tiled.
-pub fn forward<T: Half16>(
+pub fn forward<T: Half>(
     gpu: &Gpu,
     shape: &AttentionShape,
     inputs: &Inputs<'_, T>,
@@ -345,7 +332,7 @@ pub fn forward<T: Half16>(
         p.splits = int("splits", splits)?;
         p.chunk = int("chunk", chunk)?;
         let mut part = gpu.alloc::<f32>(rows * splits * (hd + 2))?;
-        let f = kernel(gpu, &format!("attention_decode_{}_{hd}", T::NAME), 0)?;
+        let f = kernel(gpu, &format!("attention_decode_{}_{hd}", T::SUFFIX), 0)?;
         let cfg = LaunchConfig {
             grid_dim: (splits as u32, shape.kv_heads as u32, b as u32),
             block_dim: (THREADS, 1, 1),
@@ -365,7 +352,7 @@ pub fn forward<T: Half16>(
         // SAFETY: the rows of q, k, v and the mask were checked against their buffers; part holds
         // rows·splits·(head_dim + 2) floats, the kernel's [batch, heads, tokens, splits, D + 2].
         unsafe { launch.launch(cfg) }?;
-        let f = kernel(gpu, &format!("attention_combine_{}_{hd}", T::NAME), 0)?;
+        let f = kernel(gpu, &format!("attention_combine_{}_{hd}", T::SUFFIX), 0)?;
         let cfg = LaunchConfig {
             grid_dim: (int("rows", rows)? as u32, 1, 1),
             block_dim: (THREADS, 1, 1),
@@ -382,7 +369,7 @@ pub fn forward<T: Half16>(
         return Ok(());
     }
     let smem = forward_smem(hd);
-    let f = kernel(gpu, &format!("attention_fwd_{}_{hd}", T::NAME), smem)?;
+    let f = kernel(gpu, &format!("attention_fwd_{}_{hd}", T::SUFFIX), smem)?;
     let cfg = LaunchConfig {
         grid_dim: (
             shape.tokens.div_ceil(TILE) as u32,
@@ -414,7 +401,7 @@ pub fn forward<T: Half16>(
 
 /// The gradients of `Σ d_out ⊙ attention(inputs)` with respect to q, k and v, written to `grads` (overwritten; a
 /// key no query sees gets zeros). `out` and `lse` are [`forward`]'s output and log-sum-exp for these inputs.
-pub fn backward<T: Half16>(
+pub fn backward<T: Half>(
     gpu: &Gpu,
     shape: &AttentionShape,
     inputs: &Inputs<'_, T>,
@@ -458,7 +445,7 @@ pub fn backward<T: Half16>(
     let mut dq_acc = gpu.alloc::<f32>((q_rows * q_width).max(1))?;
     let warps = THREADS as usize / 32;
     if rows > 0 {
-        let f = kernel(gpu, &format!("attention_delta_{}_{hd}", T::NAME), 0)?;
+        let f = kernel(gpu, &format!("attention_delta_{}_{hd}", T::SUFFIX), 0)?;
         let cfg = LaunchConfig {
             grid_dim: (int("rows", rows.div_ceil(warps))? as u32, 1, 1),
             block_dim: (THREADS, 1, 1),
@@ -476,7 +463,7 @@ pub fn backward<T: Half16>(
         }?;
     }
     let smem = backward_smem(hd);
-    let f = kernel(gpu, &format!("attention_bwd_{}_{hd}", T::NAME), smem)?;
+    let f = kernel(gpu, &format!("attention_bwd_{}_{hd}", T::SUFFIX), smem)?;
     let cfg = LaunchConfig {
         grid_dim: (
             shape.kv_len.div_ceil(TILE) as u32,

@@ -1,43 +1,23 @@
 //! Precision conversion on the device (kernels/cuda/convert.cu): f32 to and from bf16/f16, rounding to nearest
 //! even as the `half` crate does on the CPU, so a tensor converted on either side is bit-identical.
 
-use super::{bf16, f16, CudaSlice, DeviceRepr, Gpu, GpuError, LaunchConfig, PushKernelArg};
+use super::float::Half;
+use super::{CudaSlice, DeviceRepr, Gpu, GpuError, LaunchConfig, PushKernelArg};
 
 const SOURCE: super::KernelSource = crate::cuda_source!("convert");
 const THREADS: u32 = 256;
 
-/// A 16-bit float type the kernels take, with the names of its conversion kernels.
-pub trait Half: DeviceRepr + Copy + Default {
-    /// The kernel converting f32 to this type.
-    const FROM_F32: &'static str;
-    /// The kernel converting this type to f32.
-    const TO_F32: &'static str;
-}
-
-impl Half for bf16 {
-    const FROM_F32: &'static str = "f32_to_bf16";
-    const TO_F32: &'static str = "bf16_to_f32";
-}
-
-impl Half for f16 {
-    const FROM_F32: &'static str = "f32_to_f16";
-    const TO_F32: &'static str = "f16_to_f32";
-}
-
 /// `input` rounded to `H`.
-pub fn from_f32<H: Half + cudarc::driver::ValidAsZeroBits>(
-    gpu: &Gpu,
-    input: &CudaSlice<f32>,
-) -> Result<CudaSlice<H>, GpuError> {
+pub fn from_f32<H: Half>(gpu: &Gpu, input: &CudaSlice<f32>) -> Result<CudaSlice<H>, GpuError> {
     let mut out = gpu.alloc::<H>(input.len())?;
-    launch(gpu, H::FROM_F32, &mut out, input)?;
+    launch(gpu, &format!("f32_to_{}", H::SUFFIX), &mut out, input)?;
     Ok(out)
 }
 
 /// `input` widened to f32.
 pub fn to_f32<H: Half>(gpu: &Gpu, input: &CudaSlice<H>) -> Result<CudaSlice<f32>, GpuError> {
     let mut out = gpu.alloc::<f32>(input.len())?;
-    launch(gpu, H::TO_F32, &mut out, input)?;
+    launch(gpu, &format!("{}_to_f32", H::SUFFIX), &mut out, input)?;
     Ok(out)
 }
 

@@ -1,5 +1,5 @@
-//! The element types of the element-wise and reduction kernels (rmsnorm, rope, silu_mul, cross_entropy): f32,
-//! bf16 and f16 data with fp32 math inside; a kernel for type `T` is named `<op>_<T::SUFFIX>`.
+//! The element types of the kernels: f32, bf16 and f16 data with fp32 math inside ([`Float`]; a kernel for type `T`
+//! is named `<op>_<T::SUFFIX>`), and the 16-bit ones the tensor-core kernels take ([`Half`]).
 
 use super::{bf16, f16, DeviceRepr, ValidAsZeroBits};
 
@@ -40,6 +40,25 @@ impl Float for f16 {
     }
     fn to_f32(self) -> f32 {
         f16::to_f32(self)
+    }
+}
+
+/// The 16-bit floats (bf16, f16): the activations of the tensor-core kernels (attention, LoRA, W4A16) and the
+/// narrow side of [`super::convert`].
+pub trait Half: Float + Send + Sync {
+    /// Its bit pattern.
+    fn to_bits(self) -> u16;
+}
+
+impl Half for bf16 {
+    fn to_bits(self) -> u16 {
+        bf16::to_bits(self)
+    }
+}
+
+impl Half for f16 {
+    fn to_bits(self) -> u16 {
+        f16::to_bits(self)
     }
 }
 

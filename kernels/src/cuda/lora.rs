@@ -9,7 +9,8 @@
 //! time (see lora.cu); and the frozen base product (cuBLAS, or the int4 kernels) — folding LoRA into its epilogue
 //! would save one pass over y but means owning the base GEMM.
 
-use super::attention::{Half16, Operand, Rows};
+use super::attention::{Operand, Rows};
+use super::float::Half;
 use super::{CudaSlice, DeviceRepr, Gpu, GpuError, LaunchConfig, PushKernelArg};
 use crate::cpu::LoraDims;
 
@@ -115,7 +116,7 @@ fn slices(gpu: &Gpu, first: usize, len: usize) -> (usize, usize) {
 }
 
 /// u (zeroed first) = scale_u·X·Pᵀ ([tokens, rank]), then, with `y`, Y += scale_y·u·Qᵀ over `n_out` columns.
-fn down_up<T: Half16>(
+fn down_up<T: Half>(
     gpu: &Gpu,
     mut p: Params,
     x: Operand<'_, T>,
@@ -127,7 +128,7 @@ fn down_up<T: Half16>(
     let (in_splits, in_slice) = slices(gpu, blocks, p.n_in as usize);
     p.in_slice = int("in_slice", in_slice)?;
     gpu.stream().memset_zeros(u)?;
-    let f = gpu.function(&SOURCE, &format!("lora_down_{}", T::NAME))?;
+    let f = gpu.function(&SOURCE, &format!("lora_down_{}", T::SUFFIX))?;
     let cfg = LaunchConfig {
         grid_dim: (int("token blocks", blocks)? as u32, in_splits as u32, 1),
         block_dim: (THREADS, 1, 1),
@@ -147,7 +148,7 @@ fn down_up<T: Half16>(
     let Some(y) = y else { return Ok(()) };
     let (out_splits, out_slice) = slices(gpu, blocks, p.n_out as usize);
     p.out_slice = int("out_slice", out_slice)?;
-    let f = gpu.function(&SOURCE, &format!("lora_up_{}", T::NAME))?;
+    let f = gpu.function(&SOURCE, &format!("lora_up_{}", T::SUFFIX))?;
     let cfg = LaunchConfig {
         grid_dim: (blocks as u32, out_splits as u32, 1),
         block_dim: (THREADS, 1, 1),
@@ -167,7 +168,7 @@ fn down_up<T: Half16>(
 }
 
 /// Runs lora_outer: C(m, j) += alpha·Σ_t M[t, m]·W[t, j] for m < n_m, C(m, j) = c[m·c_m + j·c_j].
-fn outer<T: Half16>(
+fn outer<T: Half>(
     gpu: &Gpu,
     mut p: Params,
     m: Operand<'_, T>,
@@ -178,7 +179,7 @@ fn outer<T: Half16>(
     let m_blocks = n_m.div_ceil(TILE);
     let (t_slices, per) = slices(gpu, m_blocks, tokens);
     p.tokens_per_block = int("tokens per block", per)?;
-    let f = gpu.function(&SOURCE, &format!("lora_outer_{}", T::NAME))?;
+    let f = gpu.function(&SOURCE, &format!("lora_outer_{}", T::SUFFIX))?;
     let cfg = LaunchConfig {
         grid_dim: (int("blocks", m_blocks)? as u32, t_slices as u32, 1),
         block_dim: (THREADS, 1, 1),
@@ -199,7 +200,7 @@ fn outer<T: Half16>(
 
 /// y (rows `y.1`, `out_features` columns) += scale·(x·Aᵀ)·Bᵀ, and u = x·Aᵀ ([tokens, rank] fp32, kept for
 /// [`backward`]). x: tokens rows of in_features.
-pub fn forward<T: Half16>(
+pub fn forward<T: Half>(
     gpu: &Gpu,
     d: &LoraDims,
     x: Operand<'_, T>,
@@ -241,7 +242,7 @@ pub fn forward<T: Half16>(
 }
 
 /// The backward of [`forward`] for dy (tokens rows of out_features): adds to `grads`; `u` is forward's.
-pub fn backward<T: Half16>(
+pub fn backward<T: Half>(
     gpu: &Gpu,
     d: &LoraDims,
     x: Operand<'_, T>,

@@ -4,40 +4,16 @@
 
 use std::marker::PhantomData;
 
-use super::convert::Half;
+use super::float::Half;
 use cudarc::driver::sys::CUfunction_attribute;
 
-use super::{
-    bf16, f16, CudaFunction, CudaSlice, Gpu, GpuError, LaunchConfig, PushKernelArg, ValidAsZeroBits,
-};
-use crate::cpu::w4a16_tiles::{Half16, W4Tiles};
+use super::{CudaFunction, CudaSlice, Gpu, GpuError, LaunchConfig, PushKernelArg};
+use crate::cpu::w4a16_tiles::W4Tiles;
 
 const SOURCE: super::KernelSource = crate::cuda_source!("w4a16");
 
-/// An activation dtype of the W4A16 kernels (f16 or bf16).
-pub trait W4Act: Half + Half16 + ValidAsZeroBits {
-    /// The dtype's name in the kernels' names.
-    const NAME: &'static str;
-    /// Its bit pattern.
-    fn bits(self) -> u16;
-}
-
-impl W4Act for f16 {
-    const NAME: &'static str = "f16";
-    fn bits(self) -> u16 {
-        self.to_bits()
-    }
-}
-
-impl W4Act for bf16 {
-    const NAME: &'static str = "bf16";
-    fn bits(self) -> u16 {
-        self.to_bits()
-    }
-}
-
 /// Int4 weights on the device, for activations of type `T`.
-pub struct W4Weight<T: W4Act> {
+pub struct W4Weight<T: Half> {
     n: usize,
     k: usize,
     group_size: usize,
@@ -50,7 +26,7 @@ pub struct W4Weight<T: W4Act> {
     _dtype: PhantomData<T>,
 }
 
-impl<T: W4Act> W4Weight<T> {
+impl<T: Half> W4Weight<T> {
     /// Uploads repacked weights (scales rounded to `T`).
     pub fn upload(gpu: &Gpu, w: &W4Tiles) -> Result<Self, GpuError> {
         let meta: Vec<u32> = w
@@ -58,7 +34,8 @@ impl<T: W4Act> W4Weight<T> {
             .iter()
             .zip(&w.zeros)
             .map(|(&s, &z)| {
-                u32::from(T::from_f32(s).bits()) | u32::from(T::from_f32(f32::from(z)).bits()) << 16
+                u32::from(T::from_f32(s).to_bits())
+                    | u32::from(T::from_f32(f32::from(z)).to_bits()) << 16
             })
             .collect();
         Ok(Self {
@@ -197,7 +174,7 @@ impl MmConfig {
         stage * self.stages as usize
     }
 
-    fn kernel<T: W4Act>(&self) -> String {
+    fn kernel<T: Half>(&self) -> String {
         let MmConfig {
             rt,
             nb8,
@@ -208,11 +185,11 @@ impl MmConfig {
             min_blocks,
         } = *self;
         if stages == 0 {
-            format!("w4_mm_{}_{rt}_{nb8}_{wk}_{wn}_{wb}", T::NAME)
+            format!("w4_mm_{}_{rt}_{nb8}_{wk}_{wn}_{wb}", T::SUFFIX)
         } else {
             format!(
                 "w4_mm_{}_{rt}_{nb8}_0_{wn}_{wb}_{stages}_{min_blocks}",
-                T::NAME
+                T::SUFFIX
             )
         }
     }
@@ -267,7 +244,7 @@ impl MmConfig {
     }
 }
 
-fn check_io<T: W4Act>(
+fn check_io<T: Half>(
     w: &W4Weight<T>,
     x: &CudaSlice<T>,
     batch: usize,
@@ -293,7 +270,7 @@ fn check_io<T: W4Act>(
 }
 
 /// y [batch, n] = x [batch, k] · Wᵀ with the configuration [`MmConfig::pick`] chooses.
-pub fn w4a16<T: W4Act>(
+pub fn w4a16<T: Half>(
     gpu: &Gpu,
     x: &CudaSlice<T>,
     batch: usize,
@@ -305,7 +282,7 @@ pub fn w4a16<T: W4Act>(
 }
 
 /// [`w4a16`] with an explicit configuration (one of [`CONFIGS`]).
-pub fn w4a16_with<T: W4Act>(
+pub fn w4a16_with<T: Half>(
     gpu: &Gpu,
     config: MmConfig,
     x: &CudaSlice<T>,
@@ -363,7 +340,7 @@ pub fn w4a16_with<T: W4Act>(
 }
 
 /// The pipelined kernel, over `splits` ranges of K; more than one writes f32 partial sums that `w4_reduce_*` adds.
-fn launch_pipe<T: W4Act>(
+fn launch_pipe<T: Half>(
     gpu: &Gpu,
     config: MmConfig,
     f: &CudaFunction,
@@ -419,7 +396,7 @@ fn launch_pipe<T: W4Act>(
     let Some(part) = part else {
         return Ok(());
     };
-    let reduce = gpu.function(&SOURCE, &format!("w4_reduce_{}", T::NAME))?;
+    let reduce = gpu.function(&SOURCE, &format!("w4_reduce_{}", T::SUFFIX))?;
     let len = (batch * w.n) as i64;
     let (z, cfg) = (
         splits as i32,
@@ -447,7 +424,7 @@ fn launch_pipe<T: W4Act>(
 }
 
 /// x [batch, k] with its columns in the stored (group) order.
-fn gather<T: W4Act>(
+fn gather<T: Half>(
     gpu: &Gpu,
     x: &CudaSlice<T>,
     perm: &CudaSlice<u32>,
@@ -478,9 +455,9 @@ fn gather<T: W4Act>(
 }
 
 /// Dense W [n, k] (original input order) of type `T`: `(q − z) · s` rounded once, the values the products use.
-pub fn dequantize<T: W4Act>(gpu: &Gpu, w: &W4Weight<T>) -> Result<CudaSlice<T>, GpuError> {
+pub fn dequantize<T: Half>(gpu: &Gpu, w: &W4Weight<T>) -> Result<CudaSlice<T>, GpuError> {
     let mut out = gpu.alloc::<T>(w.n * w.k)?;
-    let f = gpu.function(&SOURCE, &format!("w4_dequantize_{}", T::NAME))?;
+    let f = gpu.function(&SOURCE, &format!("w4_dequantize_{}", T::SUFFIX))?;
     let total = w.tiles.len() / 4;
     let cfg = LaunchConfig {
         grid_dim: (

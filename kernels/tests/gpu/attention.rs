@@ -4,8 +4,9 @@
 
 use olive_kernels::cpu::{attention_backward_ref, attention_ref, AttentionBatch, AttentionDims};
 use olive_kernels::cuda::attention::{
-    backward, forward, AttentionShape, Grads, Half16, Inputs, Operand, Rows,
+    backward, forward, AttentionShape, Grads, Inputs, Operand, Rows,
 };
+use olive_kernels::cuda::float::Half;
 use olive_kernels::cuda::{bf16, f16, test_gpu, CudaSlice, Gpu};
 
 use super::common::{random, rel_error};
@@ -22,34 +23,20 @@ const F16_GRAD_TOL: f64 = 5e-3;
 /// log-sum-exp in fp32 from fp32-accumulated scores of 16-bit operands (absolute, on values of order log kv_len).
 const LSE_ABS_TOL: f32 = 2e-3;
 
-/// A 16-bit float the kernels take, with its conversions and tolerances.
-pub(super) trait Dtype: Half16 + cudarc::driver::ValidAsZeroBits {
+/// A 16-bit float the kernels take, with its tolerances.
+pub(super) trait Dtype: Half {
     const TOL: f64;
     const GRAD_TOL: f64;
-    fn from_f32(x: f32) -> Self;
-    fn to_f32(self) -> f32;
 }
 
 impl Dtype for bf16 {
     const TOL: f64 = BF16_TOL;
     const GRAD_TOL: f64 = BF16_GRAD_TOL;
-    fn from_f32(x: f32) -> Self {
-        bf16::from_f32(x)
-    }
-    fn to_f32(self) -> f32 {
-        bf16::to_f32(self)
-    }
 }
 
 impl Dtype for f16 {
     const TOL: f64 = F16_TOL;
     const GRAD_TOL: f64 = F16_GRAD_TOL;
-    fn from_f32(x: f32) -> Self {
-        f16::from_f32(x)
-    }
-    fn to_f32(self) -> f32 {
-        f16::to_f32(self)
-    }
 }
 
 /// Random values in [-1, 1) rounded to `T`: the 16-bit copy and the f32 values the reference takes.
@@ -175,7 +162,7 @@ fn check_forward<T: Dtype>(gpu: &Gpu, case: Case, head_dim: usize, seed: u64) {
     assert!(
         e <= T::TOL,
         "{} head_dim {head_dim} case {case:?}: relative error {e}",
-        T::NAME
+        T::SUFFIX
     );
 }
 
@@ -317,7 +304,7 @@ fn check_backward<T: Dtype>(
     let want = attention_backward_ref(&q_f, &k_f, &v_f, dims, batch_shape, &do_f);
     let what = format!(
         "{} head_dim {head_dim} case {case:?} mask {}",
-        T::NAME,
+        T::SUFFIX,
         mask.is_some()
     );
     let e = rel_error(&widen(gpu, &out), &want.out);

@@ -17,7 +17,7 @@ const BF16_TOL: f64 = 1.5e-2;
 const F16_TOL: f64 = 3e-3;
 
 fn tol<T: Dtype>() -> f64 {
-    if T::NAME == "bf16" {
+    if T::SUFFIX == "bf16" {
         BF16_TOL
     } else {
         F16_TOL
@@ -39,7 +39,10 @@ fn rms(v: &[f32]) -> f32 {
 fn check<T: Dtype>(gpu: &Gpu, c: &Case, seed: u64) {
     let d = c.d;
     let (n_in, n_out, r, tokens) = (d.in_features, d.out_features, d.rank, d.tokens);
-    let what = format!("{} tokens {tokens} in {n_in} out {n_out} rank {r}", T::NAME);
+    let what = format!(
+        "{} tokens {tokens} in {n_in} out {n_out} rank {r}",
+        T::SUFFIX
+    );
     let x_len = c.x_rows.offset + tokens * c.x_rows.stride;
     let (x_h, x_all) = rounded::<T>(x_len, seed);
     let x_f: Vec<f32> = (0..tokens)

@@ -6,7 +6,8 @@ use olive_kernels::cpu::w4a16::{
     unpack_awq_gemm, unpack_gptq_v1, unpack_matmul_nbits, w4a16_ref, W4Levels,
 };
 use olive_kernels::cpu::w4a16_tiles::{dequantize as dequantize_ref, W4Tiles};
-use olive_kernels::cuda::w4a16::{dequantize, w4a16, w4a16_with, W4Act, W4Weight, CONFIGS};
+use olive_kernels::cuda::float::Half;
+use olive_kernels::cuda::w4a16::{dequantize, w4a16, w4a16_with, W4Weight, CONFIGS};
 use olive_kernels::cuda::{bf16, f16, test_gpu, Gpu};
 
 use super::common::{random, rel_error};
@@ -132,7 +133,7 @@ fn via_matmul_nbits(l: &W4Levels) -> W4Levels {
 }
 
 /// Activations rounded to `T`, as f32 for the reference and as `T` for the GPU.
-fn activations<T: W4Act>(batch: usize, k: usize, seed: u64) -> (Vec<f32>, Vec<T>) {
+fn activations<T: Half>(batch: usize, k: usize, seed: u64) -> (Vec<f32>, Vec<T>) {
     let t: Vec<T> = random(batch * k, seed, 1.0)
         .iter()
         .map(|&v| T::from_f32(v))
@@ -141,7 +142,7 @@ fn activations<T: W4Act>(batch: usize, k: usize, seed: u64) -> (Vec<f32>, Vec<T>
 }
 
 /// The GPU product of `batch` rows (config `None` = the launcher's pick), poisoned with NaN before.
-fn gpu_product<T: W4Act>(
+fn gpu_product<T: Half>(
     gpu: &Gpu,
     w: &W4Weight<T>,
     x: &[T],
@@ -163,7 +164,7 @@ fn gpu_product<T: W4Act>(
         .collect()
 }
 
-fn check_layouts<T: W4Act>(gpu: &Gpu, tol: f64) {
+fn check_layouts<T: Half>(gpu: &Gpu, tol: f64) {
     // 17 row tiles (ragged against every block), 10 chunks of 64 inputs.
     let (n, k) = (272, 640);
     let cases = [
@@ -185,12 +186,12 @@ fn check_layouts<T: W4Act>(gpu: &Gpu, tol: f64) {
             );
             eprintln!(
                 "w4a16 {} {name} batch {batch}: rel error {err:.2e}",
-                T::NAME
+                T::SUFFIX
             );
             assert!(
                 err < tol,
                 "{} {name} batch {batch}: rel error {err} over {tol}",
-                T::NAME
+                T::SUFFIX
             );
         }
     }
@@ -206,7 +207,7 @@ fn products_match_the_reference_for_every_layout_and_batch() {
     check_layouts::<bf16>(&gpu, BF16_REL);
 }
 
-fn check_configs<T: W4Act>(gpu: &Gpu, tol: f64) {
+fn check_configs<T: Half>(gpu: &Gpu, tol: f64) {
     let (n, k) = (272, 1024);
     let l = levels(n, k, 128, 21, false);
     let w = W4Weight::<T>::upload(gpu, &W4Tiles::from_levels(&l).unwrap()).unwrap();
@@ -218,7 +219,7 @@ fn check_configs<T: W4Act>(gpu: &Gpu, tol: f64) {
             assert!(
                 err < tol,
                 "{} {c:?} batch {batch}: rel error {err} over {tol}",
-                T::NAME
+                T::SUFFIX
             );
         }
     }
@@ -234,7 +235,7 @@ fn every_compiled_configuration_matches_the_reference() {
     check_configs::<bf16>(&gpu, BF16_REL);
 }
 
-fn check_dequantize<T: W4Act>(gpu: &Gpu) {
+fn check_dequantize<T: Half>(gpu: &Gpu) {
     for l in [
         via_awq(&levels(48, 256, 128, 31, false)),
         via_gptq(&levels(48, 256, 32, 32, true)),
@@ -246,8 +247,8 @@ fn check_dequantize<T: W4Act>(gpu: &Gpu) {
         let bad = got
             .iter()
             .zip(&want)
-            .position(|(g, r)| g.bits() != r.bits());
-        assert_eq!(bad, None, "{}: first differing element", T::NAME);
+            .position(|(g, r)| g.to_bits() != r.to_bits());
+        assert_eq!(bad, None, "{}: first differing element", T::SUFFIX);
     }
 }
 
