@@ -19,7 +19,7 @@
 use olive_nn::{DecoderLayer, LayerDims, RopeTables};
 use rayon::prelude::*;
 
-use crate::device::{attention_context, mlp_activation, Compute};
+use crate::device::{attention_context, Compute};
 use crate::error::Result;
 use crate::grid::{dequantize_value, group_params, quantize_value, QuantSpec};
 
@@ -440,11 +440,7 @@ fn inspect_output(
             compute.linear(&layer.o_proj, &ctx, &mut out)?;
         }
         Inspect::O => compute.linear(&layer.o_proj, x, &mut out)?,
-        Inspect::Mlp => {
-            let mut act = vec![0f32; tokens * d.intermediate]; // [tokens, intermediate]
-            mlp_activation(compute, layer, x, &mut act)?;
-            compute.linear(&layer.down_proj, &act, &mut out)?;
-        }
+        Inspect::Mlp => compute.mlp(layer, x, None, Some(&mut out))?,
         Inspect::Down => compute.linear(&layer.down_proj, x, &mut out)?,
     }
     Ok(out)

@@ -2,10 +2,10 @@
 //! (cuBLAS f32 through `olive_kernels::cuda::gemm`, fp32 operands and accumulation, no TF32), so the GPU's
 //! results equal the CPU's up to the order of f32 additions. One code path serves both devices: the
 //! quantizer asks [`Compute`] for x·Wᵀ (layer forwards, AWQ candidates, clip errors) and for the Gram matrices
-//! xᵀy of GPTQ's Hessians; everything else (norms, RoPE, attention's softmax, grids, GPTQ's factorisation and
-//! column loop) stays on the CPU. The layer pieces here follow `olive_nn::DecoderLayer`'s attention and MLP
-//! blocks (transformers' Llama forward) with their linears computed by [`Compute`], over all calibration
-//! windows at once.
+//! xᵀy of GPTQ's Hessians, and runs the MLP's SwiGLU between its products on the device; everything else
+//! (norms, RoPE, attention, grids and fake quantization, GPTQ's factorisation and column loop) stays on the
+//! CPU. The layer pieces here follow `olive_nn::DecoderLayer`'s attention and MLP blocks (transformers' Llama
+//! forward) with their linears computed by [`Compute`], over all calibration windows at once.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -13,6 +13,7 @@ use std::time::Instant;
 
 use olive_kernels::cpu::{attention, matmul, rope_apply, silu_mul, AttentionDims, RopeLayout};
 use olive_kernels::cuda::gemm::{self, Operand};
+use olive_kernels::cuda::silu_mul as gpu_silu;
 use olive_kernels::cuda::{Gpu, GpuError};
 use olive_nn::{DecoderLayer, Linear, RopeTables};
 
@@ -220,10 +221,64 @@ pub(crate) fn mlp_activation(
     normed: &[f32],
     out: &mut [f32],
 ) -> Result<()> {
-    let inter = layer.dims.intermediate;
-    let tokens = normed.len() / layer.dims.hidden.max(1);
-    let mut gate_up = vec![0f32; tokens * 2 * inter]; // [tokens, 2·intermediate]
-    compute.linear(&layer.gate_up_proj, normed, &mut gate_up)?;
-    silu_mul(&gate_up, out, inter);
-    Ok(())
+    compute.mlp(layer, normed, Some(out), None)
+}
+
+impl Compute {
+    /// The MLP block of `normed` ([tokens, hidden]): act = silu(gate) · up ([tokens, intermediate]) into `act`
+    /// and down_proj(act) ([tokens, hidden]) into `down`, each when given. On the GPU the activations stay on
+    /// the device between the products (f32 `silu_mul` kernel) unless a linear has a bias.
+    pub(crate) fn mlp(
+        &self,
+        layer: &DecoderLayer,
+        normed: &[f32],
+        act: Option<&mut [f32]>,
+        down: Option<&mut [f32]>,
+    ) -> Result<()> {
+        let (gu, dn) = (&layer.gate_up_proj, &layer.down_proj);
+        let (inter, hidden) = (layer.dims.intermediate, layer.dims.hidden);
+        let tokens = normed.len() / hidden.max(1);
+        match &self.gpu {
+            Some(gpu) if gu.bias.is_none() && dn.bias.is_none() => self.timed(|| {
+                let (dx, dw) = (gpu.upload(normed)?, gpu.upload(&gu.weight)?);
+                let mut dgu = gpu.alloc::<f32>(tokens * 2 * inter)?; // [tokens, 2·intermediate]
+                gemm::linear(gpu, &dx, &dw, &mut dgu, (tokens, 2 * inter, hidden), false)?;
+                drop((dx, dw));
+                let mut dact = gpu.alloc::<f32>(tokens * inter)?; // [tokens, intermediate]
+                gpu_silu::silu_mul(gpu, &dgu, inter, &mut dact)?;
+                drop(dgu);
+                if let Some(act) = act {
+                    gpu.stream()
+                        .memcpy_dtoh(&dact, &mut act[..tokens * inter])
+                        .map_err(GpuError::from)?;
+                }
+                if let Some(down) = down {
+                    let dw = gpu.upload(&dn.weight)?;
+                    let mut dy = gpu.alloc::<f32>(tokens * hidden)?; // [tokens, hidden]
+                    gemm::linear(gpu, &dact, &dw, &mut dy, (tokens, hidden, inter), false)?;
+                    gpu.stream()
+                        .memcpy_dtoh(&dy, &mut down[..tokens * hidden])
+                        .map_err(GpuError::from)?;
+                }
+                Ok(())
+            }),
+            _ => {
+                let mut gate_up = vec![0f32; tokens * 2 * inter]; // [tokens, 2·intermediate]
+                self.linear(gu, normed, &mut gate_up)?;
+                let mut own = Vec::new();
+                let act = match act {
+                    Some(a) => a,
+                    None => {
+                        own.resize(tokens * inter, 0f32);
+                        &mut own[..]
+                    }
+                };
+                silu_mul(&gate_up, act, inter);
+                match down {
+                    Some(down) => self.linear(dn, act, down),
+                    None => Ok(()),
+                }
+            }
+        }
+    }
 }

@@ -95,6 +95,12 @@ impl Hessian {
         self.samples = total;
     }
 
+    /// [`Hessian::add`] with the product xᵀx computed by `compute` (the CPU, or cuBLAS f32 on a GPU).
+    pub fn add_on(&mut self, compute: &Compute, x: &[f32]) -> Result<()> {
+        let tokens = x.len() / self.n.max(1);
+        self.add_product_on(compute, x, x, tokens)
+    }
+
     /// [`Hessian::add_product`] with the product xᵀy computed by `compute` (in place on the CPU; on the GPU
     /// the whole [in, in] product comes back and its lower triangle is folded in and mirrored, as here).
     pub(crate) fn add_product_on(

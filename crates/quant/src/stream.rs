@@ -624,7 +624,7 @@ impl LayerRun<'_> {
         x: &[f32],
     ) -> Result<(Hessian, Option<Hessian>)> {
         let mut h = Hessian::new(slot_in_features(layer, slot));
-        h.add_product_on(self.compute, x, x, x.len() / h.in_features().max(1))?;
+        h.add_on(self.compute, x)?;
         let separate_v = self
             .modules
             .iter()

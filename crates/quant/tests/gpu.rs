@@ -12,9 +12,10 @@ use olive_model::quantized::{quantized_linear, QuantizationConfig, QuantizedLine
 use olive_model::Checkpoint;
 use olive_nn::Transformer;
 use olive_quant::awq::AwqOptions;
+use olive_quant::device::Compute;
 use olive_quant::{
-    quantize_model, Device, Event, GptqOptions, Method, OutputFormat, QuantSpec, QuantizeOptions,
-    Selected,
+    gptq, quantize_model, Device, Event, GptqOptions, Hessian, Method, OutputFormat, QuantSpec,
+    QuantizeOptions, Selected,
 };
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
@@ -30,6 +31,8 @@ const LEVELS_DIFFERENT: f64 = 1e-3;
 const SCALE_REL: f32 = 1e-5;
 /// Relative difference allowed between the two outputs' perplexities on held-out tokens.
 const PPL_REL: f64 = 5e-3;
+/// ‖H_gpu − H_cpu‖ / ‖H_cpu‖: f32 sums of 8192 products each, added in another order (cuBLAS vs gemm).
+const HESSIAN_REL: f64 = 1e-6;
 
 /// A random Llama-family model's shape.
 #[derive(Debug, Clone, Copy)]
@@ -337,6 +340,52 @@ fn awq_and_gptq_on_the_gpu_match_the_cpu() {
     }
 }
 
+/// The Hessian of hidden-2048 inputs (rank-64 structure, noise, outlier channels; 8192 tokens) on the GPU equals
+/// the CPU's within f32 noise, and GPTQ of a [1024, 2048] weight with either gives the same levels.
+#[test]
+fn hessians_on_the_gpu_match_the_cpu() {
+    if test_gpu("hessians_on_the_gpu_match_the_cpu").is_none() {
+        return;
+    }
+    let (tokens, n, rank, out) = (8192, 2048, 64, 1024);
+    let mut rng = Rng(21);
+    let z = rng.vec(tokens * rank, 1.0); // [tokens, rank]
+    let m = rng.vec(rank * n, 0.3); // [rank, n]
+    let col: Vec<f32> = (0..n)
+        .map(|j| if j % 37 == 1 { 6.0 } else { 1.0 })
+        .collect();
+    let mut x = rng.vec(tokens * n, 0.1); // [tokens, n]
+    for (row, zt) in x.chunks_exact_mut(n).zip(z.chunks_exact(rank)) {
+        for (zk, mk) in zt.iter().zip(m.chunks_exact(n)) {
+            row.iter_mut().zip(mk).for_each(|(v, w)| *v += zk * w);
+        }
+        row.iter_mut().zip(&col).for_each(|(v, c)| *v *= c);
+    }
+    let mut hc = Hessian::new(n);
+    hc.add(&x);
+    let mut hg = Hessian::new(n);
+    hg.add_on(&Compute::open(Device::Gpu).unwrap(), &x).unwrap();
+    let (mut diff, mut norm) = (0f64, 0f64);
+    for (a, b) in hg.matrix().iter().zip(hc.matrix()) {
+        diff += (f64::from(*a) - f64::from(*b)).powi(2);
+        norm += f64::from(*b).powi(2);
+    }
+    let rel = (diff / norm).sqrt();
+    let w = rng.vec(out * n, 1.0 / (n as f32).sqrt());
+    let spec = options(Method::Rtn, Device::Cpu).spec;
+    let o = GptqOptions::default();
+    let (qc, qg) = (
+        gptq(&w, out, n, &hc, &spec, &o).unwrap().linear,
+        gptq(&w, out, n, &hg, &spec, &o).unwrap().linear,
+    );
+    let levels = qc.q.iter().zip(&qg.q).filter(|(a, b)| a != b).count() as f64 / qc.q.len() as f64;
+    eprintln!(
+        "Hessian [{n}, {n}] of {tokens} tokens: rel {rel:.2e}; GPTQ levels different {levels:.2e}"
+    );
+    assert!(rel <= HESSIAN_REL, "Hessian rel {rel}");
+    assert!(levels <= LEVELS_DIFFERENT, "GPTQ levels different {levels}");
+}
+
 /// Without a GPU, asking for one is a clear error and leaves no output folder.
 #[test]
 fn the_gpu_device_needs_a_gpu() {
@@ -390,6 +439,8 @@ fn timing_of_both_devices_on_a_hidden_2048_model() {
     let fp = dir.path().join("fp");
     write_model(&fp, s);
     let cal = windows(32, 256, s.vocab, 3);
+    let eval = windows(4, 256, s.vocab, 5);
+    let p_fp = perplexity(&fp, &eval);
     for (name, method) in methods() {
         let (cpu, gpu_out) = (
             dir.path().join(format!("{name}-cpu")),
@@ -398,7 +449,19 @@ fn timing_of_both_devices_on_a_hidden_2048_model() {
         let (t_gpu, gpu_lines) = quantize(&fp, &gpu_out, method, Device::Gpu, &cal);
         let (t_cpu, cpu_lines) = quantize(&fp, &cpu, method, Device::Cpu, &cal);
         eprintln!("{name} gpu: {gpu_lines:?}\n{name} cpu: {cpu_lines:?}");
-        let a = agreement(&linears(&cpu, s), &linears(&gpu_out, s));
+        let (lc, lg) = (linears(&cpu, s), linears(&gpu_out, s));
+        let a = agreement(&lc, &lg);
+        let per_layer: Vec<String> = lc
+            .chunks(7)
+            .zip(lg.chunks(7))
+            .map(|(c, g)| format!("{:.2e}", agreement(c, g).levels_different))
+            .collect();
+        let (p_cpu, p_gpu) = (perplexity(&cpu, &eval), perplexity(&gpu_out, &eval));
+        eprintln!(
+            "{name}: levels different per layer {per_layer:?}; perplexity fp {p_fp:.3}, cpu {p_cpu:.3}, \
+             gpu {p_gpu:.3} (gpu/cpu − 1 = {:.2e})",
+            p_gpu / p_cpu - 1.0
+        );
         eprintln!(
             "TIMING {name} hidden 2048 x4 layers, {} calibration tokens, on {} ({} CPU threads): \
              cpu {t_cpu:.2} s, gpu {t_gpu:.2} s ({:.1}x); {a:?}",
