@@ -122,7 +122,7 @@ pub struct FinetuneArgs {
     /// Where the output goes: `model/`, `adapter/`, `loss.csv`, `loss.png`.
     #[arg(long = "output_path", short = 'o', default_value = "finetuned-adapter")]
     pub output_path: PathBuf,
-    /// The device to train on: cpu, or gpu (the first CUDA GPU, bf16; without LoRA dropout).
+    /// The device to train on: cpu, or gpu (the first CUDA GPU, bf16).
     #[arg(long, value_enum, default_value_t = Device::Cpu)]
     pub device: Device,
     /// Replace an existing, non-empty output folder.

@@ -6,6 +6,7 @@ pub mod adamw;
 pub mod attention;
 pub mod convert;
 pub mod cross_entropy;
+pub mod dropout;
 pub mod float;
 pub mod gemm;
 pub mod lora;
