@@ -10,7 +10,7 @@ mkdir -p .gpu
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 # package, test target, name under .gpu/
-for spec in "olive-kernels gpu gpu-tests" "olive-nn gpu nn-gpu-tests" "olive-nn gpu_train nn-gpu-train-tests"; do
+for spec in "olive-kernels gpu gpu-tests" "olive-nn gpu nn-gpu-tests" "olive-nn gpu_train nn-gpu-train-tests" "olive-quant gpu quant-gpu-tests"; do
     read -r package target name <<<"$spec"
     if ! cargo test --release -p "$package" --test "$target" --no-run --message-format=json-render-diagnostics >"$log"; then
         echo "the GPU tests of $package did not build (the errors are above)" >&2

@@ -31,8 +31,14 @@ const LEVELS_DIFFERENT: f64 = 1e-3;
 const SCALE_REL: f32 = 1e-5;
 /// Relative difference allowed between the two outputs' perplexities on held-out tokens.
 const PPL_REL: f64 = 5e-3;
-/// ‖H_gpu − H_cpu‖ / ‖H_cpu‖: f32 sums of 8192 products each, added in another order (cuBLAS vs gemm).
+/// ‖H_gpu − H_cpu‖ / ‖H_cpu‖: f32 sums of 8192 products each, added in another order (cuBLAS vs gemm);
+/// 6.9e-7 measured on an H200.
 const HESSIAN_REL: f64 = 1e-6;
+/// Fraction of GPTQ levels that may differ between the two Hessians of `hessians_on_the_gpu_match_the_cpu`. Its
+/// inputs are ill-conditioned on purpose (rank-64 structure over 2048 channels plus 0.1 noise), as calibration
+/// activations are: GPTQ's error feedback then carries a level flipped by float noise into the rest of the row
+/// (5.5e-3 measured on an H200 for a Hessian difference of 6.9e-7); a wrong product would differ in about half.
+const GPTQ_ILL_CONDITIONED_LEVELS: f64 = 2e-2;
 
 /// A random Llama-family model's shape.
 #[derive(Debug, Clone, Copy)]
@@ -341,7 +347,7 @@ fn awq_and_gptq_on_the_gpu_match_the_cpu() {
 }
 
 /// The Hessian of hidden-2048 inputs (rank-64 structure, noise, outlier channels; 8192 tokens) on the GPU equals
-/// the CPU's within f32 noise, and GPTQ of a [1024, 2048] weight with either gives the same levels.
+/// the CPU's within f32 noise, and GPTQ of a [1024, 2048] weight with either gives nearly the same levels.
 #[test]
 fn hessians_on_the_gpu_match_the_cpu() {
     if test_gpu("hessians_on_the_gpu_match_the_cpu").is_none() {
@@ -383,7 +389,10 @@ fn hessians_on_the_gpu_match_the_cpu() {
         "Hessian [{n}, {n}] of {tokens} tokens: rel {rel:.2e}; GPTQ levels different {levels:.2e}"
     );
     assert!(rel <= HESSIAN_REL, "Hessian rel {rel}");
-    assert!(levels <= LEVELS_DIFFERENT, "GPTQ levels different {levels}");
+    assert!(
+        levels <= GPTQ_ILL_CONDITIONED_LEVELS,
+        "GPTQ levels different {levels}"
+    );
 }
 
 /// Without a GPU, asking for one is a clear error and leaves no output folder.
