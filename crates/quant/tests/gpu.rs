@@ -22,9 +22,9 @@ use safetensors::Dtype;
 use serde_json::json;
 
 /// Fraction of weights whose levels may differ between the devices. The products differ only in the order of
-/// f32 additions (relative differences ~1e-6), which moves a value across a rounding boundary of its grid for
-/// about one weight in 10⁵; in GPTQ such a flip feeds a different error into the rest of its row, so a few more
-/// of that row's levels can follow.
+/// f32 additions (relative differences ~1e-7); that moves a value across a rounding boundary of its grid for
+/// about one weight in 10⁵, and it can tip an AWQ clip choice between two near-equal errors, which changes one
+/// row's group of levels. Measured on an H200: AWQ 6.7e-4, GPTQ 0.
 const LEVELS_DIFFERENT: f64 = 1e-3;
 /// Relative difference allowed between the scales of the devices (float noise of the calibration products
 /// through AWQ's x_mean and GPTQ's updated weights), for all but `LEVELS_DIFFERENT` of the groups.
