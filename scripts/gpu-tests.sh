@@ -2,8 +2,11 @@
 # Builds the GPU test binaries (kernels, and the transformer of crates/nn) and the GPU bench here, where there is
 # Rust but no GPU, and copies them into .gpu/ (git-ignored), to be carried to a GPU machine and run there:
 #   .gpu/gpu-tests --test-threads=1 [filter]    .gpu/nn-gpu-tests --test-threads=1    .gpu/gpu-bench
+#   .gpu/quant-gpu-tests --test-threads=1    .gpu/nn-gpu-train-tests --test-threads=1    .gpu/gpu-calibration-bench
 #   python3 tests/gpu/check_gpu_paths.py --olive_host .gpu/olive-host --tokenizer .gpu/tokenizer --out "$OUT"
-# (the host binary and the default model's tokenizer files for the end-to-end check).
+#   python3 tests/gpu/check_gpu_finetune.py --olive_host .gpu/olive-host --tokenizer .gpu/tokenizer --out "$OUT"
+# (the host binary with the LoRA plugin beside it, and the default model's tokenizer files, for the end-to-end
+# checks; the other plugins are left out to stay under the device tool's 64 MiB).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p .gpu
@@ -27,8 +30,18 @@ if cargo metadata --no-deps --format-version 1 | grep -q '"name":"gpu-bench"'; t
     cargo build --release -p olive-kernels --bin gpu-bench
     cp target/release/gpu-bench .gpu/gpu-bench && strip --strip-debug .gpu/gpu-bench
 fi
-cargo build --release -p olive-host
+bench=$(cargo bench -p olive-quant --bench gpu_calibration --no-run --message-format=json-render-diagnostics |
+    python3 -c 'import json,sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "gpu_calibration":
+        print(m["executable"])')
+cp "$bench" .gpu/gpu-calibration-bench && strip --strip-debug .gpu/gpu-calibration-bench
+cargo build --release -p olive-host -p olive-lora
 cp target/release/olive-host .gpu/olive-host && strip --strip-debug .gpu/olive-host
+cp target/release/libolive_lora.so .gpu/ && strip --strip-debug .gpu/libolive_lora.so
+bash scripts/write-plugin-manifests.sh >/dev/null
+cp target/release/olive_lora.olive-plugin.json .gpu/
 default_model=models/smollm2
 [ -f "$default_model/tokenizer.json" ] || { echo "$default_model/tokenizer.json is missing: run the set-up first" >&2; exit 1; }
 mkdir -p .gpu/tokenizer
