@@ -1,7 +1,7 @@
-//! Device-side timing: CUDA events between consecutive launches of the timed function, queued behind a spin kernel
-//! so the host is ahead of the GPU and the events see kernel time only; the median over the repetitions.
+//! The bench's timing (olive_kernels::cuda::timing at its repetitions) and its reference point: a plain read of
+//! device memory.
 
-use cudarc::driver::sys::CUevent_flags;
+use olive_kernels::cuda::timing::{self, Reps};
 use olive_kernels::cuda::{CudaSlice, Gpu, GpuError, KernelSource, LaunchConfig, PushKernelArg};
 
 pub const SOURCE: KernelSource = KernelSource {
@@ -9,48 +9,15 @@ pub const SOURCE: KernelSource = KernelSource {
     code: include_str!("membench.cu"),
 };
 
-/// Launches after the warm-up, timed one by one.
-const REPS: usize = 60;
-/// Untimed launches first (module load, cuBLAS heuristics, clocks up).
-const WARMUP: usize = 5;
-/// Spin before the timed launches: longer than the host takes to queue them (~10 µs each).
-const SPIN_CYCLES: i64 = 8_000_000;
+/// The bench's repetitions: 5 untimed calls, then 60 timed one by one.
+pub const REPS: Reps = Reps {
+    warmup: 5,
+    timed: 60,
+};
 
-/// Median device time of one call of `f` in microseconds; `f(i)` gets the repetition number (to rotate inputs).
-pub fn median_us(
-    gpu: &Gpu,
-    mut f: impl FnMut(usize) -> Result<(), GpuError>,
-) -> Result<f64, GpuError> {
-    for i in 0..WARMUP {
-        f(i)?;
-    }
-    let spin = gpu.function(&SOURCE, "spin")?;
-    let one = LaunchConfig {
-        grid_dim: (1, 1, 1),
-        block_dim: (1, 1, 1),
-        shared_mem_bytes: 0,
-    };
-    // SAFETY: the spin kernel takes one i64 and touches no memory.
-    unsafe {
-        gpu.stream()
-            .launch_builder(&spin)
-            .arg(&SPIN_CYCLES)
-            .launch(one)
-    }?;
-    let stream = gpu.stream();
-    let mut events = Vec::with_capacity(REPS + 1);
-    events.push(stream.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?);
-    for i in 0..REPS {
-        f(WARMUP + i)?;
-        events.push(stream.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?);
-    }
-    gpu.synchronize()?;
-    let mut times = events
-        .windows(2)
-        .map(|w| w[0].elapsed_ms(&w[1]).map(|ms| f64::from(ms) * 1e3))
-        .collect::<Result<Vec<f64>, _>>()?;
-    times.sort_by(f64::total_cmp);
-    Ok(times[times.len() / 2])
+/// Median device time of one call of `f` in microseconds over [`REPS`] (`f(i)` gets the call's number).
+pub fn median_us(gpu: &Gpu, f: impl FnMut(usize) -> Result<(), GpuError>) -> Result<f64, GpuError> {
+    timing::median_us(gpu, REPS, f)
 }
 
 /// Reads of `bytes`-sized buffers (rotating over `bufs`) with the plain read kernel: median µs per read.

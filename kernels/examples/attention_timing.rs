@@ -8,6 +8,7 @@
 use olive_kernels::cuda::attention::{
     backward, forward, AttentionShape, Grads, Inputs, Operand, Rows,
 };
+use olive_kernels::cuda::timing::{median_us, Reps};
 use olive_kernels::cuda::{bf16, Gpu, GpuError};
 
 /// (batch, tokens, kv_len, heads, kv_heads).
@@ -32,21 +33,13 @@ fn random(n: usize, seed: u64) -> Vec<bf16> {
         .collect()
 }
 
-/// Median milliseconds of `f` over 20 runs after 3 warm-ups, timed with events on the GPU's stream.
+/// Median milliseconds of `f` over 20 runs after 3 warm-ups.
 fn time(gpu: &Gpu, f: &mut dyn FnMut() -> Result<(), GpuError>) -> Result<f64, GpuError> {
-    let mut times = Vec::new();
-    for i in 0..23 {
-        let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
-        let start = gpu.stream().record_event(flags)?;
-        f()?;
-        let end = gpu.stream().record_event(flags)?;
-        end.synchronize()?;
-        if i >= 3 {
-            times.push(start.elapsed_ms(&end)?);
-        }
-    }
-    times.sort_by(f32::total_cmp);
-    Ok(times[times.len() / 2] as f64)
+    let reps = Reps {
+        warmup: 3,
+        timed: 20,
+    };
+    Ok(median_us(gpu, reps, |_| f())? / 1e3)
 }
 
 fn main() -> Result<(), GpuError> {

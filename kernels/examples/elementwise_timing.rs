@@ -4,13 +4,13 @@
 //! the fewest bytes it must move (each input read once, each output written once).
 //!   cargo build --release -p olive-kernels --example elementwise_timing   (then run the binary on the GPU machine)
 
-use cudarc::driver::sys::CUevent_flags;
 use olive_kernels::cpu::{AdamW, RopeLayout};
 use olive_kernels::cuda::adamw::adamw;
 use olive_kernels::cuda::cross_entropy::{cross_entropy, cross_entropy_backward};
 use olive_kernels::cuda::rmsnorm::{rmsnorm, rmsnorm_backward};
 use olive_kernels::cuda::rope::{rope, Positions, RopeFreqs};
 use olive_kernels::cuda::silu_mul::{silu_mul, silu_mul_backward};
+use olive_kernels::cuda::timing::{self, Reps};
 use olive_kernels::cuda::{bf16, CudaSlice, Gpu, GpuError};
 
 const WARMUP: usize = 3;
@@ -46,23 +46,11 @@ fn bf16s(gpu: &Gpu, n: usize, seed: u64) -> Result<CudaSlice<bf16>, GpuError> {
 
 /// Median device microseconds of `f`.
 fn median_us(gpu: &Gpu, mut f: impl FnMut() -> Result<(), GpuError>) -> Result<f64, GpuError> {
-    for _ in 0..WARMUP {
-        f()?;
-    }
-    let mut times = Vec::with_capacity(REPS);
-    for _ in 0..REPS {
-        let start = gpu
-            .stream()
-            .record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
-        f()?;
-        let end = gpu
-            .stream()
-            .record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
-        end.synchronize()?;
-        times.push(f64::from(start.elapsed_ms(&end)?) * 1e3);
-    }
-    times.sort_by(f64::total_cmp);
-    Ok(times[REPS / 2])
+    let reps = Reps {
+        warmup: WARMUP,
+        timed: REPS,
+    };
+    timing::median_us(gpu, reps, |_| f())
 }
 
 fn row(name: &str, us: f64, bytes: usize, copy_gbs: f64) {

@@ -7,6 +7,7 @@ use olive_kernels::cpu::LoraDims;
 use olive_kernels::cuda::attention::{Operand, Rows};
 use olive_kernels::cuda::gemm::{matmul, Operand as GemmOperand};
 use olive_kernels::cuda::lora::{backward, forward, Adapter, LoraGrads};
+use olive_kernels::cuda::timing::{median_us, Reps};
 use olive_kernels::cuda::{bf16, Gpu, GpuError};
 
 /// (tokens, in, out, rank): Llama-3-8B's q_proj and down_proj, Phi-3.5-mini's qkv_proj, at 4096 tokens.
@@ -33,21 +34,13 @@ fn half(v: Vec<f32>) -> Vec<bf16> {
     v.into_iter().map(bf16::from_f32).collect()
 }
 
-/// Median milliseconds of `f` over 20 runs after 3 warm-ups, timed with events on the GPU's stream.
+/// Median milliseconds of `f` over 20 runs after 3 warm-ups.
 fn time(gpu: &Gpu, f: &mut dyn FnMut() -> Result<(), GpuError>) -> Result<f64, GpuError> {
-    let mut times = Vec::new();
-    for i in 0..23 {
-        let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
-        let start = gpu.stream().record_event(flags)?;
-        f()?;
-        let end = gpu.stream().record_event(flags)?;
-        end.synchronize()?;
-        if i >= 3 {
-            times.push(start.elapsed_ms(&end)?);
-        }
-    }
-    times.sort_by(f32::total_cmp);
-    Ok(times[times.len() / 2] as f64)
+    let reps = Reps {
+        warmup: 3,
+        timed: 20,
+    };
+    Ok(median_us(gpu, reps, |_| f())? / 1e3)
 }
 
 fn main() -> Result<(), GpuError> {

@@ -14,6 +14,7 @@ pub mod rmsnorm;
 pub mod rope;
 pub mod rows;
 pub mod silu_mul;
+pub mod timing;
 pub mod w4a16;
 
 use std::collections::HashMap;
