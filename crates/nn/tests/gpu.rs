@@ -4,6 +4,7 @@
 //! decoded a token at a time. Where there is no CUDA device each test prints `skipped: no CUDA device: <name>`.
 
 mod gpu_model;
+mod int4;
 
 use gpu_model::{arch, write_model, Arch, Weights, VOCAB};
 use olive_kernels::cuda::test_gpu;

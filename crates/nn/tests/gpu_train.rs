@@ -4,6 +4,7 @@
 //! and a run with LoRA dropout (the GPU draws the CPU trainer's masks) likewise. Where there is no CUDA device each test prints `skipped: no CUDA device: <name>`.
 
 mod gpu_model;
+mod int4;
 
 use std::time::Instant;
 

@@ -6,7 +6,9 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use olive_model::quantized::{pack_awq_gemm, pack_gptq_v1, QuantizedLinear};
+use olive_model::quantized::{pack_awq_gemm, pack_gptq_v1};
+
+use crate::int4::quantize;
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 use serde_json::{json, Value};
@@ -84,45 +86,6 @@ pub enum Weights {
     F32,
     Awq,
     GptqActOrder,
-}
-
-/// Asymmetric 4-bit min-max rounding of w: [out, k] in groups of 64 (by `g_idx` when given).
-pub fn quantize(w: &[f32], out: usize, k: usize, g_idx: Option<Vec<u32>>) -> QuantizedLinear {
-    let group = 64;
-    let groups = k / group;
-    let group_of = |i: usize| g_idx.as_ref().map_or(i / group, |g| g[i] as usize);
-    let (mut scales, mut zeros, mut q) = (
-        vec![0f32; out * groups],
-        vec![0u8; out * groups],
-        vec![0u8; out * k],
-    );
-    for o in 0..out {
-        let row = &w[o * k..(o + 1) * k];
-        for g in 0..groups {
-            let (lo, hi) = (0..k)
-                .filter(|&i| group_of(i) == g)
-                .fold((0f32, 0f32), |(lo, hi), i| (lo.min(row[i]), hi.max(row[i])));
-            let s = ((hi - lo) / 15.0).max(1e-6);
-            scales[o * groups + g] = s;
-            zeros[o * groups + g] = (-lo / s).round().clamp(1.0, 15.0) as u8;
-        }
-        for i in 0..k {
-            let gi = o * groups + group_of(i);
-            q[o * k + i] = (row[i] / scales[gi] + f32::from(zeros[gi]))
-                .round()
-                .clamp(0.0, 15.0) as u8;
-        }
-    }
-    QuantizedLinear {
-        bits: 4,
-        group_size: group,
-        in_features: k,
-        out_features: out,
-        q,
-        scales,
-        zeros,
-        g_idx,
-    }
 }
 
 pub fn write_model(dir: &Path, a: &Arch, weights: Weights) {
@@ -208,11 +171,11 @@ pub fn write_model(dir: &Path, a: &Arch, weights: Weights) {
         }
         let (out, k) = (shape[0], shape[1]);
         let packed = match weights {
-            Weights::Awq => pack_awq_gemm(&quantize(&data, out, k, None)).unwrap(),
+            Weights::Awq => pack_awq_gemm(&quantize(&data, out, k, 64, None)).unwrap(),
             _ => {
                 let groups = (k / 64) as u32;
                 let g_idx = (0..k as u32).map(|i| (i * 7 + 3) % groups).collect();
-                pack_gptq_v1(&quantize(&data, out, k, Some(g_idx))).unwrap()
+                pack_gptq_v1(&quantize(&data, out, k, 64, Some(g_idx))).unwrap()
             }
         };
         let prefix = name.trim_end_matches(".weight");
