@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use cudarc::cublas::CudaBlas;
 use cudarc::driver::{CudaContext, CudaModule, DriverError};
-use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions};
+use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions, Ptx};
 
 pub use cudarc::driver::{
     CudaFunction, CudaSlice, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
@@ -209,11 +209,27 @@ impl Gpu {
             name: Some(source.file.to_owned()),
             ..Default::default()
         };
+        let cached = ptx_cache_path(
+            source,
+            &[&options.options[..], &options.include_paths[..]].concat(),
+        );
+        if let Some(ptx) = cached
+            .as_ref()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+        {
+            if let Ok(module) = self.context.load_module(Ptx::from_src(ptx)) {
+                modules.insert(source.file, module.clone());
+                return Ok(module);
+            }
+        }
         let ptx = compile_ptx_with_opts(source.code, options).map_err(|e| GpuError::Compile {
             file: source.file,
             arch: arch.clone(),
             log: e.to_string(),
         })?;
+        if let Some(path) = &cached {
+            store_ptx(path, &ptx.to_src());
+        }
         let module = self.context.load_module(ptx)?;
         modules.insert(source.file, module.clone());
         Ok(module)
@@ -257,6 +273,56 @@ pub fn test_gpu(test: &str) -> Option<Arc<Gpu>> {
             None
         }
         Err(other) => panic!("{test}: the GPU is there but unusable: {other}"),
+    }
+}
+
+/// Where the PTX of `source` compiled with `options` by this NVRTC is kept between processes (NVRTC takes tens of
+/// seconds for the larger files): `$OLIVE_PTX_CACHE`, else `$XDG_CACHE_HOME/olive-rs/ptx`, else
+/// `~/.cache/olive-rs/ptx`, named by a hash of the source, the options (include folders too) and NVRTC's version.
+/// None without a home.
+fn ptx_cache_path(source: &KernelSource, options: &[String]) -> Option<PathBuf> {
+    let dir = match std::env::var_os("OLIVE_PTX_CACHE") {
+        Some(d) => PathBuf::from(d),
+        None => std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?
+            .join("olive-rs")
+            .join("ptx"),
+    };
+    let (mut major, mut minor) = (0, 0);
+    // SAFETY: NVRTC is loaded (Gpu::open checked it) and writes two ints.
+    unsafe { cudarc::nvrtc::sys::nvrtcVersion(&mut major, &mut minor) };
+    let key = format!(
+        "{}\0{}\0nvrtc {major}.{minor}",
+        source.code,
+        options.join(" ")
+    );
+    // Two independent 64-bit hashes: FNV-1a and its variant over the reversed bytes.
+    let fnv = |bytes: &mut dyn Iterator<Item = u8>| {
+        bytes.fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        })
+    };
+    let (a, b) = (fnv(&mut key.bytes()), fnv(&mut key.bytes().rev()));
+    let stem = source.file.trim_end_matches(".cu");
+    Some(dir.join(format!("{stem}-{a:016x}{b:016x}.ptx")))
+}
+
+/// Writes `ptx` to `path` through a temporary file and a rename; a cache that cannot be written is skipped (the
+/// kernels are compiled again next time).
+fn store_ptx(path: &Path, ptx: &str) {
+    let Some(dir) = path.parent() else { return };
+    if std::fs::create_dir_all(dir).is_err() {
+        return;
+    }
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        std::process::id(),
+        path.file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+    ));
+    if std::fs::write(&tmp, ptx).is_ok() && std::fs::rename(&tmp, path).is_err() {
+        let _ = std::fs::remove_file(&tmp);
     }
 }
 
