@@ -14,7 +14,7 @@ use olive_kernels::cpu::w4a16_tiles::W4Tiles;
 use olive_kernels::cpu::RopeLayout;
 use olive_kernels::cuda::attention::{self, AttentionShape, Inputs, Operand, Rows};
 use olive_kernels::cuda::rope::{Positions, RopeFreqs};
-use olive_kernels::cuda::rows::{add_assign, add_bias, copy_columns, gather_rows, Block};
+use olive_kernels::cuda::rows::{add_assign, add_bias, copy_columns, gather_rows};
 use olive_kernels::cuda::w4a16::{w4a16, W4Weight};
 use olive_kernels::cuda::{bf16, gemm, rmsnorm, rope, silu_mul, CudaSlice, Gpu, GpuError};
 use olive_model::{Checkpoint, ModelConfig};
@@ -358,7 +358,7 @@ impl GpuTransformer {
                 .qkv_proj
                 .forward(gpu, &normed, t, &mut qkv, false, &mut scratch)?;
             rope::rope(gpu, &mut qkv, rope_layout, &self.freqs, positions)?;
-            let at_end = Block {
+            let at_end = Rows {
                 offset: start * kv_w,
                 stride: kv_w,
             };
@@ -366,7 +366,7 @@ impl GpuTransformer {
                 (&mut cache.keys[i], q_w),
                 (&mut cache.values[i], q_w + kv_w),
             ] {
-                let from = Block {
+                let from = Rows {
                     offset: column,
                     stride: qkv_w,
                 };

@@ -4,7 +4,7 @@
 //! [`crate::cpu::attention_ref`]: query t at position `kv_len − tokens + t`, key j visible when `j ≤ pos`, within the
 //! sliding window, and (with a key mask) unmasked.
 
-use super::float::Half;
+use super::float::{as_i32, Half};
 use super::{CudaSlice, DeviceRepr, Gpu, GpuError, LaunchConfig, PushKernelArg};
 use cudarc::driver::sys::CUfunction_attribute;
 
@@ -35,6 +35,11 @@ impl Rows {
             offset: 0,
             stride: width,
         }
+    }
+
+    /// Whether `rows` rows of `width` elements from here fit a buffer of `len` elements.
+    pub fn fit(&self, rows: usize, width: usize, len: usize) -> bool {
+        rows == 0 || (width <= self.stride && self.offset + (rows - 1) * self.stride + width <= len)
     }
 }
 
@@ -148,7 +153,7 @@ fn shape_error(what: String) -> GpuError {
 }
 
 fn int(name: &str, v: usize) -> Result<i32, GpuError> {
-    i32::try_from(v).map_err(|_| shape_error(format!("{name} = {v} exceeds i32")))
+    as_i32(v, &format!("attention: {name}"))
 }
 
 /// The rows `r` of a buffer of `len` elements reach `rows` rows of `width` (16-byte aligned for the vector loads
@@ -167,7 +172,7 @@ fn check_rows(
             r.offset, r.stride
         )));
     }
-    if rows > 0 && (r.stride < width || r.offset + (rows - 1) * r.stride + width > len) {
+    if !r.fit(rows, width, len) {
         return Err(shape_error(format!(
             "{name}: {rows} rows of {width} at offset {} stride {} do not fit its {len} elements",
             r.offset, r.stride

@@ -10,7 +10,7 @@
 //! would save one pass over y but means owning the base GEMM.
 
 use super::attention::{Operand, Rows};
-use super::float::Half;
+use super::float::{as_i32, Half};
 use super::{CudaSlice, DeviceRepr, Gpu, GpuError, LaunchConfig, PushKernelArg};
 use crate::cpu::LoraDims;
 
@@ -74,12 +74,12 @@ fn error(what: String) -> GpuError {
 }
 
 fn int(name: &str, v: usize) -> Result<i32, GpuError> {
-    i32::try_from(v).map_err(|_| error(format!("{name} = {v} exceeds i32")))
+    as_i32(v, &format!("lora: {name}"))
 }
 
 /// `rows` rows of `width` at `r` fit a buffer of `len` elements.
 fn check_rows(name: &str, r: Rows, len: usize, rows: usize, width: usize) -> Result<(), GpuError> {
-    if rows > 0 && (r.stride < width || r.offset + (rows - 1) * r.stride + width > len) {
+    if !r.fit(rows, width, len) {
         return Err(error(format!(
             "{name}: {rows} rows of {width} at offset {} stride {} do not fit its {len} elements",
             r.offset, r.stride

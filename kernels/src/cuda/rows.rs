@@ -1,6 +1,7 @@
 //! Row moves on the device (kernels/cuda/rows.cu; references in [`crate::cpu::rows`]): the embedding lookup,
 //! residual add, bias add and strided column copy of a transformer's forward.
 
+use super::attention::Rows;
 use super::float::{as_i32, Float};
 use super::{CudaSlice, Gpu, GpuError, LaunchConfig, PushKernelArg};
 
@@ -126,25 +127,15 @@ pub fn add_bias<T: Float>(
     Ok(())
 }
 
-/// A block of `rows × width` elements inside a row-major buffer: row r starts at `offset + r · stride`.
-#[derive(Clone, Copy, Debug)]
-pub struct Block {
-    pub offset: usize,
-    pub stride: usize,
-}
-
-/// dst's block = src's block, `rows × width` elements.
+/// `rows × width` elements of dst at its rows `d` = those of src at its rows `s`.
 pub fn copy_columns<T: Float>(
     gpu: &Gpu,
-    (dst, d): (&mut CudaSlice<T>, Block),
-    (src, s): (&CudaSlice<T>, Block),
+    (dst, d): (&mut CudaSlice<T>, Rows),
+    (src, s): (&CudaSlice<T>, Rows),
     rows: usize,
     width: usize,
 ) -> Result<(), GpuError> {
-    let fits = |len: usize, b: Block| {
-        rows == 0 || (width <= b.stride && b.offset + (rows - 1) * b.stride + width <= len)
-    };
-    if !fits(dst.len(), d) || !fits(src.len(), s) {
+    if !d.fit(rows, width, dst.len()) || !s.fit(rows, width, src.len()) {
         return Err(shape(format!(
             "copy_columns: {rows}x{width} from {s:?} of {} elements to {d:?} of {}",
             src.len(),

@@ -1,7 +1,8 @@
 //! rows.cu against kernels/src/cpu/rows.rs: moves are exact, adds round once to the data type.
 
 use olive_kernels::cpu::rows::{add_assign_ref, add_bias_ref, copy_columns_ref, gather_rows_ref};
-use olive_kernels::cuda::rows::{add_assign, add_bias, copy_columns, gather_rows, Block};
+use olive_kernels::cuda::attention::Rows;
+use olive_kernels::cuda::rows::{add_assign, add_bias, copy_columns, gather_rows};
 use olive_kernels::cuda::{bf16, test_gpu};
 
 use super::common::{random, rel_error};
@@ -62,11 +63,11 @@ fn gather_add_bias_and_copy_match_the_reference() {
     let src = to_f32(&to_bf16(&random(rows * src_w, 5, 1.0)));
     let mut dst = to_f32(&to_bf16(&random(20 * dst_w, 6, 1.0)));
     let mut dst_dev = gpu.upload(&to_bf16(&dst)).unwrap();
-    let d = Block {
+    let d = Rows {
         offset: 7 * dst_w,
         stride: dst_w,
     };
-    let s = Block {
+    let s = Rows {
         offset: 64,
         stride: src_w,
     };
@@ -80,7 +81,7 @@ fn gather_add_bias_and_copy_match_the_reference() {
     .unwrap();
     copy_columns_ref(&mut dst[7 * dst_w..], dst_w, &src[64..], src_w, rows, 64);
     assert_eq!(to_f32(&gpu.download(&dst_dev).unwrap()), dst);
-    let far = Block {
+    let far = Rows {
         offset: 12 * dst_w,
         stride: dst_w,
     };

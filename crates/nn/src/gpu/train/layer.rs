@@ -7,7 +7,7 @@ use olive_kernels::cuda::attention::{self, AttentionShape, Grads, Inputs, Operan
 use olive_kernels::cuda::dropout::{dropout, DropoutMask};
 use olive_kernels::cuda::lora::{self, Adapter, LoraGrads};
 use olive_kernels::cuda::rope::Positions;
-use olive_kernels::cuda::rows::{copy_columns, Block};
+use olive_kernels::cuda::rows::copy_columns;
 use olive_kernels::cuda::w4a16::dequantize;
 use olive_kernels::cuda::{convert, gemm, rmsnorm, rope, silu_mul, CudaSlice, Gpu, GpuError};
 
@@ -396,18 +396,12 @@ impl GpuLoraTrainer {
                 gpu,
                 (
                     &mut d_qkv,
-                    Block {
+                    Rows {
                         offset,
                         stride: qkv_w,
                     },
                 ),
-                (
-                    &g,
-                    Block {
-                        offset: 0,
-                        stride: width,
-                    },
-                ),
+                (&g, Rows::packed(width)),
                 t,
                 width,
             )?;
