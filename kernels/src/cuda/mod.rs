@@ -24,11 +24,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use cudarc::cublas::CudaBlas;
-use cudarc::driver::{CudaContext, CudaModule, DriverError};
+use cudarc::driver::{CudaModule, DriverError};
 use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions, Ptx};
 
 pub use cudarc::driver::{
-    CudaFunction, CudaSlice, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
+    CudaContext, CudaFunction, CudaSlice, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
 };
 pub use half::{bf16, f16};
 
@@ -127,14 +127,18 @@ impl Gpu {
         Ok(gpu)
     }
 
-    fn open(ordinal: usize) -> Result<Self, GpuError> {
+    /// How many CUDA devices the driver reports (0 where it reports an error); [`GpuError::NoDriver`] without
+    /// a driver.
+    pub fn count() -> Result<usize, GpuError> {
         // SAFETY: only tries to dlopen the driver library; cudarc panics on a missing one, so we ask first.
         if !unsafe { cudarc::driver::sys::is_culib_present() } {
             return Err(GpuError::NoDriver);
         }
-        let count =
-            CudaContext::device_count().map_err(|_| GpuError::NoDevice { ordinal, count: 0 })?;
-        let count = usize::try_from(count).unwrap_or(0);
+        Ok(CudaContext::device_count().map_or(0, |n| usize::try_from(n).unwrap_or(0)))
+    }
+
+    fn open(ordinal: usize) -> Result<Self, GpuError> {
+        let count = Self::count()?;
         if ordinal >= count {
             return Err(GpuError::NoDevice { ordinal, count });
         }
@@ -155,6 +159,11 @@ impl Gpu {
             blas,
             modules: Mutex::default(),
         })
+    }
+
+    /// The CUDA context (for a second stream, such as a communicator's).
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.context
     }
 
     /// The device's name, e.g. "NVIDIA H100 80GB HBM3".
