@@ -34,6 +34,9 @@ pub enum NnError {
         layers: usize,
         width: usize,
     },
+    /// A KV cache without room for the positions a call appends.
+    #[error("the KV cache has room for {capacity} positions, but {needed} were asked for (make it with a larger capacity)")]
+    CacheFull { capacity: usize, needed: usize },
     /// Memory for a weight buffer could not be mapped.
     #[error("could not allocate {floats} floats of weights: {source}")]
     Alloc {

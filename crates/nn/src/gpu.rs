@@ -16,7 +16,9 @@ use olive_kernels::cuda::attention::{self, AttentionShape, Inputs, Operand, Rows
 use olive_kernels::cuda::rope::{Positions, RopeFreqs};
 use olive_kernels::cuda::rows::{add_assign, add_bias, copy_columns, gather_rows};
 use olive_kernels::cuda::w4a16::{w4a16, W4Weight};
-use olive_kernels::cuda::{bf16, gemm, rmsnorm, rope, silu_mul, CudaSlice, Gpu, GpuError};
+use olive_kernels::cuda::{
+    bf16, gemm, rmsnorm, rope, silu_mul, CudaSlice, DeviceRepr, Gpu, ValidAsZeroBits,
+};
 use olive_model::{Checkpoint, ModelConfig};
 use tracing::{debug, info};
 
@@ -144,12 +146,16 @@ impl GpuLayer {
     }
 }
 
-/// A KV cache on the device: per layer, keys and values of `capacity` positions, [capacity, kv_width].
+/// A KV cache on the device: per layer, keys and values of `capacity` positions, [capacity, kv_width]; plus the
+/// forward pass's scratch buffers, kept here so that a decode loop allocates nothing per token.
 pub struct GpuKvCache {
     keys: Vec<CudaSlice<Act>>,
     values: Vec<CudaSlice<Act>>,
+    /// kv_heads · head_dim of the model it was made for.
+    width: usize,
     len: usize,
     capacity: usize,
+    workspace: Workspace,
 }
 
 impl GpuKvCache {
@@ -171,6 +177,44 @@ impl GpuKvCache {
     /// Forgets positions from `len` on (a new sequence starts with `truncate(0)`).
     pub fn truncate(&mut self, len: usize) {
         self.len = self.len.min(len);
+    }
+}
+
+/// The forward pass's scratch buffers. The kernels take a buffer's length as its row count, so each holds
+/// exactly the current call's rows and is reallocated only when that count changes: a decode loop (one token
+/// a call) allocates on its first step and reuses the buffers after.
+#[derive(Default)]
+struct Workspace {
+    /// [t, hidden]
+    hidden: Option<CudaSlice<Act>>,
+    /// [t, hidden]
+    normed: Option<CudaSlice<Act>>,
+    /// [t, q + 2·kv]
+    qkv: Option<CudaSlice<Act>>,
+    /// [t, q]
+    attn: Option<CudaSlice<Act>>,
+    /// [t, 2·inter]
+    gate_up: Option<CudaSlice<Act>>,
+    /// [t, inter]
+    act: Option<CudaSlice<Act>>,
+    /// [t, hidden]: an int4 product before it is added to the residual.
+    scratch: Option<CudaSlice<Act>>,
+    /// [rows, vocab] f32
+    logits: Option<CudaSlice<f32>>,
+}
+
+/// `buf` as a buffer of `len` elements: the one it holds when that has `len`, else a new one.
+fn fit<'a, T: DeviceRepr + ValidAsZeroBits>(
+    gpu: &Gpu,
+    buf: &'a mut Option<CudaSlice<T>>,
+    len: usize,
+) -> Result<&'a mut CudaSlice<T>> {
+    if buf.as_ref().is_some_and(|b| b.len() != len) {
+        *buf = None; // the old buffer is freed before the new one is allocated
+    }
+    match buf {
+        Some(b) => Ok(b),
+        None => Ok(buf.insert(gpu.alloc::<T>(len)?)),
     }
 }
 
@@ -283,8 +327,10 @@ impl GpuTransformer {
         Ok(GpuKvCache {
             keys: alloc()?,
             values: alloc()?,
+            width: self.dims.kv_width(),
             len: 0,
             capacity,
+            workspace: Workspace::default(),
         })
     }
 
@@ -312,25 +358,32 @@ impl GpuTransformer {
                 vocab_size: vocab,
             });
         }
-        if cache.keys.len() != self.layers.len() || cache.len + t > cache.capacity {
+        let (q_w, kv_w) = (d.q_width(), d.kv_width());
+        if cache.keys.len() != self.layers.len() || cache.width != kv_w {
             return Err(NnError::CacheMismatch {
                 found_layers: cache.keys.len(),
-                found_width: cache.capacity,
+                found_width: cache.width,
                 layers: self.layers.len(),
-                width: cache.len + t,
+                width: kv_w,
             });
         }
-        let (q_w, kv_w) = (d.q_width(), d.kv_width());
+        if cache.len + t > cache.capacity {
+            return Err(NnError::CacheFull {
+                capacity: cache.capacity,
+                needed: cache.len + t,
+            });
+        }
         let qkv_w = q_w + 2 * kv_w;
         let start = cache.len;
-        let mut hidden = gpu.alloc::<Act>(t * hidden_size)?; // [t, hidden]
-        gather_rows(gpu, &self.embed_tokens, hidden_size, tokens, &mut hidden)?;
-        let mut normed = gpu.alloc::<Act>(t * hidden_size)?; // [t, hidden]
-        let mut qkv = gpu.alloc::<Act>(t * qkv_w)?; // [t, q + 2·kv]
-        let mut attn = gpu.alloc::<Act>(t * q_w)?; // [t, q]
-        let mut gate_up = gpu.alloc::<Act>(t * 2 * d.intermediate)?; // [t, 2·inter]
-        let mut act = gpu.alloc::<Act>(t * d.intermediate)?; // [t, inter]
-        let mut scratch = gpu.alloc::<Act>(t * hidden_size)?; // [t, hidden]
+        let ws = &mut cache.workspace;
+        let hidden = fit(gpu, &mut ws.hidden, t * hidden_size)?; // [t, hidden]
+        gather_rows(gpu, &self.embed_tokens, hidden_size, tokens, hidden)?;
+        let normed = fit(gpu, &mut ws.normed, t * hidden_size)?; // [t, hidden]
+        let qkv = fit(gpu, &mut ws.qkv, t * qkv_w)?; // [t, q + 2·kv]
+        let attn = fit(gpu, &mut ws.attn, t * q_w)?; // [t, q]
+        let gate_up = fit(gpu, &mut ws.gate_up, t * 2 * d.intermediate)?; // [t, 2·inter]
+        let act = fit(gpu, &mut ws.act, t * d.intermediate)?; // [t, inter]
+        let scratch = fit(gpu, &mut ws.scratch, t * hidden_size)?; // [t, hidden]
         let rope_layout = RopeLayout {
             row_stride: qkv_w,
             heads: d.heads + d.kv_heads,
@@ -353,11 +406,11 @@ impl GpuTransformer {
         };
         let eps = d.rms_norm_eps;
         for (i, layer) in self.layers.iter().enumerate() {
-            rmsnorm::rmsnorm(gpu, &hidden, &layer.input_layernorm, eps, &mut normed)?;
+            rmsnorm::rmsnorm(gpu, hidden, &layer.input_layernorm, eps, normed)?;
             layer
                 .qkv_proj
-                .forward(gpu, &normed, t, &mut qkv, false, &mut scratch)?;
-            rope::rope(gpu, &mut qkv, rope_layout, &self.freqs, positions)?;
+                .forward(gpu, normed, t, qkv, false, scratch)?;
+            rope::rope(gpu, qkv, rope_layout, &self.freqs, positions)?;
             let at_end = Rows {
                 offset: start * kv_w,
                 stride: kv_w,
@@ -370,11 +423,11 @@ impl GpuTransformer {
                     offset: column,
                     stride: qkv_w,
                 };
-                copy_columns(gpu, (cached, at_end), (&qkv, from), t, kv_w)?;
+                copy_columns(gpu, (cached, at_end), (qkv, from), t, kv_w)?;
             }
             let inputs = Inputs {
                 q: Operand {
-                    data: &qkv,
+                    data: qkv,
                     rows: Rows {
                         offset: 0,
                         stride: qkv_w,
@@ -390,43 +443,27 @@ impl GpuTransformer {
                 },
                 key_mask: None,
             };
-            attention::forward(gpu, &shape, &inputs, (&mut attn, Rows::packed(q_w)), None)?;
-            layer
-                .o_proj
-                .forward(gpu, &attn, t, &mut hidden, true, &mut scratch)?;
-            rmsnorm::rmsnorm(
-                gpu,
-                &hidden,
-                &layer.post_attention_layernorm,
-                eps,
-                &mut normed,
-            )?;
+            attention::forward(gpu, &shape, &inputs, (attn, Rows::packed(q_w)), None)?;
+            layer.o_proj.forward(gpu, attn, t, hidden, true, scratch)?;
+            rmsnorm::rmsnorm(gpu, hidden, &layer.post_attention_layernorm, eps, normed)?;
             layer
                 .gate_up_proj
-                .forward(gpu, &normed, t, &mut gate_up, false, &mut scratch)?;
-            silu_mul::silu_mul(gpu, &gate_up, d.intermediate, &mut act)?;
+                .forward(gpu, normed, t, gate_up, false, scratch)?;
+            silu_mul::silu_mul(gpu, gate_up, d.intermediate, act)?;
             layer
                 .down_proj
-                .forward(gpu, &act, t, &mut hidden, true, &mut scratch)?;
+                .forward(gpu, act, t, hidden, true, scratch)?;
         }
         cache.len = start + t;
+        // The final norm runs over all t rows, in place of copying the wanted rows out first (rmsnorm takes
+        // whole buffers; forward_last after a prefill norms t rows instead of 1, one elementwise pass), and the
+        // lm_head reads the rows wanted.
+        rmsnorm::rmsnorm(gpu, hidden, &self.norm, eps, normed)?;
         let rows = if last_only { 1 } else { t };
-        let kept = hidden.slice((t - rows) * hidden_size..);
-        let mut final_normed = gpu.alloc::<Act>(rows * hidden_size)?;
-        let mut kept_copy = gpu.alloc::<Act>(rows * hidden_size)?;
-        gpu.stream()
-            .memcpy_dtod(&kept, &mut kept_copy)
-            .map_err(GpuError::from)?;
-        rmsnorm::rmsnorm(gpu, &kept_copy, &self.norm, eps, &mut final_normed)?;
+        let kept = normed.slice((t - rows) * hidden_size..); // [rows, hidden]
         let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
-        let mut logits = gpu.alloc::<f32>(rows * vocab)?;
-        gemm::linear_f32_out(
-            gpu,
-            &final_normed,
-            head,
-            &mut logits,
-            (rows, vocab, hidden_size),
-        )?;
-        Ok(gpu.download(&logits)?)
+        let logits = fit(gpu, &mut ws.logits, rows * vocab)?; // [rows, vocab]
+        gemm::linear_f32_out(gpu, &kept, head, logits, (rows, vocab, hidden_size))?;
+        Ok(gpu.download(logits)?)
     }
 }

@@ -8,7 +8,7 @@ mod int4;
 
 use gpu_model::{arch, write_model, Arch, Weights, VOCAB};
 use olive_kernels::cuda::test_gpu;
-use olive_nn::{GpuTransformer, Transformer};
+use olive_nn::{GpuTransformer, NnError, Transformer};
 
 /// The GPU runs bf16 activations and weights (8-bit mantissa, 2^-9 relative per rounding) with fp32
 /// accumulation; its roundings through two layers and the lm_head measured 4–5e-3 of the f32 CPU
@@ -29,7 +29,8 @@ fn rel_error(a: &[f32], b: &[f32]) -> f64 {
     (diff / norm).sqrt()
 }
 
-/// Prefill 40 tokens, then decode 3 one at a time, on both; every logit compared.
+/// Prefill 40 tokens, then decode: single tokens through `forward` and `forward_last` (the cache's workspace
+/// reused step after step), two tokens at once (the workspace regrown), single tokens again; every logit compared.
 fn compare(name: &str, a: &Arch, weights: Weights) {
     let Some(gpu) = test_gpu(name) else {
         return;
@@ -50,14 +51,30 @@ fn compare(name: &str, a: &Arch, weights: Weights) {
     }
     let prompt: Vec<u32> = (0..40).map(|i| (i * 37 + 11) % VOCAB as u32).collect();
     let (mut cpu_cache, mut gpu_cache) = (cpu.new_cache(64), gpu_model.new_cache(64).unwrap());
-    let mut steps = vec![prompt];
-    steps.extend([[5u32], [250], [17]].map(|t| t.to_vec()));
-    for (i, tokens) in steps.iter().enumerate() {
+    // (tokens, last_only)
+    let mut steps = vec![(prompt, false)];
+    steps.extend(
+        [
+            (&[5][..], false),
+            (&[250], true),
+            (&[17], true),
+            (&[3, 9], false),
+            (&[42], true),
+            (&[7], false),
+        ]
+        .map(|(t, last)| (t.to_vec(), last)),
+    );
+    for (i, (tokens, last_only)) in steps.iter().enumerate() {
         let want = cpu.forward(tokens, &mut cpu_cache).unwrap();
-        let got = gpu_model.forward(tokens, &mut gpu_cache).unwrap();
-        let err = rel_error(&got, &want);
+        let got = if *last_only {
+            gpu_model.forward_last(tokens, &mut gpu_cache).unwrap()
+        } else {
+            gpu_model.forward(tokens, &mut gpu_cache).unwrap()
+        };
+        let want = &want[want.len() - got.len()..];
+        let err = rel_error(&got, want);
         println!(
-            "{name}: step {i} ({} tokens): rel error {err:.2e}",
+            "{name}: step {i} ({} tokens, last only {last_only}): rel error {err:.2e}",
             tokens.len()
         );
         assert!(
@@ -65,7 +82,7 @@ fn compare(name: &str, a: &Arch, weights: Weights) {
             "{name}: step {i}: rel error {err:.2e}"
         );
     }
-    assert_eq!(gpu_cache.len(), 43);
+    assert_eq!(gpu_cache.len(), 47);
     let mut fresh = gpu_model.new_cache(4).unwrap();
     let all = gpu_model.forward(&[3, 4], &mut fresh).unwrap();
     fresh.truncate(0);
@@ -122,8 +139,9 @@ fn int4_awq_and_act_order_gptq_run_as_int4_on_the_gpu() {
 }
 
 #[test]
-fn bad_tokens_and_a_full_cache_are_errors() {
-    let Some(gpu) = test_gpu("gpu::bad_tokens_and_a_full_cache_are_errors") else {
+fn bad_tokens_a_full_cache_and_another_models_cache_are_errors() {
+    let Some(gpu) = test_gpu("gpu::bad_tokens_a_full_cache_and_another_models_cache_are_errors")
+    else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -132,6 +150,52 @@ fn bad_tokens_and_a_full_cache_are_errors() {
     let mut cache = model.new_cache(4).unwrap();
     let err = model.forward(&[VOCAB as u32], &mut cache).unwrap_err();
     assert!(err.to_string().contains("outside the vocabulary"), "{err}");
-    assert!(model.forward(&[1, 2, 3, 4, 5], &mut cache).is_err());
+    let err = model.forward(&[1, 2, 3, 4, 5], &mut cache).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            NnError::CacheFull {
+                capacity: 4,
+                needed: 5
+            }
+        ),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("room for 4 positions, but 5"),
+        "{err}"
+    );
     assert!(cache.is_empty());
+    model.forward(&[1, 2, 3], &mut cache).unwrap();
+    let err = model.forward(&[4, 5], &mut cache).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            NnError::CacheFull {
+                capacity: 4,
+                needed: 5
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(cache.len(), 3);
+
+    // A cache made for a model with wider keys (Phi-3's head_dim 96 against Llama's 64).
+    let other_dir = tempfile::tempdir().unwrap();
+    write_model(other_dir.path(), &arch("phi3"), Weights::F32);
+    let other = GpuTransformer::load(other_dir.path(), model.gpu().clone()).unwrap();
+    let err = model
+        .forward(&[1], &mut other.new_cache(4).unwrap())
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            NnError::CacheMismatch {
+                found_width: 192,
+                width: 128,
+                ..
+            }
+        ),
+        "{err}"
+    );
 }
