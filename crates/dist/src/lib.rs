@@ -3,7 +3,9 @@
 //! others at rank 0's address, and then talks through NCCL.
 
 pub mod error;
+pub mod rendezvous;
 pub mod world;
 
 pub use error::{DistError, Result};
+pub use rendezvous::{Group, Liveness, EXIT_PEER_LOST};
 pub use world::{free_port, World, VARIABLES};
