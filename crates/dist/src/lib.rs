@@ -3,9 +3,11 @@
 //! others at rank 0's address, and then talks through NCCL.
 
 pub mod error;
+pub mod library;
 pub mod rendezvous;
 pub mod world;
 
 pub use error::{DistError, Result};
+pub use library::{find_nccl_with, nccl_loader_dir, nccl_loader_dir_with};
 pub use rendezvous::{Group, Liveness, EXIT_PEER_LOST};
 pub use world::{free_port, World, VARIABLES};

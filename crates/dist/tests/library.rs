@@ -1,0 +1,113 @@
+//! nccl_loader_dir_with end to end with an injected environment: OLIVE_NCCL_LIBRARY, the cache folder under
+//! $HOME or $XDG_CACHE_HOME, and processes racing to make the same folder.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use olive_dist::library::{LIBRARY, LINK_NAME};
+use olive_dist::{nccl_loader_dir_with, DistError};
+
+fn env(pairs: &[(&str, &Path)]) -> impl Fn(&str) -> Option<String> + Clone {
+    let map: HashMap<String, String> = pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.display().to_string()))
+        .collect();
+    move |name| map.get(name).cloned()
+}
+
+fn fake(folder: &Path) -> PathBuf {
+    std::fs::create_dir_all(folder).expect("make folder");
+    let file = folder.join(LIBRARY);
+    std::fs::write(&file, b"not really NCCL").expect("write fake library");
+    file.canonicalize().expect("canonical")
+}
+
+#[test]
+fn olive_nccl_library_is_linked_under_home() {
+    let temp = tempfile::tempdir().expect("temp dir");
+    let library = fake(&temp.path().join("somewhere"));
+    let home = temp.path().join("home");
+    let dir = nccl_loader_dir_with(env(&[("OLIVE_NCCL_LIBRARY", &library), ("HOME", &home)]))
+        .expect("loader folder");
+    assert!(
+        dir.starts_with(home.join(".cache/olive-rs/nccl")),
+        "{dir:?}"
+    );
+    assert_eq!(
+        std::fs::read_link(dir.join(LINK_NAME)).expect("link"),
+        library
+    );
+    assert_eq!(
+        std::fs::read(dir.join(LINK_NAME)).expect("through the link"),
+        b"not really NCCL"
+    );
+}
+
+#[test]
+fn xdg_cache_home_wins_over_home() {
+    let temp = tempfile::tempdir().expect("temp dir");
+    let library = fake(&temp.path().join("somewhere"));
+    let cache = temp.path().join("xdg");
+    let dir = nccl_loader_dir_with(env(&[
+        ("OLIVE_NCCL_LIBRARY", &library),
+        ("HOME", &temp.path().join("home")),
+        ("XDG_CACHE_HOME", &cache),
+    ]))
+    .expect("loader folder");
+    assert!(dir.starts_with(cache.join("olive-rs/nccl")), "{dir:?}");
+}
+
+#[test]
+fn a_missing_olive_nccl_library_is_an_error_not_a_fallback() {
+    let temp = tempfile::tempdir().expect("temp dir");
+    let missing = temp.path().join("no").join(LIBRARY);
+    fake(
+        &temp
+            .path()
+            .join("venv/lib/python3.11/site-packages/nvidia/nccl/lib"),
+    );
+    let error = nccl_loader_dir_with(env(&[
+        ("OLIVE_NCCL_LIBRARY", &missing),
+        ("VIRTUAL_ENV", &temp.path().join("venv")),
+        ("HOME", temp.path()),
+    ]))
+    .expect_err("a bad OLIVE_NCCL_LIBRARY");
+    match &error {
+        DistError::BadVariable { name, value, .. } => {
+            assert_eq!(
+                (*name, value.as_str()),
+                ("OLIVE_NCCL_LIBRARY", missing.to_str().expect("utf-8"))
+            );
+        }
+        other => panic!("expected a bad OLIVE_NCCL_LIBRARY, got {other}"),
+    }
+}
+
+#[test]
+fn racing_threads_get_one_complete_folder() {
+    let temp = tempfile::tempdir().expect("temp dir");
+    let library = fake(&temp.path().join("somewhere"));
+    let home = temp.path().join("home");
+    let get = env(&[("OLIVE_NCCL_LIBRARY", &library), ("HOME", &home)]);
+    let dirs: Vec<PathBuf> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                let get = get.clone();
+                s.spawn(move || nccl_loader_dir_with(get).expect("loader folder"))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .collect()
+    });
+    assert!(dirs.iter().all(|d| d == &dirs[0]), "{dirs:?}");
+    assert_eq!(
+        std::fs::read_link(dirs[0].join(LINK_NAME)).expect("link"),
+        library
+    );
+    let left: Vec<_> = std::fs::read_dir(home.join(".cache/olive-rs/nccl"))
+        .expect("cache root")
+        .collect();
+    assert_eq!(left.len(), 1, "temporary folders left behind: {left:?}");
+}
