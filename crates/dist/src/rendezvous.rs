@@ -128,31 +128,38 @@ impl Group {
             state: Mutex::new(State::default()),
             changed: Condvar::new(),
         });
-        let mut threads = Vec::new();
+        // Built before the threads start, so that a failed spawn drops it and closes what was started.
+        let mut group = Group {
+            world: world.clone(),
+            shared: Arc::clone(&shared),
+            threads: Vec::new(),
+        };
         for index in 0..shared.links.len() {
-            let reader = shared.links[index]
+            let link = &shared.links[index];
+            let reader = link
                 .stream()
                 .try_clone()
-                .map_err(|source| shared.links[index].error(world.rank, "watching", source))?;
-            reader
-                .set_read_timeout(Some(liveness.silence))
-                .map_err(|source| shared.links[index].error(world.rank, "watching", source))?;
+                .and_then(|reader| {
+                    reader
+                        .set_read_timeout(Some(liveness.silence))
+                        .map(|()| reader)
+                })
+                .map_err(|source| link.error(world.rank, "watching", source))?;
             let shared = Arc::clone(&shared);
-            threads.push(spawn(format!("olive-dist-watch-{index}"), move || {
-                watch(&shared, index, reader)
-            })?);
+            group
+                .threads
+                .push(spawn(format!("olive-dist-watch-{index}"), move || {
+                    watch(&shared, index, reader)
+                })?);
         }
         if !shared.links.is_empty() {
             let beat = Arc::clone(&shared);
-            threads.push(spawn("olive-dist-heartbeat".into(), move || {
-                heartbeat(&beat)
-            })?);
+            group
+                .threads
+                .push(spawn("olive-dist-heartbeat".into(), move || {
+                    heartbeat(&beat)
+                })?);
         }
-        let group = Group {
-            world: world.clone(),
-            shared,
-            threads,
-        };
         Ok((group, payload))
     }
 
