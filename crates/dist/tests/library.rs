@@ -111,3 +111,30 @@ fn racing_threads_get_one_complete_folder() {
         .collect();
     assert_eq!(left.len(), 1, "temporary folders left behind: {left:?}");
 }
+
+/// On a machine with NCCL (the GPU machine, or here with VIRTUAL_ENV=$OLIVE_TEST_VENV): the process
+/// environment leads to a libnccl.so that loads under the name cudarc uses and reports its version.
+/// `cargo test --release -p olive-dist --test library -- --ignored --nocapture`
+#[test]
+#[ignore = "needs NCCL installed (the nvidia-nccl wheel or a system libnccl.so.2)"]
+fn the_environment_provides_a_loadable_nccl() {
+    let dir = match olive_dist::nccl_loader_dir() {
+        Ok(dir) => dir,
+        Err(e) => panic!("{e}"),
+    };
+    let link = dir.join(LINK_NAME);
+    println!("{} -> {:?}", link.display(), std::fs::read_link(&link));
+    let name = std::ffi::CString::new(link.to_str().expect("utf-8 path")).expect("no NUL");
+    // SAFETY: dlopen/dlsym with NUL-terminated names; ncclGetVersion writes one int and needs no GPU.
+    unsafe {
+        let handle = libc::dlopen(name.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL);
+        assert!(!handle.is_null(), "dlopen {} failed", link.display());
+        let symbol = libc::dlsym(handle, c"ncclGetVersion".as_ptr());
+        assert!(!symbol.is_null(), "no ncclGetVersion in {}", link.display());
+        let get_version: extern "C" fn(*mut i32) -> i32 = std::mem::transmute(symbol);
+        let mut version = 0i32;
+        assert_eq!(get_version(&mut version), 0, "ncclGetVersion failed");
+        println!("NCCL version code {version}");
+        assert!(version >= 22000, "NCCL {version} is older than 2.20");
+    }
+}
