@@ -31,6 +31,11 @@ fn hex(bytes: &[u8]) -> String {
 #[ignore = "one rank of a group; the other tests run it in child processes"]
 fn rank_body() {
     let get = |name: &str| std::env::var(name).ok();
+    let Some(mode) = get("TEST_DIST_MODE") else {
+        // Run by `cargo test -- --ignored` rather than by start(): nothing to be a rank of.
+        eprintln!("rank_body only runs as a child process of the rendezvous tests");
+        return;
+    };
     let world = match World::from_env() {
         Ok(Some(world)) => world,
         other => panic!("rank_body needs the rank variables: {other:?}"),
@@ -59,8 +64,8 @@ fn rank_body() {
         }
     };
     println!("payload {}", hex(&payload));
-    match get("TEST_DIST_MODE").as_deref() {
-        Some("hold") => {
+    match mode.as_str() {
+        "hold" => {
             std::thread::sleep(Duration::from_secs(120));
             eprintln!("still running after 120 s");
             std::process::exit(4);
@@ -112,6 +117,7 @@ fn start(world: &World, extra: &[(&str, String)]) -> Rank {
         command.env_remove(name);
     }
     command.envs(world.env());
+    command.env("TEST_DIST_MODE", "finish");
     for (name, value) in extra {
         command.env(name, value);
     }
