@@ -3,7 +3,9 @@
 //! transformers TrainingArguments flags Olive passes through. Output, as Olive saves it:
 //! `<output_path>/model` (the base model trained over, as given: hard links or copies of its files; for a .gguf
 //! input, the converted folder), `<output_path>/adapter` (PEFT adapter), and `loss.csv` / `loss.png` beside them.
-//! A failed run leaves no output folder.
+//! A failed run leaves no output folder. `--device gpu --num_gpus N` (and `--nnodes`, `--node_rank`, `--master_addr`,
+//! `--master_port` over several hosts) runs the pass as N workers per host in torchrun's rank layout
+//! (engine::run_pass_group); rank 0 alone writes the output, so a host without it writes none.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -11,6 +13,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use clap::{Args, ValueEnum};
+use olive_kernels::cuda::Gpu;
 use olive_pass_api::{kinds, Model};
 use serde_json::{json, Map, Value};
 
@@ -18,7 +21,7 @@ use super::common::{refuse_non_empty, resolve_hf_input};
 use super::config_file::{one_pass_on_cpu, ConfigFileArgs};
 use super::dataset::DatasetArgs;
 use crate::device::Device;
-use crate::engine::{self, publish, PassRun};
+use crate::engine::{self, publish, Launch, PassRun};
 use crate::plugins;
 
 /// Olive's `--method` values.
@@ -122,9 +125,27 @@ pub struct FinetuneArgs {
     /// Where the output goes: `model/`, `adapter/`, `loss.csv`, `loss.png`.
     #[arg(long = "output_path", short = 'o', default_value = "finetuned-adapter")]
     pub output_path: PathBuf,
-    /// The device to train on: cpu, or gpu (the first CUDA GPU, bf16).
+    /// The device to train on: cpu, or gpu (CUDA, bf16: the first GPU, or --num_gpus of them).
     #[arg(long, value_enum, default_value_t = Device::Cpu)]
     pub device: Device,
+    /// Data-parallel training over this many GPUs of this host, one worker process each, in torchrun's layout
+    /// (needs --device gpu). Each rank takes --per_device_train_batch_size rows per micro-batch, so an optimizer
+    /// step sees num_gpus x nnodes x per_device_train_batch_size x gradient_accumulation_steps rows (transformers'
+    /// Trainer under torchrun).
+    #[arg(long = "num_gpus", default_value_t = 1)]
+    pub num_gpus: usize,
+    /// Hosts training together, each running --num_gpus workers (needs --master_addr and --master_port).
+    #[arg(long, default_value_t = 1)]
+    pub nnodes: usize,
+    /// This host's place among the --nnodes hosts, from 0; node 0 runs rank 0, which alone writes the output.
+    #[arg(long = "node_rank", default_value_t = 0)]
+    pub node_rank: usize,
+    /// Host name or address of node 0, where rank 0 listens (on one host: 127.0.0.1).
+    #[arg(long = "master_addr")]
+    pub master_addr: Option<String>,
+    /// TCP port where rank 0 listens (on one host: a free one).
+    #[arg(long = "master_port")]
+    pub master_port: Option<u16>,
     /// Replace an existing, non-empty output folder.
     #[arg(long)]
     pub overwrite: bool,
@@ -179,6 +200,91 @@ fn training_args(args: &FinetuneArgs) -> anyhow::Result<Map<String, Value>> {
     put("eval_steps", args.eval_steps.map(Value::from));
     put("seed", Some(args.seed.into()));
     Ok(t)
+}
+
+/// The group of workers that --num_gpus / --nnodes ask for; `None` for a single process. `gpus` counts this host's
+/// CUDA GPUs (asked only for a group).
+fn launch(
+    args: &FinetuneArgs,
+    gpus: impl FnOnce() -> anyhow::Result<usize>,
+) -> anyhow::Result<Option<Launch>> {
+    let (n, nodes) = (args.num_gpus, args.nnodes);
+    if n == 0 {
+        bail!("--num_gpus 0: give the number of GPUs of this host to train on, at least 1");
+    }
+    if nodes == 0 {
+        bail!("--nnodes 0: give the number of hosts training together, at least 1");
+    }
+    if args.node_rank >= nodes {
+        bail!(
+            "--node_rank {}: give this host's place among the --nnodes {nodes} hosts, 0 to {}",
+            args.node_rank,
+            nodes - 1
+        );
+    }
+    if n == 1 && nodes == 1 {
+        return Ok(None);
+    }
+    let flag = if n > 1 {
+        format!("--num_gpus {n}")
+    } else {
+        format!("--nnodes {nodes}")
+    };
+    if args.device != Device::Gpu {
+        bail!("{flag} needs --device gpu: each worker process trains on a GPU of its own");
+    }
+    let count = gpus().with_context(|| format!("{flag}: cannot count this host's GPUs"))?;
+    if n > count {
+        bail!("--num_gpus {n}: this host has {count} CUDA GPU(s)");
+    }
+    let (master_addr, master_port) = if nodes > 1 {
+        let need = |what: &str| {
+            anyhow!("--nnodes {nodes} needs --master_addr and --master_port: {what}, the same on every host")
+        };
+        let addr = args
+            .master_addr
+            .clone()
+            .ok_or_else(|| need("--master_addr is the host name or address of node 0"))?;
+        let port = args
+            .master_port
+            .ok_or_else(|| need("--master_port is the TCP port where rank 0 listens there"))?;
+        (addr, port)
+    } else {
+        let addr = args
+            .master_addr
+            .clone()
+            .unwrap_or_else(|| "127.0.0.1".to_owned());
+        let port = match args.master_port {
+            Some(port) => port,
+            None => olive_dist::free_port().context("cannot pick a free port for rank 0")?,
+        };
+        (addr, port)
+    };
+    if master_port == 0 {
+        bail!("--master_port 0: give a TCP port, 1 to 65535");
+    }
+    if master_addr.trim().is_empty() {
+        bail!("--master_addr is empty: give the host name or address of node 0");
+    }
+    Ok(Some(Launch {
+        workers: n,
+        nnodes: nodes,
+        node_rank: args.node_rank,
+        master_addr: master_addr.trim().to_owned(),
+        master_port,
+    }))
+}
+
+/// This host's CUDA GPUs. `OLIVE_FAKE_GPU_COUNT` stands in for the count in tests of the launcher on machines
+/// without GPUs (whose fixture passes never touch one).
+fn gpu_count() -> anyhow::Result<usize> {
+    if let Some(fake) = std::env::var_os("OLIVE_FAKE_GPU_COUNT") {
+        return fake
+            .to_str()
+            .and_then(|text| text.trim().parse().ok())
+            .ok_or_else(|| anyhow!("OLIVE_FAKE_GPU_COUNT={fake:?}: expected a number of GPUs"));
+    }
+    Ok(Gpu::count()?)
 }
 
 /// The pass config (`LoRA` / `QLoRA`): Olive's LoRA fields, the dataset and the training arguments.
@@ -251,6 +357,7 @@ fn link_or_copy_tree(from: &Path, to: &Path) -> anyhow::Result<()> {
 
 pub fn run(args: FinetuneArgs) -> anyhow::Result<()> {
     let config = pass_config(&args)?;
+    let launch = launch(&args, gpu_count)?;
     let workflow = one_pass_on_cpu(
         &args.model_name_or_path,
         args.method.pass(),
@@ -261,12 +368,38 @@ pub fn run(args: FinetuneArgs) -> anyhow::Result<()> {
     if args.config_file.dry_run(&workflow, &args.output_path)? {
         return Ok(());
     }
-    refuse_non_empty(&args.output_path, args.overwrite)?;
+    let elsewhere = launch.as_ref().filter(|l| l.node_rank > 0);
+    if elsewhere.is_none() {
+        refuse_non_empty(&args.output_path, args.overwrite)?;
+    }
     let input = resolve_hf_input(&args.model_name_or_path)?;
     let found = plugins::discover(&plugins::search_path());
-    let name = args.method.pass();
-    let (plugin, pass) = found.pass(None, name)?;
-    let model = Model::new(kinds::HF, &input);
+    let (plugin, pass) = found.pass(None, args.method.pass())?;
+    let pass_run = |output_path: PathBuf| PassRun {
+        plugin,
+        pass: pass.name.clone(),
+        model: Model::new(kinds::HF, &input),
+        config_json: config.to_string(),
+        output_path,
+        device: args.device.name().to_owned(),
+        timeout: args.timeout,
+        grace: Duration::from_secs(5),
+    };
+    if let Some(launch) = elsewhere {
+        // No rank 0 here: the output is node 0's to write.
+        engine::run_pass_group(&pass_run(args.output_path.clone()), launch)?;
+        let ranks = launch.ranks();
+        let ranks = if ranks.len() == 1 {
+            format!("rank {}", ranks.start)
+        } else {
+            format!("ranks {}-{}", ranks.start, ranks.end - 1)
+        };
+        println!(
+            "{ranks} (node {} of {}): done; the adapter is written by node 0",
+            launch.node_rank, launch.nnodes
+        );
+        return Ok(());
+    }
     let output = &args.output_path;
     let parent = match output.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -280,16 +413,15 @@ pub fn run(args: FinetuneArgs) -> anyhow::Result<()> {
             .tempdir_in(&parent)
             .with_context(|| format!("cannot create a staging folder in {}", parent.display()))?;
         let run_dir = staging.path().join("run");
-        engine::run_pass(&PassRun {
-            plugin,
-            pass: pass.name.clone(),
-            model,
-            config_json: config.to_string(),
-            output_path: run_dir.clone(),
-            device: args.device.name().to_owned(),
-            timeout: args.timeout,
-            grace: Duration::from_secs(5),
-        })?;
+        match &launch {
+            Some(launch) => {
+                engine::run_pass_group(&pass_run(run_dir.clone()), launch)?
+                    .ok_or_else(|| anyhow!("rank 0 ran on this host but left no model"))?;
+            }
+            None => {
+                engine::run_pass(&pass_run(run_dir.clone()))?;
+            }
+        }
         link_or_copy_tree(&input, &run_dir.join("model"))?;
         publish(&run_dir, output)?;
         let mut model = Model::new(kinds::HF_ADAPTER, output.join("model"));
@@ -407,6 +539,112 @@ mod tests {
         assert!(parse(&["--method", "dora"]).is_err());
         assert!(parse(&["--device", "npu"]).is_err());
         assert!(parse(&["--split", "train", "--train_split", "train"]).is_err());
+    }
+
+    fn launch_of(args: &[&str], gpus: usize) -> anyhow::Result<Option<Launch>> {
+        launch(&parse(args)?, || Ok(gpus))
+    }
+
+    #[test]
+    fn group_flags_get_clear_errors() {
+        let err = |args: &[&str], gpus| format!("{:#}", launch_of(args, gpus).unwrap_err());
+        assert_eq!(
+            err(&["--num_gpus", "2"], 2),
+            "--num_gpus 2 needs --device gpu: each worker process trains on a GPU of its own"
+        );
+        assert_eq!(
+            err(&["--num_gpus", "4", "--device", "gpu"], 2),
+            "--num_gpus 4: this host has 2 CUDA GPU(s)"
+        );
+        assert!(err(&["--num_gpus", "0"], 1).starts_with("--num_gpus 0: give"));
+        assert!(err(&["--nnodes", "0"], 1).starts_with("--nnodes 0: give"));
+        assert_eq!(
+            err(&["--nnodes", "2", "--node_rank", "2", "--device", "gpu"], 1),
+            "--node_rank 2: give this host's place among the --nnodes 2 hosts, 0 to 1"
+        );
+        assert!(err(&["--nnodes", "2"], 1).starts_with("--nnodes 2 needs --device gpu"));
+        let no_master = err(&["--nnodes", "2", "--device", "gpu"], 1);
+        assert!(
+            no_master
+                .starts_with("--nnodes 2 needs --master_addr and --master_port: --master_addr"),
+            "{no_master}"
+        );
+        let no_port = err(
+            &["--nnodes", "2", "--device", "gpu", "--master_addr", "node0"],
+            1,
+        );
+        assert!(
+            no_port.contains(": --master_port is the TCP port"),
+            "{no_port}"
+        );
+        assert_eq!(
+            err(
+                &["--num_gpus", "2", "--device", "gpu", "--master_port", "0"],
+                2
+            ),
+            "--master_port 0: give a TCP port, 1 to 65535"
+        );
+        let no_driver = launch(
+            &parse(&["--num_gpus", "2", "--device", "gpu"]).unwrap(),
+            || bail!("no CUDA driver"),
+        );
+        assert_eq!(
+            format!("{:#}", no_driver.unwrap_err()),
+            "--num_gpus 2: cannot count this host's GPUs: no CUDA driver"
+        );
+    }
+
+    #[test]
+    fn group_flags_give_torchruns_layout() {
+        let not_asked = || bail!("the GPUs were counted for a single process");
+        assert_eq!(
+            launch(&parse(&["--device", "gpu"]).unwrap(), not_asked).unwrap(),
+            None
+        );
+        let one_host = launch_of(&["--num_gpus", "2", "--device", "gpu"], 8)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (
+                one_host.workers,
+                one_host.nnodes,
+                one_host.node_rank,
+                one_host.ranks()
+            ),
+            (2, 1, 0, 0..2)
+        );
+        assert_eq!(one_host.master_addr, "127.0.0.1");
+        assert_ne!(one_host.master_port, 0, "a free port is picked");
+        let second_host = launch_of(
+            &[
+                "--num_gpus",
+                "2",
+                "--device",
+                "gpu",
+                "--nnodes",
+                "2",
+                "--node_rank",
+                "1",
+                "--master_addr",
+                "10.0.0.1",
+                "--master_port",
+                "29500",
+            ],
+            2,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            second_host,
+            Launch {
+                workers: 2,
+                nnodes: 2,
+                node_rank: 1,
+                master_addr: "10.0.0.1".into(),
+                master_port: 29500
+            }
+        );
+        assert_eq!(second_host.ranks(), 2..4);
     }
 
     #[test]

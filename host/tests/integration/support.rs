@@ -16,6 +16,10 @@ pub const FIXTURES: [(&str, &str); 4] = [
     ("fixture-no-symbol", "fixture_no_symbol"),
 ];
 
+/// The fixture whose `LoRA` pass stands in for the lora plugin's in tests of finetune's group launcher; staged in
+/// a folder of its own ([`dist_plugin_dir`]).
+pub const DIST_FIXTURE: (&str, &str) = ("fixture-dist", "fixture_dist");
+
 /// olive-host hard-linked (or copied) into a folder of its own, so that the real plugins whose manifests
 /// scripts/write-plugin-manifests.sh puts beside the built binary stay out of these tests' discovery.
 pub fn host_exe() -> &'static Path {
@@ -75,6 +79,20 @@ pub fn plugin_dir() -> &'static Path {
     })
 }
 
+/// A plugin folder holding only [`DIST_FIXTURE`].
+pub fn dist_plugin_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        plugin_dir();
+        let dir = profile_dir().join("olive-test-plugins-dist");
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let (package, lib) = DIST_FIXTURE;
+        stage(&dir, package, lib, |_| {});
+        dir
+    })
+}
+
 /// Copies fixture `lib` into `dir` with its manifest, edited by `edit`.
 pub fn stage(dir: &Path, package: &str, lib: &str, edit: impl FnOnce(&mut serde_json::Value)) {
     let file = format!("{DLL_PREFIX}{lib}{DLL_SUFFIX}");
@@ -124,7 +142,7 @@ fn build_fixtures() {
         }
         None => panic!("unexpected target folder {}", profile_dir().display()),
     }
-    for (package, _) in FIXTURES {
+    for (package, _) in FIXTURES.iter().chain([&DIST_FIXTURE]) {
         command.args(["-p", package]);
     }
     let status = command
