@@ -5,10 +5,13 @@
 #   .gpu/quant-gpu-tests --test-threads=1    .gpu/nn-gpu-train-tests --test-threads=1    .gpu/gpu-calibration-bench
 #   python3 tests/gpu/check_gpu_paths.py --olive_host .gpu/olive-host --tokenizer .gpu/tokenizer --out "$OUT"
 #   python3 tests/gpu/check_gpu_finetune.py --olive_host .gpu/olive-host --tokenizer .gpu/tokenizer --out "$OUT"
-# (the host binary with the LoRA plugin beside it, and the default model's tokenizer files, for the end-to-end
-# checks; the other plugins are left out to stay under the device tool's 64 MiB).
+#   python3 tests/gpu/check_multi_gpu.py --olive_host .gpu/olive-host --tokenizer .gpu/tokenizer --out "$OUT"
+#   python3 benches/gpu/dp_scaling.py --olive_host .gpu/olive-host --tokenizer .gpu/tokenizer
+# (the host binary with the LoRA, AWQ and GPTQ plugins beside it, and the default model's tokenizer files, for the
+# end-to-end checks; the other plugins are left out, and symbols stripped, to stay under the device tool's 64 MiB).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+rm -rf .gpu
 mkdir -p .gpu
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
@@ -37,11 +40,13 @@ for line in sys.stdin:
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "gpu_calibration":
         print(m["executable"])')
 cp "$bench" .gpu/gpu-calibration-bench && strip --strip-debug .gpu/gpu-calibration-bench
-cargo build --release -p olive-host -p olive-lora
-cp target/release/olive-host .gpu/olive-host && strip --strip-debug .gpu/olive-host
-cp target/release/libolive_lora.so .gpu/ && strip --strip-debug .gpu/libolive_lora.so
+cargo build --release -p olive-host -p olive-lora -p olive-quant-awq -p olive-quant-gptq
+cp target/release/olive-host .gpu/olive-host && strip --strip-all .gpu/olive-host
 bash scripts/write-plugin-manifests.sh >/dev/null
-cp target/release/olive_lora.olive-plugin.json .gpu/
+for plugin in olive_lora olive_quant_awq olive_quant_gptq; do
+    cp "target/release/lib$plugin.so" .gpu/ && strip --strip-all ".gpu/lib$plugin.so"
+    cp "target/release/$plugin.olive-plugin.json" .gpu/
+done
 default_model=models/smollm2
 [ -f "$default_model/tokenizer.json" ] || { echo "$default_model/tokenizer.json is missing: run the set-up first" >&2; exit 1; }
 mkdir -p .gpu/tokenizer

@@ -4,6 +4,7 @@
 
 pub mod error;
 pub mod library;
+pub mod nccl;
 pub mod rendezvous;
 pub mod world;
 

@@ -257,7 +257,11 @@ impl Shared {
                 }
             }
         }
-        std::process::exit(EXIT_PEER_LOST);
+        // _exit, not exit: atexit handlers and CUDA's or NCCL's static destructors can wait forever on a
+        // collective kernel that waits for the lost rank.
+        let _ = std::io::Write::flush(&mut std::io::stderr());
+        // SAFETY: ends the process at once; nothing after this runs.
+        unsafe { libc::_exit(EXIT_PEER_LOST) }
     }
 }
 

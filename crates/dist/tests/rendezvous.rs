@@ -324,9 +324,36 @@ fn a_silent_rank_is_lost_after_the_silence_limit() {
     );
 }
 
+/// A loopback port held by a socket that is bound but never listens: connecting to it is refused, and no other
+/// test's rank 0 can take it meanwhile. The socket closes when the returned descriptor is dropped.
+fn refusing_port() -> (std::os::fd::OwnedFd, u16) {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain socket calls on a fresh descriptor, checked; the address structs are zeroed then filled.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let owned = std::os::fd::OwnedFd::from_raw_fd(fd);
+        let mut addr: libc::sockaddr_in = std::mem::zeroed();
+        addr.sin_family = libc::AF_INET as libc::sa_family_t;
+        addr.sin_addr.s_addr = u32::from(std::net::Ipv4Addr::LOCALHOST).to_be();
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        let bound = libc::bind(fd, (&addr as *const libc::sockaddr_in).cast(), len);
+        assert_eq!(bound, 0, "bind: {}", std::io::Error::last_os_error());
+        let mut got: libc::sockaddr_in = std::mem::zeroed();
+        let mut got_len = len;
+        let named = libc::getsockname(
+            fd,
+            (&mut got as *mut libc::sockaddr_in).cast(),
+            &mut got_len,
+        );
+        assert_eq!(named, 0, "getsockname: {}", std::io::Error::last_os_error());
+        (owned, u16::from_be(got.sin_port))
+    }
+}
+
 #[test]
 fn a_connect_timeout_names_the_address() {
-    let port = free_port().expect("a free port");
+    let (_held, port) = refusing_port();
     let started = Instant::now();
     let error = match Group::join(
         &world(1, 2, port),

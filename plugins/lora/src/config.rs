@@ -104,9 +104,9 @@ impl Default for TrainingArgs {
 }
 
 impl TrainingArgs {
-    /// Optimizer steps for `train_rows` rows: max_steps, else the epochs' worth (transformers rounds a partial last
-    /// step up).
-    pub fn total_steps(&self, train_rows: usize) -> Result<usize, Error> {
+    /// Optimizer steps for `train_rows` rows over `ranks` data-parallel ranks: max_steps, else the epochs' worth
+    /// (transformers rounds a partial last step up).
+    pub fn total_steps(&self, train_rows: usize, ranks: usize) -> Result<usize, Error> {
         if self.max_steps == 0 || self.max_steps < -1 {
             return Err(Error::InvalidConfig(format!(
                 "training_args.max_steps: a positive number of steps (or -1 for num_train_epochs), found {}",
@@ -122,7 +122,8 @@ impl TrainingArgs {
                 self.num_train_epochs
             )));
         }
-        let rows_per_step = self.per_device_train_batch_size * self.gradient_accumulation_steps;
+        let rows_per_step =
+            self.per_device_train_batch_size * self.gradient_accumulation_steps * ranks;
         let per_epoch = train_rows.div_ceil(rows_per_step.max(1)).max(1);
         Ok(((per_epoch as f64) * self.num_train_epochs).ceil() as usize)
     }

@@ -9,6 +9,7 @@
 pub mod config;
 pub mod curve;
 pub mod qlora;
+pub mod ranks;
 #[cfg(test)]
 mod tests;
 pub mod train;

@@ -377,7 +377,8 @@ fn olive_cli_names_and_defaults_are_accepted() {
     assert_eq!((c.r, c.alpha, c.lora_dropout), (8, 16.0, 0.05));
     assert_eq!(c.training_args.learning_rate, 2e-4);
     assert_eq!(c.training_args.per_device_train_batch_size, 8);
-    assert_eq!(c.training_args.total_steps(17).unwrap(), 9); // 3 epochs of ceil(17 / 8) steps
+    assert_eq!(c.training_args.total_steps(17, 1).unwrap(), 9); // 3 epochs of ceil(17 / 8) steps
+    assert_eq!(c.training_args.total_steps(17, 2).unwrap(), 6); // 2 ranks: 3 epochs of ceil(17 / 16) steps
     let q: crate::QLoraConfig = serde_json::from_value(json!({
         "train_data_config": {"data_files": ["x.jsonl"]}, "bits": 4,
     }))
@@ -388,4 +389,26 @@ fn olive_cli_names_and_defaults_are_accepted() {
     }))
     .unwrap_err();
     assert!(err.to_string().contains("max_step"), "{err}");
+}
+
+#[test]
+fn each_rank_takes_its_own_rows_of_the_global_batch() {
+    let rows: Vec<olive_data::Sample> = (0..10u32)
+        .map(|i| olive_data::Sample {
+            input_ids: vec![i],
+            attention_mask: vec![1],
+            labels: vec![i as i64],
+        })
+        .collect();
+    let ids = |rank| -> Vec<u32> {
+        crate::ranks::shard(rows.clone(), rank, 4)
+            .iter()
+            .map(|s| s.input_ids[0])
+            .collect()
+    };
+    assert_eq!(ids(0), [0, 1, 2, 3]);
+    assert_eq!(ids(1), [4, 5, 6, 7]);
+    // A short last batch leaves the last ranks fewer rows, or none.
+    assert_eq!(ids(2), [8, 9]);
+    assert!(ids(3).is_empty());
 }

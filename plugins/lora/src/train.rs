@@ -20,6 +20,7 @@ use serde_json::json;
 
 use crate::config::LoraConfig;
 use crate::curve::{self, CurvePoint};
+use crate::ranks::Rank;
 
 /// The adapter folder inside the pass's output folder.
 pub const ADAPTER_DIR: &str = "adapter";
@@ -27,12 +28,12 @@ pub const ADAPTER_DIR: &str = "adapter";
 pub const LOSS_CSV: &str = "loss.csv";
 pub const LOSS_PNG: &str = "loss.png";
 
-/// The GPU to train on for device `gpu` (the first CUDA device), None for `cpu`; refuses other devices, and `gpu`
-/// where there is no usable CUDA device.
-pub fn check_device(ctx: &Context<'_>) -> Result<Option<Arc<Gpu>>, Error> {
+/// The GPU to train on for device `gpu` (CUDA device `ordinal`: the first, or a data-parallel rank's own), None
+/// for `cpu`; refuses other devices, and `gpu` where there is no usable CUDA device.
+pub fn check_device(ctx: &Context<'_>, ordinal: usize) -> Result<Option<Arc<Gpu>>, Error> {
     match ctx.device().as_str() {
         "cpu" => Ok(None),
-        "gpu" => Gpu::get(0)
+        "gpu" => Gpu::get(ordinal)
             .map(Some)
             .map_err(|e| Error::Failed(format!("device gpu: {e}"))),
         other => Err(Error::InvalidConfig(format!(
@@ -59,6 +60,14 @@ impl Trainer {
         match self {
             Trainer::Cpu(t) => t.eval_loss(rows),
             Trainer::Gpu(t) => t.eval_loss(rows),
+        }
+    }
+
+    /// Sums over the data-parallel ranks (the values themselves on one device).
+    fn sum_over_ranks(&self, values: &[f64]) -> Result<Vec<f64>, TrainError> {
+        match self {
+            Trainer::Cpu(_) => Ok(values.to_vec()),
+            Trainer::Gpu(t) => t.sum_over_ranks(values),
         }
     }
 
@@ -114,24 +123,37 @@ fn label_tokens(rows: &[Sample]) -> usize {
         .sum()
 }
 
-/// Mean loss over `rows`, in batches of `batch` rows, weighted by their label tokens.
-fn eval_loss(trainer: &Trainer, rows: &[Sample], batch: usize) -> Result<f32, Error> {
-    let (mut sum, mut count) = (0f64, 0usize);
-    for chunk in rows.chunks(batch.max(1)) {
+/// Mean loss over `rows`, in batches of `batch` rows, weighted by their label tokens; in a data-parallel run each
+/// rank evaluates every world_size-th batch and the sums are added over the ranks.
+fn eval_loss(
+    trainer: &Trainer,
+    rows: &[Sample],
+    batch: usize,
+    rank: Option<&Rank>,
+) -> Result<f32, Error> {
+    let (me, ranks) = rank.map_or((0, 1), |r| (r.world().rank, r.world().world_size));
+    let (mut sum, mut count) = (0f64, 0f64);
+    for chunk in rows.chunks(batch.max(1)).skip(me).step_by(ranks) {
         let n = label_tokens(chunk);
         if n == 0 {
             continue;
         }
         let loss = trainer.eval_loss(chunk).map_err(trainer_error)?;
         sum += loss as f64 * n as f64;
-        count += n;
+        count += n as f64;
     }
-    if count == 0 {
+    if rank.is_some() {
+        let sums = trainer
+            .sum_over_ranks(&[sum, count])
+            .map_err(trainer_error)?;
+        (sum, count) = (sums[0], sums[1]);
+    }
+    if count == 0.0 {
         return Err(Error::InvalidConfig(
             "the held-out rows have no label tokens to evaluate".into(),
         ));
     }
-    Ok((sum / count as f64) as f32)
+    Ok((sum / count) as f32)
 }
 
 /// Rows in a seeded order, reshuffled at every epoch, drawn `batch` at a time.
@@ -179,7 +201,14 @@ pub fn run(
     title: &str,
     weights_dir: impl FnOnce() -> Result<PathBuf, Error>,
 ) -> Result<Model, Error> {
-    let gpu = check_device(ctx)?;
+    let layout = Rank::layout()?;
+    if layout.is_some() && ctx.device() != "gpu" {
+        return Err(Error::InvalidConfig(format!(
+            "data-parallel training (WORLD_SIZE > 1) runs on device gpu, not {}",
+            ctx.device()
+        )));
+    }
+    let gpu = check_device(ctx, layout.as_ref().map_or(0, |w| w.local_rank))?;
     cfg.check()?;
     let args = &cfg.training_args;
     let base = &model.path;
@@ -197,15 +226,32 @@ pub fn run(
             cfg.train_data_config.data_files.join(", ")
         )));
     }
-    let total = args.total_steps(data.train.len())?;
+    // Every rank joins before the weights load, so a missing rank fails the run early.
+    let (rank, mut comm) = match (layout, &gpu) {
+        (Some(world), Some(gpu)) => {
+            let (rank, comm) = Rank::join(world, gpu)?;
+            (Some(rank), Some(comm))
+        }
+        _ => (None, None),
+    };
+    let ranks = rank.as_ref().map_or(1, |r| r.world().world_size);
+    let total = args.total_steps(data.train.len(), ranks)?;
     let train_config = args.train_config(total)?;
     ctx.info(&format!(
-        "{title}: {} training rows, {} held-out rows of {} tokens; {total} steps of {} x {} rows",
+        "{title}: {} training rows, {} held-out rows of {} tokens; {total} steps of {} x {} rows{}",
         data.train.len(),
         data.eval.len(),
         cfg.train_data_config.max_seq_len,
         args.gradient_accumulation_steps,
-        args.per_device_train_batch_size
+        args.per_device_train_batch_size * ranks,
+        match &rank {
+            Some(r) => format!(
+                " over {ranks} GPUs ({} a GPU); this is rank {}",
+                args.per_device_train_batch_size,
+                r.world().rank
+            ),
+            None => String::new(),
+        }
     ));
     ctx.check_cancelled()?;
     let weights_dir = weights_dir()?;
@@ -229,17 +275,24 @@ pub fn run(
         )),
         Some(gpu) => {
             ctx.info(&format!("training on {} (bf16)", gpu.name()));
-            Trainer::Gpu(Box::new(
-                GpuLoraTrainer::new(transformer, &spec, train_config, gpu)
-                    .map_err(trainer_error)?,
-            ))
+            let mut trainer = GpuLoraTrainer::new(transformer, &spec, train_config, gpu)
+                .map_err(trainer_error)?;
+            if let Some(comm) = comm.take() {
+                trainer.distribute(comm).map_err(trainer_error)?;
+            }
+            Trainer::Gpu(Box::new(trainer))
         }
     };
     let every = args.eval_every(total);
     let base_eval = if data.eval.is_empty() {
         None
     } else {
-        let loss = eval_loss(&trainer, &data.eval, args.per_device_eval_batch_size)?;
+        let loss = eval_loss(
+            &trainer,
+            &data.eval,
+            args.per_device_eval_batch_size,
+            rank.as_ref(),
+        )?;
         ctx.info(&format!("evaluation loss before training: {loss:.4}"));
         Some(loss)
     };
@@ -249,8 +302,15 @@ pub fn run(
     let (mut tokens_done, mut train_seconds) = (0usize, 0f64);
     for step in 1..=total {
         ctx.check_cancelled()?;
+        let per_device = args.per_device_train_batch_size;
         let micro: Vec<Vec<Sample>> = (0..args.gradient_accumulation_steps)
-            .map(|_| stream.take(args.per_device_train_batch_size))
+            .map(|_| {
+                let rows = stream.take(per_device * ranks);
+                match &rank {
+                    Some(r) => r.shard(rows, per_device),
+                    None => rows,
+                }
+            })
             .collect();
         let t0 = Instant::now();
         let stats = trainer.train_step(&micro).map_err(trainer_error)?;
@@ -268,6 +328,7 @@ pub fn run(
                 &trainer,
                 &data.eval,
                 args.per_device_eval_batch_size,
+                rank.as_ref(),
             )?)
         } else {
             None
@@ -314,11 +375,15 @@ pub fn run(
         base_model_name_or_path: Some(base.display().to_string()),
         dtype: cfg.torch_dtype.weight_dtype(),
     };
-    write_adapter(&adapter_dir, &save, &weights).map_err(|e| Error::Failed(e.to_string()))?;
-    let csv_path = out.join(LOSS_CSV);
-    std::fs::write(&csv_path, curve::csv(base_eval, &points))
-        .map_err(|e| Error::io(&csv_path, e))?;
-    curve::write_png(&out.join(LOSS_PNG), base_eval, &points, title).map_err(Error::Failed)?;
+    // Every rank holds the same adapter: rank 0 writes it (the others' output folders are scratch).
+    if rank.as_ref().is_none_or(|r| r.is_leader()) {
+        write_adapter(&adapter_dir, &save, &weights).map_err(|e| Error::Failed(e.to_string()))?;
+        let csv_path = out.join(LOSS_CSV);
+        std::fs::write(&csv_path, curve::csv(base_eval, &points))
+            .map_err(|e| Error::io(&csv_path, e))?;
+        curve::write_png(&out.join(LOSS_PNG), base_eval, &points, title)
+            .map_err(Error::Failed)?;
+    }
     let last = points.last().map(|p| p.loss);
     let last_eval = points.iter().rev().find_map(|p| p.eval_loss);
     ctx.info(&format!(
@@ -331,6 +396,10 @@ pub fn run(
             .map(|e| format!(", evaluation loss {e:.4}"))
             .unwrap_or_default()
     ));
+    drop(trainer);
+    if let Some(rank) = rank {
+        rank.finish()?;
+    }
     let mut output = Model::new(kinds::HF_ADAPTER, base);
     output.adapter_paths.push(adapter_dir);
     output.metadata.insert("steps".into(), json!(total));

@@ -4,11 +4,17 @@
 //! olive-kernels' CUDA kernels: flash attention with its log-sum-exp kept for the FlashAttention-2 backward, the
 //! fused LoRA kernels on fp32 master weights, cross-entropy over f32 logits. The base stays frozen: only input
 //! gradients flow through its linears (dy·W through cuBLAS; an int4 weight is dequantized to bf16 for it).
+//!
+//! Data-parallel over several GPUs ([`GpuLoraTrainer::distribute`]): each rank runs its share of the global batch,
+//! the loss is normalised by the label tokens of the whole global batch, and each layer's LoRA gradients are summed
+//! over the ranks by NCCL as soon as that layer's backward is done (one bucket a layer, on the communicator's
+//! stream, overlapping the backward of the layers below), so every rank takes the same optimizer step.
 
 use std::ops::Range;
 use std::sync::Arc;
 
 use olive_data::Sample;
+use olive_dist::nccl::{Comm, CommError};
 use olive_kernels::cpu::{clip_coefficient, AdamW, LoraDims};
 use olive_kernels::cuda::adamw::{adamw, global_norm};
 use olive_kernels::cuda::lora::{Adapter, MAX_RANK};
@@ -111,10 +117,19 @@ pub struct GpuLoraTrainer {
     /// Indices into `modules` of each layer's.
     by_layer: Vec<Range<usize>>,
     steps: usize,
+    /// The other ranks of a data-parallel run.
+    comm: Option<Comm>,
 }
 
 fn device_error(e: GpuError) -> TrainError {
     TrainError::Nn(NnError::from(e))
+}
+
+fn comm_error(e: CommError) -> TrainError {
+    match e {
+        CommError::Gpu(e) => device_error(e),
+        other => TrainError::Distributed(other.to_string()),
+    }
 }
 
 impl GpuLoraTrainer {
@@ -174,7 +189,35 @@ impl GpuLoraTrainer {
             modules,
             by_layer,
             steps: 0,
+            comm: None,
         })
+    }
+
+    /// Trains as one rank of `comm`'s data-parallel group: rank 0's initial adapters are given to every rank, and
+    /// from here on each [`GpuLoraTrainer::train_step`] takes this rank's rows of the global batch. `comm` must be
+    /// on this trainer's GPU.
+    pub fn distribute(&mut self, comm: Comm) -> Result<()> {
+        if !Arc::ptr_eq(comm.gpu(), self.model.gpu()) {
+            return Err(TrainError::Distributed(format!(
+                "the communicator is on {:?}, the trainer on {:?}",
+                comm.gpu(),
+                self.model.gpu()
+            )));
+        }
+        for m in &mut self.modules {
+            comm.broadcast_from_leader(&mut m.a).map_err(comm_error)?;
+            comm.broadcast_from_leader(&mut m.b).map_err(comm_error)?;
+        }
+        self.comm = Some(comm);
+        Ok(())
+    }
+
+    /// The sums of `values` over the ranks (the values themselves when training alone).
+    pub fn sum_over_ranks(&self, values: &[f64]) -> Result<Vec<f64>> {
+        match &self.comm {
+            Some(comm) => comm.sum_host(values).map_err(comm_error),
+            None => Ok(values.to_vec()),
+        }
     }
 
     /// The LoRA settings (for adapter_config.json).
@@ -207,7 +250,9 @@ impl GpuLoraTrainer {
     }
 
     /// One optimizer step over the micro-batches of a gradient-accumulation step, as
-    /// [`LoraTrainer::train_step`].
+    /// [`LoraTrainer::train_step`]. In a data-parallel run `micro_batches` are this rank's rows of each
+    /// micro-batch, every rank takes the same number of micro-batches, and the loss and tokens reported are the
+    /// global batch's.
     pub fn train_step(&mut self, micro_batches: &[Vec<Sample>]) -> Result<StepStats> {
         let (loss, tokens) = self.accumulate(micro_batches)?;
         let gpu = self.model.gpu().clone();
@@ -274,7 +319,11 @@ impl GpuLoraTrainer {
             .iter()
             .map(|b| self.cpu.flatten(b))
             .collect::<Result<Vec<_>>>()?;
-        let n: usize = flats.iter().map(|f| targets(&f.labels, f.seq).len()).sum();
+        let local: usize = flats.iter().map(|f| targets(&f.labels, f.seq).len()).sum();
+        let n = match &self.comm {
+            Some(comm) => comm.sum_host(&[local as f64]).map_err(comm_error)?[0] as usize,
+            None => local,
+        };
         if n == 0 {
             return Err(TrainError::Batch(
                 "no label token in the step (every label after the first of a row is -100)".into(),
@@ -293,11 +342,29 @@ impl GpuLoraTrainer {
         }
         let inv_n = 1.0 / n as f32;
         let mut loss = 0.0;
+        let last = flats.len() - 1;
         for (micro, flat) in flats.iter().enumerate() {
-            loss += self.forward_backward(flat, micro, inv_n)?;
+            loss += self.forward_backward(flat, micro, inv_n, micro == last)?;
         }
-        let tokens = flats.iter().map(|f| f.ids.len()).sum();
-        Ok((loss / n as f64, tokens))
+        let tokens = flats.iter().map(|f| f.ids.len()).sum::<usize>();
+        let Some(comm) = &self.comm else {
+            return Ok((loss / n as f64, tokens));
+        };
+        comm.wait().map_err(comm_error)?;
+        let sums = comm.sum_host(&[loss, tokens as f64]).map_err(comm_error)?;
+        Ok((sums[0] / n as f64, sums[1] as usize))
+    }
+
+    /// Queues the sum over the ranks of layer `i`'s LoRA gradients (no-op when training alone).
+    fn reduce_layer(&mut self, i: usize) -> Result<()> {
+        let Some(comm) = &self.comm else {
+            return Ok(());
+        };
+        let mut grads: Vec<&mut CudaSlice<f32>> = self.modules[self.by_layer[i].clone()]
+            .iter_mut()
+            .flat_map(|m| [&mut m.grad_a, &mut m.grad_b])
+            .collect();
+        comm.all_reduce_sum(&mut grads).map_err(comm_error)
     }
 
     fn upload(&self, flat: &Flat) -> NnResult<DeviceBatch> {
@@ -326,14 +393,24 @@ impl GpuLoraTrainer {
     }
 
     /// Forward and backward of one micro-batch; adds its LoRA gradients (scaled by inv_n) and returns its summed
-    /// loss. With gradient checkpointing only each layer's input is kept (the last layer's activations too).
-    fn forward_backward(&mut self, flat: &Flat, micro: usize, inv_n: f32) -> Result<f64> {
+    /// loss. With gradient checkpointing only each layer's input is kept (the last layer's activations too). With
+    /// `reduce` (the step's last micro-batch) each layer's gradients are summed over the ranks once its backward
+    /// is done.
+    fn forward_backward(
+        &mut self,
+        flat: &Flat,
+        micro: usize,
+        inv_n: f32,
+        reduce: bool,
+    ) -> Result<f64> {
         let b = self.upload(flat)?;
         let (p, seed) = (self.cpu.spec().dropout, self.cpu.config().seed);
-        let dropout = (p > 0.0).then(|| Dropout {
-            p,
-            key: mix(&[seed, self.steps as u64, micro as u64]),
-        });
+        // Alone, the CPU trainer's masks; in a group, each rank draws masks of its own.
+        let key = match &self.comm {
+            None => mix(&[seed, self.steps as u64, micro as u64]),
+            Some(c) => mix(&[seed, self.steps as u64, micro as u64, c.rank() as u64]),
+        };
+        let dropout = (p > 0.0).then_some(Dropout { p, key });
         let layers = self.by_layer.len();
         let recompute = |i: usize| self.cpu.config().gradient_checkpointing && i + 1 != layers;
         let mut saved: Vec<Option<Saved>> = Vec::with_capacity(layers);
@@ -360,6 +437,9 @@ impl GpuLoraTrainer {
                 (None, None) => unreachable!("every layer keeps its input or its activations"),
             };
             dh = self.layer_backward(i, &b, &s, dh, dropout)?;
+            if reduce {
+                self.reduce_layer(i)?;
+            }
         }
         Ok(loss)
     }

@@ -24,6 +24,9 @@ pub enum TrainError {
     /// A batch that cannot be trained on (shapes, ids, no label tokens).
     #[error("batch: {0}")]
     Batch(String),
+    /// The data-parallel group failed (NCCL, or a communicator on another GPU).
+    #[error("data-parallel training: {0}")]
+    Distributed(String),
     /// A LoRA or training setting outside its range.
     #[error("setting `{field}`: {expected}")]
     Setting {
