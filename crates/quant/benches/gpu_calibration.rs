@@ -1,20 +1,43 @@
 //! AWQ and GPTQ calibration time on a CUDA GPU against the CPU run in the same process, on a random hidden-2048,
 //! 4-layer model (GQA 16/4, head_dim 128, intermediate 5632; 32 windows of 256 tokens, more than down_proj's 5632
 //! inputs, so every Hessian has full rank), with how far the two outputs agree. Prints "skipped: no CUDA device"
-//! where there is none. Build here, run on a GPU machine:
-//!   cargo bench -p olive-quant --bench gpu_calibration --no-run   (then run the binary there)
+//! where there is none. With `--num_gpus N` it times one GPU against the layers spread over GPUs 0..N instead
+//! (the same model with 8 layers, so each GPU holds a block; no CPU run) and checks the outputs are
+//! byte-identical. Build here, run on a GPU machine:
+//!   cargo bench -p olive-quant --bench gpu_calibration --no-run   (then run the binary there, e.g.
+//!   .gpu/gpu-calibration-bench --num_gpus 2)
 
 #[path = "../tests/gpu_support/mod.rs"]
 mod gpu_support;
 
-use gpu_support::{agreement, linears, methods, perplexity, quantize, windows, write_model, Shape};
+use gpu_support::{
+    agreement, different_files, gpu_count, linears, methods, perplexity, quantize, windows,
+    write_model, Shape,
+};
 use olive_kernels::cuda::test_gpu;
-use olive_quant::Device;
+use olive_quant::{Device, Method};
+
+/// `--num_gpus N` among the arguments (cargo bench adds its own, such as `--bench`).
+fn num_gpus() -> Option<usize> {
+    let args: Vec<String> = std::env::args().collect();
+    let i = args.iter().position(|a| a == "--num_gpus")?;
+    match args.get(i + 1).map(|v| v.parse::<usize>()) {
+        Some(Ok(n)) if n >= 1 => Some(n),
+        _ => panic!(
+            "--num_gpus: expected a number of GPUs (1 or more), got {:?}",
+            args.get(i + 1)
+        ),
+    }
+}
 
 fn main() {
     let Some(gpu) = test_gpu("gpu_calibration") else {
         return;
     };
+    if let Some(n) = num_gpus() {
+        over_gpus(n, gpu.name());
+        return;
+    }
     let s = Shape {
         hidden: 2048,
         heads: 16,
@@ -34,7 +57,7 @@ fn main() {
             dir.path().join(format!("{name}-cpu")),
             dir.path().join(format!("{name}-gpu")),
         );
-        let (t_gpu, gpu_lines) = quantize(&fp, &gpu_out, method, Device::Gpu, &cal);
+        let (t_gpu, gpu_lines) = quantize(&fp, &gpu_out, method, Device::GPU, &cal);
         let (t_cpu, cpu_lines) = quantize(&fp, &cpu, method, Device::Cpu, &cal);
         eprintln!("{name} gpu: {gpu_lines:?}\n{name} cpu: {cpu_lines:?}");
         let (lc, lg) = (linears(&cpu, s), linears(&gpu_out, s));
@@ -58,5 +81,52 @@ fn main() {
             rayon::current_num_threads(),
             t_cpu / t_gpu
         );
+    }
+}
+
+/// One GPU against GPUs 0..n on an 8-layer model of the same shape: seconds of each, and whether the outputs are
+/// byte-identical.
+fn over_gpus(n: usize, name: &str) {
+    let found = gpu_count();
+    assert!(
+        n <= found,
+        "--num_gpus {n}: the driver reports {found} CUDA device(s)"
+    );
+    let s = Shape {
+        hidden: 2048,
+        heads: 16,
+        kv_heads: 4,
+        inter: 5632,
+        layers: 8,
+        vocab: 1024,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let fp = dir.path().join("fp");
+    write_model(&fp, s);
+    let cal = windows(32, 256, s.vocab, 3);
+    let all = [("rtn", Method::Rtn)].into_iter().chain(methods());
+    for (method_name, method) in all {
+        let (one, many) = (
+            dir.path().join(format!("{method_name}-1")),
+            dir.path().join(format!("{method_name}-{n}")),
+        );
+        let (t1, lines1) = quantize(&fp, &one, method, Device::GPU, &cal);
+        let (tn, lines) = quantize(&fp, &many, method, Device::Gpu { count: n }, &cal);
+        eprintln!("{method_name} 1 GPU: {lines1:?}\n{method_name} {n} GPUs: {lines:?}");
+        let differ = different_files(&one, &many);
+        eprintln!(
+            "TIMING {method_name} hidden 2048 x8 layers, {} calibration tokens, on {name}: 1 GPU {t1:.2} s, \
+             {n} GPUs {tn:.2} s ({:.2}x); outputs {}",
+            cal.len() * cal[0].len(),
+            t1 / tn,
+            if differ.is_empty() {
+                "byte-identical".to_string()
+            } else {
+                format!("DIFFER in {differ:?}")
+            }
+        );
+        for d in [one, many] {
+            std::fs::remove_dir_all(d).unwrap();
+        }
     }
 }

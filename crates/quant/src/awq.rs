@@ -14,7 +14,8 @@
 //! whole calibration sequences, evenly spread, for the attention block; tokens strided over every sequence for
 //! the token-wise modules. x_mean still uses every token. Clipping uses `clip_tokens`
 //! evenly strided tokens, as AutoAWQ's `n_sample_token = 512`. Memory: only those subsets of the layer's inputs
-//! are kept (`LayerInputs`), and each ratio's trial weight is written into the layer itself (no layer copy).
+//! are kept (`LayerInputs`), and each ratio's trial weight is written into the layer itself (no layer copy). Every
+//! change to the layer's weights is reported to `Compute::changed`, which keeps a GPU's copy of them current.
 
 use olive_nn::{DecoderLayer, LayerDims, RopeTables};
 use rayon::prelude::*;
@@ -208,6 +209,7 @@ pub fn awq_layer(
         stats.ratios.push(("attention", ratio));
         scale_rows_inv(&mut layer.input_layernorm, 1, &s);
         scale_columns(&mut layer.qkv_proj.weight, &s);
+        compute.changed(&layer.qkv_proj.weight)?;
         inputs.qkv.scale(&inverse(&s));
     }
     if sel.v && sel.o && kv == q {
@@ -227,6 +229,8 @@ pub fn awq_layer(
             scale_rows_inv(&mut b[q + kv..], 1, &s);
         }
         scale_columns(&mut layer.o_proj.weight, &s);
+        compute.changed(&layer.qkv_proj.weight[(q + kv) * h..])?;
+        compute.changed(&layer.o_proj.weight)?;
         inputs.o.scale(&inverse(&s));
     }
     if sel.gate && sel.up {
@@ -243,6 +247,7 @@ pub fn awq_layer(
         stats.ratios.push(("mlp", ratio));
         scale_rows_inv(&mut layer.post_attention_layernorm, 1, &s);
         scale_columns(&mut layer.gate_up_proj.weight, &s);
+        compute.changed(&layer.gate_up_proj.weight)?;
         inputs.gate_up.scale(&inverse(&s));
     }
     if sel.up && sel.down {
@@ -262,6 +267,8 @@ pub fn awq_layer(
             scale_rows_inv(&mut b[inter..], 1, &s);
         }
         scale_columns(&mut layer.down_proj.weight, &s);
+        compute.changed(&layer.gate_up_proj.weight[inter * h..])?;
+        compute.changed(&layer.down_proj.weight)?;
         inputs.down.scale(&inverse(&s));
     }
 
@@ -476,6 +483,7 @@ fn search(
             let inv: Vec<f32> = s.iter().map(|v| 1.0 / v).collect();
             let trial = group_weight_mut(layer, inspect);
             scaled_fake_quantize(&original, in_features, &s, &inv, spec, trial);
+            compute.changed(trial)?;
             let out = inspect_output(compute, layer, inspect, &input.loss, seq_len, rope)?;
             let loss = mse(&out, &reference);
             if best.as_ref().is_none_or(|(b, _, _)| loss < *b) {
@@ -486,7 +494,9 @@ fn search(
     };
     let searched = grid();
     group_weight_mut(layer, inspect).copy_from_slice(&original);
+    let restored = compute.changed(group_weight_mut(layer, inspect));
     searched?;
+    restored?;
     let (_, s, ratio) = best.unwrap_or((0.0, vec![1.0; in_features], 0.0));
     Ok((s, ratio))
 }
@@ -547,9 +557,10 @@ fn on_grid(x: f32, scale: f32, zero: f32, maxq: f32) -> f32 {
 }
 
 /// `_compute_best_clip` + `apply_clip` on w: [rows, in] with its input rows x: [tokens, in] (the clip subset);
-/// returns the weights changed. A row's error over the tokens, Σ_t ((q − w)·x_t)², is computed as d·G·dᵀ with
-/// d = q − w and G = XᵀX of the group's inputs ([len, len]): the same sum as AutoAWQ's, without the [rows, tokens]
-/// outputs (len² instead of len·tokens per row) and without the cancellation of subtracting two outputs.
+/// returns the weights changed (and reports the change to `compute`, which may hold w). A row's error over the
+/// tokens, Σ_t ((q − w)·x_t)², is computed as d·G·dᵀ with d = q − w and G = XᵀX of the group's inputs
+/// ([len, len]): the same sum as AutoAWQ's, without the [rows, tokens] outputs (len² instead of len·tokens per
+/// row) and without the cancellation of subtracting two outputs.
 fn clip(
     compute: &Compute,
     w: &mut [f32],
@@ -623,6 +634,9 @@ fn clip(
                 }
             }
         }
+    }
+    if changed > 0 {
+        compute.changed(w)?;
     }
     Ok(changed)
 }

@@ -1,4 +1,4 @@
-//! Where calibration's dense products run: the CPU (`olive_kernels::cpu::matmul`, `gemm`) or a CUDA GPU
+//! Where calibration's dense products run: the CPU (`olive_kernels::cpu::matmul`, `gemm`) or CUDA GPUs
 //! (cuBLAS f32 through `olive_kernels::cuda::gemm`, fp32 operands and accumulation, no TF32), so the GPU's
 //! results equal the CPU's up to the order of f32 additions. One code path serves both devices: the
 //! quantizer asks [`Compute`] for x·Wᵀ (layer forwards, AWQ candidates, clip errors) and for the Gram matrices
@@ -6,11 +6,20 @@
 //! (norms, RoPE, attention, grids and fake quantization, GPTQ's factorisation and column loop) stays on the
 //! CPU. The layer pieces here follow `olive_nn::DecoderLayer`'s attention and MLP blocks (transformers' Llama
 //! forward) with their linears computed by [`Compute`], over all calibration windows at once.
+//!
+//! On a GPU the weights of the layer being calibrated stay on it for the whole layer ([`Compute::hold_layer`]):
+//! a product whose operand lies in a held weight reads the device copy, and every change the quantizer makes to
+//! a held weight on the host is copied over at once ([`Compute::changed`]). With several GPUs (`Device::Gpu`
+//! with `count` > 1) the decoder layers are spread in contiguous blocks as pipeline sharding does
+//! ([`layer_gpu`]), each layer calibrated by the [`Compute`] of its GPU with the same products in the same
+//! order, so the output does not depend on the number of GPUs (`placement`).
 
+use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
+use cudarc::driver::{CudaSlice, CudaView};
 use olive_kernels::cpu::{attention, matmul, rope_apply, silu_mul, AttentionDims, RopeLayout};
 use olive_kernels::cuda::gemm::{self, Operand};
 use olive_kernels::cuda::silu_mul as gpu_silu;
@@ -19,49 +28,118 @@ use olive_nn::{DecoderLayer, Linear, RopeTables};
 
 use crate::error::{QuantError, Result};
 
-/// The device calibration runs on (`quantize --device`).
+/// The device calibration runs on (`quantize --device`, and `--num_gpus` for several GPUs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Device {
     /// The host CPU.
     #[default]
     Cpu,
-    /// CUDA device 0 (f32 cuBLAS products; results equal the CPU's within float noise).
-    Gpu,
+    /// CUDA devices 0..count (f32 cuBLAS products; results equal the CPU's within float noise, and do not
+    /// depend on `count`): decoder layer l of L runs on GPU l·count/L.
+    Gpu {
+        /// GPUs the decoder layers are spread over (1: GPU 0 alone).
+        count: usize,
+    },
 }
 
-/// The products of one run, on the device chosen, and the time spent in them.
+impl Device {
+    /// One GPU, CUDA device 0.
+    pub const GPU: Device = Device::Gpu { count: 1 };
+}
+
+/// The GPU of decoder layer `layer` of `layers` when they are spread over `gpus` GPUs: contiguous blocks of
+/// about layers/gpus layers, layer l on GPU l·gpus/layers (as pipeline sharding places them).
+pub fn layer_gpu(layer: usize, layers: usize, gpus: usize) -> usize {
+    if layers == 0 || gpus == 0 {
+        return 0;
+    }
+    layer.min(layers - 1) * gpus / layers
+}
+
+/// A host weight kept on the device while its layer is calibrated.
+#[derive(Debug)]
+struct Held {
+    /// Address and length (in f32) of the host weight it copies.
+    addr: usize,
+    len: usize,
+    copy: HeldCopy,
+}
+
+#[derive(Debug)]
+enum HeldCopy {
+    /// On the GPU.
+    Gpu(CudaSlice<f32>),
+    /// The checking CPU compute of the unit tests: a host snapshot every product compares its operands with,
+    /// so a change to a held weight that is not reported to [`Compute::changed`] fails the test on the CPU.
+    #[cfg(test)]
+    Snapshot(Vec<f32>),
+}
+
+/// Where `host` lies in a held weight: (index of the held weight, offset in f32).
+fn find(held: &[Held], host: &[f32]) -> Option<(usize, usize)> {
+    let (addr, len) = (host.as_ptr() as usize, host.len());
+    if len == 0 {
+        return None;
+    }
+    let size = std::mem::size_of::<f32>();
+    held.iter()
+        .position(|h| addr >= h.addr && addr + len * size <= h.addr + h.len * size)
+        .map(|i| (i, (addr - held[i].addr) / size))
+}
+
+/// The products of one layer's calibration on one device, and the time spent in them.
 #[derive(Debug)]
 pub struct Compute {
     /// The GPU (cuBLAS f32); `None`: the host CPU (`olive_kernels::cpu::matmul`).
     gpu: Option<Arc<Gpu>>,
+    /// "cpu", or "cuda:<ordinal> <name>".
+    label: String,
     /// Nanoseconds spent in products so far (transfers included).
     busy_ns: AtomicU64,
+    /// The weights kept on the device (`hold_layer` .. `release`).
+    held: Mutex<Vec<Held>>,
+    /// The checking CPU compute of the unit tests ([`HeldCopy::Snapshot`]).
+    #[cfg(test)]
+    checking: bool,
 }
 
 impl Compute {
-    /// Products on the CPU.
-    pub fn cpu() -> Self {
+    fn new(gpu: Option<Arc<Gpu>>, label: String) -> Self {
         Compute {
-            gpu: None,
+            gpu,
+            label,
             busy_ns: AtomicU64::new(0),
+            held: Mutex::new(Vec::new()),
+            #[cfg(test)]
+            checking: false,
         }
     }
 
-    /// Opens the device (device 0 for [`Device::Gpu`]; a clear error where there is none).
-    pub fn open(device: Device) -> Result<Self> {
-        let gpu = match device {
-            Device::Cpu => None,
-            Device::Gpu => Some(Gpu::get(0)?),
-        };
-        Ok(Compute {
-            gpu,
-            busy_ns: AtomicU64::new(0),
-        })
+    /// Products on the CPU.
+    pub fn cpu() -> Self {
+        Self::new(None, "cpu".into())
     }
 
-    /// Where the products run: "cpu" or the GPU's name.
+    /// Products on CUDA device `ordinal` (a clear error where there is none).
+    pub fn gpu(ordinal: usize) -> Result<Self> {
+        let gpu = Gpu::get(ordinal)?;
+        let label = format!("cuda:{ordinal} {}", gpu.name());
+        Ok(Self::new(Some(gpu), label))
+    }
+
+    /// A CPU compute that keeps snapshots of held weights and checks, at every product, that a held operand
+    /// still equals its snapshot (what a GPU's held copy would hold).
+    #[cfg(test)]
+    pub(crate) fn checking() -> Self {
+        Compute {
+            checking: true,
+            ..Self::new(None, "cpu (checking held weights)".into())
+        }
+    }
+
+    /// Where the products run: "cpu" or "cuda:<ordinal> <GPU name>".
     pub fn name(&self) -> &str {
-        self.gpu.as_ref().map_or("cpu", |g| g.name())
+        &self.label
     }
 
     /// Seconds spent in products so far, uploads and downloads included.
@@ -77,6 +155,117 @@ impl Compute {
         r
     }
 
+    fn held(&self) -> MutexGuard<'_, Vec<Held>> {
+        self.held
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The GPU, made current on this thread (cuBLAS runs on the current device's context).
+    fn bound(&self) -> Result<Option<&Gpu>> {
+        match &self.gpu {
+            Some(gpu) => {
+                gpu.context().bind_to_thread().map_err(GpuError::from)?;
+                Ok(Some(gpu))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Keeps the weights of `layer`'s four linears on the device until [`Compute::release`] (replacing what
+    /// was held): its products then read them there. Nothing on the CPU.
+    pub(crate) fn hold_layer(&self, layer: &DecoderLayer) -> Result<()> {
+        let weights: [&[f32]; 4] = [
+            &layer.qkv_proj.weight,
+            &layer.o_proj.weight,
+            &layer.gate_up_proj.weight,
+            &layer.down_proj.weight,
+        ];
+        self.timed(|| {
+            let mut held = self.held();
+            held.clear();
+            for w in weights {
+                let copy = match self.bound()? {
+                    Some(gpu) => HeldCopy::Gpu(gpu.upload(w)?),
+                    #[cfg(test)]
+                    None if self.checking => HeldCopy::Snapshot(w.to_vec()),
+                    None => continue,
+                };
+                held.push(Held {
+                    addr: w.as_ptr() as usize,
+                    len: w.len(),
+                    copy,
+                });
+            }
+            Ok(())
+        })
+    }
+
+    /// The host values of `w` (a held weight or part of one) changed: copies them to the device. Every change
+    /// to a held weight must be reported before its next product.
+    pub(crate) fn changed(&self, w: &[f32]) -> Result<()> {
+        let mut held = self.held();
+        let Some((i, offset)) = find(&held, w) else {
+            return Ok(());
+        };
+        let range: Range<usize> = offset..offset + w.len();
+        match &mut held[i].copy {
+            HeldCopy::Gpu(device) => {
+                if let Some(gpu) = self.bound()? {
+                    self.timed(|| {
+                        gpu.stream()
+                            .memcpy_htod(w, &mut device.slice_mut(range))
+                            .map_err(GpuError::from)
+                    })?;
+                }
+            }
+            #[cfg(test)]
+            HeldCopy::Snapshot(s) => s[range].copy_from_slice(w),
+        }
+        Ok(())
+    }
+
+    /// Drops the held weights (before their layer is dropped: they are found by the host weights' addresses).
+    pub(crate) fn release(&self) {
+        self.held().clear();
+    }
+
+    /// A device view of `host`: its held copy, else a fresh upload kept in `tmp`.
+    fn view<'a>(
+        gpu: &Gpu,
+        held: &'a [Held],
+        host: &[f32],
+        tmp: &'a mut Option<CudaSlice<f32>>,
+    ) -> Result<CudaView<'a, f32>> {
+        if let Some((i, offset)) = find(held, host) {
+            #[allow(irrefutable_let_patterns)]
+            if let HeldCopy::Gpu(d) = &held[i].copy {
+                return Ok(d.slice(offset..offset + host.len()));
+            }
+        }
+        Ok(tmp.insert(gpu.upload(host)?).slice(..))
+    }
+
+    /// The checking compute's test: each operand lying in a held weight equals its snapshot.
+    #[cfg(test)]
+    fn check(&self, operands: &[&[f32]]) {
+        let held = self.held();
+        for host in operands {
+            if let Some((i, offset)) = find(&held, host) {
+                if let HeldCopy::Snapshot(s) = &held[i].copy {
+                    let same = s[offset..offset + host.len()]
+                        .iter()
+                        .zip(host.iter())
+                        .all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same, "a held weight changed without Compute::changed");
+                }
+            }
+        }
+    }
+
+    #[cfg(not(test))]
+    fn check(&self, _operands: &[&[f32]]) {}
+
     /// out[m, n] = a[m, k] · b[n, k]ᵀ.
     pub(crate) fn matmul(
         &self,
@@ -85,12 +274,17 @@ impl Compute {
         out: &mut [f32],
         (m, k, n): (usize, usize, usize),
     ) -> Result<()> {
+        let (a, b) = (&a[..m * k], &b[..n * k]);
         self.timed(|| {
-            let Some(gpu) = &self.gpu else {
+            let Some(gpu) = self.bound()? else {
+                self.check(&[a, b]);
                 matmul(a, b, out, m, k, n);
                 return Ok(());
             };
-            let (da, db) = (gpu.upload(&a[..m * k])?, gpu.upload(&b[..n * k])?);
+            let held = self.held();
+            let (mut ta, mut tb) = (None, None);
+            let da = Self::view(gpu, &held, a, &mut ta)?;
+            let db = Self::view(gpu, &held, b, &mut tb)?;
             let mut dc = gpu.alloc::<f32>(m * n)?;
             gemm::linear(gpu, &da, &db, &mut dc, (m, n, k), false)?;
             gpu.stream()
@@ -103,6 +297,7 @@ impl Compute {
     /// out: [tokens, out_features] = x: [tokens, in_features] · Wᵀ + b of a dense linear.
     pub(crate) fn linear(&self, l: &Linear, x: &[f32], out: &mut [f32]) -> Result<()> {
         if self.gpu.is_none() {
+            self.check(&[&l.weight]);
             self.timed(|| l.forward(x, out));
             return Ok(());
         }
@@ -119,37 +314,41 @@ impl Compute {
     /// xᵀ·y ([n, n]) for x, y: [rows, n] on the GPU; `None` on the CPU, whose Hessian update multiplies
     /// only the lower triangle in place (`Hessian::add_product`, timed through [`Compute::timed_cpu`]).
     pub(crate) fn gram(&self, x: &[f32], y: &[f32], n: usize) -> Result<Option<Vec<f32>>> {
-        let Some(gpu) = &self.gpu else {
+        if self.gpu.is_none() {
             return Ok(None);
-        };
-        self.timed(|| self.gram_on(gpu, x, y, n)).map(Some)
+        }
+        self.timed(|| match self.bound()? {
+            Some(gpu) => gram_on(gpu, x, y, n).map(Some),
+            None => Ok(None),
+        })
     }
 
     /// A product done on the CPU outside this type, counted as product time.
     pub(crate) fn timed_cpu<R>(&self, f: impl FnOnce() -> R) -> R {
         self.timed(f)
     }
+}
 
-    fn gram_on(&self, gpu: &Gpu, x: &[f32], y: &[f32], n: usize) -> Result<Vec<f32>> {
-        let rows = x.len() / n.max(1);
-        let dx = gpu.upload(x)?;
-        let dy = if std::ptr::eq(x, y) {
-            None
-        } else {
-            Some(gpu.upload(y)?)
-        };
-        let mut dg = gpu.alloc::<f32>(n * n)?;
-        let a = Operand {
-            data: &dx,
-            transposed: true,
-        };
-        let b = Operand {
-            data: dy.as_ref().unwrap_or(&dx),
-            transposed: false,
-        };
-        gemm::matmul(gpu, a, b, &mut dg, (n, n, rows), 1.0, 0.0)?;
-        Ok(gpu.download(&dg)?)
-    }
+/// xᵀ·y ([n, n]) for x, y: [rows, n] on `gpu`.
+fn gram_on(gpu: &Gpu, x: &[f32], y: &[f32], n: usize) -> Result<Vec<f32>> {
+    let rows = x.len() / n.max(1);
+    let dx = gpu.upload(x)?;
+    let dy = if std::ptr::eq(x, y) {
+        None
+    } else {
+        Some(gpu.upload(y)?)
+    };
+    let mut dg = gpu.alloc::<f32>(n * n)?;
+    let a = Operand {
+        data: &dx,
+        transposed: true,
+    };
+    let b = Operand {
+        data: dy.as_ref().unwrap_or(&dx),
+        transposed: false,
+    };
+    gemm::matmul(gpu, a, b, &mut dg, (n, n, rows), 1.0, 0.0)?;
+    Ok(gpu.download(&dg)?)
 }
 
 /// The attention block up to o_proj's input for whole windows of `seq_len` tokens, each starting at
@@ -239,11 +438,17 @@ impl Compute {
         let (inter, hidden) = (layer.dims.intermediate, layer.dims.hidden);
         let tokens = normed.len() / hidden.max(1);
         match &self.gpu {
-            Some(gpu) if gu.bias.is_none() && dn.bias.is_none() => self.timed(|| {
-                let (dx, dw) = (gpu.upload(normed)?, gpu.upload(&gu.weight)?);
+            Some(_) if gu.bias.is_none() && dn.bias.is_none() => self.timed(|| {
+                let Some(gpu) = self.bound()? else {
+                    return Ok(());
+                };
+                let held = self.held();
+                let (mut tx, mut tw) = (None, None);
+                let dx = Self::view(gpu, &held, normed, &mut tx)?;
+                let dw = Self::view(gpu, &held, &gu.weight, &mut tw)?;
                 let mut dgu = gpu.alloc::<f32>(tokens * 2 * inter)?; // [tokens, 2·intermediate]
                 gemm::linear(gpu, &dx, &dw, &mut dgu, (tokens, 2 * inter, hidden), false)?;
-                drop((dx, dw));
+                drop((tx, tw));
                 let mut dact = gpu.alloc::<f32>(tokens * inter)?; // [tokens, intermediate]
                 gpu_silu::silu_mul(gpu, &dgu, inter, &mut dact)?;
                 drop(dgu);
@@ -253,7 +458,8 @@ impl Compute {
                         .map_err(GpuError::from)?;
                 }
                 if let Some(down) = down {
-                    let dw = gpu.upload(&dn.weight)?;
+                    let mut tw = None;
+                    let dw = Self::view(gpu, &held, &dn.weight, &mut tw)?;
                     let mut dy = gpu.alloc::<f32>(tokens * hidden)?; // [tokens, hidden]
                     gemm::linear(gpu, &dact, &dw, &mut dy, (tokens, hidden, inter), false)?;
                     gpu.stream()

@@ -97,6 +97,9 @@ pub enum QuantError {
     /// The GPU asked for (`--device gpu`) is missing or failed.
     #[error("GPU calibration: {0}")]
     Gpu(#[from] olive_kernels::cuda::GpuError),
+    /// More GPUs asked for than the driver reports.
+    #[error("device gpu over {asked} GPUs: the driver reports {found} CUDA device(s)")]
+    Gpus { asked: usize, found: usize },
     /// The caller asked the quantizer to stop.
     #[error("cancelled")]
     Cancelled,

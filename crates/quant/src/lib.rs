@@ -12,12 +12,13 @@ mod layout;
 mod linalg;
 #[cfg(feature = "pass")]
 pub mod pass;
+mod placement;
 pub mod rtn;
 pub mod stream;
 mod value_hessian;
 pub mod writer;
 
-pub use device::Device;
+pub use device::{layer_gpu, Device};
 pub use error::{QuantError, Result};
 pub use gptq::{gptq, GptqOptions, GptqResult, GptqSolver, Hessian};
 pub use grid::{group_params, quantize_value, QuantSpec};

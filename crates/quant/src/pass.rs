@@ -54,16 +54,19 @@ pub struct Common {
     pub format: Format,
     /// Olive's per-module `overrides` (module name -> bits / symmetric / group_size).
     pub overrides: Option<Overrides>,
+    /// GPUs the decoder layers are spread over with device gpu (olive-rs's `num_gpus`; 1: GPU 0).
+    pub num_gpus: usize,
 }
 
 /// Olive's `overrides`: per-module settings keyed by module name.
 pub type Overrides = serde_json::Map<String, serde_json::Value>;
 
 /// Declares a quantizer pass's typed config: the fields every quantizer has (`bits`, `group_size`, `sym`,
-/// `modules`, `lm_head`, `format`, `data_config`, `n_samples`, `seq_len`, `seed`, `overrides`, with Olive's names and this
-/// module's defaults), then the method's own, in one struct with `deny_unknown_fields` (serde's `flatten` would
-/// lose that) and a JSON schema listing every field. `bits` and `format` take per-pass doc lines; the struct gets
-/// `fn common(&self) -> Common`. The plugin crate needs serde, schemars and olive_data as dependencies.
+/// `modules`, `lm_head`, `format`, `data_config`, `n_samples`, `seq_len`, `seed`, `overrides`, with Olive's names
+/// and this module's defaults, and olive-rs's own `num_gpus`), then the method's own, in one struct with
+/// `deny_unknown_fields` (serde's `flatten` would lose that) and a JSON schema listing every field. `bits` and
+/// `format` take per-pass doc lines; the struct gets `fn common(&self) -> Common`. The plugin crate needs serde,
+/// schemars and olive_data as dependencies.
 #[macro_export]
 macro_rules! quantizer_config {
     (
@@ -120,6 +123,11 @@ macro_rules! quantizer_config {
             /// here; every module takes the pass's one setting.
             #[serde(default)]
             pub overrides: Option<olive_quant::pass::Overrides>,
+            /// olive-rs extension (not an Olive option): with device gpu, the decoder layers are spread over
+            /// GPUs 0..num_gpus of this host in contiguous blocks, each layer calibrated on its GPU; the output is
+            /// byte-identical to one GPU's. More than 1 needs device gpu and that many CUDA devices.
+            #[serde(default = "olive_quant::pass::default_num_gpus")]
+            pub num_gpus: usize,
             $(
                 $(#[$fmeta])*
                 pub $field: $ty,
@@ -142,6 +150,7 @@ macro_rules! quantizer_config {
                     seed: self.seed,
                     format: self.format,
                     overrides: self.overrides.clone(),
+                    num_gpus: self.num_gpus,
                 }
             }
         }
@@ -173,6 +182,11 @@ pub fn default_modules() -> Vec<String> {
     .to_vec()
 }
 
+/// Default of `num_gpus`: one GPU (or the CPU).
+pub fn default_num_gpus() -> usize {
+    1
+}
+
 /// Default of `seed`.
 pub fn default_seed() -> u64 {
     42
@@ -197,6 +211,35 @@ fn invalid(e: QuantError) -> Error {
             Error::Failed(e.to_string())
         }
         other => Error::InvalidConfig(other.to_string()),
+    }
+}
+
+/// The device of the pass's `device` and the config's `num_gpus`.
+fn device(device: &str, num_gpus: usize) -> Result<crate::Device, Error> {
+    match (device, num_gpus) {
+        (_, 0) => Err(Error::InvalidConfig(
+            "num_gpus 0: expected 1 or more GPUs to spread the decoder layers over".into(),
+        )),
+        ("cpu", 1) => Ok(crate::Device::Cpu),
+        ("cpu", n) => Err(Error::InvalidConfig(format!(
+            "num_gpus {n}: spreading the decoder layers over GPUs needs device gpu (the workflow's accelerator \
+             device; quantize --device gpu); this pass runs on cpu"
+        ))),
+        ("gpu", n) => {
+            if n > 1 {
+                let found = olive_kernels::cuda::Gpu::count()
+                    .map_err(|e| Error::InvalidConfig(format!("num_gpus {n}: {e}")))?;
+                if n > found {
+                    return Err(Error::InvalidConfig(format!(
+                        "num_gpus {n}: the driver reports {found} CUDA device(s) on this machine"
+                    )));
+                }
+            }
+            Ok(crate::Device::Gpu { count: n })
+        }
+        (other, _) => Err(Error::InvalidConfig(format!(
+            "device `{other}`: the quantizers run on cpu or gpu"
+        ))),
     }
 }
 
@@ -246,15 +289,7 @@ pub fn run(
             Format::Awq => OutputFormat::AwqGemm,
             Format::Olive => OutputFormat::Olive,
         },
-        device: match ctx.device().as_str() {
-            "cpu" => crate::Device::Cpu,
-            "gpu" => crate::Device::Gpu,
-            other => {
-                return Err(Error::InvalidConfig(format!(
-                    "device `{other}`: the quantizers run on cpu or gpu"
-                )))
-            }
-        },
+        device: device(&ctx.device(), common.num_gpus)?,
     };
     options.spec.validate().map_err(invalid)?;
     let windows = if matches!(method, Method::Rtn) && common.data_config.is_none() {

@@ -2,8 +2,9 @@
 //! (`awq`, after AutoAWQ) or GPTQ (`gptq`, after AutoGPTQ's layer loop with `true_sequential`): the calibration
 //! tokens are embedded (only their embedding rows are read), then one decoder layer at a time is loaded from the
 //! memory-mapped checkpoint, run over the calibration sequences, quantized, written out as its own safetensors
-//! shard (`writer`) and dropped, and its mapped pages released. Peak memory is one layer's f32 weights, the
-//! calibration activations and that layer's Hessians, whatever the number of layers.
+//! shard (`writer`) and dropped, and its mapped pages released. Peak memory is one layer's f32 weights (two on a
+//! GPU, where the next layer is read meanwhile), the calibration activations and that layer's Hessians, whatever
+//! the number of layers. Over several GPUs each layer runs on the GPU of its block (`placement`).
 //!
 //! Inputs of the next layer: GPTQ and RTN (with calibration) pass on the quantized layer's outputs, as AutoGPTQ
 //! does; AWQ passes on the floating-point outputs, as AutoAWQ does. A layer's error is
@@ -31,6 +32,7 @@ use crate::gptq::{gptq, GptqOptions, Hessian};
 use crate::grid::QuantSpec;
 use crate::head::Tables;
 use crate::layout::{fit_gptq_v1_zeros, layer_tensors, quantization_config, resolve_format};
+use crate::placement::Placement;
 use crate::rtn::rtn;
 use crate::value_hessian::value_hessian;
 use crate::writer::{ModelWriter, OutTensor};
@@ -133,7 +135,7 @@ pub struct QuantizeOptions {
     /// Quantize the embeddings (RTN; Olive layout only).
     pub embeds: bool,
     pub format: OutputFormat,
-    /// Where calibration's products run (the CPU, or a CUDA GPU within float noise of it).
+    /// Where calibration's products run (the CPU, or CUDA GPUs within float noise of it).
     pub device: Device,
 }
 
@@ -209,6 +211,19 @@ pub fn quantize_model(
     calibration: &[Vec<u32>],
     events: &mut dyn FnMut(Event<'_>) -> bool,
 ) -> Result<Summary> {
+    let open = |layers| Placement::open(options.device, layers);
+    quantize_placed(input, output, options, calibration, events, &open)
+}
+
+/// [`quantize_model`] on the devices `open(layers)` gives.
+pub(crate) fn quantize_placed(
+    input: &Path,
+    output: &Path,
+    options: &QuantizeOptions,
+    calibration: &[Vec<u32>],
+    events: &mut dyn FnMut(Event<'_>) -> bool,
+    open: &dyn Fn(usize) -> Result<Placement>,
+) -> Result<Summary> {
     let start = Instant::now();
     let spec = options.spec;
     spec.validate()?;
@@ -231,7 +246,7 @@ pub fn quantize_model(
     let extra = Tables::plan(&ckpt, &config, options.lm_head, options.embeds)?;
     let format = resolve_format(options, &plan, &extra, events)?;
     let seq_len = check_calibration(&options.method, calibration, config.vocab_size)?;
-    let compute = Compute::open(options.device)?;
+    let placement = open(layers)?;
 
     let mut writer = ModelWriter::create(output, layers + 1)?;
     let rope = Rope::new(&config);
@@ -245,44 +260,34 @@ pub fn quantize_model(
         ErrorMetric::Output
     };
     let mut quantized_linears = 0;
-    for (i, modules) in plan.iter().enumerate() {
+    placement.for_each_layer(&ckpt, &config, &mut |i, layer, layer_names, compute| {
         let t0 = Instant::now();
         let busy0 = compute.busy_seconds();
-        let prefix = format!("model.layers.{i}.");
-        let mut layer = DecoderLayer::load(&ckpt, &config, i)?;
-        let layer_names: Vec<String> = ckpt
-            .names()
-            .filter(|n| n.starts_with(&prefix))
-            .map(String::from)
-            .collect();
-        for n in &layer_names {
-            ckpt.release(n);
-        }
+        let modules = &plan[i];
         let run = LayerRun {
             modules,
             spec: &spec,
             format,
             seq_len,
             rope: &tables,
-            compute: &compute,
+            compute,
         };
         let (linears, error) = match &options.method {
-            Method::Rtn => run.rtn(&mut layer, &mut hidden)?,
-            Method::Gptq(g) => run.gptq(&mut layer, &mut hidden, g)?,
-            Method::Awq(a) => run.awq(&mut layer, &mut hidden, a, events)?,
+            Method::Rtn => run.rtn(layer, &mut hidden)?,
+            Method::Gptq(g) => run.gptq(layer, &mut hidden, g)?,
+            Method::Awq(a) => run.awq(layer, &mut hidden, a, events)?,
         };
         quantized_linears += linears.len();
         let tensors = layer_tensors(
             &ckpt,
-            &layer,
+            layer,
             modules,
             &linears,
-            &layer_names,
+            layer_names,
             (format, spec.sym),
         )?;
         writer.write_shard(&tensors, &mut |n| ckpt.release(n))?;
         drop(tensors);
-        drop(layer);
         errors.push(error);
         let line = format!(
             "layer {i}: {:.2} s, of which {:.2} s in calibration products on {}",
@@ -303,7 +308,8 @@ pub fn quantize_model(
         if !events(Event::Layer(&report)) {
             return Err(QuantError::Cancelled);
         }
-    }
+        Ok(())
+    })?;
     let fit = |q: &mut QuantizedLinear| {
         if format == OutputFormat::GptqV1 {
             fit_gptq_v1_zeros(q);
@@ -745,6 +751,7 @@ impl LayerRun<'_> {
                 fit_gptq_v1_zeros(&mut q);
             }
             slot_rows_mut(layer, slot, span.clone()).copy_from_slice(&q.dequantize());
+            self.compute.changed(slot_rows(layer, slot, span.clone()))?;
             for i in members {
                 let r = &self.modules[i].rows;
                 out.push((i, q.rows(r.start - span.start, r.end - span.start)));

@@ -1,9 +1,13 @@
-//! AWQ and GPTQ calibration on a CUDA GPU (`Device::Gpu`: cuBLAS f32 products, see olive_quant::device)
+//! AWQ and GPTQ calibration on a CUDA GPU (`Device::GPU`: cuBLAS f32 products, see olive_quant::device)
 //! against the CPU run on random Llama models of GPU-friendly shapes (head_dim 64 and 128): the packed levels,
 //! scales and zero points read back through crates/model, and the perplexity of the two outputs under the CPU
-//! transformer. Each test prints "skipped: no CUDA device: <test>" where there is none and does nothing else.
+//! transformer; over 2 GPUs (and every GPU of the machine) the output is byte-identical to one GPU's. Each test
+//! prints "skipped: no CUDA device: <test>" (or "skipped: needs 2 CUDA devices: <test>") where there is none
+//! and does nothing else.
 
 mod gpu_support;
+
+use std::io::Write;
 
 use gpu_support::*;
 use olive_kernels::cuda::test_gpu;
@@ -52,7 +56,7 @@ fn awq_and_gptq_on_the_gpu_match_the_cpu() {
             dir.path().join(format!("{name}-gpu")),
         );
         let (t_cpu, _) = quantize(&fp, &cpu, method, Device::Cpu, &cal);
-        let (t_gpu, _) = quantize(&fp, &gpu_out, method, Device::Gpu, &cal);
+        let (t_gpu, _) = quantize(&fp, &gpu_out, method, Device::GPU, &cal);
         let a = agreement(&linears(&cpu, s), &linears(&gpu_out, s));
         let (p_cpu, p_gpu) = (perplexity(&cpu, &eval), perplexity(&gpu_out, &eval));
         let ppl_rel = (p_gpu / p_cpu - 1.0).abs();
@@ -97,7 +101,7 @@ fn hessians_on_the_gpu_match_the_cpu() {
     let mut hc = Hessian::new(n);
     hc.add(&x);
     let mut hg = Hessian::new(n);
-    hg.add_on(&Compute::open(Device::Gpu).unwrap(), &x).unwrap();
+    hg.add_on(&Compute::gpu(0).unwrap(), &x).unwrap();
     let (mut diff, mut norm) = (0f64, 0f64);
     for (a, b) in hg.matrix().iter().zip(hc.matrix()) {
         diff += (f64::from(*a) - f64::from(*b)).powi(2);
@@ -120,6 +124,76 @@ fn hessians_on_the_gpu_match_the_cpu() {
         levels <= GPTQ_ILL_CONDITIONED_LEVELS,
         "GPTQ levels different {levels}"
     );
+}
+
+/// The decoder layers spread over 2 GPUs (and over all of them when there are more) give the one-GPU output
+/// byte for byte, for RTN with calibration, AWQ and GPTQ: each layer runs the same products in the same order
+/// on its GPU. 5 layers: a block boundary inside the model over 2, 3 or 4 GPUs.
+#[test]
+fn several_gpus_give_the_one_gpu_output_byte_for_byte() {
+    let test = "several_gpus_give_the_one_gpu_output_byte_for_byte";
+    let found = gpu_count();
+    if found < 2 {
+        // Written to the stream itself: the test harness hides printed output of tests that pass.
+        let _ = writeln!(std::io::stderr(), "skipped: needs 2 CUDA devices: {test}");
+        return;
+    }
+    let s = Shape {
+        hidden: 256,
+        heads: 4,
+        kv_heads: 2,
+        inter: 512,
+        layers: 5,
+        vocab: 256,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let fp = dir.path().join("fp");
+    write_model(&fp, s);
+    let cal = windows(8, 128, s.vocab, 3);
+    let mut counts = vec![2];
+    if found > 2 {
+        counts.push(found);
+    }
+    let all = [("rtn", Method::Rtn)].into_iter().chain(methods());
+    for (name, method) in all {
+        let one = dir.path().join(format!("{name}-1"));
+        let (t1, lines1) = quantize(&fp, &one, method, Device::GPU, &cal);
+        for &count in &counts {
+            let many = dir.path().join(format!("{name}-{count}"));
+            let (tn, lines) = quantize(&fp, &many, method, Device::Gpu { count }, &cal);
+            eprintln!(
+                "{name}: 1 GPU {t1:.2} s, {count} GPUs {tn:.2} s\n  1: {lines1:?}\n  {count}: {lines:?}"
+            );
+            let on: Vec<bool> = (0..count)
+                .map(|g| lines.iter().any(|l| l.contains(&format!("cuda:{g} "))))
+                .collect();
+            let used: Vec<bool> = (0..count)
+                .map(|g| (0..s.layers).any(|l| olive_quant::layer_gpu(l, s.layers, count) == g))
+                .collect();
+            assert_eq!(on, used, "{name} over {count}: layers ran on {lines:?}");
+            let differ = different_files(&one, &many);
+            assert!(
+                differ.is_empty(),
+                "{name}: 1 GPU and {count} GPUs wrote different {differ:?}"
+            );
+        }
+    }
+    // More GPUs than there are: a clear error before anything is written.
+    let out = dir.path().join("too-many");
+    let err = quantize_model(
+        &fp,
+        &out,
+        &options(Method::Rtn, Device::Gpu { count: found + 1 }),
+        &cal,
+        &mut |_| true,
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains(&format!("driver reports {found} CUDA device")),
+        "{err}"
+    );
+    assert!(!out.exists());
 }
 
 /// Without a GPU, asking for one is a clear error and leaves no output folder.
@@ -145,7 +219,7 @@ fn the_gpu_device_needs_a_gpu() {
     let err = quantize_model(
         &fp,
         &out,
-        &options(method, Device::Gpu),
+        &options(method, Device::GPU),
         &windows(2, 16, s.vocab, 1),
         &mut |_| true,
     )

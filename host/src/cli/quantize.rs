@@ -5,13 +5,15 @@
 //! `<output_path>/model_config.json` (every command taking `--model_name_or_path` accepts the output folder). `--bits`, `--group_size` and
 //! `--sym` (which Olive lacks) set the grid, `--lm_head` and `--embeds` (Olive's pass options) quantize the
 //! lm_head and the embeddings too; by default `--precision` gives the bits and each pass its defaults. `--device
-//! gpu` runs the calibration on the first CUDA GPU (the workflow's accelerator device `gpu`).
+//! gpu` runs the calibration on the first CUDA GPU (the workflow's accelerator device `gpu`), `--num_gpus N` on
+//! the first N, the decoder layers spread over them (the pass config's `num_gpus`, an olive-rs extension).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::bail;
+use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
+use olive_kernels::cuda::Gpu;
 use olive_pass_api::{kinds, Model};
 
 use super::common::{refuse_non_empty, resolve_hf_input};
@@ -95,6 +97,11 @@ pub struct QuantizeArgs {
     /// the calibration products in f32, giving the CPU's result within float noise).
     #[arg(long, value_enum, default_value_t = Device::Cpu)]
     pub device: Device,
+    /// With --device gpu: spread the decoder layers over the first N CUDA GPUs of this host (contiguous blocks,
+    /// each layer calibrated on the GPU holding it); the output is byte-identical to one GPU's. Saved in the
+    /// pass config as olive-rs's `num_gpus`.
+    #[arg(long = "num_gpus", default_value_t = 1)]
+    pub num_gpus: usize,
     /// Replace an existing, non-empty output folder.
     #[arg(long)]
     pub overwrite: bool,
@@ -135,6 +142,14 @@ fn pass_config(args: &QuantizeArgs) -> anyhow::Result<serde_json::Value> {
         (None, None) => 4,
     };
     let mut config = serde_json::json!({ "bits": bits });
+    match (args.num_gpus, args.device) {
+        (0, _) => bail!("--num_gpus 0: expected 1 or more GPUs"),
+        (1, _) => {}
+        (n, Device::Gpu) => config["num_gpus"] = n.into(),
+        (n, Device::Cpu) => {
+            bail!("--num_gpus {n}: spreading the decoder layers over GPUs needs --device gpu")
+        }
+    }
     if let Some(g) = args.group_size {
         config["group_size"] = g.into();
     }
@@ -183,6 +198,13 @@ pub fn run(args: QuantizeArgs) -> anyhow::Result<()> {
     refuse_non_empty(&args.output_path, args.overwrite)?;
     if args.device == Device::Gpu {
         first_gpu()?;
+        let found = Gpu::count().context("--device gpu")?;
+        if args.num_gpus > found {
+            bail!(
+                "--num_gpus {}: the driver reports {found} CUDA device(s) on this machine",
+                args.num_gpus
+            );
+        }
     }
     let input = resolve_hf_input(&args.model_name_or_path)?;
     let found = plugins::discover(&plugins::search_path());
@@ -280,6 +302,27 @@ mod tests {
             "{err}"
         );
         assert!(!out.exists());
+    }
+
+    /// `--num_gpus N` (N > 1) goes into the pass config as `num_gpus` with `--device gpu` only; 1 leaves the
+    /// config as it was.
+    #[test]
+    fn num_gpus_needs_device_gpu_and_goes_into_the_pass_config() {
+        let c = config(&["--algorithm", "gptq", "--device", "gpu", "--num_gpus", "2"]).unwrap();
+        assert_eq!(c["num_gpus"], 2);
+        let c = config(&["--algorithm", "gptq", "--device", "gpu", "--num_gpus", "1"]).unwrap();
+        assert_eq!(c.get("num_gpus"), None);
+        let err = config(&["--algorithm", "awq", "--num_gpus", "2"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--num_gpus 2") && err.contains("--device gpu"),
+            "{err}"
+        );
+        let err = config(&["--device", "gpu", "--num_gpus", "0"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--num_gpus 0"), "{err}");
     }
 
     #[test]

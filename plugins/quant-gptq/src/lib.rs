@@ -374,6 +374,7 @@ mod tests {
             "seq_len",
             "seed",
             "overrides",
+            "num_gpus",
             "block_size",
             "damp_percent",
             "desc_act",
@@ -385,7 +386,7 @@ mod tests {
         ] {
             assert!(props.contains_key(f), "{f} missing from {props:?}");
         }
-        assert_eq!(props.len(), 19);
+        assert_eq!(props.len(), 20);
         assert_eq!(schema["additionalProperties"], false);
     }
 }

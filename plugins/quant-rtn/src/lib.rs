@@ -115,6 +115,16 @@ mod tests {
                 ErrorKind::INVALID_CONFIG,
                 "unknown module `embed_token`",
             ),
+            (
+                r#"{"num_gpus": 2}"#,
+                ErrorKind::INVALID_CONFIG,
+                "num_gpus 2: spreading the decoder layers over GPUs needs device gpu",
+            ),
+            (
+                r#"{"num_gpus": 0}"#,
+                ErrorKind::INVALID_CONFIG,
+                "num_gpus 0",
+            ),
         ] {
             let err = host
                 .run_plugin(&OLIVE_PLUGIN, "Rtn", &model, config)
@@ -122,6 +132,13 @@ mod tests {
             assert_eq!(err.kind, kind, "{config}: {}", err.message);
             assert!(err.message.contains(expect), "{config}: {}", err.message);
         }
+        // More GPUs than the machine has: the error names the key (no driver here, or too few devices).
+        let err = TestHost::new(&out2)
+            .with_device("gpu")
+            .run_plugin(&OLIVE_PLUGIN, "Rtn", &model, r#"{"num_gpus": 64}"#)
+            .unwrap_err();
+        assert_eq!(err.kind, ErrorKind::INVALID_CONFIG, "{}", err.message);
+        assert!(err.message.starts_with("num_gpus 64: "), "{}", err.message);
         // An already quantized model is refused.
         let err = host
             .run_plugin(&OLIVE_PLUGIN, "Rtn", &Model::new(kinds::HF, &out), "{}")

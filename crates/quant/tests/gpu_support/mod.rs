@@ -275,6 +275,37 @@ pub fn perplexity(dir: &Path, windows: &[Vec<u32>]) -> f64 {
     (nll / n as f64).exp()
 }
 
+/// The files of `a` and `b` whose bytes differ, and the names only one of them has.
+pub fn different_files(a: &Path, b: &Path) -> Vec<String> {
+    let names = |d: &Path| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    let (na, nb) = (names(a), names(b));
+    let mut out: Vec<String> = na
+        .iter()
+        .chain(&nb)
+        .filter(|n| !(na.contains(n) && nb.contains(n)))
+        .cloned()
+        .collect();
+    out.extend(
+        na.iter()
+            .filter(|n| nb.contains(n))
+            .filter(|n| std::fs::read(a.join(n)).unwrap() != std::fs::read(b.join(n)).unwrap())
+            .cloned(),
+    );
+    out
+}
+
+/// The GPUs the driver reports (0 without a driver).
+pub fn gpu_count() -> usize {
+    olive_kernels::cuda::Gpu::count().unwrap_or(0)
+}
+
 pub fn methods() -> [(&'static str, Method); 2] {
     [
         ("awq", Method::Awq(AwqOptions::default())),
