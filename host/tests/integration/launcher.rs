@@ -264,6 +264,46 @@ fn the_timeout_cancels_every_rank() {
     assert!(!setup.out.exists());
 }
 
+#[cfg(unix)]
+#[test]
+fn ctrl_c_cancels_every_rank() {
+    let setup = Setup::new();
+    // Rank 9 does not exist: every rank waits to be cancelled.
+    let mut command = setup.command(
+        &["--device", "gpu", "--num_gpus", "2"],
+        &[("FIXTURE_DIST_FAIL_RANK", "9")],
+    );
+    let child = command
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Both ranks report once they run; then Ctrl-C reaches running passes.
+    let started = Instant::now();
+    while entries(&setup.path("reports")).len() < 2 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the ranks did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pid = libc::pid_t::try_from(child.id()).unwrap();
+    // SAFETY: signalling the child this test started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.ends_with(
+            "error: plugin `fixture-dist`, pass `LoRA`, rank 0 of 2: cancelled after an interrupt (Ctrl-C)\n"
+        ),
+        "{stderr}"
+    );
+    setup.assert_no_leftovers(&setup.reports());
+    assert!(!setup.out.exists());
+}
+
 #[test]
 fn a_host_without_rank_0_writes_no_output() {
     let setup = Setup::new();
