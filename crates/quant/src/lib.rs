@@ -3,6 +3,7 @@
 //! `olive_model::quantized::QuantizedLinear` (unpacked levels, scales, zero points, g_idx).
 
 pub mod awq;
+mod calibration;
 pub mod device;
 pub mod error;
 pub mod gptq;
