@@ -69,6 +69,26 @@ impl Placement {
         }
     }
 
+    /// Which device runs which layers, e.g. "layers 0-14 on cuda:0 NVIDIA H100, layers 15-29 on cuda:1 NVIDIA
+    /// H100".
+    pub(crate) fn describe(&self) -> String {
+        let gpus = self.computes.len();
+        let mut parts = Vec::new();
+        let mut first = 0;
+        for l in 0..self.layers {
+            let g = layer_gpu(l, self.layers, gpus);
+            if l + 1 == self.layers || layer_gpu(l + 1, self.layers, gpus) != g {
+                let span = match first == l {
+                    true => format!("layer {l}"),
+                    false => format!("layers {first}-{l}"),
+                };
+                parts.push(format!("{span} on {}", self.computes[g].name()));
+                first = l + 1;
+            }
+        }
+        parts.join(", ")
+    }
+
     /// The compute of decoder layer `layer`.
     pub(crate) fn compute(&self, layer: usize) -> &Compute {
         &self.computes[layer_gpu(layer, self.layers, self.computes.len())]

@@ -247,6 +247,9 @@ pub(crate) fn quantize_placed(
     let format = resolve_format(options, &plan, &extra, events)?;
     let seq_len = check_calibration(&options.method, calibration, config.vocab_size)?;
     let placement = open(layers)?;
+    if !events(Event::Log(&format!("devices: {}", placement.describe()))) {
+        return Err(QuantError::Cancelled);
+    }
 
     let mut writer = ModelWriter::create(output, layers + 1)?;
     let rope = Rope::new(&config);

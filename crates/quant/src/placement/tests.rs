@@ -12,7 +12,7 @@ use serde_json::json;
 use super::*;
 use crate::awq::AwqOptions;
 use crate::grid::QuantSpec;
-use crate::stream::{quantize_placed, Method, OutputFormat, QuantizeOptions, Selected};
+use crate::stream::{quantize_placed, Event, Method, OutputFormat, QuantizeOptions, Selected};
 use crate::GptqOptions;
 
 #[test]
@@ -180,15 +180,30 @@ fn held_weights_follow_every_change_and_the_output_matches_the_cpu_byte_for_byte
                 format: OutputFormat::Auto,
                 device: Device::Cpu,
             };
-            let run = |out: &Path, open: &dyn Fn(usize) -> Result<Placement>| {
-                quantize_placed(&fp, out, &options, &windows, &mut |_| true, open).unwrap();
+            let run = |out: &Path, open: &dyn Fn(usize) -> Result<Placement>| -> Vec<String> {
+                let mut lines = Vec::new();
+                let mut events = |e: Event<'_>| {
+                    if let Event::Log(l) = e {
+                        lines.push(l.to_string());
+                    }
+                    true
+                };
+                quantize_placed(&fp, out, &options, &windows, &mut events, open).unwrap();
+                lines
             };
             let (cpu, gpus) = (
                 dir.path().join(format!("{name}-{kv_heads}-cpu")),
                 dir.path().join(format!("{name}-{kv_heads}-gpus")),
             );
-            run(&cpu, &|layers| Placement::open(Device::Cpu, layers));
-            run(&gpus, &|layers| Ok(Placement::checking(2, layers)));
+            let lines = run(&cpu, &|layers| Placement::open(Device::Cpu, layers));
+            assert!(
+                lines.contains(&"devices: layers 0-2 on cpu".to_string()),
+                "{lines:?}"
+            );
+            let lines = run(&gpus, &|layers| Ok(Placement::checking(2, layers)));
+            let c = "cpu (checking held weights)";
+            let want = format!("devices: layers 0-1 on {c}, layer 2 on {c}");
+            assert!(lines.contains(&want), "{lines:?}");
             same_files(&cpu, &gpus);
         }
     }
