@@ -399,7 +399,11 @@ fn supervise(job: &Job, workers: &mut [Worker], rx: &Receiver<(usize, Message)>)
         // Interrupts count from the first pass on: one that came between passes cancels this one.
         let interrupts = signals::interrupts();
         if cancel.is_none() && trigger.is_none() {
-            trigger = workers.iter().position(Worker::failed);
+            // A rank that failed on its own is named before one that only saw it go.
+            trigger = workers
+                .iter()
+                .position(|w| w.failed() && !w.lost_a_peer())
+                .or_else(|| workers.iter().position(Worker::failed));
         }
         if cancel.is_none() {
             let why = if let Some(i) = trigger.filter(|_| workers.len() > 1) {
@@ -414,8 +418,12 @@ fn supervise(job: &Job, workers: &mut [Worker], rx: &Receiver<(usize, Message)>)
             if let Some(why) = why {
                 let message = match (why, workers.len()) {
                     (Cancel::Peer(rank), _) => {
+                        let what = match trigger.is_some_and(|i| workers[i].lost_a_peer()) {
+                            true => "lost contact with another rank",
+                            false => "failed",
+                        };
                         format!(
-                            "{}: rank {rank} failed; stopping the other ranks",
+                            "{}: rank {rank} {what}; stopping the other ranks",
                             job.who()
                         )
                     }
