@@ -3,7 +3,7 @@
 //! inputs, so every Hessian has full rank), with how far the two outputs agree. Prints "skipped: no CUDA device"
 //! where there is none. With `--num_gpus N` it times one GPU against the layers spread over GPUs 0..N instead
 //! (the same model with 8 layers, so each GPU holds a block; no CPU run) and checks the outputs are
-//! byte-identical. Build here, run on a GPU machine:
+//! byte-identical: AWQ's blocks run concurrently, GPTQ's and RTN's layers one after another. Build here, run on a GPU machine:
 //!   cargo bench -p olive-quant --bench gpu_calibration --no-run   (then run the binary there, e.g.
 //!   .gpu/gpu-calibration-bench --num_gpus 2)
 

@@ -128,12 +128,12 @@ impl Compute {
     }
 
     /// A CPU compute that keeps snapshots of held weights and checks, at every product, that a held operand
-    /// still equals its snapshot (what a GPU's held copy would hold).
+    /// still equals its snapshot (what a GPU's held copy would hold); named "checking:<ordinal>".
     #[cfg(test)]
-    pub(crate) fn checking() -> Self {
+    pub(crate) fn checking(ordinal: usize) -> Self {
         Compute {
             checking: true,
-            ..Self::new(None, "cpu (checking held weights)".into())
+            ..Self::new(None, format!("checking:{ordinal}"))
         }
     }
 

@@ -9,10 +9,12 @@ pub mod error;
 pub mod gptq;
 pub mod grid;
 mod head;
+mod input;
 mod layout;
 mod linalg;
 #[cfg(feature = "pass")]
 pub mod pass;
+mod pipeline;
 mod placement;
 pub mod rtn;
 pub mod stream;

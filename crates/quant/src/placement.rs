@@ -5,7 +5,9 @@
 //! On a GPU the next layer is read from the checkpoint in a background thread while the current one is
 //! calibrated, and uploaded there too when it goes to another GPU; the products and their order are those of
 //! one GPU, so the output is the same whatever the number of GPUs. On the CPU one layer is loaded at a time.
+//! AWQ runs the blocks concurrently (`pipeline`); GPTQ and RTN one layer after another.
 
+use std::ops::Range;
 use std::thread::ScopedJoinHandle;
 
 use olive_kernels::cuda::Gpu;
@@ -63,7 +65,7 @@ impl Placement {
     #[cfg(test)]
     pub(crate) fn checking(gpus: usize, layers: usize) -> Self {
         Placement {
-            computes: (0..gpus).map(|_| Compute::checking()).collect(),
+            computes: (0..gpus).map(Compute::checking).collect(),
             layers,
             background: true,
         }
@@ -94,7 +96,29 @@ impl Placement {
         &self.computes[layer_gpu(layer, self.layers, self.computes.len())]
     }
 
-    /// Runs `each(i, layer, names, compute)` on the decoder layers in order: layer i loaded from `ckpt` (its
+    /// How many devices the layers are spread over.
+    pub(crate) fn devices(&self) -> usize {
+        self.computes.len()
+    }
+
+    /// The contiguous blocks of layers, one per device that has layers, in order.
+    pub(crate) fn blocks(&self) -> Vec<Range<usize>> {
+        let gpus = self.computes.len();
+        let mut blocks: Vec<Range<usize>> = Vec::new();
+        for l in 0..self.layers {
+            match blocks.last_mut() {
+                Some(b)
+                    if layer_gpu(b.start, self.layers, gpus) == layer_gpu(l, self.layers, gpus) =>
+                {
+                    b.end = l + 1
+                }
+                _ => blocks.push(l..l + 1),
+            }
+        }
+        blocks
+    }
+
+    /// Runs `each(i, layer, names, compute)` on the decoder layers of `range` in order: layer i loaded from `ckpt` (its
     /// mapped pages released; `names` are its tensors), its weights held on its device for the call and released
     /// after it. On a GPU, layer i + 1 is loaded meanwhile in a background thread (and held on its GPU when that
     /// is not layer i's).
@@ -102,9 +126,11 @@ impl Placement {
         &self,
         ckpt: &Checkpoint,
         config: &ModelConfig,
+        range: Range<usize>,
         each: &mut EachLayer<'_>,
     ) -> Result<()> {
         let layers = config.num_hidden_layers;
+        let end = range.end.min(layers);
         // Layer i read from the checkpoint, and held on its device when `hold`.
         let prepare = |i: usize, hold: bool| -> Result<Prepared> {
             let layer = DecoderLayer::load(ckpt, config, i)?;
@@ -125,14 +151,14 @@ impl Placement {
         let gpu = |i: usize| layer_gpu(i, layers, self.computes.len());
         std::thread::scope(|scope| {
             let mut next: Option<ScopedJoinHandle<'_, Result<Prepared>>> = None;
-            for i in 0..layers {
+            for i in range.start..end {
                 let mut p = match next.take() {
                     Some(handle) => handle
                         .join()
                         .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?,
                     None => prepare(i, false)?,
                 };
-                if self.background && i + 1 < layers {
+                if self.background && i + 1 < end {
                     let hold = gpu(i + 1) != gpu(i);
                     next = Some(scope.spawn(move || prepare(i + 1, hold)));
                 }

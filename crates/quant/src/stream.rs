@@ -4,7 +4,8 @@
 //! memory-mapped checkpoint, run over the calibration sequences, quantized, written out as its own safetensors
 //! shard (`writer`) and dropped, and its mapped pages released. Peak memory is one layer's f32 weights (two on a
 //! GPU, where the next layer is read meanwhile), the calibration activations and that layer's Hessians, whatever
-//! the number of layers. Over several GPUs each layer runs on the GPU of its block (`placement`).
+//! the number of layers. Over several GPUs each layer runs on the GPU of its block (`placement`), AWQ's blocks
+//! concurrently (`pipeline`).
 //!
 //! Inputs of the next layer: GPTQ and RTN (with calibration) pass on the quantized layer's outputs, as AutoGPTQ
 //! does; AWQ passes on the floating-point outputs, as AutoAWQ does. A layer's error is
@@ -16,13 +17,13 @@
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::Instant;
 
 use olive_kernels::cpu::rmsnorm;
 use olive_model::quantized::QuantizedLinear;
 use olive_model::{Checkpoint, ModelConfig};
 use olive_nn::{DecoderLayer, Rope, RopeTables};
-use serde_json::Value;
 
 use crate::awq::{awq_layer, AwqOptions, InputOf, LayerInputs};
 use crate::calibration::{check_calibration, embed};
@@ -31,7 +32,9 @@ use crate::error::{QuantError, Result};
 use crate::gptq::{gptq, GptqOptions, Hessian};
 use crate::grid::QuantSpec;
 use crate::head::Tables;
+use crate::input::{layer_modules, refuse_quantized_config};
 use crate::layout::{fit_gptq_v1_zeros, layer_tensors, quantization_config, resolve_format};
+use crate::pipeline::awq_blocks;
 use crate::placement::Placement;
 use crate::rtn::rtn;
 use crate::value_hessian::value_hessian;
@@ -251,68 +254,50 @@ pub(crate) fn quantize_placed(
         return Err(QuantError::Cancelled);
     }
 
-    let mut writer = ModelWriter::create(output, layers + 1)?;
+    let writer = Mutex::new(ModelWriter::create(output, layers + 1)?);
     let rope = Rope::new(&config);
     let tables = rope.tables(0, seq_len.max(1));
     // hidden: [sequences · seq_len, hidden], the current layer's input.
     let mut hidden = embed(&ckpt, &config, calibration)?;
-    let mut errors = Vec::with_capacity(layers);
-    let metric = if calibration.is_empty() {
-        ErrorMetric::Weight
-    } else {
-        ErrorMetric::Output
+    let run = Run {
+        options,
+        ckpt: &ckpt,
+        plan: &plan,
+        format,
+        seq_len,
+        rope: &tables,
+        layers,
+        metric: if calibration.is_empty() {
+            ErrorMetric::Weight
+        } else {
+            ErrorMetric::Output
+        },
+        writer: &writer,
     };
-    let mut quantized_linears = 0;
-    placement.for_each_layer(&ckpt, &config, &mut |i, layer, layer_names, compute| {
-        let t0 = Instant::now();
-        let busy0 = compute.busy_seconds();
-        let modules = &plan[i];
-        let run = LayerRun {
-            modules,
-            spec: &spec,
-            format,
-            seq_len,
-            rope: &tables,
-            compute,
+    let metric = run.metric;
+    let (errors, mut quantized_linears) =
+        if matches!(options.method, Method::Awq(_)) && placement.devices() > 1 {
+            let done = awq_blocks(&run, &placement, &config, hidden, events)?;
+            hidden = done.hidden;
+            (done.errors, done.quantized)
+        } else {
+            let (mut errors, mut quantized) = (Vec::with_capacity(layers), 0);
+            placement.for_each_layer(
+                &ckpt,
+                &config,
+                0..layers,
+                &mut |i, layer, names, compute| {
+                    let (n, error) = run.layer(i, layer, names, compute, &mut hidden, events)?;
+                    quantized += n;
+                    errors.push(error);
+                    Ok(())
+                },
+            )?;
+            (errors, quantized)
         };
-        let (linears, error) = match &options.method {
-            Method::Rtn => run.rtn(layer, &mut hidden)?,
-            Method::Gptq(g) => run.gptq(layer, &mut hidden, g)?,
-            Method::Awq(a) => run.awq(layer, &mut hidden, a, events)?,
-        };
-        quantized_linears += linears.len();
-        let tensors = layer_tensors(
-            &ckpt,
-            layer,
-            modules,
-            &linears,
-            layer_names,
-            (format, spec.sym),
-        )?;
-        writer.write_shard(&tensors, &mut |n| ckpt.release(n))?;
-        drop(tensors);
-        errors.push(error);
-        let line = format!(
-            "layer {i}: {:.2} s, of which {:.2} s in calibration products on {}",
-            t0.elapsed().as_secs_f64(),
-            compute.busy_seconds() - busy0,
-            compute.name()
-        );
-        if !events(Event::Log(&line)) {
-            return Err(QuantError::Cancelled);
-        }
-        let report = LayerReport {
-            index: i,
-            layers,
-            seconds: t0.elapsed().as_secs_f64(),
-            error,
-            metric,
-        };
-        if !events(Event::Layer(&report)) {
-            return Err(QuantError::Cancelled);
-        }
-        Ok(())
-    })?;
+    let mut writer = writer
+        .into_inner()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let fit = |q: &mut QuantizedLinear| {
         if format == OutputFormat::GptqV1 {
             fit_gptq_v1_zeros(q);
@@ -346,7 +331,7 @@ pub(crate) fn quantize_placed(
         })
         .collect::<Result<_>>()?;
     rest.extend(copied);
-    writer.write_shard(&rest, &mut |n| ckpt.release(n))?;
+    writer.write_shard(layers, &rest, &mut |n| ckpt.release(n))?;
     drop(rest);
     let tied = config.tie_word_embeddings && tabled.edits.is_empty();
     let qc = quantization_config(options, format, &plan, &extra, tied);
@@ -362,117 +347,99 @@ pub(crate) fn quantize_placed(
     })
 }
 
-/// An input whose config.json already has `quantization_config` is refused.
-fn refuse_quantized_config(input: &Path) -> Result<()> {
-    let path = input.join("config.json");
-    let text = std::fs::read_to_string(&path).map_err(|e| QuantError::io(&path, e))?;
-    let json: Value = serde_json::from_str(&text).map_err(|source| QuantError::Json {
-        path: path.clone(),
-        source,
-    })?;
-    match json.get("quantization_config") {
-        None | Some(Value::Null) => Ok(()),
-        Some(q) => Err(QuantError::AlreadyQuantized {
-            path,
-            what: format!(
-                "config.json has quantization_config, quant_method {}",
-                q.get("quant_method").unwrap_or(&Value::Null)
-            ),
-        }),
-    }
+/// What every decoder layer of a run shares.
+pub(crate) struct Run<'a> {
+    options: &'a QuantizeOptions,
+    pub(crate) ckpt: &'a Checkpoint,
+    plan: &'a [Vec<Module>],
+    format: OutputFormat,
+    seq_len: usize,
+    rope: &'a RopeTables,
+    layers: usize,
+    metric: ErrorMetric,
+    writer: &'a Mutex<ModelWriter>,
 }
 
-/// The linears of layer `i` under the checkpoint's own names (fused Phi-3 projections or separate ones).
-fn layer_modules(
-    ckpt: &Checkpoint,
-    config: &ModelConfig,
-    i: usize,
-    sel: Selected,
-) -> Result<Vec<Module>> {
-    let (h, q, kv, inter) = (
-        config.hidden_size,
-        config.num_attention_heads * config.head_dim,
-        config.num_key_value_heads * config.head_dim,
-        config.intermediate_size,
-    );
-    let attn = format!("model.layers.{i}.self_attn");
-    let mlp = format!("model.layers.{i}.mlp");
-    let module = |name: String, slot, rows: Range<usize>, in_features, quantized| Module {
-        name,
-        slot,
-        rows,
-        in_features,
-        quantized,
-    };
-    let mut out = Vec::new();
-    if ckpt.contains(&format!("{attn}.qkv_proj.weight")) {
-        if !(sel.q == sel.k && sel.k == sel.v) {
-            return Err(QuantError::Unsupported(format!(
-                "modules: {attn}.qkv_proj holds q, k and v fused; select all three (qkv_proj) or none"
-            )));
+impl Run<'_> {
+    fn layer_run<'b>(&'b self, i: usize, compute: &'b Compute) -> LayerRun<'b> {
+        LayerRun {
+            modules: &self.plan[i],
+            spec: &self.options.spec,
+            format: self.format,
+            seq_len: self.seq_len,
+            rope: self.rope,
+            compute,
         }
-        out.push(module(
-            format!("{attn}.qkv_proj"),
-            Slot::Qkv,
-            0..q + 2 * kv,
-            h,
-            sel.q,
-        ));
-    } else {
-        out.push(module(format!("{attn}.q_proj"), Slot::Qkv, 0..q, h, sel.q));
-        out.push(module(
-            format!("{attn}.k_proj"),
-            Slot::Qkv,
-            q..q + kv,
-            h,
-            sel.k,
-        ));
-        out.push(module(
-            format!("{attn}.v_proj"),
-            Slot::Qkv,
-            q + kv..q + 2 * kv,
-            h,
-            sel.v,
-        ));
     }
-    out.push(module(format!("{attn}.o_proj"), Slot::O, 0..h, q, sel.o));
-    if ckpt.contains(&format!("{mlp}.gate_up_proj.weight")) {
-        if sel.gate != sel.up {
-            return Err(QuantError::Unsupported(format!(
-                "modules: {mlp}.gate_up_proj holds gate and up fused; select both (gate_up_proj) or neither"
-            )));
+
+    /// Calibrates, quantizes and writes decoder layer `i` (`names`: its checkpoint tensors) on `compute`, its
+    /// input `hidden` becoming the next layer's; reports the layer through `events`. Returns the linears
+    /// quantized and the layer's error.
+    pub(crate) fn layer(
+        &self,
+        i: usize,
+        layer: &mut DecoderLayer,
+        names: &[String],
+        compute: &Compute,
+        hidden: &mut Vec<f32>,
+        events: &mut dyn FnMut(Event<'_>) -> bool,
+    ) -> Result<(usize, f64)> {
+        let t0 = Instant::now();
+        let busy0 = compute.busy_seconds();
+        let run = self.layer_run(i, compute);
+        let (linears, error) = match &self.options.method {
+            Method::Rtn => run.rtn(layer, hidden)?,
+            Method::Gptq(g) => run.gptq(layer, hidden, g)?,
+            Method::Awq(a) => run.awq(layer, hidden, a, events)?,
+        };
+        let spec = &self.options.spec;
+        let tensors = layer_tensors(
+            self.ckpt,
+            layer,
+            run.modules,
+            &linears,
+            names,
+            (self.format, spec.sym),
+        )?;
+        self.writer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .write_shard(i, &tensors, &mut |n| self.ckpt.release(n))?;
+        drop(tensors);
+        let line = format!(
+            "layer {i}: {:.2} s, of which {:.2} s in calibration products on {}",
+            t0.elapsed().as_secs_f64(),
+            compute.busy_seconds() - busy0,
+            compute.name()
+        );
+        if !events(Event::Log(&line)) {
+            return Err(QuantError::Cancelled);
         }
-        out.push(module(
-            format!("{mlp}.gate_up_proj"),
-            Slot::GateUp,
-            0..2 * inter,
-            h,
-            sel.gate,
-        ));
-    } else {
-        out.push(module(
-            format!("{mlp}.gate_proj"),
-            Slot::GateUp,
-            0..inter,
-            h,
-            sel.gate,
-        ));
-        out.push(module(
-            format!("{mlp}.up_proj"),
-            Slot::GateUp,
-            inter..2 * inter,
-            h,
-            sel.up,
-        ));
+        let report = LayerReport {
+            index: i,
+            layers: self.layers,
+            seconds: t0.elapsed().as_secs_f64(),
+            error,
+            metric: self.metric,
+        };
+        if !events(Event::Layer(&report)) {
+            return Err(QuantError::Cancelled);
+        }
+        Ok((linears.len(), error))
     }
-    out.push(module(
-        format!("{mlp}.down_proj"),
-        Slot::Down,
-        0..h,
-        inter,
-        sel.down,
-    ));
-    Ok(out)
+
+    /// The floating-point output of decoder layer `i` on `hidden` (what AWQ passes to the next layer), computed
+    /// as the layer's calibration computes it.
+    pub(crate) fn forward(
+        &self,
+        i: usize,
+        layer: &mut DecoderLayer,
+        compute: &Compute,
+        hidden: &[f32],
+    ) -> Result<Vec<f32>> {
+        self.layer_run(i, compute)
+            .composed(layer, hidden, &mut |_, _, _| Ok(()))
+    }
 }
 
 /// One layer's quantization settings.

@@ -73,6 +73,8 @@ pub struct ModelWriter {
     output: PathBuf,
     tmp: PathBuf,
     shards: usize,
+    /// Which shards are written.
+    done: Vec<bool>,
     written: usize,
     weight_map: BTreeMap<String, String>,
     total_size: u64,
@@ -117,6 +119,7 @@ impl ModelWriter {
             output: output.to_path_buf(),
             tmp,
             shards,
+            done: vec![false; shards],
             written: 0,
             weight_map: BTreeMap::new(),
             total_size: 0,
@@ -134,26 +137,28 @@ impl ModelWriter {
         format!("model-{:05}-of-{:05}.safetensors", i + 1, n)
     }
 
-    /// Writes the next shard; `after_each(name)` runs once a tensor's bytes are written (the stream drops the
-    /// input's mapped pages there).
+    /// Writes shard `index` (0-based; shards may come in any order, each once); `after_each(name)` runs once a
+    /// tensor's bytes are written (the stream drops the input's mapped pages there).
     pub fn write_shard(
         &mut self,
+        index: usize,
         tensors: &[OutTensor<'_>],
         after_each: &mut dyn FnMut(&str),
     ) -> Result<PathBuf> {
-        if self.written >= self.shards {
+        if index >= self.shards || self.done.get(index).copied().unwrap_or(false) {
             return Err(QuantError::Unsupported(format!(
-                "internal: shard {} of {} written",
-                self.written + 1,
+                "internal: shard {} of {} written twice or out of range",
+                index + 1,
                 self.shards
             )));
         }
-        let file = Self::shard_name(self.written, self.shards);
+        let file = Self::shard_name(index, self.shards);
         let path = self.tmp.join(&file);
         self.total_size += write_safetensors(&path, tensors, after_each)?;
         for t in tensors {
             self.weight_map.insert(t.name.clone(), file.clone());
         }
+        self.done[index] = true;
         self.written += 1;
         Ok(path)
     }
@@ -301,11 +306,12 @@ mod tests {
         let a = OutTensor::from_f32("a".into(), Dtype::BF16, vec![2], &[1.5, -2.0]).unwrap();
         let b = OutTensor::from_f32("b".into(), Dtype::F32, vec![1, 3], &[1.0, 2.0, 3.0]).unwrap();
         let mut seen = Vec::new();
-        w.write_shard(&[a], &mut |n| seen.push(n.to_string()))
+        w.write_shard(1, &[b], &mut |n| seen.push(n.to_string()))
             .unwrap();
-        w.write_shard(&[b], &mut |n| seen.push(n.to_string()))
+        assert!(w.write_shard(1, &[], &mut |_| ()).is_err());
+        w.write_shard(0, &[a], &mut |n| seen.push(n.to_string()))
             .unwrap();
-        assert_eq!(seen, ["a", "b"]);
+        assert_eq!(seen, ["b", "a"]);
         w.finish(
             &input,
             json!({"quant_method": "gptq"}),

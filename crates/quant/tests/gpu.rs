@@ -127,8 +127,9 @@ fn hessians_on_the_gpu_match_the_cpu() {
 }
 
 /// The decoder layers spread over 2 GPUs (and over all of them when there are more) give the one-GPU output
-/// byte for byte, for RTN with calibration, AWQ and GPTQ: each layer runs the same products in the same order
-/// on its GPU. 5 layers: a block boundary inside the model over 2, 3 or 4 GPUs.
+/// byte for byte, for RTN with calibration, AWQ (its blocks calibrated concurrently, each fed by the block
+/// before's floating-point forwards) and GPTQ: each layer runs the same products in the same order on its GPU.
+/// 5 layers: a block boundary inside the model over 2, 3 or 4 GPUs.
 #[test]
 fn several_gpus_give_the_one_gpu_output_byte_for_byte() {
     let test = "several_gpus_give_the_one_gpu_output_byte_for_byte";

@@ -180,15 +180,17 @@ fn held_weights_follow_every_change_and_the_output_matches_the_cpu_byte_for_byte
                 format: OutputFormat::Auto,
                 device: Device::Cpu,
             };
-            let run = |out: &Path, open: &dyn Fn(usize) -> Result<Placement>| -> Vec<String> {
-                let mut lines = Vec::new();
+            let run = |out: &Path, open: &dyn Fn(usize) -> Result<Placement>| {
+                let (mut lines, mut reports) = (Vec::new(), Vec::new());
                 let mut events = |e: Event<'_>| {
-                    if let Event::Log(l) = e {
-                        lines.push(l.to_string());
+                    match e {
+                        Event::Log(l) => lines.push(l.to_string()),
+                        Event::Layer(r) => reports.push(r.index),
                     }
                     true
                 };
                 quantize_placed(&fp, out, &options, &windows, &mut events, open).unwrap();
+                assert_eq!(reports, [0, 1, 2], "{name}: layer reports out of order");
                 lines
             };
             let (cpu, gpus) = (
@@ -201,10 +203,54 @@ fn held_weights_follow_every_change_and_the_output_matches_the_cpu_byte_for_byte
                 "{lines:?}"
             );
             let lines = run(&gpus, &|layers| Ok(Placement::checking(2, layers)));
-            let c = "cpu (checking held weights)";
-            let want = format!("devices: layers 0-1 on {c}, layer 2 on {c}");
+            let want = "devices: layers 0-1 on checking:0, layer 2 on checking:1".to_string();
             assert!(lines.contains(&want), "{lines:?}");
+            for (i, c) in [(0, 0), (1, 0), (2, 1)] {
+                let on = format!("layer {i}: ");
+                let device = format!("calibration products on checking:{c}");
+                assert!(
+                    lines
+                        .iter()
+                        .any(|l| l.starts_with(&on) && l.ends_with(&device)),
+                    "{name}: layer {i} not on checking:{c}: {lines:?}"
+                );
+            }
             same_files(&cpu, &gpus);
         }
     }
+}
+
+/// Stopping AWQ over two "GPUs" after the first layer's report (the later block may be further on) fails with
+/// Cancelled and leaves no output folder.
+#[test]
+fn a_stop_during_the_awq_pipeline_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let fp = dir.path().join("fp");
+    write_model(&fp, 2);
+    let windows: Vec<Vec<u32>> = (0..2u32)
+        .map(|w| (0..32).map(|t| (w * 17 + t * 5) % 48).collect())
+        .collect();
+    let options = QuantizeOptions {
+        method: Method::Awq(AwqOptions::default()),
+        spec: QuantSpec {
+            bits: 4,
+            group_size: Some(32),
+            sym: false,
+        },
+        modules: Selected::ALL,
+        lm_head: false,
+        embeds: false,
+        format: OutputFormat::Auto,
+        device: Device::Cpu,
+    };
+    let out = dir.path().join("out");
+    let mut events = |e: Event<'_>| !matches!(e, Event::Layer(_));
+    let open = |layers| Ok(Placement::checking(2, layers));
+    let err = quantize_placed(&fp, &out, &options, &windows, &mut events, &open).unwrap_err();
+    assert!(matches!(err, QuantError::Cancelled), "{err}");
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, ["fp"], "{left:?}");
 }
