@@ -163,10 +163,21 @@ fn held_weights_follow_every_change_and_the_output_matches_the_cpu_byte_for_byte
         ),
         ("awq", Method::Awq(AwqOptions::default())),
     ];
-    for kv_heads in [2, 4] {
+    // Every linear, and a part (v and o scaled by AWQ, up and down not; GPTQ's v_proj on its own Hessian).
+    let parts = [
+        ("all", Selected::ALL),
+        (
+            "part",
+            Selected::from_names(&["v_proj".into(), "o_proj".into(), "gate_proj".into()])
+                .unwrap()
+                .0,
+        ),
+    ];
+    for (kv_heads, (part, modules)) in [(2, parts[0]), (4, parts[0]), (4, parts[1])] {
         let fp = dir.path().join(format!("fp-{kv_heads}"));
         write_model(&fp, kv_heads);
         for (name, method) in methods {
+            let name = format!("{name}-{part}");
             let options = QuantizeOptions {
                 method,
                 spec: QuantSpec {
@@ -174,7 +185,7 @@ fn held_weights_follow_every_change_and_the_output_matches_the_cpu_byte_for_byte
                     group_size: Some(32),
                     sym: false,
                 },
-                modules: Selected::ALL,
+                modules,
                 lm_head: false,
                 embeds: false,
                 format: OutputFormat::Auto,
