@@ -2,7 +2,10 @@
 
 1. `finetune --device gpu --num_gpus N` for 20 steps equals the single-GPU run with the same global batch (N ranks of
    B/N rows against one GPU of B rows, LoRA dropout 0 so both draw no masks): every adapter tensor within
-   ADAPTER_REL, every step's loss within LOSS_REL.
+   ADAPTER_REL, every step's loss within LOSS_REL. For scale, the same comparison between one GPU taking B rows at
+   once and one GPU taking them as N micro-batches (the same sums, split as the ranks split them) is printed.
+   Then two "hosts" on this one (`--nnodes 2 --node_rank r --master_addr/--master_port`, each olive-host seeing
+   one GPU through CUDA_VISIBLE_DEVICES): node 0 writes the adapter, equal to the one-host run's; node 1 writes none.
 2. A rank killed (SIGKILL) mid-run: olive-host exits non-zero within KILL_LIMIT_S, its error names the rank, and no
    output folder (nor a half-written adapter) is left.
 3. `quantize --device gpu --num_gpus N` (AWQ and GPTQ): every output file byte-identical to the single-GPU output.
@@ -18,6 +21,7 @@ import hashlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -40,45 +44,84 @@ STEPS = 20
 KILL_LIMIT_S = 60.0
 
 
-def finetune_args(olive_host: Path, model: Path, out: Path, gpus: int, rows: int, steps: int) -> list[str]:
+def finetune_args(olive_host: Path, model: Path, out: Path, gpus: int, rows: int, steps: int,
+                  extra: tuple[str, ...] = ()) -> list[str]:
     return [str(olive_host), "--log_level", "1", "finetune", "--model_name_or_path", str(model), "--data_name", "json",
             "--data_files", str(TRAVEL), "--text_template", TEMPLATE, "--max_seq_len", "256",
             "--max_steps", str(steps), "--per_device_train_batch_size", str(rows), "--seed", "42",
-            "--lora_dropout", "0", "--device", "gpu", "--num_gpus", str(gpus), "--output_path", str(out)]
+            "--lora_dropout", "0", "--device", "gpu", "--num_gpus", str(gpus), "--output_path", str(out), *extra]
 
 
-def finetune(olive_host: Path, model: Path, out: Path, gpus: int, rows: int) -> list[dict]:
-    r = subprocess.run(finetune_args(olive_host, model, out, gpus, rows, STEPS), capture_output=True, text=True,
-                       timeout=900)
-    if r.returncode != 0:
-        sys.exit(f"finetune --num_gpus {gpus} failed:\n{r.stderr[-4000:]}")
+def losses(out: Path) -> list[dict]:
     with open(out / "loss.csv") as f:
         return [row for row in csv.DictReader(f) if row["loss"]]
+
+
+def finetune(olive_host: Path, model: Path, out: Path, gpus: int, rows: int, extra: tuple[str, ...] = ()) -> list[dict]:
+    r = subprocess.run(finetune_args(olive_host, model, out, gpus, rows, STEPS, extra), capture_output=True,
+                       text=True, timeout=900)
+    if r.returncode != 0:
+        sys.exit(f"finetune --num_gpus {gpus} {' '.join(extra)} failed:\n{r.stderr[-4000:]}")
+    return losses(out)
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30))
 
 
+def adapter(out: Path) -> dict:
+    return load_file(out / "adapter" / "adapter_model.safetensors")
+
+
+def worst_rel(a: dict, b: dict) -> float:
+    if a.keys() != b.keys():
+        sys.exit(f"adapters name different tensors: {sorted(a.keys() ^ b.keys())[:4]}")
+    return max(rel(a[k], b[k]) for k in b)
+
+
 def check_training(olive_host: Path, model: Path, tmp: Path, gpus: int) -> dict:
     per_gpu = 4
     one = finetune(olive_host, model, tmp / "ft1", 1, per_gpu * gpus)
     many = finetune(olive_host, model, tmp / f"ft{gpus}", gpus, per_gpu)
+    finetune(olive_host, model, tmp / "ft1-accum", 1, per_gpu, ("--gradient_accumulation_steps", str(gpus)))
     worst_loss = max(abs(float(m["loss"]) - float(o["loss"])) / abs(float(o["loss"]))
                      for o, m in zip(one, many, strict=True))
-    a1 = load_file(tmp / "ft1" / "adapter" / "adapter_model.safetensors")
-    an = load_file(tmp / f"ft{gpus}" / "adapter" / "adapter_model.safetensors")
-    if a1.keys() != an.keys():
-        sys.exit(f"adapters name different tensors: {sorted(a1.keys() ^ an.keys())[:4]}")
-    worst_tensor = max(rel(an[k], a1[k]) for k in a1)
+    a1 = adapter(tmp / "ft1")
+    worst_tensor = worst_rel(adapter(tmp / f"ft{gpus}"), a1)
+    accumulation = worst_rel(adapter(tmp / "ft1-accum"), a1)
     # The adapter must have moved from its initial B = 0: equality of two untrained adapters proves nothing.
     moved = max(float(a1[k].abs().max()) for k in a1 if "lora_B" in k)
     print(f"training: {STEPS} steps, {per_gpu * gpus} rows a step; worst loss rel {worst_loss:.2e}, "
-          f"worst adapter tensor rel {worst_tensor:.2e}, largest |B| {moved:.3e}")
+          f"worst adapter tensor rel {worst_tensor:.2e} ({gpus} GPUs) and {accumulation:.2e} (one GPU, {gpus} "
+          f"micro-batches), largest |B| {moved:.3e}")
     return {"steps": STEPS, "global_rows": per_gpu * gpus, "worst_loss_rel": worst_loss,
-            "worst_adapter_rel": worst_tensor, "largest_lora_B": moved,
+            "worst_adapter_rel": worst_tensor, "accumulation_adapter_rel": accumulation, "largest_lora_B": moved,
             "losses_1": [float(r["loss"]) for r in one], f"losses_{gpus}": [float(r["loss"]) for r in many],
             "ok": worst_loss <= LOSS_REL and worst_tensor <= ADAPTER_REL and moved > 0}
+
+
+def check_nodes(olive_host: Path, model: Path, tmp: Path) -> dict:
+    """Two olive-host processes as nodes 0 and 1 of a 2-node run, one GPU each, against the one-host 2-GPU run."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = []
+    for node in (0, 1):
+        env = dict(os.environ, CUDA_VISIBLE_DEVICES=str(node))
+        extra = ("--nnodes", "2", "--node_rank", str(node), "--master_addr", "127.0.0.1", "--master_port", str(port))
+        procs.append(subprocess.Popen(finetune_args(olive_host, model, tmp / f"node{node}", 1, 4, STEPS, extra),
+                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outs = [p.communicate(timeout=900) for p in procs]
+    codes = [p.returncode for p in procs]
+    if codes != [0, 0]:
+        sys.exit(f"2-node finetune exited {codes}:\n" + "\n".join(o[1][-3000:] for o in outs))
+    diff = worst_rel(adapter(tmp / "node0"), adapter(tmp / "ft2"))
+    node1_wrote = (tmp / "node1").exists()
+    said = [line for line in (outs[1][0] + outs[1][1]).splitlines() if "node 0" in line]
+    print(f"two nodes: node 0's adapter vs the one-host run: worst rel {diff:.2e}; node 1 wrote an output: "
+          f"{node1_wrote}; node 1 said: {said[-1:] }")
+    return {"adapter_rel_to_one_host": diff, "node1_output": node1_wrote, "node1_said": said[-1:],
+            "ok": diff <= ADAPTER_REL and not node1_wrote and bool(said)}
 
 
 def worker_pids(rank: int) -> list[int]:
@@ -124,7 +167,8 @@ def check_kill(olive_host: Path, model: Path, tmp: Path, gpus: int, victim: int)
     took = time.time() - killed
     reader.join(timeout=5)
     err = "".join(lines)
-    left = [str(x) for x in tmp.iterdir() if x.name.startswith(out.name) or x.name.startswith(f".{out.name}")]
+    left = [str(x) for x in tmp.iterdir()
+            if x.name.startswith((out.name, f".{out.name}", ".finetune-"))]
     others = [pid for r in range(gpus) if r != victim for pid in worker_pids(r)]
     last = err.strip().splitlines()[-3:] if err.strip() else []
     print(f"kill rank {victim}: olive-host exited {p.returncode} after {took:.1f} s; left behind {left}; "
@@ -176,6 +220,8 @@ def main() -> None:
         random_model(model, a.tokenizer)
         if "train" in only:
             result["train"] = check_training(a.olive_host, model, tmp, gpus)
+            if gpus == 2:
+                result["nodes"] = check_nodes(a.olive_host, model, tmp)
         if "kill" in only:
             result["kill"] = [check_kill(a.olive_host, model, tmp, gpus, v) for v in (1, 0)]
         if "quantize" in only:

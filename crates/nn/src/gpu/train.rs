@@ -6,8 +6,8 @@
 //! gradients flow through its linears (dy·W through cuBLAS; an int4 weight is dequantized to bf16 for it).
 //!
 //! Data-parallel over several GPUs ([`GpuLoraTrainer::distribute`]): each rank runs its share of the global batch,
-//! the loss is normalised by the label tokens of the whole global batch, and each layer's LoRA gradients are summed
-//! over the ranks by NCCL as soon as that layer's backward is done (one bucket a layer, on the communicator's
+//! the loss is normalised by the label tokens of the whole global batch, and the LoRA gradients are summed over the
+//! ranks by NCCL in buckets of layers, each queued as soon as its layers' backward is done (on the communicator's
 //! stream, overlapping the backward of the layers below), so every rank takes the same optimizer step.
 
 use std::ops::Range;
@@ -31,6 +31,10 @@ use crate::train::trainer::Flat;
 use crate::train::{LoraSpec, LoraTrainer, Result, StepStats, TrainConfig, TrainError};
 
 mod layer;
+
+/// The size at which a bucket of gradients is all-reduced, as torch DDP's `bucket_cap_mb` (25 MiB): a bucket a
+/// layer would pay NCCL's launch and synchronisation many times over for LoRA's small gradients.
+const BUCKET_BYTES: usize = 25 << 20;
 
 /// One adapted module on the device: fp32 master weights, gradients and AdamW moments (PEFT layouts: a [r, in],
 /// b [out, r]).
@@ -355,16 +359,26 @@ impl GpuLoraTrainer {
         Ok((sums[0] / n as f64, sums[1] as usize))
     }
 
-    /// Queues the sum over the ranks of layer `i`'s LoRA gradients (no-op when training alone).
-    fn reduce_layer(&mut self, i: usize) -> Result<()> {
+    /// Queues the sum over the ranks of the LoRA gradients of `layers` as one bucket.
+    fn reduce_layers(&mut self, layers: Range<usize>) -> Result<()> {
         let Some(comm) = &self.comm else {
             return Ok(());
         };
-        let mut grads: Vec<&mut CudaSlice<f32>> = self.modules[self.by_layer[i].clone()]
+        let modules = self.by_layer[layers.start].start..self.by_layer[layers.end - 1].end;
+        let mut grads: Vec<&mut CudaSlice<f32>> = self.modules[modules]
             .iter_mut()
             .flat_map(|m| [&mut m.grad_a, &mut m.grad_b])
             .collect();
         comm.all_reduce_sum(&mut grads).map_err(comm_error)
+    }
+
+    /// Bytes of layer `i`'s LoRA gradients.
+    fn gradient_bytes(&self, i: usize) -> usize {
+        let floats: usize = self.modules[self.by_layer[i].clone()]
+            .iter()
+            .map(|m| m.grad_a.len() + m.grad_b.len())
+            .sum();
+        floats * std::mem::size_of::<f32>()
     }
 
     fn upload(&self, flat: &Flat) -> NnResult<DeviceBatch> {
@@ -394,8 +408,8 @@ impl GpuLoraTrainer {
 
     /// Forward and backward of one micro-batch; adds its LoRA gradients (scaled by inv_n) and returns its summed
     /// loss. With gradient checkpointing only each layer's input is kept (the last layer's activations too). With
-    /// `reduce` (the step's last micro-batch) each layer's gradients are summed over the ranks once its backward
-    /// is done.
+    /// `reduce` (the step's last micro-batch, in a data-parallel run) the gradients are summed over the ranks in
+    /// buckets of layers of about [`BUCKET_BYTES`], each queued as soon as its layers' backward is done.
     fn forward_backward(
         &mut self,
         flat: &Flat,
@@ -430,6 +444,9 @@ impl GpuLoraTrainer {
         let (loss, dh) = self.head(&h, &b, Some(inv_n))?;
         drop(h);
         let mut dh = dh.expect("head returns a gradient when given inv_n");
+        let reduce = reduce && self.comm.is_some();
+        // The bucket being filled: layers i.. up to bucket_end, and its bytes.
+        let (mut bucket_end, mut bucket_bytes) = (layers, 0);
         for i in (0..layers).rev() {
             let s = match (saved[i].take(), inputs[i].take()) {
                 (Some(s), _) => s,
@@ -438,7 +455,11 @@ impl GpuLoraTrainer {
             };
             dh = self.layer_backward(i, &b, &s, dh, dropout)?;
             if reduce {
-                self.reduce_layer(i)?;
+                bucket_bytes += self.gradient_bytes(i);
+                if bucket_bytes >= BUCKET_BYTES || i == 0 {
+                    self.reduce_layers(i..bucket_end)?;
+                    (bucket_end, bucket_bytes) = (i, 0);
+                }
             }
         }
         Ok(loss)
