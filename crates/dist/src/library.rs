@@ -187,23 +187,16 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::collections::HashMap;
+#[path = "../tests/support/mod.rs"]
+mod support;
 
-    fn env(pairs: &[(&str, &Path)]) -> impl Fn(&str) -> Option<String> {
-        let map: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.display().to_string()))
-            .collect();
-        move |name| map.get(name).cloned()
-    }
+#[cfg(test)]
+mod tests {
+    use super::support::env;
+    use super::*;
 
     fn fake(folder: &Path) -> PathBuf {
-        std::fs::create_dir_all(folder).expect("make folder");
-        let file = folder.join(LIBRARY);
-        std::fs::write(&file, b"not really NCCL").expect("write fake library");
-        file.canonicalize().expect("canonical")
+        super::support::fake(folder, LIBRARY)
     }
 
     #[test]

@@ -1,25 +1,16 @@
 //! nccl_loader_dir_with end to end with an injected environment: OLIVE_NCCL_LIBRARY, the cache folder under
 //! $HOME or $XDG_CACHE_HOME, and processes racing to make the same folder.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use olive_dist::library::{LIBRARY, LINK_NAME};
 use olive_dist::{nccl_loader_dir_with, DistError};
 
-fn env(pairs: &[(&str, &Path)]) -> impl Fn(&str) -> Option<String> + Clone {
-    let map: HashMap<String, String> = pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.display().to_string()))
-        .collect();
-    move |name| map.get(name).cloned()
-}
+mod support;
+use support::env;
 
 fn fake(folder: &Path) -> PathBuf {
-    std::fs::create_dir_all(folder).expect("make folder");
-    let file = folder.join(LIBRARY);
-    std::fs::write(&file, b"not really NCCL").expect("write fake library");
-    file.canonicalize().expect("canonical")
+    support::fake(folder, LIBRARY)
 }
 
 #[test]

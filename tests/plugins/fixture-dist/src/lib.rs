@@ -14,18 +14,9 @@
 use std::fs;
 use std::time::{Duration, Instant};
 
+use olive_dist::VARIABLES;
 use olive_pass_sdk::{kinds, Context, Error, Model, Pass};
 use serde_json::{json, Map, Value};
-
-/// The variables of torchrun's rank layout.
-const VARIABLES: [&str; 6] = [
-    "RANK",
-    "LOCAL_RANK",
-    "WORLD_SIZE",
-    "LOCAL_WORLD_SIZE",
-    "MASTER_ADDR",
-    "MASTER_PORT",
-];
 
 /// How long a rank waits to be cancelled after another failed.
 const CANCEL_WAIT: Duration = Duration::from_secs(60);
