@@ -13,4 +13,5 @@ pub mod extract_adapters;
 pub mod genai_config;
 pub mod graph;
 pub mod matmul_nbits;
+pub mod rewrite;
 pub mod tensor;
