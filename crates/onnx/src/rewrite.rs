@@ -151,7 +151,7 @@ impl Value {
 }
 
 fn chunks<const N: usize, T>(raw: &[u8], f: fn([u8; N]) -> T) -> Option<Vec<T>> {
-    if raw.len() % N != 0 {
+    if !raw.len().is_multiple_of(N) {
         return None;
     }
     raw.chunks_exact(N)
@@ -242,7 +242,11 @@ pub fn save(mut model: ModelProto, dir: &Path, file_name: &str) -> Result<PathBu
     let mut external = 0usize;
     if let Some(graph) = model.graph.as_mut() {
         for t in &mut graph.initializer {
-            let Some(raw) = t.raw_data.as_ref().filter(|r| r.len() >= EXTERNAL_THRESHOLD) else {
+            let Some(raw) = t
+                .raw_data
+                .as_ref()
+                .filter(|r| r.len() >= EXTERNAL_THRESHOLD)
+            else {
                 continue;
             };
             let (offset, length) = match data.append(raw) {
