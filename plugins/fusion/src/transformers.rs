@@ -1,0 +1,224 @@
+//! The fusion sequence of ONNX Runtime's transformers optimizer for BERT-like models
+//! (onnxruntime/python/tools/transformers onnx_model_bert.py `optimize`, FusionOptions in fusion_options.py):
+//! peephole clean-ups, LayerNormalization, Gelu/FastGelu (with bias), SkipLayerNormalization (with bias), Gemm.
+//! Opset imports are fixed up after: com.microsoft version 1 when its ops appear, the default domain raised to 17
+//! when a LayerNormalization (ONNX op from opset 17) is left unfused into SkipLayerNormalization.
+
+use std::collections::BTreeMap;
+
+use olive_onnx::proto::{ModelProto, OperatorSetIdProto};
+use serde::Serialize;
+
+use crate::gelu::{fuse_fast_gelu, fuse_gelu};
+use crate::gemm::{fuse_gemm, known_ranks};
+use crate::graph::{Rewriter, MS_DOMAIN};
+use crate::norm::{fuse_layer_norm, fuse_skip_layer_norm};
+use crate::TransformersConfig;
+
+/// onnxruntime.transformers.optimizer's model types (MODEL_TYPES) olive-rs accepts; the fusions above apply to all.
+pub const MODEL_TYPES: &[&str] = &[
+    "bart",
+    "bert",
+    "bert_tf",
+    "bert_keras",
+    "clip",
+    "gpt2",
+    "gpt2_tf",
+    "gpt_neox",
+    "phi",
+    "sam2",
+    "swin",
+    "t5",
+    "tnlr",
+    "unet",
+    "vae",
+    "vit",
+    "conformer",
+    "mmdit",
+];
+
+/// FusionOptions keys (fusion_options.py) accepted in `optimization_options`.
+const FUSION_OPTION_KEYS: &[&str] = &[
+    "enable_gelu",
+    "enable_layer_norm",
+    "enable_attention",
+    "enable_rotary_embeddings",
+    "use_multi_head_attention",
+    "disable_multi_head_attention_bias",
+    "enable_skip_layer_norm",
+    "enable_embed_layer_norm",
+    "enable_bias_skip_layer_norm",
+    "enable_bias_gelu",
+    "enable_gelu_approximation",
+    "enable_qordered_matmul",
+    "enable_shape_inference",
+    "enable_gemm_fast_gelu",
+    "group_norm_channels_last",
+    "enable_nhwc_conv",
+    "enable_group_norm",
+    "enable_skip_group_norm",
+    "enable_bias_splitgelu",
+    "enable_packed_qkv",
+    "enable_packed_kv",
+    "enable_bias_add",
+    "attention_mask_format",
+    "use_raw_attention_mask",
+];
+
+/// Which fusions run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub gelu: bool,
+    pub layer_norm: bool,
+    pub skip_layer_norm: bool,
+    pub bias_skip_layer_norm: bool,
+    pub bias_gelu: bool,
+    pub gemm: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            gelu: true,
+            layer_norm: true,
+            skip_layer_norm: true,
+            bias_skip_layer_norm: true,
+            bias_gelu: true,
+            gemm: true,
+        }
+    }
+}
+
+impl Options {
+    /// The options of a pass config; what olive-rs cannot do is refused with the key's name.
+    pub fn from_config(c: &TransformersConfig) -> Result<Self, String> {
+        if let Some(t) = &c.model_type {
+            if !MODEL_TYPES.contains(&t.as_str()) {
+                return Err(format!(
+                    "model_type `{t}`: expected one of {}",
+                    MODEL_TYPES.join(", ")
+                ));
+            }
+        }
+        for (key, on) in [
+            ("float16", c.float16),
+            ("only_onnxruntime", c.only_onnxruntime),
+            ("use_gqa", c.use_gqa),
+            ("input_int32", c.input_int32),
+        ] {
+            if on {
+                return Err(format!(
+                    "{key}: not supported by olive-rs's OrtTransformersOptimization yet; leave it false"
+                ));
+            }
+        }
+        let mut o = Options::default();
+        let flags: BTreeMap<String, serde_json::Value> =
+            c.optimization_options.clone().unwrap_or_default();
+        for (key, value) in &flags {
+            if !FUSION_OPTION_KEYS.contains(&key.as_str()) {
+                return Err(format!(
+                    "optimization_options: unknown key `{key}` (FusionOptions has {})",
+                    FUSION_OPTION_KEYS.join(", ")
+                ));
+            }
+            let Some(on) = value.as_bool() else {
+                // attention_mask_format is a number; it only matters for attention fusion.
+                continue;
+            };
+            match key.as_str() {
+                "enable_gelu" => o.gelu = on,
+                "enable_layer_norm" => o.layer_norm = on,
+                "enable_skip_layer_norm" => o.skip_layer_norm = on,
+                "enable_bias_skip_layer_norm" => o.bias_skip_layer_norm = on,
+                "enable_bias_gelu" => o.bias_gelu = on,
+                _ => {}
+            }
+        }
+        Ok(o)
+    }
+}
+
+/// How many of each fusion.
+#[derive(Debug, Default, Clone, Serialize, PartialEq, Eq)]
+pub struct Counts {
+    pub folded: usize,
+    pub removed: usize,
+    pub layer_norm: usize,
+    pub gelu: usize,
+    pub fast_gelu: usize,
+    pub skip_layer_norm: usize,
+    pub gemm: usize,
+}
+
+fn step(model: &mut ModelProto, f: impl FnOnce(&mut Rewriter) -> usize) -> Result<usize, String> {
+    let graph = model.graph.as_mut().ok_or("the model has no graph")?;
+    let mut r = Rewriter::new(graph);
+    let n = f(&mut r);
+    r.finish()?;
+    Ok(n)
+}
+
+/// Runs the clean-ups and fusions on `model`.
+pub fn optimize(model: &mut ModelProto, o: &Options) -> Result<Counts, String> {
+    let graph = model.graph.as_mut().ok_or("the model has no graph")?;
+    let clean = crate::peephole::optimize(graph)?;
+    let mut c = Counts {
+        folded: clean.folded,
+        removed: clean.bypassed + clean.dead,
+        ..Counts::default()
+    };
+    if o.layer_norm {
+        c.layer_norm = step(model, fuse_layer_norm)?;
+    }
+    if o.gelu {
+        c.gelu = step(model, |r| fuse_gelu(r, o.bias_gelu))?;
+        c.fast_gelu = step(model, |r| fuse_fast_gelu(r, o.bias_gelu))?;
+    }
+    if o.skip_layer_norm {
+        c.skip_layer_norm = step(model, |r| fuse_skip_layer_norm(r, o.bias_skip_layer_norm))?;
+    }
+    if o.gemm {
+        let ranks = known_ranks(model.graph.as_ref().ok_or("the model has no graph")?);
+        c.gemm = step(model, |r| fuse_gemm(r, &ranks))?;
+    }
+    let graph = model.graph.as_mut().ok_or("the model has no graph")?;
+    c.removed += crate::peephole::optimize(graph)?.dead;
+    fix_opsets(model);
+    Ok(c)
+}
+
+/// com.microsoft version 1 when its ops are used; default domain 17 when LayerNormalization is used.
+fn fix_opsets(model: &mut ModelProto) {
+    let Some(graph) = model.graph.as_ref() else {
+        return;
+    };
+    let uses_ms = graph
+        .node
+        .iter()
+        .any(|n| n.domain.as_deref() == Some(MS_DOMAIN));
+    let uses_ln = graph.node.iter().any(|n| {
+        n.op_type.as_deref() == Some("LayerNormalization")
+            && matches!(n.domain.as_deref(), None | Some(""))
+    });
+    if uses_ms
+        && !model
+            .opset_import
+            .iter()
+            .any(|o| o.domain.as_deref() == Some(MS_DOMAIN))
+    {
+        model.opset_import.push(OperatorSetIdProto {
+            domain: Some(MS_DOMAIN.into()),
+            version: Some(1),
+        });
+    }
+    if uses_ln {
+        for o in &mut model.opset_import {
+            if matches!(o.domain.as_deref(), None | Some("") | Some("ai.onnx"))
+                && o.version.unwrap_or(0) < 17
+            {
+                o.version = Some(17);
+            }
+        }
+    }
+}
