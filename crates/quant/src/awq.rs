@@ -24,6 +24,8 @@ use crate::device::{attention_context, Compute};
 use crate::error::Result;
 use crate::grid::{dequantize_value, group_params, quantize_value, QuantSpec};
 
+mod gpu;
+
 /// AWQ's search settings.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AwqOptions {
@@ -459,7 +461,8 @@ fn mse(a: &[f32], b: &[f32]) -> f64 {
 }
 
 /// `_compute_best_scale`: the scales of the best ratio, and that ratio. Each ratio's weight Q(W·s)/s is written
-/// into the layer for its forward; the original weight is restored before returning, also on error.
+/// into the layer for its forward; the original weight is restored before returning, also on error. On a GPU
+/// holding the layer the whole grid runs there (`gpu::search`).
 #[allow(clippy::too_many_arguments)]
 fn search(
     compute: &Compute,
@@ -471,6 +474,9 @@ fn search(
     spec: &QuantSpec,
     opts: &AwqOptions,
 ) -> Result<(Vec<f32>, f32)> {
+    if let Some(found) = gpu::search(compute, layer, inspect, input, seq_len, rope, spec, opts)? {
+        return Ok(found);
+    }
     let (rows, in_features) = group_shape(layer, inspect);
     let original = group_weight_mut(layer, inspect).to_vec(); // [rows, in]
     let w_mean = weight_abs_mean(&original, rows, in_features, spec);
@@ -502,8 +508,9 @@ fn search(
 }
 
 /// out = Q(w·s)·(1/s) for w: [rows, in], the RTN grid of each (row, group) found on w·s (what `fake_quantize`
-/// computes on the scaled weight, without its copies).
-fn scaled_fake_quantize(
+/// computes on the scaled weight, without its copies); inv[i] = 1 / s[i]. The reference of the GPU kernel
+/// `olive_kernels::cuda::awq_search::scaled_fake_quantize`.
+pub fn scaled_fake_quantize(
     w: &[f32],
     in_features: usize,
     s: &[f32],
@@ -570,8 +577,24 @@ fn clip(
     spec: &QuantSpec,
     opts: &AwqOptions,
 ) -> Result<usize> {
-    let m = x.len() / in_features;
     let gl = spec.group_len(in_features);
+    if let Some(best) = gpu::clip_maxima(compute, w, (rows, in_features), x, spec, opts)? {
+        let mut changed = 0;
+        for (gi, c0) in (0..in_features).step_by(gl.max(1)).enumerate() {
+            let len = gl.min(in_features - c0);
+            changed += clamp_group(
+                w,
+                in_features,
+                c0..c0 + len,
+                &best[gi * rows..(gi + 1) * rows],
+            );
+        }
+        if changed > 0 {
+            compute.changed(w)?;
+        }
+        return Ok(changed);
+    }
+    let m = x.len() / in_features;
     let steps = (opts.max_shrink * opts.n_grid as f32) as usize;
     let steps = steps.max(1);
     let mut changed = 0;
@@ -625,15 +648,7 @@ fn clip(
                 }
             }
         }
-        for (row, mx) in w.chunks_exact_mut(in_features).zip(&best_max) {
-            for v in &mut row[c0..c0 + len] {
-                let c = v.clamp(-mx, *mx);
-                if c != *v {
-                    changed += 1;
-                    *v = c;
-                }
-            }
-        }
+        changed += clamp_group(w, in_features, c0..c0 + len, &best_max);
     }
     if changed > 0 {
         compute.changed(w)?;
@@ -641,8 +656,29 @@ fn clip(
     Ok(changed)
 }
 
-/// out = Q(clamp(w, ±f·max_r)) for w: [rows, len], one grid per row found on the clamped row.
-fn clamped_fake_quantize(
+/// Clamps columns `cols` of each row r of w: [rows, in_features] to ±max[r]; returns the weights changed.
+fn clamp_group(
+    w: &mut [f32],
+    in_features: usize,
+    cols: std::ops::Range<usize>,
+    max: &[f32],
+) -> usize {
+    let mut changed = 0;
+    for (row, mx) in w.chunks_exact_mut(in_features).zip(max) {
+        for v in &mut row[cols.clone()] {
+            let c = v.clamp(-mx, *mx);
+            if c != *v {
+                changed += 1;
+                *v = c;
+            }
+        }
+    }
+    changed
+}
+
+/// out = Q(clamp(w, ±f·max_r)) for w: [rows, len], one grid per row found on the clamped row. The reference of
+/// the GPU kernel `olive_kernels::cuda::awq_search::clip_candidates` (which returns out − w).
+pub fn clamped_fake_quantize(
     w: &[f32],
     max: &[f32],
     f: f32,

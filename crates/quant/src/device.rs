@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use cudarc::driver::{CudaSlice, CudaView};
+use cudarc::driver::{CudaSlice, CudaView, CudaViewMut};
 use olive_kernels::cpu::{attention, matmul, rope_apply, silu_mul, AttentionDims, RopeLayout};
 use olive_kernels::cuda::gemm::{self, Operand};
 use olive_kernels::cuda::silu_mul as gpu_silu;
@@ -329,6 +329,62 @@ impl Compute {
     }
 }
 
+/// The GPU of a [`Compute`] and the device copies of the layer it holds, for work that runs on the device from
+/// start to end (AWQ's scale and clip search, `awq::gpu`).
+pub(crate) struct OnDevice<'a> {
+    /// The GPU, current on this thread.
+    pub(crate) gpu: &'a Gpu,
+    held: MutexGuard<'a, Vec<Held>>,
+}
+
+impl OnDevice<'_> {
+    /// The held device copy of `host` (a held weight or part of one); `None` when it is not held.
+    pub(crate) fn weight(&self, host: &[f32]) -> Option<CudaView<'_, f32>> {
+        let (i, offset) = find(&self.held, host)?;
+        #[allow(irrefutable_let_patterns)]
+        if let HeldCopy::Gpu(d) = &self.held[i].copy {
+            return Some(d.slice(offset..offset + host.len()));
+        }
+        None
+    }
+
+    /// [`OnDevice::weight`], writable: whoever writes it must leave it equal to `host` again (the held copy is
+    /// what every later product reads).
+    pub(crate) fn weight_mut(&mut self, host: &[f32]) -> Option<CudaViewMut<'_, f32>> {
+        let (i, offset) = find(&self.held, host)?;
+        #[allow(irrefutable_let_patterns)]
+        if let HeldCopy::Gpu(d) = &mut self.held[i].copy {
+            return Some(d.slice_mut(offset..offset + host.len()));
+        }
+        None
+    }
+}
+
+impl Compute {
+    /// Runs `f` on the GPU with the held weights (its time counted as product time); `None` on the CPU. `f` must
+    /// not call this compute's other methods (they wait for the held weights `f` has).
+    pub(crate) fn on_device<R>(
+        &self,
+        f: impl FnOnce(&mut OnDevice<'_>) -> Result<R>,
+    ) -> Result<Option<R>> {
+        if self.gpu.is_none() {
+            return Ok(None);
+        }
+        self.timed(|| {
+            let Some(gpu) = self.bound()? else {
+                return Ok(None);
+            };
+            let mut dev = OnDevice {
+                gpu,
+                held: self.held(),
+            };
+            let r = f(&mut dev)?;
+            gpu.synchronize()?;
+            Ok(Some(r))
+        })
+    }
+}
+
 /// xᵀ·y ([n, n]) for x, y: [rows, n] on `gpu`.
 fn gram_on(gpu: &Gpu, x: &[f32], y: &[f32], n: usize) -> Result<Vec<f32>> {
     let rows = x.len() / n.max(1);
@@ -376,6 +432,22 @@ pub(crate) fn attention_context(
     }
     let mut qkv = vec![0f32; tokens * width]; // [tokens, q + 2·kv]
     compute.linear(&layer.qkv_proj, normed, &mut qkv)?;
+    attend_windows(layer, &mut qkv, seq_len, rope, out);
+    Ok(())
+}
+
+/// RoPE and causal (sliding-window) attention per window of `seq_len` tokens from qkv_proj's output
+/// (qkv: [windows · seq_len, q + 2·kv], rotated in place) into out: [windows · seq_len, heads · head_dim].
+pub(crate) fn attend_windows(
+    layer: &DecoderLayer,
+    qkv: &mut [f32],
+    seq_len: usize,
+    rope: &RopeTables,
+    out: &mut [f32],
+) {
+    let d = layer.dims;
+    let (q, kv) = (d.q_width(), d.kv_width());
+    let width = q + 2 * kv;
     // q and k heads sit side by side at the start of each row: rotate them together.
     let layout = RopeLayout {
         row_stride: width,
@@ -409,7 +481,6 @@ pub(crate) fn attention_context(
         }
         attention(w, &k, &v, dims, d.sliding_window, scale, o);
     }
-    Ok(())
 }
 
 /// The MLP block up to down_proj's input: out [tokens, intermediate] = silu(gate) · up of `normed`

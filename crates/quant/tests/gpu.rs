@@ -5,6 +5,7 @@
 //! prints "skipped: no CUDA device: <test>" (or "skipped: needs 2 CUDA devices: <test>") where there is none
 //! and does nothing else.
 
+mod gpu_awq;
 mod gpu_support;
 
 use std::io::Write;
