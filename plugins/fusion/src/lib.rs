@@ -4,6 +4,7 @@
 //! keys Olive users pass. The input is a `.onnx` file or a folder holding one; the output folder gets
 //! `model.onnx` (+ `model.onnx.data` for initializers of 1 KiB or more) and the folder's other files.
 
+mod attention;
 mod fold;
 mod gelu;
 mod gemm;
@@ -116,7 +117,7 @@ pub struct TransformersConfig {
     /// Transformer model type (onnxruntime.transformers.optimizer's MODEL_TYPES); default bert.
     #[serde(default)]
     pub model_type: Option<String>,
-    /// Number of attention heads (0: detect; used by attention fusion, which olive-rs does not do yet).
+    /// Number of attention heads (0: detect from the graph's Reshapes).
     #[serde(default)]
     pub num_heads: i64,
     /// Number of key/value heads.
@@ -170,7 +171,7 @@ impl Pass for OrtTransformersOptimization {
     const NAME: &'static str = "OrtTransformersOptimization";
     const VERSION: &'static str = "0.1.0";
     const DESCRIPTION: &'static str =
-        "Transformer fusions (LayerNorm, SkipLayerNorm, Gelu, BiasGelu, FastGelu, Gemm) after the peephole clean-ups.";
+        "Transformer fusions (LayerNorm, SkipLayerNorm, Gelu, BiasGelu, FastGelu, Attention, Gemm) after the peephole clean-ups.";
     const ACCEPTS: &'static [&'static str] = &[kinds::ONNX];
     const PRODUCES: &'static [&'static str] = &[kinds::ONNX];
     const DEVICES: &'static [&'static str] = &["cpu", "gpu"];

@@ -144,7 +144,8 @@ fn static_shapes(graph: &GraphProto) -> HashMap<String, Vec<i64>> {
         .collect()
 }
 
-/// The element type of each value where known: initializers, graph inputs, value_info, Cast outputs.
+/// The element type of each value where known: initializers, graph inputs, value_info, and outputs of ops whose
+/// type follows from their inputs.
 fn element_types(graph: &GraphProto) -> HashMap<String, i32> {
     let mut types: HashMap<String, i32> = HashMap::new();
     for v in graph.input.iter().chain(&graph.value_info) {
@@ -161,11 +162,23 @@ fn element_types(graph: &GraphProto) -> HashMap<String, i32> {
             types.insert(name.clone(), d);
         }
     }
+    // In graph order (sorted): ops whose output type is their first input's, comparisons (bool), Shape (int64).
     for n in &graph.node {
-        if n.op_type.as_deref() == Some("Cast") {
-            if let (Some(o), Some(to)) = (n.output.first(), attr_i(n, "to")) {
-                types.insert(o.clone(), to as i32);
-            }
+        let Some(o) = n.output.first() else {
+            continue;
+        };
+        let first = n.input.first().and_then(|x| types.get(x)).copied();
+        let t = match n.op_type.as_deref().unwrap_or("") {
+            "Cast" => attr_i(n, "to").map(|t| t as i32),
+            "Reshape" | "Flatten" | "Gather" | "Transpose" | "Squeeze" | "Unsqueeze" | "Expand"
+            | "Identity" | "Slice" | "Concat" | "Neg" | "Abs" => first,
+            "Equal" | "Greater" | "Less" | "GreaterOrEqual" | "LessOrEqual" | "And" | "Or"
+            | "Not" | "Xor" => Some(9),
+            "Shape" | "Size" => Some(7),
+            _ => None,
+        };
+        if let Some(t) = t {
+            types.insert(o.clone(), t);
         }
     }
     types

@@ -1,6 +1,7 @@
 //! The fusion sequence of ONNX Runtime's transformers optimizer for BERT-like models
 //! (onnxruntime/python/tools/transformers onnx_model_bert.py `optimize`, FusionOptions in fusion_options.py):
-//! peephole clean-ups, LayerNormalization, Gelu/FastGelu (with bias), SkipLayerNormalization (with bias), Gemm.
+//! peephole clean-ups, LayerNormalization, Gelu/FastGelu (with bias), SkipLayerNormalization (with bias), Attention,
+//! Gemm.
 //! Opset imports are fixed up after: com.microsoft version 1 when its ops appear, the default domain raised to 17
 //! when a LayerNormalization (ONNX op from opset 17) is left unfused into SkipLayerNormalization.
 
@@ -9,6 +10,7 @@ use std::collections::BTreeMap;
 use olive_onnx::proto::{ModelProto, OperatorSetIdProto};
 use serde::Serialize;
 
+use crate::attention::fuse_attention;
 use crate::gelu::{fuse_fast_gelu, fuse_gelu};
 use crate::gemm::{fuse_gemm, known_ranks};
 use crate::graph::{Rewriter, MS_DOMAIN};
@@ -74,6 +76,9 @@ pub struct Options {
     pub bias_skip_layer_norm: bool,
     pub bias_gelu: bool,
     pub gemm: bool,
+    pub attention: bool,
+    /// Attention heads (0: from the graph's Reshapes).
+    pub num_heads: i64,
 }
 
 impl Default for Options {
@@ -85,6 +90,8 @@ impl Default for Options {
             bias_skip_layer_norm: true,
             bias_gelu: true,
             gemm: true,
+            attention: true,
+            num_heads: 0,
         }
     }
 }
@@ -112,7 +119,16 @@ impl Options {
                 ));
             }
         }
-        let mut o = Options::default();
+        if c.num_heads < 0 {
+            return Err(format!(
+                "num_heads {}: expected 0 (detect) or a positive count",
+                c.num_heads
+            ));
+        }
+        let mut o = Options {
+            num_heads: c.num_heads,
+            ..Options::default()
+        };
         let flags: BTreeMap<String, serde_json::Value> =
             c.optimization_options.clone().unwrap_or_default();
         for (key, value) in &flags {
@@ -132,6 +148,7 @@ impl Options {
                 "enable_skip_layer_norm" => o.skip_layer_norm = on,
                 "enable_bias_skip_layer_norm" => o.bias_skip_layer_norm = on,
                 "enable_bias_gelu" => o.bias_gelu = on,
+                "enable_attention" => o.attention = on,
                 _ => {}
             }
         }
@@ -149,6 +166,7 @@ pub struct Counts {
     pub fast_gelu: usize,
     pub skip_layer_norm: usize,
     pub gemm: usize,
+    pub attention: usize,
 }
 
 fn step(model: &mut ModelProto, f: impl FnOnce(&mut Rewriter) -> usize) -> Result<usize, String> {
@@ -177,6 +195,9 @@ pub fn optimize(model: &mut ModelProto, o: &Options) -> Result<Counts, String> {
     }
     if o.skip_layer_norm {
         c.skip_layer_norm = step(model, |r| fuse_skip_layer_norm(r, o.bias_skip_layer_norm))?;
+    }
+    if o.attention {
+        c.attention = step(model, |r| fuse_attention(r, o.num_heads))?;
     }
     if o.gemm {
         let ranks = known_ranks(model.graph.as_ref().ok_or("the model has no graph")?);
