@@ -107,9 +107,16 @@ pub fn write_model(dir: &Path, s: Shape) {
         vec![s.vocab, h],
         rng.vec(s.vocab * h, 1.0 / (h as f32).sqrt()),
     ));
+    // Each tensor's f32 buffer is dropped as its bytes are made (a Phi-3.5-mini-shaped model is ~15 GB).
     let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = t
         .into_iter()
-        .map(|(n, shape, v)| (n, shape, v.iter().flat_map(|x| x.to_le_bytes()).collect()))
+        .map(|(n, shape, v)| {
+            let mut b = Vec::with_capacity(v.len() * 4);
+            for x in v {
+                b.extend_from_slice(&x.to_le_bytes());
+            }
+            (n, shape, b)
+        })
         .collect();
     let views: Vec<(String, TensorView<'_>)> = bytes
         .iter()
