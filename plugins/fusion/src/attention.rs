@@ -138,21 +138,18 @@ pub fn fuse_attention(r: &mut Rewriter, num_heads: i64) -> usize {
         if !r.removable(&m.nodes, &[&m.output]) {
             continue;
         }
-        let mask = match &m.mask {
-            Some(mask) => Some(match casts.get(mask) {
-                Some(c) => c.clone(),
-                None => {
-                    let out = r.fresh(&format!("{mask}_int32"));
-                    let name = r.fresh("MaskCast");
-                    let cast = node("", "Cast", &name, &[mask], &[&out], vec![attr_int("to", 6)]);
-                    // Placed before the first consumer: the topological sort puts it after its input.
-                    r.replace(&[], cast);
-                    casts.insert(mask.clone(), out.clone());
-                    out
-                }
-            }),
-            None => None,
-        };
+        let mask = m.mask.as_ref().map(|mask| match casts.get(mask) {
+            Some(c) => c.clone(),
+            None => {
+                let out = r.fresh(&format!("{mask}_int32"));
+                let name = r.fresh("MaskCast");
+                let cast = node("", "Cast", &name, &[mask], &[&out], vec![attr_int("to", 6)]);
+                // Placed by the topological sort after its input, before the first Attention.
+                r.replace(&[], cast);
+                casts.insert(mask.clone(), out.clone());
+                out
+            }
+        });
         let w = r.add_initializer("Attention_qkv_weight", &m.weight);
         let b = r.add_initializer("Attention_qkv_bias", &m.bias);
         let mut inputs = vec![m.x.as_str(), w.as_str(), b.as_str()];
