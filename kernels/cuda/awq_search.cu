@@ -46,10 +46,9 @@ __device__ __forceinline__ double block_sum(double v, double *sh) {
     return r;
 }
 
-// Rust's `x as u8` on a float: NaN -> 0, saturating, truncating.
+// Rust's `x as u8` on a float, back as a float: NaN and x <= 0 -> +0, saturating at 255, truncating.
 __device__ __forceinline__ float as_u8(float x) {
-    if (isnan(x)) return 0.f;
-    return truncf(fminf(fmaxf(x, 0.f), 255.f));
+    return x > 0.f ? truncf(fminf(x, 255.f)) : 0.f;
 }
 
 struct GridParams {
