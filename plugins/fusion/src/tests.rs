@@ -508,7 +508,7 @@ fn passes_run_through_the_host_and_refuse_bad_input() {
         .run_plugin(
             &crate::OLIVE_PLUGIN,
             "OnnxPeepholeOptimizer",
-            &Model::new(kinds::ONNX, &input.join("model.onnx")),
+            &Model::new(kinds::ONNX, input.join("model.onnx")),
             "{}",
         )
         .unwrap();

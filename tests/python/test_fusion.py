@@ -1,0 +1,83 @@
+"""The fusion plugin on a real encoder (all-MiniLM-L6-v2 exported to ONNX, see minilm.py): OnnxPeepholeOptimizer and
+OrtTransformersOptimization through `olive-host run-pass`; onnx.checker passes, ONNX Runtime gives the same
+last_hidden_state (within 1e-4) with right and left padding, and the node counts before/after are printed. Bad input
+(not an ONNX file, a truncated model, a folder without a model) fails with an error naming the file."""
+
+import collections
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+import minilm
+
+TOLERANCE = 1e-4  # fp32 fused kernels (Attention, SkipLayerNormalization) reorder sums
+
+
+@pytest.fixture(scope="module")
+def model() -> Path:
+    return minilm.exported_model()
+
+
+def run_pass(olive_host: Path, name: str, model: Path, out: Path, config: dict | None = None):
+    cmd = [str(olive_host), "run-pass", "--pass-name", name, "-m", str(model), "-o", str(out)]
+    if config is not None:
+        cmd += ["--pass-config", json.dumps(config)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+
+
+def outputs(path: Path, feed) -> np.ndarray:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]).run(None, feed)[0]
+
+
+def op_counts(path: Path) -> collections.Counter:
+    return collections.Counter(n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node)
+
+
+@pytest.mark.parametrize("name", ["OnnxPeepholeOptimizer", "OrtTransformersOptimization"])
+def test_minilm_outputs_unchanged(olive_host, model, tmp_path, name):
+    config = {"model_type": "bert", "num_heads": 12, "hidden_size": 384} if name != "OnnxPeepholeOptimizer" else None
+    result = run_pass(olive_host, name, model, tmp_path / "out", config)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)["metadata"]["fusion"]
+    fused = tmp_path / "out" / "model" / "model.onnx"
+    onnx.checker.check_model(str(fused))
+    before, after = op_counts(model), op_counts(fused)
+    print(f"{name}: {sum(before.values())} -> {sum(after.values())} nodes: {dict(after)}")
+    assert report["nodes_before"] == sum(before.values()) and report["nodes_after"] == sum(after.values())
+    if name == "OrtTransformersOptimization":
+        assert after["Attention"] == 6 and after["SkipLayerNormalization"] == 12 and after["BiasGelu"] == 6, after
+        assert sum(after.values()) <= 60, after
+    else:
+        assert "Constant" not in after and sum(after.values()) < sum(before.values())
+    for batch, seq in [(1, 7), (3, 16)]:
+        feed = minilm.feeds(batch, seq)
+        expected, got = outputs(model, feed), outputs(fused, feed)
+        assert got.shape == expected.shape
+        np.testing.assert_allclose(got, expected, atol=TOLERANCE, rtol=0)
+
+
+def test_bad_input_is_a_clear_error(olive_host, model, tmp_path):
+    junk = tmp_path / "junk.onnx"
+    junk.write_text("this is not an ONNX model\n")
+    truncated = tmp_path / "truncated" / "model.onnx"
+    truncated.parent.mkdir()
+    truncated.write_bytes(model.read_bytes()[:100_000])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "x.onnx").write_bytes(b"")
+    for path, expect in [(junk, "not an ONNX model"), (truncated, "not an ONNX model"), (empty, "not an ONNX model")]:
+        for name in ["OnnxPeepholeOptimizer", "OrtTransformersOptimization"]:
+            out = tmp_path / f"out-{path.name}-{name}"
+            result = run_pass(olive_host, name, path, out)
+            assert result.returncode != 0, result.stdout
+            assert expect in result.stderr and path.name in result.stderr, result.stderr
+            assert not out.exists() or not any(out.iterdir()), "a failed pass leaves no output"
+    result = run_pass(olive_host, "OrtTransformersOptimization", model, tmp_path / "o", {"float16": True})
+    assert result.returncode != 0 and "float16" in result.stderr, result.stderr
