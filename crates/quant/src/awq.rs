@@ -176,6 +176,9 @@ enum Inspect {
 pub struct AwqLayerStats {
     /// Best ratio of each scaling group searched, in order (attention, o, mlp, down).
     pub ratios: Vec<(&'static str, f32)>,
+    /// For each of `ratios`, how far the next-best ratio's loss lies above the best one's, relative to it (a choice
+    /// within float noise of a tie may differ between devices).
+    pub margins: Vec<f64>,
     /// Weights changed by clipping.
     pub clipped: usize,
 }
@@ -198,7 +201,7 @@ pub fn awq_layer(
     let inverse = |s: &[f32]| s.iter().map(|x| 1.0 / x).collect::<Vec<_>>();
 
     if sel.q && sel.k && sel.v {
-        let (s, ratio) = search(
+        let (s, ratio, margin) = search(
             compute,
             layer,
             Inspect::Attention,
@@ -209,13 +212,14 @@ pub fn awq_layer(
             opts,
         )?;
         stats.ratios.push(("attention", ratio));
+        stats.margins.push(margin);
         scale_rows_inv(&mut layer.input_layernorm, 1, &s);
         scale_columns(&mut layer.qkv_proj.weight, &s);
         compute.changed(&layer.qkv_proj.weight)?;
         inputs.qkv.scale(&inverse(&s));
     }
     if sel.v && sel.o && kv == q {
-        let (s, ratio) = search(
+        let (s, ratio, margin) = search(
             compute,
             layer,
             Inspect::O,
@@ -226,6 +230,7 @@ pub fn awq_layer(
             opts,
         )?;
         stats.ratios.push(("o", ratio));
+        stats.margins.push(margin);
         scale_rows_inv(&mut layer.qkv_proj.weight[(q + kv) * h..], h, &s);
         if let Some(b) = &mut layer.qkv_proj.bias {
             scale_rows_inv(&mut b[q + kv..], 1, &s);
@@ -236,7 +241,7 @@ pub fn awq_layer(
         inputs.o.scale(&inverse(&s));
     }
     if sel.gate && sel.up {
-        let (s, ratio) = search(
+        let (s, ratio, margin) = search(
             compute,
             layer,
             Inspect::Mlp,
@@ -247,13 +252,14 @@ pub fn awq_layer(
             opts,
         )?;
         stats.ratios.push(("mlp", ratio));
+        stats.margins.push(margin);
         scale_rows_inv(&mut layer.post_attention_layernorm, 1, &s);
         scale_columns(&mut layer.gate_up_proj.weight, &s);
         compute.changed(&layer.gate_up_proj.weight)?;
         inputs.gate_up.scale(&inverse(&s));
     }
     if sel.up && sel.down {
-        let (s, ratio) = search(
+        let (s, ratio, margin) = search(
             compute,
             layer,
             Inspect::Down,
@@ -264,6 +270,7 @@ pub fn awq_layer(
             opts,
         )?;
         stats.ratios.push(("down", ratio));
+        stats.margins.push(margin);
         scale_rows_inv(&mut layer.gate_up_proj.weight[inter * h..], h, &s);
         if let Some(b) = &mut layer.gate_up_proj.bias {
             scale_rows_inv(&mut b[inter..], 1, &s);
@@ -462,7 +469,7 @@ fn mse(a: &[f32], b: &[f32]) -> f64 {
 
 /// `_compute_best_scale`: the scales of the best ratio, and that ratio. Each ratio's weight Q(W·s)/s is written
 /// into the layer for its forward; the original weight is restored before returning, also on error. On a GPU
-/// holding the layer the whole grid runs there (`gpu::search`).
+/// holding the layer the whole grid runs there (`gpu::search`). Also returns the margin of [`choose`].
 #[allow(clippy::too_many_arguments)]
 fn search(
     compute: &Compute,
@@ -473,7 +480,7 @@ fn search(
     rope: &RopeTables,
     spec: &QuantSpec,
     opts: &AwqOptions,
-) -> Result<(Vec<f32>, f32)> {
+) -> Result<(Vec<f32>, f32, f64)> {
     if let Some(found) = gpu::search(compute, layer, inspect, input, seq_len, rope, spec, opts)? {
         return Ok(found);
     }
@@ -481,20 +488,18 @@ fn search(
     let original = group_weight_mut(layer, inspect).to_vec(); // [rows, in]
     let w_mean = weight_abs_mean(&original, rows, in_features, spec);
     let reference = inspect_output(compute, layer, inspect, &input.loss, seq_len, rope)?;
-    let mut best: Option<(f64, Vec<f32>, f32)> = None;
+    let n = opts.n_grid.max(1);
+    let mut losses = Vec::with_capacity(n);
     let mut grid = || -> Result<()> {
-        for step in 0..opts.n_grid.max(1) {
-            let ratio = step as f32 / opts.n_grid.max(1) as f32;
+        for step in 0..n {
+            let ratio = step as f32 / n as f32;
             let s = ratio_scales(&input.abs_mean, &w_mean, ratio, opts.duo_scaling);
             let inv: Vec<f32> = s.iter().map(|v| 1.0 / v).collect();
             let trial = group_weight_mut(layer, inspect);
             scaled_fake_quantize(&original, in_features, &s, &inv, spec, trial);
             compute.changed(trial)?;
             let out = inspect_output(compute, layer, inspect, &input.loss, seq_len, rope)?;
-            let loss = mse(&out, &reference);
-            if best.as_ref().is_none_or(|(b, _, _)| loss < *b) {
-                best = Some((loss, s, ratio));
-            }
+            losses.push(mse(&out, &reference));
         }
         Ok(())
     };
@@ -503,8 +508,29 @@ fn search(
     let restored = compute.changed(group_weight_mut(layer, inspect));
     searched?;
     restored?;
-    let (_, s, ratio) = best.unwrap_or((0.0, vec![1.0; in_features], 0.0));
-    Ok((s, ratio))
+    let (step, margin) = choose(&losses);
+    let ratio = step as f32 / n as f32;
+    let s = ratio_scales(&input.abs_mean, &w_mean, ratio, opts.duo_scaling);
+    Ok((s, ratio, margin))
+}
+
+/// AutoAWQ's choice among the grid's losses: the first of the smallest (step 0 when none is smaller), and how far
+/// the next-best loss lies above it, relative to it (+∞ with one candidate).
+fn choose(losses: &[f64]) -> (usize, f64) {
+    let mut best = 0;
+    for (i, &l) in losses.iter().enumerate().skip(1) {
+        if l < losses[best] {
+            best = i;
+        }
+    }
+    let b = losses.get(best).copied().unwrap_or(0.0);
+    let margin = losses
+        .iter()
+        .enumerate()
+        .filter(|&(i, _)| i != best)
+        .map(|(_, &l)| (l - b) / b.abs().max(f64::MIN_POSITIVE))
+        .fold(f64::INFINITY, f64::min);
+    (best, margin)
 }
 
 /// out = Q(w·s)·(1/s) for w: [rows, in], the RTN grid of each (row, group) found on w·s (what `fake_quantize`

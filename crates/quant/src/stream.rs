@@ -574,9 +574,15 @@ impl LayerRun<'_> {
         )?;
         drop(inputs);
         let line = format!(
-            "AWQ {}: best ratios {:?}, {} weights clipped",
+            "AWQ {}: best ratios {:?}, next-best loss margins [{}], {} weights clipped",
             self.modules.first().map_or("", |m| m.name.as_str()),
             stats.ratios,
+            stats
+                .margins
+                .iter()
+                .map(|m| format!("{m:.1e}"))
+                .collect::<Vec<_>>()
+                .join(", "),
             stats.clipped
         );
         if !events(Event::Log(&line)) {

@@ -20,7 +20,7 @@ use olive_kernels::cuda::{CudaSlice, GpuError};
 use olive_nn::{DecoderLayer, Linear, RopeTables};
 use rayon::prelude::*;
 
-use super::{ratio_scales, weight_abs_mean, GroupInput, Inspect};
+use super::{choose, ratio_scales, weight_abs_mean, GroupInput, Inspect};
 use crate::device::{attend_windows, Compute, OnDevice};
 use crate::error::Result;
 use crate::grid::QuantSpec;
@@ -47,7 +47,7 @@ pub(super) fn search(
     rope: &RopeTables,
     spec: &QuantSpec,
     opts: &super::AwqOptions,
-) -> Result<Option<(Vec<f32>, f32)>> {
+) -> Result<Option<(Vec<f32>, f32, f64)>> {
     let l = group_weight(layer, inspect);
     let (rows, in_features) = (l.out_features, l.in_features);
     let host = &l.weight[..];
@@ -115,17 +115,11 @@ pub(super) fn search(
     let Some((sums, scales, count)) = losses.flatten() else {
         return Ok(None);
     };
-    // The CPU search's rule: the first ratio of the smallest mean squared error.
-    let mut best: Option<(f64, usize)> = None;
-    for (step, sum) in sums.iter().enumerate() {
-        let loss = sum / count;
-        if best.is_none_or(|(b, _)| loss < b) {
-            best = Some((loss, step));
-        }
-    }
-    let step = best.map_or(0, |(_, s)| s);
+    // The CPU search's rule on the mean squared errors.
+    let losses: Vec<f64> = sums.iter().map(|sum| sum / count).collect();
+    let (step, margin) = choose(&losses);
     let s = scales[step * in_features..(step + 1) * in_features].to_vec();
-    Ok(Some((s, step as f32 / n as f32)))
+    Ok(Some((s, step as f32 / n as f32, margin)))
 }
 
 /// out: [tokens, out_features] = x · Wᵀ + b on the device, W read from its held copy (else uploaded).
