@@ -6,7 +6,9 @@ Phi-3 with fused projections and LongRoPE past its original context), all with S
 - `olive-host evaluate --device gpu` perplexity over data/eval.txt (tests/python/ppl.py's windows) against
   transformers in fp32 on the same GPU, within BF16_PPL_REL; the CPU path (`--device cpu`) within CPU_PPL_REL;
 - `olive-host generate --device gpu` decode tokens/s against transformers' bf16 `generate` (greedy, KV cache);
-- `olive-host evaluate --device gpu --metrics latency` runs and reports per-token decode latency.
+- `olive-host evaluate --device gpu --metrics latency` runs and reports per-token decode latency;
+- `olive-host evaluate --device gpu --metrics memory` reports the peak device memory, checked against the bf16
+  weights' bytes (MEMORY_FACTOR, MEMORY_SLACK).
 Prints a table and writes results.json to --out.
 
     python3 tests/gpu/check_gpu_paths.py --olive_host .gpu/olive-host --tokenizer .gpu/tokenizer --out "$OUT"
@@ -24,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
 from ppl import eval_windows, perplexity, window_nll  # noqa: E402
@@ -34,6 +37,10 @@ BF16_PPL_REL = 1e-2
 CPU_PPL_REL = 1e-4
 WINDOW = 256
 NEW_TOKENS = 128
+# `--metrics memory` on the GPU: the peak bytes in the device's pool after loading and one 64-token forward is at
+# least the bf16 weights and at most twice them plus room for the logits, KV cache and activations.
+MEMORY_FACTOR = 2.0
+MEMORY_SLACK = 64 << 20
 
 
 def configs(vocab: int) -> dict:
@@ -133,24 +140,33 @@ def main() -> None:
             torch_rate = torch_decode_rate(folder, prompt_ids)
             latency = json.loads(olive(args.olive_host, "evaluate", "-m", folder, "--device", "gpu", "--metrics",
                                        "latency", "--warmup_num", "5", "--repeat_test_num", "20").stdout)
+            memory = json.loads(olive(args.olive_host, "evaluate", "-m", folder, "--device", "gpu", "--metrics",
+                                      "memory", "--prompt_length", "64").stdout)
+            device_bytes = memory["memory-peak_device_memory"]["value"]
+            weight_bytes = 2 * sum(p.numel() for p in load_file(folder / "model.safetensors").values())
             row = dict(model=name, ppl_torch_fp32=ref32, ppl_torch_bf16=ref16, ppl_ours_gpu=ours_gpu,
                        ppl_ours_cpu=ours_cpu, gpu_rel=abs(ours_gpu - ref32) / ref32,
                        cpu_rel=abs(ours_cpu - ref32) / ref32, decode_tok_s=rate, torch_bf16_decode_tok_s=torch_rate,
-                       latency_avg_ms=latency["latency-avg"]["value"])
+                       latency_avg_ms=latency["latency-avg"]["value"], peak_device_memory=device_bytes,
+                       bf16_weight_bytes=weight_bytes)
             rows.append(row)
             if row["gpu_rel"] > BF16_PPL_REL:
                 failures.append(f"{name}: GPU perplexity {ours_gpu:.4f} vs torch fp32 {ref32:.4f}")
+            # The weights live on the GPU in bf16 (ours keep no f32 copy there); the rest is the KV cache and one
+            # forward's activations, small for these models.
+            if not weight_bytes <= device_bytes <= MEMORY_FACTOR * weight_bytes + MEMORY_SLACK:
+                failures.append(f"{name}: peak device memory {device_bytes} B for {weight_bytes} B of bf16 weights")
             if row["cpu_rel"] > CPU_PPL_REL:
                 failures.append(f"{name}: CPU perplexity {ours_cpu:.4f} vs torch fp32 {ref32:.4f}")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps({"gpu": gpu, "rows": rows}, indent=2))
     print(f"GPU: {gpu}")
     print(f"{'model':7} {'torch fp32':>11} {'torch bf16':>11} {'ours gpu':>11} {'ours cpu':>11} {'gpu rel':>8} "
-          f"{'ours tok/s':>10} {'torch tok/s':>11} {'lat ms':>7}")
+          f"{'ours tok/s':>10} {'torch tok/s':>11} {'lat ms':>7} {'dev MiB':>8}")
     for r in rows:
         print(f"{r['model']:7} {r['ppl_torch_fp32']:11.4f} {r['ppl_torch_bf16']:11.4f} {r['ppl_ours_gpu']:11.4f} "
               f"{r['ppl_ours_cpu']:11.4f} {r['gpu_rel']:8.1e} {r['decode_tok_s']:10.1f} "
-              f"{r['torch_bf16_decode_tok_s']:11.1f} {r['latency_avg_ms']:7.3f}")
+              f"{r['torch_bf16_decode_tok_s']:11.1f} {r['latency_avg_ms']:7.3f} {r['peak_device_memory'] / 2**20:8.1f}")
     if failures:
         raise SystemExit("FAILED:\n" + "\n".join(failures))
     print("all GPU path checks passed")

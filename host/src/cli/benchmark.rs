@@ -47,7 +47,7 @@ pub struct BenchmarkArgs {
     )]
     pub devices: Vec<Device>,
     /// Metrics, comma-separated: perplexity, accuracy_score (the shipped multiple-choice set), latency (ms),
-    /// throughput (tokens/s), size_on_disk (bytes), memory (peak RSS, bytes).
+    /// throughput (tokens/s), size_on_disk (bytes), memory (peak RSS, bytes; on gpu also the peak device memory).
     #[arg(
         long = "tasks",
         value_delimiter = ',',
@@ -224,8 +224,14 @@ fn metric_of(task: &str, cell: &Cell, args: &BenchmarkArgs) -> Result<Value> {
         "size_on_disk" => {
             json!({"name": task, "type": "size_on_disk", "sub_types": [{"name": "bytes"}]})
         }
-        "memory" => json!({"name": task, "type": "memory",
-                           "sub_types": [{"name": "peak_rss", "metric_config": {"prompt_length": cell.prompt_length}}]}),
+        "memory" => {
+            let config = json!({"prompt_length": cell.prompt_length});
+            let mut subs = vec![json!({"name": "peak_rss", "metric_config": config})];
+            if cell.device == Device::Gpu {
+                subs.push(json!({"name": "peak_device_memory", "metric_config": config}));
+            }
+            json!({"name": task, "type": "memory", "sub_types": subs})
+        }
         other => bail!("--tasks {other:?}: choose among {}", TASKS.join(", ")),
     })
 }
@@ -252,9 +258,6 @@ fn plan(args: &BenchmarkArgs) -> Result<Sweep> {
             bail!("--tasks {t:?}: listed twice");
         }
         tasks.push(t.to_owned());
-    }
-    if args.devices.contains(&Device::Gpu) && tasks.iter().any(|t| t == "memory") {
-        bail!("--tasks memory: memory is the peak host RSS of a CPU run; it is not measured on --device gpu");
     }
     if let Some(&n) = args.prompt_lengths.iter().find(|&&n| n == 0) {
         bail!("--prompt_length {n}: must be at least 1");
@@ -326,19 +329,19 @@ fn plan(args: &BenchmarkArgs) -> Result<Sweep> {
             }
         }
     }
-    let columns = metrics
-        .first()
-        .map(|ms| {
-            ms.iter()
-                .flat_map(|m| {
-                    m.sub_types.iter().map(|s| Column {
-                        key: crate::evaluate::result::joint_key(&m.name, &s.name),
-                        unit: unit(&m.name),
-                    })
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    // Every cell's sub types, in order of first appearance (a GPU cell adds the device memory).
+    let mut columns: Vec<Column> = Vec::new();
+    for m in metrics.iter().flatten() {
+        for s in &m.sub_types {
+            let key = crate::evaluate::result::joint_key(&m.name, &s.name);
+            if !columns.iter().any(|c| c.key == key) {
+                columns.push(Column {
+                    key,
+                    unit: unit(&m.name),
+                });
+            }
+        }
+    }
     Ok(Sweep {
         tasks,
         subjects,

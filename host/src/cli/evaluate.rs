@@ -116,8 +116,14 @@ fn metric_of(name: &str, args: &EvaluateArgs) -> anyhow::Result<Value> {
         "prefill_latency" => json!({"name": name, "type": "latency", "sub_types": subs(&all, latency("prefill"))}),
         "throughput" => json!({"name": name, "type": "throughput", "sub_types": subs(&["avg", "p50", "min", "max"], latency("decode"))}),
         "size_on_disk" => json!({"name": name, "type": "size_on_disk", "sub_types": [{"name": "bytes"}]}),
-        "memory" => json!({"name": name, "type": "memory",
-            "sub_types": [{"name": "peak_rss", "metric_config": {"prompt_length": args.prompt_length}}]}),
+        "memory" => {
+            let config = json!({"prompt_length": args.prompt_length});
+            let mut subs = vec![json!({"name": "peak_rss", "metric_config": config})];
+            if args.device == Device::Gpu {
+                subs.push(json!({"name": "peak_device_memory", "metric_config": config}));
+            }
+            json!({"name": name, "type": "memory", "sub_types": subs})
+        }
         other => bail!("--metrics {other:?}: choose among perplexity, accuracy_score, latency, prefill_latency, \
                         throughput, size_on_disk, memory"),
     })
@@ -161,7 +167,8 @@ fn run_metrics(args: &EvaluateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The memory metric's child: load, one forward of `n` tokens of the evaluation text.
+/// The memory metric's child: load, one forward of `n` tokens of the evaluation text, then print the peak RSS
+/// and, on the GPU, the peak bytes held in the device's memory pool.
 fn memory_probe(args: &EvaluateArgs, n: usize) -> anyhow::Result<()> {
     let model = model_of(args)?;
     let folder = crate::evaluate::runner::model_folder(&model)?;
@@ -175,7 +182,7 @@ fn memory_probe(args: &EvaluateArgs, n: usize) -> anyhow::Result<()> {
     if ids.len() < n {
         bail!("--memory_probe {n}: the text has only {} tokens", ids.len());
     }
-    let mut runner = Runner::load(&model, Device::Cpu)?;
+    let mut runner = Runner::load(&model, args.device)?;
     runner.logits(&ids[..n])?;
     // The kernel's high-water mark of this process alone (a fork's ru_maxrss starts from its parent's).
     let status =
@@ -186,6 +193,13 @@ fn memory_probe(args: &EvaluateArgs, n: usize) -> anyhow::Result<()> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .ok_or_else(|| anyhow::anyhow!("/proc/self/status has no VmHWM"))?;
     println!("peak_rss {}", kib * 1024);
+    if args.device == Device::Gpu {
+        let peak = crate::device::first_gpu()?.peak_pool_bytes()?;
+        if peak == 0 {
+            bail!("the GPU reports no memory-pool allocations (a driver without stream-ordered allocation)");
+        }
+        println!("peak_device_memory {peak}");
+    }
     Ok(())
 }
 

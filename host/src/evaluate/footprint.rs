@@ -4,13 +4,17 @@
 //! size, in bytes, of a child `olive-host evaluate --memory_probe N` that loads the model and runs one forward
 //! pass of N tokens, as the child reads its own high-water mark (`VmHWM` of /proc/self/status; a child's
 //! `ru_maxrss` would start from its parent's, which may have loaded a bigger model); it includes the olive-host
-//! binary and, for ONNX models, the ONNX Runtime library.
+//! binary and, for ONNX models, the ONNX Runtime library. `memory` / `peak_device_memory` (--device gpu): the same
+//! child on the GPU reports the most bytes it held at once in the device's memory pool (weights, KV cache,
+//! activations; not the CUDA context nor cuBLAS's workspace).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context};
 use olive_pass_api::Model;
+
+use crate::device::Device;
 
 /// Bytes of all files under `path` (or of the file itself).
 pub fn size_on_disk(path: &Path) -> anyhow::Result<u64> {
@@ -27,13 +31,28 @@ pub fn size_on_disk(path: &Path) -> anyhow::Result<u64> {
     Ok(total)
 }
 
-/// Peak RSS in bytes of `olive_host evaluate --memory_probe prompt_length` on `model` (see the module doc).
-pub fn peak_rss(olive_host: &Path, model: &Model, prompt_length: usize) -> anyhow::Result<u64> {
+/// What the memory probe measured, in bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct Footprint {
+    pub peak_rss: u64,
+    /// On the GPU only.
+    pub peak_device_memory: Option<u64>,
+}
+
+/// Runs `olive_host evaluate --memory_probe prompt_length` on `model` on `device` (see the module doc).
+pub fn memory_probe(
+    olive_host: &Path,
+    model: &Model,
+    prompt_length: usize,
+    device: Device,
+) -> anyhow::Result<Footprint> {
     let folder = super::runner::model_folder(model)?;
     let mut cmd = Command::new(olive_host);
     cmd.arg("evaluate")
         .arg("--model_name_or_path")
         .arg(&folder)
+        .arg("--device")
+        .arg(device.name())
         .arg("--memory_probe")
         .arg(prompt_length.to_string());
     for a in &model.adapter_paths {
@@ -50,16 +69,22 @@ pub fn peak_rss(olive_host: &Path, model: &Model, prompt_length: usize) -> anyho
         );
     }
     let stdout = String::from_utf8_lossy(&out.stdout);
-    stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("peak_rss "))
-        .and_then(|v| v.trim().parse().ok())
-        .ok_or_else(|| {
-            anyhow::anyhow!(
-                "the memory probe on {} printed no peak_rss",
-                folder.display()
-            )
-        })
+    let read = |name: &str| -> anyhow::Result<u64> {
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or_else(|| {
+                anyhow::anyhow!("the memory probe on {} printed no {name}", folder.display())
+            })
+    };
+    Ok(Footprint {
+        peak_rss: read("peak_rss")?,
+        peak_device_memory: match device {
+            Device::Gpu => Some(read("peak_device_memory")?),
+            Device::Cpu => None,
+        },
+    })
 }
 
 /// The olive-host executable to run probes with: this process when it is olive-host, else `OLIVE_HOST`.

@@ -40,7 +40,7 @@ impl MetricType {
                 "avg", "max", "min", "p50", "p75", "p90", "p95", "p99", "p999",
             ],
             MetricType::SizeOnDisk => &["bytes"],
-            MetricType::Memory => &["peak_rss"],
+            MetricType::Memory => &["peak_rss", "peak_device_memory"],
             MetricType::Custom => &[],
         }
     }
@@ -190,7 +190,7 @@ pub struct ChoiceConfig {
     pub max_samples: Option<usize>,
 }
 
-/// `metric_config` of `memory` / `peak_rss`.
+/// `metric_config` of `memory` / `peak_rss` and `peak_device_memory`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MemoryConfig {

@@ -244,9 +244,11 @@ pub fn evaluate_with(
                 vec![bytes as f64]
             }
             Measure::Memory(c) => {
-                if options.device == Device::Gpu {
+                if options.device == Device::Cpu
+                    && plan.subs.iter().any(|sub| sub.name == "peak_device_memory")
+                {
                     bail!(
-                        "{}: memory is the peak host RSS of a CPU run; it is not measured on --device gpu",
+                        "{}: peak_device_memory is measured on --device gpu only",
                         at()
                     );
                 }
@@ -254,7 +256,16 @@ pub fn evaluate_with(
                     Some(p) => p.clone(),
                     None => footprint::olive_host_exe()?,
                 };
-                vec![footprint::peak_rss(&exe, model, c.prompt_length).with_context(at)? as f64]
+                let measured =
+                    footprint::memory_probe(&exe, model, c.prompt_length, options.device)
+                        .with_context(at)?;
+                plan.subs
+                    .iter()
+                    .map(|sub| match sub.name.as_str() {
+                        "peak_device_memory" => measured.peak_device_memory.unwrap_or(0) as f64,
+                        _ => measured.peak_rss as f64,
+                    })
+                    .collect()
             }
         };
         let values = if values.len() == 1 {

@@ -29,7 +29,8 @@ use cudarc::driver::{CudaModule, DriverError};
 use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions, Ptx};
 
 pub use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
+    CudaContext, CudaFunction, CudaSlice, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg,
+    ValidAsZeroBits,
 };
 pub use half::{bf16, f16};
 
@@ -165,6 +166,27 @@ impl Gpu {
     /// The CUDA context (for a second stream, such as a communicator's).
     pub fn context(&self) -> &Arc<CudaContext> {
         &self.context
+    }
+
+    /// The most bytes this process has held at once in the device's stream-ordered allocations (cudarc allocates
+    /// with cuMemAllocAsync from the device's default memory pool): weights, caches and activations, not the CUDA
+    /// context nor cuBLAS's workspace.
+    pub fn peak_pool_bytes(&self) -> Result<u64, GpuError> {
+        use cudarc::driver::sys;
+        self.context.bind_to_thread()?;
+        let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+        let mut high: u64 = 0;
+        // SAFETY: driver queries on this context's device, each writing one value into a local.
+        unsafe {
+            sys::cuDeviceGetDefaultMemPool(&mut pool, self.context.cu_device()).result()?;
+            sys::cuMemPoolGetAttribute(
+                pool,
+                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
+                (&mut high as *mut u64).cast(),
+            )
+            .result()?;
+        }
+        Ok(high)
     }
 
     /// The device's name, e.g. "NVIDIA H100 80GB HBM3".
