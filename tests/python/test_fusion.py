@@ -81,3 +81,38 @@ def test_bad_input_is_a_clear_error(olive_host, model, tmp_path):
             assert not out.exists() or not any(out.iterdir()), "a failed pass leaves no output"
     result = run_pass(olive_host, "OrtTransformersOptimization", model, tmp_path / "o", {"float16": True})
     assert result.returncode != 0 and "float16" in result.stderr, result.stderr
+
+
+def test_tiny_gpt2_fast_gelu(olive_host, tmp_path):
+    """A random 2-layer GPT-2 (gelu_new, the tanh form): FastGelu and LayerNormalization fuse, outputs unchanged."""
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=1000, activation_function="gelu_new")
+    gpt2 = transformers.GPT2Model(config).eval()
+
+    class Hidden(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, input_ids, attention_mask):
+            return self.m(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+
+    src = tmp_path / "gpt2.onnx"
+    ids = torch.ones(1, 8, dtype=torch.int64)
+    torch.onnx.export(Hidden(gpt2), (ids, ids), str(src), input_names=["input_ids", "attention_mask"],
+                      output_names=["h"], dynamic_axes={k: {0: "b", 1: "s"} for k in ["input_ids", "attention_mask", "h"]},
+                      opset_version=14, dynamo=False)
+    result = run_pass(olive_host, "OrtTransformersOptimization", src, tmp_path / "out", {"model_type": "gpt2"})
+    assert result.returncode == 0, result.stderr
+    fused = tmp_path / "out" / "model" / "model.onnx"
+    onnx.checker.check_model(str(fused))
+    after = op_counts(fused)
+    assert after["FastGelu"] == 2 and after["LayerNormalization"] == 5, after
+    rng = np.random.default_rng(1)
+    mask = np.ones((2, 9), np.int64)
+    mask[1, 6:] = 0
+    feed = {"input_ids": rng.integers(0, 1000, (2, 9)).astype(np.int64), "attention_mask": mask}
+    np.testing.assert_allclose(outputs(fused, feed), outputs(src, feed), atol=TOLERANCE, rtol=0)

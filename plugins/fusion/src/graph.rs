@@ -86,7 +86,10 @@ impl<'g> Rewriter<'g> {
     /// Whether node `i` is `op` of the default domain (or of `com.microsoft` for `ms:` prefixed names) and not
     /// already removed.
     pub fn is(&self, i: usize, op: &str) -> bool {
-        let n = &self.graph.node[i];
+        // Indices past the old nodes stand for added ones (see `replace`): never matched again.
+        let Some(n) = self.graph.node.get(i) else {
+            return false;
+        };
         let domain = n.domain.as_deref().unwrap_or("");
         let (want_domain, want_op) = match op.strip_prefix("ms:") {
             Some(op) => (MS_DOMAIN, op),
@@ -111,7 +114,8 @@ impl<'g> Rewriter<'g> {
         self.producer(input).filter(|&p| self.is(p, op))
     }
 
-    /// The nodes consuming `value` (removed ones included until [`finish`](Self::finish)).
+    /// The nodes consuming `value` (removed ones included until [`finish`](Self::finish); added ones as indices
+    /// past the old nodes).
     pub fn consumers(&self, value: &str) -> &[usize] {
         self.consumers.get(value).map(Vec::as_slice).unwrap_or(&[])
     }
@@ -190,6 +194,14 @@ impl<'g> Rewriter<'g> {
     pub fn replace(&mut self, set: &[usize], node: NodeProto) {
         let at = set.iter().copied().max().unwrap_or(self.graph.node.len());
         self.removed.extend(set.iter().copied());
+        // The new node reads its inputs: later matches must not remove their producers.
+        let stand_in = self.graph.node.len() + self.added.len();
+        for input in node.input.iter().filter(|s| !s.is_empty()) {
+            self.consumers
+                .entry(input.clone())
+                .or_default()
+                .push(stand_in);
+        }
         self.added.push((at, node));
     }
 

@@ -66,12 +66,9 @@ struct LayerNormMatch {
 fn match_layer_norm(r: &Rewriter, rm1: usize) -> Option<LayerNormMatch> {
     let x = r.node(rm1).input.first()?.clone();
     let mean = r.node(rm1).output.first()?.clone();
-    let sub = *r.consumers(&mean).first()?;
+    let sub = *r.consumers(&mean).first().filter(|&&s| r.is(s, "Sub"))?;
     let sub_node = r.node(sub);
-    if !r.is(sub, "Sub")
-        || sub_node.input != [x.clone(), mean.clone()]
-        || r.consumers(&mean).len() != 1
-    {
+    if sub_node.input != [x.clone(), mean.clone()] || r.consumers(&mean).len() != 1 {
         return None;
     }
     let centered = sub_node.output.first()?.clone();
