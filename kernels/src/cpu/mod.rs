@@ -9,6 +9,7 @@ pub mod attention_backward;
 mod attention_blocked;
 pub mod cross_entropy;
 mod dot;
+pub mod int4;
 pub mod lora;
 pub mod matmul;
 pub mod matmul_strided;

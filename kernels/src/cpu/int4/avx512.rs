@@ -1,0 +1,138 @@
+//! AVX-512 int4 row kernels (MLAS SQNBitGemm's AVX-512 scheme): fp32 path zero-extends each 16-byte
+//! sub-block to 16 lanes (low/high nibble = inputs j / j + 16) and FMAs; int8 path splits 64 bytes into
+//! low/high nibbles and runs two VNNI `vpdpbusd` (u8 levels × s8 activations) per 128 inputs, then scales
+//! each 4-lane sub-block by weight scale × activation scale. One row against up to 4 activation rows.
+#![cfg(target_arch = "x86_64")]
+
+use std::arch::x86_64::*;
+
+use super::{ActRow, CHUNK, SUB};
+
+/// fp32 path: `out[i] = Σ_b s_b Σ x_i q` for each of `acts` (1..=4).
+pub(super) fn rows_f32(nib: &[u8], scales: &[f32], bs: usize, acts: &[ActRow], out: &mut [f32]) {
+    // SAFETY: the caller (int4_matmul_with) checked Isa::Avx512 is available; lengths are checked below.
+    unsafe {
+        match acts.len() {
+            1 => f32_n::<1>(nib, scales, bs, acts, out),
+            2 => f32_n::<2>(nib, scales, bs, acts, out),
+            3 => f32_n::<3>(nib, scales, bs, acts, out),
+            _ => f32_n::<4>(nib, scales, bs, acts, out),
+        }
+    }
+}
+
+/// int8 path: `out[i] = Σ_b s_b xs_b Σ xq q` for each of `acts` (1..=4).
+pub(super) fn rows_i8(nib: &[u8], scales: &[f32], bs: usize, acts: &[ActRow], out: &mut [f32]) {
+    // SAFETY: as rows_f32.
+    unsafe {
+        match acts.len() {
+            1 => i8_n::<1>(nib, scales, bs, acts, out),
+            2 => i8_n::<2>(nib, scales, bs, acts, out),
+            3 => i8_n::<3>(nib, scales, bs, acts, out),
+            _ => i8_n::<4>(nib, scales, bs, acts, out),
+        }
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,fma")]
+unsafe fn f32_n<const NB: usize>(
+    nib: &[u8],
+    scales: &[f32],
+    bs: usize,
+    acts: &[ActRow],
+    out: &mut [f32],
+) {
+    let k = nib.len() * 2;
+    assert!(acts.len() == NB && out.len() == NB && scales.len() * bs == k);
+    assert!(acts.iter().all(|a| a.x.len() >= k));
+    let mask = _mm512_set1_epi32(0xF);
+    let mut acc = [_mm512_setzero_ps(); NB];
+    let subs = bs / SUB;
+    for (b, &s) in scales.iter().enumerate() {
+        let mut t = [_mm512_setzero_ps(); NB];
+        for sb in b * subs..(b + 1) * subs {
+            // SAFETY: sb < k / 32, so bytes 16·sb..16·sb+16 and inputs 32·sb..32·sb+32 are in bounds.
+            let v = _mm512_cvtepu8_epi32(_mm_loadu_si128(nib.as_ptr().add(16 * sb).cast()));
+            let lo = _mm512_cvtepi32_ps(_mm512_and_si512(v, mask));
+            let hi = _mm512_cvtepi32_ps(_mm512_srli_epi32::<4>(v));
+            for i in 0..NB {
+                let xp = acts[i].x.as_ptr().add(SUB * sb);
+                t[i] = _mm512_fmadd_ps(lo, _mm512_loadu_ps(xp), t[i]);
+                t[i] = _mm512_fmadd_ps(hi, _mm512_loadu_ps(xp.add(16)), t[i]);
+            }
+        }
+        let sv = _mm512_set1_ps(s);
+        for i in 0..NB {
+            acc[i] = _mm512_fmadd_ps(t[i], sv, acc[i]);
+        }
+    }
+    for i in 0..NB {
+        out[i] = _mm512_reduce_add_ps(acc[i]);
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma")]
+unsafe fn i8_n<const NB: usize>(
+    nib: &[u8],
+    scales: &[f32],
+    bs: usize,
+    acts: &[ActRow],
+    out: &mut [f32],
+) {
+    let k = nib.len() * 2;
+    let k_pad = k.div_ceil(CHUNK) * CHUNK;
+    assert!(acts.len() == NB && out.len() == NB && scales.len() * bs == k && bs <= CHUNK);
+    assert!(acts.iter().all(|a| a.lo.len() == k_pad / 2
+        && a.hi.len() == k_pad / 2
+        && a.lane_scale.len() == k_pad / 8));
+    let m0f = _mm512_set1_epi8(0x0F);
+    // Lane l of a 128-input chunk lies in sub-block l / 4, i.e. block (l / 4) · 32 / bs of the chunk.
+    let per = (bs / SUB) as i32;
+    let idx = _mm512_setr_epi32(
+        0,
+        0,
+        0,
+        0,
+        1 / per,
+        1 / per,
+        1 / per,
+        1 / per,
+        2 / per,
+        2 / per,
+        2 / per,
+        2 / per,
+        3 / per,
+        3 / per,
+        3 / per,
+        3 / per,
+    );
+    let blocks_per_chunk = CHUNK / bs;
+    let mut acc = [_mm512_setzero_ps(); NB];
+    let chunks = k.div_ceil(CHUNK);
+    for c in 0..chunks {
+        let bytes = ((k - c * CHUNK).min(CHUNK) / 2) as u32;
+        let bmask: __mmask64 = if bytes == 64 { !0 } else { (1u64 << bytes) - 1 };
+        let nblk = (bytes as usize * 2) / bs;
+        let smask: __mmask16 = ((1u32 << nblk) - 1) as u16;
+        // SAFETY: masked loads read only the row's bytes and scales; activation arrays are padded to k_pad.
+        let w = _mm512_maskz_loadu_epi8(bmask, nib.as_ptr().add(64 * c).cast());
+        let lo = _mm512_and_si512(w, m0f);
+        let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(w), m0f);
+        let ws = _mm512_permutexvar_ps(
+            idx,
+            _mm512_maskz_loadu_ps(smask, scales.as_ptr().add(c * blocks_per_chunk)),
+        );
+        for i in 0..NB {
+            let a = &acts[i];
+            let xl = _mm512_loadu_si512(a.lo.as_ptr().add(64 * c).cast());
+            let xh = _mm512_loadu_si512(a.hi.as_ptr().add(64 * c).cast());
+            let d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, xl);
+            let d = _mm512_dpbusd_epi32(d, hi, xh);
+            let sc = _mm512_mul_ps(ws, _mm512_loadu_ps(a.lane_scale.as_ptr().add(16 * c)));
+            acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), sc, acc[i]);
+        }
+    }
+    for i in 0..NB {
+        out[i] = _mm512_reduce_add_ps(acc[i]);
+    }
+}

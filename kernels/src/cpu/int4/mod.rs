@@ -1,0 +1,271 @@
+//! CPU int4 weight-only matmul `y = x · Wᵀ` (W [n, k] int4 with per-block scale and zero point), after
+//! ONNX Runtime's MatMulNBits CPU kernels (MLAS SQNBitGemm): a packed layout made once from the unpacked
+//! levels of AWQ / GPTQ (act-order inputs permuted once) / MatMulNBits, an fp32-activation path and an
+//! int8-activation path (activations quantized per block to int8 as ORT's accuracy level 4 does, integer
+//! dot products with VNNI where present), each on AVX-512, AVX2 and a scalar reference, chosen at run time.
+
+mod avx2;
+// AVX-512 intrinsics are stable since Rust 1.89; the workspace declares 1.85, this module needs 1.89.
+#[clippy::msrv = "1.89"]
+mod avx512;
+mod pack;
+mod scalar;
+#[cfg(test)]
+mod tests;
+
+pub use pack::{Int4Matrix, Int4PackError};
+pub use scalar::{int4_matmul_ref, quantize_activations_ref};
+
+use rayon::prelude::*;
+
+/// Inputs per sub-block: 16 bytes, byte j holding input j in its low nibble and input j + 16 in its high one.
+pub const SUB: usize = 32;
+/// Inputs per activation chunk the SIMD kernels step over (one 64-byte AVX-512 load of weights).
+const CHUNK: usize = 128;
+
+/// How the activations enter the dot products.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activations {
+    /// fp32 activations times the int4 levels converted to f32.
+    F32,
+    /// Activations quantized per weight block to int8 (scale = max|x| / 127, round half to even), integer
+    /// dot products, as ONNX Runtime's MatMulNBits with accuracy_level 4.
+    Int8,
+}
+
+/// The instruction set a kernel runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isa {
+    /// Plain Rust, one element at a time (the reference).
+    Scalar,
+    /// AVX2 + FMA (+ F16C-free): 256-bit.
+    Avx2,
+    /// AVX-512 F/BW/VL, with AVX512-VNNI for the int8 path: 512-bit.
+    Avx512,
+}
+
+impl Isa {
+    /// The widest instruction set this CPU runs, checked at run time.
+    pub fn detect() -> Isa {
+        [Isa::Avx512, Isa::Avx2]
+            .into_iter()
+            .find(|isa| isa.available())
+            .unwrap_or(Isa::Scalar)
+    }
+
+    /// Whether this CPU runs `self`.
+    pub fn available(self) -> bool {
+        match self {
+            Isa::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => {
+                std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+            }
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => {
+                std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx512bw")
+                    && std::arch::is_x86_feature_detected!("avx512vl")
+                    && std::arch::is_x86_feature_detected!("avx512vnni")
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
+}
+
+/// Activations of one row prepared for a matrix: permuted to the packed input order, then either f32 with
+/// per-block sums, or int8 split into the low/high-nibble halves each sub-block pairs with.
+pub(crate) struct ActRow {
+    /// f32 path: [k_pad] permuted activations (zero padded).
+    pub x: Vec<f32>,
+    /// int8 path: [k_pad / 2], `lo[16s + j] = xq[32s + j]`.
+    pub lo: Vec<i8>,
+    /// int8 path: [k_pad / 2], `hi[16s + j] = xq[32s + 16 + j]`.
+    pub hi: Vec<i8>,
+    /// int8 path: [k_pad / 8], the activation scale of each 4-byte lane (4 lanes per sub-block).
+    pub lane_scale: Vec<f32>,
+    /// [blocks]: Σ x over each weight block (int8 path: scale · Σ xq, what the integer dot used).
+    pub block_sum: Vec<f32>,
+}
+
+/// The error of a forced instruction set the CPU lacks.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Int4RunError {
+    /// The requested instruction set is not on this CPU.
+    #[error("int4 matmul: this CPU has no {0:?} (Isa::detect() gives what it has)")]
+    Unavailable(Isa),
+    /// x's length is not batch · k.
+    #[error("int4 matmul: x has {got} elements, expected batch {batch} × k {k}")]
+    Input {
+        /// Rows of x.
+        batch: usize,
+        /// Input features of the matrix.
+        k: usize,
+        /// x's length.
+        got: usize,
+    },
+}
+
+/// `y [batch, n] = x [batch, k] · Wᵀ` on the fastest instruction set, rayon over output rows.
+pub fn int4_matmul(x: &[f32], batch: usize, w: &Int4Matrix, act: Activations) -> Vec<f32> {
+    match int4_matmul_with(x, batch, w, act, Isa::detect()) {
+        Ok(y) => y,
+        // detect() only returns what the CPU has; a wrong x length is the caller's bug.
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// [`int4_matmul`] on a forced instruction set (tests, benches).
+pub fn int4_matmul_with(
+    x: &[f32],
+    batch: usize,
+    w: &Int4Matrix,
+    act: Activations,
+    isa: Isa,
+) -> Result<Vec<f32>, Int4RunError> {
+    if !isa.available() {
+        return Err(Int4RunError::Unavailable(isa));
+    }
+    let (n, k) = (w.n(), w.k());
+    if x.len() != batch * k {
+        return Err(Int4RunError::Input {
+            batch,
+            k,
+            got: x.len(),
+        });
+    }
+    let acts: Vec<ActRow> = (0..batch)
+        .into_par_iter()
+        .map(|b| prepare(&x[b * k..(b + 1) * k], w, act))
+        .collect();
+    // Output tiles of rows: [n, batch] so each tile is contiguous; transposed at the end.
+    let threads = rayon::current_num_threads().max(1);
+    let rows_per_task = (n / (threads * 8)).clamp(4, 64);
+    let mut yt = vec![0f32; n * batch];
+    yt.par_chunks_mut(rows_per_task * batch)
+        .enumerate()
+        .for_each(|(t, out)| {
+            let r0 = t * rows_per_task;
+            let rows = out.len() / batch;
+            // Batch items in groups of 4 share each weight load.
+            let mut b0 = 0;
+            while b0 < batch {
+                let nb = (batch - b0).min(4);
+                for r in 0..rows {
+                    let mut dots = [0f32; 4];
+                    row_dots(w, r0 + r, &acts[b0..b0 + nb], act, isa, &mut dots[..nb]);
+                    for (i, d) in dots[..nb].iter().enumerate() {
+                        out[r * batch + b0 + i] = *d;
+                    }
+                }
+                b0 += nb;
+            }
+        });
+    if batch == 1 {
+        return Ok(yt);
+    }
+    let mut y = vec![0f32; n * batch];
+    for (o, row) in yt.chunks_exact(batch).enumerate() {
+        for (b, v) in row.iter().enumerate() {
+            y[b * n + o] = *v;
+        }
+    }
+    Ok(y)
+}
+
+/// Row `o`'s dot products with `acts` (1..=4 of them) into `out`, zero-point term included.
+fn row_dots(
+    w: &Int4Matrix,
+    o: usize,
+    acts: &[ActRow],
+    act: Activations,
+    isa: Isa,
+    out: &mut [f32],
+) {
+    let (nib, scales, zeros) = w.row(o);
+    let bs = w.block_size();
+    match (isa, act) {
+        (Isa::Scalar, Activations::F32) => {
+            for (d, a) in out.iter_mut().zip(acts) {
+                *d = scalar::row_f32(nib, scales, bs, &a.x);
+            }
+        }
+        (Isa::Scalar, Activations::Int8) => {
+            for (d, a) in out.iter_mut().zip(acts) {
+                *d = scalar::row_i8(nib, scales, bs, a);
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx2, Activations::F32) => avx2::rows_f32(nib, scales, bs, acts, out),
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx2, Activations::Int8) => avx2::rows_i8(nib, scales, bs, acts, out),
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx512, Activations::F32) => avx512::rows_f32(nib, scales, bs, acts, out),
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx512, Activations::Int8) => avx512::rows_i8(nib, scales, bs, acts, out),
+        #[cfg(not(target_arch = "x86_64"))]
+        _ => unreachable!("only Isa::Scalar is available off x86-64"),
+    }
+    // Zero points: Σ_b s_b · z_b · Σ_{i∈b} x_i, subtracted once per row.
+    for (d, a) in out.iter_mut().zip(acts) {
+        let z: f32 = scales
+            .iter()
+            .zip(zeros)
+            .zip(&a.block_sum)
+            .map(|((&s, &z), &xs)| s * f32::from(z) * xs)
+            .sum();
+        *d -= z;
+    }
+}
+
+/// Activations of one row for `w`: permuted, padded, and (int8) quantized per weight block.
+pub(crate) fn prepare(x: &[f32], w: &Int4Matrix, act: Activations) -> ActRow {
+    let k = w.k();
+    let k_pad = k.div_ceil(CHUNK) * CHUNK;
+    let mut xp = vec![0f32; k_pad];
+    match w.perm() {
+        Some(p) => xp.iter_mut().zip(p).for_each(|(d, &i)| *d = x[i as usize]),
+        None => xp[..k].copy_from_slice(x),
+    }
+    let bs = w.block_size();
+    match act {
+        Activations::F32 => {
+            let block_sum = xp[..k].chunks_exact(bs).map(|c| c.iter().sum()).collect();
+            ActRow {
+                x: xp,
+                lo: Vec::new(),
+                hi: Vec::new(),
+                lane_scale: Vec::new(),
+                block_sum,
+            }
+        }
+        Activations::Int8 => {
+            let (xq, scales) = scalar::quantize_activations_ref(&xp[..k], bs);
+            let mut lo = vec![0i8; k_pad / 2];
+            let mut hi = vec![0i8; k_pad / 2];
+            for (s, sub) in xq.chunks_exact(SUB).enumerate() {
+                lo[16 * s..16 * s + 16].copy_from_slice(&sub[..16]);
+                hi[16 * s..16 * s + 16].copy_from_slice(&sub[16..]);
+            }
+            let mut lane_scale = vec![0f32; k_pad / 8];
+            for (l, v) in lane_scale[..k / 8].iter_mut().enumerate() {
+                *v = scales[l * 8 / bs];
+            }
+            let block_sum = xq
+                .chunks_exact(bs)
+                .zip(&scales)
+                .map(|(c, &s)| s * c.iter().map(|&q| i32::from(q)).sum::<i32>() as f32)
+                .collect();
+            ActRow {
+                x: Vec::new(),
+                lo,
+                hi,
+                lane_scale,
+                block_sum,
+            }
+        }
+    }
+}
