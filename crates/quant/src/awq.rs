@@ -16,6 +16,8 @@
 //! evenly strided tokens, as AutoAWQ's `n_sample_token = 512`. Memory: only those subsets of the layer's inputs
 //! are kept (`LayerInputs`), and each ratio's trial weight is written into the layer itself (no layer copy). Every
 //! change to the layer's weights is reported to `Compute::changed`, which keeps a GPU's copy of them current.
+//! On a GPU holding the layer, each scale grid and clip search runs on the device (`gpu`), the CPU code being the
+//! reference it reproduces.
 
 use olive_nn::{DecoderLayer, LayerDims, RopeTables};
 use rayon::prelude::*;
@@ -25,6 +27,9 @@ use crate::error::Result;
 use crate::grid::{dequantize_value, group_params, quantize_value, QuantSpec};
 
 mod gpu;
+mod scales;
+
+use scales::{column_abs_mean, ratio_scales, weight_abs_mean};
 
 /// AWQ's search settings.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -336,62 +341,6 @@ fn strided_rows(x: &[f32], width: usize, n: usize) -> Vec<f32> {
         .step_by(step)
         .flat_map(|r| r.iter().copied())
         .collect()
-}
-
-/// Mean |x| per column of x: [tokens, width], summed in f64.
-fn column_abs_mean(x: &[f32], width: usize) -> Vec<f32> {
-    let mut sum = vec![0f64; width];
-    for row in x.chunks_exact(width) {
-        for (s, v) in sum.iter_mut().zip(row) {
-            *s += f64::from(v.abs());
-        }
-    }
-    let tokens = (x.len() / width).max(1) as f64;
-    sum.iter().map(|s| (s / tokens) as f32).collect()
-}
-
-/// AutoAWQ's w_mean: |w| over the max |w| of its (row, group), averaged over rows: [in].
-fn weight_abs_mean(w: &[f32], rows: usize, in_features: usize, spec: &QuantSpec) -> Vec<f32> {
-    let gl = spec.group_len(in_features);
-    let mut sum = vec![0f64; in_features];
-    for row in w.chunks_exact(in_features) {
-        for (g, group) in row.chunks(gl).enumerate() {
-            let max = group.iter().fold(0f32, |m, v| m.max(v.abs())) + 1e-6;
-            for (i, v) in group.iter().enumerate() {
-                sum[g * gl + i] += f64::from(v.abs() / max);
-            }
-        }
-    }
-    sum.iter()
-        .map(|s| (s / rows.max(1) as f64) as f32)
-        .collect()
-}
-
-/// AutoAWQ's candidate scales for `ratio`: [in].
-fn ratio_scales(x_mean: &[f32], w_mean: &[f32], ratio: f32, duo: bool) -> Vec<f32> {
-    let mut s: Vec<f32> = x_mean
-        .iter()
-        .zip(w_mean)
-        .map(|(x, w)| {
-            let v = if duo {
-                x.powf(ratio) / (w.powf(1.0 - ratio) + 1e-4)
-            } else {
-                x.powf(ratio)
-            };
-            v.max(1e-4)
-        })
-        .collect();
-    let (lo, hi) = s.iter().fold((f32::INFINITY, 0f32), |(lo, hi), v| {
-        (lo.min(*v), hi.max(*v))
-    });
-    let norm = (hi * lo).sqrt();
-    for v in &mut s {
-        *v /= norm;
-        if !v.is_finite() {
-            *v = 1.0;
-        }
-    }
-    s
 }
 
 /// w[:, i] *= s[i] for w: [rows, s.len()].
