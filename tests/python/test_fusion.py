@@ -116,3 +116,35 @@ def test_tiny_gpt2_fast_gelu(olive_host, tmp_path):
     mask[1, 6:] = 0
     feed = {"input_ids": rng.integers(0, 1000, (2, 9)).astype(np.int64), "attention_mask": mask}
     np.testing.assert_allclose(outputs(fused, feed), outputs(src, feed), atol=TOLERANCE, rtol=0)
+
+
+def test_blockwise_rtn_matches_onnxruntime_quantizer(olive_host, model, tmp_path):
+    """OnnxBlockWiseRtnQuantization on MiniLM writes the bytes of onnxruntime's MatMulNBitsQuantizer (RTN, block 32,
+    symmetric) and so the same outputs; OnnxMatMul4Quantizer refuses another algorithm."""
+    from onnx import numpy_helper
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    config = {"block_size": 32, "is_symmetric": True, "accuracy_level": 4}
+    result = run_pass(olive_host, "OnnxBlockWiseRtnQuantization", model, tmp_path / "out", config)
+    assert result.returncode == 0, result.stderr
+    ours = tmp_path / "out" / "model" / "model.onnx"
+    onnx.checker.check_model(str(ours))
+    reference = MatMulNBitsQuantizer(onnx.load(str(model)), block_size=32, is_symmetric=True, accuracy_level=4)
+    reference.process()
+    theirs = tmp_path / "ort.onnx"
+    reference.model.save_model_to_file(str(theirs), use_external_data_format=True)
+
+    def nbits(path):
+        m = onnx.load(str(path))
+        init = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+        nodes = [n for n in m.graph.node if n.op_type == "MatMulNBits"]
+        return [[init[i] for i in n.input[1:]] for n in nodes], nodes
+
+    (ours_w, ours_n), (theirs_w, theirs_n) = nbits(ours), nbits(theirs)
+    assert len(ours_n) == len(theirs_n) == 36
+    for a, b in zip(ours_w, theirs_w):
+        assert len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b))
+    feed = minilm.feeds(3, 16)
+    np.testing.assert_allclose(outputs(ours, feed), outputs(theirs, feed), atol=1e-5, rtol=0)
+    bad = run_pass(olive_host, "OnnxMatMul4Quantizer", model, tmp_path / "bad", {"algorithm": "GPTQ"})
+    assert bad.returncode != 0 and "algorithm `GPTQ`" in bad.stderr, bad.stderr

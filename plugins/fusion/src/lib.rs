@@ -5,6 +5,7 @@
 //! `model.onnx` (+ `model.onnx.data` for initializers of 1 KiB or more) and the folder's other files.
 
 mod attention;
+pub mod blockwise;
 mod fold;
 mod gelu;
 mod gemm;
@@ -293,7 +294,12 @@ fn external_locations(file: &Path) -> Vec<String> {
 olive_pass_sdk::export_plugin! {
     name: "fusion",
     version: "0.1.0",
-    passes: [OnnxPeepholeOptimizer, OrtTransformersOptimization],
+    passes: [
+        OnnxPeepholeOptimizer,
+        OrtTransformersOptimization,
+        blockwise::OnnxBlockWiseRtnQuantization,
+        blockwise::OnnxMatMul4Quantizer,
+    ],
 }
 
 #[cfg(test)]

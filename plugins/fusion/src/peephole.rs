@@ -266,7 +266,7 @@ fn bypass(graph: &mut GraphProto) -> usize {
 }
 
 /// Drops nodes none of whose outputs is used and unused initializers; returns the node count dropped.
-fn remove_dead(graph: &mut GraphProto) -> usize {
+pub(crate) fn remove_dead(graph: &mut GraphProto) -> usize {
     let mut removed = 0;
     loop {
         let mut used: HashSet<String> =

@@ -559,3 +559,56 @@ fn passes_run_through_the_host_and_refuse_bad_input() {
         err.message
     );
 }
+
+#[test]
+fn blockwise_rtn_quantizes_constant_matmul_weights_once() {
+    use crate::blockwise::{quantize_matmuls, BlockwiseOptions};
+    use olive_onnx::matmul_nbits::NBitsConfig;
+
+    let w = Value::f32(
+        vec![32, 8],
+        (0..256).map(|i| (i as f32 * 0.37).sin()).collect(),
+    );
+    let nodes = vec![
+        node("", "MatMul", "mm1", &["x", "w"], &["a"], vec![]),
+        node("", "MatMul", "mm2", &["a2", "w"], &["b"], vec![]),
+        node("", "MatMul", "skip_me", &["x", "w"], &["c"], vec![]),
+        node("", "MatMul", "act", &["x", "y"], &["d"], vec![]),
+        n("Relu", &["a"], "a2"),
+    ];
+    let mut g = graph(
+        &[("x", &[-1, 32]), ("y", &[32, 8])],
+        vec![("w", w)],
+        nodes,
+        &["b", "c", "d"],
+    );
+    let o = BlockwiseOptions {
+        config: NBitsConfig::int4(16, false),
+        nodes_to_exclude: ["skip_me".to_string()].into(),
+        nodes_to_include: Default::default(),
+    };
+    assert_eq!(quantize_matmuls(&mut g, &o).unwrap(), 2);
+    let q: Vec<&NodeProto> = g
+        .node
+        .iter()
+        .filter(|n| n.op_type.as_deref() == Some("MatMulNBits"))
+        .collect();
+    assert_eq!(q.len(), 2);
+    assert_eq!(
+        q[0].input[1..],
+        q[1].input[1..],
+        "a shared weight is quantized once"
+    );
+    assert_eq!(q[0].input.len(), 4, "asymmetric: zero points");
+    let b = g
+        .initializer
+        .iter()
+        .find(|t| Some(&q[0].input[1]) == t.name.as_ref())
+        .unwrap();
+    assert_eq!(b.dims, [8, 2, 8], "[N, blocks, block_size / 2]");
+    assert_eq!(
+        ops(&g).iter().filter(|o| *o == "MatMul").count(),
+        2,
+        "excluded and activation MatMuls stay"
+    );
+}
