@@ -1,8 +1,9 @@
-//! olive-rs plugin `fusion`: graph clean-ups and transformer fusions for any ONNX model — Olive's
-//! `OnnxPeepholeOptimizer` (olive/passes/onnx/peephole_optimizer.py) and `OrtTransformersOptimization`
-//! (olive/passes/onnx/transformer_optimization.py, which runs onnxruntime.transformers.optimizer), with the config
-//! keys Olive users pass. The input is a `.onnx` file or a folder holding one; the output folder gets
-//! `model.onnx` (+ `model.onnx.data` for initializers of 1 KiB or more) and the folder's other files.
+//! olive-rs plugin `fusion`: graph passes for any ONNX model — Olive's `OnnxPeepholeOptimizer`
+//! (olive/passes/onnx/peephole_optimizer.py), `OrtTransformersOptimization` (olive/passes/onnx/transformer_optimization.py,
+//! which runs onnxruntime.transformers.optimizer) and the MatMulNBits weight quantizers `OnnxBlockWiseRtnQuantization`
+//! / `OnnxMatMul4Quantizer` ([`blockwise`]), with the config keys Olive users pass. The input is a `.onnx` file or a
+//! folder holding one; the output folder gets `model.onnx` (+ `model.onnx.data` for initializers of 1 KiB or more)
+//! and the folder's other files.
 
 mod attention;
 pub mod blockwise;
