@@ -54,6 +54,14 @@ fetch_wheel "onnxruntime==$ort_version" "$ort_dir"
 ort_lib=$(find "$ort_dir/onnxruntime/capi" -name "libonnxruntime.so.*" | head -n 1)
 [ -n "$ort_lib" ] || { log "error: libonnxruntime.so missing from the onnxruntime wheel"; exit 1; }
 
+# The OpenVINO execution provider (plugins/ep-openvino): the onnxruntime-openvino wheel's own libonnxruntime, with
+# the OpenVINO runtime and its CPU plugin beside it in the wheel.
+ov_version=1.24.1
+ov_dir=$cache/onnxruntime-openvino-$ov_version
+fetch_wheel "onnxruntime-openvino==$ov_version" "$ov_dir"
+ov_lib=$(find "$ov_dir/onnxruntime/capi" -name "libonnxruntime.so.$ov_version" | head -n 1)
+[ -n "$ov_lib" ] || { log "error: libonnxruntime.so.$ov_version missing from the onnxruntime-openvino wheel"; exit 1; }
+
 # Echoes the venv made from requirements file $1 under the name $2-<hash of the file>; builds it in the modes $3
 # (default: test and bench); a venv is named only where it is complete.
 venv_for() {
@@ -87,6 +95,7 @@ export OLIVE_CACHE_DIR="$cache"
 export OLIVE_HOST="$root/target/release/olive-host"
 export OLIVE_DEFAULT_GGUF="$default_gguf"
 export ORT_DYLIB_PATH="$ort_lib"
+export OLIVE_ORT_OPENVINO_DYLIB="$ov_lib"
 export OLIVE_TEST_VENV="$venv"
 export OLIVE_GENAI05_VENV="$venv05"
 export OLIVE_BENCH_VENV="$venvbench"

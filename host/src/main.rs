@@ -4,6 +4,7 @@ mod cache;
 mod cli;
 mod device;
 mod engine;
+mod ep;
 mod evaluate;
 mod files;
 mod logging;

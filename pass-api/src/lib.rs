@@ -29,11 +29,20 @@
 //!   into [`ModelRef::metadata_json`]; new host services go into [`HostVTable`].
 //! - [`ErrorKind`] and model kinds are open sets: unknown values are carried, not rejected.
 //!
+//! # Execution providers
+//! An EP plugin describes the targets it serves ([`ExecutionProvider`]: device, provider, options,
+//! ONNX Runtime library, tolerance, `auto-opt` recipes) as JSON through one more exported function,
+//! [`ep::EXECUTION_PROVIDERS_SYMBOL`] (api 1.1), and the manifest's `execution_providers` section; see
+//! [`ep`]. It is a symbol of its own rather than a field appended to [`PluginMod`]: `abi_stable`'s layout
+//! check refuses a library whose prefix type has fewer fields than the host's, so an appended field
+//! would stop every plugin built against api 1.0 from loading.
+//!
 //! # The manifest
 //! See [`manifest`] for the file format (`<library>.olive-plugin.json` beside the library).
 
 mod context;
 mod descriptor;
+pub mod ep;
 mod error;
 pub mod manifest;
 mod model;
@@ -42,6 +51,7 @@ mod version;
 
 pub use context::{HostCallbacks, HostHandle, HostVTable, HostVTableRef, LogLevel, PassContext};
 pub use descriptor::PassDescriptor;
+pub use ep::{ExecutionProvider, Recipe, RecipePass, Runtime, Tolerance};
 pub use error::{ErrorKind, PassError};
 pub use manifest::{Manifest, ManifestError, PassManifest};
 pub use model::{kinds, Model, ModelError, ModelRef};
@@ -50,3 +60,8 @@ pub use version::{ApiVersion, ApiVersionError, API_VERSION};
 
 /// `abi_stable`'s FFI-safe types used in this ABI, re-exported so plugins need no other import.
 pub use abi_stable::std_types::{RResult, RStr, RString, RVec};
+
+/// `abi_stable` itself, for a plugin that exports its root module without `olive-pass-sdk` (see
+/// tests/third_party/ep-example).
+#[doc(hidden)]
+pub use abi_stable;

@@ -27,6 +27,9 @@
 //!   ]
 //! }
 //! ```
+//! An EP plugin (api 1.1) adds an optional `"execution_providers": [...]` section, a list of
+//! [`crate::ExecutionProvider`] (see [`crate::ep`]); a manifest without it serves no provider.
+//!
 //! `api_version` is the [`crate::API_VERSION`] the plugin was built against (`major.minor`);
 //! `config_schema` is the JSON schema of the pass's typed config. Unknown fields are ignored, so a
 //! newer manifest still reads in an older host.
@@ -41,7 +44,7 @@ use std::env::consts::{DLL_PREFIX, DLL_SUFFIX};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{ApiVersion, PassDescriptor};
+use crate::{ApiVersion, ExecutionProvider, PassDescriptor};
 
 /// What a manifest's file name ends with.
 pub const MANIFEST_SUFFIX: &str = ".olive-plugin.json";
@@ -59,6 +62,9 @@ pub struct Manifest {
     pub library: String,
     /// The plugin's passes.
     pub passes: Vec<PassManifest>,
+    /// The execution providers the plugin serves (api 1.1; absent: none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub execution_providers: Vec<ExecutionProvider>,
 }
 
 /// One pass in a [`Manifest`].
@@ -91,6 +97,9 @@ pub enum ManifestError {
     /// The JSON has the right shape but a wrong value.
     #[error("{0}")]
     Invalid(String),
+    /// A library's execution-provider description is not the JSON of a list of providers.
+    #[error("the execution_providers the library describes are not valid: {0}")]
+    ExecutionProviders(serde_json::Error),
     /// A library's pass descriptor carries a config schema that is not JSON.
     #[error("the config schema of pass `{pass}` is not JSON: {error}")]
     Schema {
@@ -134,14 +143,21 @@ impl Manifest {
         text
     }
 
-    /// The manifest a loaded library describes.
+    /// The manifest a loaded library describes; `execution_providers_json` is what its
+    /// `execution_providers` returned (`None` for a plugin built against api 1.0).
     pub fn describe(
         name: &str,
         version: &str,
         api_version: ApiVersion,
         library: &str,
         passes: &[PassDescriptor],
+        execution_providers_json: Option<&str>,
     ) -> Result<Self, ManifestError> {
+        let execution_providers = match execution_providers_json {
+            Some(text) => ExecutionProvider::list_from_json(text)
+                .map_err(ManifestError::ExecutionProviders)?,
+            None => Vec::new(),
+        };
         let passes = passes
             .iter()
             .map(|pass| {
@@ -172,6 +188,7 @@ impl Manifest {
             api_version,
             library: library.to_owned(),
             passes,
+            execution_providers,
         };
         manifest.validate()?;
         Ok(manifest)
@@ -227,7 +244,19 @@ impl Manifest {
                 ));
             }
         }
+        if self.execution_providers != library.execution_providers {
+            return Some(
+                "the manifest and the library describe different execution_providers".to_owned(),
+            );
+        }
         None
+    }
+
+    /// The provider serving `device` and `provider`, if this plugin has it.
+    pub fn execution_provider(&self, device: &str, provider: &str) -> Option<&ExecutionProvider> {
+        self.execution_providers
+            .iter()
+            .find(|ep| ep.device == device && ep.provider == provider)
     }
 
     fn validate(&self) -> Result<(), ManifestError> {
@@ -252,6 +281,21 @@ impl Manifest {
                 return invalid(format!("pass `{}` is listed twice", pass.name));
             }
         }
+        for (i, ep) in self.execution_providers.iter().enumerate() {
+            if let Some(problem) = ep.problem() {
+                return invalid(problem);
+            }
+            let before = &self.execution_providers[..i];
+            if before
+                .iter()
+                .any(|o| o.device == ep.device && o.provider == ep.provider)
+            {
+                return invalid(format!(
+                    "execution provider `{}` for device `{}` is listed twice",
+                    ep.provider, ep.device
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -272,7 +316,35 @@ mod tests {
         let manifest = Manifest::from_json(EXAMPLE).unwrap();
         assert_eq!(manifest.api_version, ApiVersion { major: 1, minor: 0 });
         assert_eq!(manifest.pass("CopyModel").unwrap().description, "");
+        assert!(manifest.execution_providers.is_empty());
+        assert!(!manifest.to_json().contains("execution_providers"));
         assert_eq!(Manifest::from_json(&manifest.to_json()).unwrap(), manifest);
+    }
+
+    #[test]
+    fn reads_execution_providers_and_checks_them() {
+        let with_ep = EXAMPLE.replace(
+            r#""future_field": true,"#,
+            r#""execution_providers": [{"device": "npu", "provider": "XExecutionProvider",
+                "recipes": [{"precision": "fp32", "passes": [{"type": "CopyModel"}]}]}],"#,
+        );
+        let manifest = Manifest::from_json(&with_ep).unwrap();
+        let ep = manifest
+            .execution_provider("npu", "XExecutionProvider")
+            .unwrap();
+        assert_eq!(ep.runtime.library_env, "ORT_DYLIB_PATH");
+        assert!(manifest
+            .execution_provider("cpu", "XExecutionProvider")
+            .is_none());
+        assert_eq!(Manifest::from_json(&manifest.to_json()).unwrap(), manifest);
+        let twice = with_ep.replace(
+            r#""execution_providers": [{"#,
+            r#""execution_providers": [{"device": "npu", "provider": "XExecutionProvider"}, {"#,
+        );
+        assert_eq!(
+            Manifest::from_json(&twice).unwrap_err().to_string(),
+            "execution provider `XExecutionProvider` for device `npu` is listed twice"
+        );
     }
 
     #[test]

@@ -8,11 +8,12 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// The version of this ABI. A host accepts a plugin whose major version equals its own; minor
 /// versions only append fields to prefix types, which both sides handle.
-pub const API_VERSION: ApiVersion = ApiVersion { major: 1, minor: 0 };
+pub const API_VERSION: ApiVersion = ApiVersion { major: 1, minor: 1 };
+// 1.1: `PluginMod::execution_providers` appended; the manifest's optional `execution_providers` section.
 
 /// `abi_stable`'s own version check reads this string; it must spell [`API_VERSION`] as
 /// `major.minor.0` (a unit test checks that).
-pub(crate) const ABI_VERSION_STRING: &str = "1.0.0";
+pub(crate) const ABI_VERSION_STRING: &str = "1.1.0";
 
 /// A plugin api version, written `major.minor` in manifests and messages.
 #[repr(C)]
@@ -97,7 +98,8 @@ mod tests {
 
     #[test]
     fn only_major_matters() {
-        let host = ApiVersion { major: 1, minor: 0 };
+        let host = ApiVersion { major: 1, minor: 1 };
+        // 1.1: `PluginMod::execution_providers` appended; the manifest's optional `execution_providers` section.
         assert!(host.accepts(ApiVersion { major: 1, minor: 7 }));
         assert!(!host.accepts(ApiVersion { major: 2, minor: 0 }));
     }

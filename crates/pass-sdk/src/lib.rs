@@ -49,6 +49,7 @@
 //! every pass in a worker process.
 
 mod context;
+pub mod ep;
 mod error;
 mod plugin;
 pub mod testing;
@@ -88,15 +89,26 @@ pub trait Pass {
 
 /// Exports a plugin's root module and a `pub static OLIVE_PLUGIN: Plugin` for in-process tests.
 ///
-/// `export_plugin! { name: "my-plugin", version: env!("CARGO_PKG_VERSION"), passes: [A, B] }`
+/// `export_plugin! { name: "my-plugin", version: env!("CARGO_PKG_VERSION"), passes: [A, B] }`; an EP plugin adds
+/// `execution_providers: f` with `fn f() -> Vec<ExecutionProvider>` (see [`ep`]).
 #[macro_export]
 macro_rules! export_plugin {
     (name: $name:expr, version: $version:expr, passes: [$($pass:ty),* $(,)?] $(,)?) => {
-        /// This plugin's passes, for in-process tests (see `olive_pass_sdk::testing`).
+        $crate::export_plugin! {
+            name: $name,
+            version: $version,
+            passes: [$($pass),*],
+            execution_providers: $crate::ep::none,
+        }
+    };
+    (name: $name:expr, version: $version:expr, passes: [$($pass:ty),* $(,)?],
+     execution_providers: $eps:expr $(,)?) => {
+        /// This plugin's passes and providers, for in-process tests (see `olive_pass_sdk::testing`).
         pub static OLIVE_PLUGIN: $crate::Plugin = $crate::Plugin {
             name: $name,
             version: $version,
             passes: &[$($crate::PassEntry::of::<$pass>()),*],
+            execution_providers: $eps,
         };
 
         // What `abi_stable::export_root_module` expands to, with paths through this crate so a
@@ -129,6 +141,23 @@ macro_rules! export_plugin {
                 )
             }
         };
+
+        /// The execution providers this plugin serves, as JSON (`olive_pass_api::ep`, api 1.1).
+        #[doc(hidden)]
+        #[export_name = $crate::__execution_providers_symbol!()]
+        pub extern "C" fn __olive_plugin_execution_providers() -> $crate::api::RString {
+            OLIVE_PLUGIN.ffi_execution_providers()
+        }
+    };
+}
+
+/// `olive_pass_api::ep::EXECUTION_PROVIDERS_SYMBOL`, spelled out because attributes need a literal (a test keeps
+/// the two equal).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __execution_providers_symbol {
+    () => {
+        "olive_plugin_execution_providers_v1"
     };
 }
 
@@ -144,6 +173,14 @@ macro_rules! __root_module_symbol {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn execution_providers_symbol_is_the_apis() {
+        assert_eq!(
+            crate::__execution_providers_symbol!(),
+            olive_pass_api::ep::EXECUTION_PROVIDERS_SYMBOL
+        );
+    }
+
     #[test]
     fn root_module_symbol_is_abi_stables() {
         assert_eq!(

@@ -8,8 +8,8 @@ use std::sync::Once;
 use abi_stable::prefix_type::PrefixTypeTrait;
 use abi_stable::std_types::{RResult, RStr, RString, RVec};
 use olive_pass_api::{
-    ErrorKind, Manifest, ManifestError, Model, ModelRef, PassContext, PassDescriptor, PassError,
-    PluginMod, PluginModRef, API_VERSION,
+    ErrorKind, ExecutionProvider, Manifest, ManifestError, Model, ModelRef, PassContext,
+    PassDescriptor, PassError, PluginMod, PluginModRef, API_VERSION,
 };
 
 use crate::{Context, Pass};
@@ -76,6 +76,8 @@ pub struct Plugin {
     pub version: &'static str,
     /// The passes, in the order the manifest lists them.
     pub passes: &'static [PassEntry],
+    /// The execution providers the plugin serves (see [`crate::ep`]); none for a plugin of passes only.
+    pub execution_providers: fn() -> Vec<ExecutionProvider>,
 }
 
 impl Plugin {
@@ -92,7 +94,13 @@ impl Plugin {
             API_VERSION,
             library,
             &self.descriptors(),
+            Some(&self.execution_providers_json()),
         )
+    }
+
+    /// The execution providers as the JSON array the ABI carries.
+    pub fn execution_providers_json(&self) -> String {
+        serde_json::to_string(&(self.execution_providers)()).unwrap_or_else(|_| "[]".into())
     }
 
     /// Runs pass `pass` (see [`PassEntry::run`]); never unwinds.
@@ -119,6 +127,13 @@ impl Plugin {
     #[doc(hidden)]
     pub fn ffi_descriptors(&self) -> RVec<PassDescriptor> {
         catch_unwind(AssertUnwindSafe(|| self.descriptors())).unwrap_or_default()
+    }
+
+    #[doc(hidden)]
+    pub fn ffi_execution_providers(&self) -> RString {
+        catch_unwind(AssertUnwindSafe(|| self.execution_providers_json()))
+            .unwrap_or_else(|_| "[]".into())
+            .into()
     }
 
     #[doc(hidden)]

@@ -1,15 +1,17 @@
 //! `olive-host auto-opt`: Olive's `olive auto-opt` (olive/cli/auto_opt.py) with `--use_ort_genai`: a Hugging
-//! Face model (folder or .gguf), with a PEFT adapter or not, through the `ModelBuilder` pass (and `ExtractAdapters`
-//! with an adapter) into Olive's layout, `<output_path>/model/{model.onnx, model.onnx.data, genai_config.json,
-//! tokenizer files[, adapter_weights.onnx_adapter]}`.
+//! Face model (folder or .gguf), with a PEFT adapter or not, through the recipe of the execution-provider plugin
+//! that serves `--device`/`--provider` at `--precision` (ep-cpu's: the `ModelBuilder` pass), then `ExtractAdapters`
+//! with an adapter, into Olive's layout, `<output_path>/model/{model.onnx, model.onnx.data, genai_config.json,
+//! tokenizer files[, adapter_weights.onnx_adapter]}`. The result is first run through the provider
+//! (`olive-host ep-check`: every node on it, CPU fallback off); a failed check leaves no output.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::{anyhow, bail, Context};
 use clap::{Args, ValueEnum};
-use olive_pass_api::{kinds, Model};
+use olive_pass_api::{kinds, ExecutionProvider, Model};
 
 use super::common::{refuse_non_empty, resolve_hf_input};
 use super::config_file::{hf_model, workflow, ConfigFileArgs, PassSpec};
@@ -33,19 +35,6 @@ impl Precision {
         }
     }
 }
-
-/// The execution providers each device serves with the graph ModelBuilder writes.
-pub const PROVIDERS: &[(&str, &[&str])] = &[
-    ("cpu", &["CPUExecutionProvider"]),
-    (
-        "gpu",
-        &[
-            "CUDAExecutionProvider",
-            "DmlExecutionProvider",
-            "WebGpuExecutionProvider",
-        ],
-    ),
-];
 
 #[derive(Args, Debug)]
 pub struct AutoOptArgs {
@@ -138,26 +127,75 @@ fn run_workflow(workflow: &serde_json::Value) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Checks the device/provider pair; the error lists the valid pairs.
-pub fn check_target(device: &str, provider: &str) -> anyhow::Result<()> {
-    let valid = PROVIDERS
-        .iter()
-        .any(|(d, ps)| *d == device && ps.contains(&provider));
-    if valid {
-        return Ok(());
+/// The passes of the recipe that the plugin serving `--device`/`--provider` gives for `--precision` (plus
+/// ExtractAdapters with an adapter), each config the recipe's with auto-opt's flags added where the pass's config
+/// schema has the key and the recipe leaves it out.
+fn recipe_steps(
+    found: &plugins::Discovery,
+    ep: &ExecutionProvider,
+    args: &AutoOptArgs,
+) -> anyhow::Result<Vec<(String, serde_json::Value)>> {
+    let precision = args.precision.name();
+    let recipe = ep.recipe(precision).ok_or_else(|| {
+        let have: Vec<&str> = ep.recipes.iter().map(|r| r.precision.as_str()).collect();
+        anyhow!(
+            "{} on --device {} has no recipe for --precision {precision}; it has: {}",
+            ep.provider,
+            ep.device,
+            have.join(", ")
+        )
+    })?;
+    let mut flags = serde_json::json!({
+        "precision": precision,
+        "int4_block_size": args.int4_block_size,
+        "execution_provider": args.provider,
+    });
+    if let Some(level) = args.int4_accuracy_level {
+        flags["int4_accuracy_level"] = level.into();
     }
-    let list: Vec<String> = PROVIDERS
-        .iter()
-        .map(|(d, ps)| format!("  --device {d}: {}", ps.join(", ")))
-        .collect();
-    bail!(
-        "--device {device} with --provider {provider} is not supported; valid pairs:\n{}",
-        list.join("\n")
-    )
+    let mut steps = Vec::new();
+    for pass in &recipe.passes {
+        let (_, manifest) = found.pass(None, &pass.pass_type)?;
+        let mut config = pass.config.clone();
+        if let (Some(config), Some(flags), Some(keys)) = (
+            config.as_object_mut(),
+            flags.as_object(),
+            manifest.config_schema["properties"].as_object(),
+        ) {
+            for (key, value) in flags {
+                let explicit = key == "int4_accuracy_level";
+                if keys.contains_key(key) && (explicit || !config.contains_key(key)) {
+                    config.insert(key.clone(), value.clone());
+                }
+            }
+        }
+        steps.push((pass.pass_type.clone(), config));
+    }
+    if args.adapter_path.is_some() {
+        steps.push(("ExtractAdapters".to_owned(), serde_json::json!({})));
+    }
+    Ok(steps)
+}
+
+/// The workflow's name for a step (`builder` for ModelBuilder, which --enable_search tunes).
+fn step_name(pass_type: &str) -> String {
+    match pass_type {
+        "ModelBuilder" => "builder".to_owned(),
+        "ExtractAdapters" => "extract_adapters".to_owned(),
+        other => other.to_ascii_lowercase(),
+    }
 }
 
 pub fn run(args: AutoOptArgs) -> anyhow::Result<()> {
-    check_target(&args.device, &args.provider)?;
+    let found = plugins::discover(&plugins::search_path());
+    let (ep_plugin, ep) = crate::ep::find(&found, &args.device, &args.provider)?;
+    tracing::debug!(
+        "{} on --device {} from plugin {}",
+        ep.provider,
+        ep.device,
+        ep_plugin.manifest.name
+    );
+    let steps = recipe_steps(&found, ep, &args)?;
     refuse_non_empty(&args.output_path, args.overwrite)?;
     let input = resolve_hf_input(&args.model_name_or_path)?;
     let mut model = Model::new(kinds::HF, &input);
@@ -171,27 +209,17 @@ pub fn run(args: AutoOptArgs) -> anyhow::Result<()> {
         model.kind = kinds::HF_ADAPTER.to_owned();
         model.adapter_paths.push(adapter.clone());
     }
-    let mut config = serde_json::json!({
-        "precision": args.precision.name(),
-        "int4_block_size": args.int4_block_size,
-        "execution_provider": args.provider,
-    });
-    if let Some(level) = args.int4_accuracy_level {
-        config["int4_accuracy_level"] = level.into();
-    }
     let device = if args.device == "gpu" { "gpu" } else { "cpu" };
-    let mut passes = vec![PassSpec {
-        name: "builder",
-        pass_type: "ModelBuilder",
-        config: config.clone(),
-    }];
-    if args.adapter_path.is_some() {
-        passes.push(PassSpec {
-            name: "extract_adapters",
-            pass_type: "ExtractAdapters",
-            config: serde_json::json!({}),
-        });
-    }
+    let names: Vec<String> = steps.iter().map(|(t, _)| step_name(t)).collect();
+    let passes: Vec<PassSpec> = steps
+        .iter()
+        .zip(&names)
+        .map(|((pass_type, config), name)| PassSpec {
+            name,
+            pass_type,
+            config: config.clone(),
+        })
+        .collect();
     let mut workflow = workflow(
         hf_model(&args.model_name_or_path, args.adapter_path.as_deref()),
         device,
@@ -210,7 +238,6 @@ pub fn run(args: AutoOptArgs) -> anyhow::Result<()> {
         run_workflow(&workflow)?;
         return args.config_file.save(&workflow, &args.output_path);
     }
-    let found = plugins::discover(&plugins::search_path());
     let target = args.output_path.join("model");
     let parent = args
         .output_path
@@ -222,53 +249,42 @@ pub fn run(args: AutoOptArgs) -> anyhow::Result<()> {
         .prefix(".auto-opt-")
         .tempdir_in(parent)
         .with_context(|| format!("cannot create a staging folder in {}", parent.display()))?;
-    let with_adapter = !model.adapter_paths.is_empty();
-    let mut steps = vec![("ModelBuilder", config.to_string())];
-    if with_adapter {
-        steps.push(("ExtractAdapters", "{}".to_owned()));
-    }
     let spinner = crate::progress::spinner(format!(
         "exporting {} to ONNX",
         args.model_name_or_path.display()
     ));
-    for (i, (name, config_json)) in steps.iter().enumerate() {
-        let (plugin, pass) = found.pass(None, name)?;
-        let last = i + 1 == steps.len();
-        let output_path = if last {
-            target.clone()
-        } else {
-            staging.path().join(name)
-        };
+    for (i, (pass_type, config)) in steps.iter().enumerate() {
+        let (plugin, pass) = found.pass(None, pass_type)?;
         model = engine::run_pass(&PassRun {
             plugin,
             pass: pass.name.clone(),
             model,
-            config_json: config_json.clone(),
-            output_path,
+            config_json: config.to_string(),
+            output_path: staging.path().join(format!("{i}-{pass_type}")),
             device: device.to_owned(),
             timeout: args.timeout,
             grace: Duration::from_secs(5),
         })?;
     }
     spinner.finish_and_clear();
+    // The result runs through its execution provider before it is put where the user looks.
+    crate::ep::check_in_child(&model.path, &args.device, &args.provider)?;
+    fs::create_dir_all(&args.output_path)
+        .with_context(|| format!("cannot create {}", args.output_path.display()))?;
+    if target.exists() {
+        fs::remove_dir_all(&target)
+            .with_context(|| format!("cannot replace {}", target.display()))?;
+    }
+    fs::rename(&model.path, &target).with_context(|| {
+        format!(
+            "cannot move {} to {}",
+            model.path.display(),
+            target.display()
+        )
+    })?;
+    model.path = target.clone();
     tracing::info!("wrote {}", target.display());
     args.config_file.save(&workflow, &args.output_path)?;
     println!("{}", serde_json::to_string_pretty(&model)?);
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn unknown_pairs_list_the_valid_ones() {
-        assert!(check_target("cpu", "CPUExecutionProvider").is_ok());
-        assert!(check_target("gpu", "CUDAExecutionProvider").is_ok());
-        let err = check_target("cpu", "CUDAExecutionProvider")
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("--device gpu: CUDAExecutionProvider"), "{err}");
-        assert!(check_target("npu", "QNNExecutionProvider").is_err());
-    }
 }

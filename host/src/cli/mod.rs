@@ -8,6 +8,7 @@ mod config_file;
 mod convert;
 mod convert_adapters;
 mod dataset;
+mod ep_check;
 mod evaluate;
 mod finetune;
 mod generate;
@@ -49,6 +50,8 @@ pub enum Command {
     ConvertAdapters(convert_adapters::ConvertAdaptersArgs),
     /// Perplexity of a model over a text, on the CPU transformer or through ONNX Runtime.
     Evaluate(evaluate::EvaluateArgs),
+    /// Run an ONNX model through an execution provider: every node on it (CPU fallback off), outputs vs the CPU's.
+    EpCheck(ep_check::EpCheckArgs),
     /// Fine-tune LoRA adapters on a dataset, on CPU (Olive's finetune; PEFT adapter out).
     Finetune(Box<finetune::FinetuneArgs>),
     /// Generate text greedily from a prompt, on CPU.
@@ -74,6 +77,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         Command::Convert(args) => convert::run(args),
         Command::ConvertAdapters(args) => convert_adapters::run(args),
         Command::Evaluate(args) => evaluate::run(args),
+        Command::EpCheck(args) => ep_check::run(args),
         Command::Finetune(args) => finetune::run(*args),
         Command::Generate(args) => generate::run(args),
         Command::Plugins(args) => plugins::run(args),

@@ -2,12 +2,14 @@
 //! api version check. Each failure is one line naming the library file.
 
 use std::env::consts::{DLL_PREFIX, DLL_SUFFIX};
+use std::ffi::CString;
 use std::path::{Path, PathBuf};
 
 use abi_stable::library::{lib_header_from_path, LibraryError, RootModule};
 use abi_stable::sabi_types::VersionNumber;
 use anyhow::{anyhow, bail, Context};
-use olive_pass_api::{ApiVersion, Manifest, PluginModRef, API_VERSION};
+use olive_pass_api::ep::{ExecutionProvidersFn, EXECUTION_PROVIDERS_SYMBOL};
+use olive_pass_api::{ApiVersion, Manifest, PluginModRef, RString, API_VERSION};
 
 /// A loaded plugin library: its root module and the manifest it describes.
 pub struct Loaded {
@@ -46,15 +48,39 @@ pub fn load(path: &Path) -> anyhow::Result<Loaded> {
             ))
         })?;
     let passes = (module.passes())();
+    // A plugin built against api 1.0 exports no `execution_providers` function: it serves none.
+    let execution_providers = execution_providers(path).map_err(cannot)?;
     let manifest = Manifest::describe(
         module.name().as_str(),
         module.version().as_str(),
         module.api_version(),
         library,
         &passes,
+        execution_providers.as_ref().map(|json| json.as_str()),
     )
     .map_err(|err| cannot(format!("it describes itself wrongly: {err}")))?;
     Ok(Loaded { module, manifest })
+}
+
+/// What the library's `olive_pass_api::ep::EXECUTION_PROVIDERS_SYMBOL` function returns, if it exports one.
+fn execution_providers(path: &Path) -> Result<Option<RString>, String> {
+    let file = CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| "its path has a NUL byte".to_owned())?;
+    let symbol = CString::new(EXECUTION_PROVIDERS_SYMBOL).map_err(|e| e.to_string())?;
+    // SAFETY: the library is already loaded (abi_stable keeps it loaded for the life of the process), so this
+    // dlopen only takes another reference to it, which is never released.
+    let handle = unsafe { libc::dlopen(file.as_ptr(), libc::RTLD_NOW | libc::RTLD_NOLOAD) };
+    if handle.is_null() {
+        return Err("it is no longer loaded".to_owned());
+    }
+    // SAFETY: a plugin exports this symbol only as `olive_pass_api::ep::ExecutionProvidersFn` (pass-sdk's
+    // export_plugin! does); the symbol name carries the signature's version.
+    let found = unsafe { libc::dlsym(handle, symbol.as_ptr()) };
+    if found.is_null() {
+        return Ok(None);
+    }
+    let describe: ExecutionProvidersFn = unsafe { std::mem::transmute(found) };
+    Ok(Some(describe()))
 }
 
 /// Checks that the library's own description agrees with the manifest it was found by.

@@ -162,7 +162,7 @@ fn ctrl_c_cancels_the_pass() {
 fn a_manifest_for_another_api_version_is_refused_before_loading() {
     let (run, _) = run_pass("Nothing", &["--plugin", "fixture-wrong-api"]);
     run.assert_error(&format!(
-        "plugin `fixture-wrong-api` ({}/fixture_wrong_api.olive-plugin.json) was built for plugin api 99.0, and this olive-host speaks 1.0",
+        "plugin `fixture-wrong-api` ({}/fixture_wrong_api.olive-plugin.json) was built for plugin api 99.0, and this olive-host speaks 1.1",
         plugin_dir().display()
     ));
 }
@@ -174,7 +174,7 @@ fn a_library_for_another_api_version_is_refused_at_load() {
     });
     let (run, _) = run_pass_with(Some(dir.path()), "Nothing", &[]);
     run.assert_error(&format!(
-        "plugin `fixture-wrong-api`: cannot load {}/{DLL_PREFIX}fixture_wrong_api{DLL_SUFFIX}: it was built for plugin api 99.0, and this olive-host speaks 1.0",
+        "plugin `fixture-wrong-api`: cannot load {}/{DLL_PREFIX}fixture_wrong_api{DLL_SUFFIX}: it was built for plugin api 99.0, and this olive-host speaks 1.1",
         dir.path().display()
     ));
 }

@@ -23,7 +23,7 @@ fn list_shows_each_plugin_with_its_file_version_and_passes() {
         "fixture-no-symbol 0.1.0  {dir}/{DLL_PREFIX}fixture_no_symbol{DLL_SUFFIX}\n"
     )));
     let broken = format!(
-        "\nbroken:\n  plugin `fixture-wrong-api` ({dir}/fixture_wrong_api.olive-plugin.json) was built for plugin api 99.0, and this olive-host speaks 1.0\n"
+        "\nbroken:\n  plugin `fixture-wrong-api` ({dir}/fixture_wrong_api.olive-plugin.json) was built for plugin api 99.0, and this olive-host speaks 1.1\n"
     );
     assert!(run.stdout.ends_with(&broken), "{}", run.stdout);
 }
@@ -44,7 +44,7 @@ fn list_as_json() {
         ["fixture-broken", "fixture-copy", "fixture-no-symbol"]
     );
     let copy = &json["plugins"][1];
-    assert_eq!(copy["api_version"], "1.0");
+    assert_eq!(copy["api_version"], "1.1");
     assert_eq!(
         copy["passes"][0]["config_schema"]["additionalProperties"],
         false
@@ -81,7 +81,7 @@ fn list_reports_bad_manifests_and_shadowed_plugins_and_still_lists_the_rest() {
         "\nshadowed by an earlier plugin of the same name:\n  fixture-copy 0.1.0  {dir}/{DLL_PREFIX}fixture_copy{DLL_SUFFIX}\n\
          \nbroken:\n  plugin manifest {extra}/bad.olive-plugin.json: not a valid plugin manifest: EOF while parsing a value at line 1 column 15\n  \
          plugin `ghost` ({extra}/ghost.olive-plugin.json): its library {extra}/{DLL_PREFIX}ghost{DLL_SUFFIX} does not exist\n  \
-         plugin `fixture-wrong-api` ({dir}/fixture_wrong_api.olive-plugin.json) was built for plugin api 99.0, and this olive-host speaks 1.0\n"
+         plugin `fixture-wrong-api` ({dir}/fixture_wrong_api.olive-plugin.json) was built for plugin api 99.0, and this olive-host speaks 1.1\n"
     );
     assert!(run.stdout.ends_with(&tail), "{}", run.stdout);
 }
@@ -147,7 +147,7 @@ fn manifest_refuses_libraries_that_are_not_plugins_for_this_host() {
         s(out.path()),
     ])
     .assert_error(&format!(
-        "cannot load {}: it was built for plugin api 99.0, and this olive-host speaks 1.0",
+        "cannot load {}: it was built for plugin api 99.0, and this olive-host speaks 1.1",
         wrong_api.display()
     ));
     let missing = out.path().join("libnothing.so");

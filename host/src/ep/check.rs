@@ -1,0 +1,422 @@
+//! Running a model through one execution provider and proving it ran there (issue 9): the session appends the
+//! provider with its options (a failure to create it is an error naming the provider, never a silent CPU
+//! fallback), sets `session.disable_cpu_ep_fallback=1` (ONNX Runtime then refuses a graph with nodes the provider
+//! does not take; the check reopens it with fallback on and profiling to name those nodes), runs once with
+//! ONNX Runtime's profiler and reads the provider of every node event in its JSON trace, then compares each
+//! output with the CPU provider's on the same library, element-wise within `atol + rtol * |cpu|`.
+//!
+//! Inputs are made from the graph: symbolic dims named `*past*` are 0, `batch*` 1, any other 4 (so a decoder
+//! runs a 4-token prompt on an empty KV cache); `attention_mask` is ones, integer ids `i % 97`, floats a fixed
+//! ramp in [-1, 1]. Call [`check`] only in a process whose ONNX Runtime library is the provider's.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Context};
+use half::f16;
+use olive_pass_api::ExecutionProvider;
+use ort::ep::{self, ArbitrarilyConfigurableExecutionProvider, ExecutionProviderDispatch};
+use ort::session::{Session, SessionInputValue};
+use ort::value::{DynValue, Tensor, TensorElementType, ValueType};
+use serde::Serialize;
+
+/// The CPU provider's name.
+const CPU: &str = "CPUExecutionProvider";
+
+/// ONNX Runtime's message when fallback is disabled and a node would land on the CPU provider.
+const FALLBACK_REFUSED: &str = "fallback to CPU EP has been explicitly disabled";
+
+/// What the check found; `outputs` are the provider's float outputs (flattened, by name).
+#[derive(Debug, Serialize)]
+pub struct Report {
+    /// The provider checked.
+    pub provider: String,
+    /// The ONNX Runtime version that ran it.
+    pub onnxruntime: String,
+    /// Node events in the profile (fused partitions count once), all run by `provider`.
+    pub nodes: usize,
+    /// Per float output: the largest |provider - cpu| (absent when the provider is the CPU one).
+    pub max_abs_diff: BTreeMap<String, f64>,
+    /// The provider's float outputs, flattened, by name (not printed).
+    #[serde(skip)]
+    pub outputs: Outputs,
+}
+
+/// A node that ran on another provider than the one asked for.
+#[derive(Debug, Clone, PartialEq)]
+struct ForeignNode {
+    name: String,
+    op: String,
+    provider: String,
+}
+
+/// The provider as the `ort` crate appends it, failing rather than falling back.
+fn dispatch(ep: &ExecutionProvider) -> anyhow::Result<ExecutionProviderDispatch> {
+    macro_rules! configured {
+        ($provider:expr) => {
+            ep.provider_options
+                .iter()
+                .fold($provider, |p, (k, v)| p.with_arbitrary_config(k, v))
+                .build()
+        };
+    }
+    let dispatch = match ep.provider.as_str() {
+        CPU if ep.provider_options.is_empty() => ep::CPU::default().build(),
+        CPU => bail!(
+            "CPUExecutionProvider takes no provider options here; the plugin gives {:?}",
+            ep.provider_options
+        ),
+        "OpenVINOExecutionProvider" => configured!(ep::OpenVINO::default()),
+        "CUDAExecutionProvider" => configured!(ep::CUDA::default()),
+        "QNNExecutionProvider" => configured!(ep::QNN::default()),
+        other => bail!(
+            "olive-host cannot append execution provider {other}: it knows CPUExecutionProvider, \
+             OpenVINOExecutionProvider, CUDAExecutionProvider and QNNExecutionProvider"
+        ),
+    };
+    Ok(dispatch.error_on_failure())
+}
+
+/// Opens `model` on `ep` with fallback disabled (or enabled, to find the nodes it would refuse) and profiling
+/// into `profile_prefix`.
+fn open(
+    model: &Path,
+    ep: &ExecutionProvider,
+    fallback: bool,
+    profile_prefix: &Path,
+) -> anyhow::Result<Session> {
+    let environment = olive_runtime::env::environment()?;
+    let options_error = |what: &str, e: ort::Error| anyhow!("{what}: {e}");
+    let mut builder = Session::builder(environment)
+        .map_err(|e| options_error("creating the session options", e))?
+        .with_profiling(profile_prefix)
+        .map_err(|e| options_error("enabling profiling", e.into()))?;
+    // For the CPU provider itself "fallback" has no meaning (ONNX Runtime would refuse every node): its check is
+    // the profile's providers alone.
+    if !fallback && ep.provider != CPU {
+        builder = builder
+            .with_config_entry("session.disable_cpu_ep_fallback", "1")
+            .map_err(|e| options_error("session.disable_cpu_ep_fallback", e.into()))?;
+    }
+    let mut builder = builder
+        .with_execution_providers([dispatch(ep)?])
+        .map_err(|e| {
+            anyhow!(
+                "execution provider {} (device {}, options {:?}) cannot be created with ONNX Runtime {} ({}): {e}",
+                ep.provider,
+                ep.device,
+                ep.provider_options,
+                version(),
+                ep.runtime.package
+            )
+        })?;
+    builder.commit_from_file(model).map_err(|e| anyhow!("{e}"))
+}
+
+fn version() -> String {
+    std::env::var_os(olive_runtime::env::DYLIB_ENV)
+        .and_then(|p| super::library_version(Path::new(&p)).ok())
+        .unwrap_or_else(|| "?".into())
+}
+
+/// Runs `model` through `ep` and checks where every node ran and how close the outputs are to the CPU's.
+pub fn check(model: &Path, ep: &ExecutionProvider) -> anyhow::Result<Report> {
+    if !model.is_file() {
+        bail!("{} is not an ONNX model file", model.display());
+    }
+    let scratch = tempfile::tempdir().context("cannot create a folder for the profile")?;
+    let prefix = scratch.path().join("ep");
+    let mut session = match open(model, ep, false, &prefix) {
+        Ok(session) => session,
+        Err(err) if err.to_string().contains(FALLBACK_REFUSED) => {
+            let refused = refused_nodes(model, ep, &scratch.path().join("fallback"))?;
+            bail!(
+                "execution provider {} cannot take {} node(s) of {} (CPU fallback is disabled): {}",
+                ep.provider,
+                refused.len(),
+                model.display(),
+                describe(&refused)
+            );
+        }
+        Err(err) if err.to_string().contains("cannot be created") => return Err(err),
+        Err(err) => bail!(
+            "execution provider {} cannot open {}: {err}",
+            ep.provider,
+            model.display()
+        ),
+    };
+    let feeds = inputs(&session)?;
+    let outputs = run(&mut session, &feeds, &ep.provider)?;
+    let events = profile_nodes(&mut session)?;
+    let foreign: Vec<ForeignNode> = events
+        .iter()
+        .filter(|n| n.provider != ep.provider)
+        .cloned()
+        .collect();
+    if !foreign.is_empty() {
+        bail!(
+            "execution provider {}: {} node(s) of {} ran on another provider: {}",
+            ep.provider,
+            foreign.len(),
+            model.display(),
+            describe(&foreign)
+        );
+    }
+    if events.is_empty() {
+        bail!(
+            "execution provider {}: the profile of {} shows no node run",
+            ep.provider,
+            model.display()
+        );
+    }
+    let mut max_abs_diff = BTreeMap::new();
+    if ep.provider != CPU {
+        let cpu = cpu_reference(model, &feeds)?;
+        for (name, ours) in &outputs {
+            let reference = cpu
+                .get(name)
+                .ok_or_else(|| anyhow!("the CPU reference has no output {name}"))?;
+            max_abs_diff.insert(name.clone(), compare(name, ours, reference, ep)?);
+        }
+    }
+    Ok(Report {
+        provider: ep.provider.clone(),
+        onnxruntime: version(),
+        nodes: events.len(),
+        max_abs_diff,
+        outputs,
+    })
+}
+
+/// The nodes ONNX Runtime puts on the CPU provider when fallback is allowed.
+fn refused_nodes(
+    model: &Path,
+    ep: &ExecutionProvider,
+    prefix: &Path,
+) -> anyhow::Result<Vec<ForeignNode>> {
+    let mut session = open(model, ep, true, prefix)?;
+    let feeds = inputs(&session)?;
+    run(&mut session, &feeds, &ep.provider)?;
+    let refused: Vec<ForeignNode> = profile_nodes(&mut session)?
+        .into_iter()
+        .filter(|n| n.provider != ep.provider)
+        .collect();
+    if refused.is_empty() {
+        bail!(
+            "execution provider {}: ONNX Runtime refused {} with CPU fallback disabled, yet the profile with \
+             fallback shows no node on another provider",
+            ep.provider,
+            model.display()
+        );
+    }
+    Ok(refused)
+}
+
+fn describe(nodes: &[ForeignNode]) -> String {
+    const SHOWN: usize = 12;
+    let mut text: Vec<String> = nodes
+        .iter()
+        .take(SHOWN)
+        .map(|n| format!("{} ({}, on {})", n.name, n.op, n.provider))
+        .collect();
+    if nodes.len() > SHOWN {
+        text.push(format!("and {} more", nodes.len() - SHOWN));
+    }
+    text.join(", ")
+}
+
+/// The float outputs of one run, by name, as f64.
+pub type Outputs = BTreeMap<String, Vec<f64>>;
+
+fn run(
+    session: &mut Session,
+    feeds: &[(String, DynValue)],
+    provider: &str,
+) -> anyhow::Result<Outputs> {
+    let feeds: Vec<(&str, SessionInputValue<'_>)> = feeds
+        .iter()
+        .map(|(n, v)| (n.as_str(), SessionInputValue::from(v)))
+        .collect();
+    let outputs = session
+        .run(feeds)
+        .map_err(|e| anyhow!("execution provider {provider}: the run failed: {e}"))?;
+    let mut floats = Outputs::new();
+    for (name, value) in outputs.iter() {
+        let data: Vec<f64> = match value.dtype().tensor_type() {
+            Some(TensorElementType::Float32) => {
+                let (_, data) = value.try_extract_tensor::<f32>()?;
+                data.iter().map(|&v| f64::from(v)).collect()
+            }
+            Some(TensorElementType::Float16) => {
+                let (_, data) = value.try_extract_tensor::<f16>()?;
+                data.iter().map(|v| f64::from(v.to_f32())).collect()
+            }
+            _ => continue,
+        };
+        floats.insert(name.to_string(), data);
+    }
+    Ok(floats)
+}
+
+/// The same run on the CPU provider of the same library (the reference).
+fn cpu_reference(model: &Path, feeds: &[(String, DynValue)]) -> anyhow::Result<Outputs> {
+    let environment = olive_runtime::env::environment()?;
+    let mut session = Session::builder(environment)
+        .and_then(|mut b| b.commit_from_file(model))
+        .map_err(|e| anyhow!("the CPU reference cannot open {}: {e}", model.display()))?;
+    run(&mut session, feeds, CPU)
+}
+
+/// The largest |ours - reference|; an error names the output and the first element out of tolerance.
+fn compare(
+    name: &str,
+    ours: &[f64],
+    reference: &[f64],
+    ep: &ExecutionProvider,
+) -> anyhow::Result<f64> {
+    if ours.len() != reference.len() {
+        bail!(
+            "execution provider {}: output {name} has {} elements, the CPU provider's {}",
+            ep.provider,
+            ours.len(),
+            reference.len()
+        );
+    }
+    let tolerance = ep.tolerance;
+    let mut worst = 0.0f64;
+    for (i, (&a, &b)) in ours.iter().zip(reference).enumerate() {
+        let diff = (a - b).abs();
+        if diff.is_nan() || diff > tolerance.atol + tolerance.rtol * b.abs() {
+            bail!(
+                "execution provider {}: output {name}[{i}] is {a}, the CPU provider's {b} (|diff| {diff:.3e} over \
+                 atol {:e} + rtol {:e} * |cpu|)",
+                ep.provider,
+                tolerance.atol,
+                tolerance.rtol
+            );
+        }
+        worst = worst.max(diff);
+    }
+    Ok(worst)
+}
+
+/// The graph's inputs filled as the module docs say.
+fn inputs(session: &Session) -> anyhow::Result<Vec<(String, DynValue)>> {
+    let mut feeds = Vec::new();
+    for input in session.inputs() {
+        let name = input.name().to_string();
+        let ValueType::Tensor {
+            ty,
+            shape,
+            dimension_symbols,
+        } = input.dtype()
+        else {
+            bail!("input {name} is not a tensor; the check feeds tensors only");
+        };
+        let dims: Vec<usize> = shape
+            .iter()
+            .zip(dimension_symbols.iter())
+            .map(|(&d, symbol)| match d {
+                d if d >= 0 => d as usize,
+                _ if symbol.contains("past") => 0,
+                _ if symbol.starts_with("batch") => 1,
+                _ => 4,
+            })
+            .collect();
+        let count: usize = dims.iter().product();
+        let ids = |i: usize| {
+            if name == "attention_mask" {
+                1
+            } else {
+                (i % 97) as i64
+            }
+        };
+        let ramp = |i: usize| ((i % 17) as f32 - 8.0) / 8.0;
+        let value: DynValue = match ty {
+            TensorElementType::Float32 => {
+                Tensor::from_array((dims, (0..count).map(ramp).collect::<Vec<f32>>()))?.into_dyn()
+            }
+            TensorElementType::Float16 => Tensor::from_array((
+                dims,
+                (0..count).map(|i| f16::from_f32(ramp(i))).collect::<Vec<f16>>(),
+            ))?
+            .into_dyn(),
+            TensorElementType::Int64 => {
+                Tensor::from_array((dims, (0..count).map(ids).collect::<Vec<i64>>()))?.into_dyn()
+            }
+            TensorElementType::Int32 => Tensor::from_array((
+                dims,
+                (0..count).map(|i| ids(i) as i32).collect::<Vec<i32>>(),
+            ))?
+            .into_dyn(),
+            other => bail!("input {name} has element type {other:?}; the check feeds float32, float16, int64 and int32"),
+        };
+        feeds.push((name, value));
+    }
+    Ok(feeds)
+}
+
+/// The node events of the session's profile (ONNX Runtime's Chrome-trace JSON: `cat` "Node", `args.provider`,
+/// `args.op_name`, names ending in `_kernel_time`), one per node.
+fn profile_nodes(session: &mut Session) -> anyhow::Result<Vec<ForeignNode>> {
+    let file = session
+        .end_profiling()
+        .map_err(|e| anyhow!("cannot end profiling: {e}"))?;
+    let text = std::fs::read_to_string(&file)
+        .with_context(|| format!("cannot read the profile {file}"))?;
+    parse_profile(&text).with_context(|| format!("profile {file}"))
+}
+
+fn parse_profile(text: &str) -> anyhow::Result<Vec<ForeignNode>> {
+    let events: Vec<serde_json::Value> =
+        serde_json::from_str(text).context("not a JSON array of trace events")?;
+    let mut nodes: Vec<ForeignNode> = Vec::new();
+    for event in &events {
+        if event["cat"] != "Node" {
+            continue;
+        }
+        let Some(name) = event["name"]
+            .as_str()
+            .and_then(|n| n.strip_suffix("_kernel_time"))
+        else {
+            continue;
+        };
+        let args = &event["args"];
+        let node = ForeignNode {
+            name: name.to_owned(),
+            op: args["op_name"].as_str().unwrap_or("?").to_owned(),
+            provider: args["provider"].as_str().unwrap_or("?").to_owned(),
+        };
+        if !nodes.contains(&node) {
+            nodes.push(node);
+        }
+    }
+    Ok(nodes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_provider_of_each_kernel_event() {
+        let trace = r#"[
+            {"cat": "Session", "name": "model_run", "args": {}},
+            {"cat": "Node", "name": "a_fence_before", "args": {"op_name": "MatMul"}},
+            {"cat": "Node", "name": "OpenVINOExecutionProvider_OpenVINO-EP-subgraph_1_0_kernel_time",
+             "args": {"op_name": "OpenVINO-EP-subgraph_1", "provider": "OpenVINOExecutionProvider"}},
+            {"cat": "Node", "name": "/model/layers.0/attn/GroupQueryAttention_kernel_time",
+             "args": {"op_name": "GroupQueryAttention", "provider": "CPUExecutionProvider"}},
+            {"cat": "Node", "name": "/model/layers.0/attn/GroupQueryAttention_kernel_time",
+             "args": {"op_name": "GroupQueryAttention", "provider": "CPUExecutionProvider"}}
+        ]"#;
+        let nodes = parse_profile(trace).unwrap();
+        assert_eq!(nodes.len(), 2);
+        assert_eq!(nodes[1].op, "GroupQueryAttention");
+        assert_eq!(
+            describe(&nodes[1..]),
+            "/model/layers.0/attn/GroupQueryAttention (GroupQueryAttention, on CPUExecutionProvider)"
+        );
+        assert!(parse_profile("{}").is_err());
+    }
+}
