@@ -8,28 +8,42 @@ use std::arch::x86_64::*;
 
 use super::{ActRow, CHUNK, SUB};
 
-/// fp32 path: `out[i] = Σ_b s_b Σ x_i q` for each of `acts` (1..=4).
-pub(super) fn rows_f32(nib: &[u8], scales: &[f32], bs: usize, acts: &[ActRow], out: &mut [f32]) {
+/// fp32 path: `out[i] = Σ_b s_b (Σ x_i q − z_b Σ x_i)` for each of `acts` (1..=4).
+pub(super) fn rows_f32(
+    nib: &[u8],
+    scales: &[f32],
+    zeros: &[u8],
+    bs: usize,
+    acts: &[ActRow],
+    out: &mut [f32],
+) {
     // SAFETY: the caller (int4_matmul_with) checked Isa::Avx2 is available; lengths are checked below.
     unsafe {
         match acts.len() {
-            1 => f32_n::<1>(nib, scales, bs, acts, out),
-            2 => f32_n::<2>(nib, scales, bs, acts, out),
-            3 => f32_n::<3>(nib, scales, bs, acts, out),
-            _ => f32_n::<4>(nib, scales, bs, acts, out),
+            1 => f32_n::<1>(nib, scales, zeros, bs, acts, out),
+            2 => f32_n::<2>(nib, scales, zeros, bs, acts, out),
+            3 => f32_n::<3>(nib, scales, zeros, bs, acts, out),
+            _ => f32_n::<4>(nib, scales, zeros, bs, acts, out),
         }
     }
 }
 
-/// int8 path: `out[i] = Σ_b s_b xs_b Σ xq q` for each of `acts` (1..=4).
-pub(super) fn rows_i8(nib: &[u8], scales: &[f32], bs: usize, acts: &[ActRow], out: &mut [f32]) {
+/// int8 path: `out[i] = Σ_b s_b (xs_b Σ xq q − z_b · block_sum_b)` for each of `acts` (1..=4).
+pub(super) fn rows_i8(
+    nib: &[u8],
+    scales: &[f32],
+    zeros: &[u8],
+    bs: usize,
+    acts: &[ActRow],
+    out: &mut [f32],
+) {
     // SAFETY: as rows_f32.
     unsafe {
         match acts.len() {
-            1 => i8_n::<1>(nib, scales, bs, acts, out),
-            2 => i8_n::<2>(nib, scales, bs, acts, out),
-            3 => i8_n::<3>(nib, scales, bs, acts, out),
-            _ => i8_n::<4>(nib, scales, bs, acts, out),
+            1 => i8_n::<1>(nib, scales, zeros, bs, acts, out),
+            2 => i8_n::<2>(nib, scales, zeros, bs, acts, out),
+            3 => i8_n::<3>(nib, scales, zeros, bs, acts, out),
+            _ => i8_n::<4>(nib, scales, zeros, bs, acts, out),
         }
     }
 }
@@ -46,6 +60,7 @@ unsafe fn hsum(v: __m256) -> f32 {
 unsafe fn f32_n<const NB: usize>(
     nib: &[u8],
     scales: &[f32],
+    zeros: &[u8],
     bs: usize,
     acts: &[ActRow],
     out: &mut [f32],
@@ -81,7 +96,10 @@ unsafe fn f32_n<const NB: usize>(
         }
     }
     for i in 0..NB {
-        out[i] = hsum(acc[i]);
+        out[i] = hsum(_mm256_sub_ps(
+            acc[i],
+            zero_term(scales, zeros, &acts[i].block_sum),
+        ));
     }
 }
 
@@ -89,6 +107,7 @@ unsafe fn f32_n<const NB: usize>(
 unsafe fn i8_n<const NB: usize>(
     nib: &[u8],
     scales: &[f32],
+    zeros: &[u8],
     bs: usize,
     acts: &[ActRow],
     out: &mut [f32],
@@ -130,6 +149,31 @@ unsafe fn i8_n<const NB: usize>(
         }
     }
     for i in 0..NB {
-        out[i] = hsum(acc[i]);
+        out[i] = hsum(_mm256_sub_ps(
+            acc[i],
+            zero_term(scales, zeros, &acts[i].block_sum),
+        ));
     }
+}
+
+/// Σ_b s_b · z_b · block_sum_b, 8 blocks a step (lanes to be summed by the caller).
+#[target_feature(enable = "avx2,fma")]
+unsafe fn zero_term(scales: &[f32], zeros: &[u8], block_sum: &[f32]) -> __m256 {
+    let nb = scales.len();
+    assert!(zeros.len() == nb && block_sum.len() == nb);
+    let mut acc = _mm256_setzero_ps();
+    let full = nb / 8 * 8;
+    for b in (0..full).step_by(8) {
+        // SAFETY: b + 8 ≤ nb.
+        let z = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(
+            zeros.as_ptr().add(b).cast(),
+        )));
+        let s = _mm256_loadu_ps(scales.as_ptr().add(b));
+        let x = _mm256_loadu_ps(block_sum.as_ptr().add(b));
+        acc = _mm256_fmadd_ps(_mm256_mul_ps(z, s), x, acc);
+    }
+    let rest: f32 = (full..nb)
+        .map(|b| scales[b] * f32::from(zeros[b]) * block_sum[b])
+        .sum();
+    _mm256_add_ps(acc, _mm256_setr_ps(rest, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0))
 }

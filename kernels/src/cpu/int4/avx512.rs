@@ -8,28 +8,42 @@ use std::arch::x86_64::*;
 
 use super::{ActRow, CHUNK, SUB};
 
-/// fp32 path: `out[i] = Σ_b s_b Σ x_i q` for each of `acts` (1..=4).
-pub(super) fn rows_f32(nib: &[u8], scales: &[f32], bs: usize, acts: &[ActRow], out: &mut [f32]) {
+/// fp32 path: `out[i] = Σ_b s_b (Σ x_i q − z_b Σ x_i)` for each of `acts` (1..=4).
+pub(super) fn rows_f32(
+    nib: &[u8],
+    scales: &[f32],
+    zeros: &[u8],
+    bs: usize,
+    acts: &[ActRow],
+    out: &mut [f32],
+) {
     // SAFETY: the caller (int4_matmul_with) checked Isa::Avx512 is available; lengths are checked below.
     unsafe {
         match acts.len() {
-            1 => f32_n::<1>(nib, scales, bs, acts, out),
-            2 => f32_n::<2>(nib, scales, bs, acts, out),
-            3 => f32_n::<3>(nib, scales, bs, acts, out),
-            _ => f32_n::<4>(nib, scales, bs, acts, out),
+            1 => f32_n::<1>(nib, scales, zeros, bs, acts, out),
+            2 => f32_n::<2>(nib, scales, zeros, bs, acts, out),
+            3 => f32_n::<3>(nib, scales, zeros, bs, acts, out),
+            _ => f32_n::<4>(nib, scales, zeros, bs, acts, out),
         }
     }
 }
 
-/// int8 path: `out[i] = Σ_b s_b xs_b Σ xq q` for each of `acts` (1..=4).
-pub(super) fn rows_i8(nib: &[u8], scales: &[f32], bs: usize, acts: &[ActRow], out: &mut [f32]) {
+/// int8 path: `out[i] = Σ_b s_b (xs_b Σ xq q − z_b · block_sum_b)` for each of `acts` (1..=4).
+pub(super) fn rows_i8(
+    nib: &[u8],
+    scales: &[f32],
+    zeros: &[u8],
+    bs: usize,
+    acts: &[ActRow],
+    out: &mut [f32],
+) {
     // SAFETY: as rows_f32.
     unsafe {
         match acts.len() {
-            1 => i8_n::<1>(nib, scales, bs, acts, out),
-            2 => i8_n::<2>(nib, scales, bs, acts, out),
-            3 => i8_n::<3>(nib, scales, bs, acts, out),
-            _ => i8_n::<4>(nib, scales, bs, acts, out),
+            1 => i8_n::<1>(nib, scales, zeros, bs, acts, out),
+            2 => i8_n::<2>(nib, scales, zeros, bs, acts, out),
+            3 => i8_n::<3>(nib, scales, zeros, bs, acts, out),
+            _ => i8_n::<4>(nib, scales, zeros, bs, acts, out),
         }
     }
 }
@@ -38,6 +52,7 @@ pub(super) fn rows_i8(nib: &[u8], scales: &[f32], bs: usize, acts: &[ActRow], ou
 unsafe fn f32_n<const NB: usize>(
     nib: &[u8],
     scales: &[f32],
+    zeros: &[u8],
     bs: usize,
     acts: &[ActRow],
     out: &mut [f32],
@@ -67,7 +82,10 @@ unsafe fn f32_n<const NB: usize>(
         }
     }
     for i in 0..NB {
-        out[i] = _mm512_reduce_add_ps(acc[i]);
+        out[i] = _mm512_reduce_add_ps(_mm512_sub_ps(
+            acc[i],
+            zero_term(scales, zeros, &acts[i].block_sum),
+        ));
     }
 }
 
@@ -75,6 +93,7 @@ unsafe fn f32_n<const NB: usize>(
 unsafe fn i8_n<const NB: usize>(
     nib: &[u8],
     scales: &[f32],
+    zeros: &[u8],
     bs: usize,
     acts: &[ActRow],
     out: &mut [f32],
@@ -133,6 +152,33 @@ unsafe fn i8_n<const NB: usize>(
         }
     }
     for i in 0..NB {
-        out[i] = _mm512_reduce_add_ps(acc[i]);
+        out[i] = _mm512_reduce_add_ps(_mm512_sub_ps(
+            acc[i],
+            zero_term(scales, zeros, &acts[i].block_sum),
+        ));
     }
+}
+
+/// Σ_b s_b · z_b · block_sum_b, 16 blocks a step (lanes to be summed by the caller).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,fma")]
+unsafe fn zero_term(scales: &[f32], zeros: &[u8], block_sum: &[f32]) -> __m512 {
+    let nb = scales.len();
+    assert!(zeros.len() == nb && block_sum.len() == nb);
+    let mut acc = _mm512_setzero_ps();
+    for b in (0..nb).step_by(16) {
+        let m: __mmask16 = if nb - b >= 16 {
+            !0
+        } else {
+            ((1u32 << (nb - b)) - 1) as u16
+        };
+        // SAFETY: masked loads stay within the nb blocks.
+        let z = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(
+            m,
+            zeros.as_ptr().add(b).cast(),
+        )));
+        let s = _mm512_maskz_loadu_ps(m, scales.as_ptr().add(b));
+        let x = _mm512_maskz_loadu_ps(m, block_sum.as_ptr().add(b));
+        acc = _mm512_fmadd_ps(_mm512_mul_ps(z, s), x, acc);
+    }
+    acc
 }

@@ -187,37 +187,36 @@ fn row_dots(
 ) {
     let (nib, scales, zeros) = w.row(o);
     let bs = w.block_size();
-    match (isa, act) {
-        (Isa::Scalar, Activations::F32) => {
-            for (d, a) in out.iter_mut().zip(acts) {
-                *d = scalar::row_f32(nib, scales, bs, &a.x);
-            }
-        }
-        (Isa::Scalar, Activations::Int8) => {
-            for (d, a) in out.iter_mut().zip(acts) {
-                *d = scalar::row_i8(nib, scales, bs, a);
-            }
-        }
-        #[cfg(target_arch = "x86_64")]
-        (Isa::Avx2, Activations::F32) => avx2::rows_f32(nib, scales, bs, acts, out),
-        #[cfg(target_arch = "x86_64")]
-        (Isa::Avx2, Activations::Int8) => avx2::rows_i8(nib, scales, bs, acts, out),
-        #[cfg(target_arch = "x86_64")]
-        (Isa::Avx512, Activations::F32) => avx512::rows_f32(nib, scales, bs, acts, out),
-        #[cfg(target_arch = "x86_64")]
-        (Isa::Avx512, Activations::Int8) => avx512::rows_i8(nib, scales, bs, acts, out),
-        #[cfg(not(target_arch = "x86_64"))]
-        _ => unreachable!("only Isa::Scalar is available off x86-64"),
-    }
-    // Zero points: Σ_b s_b · z_b · Σ_{i∈b} x_i, subtracted once per row.
-    for (d, a) in out.iter_mut().zip(acts) {
-        let z: f32 = scales
+    let zero_term = |a: &ActRow| -> f32 {
+        // Zero points: Σ_b s_b · z_b · Σ_{i∈b} x_i.
+        scales
             .iter()
             .zip(zeros)
             .zip(&a.block_sum)
             .map(|((&s, &z), &xs)| s * f32::from(z) * xs)
-            .sum();
-        *d -= z;
+            .sum()
+    };
+    match (isa, act) {
+        (Isa::Scalar, Activations::F32) => {
+            for (d, a) in out.iter_mut().zip(acts) {
+                *d = scalar::row_f32(nib, scales, bs, &a.x) - zero_term(a);
+            }
+        }
+        (Isa::Scalar, Activations::Int8) => {
+            for (d, a) in out.iter_mut().zip(acts) {
+                *d = scalar::row_i8(nib, scales, bs, a) - zero_term(a);
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx2, Activations::F32) => avx2::rows_f32(nib, scales, zeros, bs, acts, out),
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx2, Activations::Int8) => avx2::rows_i8(nib, scales, zeros, bs, acts, out),
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx512, Activations::F32) => avx512::rows_f32(nib, scales, zeros, bs, acts, out),
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx512, Activations::Int8) => avx512::rows_i8(nib, scales, zeros, bs, acts, out),
+        #[cfg(not(target_arch = "x86_64"))]
+        _ => unreachable!("only Isa::Scalar is available off x86-64"),
     }
 }
 
