@@ -5,7 +5,7 @@
 //! ONNX Runtime's profiler and reads the provider of every node event in its JSON trace, then compares each
 //! output with the CPU provider's on the same library, element-wise within `atol + rtol * |cpu|`.
 //!
-//! Inputs are made from the graph: symbolic dims named `*past*` are 0, `batch*` 1, any other 4 (so a decoder
+//! Inputs are made from the graph (those with a default value keep it): symbolic dims named `*past*` are 0, `batch*` 1, any other 4 (so a decoder
 //! runs a 4-token prompt on an empty KV cache); `attention_mask` is ones, integer ids `i % 97`, floats a fixed
 //! ramp in [-1, 1]. Call [`check`] only in a process whose ONNX Runtime library is the provider's.
 
@@ -302,9 +302,18 @@ fn compare(
 
 /// The graph's inputs filled as the module docs say.
 fn inputs(session: &Session) -> anyhow::Result<Vec<(String, DynValue)>> {
+    // Inputs with a default (an initializer of the same name, as ExtractAdapters leaves the LoRA weights) keep it.
+    let defaults: Vec<String> = session
+        .overridable_initializers()
+        .into_iter()
+        .map(|i| i.name().to_string())
+        .collect();
     let mut feeds = Vec::new();
     for input in session.inputs() {
         let name = input.name().to_string();
+        if defaults.contains(&name) {
+            continue;
+        }
         let ValueType::Tensor {
             ty,
             shape,
