@@ -55,7 +55,7 @@ pub struct PeepholeConfig {
     /// Olive: run onnxoptimizer's passes (olive-rs: the same clean-ups).
     #[serde(default = "yes")]
     pub onnxoptimizer_optimize: bool,
-    /// Olive: fuse consecutive Reshapes (olive-rs: constant shapes are folded; Reshape chains are kept).
+    /// Olive: fuse consecutive Reshapes (Reshape(Reshape(x, s1), s2) with a constant s2 -> Reshape(x, s2)).
     #[serde(default = "yes")]
     pub fuse_reshape_operations: bool,
     /// Olive: set the com.microsoft opset to 1 (olive-rs writes version 1 whenever it adds com.microsoft ops).
@@ -79,7 +79,7 @@ impl Pass for OnnxPeepholeOptimizer {
     const NAME: &'static str = "OnnxPeepholeOptimizer";
     const VERSION: &'static str = "0.1.0";
     const DESCRIPTION: &'static str =
-        "Constant folding, Identity / no-op Cast removal and dead node removal on any ONNX model.";
+        "Constant folding, Identity / no-op Cast / Reshape-chain removal and dead node removal on any ONNX model.";
     const ACCEPTS: &'static [&'static str] = &[kinds::ONNX];
     const PRODUCES: &'static [&'static str] = &[kinds::ONNX];
     const DEVICES: &'static [&'static str] = &["cpu", "gpu", "npu"];
@@ -99,7 +99,8 @@ impl Pass for OnnxPeepholeOptimizer {
             if !run {
                 return Ok(serde_json::json!({"nodes_before": before, "nodes_after": before}));
             }
-            let done = peephole::optimize(graph).map_err(Error::Failed)?;
+            let done =
+                peephole::optimize_with(graph, c.fuse_reshape_operations).map_err(Error::Failed)?;
             ctx.info(&format!(
                 "peephole: {} folded, {} Identity/Cast removed, {} dead; {before} -> {} nodes",
                 done.folded,

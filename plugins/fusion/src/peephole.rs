@@ -24,10 +24,15 @@ pub struct Cleanup {
 
 /// Runs every clean-up until nothing changes.
 pub fn optimize(graph: &mut GraphProto) -> Result<Cleanup, String> {
+    optimize_with(graph, true)
+}
+
+/// [`optimize`], with Reshape chains fused when `fuse_reshapes` is on (counted as bypassed nodes).
+pub fn optimize_with(graph: &mut GraphProto, reshapes: bool) -> Result<Cleanup, String> {
     let mut total = Cleanup::default();
     loop {
         let folded = fold_constants(graph);
-        let bypassed = bypass(graph);
+        let bypassed = bypass(graph) + if reshapes { fuse_reshapes(graph) } else { 0 };
         let dead = remove_dead(graph);
         total.folded += folded;
         total.bypassed += bypassed;
@@ -263,6 +268,64 @@ fn bypass(graph: &mut GraphProto) -> usize {
     }
     graph.node = nodes;
     removed
+}
+
+/// Fuses `Reshape(Reshape(x, s1), s2)` into `Reshape(x, s2)` when s2 is a constant without 0 entries (so it does
+/// not copy a dimension of the inner result) and the inner result has no other use (Olive's fuse_reshape_operations,
+/// onnxscript's rewrite rule); returns how many.
+pub(crate) fn fuse_reshapes(graph: &mut GraphProto) -> usize {
+    let constants: HashMap<String, Option<Value>> = graph
+        .initializer
+        .iter()
+        .filter_map(|t| t.name.clone().map(|n| (n, Value::from_tensor(t))))
+        .collect();
+    let outputs: HashSet<String> = graph.output.iter().filter_map(|o| o.name.clone()).collect();
+    let mut uses: HashMap<String, usize> = HashMap::new();
+    for n in &graph.node {
+        for i in &n.input {
+            *uses.entry(i.clone()).or_default() += 1;
+        }
+    }
+    let producer: HashMap<String, usize> = graph
+        .node
+        .iter()
+        .enumerate()
+        .filter_map(|(i, n)| n.output.first().map(|o| (o.clone(), i)))
+        .collect();
+    let is_reshape = |n: &NodeProto| {
+        n.op_type.as_deref() == Some("Reshape")
+            && matches!(n.domain.as_deref(), None | Some("") | Some("ai.onnx"))
+    };
+    let mut rewired = Vec::new();
+    for (i, n) in graph.node.iter().enumerate() {
+        let (Some(inner_out), Some(shape)) = (n.input.first(), n.input.get(1)) else {
+            continue;
+        };
+        let fixed = constants
+            .get(shape)
+            .cloned()
+            .flatten()
+            .and_then(|v| v.as_i64())
+            .is_some_and(|s| !s.contains(&0));
+        let Some(&p) = producer.get(inner_out) else {
+            continue;
+        };
+        if !is_reshape(n)
+            || !fixed
+            || !is_reshape(&graph.node[p])
+            || outputs.contains(inner_out)
+            || uses[inner_out] != 1
+        {
+            continue;
+        }
+        if let Some(x) = graph.node[p].input.first() {
+            rewired.push((i, x.clone()));
+        }
+    }
+    for (i, x) in &rewired {
+        graph.node[*i].input[0] = x.clone();
+    }
+    rewired.len()
 }
 
 /// Drops nodes none of whose outputs is used and unused initializers; returns the node count dropped.

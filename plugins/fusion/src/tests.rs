@@ -612,3 +612,34 @@ fn blockwise_rtn_quantizes_constant_matmul_weights_once() {
         "excluded and activation MatMuls stay"
     );
 }
+
+#[test]
+fn reshape_chains_fuse_unless_the_outer_shape_copies_a_dimension() {
+    let inits = || {
+        vec![
+            ("s1", Value::i64(vec![2], vec![4, 6])),
+            ("s2", Value::i64(vec![3], vec![2, 2, 6])),
+            ("s0", Value::i64(vec![3], vec![0, 2, 3])),
+        ]
+    };
+    let chain = |outer: &str| {
+        vec![
+            n("Reshape", &["x", "s1"], "r1"),
+            n("Reshape", &["r1", outer], "y"),
+        ]
+    };
+    let mut g = graph(&[("x", &[-1, 24])], inits(), chain("s2"), &["y"]);
+    crate::peephole::optimize(&mut g).unwrap();
+    assert_eq!(ops(&g), ["Reshape"]);
+    assert_eq!(g.node[0].input, ["x", "s2"]);
+    let mut g = graph(&[("x", &[-1, 24])], inits(), chain("s0"), &["y"]);
+    crate::peephole::optimize(&mut g).unwrap();
+    assert_eq!(
+        ops(&g),
+        ["Reshape", "Reshape"],
+        "0 copies r1's first dimension"
+    );
+    let mut g = graph(&[("x", &[-1, 24])], inits(), chain("s2"), &["y"]);
+    crate::peephole::optimize_with(&mut g, false).unwrap();
+    assert_eq!(ops(&g).len(), 2, "fuse_reshape_operations off");
+}
