@@ -8,6 +8,9 @@ use std::arch::x86_64::*;
 
 use super::{ActRow, CHUNK, SUB};
 
+/// One weight row: nibbles [k / 2], scales [blocks], zeros [blocks].
+pub(super) type Row<'a> = (&'a [u8], &'a [f32], &'a [u8]);
+
 /// fp32 path: `out[i] = Σ_b s_b (Σ x_i q − z_b Σ x_i)` for each of `acts` (1..=4).
 pub(super) fn rows_f32(
     nib: &[u8],
@@ -28,22 +31,20 @@ pub(super) fn rows_f32(
     }
 }
 
-/// int8 path: `out[i] = Σ_b s_b (xs_b Σ xq q − z_b · block_sum_b)` for each of `acts` (1..=4).
-pub(super) fn rows_i8(
-    nib: &[u8],
-    scales: &[f32],
-    zeros: &[u8],
-    bs: usize,
-    acts: &[ActRow],
-    out: &mut [f32],
-) {
+/// int8 path for 1 or 2 weight rows `rows` (nibbles, scales, zeros) against 1..=4 `acts`:
+/// `out[r · acts + i] = Σ_b s_b (xs_b Σ xq q − z_b · block_sum_b)`.
+pub(super) fn rows_i8(rows: &[Row<'_>], bs: usize, acts: &[ActRow], out: &mut [f32]) {
     // SAFETY: as rows_f32.
     unsafe {
-        match acts.len() {
-            1 => i8_n::<1>(nib, scales, zeros, bs, acts, out),
-            2 => i8_n::<2>(nib, scales, zeros, bs, acts, out),
-            3 => i8_n::<3>(nib, scales, zeros, bs, acts, out),
-            _ => i8_n::<4>(nib, scales, zeros, bs, acts, out),
+        match (rows.len(), acts.len()) {
+            (1, 1) => i8_n::<1, 1>(rows, bs, acts, out),
+            (1, 2) => i8_n::<1, 2>(rows, bs, acts, out),
+            (1, 3) => i8_n::<1, 3>(rows, bs, acts, out),
+            (1, _) => i8_n::<1, 4>(rows, bs, acts, out),
+            (_, 1) => i8_n::<2, 1>(rows, bs, acts, out),
+            (_, 2) => i8_n::<2, 2>(rows, bs, acts, out),
+            (_, 3) => i8_n::<2, 3>(rows, bs, acts, out),
+            _ => i8_n::<2, 4>(rows, bs, acts, out),
         }
     }
 }
@@ -90,72 +91,66 @@ unsafe fn f32_n<const NB: usize>(
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma")]
-unsafe fn i8_n<const NB: usize>(
-    nib: &[u8],
-    scales: &[f32],
-    zeros: &[u8],
+unsafe fn i8_n<const R: usize, const NB: usize>(
+    rows: &[Row<'_>],
     bs: usize,
     acts: &[ActRow],
     out: &mut [f32],
 ) {
-    let k = nib.len() * 2;
+    let k = rows[0].0.len() * 2;
     let k_pad = k.div_ceil(CHUNK) * CHUNK;
-    assert!(acts.len() == NB && out.len() == NB && scales.len() * bs == k && bs <= CHUNK);
+    assert!(rows.len() == R && acts.len() == NB && out.len() == R * NB && bs <= CHUNK);
+    assert!(rows
+        .iter()
+        .all(|r| r.0.len() * 2 == k && r.1.len() * bs == k && r.2.len() == r.1.len()));
     assert!(acts.iter().all(|a| a.lo.len() == k_pad / 2
         && a.hi.len() == k_pad / 2
         && a.lane_scale.len() == k_pad / 8));
     let m0f = _mm512_set1_epi8(0x0F);
     // Lane l of a 128-input chunk lies in sub-block l / 4, i.e. block (l / 4) · 32 / bs of the chunk.
     let per = (bs / SUB) as i32;
-    let idx = _mm512_setr_epi32(
-        0,
-        0,
-        0,
-        0,
-        1 / per,
-        1 / per,
-        1 / per,
-        1 / per,
-        2 / per,
-        2 / per,
-        2 / per,
-        2 / per,
-        3 / per,
-        3 / per,
-        3 / per,
-        3 / per,
-    );
+    let (q1, q2, q3) = (1 / per, 2 / per, 3 / per);
+    let idx = _mm512_setr_epi32(0, 0, 0, 0, q1, q1, q1, q1, q2, q2, q2, q2, q3, q3, q3, q3);
     let blocks_per_chunk = CHUNK / bs;
-    let mut acc = [_mm512_setzero_ps(); NB];
+    let mut acc = [[_mm512_setzero_ps(); NB]; R];
     let chunks = k.div_ceil(CHUNK);
     for c in 0..chunks {
         let bytes = ((k - c * CHUNK).min(CHUNK) / 2) as u32;
         let bmask: __mmask64 = if bytes == 64 { !0 } else { (1u64 << bytes) - 1 };
         let nblk = (bytes as usize * 2) / bs;
         let smask: __mmask16 = ((1u32 << nblk) - 1) as u16;
-        // SAFETY: masked loads read only the row's bytes and scales; activation arrays are padded to k_pad.
-        let w = _mm512_maskz_loadu_epi8(bmask, nib.as_ptr().add(64 * c).cast());
-        let lo = _mm512_and_si512(w, m0f);
-        let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(w), m0f);
-        let ws = _mm512_permutexvar_ps(
-            idx,
-            _mm512_maskz_loadu_ps(smask, scales.as_ptr().add(c * blocks_per_chunk)),
-        );
+        let mut lo = [_mm512_setzero_si512(); R];
+        let mut hi = [_mm512_setzero_si512(); R];
+        let mut ws = [_mm512_setzero_ps(); R];
+        for r in 0..R {
+            // SAFETY: masked loads read only the row's bytes and scales.
+            let w = _mm512_maskz_loadu_epi8(bmask, rows[r].0.as_ptr().add(64 * c).cast());
+            lo[r] = _mm512_and_si512(w, m0f);
+            hi[r] = _mm512_and_si512(_mm512_srli_epi16::<4>(w), m0f);
+            ws[r] = _mm512_permutexvar_ps(
+                idx,
+                _mm512_maskz_loadu_ps(smask, rows[r].1.as_ptr().add(c * blocks_per_chunk)),
+            );
+        }
         for i in 0..NB {
             let a = &acts[i];
+            // SAFETY: activation arrays are padded to k_pad.
             let xl = _mm512_loadu_si512(a.lo.as_ptr().add(64 * c).cast());
             let xh = _mm512_loadu_si512(a.hi.as_ptr().add(64 * c).cast());
-            let d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, xl);
-            let d = _mm512_dpbusd_epi32(d, hi, xh);
-            let sc = _mm512_mul_ps(ws, _mm512_loadu_ps(a.lane_scale.as_ptr().add(16 * c)));
-            acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), sc, acc[i]);
+            let xs = _mm512_loadu_ps(a.lane_scale.as_ptr().add(16 * c));
+            for r in 0..R {
+                let d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo[r], xl);
+                let d = _mm512_dpbusd_epi32(d, hi[r], xh);
+                let t = _mm512_mul_ps(_mm512_cvtepi32_ps(d), xs);
+                acc[r][i] = _mm512_fmadd_ps(t, ws[r], acc[r][i]);
+            }
         }
     }
-    for i in 0..NB {
-        out[i] = _mm512_reduce_add_ps(_mm512_sub_ps(
-            acc[i],
-            zero_term(scales, zeros, &acts[i].block_sum),
-        ));
+    for r in 0..R {
+        for i in 0..NB {
+            let z = zero_term(rows[r].1, rows[r].2, &acts[i].block_sum);
+            out[r * NB + i] = _mm512_reduce_add_ps(_mm512_sub_ps(acc[r][i], z));
+        }
     }
 }
 

@@ -150,16 +150,30 @@ pub fn int4_matmul_with(
         .for_each(|(t, out)| {
             let r0 = t * rows_per_task;
             let rows = out.len() / batch;
-            // Batch items in groups of 4 share each weight load.
+            // Batch items in groups of 4 share each weight load; AVX-512 int8 takes rows in pairs.
+            let pair = isa == Isa::Avx512 && act == Activations::Int8;
             let mut b0 = 0;
             while b0 < batch {
                 let nb = (batch - b0).min(4);
-                for r in 0..rows {
-                    let mut dots = [0f32; 4];
-                    row_dots(w, r0 + r, &acts[b0..b0 + nb], act, isa, &mut dots[..nb]);
-                    for (i, d) in dots[..nb].iter().enumerate() {
-                        out[r * batch + b0 + i] = *d;
+                let mut r = 0;
+                while r < rows {
+                    let rr = if pair && r + 1 < rows { 2 } else { 1 };
+                    let mut dots = [0f32; 8];
+                    row_dots(
+                        w,
+                        r0 + r,
+                        rr,
+                        &acts[b0..b0 + nb],
+                        act,
+                        isa,
+                        &mut dots[..rr * nb],
+                    );
+                    for j in 0..rr {
+                        for i in 0..nb {
+                            out[(r + j) * batch + b0 + i] = dots[j * nb + i];
+                        }
                     }
+                    r += rr;
                 }
                 b0 += nb;
             }
@@ -176,8 +190,28 @@ pub fn int4_matmul_with(
     Ok(y)
 }
 
-/// Row `o`'s dot products with `acts` (1..=4 of them) into `out`, zero-point term included.
+/// Rows `o..o + rr`'s dot products with `acts` (1..=4 of them) into `out` [rr, acts], zero points included.
 fn row_dots(
+    w: &Int4Matrix,
+    o: usize,
+    rr: usize,
+    acts: &[ActRow],
+    act: Activations,
+    isa: Isa,
+    out: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 && act == Activations::Int8 {
+        let rows = [w.row(o), w.row(o + rr - 1)];
+        return avx512::rows_i8(&rows[..rr], w.block_size(), acts, out);
+    }
+    for (j, out) in out.chunks_exact_mut(acts.len()).enumerate() {
+        row_dots1(w, o + j, acts, act, isa, out);
+    }
+}
+
+/// Row `o`'s dot products with `acts` into `out`.
+fn row_dots1(
     w: &Int4Matrix,
     o: usize,
     acts: &[ActRow],
@@ -214,7 +248,7 @@ fn row_dots(
         #[cfg(target_arch = "x86_64")]
         (Isa::Avx512, Activations::F32) => avx512::rows_f32(nib, scales, zeros, bs, acts, out),
         #[cfg(target_arch = "x86_64")]
-        (Isa::Avx512, Activations::Int8) => avx512::rows_i8(nib, scales, zeros, bs, acts, out),
+        (Isa::Avx512, Activations::Int8) => avx512::rows_i8(&[(nib, scales, zeros)], bs, acts, out),
         #[cfg(not(target_arch = "x86_64"))]
         _ => unreachable!("only Isa::Scalar is available off x86-64"),
     }
