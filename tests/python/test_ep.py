@@ -180,3 +180,6 @@ def test_a_third_party_plugin_adds_a_device(olive_host, example_plugin_dir, tiny
     listed = run([olive_host, "auto-opt", "-m", tiny, "-o", tmp_path / "none", "--device", "npu",
                   "--provider", "X", "--use_ort_genai"], env=env)
     assert "--device example: CPUExecutionProvider (ep-example)" in listed.stderr, listed.stderr
+    plugins = run([olive_host, "plugins", "list"], env=env)
+    assert "serves --device example --provider CPUExecutionProvider  (onnxruntime library: onnxruntime any " \
+        "version; auto-opt precisions: fp32)" in plugins.stdout, plugins.stdout

@@ -109,6 +109,17 @@ fn plugin_text(plugin: &Plugin) -> String {
             pass.description
         ));
     }
+    for ep in &manifest.execution_providers {
+        let precisions: Vec<&str> = ep.recipes.iter().map(|r| r.precision.as_str()).collect();
+        text.push_str(&format!(
+            "  serves --device {} --provider {}  (onnxruntime library: {} {}; auto-opt precisions: {})\n",
+            ep.device,
+            ep.provider,
+            ep.runtime.package,
+            ep.runtime.version.as_deref().unwrap_or("any version"),
+            precisions.join(", ")
+        ));
+    }
     text
 }
 
@@ -121,6 +132,7 @@ fn as_json(found: &plugins::Discovery) -> serde_json::Value {
             "library": plugin.library_path,
             "manifest": plugin.manifest_path,
             "passes": plugin.manifest.passes,
+            "execution_providers": plugin.manifest.execution_providers,
         })
     };
     json!({
