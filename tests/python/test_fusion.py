@@ -148,3 +148,39 @@ def test_blockwise_rtn_matches_onnxruntime_quantizer(olive_host, model, tmp_path
     np.testing.assert_allclose(outputs(ours, feed), outputs(theirs, feed), atol=1e-5, rtol=0)
     bad = run_pass(olive_host, "OnnxMatMul4Quantizer", model, tmp_path / "bad", {"algorithm": "GPTQ"})
     assert bad.returncode != 0 and "algorithm `GPTQ`" in bad.stderr, bad.stderr
+
+
+def test_dynamic_int8_matches_onnxruntime_quantize_dynamic(olive_host, model, tmp_path):
+    """OnnxDynamicQuantization on the fused MiniLM: the MatMulInteger weights, scales and zero points of
+    onnxruntime.quantization.quantize_dynamic (MatMul, int8 and uint8 weights) and the same outputs."""
+    from onnx import numpy_helper
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    fused = tmp_path / "fused"
+    assert run_pass(olive_host, "OrtTransformersOptimization", model, fused).returncode == 0
+    src = fused / "model" / "model.onnx"
+    feed = minilm.feeds(3, 16)
+    for precision, weight_type in [("int8", QuantType.QInt8), ("uint8", QuantType.QUInt8)]:
+        out = tmp_path / precision
+        result = run_pass(olive_host, "OnnxDynamicQuantization", src, out, {"precision": precision})
+        assert result.returncode == 0, result.stderr
+        ours = out / "model" / "model.onnx"
+        onnx.checker.check_model(str(ours))
+        theirs = tmp_path / f"ort-{precision}.onnx"
+        quantize_dynamic(str(src), str(theirs), op_types_to_quantize=["MatMul"], weight_type=weight_type,
+                         use_external_data_format=True, extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+
+        def weights(path):
+            m = onnx.load(str(path))
+            init = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+            nodes = [n for n in m.graph.node if n.op_type == "MatMulInteger"]
+            return [(init[n.input[1]], init[n.input[3]], init[n.input[1].replace("_quantized", "_scale")])
+                    for n in nodes]
+
+        a, b = weights(ours), weights(theirs)
+        assert len(a) == len(b) == 18
+        for x, y in zip(a, b):
+            assert all(np.array_equal(u, v) for u, v in zip(x, y))
+        np.testing.assert_array_equal(outputs(ours, feed), outputs(theirs, feed))
+    bad = run_pass(olive_host, "OnnxDynamicQuantization", src, tmp_path / "bad", {"op_types_to_quantize": ["Conv"]})
+    assert bad.returncode != 0 and "`Conv`" in bad.stderr, bad.stderr

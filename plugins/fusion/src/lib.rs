@@ -1,12 +1,13 @@
 //! olive-rs plugin `fusion`: graph passes for any ONNX model — Olive's `OnnxPeepholeOptimizer`
 //! (olive/passes/onnx/peephole_optimizer.py), `OrtTransformersOptimization` (olive/passes/onnx/transformer_optimization.py,
 //! which runs onnxruntime.transformers.optimizer) and the MatMulNBits weight quantizers `OnnxBlockWiseRtnQuantization`
-//! / `OnnxMatMul4Quantizer` ([`blockwise`]), with the config keys Olive users pass. The input is a `.onnx` file or a
+//! / `OnnxMatMul4Quantizer` ([`blockwise`]) and `OnnxDynamicQuantization` ([`dynamic`]), with the config keys Olive users pass. The input is a `.onnx` file or a
 //! folder holding one; the output folder gets `model.onnx` (+ `model.onnx.data` for initializers of 1 KiB or more)
 //! and the folder's other files.
 
 mod attention;
 pub mod blockwise;
+pub mod dynamic;
 mod fold;
 mod gelu;
 mod gemm;
@@ -301,6 +302,7 @@ olive_pass_sdk::export_plugin! {
         OrtTransformersOptimization,
         blockwise::OnnxBlockWiseRtnQuantization,
         blockwise::OnnxMatMul4Quantizer,
+        dynamic::OnnxDynamicQuantization,
     ],
 }
 

@@ -643,3 +643,28 @@ fn reshape_chains_fuse_unless_the_outer_shape_copies_a_dimension() {
     crate::peephole::optimize_with(&mut g, false).unwrap();
     assert_eq!(ops(&g).len(), 2, "fuse_reshape_operations off");
 }
+
+#[test]
+fn dynamic_weight_quantization_follows_onnxruntime_quantize_data() {
+    use crate::dynamic::quantize_weight;
+    // int8 symmetric: absmax 2.54 -> scale 0.02 on [-127, 127], zero point 0; 0.01 / 0.02 = 0.5 rounds to even 0.
+    let (q, scale, zp) = quantize_weight(&[-2.54, 0.01, 1.27, 0.03], true, true, false);
+    assert_eq!(zp, 0);
+    assert!((scale - 0.02).abs() < 1e-9, "{scale}");
+    assert_eq!(
+        q.iter().map(|&b| b as i8).collect::<Vec<_>>(),
+        [-127, 0, 64, 2]
+    );
+    // uint8 asymmetric on [0, 255]: range [-1, 1.55] -> scale 0.01, zero point 100.
+    let (q, scale, zp) = quantize_weight(&[-1.0, 0.0, 1.55], false, false, false);
+    assert!((scale - 0.01).abs() < 1e-8, "{scale}");
+    assert_eq!(zp, 100);
+    assert_eq!(q, [0, 100, 255]);
+    // reduce_range int8: [-64, 64]; all-zero weights: scale 1, zero point 0.
+    let (q, _, _) = quantize_weight(&[-1.0, 1.0], true, true, true);
+    assert_eq!(q.iter().map(|&b| b as i8).collect::<Vec<_>>(), [-64, 64]);
+    assert_eq!(
+        quantize_weight(&[0.0, 0.0], true, true, false),
+        (vec![0, 0], 1.0, 0)
+    );
+}
