@@ -74,6 +74,10 @@ unsafe fn f32_n<const NB: usize>(
     for (b, &s) in scales.iter().enumerate() {
         let mut t = [_mm256_setzero_ps(); NB];
         for sb in b * subs..(b + 1) * subs {
+            if sb % 4 == 0 {
+                // Stream hint 2 KiB ahead (a prefetch past the row's end is harmless).
+                _mm_prefetch::<_MM_HINT_T0>(nib.as_ptr().wrapping_add(16 * sb + 2048).cast());
+            }
             // SAFETY: sb < k / 32: bytes 16·sb..16·sb+16 and inputs 32·sb..32·sb+32 are in bounds.
             let p = nib.as_ptr().add(16 * sb);
             let v0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64(p.cast()));
@@ -127,6 +131,9 @@ unsafe fn i8_n<const NB: usize>(
         let (s0, s1) = (2 * c, (2 * c + 1).min(subs - 1));
         // SAFETY: bytes 32c..32c+32 are in the row unless the last sub-block is alone (then 16 are read);
         // activation arrays are padded to k_pad.
+        if c % 2 == 0 {
+            _mm_prefetch::<_MM_HINT_T0>(nib.as_ptr().wrapping_add(32 * c + 2048).cast());
+        }
         let w = if 2 * c + 1 < subs {
             _mm256_loadu_si256(nib.as_ptr().add(32 * c).cast())
         } else {

@@ -67,6 +67,10 @@ unsafe fn f32_n<const NB: usize>(
     for (b, &s) in scales.iter().enumerate() {
         let mut t = [_mm512_setzero_ps(); NB];
         for sb in b * subs..(b + 1) * subs {
+            if sb % 4 == 0 {
+                // Stream hint 2 KiB ahead (a prefetch past the row's end is harmless).
+                _mm_prefetch::<_MM_HINT_T0>(nib.as_ptr().wrapping_add(16 * sb + 2048).cast());
+            }
             // SAFETY: sb < k / 32, so bytes 16·sb..16·sb+16 and inputs 32·sb..32·sb+32 are in bounds.
             let v = _mm512_cvtepu8_epi32(_mm_loadu_si128(nib.as_ptr().add(16 * sb).cast()));
             let lo = _mm512_cvtepi32_ps(_mm512_and_si512(v, mask));
@@ -127,10 +131,16 @@ unsafe fn i8_n<const R: usize, const NB: usize>(
             let w = _mm512_maskz_loadu_epi8(bmask, rows[r].0.as_ptr().add(64 * c).cast());
             lo[r] = _mm512_and_si512(w, m0f);
             hi[r] = _mm512_and_si512(_mm512_srli_epi16::<4>(w), m0f);
-            ws[r] = _mm512_permutexvar_ps(
-                idx,
-                _mm512_maskz_loadu_ps(smask, rows[r].1.as_ptr().add(c * blocks_per_chunk)),
-            );
+            // Stream hint 2 KiB ahead (a prefetch past the row's end is harmless).
+            _mm_prefetch::<_MM_HINT_T0>(rows[r].0.as_ptr().wrapping_add(64 * c + 2048).cast());
+            ws[r] = if bs == CHUNK {
+                _mm512_set1_ps(rows[r].1[c])
+            } else {
+                _mm512_permutexvar_ps(
+                    idx,
+                    _mm512_maskz_loadu_ps(smask, rows[r].1.as_ptr().add(c * blocks_per_chunk)),
+                )
+            };
         }
         for i in 0..NB {
             let a = &acts[i];
