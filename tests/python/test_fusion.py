@@ -53,6 +53,7 @@ def test_minilm_outputs_unchanged(olive_host, model, tmp_path, name):
     assert report["nodes_before"] == sum(before.values()) and report["nodes_after"] == sum(after.values())
     if name == "OrtTransformersOptimization":
         assert after["Attention"] == 6 and after["SkipLayerNormalization"] == 12 and after["BiasGelu"] == 6, after
+        assert after["EmbedLayerNormalization"] == 1, after
         assert sum(after.values()) <= 60, after
     else:
         assert "Constant" not in after and sum(after.values()) < sum(before.values())

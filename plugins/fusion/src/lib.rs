@@ -8,6 +8,7 @@
 mod attention;
 pub mod blockwise;
 pub mod dynamic;
+mod embed;
 mod fold;
 mod gelu;
 mod gemm;

@@ -668,3 +668,73 @@ fn dynamic_weight_quantization_follows_onnxruntime_quantize_data() {
         (vec![0, 0], 1.0, 0)
     );
 }
+
+/// BERT embeddings: word + segment + position (an arange buffer sliced to the ids' length), then LayerNormalization.
+fn embeddings_graph(buffer: Vec<i64>) -> GraphProto {
+    let inits = vec![
+        (
+            "word",
+            Value::f32(vec![10, 4], (0..40).map(|i| i as f32).collect()),
+        ),
+        ("segment", Value::f32(vec![2, 4], vec![0.5; 8])),
+        ("position", Value::f32(vec![6, 4], vec![0.25; 24])),
+        ("buffer", Value::i64(vec![1, 6], buffer)),
+        ("one", Value::i64(vec![], vec![1])),
+        ("zero", Value::i64(vec![1], vec![0])),
+        ("ax0", Value::i64(vec![1], vec![0])),
+        ("ax1", Value::i64(vec![1], vec![1])),
+        ("gamma", Value::f32(vec![4], vec![1.0; 4])),
+        ("beta", Value::f32(vec![4], vec![0.0; 4])),
+    ];
+    let nodes = vec![
+        n("Shape", &["ids"], "shape"),
+        n("Gather", &["shape", "one"], "len"),
+        n("Unsqueeze", &["len", "ax0"], "end"),
+        n("Slice", &["buffer", "zero", "end", "ax1"], "pos"),
+        n("Gather", &["word", "ids"], "w"),
+        n("Gather", &["segment", "seg"], "s"),
+        n("Add", &["w", "s"], "ws"),
+        n("Gather", &["position", "pos"], "p"),
+        n("Add", &["ws", "p"], "e"),
+        node(
+            "",
+            "LayerNormalization",
+            "ln",
+            &["e", "gamma", "beta"],
+            &["y"],
+            vec![attr_int("axis", -1)],
+        ),
+    ];
+    let mut g = graph(&[], inits, nodes, &["y"]);
+    for name in ["ids", "seg"] {
+        g.input.push(value_info(
+            name,
+            DataType::Int64,
+            &[Dim::sym("b"), Dim::sym("s")],
+        ));
+    }
+    g
+}
+
+#[test]
+fn embed_layer_norm_needs_default_positions() {
+    let mut m = model(embeddings_graph((0..6).collect()));
+    let counts = optimize(&mut m, &Options::default()).unwrap();
+    assert_eq!(counts.embed_layer_norm, 1);
+    let g = m.graph.as_ref().unwrap();
+    assert_eq!(ops(g), ["Cast", "Cast", "EmbedLayerNormalization"]);
+    let e = &g.node[2];
+    assert_eq!(
+        e.input[2..],
+        ["word", "position", "segment", "gamma", "beta"]
+    );
+    assert_eq!(e.output[0], "y");
+    // Positions that are not 0..S-1 keep the graph as it was.
+    let mut m = model(embeddings_graph(vec![0, 2, 4, 6, 8, 10]));
+    assert_eq!(
+        optimize(&mut m, &Options::default())
+            .unwrap()
+            .embed_layer_norm,
+        0
+    );
+}

@@ -1,7 +1,7 @@
 //! The fusion sequence of ONNX Runtime's transformers optimizer for BERT-like models
 //! (onnxruntime/python/tools/transformers onnx_model_bert.py `optimize`, FusionOptions in fusion_options.py):
-//! peephole clean-ups, LayerNormalization, Gelu/FastGelu (with bias), SkipLayerNormalization (with bias), Attention,
-//! Gemm.
+//! peephole clean-ups, LayerNormalization, Gelu/FastGelu (with bias), SkipLayerNormalization (with bias),
+//! EmbedLayerNormalization, Attention, Gemm.
 //! Opset imports are fixed up after: com.microsoft version 1 when its ops appear, the default domain raised to 17
 //! when a LayerNormalization (ONNX op from opset 17) is left unfused into SkipLayerNormalization.
 
@@ -11,6 +11,7 @@ use olive_onnx::proto::{ModelProto, OperatorSetIdProto};
 use serde::Serialize;
 
 use crate::attention::fuse_attention;
+use crate::embed::fuse_embed_layer_norm;
 use crate::gelu::{fuse_fast_gelu, fuse_gelu};
 use crate::gemm::{fuse_gemm, known_ranks};
 use crate::graph::{Rewriter, MS_DOMAIN};
@@ -77,6 +78,7 @@ pub struct Options {
     pub bias_gelu: bool,
     pub gemm: bool,
     pub attention: bool,
+    pub embed_layer_norm: bool,
     /// Attention heads (0: from the graph's Reshapes).
     pub num_heads: i64,
 }
@@ -91,6 +93,7 @@ impl Default for Options {
             bias_gelu: true,
             gemm: true,
             attention: true,
+            embed_layer_norm: true,
             num_heads: 0,
         }
     }
@@ -149,6 +152,7 @@ impl Options {
                 "enable_bias_skip_layer_norm" => o.bias_skip_layer_norm = on,
                 "enable_bias_gelu" => o.bias_gelu = on,
                 "enable_attention" => o.attention = on,
+                "enable_embed_layer_norm" => o.embed_layer_norm = on,
                 _ => {}
             }
         }
@@ -167,6 +171,7 @@ pub struct Counts {
     pub skip_layer_norm: usize,
     pub gemm: usize,
     pub attention: usize,
+    pub embed_layer_norm: usize,
 }
 
 fn step(model: &mut ModelProto, f: impl FnOnce(&mut Rewriter) -> usize) -> Result<usize, String> {
@@ -195,6 +200,17 @@ pub fn optimize(model: &mut ModelProto, o: &Options) -> Result<Counts, String> {
     }
     if o.skip_layer_norm {
         c.skip_layer_norm = step(model, |r| fuse_skip_layer_norm(r, o.bias_skip_layer_norm))?;
+    }
+    if o.embed_layer_norm && o.layer_norm {
+        let inputs: Vec<String> = model
+            .graph
+            .as_ref()
+            .ok_or("the model has no graph")?
+            .input
+            .iter()
+            .filter_map(|i| i.name.clone())
+            .collect();
+        c.embed_layer_norm = step(model, |r| fuse_embed_layer_norm(r, &inputs))?;
     }
     if o.attention {
         c.attention = step(model, |r| fuse_attention(r, o.num_heads))?;
