@@ -12,6 +12,7 @@ mod ep_check;
 mod evaluate;
 mod finetune;
 mod generate;
+mod model;
 mod plugins;
 mod quantize;
 mod run;
@@ -56,6 +57,8 @@ pub enum Command {
     Finetune(Box<finetune::FinetuneArgs>),
     /// Generate text greedily from a prompt, on CPU.
     Generate(generate::GenerateArgs),
+    /// Publish, list, show and download models in an MLflow registry (Azure ML's `az ml model create`).
+    Model(model::ModelArgs),
     /// Quantize a Hugging Face model's linears with RTN, AWQ or GPTQ (Olive's quantize).
     Quantize(quantize::QuantizeArgs),
     /// List plugins, or write a plugin library's manifest.
@@ -80,6 +83,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         Command::EpCheck(args) => ep_check::run(args),
         Command::Finetune(args) => finetune::run(*args),
         Command::Generate(args) => generate::run(args),
+        Command::Model(args) => model::run(args),
         Command::Plugins(args) => plugins::run(args),
         Command::Quantize(args) => quantize::run(args),
         Command::Run(args) => run::run(args),
