@@ -176,7 +176,7 @@ impl Pass for OrtTransformersOptimization {
     const NAME: &'static str = "OrtTransformersOptimization";
     const VERSION: &'static str = "0.1.0";
     const DESCRIPTION: &'static str =
-        "Transformer fusions (LayerNorm, SkipLayerNorm, Gelu, BiasGelu, FastGelu, Attention, Gemm) after the peephole clean-ups.";
+        "Transformer fusions (LayerNorm, SkipLayerNorm, EmbedLayerNorm, Gelu, BiasGelu, FastGelu, Attention, Gemm) after the peephole clean-ups.";
     const ACCEPTS: &'static [&'static str] = &[kinds::ONNX];
     const PRODUCES: &'static [&'static str] = &[kinds::ONNX];
     const DEVICES: &'static [&'static str] = &["cpu", "gpu"];
