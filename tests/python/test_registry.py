@@ -339,3 +339,25 @@ def test_bad_input(olive_host, servers, tmp_path):
     r = host(olive_host, "download", "--name", "authed", "--version", "1", "--output_path", str(out), uri=auth.uri,
              env=right)
     assert r.returncode == 0 and files_of(out) == files_of(src)
+
+
+def test_model_name_or_path_from_registry(olive_host, servers, tiny, tmp_path):
+    server, _ = servers
+    r = host(olive_host, "create", "--name", "tiny-llama", "--version", "1", "--path", str(tiny), uri=server.uri)
+    assert r.returncode == 0, r.stderr
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env.update(MLFLOW_TRACKING_URI=server.uri, OLIVE_CACHE_DIR=str(tmp_path / "cache"))
+
+    def evaluate(model):
+        return subprocess.run([str(olive_host), "evaluate", "--model_name_or_path", model, "--metrics", "perplexity"],
+                              capture_output=True, text=True, env=env, timeout=300)
+
+    local, remote = evaluate(str(tiny)), evaluate("models:/tiny-llama/1")
+    assert local.returncode == 0 and remote.returncode == 0, local.stderr + remote.stderr
+    assert remote.stdout == local.stdout and "perplexity" in local.stdout, local.stdout
+    cached = list((tmp_path / "cache" / "registry").iterdir())
+    assert len(cached) == 1 and files_of(cached[0]) == files_of(tiny)
+    assert evaluate("models:/tiny-llama/1").returncode == 0  # from the cache
+    assert len(list((tmp_path / "cache" / "registry").iterdir())) == 1
+    missing = evaluate("models:/tiny-llama/7")
+    assert missing.returncode != 0 and "version 7 not found in the registry" in missing.stderr

@@ -6,9 +6,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 
 /// The Hugging Face folder behind `--model_name_or_path`: the folder itself, a .gguf converted once into the
-/// cache, an Olive output folder (its `model_config.json` names the model folder), or a hub id (`org/name`) whose
-/// snapshot is in the local Hugging Face cache (nothing is downloaded).
+/// cache, an Olive output folder (its `model_config.json` names the model folder), a hub id (`org/name`) whose
+/// snapshot is in the local Hugging Face cache (nothing is downloaded), or `models:/<name>/<version>` from the
+/// MLflow registry at `MLFLOW_TRACKING_URI` (downloaded once into the cache).
 pub fn resolve_hf_input(model_name_or_path: &Path) -> anyhow::Result<PathBuf> {
+    let downloaded = super::model::resolve_models_uri(&model_name_or_path.to_string_lossy())?;
+    let model_name_or_path = downloaded.as_deref().unwrap_or(model_name_or_path);
     let input = match hub_dir().and_then(|hub| hub_snapshot(model_name_or_path, &hub)) {
         Some(snapshot) => snapshot,
         None => olive_model::convert::resolve_model_path(model_name_or_path)

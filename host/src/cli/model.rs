@@ -228,3 +228,63 @@ pub fn run(args: ModelArgs) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// The local folder behind `--model_name_or_path models:/<name>/<version>`: the version downloaded once (checksums
+/// verified) into `$OLIVE_CACHE_DIR/registry/` (default `~/.cache/olive-rs`), keyed by the registry, name, version
+/// and the version's manifest; None where `text` is not a `models:/` URI. The registry is `MLFLOW_TRACKING_URI`.
+pub(crate) fn resolve_models_uri(text: &str) -> anyhow::Result<Option<PathBuf>> {
+    let Some(rest) = text.strip_prefix("models:/") else {
+        return Ok(None);
+    };
+    let Some((name, version)) = rest.trim_matches('/').split_once('/') else {
+        anyhow::bail!("`{text}`: expected models:/<name>/<version>");
+    };
+    olive_registry::validate_name(name)?;
+    let registry = connect(&RegistryFlags {
+        registry_uri: None,
+        retries: RetryPolicy::default().retries,
+    })
+    .with_context(|| format!("resolving {text}"))?;
+    let mv = registry.model_version(name, version)?.with_context(|| {
+        format!(
+            "{text}: model `{name}` version {version} not found in the registry at {}",
+            registry.base()
+        )
+    })?;
+    let cache = match std::env::var_os("OLIVE_CACHE_DIR").filter(|d| !d.is_empty()) {
+        Some(dir) => PathBuf::from(dir),
+        None => match std::env::var_os("HOME").filter(|d| !d.is_empty()) {
+            Some(home) => PathBuf::from(home).join(".cache").join("olive-rs"),
+            None => anyhow::bail!("no cache folder for {text}: set OLIVE_CACHE_DIR or HOME"),
+        },
+    };
+    use sha2::Digest;
+    let key = sha2::Sha256::digest(
+        format!(
+            "{}\n{name}\n{version}\n{}\n{}",
+            registry.base(),
+            mv.source,
+            mv.tag("olive.manifest_sha256").unwrap_or_default()
+        )
+        .as_bytes(),
+    );
+    let key: String = key.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    let folder = cache
+        .join("registry")
+        .join(format!("{name}-v{version}-{key}"));
+    if !folder.is_dir() {
+        tracing::info!(
+            "downloading {text} from {} into {}",
+            registry.base(),
+            folder.display()
+        );
+        if let Err(error) = olive_registry::download(&registry, name, version, &folder) {
+            // Another run may have put the same version in place meanwhile.
+            if !folder.is_dir() {
+                return Err(error)
+                    .with_context(|| format!("downloading {text} from {}", registry.base()));
+            }
+        }
+    }
+    Ok(Some(folder))
+}
