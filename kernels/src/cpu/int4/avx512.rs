@@ -31,7 +31,7 @@ pub(super) fn rows_f32(
     }
 }
 
-/// int8 path for 1 or 2 weight rows `rows` (nibbles, scales, zeros) against 1..=4 `acts`:
+/// int8 path for 1 or 2 weight rows `rows` (nibbles, scales, zeros) against 1..=8 `acts`:
 /// `out[r · acts + i] = Σ_b s_b (xs_b Σ xq q − z_b · block_sum_b)`.
 pub(super) fn rows_i8(rows: &[Row<'_>], bs: usize, acts: &[ActRow], out: &mut [f32]) {
     // SAFETY: as rows_f32.
@@ -40,11 +40,19 @@ pub(super) fn rows_i8(rows: &[Row<'_>], bs: usize, acts: &[ActRow], out: &mut [f
             (1, 1) => i8_n::<1, 1>(rows, bs, acts, out),
             (1, 2) => i8_n::<1, 2>(rows, bs, acts, out),
             (1, 3) => i8_n::<1, 3>(rows, bs, acts, out),
-            (1, _) => i8_n::<1, 4>(rows, bs, acts, out),
+            (1, 4) => i8_n::<1, 4>(rows, bs, acts, out),
+            (1, 5) => i8_n::<1, 5>(rows, bs, acts, out),
+            (1, 6) => i8_n::<1, 6>(rows, bs, acts, out),
+            (1, 7) => i8_n::<1, 7>(rows, bs, acts, out),
+            (1, _) => i8_n::<1, 8>(rows, bs, acts, out),
             (_, 1) => i8_n::<2, 1>(rows, bs, acts, out),
             (_, 2) => i8_n::<2, 2>(rows, bs, acts, out),
             (_, 3) => i8_n::<2, 3>(rows, bs, acts, out),
-            _ => i8_n::<2, 4>(rows, bs, acts, out),
+            (_, 4) => i8_n::<2, 4>(rows, bs, acts, out),
+            (_, 5) => i8_n::<2, 5>(rows, bs, acts, out),
+            (_, 6) => i8_n::<2, 6>(rows, bs, acts, out),
+            (_, 7) => i8_n::<2, 7>(rows, bs, acts, out),
+            _ => i8_n::<2, 8>(rows, bs, acts, out),
         }
     }
 }

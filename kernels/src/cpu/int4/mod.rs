@@ -150,15 +150,17 @@ pub fn int4_matmul_with(
         .for_each(|(t, out)| {
             let r0 = t * rows_per_task;
             let rows = out.len() / batch;
-            // Batch items in groups of 4 share each weight load; AVX-512 int8 takes rows in pairs.
+            // Batch items in groups of 4 (AVX-512 int8: 8) share each weight load; AVX-512 int8 takes rows
+            // in pairs.
             let pair = isa == Isa::Avx512 && act == Activations::Int8;
+            let group = if pair { 8 } else { 4 };
             let mut b0 = 0;
             while b0 < batch {
-                let nb = (batch - b0).min(4);
+                let nb = (batch - b0).min(group);
                 let mut r = 0;
                 while r < rows {
                     let rr = if pair && r + 1 < rows { 2 } else { 1 };
-                    let mut dots = [0f32; 8];
+                    let mut dots = [0f32; 16];
                     row_dots(
                         w,
                         r0 + r,
@@ -190,7 +192,7 @@ pub fn int4_matmul_with(
     Ok(y)
 }
 
-/// Rows `o..o + rr`'s dot products with `acts` (1..=4 of them) into `out` [rr, acts], zero points included.
+/// Rows `o..o + rr`'s dot products with `acts` (1..=4 of them, AVX-512 int8 1..=8) into `out` [rr, acts], zero points included.
 fn row_dots(
     w: &Int4Matrix,
     o: usize,
