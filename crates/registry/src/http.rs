@@ -173,7 +173,7 @@ impl Http {
                         return Err(RegistryError::Unreachable {
                             url,
                             attempts: attempt,
-                            reason: transport.to_string(),
+                            reason: transport_reason(&transport),
                         });
                     }
                     tracing::warn!("{method} {url}: {transport}; retrying in {delay:?}");
@@ -252,6 +252,18 @@ impl Http {
             ),
         })
     }
+}
+
+/// A transport failure without the URL (the error names it): kind, message and the underlying cause.
+fn transport_reason(transport: &ureq::Transport) -> String {
+    let mut reason = transport.kind().to_string();
+    if let Some(message) = transport.message() {
+        reason.push_str(&format!(": {message}"));
+    }
+    if let Some(source) = std::error::Error::source(transport) {
+        reason.push_str(&format!(": {source}"));
+    }
+    reason
 }
 
 /// MLflow's error JSON (`error_code`, `message`), or the body's text.
