@@ -111,7 +111,13 @@ unsafe fn i8_n<const R: usize, const NB: usize>(
 ) {
     let k = rows[0].0.len() * 2;
     let k_pad = k.div_ceil(CHUNK) * CHUNK;
-    assert!(rows.len() == R && acts.len() == NB && out.len() == R * NB && bs <= CHUNK);
+    assert!(
+        rows.len() == R
+            && acts.len() == NB
+            && out.len() == R * NB
+            && bs <= CHUNK
+            && bs.is_power_of_two()
+    );
     assert!(rows
         .iter()
         .all(|r| r.0.len() * 2 == k && r.1.len() * bs == k && r.2.len() == r.1.len()));
@@ -124,12 +130,14 @@ unsafe fn i8_n<const R: usize, const NB: usize>(
     let (q1, q2, q3) = (1 / per, 2 / per, 3 / per);
     let idx = _mm512_setr_epi32(0, 0, 0, 0, q1, q1, q1, q1, q2, q2, q2, q2, q3, q3, q3, q3);
     let blocks_per_chunk = CHUNK / bs;
+    let bs_shift = bs.trailing_zeros();
     let mut acc = [[_mm512_setzero_ps(); NB]; R];
     let chunks = k.div_ceil(CHUNK);
     for c in 0..chunks {
         let bytes = ((k - c * CHUNK).min(CHUNK) / 2) as u32;
         let bmask: __mmask64 = if bytes == 64 { !0 } else { (1u64 << bytes) - 1 };
-        let nblk = (bytes as usize * 2) / bs;
+        // bs is 32, 64 or 128: a shift, not a division in the loop.
+        let nblk = (bytes as usize * 2) >> bs_shift;
         let smask: __mmask16 = ((1u32 << nblk) - 1) as u16;
         let mut lo = [_mm512_setzero_si512(); R];
         let mut hi = [_mm512_setzero_si512(); R];
@@ -139,8 +147,8 @@ unsafe fn i8_n<const R: usize, const NB: usize>(
             let w = _mm512_maskz_loadu_epi8(bmask, rows[r].0.as_ptr().add(64 * c).cast());
             lo[r] = _mm512_and_si512(w, m0f);
             hi[r] = _mm512_and_si512(_mm512_srli_epi16::<4>(w), m0f);
-            // Stream hint 2 KiB ahead (a prefetch past the row's end is harmless).
-            _mm_prefetch::<_MM_HINT_T0>(rows[r].0.as_ptr().wrapping_add(64 * c + 2048).cast());
+            // Stream hint 4 KiB ahead (past the row pair being read) (a prefetch past the row's end is harmless).
+            _mm_prefetch::<_MM_HINT_T0>(rows[r].0.as_ptr().wrapping_add(64 * c + 4096).cast());
             ws[r] = if bs == CHUNK {
                 _mm512_set1_ps(rows[r].1[c])
             } else {
