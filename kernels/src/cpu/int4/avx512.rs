@@ -147,7 +147,7 @@ unsafe fn i8_n<const R: usize, const NB: usize>(
             let w = _mm512_maskz_loadu_epi8(bmask, rows[r].0.as_ptr().add(64 * c).cast());
             lo[r] = _mm512_and_si512(w, m0f);
             hi[r] = _mm512_and_si512(_mm512_srli_epi16::<4>(w), m0f);
-            // Stream hint 4 KiB ahead (past the row pair being read) (a prefetch past the row's end is harmless).
+            // Stream hint 4 KiB ahead, past the row pair being read (harmless past the end).
             _mm_prefetch::<_MM_HINT_T0>(rows[r].0.as_ptr().wrapping_add(64 * c + 4096).cast());
             ws[r] = if bs == CHUNK {
                 _mm512_set1_ps(rows[r].1[c])
