@@ -361,3 +361,31 @@ def test_model_name_or_path_from_registry(olive_host, servers, tiny, tmp_path):
     assert len(list((tmp_path / "cache" / "registry").iterdir())) == 1
     missing = evaluate("models:/tiny-llama/7")
     assert missing.returncode != 0 and "version 7 not found in the registry" in missing.stderr
+
+
+def test_lab_onnx_ao_round_trip(olive_host, servers, tiny, tmp_path):
+    """The lab's ends: an auto-opt output made from a registered model, published and fetched back byte for byte."""
+    server, _ = servers
+    r = host(olive_host, "create", "--name", "tiny-base", "--version", "1", "--path", str(tiny), uri=server.uri)
+    assert r.returncode == 0, r.stderr
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env.update(MLFLOW_TRACKING_URI=server.uri, OLIVE_CACHE_DIR=str(tmp_path / "cache"))
+    onnx_ao = tmp_path / "onnx-ao"
+    r = subprocess.run([str(olive_host), "auto-opt", "--model_name_or_path", "models:/tiny-base/1", "--device", "cpu",
+                        "--provider", "CPUExecutionProvider", "--use_ort_genai", "--output_path", str(onnx_ao)],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert (onnx_ao / "model" / "genai_config.json").is_file()
+    r = host(olive_host, "create", "--name", "ft-for-travel-tiny", "--version", "1", "--path", str(onnx_ao),
+             uri=server.uri)
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / "down"
+    r = host(olive_host, "download", "--name", "ft-for-travel-tiny", "--version", "1", "--output_path", str(out),
+             uri=server.uri)
+    assert r.returncode == 0, r.stderr
+    assert files_of(out) == files_of(onnx_ao)
+    import mlflow
+    client(server)
+    got = mlflow.artifacts.download_artifacts(artifact_uri="models:/ft-for-travel-tiny/1",
+                                              dst_path=str(tmp_path / "by-mlflow"), tracking_uri=server.uri)
+    assert files_of(Path(got)) == files_of(onnx_ao)
