@@ -9,8 +9,8 @@ use super::config::Workflow;
 use super::document::typed;
 use crate::device::Device;
 use crate::evaluate::metric::{validate, Metric, Plan};
-use crate::evaluate::{evaluate_with, Options};
 use crate::evaluate::result::MetricResult;
+use crate::evaluate::{evaluate_with, Options};
 
 /// A checked evaluator.
 #[derive(Debug, Clone)]

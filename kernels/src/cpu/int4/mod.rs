@@ -5,8 +5,7 @@
 //! dot products with VNNI where present), each on AVX-512, AVX2 and a scalar reference, chosen at run time.
 
 mod avx2;
-// AVX-512 intrinsics are stable since Rust 1.89; the workspace declares 1.85, this module needs 1.89.
-#[clippy::msrv = "1.89"]
+// AVX-512 intrinsics are stable since Rust 1.89 (the workspace's rust-version).
 mod avx512;
 mod pack;
 mod scalar;
