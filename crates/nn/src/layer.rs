@@ -182,7 +182,7 @@ impl DecoderLayer {
         probe: &mut dyn FnMut(ProbePoint, &[f32]),
     ) -> Result<()> {
         let d = self.dims;
-        if hidden.len() % d.hidden != 0 {
+        if !hidden.len().is_multiple_of(d.hidden) {
             return Err(NnError::HiddenShape {
                 len: hidden.len(),
                 hidden_size: d.hidden,

@@ -148,7 +148,7 @@ impl PackedWeight {
                 }
             }
             // Groups of even size start on a byte: a 16-entry table per group decodes a byte at a time.
-            None if self.bits <= 4 && self.group_size % 2 == 0 => {
+            None if self.bits <= 4 && self.group_size.is_multiple_of(2) => {
                 let mut table = [0f32; 16];
                 for (g, chunk) in out.chunks_mut(self.group_size).enumerate() {
                     let (z, s) = (zeros[g] as f32, scales[g]);

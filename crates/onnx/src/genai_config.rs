@@ -226,9 +226,15 @@ mod tests {
         let v = serde_json::to_value(GenaiConfig::new(&m)).unwrap();
         assert_eq!(v["model"]["type"], "llama");
         assert_eq!(v["model"]["eos_token_id"], 2);
-        assert_eq!(v["model"]["decoder"]["inputs"]["past_key_names"], "past_key_values.%d.key");
+        assert_eq!(
+            v["model"]["decoder"]["inputs"]["past_key_names"],
+            "past_key_values.%d.key"
+        );
         assert_eq!(v["search"]["max_length"], 8192);
-        let many = GenaiModel { eos_token_ids: &[2, 7], ..m };
+        let many = GenaiModel {
+            eos_token_ids: &[2, 7],
+            ..m
+        };
         let v = serde_json::to_value(GenaiConfig::new(&many)).unwrap();
         assert_eq!(v["model"]["eos_token_id"], serde_json::json!([2, 7]));
     }

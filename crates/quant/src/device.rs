@@ -422,7 +422,11 @@ pub(crate) fn attention_context(
     let (q, kv) = (d.q_width(), d.kv_width());
     let width = q + 2 * kv;
     let tokens = normed.len() / d.hidden.max(1);
-    if seq_len == 0 || tokens % seq_len != 0 || out.len() != tokens * q || rope.len() < seq_len {
+    if seq_len == 0
+        || !tokens.is_multiple_of(seq_len)
+        || out.len() != tokens * q
+        || rope.len() < seq_len
+    {
         return Err(QuantError::Shape {
             what: "attention input",
             shape: format!("[windows · {seq_len}, {}]", d.hidden),

@@ -60,7 +60,7 @@ impl Hessian {
     pub(crate) fn add_product(&mut self, x: &[f32], y: &[f32], samples: usize) {
         let n = self.n;
         assert!(
-            n > 0 && x.len() % n == 0 && y.len() == x.len(),
+            n > 0 && x.len().is_multiple_of(n) && y.len() == x.len(),
             "Hessian::add: x has {} values, y {}, not one multiple of in_features {n}",
             x.len(),
             y.len()

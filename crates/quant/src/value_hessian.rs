@@ -35,7 +35,7 @@ pub(crate) fn value_hessian(
     let d = layer.dims;
     let (hidden, hd, heads, kv_heads) = (d.hidden, d.head_dim, d.heads, d.kv_heads);
     let window = seq_len * hidden;
-    if window == 0 || normed.len() % window != 0 {
+    if window == 0 || !normed.len().is_multiple_of(window) {
         return Err(QuantError::Shape {
             what: "v_proj's calibration input",
             shape: format!("[windows · {seq_len}, {hidden}]"),

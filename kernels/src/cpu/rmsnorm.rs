@@ -11,7 +11,7 @@ pub fn rmsnorm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
         "rmsnorm: x and out must have the same shape"
     );
     assert!(
-        d > 0 && x.len() % d == 0,
+        d > 0 && x.len().is_multiple_of(d),
         "rmsnorm: x must be [rows, weight.len()]"
     );
     for (xr, or) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {

@@ -139,7 +139,7 @@ pub fn unpack_awq_gemm(
     group_size: usize,
 ) -> Result<W4Levels, W4Error> {
     const L: &str = "AutoAWQ GEMM";
-    if n % 8 != 0 {
+    if !n.is_multiple_of(8) {
         return Err(W4Error::Shape {
             layout: L,
             reason: format!("out_features {n} is not a multiple of 8"),
@@ -195,7 +195,7 @@ pub fn unpack_gptq_v1(
     group_size: usize,
 ) -> Result<W4Levels, W4Error> {
     const L: &str = "GPTQ v1";
-    if k % 8 != 0 || n % 8 != 0 {
+    if !k.is_multiple_of(8) || !n.is_multiple_of(8) {
         return Err(W4Error::Shape {
             layout: L,
             reason: format!(
@@ -278,7 +278,7 @@ pub fn unpack_matmul_nbits(
     block_size: usize,
 ) -> Result<W4Levels, W4Error> {
     const L: &str = "MatMulNBits";
-    if block_size < 2 || block_size % 2 != 0 {
+    if block_size < 2 || !block_size.is_multiple_of(2) {
         return Err(W4Error::Shape {
             layout: L,
             reason: format!("block_size {block_size} must be even"),

@@ -166,7 +166,7 @@ fn check_rows(
     width: usize,
     aligned: bool,
 ) -> Result<(), GpuError> {
-    if aligned && (r.offset % 8 != 0 || r.stride % 8 != 0) {
+    if aligned && (!r.offset.is_multiple_of(8) || !r.stride.is_multiple_of(8)) {
         return Err(shape_error(format!(
             "{name}: offset {} and stride {} must be multiples of 8 elements (16-byte rows)",
             r.offset, r.stride
@@ -189,7 +189,7 @@ impl AttentionShape {
                 self.head_dim
             )));
         }
-        if self.heads == 0 || self.kv_heads == 0 || self.heads % self.kv_heads != 0 {
+        if self.heads == 0 || self.kv_heads == 0 || !self.heads.is_multiple_of(self.kv_heads) {
             return Err(shape_error(format!(
                 "kv_heads {} must divide heads {}",
                 self.kv_heads, self.heads

@@ -66,7 +66,7 @@ impl Half for f16 {
 /// pick the same width from the same row length.
 pub(crate) fn pack_width<T>(len: usize) -> usize {
     let v = 16 / std::mem::size_of::<T>();
-    if len % v == 0 {
+    if len.is_multiple_of(v) {
         v
     } else {
         1

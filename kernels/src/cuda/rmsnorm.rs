@@ -12,7 +12,7 @@ const CACHE_BWD: usize = 2;
 
 /// Rows of `x` for a weight of `d` elements, checking that x is [rows, d].
 fn rows_of(x: usize, d: usize) -> Result<u32, GpuError> {
-    if d == 0 || x % d != 0 {
+    if d == 0 || !x.is_multiple_of(d) {
         return Err(GpuError::Shape(format!(
             "rmsnorm: x has {x} elements, not [rows, {d}] for a weight of {d}"
         )));

@@ -121,14 +121,14 @@ fn launch<T: Float>(
             freqs.half()
         ));
     }
-    if heads * head_dim > row_stride || row_stride == 0 || x.len() % row_stride != 0 {
+    if heads * head_dim > row_stride || row_stride == 0 || !x.len().is_multiple_of(row_stride) {
         return bad(format!(
             "x ({} elements) must be [tokens, row_stride {row_stride}] holding {heads} heads of {head_dim}",
             x.len()
         ));
     }
     let tokens = x.len() / row_stride;
-    if positions.seq == 0 || tokens % positions.seq != 0 {
+    if positions.seq == 0 || !tokens.is_multiple_of(positions.seq) {
         return bad(format!("{tokens} tokens are not rows of {}", positions.seq));
     }
     if tokens == 0 {

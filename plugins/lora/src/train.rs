@@ -381,8 +381,7 @@ pub fn run(
         let csv_path = out.join(LOSS_CSV);
         std::fs::write(&csv_path, curve::csv(base_eval, &points))
             .map_err(|e| Error::io(&csv_path, e))?;
-        curve::write_png(&out.join(LOSS_PNG), base_eval, &points, title)
-            .map_err(Error::Failed)?;
+        curve::write_png(&out.join(LOSS_PNG), base_eval, &points, title).map_err(Error::Failed)?;
     }
     let last = points.last().map(|p| p.loss);
     let last_eval = points.iter().rev().find_map(|p| p.eval_loss);
