@@ -4,7 +4,7 @@
 //! temporary name and renamed into place by [`ExternalDataWriter::finish`].
 
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use crate::error::{OnnxError, Result};
@@ -133,6 +133,51 @@ pub fn external_tensor(
         data_location: Some(DataLocation::External as i32),
         ..Default::default()
     }
+}
+
+/// The bytes of an initializer stored as external data: its `location` under `dir`, from `offset`, `length` bytes
+/// (to the end of the file without one).
+pub fn read_external(t: &TensorProto, dir: &Path) -> Result<Vec<u8>> {
+    let name = t.name.as_deref().unwrap_or("");
+    let entry = |key: &str| {
+        t.external_data
+            .iter()
+            .find(|e| e.key.as_deref() == Some(key))
+            .and_then(|e| e.value.clone())
+    };
+    let location = entry("location").ok_or_else(|| {
+        OnnxError::Graph(format!(
+            "initializer {name}: external data without a location"
+        ))
+    })?;
+    let number = |key: &str| -> Result<Option<u64>> {
+        entry(key)
+            .map(|v| {
+                v.parse().map_err(|_| {
+                    OnnxError::Graph(format!(
+                        "initializer {name}: external data {key} `{v}` is not a number"
+                    ))
+                })
+            })
+            .transpose()
+    };
+    let path = dir.join(&location);
+    let mut file = std::fs::File::open(&path).map_err(|e| OnnxError::io(&path, e))?;
+    file.seek(SeekFrom::Start(number("offset")?.unwrap_or(0)))
+        .map_err(|e| OnnxError::io(&path, e))?;
+    let mut bytes = Vec::new();
+    match number("length")? {
+        Some(len) => {
+            bytes.resize(len as usize, 0);
+            file.read_exact(&mut bytes)
+                .map_err(|e| OnnxError::io(&path, e))?;
+        }
+        None => {
+            file.read_to_end(&mut bytes)
+                .map_err(|e| OnnxError::io(&path, e))?;
+        }
+    }
+    Ok(bytes)
 }
 
 #[cfg(test)]

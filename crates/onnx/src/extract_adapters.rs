@@ -12,13 +12,13 @@
 //! ```
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
 use prost::Message;
 
 use crate::adapter_format::{Adapter, AdapterFormatError, Parameter};
 use crate::error::{OnnxError, Result};
+use crate::external_data::read_external;
 use crate::graph::{value_info, Dim, GraphBuilder};
 use crate::proto::{tensor_proto::DataLocation, ModelProto, TensorProto};
 use crate::tensor::{float_bytes, transpose, DataType};
@@ -349,43 +349,7 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
 fn tensor_bytes(t: &TensorProto, model_dir: &Path) -> Result<Vec<u8>> {
     let name = t.name.as_deref().unwrap_or("");
     if t.data_location == Some(DataLocation::External as i32) {
-        let entry = |key: &str| {
-            t.external_data
-                .iter()
-                .find(|e| e.key.as_deref() == Some(key))
-                .and_then(|e| e.value.clone())
-        };
-        let location = entry("location").ok_or_else(|| {
-            OnnxError::Graph(format!(
-                "initializer {name}: external data without a location"
-            ))
-        })?;
-        let number = |key: &str| -> Result<Option<u64>> {
-            entry(key)
-                .map(|v| {
-                    v.parse().map_err(|_| {
-                        OnnxError::Graph(format!("initializer {name}: external data {key} `{v}`"))
-                    })
-                })
-                .transpose()
-        };
-        let path = model_dir.join(&location);
-        let mut file = std::fs::File::open(&path).map_err(|e| OnnxError::io(&path, e))?;
-        file.seek(SeekFrom::Start(number("offset")?.unwrap_or(0)))
-            .map_err(|e| OnnxError::io(&path, e))?;
-        let mut bytes = Vec::new();
-        match number("length")? {
-            Some(len) => {
-                bytes.resize(len as usize, 0);
-                file.read_exact(&mut bytes)
-                    .map_err(|e| OnnxError::io(&path, e))?;
-            }
-            None => {
-                file.read_to_end(&mut bytes)
-                    .map_err(|e| OnnxError::io(&path, e))?;
-            }
-        }
-        return Ok(bytes);
+        return read_external(t, model_dir);
     }
     if let Some(raw) = &t.raw_data {
         return Ok(raw.clone());

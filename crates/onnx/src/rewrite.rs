@@ -4,13 +4,12 @@
 //! initializers in one `<file>.data` beside it.
 
 use std::collections::HashSet;
-use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use prost::Message;
 
 use crate::error::{OnnxError, Result};
-use crate::external_data::ExternalDataWriter;
+use crate::external_data::{read_external, ExternalDataWriter};
 use crate::proto::{tensor_proto::DataLocation, ModelProto, TensorProto};
 
 /// Initializers of at least this many bytes go to the external data file on [`save`] (onnx's default threshold).
@@ -188,49 +187,6 @@ pub fn load(path: &Path) -> Result<ModelProto> {
         }
     }
     Ok(model)
-}
-
-fn read_external(t: &TensorProto, dir: &Path) -> Result<Vec<u8>> {
-    let name = t.name.as_deref().unwrap_or("");
-    let entry = |key: &str| {
-        t.external_data
-            .iter()
-            .find(|e| e.key.as_deref() == Some(key))
-            .and_then(|e| e.value.clone())
-    };
-    let location = entry("location").ok_or_else(|| {
-        OnnxError::Graph(format!(
-            "initializer {name}: external data without a location"
-        ))
-    })?;
-    let number = |key: &str| -> Result<Option<u64>> {
-        entry(key)
-            .map(|v| {
-                v.parse().map_err(|_| {
-                    OnnxError::Graph(format!(
-                        "initializer {name}: external data {key} `{v}` is not a number"
-                    ))
-                })
-            })
-            .transpose()
-    };
-    let path = dir.join(&location);
-    let mut file = std::fs::File::open(&path).map_err(|e| OnnxError::io(&path, e))?;
-    file.seek(SeekFrom::Start(number("offset")?.unwrap_or(0)))
-        .map_err(|e| OnnxError::io(&path, e))?;
-    let mut bytes = Vec::new();
-    match number("length")? {
-        Some(len) => {
-            bytes.resize(len as usize, 0);
-            file.read_exact(&mut bytes)
-                .map_err(|e| OnnxError::io(&path, e))?;
-        }
-        None => {
-            file.read_to_end(&mut bytes)
-                .map_err(|e| OnnxError::io(&path, e))?;
-        }
-    }
-    Ok(bytes)
 }
 
 /// Writes `model` as `dir/file_name`, initializers of [`EXTERNAL_THRESHOLD`] bytes or more moved to
