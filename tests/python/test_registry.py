@@ -362,6 +362,14 @@ def test_model_name_or_path_from_registry(olive_host, servers, tiny, tmp_path):
     missing = evaluate("models:/tiny-llama/7")
     assert missing.returncode != 0 and "version 7 not found in the registry" in missing.stderr
 
+    def generate(model):
+        return subprocess.run([str(olive_host), "generate", "--model_name_or_path", model, "--prompt", "Hello",
+                               "--max_new_tokens", "4"], capture_output=True, text=True, env=env, timeout=300)
+
+    local, remote = generate(str(tiny)), generate("models:/tiny-llama/1")
+    assert local.returncode == 0 and remote.returncode == 0, local.stderr + remote.stderr
+    assert remote.stdout == local.stdout and local.stdout, local.stdout
+
 
 def test_lab_onnx_ao_round_trip(olive_host, servers, tiny, tmp_path):
     """The lab's ends: an auto-opt output made from a registered model, published and fetched back byte for byte."""

@@ -27,6 +27,12 @@ pub fn resolve_hf_input(model_name_or_path: &Path) -> anyhow::Result<PathBuf> {
         } else {
             ""
         };
+        if !input.exists() {
+            bail!(
+                "{} not found: give a Hugging Face model folder, a .gguf file{hint}",
+                model_name_or_path.display()
+            );
+        }
         bail!(
             "{} is not a Hugging Face model folder (no config.json), a .gguf file{hint}",
             model_name_or_path.display()

@@ -7,7 +7,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use clap::Args;
 use olive_nn::{GpuTransformer, TextStream, Transformer};
 use olive_runtime::{OnnxModel, SearchOptions};
@@ -64,6 +64,14 @@ pub struct GenerateArgs {
 }
 
 pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
+    // A registered model (`models:/<name>/<version>`) is downloaded once into the cache and run from there.
+    let args = match super::model::resolve_models_uri(&args.model_name_or_path.to_string_lossy())? {
+        Some(folder) => GenerateArgs {
+            model_name_or_path: folder,
+            ..args
+        },
+        None => args,
+    };
     if olive_runtime::is_onnx_folder(&args.model_name_or_path) {
         if args.device == Device::Gpu {
             bail!(
@@ -81,8 +89,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
             args.model_name_or_path.display()
         );
     }
-    let folder = olive_model::convert::resolve_model_path(&args.model_name_or_path)
-        .with_context(|| format!("opening {}", args.model_name_or_path.display()))?;
+    let folder = super::common::resolve_hf_input(&args.model_name_or_path)?;
     let loading = crate::progress::spinner(format!("loading {}", folder.display()));
     let model = match args.device {
         Device::Cpu => Model::Cpu(Transformer::load(&folder)?),
