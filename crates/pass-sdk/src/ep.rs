@@ -49,6 +49,18 @@ pub trait ExecutionProviderExt: Sized {
     fn tolerance(self, atol: f64, rtol: f64) -> Self;
     /// Adds the recipe for `precision`: (pass type, config object) in order.
     fn with_recipe(self, precision: &str, passes: &[(&str, serde_json::Value)]) -> Self;
+    /// Adds, for each of `precisions`, the recipe of the one ModelBuilder pass at that precision.
+    fn with_model_builder_recipes(self, precisions: &[&str]) -> Self {
+        precisions.iter().fold(self, |ep, precision| {
+            ep.with_recipe(
+                precision,
+                &[(
+                    "ModelBuilder",
+                    serde_json::json!({ "precision": precision }),
+                )],
+            )
+        })
+    }
 }
 
 impl ExecutionProviderExt for ExecutionProvider {

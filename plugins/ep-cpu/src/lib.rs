@@ -3,23 +3,13 @@
 //! at the asked precision.
 
 use olive_pass_sdk::ep::{self, ExecutionProvider, ExecutionProviderExt};
-use serde_json::json;
 
 /// The precisions ModelBuilder writes, each a recipe of that one pass.
 pub const PRECISIONS: &[&str] = &["fp32", "fp16", "int4"];
 
 /// `CPUExecutionProvider` on device `cpu`.
 pub fn providers() -> Vec<ExecutionProvider> {
-    let cpu = PRECISIONS.iter().fold(
-        ep::provider("cpu", "CPUExecutionProvider"),
-        |cpu, precision| {
-            cpu.with_recipe(
-                precision,
-                &[("ModelBuilder", json!({ "precision": precision }))],
-            )
-        },
-    );
-    vec![cpu]
+    vec![ep::provider("cpu", "CPUExecutionProvider").with_model_builder_recipes(PRECISIONS)]
 }
 
 olive_pass_sdk::export_plugin! {

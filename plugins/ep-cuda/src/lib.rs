@@ -3,7 +3,6 @@
 //! `auto-opt --device gpu`: ModelBuilder at the asked precision for CUDA.
 
 use olive_pass_sdk::ep::{self, ExecutionProvider, ExecutionProviderExt};
-use serde_json::json;
 
 /// The provider's name in ONNX Runtime.
 pub const PROVIDER: &str = "CUDAExecutionProvider";
@@ -12,19 +11,11 @@ pub const LIBRARY_ENV: &str = "OLIVE_ORT_CUDA_DYLIB";
 
 /// CUDA on device `gpu` (the first GPU).
 pub fn providers() -> Vec<ExecutionProvider> {
-    let cuda = ["fp32", "fp16", "int4"].iter().fold(
-        ep::provider("gpu", PROVIDER)
-            .option("device_id", "0")
-            .runtime("onnxruntime-gpu", "1.31", LIBRARY_ENV)
-            .tolerance(1e-2, 1e-2),
-        |cuda, precision| {
-            cuda.with_recipe(
-                precision,
-                &[("ModelBuilder", json!({ "precision": precision }))],
-            )
-        },
-    );
-    vec![cuda]
+    vec![ep::provider("gpu", PROVIDER)
+        .option("device_id", "0")
+        .runtime("onnxruntime-gpu", "1.31", LIBRARY_ENV)
+        .tolerance(1e-2, 1e-2)
+        .with_model_builder_recipes(&["fp32", "fp16", "int4"])]
 }
 
 olive_pass_sdk::export_plugin! {

@@ -5,7 +5,6 @@
 //! The recipe exports with ModelBuilder for this provider.
 
 use olive_pass_sdk::ep::{self, ExecutionProvider, ExecutionProviderExt};
-use serde_json::json;
 
 /// The provider's name in ONNX Runtime.
 pub const PROVIDER: &str = "OpenVINOExecutionProvider";
@@ -16,19 +15,12 @@ pub const LIBRARY_ENV: &str = "OLIVE_ORT_OPENVINO_DYLIB";
 
 /// The provider on one of our devices, as OpenVINO names it (`CPU`, `GPU`, `NPU`).
 fn on(device: &str, device_type: &str) -> ExecutionProvider {
-    ["fp32", "fp16", "int4"].iter().fold(
-        ep::provider(device, PROVIDER)
-            .option("device_type", device_type)
-            .option("precision", "ACCURACY")
-            .runtime(PACKAGE.0, PACKAGE.1, LIBRARY_ENV)
-            .tolerance(1e-4, 1e-3),
-        |ov, precision| {
-            ov.with_recipe(
-                precision,
-                &[("ModelBuilder", json!({ "precision": precision }))],
-            )
-        },
-    )
+    ep::provider(device, PROVIDER)
+        .option("device_type", device_type)
+        .option("precision", "ACCURACY")
+        .runtime(PACKAGE.0, PACKAGE.1, LIBRARY_ENV)
+        .tolerance(1e-4, 1e-3)
+        .with_model_builder_recipes(&["fp32", "fp16", "int4"])
 }
 
 /// OpenVINO on devices `cpu`, `gpu` and `npu`.
