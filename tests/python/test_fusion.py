@@ -80,8 +80,8 @@ def test_bad_input_is_a_clear_error(olive_host, model, tmp_path):
             assert result.returncode != 0, result.stdout
             assert expect in result.stderr and path.name in result.stderr, result.stderr
             assert not out.exists() or not any(out.iterdir()), "a failed pass leaves no output"
-    result = run_pass(olive_host, "OrtTransformersOptimization", model, tmp_path / "o", {"float16": True})
-    assert result.returncode != 0 and "float16" in result.stderr, result.stderr
+    result = run_pass(olive_host, "OrtTransformersOptimization", model, tmp_path / "o", {"input_int32": True})
+    assert result.returncode != 0 and "input_int32" in result.stderr, result.stderr
 
 
 def test_tiny_gpt2_fast_gelu(olive_host, tmp_path):

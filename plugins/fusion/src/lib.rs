@@ -7,8 +7,10 @@
 
 mod attention;
 pub mod blockwise;
+pub mod dtypes;
 pub mod dynamic;
 mod embed;
+pub mod float16;
 mod fold;
 mod gelu;
 mod gemm;
@@ -144,7 +146,7 @@ pub struct TransformersConfig {
     /// Only ONNX Runtime's own optimizer, no fusions (refused: olive-rs has no ONNX Runtime optimizer inside).
     #[serde(default)]
     pub only_onnxruntime: bool,
-    /// Convert to float16 (not done by olive-rs yet: true is refused).
+    /// Convert to float16 after the fusions (ONNX Runtime's float16 converter with its defaults).
     #[serde(default)]
     pub float16: bool,
     /// Keep fp32 inputs/outputs with float16.
@@ -304,6 +306,7 @@ olive_pass_sdk::export_plugin! {
         blockwise::OnnxBlockWiseRtnQuantization,
         blockwise::OnnxMatMul4Quantizer,
         dynamic::OnnxDynamicQuantization,
+        float16::OnnxFloatToFloat16,
     ],
 }
 

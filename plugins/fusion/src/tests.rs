@@ -518,7 +518,11 @@ fn passes_run_through_the_host_and_refuse_bad_input() {
     );
 
     for (config, kind, expect) in [
-        (r#"{"float16": true}"#, ErrorKind::INVALID_CONFIG, "float16"),
+        (
+            r#"{"input_int32": true}"#,
+            ErrorKind::INVALID_CONFIG,
+            "input_int32",
+        ),
         (
             r#"{"model_type": "llama9"}"#,
             ErrorKind::INVALID_CONFIG,

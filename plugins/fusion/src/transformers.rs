@@ -3,7 +3,8 @@
 //! peephole clean-ups, LayerNormalization, Gelu/FastGelu (with bias), SkipLayerNormalization (with bias),
 //! EmbedLayerNormalization, Attention, Gemm.
 //! Opset imports are fixed up after: com.microsoft version 1 when its ops appear, the default domain raised to 17
-//! when a LayerNormalization (ONNX op from opset 17) is left unfused into SkipLayerNormalization.
+//! when a LayerNormalization (ONNX op from opset 17) is left unfused into SkipLayerNormalization. With `float16`
+//! the fused model is then converted as the optimizer's `convert_float_to_float16` does ([`crate::float16`]).
 
 use std::collections::BTreeMap;
 
@@ -12,6 +13,7 @@ use serde::Serialize;
 
 use crate::attention::fuse_attention;
 use crate::embed::fuse_embed_layer_norm;
+use crate::float16::{Float16Options, Float16Report, KeepIoTypes};
 use crate::gelu::{fuse_fast_gelu, fuse_gelu};
 use crate::gemm::{fuse_gemm, known_ranks};
 use crate::graph::{Rewriter, MS_DOMAIN};
@@ -81,6 +83,8 @@ pub struct Options {
     pub embed_layer_norm: bool,
     /// Attention heads (0: from the graph's Reshapes).
     pub num_heads: i64,
+    /// Convert to float16 after the fusions.
+    pub float16: Option<Float16Options>,
 }
 
 impl Default for Options {
@@ -95,6 +99,7 @@ impl Default for Options {
             attention: true,
             embed_layer_norm: true,
             num_heads: 0,
+            float16: None,
         }
     }
 }
@@ -111,7 +116,6 @@ impl Options {
             }
         }
         for (key, on) in [
-            ("float16", c.float16),
             ("only_onnxruntime", c.only_onnxruntime),
             ("use_gqa", c.use_gqa),
             ("input_int32", c.input_int32),
@@ -128,8 +132,18 @@ impl Options {
                 c.num_heads
             ));
         }
+        // Olive passes keep_io_types, force_fp32_ops (op_block_list) and force_fp32_nodes; float16.py's
+        // defaults for the rest.
+        let float16 = c.float16.then(|| Float16Options {
+            keep_io_types: KeepIoTypes::All(c.keep_io_types),
+            op_block_list: c.force_fp32_ops.clone(),
+            node_block_list: c.force_fp32_nodes.clone().unwrap_or_default(),
+            force_fp16_inputs: c.force_fp16_inputs.clone().unwrap_or_default(),
+            ..Float16Options::default()
+        });
         let mut o = Options {
             num_heads: c.num_heads,
+            float16,
             ..Options::default()
         };
         let flags: BTreeMap<String, serde_json::Value> =
@@ -172,6 +186,8 @@ pub struct Counts {
     pub gemm: usize,
     pub attention: usize,
     pub embed_layer_norm: usize,
+    /// What the float16 conversion did (with `float16`).
+    pub float16: Option<Float16Report>,
 }
 
 fn step(model: &mut ModelProto, f: impl FnOnce(&mut Rewriter) -> usize) -> Result<usize, String> {
@@ -222,6 +238,9 @@ pub fn optimize(model: &mut ModelProto, o: &Options) -> Result<Counts, String> {
     let graph = model.graph.as_mut().ok_or("the model has no graph")?;
     c.removed += crate::peephole::optimize(graph)?.dead;
     fix_opsets(model);
+    if let Some(f) = &o.float16 {
+        c.float16 = Some(crate::float16::convert(model, f)?);
+    }
     Ok(c)
 }
 
