@@ -119,32 +119,69 @@ def test_tiny_gpt2_fast_gelu(olive_host, tmp_path):
     np.testing.assert_allclose(outputs(fused, feed), outputs(src, feed), atol=TOLERANCE, rtol=0)
 
 
-def test_blockwise_rtn_matches_onnxruntime_quantizer(olive_host, model, tmp_path):
-    """OnnxBlockWiseRtnQuantization on MiniLM writes the bytes of onnxruntime's MatMulNBitsQuantizer (RTN, block 32,
-    symmetric) and so the same outputs; OnnxMatMul4Quantizer refuses another algorithm."""
+@pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "asym"])
+def test_blockwise_rtn_matches_onnxruntime_quantizer(olive_host, model, tmp_path, symmetric):
+    """OnnxBlockWiseRtnQuantization on MiniLM writes the MatMulNBits bytes of onnxruntime's MatMulNBitsQuantizer (RTN,
+    block 32) and, for the three embedding Gathers, GatherBlockQuantized with the values, scales and zero points of
+    its Gather option (ORT stores int4/uint4 tensors, Olive 0.13 and olive-rs nibble-packed uint8 with the symmetric
+    values offset by 8). ORT's Gather output declares opset 21 and does not load, so the outputs are compared with
+    its MatMul-only model whose embedding tables are replaced by ORT's dequantized ones. OnnxMatMul4Quantizer refuses
+    another algorithm."""
     from onnx import numpy_helper
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-    config = {"block_size": 32, "is_symmetric": True, "accuracy_level": 4}
+    config = {"block_size": 32, "is_symmetric": symmetric, "accuracy_level": 4}
     result = run_pass(olive_host, "OnnxBlockWiseRtnQuantization", model, tmp_path / "out", config)
     assert result.returncode == 0, result.stderr
     ours = tmp_path / "out" / "model" / "model.onnx"
     onnx.checker.check_model(str(ours))
-    reference = MatMulNBitsQuantizer(onnx.load(str(model)), block_size=32, is_symmetric=True, accuracy_level=4)
+    kwargs = {"block_size": 32, "is_symmetric": symmetric, "accuracy_level": 4}
+    reference = MatMulNBitsQuantizer(onnx.load(str(model)), **kwargs)
     reference.process()
     theirs = tmp_path / "ort.onnx"
     reference.model.save_model_to_file(str(theirs), use_external_data_format=True)
+    gathers = MatMulNBitsQuantizer(onnx.load(str(model)), **kwargs, op_types_to_quantize=("MatMul", "Gather"),
+                                   quant_axes=(("MatMul", 0), ("Gather", 1)))
+    gathers.process()
+    theirs_gather = tmp_path / "ort-gather.onnx"
+    gathers.model.save_model_to_file(str(theirs_gather), use_external_data_format=True)
 
-    def nbits(path):
+    def quantized(path, op):
         m = onnx.load(str(path))
         init = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
-        nodes = [n for n in m.graph.node if n.op_type == "MatMulNBits"]
-        return [[init[i] for i in n.input[1:]] for n in nodes], nodes
+        nodes = sorted((n for n in m.graph.node if n.op_type == op), key=lambda n: n.output[0])
+        return [[init[i] for i in n.input if i in init] for n in nodes], nodes
 
-    (ours_w, ours_n), (theirs_w, theirs_n) = nbits(ours), nbits(theirs)
+    (ours_w, ours_n), (theirs_w, theirs_n) = quantized(ours, "MatMulNBits"), quantized(theirs, "MatMulNBits")
     assert len(ours_n) == len(theirs_n) == 36
     for a, b in zip(ours_w, theirs_w):
         assert len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b))
+
+    def unpack(packed, width):  # uint8 [..., ceil(width / 2)] -> [..., width], low nibble first
+        return np.stack([packed & 0xF, packed >> 4], axis=-1).reshape(*packed.shape[:-1], -1)[..., :width]
+
+    (ours_g, ours_n), (theirs_g, theirs_n) = (quantized(ours, "GatherBlockQuantized"),
+                                              quantized(theirs_gather, "GatherBlockQuantized"))
+    assert len(ours_n) == len(theirs_n) == 3
+    dequantized = {}
+    for a, b, n, m in zip(ours_g, theirs_g, ours_n, theirs_n):
+        attrs = {x.name: x.i for x in n.attribute}
+        assert attrs == {"gather_axis": 0, "quantize_axis": 1, "block_size": 32, "bits": 4}, attrs
+        width = b[0].shape[-1]
+        values = unpack(a[0], width).astype(np.int16) - (8 if symmetric else 0)
+        assert np.array_equal(values, b[0].astype(np.int16))
+        assert a[1].dtype == b[1].dtype == np.float32 and np.array_equal(a[1], b[1])
+        if not symmetric:
+            assert np.array_equal(unpack(a[2], b[2].shape[-1]), b[2])
+        zero = 0 if symmetric else np.repeat(b[2].astype(np.float32), 32, axis=-1)[..., :width]
+        table = (b[0].astype(np.float32) - zero) * np.repeat(b[1], 32, axis=-1)[..., :width]
+        dequantized[m.input[0].removesuffix("_Q4")] = table.astype(np.float32)
+    reference_model = onnx.load(str(theirs))
+    for t in reference_model.graph.initializer:
+        if t.name in dequantized:
+            t.CopyFrom(numpy_helper.from_array(dequantized.pop(t.name), t.name))
+    assert not dequantized, dequantized.keys()
+    onnx.save(reference_model, str(theirs), save_as_external_data=True, location="ort-dq.onnx.data")
     feed = minilm.feeds(3, 16)
     np.testing.assert_allclose(outputs(ours, feed), outputs(theirs, feed), atol=1e-5, rtol=0)
     bad = run_pass(olive_host, "OnnxMatMul4Quantizer", model, tmp_path / "bad", {"algorithm": "GPTQ"})

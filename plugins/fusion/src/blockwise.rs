@@ -3,7 +3,8 @@
 //! (block size 32). Each `MatMul(A, B)` whose B is a float32 2-D initializer `[K, N]` becomes
 //! `com.microsoft::MatMulNBits(A, B_q, scales[, zero_points])`, quantized to the bytes ONNX Runtime's
 //! MatMulNBitsQuantizer writes (`olive_onnx::matmul_nbits::quantize`). A weight shared by several MatMuls is
-//! quantized once. Gather (embedding) quantization to GatherBlockQuantized is not done.
+//! quantized once. `OnnxBlockWiseRtnQuantization` also turns Gathers of float32 tables into GatherBlockQuantized as
+//! Olive 0.13 does ([`crate::gather_quant`]).
 
 use std::collections::{HashMap, HashSet};
 
@@ -150,10 +151,10 @@ pub struct BlockwiseRtnConfig {
     /// MatMulNBits accuracy_level: 0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8.
     #[serde(default)]
     pub accuracy_level: i64,
-    /// MatMul node names left in float.
+    /// MatMul / Gather node names left in float.
     #[serde(default)]
     pub nodes_to_exclude: Option<Vec<String>>,
-    /// Only these MatMul node names (all when absent).
+    /// Only these MatMul / Gather node names (all when absent).
     #[serde(default)]
     pub nodes_to_include: Option<Vec<String>>,
     #[serde(flatten)]
@@ -241,14 +242,25 @@ impl BlockwiseOptions {
     }
 }
 
-fn run_blockwise(model: Model, o: BlockwiseOptions, ctx: &Context<'_>) -> Result<Model, Error> {
+/// Quantizes the MatMuls, and the Gathers when `gathers` is on.
+fn run_blockwise(
+    model: Model,
+    o: BlockwiseOptions,
+    gathers: bool,
+    ctx: &Context<'_>,
+) -> Result<Model, Error> {
     rewrite_model(model, ctx, |onnx| {
         let graph = graph_of(onnx)?;
         let before = graph.node.len();
         let count = quantize_matmuls(graph, &o).map_err(Error::Failed)?;
+        let gather_count = if gathers {
+            crate::gather_quant::quantize_gathers(graph, &o).map_err(Error::Failed)?
+        } else {
+            0
+        };
         crate::peephole::remove_dead(graph);
         let after = graph.node.len();
-        if count > 0
+        if count + gather_count > 0
             && !onnx
                 .opset_import
                 .iter()
@@ -261,10 +273,13 @@ fn run_blockwise(model: Model, o: BlockwiseOptions, ctx: &Context<'_>) -> Result
                 });
         }
         ctx.info(&format!(
-            "{count} MatMuls to MatMulNBits ({} bits, block {})",
+            "{count} MatMuls to MatMulNBits, {gather_count} Gathers to GatherBlockQuantized ({} bits, block {})",
             o.config.bits, o.config.block_size
         ));
-        Ok(serde_json::json!({"matmul_nbits": count, "nodes_before": before, "nodes_after": after}))
+        Ok(
+            serde_json::json!({"matmul_nbits": count, "gather_block_quantized": gather_count,
+            "nodes_before": before, "nodes_after": after}),
+        )
     })
 }
 
@@ -275,7 +290,7 @@ impl Pass for OnnxBlockWiseRtnQuantization {
     const NAME: &'static str = "OnnxBlockWiseRtnQuantization";
     const VERSION: &'static str = "0.1.0";
     const DESCRIPTION: &'static str =
-        "Weight-only block-wise RTN quantization of an ONNX model's MatMuls to com.microsoft MatMulNBits.";
+        "Weight-only block-wise RTN quantization of an ONNX model's MatMuls to com.microsoft MatMulNBits and Gathers of float tables to GatherBlockQuantized.";
     const ACCEPTS: &'static [&'static str] = &[kinds::ONNX];
     const PRODUCES: &'static [&'static str] = &[kinds::ONNX];
     const DEVICES: &'static [&'static str] = &["cpu", "gpu"];
@@ -296,7 +311,7 @@ impl Pass for OnnxBlockWiseRtnQuantization {
             &c.nodes_to_exclude,
             &c.nodes_to_include,
         )?;
-        run_blockwise(model, o, ctx)
+        run_blockwise(model, o, true, ctx)
     }
 }
 
@@ -330,6 +345,6 @@ impl Pass for OnnxMatMul4Quantizer {
             &c.nodes_to_exclude,
             &c.nodes_to_include,
         )?;
-        run_blockwise(model, o, ctx)
+        run_blockwise(model, o, false, ctx)
     }
 }

@@ -11,6 +11,7 @@ pub mod dtypes;
 pub mod dynamic;
 mod embed;
 pub mod float16;
+mod gather_quant;
 mod fold;
 mod gelu;
 mod gemm;
