@@ -188,6 +188,62 @@ def test_blockwise_rtn_matches_onnxruntime_quantizer(olive_host, model, tmp_path
     assert bad.returncode != 0 and "algorithm `GPTQ`" in bad.stderr, bad.stderr
 
 
+def olive_gather_8bit(table: np.ndarray, block: int, symmetric: bool):
+    """Olive 0.13's 8-bit RTN of an embedding table along its last axis (rtn_quantization.py _quantize_ndarray with
+    bits=8): uint8 values (symmetric ones offset by 128), float32 scales, uint8 zero points."""
+    rows, k = table.shape
+    q = np.zeros((rows, k), np.uint8)
+    scales, zps = [], []
+    for i in range(0, k, block):
+        x = table[:, i:i + block]
+        mx, mn = x.max(axis=1, keepdims=True), x.min(axis=1, keepdims=True)
+        if symmetric:
+            scale = np.where(np.abs(mx) > np.abs(mn), mx, mn) / -128.0
+            v = np.where(scale == 0, 0, x / scale).round().clip(-128, 127).astype(np.int16) + 128
+        else:
+            lo, hi = np.minimum(mn, 0), np.maximum(mx, 0)
+            scale = (hi - lo) / 255.0
+            zp = np.where(scale == 0, 128, -lo / scale).round().clip(0, 255).astype(np.uint8)
+            v = np.where(scale == 0, 128, x / scale + zp).round().clip(0, 255)
+            zps.append(zp)
+        q[:, i:i + block] = v.astype(np.uint8)
+        scales.append(scale)
+    return q, np.concatenate(scales, axis=1), (np.concatenate(zps, axis=1) if zps else None)
+
+
+@pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "asym"])
+def test_blockwise_rtn_8bit_gathers(olive_host, model, tmp_path, symmetric):
+    """8-bit GatherBlockQuantized (onnxruntime's quantizer has no 8-bit Gather): the three MiniLM embedding tables
+    quantized as Olive 0.13's numpy RTN does, and the outputs those of the fp32 model with the dequantized tables."""
+    from onnx import numpy_helper
+
+    names = [f"/m/embeddings/{e}_embeddings/Gather" for e in ["word", "token_type", "position"]]
+    config = {"bits": 8, "block_size": 128, "is_symmetric": symmetric, "nodes_to_include": names}
+    result = run_pass(olive_host, "OnnxBlockWiseRtnQuantization", model, tmp_path / "out", config)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["metadata"]["fusion"]["gather_block_quantized"] == 3
+    ours = onnx.load(str(tmp_path / "out" / "model" / "model.onnx"))
+    init = {t.name: numpy_helper.to_array(t) for t in ours.graph.initializer}
+    reference = onnx.load(str(model))
+    tables = {t.name: t for t in reference.graph.initializer}
+    nodes = [n for n in ours.graph.node if n.op_type == "GatherBlockQuantized"]
+    assert sorted(n.name for n in nodes) == sorted(f"{name}_Q8" for name in names)
+    for n in nodes:
+        source = n.input[0].removesuffix("_Q8")
+        q, scales, zps = olive_gather_8bit(numpy_helper.to_array(tables[source]), 128, symmetric)
+        assert np.array_equal(init[n.input[0]], q) and np.array_equal(init[n.input[2]], scales)
+        if not symmetric:
+            assert np.array_equal(init[n.input[3]], zps)
+        zero = 128 if symmetric else np.repeat(zps.astype(np.float32), 128, axis=1)
+        table = (q.astype(np.float32) - zero) * np.repeat(scales, 128, axis=1)
+        tables[source].CopyFrom(numpy_helper.from_array(table[:, :q.shape[1]].astype(np.float32), source))
+    dequantized = tmp_path / "dq.onnx"
+    onnx.save(reference, str(dequantized))
+    feed = minilm.feeds(3, 16)
+    np.testing.assert_allclose(outputs(tmp_path / "out" / "model" / "model.onnx", feed), outputs(dequantized, feed),
+                               atol=1e-5, rtol=0)
+
+
 def test_dynamic_int8_matches_onnxruntime_quantize_dynamic(olive_host, model, tmp_path):
     """OnnxDynamicQuantization on the fused MiniLM: the MatMulInteger weights, scales and zero points of
     onnxruntime.quantization.quantize_dynamic (MatMul, int8 and uint8 weights) and the same outputs."""
