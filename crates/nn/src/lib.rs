@@ -9,6 +9,7 @@ pub mod cache;
 pub mod error;
 pub mod generate;
 pub mod gpu;
+pub mod int4;
 pub mod layer;
 pub mod linear;
 pub mod model;

@@ -2,11 +2,15 @@
 //! loading from Hugging Face checkpoints, including fusing separate projections into one matrix
 //! (q/k/v → qkv, gate/up → gate_up: Phi-3's layout). A pre-quantized linear (`<prefix>.qweight`, AutoAWQ GEMM
 //! or GPTQ per config.json's `quantization_config`, `olive_model::quantized`) is dequantized to f32 at load,
-//! or kept packed and dequantized at each use ([`QuantizedWeights::Packed`], QLoRA's frozen int4 base).
+//! or kept packed and dequantized at each use ([`QuantizedWeights::Packed`], QLoRA's frozen int4 base), or kept
+//! in the CPU int4 kernels' layout and multiplied as int4 ([`QuantizedWeights::Int4`], ORT MatMulNBits'
+//! accuracy level 4: activations quantized to int8 per weight block).
 
+use olive_kernels::cpu::int4::{int4_matmul, Activations, Int4Matrix};
 use olive_kernels::cpu::matmul;
 use olive_model::quantized::{is_quantized, quantized_linear, QuantizationConfig, QuantizedLinear};
 use olive_model::{Checkpoint, ModelError};
+use tracing::info;
 
 use crate::buffer::WeightBuf;
 use crate::error::{NnError, Result};
@@ -21,16 +25,24 @@ pub enum QuantizedWeights {
     /// Kept as packed levels, scales and zero points, dequantized into a per-thread scratch at each
     /// use (training over a quantized base: the memory of one matrix instead of the model).
     Packed,
+    /// Kept as int4 in the CPU int4 kernels' layout (`olive_kernels::cpu::int4`) and multiplied with
+    /// activations quantized to int8 per weight block (inference: decoding reads a quarter of the bytes of
+    /// f32, or less). A linear the kernels cannot take (more than 4 bits, inputs or group not a multiple of
+    /// 32, parts of a fused projection quantized differently) is dequantized as with `Dequantize`.
+    Int4,
 }
 
 /// A linear layer `y = x · Wᵀ + b`.
 #[derive(Debug, Clone)]
 pub struct Linear {
-    /// weight: [out_features, in_features]; empty when `packed` holds the weight.
+    /// weight: [out_features, in_features]; empty when `packed` or `int4` holds the weight.
     pub weight: WeightBuf,
     /// The weight as packed integer levels (a quantized checkpoint loaded with
     /// [`QuantizedWeights::Packed`]); None for a dense weight.
     pub packed: Option<PackedWeight>,
+    /// The weight in the CPU int4 kernels' layout (a quantized checkpoint loaded with
+    /// [`QuantizedWeights::Int4`]); None otherwise.
+    pub int4: Option<Int4Matrix>,
     /// bias: [out_features]
     pub bias: Option<Vec<f32>>,
     pub in_features: usize,
@@ -41,7 +53,12 @@ impl Linear {
     /// out: [tokens, out_features] = x: [tokens, in_features] · Wᵀ + b.
     pub fn forward(&self, x: &[f32], out: &mut [f32]) {
         let tokens = x.len() / self.in_features.max(1);
-        self.with_weight(|w| matmul(x, w, out, tokens, self.in_features, self.out_features));
+        match &self.int4 {
+            Some(m) => out.copy_from_slice(&int4_matmul(x, tokens, m, Activations::Int8)),
+            None => {
+                self.with_weight(|w| matmul(x, w, out, tokens, self.in_features, self.out_features))
+            }
+        }
         if let Some(bias) = &self.bias {
             for row in out.chunks_exact_mut(self.out_features) {
                 for (o, b) in row.iter_mut().zip(bias) {
@@ -52,35 +69,44 @@ impl Linear {
     }
 
     /// Calls `f` with the float weight [out_features, in_features]: the dense one, or the packed one
-    /// dequantized into this thread's scratch (the same values the dequantize-at-load path holds).
+    /// dequantized into this thread's scratch (the same values the dequantize-at-load path holds), or the
+    /// int4 one dequantized (the same values again: (q − z) · s in f32).
     pub fn with_weight<R>(&self, f: impl FnOnce(&[f32]) -> R) -> R {
-        match &self.packed {
-            Some(p) => p.with_dequantized(f),
-            None => f(&self.weight),
+        match (&self.packed, &self.int4) {
+            (Some(p), _) => p.with_dequantized(f),
+            (None, Some(m)) => f(&m.dequantize()),
+            (None, None) => f(&self.weight),
         }
     }
 
-    /// Turns a packed weight into a dense one (e.g. before merging an adapter into it).
+    /// Turns a packed or int4 weight into a dense one (e.g. before merging an adapter into it).
     pub fn densify(&mut self) -> Result<()> {
         if let Some(p) = self.packed.take() {
             let mut weight = weight_buf(self.out_features * self.in_features)?;
             p.dequantize_into(&mut weight);
             self.weight = weight;
         }
+        if let Some(m) = self.int4.take() {
+            let mut weight = weight_buf(self.out_features * self.in_features)?;
+            weight.copy_from_slice(&m.dequantize());
+            self.weight = weight;
+        }
         Ok(())
     }
 
-    /// Bytes the weight holds (dense f32 or packed).
+    /// Bytes the weight holds (dense f32, packed or int4).
     pub fn weight_bytes(&self) -> usize {
-        self.packed
-            .as_ref()
-            .map_or(4 * self.weight.len(), PackedWeight::bytes)
+        match (&self.packed, &self.int4) {
+            (Some(p), _) => p.bytes(),
+            (None, Some(m)) => m.bytes(),
+            (None, None) => 4 * self.weight.len(),
+        }
     }
 
     /// Rows `start .. start + len` of the dense weight (e.g. the k part of a fused qkv): [len,
-    /// in_features]; empty when the weight is packed.
+    /// in_features]; empty when the weight is packed or int4.
     pub fn rows(&self, start: usize, len: usize) -> &[f32] {
-        if self.packed.is_some() {
+        if self.packed.is_some() || self.int4.is_some() {
             return &[];
         }
         &self.weight[start * self.in_features..(start + len) * self.in_features]
@@ -106,8 +132,9 @@ impl Linear {
         Self::load_fused_with(ckpt, parts, in_features, QuantizedWeights::Dequantize)
     }
 
-    /// [`Linear::load_fused`]; quantized parts are kept packed with [`QuantizedWeights::Packed`]
-    /// when all parts are quantized alike (bits, groups, g_idx), else dequantized.
+    /// [`Linear::load_fused`]; quantized parts are kept packed with [`QuantizedWeights::Packed`], or int4
+    /// with [`QuantizedWeights::Int4`] where the kernels take them, when all parts are quantized alike (bits,
+    /// groups, g_idx), else dequantized.
     pub fn load_fused_with(
         ckpt: &Checkpoint,
         parts: &[(&str, usize)],
@@ -116,7 +143,8 @@ impl Linear {
     ) -> Result<Self> {
         let out_features: usize = parts.iter().map(|(_, n)| n).sum();
         let all_quantized = parts.iter().all(|(p, _)| is_quantized(ckpt, p));
-        let packed = if mode == QuantizedWeights::Packed && all_quantized {
+        let compact = mode != QuantizedWeights::Dequantize;
+        let mut packed = if compact && all_quantized {
             let qs = parts
                 .iter()
                 .map(|(p, n)| read_quantized(ckpt, p, *n, in_features))
@@ -128,8 +156,20 @@ impl Linear {
         } else {
             None
         };
-        let weight = if packed.is_some() {
+        // Int4: the packed levels go into the kernels' layout, or are dequantized where it cannot take them.
+        let (mut int4, mut rejected) = (None, None);
+        if mode == QuantizedWeights::Int4 {
+            if let Some(p) = packed.take() {
+                int4 = to_int4(&p, parts);
+                rejected = int4.is_none().then_some(p);
+            }
+        }
+        let weight = if packed.is_some() || int4.is_some() {
             weight_buf(0)?
+        } else if let Some(p) = rejected {
+            let mut weight = weight_buf(out_features * in_features)?;
+            p.dequantize_into(&mut weight);
+            weight
         } else {
             let mut weight = weight_buf(out_features * in_features)?;
             let mut row = 0;
@@ -167,10 +207,28 @@ impl Linear {
         Ok(Linear {
             weight,
             packed,
+            int4,
             bias,
             in_features,
             out_features,
         })
+    }
+}
+
+/// The CPU int4 kernels' layout of `p`, or None (logged) when they cannot take it: the linear is then
+/// dequantized.
+fn to_int4(p: &PackedWeight, parts: &[(&str, usize)]) -> Option<Int4Matrix> {
+    let name = parts.first().map_or("", |(prefix, _)| *prefix);
+    let Some(levels) = p.to_w4_levels() else {
+        info!("{name}: weights of more than 4 bits; dequantized to f32 (the int4 kernels take 4 bits at most)");
+        return None;
+    };
+    match Int4Matrix::from_levels(&levels) {
+        Ok(m) => Some(m),
+        Err(why) => {
+            info!("{name}: the CPU int4 kernels cannot take it ({why}); dequantized to f32");
+            None
+        }
     }
 }
 

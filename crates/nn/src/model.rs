@@ -4,14 +4,16 @@
 
 use std::path::Path;
 
+use olive_kernels::cpu::int4::{int4_matmul, Activations, Int4Matrix};
 use olive_kernels::cpu::{matmul, rmsnorm};
 use olive_model::quantized::is_quantized;
 use olive_model::{Checkpoint, ModelConfig};
-use tracing::debug;
+use tracing::{debug, info};
 
 use crate::buffer::WeightBuf;
 use crate::cache::KvCache;
 use crate::error::{NnError, Result};
+use crate::int4::rtn_int4;
 use crate::layer::{DecoderLayer, LayerDims};
 use crate::linear::{load_matrix, load_vector, Linear, QuantizedWeights};
 use crate::rope::Rope;
@@ -36,6 +38,9 @@ pub struct Transformer {
     norm: Vec<f32>,
     /// lm_head: [vocab, hidden]; None when tied to `embed_tokens`.
     lm_head: Option<WeightBuf>,
+    /// The lm_head rounded to int4 ([`QuantizedWeights::Int4`] with int4 decoder linears): used
+    /// for the logits instead of the float one.
+    lm_head_int4: Option<Int4Matrix>,
     rope: Rope,
 }
 
@@ -88,10 +93,26 @@ impl Transformer {
         } else {
             Some(table(ckpt, "lm_head", vocab, hidden)?)
         };
+        // An int4 model decodes through an int4 lm_head too, as onnxruntime-genai's int4 exports do:
+        // the float one would be most of the bytes a decode step reads.
+        let int4_linears = layers.iter().any(|l| l.qkv_proj.int4.is_some());
+        let lm_head_int4 = if mode == QuantizedWeights::Int4 && int4_linears {
+            let head = lm_head.as_deref().unwrap_or(&embed_tokens);
+            match rtn_int4(head, vocab, hidden) {
+                Ok(m) => Some(m),
+                Err(why) => {
+                    info!("lm_head stays f32: the CPU int4 kernels cannot take it ({why})");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         debug!(
             folder = %ckpt.folder().display(),
             layers = layers.len(),
             tied = lm_head.is_none(),
+            int4_lm_head = lm_head_int4.is_some(),
             "loaded transformer"
         );
         Ok(Transformer {
@@ -101,6 +122,7 @@ impl Transformer {
             layers,
             norm,
             lm_head,
+            lm_head_int4,
         })
     }
 
@@ -138,6 +160,17 @@ impl Transformer {
     /// The lm_head weight: [vocab, hidden] (the token embeddings when tied).
     pub fn lm_head(&self) -> &[f32] {
         self.lm_head.as_deref().unwrap_or(&self.embed_tokens)
+    }
+
+    /// The int4 lm_head the logits come from, when loaded with [`QuantizedWeights::Int4`] from a
+    /// checkpoint whose decoder linears went int4 (`rtn_int4` of [`Transformer::lm_head`]).
+    pub fn lm_head_int4(&self) -> Option<&Int4Matrix> {
+        self.lm_head_int4.as_ref()
+    }
+
+    /// Drops the int4 lm_head: the logits come from the float one again.
+    pub fn use_f32_lm_head(&mut self) {
+        self.lm_head_int4 = None;
     }
 
     /// The token embeddings: [vocab, hidden].
@@ -259,8 +292,15 @@ impl Transformer {
             final_normed,
         );
         logits.resize(m * vocab, 0.0); // [m, vocab]
-        let head = self.lm_head.as_deref().unwrap_or(&self.embed_tokens);
-        matmul(final_normed, head, logits, m, hidden_size, vocab);
+        match &self.lm_head_int4 {
+            Some(head) => {
+                logits.copy_from_slice(&int4_matmul(final_normed, m, head, Activations::Int8));
+            }
+            None => {
+                let head = self.lm_head.as_deref().unwrap_or(&self.embed_tokens);
+                matmul(final_normed, head, logits, m, hidden_size, vocab);
+            }
+        }
         Ok(())
     }
 }

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use anyhow::bail;
 use clap::Args;
-use olive_nn::{GpuTransformer, TextStream, Transformer};
+use olive_nn::{GpuTransformer, QuantizedWeights, TextStream, Transformer};
 use olive_runtime::{OnnxModel, SearchOptions};
 use tokenizers::Tokenizer;
 
@@ -57,8 +57,8 @@ pub struct GenerateArgs {
     /// A name for the adapter in messages (default: the file name).
     #[arg(long = "adapter_name", requires = "adapter")]
     pub adapter_name: Option<String>,
-    /// Where a Hugging Face model runs: cpu (f32), or gpu (bf16 on olive-rs's CUDA kernels; int4 checkpoints stay
-    /// int4).
+    /// Where a Hugging Face model runs: cpu (f32; int4 checkpoints stay int4, lm_head too), or gpu (bf16 on
+    /// olive-rs's CUDA kernels; int4 checkpoints stay int4).
     #[arg(long, value_enum, default_value_t = Device::Cpu)]
     pub device: Device,
 }
@@ -92,7 +92,8 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let folder = super::common::resolve_hf_input(&args.model_name_or_path)?;
     let loading = crate::progress::spinner(format!("loading {}", folder.display()));
     let model = match args.device {
-        Device::Cpu => Model::Cpu(Transformer::load(&folder)?),
+        // A quantized checkpoint stays int4 (the CPU int4 kernels, int8 activations as ORT's accuracy level 4).
+        Device::Cpu => Model::Cpu(Transformer::load_with(&folder, QuantizedWeights::Int4)?),
         Device::Gpu => Model::Gpu(GpuTransformer::load(&folder, first_gpu()?)?),
     };
     let tokenizer = olive_model::tokenizer::load(&folder)?;
