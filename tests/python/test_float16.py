@@ -5,6 +5,7 @@ initializer bytes and value types are those of the reference, ONNX Runtime runs 
 FP16_TOLERANCE of the fp32 model's."""
 
 import collections
+import functools
 import json
 import subprocess
 from pathlib import Path
@@ -86,10 +87,15 @@ def assert_same_conversion(ours: Path, theirs: Path):
           f"initializers {dict(dtypes)}")
 
 
+@functools.cache
+def fp32_outputs(fp32: Path, batch: int, seq: int) -> np.ndarray:
+    return outputs(fp32, minilm.feeds(batch, seq))
+
+
 def check_outputs(fp32: Path, ours: Path, theirs: Path):
     for batch, seq in [(1, 7), (3, 16)]:
         feed = minilm.feeds(batch, seq)
-        expected, got, ref = outputs(fp32, feed), outputs(ours, feed), outputs(theirs, feed)
+        expected, got, ref = fp32_outputs(fp32, batch, seq), outputs(ours, feed), outputs(theirs, feed)
         assert got.dtype == ref.dtype and got.shape == expected.shape
         diff = np.abs(got.astype(np.float32) - expected).max()
         print(f"max |fp16 - fp32| = {diff:.2e} (onnxruntime's converter: "
@@ -136,6 +142,19 @@ def test_fused_minilm_to_float16(olive_host, model, fused, tmp_path):
     check_outputs(model, ours, theirs)
     report = json.loads(result.stdout)["metadata"]["fusion"]
     assert report["float16"]["initializers_fp16"] == len(onnx.load(str(ours)).graph.initializer)
+
+    # Olive's force_fp32_ops / force_fp32_nodes are the converter's op and node block lists.
+    config = {"model_type": "bert", "float16": True, "keep_io_types": False,
+              "force_fp32_ops": ["SkipLayerNormalization"], "force_fp32_nodes": ["Attention_1"]}
+    result = run_pass(olive_host, "OrtTransformersOptimization", model, tmp_path / "mixed", config)
+    assert result.returncode == 0, result.stderr
+    ours = tmp_path / "mixed" / "model" / "model.onnx"
+    onnx.checker.check_model(str(ours))
+    theirs = reference(fused, tmp_path / "ort-mixed.onnx", keep_io_types=False,
+                       op_block_list=["SkipLayerNormalization"], node_block_list=["Attention_1"])
+    assert_same_conversion(ours, theirs)
+    check_outputs(model, ours, theirs)
+    assert json.loads(result.stdout)["metadata"]["fusion"]["float16"]["nodes_blocked"] == 13
 
 
 def test_float16_bad_config_is_a_clear_error(olive_host, model, tmp_path):
