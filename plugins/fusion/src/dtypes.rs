@@ -1,8 +1,9 @@
 //! Element-type inference over an ONNX graph (the type half of ONNX shape inference and of ONNX Runtime's
 //! symbolic_shape_infer.py, which the fp16 converter needs): each node output gets its `TensorProto.DataType` from
 //! the op's type rule (Cast's `to`, comparisons -> bool, Shape -> int64, com.microsoft ops such as
-//! EmbedLayerNormalization's int32 mask index, ...), and otherwise the type of its first input, as most ONNX ops
-//! (elementwise, MatMul, Reshape, Softmax, the fused transformer ops) have.
+//! EmbedLayerNormalization's int32 mask index, ...), and otherwise, for ops of the ONNX and com.microsoft domains,
+//! the type of its first input, as most of them (elementwise, MatMul, Reshape, Softmax, the fused transformer ops)
+//! have. Ops of other domains (ai.onnx.ml: maps, labels) and sequence/optional ops stay unknown.
 
 use std::collections::HashMap;
 
@@ -76,8 +77,13 @@ fn output_type(n: &NodeProto, k: usize, types: &HashMap<String, i32>) -> Option<
     };
     let dtype_or = |default: Option<i32>| attr_i(n, "dtype").map(|t| t as i32).or(default);
     let ms = n.domain.as_deref() == Some(crate::graph::MS_DOMAIN);
+    let onnx = matches!(n.domain.as_deref(), None | Some("") | Some("ai.onnx"));
     let op = n.op_type.as_deref().unwrap_or("");
-    if op.starts_with("Sequence") || op.starts_with("Optional") || op.ends_with("Sequence") {
+    if !(ms || onnx)
+        || op.starts_with("Sequence")
+        || op.starts_with("Optional")
+        || op.ends_with("Sequence")
+    {
         return None;
     }
     match (op, k) {
@@ -96,9 +102,13 @@ fn output_type(n: &NodeProto, k: usize, types: &HashMap<String, i32>) -> Option<
         }
         (
             "Equal" | "Greater" | "Less" | "GreaterOrEqual" | "LessOrEqual" | "And" | "Or" | "Not"
-            | "Xor" | "IsNaN" | "IsInf",
+            | "Xor" | "IsNaN" | "IsInf" | "RegexFullMatch",
             _,
         ) => Some(BOOL),
+        ("StringSplit", 1) => Some(INT64),
+        ("BlackmanWindow" | "HannWindow" | "HammingWindow" | "MelWeightMatrix", _) => {
+            Some(attr_i(n, "output_datatype").map_or(FLOAT, |t| t as i32))
+        }
         ("TopK" | "MaxPool", 1) => Some(INT64),
         ("Unique", 1..) => Some(INT64),
         ("Dropout", 1) => Some(BOOL),
@@ -112,7 +122,9 @@ fn output_type(n: &NodeProto, k: usize, types: &HashMap<String, i32>) -> Option<
         ("DynamicQuantizeLinear", _) => Some(UINT8),
         ("MatMulInteger" | "ConvInteger", _) => Some(INT32),
         ("QLinearMatMul" | "QLinearConv", _) => input(7),
-        ("LayerNormalization", 1..) => Some(attr_i(n, "stash_type").map_or(FLOAT, |t| t as i32)),
+        ("LayerNormalization" | "SimplifiedLayerNormalization", 1..) => {
+            Some(attr_i(n, "stash_type").map_or(FLOAT, |t| t as i32))
+        }
         ("SkipLayerNormalization" | "SkipSimplifiedLayerNormalization", 1 | 2) if ms => Some(FLOAT),
         ("EmbedLayerNormalization", 1) if ms => Some(INT32),
         ("EmbedLayerNormalization", _) if ms => input(2),
@@ -136,5 +148,78 @@ fn constant_type(n: &NodeProto) -> Option<i32> {
         "value_int" | "value_ints" => Some(INT64),
         "value_string" | "value_strings" => Some(8),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use olive_onnx::graph::{attr_int, node, value_info, Dim};
+    use olive_onnx::proto::GraphProto;
+    use olive_onnx::tensor::DataType;
+
+    use super::{infer, BOOL, FLOAT, INT32, INT64};
+    use crate::graph::MS_DOMAIN;
+
+    #[test]
+    fn rules_defaults_and_unknown_domains() {
+        let g = GraphProto {
+            input: vec![
+                value_info("x", DataType::Float, &[Dim::Fixed(2)]),
+                value_info("ids", DataType::Int64, &[Dim::Fixed(2)]),
+            ],
+            node: vec![
+                node("", "Shape", "s", &["x"], &["shape"], vec![]),
+                node("", "Less", "l", &["x", "x"], &["less"], vec![]),
+                node(
+                    "",
+                    "Cast",
+                    "c",
+                    &["less"],
+                    &["as_int"],
+                    vec![attr_int("to", 6)],
+                ),
+                node("", "Where", "w", &["less", "x", "x"], &["picked"], vec![]),
+                node("", "Softmax", "sm", &["picked"], &["soft"], vec![]),
+                node(
+                    MS_DOMAIN,
+                    "EmbedLayerNormalization",
+                    "e",
+                    &["ids", "ids", "x"],
+                    &["emb", "mask"],
+                    vec![],
+                ),
+                node(
+                    "",
+                    "LayerNormalization",
+                    "ln",
+                    &["x", "x", "x"],
+                    &["y", "mean"],
+                    vec![],
+                ),
+                node(
+                    "ai.onnx.ml",
+                    "LabelEncoder",
+                    "le",
+                    &["ids"],
+                    &["labels"],
+                    vec![],
+                ),
+                node("", "Shape", "after", &["late"], &["late_shape"], vec![]),
+                node("", "Identity", "late", &["soft"], &["late"], vec![]),
+            ],
+            ..Default::default()
+        };
+        let t = infer(&g);
+        let get = |n: &str| t.get(n).copied();
+        assert_eq!(get("shape"), Some(INT64));
+        assert_eq!(get("less"), Some(BOOL));
+        assert_eq!(get("as_int"), Some(INT32));
+        assert_eq!(get("picked"), Some(FLOAT));
+        assert_eq!(get("soft"), Some(FLOAT));
+        assert_eq!((get("emb"), get("mask")), (Some(FLOAT), Some(INT32)));
+        assert_eq!((get("y"), get("mean")), (Some(FLOAT), Some(FLOAT)));
+        assert_eq!(get("labels"), None, "ai.onnx.ml ops are not guessed");
+        // Unsorted graphs settle in more rounds.
+        assert_eq!((get("late"), get("late_shape")), (Some(FLOAT), Some(INT64)));
     }
 }
