@@ -8,6 +8,7 @@ mod ep;
 mod evaluate;
 mod files;
 mod logging;
+mod package;
 mod plugins;
 mod progress;
 mod search;

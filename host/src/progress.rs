@@ -37,3 +37,37 @@ pub fn bar(len: u64, message: &str) -> ProgressBar {
     bar.set_message(message.to_owned());
     bar
 }
+
+/// A bar over bytes moved (uploads, downloads); its length is set once the transfer knows it.
+pub struct BytesBar(pub ProgressBar);
+
+impl BytesBar {
+    pub fn new(message: String) -> Self {
+        let bar = ProgressBar::with_draw_target(Some(0), draw_target());
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{msg} [{bar:30}] {bytes}/{total_bytes} ({binary_bytes_per_sec}, eta {eta})",
+            )
+            .map(|s| s.progress_chars("=> "))
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar.set_message(message);
+        BytesBar(bar)
+    }
+}
+
+impl olive_registry::Progress for BytesBar {
+    fn total(&self, bytes: u64) {
+        self.0.set_length(bytes);
+    }
+
+    fn position(&self, bytes: u64) {
+        self.0.set_position(bytes);
+    }
+}
+
+impl Drop for BytesBar {
+    fn drop(&mut self) {
+        self.0.finish_and_clear();
+    }
+}

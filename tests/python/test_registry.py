@@ -2,8 +2,10 @@
 artifact proxy): byte-for-byte round trips, the `mlflow` client reading what we published, resumed uploads
 after a dropped connection and after the server was killed mid-upload, and bad input leaving nothing behind."""
 
+import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -397,3 +399,144 @@ def test_lab_onnx_ao_round_trip(olive_host, servers, tiny, tmp_path):
     got = mlflow.artifacts.download_artifacts(artifact_uri="models:/ft-for-travel-tiny/1",
                                               dst_path=str(tmp_path / "by-mlflow"), tracking_uri=server.uri)
     assert files_of(Path(got)) == files_of(onnx_ao)
+
+
+def test_delete_version_and_model(olive_host, servers, tmp_path):
+    server, _ = servers
+    src = make_folder(tmp_path / "m", seed=7, big_mb=1)
+    name = "to-delete"
+
+    def create(version):
+        return host(olive_host, "create", "--name", name, "--version", version, "--path", str(src), uri=server.uri)
+
+    assert create("1").returncode == 0 and create("2").returncode == 0
+    run_of_2 = json.loads(host(olive_host, "show", "--name", name, "--version", "2", uri=server.uri).stdout)["run_id"]
+    r = host(olive_host, "delete", "--name", name, "--version", "2", uri=server.uri)
+    assert r.returncode == 0 and r.stdout.strip() == "deleted to-delete version 2", r.stdout + r.stderr
+    r = host(olive_host, "show", "--name", name, "--version", "2", uri=server.uri)
+    assert r.returncode != 0 and "version 2 not found" in r.stderr
+    mlflow_client = client(server)
+    assert [v.version for v in mlflow_client.search_model_versions(f"name='{name}'")] == ["1"]
+    assert mlflow_client.get_run(run_of_2).info.lifecycle_stage == "deleted"
+    # MLflow never reuses number 2: the next version is 3.
+    r = create("2")
+    assert r.returncode != 0 and "the next version of `to-delete` is 3" in r.stderr, r.stderr
+    assert create("3").returncode == 0
+    # A version deleted by another client: the server's number wins, the error names the next one, and it works.
+    mlflow_client.delete_model_version(name, "3")
+    r = create("3")
+    assert r.returncode != 0 and "numbered the new version 4" in r.stderr and "the next version is 5" in r.stderr
+    r = create("5")
+    assert r.returncode == 0 and "version 5" in r.stdout, r.stderr
+    r = host(olive_host, "delete", "--name", name, "--version", "9", uri=server.uri)
+    assert r.returncode != 0 and "version 9 not found" in r.stderr
+
+    r = host(olive_host, "delete", "--name", name, uri=server.uri)
+    assert r.returncode == 0 and r.stdout.strip() == "deleted model to-delete and its 2 version(s) (1, 5)", r.stdout
+    assert name not in {m.name for m in mlflow_client.search_registered_models()}
+    r = host(olive_host, "list", uri=server.uri)
+    assert r.returncode == 0 and not any(line.startswith(name + "\t") for line in r.stdout.splitlines())
+    r = host(olive_host, "delete", "--name", name, uri=server.uri)
+    assert r.returncode != 0 and "model `to-delete` not found" in r.stderr
+    assert create("1").returncode == 0  # a new registered model numbers from 1 again
+
+
+def test_workflow_input_model_from_registry(olive_host, servers, tiny, tmp_path):
+    """`olive-host run`: input_model.model_path (HfModel and OnnxModel) and --model_name_or_path as models:/."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    server, _ = servers
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    w = numpy_helper.from_array(np.ones((4, 2), dtype=np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    onnx.save(model, str(plain / "model.onnx"))
+    for name, path in [("wf-onnx", plain), ("wf-hf", tiny)]:
+        r = host(olive_host, "create", "--name", name, "--version", "1", "--path", str(path), uri=server.uri)
+        assert r.returncode == 0, r.stderr
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env.update(MLFLOW_TRACKING_URI=server.uri, OLIVE_CACHE_DIR=str(tmp_path / "cache"))
+
+    def run(config, *args):
+        (tmp_path / "wf.json").write_text(json.dumps(config))
+        return subprocess.run([str(olive_host), "run", "--config", "wf.json", *args], cwd=tmp_path,
+                              capture_output=True, text=True, env=env, timeout=300)
+
+    r = run({"input_model": {"type": "OnnxModel", "model_path": "models:/wf-onnx/1"},
+             "passes": {"peephole": {"type": "OnnxPeepholeOptimizer"}}, "output_dir": "out"})
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "out" / "model" / "model.onnx").is_file()
+    inputs = json.loads((tmp_path / "out" / "footprints.json").read_text())
+    input_path = inputs["nodes"][inputs["input_model_id"]]["model_config"]["config"]["model_path"]
+    assert input_path.startswith(str(tmp_path / "cache" / "registry")), input_path
+
+    hf = {"input_model": {"type": "HfModel", "model_path": "models:/wf-hf/1"},
+          "passes": {"rtn": {"type": "Rtn"}}, "output_dir": "out-hf"}
+    r = run(hf, "--dry_run")
+    assert r.returncode == 0 and "is valid" in r.stdout, r.stderr
+    r = run(dict(hf, input_model={"type": "HfModel", "model_path": "models:/wf-hf/2"}), "--dry_run")
+    assert r.returncode != 0 and "input_model.model_path" in r.stderr and "version 2 not found" in r.stderr
+    r = run(dict(hf, input_model={"type": "HfModel", "model_path": "elsewhere"}), "--dry_run",
+            "--model_name_or_path", "models:/wf-hf/1")
+    assert r.returncode == 0, r.stderr
+
+
+def test_model_name_or_path_hub_id_from_hf_home(olive_host, tiny, tmp_path):
+    """A hub id resolves offline to its snapshot under $HF_HOME/hub; a missing one names the folder looked in."""
+    snapshot = tmp_path / "hf" / "hub" / "models--org--tiny" / "snapshots" / "0123abc"
+    shutil.copytree(tiny, snapshot)
+    (tmp_path / "hf" / "hub" / "models--org--tiny" / "refs").mkdir()
+    (tmp_path / "hf" / "hub" / "models--org--tiny" / "refs" / "main").write_text("0123abc")
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_CACHE", "HF_HOME")}
+    env["HF_HOME"] = str(tmp_path / "hf")
+
+    def evaluate(model):
+        return subprocess.run([str(olive_host), "evaluate", "--model_name_or_path", model, "--metrics",
+                               "perplexity"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+
+    local, hub = evaluate(str(tiny)), evaluate("org/tiny")
+    assert local.returncode == 0 and hub.returncode == 0, local.stderr + hub.stderr
+    assert hub.stdout == local.stdout and "perplexity" in hub.stdout
+    missing = evaluate("org/missing")
+    looked = tmp_path / "hf" / "hub" / "models--org--missing" / "snapshots"
+    assert missing.returncode != 0 and "org/missing not found" in missing.stderr and str(looked) in missing.stderr, \
+        missing.stderr
+
+
+def test_progress_bars_on_a_terminal_only(olive_host, servers, tmp_path):
+    """create and download draw a bar in bytes on stderr when it is a terminal, and nothing when it is a pipe."""
+    import pty
+    server, _ = servers
+    src = make_folder(tmp_path / "m", seed=9, big_mb=2)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env["MLFLOW_TRACKING_URI"] = server.uri
+
+    def on_pty(*args):
+        master, slave = pty.openpty()
+        proc = subprocess.Popen([str(olive_host), "model", *args], stdout=subprocess.PIPE, stderr=slave, env=env)
+        os.close(slave)
+        drawn = b""
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            drawn += chunk
+        assert proc.wait(timeout=120) == 0
+        os.close(master)
+        return drawn.decode(errors="replace")
+
+    drawn = on_pty("create", "--name", "with-bar", "--version", "1", "--path", str(src))
+    assert "uploading with-bar v1" in drawn and "MiB" in drawn, drawn
+    drawn = on_pty("download", "--name", "with-bar", "--version", "1", "--output_path", str(tmp_path / "down"))
+    assert "downloading with-bar v1" in drawn and "MiB" in drawn, drawn
+    r = host(olive_host, "download", "--name", "with-bar", "--version", "1", "--output_path", str(tmp_path / "d2"),
+             uri=server.uri)
+    assert r.returncode == 0 and r.stderr == "", r.stderr

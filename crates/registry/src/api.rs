@@ -156,6 +156,18 @@ impl Registry {
             .map(drop)
     }
 
+    pub(crate) fn set_registered_model_tag(
+        &self,
+        name: &str,
+        tag: &Tag,
+    ) -> Result<(), RegistryError> {
+        self.post(
+            "registered-models/set-tag",
+            json!({"name": name, "key": tag.key, "value": tag.value}),
+        )
+        .map(drop)
+    }
+
     /// Every registered model, page by page.
     pub fn registered_models(&self) -> Result<Vec<RegisteredModel>, RegistryError> {
         let mut models = Vec::new();
@@ -352,16 +364,18 @@ impl Registry {
             .map(drop)
     }
 
-    /// Streams a local file of `len` bytes to the artifact proxy at `path` (relative to the artifact root).
+    /// Streams a local file of `len` bytes to the artifact proxy at `path` (relative to the artifact root);
+    /// `on_sent` is told the bytes sent so far (from 0 again on a retry).
     pub(crate) fn put_artifact(
         &self,
         path: &str,
         file: &Path,
         len: u64,
+        on_sent: &dyn Fn(u64),
     ) -> Result<(), RegistryError> {
         let url = format!("{ARTIFACTS}/{}", encode_path(path));
         self.http
-            .send("PUT", &url, &[], Body::File(file, len))
+            .send("PUT", &url, &[], Body::File(file, len, on_sent))
             .map(drop)
     }
 

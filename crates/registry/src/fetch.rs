@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use crate::api::{proxy_path, ModelVersion, Registry};
-use crate::publish::{hex, MANIFEST, MANIFEST_FORMAT, MANIFEST_TAG, STATE_TAG};
+use crate::publish::{hex, Progress, MANIFEST, MANIFEST_FORMAT, MANIFEST_TAG, STATE_TAG};
 use crate::RegistryError;
 
 /// One file a manifest lists.
@@ -145,11 +145,13 @@ fn files_of(
 }
 
 /// Downloads version `version` of `name` into the new folder `output` (which must not exist); returns the bytes.
+/// `progress` is told the total bytes, then the bytes downloaded so far.
 pub fn download(
     registry: &Registry,
     name: &str,
     version: &str,
     output: &Path,
+    progress: &dyn Progress,
 ) -> Result<u64, RegistryError> {
     let what = format!("model `{name}` version {version}");
     let mv = registry
@@ -175,6 +177,7 @@ pub fn download(
         .prefix(".olive-download-")
         .tempdir_in(&parent)
         .map_err(|e| RegistryError::io(&parent, e))?;
+    progress.total(files.iter().map(|f| f.size).sum());
     let mut total = 0;
     for file in &files {
         let target = temp.path().join(&file.rel);
@@ -203,6 +206,7 @@ pub fn download(
             out.write_all(&buffer[..n])
                 .map_err(|e| RegistryError::io(&target, e))?;
             size += n as u64;
+            progress.position(total + size);
         }
         out.sync_all().map_err(|e| RegistryError::io(&target, e))?;
         let actual = hex(&hasher.finalize());

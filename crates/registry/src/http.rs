@@ -96,8 +96,9 @@ impl Default for RetryPolicy {
 pub(crate) enum Body<'a> {
     Empty,
     Json(&'a serde_json::Value),
-    /// A file streamed from disk (reopened on each attempt), with its length.
-    File(&'a Path, u64),
+    /// A file streamed from disk (reopened on each attempt), with its length and a callback told the bytes sent
+    /// so far in the attempt.
+    File(&'a Path, u64, &'a dyn Fn(u64)),
 }
 
 /// The HTTP side of a registry: an agent, the endpoint, the retry policy.
@@ -211,12 +212,17 @@ impl Http {
             Body::Json(value) => request
                 .set("Content-Type", "application/json")
                 .send_string(&value.to_string()),
-            Body::File(path, len) => {
+            Body::File(path, len, on_sent) => {
                 let file = std::fs::File::open(path).map_err(|e| RegistryError::io(*path, e))?;
+                let reader = Counting {
+                    inner: file.take(*len),
+                    sent: 0,
+                    on_sent: *on_sent,
+                };
                 request
                     .set("Content-Type", "application/octet-stream")
                     .set("Content-Length", &len.to_string())
-                    .send(file.take(*len))
+                    .send(reader)
             }
         })
     }
@@ -251,6 +257,22 @@ impl Http {
                 text.chars().take(200).collect::<String>()
             ),
         })
+    }
+}
+
+/// A reader that tells a callback how many bytes it has given so far.
+struct Counting<'a, R> {
+    inner: R,
+    sent: u64,
+    on_sent: &'a dyn Fn(u64),
+}
+
+impl<R: Read> Read for Counting<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.sent += n as u64;
+        (self.on_sent)(self.sent);
+        Ok(n)
     }
 }
 

@@ -5,13 +5,15 @@
 //! `source`) and `olive-manifest.json` (sha256 and size per file, checked on download).
 
 mod api;
+mod delete;
 mod error;
 mod fetch;
 mod http;
 mod publish;
 
 pub use api::{ModelVersion, RegisteredModel, Registry};
+pub use delete::{delete, DeleteReport};
 pub use error::RegistryError;
 pub use fetch::{download, version_files};
 pub use http::{Auth, Endpoint, RetryPolicy};
-pub use publish::{create, validate_name, CreateOptions, CreateReport};
+pub use publish::{create, validate_name, CreateOptions, CreateReport, NoProgress, Progress};

@@ -34,6 +34,24 @@ pub struct CreateOptions<'a> {
     pub tags: &'a [(String, String)],
     /// Replace the files of an existing version (its number is kept).
     pub overwrite: bool,
+    /// Told the total bytes of the folder, then the bytes uploaded (or found uploaded) so far.
+    pub progress: &'a dyn Progress,
+}
+
+/// What a transfer reports as it goes (a progress bar, or nothing).
+pub trait Progress: Sync {
+    /// The bytes the whole transfer moves.
+    fn total(&self, bytes: u64);
+    /// The bytes moved so far (it may go back when a request is retried).
+    fn position(&self, bytes: u64);
+}
+
+/// No progress reports.
+pub struct NoProgress;
+
+impl Progress for NoProgress {
+    fn total(&self, _: u64) {}
+    fn position(&self, _: u64) {}
 }
 
 /// What `create` did.
@@ -194,8 +212,11 @@ fn upload(
     run: &Run,
     root: &str,
     entries: &[Entry],
+    progress: &dyn Progress,
 ) -> Result<(usize, u64, usize), RegistryError> {
     let (mut uploaded, mut bytes, mut skipped) = (0, 0, 0);
+    progress.total(entries.iter().map(|e| e.size).sum());
+    let mut done = 0;
     for entry in entries {
         let tag = uploaded_tag(entry);
         if run.tags.contains(&tag) {
@@ -205,6 +226,8 @@ fn upload(
                 &entry.sha256[..12]
             );
             skipped += 1;
+            done += entry.size;
+            progress.position(done);
             continue;
         }
         tracing::info!("uploading {} ({} bytes)", entry.rel, entry.size);
@@ -212,7 +235,9 @@ fn upload(
             &format!("{root}/model/{}", entry.rel),
             &entry.path,
             entry.size,
+            &|sent| progress.position(done + sent),
         )?;
+        done += entry.size;
         registry.set_run_tag(&run.id, &tag)?;
         uploaded += 1;
         bytes += entry.size;
@@ -252,6 +277,7 @@ fn upload_manifest(
         &format!("{root}/{MANIFEST}"),
         temp.path(),
         text.len() as u64,
+        &|_| {},
     )?;
     Ok(hex(&Sha256::digest(&text)))
 }
@@ -311,11 +337,15 @@ pub fn create(registry: &Registry, options: &CreateOptions) -> Result<CreateRepo
         }
         return overwrite(registry, options, existing, &entries);
     }
+    let deleted = model
+        .as_ref()
+        .map_or(0, |m| crate::delete::deleted_up_to(&m.tags));
     let next = versions
         .iter()
         .filter_map(|v| v.version.parse::<u64>().ok())
         .max()
         .unwrap_or(0)
+        .max(deleted)
         + 1;
     if number != next {
         return Err(RegistryError::Invalid {
@@ -370,7 +400,8 @@ fn publish_new(
     resumed: bool,
 ) -> Result<CreateReport, RegistryError> {
     let root = proxy_path(&run.artifact_uri)?;
-    let (uploaded_files, uploaded_bytes, skipped_files) = upload(registry, run, &root, entries)?;
+    let (uploaded_files, uploaded_bytes, skipped_files) =
+        upload(registry, run, &root, entries, options.progress)?;
     if resumed {
         remove_strays(registry, &root, entries)?;
     }
@@ -388,10 +419,24 @@ fn publish_new(
         registry.create_model_version(options.name, &source, &run.id, &tags, options.description);
     let outcome = created.and_then(|version| {
         if version.version != options.version {
+            // A version deleted by another client took the number; this one is burnt too once deleted.
             let _ = registry.delete_model_version(options.name, &version.version);
+            let burnt = version.version.parse::<u64>().unwrap_or(0);
+            let _ = registry.set_registered_model_tag(
+                options.name,
+                &Tag {
+                    key: crate::delete::DELETED_TAG.into(),
+                    value: burnt.to_string(),
+                },
+            );
             return Err(RegistryError::Invalid {
                 what: format!("--version {}", options.version),
-                reason: format!("the registry numbered the new version {} (versions deleted earlier are not reused); nothing was registered", version.version),
+                reason: format!(
+                    "the registry numbered the new version {} (versions deleted earlier are not reused); nothing was \
+                     registered; the next version is {}",
+                    version.version,
+                    burnt + 1
+                ),
             });
         }
         registry.finish_run(&run.id)?;
@@ -441,7 +486,8 @@ fn overwrite(
         )
     };
     set(STATE_TAG, "uploading")?;
-    let (uploaded_files, uploaded_bytes, skipped_files) = upload(registry, &run, &root, entries)?;
+    let (uploaded_files, uploaded_bytes, skipped_files) =
+        upload(registry, &run, &root, entries, options.progress)?;
     remove_strays(registry, &root, entries)?;
     let manifest_sha = upload_manifest(
         registry,

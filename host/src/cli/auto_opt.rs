@@ -88,6 +88,8 @@ pub struct AutoOptArgs {
     pub seed: u64,
     #[command(flatten)]
     pub config_file: ConfigFileArgs,
+    #[command(flatten)]
+    pub package: crate::package::PackageArgs,
 }
 
 /// Turns the export's workflow into a search over the int4 settings, ranked by perplexity then decode latency.
@@ -231,6 +233,7 @@ pub fn run(args: AutoOptArgs) -> anyhow::Result<()> {
     if let Some(sampler) = &args.enable_search {
         add_search(&mut workflow, &args, sampler)?;
     }
+    args.package.add_to(&mut workflow);
     if args.config_file.dry_run(&workflow, &args.output_path)? {
         return Ok(());
     }
@@ -285,6 +288,8 @@ pub fn run(args: AutoOptArgs) -> anyhow::Result<()> {
     model.path = target.clone();
     tracing::info!("wrote {}", target.display());
     args.config_file.save(&workflow, &args.output_path)?;
+    args.package
+        .write(&model, &args.output_path, &args.device, &args.provider)?;
     println!("{}", serde_json::to_string_pretty(&model)?);
     Ok(())
 }

@@ -21,11 +21,13 @@ pub fn resolve_hf_input(model_name_or_path: &Path) -> anyhow::Result<PathBuf> {
         if let Some(inner) = olive_output_model(&input)? {
             return Ok(inner);
         }
-        let hint = if looks_like_hub_id(model_name_or_path) {
-            " or a hub id with a snapshot in the local Hugging Face cache ($HF_HUB_CACHE, $HF_HOME/hub or \
-             ~/.cache/huggingface/hub; nothing is downloaded)"
-        } else {
-            ""
+        let hint = match hub_dir().filter(|_| looks_like_hub_id(model_name_or_path)) {
+            Some(hub) => format!(
+                " or a hub id with a snapshot in the local Hugging Face cache (looked in {}, from $HF_HUB_CACHE, \
+                 $HF_HOME/hub or ~/.cache/huggingface/hub; nothing is downloaded)",
+                hub_repo(model_name_or_path, &hub).join("snapshots").display()
+            ),
+            None => String::new(),
         };
         if !input.exists() {
             bail!(
@@ -86,15 +88,20 @@ fn hub_dir() -> Option<PathBuf> {
         })
 }
 
+/// The folder of hub id `org/name` in the hub cache `hub`.
+fn hub_repo(path: &Path, hub: &Path) -> PathBuf {
+    hub.join(format!(
+        "models--{}",
+        path.to_string_lossy().replace('/', "--")
+    ))
+}
+
 /// The snapshot of hub id `org/name` in the hub cache `hub` (refs/main, else the only snapshot).
 fn hub_snapshot(path: &Path, hub: &Path) -> Option<PathBuf> {
     if !looks_like_hub_id(path) {
         return None;
     }
-    let repo = hub.join(format!(
-        "models--{}",
-        path.to_string_lossy().replace('/', "--")
-    ));
+    let repo = hub_repo(path, hub);
     let snapshots = repo.join("snapshots");
     if let Ok(rev) = fs::read_to_string(repo.join("refs/main")) {
         let snapshot = snapshots.join(rev.trim());

@@ -154,6 +154,8 @@ pub struct FinetuneArgs {
     pub timeout: Option<Duration>,
     #[command(flatten)]
     pub config_file: ConfigFileArgs,
+    #[command(flatten)]
+    pub package: crate::package::PackageArgs,
 }
 
 /// The transformers TrainingArguments flags that were given, as the pass's `training_args` (the pass holds the
@@ -358,13 +360,14 @@ fn link_or_copy_tree(from: &Path, to: &Path) -> anyhow::Result<()> {
 pub fn run(args: FinetuneArgs) -> anyhow::Result<()> {
     let config = pass_config(&args)?;
     let launch = launch(&args, gpu_count)?;
-    let workflow = one_pass_on_cpu(
+    let mut workflow = one_pass_on_cpu(
         &args.model_name_or_path,
         args.method.pass(),
         &config,
         "train_data_config",
         &args.output_path,
     );
+    args.package.add_to(&mut workflow);
     if args.config_file.dry_run(&workflow, &args.output_path)? {
         return Ok(());
     }
@@ -435,6 +438,12 @@ pub fn run(args: FinetuneArgs) -> anyhow::Result<()> {
                 output.display()
             );
             args.config_file.save(&workflow, output)?;
+            let provider = match args.device.name() {
+                "gpu" => "CUDAExecutionProvider",
+                _ => "CPUExecutionProvider",
+            };
+            args.package
+                .write(&model, output, args.device.name(), provider)?;
             println!("{}", serde_json::to_string_pretty(&model)?);
             Ok(())
         }

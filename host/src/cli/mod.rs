@@ -22,6 +22,7 @@ mod worker;
 use clap::{Parser, Subcommand};
 
 pub(crate) use common::resolve_hf_input;
+pub(crate) use model::resolve_models_uri;
 
 #[derive(Parser, Debug)]
 #[command(

@@ -1,4 +1,4 @@
-//! `olive-host model create|list|show|download`: a model registry speaking the MLflow REST API 2.0 (an
+//! `olive-host model create|list|show|download|delete`: a model registry speaking the MLflow REST API 2.0 (an
 //! `mlflow server --serve-artifacts`, or Azure ML's MLflow endpoint `azureml://…` with a bearer token), as
 //! `az ml model create --name N --version V --path P` publishes a folder.
 
@@ -78,6 +78,16 @@ pub enum ModelAction {
         #[command(flatten)]
         registry: RegistryFlags,
     },
+    /// Delete a model version, or (without --version) the registered model and all its versions; the runs
+    /// holding their files are deleted too (`mlflow gc` purges them). MLflow never reuses a version number.
+    Delete {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        version: Option<String>,
+        #[command(flatten)]
+        registry: RegistryFlags,
+    },
 }
 
 fn parse_tag(text: &str) -> Result<(String, String), String> {
@@ -124,6 +134,9 @@ pub fn run(args: ModelArgs) -> anyhow::Result<()> {
                     description: &description,
                     tags: &tags,
                     overwrite,
+                    progress: &crate::progress::BytesBar::new(format!(
+                        "uploading {name} v{version}"
+                    )),
                 },
             )
             .with_context(|| {
@@ -213,7 +226,8 @@ pub fn run(args: ModelArgs) -> anyhow::Result<()> {
             registry,
         } => {
             let registry = connect(&registry)?;
-            let bytes = olive_registry::download(&registry, &name, &version, &output_path)
+            let bar = crate::progress::BytesBar::new(format!("downloading {name} v{version}"));
+            let bytes = olive_registry::download(&registry, &name, &version, &output_path, &bar)
                 .with_context(|| {
                     format!(
                         "model download {name} version {version} from {}",
@@ -224,6 +238,28 @@ pub fn run(args: ModelArgs) -> anyhow::Result<()> {
                 "downloaded {name} version {version} to {} ({bytes} bytes, checksums verified)",
                 output_path.display()
             );
+        }
+        ModelAction::Delete {
+            name,
+            version,
+            registry,
+        } => {
+            let registry = connect(&registry)?;
+            let report = olive_registry::delete(&registry, &name, version.as_deref())
+                .with_context(|| format!("model delete {name} at {}", registry.base()))?;
+            if report.model_deleted {
+                println!(
+                    "deleted model {name} and its {} version(s){}",
+                    report.versions.len(),
+                    if report.versions.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", report.versions.join(", "))
+                    }
+                );
+            } else {
+                println!("deleted {name} version {}", report.versions.join(", "));
+            }
         }
     }
     Ok(())
@@ -278,7 +314,8 @@ pub(crate) fn resolve_models_uri(text: &str) -> anyhow::Result<Option<PathBuf>> 
             registry.base(),
             folder.display()
         );
-        if let Err(error) = olive_registry::download(&registry, name, version, &folder) {
+        let bar = crate::progress::BytesBar::new(format!("downloading {text}"));
+        if let Err(error) = olive_registry::download(&registry, name, version, &folder, &bar) {
             // Another run may have put the same version in place meanwhile.
             if !folder.is_dir() {
                 return Err(error)

@@ -110,6 +110,8 @@ pub struct QuantizeArgs {
     pub timeout: Option<Duration>,
     #[command(flatten)]
     pub config_file: ConfigFileArgs,
+    #[command(flatten)]
+    pub package: crate::package::PackageArgs,
 }
 
 /// Bits of Olive's `--precision` values that quantize weights to integers.
@@ -192,6 +194,7 @@ pub fn run(args: QuantizeArgs) -> anyhow::Result<()> {
     if args.device == Device::Gpu {
         workflow["systems"]["local_system"]["accelerators"] = serde_json::json!([{"device": "gpu", "execution_providers": ["CUDAExecutionProvider"]}]);
     }
+    args.package.add_to(&mut workflow);
     if args.config_file.dry_run(&workflow, &args.output_path)? {
         return Ok(());
     }
@@ -223,6 +226,12 @@ pub fn run(args: QuantizeArgs) -> anyhow::Result<()> {
     })?;
     tracing::info!("wrote {}", output.join("model").display());
     args.config_file.save(&workflow, output)?;
+    let provider = match args.device {
+        Device::Gpu => "CUDAExecutionProvider",
+        _ => "CPUExecutionProvider",
+    };
+    args.package
+        .write(&model, output, args.device.name(), provider)?;
     println!("{}", serde_json::to_string_pretty(&model)?);
     Ok(())
 }

@@ -18,7 +18,8 @@ pub struct RunArgs {
     /// The workflow file (JSON, or YAML by its .yaml/.yml extension).
     #[arg(long = "config", visible_alias = "run-config")]
     pub config: PathBuf,
-    /// Replace the workflow's input model with this Hugging Face folder (or .gguf file).
+    /// Replace the workflow's input model with this Hugging Face model: a folder, a .gguf file, a hub id in the
+    /// local Hugging Face cache, or models:/<name>/<version> from the registry at MLFLOW_TRACKING_URI.
     #[arg(long = "model_name_or_path", short = 'm')]
     pub model_name_or_path: Option<PathBuf>,
     /// With --model_name_or_path: a PEFT adapter folder for it.

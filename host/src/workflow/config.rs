@@ -104,7 +104,7 @@ pub struct Engine {
     pub plot_pareto_frontier: bool,
     #[serde(default)]
     pub no_artifacts: bool,
-    /// Accepted and ignored (with a warning when set): Olive features with no counterpart here.
+    /// Olive's `packaging_config` (one or a list; Zipfile only), checked by `Workflow::packaging`.
     #[serde(default)]
     pub packaging_config: Option<Value>,
     #[serde(default)]
@@ -226,7 +226,16 @@ impl Workflow {
             execution_providers,
         };
         workflow.check_references()?;
+        workflow.packaging()?;
         Ok(workflow)
+    }
+
+    /// The zips to write of the output model (Olive's `packaging_config`).
+    pub fn packaging(&self) -> anyhow::Result<Vec<crate::package::PackagingConfig>> {
+        match &self.engine.packaging_config {
+            None => Ok(Vec::new()),
+            Some(value) => crate::package::parse_configs(value),
+        }
     }
 
     /// The cache folder (`cache_config.cache_dir` over `cache_dir`).
@@ -311,9 +320,6 @@ fn names<'a>(names: impl Iterator<Item = &'a str>) -> String {
 /// Olive features accepted for compatibility that do nothing here.
 fn warn_ignored(engine: &Engine) {
     let mut ignored = Vec::new();
-    if engine.packaging_config.is_some() {
-        ignored.push("packaging_config");
-    }
     if engine.enable_shared_cache
         || engine
             .cache_config

@@ -230,7 +230,8 @@ fn param_values(param: &SearchParam) -> Vec<Value> {
     }
 }
 
-/// The input model as a model reference, a .gguf converted once into the model cache.
+/// The input model as a model reference: a .gguf converted once into the model cache, a hub id from the local
+/// Hugging Face cache, `models:/<name>/<version>` downloaded once from the registry at MLFLOW_TRACKING_URI.
 fn input_model(workflow: &Workflow) -> anyhow::Result<Model> {
     let input = &workflow.input_model;
     let mut model = if input.kind == olive_pass_api::kinds::HF {
@@ -238,9 +239,12 @@ fn input_model(workflow: &Workflow) -> anyhow::Result<Model> {
             .with_context(|| "input_model.model_path")?;
         Model::new(&input.kind, path)
     } else {
+        let folder = crate::cli::resolve_models_uri(&input.model_path.to_string_lossy())
+            .with_context(|| "input_model.model_path")?
+            .unwrap_or_else(|| input.model_path.clone());
         let path = match &input.onnx_file_name {
-            Some(name) => input.model_path.join(name),
-            None => input.model_path.clone(),
+            Some(name) => folder.join(name),
+            None => folder,
         };
         if !path.exists() {
             bail!("input_model.model_path: {} does not exist", path.display());
@@ -363,6 +367,7 @@ pub fn execute(prepared: &Prepared) -> anyhow::Result<Report> {
     run.footprints.output_model_ids = vec![last.id.clone()];
     let saved = save_model(&last.model, &output_dir)?;
     run.write_footprints(&output_dir)?;
+    run.package(&last.id, &saved, &output_dir)?;
     Ok(Report {
         output: Some(saved),
         output_dir,
@@ -592,6 +597,7 @@ impl Run<'_> {
             }
         }
         self.write_footprints(output_dir)?;
+        self.package(&best.id, &saved, output_dir)?;
         Ok(Report {
             output: Some(saved),
             output_dir: output_dir.to_path_buf(),
@@ -612,6 +618,52 @@ impl Run<'_> {
         self.chain(input, configs)?
             .pop()
             .ok_or_else(|| anyhow!("the trial ran no pass"))
+    }
+
+    /// Writes the zips of `packaging_config` of the output model `saved` (reached as `id`), with its metrics, the
+    /// input model's and the passes that made it, from the footprints.
+    fn package(&self, id: &str, saved: &Model, output_dir: &std::path::Path) -> anyhow::Result<()> {
+        let workflow = &self.prepared.workflow;
+        let configs = workflow.packaging()?;
+        if configs.is_empty() {
+            return Ok(());
+        }
+        let nodes = &self.footprints.nodes;
+        let metrics_of = |id: &str| -> anyhow::Result<Option<Value>> {
+            Ok(match nodes.get(id).and_then(|n| n.metrics.as_ref()) {
+                Some(m) => Some(serde_json::to_value(&m.value)?),
+                None => None,
+            })
+        };
+        let mut history = Vec::new();
+        let mut at = nodes.get(id);
+        while let Some(node) = at.filter(|n| n.from_pass.is_some()) {
+            history.push(json!({"model_id": node.model_id, "pass_name": node.pass_name,
+                                "from_pass": node.from_pass, "pass_run_config": node.pass_run_config}));
+            at = node.parent_model_id.as_deref().and_then(|p| nodes.get(p));
+        }
+        history.reverse();
+        let input_metrics = match &self.footprints.input_model_id {
+            Some(input) => metrics_of(input)?,
+            None => None,
+        };
+        let provider = workflow
+            .execution_providers
+            .first()
+            .map_or("CPUExecutionProvider", String::as_str);
+        let candidate = crate::package::Candidate {
+            model: saved,
+            device: &workflow.device,
+            execution_provider: provider,
+            metrics: metrics_of(id)?,
+            input_metrics,
+            history: Value::Array(history),
+        };
+        for config in configs {
+            let zip = crate::package::write_zip(output_dir, &config.name, &candidate)?;
+            eprintln!("Packaged the output model into {}", zip.display());
+        }
+        Ok(())
     }
 
     fn write_footprints(&self, output_dir: &std::path::Path) -> anyhow::Result<()> {
