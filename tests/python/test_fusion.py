@@ -80,8 +80,29 @@ def test_bad_input_is_a_clear_error(olive_host, model, tmp_path):
             assert result.returncode != 0, result.stdout
             assert expect in result.stderr and path.name in result.stderr, result.stderr
             assert not out.exists() or not any(out.iterdir()), "a failed pass leaves no output"
-    result = run_pass(olive_host, "OrtTransformersOptimization", model, tmp_path / "o", {"input_int32": True})
-    assert result.returncode != 0 and "input_int32" in result.stderr, result.stderr
+    result = run_pass(olive_host, "OrtTransformersOptimization", model, tmp_path / "o", {"only_onnxruntime": True})
+    assert result.returncode != 0 and "only_onnxruntime" in result.stderr, result.stderr
+
+
+def test_input_int32(olive_host, model, tmp_path):
+    """OrtTransformersOptimization input_int32 (with float16 too): the three int64 inputs become int32, the Casts of
+    input_ids / token_type_ids to int32 go (and the mask's, which float16's cascaded-Cast removal makes read the
+    input), and the outputs with int32 feeds are those of the int64 model."""
+    for extra, removed, tolerance in [({}, 2, 0.0), ({"float16": True}, 3, 2e-2)]:
+        out = tmp_path / f"int32-{len(extra)}"
+        result = run_pass(olive_host, "OrtTransformersOptimization", model, out, {"input_int32": True, **extra})
+        assert result.returncode == 0, result.stderr
+        path = out / "model" / "model.onnx"
+        onnx.checker.check_model(str(path))
+        graph = onnx.load(str(path), load_external_data=False).graph
+        assert [i.type.tensor_type.elem_type for i in graph.input] == [onnx.TensorProto.INT32] * 3
+        report = json.loads(result.stdout)["metadata"]["fusion"]["input_int32"]
+        assert report == {"inputs": 3, "casts_removed": removed, "casts_added": 0}, report
+        for batch, seq in [(1, 7), (3, 16)]:
+            feed = minilm.feeds(batch, seq)
+            got = outputs(path, {k: v.astype(np.int32) for k, v in feed.items()})
+            np.testing.assert_allclose(got.astype(np.float32), outputs(model, feed), atol=max(tolerance, TOLERANCE),
+                                       rtol=0)
 
 
 def test_tiny_gpt2_fast_gelu(olive_host, tmp_path):

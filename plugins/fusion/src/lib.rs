@@ -12,6 +12,7 @@ pub mod dynamic;
 mod embed;
 pub mod float16;
 mod gather_quant;
+mod int32_inputs;
 mod fold;
 mod gelu;
 mod gemm;
@@ -165,7 +166,7 @@ pub struct TransformersConfig {
     /// MultiHeadAttention to GroupQueryAttention (float16 only; refused).
     #[serde(default)]
     pub use_gqa: bool,
-    /// int32 inputs (not done by olive-rs: true is refused).
+    /// int64 graph inputs to int32 at the end (Casts of them to int32 dropped).
     #[serde(default)]
     pub input_int32: bool,
     #[serde(flatten)]

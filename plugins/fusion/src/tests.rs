@@ -519,9 +519,9 @@ fn passes_run_through_the_host_and_refuse_bad_input() {
 
     for (config, kind, expect) in [
         (
-            r#"{"input_int32": true}"#,
+            r#"{"only_onnxruntime": true}"#,
             ErrorKind::INVALID_CONFIG,
-            "input_int32",
+            "only_onnxruntime",
         ),
         (
             r#"{"model_type": "llama9"}"#,

@@ -4,7 +4,8 @@
 //! EmbedLayerNormalization, Attention, Gemm.
 //! Opset imports are fixed up after: com.microsoft version 1 when its ops appear, the default domain raised to 17
 //! when a LayerNormalization (ONNX op from opset 17) is left unfused into SkipLayerNormalization. With `float16`
-//! the fused model is then converted as the optimizer's `convert_float_to_float16` does ([`crate::float16`]).
+//! the fused model is then converted as the optimizer's `convert_float_to_float16` does ([`crate::float16`]); with
+//! `input_int32` its int64 inputs become int32 after ([`crate::int32_inputs`]).
 
 use std::collections::BTreeMap;
 
@@ -17,6 +18,7 @@ use crate::float16::{Float16Options, Float16Report, KeepIoTypes};
 use crate::gelu::{fuse_fast_gelu, fuse_gelu};
 use crate::gemm::{fuse_gemm, known_ranks};
 use crate::graph::{Rewriter, MS_DOMAIN};
+use crate::int32_inputs::{inputs_to_int32, Int32Report};
 use crate::norm::{fuse_layer_norm, fuse_skip_layer_norm};
 use crate::TransformersConfig;
 
@@ -85,6 +87,8 @@ pub struct Options {
     pub num_heads: i64,
     /// Convert to float16 after the fusions.
     pub float16: Option<Float16Options>,
+    /// int64 graph inputs to int32 at the end.
+    pub input_int32: bool,
 }
 
 impl Default for Options {
@@ -100,6 +104,7 @@ impl Default for Options {
             embed_layer_norm: true,
             num_heads: 0,
             float16: None,
+            input_int32: false,
         }
     }
 }
@@ -118,7 +123,6 @@ impl Options {
         for (key, on) in [
             ("only_onnxruntime", c.only_onnxruntime),
             ("use_gqa", c.use_gqa),
-            ("input_int32", c.input_int32),
         ] {
             if on {
                 return Err(format!(
@@ -144,6 +148,7 @@ impl Options {
         let mut o = Options {
             num_heads: c.num_heads,
             float16,
+            input_int32: c.input_int32,
             ..Options::default()
         };
         let flags: BTreeMap<String, serde_json::Value> =
@@ -188,6 +193,8 @@ pub struct Counts {
     pub embed_layer_norm: usize,
     /// What the float16 conversion did (with `float16`).
     pub float16: Option<Float16Report>,
+    /// What the int32 input change did (with `input_int32`).
+    pub input_int32: Option<Int32Report>,
 }
 
 fn step(model: &mut ModelProto, f: impl FnOnce(&mut Rewriter) -> usize) -> Result<usize, String> {
@@ -240,6 +247,10 @@ pub fn optimize(model: &mut ModelProto, o: &Options) -> Result<Counts, String> {
     fix_opsets(model);
     if let Some(f) = &o.float16 {
         c.float16 = Some(crate::float16::convert(model, f)?);
+    }
+    if o.input_int32 {
+        let graph = model.graph.as_mut().ok_or("the model has no graph")?;
+        c.input_int32 = Some(inputs_to_int32(graph)?);
     }
     Ok(c)
 }
