@@ -62,6 +62,15 @@ fetch_wheel "onnxruntime-openvino==$ov_version" "$ov_dir"
 ov_lib=$(find "$ov_dir/onnxruntime/capi" -name "libonnxruntime.so.$ov_version" | head -n 1)
 [ -n "$ov_lib" ] || { log "error: libonnxruntime.so.$ov_version missing from the onnxruntime-openvino wheel"; exit 1; }
 
+# The QNN execution provider (plugins/ep-qnn): the onnxruntime-qnn wheel is a plugin-EP library (no libonnxruntime of
+# its own: it needs onnxruntime >= 1.24.2, the one above), registered with RegisterExecutionProviderLibrary; its
+# libQnnHtp.so beside it is the x86_64 HTP simulator.
+qnn_version=2.7.0
+qnn_dir=$cache/onnxruntime-qnn-$qnn_version
+fetch_wheel "onnxruntime-qnn==$qnn_version" "$qnn_dir"
+qnn_lib=$qnn_dir/onnxruntime_qnn/libonnxruntime_providers_qnn.so
+[ -f "$qnn_lib" ] && [ -f "$qnn_dir/onnxruntime_qnn/libQnnHtp.so" ] || { log "error: libonnxruntime_providers_qnn.so or libQnnHtp.so missing from the onnxruntime-qnn wheel"; exit 1; }
+
 # Echoes the venv made from requirements file $1 under the name $2-<hash of the file>; builds it in the modes $3
 # (default: test and bench); a venv is named only where it is complete.
 venv_for() {
@@ -96,6 +105,7 @@ export OLIVE_HOST="$root/target/release/olive-host"
 export OLIVE_DEFAULT_GGUF="$default_gguf"
 export ORT_DYLIB_PATH="$ort_lib"
 export OLIVE_ORT_OPENVINO_DYLIB="$ov_lib"
+export OLIVE_ORT_QNN_DYLIB="$qnn_lib"
 export OLIVE_TEST_VENV="$venv"
 export OLIVE_GENAI05_VENV="$venv05"
 export OLIVE_BENCH_VENV="$venvbench"

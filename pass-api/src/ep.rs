@@ -18,6 +18,18 @@
 //!   "recipes": [{"precision": "int4", "passes": [{"type": "ModelBuilder", "config": {"precision": "int4"}}]}]
 //! }
 //! ```
+//!
+//! A plugin-EP library (ONNX Runtime's `RegisterExecutionProviderLibrary`, e.g. the `onnxruntime-qnn` wheel's
+//! `libonnxruntime_providers_qnn.so`, which has no libonnxruntime of its own) is named in the optional
+//! `runtime.ep_library`; the session then appends the provider through the library's devices
+//! (`SessionOptionsAppendExecutionProvider_V2`). A `version` starting with `>=` is a minimum:
+//!
+//! ```json
+//! {
+//!   "runtime": {"package": "onnxruntime", "version": ">=1.24.2", "library_env": "ORT_DYLIB_PATH",
+//!               "ep_library": {"package": "onnxruntime-qnn", "version": "2.7.0", "library_env": "OLIVE_ORT_QNN_DYLIB"}},
+//! }
+//! ```
 
 use std::collections::BTreeMap;
 
@@ -63,6 +75,23 @@ pub struct Runtime {
     pub version: Option<String>,
     /// The environment variable holding the library's path (scripts/install.sh writes it to olive-env.sh).
     pub library_env: String,
+    /// The plugin-EP library that has the provider, registered into that ONNX Runtime; absent for a provider
+    /// built into the library.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ep_library: Option<EpLibrary>,
+}
+
+/// A plugin-EP shared library (`RegisterExecutionProviderLibrary`) and the wheel that ships it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpLibrary {
+    /// The PyPI package whose library it is (`onnxruntime-qnn`).
+    pub package: String,
+    /// The package version wanted (as [`Runtime::version`]), read from the `<package>-<version>.dist-info`
+    /// folder the wheel unpacks beside the library's folder; any when absent.
+    #[serde(default)]
+    pub version: Option<String>,
+    /// The environment variable holding the library's path.
+    pub library_env: String,
 }
 
 impl Default for Runtime {
@@ -71,22 +100,43 @@ impl Default for Runtime {
             package: "onnxruntime".into(),
             version: None,
             library_env: DEFAULT_LIBRARY_ENV.into(),
+            ep_library: None,
         }
     }
 }
 
+/// Whether `version` is what `wanted` asks for: equal, or `wanted` is a prefix followed by a dot
+/// (`1.24` takes `1.24.1`), or `wanted` is `>=X` and `version` is X or later (numeric dotted parts).
+pub fn version_accepted(wanted: Option<&str>, version: &str) -> bool {
+    let Some(wanted) = wanted else {
+        return true;
+    };
+    if let Some(minimum) = wanted.strip_prefix(">=") {
+        let parts = |v: &str| -> Option<Vec<u64>> {
+            v.trim().split('.').map(|p| p.parse::<u64>().ok()).collect()
+        };
+        return match (parts(version), parts(minimum)) {
+            (Some(have), Some(min)) => have >= min,
+            _ => false,
+        };
+    }
+    version == wanted
+        || version
+            .strip_prefix(wanted)
+            .is_some_and(|rest| rest.starts_with('.'))
+}
+
 impl Runtime {
-    /// Whether a library reporting `version` is the one asked for (equal, or `version` starts with it and a dot).
+    /// Whether a library reporting `version` is the one asked for ([`version_accepted`]).
     pub fn accepts_version(&self, version: &str) -> bool {
-        match &self.version {
-            None => true,
-            Some(wanted) => {
-                version == wanted
-                    || version
-                        .strip_prefix(wanted.as_str())
-                        .is_some_and(|rest| rest.starts_with('.'))
-            }
-        }
+        version_accepted(self.version.as_deref(), version)
+    }
+}
+
+impl EpLibrary {
+    /// Whether the package version found is the one asked for ([`version_accepted`]).
+    pub fn accepts_version(&self, version: &str) -> bool {
+        version_accepted(self.version.as_deref(), version)
     }
 }
 
@@ -167,6 +217,13 @@ impl ExecutionProvider {
                 "{name}: fields `runtime.package` and `runtime.library_env` must not be empty"
             ));
         }
+        if let Some(library) = &self.runtime.ep_library {
+            if library.package.trim().is_empty() || library.library_env.trim().is_empty() {
+                return Some(format!(
+                    "{name}: fields `runtime.ep_library.package` and `runtime.ep_library.library_env` must not be empty"
+                ));
+            }
+        }
         let bad = |x: f64| !x.is_finite() || x < 0.0;
         if bad(self.tolerance.atol) || bad(self.tolerance.rtol) {
             return Some(format!(
@@ -221,6 +278,27 @@ mod tests {
         assert!(!ep.runtime.accepts_version("1.240.0"));
         assert!(!ep.runtime.accepts_version("1.32.0"));
         assert!(Runtime::default().accepts_version("9.9"));
+        assert!(ep.runtime.ep_library.is_none());
+    }
+
+    #[test]
+    fn reads_a_plugin_ep_library_and_minimum_versions() {
+        let text = r#"[{"device": "npu", "provider": "QNNExecutionProvider",
+            "runtime": {"package": "onnxruntime", "version": ">=1.24.2", "library_env": "ORT_DYLIB_PATH",
+                "ep_library": {"package": "onnxruntime-qnn", "version": "2.7.0", "library_env": "Q"}}}]"#;
+        let ep = ExecutionProvider::list_from_json(text).unwrap().remove(0);
+        assert_eq!(ep.problem(), None);
+        assert!(ep.runtime.accepts_version("1.32.0"));
+        assert!(ep.runtime.accepts_version("1.24.2"));
+        assert!(ep.runtime.accepts_version("2.0"));
+        assert!(!ep.runtime.accepts_version("1.24.1"));
+        assert!(!ep.runtime.accepts_version("1.9.x"));
+        let library = ep.runtime.ep_library.as_ref().unwrap();
+        assert!(library.accepts_version("2.7.0") && !library.accepts_version("2.6.0"));
+        let round_trip = serde_json::to_string(&ep).unwrap();
+        assert!(round_trip.contains("\"ep_library\""), "{round_trip}");
+        let plain = serde_json::to_string(&Runtime::default()).unwrap();
+        assert!(!plain.contains("ep_library"), "{plain}");
     }
 
     #[test]

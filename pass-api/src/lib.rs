@@ -51,7 +51,7 @@ mod version;
 
 pub use context::{HostCallbacks, HostHandle, HostVTable, HostVTableRef, LogLevel, PassContext};
 pub use descriptor::PassDescriptor;
-pub use ep::{ExecutionProvider, Recipe, RecipePass, Runtime, Tolerance};
+pub use ep::{EpLibrary, ExecutionProvider, Recipe, RecipePass, Runtime, Tolerance};
 pub use error::{ErrorKind, PassError};
 pub use manifest::{Manifest, ManifestError, PassManifest};
 pub use model::{kinds, Model, ModelError, ModelRef};

@@ -18,7 +18,7 @@
 //! ```
 
 pub use olive_pass_api::ep::DEFAULT_LIBRARY_ENV;
-pub use olive_pass_api::{ExecutionProvider, Recipe, RecipePass, Runtime, Tolerance};
+pub use olive_pass_api::{EpLibrary, ExecutionProvider, Recipe, RecipePass, Runtime, Tolerance};
 
 /// No execution providers: what a plugin of passes only serves.
 pub fn none() -> Vec<ExecutionProvider> {
@@ -45,6 +45,9 @@ pub trait ExecutionProviderExt: Sized {
     /// The library serving the provider: the `package` wheel's libonnxruntime of `version`, found through the
     /// environment variable `library_env`.
     fn runtime(self, package: &str, version: &str, library_env: &str) -> Self;
+    /// The plugin-EP library that has the provider (`RegisterExecutionProviderLibrary`): the package (wheel)
+    /// shipping it, the package version, and the variable holding the library's path.
+    fn ep_library(self, package: &str, version: &str, library_env: &str) -> Self;
     /// The tolerance of the provider's outputs against the CPU provider's.
     fn tolerance(self, atol: f64, rtol: f64) -> Self;
     /// Adds the recipe for `precision`: (pass type, config object) in order.
@@ -74,7 +77,17 @@ impl ExecutionProviderExt for ExecutionProvider {
             package: package.into(),
             version: Some(version.into()),
             library_env: library_env.into(),
+            ep_library: self.runtime.ep_library.take(),
         };
+        self
+    }
+
+    fn ep_library(mut self, package: &str, version: &str, library_env: &str) -> Self {
+        self.runtime.ep_library = Some(EpLibrary {
+            package: package.into(),
+            version: Some(version.into()),
+            library_env: library_env.into(),
+        });
         self
     }
 

@@ -29,6 +29,8 @@ pub fn run(args: EpCheckArgs) -> anyhow::Result<()> {
     let found = plugins::discover(&plugins::search_path());
     let (_, provider) = ep::find(&found, &args.device, &args.provider)?;
     let library = ep::library(provider)?;
+    // A plugin-EP library (runtime.ep_library) is checked here too, so its error is the command's.
+    ep::ep_library(provider).map_err(|e| anyhow::anyhow!("{e:#}"))?;
     // The ONNX Runtime of this process is the provider's: nothing has loaded one yet, and only this thread runs.
     std::env::set_var(olive_runtime::env::DYLIB_ENV, &library);
     let model = if args.model_path.is_dir() {

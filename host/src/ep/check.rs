@@ -5,12 +5,18 @@
 //! ONNX Runtime's profiler and reads the provider of every node event in its JSON trace, then compares each
 //! output with the CPU provider's on the same library, element-wise within `atol + rtol * |cpu|`.
 //!
+//! A provider in a plugin-EP library (`runtime.ep_library`, e.g. onnxruntime-qnn's
+//! `libonnxruntime_providers_qnn.so`) is registered into the environment once (`RegisterExecutionProviderLibrary`)
+//! and appended through the devices it reports (`SessionOptionsAppendExecutionProvider_V2`, options prefixed with
+//! the provider's name as ONNX Runtime's device API wants them).
+//!
 //! Inputs are made from the graph (those with a default value keep it): symbolic dims named `*past*` are 0, `batch*` 1, any other 4 (so a decoder
 //! runs a 4-token prompt on an empty KV cache); `attention_mask` is ones, integer ids `i % 97`, floats a fixed
 //! ramp in [-1, 1]. Call [`check`] only in a process whose ONNX Runtime library is the provider's.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use anyhow::{anyhow, bail, Context};
 use half::f16;
@@ -77,6 +83,47 @@ fn dispatch(ep: &ExecutionProvider) -> anyhow::Result<ExecutionProviderDispatch>
     Ok(dispatch.error_on_failure())
 }
 
+/// The plugin-EP libraries registered into this process's environment (a second registration is an error).
+static REGISTERED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// Registers `library` (once) and returns the environment's devices served by `ep.provider`.
+fn plugin_devices(
+    environment: &'static ort::environment::Environment,
+    ep: &ExecutionProvider,
+    library: &Path,
+) -> anyhow::Result<Vec<ort::device::Device<'static>>> {
+    let mut registered = REGISTERED
+        .lock()
+        .map_err(|_| anyhow!("the plugin-EP registry lock is poisoned"))?;
+    if !registered.iter().any(|p| p == library) {
+        environment
+            .register_ep_library(&ep.provider, library)
+            .map_err(|e| {
+                anyhow!(
+                    "execution provider {}: the plugin-EP library {} cannot be registered with ONNX Runtime {}: {e}",
+                    ep.provider,
+                    library.display(),
+                    version()
+                )
+            })?;
+        registered.push(library.to_path_buf());
+    }
+    let devices: Vec<_> = environment
+        .devices()
+        .filter(|d| d.ep().is_ok_and(|name| name == ep.provider))
+        .collect();
+    if devices.is_empty() {
+        bail!(
+            "execution provider {} cannot be created with ONNX Runtime {}: the plugin-EP library {} reports no \
+             device for it",
+            ep.provider,
+            version(),
+            library.display()
+        );
+    }
+    Ok(devices)
+}
+
 /// Opens `model` on `ep` with fallback disabled (or enabled, to find the nodes it would refuse) and profiling
 /// into `profile_prefix`.
 fn open(
@@ -98,8 +145,19 @@ fn open(
             .with_config_entry("session.disable_cpu_ep_fallback", "1")
             .map_err(|e| options_error("session.disable_cpu_ep_fallback", e.into()))?;
     }
-    let mut builder = builder
-        .with_execution_providers([dispatch(ep)?])
+    let appended = match super::ep_library(ep)? {
+        Some(library) => {
+            let devices = plugin_devices(environment, ep, &library)?;
+            let options: Vec<(String, String)> = ep
+                .provider_options
+                .iter()
+                .map(|(k, v)| (format!("{}.{k}", ep.provider), v.clone()))
+                .collect();
+            builder.with_devices(devices, Some(&options))
+        }
+        None => builder.with_execution_providers([dispatch(ep)?]),
+    };
+    let mut builder = appended
         .map_err(|e| {
             anyhow!(
                 "execution provider {} (device {}, options {:?}) cannot be created with ONNX Runtime {} ({}): {e}",
@@ -126,6 +184,13 @@ pub fn check(model: &Path, ep: &ExecutionProvider) -> anyhow::Result<Report> {
     }
     let scratch = tempfile::tempdir().context("cannot create a folder for the profile")?;
     let prefix = scratch.path().join("ep");
+    // The CPU reference runs first, before a plugin-EP library is registered: afterwards the `ort` crate's default
+    // device policy (most efficient) would pick the plugin EP for a plain session when its device is the CPU (as
+    // QNN's HTP simulator reports).
+    let reference = match ep.provider.as_str() {
+        CPU => None,
+        _ => Some(cpu_reference(model)?),
+    };
     let mut session = match open(model, ep, false, &prefix) {
         Ok(session) => session,
         Err(err) if err.to_string().contains(FALLBACK_REFUSED) => {
@@ -145,8 +210,11 @@ pub fn check(model: &Path, ep: &ExecutionProvider) -> anyhow::Result<Report> {
             model.display()
         ),
     };
-    let feeds = inputs(&session)?;
-    let outputs = run(&mut session, &feeds, &ep.provider)?;
+    let feeds = match &reference {
+        Some((feeds, _)) => feeds,
+        None => &inputs(&session)?,
+    };
+    let outputs = run(&mut session, feeds, &ep.provider)?;
     let events = profile_nodes(&mut session)?;
     let foreign: Vec<ForeignNode> = events
         .iter()
@@ -170,8 +238,7 @@ pub fn check(model: &Path, ep: &ExecutionProvider) -> anyhow::Result<Report> {
         );
     }
     let mut max_abs_diff = BTreeMap::new();
-    if ep.provider != CPU {
-        let cpu = cpu_reference(model, &feeds)?;
+    if let Some((_, cpu)) = &reference {
         for (name, ours) in &outputs {
             let reference = cpu
                 .get(name)
@@ -258,13 +325,15 @@ fn run(
     Ok(floats)
 }
 
-/// The same run on the CPU provider of the same library (the reference).
-fn cpu_reference(model: &Path, feeds: &[(String, DynValue)]) -> anyhow::Result<Outputs> {
+/// The run on the CPU provider of the same library (the reference), and the inputs it was fed.
+fn cpu_reference(model: &Path) -> anyhow::Result<(Vec<(String, DynValue)>, Outputs)> {
     let environment = olive_runtime::env::environment()?;
     let mut session = Session::builder(environment)
         .and_then(|mut b| b.commit_from_file(model))
         .map_err(|e| anyhow!("the CPU reference cannot open {}: {e}", model.display()))?;
-    run(&mut session, feeds, CPU)
+    let feeds = inputs(&session)?;
+    let outputs = run(&mut session, &feeds, CPU)?;
+    Ok((feeds, outputs))
 }
 
 /// The largest |ours - reference|; an error names the output and the first element out of tolerance.

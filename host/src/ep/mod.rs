@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{anyhow, bail, Context};
-use olive_pass_api::ExecutionProvider;
+use olive_pass_api::{EpLibrary, ExecutionProvider};
 
 use crate::plugins::{Discovery, Plugin};
 
@@ -119,6 +119,103 @@ fn library_from(ep: &ExecutionProvider, value: Option<OsString>) -> anyhow::Resu
     Ok(path)
 }
 
+/// The plugin-EP library serving `ep` (`runtime.ep_library`), checked to exist and to belong to the package
+/// version asked for; `None` when the provider is built into the ONNX Runtime library.
+pub fn ep_library(ep: &ExecutionProvider) -> anyhow::Result<Option<PathBuf>> {
+    match &ep.runtime.ep_library {
+        None => Ok(None),
+        Some(library) => {
+            ep_library_from(ep, library, std::env::var_os(&library.library_env)).map(Some)
+        }
+    }
+}
+
+fn ep_library_from(
+    ep: &ExecutionProvider,
+    library: &EpLibrary,
+    value: Option<OsString>,
+) -> anyhow::Result<PathBuf> {
+    let wanted = match &library.version {
+        Some(v) => format!("{} {v}", library.package),
+        None => library.package.clone(),
+    };
+    let path = match value.filter(|v| !v.is_empty()) {
+        Some(value) => PathBuf::from(value),
+        None => bail!(
+            "{} needs the plugin-EP library of the {wanted} wheel, and {} is not set \
+             (scripts/install.sh sets it in target/olive-env.sh)",
+            ep.provider,
+            library.library_env
+        ),
+    };
+    if !path.is_file() {
+        bail!(
+            "{} needs the plugin-EP library of the {wanted} wheel: {}={} is not a file",
+            ep.provider,
+            library.library_env,
+            path.display()
+        );
+    }
+    if library.version.is_some() {
+        let version = package_version(&path, &library.package).with_context(|| {
+            format!(
+                "{}: cannot tell the {} version of {}={}",
+                ep.provider,
+                library.package,
+                library.library_env,
+                path.display()
+            )
+        })?;
+        if !library.accepts_version(&version) {
+            bail!(
+                "{} needs the plugin-EP library of the {wanted} wheel, and {}={} is {} {version}",
+                ep.provider,
+                library.library_env,
+                path.display(),
+                library.package
+            );
+        }
+    }
+    Ok(path)
+}
+
+/// The version of `package` that `library` belongs to: the `Version:` of the `<package>-<version>.dist-info/METADATA`
+/// that a wheel unpacks (and pip installs) beside the library's folder.
+fn package_version(library: &Path, package: &str) -> anyhow::Result<String> {
+    let normalize = |name: &str| name.to_ascii_lowercase().replace(['-', '.'], "_");
+    let wanted = normalize(package);
+    let site = library
+        .parent()
+        .and_then(Path::parent)
+        .ok_or_else(|| anyhow!("the library has no parent folder"))?;
+    let entries =
+        std::fs::read_dir(site).with_context(|| format!("cannot list {}", site.display()))?;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(stem) = name.strip_suffix(".dist-info") else {
+            continue;
+        };
+        let Some((dist, _)) = stem.rsplit_once('-') else {
+            continue;
+        };
+        if normalize(dist) != wanted {
+            continue;
+        }
+        let metadata = entry.path().join("METADATA");
+        let text = std::fs::read_to_string(&metadata)
+            .with_context(|| format!("cannot read {}", metadata.display()))?;
+        return text
+            .lines()
+            .find_map(|line| line.strip_prefix("Version:"))
+            .map(|v| v.trim().to_owned())
+            .ok_or_else(|| anyhow!("{} has no `Version:` line", metadata.display()));
+    }
+    bail!(
+        "no {package}-<version>.dist-info folder in {} (the wheel's layout)",
+        site.display()
+    )
+}
+
 /// The version an ONNX Runtime library reports (`OrtGetApiBase()->GetVersionString()`).
 pub fn library_version(path: &Path) -> anyhow::Result<String> {
     /// `OrtApiBase` of onnxruntime_c_api.h: two function pointers.
@@ -211,6 +308,7 @@ mod tests {
                 package: "onnxruntime-openvino".into(),
                 version: Some("1.24.1".into()),
                 library_env: "OLIVE_ORT_OPENVINO_DYLIB".into(),
+                ep_library: None,
             },
             tolerance: Default::default(),
             recipes: Vec::new(),
@@ -245,6 +343,69 @@ mod tests {
             .to_string();
         assert!(
             err.contains(&format!("is ONNX Runtime {version}")) && err.contains("1.24.1"),
+            "{err}"
+        );
+    }
+
+    fn qnn() -> (ExecutionProvider, EpLibrary) {
+        let library = EpLibrary {
+            package: "onnxruntime-qnn".into(),
+            version: Some("2.7.0".into()),
+            library_env: "OLIVE_ORT_QNN_DYLIB".into(),
+        };
+        let mut ep = openvino();
+        ep.provider = "QNNExecutionProvider".into();
+        ep.runtime.ep_library = Some(library.clone());
+        (ep, library)
+    }
+
+    /// A wheel's layout: `<site>/onnxruntime_qnn/lib.so` and `<site>/onnxruntime_qnn-<version>.dist-info/METADATA`.
+    fn fake_wheel(site: &Path, version: &str) -> PathBuf {
+        std::fs::create_dir_all(site.join("onnxruntime_qnn")).unwrap();
+        let info = site.join(format!("onnxruntime_qnn-{version}.dist-info"));
+        std::fs::create_dir_all(&info).unwrap();
+        std::fs::write(
+            info.join("METADATA"),
+            format!("Metadata-Version: 2.4\nName: onnxruntime-qnn\nVersion: {version}\n"),
+        )
+        .unwrap();
+        let lib = site.join("onnxruntime_qnn/libonnxruntime_providers_qnn.so");
+        std::fs::write(&lib, b"").unwrap();
+        lib
+    }
+
+    #[test]
+    fn a_plugin_ep_library_is_found_and_its_wheel_version_checked() {
+        let (ep, library) = qnn();
+        let err = ep_library_from(&ep, &library, None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("QNNExecutionProvider")
+                && err.contains("OLIVE_ORT_QNN_DYLIB is not set")
+                && err.contains("onnxruntime-qnn 2.7.0"),
+            "{err}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let good = fake_wheel(&dir.path().join("a"), "2.7.0");
+        assert_eq!(
+            ep_library_from(&ep, &library, Some(good.clone().into_os_string())).unwrap(),
+            good
+        );
+        let old = fake_wheel(&dir.path().join("b"), "2.6.1");
+        let err = ep_library_from(&ep, &library, Some(old.into_os_string()))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("is onnxruntime-qnn 2.6.1"), "{err}");
+        let bare = dir.path().join("c/lib/libonnxruntime_providers_qnn.so");
+        std::fs::create_dir_all(bare.parent().unwrap()).unwrap();
+        std::fs::write(&bare, b"").unwrap();
+        let err = format!(
+            "{:#}",
+            ep_library_from(&ep, &library, Some(bare.into_os_string())).unwrap_err()
+        );
+        assert!(
+            err.contains("no onnxruntime-qnn-<version>.dist-info"),
             "{err}"
         );
     }

@@ -1,0 +1,115 @@
+//! EP plugin `ep-qnn`: QNNExecutionProvider with the HTP backend (`backend_type=htp`) from the `onnxruntime-qnn`
+//! 2.7.0 wheel, a plugin-EP library (`libonnxruntime_providers_qnn.so`, registered with ONNX Runtime's
+//! `RegisterExecutionProviderLibrary`; it needs onnxruntime >= 1.24.2, the plain wheel's library) whose
+//! `libQnnHtp.so` on x86_64 is Qualcomm's HTP simulator. scripts/install.sh names the library in
+//! OLIVE_ORT_QNN_DYLIB.
+//!
+//! The recipes follow Olive's QNN flow (olive/cli/auto_opt.py: DynamicToFixedShape, QNNPreprocess, then
+//! onnxruntime's static QDQ quantization as in Olive's QNN examples): fixed shapes (HTP takes static shapes only),
+//! OrtTransformersOptimization limited to LayerNormalization and Gelu (what onnxruntime's `qnn_preprocess_model`
+//! fuses; the contrib Attention/SkipLayerNorm/BiasGelu ops are not QNN ops), then OnnxStaticQuantization in QDQ
+//! format: `uint8` = uint8 activations and weights, `uint16` = uint16 activations and uint8 weights.
+
+use olive_pass_sdk::ep::{self, ExecutionProvider, ExecutionProviderExt};
+use serde_json::json;
+
+/// The provider's name in ONNX Runtime.
+pub const PROVIDER: &str = "QNNExecutionProvider";
+/// The wheel with the plugin-EP library, and its version.
+pub const PACKAGE: (&str, &str) = ("onnxruntime-qnn", "2.7.0");
+/// The variable holding the plugin-EP library's path.
+pub const LIBRARY_ENV: &str = "OLIVE_ORT_QNN_DYLIB";
+/// The ONNX Runtime the plugin-EP library needs (the wheel's `Requires-Dist: onnxruntime>=1.24.2`).
+pub const ORT_MINIMUM: &str = ">=1.24.2";
+
+/// The symbolic dims the recipes fix, and their values: ModelBuilder's and the torch exporter's batch and
+/// sequence names at batch 1, 128 tokens (Olive: `--dynamic-to-fixed-shape-dim-param/value`).
+const FIXED_DIMS: [(&str, i64); 6] = [
+    ("batch", 1),
+    ("batch_size", 1),
+    ("sequence", 128),
+    ("sequence_length", 128),
+    ("seq_len", 128),
+    ("sequence_len", 128),
+];
+
+/// The passes of a QDQ recipe with `activation_type` activations.
+fn qdq_recipe(activation_type: &str) -> Vec<(&'static str, serde_json::Value)> {
+    let (params, values): (Vec<&str>, Vec<i64>) = FIXED_DIMS.iter().copied().unzip();
+    vec![
+        (
+            "DynamicToFixedShape",
+            json!({"dim_param": params, "dim_value": values}),
+        ),
+        ("OnnxPeepholeOptimizer", json!({})),
+        (
+            "OrtTransformersOptimization",
+            json!({
+                "model_type": "bert",
+                "optimization_options": {
+                    "enable_attention": false,
+                    "enable_skip_layer_norm": false,
+                    "enable_bias_skip_layer_norm": false,
+                    "enable_bias_gelu": false,
+                    "enable_embed_layer_norm": false,
+                }
+            }),
+        ),
+        (
+            "OnnxStaticQuantization",
+            json!({
+                "quant_format": "QDQ",
+                "activation_type": activation_type,
+                "weight_type": "QUInt8",
+                "calibrate_method": "MinMax",
+            }),
+        ),
+    ]
+}
+
+/// QNN HTP on device `npu`.
+pub fn providers() -> Vec<ExecutionProvider> {
+    let qnn = ep::provider("npu", PROVIDER)
+        .option("backend_type", "htp")
+        .runtime("onnxruntime", ORT_MINIMUM, ep::DEFAULT_LIBRARY_ENV)
+        .ep_library(PACKAGE.0, PACKAGE.1, LIBRARY_ENV)
+        // uint8 activations: one step is ~1/255 of a tensor's range; see the recipe notes in the module docs.
+        .tolerance(0.5, 0.1)
+        .with_recipe("uint8", &qdq_recipe("QUInt8"))
+        .with_recipe("uint16", &qdq_recipe("QUInt16"));
+    vec![qnn]
+}
+
+olive_pass_sdk::export_plugin! {
+    name: "ep-qnn",
+    version: env!("CARGO_PKG_VERSION"),
+    passes: [],
+    execution_providers: providers,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn describes_a_valid_manifest() {
+        let manifest = OLIVE_PLUGIN.manifest("olive_ep_qnn").unwrap();
+        let npu = manifest.execution_provider("npu", PROVIDER).unwrap();
+        assert_eq!(npu.provider_options["backend_type"], "htp");
+        assert!(npu.runtime.accepts_version("1.32.0"));
+        assert!(!npu.runtime.accepts_version("1.24.1"));
+        let library = npu.runtime.ep_library.as_ref().unwrap();
+        assert_eq!(library.library_env, LIBRARY_ENV);
+        assert!(library.accepts_version("2.7.0"));
+        let passes: Vec<&str> = npu
+            .recipe("uint8")
+            .unwrap()
+            .passes
+            .iter()
+            .map(|p| p.pass_type.as_str())
+            .collect();
+        assert_eq!(passes[0], "DynamicToFixedShape");
+        assert_eq!(passes.last(), Some(&"OnnxStaticQuantization"));
+        assert!(manifest.execution_provider("cpu", PROVIDER).is_none());
+    }
+}
