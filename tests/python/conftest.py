@@ -64,3 +64,17 @@ def tiny(tmp_path_factory) -> Path:
     for name in TOKENIZER_FILES:
         shutil.copy(tokenizer_donor() / name, dst / name)
     return dst
+
+
+@pytest.fixture(scope="module")
+def tiny_phi3(tmp_path_factory) -> Path:
+    """tests/golden's random Phi-3 with LongRoPE (head_dim 16, 2 layers, vocab 320, short/long caches switching past
+    32 tokens) with the default model's tokenizer files, which ModelBuilder needs."""
+    src = ROOT / "tests" / "golden" / "out" / "phi3_longrope" / "model"
+    if not (src / "config.json").is_file():
+        pytest.fail(f"{src} is missing: run tests/golden/gen_golden.py (make test does)")
+    dst = tmp_path_factory.mktemp("tiny_phi3") / "model"
+    shutil.copytree(src, dst)
+    for name in TOKENIZER_FILES:
+        shutil.copy(tokenizer_donor() / name, dst / name)
+    return dst

@@ -4,8 +4,10 @@
   MatMulNBits runs with every node on OpenVINOExecutionProvider (CPU fallback disabled, each node's provider read
   from ONNX Runtime's profile), its output within OPENVINO_TOL of the venv's onnxruntime CPU run and within the
   plugin's tolerance of the same library's CPU provider (checked in Rust);
-- auto-opt for OpenVINO on a tiny llama: its GroupQueryAttention nodes are refused by OpenVINO, and the error names
-  the provider and each node; nothing is written;
+- auto-opt for OpenVINO on a tiny llama (int4) and a tiny Phi-3 LongRoPE (fp32): ModelBuilder then fusion's
+  DecomposeGroupQueryAttention, and the result runs with every node on OpenVINO within the plugin's tolerance; the
+  GroupQueryAttention export itself is refused by OpenVINO with an error naming the provider and each node;
+- DecomposeGroupQueryAttention alone (test_gqa_decomposition.py) matches GroupQueryAttention on the CPU provider;
 - an absent OpenVINO device (NPU), the CUDA EP without its library, a library of the wrong version, an unknown
   provider: clear errors naming the provider;
 - a third-party EP plugin built outside the workspace against pass-api only (tests/third_party/ep-example) adds the
@@ -90,28 +92,63 @@ def test_openvino_runs_every_node_within_tolerance_of_the_cpu(olive_host, openvi
     assert np.abs(cpu).max() > 0.02  # not a degenerate output
 
 
-def test_openvino_refuses_the_attention_of_an_auto_opt_export_naming_the_nodes(olive_host, openvino_env, tiny,
-                                                                             tmp_path):
-    out = tmp_path / "ao"
+@pytest.fixture(scope="module")
+def cpu_export(olive_host, tiny, tmp_path_factory) -> Path:
+    """auto-opt for the CPU provider (fp32): ModelBuilder's GroupQueryAttention export, checked on the CPU."""
+    out = tmp_path_factory.mktemp("cpu") / "ao"
     result = run([olive_host, "auto-opt", "-m", tiny, "-o", out, "--device", "cpu",
-                  "--provider", "OpenVINOExecutionProvider", "--precision", "int4", "--use_ort_genai"],
-                 env=openvino_env)
+                  "--provider", "CPUExecutionProvider", "--use_ort_genai", "--log_level", "1"])
+    assert result.returncode == 0, result.stderr
+    assert '"provider": "CPUExecutionProvider"' in result.stderr  # the check's report, logged
+    return out / "model"
+
+
+def test_cpu_auto_opt_checks_every_node_on_the_cpu_provider(cpu_export):
+    assert (cpu_export / "model.onnx").is_file()
+
+
+def test_openvino_refuses_group_query_attention_naming_the_nodes(olive_host, openvino_env, cpu_export):
+    result = run([olive_host, "ep-check", "-m", cpu_export, "--device", "cpu",
+                  "--provider", "OpenVINOExecutionProvider"], env=openvino_env)
     assert result.returncode != 0
     assert "execution provider OpenVINOExecutionProvider cannot take 2 node(s)" in result.stderr, result.stderr
     assert "CPU fallback is disabled" in result.stderr
     for layer in range(2):
         assert f"/model/layers.{layer}/attn/GroupQueryAttention (GroupQueryAttention" in result.stderr
-    assert not out.exists()
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".auto-opt-")]
 
 
-def test_cpu_auto_opt_checks_every_node_on_the_cpu_provider(olive_host, tiny, tmp_path):
+@pytest.mark.parametrize("case", ["llama-int4", "phi3_longrope-fp32"])
+def test_openvino_auto_opt_runs_every_node_on_openvino(olive_host, openvino_env, tiny, tiny_phi3, tmp_path, case):
+    model, precision = {"llama-int4": (tiny, "int4"), "phi3_longrope-fp32": (tiny_phi3, "fp32")}[case]
     out = tmp_path / "ao"
-    result = run([olive_host, "auto-opt", "-m", tiny, "-o", out, "--device", "cpu",
-                  "--provider", "CPUExecutionProvider", "--use_ort_genai", "--log_level", "1"])
+    result = run([olive_host, "auto-opt", "-m", model, "-o", out, "--device", "cpu",
+                  "--provider", "OpenVINOExecutionProvider", "--precision", precision, "--use_ort_genai"],
+                 env=openvino_env)
     assert result.returncode == 0, result.stderr
-    assert '"provider": "CPUExecutionProvider"' in result.stderr  # the check's report, logged
-    assert (out / "model" / "model.onnx").is_file()
+    graph = onnx.load(str(out / "model" / "model.onnx"), load_external_data=False).graph
+    ops = {n.op_type for n in graph.node}
+    assert not ops & {"GroupQueryAttention", "MultiHeadAttention", "RotaryEmbedding", "Attention"}, ops
+    assert {"Softmax", "ScatterElements"} <= ops
+    assert ("MatMulNBits" in ops) == (precision == "int4")
+    assert (out / "model" / "genai_config.json").is_file()
+    # auto-opt checked it before moving it into place; the check again, for its report.
+    check = run([olive_host, "ep-check", "-m", out / "model", "--device", "cpu",
+                 "--provider", "OpenVINOExecutionProvider"], env=openvino_env)
+    assert check.returncode == 0, check.stderr
+    report = json.loads(check.stdout)
+    assert report["provider"] == "OpenVINOExecutionProvider" and report["nodes"] >= 1
+    names = {"logits"} | {f"present.{layer}.{kv}" for layer in range(2) for kv in ("key", "value")}
+    assert set(report["max_abs_diff"]) == names
+    assert max(report["max_abs_diff"].values()) <= OPENVINO_TOL, report
+
+
+def test_openvino_cpu_has_no_fp16_recipe(olive_host, openvino_env, tiny, tmp_path):
+    result = run([olive_host, "auto-opt", "-m", tiny, "-o", tmp_path / "ao", "--device", "cpu",
+                  "--provider", "OpenVINOExecutionProvider", "--precision", "fp16", "--use_ort_genai"],
+                 env=openvino_env)
+    assert result.returncode != 0
+    assert "has no recipe for --precision fp16; it has: fp32, int4" in result.stderr, result.stderr
+    assert not (tmp_path / "ao").exists()
 
 
 def test_an_absent_openvino_device_is_an_error_naming_the_provider(olive_host, openvino_env, tmp_path):

@@ -2,9 +2,13 @@
 //! libonnxruntime 1.24.1 (with the OpenVINO runtime and its CPU plugin beside it) scripts/install.sh names in
 //! OLIVE_ORT_OPENVINO_DYLIB. Devices: OpenVINO's CPU, GPU and NPU (`device_type`); `precision=ACCURACY` because
 //! OpenVINO CPU otherwise quantizes MatMulNBits activations to int8 (~3e-2 off the CPU provider, 1.9e-6 with it).
-//! The recipe exports with ModelBuilder for this provider.
+//! The recipes export with ModelBuilder for this provider (fp32 activations for int4, as Olive's ModelBuilder exports
+//! for any provider it does not know as "cpu"; MatMulNBits accuracy_level 1 = fp32, what OpenVINO computes with
+//! ACCURACY, so the CPU provider's reference agrees) and then run fusion's `DecomposeGroupQueryAttention`: OpenVINO
+//! 1.24 takes none of com.microsoft GroupQueryAttention, MultiHeadAttention, RotaryEmbedding or ONNX Attention-23.
 
 use olive_pass_sdk::ep::{self, ExecutionProvider, ExecutionProviderExt};
+use serde_json::json;
 
 /// The provider's name in ONNX Runtime.
 pub const PROVIDER: &str = "OpenVINOExecutionProvider";
@@ -15,12 +19,29 @@ pub const LIBRARY_ENV: &str = "OLIVE_ORT_OPENVINO_DYLIB";
 
 /// The provider on one of our devices, as OpenVINO names it (`CPU`, `GPU`, `NPU`).
 fn on(device: &str, device_type: &str) -> ExecutionProvider {
-    ep::provider(device, PROVIDER)
+    let mut ep = ep::provider(device, PROVIDER)
         .option("device_type", device_type)
         .option("precision", "ACCURACY")
         .runtime(PACKAGE.0, PACKAGE.1, LIBRARY_ENV)
         .tolerance(1e-4, 1e-3)
-        .with_model_builder_recipes(&["fp32", "fp16", "int4"])
+        .with_recipe("fp32", &recipe(json!({"precision": "fp32"})));
+    // fp16 only off the CPU, as Olive's ModelBuilder refuses fp16 on a CPU device (fp16 logits on OpenVINO CPU
+    // differ from the CPU provider's by a few fp16 ulps, ~1.5e-3, past the tolerance).
+    if device != "cpu" {
+        ep = ep.with_recipe("fp16", &recipe(json!({"precision": "fp16"})));
+    }
+    ep.with_recipe(
+        "int4",
+        &recipe(json!({"precision": "int4", "int4_accuracy_level": 1})),
+    )
+}
+
+/// ModelBuilder with `model_builder`'s config, then the attention in standard ops.
+fn recipe(model_builder: serde_json::Value) -> [(&'static str, serde_json::Value); 2] {
+    [
+        ("ModelBuilder", model_builder),
+        ("DecomposeGroupQueryAttention", json!({})),
+    ]
 }
 
 /// OpenVINO on devices `cpu`, `gpu` and `npu`.
@@ -47,6 +68,14 @@ mod tests {
         assert_eq!(npu.provider_options["precision"], "ACCURACY");
         assert!(npu.runtime.accepts_version("1.24.1"));
         assert!(!npu.runtime.accepts_version("1.32.0"));
-        assert!(manifest.execution_provider("cpu", PROVIDER).is_some());
+        let cpu = manifest.execution_provider("cpu", PROVIDER).unwrap();
+        for recipe in &cpu.recipes {
+            let passes: Vec<&str> = recipe.passes.iter().map(|p| p.pass_type.as_str()).collect();
+            assert_eq!(passes, ["ModelBuilder", "DecomposeGroupQueryAttention"]);
+        }
+        assert!(cpu.recipe("fp16").is_none());
+        assert!(npu.recipe("fp16").is_some());
+        let int4 = cpu.recipe("int4").unwrap();
+        assert_eq!(int4.passes[0].config["int4_accuracy_level"], 1);
     }
 }

@@ -1,7 +1,8 @@
 //! olive-rs plugin `fusion`: graph passes for any ONNX model — Olive's `OnnxPeepholeOptimizer`
 //! (olive/passes/onnx/peephole_optimizer.py), `OrtTransformersOptimization` (olive/passes/onnx/transformer_optimization.py,
 //! which runs onnxruntime.transformers.optimizer) and the MatMulNBits weight quantizers `OnnxBlockWiseRtnQuantization`
-//! / `OnnxMatMul4Quantizer` ([`blockwise`]) and `OnnxDynamicQuantization` ([`dynamic`]), with the config keys Olive users pass. The input is a `.onnx` file or a
+//! / `OnnxMatMul4Quantizer` ([`blockwise`]), `OnnxDynamicQuantization` ([`dynamic`]) and
+//! `DecomposeGroupQueryAttention` ([`gqa`]: com.microsoft GroupQueryAttention as standard ops, for OpenVINO), with the config keys Olive users pass. The input is a `.onnx` file or a
 //! folder holding one; the output folder gets `model.onnx` (+ `model.onnx.data` for initializers of 1 KiB or more)
 //! and the folder's other files.
 
@@ -16,6 +17,7 @@ mod int32_inputs;
 mod fold;
 mod gelu;
 mod gemm;
+pub mod gqa;
 pub mod graph;
 mod norm;
 pub mod peephole;
@@ -309,6 +311,7 @@ olive_pass_sdk::export_plugin! {
         blockwise::OnnxMatMul4Quantizer,
         dynamic::OnnxDynamicQuantization,
         float16::OnnxFloatToFloat16,
+        gqa::DecomposeGroupQueryAttention,
     ],
 }
 

@@ -37,7 +37,7 @@ pub enum Precision {
     Fp32,
     /// fp16 weights and activations.
     Fp16,
-    /// int4 weights (MatMulNBits); fp32 activations on CPU.
+    /// int4 weights (MatMulNBits); fp32 activations on CPU and OpenVINO.
     Int4,
 }
 
@@ -134,10 +134,12 @@ impl Pass for ModelBuilder {
         };
         let provider_options = provider_options(&provider)?;
         let on_cpu = provider == "CPUExecutionProvider";
-        // int4 keeps fp32 activations on CPU and fp16 elsewhere, as Olive's auto-opt does.
+        // int4 keeps fp32 activations on CPU and fp16 elsewhere, as Olive's auto-opt does; Olive's ModelBuilder
+        // exports OpenVINO as "cpu" (its EP_MAP has no OpenVINO), so OpenVINO keeps fp32 activations too.
+        let fp32_activations = on_cpu || provider == "OpenVINOExecutionProvider";
         let dtype = match config.precision {
             Precision::Fp32 => DataType::Float,
-            Precision::Int4 if on_cpu => DataType::Float,
+            Precision::Int4 if fp32_activations => DataType::Float,
             Precision::Fp16 | Precision::Int4 => DataType::Float16,
         };
         let nbits = (config.precision == Precision::Int4).then(|| NBitsConfig {
