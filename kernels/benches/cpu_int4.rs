@@ -40,6 +40,18 @@ fn time(reps: usize, iters: usize, mut f: impl FnMut(usize)) -> f64 {
     median(t)
 }
 
+/// Seconds per call as `time`, but the fastest round (in-cache figures on a shared machine).
+fn time_min(reps: usize, iters: usize, mut f: impl FnMut(usize)) -> f64 {
+    (0..iters).for_each(&mut f);
+    (0..reps)
+        .map(|_| {
+            let start = Instant::now();
+            (0..iters).for_each(&mut f);
+            start.elapsed().as_secs_f64() / iters as f64
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
 /// GB/s of a sum over a 512 MiB buffer of u64, split over the pool's threads.
 fn read_bandwidth(buf: &[u64]) -> f64 {
     let threads = rayon::current_num_threads();
@@ -115,8 +127,56 @@ fn ort_run(s: &mut Session, x: &[f32], batch: usize) -> Res<()> {
     Ok(())
 }
 
+/// Kernel throughput with the weights in cache (one 3072 × 384 matrix, 0.6 MiB, in L2, 1 thread): what the
+/// kernels reach when memory is not the limit.
+fn kernel_in_cache(isa: Isa, only: Option<usize>) -> Res<()> {
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build()?;
+    println!("| block | batch | int8 µs | GB/s | fp32 µs |");
+    println!("|---|---|---|---|---|");
+    for block in [32usize, 128] {
+        let n = 384;
+        let q = weights(n, block)?;
+        let levels = unpack_matmul_nbits(&q.b, &q.scales, q.zero_points.as_deref(), K, n, block)?;
+        let m = Int4Matrix::from_levels(&levels)?;
+        for batch in [1usize, 4, 16, 128] {
+            if only.is_some_and(|b| b != batch) {
+                continue;
+            }
+            let x: Vec<f32> = (0..batch * K)
+                .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+                .collect();
+            let iters = (2000 / batch).max(10);
+            let run = |act| {
+                pool.install(|| {
+                    time_min(7, iters, |_| {
+                        let y = int4_matmul_with(&x, batch, &m, act, isa);
+                        std::hint::black_box(y.map(|v| v.len()).unwrap_or(0));
+                    })
+                })
+            };
+            let t8 = run(Activations::Int8);
+            let t32 = run(Activations::F32);
+            println!(
+                "| {block} | {batch} | {:.1} | {:.1} | {:.1} |",
+                t8 * 1e6,
+                m.bytes() as f64 / t8 / 1e9,
+                t32 * 1e6
+            );
+        }
+    }
+    Ok(())
+}
+
 fn main() -> Res<()> {
-    let quick = std::env::args().any(|a| a == "--quick");
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let in_cache = args.iter().any(|a| a == "--in-cache");
+    // `--batch B` / `--threads T`: only those rows of the tables.
+    let only = |flag: &str| -> Option<usize> {
+        let i = args.iter().position(|a| a == flag)?;
+        args.get(i + 1)?.parse().ok()
+    };
+    let (only_batch, only_threads) = (only("--batch"), only("--threads"));
     let dylib = std::env::var("ORT_DYLIB_PATH")
         .map_err(|_| "ORT_DYLIB_PATH is not set (source target/olive-env.sh)")?;
     let env = ort::init_from(&dylib)?
@@ -127,11 +187,17 @@ fn main() -> Res<()> {
         "isa {isa:?}; ORT {dylib}; K {K}; rotation > {} MiB",
         ROTATE_BYTES >> 20
     );
+    if in_cache {
+        return kernel_in_cache(isa, only_batch);
+    }
     let buf: Vec<u64> = (0..(512usize << 20) / 8).map(|i| i as u64).collect();
     let dir = tempfile::tempdir()?;
     let ns: &[usize] = if quick { &[3072] } else { &[3072, 8192, 9216] };
     let batches: &[usize] = &[1, 16, 128];
     for threads in [1usize, 2] {
+        if only_threads.is_some_and(|t| t != threads) {
+            continue;
+        }
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .build()?;
@@ -154,6 +220,9 @@ fn main() -> Res<()> {
                 let model = ort_model(&sub, &q)?;
                 let mut sessions = ort_sessions(&env, &model, copies, threads)?;
                 for &batch in batches {
+                    if only_batch.is_some_and(|b| b != batch) {
+                        continue;
+                    }
                     let x: Vec<f32> = (0..batch * K)
                         .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
                         .collect();

@@ -75,7 +75,7 @@ fn int4_matches_ort_matmul_nbits() {
             .expect("unpack");
         let m = Int4Matrix::from_levels(&levels).expect("pack");
         let dense = m.dequantize(); // [n, k]
-        for batch in [1usize, 3] {
+        for batch in [1usize, 3, 20] {
             let x: Vec<f32> = (0..batch * k).map(|_| 2.0 * rand()).collect();
             let sub = dir.path().join(format!("b{block}_s{symmetric}_m{batch}"));
             std::fs::create_dir_all(&sub).expect("dir");

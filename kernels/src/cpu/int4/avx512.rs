@@ -1,15 +1,14 @@
 //! AVX-512 int4 row kernels (MLAS SQNBitGemm's AVX-512 scheme): fp32 path zero-extends each 16-byte
 //! sub-block to 16 lanes (low/high nibble = inputs j / j + 16) and FMAs; int8 path splits 64 bytes into
 //! low/high nibbles and runs two VNNI `vpdpbusd` (u8 levels × s8 activations) per 128 inputs, then scales
-//! each 4-lane sub-block by weight scale × activation scale. One row against up to 4 activation rows.
+//! each 4-lane sub-block by weight scale × activation scale; one or two rows against up to 4 activation
+//! rows, the weight stream prefetched into L2 8 KiB ahead. Activations are quantized here too (vectorized
+//! `vcvtps2dq`, bit-equal to the scalar reference). Batches of 8 and more go to `avx512_gemm`.
 #![cfg(target_arch = "x86_64")]
 
 use std::arch::x86_64::*;
 
-use super::{ActRow, CHUNK, SUB};
-
-/// One weight row: nibbles [k / 2], scales [blocks], zeros [blocks].
-pub(super) type Row<'a> = (&'a [u8], &'a [f32], &'a [u8]);
+use super::{ActRow, Int4Matrix, CHUNK, SUB};
 
 /// fp32 path: `out[i] = Σ_b s_b (Σ x_i q − z_b Σ x_i)` for each of `acts` (1..=4).
 pub(super) fn rows_f32(
@@ -31,29 +30,32 @@ pub(super) fn rows_f32(
     }
 }
 
-/// int8 path for 1 or 2 weight rows `rows` (nibbles, scales, zeros) against 1..=8 `acts`:
+/// int8 path for `rows` (1 or 2) consecutive weight rows from `o` against 1..=4 `acts`:
 /// `out[r · acts + i] = Σ_b s_b (xs_b Σ xq q − z_b · block_sum_b)`.
-pub(super) fn rows_i8(rows: &[Row<'_>], bs: usize, acts: &[ActRow], out: &mut [f32]) {
-    // SAFETY: as rows_f32.
-    unsafe {
-        match (rows.len(), acts.len()) {
-            (1, 1) => i8_n::<1, 1>(rows, bs, acts, out),
-            (1, 2) => i8_n::<1, 2>(rows, bs, acts, out),
-            (1, 3) => i8_n::<1, 3>(rows, bs, acts, out),
-            (1, 4) => i8_n::<1, 4>(rows, bs, acts, out),
-            (1, 5) => i8_n::<1, 5>(rows, bs, acts, out),
-            (1, 6) => i8_n::<1, 6>(rows, bs, acts, out),
-            (1, 7) => i8_n::<1, 7>(rows, bs, acts, out),
-            (1, _) => i8_n::<1, 8>(rows, bs, acts, out),
-            (_, 1) => i8_n::<2, 1>(rows, bs, acts, out),
-            (_, 2) => i8_n::<2, 2>(rows, bs, acts, out),
-            (_, 3) => i8_n::<2, 3>(rows, bs, acts, out),
-            (_, 4) => i8_n::<2, 4>(rows, bs, acts, out),
-            (_, 5) => i8_n::<2, 5>(rows, bs, acts, out),
-            (_, 6) => i8_n::<2, 6>(rows, bs, acts, out),
-            (_, 7) => i8_n::<2, 7>(rows, bs, acts, out),
-            _ => i8_n::<2, 8>(rows, bs, acts, out),
-        }
+pub(super) fn rows_i8(w: &Int4Matrix, o: usize, rows: usize, acts: &[ActRow], out: &mut [f32]) {
+    macro_rules! by_block {
+        ($r:literal, $nb:literal) => {
+            // SAFETY: the caller (int4_matmul_with) checked Isa::Avx512 is available; rows o..o + R exist
+            // (checked below) and the kernel checks the activations' lengths.
+            unsafe {
+                match w.block_size() {
+                    32 => gemv_i8::<$r, $nb, 32>(w, o, acts, out),
+                    64 => gemv_i8::<$r, $nb, 64>(w, o, acts, out),
+                    _ => gemv_i8::<$r, $nb, 128>(w, o, acts, out),
+                }
+            }
+        };
+    }
+    assert!(o + rows <= w.n());
+    match (rows, acts.len()) {
+        (1, 1) => by_block!(1, 1),
+        (1, 2) => by_block!(1, 2),
+        (1, 3) => by_block!(1, 3),
+        (1, _) => by_block!(1, 4),
+        (_, 1) => by_block!(2, 1),
+        (_, 2) => by_block!(2, 2),
+        (_, 3) => by_block!(2, 3),
+        _ => by_block!(2, 4),
     }
 }
 
@@ -102,81 +104,173 @@ unsafe fn f32_n<const NB: usize>(
     }
 }
 
+/// One 128-input chunk of `R` rows against `NB` activation rows: two VNNI dot products per row and item
+/// (low nibbles × inputs 32s + j, high nibbles × inputs 32s + 16 + j), then per 4-lane sub-block the
+/// weight scale × activation scale. `FULL`: a whole chunk (plain loads); else `bmask` bytes / `nblk` blocks.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn chunk_i8<const R: usize, const NB: usize, const BS: usize, const FULL: bool>(
+    nib: *const u8,
+    row_bytes: usize,
+    scales: *const f32,
+    blocks: usize,
+    c: usize,
+    bmask: __mmask64,
+    smask: __mmask16,
+    acts: &[ActRow],
+    acc: &mut [[__m512; NB]; R],
+) {
+    let m0f = _mm512_set1_epi8(0x0F);
+    // Lane l of a chunk lies in sub-block l / 4, i.e. block (l / 4) · 32 / BS of the chunk.
+    let per = (BS / SUB) as i32;
+    let (q1, q2, q3) = (1 / per, 2 / per, 3 / per);
+    let idx = _mm512_setr_epi32(0, 0, 0, 0, q1, q1, q1, q1, q2, q2, q2, q2, q3, q3, q3, q3);
+    let mut lo = [_mm512_setzero_si512(); R];
+    let mut hi = [_mm512_setzero_si512(); R];
+    let mut ws = [_mm512_setzero_ps(); R];
+    for r in 0..R {
+        let p = nib.add(r * row_bytes + 64 * c);
+        let v = if FULL {
+            _mm512_loadu_si512(p.cast())
+        } else {
+            _mm512_maskz_loadu_epi8(bmask, p.cast())
+        };
+        // Stream hint 4 KiB ahead (harmless past the end).
+        // Stream hint into L2, 8 KiB ahead (harmless past the end).
+        _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(8192).cast());
+        lo[r] = _mm512_and_si512(v, m0f);
+        hi[r] = _mm512_and_si512(_mm512_srli_epi16::<4>(v), m0f);
+        let sp = scales.add(r * blocks + c * (CHUNK / BS));
+        ws[r] = if BS == CHUNK {
+            _mm512_set1_ps(*sp)
+        } else if FULL {
+            _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(_mm_loadu_ps(sp)))
+        } else {
+            _mm512_permutexvar_ps(idx, _mm512_maskz_loadu_ps(smask, sp))
+        };
+    }
+    for i in 0..NB {
+        let a = &acts[i];
+        let xl = _mm512_loadu_si512(a.lo.as_ptr().add(64 * c).cast());
+        let xh = _mm512_loadu_si512(a.hi.as_ptr().add(64 * c).cast());
+        let xs = _mm512_loadu_ps(a.lane_scale.as_ptr().add(16 * c));
+        for r in 0..R {
+            let d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo[r], xl);
+            let d = _mm512_dpbusd_epi32(d, hi[r], xh);
+            let t = _mm512_mul_ps(_mm512_cvtepi32_ps(d), xs);
+            acc[r][i] = _mm512_fmadd_ps(t, ws[r], acc[r][i]);
+        }
+    }
+}
+
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma")]
-unsafe fn i8_n<const R: usize, const NB: usize>(
-    rows: &[Row<'_>],
-    bs: usize,
+unsafe fn gemv_i8<const R: usize, const NB: usize, const BS: usize>(
+    w: &Int4Matrix,
+    o: usize,
     acts: &[ActRow],
     out: &mut [f32],
 ) {
-    let k = rows[0].0.len() * 2;
+    let k = w.k();
     let k_pad = k.div_ceil(CHUNK) * CHUNK;
-    assert!(
-        rows.len() == R
-            && acts.len() == NB
-            && out.len() == R * NB
-            && bs <= CHUNK
-            && bs.is_power_of_two()
-    );
-    assert!(rows
-        .iter()
-        .all(|r| r.0.len() * 2 == k && r.1.len() * bs == k && r.2.len() == r.1.len()));
+    let blocks = k / BS;
+    assert!(o + R <= w.n() && acts.len() == NB && out.len() == R * NB && w.block_size() == BS);
     assert!(acts.iter().all(|a| a.lo.len() == k_pad / 2
         && a.hi.len() == k_pad / 2
         && a.lane_scale.len() == k_pad / 8));
-    let m0f = _mm512_set1_epi8(0x0F);
-    // Lane l of a 128-input chunk lies in sub-block l / 4, i.e. block (l / 4) · 32 / bs of the chunk.
-    let per = (bs / SUB) as i32;
-    let (q1, q2, q3) = (1 / per, 2 / per, 3 / per);
-    let idx = _mm512_setr_epi32(0, 0, 0, 0, q1, q1, q1, q1, q2, q2, q2, q2, q3, q3, q3, q3);
-    let blocks_per_chunk = CHUNK / bs;
-    let bs_shift = bs.trailing_zeros();
+    let (nib, scales, _) = w.row(o);
+    let (nib, scales) = (nib.as_ptr(), scales.as_ptr());
     let mut acc = [[_mm512_setzero_ps(); NB]; R];
-    let chunks = k.div_ceil(CHUNK);
-    for c in 0..chunks {
-        let bytes = ((k - c * CHUNK).min(CHUNK) / 2) as u32;
-        let bmask: __mmask64 = if bytes == 64 { !0 } else { (1u64 << bytes) - 1 };
-        // bs is 32, 64 or 128: a shift, not a division in the loop.
-        let nblk = (bytes as usize * 2) >> bs_shift;
-        let smask: __mmask16 = ((1u32 << nblk) - 1) as u16;
-        let mut lo = [_mm512_setzero_si512(); R];
-        let mut hi = [_mm512_setzero_si512(); R];
-        let mut ws = [_mm512_setzero_ps(); R];
-        for r in 0..R {
-            // SAFETY: masked loads read only the row's bytes and scales.
-            let w = _mm512_maskz_loadu_epi8(bmask, rows[r].0.as_ptr().add(64 * c).cast());
-            lo[r] = _mm512_and_si512(w, m0f);
-            hi[r] = _mm512_and_si512(_mm512_srli_epi16::<4>(w), m0f);
-            // Stream hint 4 KiB ahead, past the row pair being read (harmless past the end).
-            _mm_prefetch::<_MM_HINT_T0>(rows[r].0.as_ptr().wrapping_add(64 * c + 4096).cast());
-            ws[r] = if bs == CHUNK {
-                _mm512_set1_ps(rows[r].1[c])
-            } else {
-                _mm512_permutexvar_ps(
-                    idx,
-                    _mm512_maskz_loadu_ps(smask, rows[r].1.as_ptr().add(c * blocks_per_chunk)),
-                )
-            };
-        }
-        for i in 0..NB {
-            let a = &acts[i];
-            // SAFETY: activation arrays are padded to k_pad.
-            let xl = _mm512_loadu_si512(a.lo.as_ptr().add(64 * c).cast());
-            let xh = _mm512_loadu_si512(a.hi.as_ptr().add(64 * c).cast());
-            let xs = _mm512_loadu_ps(a.lane_scale.as_ptr().add(16 * c));
-            for r in 0..R {
-                let d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo[r], xl);
-                let d = _mm512_dpbusd_epi32(d, hi[r], xh);
-                let t = _mm512_mul_ps(_mm512_cvtepi32_ps(d), xs);
-                acc[r][i] = _mm512_fmadd_ps(t, ws[r], acc[r][i]);
-            }
-        }
+    let full = k / CHUNK;
+    for c in 0..full {
+        chunk_i8::<R, NB, BS, true>(nib, k / 2, scales, blocks, c, !0, !0, acts, &mut acc);
+    }
+    if full * CHUNK < k {
+        // SAFETY (all of the above): chunk c < k_pad / 128 reads row bytes 64c.. (masked to the row) and
+        // scales of its blocks; rows o..o + R are contiguous, k / 2 bytes and `blocks` scales apart.
+        let bytes = (k - full * CHUNK) / 2;
+        let bmask: __mmask64 = (1u64 << bytes) - 1;
+        let smask: __mmask16 = ((1u32 << (2 * bytes / BS)) - 1) as u16;
+        chunk_i8::<R, NB, BS, false>(
+            nib,
+            k / 2,
+            scales,
+            blocks,
+            full,
+            bmask,
+            smask,
+            acts,
+            &mut acc,
+        );
     }
     for r in 0..R {
+        let (_, s, z) = w.row(o + r);
         for i in 0..NB {
-            let z = zero_term(rows[r].1, rows[r].2, &acts[i].block_sum);
-            out[r * NB + i] = _mm512_reduce_add_ps(_mm512_sub_ps(acc[r][i], z));
+            let zt = zero_term(s, z, &acts[i].block_sum);
+            out[r * NB + i] = _mm512_reduce_add_ps(_mm512_sub_ps(acc[r][i], zt));
         }
+    }
+}
+
+/// ORT's accuracy-level-4 activation quantization of `x` [k] (k % 32 == 0) per block of `bs` (32/64/128):
+/// scale max|x| / 127, `round_ties_even(x · 127 / max|x|)` (the default MXCSR rounding of `vcvtps2dq`, so
+/// bit-equal to `scalar::quantize_activations_ref`), written split into sub-block halves `lo` / `hi`
+/// [k_pad / 2], per-lane scales `lane_scale` [k_pad / 8] and per-block `scale · Σ xq` into `block_sum`.
+pub(super) fn quantize_i8(
+    x: &[f32],
+    bs: usize,
+    lo: &mut [i8],
+    hi: &mut [i8],
+    lane_scale: &mut [f32],
+    block_sum: &mut [f32],
+) {
+    let k = x.len();
+    assert!(k.is_multiple_of(SUB) && bs.is_multiple_of(SUB) && k.is_multiple_of(bs));
+    assert!(lo.len() >= k / 2 && hi.len() >= k / 2 && lane_scale.len() >= k / 8);
+    assert!(block_sum.len() == k / bs);
+    // SAFETY: the caller checked Isa::Avx512; every access below is within the lengths asserted above.
+    unsafe { quantize_i8_impl(x, bs, lo, hi, lane_scale, block_sum) }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn quantize_i8_impl(
+    x: &[f32],
+    bs: usize,
+    lo: &mut [i8],
+    hi: &mut [i8],
+    lane_scale: &mut [f32],
+    block_sum: &mut [f32],
+) {
+    let abs_mask = _mm512_set1_epi32(0x7FFF_FFFF);
+    let (qmin, qmax) = (_mm512_set1_epi32(-127), _mm512_set1_epi32(127));
+    for (b, sum) in block_sum.iter_mut().enumerate() {
+        let xb = x.as_ptr().add(b * bs);
+        let mut m = _mm512_setzero_ps();
+        for v in 0..bs / 16 {
+            let a = _mm512_castsi512_ps(_mm512_and_si512(
+                _mm512_castps_si512(_mm512_loadu_ps(xb.add(16 * v))),
+                abs_mask,
+            ));
+            m = _mm512_max_ps(m, a);
+        }
+        let amax = _mm512_reduce_max_ps(m);
+        let scale = amax / 127.0;
+        let inv = _mm512_set1_ps(if amax > 0.0 { 127.0 / amax } else { 0.0 });
+        let mut qs = _mm512_setzero_si512();
+        for v in 0..bs / 16 {
+            let q = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xb.add(16 * v)), inv));
+            let q = _mm512_min_epi32(_mm512_max_epi32(q, qmin), qmax);
+            qs = _mm512_add_epi32(qs, q);
+            // Input j = b·bs + 16v lies in sub-block j / 32, the low half when (j / 16) is even.
+            let j = b * bs + 16 * v;
+            let dst = if (j / 16).is_multiple_of(2) {
+                lo.as_mut_ptr()
+            } else {
+                hi.as_mut_ptr()
+            };
+            _mm_storeu_si128(dst.add(16 * (j / SUB)).cast(), _mm512_cvtepi32_epi8(q));
+        }
+        *sum = scale * _mm512_reduce_add_epi32(qs) as f32;
+        lane_scale[b * bs / 8..(b + 1) * bs / 8].fill(scale);
     }
 }
 

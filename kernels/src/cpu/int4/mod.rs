@@ -7,6 +7,7 @@
 mod avx2;
 // AVX-512 intrinsics are stable since Rust 1.89 (the workspace's rust-version).
 mod avx512;
+mod avx512_gemm;
 mod pack;
 mod scalar;
 #[cfg(test)]
@@ -21,6 +22,11 @@ use rayon::prelude::*;
 pub const SUB: usize = 32;
 /// Inputs per activation chunk the SIMD kernels step over (one 64-byte AVX-512 load of weights).
 const CHUNK: usize = 128;
+
+/// From this batch size on, the AVX-512 int8 path unpacks tiles of weights once and runs the register-blocked
+/// GEMM (`avx512_gemm`); below it, the row kernels (faster for a few items, which cannot amortize the
+/// unpacking).
+const GEMM_MIN_BATCH: usize = 8;
 
 /// How the activations enter the dot products.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -138,21 +144,29 @@ pub fn int4_matmul_with(
     }
     let acts: Vec<ActRow> = (0..batch)
         .into_par_iter()
-        .map(|b| prepare(&x[b * k..(b + 1) * k], w, act))
+        .map(|b| prepare(&x[b * k..(b + 1) * k], w, act, isa))
         .collect();
     // Output tiles of rows: [n, batch] so each tile is contiguous; transposed at the end.
     let threads = rayon::current_num_threads().max(1);
-    let rows_per_task = (n / (threads * 8)).clamp(4, 64);
     let mut yt = vec![0f32; n * batch];
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 && act == Activations::Int8 && batch >= GEMM_MIN_BATCH {
+        // Tiles of 32 rows unpacked once for every batch item.
+        let tile = avx512_gemm::TILE_ROWS;
+        yt.par_chunks_mut(tile * batch)
+            .enumerate()
+            .for_each(|(t, out)| avx512_gemm::gemm_i8(w, t * tile, &acts, out));
+        return Ok(transpose(yt, n, batch));
+    }
+    let rows_per_task = (n / (threads * 8)).clamp(4, 64);
     yt.par_chunks_mut(rows_per_task * batch)
         .enumerate()
         .for_each(|(t, out)| {
             let r0 = t * rows_per_task;
             let rows = out.len() / batch;
-            // Batch items in groups of 4 (AVX-512 int8: 8) share each weight load; AVX-512 int8 takes rows
-            // in pairs.
+            // Batch items in groups of 4 share each weight load; AVX-512 int8 takes rows in pairs.
             let pair = isa == Isa::Avx512 && act == Activations::Int8;
-            let group = if pair { 8 } else { 4 };
+            let group = 4;
             let mut b0 = 0;
             while b0 < batch {
                 let nb = (batch - b0).min(group);
@@ -179,8 +193,13 @@ pub fn int4_matmul_with(
                 b0 += nb;
             }
         });
+    Ok(transpose(yt, n, batch))
+}
+
+/// [n, batch] → [batch, n].
+fn transpose(yt: Vec<f32>, n: usize, batch: usize) -> Vec<f32> {
     if batch == 1 {
-        return Ok(yt);
+        return yt;
     }
     let mut y = vec![0f32; n * batch];
     for (o, row) in yt.chunks_exact(batch).enumerate() {
@@ -188,7 +207,7 @@ pub fn int4_matmul_with(
             y[b * n + o] = *v;
         }
     }
-    Ok(y)
+    y
 }
 
 /// Rows `o..o + rr`'s dot products with `acts` (1..=4 of them, AVX-512 int8 1..=8) into `out` [rr, acts], zero points included.
@@ -203,8 +222,7 @@ fn row_dots(
 ) {
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx512 && act == Activations::Int8 {
-        let rows = [w.row(o), w.row(o + rr - 1)];
-        return avx512::rows_i8(&rows[..rr], w.block_size(), acts, out);
+        return avx512::rows_i8(w, o, rr, acts, out);
     }
     for (j, out) in out.chunks_exact_mut(acts.len()).enumerate() {
         row_dots1(w, o + j, acts, act, isa, out);
@@ -249,14 +267,14 @@ fn row_dots1(
         #[cfg(target_arch = "x86_64")]
         (Isa::Avx512, Activations::F32) => avx512::rows_f32(nib, scales, zeros, bs, acts, out),
         #[cfg(target_arch = "x86_64")]
-        (Isa::Avx512, Activations::Int8) => avx512::rows_i8(&[(nib, scales, zeros)], bs, acts, out),
+        (Isa::Avx512, Activations::Int8) => avx512::rows_i8(w, o, 1, acts, out),
         #[cfg(not(target_arch = "x86_64"))]
         _ => unreachable!("only Isa::Scalar is available off x86-64"),
     }
 }
 
 /// Activations of one row for `w`: permuted, padded, and (int8) quantized per weight block.
-pub(crate) fn prepare(x: &[f32], w: &Int4Matrix, act: Activations) -> ActRow {
+pub(crate) fn prepare(x: &[f32], w: &Int4Matrix, act: Activations, isa: Isa) -> ActRow {
     let k = w.k();
     let k_pad = k.div_ceil(CHUNK) * CHUNK;
     let mut xp = vec![0f32; k_pad];
@@ -275,6 +293,25 @@ pub(crate) fn prepare(x: &[f32], w: &Int4Matrix, act: Activations) -> ActRow {
                 lane_scale: Vec::new(),
                 block_sum,
             }
+        }
+        #[cfg(target_arch = "x86_64")]
+        Activations::Int8 if isa == Isa::Avx512 => {
+            let mut a = ActRow {
+                x: Vec::new(),
+                lo: vec![0i8; k_pad / 2],
+                hi: vec![0i8; k_pad / 2],
+                lane_scale: vec![0f32; k_pad / 8],
+                block_sum: vec![0f32; k / bs],
+            };
+            avx512::quantize_i8(
+                &xp[..k],
+                bs,
+                &mut a.lo,
+                &mut a.hi,
+                &mut a.lane_scale,
+                &mut a.block_sum,
+            );
+            a
         }
         Activations::Int8 => {
             let (xq, scales) = scalar::quantize_activations_ref(&xp[..k], bs);

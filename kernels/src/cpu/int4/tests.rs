@@ -87,7 +87,8 @@ fn isas() -> Vec<Isa> {
     have
 }
 
-const SHAPES: [(usize, usize, usize, bool); 6] = [
+const SHAPES: [(usize, usize, usize, bool); 7] = [
+    (45, 384, 128, false),
     (8, 128, 128, false),
     (12, 96, 32, false),
     (9, 160, 32, true),
@@ -132,7 +133,7 @@ fn every_isa_matches_the_reference() {
     let mut rng = Rng::new(3);
     for (n, k, gs, ao) in SHAPES {
         let m = Int4Matrix::from_levels(&levels(&mut rng, n, k, gs, ao)).expect("pack");
-        for batch in [1, 2, 5, 9] {
+        for batch in [1, 2, 5, 9, 20] {
             let x = rng.vec(batch * k);
             let want = int4_matmul_ref(&x, batch, &m);
             let (l1, q8) = bounds(&x, batch, &m);

@@ -1,0 +1,245 @@
+//! AVX-512 VNNI int4 × int8 GEMM for batches (MLAS QGEMM-style register blocking, int8 activations as
+//! ONNX Runtime's MatMulNBits accuracy level 4): a tile of 32 weight rows × 256 inputs is unpacked once to
+//! u8 in "VNNI order" (one zmm = 16 rows × 4 consecutive inputs), then every group of up to 6 batch items
+//! runs over it with 2 × 6 int32 accumulators: per 4 inputs two weight loads, one 4-byte activation
+//! broadcast per item and 12 `vpdpbusd`; per block the int32 sums are scaled (weight × activation scale)
+//! into fp32 accumulators and the zero-point term `s · z · block_sum` is taken off.
+#![cfg(target_arch = "x86_64")]
+
+use std::arch::x86_64::*;
+
+use super::{ActRow, Int4Matrix, SUB};
+
+/// Weight rows per tile (two zmm of 16 output lanes).
+pub(super) const TILE_ROWS: usize = 32;
+/// Inputs unpacked at a time (a multiple of every block size).
+const KC: usize = 256;
+/// Batch items per register block.
+const NR: usize = 6;
+
+/// `out [rows, batch] = W[o0 .. o0 + rows] · x_bᵀ` for every `acts` item, rows ≤ TILE_ROWS.
+pub(super) fn gemm_i8(w: &Int4Matrix, o0: usize, acts: &[ActRow], out: &mut [f32]) {
+    let batch = acts.len();
+    let rows = out.len() / batch.max(1);
+    assert!(rows <= TILE_ROWS && o0 + rows <= w.n() && out.len() == rows * batch);
+    let k = w.k();
+    let k_pad = k.div_ceil(128) * 128;
+    assert!(acts.iter().all(|a| a.lo.len() == k_pad / 2
+        && a.hi.len() == k_pad / 2
+        && a.lane_scale.len() == k_pad / 8
+        && a.block_sum.len() == k / w.block_size()));
+    // SAFETY: the caller checked Isa::Avx512 (with VNNI) is available; shapes are asserted above and in
+    // the kernels.
+    unsafe {
+        match w.block_size() {
+            32 => gemm_tile::<32>(w, o0, rows, acts, out),
+            64 => gemm_tile::<64>(w, o0, rows, acts, out),
+            _ => gemm_tile::<128>(w, o0, rows, acts, out),
+        }
+    }
+}
+
+/// A tile's unpacked weights for KC inputs: [KC / 32 sub-blocks][8 slots][2 halves][64 bytes] (slot d < 4:
+/// inputs 4d..4d+3 of the sub-block, slot 4 + d: inputs 16 + 4d..), scales and s · z [KC / BS][2][16].
+struct Tile {
+    w: Vec<__m512i>,
+    ws: Vec<__m512>,
+    sz: Vec<__m512>,
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma")]
+unsafe fn gemm_tile<const BS: usize>(
+    w: &Int4Matrix,
+    o0: usize,
+    rows: usize,
+    acts: &[ActRow],
+    out: &mut [f32],
+) {
+    let (k, batch) = (w.k(), acts.len());
+    let mut tile = Tile {
+        w: vec![_mm512_setzero_si512(); KC / SUB * 8 * 2],
+        ws: vec![_mm512_setzero_ps(); KC / BS * 2],
+        sz: vec![_mm512_setzero_ps(); KC / BS * 2],
+    };
+    // fp32 accumulators [batch][2][16].
+    let mut c = vec![_mm512_setzero_ps(); batch * 2];
+    // Rows past the matrix repeat its last row; their outputs are not stored.
+    let row_of = |r: usize| (o0 + r).min(w.n() - 1);
+    for kb in (0..k).step_by(KC) {
+        let kc = KC.min(k - kb);
+        unpack::<BS>(w, &row_of, kb, kc, &mut tile);
+        let mut g = 0;
+        while g < batch {
+            let nr = (batch - g).min(NR);
+            let cg = &mut c[2 * g..2 * (g + nr)];
+            let ag = &acts[g..g + nr];
+            match nr {
+                1 => micro::<BS, 1>(&tile, ag, kb, kc, cg),
+                2 => micro::<BS, 2>(&tile, ag, kb, kc, cg),
+                3 => micro::<BS, 3>(&tile, ag, kb, kc, cg),
+                4 => micro::<BS, 4>(&tile, ag, kb, kc, cg),
+                5 => micro::<BS, 5>(&tile, ag, kb, kc, cg),
+                _ => micro::<BS, 6>(&tile, ag, kb, kc, cg),
+            }
+            g += nr;
+        }
+    }
+    let mut lane = [0f32; TILE_ROWS];
+    for (i, cv) in c.chunks_exact(2).enumerate() {
+        _mm512_storeu_ps(lane.as_mut_ptr(), cv[0]);
+        _mm512_storeu_ps(lane.as_mut_ptr().add(16), cv[1]);
+        for (r, v) in lane[..rows].iter().enumerate() {
+            out[r * batch + i] = *v;
+        }
+    }
+}
+
+/// Unpacks inputs kb..kb + kc of the tile's 32 rows into `t` (see [`Tile`]).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma")]
+unsafe fn unpack<const BS: usize>(
+    w: &Int4Matrix,
+    row_of: &impl Fn(usize) -> usize,
+    kb: usize,
+    kc: usize,
+    t: &mut Tile,
+) {
+    let m0f = _mm512_set1_epi8(0x0F);
+    // Stage 1: rows 0..7 of dwords (d, d + 1) from two zmm of 4 rows × 4 dwords each.
+    let pair = |d: i32| {
+        let e = |j: i32| {
+            if j < 4 {
+                j * 4 + d
+            } else {
+                16 + (j - 4) * 4 + d
+            }
+        };
+        let f = |j: i32| e(j) + 1;
+        _mm512_setr_epi32(
+            e(0),
+            e(1),
+            e(2),
+            e(3),
+            e(4),
+            e(5),
+            e(6),
+            e(7),
+            f(0),
+            f(1),
+            f(2),
+            f(3),
+            f(4),
+            f(5),
+            f(6),
+            f(7),
+        )
+    };
+    let (p01, p23) = (pair(0), pair(2));
+    // Stage 2: rows 0..7 from the first source, rows 8..15 from the second (low or high 8 lanes).
+    let lo8 = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23);
+    let hi8 = _mm512_setr_epi32(8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
+    let blocks = w.k() / BS;
+    for h in 0..2 {
+        let rows: [usize; 16] = std::array::from_fn(|r| row_of(16 * h + r));
+        let nib: [*const u8; 16] = std::array::from_fn(|r| w.row(rows[r]).0.as_ptr());
+        // The next KC inputs of each row (2 lines of 64 bytes) are fetched while these are used.
+        for p in nib {
+            let next = p.wrapping_add((kb + KC) / 2);
+            _mm_prefetch::<_MM_HINT_T0>(next.cast());
+            _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(64).cast());
+        }
+        for s in 0..kc / SUB {
+            let off = (kb / SUB + s) * 16;
+            // z[q]: rows 4q..4q + 3, 16 bytes (4 dwords) each.
+            let z: [__m512i; 4] = std::array::from_fn(|q| {
+                let v = _mm512_castsi128_si512(_mm_loadu_si128(nib[4 * q].add(off).cast()));
+                let v = _mm512_inserti32x4::<1>(v, _mm_loadu_si128(nib[4 * q + 1].add(off).cast()));
+                let v = _mm512_inserti32x4::<2>(v, _mm_loadu_si128(nib[4 * q + 2].add(off).cast()));
+                _mm512_inserti32x4::<3>(v, _mm_loadu_si128(nib[4 * q + 3].add(off).cast()))
+            });
+            let a01 = _mm512_permutex2var_epi32(z[0], p01, z[1]);
+            let a23 = _mm512_permutex2var_epi32(z[0], p23, z[1]);
+            let b01 = _mm512_permutex2var_epi32(z[2], p01, z[3]);
+            let b23 = _mm512_permutex2var_epi32(z[2], p23, z[3]);
+            // d[j]: dword j of all 16 rows.
+            let d = [
+                _mm512_permutex2var_epi32(a01, lo8, b01),
+                _mm512_permutex2var_epi32(a01, hi8, b01),
+                _mm512_permutex2var_epi32(a23, lo8, b23),
+                _mm512_permutex2var_epi32(a23, hi8, b23),
+            ];
+            for (j, v) in d.into_iter().enumerate() {
+                t.w[(s * 8 + j) * 2 + h] = _mm512_and_si512(v, m0f);
+                t.w[(s * 8 + 4 + j) * 2 + h] = _mm512_and_si512(_mm512_srli_epi16::<4>(v), m0f);
+            }
+        }
+        for blk in 0..kc / BS {
+            let b = kb / BS + blk;
+            let mut s = [0f32; 16];
+            let mut sz = [0f32; 16];
+            for r in 0..16 {
+                let (_, sc, zs) = w.row(rows[r]);
+                debug_assert!(b < blocks);
+                s[r] = sc[b];
+                sz[r] = sc[b] * f32::from(zs[b]);
+            }
+            t.ws[blk * 2 + h] = _mm512_loadu_ps(s.as_ptr());
+            t.sz[blk * 2 + h] = _mm512_loadu_ps(sz.as_ptr());
+        }
+    }
+}
+
+/// `NB` items (≤ NR) over the unpacked tile: c[2i + h] += Σ_blocks (ws·xs · Σ q·xq − s·z · block_sum).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma")]
+unsafe fn micro<const BS: usize, const NB: usize>(
+    t: &Tile,
+    acts: &[ActRow],
+    kb: usize,
+    kc: usize,
+    c: &mut [__m512],
+) {
+    assert!(acts.len() == NB && c.len() == 2 * NB && t.w.len() >= kc / SUB * 16);
+    let mut f: [[__m512; NB]; 2] = std::array::from_fn(|h| std::array::from_fn(|i| c[2 * i + h]));
+    // Activation bytes: packed input order split into low / high sub-block halves (see ActRow).
+    let lo: [*const i8; NB] = std::array::from_fn(|i| acts[i].lo.as_ptr().add(kb / 2));
+    let hi: [*const i8; NB] = std::array::from_fn(|i| acts[i].hi.as_ptr().add(kb / 2));
+    let wp = t.w.as_ptr();
+    for blk in 0..kc / BS {
+        let mut acc = [[_mm512_setzero_si512(); NB]; 2];
+        for s in blk * BS / SUB..(blk + 1) * BS / SUB {
+            for slot in 0..8 {
+                let w0 = *wp.add((s * 8 + slot) * 2);
+                let w1 = *wp.add((s * 8 + slot) * 2 + 1);
+                let off = 16 * s + 4 * (slot % 4);
+                for i in 0..NB {
+                    let src = if slot < 4 { lo[i] } else { hi[i] };
+                    let xb = _mm512_set1_epi32(src.add(off).cast::<i32>().read_unaligned());
+                    acc[0][i] = _mm512_dpbusd_epi32(acc[0][i], w0, xb);
+                    acc[1][i] = _mm512_dpbusd_epi32(acc[1][i], w1, xb);
+                }
+            }
+        }
+        let b = kb / BS + blk;
+        let (ws0, ws1) = (t.ws[blk * 2], t.ws[blk * 2 + 1]);
+        let (sz0, sz1) = (t.sz[blk * 2], t.sz[blk * 2 + 1]);
+        for i in 0..NB {
+            let xs = _mm512_set1_ps(*acts[i].lane_scale.get_unchecked(b * BS / 8));
+            let bsum = _mm512_set1_ps(*acts[i].block_sum.get_unchecked(b));
+            f[0][i] = _mm512_fmadd_ps(
+                _mm512_cvtepi32_ps(acc[0][i]),
+                _mm512_mul_ps(ws0, xs),
+                f[0][i],
+            );
+            f[0][i] = _mm512_fnmadd_ps(sz0, bsum, f[0][i]);
+            f[1][i] = _mm512_fmadd_ps(
+                _mm512_cvtepi32_ps(acc[1][i]),
+                _mm512_mul_ps(ws1, xs),
+                f[1][i],
+            );
+            f[1][i] = _mm512_fnmadd_ps(sz1, bsum, f[1][i]);
+        }
+    }
+    for i in 0..NB {
+        c[2 * i] = f[0][i];
+        c[2 * i + 1] = f[1][i];
+    }
+}
