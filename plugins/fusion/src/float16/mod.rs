@@ -281,6 +281,38 @@ pub fn tensor_to_f16(t: &mut TensorProto, min: f64, max: f64) -> Result<bool, St
     Ok(true)
 }
 
+/// Names in use (values and nodes): the Casts' names are float16.py's unless taken (a model converted before
+/// already has `graph_output_cast_0`), then suffixed `_1`, `_2`, ...
+struct Fresh(HashSet<String>);
+
+impl Fresh {
+    fn of(graph: &olive_onnx::proto::GraphProto) -> Self {
+        let values = graph
+            .input
+            .iter()
+            .chain(&graph.output)
+            .chain(&graph.value_info)
+            .filter_map(|v| v.name.clone());
+        let inits = graph.initializer.iter().filter_map(|t| t.name.clone());
+        let nodes = graph
+            .node
+            .iter()
+            .flat_map(|n| n.output.iter().cloned().chain(n.name.clone()));
+        Fresh(values.chain(inits).chain(nodes).collect())
+    }
+
+    fn take(&mut self, base: String) -> String {
+        let mut name = base.clone();
+        let mut k = 0;
+        while self.0.contains(&name) {
+            k += 1;
+            name = format!("{base}_{k}");
+        }
+        self.0.insert(name.clone());
+        name
+    }
+}
+
 /// The values float16.py knows to be fp16 (its value_info_list): the first value info seen for each name.
 #[derive(Default)]
 struct Fp16Values {
@@ -377,20 +409,21 @@ pub fn convert(model: &mut ModelProto, o: &Float16Options) -> Result<Float16Repo
         KeepIoTypes::Names(names) => names.iter().any(|n| n == name),
     };
     let original = graph.node.len();
+    let mut fresh = Fresh::of(graph);
     let mut io_casts = Vec::new();
     for (i, v) in graph.input.iter().enumerate() {
         let name = v.name.clone().unwrap_or_default();
         if dtypes::declared(v) != Some(FLOAT) || !keeps(&name) {
             continue;
         }
-        let out = format!("graph_input_cast_{i}");
+        let out = fresh.take(format!("graph_input_cast_{i}"));
         let mut info = v.clone();
         info.name = Some(out.clone());
         set_float_type(&mut info, FLOAT, FLOAT16);
         graph.value_info.push(info.clone());
         fp16.add(&info);
         io_casts.push(cast_node(
-            &format!("graph_input_cast{i}"),
+            &fresh.take(format!("graph_input_cast{i}")),
             &name,
             &out,
             FLOAT16,
@@ -403,14 +436,14 @@ pub fn convert(model: &mut ModelProto, o: &Float16Options) -> Result<Float16Repo
         if dtypes::declared(v) != Some(FLOAT) || !keeps(&name) {
             continue;
         }
-        let inner = format!("graph_output_cast_{i}");
+        let inner = fresh.take(format!("graph_output_cast_{i}"));
         let mut info = v.clone();
         info.name = Some(inner.clone());
         set_float_type(&mut info, FLOAT, FLOAT16);
         graph.value_info.push(info.clone());
         fp16.add(&info);
         io_casts.push(cast_node(
-            &format!("graph_output_cast{i}"),
+            &fresh.take(format!("graph_output_cast{i}")),
             &inner,
             &name,
             FLOAT,
@@ -491,26 +524,28 @@ pub fn convert(model: &mut ModelProto, o: &Float16Options) -> Result<Float16Repo
     // fp32 inputs of mixed-type nodes and of blocked nodes read through one shared Cast each.
     let mut casts: Vec<NodeProto> = Vec::new();
     let mut to_fp32: HashMap<String, String> = HashMap::new();
-    let mut cast_in =
-        |graph_vi: &mut Vec<ValueInfoProto>, casts: &mut Vec<NodeProto>, name: &str| {
-            let info = fp16.infos.get(name)?;
-            if let Some(out) = to_fp32.get(name) {
-                return Some(out.clone());
-            }
-            let out = format!("{name}_cast_to_fp32");
-            let mut vi = info.clone();
-            vi.name = Some(out.clone());
-            set_float_type(&mut vi, FLOAT16, FLOAT);
-            graph_vi.push(vi);
-            casts.push(cast_node(
-                &format!("{name}_cast_to_fp32_node"),
-                name,
-                &out,
-                FLOAT,
-            ));
-            to_fp32.insert(name.to_string(), out.clone());
-            Some(out)
-        };
+    let mut cast_in = |graph_vi: &mut Vec<ValueInfoProto>,
+                       casts: &mut Vec<NodeProto>,
+                       fresh: &mut Fresh,
+                       name: &str| {
+        let info = fp16.infos.get(name)?;
+        if let Some(out) = to_fp32.get(name) {
+            return Some(out.clone());
+        }
+        let out = fresh.take(format!("{name}_cast_to_fp32"));
+        let mut vi = info.clone();
+        vi.name = Some(out.clone());
+        set_float_type(&mut vi, FLOAT16, FLOAT);
+        graph_vi.push(vi);
+        casts.push(cast_node(
+            &fresh.take(format!("{name}_cast_to_fp32_node")),
+            name,
+            &out,
+            FLOAT,
+        ));
+        to_fp32.insert(name.to_string(), out.clone());
+        Some(out)
+    };
     for &idx in &mixed {
         let op = graph.node[idx].op_type.clone().unwrap_or_default();
         for i in 0..graph.node[idx].input.len() {
@@ -518,7 +553,7 @@ pub fn convert(model: &mut ModelProto, o: &Float16Options) -> Result<Float16Repo
                 continue;
             }
             let name = graph.node[idx].input[i].clone();
-            if let Some(out) = cast_in(&mut graph.value_info, &mut casts, &name) {
+            if let Some(out) = cast_in(&mut graph.value_info, &mut casts, &mut fresh, &name) {
                 graph.node[idx].input[i] = out;
             }
         }
@@ -526,7 +561,7 @@ pub fn convert(model: &mut ModelProto, o: &Float16Options) -> Result<Float16Repo
     for &idx in &blocked {
         for i in 0..graph.node[idx].input.len() {
             let name = graph.node[idx].input[i].clone();
-            if let Some(out) = cast_in(&mut graph.value_info, &mut casts, &name) {
+            if let Some(out) = cast_in(&mut graph.value_info, &mut casts, &mut fresh, &name) {
                 graph.node[idx].input[i] = out;
             }
         }
@@ -535,13 +570,13 @@ pub fn convert(model: &mut ModelProto, o: &Float16Options) -> Result<Float16Repo
             let Some(info) = fp16.infos.get(&name) else {
                 continue;
             };
-            let inner = format!("{name}_cast_to_fp16");
+            let inner = fresh.take(format!("{name}_cast_to_fp16"));
             let mut vi = info.clone();
             vi.name = Some(inner.clone());
             set_float_type(&mut vi, FLOAT16, FLOAT);
             graph.value_info.push(vi);
             casts.push(cast_node(
-                &format!("{name}_cast_to_fp16_node"),
+                &fresh.take(format!("{name}_cast_to_fp16_node")),
                 &inner,
                 &name,
                 FLOAT16,

@@ -161,3 +161,39 @@ fn without_io_casts_the_graph_io_becomes_fp16() {
     let err = convert(&mut model(false).0, &bad).unwrap_err();
     assert!(err.contains("min_positive_val"), "{err}");
 }
+
+#[test]
+fn converting_twice_keeps_names_unique() {
+    let (mut m, o) = model(true);
+    convert(&mut m, &o).unwrap();
+    convert(&mut m, &o).unwrap();
+    let g = m.graph.as_ref().unwrap();
+    let mut names: Vec<&str> = g.node.iter().filter_map(|n| n.name.as_deref()).collect();
+    let mut outputs: Vec<&str> = g
+        .node
+        .iter()
+        .flat_map(|n| n.output.iter().map(String::as_str))
+        .collect();
+    let (n, v) = (names.len(), outputs.len());
+    names.sort();
+    names.dedup();
+    outputs.sort();
+    outputs.dedup();
+    assert_eq!(
+        (names.len(), outputs.len()),
+        (n, v),
+        "{names:?} {outputs:?}"
+    );
+    // y is still the fp32 Cast of the fp16 Add.
+    let types = dtypes::infer(g);
+    let cast = g.node.iter().find(|n| n.output[0] == "y").unwrap();
+    assert_eq!(cast.op_type.as_deref(), Some("Cast"));
+    let add = g
+        .node
+        .iter()
+        .find(|n| n.name.as_deref() == Some("add"))
+        .unwrap();
+    assert_eq!(cast.input[0], add.output[0]);
+    assert_eq!(types.get(&cast.input[0]), Some(&FLOAT16));
+    assert_eq!(types.get("y"), Some(&FLOAT));
+}
