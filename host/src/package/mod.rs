@@ -425,4 +425,78 @@ mod tests {
         }
         assert_eq!(accelerator("GPU", "CUDAExecutionProvider"), "gpu-cuda");
     }
+
+    /// A single-file ONNX model brings the external data its initializers name, and nothing else of its folder.
+    #[test]
+    fn a_single_onnx_file_is_packed_with_its_external_data() {
+        use olive_onnx::proto::tensor_proto::DataLocation;
+        use olive_onnx::proto::{GraphProto, ModelProto, StringStringEntryProto, TensorProto};
+        use prost::Message;
+        let dir = tempfile::tempdir().unwrap();
+        let weight = TensorProto {
+            name: Some("w".into()),
+            data_location: Some(DataLocation::External as i32),
+            external_data: vec![StringStringEntryProto {
+                key: Some("location".into()),
+                value: Some("m.onnx.data".into()),
+            }],
+            ..Default::default()
+        };
+        let model = ModelProto {
+            ir_version: Some(9),
+            graph: Some(GraphProto {
+                initializer: vec![weight],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        std::fs::write(dir.path().join("m.onnx"), model.encode_to_vec()).unwrap();
+        std::fs::write(dir.path().join("m.onnx.data"), [7u8; 64]).unwrap();
+        std::fs::write(dir.path().join("unrelated.bin"), [1u8; 8]).unwrap();
+        let model = Model::new(kinds::ONNX, dir.path().join("m.onnx"));
+        let candidate = Candidate {
+            model: &model,
+            device: "cpu",
+            execution_provider: "CPUExecutionProvider",
+            metrics: None,
+            input_metrics: None,
+            history: Value::Null,
+        };
+        let out = dir.path().join("out");
+        let zip_path = write_zip(&out, "Pkg", &candidate).unwrap();
+        let mut archive = zip::ZipArchive::new(File::open(&zip_path).unwrap()).unwrap();
+        let mut names: Vec<String> = (0..archive.len())
+            .map(|i| archive.by_index(i).unwrap().name().unwrap().to_string())
+            .collect();
+        names.sort();
+        let dir_in_zip = "CandidateModels/cpu-cpu/BestCandidateModel_1";
+        let expected: Vec<String> = [
+            "inference_sample.py",
+            "manifest.json",
+            "model/m.onnx",
+            "model/m.onnx.data",
+            "model_info.json",
+        ]
+        .iter()
+        .map(|n| format!("{dir_in_zip}/{n}"))
+        .chain(["models_rank.json".to_owned()])
+        .collect();
+        assert_eq!(names, expected);
+        let mut data = Vec::new();
+        archive
+            .by_name(&format!("{dir_in_zip}/model/m.onnx.data"))
+            .unwrap()
+            .read_to_end(&mut data)
+            .unwrap();
+        assert_eq!(data, [7u8; 64]);
+        let mut text = String::new();
+        archive
+            .by_name(&format!("{dir_in_zip}/model_info.json"))
+            .unwrap()
+            .read_to_string(&mut text)
+            .unwrap();
+        let info: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(info["model_config"]["config"]["onnx_file_name"], "m.onnx");
+        assert_eq!(std::fs::read_dir(&out).unwrap().count(), 1);
+    }
 }
