@@ -180,3 +180,17 @@ def test_quantize_package_lists_the_quantized_model(olive_host, tiny, tmp_path):
     # transformers loads a GPTQ checkpoint through gptqmodel, which the test venv lacks: the sample names it.
     assert "gptqmodel" in manifest["sample"]["requires"]
     assert "pip install torch transformers gptqmodel" in (folder / "inference_sample.py").read_text()
+
+
+def test_auto_opt_search_package_carries_the_best_models_metrics(olive_host, tiny, tmp_path):
+    out = tmp_path / "ao"
+    r = host(olive_host, "auto-opt", "-m", str(tiny), "--use_ort_genai", "--precision", "int4", "--enable_search",
+             "--package", "zip", "-o", str(out), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    folder, manifest = unpack(out / "OutputModels.zip", tmp_path / "unzipped")
+    same_files(folder / "model", out / "model")
+    footprints = json.loads((out / "footprints.json").read_text())
+    metrics = [n["metrics"]["value"] for n in footprints["nodes"].values() if n["metrics"]]
+    best = min(metrics, key=lambda m: (m["accuracy-perplexity"]["value"], m["latency-avg"]["value"]))
+    assert manifest["metrics"] == best, (manifest["metrics"], metrics)
+    assert json.loads((folder / "metrics.json").read_text())["candidate_model_metrics"] == best
