@@ -1,8 +1,11 @@
 //! Parity of `cpu::int4` with ONNX Runtime's com.microsoft MatMulNBits (accuracy_level 4) on the same RTN
 //! bytes (olive_onnx's port of ORT's quantizer), in the same process: every available instruction set, fp32
-//! and int8 activations, block 32 and 128, batch 1 and 3. Needs ORT_DYLIB_PATH (target/olive-env.sh).
+//! and int8 activations, block 32 and 128, batch 1, 3 and 20 (the GEMM path); and `Int8Matrix` against
+//! MatMulNBits with bits = 8. Needs ORT_DYLIB_PATH (target/olive-env.sh).
 
-use olive_kernels::cpu::int4::{int4_matmul_with, Activations, Int4Matrix, Isa};
+use olive_kernels::cpu::int4::{
+    int4_matmul_with, int8_matmul_with, Activations, Int4Matrix, Int8Matrix, Isa,
+};
 use olive_kernels::cpu::w4a16::unpack_matmul_nbits;
 use olive_onnx::graph::{Dim, GraphBuilder};
 use olive_onnx::matmul_nbits::{quantize, NBitsConfig};
@@ -43,6 +46,45 @@ fn ort_output(
     let out = s.run(ort::inputs!["x" => t]).expect("run");
     let (_, data) = out[0].try_extract_tensor::<f32>().expect("f32 output");
     data.to_vec()
+}
+
+/// |ours − ORT| within the fp32 slack (int8 activations: ORT's level 4 exactly) or the half-step bound
+/// (fp32 activations), for each output of x [batch, k] · dense [n, k]ᵀ.
+fn check(
+    x: &[f32],
+    dense: &[f32],
+    (n, k, block): (usize, usize, usize),
+    (got, want): (&[f32], &[f32]),
+    act: Activations,
+    what: &str,
+) {
+    let batch = x.len() / k;
+    assert_eq!((got.len(), want.len()), (batch * n, batch * n), "{what}");
+    for b in 0..batch {
+        let xb = &x[b * k..(b + 1) * k];
+        for (o, row) in dense.chunks_exact(k).enumerate() {
+            let l1: f64 = xb
+                .iter()
+                .zip(row)
+                .map(|(&a, &v)| (a as f64 * v as f64).abs())
+                .sum();
+            let q8: f64 = xb
+                .chunks_exact(block)
+                .zip(row.chunks_exact(block))
+                .map(|(xc, wc)| {
+                    let amax = xc.iter().fold(0f64, |a, v| a.max(v.abs() as f64));
+                    amax * INT8_HALF_STEP * wc.iter().map(|v| v.abs() as f64).sum::<f64>()
+                })
+                .sum();
+            let grid = if act == Activations::Int8 { 0.0 } else { q8 };
+            let tol = grid + F32_REL * l1 + 1e-5;
+            let (g, e) = (got[b * n + o], want[b * n + o]);
+            assert!(
+                ((g - e) as f64).abs() <= tol,
+                "{what} [{b}, {o}]: ours {g}, ORT {e}, tol {tol:.3e}"
+            );
+        }
+    }
 }
 
 #[test]
@@ -87,32 +129,55 @@ fn int4_matches_ort_matmul_nbits() {
             {
                 for act in [Activations::F32, Activations::Int8] {
                     let got = int4_matmul_with(&x, batch, &m, act, isa).expect("int4");
-                    for b in 0..batch {
-                        let xb = &x[b * k..(b + 1) * k];
-                        for (o, row) in dense.chunks_exact(k).enumerate() {
-                            let l1: f64 = xb
-                                .iter()
-                                .zip(row)
-                                .map(|(&a, &v)| (a as f64 * v as f64).abs())
-                                .sum();
-                            let q8: f64 = xb
-                                .chunks_exact(m.block_size())
-                                .zip(row.chunks_exact(m.block_size()))
-                                .map(|(xc, wc)| {
-                                    let amax = xc.iter().fold(0f64, |a, v| a.max(v.abs() as f64));
-                                    amax * INT8_HALF_STEP
-                                        * wc.iter().map(|v| v.abs() as f64).sum::<f64>()
-                                })
-                                .sum();
-                            let grid = if act == Activations::Int8 { 0.0 } else { q8 };
-                            let tol = grid + F32_REL * l1 + 1e-5;
-                            let (g, e) = (got[b * n + o], want[b * n + o]);
-                            assert!(
-                                ((g - e) as f64).abs() <= tol,
-                                "{isa:?} {act:?} block {block} sym {symmetric} batch {batch} [{b}, {o}]: ours {g}, ORT {e}, tol {tol:.3e}"
-                            );
-                        }
-                    }
+                    let what =
+                        format!("{isa:?} {act:?} block {block} sym {symmetric} batch {batch}");
+                    check(
+                        &x,
+                        &dense,
+                        (n, k, m.block_size()),
+                        (&got, &want),
+                        act,
+                        &what,
+                    );
+                }
+            }
+        }
+    }
+    // int8 weights (MatMulNBits bits = 8): B [n, blocks, block] is the levels row by row.
+    for (block, symmetric) in [(32usize, false), (128, true)] {
+        let cfg = NBitsConfig {
+            bits: 8,
+            accuracy_level: Some(4),
+            ..NBitsConfig::int4(block, symmetric)
+        };
+        let q = quantize(&w, n, k, &cfg).expect("quantize 8 bits");
+        let m = Int8Matrix::new(
+            n,
+            k,
+            block,
+            q.b.clone(),
+            q.scales.clone(),
+            q.zero_points.clone(),
+        )
+        .expect("int8 matrix");
+        let dense = m.dequantize(); // [n, k]
+        for batch in [1usize, 5] {
+            let x: Vec<f32> = (0..batch * k).map(|_| 2.0 * rand()).collect();
+            let sub = dir
+                .path()
+                .join(format!("w8_b{block}_s{symmetric}_m{batch}"));
+            std::fs::create_dir_all(&sub).expect("dir");
+            let want = ort_output(&env, &sub, &q, &x, batch);
+            for isa in [Isa::Scalar, Isa::Avx2, Isa::Avx512]
+                .into_iter()
+                .filter(|i| i.available())
+            {
+                for act in [Activations::F32, Activations::Int8] {
+                    let got = int8_matmul_with(&x, batch, &m, act, isa).expect("int8 weights");
+                    let what = format!(
+                        "int8 weights {isa:?} {act:?} block {block} sym {symmetric} batch {batch}"
+                    );
+                    check(&x, &dense, (n, k, block), (&got, &want), act, &what);
                 }
             }
         }

@@ -12,9 +12,11 @@ mod pack;
 mod scalar;
 #[cfg(test)]
 mod tests;
+mod w8;
 
 pub use pack::{Int4Matrix, Int4PackError};
 pub use scalar::{int4_matmul_ref, quantize_activations_ref};
+pub use w8::{int8_matmul, int8_matmul_with, Int8Matrix, Int8PackError};
 
 use rayon::prelude::*;
 
