@@ -428,6 +428,10 @@ def test_delete_version_and_model(olive_host, servers, tmp_path):
     assert r.returncode != 0 and "numbered the new version 4" in r.stderr and "the next version is 5" in r.stderr
     r = create("5")
     assert r.returncode == 0 and "version 5" in r.stdout, r.stderr
+    r = host(olive_host, "list", "--name", name, "--json", uri=server.uri)
+    assert r.returncode == 0 and [v["version"] for v in json.loads(r.stdout)] == ["1", "5"], r.stdout + r.stderr
+    r = host(olive_host, "list", "--json", uri=server.uri)
+    assert r.returncode == 0 and name in {m["name"] for m in json.loads(r.stdout)}, r.stdout + r.stderr
     r = host(olive_host, "delete", "--name", name, "--version", "9", uri=server.uri)
     assert r.returncode != 0 and "version 9 not found" in r.stderr
 

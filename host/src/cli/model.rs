@@ -55,6 +55,9 @@ pub enum ModelAction {
     List {
         #[arg(long)]
         name: Option<String>,
+        /// Print the registry's records as a JSON array instead of tab-separated lines.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         registry: RegistryFlags,
     },
@@ -155,9 +158,17 @@ pub fn run(args: ModelArgs) -> anyhow::Result<()> {
                 report.skipped_files
             );
         }
-        ModelAction::List { name, registry } => {
+        ModelAction::List {
+            name,
+            json,
+            registry,
+        } => {
             let registry = connect(&registry)?;
             match name {
+                None if json => {
+                    let models = registry.registered_models()?;
+                    println!("{}", serde_json::to_string_pretty(&models)?);
+                }
                 None => {
                     for model in registry.registered_models()? {
                         let latest = model
@@ -176,11 +187,16 @@ pub fn run(args: ModelArgs) -> anyhow::Result<()> {
                             registry.base()
                         );
                     }
-                    for v in registry.model_versions(&name)? {
-                        println!(
-                            "{}\t{}\t{}\t{}",
-                            v.version, v.status, v.source, v.description
-                        );
+                    let versions = registry.model_versions(&name)?;
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&versions)?);
+                    } else {
+                        for v in versions {
+                            println!(
+                                "{}\t{}\t{}\t{}",
+                                v.version, v.status, v.source, v.description
+                            );
+                        }
                     }
                 }
             }
