@@ -6,7 +6,8 @@
   plugin's tolerance of the same library's CPU provider (checked in Rust);
 - auto-opt for OpenVINO on a tiny llama (int4) and a tiny Phi-3 LongRoPE (fp32): ModelBuilder then fusion's
   DecomposeGroupQueryAttention, and the result runs with every node on OpenVINO within the plugin's tolerance; the
-  GroupQueryAttention export itself is refused by OpenVINO with an error naming the provider and each node;
+  GroupQueryAttention export itself is refused by OpenVINO with an error naming the provider and each node; the lab's
+  --adapter_path flags too (LoRA weights as required inputs);
 - DecomposeGroupQueryAttention alone (test_gqa_decomposition.py) matches GroupQueryAttention on the CPU provider;
 - an absent OpenVINO device (NPU), the CUDA EP without its library, a library of the wrong version, an unknown
   provider: clear errors naming the provider;
@@ -140,6 +141,27 @@ def test_openvino_auto_opt_runs_every_node_on_openvino(olive_host, openvino_env,
     names = {"logits"} | {f"present.{layer}.{kv}" for layer in range(2) for kv in ("key", "value")}
     assert set(report["max_abs_diff"]) == names
     assert max(report["max_abs_diff"].values()) <= OPENVINO_TOL, report
+
+
+def test_openvino_auto_opt_with_the_labs_adapter_flags(olive_host, openvino_env, tiny, tmp_path):
+    """The lab's step 3 with OpenVINO: --adapter_path; the LoRA weights become required inputs (the OpenVINO EP
+    ignores values fed to inputs that have a default and computes with the empty default), which the check feeds."""
+    from test_adapters import make_adapter
+
+    make_adapter(tiny, tmp_path / "adapter", ["q_proj", "v_proj", "o_proj"])
+    out = tmp_path / "ao"
+    result = run([olive_host, "auto-opt", "-m", tiny, "--adapter_path", tmp_path / "adapter", "-o", out,
+                  "--device", "cpu", "--provider", "OpenVINOExecutionProvider", "--use_ort_genai"], env=openvino_env)
+    assert result.returncode == 0, result.stderr
+    assert (out / "model" / "adapter_weights.onnx_adapter").is_file()
+    graph = onnx.load(str(out / "model" / "model.onnx"), load_external_data=False).graph
+    lora = [i.name for i in graph.input if "lora" in i.name]
+    assert len(lora) == 2 * 3 * 2  # A and B of 3 linears in 2 layers
+    assert not set(lora) & {t.name for t in graph.initializer}
+    check = run([olive_host, "ep-check", "-m", out / "model", "--device", "cpu",
+                 "--provider", "OpenVINOExecutionProvider"], env=openvino_env)
+    assert check.returncode == 0, check.stderr
+    assert max(json.loads(check.stdout)["max_abs_diff"].values()) <= OPENVINO_TOL
 
 
 def test_openvino_cpu_has_no_fp16_recipe(olive_host, openvino_env, tiny, tmp_path):

@@ -129,9 +129,13 @@ fn run_workflow(workflow: &serde_json::Value) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The pass that turns LoRA weights into inputs and an adapter file.
+const EXTRACT_ADAPTERS: &str = "ExtractAdapters";
+
 /// The passes of the recipe that the plugin serving `--device`/`--provider` gives for `--precision` (plus
-/// ExtractAdapters with an adapter), each config the recipe's with auto-opt's flags added where the pass's config
-/// schema has the key and the recipe leaves it out.
+/// ExtractAdapters with an adapter, unless the recipe has its own: that one, with the provider's config, runs only
+/// with an adapter), each config the recipe's with auto-opt's flags added where the pass's config schema has the key
+/// and the recipe leaves it out.
 fn recipe_steps(
     found: &plugins::Discovery,
     ep: &ExecutionProvider,
@@ -157,6 +161,10 @@ fn recipe_steps(
     }
     let mut steps = Vec::new();
     for pass in &recipe.passes {
+        // A recipe's own ExtractAdapters (its config for the provider) runs only with an adapter.
+        if pass.pass_type == EXTRACT_ADAPTERS && args.adapter_path.is_none() {
+            continue;
+        }
         let (_, manifest) = found.pass(None, &pass.pass_type)?;
         let mut config = pass.config.clone();
         if let (Some(config), Some(flags), Some(keys)) = (
@@ -173,8 +181,8 @@ fn recipe_steps(
         }
         steps.push((pass.pass_type.clone(), config));
     }
-    if args.adapter_path.is_some() {
-        steps.push(("ExtractAdapters".to_owned(), serde_json::json!({})));
+    if args.adapter_path.is_some() && !steps.iter().any(|(t, _)| t == EXTRACT_ADAPTERS) {
+        steps.push((EXTRACT_ADAPTERS.to_owned(), serde_json::json!({})));
     }
     Ok(steps)
 }

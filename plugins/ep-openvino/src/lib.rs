@@ -36,11 +36,14 @@ fn on(device: &str, device_type: &str) -> ExecutionProvider {
     )
 }
 
-/// ModelBuilder with `model_builder`'s config, then the attention in standard ops.
-fn recipe(model_builder: serde_json::Value) -> [(&'static str, serde_json::Value); 2] {
+/// ModelBuilder with `model_builder`'s config, then the attention in standard ops; with an adapter, ExtractAdapters
+/// with required LoRA inputs (the OpenVINO EP ignores values fed to an input that has a default initializer and
+/// computes with the empty default: NaN logits).
+fn recipe(model_builder: serde_json::Value) -> [(&'static str, serde_json::Value); 3] {
     [
         ("ModelBuilder", model_builder),
         ("DecomposeGroupQueryAttention", json!({})),
+        ("ExtractAdapters", json!({"optional_inputs": false})),
     ]
 }
 
@@ -71,7 +74,14 @@ mod tests {
         let cpu = manifest.execution_provider("cpu", PROVIDER).unwrap();
         for recipe in &cpu.recipes {
             let passes: Vec<&str> = recipe.passes.iter().map(|p| p.pass_type.as_str()).collect();
-            assert_eq!(passes, ["ModelBuilder", "DecomposeGroupQueryAttention"]);
+            assert_eq!(
+                passes,
+                [
+                    "ModelBuilder",
+                    "DecomposeGroupQueryAttention",
+                    "ExtractAdapters"
+                ]
+            );
         }
         assert!(cpu.recipe("fp16").is_none());
         assert!(npu.recipe("fp16").is_some());

@@ -263,11 +263,17 @@ fn copy_tokenizer_files(from: &Path, to: &Path) -> Result<(), Error> {
     Ok(())
 }
 
-/// The config of `ExtractAdapters`: Olive's defaults (LoRA weights become optional inputs with a symbolic
-/// `lora_r`, saved as an ONNX Runtime adapter file) are the only behaviour.
+/// The config of `ExtractAdapters`: LoRA weights become inputs with a symbolic `lora_r`, saved as an ONNX Runtime
+/// adapter file (Olive's layout).
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct ExtractAdaptersConfig {}
+pub struct ExtractAdaptersConfig {
+    /// Olive's optional_inputs: keep an empty initializer of each LoRA input's name as its default, so the model
+    /// runs with no adapter active. false: the inputs are required (the OpenVINO EP ignores values fed to inputs that
+    /// have a default and computes with the empty one).
+    #[serde(default = "default_true")]
+    pub optional_inputs: bool,
+}
 
 /// Turns the LoRA weights of an exported model into graph inputs and writes them to `adapter_weights.onnx_adapter`.
 pub struct ExtractAdapters;
@@ -282,13 +288,12 @@ impl Pass for ExtractAdapters {
     const DEVICES: &'static [&'static str] = &["cpu", "gpu"];
     type Config = ExtractAdaptersConfig;
 
-    fn run(
-        model: Model,
-        _config: ExtractAdaptersConfig,
-        ctx: &Context<'_>,
-    ) -> Result<Model, Error> {
+    fn run(model: Model, config: ExtractAdaptersConfig, ctx: &Context<'_>) -> Result<Model, Error> {
         let out = ctx.output_dir();
         let count = extract_adapters_folder(&model.path, "model.onnx", &out).map_err(failed)?;
+        if !config.optional_inputs && count > 0 {
+            drop_input_defaults(&out.join("model.onnx"))?;
+        }
         ctx.info(&format!(
             "extracted {count} adapter weights to {ADAPTER_FILE}"
         ));
@@ -299,6 +304,24 @@ impl Pass for ExtractAdapters {
             .insert("adapter_parameters".into(), count.into());
         Ok(output)
     }
+}
+
+/// Removes the initializers that give graph inputs of the model at `path` a default (rewritten in place, temp file +
+/// rename).
+fn drop_input_defaults(path: &Path) -> Result<(), Error> {
+    use prost::Message;
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let mut model = olive_onnx::proto::ModelProto::decode(bytes.as_slice())
+        .map_err(|e| Error::Failed(format!("{}: not an ONNX model: {e}", path.display())))?;
+    if let Some(g) = model.graph.as_mut() {
+        let inputs: std::collections::HashSet<String> =
+            g.input.iter().filter_map(|i| i.name.clone()).collect();
+        g.initializer
+            .retain(|t| !t.name.as_ref().is_some_and(|n| inputs.contains(n)));
+    }
+    let temp = path.with_extension("onnx.tmp");
+    std::fs::write(&temp, model.encode_to_vec()).map_err(|e| Error::io(&temp, e))?;
+    std::fs::rename(&temp, path).map_err(|e| Error::io(path, e))
 }
 
 olive_pass_sdk::export_plugin! {
