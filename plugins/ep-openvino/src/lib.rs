@@ -23,7 +23,10 @@ fn on(device: &str, device_type: &str) -> ExecutionProvider {
         .option("device_type", device_type)
         .option("precision", "ACCURACY")
         .runtime(PACKAGE.0, PACKAGE.1, LIBRARY_ENV)
-        .tolerance(1e-4, 1e-3)
+        // The default model (SmolLM2-135M, 30 layers) on OpenVINO CPU vs the CPU provider, a 4-token prompt: logits
+        // (|x| up to 36) differ by up to 2.7e-4 in fp32 and 6.8e-4 in int4 (fp32 summation order over 30 layers;
+        // same argmax); tiny models stay under 1e-5.
+        .tolerance(1e-3, 1e-3)
         .with_recipe("fp32", &recipe(json!({"precision": "fp32"})));
     // fp16 only off the CPU, as Olive's ModelBuilder refuses fp16 on a CPU device (fp16 logits on OpenVINO CPU
     // differ from the CPU provider's by a few fp16 ulps, ~1.5e-3, past the tolerance).
