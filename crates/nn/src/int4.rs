@@ -5,13 +5,14 @@
 
 use olive_kernels::cpu::int4::{Int4Matrix, Int4PackError};
 use olive_kernels::cpu::w4a16::W4Levels;
+use rayon::prelude::*;
 
 /// Inputs per quantization block (onnxruntime-genai's default int4 block size).
 pub const RTN_BLOCK: usize = 32;
 
-/// w: [n, k] rounded to int4 per block of [`RTN_BLOCK`] inputs; k must be a multiple of it.
+/// w: [n, k] rounded to int4 per block of [`RTN_BLOCK`] inputs; k must be a positive multiple of it.
 pub fn rtn_int4(w: &[f32], n: usize, k: usize) -> Result<Int4Matrix, Int4PackError> {
-    if !k.is_multiple_of(RTN_BLOCK) {
+    if k == 0 || !k.is_multiple_of(RTN_BLOCK) {
         return Err(Int4PackError::Shape {
             k,
             group_size: RTN_BLOCK,
@@ -34,25 +35,31 @@ pub fn rtn_int4(w: &[f32], n: usize, k: usize) -> Result<Int4Matrix, Int4PackErr
         zeros: vec![0; n * blocks],
         g_idx: None,
     };
-    for (b, block) in w.chunks_exact(RTN_BLOCK).enumerate() {
-        let lo = block.iter().fold(0f32, |m, &v| m.min(v));
-        let hi = block.iter().fold(0f32, |m, &v| m.max(v));
-        let scale = (hi - lo) / 15.0;
-        let zero = if scale > 0.0 {
-            (-lo / scale).round().clamp(0.0, 15.0)
-        } else {
-            0.0
-        };
-        let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
-        levels.scales[b] = scale;
-        levels.zeros[b] = zero as u8;
-        for (q, &v) in levels.q[b * RTN_BLOCK..(b + 1) * RTN_BLOCK]
-            .iter_mut()
-            .zip(block)
-        {
-            *q = (v * inv + zero).round().clamp(0.0, 15.0) as u8;
-        }
-    }
+    // Rows in parallel: [k] weights -> [k] levels, [blocks] scales and zeros each.
+    levels
+        .q
+        .par_chunks_mut(k)
+        .zip(levels.scales.par_chunks_mut(blocks))
+        .zip(levels.zeros.par_chunks_mut(blocks))
+        .zip(w.par_chunks(k))
+        .for_each(|(((q, scales), zeros), row)| {
+            for (b, block) in row.chunks_exact(RTN_BLOCK).enumerate() {
+                let lo = block.iter().fold(0f32, |m, &v| m.min(v));
+                let hi = block.iter().fold(0f32, |m, &v| m.max(v));
+                let scale = (hi - lo) / 15.0;
+                let zero = if scale > 0.0 {
+                    (-lo / scale).round().clamp(0.0, 15.0)
+                } else {
+                    0.0
+                };
+                let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+                scales[b] = scale;
+                zeros[b] = zero as u8;
+                for (q, &v) in q[b * RTN_BLOCK..(b + 1) * RTN_BLOCK].iter_mut().zip(block) {
+                    *q = (v * inv + zero).round().clamp(0.0, 15.0) as u8;
+                }
+            }
+        });
     Int4Matrix::from_levels(&levels)
 }
 

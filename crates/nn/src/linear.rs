@@ -8,6 +8,7 @@
 
 use olive_kernels::cpu::int4::{int4_matmul, Activations, Int4Matrix};
 use olive_kernels::cpu::matmul;
+use olive_kernels::cpu::w4a16::W4Levels;
 use olive_model::quantized::{is_quantized, quantized_linear, QuantizationConfig, QuantizedLinear};
 use olive_model::{Checkpoint, ModelError};
 use tracing::info;
@@ -23,7 +24,11 @@ pub enum QuantizedWeights {
     #[default]
     Dequantize,
     /// Kept as packed levels, scales and zero points, dequantized into a per-thread scratch at each
-    /// use (training over a quantized base: the memory of one matrix instead of the model).
+    /// use (training over a quantized base: the memory of one matrix instead of the model). QLoRA trains
+    /// with this rather than [`QuantizedWeights::Int4`]: its forward and backward then equal the
+    /// dequantize-at-load model's bit for bit (int8 activations would perturb losses and gradients),
+    /// the dense GEMM after one dequantization per matrix is amortized over a batch's tokens, and the
+    /// backward's dy·W reduces over output rows, across the int4 layout's per-row blocks.
     Packed,
     /// Kept as int4 in the CPU int4 kernels' layout (`olive_kernels::cpu::int4`) and multiplied with
     /// activations quantized to int8 per weight block (inference: decoding reads a quarter of the bytes of
@@ -144,31 +149,33 @@ impl Linear {
         let out_features: usize = parts.iter().map(|(_, n)| n).sum();
         let all_quantized = parts.iter().all(|(p, _)| is_quantized(ckpt, p));
         let compact = mode != QuantizedWeights::Dequantize;
-        let mut packed = if compact && all_quantized {
-            let qs = parts
+        let quantized = if compact && all_quantized {
+            let mut qs = parts
                 .iter()
                 .map(|(p, n)| read_quantized(ckpt, p, *n, in_features))
                 .collect::<Result<Vec<_>>>()?;
-            match qs.as_slice() {
-                [one] => Some(PackedWeight::new(one)),
-                _ => QuantizedLinear::concat(&qs).map(|q| PackedWeight::new(&q)),
+            match qs.len() {
+                1 => qs.pop(),
+                _ => QuantizedLinear::concat(&qs),
             }
         } else {
             None
         };
-        // Int4: the packed levels go into the kernels' layout, or are dequantized where it cannot take them.
-        let (mut int4, mut rejected) = (None, None);
-        if mode == QuantizedWeights::Int4 {
-            if let Some(p) = packed.take() {
-                int4 = to_int4(&p, parts);
-                rejected = int4.is_none().then_some(p);
-            }
+        // Int4: the levels go into the kernels' layout, or are dequantized where it cannot take them.
+        let (mut packed, mut int4, mut rejected) = (None, None, None);
+        match (mode, quantized) {
+            (QuantizedWeights::Int4, Some(q)) => match to_int4(&q, parts) {
+                Some(m) => int4 = Some(m),
+                None => rejected = Some(q),
+            },
+            (_, Some(q)) => packed = Some(PackedWeight::new(&q)),
+            (_, None) => {}
         }
         let weight = if packed.is_some() || int4.is_some() {
             weight_buf(0)?
-        } else if let Some(p) = rejected {
+        } else if let Some(q) = rejected {
             let mut weight = weight_buf(out_features * in_features)?;
-            p.dequantize_into(&mut weight);
+            weight.copy_from_slice(&q.dequantize());
             weight
         } else {
             let mut weight = weight_buf(out_features * in_features)?;
@@ -215,13 +222,26 @@ impl Linear {
     }
 }
 
-/// The CPU int4 kernels' layout of `p`, or None (logged) when they cannot take it: the linear is then
+/// The CPU int4 kernels' layout of `q`, or None (logged) when they cannot take it: the linear is then
 /// dequantized.
-fn to_int4(p: &PackedWeight, parts: &[(&str, usize)]) -> Option<Int4Matrix> {
+fn to_int4(q: &QuantizedLinear, parts: &[(&str, usize)]) -> Option<Int4Matrix> {
     let name = parts.first().map_or("", |(prefix, _)| *prefix);
-    let Some(levels) = p.to_w4_levels() else {
-        info!("{name}: weights of more than 4 bits; dequantized to f32 (the int4 kernels take 4 bits at most)");
+    if q.bits > 4 {
+        info!(
+            "{name}: {}-bit weights; dequantized to f32 (the int4 kernels take 4 bits at most)",
+            q.bits
+        );
         return None;
+    }
+    // Levels of 2 and 3 bits are int4 levels too.
+    let levels = W4Levels {
+        n: q.out_features,
+        k: q.in_features,
+        group_size: q.group_size,
+        q: q.q.clone(),
+        scales: q.scales.clone(),
+        zeros: q.zeros.clone(),
+        g_idx: q.g_idx.clone(),
     };
     match Int4Matrix::from_levels(&levels) {
         Ok(m) => Some(m),
