@@ -7,6 +7,7 @@ use olive_kernels::cuda::{CudaSlice, Gpu, GpuError, KernelSource, LaunchConfig, 
 pub const SOURCE: KernelSource = KernelSource {
     file: "../../benches/gpu/membench.cu",
     code: include_str!("membench.cu"),
+    arch_specific: false,
 };
 
 /// The bench's repetitions: 5 untimed calls, then 60 timed one by one.

@@ -113,19 +113,33 @@ fn rel_error(a: &[bf16], b: &[bf16]) -> f64 {
     }
 }
 
-/// The configurations worth timing at `batch`: batch tiles from the batch (at least 8) up to twice it.
-fn candidates(batch: usize) -> Vec<MmConfig> {
+/// The configurations worth timing at `batch` on `gpu`: batch tiles from the batch (at least 8) up to twice it.
+fn candidates(gpu: &Gpu, batch: usize) -> Vec<MmConfig> {
     let lo = batch.clamp(8, 128);
     CONFIGS
         .iter()
         .copied()
-        .filter(|c| c.cols() >= lo && c.cols() <= 2 * lo)
+        .filter(|c| c.cols() >= lo && c.cols() <= 2 * lo && c.runs_on(gpu.arch()))
         .collect()
 }
 
-/// `rt,nb8,wk,wn,wb` for the split-K kernel, `pipe rt,nb8,wn,wb s<stages> b<min blocks>` for the pipelined one.
+/// `rt,nb8,wk,wn,wb` for the split-K kernel (`c<cluster>` added for clusters), `pipe rt,nb8,wn,wb s<stages>
+/// b<min blocks>` for the pipelined one, `wgmma <warpgroups>x<cols> s<stages> b<min blocks>` for Hopper's.
 fn label(c: &MmConfig) -> String {
-    if c.stages == 0 {
+    if c.wgmma {
+        format!(
+            "wgmma {}x{} s{} b{}",
+            c.wn / 4,
+            c.cols(),
+            c.stages,
+            c.min_blocks
+        )
+    } else if c.cluster > 1 {
+        format!(
+            "{},{},{},{},{} c{}",
+            c.rt, c.nb8, c.wk, c.wn, c.wb, c.cluster
+        )
+    } else if c.stages == 0 {
         format!("{},{},{},{},{}", c.rt, c.nb8, c.wk, c.wn, c.wb)
     } else {
         format!(
@@ -150,7 +164,9 @@ pub fn run(gpu: &Gpu) -> Result<(), GpuError> {
     let mut summary = Vec::new();
     println!("| model | linear | K | N | batch | int4 µs (config) | picked µs | cuBLAS bf16 µs | speed-up | int4 GB/s | read GB/s (same bytes) | % of read | rel err vs cuBLAS |");
     println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
-    // W4A16_SHAPE="Llama-3-8B gate_up" and W4A16_BATCHES="1,128" narrow the run (for a profiler).
+    // W4A16_SHAPE="Llama-3-8B gate_up" and W4A16_BATCHES="1,128" narrow the run (for a profiler); W4A16_VERBOSE=1
+    // prints every configuration's time to stderr.
+    let verbose = std::env::var_os("W4A16_VERBOSE").is_some();
     let only = std::env::var("W4A16_SHAPE").ok();
     let batches: Vec<usize> = match std::env::var("W4A16_BATCHES") {
         Ok(list) => list
@@ -188,15 +204,18 @@ pub fn run(gpu: &Gpu) -> Result<(), GpuError> {
             let mut y = gpu.alloc::<bf16>(batch * n)?;
             let mut y_ref = gpu.alloc::<bf16>(batch * n)?;
             let mut best = (f64::INFINITY, CONFIGS[0]);
-            for c in candidates(batch) {
+            for c in candidates(gpu, batch) {
                 let t = median_us(gpu, |i| {
                     w4a16_with(gpu, c, &x, batch, &weights[i % weights.len()], &mut y)
                 })?;
+                if verbose {
+                    eprintln!("{model} {linear} batch {batch}: {} {t:.1} µs", label(&c));
+                }
                 if t < best.0 {
                     best = (t, c);
                 }
             }
-            let picked = MmConfig::pick(batch, n, k, gpu.sm_count());
+            let picked = MmConfig::pick(batch, n, k, gpu.sm_count(), gpu.arch());
             let t_pick = median_us(gpu, |i| {
                 w4a16_with(gpu, picked, &x, batch, &weights[i % weights.len()], &mut y)
             })?;

@@ -22,7 +22,9 @@
 // Two product kernels: w4_mm (batch tiles of 8 or 16 columns, K split over the warps of a block, weights streamed
 // from memory into registers; with groups of whole 64-input chunks it feeds the exact (q - z) to the mma and scales
 // each chunk's fp32 sums) for decode, and w4_mm_pipe (cp.async stages in shared memory, K split over blocks when
-// the output tiles are few) for larger batches; kernels/src/cuda/w4a16.rs picks one per batch size.
+// the output tiles are few) for larger batches; kernels/src/cuda/w4a16.rs picks one per batch size. On sm_90 and
+// later w4_mm also comes in thread-block-cluster variants (blocks of a cluster split K, adding up through
+// distributed shared memory), and w4a16_sm90.cu, appended to this file, adds the wgmma kernel for sm_90a.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -41,6 +43,7 @@ __device__ __forceinline__ u32 and_or(u32 a, u32 mask, u32 magic) {
 template <typename T> struct W4;
 
 template <> struct W4<__half> {
+    static constexpr bool BF16 = false;
     // The four A fragments of word `w` as (q - z), exact, for rows g (meta m0) and g+8 (meta m1).
     __device__ static __forceinline__ void levels(u32 w, u32 m0, u32 m1, u32 a[4]) {
         const __half z0 = __ushort_as_half((unsigned short)(m0 >> 16));
@@ -80,6 +83,7 @@ template <> struct W4<__half> {
 };
 
 template <> struct W4<__nv_bfloat16> {
+    static constexpr bool BF16 = true;
     __device__ static __forceinline__ void levels(u32 w, u32 m0, u32 m1, u32 a[4]) {
         const __nv_bfloat16 z0 = __ushort_as_bfloat16((unsigned short)(m0 >> 16));
         const __nv_bfloat16 z1 = __ushort_as_bfloat16((unsigned short)(m1 >> 16));
@@ -109,6 +113,15 @@ template <> struct W4<__nv_bfloat16> {
     __device__ static __forceinline__ __nv_bfloat16 from_f32(float v) { return __float2bfloat16_rn(v); }
 };
 
+// The group of input i: a shift where the group size is a power of two (all the usual sizes), else a division.
+struct GroupOf {
+    int shift, group;
+    __device__ __forceinline__ int operator()(int i) const { return shift >= 0 ? i >> shift : i / group; }
+};
+__device__ __forceinline__ GroupOf group_of(int group) {
+    return GroupOf{(group & (group - 1)) == 0 ? __ffs(group) - 1 : -1, group};
+}
+
 __device__ __forceinline__ u32 word(const uint4 &v, int j) { return j == 0 ? v.x : j == 1 ? v.y : j == 2 ? v.z : v.w; }
 
 __device__ __forceinline__ uint4 ldg_stream(const uint4 *p) {
@@ -119,9 +132,36 @@ __device__ __forceinline__ uint4 ldg_stream(const uint4 *p) {
     return v;
 }
 
+// Thread-block clusters (sm_90; unused and never launched on older devices): this block's rank in its cluster,
+// a barrier over the cluster's threads (release/acquire: shared-memory writes before it are seen after it), and a
+// float of another block's shared memory at the same offset as `p`.
+__device__ __forceinline__ int cluster_rank() {
+    u32 r = 0;
+#if __CUDA_ARCH__ >= 900
+    asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
+#endif
+    return (int)r;
+}
+__device__ __forceinline__ void cluster_sync() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ float ld_cluster(const float *p, int rank) {
+    float v = 0.f;
+#if __CUDA_ARCH__ >= 900
+    u32 remote;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote) : "r"((u32)__cvta_generic_to_shared(p)), "r"(rank));
+    asm volatile("ld.shared::cluster.f32 %0, [%1];\n" : "=f"(v) : "r"(remote) : "memory");
+#endif
+    return v;
+}
+
 // The product for one block: warps split as WK (input chunks, reduced at the end) x WN (row groups of RT tiles) x
-// WB (batch groups of NB8 x 8 columns). Weight tiles and their metadata are prefetched one chunk ahead.
-template <typename T, int RT, int NB8, int WK, int WN, int WB>
+// WB (batch groups of NB8 x 8 columns). Weight tiles and their metadata are prefetched one chunk ahead. With CL > 1
+// (sm_90 thread-block clusters of CL blocks along x) the CL blocks of a cluster split the chunks of one row block
+// and add up through distributed shared memory, so few row tiles still spread evenly over the multiprocessors.
+template <typename T, int RT, int NB8, int WK, int WN, int WB, int CL>
 __device__ __forceinline__ void w4_mm(T *__restrict__ y, const T *__restrict__ x, const uint4 *__restrict__ tiles,
                                       const u32 *__restrict__ meta, int batch, int n, int k, int group) {
     typedef W4<T> Op;
@@ -134,7 +174,8 @@ __device__ __forceinline__ void w4_mm(T *__restrict__ y, const T *__restrict__ x
     const int wk = warp % WK, wn = (warp / WK) % WN, wb = warp / (WK * WN);
     const int g = lane >> 2, t = lane & 3;
     const int ntiles = n >> 4, nchunks = k >> 6;
-    const int tile0 = (blockIdx.x * WN + wn) * RT;
+    const int rank = CL > 1 ? cluster_rank() : 0;
+    const int tile0 = ((blockIdx.x / CL) * WN + wn) * RT;
     const int col0 = (blockIdx.y * WB + wb) * NB8 * 8;
 
     float acc[RT][NB8][4];
@@ -161,13 +202,22 @@ __device__ __forceinline__ void w4_mm(T *__restrict__ y, const T *__restrict__ x
     const bool scale_after = NB8 <= 2 && (group & 63) == 0;
     uint4 wcur[RT], wnxt[RT];
     u32 mcur[RT][2], mnxt[RT][2];
+    // Per-row-tile bases, so a chunk's loads cost a 32-bit offset each (and no division for the group).
+    const GroupOf grp_of = group_of(group);
+    const uint4 *wbase[RT];
+    const u32 *mbase[RT];
+#pragma unroll
+    for (int r = 0; r < RT; ++r) {
+        wbase[r] = tiles + (size_t)(row_ok[r] ? tile0 + r : 0) * nchunks * 32 + lane;
+        mbase[r] = meta + (row_ok[r] ? tile0 + r : 0) * 16 + g;
+    }
     auto load = [&](int c, uint4 (&wv)[RT], u32 (&mv)[RT][2]) {
-        const int grp = (c * 64 + 16 * t) / group;
+        const int moff = grp_of(c * 64 + 16 * t) * n;
 #pragma unroll
         for (int r = 0; r < RT; ++r) {
             if (row_ok[r]) {
-                wv[r] = ldg_stream(tiles + ((size_t)(tile0 + r) * nchunks + c) * 32 + lane);
-                const u32 *m = meta + (size_t)grp * n + (tile0 + r) * 16 + g;
+                wv[r] = ldg_stream(wbase[r] + c * 32);
+                const u32 *m = mbase[r] + moff;
                 mv[r][0] = __ldg(m);
                 mv[r][1] = __ldg(m + 8);
             } else {
@@ -176,9 +226,11 @@ __device__ __forceinline__ void w4_mm(T *__restrict__ y, const T *__restrict__ x
             }
         }
     };
-    if (wk < nchunks) load(wk, wcur, mcur);
-    for (int c = wk; c < nchunks; c += WK) {
-        if (c + WK < nchunks) load(c + WK, wnxt, mnxt);
+    constexpr int STEP = WK * CL;
+    const int cfirst = wk + WK * rank;
+    if (cfirst < nchunks) load(cfirst, wcur, mcur);
+    for (int c = cfirst; c < nchunks; c += STEP) {
+        if (c + STEP < nchunks) load(c + STEP, wnxt, mnxt);
         if (scale_after) {
             // (q - z) exact in the mma, this chunk's sums scaled in fp32 (one group per chunk).
             float part[RT][NB8][4];
@@ -261,16 +313,42 @@ __device__ __forceinline__ void w4_mm(T *__restrict__ y, const T *__restrict__ x
                     for (int e = 0; e < 4; ++e) dst[(r * NB8 + b) * 4 + e] = acc[r][b][e];
         }
         __syncthreads();
-        if (wk > 0) return;
-        for (int s = 0; s < WK - 1; ++s) {
-            const float *src = red + ((size_t)s * WN * WB * 32 + slot) * ACC;
+        if (CL == 1 && wk > 0) return;
+        if (wk == 0)
+            for (int s = 0; s < WK - 1; ++s) {
+                const float *src = red + ((size_t)s * WN * WB * 32 + slot) * ACC;
+#pragma unroll
+                for (int r = 0; r < RT; ++r)
+#pragma unroll
+                    for (int b = 0; b < NB8; ++b)
+#pragma unroll
+                        for (int e = 0; e < 4; ++e) acc[r][b][e] += src[(r * NB8 + b) * 4 + e];
+            }
+    }
+    if (CL > 1) {
+        // Ranks 1.. leave their block's sums in shared memory; rank 0 adds them after the cluster barrier, and a
+        // second barrier keeps every block (and its shared memory) alive until rank 0 has read it.
+        __shared__ float cred[WN * WB * 32 * ACC];
+        const int slot = (wb * WN + wn) * 32 + lane;
+        if (rank > 0 && wk == 0)
 #pragma unroll
             for (int r = 0; r < RT; ++r)
 #pragma unroll
                 for (int b = 0; b < NB8; ++b)
 #pragma unroll
-                    for (int e = 0; e < 4; ++e) acc[r][b][e] += src[(r * NB8 + b) * 4 + e];
-        }
+                    for (int e = 0; e < 4; ++e) cred[slot * ACC + (r * NB8 + b) * 4 + e] = acc[r][b][e];
+        cluster_sync();
+        if (rank == 0 && wk == 0)
+            for (int src = 1; src < CL; ++src)
+#pragma unroll
+                for (int r = 0; r < RT; ++r)
+#pragma unroll
+                    for (int b = 0; b < NB8; ++b)
+#pragma unroll
+                        for (int e = 0; e < 4; ++e)
+                            acc[r][b][e] += ld_cluster(&cred[slot * ACC + (r * NB8 + b) * 4 + e], src);
+        cluster_sync();
+        if (rank > 0 || wk > 0) return;
     }
 
 #pragma unroll
@@ -320,6 +398,7 @@ __device__ __forceinline__ void w4_mm_pipe(T *__restrict__ y, float *__restrict_
     const int colb = blockIdx.x * COLS, rowb = blockIdx.y * ROWS;
     const int c0 = blockIdx.z * chunks_per_split;
     const int c1 = min(nchunks, c0 + chunks_per_split);
+    const GroupOf grp_of = group_of(group);
 
     auto stage = [&](int c, int s) {
         unsigned char *base = smem + s * STAGE;
@@ -330,7 +409,7 @@ __device__ __forceinline__ void w4_mm_pipe(T *__restrict__ y, float *__restrict_
         }
         for (int p = threadIdx.x; p < ROWS; p += NT) {  // 4 slices x ROWS/4 pieces of 4 rows
             const int slice = p / (ROWS / 4), q = p % (ROWS / 4);
-            const int grp = (c * 64 + 16 * slice) / group, row = rowb + 4 * q;
+            const int grp = grp_of(c * 64 + 16 * slice), row = rowb + 4 * q;
             const bool ok = row < n;
             cp_async16(base + WBYTES + (slice * MPITCH + 4 * q) * 4, meta + (size_t)grp * n + (ok ? row : 0),
                        ok ? 16 : 0);
@@ -435,7 +514,7 @@ extern "C" __global__ void w4_reduce_bf16(__nv_bfloat16 *y, const float *part, i
     extern "C" __global__ void __launch_bounds__(32 * WK * WN * WB)                                              \
         w4_mm_##NAME##_##RT##_##NB8##_##WK##_##WN##_##WB(TY *y, const TY *x, const uint4 *tiles, const u32 *meta, \
                                                          int batch, int n, int k, int group) {                   \
-        w4_mm<TY, RT, NB8, WK, WN, WB>(y, x, tiles, meta, batch, n, k, group);                                    \
+        w4_mm<TY, RT, NB8, WK, WN, WB, 1>(y, x, tiles, meta, batch, n, k, group);                                 \
     }
 #define W4_MM_BOTH(RT, NB8, WK, WN, WB)                                                                           \
     W4_MM(__half, f16, RT, NB8, WK, WN, WB)                                                                      \
@@ -458,6 +537,28 @@ W4_MM_BOTH(2, 8, 1, 8, 1)
 W4_MM_BOTH(2, 8, 1, 4, 2)
 W4_MM_BOTH(2, 8, 2, 2, 2)
 W4_MM_BOTH(1, 8, 2, 4, 2)
+
+// Cluster variants (sm_90 and later): w4_mm_<dtype>_<RT>_<NB8>_<WK>_<WN>_<WB>_c<CL>, grid.x = row blocks x CL.
+#if __CUDA_ARCH__ >= 900
+#define W4_MMC(TY, NAME, RT, NB8, WK, WN, WB, CL)                                                                \
+    extern "C" __global__ void __cluster_dims__(CL, 1, 1) __launch_bounds__(32 * WK * WN * WB)                   \
+        w4_mm_##NAME##_##RT##_##NB8##_##WK##_##WN##_##WB##_c##CL(TY *y, const TY *x, const uint4 *tiles,          \
+                                                                 const u32 *meta, int batch, int n, int k,       \
+                                                                 int group) {                                    \
+        w4_mm<TY, RT, NB8, WK, WN, WB, CL>(y, x, tiles, meta, batch, n, k, group);                                \
+    }
+#define W4_MMC_BOTH(RT, NB8, WK, WN, WB, CL)                                                                      \
+    W4_MMC(__half, f16, RT, NB8, WK, WN, WB, CL)                                                                 \
+    W4_MMC(__nv_bfloat16, bf16, RT, NB8, WK, WN, WB, CL)
+
+W4_MMC_BOTH(1, 1, 8, 1, 1, 2)
+W4_MMC_BOTH(1, 1, 16, 1, 1, 2)
+W4_MMC_BOTH(2, 1, 8, 1, 1, 2)
+W4_MMC_BOTH(1, 1, 8, 1, 1, 4)
+W4_MMC_BOTH(1, 2, 8, 1, 1, 2)
+W4_MMC_BOTH(2, 2, 8, 1, 1, 2)
+W4_MMC_BOTH(2, 2, 8, 1, 1, 4)
+#endif
 
 // Pipelined kernels, named w4_mm_<dtype>_<RT>_<NB8>_0_<WN>_<WB>_<S>_<MINB>: S shared-memory stages (dynamic), at
 // least MINB blocks a multiprocessor (the register cap that allows it).

@@ -82,15 +82,20 @@ pub struct KernelSource {
     pub file: &'static str,
     /// Its text.
     pub code: &'static str,
+    /// Compiled for the device's architecture-specific target where we use one (`sm_90a` on compute capability
+    /// 9.0, for Hopper-only instructions such as wgmma), so the source may hold kernels guarded by
+    /// `__CUDA_ARCH_FEAT_SM90_ALL`; other devices get their plain `sm_XY`.
+    pub arch_specific: bool,
 }
 
-/// The [`KernelSource`] of `kernels/cuda/<name>.cu`.
+/// The [`KernelSource`] of `kernels/cuda/<name>.cu`, compiled for the device's plain target.
 #[macro_export]
 macro_rules! cuda_source {
     ($name:literal) => {
         $crate::cuda::KernelSource {
             file: concat!($name, ".cu"),
             code: include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/cuda/", $name, ".cu")),
+            arch_specific: false,
         }
     };
 }
@@ -234,7 +239,10 @@ impl Gpu {
         if let Some(module) = modules.get(source.file) {
             return Ok(module.clone());
         }
-        let arch = format!("sm_{}{}", self.arch.0, self.arch.1);
+        let arch = match (source.arch_specific, self.arch) {
+            (true, (9, 0)) => "sm_90a".to_owned(),
+            _ => format!("sm_{}{}", self.arch.0, self.arch.1),
+        };
         let options = CompileOptions {
             options: vec![format!("--gpu-architecture={arch}"), "--std=c++17".into()],
             include_paths: cuda_include_dirs(),

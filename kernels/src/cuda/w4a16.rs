@@ -10,7 +10,16 @@ use cudarc::driver::sys::CUfunction_attribute;
 use super::{CudaFunction, CudaSlice, Gpu, GpuError, LaunchConfig, PushKernelArg};
 use crate::cpu::w4a16_tiles::W4Tiles;
 
-const SOURCE: super::KernelSource = crate::cuda_source!("w4a16");
+/// w4a16.cu with w4a16_sm90.cu appended (its wgmma kernels use the first's helpers), compiled for sm_90a on Hopper
+/// and for the device's plain target elsewhere (where the wgmma kernels compile to nothing).
+const SOURCE: super::KernelSource = super::KernelSource {
+    file: "w4a16.cu",
+    code: concat!(
+        include_str!("../../cuda/w4a16.cu"),
+        include_str!("../../cuda/w4a16_sm90.cu")
+    ),
+    arch_specific: true,
+};
 
 /// Int4 weights on the device, for activations of type `T`.
 pub struct W4Weight<T: Half> {
@@ -67,9 +76,11 @@ impl<T: Half> W4Weight<T> {
 
 /// How a W4A16 product splits its work. With `stages == 0` (the split-K kernel for small batches) a block of
 /// `wk · wn · wb` warps covers `16 · rt · wn` output rows and `8 · nb8 · wb` batch columns, its `wk` warps
-/// splitting the inputs and adding up at the end. With `stages > 0` (the pipelined kernel for larger batches,
-/// `wk = 0`) a block of `wn · wb` warps covers the same tile over a range of inputs, `stages` chunks of weights and
-/// activations in flight through shared memory; the launcher splits K over blocks when the tiles are too few.
+/// splitting the inputs and adding up at the end; with `cluster > 1` (sm_90 and later) that many blocks of a
+/// thread-block cluster split the inputs of one such tile. With `stages > 0` (the pipelined kernels for larger
+/// batches, `wk = 0`) a block of `wn · wb` warps covers the same tile over a range of inputs, `stages` chunks of
+/// weights and activations in flight through shared memory; the launcher splits K over blocks when the tiles are
+/// too few. `wgmma` marks the Hopper (sm_90a) pipelined kernel: `wn / 4` warpgroups, `rt = 1`, `wb = 1`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MmConfig {
     /// 16-row weight tiles per warp.
@@ -84,8 +95,12 @@ pub struct MmConfig {
     pub wb: u32,
     /// Shared-memory stages of the pipelined kernel; 0 for the split-K kernel.
     pub stages: u32,
-    /// Blocks a multiprocessor the pipelined kernel is compiled to fit (1 or 2; its register cap).
+    /// Blocks a multiprocessor the pipelined kernel is compiled to fit (its register cap).
     pub min_blocks: u32,
+    /// Blocks of a thread-block cluster splitting K in the split-K kernel (1: no cluster).
+    pub cluster: u32,
+    /// The Hopper warpgroup-MMA pipelined kernel.
+    pub wgmma: bool,
 }
 
 const fn cfg(rt: u32, nb8: u32, wk: u32, wn: u32, wb: u32) -> MmConfig {
@@ -97,6 +112,16 @@ const fn cfg(rt: u32, nb8: u32, wk: u32, wn: u32, wb: u32) -> MmConfig {
         wb,
         stages: 0,
         min_blocks: 1,
+        cluster: 1,
+        wgmma: false,
+    }
+}
+
+/// A split-K configuration whose clusters of `cluster` blocks split K (sm_90 and later).
+const fn clu(rt: u32, nb8: u32, wk: u32, cluster: u32) -> MmConfig {
+    MmConfig {
+        cluster,
+        ..cfg(rt, nb8, wk, 1, 1)
     }
 }
 
@@ -109,6 +134,17 @@ const fn pipe(rt: u32, nb8: u32, wn: u32, wb: u32, stages: u32) -> MmConfig {
         wb,
         stages,
         min_blocks: 1,
+        cluster: 1,
+        wgmma: false,
+    }
+}
+
+/// The Hopper kernel: `warpgroups` of 64 rows each, `cols` batch columns (8 to 128), at least `min_blocks` an SM.
+const fn wg(warpgroups: u32, cols: u32, stages: u32, min_blocks: u32) -> MmConfig {
+    MmConfig {
+        wgmma: true,
+        min_blocks,
+        ..pipe(1, cols / 8, 4 * warpgroups, 1, stages)
     }
 }
 
@@ -120,8 +156,9 @@ const fn pipe2(rt: u32, nb8: u32, wn: u32, wb: u32, stages: u32) -> MmConfig {
     }
 }
 
-/// Every configuration compiled in kernels/cuda/w4a16.cu (its `W4_MM_BOTH` and `W4_MMP_BOTH` lines).
-pub const CONFIGS: [MmConfig; 27] = [
+/// Every configuration compiled in kernels/cuda/w4a16.cu (its `W4_MM_BOTH`, `W4_MMC_BOTH`, `W4_MMP_BOTH` and
+/// `W4_WG_BOTH` lines); [`MmConfig::runs_on`] says which a device has.
+pub const CONFIGS: [MmConfig; 44] = [
     cfg(1, 1, 8, 1, 1),
     cfg(1, 1, 16, 1, 1),
     cfg(2, 1, 8, 1, 1),
@@ -149,6 +186,23 @@ pub const CONFIGS: [MmConfig; 27] = [
     pipe2(2, 8, 4, 2, 4),
     pipe2(1, 8, 4, 2, 4),
     pipe2(2, 4, 4, 2, 3),
+    clu(1, 1, 8, 2),
+    clu(1, 1, 16, 2),
+    clu(2, 1, 8, 2),
+    clu(1, 1, 8, 4),
+    clu(1, 2, 8, 2),
+    clu(2, 2, 8, 2),
+    clu(2, 2, 8, 4),
+    wg(2, 16, 6, 4),
+    wg(2, 32, 5, 3),
+    wg(2, 64, 4, 2),
+    wg(2, 64, 5, 3),
+    wg(1, 64, 5, 4),
+    wg(4, 64, 4, 1),
+    wg(2, 128, 4, 2),
+    wg(2, 128, 5, 1),
+    wg(1, 128, 5, 3),
+    wg(4, 128, 4, 1),
 ];
 
 impl MmConfig {
@@ -167,11 +221,21 @@ impl MmConfig {
         (16 * self.rt * self.wn) as usize
     }
 
-    /// Dynamic shared memory of the pipelined kernel (its STAGE bytes times the stages).
+    /// Whether a device of compute capability `arch` has this configuration's kernel: clusters need sm_90 or
+    /// later, wgmma exactly sm_90 (compiled as sm_90a).
+    pub fn runs_on(&self, arch: (u32, u32)) -> bool {
+        (self.cluster == 1 || arch.0 >= 9) && (!self.wgmma || arch == (9, 0))
+    }
+
+    /// Dynamic shared memory of the pipelined kernels (their STAGE bytes times the stages).
     fn shared_bytes(&self) -> usize {
         let (rows, cols) = (self.rows(), self.cols());
-        let stage = rows / 16 * 512 + 4 * (rows + 8) * 4 + cols * 72 * 2;
-        stage * self.stages as usize
+        let activations = if self.wgmma {
+            8 * (cols * 16 + 16)
+        } else {
+            cols * 72 * 2
+        };
+        (rows / 16 * 512 + 4 * (rows + 8) * 4 + activations) * self.stages as usize
     }
 
     fn kernel<T: Half>(&self) -> String {
@@ -183,8 +247,19 @@ impl MmConfig {
             wb,
             stages,
             min_blocks,
+            cluster,
+            wgmma,
         } = *self;
-        if stages == 0 {
+        if wgmma {
+            format!(
+                "w4_wg_{}_{}_{}_{stages}_{min_blocks}",
+                T::SUFFIX,
+                wn / 4,
+                8 * nb8
+            )
+        } else if cluster > 1 {
+            format!("w4_mm_{}_{rt}_{nb8}_{wk}_{wn}_{wb}_c{cluster}", T::SUFFIX)
+        } else if stages == 0 {
             format!("w4_mm_{}_{rt}_{nb8}_{wk}_{wn}_{wb}", T::SUFFIX)
         } else {
             format!(
@@ -194,53 +269,58 @@ impl MmConfig {
         }
     }
 
-    /// The configuration [`w4a16`] uses for `batch` rows (from gpu-bench on an H200, see benches/RESULTS.md): up to
-    /// 16 rows the split-K kernel, its least split configuration that gives the GPU enough warps (31 a
-    /// multiprocessor at batch 1..8, 16 at 9..16, 4 at 33..64 over at most 4096 inputs and 16384 outputs); else the
-    /// pipelined kernel.
-    pub fn pick(batch: usize, n: usize, k: usize, sm_count: u32) -> MmConfig {
-        let (candidates, per_sm): (&[MmConfig], usize) = match batch {
-            0..=8 => (
-                &[cfg(2, 1, 8, 1, 1), cfg(1, 1, 8, 1, 1), cfg(1, 1, 16, 1, 1)],
-                31,
-            ),
-            9..=16 => (
-                &[cfg(2, 2, 8, 1, 1), cfg(1, 2, 8, 1, 1), cfg(1, 2, 16, 1, 1)],
-                16,
-            ),
-            17..=32 => (&[cfg(1, 4, 8, 1, 1), cfg(2, 4, 4, 2, 1)], 12),
-            33..=64 if k <= 4096 && n <= 16384 => (
-                &[cfg(2, 8, 2, 4, 1), cfg(2, 8, 4, 2, 1), cfg(1, 8, 4, 2, 1)],
-                4,
-            ),
+    /// The configuration [`w4a16`] uses for `batch` rows on a GPU of `sm_count` multiprocessors and compute
+    /// capability `arch` (from gpu-bench's per-configuration times on an H100, see benches/RESULTS.md). Up to 32
+    /// rows the split-K kernel: the first configuration of a ladder, least split first, that gives every
+    /// multiprocessor its number of warps (batch 1..8: 2 tiles a warp at 31 warps, 1 at 20, else 16 warps
+    /// splitting K; 9..16: over 8192 inputs and more a cluster of two blocks splitting K, 2 tiles a warp at 15
+    /// warps, else 1; under 8192 inputs 8 warps splitting K at 20, else 16). Larger batches on Hopper the wgmma
+    /// kernel (4 warpgroups, 64 or 128 columns); elsewhere the mma.sync kernels.
+    pub fn pick(batch: usize, n: usize, k: usize, sm_count: u32, arch: (u32, u32)) -> MmConfig {
+        let hopper = arch == (9, 0);
+        // (configuration, warps a multiprocessor it needs); the last is taken when none fills the GPU.
+        let ladder: &[(MmConfig, usize)] = match batch {
+            0..=8 => &[
+                (cfg(2, 1, 8, 1, 1), 31),
+                (cfg(1, 1, 8, 1, 1), 20),
+                (cfg(1, 1, 16, 1, 1), 0),
+            ],
+            9..=16 if k >= 8192 && arch.0 >= 9 => &[(clu(2, 2, 8, 2), 15), (clu(1, 2, 8, 2), 0)],
+            9..=16 => &[(cfg(1, 2, 8, 1, 1), 20), (cfg(1, 2, 16, 1, 1), 0)],
+            17..=32 => &[(cfg(1, 4, 8, 1, 1), 0)],
+            33..=64 if hopper => return wg(4, 64, 4, 1),
+            _ if hopper => return wg(4, 128, 4, 1),
+            33..=64 if k <= 4096 && n <= 16384 => &[
+                (cfg(2, 8, 2, 4, 1), 4),
+                (cfg(2, 8, 4, 2, 1), 4),
+                (cfg(1, 8, 4, 2, 1), 0),
+            ],
             33..=64 => return pipe(2, 4, 4, 2, 4),
             _ => return pipe2(2, 8, 4, 2, 3),
         };
-        let warps_wanted = per_sm * sm_count as usize;
-        let warps = |c: &MmConfig| n.div_ceil(c.rows()) * c.threads() as usize / 32;
-        // The first (least split) candidate that fills the GPU, else the one with most warps.
-        candidates
+        let warps =
+            |c: &MmConfig| n.div_ceil(c.rows()) * c.cluster as usize * c.threads() as usize / 32;
+        ladder
             .iter()
-            .copied()
-            .find(|c| warps(c) >= warps_wanted)
-            .unwrap_or_else(|| {
-                candidates
-                    .iter()
-                    .copied()
-                    .max_by_key(warps)
-                    .unwrap_or(CONFIGS[0])
-            })
+            .find(|(c, per_sm)| warps(c) >= per_sm * sm_count as usize)
+            .or(ladder.last())
+            .map_or(CONFIGS[0], |&(c, _)| c)
     }
 
-    /// K splits of the pipelined kernel: enough blocks for every multiprocessor (`min_blocks` each), each split
-    /// at least 2 · stages chunks.
+    /// K splits of the pipelined kernels, each at least 2 · stages chunks: enough blocks for every
+    /// multiprocessor (`min_blocks` each); the wgmma kernel splits only as far as whole waves of tiles still fit
+    /// (its partial sums cost more than a partly idle last wave).
     fn splits(&self, batch: usize, n: usize, k: usize, sm_count: u32) -> usize {
         let tiles = batch.div_ceil(self.cols()) * n.div_ceil(self.rows());
         let chunks = k / 64;
         let most = (chunks / (2 * self.stages as usize)).max(1);
-        (self.min_blocks.max(1) as usize * sm_count as usize)
-            .div_ceil(tiles)
-            .clamp(1, most)
+        let slots = self.min_blocks.max(1) as usize * sm_count as usize;
+        let splits = if self.wgmma {
+            slots / tiles
+        } else {
+            slots.div_ceil(tiles)
+        };
+        splits.clamp(1, most)
     }
 }
 
@@ -277,7 +357,7 @@ pub fn w4a16<T: Half>(
     w: &W4Weight<T>,
     y: &mut CudaSlice<T>,
 ) -> Result<(), GpuError> {
-    let config = MmConfig::pick(batch, w.n, w.k, gpu.sm_count());
+    let config = MmConfig::pick(batch, w.n, w.k, gpu.sm_count(), gpu.arch());
     w4a16_with(gpu, config, x, batch, w, y)
 }
 
@@ -294,6 +374,13 @@ pub fn w4a16_with<T: Half>(
     if !CONFIGS.contains(&config) {
         return Err(GpuError::Shape(format!(
             "w4a16: {config:?} is not compiled (see CONFIGS)"
+        )));
+    }
+    if !config.runs_on(gpu.arch()) {
+        return Err(GpuError::Shape(format!(
+            "w4a16: {config:?} needs a newer GPU than sm_{}{}",
+            gpu.arch().0,
+            gpu.arch().1
         )));
     }
     if batch == 0 {
@@ -313,7 +400,7 @@ pub fn w4a16_with<T: Half>(
     }
     let launch = LaunchConfig {
         grid_dim: (
-            w.n.div_ceil(config.rows()) as u32,
+            (w.n.div_ceil(config.rows()) * config.cluster as usize) as u32,
             batch.div_ceil(config.cols()) as u32,
             1,
         ),
@@ -369,7 +456,9 @@ fn launch_pipe<T: Half>(
     let (b, n, k, g) = (batch as i32, w.n as i32, w.k as i32, w.group_size as i32);
     let cps = chunks_per_split as i32;
     let mut part = if splits > 1 {
-        Some(gpu.alloc::<f32>(splits * batch * w.n)?)
+        // SAFETY: uninitialised on purpose (no memset per call): every split's block writes each of its
+        // [batch, n] partial sums before w4_reduce reads them.
+        Some(unsafe { gpu.stream().alloc::<f32>(splits * batch * w.n) }?)
     } else {
         None
     };

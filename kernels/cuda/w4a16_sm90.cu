@@ -1,0 +1,228 @@
+// W4A16 on Hopper: the wgmma product kernels. Appended to kernels/cuda/w4a16.cu when the launcher compiles the two as
+// one source (kernels/src/cuda/w4a16.rs), so they use its W4<T> dequantization, word() and cp_async16(); they exist
+// only where that source is compiled for sm_90a (the arch-specific target wgmma needs).
+//
+// The product: wgmma (warpgroup MMA, m64nNk16, N = COLS batch columns) with
+// the dequantized weights as the A operand in registers (the tile layout is exactly wgmma's A fragment, warp i of a
+// warpgroup holding rows 16i..16i+15) and the activations as B in shared memory, fp32 accumulators in registers. A
+// block of NWG warpgroups covers 64 * NWG output rows x COLS batch columns over a range of chunks (grid.z splits K
+// as in w4_mm_pipe, partial sums to `part`); weights, group metadata and activations go through S cp.async stages.
+// The activations are laid out as wgmma's no-swizzle K-major core matrices (8 batch rows x 16 bytes, 128 bytes
+// each; SBO = 128 between row groups, LBO = COLS * 16 + 16 between the K halves, the extra 16 bytes keeping the
+// 4-byte stores conflict-free), in the tiles' input order: 32-bit word w (inputs 2w, 2w + 1 of the chunk) is k16
+// step (w % 8) / 2, core column w % 2, bytes 4 * (w / 8) of its row, so each word travels by one 4-byte cp.async.
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define WG_MMA_8(TY)                                                                                         \
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %9, 0;\nwgmma.mma_async.sync.aligned.m64n8k16.f32." TY "." TY " {" \
+                 "%0, %1, %2, %3"                                        \
+                 "}, {%4, %5, %6, %7}, %8, p, 1, 1, 0;\n}\n"                                   \
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]) \
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1))
+#define WG_MMA_16(TY)                                                                                         \
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %13, 0;\nwgmma.mma_async.sync.aligned.m64n16k16.f32." TY "." TY " {" \
+                 "%0, %1, %2, %3, %4, %5, %6, %7"                                        \
+                 "}, {%8, %9, %10, %11}, %12, p, 1, 1, 0;\n}\n"                                   \
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]) \
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1))
+#define WG_MMA_32(TY)                                                                                         \
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %21, 0;\nwgmma.mma_async.sync.aligned.m64n32k16.f32." TY "." TY " {" \
+                 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15"                                        \
+                 "}, {%16, %17, %18, %19}, %20, p, 1, 1, 0;\n}\n"                                   \
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), \
+                   "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]) \
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1))
+#define WG_MMA_64(TY)                                                                                         \
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\nwgmma.mma_async.sync.aligned.m64n64k16.f32." TY "." TY " {" \
+                 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "                                        \
+                 "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"                                        \
+                 "}, {%32, %33, %34, %35}, %36, p, 1, 1, 0;\n}\n"                                   \
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), \
+                   "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), \
+                   "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), \
+                   "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]) \
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1))
+#define WG_MMA_128(TY)                                                                                         \
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\nwgmma.mma_async.sync.aligned.m64n128k16.f32." TY "." TY " {" \
+                 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "                                        \
+                 "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "                                        \
+                 "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "                                        \
+                 "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"                                        \
+                 "}, {%64, %65, %66, %67}, %68, p, 1, 1, 0;\n}\n"                                   \
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), \
+                   "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), \
+                   "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), \
+                   "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), \
+                   "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), \
+                   "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), \
+                   "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), \
+                   "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]) \
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1))
+// One wgmma m64nNk16 (N = 8 .. 128): d += A (registers a, this thread's fragment) x B (shared memory, desc).
+template <typename T, int N> __device__ __forceinline__ void wg_mma(float (&d)[N / 2], const u32 a[4],
+                                                                    unsigned long long desc) {
+#define WG_MMA_CASE(NN)                                                                                           \
+    if constexpr (N == NN) {                                                                                     \
+        if constexpr (W4<T>::BF16) WG_MMA_##NN("bf16"); else WG_MMA_##NN("f16");                                 \
+    }
+    WG_MMA_CASE(8) WG_MMA_CASE(16) WG_MMA_CASE(32) WG_MMA_CASE(64) WG_MMA_CASE(128)
+#undef WG_MMA_CASE
+}
+
+// Pins the accumulators to their registers around a wgmma batch (no copies the compiler might place while the
+// asynchronous wgmmas own them, which would make ptxas serialize the wgmmas).
+template <int N> __device__ __forceinline__ void wg_pin(float (&d)[N]) {
+#pragma unroll
+    for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+
+__device__ __forceinline__ unsigned long long wg_desc(const void *smem, u32 lbo, u32 sbo) {
+    const u32 a = (u32)__cvta_generic_to_shared(smem);
+    return (unsigned long long)((a & 0x3ffff) >> 4) | (unsigned long long)(lbo >> 4) << 16 |
+           (unsigned long long)(sbo >> 4) << 32;
+}
+
+__device__ __forceinline__ void cp_async4(void *dst, const void *src, int bytes) {
+    const u32 d = (u32)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(d), "l"(src), "r"(bytes));
+}
+
+template <typename T, int NWG, int COLS, int S, int MINB>
+__device__ __forceinline__ void w4_wg(T *__restrict__ y, float *__restrict__ part, const T *__restrict__ x,
+                                      const uint4 *__restrict__ tiles, const u32 *__restrict__ meta, int batch,
+                                      int n, int k, int group, int chunks_per_split) {
+    typedef W4<T> Op;
+    constexpr int ROWS = 64 * NWG, NT = 128 * NWG, MPITCH = ROWS + 8, LBO = COLS * 16 + 16;
+    constexpr int WBYTES = ROWS / 16 * 512, MBYTES = 4 * MPITCH * 4, XBYTES = 8 * LBO;
+    constexpr int STAGE = WBYTES + MBYTES + XBYTES;
+    static_assert(STAGE % 16 == 0, "stage alignment");
+    static_assert(S >= 4, "two chunks in flight besides the one computed and the one still read by wgmma");
+    extern __shared__ __align__(128) unsigned char smem[];
+
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;  // warp = the block's 16-row tile
+    const int g = lane >> 2, t = lane & 3;
+    const int ntiles = n >> 4, nchunks = k >> 6;
+    const int colb = blockIdx.x * COLS, rowb = blockIdx.y * ROWS;
+    const int c0 = blockIdx.z * chunks_per_split;
+    const int c1 = min(nchunks, c0 + chunks_per_split);
+    const GroupOf grp_of = group_of(group);
+
+    auto stage = [&](int c, int s) {
+        unsigned char *base = smem + s * STAGE;
+        for (int p = threadIdx.x; p < ROWS / 16 * 32; p += NT) {
+            const int tile = rowb / 16 + (p >> 5);
+            const bool ok = tile < ntiles;
+            cp_async16(base + p * 16, tiles + ((size_t)(ok ? tile : 0) * nchunks + c) * 32 + (p & 31), ok ? 16 : 0);
+        }
+        for (int p = threadIdx.x; p < ROWS; p += NT) {  // 4 slices x ROWS/4 pieces of 4 rows
+            const int slice = p / (ROWS / 4), q = p % (ROWS / 4);
+            const int grp = grp_of(c * 64 + 16 * slice), row = rowb + 4 * q;
+            const bool ok = row < n;
+            cp_async16(base + WBYTES + (slice * MPITCH + 4 * q) * 4, meta + (size_t)grp * n + (ok ? row : 0),
+                       ok ? 16 : 0);
+        }
+        for (int p = threadIdx.x; p < COLS * 32; p += NT) {
+            const int row = p >> 5, w = p & 31, col = colb + row;
+            const bool ok = col < batch;  // rows past the batch are zero-filled
+            cp_async4(base + WBYTES + MBYTES + (w & 7) * LBO + (row >> 3) * 128 + (row & 7) * 16 + (w >> 3) * 4,
+                      x + (size_t)(ok ? col : 0) * k + c * 64 + 2 * w, ok ? 4 : 0);
+        }
+    };
+
+    float acc[COLS / 2];
+#pragma unroll
+    for (int i = 0; i < COLS / 2; ++i) acc[i] = 0.f;
+
+    // S - 2 chunks are loaded ahead: the slot refilled in iteration i held chunk i - 2, whose wgmmas every warpgroup
+    // has waited for (each keeps one chunk's wgmmas in flight past the end of an iteration).
+#pragma unroll
+    for (int i = 0; i < S - 2; ++i) {
+        if (c0 + i < c1) stage(c0 + i, i);
+        asm volatile("cp.async.commit_group;\n" ::);
+    }
+    // One chunk: its stage, the weights dequantized into `a` (wgmma's A, read asynchronously: `a` must keep its
+    // registers until that wgmma group completes), four wgmmas. With two A buffers (DB, where the register cap
+    // leaves room) the previous chunk's group stays in flight through this chunk's dequantization: the wait comes
+    // after this chunk's wgmmas, and only then are the previous A registers (`prev`) free, which the empty asm marks
+    // as their last use. With one buffer the wait for the previous group comes before the dequantization.
+    constexpr int REG_CAP = 65536 / (128 * NWG * MINB) < 255 ? 65536 / (128 * NWG * MINB) : 255;
+    constexpr bool DB = COLS / 2 + 72 <= REG_CAP;
+    auto chunk = [&](int c, u32 (&a)[4][4], u32 (&prev)[4][4]) {
+        const int i = c - c0;
+        asm volatile("cp.async.wait_group %0;\n" ::"n"(S - 3));
+        __syncthreads();  // stage i is in; every warpgroup is done with chunk i - 2's slot, refilled next
+        if (c + S - 2 < c1) stage(c + S - 2, (i + S - 2) % S);
+        asm volatile("cp.async.commit_group;\n" ::);
+
+        const unsigned char *base = smem + (i % S) * STAGE;
+        const uint4 w = reinterpret_cast<const uint4 *>(base)[warp * 32 + lane];
+        const u32 *ms = reinterpret_cast<const u32 *>(base + WBYTES);
+        const u32 m0 = ms[t * MPITCH + warp * 16 + g], m1 = ms[t * MPITCH + warp * 16 + g + 8];
+        if (!DB) asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+#pragma unroll
+        for (int j = 0; j < 4; ++j) Op::dequant(word(w, j), m0, m1, a[j]);
+        wg_pin(acc);
+        asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+            wg_mma<T, COLS>(acc, a[j], wg_desc(base + WBYTES + MBYTES + 2 * j * LBO, LBO, 128));
+        asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+        wg_pin(acc);
+        if (DB) {
+            asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
+#pragma unroll
+            for (int j = 0; j < 4; ++j)
+                asm volatile("" ::"r"(prev[j][0]), "r"(prev[j][1]), "r"(prev[j][2]), "r"(prev[j][3]) : "memory");
+        }
+    };
+    // Two A buffers in turn (one name for both without DB). No zero-trip path (the launcher gives every split at least one chunk), whose register
+    // copies of the accumulators would make ptxas serialize the wgmmas.
+    u32 a0[4][4] = {}, a1[4][4] = {};
+    u32(&b1)[4][4] = DB ? a1 : a0;
+    for (int c = c0;;) {
+        chunk(c, a0, b1);
+        if (++c >= c1) break;
+        chunk(c, b1, a0);
+        if (++c >= c1) break;
+    }
+    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+    wg_pin(acc);
+    asm volatile("cp.async.wait_group 0;\n" ::);
+
+    float *out = part + (size_t)blockIdx.z * batch * n;
+    const int row = rowb + warp * 16 + g;
+#pragma unroll
+    for (int i = 0; i < COLS / 8; ++i)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const int cc = colb + 8 * i + 2 * t + (e & 1), rr = row + 8 * (e >> 1);
+            if (cc >= batch || rr >= n) continue;
+            if (gridDim.z == 1)
+                y[(size_t)cc * n + rr] = Op::from_f32(acc[4 * i + e]);
+            else
+                out[(size_t)cc * n + rr] = acc[4 * i + e];
+        }
+}
+
+// w4_wg_<dtype>_<NWG>_<COLS>_<S>_<MINB>: NWG warpgroups, COLS batch columns, S stages, at least MINB blocks an SM.
+#define W4_WG(TY, NAME, NWG, COLS, S, MINB)                                                                      \
+    extern "C" __global__ void __launch_bounds__(128 * NWG, MINB)                                                \
+        w4_wg_##NAME##_##NWG##_##COLS##_##S##_##MINB(TY *y, float *part, const TY *x, const uint4 *tiles,        \
+                                                     const u32 *meta, int batch, int n, int k, int group,        \
+                                                     int chunks_per_split) {                                     \
+        w4_wg<TY, NWG, COLS, S, MINB>(y, part, x, tiles, meta, batch, n, k, group, chunks_per_split);                  \
+    }
+#define W4_WG_BOTH(NWG, COLS, S, MINB)                                                                            \
+    W4_WG(__half, f16, NWG, COLS, S, MINB)                                                                       \
+    W4_WG(__nv_bfloat16, bf16, NWG, COLS, S, MINB)
+
+W4_WG_BOTH(2, 16, 6, 4)
+W4_WG_BOTH(2, 32, 5, 3)
+W4_WG_BOTH(2, 64, 4, 2)
+W4_WG_BOTH(2, 64, 5, 3)
+W4_WG_BOTH(1, 64, 5, 4)
+W4_WG_BOTH(4, 64, 4, 1)
+W4_WG_BOTH(2, 128, 4, 2)
+W4_WG_BOTH(2, 128, 5, 1)
+W4_WG_BOTH(1, 128, 5, 3)
+W4_WG_BOTH(4, 128, 4, 1)
+#endif
