@@ -1,12 +1,15 @@
 //! AVX-512 VNNI int4 × int8 GEMM for batches (MLAS QGEMM-style register blocking, int8 activations as
 //! ONNX Runtime's MatMulNBits accuracy level 4): a tile of 32 weight rows × 256 inputs is unpacked once to
 //! u8 in "VNNI order" (one zmm = 16 rows × 4 consecutive inputs), then every group of up to 6 batch items
-//! runs over it with 2 × 6 int32 accumulators: per 4 inputs two weight loads, one 4-byte activation
+//! runs over it with 2 × 6 int32 accumulators (the group's activations interleaved once per call so each
+//! slot's items sit side by side): per 4 inputs two weight loads, one 4-byte activation
 //! broadcast per item and 12 `vpdpbusd`; per block the int32 sums are scaled (weight × activation scale)
 //! into fp32 accumulators and the zero-point term `s · z · block_sum` is taken off.
 #![cfg(target_arch = "x86_64")]
 
 use std::arch::x86_64::*;
+
+use rayon::prelude::*;
 
 use super::{ActRow, Int4Matrix, SUB};
 
@@ -17,24 +20,73 @@ const KC: usize = 256;
 /// Batch items per register block.
 const NR: usize = 6;
 
-/// `out [rows, batch] = W[o0 .. o0 + rows] · x_bᵀ` for every `acts` item, rows ≤ TILE_ROWS.
-pub(super) fn gemm_i8(w: &Int4Matrix, o0: usize, acts: &[ActRow], out: &mut [f32]) {
-    let batch = acts.len();
+/// The activations of up to NR batch items interleaved for broadcasting: for each 4-input slot of the
+/// unpacked tile order, the items' 4 int8 values side by side; per block the items' scales and sums.
+pub(super) struct Group {
+    nb: usize,
+    /// [k_pad / 32][8 slots][nb] (slot d < 4: inputs 4d..4d+3 of the sub-block, else 16 + 4(d − 4)..).
+    q: Vec<i32>,
+    /// [blocks][nb] activation scale.
+    xs: Vec<f32>,
+    /// [blocks][nb] scale · Σ xq.
+    bsum: Vec<f32>,
+}
+
+/// `acts` (any number) in groups of NR for [`gemm_i8`].
+pub(super) fn groups(acts: &[ActRow], k: usize, bs: usize) -> Vec<Group> {
+    let k_pad = k.div_ceil(128) * 128;
+    let blocks = k / bs;
+    acts.par_chunks(NR)
+        .map(|g| {
+            let nb = g.len();
+            let mut q = vec![0i32; k_pad / 4 * nb];
+            for (i, a) in g.iter().enumerate() {
+                let halves = a.lo.chunks_exact(16).zip(a.hi.chunks_exact(16));
+                for (s, (l, h)) in halves.enumerate() {
+                    for d in 0..4 {
+                        let w = |v: &[i8]| {
+                            i32::from_le_bytes([
+                                v[4 * d] as u8,
+                                v[4 * d + 1] as u8,
+                                v[4 * d + 2] as u8,
+                                v[4 * d + 3] as u8,
+                            ])
+                        };
+                        q[(s * 8 + d) * nb + i] = w(l);
+                        q[(s * 8 + 4 + d) * nb + i] = w(h);
+                    }
+                }
+            }
+            let (mut xs, mut bsum) = (vec![0f32; blocks * nb], vec![0f32; blocks * nb]);
+            for (i, a) in g.iter().enumerate() {
+                for b in 0..blocks {
+                    xs[b * nb + i] = a.lane_scale[b * bs / 8];
+                    bsum[b * nb + i] = a.block_sum[b];
+                }
+            }
+            Group { nb, q, xs, bsum }
+        })
+        .collect()
+}
+
+/// `out [rows, batch] = W[o0 .. o0 + rows] · x_bᵀ` for every item of `groups`, rows ≤ TILE_ROWS.
+pub(super) fn gemm_i8(w: &Int4Matrix, o0: usize, groups: &[Group], out: &mut [f32]) {
+    let batch: usize = groups.iter().map(|g| g.nb).sum();
     let rows = out.len() / batch.max(1);
     assert!(rows <= TILE_ROWS && o0 + rows <= w.n() && out.len() == rows * batch);
     let k = w.k();
-    let k_pad = k.div_ceil(128) * 128;
-    assert!(acts.iter().all(|a| a.lo.len() == k_pad / 2
-        && a.hi.len() == k_pad / 2
-        && a.lane_scale.len() == k_pad / 8
-        && a.block_sum.len() == k / w.block_size()));
+    let (k_pad, blocks) = (k.div_ceil(128) * 128, k / w.block_size());
+    assert!(groups.iter().all(|g| g.nb <= NR
+        && g.q.len() == k_pad / 4 * g.nb
+        && g.xs.len() == blocks * g.nb
+        && g.bsum.len() == blocks * g.nb));
     // SAFETY: the caller checked Isa::Avx512 (with VNNI) is available; shapes are asserted above and in
     // the kernels.
     unsafe {
         match w.block_size() {
-            32 => gemm_tile::<32>(w, o0, rows, acts, out),
-            64 => gemm_tile::<64>(w, o0, rows, acts, out),
-            _ => gemm_tile::<128>(w, o0, rows, acts, out),
+            32 => gemm_tile::<32>(w, o0, rows, groups, batch, out),
+            64 => gemm_tile::<64>(w, o0, rows, groups, batch, out),
+            _ => gemm_tile::<128>(w, o0, rows, groups, batch, out),
         }
     }
 }
@@ -52,10 +104,11 @@ unsafe fn gemm_tile<const BS: usize>(
     w: &Int4Matrix,
     o0: usize,
     rows: usize,
-    acts: &[ActRow],
+    groups: &[Group],
+    batch: usize,
     out: &mut [f32],
 ) {
-    let (k, batch) = (w.k(), acts.len());
+    let k = w.k();
     let mut tile = Tile {
         w: vec![_mm512_setzero_si512(); KC / SUB * 8 * 2],
         ws: vec![_mm512_setzero_ps(); KC / BS * 2],
@@ -68,20 +121,18 @@ unsafe fn gemm_tile<const BS: usize>(
     for kb in (0..k).step_by(KC) {
         let kc = KC.min(k - kb);
         unpack::<BS>(w, &row_of, kb, kc, &mut tile);
-        let mut g = 0;
-        while g < batch {
-            let nr = (batch - g).min(NR);
-            let cg = &mut c[2 * g..2 * (g + nr)];
-            let ag = &acts[g..g + nr];
-            match nr {
-                1 => micro::<BS, 1>(&tile, ag, kb, kc, cg),
-                2 => micro::<BS, 2>(&tile, ag, kb, kc, cg),
-                3 => micro::<BS, 3>(&tile, ag, kb, kc, cg),
-                4 => micro::<BS, 4>(&tile, ag, kb, kc, cg),
-                5 => micro::<BS, 5>(&tile, ag, kb, kc, cg),
-                _ => micro::<BS, 6>(&tile, ag, kb, kc, cg),
+        let mut i0 = 0;
+        for g in groups {
+            let cg = &mut c[2 * i0..2 * (i0 + g.nb)];
+            match g.nb {
+                1 => micro::<BS, 1>(&tile, g, kb, kc, cg),
+                2 => micro::<BS, 2>(&tile, g, kb, kc, cg),
+                3 => micro::<BS, 3>(&tile, g, kb, kc, cg),
+                4 => micro::<BS, 4>(&tile, g, kb, kc, cg),
+                5 => micro::<BS, 5>(&tile, g, kb, kc, cg),
+                _ => micro::<BS, 6>(&tile, g, kb, kc, cg),
             }
-            g += nr;
+            i0 += g.nb;
         }
     }
     let mut lane = [0f32; TILE_ROWS];
@@ -190,18 +241,20 @@ unsafe fn unpack<const BS: usize>(
 
 /// `NB` items (≤ NR) over the unpacked tile: c[2i + h] += Σ_blocks (ws·xs · Σ q·xq − s·z · block_sum).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma")]
+// Indexed loops over the const-size accumulator arrays (2 × NB registers), unrolled by the compiler.
+#[allow(clippy::needless_range_loop)]
 unsafe fn micro<const BS: usize, const NB: usize>(
     t: &Tile,
-    acts: &[ActRow],
+    g: &Group,
     kb: usize,
     kc: usize,
     c: &mut [__m512],
 ) {
-    assert!(acts.len() == NB && c.len() == 2 * NB && t.w.len() >= kc / SUB * 16);
+    assert!(g.nb == NB && c.len() == 2 * NB && t.w.len() >= kc / SUB * 16);
+    assert!(g.q.len() >= (kb + kc) / 4 * NB && g.xs.len() >= (kb + kc) / BS * NB);
     let mut f: [[__m512; NB]; 2] = std::array::from_fn(|h| std::array::from_fn(|i| c[2 * i + h]));
-    // Activation bytes: packed input order split into low / high sub-block halves (see ActRow).
-    let lo: [*const i8; NB] = std::array::from_fn(|i| acts[i].lo.as_ptr().add(kb / 2));
-    let hi: [*const i8; NB] = std::array::from_fn(|i| acts[i].hi.as_ptr().add(kb / 2));
+    // SAFETY (pointer reads below): slots up to (kb + kc) / 4 and blocks up to (kb + kc) / BS, asserted.
+    let qp = g.q.as_ptr().add(kb / 4 * NB);
     let wp = t.w.as_ptr();
     for blk in 0..kc / BS {
         let mut acc = [[_mm512_setzero_si512(); NB]; 2];
@@ -209,10 +262,9 @@ unsafe fn micro<const BS: usize, const NB: usize>(
             for slot in 0..8 {
                 let w0 = *wp.add((s * 8 + slot) * 2);
                 let w1 = *wp.add((s * 8 + slot) * 2 + 1);
-                let off = 16 * s + 4 * (slot % 4);
+                let xq = qp.add((s * 8 + slot) * NB);
                 for i in 0..NB {
-                    let src = if slot < 4 { lo[i] } else { hi[i] };
-                    let xb = _mm512_set1_epi32(src.add(off).cast::<i32>().read_unaligned());
+                    let xb = _mm512_set1_epi32(*xq.add(i));
                     acc[0][i] = _mm512_dpbusd_epi32(acc[0][i], w0, xb);
                     acc[1][i] = _mm512_dpbusd_epi32(acc[1][i], w1, xb);
                 }
@@ -222,8 +274,8 @@ unsafe fn micro<const BS: usize, const NB: usize>(
         let (ws0, ws1) = (t.ws[blk * 2], t.ws[blk * 2 + 1]);
         let (sz0, sz1) = (t.sz[blk * 2], t.sz[blk * 2 + 1]);
         for i in 0..NB {
-            let xs = _mm512_set1_ps(*acts[i].lane_scale.get_unchecked(b * BS / 8));
-            let bsum = _mm512_set1_ps(*acts[i].block_sum.get_unchecked(b));
+            let xs = _mm512_set1_ps(*g.xs.as_ptr().add(b * NB + i));
+            let bsum = _mm512_set1_ps(*g.bsum.as_ptr().add(b * NB + i));
             f[0][i] = _mm512_fmadd_ps(
                 _mm512_cvtepi32_ps(acc[0][i]),
                 _mm512_mul_ps(ws0, xs),

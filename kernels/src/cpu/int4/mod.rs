@@ -155,9 +155,10 @@ pub fn int4_matmul_with(
     if isa == Isa::Avx512 && act == Activations::Int8 && batch >= GEMM_MIN_BATCH {
         // Tiles of 32 rows unpacked once for every batch item.
         let tile = avx512_gemm::TILE_ROWS;
+        let groups = avx512_gemm::groups(&acts, k, w.block_size());
         yt.par_chunks_mut(tile * batch)
             .enumerate()
-            .for_each(|(t, out)| avx512_gemm::gemm_i8(w, t * tile, &acts, out));
+            .for_each(|(t, out)| avx512_gemm::gemm_i8(w, t * tile, &groups, out));
         return Ok(transpose(yt, n, batch));
     }
     let rows_per_task = (n / (threads * 8)).clamp(4, 64);
