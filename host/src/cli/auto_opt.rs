@@ -18,12 +18,13 @@ use super::config_file::{hf_model, workflow, ConfigFileArgs, PassSpec};
 use crate::engine::{self, PassRun};
 use crate::plugins;
 
-/// Olive's `--precision` values that ModelBuilder produces.
+/// Olive's `--precision` values that ModelBuilder produces, and `uint8` (static QDQ, ep-qnn's recipe).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Precision {
     Fp32,
     Fp16,
     Int4,
+    Uint8,
 }
 
 impl Precision {
@@ -32,6 +33,7 @@ impl Precision {
             Precision::Fp32 => "fp32",
             Precision::Fp16 => "fp16",
             Precision::Int4 => "int4",
+            Precision::Uint8 => "uint8",
         }
     }
 }
@@ -207,9 +209,20 @@ pub fn run(args: AutoOptArgs) -> anyhow::Result<()> {
     );
     let steps = recipe_steps(&found, ep, &args)?;
     refuse_non_empty(&args.output_path, args.overwrite)?;
-    let input = resolve_hf_input(&args.model_name_or_path)?;
-    let mut model = Model::new(kinds::HF, &input);
+    // An ONNX file goes to the recipe as it is (the EP recipes of ONNX passes, e.g. ep-qnn's); else a HF model.
+    let onnx_input = args.model_name_or_path.is_file()
+        && args
+            .model_name_or_path
+            .extension()
+            .is_some_and(|e| e == "onnx");
+    let mut model = match onnx_input {
+        true => Model::new(kinds::ONNX, &args.model_name_or_path),
+        false => Model::new(kinds::HF, &resolve_hf_input(&args.model_name_or_path)?),
+    };
     if let Some(adapter) = &args.adapter_path {
+        if onnx_input {
+            bail!("--adapter_path goes with a Hugging Face model, not an ONNX file");
+        }
         if !adapter.join("adapter_config.json").is_file() {
             bail!(
                 "adapter path {} is not a PEFT adapter folder (no adapter_config.json)",
@@ -230,8 +243,12 @@ pub fn run(args: AutoOptArgs) -> anyhow::Result<()> {
             config: config.clone(),
         })
         .collect();
+    let input_model = match onnx_input {
+        true => serde_json::json!({"type": "ONNXModel", "model_path": args.model_name_or_path}),
+        false => hf_model(&args.model_name_or_path, args.adapter_path.as_deref()),
+    };
     let mut workflow = workflow(
-        hf_model(&args.model_name_or_path, args.adapter_path.as_deref()),
+        input_model,
         device,
         &args.provider,
         &passes,

@@ -11,7 +11,7 @@
 //! the provider's name as ONNX Runtime's device API wants them).
 //!
 //! Inputs are made from the graph (those with a default value keep it): symbolic dims named `*past*` are 0, `batch*` 1, any other 4 (so a decoder
-//! runs a 4-token prompt on an empty KV cache); `attention_mask` is ones, integer ids `i % 97`, floats a fixed
+//! runs a 4-token prompt on an empty KV cache); `attention_mask` is ones, `*token_type*` zeros, integer ids `i % 97`, floats a fixed
 //! ramp in [-1, 1]. Call [`check`] only in a process whose ONNX Runtime library is the provider's.
 
 use std::collections::BTreeMap;
@@ -405,6 +405,8 @@ fn inputs(session: &Session) -> anyhow::Result<Vec<(String, DynValue)>> {
         let ids = |i: usize| {
             if name == "attention_mask" {
                 1
+            } else if name.contains("token_type") {
+                0
             } else {
                 (i % 97) as i64
             }

@@ -1,0 +1,186 @@
+//! MinMax calibration as onnxruntime.quantization's `MinMaxCalibrater` (calibrate.py) does it without moving
+//! average: the tensors to quantize become extra graph outputs, the model runs through ONNX Runtime's CPU provider
+//! on every calibration sample, and each tensor's range is the min of the samples' minima and the max of their
+//! maxima.
+//!
+//! Calibration data: Olive passes a `data_config`; an ONNX file alone has no tokenizer, so olive-rs makes the
+//! samples from the graph, seeded and documented here — integer inputs named `*mask*` are ones, `*token_type*`
+//! zeros, other integer inputs (token ids) uniform over `[0, vocab)` where `vocab` is the row count of the
+//! embedding table (a Gather initializer) they index (random-but-valid ids), float inputs a uniform [-1, 1] noise.
+//! Inputs must have static shapes (run DynamicToFixedShape first).
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use olive_onnx::proto::tensor_shape_proto::dimension;
+use olive_onnx::proto::{type_proto, GraphProto, ModelProto, TypeProto, ValueInfoProto};
+use olive_pass_sdk::Error;
+use ort::session::{Session, SessionInputValue};
+use ort::value::{DynValue, Tensor};
+
+use crate::types;
+
+/// One calibration sample: (input name, value).
+pub type Sample = Vec<(String, DynValue)>;
+
+/// A deterministic generator (SplitMix64).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// The row count of the initializer that a Gather indexes with `input`, if any.
+fn vocab(graph: &GraphProto, input: &str) -> Option<i64> {
+    let gather = graph.node.iter().find(|n| {
+        n.op_type.as_deref() == Some("Gather") && n.input.get(1).map(String::as_str) == Some(input)
+    })?;
+    let table = gather.input.first()?;
+    graph
+        .initializer
+        .iter()
+        .find(|t| t.name.as_deref() == Some(table.as_str()))
+        .and_then(|t| t.dims.first().copied())
+}
+
+/// `count` calibration samples for the graph's inputs (see the module docs), from `seed`.
+pub fn samples(graph: &GraphProto, count: usize, seed: u64) -> Result<Vec<Sample>, Error> {
+    let initializers: Vec<&str> = graph
+        .initializer
+        .iter()
+        .filter_map(|t| t.name.as_deref())
+        .collect();
+    let mut rng = Rng(seed);
+    let mut out = Vec::with_capacity(count);
+    for _ in 0..count {
+        let mut sample = Sample::new();
+        for vi in &graph.input {
+            let name = vi.name.clone().unwrap_or_default();
+            if initializers.contains(&name.as_str()) {
+                continue;
+            }
+            let Some(type_proto::Value::TensorType(t)) =
+                vi.r#type.as_ref().and_then(|t| t.value.as_ref())
+            else {
+                return Err(Error::UnsupportedModel(format!(
+                    "input `{name}` is not a tensor"
+                )));
+            };
+            let mut dims = Vec::new();
+            for d in t.shape.iter().flat_map(|s| &s.dim) {
+                match d.value {
+                    Some(dimension::Value::DimValue(v)) if v > 0 => dims.push(v as usize),
+                    _ => return Err(Error::UnsupportedModel(format!(
+                        "input `{name}` has a symbolic dim: calibration needs static shapes (run \
+                             DynamicToFixedShape first)"
+                    ))),
+                }
+            }
+            let n: usize = dims.iter().product();
+            let lower = name.to_ascii_lowercase();
+            let ids = |rng: &mut Rng| -> Vec<i64> {
+                if lower.contains("mask") {
+                    vec![1; n]
+                } else if lower.contains("token_type") {
+                    vec![0; n]
+                } else {
+                    let v = vocab(graph, &name).unwrap_or(100).max(1) as f64;
+                    (0..n).map(|_| (rng.unit() * v) as i64).collect()
+                }
+            };
+            let fail = |e: ort::Error| Error::Failed(format!("calibration input `{name}`: {e}"));
+            let value: DynValue = match t.elem_type.unwrap_or(0) {
+                types::FLOAT => {
+                    let v: Vec<f32> = (0..n).map(|_| (rng.unit() * 2.0 - 1.0) as f32).collect();
+                    Tensor::from_array((dims, v)).map_err(fail)?.into_dyn()
+                }
+                types::INT64 => Tensor::from_array((dims, ids(&mut rng)))
+                    .map_err(fail)?
+                    .into_dyn(),
+                types::INT32 => {
+                    let v: Vec<i32> = ids(&mut rng).into_iter().map(|x| x as i32).collect();
+                    Tensor::from_array((dims, v)).map_err(fail)?.into_dyn()
+                }
+                other => {
+                    return Err(Error::UnsupportedModel(format!(
+                        "input `{name}` has element type {other}; calibration feeds float32, int64 and int32"
+                    )))
+                }
+            };
+            sample.push((name, value));
+        }
+        out.push(sample);
+    }
+    Ok(out)
+}
+
+/// The [min, max] of each of `tensors` over `samples`, running `model` (its graph outputs extended) through ONNX
+/// Runtime's CPU provider; `scratch` holds the extended model.
+pub fn min_max(
+    model: &ModelProto,
+    tensors: &[String],
+    samples: &[Sample],
+    scratch: &Path,
+) -> Result<HashMap<String, (f32, f32)>, Error> {
+    let mut extended = model.clone();
+    let graph = extended
+        .graph
+        .as_mut()
+        .ok_or_else(|| Error::UnsupportedModel("the ONNX model has no graph".into()))?;
+    let outputs: Vec<String> = graph.output.iter().filter_map(|o| o.name.clone()).collect();
+    for name in tensors.iter().filter(|t| !outputs.contains(t)) {
+        graph.output.push(ValueInfoProto {
+            name: Some(name.clone()),
+            r#type: Some(TypeProto {
+                value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                    elem_type: Some(types::FLOAT),
+                    shape: None,
+                })),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
+    let file = olive_onnx::rewrite::save(extended, scratch, "calibration.onnx")
+        .map_err(|e| Error::Failed(e.to_string()))?;
+    let environment = olive_runtime::env::environment()
+        .map_err(|e| Error::Failed(format!("calibration needs ONNX Runtime: {e}")))?;
+    let mut session = Session::builder(environment)
+        .and_then(|mut b| b.commit_from_file(&file))
+        .map_err(|e| {
+            Error::Failed(format!(
+                "calibration: ONNX Runtime cannot open the model: {e}"
+            ))
+        })?;
+    let mut ranges: HashMap<String, (f32, f32)> = HashMap::new();
+    for sample in samples {
+        let feeds: Vec<(&str, SessionInputValue<'_>)> = sample
+            .iter()
+            .map(|(n, v)| (n.as_str(), SessionInputValue::from(v)))
+            .collect();
+        let result = session
+            .run(feeds)
+            .map_err(|e| Error::Failed(format!("calibration run: {e}")))?;
+        for name in tensors {
+            let (_, data) = result[name.as_str()]
+                .try_extract_tensor::<f32>()
+                .map_err(|e| Error::Failed(format!("calibration tensor `{name}`: {e}")))?;
+            let lo = data.iter().copied().fold(f32::INFINITY, f32::min);
+            let hi = data.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let entry = ranges.entry(name.clone()).or_insert((lo, hi));
+            *entry = (entry.0.min(lo), entry.1.max(hi));
+        }
+    }
+    Ok(ranges)
+}

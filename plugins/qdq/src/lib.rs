@@ -1,0 +1,84 @@
+//! olive-rs plugin `qdq`: what an NPU such as Qualcomm's HTP (QNNExecutionProvider) needs of any ONNX model —
+//! Olive's `DynamicToFixedShape` (olive/passes/onnx/dynamic_to_fixed_shape.py, onnxruntime's
+//! `make_dim_param_fixed` / `make_input_shape_fixed`) and static QDQ quantization, Olive's `OnnxStaticQuantization`
+//! and `OnnxQuantization` with `quant_mode: static` (olive/passes/onnx/quantization.py, which runs
+//! onnxruntime.quantization.quantize_static), see [`qdq`]. The input is a `.onnx` file or a folder holding one; the
+//! output folder gets `model.onnx` (+ `model.onnx.data` for initializers of 1 KiB or more).
+
+pub mod calibrate;
+pub mod fixed;
+pub mod qdq;
+pub mod types;
+
+use std::path::{Path, PathBuf};
+
+use olive_onnx::proto::{GraphProto, ModelProto};
+use olive_pass_sdk::{kinds, Context, Error, Model};
+
+/// The `.onnx` file of an input model: the path itself, or the folder's `model.onnx`, or its one `.onnx` file.
+pub fn model_file(path: &Path) -> Result<PathBuf, Error> {
+    if path.is_file() {
+        return Ok(path.to_path_buf());
+    }
+    if path.join("model.onnx").is_file() {
+        return Ok(path.join("model.onnx"));
+    }
+    let entries = std::fs::read_dir(path).map_err(|e| Error::io(path, e))?;
+    let onnx: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "onnx"))
+        .collect();
+    match onnx.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => Err(Error::UnsupportedModel(format!(
+            "{}: no .onnx file in the folder",
+            path.display()
+        ))),
+        _ => Err(Error::UnsupportedModel(format!(
+            "{}: several .onnx files; give the model file",
+            path.display()
+        ))),
+    }
+}
+
+/// The graph of `model`, or an error saying it has none.
+pub fn graph_of(model: &mut ModelProto) -> Result<&mut GraphProto, Error> {
+    model
+        .graph
+        .as_mut()
+        .ok_or_else(|| Error::UnsupportedModel("the ONNX model has no graph".into()))
+}
+
+/// Loads the input model (external data pulled in), lets `edit` change it (it gets the model file's path), and
+/// writes it to the pass's output folder as `model.onnx`; `edit`'s JSON becomes the output's metadata `key`.
+pub fn rewrite_model(
+    model: Model,
+    ctx: &Context<'_>,
+    key: &str,
+    edit: impl FnOnce(&mut ModelProto, &Path) -> Result<serde_json::Value, Error>,
+) -> Result<Model, Error> {
+    let file = model_file(&model.path)?;
+    let mut onnx =
+        olive_onnx::rewrite::load(&file).map_err(|e| Error::UnsupportedModel(e.to_string()))?;
+    let report = edit(&mut onnx, &file)?;
+    ctx.check_cancelled()?;
+    let out = ctx.output_dir();
+    std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
+    olive_onnx::rewrite::save(onnx, &out, "model.onnx")
+        .map_err(|e| Error::Failed(e.to_string()))?;
+    let mut output = Model::new(kinds::ONNX, &out);
+    output.metadata = model.metadata;
+    output.metadata.insert(key.into(), report);
+    Ok(output)
+}
+
+olive_pass_sdk::export_plugin! {
+    name: "qdq",
+    version: env!("CARGO_PKG_VERSION"),
+    passes: [
+        fixed::DynamicToFixedShape,
+        qdq::OnnxStaticQuantization,
+        qdq::OnnxQuantization,
+    ],
+}
