@@ -8,7 +8,8 @@ onnxruntime library (>= 1.24.2; ORT_DYLIB_PATH, 1.32.0 here); its libQnnHtp.so i
   the same library's CPU run of the QDQ graph, and of the venv's onnxruntime CPU run as well;
 - a node QNN does not take (Erf) with fallback disabled: the error names the provider and the node;
 - the plugin-EP library missing, of another wheel version, or the ONNX Runtime library too old: errors naming the
-  provider, the variable and the wheel.
+  provider, the variable and the wheel;
+- the LLM gap: a tiny llama's ModelBuilder export is refused, the error naming the nodes and each op type.
 """
 
 import json
@@ -137,3 +138,15 @@ def test_a_missing_or_wrong_library_names_the_provider(olive_host, qnn_env, tmp_
     assert done.returncode != 0
     assert "QNNExecutionProvider needs the ONNX Runtime library of the onnxruntime >=1.24.2 wheel" in done.stderr
     assert "is ONNX Runtime 1.24.1" in done.stderr, done.stderr
+
+
+def test_the_llm_export_is_refused_naming_its_nodes(olive_host, qnn_env, tiny, tmp_path):
+    """The documented gap: a ModelBuilder export (dynamic shapes, GroupQueryAttention, SkipSimplifiedLayerNormalization)
+    does not run on QNN; the check says so, naming the provider, the nodes and every op type among them."""
+    out = tmp_path / "cpu"
+    done = run([olive_host, "auto-opt", "-m", tiny, "--device", "cpu", "--precision", "fp32", "-o", out], env=qnn_env)
+    assert done.returncode == 0, done.stderr
+    done = run([olive_host, "ep-check", "-m", out / "model", *QNN], env=qnn_env)
+    assert done.returncode != 0
+    assert "execution provider QNNExecutionProvider cannot take" in done.stderr, done.stderr
+    assert "GroupQueryAttention x2" in done.stderr and "SkipSimplifiedLayerNormalization x" in done.stderr, done.stderr

@@ -288,6 +288,13 @@ fn describe(nodes: &[ForeignNode]) -> String {
         .collect();
     if nodes.len() > SHOWN {
         text.push(format!("and {} more", nodes.len() - SHOWN));
+        // Every op type, so that none hides among the ones left out.
+        let mut ops: BTreeMap<&str, usize> = BTreeMap::new();
+        for n in nodes {
+            *ops.entry(n.op.as_str()).or_default() += 1;
+        }
+        let ops: Vec<String> = ops.iter().map(|(op, k)| format!("{op} x{k}")).collect();
+        return format!("{} (by op: {})", text.join(", "), ops.join(", "));
     }
     text.join(", ")
 }
