@@ -38,8 +38,8 @@ pub struct Transformer {
     norm: Vec<f32>,
     /// lm_head: [vocab, hidden]; None when tied to `embed_tokens`.
     lm_head: Option<WeightBuf>,
-    /// The lm_head rounded to int4 ([`QuantizedWeights::Int4`] with int4 decoder linears): used
-    /// for the logits instead of the float one.
+    /// The lm_head rounded to int4 ([`Transformer::round_lm_head_int4`]): used for the logits
+    /// instead of the float one.
     lm_head_int4: Option<Int4Matrix>,
     rope: Rope,
 }
@@ -93,26 +93,10 @@ impl Transformer {
         } else {
             Some(table(ckpt, "lm_head", vocab, hidden)?)
         };
-        // An int4 model decodes through an int4 lm_head too, as onnxruntime-genai's int4 exports do:
-        // the float one would be most of the bytes a decode step reads.
-        let int4_linears = layers.iter().any(|l| l.qkv_proj.int4.is_some());
-        let lm_head_int4 = if mode == QuantizedWeights::Int4 && int4_linears {
-            let head = lm_head.as_deref().unwrap_or(&embed_tokens);
-            match rtn_int4(head, vocab, hidden) {
-                Ok(m) => Some(m),
-                Err(why) => {
-                    info!("lm_head stays f32: the CPU int4 kernels cannot take it ({why})");
-                    None
-                }
-            }
-        } else {
-            None
-        };
         debug!(
             folder = %ckpt.folder().display(),
             layers = layers.len(),
             tied = lm_head.is_none(),
-            int4_lm_head = lm_head_int4.is_some(),
             "loaded transformer"
         );
         Ok(Transformer {
@@ -122,7 +106,7 @@ impl Transformer {
             layers,
             norm,
             lm_head,
-            lm_head_int4,
+            lm_head_int4: None,
         })
     }
 
@@ -162,15 +146,31 @@ impl Transformer {
         self.lm_head.as_deref().unwrap_or(&self.embed_tokens)
     }
 
-    /// The int4 lm_head the logits come from, when loaded with [`QuantizedWeights::Int4`] from a
-    /// checkpoint whose decoder linears went int4 (`rtn_int4` of [`Transformer::lm_head`]).
+    /// The int4 lm_head the logits come from, after [`Transformer::round_lm_head_int4`].
     pub fn lm_head_int4(&self) -> Option<&Int4Matrix> {
         self.lm_head_int4.as_ref()
     }
 
-    /// Drops the int4 lm_head: the logits come from the float one again.
-    pub fn use_f32_lm_head(&mut self) {
-        self.lm_head_int4 = None;
+    /// Rounds the float lm_head to int4 (RTN, blocks of 32) as onnxruntime-genai's int4 exports do, when the
+    /// decoder linears are int4 ([`QuantizedWeights::Int4`]): it is most of the bytes a decode step reads.
+    /// The logits are then no longer the checkpoint's. Returns whether it did.
+    pub fn round_lm_head_int4(&mut self) -> bool {
+        if !self.layers.iter().any(|l| l.qkv_proj.int4.is_some()) {
+            info!("lm_head stays float: the decoder linears are not int4");
+            return false;
+        }
+        let (vocab, hidden) = (self.config.vocab_size, self.config.hidden_size);
+        let head = self.lm_head.as_deref().unwrap_or(&self.embed_tokens);
+        match rtn_int4(head, vocab, hidden) {
+            Ok(m) => {
+                self.lm_head_int4 = Some(m);
+                true
+            }
+            Err(why) => {
+                info!("lm_head stays float: the CPU int4 kernels cannot take it ({why})");
+                false
+            }
+        }
     }
 
     /// The token embeddings: [vocab, hidden].

@@ -57,10 +57,14 @@ pub struct GenerateArgs {
     /// A name for the adapter in messages (default: the file name).
     #[arg(long = "adapter_name", requires = "adapter")]
     pub adapter_name: Option<String>,
-    /// Where a Hugging Face model runs: cpu (f32; int4 checkpoints stay int4, lm_head too), or gpu (bf16 on
+    /// Where a Hugging Face model runs: cpu (f32; int4 checkpoints stay int4), or gpu (bf16 on
     /// olive-rs's CUDA kernels; int4 checkpoints stay int4).
     #[arg(long, value_enum, default_value_t = Device::Cpu)]
     pub device: Device,
+    /// On the CPU, an int4 checkpoint's float lm_head is rounded to int4 (RTN, blocks of 32) as
+    /// onnxruntime-genai's int4 exports do: faster decoding, logits no longer exactly the checkpoint's.
+    #[arg(long = "int4_lm_head")]
+    pub int4_lm_head: bool,
 }
 
 pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
@@ -93,7 +97,18 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let loading = crate::progress::spinner(format!("loading {}", folder.display()));
     let model = match args.device {
         // A quantized checkpoint stays int4 (the CPU int4 kernels, int8 activations as ORT's accuracy level 4).
-        Device::Cpu => Model::Cpu(Transformer::load_with(&folder, QuantizedWeights::Int4)?),
+        Device::Cpu => {
+            let mut model = Transformer::load_with(&folder, QuantizedWeights::Int4)?;
+            if args.int4_lm_head && !model.round_lm_head_int4() {
+                bail!(
+                    "--int4_lm_head: {} has no int4 decoder linears the CPU kernels take, or its lm_head \
+                     does not fit them (hidden size a multiple of 32); run without it",
+                    folder.display()
+                );
+            }
+            Model::Cpu(model)
+        }
+        Device::Gpu if args.int4_lm_head => bail!("--int4_lm_head is for --device cpu"),
         Device::Gpu => Model::Gpu(GpuTransformer::load(&folder, first_gpu()?)?),
     };
     let tokenizer = olive_model::tokenizer::load(&folder)?;
