@@ -259,7 +259,10 @@ fn int4_decoding_stays_within_the_int8_activation_bound() {
         assert_eq!(got, want, "{case}: greedy tokens");
 
         // Rounding the lm_head to int4 (as genai's int4 exports do) keeps the logits within the looser tolerance.
-        assert!(int4.lm_head_int4().is_none(), "{case}: int4 lm_head by default");
+        assert!(
+            int4.lm_head_int4().is_none(),
+            "{case}: int4 lm_head by default"
+        );
         assert!(int4.round_lm_head_int4(), "{case}");
         let head = int4.lm_head_int4().expect("an int4 lm_head");
         assert!(4 * head.bytes() < 4 * VOCAB * HIDDEN, "{case}");
