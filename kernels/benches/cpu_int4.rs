@@ -2,7 +2,10 @@
 //! rotated over enough copies to exceed 3× the L3 cache. Measured in one process: a plain memory-read loop
 //! (GB/s), our kernels (`olive_kernels::cpu::int4`, GB/s of the packed layout at batch 1) and ONNX Runtime's
 //! MatMulNBits (one-node model, accuracy_level 4, same RTN weights) at batch 1/16/128, 1 and 2 threads.
-//! Run: `source target/olive-env.sh && cargo bench -p olive-kernels --bench cpu_int4 [-- --quick]`.
+//! Run: `source target/olive-env.sh && cargo bench -p olive-kernels --bench cpu_int4 [-- FLAGS]`, or the
+//! binary `cargo bench --no-run` prints, standalone, with `ORT_DYLIB_PATH=.../libonnxruntime.so.1.32.0`.
+//! FLAGS: `--quick` (N = 3072 only), `--batch B` / `--threads T` (only those rows), `--in-cache` (kernel
+//! throughput on one 3072 × 384 matrix in L2 instead: no ORT, no memory traffic).
 
 use std::path::Path;
 use std::time::Instant;
