@@ -1,5 +1,5 @@
 //! AVX-512 VNNI int4 × int8 GEMM for batches (MLAS QGEMM-style register blocking, int8 activations as
-//! ONNX Runtime's MatMulNBits accuracy level 4): a tile of 32 weight rows × 256 inputs is unpacked once to
+//! ONNX Runtime's MatMulNBits accuracy level 4): a tile of 32 weight rows × 512 inputs is unpacked once to
 //! u8 in "VNNI order" (one zmm = 16 rows × 4 consecutive inputs), then every group of up to 6 batch items
 //! runs over it with 2 × 6 int32 accumulators (the group's activations interleaved once per call so each
 //! slot's items sit side by side): per 4 inputs two weight loads, one 4-byte activation
@@ -16,7 +16,7 @@ use super::{ActRow, Int4Matrix, SUB};
 /// Weight rows per tile (two zmm of 16 output lanes).
 pub(super) const TILE_ROWS: usize = 32;
 /// Inputs unpacked at a time (a multiple of every block size).
-const KC: usize = 256;
+const KC: usize = 512;
 /// Batch items per register block.
 const NR: usize = 6;
 
