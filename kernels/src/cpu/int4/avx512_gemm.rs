@@ -192,11 +192,11 @@ unsafe fn unpack<const BS: usize>(
     for h in 0..2 {
         let rows: [usize; 16] = std::array::from_fn(|r| row_of(16 * h + r));
         let nib: [*const u8; 16] = std::array::from_fn(|r| w.row(rows[r]).0.as_ptr());
-        // The next KC inputs of each row (2 lines of 64 bytes) are fetched while these are used.
+        // The next KC inputs of each row (KC / 2 bytes) are fetched while these are used.
         for p in nib {
-            let next = p.wrapping_add((kb + KC) / 2);
-            _mm_prefetch::<_MM_HINT_T0>(next.cast());
-            _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(64).cast());
+            for line in (0..KC / 2).step_by(64) {
+                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add((kb + KC) / 2 + line).cast());
+            }
         }
         for s in 0..kc / SUB {
             let off = (kb / SUB + s) * 16;
