@@ -10,6 +10,9 @@ auto-opt's QNN recipe end to end on the HTP simulator.
   shapes (batch 1, 128 tokens) -> peephole -> LayerNorm/Gelu fusion -> static QDQ uint8 -> ep-check (every node
   on QNN with CPU fallback disabled; output vs the CPU provider within the plugin's tolerance); then the result on the
   simulator is compared with the same QDQ model on the CPU and with the fp32 model (see MINILM_* below).
+- uint16 activations (com.microsoft Q/DQ) with uint8 weights at [1, SEQ]: Where's constants (the attention mask's
+  0 / -3.4e38) take the Where output's uint16 params, so the simulator finalizes the graph (as uint8 weights of their
+  own range it failed with QNN_COMMON_ERROR_MEM_ALLOC); its output is close to fp32 (MINILM_U16_COS).
 - Bad input: a symbolic dim left, unsupported quantization options, calibration on dynamic shapes.
 """
 
@@ -34,6 +37,9 @@ WEIGHT_ODD_ELEMENTS = 4
 # from fp32 (cosine) than the CPU QDQ run by more than MINILM_COS_GAP.
 MINILM_MEAN_DIFF = 0.3
 MINILM_COS_GAP = 0.05
+# uint16 activations, uint8 weights, [1, 16], the check-style ids below: cosine to fp32 measured 0.944 (CPU QDQ; HTP
+# vs CPU max 0.094); uint8 gives 0.54 on the same input.
+MINILM_U16_COS = 0.9
 LN_GELU_ONLY = {"model_type": "bert", "optimization_options": {
     "enable_attention": False, "enable_skip_layer_norm": False, "enable_bias_skip_layer_norm": False,
     "enable_bias_gelu": False, "enable_embed_layer_norm": False}}
@@ -129,14 +135,9 @@ def test_auto_opt_qnn_runs_minilm_fully_on_the_htp_simulator(olive_host, tmp_pat
     ops = {n.op_type for n in onnx.load(model).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear", "LayerNormalization", "Gelu"} <= ops, ops
     # On the simulator (every node on QNN, fallback disabled) vs the fp32 model on CPU, the check's inputs.
-    ort.register_execution_provider_library("QNNExecutionProvider", os.environ["OLIVE_ORT_QNN_DYLIB"])
-    devices = [d for d in ort.get_ep_devices() if d.ep_name == "QNNExecutionProvider"]
-    options = ort.SessionOptions()
-    options.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
-    options.add_provider_for_devices(devices, {"backend_type": "htp"})
     feed = {"input_ids": (np.arange(128) % 97).reshape(1, 128).astype(np.int64),
             "attention_mask": np.ones((1, 128), np.int64), "token_type_ids": np.zeros((1, 128), np.int64)}
-    htp = ort.InferenceSession(model, sess_options=options).run(None, feed)[0]
+    htp = qnn_session(model).run(None, feed)[0]
     qdq = ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(None, feed)[0]
     fp32 = ort.InferenceSession(src, providers=["CPUExecutionProvider"]).run(None, feed)[0]
     assert htp.shape == fp32.shape == (1, 128, 384)
@@ -146,6 +147,40 @@ def test_auto_opt_qnn_runs_minilm_fully_on_the_htp_simulator(olive_host, tmp_pat
         return float((a * b).sum() / np.linalg.norm(a) / np.linalg.norm(b))
 
     assert cos(htp, fp32) >= cos(qdq, fp32) - MINILM_COS_GAP, (cos(htp, fp32), cos(qdq, fp32))
+
+
+def qnn_session(model) -> ort.InferenceSession:
+    """`model` on the HTP simulator, every node on QNN (CPU fallback disabled)."""
+    if not any(d.ep_name == "QNNExecutionProvider" for d in ort.get_ep_devices()):
+        ort.register_execution_provider_library("QNNExecutionProvider", os.environ["OLIVE_ORT_QNN_DYLIB"])
+    devices = [d for d in ort.get_ep_devices() if d.ep_name == "QNNExecutionProvider"]
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
+    options.add_provider_for_devices(devices, {"backend_type": "htp"})
+    return ort.InferenceSession(model, sess_options=options)
+
+
+def test_uint16_activations_finalize_on_the_htp_simulator_close_to_fp32(olive_host, prepared, tmp_path):
+    if not os.environ.get("OLIVE_ORT_QNN_DYLIB"):
+        pytest.fail("OLIVE_ORT_QNN_DYLIB is not set: run `make test`")
+    model = run_pass(olive_host, "OnnxStaticQuantization", {"activation_type": "QUInt16", "weight_type": "QUInt8"},
+                     prepared, tmp_path / "u16")
+    graph = onnx.load(model).graph
+    inits = {i.name: i for i in graph.initializer}
+    where = [n for n in graph.node if n.op_type == "Where" and n.output[0] + "_scale" in inits]
+    assert where, "no quantized Where"
+    for w in where:
+        for name in w.input[1:]:
+            dq = next(n for n in graph.node if name in n.output)
+            assert dq.op_type == "DequantizeLinear" and dq.domain == "com.microsoft", (w.name, dq.op_type, dq.domain)
+            assert inits[dq.input[0]].data_type == onnx.TensorProto.UINT16, (w.name, name)
+            assert list(dq.input[1:]) == [w.output[0] + "_scale", w.output[0] + "_zero_point"], (w.name, dq.input)
+    feed = {"input_ids": (np.arange(SEQ) % 97).reshape(1, SEQ).astype(np.int64),
+            "attention_mask": np.ones((1, SEQ), np.int64), "token_type_ids": np.zeros((1, SEQ), np.int64)}
+    htp = qnn_session(model).run(None, feed)[0]
+    fp32 = ort.InferenceSession(prepared, providers=["CPUExecutionProvider"]).run(None, feed)[0]
+    cos = float((htp * fp32).sum() / np.linalg.norm(htp) / np.linalg.norm(fp32))
+    assert cos >= MINILM_U16_COS, cos
 
 
 def test_bad_configs_are_named(olive_host, prepared, tmp_path):

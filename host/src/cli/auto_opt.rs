@@ -18,13 +18,15 @@ use super::config_file::{hf_model, workflow, ConfigFileArgs, PassSpec};
 use crate::engine::{self, PassRun};
 use crate::plugins;
 
-/// Olive's `--precision` values that ModelBuilder produces, and `uint8` (static QDQ, ep-qnn's recipe).
+/// Olive's `--precision` values that ModelBuilder produces, and `uint8` / `uint16` (static QDQ activations, ep-qnn's
+/// recipes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Precision {
     Fp32,
     Fp16,
     Int4,
     Uint8,
+    Uint16,
 }
 
 impl Precision {
@@ -34,6 +36,7 @@ impl Precision {
             Precision::Fp16 => "fp16",
             Precision::Int4 => "int4",
             Precision::Uint8 => "uint8",
+            Precision::Uint16 => "uint16",
         }
     }
 }

@@ -284,6 +284,9 @@ struct Plan {
     weights: Vec<String>,
     /// Bias initializer -> (input activation, weight) whose scales multiply.
     biases: Vec<(String, String, String)>,
+    /// Where's float constant inputs -> the Where output whose type and params they take (a -3.4e38 mask
+    /// constant as an 8-bit weight of its own range, beside a 16-bit output, fails QNN's finalize).
+    selected: Vec<(String, String)>,
 }
 
 fn plan(graph: &GraphProto, ops: &HashSet<String>, c: &StaticConfig) -> Plan {
@@ -310,6 +313,7 @@ fn plan(graph: &GraphProto, ops: &HashSet<String>, c: &StaticConfig) -> Plan {
         fixed: HashSet::new(),
         weights: Vec::new(),
         biases: Vec::new(),
+        selected: Vec::new(),
     };
     let mut seen: HashSet<String> = HashSet::new();
     let add = |p: &mut Plan, name: &str, seen: &mut HashSet<String>| {
@@ -353,6 +357,14 @@ fn plan(graph: &GraphProto, ops: &HashSet<String>, c: &StaticConfig) -> Plan {
                     }
                 }
                 continue;
+            }
+            if op == "Where" && initializers.contains(input.as_str()) {
+                if let Some(output) = node.output.first().filter(|n| float(n)) {
+                    if seen.insert(input.clone()) {
+                        p.selected.push((input.clone(), output.clone()));
+                    }
+                    continue;
+                }
             }
             add(&mut p, input, &mut seen);
         }
@@ -555,6 +567,31 @@ pub fn quantize(
             }
         }
     }
+    // Where constants: quantized with the Where output's params (a mask constant beyond the output's calibrated
+    // range saturates, as the output's own Q would saturate it).
+    for (w, out) in &plan.selected {
+        let (Some((s, z)), Some(&(scale, zp))) = (params.get(out).cloned(), values.get(out)) else {
+            return Err(Error::Failed(format!(
+                "`{w}` takes the quantization of `{out}`, which is not quantized"
+            )));
+        };
+        let t = &graph.initializer[init_index[w]];
+        let value = olive_onnx::rewrite::Value::from_tensor(t)
+            .ok_or_else(|| Error::UnsupportedModel(format!("initializer `{w}` cannot be read")))?;
+        let data: Vec<f32> = value.as_f64().into_iter().map(|v| v as f32).collect();
+        let q = format!("{w}_quantized");
+        new_inits.push(act.tensor(&q, &t.dims, act.quantize(&data, scale, zp)));
+        let dq = format!("{w}_DequantizeLinear_Output");
+        dq_nodes.push(node(
+            domain(act),
+            "DequantizeLinear",
+            &format!("{w}_DequantizeLinear"),
+            &[&q, &s, &z],
+            &[&dq],
+            vec![],
+        ));
+        rename.insert(w.clone(), dq);
+    }
     let int32 = QType {
         code: types::INT32,
         qmin: i32::MIN as f32,
@@ -667,6 +704,7 @@ pub fn quantize(
         .weights
         .iter()
         .chain(plan.biases.iter().map(|b| &b.0))
+        .chain(plan.selected.iter().map(|s| &s.0))
         .collect();
     graph
         .initializer
