@@ -5,7 +5,8 @@
 //! Run: `source target/olive-env.sh && cargo bench -p olive-kernels --bench cpu_int4 [-- FLAGS]`, or the
 //! binary `cargo bench --no-run` prints, standalone, with `ORT_DYLIB_PATH=.../libonnxruntime.so.1.32.0`.
 //! FLAGS: `--quick` (N = 3072 only), `--batch B` / `--threads T` (only those rows), `--in-cache` (kernel
-//! throughput on one 3072 × 384 matrix in L2 instead: no ORT, no memory traffic).
+//! throughput on one 3072 × 384 matrix in L2 instead: no ORT, no memory traffic), `--rotate_mib M` (weights
+//! rotated over more than M MiB instead of 96, for machines with larger caches).
 
 use std::path::Path;
 use std::time::Instant;
@@ -22,8 +23,8 @@ use rayon::prelude::*;
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
-/// Bytes of weights one rotation must exceed (3× a 32 MiB L3).
-const ROTATE_BYTES: usize = 96 << 20;
+/// MiB of weights one rotation must exceed by default (3× a 32 MiB L3).
+const ROTATE_MIB: usize = 96;
 const K: usize = 3072;
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -180,6 +181,7 @@ fn main() -> Res<()> {
         args.get(i + 1)?.parse().ok()
     };
     let (only_batch, only_threads) = (only("--batch"), only("--threads"));
+    let rotate_bytes = only("--rotate_mib").unwrap_or(ROTATE_MIB) << 20;
     let dylib = std::env::var("ORT_DYLIB_PATH")
         .map_err(|_| "ORT_DYLIB_PATH is not set (source target/olive-env.sh)")?;
     let env = ort::init_from(&dylib)?
@@ -188,7 +190,7 @@ fn main() -> Res<()> {
     let isa = Isa::detect();
     println!(
         "isa {isa:?}; ORT {dylib}; K {K}; rotation > {} MiB",
-        ROTATE_BYTES >> 20
+        rotate_bytes >> 20
     );
     if in_cache {
         return kernel_in_cache(isa, only_batch);
@@ -216,7 +218,7 @@ fn main() -> Res<()> {
                 let m = Int4Matrix::from_levels(&levels)?;
                 let ort_bytes =
                     q.b.len() + q.scales.len() * 4 + q.zero_points.as_ref().map_or(0, Vec::len);
-                let copies = ROTATE_BYTES.div_ceil(m.bytes()).max(2);
+                let copies = rotate_bytes.div_ceil(m.bytes()).max(2);
                 let mats: Vec<Int4Matrix> = (0..copies).map(|_| m.clone()).collect();
                 let sub = dir.path().join(format!("n{n}_b{block}_t{threads}"));
                 std::fs::create_dir_all(&sub)?;
