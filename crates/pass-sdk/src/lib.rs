@@ -51,11 +51,13 @@
 mod context;
 pub mod ep;
 mod error;
+mod onnx_file;
 mod plugin;
 pub mod testing;
 
 pub use context::Context;
 pub use error::Error;
+pub use onnx_file::onnx_model_file;
 pub use plugin::{PassEntry, Plugin};
 
 pub use olive_pass_api::{kinds, ErrorKind, LogLevel, Manifest, Model, PassError};

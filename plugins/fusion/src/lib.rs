@@ -12,21 +12,21 @@ pub mod dtypes;
 pub mod dynamic;
 mod embed;
 pub mod float16;
-mod gather_quant;
-mod int32_inputs;
 mod fold;
+mod gather_quant;
 mod gelu;
 mod gemm;
 pub mod gqa;
 pub mod graph;
+mod int32_inputs;
 mod norm;
 pub mod peephole;
 pub mod transformers;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use olive_pass_sdk::{kinds, Context, Error, Model, Pass};
+use olive_pass_sdk::{kinds, onnx_model_file, Context, Error, Model, Pass};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
@@ -213,34 +213,6 @@ fn graph_of(
         .ok_or_else(|| Error::UnsupportedModel("the ONNX model has no graph".into()))
 }
 
-/// The `.onnx` file of an input model: the path itself, or the folder's `model.onnx`, or its one `.onnx` file.
-pub fn model_file(path: &Path) -> Result<PathBuf, Error> {
-    if path.is_file() {
-        return Ok(path.to_path_buf());
-    }
-    if path.join("model.onnx").is_file() {
-        return Ok(path.join("model.onnx"));
-    }
-    let entries = std::fs::read_dir(path).map_err(|e| Error::io(path, e))?;
-    let onnx: Vec<PathBuf> = entries
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "onnx"))
-        .collect();
-    match onnx.as_slice() {
-        [one] => Ok(one.clone()),
-        [] => Err(Error::UnsupportedModel(format!(
-            "{}: no .onnx file in the folder",
-            path.display()
-        ))),
-        many => Err(Error::UnsupportedModel(format!(
-            "{}: several .onnx files ({}); give the model file",
-            path.display(),
-            many.len()
-        ))),
-    }
-}
-
 /// Loads the model, applies `edit`, writes `model.onnx` (+ data) into the output folder with the input folder's
 /// other files, and returns the output model with `edit`'s report in its metadata under `fusion`.
 fn rewrite_model(
@@ -248,7 +220,7 @@ fn rewrite_model(
     ctx: &Context<'_>,
     edit: impl FnOnce(&mut olive_onnx::proto::ModelProto) -> Result<serde_json::Value, Error>,
 ) -> Result<Model, Error> {
-    let file = model_file(&model.path)?;
+    let file = onnx_model_file(&model.path)?;
     let mut onnx =
         olive_onnx::rewrite::load(&file).map_err(|e| Error::UnsupportedModel(e.to_string()))?;
     let report = edit(&mut onnx)?;

@@ -81,10 +81,12 @@ pub fn samples(graph: &GraphProto, count: usize, seed: u64) -> Result<Vec<Sample
             for d in t.shape.iter().flat_map(|s| &s.dim) {
                 match d.value {
                     Some(dimension::Value::DimValue(v)) if v > 0 => dims.push(v as usize),
-                    _ => return Err(Error::UnsupportedModel(format!(
+                    _ => {
+                        return Err(Error::UnsupportedModel(format!(
                         "input `{name}` has a symbolic dim: calibration needs static shapes (run \
                              DynamicToFixedShape first)"
-                    ))),
+                    )))
+                    }
                 }
             }
             let n: usize = dims.iter().product();

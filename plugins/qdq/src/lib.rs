@@ -10,37 +10,10 @@ pub mod fixed;
 pub mod qdq;
 pub mod types;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use olive_onnx::proto::{GraphProto, ModelProto};
-use olive_pass_sdk::{kinds, Context, Error, Model};
-
-/// The `.onnx` file of an input model: the path itself, or the folder's `model.onnx`, or its one `.onnx` file.
-pub fn model_file(path: &Path) -> Result<PathBuf, Error> {
-    if path.is_file() {
-        return Ok(path.to_path_buf());
-    }
-    if path.join("model.onnx").is_file() {
-        return Ok(path.join("model.onnx"));
-    }
-    let entries = std::fs::read_dir(path).map_err(|e| Error::io(path, e))?;
-    let onnx: Vec<PathBuf> = entries
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "onnx"))
-        .collect();
-    match onnx.as_slice() {
-        [one] => Ok(one.clone()),
-        [] => Err(Error::UnsupportedModel(format!(
-            "{}: no .onnx file in the folder",
-            path.display()
-        ))),
-        _ => Err(Error::UnsupportedModel(format!(
-            "{}: several .onnx files; give the model file",
-            path.display()
-        ))),
-    }
-}
+use olive_pass_sdk::{kinds, onnx_model_file, Context, Error, Model};
 
 /// The graph of `model`, or an error saying it has none.
 pub fn graph_of(model: &mut ModelProto) -> Result<&mut GraphProto, Error> {
@@ -58,7 +31,7 @@ pub fn rewrite_model(
     key: &str,
     edit: impl FnOnce(&mut ModelProto, &Path) -> Result<serde_json::Value, Error>,
 ) -> Result<Model, Error> {
-    let file = model_file(&model.path)?;
+    let file = onnx_model_file(&model.path)?;
     let mut onnx =
         olive_onnx::rewrite::load(&file).map_err(|e| Error::UnsupportedModel(e.to_string()))?;
     let report = edit(&mut onnx, &file)?;
