@@ -8,9 +8,9 @@
 
 use std::collections::{HashMap, HashSet};
 
-use olive_onnx::graph::node;
+use olive_onnx::graph::{inline_tensor, node};
 use olive_onnx::matmul_nbits::{quantize, NBitsConfig, NBitsError};
-use olive_onnx::proto::{GraphProto, TensorProto};
+use olive_onnx::proto::GraphProto;
 use olive_onnx::rewrite::{Elements, Value};
 use olive_onnx::tensor::{transpose, DataType};
 
@@ -28,16 +28,6 @@ pub struct BlockwiseOptions {
     pub nodes_to_exclude: HashSet<String>,
     /// Empty: every MatMul with a constant weight.
     pub nodes_to_include: HashSet<String>,
-}
-
-fn raw(name: &str, dtype: DataType, dims: &[i64], bytes: Vec<u8>) -> TensorProto {
-    TensorProto {
-        name: Some(name.to_string()),
-        data_type: Some(dtype.code()),
-        dims: dims.to_vec(),
-        raw_data: Some(bytes),
-        ..Default::default()
-    }
 }
 
 /// Quantizes the MatMuls of `graph`; returns how many became MatMulNBits.
@@ -86,8 +76,13 @@ pub fn quantize_matmuls(graph: &mut GraphProto, o: &BlockwiseOptions) -> Result<
                     .map_err(|e| format!("MatMul {name} weight {b}: {e}"))?;
                 let base = r.fresh(&format!("{b}_Q{}", o.config.bits));
                 let scales = r.fresh(&format!("{b}_scales"));
-                new_tensors.push(raw(&base, DataType::Uint8, &q.b_dims(), q.b.clone()));
-                new_tensors.push(raw(
+                new_tensors.push(inline_tensor(
+                    &base,
+                    DataType::Uint8,
+                    &q.b_dims(),
+                    q.b.clone(),
+                ));
+                new_tensors.push(inline_tensor(
                     &scales,
                     o.config.scale_type,
                     &q.scales_dims(),
@@ -96,7 +91,7 @@ pub fn quantize_matmuls(graph: &mut GraphProto, o: &BlockwiseOptions) -> Result<
                 let mut made = vec![base, scales];
                 if let Some(zp) = &q.zero_points {
                     let zname = r.fresh(&format!("{b}_zero_points"));
-                    new_tensors.push(raw(
+                    new_tensors.push(inline_tensor(
                         &zname,
                         DataType::Uint8,
                         &q.zero_points_dims(),

@@ -14,8 +14,8 @@
 
 use std::collections::{HashMap, HashSet};
 
-use olive_onnx::graph::{attr_int, node};
-use olive_onnx::proto::{GraphProto, TensorProto};
+use olive_onnx::graph::{attr_int, inline_tensor, node};
+use olive_onnx::proto::GraphProto;
 use olive_onnx::rewrite::{Elements, Value};
 use olive_onnx::tensor::DataType;
 
@@ -155,16 +155,6 @@ fn pack_rows(values: &[u8], width: usize) -> Vec<u8> {
         .collect()
 }
 
-fn raw(name: &str, dtype: DataType, dims: &[i64], bytes: Vec<u8>) -> TensorProto {
-    TensorProto {
-        name: Some(name.to_string()),
-        data_type: Some(dtype.code()),
-        dims: dims.to_vec(),
-        raw_data: Some(bytes),
-        ..Default::default()
-    }
-}
-
 /// Replaces each Gather whose data is a float32 initializer of rank >= 2 (and no graph input) by
 /// GatherBlockQuantized, honouring the node include/exclude lists; a table shared by several Gathers is quantized
 /// once. Returns how many Gathers were replaced.
@@ -212,13 +202,23 @@ pub fn quantize_gathers(graph: &mut GraphProto, o: &BlockwiseOptions) -> Result<
                     .map_err(|e| format!("Gather {name} table {table}: {e}"))?;
                 let data = r.fresh(&format!("{table}_Q{bits}"));
                 let scales = r.fresh(&format!("{table}_scales"));
-                new_tensors.push(raw(&data, DataType::Uint8, &t.data_dims, t.data));
+                new_tensors.push(inline_tensor(&data, DataType::Uint8, &t.data_dims, t.data));
                 let scale_bytes = olive_onnx::tensor::f32_bytes(&t.scales);
-                new_tensors.push(raw(&scales, DataType::Float, &t.scales_dims, scale_bytes));
+                new_tensors.push(inline_tensor(
+                    &scales,
+                    DataType::Float,
+                    &t.scales_dims,
+                    scale_bytes,
+                ));
                 let mut made = vec![data, scales];
                 if let Some(zp) = t.zero_points {
                     let zname = r.fresh(&format!("{table}_zero_point"));
-                    new_tensors.push(raw(&zname, DataType::Uint8, &t.zero_points_dims, zp));
+                    new_tensors.push(inline_tensor(
+                        &zname,
+                        DataType::Uint8,
+                        &t.zero_points_dims,
+                        zp,
+                    ));
                     made.push(zname);
                 }
                 done.insert(table.clone(), (made.clone(), dims.len()));
