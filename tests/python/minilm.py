@@ -84,5 +84,24 @@ def feeds(batch: int, seq: int, seed: int = 0):
     return {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
 
 
+def run_pass(olive_host: Path, name: str, model: Path, out: Path, config: dict | None = None):
+    """`olive-host run-pass NAME` on `model` into `out`, with an optional pass config."""
+    import json
+
+    cmd = [str(olive_host), "run-pass", "--pass-name", name, "-m", str(model), "-o", str(out)]
+    if config is not None:
+        cmd += ["--pass-config", json.dumps(config)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+
+
+def outputs(path: Path, feed):
+    """The model's first output on ONNX Runtime's CPU provider, its graph optimizations off (the graph as written)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]).run(None, feed)[0]
+
+
 if __name__ == "__main__":
     print(exported_model())

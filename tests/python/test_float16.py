@@ -7,7 +7,6 @@ FP16_TOLERANCE of the fp32 model's."""
 import collections
 import functools
 import json
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ import pytest
 from onnx import numpy_helper
 
 import minilm
+from minilm import outputs, run_pass
 
 # |last_hidden_state| reaches ~6 on MiniLM, where one fp16 step is 2^-8 ≈ 0.004; 6 layers of fp16 matmuls and
 # norms stay within a few steps (onnxruntime's own converter: 5e-3 on these feeds).
@@ -34,19 +34,6 @@ def fused(olive_host, model, tmp_path_factory) -> Path:
     result = run_pass(olive_host, "OrtTransformersOptimization", model, out, {"model_type": "bert"})
     assert result.returncode == 0, result.stderr
     return out / "model" / "model.onnx"
-
-
-def run_pass(olive_host: Path, name: str, model: Path, out: Path, config: dict | None = None):
-    cmd = [str(olive_host), "run-pass", "--pass-name", name, "-m", str(model), "-o", str(out)]
-    if config is not None:
-        cmd += ["--pass-config", json.dumps(config)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-
-
-def outputs(path: Path, feed) -> np.ndarray:
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]).run(None, feed)[0]
 
 
 def reference(src: Path, dst: Path, **kwargs) -> Path:

@@ -5,7 +5,6 @@ last_hidden_state (within 1e-4) with right and left padding, and the node counts
 
 import collections
 import json
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +13,7 @@ import onnxruntime as ort
 import pytest
 
 import minilm
+from minilm import outputs, run_pass
 
 TOLERANCE = 1e-4  # fp32 fused kernels (Attention, SkipLayerNormalization) reorder sums
 
@@ -21,19 +21,6 @@ TOLERANCE = 1e-4  # fp32 fused kernels (Attention, SkipLayerNormalization) reord
 @pytest.fixture(scope="module")
 def model() -> Path:
     return minilm.exported_model()
-
-
-def run_pass(olive_host: Path, name: str, model: Path, out: Path, config: dict | None = None):
-    cmd = [str(olive_host), "run-pass", "--pass-name", name, "-m", str(model), "-o", str(out)]
-    if config is not None:
-        cmd += ["--pass-config", json.dumps(config)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-
-
-def outputs(path: Path, feed) -> np.ndarray:
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]).run(None, feed)[0]
 
 
 def op_counts(path: Path) -> collections.Counter:

@@ -11,7 +11,7 @@ mod int4;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use common::Rng;
+use common::{max_abs_diff, Rng};
 use int4::quantize;
 use olive_model::quantized::{pack_awq_gemm, pack_gptq_v1};
 use olive_nn::{Linear, QuantizedWeights, Transformer};
@@ -173,10 +173,6 @@ fn assert_within_int8_bound(int4: &Linear, dense: &Linear, x: &[f32], what: &str
 
 fn max_abs(v: &[f32]) -> f32 {
     v.iter().fold(0f32, |a, x| a.max(x.abs()))
-}
-
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()))
 }
 
 const PROMPT: [u32; 9] = [5, 17, 42, 8, 91, 33, 60, 12, 77];
