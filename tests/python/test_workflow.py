@@ -427,12 +427,15 @@ def test_run_pass_dry_run_writes_the_workflow_that_run_reproduces(olive_host: Pa
 
 def test_auto_opt_enable_search_picks_the_best_export(olive_host: Path, tiny: Path, tmp_path: Path):
     """`auto-opt --enable_search tpe` searches the int4 block size and symmetry through the workflow engine and
-    saves the best export by perplexity in Olive's layout, with the search results beside it."""
+    saves the best export by perplexity in Olive's layout, with the search results beside it, after the provider's
+    check ran it."""
     out = tmp_path / "ao"
     result = subprocess.run([str(olive_host), "auto-opt", "-m", str(tiny), "--precision", "int4", "--use_ort_genai",
                              "--enable_search", "tpe", "--seed", "3", "-o", str(out), "--log_level", "1"],
                             capture_output=True, text=True, cwd=tmp_path, timeout=900)
     assert result.returncode == 0, result.stderr
+    # The best export ran through the provider's check (its report is logged) before it was saved.
+    assert '"max_abs_diff"' in result.stderr and '"CPUExecutionProvider"' in result.stderr
     results = json.loads((out / "search_results.json").read_text())
     assert len(results["trials"]) == 6  # 3 block sizes x symmetric or not
     blocks = {t["point"]["builder"]["int4_block_size"] for t in results["trials"]}

@@ -121,12 +121,14 @@ fn add_search(
     Ok(())
 }
 
-/// Runs the export's workflow through the workflow engine (cache, evaluation, search).
-fn run_workflow(workflow: &serde_json::Value) -> anyhow::Result<()> {
+/// Runs the export's workflow through the workflow engine (cache, evaluation, search); its output model runs
+/// through the `--device`/`--provider` execution provider before it is saved.
+fn run_workflow(workflow: &serde_json::Value, args: &AutoOptArgs) -> anyhow::Result<()> {
     let root = crate::workflow::document::parse(&workflow.to_string(), false)?;
     let workflow = crate::workflow::config::Workflow::from_node(&root)?;
-    let prepared =
+    let mut prepared =
         crate::workflow::run::prepare(workflow, &plugins::discover(&plugins::search_path()))?;
+    prepared.output_check = Some((args.device.clone(), args.provider.clone()));
     let report = crate::workflow::run::execute(&prepared)?;
     if let Some(model) = report.output {
         println!("{}", serde_json::to_string_pretty(&model)?);
@@ -266,7 +268,7 @@ pub fn run(args: AutoOptArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     if args.enable_search.is_some() {
-        run_workflow(&workflow)?;
+        run_workflow(&workflow, &args)?;
         return args.config_file.save(&workflow, &args.output_path);
     }
     let target = args.output_path.join("model");

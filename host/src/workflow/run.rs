@@ -40,6 +40,8 @@ pub struct Prepared {
     pub evaluator: Option<super::evaluator::Evaluator>,
     /// The search strategy and each pass's fixed values and search parameters, when the workflow searches.
     pub search: Option<(SearchConfig, SearchSpace)>,
+    /// The `(device, provider)` whose execution provider must run the output model before it is saved (auto-opt).
+    pub output_check: Option<(String, String)>,
 }
 
 /// Resolves and checks everything a run needs; nothing runs and nothing is written.
@@ -84,6 +86,7 @@ pub fn prepare(workflow: Workflow, found: &Discovery) -> anyhow::Result<Prepared
         input,
         evaluator,
         search,
+        output_check: None,
     })
 }
 
@@ -365,6 +368,7 @@ pub fn execute(prepared: &Prepared) -> anyhow::Result<Report> {
         }
     }
     run.footprints.output_model_ids = vec![last.id.clone()];
+    run.check_output(&last.model)?;
     let saved = save_model(&last.model, &output_dir)?;
     run.write_footprints(&output_dir)?;
     run.package(&last.id, &saved, &output_dir)?;
@@ -586,6 +590,7 @@ impl Run<'_> {
             .best
             .and_then(|id| models.get(id).cloned().flatten())
             .ok_or_else(|| anyhow!("no trial of the search succeeded; see the warnings above"))?;
+        self.check_output(&best.model)?;
         let saved = save_model(&best.model, output_dir)?;
         if !self.prepared.workflow.engine.no_artifacts {
             report.write_json(&output_dir.join("search_results.json"))?;
@@ -604,6 +609,14 @@ impl Run<'_> {
             ran: self.ran,
             hits: self.hits,
         })
+    }
+
+    /// Runs the output model through the execution provider of `output_check`, when there is one.
+    fn check_output(&self, model: &Model) -> anyhow::Result<()> {
+        match &self.prepared.output_check {
+            Some((device, provider)) => crate::ep::check_in_child(&model.path, device, provider),
+            None => Ok(()),
+        }
     }
 
     /// The last model of a trial's chain of passes.
