@@ -199,17 +199,30 @@ pub fn int4_matmul_with(
     Ok(transpose(yt, n, batch))
 }
 
-/// [n, batch] → [batch, n].
+/// [n, batch] → [batch, n] in tiles of 8 items × 16 outputs, rayon over groups of items. Row by row, a large
+/// batch's strided writes missed the cache on every element (1.5M of them for [3072, 576] × 512 items took longer
+/// than the GEMM); 8 items keep the tile's output lines within the L1 ways even when n · 4 bytes is a multiple
+/// of 4 KiB.
 fn transpose(yt: Vec<f32>, n: usize, batch: usize) -> Vec<f32> {
+    const TB: usize = 8;
+    const TO: usize = 16;
     if batch == 1 {
         return yt;
     }
     let mut y = vec![0f32; n * batch];
-    for (o, row) in yt.chunks_exact(batch).enumerate() {
-        for (b, v) in row.iter().enumerate() {
-            y[b * n + o] = *v;
+    y.par_chunks_mut(TB * n).enumerate().for_each(|(bt, rows)| {
+        let b0 = bt * TB;
+        let nb = rows.len() / n;
+        for o0 in (0..n).step_by(TO) {
+            let no = TO.min(n - o0);
+            for b in 0..nb {
+                let dst = &mut rows[b * n + o0..b * n + o0 + no];
+                for (j, d) in dst.iter_mut().enumerate() {
+                    *d = yt[(o0 + j) * batch + b0 + b];
+                }
+            }
         }
-    }
+    });
     y
 }
 

@@ -181,6 +181,37 @@ impl Int4Matrix {
         )
     }
 
+    /// Rows `first .. first + out.len() / k` of the dense f32 weights into `out` ([rows, k]) in the PACKED input
+    /// order (apply [`Int4Matrix::perm`] to map column j to input `perm[j]`): the values of
+    /// [`Int4Matrix::dequantize`], (q − z) · s in f32, a 16-entry table per block. For products that dequantize
+    /// a tile of rows at a time (the backward pass's dx = dy · W).
+    pub fn dequantize_rows_packed(&self, first: usize, out: &mut [f32]) {
+        let k = self.k;
+        assert!(
+            k > 0 && out.len().is_multiple_of(k) && first + out.len() / k <= self.n,
+            "dequantize_rows_packed: out must be [rows, {k}] within the {} rows",
+            self.n
+        );
+        let mut table = [0f32; 16];
+        for (r, row) in out.chunks_exact_mut(k).enumerate() {
+            let (nib, scales, zeros) = self.row(first + r);
+            for (b, block) in row.chunks_exact_mut(self.block_size).enumerate() {
+                let (z, s) = (f32::from(zeros[b]), scales[b]);
+                for (q, t) in table.iter_mut().enumerate() {
+                    *t = (q as f32 - z) * s;
+                }
+                let bytes = &nib[b * self.block_size / 2..(b + 1) * self.block_size / 2];
+                for (sub, bytes) in block.chunks_exact_mut(SUB).zip(bytes.chunks_exact(16)) {
+                    let (lo, hi) = sub.split_at_mut(16);
+                    for ((l, h), &byte) in lo.iter_mut().zip(hi).zip(bytes) {
+                        *l = table[usize::from(byte & 0xF)];
+                        *h = table[usize::from(byte >> 4)];
+                    }
+                }
+            }
+        }
+    }
+
     /// Dense f32 weights [n, k] in the ORIGINAL input order.
     pub fn dequantize(&self) -> Vec<f32> {
         let mut w = vec![0f32; self.n * self.k];

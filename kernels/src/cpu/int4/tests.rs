@@ -113,6 +113,29 @@ fn layout_dequantizes_like_the_levels() {
 }
 
 #[test]
+fn row_tiles_dequantize_like_the_matrix() {
+    let mut rng = Rng::new(11);
+    for (n, k, gs, ao) in SHAPES {
+        let m = Int4Matrix::from_levels(&levels(&mut rng, n, k, gs, ao)).expect("pack");
+        let want = m.dequantize(); // [n, k], original input order
+        let (first, rows) = (n / 3, n - n / 3);
+        let mut got = vec![f32::NAN; rows * k]; // packed input order
+        m.dequantize_rows_packed(first, &mut got);
+        for (r, row) in got.chunks_exact(k).enumerate() {
+            for (j, v) in row.iter().enumerate() {
+                let i = m.perm().map_or(j, |p| p[j] as usize);
+                assert_eq!(
+                    v.to_bits(),
+                    want[(first + r) * k + i].to_bits(),
+                    "n {n} k {k} group {gs} act-order {ao}: row {} input {i}",
+                    first + r
+                );
+            }
+        }
+    }
+}
+
+#[test]
 fn reference_matches_w4a16_ref() {
     let mut rng = Rng::new(2);
     let l = levels(&mut rng, 9, 160, 32, true);
