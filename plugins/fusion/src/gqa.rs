@@ -31,10 +31,19 @@ use serde::Deserialize;
 use crate::graph::{attr_i, find_attr, topo_sort, MS_DOMAIN};
 use crate::ExternalDataKeys;
 
-/// The config of `DecomposeGroupQueryAttention` (only the external-data keys of Olive's ONNX passes).
-#[derive(Debug, Deserialize, JsonSchema)]
+/// The config of `DecomposeGroupQueryAttention` (olive-rs keys + the external-data keys of Olive's ONNX passes).
+#[derive(Debug, Deserialize, JsonSchema, Default)]
 #[serde(deny_unknown_fields)]
 pub struct DecomposeConfig {
+    /// The static KV layout of fixed-shape models (NPUs such as QNN's HTP; see [`static_kv`]): present =
+    /// Concat(past, new), the mask from `attention_mask`, rotary positions from a `position_ids` input (added when
+    /// absent). Needs fixed `attention_mask` and past shapes (run DynamicToFixedShape first).
+    #[serde(default)]
+    pub static_kv: bool,
+    /// static_kv: the score of a hidden key (default: the element type's lowest value). A QDQ model wants a
+    /// moderate value such as -100: the masked scores' quantization range includes it.
+    #[serde(default)]
+    pub mask_value: Option<f32>,
     #[serde(flatten)]
     pub external: ExternalDataKeys,
 }
@@ -53,10 +62,15 @@ impl Pass for DecomposeGroupQueryAttention {
     const DEVICES: &'static [&'static str] = &["cpu", "gpu", "npu"];
     type Config = DecomposeConfig;
 
-    fn run(model: Model, _c: DecomposeConfig, ctx: &Context<'_>) -> Result<Model, Error> {
+    fn run(model: Model, c: DecomposeConfig, ctx: &Context<'_>) -> Result<Model, Error> {
+        if c.mask_value.is_some() && !c.static_kv {
+            return Err(Error::InvalidConfig(
+                "mask_value goes with static_kv: true".into(),
+            ));
+        }
         crate::rewrite_model(model, ctx, |onnx| {
             let before = crate::graph_of(onnx)?.node.len();
-            let count = decompose(onnx).map_err(Error::UnsupportedModel)?;
+            let count = decompose_with(onnx, &c).map_err(Error::UnsupportedModel)?;
             let after = crate::graph_of(onnx)?.node.len();
             ctx.info(&format!(
                 "GroupQueryAttention: {count} decomposed; {before} -> {after} nodes"
@@ -71,6 +85,11 @@ impl Pass for DecomposeGroupQueryAttention {
 /// Rewrites every GroupQueryAttention of the main graph; returns how many. Errors name the node and what it uses
 /// that has no plain-op form here.
 pub fn decompose(model: &mut ModelProto) -> Result<usize, String> {
+    decompose_with(model, &DecomposeConfig::default())
+}
+
+/// [`decompose`] with the config's layout (`static_kv`: see [`static_kv`]).
+pub fn decompose_with(model: &mut ModelProto, c: &DecomposeConfig) -> Result<usize, String> {
     let opset = model
         .opset_import
         .iter()
@@ -94,6 +113,10 @@ pub fn decompose(model: &mut ModelProto) -> Result<usize, String> {
         ));
     }
     let info = Shapes::of(graph);
+    let layout = match c.static_kv {
+        true => Some(static_kv::Layout::of(graph, &graph.node, c.mask_value)?),
+        false => None,
+    };
     let old = std::mem::take(&mut graph.node);
     let mut e = Emit {
         nodes: Vec::with_capacity(old.len() + count * 80),
@@ -102,8 +125,12 @@ pub fn decompose(model: &mut ModelProto) -> Result<usize, String> {
         consts: HashMap::new(),
     };
     let mut shared: HashMap<SharedKey, Shared> = HashMap::new();
+    let mut static_shared = HashMap::new();
     for n in old {
-        if is_gqa(&n) {
+        if let (true, Some(layout)) = (is_gqa(&n), &layout) {
+            let gqa = Gqa::read(&n, &info)?;
+            e.static_attention(&gqa, layout, &mut static_shared)?;
+        } else if is_gqa(&n) {
             let gqa = Gqa::read(&n, &info)?;
             let key = gqa.shared_key();
             let s = match shared.get(&key) {
@@ -121,6 +148,9 @@ pub fn decompose(model: &mut ModelProto) -> Result<usize, String> {
     }
     graph.initializer.extend(e.initializers);
     graph.node = topo_sort(e.nodes)?;
+    if let Some(layout) = layout {
+        layout.add_inputs(graph);
+    }
     Ok(count)
 }
 
@@ -650,12 +680,12 @@ impl Emit<'_> {
         out
     }
 
-    /// The whole attention of one node, writing its three outputs.
-    fn attention(&mut self, g: &Gqa, s: &Shared) -> Result<(), String> {
+    /// Q, K and V of one node as [B, N, S, D], Q and K rotated with `cos_sin` ([B, 1, S, R/2] each).
+    fn project(&mut self, g: &Gqa, cos_sin: Option<&(String, String)>) -> (String, String, String) {
         let scope = g.name.clone();
         let sc = scope.as_str();
         let (h, kv, d) = (g.heads, g.kv_heads, g.head_size);
-        let [query, key, value, past_k, past_v, ..] = &g.inputs;
+        let [query, key, value, ..] = &g.inputs;
         let (q, k, v) = if key.is_empty() {
             let shape = self.ints(&[4], &[0, 0, h + 2 * kv, d]);
             let packed = self.op(sc, "Reshape", &[query, &shape], vec![]); // [B, S, H+2KV, D]
@@ -685,13 +715,23 @@ impl Emit<'_> {
                 self.heads(sc, value, kv, d),
             )
         };
-        let (q, k) = match &s.cos_sin {
+        match cos_sin {
             Some((cos, sin)) => (
                 self.rotate(sc, &q, g, cos, sin),
                 self.rotate(sc, &k, g, cos, sin),
+                v,
             ),
-            None => (q, k),
-        };
+            None => (q, k, v),
+        }
+    }
+
+    /// The whole attention of one node, writing its three outputs.
+    fn attention(&mut self, g: &Gqa, s: &Shared) -> Result<(), String> {
+        let scope = g.name.clone();
+        let sc = scope.as_str();
+        let (h, kv, d) = (g.heads, g.kv_heads, g.head_size);
+        let [_, _, _, past_k, past_v, ..] = &g.inputs;
+        let (q, k, v) = self.project(g, s.cos_sin.as_ref());
         let present_k = self.present(sc, g, past_k, &k, &g.outputs[1], s);
         let present_v = self.present(sc, g, past_v, &v, &g.outputs[2], s);
         let zero1 = self.ints(&[1], &[0]);
@@ -727,6 +767,9 @@ impl Emit<'_> {
         Ok(())
     }
 }
+
+#[path = "gqa_static.rs"]
+pub mod static_kv;
 
 #[cfg(test)]
 #[path = "gqa_tests.rs"]

@@ -100,3 +100,87 @@ fn refuses_what_it_cannot_write_naming_the_node() {
         "{err}"
     );
 }
+
+fn fixed_input(name: &str, dtype: DataType, dims: &[i64]) -> ValueInfoProto {
+    let dims: Vec<olive_onnx::graph::Dim> = dims
+        .iter()
+        .map(|&d| olive_onnx::graph::Dim::Fixed(d))
+        .collect();
+    olive_onnx::graph::value_info(name, dtype, &dims)
+}
+
+#[test]
+fn static_kv_concats_the_cache_masks_with_attention_mask_and_adds_position_ids() {
+    let mut m = model(heads(), 17);
+    let g = m.graph.as_mut().unwrap();
+    g.input = vec![
+        fixed_input("past_key", DataType::Float, &[1, 2, 6, 16]),
+        fixed_input("past_value", DataType::Float, &[1, 2, 6, 16]),
+        fixed_input(static_kv::ATTENTION_MASK, DataType::Int64, &[1, 8]),
+    ];
+    let c = DecomposeConfig {
+        static_kv: true,
+        mask_value: Some(-100.0),
+        ..Default::default()
+    };
+    assert_eq!(decompose_with(&mut m, &c).unwrap(), 1);
+    let g = m.graph.unwrap();
+    let ops: Vec<&str> = g.node.iter().filter_map(|n| n.op_type.as_deref()).collect();
+    for op in ["Concat", "And", "Where", "Softmax"] {
+        assert!(ops.contains(&op), "{op} missing from {ops:?}");
+    }
+    for op in [
+        "ScatterElements",
+        "Range",
+        "ConstantOfShape",
+        "GroupQueryAttention",
+    ] {
+        assert!(!ops.contains(&op), "{op} in {ops:?}");
+    }
+    let concat = g.node.iter().find(|n| n.output == ["present_key"]).unwrap();
+    assert_eq!(concat.op_type.as_deref(), Some("Concat"));
+    // Causal part: 2 query rows per kv head group x 2 new tokens, 8 keys; row 0 (token 0 at slot 6) sees 0..=6.
+    let causal = g
+        .initializer
+        .iter()
+        .find(|t| t.name.as_deref().unwrap_or("").contains("causal"))
+        .unwrap();
+    assert_eq!(causal.dims, [4, 8]);
+    let raw = causal.raw_data.as_deref().unwrap();
+    assert_eq!(&raw[..8], &[1, 1, 1, 1, 1, 1, 1, 0]);
+    assert_eq!(&raw[8..16], &[1; 8]);
+    assert_eq!(&raw[16..24], &[1, 1, 1, 1, 1, 1, 1, 0]);
+    let positions = g
+        .input
+        .iter()
+        .find(|i| i.name.as_deref() == Some(static_kv::POSITION_IDS));
+    assert!(positions.is_some());
+}
+
+#[test]
+fn static_kv_needs_fixed_shapes() {
+    let mut m = model(heads(), 17);
+    let c = DecomposeConfig {
+        static_kv: true,
+        ..Default::default()
+    };
+    let e = decompose_with(&mut m, &c).unwrap_err();
+    assert!(
+        e.contains("static_kv needs the graph input `attention_mask`"),
+        "{e}"
+    );
+    m.graph
+        .as_mut()
+        .unwrap()
+        .input
+        .push(olive_onnx::graph::value_info(
+            static_kv::ATTENTION_MASK,
+            DataType::Int64,
+            &[olive_onnx::graph::Dim::sym("batch"), 8.into()],
+        ));
+    let e = decompose_with(&mut m, &c).unwrap_err();
+    assert!(
+        e.contains("graph input `attention_mask` has a symbolic dim (run DynamicToFixedShape"),
+        "{e}"
+    );
+}

@@ -2,7 +2,8 @@
 //! (olive/passes/onnx/peephole_optimizer.py), `OrtTransformersOptimization` (olive/passes/onnx/transformer_optimization.py,
 //! which runs onnxruntime.transformers.optimizer) and the MatMulNBits weight quantizers `OnnxBlockWiseRtnQuantization`
 //! / `OnnxMatMul4Quantizer` ([`blockwise`]), `OnnxDynamicQuantization` ([`dynamic`]) and
-//! `DecomposeGroupQueryAttention` ([`gqa`]: com.microsoft GroupQueryAttention as standard ops, for OpenVINO), with the config keys Olive users pass. The input is a `.onnx` file or a
+//! `DecomposeGroupQueryAttention` ([`gqa`]: com.microsoft GroupQueryAttention as standard ops, for OpenVINO; a static KV
+//! layout for NPUs) and `DecomposeSkipSimplifiedLayerNormalization` ([`rms`], for QNN), with the config keys Olive users pass. The input is a `.onnx` file or a
 //! folder holding one; the output folder gets `model.onnx` (+ `model.onnx.data` for initializers of 1 KiB or more)
 //! and the folder's other files.
 
@@ -17,6 +18,7 @@ mod gather_quant;
 mod gelu;
 mod gemm;
 pub mod gqa;
+pub mod rms;
 pub mod graph;
 mod int32_inputs;
 mod norm;
@@ -284,6 +286,7 @@ olive_pass_sdk::export_plugin! {
         dynamic::OnnxDynamicQuantization,
         float16::OnnxFloatToFloat16,
         gqa::DecomposeGroupQueryAttention,
+        rms::DecomposeSkipSimplifiedLayerNormalization,
     ],
 }
 
