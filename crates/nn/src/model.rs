@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use olive_kernels::cpu::int4::{int4_matmul, Activations, Int4Matrix};
+use olive_kernels::cpu::int4::{int4_matmul_into, Activations, Int4Matrix};
 use olive_kernels::cpu::{matmul, rmsnorm};
 use olive_model::quantized::is_quantized;
 use olive_model::{Checkpoint, ModelConfig};
@@ -293,9 +293,7 @@ impl Transformer {
         );
         logits.resize(m * vocab, 0.0); // [m, vocab]
         match &self.lm_head_int4 {
-            Some(head) => {
-                logits.copy_from_slice(&int4_matmul(final_normed, m, head, Activations::Int8));
-            }
+            Some(head) => int4_matmul_into(final_normed, m, head, Activations::Int8, logits),
             None => {
                 let head = self.lm_head.as_deref().unwrap_or(&self.embed_tokens);
                 matmul(final_normed, head, logits, m, hidden_size, vocab);

@@ -8,6 +8,7 @@ mod avx2;
 // AVX-512 intrinsics are stable since Rust 1.89 (the workspace's rust-version).
 mod avx512;
 mod avx512_gemm;
+mod gemv1;
 mod pack;
 mod scalar;
 #[cfg(test)]
@@ -125,6 +126,33 @@ pub fn int4_matmul(x: &[f32], batch: usize, w: &Int4Matrix, act: Activations) ->
     }
 }
 
+/// [`int4_matmul`] into `out` [batch, n]: batch 1 on AVX-512 int8 (a decode step) allocates nothing.
+pub fn int4_matmul_into(
+    x: &[f32],
+    batch: usize,
+    w: &Int4Matrix,
+    act: Activations,
+    out: &mut [f32],
+) {
+    assert_eq!(
+        out.len(),
+        batch * w.n(),
+        "int4_matmul_into: out must be [batch {batch}, n {}]",
+        w.n()
+    );
+    #[cfg(target_arch = "x86_64")]
+    if batch == 1 && x.len() == w.k() && gemv1_takes(w, act, Isa::detect()) {
+        return gemv1::gemv_i8(x, w, out);
+    }
+    out.copy_from_slice(&int4_matmul(x, batch, w, act));
+}
+
+/// Whether the batch-1 stream GEMV (`gemv1`) runs this product.
+#[cfg(target_arch = "x86_64")]
+fn gemv1_takes(w: &Int4Matrix, act: Activations, isa: Isa) -> bool {
+    isa == Isa::Avx512 && act == Activations::Int8 && gemv1::period(w.k()).is_some()
+}
+
 /// [`int4_matmul`] on a forced instruction set (tests, benches).
 pub fn int4_matmul_with(
     x: &[f32],
@@ -143,6 +171,12 @@ pub fn int4_matmul_with(
             k,
             got: x.len(),
         });
+    }
+    #[cfg(target_arch = "x86_64")]
+    if batch == 1 && gemv1_takes(w, act, isa) {
+        let mut y = vec![0f32; n];
+        gemv1::gemv_i8(x, w, &mut y);
+        return Ok(y);
     }
     let acts: Vec<ActRow> = (0..batch)
         .into_par_iter()

@@ -212,6 +212,11 @@ impl Int4Matrix {
         }
     }
 
+    /// The whole layout: (nibbles [n, k / 2], scales [n, blocks], zeros [n, blocks]), rows contiguous.
+    pub(crate) fn parts(&self) -> (&[u8], &[f32], &[u8]) {
+        (&self.nibbles, &self.scales, &self.zeros)
+    }
+
     /// Dense f32 weights [n, k] in the ORIGINAL input order.
     pub fn dequantize(&self) -> Vec<f32> {
         let mut w = vec![0f32; self.n * self.k];
