@@ -1,11 +1,13 @@
 """The qdq plugin (issue 9): DynamicToFixedShape and OnnxStaticQuantization on all-MiniLM-L6-v2 (minilm.py), and
 auto-opt's QNN recipe end to end on the HTP simulator.
 
-- Our static QDQ quantization vs onnxruntime.quantization.quantize_static (MinMax, QDQ, uint8 activations and
-  weights) on the same model and the same calibration samples (our generator, plugins/qdq/src/calibrate.rs, a
-  SplitMix64 over [0, vocab) for input_ids, replayed here): every activation/weight scale and zero point ORT writes
-  is ours too, equal to float32 precision; the quantized weights are byte-identical except a handful of elements one
-  step off (float32 rounding at .5; at most WEIGHT_ODD_ELEMENTS a tensor).
+- Our static QDQ quantization vs onnxruntime.quantization.quantize_static (MinMax, QDQ; uint8 activations with
+  uint8 weights per tensor, and with int4 weights per channel) on the same model and the same calibration samples
+  (our generator, plugins/qdq/src/calibrate.rs, a SplitMix64 over [0, vocab) for input_ids, replayed here; or a
+  data_config's text tokenized into the same rows): every activation/weight scale and zero point ORT writes is ours
+  too, equal to float32 precision; the quantized weights are byte-identical except a handful of elements one step
+  off (float32 rounding at .5; at most WEIGHT_ODD_ELEMENTS a tensor).
+- int4 per-channel weights with uint16 activations run fully on the HTP simulator (MINILM_INT4_COS).
 - `auto-opt --model_name_or_path model.onnx --device npu --provider QNNExecutionProvider --precision uint8`: fixed
   shapes (batch 1, 128 tokens) -> peephole -> LayerNorm/Gelu fusion -> static QDQ uint8 -> ep-check (every node
   on QNN with CPU fallback disabled; output vs the CPU provider within the plugin's tolerance); then the result on the
@@ -40,6 +42,8 @@ MINILM_COS_GAP = 0.05
 # uint16 activations, uint8 weights, [1, 16], the check-style ids below: cosine to fp32 measured 0.944 (CPU QDQ; HTP
 # vs CPU max 0.094); uint8 gives 0.54 on the same input.
 MINILM_U16_COS = 0.9
+# uint16 activations, int4 per-channel weights, same input: cosine measured 0.849 on the HTP (int8 per channel 0.998).
+MINILM_INT4_COS = 0.8
 LN_GELU_ONLY = {"model_type": "bert", "optimization_options": {
     "enable_attention": False, "enable_skip_layer_norm": False, "enable_bias_skip_layer_norm": False,
     "enable_bias_gelu": False, "enable_embed_layer_norm": False}}
@@ -95,32 +99,87 @@ def initializers(path) -> dict:
     return {i.name: onnx.numpy_helper.to_array(i) for i in onnx.load(path).graph.initializer}
 
 
-def test_scales_zero_points_and_weights_match_quantize_static(olive_host, prepared, tmp_path):
-    ours = run_pass(olive_host, "OnnxStaticQuantization",
-                    {"activation_type": "QUInt8", "weight_type": "QUInt8", "calibration_samples": 8, "seed": 0},
-                    prepared, tmp_path / "ours")
+def ids_samples(seq=SEQ):
+    """Our random-id calibration samples (calibrate.rs's generator, seed 0), replayed."""
     rng = SplitMix(0)
     vocab = 30522  # word_embeddings rows
-    samples = [{"input_ids": np.array([int(rng.unit() * vocab) for _ in range(SEQ)], np.int64).reshape(1, SEQ),
-                "attention_mask": np.ones((1, SEQ), np.int64), "token_type_ids": np.zeros((1, SEQ), np.int64)}
-               for _ in range(8)]
-    theirs = tmp_path / "ort.onnx"
-    quantize_static(prepared, theirs, _Reader(samples), quant_format=QuantFormat.QDQ,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QUInt8)
-    a, b = initializers(theirs), initializers(ours)
+    return [{"input_ids": np.array([int(rng.unit() * vocab) for _ in range(seq)], np.int64).reshape(1, seq),
+             "attention_mask": np.ones((1, seq), np.int64), "token_type_ids": np.zeros((1, seq), np.int64)}
+            for _ in range(8)]
+
+
+def assert_matches_ort(ort_model, ours):
+    """Every scale / zero point ORT writes is ours (equal to float32 precision; a scalar and a 1-element vector
+    alike), the quantized tensors equal but for WEIGHT_ODD_ELEMENTS one step off."""
+    a, b = initializers(ort_model), initializers(ours)
     scales = [k for k in a if k.endswith("_scale")]
     assert len(scales) > 200
     for k in scales:
         assert k in b, f"ORT quantizes {k[:-6]}, we do not"
-        assert np.allclose(a[k], b[k], rtol=1e-6, atol=0), (k, a[k], b[k])
+        assert a[k].size == b[k].size and np.allclose(a[k].ravel(), b[k].ravel(), rtol=1e-6, atol=0), (k, a[k], b[k])
         zp = k[:-6] + "_zero_point"
         if zp in a:
-            assert a[zp].dtype == b[zp].dtype and np.array_equal(a[zp], b[zp]), zp
+            assert a[zp].dtype == b[zp].dtype and np.array_equal(a[zp].ravel(), b[zp].ravel()), zp
     weights = [k for k in a if k.endswith("_quantized") and not k.endswith("bias_quantized")]
     assert len(weights) > 50
     for k in weights:
+        assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape, (k, a[k].dtype, b[k].dtype)
         d = np.abs(a[k].astype(np.int64) - b[k].astype(np.int64))
         assert d.max() <= 1 and (d > 0).sum() <= WEIGHT_ODD_ELEMENTS, (k, d.max(), (d > 0).sum())
+
+
+# (activation, weight, per_channel): uint8 per tensor; int4 per channel (MatMul weights int4 along axis 1, packed,
+# com.microsoft Q/DQ; the other constants — Add biases, embedding tables — uint8 as ORT quantizes them as activations)
+@pytest.mark.parametrize("act,weight,per_channel", [("QUInt8", "QUInt8", False), ("QUInt8", "QInt4", True)])
+def test_scales_zero_points_and_weights_match_quantize_static(olive_host, prepared, tmp_path, act, weight,
+                                                              per_channel):
+    ours = run_pass(olive_host, "OnnxStaticQuantization",
+                    {"activation_type": act, "weight_type": weight, "per_channel": per_channel,
+                     "calibration_samples": 8, "seed": 0}, prepared, tmp_path / "ours")
+    theirs = tmp_path / "ort.onnx"
+    quantize_static(prepared, theirs, _Reader(ids_samples()), quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType[act], weight_type=QuantType[weight], per_channel=per_channel)
+    assert_matches_ort(theirs, ours)
+    if per_channel:
+        graph = onnx.load(ours).graph
+        inits = {i.name: i for i in graph.initializer}
+        int4 = [n for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits
+                and inits[n.input[0]].data_type == onnx.TensorProto.INT4]
+        per_channel = [n for n in int4 if n.attribute]
+        # 6 MatMul weights a layer along axis 1; the 13 LayerNorm scales per tensor (axis 1 is beyond their rank)
+        assert (len(per_channel), len(int4)) == (36, 49), (len(per_channel), len(int4))
+        for dq in per_channel:
+            assert dq.domain == "com.microsoft" and [a.i for a in dq.attribute if a.name == "axis"] == [1], dq
+            assert list(inits[dq.input[1]].dims) == [inits[dq.input[0]].dims[1]], dq.input
+
+
+def test_calibration_from_a_data_config_matches_quantize_static_on_the_same_rows(olive_host, prepared, tmp_path):
+    """data_config (olive-data's form of Olive's data config: the project's calibration text, one record per line,
+    layout pack): each line tokenized with MiniLM's tokenizer ([CLS] ... [SEP]), joined, cut into rows of SEQ tokens;
+    ORT calibrated on the same rows writes the same scales."""
+    text = Path(__file__).resolve().parents[2] / "data" / "calibration.txt"
+    data = {"data_name": "text", "data_files": [str(text)], "max_samples": 4}
+    ours = run_pass(olive_host, "OnnxStaticQuantization",
+                    {"activation_type": "QUInt8", "weight_type": "QUInt8", "data_config": data,
+                     "tokenizer_dir": str(minilm.source_dir())}, prepared, tmp_path / "ours")
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(minilm.source_dir() / "tokenizer.json"))
+    tok.no_truncation()
+    tok.no_padding()
+    lines = [line for line in text.read_text().splitlines() if line.strip()]
+    ids = [i for e in tok.encode_batch(lines) for i in e.ids]
+    rows = [ids[k * SEQ:(k + 1) * SEQ] for k in range(4)]
+    samples = [{"input_ids": np.array([r], np.int64), "attention_mask": np.ones((1, SEQ), np.int64),
+                "token_type_ids": np.zeros((1, SEQ), np.int64)} for r in rows]
+    assert rows[0][0] == 101 and ids.count(101) == ids.count(102) == len(lines)  # [CLS] ... [SEP] a line
+    theirs = tmp_path / "ort.onnx"
+    quantize_static(prepared, theirs, _Reader(samples), quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QUInt8)
+    assert_matches_ort(theirs, ours)
+    report = json.loads((tmp_path / "ours" / "model_config.json").read_text())["config"]["model_attributes"]
+    assert report["static_quantization"]["calibration_data"] == "data_config", report
+    assert report["static_quantization"]["calibration_samples"] == 4, report
 
 
 def test_auto_opt_qnn_runs_minilm_fully_on_the_htp_simulator(olive_host, tmp_path):
@@ -183,6 +242,27 @@ def test_uint16_activations_finalize_on_the_htp_simulator_close_to_fp32(olive_ho
     assert cos >= MINILM_U16_COS, cos
 
 
+def test_int4_per_channel_weights_with_uint16_activations_run_on_the_htp_simulator(olive_host, prepared, tmp_path):
+    """QInt4 weights per channel (MatMul: int4 along the output axis, com.microsoft DQ) with uint16 activations run
+    fully on the simulator; for QNN the LayerNorm scales stay uint8 (the HTP refuses a signed LayerNorm scale beside
+    uint16 activations: every LayerNormalization fell back to the CPU)."""
+    if not os.environ.get("OLIVE_ORT_QNN_DYLIB"):
+        pytest.fail("OLIVE_ORT_QNN_DYLIB is not set: run `make test`")
+    model = run_pass(olive_host, "OnnxStaticQuantization",
+                     {"activation_type": "QUInt16", "weight_type": "QInt4", "per_channel": True,
+                      "execution_provider": "QNNExecutionProvider"}, prepared, tmp_path / "int4")
+    graph = onnx.load(model).graph
+    inits = {i.name: i for i in graph.initializer}
+    assert sum(i.data_type == onnx.TensorProto.INT4 and k.endswith("_quantized") for k, i in inits.items()) == 36
+    assert inits["m.embeddings.LayerNorm.weight_quantized"].data_type == onnx.TensorProto.UINT8
+    feed = {"input_ids": (np.arange(SEQ) % 97).reshape(1, SEQ).astype(np.int64),
+            "attention_mask": np.ones((1, SEQ), np.int64), "token_type_ids": np.zeros((1, SEQ), np.int64)}
+    htp = qnn_session(model).run(None, feed)[0]
+    fp32 = ort.InferenceSession(prepared, providers=["CPUExecutionProvider"]).run(None, feed)[0]
+    cos = float((htp * fp32).sum() / np.linalg.norm(htp) / np.linalg.norm(fp32))
+    assert cos >= MINILM_INT4_COS, cos
+
+
 def test_bad_configs_are_named(olive_host, prepared, tmp_path):
     src = minilm.exported_model()
     done = run([olive_host, "run-pass", "--pass", "DynamicToFixedShape", "--config",
@@ -193,9 +273,11 @@ def test_bad_configs_are_named(olive_host, prepared, tmp_path):
     assert done.returncode != 0 and "calibration needs static shapes" in done.stderr, done.stderr
     for config, words in [({"quant_format": "QOperator"}, "olive-rs writes QDQ only"),
                           ({"calibrate_method": "Entropy"}, "MinMax only"),
-                          ({"per_channel": True}, "per_channel"),
-                          ({"data_config": "glue"}, "data_config"),
-                          ({"weight_type": "QInt4"}, "weight_type `QInt4`")]:
+                          ({"reduce_range": True}, "reduce_range"),
+                          ({"data_config": "glue"}, "expected struct DataConfig"),
+                          ({"data_config": {"data_name": "text", "data_files": [__file__]}, "tokenizer_dir": "/nonexistent"},
+                           "a data_config needs the model's tokenizer"),
+                          ({"weight_type": "QInt2"}, "weight_type `QInt2`")]:
         done = run([olive_host, "run-pass", "--pass", "OnnxStaticQuantization", "--config", json.dumps(config),
                     "-m", prepared, "-o", tmp_path / "c"])
         assert done.returncode != 0 and words in done.stderr, (config, done.stderr)

@@ -6,9 +6,12 @@
 //! output folder gets `model.onnx` (+ `model.onnx.data` for initializers of 1 KiB or more).
 
 pub mod calibrate;
+pub mod data;
 pub mod fixed;
 pub mod qdq;
+pub mod qtype;
 pub mod types;
+pub mod weights;
 
 use std::path::Path;
 

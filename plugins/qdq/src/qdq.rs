@@ -4,30 +4,41 @@
 //! registry.py): the default op list is ORT's QDQ + QLinear registries; every float input and output of a node of
 //! those ops is quantized once per tensor —
 //! - activations: MinMax ranges from [`calibrate`], widened to include 0 (symmetric: [-absmax, absmax]);
-//!   scale = (rmax - rmin) / (qmax - qmin) and zero point = round_half_even(qmin - rmin / scale) in float32 as
-//!   numpy does; `QuantizeLinear` -> `DequantizeLinear` after the producer, every consumer reading the DQ output (a
+//!   scale = (rmax - rmin) / (qmax - qmin) and zero point = round_half_even(qmin - rmin / scale) in float64,
+//!   the scale stored as float32 (see [`crate::qtype`]); `QuantizeLinear` -> `DequantizeLinear` after the producer, every consumer reading the DQ output (a
 //!   graph output keeps its name on the DQ); Softmax outputs take the fixed range [0, 1]; the outputs of the
 //!   data-movement ops (Reshape, Transpose, Squeeze, Unsqueeze, Flatten, Slice, Gather, ...) share their input's
 //!   scale and zero point (ORT's `quantize_output_same_as_input`);
-//! - float initializers (weights, and constants such as an Add's bias): quantized per tensor with `weight_type`
-//!   (uint8 asymmetric on [0, 255], int8 symmetric on [-127, 127]) + `DequantizeLinear`; the bias of Gemm, Conv and
-//!   LayerNormalization (input 2) as int32 with scale = input scale · weight scale and zero point 0;
-//! - 16-bit activations use com.microsoft QuantizeLinear/DequantizeLinear below opset 21, as ORT does.
+//! - float initializers at a weight input (MatMul's, Gemm/Conv's B/W, a normalization's scale; any other constant
+//!   such as an Add's bias or a Gather's table is quantized per tensor as an activation, as ORT's QDQ operators
+//!   do): `weight_type` (uint8/int8/uint16/int16,
+//!   uint4/int4 packed two to a byte) per tensor (unsigned asymmetric, signed symmetric unless `weight_symmetric`
+//!   says otherwise), or with `per_channel` per channel along ORT's axis for the op (see [`weights`]) +
+//!   `DequantizeLinear`; the bias of Gemm, Conv and LayerNormalization (input 2) as int32 with scale = input scale ·
+//!   weight scale (per channel when the weight is) and zero point 0;
+//! - below opset 21, every Q/DQ is com.microsoft's when a 16-bit or 4-bit type is in use (ORT's
+//!   `UseQDQContribOps`; for 16-bit types ORT's quantize_static converts the model to opset 21 instead).
 //!
-//! Not done (refused by name): QOperator format, per_channel, reduce_range, calibration methods other than MinMax,
-//! int4 weights, Olive's `data_config` (the samples come from the graph; see [`calibrate`]). ORT's removal of
-//! Relu/Clip (`QDQRemovableActivation`) is not done: they are quantized like other ops.
+//! Calibration data: `data_config` (Olive's, as the host resolves a workflow's `data_configs` entry: text files
+//! tokenized to the model's inputs, see [`data`]); without one, random valid token ids made from the graph (see
+//! [`calibrate`]) with a warning.
+//!
+//! Not done (refused by name): QOperator format, reduce_range, calibration methods other than MinMax, block-wise
+//! weights (ORT's `BlockSize`). ORT's removal of Relu/Clip (`QDQRemovableActivation`) is not done: they are
+//! quantized like other ops.
 
 use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
 
-use olive_onnx::graph::node;
+use olive_onnx::graph::{attr_int, node};
 use olive_onnx::proto::{GraphProto, ModelProto, OperatorSetIdProto, TensorProto};
 use olive_pass_sdk::{kinds, Context, Error, Model, Pass};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
+use crate::qtype::{f32_tensor, QType, INT32};
 use crate::types::{self, element_types};
-use crate::{calibrate, graph_of, rewrite_model};
+use crate::{calibrate, data, graph_of, rewrite_model, weights};
 
 /// ORT's default op types for QDQ (registry.py: QDQRegistry and QLinearOpsRegistry keys).
 pub const DEFAULT_OPS: &[&str] = &[
@@ -94,7 +105,7 @@ pub struct StaticConfig {
     /// Olive: QUInt8, QInt8, QUInt16 or QInt16 activations.
     #[serde(default = "quint8")]
     pub activation_type: String,
-    /// Olive: QInt8 or QUInt8 weights.
+    /// ORT's weight type: QUInt8, QInt8, QUInt16, QInt16, QUInt4 or QInt4.
     #[serde(default = "qint8")]
     pub weight_type: String,
     /// Olive: MinMax (olive-rs), Entropy, Percentile, Distribution.
@@ -112,7 +123,7 @@ pub struct StaticConfig {
     /// Olive: node names left float.
     #[serde(default)]
     pub nodes_to_exclude: Option<Vec<String>>,
-    /// Olive: per-channel weights (not done by olive-rs: true is refused).
+    /// Olive: per-channel weights (symmetric, along ORT's axis for the op).
     #[serde(default)]
     pub per_channel: bool,
     /// Olive: 7-bit weights (not done by olive-rs: true is refused).
@@ -130,15 +141,25 @@ pub struct StaticConfig {
     /// Olive: ORT extra options; olive-rs reads ActivationSymmetric and WeightSymmetric.
     #[serde(default)]
     pub extra_options: Option<serde_json::Map<String, serde_json::Value>>,
-    /// Olive: the calibration data config (olive-rs makes the samples from the graph; a data_config is refused).
+    /// Olive: the calibration data (a workflow's data config, resolved by the host to olive-data's form).
     #[serde(default)]
-    pub data_config: Option<serde_json::Value>,
-    /// olive-rs: the number of calibration samples made from the graph.
+    #[schemars(with = "Option<serde_json::Value>")]
+    pub data_config: Option<olive_data::DataConfig>,
+    /// olive-rs: the folder with tokenizer.json for `data_config` (Olive: pre_process_data_config.model_name);
+    /// default: the input model's folder.
+    #[serde(default)]
+    pub tokenizer_dir: Option<PathBuf>,
+    /// olive-rs: the number of calibration samples (a data_config's max_samples takes precedence).
     #[serde(default = "eight")]
     pub calibration_samples: usize,
-    /// olive-rs: the seed of the calibration samples.
+    /// olive-rs: the seed of the random token ids (no data_config).
     #[serde(default)]
     pub seed: u64,
+    /// Olive: the target provider; with `QNNExecutionProvider` a normalization's scale stays uint8 when
+    /// `weight_type` is signed or 4-bit (the HTP simulator refuses a signed LayerNorm scale), and 16-bit Sigmoid/Tanh
+    /// outputs take QNN's fixed params (ORT's get_qnn_qdq_config).
+    #[serde(default)]
+    pub execution_provider: Option<String>,
     /// Olive's auto-opt flag `precision` (ignored: the types above decide).
     #[serde(default)]
     pub precision: Option<String>,
@@ -160,118 +181,6 @@ fn eight() -> usize {
     8
 }
 
-/// A quantized element type: ONNX code, qmin, qmax.
-#[derive(Debug, Clone, Copy)]
-struct QType {
-    code: i32,
-    qmin: f32,
-    qmax: f32,
-}
-
-fn qtype(name: &str, key: &str, allowed: &[&str]) -> Result<QType, Error> {
-    let q = match name {
-        "QUInt8" => QType {
-            code: types::UINT8,
-            qmin: 0.0,
-            qmax: 255.0,
-        },
-        "QInt8" => QType {
-            code: types::INT8,
-            qmin: -128.0,
-            qmax: 127.0,
-        },
-        "QUInt16" => QType {
-            code: types::UINT16,
-            qmin: 0.0,
-            qmax: 65535.0,
-        },
-        "QInt16" => QType {
-            code: types::INT16,
-            qmin: -32768.0,
-            qmax: 32767.0,
-        },
-        _ => QType {
-            code: 0,
-            qmin: 0.0,
-            qmax: 0.0,
-        },
-    };
-    if q.code == 0 || !allowed.contains(&name) {
-        return Err(Error::InvalidConfig(format!(
-            "{key} `{name}`: olive-rs takes {}",
-            allowed.join(", ")
-        )));
-    }
-    Ok(q)
-}
-
-impl QType {
-    fn bits16(self) -> bool {
-        matches!(self.code, types::UINT16 | types::INT16)
-    }
-
-    /// The range symmetric quantization uses: ORT restricts signed types to [-qmax, qmax].
-    fn range(self, symmetric: bool) -> (f32, f32) {
-        if symmetric && self.qmin < 0.0 {
-            (-self.qmax, self.qmax)
-        } else {
-            (self.qmin, self.qmax)
-        }
-    }
-
-    /// `(scale, zero point)` of `[rmin, rmax]` as quant_utils.compute_scale_zp computes it (float32).
-    fn params(self, rmin: f32, rmax: f32, symmetric: bool) -> (f32, f32) {
-        let (qmin, qmax) = self.range(symmetric);
-        let (mut rmin, mut rmax) = (rmin.min(0.0), rmax.max(0.0));
-        if symmetric {
-            let absmax = rmin.abs().max(rmax.abs());
-            (rmin, rmax) = (-absmax, absmax);
-        }
-        if rmax - rmin <= 0.0 || !(rmax - rmin).is_finite() {
-            return (1.0, 0.0);
-        }
-        let scale = (rmax - rmin) / (qmax - qmin);
-        if symmetric {
-            return (scale, ((qmin + qmax) / 2.0).round_ties_even());
-        }
-        (scale, (qmin - rmin / scale).round_ties_even())
-    }
-
-    /// The bytes of `values` quantized with `(scale, zp)` (clipped to the type's full range).
-    fn quantize(self, values: &[f32], scale: f32, zp: f32) -> Vec<u8> {
-        let mut out = Vec::with_capacity(values.len() * if self.bits16() { 2 } else { 1 });
-        for &v in values {
-            let x = ((v / scale).round_ties_even() + zp).clamp(self.qmin, self.qmax);
-            match self.code {
-                types::UINT8 => out.push(x as u8),
-                types::INT8 => out.push(x as i8 as u8),
-                types::UINT16 => out.extend_from_slice(&(x as u16).to_le_bytes()),
-                _ => out.extend_from_slice(&(x as i16).to_le_bytes()),
-            }
-        }
-        out
-    }
-
-    fn tensor(self, name: &str, dims: &[i64], bytes: Vec<u8>) -> TensorProto {
-        TensorProto {
-            name: Some(name.into()),
-            data_type: Some(self.code),
-            dims: dims.to_vec(),
-            raw_data: Some(bytes),
-            ..Default::default()
-        }
-    }
-}
-
-fn f32_scalar(name: &str, v: f32) -> TensorProto {
-    TensorProto {
-        name: Some(name.into()),
-        data_type: Some(types::FLOAT),
-        raw_data: Some(v.to_le_bytes().to_vec()),
-        ..Default::default()
-    }
-}
-
 /// What the pass decided, before any rewriting.
 struct Plan {
     /// Activation tensors to quantize, in graph order.
@@ -280,8 +189,17 @@ struct Plan {
     shared: HashMap<String, String>,
     /// Softmax outputs (fixed range [0, 1]).
     fixed: HashSet<String>,
+    /// Sigmoid and Tanh outputs -> their op (QNN's fixed 16-bit params).
+    squashed: HashMap<String, &'static str>,
     /// Float initializers to quantize as weights.
     weights: Vec<String>,
+    /// Weights quantized per channel (per_channel on) -> their channel axis.
+    axes: HashMap<String, usize>,
+    /// Float initializers read by an input that is no weight input of its op (an Add's bias, a Gather's table):
+    /// ORT quantizes them as activations (activation type and symmetry, per tensor).
+    constants: HashSet<String>,
+    /// The scales of normalization ops (input 1).
+    norm_scales: HashSet<String>,
     /// Bias initializer -> (input activation, weight) whose scales multiply.
     biases: Vec<(String, String, String)>,
     /// Where's float constant inputs -> the Where output whose type and params they take (a -3.4e38 mask
@@ -311,7 +229,11 @@ fn plan(graph: &GraphProto, ops: &HashSet<String>, c: &StaticConfig) -> Plan {
         activations: Vec::new(),
         shared: HashMap::new(),
         fixed: HashSet::new(),
+        squashed: HashMap::new(),
         weights: Vec::new(),
+        axes: HashMap::new(),
+        constants: HashSet::new(),
+        norm_scales: HashSet::new(),
         biases: Vec::new(),
         selected: Vec::new(),
     };
@@ -366,6 +288,25 @@ fn plan(graph: &GraphProto, ops: &HashSet<String>, c: &StaticConfig) -> Plan {
                     continue;
                 }
             }
+            if initializers.contains(input.as_str())
+                && !seen.contains(input)
+                && !weights::is_weight_input(op, k)
+            {
+                p.constants.insert(input.clone());
+            }
+            if k == 1 && op.ends_with("Normalization") && initializers.contains(input.as_str()) {
+                p.norm_scales.insert(input.clone());
+            }
+            if c.per_channel && initializers.contains(input.as_str()) && !seen.contains(input) {
+                let rank = graph
+                    .initializer
+                    .iter()
+                    .find(|t| t.name.as_deref() == Some(input.as_str()))
+                    .map_or(0, |t| t.dims.len());
+                if let Some(axis) = weights::channel_axis(node, k, rank) {
+                    p.axes.insert(input.clone(), axis);
+                }
+            }
             add(&mut p, input, &mut seen);
         }
         for (j, output) in node.output.iter().enumerate() {
@@ -377,8 +318,17 @@ fn plan(graph: &GraphProto, ops: &HashSet<String>, c: &StaticConfig) -> Plan {
                     p.shared.insert(output.clone(), input.clone());
                 }
             }
-            if op == "Softmax" {
-                p.fixed.insert(output.clone());
+            match op {
+                "Softmax" => {
+                    p.fixed.insert(output.clone());
+                }
+                "Sigmoid" => {
+                    p.squashed.insert(output.clone(), "Sigmoid");
+                }
+                "Tanh" => {
+                    p.squashed.insert(output.clone(), "Tanh");
+                }
+                _ => {}
             }
             add(&mut p, output, &mut seen);
         }
@@ -390,7 +340,9 @@ fn plan(graph: &GraphProto, ops: &HashSet<String>, c: &StaticConfig) -> Plan {
 pub fn quantize(
     model: &mut ModelProto,
     c: &StaticConfig,
-    scratch: &std::path::Path,
+    scratch: &Path,
+    model_dir: &Path,
+    warn: &dyn Fn(&str),
 ) -> Result<serde_json::Value, Error> {
     let bad = |m: String| Err(Error::InvalidConfig(m));
     if c.quant_format != "QDQ" {
@@ -406,7 +358,6 @@ pub fn quantize(
         ));
     }
     for (key, on) in [
-        ("per_channel", c.per_channel),
         ("reduce_range", c.reduce_range),
         ("quant_preprocess", c.quant_preprocess),
     ] {
@@ -416,20 +367,19 @@ pub fn quantize(
             ));
         }
     }
-    if c.data_config.is_some() {
-        return bad("data_config: olive-rs makes the calibration samples from the graph (calibration_samples, \
-                    seed); leave data_config out"
-            .into());
-    }
     if c.calibration_samples == 0 {
         return bad("calibration_samples: at least 1".into());
     }
-    let act = qtype(
+    let act = QType::parse(
         &c.activation_type,
         "activation_type",
         &["QUInt8", "QInt8", "QUInt16", "QInt16"],
     )?;
-    let wt = qtype(&c.weight_type, "weight_type", &["QUInt8", "QInt8"])?;
+    let wt = QType::parse(
+        &c.weight_type,
+        "weight_type",
+        &["QUInt8", "QInt8", "QUInt16", "QInt16", "QUInt4", "QInt4"],
+    )?;
     let mut act_sym = c.activation_symmetric.unwrap_or(false);
     let mut w_sym = c.weight_symmetric.unwrap_or(wt.qmin < 0.0);
     for (key, value) in c.extra_options.iter().flatten() {
@@ -469,14 +419,29 @@ pub fn quantize(
         .filter(|t| !plan.fixed.contains(*t) && !plan.shared.contains_key(*t))
         .cloned()
         .collect();
-    let samples = calibrate::samples(graph, c.calibration_samples, c.seed)?;
+    let samples = match &c.data_config {
+        Some(data) => {
+            let dir = c.tokenizer_dir.as_deref().unwrap_or(model_dir);
+            data::samples(graph, data, dir, c.calibration_samples)?
+        }
+        None => {
+            warn(&format!(
+                "OnnxStaticQuantization: no data_config; calibrating on {} samples of random valid token ids \
+                 (seed {}), which represent no real text: pass a data_config for calibration on a dataset",
+                c.calibration_samples, c.seed
+            ));
+            calibrate::samples(graph, c.calibration_samples, c.seed)?
+        }
+    };
+    let samples_used = samples.len();
     let ranges = calibrate::min_max(model, &calibrated, &samples, scratch)?;
     let graph = graph_of(model)?;
+    // QNN: 16-bit Sigmoid/Tanh outputs take QNN's fixed params; the HTP refuses a LayerNormalization whose scale is
+    // signed (int8/int4) beside 16-bit activations, so such a scale is uint8 (asymmetric) whatever weight_type says.
+    let qnn = c.execution_provider.as_deref() == Some("QNNExecutionProvider");
     // Activation params (shared ones resolved along the chain).
     let mut params: HashMap<String, (String, String)> = HashMap::new();
     let mut new_inits: Vec<TensorProto> = Vec::new();
-    let zp_tensor =
-        |q: QType, name: &str, zp: f32| q.tensor(name, &[], q.quantize(&[zp], 1.0, 0.0));
     let mut values: HashMap<String, (f32, f32)> = HashMap::new();
     for t in &plan.activations {
         if plan.shared.contains_key(t) {
@@ -489,10 +454,16 @@ pub fn quantize(
                 .get(t)
                 .ok_or_else(|| Error::Failed(format!("calibration gave no range for `{t}`")))?
         };
-        let (scale, zp) = act.params(lo, hi, act_sym);
+        let (scale, zp) = match (qnn && act.bits16(), plan.squashed.get(t), act.qmin < 0.0) {
+            // ORT's get_qnn_qdq_config (QnnCompatibilityOverrides): QNN's fixed 16-bit Sigmoid/Tanh outputs
+            (true, Some(&"Sigmoid"), false) => (1.0 / 65536.0, 0.0),
+            (true, Some(&"Tanh"), false) => (1.0 / 32768.0, 32768.0),
+            (true, Some(_), true) => (1.0 / 32768.0, 0.0),
+            _ => act.params(lo, hi, act_sym),
+        };
         let (s, z) = (format!("{t}_scale"), format!("{t}_zero_point"));
-        new_inits.push(f32_scalar(&s, scale));
-        new_inits.push(zp_tensor(act, &z, zp));
+        new_inits.push(f32_tensor(&s, &[], &[scale]));
+        new_inits.push(act.tensor(&z, &[], &[zp as i32]));
         params.insert(t.clone(), (s, z));
         values.insert(t.clone(), (scale, zp));
     }
@@ -505,41 +476,43 @@ pub fn quantize(
     }
     let mut dq_nodes = Vec::new();
     let mut rename: HashMap<String, String> = HashMap::new();
-    let mut weight_scales: HashMap<String, f32> = HashMap::new();
-    let domain = |q: QType| if q.bits16() { "com.microsoft" } else { "" };
+    let mut weight_scales: HashMap<String, Vec<f32>> = HashMap::new();
+    // ORT (opset < 21): every Q/DQ in the com.microsoft domain when a 16-bit or 4-bit type is in use.
+    let opset = model_opset(model);
+    let graph = graph_of(model)?;
+    let domain = if opset < 21 && (act.bits16() || wt.bits16() || wt.bits4()) {
+        "com.microsoft"
+    } else {
+        ""
+    };
     let mut weights_done = 0;
     for w in &plan.weights {
-        let t = &graph.initializer[init_index[w]];
-        let value = olive_onnx::rewrite::Value::from_tensor(t)
-            .ok_or_else(|| Error::UnsupportedModel(format!("initializer `{w}` cannot be read")))?;
-        let data: Vec<f32> = value.as_f64().into_iter().map(|v| v as f32).collect();
-        let lo = data.iter().copied().fold(f32::INFINITY, f32::min);
-        let hi = data.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let (lo, hi) = if data.is_empty() {
-            (0.0, 0.0)
+        let axis = plan.axes.get(w).copied();
+        let (ty, symmetric) = if plan.constants.contains(w) {
+            (act, act_sym)
+        } else if qnn && plan.norm_scales.contains(w) && (wt.qmin < 0.0 || wt.bits4()) {
+            (QType::parse("QUInt8", "weight_type", &["QUInt8"])?, false)
         } else {
-            (lo, hi)
+            (wt, w_sym)
         };
-        let (scale, zp) = wt.params(lo, hi, w_sym);
-        let q = format!("{w}_quantized");
-        let (s, z) = (format!("{w}_scale"), format!("{w}_zero_point"));
-        new_inits.push(wt.tensor(&q, &t.dims, wt.quantize(&data, scale, zp)));
-        new_inits.push(f32_scalar(&s, scale));
-        new_inits.push(zp_tensor(wt, &z, zp));
-        let out = format!("{w}_DequantizeLinear_Output");
-        dq_nodes.push(node(
-            "",
-            "DequantizeLinear",
-            &format!("{w}_DequantizeLinear"),
-            &[&q, &s, &z],
-            &[&out],
-            vec![],
-        ));
+        let q = weights::quantize(
+            &graph.initializer[init_index[w]],
+            ty,
+            symmetric,
+            axis,
+            domain,
+        )?;
+        let out = q.dq.output[0].clone();
+        if axis.is_none() {
+            // A data-movement output of a weight (Gather of an embedding table) shares the weight's params.
+            let (s, z) = (q.dq.input[1].clone(), q.dq.input[2].clone());
+            params.insert(w.clone(), (s, z));
+            values.insert(w.clone(), (q.scales[0], q.zero_points[0]));
+        }
+        new_inits.extend(q.initializers);
+        dq_nodes.push(q.dq);
         rename.insert(w.clone(), out);
-        weight_scales.insert(w.clone(), scale);
-        // A data-movement output of a weight (Gather of an embedding table) shares the weight's params.
-        params.insert(w.clone(), (s.clone(), z.clone()));
-        values.insert(w.clone(), (scale, zp));
+        weight_scales.insert(w.clone(), q.scales);
         weights_done += 1;
     }
     for t in &plan.activations {
@@ -576,14 +549,12 @@ pub fn quantize(
             )));
         };
         let t = &graph.initializer[init_index[w]];
-        let value = olive_onnx::rewrite::Value::from_tensor(t)
-            .ok_or_else(|| Error::UnsupportedModel(format!("initializer `{w}` cannot be read")))?;
-        let data: Vec<f32> = value.as_f64().into_iter().map(|v| v as f32).collect();
+        let data = weights::values(t)?;
         let q = format!("{w}_quantized");
-        new_inits.push(act.tensor(&q, &t.dims, act.quantize(&data, scale, zp)));
+        new_inits.push(act.tensor(&q, &t.dims, &act.quantize(&data, scale, zp)));
         let dq = format!("{w}_DequantizeLinear_Output");
         dq_nodes.push(node(
-            domain(act),
+            domain,
             "DequantizeLinear",
             &format!("{w}_DequantizeLinear"),
             &[&q, &s, &z],
@@ -592,40 +563,47 @@ pub fn quantize(
         ));
         rename.insert(w.clone(), dq);
     }
-    let int32 = QType {
-        code: types::INT32,
-        qmin: i32::MIN as f32,
-        qmax: i32::MAX as f32,
-    };
     for (b, x, w) in &plan.biases {
-        let (Some(&(xs, _)), Some(&ws)) = (values.get(x), weight_scales.get(w)) else {
+        let (Some(&(xs, _)), Some(ws)) = (values.get(x), weight_scales.get(w)) else {
             continue;
         };
         let t = &graph.initializer[init_index[b]];
-        let value = olive_onnx::rewrite::Value::from_tensor(t)
-            .ok_or_else(|| Error::UnsupportedModel(format!("initializer `{b}` cannot be read")))?;
-        let scale = xs * ws;
-        let q: Vec<u8> = value
-            .as_f64()
-            .into_iter()
-            .flat_map(|v| (((v as f32) / scale).round_ties_even() as i32).to_le_bytes())
+        let data = weights::values(t)?;
+        // ORT: scale = input scale · weight scale (per channel: one per output channel, DQ axis 0)
+        let scales: Vec<f32> = ws.iter().map(|&ws| xs * ws).collect();
+        if scales.len() != 1 && scales.len() != data.len() {
+            return Err(Error::UnsupportedModel(format!(
+                "bias `{b}` has {} elements but its weight `{w}` {} channels",
+                data.len(),
+                scales.len()
+            )));
+        }
+        let q: Vec<i32> = data
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| (v / scales[i % scales.len()]).round_ties_even() as i32)
             .collect();
         let (qn, s, z) = (
             format!("{b}_quantized"),
             format!("{b}_quantized_scale"),
             format!("{b}_quantized_zero_point"),
         );
-        new_inits.push(int32.tensor(&qn, &t.dims, q));
-        new_inits.push(f32_scalar(&s, scale));
-        new_inits.push(int32.tensor(&z, &[], 0i32.to_le_bytes().to_vec()));
+        let (dims, attrs) = if scales.len() == 1 {
+            (vec![], vec![])
+        } else {
+            (vec![scales.len() as i64], vec![attr_int("axis", 0)])
+        };
+        new_inits.push(INT32.tensor(&qn, &t.dims, &q));
+        new_inits.push(f32_tensor(&s, &dims, &scales));
+        new_inits.push(INT32.tensor(&z, &dims, &vec![0; scales.len()]));
         let out = format!("{b}_DequantizeLinear_Output");
         dq_nodes.push(node(
-            "",
+            domain,
             "DequantizeLinear",
             &format!("{b}_DequantizeLinear"),
             &[&qn, &s, &z],
             &[&out],
-            vec![],
+            attrs,
         ));
         rename.insert(b.clone(), out);
     }
@@ -649,7 +627,7 @@ pub fn quantize(
         };
         let pair = vec![
             node(
-                domain(act),
+                domain,
                 "QuantizeLinear",
                 &format!("{t}_QuantizeLinear"),
                 &[&source, s, z],
@@ -657,7 +635,7 @@ pub fn quantize(
                 vec![],
             ),
             node(
-                domain(act),
+                domain,
                 "DequantizeLinear",
                 &format!("{t}_DequantizeLinear"),
                 &[&qout, s, z],
@@ -710,7 +688,7 @@ pub fn quantize(
         .initializer
         .retain(|t| t.name.as_ref().is_none_or(|n| !quantized.contains(n)));
     graph.initializer.extend(new_inits);
-    if act.bits16()
+    if !domain.is_empty()
         && !model
             .opset_import
             .iter()
@@ -727,15 +705,28 @@ pub fn quantize(
         "biases": plan.biases.len(),
         "activation_type": c.activation_type,
         "weight_type": c.weight_type,
-        "calibration_samples": c.calibration_samples,
+        "per_channel": c.per_channel,
+        "calibration_samples": samples_used,
+        "calibration_data": if c.data_config.is_some() { "data_config" } else { "random token ids" },
     }))
+}
+
+/// The model's default-domain opset.
+fn model_opset(model: &ModelProto) -> i64 {
+    model
+        .opset_import
+        .iter()
+        .find(|o| matches!(o.domain.as_deref(), None | Some("") | Some("ai.onnx")))
+        .and_then(|o| o.version)
+        .unwrap_or(0)
 }
 
 fn run_static(model: Model, c: StaticConfig, ctx: &Context<'_>) -> Result<Model, Error> {
     let scratch = tempfile::tempdir()
         .map_err(|e| Error::Failed(format!("cannot create a scratch folder: {e}")))?;
-    rewrite_model(model, ctx, "static_quantization", |onnx, _| {
-        quantize(onnx, &c, scratch.path())
+    rewrite_model(model, ctx, "static_quantization", |onnx, file| {
+        let dir = file.parent().unwrap_or(Path::new("."));
+        quantize(onnx, &c, scratch.path(), dir, &|m| ctx.warn(m))
     })
 }
 
