@@ -4,11 +4,13 @@
 //! or GPTQ per config.json's `quantization_config`, `olive_model::quantized`) is dequantized to f32 at load,
 //! or kept packed and dequantized at each use ([`QuantizedWeights::Packed`], QLoRA's frozen int4 base), or kept
 //! in the CPU int4 kernels' layout and multiplied as int4 ([`QuantizedWeights::Int4`], ORT MatMulNBits'
-//! accuracy level 4: activations quantized to int8 per weight block).
+//! accuracy level 4: activations quantized to int8 per weight block; [`QuantizedWeights::Int4Training`] for
+//! QLoRA, whose backward dx = dy · W dequantizes a tile of rows at a time, `crate::int4::backward_input`;
+//! [`QuantizedWeights::Int4Fp32`] with fp32 activations, the dequantized model's products up to f32 order).
 
 use olive_kernels::cpu::int4::{int4_matmul, Activations, Int4Matrix};
-use olive_kernels::cpu::matmul;
 use olive_kernels::cpu::w4a16::W4Levels;
+use olive_kernels::cpu::{matmul, matmul_strided, View};
 use olive_model::quantized::{is_quantized, quantized_linear, QuantizationConfig, QuantizedLinear};
 use olive_model::{Checkpoint, ModelError};
 use tracing::info;
@@ -24,18 +26,30 @@ pub enum QuantizedWeights {
     #[default]
     Dequantize,
     /// Kept as packed levels, scales and zero points, dequantized into a per-thread scratch at each
-    /// use (training over a quantized base: the memory of one matrix instead of the model). QLoRA trains
-    /// with this rather than [`QuantizedWeights::Int4`]: its forward and backward then equal the
-    /// dequantize-at-load model's bit for bit (int8 activations would perturb losses and gradients),
-    /// the dense GEMM after one dequantization per matrix is amortized over a batch's tokens, and the
-    /// backward's dy·W reduces over output rows, across the int4 layout's per-row blocks.
+    /// use: the memory of one matrix instead of the model, forward and backward equal to the
+    /// dequantize-at-load model's bit for bit (the GPU trainer's upload; the CPU's fallback for what the
+    /// int4 kernels cannot take in [`QuantizedWeights::Int4Training`]).
     Packed,
     /// Kept as int4 in the CPU int4 kernels' layout (`olive_kernels::cpu::int4`) and multiplied with
     /// activations quantized to int8 per weight block (inference: decoding reads a quarter of the bytes of
     /// f32, or less). A linear the kernels cannot take (more than 4 bits, inputs or group not a multiple of
     /// 32, parts of a fused projection quantized differently) is dequantized as with `Dequantize`.
     Int4,
+    /// QLoRA's frozen base on the CPU: int4 as with [`QuantizedWeights::Int4`] (forward through the int4
+    /// kernels, activations int8 per weight block: an error of at most half an int8 step of the block's
+    /// largest input, the order of bf16's rounding that QLoRA's usual bf16 compute accepts), the backward's
+    /// dx = dy · W from tiles of rows dequantized into a scratch of 1 MiB; what the kernels cannot take is
+    /// kept [`QuantizedWeights::Packed`], never dense, so the base holds its packed size.
+    Int4Training,
+    /// Int4 as with [`QuantizedWeights::Int4`] (the same loader and fallback) but with fp32 activations: the
+    /// products of the dequantize-at-load model up to f32 summation order (perplexity that is the
+    /// checkpoint's), a batch of tokens as dense GEMMs over tiles of dequantized rows, a few tokens through
+    /// the int4 kernels' fp32 path.
+    Int4Fp32,
 }
+
+/// From this many tokens on, an fp32-activation int4 product runs as dense GEMMs over dequantized tiles.
+const F32_TILE_MIN_TOKENS: usize = 8;
 
 /// A linear layer `y = x · Wᵀ + b`.
 #[derive(Debug, Clone)]
@@ -48,6 +62,9 @@ pub struct Linear {
     /// The weight in the CPU int4 kernels' layout (a quantized checkpoint loaded with
     /// [`QuantizedWeights::Int4`]); None otherwise.
     pub int4: Option<Int4Matrix>,
+    /// How the activations of the int4 product enter it: fp32 from [`QuantizedWeights::Int4Fp32`], else int8 per
+    /// block.
+    pub int4_act: Activations,
     /// bias: [out_features]
     pub bias: Option<Vec<f32>>,
     pub in_features: usize,
@@ -59,7 +76,10 @@ impl Linear {
     pub fn forward(&self, x: &[f32], out: &mut [f32]) {
         let tokens = x.len() / self.in_features.max(1);
         match &self.int4 {
-            Some(m) => out.copy_from_slice(&int4_matmul(x, tokens, m, Activations::Int8)),
+            Some(m) if self.int4_act == Activations::F32 && tokens >= F32_TILE_MIN_TOKENS => {
+                crate::int4::forward_f32_tiles(m, x, tokens, out)
+            }
+            Some(m) => out.copy_from_slice(&int4_matmul(x, tokens, m, self.int4_act)),
             None => {
                 self.with_weight(|w| matmul(x, w, out, tokens, self.in_features, self.out_features))
             }
@@ -71,6 +91,28 @@ impl Linear {
                 }
             }
         }
+    }
+
+    /// dx: [tokens, in_features] = dy: [tokens, out_features] · W, the input gradient of the product (the
+    /// bias takes no part). An int4 weight is dequantized a tile of rows at a time, never whole.
+    pub fn backward_input(&self, dy: &[f32], dx: &mut [f32]) {
+        let tokens = dy.len() / self.out_features.max(1);
+        if let Some(m) = &self.int4 {
+            return crate::int4::backward_input(m, dy, tokens, dx);
+        }
+        self.with_weight(|w| {
+            matmul_strided(
+                tokens,
+                self.in_features,
+                self.out_features,
+                View::rows(dy, self.out_features),
+                View::rows(w, self.in_features),
+                dx,
+                self.in_features,
+                1.0,
+                false,
+            )
+        });
     }
 
     /// Calls `f` with the float weight [out_features, in_features]: the dense one, or the packed one
@@ -149,6 +191,10 @@ impl Linear {
         let out_features: usize = parts.iter().map(|(_, n)| n).sum();
         let all_quantized = parts.iter().all(|(p, _)| is_quantized(ckpt, p));
         let compact = mode != QuantizedWeights::Dequantize;
+        let int4_mode = matches!(
+            mode,
+            QuantizedWeights::Int4 | QuantizedWeights::Int4Training | QuantizedWeights::Int4Fp32
+        );
         let quantized = if compact && all_quantized {
             let mut qs = parts
                 .iter()
@@ -164,8 +210,12 @@ impl Linear {
         // Int4: the levels go into the kernels' layout, or are dequantized where it cannot take them.
         let (mut packed, mut int4, mut rejected) = (None, None, None);
         match (mode, quantized) {
-            (QuantizedWeights::Int4, Some(q)) => match to_int4(&q, parts) {
+            (_, Some(q)) if int4_mode => match to_int4(&q, parts, mode) {
                 Some(m) => int4 = Some(m),
+                // Training keeps what the kernels cannot take packed: the base stays compact.
+                None if mode == QuantizedWeights::Int4Training => {
+                    packed = Some(PackedWeight::new(&q))
+                }
                 None => rejected = Some(q),
             },
             (_, Some(q)) => packed = Some(PackedWeight::new(&q)),
@@ -215,6 +265,10 @@ impl Linear {
             weight,
             packed,
             int4,
+            int4_act: match mode {
+                QuantizedWeights::Int4Fp32 => Activations::F32,
+                _ => Activations::Int8,
+            },
             bias,
             in_features,
             out_features,
@@ -223,12 +277,20 @@ impl Linear {
 }
 
 /// The CPU int4 kernels' layout of `q`, or None (logged) when they cannot take it: the linear is then
-/// dequantized.
-fn to_int4(q: &QuantizedLinear, parts: &[(&str, usize)]) -> Option<Int4Matrix> {
+/// dequantized (`Int4`) or kept packed (`Int4Training`).
+fn to_int4(
+    q: &QuantizedLinear,
+    parts: &[(&str, usize)],
+    mode: QuantizedWeights,
+) -> Option<Int4Matrix> {
     let name = parts.first().map_or("", |(prefix, _)| *prefix);
+    let fallback = match mode {
+        QuantizedWeights::Int4Training => "kept packed",
+        _ => "dequantized to f32",
+    };
     if q.bits > 4 {
         info!(
-            "{name}: {}-bit weights; dequantized to f32 (the int4 kernels take 4 bits at most)",
+            "{name}: {}-bit weights; {fallback} (the int4 kernels take 4 bits at most)",
             q.bits
         );
         return None;
@@ -246,7 +308,7 @@ fn to_int4(q: &QuantizedLinear, parts: &[(&str, usize)]) -> Option<Int4Matrix> {
     match Int4Matrix::from_levels(&levels) {
         Ok(m) => Some(m),
         Err(why) => {
-            info!("{name}: the CPU int4 kernels cannot take it ({why}); dequantized to f32");
+            info!("{name}: the CPU int4 kernels cannot take it ({why}); {fallback}");
             None
         }
     }

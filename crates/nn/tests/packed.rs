@@ -1,7 +1,8 @@
-//! Training over a quantized base kept packed (QLoRA's on-the-fly dequantization) against the same
-//! base dequantized at load: tiny models quantized in-test to AutoAWQ GEMM and to GPTQ v1 with an
-//! act-order g_idx and a ragged last group, separate and fused (Phi-3) projections. Logits, loss,
-//! LoRA gradients, optimizer steps and the merged model must agree bit for bit.
+//! Training over a quantized base kept packed (`QuantizedWeights::Packed`, on-the-fly dequantization: what
+//! the GPU trainer uploads from, and the CPU QLoRA fallback for linears the int4 kernels cannot take; the CPU's
+//! int4 path is tests/int4_train.rs) against the same base dequantized at load: tiny models quantized in-test
+//! to AutoAWQ GEMM and to GPTQ v1 with an act-order g_idx and a ragged last group, separate and fused (Phi-3)
+//! projections. Logits, loss, LoRA gradients, optimizer steps and the merged model must agree bit for bit.
 
 // Only the weight generator of the shared helpers is used here.
 #[allow(dead_code)]

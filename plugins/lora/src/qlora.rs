@@ -2,8 +2,8 @@
 //! GEMM, GPTQ, Olive layouts in config.json's `quantization_config`) is trained over as it is. A float base is
 //! rounded to nearest on a symmetric grid (olive-quant's RTN) in groups of 64 inputs — bitsandbytes' nf4 uses blocks
 //! of 64 with absmax scaling too, but normal-quantile levels instead of uniform ones — and written as a GPTQ v1
-//! folder that the trainer loads packed (int4 in memory, each matrix dequantized when used), so training sees exactly
-//! the int4 weights.
+//! folder that the trainer loads int4 (the CPU int4 kernels; packed for the GPU trainer), so training sees the int4
+//! weights.
 
 use std::borrow::Cow;
 use std::collections::HashMap;

@@ -255,8 +255,13 @@ pub fn run(
     ));
     ctx.check_cancelled()?;
     let weights_dir = weights_dir()?;
-    // A quantized base stays packed: each linear is dequantized when used.
-    let transformer = Transformer::load_with(&weights_dir, QuantizedWeights::Packed)
+    // A quantized base stays compact: int4 through the CPU int4 kernels (each backward tile of rows dequantized
+    // when used), or packed for the GPU trainer, which uploads each linear from it.
+    let mode = match gpu {
+        None => QuantizedWeights::Int4Training,
+        Some(_) => QuantizedWeights::Packed,
+    };
+    let transformer = Transformer::load_with(&weights_dir, mode)
         .map_err(|e| Error::UnsupportedModel(e.to_string()))?;
     ctx.info(&format!(
         "base linears: {:.1} MiB in memory",

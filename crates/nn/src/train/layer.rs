@@ -2,7 +2,7 @@
 //! padded sequences with LoRA on its linears, keeping what the backward pass reads, and the backward
 //! pass itself (frozen weights: only input gradients, plus the LoRA gradients on the way).
 
-use olive_kernels::cpu::{matmul_strided, rmsnorm, rope_apply, silu_mul, RopeLayout, View};
+use olive_kernels::cpu::{rmsnorm, rope_apply, silu_mul, RopeLayout};
 
 use super::attention::{attention_backward, attention_forward, QkvLayout, QUERY_BLOCK};
 use super::backward::{rmsnorm_backward, rope_backward, silu_mul_backward};
@@ -102,19 +102,7 @@ fn adapted_linear_backward(
 ) -> Vec<f32> {
     let tokens = x.len() / lin.in_features;
     let mut dx = vec![0.0; tokens * lin.in_features];
-    lin.with_weight(|w| {
-        matmul_strided(
-            tokens,
-            lin.in_features,
-            lin.out_features,
-            View::rows(dy, lin.out_features),
-            View::rows(w, lin.in_features),
-            &mut dx,
-            lin.in_features,
-            1.0,
-            false,
-        )
-    });
+    lin.backward_input(dy, &mut dx);
     for (i, m) in mods.iter_mut().enumerate().filter(|(_, m)| m.site == site) {
         let (u, mask) = &u[i];
         lora::backward(m, x, (u, mask.as_ref()), dy, lin.out_features, &mut dx);
