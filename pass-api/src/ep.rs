@@ -165,6 +165,10 @@ pub struct Recipe {
     pub precision: String,
     /// The passes, in order; each found among the installed plugins by its type.
     pub passes: Vec<RecipePass>,
+    /// The model kind the recipe starts from (`hf` or `onnx`); absent: whatever the input. A provider may give one
+    /// precision a recipe per input kind (auto-opt takes the one for its input, else the one without `input`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<String>,
 }
 
 /// One pass of a [`Recipe`].
@@ -183,9 +187,20 @@ fn empty_object() -> serde_json::Value {
 }
 
 impl ExecutionProvider {
-    /// The recipe for `precision`.
+    /// The recipe for `precision` (the first one, whatever its input kind).
     pub fn recipe(&self, precision: &str) -> Option<&Recipe> {
         self.recipes.iter().find(|r| r.precision == precision)
+    }
+
+    /// The recipe for `precision` starting from a model of kind `input` (`hf`, `onnx`): the one naming that input,
+    /// else the one naming none.
+    pub fn recipe_for(&self, precision: &str, input: &str) -> Option<&Recipe> {
+        let of = |want: Option<&str>| {
+            self.recipes
+                .iter()
+                .find(|r| r.precision == precision && r.input.as_deref() == want)
+        };
+        of(Some(input)).or_else(|| of(None))
     }
 
     /// Parses the JSON array a plugin's `execution_providers` returns.
@@ -233,11 +248,16 @@ impl ExecutionProvider {
         for (i, recipe) in self.recipes.iter().enumerate() {
             if self.recipes[..i]
                 .iter()
-                .any(|r| r.precision == recipe.precision)
+                .any(|r| r.precision == recipe.precision && r.input == recipe.input)
             {
                 return Some(format!(
-                    "{name}: precision `{}` has two recipes",
-                    recipe.precision
+                    "{name}: precision `{}` has two recipes{}",
+                    recipe.precision,
+                    recipe
+                        .input
+                        .as_ref()
+                        .map(|k| format!(" for input `{k}`"))
+                        .unwrap_or_default()
                 ));
             }
             if recipe.passes.is_empty() {
@@ -299,6 +319,29 @@ mod tests {
         assert!(round_trip.contains("\"ep_library\""), "{round_trip}");
         let plain = serde_json::to_string(&Runtime::default()).unwrap();
         assert!(!plain.contains("ep_library"), "{plain}");
+    }
+
+    #[test]
+    fn picks_the_recipe_for_the_input_kind() {
+        let text = r#"[{"device": "npu", "provider": "P", "runtime": {"package": "p", "library_env": "E"},
+            "recipes": [{"precision": "uint16", "passes": [{"type": "A"}], "input": "onnx"},
+                        {"precision": "uint16", "passes": [{"type": "B"}], "input": "hf"},
+                        {"precision": "fp32", "passes": [{"type": "C"}]}]}]"#;
+        let mut ep = ExecutionProvider::list_from_json(text).unwrap().remove(0);
+        assert_eq!(ep.problem(), None);
+        let first = |r: Option<&Recipe>| r.map(|r| r.passes[0].pass_type.clone());
+        assert_eq!(first(ep.recipe_for("uint16", "hf")), Some("B".into()));
+        assert_eq!(first(ep.recipe_for("uint16", "onnx")), Some("A".into()));
+        assert_eq!(first(ep.recipe_for("fp32", "hf")), Some("C".into()));
+        assert_eq!(first(ep.recipe_for("uint8", "hf")), None);
+        let plain = serde_json::to_string(&ep.recipes[2]).unwrap();
+        assert!(!plain.contains("input"), "{plain}");
+        ep.recipes[1].input = Some("onnx".into());
+        let problem = ep.problem().unwrap();
+        assert!(
+            problem.contains("precision `uint16` has two recipes for input `onnx`"),
+            "{problem}"
+        );
     }
 
     #[test]

@@ -52,6 +52,13 @@ pub trait ExecutionProviderExt: Sized {
     fn tolerance(self, atol: f64, rtol: f64) -> Self;
     /// Adds the recipe for `precision`: (pass type, config object) in order.
     fn with_recipe(self, precision: &str, passes: &[(&str, serde_json::Value)]) -> Self;
+    /// Adds the recipe for `precision` from a model of kind `input` (`hf`, `onnx`; see [`Recipe::input`]).
+    fn with_recipe_for(
+        self,
+        precision: &str,
+        input: &str,
+        passes: &[(&str, serde_json::Value)],
+    ) -> Self;
     /// Adds, for each of `precisions`, the recipe of the one ModelBuilder pass at that precision.
     fn with_model_builder_recipes(self, precisions: &[&str]) -> Self {
         precisions.iter().fold(self, |ep, precision| {
@@ -106,7 +113,21 @@ impl ExecutionProviderExt for ExecutionProvider {
                     config: config.clone(),
                 })
                 .collect(),
+            input: None,
         });
+        self
+    }
+
+    fn with_recipe_for(
+        mut self,
+        precision: &str,
+        input: &str,
+        passes: &[(&str, serde_json::Value)],
+    ) -> Self {
+        self = self.with_recipe(precision, passes);
+        if let Some(recipe) = self.recipes.last_mut() {
+            recipe.input = Some(input.into());
+        }
         self
     }
 }

@@ -147,12 +147,25 @@ fn recipe_steps(
     found: &plugins::Discovery,
     ep: &ExecutionProvider,
     args: &AutoOptArgs,
+    input: &str,
 ) -> anyhow::Result<Vec<(String, serde_json::Value)>> {
     let precision = args.precision.name();
-    let recipe = ep.recipe(precision).ok_or_else(|| {
-        let have: Vec<&str> = ep.recipes.iter().map(|r| r.precision.as_str()).collect();
+    let recipe = ep.recipe_for(precision, input).ok_or_else(|| {
+        let have: Vec<String> = ep
+            .recipes
+            .iter()
+            .map(|r| match &r.input {
+                Some(kind) => format!("{} (from {kind})", r.precision),
+                None => r.precision.clone(),
+            })
+            .collect();
+        let from = match ep.recipes.iter().any(|r| r.input.is_some()) {
+            true if input == kinds::ONNX => " from an ONNX model",
+            true => " from a Hugging Face model",
+            false => "",
+        };
         anyhow!(
-            "{} on --device {} has no recipe for --precision {precision}; it has: {}",
+            "{} on --device {} has no recipe for --precision {precision}{from}; it has: {}",
             ep.provider,
             ep.device,
             have.join(", ")
@@ -212,14 +225,15 @@ pub fn run(args: AutoOptArgs) -> anyhow::Result<()> {
         ep.device,
         ep_plugin.manifest.name
     );
-    let steps = recipe_steps(&found, ep, &args)?;
-    refuse_non_empty(&args.output_path, args.overwrite)?;
     // An ONNX file goes to the recipe as it is (the EP recipes of ONNX passes, e.g. ep-qnn's); else a HF model.
     let onnx_input = args.model_name_or_path.is_file()
         && args
             .model_name_or_path
             .extension()
             .is_some_and(|e| e == "onnx");
+    let input_kind = if onnx_input { kinds::ONNX } else { kinds::HF };
+    let steps = recipe_steps(&found, ep, &args, input_kind)?;
+    refuse_non_empty(&args.output_path, args.overwrite)?;
     let mut model = match onnx_input {
         true => Model::new(kinds::ONNX, &args.model_name_or_path),
         false => Model::new(kinds::HF, &resolve_hf_input(&args.model_name_or_path)?),
