@@ -8,6 +8,13 @@
 //! zeros, other integer inputs (token ids) uniform over `[0, vocab)` where `vocab` is the row count of the
 //! embedding table (a Gather initializer) they index (random-but-valid ids), float inputs a uniform [-1, 1] noise.
 //! Inputs must have static shapes (run DynamicToFixedShape first).
+//!
+//! A static-KV LLM (past_key_values.N.key/value inputs of P slots, present.N.key/value outputs of P + S, an
+//! attention mask of P + S and S new tokens: DecomposeGroupQueryAttention's `static_kv` layout) is calibrated as
+//! onnxruntime-genai's sliding window runs it: the first sample is a first prompt (past zeros and masked,
+//! `*position*` inputs 0..S-1), each next sample continues the previous one — its past is the last P slots of the
+//! previous presents, the mask opens the slots filled so far, positions go on — so the KV cache inputs, the mask
+//! and the attention see the ranges they have in use, not a uniform noise.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -54,6 +61,51 @@ fn vocab(graph: &GraphProto, input: &str) -> Option<i64> {
         .and_then(|t| t.dims.first().copied())
 }
 
+/// The present output matching a past input (`past_key_values.N.key` -> `present.N.key`).
+fn past_of(input: &str) -> Option<String> {
+    input
+        .strip_prefix("past_key_values.")
+        .map(|rest| format!("present.{rest}"))
+}
+
+/// The static fixed dims of graph input `name`, if all are known.
+fn input_dims(graph: &GraphProto, name: &str) -> Option<Vec<usize>> {
+    let vi = graph
+        .input
+        .iter()
+        .find(|i| i.name.as_deref() == Some(name))?;
+    let Some(type_proto::Value::TensorType(t)) = vi.r#type.as_ref().and_then(|t| t.value.as_ref())
+    else {
+        return None;
+    };
+    t.shape
+        .iter()
+        .flat_map(|s| &s.dim)
+        .map(|d| match d.value {
+            Some(dimension::Value::DimValue(v)) if v >= 0 => Some(v as usize),
+            _ => None,
+        })
+        .collect()
+}
+
+/// (P, S) when the graph is a static-KV LLM (see the module docs): past inputs of P slots with present outputs, an
+/// `attention_mask` of P + S.
+fn static_kv(graph: &GraphProto) -> Option<(usize, usize)> {
+    let outputs: Vec<&str> = graph
+        .output
+        .iter()
+        .filter_map(|o| o.name.as_deref())
+        .collect();
+    let past = graph
+        .input
+        .iter()
+        .filter_map(|i| i.name.as_deref())
+        .find(|n| past_of(n).is_some_and(|p| outputs.contains(&p.as_str())))?;
+    let p = *input_dims(graph, past)?.get(2)?;
+    let total = *input_dims(graph, "attention_mask")?.last()?;
+    (total > p).then_some((p, total - p))
+}
+
 /// `count` calibration samples for the graph's inputs (see the module docs), from `seed`.
 pub fn samples(graph: &GraphProto, count: usize, seed: u64) -> Result<Vec<Sample>, Error> {
     let initializers: Vec<&str> = graph
@@ -62,6 +114,7 @@ pub fn samples(graph: &GraphProto, count: usize, seed: u64) -> Result<Vec<Sample
         .filter_map(|t| t.name.as_deref())
         .collect();
     let mut rng = Rng(seed);
+    let kv = static_kv(graph);
     let mut out = Vec::with_capacity(count);
     for _ in 0..count {
         let mut sample = Sample::new();
@@ -91,11 +144,21 @@ pub fn samples(graph: &GraphProto, count: usize, seed: u64) -> Result<Vec<Sample
             }
             let n: usize = dims.iter().product();
             let lower = name.to_ascii_lowercase();
+            let last = dims.last().copied().unwrap_or(1);
+            let new_tokens = kv.map(|(_, s)| s);
             let ids = |rng: &mut Rng| -> Vec<i64> {
                 if lower.contains("mask") {
-                    vec![1; n]
+                    match new_tokens {
+                        // A first prompt: the past slots masked.
+                        Some(s) if s < last => {
+                            (0..n).map(|i| i64::from(i % last >= last - s)).collect()
+                        }
+                        _ => vec![1; n],
+                    }
                 } else if lower.contains("token_type") {
                     vec![0; n]
+                } else if lower.contains("position") && new_tokens.is_some() {
+                    (0..n).map(|i| (i % last) as i64).collect()
                 } else {
                     let v = vocab(graph, &name).unwrap_or(100).max(1) as f64;
                     (0..n).map(|_| (rng.unit() * v) as i64).collect()
@@ -103,6 +166,9 @@ pub fn samples(graph: &GraphProto, count: usize, seed: u64) -> Result<Vec<Sample
             };
             let fail = |e: ort::Error| Error::Failed(format!("calibration input `{name}`: {e}"));
             let value: DynValue = match t.elem_type.unwrap_or(0) {
+                types::FLOAT if kv.is_some() && past_of(&name).is_some() => {
+                    Tensor::from_array((dims, vec![0f32; n])).map_err(fail)?.into_dyn()
+                }
                 types::FLOAT => {
                     let v: Vec<f32> = (0..n).map(|_| (rng.unit() * 2.0 - 1.0) as f32).collect();
                     Tensor::from_array((dims, v)).map_err(fail)?.into_dyn()
@@ -126,6 +192,10 @@ pub fn samples(graph: &GraphProto, count: usize, seed: u64) -> Result<Vec<Sample
     }
     Ok(out)
 }
+
+/// The sliding window between calibration runs: the presents of the last run by output name ([B, KV, P + S, D]
+/// dims, data), the past slots filled so far, the next position.
+type Window = (HashMap<String, (Vec<usize>, Vec<f32>)>, usize, usize);
 
 /// The [min, max] of each of `tensors` over `samples`, running `model` (its graph outputs extended) through ONNX
 /// Runtime's CPU provider; `scratch` holds the extended model.
@@ -166,14 +236,66 @@ pub fn min_max(
             ))
         })?;
     let mut ranges: HashMap<String, (f32, f32)> = HashMap::new();
+    let kv = model.graph.as_ref().and_then(static_kv);
+    // The sliding window so far: the presents of the last run, the past slots filled, the next position.
+    let mut window: Option<Window> = None;
     for sample in samples {
+        let mut rolled: Vec<(String, DynValue)> = Vec::new();
+        if let (Some((p, s)), Some((presents, filled, position))) = (kv, &window) {
+            for (name, value) in sample {
+                let lower = name.to_ascii_lowercase();
+                let shape: Vec<usize> = value.shape().iter().map(|&d| d.max(0) as usize).collect();
+                let n: usize = shape.iter().product();
+                let last = shape.last().copied().unwrap_or(1).max(1);
+                let fail =
+                    |e: ort::Error| Error::Failed(format!("calibration input `{name}`: {e}"));
+                let new = if let Some((dims, data)) = past_of(name).and_then(|o| presents.get(&o)) {
+                    // present [B, KV, P + S, D] -> its last P slots.
+                    let (rows, d) = (dims[2], dims[3]);
+                    let past: Vec<f32> = data
+                        .chunks(rows * d)
+                        .flat_map(|block| block[(rows - p) * d..].iter().copied())
+                        .collect();
+                    Tensor::from_array((shape, past)).map_err(fail)?.into_dyn()
+                } else if lower.contains("mask") && last == p + s {
+                    let open = (*filled).min(p) + s;
+                    let mask: Vec<i64> =
+                        (0..n).map(|i| i64::from(i % last >= last - open)).collect();
+                    Tensor::from_array((shape, mask)).map_err(fail)?.into_dyn()
+                } else if lower.contains("position") {
+                    let ids: Vec<i64> = (0..n).map(|i| (position + i % last) as i64).collect();
+                    Tensor::from_array((shape, ids)).map_err(fail)?.into_dyn()
+                } else {
+                    continue;
+                };
+                rolled.push((name.clone(), new));
+            }
+        }
         let feeds: Vec<(&str, SessionInputValue<'_>)> = sample
             .iter()
-            .map(|(n, v)| (n.as_str(), SessionInputValue::from(v)))
+            .map(|(n, v)| match rolled.iter().find(|(r, _)| r == n) {
+                Some((_, r)) => (n.as_str(), SessionInputValue::from(r)),
+                None => (n.as_str(), SessionInputValue::from(v)),
+            })
             .collect();
         let result = session
             .run(feeds)
             .map_err(|e| Error::Failed(format!("calibration run: {e}")))?;
+        if let Some((_, s)) = kv {
+            let mut presents = HashMap::new();
+            for (name, _) in sample {
+                let Some(out) = past_of(name) else { continue };
+                let (shape, data) = result[out.as_str()]
+                    .try_extract_tensor::<f32>()
+                    .map_err(|e| Error::Failed(format!("calibration output `{out}`: {e}")))?;
+                let dims: Vec<usize> = shape.iter().map(|&d| d.max(0) as usize).collect();
+                if dims.len() == 4 {
+                    presents.insert(out, (dims, data.to_vec()));
+                }
+            }
+            let (filled, position) = window.as_ref().map_or((0, 0), |w| (w.1, w.2));
+            window = Some((presents, filled + s, position + s));
+        }
         for name in tensors {
             let (_, data) = result[name.as_str()]
                 .try_extract_tensor::<f32>()
