@@ -8,6 +8,7 @@ auto-opt's QNN recipe end to end on the HTP simulator.
   too, equal to float32 precision; the quantized weights are byte-identical except a handful of elements one step
   off (float32 rounding at .5; at most WEIGHT_ODD_ELEMENTS a tensor).
 - int4 per-channel weights with uint16 activations run fully on the HTP simulator (MINILM_INT4_COS).
+- EPContextBinaryGenerator: the QNN context-binary model runs on the simulator with the QDQ model's outputs.
 - `auto-opt --model_name_or_path model.onnx --device npu --provider QNNExecutionProvider --precision uint8`: fixed
   shapes (batch 1, 128 tokens) -> peephole -> LayerNorm/Gelu fusion -> static QDQ uint8 -> ep-check (every node
   on QNN with CPU fallback disabled; output vs the CPU provider within the plugin's tolerance); then the result on the
@@ -263,6 +264,29 @@ def test_int4_per_channel_weights_with_uint16_activations_run_on_the_htp_simulat
     assert cos >= MINILM_INT4_COS, cos
 
 
+def test_ep_context_model_runs_on_the_htp_simulator_as_the_qdq_model(olive_host, prepared, tmp_path):
+    """EPContextBinaryGenerator (ep.context_enable=1): model_ctx.onnx is one EPContext node (+ model_ctx_qnn.bin, or the
+    binary embedded); it runs on QNN with CPU fallback disabled and gives the QDQ model's outputs on QNN."""
+    if not os.environ.get("OLIVE_ORT_QNN_DYLIB"):
+        pytest.fail("OLIVE_ORT_QNN_DYLIB is not set: run `make test`")
+    qdq = run_pass(olive_host, "OnnxStaticQuantization", {"activation_type": "QUInt16", "weight_type": "QUInt8",
+                                                          "per_channel": True}, prepared, tmp_path / "qdq")
+    feed = {"input_ids": (np.arange(SEQ) % 97).reshape(1, SEQ).astype(np.int64),
+            "attention_mask": np.ones((1, SEQ), np.int64), "token_type_ids": np.zeros((1, SEQ), np.int64)}
+    want = qnn_session(qdq).run(None, feed)[0]
+    for embed in (False, True):
+        out = tmp_path / f"ctx-{embed}"
+        done = run([olive_host, "run-pass", "--pass", "EPContextBinaryGenerator", "--device", "npu", "--config",
+                    json.dumps({"embed_context": embed, "disable_cpu_fallback": True}), "-m", qdq.parent, "-o", out])
+        assert done.returncode == 0, done.stderr
+        files = sorted(p.name for p in (out / "model").iterdir())
+        assert files == (["model_ctx.onnx"] if embed else ["model_ctx.onnx", "model_ctx_qnn.bin"]), files
+        ctx = out / "model" / "model_ctx.onnx"
+        assert [n.op_type for n in onnx.load(ctx).graph.node] == ["EPContext"]
+        got = qnn_session(ctx).run(None, feed)[0]
+        assert np.array_equal(got, want), np.abs(got - want).max()
+
+
 def test_bad_configs_are_named(olive_host, prepared, tmp_path):
     src = minilm.exported_model()
     done = run([olive_host, "run-pass", "--pass", "DynamicToFixedShape", "--config",
@@ -281,6 +305,10 @@ def test_bad_configs_are_named(olive_host, prepared, tmp_path):
         done = run([olive_host, "run-pass", "--pass", "OnnxStaticQuantization", "--config", json.dumps(config),
                     "-m", prepared, "-o", tmp_path / "c"])
         assert done.returncode != 0 and words in done.stderr, (config, done.stderr)
+    done = run([olive_host, "run-pass", "--pass", "EPContextBinaryGenerator", "--device", "npu", "--config",
+                json.dumps({"ep_library": "/nonexistent/libqnn.so"}), "-m", prepared, "-o", tmp_path / "e"])
+    assert done.returncode != 0 and "plugin-EP library /nonexistent/libqnn.so is not a file" in done.stderr, done.stderr
+    assert not (tmp_path / "e").exists()
     done = run([olive_host, "run-pass", "--pass", "OnnxQuantization", "--config", json.dumps({"quant_mode": "dynamic"}),
                 "-m", prepared, "-o", tmp_path / "d"])
     assert done.returncode != 0 and "OnnxDynamicQuantization" in done.stderr, done.stderr

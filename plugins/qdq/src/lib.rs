@@ -2,10 +2,12 @@
 //! Olive's `DynamicToFixedShape` (olive/passes/onnx/dynamic_to_fixed_shape.py, onnxruntime's
 //! `make_dim_param_fixed` / `make_input_shape_fixed`) and static QDQ quantization, Olive's `OnnxStaticQuantization`
 //! and `OnnxQuantization` with `quant_mode: static` (olive/passes/onnx/quantization.py, which runs
-//! onnxruntime.quantization.quantize_static), see [`qdq`]. The input is a `.onnx` file or a folder holding one; the
+//! onnxruntime.quantization.quantize_static), see [`qdq`], and Olive's `EPContextBinaryGenerator` for QNN (see
+//! [`context`]). The input is a `.onnx` file or a folder holding one; the
 //! output folder gets `model.onnx` (+ `model.onnx.data` for initializers of 1 KiB or more).
 
 pub mod calibrate;
+pub mod context;
 pub mod data;
 pub mod fixed;
 pub mod qdq;
@@ -56,5 +58,6 @@ olive_pass_sdk::export_plugin! {
         fixed::DynamicToFixedShape,
         qdq::OnnxStaticQuantization,
         qdq::OnnxQuantization,
+        context::EPContextBinaryGenerator,
     ],
 }
