@@ -21,6 +21,7 @@ auto-opt's QNN recipe end to end on the HTP simulator.
 
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -160,9 +161,15 @@ def test_calibration_from_a_data_config_matches_quantize_static_on_the_same_rows
     ORT calibrated on the same rows writes the same scales."""
     text = Path(__file__).resolve().parents[2] / "data" / "calibration.txt"
     data = {"data_name": "text", "data_files": [str(text)], "max_samples": 4}
+    # the tokenizer beside the model (tokenizer_dir's default); it is copied to the output with the model
+    model_dir = tmp_path / "in"
+    shutil.copytree(prepared.parent, model_dir)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(minilm.source_dir() / name, model_dir / name)
     ours = run_pass(olive_host, "OnnxStaticQuantization",
-                    {"activation_type": "QUInt8", "weight_type": "QUInt8", "data_config": data,
-                     "tokenizer_dir": str(minilm.source_dir())}, prepared, tmp_path / "ours")
+                    {"activation_type": "QUInt8", "weight_type": "QUInt8", "data_config": data}, model_dir,
+                    tmp_path / "ours")
+    assert (ours.parent / "tokenizer.json").is_file()
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(minilm.source_dir() / "tokenizer.json"))

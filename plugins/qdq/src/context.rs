@@ -6,7 +6,7 @@
 //! `libonnxruntime_providers_qnn.so`, path in OLIVE_ORT_QNN_DYLIB) is registered with ONNX Runtime and the session
 //! is appended to its devices; the session is only created (which writes the context model), never run.
 //!
-//! Output: `model_ctx.onnx` (+ its `.bin` when not embedded). The context model runs only on QNN, with the same
+//! Output: `model_ctx.onnx` (+ its `.bin` when not embedded) and the input folder's other files (tokenizer, ...). The context model runs only on QNN, with the same
 //! outputs as the input model on QNN.
 
 use std::path::{Path, PathBuf};
@@ -184,6 +184,7 @@ impl Pass for EPContextBinaryGenerator {
         std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
         let output = out.join(CONTEXT_MODEL);
         generate(&input, &output, &c)?;
+        crate::copy_companions(&model.path, &out)?;
         ctx.check_cancelled()?;
         let mut result = Model::new(kinds::ONNX, &out);
         result.metadata = model.metadata;

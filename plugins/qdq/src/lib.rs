@@ -4,7 +4,8 @@
 //! and `OnnxQuantization` with `quant_mode: static` (olive/passes/onnx/quantization.py, which runs
 //! onnxruntime.quantization.quantize_static), see [`qdq`], and Olive's `EPContextBinaryGenerator` for QNN (see
 //! [`context`]). The input is a `.onnx` file or a folder holding one; the
-//! output folder gets `model.onnx` (+ `model.onnx.data` for initializers of 1 KiB or more).
+//! output folder gets `model.onnx` (+ `model.onnx.data` for initializers of 1 KiB or more) and the input folder's
+//! other files (genai_config.json, tokenizer, ...).
 
 pub mod calibrate;
 pub mod context;
@@ -43,12 +44,35 @@ pub fn rewrite_model(
     ctx.check_cancelled()?;
     let out = ctx.output_dir();
     std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
+    copy_companions(&model.path, &out)?;
     olive_onnx::rewrite::save(onnx, &out, "model.onnx")
         .map_err(|e| Error::Failed(e.to_string()))?;
     let mut output = Model::new(kinds::ONNX, &out);
     output.metadata = model.metadata;
     output.metadata.insert(key.into(), report);
     Ok(output)
+}
+
+/// Copies the input folder's files other than the model's own (`*.onnx`, external data `*.data` / `*.onnx_data`)
+/// into `out`: genai_config.json, the tokenizer files, ... stay with the model (as fusion's passes keep them).
+pub fn copy_companions(input: &Path, out: &Path) -> Result<(), Error> {
+    if !input.is_dir() {
+        return Ok(());
+    }
+    for entry in std::fs::read_dir(input).map_err(|e| Error::io(input, e))? {
+        let from = entry.map_err(|e| Error::io(input, e))?.path();
+        let name = from
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let model_file = [".onnx", ".data", ".onnx_data"]
+            .iter()
+            .any(|ext| name.ends_with(ext));
+        if from.is_file() && !model_file {
+            std::fs::copy(&from, out.join(&name)).map_err(|e| Error::io(&from, e))?;
+        }
+    }
+    Ok(())
 }
 
 olive_pass_sdk::export_plugin! {
