@@ -4,7 +4,8 @@
 //! in the order `generate` runs them, ~80 MB a step (more than the L3 holds). Prints ms per step, GB/s of the
 //! packed bytes and a plain memory-read loop's GB/s measured in the same run, at 1 and 2 threads: the
 //! kernel-only part of `benches/cpu_decode_vs_genai.py`'s tokens/s.
-//! Run: `cargo bench -p olive-kernels --bench cpu_int4_decode [-- --steps N]`.
+//! Run: `cargo bench -p olive-kernels --bench cpu_int4_decode [-- --steps N] [--l3]` (`--l3`: the layers
+//! share one matrix of each shape, ~21 MB a step, so the products run from the L3 cache).
 
 use std::time::Instant;
 
@@ -94,12 +95,17 @@ fn main() -> Res<()> {
         .position(|a| a == "--steps")
         .and_then(|i| args.get(i + 1)?.parse().ok())
         .unwrap_or(50usize);
-    let mats = shapes()
-        .into_iter()
-        .enumerate()
-        .map(|(i, (n, k, g))| matrix(n, k, g, i as u64))
-        .collect::<Res<Vec<_>>>()?;
-    let bytes: usize = mats.iter().map(Int4Matrix::bytes).sum();
+    // `--l3`: the 30 layers share one matrix of each shape (~21 MB a step, within a 32 MiB L3): what the
+    // kernels reach when DRAM is not the limit.
+    let shared = args.iter().any(|a| a == "--l3");
+    let mut mats: Vec<Int4Matrix> = Vec::new();
+    for (i, (n, k, g)) in shapes().into_iter().enumerate() {
+        mats.push(match i {
+            4..120 if shared => mats[i % 4].clone(),
+            _ => matrix(n, k, g, i as u64)?,
+        });
+    }
+    let bytes: usize = mats.iter().map(Int4Matrix::bytes).sum(); // read a step
     let x: Vec<f32> = (0..1536)
         .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
         .collect();

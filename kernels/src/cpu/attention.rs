@@ -2,11 +2,13 @@
 //! `eager_attention_forward` computes it: `softmax(q·kᵀ · scale + mask) · v`, each query head
 //! reading KV head `h / (heads / kv_heads)`, with an optional sliding window
 //! (key j visible from position p when `j <= p` and `p - j < window`, Mistral's rule).
-//! From `BLOCKED_MIN_TOKENS` queries on, `attention_blocked` computes the same with `gemm` per block of queries.
+//! From `BLOCKED_MIN_TOKENS` queries on, `attention_blocked` computes the same with `gemm` per block of queries;
+//! below, `attention_decode` on AVX-512 (head_dim a multiple of 16 up to 128), else the row loop here.
 
 use rayon::prelude::*;
 
 use super::attention_blocked::attention_blocked;
+use super::attention_decode::attention_decode;
 use super::dot::dot;
 use super::softmax::softmax;
 
@@ -53,6 +55,9 @@ pub fn attention(
     }
     if tokens >= BLOCKED_MIN_TOKENS {
         attention_blocked(q, k, v, dims, window, scale, out);
+        return;
+    }
+    if attention_decode(q, k, v, dims, window, scale, (tokens, kv_len), out) {
         return;
     }
     let group = heads / kv_heads;
@@ -204,6 +209,48 @@ mod tests {
                 d <= ATTENTION_TOL,
                 "tokens={tokens} kv_len={kv_len} window={window:?}: {d}"
             );
+        }
+    }
+
+    #[test]
+    fn decode_attention_matches_reference_at_model_head_dims() {
+        // SmolLM2's 9 query / 3 KV heads of 64, and head_dim 48 / 128 (other register counts of
+        // `attention_decode`), a query or two over short and long caches, with and without a window.
+        let mut rng = Rng::new(22);
+        for head_dim in [64usize, 48, 128] {
+            let dims = AttentionDims {
+                heads: 9,
+                kv_heads: 3,
+                head_dim,
+                q_stride: 9 * head_dim + 2 * 3 * head_dim,
+            };
+            let kv_dim = dims.kv_heads * head_dim;
+            for (tokens, kv_len, window) in [
+                (1, 1, None),
+                (1, 147, None),
+                (2, 40, None),
+                (1, 147, Some(16)),
+            ] {
+                let q = rng.vec(tokens * dims.q_stride);
+                let k = rng.vec(kv_len * kv_dim);
+                let v = rng.vec(kv_len * kv_dim);
+                let want = attention_ref(&q, &k, &v, dims, window, 0.125, tokens);
+                // One thread runs the heads in a loop, more one task a head.
+                for threads in [1, 2] {
+                    let pool = rayon::ThreadPoolBuilder::new()
+                        .num_threads(threads)
+                        .build()
+                        .expect("pool");
+                    let mut out = vec![f32::NAN; tokens * dims.heads * head_dim];
+                    pool.install(|| attention(&q, &k, &v, dims, window, 0.125, &mut out));
+                    let d = max_abs_diff(&out, &want);
+                    assert!(
+                        d <= ATTENTION_TOL,
+                        "head_dim {head_dim} tokens={tokens} kv_len={kv_len} window={window:?} \
+                         threads {threads}: {d}"
+                    );
+                }
+            }
         }
     }
 }

@@ -7,6 +7,7 @@ pub mod argmax;
 pub mod attention;
 pub mod attention_backward;
 mod attention_blocked;
+mod attention_decode;
 pub mod cross_entropy;
 mod dot;
 pub mod int4;
