@@ -124,9 +124,20 @@ fn candidates(gpu: &Gpu, batch: usize) -> Vec<MmConfig> {
 }
 
 /// `rt,nb8,wk,wn,wb` for the split-K kernel (`c<cluster>` added for clusters), `pipe rt,nb8,wn,wb s<stages>
-/// b<min blocks>` for the pipelined one, `wgmma <warpgroups>x<cols> s<stages> b<min blocks>` for Hopper's.
+/// b<min blocks>` for the pipelined one, `wgmma <warpgroups>x<cols> s<stages> b<min blocks>` for Hopper's,
+/// `ws <warpgroups>x<rows each>x<cols> s<stages>x<chunks a stage> b<min blocks>` for its warp-specialised one.
 fn label(c: &MmConfig) -> String {
-    if c.wgmma {
+    if c.producer {
+        format!(
+            "ws {}x{}x{} s{}x{} b{}",
+            c.wn / 4,
+            64 * c.rt,
+            c.cols(),
+            c.stages,
+            c.stage_chunks,
+            c.min_blocks
+        )
+    } else if c.wgmma {
         format!(
             "wgmma {}x{} s{} b{}",
             c.wn / 4,

@@ -375,6 +375,30 @@ __device__ __forceinline__ void cp_async16(void *dst, const void *src, int bytes
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(bytes));
 }
 
+// The pipelined kernels' weight stage (w4_mm_pipe and w4_wg in w4a16_sm90.cu): chunk c's weight tiles of the ROWS
+// rows from rowb (ROWS / 16 x 512 bytes) at `base`, then its group metadata as 4 slices (one per 16-input slice
+// of the chunk) of ROWS words, ROWS + 8 apart (the pad keeps the slices' reads conflict-free), by the block's NT
+// threads through 16-byte cp.async; tiles and rows past n are zero-filled.
+template <int ROWS, int NT>
+__device__ __forceinline__ void stage_weights(unsigned char *base, const uint4 *__restrict__ tiles,
+                                              const u32 *__restrict__ meta, int rowb, int n, int nchunks, int c,
+                                              GroupOf grp_of) {
+    constexpr int WBYTES = ROWS / 16 * 512, MPITCH = ROWS + 8;
+    const int ntiles = n >> 4;
+    for (int p = threadIdx.x; p < ROWS / 16 * 32; p += NT) {
+        const int tile = rowb / 16 + (p >> 5);
+        const bool ok = tile < ntiles;
+        cp_async16(base + p * 16, tiles + ((size_t)(ok ? tile : 0) * nchunks + c) * 32 + (p & 31), ok ? 16 : 0);
+    }
+    for (int p = threadIdx.x; p < ROWS; p += NT) {  // 4 slices x ROWS/4 pieces of 4 rows
+        const int slice = p / (ROWS / 4), q = p % (ROWS / 4);
+        const int grp = grp_of(c * 64 + 16 * slice), row = rowb + 4 * q;
+        const bool ok = row < n;
+        cp_async16(base + WBYTES + (slice * MPITCH + 4 * q) * 4, meta + (size_t)grp * n + (ok ? row : 0),
+                   ok ? 16 : 0);
+    }
+}
+
 // Larger batches: a block computes a ROWS x COLS output tile over a range of chunks (grid.z splits K; partial sums
 // then go to `part` [splits, batch, n] f32 for w4_reduce_*). Each chunk's weight tiles, group metadata (for the
 // four 16-input slices) and activations [COLS, 64] go to shared memory by cp.async, S stages deep (one barrier
@@ -394,7 +418,7 @@ __device__ __forceinline__ void w4_mm_pipe(T *__restrict__ y, float *__restrict_
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int wn = warp % WN, wb = warp / WN;
     const int g = lane >> 2, t = lane & 3;
-    const int ntiles = n >> 4, nchunks = k >> 6;
+    const int nchunks = k >> 6;
     const int colb = blockIdx.x * COLS, rowb = blockIdx.y * ROWS;
     const int c0 = blockIdx.z * chunks_per_split;
     const int c1 = min(nchunks, c0 + chunks_per_split);
@@ -402,18 +426,7 @@ __device__ __forceinline__ void w4_mm_pipe(T *__restrict__ y, float *__restrict_
 
     auto stage = [&](int c, int s) {
         unsigned char *base = smem + s * STAGE;
-        for (int p = threadIdx.x; p < ROWS / 16 * 32; p += NT) {
-            const int tile = rowb / 16 + (p >> 5);
-            const bool ok = tile < ntiles;
-            cp_async16(base + p * 16, tiles + ((size_t)(ok ? tile : 0) * nchunks + c) * 32 + (p & 31), ok ? 16 : 0);
-        }
-        for (int p = threadIdx.x; p < ROWS; p += NT) {  // 4 slices x ROWS/4 pieces of 4 rows
-            const int slice = p / (ROWS / 4), q = p % (ROWS / 4);
-            const int grp = grp_of(c * 64 + 16 * slice), row = rowb + 4 * q;
-            const bool ok = row < n;
-            cp_async16(base + WBYTES + (slice * MPITCH + 4 * q) * 4, meta + (size_t)grp * n + (ok ? row : 0),
-                       ok ? 16 : 0);
-        }
+        stage_weights<ROWS, NT>(base, tiles, meta, rowb, n, nchunks, c, grp_of);
         for (int p = threadIdx.x; p < COLS * 8; p += NT) {
             const int row = p >> 3, piece = p & 7, col = colb + row;
             const bool ok = col < batch;  // rows past the batch are zero-filled

@@ -11,6 +11,8 @@
 // each; SBO = 128 between row groups, LBO = COLS * 16 + 16 between the K halves, the extra 16 bytes keeping the
 // 4-byte stores conflict-free), in the tiles' input order: 32-bit word w (inputs 2w, 2w + 1 of the chunk) is k16
 // step (w % 8) / 2, core column w % 2, bytes 4 * (w / 8) of its row, so each word travels by one 4-byte cp.async.
+// w4_ws below is the warp-specialised variant the launcher picks at batch > 32 (a producer warpgroup, bulk copies,
+// mbarriers; activations permuted once per call by w4_xperm_u16).
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define WG_MMA_8(TY)                                                                                         \
     asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %9, 0;\nwgmma.mma_async.sync.aligned.m64n8k16.f32." TY "." TY " {" \
@@ -100,7 +102,7 @@ __device__ __forceinline__ void w4_wg(T *__restrict__ y, float *__restrict__ par
 
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;  // warp = the block's 16-row tile
     const int g = lane >> 2, t = lane & 3;
-    const int ntiles = n >> 4, nchunks = k >> 6;
+    const int nchunks = k >> 6;
     const int colb = blockIdx.x * COLS, rowb = blockIdx.y * ROWS;
     const int c0 = blockIdx.z * chunks_per_split;
     const int c1 = min(nchunks, c0 + chunks_per_split);
@@ -108,18 +110,7 @@ __device__ __forceinline__ void w4_wg(T *__restrict__ y, float *__restrict__ par
 
     auto stage = [&](int c, int s) {
         unsigned char *base = smem + s * STAGE;
-        for (int p = threadIdx.x; p < ROWS / 16 * 32; p += NT) {
-            const int tile = rowb / 16 + (p >> 5);
-            const bool ok = tile < ntiles;
-            cp_async16(base + p * 16, tiles + ((size_t)(ok ? tile : 0) * nchunks + c) * 32 + (p & 31), ok ? 16 : 0);
-        }
-        for (int p = threadIdx.x; p < ROWS; p += NT) {  // 4 slices x ROWS/4 pieces of 4 rows
-            const int slice = p / (ROWS / 4), q = p % (ROWS / 4);
-            const int grp = grp_of(c * 64 + 16 * slice), row = rowb + 4 * q;
-            const bool ok = row < n;
-            cp_async16(base + WBYTES + (slice * MPITCH + 4 * q) * 4, meta + (size_t)grp * n + (ok ? row : 0),
-                       ok ? 16 : 0);
-        }
+        stage_weights<ROWS, NT>(base, tiles, meta, rowb, n, nchunks, c, grp_of);
         for (int p = threadIdx.x; p < COLS * 32; p += NT) {
             const int row = p >> 5, w = p & 31, col = colb + row;
             const bool ok = col < batch;  // rows past the batch are zero-filled
@@ -225,4 +216,261 @@ W4_WG_BOTH(2, 128, 4, 2)
 W4_WG_BOTH(2, 128, 5, 1)
 W4_WG_BOTH(1, 128, 5, 3)
 W4_WG_BOTH(4, 128, 4, 1)
+// ---- Warp-specialised variant (w4_ws): a producer warp feeds the stages by bulk copies (cp.async.bulk, the copy
+// engine) completing on mbarriers, and NWG consumer warpgroups of 64 * RT rows each (RT m64 wgmmas a k16 step
+// sharing one B tile) dequantize and multiply as soon as their stage is in, each at its own pace: no block-wide
+// barrier, so one warpgroup's dequantization overlaps another's wgmmas. The producer is a whole warpgroup (the
+// last), so that its registers can go to the consumers (setmaxnreg); one of its threads does the work. A stage is one chunk: the block's weight
+// tiles (ROWS / 16 copies of 512 bytes, a tile's chunks being contiguous), its group metadata (one slice of ROWS
+// words when groups are whole chunks, else one per 16-input slice, ROWS + 8 apart) and the activations, which
+// w4_xperm_u16 has laid out once per call as the B operand's core matrices (per column block and chunk, COLS * 128
+// contiguous bytes: [8 core columns][COLS rows][16 bytes], the tiles' input order, LBO = COLS * 16, SBO = 128), so
+// one copy brings them. full[s] completes when a stage's bytes are in; empty[s] when every consumer warp is done
+// with it (its wgmmas waited for).
+__device__ __forceinline__ u32 smem_addr(const void *p) { return (u32)__cvta_generic_to_shared(p); }
+__device__ __forceinline__ void mbar_init(unsigned long long *bar, u32 count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_addr(bar)), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_expect_tx(unsigned long long *bar, u32 bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_addr(bar)), "r"(bytes)
+                 : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(unsigned long long *bar) {
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_addr(bar)) : "memory");
+}
+// Waits until the phase of parity `parity` of `bar` has completed.
+__device__ __forceinline__ void mbar_wait(unsigned long long *bar, u32 parity) {
+    asm volatile("{\n.reg .pred p;\nWS_WAIT:\n"
+                 "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
+                 "@!p bra WS_WAIT;\n}\n" ::"r"(smem_addr(bar)),
+                 "r"(parity)
+                 : "memory");
+}
+// `bytes` (a multiple of 16, both addresses 16-byte aligned) from global to shared memory by the copy engine,
+// counted on `bar`.
+__device__ __forceinline__ void bulk_copy(void *dst, const void *src, u32 bytes, unsigned long long *bar) {
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(
+                     smem_addr(dst)),
+                 "l"(src), "r"(bytes), "r"(smem_addr(bar))
+                 : "memory");
+}
+
+template <typename T, int NWG, int RT, int COLS, int S, int CPS, int MINB>
+__device__ __forceinline__ void w4_ws(T *__restrict__ y, float *__restrict__ part, const uint4 *__restrict__ xp,
+                                      const uint4 *__restrict__ tiles, const u32 *__restrict__ meta, int batch,
+                                      int n, int k, int group, int chunks_per_split) {
+    typedef W4<T> Op;
+    constexpr int ROWS = 64 * RT * NWG, MPITCH = ROWS + 8, LBO = COLS * 16;
+    // A stage: CPS chunks. Weights [ROWS / 16 tiles][CPS chunks][512 bytes], metadata [CPS][4 slices][MPITCH],
+    // activations [CPS][COLS * 128 bytes].
+    constexpr int WBYTES = ROWS * 32 * CPS, MBYTES = CPS * 4 * MPITCH * 4, XBYTES = COLS * 128;
+    constexpr int STAGE = WBYTES + MBYTES + CPS * XBYTES;
+    static_assert(STAGE % 128 == 0, "stage alignment");
+    extern __shared__ __align__(128) unsigned char smem[];
+    unsigned long long *full = reinterpret_cast<unsigned long long *>(smem + S * STAGE), *empty = full + S;
+
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int nchunks = k >> 6, rowb = blockIdx.y * ROWS;
+    const int c0 = blockIdx.z * chunks_per_split, nch = min(nchunks, c0 + chunks_per_split) - c0;
+    const bool one_slice = (group & 63) == 0;  // every 16-input slice of a chunk in one group
+    if (threadIdx.x == 0) {
+        for (int s = 0; s < S; ++s) {
+            mbar_init(&full[s], 1);
+            mbar_init(&empty[s], 4 * NWG);
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    }
+    __syncthreads();
+
+    // Registers: the producer warpgroup gives its registers back (setmaxnreg) and the consumers take them.
+    constexpr int THREADS = 128 * (NWG + 1), PROD_REGS = 40;
+    constexpr int CAP = (65536 / (THREADS * MINB) < 255 ? 65536 / (THREADS * MINB) : 255) / 8 * 8;
+    constexpr int CONS_RAW = (CAP * THREADS - PROD_REGS * 128) / (128 * NWG) / 8 * 8;
+    constexpr int CONS_REGS = CONS_RAW < 248 ? CONS_RAW : 248;
+    if (warp >= 4 * NWG) {  // the producer warpgroup: its first warp's lanes issue a stage's copies together
+        asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(PROD_REGS));
+        if (warp != 4 * NWG) return;
+        const int tiles_here = min(ROWS / 16, (n >> 4) - rowb / 16), rows_here = 16 * tiles_here;
+        const int slices = one_slice ? 1 : 4;
+        const GroupOf grp_of = group_of(group);
+        const uint4 *xsrc = xp + (size_t)blockIdx.x * nchunks * (XBYTES / 16);
+        const uint4 *wsrc = tiles + (size_t)(rowb / 16) * nchunks * 32;
+        for (int i = 0; i * CPS < nch; ++i) {
+            const int s = i % S, c = c0 + i * CPS, cn = min(CPS, nch - i * CPS);  // chunks c .. c + cn
+            if (i >= S) mbar_wait(&empty[s], ((i / S) & 1) ^ 1);
+            unsigned char *base = smem + s * STAGE;
+            if (lane == 0)
+                mbar_expect_tx(&full[s], cn * (tiles_here * 512 + slices * rows_here * 4 + XBYTES));
+            __syncwarp();
+            // Lanes 0 .. 15: weight tiles' cn chunks (contiguous) and, lane 0, the activations; 16 .. 16 + 4 CPS - 1:
+            // metadata slices.
+            static_assert(CPS <= 4, "16 lanes for the metadata slices");
+            if (lane < 16) {
+                for (int tl = lane; tl < tiles_here; tl += 16)
+                    bulk_copy(base + tl * CPS * 512, wsrc + ((size_t)tl * nchunks + c) * 32, cn * 512, &full[s]);
+                if (lane == 0)
+                    bulk_copy(base + WBYTES + MBYTES, xsrc + (size_t)c * (XBYTES / 16), cn * XBYTES, &full[s]);
+            } else if (lane < 16 + 4 * CPS) {
+                const int q = (lane - 16) >> 2, sl = (lane - 16) & 3;
+                if (q < cn && sl < slices)
+                    bulk_copy(base + WBYTES + (q * 4 + sl) * MPITCH * 4,
+                              meta + (size_t)grp_of((c + q) * 64 + 16 * sl) * n + rowb, rows_here * 4, &full[s]);
+            }
+        }
+        return;
+    }
+    if (CONS_REGS > CAP) asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(CONS_REGS));
+    const int wgi = warp >> 2, wi = warp & 3, g = lane >> 2, t = lane & 3;
+    const int mslice = one_slice ? 0 : t;
+    float acc[RT][COLS / 2];
+#pragma unroll
+    for (int r = 0; r < RT; ++r)
+#pragma unroll
+        for (int i = 0; i < COLS / 2; ++i) acc[r][i] = 0.f;
+
+    // Two A buffers where the register cap leaves room (as in w4_wg): the previous chunk's wgmmas stay in flight
+    // through this chunk's dequantization; a stage is released once its last chunk's wgmmas are waited for.
+    constexpr bool DB = RT * (COLS / 2 + 32) + 32 <= CONS_REGS;
+    auto release = [&](int i) {  // chunk i done: its stage is free after its last chunk
+        if ((i + 1) % CPS != 0) return;
+        __syncwarp();
+        if (lane == 0) mbar_arrive(&empty[(i / CPS) % S]);
+    };
+    // Chunk i's weight words and metadata, read from shared memory one chunk ahead (waiting for its stage when it
+    // opens one), so the loads' latency hides behind the previous chunk's wgmmas.
+    uint4 fw[RT];
+    u32 fm0[RT], fm1[RT];
+    auto fetch = [&](int i) {
+        const int s = (i / CPS) % S, q = i % CPS;
+        if (q == 0) mbar_wait(&full[s], (i / CPS / S) & 1);
+        const unsigned char *base = smem + s * STAGE;
+        const uint4 *wsm = reinterpret_cast<const uint4 *>(base) + q * 32;
+        const u32 *ms = reinterpret_cast<const u32 *>(base + WBYTES) + (q * 4 + mslice) * MPITCH;
+#pragma unroll
+        for (int r = 0; r < RT; ++r) {
+            const int tl = (wgi * RT + r) * 4 + wi;
+            fw[r] = wsm[tl * CPS * 32 + lane];
+            fm0[r] = ms[tl * 16 + g];
+            fm1[r] = ms[tl * 16 + g + 8];
+        }
+    };
+    auto chunk = [&](int i, u32 (&a)[RT][4][4], u32 (&prev)[RT][4][4]) {
+        const int s = (i / CPS) % S, q = i % CPS;
+        const unsigned char *base = smem + s * STAGE;
+        uint4 w[RT];
+        u32 m0[RT], m1[RT];
+#pragma unroll
+        for (int r = 0; r < RT; ++r) {
+            w[r] = fw[r];
+            m0[r] = fm0[r];
+            m1[r] = fm1[r];
+        }
+        if (!DB) {
+            asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+            if (i > 0) release(i - 1);
+        }
+#pragma unroll
+        for (int r = 0; r < RT; ++r)
+#pragma unroll
+            for (int j = 0; j < 4; ++j) Op::dequant(word(w[r], j), m0[r], m1[r], a[r][j]);
+#pragma unroll
+        for (int r = 0; r < RT; ++r) wg_pin(acc[r]);
+        asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+        const unsigned char *xs = base + WBYTES + MBYTES + q * XBYTES;
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+#pragma unroll
+            for (int r = 0; r < RT; ++r) wg_mma<T, COLS>(acc[r], a[r][j], wg_desc(xs + 2 * j * LBO, LBO, 128));
+        asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+#pragma unroll
+        for (int r = 0; r < RT; ++r) wg_pin(acc[r]);
+        if (i + 1 < nch) fetch(i + 1);
+        if (DB) {
+            asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
+#pragma unroll
+            for (int r = 0; r < RT; ++r)
+#pragma unroll
+                for (int j = 0; j < 4; ++j)
+                    asm volatile("" ::"r"(prev[r][j][0]), "r"(prev[r][j][1]), "r"(prev[r][j][2]), "r"(prev[r][j][3])
+                                 : "memory");
+            if (i > 0) release(i - 1);
+        }
+    };
+    u32 a0[RT][4][4] = {}, a1[RT][4][4] = {};
+    u32(&b1)[RT][4][4] = DB ? a1 : a0;
+    fetch(0);
+    for (int i = 0;;) {  // no zero-trip path (every split has a chunk), see w4_wg
+        chunk(i, a0, b1);
+        if (++i >= nch) break;
+        chunk(i, b1, a0);
+        if (++i >= nch) break;
+    }
+    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+#pragma unroll
+    for (int r = 0; r < RT; ++r) wg_pin(acc[r]);
+
+    float *out = part + (size_t)blockIdx.z * batch * n;
+    const int colb = blockIdx.x * COLS;
+#pragma unroll
+    for (int r = 0; r < RT; ++r) {
+        const int row = rowb + ((wgi * RT + r) * 4 + wi) * 16 + g;
+#pragma unroll
+        for (int i = 0; i < COLS / 8; ++i)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int cc = colb + 8 * i + 2 * t + (e & 1), rr = row + 8 * (e >> 1);
+                if (cc >= batch || rr >= n) continue;
+                if (gridDim.z == 1)
+                    y[(size_t)cc * n + rr] = Op::from_f32(acc[r][4 * i + e]);
+                else
+                    out[(size_t)cc * n + rr] = acc[r][4 * i + e];
+            }
+    }
+}
+
+// w4_ws_<dtype>_<NWG>_<RT>_<COLS>_<S>_<CPS>_<MINB>: NWG consumer warpgroups of 64 * RT rows and a producer
+// warpgroup, S stages of CPS chunks.
+#define W4_WS(TY, NAME, NWG, RT, COLS, S, CPS, MINB)                                                             \
+    extern "C" __global__ void __launch_bounds__(128 * (NWG + 1), MINB)                                          \
+        w4_ws_##NAME##_##NWG##_##RT##_##COLS##_##S##_##CPS##_##MINB(                                             \
+            TY *y, float *part, const uint4 *xp, const uint4 *tiles, const u32 *meta, int batch, int n, int k,   \
+            int group, int chunks_per_split) {                                                                   \
+        w4_ws<TY, NWG, RT, COLS, S, CPS, MINB>(y, part, xp, tiles, meta, batch, n, k, group, chunks_per_split);  \
+    }
+#define W4_WS_BOTH(NWG, RT, COLS, S, CPS, MINB)                                                                   \
+    W4_WS(__half, f16, NWG, RT, COLS, S, CPS, MINB)                                                              \
+    W4_WS(__nv_bfloat16, bf16, NWG, RT, COLS, S, CPS, MINB)
+
+W4_WS_BOTH(1, 1, 16, 4, 2, 4)
+W4_WS_BOTH(1, 1, 16, 2, 4, 4)
+W4_WS_BOTH(2, 1, 64, 3, 2, 2)
+W4_WS_BOTH(2, 1, 64, 3, 4, 1)
+W4_WS_BOTH(2, 1, 128, 4, 2, 1)
+W4_WS_BOTH(2, 1, 128, 2, 4, 1)
+W4_WS_BOTH(2, 2, 128, 3, 2, 1)
+W4_WS_BOTH(2, 2, 128, 2, 4, 1)
+
+// The activations of w4_ws: xp [batch / cols (rounded up)][k / 64][8][cols][8 elements] = x [batch, k] (16-bit
+// elements of either dtype; act-order: stored input j is x[b, perm[j]]) in the B core-matrix layout above, zero
+// past the batch. One thread a 16-byte piece, consecutive threads along a row's chunk (coalesced reads).
+extern "C" __global__ void w4_xperm_u16(uint4 *__restrict__ xp, const unsigned short *__restrict__ x,
+                                        const u32 *__restrict__ perm, int has_perm, int batch, int k, int cols) {
+    const int nchunks = k >> 6;
+    const long long total = (long long)((batch + cols - 1) / cols) * cols * nchunks * 8;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total;
+         i += (long long)gridDim.x * blockDim.x) {
+        const int kk = (int)(i & 7), c = (int)((i >> 3) % nchunks), col = (int)((i >> 3) / nchunks);
+        u32 v[4] = {0, 0, 0, 0};
+        if (col < batch) {
+            const unsigned short *row = x + (size_t)col * k;
+#pragma unroll
+            for (int m = 0; m < 4; ++m) {
+                const int j = c * 64 + 2 * (kk + 8 * m);
+                v[m] = has_perm ? (u32)row[perm[j]] | (u32)row[perm[j + 1]] << 16
+                                : *reinterpret_cast<const u32 *>(row + j);
+            }
+        }
+        xp[(((size_t)(col / cols) * nchunks + c) * 8 + kk) * cols + col % cols] = make_uint4(v[0], v[1], v[2], v[3]);
+    }
+}
 #endif

@@ -101,6 +101,11 @@ pub struct MmConfig {
     pub cluster: u32,
     /// The Hopper warpgroup-MMA pipelined kernel.
     pub wgmma: bool,
+    /// The warp-specialised wgmma kernel: a producer warpgroup fills the stages by bulk copies, `wn / 4`
+    /// consumer warpgroups of `64 · rt` rows each (activations laid out once per call by `w4_xperm_u16`).
+    pub producer: bool,
+    /// Chunks (64 inputs each) a shared-memory stage of the warp-specialised kernel holds (1 elsewhere).
+    pub stage_chunks: u32,
 }
 
 const fn cfg(rt: u32, nb8: u32, wk: u32, wn: u32, wb: u32) -> MmConfig {
@@ -114,6 +119,8 @@ const fn cfg(rt: u32, nb8: u32, wk: u32, wn: u32, wb: u32) -> MmConfig {
         min_blocks: 1,
         cluster: 1,
         wgmma: false,
+        producer: false,
+        stage_chunks: 1,
     }
 }
 
@@ -136,6 +143,8 @@ const fn pipe(rt: u32, nb8: u32, wn: u32, wb: u32, stages: u32) -> MmConfig {
         min_blocks: 1,
         cluster: 1,
         wgmma: false,
+        producer: false,
+        stage_chunks: 1,
     }
 }
 
@@ -148,6 +157,23 @@ const fn wg(warpgroups: u32, cols: u32, stages: u32, min_blocks: u32) -> MmConfi
     }
 }
 
+/// The warp-specialised Hopper kernel: `warpgroups` consumers of `64 · rt` rows each, `cols` batch columns (16 to
+/// 128), `stages` stages of `stage_chunks` chunks in flight, at least `min_blocks` an SM.
+const fn ws(
+    warpgroups: u32,
+    rt: u32,
+    cols: u32,
+    (stages, stage_chunks): (u32, u32),
+    min_blocks: u32,
+) -> MmConfig {
+    MmConfig {
+        rt,
+        producer: true,
+        stage_chunks,
+        ..wg(warpgroups, cols, stages, min_blocks)
+    }
+}
+
 /// A pipelined configuration compiled for two blocks a multiprocessor.
 const fn pipe2(rt: u32, nb8: u32, wn: u32, wb: u32, stages: u32) -> MmConfig {
     MmConfig {
@@ -157,8 +183,8 @@ const fn pipe2(rt: u32, nb8: u32, wn: u32, wb: u32, stages: u32) -> MmConfig {
 }
 
 /// Every configuration compiled in kernels/cuda/w4a16.cu (its `W4_MM_BOTH`, `W4_MMC_BOTH`, `W4_MMP_BOTH` and
-/// `W4_WG_BOTH` lines); [`MmConfig::runs_on`] says which a device has.
-pub const CONFIGS: [MmConfig; 44] = [
+/// `W4_WG_BOTH`, `W4_WS_BOTH` lines); [`MmConfig::runs_on`] says which a device has.
+pub const CONFIGS: [MmConfig; 52] = [
     cfg(1, 1, 8, 1, 1),
     cfg(1, 1, 16, 1, 1),
     cfg(2, 1, 8, 1, 1),
@@ -203,12 +229,20 @@ pub const CONFIGS: [MmConfig; 44] = [
     wg(2, 128, 5, 1),
     wg(1, 128, 5, 3),
     wg(4, 128, 4, 1),
+    ws(1, 1, 16, (4, 2), 4),
+    ws(1, 1, 16, (2, 4), 4),
+    ws(2, 1, 64, (3, 2), 2),
+    ws(2, 1, 64, (3, 4), 1),
+    ws(2, 1, 128, (4, 2), 1),
+    ws(2, 1, 128, (2, 4), 1),
+    ws(2, 2, 128, (3, 2), 1),
+    ws(2, 2, 128, (2, 4), 1),
 ];
 
 impl MmConfig {
     /// Threads of one block.
     pub fn threads(&self) -> u32 {
-        32 * self.wk.max(1) * self.wn * self.wb
+        32 * self.wk.max(1) * self.wn * self.wb + if self.producer { 128 } else { 0 }
     }
 
     /// Batch columns one block covers.
@@ -230,6 +264,11 @@ impl MmConfig {
     /// Dynamic shared memory of the pipelined kernels (their STAGE bytes times the stages).
     fn shared_bytes(&self) -> usize {
         let (rows, cols) = (self.rows(), self.cols());
+        if self.producer {
+            // Weights, 4 metadata slices and activations a chunk, and the full/empty mbarriers (8 bytes each).
+            let chunk = rows * 32 + 4 * (rows + 8) * 4 + cols * 128;
+            return (chunk * self.stage_chunks as usize + 16) * self.stages as usize;
+        }
         let activations = if self.wgmma {
             8 * (cols * 16 + 16)
         } else {
@@ -249,8 +288,17 @@ impl MmConfig {
             min_blocks,
             cluster,
             wgmma,
+            producer,
+            stage_chunks,
         } = *self;
-        if wgmma {
+        if producer {
+            format!(
+                "w4_ws_{}_{}_{rt}_{}_{stages}_{stage_chunks}_{min_blocks}",
+                T::SUFFIX,
+                wn / 4,
+                8 * nb8
+            )
+        } else if wgmma {
             format!(
                 "w4_wg_{}_{}_{}_{stages}_{min_blocks}",
                 T::SUFFIX,
@@ -274,8 +322,10 @@ impl MmConfig {
     /// rows the split-K kernel: the first configuration of a ladder, least split first, that gives every
     /// multiprocessor its number of warps (batch 1..8: 2 tiles a warp at 31 warps, 1 at 20, else 16 warps
     /// splitting K; 9..16: over 8192 inputs and more a cluster of two blocks splitting K, 2 tiles a warp at 15
-    /// warps, else 1; under 8192 inputs 8 warps splitting K at 20, else 16). Larger batches on Hopper the wgmma
-    /// kernel (4 warpgroups, 64 or 128 columns); elsewhere the mma.sync kernels.
+    /// warps, else 1; under 8192 inputs 8 warps splitting K at 20, else 16). Larger batches on Hopper the
+    /// warp-specialised wgmma kernel: 128-row blocks of 64 or 128 columns, over 16384 rows (where the tiles alone
+    /// fill the GPU, so no K split and its partial sums are needed) 2-block-an-SM / 256-row blocks; elsewhere the
+    /// mma.sync kernels.
     pub fn pick(batch: usize, n: usize, k: usize, sm_count: u32, arch: (u32, u32)) -> MmConfig {
         let hopper = arch == (9, 0);
         // (configuration, warps a multiprocessor it needs); the last is taken when none fills the GPU.
@@ -288,8 +338,10 @@ impl MmConfig {
             9..=16 if k >= 8192 && arch.0 >= 9 => &[(clu(2, 2, 8, 2), 15), (clu(1, 2, 8, 2), 0)],
             9..=16 => &[(cfg(1, 2, 8, 1, 1), 20), (cfg(1, 2, 16, 1, 1), 0)],
             17..=32 => &[(cfg(1, 4, 8, 1, 1), 0)],
-            33..=64 if hopper => return wg(4, 64, 4, 1),
-            _ if hopper => return wg(4, 128, 4, 1),
+            33..=64 if hopper && n > 16384 => return ws(2, 1, 64, (3, 2), 2),
+            33..=64 if hopper => return ws(2, 1, 64, (3, 4), 1),
+            _ if hopper && n > 16384 => return ws(2, 2, 128, (3, 2), 1),
+            _ if hopper => return ws(2, 1, 128, (4, 2), 1),
             33..=64 if k <= 4096 && n <= 16384 => &[
                 (cfg(2, 8, 2, 4, 1), 4),
                 (cfg(2, 8, 4, 2, 1), 4),
@@ -309,11 +361,17 @@ impl MmConfig {
 
     /// K splits of the pipelined kernels, each at least 2 · stages chunks: enough blocks for every
     /// multiprocessor (`min_blocks` each); the wgmma kernel splits only as far as whole waves of tiles still fit
-    /// (its partial sums cost more than a partly idle last wave).
+    /// (its partial sums cost more than a partly idle last wave); the warp-specialised one keeps at least 4 chunks
+    /// a split (its producer has no pipeline to fill first).
     fn splits(&self, batch: usize, n: usize, k: usize, sm_count: u32) -> usize {
         let tiles = batch.div_ceil(self.cols()) * n.div_ceil(self.rows());
         let chunks = k / 64;
-        let most = (chunks / (2 * self.stages as usize)).max(1);
+        let most = if self.producer {
+            chunks / 4
+        } else {
+            chunks / (2 * self.stages as usize)
+        }
+        .max(1);
         let slots = self.min_blocks.max(1) as usize * sm_count as usize;
         let splits = if self.wgmma {
             slots / tiles
@@ -388,6 +446,8 @@ pub fn w4a16_with<T: Half>(
     }
     let gathered;
     let x = match &w.perm {
+        // The warp-specialised kernel's activation layout pass gathers act-order inputs itself.
+        Some(_) if config.producer => x,
         None => x,
         Some(perm) => {
             gathered = gather(gpu, x, perm, batch, w.k)?;
@@ -462,6 +522,18 @@ fn launch_pipe<T: Half>(
     } else {
         None
     };
+    let permuted = if config.producer {
+        Some(permute_x(
+            gpu,
+            x,
+            w.perm.as_ref(),
+            batch,
+            w.k,
+            config.cols(),
+        )?)
+    } else {
+        None
+    };
     let mut builder = gpu.stream().launch_builder(f);
     builder.arg(&mut *y);
     let null = 0u64;
@@ -470,8 +542,11 @@ fn launch_pipe<T: Half>(
         // Unread with one split: a null pointer.
         None => builder.arg(&null),
     };
+    match permuted.as_ref() {
+        Some(xp) => builder.arg(xp),
+        None => builder.arg(x),
+    };
     builder
-        .arg(x)
         .arg(&w.tiles)
         .arg(&w.meta)
         .arg(&b)
@@ -479,8 +554,9 @@ fn launch_pipe<T: Half>(
         .arg(&k)
         .arg(&g)
         .arg(&cps);
-    // SAFETY: x is [batch, k], y [batch, n], part [splits, batch, n] when there are splits; tiles/meta as sized by
-    // `upload`; the dynamic shared memory is what the kernel's S stages take.
+    // SAFETY: x is [batch, k] (the warp-specialised kernel's xp [batch rounded up to its columns, k]), y [batch, n],
+    // part [splits, batch, n] when there are splits; tiles/meta as sized by `upload`; the dynamic shared memory is
+    // what the kernel's S stages take.
     unsafe { builder.launch(launch) }?;
     let Some(part) = part else {
         return Ok(());
@@ -510,6 +586,46 @@ fn launch_pipe<T: Half>(
             .launch(cfg)
     }?;
     Ok(())
+}
+
+/// x [batch, k] in the warp-specialised kernel's activation layout (w4_xperm_u16: per `cols`-column block and
+/// 64-input chunk, the wgmma B core matrices in the tiles' input order), stored input order under act-order, zero
+/// past the batch.
+fn permute_x<T: Half>(
+    gpu: &Gpu,
+    x: &CudaSlice<T>,
+    perm: Option<&CudaSlice<u32>>,
+    batch: usize,
+    k: usize,
+    cols: usize,
+) -> Result<CudaSlice<T>, GpuError> {
+    let len = batch.div_ceil(cols) * cols * k;
+    // SAFETY: uninitialised on purpose: w4_xperm_u16 writes every element (zeros past the batch).
+    let mut out = unsafe { gpu.stream().alloc::<T>(len) }?;
+    let f = gpu.function(&SOURCE, "w4_xperm_u16")?;
+    let (b, kk, c) = (batch as i32, k as i32, cols as i32);
+    let has_perm = i32::from(perm.is_some());
+    // Read only with has_perm; otherwise x stands in for the pointer.
+    let cfg = LaunchConfig {
+        grid_dim: (
+            (len / 8).div_ceil(256).min(gpu.sm_count() as usize * 16) as u32,
+            1,
+            1,
+        ),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let mut builder = gpu.stream().launch_builder(&f);
+    builder.arg(&mut out).arg(x);
+    match perm {
+        Some(p) => builder.arg(p),
+        None => builder.arg(x),
+    };
+    builder.arg(&has_perm).arg(&b).arg(&kk).arg(&c);
+    // SAFETY: out holds len = [batch rounded up to cols, k] elements, written as 16-byte pieces (k % 64 == 0);
+    // x is [batch, k]; perm (when has_perm) holds k indices below k.
+    unsafe { builder.launch(cfg) }?;
+    Ok(out)
 }
 
 /// x [batch, k] with its columns in the stored (group) order.
