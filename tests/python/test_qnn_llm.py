@@ -1,0 +1,130 @@
+"""An LLM on the QNN HTP simulator (issue 9): auto-opt --device npu --provider QNNExecutionProvider --precision uint16
+from a Hugging Face llama (the tiny random one, head_dim 16, 2 layers; SmolLM2's figures are in
+/tmp/olive-notes/qnn.md and the ep-qnn module docs).
+
+The ep-qnn `uint16` recipe for a Hugging Face input: ModelBuilder fp32 -> DynamicToFixedShape (batch 1, 64 new tokens,
+past 192) -> DecomposeGroupQueryAttention static_kv -> DecomposeSkipSimplifiedLayerNormalization -> peephole ->
+OnnxStaticQuantization (uint16 activations, uint8 weights).
+
+- auto-opt succeeds, so ep-check ran the result with CPU fallback disabled, every profiled node on
+  QNNExecutionProvider, outputs within the plugin's tolerance of the CPU provider's run of the same model;
+- the static layout is exact in fp32: the fixed-shape graph before quantization gives the GroupQueryAttention
+  export's logits for a first prompt (past slots masked) and for a continuation (the first prompt's present in the
+  last past slots), within 1e-4;
+- the HTP run of the QDQ model on a text prompt: close to ONNX Runtime's CPU run of the same QDQ model, and to the
+  fp32 export (cosine; top-1 agreement is reported, not asserted: the random tiny model's logits are nearly flat).
+"""
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from tokenizers import Tokenizer
+
+QNN = ["--device", "npu", "--provider", "QNNExecutionProvider"]
+S, T = 64, 256  # the recipe's new tokens per run and window
+PROMPT = ("The capital of France is Paris. It is known for the Eiffel Tower, the Louvre museum and its cafes. "
+          "Every year millions of travellers visit the city to see its monuments, walk along the Seine and enjoy "
+          "the food. The best time to go is in spring, when the weather is mild and the parks are green.")
+
+
+def run(cmd, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=300, env=env)
+
+
+@pytest.fixture(scope="module")
+def qnn_env() -> dict:
+    lib = os.environ.get("OLIVE_ORT_QNN_DYLIB")
+    if not lib or not Path(lib).is_file():
+        pytest.fail("OLIVE_ORT_QNN_DYLIB is not set or missing: run `make test` (scripts/install.sh fetches it)")
+    return dict(os.environ)
+
+
+def htp_session(path: Path) -> ort.InferenceSession:
+    if not any(d.ep_name == "QNNExecutionProvider" for d in ort.get_ep_devices()):
+        ort.register_execution_provider_library("QNNExecutionProvider", os.environ["OLIVE_ORT_QNN_DYLIB"])
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
+    devices = [d for d in ort.get_ep_devices() if d.ep_name == "QNNExecutionProvider"]
+    options.add_provider_for_devices(devices, {"backend_type": "htp"})
+    return ort.InferenceSession(str(path), sess_options=options)
+
+
+def cpu(path: Path) -> ort.InferenceSession:
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def kv_inputs(session: ort.InferenceSession) -> list:
+    return [i for i in session.get_inputs() if i.name.startswith("past_key_values")]
+
+
+def static_feed(ids, past: dict, valid_past: int, first_position: int, session) -> dict:
+    """The static model's inputs: `past` ([1, kv, k, d] each) in the last k of the 192 past slots, the rest masked."""
+    p = T - S
+    feed = {"input_ids": ids, "position_ids": np.arange(first_position, first_position + S, dtype=np.int64)[None],
+            "attention_mask": np.array([[0] * (p - valid_past) + [1] * (valid_past + S)], np.int64)}
+    for i in kv_inputs(session):
+        buffer = np.zeros(i.shape, np.float32)
+        if valid_past:
+            buffer[:, :, p - valid_past:] = past[i.name]
+        feed[i.name] = buffer
+    return feed
+
+
+def test_auto_opt_puts_a_hugging_face_llm_fully_on_the_htp_simulator(olive_host, qnn_env, tiny, tmp_path):
+    out = tmp_path / "qnn"
+    done = run([olive_host, "auto-opt", "-m", tiny, *QNN, "--precision", "uint16", "-o", out], env=qnn_env)
+    assert done.returncode == 0, done.stderr
+    model = out / "model" / "model.onnx"
+    assert (out / "model" / "genai_config.json").is_file() and (out / "model" / "tokenizer.json").is_file()
+    meta = json.loads(done.stdout[done.stdout.index("{"):])["metadata"]
+    assert meta["static_quantization"]["activation_type"] == "QUInt16", meta
+
+    # The same recipe without the quantization, and the plain fp32 export (GroupQueryAttention) as the reference.
+    ref_dir = tmp_path / "cpu"
+    done = run([olive_host, "auto-opt", "-m", tiny, "--device", "cpu", "--precision", "fp32", "-o", ref_dir])
+    assert done.returncode == 0, done.stderr
+    steps = [("DynamicToFixedShape", {"dim_param": ["batch_size", "sequence_length", "past_sequence_length",
+                                                    "total_sequence_length"], "dim_value": [1, S, T - S, T]}),
+             ("DecomposeGroupQueryAttention", {"static_kv": True, "mask_value": -100.0}),
+             ("DecomposeSkipSimplifiedLayerNormalization", {})]
+    current = ref_dir / "model"
+    for i, (name, config) in enumerate(steps):
+        done = run([olive_host, "run-pass", "--pass", name, "--pass-config", json.dumps(config), "-m", current,
+                    "-o", tmp_path / f"step{i}"])
+        assert done.returncode == 0, done.stderr
+        current = tmp_path / f"step{i}" / "model"
+    static_fp32, gqa = cpu(current / "model.onnx"), cpu(ref_dir / "model" / "model.onnx")
+
+    ids = np.array([Tokenizer.from_file(str(tiny / "tokenizer.json")).encode(PROMPT + " " + PROMPT).ids[:2 * S]], np.int64)
+    assert ids.shape == (1, 2 * S)
+    kv = kv_inputs(gqa)
+    names = [o.name for o in gqa.get_outputs()]
+    empty = {i.name: np.zeros((1, i.shape[1], 0, i.shape[3]), np.float32) for i in kv}
+    first = dict(zip(names, gqa.run(None, {"input_ids": ids[:, :S], "attention_mask": np.ones((1, S), np.int64),
+                                           **empty})))
+    presents = {i.name: first[i.name.replace("past_key_values", "present")] for i in kv}
+    second = gqa.run(["logits"], {"input_ids": ids[:, S:], "attention_mask": np.ones((1, 2 * S), np.int64),
+                                  **presents})[0]
+    got = static_fp32.run(["logits"], static_feed(ids[:, :S], {}, 0, 0, static_fp32))[0]
+    assert np.abs(got - first["logits"]).max() <= 1e-4
+    got = static_fp32.run(["logits"], static_feed(ids[:, S:], presents, S, S, static_fp32))[0]
+    assert np.abs(got - second).max() <= 1e-4
+
+    # The QDQ model on the HTP simulator (fallback off) vs its CPU run and vs fp32, first prompt.
+    qdq = cpu(model)
+    feed = static_feed(ids[:, :S], {}, 0, 0, qdq)
+    htp = htp_session(model).run(["logits"], feed)[0]
+    on_cpu = qdq.run(["logits"], feed)[0]
+    fp32 = first["logits"]
+    cos = lambda a, b: float((a * b).sum() / np.linalg.norm(a) / np.linalg.norm(b))  # noqa: E731
+    top1 = float((htp.argmax(-1) == fp32.argmax(-1)).mean())
+    print(f"HTP vs CPU QDQ max {np.abs(htp - on_cpu).max():.3f}; cosine to fp32: HTP {cos(htp, fp32):.3f}, "
+          f"CPU QDQ {cos(on_cpu, fp32):.3f}; top-1 HTP vs fp32 {top1:.2f}")
+    assert np.abs(htp - on_cpu).max() <= 3.0 + 0.1 * np.abs(on_cpu).max()
+    assert cos(htp, on_cpu) >= 0.99
+    assert cos(htp, fp32) >= 0.99
