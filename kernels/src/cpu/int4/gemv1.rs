@@ -1,11 +1,12 @@
 //! Batch-1 int4 GEMV on AVX-512 VNNI (a decode step's products), MLAS SQNBitGemm's int8-activation scheme as
 //! `avx512::rows_i8` (two `vpdpbusd` per 128 inputs, per-lane weight × activation scale, zero points as
-//! Σ_b s_b z_b Σ_{i∈b} x_i at the row's end), but over a range of rows read as ONE contiguous stream: rows are
-//! k / 2 bytes apart, so a period of G = 1 row (k a multiple of 128) or G = 2 rows (k an odd multiple of 64,
-//! e.g. 576) fills whole 64-byte chunks against the activation repeated G times: full loads only, no masked
-//! tail chunk per row, one chunk of a pair shared by its two rows through lane masks. Activations are
-//! quantized once per call into a per-thread scratch (nothing allocated per call); rayon splits the rows into a
-//! few large tasks, none at 1 thread. Other k (an odd multiple of 32) take the general row kernels.
+//! Σ_b s_b z_b Σ_{i∈b} x_i at the row's end), but over pairs of rows read as ONE contiguous stream: rows are
+//! k / 2 bytes apart, so for k a multiple of 64 a pair fills whole 64-byte chunks against the activation
+//! repeated twice: full loads only, no masked tail chunk per row (k = 576: 9 chunks a pair instead of 2 × 5),
+//! the chunk holding both rows split through lane masks, both rows' zero points in one pass and one reduction
+//! for the two sums. Activations are quantized once per call into a per-thread scratch (nothing allocated per
+//! call); rayon splits the rows into a few large tasks, none at 1 thread. Other k (an odd multiple of 32) take
+//! the general row kernels.
 #![cfg(target_arch = "x86_64")]
 
 use std::arch::x86_64::*;
@@ -13,13 +14,13 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
-use super::{avx512, scalar, ActRow, Int4Matrix, CHUNK};
+use super::{avx512, scalar, ActRow, Int4Matrix};
 
-/// One product's activation: quantized per block, then repeated G times (the stream's period).
+/// One product's activation: quantized per block, then repeated twice (a pair of rows' worth).
 struct Scratch {
     /// Permuted x (act-order matrices only): [k].
     xp: Vec<f32>,
-    /// lo / hi [G · k / 2], lane_scale [G · k / 8], block_sum [k / block] (`x` unused).
+    /// lo / hi [2 · k / 2], lane_scale [2 · k / 8], block_sum [2 · k / block] (`x` unused).
     a: ActRow,
 }
 
@@ -37,8 +38,8 @@ impl Scratch {
         }
     }
 
-    /// Quantizes x [k] for `w` and repeats it `g` times.
-    fn fill(&mut self, x: &[f32], w: &Int4Matrix, g: usize) {
+    /// Quantizes x [k] for `w` and repeats it twice (a pair of rows' worth).
+    fn fill(&mut self, x: &[f32], w: &Int4Matrix) {
         let (k, bs) = (w.k(), w.block_size());
         let Scratch { xp, a } = self;
         let x = match w.perm() {
@@ -50,24 +51,24 @@ impl Scratch {
             None => x,
         };
         let (half, lanes) = (k / 2, k / 8);
-        for (v, len) in [(&mut a.lo, g * half), (&mut a.hi, g * half)] {
-            v.resize(len, 0);
+        let blocks = k / bs;
+        for v in [&mut a.lo, &mut a.hi] {
+            v.resize(2 * half, 0);
         }
-        a.lane_scale.resize(g * lanes, 0.0);
-        a.block_sum.resize(k / bs, 0.0);
+        a.lane_scale.resize(2 * lanes, 0.0);
+        a.block_sum.resize(2 * blocks, 0.0);
         avx512::quantize_i8(
             x,
             bs,
             &mut a.lo[..half],
             &mut a.hi[..half],
             &mut a.lane_scale[..lanes],
-            &mut a.block_sum,
+            &mut a.block_sum[..blocks],
         );
-        for c in 1..g {
-            a.lo.copy_within(..half, c * half);
-            a.hi.copy_within(..half, c * half);
-            a.lane_scale.copy_within(..lanes, c * lanes);
-        }
+        a.lo.copy_within(..half, half);
+        a.hi.copy_within(..half, half);
+        a.lane_scale.copy_within(..lanes, lanes);
+        a.block_sum.copy_within(..blocks, blocks);
     }
 }
 
@@ -75,27 +76,23 @@ thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::new());
 }
 
-/// Rows per stream period for k: 1 when a row's k / 2 bytes fill whole 64-byte chunks, 2 when they fill half
-/// of one more; None otherwise (k an odd multiple of 32: the general row kernels).
-pub(super) fn period(k: usize) -> Option<usize> {
-    match (k / 2) % 64 {
-        0 => Some(1),
-        32 => Some(2),
-        _ => None,
-    }
+/// Whether a pair of rows of k inputs fills whole 64-byte chunks (k a multiple of 64); else (k an odd multiple
+/// of 32) the general row kernels.
+pub(super) fn takes(k: usize) -> bool {
+    k.is_multiple_of(64)
 }
 
 /// `out [n] = x [k] · Wᵀ` with activations quantized to int8 per block. The caller checked AVX-512 VNNI is
-/// available and `period(w.k())` is Some.
+/// available and `takes(w.k())`.
 pub(super) fn gemv_i8(x: &[f32], w: &Int4Matrix, out: &mut [f32]) {
     assert!(
         x.len() == w.k() && out.len() == w.n(),
         "gemv_i8: x [k], out [n]"
     );
-    let g = period(w.k()).expect("gemv_i8: k / 2 must be a multiple of 32 bytes");
+    assert!(takes(w.k()), "gemv_i8: k must be a multiple of 64");
     let mut run = |s: &mut Scratch| {
-        s.fill(x, w, g);
-        split(w, g, &s.a, out);
+        s.fill(x, w);
+        split(w, &s.a, out);
     };
     SCRATCH.with(|s| match s.try_borrow_mut() {
         Ok(mut s) => run(&mut s),
@@ -104,42 +101,38 @@ pub(super) fn gemv_i8(x: &[f32], w: &Int4Matrix, out: &mut [f32]) {
     })
 }
 
-/// Rows in a few tasks per thread (whole periods each), or in one call at 1 thread.
-fn split(w: &Int4Matrix, g: usize, a: &ActRow, out: &mut [f32]) {
+/// Rows in a few tasks per thread (whole pairs each), or in one call at 1 thread.
+fn split(w: &Int4Matrix, a: &ActRow, out: &mut [f32]) {
     let threads = rayon::current_num_threads();
     if threads <= 1 {
-        return rows(w, g, 0, a, out);
+        return rows(w, 0, a, out);
     }
     let per = w.n().div_ceil(4 * threads).next_multiple_of(16);
     out.par_chunks_mut(per)
         .enumerate()
-        .for_each(|(t, o)| rows(w, g, t * per, a, o));
+        .for_each(|(t, o)| rows(w, t * per, a, o));
 }
 
-/// Rows `o0 .. o0 + out.len()`.
-fn rows(w: &Int4Matrix, g: usize, o0: usize, a: &ActRow, out: &mut [f32]) {
+/// Rows `o0 .. o0 + out.len()`: pairs on AVX-512, an odd last row on the scalar int8 row.
+fn rows(w: &Int4Matrix, o0: usize, a: &ActRow, out: &mut [f32]) {
     let (k, blocks) = (w.k(), w.k() / w.block_size());
     assert!(o0 + out.len() <= w.n());
     assert!(
-        a.lo.len() >= g * k / 2
-            && a.hi.len() >= g * k / 2
-            && a.lane_scale.len() >= g * k / 8
-            && a.block_sum.len() == blocks
+        a.lo.len() >= k
+            && a.hi.len() >= k
+            && a.lane_scale.len() >= k / 4
+            && a.block_sum.len() >= 2 * blocks
     );
-    let whole = out.len() / g * g;
-    // SAFETY: the caller checked AVX-512 VNNI; rows o0 .. o0 + whole exist and the activation holds g
-    // periods (both asserted above); the kernels read nothing else.
+    let whole = out.len() / 2 * 2;
+    // SAFETY: the caller checked AVX-512 VNNI and that a pair of rows fills whole chunks; rows o0 .. o0 + whole
+    // exist and the activation holds two rows' worth (both asserted above); the kernel reads nothing else.
     unsafe {
-        match (g, w.block_size()) {
-            (1, 32) => stream::<1, 32>(w, o0, a, &mut out[..whole]),
-            (1, 64) => stream::<1, 64>(w, o0, a, &mut out[..whole]),
-            (1, _) => stream::<1, 128>(w, o0, a, &mut out[..whole]),
-            (_, 32) => stream::<2, 32>(w, o0, a, &mut out[..whole]),
-            // k an odd multiple of 64 has no blocks of 128.
-            _ => stream::<2, 64>(w, o0, a, &mut out[..whole]),
+        match w.block_size() {
+            32 => pairs::<32>(w, o0, a, &mut out[..whole]),
+            64 => pairs::<64>(w, o0, a, &mut out[..whole]),
+            _ => pairs::<128>(w, o0, a, &mut out[..whole]),
         }
     }
-    // A last row short of a period (an odd row count with G = 2): the scalar int8 row.
     let (nib, scales, zeros) = w.parts();
     for (r, y) in out.iter_mut().enumerate().skip(whole) {
         let o = o0 + r;
@@ -176,7 +169,7 @@ unsafe fn chunk_scales<const BS: usize>(sp: *const f32, c: usize) -> __m512 {
     }
 }
 
-/// Stream chunk `c` of the period at `p` (weights) against the activation's chunk `c`: per lane
+/// Stream chunk `c` of the pair at `p` (weights) against the activation's chunk `c`: per lane
 /// Σ xq · q (integer) · activation scale, and the lanes' weight scales.
 #[inline(always)]
 unsafe fn chunk<const BS: usize>(
@@ -203,70 +196,88 @@ unsafe fn chunk<const BS: usize>(
     )
 }
 
-/// Σ_b s_b · z_b · block_sum_b over one row's blocks, lanes to be summed.
+/// The lane sums of `a` and of `b`.
 #[inline(always)]
-unsafe fn zero_term(s: *const f32, z: *const u8, block_sum: &[f32]) -> __m512 {
-    let nb = block_sum.len();
-    let mut acc = _mm512_setzero_ps();
-    for b in (0..nb).step_by(16) {
-        let m: __mmask16 = if nb - b >= 16 {
-            !0
-        } else {
-            ((1u32 << (nb - b)) - 1) as u16
-        };
-        let zf = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(
-            m,
-            z.add(b).cast(),
-        )));
-        let sv = _mm512_maskz_loadu_ps(m, s.add(b));
-        let xs = _mm512_maskz_loadu_ps(m, block_sum.as_ptr().add(b));
-        acc = _mm512_fmadd_ps(_mm512_mul_ps(zf, sv), xs, acc);
-    }
-    acc
+unsafe fn reduce2(a: __m512, b: __m512) -> (f32, f32) {
+    // 128-bit lanes t = [a0 + a2, a1 + a3, b0 + b2, b1 + b3], then [t0 + t1 | t2 + t3] = [a: 4 | b: 4].
+    let t = _mm512_add_ps(
+        _mm512_shuffle_f32x4::<0b01_00_01_00>(a, b),
+        _mm512_shuffle_f32x4::<0b11_10_11_10>(a, b),
+    );
+    let (lo, hi) = (
+        _mm512_castps512_ps256(t),
+        _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(t))),
+    );
+    let u = _mm256_add_ps(
+        _mm256_permute2f128_ps::<0x20>(lo, hi),
+        _mm256_permute2f128_ps::<0x31>(lo, hi),
+    );
+    let u = _mm256_add_ps(u, _mm256_permute_ps::<0b10_11_00_01>(u));
+    let u = _mm256_add_ps(u, _mm256_permute_ps::<0b01_00_11_10>(u));
+    (
+        _mm256_cvtss_f32(u),
+        _mm_cvtss_f32(_mm256_extractf128_ps::<1>(u)),
+    )
 }
 
-/// Rows `o0 .. o0 + out.len()` (a multiple of G) in periods of G rows: G · k / 128 full chunks each, the
-/// middle chunk of a pair split between its rows at lane 8.
+/// Rows `o0 .. o0 + out.len()` (an even count) in pairs: a pair's 2 · k / 2 bytes are k / 64 whole chunks
+/// against the activation repeated twice, the chunk holding both rows (k an odd multiple of 64) split
+/// between them at lane 8; zero points Σ_b s_b z_b Σ_{i∈b} x_i of both rows in one pass over their 2 · blocks
+/// contiguous scales and zeros, and one reduction for the two sums.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma")]
-unsafe fn stream<const G: usize, const BS: usize>(
-    w: &Int4Matrix,
-    o0: usize,
-    a: &ActRow,
-    out: &mut [f32],
-) {
+unsafe fn pairs<const BS: usize>(w: &Int4Matrix, o0: usize, a: &ActRow, out: &mut [f32]) {
     let k = w.k();
     let blocks = k / BS;
     let (nib, scales, zeros) = w.parts();
-    // Chunks of one row (G = 1) or of the pair's first row before the shared one (G = 2).
-    let m = k / CHUNK;
-    for (i, y) in out.chunks_exact_mut(G).enumerate() {
-        let o = o0 + i * G;
-        // SAFETY (all pointer arithmetic): rows o .. o + G exist (the caller's assert), their G · k / 2 bytes
-        // and G · blocks scales are contiguous; the activation holds G periods.
+    let lanes = k / 8;
+    // Chunks wholly in the first row, whether one chunk is shared, all chunks of the pair.
+    let (first, shared, all) = (lanes / 16, !lanes.is_multiple_of(16), k / 64);
+    for (i, y) in out.chunks_exact_mut(2).enumerate() {
+        let o = o0 + 2 * i;
+        // SAFETY (all pointer arithmetic): rows o, o + 1 exist (the caller's assert); their k bytes, 2 · blocks
+        // scales and zeros are contiguous; the activation holds two rows' worth, block_sum twice.
         let p = nib.as_ptr().add(o * k / 2);
         let sp = scales.as_ptr().add(o * blocks);
-        let mut acc = [_mm512_setzero_ps(); G];
-        for c in 0..m {
+        let zp = zeros.as_ptr().add(o * blocks);
+        let (mut acc0, mut acc1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+        for c in 0..first {
             let (t, ws) = chunk::<BS>(p, sp, a, c);
-            acc[0] = _mm512_fmadd_ps(t, ws, acc[0]);
+            acc0 = _mm512_fmadd_ps(t, ws, acc0);
         }
-        if G == 2 {
-            let (t, ws) = chunk::<BS>(p, sp, a, m);
-            acc[0] = _mm512_mask3_fmadd_ps(t, ws, acc[0], 0x00FF);
-            acc[G - 1] = _mm512_mask3_fmadd_ps(t, ws, acc[G - 1], 0xFF00);
-            for c in m + 1..2 * m + 1 {
-                let (t, ws) = chunk::<BS>(p, sp, a, c);
-                acc[G - 1] = _mm512_fmadd_ps(t, ws, acc[G - 1]);
-            }
+        if shared {
+            let (t, ws) = chunk::<BS>(p, sp, a, first);
+            acc0 = _mm512_mask3_fmadd_ps(t, ws, acc0, 0x00FF);
+            acc1 = _mm512_mask3_fmadd_ps(t, ws, acc1, 0xFF00);
         }
-        for (r, y) in y.iter_mut().enumerate() {
-            let zt = zero_term(
-                sp.add(r * blocks),
-                zeros.as_ptr().add((o + r) * blocks),
-                &a.block_sum,
-            );
-            *y = _mm512_reduce_add_ps(_mm512_sub_ps(acc[r], zt));
+        for c in first + shared as usize..all {
+            let (t, ws) = chunk::<BS>(p, sp, a, c);
+            acc1 = _mm512_fmadd_ps(t, ws, acc1);
         }
+        // Zero points: lane L of the 2 · blocks is row 0's block L, or row 1's block L − blocks.
+        for base in (0..2 * blocks).step_by(16) {
+            let valid = mask_below(2 * blocks - base);
+            let row0 = mask_below(blocks.saturating_sub(base));
+            let zf = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(
+                valid,
+                zp.add(base).cast(),
+            )));
+            let sv = _mm512_maskz_loadu_ps(valid, sp.add(base));
+            let xs = _mm512_maskz_loadu_ps(valid, a.block_sum.as_ptr().add(base));
+            let zt = _mm512_mul_ps(_mm512_mul_ps(zf, sv), xs);
+            acc0 = _mm512_mask_sub_ps(acc0, row0, acc0, zt);
+            acc1 = _mm512_mask_sub_ps(acc1, !row0, acc1, zt);
+        }
+        (y[0], y[1]) = reduce2(acc0, acc1);
+    }
+}
+
+/// The first min(n, 16) lanes.
+#[inline(always)]
+fn mask_below(n: usize) -> __mmask16 {
+    if n >= 16 {
+        !0
+    } else {
+        ((1u32 << n) - 1) as u16
     }
 }
 
@@ -302,8 +313,8 @@ mod tests {
         .expect("pack")
     }
 
-    /// (n, k, group, act-order): periods of 2 rows (k = 576, 960) and of 1 (256, 384, 640, 1536), blocks of
-    /// 32 / 64 / 128, odd row counts (the scalar last row), fewer rows than a period.
+    /// (n, k, group, act-order): a chunk shared by the rows of a pair (k = 576, 960) or not (256, 384, 640,
+    /// 1536), blocks of 32 / 64 / 128, odd row counts (the scalar last row), a single row.
     const SHAPES: [(usize, usize, usize, bool); 9] = [
         (33, 576, 128, false),
         (17, 576, 32, false),
@@ -401,12 +412,8 @@ mod tests {
     }
 
     #[test]
-    fn periods() {
-        assert_eq!(period(576), Some(2));
-        assert_eq!(period(1536), Some(1));
-        assert_eq!(period(896), Some(1));
-        assert_eq!(period(960), Some(2));
-        assert_eq!(period(96), None);
-        assert_eq!(period(160), None);
+    fn takes_k_a_multiple_of_64() {
+        assert!(takes(576) && takes(1536) && takes(896) && takes(960));
+        assert!(!takes(96) && !takes(160));
     }
 }

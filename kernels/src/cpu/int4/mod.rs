@@ -150,7 +150,7 @@ pub fn int4_matmul_into(
 /// Whether the batch-1 stream GEMV (`gemv1`) runs this product.
 #[cfg(target_arch = "x86_64")]
 fn gemv1_takes(w: &Int4Matrix, act: Activations, isa: Isa) -> bool {
-    isa == Isa::Avx512 && act == Activations::Int8 && gemv1::period(w.k()).is_some()
+    isa == Isa::Avx512 && act == Activations::Int8 && gemv1::takes(w.k())
 }
 
 /// [`int4_matmul`] on a forced instruction set (tests, benches).
