@@ -10,7 +10,7 @@ OnnxStaticQuantization (uint16 activations, uint8 weights).
   QNNExecutionProvider, outputs within the plugin's tolerance of the CPU provider's run of the same model;
 - the static layout is exact in fp32: the fixed-shape graph before quantization gives the GroupQueryAttention
   export's logits for a first prompt (past slots masked) and for a continuation (the first prompt's present in the
-  last past slots), within 1e-4;
+  last past slots), within 1e-4; so does the elementwise RMSNorm form (decompose_simplified);
 - the HTP run of the QDQ model on a text prompt: close to ONNX Runtime's CPU run of the same QDQ model, and to the
   fp32 export (cosine; top-1 agreement is reported, not asserted: the random tiny model's logits are nearly flat).
 """
@@ -21,6 +21,7 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 from tokenizers import Tokenizer
@@ -114,6 +115,15 @@ def test_auto_opt_puts_a_hugging_face_llm_fully_on_the_htp_simulator(olive_host,
     assert np.abs(got - first["logits"]).max() <= 1e-4
     got = static_fp32.run(["logits"], static_feed(ids[:, S:], presents, S, S, static_fp32))[0]
     assert np.abs(got - second).max() <= 1e-4
+    # Olive's elementwise RMSNorm form of every SimplifiedLayerNormalization: the same logits.
+    done = run([olive_host, "run-pass", "--pass", "DecomposeSkipSimplifiedLayerNormalization", "--pass-config",
+                json.dumps({"decompose_simplified": True}), "-m", tmp_path / "step1" / "model", "-o", tmp_path / "rms"])
+    assert done.returncode == 0, done.stderr
+    elementwise = cpu(tmp_path / "rms" / "model" / "model.onnx")
+    assert not any(n.op_type.endswith("LayerNormalization") for n in onnx.load(
+        tmp_path / "rms" / "model" / "model.onnx", load_external_data=False).graph.node)
+    got = elementwise.run(["logits"], static_feed(ids[:, :S], {}, 0, 0, elementwise))[0]
+    assert np.abs(got - first["logits"]).max() <= 1e-4
 
     # The QDQ model on the HTP simulator (fallback off) vs its CPU run and vs fp32, first prompt.
     qdq = cpu(model)
