@@ -8,6 +8,7 @@ auto-opt's QNN recipe end to end on the HTP simulator.
   too, equal to float32 precision; the quantized weights are byte-identical except a handful of elements one step
   off (float32 rounding at .5; at most WEIGHT_ODD_ELEMENTS a tensor).
 - int4 per-channel weights with uint16 activations run fully on the HTP simulator (MINILM_INT4_COS).
+- The attention mask's fill survives quantization (keep_attention_mask): padded inputs on the HTP.
 - EPContextBinaryGenerator: the QNN context-binary model runs on the simulator with the QDQ model's outputs.
 - `auto-opt --model_name_or_path model.onnx --device npu --provider QNNExecutionProvider --precision uint8`: fixed
   shapes (batch 1, 128 tokens) -> peephole -> LayerNorm/Gelu fusion -> static QDQ uint8 -> ep-check (every node
@@ -46,6 +47,8 @@ MINILM_COS_GAP = 0.05
 MINILM_U16_COS = 0.9
 # uint16 activations, int4 per-channel weights, same input: cosine measured 0.849 on the HTP (int8 per channel 0.998).
 MINILM_INT4_COS = 0.8
+# uint16 activations, uint8 per-channel weights, 6 of SEQ tokens padded: cosine to fp32 (same mask) measured 0.9965.
+MINILM_MASKED_COS = 0.98
 LN_GELU_ONLY = {"model_type": "bert", "optimization_options": {
     "enable_attention": False, "enable_skip_layer_norm": False, "enable_bias_skip_layer_norm": False,
     "enable_bias_gelu": False, "enable_embed_layer_norm": False}}
@@ -137,7 +140,7 @@ def test_scales_zero_points_and_weights_match_quantize_static(olive_host, prepar
                                                               per_channel):
     ours = run_pass(olive_host, "OnnxStaticQuantization",
                     {"activation_type": act, "weight_type": weight, "per_channel": per_channel,
-                     "calibration_samples": 8, "seed": 0}, prepared, tmp_path / "ours")
+                     "calibration_samples": 8, "seed": 0, "keep_attention_mask": False}, prepared, tmp_path / "ours")
     theirs = tmp_path / "ort.onnx"
     quantize_static(prepared, theirs, _Reader(ids_samples()), quant_format=QuantFormat.QDQ,
                     activation_type=QuantType[act], weight_type=QuantType[weight], per_channel=per_channel)
@@ -167,7 +170,8 @@ def test_calibration_from_a_data_config_matches_quantize_static_on_the_same_rows
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(minilm.source_dir() / name, model_dir / name)
     ours = run_pass(olive_host, "OnnxStaticQuantization",
-                    {"activation_type": "QUInt8", "weight_type": "QUInt8", "data_config": data}, model_dir,
+                    {"activation_type": "QUInt8", "weight_type": "QUInt8", "data_config": data,
+                     "keep_attention_mask": False}, model_dir,
                     tmp_path / "ours")
     assert (ours.parent / "tokenizer.json").is_file()
     from tokenizers import Tokenizer
@@ -248,6 +252,27 @@ def test_uint16_activations_finalize_on_the_htp_simulator_close_to_fp32(olive_ho
     fp32 = ort.InferenceSession(prepared, providers=["CPUExecutionProvider"]).run(None, feed)[0]
     cos = float((htp * fp32).sum() / np.linalg.norm(htp) / np.linalg.norm(fp32))
     assert cos >= MINILM_U16_COS, cos
+
+
+def test_padding_mask_survives_quantization_on_the_htp_simulator(olive_host, prepared, tmp_path):
+    """The attention mask's -3.4e38 fill quantizes to -100 (keep_attention_mask, the default for 16-bit
+    activations): with the last 6 of
+    SEQ tokens padded, the HTP output is close to the fp32 output with that mask (MINILM_MASKED_COS); without it the
+    padded positions are attended (measured 0.931 vs 0.9965)."""
+    if not os.environ.get("OLIVE_ORT_QNN_DYLIB"):
+        pytest.fail("OLIVE_ORT_QNN_DYLIB is not set: run `make test`")
+    feed = {"input_ids": (np.arange(SEQ) * 37 % 20000 + 1000).reshape(1, SEQ).astype(np.int64),
+            "attention_mask": np.ones((1, SEQ), np.int64), "token_type_ids": np.zeros((1, SEQ), np.int64)}
+    feed["attention_mask"][0, -6:] = 0
+    fp32 = ort.InferenceSession(prepared, providers=["CPUExecutionProvider"]).run(None, feed)[0]
+    got = {}
+    for keep in (True, False):
+        model = run_pass(olive_host, "OnnxStaticQuantization",
+                         {"activation_type": "QUInt16", "weight_type": "QUInt8", "per_channel": True,
+                          "keep_attention_mask": keep}, prepared, tmp_path / f"keep-{keep}")
+        htp = qnn_session(model).run(None, feed)[0][0, :-6]
+        got[keep] = float((htp * fp32[0, :-6]).sum() / np.linalg.norm(htp) / np.linalg.norm(fp32[0, :-6]))
+    assert got[True] >= MINILM_MASKED_COS and got[False] < got[True] - 0.02, got
 
 
 def test_int4_per_channel_weights_with_uint16_activations_run_on_the_htp_simulator(olive_host, prepared, tmp_path):

@@ -23,6 +23,8 @@
 //! tokenized to the model's inputs, see [`data`]); without one, random valid token ids made from the graph (see
 //! [`calibrate`]) with a warning.
 //!
+//! Attention-mask fills are kept (see [`mask`]; onnxruntime loses them).
+//!
 //! Not done (refused by name): QOperator format, reduce_range, calibration methods other than MinMax, block-wise
 //! weights (ORT's `BlockSize`). ORT's removal of Relu/Clip (`QDQRemovableActivation`) is not done: they are
 //! quantized like other ops.
@@ -38,7 +40,7 @@ use serde::Deserialize;
 
 use crate::qtype::{f32_tensor, QType, INT32};
 use crate::types::{self, element_types};
-use crate::{calibrate, data, graph_of, rewrite_model, weights};
+use crate::{calibrate, data, graph_of, mask, rewrite_model, weights};
 
 /// ORT's default op types for QDQ (registry.py: QDQRegistry and QLinearOpsRegistry keys).
 pub const DEFAULT_OPS: &[&str] = &[
@@ -152,6 +154,11 @@ pub struct StaticConfig {
     /// olive-rs: the number of calibration samples (a data_config's max_samples takes precedence).
     #[serde(default = "eight")]
     pub calibration_samples: usize,
+    /// olive-rs: attention-mask fills (-3.4e38) quantize to -100 instead of being lost (see [`mask`]); false:
+    /// onnxruntime's plain MinMax ranges. Default: on for 16-bit activations (8-bit ones have too few steps to
+    /// span the floor and keep the scores' resolution: the HTP drifts from the CPU).
+    #[serde(default)]
+    pub keep_attention_mask: Option<bool>,
     /// olive-rs: the seed of the random token ids (no data_config).
     #[serde(default)]
     pub seed: u64,
@@ -434,8 +441,13 @@ pub fn quantize(
         }
     };
     let samples_used = samples.len();
-    let ranges = calibrate::min_max(model, &calibrated, &samples, scratch)?;
+    let mut ranges = calibrate::min_max(model, &calibrated, &samples, scratch)?;
     let graph = graph_of(model)?;
+    let floored = if c.keep_attention_mask.unwrap_or(act.bits16()) {
+        mask::floor_ranges(&mut ranges, &mask::fill_paths(graph))
+    } else {
+        0
+    };
     // QNN: 16-bit Sigmoid/Tanh outputs take QNN's fixed params; the HTP refuses a LayerNormalization whose scale is
     // signed (int8/int4) beside 16-bit activations, so such a scale is uint8 (asymmetric) whatever weight_type says.
     let qnn = c.execution_provider.as_deref() == Some("QNNExecutionProvider");
@@ -706,6 +718,7 @@ pub fn quantize(
         "activation_type": c.activation_type,
         "weight_type": c.weight_type,
         "per_channel": c.per_channel,
+        "mask_ranges_floored": floored,
         "calibration_samples": samples_used,
         "calibration_data": if c.data_config.is_some() { "data_config" } else { "random token ids" },
     }))
