@@ -18,11 +18,11 @@ mod gather_quant;
 mod gelu;
 mod gemm;
 pub mod gqa;
-pub mod rms;
 pub mod graph;
 mod int32_inputs;
 mod norm;
 pub mod peephole;
+pub mod rms;
 pub mod transformers;
 
 use std::collections::BTreeMap;
