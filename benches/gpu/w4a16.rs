@@ -129,13 +129,18 @@ fn candidates(gpu: &Gpu, batch: usize) -> Vec<MmConfig> {
 fn label(c: &MmConfig) -> String {
     if c.producer {
         format!(
-            "ws {}x{}x{} s{}x{} b{}",
+            "ws {}x{}x{} s{}x{} b{}{}",
             c.wn / 4,
             64 * c.rt,
             c.cols(),
             c.stages,
             c.stage_chunks,
-            c.min_blocks
+            c.min_blocks,
+            if c.cluster > 1 {
+                format!(" c{}", c.cluster)
+            } else {
+                String::new()
+            }
         )
     } else if c.wgmma {
         format!(

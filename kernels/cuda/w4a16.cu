@@ -134,7 +134,7 @@ __device__ __forceinline__ uint4 ldg_stream(const uint4 *p) {
 
 // Thread-block clusters (sm_90; unused and never launched on older devices): this block's rank in its cluster,
 // a barrier over the cluster's threads (release/acquire: shared-memory writes before it are seen after it), and a
-// float of another block's shared memory at the same offset as `p`.
+// float (four, 16-byte aligned) of another block's shared memory at the same offset as `p`.
 __device__ __forceinline__ int cluster_rank() {
     u32 r = 0;
 #if __CUDA_ARCH__ >= 900
@@ -153,6 +153,18 @@ __device__ __forceinline__ float ld_cluster(const float *p, int rank) {
     u32 remote;
     asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote) : "r"((u32)__cvta_generic_to_shared(p)), "r"(rank));
     asm volatile("ld.shared::cluster.f32 %0, [%1];\n" : "=f"(v) : "r"(remote) : "memory");
+#endif
+    return v;
+}
+__device__ __forceinline__ float4 ld_cluster4(const float *p, int rank) {
+    float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
+#if __CUDA_ARCH__ >= 900
+    u32 remote;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote) : "r"((u32)__cvta_generic_to_shared(p)), "r"(rank));
+    asm volatile("ld.shared::cluster.v4.f32 {%0, %1, %2, %3}, [%4];\n"
+                 : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w)
+                 : "r"(remote)
+                 : "memory");
 #endif
     return v;
 }

@@ -255,7 +255,7 @@ __device__ __forceinline__ void bulk_copy(void *dst, const void *src, u32 bytes,
                  : "memory");
 }
 
-template <typename T, int NWG, int RT, int COLS, int S, int CPS, int MINB>
+template <typename T, int NWG, int RT, int COLS, int S, int CPS, int MINB, int CL>
 __device__ __forceinline__ void w4_ws(T *__restrict__ y, float *__restrict__ part, const uint4 *__restrict__ xp,
                                       const uint4 *__restrict__ tiles, const u32 *__restrict__ meta, int batch,
                                       int n, int k, int group, int chunks_per_split) {
@@ -271,7 +271,10 @@ __device__ __forceinline__ void w4_ws(T *__restrict__ y, float *__restrict__ par
 
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int nchunks = k >> 6, rowb = blockIdx.y * ROWS;
-    const int c0 = blockIdx.z * chunks_per_split, nch = min(nchunks, c0 + chunks_per_split) - c0;
+    // With CL > 1 the CL blocks of a cluster along z split K evenly (each at least one chunk: k >= 64 * CL) and add
+    // up through distributed shared memory; otherwise z splits K by chunks_per_split into `part`.
+    const int c0 = CL > 1 ? (int)blockIdx.z * nchunks / CL : blockIdx.z * chunks_per_split;
+    const int nch = CL > 1 ? ((int)blockIdx.z + 1) * nchunks / CL - c0 : min(nchunks, c0 + chunks_per_split) - c0;
     const bool one_slice = (group & 63) == 0;  // every 16-input slice of a chunk in one group
     if (threadIdx.x == 0) {
         for (int s = 0; s < S; ++s) {
@@ -289,7 +292,13 @@ __device__ __forceinline__ void w4_ws(T *__restrict__ y, float *__restrict__ par
     constexpr int CONS_REGS = CONS_RAW < 248 ? CONS_RAW : 248;
     if (warp >= 4 * NWG) {  // the producer warpgroup: its first warp's lanes issue a stage's copies together
         asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(PROD_REGS));
-        if (warp != 4 * NWG) return;
+        if (warp != 4 * NWG) {
+            if (CL > 1) {  // the cluster's two barriers of the reduction below
+                cluster_sync();
+                cluster_sync();
+            }
+            return;
+        }
         const int tiles_here = min(ROWS / 16, (n >> 4) - rowb / 16), rows_here = 16 * tiles_here;
         const int slices = one_slice ? 1 : 4;
         const GroupOf grp_of = group_of(group);
@@ -316,6 +325,10 @@ __device__ __forceinline__ void w4_ws(T *__restrict__ y, float *__restrict__ par
                     bulk_copy(base + WBYTES + (q * 4 + sl) * MPITCH * 4,
                               meta + (size_t)grp_of((c + q) * 64 + 16 * sl) * n + rowb, rows_here * 4, &full[s]);
             }
+        }
+        if (CL > 1) {
+            cluster_sync();
+            cluster_sync();
         }
         return;
     }
@@ -409,8 +422,52 @@ __device__ __forceinline__ void w4_ws(T *__restrict__ y, float *__restrict__ par
 #pragma unroll
     for (int r = 0; r < RT; ++r) wg_pin(acc[r]);
 
-    float *out = part + (size_t)blockIdx.z * batch * n;
     const int colb = blockIdx.x * COLS;
+    if (CL > 1) {
+        // Each block's sums [COLS][ROWS + 4] f32 into its (now idle) stages, once every consumer is done with them;
+        // after the cluster barrier rank z adds up its 1/CL of the tile over the cluster's blocks (16-byte reads
+        // of distributed shared memory) and writes it; the second barrier keeps every block's shared memory alive
+        // until all have read it.
+        constexpr int RP = ROWS + 4;
+        static_assert(COLS * RP * 4 <= S * STAGE, "reduction buffer over the stages");
+        float *red = reinterpret_cast<float *>(smem);
+        asm volatile("bar.sync 1, %0;\n" ::"n"(128 * NWG) : "memory");
+#pragma unroll
+        for (int r = 0; r < RT; ++r) {
+            const int row = ((wgi * RT + r) * 4 + wi) * 16 + g;
+#pragma unroll
+            for (int i = 0; i < COLS / 8; ++i)
+#pragma unroll
+                for (int e = 0; e < 4; ++e)
+                    red[(8 * i + 2 * t + (e & 1)) * RP + row + 8 * (e >> 1)] = acc[r][4 * i + e];
+        }
+        cluster_sync();
+        const int rank = cluster_rank();
+        constexpr int PIECES = COLS * ROWS / 4;  // 4 rows each
+        for (int p = rank * PIECES / CL + threadIdx.x; p < (rank + 1) * PIECES / CL; p += 128 * NWG) {
+            const int col = p / (ROWS / 4), row = 4 * (p % (ROWS / 4));
+            float4 sum = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+            for (int src = 0; src < CL; ++src) {
+                const float4 v = ld_cluster4(&red[col * RP + row], src);
+                sum.x += v.x;
+                sum.y += v.y;
+                sum.z += v.z;
+                sum.w += v.w;
+            }
+            const int cc = colb + col, rr = rowb + row;  // n % 16 == 0: 4 rows are in or out together
+            if (cc < batch && rr < n) {
+                T *o = y + (size_t)cc * n + rr;
+                o[0] = Op::from_f32(sum.x);
+                o[1] = Op::from_f32(sum.y);
+                o[2] = Op::from_f32(sum.z);
+                o[3] = Op::from_f32(sum.w);
+            }
+        }
+        cluster_sync();
+        return;
+    }
+    float *out = part + (size_t)blockIdx.z * batch * n;
 #pragma unroll
     for (int r = 0; r < RT; ++r) {
         const int row = rowb + ((wgi * RT + r) * 4 + wi) * 16 + g;
@@ -435,20 +492,32 @@ __device__ __forceinline__ void w4_ws(T *__restrict__ y, float *__restrict__ par
         w4_ws_##NAME##_##NWG##_##RT##_##COLS##_##S##_##CPS##_##MINB(                                             \
             TY *y, float *part, const uint4 *xp, const uint4 *tiles, const u32 *meta, int batch, int n, int k,   \
             int group, int chunks_per_split) {                                                                   \
-        w4_ws<TY, NWG, RT, COLS, S, CPS, MINB>(y, part, xp, tiles, meta, batch, n, k, group, chunks_per_split);  \
+        w4_ws<TY, NWG, RT, COLS, S, CPS, MINB, 1>(y, part, xp, tiles, meta, batch, n, k, group, chunks_per_split); \
     }
+// ..._c<CL>: clusters of CL blocks along z split K (grid.z = CL), reducing through distributed shared memory.
+#define W4_WSC(TY, NAME, NWG, RT, COLS, S, CPS, MINB, CL)                                                        \
+    extern "C" __global__ void __cluster_dims__(1, 1, CL) __launch_bounds__(128 * (NWG + 1), MINB)               \
+        w4_ws_##NAME##_##NWG##_##RT##_##COLS##_##S##_##CPS##_##MINB##_c##CL(                                     \
+            TY *y, float *part, const uint4 *xp, const uint4 *tiles, const u32 *meta, int batch, int n, int k,   \
+            int group, int chunks_per_split) {                                                                   \
+        w4_ws<TY, NWG, RT, COLS, S, CPS, MINB, CL>(y, part, xp, tiles, meta, batch, n, k, group,                 \
+                                                   chunks_per_split);                                            \
+    }
+#define W4_WSC_BOTH(NWG, RT, COLS, S, CPS, MINB, CL)                                                              \
+    W4_WSC(__half, f16, NWG, RT, COLS, S, CPS, MINB, CL)                                                         \
+    W4_WSC(__nv_bfloat16, bf16, NWG, RT, COLS, S, CPS, MINB, CL)
 #define W4_WS_BOTH(NWG, RT, COLS, S, CPS, MINB)                                                                   \
     W4_WS(__half, f16, NWG, RT, COLS, S, CPS, MINB)                                                              \
     W4_WS(__nv_bfloat16, bf16, NWG, RT, COLS, S, CPS, MINB)
 
-W4_WS_BOTH(1, 1, 16, 4, 2, 4)
-W4_WS_BOTH(1, 1, 16, 2, 4, 4)
 W4_WS_BOTH(2, 1, 64, 3, 2, 2)
 W4_WS_BOTH(2, 1, 64, 3, 4, 1)
 W4_WS_BOTH(2, 1, 128, 4, 2, 1)
-W4_WS_BOTH(2, 1, 128, 2, 4, 1)
 W4_WS_BOTH(2, 2, 128, 3, 2, 1)
-W4_WS_BOTH(2, 2, 128, 2, 4, 1)
+W4_WSC_BOTH(2, 1, 64, 3, 4, 1, 2)
+W4_WSC_BOTH(2, 1, 64, 3, 4, 1, 4)
+W4_WSC_BOTH(2, 1, 128, 4, 2, 1, 2)
+W4_WSC_BOTH(2, 1, 128, 4, 2, 1, 4)
 
 // The activations of w4_ws: xp [batch / cols (rounded up)][k / 64][8][cols][8 elements] = x [batch, k] (16-bit
 // elements of either dtype; act-order: stored input j is x[b, perm[j]]) in the B core-matrix layout above, zero

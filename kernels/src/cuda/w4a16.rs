@@ -97,7 +97,7 @@ pub struct MmConfig {
     pub stages: u32,
     /// Blocks a multiprocessor the pipelined kernel is compiled to fit (its register cap).
     pub min_blocks: u32,
-    /// Blocks of a thread-block cluster splitting K in the split-K kernel (1: no cluster).
+    /// Blocks of a thread-block cluster splitting K in the split-K and the warp-specialised kernels (1: none).
     pub cluster: u32,
     /// The Hopper warpgroup-MMA pipelined kernel.
     pub wgmma: bool,
@@ -174,6 +174,15 @@ const fn ws(
     }
 }
 
+/// [`ws`] (one block an SM) whose thread-block clusters of `cluster` blocks split K, adding up through distributed
+/// shared memory instead of partial sums in device memory.
+const fn wsc(warpgroups: u32, rt: u32, cols: u32, stages: (u32, u32), cluster: u32) -> MmConfig {
+    MmConfig {
+        cluster,
+        ..ws(warpgroups, rt, cols, stages, 1)
+    }
+}
+
 /// A pipelined configuration compiled for two blocks a multiprocessor.
 const fn pipe2(rt: u32, nb8: u32, wn: u32, wb: u32, stages: u32) -> MmConfig {
     MmConfig {
@@ -229,14 +238,14 @@ pub const CONFIGS: [MmConfig; 52] = [
     wg(2, 128, 5, 1),
     wg(1, 128, 5, 3),
     wg(4, 128, 4, 1),
-    ws(1, 1, 16, (4, 2), 4),
-    ws(1, 1, 16, (2, 4), 4),
     ws(2, 1, 64, (3, 2), 2),
     ws(2, 1, 64, (3, 4), 1),
     ws(2, 1, 128, (4, 2), 1),
-    ws(2, 1, 128, (2, 4), 1),
     ws(2, 2, 128, (3, 2), 1),
-    ws(2, 2, 128, (2, 4), 1),
+    wsc(2, 1, 64, (3, 4), 2),
+    wsc(2, 1, 64, (3, 4), 4),
+    wsc(2, 1, 128, (4, 2), 2),
+    wsc(2, 1, 128, (4, 2), 4),
 ];
 
 impl MmConfig {
@@ -292,8 +301,13 @@ impl MmConfig {
             stage_chunks,
         } = *self;
         if producer {
+            let cl = if cluster > 1 {
+                format!("_c{cluster}")
+            } else {
+                String::new()
+            };
             format!(
-                "w4_ws_{}_{}_{rt}_{}_{stages}_{stage_chunks}_{min_blocks}",
+                "w4_ws_{}_{}_{rt}_{}_{stages}_{stage_chunks}_{min_blocks}{cl}",
                 T::SUFFIX,
                 wn / 4,
                 8 * nb8
@@ -324,11 +338,32 @@ impl MmConfig {
     /// splitting K; 9..16: over 8192 inputs and more a cluster of two blocks splitting K, 2 tiles a warp at 15
     /// warps, else 1; under 8192 inputs 8 warps splitting K at 20, else 16). Larger batches on Hopper the
     /// warp-specialised wgmma kernel: 128-row blocks of 64 or 128 columns, over 16384 rows (where the tiles alone
-    /// fill the GPU, so no K split and its partial sums are needed) 2-block-an-SM / 256-row blocks; elsewhere the
-    /// mma.sync kernels.
+    /// fill the GPU, so no K split and its partial sums are needed) 2-block-an-SM / 256-row blocks, with few tiles
+    /// K split over a thread-block cluster where that pays (below); elsewhere the mma.sync kernels.
     pub fn pick(batch: usize, n: usize, k: usize, sm_count: u32, arch: (u32, u32)) -> MmConfig {
         let hopper = arch == (9, 0);
         // (configuration, warps a multiprocessor it needs); the last is taken when none fills the GPU.
+        // The warp-specialised kernel with few tiles: K split over a cluster (on-chip sums) where the partial-sum
+        // split would cut it 2 or 3 ways, or 4 ways when 4-block clusters of every tile still fit in 3/4 of the
+        // multiprocessors (more do not all fit the GPCs at once: measured 1.3-1.5x slower at 128 blocks on 132
+        // SMs); otherwise the plain kernel (its partial sums are cheaper than a second wave).
+        let clustered = |c: MmConfig| {
+            let tiles = n.div_ceil(c.rows()) * batch.div_ceil(c.cols());
+            let sm = sm_count as usize;
+            let cl = match sm / tiles.max(1) {
+                2 | 3 => 2,
+                s if s >= 4 && 16 * tiles <= 3 * sm => 4,
+                _ => 1,
+            };
+            if cl > 1 && k / 64 >= 2 * cl {
+                MmConfig {
+                    cluster: cl as u32,
+                    ..c
+                }
+            } else {
+                c
+            }
+        };
         let ladder: &[(MmConfig, usize)] = match batch {
             0..=8 => &[
                 (cfg(2, 1, 8, 1, 1), 31),
@@ -339,9 +374,9 @@ impl MmConfig {
             9..=16 => &[(cfg(1, 2, 8, 1, 1), 20), (cfg(1, 2, 16, 1, 1), 0)],
             17..=32 => &[(cfg(1, 4, 8, 1, 1), 0)],
             33..=64 if hopper && n > 16384 => return ws(2, 1, 64, (3, 2), 2),
-            33..=64 if hopper => return ws(2, 1, 64, (3, 4), 1),
+            33..=64 if hopper => return clustered(ws(2, 1, 64, (3, 4), 1)),
             _ if hopper && n > 16384 => return ws(2, 2, 128, (3, 2), 1),
-            _ if hopper => return ws(2, 1, 128, (4, 2), 1),
+            _ if hopper => return clustered(ws(2, 1, 128, (4, 2), 1)),
             33..=64 if k <= 4096 && n <= 16384 => &[
                 (cfg(2, 8, 2, 4, 1), 4),
                 (cfg(2, 8, 4, 2, 1), 4),
@@ -441,6 +476,14 @@ pub fn w4a16_with<T: Half>(
             gpu.arch().1
         )));
     }
+    if config.producer && w.k / 64 < config.cluster as usize {
+        return Err(GpuError::Shape(format!(
+            "w4a16: {config:?} splits K over {} blocks and needs in_features >= {} (got {})",
+            config.cluster,
+            64 * config.cluster,
+            w.k
+        )));
+    }
     if batch == 0 {
         return Ok(());
     }
@@ -496,9 +539,14 @@ fn launch_pipe<T: Half>(
     w: &W4Weight<T>,
     y: &mut CudaSlice<T>,
 ) -> Result<(), GpuError> {
-    let splits = config.splits(batch, w.n, w.k, gpu.sm_count());
-    let chunks_per_split = (w.k / 64).div_ceil(splits);
-    let splits = (w.k / 64).div_ceil(chunks_per_split);
+    let (splits, chunks_per_split) = if config.producer && config.cluster > 1 {
+        // The cluster's blocks split K evenly among themselves and reduce on chip: no partial sums.
+        (1, (w.k / 64).div_ceil(config.cluster as usize))
+    } else {
+        let splits = config.splits(batch, w.n, w.k, gpu.sm_count());
+        let chunks_per_split = (w.k / 64).div_ceil(splits);
+        ((w.k / 64).div_ceil(chunks_per_split), chunks_per_split)
+    };
     let smem = config.shared_bytes();
     f.set_attribute(
         CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
@@ -508,7 +556,7 @@ fn launch_pipe<T: Half>(
         grid_dim: (
             batch.div_ceil(config.cols()) as u32,
             w.n.div_ceil(config.rows()) as u32,
-            splits as u32,
+            (splits * config.cluster as usize) as u32,
         ),
         block_dim: (config.threads(), 1, 1),
         shared_mem_bytes: smem as u32,
