@@ -8,7 +8,7 @@
 //! QLoRA, whose backward dx = dy · W dequantizes a tile of rows at a time, `crate::int4::backward_input`;
 //! [`QuantizedWeights::Int4Fp32`] with fp32 activations, the dequantized model's products up to f32 order).
 
-use olive_kernels::cpu::int4::{int4_matmul, Activations, Int4Matrix};
+use olive_kernels::cpu::int4::{int4_matmul_into, Activations, Int4Matrix};
 use olive_kernels::cpu::w4a16::W4Levels;
 use olive_kernels::cpu::{matmul, matmul_strided, View};
 use olive_model::quantized::{is_quantized, quantized_linear, QuantizationConfig, QuantizedLinear};
@@ -79,7 +79,7 @@ impl Linear {
             Some(m) if self.int4_act == Activations::F32 && tokens >= F32_TILE_MIN_TOKENS => {
                 crate::int4::forward_f32_tiles(m, x, tokens, out)
             }
-            Some(m) => out.copy_from_slice(&int4_matmul(x, tokens, m, self.int4_act)),
+            Some(m) => int4_matmul_into(x, tokens, m, self.int4_act, out),
             None => {
                 self.with_weight(|w| matmul(x, w, out, tokens, self.in_features, self.out_features))
             }
