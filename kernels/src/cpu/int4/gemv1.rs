@@ -85,6 +85,11 @@ pub(super) fn takes(k: usize) -> bool {
 /// `out [n] = x [k] · Wᵀ` with activations quantized to int8 per block. The caller checked AVX-512 VNNI is
 /// available and `takes(w.k())`.
 pub(super) fn gemv_i8(x: &[f32], w: &Int4Matrix, out: &mut [f32]) {
+    gemv_i8_with(x, w, out, gfni())
+}
+
+/// [`gemv_i8`] taking the high nibbles with GFNI or not (`gfni` only where the CPU has it).
+fn gemv_i8_with(x: &[f32], w: &Int4Matrix, out: &mut [f32], gfni: bool) {
     assert!(
         x.len() == w.k() && out.len() == w.n(),
         "gemv_i8: x [k], out [n]"
@@ -92,7 +97,7 @@ pub(super) fn gemv_i8(x: &[f32], w: &Int4Matrix, out: &mut [f32]) {
     assert!(takes(w.k()), "gemv_i8: k must be a multiple of 64");
     let mut run = |s: &mut Scratch| {
         s.fill(x, w);
-        split(w, &s.a, out);
+        split(w, &s.a, out, gfni);
     };
     SCRATCH.with(|s| match s.try_borrow_mut() {
         Ok(mut s) => run(&mut s),
@@ -102,19 +107,19 @@ pub(super) fn gemv_i8(x: &[f32], w: &Int4Matrix, out: &mut [f32]) {
 }
 
 /// Rows in a few tasks per thread (whole pairs each), or in one call at 1 thread.
-fn split(w: &Int4Matrix, a: &ActRow, out: &mut [f32]) {
+fn split(w: &Int4Matrix, a: &ActRow, out: &mut [f32], gfni: bool) {
     let threads = rayon::current_num_threads();
     if threads <= 1 {
-        return rows(w, 0, a, out);
+        return rows(w, 0, a, out, gfni);
     }
     let per = w.n().div_ceil(4 * threads).next_multiple_of(16);
     out.par_chunks_mut(per)
         .enumerate()
-        .for_each(|(t, o)| rows(w, t * per, a, o));
+        .for_each(|(t, o)| rows(w, t * per, a, o, gfni));
 }
 
 /// Rows `o0 .. o0 + out.len()`: pairs on AVX-512, an odd last row on the scalar int8 row.
-fn rows(w: &Int4Matrix, o0: usize, a: &ActRow, out: &mut [f32]) {
+fn rows(w: &Int4Matrix, o0: usize, a: &ActRow, out: &mut [f32], gfni: bool) {
     let (k, blocks) = (w.k(), w.k() / w.block_size());
     assert!(o0 + out.len() <= w.n());
     assert!(
@@ -124,13 +129,16 @@ fn rows(w: &Int4Matrix, o0: usize, a: &ActRow, out: &mut [f32]) {
             && a.block_sum.len() >= 2 * blocks
     );
     let whole = out.len() / 2 * 2;
-    // SAFETY: the caller checked AVX-512 VNNI and that a pair of rows fills whole chunks; rows o0 .. o0 + whole
+    // SAFETY: the caller checked AVX-512 VNNI (and GFNI when `gfni`) and that a pair of rows fills whole chunks; rows o0 .. o0 + whole
     // exist and the activation holds two rows' worth (both asserted above); the kernel reads nothing else.
     unsafe {
         match w.block_size() {
-            32 => pairs::<32>(w, o0, a, &mut out[..whole]),
-            64 => pairs::<64>(w, o0, a, &mut out[..whole]),
-            _ => pairs::<128>(w, o0, a, &mut out[..whole]),
+            32 if gfni => pairs_gfni::<32>(w, o0, a, &mut out[..whole]),
+            64 if gfni => pairs_gfni::<64>(w, o0, a, &mut out[..whole]),
+            _ if gfni => pairs_gfni::<128>(w, o0, a, &mut out[..whole]),
+            32 => pairs_plain::<32>(w, o0, a, &mut out[..whole]),
+            64 => pairs_plain::<64>(w, o0, a, &mut out[..whole]),
+            _ => pairs_plain::<128>(w, o0, a, &mut out[..whole]),
         }
     }
     let (nib, scales, zeros) = w.parts();
@@ -172,7 +180,7 @@ unsafe fn chunk_scales<const BS: usize>(sp: *const f32, c: usize) -> __m512 {
 /// Stream chunk `c` of the pair at `p` (weights) against the activation's chunk `c`: per lane
 /// Σ xq · q (integer) · activation scale, and the lanes' weight scales.
 #[inline(always)]
-unsafe fn chunk<const BS: usize>(
+unsafe fn chunk<const BS: usize, const GFNI: bool>(
     p: *const u8,
     sp: *const f32,
     a: &ActRow,
@@ -184,7 +192,12 @@ unsafe fn chunk<const BS: usize>(
     _mm_prefetch::<_MM_HINT_T1>(q.wrapping_add(8192).cast());
     let v = _mm512_loadu_si512(q.cast());
     let lo = _mm512_and_si512(v, m0f);
-    let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(v), m0f);
+    let hi = if GFNI {
+        // Each byte shifted right by 4 in one affine transform over GF(2): output bit i = input bit i + 4.
+        _mm512_gf2p8affine_epi64_epi8::<0>(v, _mm512_set1_epi64(SHR4 as i64))
+    } else {
+        _mm512_and_si512(_mm512_srli_epi16::<4>(v), m0f)
+    };
     let xl = _mm512_loadu_si512(a.lo.as_ptr().add(64 * c).cast());
     let xh = _mm512_loadu_si512(a.hi.as_ptr().add(64 * c).cast());
     let d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, xl);
@@ -224,8 +237,13 @@ unsafe fn reduce2(a: __m512, b: __m512) -> (f32, f32) {
 /// against the activation repeated twice, the chunk holding both rows (k an odd multiple of 64) split
 /// between them at lane 8; zero points Σ_b s_b z_b Σ_{i∈b} x_i of both rows in one pass over their 2 · blocks
 /// contiguous scales and zeros, and one reduction for the two sums.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma")]
-unsafe fn pairs<const BS: usize>(w: &Int4Matrix, o0: usize, a: &ActRow, out: &mut [f32]) {
+#[inline(always)]
+unsafe fn pairs<const BS: usize, const GFNI: bool>(
+    w: &Int4Matrix,
+    o0: usize,
+    a: &ActRow,
+    out: &mut [f32],
+) {
     let k = w.k();
     let blocks = k / BS;
     let (nib, scales, zeros) = w.parts();
@@ -241,16 +259,16 @@ unsafe fn pairs<const BS: usize>(w: &Int4Matrix, o0: usize, a: &ActRow, out: &mu
         let zp = zeros.as_ptr().add(o * blocks);
         let (mut acc0, mut acc1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
         for c in 0..first {
-            let (t, ws) = chunk::<BS>(p, sp, a, c);
+            let (t, ws) = chunk::<BS, GFNI>(p, sp, a, c);
             acc0 = _mm512_fmadd_ps(t, ws, acc0);
         }
         if shared {
-            let (t, ws) = chunk::<BS>(p, sp, a, first);
+            let (t, ws) = chunk::<BS, GFNI>(p, sp, a, first);
             acc0 = _mm512_mask3_fmadd_ps(t, ws, acc0, 0x00FF);
             acc1 = _mm512_mask3_fmadd_ps(t, ws, acc1, 0xFF00);
         }
         for c in first + shared as usize..all {
-            let (t, ws) = chunk::<BS>(p, sp, a, c);
+            let (t, ws) = chunk::<BS, GFNI>(p, sp, a, c);
             acc1 = _mm512_fmadd_ps(t, ws, acc1);
         }
         // Zero points: lane L of the 2 · blocks is row 0's block L, or row 1's block L − blocks.
@@ -269,6 +287,28 @@ unsafe fn pairs<const BS: usize>(w: &Int4Matrix, o0: usize, a: &ActRow, out: &mu
         }
         (y[0], y[1]) = reduce2(acc0, acc1);
     }
+}
+
+/// `pairs` with the high nibbles taken by GFNI's affine transform (one instruction instead of a shift and a
+/// mask); the caller checked GFNI.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,gfni,fma")]
+unsafe fn pairs_gfni<const BS: usize>(w: &Int4Matrix, o0: usize, a: &ActRow, out: &mut [f32]) {
+    pairs::<BS, true>(w, o0, a, out)
+}
+
+/// `pairs` with a shift and a mask for the high nibbles (AVX-512 without GFNI).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma")]
+unsafe fn pairs_plain<const BS: usize>(w: &Int4Matrix, o0: usize, a: &ActRow, out: &mut [f32]) {
+    pairs::<BS, false>(w, o0, a, out)
+}
+
+/// The GF(2) 8×8 bit matrix of a byte's right shift by 4: row i (byte 7 − i) picks input bit i + 4 for
+/// output bits 0..4, nothing for 4..8.
+const SHR4: u64 = 0x1020_4080_0000_0000;
+
+/// Whether this CPU has GFNI (with the AVX-512 the kernel already needs).
+fn gfni() -> bool {
+    std::arch::is_x86_feature_detected!("gfni")
 }
 
 /// The first min(n, 16) lanes.
@@ -359,14 +399,15 @@ mod tests {
                     .num_threads(threads)
                     .build()
                     .expect("pool");
+                // Without GFNI (shift and mask), then with it where the CPU has it.
                 let mut y = vec![f32::NAN; n];
-                pool.install(|| gemv_i8(&x, &m, &mut y));
-                check(
-                    &m,
-                    &x,
-                    &y,
-                    &format!("n {n} k {k} group {gs} act-order {ao} threads {threads}"),
-                );
+                for with_gfni in [false, true].into_iter().filter(|&g| !g || gfni()) {
+                    pool.install(|| gemv_i8_with(&x, &m, &mut y, with_gfni));
+                    let what = format!(
+                        "n {n} k {k} group {gs} act-order {ao} threads {threads} gfni {with_gfni}"
+                    );
+                    check(&m, &x, &y, &what);
+                }
                 // The public entry points take this path for batch 1.
                 let via =
                     pool.install(|| int4_matmul_with(&x, 1, &m, Activations::Int8, Isa::Avx512));
