@@ -1,6 +1,7 @@
 //! A workflow's `data_configs` entries in Olive's DataConfig schema (olive/data/config.py of olive-ai 0.13:
 //! `name`, `type` = HuggingfaceContainer, `load_dataset_config` = huggingface_dataset's arguments,
-//! `pre_process_data_config` = text_generation's TextGenParams, `dataloader_config`), mapped onto local files
+//! `pre_process_data_config` = text_generation's TextGenParams or huggingface_pre_process's max_length / padding /
+//! truncation, `dataloader_config`), mapped onto local files
 //! only: the result is an [`olive_data::DataConfig`], which the evaluators read and which the quantize and LoRA
 //! pass plugins take as their `data_config` / `train_data_config` field ([`ResolvedData::pass_value`]).
 //!
@@ -304,6 +305,7 @@ impl WorkflowDataConfig {
             KEY,
             &[
                 "huggingface_pre_process",
+                "tokenizer_pre_process",
                 "text_generation_huggingface_pre_process",
             ],
         )?;
@@ -336,6 +338,20 @@ impl WorkflowDataConfig {
                         .ok_or_else(|| anyhow!("{key}: expected a number in [0, 1)"))?
                 }
                 "pad_to_max_len" if boolean(v, &key)? => {}
+                // huggingface_pre_process / tokenizer_pre_process (encoder calibration, OnnxStaticQuantization):
+                // rows of max_length tokens, one text each when padded
+                "max_length" => data.max_seq_len = count(v, &key)?,
+                "padding" => {
+                    data.layout = match v {
+                        Value::Bool(true) => Layout::Pad,
+                        Value::String(p) if p == "max_length" || p == "longest" => Layout::Pad,
+                        Value::Bool(false) => Layout::Pack,
+                        _ => bail!("{key} {v}: supported are true, false, \"max_length\" and \"longest\""),
+                    }
+                }
+                "truncation" => {
+                    boolean(v, &key)?;
+                }
                 "padding_side" if v.as_str() == Some("right") => {}
                 "drop_short_sequences" if !boolean(v, &key)? => {}
                 "joiner" if v.as_str() == Some("\n\n") => {}
@@ -348,7 +364,8 @@ impl WorkflowDataConfig {
                 | "random_retries" | "batch_size" => {}
                 other => bail!(
                     "{KEY}.{other}{}: not supported; accepted: max_seq_len, max_samples, text_cols, \
-                     text_template, chat_template, strategy (join | line-by-line), random_seed",
+                     text_template, chat_template, strategy (join | line-by-line), random_seed, max_length, \
+                     padding, truncation",
                     if matches!(other, "message_col" | "pad_to_max_len" | "padding_side" | "drop_short_sequences"
                         | "joiner") { format!(" = {v}") } else { String::new() }
                 ),
@@ -421,6 +438,31 @@ mod tests {
         // the plugins' data_config field takes this JSON back as an olive_data::DataConfig
         let back: DataConfig = serde_json::from_value(r.pass_value()).unwrap();
         assert_eq!(back, r.data);
+    }
+
+    #[test]
+    fn encoder_tokenizer_keys_map_to_rows() {
+        // Olive's BERT calibration data config (huggingface_pre_process with padding to max_length)
+        let c = config(json!({
+            "name": "calib", "type": "HuggingfaceContainer",
+            "load_dataset_config": {"data_name": "text", "data_files": "f"},
+            "pre_process_data_config": {"input_cols": ["text"], "max_length": 128, "padding": "max_length",
+                                        "truncation": true, "max_samples": 16}
+        }));
+        let dir = files(&["f"]);
+        let r = c.resolve(Some(dir.path())).unwrap();
+        assert_eq!(
+            (r.data.max_seq_len, r.data.layout, r.data.max_samples),
+            (128, Layout::Pad, Some(16))
+        );
+        let e = err(
+            json!({"name": "w", "load_dataset_config": {"data_name": "json", "data_files": "f"},
+                           "pre_process_data_config": {"padding": "do_not_pad"}}),
+        );
+        assert!(
+            e.contains("pre_process_data_config.padding \"do_not_pad\""),
+            "{e}"
+        );
     }
 
     #[test]
