@@ -422,31 +422,35 @@ __device__ __forceinline__ void w4_ws(T *__restrict__ y, float *__restrict__ par
 #pragma unroll
     for (int r = 0; r < RT; ++r) wg_pin(acc[r]);
 
-    const int colb = blockIdx.x * COLS;
-    if (CL > 1) {
-        // Each block's sums [COLS][ROWS + 4] f32 into its (now idle) stages, once every consumer is done with them;
-        // after the cluster barrier rank z adds up its 1/CL of the tile over the cluster's blocks (16-byte reads
-        // of distributed shared memory) and writes it; the second barrier keeps every block's shared memory alive
-        // until all have read it.
-        constexpr int RP = ROWS + 4;
-        static_assert(COLS * RP * 4 <= S * STAGE, "reduction buffer over the stages");
-        float *red = reinterpret_cast<float *>(smem);
-        asm volatile("bar.sync 1, %0;\n" ::"n"(128 * NWG) : "memory");
+    // The sums leave through shared memory (the idle stages, once every consumer is done with them): [COLS][ROWS + 4]
+    // f32, then each thread writes 4 consecutive rows of an output column (coalesced; the fragments' own stores
+    // would be 2-byte scatters). With a cluster, rank z adds up its 1/CL of the tile over the cluster's blocks
+    // (16-byte reads of distributed shared memory) after the cluster barrier, and a second barrier keeps every
+    // block's shared memory alive until all have read it.
+    constexpr int RP = ROWS + 4;
+    static_assert(COLS * RP * 4 <= S * STAGE, "output tile over the stages");
+    float *red = reinterpret_cast<float *>(smem);
+    asm volatile("bar.sync 1, %0;\n" ::"n"(128 * NWG) : "memory");
 #pragma unroll
-        for (int r = 0; r < RT; ++r) {
-            const int row = ((wgi * RT + r) * 4 + wi) * 16 + g;
+    for (int r = 0; r < RT; ++r) {
+        const int row = ((wgi * RT + r) * 4 + wi) * 16 + g;
 #pragma unroll
-            for (int i = 0; i < COLS / 8; ++i)
+        for (int i = 0; i < COLS / 8; ++i)
 #pragma unroll
-                for (int e = 0; e < 4; ++e)
-                    red[(8 * i + 2 * t + (e & 1)) * RP + row + 8 * (e >> 1)] = acc[r][4 * i + e];
-        }
+            for (int e = 0; e < 4; ++e) red[(8 * i + 2 * t + (e & 1)) * RP + row + 8 * (e >> 1)] = acc[r][4 * i + e];
+    }
+    if (CL > 1)
         cluster_sync();
-        const int rank = cluster_rank();
-        constexpr int PIECES = COLS * ROWS / 4;  // 4 rows each
-        for (int p = rank * PIECES / CL + threadIdx.x; p < (rank + 1) * PIECES / CL; p += 128 * NWG) {
-            const int col = p / (ROWS / 4), row = 4 * (p % (ROWS / 4));
-            float4 sum = make_float4(0.f, 0.f, 0.f, 0.f);
+    else
+        asm volatile("bar.sync 1, %0;\n" ::"n"(128 * NWG) : "memory");
+    const int rank = CL > 1 ? cluster_rank() : 0, colb = blockIdx.x * COLS;
+    float *out = part + (size_t)blockIdx.z * batch * n;
+    constexpr int PIECES = COLS * ROWS / 4;  // 4 rows each
+    for (int p = rank * PIECES / CL + threadIdx.x; p < (rank + 1) * PIECES / CL; p += 128 * NWG) {
+        const int col = p / (ROWS / 4), row = 4 * (p % (ROWS / 4));
+        float4 sum = *reinterpret_cast<const float4 *>(&red[col * RP + row]);
+        if (CL > 1) {
+            sum = make_float4(0.f, 0.f, 0.f, 0.f);
 #pragma unroll
             for (int src = 0; src < CL; ++src) {
                 const float4 v = ld_cluster4(&red[col * RP + row], src);
@@ -455,34 +459,17 @@ __device__ __forceinline__ void w4_ws(T *__restrict__ y, float *__restrict__ par
                 sum.z += v.z;
                 sum.w += v.w;
             }
-            const int cc = colb + col, rr = rowb + row;  // n % 16 == 0: 4 rows are in or out together
-            if (cc < batch && rr < n) {
-                T *o = y + (size_t)cc * n + rr;
-                o[0] = Op::from_f32(sum.x);
-                o[1] = Op::from_f32(sum.y);
-                o[2] = Op::from_f32(sum.z);
-                o[3] = Op::from_f32(sum.w);
-            }
         }
-        cluster_sync();
-        return;
+        const int cc = colb + col, rr = rowb + row;  // n % 16 == 0: 4 rows are in or out together
+        if (cc >= batch || rr >= n) continue;
+        if (CL == 1 && gridDim.z > 1) {
+            *reinterpret_cast<float4 *>(out + (size_t)cc * n + rr) = sum;
+        } else {
+            const T v[4] = {Op::from_f32(sum.x), Op::from_f32(sum.y), Op::from_f32(sum.z), Op::from_f32(sum.w)};
+            *reinterpret_cast<uint2 *>(y + (size_t)cc * n + rr) = *reinterpret_cast<const uint2 *>(v);
+        }
     }
-    float *out = part + (size_t)blockIdx.z * batch * n;
-#pragma unroll
-    for (int r = 0; r < RT; ++r) {
-        const int row = rowb + ((wgi * RT + r) * 4 + wi) * 16 + g;
-#pragma unroll
-        for (int i = 0; i < COLS / 8; ++i)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int cc = colb + 8 * i + 2 * t + (e & 1), rr = row + 8 * (e >> 1);
-                if (cc >= batch || rr >= n) continue;
-                if (gridDim.z == 1)
-                    y[(size_t)cc * n + rr] = Op::from_f32(acc[r][4 * i + e]);
-                else
-                    out[(size_t)cc * n + rr] = acc[r][4 * i + e];
-            }
-    }
+    if (CL > 1) cluster_sync();
 }
 
 // w4_ws_<dtype>_<NWG>_<RT>_<COLS>_<S>_<CPS>_<MINB>: NWG consumer warpgroups of 64 * RT rows and a producer
