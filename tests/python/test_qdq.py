@@ -8,7 +8,8 @@ auto-opt's QNN recipe end to end on the HTP simulator.
   too, equal to float32 precision; the quantized weights are byte-identical except a handful of elements one step
   off (float32 rounding at .5; at most WEIGHT_ODD_ELEMENTS a tensor).
 - int4 per-channel weights with uint16 activations run fully on the HTP simulator (MINILM_INT4_COS).
-- The attention mask's fill survives quantization (keep_attention_mask): padded inputs on the HTP.
+- The attention mask's fill survives quantization (keep_attention_mask): padded inputs on the HTP; an Olive
+  workflow with Olive's encoder calibration data config (padded text rows) through `olive-host run`.
 - EPContextBinaryGenerator: the QNN context-binary model runs on the simulator with the QDQ model's outputs.
 - `auto-opt --model_name_or_path model.onnx --device npu --provider QNNExecutionProvider --precision uint8`: fixed
   shapes (batch 1, 128 tokens) -> peephole -> LayerNorm/Gelu fusion -> static QDQ uint8 -> ep-check (every node
@@ -192,6 +193,40 @@ def test_calibration_from_a_data_config_matches_quantize_static_on_the_same_rows
     report = json.loads((tmp_path / "ours" / "model_config.json").read_text())["config"]["model_attributes"]
     assert report["static_quantization"]["calibration_data"] == "data_config", report
     assert report["static_quantization"]["calibration_samples"] == 4, report
+
+
+def test_olive_workflow_with_an_encoder_data_config_calibrates_padded_text(olive_host, prepared, tmp_path):
+    """`olive-host run` on an Olive workflow whose data config is Olive's BERT calibration form (HuggingfaceContainer,
+    huggingface_pre_process input_cols / max_length / padding max_length / max_samples): padded rows of text
+    calibrate a uint16 model whose mask ranges are floored; on the simulator a padded text's real tokens match fp32."""
+    if not os.environ.get("OLIVE_ORT_QNN_DYLIB"):
+        pytest.fail("OLIVE_ORT_QNN_DYLIB is not set: run `make test`")
+    text = Path(__file__).resolve().parents[2] / "data" / "calibration.txt"
+    flow = {
+        "input_model": {"type": "OnnxModel", "model_path": str(prepared)},
+        "systems": {"local_system": {"type": "LocalSystem", "accelerators": [
+            {"device": "npu", "execution_providers": ["QNNExecutionProvider"]}]}},
+        "data_configs": [{"name": "calib", "type": "HuggingfaceContainer",
+                          "load_dataset_config": {"data_name": "text", "data_files": [str(text)]},
+                          "pre_process_data_config": {"input_cols": ["text"], "max_length": SEQ,
+                                                      "padding": "max_length", "truncation": True, "max_samples": 8},
+                          "dataloader_config": {"batch_size": 1}}],
+        "passes": {"q": {"type": "OnnxStaticQuantization", "activation_type": "QUInt16", "weight_type": "QUInt8",
+                         "per_channel": True, "data_config": "calib", "tokenizer_dir": str(minilm.source_dir())}},
+        "output_dir": str(tmp_path / "out"),
+    }
+    (tmp_path / "flow.json").write_text(json.dumps(flow))
+    done = run([olive_host, "run", "--config", tmp_path / "flow.json"])
+    assert done.returncode == 0, done.stderr
+    out = tmp_path / "out"
+    report = json.loads((out / "model_config.json").read_text())["config"]["model_attributes"]["static_quantization"]
+    assert report["calibration_data"] == "data_config" and report["mask_ranges_floored"] > 0, report
+    ids = [101, 2023, 2003, 1037, 2460, 6251, 1012, 102] + [0] * (SEQ - 8)  # "this is a short sentence." + pads
+    feed = {"input_ids": np.array([ids], np.int64), "attention_mask": np.array([[1] * 8 + [0] * (SEQ - 8)], np.int64),
+            "token_type_ids": np.zeros((1, SEQ), np.int64)}
+    htp = qnn_session(out / "model" / "model.onnx").run(None, feed)[0][0, :8]
+    fp32 = ort.InferenceSession(prepared, providers=["CPUExecutionProvider"]).run(None, feed)[0][0, :8]
+    assert float((htp * fp32).sum() / np.linalg.norm(htp) / np.linalg.norm(fp32)) >= MINILM_MASKED_COS
 
 
 # uint8: per-tensor uint8 weights; int4: uint16 activations, int4 weights per channel (cosine measured 0.79 at the
