@@ -110,7 +110,14 @@ fn plugin_text(plugin: &Plugin) -> String {
         ));
     }
     for ep in &manifest.execution_providers {
-        let precisions: Vec<&str> = ep.recipes.iter().map(|r| r.precision.as_str()).collect();
+        let precisions: Vec<String> = ep
+            .recipes
+            .iter()
+            .map(|r| match &r.input {
+                Some(kind) => format!("{} (from {kind})", r.precision),
+                None => r.precision.clone(),
+            })
+            .collect();
         text.push_str(&format!(
             "  serves --device {} --provider {}  (onnxruntime library: {} {}; auto-opt precisions: {})\n",
             ep.device,
