@@ -3,6 +3,8 @@
 //! levels of AWQ / GPTQ (act-order inputs permuted once) / MatMulNBits, an fp32-activation path and an
 //! int8-activation path (activations quantized per block to int8 as ORT's accuracy level 4 does, integer
 //! dot products with VNNI where present), each on AVX-512, AVX2 and a scalar reference, chosen at run time.
+//! Batch 1 on AVX-512 int8 (a decode step) takes `gemv1` (pairs of rows read as one stream, `int4_matmul_into`
+//! writes into the caller's buffer); batches of 8 and more the tiled GEMM (`avx512_gemm`).
 
 mod avx2;
 // AVX-512 intrinsics are stable since Rust 1.89 (the workspace's rust-version).
