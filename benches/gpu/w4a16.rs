@@ -124,8 +124,8 @@ fn candidates(gpu: &Gpu, batch: usize) -> Vec<MmConfig> {
 }
 
 /// `rt,nb8,wk,wn,wb` for the split-K kernel (`c<cluster>` added for clusters), `pipe rt,nb8,wn,wb s<stages>
-/// b<min blocks>` for the pipelined one, `wgmma <warpgroups>x<cols> s<stages> b<min blocks>` for Hopper's,
-/// `ws <warpgroups>x<rows each>x<cols> s<stages>x<chunks a stage> b<min blocks>` for its warp-specialised one.
+/// b<min blocks>` for the pipelined one, `ws <warpgroups>x<rows each>x<cols> s<stages>x<chunks a stage> b<min
+/// blocks>` for Hopper's warp-specialised wgmma one.
 fn label(c: &MmConfig) -> String {
     if c.producer {
         format!(
@@ -141,14 +141,6 @@ fn label(c: &MmConfig) -> String {
             } else {
                 String::new()
             }
-        )
-    } else if c.wgmma {
-        format!(
-            "wgmma {}x{} s{} b{}",
-            c.wn / 4,
-            c.cols(),
-            c.stages,
-            c.min_blocks
         )
     } else if c.cluster > 1 {
         format!(

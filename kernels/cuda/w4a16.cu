@@ -387,7 +387,7 @@ __device__ __forceinline__ void cp_async16(void *dst, const void *src, int bytes
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(bytes));
 }
 
-// The pipelined kernels' weight stage (w4_mm_pipe and w4_wg in w4a16_sm90.cu): chunk c's weight tiles of the ROWS
+// The pipelined kernel's weight stage (w4_mm_pipe): chunk c's weight tiles of the ROWS
 // rows from rowb (ROWS / 16 x 512 bytes) at `base`, then its group metadata as 4 slices (one per 16-input slice
 // of the chunk) of ROWS words, ROWS + 8 apart (the pad keeps the slices' reads conflict-free), by the block's NT
 // threads through 16-byte cp.async; tiles and rows past n are zero-filled.

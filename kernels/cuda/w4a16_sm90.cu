@@ -1,18 +1,13 @@
-// W4A16 on Hopper: the wgmma product kernels. Appended to kernels/cuda/w4a16.cu when the launcher compiles the two as
-// one source (kernels/src/cuda/w4a16.rs), so they use its W4<T> dequantization, word() and cp_async16(); they exist
-// only where that source is compiled for sm_90a (the arch-specific target wgmma needs).
+// W4A16 on Hopper: the wgmma product kernel. Appended to kernels/cuda/w4a16.cu when the launcher compiles the two as
+// one source (kernels/src/cuda/w4a16.rs), so it uses its W4<T> dequantization and word(); it exists only where that
+// source is compiled for sm_90a (the arch-specific target wgmma needs).
 //
-// The product: wgmma (warpgroup MMA, m64nNk16, N = COLS batch columns) with
-// the dequantized weights as the A operand in registers (the tile layout is exactly wgmma's A fragment, warp i of a
-// warpgroup holding rows 16i..16i+15) and the activations as B in shared memory, fp32 accumulators in registers. A
-// block of NWG warpgroups covers 64 * NWG output rows x COLS batch columns over a range of chunks (grid.z splits K
-// as in w4_mm_pipe, partial sums to `part`); weights, group metadata and activations go through S cp.async stages.
-// The activations are laid out as wgmma's no-swizzle K-major core matrices (8 batch rows x 16 bytes, 128 bytes
-// each; SBO = 128 between row groups, LBO = COLS * 16 + 16 between the K halves, the extra 16 bytes keeping the
-// 4-byte stores conflict-free), in the tiles' input order: 32-bit word w (inputs 2w, 2w + 1 of the chunk) is k16
-// step (w % 8) / 2, core column w % 2, bytes 4 * (w / 8) of its row, so each word travels by one 4-byte cp.async.
-// w4_ws below is the warp-specialised variant the launcher picks at batch > 32 (a producer warpgroup, bulk copies,
-// mbarriers; activations permuted once per call by w4_xperm_u16).
+// The product: wgmma (warpgroup MMA, m64nNk16, N = COLS batch columns) with the dequantized weights as the A operand
+// in registers (the tile layout is exactly wgmma's A fragment, warp i of a warpgroup holding rows 16i..16i+15) and
+// the activations as B in shared memory, fp32 accumulators in registers. wgmma reads its A registers
+// asynchronously: they must keep their values until the wgmma group completes (wait_group), which the compiler
+// does not see; and any register copy of the accumulators while wgmmas own them, or a zero-trip loop path, makes
+// ptxas serialize the wgmmas (hence wg_pin and the do-while shaped chunk loops).
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define WG_MMA_8(TY)                                                                                         \
     asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %9, 0;\nwgmma.mma_async.sync.aligned.m64n8k16.f32." TY "." TY " {" \
@@ -83,140 +78,7 @@ __device__ __forceinline__ unsigned long long wg_desc(const void *smem, u32 lbo,
            (unsigned long long)(sbo >> 4) << 32;
 }
 
-__device__ __forceinline__ void cp_async4(void *dst, const void *src, int bytes) {
-    const u32 d = (u32)__cvta_generic_to_shared(dst);
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(d), "l"(src), "r"(bytes));
-}
-
-template <typename T, int NWG, int COLS, int S, int MINB>
-__device__ __forceinline__ void w4_wg(T *__restrict__ y, float *__restrict__ part, const T *__restrict__ x,
-                                      const uint4 *__restrict__ tiles, const u32 *__restrict__ meta, int batch,
-                                      int n, int k, int group, int chunks_per_split) {
-    typedef W4<T> Op;
-    constexpr int ROWS = 64 * NWG, NT = 128 * NWG, MPITCH = ROWS + 8, LBO = COLS * 16 + 16;
-    constexpr int WBYTES = ROWS / 16 * 512, MBYTES = 4 * MPITCH * 4, XBYTES = 8 * LBO;
-    constexpr int STAGE = WBYTES + MBYTES + XBYTES;
-    static_assert(STAGE % 16 == 0, "stage alignment");
-    static_assert(S >= 4, "two chunks in flight besides the one computed and the one still read by wgmma");
-    extern __shared__ __align__(128) unsigned char smem[];
-
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;  // warp = the block's 16-row tile
-    const int g = lane >> 2, t = lane & 3;
-    const int nchunks = k >> 6;
-    const int colb = blockIdx.x * COLS, rowb = blockIdx.y * ROWS;
-    const int c0 = blockIdx.z * chunks_per_split;
-    const int c1 = min(nchunks, c0 + chunks_per_split);
-    const GroupOf grp_of = group_of(group);
-
-    auto stage = [&](int c, int s) {
-        unsigned char *base = smem + s * STAGE;
-        stage_weights<ROWS, NT>(base, tiles, meta, rowb, n, nchunks, c, grp_of);
-        for (int p = threadIdx.x; p < COLS * 32; p += NT) {
-            const int row = p >> 5, w = p & 31, col = colb + row;
-            const bool ok = col < batch;  // rows past the batch are zero-filled
-            cp_async4(base + WBYTES + MBYTES + (w & 7) * LBO + (row >> 3) * 128 + (row & 7) * 16 + (w >> 3) * 4,
-                      x + (size_t)(ok ? col : 0) * k + c * 64 + 2 * w, ok ? 4 : 0);
-        }
-    };
-
-    float acc[COLS / 2];
-#pragma unroll
-    for (int i = 0; i < COLS / 2; ++i) acc[i] = 0.f;
-
-    // S - 2 chunks are loaded ahead: the slot refilled in iteration i held chunk i - 2, whose wgmmas every warpgroup
-    // has waited for (each keeps one chunk's wgmmas in flight past the end of an iteration).
-#pragma unroll
-    for (int i = 0; i < S - 2; ++i) {
-        if (c0 + i < c1) stage(c0 + i, i);
-        asm volatile("cp.async.commit_group;\n" ::);
-    }
-    // One chunk: its stage, the weights dequantized into `a` (wgmma's A, read asynchronously: `a` must keep its
-    // registers until that wgmma group completes), four wgmmas. With two A buffers (DB, where the register cap
-    // leaves room) the previous chunk's group stays in flight through this chunk's dequantization: the wait comes
-    // after this chunk's wgmmas, and only then are the previous A registers (`prev`) free, which the empty asm marks
-    // as their last use. With one buffer the wait for the previous group comes before the dequantization.
-    constexpr int REG_CAP = 65536 / (128 * NWG * MINB) < 255 ? 65536 / (128 * NWG * MINB) : 255;
-    constexpr bool DB = COLS / 2 + 72 <= REG_CAP;
-    auto chunk = [&](int c, u32 (&a)[4][4], u32 (&prev)[4][4]) {
-        const int i = c - c0;
-        asm volatile("cp.async.wait_group %0;\n" ::"n"(S - 3));
-        __syncthreads();  // stage i is in; every warpgroup is done with chunk i - 2's slot, refilled next
-        if (c + S - 2 < c1) stage(c + S - 2, (i + S - 2) % S);
-        asm volatile("cp.async.commit_group;\n" ::);
-
-        const unsigned char *base = smem + (i % S) * STAGE;
-        const uint4 w = reinterpret_cast<const uint4 *>(base)[warp * 32 + lane];
-        const u32 *ms = reinterpret_cast<const u32 *>(base + WBYTES);
-        const u32 m0 = ms[t * MPITCH + warp * 16 + g], m1 = ms[t * MPITCH + warp * 16 + g + 8];
-        if (!DB) asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
-#pragma unroll
-        for (int j = 0; j < 4; ++j) Op::dequant(word(w, j), m0, m1, a[j]);
-        wg_pin(acc);
-        asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
-#pragma unroll
-        for (int j = 0; j < 4; ++j)
-            wg_mma<T, COLS>(acc, a[j], wg_desc(base + WBYTES + MBYTES + 2 * j * LBO, LBO, 128));
-        asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-        wg_pin(acc);
-        if (DB) {
-            asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
-#pragma unroll
-            for (int j = 0; j < 4; ++j)
-                asm volatile("" ::"r"(prev[j][0]), "r"(prev[j][1]), "r"(prev[j][2]), "r"(prev[j][3]) : "memory");
-        }
-    };
-    // Two A buffers in turn (one name for both without DB). No zero-trip path (the launcher gives every split at least one chunk), whose register
-    // copies of the accumulators would make ptxas serialize the wgmmas.
-    u32 a0[4][4] = {}, a1[4][4] = {};
-    u32(&b1)[4][4] = DB ? a1 : a0;
-    for (int c = c0;;) {
-        chunk(c, a0, b1);
-        if (++c >= c1) break;
-        chunk(c, b1, a0);
-        if (++c >= c1) break;
-    }
-    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
-    wg_pin(acc);
-    asm volatile("cp.async.wait_group 0;\n" ::);
-
-    float *out = part + (size_t)blockIdx.z * batch * n;
-    const int row = rowb + warp * 16 + g;
-#pragma unroll
-    for (int i = 0; i < COLS / 8; ++i)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-            const int cc = colb + 8 * i + 2 * t + (e & 1), rr = row + 8 * (e >> 1);
-            if (cc >= batch || rr >= n) continue;
-            if (gridDim.z == 1)
-                y[(size_t)cc * n + rr] = Op::from_f32(acc[4 * i + e]);
-            else
-                out[(size_t)cc * n + rr] = acc[4 * i + e];
-        }
-}
-
-// w4_wg_<dtype>_<NWG>_<COLS>_<S>_<MINB>: NWG warpgroups, COLS batch columns, S stages, at least MINB blocks an SM.
-#define W4_WG(TY, NAME, NWG, COLS, S, MINB)                                                                      \
-    extern "C" __global__ void __launch_bounds__(128 * NWG, MINB)                                                \
-        w4_wg_##NAME##_##NWG##_##COLS##_##S##_##MINB(TY *y, float *part, const TY *x, const uint4 *tiles,        \
-                                                     const u32 *meta, int batch, int n, int k, int group,        \
-                                                     int chunks_per_split) {                                     \
-        w4_wg<TY, NWG, COLS, S, MINB>(y, part, x, tiles, meta, batch, n, k, group, chunks_per_split);                  \
-    }
-#define W4_WG_BOTH(NWG, COLS, S, MINB)                                                                            \
-    W4_WG(__half, f16, NWG, COLS, S, MINB)                                                                       \
-    W4_WG(__nv_bfloat16, bf16, NWG, COLS, S, MINB)
-
-W4_WG_BOTH(2, 16, 6, 4)
-W4_WG_BOTH(2, 32, 5, 3)
-W4_WG_BOTH(2, 64, 4, 2)
-W4_WG_BOTH(2, 64, 5, 3)
-W4_WG_BOTH(1, 64, 5, 4)
-W4_WG_BOTH(4, 64, 4, 1)
-W4_WG_BOTH(2, 128, 4, 2)
-W4_WG_BOTH(2, 128, 5, 1)
-W4_WG_BOTH(1, 128, 5, 3)
-W4_WG_BOTH(4, 128, 4, 1)
-// ---- Warp-specialised variant (w4_ws): a producer warp feeds the stages by bulk copies (cp.async.bulk, the copy
+// w4_ws, the warp-specialised kernel: a producer warp feeds the stages by bulk copies (cp.async.bulk, the copy
 // engine) completing on mbarriers, and NWG consumer warpgroups of 64 * RT rows each (RT m64 wgmmas a k16 step
 // sharing one B tile) dequantize and multiply as soon as their stage is in, each at its own pace: no block-wide
 // barrier, so one warpgroup's dequantization overlaps another's wgmmas. The producer is a whole warpgroup (the
@@ -341,8 +203,9 @@ __device__ __forceinline__ void w4_ws(T *__restrict__ y, float *__restrict__ par
 #pragma unroll
         for (int i = 0; i < COLS / 2; ++i) acc[r][i] = 0.f;
 
-    // Two A buffers where the register cap leaves room (as in w4_wg): the previous chunk's wgmmas stay in flight
-    // through this chunk's dequantization; a stage is released once its last chunk's wgmmas are waited for.
+    // Two A buffers where the register cap leaves room: the previous chunk's wgmmas stay in flight through this
+    // chunk's dequantization (the wait comes after this chunk's wgmmas, and only then are the previous A registers,
+    // `prev`, free: the empty asm marks their last use); a stage is released once its last chunk's wgmmas are waited for.
     constexpr bool DB = RT * (COLS / 2 + 32) + 32 <= CONS_REGS;
     auto release = [&](int i) {  // chunk i done: its stage is free after its last chunk
         if ((i + 1) % CPS != 0) return;
@@ -412,7 +275,7 @@ __device__ __forceinline__ void w4_ws(T *__restrict__ y, float *__restrict__ par
     u32 a0[RT][4][4] = {}, a1[RT][4][4] = {};
     u32(&b1)[RT][4][4] = DB ? a1 : a0;
     fetch(0);
-    for (int i = 0;;) {  // no zero-trip path (every split has a chunk), see w4_wg
+    for (int i = 0;;) {  // no zero-trip path: the launcher gives every split a chunk
         chunk(i, a0, b1);
         if (++i >= nch) break;
         chunk(i, b1, a0);

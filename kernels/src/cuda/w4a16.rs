@@ -10,8 +10,8 @@ use cudarc::driver::sys::CUfunction_attribute;
 use super::{CudaFunction, CudaSlice, Gpu, GpuError, LaunchConfig, PushKernelArg};
 use crate::cpu::w4a16_tiles::W4Tiles;
 
-/// w4a16.cu with w4a16_sm90.cu appended (its wgmma kernels use the first's helpers), compiled for sm_90a on Hopper
-/// and for the device's plain target elsewhere (where the wgmma kernels compile to nothing).
+/// w4a16.cu with w4a16_sm90.cu appended (its wgmma kernel uses the first's helpers), compiled for sm_90a on Hopper
+/// and for the device's plain target elsewhere (where the wgmma kernel compiles to nothing).
 const SOURCE: super::KernelSource = super::KernelSource {
     file: "w4a16.cu",
     code: concat!(
@@ -80,7 +80,7 @@ impl<T: Half> W4Weight<T> {
 /// thread-block cluster split the inputs of one such tile. With `stages > 0` (the pipelined kernels for larger
 /// batches, `wk = 0`) a block of `wn · wb` warps covers the same tile over a range of inputs, `stages` chunks of
 /// weights and activations in flight through shared memory; the launcher splits K over blocks when the tiles are
-/// too few. `wgmma` marks the Hopper (sm_90a) pipelined kernel: `wn / 4` warpgroups, `rt = 1`, `wb = 1`.
+/// too few. `producer` marks the Hopper (sm_90a) warp-specialised wgmma kernel: `wn / 4` consumer warpgroups, `wb = 1`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MmConfig {
     /// 16-row weight tiles per warp.
@@ -99,8 +99,6 @@ pub struct MmConfig {
     pub min_blocks: u32,
     /// Blocks of a thread-block cluster splitting K in the split-K and the warp-specialised kernels (1: none).
     pub cluster: u32,
-    /// The Hopper warpgroup-MMA pipelined kernel.
-    pub wgmma: bool,
     /// The warp-specialised wgmma kernel: a producer warpgroup fills the stages by bulk copies, `wn / 4`
     /// consumer warpgroups of `64 · rt` rows each (activations laid out once per call by `w4_xperm_u16`).
     pub producer: bool,
@@ -118,7 +116,6 @@ const fn cfg(rt: u32, nb8: u32, wk: u32, wn: u32, wb: u32) -> MmConfig {
         stages: 0,
         min_blocks: 1,
         cluster: 1,
-        wgmma: false,
         producer: false,
         stage_chunks: 1,
     }
@@ -142,18 +139,8 @@ const fn pipe(rt: u32, nb8: u32, wn: u32, wb: u32, stages: u32) -> MmConfig {
         stages,
         min_blocks: 1,
         cluster: 1,
-        wgmma: false,
         producer: false,
         stage_chunks: 1,
-    }
-}
-
-/// The Hopper kernel: `warpgroups` of 64 rows each, `cols` batch columns (8 to 128), at least `min_blocks` an SM.
-const fn wg(warpgroups: u32, cols: u32, stages: u32, min_blocks: u32) -> MmConfig {
-    MmConfig {
-        wgmma: true,
-        min_blocks,
-        ..pipe(1, cols / 8, 4 * warpgroups, 1, stages)
     }
 }
 
@@ -168,9 +155,10 @@ const fn ws(
 ) -> MmConfig {
     MmConfig {
         rt,
+        min_blocks,
         producer: true,
         stage_chunks,
-        ..wg(warpgroups, cols, stages, min_blocks)
+        ..pipe(1, cols / 8, 4 * warpgroups, 1, stages)
     }
 }
 
@@ -192,8 +180,8 @@ const fn pipe2(rt: u32, nb8: u32, wn: u32, wb: u32, stages: u32) -> MmConfig {
 }
 
 /// Every configuration compiled in kernels/cuda/w4a16.cu (its `W4_MM_BOTH`, `W4_MMC_BOTH`, `W4_MMP_BOTH` and
-/// `W4_WG_BOTH`, `W4_WS_BOTH` lines); [`MmConfig::runs_on`] says which a device has.
-pub const CONFIGS: [MmConfig; 52] = [
+/// `W4_WS_BOTH`, `W4_WSC_BOTH` lines); [`MmConfig::runs_on`] says which a device has.
+pub const CONFIGS: [MmConfig; 42] = [
     cfg(1, 1, 8, 1, 1),
     cfg(1, 1, 16, 1, 1),
     cfg(2, 1, 8, 1, 1),
@@ -228,16 +216,6 @@ pub const CONFIGS: [MmConfig; 52] = [
     clu(1, 2, 8, 2),
     clu(2, 2, 8, 2),
     clu(2, 2, 8, 4),
-    wg(2, 16, 6, 4),
-    wg(2, 32, 5, 3),
-    wg(2, 64, 4, 2),
-    wg(2, 64, 5, 3),
-    wg(1, 64, 5, 4),
-    wg(4, 64, 4, 1),
-    wg(2, 128, 4, 2),
-    wg(2, 128, 5, 1),
-    wg(1, 128, 5, 3),
-    wg(4, 128, 4, 1),
     ws(2, 1, 64, (3, 2), 2),
     ws(2, 1, 64, (3, 4), 1),
     ws(2, 1, 128, (4, 2), 1),
@@ -265,9 +243,9 @@ impl MmConfig {
     }
 
     /// Whether a device of compute capability `arch` has this configuration's kernel: clusters need sm_90 or
-    /// later, wgmma exactly sm_90 (compiled as sm_90a).
+    /// later, the wgmma kernel exactly sm_90 (compiled as sm_90a).
     pub fn runs_on(&self, arch: (u32, u32)) -> bool {
-        (self.cluster == 1 || arch.0 >= 9) && (!self.wgmma || arch == (9, 0))
+        (self.cluster == 1 || arch.0 >= 9) && (!self.producer || arch == (9, 0))
     }
 
     /// Dynamic shared memory of the pipelined kernels (their STAGE bytes times the stages).
@@ -278,12 +256,7 @@ impl MmConfig {
             let chunk = rows * 32 + 4 * (rows + 8) * 4 + cols * 128;
             return (chunk * self.stage_chunks as usize + 16) * self.stages as usize;
         }
-        let activations = if self.wgmma {
-            8 * (cols * 16 + 16)
-        } else {
-            cols * 72 * 2
-        };
-        (rows / 16 * 512 + 4 * (rows + 8) * 4 + activations) * self.stages as usize
+        (rows / 16 * 512 + 4 * (rows + 8) * 4 + cols * 72 * 2) * self.stages as usize
     }
 
     fn kernel<T: Half>(&self) -> String {
@@ -296,7 +269,6 @@ impl MmConfig {
             stages,
             min_blocks,
             cluster,
-            wgmma,
             producer,
             stage_chunks,
         } = *self;
@@ -308,13 +280,6 @@ impl MmConfig {
             };
             format!(
                 "w4_ws_{}_{}_{rt}_{}_{stages}_{stage_chunks}_{min_blocks}{cl}",
-                T::SUFFIX,
-                wn / 4,
-                8 * nb8
-            )
-        } else if wgmma {
-            format!(
-                "w4_wg_{}_{}_{}_{stages}_{min_blocks}",
                 T::SUFFIX,
                 wn / 4,
                 8 * nb8
@@ -395,9 +360,9 @@ impl MmConfig {
     }
 
     /// K splits of the pipelined kernels, each at least 2 · stages chunks: enough blocks for every
-    /// multiprocessor (`min_blocks` each); the wgmma kernel splits only as far as whole waves of tiles still fit
-    /// (its partial sums cost more than a partly idle last wave); the warp-specialised one keeps at least 4 chunks
-    /// a split (its producer has no pipeline to fill first).
+    /// multiprocessor (`min_blocks` each); the warp-specialised wgmma kernel splits only as far as whole waves of
+    /// tiles still fit (its partial sums cost more than a partly idle last wave) and keeps at least 4 chunks a split
+    /// (its producer has no pipeline to fill first).
     fn splits(&self, batch: usize, n: usize, k: usize, sm_count: u32) -> usize {
         let tiles = batch.div_ceil(self.cols()) * n.div_ceil(self.rows());
         let chunks = k / 64;
@@ -408,7 +373,7 @@ impl MmConfig {
         }
         .max(1);
         let slots = self.min_blocks.max(1) as usize * sm_count as usize;
-        let splits = if self.wgmma {
+        let splits = if self.producer {
             slots / tiles
         } else {
             slots.div_ceil(tiles)
