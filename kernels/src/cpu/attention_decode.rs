@@ -1,9 +1,10 @@
 //! Attention of a few query tokens over the KV cache (decoding), the same `softmax(q·kᵀ · scale) · v` per
 //! query head as `attention`'s row loop, on AVX-512 for head_dim a multiple of 16 up to 128: the query head held
-//! in registers for the scores (head_dim / 16 FMAs and one reduction per key), the standard max-subtracted f32
-//! softmax, then the value mix with the head's output in registers (head_dim / 16 accumulators, normalized
-//! once at the end). One call runs all heads in a loop at 1 thread (one scores buffer), else one rayon task a
-//! head. Other shapes or CPUs: `attention`'s portable loop.
+//! in registers for the scores (head_dim / 16 FMAs and one reduction per key), the max-subtracted softmax with
+//! a vectorized exp (Cephes' expf polynomial, 16 scores a step), then the value mix with the head's output in
+//! registers (two keys a step into two sets of head_dim / 16 accumulators, normalized once at the end). One
+//! call runs all heads in a loop at 1 thread (one scores buffer), else one rayon task a head. Other shapes or
+//! CPUs: `attention`'s portable loop.
 
 use rayon::prelude::*;
 
@@ -107,21 +108,121 @@ unsafe fn head<const NC: usize>(
         max = max.max(s);
         scores.push(s);
     }
-    let mut sum = 0f32;
-    for s in scores.iter_mut() {
-        *s = (*s - max).exp();
-        sum += *s;
+    // exp(s − max) 16 scores at a time, and their sum.
+    let (n, m) = (scores.len(), _mm512_set1_ps(max));
+    let mut sums = _mm512_setzero_ps();
+    for i in (0..n).step_by(16) {
+        let lanes: __mmask16 = if n - i >= 16 {
+            !0
+        } else {
+            ((1u32 << (n - i)) - 1) as u16
+        };
+        let sp = scores.as_mut_ptr().add(i);
+        let e = exp_nonpositive(_mm512_sub_ps(_mm512_maskz_loadu_ps(lanes, sp), m));
+        let e = _mm512_maskz_mov_ps(lanes, e);
+        _mm512_mask_storeu_ps(sp, lanes, e);
+        sums = _mm512_add_ps(sums, e);
     }
-    let mut acc = [_mm512_setzero_ps(); NC];
-    for (j, &p) in (lo..=pos).zip(scores.iter()) {
-        let pv = _mm512_set1_ps(p);
+    let sum = _mm512_reduce_add_ps(sums);
+    // The value mix two keys a step (two sets of accumulators: the FMA chains of one key at a time bound it).
+    let (mut acc, mut acc2) = ([_mm512_setzero_ps(); NC], [_mm512_setzero_ps(); NC]);
+    let mut pairs = scores.chunks_exact(2);
+    let mut j = lo;
+    for p in pairs.by_ref() {
+        let (p0, p1) = (_mm512_set1_ps(p[0]), _mm512_set1_ps(p[1]));
+        let (v0, v1) = (
+            v.as_ptr().add(j * kv_dim + off),
+            v.as_ptr().add((j + 1) * kv_dim + off),
+        );
+        for c in 0..NC {
+            acc[c] = _mm512_fmadd_ps(p0, _mm512_loadu_ps(v0.add(16 * c)), acc[c]);
+            acc2[c] = _mm512_fmadd_ps(p1, _mm512_loadu_ps(v1.add(16 * c)), acc2[c]);
+        }
+        j += 2;
+    }
+    if let [p] = pairs.remainder() {
+        let pv = _mm512_set1_ps(*p);
         let vp = v.as_ptr().add(j * kv_dim + off);
         for (c, r) in acc.iter_mut().enumerate() {
             *r = _mm512_fmadd_ps(pv, _mm512_loadu_ps(vp.add(16 * c)), *r);
         }
     }
+    for (r, r2) in acc.iter_mut().zip(acc2) {
+        *r = _mm512_add_ps(*r, r2);
+    }
     let inv = _mm512_set1_ps(1.0 / sum);
     for (c, r) in acc.iter().enumerate() {
         _mm512_storeu_ps(o.as_mut_ptr().add(16 * c), _mm512_mul_ps(*r, inv));
+    }
+}
+
+/// e^x for x ≤ 0 (scores minus their max), Cephes' expf: x = n ln 2 + r (ln 2 in two parts), a degree-5
+/// polynomial in r, times 2^n by `vscalefps`; relative error ~1e-7 (below x = −88 the result underflows to
+/// ~0 as the f32 exp does).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn exp_nonpositive(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    let x = _mm512_max_ps(x, _mm512_set1_ps(-88.0));
+    let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+        _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)),
+    );
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_359_4), x);
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.121_944_4e-4), r);
+    let mut p = _mm512_set1_ps(1.987_569_1e-4);
+    for c in [
+        1.398_199_9e-3,
+        8.333_452e-3,
+        4.166_579_6e-2,
+        0.166_666_65,
+        0.5,
+    ] {
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+    }
+    let y = _mm512_fmadd_ps(
+        p,
+        _mm512_mul_ps(r, r),
+        _mm512_add_ps(r, _mm512_set1_ps(1.0)),
+    );
+    _mm512_scalef_ps(y, n)
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use super::*;
+
+    /// Cephes' expf polynomial after range reduction: a few ulps relative (f32 ulp 1.2e-7).
+    const EXP_REL: f64 = 4e-7;
+    /// Below e^−87 the f32 result is denormal or 0: absolute.
+    const EXP_ABS: f64 = 1e-37;
+
+    #[test]
+    fn exp_matches_f64_exp_on_nonpositive_inputs() {
+        if !std::arch::is_x86_feature_detected!("avx512f") {
+            eprintln!("attention_decode: no AVX-512 on this CPU, its exp is not exercised here");
+            return;
+        }
+        let xs: Vec<f32> = (0..=20_000)
+            .map(|i| -(i as f32) * 0.0051)
+            .chain([0.0, -1e-8, -0.5, -87.0, -88.5, -1e4, f32::NEG_INFINITY])
+            .collect();
+        for c in xs.chunks(16) {
+            let mut buf = [0f32; 16];
+            buf[..c.len()].copy_from_slice(c);
+            let mut got = [0f32; 16];
+            // SAFETY: AVX-512F checked above; 16-float buffers.
+            unsafe {
+                use std::arch::x86_64::*;
+                let e = exp_nonpositive(_mm512_loadu_ps(buf.as_ptr()));
+                _mm512_storeu_ps(got.as_mut_ptr(), e);
+            }
+            for (&x, &g) in c.iter().zip(&got) {
+                let want = (x as f64).exp();
+                assert!(
+                    (g as f64 - want).abs() <= EXP_REL * want + EXP_ABS,
+                    "exp({x}) = {g}, f64 {want}"
+                );
+            }
+        }
     }
 }
