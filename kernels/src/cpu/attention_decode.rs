@@ -6,6 +6,7 @@
 //! call runs all heads in a loop at 1 thread (one scores buffer), else one rayon task a head. Other shapes or
 //! CPUs: `attention`'s portable loop.
 
+#[cfg(target_arch = "x86_64")]
 use rayon::prelude::*;
 
 use super::attention::AttentionDims;
