@@ -4,6 +4,11 @@
 //! with an adapter, into Olive's layout, `<output_path>/model/{model.onnx, model.onnx.data, genai_config.json,
 //! tokenizer files[, adapter_weights.onnx_adapter]}`. The result is first run through the provider
 //! (`olive-host ep-check`: every node on it, CPU fallback off); a failed check leaves no output.
+//!
+//! `--enable_aot` (Olive 0.13's `olive optimize --enable_aot`, olive/cli/optimize.py: QNNExecutionProvider only)
+//! ends the recipe with `EPContextBinaryGenerator`: the model is compiled into a QNN context binary ahead of time
+//! (`model/model_ctx.onnx` + `model_ctx_qnn.bin`). The CPU provider cannot run an EPContext node, so the check
+//! compares the context model's outputs on QNN with the CPU outputs of the last model without EPContext nodes.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -88,6 +93,11 @@ pub struct AutoOptArgs {
     #[arg(long = "enable_search", num_args = 0..=1, default_missing_value = "sequential",
           value_parser = ["random", "sequential", "tpe"])]
     pub enable_search: Option<String>,
+    /// Ahead-of-time compilation (Olive's `optimize --enable_aot`), QNNExecutionProvider only: the recipe's model is
+    /// compiled by the QNN HTP backend into a context binary (EPContextBinaryGenerator); model/ then holds
+    /// model_ctx.onnx + model_ctx_qnn.bin, which load without graph preparation and run on QNN only.
+    #[arg(long = "enable_aot")]
+    pub enable_aot: bool,
     /// Seed of the search sampler.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -204,7 +214,76 @@ fn recipe_steps(
     if args.adapter_path.is_some() && !steps.iter().any(|(t, _)| t == EXTRACT_ADAPTERS) {
         steps.push((EXTRACT_ADAPTERS.to_owned(), serde_json::json!({})));
     }
+    if args.enable_aot {
+        steps.push(aot_step(ep, args)?);
+    }
     Ok(steps)
+}
+
+/// The provider whose models `--enable_aot` compiles (as Olive's).
+const AOT_PROVIDER: &str = "QNNExecutionProvider";
+/// The ONNX op of a precompiled partition (ONNX Runtime's contrib `com.microsoft.EPContext`).
+const EP_CONTEXT_OP: &str = "EPContext";
+
+/// `--enable_aot`'s last step: EPContextBinaryGenerator with the provider's options (those the check runs with).
+fn aot_step(
+    ep: &ExecutionProvider,
+    args: &AutoOptArgs,
+) -> anyhow::Result<(String, serde_json::Value)> {
+    if ep.provider != AOT_PROVIDER {
+        bail!(
+            "--enable_aot (ahead-of-time compilation into an EPContext model) is only supported with {AOT_PROVIDER}, \
+             not {}",
+            ep.provider
+        );
+    }
+    if args.adapter_path.is_some() || args.enable_search.is_some() {
+        bail!("--enable_aot goes with neither --adapter_path nor --enable_search");
+    }
+    let options: serde_json::Map<String, serde_json::Value> = ep
+        .provider_options
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone().into()))
+        .collect();
+    Ok((
+        "EPContextBinaryGenerator".to_owned(),
+        serde_json::json!({"disable_cpu_fallback": true, "provider_options": options}),
+    ))
+}
+
+/// Whether the ONNX model at `path` (a file or a pass's output folder) has an EPContext node.
+fn has_ep_context(path: &Path) -> anyhow::Result<bool> {
+    use prost::Message;
+    let file = super::ep_check::model_file(path)?;
+    let bytes = fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+    let model = olive_onnx::proto::ModelProto::decode(bytes.as_slice())
+        .with_context(|| format!("{} is not an ONNX model", file.display()))?;
+    Ok(model.graph.is_some_and(|g| {
+        g.node
+            .iter()
+            .any(|n| n.op_type.as_deref() == Some(EP_CONTEXT_OP))
+    }))
+}
+
+/// The check's reference for the last of `models` (the ONNX models of the run, in order): None when it has no
+/// EPContext node (its own CPU run is the reference), else the last model before it without one.
+fn ep_context_reference(models: &[PathBuf]) -> anyhow::Result<Option<PathBuf>> {
+    let Some((last, before)) = models.split_last() else {
+        return Ok(None);
+    };
+    if !has_ep_context(last)? {
+        return Ok(None);
+    }
+    for model in before.iter().rev() {
+        if !has_ep_context(model)? {
+            return Ok(Some(model.clone()));
+        }
+    }
+    bail!(
+        "{} is an EPContext model and no model before it is free of EPContext nodes: nothing can be the CPU \
+         reference of its check",
+        last.display()
+    )
 }
 
 /// The workflow's name for a step (`builder` for ModelBuilder, which --enable_search tunes).
@@ -296,6 +375,11 @@ pub fn run(args: AutoOptArgs) -> anyhow::Result<()> {
         .prefix(".auto-opt-")
         .tempdir_in(parent)
         .with_context(|| format!("cannot create a staging folder in {}", parent.display()))?;
+    // The ONNX models of the run, in order (the check's reference for an EPContext model is among them).
+    let mut models: Vec<PathBuf> = Vec::new();
+    if onnx_input {
+        models.push(args.model_name_or_path.clone());
+    }
     let spinner = crate::progress::spinner(format!(
         "exporting {} to ONNX",
         args.model_name_or_path.display()
@@ -312,10 +396,19 @@ pub fn run(args: AutoOptArgs) -> anyhow::Result<()> {
             timeout: args.timeout,
             grace: Duration::from_secs(5),
         })?;
+        if model.kind == kinds::ONNX {
+            models.push(model.path.clone());
+        }
     }
     spinner.finish_and_clear();
     // The result runs through its execution provider before it is put where the user looks.
-    crate::ep::check_in_child(&model.path, &args.device, &args.provider)?;
+    let reference = ep_context_reference(&models)?;
+    crate::ep::check_in_child_against(
+        &model.path,
+        reference.as_deref(),
+        &args.device,
+        &args.provider,
+    )?;
     fs::create_dir_all(&args.output_path)
         .with_context(|| format!("cannot create {}", args.output_path.display()))?;
     if target.exists() {
@@ -336,4 +429,50 @@ pub fn run(args: AutoOptArgs) -> anyhow::Result<()> {
         .write(&model, &args.output_path, &args.device, &args.provider)?;
     println!("{}", serde_json::to_string_pretty(&model)?);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use olive_onnx::proto::{GraphProto, ModelProto, NodeProto};
+    use prost::Message;
+
+    /// A folder holding `file`, a model of one node of op `op`.
+    fn model(dir: &Path, name: &str, file: &str, op: &str) -> PathBuf {
+        let folder = dir.join(name);
+        fs::create_dir_all(&folder).unwrap();
+        let node = NodeProto {
+            op_type: Some(op.to_owned()),
+            ..Default::default()
+        };
+        let graph = GraphProto {
+            node: vec![node],
+            ..Default::default()
+        };
+        let proto = ModelProto {
+            graph: Some(graph),
+            ..Default::default()
+        };
+        fs::write(folder.join(file), proto.encode_to_vec()).unwrap();
+        folder
+    }
+
+    #[test]
+    fn an_ep_context_model_is_checked_against_the_last_model_without_ep_context_nodes() {
+        let dir = tempfile::tempdir().unwrap();
+        let fixed = model(dir.path(), "0", "model.onnx", "Add");
+        let qdq = model(dir.path(), "1", "model.onnx", "QuantizeLinear");
+        let ctx = model(dir.path(), "2", "model_ctx.onnx", EP_CONTEXT_OP);
+        assert_eq!(
+            ep_context_reference(&[fixed.clone(), qdq.clone()]).unwrap(),
+            None
+        );
+        assert_eq!(
+            ep_context_reference(&[fixed, qdq.clone(), ctx.clone()]).unwrap(),
+            Some(qdq)
+        );
+        let err = ep_context_reference(&[ctx.clone(), ctx]).unwrap_err();
+        assert!(err.to_string().contains("no model before it"), "{err}");
+        assert_eq!(ep_context_reference(&[]).unwrap(), None);
+    }
 }

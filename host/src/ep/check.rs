@@ -5,6 +5,11 @@
 //! ONNX Runtime's profiler and reads the provider of every node event in its JSON trace, then compares each
 //! output with the CPU provider's on the same library, element-wise within `atol + rtol * |cpu|`.
 //!
+//! The CPU run may be of a reference model instead (`--reference_model`): an EPContext model (QNN's context binary,
+//! ONNX Runtime's `ep.context_enable=1`) runs only on its provider, so it is compared with the CPU outputs of the
+//! model it was compiled from, fed the same inputs (the two must have the same input names). Its EPContext node
+//! counts as on the provider when the profile shows the provider ran it, as for any node.
+//!
 //! A provider in a plugin-EP library (`runtime.ep_library`, e.g. onnxruntime-qnn's
 //! `libonnxruntime_providers_qnn.so`) is registered into the environment once (`RegisterExecutionProviderLibrary`)
 //! and appended through the devices it reports (`SessionOptionsAppendExecutionProvider_V2`, options prefixed with
@@ -29,6 +34,9 @@ use serde::Serialize;
 /// The CPU provider's name.
 const CPU: &str = "CPUExecutionProvider";
 
+/// The op of a precompiled partition, which only its provider runs.
+const EP_CONTEXT: &str = "EPContext";
+
 /// ONNX Runtime's message when fallback is disabled and a node would land on the CPU provider.
 const FALLBACK_REFUSED: &str = "fallback to CPU EP has been explicitly disabled";
 
@@ -39,6 +47,9 @@ pub struct Report {
     pub provider: String,
     /// The ONNX Runtime version that ran it.
     pub onnxruntime: String,
+    /// The model whose CPU outputs were the reference, when not the checked model itself.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reference_model: Option<PathBuf>,
     /// Node events in the profile (fused partitions count once), all run by `provider`.
     pub nodes: usize,
     /// Per float output: the largest |provider - cpu| (absent when the provider is the CPU one).
@@ -177,19 +188,26 @@ fn version() -> String {
         .unwrap_or_else(|| "?".into())
 }
 
-/// Runs `model` through `ep` and checks where every node ran and how close the outputs are to the CPU's.
-pub fn check(model: &Path, ep: &ExecutionProvider) -> anyhow::Result<Report> {
-    if !model.is_file() {
-        bail!("{} is not an ONNX model file", model.display());
+/// Runs `model` through `ep` and checks where every node ran and how close the outputs are to the CPU's (of
+/// `reference_model`'s when given, else of `model`'s).
+pub fn check(
+    model: &Path,
+    reference_model: Option<&Path>,
+    ep: &ExecutionProvider,
+) -> anyhow::Result<Report> {
+    for file in std::iter::once(model).chain(reference_model) {
+        if !file.is_file() {
+            bail!("{} is not an ONNX model file", file.display());
+        }
     }
     let scratch = tempfile::tempdir().context("cannot create a folder for the profile")?;
     let prefix = scratch.path().join("ep");
     // The CPU reference runs first, before a plugin-EP library is registered: afterwards the `ort` crate's default
     // device policy (most efficient) would pick the plugin EP for a plain session when its device is the CPU (as
     // QNN's HTP simulator reports).
-    let reference = match ep.provider.as_str() {
-        CPU => None,
-        _ => Some(cpu_reference(model)?),
+    let reference = match (ep.provider.as_str(), reference_model) {
+        (CPU, None) => None,
+        (_, reference_model) => Some(cpu_reference(reference_model.unwrap_or(model))?),
     };
     let mut session = match open(model, ep, false, &prefix) {
         Ok(session) => session,
@@ -214,6 +232,22 @@ pub fn check(model: &Path, ep: &ExecutionProvider) -> anyhow::Result<Report> {
         Some((feeds, _)) => feeds,
         None => &inputs(&session)?,
     };
+    if let Some(reference_model) = reference_model {
+        let ours: Vec<&str> = session.inputs().iter().map(|i| i.name()).collect();
+        let unknown: Vec<&str> = feeds
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .filter(|n| !ours.contains(n))
+            .collect();
+        if !unknown.is_empty() {
+            bail!(
+                "the reference model {} takes inputs {unknown:?} that {} does not (it takes {ours:?}): the reference \
+                 must be the model it was made from",
+                reference_model.display(),
+                model.display()
+            );
+        }
+    }
     let outputs = run(&mut session, feeds, &ep.provider)?;
     let events = profile_nodes(&mut session)?;
     let foreign: Vec<ForeignNode> = events
@@ -240,15 +274,19 @@ pub fn check(model: &Path, ep: &ExecutionProvider) -> anyhow::Result<Report> {
     let mut max_abs_diff = BTreeMap::new();
     if let Some((_, cpu)) = &reference {
         for (name, ours) in &outputs {
-            let reference = cpu
-                .get(name)
-                .ok_or_else(|| anyhow!("the CPU reference has no output {name}"))?;
+            let reference = cpu.get(name).ok_or_else(|| {
+                anyhow!(
+                    "the CPU reference {} has no output {name}",
+                    reference_model.unwrap_or(model).display()
+                )
+            })?;
             max_abs_diff.insert(name.clone(), compare(name, ours, reference, ep)?);
         }
     }
     Ok(Report {
         provider: ep.provider.clone(),
         onnxruntime: version(),
+        reference_model: reference_model.map(Path::to_path_buf),
         nodes: events.len(),
         max_abs_diff,
         outputs,
@@ -337,7 +375,14 @@ fn cpu_reference(model: &Path) -> anyhow::Result<(Vec<(String, DynValue)>, Outpu
     let environment = olive_runtime::env::environment()?;
     let mut session = Session::builder(environment)
         .and_then(|mut b| b.commit_from_file(model))
-        .map_err(|e| anyhow!("the CPU reference cannot open {}: {e}", model.display()))?;
+        .map_err(|e| {
+            let hint = match e.to_string().contains(EP_CONTEXT) {
+                true => " (an EPContext model runs on its provider only: give --reference_model, the model it was \
+                         compiled from)",
+                false => "",
+            };
+            anyhow!("the CPU reference cannot open {}: {e}{hint}", model.display())
+        })?;
     let feeds = inputs(&session)?;
     let outputs = run(&mut session, &feeds, CPU)?;
     Ok((feeds, outputs))

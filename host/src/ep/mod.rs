@@ -265,12 +265,27 @@ pub fn library_version(path: &Path) -> anyhow::Result<String> {
 /// Runs `olive-host ep-check` on `model` for `device`/`provider` in a child process (which loads the provider's
 /// library); its error output becomes the error.
 pub fn check_in_child(model: &Path, device: &str, provider: &str) -> anyhow::Result<()> {
+    check_in_child_against(model, None, device, provider)
+}
+
+/// [`check_in_child`] with the outputs compared with `reference`'s on the CPU provider (`--reference_model`).
+pub fn check_in_child_against(
+    model: &Path,
+    reference: Option<&Path>,
+    device: &str,
+    provider: &str,
+) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("cannot find the olive-host executable")?;
-    let output = Command::new(exe)
+    let mut command = Command::new(exe);
+    command
         .arg("ep-check")
         .arg("--model_path")
         .arg(model)
-        .args(["--device", device, "--provider", provider])
+        .args(["--device", device, "--provider", provider]);
+    if let Some(reference) = reference {
+        command.arg("--reference_model").arg(reference);
+    }
+    let output = command
         .output()
         .context("cannot start `olive-host ep-check`")?;
     if output.status.success() {
