@@ -214,6 +214,7 @@ def test_olive_workflow_with_an_encoder_data_config_calibrates_padded_text(olive
         "passes": {"q": {"type": "OnnxStaticQuantization", "activation_type": "QUInt16", "weight_type": "QUInt8",
                          "per_channel": True, "data_config": "calib", "tokenizer_dir": str(minilm.source_dir())}},
         "output_dir": str(tmp_path / "out"),
+        "cache_dir": str(tmp_path / "cache"),
     }
     (tmp_path / "flow.json").write_text(json.dumps(flow))
     done = run([olive_host, "run", "--config", tmp_path / "flow.json"])
