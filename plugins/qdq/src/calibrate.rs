@@ -106,30 +106,41 @@ fn static_kv(graph: &GraphProto) -> Option<(usize, usize)> {
     (total > p).then_some((p, total - p))
 }
 
-/// `count` calibration samples for the graph's inputs (see the module docs), from `seed`.
-pub fn samples(graph: &GraphProto, count: usize, seed: u64) -> Result<Vec<Sample>, Error> {
+/// The graph inputs a calibration run feeds (those that are not initializers), by name, with their tensor types.
+pub(crate) fn fed_inputs(graph: &GraphProto) -> Result<Vec<(String, &type_proto::Tensor)>, Error> {
     let initializers: Vec<&str> = graph
         .initializer
         .iter()
         .filter_map(|t| t.name.as_deref())
         .collect();
+    let mut out = Vec::new();
+    for vi in &graph.input {
+        let name = vi.name.clone().unwrap_or_default();
+        if initializers.contains(&name.as_str()) {
+            continue;
+        }
+        let Some(type_proto::Value::TensorType(t)) =
+            vi.r#type.as_ref().and_then(|t| t.value.as_ref())
+        else {
+            return Err(Error::UnsupportedModel(format!(
+                "input `{name}` is not a tensor"
+            )));
+        };
+        out.push((name, t));
+    }
+    Ok(out)
+}
+
+/// `count` calibration samples for the graph's inputs (see the module docs), from `seed`.
+pub fn samples(graph: &GraphProto, count: usize, seed: u64) -> Result<Vec<Sample>, Error> {
+    let inputs = fed_inputs(graph)?;
     let mut rng = Rng(seed);
     let kv = static_kv(graph);
     let mut out = Vec::with_capacity(count);
     for _ in 0..count {
         let mut sample = Sample::new();
-        for vi in &graph.input {
-            let name = vi.name.clone().unwrap_or_default();
-            if initializers.contains(&name.as_str()) {
-                continue;
-            }
-            let Some(type_proto::Value::TensorType(t)) =
-                vi.r#type.as_ref().and_then(|t| t.value.as_ref())
-            else {
-                return Err(Error::UnsupportedModel(format!(
-                    "input `{name}` is not a tensor"
-                )));
-            };
+        for (name, t) in &inputs {
+            let (name, t) = (name.clone(), *t);
             let mut dims = Vec::new();
             for d in t.shape.iter().flat_map(|s| &s.dim) {
                 match d.value {

@@ -20,12 +20,12 @@ use std::path::Path;
 
 use olive_data::{DataConfig, Layout, TokenizerConfig};
 use olive_onnx::proto::tensor_shape_proto::dimension;
-use olive_onnx::proto::{type_proto, GraphProto};
+use olive_onnx::proto::GraphProto;
 use olive_pass_sdk::Error;
 use ort::value::{DynValue, Tensor};
 use tokenizers::{PaddingParams, PaddingStrategy, TruncationParams};
 
-use crate::calibrate::Sample;
+use crate::calibrate::{self, Sample};
 use crate::types;
 
 /// One tokenized row: ids, attention mask, token type ids, each `seq` long.
@@ -44,24 +44,8 @@ struct Input {
 }
 
 fn inputs(graph: &GraphProto) -> Result<Vec<Input>, Error> {
-    let initializers: Vec<&str> = graph
-        .initializer
-        .iter()
-        .filter_map(|t| t.name.as_deref())
-        .collect();
     let mut out = Vec::new();
-    for vi in &graph.input {
-        let name = vi.name.clone().unwrap_or_default();
-        if initializers.contains(&name.as_str()) {
-            continue;
-        }
-        let Some(type_proto::Value::TensorType(t)) =
-            vi.r#type.as_ref().and_then(|t| t.value.as_ref())
-        else {
-            return Err(Error::UnsupportedModel(format!(
-                "input `{name}` is not a tensor"
-            )));
-        };
+    for (name, t) in calibrate::fed_inputs(graph)? {
         let dims: Vec<Option<usize>> = t
             .shape
             .iter()
