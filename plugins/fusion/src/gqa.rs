@@ -554,6 +554,21 @@ impl Emit<'_> {
         )
     }
 
+    /// The inverse of [`Self::heads`]: attention's per-head result `x` (reshaped to [B, H, `seq`, D]; -1: the
+    /// remaining dim) as [B, S, H*D], written to the node output `out`.
+    fn merge_heads(&mut self, scope: &str, x: &str, (h, seq, d): (i64, i64, i64), out: &str) {
+        let bnsd = self.ints(&[4], &[0, h, seq, d]);
+        let out4 = self.op(scope, "Reshape", &[x, &bnsd], vec![]); // [B, H, S, D]
+        let bsnd = self.op(
+            scope,
+            "Transpose",
+            &[&out4],
+            vec![attr_ints("perm", &[0, 2, 1, 3])],
+        );
+        let flat = self.ints(&[3], &[0, 0, h * d]);
+        self.op_to(scope, "Reshape", &[&bsnd, &flat], &[out], vec![]);
+    }
+
     /// Rotary embedding of [B, N, S, D] with cos/sin [B, 1, S, R/2] on the first R dims.
     fn rotate(&mut self, scope: &str, x: &str, g: &Gqa, cos: &str, sin: &str) -> String {
         let Some((half, interleaved)) = g.rotary else {
@@ -754,16 +769,7 @@ impl Emit<'_> {
         let masked = self.op(sc, "Add", &[&scaled, &s.mask], vec![]);
         let probs = self.op(sc, "Softmax", &[&masked], vec![attr_int("axis", -1)]);
         let out5 = self.op(sc, "MatMul", &[&probs, &v5], vec![]); // [B, KV, H/KV, S, D]
-        let bnsd = self.ints(&[4], &[0, h, -1, d]);
-        let out4 = self.op(sc, "Reshape", &[&out5, &bnsd], vec![]);
-        let bsnd = self.op(
-            sc,
-            "Transpose",
-            &[&out4],
-            vec![attr_ints("perm", &[0, 2, 1, 3])],
-        );
-        let flat = self.ints(&[3], &[0, 0, h * d]);
-        self.op_to(sc, "Reshape", &[&bsnd, &flat], &[&g.outputs[0]], vec![]);
+        self.merge_heads(sc, &out5, (h, -1, d), &g.outputs[0]);
         Ok(())
     }
 }

@@ -242,16 +242,7 @@ impl Emit<'_> {
         let masked = self.op(sc, "Where", &[&visible, &scaled, &hidden], vec![]);
         let probs = self.op(sc, "Softmax", &[&masked], vec![attr_int("axis", -1)]);
         let out = self.op(sc, "MatMul", &[&probs, &values], vec![]); // [B, KV, G*S, D]
-        let bnsd = self.ints(&[4], &[0, h, l.query, d]);
-        let out4 = self.op(sc, "Reshape", &[&out, &bnsd], vec![]);
-        let bsnd = self.op(
-            sc,
-            "Transpose",
-            &[&out4],
-            vec![attr_ints("perm", &[0, 2, 1, 3])],
-        );
-        let flat = self.ints(&[3], &[0, 0, h * d]);
-        self.op_to(sc, "Reshape", &[&bsnd, &flat], &[&g.outputs[0]], vec![]);
+        self.merge_heads(sc, &out, (h, l.query, d), &g.outputs[0]);
         Ok(())
     }
 }
