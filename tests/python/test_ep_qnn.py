@@ -15,7 +15,6 @@ onnxruntime library (>= 1.24.2; ORT_DYLIB_PATH, 1.32.0 here); its libQnnHtp.so i
 import json
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -25,22 +24,11 @@ import pytest
 from onnx import TensorProto, helper
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-QNN = ["--device", "npu", "--provider", "QNNExecutionProvider"]
+from qnn import QNN, qnn_env, run  # noqa: F401 (qnn_env: the module's fixture)
+
 # The HTP simulator's fixed-point arithmetic vs ONNX Runtime's CPU kernels on the same QDQ graph: measured 0.043 =
 # 2.0 steps of the output's uint8 scale (0.0213); the bound is 3 steps.
 QDQ_STEPS = 3
-
-
-def run(cmd, env=None) -> subprocess.CompletedProcess:
-    return subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=300, env=env)
-
-
-@pytest.fixture(scope="module")
-def qnn_env() -> dict:
-    lib = os.environ.get("OLIVE_ORT_QNN_DYLIB")
-    if not lib or not Path(lib).is_file():
-        pytest.fail("OLIVE_ORT_QNN_DYLIB is not set or missing: run `make test` (scripts/install.sh fetches it)")
-    return dict(os.environ)
 
 
 class _Reader(CalibrationDataReader):

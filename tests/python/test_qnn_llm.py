@@ -17,7 +17,6 @@ OnnxStaticQuantization (uint16 activations, uint8 weights).
 
 import json
 import os
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -26,23 +25,12 @@ import onnxruntime as ort
 import pytest
 from tokenizers import Tokenizer
 
-QNN = ["--device", "npu", "--provider", "QNNExecutionProvider"]
+from qnn import QNN, qnn_env, run  # noqa: F401 (qnn_env: the module's fixture)
+
 S, T = 64, 256  # the recipe's new tokens per run and window
 PROMPT = ("The capital of France is Paris. It is known for the Eiffel Tower, the Louvre museum and its cafes. "
           "Every year millions of travellers visit the city to see its monuments, walk along the Seine and enjoy "
           "the food. The best time to go is in spring, when the weather is mild and the parks are green.")
-
-
-def run(cmd, env=None) -> subprocess.CompletedProcess:
-    return subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=300, env=env)
-
-
-@pytest.fixture(scope="module")
-def qnn_env() -> dict:
-    lib = os.environ.get("OLIVE_ORT_QNN_DYLIB")
-    if not lib or not Path(lib).is_file():
-        pytest.fail("OLIVE_ORT_QNN_DYLIB is not set or missing: run `make test` (scripts/install.sh fetches it)")
-    return dict(os.environ)
 
 
 def htp_session(path: Path) -> ort.InferenceSession:
