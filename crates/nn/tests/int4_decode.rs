@@ -7,25 +7,14 @@
 #[allow(dead_code)]
 mod common;
 mod int4;
-
-use std::collections::BTreeMap;
-use std::path::Path;
+#[allow(dead_code)]
+mod quantized_tiny;
 
 use common::{max_abs_diff, Rng};
-use int4::quantize;
-use olive_model::quantized::{pack_awq_gemm, pack_gptq_v1};
+use int4::Layout;
 use olive_nn::{Linear, QuantizedWeights, Transformer};
-use safetensors::tensor::TensorView;
-use safetensors::Dtype;
-use serde_json::json;
+use quantized_tiny::{write_int4_model, write_tiny_quantized, HIDDEN, VOCAB};
 
-const VOCAB: usize = 96;
-const HIDDEN: usize = 64;
-const INTER: usize = 128;
-const LAYERS: usize = 2;
-const HEADS: usize = 4;
-const KV_HEADS: usize = 2;
-const HEAD_DIM: usize = 16;
 const GROUP: usize = 32;
 
 /// f32 summation-order slack of a dot product, relative to Σ|x·w| (the kernels' own tests use 1e-5).
@@ -40,104 +29,6 @@ const LOGITS_REL: f32 = 0.025;
 /// The same with the int4 lm_head, whose RTN rounding (up to half a level per weight) comes on top: measured
 /// 3.5e-2 to 3.7e-2, twice that.
 const LOGITS_REL_INT4_HEAD: f32 = 0.075;
-
-#[derive(Clone, Copy, Debug)]
-enum Layout {
-    /// AutoAWQ GEMM, groups of 32.
-    Awq,
-    /// GPTQ v1, groups of 32 in a permuted order (act-order).
-    GptqActOrder,
-}
-
-/// A tiny model (tied embeddings) whose decoder linears are quantized in `layout`, fused or not.
-fn write_int4_model(dir: &Path, layout: Layout, fused: bool) {
-    let mut rng = Rng::new(7);
-    let (q, kv) = (HEADS * HEAD_DIM, KV_HEADS * HEAD_DIM);
-    let mut float: BTreeMap<String, (Vec<usize>, Vec<f32>)> = BTreeMap::new();
-    float.insert(
-        "model.embed_tokens.weight".into(),
-        (vec![VOCAB, HIDDEN], rng.vec(VOCAB * HIDDEN, 1.0)),
-    );
-    float.insert(
-        "model.norm.weight".into(),
-        (vec![HIDDEN], vec![1.0; HIDDEN]),
-    );
-    let mut linears: Vec<(String, usize, usize)> = Vec::new();
-    for i in 0..LAYERS {
-        let p = format!("model.layers.{i}");
-        for norm in ["input_layernorm", "post_attention_layernorm"] {
-            let w = rng.vec(HIDDEN, 0.2).iter().map(|v| 1.0 + v).collect();
-            float.insert(format!("{p}.{norm}.weight"), (vec![HIDDEN], w));
-        }
-        let attn: &[(&str, usize, usize)] = if fused {
-            &[("self_attn.qkv_proj", q + 2 * kv, HIDDEN)]
-        } else {
-            &[
-                ("self_attn.q_proj", q, HIDDEN),
-                ("self_attn.k_proj", kv, HIDDEN),
-                ("self_attn.v_proj", kv, HIDDEN),
-            ]
-        };
-        let mlp: &[(&str, usize, usize)] = if fused {
-            &[("mlp.gate_up_proj", 2 * INTER, HIDDEN)]
-        } else {
-            &[
-                ("mlp.gate_proj", INTER, HIDDEN),
-                ("mlp.up_proj", INTER, HIDDEN),
-            ]
-        };
-        let others = [
-            ("self_attn.o_proj", HIDDEN, q),
-            ("mlp.down_proj", HIDDEN, INTER),
-        ];
-        for (name, out, k) in attn.iter().chain(mlp).chain(&others) {
-            linears.push((format!("{p}.{name}"), *out, *k));
-        }
-    }
-    let mut tensors: BTreeMap<String, (Dtype, Vec<usize>, Vec<u8>)> = float
-        .into_iter()
-        .map(|(n, (shape, d))| {
-            let bytes = d.iter().flat_map(|v| v.to_le_bytes()).collect();
-            (n, (Dtype::F32, shape, bytes))
-        })
-        .collect();
-    for (prefix, out, k) in linears {
-        let w = rng.vec(out * k, 1.5 / (k as f32).sqrt());
-        let packed = match layout {
-            Layout::Awq => pack_awq_gemm(&quantize(&w, out, k, GROUP, None)).unwrap(),
-            Layout::GptqActOrder => {
-                let groups = (k / GROUP) as u32;
-                // 7 is coprime with the 2 and 4 groups: every group gets GROUP inputs.
-                let g_idx = (0..k as u32).map(|i| (i * 7 + 3) % groups).collect();
-                pack_gptq_v1(&quantize(&w, out, k, GROUP, Some(g_idx))).unwrap()
-            }
-        };
-        for (suffix, dtype, shape, bytes) in packed {
-            tensors.insert(format!("{prefix}.{suffix}"), (dtype, shape, bytes));
-        }
-    }
-    let views: Vec<(String, TensorView)> = tensors
-        .iter()
-        .map(|(n, (d, s, b))| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
-        .collect();
-    safetensors::serialize_to_file(views, None, &dir.join("model.safetensors")).unwrap();
-    let quantization = match layout {
-        Layout::Awq => {
-            json!({"quant_method": "awq", "bits": 4, "group_size": GROUP, "version": "gemm"})
-        }
-        Layout::GptqActOrder => json!({"quant_method": "gptq", "bits": 4, "group_size": GROUP,
-                                       "desc_act": true, "sym": false}),
-    };
-    let config = json!({
-        "model_type": if fused { "phi3" } else { "llama" },
-        "vocab_size": VOCAB, "hidden_size": HIDDEN, "intermediate_size": INTER,
-        "num_hidden_layers": LAYERS, "num_attention_heads": HEADS, "num_key_value_heads": KV_HEADS,
-        "max_position_embeddings": 128, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
-        "tie_word_embeddings": true, "hidden_act": "silu", "bos_token_id": 1, "eos_token_id": 2,
-        "quantization_config": quantization,
-    });
-    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
-}
 
 /// |int4 − dense| per output of `x` [tokens, k]: within half an int8 step per input (the activations of each
 /// weight block quantized with scale max|x_block| / 127) times the dense weights, plus the f32 slack.
@@ -187,7 +78,7 @@ fn int4_decoding_stays_within_the_int8_activation_bound() {
     ] {
         let case = format!("{layout:?} fused {fused}");
         let dir = tempfile::tempdir().unwrap();
-        write_int4_model(dir.path(), layout, fused);
+        write_int4_model(dir.path(), layout, fused, GROUP, 7);
         let dense = Transformer::load(dir.path()).unwrap();
         let mut int4 = Transformer::load_with(dir.path(), QuantizedWeights::Int4).unwrap();
 
@@ -281,34 +172,7 @@ fn int4_decoding_stays_within_the_int8_activation_bound() {
 fn shapes_the_kernels_cannot_take_load_dense() {
     // Inputs of 48 and groups of 16: not multiples of 32.
     let dir = tempfile::tempdir().unwrap();
-    let w = common::tiny_weights(&common::Tiny::llama());
-    let mut tensors: BTreeMap<String, (Dtype, Vec<usize>, Vec<u8>)> = BTreeMap::new();
-    for (name, (shape, data)) in w {
-        if name.starts_with("model.layers.") && name.ends_with("_proj.weight") {
-            let prefix = name.trim_end_matches(".weight");
-            let q = quantize(&data, shape[0], shape[1], 16, None);
-            for (suffix, dtype, shape, bytes) in pack_awq_gemm(&q).unwrap() {
-                tensors.insert(format!("{prefix}.{suffix}"), (dtype, shape, bytes));
-            }
-        } else {
-            let bytes = data.iter().flat_map(|v| v.to_le_bytes()).collect();
-            tensors.insert(name, (Dtype::F32, shape, bytes));
-        }
-    }
-    let views: Vec<(String, TensorView)> = tensors
-        .iter()
-        .map(|(n, (d, s, b))| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
-        .collect();
-    safetensors::serialize_to_file(views, None, &dir.path().join("model.safetensors")).unwrap();
-    let config = json!({
-        "model_type": "llama", "vocab_size": common::VOCAB, "hidden_size": common::HIDDEN,
-        "intermediate_size": common::INTER, "num_hidden_layers": common::LAYERS,
-        "num_attention_heads": common::HEADS, "num_key_value_heads": common::KV_HEADS,
-        "max_position_embeddings": 128, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
-        "tie_word_embeddings": true, "hidden_act": "silu", "bos_token_id": 1, "eos_token_id": 2,
-        "quantization_config": {"quant_method": "awq", "bits": 4, "group_size": 16, "version": "gemm"},
-    });
-    std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+    write_tiny_quantized(dir.path(), Layout::Awq, false);
 
     let dense = Transformer::load(dir.path()).unwrap();
     let mut int4 = Transformer::load_with(dir.path(), QuantizedWeights::Int4).unwrap();

@@ -8,27 +8,14 @@
 #[allow(dead_code)]
 mod common;
 mod int4;
-
-use std::collections::BTreeMap;
-use std::path::Path;
+#[allow(dead_code)]
+mod quantized_tiny;
 
 use common::Rng;
-use int4::quantize;
-use olive_data::Sample;
-use olive_model::quantized::{pack_awq_gemm, pack_gptq_v1};
-use olive_nn::train::{LoraSpec, LoraTrainer, TrainConfig};
+use int4::Layout;
+use olive_nn::train::{LoraTrainer, TrainConfig};
 use olive_nn::{Linear, QuantizedWeights, Transformer};
-use safetensors::tensor::TensorView;
-use safetensors::Dtype;
-use serde_json::json;
-
-const VOCAB: usize = 96;
-const HIDDEN: usize = 64;
-const INTER: usize = 128;
-const LAYERS: usize = 2;
-const HEADS: usize = 4;
-const KV_HEADS: usize = 2;
-const HEAD_DIM: usize = 16;
+use quantized_tiny::{batch, spec, write_int4_model, VOCAB};
 
 /// Loss (mean cross-entropy) of the int4 path against the dense one, relative, over 5 optimizer steps at
 /// learning rate 1e-2 and the evaluation after them. Each int4 product is within half an int8 step per input
@@ -40,137 +27,6 @@ const LOSS_REL: f32 = 7e-3;
 /// measured at most 2.0e-2 (AWQ, separate projections); twice. (Later steps compare runs whose adapters have
 /// already drifted apart, so their gradients are not a parity measure.)
 const GRAD_REL: f64 = 4e-2;
-
-#[derive(Clone, Copy, Debug)]
-enum Layout {
-    /// AutoAWQ GEMM.
-    Awq,
-    /// GPTQ v1 in a permuted order (act-order).
-    GptqActOrder,
-}
-
-/// A tiny model (tied embeddings) whose decoder linears are quantized in `layout` with groups of `group`.
-fn write_int4_model(dir: &Path, layout: Layout, fused: bool, group: usize) {
-    let mut rng = Rng::new(11);
-    let (q, kv) = (HEADS * HEAD_DIM, KV_HEADS * HEAD_DIM);
-    let mut float: BTreeMap<String, (Vec<usize>, Vec<f32>)> = BTreeMap::new();
-    float.insert(
-        "model.embed_tokens.weight".into(),
-        (vec![VOCAB, HIDDEN], rng.vec(VOCAB * HIDDEN, 1.0)),
-    );
-    float.insert(
-        "model.norm.weight".into(),
-        (vec![HIDDEN], vec![1.0; HIDDEN]),
-    );
-    let mut linears: Vec<(String, usize, usize)> = Vec::new();
-    for i in 0..LAYERS {
-        let p = format!("model.layers.{i}");
-        for norm in ["input_layernorm", "post_attention_layernorm"] {
-            let w = rng.vec(HIDDEN, 0.2).iter().map(|v| 1.0 + v).collect();
-            float.insert(format!("{p}.{norm}.weight"), (vec![HIDDEN], w));
-        }
-        let parts: &[(&str, usize, usize)] = if fused {
-            &[
-                ("self_attn.qkv_proj", q + 2 * kv, HIDDEN),
-                ("mlp.gate_up_proj", 2 * INTER, HIDDEN),
-            ]
-        } else {
-            &[
-                ("self_attn.q_proj", q, HIDDEN),
-                ("self_attn.k_proj", kv, HIDDEN),
-                ("self_attn.v_proj", kv, HIDDEN),
-                ("mlp.gate_proj", INTER, HIDDEN),
-                ("mlp.up_proj", INTER, HIDDEN),
-            ]
-        };
-        let others = [
-            ("self_attn.o_proj", HIDDEN, q),
-            ("mlp.down_proj", HIDDEN, INTER),
-        ];
-        for (name, out, k) in parts.iter().chain(&others) {
-            linears.push((format!("{p}.{name}"), *out, *k));
-        }
-    }
-    let mut tensors: BTreeMap<String, (Dtype, Vec<usize>, Vec<u8>)> = float
-        .into_iter()
-        .map(|(n, (shape, d))| {
-            let bytes = d.iter().flat_map(|v| v.to_le_bytes()).collect();
-            (n, (Dtype::F32, shape, bytes))
-        })
-        .collect();
-    for (prefix, out, k) in linears {
-        let w = rng.vec(out * k, 1.5 / (k as f32).sqrt());
-        let packed = match layout {
-            Layout::Awq => pack_awq_gemm(&quantize(&w, out, k, group, None)).unwrap(),
-            Layout::GptqActOrder => {
-                let groups = (k / group) as u32;
-                // 7 is coprime with the group counts here: every group gets `group` inputs.
-                let g_idx = (0..k as u32).map(|i| (i * 7 + 3) % groups).collect();
-                pack_gptq_v1(&quantize(&w, out, k, group, Some(g_idx))).unwrap()
-            }
-        };
-        for (suffix, dtype, shape, bytes) in packed {
-            tensors.insert(format!("{prefix}.{suffix}"), (dtype, shape, bytes));
-        }
-    }
-    let views: Vec<(String, TensorView)> = tensors
-        .iter()
-        .map(|(n, (d, s, b))| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
-        .collect();
-    safetensors::serialize_to_file(views, None, &dir.join("model.safetensors")).unwrap();
-    let quantization = match layout {
-        Layout::Awq => {
-            json!({"quant_method": "awq", "bits": 4, "group_size": group, "version": "gemm"})
-        }
-        Layout::GptqActOrder => json!({"quant_method": "gptq", "bits": 4, "group_size": group,
-                                       "desc_act": true, "sym": false}),
-    };
-    let config = json!({
-        "model_type": if fused { "phi3" } else { "llama" },
-        "vocab_size": VOCAB, "hidden_size": HIDDEN, "intermediate_size": INTER,
-        "num_hidden_layers": LAYERS, "num_attention_heads": HEADS, "num_key_value_heads": KV_HEADS,
-        "max_position_embeddings": 128, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
-        "tie_word_embeddings": true, "hidden_act": "silu", "bos_token_id": 1, "eos_token_id": 2,
-        "quantization_config": quantization,
-    });
-    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
-}
-
-/// Two rows of 24 tokens, the second right-padded by 5.
-fn batch() -> Vec<Sample> {
-    (0..2u32)
-        .map(|r| {
-            let ids: Vec<u32> = (0..24u32)
-                .map(|t| (5 + 7 * r + 13 * t * (t + 3)) % (VOCAB as u32 - 3) + 3)
-                .collect();
-            let pad = 5 * r as usize;
-            Sample {
-                attention_mask: (0..24).map(|t| u8::from(t < 24 - pad)).collect(),
-                labels: ids
-                    .iter()
-                    .enumerate()
-                    .map(|(t, &id)| if t < 24 - pad { i64::from(id) } else { -100 })
-                    .collect(),
-                input_ids: ids,
-            }
-        })
-        .collect()
-}
-
-fn spec(fused: bool) -> LoraSpec {
-    let targets: &[&str] = if fused {
-        &["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
-    } else {
-        &["q_proj", "v_proj", "o_proj", "up_proj", "down_proj"]
-    };
-    LoraSpec {
-        r: 4,
-        alpha: 8.0,
-        dropout: 0.1,
-        target_modules: targets.iter().map(|t| t.to_string()).collect(),
-        use_rslora: false,
-    }
-}
 
 fn linears(t: &Transformer) -> impl Iterator<Item = &Linear> {
     t.layers()
@@ -204,7 +60,7 @@ fn int4_base_trains_within_tolerance_of_the_dequantized_one() {
     ] {
         let case = format!("{layout:?} fused {fused}");
         let dir = tempfile::tempdir().unwrap();
-        write_int4_model(dir.path(), layout, fused, 32);
+        write_int4_model(dir.path(), layout, fused, 32, 11);
         let dense = Transformer::load(dir.path()).unwrap();
         let int4 = Transformer::load_with(dir.path(), QuantizedWeights::Int4Training).unwrap();
         assert!(
@@ -238,7 +94,7 @@ fn int4_base_trains_within_tolerance_of_the_dequantized_one() {
             };
             let mut a = LoraTrainer::new(dense.clone(), &spec(fused), cfg.clone()).unwrap();
             let mut b = LoraTrainer::new(int4.clone(), &spec(fused), cfg).unwrap();
-            let steps = [batch()];
+            let steps = [batch(24, 5, VOCAB)];
             let (la, ga) = a.loss_and_gradients(&steps).unwrap();
             let (lb, gb) = b.loss_and_gradients(&steps).unwrap();
             assert_loss_close(lb, la, &format!("{case}: first loss"));
@@ -280,15 +136,15 @@ fn int4_base_trains_within_tolerance_of_the_dequantized_one() {
 fn what_the_kernels_cannot_take_stays_packed() {
     // Groups of 16: not a multiple of the kernels' 32.
     let dir = tempfile::tempdir().unwrap();
-    write_int4_model(dir.path(), Layout::Awq, false, 16);
+    write_int4_model(dir.path(), Layout::Awq, false, 16, 11);
     let t = Transformer::load_with(dir.path(), QuantizedWeights::Int4Training).unwrap();
     assert!(linears(&t).all(|l| l.int4.is_none() && l.packed.is_some() && l.weight.is_empty()));
     let dense = Transformer::load(dir.path()).unwrap();
     let cfg = TrainConfig::default();
     let mut a = LoraTrainer::new(dense, &spec(false), cfg.clone()).unwrap();
     let mut b = LoraTrainer::new(t, &spec(false), cfg).unwrap();
-    let (la, _) = a.loss_and_gradients(&[batch()]).unwrap();
-    let (lb, _) = b.loss_and_gradients(&[batch()]).unwrap();
+    let (la, _) = a.loss_and_gradients(&[batch(24, 5, VOCAB)]).unwrap();
+    let (lb, _) = b.loss_and_gradients(&[batch(24, 5, VOCAB)]).unwrap();
     // Packed: the dequantize-at-load values, the same products.
     assert_eq!(la.to_bits(), lb.to_bits());
 }

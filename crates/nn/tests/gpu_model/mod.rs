@@ -6,12 +6,9 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use olive_model::quantized::{pack_awq_gemm, pack_gptq_v1};
-
-use crate::int4::quantize;
-use safetensors::tensor::TensorView;
-use safetensors::Dtype;
 use serde_json::{json, Value};
+
+use crate::int4::{f32_tensor, pack, quantization_config, write_safetensors, Layout, Tensors};
 
 pub const VOCAB: usize = 300;
 pub const LAYERS: usize = 2;
@@ -161,33 +158,24 @@ pub fn write_model(dir: &Path, a: &Arch, weights: Weights) {
             ws(a.inter),
         );
     }
-    let mut tensors: BTreeMap<String, (Dtype, Vec<usize>, Vec<u8>)> = BTreeMap::new();
+    let layout = match weights {
+        Weights::F32 => None,
+        Weights::Awq => Some(Layout::Awq),
+        Weights::GptqActOrder => Some(Layout::GptqActOrder),
+    };
+    let mut tensors = Tensors::new();
     for (name, (shape, data)) in t {
         let linear = name.starts_with("model.layers.") && name.ends_with("_proj.weight");
-        if !linear || weights == Weights::F32 {
-            let bytes = data.iter().flat_map(|v| v.to_le_bytes()).collect();
-            tensors.insert(name, (Dtype::F32, shape, bytes));
+        let Some(layout) = layout.filter(|_| linear) else {
+            tensors.insert(name, f32_tensor(shape, &data));
             continue;
-        }
-        let (out, k) = (shape[0], shape[1]);
-        let packed = match weights {
-            Weights::Awq => pack_awq_gemm(&quantize(&data, out, k, 64, None)).unwrap(),
-            _ => {
-                let groups = (k / 64) as u32;
-                let g_idx = (0..k as u32).map(|i| (i * 7 + 3) % groups).collect();
-                pack_gptq_v1(&quantize(&data, out, k, 64, Some(g_idx))).unwrap()
-            }
         };
         let prefix = name.trim_end_matches(".weight");
-        for (suffix, dtype, shape, bytes) in packed {
+        for (suffix, dtype, shape, bytes) in pack(layout, &data, shape[0], shape[1], 64) {
             tensors.insert(format!("{prefix}.{suffix}"), (dtype, shape, bytes));
         }
     }
-    let views: Vec<(String, TensorView)> = tensors
-        .iter()
-        .map(|(n, (d, s, b))| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
-        .collect();
-    safetensors::serialize_to_file(views, None, &dir.join("model.safetensors")).unwrap();
+    write_safetensors(dir, &tensors);
     let mut config = json!({
         "model_type": a.model_type, "vocab_size": VOCAB, "hidden_size": a.hidden,
         "intermediate_size": a.inter, "num_hidden_layers": LAYERS, "num_attention_heads": a.heads,
@@ -201,20 +189,8 @@ pub fn write_model(dir: &Path, a: &Arch, weights: Weights) {
     if a.model_type == "mistral" {
         config["use_sliding_window"] = json!(true);
     }
-    config["quantization_config"] = match weights {
-        Weights::F32 => Value::Null,
-        Weights::Awq => {
-            json!({"quant_method": "awq", "bits": 4, "group_size": 64, "version": "gemm"})
-        }
-        Weights::GptqActOrder => {
-            json!({"quant_method": "gptq", "bits": 4, "group_size": 64, "desc_act": true, "sym": false})
-        }
-    };
-    if weights == Weights::F32 {
-        config
-            .as_object_mut()
-            .unwrap()
-            .remove("quantization_config");
+    if let Some(layout) = layout {
+        config["quantization_config"] = quantization_config(layout, 64);
     }
     std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
 }
