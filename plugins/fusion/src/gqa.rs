@@ -68,16 +68,12 @@ impl Pass for DecomposeGroupQueryAttention {
                 "mask_value goes with static_kv: true".into(),
             ));
         }
-        crate::rewrite_model(model, ctx, |onnx| {
-            let before = crate::graph_of(onnx)?.node.len();
+        crate::rewrite_counted(model, ctx, |onnx| {
             let count = decompose_with(onnx, &c).map_err(Error::UnsupportedModel)?;
-            let after = crate::graph_of(onnx)?.node.len();
-            ctx.info(&format!(
-                "GroupQueryAttention: {count} decomposed; {before} -> {after} nodes"
-            ));
-            Ok(serde_json::json!({
-                "group_query_attention": count, "nodes_before": before, "nodes_after": after
-            }))
+            Ok((
+                format!("GroupQueryAttention: {count} decomposed"),
+                serde_json::json!({ "group_query_attention": count }),
+            ))
         })
     }
 }

@@ -192,16 +192,10 @@ impl Pass for OrtTransformersOptimization {
 
     fn run(model: Model, c: TransformersConfig, ctx: &Context<'_>) -> Result<Model, Error> {
         let options = transformers::Options::from_config(&c).map_err(Error::InvalidConfig)?;
-        rewrite_model(model, ctx, |onnx| {
-            let before = graph_of(onnx)?.node.len();
+        rewrite_counted(model, ctx, |onnx| {
             let counts = transformers::optimize(onnx, &options).map_err(Error::Failed)?;
-            let after = graph_of(onnx)?.node.len();
-            ctx.info(&format!("fusions: {counts:?}; {before} -> {after} nodes"));
-            let mut report =
-                serde_json::to_value(&counts).map_err(|e| Error::Failed(e.to_string()))?;
-            report["nodes_before"] = before.into();
-            report["nodes_after"] = after.into();
-            Ok(report)
+            let report = serde_json::to_value(&counts).map_err(|e| Error::Failed(e.to_string()))?;
+            Ok((format!("fusions: {counts:?}"), report))
         })
     }
 }
@@ -213,6 +207,24 @@ fn graph_of(
         .graph
         .as_mut()
         .ok_or_else(|| Error::UnsupportedModel("the ONNX model has no graph".into()))
+}
+
+/// [`rewrite_model`] for a rewrite that reports what it did: `edit` returns a summary line and a JSON object of
+/// counts; the log line adds the node counts before and after, the report `nodes_before` and `nodes_after`.
+fn rewrite_counted(
+    model: Model,
+    ctx: &Context<'_>,
+    edit: impl FnOnce(&mut olive_onnx::proto::ModelProto) -> Result<(String, serde_json::Value), Error>,
+) -> Result<Model, Error> {
+    rewrite_model(model, ctx, |onnx| {
+        let before = graph_of(onnx)?.node.len();
+        let (summary, mut report) = edit(onnx)?;
+        let after = graph_of(onnx)?.node.len();
+        ctx.info(&format!("{summary}; {before} -> {after} nodes"));
+        report["nodes_before"] = before.into();
+        report["nodes_after"] = after.into();
+        Ok(report)
+    })
 }
 
 /// Loads the model, applies `edit`, writes `model.onnx` (+ data) into the output folder with the input folder's

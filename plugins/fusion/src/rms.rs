@@ -46,19 +46,18 @@ impl Pass for DecomposeSkipSimplifiedLayerNormalization {
     type Config = SkipRmsConfig;
 
     fn run(model: Model, c: SkipRmsConfig, ctx: &Context<'_>) -> Result<Model, Error> {
-        crate::rewrite_model(model, ctx, |onnx| {
-            let before = crate::graph_of(onnx)?.node.len();
+        crate::rewrite_counted(model, ctx, |onnx| {
             let (skip, simplified) =
                 decompose(onnx, c.decompose_simplified).map_err(Error::UnsupportedModel)?;
-            let after = crate::graph_of(onnx)?.node.len();
-            ctx.info(&format!(
-                "SkipSimplifiedLayerNormalization: {skip} split; SimplifiedLayerNormalization: {simplified} \
-                 decomposed; {before} -> {after} nodes"
-            ));
-            Ok(serde_json::json!({
-                "skip_simplified_layer_norm": skip, "simplified_layer_norm_decomposed": simplified,
-                "nodes_before": before, "nodes_after": after
-            }))
+            Ok((
+                format!(
+                    "SkipSimplifiedLayerNormalization: {skip} split; SimplifiedLayerNormalization: \
+                     {simplified} decomposed"
+                ),
+                serde_json::json!({
+                    "skip_simplified_layer_norm": skip, "simplified_layer_norm_decomposed": simplified
+                }),
+            ))
         })
     }
 }
