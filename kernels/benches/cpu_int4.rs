@@ -8,6 +8,8 @@
 //! throughput on one 3072 × 384 matrix in L2 instead: no ORT, no memory traffic), `--rotate_mib M` (weights
 //! rotated over more than M MiB instead of 96, for machines with larger caches).
 
+mod support;
+
 use std::path::Path;
 use std::time::Instant;
 
@@ -19,7 +21,6 @@ use olive_onnx::tensor::DataType;
 use ort::environment::Environment;
 use ort::session::Session;
 use ort::value::Tensor;
-use rayon::prelude::*;
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
@@ -58,21 +59,8 @@ fn time_min(reps: usize, iters: usize, mut f: impl FnMut(usize)) -> f64 {
 
 /// GB/s of a sum over a 512 MiB buffer of u64, split over the pool's threads.
 fn read_bandwidth(buf: &[u64]) -> f64 {
-    let threads = rayon::current_num_threads();
     let s = time(5, 1, |_| {
-        let sum: u64 = buf
-            .par_chunks(buf.len().div_ceil(threads))
-            .map(|c| {
-                let mut a = [0u64; 8];
-                for w in c.chunks_exact(8) {
-                    for i in 0..8 {
-                        a[i] = a[i].wrapping_add(w[i]);
-                    }
-                }
-                a.iter().fold(0u64, |x, y| x.wrapping_add(*y))
-            })
-            .sum();
-        std::hint::black_box(sum);
+        std::hint::black_box(support::read_sum(buf));
     });
     (buf.len() * 8) as f64 / s / 1e9
 }
@@ -195,7 +183,7 @@ fn main() -> Res<()> {
     if in_cache {
         return kernel_in_cache(isa, only_batch);
     }
-    let buf: Vec<u64> = (0..(512usize << 20) / 8).map(|i| i as u64).collect();
+    let buf = support::read_buffer();
     let dir = tempfile::tempdir()?;
     let ns: &[usize] = if quick { &[3072] } else { &[3072, 8192, 9216] };
     let batches: &[usize] = &[1, 16, 128];

@@ -7,11 +7,12 @@
 //! Run: `cargo bench -p olive-kernels --bench cpu_int4_decode [-- --steps N] [--l3]` (`--l3`: the layers
 //! share one matrix of each shape, ~21 MB a step, so the products run from the L3 cache).
 
+mod support;
+
 use std::time::Instant;
 
 use olive_kernels::cpu::int4::{int4_matmul_into, Activations, Int4Matrix};
 use olive_kernels::cpu::w4a16::W4Levels;
-use rayon::prelude::*;
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
@@ -55,23 +56,10 @@ fn matrix(n: usize, k: usize, group: usize, seed: u64) -> Res<Int4Matrix> {
 
 /// GB/s of a sum over a 512 MiB buffer of u64, split over the pool's threads (best of 5).
 fn read_bandwidth(buf: &[u64]) -> f64 {
-    let threads = rayon::current_num_threads();
     (0..5)
         .map(|_| {
             let start = Instant::now();
-            let sum: u64 = buf
-                .par_chunks(buf.len().div_ceil(threads))
-                .map(|c| {
-                    let mut a = [0u64; 8];
-                    for w in c.chunks_exact(8) {
-                        for i in 0..8 {
-                            a[i] = a[i].wrapping_add(w[i]);
-                        }
-                    }
-                    a.iter().fold(0u64, |x, y| x.wrapping_add(*y))
-                })
-                .sum();
-            std::hint::black_box(sum);
+            std::hint::black_box(support::read_sum(buf));
             (buf.len() * 8) as f64 / start.elapsed().as_secs_f64() / 1e9
         })
         .fold(0.0, f64::max)
@@ -110,7 +98,7 @@ fn main() -> Res<()> {
         .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
         .collect();
     let mut out = vec![0f32; 49152];
-    let buf: Vec<u64> = (0..(512usize << 20) / 8).map(|i| i as u64).collect();
+    let buf = support::read_buffer();
     println!(
         "{} products, {:.1} MB a step",
         mats.len(),
