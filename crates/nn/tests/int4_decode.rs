@@ -13,7 +13,7 @@ mod quantized_tiny;
 use common::{max_abs_diff, Rng};
 use int4::Layout;
 use olive_nn::{Linear, QuantizedWeights, Transformer};
-use quantized_tiny::{write_int4_model, write_tiny_quantized, HIDDEN, VOCAB};
+use quantized_tiny::{write_int4_model, write_tiny_quantized, CASES, HIDDEN, VOCAB};
 
 const GROUP: usize = 32;
 
@@ -70,12 +70,7 @@ const PROMPT: [u32; 9] = [5, 17, 42, 8, 91, 33, 60, 12, 77];
 
 #[test]
 fn int4_decoding_stays_within_the_int8_activation_bound() {
-    for (layout, fused) in [
-        (Layout::Awq, false),
-        (Layout::Awq, true),
-        (Layout::GptqActOrder, false),
-        (Layout::GptqActOrder, true),
-    ] {
+    for (layout, fused) in CASES {
         let case = format!("{layout:?} fused {fused}");
         let dir = tempfile::tempdir().unwrap();
         write_int4_model(dir.path(), layout, fused, GROUP, 7);

@@ -15,7 +15,7 @@ use common::Rng;
 use int4::Layout;
 use olive_nn::train::{LoraTrainer, TrainConfig};
 use olive_nn::{Linear, QuantizedWeights, Transformer};
-use quantized_tiny::{batch, spec, write_int4_model, VOCAB};
+use quantized_tiny::{batch, spec, trainers, write_int4_model, CASES, VOCAB};
 
 /// Loss (mean cross-entropy) of the int4 path against the dense one, relative, over 5 optimizer steps at
 /// learning rate 1e-2 and the evaluation after them. Each int4 product is within half an int8 step per input
@@ -52,12 +52,7 @@ fn assert_loss_close(got: f32, want: f32, what: &str) {
 
 #[test]
 fn int4_base_trains_within_tolerance_of_the_dequantized_one() {
-    for (layout, fused) in [
-        (Layout::Awq, false),
-        (Layout::Awq, true),
-        (Layout::GptqActOrder, false),
-        (Layout::GptqActOrder, true),
-    ] {
+    for (layout, fused) in CASES {
         let case = format!("{layout:?} fused {fused}");
         let dir = tempfile::tempdir().unwrap();
         write_int4_model(dir.path(), layout, fused, 32, 11);
@@ -87,13 +82,7 @@ fn int4_base_trains_within_tolerance_of_the_dequantized_one() {
 
         let mut worst = (0f32, 0f64);
         for checkpointing in [false, true] {
-            let cfg = TrainConfig {
-                learning_rate: 1e-2,
-                gradient_checkpointing: checkpointing,
-                ..TrainConfig::default()
-            };
-            let mut a = LoraTrainer::new(dense.clone(), &spec(fused), cfg.clone()).unwrap();
-            let mut b = LoraTrainer::new(int4.clone(), &spec(fused), cfg).unwrap();
+            let (mut a, mut b) = trainers(&dense, &int4, fused, checkpointing);
             let steps = [batch(24, 5, VOCAB)];
             let (la, ga) = a.loss_and_gradients(&steps).unwrap();
             let (lb, gb) = b.loss_and_gradients(&steps).unwrap();

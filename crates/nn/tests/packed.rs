@@ -11,10 +11,8 @@ mod int4;
 mod quantized_tiny;
 
 use common::VOCAB;
-use int4::Layout;
-use olive_nn::train::{LoraTrainer, TrainConfig};
 use olive_nn::{QuantizedWeights, Transformer};
-use quantized_tiny::{batch, spec, write_tiny_quantized};
+use quantized_tiny::{batch, trainers, write_tiny_quantized, CASES};
 
 fn bits_equal(a: &[f32], b: &[f32]) -> bool {
     a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
@@ -22,12 +20,7 @@ fn bits_equal(a: &[f32], b: &[f32]) -> bool {
 
 #[test]
 fn packed_base_trains_exactly_as_the_dequantized_one() {
-    for (layout, fused) in [
-        (Layout::Awq, false),
-        (Layout::Awq, true),
-        (Layout::GptqActOrder, false),
-        (Layout::GptqActOrder, true),
-    ] {
+    for (layout, fused) in CASES {
         let case = format!("{layout:?} fused {fused}");
         let dir = tempfile::tempdir().unwrap();
         write_tiny_quantized(dir.path(), layout, fused);
@@ -58,13 +51,7 @@ fn packed_base_trains_exactly_as_the_dequantized_one() {
         assert!(bits_equal(&got, &want), "{case}: logits differ");
 
         for checkpointing in [false, true] {
-            let cfg = TrainConfig {
-                learning_rate: 1e-2,
-                gradient_checkpointing: checkpointing,
-                ..TrainConfig::default()
-            };
-            let mut a = LoraTrainer::new(dense.clone(), &spec(fused), cfg.clone()).unwrap();
-            let mut b = LoraTrainer::new(packed.clone(), &spec(fused), cfg).unwrap();
+            let (mut a, mut b) = trainers(&dense, &packed, fused, checkpointing);
             let steps = [batch(12, 3, VOCAB)];
             let (la, ga) = a.loss_and_gradients(&steps).unwrap();
             let (lb, gb) = b.loss_and_gradients(&steps).unwrap();

@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use olive_data::Sample;
-use olive_nn::train::LoraSpec;
+use olive_nn::train::{LoraSpec, LoraTrainer, TrainConfig};
+use olive_nn::Transformer;
 use serde_json::json;
 
 use crate::common::{self, Rng, Tiny};
@@ -20,6 +21,14 @@ pub const LAYERS: usize = 2;
 pub const HEADS: usize = 4;
 pub const KV_HEADS: usize = 2;
 pub const HEAD_DIM: usize = 16;
+
+/// Every layout, separate and fused projections.
+pub const CASES: [(Layout, bool); 4] = [
+    (Layout::Awq, false),
+    (Layout::Awq, true),
+    (Layout::GptqActOrder, false),
+    (Layout::GptqActOrder, true),
+];
 
 /// A tiny model (tied embeddings, random weights from `seed`) whose decoder linears are quantized in `layout`
 /// with groups of `group`, fused (Phi-3: one qkv_proj and one gate_up_proj per layer) or not.
@@ -176,4 +185,22 @@ pub fn spec(fused: bool) -> LoraSpec {
         target_modules: targets.iter().map(|t| t.to_string()).collect(),
         use_rslora: false,
     }
+}
+
+/// LoRA trainers ([`spec`], learning rate 1e-2) over the `dense` base and over `other`, the same checkpoint
+/// loaded another way, to compare step for step.
+pub fn trainers(
+    dense: &Transformer,
+    other: &Transformer,
+    fused: bool,
+    gradient_checkpointing: bool,
+) -> (LoraTrainer, LoraTrainer) {
+    let cfg = TrainConfig {
+        learning_rate: 1e-2,
+        gradient_checkpointing,
+        ..TrainConfig::default()
+    };
+    let a = LoraTrainer::new(dense.clone(), &spec(fused), cfg.clone()).unwrap();
+    let b = LoraTrainer::new(other.clone(), &spec(fused), cfg).unwrap();
+    (a, b)
 }
