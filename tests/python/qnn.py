@@ -1,11 +1,12 @@
-"""Shared pieces of the QNN execution provider tests (issue 9: test_ep_qnn.py, test_qnn_llm.py): the CLI flags that
-pick the provider, the subprocess runner and the `qnn_env` fixture (the environment with OLIVE_ORT_QNN_DYLIB, the
-onnxruntime-qnn plugin-EP library scripts/install.sh fetches)."""
+"""Shared pieces of the QNN execution provider tests (issue 9: test_ep_qnn.py, test_qnn_llm.py, test_qnn_aot.py,
+test_qdq.py): the CLI flags that pick the provider, the subprocess runner, the `qnn_env` fixture (the environment with
+OLIVE_ORT_QNN_DYLIB, the onnxruntime-qnn plugin-EP library scripts/install.sh fetches) and `qnn_session`."""
 
 import os
 import subprocess
 from pathlib import Path
 
+import onnxruntime as ort
 import pytest
 
 QNN = ["--device", "npu", "--provider", "QNNExecutionProvider"]
@@ -21,3 +22,14 @@ def qnn_env() -> dict:
     if not lib or not Path(lib).is_file():
         pytest.fail("OLIVE_ORT_QNN_DYLIB is not set or missing: run `make test` (scripts/install.sh fetches it)")
     return dict(os.environ)
+
+
+def qnn_session(model) -> ort.InferenceSession:
+    """`model` on the HTP simulator, every node on QNN (CPU fallback disabled)."""
+    if not any(d.ep_name == "QNNExecutionProvider" for d in ort.get_ep_devices()):
+        ort.register_execution_provider_library("QNNExecutionProvider", os.environ["OLIVE_ORT_QNN_DYLIB"])
+    devices = [d for d in ort.get_ep_devices() if d.ep_name == "QNNExecutionProvider"]
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
+    options.add_provider_for_devices(devices, {"backend_type": "htp"})
+    return ort.InferenceSession(model, sess_options=options)

@@ -34,6 +34,7 @@ import pytest
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
 import minilm
+from qnn import qnn_session
 
 SEQ = 16
 WEIGHT_ODD_ELEMENTS = 4
@@ -257,17 +258,6 @@ def test_auto_opt_qnn_runs_minilm_fully_on_the_htp_simulator(olive_host, tmp_pat
         return float((a * b).sum() / np.linalg.norm(a) / np.linalg.norm(b))
 
     assert cos(htp, fp32) >= cos(qdq, fp32) - MINILM_COS_GAP, (cos(htp, fp32), cos(qdq, fp32))
-
-
-def qnn_session(model) -> ort.InferenceSession:
-    """`model` on the HTP simulator, every node on QNN (CPU fallback disabled)."""
-    if not any(d.ep_name == "QNNExecutionProvider" for d in ort.get_ep_devices()):
-        ort.register_execution_provider_library("QNNExecutionProvider", os.environ["OLIVE_ORT_QNN_DYLIB"])
-    devices = [d for d in ort.get_ep_devices() if d.ep_name == "QNNExecutionProvider"]
-    options = ort.SessionOptions()
-    options.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
-    options.add_provider_for_devices(devices, {"backend_type": "htp"})
-    return ort.InferenceSession(model, sess_options=options)
 
 
 def test_uint16_activations_finalize_on_the_htp_simulator_close_to_fp32(olive_host, prepared, tmp_path):

@@ -14,32 +14,13 @@ still run on QNN with CPU fallback disabled.
 
 import json
 import os
-import subprocess
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 
 import minilm
-
-QNN = ["--device", "npu", "--provider", "QNNExecutionProvider"]
-
-
-def run(cmd) -> subprocess.CompletedProcess:
-    return subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=600)
-
-
-def qnn_session(model) -> ort.InferenceSession:
-    """`model` on the HTP simulator, every node on QNN (CPU fallback disabled)."""
-    if not any(d.ep_name == "QNNExecutionProvider" for d in ort.get_ep_devices()):
-        ort.register_execution_provider_library("QNNExecutionProvider", os.environ["OLIVE_ORT_QNN_DYLIB"])
-    devices = [d for d in ort.get_ep_devices() if d.ep_name == "QNNExecutionProvider"]
-    options = ort.SessionOptions()
-    options.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
-    options.add_provider_for_devices(devices, {"backend_type": "htp"})
-    return ort.InferenceSession(model, sess_options=options)
-
+from qnn import QNN, qnn_session, run
 
 def report(stdout: str) -> dict:
     # The simulator prints " # LIBNATIVE: ..." lines around the JSON report.
