@@ -161,14 +161,7 @@ fn recipe_steps(
 ) -> anyhow::Result<Vec<(String, serde_json::Value)>> {
     let precision = args.precision.name();
     let recipe = ep.recipe_for(precision, input).ok_or_else(|| {
-        let have: Vec<String> = ep
-            .recipes
-            .iter()
-            .map(|r| match &r.input {
-                Some(kind) => format!("{} (from {kind})", r.precision),
-                None => r.precision.clone(),
-            })
-            .collect();
+        let have = crate::ep::recipe_precisions(ep);
         let from = match ep.recipes.iter().any(|r| r.input.is_some()) {
             true if input == kinds::ONNX => " from an ONNX model",
             true => " from a Hugging Face model",

@@ -110,14 +110,7 @@ fn plugin_text(plugin: &Plugin) -> String {
         ));
     }
     for ep in &manifest.execution_providers {
-        let precisions: Vec<String> = ep
-            .recipes
-            .iter()
-            .map(|r| match &r.input {
-                Some(kind) => format!("{} (from {kind})", r.precision),
-                None => r.precision.clone(),
-            })
-            .collect();
+        let precisions = crate::ep::recipe_precisions(ep);
         text.push_str(&format!(
             "  serves --device {} --provider {}  (onnxruntime library: {} {}; auto-opt precisions: {})\n",
             ep.device,

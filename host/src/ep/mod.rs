@@ -262,6 +262,18 @@ pub fn library_version(path: &Path) -> anyhow::Result<String> {
     Ok(version)
 }
 
+/// The precisions of `ep`'s auto-opt recipes, each with the input kind its recipe starts from when it names one
+/// (`uint16 (from hf)`).
+pub fn recipe_precisions(ep: &ExecutionProvider) -> Vec<String> {
+    ep.recipes
+        .iter()
+        .map(|r| match &r.input {
+            Some(kind) => format!("{} (from {kind})", r.precision),
+            None => r.precision.clone(),
+        })
+        .collect()
+}
+
 /// Runs `olive-host ep-check` on `model` for `device`/`provider` in a child process (which loads the provider's
 /// library); its error output becomes the error.
 pub fn check_in_child(model: &Path, device: &str, provider: &str) -> anyhow::Result<()> {
