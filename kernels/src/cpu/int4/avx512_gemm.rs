@@ -4,7 +4,8 @@
 //! runs over it with 2 × 6 int32 accumulators (the group's activations interleaved once per call so each
 //! slot's items sit side by side): per 4 inputs two weight loads, one 4-byte activation
 //! broadcast per item and 12 `vpdpbusd`; per block the int32 sums are scaled (weight × activation scale)
-//! into fp32 accumulators and the zero-point term `s · z · block_sum` is taken off.
+//! into fp32 accumulators and the zero-point term `s · z · block_sum` is taken off. The next tile's rows are
+//! prefetched into L2 a share per KC step (batch 16's steps are too short to hide a cold tile's loads).
 #![cfg(target_arch = "x86_64")]
 
 use std::arch::x86_64::*;
@@ -118,8 +119,32 @@ unsafe fn gemm_tile<const BS: usize>(
     let mut c = vec![_mm512_setzero_ps(); batch * 2];
     // Rows past the matrix repeat its last row; their outputs are not stored.
     let row_of = |r: usize| (o0 + r).min(w.n() - 1);
-    for kb in (0..k).step_by(KC) {
+    // The next tile's rows (contiguous nibbles, scales, zero points) are fetched into L2 a share per KC
+    // step: at small batches a step's compute is too short to hide a cold tile's first loads.
+    let (nibbles, scales, zeros) = w.parts();
+    let next = (o0 + TILE_ROWS).min(w.n());
+    let next_end = (o0 + 2 * TILE_ROWS).min(w.n());
+    let (steps, blocks) = (k.div_ceil(KC), k / BS);
+    for (st, kb) in (0..k).step_by(KC).enumerate() {
         let kc = KC.min(k - kb);
+        let share = |base: *const u8, len: usize| {
+            let (a, b) = (st * len / steps, (st + 1) * len / steps);
+            for off in (a..b).step_by(64) {
+                _mm_prefetch::<_MM_HINT_T1>(base.wrapping_add(off).cast());
+            }
+        };
+        share(
+            nibbles.as_ptr().wrapping_add(next * k / 2),
+            (next_end - next) * k / 2,
+        );
+        share(
+            scales.as_ptr().wrapping_add(next * blocks).cast(),
+            (next_end - next) * blocks * 4,
+        );
+        share(
+            zeros.as_ptr().wrapping_add(next * blocks),
+            (next_end - next) * blocks,
+        );
         unpack::<BS>(w, &row_of, kb, kc, &mut tile);
         let mut i0 = 0;
         for g in groups {
@@ -223,18 +248,40 @@ unsafe fn unpack<const BS: usize>(
                 t.w[(s * 8 + 4 + j) * 2 + h] = _mm512_and_si512(_mm512_srli_epi16::<4>(v), m0f);
             }
         }
+        // The 16 rows' scales gathered (row stride `blocks`), zero points inserted byte by byte: scalar
+        // stores read back as a vector stalled on store forwarding (a quarter of block 32's tile time).
+        let (_, scales, zeros) = w.parts();
+        assert!(w.n() * blocks <= i32::MAX as usize);
+        let idx = _mm512_loadu_epi32(
+            std::array::from_fn::<i32, 16, _>(|r| (rows[r] * blocks) as i32).as_ptr(),
+        );
         for blk in 0..kc / BS {
             let b = kb / BS + blk;
-            let mut s = [0f32; 16];
-            let mut sz = [0f32; 16];
-            for r in 0..16 {
-                let (_, sc, zs) = w.row(rows[r]);
-                debug_assert!(b < blocks);
-                s[r] = sc[b];
-                sz[r] = sc[b] * f32::from(zs[b]);
-            }
-            t.ws[blk * 2 + h] = _mm512_loadu_ps(s.as_ptr());
-            t.sz[blk * 2 + h] = _mm512_loadu_ps(sz.as_ptr());
+            debug_assert!(b < blocks);
+            // SAFETY: rows[r] < n and b < blocks, so every index is inside scales / zeros [n · blocks].
+            let s = _mm512_i32gather_ps::<4>(idx, scales.as_ptr().add(b).cast());
+            let z = |r: usize| *zeros.get_unchecked(rows[r] * blocks + b) as i8;
+            let z = _mm_setr_epi8(
+                z(0),
+                z(1),
+                z(2),
+                z(3),
+                z(4),
+                z(5),
+                z(6),
+                z(7),
+                z(8),
+                z(9),
+                z(10),
+                z(11),
+                z(12),
+                z(13),
+                z(14),
+                z(15),
+            );
+            let z = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(z));
+            t.ws[blk * 2 + h] = s;
+            t.sz[blk * 2 + h] = _mm512_mul_ps(s, z);
         }
     }
 }
