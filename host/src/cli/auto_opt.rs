@@ -215,8 +215,6 @@ fn recipe_steps(
 
 /// The provider whose models `--enable_aot` compiles (as Olive's).
 const AOT_PROVIDER: &str = "QNNExecutionProvider";
-/// The ONNX op of a precompiled partition (ONNX Runtime's contrib `com.microsoft.EPContext`).
-const EP_CONTEXT_OP: &str = "EPContext";
 
 /// `--enable_aot`'s last step: EPContextBinaryGenerator with the provider's options (those the check runs with).
 fn aot_step(
@@ -254,7 +252,7 @@ fn has_ep_context(path: &Path) -> anyhow::Result<bool> {
     Ok(model.graph.is_some_and(|g| {
         g.node
             .iter()
-            .any(|n| n.op_type.as_deref() == Some(EP_CONTEXT_OP))
+            .any(|n| n.op_type.as_deref() == Some(crate::ep::check::EP_CONTEXT))
     }))
 }
 
@@ -455,7 +453,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let fixed = model(dir.path(), "0", "model.onnx", "Add");
         let qdq = model(dir.path(), "1", "model.onnx", "QuantizeLinear");
-        let ctx = model(dir.path(), "2", "model_ctx.onnx", EP_CONTEXT_OP);
+        let ctx = model(
+            dir.path(),
+            "2",
+            "model_ctx.onnx",
+            crate::ep::check::EP_CONTEXT,
+        );
         assert_eq!(
             ep_context_reference(&[fixed.clone(), qdq.clone()]).unwrap(),
             None

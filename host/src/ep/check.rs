@@ -34,8 +34,9 @@ use serde::Serialize;
 /// The CPU provider's name.
 const CPU: &str = "CPUExecutionProvider";
 
-/// The op of a precompiled partition, which only its provider runs.
-const EP_CONTEXT: &str = "EPContext";
+/// The op of a precompiled partition (ONNX Runtime's contrib `com.microsoft.EPContext`), which only its provider
+/// runs.
+pub const EP_CONTEXT: &str = "EPContext";
 
 /// ONNX Runtime's message when fallback is disabled and a node would land on the CPU provider.
 const FALLBACK_REFUSED: &str = "fallback to CPU EP has been explicitly disabled";
