@@ -267,8 +267,9 @@ fn continue_from(
 mod tests {
     use super::*;
     use crate::evaluate::perplexity::perplexity;
-    use olive_model::quantized::{pack_gptq_v1, QuantizedLinear};
+    use olive_model::quantized::pack_gptq_v1;
     use olive_model::Checkpoint;
+    use olive_quant::QuantSpec;
     use safetensors::tensor::TensorView;
     use safetensors::Dtype;
 
@@ -279,37 +280,8 @@ mod tests {
     /// Inputs per quantization group.
     const GROUP: usize = 32;
 
-    /// Asymmetric 4-bit min-max rounding of w: [out, k] per group of [`GROUP`] inputs.
-    fn rtn(w: &[f32], out: usize, k: usize) -> QuantizedLinear {
-        let groups = k / GROUP;
-        let (mut q, mut scales, mut zeros) = (vec![0u8; out * k], Vec::new(), Vec::new());
-        for (o, row) in w.chunks_exact(k).enumerate() {
-            for (g, block) in row.chunks_exact(GROUP).enumerate() {
-                let lo = block.iter().fold(0f32, |m, &v| m.min(v));
-                let hi = block.iter().fold(0f32, |m, &v| m.max(v));
-                let s = ((hi - lo) / 15.0).max(1e-8);
-                let z = (-lo / s).round().clamp(0.0, 15.0);
-                scales.push(s);
-                zeros.push(z as u8);
-                for (i, v) in block.iter().enumerate() {
-                    q[o * k + g * GROUP + i] = (v / s + z).round().clamp(0.0, 15.0) as u8;
-                }
-            }
-        }
-        assert_eq!(scales.len(), out * groups);
-        QuantizedLinear {
-            bits: 4,
-            group_size: GROUP,
-            in_features: k,
-            out_features: out,
-            q,
-            scales,
-            zeros,
-            g_idx: None,
-        }
-    }
-
-    /// The golden tiny mistral (hidden 64, intermediate 160) with its decoder linears as GPTQ v1 int4.
+    /// The golden tiny mistral (hidden 64, intermediate 160) with its decoder linears as GPTQ v1 int4 (asymmetric
+    /// round-to-nearest, groups of [`GROUP`]).
     fn quantized_tiny(dst: &Path) {
         let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/golden/out/mistral/model");
         assert!(
@@ -325,7 +297,12 @@ mod tests {
                 Some(prefix)
                     if prefix.starts_with("model.layers.") && prefix.ends_with("_proj") =>
                 {
-                    let q = rtn(&t.data, t.shape[0], t.shape[1]);
+                    let spec = QuantSpec {
+                        bits: 4,
+                        group_size: Some(GROUP),
+                        sym: false,
+                    };
+                    let q = olive_quant::rtn(&t.data, t.shape[0], t.shape[1], &spec).unwrap();
                     for (suffix, dtype, shape, bytes) in pack_gptq_v1(&q).unwrap() {
                         tensors.push((format!("{prefix}.{suffix}"), dtype, shape, bytes));
                     }
