@@ -2,11 +2,17 @@
 //! rotated over enough copies to exceed 3× the L3 cache. Measured in one process: a plain memory-read loop
 //! (GB/s), our kernels (`olive_kernels::cpu::int4`, GB/s of the packed layout at batch 1) and ONNX Runtime's
 //! MatMulNBits (one-node model, accuracy_level 4, same RTN weights) at batch 1/16/128, 1 and 2 threads.
+//! Interleaved: each row runs rounds of (ours int8, ours fp32 at batch 1, ORT, read loop), the order rotated
+//! each round, so every side sees the same machine (a shared VM's bandwidth drifts between blocks); the table
+//! gives each side's median and the median (min–max) of the per-round ratios. ORT runs with the same thread
+//! count: 1 thread = its own session pool of 1, 2 threads = the environment's global pool of 2 with spinning
+//! on (ORT's default; one pool for all the rotated sessions, as rayon is one pool for ours).
 //! Run: `source target/olive-env.sh && cargo bench -p olive-kernels --bench cpu_int4 [-- FLAGS]`, or the
 //! binary `cargo bench --no-run` prints, standalone, with `ORT_DYLIB_PATH=.../libonnxruntime.so.1.32.0`.
 //! FLAGS: `--quick` (N = 3072 only), `--batch B` / `--threads T` (only those rows), `--in-cache` (kernel
 //! throughput on one 3072 × 384 matrix in L2 instead: no ORT, no memory traffic), `--rotate_mib M` (weights
-//! rotated over more than M MiB instead of 96, for machines with larger caches).
+//! rotated over more than M MiB instead of 96, for machines with larger caches), `--rounds R` (rounds per row
+//! instead of 11 / 7 / 5 for batch 1 / 16 / 128).
 
 mod support;
 
@@ -18,7 +24,7 @@ use olive_kernels::cpu::w4a16::unpack_matmul_nbits;
 use olive_onnx::graph::{Dim, GraphBuilder};
 use olive_onnx::matmul_nbits::{quantize, NBitsConfig};
 use olive_onnx::tensor::DataType;
-use ort::environment::Environment;
+use ort::environment::{Environment, GlobalThreadPoolOptions};
 use ort::session::Session;
 use ort::value::Tensor;
 
@@ -28,24 +34,29 @@ type Res<T> = Result<T, Box<dyn std::error::Error>>;
 const ROTATE_MIB: usize = 96;
 const K: usize = 3072;
 
-fn median(mut v: Vec<f64>) -> f64 {
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
 }
 
-/// Seconds per call: `reps` timed rounds of `iters` calls each (after one warm-up round), median.
-fn time(reps: usize, iters: usize, mut f: impl FnMut(usize)) -> f64 {
+/// Seconds per call of `iters` calls.
+fn time_once(iters: usize, mut f: impl FnMut(usize)) -> f64 {
+    let start = Instant::now();
     (0..iters).for_each(&mut f);
-    let mut t = Vec::new();
-    for _ in 0..reps {
-        let start = Instant::now();
-        (0..iters).for_each(&mut f);
-        t.push(start.elapsed().as_secs_f64() / iters as f64);
-    }
-    median(t)
+    start.elapsed().as_secs_f64() / iters as f64
 }
 
-/// Seconds per call as `time`, but the fastest round (in-cache figures on a shared machine).
+/// What one round of a row times, in the order of the first round (later rounds rotate it).
+#[derive(Clone, Copy, PartialEq)]
+enum Side {
+    Ours,
+    Ours32,
+    Ort,
+    Read,
+}
+
+/// Seconds per call: the fastest of `reps` timed rounds of `iters` calls each, after one warm-up round.
 fn time_min(reps: usize, iters: usize, mut f: impl FnMut(usize)) -> f64 {
     (0..iters).for_each(&mut f);
     (0..reps)
@@ -55,14 +66,6 @@ fn time_min(reps: usize, iters: usize, mut f: impl FnMut(usize)) -> f64 {
             start.elapsed().as_secs_f64() / iters as f64
         })
         .fold(f64::INFINITY, f64::min)
-}
-
-/// GB/s of a sum over a 512 MiB buffer of u64, split over the pool's threads.
-fn read_bandwidth(buf: &[u64]) -> f64 {
-    let s = time(5, 1, |_| {
-        std::hint::black_box(support::read_sum(buf));
-    });
-    (buf.len() * 8) as f64 / s / 1e9
 }
 
 /// Random weights [n, K] quantized RTN (asymmetric) by olive_onnx's byte-exact port of ORT's quantizer.
@@ -96,6 +99,8 @@ fn ort_model(
     Ok(g.finish(&[("", 21), ("com.microsoft", 1)], "olive-rs bench")?)
 }
 
+/// `copies` sessions of `model` running on `threads` threads: 1 = each its own pool of 1 (no workers); 2 = the
+/// environment's global pool of 2, spinning on (one worker shared by all the copies, as ours share rayon's).
 fn ort_sessions(
     env: &Environment,
     model: &Path,
@@ -104,13 +109,20 @@ fn ort_sessions(
 ) -> Res<Vec<Session>> {
     (0..copies)
         .map(|_| {
-            Ok(Session::builder(env)?
-                .with_intra_threads(threads)?
-                .with_intra_op_spinning(false)?
-                .commit_from_file(model)?)
+            let b = Session::builder(env)?;
+            let mut b = if threads == ORT_GLOBAL_THREADS {
+                b
+            } else {
+                b.with_independent_thread_pool()?
+                    .with_intra_threads(threads)?
+            };
+            Ok(b.commit_from_file(model)?)
         })
         .collect()
 }
+
+/// Threads of the environment's global ORT pool (the 2-thread rows run on it).
+const ORT_GLOBAL_THREADS: usize = 2;
 
 fn ort_run(s: &mut Session, x: &[f32], batch: usize) -> Res<()> {
     let t = Tensor::from_array(([batch, K], x.to_vec()))?;
@@ -169,11 +181,17 @@ fn main() -> Res<()> {
         args.get(i + 1)?.parse().ok()
     };
     let (only_batch, only_threads) = (only("--batch"), only("--threads"));
+    let rounds = only("--rounds");
     let rotate_bytes = only("--rotate_mib").unwrap_or(ROTATE_MIB) << 20;
     let dylib = std::env::var("ORT_DYLIB_PATH")
         .map_err(|_| "ORT_DYLIB_PATH is not set (source target/olive-env.sh)")?;
     let env = ort::init_from(&dylib)?
         .with_name("cpu-int4-bench")
+        .with_global_thread_pool(
+            GlobalThreadPoolOptions::default()
+                .with_intra_threads(ORT_GLOBAL_THREADS)?
+                .with_spin_control(true)?,
+        )
         .build()?;
     let isa = Isa::detect();
     println!(
@@ -184,6 +202,12 @@ fn main() -> Res<()> {
         return kernel_in_cache(isa, only_batch);
     }
     let buf = support::read_buffer();
+    let read_gbs = || {
+        let s = time_once(1, |_| {
+            std::hint::black_box(support::read_sum(&buf));
+        });
+        (buf.len() * 8) as f64 / s / 1e9
+    };
     let dir = tempfile::tempdir()?;
     let ns: &[usize] = if quick { &[3072] } else { &[3072, 8192, 9216] };
     let batches: &[usize] = &[1, 16, 128];
@@ -194,10 +218,10 @@ fn main() -> Res<()> {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .build()?;
-        let read = pool.install(|| read_bandwidth(&buf));
-        println!("\n## {threads} thread(s): memory read {read:.1} GB/s");
-        println!("| N | block | batch | ours int8 ms | ours fp32 ms | ORT ms | ours GB/s (% read) | ORT GB/s | ORT / ours (int8) |");
-        println!("|---|---|---|---|---|---|---|---|---|");
+        let mut reads = Vec::new();
+        println!("\n## {threads} thread(s)");
+        println!("| N | block | batch | ours int8 ms | ours fp32 ms | ORT ms | read GB/s | ours GB/s (% read, min–max) | ORT GB/s | ORT / ours (int8, min–max) |");
+        println!("|---|---|---|---|---|---|---|---|---|---|");
         for &n in ns {
             for block in [32usize, 128] {
                 let q = weights(n, block)?;
@@ -220,43 +244,82 @@ fn main() -> Res<()> {
                         .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
                         .collect();
                     let iters = if batch == 128 { copies } else { 4 * copies };
-                    let reps = if quick { 3 } else { 7 };
-                    let run = |act| {
-                        pool.install(|| {
-                            time(reps, iters, |i| {
-                                let y = int4_matmul_with(&x, batch, &mats[i % copies], act, isa);
-                                std::hint::black_box(y.map(|v| v.len()).unwrap_or(0));
-                            })
-                        })
-                    };
-                    let ours8 = run(Activations::Int8);
-                    let ours32 = if batch == 1 {
-                        run(Activations::F32)
-                    } else {
-                        f64::NAN
-                    };
-                    let mut err = None;
-                    let ort = time(reps, iters, |i| {
-                        if let Err(e) = ort_run(&mut sessions[i % copies], &x, batch) {
-                            err = Some(e.to_string());
-                        }
+                    let rounds = rounds.unwrap_or(match (quick, batch) {
+                        (true, _) => 5,
+                        (false, 1) => 11,
+                        (false, 16) => 7,
+                        _ => 5,
                     });
+                    let mut sides = vec![Side::Ours, Side::Ort, Side::Read];
+                    if batch == 1 {
+                        sides.insert(1, Side::Ours32);
+                    }
+                    // Seconds per call (read: GB/s) per side, one entry per round; round 0 is a warm-up.
+                    let mut t: Vec<Vec<f64>> = vec![Vec::new(); sides.len()];
+                    let mut err = None;
+                    for r in 0..=rounds {
+                        for j in 0..sides.len() {
+                            let side = (j + r) % sides.len();
+                            let ours = |act| {
+                                time_once(iters, |i| {
+                                    let y =
+                                        int4_matmul_with(&x, batch, &mats[i % copies], act, isa);
+                                    std::hint::black_box(y.map(|v| v.len()).unwrap_or(0));
+                                })
+                            };
+                            let v = match sides[side] {
+                                Side::Ours => pool.install(|| ours(Activations::Int8)),
+                                Side::Ours32 => pool.install(|| ours(Activations::F32)),
+                                Side::Read => pool.install(read_gbs),
+                                Side::Ort => time_once(iters, |i| {
+                                    if let Err(e) = ort_run(&mut sessions[i % copies], &x, batch) {
+                                        err = Some(e.to_string());
+                                    }
+                                }),
+                            };
+                            if r > 0 {
+                                t[side].push(v);
+                            }
+                        }
+                    }
                     if let Some(e) = err {
                         return Err(format!("ORT run failed: {e}").into());
                     }
-                    let gbs = m.bytes() as f64 / ours8 / 1e9;
-                    let ort_gbs = ort_bytes as f64 / ort / 1e9;
+                    let of = |s: Side| sides.iter().position(|&x| x == s).map(|i| &t[i]);
+                    let (ours, ort, read) = (
+                        of(Side::Ours).ok_or("no ours")?,
+                        of(Side::Ort).ok_or("no ORT")?,
+                        of(Side::Read).ok_or("no read")?,
+                    );
+                    reads.extend_from_slice(read);
+                    let gbs: Vec<f64> = ours.iter().map(|s| m.bytes() as f64 / s / 1e9).collect();
+                    let pct: Vec<f64> = gbs.iter().zip(read).map(|(g, r)| 100.0 * g / r).collect();
+                    let ratio: Vec<f64> = ort.iter().zip(ours).map(|(o, s)| o / s).collect();
+                    let lo_hi = |v: &[f64]| {
+                        let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+                        let hi = v.iter().copied().fold(0.0, f64::max);
+                        (lo, hi)
+                    };
+                    let ((rlo, rhi), (plo, phi)) = (lo_hi(&ratio), lo_hi(&pct));
+                    let ours32 = of(Side::Ours32)
+                        .map_or("–".to_string(), |v| format!("{:.3}", median(v) * 1e3));
                     println!(
-                        "| {n} | {block} | {batch} | {:.3} | {} | {:.3} | {gbs:.1} ({:.0}%) | {ort_gbs:.1} | {:.2}× |",
-                        ours8 * 1e3,
-                        if ours32.is_nan() { "–".to_string() } else { format!("{:.3}", ours32 * 1e3) },
-                        ort * 1e3,
-                        100.0 * gbs / read,
-                        ort / ours8
+                        "| {n} | {block} | {batch} | {:.3} | {ours32} | {:.3} | {:.1} | {:.1} ({:.0}%, {plo:.0}–{phi:.0}) | {:.1} | {:.2}× ({rlo:.2}–{rhi:.2}) |",
+                        median(ours) * 1e3,
+                        median(ort) * 1e3,
+                        median(read),
+                        median(&gbs),
+                        median(&pct),
+                        ort_bytes as f64 / median(ort) / 1e9,
+                        median(&ratio),
                     );
                 }
             }
         }
+        println!(
+            "\n{threads} thread(s): memory read {:.1} GB/s (median of all rows' rounds)",
+            median(&reads)
+        );
     }
     Ok(())
 }
