@@ -179,8 +179,12 @@ __device__ __forceinline__ void w4_ws(T *__restrict__ y, float *__restrict__ par
             if (lane < 16) {
                 for (int tl = lane; tl < tiles_here; tl += 16)
                     bulk_copy(base + tl * CPS * 512, wsrc + ((size_t)tl * nchunks + c) * 32, cn * 512, &full[s]);
-                if (lane == 0)
+                if (lane == 0) {
+                    // The activations come from w4_xperm_u16, launched just before this kernel, which may still run
+                    // (programmatic dependent launch): wait for it before the first copy.
+                    if (i == 0) asm volatile("griddepcontrol.wait;\n" ::: "memory");
                     bulk_copy(base + WBYTES + MBYTES, xsrc + (size_t)c * (XBYTES / 16), cn * XBYTES, &full[s]);
+                }
             } else if (lane < 16 + 4 * CPS) {
                 const int q = (lane - 16) >> 2, sl = (lane - 16) & 3;
                 if (q < cn && sl < slices)
@@ -374,6 +378,8 @@ W4_WSC_BOTH(2, 1, 128, 4, 2, 1, 4)
 // past the batch. One thread a 16-byte piece, consecutive threads along a row's chunk (coalesced reads).
 extern "C" __global__ void w4_xperm_u16(uint4 *__restrict__ xp, const unsigned short *__restrict__ x,
                                         const u32 *__restrict__ perm, int has_perm, int batch, int k, int cols) {
+    // The product kernel launched after this one may start now (it waits for this grid before reading xp).
+    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
     const int nchunks = k >> 6;
     const long long total = (long long)((batch + cols - 1) / cols) * cols * nchunks * 8;
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total;

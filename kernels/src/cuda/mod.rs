@@ -296,6 +296,52 @@ impl Gpu {
         Ok(self.stream.alloc_zeros(len)?)
     }
 
+    /// Launches `f` on [`Gpu::stream`] through cuLaunchKernelEx; with `after_previous`, as a programmatic dependent
+    /// launch (compute capability 9.0): its blocks may start before the previous kernel of the stream has ended,
+    /// and must `griddepcontrol.wait` before reading what that kernel writes.
+    ///
+    /// # Safety
+    /// `args` holds the address of each of the kernel's arguments, in order, of the kernel's types, and the
+    /// kernel's accesses stay within the buffers they point at.
+    pub(crate) unsafe fn launch_ex(
+        &self,
+        f: &CudaFunction,
+        config: LaunchConfig,
+        after_previous: bool,
+        args: &mut [*mut std::ffi::c_void],
+    ) -> Result<(), GpuError> {
+        use cudarc::driver::sys;
+        // SAFETY: an all-zero launch attribute is a valid value; its id and value are set next.
+        let mut attribute: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+        attribute.id =
+            sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+        attribute.value.programmaticStreamSerializationAllowed = 1;
+        let launch = sys::CUlaunchConfig {
+            gridDimX: config.grid_dim.0,
+            gridDimY: config.grid_dim.1,
+            gridDimZ: config.grid_dim.2,
+            blockDimX: config.block_dim.0,
+            blockDimY: config.block_dim.1,
+            blockDimZ: config.block_dim.2,
+            sharedMemBytes: config.shared_mem_bytes,
+            hStream: self.stream.cu_stream(),
+            attrs: &mut attribute,
+            numAttrs: u32::from(after_previous),
+        };
+        self.context.bind_to_thread()?;
+        // SAFETY: the launch configuration and attribute live through the call; the caller vouches for args.
+        unsafe {
+            sys::cuLaunchKernelEx(
+                &launch,
+                f.cu_function(),
+                args.as_mut_ptr(),
+                std::ptr::null_mut(),
+            )
+        }
+        .result()?;
+        Ok(())
+    }
+
     /// Waits until everything queued on the stream has run, surfacing any asynchronous kernel error.
     pub fn synchronize(&self) -> Result<(), GpuError> {
         Ok(self.stream.synchronize()?)

@@ -9,6 +9,7 @@ use cudarc::driver::sys::CUfunction_attribute;
 
 use super::{CudaFunction, CudaSlice, Gpu, GpuError, LaunchConfig, PushKernelArg};
 use crate::cpu::w4a16_tiles::W4Tiles;
+use cudarc::driver::{DevicePtr, DevicePtrMut};
 
 /// w4a16.cu with w4a16_sm90.cu appended (its wgmma kernel uses the first's helpers), compiled for sm_90a on Hopper
 /// and for the device's plain target elsewhere (where the wgmma kernel compiles to nothing).
@@ -535,42 +536,30 @@ fn launch_pipe<T: Half>(
     } else {
         None
     };
-    let permuted = if config.producer {
-        Some(permute_x(
-            gpu,
-            x,
-            w.perm.as_ref(),
-            batch,
-            w.k,
-            config.cols(),
-        )?)
+    if config.producer {
+        launch_ws(gpu, config, f, x, w, batch, y, part.as_mut(), launch, cps)?;
     } else {
-        None
-    };
-    let mut builder = gpu.stream().launch_builder(f);
-    builder.arg(&mut *y);
-    let null = 0u64;
-    match part.as_mut() {
-        Some(p) => builder.arg(p),
-        // Unread with one split: a null pointer.
-        None => builder.arg(&null),
-    };
-    match permuted.as_ref() {
-        Some(xp) => builder.arg(xp),
-        None => builder.arg(x),
-    };
-    builder
-        .arg(&w.tiles)
-        .arg(&w.meta)
-        .arg(&b)
-        .arg(&n)
-        .arg(&k)
-        .arg(&g)
-        .arg(&cps);
-    // SAFETY: x is [batch, k] (the warp-specialised kernel's xp [batch rounded up to its columns, k]), y [batch, n],
-    // part [splits, batch, n] when there are splits; tiles/meta as sized by `upload`; the dynamic shared memory is
-    // what the kernel's S stages take.
-    unsafe { builder.launch(launch) }?;
+        let mut builder = gpu.stream().launch_builder(f);
+        builder.arg(&mut *y);
+        let null = 0u64;
+        match part.as_mut() {
+            Some(p) => builder.arg(p),
+            // Unread with one split: a null pointer.
+            None => builder.arg(&null),
+        };
+        builder
+            .arg(x)
+            .arg(&w.tiles)
+            .arg(&w.meta)
+            .arg(&b)
+            .arg(&n)
+            .arg(&k)
+            .arg(&g)
+            .arg(&cps);
+        // SAFETY: x is [batch, k], y [batch, n], part [splits, batch, n] when there are splits; tiles/meta as sized
+        // by `upload`; the dynamic shared memory is what the kernel's S stages take.
+        unsafe { builder.launch(launch) }?;
+    }
     let Some(part) = part else {
         return Ok(());
     };
@@ -601,25 +590,62 @@ fn launch_pipe<T: Half>(
     Ok(())
 }
 
-/// x [batch, k] in the warp-specialised kernel's activation layout (w4_xperm_u16: per `cols`-column block and
-/// 64-input chunk, the wgmma B core matrices in the tiles' input order), stored input order under act-order, zero
-/// past the batch.
-fn permute_x<T: Half>(
+/// The warp-specialised kernel after `w4_xperm_u16` has laid out its activations: xp, per `cols`-column block and
+/// 64-input chunk, the wgmma B core matrices in the tiles' input order (act-order inputs gathered, zeros past the
+/// batch). The product is a programmatic dependent launch of the layout kernel: its blocks start, and copy their
+/// weights, while the layout still runs, and wait for it (griddepcontrol.wait) only before copying activations.
+/// A stream operation between the two launches (cudarc's per-buffer event records and waits) would make it an
+/// ordinary launch, so every pointer is taken, and its events waited for, before the first launch, and the
+/// events are recorded after the second.
+#[allow(clippy::too_many_arguments)]
+fn launch_ws<T: Half>(
     gpu: &Gpu,
+    config: MmConfig,
+    f: &CudaFunction,
     x: &CudaSlice<T>,
-    perm: Option<&CudaSlice<u32>>,
+    w: &W4Weight<T>,
     batch: usize,
-    k: usize,
-    cols: usize,
-) -> Result<CudaSlice<T>, GpuError> {
-    let len = batch.div_ceil(cols) * cols * k;
+    y: &mut CudaSlice<T>,
+    part: Option<&mut CudaSlice<f32>>,
+    launch: LaunchConfig,
+    chunks_per_split: i32,
+) -> Result<(), GpuError> {
+    let cols = config.cols();
+    let len = batch.div_ceil(cols) * cols * w.k;
     // SAFETY: uninitialised on purpose: w4_xperm_u16 writes every element (zeros past the batch).
-    let mut out = unsafe { gpu.stream().alloc::<T>(len) }?;
-    let f = gpu.function(&SOURCE, "w4_xperm_u16")?;
-    let (b, kk, c) = (batch as i32, k as i32, cols as i32);
-    let has_perm = i32::from(perm.is_some());
+    let mut xp = unsafe { gpu.stream().alloc::<T>(len) }?;
+    let xperm = gpu.function(&SOURCE, "w4_xperm_u16")?;
+    let stream = gpu.stream();
+    let (x_ptr, _x) = x.device_ptr(stream);
     // Read only with has_perm; otherwise x stands in for the pointer.
-    let cfg = LaunchConfig {
+    let (perm_ptr, _perm) = match &w.perm {
+        Some(p) => {
+            let (ptr, record) = p.device_ptr(stream);
+            (ptr, Some(record))
+        }
+        None => (x_ptr, None),
+    };
+    let (xp_ptr, _xp) = xp.device_ptr_mut(stream);
+    let (y_ptr, _y) = y.device_ptr_mut(stream);
+    // Unread with one split: a null pointer.
+    let (part_ptr, _part) = match part {
+        Some(p) => {
+            let (ptr, record) = p.device_ptr_mut(stream);
+            (ptr, Some(record))
+        }
+        None => (0, None),
+    };
+    let (tiles_ptr, _tiles) = w.tiles.device_ptr(stream);
+    let (meta_ptr, _meta) = w.meta.device_ptr(stream);
+    let has_perm = i32::from(w.perm.is_some());
+    let (b, n, k, g, c) = (
+        batch as i32,
+        w.n as i32,
+        w.k as i32,
+        w.group_size as i32,
+        cols as i32,
+    );
+    let layout = LaunchConfig {
         grid_dim: (
             (len / 8).div_ceil(256).min(gpu.sm_count() as usize * 16) as u32,
             1,
@@ -628,17 +654,52 @@ fn permute_x<T: Half>(
         block_dim: (256, 1, 1),
         shared_mem_bytes: 0,
     };
-    let mut builder = gpu.stream().launch_builder(&f);
-    builder.arg(&mut out).arg(x);
-    match perm {
-        Some(p) => builder.arg(p),
-        None => builder.arg(x),
-    };
-    builder.arg(&has_perm).arg(&b).arg(&kk).arg(&c);
-    // SAFETY: out holds len = [batch rounded up to cols, k] elements, written as 16-byte pieces (k % 64 == 0);
-    // x is [batch, k]; perm (when has_perm) holds k indices below k.
-    unsafe { builder.launch(cfg) }?;
-    Ok(out)
+    // SAFETY: xp holds [batch rounded up to cols, k] elements, written as 16-byte pieces (k % 64 == 0); x is
+    // [batch, k]; perm (when has_perm) holds k indices below k. The arguments are in the kernel's order and types.
+    unsafe {
+        gpu.launch_ex(
+            &xperm,
+            layout,
+            false,
+            &mut [
+                arg(&xp_ptr),
+                arg(&x_ptr),
+                arg(&perm_ptr),
+                arg(&has_perm),
+                arg(&b),
+                arg(&k),
+                arg(&c),
+            ],
+        )
+    }?;
+    // SAFETY: xp as laid out above, y [batch, n], part [splits, batch, n] when there are splits; tiles/meta as
+    // sized by `upload`; the dynamic shared memory is what the kernel's S stages take; the kernel waits for the
+    // layout kernel before it reads xp.
+    unsafe {
+        gpu.launch_ex(
+            f,
+            launch,
+            true,
+            &mut [
+                arg(&y_ptr),
+                arg(&part_ptr),
+                arg(&xp_ptr),
+                arg(&tiles_ptr),
+                arg(&meta_ptr),
+                arg(&b),
+                arg(&n),
+                arg(&k),
+                arg(&g),
+                arg(&chunks_per_split),
+            ],
+        )
+    }?;
+    Ok(())
+}
+
+/// A kernel argument for [`Gpu::launch_ex`]: the address of its value.
+fn arg<V>(value: &V) -> *mut std::ffi::c_void {
+    (value as *const V).cast_mut().cast()
 }
 
 /// x [batch, k] with its columns in the stored (group) order.
