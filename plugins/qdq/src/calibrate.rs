@@ -208,6 +208,136 @@ pub fn samples(graph: &GraphProto, count: usize, seed: u64) -> Result<Vec<Sample
 /// dims, data), the past slots filled so far, the next position.
 type Window = (HashMap<String, (Vec<usize>, Vec<f32>)>, usize, usize);
 
+/// What [`Runner::run`] calls with each calibrated tensor of each run: (sample index, tensor, values).
+pub type Visit<'a> = dyn FnMut(usize, &str, &[f32]) -> Result<(), Error> + 'a;
+
+/// The calibration model: `model` with the tensors to calibrate as extra graph outputs, open in ONNX Runtime's CPU
+/// provider.
+pub struct Runner {
+    session: Session,
+    /// The static-KV layout (P, S), when the model has one (see the module docs).
+    kv: Option<(usize, usize)>,
+    tensors: Vec<String>,
+}
+
+impl Runner {
+    /// Extends `model`'s graph outputs with `tensors` and opens it; `scratch` holds the extended model.
+    pub fn open(model: &ModelProto, tensors: &[String], scratch: &Path) -> Result<Runner, Error> {
+        let mut extended = model.clone();
+        let graph = extended
+            .graph
+            .as_mut()
+            .ok_or_else(|| Error::UnsupportedModel("the ONNX model has no graph".into()))?;
+        let outputs: Vec<String> = graph.output.iter().filter_map(|o| o.name.clone()).collect();
+        for name in tensors.iter().filter(|t| !outputs.contains(t)) {
+            graph.output.push(ValueInfoProto {
+                name: Some(name.clone()),
+                r#type: Some(TypeProto {
+                    value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                        elem_type: Some(types::FLOAT),
+                        shape: None,
+                    })),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+        }
+        let file = olive_onnx::rewrite::save(extended, scratch, "calibration.onnx")
+            .map_err(|e| Error::Failed(e.to_string()))?;
+        let environment = olive_runtime::env::environment()
+            .map_err(|e| Error::Failed(format!("calibration needs ONNX Runtime: {e}")))?;
+        let session = Session::builder(environment)
+            .and_then(|mut b| b.commit_from_file(&file))
+            .map_err(|e| {
+                Error::Failed(format!(
+                    "calibration: ONNX Runtime cannot open the model: {e}"
+                ))
+            })?;
+        Ok(Runner {
+            session,
+            kv: model.graph.as_ref().and_then(static_kv),
+            tensors: tensors.to_vec(),
+        })
+    }
+
+    /// Runs every sample in order (a static-KV LLM's samples as one sliding window) and calls `visit(sample index,
+    /// tensor, values)` for each calibrated tensor of each run.
+    pub fn run(&mut self, samples: &[Sample], visit: &mut Visit<'_>) -> Result<(), Error> {
+        let kv = self.kv;
+        // The sliding window so far: the presents of the last run, the past slots filled, the next position.
+        let mut window: Option<Window> = None;
+        for (index, sample) in samples.iter().enumerate() {
+            let mut rolled: Vec<(String, DynValue)> = Vec::new();
+            if let (Some((p, s)), Some((presents, filled, position))) = (kv, &window) {
+                for (name, value) in sample {
+                    let lower = name.to_ascii_lowercase();
+                    let shape: Vec<usize> =
+                        value.shape().iter().map(|&d| d.max(0) as usize).collect();
+                    let n: usize = shape.iter().product();
+                    let last = shape.last().copied().unwrap_or(1).max(1);
+                    let fail =
+                        |e: ort::Error| Error::Failed(format!("calibration input `{name}`: {e}"));
+                    let new = if let Some((dims, data)) =
+                        past_of(name).and_then(|o| presents.get(&o))
+                    {
+                        // present [B, KV, P + S, D] -> its last P slots.
+                        let (rows, d) = (dims[2], dims[3]);
+                        let past: Vec<f32> = data
+                            .chunks(rows * d)
+                            .flat_map(|block| block[(rows - p) * d..].iter().copied())
+                            .collect();
+                        Tensor::from_array((shape, past)).map_err(fail)?.into_dyn()
+                    } else if lower.contains("mask") && last == p + s {
+                        let open = (*filled).min(p) + s;
+                        let mask: Vec<i64> =
+                            (0..n).map(|i| i64::from(i % last >= last - open)).collect();
+                        Tensor::from_array((shape, mask)).map_err(fail)?.into_dyn()
+                    } else if lower.contains("position") {
+                        let ids: Vec<i64> = (0..n).map(|i| (position + i % last) as i64).collect();
+                        Tensor::from_array((shape, ids)).map_err(fail)?.into_dyn()
+                    } else {
+                        continue;
+                    };
+                    rolled.push((name.clone(), new));
+                }
+            }
+            let feeds: Vec<(&str, SessionInputValue<'_>)> = sample
+                .iter()
+                .map(|(n, v)| match rolled.iter().find(|(r, _)| r == n) {
+                    Some((_, r)) => (n.as_str(), SessionInputValue::from(r)),
+                    None => (n.as_str(), SessionInputValue::from(v)),
+                })
+                .collect();
+            let result = self
+                .session
+                .run(feeds)
+                .map_err(|e| Error::Failed(format!("calibration run: {e}")))?;
+            if let Some((_, s)) = kv {
+                let mut presents = HashMap::new();
+                for (name, _) in sample {
+                    let Some(out) = past_of(name) else { continue };
+                    let (shape, data) = result[out.as_str()]
+                        .try_extract_tensor::<f32>()
+                        .map_err(|e| Error::Failed(format!("calibration output `{out}`: {e}")))?;
+                    let dims: Vec<usize> = shape.iter().map(|&d| d.max(0) as usize).collect();
+                    if dims.len() == 4 {
+                        presents.insert(out, (dims, data.to_vec()));
+                    }
+                }
+                let (filled, position) = window.as_ref().map_or((0, 0), |w| (w.1, w.2));
+                window = Some((presents, filled + s, position + s));
+            }
+            for name in &self.tensors {
+                let (_, data) = result[name.as_str()]
+                    .try_extract_tensor::<f32>()
+                    .map_err(|e| Error::Failed(format!("calibration tensor `{name}`: {e}")))?;
+                visit(index, name, data)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The [min, max] of each of `tensors` over `samples`, running `model` (its graph outputs extended) through ONNX
 /// Runtime's CPU provider; `scratch` holds the extended model.
 pub fn min_max(
@@ -216,106 +346,13 @@ pub fn min_max(
     samples: &[Sample],
     scratch: &Path,
 ) -> Result<HashMap<String, (f32, f32)>, Error> {
-    let mut extended = model.clone();
-    let graph = extended
-        .graph
-        .as_mut()
-        .ok_or_else(|| Error::UnsupportedModel("the ONNX model has no graph".into()))?;
-    let outputs: Vec<String> = graph.output.iter().filter_map(|o| o.name.clone()).collect();
-    for name in tensors.iter().filter(|t| !outputs.contains(t)) {
-        graph.output.push(ValueInfoProto {
-            name: Some(name.clone()),
-            r#type: Some(TypeProto {
-                value: Some(type_proto::Value::TensorType(type_proto::Tensor {
-                    elem_type: Some(types::FLOAT),
-                    shape: None,
-                })),
-                ..Default::default()
-            }),
-            ..Default::default()
-        });
-    }
-    let file = olive_onnx::rewrite::save(extended, scratch, "calibration.onnx")
-        .map_err(|e| Error::Failed(e.to_string()))?;
-    let environment = olive_runtime::env::environment()
-        .map_err(|e| Error::Failed(format!("calibration needs ONNX Runtime: {e}")))?;
-    let mut session = Session::builder(environment)
-        .and_then(|mut b| b.commit_from_file(&file))
-        .map_err(|e| {
-            Error::Failed(format!(
-                "calibration: ONNX Runtime cannot open the model: {e}"
-            ))
-        })?;
     let mut ranges: HashMap<String, (f32, f32)> = HashMap::new();
-    let kv = model.graph.as_ref().and_then(static_kv);
-    // The sliding window so far: the presents of the last run, the past slots filled, the next position.
-    let mut window: Option<Window> = None;
-    for sample in samples {
-        let mut rolled: Vec<(String, DynValue)> = Vec::new();
-        if let (Some((p, s)), Some((presents, filled, position))) = (kv, &window) {
-            for (name, value) in sample {
-                let lower = name.to_ascii_lowercase();
-                let shape: Vec<usize> = value.shape().iter().map(|&d| d.max(0) as usize).collect();
-                let n: usize = shape.iter().product();
-                let last = shape.last().copied().unwrap_or(1).max(1);
-                let fail =
-                    |e: ort::Error| Error::Failed(format!("calibration input `{name}`: {e}"));
-                let new = if let Some((dims, data)) = past_of(name).and_then(|o| presents.get(&o)) {
-                    // present [B, KV, P + S, D] -> its last P slots.
-                    let (rows, d) = (dims[2], dims[3]);
-                    let past: Vec<f32> = data
-                        .chunks(rows * d)
-                        .flat_map(|block| block[(rows - p) * d..].iter().copied())
-                        .collect();
-                    Tensor::from_array((shape, past)).map_err(fail)?.into_dyn()
-                } else if lower.contains("mask") && last == p + s {
-                    let open = (*filled).min(p) + s;
-                    let mask: Vec<i64> =
-                        (0..n).map(|i| i64::from(i % last >= last - open)).collect();
-                    Tensor::from_array((shape, mask)).map_err(fail)?.into_dyn()
-                } else if lower.contains("position") {
-                    let ids: Vec<i64> = (0..n).map(|i| (position + i % last) as i64).collect();
-                    Tensor::from_array((shape, ids)).map_err(fail)?.into_dyn()
-                } else {
-                    continue;
-                };
-                rolled.push((name.clone(), new));
-            }
-        }
-        let feeds: Vec<(&str, SessionInputValue<'_>)> = sample
-            .iter()
-            .map(|(n, v)| match rolled.iter().find(|(r, _)| r == n) {
-                Some((_, r)) => (n.as_str(), SessionInputValue::from(r)),
-                None => (n.as_str(), SessionInputValue::from(v)),
-            })
-            .collect();
-        let result = session
-            .run(feeds)
-            .map_err(|e| Error::Failed(format!("calibration run: {e}")))?;
-        if let Some((_, s)) = kv {
-            let mut presents = HashMap::new();
-            for (name, _) in sample {
-                let Some(out) = past_of(name) else { continue };
-                let (shape, data) = result[out.as_str()]
-                    .try_extract_tensor::<f32>()
-                    .map_err(|e| Error::Failed(format!("calibration output `{out}`: {e}")))?;
-                let dims: Vec<usize> = shape.iter().map(|&d| d.max(0) as usize).collect();
-                if dims.len() == 4 {
-                    presents.insert(out, (dims, data.to_vec()));
-                }
-            }
-            let (filled, position) = window.as_ref().map_or((0, 0), |w| (w.1, w.2));
-            window = Some((presents, filled + s, position + s));
-        }
-        for name in tensors {
-            let (_, data) = result[name.as_str()]
-                .try_extract_tensor::<f32>()
-                .map_err(|e| Error::Failed(format!("calibration tensor `{name}`: {e}")))?;
-            let lo = data.iter().copied().fold(f32::INFINITY, f32::min);
-            let hi = data.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let entry = ranges.entry(name.clone()).or_insert((lo, hi));
-            *entry = (entry.0.min(lo), entry.1.max(hi));
-        }
-    }
+    Runner::open(model, tensors, scratch)?.run(samples, &mut |_, name, data| {
+        let lo = data.iter().copied().fold(f32::INFINITY, f32::min);
+        let hi = data.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let entry = ranges.entry(name.to_owned()).or_insert((lo, hi));
+        *entry = (entry.0.min(lo), entry.1.max(hi));
+        Ok(())
+    })?;
     Ok(ranges)
 }

@@ -11,6 +11,7 @@ pub mod calibrate;
 pub mod context;
 pub mod data;
 pub mod fixed;
+pub mod histogram;
 pub mod mask;
 pub mod qdq;
 pub mod qtype;

@@ -25,7 +25,9 @@
 //!
 //! Attention-mask fills are kept (see [`mask`]; onnxruntime loses them).
 //!
-//! Not done (refused by name): QOperator format, reduce_range, calibration methods other than MinMax, block-wise
+//! Calibration methods: MinMax, and Entropy / Percentile with ORT's `Calib*` extra options (see [`histogram`]).
+//!
+//! Not done (refused by name): QOperator format, reduce_range, Distribution calibration (float8), block-wise
 //! weights (ORT's `BlockSize`). ORT's removal of Relu/Clip (`QDQRemovableActivation`) is not done: they are
 //! quantized like other ops.
 
@@ -40,7 +42,7 @@ use serde::Deserialize;
 
 use crate::qtype::{f32_tensor, QType, INT32};
 use crate::types::{self, element_types};
-use crate::{calibrate, data, graph_of, mask, rewrite_model, weights};
+use crate::{calibrate, data, graph_of, histogram, mask, rewrite_model, weights};
 
 /// ORT's default op types for QDQ (registry.py: QDQRegistry and QLinearOpsRegistry keys).
 pub const DEFAULT_OPS: &[&str] = &[
@@ -110,7 +112,7 @@ pub struct StaticConfig {
     /// ORT's weight type: QUInt8, QInt8, QUInt16, QInt16, QUInt4 or QInt4.
     #[serde(default = "qint8")]
     pub weight_type: String,
-    /// Olive: MinMax (olive-rs), Entropy, Percentile, Distribution.
+    /// Olive: MinMax, Entropy or Percentile (see [`histogram`]; Distribution, float8 only, is refused).
     #[serde(default = "minmax")]
     pub calibrate_method: String,
     /// Olive: the op types to quantize (default: ORT's QDQ list, [`DEFAULT_OPS`]).
@@ -349,6 +351,7 @@ pub fn quantize(
     c: &StaticConfig,
     scratch: &Path,
     model_dir: &Path,
+    pass: &str,
     warn: &dyn Fn(&str),
 ) -> Result<serde_json::Value, Error> {
     let bad = |m: String| Err(Error::InvalidConfig(m));
@@ -358,12 +361,8 @@ pub fn quantize(
             c.quant_format
         ));
     }
-    if c.calibrate_method != "MinMax" {
-        return bad(format!(
-            "calibrate_method `{}`: olive-rs calibrates with MinMax only",
-            c.calibrate_method
-        ));
-    }
+    let calibration =
+        histogram::Calibration::parse(pass, &c.calibrate_method, c.extra_options.as_ref())?;
     for (key, on) in [
         ("reduce_range", c.reduce_range),
         ("quant_preprocess", c.quant_preprocess),
@@ -393,6 +392,7 @@ pub fn quantize(
         match (key.as_str(), value.as_bool()) {
             ("ActivationSymmetric", Some(v)) => act_sym = v,
             ("WeightSymmetric", Some(v)) => w_sym = v,
+            (k, _) if histogram::EXTRA_OPTIONS.contains(&k) => {}
             _ => {
                 return bad(format!(
                     "extra_options: `{key}` is not supported by olive-rs"
@@ -441,7 +441,7 @@ pub fn quantize(
         }
     };
     let samples_used = samples.len();
-    let mut ranges = calibrate::min_max(model, &calibrated, &samples, scratch)?;
+    let mut ranges = calibration.ranges(pass, model, &calibrated, &samples, scratch)?;
     let graph = graph_of(model)?;
     let floored = if c.keep_attention_mask.unwrap_or(act.bits16()) {
         mask::floor_ranges(&mut ranges, &mask::fill_paths(graph))
@@ -720,6 +720,7 @@ pub fn quantize(
         "per_channel": c.per_channel,
         "mask_ranges_floored": floored,
         "calibration_samples": samples_used,
+        "calibrate_method": c.calibrate_method,
         "calibration_data": if c.data_config.is_some() { "data_config" } else { "random token ids" },
     }))
 }
@@ -734,12 +735,17 @@ fn model_opset(model: &ModelProto) -> i64 {
         .unwrap_or(0)
 }
 
-fn run_static(model: Model, c: StaticConfig, ctx: &Context<'_>) -> Result<Model, Error> {
+fn run_static(
+    model: Model,
+    c: StaticConfig,
+    ctx: &Context<'_>,
+    pass: &str,
+) -> Result<Model, Error> {
     let scratch = tempfile::tempdir()
         .map_err(|e| Error::Failed(format!("cannot create a scratch folder: {e}")))?;
     rewrite_model(model, ctx, "static_quantization", |onnx, file| {
         let dir = file.parent().unwrap_or(Path::new("."));
-        quantize(onnx, &c, scratch.path(), dir, &|m| ctx.warn(m))
+        quantize(onnx, &c, scratch.path(), dir, pass, &|m| ctx.warn(m))
     })
 }
 
@@ -750,7 +756,7 @@ impl Pass for OnnxStaticQuantization {
     const NAME: &'static str = "OnnxStaticQuantization";
     const VERSION: &'static str = "0.1.0";
     const DESCRIPTION: &'static str =
-        "Static QDQ quantization of an ONNX model (MinMax calibration through ONNX Runtime; uint8/uint16 activations, uint8/int8 weights), as onnxruntime's quantize_static.";
+        "Static QDQ quantization of an ONNX model (MinMax, Entropy or Percentile calibration through ONNX Runtime; uint8/uint16 activations, uint8/int8 weights), as onnxruntime's quantize_static.";
     const ACCEPTS: &'static [&'static str] = &[kinds::ONNX];
     const PRODUCES: &'static [&'static str] = &[kinds::ONNX];
     const DEVICES: &'static [&'static str] = &["cpu", "npu"];
@@ -762,7 +768,7 @@ impl Pass for OnnxStaticQuantization {
                 "quant_mode: OnnxStaticQuantization is static".into(),
             ));
         }
-        run_static(model, c, ctx)
+        run_static(model, c, ctx, Self::NAME)
     }
 }
 
@@ -782,7 +788,7 @@ impl Pass for OnnxQuantization {
 
     fn run(model: Model, c: StaticConfig, ctx: &Context<'_>) -> Result<Model, Error> {
         match c.quant_mode.as_deref() {
-            Some("static") => run_static(model, c, ctx),
+            Some("static") => run_static(model, c, ctx, Self::NAME),
             other => Err(Error::InvalidConfig(format!(
                 "quant_mode {other:?}: olive-rs's OnnxQuantization runs `static` (for dynamic use OnnxDynamicQuantization)"
             ))),
