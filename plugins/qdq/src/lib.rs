@@ -15,6 +15,7 @@ pub mod histogram;
 pub mod mask;
 pub mod qdq;
 pub mod qtype;
+pub mod residual;
 pub mod types;
 pub mod weights;
 

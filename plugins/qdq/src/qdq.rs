@@ -42,7 +42,7 @@ use serde::Deserialize;
 
 use crate::qtype::{f32_tensor, QType, INT32};
 use crate::types::{self, element_types};
-use crate::{calibrate, data, graph_of, histogram, mask, rewrite_model, weights};
+use crate::{calibrate, data, graph_of, histogram, mask, residual, rewrite_model, weights};
 
 /// ORT's default op types for QDQ (registry.py: QDQRegistry and QLinearOpsRegistry keys).
 pub const DEFAULT_OPS: &[&str] = &[
@@ -169,6 +169,9 @@ pub struct StaticConfig {
     /// outputs take QNN's fixed params (ORT's get_qnn_qdq_config).
     #[serde(default)]
     pub execution_provider: Option<String>,
+    /// olive-rs: the residual stream's Adds stay float and read the previous sum unquantized (see [`residual`]).
+    #[serde(default)]
+    pub float_residual: bool,
     /// Olive's auto-opt flag `precision` (ignored: the types above decide).
     #[serde(default)]
     pub precision: Option<String>,
@@ -216,7 +219,15 @@ struct Plan {
     selected: Vec<(String, String)>,
 }
 
-fn plan(graph: &GraphProto, ops: &HashSet<String>, c: &StaticConfig) -> Plan {
+/// `residual`: the residual Adds' outputs left float (`float_residual`); `per_tensor`: weights kept per tensor
+/// under `per_channel` (TensorQuantOverrides).
+fn plan(
+    graph: &GraphProto,
+    ops: &HashSet<String>,
+    c: &StaticConfig,
+    residual: &HashSet<String>,
+    per_tensor: &HashSet<String>,
+) -> Plan {
     let types = element_types(graph);
     let initializers: HashSet<&str> = graph
         .initializer
@@ -262,6 +273,7 @@ fn plan(graph: &GraphProto, ops: &HashSet<String>, c: &StaticConfig) -> Plan {
         let name = node.name.as_deref().unwrap_or("");
         if !ops.contains(op)
             || exclude.contains(name)
+            || (op == "Add" && node.output.first().is_some_and(|o| residual.contains(o)))
             || include.as_ref().is_some_and(|i| !i.contains(name))
         {
             continue;
@@ -306,7 +318,11 @@ fn plan(graph: &GraphProto, ops: &HashSet<String>, c: &StaticConfig) -> Plan {
             if k == 1 && op.ends_with("Normalization") && initializers.contains(input.as_str()) {
                 p.norm_scales.insert(input.clone());
             }
-            if c.per_channel && initializers.contains(input.as_str()) && !seen.contains(input) {
+            if c.per_channel
+                && initializers.contains(input.as_str())
+                && !seen.contains(input)
+                && !per_tensor.contains(input)
+            {
                 let rank = graph
                     .initializer
                     .iter()
@@ -392,6 +408,7 @@ pub fn quantize(
         match (key.as_str(), value.as_bool()) {
             ("ActivationSymmetric", Some(v)) => act_sym = v,
             ("WeightSymmetric", Some(v)) => w_sym = v,
+            ("TensorQuantOverrides", _) => {}
             (k, _) if histogram::EXTRA_OPTIONS.contains(&k) => {}
             _ => {
                 return bad(format!(
@@ -407,8 +424,20 @@ pub fn quantize(
     for op in c.op_types_to_exclude.iter().flatten() {
         ops.remove(op);
     }
+    let per_tensor = match c
+        .extra_options
+        .as_ref()
+        .and_then(|o| o.get("TensorQuantOverrides"))
+    {
+        Some(o) => residual::per_tensor_overrides(o, &c.weight_type)?,
+        None => HashSet::new(),
+    };
     let graph = graph_of(model)?;
-    let plan = plan(graph, &ops, c);
+    let residual = match c.float_residual {
+        true => residual::residual_adds(graph),
+        false => HashSet::new(),
+    };
+    let plan = plan(graph, &ops, c, &residual, &per_tensor);
     if plan.activations.is_empty() && plan.weights.is_empty() {
         return Err(Error::UnsupportedModel(format!(
             "no float tensor of the op types {:?} to quantize",
@@ -672,7 +701,13 @@ pub fn quantize(
     let old = std::mem::take(&mut graph.node);
     let activations = plan.activations.len();
     for mut n in old {
+        // A residual Add reads the previous sum's float tensor (float_residual).
+        let float_sum = n.op_type.as_deref() == Some("Add")
+            && n.output.first().is_some_and(|o| residual.contains(o));
         for input in n.input.iter_mut() {
+            if float_sum && residual.contains(input) {
+                continue;
+            }
             if let Some(r) = rename.get(input) {
                 *input = r.clone();
             }
@@ -718,6 +753,8 @@ pub fn quantize(
         "activation_type": c.activation_type,
         "weight_type": c.weight_type,
         "per_channel": c.per_channel,
+        "per_tensor_overrides": per_tensor.len(),
+        "float_residual_adds": residual.len(),
         "mask_ranges_floored": floored,
         "calibration_samples": samples_used,
         "calibrate_method": c.calibrate_method,
