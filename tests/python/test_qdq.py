@@ -7,8 +7,8 @@ auto-opt's QNN recipe end to end on the HTP simulator.
   data_config's text tokenized into the same rows): every activation/weight scale and zero point ORT writes is ours
   too, equal to float32 precision; the quantized weights are byte-identical except a handful of elements one step
   off (float32 rounding at .5; at most WEIGHT_ODD_ELEMENTS a tensor).
-- Entropy and Percentile calibration (with ORT's CalibStridedMinMax / CalibPercentile / CalibTensorRangeSymmetric)
-  vs quantize_static with the same options: the same scales and zero points.
+- Entropy and Percentile calibration (with ORT's CalibStridedMinMax / CalibPercentile / CalibTensorRangeSymmetric),
+  and MinMax's CalibMovingAverage, vs quantize_static with the same options: the same scales and zero points.
 - int4 per-channel weights with uint16 activations run fully on the HTP simulator (MINILM_INT4_COS).
 - The attention mask's fill survives quantization (keep_attention_mask): padded inputs on the HTP; an Olive
   workflow with Olive's encoder calibration data config (padded text rows) through `olive-host run`.
@@ -189,17 +189,21 @@ def ort_minmax(prepared, tmp_path_factory) -> dict:
 # (calibrate_method, extra_options, scales that differ from MinMax at least): Entropy in rounds of 2 samples (each
 # wider round widens the 128-bin histogram by whole bins, so the KL search has candidates; Entropy over one round of
 # 128 bins is MinMax); Percentile of |x| (symmetric, ORT's default) in rounds of 2 (a wider round extends the edges);
-# Percentile of the signed values, one round. Measured: 51, 130, 130 of 231 scales differ from MinMax.
-HISTOGRAM_CASES = [("Entropy", {"CalibStridedMinMax": 2}, 40),
-                   ("Percentile", {"CalibStridedMinMax": 2, "CalibPercentile": 99.9}, 100),
-                   ("Percentile", {"CalibTensorRangeSymmetric": False, "CalibPercentile": 99.5}, 100)]
+# Percentile of the signed values, one round; MinMax's moving average over rounds of 2. Measured: 51, 130, 130, 130
+# of 231 scales differ from MinMax.
+CALIBRATION_CASES = [("Entropy", {"CalibStridedMinMax": 2}, 40),
+                     ("Percentile", {"CalibStridedMinMax": 2, "CalibPercentile": 99.9}, 100),
+                     ("Percentile", {"CalibTensorRangeSymmetric": False, "CalibPercentile": 99.5}, 100),
+                     ("MinMax", {"CalibMovingAverage": True, "CalibStridedMinMax": 2,
+                                 "CalibMovingAverageConstant": 0.5}, 100)]
 
 
-@pytest.mark.parametrize("method,extra,differ", HISTOGRAM_CASES)
-def test_histogram_calibration_matches_quantize_static(olive_host, prepared, ort_minmax, tmp_path, method, extra,
+@pytest.mark.parametrize("method,extra,differ", CALIBRATION_CASES)
+def test_calibration_methods_match_quantize_static(olive_host, prepared, ort_minmax, tmp_path, method, extra,
                                                        differ):
-    """Entropy and Percentile (plugins/qdq/src/histogram.rs) give ORT's ranges: every scale and zero point equal to
-    float32 precision, as MinMax (measured: all 231 equal in each case). Our KL divergence takes libm's float32 log
+    """Entropy and Percentile (plugins/qdq/src/histogram.rs) and MinMax's moving average (methods.rs) give ORT's
+    ranges: every scale and zero point equal to float32 precision, as plain MinMax (measured: all 231 equal in each
+    case). Our KL divergence takes libm's float32 log
     where numpy may use its AVX-512 one (1 ulp apart on ~8% of inputs), so two KL candidates within an ulp could pick
     neighbouring bins; no such tie on these samples."""
     ours = run_pass(olive_host, "OnnxStaticQuantization",

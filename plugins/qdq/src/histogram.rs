@@ -1,241 +1,35 @@
-//! Calibration methods other than plain MinMax, as onnxruntime.quantization computes them (calibrate.py, ORT 1.32:
-//! `create_calibrator`, `HistogramCalibrater`, `HistogramCollector`, `EntropyCalibrater`, `PercentileCalibrater`;
-//! quantize.py's `CalibTensorRangeSymmetric`, `CalibPercentile`, `CalibStridedMinMax` extra options, which Olive's
-//! `OnnxQuantization` passes through), in numpy's arithmetic so the ranges are ORT's:
-//! - a collection round is every sample, or `CalibStridedMinMax` samples at a time; a round's values of a tensor
-//!   make one histogram (numpy `histogram`: equal bins from `linspace` in float32, indices
-//!   `((x - first) / (last - first)) * bins` in float32 then corrected against the edges; given edges: searchsorted),
-//!   merged into the tensors' histograms so far;
-//! - Entropy: the signed values over [-t, t] (t = the round's max |x|, 128 bins); a later round with a larger t widens
-//!   the histogram by whole bins of the old width on both sides (`merge_histogram`); the range is the candidate
-//!   [edge(z - i), edge(z + i + 1)] (z the middle bin, i from 64 up) whose histogram, merged into 128 quantized bins
-//!   and expanded back (`get_entropy_threshold`), has the least KL divergence to the clipped histogram (both smoothed
-//!   by `smooth_distribution`, float32 sums in numpy's pairwise order), clipped to the data's [min, max];
-//! - Percentile: with `CalibTensorRangeSymmetric` (ORT's default here) the |x| over [min |x|, max |x|] in 2048 bins,
-//!   a later round with a larger max |x| extends the edges by the first bin's width (numpy `arange` in float64); the
-//!   range is ±(the edge where the cumulative share first reaches `CalibPercentile`/100, default 99.999); without it
-//!   the signed histogram as Entropy's and the edges that cut (100 - p)/200 off each side; clipped to [min, max];
-//! - MinMax with `CalibTensorRangeSymmetric`: [-max |x|, max |x|]; plain MinMax is [`calibrate::min_max`].
+//! Histogram calibration as onnxruntime.quantization's `HistogramCalibrater` / `HistogramCollector` computes it
+//! (calibrate.py, ORT 1.32; `EntropyCalibrater`, `PercentileCalibrater`), in numpy's arithmetic so the ranges are
+//! ORT's:
+//! - a round's values of a tensor (see [`crate::methods`]) make one histogram (numpy `histogram`: equal bins from
+//!   `linspace` in float32, indices `((x - first) / (last - first)) * bins` in float32 then corrected against the
+//!   edges; given edges: searchsorted), merged into the tensor's histogram so far;
+//! - Entropy: the signed values over [-t, t] (t = the round's max |x|); a later round with a larger t widens the
+//!   histogram by whole bins of the old width on both sides (`merge_histogram`); the range is the candidate
+//!   [edge(z - i), edge(z + i + 1)] (z the middle bin, i from half the quantized bins up) whose histogram, merged
+//!   into the quantized bins and expanded back (`get_entropy_threshold`), has the least KL divergence to the clipped
+//!   histogram (both smoothed by `smooth_distribution`, float32 sums in numpy's pairwise order), clipped to the
+//!   data's [min, max];
+//! - Percentile: symmetric, the |x| over [min |x|, max |x|]; a later round with a larger max |x| extends the edges by
+//!   the first bin's width (numpy `arange` of float32 scalars, in float64); the range is ±(the edge where the
+//!   cumulative share first reaches the percentile); else the signed histogram as Entropy's and the edges that cut
+//!   (100 - p)/200 off each side; clipped to [min, max].
 //!
 //! ORT reads every round's outputs into memory; here the model runs the samples twice (once for each round's
 //! min / max / |x| bounds, once to count), which gives the same histograms for bounded memory.
-//! Distribution (float8's mean / std) is refused: olive-rs writes no float8 types.
 
 use std::collections::HashMap;
 use std::path::Path;
 
+use olive_onnx::proto::ModelProto;
 use olive_pass_sdk::Error;
-use serde_json::{Map, Value};
 
-use crate::calibrate::{self, Runner, Sample};
-
-/// The `extra_options` keys read here (ORT's calibration options; the MinMax-only moving-average ones are refused
-/// with MinMax and, as ORT does, not used by the histogram methods).
-pub const EXTRA_OPTIONS: &[&str] = &[
-    "CalibTensorRangeSymmetric",
-    "CalibPercentile",
-    "CalibStridedMinMax",
-    "CalibMovingAverage",
-    "CalibMovingAverageConstant",
-    "CalibMaxIntermediateOutputs",
-];
-
-/// A calibration method with ORT's parameters (create_calibrator's defaults; quantize_static cannot change the bin
-/// counts).
-#[derive(Debug, Clone, PartialEq)]
-pub enum Method {
-    /// The min and max of the values.
-    MinMax,
-    /// The KL-divergence threshold search.
-    Entropy {
-        /// Bins of a new histogram.
-        num_bins: usize,
-        /// Bins the candidates are merged into.
-        num_quantized_bins: usize,
-    },
-    /// The percentile of the values (of |x| when symmetric).
-    Percentile {
-        /// Bins of a new histogram.
-        num_bins: usize,
-        /// In [0, 100].
-        percentile: f64,
-    },
-}
-
-/// How the activation ranges are calibrated.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Calibration {
-    /// The method.
-    pub method: Method,
-    /// `CalibTensorRangeSymmetric` (ORT's default: true for Percentile, false otherwise).
-    pub symmetric: bool,
-    /// `CalibStridedMinMax`: samples a collection round.
-    pub stride: Option<usize>,
-}
-
-impl Calibration {
-    /// The calibration `calibrate_method` and the `Calib*` keys of `extra_options` ask for; `pass` names the pass in
-    /// errors.
-    pub fn parse(
-        pass: &str,
-        method: &str,
-        extra: Option<&Map<String, Value>>,
-    ) -> Result<Calibration, Error> {
-        let bad = |key: &str, expected: &str, got: &Value| {
-            Error::InvalidConfig(format!(
-                "{pass}: extra_options `{key}`: expected {expected}, got {got}"
-            ))
-        };
-        let get = |key: &str| extra.and_then(|m| m.get(key)).filter(|v| !v.is_null());
-        let flag = |key: &str| -> Result<Option<bool>, Error> {
-            get(key)
-                .map(|v| v.as_bool().ok_or_else(|| bad(key, "true or false", v)))
-                .transpose()
-        };
-        let percentile = match get("CalibPercentile") {
-            Some(v) => match v.as_f64() {
-                Some(p) if (0.0..=100.0).contains(&p) => p,
-                _ => return Err(bad("CalibPercentile", "a number in [0, 100]", v)),
-            },
-            None => 99.999,
-        };
-        let stride = match get("CalibStridedMinMax") {
-            Some(v) => match v.as_u64() {
-                // ORT: a stride of 0 is no stride.
-                Some(0) => None,
-                Some(s) => Some(s as usize),
-                None => {
-                    return Err(bad(
-                        "CalibStridedMinMax",
-                        "a whole number of samples a round",
-                        v,
-                    ))
-                }
-            },
-            None => None,
-        };
-        let moving = flag("CalibMovingAverage")?.unwrap_or(false);
-        if let Some(v) = get("CalibMovingAverageConstant") {
-            if !v.as_f64().is_some_and(|c| (0.0..=1.0).contains(&c)) {
-                return Err(bad("CalibMovingAverageConstant", "a number in [0, 1]", v));
-            }
-        }
-        if let Some(v) = get("CalibMaxIntermediateOutputs") {
-            if v.as_u64().is_none_or(|n| n == 0) {
-                return Err(bad(
-                    "CalibMaxIntermediateOutputs",
-                    "a whole number of samples above 0",
-                    v,
-                ));
-            }
-        }
-        let (method, default_symmetric) = match method {
-            "MinMax" => {
-                // ORT's moving average (and CalibMaxIntermediateOutputs, which drops collected outputs) change
-                // MinMax's ranges; olive-rs takes the min and max over all samples.
-                let intermediate = get("CalibMaxIntermediateOutputs").is_some();
-                if moving || intermediate {
-                    let key = if moving { "CalibMovingAverage" } else { "CalibMaxIntermediateOutputs" };
-                    return Err(Error::InvalidConfig(format!(
-                        "{pass}: extra_options `{key}` with calibrate_method MinMax is not supported by olive-rs \
-                         (MinMax takes the min and max over all samples); leave it out"
-                    )));
-                }
-                (Method::MinMax, false)
-            }
-            "Entropy" => (
-                Method::Entropy {
-                    num_bins: 128,
-                    num_quantized_bins: 128,
-                },
-                false,
-            ),
-            "Percentile" => (
-                Method::Percentile {
-                    num_bins: 2048,
-                    percentile,
-                },
-                true,
-            ),
-            "Distribution" => {
-                return Err(Error::InvalidConfig(format!(
-                    "{pass}: calibrate_method `Distribution`: ORT uses it only for float8 (FLOAT8E4M3FN) \
-                     activations or weights (their scale from the values' standard deviation), and olive-rs \
-                     writes no float8 types; use MinMax, Entropy or Percentile"
-                )))
-            }
-            other => {
-                return Err(Error::InvalidConfig(format!(
-                    "{pass}: calibrate_method `{other}`: expected MinMax, Entropy or Percentile"
-                )))
-            }
-        };
-        Ok(Calibration {
-            method,
-            symmetric: flag("CalibTensorRangeSymmetric")?.unwrap_or(default_symmetric),
-            stride,
-        })
-    }
-
-    /// The [min, max] range of each of `tensors` over `samples` (see the module docs); `pass` names the pass in
-    /// errors.
-    pub fn ranges(
-        &self,
-        pass: &str,
-        model: &olive_onnx::proto::ModelProto,
-        tensors: &[String],
-        samples: &[Sample],
-        scratch: &Path,
-    ) -> Result<HashMap<String, (f32, f32)>, Error> {
-        if let Some(stride) = self.stride {
-            if !samples.len().is_multiple_of(stride) {
-                return Err(Error::InvalidConfig(format!(
-                    "{pass}: extra_options `CalibStridedMinMax`: expected a divisor of the {} calibration samples, got {stride}",
-                    samples.len()
-                )));
-            }
-        }
-        let (num_bins, absolute) = match self.method {
-            Method::MinMax => {
-                let mut ranges = calibrate::min_max(model, tensors, samples, scratch)?;
-                if self.symmetric {
-                    for (lo, hi) in ranges.values_mut() {
-                        let m = lo.abs().max(hi.abs());
-                        (*lo, *hi) = (-m, m);
-                    }
-                }
-                return Ok(ranges);
-            }
-            Method::Entropy { num_bins, .. } => (num_bins, false),
-            // ORT: a Percentile with symmetric ranges counts |x|.
-            Method::Percentile { num_bins, .. } => (num_bins, self.symmetric),
-        };
-        let stride = self.stride.unwrap_or(samples.len()).max(1);
-        let hists = histograms(model, tensors, samples, scratch, stride, num_bins, absolute)?;
-        let mut ranges = HashMap::new();
-        for (name, h) in tensors.iter().zip(hists) {
-            let Some(h) = h else { continue };
-            let range = match self.method {
-                Method::Entropy {
-                    num_quantized_bins, ..
-                } => entropy_threshold(&h, num_quantized_bins),
-                Method::Percentile { percentile, .. } => {
-                    Ok(percentile_threshold(&h, percentile, absolute))
-                }
-                // (not reached: MinMax returned above) a histogram's min and max are MinMax's range
-                Method::MinMax => Ok((h.min, h.max)),
-            }
-            .map_err(|e| Error::Failed(format!("calibration tensor `{name}`: {e}")))?;
-            ranges.insert(name.clone(), range);
-        }
-        Ok(ranges)
-    }
-}
+use crate::calibrate::{Runner, Sample};
 
 /// The histogram of each of `tensors` (signed, or of |x| when `absolute`; `num_bins` for a new one) over `samples`
 /// collected in rounds of `stride` samples (see the module docs); None for a tensor no sample gave.
-fn histograms(
-    model: &olive_onnx::proto::ModelProto,
+pub(crate) fn histograms(
+    model: &ModelProto,
     tensors: &[String],
     samples: &[Sample],
     scratch: &Path,
@@ -341,7 +135,7 @@ impl Bounds {
 /// A tensor's histogram so far: counts, edges (float32 as ORT stores them), the values' min and max, and for the
 /// signed histogram its half width.
 #[derive(Debug, Clone, PartialEq)]
-struct Hist {
+pub(crate) struct Hist {
     /// Values per bin.
     counts: Vec<i64>,
     /// counts.len() + 1 edges.
@@ -627,7 +421,7 @@ fn edge_bin(x: f64, edges: &[f64]) -> Option<usize> {
 }
 
 /// numpy's float32 `sum` (pairwise: 8 accumulators up to 128 values, halves above).
-fn pairwise_sum(a: &[f32]) -> f32 {
+pub(crate) fn pairwise_sum(a: &[f32]) -> f32 {
     let n = a.len();
     if n < 8 {
         return a.iter().fold(0.0f32, |s, &x| s + x);
@@ -701,7 +495,7 @@ fn kl_divergence(p: &[f32], q: &[f32]) -> f32 {
 }
 
 /// ORT's `get_entropy_threshold`: the [lo, hi] of the least-KL candidate, clipped to the data's [min, max].
-fn entropy_threshold(h: &Hist, num_quantized_bins: usize) -> Result<(f32, f32), String> {
+pub(crate) fn entropy_threshold(h: &Hist, num_quantized_bins: usize) -> Result<(f32, f32), String> {
     let hist = &h.counts;
     let num_bins = hist.len();
     let zero = num_bins / 2;
@@ -754,7 +548,7 @@ fn entropy_threshold(h: &Hist, num_quantized_bins: usize) -> Result<(f32, f32), 
 
 /// ORT's `compute_percentile`: the edges where the cumulative share (float64) first reaches the percentile — of |x|
 /// when `absolute` (±edge), else cutting (100 - p)/200 off each side — clipped to the data's [min, max].
-fn percentile_threshold(h: &Hist, percentile: f64, absolute: bool) -> (f32, f32) {
+pub(crate) fn percentile_threshold(h: &Hist, percentile: f64, absolute: bool) -> (f32, f32) {
     let total: i64 = h.counts.iter().sum();
     let mut cdf = Vec::with_capacity(h.counts.len());
     let mut acc = 0f64;
@@ -916,60 +710,5 @@ mod tests {
         };
         assert_eq!(entropy_threshold(&all, 4).unwrap(), (-1.5, 2.0));
         assert!(entropy_threshold(&all, 16).is_err());
-    }
-
-    #[test]
-    fn options_are_parsed_with_orts_defaults_and_bad_values_named() {
-        let p = |m: &str, extra: serde_json::Value| {
-            Calibration::parse("OnnxStaticQuantization", m, extra.as_object())
-        };
-        let c = p("Percentile", serde_json::json!({})).unwrap();
-        assert_eq!(
-            c,
-            Calibration {
-                method: Method::Percentile {
-                    num_bins: 2048,
-                    percentile: 99.999
-                },
-                symmetric: true,
-                stride: None
-            }
-        );
-        let c = p("Entropy", serde_json::json!({"CalibStridedMinMax": 2})).unwrap();
-        assert!(!c.symmetric && c.stride == Some(2));
-        for (m, extra, words) in [
-            (
-                "Percentile",
-                serde_json::json!({"CalibPercentile": 101}),
-                "`CalibPercentile`: expected a number in [0, 100], got 101",
-            ),
-            (
-                "Entropy",
-                serde_json::json!({"CalibTensorRangeSymmetric": "yes"}),
-                "expected true or false",
-            ),
-            (
-                "Entropy",
-                serde_json::json!({"CalibStridedMinMax": -1}),
-                "expected a whole number",
-            ),
-            (
-                "MinMax",
-                serde_json::json!({"CalibMovingAverage": true}),
-                "not supported by olive-rs",
-            ),
-            ("Distribution", serde_json::json!({}), "float8"),
-            (
-                "KL",
-                serde_json::json!({}),
-                "expected MinMax, Entropy or Percentile",
-            ),
-        ] {
-            let e = p(m, extra).unwrap_err().to_string();
-            assert!(
-                e.starts_with("OnnxStaticQuantization: ") && e.contains(words),
-                "{e}"
-            );
-        }
     }
 }

@@ -13,6 +13,7 @@ pub mod data;
 pub mod fixed;
 pub mod histogram;
 pub mod mask;
+pub mod methods;
 pub mod qdq;
 pub mod qtype;
 pub mod residual;

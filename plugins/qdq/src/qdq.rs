@@ -25,7 +25,7 @@
 //!
 //! Attention-mask fills are kept (see [`mask`]; onnxruntime loses them).
 //!
-//! Calibration methods: MinMax, and Entropy / Percentile with ORT's `Calib*` extra options (see [`histogram`]).
+//! Calibration methods: MinMax, Entropy and Percentile with ORT's `Calib*` extra options (see [`methods`]).
 //!
 //! Not done (refused by name): QOperator format, reduce_range, Distribution calibration (float8), block-wise
 //! weights (ORT's `BlockSize`). ORT's removal of Relu/Clip (`QDQRemovableActivation`) is not done: they are
@@ -42,7 +42,7 @@ use serde::Deserialize;
 
 use crate::qtype::{f32_tensor, QType, INT32};
 use crate::types::{self, element_types};
-use crate::{calibrate, data, graph_of, histogram, mask, residual, rewrite_model, weights};
+use crate::{calibrate, data, graph_of, mask, methods, residual, rewrite_model, weights};
 
 /// ORT's default op types for QDQ (registry.py: QDQRegistry and QLinearOpsRegistry keys).
 pub const DEFAULT_OPS: &[&str] = &[
@@ -112,7 +112,7 @@ pub struct StaticConfig {
     /// ORT's weight type: QUInt8, QInt8, QUInt16, QInt16, QUInt4 or QInt4.
     #[serde(default = "qint8")]
     pub weight_type: String,
-    /// Olive: MinMax, Entropy or Percentile (see [`histogram`]; Distribution, float8 only, is refused).
+    /// Olive: MinMax, Entropy or Percentile (see [`methods`]; Distribution, float8 only, is refused).
     #[serde(default = "minmax")]
     pub calibrate_method: String,
     /// Olive: the op types to quantize (default: ORT's QDQ list, [`DEFAULT_OPS`]).
@@ -378,7 +378,7 @@ pub fn quantize(
         ));
     }
     let calibration =
-        histogram::Calibration::parse(pass, &c.calibrate_method, c.extra_options.as_ref())?;
+        methods::Calibration::parse(pass, &c.calibrate_method, c.extra_options.as_ref())?;
     for (key, on) in [
         ("reduce_range", c.reduce_range),
         ("quant_preprocess", c.quant_preprocess),
@@ -409,7 +409,7 @@ pub fn quantize(
             ("ActivationSymmetric", Some(v)) => act_sym = v,
             ("WeightSymmetric", Some(v)) => w_sym = v,
             ("TensorQuantOverrides", _) => {}
-            (k, _) if histogram::EXTRA_OPTIONS.contains(&k) => {}
+            (k, _) if methods::EXTRA_OPTIONS.contains(&k) => {}
             _ => {
                 return bad(format!(
                     "extra_options: `{key}` is not supported by olive-rs"
