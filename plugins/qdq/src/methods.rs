@@ -5,8 +5,12 @@
 //!   `CalibMovingAverage` each round's mean of the samples' min and max (numpy nanmean: a float32 pairwise sum over
 //!   the count), the rounds' exponential moving average old + c · (new - old) (`CalibMovingAverageConstant` c,
 //!   default 0.01) in float32 (`MinMaxCalibrater.compute_data` / `merge_range`);
-//! - Entropy (128 bins, 128 quantized bins) and Percentile (2048 bins, `CalibPercentile` default 99.999,
-//!   `CalibTensorRangeSymmetric` default true): histograms, see [`histogram`];
+//! - Entropy (128 bins, 128 quantized bins; ORT's Entropy ignores `CalibTensorRangeSymmetric`) and Percentile
+//!   (2048 bins, `CalibPercentile` default 99.999, `CalibTensorRangeSymmetric` default true): histograms, see
+//!   [`histogram`]. quantize_static passes no bin counts to the calibrator (create_calibrator's `num_bins` /
+//!   `num_quantized_bins` stay at their defaults), so Olive cannot set them and neither can this pass. Entropy over a
+//!   single round is MinMax (128 bins, 128 quantized bins: one candidate, the whole range); with
+//!   `CalibStridedMinMax` each wider round adds bins and the KL search has candidates to choose from;
 //! - a round is every sample, or `CalibStridedMinMax` samples at a time (it must divide the sample count, as ORT
 //!   asks);
 //! - Distribution (float8's mean / std) is refused: olive-rs writes no float8 types.
