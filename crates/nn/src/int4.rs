@@ -258,8 +258,10 @@ mod tests {
         {
             let lo = block.iter().fold(0f32, |m, &v| m.min(v));
             let hi = block.iter().fold(0f32, |m, &v| m.max(v));
-            // Half a level, plus the f32 rounding of the scale and the level arithmetic.
-            let tol = (hi - lo) / 15.0 * 0.5 * (1.0 + 1e-5) + 1e-6;
+            // Half a level, plus the packed matrix's half-precision scale (SCALE_REL of the scale on each of up
+            // to 15 levels from the zero point), the f32 rounding of the scale and the level arithmetic.
+            let rel = olive_kernels::cpu::int4::SCALE_REL as f32;
+            let tol = (hi - lo) / 15.0 * (0.5 * (1.0 + 1e-5) + 15.0 * rel) + 1e-6;
             for (a, g) in block.iter().zip(got) {
                 assert!((a - g).abs() <= tol, "block {b}: {a} vs {g} (tol {tol})");
             }

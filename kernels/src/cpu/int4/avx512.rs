@@ -172,13 +172,31 @@ unsafe fn gemv_i8<const R: usize, const NB: usize, const BS: usize>(
 ) {
     let k = w.k();
     let k_pad = k.div_ceil(CHUNK) * CHUNK;
-    let blocks = k / BS;
     assert!(o + R <= w.n() && acts.len() == NB && out.len() == R * NB && w.block_size() == BS);
     assert!(acts.iter().all(|a| a.lo.len() == k_pad / 2
         && a.hi.len() == k_pad / 2
         && a.lane_scale.len() == k_pad / 8));
-    let (nib, scales, _) = w.row(o);
-    let (nib, scales) = (nib.as_ptr(), scales.as_ptr());
+    let (nib, _) = w.row(o);
+    // The R rows' f32 scales [R, blocks].
+    w.with_scales(o, R, |scales| {
+        rows_with::<R, NB, BS>(w, o, nib.as_ptr(), scales, acts, out)
+    })
+}
+
+/// `gemv_i8`'s rows with their decoded scales [R, blocks].
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma")]
+unsafe fn rows_with<const R: usize, const NB: usize, const BS: usize>(
+    w: &Int4Matrix,
+    o: usize,
+    nib: *const u8,
+    all_scales: &[f32],
+    acts: &[ActRow],
+    out: &mut [f32],
+) {
+    let k = w.k();
+    let blocks = k / BS;
+    assert_eq!(all_scales.len(), R * blocks);
+    let scales = all_scales.as_ptr();
     let mut acc = [[_mm512_setzero_ps(); NB]; R];
     let full = k / CHUNK;
     for c in 0..full {
@@ -203,7 +221,8 @@ unsafe fn gemv_i8<const R: usize, const NB: usize, const BS: usize>(
         );
     }
     for r in 0..R {
-        let (_, s, z) = w.row(o + r);
+        let (_, z) = w.row(o + r);
+        let s = &all_scales[r * blocks..(r + 1) * blocks];
         for i in 0..NB {
             let zt = zero_term(s, z, &acts[i].block_sum);
             out[r * NB + i] = _mm512_reduce_add_ps(_mm512_sub_ps(acc[r][i], zt));

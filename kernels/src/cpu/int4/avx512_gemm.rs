@@ -121,7 +121,7 @@ unsafe fn gemm_tile<const BS: usize>(
     let row_of = |r: usize| (o0 + r).min(w.n() - 1);
     // The next tile's rows (contiguous nibbles, scales, zero points) are fetched into L2 a share per KC
     // step: at small batches a step's compute is too short to hide a cold tile's first loads.
-    let (nibbles, scales, zeros) = w.parts();
+    let (nibbles, scales, zeros, _) = w.parts();
     let next = (o0 + TILE_ROWS).min(w.n());
     let next_end = (o0 + 2 * TILE_ROWS).min(w.n());
     let (steps, blocks) = (k.div_ceil(KC), k / BS);
@@ -139,7 +139,7 @@ unsafe fn gemm_tile<const BS: usize>(
         );
         share(
             scales.as_ptr().wrapping_add(next * blocks).cast(),
-            (next_end - next) * blocks * 4,
+            (next_end - next) * blocks * 2,
         );
         share(
             zeros.as_ptr().wrapping_add(next * blocks),
@@ -248,18 +248,23 @@ unsafe fn unpack<const BS: usize>(
                 t.w[(s * 8 + 4 + j) * 2 + h] = _mm512_and_si512(_mm512_srli_epi16::<4>(v), m0f);
             }
         }
-        // The 16 rows' scales gathered (row stride `blocks`), zero points inserted byte by byte: scalar
-        // stores read back as a vector stalled on store forwarding (a quarter of block 32's tile time).
-        let (_, scales, zeros) = w.parts();
-        assert!(w.n() * blocks <= i32::MAX as usize);
+        // The 16 rows' scales gathered (row stride `blocks`; a dword at each half, its low half the scale,
+        // decoded and times the row's 2^-e), zero points inserted byte by byte: scalar stores read back as a
+        // vector stalled on store forwarding (a quarter of block 32's tile time).
+        let (_, scales, zeros, row_scale) = w.parts();
+        assert!(w.n() * blocks < i32::MAX as usize && scales.len() > w.n() * blocks);
         let idx = _mm512_loadu_epi32(
             std::array::from_fn::<i32, 16, _>(|r| (rows[r] * blocks) as i32).as_ptr(),
         );
+        let mul =
+            _mm512_loadu_ps(std::array::from_fn::<f32, 16, _>(|r| row_scale[rows[r]]).as_ptr());
         for blk in 0..kc / BS {
             let b = kb / BS + blk;
             debug_assert!(b < blocks);
-            // SAFETY: rows[r] < n and b < blocks, so every index is inside scales / zeros [n · blocks].
-            let s = _mm512_i32gather_ps::<4>(idx, scales.as_ptr().add(b).cast());
+            // SAFETY: rows[r] < n and b < blocks, so every index is inside scales / zeros [n · blocks]; the
+            // dword at the last half reads the padding half after it.
+            let half = _mm512_i32gather_epi32::<2>(idx, scales.as_ptr().add(b).cast());
+            let s = _mm512_mul_ps(_mm512_cvtph_ps(_mm512_cvtepi32_epi16(half)), mul);
             let z = |r: usize| *zeros.get_unchecked(rows[r] * blocks + b) as i8;
             let z = _mm_setr_epi8(
                 z(0),

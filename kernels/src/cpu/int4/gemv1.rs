@@ -12,9 +12,11 @@
 use std::arch::x86_64::*;
 use std::cell::RefCell;
 
+use half::f16;
+
 use rayon::prelude::*;
 
-use super::{avx512, scalar, ActRow, Int4Matrix};
+use super::{avx512, scalar, ActRow, Int4Matrix, CHUNK};
 
 /// One product's activation: quantized per block, then repeated twice (a pair of rows' worth).
 struct Scratch {
@@ -129,60 +131,58 @@ fn rows(w: &Int4Matrix, o0: usize, a: &ActRow, out: &mut [f32], gfni: bool) {
             && a.block_sum.len() >= 2 * blocks
     );
     let whole = out.len() / 2 * 2;
+    let y = &mut out[..whole];
     // SAFETY: the caller checked AVX-512 VNNI (and GFNI when `gfni`) and that a pair of rows fills whole chunks; rows o0 .. o0 + whole
     // exist and the activation holds two rows' worth (both asserted above); the kernel reads nothing else.
     unsafe {
         match w.block_size() {
-            32 if gfni => pairs_gfni::<32>(w, o0, a, &mut out[..whole]),
-            64 if gfni => pairs_gfni::<64>(w, o0, a, &mut out[..whole]),
-            _ if gfni => pairs_gfni::<128>(w, o0, a, &mut out[..whole]),
-            32 => pairs_plain::<32>(w, o0, a, &mut out[..whole]),
-            64 => pairs_plain::<64>(w, o0, a, &mut out[..whole]),
-            _ => pairs_plain::<128>(w, o0, a, &mut out[..whole]),
+            32 if gfni => pairs_gfni::<32>(w, o0, a, y),
+            64 if gfni => pairs_gfni::<64>(w, o0, a, y),
+            _ if gfni => pairs_gfni::<128>(w, o0, a, y),
+            32 => pairs_plain::<32>(w, o0, a, y),
+            64 => pairs_plain::<64>(w, o0, a, y),
+            _ => pairs_plain::<128>(w, o0, a, y),
         }
     }
-    let (nib, scales, zeros) = w.parts();
     for (r, y) in out.iter_mut().enumerate().skip(whole) {
         let o = o0 + r;
-        let (s, z) = (
-            &scales[o * blocks..(o + 1) * blocks],
-            &zeros[o * blocks..(o + 1) * blocks],
-        );
-        let zero_term: f32 = s
-            .iter()
-            .zip(z)
-            .zip(&a.block_sum)
-            .map(|((&s, &z), &xs)| s * f32::from(z) * xs)
-            .sum();
-        *y = scalar::row_i8(&nib[o * k / 2..(o + 1) * k / 2], s, w.block_size(), a) - zero_term;
+        let (nib, z) = w.row(o);
+        *y = w.with_scales(o, 1, |s| {
+            let zero_term: f32 = s
+                .iter()
+                .zip(z)
+                .zip(&a.block_sum)
+                .map(|((&s, &z), &xs)| s * f32::from(z) * xs)
+                .sum();
+            scalar::row_i8(nib, s, w.block_size(), a) - zero_term
+        });
     }
 }
 
-/// The weight scales of stream chunk `c` (128 inputs) spread over its 16 lanes (8 inputs each).
+/// The stored (half) weight scales of stream chunk `c` (128 inputs, blocks of 32 or 64) spread over its 16
+/// lanes (8 inputs each), as f32 (the rows' 2^-e applied to the sums at the end).
 #[inline(always)]
-unsafe fn chunk_scales<const BS: usize>(sp: *const f32, c: usize) -> __m512 {
-    match BS {
-        128 => _mm512_set1_ps(*sp.add(c)),
-        64 => {
-            // Two scales, lanes 0..8 and 8..16 (a 64-bit load: nothing past the chunk's blocks).
-            let s = _mm_castpd_ps(_mm_load_sd(sp.add(2 * c).cast()));
-            let idx = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
-            _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(s))
-        }
-        _ => {
-            let s = _mm_loadu_ps(sp.add(4 * c));
-            let idx = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
-            _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(s))
-        }
+unsafe fn chunk_scales<const BS: usize>(hp: *const f16, c: usize) -> __m512 {
+    if BS == 64 {
+        // Two scales, lanes 0..8 and 8..16 (a 32-bit load: nothing past the chunk's blocks).
+        let h = _mm_cvtsi32_si128(hp.add(2 * c).cast::<i32>().read_unaligned());
+        let idx = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+        _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(_mm_cvtph_ps(h)))
+    } else {
+        let h = _mm_loadl_epi64(hp.add(4 * c).cast());
+        let idx = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+        _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(_mm_cvtph_ps(h)))
     }
 }
 
 /// Stream chunk `c` of the pair at `p` (weights) against the activation's chunk `c`: per lane
-/// Σ xq · q (integer) · activation scale, and the lanes' weight scales.
+/// Σ xq · q (integer) and the factor it takes: activation scale and weight scale per lane (applied as
+/// (Σ · activation scale) · weight scale), or, for blocks of 128 (one block a chunk, both scales the same on
+/// every lane), their product as one scalar.
 #[inline(always)]
 unsafe fn chunk<const BS: usize, const GFNI: bool>(
     p: *const u8,
-    sp: *const f32,
+    sp: *const f16,
     a: &ActRow,
     c: usize,
 ) -> (__m512, __m512) {
@@ -201,12 +201,15 @@ unsafe fn chunk<const BS: usize, const GFNI: bool>(
     let xl = _mm512_loadu_si512(a.lo.as_ptr().add(64 * c).cast());
     let xh = _mm512_loadu_si512(a.hi.as_ptr().add(64 * c).cast());
     let d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, xl);
-    let d = _mm512_dpbusd_epi32(d, hi, xh);
-    let xs = _mm512_loadu_ps(a.lane_scale.as_ptr().add(16 * c));
-    (
-        _mm512_mul_ps(_mm512_cvtepi32_ps(d), xs),
-        chunk_scales::<BS>(sp, c),
-    )
+    let d = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(d, hi, xh));
+    if BS == CHUNK {
+        let h = _mm_cvtsi32_si128(i32::from(sp.add(c).cast::<u16>().read_unaligned()));
+        let ws = _mm_cvtss_f32(_mm_cvtph_ps(h));
+        (d, _mm512_set1_ps(ws * *a.lane_scale.as_ptr().add(16 * c)))
+    } else {
+        let xs = _mm512_loadu_ps(a.lane_scale.as_ptr().add(16 * c));
+        (_mm512_mul_ps(d, xs), chunk_scales::<BS>(sp, c))
+    }
 }
 
 /// The lane sums of `a` and of `b`.
@@ -236,7 +239,8 @@ unsafe fn reduce2(a: __m512, b: __m512) -> (f32, f32) {
 /// Rows `o0 .. o0 + out.len()` (an even count) in pairs: a pair's 2 · k / 2 bytes are k / 64 whole chunks
 /// against the activation repeated twice, the chunk holding both rows (k an odd multiple of 64) split
 /// between them at lane 8; zero points Σ_b s_b z_b Σ_{i∈b} x_i of both rows in one pass over their 2 · blocks
-/// contiguous scales and zeros, and one reduction for the two sums.
+/// contiguous scales and zeros, and one reduction for the two sums. The stored half scales are used as they
+/// are, each row's sum times its 2^-e at the end (a power of two: the same as scaling every term).
 #[inline(always)]
 unsafe fn pairs<const BS: usize, const GFNI: bool>(
     w: &Int4Matrix,
@@ -246,7 +250,7 @@ unsafe fn pairs<const BS: usize, const GFNI: bool>(
 ) {
     let k = w.k();
     let blocks = k / BS;
-    let (nib, scales, zeros) = w.parts();
+    let (nib, scales, zeros, row_scale) = w.parts();
     let lanes = k / 8;
     // Chunks wholly in the first row, whether one chunk is shared, all chunks of the pair.
     let (first, shared, all) = (lanes / 16, !lanes.is_multiple_of(16), k / 64);
@@ -279,25 +283,26 @@ unsafe fn pairs<const BS: usize, const GFNI: bool>(
                 valid,
                 zp.add(base).cast(),
             )));
-            let sv = _mm512_maskz_loadu_ps(valid, sp.add(base));
+            let sv = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(valid, sp.add(base).cast()));
             let xs = _mm512_maskz_loadu_ps(valid, a.block_sum.as_ptr().add(base));
             let zt = _mm512_mul_ps(_mm512_mul_ps(zf, sv), xs);
             acc0 = _mm512_mask_sub_ps(acc0, row0, acc0, zt);
             acc1 = _mm512_mask_sub_ps(acc1, !row0, acc1, zt);
         }
-        (y[0], y[1]) = reduce2(acc0, acc1);
+        let (y0, y1) = reduce2(acc0, acc1);
+        (y[0], y[1]) = (y0 * row_scale[o], y1 * row_scale[o + 1]);
     }
 }
 
 /// `pairs` with the high nibbles taken by GFNI's affine transform (one instruction instead of a shift and a
 /// mask); the caller checked GFNI.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,gfni,fma")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,gfni,fma,f16c")]
 unsafe fn pairs_gfni<const BS: usize>(w: &Int4Matrix, o0: usize, a: &ActRow, out: &mut [f32]) {
     pairs::<BS, true>(w, o0, a, out)
 }
 
 /// `pairs` with a shift and a mask for the high nibbles (AVX-512 without GFNI).
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c")]
 unsafe fn pairs_plain<const BS: usize>(w: &Int4Matrix, o0: usize, a: &ActRow, out: &mut [f32]) {
     pairs::<BS, false>(w, o0, a, out)
 }

@@ -17,7 +17,7 @@ mod scalar;
 mod tests;
 mod w8;
 
-pub use pack::{Int4Matrix, Int4PackError};
+pub use pack::{Int4Matrix, Int4PackError, SCALE_REL};
 pub use scalar::{int4_matmul_ref, quantize_activations_ref};
 pub use w8::{int8_matmul, int8_matmul_with, Int8Matrix, Int8PackError};
 
@@ -50,7 +50,7 @@ pub enum Isa {
     Scalar,
     /// AVX2 + FMA (+ F16C-free): 256-bit.
     Avx2,
-    /// AVX-512 F/BW/VL, with AVX512-VNNI for the int8 path: 512-bit.
+    /// AVX-512 F/BW/VL, with AVX512-VNNI for the int8 path (and F16C, for the half scales): 512-bit.
     Avx512,
 }
 
@@ -78,6 +78,7 @@ impl Isa {
                     && std::arch::is_x86_feature_detected!("avx512bw")
                     && std::arch::is_x86_feature_detected!("avx512vl")
                     && std::arch::is_x86_feature_detected!("avx512vnni")
+                    && std::arch::is_x86_feature_detected!("f16c")
             }
             #[cfg(not(target_arch = "x86_64"))]
             _ => false,
@@ -290,39 +291,41 @@ fn row_dots1(
     isa: Isa,
     out: &mut [f32],
 ) {
-    let (nib, scales, zeros) = w.row(o);
+    let (nib, zeros) = w.row(o);
     let bs = w.block_size();
-    let zero_term = |a: &ActRow| -> f32 {
-        // Zero points: Σ_b s_b · z_b · Σ_{i∈b} x_i.
-        scales
-            .iter()
-            .zip(zeros)
-            .zip(&a.block_sum)
-            .map(|((&s, &z), &xs)| s * f32::from(z) * xs)
-            .sum()
-    };
-    match (isa, act) {
-        (Isa::Scalar, Activations::F32) => {
-            for (d, a) in out.iter_mut().zip(acts) {
-                *d = scalar::row_f32(nib, scales, bs, &a.x) - zero_term(a);
+    w.with_scales(o, 1, |scales| {
+        let zero_term = |a: &ActRow| -> f32 {
+            // Zero points: Σ_b s_b · z_b · Σ_{i∈b} x_i.
+            scales
+                .iter()
+                .zip(zeros)
+                .zip(&a.block_sum)
+                .map(|((&s, &z), &xs)| s * f32::from(z) * xs)
+                .sum()
+        };
+        match (isa, act) {
+            (Isa::Scalar, Activations::F32) => {
+                for (d, a) in out.iter_mut().zip(acts) {
+                    *d = scalar::row_f32(nib, scales, bs, &a.x) - zero_term(a);
+                }
             }
-        }
-        (Isa::Scalar, Activations::Int8) => {
-            for (d, a) in out.iter_mut().zip(acts) {
-                *d = scalar::row_i8(nib, scales, bs, a) - zero_term(a);
+            (Isa::Scalar, Activations::Int8) => {
+                for (d, a) in out.iter_mut().zip(acts) {
+                    *d = scalar::row_i8(nib, scales, bs, a) - zero_term(a);
+                }
             }
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx2, Activations::F32) => avx2::rows_f32(nib, scales, zeros, bs, acts, out),
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx2, Activations::Int8) => avx2::rows_i8(nib, scales, zeros, bs, acts, out),
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx512, Activations::F32) => avx512::rows_f32(nib, scales, zeros, bs, acts, out),
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx512, Activations::Int8) => avx512::rows_i8(w, o, 1, acts, out),
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => unreachable!("only Isa::Scalar is available off x86-64"),
         }
-        #[cfg(target_arch = "x86_64")]
-        (Isa::Avx2, Activations::F32) => avx2::rows_f32(nib, scales, zeros, bs, acts, out),
-        #[cfg(target_arch = "x86_64")]
-        (Isa::Avx2, Activations::Int8) => avx2::rows_i8(nib, scales, zeros, bs, acts, out),
-        #[cfg(target_arch = "x86_64")]
-        (Isa::Avx512, Activations::F32) => avx512::rows_f32(nib, scales, zeros, bs, acts, out),
-        #[cfg(target_arch = "x86_64")]
-        (Isa::Avx512, Activations::Int8) => avx512::rows_i8(w, o, 1, acts, out),
-        #[cfg(not(target_arch = "x86_64"))]
-        _ => unreachable!("only Isa::Scalar is available off x86-64"),
-    }
+    })
 }
 
 /// Activations of one row for `w`: permuted, padded, and (int8) quantized per weight block.

@@ -1,9 +1,26 @@
 //! The CPU int4 packed layout: per output row, K/32 sub-blocks of 16 bytes (byte j = input j in the low
-//! nibble, input j + 16 in the high one, so one zero-extending load feeds two 16-lane halves), one f32
+//! nibble, input j + 16 in the high one, so one zero-extending load feeds two 16-lane halves), one f16
 //! scale and one u8 zero point per block of 32/64/128 inputs; GPTQ act-order inputs sorted by group once.
+//! Scales are stored as IEEE half of s · 2^e_o with a per-row power of two 2^e_o (the row's largest |s|
+//! lands in [2^14, 2^15)): 2 bytes a block instead of 4, the batch-1 products being bound by the bytes they
+//! read; the row's exponent keeps every scale a normal half (11 significant bits, relative rounding ≤ 2^-11)
+//! whatever the checkpoint's magnitudes. The kernels use ŝ = half(s · 2^e_o) · 2^-e_o (exact in f32).
+
+use std::cell::RefCell;
+
+use half::f16;
 
 use super::SUB;
 use crate::cpu::w4a16::W4Levels;
+
+/// |ŝ − s| ≤ SCALE_REL · |s| for every stored scale (round to nearest half; scales a row's largest |s| over
+/// 2^28 or more fall into half's subnormals and keep less).
+pub const SCALE_REL: f64 = 1.0 / 2048.0;
+
+thread_local! {
+    /// [`Int4Matrix::with_scales`]'s buffer (the row kernels decode a row or two per call).
+    static SCALES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
 
 /// Why levels could not be packed for the CPU kernels.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -51,8 +68,9 @@ pub enum Int4PackError {
     },
 }
 
-/// An int4 matrix W [n, k] in the CPU layout: `W[o, i] = (q − z[o, b]) · s[o, b]`, b = i / block_size,
-/// inputs in packed order (`perm` maps packed input j to original input `perm[j]`).
+/// An int4 matrix W [n, k] in the CPU layout: `W[o, i] = (q − z[o, b]) · ŝ[o, b]`, b = i / block_size, ŝ the
+/// scale s kept to 11 significant bits (module doc; exact for checkpoints whose scales are fp16, as AWQ and
+/// GPTQ store them), inputs in packed order (`perm` maps packed input j to original input `perm[j]`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Int4Matrix {
     n: usize,
@@ -60,8 +78,10 @@ pub struct Int4Matrix {
     block_size: usize,
     /// [n, k / 2], sub-block interleaved.
     nibbles: Vec<u8>,
-    /// [n, k / block_size]
-    scales: Vec<f32>,
+    /// [n, k / block_size] + 1 (padding: the GEMM gathers dwords at half positions): half(s · 2^e_o).
+    scales: Vec<f16>,
+    /// [n]: 2^-e_o, what row o's stored scales are multiplied by.
+    row_scale: Vec<f32>,
     /// [n, k / block_size]
     zeros: Vec<u8>,
     /// Act-order: [k], packed input j is original input perm[j].
@@ -115,7 +135,8 @@ impl Int4Matrix {
             .unwrap_or(SUB);
         let blocks = k / block_size;
         let mut nibbles = vec![0u8; n * k / 2];
-        let mut scales = Vec::with_capacity(n * blocks);
+        let mut scales = Vec::with_capacity(n * blocks + 1);
+        let mut row_scale = Vec::with_capacity(n);
         let mut zeros = Vec::with_capacity(n * blocks);
         for o in 0..n {
             let q = &l.q[o * k..(o + 1) * k];
@@ -129,18 +150,23 @@ impl Int4Matrix {
                     *byte = level(SUB * s + j) | (level(SUB * s + 16 + j) << 4);
                 }
             }
+            let row = &l.scales[o * groups..(o + 1) * groups];
+            let e = row_exponent(row);
+            row_scale.push(2f32.powi(-e));
             for b in 0..blocks {
                 let g = b * block_size / gs;
-                scales.push(l.scales[o * groups + g]);
+                scales.push(f16::from_f64(f64::from(row[g]) * 2f64.powi(e)));
                 zeros.push(l.zeros[o * groups + g]);
             }
         }
+        scales.push(f16::ZERO);
         Ok(Int4Matrix {
             n,
             k,
             block_size,
             nibbles,
             scales,
+            row_scale,
             zeros,
             perm,
         })
@@ -161,9 +187,12 @@ impl Int4Matrix {
         self.block_size
     }
 
-    /// Bytes of the layout a full product reads (nibbles, scales, zero points).
+    /// Bytes of the layout a full product reads (nibbles, f16 scales, zero points, the rows' exponents).
     pub fn bytes(&self) -> usize {
-        self.nibbles.len() + self.scales.len() * 4 + self.zeros.len()
+        self.nibbles.len()
+            + (self.scales.len() - 1) * 2
+            + self.zeros.len()
+            + self.row_scale.len() * 4
     }
 
     /// Act-order input permutation, if any.
@@ -171,14 +200,50 @@ impl Int4Matrix {
         self.perm.as_deref()
     }
 
-    /// Row `o`: (nibbles [k / 2], scales [blocks], zeros [blocks]).
-    pub(crate) fn row(&self, o: usize) -> (&[u8], &[f32], &[u8]) {
+    /// Row `o`: (nibbles [k / 2], zeros [blocks]); its scales come from [`Int4Matrix::decode_scales`].
+    pub(crate) fn row(&self, o: usize) -> (&[u8], &[u8]) {
         let blocks = self.k / self.block_size;
         (
             &self.nibbles[o * self.k / 2..(o + 1) * self.k / 2],
-            &self.scales[o * blocks..(o + 1) * blocks],
             &self.zeros[o * blocks..(o + 1) * blocks],
         )
+    }
+
+    /// The f32 scales ŝ of rows `first .. first + out.len() / blocks` into `out` [rows, blocks].
+    pub(crate) fn decode_scales(&self, first: usize, out: &mut [f32]) {
+        let blocks = self.k / self.block_size;
+        assert!(blocks > 0 && out.len().is_multiple_of(blocks));
+        assert!(first + out.len() / blocks <= self.n);
+        for (r, out) in out.chunks_exact_mut(blocks).enumerate() {
+            let o = first + r;
+            let h = &self.scales[o * blocks..(o + 1) * blocks];
+            decode_row(h, self.row_scale[o], out);
+        }
+    }
+
+    /// `f` on the f32 scales [rows, blocks] of rows `first .. first + rows`, decoded into this thread's
+    /// scratch (a fresh buffer when `f` itself asks again on the same thread).
+    pub(crate) fn with_scales<R>(
+        &self,
+        first: usize,
+        rows: usize,
+        f: impl FnOnce(&[f32]) -> R,
+    ) -> R {
+        let len = rows * (self.k / self.block_size);
+        SCALES.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut buf) => {
+                if buf.len() < len {
+                    buf.resize(len, 0.0);
+                }
+                self.decode_scales(first, &mut buf[..len]);
+                f(&buf[..len])
+            }
+            Err(_) => {
+                let mut buf = vec![0f32; len];
+                self.decode_scales(first, &mut buf);
+                f(&buf)
+            }
+        })
     }
 
     /// Rows `first .. first + out.len() / k` of the dense f32 weights into `out` ([rows, k]) in the PACKED input
@@ -193,8 +258,10 @@ impl Int4Matrix {
             self.n
         );
         let mut table = [0f32; 16];
+        let mut scales = vec![0f32; k / self.block_size];
         for (r, row) in out.chunks_exact_mut(k).enumerate() {
-            let (nib, scales, zeros) = self.row(first + r);
+            let (nib, zeros) = self.row(first + r);
+            self.decode_scales(first + r, &mut scales);
             for (b, block) in row.chunks_exact_mut(self.block_size).enumerate() {
                 let (z, s) = (f32::from(zeros[b]), scales[b]);
                 for (q, t) in table.iter_mut().enumerate() {
@@ -212,16 +279,19 @@ impl Int4Matrix {
         }
     }
 
-    /// The whole layout: (nibbles [n, k / 2], scales [n, blocks], zeros [n, blocks]), rows contiguous.
-    pub(crate) fn parts(&self) -> (&[u8], &[f32], &[u8]) {
-        (&self.nibbles, &self.scales, &self.zeros)
+    /// The whole layout: (nibbles [n, k / 2], stored scales [n, blocks] + 1 padding, zeros [n, blocks], row
+    /// multipliers [n]), rows contiguous; row o's scale b is `scales[o · blocks + b] · row_scale[o]`.
+    pub(crate) fn parts(&self) -> (&[u8], &[f16], &[u8], &[f32]) {
+        (&self.nibbles, &self.scales, &self.zeros, &self.row_scale)
     }
 
     /// Dense f32 weights [n, k] in the ORIGINAL input order.
     pub fn dequantize(&self) -> Vec<f32> {
         let mut w = vec![0f32; self.n * self.k];
+        let mut scales = vec![0f32; self.k / self.block_size];
         for o in 0..self.n {
-            let (nib, scales, zeros) = self.row(o);
+            let (nib, zeros) = self.row(o);
+            self.decode_scales(o, &mut scales);
             for j in 0..self.k {
                 let (s, e) = (j / SUB, j % SUB);
                 let byte = nib[16 * s + e % 16];
@@ -232,6 +302,50 @@ impl Int4Matrix {
             }
         }
         w
+    }
+}
+
+/// e with the row's largest finite |s| · 2^e in [2^14, 2^15) (0 for an all-zero row), within ±126 so that
+/// 2^-e is a normal f32.
+fn row_exponent(scales: &[f32]) -> i32 {
+    let m = scales
+        .iter()
+        .filter(|s| s.is_finite())
+        .fold(0f32, |m, s| m.max(s.abs()));
+    if m == 0.0 {
+        return 0;
+    }
+    (14 - f64::from(m).log2().floor() as i32).clamp(-126, 126)
+}
+
+/// `out[b] = f32(h[b]) · mul`: F16C eight at a time where the CPU has it.
+fn decode_row(h: &[f16], mul: f32, out: &mut [f32]) {
+    assert_eq!(h.len(), out.len());
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("f16c") && std::arch::is_x86_feature_detected!("avx") {
+        // SAFETY: F16C and AVX checked just above; lengths equal (asserted).
+        return unsafe { decode_row_f16c(h, mul, out) };
+    }
+    for (o, h) in out.iter_mut().zip(h) {
+        *o = h.to_f32() * mul;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx,f16c")]
+unsafe fn decode_row_f16c(h: &[f16], mul: f32, out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let m = _mm256_set1_ps(mul);
+    let whole = h.len() / 8 * 8;
+    for i in (0..whole).step_by(8) {
+        let v = _mm_loadu_si128(h.as_ptr().add(i).cast());
+        _mm256_storeu_ps(
+            out.as_mut_ptr().add(i),
+            _mm256_mul_ps(_mm256_cvtph_ps(v), m),
+        );
+    }
+    for i in whole..h.len() {
+        out[i] = h[i].to_f32() * mul;
     }
 }
 

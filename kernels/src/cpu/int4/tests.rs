@@ -103,13 +103,49 @@ fn layout_dequantizes_like_the_levels() {
     for (n, k, gs, ao) in SHAPES {
         let l = levels(&mut rng, n, k, gs, ao);
         let m = Int4Matrix::from_levels(&l).expect("pack");
-        assert_eq!(
-            m.dequantize(),
-            l.dequantize(),
-            "n {n} k {k} group {gs} act-order {ao}"
-        );
+        // The scales are kept as halves: (q − z) · ŝ within SCALE_REL of (q − z) · s, plus the f32 products'
+        // own rounding (half an ulp each).
+        for (i, (g, w)) in m.dequantize().iter().zip(l.dequantize()).enumerate() {
+            let tol = (SCALE_REL + f64::from(f32::EPSILON)) * f64::from(w.abs());
+            assert!(
+                f64::from((g - w).abs()) <= tol,
+                "n {n} k {k} group {gs} act-order {ao}: weight {i} {g} vs {w}"
+            );
+        }
         assert_eq!(m.perm().is_some(), ao);
     }
+}
+
+#[test]
+fn half_scales_keep_eleven_bits_at_any_magnitude() {
+    // Rows of tiny, ordinary and huge scales (each row its own power of two), a zero block, negative scales.
+    let (n, k, gs) = (4usize, 128usize, 32usize);
+    let row_scales: [[f32; 4]; 4] = [
+        [3.1e-30, 7.7e-31, 1.0e-29, 2.2e-30],
+        [0.0123, 0.0456, 0.0, 0.0789],
+        [4.1e30, 1.3e31, 9.9e29, 2.5e31],
+        [-0.5, 0.25, -0.125, 0.3333],
+    ];
+    let l = W4Levels {
+        n,
+        k,
+        group_size: gs,
+        q: (0..n * k).map(|i| (i * 7 % 16) as u8).collect(),
+        scales: row_scales.iter().flatten().copied().collect(),
+        zeros: vec![3; n * k / gs],
+        g_idx: None,
+    };
+    let m = Int4Matrix::from_levels(&l).expect("pack");
+    let mut s = vec![0f32; n * k / gs];
+    m.decode_scales(0, &mut s);
+    for (got, want) in s.iter().zip(&l.scales) {
+        let tol = SCALE_REL * f64::from(want.abs());
+        assert!(
+            f64::from((got - want).abs()) <= tol,
+            "scale {want} kept as {got}"
+        );
+    }
+    assert_eq!(m.bytes(), n * k / 2 + 2 * n * k / gs + n * k / gs + 4 * n);
 }
 
 #[test]
@@ -144,8 +180,9 @@ fn reference_matches_w4a16_ref() {
     let (a, b) = (int4_matmul_ref(&x, 2, &m), w4a16_ref(&x, 2, &l));
     let (l1, _) = bounds(&x, 2, &m);
     for ((p, q), s) in a.iter().zip(&b).zip(&l1) {
+        // w4a16_ref has the f32 scales, the packed matrix their halves (SCALE_REL each).
         assert!(
-            ((p - q) as f64).abs() <= F32_REL * s + F32_ABS,
+            ((p - q) as f64).abs() <= (F32_REL + SCALE_REL) * s + F32_ABS,
             "{p} vs {q}"
         );
     }
