@@ -262,12 +262,16 @@ impl Counting {
         if first == last {
             (first, last) = (first - 0.5, last + 0.5);
         }
+        let edges = linspace(first, last, bins + 1);
+        if edges.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(format!(
+                "the histogram range [{first}, {last}] cannot be split into {bins} finite bins (numpy's histogram \
+                 refuses it, so ORT's calibration fails too; an attention mask's -3.4e38 fill does this: calibrate \
+                 with MinMax)"
+            ));
+        }
         Ok(Counting {
-            binning: Binning::Uniform {
-                first,
-                last,
-                edges: linspace(first, last, bins + 1),
-            },
+            binning: Binning::Uniform { first, last, edges },
             counts: vec![0; bins],
             merge,
         })
@@ -612,6 +616,13 @@ mod tests {
             (z.edges.clone(), z.counts.clone(), z.threshold),
             (vec![-0.5, 0.0, 0.5], vec![0, 2], 0.0)
         );
+    }
+
+    #[test]
+    fn a_range_too_wide_for_float32_bins_is_refused_as_numpy_does() {
+        // [-3.4e38, 3.4e38]: the width overflows to inf, the edges are not increasing (numpy: "Too many bins").
+        let e = Counting::new(None, &bounds(&[-3.4e38, 0.0]), false, 128).unwrap_err();
+        assert!(e.contains("cannot be split into 128 finite bins"), "{e}");
     }
 
     #[test]
