@@ -4,7 +4,8 @@
 //! MatMulNBits (one-node model, accuracy_level 4, same RTN weights) at batch 1/16/128, 1 and 2 threads.
 //! Interleaved: each row runs rounds of (ours int8, ours fp32 at batch 1, ORT, read loop), the order rotated
 //! each round, so every side sees the same machine (a shared VM's bandwidth drifts between blocks); the table
-//! gives each side's median and the median (min–max) of the per-round ratios. ORT runs with the same thread
+//! gives each side's median and the median (min–max) of the per-round ratios; 20 ms untimed before each side
+//! lets the last side's spinning workers go idle. ORT runs with the same thread
 //! count: 1 thread = its own session pool of 1, 2 threads = the environment's global pool of 2 with spinning
 //! on (ORT's default; one pool for all the rotated sessions, as rayon is one pool for ours).
 //! Run: `source target/olive-env.sh && cargo bench -p olive-kernels --bench cpu_int4 [-- FLAGS]`, or the
@@ -120,6 +121,10 @@ fn ort_sessions(
         })
         .collect()
 }
+
+/// Pause before each side of a round, untimed: the previous side's spinning workers (rayon's or ORT's) would
+/// otherwise hold a core while the next side runs (2 threads on 2 cores).
+const SETTLE: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// Threads of the environment's global ORT pool (the 2-thread rows run on it).
 const ORT_GLOBAL_THREADS: usize = 2;
@@ -260,6 +265,9 @@ fn main() -> Res<()> {
                     for r in 0..=rounds {
                         for j in 0..sides.len() {
                             let side = (j + r) % sides.len();
+                            // Both pools spin a while after their work (rayon's and ORT's, each its
+                            // default): let the last side's workers go idle before timing the next.
+                            std::thread::sleep(SETTLE);
                             let ours = |act| {
                                 time_once(iters, |i| {
                                     let y =
