@@ -37,7 +37,7 @@ from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, 
                                       quantize_static)
 
 import minilm
-from qnn import qnn_session
+from qnn import provider_options, qnn_session
 
 SEQ = 16
 WEIGHT_ODD_ELEMENTS = 4
@@ -400,7 +400,8 @@ def test_ep_context_model_runs_on_the_htp_simulator_as_the_qdq_model(olive_host,
     for embed in (False, True):
         out = tmp_path / f"ctx-{embed}"
         done = run([olive_host, "run-pass", "--pass", "EPContextBinaryGenerator", "--device", "npu", "--config",
-                    json.dumps({"embed_context": embed, "disable_cpu_fallback": True}), "-m", qdq.parent, "-o", out])
+                    json.dumps({"embed_context": embed, "disable_cpu_fallback": True,
+                                    "provider_options": provider_options()}), "-m", qdq.parent, "-o", out])
         assert done.returncode == 0, done.stderr
         files = sorted(p.name for p in (out / "model").iterdir())
         assert files == (["model_ctx.onnx"] if embed else ["model_ctx.onnx", "model_ctx_qnn.bin"]), files

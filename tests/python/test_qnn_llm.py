@@ -16,7 +16,6 @@ OnnxStaticQuantization (uint16 activations, uint8 weights).
 """
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -25,22 +24,12 @@ import onnxruntime as ort
 import pytest
 from tokenizers import Tokenizer
 
-from qnn import QNN, qnn_env, run  # noqa: F401 (qnn_env: the module's fixture)
+from qnn import QNN, qnn_env, qnn_session, run  # noqa: F401 (qnn_env: the module's fixture)
 
 S, T = 64, 256  # the recipe's new tokens per run and window
 PROMPT = ("The capital of France is Paris. It is known for the Eiffel Tower, the Louvre museum and its cafes. "
           "Every year millions of travellers visit the city to see its monuments, walk along the Seine and enjoy "
           "the food. The best time to go is in spring, when the weather is mild and the parks are green.")
-
-
-def htp_session(path: Path) -> ort.InferenceSession:
-    if not any(d.ep_name == "QNNExecutionProvider" for d in ort.get_ep_devices()):
-        ort.register_execution_provider_library("QNNExecutionProvider", os.environ["OLIVE_ORT_QNN_DYLIB"])
-    options = ort.SessionOptions()
-    options.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
-    devices = [d for d in ort.get_ep_devices() if d.ep_name == "QNNExecutionProvider"]
-    options.add_provider_for_devices(devices, {"backend_type": "htp"})
-    return ort.InferenceSession(str(path), sess_options=options)
 
 
 def cpu(path: Path) -> ort.InferenceSession:
@@ -72,6 +61,15 @@ def test_auto_opt_puts_a_hugging_face_llm_fully_on_the_htp_simulator(olive_host,
     assert (out / "model" / "genai_config.json").is_file() and (out / "model" / "tokenizer.json").is_file()
     meta = json.loads(done.stdout[done.stdout.index("{"):])["metadata"]
     assert meta["static_quantization"]["activation_type"] == "QUInt16", meta
+    # The residual stream adds in float (float_residual): each of its Adds reads the previous sum, not a DQ; the
+    # lm_head weight is per tensor (TensorQuantOverrides), the other MatMul weights per channel.
+    graph = onnx.load(model, load_external_data=False).graph
+    adds = {n.output[0]: n for n in graph.node if n.op_type == "Add"}
+    chained = [n for n in adds.values() if any(i in adds for i in n.input)]
+    assert len(chained) >= 3, [n.name for n in chained]  # 2 layers: 2 x 2 - 1 sums read a sum
+    scales = {i.name: list(i.dims) for i in graph.initializer if i.name.endswith("MatMul.weight_scale")}
+    assert scales.pop("lm_head.MatMul.weight_scale") == [], "lm_head weight per channel"
+    assert scales and all(len(d) == 1 and d[0] > 1 for d in scales.values()), scales
 
     # The same recipe without the quantization, and the plain fp32 export (GroupQueryAttention) as the reference.
     ref_dir = tmp_path / "cpu"
@@ -116,7 +114,7 @@ def test_auto_opt_puts_a_hugging_face_llm_fully_on_the_htp_simulator(olive_host,
     # The QDQ model on the HTP simulator (fallback off) vs its CPU run and vs fp32, first prompt.
     qdq = cpu(model)
     feed = static_feed(ids[:, :S], {}, 0, 0, qdq)
-    htp = htp_session(model).run(["logits"], feed)[0]
+    htp = qnn_session(str(model)).run(["logits"], feed)[0]
     on_cpu = qdq.run(["logits"], feed)[0]
     fp32 = first["logits"]
     cos = lambda a, b: float((a * b).sum() / np.linalg.norm(a) / np.linalg.norm(b))  # noqa: E731
