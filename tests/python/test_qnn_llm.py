@@ -61,6 +61,7 @@ def test_auto_opt_puts_a_hugging_face_llm_fully_on_the_htp_simulator(olive_host,
     assert (out / "model" / "genai_config.json").is_file() and (out / "model" / "tokenizer.json").is_file()
     meta = json.loads(done.stdout[done.stdout.index("{"):])["metadata"]
     assert meta["static_quantization"]["activation_type"] == "QUInt16", meta
+    assert meta["static_quantization"]["calibration_data"] == "the project's calibration text", meta
     # The residual stream adds in float (float_residual): each of its Adds reads the previous sum, not a DQ; the
     # lm_head weight is per tensor (TensorQuantOverrides), the other MatMul weights per channel.
     graph = onnx.load(model, load_external_data=False).graph

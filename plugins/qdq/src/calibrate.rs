@@ -15,6 +15,7 @@
 //! `*position*` inputs 0..S-1), each next sample continues the previous one — its past is the last P slots of the
 //! previous presents, the mask opens the slots filled so far, positions go on — so the KV cache inputs, the mask
 //! and the attention see the ranges they have in use, not a uniform noise.
+//! Its token ids are the project's calibration text when the model's folder has a tokenizer ([`with_text_ids`]).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -202,6 +203,62 @@ pub fn samples(graph: &GraphProto, count: usize, seed: u64) -> Result<Vec<Sample
         out.push(sample);
     }
     Ok(out)
+}
+
+/// A static-KV LLM's calibration on text (module docs): `samples`' token ids replaced by consecutive windows of the
+/// project's calibration text (olive-data's `DEFAULT_CALIBRATION_TEXT`, its paragraphs tokenized with the special
+/// tokens of `model_dir`'s tokenizer and joined), so the sliding window runs over real text. False (nothing
+/// changed) when the graph is no static-KV LLM or `model_dir` has no tokenizer.json. Random ids give SmolLM2 activation
+/// ranges far wider than text does: cosine to fp32 on the HTP 0.990 -> 0.997 with text.
+pub fn with_text_ids(
+    graph: &GraphProto,
+    samples: &mut [Sample],
+    model_dir: &Path,
+) -> Result<bool, Error> {
+    if static_kv(graph).is_none() {
+        return Ok(false);
+    }
+    let Ok(tokenizer) = olive_model::tokenizer::load(model_dir) else {
+        return Ok(false);
+    };
+    let mut ids: Vec<i64> = Vec::new();
+    for text in olive_data::paragraphs(olive_data::DEFAULT_CALIBRATION_TEXT) {
+        let e = tokenizer
+            .encode(text, true)
+            .map_err(|e| Error::Failed(format!("calibration text: tokenizing: {e}")))?;
+        ids.extend(e.get_ids().iter().map(|&x| i64::from(x)));
+    }
+    if ids.is_empty() {
+        return Ok(false);
+    }
+    let mut next = 0;
+    for sample in samples.iter_mut() {
+        for (name, value) in sample.iter_mut() {
+            let lower = name.to_ascii_lowercase();
+            if ["mask", "token_type", "position"]
+                .iter()
+                .any(|k| lower.contains(k))
+            {
+                continue;
+            }
+            let shape: Vec<usize> = value.shape().iter().map(|&d| d.max(0) as usize).collect();
+            let n: usize = shape.iter().product();
+            let fail = |e: ort::Error| Error::Failed(format!("calibration input `{name}`: {e}"));
+            let window: Vec<i64> = (next..next + n).map(|i| ids[i % ids.len()]).collect();
+            *value = match value.dtype().tensor_type() {
+                Some(ort::value::TensorElementType::Int64) => Tensor::from_array((shape, window))
+                    .map_err(fail)?
+                    .into_dyn(),
+                Some(ort::value::TensorElementType::Int32) => {
+                    let w: Vec<i32> = window.into_iter().map(|x| x as i32).collect();
+                    Tensor::from_array((shape, w)).map_err(fail)?.into_dyn()
+                }
+                _ => continue,
+            };
+            next += n;
+        }
+    }
+    Ok(true)
 }
 
 /// The sliding window between calibration runs: the presents of the last run by output name ([B, KV, P + S, D]

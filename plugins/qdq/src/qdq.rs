@@ -21,7 +21,7 @@
 //!
 //! Calibration data: `data_config` (Olive's, as the host resolves a workflow's `data_configs` entry: text files
 //! tokenized to the model's inputs, see [`data`]); without one, random valid token ids made from the graph (see
-//! [`calibrate`]) with a warning.
+//! [`calibrate`]) with a warning — a static-KV LLM with a tokenizer beside it runs the project's calibration text.
 //!
 //! Attention-mask fills are kept (see [`mask`]; onnxruntime loses them).
 //!
@@ -455,18 +455,27 @@ pub fn quantize(
         .filter(|t| !plan.fixed.contains(*t) && !plan.shared.contains_key(*t))
         .cloned()
         .collect();
-    let samples = match &c.data_config {
+    let (samples, calibration_data) = match &c.data_config {
         Some(data) => {
             let dir = c.tokenizer_dir.as_deref().unwrap_or(model_dir);
-            data::samples(graph, data, dir, c.calibration_samples)?
+            (
+                data::samples(graph, data, dir, c.calibration_samples)?,
+                "data_config",
+            )
         }
         None => {
-            warn(&format!(
-                "OnnxStaticQuantization: no data_config; calibrating on {} samples of random valid token ids \
-                 (seed {}), which represent no real text: pass a data_config for calibration on a dataset",
-                c.calibration_samples, c.seed
-            ));
-            calibrate::samples(graph, c.calibration_samples, c.seed)?
+            // A static-KV LLM with a tokenizer beside it: the project's calibration text (see calibrate.rs).
+            let mut samples = calibrate::samples(graph, c.calibration_samples, c.seed)?;
+            if calibrate::with_text_ids(graph, &mut samples, model_dir)? {
+                (samples, "the project's calibration text")
+            } else {
+                warn(&format!(
+                    "OnnxStaticQuantization: no data_config; calibrating on {} samples of random valid token ids \
+                     (seed {}), which represent no real text: pass a data_config for calibration on a dataset",
+                    c.calibration_samples, c.seed
+                ));
+                (samples, "random token ids")
+            }
         }
     };
     let samples_used = samples.len();
@@ -758,7 +767,7 @@ pub fn quantize(
         "mask_ranges_floored": floored,
         "calibration_samples": samples_used,
         "calibrate_method": c.calibrate_method,
-        "calibration_data": if c.data_config.is_some() { "data_config" } else { "random token ids" },
+        "calibration_data": calibration_data,
     }))
 }
 
