@@ -261,6 +261,26 @@ pub fn with_text_ids(
     Ok(true)
 }
 
+/// Samples without a data_config: [`samples`], with a static-KV LLM's ids from the project's calibration text when
+/// `model_dir` has a tokenizer ([`with_text_ids`]), else random ids and a `warn`ing; with what they are.
+pub fn graph_samples(
+    graph: &GraphProto,
+    count: usize,
+    seed: u64,
+    model_dir: &Path,
+    warn: &dyn Fn(&str),
+) -> Result<(Vec<Sample>, &'static str), Error> {
+    let mut out = samples(graph, count, seed)?;
+    if with_text_ids(graph, &mut out, model_dir)? {
+        return Ok((out, "the project's calibration text"));
+    }
+    warn(&format!(
+        "OnnxStaticQuantization: no data_config; calibrating on {count} samples of random valid token ids (seed \
+         {seed}), which represent no real text: pass a data_config for calibration on a dataset"
+    ));
+    Ok((out, "random token ids"))
+}
+
 /// The sliding window between calibration runs: the presents of the last run by output name ([B, KV, P + S, D]
 /// dims, data), the past slots filled so far, the next position.
 type Window = (HashMap<String, (Vec<usize>, Vec<f32>)>, usize, usize);

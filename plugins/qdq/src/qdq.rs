@@ -219,8 +219,7 @@ struct Plan {
     selected: Vec<(String, String)>,
 }
 
-/// `residual`: the residual Adds' outputs left float (`float_residual`); `per_tensor`: weights kept per tensor
-/// under `per_channel` (TensorQuantOverrides).
+/// `residual`: the residual Adds' outputs left float; `per_tensor`: weights kept per tensor (see [`residual`]).
 fn plan(
     graph: &GraphProto,
     ops: &HashSet<String>,
@@ -424,19 +423,9 @@ pub fn quantize(
     for op in c.op_types_to_exclude.iter().flatten() {
         ops.remove(op);
     }
-    let per_tensor = match c
-        .extra_options
-        .as_ref()
-        .and_then(|o| o.get("TensorQuantOverrides"))
-    {
-        Some(o) => residual::per_tensor_overrides(o, &c.weight_type)?,
-        None => HashSet::new(),
-    };
+    let per_tensor = residual::per_tensor_overrides(c.extra_options.as_ref(), &c.weight_type)?;
     let graph = graph_of(model)?;
-    let residual = match c.float_residual {
-        true => residual::residual_adds(graph),
-        false => HashSet::new(),
-    };
+    let residual = residual::residual_adds(graph, c.float_residual);
     let plan = plan(graph, &ops, c, &residual, &per_tensor);
     if plan.activations.is_empty() && plan.weights.is_empty() {
         return Err(Error::UnsupportedModel(format!(
@@ -458,25 +447,10 @@ pub fn quantize(
     let (samples, calibration_data) = match &c.data_config {
         Some(data) => {
             let dir = c.tokenizer_dir.as_deref().unwrap_or(model_dir);
-            (
-                data::samples(graph, data, dir, c.calibration_samples)?,
-                "data_config",
-            )
+            let samples = data::samples(graph, data, dir, c.calibration_samples)?;
+            (samples, "data_config")
         }
-        None => {
-            // A static-KV LLM with a tokenizer beside it: the project's calibration text (see calibrate.rs).
-            let mut samples = calibrate::samples(graph, c.calibration_samples, c.seed)?;
-            if calibrate::with_text_ids(graph, &mut samples, model_dir)? {
-                (samples, "the project's calibration text")
-            } else {
-                warn(&format!(
-                    "OnnxStaticQuantization: no data_config; calibrating on {} samples of random valid token ids \
-                     (seed {}), which represent no real text: pass a data_config for calibration on a dataset",
-                    c.calibration_samples, c.seed
-                ));
-                (samples, "random token ids")
-            }
-        }
+        None => calibrate::graph_samples(graph, c.calibration_samples, c.seed, model_dir, warn)?,
     };
     let samples_used = samples.len();
     let mut ranges = calibration.ranges(pass, model, &calibrated, &samples, scratch)?;

@@ -19,8 +19,11 @@ use std::collections::{HashMap, HashSet};
 use olive_onnx::proto::GraphProto;
 use olive_pass_sdk::Error;
 
-/// The first outputs of the residual stream's Adds (see the module docs).
-pub fn residual_adds(graph: &GraphProto) -> HashSet<String> {
+/// The first outputs of the residual stream's Adds (see the module docs); none unless `float_residual`.
+pub fn residual_adds(graph: &GraphProto, float_residual: bool) -> HashSet<String> {
+    if !float_residual {
+        return HashSet::new();
+    }
     let adds: HashMap<&str, &[String]> = graph
         .node
         .iter()
@@ -37,12 +40,15 @@ pub fn residual_adds(graph: &GraphProto) -> HashSet<String> {
     out
 }
 
-/// The initializers `TensorQuantOverrides` keeps per tensor; `weight_type` is the pass's. Keys other than the
-/// per-tensor `quant_type` (scale, zero_point, axis, rmin/rmax, convert, ...) are refused by name.
+/// The initializers `extra_options.TensorQuantOverrides` keeps per tensor; `weight_type` is the pass's. Keys other
+/// than the per-tensor `quant_type` (scale, zero_point, axis, rmin/rmax, convert, ...) are refused by name.
 pub fn per_tensor_overrides(
-    overrides: &serde_json::Value,
+    extra_options: Option<&serde_json::Map<String, serde_json::Value>>,
     weight_type: &str,
 ) -> Result<HashSet<String>, Error> {
+    let Some(overrides) = extra_options.and_then(|o| o.get("TensorQuantOverrides")) else {
+        return Ok(HashSet::new());
+    };
     let bad = |m: String| Error::InvalidConfig(format!("extra_options TensorQuantOverrides: {m}"));
     let map = overrides
         .as_object()
@@ -94,7 +100,8 @@ mod tests {
             ],
             ..Default::default()
         };
-        let adds = residual_adds(&graph);
+        assert!(residual_adds(&graph, false).is_empty());
+        let adds = residual_adds(&graph, true);
         let mut v: Vec<&str> = adds.iter().map(String::as_str).collect();
         v.sort();
         assert_eq!(v, ["h1", "h2"]);
@@ -103,8 +110,10 @@ mod tests {
     #[test]
     fn reads_per_tensor_overrides_and_refuses_the_rest() {
         let w = "QUInt8";
-        let set =
-            per_tensor_overrides(&json!({"lm": [{}], "x": [{"quant_type": "QUInt8"}]}), w).unwrap();
+        let of = |v: serde_json::Value| json!({"TensorQuantOverrides": v}).as_object().cloned();
+        assert!(per_tensor_overrides(None, w).unwrap().is_empty());
+        let ok = of(json!({"lm": [{}], "x": [{"quant_type": "QUInt8"}]}));
+        let set = per_tensor_overrides(ok.as_ref(), w).unwrap();
         assert!(set.contains("lm") && set.contains("x"));
         for bad in [
             json!({"lm": [{"axis": 1}]}),
@@ -112,7 +121,9 @@ mod tests {
             json!({"lm": []}),
             json!(["lm"]),
         ] {
-            let e = per_tensor_overrides(&bad, w).unwrap_err().to_string();
+            let e = per_tensor_overrides(of(bad).as_ref(), w)
+                .unwrap_err()
+                .to_string();
             assert!(e.contains("TensorQuantOverrides"), "{e}");
         }
     }
