@@ -17,7 +17,9 @@
 //!
 //! Inputs are made from the graph (those with a default value keep it): symbolic dims named `*past*` are 0, `batch*` 1, any other 4 (so a decoder
 //! runs a 4-token prompt on an empty KV cache); `attention_mask` is ones, `*token_type*` zeros, integer ids `i % 97`, floats a fixed
-//! ramp in [-1, 1]. Call [`check`] only in a process whose ONNX Runtime library is the provider's.
+//! ramp in [-1, 1]. A fixed-shape decoder (static KV: `attention_mask` longer than `input_ids` by P past slots) gets
+//! its empty cache the same way: the mask's first P slots 0 and the `past_key_values*` inputs zero (a ramp there would
+//! be a cache no decode reaches). Call [`check`] only in a process whose ONNX Runtime library is the provider's.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -430,12 +432,26 @@ fn inputs(session: &Session) -> anyhow::Result<Vec<(String, DynValue)>> {
         .into_iter()
         .map(|i| i.name().to_string())
         .collect();
+    // A fixed-shape (static KV) decoder: attention_mask covers P past slots + the S input_ids; its empty cache is
+    // the past slots masked and zero (a dynamic decoder's is past length 0).
+    let fixed_last = |name: &str| -> Option<usize> {
+        let input = session.inputs().iter().find(|i| i.name() == name)?;
+        match input.dtype() {
+            ValueType::Tensor { shape, .. } => shape.last().and_then(|&d| usize::try_from(d).ok()),
+            _ => None,
+        }
+    };
+    let (past_slots, mask_len) = match (fixed_last("attention_mask"), fixed_last("input_ids")) {
+        (Some(total), Some(new)) if total > new => (total - new, total),
+        _ => (0, 1),
+    };
     let mut feeds = Vec::new();
     for input in session.inputs() {
         let name = input.name().to_string();
         if defaults.contains(&name) {
             continue;
         }
+        let empty_past = past_slots > 0 && name.starts_with("past_key_values");
         let ValueType::Tensor {
             ty,
             shape,
@@ -457,14 +473,20 @@ fn inputs(session: &Session) -> anyhow::Result<Vec<(String, DynValue)>> {
         let count: usize = dims.iter().product();
         let ids = |i: usize| {
             if name == "attention_mask" {
-                1
+                i64::from(past_slots == 0 || i % mask_len >= past_slots)
             } else if name.contains("token_type") {
                 0
             } else {
                 (i % 97) as i64
             }
         };
-        let ramp = |i: usize| ((i % 17) as f32 - 8.0) / 8.0;
+        let ramp = |i: usize| {
+            if empty_past {
+                0.0
+            } else {
+                ((i % 17) as f32 - 8.0) / 8.0
+            }
+        };
         let value: DynValue = match ty {
             TensorElementType::Float32 => {
                 Tensor::from_array((dims, (0..count).map(ramp).collect::<Vec<f32>>()))?.into_dyn()
