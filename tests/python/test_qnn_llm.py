@@ -149,3 +149,35 @@ def test_auto_opt_puts_the_default_model_on_the_htp_simulator(olive_host, qnn_en
     cos = float((htp * fp32).sum() / np.linalg.norm(htp) / np.linalg.norm(fp32))
     print(f"SmolLM2 HTP cosine to fp32 {cos:.4f}, top-1 {float((htp.argmax(-1) == fp32.argmax(-1)).mean()):.2f}")
     assert cos >= 0.99
+
+
+def test_the_labs_adapter_is_merged_into_the_qdq_model(olive_host, qnn_env, tiny, tmp_path):
+    """The lab's step 3 flags (--adapter_path, --use_ort_genai) on QNN: the recipe's ModelBuilder merges the LoRA into
+    the weights (merge_adapter: QDQ quantizes every weight, so no switchable float adapter, no adapter file), ep-check
+    passes, and the HTP's logits follow PEFT's merged model rather than the base model."""
+    import torch
+    from peft import PeftModel
+    from test_adapters import make_adapter
+    from transformers import AutoModelForCausalLM
+
+    make_adapter(tiny, tmp_path / "adapter", ["q_proj", "v_proj", "o_proj", "down_proj"])
+    out = tmp_path / "qnn"
+    done = run([olive_host, "auto-opt", "-m", tiny, "--adapter_path", tmp_path / "adapter", *QNN, "--precision",
+                "uint16", "--use_ort_genai", "-o", out], env=qnn_env)
+    assert done.returncode == 0, done.stderr
+    assert not (out / "model" / "adapter_weights.onnx_adapter").exists()
+    model = str(out / "model" / "model.onnx")
+    assert not [i.name for i in onnx.load(model, load_external_data=False).graph.input if "lora" in i.name]
+
+    ids = np.array([Tokenizer.from_file(str(tiny / "tokenizer.json")).encode(PROMPT).ids[:S]], np.int64)
+    base = AutoModelForCausalLM.from_pretrained(tiny, dtype=torch.float32)
+    with torch.no_grad():
+        plain = base(torch.from_numpy(ids)).logits.numpy()
+        merged = PeftModel.from_pretrained(base, tmp_path / "adapter").merge_and_unload()(
+            torch.from_numpy(ids)).logits.numpy()
+    htp = qnn_session(model).run(["logits"], static_feed(ids, {}, 0, 0, cpu(model)))[0]
+    cos = lambda a, b: float((a * b).sum() / np.linalg.norm(a) / np.linalg.norm(b))  # noqa: E731
+    print(f"HTP cosine to PEFT's merged model {cos(htp, merged):.4f}, to the base model {cos(htp, plain):.4f}; "
+          f"merged vs base {cos(merged, plain):.4f}")
+    assert cos(merged, plain) < 0.99  # the adapter changes the logits
+    assert cos(htp, merged) >= 0.99

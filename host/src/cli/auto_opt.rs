@@ -204,7 +204,12 @@ fn recipe_steps(
         }
         steps.push((pass.pass_type.clone(), config));
     }
-    if args.adapter_path.is_some() && !steps.iter().any(|(t, _)| t == EXTRACT_ADAPTERS) {
+    // A recipe whose export merges the adapter into the weights (ModelBuilder's merge_adapter) leaves nothing to
+    // extract.
+    let merged = steps
+        .iter()
+        .any(|(t, c)| t == "ModelBuilder" && c["merge_adapter"] == true);
+    if args.adapter_path.is_some() && !merged && !steps.iter().any(|(t, _)| t == EXTRACT_ADAPTERS) {
         steps.push((EXTRACT_ADAPTERS.to_owned(), serde_json::json!({})));
     }
     if args.enable_aot {

@@ -166,10 +166,14 @@ pub const HTP_ARCH: &str = "73";
 
 /// A Hugging Face LLM to a static QDQ model (module docs, "LLM"): ModelBuilder fp32 (GroupQueryAttention,
 /// SkipSimplifiedLayerNormalization), fixed shapes, the static KV layout in plain ops, the skip-RMSNorms split, the
-/// dead mask subgraph removed, uint16-activation / uint8-weight QDQ.
+/// dead mask subgraph removed, uint16-activation / uint8-weight QDQ. A LoRA adapter (`--adapter_path`) is merged into
+/// the weights: QDQ quantizes every weight, so a switchable float adapter cannot stay beside them on the HTP.
 fn llm_recipe() -> Vec<(&'static str, serde_json::Value)> {
     vec![
-        ("ModelBuilder", json!({"precision": "fp32"})),
+        (
+            "ModelBuilder",
+            json!({"precision": "fp32", "merge_adapter": true}),
+        ),
         (
             "DynamicToFixedShape",
             json!({

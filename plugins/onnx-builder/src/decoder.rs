@@ -6,7 +6,9 @@
 //! caches chosen by an If on the total sequence length.
 
 use std::cell::RefCell;
+use std::collections::BTreeMap;
 
+use olive_model::adapter::LoraWeights;
 use olive_model::quantized::{is_quantized, quantized_linear, QuantizationConfig};
 use olive_model::{Architecture, Checkpoint, ModelConfig, RopeScaling};
 use olive_nn::rope::Rope;
@@ -28,6 +30,8 @@ pub struct Decoder<'a> {
     pub linears: Linears,
     /// `quantization_config` of config.json: linears with `<prefix>.qweight` are read pre-quantized.
     pub quant: Option<QuantizationConfig>,
+    /// LoRA weights added into the base weights as they are read (`merge_adapter`), by Hugging Face module path.
+    pub merged: BTreeMap<String, LoraWeights>,
 }
 
 fn sym(s: &str) -> Dim {
@@ -58,12 +62,23 @@ impl Decoder<'_> {
                         q.out_features, q.in_features
                     )));
                 }
-                Ok(Weight::Quantized(q))
+                match self.merged.get(prefix) {
+                    // A merged adapter goes into the dequantized weights (a QLoRA adapter on its quantized base).
+                    Some(lora) => {
+                        let mut w = Weight::Quantized(q).into_float();
+                        add_lora(&mut w, lora);
+                        Ok(Weight::Float(w))
+                    }
+                    None => Ok(Weight::Quantized(q)),
+                }
             }
             _ => {
                 drop(ckpt);
-                self.tensor(&format!("{prefix}.weight"), shape)
-                    .map(Weight::Float)
+                let mut w = self.tensor(&format!("{prefix}.weight"), shape)?;
+                if let Some(lora) = self.merged.get(prefix) {
+                    add_lora(&mut w, lora);
+                }
+                Ok(Weight::Float(w))
             }
         }
     }
@@ -753,4 +768,17 @@ fn pack_u4(levels: &[u8]) -> Vec<u8> {
         .chunks(2)
         .map(|p| p[0] | p.get(1).map_or(0, |&hi| hi << 4))
         .collect()
+}
+
+/// w [out, in] += scale · B [out, rank] · A [rank, in] (the adapter checked against the model: shapes agree).
+fn add_lora(w: &mut [f32], lora: &LoraWeights) {
+    let (rank, cols) = (lora.rank, lora.in_features);
+    for (row, b) in w.chunks_exact_mut(cols).zip(lora.b.chunks_exact(rank)) {
+        for (a, &b) in lora.a.chunks_exact(cols).zip(b) {
+            let s = lora.scale * b;
+            for (w, &a) in row.iter_mut().zip(a) {
+                *w += s * a;
+            }
+        }
+    }
 }

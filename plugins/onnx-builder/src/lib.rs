@@ -60,6 +60,11 @@ pub struct ModelBuilderConfig {
     /// DmlExecutionProvider, ...); by default the one of the pass's device.
     #[serde(default)]
     pub execution_provider: Option<String>,
+    /// olive-rs: with an adapter, add its LoRA product (scale·B·A) into the base weights instead of exporting LoRA
+    /// branches: for recipes that quantize every weight (static QDQ for an NPU), where a switchable adapter cannot
+    /// stay float. No adapter file can be extracted from the result.
+    #[serde(default)]
+    pub merge_adapter: bool,
 }
 
 fn default_block_size() -> usize {
@@ -162,16 +167,26 @@ impl Pass for ModelBuilder {
             hf.num_hidden_layers,
             config.precision
         ));
-        let lora = lora_weights(&model, &hf)?;
-        if !lora.is_empty() {
-            ctx.info(&format!("adding LoRA branches to {} linears", lora.len()));
-        }
+        let (lora, merged) = if config.merge_adapter {
+            let merged = merged_lora(&model, &hf)?;
+            if !merged.is_empty() {
+                ctx.info(&format!("merging LoRA into {} linears", merged.len()));
+            }
+            (BTreeMap::new(), merged)
+        } else {
+            let lora = lora_weights(&model, &hf)?;
+            if !lora.is_empty() {
+                ctx.info(&format!("adding LoRA branches to {} linears", lora.len()));
+            }
+            (lora, BTreeMap::new())
+        };
         let mut g = GraphBuilder::create(&out, "model.onnx").map_err(failed)?;
         let decoder = Decoder {
             config: &hf,
             checkpoint: RefCell::new(checkpoint),
             linears: Linears { dtype, nbits, lora },
             quant,
+            merged,
         };
         if let Err(e) = decoder.build(&mut g, ctx) {
             g.discard();
@@ -192,11 +207,10 @@ impl Pass for ModelBuilder {
     }
 }
 
-/// The PEFT adapter's weights (at most one adapter), checked against the model, Phi-3's fused modules split,
-/// padded to one rank, by ONNX module path (`model.layers.0.attn.q_proj`).
-fn lora_weights(model: &Model, hf: &ModelConfig) -> Result<BTreeMap<String, LoraWeights>, Error> {
+/// The model's PEFT adapter (at most one), if it has one.
+fn adapter(model: &Model) -> Result<Option<LoraAdapter>, Error> {
     let adapter_dir = match model.adapter_paths.as_slice() {
-        [] => return Ok(BTreeMap::new()),
+        [] => return Ok(None),
         [one] => one,
         more => {
             return Err(Error::UnsupportedModel(format!(
@@ -205,11 +219,36 @@ fn lora_weights(model: &Model, hf: &ModelConfig) -> Result<BTreeMap<String, Lora
             )))
         }
     };
-    let bad = |e: olive_model::adapter::AdapterError| Error::UnsupportedModel(e.to_string());
-    let weights = LoraAdapter::open(adapter_dir)
-        .map_err(bad)?
-        .unfused(hf)
-        .map_err(bad)?;
+    LoraAdapter::open(adapter_dir)
+        .map(Some)
+        .map_err(adapter_error)
+}
+
+fn adapter_error(e: olive_model::adapter::AdapterError) -> Error {
+    Error::UnsupportedModel(e.to_string())
+}
+
+/// The PEFT adapter's weights as they are in the Hugging Face model (Phi-3's fused modules whole), checked against
+/// the model, by module path (`model.layers.0.self_attn.q_proj`): what `merge_adapter` adds into the base weights.
+fn merged_lora(model: &Model, hf: &ModelConfig) -> Result<BTreeMap<String, LoraWeights>, Error> {
+    let Some(adapter) = adapter(model)? else {
+        return Ok(BTreeMap::new());
+    };
+    adapter.check(hf).map_err(adapter_error)?;
+    Ok(adapter
+        .weights()
+        .iter()
+        .map(|w| (w.module.hf_key(), w.clone()))
+        .collect())
+}
+
+/// The PEFT adapter's weights (at most one adapter), checked against the model, Phi-3's fused modules split,
+/// padded to one rank, by ONNX module path (`model.layers.0.attn.q_proj`).
+fn lora_weights(model: &Model, hf: &ModelConfig) -> Result<BTreeMap<String, LoraWeights>, Error> {
+    let Some(adapter) = adapter(model)? else {
+        return Ok(BTreeMap::new());
+    };
+    let weights = adapter.unfused(hf).map_err(adapter_error)?;
     let rank = weights.iter().map(|w| w.rank).max().unwrap_or(0);
     Ok(weights
         .iter()
