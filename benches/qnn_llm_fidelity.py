@@ -3,7 +3,9 @@ CPU run of the same model and vs the fp32 GroupQueryAttention export (benches/RE
 HTP simulator"). "ratio" is the largest |HTP - CPU| over ep-qnn's tolerance (atol 3 + rtol 0.1 * |CPU|) across the
 outputs; <= 1 passes ep-check's comparison on those inputs. Three input sets: ep-check's own (ids i % 97,
 attention_mask ones, past KV a [-1, 1] ramp), the same ids on an empty cache (past slots masked and zero), and the
-first S tokens of a text as a first prompt (past masked) — the last also gives cosine / top-1 against fp32.
+first S tokens of a text as a first prompt (past masked) — the last also gives cosine / top-1 against fp32. The
+empty-cache check ids are also split by position ("check_ids_by_position"): positions whose id is one of the
+tokenizer's special tokens (SmolLM2: ids 0-16) and the rest, each with its ratio and cosines to fp32.
 
     python benches/qnn_llm_fidelity.py QDQ_DIR FP32_DIR [--text data/eval.txt] [--htp_arch 73]
 
@@ -46,6 +48,7 @@ def main() -> None:
 
     def ratio(feed):
         h, c = htp.run(outs, feed), cpu.run(outs, feed)
+        h, c = [x.astype(np.float64) for x in h], [x.astype(np.float64) for x in c]
         worst = max((float((np.abs(x - y) / (ATOL + RTOL * np.abs(y))).max()), float(np.abs(x - y).max()), k)
                     for k, x, y in zip(outs, h, c))
         return {"ratio": round(worst[0], 3), "max": round(worst[1], 3), "output": worst[2]}, \
@@ -65,18 +68,36 @@ def main() -> None:
     tok = Tokenizer.from_file(str(Path(a.fp32) / "tokenizer.json"))
     ids = np.array([tok.encode(Path(a.text).read_text()).ids[:s]], np.int64)
     text = dict(empty, input_ids=ids, position_ids=np.arange(s, dtype=np.int64)[None])
-    report = {"htp_arch": a.htp_arch or "default", "check_inputs": ratio(check)[0],
-              "check_ids_empty_cache": ratio(empty)[0]}
+    report = {"htp_arch": a.htp_arch or "default", "check_inputs": ratio(check)[0]}
+    report["check_ids_empty_cache"], eh, ec = ratio(empty)
     report["text"], qh, qc = ratio(text)
     fp32 = ort.InferenceSession(str(Path(a.fp32) / "model.onnx"), providers=["CPUExecutionProvider"])
-    feed = {"input_ids": ids, "attention_mask": np.ones((1, s), np.int64)}
-    for i in fp32.get_inputs():
-        if i.name.startswith("past"):
-            feed[i.name] = np.zeros((1, i.shape[1], 0, i.shape[3]), np.float32)
-    ref = fp32.run(["logits"], feed)[0]
+
+    def reference(input_ids):
+        feed = {"input_ids": input_ids, "attention_mask": np.ones((1, s), np.int64)}
+        for i in fp32.get_inputs():
+            if i.name.startswith("past"):
+                feed[i.name] = np.zeros((1, i.shape[1], 0, i.shape[3]), np.float32)
+        return fp32.run(["logits"], feed)[0].astype(np.float64)
+
+    ref = reference(ids)
 
     def cos(x, y):
         return round(float((x * y).sum() / np.linalg.norm(x) / np.linalg.norm(y)), 4)
+
+    special = {t["id"] for t in json.loads((Path(a.fp32) / "tokenizer.json").read_text())["added_tokens"]
+               if t.get("special")}
+    er = reference(empty["input_ids"])
+    at_special = np.isin(empty["input_ids"][0], list(special))
+    report["check_ids_by_position"] = {}
+    for group, rows in (("special", at_special), ("other", ~at_special)):
+        if rows.any():
+            h, c, r = eh[0, rows], ec[0, rows], er[0, rows]
+            worst = float((np.abs(h - c) / (ATOL + RTOL * np.abs(c))).max())
+            report["check_ids_by_position"][group] = {
+                "positions": int(rows.sum()), "ratio": round(worst, 3),
+                "max": round(float(np.abs(h - c).max()), 3), "cos_htp_fp32": cos(h, r), "cos_cpu_qdq_fp32": cos(c, r),
+                "max_cpu_qdq_fp32": round(float(np.abs(c - r).max()), 2)}
 
     def top1(x, y):
         return round(float((x.argmax(-1) == y.argmax(-1)).mean()), 3)
