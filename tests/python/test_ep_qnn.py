@@ -9,7 +9,8 @@ onnxruntime library (>= 1.24.2; ORT_DYLIB_PATH, 1.32.0 here); its libQnnHtp.so i
 - a node QNN does not take (Erf) with fallback disabled: the error names the provider and the node;
 - the plugin-EP library missing, of another wheel version, or the ONNX Runtime library too old: errors naming the
   provider, the variable and the wheel;
-- the LLM gap: a tiny llama's ModelBuilder export is refused, the error naming the nodes and each op type.
+- the LLM gap: a tiny llama's ModelBuilder export is refused, the error naming the nodes and each op type;
+- the CPU reference runs a uint16 QDQ MatMul as written (not ORT's int8-activation MatMulNBits fusion).
 """
 
 import json
@@ -138,3 +139,38 @@ def test_the_llm_export_is_refused_naming_its_nodes(olive_host, qnn_env, tiny, t
     assert done.returncode != 0
     assert "execution provider QNNExecutionProvider cannot take" in done.stderr, done.stderr
     assert "GroupQueryAttention x2" in done.stderr and "SkipSimplifiedLayerNormalization x" in done.stderr, done.stderr
+
+
+def test_the_cpu_reference_computes_a_uint16_qdq_matmul_as_written(olive_host, qnn_env, tmp_path):
+    """ep-check's CPU reference sets session.qdq_matmulnbits_accuracy_level=0: ONNX Runtime's default fuses
+    DQ(uint8 weight) + MatMul into MatMulNBits at level 4 (int8-quantized activations), which puts a uint16 QDQ
+    MatMul's reference many output steps from its QDQ math, farther than the HTP is."""
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="matmul")], "u16",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 576])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 256])],
+        [onnx.numpy_helper.from_array((rng.standard_normal((576, 256)) * 0.05).astype(np.float32), "w")])
+    float_model = tmp_path / "float.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]), float_model)
+    batches = [{"x": rng.uniform(-1, 1, (1, 576)).astype(np.float32)} for _ in range(4)]
+    model = tmp_path / "qdq.onnx"
+    quantize_static(float_model, model, _Reader(batches), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt16, weight_type=QuantType.QUInt8)
+    step = output_scale(model, "y")
+    outputs = tmp_path / "outputs.json"
+    done = run([olive_host, "ep-check", "-m", model, *QNN, "--outputs_file", outputs], env=qnn_env)
+    assert done.returncode == 0, done.stderr
+    report, _ = json.JSONDecoder().raw_decode(done.stdout[done.stdout.index("{"):])
+    htp = np.array(json.loads(outputs.read_text())["y"], dtype=np.float64)
+    x = ((np.arange(576) % 17 - 8) / 8).astype(np.float32).reshape(1, 576)  # the check's float ramp
+    fused = ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0].ravel()
+    exact = ort.SessionOptions()
+    exact.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "0")
+    written = ort.InferenceSession(model, exact, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0].ravel()
+    print(f"HTP vs the check's reference {report['max_abs_diff']['y'] / step:.1f} steps, vs level 0 "
+          f"{np.abs(htp - written).max() / step:.1f}, vs ORT's default (level 4) {np.abs(htp - fused).max() / step:.1f}")
+    # Measured: 1.0 step from the reference (the HTP's fixed point), 125 from ORT's default fused run.
+    assert report["max_abs_diff"]["y"] <= QDQ_STEPS * step
+    assert report["max_abs_diff"]["y"] == pytest.approx(np.abs(htp - written).max(), abs=step / 2)
+    assert np.abs(htp - fused).max() > 10 * QDQ_STEPS * step
