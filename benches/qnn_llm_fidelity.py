@@ -41,7 +41,10 @@ def main() -> None:
                                      provider)
     model = str(Path(a.qdq) / "model.onnx")
     htp = ort.InferenceSession(model, sess_options=options)
-    cpu = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    # As ep-check's CPU reference: the QDQ math as written, not ORT's int8-activation MatMulNBits fusion (level 4).
+    exact = ort.SessionOptions()
+    exact.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "0")
+    cpu = ort.InferenceSession(model, sess_options=exact, providers=["CPUExecutionProvider"])
     outs = [o.name for o in cpu.get_outputs()]
     s = next(i.shape[1] for i in cpu.get_inputs() if i.name == "input_ids")
     p = next(i.shape[2] for i in cpu.get_inputs() if i.name.startswith("past_key_values"))
