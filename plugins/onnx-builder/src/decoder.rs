@@ -8,6 +8,7 @@
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 
+use olive_kernels::cpu::{matmul_strided, View};
 use olive_model::adapter::LoraWeights;
 use olive_model::quantized::{is_quantized, quantized_linear, QuantizationConfig};
 use olive_model::{Architecture, Checkpoint, ModelConfig, RopeScaling};
@@ -770,15 +771,19 @@ fn pack_u4(levels: &[u8]) -> Vec<u8> {
         .collect()
 }
 
-/// w [out, in] += scale · B [out, rank] · A [rank, in] (the adapter checked against the model: shapes agree).
+/// w [out, in] += scale · B [out, rank] · A [rank, in] (the adapter checked against the model: shapes agree), as
+/// the trainer's merged_model does.
 fn add_lora(w: &mut [f32], lora: &LoraWeights) {
-    let (rank, cols) = (lora.rank, lora.in_features);
-    for (row, b) in w.chunks_exact_mut(cols).zip(lora.b.chunks_exact(rank)) {
-        for (a, &b) in lora.a.chunks_exact(cols).zip(b) {
-            let s = lora.scale * b;
-            for (w, &a) in row.iter_mut().zip(a) {
-                *w += s * a;
-            }
-        }
-    }
+    let (rows, cols, rank) = (lora.out_features, lora.in_features, lora.rank);
+    matmul_strided(
+        rows,
+        cols,
+        rank,
+        View::rows(&lora.b, rank),
+        View::rows(&lora.a, cols),
+        w,
+        cols,
+        lora.scale,
+        true,
+    );
 }
