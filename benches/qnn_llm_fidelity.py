@@ -1,9 +1,10 @@
 """A static-KV QDQ LLM (ep-qnn's `uint16` recipe from a Hugging Face model) on the QNN HTP simulator vs ONNX Runtime's
 CPU run of the same model and vs the fp32 GroupQueryAttention export (benches/RESULTS.md, "SmolLM2-135M on the QNN
 HTP simulator"). "ratio" is the largest |HTP - CPU| over ep-qnn's tolerance (atol 3 + rtol 0.1 * |CPU|) across the
-outputs; <= 1 passes ep-check's comparison on those inputs. Three input sets: ep-check's own (ids i % 97,
-attention_mask ones, past KV a [-1, 1] ramp), the same ids on an empty cache (past slots masked and zero), and the
-first S tokens of a text as a first prompt (past masked) — the last also gives cosine / top-1 against fp32. The
+outputs; <= 1 passes ep-check's comparison on those inputs. Three input sets: ep-check's synthetic ids for a model
+without a tokenizer (i % 97, attention_mask ones, past KV a [-1, 1] ramp), the same ids on an empty cache (past slots
+masked and zero), and the first S tokens of a text as a first prompt (past masked) — the last also gives cosine /
+top-1 against fp32. (ep-check feeds a language model with a tokenizer a fixed passage instead: host ep/check.rs.) The
 empty-cache check ids are also split by position ("check_ids_by_position"): positions whose id is one of the
 tokenizer's special tokens (SmolLM2: ids 0-16) and the rest, each with its ratio and cosines to fp32.
 

@@ -1,6 +1,6 @@
 """An LLM on the QNN HTP simulator (issue 9): auto-opt --device npu --provider QNNExecutionProvider --precision uint16
-from a Hugging Face llama (the tiny random one, head_dim 16, 2 layers; SmolLM2's figures are in
-/tmp/olive-notes/qnn.md and the ep-qnn module docs).
+from a Hugging Face llama (the tiny random one, head_dim 16, 2 layers; SmolLM2's figures are in the ep-qnn module
+docs), the default model, and the lab's step-3 input (an int4 checkpoint fine-tuned with LoRA).
 
 The ep-qnn `uint16` recipe for a Hugging Face input: ModelBuilder fp32 -> DynamicToFixedShape (batch 1, 64 new tokens,
 past 192) -> DecomposeGroupQueryAttention static_kv -> DecomposeSkipSimplifiedLayerNormalization -> peephole ->
@@ -129,8 +129,8 @@ def test_auto_opt_puts_a_hugging_face_llm_fully_on_the_htp_simulator(olive_host,
 
 def test_auto_opt_puts_the_default_model_on_the_htp_simulator(olive_host, qnn_env, tmp_path):
     """SmolLM2-135M (the default model, tests/golden's HF folder) through the QNN uint16 recipe: auto-opt's ep-check
-    passes (every node on QNN, fallback off; the empty static cache within ep-qnn's tolerance of the CPU run) and a
-    text prompt on the HTP stays close to the fp32 export (measured: cosine 0.997, top-1 0.89). ~80 s."""
+    passes (every node on QNN, fallback off; the passage on an empty static cache within ep-qnn's tolerance of the
+    CPU run) and a text prompt on the HTP stays close to the fp32 export (measured: cosine 0.997, top-1 0.89). ~80 s."""
     from conftest import tokenizer_donor
 
     src = tokenizer_donor()
@@ -181,3 +181,42 @@ def test_the_labs_adapter_is_merged_into_the_qdq_model(olive_host, qnn_env, tiny
           f"merged vs base {cos(merged, plain):.4f}")
     assert cos(merged, plain) < 0.99  # the adapter changes the logits
     assert cos(htp, merged) >= 0.99
+
+
+def test_the_labs_quantized_and_fine_tuned_model_passes_on_the_htp_simulator(olive_host, qnn_env, tmp_path):
+    """The lab's real step-3 input, on the default model: an int4 checkpoint (quantize) fine-tuned with LoRA (finetune,
+    a few steps), then auto-opt with --adapter_path on QNN. ep-check passes on the passage its tokenizer encodes (the
+    report says so), and the HTP follows the fp32 export of the same merged weights on a text prompt. ~100 s."""
+    from conftest import tokenizer_donor
+
+    src = tokenizer_donor()
+    done = run([olive_host, "quantize", "-m", src, "--algorithm", "rtn", "--precision", "int4", "-o", tmp_path / "q"])
+    assert done.returncode == 0, done.stderr
+    done = run([olive_host, "finetune", "--method", "lora", "-m", tmp_path / "q",
+                "--data_files", Path(__file__).parents[2] / "data" / "data_sample_travel.jsonl", "--data_name", "json",
+                "--text_template", "<|user|>\n{prompt}<|end|>\n<|assistant|>\n{response}<|end|>",
+                "--max_steps", "4", "--per_device_train_batch_size", "1", "--max_seq_len", "256",
+                "-o", tmp_path / "ft"])
+    assert done.returncode == 0, done.stderr
+    ft = tmp_path / "ft"
+    out = tmp_path / "qnn"
+    done = run([olive_host, "auto-opt", "-m", ft / "model", "--adapter_path", ft / "adapter", *QNN,
+                "--precision", "uint16", "--use_ort_genai", "--log_level", "1", "-o", out], env=qnn_env)
+    assert done.returncode == 0, done.stderr
+    assert "the passage, tokenized by the model's tokenizer.json" in done.stderr, done.stderr
+
+    ref = tmp_path / "fp32"
+    done = run([olive_host, "run-pass", "--pass", "ModelBuilder", "--pass-config",
+                json.dumps({"precision": "fp32", "merge_adapter": True}), "-m", ft / "model",
+                "--adapter_path", ft / "adapter", "-o", ref])
+    assert done.returncode == 0, done.stderr
+    ids = np.array([Tokenizer.from_file(str(src / "tokenizer.json")).encode(PROMPT).ids[:S]], np.int64)
+    gqa = cpu(ref / "model" / "model.onnx")
+    empty = {i.name: np.zeros((1, i.shape[1], 0, i.shape[3]), np.float32) for i in kv_inputs(gqa)}
+    fp32 = gqa.run(["logits"], {"input_ids": ids, "attention_mask": np.ones((1, S), np.int64), **empty})[0]
+    model = str(out / "model" / "model.onnx")
+    htp = qnn_session(model).run(["logits"], static_feed(ids, {}, 0, 0, cpu(model)))[0]
+    cos = float((htp * fp32).sum() / np.linalg.norm(htp) / np.linalg.norm(fp32))
+    print(f"int4 + LoRA SmolLM2: HTP cosine to the merged fp32 export {cos:.4f}, "
+          f"top-1 {float((htp.argmax(-1) == fp32.argmax(-1)).mean()):.2f}")
+    assert cos >= 0.99

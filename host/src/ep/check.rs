@@ -19,11 +19,24 @@
 //! and appended through the devices it reports (`SessionOptionsAppendExecutionProvider_V2`, options prefixed with
 //! the provider's name as ONNX Runtime's device API wants them).
 //!
-//! Inputs are made from the graph (those with a default value keep it): symbolic dims named `*past*` are 0, `batch*` 1, any other 4 (so a decoder
-//! runs a 4-token prompt on an empty KV cache); `attention_mask` is ones, `*token_type*` zeros, integer ids `i % 97`, floats a fixed
-//! ramp in [-1, 1]. A fixed-shape decoder (static KV: `attention_mask` longer than `input_ids` by P past slots) gets
-//! its empty cache the same way: the mask's first P slots 0 and the `past_key_values*` inputs zero (a ramp there would
-//! be a cache no decode reaches). Call [`check`] only in a process whose ONNX Runtime library is the provider's.
+//! Inputs are made from the graph (those with a default value keep it): symbolic dims named `*past*` are 0, `batch*`
+//! 1, any other 4 (so a decoder runs a 4-token prompt on an empty KV cache); `attention_mask` is ones, `*token_type*`
+//! zeros, floats a fixed ramp in [-1, 1], integer ids `i % 97`. A fixed-shape decoder (static KV: `attention_mask`
+//! longer than `input_ids` by P past slots) gets its empty cache the same way: the mask's first P slots 0 and the
+//! `past_key_values*` inputs zero (a ramp there would be a cache no decode reaches).
+//!
+//! What ships beside the model (or its reference) replaces those with its real inputs (feeds.rs):
+//! - a language model's `input_ids` are its `tokenizer.json`'s encoding of a fixed English passage (when the
+//!   `logits` output's vocabulary holds those ids). Synthetic ids run a statically quantized LLM outside everything
+//!   its calibration saw: SmolLM2's ids 0-16 are control tokens, and at those positions its massive activations
+//!   exceed the calibrated ranges (layer 2's down_proj: 705 against 496), so the QDQ model is off its own fp32 model
+//!   on the CPU as on the HTP (logits cosine 0.69 / 0.68; 0.996 at the other positions) and the two runs' difference
+//!   there measures saturation, not the provider;
+//! - inputs named as a parameter of an `*.onnx_adapter` there (the LoRA inputs OpenVINO's recipe makes required) get
+//!   that parameter. A ramp there is an adapter ~100x the size of a trained one: on the passage, the lab's AWQ + LoRA
+//!   model on OpenVINO CPU drifted to 1.06e-3 with a ramp adapter, past its 1e-3 tolerance (9.7e-5 with its own).
+//!
+//! Call [`check`] only in a process whose ONNX Runtime library is the provider's.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -34,8 +47,10 @@ use half::f16;
 use olive_pass_api::ExecutionProvider;
 use ort::ep::{self, ArbitrarilyConfigurableExecutionProvider, ExecutionProviderDispatch};
 use ort::session::{Session, SessionInputValue};
-use ort::value::{DynValue, Tensor, TensorElementType, ValueType};
+use ort::value::{DynValue, TensorElementType};
 use serde::Serialize;
+
+use super::feeds::Shipped;
 
 /// The CPU provider's name.
 const CPU: &str = "CPUExecutionProvider";
@@ -61,6 +76,9 @@ pub struct Report {
     pub nodes: usize,
     /// Per float output: the largest |provider - cpu| (absent when the provider is the CPU one).
     pub max_abs_diff: BTreeMap<String, f64>,
+    /// What `input_ids` held (module docs), when the model takes them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub input_ids: Option<&'static str>,
     /// The provider's float outputs, flattened, by name (not printed).
     #[serde(skip)]
     pub outputs: Outputs,
@@ -207,6 +225,10 @@ pub fn check(
             bail!("{} is not an ONNX model file", file.display());
         }
     }
+    let mut shipped = Shipped::beside(model)?;
+    if let Some(reference_model) = reference_model {
+        shipped = shipped.or(Shipped::beside(reference_model)?);
+    }
     let scratch = tempfile::tempdir().context("cannot create a folder for the profile")?;
     let prefix = scratch.path().join("ep");
     // The CPU reference runs first, before a plugin-EP library is registered: afterwards the `ort` crate's default
@@ -214,12 +236,12 @@ pub fn check(
     // QNN's HTP simulator reports).
     let reference = match (ep.provider.as_str(), reference_model) {
         (CPU, None) => None,
-        (_, reference_model) => Some(cpu_reference(reference_model.unwrap_or(model))?),
+        (_, reference_model) => Some(cpu_reference(reference_model.unwrap_or(model), &shipped)?),
     };
     let mut session = match open(model, ep, false, &prefix) {
         Ok(session) => session,
         Err(err) if err.to_string().contains(FALLBACK_REFUSED) => {
-            let refused = refused_nodes(model, ep, &scratch.path().join("fallback"))?;
+            let refused = refused_nodes(model, ep, &scratch.path().join("fallback"), &shipped)?;
             bail!(
                 "execution provider {} cannot take {} node(s) of {} (CPU fallback is disabled): {}",
                 ep.provider,
@@ -237,7 +259,7 @@ pub fn check(
     };
     let feeds = match &reference {
         Some((feeds, _)) => feeds,
-        None => &inputs(&session)?,
+        None => &shipped.inputs(&session)?,
     };
     if let Some(reference_model) = reference_model {
         let ours: Vec<&str> = session.inputs().iter().map(|i| i.name()).collect();
@@ -255,6 +277,7 @@ pub fn check(
             );
         }
     }
+    let input_ids = shipped.input_ids(&session);
     let outputs = run(&mut session, feeds, &ep.provider)?;
     let events = profile_nodes(&mut session)?;
     let foreign: Vec<ForeignNode> = events
@@ -296,6 +319,7 @@ pub fn check(
         reference_model: reference_model.map(Path::to_path_buf),
         nodes: events.len(),
         max_abs_diff,
+        input_ids,
         outputs,
     })
 }
@@ -305,9 +329,10 @@ fn refused_nodes(
     model: &Path,
     ep: &ExecutionProvider,
     prefix: &Path,
+    shipped: &Shipped,
 ) -> anyhow::Result<Vec<ForeignNode>> {
     let mut session = open(model, ep, true, prefix)?;
-    let feeds = inputs(&session)?;
+    let feeds = shipped.inputs(&session)?;
     run(&mut session, &feeds, &ep.provider)?;
     let refused: Vec<ForeignNode> = profile_nodes(&mut session)?
         .into_iter()
@@ -378,7 +403,10 @@ fn run(
 }
 
 /// The run on the CPU provider of the same library (the reference), and the inputs it was fed.
-fn cpu_reference(model: &Path) -> anyhow::Result<(Vec<(String, DynValue)>, Outputs)> {
+fn cpu_reference(
+    model: &Path,
+    shipped: &Shipped,
+) -> anyhow::Result<(Vec<(String, DynValue)>, Outputs)> {
     let environment = olive_runtime::env::environment()?;
     // The reference computes the QDQ graph as written: ONNX Runtime fuses DequantizeLinear(8-bit weight) + MatMul
     // into MatMulNBits with accuracy level 4 by default (activations quantized to int8), which put a uint16-activation
@@ -397,7 +425,7 @@ fn cpu_reference(model: &Path) -> anyhow::Result<(Vec<(String, DynValue)>, Outpu
             };
             anyhow!("the CPU reference cannot open {}: {e}{hint}", model.display())
         })?;
-    let feeds = inputs(&session)?;
+    let feeds = shipped.inputs(&session)?;
     let outputs = run(&mut session, &feeds, CPU)?;
     Ok((feeds, outputs))
 }
@@ -433,93 +461,6 @@ fn compare(
         worst = worst.max(diff);
     }
     Ok(worst)
-}
-
-/// The graph's inputs filled as the module docs say.
-fn inputs(session: &Session) -> anyhow::Result<Vec<(String, DynValue)>> {
-    // Inputs with a default (an initializer of the same name, as ExtractAdapters leaves the LoRA weights) keep it.
-    let defaults: Vec<String> = session
-        .overridable_initializers()
-        .into_iter()
-        .map(|i| i.name().to_string())
-        .collect();
-    // A fixed-shape (static KV) decoder: attention_mask covers P past slots + the S input_ids; its empty cache is
-    // the past slots masked and zero (a dynamic decoder's is past length 0).
-    let fixed_last = |name: &str| -> Option<usize> {
-        let input = session.inputs().iter().find(|i| i.name() == name)?;
-        match input.dtype() {
-            ValueType::Tensor { shape, .. } => shape.last().and_then(|&d| usize::try_from(d).ok()),
-            _ => None,
-        }
-    };
-    let (past_slots, mask_len) = match (fixed_last("attention_mask"), fixed_last("input_ids")) {
-        (Some(total), Some(new)) if total > new => (total - new, total),
-        _ => (0, 1),
-    };
-    let mut feeds = Vec::new();
-    for input in session.inputs() {
-        let name = input.name().to_string();
-        if defaults.contains(&name) {
-            continue;
-        }
-        let empty_past = past_slots > 0 && name.starts_with("past_key_values");
-        let ValueType::Tensor {
-            ty,
-            shape,
-            dimension_symbols,
-        } = input.dtype()
-        else {
-            bail!("input {name} is not a tensor; the check feeds tensors only");
-        };
-        let dims: Vec<usize> = shape
-            .iter()
-            .zip(dimension_symbols.iter())
-            .map(|(&d, symbol)| match d {
-                d if d >= 0 => d as usize,
-                _ if symbol.contains("past") => 0,
-                _ if symbol.starts_with("batch") => 1,
-                _ => 4,
-            })
-            .collect();
-        let count: usize = dims.iter().product();
-        let ids = |i: usize| {
-            if name == "attention_mask" {
-                i64::from(past_slots == 0 || i % mask_len >= past_slots)
-            } else if name.contains("token_type") {
-                0
-            } else {
-                (i % 97) as i64
-            }
-        };
-        let ramp = |i: usize| {
-            if empty_past {
-                0.0
-            } else {
-                ((i % 17) as f32 - 8.0) / 8.0
-            }
-        };
-        let value: DynValue = match ty {
-            TensorElementType::Float32 => {
-                Tensor::from_array((dims, (0..count).map(ramp).collect::<Vec<f32>>()))?.into_dyn()
-            }
-            TensorElementType::Float16 => Tensor::from_array((
-                dims,
-                (0..count).map(|i| f16::from_f32(ramp(i))).collect::<Vec<f16>>(),
-            ))?
-            .into_dyn(),
-            TensorElementType::Int64 => {
-                Tensor::from_array((dims, (0..count).map(ids).collect::<Vec<i64>>()))?.into_dyn()
-            }
-            TensorElementType::Int32 => Tensor::from_array((
-                dims,
-                (0..count).map(|i| ids(i) as i32).collect::<Vec<i32>>(),
-            ))?
-            .into_dyn(),
-            other => bail!("input {name} has element type {other:?}; the check feeds float32, float16, int64 and int32"),
-        };
-        feeds.push((name, value));
-    }
-    Ok(feeds)
 }
 
 /// The node events of the session's profile (ONNX Runtime's Chrome-trace JSON: `cat` "Node", `args.provider`,

@@ -5,6 +5,7 @@
 //! ([`check`], in an `olive-host ep-check` process of its own, since a process loads one ONNX Runtime library).
 
 pub mod check;
+mod feeds;
 
 use std::ffi::{c_char, CStr, CString, OsString};
 use std::path::{Path, PathBuf};
