@@ -418,10 +418,11 @@ fn cpu_reference(
         })
         .and_then(|mut b| b.commit_from_file(model))
         .map_err(|e| {
-            let hint = match e.to_string().contains(EP_CONTEXT) {
-                true => " (an EPContext model runs on its provider only: give --reference_model, the model it was \
-                         compiled from)",
-                false => "",
+            let hint = if e.to_string().contains(EP_CONTEXT) {
+                " (an EPContext model runs on its provider only: give --reference_model, the model it was compiled \
+                 from)"
+            } else {
+                ""
             };
             anyhow!("the CPU reference cannot open {}: {e}{hint}", model.display())
         })?;

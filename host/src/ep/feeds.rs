@@ -35,9 +35,10 @@ impl Shipped {
             return Ok(Self::default());
         };
         let tokenizer = dir.join("tokenizer.json");
-        let passage_ids = match tokenizer.is_file() {
-            true => Some(encode_passage(&tokenizer)?),
-            false => None,
+        let passage_ids = if tokenizer.is_file() {
+            Some(encode_passage(&tokenizer)?)
+        } else {
+            None
         };
         let mut adapter = BTreeMap::new();
         let entries =
@@ -65,9 +66,10 @@ impl Shipped {
     pub fn or(self, other: Self) -> Self {
         Self {
             passage_ids: self.passage_ids.or(other.passage_ids),
-            adapter: match self.adapter.is_empty() {
-                true => other.adapter,
-                false => self.adapter,
+            adapter: if self.adapter.is_empty() {
+                other.adapter
+            } else {
+                self.adapter
             },
         }
     }
