@@ -14,6 +14,7 @@ pub mod fixed;
 pub mod histogram;
 pub mod mask;
 pub mod methods;
+mod place;
 pub mod qdq;
 pub mod qtype;
 pub mod residual;

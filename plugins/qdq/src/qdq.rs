@@ -34,15 +34,14 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use olive_onnx::graph::{attr_int, node};
-use olive_onnx::proto::{GraphProto, ModelProto, OperatorSetIdProto, TensorProto};
+use olive_onnx::proto::{GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto};
 use olive_pass_sdk::{kinds, Context, Error, Model, Pass};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use crate::qtype::{f32_tensor, QType, INT32};
+use crate::qtype::QType;
 use crate::types::{self, element_types};
-use crate::{calibrate, data, graph_of, mask, methods, residual, rewrite_model, weights};
+use crate::{calibrate, data, graph_of, mask, methods, place, residual, rewrite_model, weights};
 
 /// ORT's default op types for QDQ (registry.py: QDQRegistry and QLinearOpsRegistry keys).
 pub const DEFAULT_OPS: &[&str] = &[
@@ -79,21 +78,6 @@ pub const DEFAULT_OPS: &[&str] = &[
     "Transpose",
     "Unsqueeze",
     "Where",
-];
-
-/// Ops whose output shares its (first) input's scale and zero point.
-const SAME_AS_INPUT: &[&str] = &[
-    "Reshape",
-    "Transpose",
-    "Squeeze",
-    "Unsqueeze",
-    "Flatten",
-    "Slice",
-    "AveragePool",
-    "TopK",
-    "MaxPool",
-    "Gather",
-    "GatherElements",
 ];
 
 /// The config of `OnnxStaticQuantization` / `OnnxQuantization` (Olive's keys).
@@ -193,33 +177,49 @@ fn eight() -> usize {
     8
 }
 
+/// Ops whose output shares its (first) input's scale and zero point.
+const SAME_AS_INPUT: &[&str] = &[
+    "Reshape",
+    "Transpose",
+    "Squeeze",
+    "Unsqueeze",
+    "Flatten",
+    "Slice",
+    "AveragePool",
+    "TopK",
+    "MaxPool",
+    "Gather",
+    "GatherElements",
+];
+
 /// What the pass decided, before any rewriting.
-struct Plan {
+pub(crate) struct Plan {
     /// Activation tensors to quantize, in graph order.
-    activations: Vec<String>,
+    pub(crate) activations: Vec<String>,
     /// Activation tensor -> the tensor whose params it shares.
-    shared: HashMap<String, String>,
+    pub(crate) shared: HashMap<String, String>,
     /// Softmax outputs (fixed range [0, 1]).
-    fixed: HashSet<String>,
+    pub(crate) fixed: HashSet<String>,
     /// Sigmoid and Tanh outputs -> their op (QNN's fixed 16-bit params).
-    squashed: HashMap<String, &'static str>,
+    pub(crate) squashed: HashMap<String, &'static str>,
     /// Float initializers to quantize as weights.
-    weights: Vec<String>,
+    pub(crate) weights: Vec<String>,
     /// Weights quantized per channel (per_channel on) -> their channel axis.
-    axes: HashMap<String, usize>,
+    pub(crate) axes: HashMap<String, usize>,
     /// Float initializers read by an input that is no weight input of its op (an Add's bias, a Gather's table):
     /// ORT quantizes them as activations (activation type and symmetry, per tensor).
-    constants: HashSet<String>,
+    pub(crate) constants: HashSet<String>,
     /// The scales of normalization ops (input 1).
-    norm_scales: HashSet<String>,
+    pub(crate) norm_scales: HashSet<String>,
     /// Bias initializer -> (input activation, weight) whose scales multiply.
-    biases: Vec<(String, String, String)>,
+    pub(crate) biases: Vec<(String, String, String)>,
     /// Where's float constant inputs -> the Where output whose type and params they take (a -3.4e38 mask
     /// constant as an 8-bit weight of its own range, beside a 16-bit output, fails QNN's finalize).
-    selected: Vec<(String, String)>,
+    pub(crate) selected: Vec<(String, String)>,
 }
 
-/// `residual`: the residual Adds' outputs left float; `per_tensor`: weights kept per tensor (see [`residual`]).
+/// The plan for `graph`, quantizing the nodes of `ops` that `c`'s node lists select. `residual`: the residual Adds'
+/// outputs left float; `per_tensor`: weights kept per tensor (see [`residual`]).
 fn plan(
     graph: &GraphProto,
     ops: &HashSet<String>,
@@ -227,13 +227,6 @@ fn plan(
     residual: &HashSet<String>,
     per_tensor: &HashSet<String>,
 ) -> Plan {
-    let types = element_types(graph);
-    let initializers: HashSet<&str> = graph
-        .initializer
-        .iter()
-        .filter_map(|t| t.name.as_deref())
-        .collect();
-    let float = |n: &str| !n.is_empty() && types.get(n) == Some(&types::FLOAT);
     let include: Option<HashSet<&str>> = c
         .nodes_to_quantize
         .as_ref()
@@ -244,28 +237,29 @@ fn plan(
         .flatten()
         .map(String::as_str)
         .collect();
-    let mut p = Plan {
-        activations: Vec::new(),
-        shared: HashMap::new(),
-        fixed: HashSet::new(),
-        squashed: HashMap::new(),
-        weights: Vec::new(),
-        axes: HashMap::new(),
-        constants: HashSet::new(),
-        norm_scales: HashSet::new(),
-        biases: Vec::new(),
-        selected: Vec::new(),
-    };
-    let mut seen: HashSet<String> = HashSet::new();
-    let add = |p: &mut Plan, name: &str, seen: &mut HashSet<String>| {
-        if !seen.insert(name.to_owned()) {
-            return;
-        }
-        if initializers.contains(name) {
-            p.weights.push(name.to_owned());
-        } else {
-            p.activations.push(name.to_owned());
-        }
+    let mut planner = Planner {
+        graph,
+        types: element_types(graph),
+        initializers: graph
+            .initializer
+            .iter()
+            .filter_map(|t| t.name.as_deref())
+            .collect(),
+        per_channel: c.per_channel,
+        per_tensor,
+        seen: HashSet::new(),
+        p: Plan {
+            activations: Vec::new(),
+            shared: HashMap::new(),
+            fixed: HashSet::new(),
+            squashed: HashMap::new(),
+            weights: Vec::new(),
+            axes: HashMap::new(),
+            constants: HashSet::new(),
+            norm_scales: HashSet::new(),
+            biases: Vec::new(),
+            selected: Vec::new(),
+        },
     };
     for node in &graph.node {
         let op = node.op_type.as_deref().unwrap_or("");
@@ -277,98 +271,155 @@ fn plan(
         {
             continue;
         }
-        let data_inputs: Vec<usize> = match op {
-            "Gather" | "GatherElements" => vec![0],
-            "Where" => vec![1, 2],
-            "Reshape" | "Slice" | "Squeeze" | "Unsqueeze" | "TopK" | "Split" | "Pad" | "Resize"
-            | "Clip" => {
-                vec![0]
-            }
-            _ => (0..node.input.len()).collect(),
-        };
-        let bias_slot =
-            matches!(op, "Gemm" | "Conv" | "ConvTranspose" | "LayerNormalization").then_some(2);
-        for k in data_inputs {
-            let Some(input) = node.input.get(k).filter(|n| float(n)) else {
-                continue;
-            };
-            if Some(k) == bias_slot && initializers.contains(input.as_str()) {
-                if let (Some(x), Some(w)) = (node.input.first(), node.input.get(1)) {
-                    if seen.insert(input.clone()) {
-                        p.biases.push((input.clone(), x.clone(), w.clone()));
-                    }
-                }
-                continue;
-            }
-            if op == "Where" && initializers.contains(input.as_str()) {
-                if let Some(output) = node.output.first().filter(|n| float(n)) {
-                    if seen.insert(input.clone()) {
-                        p.selected.push((input.clone(), output.clone()));
-                    }
-                    continue;
-                }
-            }
-            if initializers.contains(input.as_str())
-                && !seen.contains(input)
-                && !weights::is_weight_input(op, k)
-            {
-                p.constants.insert(input.clone());
-            }
-            if k == 1 && op.ends_with("Normalization") && initializers.contains(input.as_str()) {
-                p.norm_scales.insert(input.clone());
-            }
-            if c.per_channel
-                && initializers.contains(input.as_str())
-                && !seen.contains(input)
-                && !per_tensor.contains(input)
-            {
-                let rank = graph
-                    .initializer
-                    .iter()
-                    .find(|t| t.name.as_deref() == Some(input.as_str()))
-                    .map_or(0, |t| t.dims.len());
-                if let Some(axis) = weights::channel_axis(node, k, rank) {
-                    p.axes.insert(input.clone(), axis);
-                }
-            }
-            add(&mut p, input, &mut seen);
+        for k in data_inputs(op, node.input.len()) {
+            planner.input(node, op, k);
         }
         for (j, output) in node.output.iter().enumerate() {
-            if !float(output) {
-                continue;
-            }
-            if j == 0 && SAME_AS_INPUT.contains(&op) {
-                if let Some(input) = node.input.first().filter(|n| float(n)) {
-                    p.shared.insert(output.clone(), input.clone());
-                }
-            }
-            match op {
-                "Softmax" => {
-                    p.fixed.insert(output.clone());
-                }
-                "Sigmoid" => {
-                    p.squashed.insert(output.clone(), "Sigmoid");
-                }
-                "Tanh" => {
-                    p.squashed.insert(output.clone(), "Tanh");
-                }
-                _ => {}
-            }
-            add(&mut p, output, &mut seen);
+            planner.output(node, op, j, output);
         }
     }
-    p
+    planner.p
 }
 
-/// Quantizes `model` in place; returns the report.
-pub fn quantize(
-    model: &mut ModelProto,
-    c: &StaticConfig,
-    scratch: &Path,
-    model_dir: &Path,
-    pass: &str,
-    warn: &dyn Fn(&str),
-) -> Result<serde_json::Value, Error> {
+/// The input slots of `op` (of `count` inputs) that carry data, not shapes, indices or bounds.
+fn data_inputs(op: &str, count: usize) -> Vec<usize> {
+    match op {
+        "Gather" | "GatherElements" => vec![0],
+        "Where" => vec![1, 2],
+        "Reshape" | "Slice" | "Squeeze" | "Unsqueeze" | "TopK" | "Split" | "Pad" | "Resize"
+        | "Clip" => {
+            vec![0]
+        }
+        _ => (0..count).collect(),
+    }
+}
+
+/// The state of [`plan`]'s walk over the graph's nodes.
+struct Planner<'g> {
+    graph: &'g GraphProto,
+    /// Tensor -> its ONNX element type.
+    types: HashMap<String, i32>,
+    /// The names of the graph's initializers.
+    initializers: HashSet<&'g str>,
+    per_channel: bool,
+    per_tensor: &'g HashSet<String>,
+    /// Tensors already planned (each is quantized once).
+    seen: HashSet<String>,
+    p: Plan,
+}
+
+impl Planner<'_> {
+    /// Whether `n` names a float tensor.
+    fn float(&self, n: &str) -> bool {
+        !n.is_empty() && self.types.get(n) == Some(&types::FLOAT)
+    }
+
+    /// Plans `name` as a weight (an initializer) or an activation, unless it is planned already.
+    fn add(&mut self, name: &str) {
+        if !self.seen.insert(name.to_owned()) {
+            return;
+        }
+        if self.initializers.contains(name) {
+            self.p.weights.push(name.to_owned());
+        } else {
+            self.p.activations.push(name.to_owned());
+        }
+    }
+
+    /// Plans input `k` of `node` (of op `op`) when it is float.
+    fn input(&mut self, node: &NodeProto, op: &str, k: usize) {
+        let Some(input) = node.input.get(k).filter(|n| self.float(n)) else {
+            return;
+        };
+        let initializer = self.initializers.contains(input.as_str());
+        let bias_slot =
+            matches!(op, "Gemm" | "Conv" | "ConvTranspose" | "LayerNormalization").then_some(2);
+        if Some(k) == bias_slot && initializer {
+            if let (Some(x), Some(w)) = (node.input.first(), node.input.get(1)) {
+                if self.seen.insert(input.clone()) {
+                    self.p.biases.push((input.clone(), x.clone(), w.clone()));
+                }
+            }
+            return;
+        }
+        if op == "Where" && initializer {
+            if let Some(output) = node.output.first().filter(|n| self.float(n)) {
+                if self.seen.insert(input.clone()) {
+                    self.p.selected.push((input.clone(), output.clone()));
+                }
+                return;
+            }
+        }
+        if initializer && !self.seen.contains(input) && !weights::is_weight_input(op, k) {
+            self.p.constants.insert(input.clone());
+        }
+        if k == 1 && op.ends_with("Normalization") && initializer {
+            self.p.norm_scales.insert(input.clone());
+        }
+        if self.per_channel
+            && initializer
+            && !self.seen.contains(input)
+            && !self.per_tensor.contains(input)
+        {
+            let rank = self
+                .graph
+                .initializer
+                .iter()
+                .find(|t| t.name.as_deref() == Some(input.as_str()))
+                .map_or(0, |t| t.dims.len());
+            if let Some(axis) = weights::channel_axis(node, k, rank) {
+                self.p.axes.insert(input.clone(), axis);
+            }
+        }
+        self.add(input);
+    }
+
+    /// Plans output `j` of `node` (of op `op`), `output`, when it is float.
+    fn output(&mut self, node: &NodeProto, op: &str, j: usize, output: &str) {
+        if !self.float(output) {
+            return;
+        }
+        if j == 0 && SAME_AS_INPUT.contains(&op) {
+            if let Some(input) = node.input.first().filter(|n| self.float(n)) {
+                self.p.shared.insert(output.to_owned(), input.clone());
+            }
+        }
+        match op {
+            "Softmax" => {
+                self.p.fixed.insert(output.to_owned());
+            }
+            "Sigmoid" => {
+                self.p.squashed.insert(output.to_owned(), "Sigmoid");
+            }
+            "Tanh" => {
+                self.p.squashed.insert(output.to_owned(), "Tanh");
+            }
+            _ => {}
+        }
+        self.add(output);
+    }
+}
+
+/// The checked settings of a [`StaticConfig`].
+pub(crate) struct Settings {
+    calibration: methods::Calibration,
+    /// The activation type and symmetry.
+    pub(crate) act: QType,
+    pub(crate) act_sym: bool,
+    /// The weight type and symmetry.
+    pub(crate) wt: QType,
+    pub(crate) w_sym: bool,
+    /// The op types to quantize.
+    ops: HashSet<String>,
+    /// Weights kept per tensor (see [`residual`]).
+    per_tensor: HashSet<String>,
+    /// QNN: 16-bit Sigmoid/Tanh outputs take QNN's fixed params; the HTP refuses a LayerNormalization whose scale is
+    /// signed (int8/int4) beside 16-bit activations, so such a scale is uint8 (asymmetric) whatever weight_type says.
+    pub(crate) qnn: bool,
+}
+
+/// The settings of `c`, refusing by name what olive-rs does not do; `pass` names the pass in errors.
+fn settings(c: &StaticConfig, pass: &str) -> Result<Settings, Error> {
     let bad = |m: String| Err(Error::InvalidConfig(m));
     if c.quant_format != "QDQ" {
         return bad(format!(
@@ -424,14 +475,36 @@ pub fn quantize(
         ops.remove(op);
     }
     let per_tensor = residual::per_tensor_overrides(c.extra_options.as_ref(), &c.weight_type)?;
+    Ok(Settings {
+        calibration,
+        act,
+        act_sym,
+        wt,
+        w_sym,
+        ops,
+        per_tensor,
+        qnn: c.execution_provider.as_deref() == Some("QNNExecutionProvider"),
+    })
+}
+
+/// Quantizes `model` in place; returns the report.
+pub fn quantize(
+    model: &mut ModelProto,
+    c: &StaticConfig,
+    scratch: &Path,
+    model_dir: &Path,
+    pass: &str,
+    warn: &dyn Fn(&str),
+) -> Result<serde_json::Value, Error> {
+    let s = settings(c, pass)?;
     let graph = graph_of(model)?;
     let residual = residual::residual_adds(graph, c.float_residual);
-    let plan = plan(graph, &ops, c, &residual, &per_tensor);
+    let plan = plan(graph, &s.ops, c, &residual, &s.per_tensor);
     if plan.activations.is_empty() && plan.weights.is_empty() {
         return Err(Error::UnsupportedModel(format!(
             "no float tensor of the op types {:?} to quantize",
             {
-                let mut v: Vec<&String> = ops.iter().collect();
+                let mut v: Vec<&String> = s.ops.iter().collect();
                 v.sort();
                 v
             }
@@ -453,271 +526,34 @@ pub fn quantize(
         None => calibrate::graph_samples(graph, c.calibration_samples, c.seed, model_dir, warn)?,
     };
     let samples_used = samples.len();
-    let mut ranges = calibration.ranges(pass, model, &calibrated, &samples, scratch)?;
+    let mut ranges = s
+        .calibration
+        .ranges(pass, model, &calibrated, &samples, scratch)?;
     let graph = graph_of(model)?;
-    let floored = if c.keep_attention_mask.unwrap_or(act.bits16()) {
+    let floored = if c.keep_attention_mask.unwrap_or(s.act.bits16()) {
         mask::floor_ranges(&mut ranges, &mask::fill_paths(graph))
     } else {
         0
     };
-    // QNN: 16-bit Sigmoid/Tanh outputs take QNN's fixed params; the HTP refuses a LayerNormalization whose scale is
-    // signed (int8/int4) beside 16-bit activations, so such a scale is uint8 (asymmetric) whatever weight_type says.
-    let qnn = c.execution_provider.as_deref() == Some("QNNExecutionProvider");
-    // Activation params (shared ones resolved along the chain).
-    let mut params: HashMap<String, (String, String)> = HashMap::new();
-    let mut new_inits: Vec<TensorProto> = Vec::new();
-    let mut values: HashMap<String, (f32, f32)> = HashMap::new();
-    for t in &plan.activations {
-        if plan.shared.contains_key(t) {
-            continue;
-        }
-        let (lo, hi) = if plan.fixed.contains(t) {
-            (0.0, 1.0)
-        } else {
-            *ranges
-                .get(t)
-                .ok_or_else(|| Error::Failed(format!("calibration gave no range for `{t}`")))?
-        };
-        let (scale, zp) = match (qnn && act.bits16(), plan.squashed.get(t), act.qmin < 0.0) {
-            // ORT's get_qnn_qdq_config (QnnCompatibilityOverrides): QNN's fixed 16-bit Sigmoid/Tanh outputs
-            (true, Some(&"Sigmoid"), false) => (1.0 / 65536.0, 0.0),
-            (true, Some(&"Tanh"), false) => (1.0 / 32768.0, 32768.0),
-            (true, Some(_), true) => (1.0 / 32768.0, 0.0),
-            _ => act.params(lo, hi, act_sym),
-        };
-        let (s, z) = (format!("{t}_scale"), format!("{t}_zero_point"));
-        new_inits.push(f32_tensor(&s, &[], &[scale]));
-        new_inits.push(act.tensor(&z, &[], &[zp as i32]));
-        params.insert(t.clone(), (s, z));
-        values.insert(t.clone(), (scale, zp));
-    }
-    // Weights.
-    let mut init_index: HashMap<String, usize> = HashMap::new();
-    for (i, t) in graph.initializer.iter().enumerate() {
-        if let Some(n) = &t.name {
-            init_index.insert(n.clone(), i);
-        }
-    }
-    let mut dq_nodes = Vec::new();
-    let mut rename: HashMap<String, String> = HashMap::new();
-    let mut weight_scales: HashMap<String, Vec<f32>> = HashMap::new();
+    let mut edits = place::activation_params(&plan, &ranges, &s)?;
     // ORT (opset < 21): every Q/DQ in the com.microsoft domain when a 16-bit or 4-bit type is in use.
     let opset = model_opset(model);
     let graph = graph_of(model)?;
-    let domain = if opset < 21 && (act.bits16() || wt.bits16() || wt.bits4()) {
+    let domain = if opset < 21 && (s.act.bits16() || s.wt.bits16() || s.wt.bits4()) {
         "com.microsoft"
     } else {
         ""
     };
-    let mut weights_done = 0;
-    for w in &plan.weights {
-        let axis = plan.axes.get(w).copied();
-        let (ty, symmetric) = if plan.constants.contains(w) {
-            (act, act_sym)
-        } else if qnn && plan.norm_scales.contains(w) && (wt.qmin < 0.0 || wt.bits4()) {
-            (QType::parse("QUInt8", "weight_type", &["QUInt8"])?, false)
-        } else {
-            (wt, w_sym)
-        };
-        let q = weights::quantize(
-            &graph.initializer[init_index[w]],
-            ty,
-            symmetric,
-            axis,
-            domain,
-        )?;
-        let out = q.dq.output[0].clone();
-        if axis.is_none() {
-            // A data-movement output of a weight (Gather of an embedding table) shares the weight's params.
-            let (s, z) = (q.dq.input[1].clone(), q.dq.input[2].clone());
-            params.insert(w.clone(), (s, z));
-            values.insert(w.clone(), (q.scales[0], q.zero_points[0]));
-        }
-        new_inits.extend(q.initializers);
-        dq_nodes.push(q.dq);
-        rename.insert(w.clone(), out);
-        weight_scales.insert(w.clone(), q.scales);
-        weights_done += 1;
-    }
-    for t in &plan.activations {
-        let mut root = t;
-        let mut hops = 0;
-        while let Some(next) = plan.shared.get(root) {
-            root = next;
-            hops += 1;
-            if hops > plan.activations.len() {
-                break;
-            }
-        }
-        if root != t {
-            let found = params.get(root).cloned().zip(values.get(root).copied());
-            match found {
-                Some((p, v)) => {
-                    params.insert(t.clone(), p);
-                    values.insert(t.clone(), v);
-                }
-                None => {
-                    return Err(Error::Failed(format!(
-                        "`{t}` shares the quantization of `{root}`, which is not quantized"
-                    )));
-                }
-            }
-        }
-    }
-    // Where constants: quantized with the Where output's params (a mask constant beyond the output's calibrated
-    // range saturates, as the output's own Q would saturate it).
-    for (w, out) in &plan.selected {
-        let (Some((s, z)), Some(&(scale, zp))) = (params.get(out).cloned(), values.get(out)) else {
-            return Err(Error::Failed(format!(
-                "`{w}` takes the quantization of `{out}`, which is not quantized"
-            )));
-        };
-        let t = &graph.initializer[init_index[w]];
-        let data = weights::values(t)?;
-        let q = format!("{w}_quantized");
-        new_inits.push(act.tensor(&q, &t.dims, &act.quantize(&data, scale, zp)));
-        let dq = format!("{w}_DequantizeLinear_Output");
-        dq_nodes.push(node(
-            domain,
-            "DequantizeLinear",
-            &format!("{w}_DequantizeLinear"),
-            &[&q, &s, &z],
-            &[&dq],
-            vec![],
-        ));
-        rename.insert(w.clone(), dq);
-    }
-    for (b, x, w) in &plan.biases {
-        let (Some(&(xs, _)), Some(ws)) = (values.get(x), weight_scales.get(w)) else {
-            continue;
-        };
-        let t = &graph.initializer[init_index[b]];
-        let data = weights::values(t)?;
-        // ORT: scale = input scale · weight scale (per channel: one per output channel, DQ axis 0)
-        let scales: Vec<f32> = ws.iter().map(|&ws| xs * ws).collect();
-        if scales.len() != 1 && scales.len() != data.len() {
-            return Err(Error::UnsupportedModel(format!(
-                "bias `{b}` has {} elements but its weight `{w}` {} channels",
-                data.len(),
-                scales.len()
-            )));
-        }
-        let q: Vec<i32> = data
-            .iter()
-            .enumerate()
-            .map(|(i, &v)| (v / scales[i % scales.len()]).round_ties_even() as i32)
-            .collect();
-        let (qn, s, z) = (
-            format!("{b}_quantized"),
-            format!("{b}_quantized_scale"),
-            format!("{b}_quantized_zero_point"),
-        );
-        let (dims, attrs) = if scales.len() == 1 {
-            (vec![], vec![])
-        } else {
-            (vec![scales.len() as i64], vec![attr_int("axis", 0)])
-        };
-        new_inits.push(INT32.tensor(&qn, &t.dims, &q));
-        new_inits.push(f32_tensor(&s, &dims, &scales));
-        new_inits.push(INT32.tensor(&z, &dims, &vec![0; scales.len()]));
-        let out = format!("{b}_DequantizeLinear_Output");
-        dq_nodes.push(node(
-            domain,
-            "DequantizeLinear",
-            &format!("{b}_DequantizeLinear"),
-            &[&qn, &s, &z],
-            &[&out],
-            attrs,
-        ));
-        rename.insert(b.clone(), out);
-    }
-    // Activations: Q -> DQ after the producer (graph inputs: first).
-    let outputs: HashSet<String> = graph.output.iter().filter_map(|o| o.name.clone()).collect();
-    let mut qdq_after: HashMap<String, Vec<olive_onnx::proto::NodeProto>> = HashMap::new();
-    let mut producer_rename: HashMap<String, String> = HashMap::new();
-    for t in &plan.activations {
-        let (s, z) = &params[t];
-        let is_output = outputs.contains(t);
-        let source = if is_output {
-            format!("{t}_QuantizeLinear_Input")
-        } else {
-            t.clone()
-        };
-        let qout = format!("{t}_QuantizeLinear_Output");
-        let dqout = if is_output {
-            t.clone()
-        } else {
-            format!("{t}_DequantizeLinear_Output")
-        };
-        let pair = vec![
-            node(
-                domain,
-                "QuantizeLinear",
-                &format!("{t}_QuantizeLinear"),
-                &[&source, s, z],
-                &[&qout],
-                vec![],
-            ),
-            node(
-                domain,
-                "DequantizeLinear",
-                &format!("{t}_DequantizeLinear"),
-                &[&qout, s, z],
-                &[&dqout],
-                vec![],
-            ),
-        ];
-        qdq_after.insert(t.clone(), pair);
-        if is_output {
-            producer_rename.insert(t.clone(), source);
-        } else {
-            rename.insert(t.clone(), dqout);
-        }
-    }
-    let inputs: Vec<String> = graph.input.iter().filter_map(|i| i.name.clone()).collect();
-    let mut nodes = dq_nodes;
-    for i in &inputs {
-        if let Some(pair) = qdq_after.remove(i) {
-            nodes.extend(pair);
-        }
-    }
-    let old = std::mem::take(&mut graph.node);
-    let activations = plan.activations.len();
-    for mut n in old {
-        // A residual Add reads the previous sum's float tensor (float_residual).
-        let float_sum = n.op_type.as_deref() == Some("Add")
-            && n.output.first().is_some_and(|o| residual.contains(o));
-        for input in n.input.iter_mut() {
-            if float_sum && residual.contains(input) {
-                continue;
-            }
-            if let Some(r) = rename.get(input) {
-                *input = r.clone();
-            }
-        }
-        let mut after = Vec::new();
-        for output in n.output.iter_mut() {
-            if let Some(pair) = qdq_after.remove(output) {
-                after.extend(pair);
-            }
-            if let Some(r) = producer_rename.get(output) {
-                *output = r.clone();
-            }
-        }
-        nodes.push(n);
-        nodes.extend(after);
-    }
-    graph.node = nodes;
-    let quantized: HashSet<&String> = plan
-        .weights
-        .iter()
-        .chain(plan.biases.iter().map(|b| &b.0))
-        .chain(plan.selected.iter().map(|s| &s.0))
-        .collect();
-    graph
+    let initializers: HashMap<&str, &TensorProto> = graph
         .initializer
-        .retain(|t| t.name.as_ref().is_none_or(|n| !quantized.contains(n)));
-    graph.initializer.extend(new_inits);
+        .iter()
+        .filter_map(|t| Some((t.name.as_deref()?, t)))
+        .collect();
+    let weight_scales = edits.weights(&initializers, &plan, &s, domain)?;
+    edits.share_params(&plan)?;
+    edits.where_constants(&initializers, &plan, s.act, domain)?;
+    edits.biases(&initializers, &plan, &weight_scales, domain)?;
+    edits.apply(graph, &plan, &residual, domain);
     if !domain.is_empty()
         && !model
             .opset_import
@@ -730,13 +566,13 @@ pub fn quantize(
         });
     }
     Ok(serde_json::json!({
-        "activations": activations,
-        "weights": weights_done,
+        "activations": plan.activations.len(),
+        "weights": plan.weights.len(),
         "biases": plan.biases.len(),
         "activation_type": c.activation_type,
         "weight_type": c.weight_type,
         "per_channel": c.per_channel,
-        "per_tensor_overrides": per_tensor.len(),
+        "per_tensor_overrides": s.per_tensor.len(),
         "float_residual_adds": residual.len(),
         "mask_ranges_floored": floored,
         "calibration_samples": samples_used,
