@@ -53,6 +53,18 @@ def static_feed(ids, past: dict, valid_past: int, first_position: int, session) 
     return feed
 
 
+def htp_vs_fp32(qdq_dir: Path, fp32_dir: Path, tokenizer: Path) -> tuple:
+    """PROMPT's first S tokens as a first prompt: the static QDQ model in `qdq_dir` on the HTP simulator against the
+    GroupQueryAttention fp32 export in `fp32_dir`; (logits cosine, top-1 agreement)."""
+    ids = np.array([Tokenizer.from_file(str(tokenizer)).encode(PROMPT).ids[:S]], np.int64)
+    gqa = cpu(fp32_dir / "model.onnx")
+    empty = {i.name: np.zeros((1, i.shape[1], 0, i.shape[3]), np.float32) for i in kv_inputs(gqa)}
+    fp32 = gqa.run(["logits"], {"input_ids": ids, "attention_mask": np.ones((1, S), np.int64), **empty})[0]
+    model = str(qdq_dir / "model.onnx")
+    htp = qnn_session(model).run(["logits"], static_feed(ids, {}, 0, 0, cpu(model)))[0]
+    cos = float((htp * fp32).sum() / np.linalg.norm(htp) / np.linalg.norm(fp32))
+    return cos, float((htp.argmax(-1) == fp32.argmax(-1)).mean())
+
 def test_auto_opt_puts_a_hugging_face_llm_fully_on_the_htp_simulator(olive_host, qnn_env, tiny, tmp_path):
     out = tmp_path / "qnn"
     done = run([olive_host, "auto-opt", "-m", tiny, *QNN, "--precision", "uint16", "-o", out], env=qnn_env)
@@ -140,14 +152,8 @@ def test_auto_opt_puts_the_default_model_on_the_htp_simulator(olive_host, qnn_en
     ref = tmp_path / "cpu"
     done = run([olive_host, "auto-opt", "-m", src, "--device", "cpu", "--precision", "fp32", "-o", ref])
     assert done.returncode == 0, done.stderr
-    ids = np.array([Tokenizer.from_file(str(src / "tokenizer.json")).encode(PROMPT).ids[:S]], np.int64)
-    gqa = cpu(ref / "model" / "model.onnx")
-    empty = {i.name: np.zeros((1, i.shape[1], 0, i.shape[3]), np.float32) for i in kv_inputs(gqa)}
-    fp32 = gqa.run(["logits"], {"input_ids": ids, "attention_mask": np.ones((1, S), np.int64), **empty})[0]
-    model = str(out / "model" / "model.onnx")
-    htp = qnn_session(model).run(["logits"], static_feed(ids, {}, 0, 0, cpu(model)))[0]
-    cos = float((htp * fp32).sum() / np.linalg.norm(htp) / np.linalg.norm(fp32))
-    print(f"SmolLM2 HTP cosine to fp32 {cos:.4f}, top-1 {float((htp.argmax(-1) == fp32.argmax(-1)).mean()):.2f}")
+    cos, top1 = htp_vs_fp32(out / "model", ref / "model", src / "tokenizer.json")
+    print(f"SmolLM2 HTP cosine to fp32 {cos:.4f}, top-1 {top1:.2f}")
     assert cos >= 0.99
 
 
@@ -210,13 +216,6 @@ def test_the_labs_quantized_and_fine_tuned_model_passes_on_the_htp_simulator(oli
                 json.dumps({"precision": "fp32", "merge_adapter": True}), "-m", ft / "model",
                 "--adapter_path", ft / "adapter", "-o", ref])
     assert done.returncode == 0, done.stderr
-    ids = np.array([Tokenizer.from_file(str(src / "tokenizer.json")).encode(PROMPT).ids[:S]], np.int64)
-    gqa = cpu(ref / "model" / "model.onnx")
-    empty = {i.name: np.zeros((1, i.shape[1], 0, i.shape[3]), np.float32) for i in kv_inputs(gqa)}
-    fp32 = gqa.run(["logits"], {"input_ids": ids, "attention_mask": np.ones((1, S), np.int64), **empty})[0]
-    model = str(out / "model" / "model.onnx")
-    htp = qnn_session(model).run(["logits"], static_feed(ids, {}, 0, 0, cpu(model)))[0]
-    cos = float((htp * fp32).sum() / np.linalg.norm(htp) / np.linalg.norm(fp32))
-    print(f"int4 + LoRA SmolLM2: HTP cosine to the merged fp32 export {cos:.4f}, "
-          f"top-1 {float((htp.argmax(-1) == fp32.argmax(-1)).mean()):.2f}")
+    cos, top1 = htp_vs_fp32(out / "model", ref / "model", src / "tokenizer.json")
+    print(f"int4 + LoRA SmolLM2: HTP cosine to the merged fp32 export {cos:.4f}, top-1 {top1:.2f}")
     assert cos >= 0.99
