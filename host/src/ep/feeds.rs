@@ -34,9 +34,8 @@ impl Shipped {
         let Some(dir) = model.parent() else {
             return Ok(Self::default());
         };
-        let tokenizer = dir.join("tokenizer.json");
-        let passage_ids = if tokenizer.is_file() {
-            Some(encode_passage(&tokenizer)?)
+        let passage_ids = if dir.join("tokenizer.json").is_file() {
+            Some(encode_passage(dir)?)
         } else {
             None
         };
@@ -197,11 +196,10 @@ impl Shipped {
     }
 }
 
-/// [`PASSAGE`] in the ids of the tokenizer `file`.
-fn encode_passage(file: &Path) -> anyhow::Result<Vec<i64>> {
-    let tokenizer = tokenizers::Tokenizer::from_file(file)
-        .map_err(|e| anyhow!("cannot read the tokenizer {}: {e}", file.display()))?;
-    let encoding = tokenizer
+/// [`PASSAGE`] in the ids of `dir`'s tokenizer.json.
+fn encode_passage(dir: &Path) -> anyhow::Result<Vec<i64>> {
+    let file = dir.join("tokenizer.json");
+    let encoding = olive_model::tokenizer::load(dir)?
         .encode(PASSAGE, true)
         .map_err(|e| anyhow!("the tokenizer {} cannot encode text: {e}", file.display()))?;
     let ids: Vec<i64> = encoding.get_ids().iter().map(|&id| i64::from(id)).collect();
