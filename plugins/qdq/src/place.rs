@@ -6,7 +6,7 @@
 use std::collections::{HashMap, HashSet};
 
 use olive_onnx::graph::{attr_int, node};
-use olive_onnx::proto::{GraphProto, NodeProto, TensorProto};
+use olive_onnx::proto::{AttributeProto, GraphProto, NodeProto, TensorProto};
 use olive_pass_sdk::Error;
 
 use crate::qdq::{Plan, Settings};
@@ -162,18 +162,30 @@ impl Edits {
             let q = format!("{w}_quantized");
             self.initializers
                 .push(act.tensor(&q, &t.dims, &act.quantize(&data, scale, zp)));
-            let dq = format!("{w}_DequantizeLinear_Output");
-            self.dq_nodes.push(node(
-                domain,
-                "DequantizeLinear",
-                &format!("{w}_DequantizeLinear"),
-                &[&q, &s, &z],
-                &[&dq],
-                vec![],
-            ));
-            self.rename.insert(w.clone(), dq);
+            self.dequantize(w, [&q, &s, &z], vec![], domain);
         }
         Ok(())
+    }
+
+    /// `<name>_DequantizeLinear` (in `domain`) of its quantized tensor, scale and zero point, whose output replaces
+    /// `name` in the graph.
+    fn dequantize(
+        &mut self,
+        name: &str,
+        inputs: [&str; 3],
+        attrs: Vec<AttributeProto>,
+        domain: &str,
+    ) {
+        let out = format!("{name}_DequantizeLinear_Output");
+        self.dq_nodes.push(node(
+            domain,
+            "DequantizeLinear",
+            &format!("{name}_DequantizeLinear"),
+            &inputs,
+            &[&out],
+            attrs,
+        ));
+        self.rename.insert(name.to_owned(), out);
     }
 
     /// Biases as int32 with scale = input scale · weight scale (`weight_scales`) and zero point 0; a bias whose
@@ -219,16 +231,7 @@ impl Edits {
             self.initializers.push(f32_tensor(&s, &dims, &scales));
             self.initializers
                 .push(INT32.tensor(&z, &dims, &vec![0; scales.len()]));
-            let out = format!("{b}_DequantizeLinear_Output");
-            self.dq_nodes.push(node(
-                domain,
-                "DequantizeLinear",
-                &format!("{b}_DequantizeLinear"),
-                &[&qn, &s, &z],
-                &[&out],
-                attrs,
-            ));
-            self.rename.insert(b.clone(), out);
+            self.dequantize(b, [&qn, &s, &z], attrs, domain);
         }
         Ok(())
     }
