@@ -142,13 +142,18 @@ fn label(c: &MmConfig) -> String {
                 String::new()
             }
         )
-    } else if c.cluster > 1 {
-        format!(
-            "{},{},{},{},{} c{}",
-            c.rt, c.nb8, c.wk, c.wn, c.wb, c.cluster
-        )
     } else if c.stages == 0 {
-        format!("{},{},{},{},{}", c.rt, c.nb8, c.wk, c.wn, c.wb)
+        let pf = if c.prefetch > 1 {
+            format!(" p{}", c.prefetch)
+        } else {
+            String::new()
+        };
+        let cl = if c.cluster > 1 {
+            format!(" c{}", c.cluster)
+        } else {
+            String::new()
+        };
+        format!("{},{},{},{},{}{pf}{cl}", c.rt, c.nb8, c.wk, c.wn, c.wb)
     } else {
         format!(
             "pipe {},{},{},{} s{} b{}",

@@ -22,9 +22,8 @@
 // Two product kernels: w4_mm (batch tiles of 8 or 16 columns, K split over the warps of a block, weights streamed
 // from memory into registers; with groups of whole 64-input chunks it feeds the exact (q - z) to the mma and scales
 // each chunk's fp32 sums) for decode, and w4_mm_pipe (cp.async stages in shared memory, K split over blocks when
-// the output tiles are few) for larger batches; kernels/src/cuda/w4a16.rs picks one per batch size. On sm_90 and
-// later w4_mm also comes in thread-block-cluster variants (blocks of a cluster split K, adding up through
-// distributed shared memory), and w4a16_sm90.cu, appended to this file, adds the wgmma kernel for sm_90a.
+// the output tiles are few) for larger batches; kernels/src/cuda/w4a16.rs picks one per batch size. w4a16_sm90.cu,
+// appended to this file, adds the warp-specialised wgmma kernel for sm_90a.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -132,9 +131,9 @@ __device__ __forceinline__ uint4 ldg_stream(const uint4 *p) {
     return v;
 }
 
-// Thread-block clusters (sm_90; unused and never launched on older devices): this block's rank in its cluster,
-// a barrier over the cluster's threads (release/acquire: shared-memory writes before it are seen after it), and a
-// float (four, 16-byte aligned) of another block's shared memory at the same offset as `p`.
+// Thread-block clusters (sm_90, for w4a16_sm90.cu's kernels): this block's rank in its cluster, a barrier over the
+// cluster's threads (release/acquire: shared-memory writes before it are seen after it), and four floats (16-byte
+// aligned) of another block's shared memory at the same offset as `p`.
 __device__ __forceinline__ int cluster_rank() {
     u32 r = 0;
 #if __CUDA_ARCH__ >= 900
@@ -146,15 +145,6 @@ __device__ __forceinline__ void cluster_sync() {
 #if __CUDA_ARCH__ >= 900
     asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
 #endif
-}
-__device__ __forceinline__ float ld_cluster(const float *p, int rank) {
-    float v = 0.f;
-#if __CUDA_ARCH__ >= 900
-    u32 remote;
-    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote) : "r"((u32)__cvta_generic_to_shared(p)), "r"(rank));
-    asm volatile("ld.shared::cluster.f32 %0, [%1];\n" : "=f"(v) : "r"(remote) : "memory");
-#endif
-    return v;
 }
 __device__ __forceinline__ float4 ld_cluster4(const float *p, int rank) {
     float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
@@ -170,10 +160,9 @@ __device__ __forceinline__ float4 ld_cluster4(const float *p, int rank) {
 }
 
 // The product for one block: warps split as WK (input chunks, reduced at the end) x WN (row groups of RT tiles) x
-// WB (batch groups of NB8 x 8 columns). Weight tiles and their metadata are prefetched one chunk ahead. With CL > 1
-// (sm_90 thread-block clusters of CL blocks along x) the CL blocks of a cluster split the chunks of one row block
-// and add up through distributed shared memory, so few row tiles still spread evenly over the multiprocessors.
-template <typename T, int RT, int NB8, int WK, int WN, int WB, int CL>
+// WB (batch groups of NB8 x 8 columns). Each warp keeps PF chunks' weight tiles and metadata loading while it
+// consumes one.
+template <typename T, int RT, int NB8, int WK, int WN, int WB, int PF>
 __device__ __forceinline__ void w4_mm(T *__restrict__ y, const T *__restrict__ x, const uint4 *__restrict__ tiles,
                                       const u32 *__restrict__ meta, int batch, int n, int k, int group) {
     typedef W4<T> Op;
@@ -186,8 +175,7 @@ __device__ __forceinline__ void w4_mm(T *__restrict__ y, const T *__restrict__ x
     const int wk = warp % WK, wn = (warp / WK) % WN, wb = warp / (WK * WN);
     const int g = lane >> 2, t = lane & 3;
     const int ntiles = n >> 4, nchunks = k >> 6;
-    const int rank = CL > 1 ? cluster_rank() : 0;
-    const int tile0 = ((blockIdx.x / CL) * WN + wn) * RT;
+    const int tile0 = (blockIdx.x * WN + wn) * RT;
     const int col0 = (blockIdx.y * WB + wb) * NB8 * 8;
 
     float acc[RT][NB8][4];
@@ -212,8 +200,6 @@ __device__ __forceinline__ void w4_mm(T *__restrict__ y, const T *__restrict__ x
 
     // Small batch tiles with groups of whole chunks scale after the mma (fewer instructions, exact levels).
     const bool scale_after = NB8 <= 2 && (group & 63) == 0;
-    uint4 wcur[RT], wnxt[RT];
-    u32 mcur[RT][2], mnxt[RT][2];
     // Per-row-tile bases, so a chunk's loads cost a 32-bit offset each (and no division for the group).
     const GroupOf grp_of = group_of(group);
     const uint4 *wbase[RT];
@@ -238,11 +224,8 @@ __device__ __forceinline__ void w4_mm(T *__restrict__ y, const T *__restrict__ x
             }
         }
     };
-    constexpr int STEP = WK * CL;
-    const int cfirst = wk + WK * rank;
-    if (cfirst < nchunks) load(cfirst, wcur, mcur);
-    for (int c = cfirst; c < nchunks; c += STEP) {
-        if (c + STEP < nchunks) load(c + STEP, wnxt, mnxt);
+    // One chunk's products from its weight words `wcur` and metadata `mcur`.
+    auto consume = [&](int c, const uint4 (&wcur)[RT], const u32 (&mcur)[RT][2]) {
         if (scale_after) {
             // (q - z) exact in the mma, this chunk's sums scaled in fp32 (one group per chunk).
             float part[RT][NB8][4];
@@ -284,32 +267,45 @@ __device__ __forceinline__ void w4_mm(T *__restrict__ y, const T *__restrict__ x
                 }
             }
         } else {
-    #pragma unroll
+#pragma unroll
             for (int h = 0; h < 2; ++h) {
                 uint4 xv[NB8];
-    #pragma unroll
+#pragma unroll
                 for (int b = 0; b < NB8; ++b)
                     xv[b] = col_ok[b] ? __ldg(reinterpret_cast<const uint4 *>(xrow[b] + c * 64 + 8 * h))
                                       : make_uint4(0, 0, 0, 0);
-    #pragma unroll
+#pragma unroll
                 for (int jj = 0; jj < 2; ++jj) {
                     const int j = 2 * h + jj;
-    #pragma unroll
+#pragma unroll
                     for (int r = 0; r < RT; ++r) {
                         u32 a[4];
                         Op::dequant(word(wcur[r], j), mcur[r][0], mcur[r][1], a);
-    #pragma unroll
+#pragma unroll
                         for (int b = 0; b < NB8; ++b)
                             Op::mma(acc[r][b], a, jj ? xv[b].z : xv[b].x, jj ? xv[b].w : xv[b].y);
                     }
                 }
             }
         }
+    };
+    // A ring of PF + 1 register slots: PF chunks' loads stay in flight while one is consumed (the loop is unrolled
+    // over the ring, so no slot is copied: a copy would wait for its load).
+    constexpr int STEP = WK;
+    const int cfirst = wk;
+    uint4 wring[PF + 1][RT];
+    u32 mring[PF + 1][RT][2];
 #pragma unroll
-        for (int r = 0; r < RT; ++r) {
-            wcur[r] = wnxt[r];
-            mcur[r][0] = mnxt[r][0];
-            mcur[r][1] = mnxt[r][1];
+    for (int i = 0; i < PF; ++i)
+        if (cfirst + i * STEP < nchunks) load(cfirst + i * STEP, wring[i], mring[i]);
+    for (int c = cfirst; c < nchunks; c += (PF + 1) * STEP) {
+#pragma unroll
+        for (int u = 0; u <= PF; ++u) {
+            const int cu = c + u * STEP, slot = (u + PF) % (PF + 1);
+            if (cu < nchunks) {
+                if (cu + PF * STEP < nchunks) load(cu + PF * STEP, wring[slot], mring[slot]);
+                consume(cu, wring[u], mring[u]);
+            }
         }
     }
 
@@ -325,7 +321,7 @@ __device__ __forceinline__ void w4_mm(T *__restrict__ y, const T *__restrict__ x
                     for (int e = 0; e < 4; ++e) dst[(r * NB8 + b) * 4 + e] = acc[r][b][e];
         }
         __syncthreads();
-        if (CL == 1 && wk > 0) return;
+        if (wk > 0) return;
         if (wk == 0)
             for (int s = 0; s < WK - 1; ++s) {
                 const float *src = red + ((size_t)s * WN * WB * 32 + slot) * ACC;
@@ -336,31 +332,6 @@ __device__ __forceinline__ void w4_mm(T *__restrict__ y, const T *__restrict__ x
 #pragma unroll
                         for (int e = 0; e < 4; ++e) acc[r][b][e] += src[(r * NB8 + b) * 4 + e];
             }
-    }
-    if (CL > 1) {
-        // Ranks 1.. leave their block's sums in shared memory; rank 0 adds them after the cluster barrier, and a
-        // second barrier keeps every block (and its shared memory) alive until rank 0 has read it.
-        __shared__ float cred[WN * WB * 32 * ACC];
-        const int slot = (wb * WN + wn) * 32 + lane;
-        if (rank > 0 && wk == 0)
-#pragma unroll
-            for (int r = 0; r < RT; ++r)
-#pragma unroll
-                for (int b = 0; b < NB8; ++b)
-#pragma unroll
-                    for (int e = 0; e < 4; ++e) cred[slot * ACC + (r * NB8 + b) * 4 + e] = acc[r][b][e];
-        cluster_sync();
-        if (rank == 0 && wk == 0)
-            for (int src = 1; src < CL; ++src)
-#pragma unroll
-                for (int r = 0; r < RT; ++r)
-#pragma unroll
-                    for (int b = 0; b < NB8; ++b)
-#pragma unroll
-                        for (int e = 0; e < 4; ++e)
-                            acc[r][b][e] += ld_cluster(&cred[slot * ACC + (r * NB8 + b) * 4 + e], src);
-        cluster_sync();
-        if (rank > 0 || wk > 0) return;
     }
 
 #pragma unroll
@@ -534,56 +505,36 @@ extern "C" __global__ void w4_reduce_bf16(__nv_bfloat16 *y, const float *part, i
 }
 
 // The configurations the launcher (kernels/src/cuda/w4a16.rs, CONFIGS) may pick: name w4_mm_<dtype>_<RT>_<NB8>_
-// <WK>_<WN>_<WB>, block = 32 * WK * WN * WB threads.
-#define W4_MM(TY, NAME, RT, NB8, WK, WN, WB)                                                                     \
+// <WK>_<WN>_<WB>_p<PF>, block = 32 * WK * WN * WB threads, PF chunks' loads in flight a warp.
+#define W4_MM(TY, NAME, RT, NB8, WK, WN, WB, PF)                                                                 \
     extern "C" __global__ void __launch_bounds__(32 * WK * WN * WB)                                              \
-        w4_mm_##NAME##_##RT##_##NB8##_##WK##_##WN##_##WB(TY *y, const TY *x, const uint4 *tiles, const u32 *meta, \
-                                                         int batch, int n, int k, int group) {                   \
-        w4_mm<TY, RT, NB8, WK, WN, WB, 1>(y, x, tiles, meta, batch, n, k, group);                                 \
-    }
-#define W4_MM_BOTH(RT, NB8, WK, WN, WB)                                                                           \
-    W4_MM(__half, f16, RT, NB8, WK, WN, WB)                                                                      \
-    W4_MM(__nv_bfloat16, bf16, RT, NB8, WK, WN, WB)
-
-W4_MM_BOTH(1, 1, 8, 1, 1)
-W4_MM_BOTH(1, 1, 16, 1, 1)
-W4_MM_BOTH(2, 1, 8, 1, 1)
-W4_MM_BOTH(1, 1, 4, 2, 1)
-W4_MM_BOTH(1, 2, 8, 1, 1)
-W4_MM_BOTH(2, 2, 8, 1, 1)
-W4_MM_BOTH(1, 2, 16, 1, 1)
-W4_MM_BOTH(2, 2, 4, 2, 1)
-W4_MM_BOTH(2, 4, 4, 2, 1)
-W4_MM_BOTH(1, 4, 8, 1, 1)
-W4_MM_BOTH(2, 8, 2, 4, 1)
-W4_MM_BOTH(2, 8, 4, 2, 1)
-W4_MM_BOTH(1, 8, 4, 2, 1)
-W4_MM_BOTH(2, 8, 1, 8, 1)
-W4_MM_BOTH(2, 8, 1, 4, 2)
-W4_MM_BOTH(2, 8, 2, 2, 2)
-W4_MM_BOTH(1, 8, 2, 4, 2)
-
-// Cluster variants (sm_90 and later): w4_mm_<dtype>_<RT>_<NB8>_<WK>_<WN>_<WB>_c<CL>, grid.x = row blocks x CL.
-#if __CUDA_ARCH__ >= 900
-#define W4_MMC(TY, NAME, RT, NB8, WK, WN, WB, CL)                                                                \
-    extern "C" __global__ void __cluster_dims__(CL, 1, 1) __launch_bounds__(32 * WK * WN * WB)                   \
-        w4_mm_##NAME##_##RT##_##NB8##_##WK##_##WN##_##WB##_c##CL(TY *y, const TY *x, const uint4 *tiles,          \
+        w4_mm_##NAME##_##RT##_##NB8##_##WK##_##WN##_##WB##_p##PF(TY *y, const TY *x, const uint4 *tiles,          \
                                                                  const u32 *meta, int batch, int n, int k,       \
                                                                  int group) {                                    \
-        w4_mm<TY, RT, NB8, WK, WN, WB, CL>(y, x, tiles, meta, batch, n, k, group);                                \
+        w4_mm<TY, RT, NB8, WK, WN, WB, PF>(y, x, tiles, meta, batch, n, k, group);                             \
     }
-#define W4_MMC_BOTH(RT, NB8, WK, WN, WB, CL)                                                                      \
-    W4_MMC(__half, f16, RT, NB8, WK, WN, WB, CL)                                                                 \
-    W4_MMC(__nv_bfloat16, bf16, RT, NB8, WK, WN, WB, CL)
+#define W4_MM_BOTH(RT, NB8, WK, WN, WB, PF)                                                                       \
+    W4_MM(__half, f16, RT, NB8, WK, WN, WB, PF)                                                                  \
+    W4_MM(__nv_bfloat16, bf16, RT, NB8, WK, WN, WB, PF)
 
-W4_MMC_BOTH(1, 1, 8, 1, 1, 2)
-W4_MMC_BOTH(1, 1, 16, 1, 1, 2)
-W4_MMC_BOTH(2, 1, 8, 1, 1, 2)
-W4_MMC_BOTH(1, 1, 8, 1, 1, 4)
-W4_MMC_BOTH(1, 2, 8, 1, 1, 2)
-W4_MMC_BOTH(2, 2, 8, 1, 1, 2)
-W4_MMC_BOTH(2, 2, 8, 1, 1, 4)
-#endif
+W4_MM_BOTH(1, 1, 8, 1, 1, 1)
+W4_MM_BOTH(1, 1, 16, 1, 1, 1)
+W4_MM_BOTH(2, 1, 8, 1, 1, 1)
+W4_MM_BOTH(1, 1, 4, 2, 1, 1)
+W4_MM_BOTH(1, 2, 8, 1, 1, 1)
+W4_MM_BOTH(2, 2, 8, 1, 1, 1)
+W4_MM_BOTH(1, 2, 16, 1, 1, 1)
+W4_MM_BOTH(2, 2, 4, 2, 1, 1)
+W4_MM_BOTH(2, 4, 4, 2, 1, 1)
+W4_MM_BOTH(1, 4, 8, 1, 1, 1)
+W4_MM_BOTH(2, 8, 2, 4, 1, 1)
+W4_MM_BOTH(2, 8, 4, 2, 1, 1)
+W4_MM_BOTH(1, 8, 4, 2, 1, 1)
+W4_MM_BOTH(2, 8, 1, 8, 1, 1)
+W4_MM_BOTH(2, 8, 1, 4, 2, 1)
+W4_MM_BOTH(2, 8, 2, 2, 2, 1)
+W4_MM_BOTH(1, 8, 2, 4, 2, 1)
+W4_MM_BOTH(1, 1, 16, 1, 1, 2)
 
 // Pipelined kernels, named w4_mm_<dtype>_<RT>_<NB8>_0_<WN>_<WB>_<S>_<MINB>: S shared-memory stages (dynamic), at
 // least MINB blocks a multiprocessor (the register cap that allows it).

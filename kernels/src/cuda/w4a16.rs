@@ -77,11 +77,10 @@ impl<T: Half> W4Weight<T> {
 
 /// How a W4A16 product splits its work. With `stages == 0` (the split-K kernel for small batches) a block of
 /// `wk · wn · wb` warps covers `16 · rt · wn` output rows and `8 · nb8 · wb` batch columns, its `wk` warps
-/// splitting the inputs and adding up at the end; with `cluster > 1` (sm_90 and later) that many blocks of a
-/// thread-block cluster split the inputs of one such tile. With `stages > 0` (the pipelined kernels for larger
-/// batches, `wk = 0`) a block of `wn · wb` warps covers the same tile over a range of inputs, `stages` chunks of
-/// weights and activations in flight through shared memory; the launcher splits K over blocks when the tiles are
-/// too few. `producer` marks the Hopper (sm_90a) warp-specialised wgmma kernel: `wn / 4` consumer warpgroups, `wb = 1`.
+/// splitting the inputs and adding up at the end, each warp keeping `prefetch` chunks' loads in flight. With
+/// `stages > 0` (the pipelined kernels for larger batches, `wk = 0`) a block of `wn · wb` warps covers the same
+/// tile over a range of inputs, `stages` chunks of weights and activations in flight through shared memory; the
+/// launcher splits K over blocks when the tiles are too few. `producer` marks the Hopper (sm_90a) warp-specialised wgmma kernel: `wn / 4` consumer warpgroups, `wb = 1`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MmConfig {
     /// 16-row weight tiles per warp.
@@ -98,13 +97,15 @@ pub struct MmConfig {
     pub stages: u32,
     /// Blocks a multiprocessor the pipelined kernel is compiled to fit (its register cap).
     pub min_blocks: u32,
-    /// Blocks of a thread-block cluster splitting K in the split-K and the warp-specialised kernels (1: none).
+    /// Blocks of a thread-block cluster splitting K in the warp-specialised kernel (1: none).
     pub cluster: u32,
     /// The warp-specialised wgmma kernel: a producer warpgroup fills the stages by bulk copies, `wn / 4`
     /// consumer warpgroups of `64 · rt` rows each (activations laid out once per call by `w4_xperm_u16`).
     pub producer: bool,
     /// Chunks (64 inputs each) a shared-memory stage of the warp-specialised kernel holds (1 elsewhere).
     pub stage_chunks: u32,
+    /// Chunks whose weight loads a warp of the split-K kernel keeps in flight (1 elsewhere).
+    pub prefetch: u32,
 }
 
 const fn cfg(rt: u32, nb8: u32, wk: u32, wn: u32, wb: u32) -> MmConfig {
@@ -119,15 +120,13 @@ const fn cfg(rt: u32, nb8: u32, wk: u32, wn: u32, wb: u32) -> MmConfig {
         cluster: 1,
         producer: false,
         stage_chunks: 1,
+        prefetch: 1,
     }
 }
 
-/// A split-K configuration whose clusters of `cluster` blocks split K (sm_90 and later).
-const fn clu(rt: u32, nb8: u32, wk: u32, cluster: u32) -> MmConfig {
-    MmConfig {
-        cluster,
-        ..cfg(rt, nb8, wk, 1, 1)
-    }
+/// `c` with `prefetch` chunks' weight loads in flight a warp.
+const fn pf(c: MmConfig, prefetch: u32) -> MmConfig {
+    MmConfig { prefetch, ..c }
 }
 
 const fn pipe(rt: u32, nb8: u32, wn: u32, wb: u32, stages: u32) -> MmConfig {
@@ -142,6 +141,7 @@ const fn pipe(rt: u32, nb8: u32, wn: u32, wb: u32, stages: u32) -> MmConfig {
         cluster: 1,
         producer: false,
         stage_chunks: 1,
+        prefetch: 1,
     }
 }
 
@@ -182,7 +182,7 @@ const fn pipe2(rt: u32, nb8: u32, wn: u32, wb: u32, stages: u32) -> MmConfig {
 
 /// Every configuration compiled in kernels/cuda/w4a16.cu (its `W4_MM_BOTH`, `W4_MMC_BOTH`, `W4_MMP_BOTH` and
 /// `W4_WS_BOTH`, `W4_WSC_BOTH` lines); [`MmConfig::runs_on`] says which a device has.
-pub const CONFIGS: [MmConfig; 42] = [
+pub const CONFIGS: [MmConfig; 36] = [
     cfg(1, 1, 8, 1, 1),
     cfg(1, 1, 16, 1, 1),
     cfg(2, 1, 8, 1, 1),
@@ -200,6 +200,7 @@ pub const CONFIGS: [MmConfig; 42] = [
     cfg(2, 8, 1, 4, 2),
     cfg(2, 8, 2, 2, 2),
     cfg(1, 8, 2, 4, 2),
+    pf(cfg(1, 1, 16, 1, 1), 2),
     pipe(2, 8, 4, 2, 3),
     pipe(2, 8, 4, 2, 4),
     pipe(2, 4, 4, 2, 4),
@@ -210,13 +211,6 @@ pub const CONFIGS: [MmConfig; 42] = [
     pipe2(2, 8, 4, 2, 4),
     pipe2(1, 8, 4, 2, 4),
     pipe2(2, 4, 4, 2, 3),
-    clu(1, 1, 8, 2),
-    clu(1, 1, 16, 2),
-    clu(2, 1, 8, 2),
-    clu(1, 1, 8, 4),
-    clu(1, 2, 8, 2),
-    clu(2, 2, 8, 2),
-    clu(2, 2, 8, 4),
     ws(2, 1, 64, (3, 2), 2),
     ws(2, 1, 64, (3, 4), 1),
     ws(2, 1, 128, (4, 2), 1),
@@ -272,6 +266,7 @@ impl MmConfig {
             cluster,
             producer,
             stage_chunks,
+            prefetch,
         } = *self;
         if producer {
             let cl = if cluster > 1 {
@@ -285,10 +280,8 @@ impl MmConfig {
                 wn / 4,
                 8 * nb8
             )
-        } else if cluster > 1 {
-            format!("w4_mm_{}_{rt}_{nb8}_{wk}_{wn}_{wb}_c{cluster}", T::SUFFIX)
         } else if stages == 0 {
-            format!("w4_mm_{}_{rt}_{nb8}_{wk}_{wn}_{wb}", T::SUFFIX)
+            format!("w4_mm_{}_{rt}_{nb8}_{wk}_{wn}_{wb}_p{prefetch}", T::SUFFIX)
         } else {
             format!(
                 "w4_mm_{}_{rt}_{nb8}_0_{wn}_{wb}_{stages}_{min_blocks}",
@@ -301,8 +294,8 @@ impl MmConfig {
     /// capability `arch` (from gpu-bench's per-configuration times on an H100, see benches/RESULTS.md). Up to 32
     /// rows the split-K kernel: the first configuration of a ladder, least split first, that gives every
     /// multiprocessor its number of warps (batch 1..8: 2 tiles a warp at 31 warps, 1 at 20, else 16 warps
-    /// splitting K; 9..16: over 8192 inputs and more a cluster of two blocks splitting K, 2 tiles a warp at 15
-    /// warps, else 1; under 8192 inputs 8 warps splitting K at 20, else 16). Larger batches on Hopper the
+    /// splitting K, with two chunks' loads in flight a warp over 8192 inputs and more; 9..16: 8 warps splitting K
+    /// at 20, else 16). Larger batches on Hopper the
     /// warp-specialised wgmma kernel: 128-row blocks of 64 or 128 columns, over 16384 rows (where the tiles alone
     /// fill the GPU, so no K split and its partial sums are needed) 2-block-an-SM / 256-row blocks, with few tiles
     /// K split over a thread-block cluster where that pays (below); elsewhere the mma.sync kernels.
@@ -336,7 +329,6 @@ impl MmConfig {
                 (cfg(1, 1, 8, 1, 1), 20),
                 (cfg(1, 1, 16, 1, 1), 0),
             ],
-            9..=16 if k >= 8192 && arch.0 >= 9 => &[(clu(2, 2, 8, 2), 15), (clu(1, 2, 8, 2), 0)],
             9..=16 => &[(cfg(1, 2, 8, 1, 1), 20), (cfg(1, 2, 16, 1, 1), 0)],
             17..=32 => &[(cfg(1, 4, 8, 1, 1), 0)],
             33..=64 if hopper && n > 16384 => return ws(2, 1, 64, (3, 2), 2),
@@ -351,13 +343,18 @@ impl MmConfig {
             33..=64 => return pipe(2, 4, 4, 2, 4),
             _ => return pipe2(2, 8, 4, 2, 3),
         };
-        let warps =
-            |c: &MmConfig| n.div_ceil(c.rows()) * c.cluster as usize * c.threads() as usize / 32;
-        ladder
+        let warps = |c: &MmConfig| n.div_ceil(c.rows()) * c.threads() as usize / 32;
+        let c = ladder
             .iter()
             .find(|(c, per_sm)| warps(c) >= per_sm * sm_count as usize)
             .or(ladder.last())
-            .map_or(CONFIGS[0], |&(c, _)| c)
+            .map_or(CONFIGS[0], |&(c, _)| c);
+        // 16 warps splitting 8192 inputs or more: each warp's run of 8+ chunks pays for a second load in flight.
+        if c == cfg(1, 1, 16, 1, 1) && k >= 8192 {
+            pf(c, 2)
+        } else {
+            c
+        }
     }
 
     /// K splits of the pipelined kernels, each at least 2 · stages chunks: enough blocks for every
@@ -469,7 +466,7 @@ pub fn w4a16_with<T: Half>(
     }
     let launch = LaunchConfig {
         grid_dim: (
-            (w.n.div_ceil(config.rows()) * config.cluster as usize) as u32,
+            w.n.div_ceil(config.rows()) as u32,
             batch.div_ceil(config.cols()) as u32,
             1,
         ),
