@@ -6,8 +6,8 @@ must be within BF16_LOSS_REL of the CPU's. Then the GPU training speed against t
 target: ≥ 1.5× its tokens/s): the same model in bf16, the same LoRA (finetune's defaults: r 64, alpha 16, dropout
 0.05 on q_proj and v_proj), gradient checkpointing, AdamW with clipping, rows of 256 tokens, at 4 and 16 rows a step.
 Writes results.json to --out. `--shape tinyllama-1.1b` measures the speed only, on a random model of TinyLlama-1.1B's
-shapes (hidden 2048, 22 layers, 32/4 heads of 64, SmolLM2's vocabulary), where the steps are compute-bound on both
-sides rather than launch-bound (the CPU comparison stays with the default shape: a 1.1B CPU run takes too long).
+shapes (hidden 2048, 22 layers, 32/4 heads of 64, SmolLM2's vocabulary), where per-launch and per-op costs weigh far
+less than at 135M (the CPU comparison stays with the default shape: a 1.1B CPU run takes too long).
 
     python3 tests/gpu/check_gpu_finetune.py --olive_host .gpu/olive-host --tokenizer .gpu/tokenizer --out "$OUT"
 (the LoRA plugin's library and manifest must be beside olive-host or on OLIVE_PLUGIN_PATH).
