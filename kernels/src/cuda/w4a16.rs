@@ -80,7 +80,8 @@ impl<T: Half> W4Weight<T> {
 /// splitting the inputs and adding up at the end, each warp keeping `prefetch` chunks' loads in flight. With
 /// `stages > 0` (the pipelined kernels for larger batches, `wk = 0`) a block of `wn · wb` warps covers the same
 /// tile over a range of inputs, `stages` chunks of weights and activations in flight through shared memory; the
-/// launcher splits K over blocks when the tiles are too few. `producer` marks the Hopper (sm_90a) warp-specialised wgmma kernel: `wn / 4` consumer warpgroups, `wb = 1`.
+/// launcher splits K over blocks when the tiles are too few. `producer` marks the Hopper (sm_90a) warp-specialised
+/// wgmma kernel: `wn / 4` consumer warpgroups, `wb = 1`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MmConfig {
     /// 16-row weight tiles per warp.
@@ -180,8 +181,8 @@ const fn pipe2(rt: u32, nb8: u32, wn: u32, wb: u32, stages: u32) -> MmConfig {
     }
 }
 
-/// Every configuration compiled in kernels/cuda/w4a16.cu (its `W4_MM_BOTH`, `W4_MMC_BOTH`, `W4_MMP_BOTH` and
-/// `W4_WS_BOTH`, `W4_WSC_BOTH` lines); [`MmConfig::runs_on`] says which a device has.
+/// Every configuration compiled in kernels/cuda/w4a16.cu (its `W4_MM_BOTH` and `W4_MMP_BOTH` lines) and
+/// w4a16_sm90.cu (`W4_WS_BOTH`, `W4_WSC_BOTH`); [`MmConfig::runs_on`] says which a device has.
 pub const CONFIGS: [MmConfig; 36] = [
     cfg(1, 1, 8, 1, 1),
     cfg(1, 1, 16, 1, 1),
@@ -295,10 +296,10 @@ impl MmConfig {
     /// rows the split-K kernel: the first configuration of a ladder, least split first, that gives every
     /// multiprocessor its number of warps (batch 1..8: 2 tiles a warp at 31 warps, 1 at 20, else 16 warps
     /// splitting K, with two chunks' loads in flight a warp over 8192 inputs and more; 9..16: 8 warps splitting K
-    /// at 20, else 16). Larger batches on Hopper the
-    /// warp-specialised wgmma kernel: 128-row blocks of 64 or 128 columns, over 16384 rows (where the tiles alone
-    /// fill the GPU, so no K split and its partial sums are needed) 2-block-an-SM / 256-row blocks, with few tiles
-    /// K split over a thread-block cluster where that pays (below); elsewhere the mma.sync kernels.
+    /// at 20, else 16). Larger batches on Hopper the warp-specialised wgmma kernel: 128-row blocks of 64 or 128
+    /// columns, over 16384 rows (where the tiles alone fill the GPU, so no K split and its partial sums are needed)
+    /// 2-block-an-SM / 256-row blocks, with few tiles K split over a thread-block cluster where that pays (below);
+    /// elsewhere the mma.sync kernels.
     pub fn pick(batch: usize, n: usize, k: usize, sm_count: u32, arch: (u32, u32)) -> MmConfig {
         let hopper = arch == (9, 0);
         // (configuration, warps a multiprocessor it needs); the last is taken when none fills the GPU.
