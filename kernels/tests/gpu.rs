@@ -7,6 +7,7 @@ mod gpu {
 
     mod adamw;
     mod attention;
+    mod attention_windows;
     mod convert;
     mod cross_entropy;
     mod gemm;

@@ -4,6 +4,7 @@
 
 pub mod adamw;
 pub mod attention;
+pub mod attention_windows;
 pub mod awq_search;
 pub mod convert;
 pub mod cross_entropy;

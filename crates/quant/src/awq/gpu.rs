@@ -3,12 +3,13 @@
 //! weight Q(W·s)/s is fake-quantized by a kernel straight into the layer's held device copy, the inspected
 //! module's output computed from it by cuBLAS, and the loss Σ(out − ref)² summed on the device into one f64 per
 //! candidate: the candidates cost no host round trip (the attention block's RoPE and attention between its two
-//! products still run on the host, as in every forward of the calibration). The held weight is restored from a
+//! products run on the device too, in f32 like the host's forwards). The held weight is restored from a
 //! device copy of the original afterwards. The clip search builds each input group's candidates Q(clamp(W)) − W,
 //! their errors d·G·dᵀ and each row's best clip on the device; only the chosen clip maxima come back, applied to
 //! the host weight as the CPU search applies them. Choices equal the CPU's except where two candidates' losses
 //! tie within the float noise of the products (their summation order differs).
 
+use olive_kernels::cuda::attention_windows::{attention_windows_f32, WindowShape};
 use olive_kernels::cuda::awq_search::{
     clip_best, clip_candidates, scaled_fake_quantize, squared_error_sum, ClipGroup, WeightGrid,
     PARTIALS,
@@ -21,7 +22,7 @@ use olive_nn::{DecoderLayer, Linear, RopeTables};
 use rayon::prelude::*;
 
 use super::{choose, ratio_scales, weight_abs_mean, GroupInput, Inspect};
-use crate::device::{attend_windows, Compute, OnDevice};
+use crate::device::{Compute, OnDevice};
 use crate::error::Result;
 use crate::grid::QuantSpec;
 
@@ -143,7 +144,7 @@ fn linear_on(
 }
 
 /// The inspected module's output ([tokens, hidden]) on x (whole windows of `seq_len` for the attention block),
-/// as the parent's `inspect_output` computes it: products on the device, RoPE and attention on the host.
+/// as the parent's `inspect_output` computes it, all on the device (RoPE and attention in f32, like the host's).
 fn inspect_on(
     dev: &OnDevice<'_>,
     layer: &DecoderLayer,
@@ -167,11 +168,24 @@ fn inspect_on(
         }
         Inspect::Attention => {
             let qkv = linear_on(dev, &layer.qkv_proj, x, tokens)?; // [tokens, q + 2·kv]
-            let mut host = gpu.download(&qkv)?;
+            let d = layer.dims;
+            let shape = WindowShape {
+                windows: tokens / seq_len.max(1),
+                seq: seq_len,
+                heads: d.heads,
+                kv_heads: d.kv_heads,
+                head_dim: d.head_dim,
+                rotary_dim: d.rotary_dim,
+                window: d.sliding_window,
+                scale: (d.head_dim as f32).powf(-0.5),
+            };
+            // Positions 0..seq_len of the tables, as `attend_windows` takes them.
+            let table = rope.cos().len() / rope.len().max(1) * seq_len;
+            let cos = gpu.upload(&rope.cos()[..table])?;
+            let sin = gpu.upload(&rope.sin()[..table])?;
+            let mut ctx = gpu.alloc::<f32>(tokens * d.q_width())?; // [tokens, heads · head_dim]
+            attention_windows_f32(gpu, &shape, &qkv, (&cos, &sin), &mut ctx)?;
             drop(qkv);
-            let mut ctx = vec![0f32; tokens * layer.dims.q_width()]; // [tokens, heads · head_dim]
-            attend_windows(layer, &mut host, seq_len, rope, &mut ctx);
-            let ctx = gpu.upload(&ctx)?;
             linear_on(dev, &layer.o_proj, &ctx, tokens)
         }
     }
