@@ -291,19 +291,18 @@ __device__ __forceinline__ void w4_mm(T *__restrict__ y, const T *__restrict__ x
     };
     // A ring of PF + 1 register slots: PF chunks' loads stay in flight while one is consumed (the loop is unrolled
     // over the ring, so no slot is copied: a copy would wait for its load).
-    constexpr int STEP = WK;
-    const int cfirst = wk;
+    // Warp wk takes chunks wk, wk + WK, ...
     uint4 wring[PF + 1][RT];
     u32 mring[PF + 1][RT][2];
 #pragma unroll
     for (int i = 0; i < PF; ++i)
-        if (cfirst + i * STEP < nchunks) load(cfirst + i * STEP, wring[i], mring[i]);
-    for (int c = cfirst; c < nchunks; c += (PF + 1) * STEP) {
+        if (wk + i * WK < nchunks) load(wk + i * WK, wring[i], mring[i]);
+    for (int c = wk; c < nchunks; c += (PF + 1) * WK) {
 #pragma unroll
         for (int u = 0; u <= PF; ++u) {
-            const int cu = c + u * STEP, slot = (u + PF) % (PF + 1);
+            const int cu = c + u * WK, slot = (u + PF) % (PF + 1);
             if (cu < nchunks) {
-                if (cu + PF * STEP < nchunks) load(cu + PF * STEP, wring[slot], mring[slot]);
+                if (cu + PF * WK < nchunks) load(cu + PF * WK, wring[slot], mring[slot]);
                 consume(cu, wring[u], mring[u]);
             }
         }
