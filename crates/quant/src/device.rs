@@ -466,15 +466,14 @@ pub(crate) fn attend_windows(
         q_stride: width,
     };
     let scale = (d.head_dim as f32).powf(-0.5);
-    let (cos, sin) = (rope.cos(), rope.sin());
-    let table = cos.len() / rope.len().max(1) * seq_len;
+    let (cos, sin) = window_tables(rope, seq_len);
     let mut k = vec![0f32; seq_len * kv]; // [seq_len, kv]
     let mut v = vec![0f32; seq_len * kv]; // [seq_len, kv]
     for (w, o) in qkv
         .chunks_exact_mut(seq_len * width)
         .zip(out.chunks_exact_mut(seq_len * q))
     {
-        rope_apply(w, layout, &cos[..table], &sin[..table]);
+        rope_apply(w, layout, cos, sin);
         for ((row, k), v) in w
             .chunks_exact(width)
             .zip(k.chunks_exact_mut(kv))
@@ -485,6 +484,12 @@ pub(crate) fn attend_windows(
         }
         attention(w, &k, &v, dims, d.sliding_window, scale, o);
     }
+}
+
+/// The cos and sin rows of positions 0..seq_len (a window's) from `rope`.
+pub(crate) fn window_tables(rope: &RopeTables, seq_len: usize) -> (&[f32], &[f32]) {
+    let table = rope.cos().len() / rope.len().max(1) * seq_len;
+    (&rope.cos()[..table], &rope.sin()[..table])
 }
 
 /// The MLP block up to down_proj's input: out [tokens, intermediate] = silu(gate) · up of `normed`

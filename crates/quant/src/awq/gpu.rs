@@ -22,7 +22,7 @@ use olive_nn::{DecoderLayer, Linear, RopeTables};
 use rayon::prelude::*;
 
 use super::{choose, ratio_scales, weight_abs_mean, GroupInput, Inspect};
-use crate::device::{Compute, OnDevice};
+use crate::device::{window_tables, Compute, OnDevice};
 use crate::error::Result;
 use crate::grid::QuantSpec;
 
@@ -66,7 +66,9 @@ pub(super) fn search(
         let gpu = dev.gpu;
         let x = gpu.upload(&input.loss)?; // [tokens, in]
         let tokens = input.loss.len() / in_features.max(1);
-        let reference = inspect_on(dev, layer, inspect, &x, tokens, seq_len, rope)?;
+        let (cos, sin) = window_tables(rope, seq_len);
+        let tables = (gpu.upload(cos)?, gpu.upload(sin)?);
+        let reference = inspect_on(dev, layer, inspect, &x, tokens, seq_len, &tables)?;
         let original = match dev.weight(host) {
             Some(w) => gpu.stream().clone_dtod(&w).map_err(GpuError::from)?,
             None => return Ok(None),
@@ -87,7 +89,7 @@ pub(super) fn search(
                     let s = all_s.slice(step * in_features..(step + 1) * in_features);
                     scaled_fake_quantize(gpu, &original.slice(..), &s, &mut trial, &grid)?;
                 }
-                let out = inspect_on(dev, layer, inspect, &x, tokens, seq_len, rope)?;
+                let out = inspect_on(dev, layer, inspect, &x, tokens, seq_len, &tables)?;
                 let mut slot = sums.slice_mut(step..step + 1);
                 squared_error_sum(
                     gpu,
@@ -144,7 +146,8 @@ fn linear_on(
 }
 
 /// The inspected module's output ([tokens, hidden]) on x (whole windows of `seq_len` for the attention block),
-/// as the parent's `inspect_output` computes it, all on the device (RoPE and attention in f32, like the host's).
+/// as the parent's `inspect_output` computes it, all on the device (RoPE and attention in f32, like the host's);
+/// `rope` holds a window's cos and sin tables on the device ([`window_tables`]).
 fn inspect_on(
     dev: &OnDevice<'_>,
     layer: &DecoderLayer,
@@ -152,7 +155,7 @@ fn inspect_on(
     x: &CudaSlice<f32>,
     tokens: usize,
     seq_len: usize,
-    rope: &RopeTables,
+    rope: &(CudaSlice<f32>, CudaSlice<f32>),
 ) -> Result<CudaSlice<f32>> {
     let gpu = dev.gpu;
     match inspect {
@@ -179,12 +182,8 @@ fn inspect_on(
                 window: d.sliding_window,
                 scale: (d.head_dim as f32).powf(-0.5),
             };
-            // Positions 0..seq_len of the tables, as `attend_windows` takes them.
-            let table = rope.cos().len() / rope.len().max(1) * seq_len;
-            let cos = gpu.upload(&rope.cos()[..table])?;
-            let sin = gpu.upload(&rope.sin()[..table])?;
             let mut ctx = gpu.alloc::<f32>(tokens * d.q_width())?; // [tokens, heads · head_dim]
-            attention_windows_f32(gpu, &shape, &qkv, (&cos, &sin), &mut ctx)?;
+            attention_windows_f32(gpu, &shape, &qkv, (&rope.0, &rope.1), &mut ctx)?;
             drop(qkv);
             linear_on(dev, &layer.o_proj, &ctx, tokens)
         }
