@@ -101,12 +101,17 @@ extern "C" __global__ void __launch_bounds__(128)
         m = mn;
         __syncwarp();
 #pragma unroll
-        for (int i = 0; i < WIN_MAXD / 4; ++i) {
-            const int d = c0 + 4 * i;
-            if (d < D) {
-                float acc = o[i] * corr;
-                for (int c = 0; c < WIN_KT; ++c) acc = fmaf(ps[r * (WIN_KT + 1) + c], vs[c * D + d], acc);
-                o[i] = acc;
+        for (int i = 0; i < WIN_MAXD / 4; ++i) o[i] *= corr;
+        // Keys outer and not unrolled (the head's columns unrolled inside keep o in registers): each o[i] still
+        // adds the keys in order, and NVRTC compiles this in a fraction of the fully unrolled nest's time.
+#pragma unroll 1
+        for (int c = 0; c < WIN_KT; ++c) {
+            const float pc = ps[r * (WIN_KT + 1) + c];
+            const float *vc = vs + c * D;
+#pragma unroll
+            for (int i = 0; i < WIN_MAXD / 4; ++i) {
+                const int d = c0 + 4 * i;
+                if (d < D) o[i] = fmaf(pc, vc[d], o[i]);
             }
         }
     }

@@ -172,3 +172,28 @@ __device__ void backward(T *dx, const T *__restrict__ x, const T *__restrict__ w
 RMSNORM_KERNELS(float, f32)
 RMSNORM_KERNELS(__nv_bfloat16, bf16)
 RMSNORM_KERNELS(__half, f16)
+
+// f32 RMSNorm bit for bit as cpu::rmsnorm computes it (calibration forwards, whose GPU and CPU runs must agree):
+// accumulator l of the 8 sums x[8j + l]^2 over the row's whole chunks of 8 in order, the 8 added in order, then
+// the tail's squares, mean = sum / d, r = 1 / sqrt(mean + eps), out = w * (x * r); every operation rounded on its
+// own (no fused multiply-add), as the host's. 8 threads a row (thread l keeps accumulator l), 32 rows a block.
+extern "C" __global__ void __launch_bounds__(256)
+    rmsnorm_f32_as_cpu(float *__restrict__ out, const float *__restrict__ x, const float *__restrict__ w, int rows,
+                       int d, float eps) {
+    const int row = blockIdx.x * 32 + (threadIdx.x >> 3), l = threadIdx.x & 7;
+    const unsigned group = 0xffu << (threadIdx.x & 24);
+    if (row >= rows) return;  // a row's 8 threads leave together
+    const float *xr = x + (long long)row * d;
+    const int whole = d / 8 * 8;
+    float acc = 0.f;
+    for (int j = l; j < whole; j += 8) acc = __fadd_rn(acc, __fmul_rn(xr[j], xr[j]));
+    float sum = 0.f;
+#pragma unroll
+    for (int k = 0; k < 8; ++k) sum = __fadd_rn(sum, __shfl_sync(group, acc, k, 8));
+    float tail = 0.f;
+    for (int j = whole; j < d; ++j) tail = __fadd_rn(tail, __fmul_rn(xr[j], xr[j]));
+    const float mean = __fdiv_rn(__fadd_rn(sum, tail), (float)d);
+    const float r = __fdiv_rn(1.f, __fsqrt_rn(__fadd_rn(mean, eps)));
+    float *orow = out + (long long)row * d;
+    for (int j = l; j < d; j += 8) orow[j] = __fmul_rn(w[j], __fmul_rn(xr[j], r));
+}

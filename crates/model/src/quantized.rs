@@ -30,6 +30,7 @@
 use std::path::Path;
 
 use half::f16;
+use rayon::prelude::*;
 use safetensors::Dtype;
 use serde_json::Value;
 
@@ -269,16 +270,24 @@ impl QuantizedLinear {
 
     /// Float weight: [out, in].
     pub fn dequantize(&self) -> Vec<f32> {
+        let mut w = vec![0f32; self.out_features * self.in_features];
+        self.dequantize_into(&mut w);
+        w
+    }
+
+    /// [`QuantizedLinear::dequantize`] into `w` ([out, in]), rows in parallel.
+    pub fn dequantize_into(&self, w: &mut [f32]) {
         let (k, groups) = (self.in_features, self.n_groups());
         let group: Vec<usize> = (0..k).map(|i| self.group_of(i)).collect();
-        let mut w = vec![0f32; self.out_features * k];
-        for o in 0..self.out_features {
-            for i in 0..k {
-                let gi = o * groups + group[i];
-                w[o * k + i] = (self.q[o * k + i] as f32 - self.zeros[gi] as f32) * self.scales[gi];
-            }
-        }
-        w
+        w.par_chunks_mut(k)
+            .zip(self.q.par_chunks(k))
+            .zip(self.scales.par_chunks(groups))
+            .zip(self.zeros.par_chunks(groups))
+            .for_each(|(((w, q), scales), zeros)| {
+                for ((w, &q), &g) in w.iter_mut().zip(q).zip(&group) {
+                    *w = (f32::from(q) - f32::from(zeros[g])) * scales[g];
+                }
+            });
     }
 
     /// Rows `start..end` of the output dim (a fused qkv or gate_up split).
@@ -318,7 +327,7 @@ impl QuantizedLinear {
 
     fn check_levels(&self) -> std::result::Result<(), String> {
         let max = 1u16 << self.bits;
-        if let Some(v) = self.q.iter().find(|&&v| u16::from(v) >= max) {
+        if let Some(v) = self.q.par_iter().find_any(|&&v| u16::from(v) >= max) {
             return Err(format!("level {v} does not fit {} bits", self.bits));
         }
         Ok(())
@@ -687,7 +696,11 @@ fn unsupported(layout: &'static str, reason: String) -> PackError {
 }
 
 fn i32_bytes(words: &[u32]) -> Vec<u8> {
-    words.iter().flat_map(|w| w.to_le_bytes()).collect()
+    let mut out = Vec::with_capacity(words.len() * 4);
+    for w in words {
+        out.extend_from_slice(&w.to_le_bytes());
+    }
+    out
 }
 
 /// scales [out, groups] f32 → fp16 [groups, out].
@@ -737,13 +750,13 @@ pub fn pack_awq_gemm(l: &QuantizedLinear) -> std::result::Result<Vec<PackedTenso
     }
     let (n8, groups) = (n / 8, l.n_groups());
     let mut qw = vec![0u32; k * n8];
-    for i in 0..k {
-        for c in 0..n8 {
-            qw[i * n8 + c] = AWQ_ORDER.iter().enumerate().fold(0, |w, (nib, &col)| {
+    qw.par_chunks_mut(n8).enumerate().for_each(|(i, row)| {
+        for (c, word) in row.iter_mut().enumerate() {
+            *word = AWQ_ORDER.iter().enumerate().fold(0, |w, (nib, &col)| {
                 w | u32::from(l.q[(c * 8 + col) * k + i]) << (4 * nib)
             });
         }
-    }
+    });
     let mut qz = vec![0u32; groups * n8];
     for g in 0..groups {
         for c in 0..n8 {
@@ -798,16 +811,18 @@ pub fn pack_gptq_v1(l: &QuantizedLinear) -> std::result::Result<Vec<PackedTensor
         ));
     }
     let (kw, zw) = (k * bits / 32, n * bits / 32);
-    // qweight [kw, n]: column o is the stream of its inputs.
+    // qweight [kw, n]: column o is the stream of its inputs, packed per output row then transposed.
+    let mut streams = vec![0u32; n * kw]; // [n, kw]
+    streams
+        .par_chunks_mut(kw)
+        .zip(l.q.par_chunks(k))
+        .for_each(|(stream, q)| pack_stream(q, bits, stream));
     let mut qw = vec![0u32; kw * n];
-    let mut column = vec![0u32; kw];
-    for o in 0..n {
-        column.fill(0);
-        pack_stream(&l.q[o * k..(o + 1) * k], bits, &mut column);
-        for (r, &c) in column.iter().enumerate() {
-            qw[r * n + o] = c;
+    qw.par_chunks_mut(n).enumerate().for_each(|(r, row)| {
+        for (o, word) in row.iter_mut().enumerate() {
+            *word = streams[o * kw + r];
         }
-    }
+    });
     let mask = (1u16 << bits) - 1;
     let mut qz = vec![0u32; groups * zw];
     let mut row = vec![0u8; n];

@@ -19,6 +19,8 @@
 //! On a GPU holding the layer, each scale grid and clip search runs on the device (`gpu`), the CPU code being the
 //! reference it reproduces.
 
+use std::time::Instant;
+
 use olive_nn::{DecoderLayer, LayerDims, RopeTables};
 use rayon::prelude::*;
 
@@ -186,6 +188,9 @@ pub struct AwqLayerStats {
     pub margins: Vec<f64>,
     /// Weights changed by clipping.
     pub clipped: usize,
+    /// Wall seconds of the scale searches and of the clip search.
+    pub search_seconds: f64,
+    pub clip_seconds: f64,
 }
 
 /// Searches and applies AWQ's scales and clipping to `layer` (in place; the layer then computes the same function
@@ -204,6 +209,7 @@ pub fn awq_layer(
     let seq_len = inputs.seq_len;
     let mut stats = AwqLayerStats::default();
     let inverse = |s: &[f32]| s.iter().map(|x| 1.0 / x).collect::<Vec<_>>();
+    let t0 = Instant::now();
 
     if sel.q && sel.k && sel.v {
         let (s, ratio, margin) = search(
@@ -285,7 +291,9 @@ pub fn awq_layer(
         compute.changed(&layer.down_proj.weight)?;
         inputs.down.scale(&inverse(&s));
     }
+    stats.search_seconds = t0.elapsed().as_secs_f64();
 
+    let t0 = Instant::now();
     if opts.apply_clip {
         if sel.v {
             let w = &mut layer.qkv_proj.weight[(q + kv) * h..(q + 2 * kv) * h];
@@ -315,6 +323,7 @@ pub fn awq_layer(
             stats.clipped += clip(compute, w, h, inter, &inputs.down.clip, spec, opts)?;
         }
     }
+    stats.clip_seconds = t0.elapsed().as_secs_f64();
     Ok(stats)
 }
 

@@ -2,9 +2,10 @@
 //! (cuBLAS f32 through `olive_kernels::cuda::gemm`, fp32 operands and accumulation, no TF32), so the GPU's
 //! results equal the CPU's up to the order of f32 additions. One code path serves both devices: the
 //! quantizer asks [`Compute`] for x·Wᵀ (layer forwards, AWQ candidates, clip errors) and for the Gram matrices
-//! xᵀy of GPTQ's Hessians, and runs the MLP's SwiGLU between its products on the device; everything else
-//! (norms, RoPE, attention, grids and fake quantization, GPTQ's factorisation and column loop) stays on the
-//! CPU. The layer pieces here follow `olive_nn::DecoderLayer`'s attention and MLP blocks (transformers' Llama
+//! xᵀy of GPTQ's Hessians. On a GPU a whole layer forward runs on the device through [`OnDevice`] (norms,
+//! products, RoPE and attention, SwiGLU, residual adds, all f32; `stream`'s `composed_on_gpu`), as does AWQ's
+//! search (`awq::gpu`); GPTQ's factorisation and column loop, RTN and value_hessian's attention weights stay on
+//! the CPU. The layer pieces here follow `olive_nn::DecoderLayer`'s attention and MLP blocks (transformers' Llama
 //! forward) with their linears computed by [`Compute`], over all calibration windows at once.
 //!
 //! On a GPU the weights of the layer being calibrated stay on it for the whole layer ([`Compute::hold_layer`]):
@@ -21,8 +22,10 @@ use std::time::Instant;
 
 use cudarc::driver::{CudaSlice, CudaView, CudaViewMut};
 use olive_kernels::cpu::{attention, matmul, rope_apply, silu_mul, AttentionDims, RopeLayout};
+use olive_kernels::cuda::attention_windows::{attention_windows_f32, WindowShape};
 use olive_kernels::cuda::gemm::{self, Operand};
-use olive_kernels::cuda::silu_mul as gpu_silu;
+use olive_kernels::cuda::rmsnorm::rmsnorm_f32_as_cpu;
+use olive_kernels::cuda::rows::add_bias;
 use olive_kernels::cuda::{Gpu, GpuError};
 use olive_nn::{DecoderLayer, Linear, RopeTables};
 
@@ -360,6 +363,77 @@ impl OnDevice<'_> {
     }
 }
 
+impl OnDevice<'_> {
+    /// out: [tokens, out_features] = x · Wᵀ + b on the device, W read from its held copy (else uploaded).
+    pub(crate) fn linear(
+        &self,
+        l: &Linear,
+        x: &CudaSlice<f32>,
+        tokens: usize,
+    ) -> Result<CudaSlice<f32>> {
+        let gpu = self.gpu;
+        let mut out = gpu.alloc::<f32>(tokens * l.out_features)?;
+        let shape = (tokens, l.out_features, l.in_features);
+        match self.weight(&l.weight) {
+            Some(w) => gemm::linear(gpu, x, &w, &mut out, shape, false)?,
+            None => gemm::linear(gpu, x, &gpu.upload(&l.weight)?, &mut out, shape, false)?,
+        }
+        if let Some(b) = &l.bias {
+            add_bias(gpu, &mut out, &gpu.upload(b)?)?;
+        }
+        Ok(out)
+    }
+
+    /// out: [rows, weight.len()] = rmsnorm(x) on the device, bit for bit as the host's `rmsnorm` (GPTQ's
+    /// error feedback turns a last-bit difference in a norm into different levels).
+    pub(crate) fn rmsnorm(
+        &self,
+        x: &CudaSlice<f32>,
+        weight: &[f32],
+        eps: f32,
+    ) -> Result<CudaSlice<f32>> {
+        let mut out = self.gpu.alloc::<f32>(x.len())?;
+        rmsnorm_f32_as_cpu(self.gpu, x, &self.gpu.upload(weight)?, eps, &mut out)?;
+        Ok(out)
+    }
+
+    /// A window's cos and sin tables ([`window_tables`]) on the device.
+    pub(crate) fn window_tables(
+        &self,
+        rope: &RopeTables,
+        seq_len: usize,
+    ) -> Result<(CudaSlice<f32>, CudaSlice<f32>)> {
+        let (cos, sin) = window_tables(rope, seq_len);
+        Ok((self.gpu.upload(cos)?, self.gpu.upload(sin)?))
+    }
+
+    /// [`attend_windows`] on the device in f32: qkv_proj's output qkv ([windows · seq_len, q + 2·kv]) to the
+    /// attention context [windows · seq_len, heads · head_dim], `rope` from [`OnDevice::window_tables`].
+    pub(crate) fn attend_windows(
+        &self,
+        layer: &DecoderLayer,
+        qkv: &CudaSlice<f32>,
+        seq_len: usize,
+        rope: &(CudaSlice<f32>, CudaSlice<f32>),
+    ) -> Result<CudaSlice<f32>> {
+        let d = layer.dims;
+        let tokens = qkv.len() / (d.q_width() + 2 * d.kv_width()).max(1);
+        let shape = WindowShape {
+            windows: tokens / seq_len.max(1),
+            seq: seq_len,
+            heads: d.heads,
+            kv_heads: d.kv_heads,
+            head_dim: d.head_dim,
+            rotary_dim: d.rotary_dim,
+            window: d.sliding_window,
+            scale: (d.head_dim as f32).powf(-0.5),
+        };
+        let mut ctx = self.gpu.alloc::<f32>(tokens * d.q_width())?;
+        attention_windows_f32(self.gpu, &shape, qkv, (&rope.0, &rope.1), &mut ctx)?;
+        Ok(ctx)
+    }
+}
+
 impl Compute {
     /// Runs `f` on the GPU with the held weights (its time counted as product time); `None` on the CPU. `f` must
     /// not call this compute's other methods (they wait for the held weights `f` has).
@@ -505,8 +579,7 @@ pub(crate) fn mlp_activation(
 
 impl Compute {
     /// The MLP block of `normed` ([tokens, hidden]): act = silu(gate) · up ([tokens, intermediate]) into `act`
-    /// and down_proj(act) ([tokens, hidden]) into `down`, each when given. On the GPU the activations stay on
-    /// the device between the products (f32 `silu_mul` kernel) unless a linear has a bias.
+    /// and down_proj(act) ([tokens, hidden]) into `down`, each when given.
     pub(crate) fn mlp(
         &self,
         layer: &DecoderLayer,
@@ -517,54 +590,20 @@ impl Compute {
         let (gu, dn) = (&layer.gate_up_proj, &layer.down_proj);
         let (inter, hidden) = (layer.dims.intermediate, layer.dims.hidden);
         let tokens = normed.len() / hidden.max(1);
-        match &self.gpu {
-            Some(_) if gu.bias.is_none() && dn.bias.is_none() => self.timed(|| {
-                let Some(gpu) = self.bound()? else {
-                    return Ok(());
-                };
-                let held = self.held();
-                let (mut tx, mut tw) = (None, None);
-                let dx = Self::view(gpu, &held, normed, &mut tx)?;
-                let dw = Self::view(gpu, &held, &gu.weight, &mut tw)?;
-                let mut dgu = gpu.alloc::<f32>(tokens * 2 * inter)?; // [tokens, 2·intermediate]
-                gemm::linear(gpu, &dx, &dw, &mut dgu, (tokens, 2 * inter, hidden), false)?;
-                drop((tx, tw));
-                let mut dact = gpu.alloc::<f32>(tokens * inter)?; // [tokens, intermediate]
-                gpu_silu::silu_mul(gpu, &dgu, inter, &mut dact)?;
-                drop(dgu);
-                if let Some(act) = act {
-                    gpu.stream()
-                        .memcpy_dtoh(&dact, &mut act[..tokens * inter])
-                        .map_err(GpuError::from)?;
-                }
-                if let Some(down) = down {
-                    let mut tw = None;
-                    let dw = Self::view(gpu, &held, &dn.weight, &mut tw)?;
-                    let mut dy = gpu.alloc::<f32>(tokens * hidden)?; // [tokens, hidden]
-                    gemm::linear(gpu, &dact, &dw, &mut dy, (tokens, hidden, inter), false)?;
-                    gpu.stream()
-                        .memcpy_dtoh(&dy, &mut down[..tokens * hidden])
-                        .map_err(GpuError::from)?;
-                }
-                Ok(())
-            }),
-            _ => {
-                let mut gate_up = vec![0f32; tokens * 2 * inter]; // [tokens, 2·intermediate]
-                self.linear(gu, normed, &mut gate_up)?;
-                let mut own = Vec::new();
-                let act = match act {
-                    Some(a) => a,
-                    None => {
-                        own.resize(tokens * inter, 0f32);
-                        &mut own[..]
-                    }
-                };
-                silu_mul(&gate_up, act, inter);
-                match down {
-                    Some(down) => self.linear(dn, act, down),
-                    None => Ok(()),
-                }
+        let mut gate_up = vec![0f32; tokens * 2 * inter]; // [tokens, 2·intermediate]
+        self.linear(gu, normed, &mut gate_up)?;
+        let mut own = Vec::new();
+        let act = match act {
+            Some(a) => a,
+            None => {
+                own.resize(tokens * inter, 0f32);
+                &mut own[..]
             }
+        };
+        silu_mul(&gate_up, act, inter);
+        match down {
+            Some(down) => self.linear(dn, act, down),
+            None => Ok(()),
         }
     }
 }

@@ -21,13 +21,16 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use olive_kernels::cpu::rmsnorm;
+use olive_kernels::cuda::rows::add_assign;
+use olive_kernels::cuda::silu_mul::silu_mul;
+use olive_kernels::cuda::CudaSlice;
 use olive_model::quantized::QuantizedLinear;
 use olive_model::{Checkpoint, ModelConfig};
 use olive_nn::{DecoderLayer, Rope, RopeTables};
 
 use crate::awq::{awq_layer, AwqOptions, InputOf, LayerInputs};
 use crate::calibration::{check_calibration, embed};
-use crate::device::{attention_context, mlp_activation, Compute, Device};
+use crate::device::{attention_context, mlp_activation, Compute, Device, OnDevice};
 use crate::error::{QuantError, Result};
 use crate::gptq::{gptq, GptqOptions, Hessian};
 use crate::grid::QuantSpec;
@@ -347,6 +350,31 @@ pub(crate) fn quantize_placed(
     })
 }
 
+/// Wall seconds of each named phase of a layer's run, in first-seen order (for the layer's log line).
+#[derive(Default)]
+struct Phases(Vec<(&'static str, f64)>);
+
+impl Phases {
+    fn time<R>(&mut self, name: &'static str, f: impl FnOnce() -> R) -> R {
+        let t0 = Instant::now();
+        let r = f();
+        self.add(name, t0.elapsed().as_secs_f64());
+        r
+    }
+
+    fn add(&mut self, name: &'static str, seconds: f64) {
+        match self.0.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, s)) => *s += seconds,
+            None => self.0.push((name, seconds)),
+        }
+    }
+
+    fn describe(&self) -> String {
+        let parts: Vec<String> = self.0.iter().map(|(n, s)| format!("{n} {s:.2}")).collect();
+        parts.join(", ")
+    }
+}
+
 /// What every decoder layer of a run shares.
 pub(crate) struct Run<'a> {
     options: &'a QuantizeOptions,
@@ -387,28 +415,32 @@ impl Run<'_> {
         let t0 = Instant::now();
         let busy0 = compute.busy_seconds();
         let run = self.layer_run(i, compute);
+        let mut phases = Phases::default();
         let (linears, error) = match &self.options.method {
-            Method::Rtn => run.rtn(layer, hidden)?,
-            Method::Gptq(g) => run.gptq(layer, hidden, g)?,
-            Method::Awq(a) => run.awq(layer, hidden, a, events)?,
+            Method::Rtn => run.rtn(layer, hidden, &mut phases)?,
+            Method::Gptq(g) => run.gptq(layer, hidden, g, &mut phases)?,
+            Method::Awq(a) => run.awq(layer, hidden, a, &mut phases, events)?,
         };
         let spec = &self.options.spec;
-        let tensors = layer_tensors(
-            self.ckpt,
-            layer,
-            run.modules,
-            &linears,
-            names,
-            (self.format, spec.sym),
-        )?;
-        self.writer
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .write_shard(i, &tensors, &mut |n| self.ckpt.release(n))?;
-        drop(tensors);
+        phases.time("pack and write", || -> Result<()> {
+            let tensors = layer_tensors(
+                self.ckpt,
+                layer,
+                run.modules,
+                &linears,
+                names,
+                (self.format, spec.sym),
+            )?;
+            self.writer
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .write_shard(i, &tensors, &mut |n| self.ckpt.release(n))?;
+            Ok(())
+        })?;
         let line = format!(
-            "layer {i}: {:.2} s, of which {:.2} s in calibration products on {}",
+            "layer {i}: {:.2} s ({}), of which {:.2} s in calibration products on {}",
             t0.elapsed().as_secs_f64(),
+            phases.describe(),
             compute.busy_seconds() - busy0,
             compute.name()
         );
@@ -437,8 +469,7 @@ impl Run<'_> {
         compute: &Compute,
         hidden: &[f32],
     ) -> Result<Vec<f32>> {
-        self.layer_run(i, compute)
-            .composed(layer, hidden, &mut |_, _, _| Ok(()))
+        self.layer_run(i, compute).composed(layer, hidden, None)
     }
 }
 
@@ -459,7 +490,12 @@ pub(crate) type Quantized = Vec<(usize, QuantizedLinear)>;
 type BeforeGroup<'a> = dyn FnMut(&mut DecoderLayer, Slot, &[f32]) -> Result<()> + 'a;
 
 impl LayerRun<'_> {
-    fn rtn(&self, layer: &mut DecoderLayer, hidden: &mut Vec<f32>) -> Result<(Quantized, f64)> {
+    fn rtn(
+        &self,
+        layer: &mut DecoderLayer,
+        hidden: &mut Vec<f32>,
+        phases: &mut Phases,
+    ) -> Result<(Quantized, f64)> {
         if hidden.is_empty() {
             let (mut diff, mut norm) = (0f64, 0f64);
             let mut out = Vec::new();
@@ -478,12 +514,9 @@ impl LayerRun<'_> {
             }
             return Ok((out, diff / norm.max(f64::MIN_POSITIVE)));
         }
-        let y_fp = self.composed(layer, hidden, &mut |_, _, _| Ok(()))?;
-        let mut out = Vec::new();
-        for slot in SLOTS {
-            out.extend(self.quantize_slot(layer, slot, None)?);
-        }
-        let y_q = self.composed(layer, hidden, &mut |_, _, _| Ok(()))?;
+        let y_fp = phases.time("forward", || self.composed(layer, hidden, None))?;
+        let out = phases.time("quantize", || self.quantize_slots(layer))?;
+        let y_q = phases.time("forward", || self.composed(layer, hidden, None))?;
         let error = relative_error(&y_q, &y_fp, hidden);
         *hidden = y_q;
         Ok((out, error))
@@ -494,31 +527,55 @@ impl LayerRun<'_> {
         layer: &mut DecoderLayer,
         hidden: &mut Vec<f32>,
         opts: &GptqOptions,
+        phases: &mut Phases,
     ) -> Result<(Quantized, f64)> {
         let mut out = Vec::new();
         let y_fp;
         if opts.true_sequential {
-            y_fp = self.composed(layer, hidden, &mut |_, _, _| Ok(()))?;
+            y_fp = phases.time("forward", || self.composed(layer, hidden, None))?;
             // Each group's Hessian comes from inputs computed with the earlier groups already quantized.
-            let y_q = self.composed(layer, hidden, &mut |layer, slot, x| {
-                let (h, hv) = self.hessians(layer, slot, x)?;
-                out.extend(self.quantize_slot(layer, slot, Some((&h, hv.as_ref(), opts)))?);
-                Ok(())
-            })?;
+            let t0 = Instant::now();
+            let mut hq = 0.0;
+            let y_q = self.composed(
+                layer,
+                hidden,
+                Some(&mut |layer, slot, x| {
+                    let t1 = Instant::now();
+                    let (h, hv) = self.hessians(layer, slot, x)?;
+                    out.extend(self.quantize_slot(layer, slot, Some((&h, hv.as_ref(), opts)))?);
+                    hq += t1.elapsed().as_secs_f64();
+                    Ok(())
+                }),
+            )?;
+            phases.add("forward", t0.elapsed().as_secs_f64() - hq);
+            phases.add("hessians and quantize", hq);
             let error = relative_error(&y_q, &y_fp, hidden);
             *hidden = y_q;
             return Ok((out, error));
         }
         let mut hessians: Vec<(Slot, Hessian, Option<Hessian>)> = Vec::new();
-        y_fp = self.composed(layer, hidden, &mut |layer, slot, x| {
-            let (h, hv) = self.hessians(layer, slot, x)?;
-            hessians.push((slot, h, hv));
+        let t0 = Instant::now();
+        let mut hs = 0.0;
+        y_fp = self.composed(
+            layer,
+            hidden,
+            Some(&mut |layer, slot, x| {
+                let t1 = Instant::now();
+                let (h, hv) = self.hessians(layer, slot, x)?;
+                hessians.push((slot, h, hv));
+                hs += t1.elapsed().as_secs_f64();
+                Ok(())
+            }),
+        )?;
+        phases.add("forward", t0.elapsed().as_secs_f64() - hs);
+        phases.add("hessians", hs);
+        phases.time("quantize", || -> Result<()> {
+            for (slot, h, hv) in &hessians {
+                out.extend(self.quantize_slot(layer, *slot, Some((h, hv.as_ref(), opts)))?);
+            }
             Ok(())
         })?;
-        for (slot, h, hv) in &hessians {
-            out.extend(self.quantize_slot(layer, *slot, Some((h, hv.as_ref(), opts)))?);
-        }
-        let y_q = self.composed(layer, hidden, &mut |_, _, _| Ok(()))?;
+        let y_q = phases.time("forward", || self.composed(layer, hidden, None))?;
         let error = relative_error(&y_q, &y_fp, hidden);
         *hidden = y_q;
         Ok((out, error))
@@ -549,19 +606,30 @@ impl LayerRun<'_> {
         layer: &mut DecoderLayer,
         hidden: &mut Vec<f32>,
         opts: &AwqOptions,
+        phases: &mut Phases,
         events: &mut dyn FnMut(Event<'_>) -> bool,
     ) -> Result<(Quantized, f64)> {
         let mut inputs = LayerInputs::new(layer.dims, self.seq_len, opts);
-        let y_fp = self.composed(layer, hidden, &mut |_, slot, x| {
-            let group = match slot {
-                Slot::Qkv => InputOf::Qkv,
-                Slot::O => InputOf::O,
-                Slot::GateUp => InputOf::GateUp,
-                Slot::Down => InputOf::Down,
-            };
-            inputs.record(group, x);
-            Ok(())
-        })?;
+        let t0 = Instant::now();
+        let mut recording = 0.0;
+        let y_fp = self.composed(
+            layer,
+            hidden,
+            Some(&mut |_, slot, x| {
+                let t1 = Instant::now();
+                let group = match slot {
+                    Slot::Qkv => InputOf::Qkv,
+                    Slot::O => InputOf::O,
+                    Slot::GateUp => InputOf::GateUp,
+                    Slot::Down => InputOf::Down,
+                };
+                inputs.record(group, x);
+                recording += t1.elapsed().as_secs_f64();
+                Ok(())
+            }),
+        )?;
+        phases.add("forward", t0.elapsed().as_secs_f64() - recording);
+        phases.add("input statistics", recording);
         let sel = self.selected();
         let stats = awq_layer(
             self.compute,
@@ -573,6 +641,8 @@ impl LayerRun<'_> {
             opts,
         )?;
         drop(inputs);
+        phases.add("scale search", stats.search_seconds);
+        phases.add("clip search", stats.clip_seconds);
         let line = format!(
             "AWQ {}: best ratios {:?}, next-best loss margins [{}], {} weights clipped",
             self.modules.first().map_or("", |m| m.name.as_str()),
@@ -588,11 +658,8 @@ impl LayerRun<'_> {
         if !events(Event::Log(&line)) {
             return Err(QuantError::Cancelled);
         }
-        let mut out = Vec::new();
-        for slot in SLOTS {
-            out.extend(self.quantize_slot(layer, slot, None)?);
-        }
-        let y_q = self.composed(layer, hidden, &mut |_, _, _| Ok(()))?;
+        let out = phases.time("quantize", || self.quantize_slots(layer))?;
+        let y_q = phases.time("forward", || self.composed(layer, hidden, None))?;
         let error = relative_error(&y_q, &y_fp, hidden);
         // AutoAWQ feeds the next layer with the floating-point outputs.
         *hidden = y_fp;
@@ -618,6 +685,15 @@ impl LayerRun<'_> {
             }
         }
         s
+    }
+
+    /// Every slot's selected modules quantized with RTN (`quantize_slot`).
+    fn quantize_slots(&self, layer: &mut DecoderLayer) -> Result<Quantized> {
+        let mut out = Vec::new();
+        for slot in SLOTS {
+            out.extend(self.quantize_slot(layer, slot, None)?);
+        }
+        Ok(out)
     }
 
     /// Quantizes the selected modules of `slot` (RTN, or GPTQ with a Hessian) and puts their dequantized weights
@@ -659,7 +735,7 @@ impl LayerRun<'_> {
             if self.format == OutputFormat::GptqV1 {
                 fit_gptq_v1_zeros(&mut q);
             }
-            slot_rows_mut(layer, slot, span.clone()).copy_from_slice(&q.dequantize());
+            q.dequantize_into(slot_rows_mut(layer, slot, span.clone()));
             self.compute.changed(slot_rows(layer, slot, span.clone()))?;
             for i in members {
                 let r = &self.modules[i].rows;
@@ -671,13 +747,20 @@ impl LayerRun<'_> {
 
     /// The layer computed group by group over every calibration sequence, `before(layer, slot, x)` seeing each
     /// linear group's input x ([tokens, in]) before the group runs (and free to change its weights); returns the
-    /// layer's output [tokens, hidden].
+    /// layer's output [tokens, hidden]. On a GPU the activations stay on the device (`composed_on_gpu`).
     fn composed(
         &self,
         layer: &mut DecoderLayer,
         hidden: &[f32],
-        before: &mut BeforeGroup<'_>,
+        mut before: Option<&mut BeforeGroup<'_>>,
     ) -> Result<Vec<f32>> {
+        if let Some(y) = self.composed_on_gpu(layer, hidden, &mut before)? {
+            return Ok(y);
+        }
+        let mut before = |layer: &mut DecoderLayer, slot: Slot, x: &[f32]| match before.as_mut() {
+            Some(f) => f(layer, slot, x),
+            None => Ok(()),
+        };
         let d = layer.dims;
         let tokens = hidden.len() / d.hidden;
         let mut x1 = vec![0f32; hidden.len()]; // [tokens, hidden]
@@ -712,6 +795,72 @@ impl LayerRun<'_> {
         }
         Ok(y)
     }
+
+    /// [`LayerRun::composed`] on a GPU, every activation kept on the device: only `hidden` goes up and the
+    /// output comes down, plus a host copy of each group's input when there is a `before` to see it (each step
+    /// takes the held weights anew, so `before` may change them). `None` on the CPU.
+    fn composed_on_gpu(
+        &self,
+        layer: &mut DecoderLayer,
+        hidden: &[f32],
+        before: &mut Option<&mut BeforeGroup<'_>>,
+    ) -> Result<Option<Vec<f32>>> {
+        let compute = self.compute;
+        let Some(h0) = compute.on_device(|dev| Ok(dev.gpu.upload(hidden)?))? else {
+            return Ok(None);
+        };
+        let mut show = |layer: &mut DecoderLayer, slot: Slot, x: &CudaSlice<f32>| -> Result<()> {
+            if let Some(f) = before.as_mut() {
+                let host = on_gpu(compute, |dev| Ok(dev.gpu.download(x)?))?;
+                f(layer, slot, &host)?;
+            }
+            Ok(())
+        };
+        let d = layer.dims;
+        let tokens = hidden.len() / d.hidden.max(1);
+        let (seq_len, rope) = (self.seq_len, self.rope);
+        let x1 = on_gpu(compute, |dev| {
+            dev.rmsnorm(&h0, &layer.input_layernorm, d.rms_norm_eps)
+        })?;
+        show(layer, Slot::Qkv, &x1)?;
+        let ctx = on_gpu(compute, |dev| {
+            let qkv = dev.linear(&layer.qkv_proj, &x1, tokens)?; // [tokens, q + 2·kv]
+            dev.attend_windows(layer, &qkv, seq_len, &dev.window_tables(rope, seq_len)?)
+        })?; // [tokens, heads · head_dim]
+        drop(x1);
+        show(layer, Slot::O, &ctx)?;
+        let h2 = on_gpu(compute, |dev| {
+            let mut h2 = dev.linear(&layer.o_proj, &ctx, tokens)?;
+            add_assign(dev.gpu, &mut h2, &h0)?;
+            Ok(h2)
+        })?; // [tokens, hidden]
+        drop((ctx, h0));
+        let x3 = on_gpu(compute, |dev| {
+            dev.rmsnorm(&h2, &layer.post_attention_layernorm, d.rms_norm_eps)
+        })?;
+        show(layer, Slot::GateUp, &x3)?;
+        let act = on_gpu(compute, |dev| {
+            let gate_up = dev.linear(&layer.gate_up_proj, &x3, tokens)?; // [tokens, 2·intermediate]
+            let mut act = dev.gpu.alloc::<f32>(tokens * d.intermediate)?;
+            silu_mul(dev.gpu, &gate_up, d.intermediate, &mut act)?;
+            Ok(act)
+        })?; // [tokens, intermediate]
+        drop(x3);
+        show(layer, Slot::Down, &act)?;
+        let y = on_gpu(compute, |dev| {
+            let mut y = dev.linear(&layer.down_proj, &act, tokens)?;
+            add_assign(dev.gpu, &mut y, &h2)?;
+            Ok(y)
+        })?; // [tokens, hidden]
+        Ok(Some(on_gpu(compute, |dev| Ok(dev.gpu.download(&y)?))?))
+    }
+}
+
+/// [`Compute::on_device`] for a step of work already on the GPU.
+fn on_gpu<R>(compute: &Compute, f: impl FnOnce(&mut OnDevice<'_>) -> Result<R>) -> Result<R> {
+    compute
+        .on_device(f)?
+        .ok_or_else(|| QuantError::Unsupported("internal: the layer's GPU went away".into()))
 }
 
 /// A separate v_proj (not a fused qkv_proj).

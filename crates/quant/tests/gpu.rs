@@ -15,11 +15,17 @@ use olive_kernels::cuda::test_gpu;
 use olive_quant::device::Compute;
 use olive_quant::{gptq, quantize_model, Device, GptqOptions, Hessian, Method};
 
-/// Fraction of weights whose levels may differ between the devices. The products differ only in the order of
-/// f32 additions (relative differences ~1e-7); that moves a value across a rounding boundary of its grid for
-/// about one weight in 10⁵, and it can tip an AWQ clip choice between two near-equal errors, which changes one
-/// row's group of levels. Measured on an H200: AWQ 6.7e-4, GPTQ 0.
-const LEVELS_DIFFERENT: f64 = 1e-3;
+/// Fraction of weights whose levels (and of groups whose zero points) may differ between the devices. The two
+/// layer forwards differ by float roundings only (cuBLAS vs gemm products; on the device RoPE, the online-softmax
+/// attention and SwiGLU's exp; the norms are bit for bit the host's): that moves a value across a rounding
+/// boundary of its grid for about one weight in 10⁵, and it can tip an AWQ clip choice or a GPTQ error-feedback
+/// step between two near-equal options, which changes a row's group of levels. Measured on an H200: AWQ 1.0e-3,
+/// GPTQ 7.6e-4 (levels), 8.7e-4 and 4.3e-4 (zero points).
+const LEVELS_DIFFERENT: f64 = 2e-3;
+/// Fraction of groups whose scales may differ by more than `SCALE_REL`: GPTQ's scales come from the weights its
+/// error feedback updated, so a level flipped earlier in a row moves the later groups' scales. Measured on an
+/// H200: GPTQ 4.4e-3, AWQ 1.4e-3.
+const SCALES_OFF: f64 = 1e-2;
 /// Relative difference allowed between the two outputs' perplexities on held-out tokens.
 const PPL_REL: f64 = 5e-3;
 /// ‖H_gpu − H_cpu‖ / ‖H_cpu‖: f32 sums of 8192 products each, added in another order (cuBLAS vs gemm);
@@ -72,7 +78,7 @@ fn awq_and_gptq_on_the_gpu_match_the_cpu() {
             "{name}: worst linear {:?}; {a:?}",
             a.worst
         );
-        assert!(a.scales_off <= LEVELS_DIFFERENT, "{name}: {a:?}");
+        assert!(a.scales_off <= SCALES_OFF, "{name}: {a:?}");
         assert!(a.zeros_different <= LEVELS_DIFFERENT, "{name}: {a:?}");
         assert!(ppl_rel <= PPL_REL, "{name}: perplexity {p_cpu} vs {p_gpu}");
     }

@@ -64,6 +64,52 @@ pub fn rmsnorm<T: Float>(
     Ok(())
 }
 
+/// out: [rows, d] = rmsnorm(x: [rows, d]) with weight: [d] in f32, bit for bit as [`crate::cpu::rmsnorm`]
+/// computes it (the same sums in the same order, each operation rounded on its own): for calibration forwards
+/// whose GPU and CPU runs must agree.
+pub fn rmsnorm_f32_as_cpu(
+    gpu: &Gpu,
+    x: &CudaSlice<f32>,
+    weight: &CudaSlice<f32>,
+    eps: f32,
+    out: &mut CudaSlice<f32>,
+) -> Result<(), GpuError> {
+    let d = weight.len();
+    let rows = rows_of(x.len(), d)?;
+    if out.len() != x.len() {
+        return Err(GpuError::Shape(format!(
+            "rmsnorm_f32_as_cpu: out has {} elements, x {}",
+            out.len(),
+            x.len()
+        )));
+    }
+    if rows == 0 {
+        return Ok(());
+    }
+    let f = gpu.function(&SOURCE, "rmsnorm_f32_as_cpu")?;
+    let (rows_i, d_i) = (
+        as_i32(rows as usize, "rmsnorm_f32_as_cpu: rows")?,
+        as_i32(d, "rmsnorm_f32_as_cpu: d")?,
+    );
+    // SAFETY: out and x hold rows·d f32, weight d; a block takes 32 rows with 8 threads each.
+    unsafe {
+        gpu.stream()
+            .launch_builder(&f)
+            .arg(out)
+            .arg(x)
+            .arg(weight)
+            .arg(&rows_i)
+            .arg(&d_i)
+            .arg(&eps)
+            .launch(LaunchConfig {
+                grid_dim: (rows.div_ceil(32), 1, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            })
+    }?;
+    Ok(())
+}
+
 /// dx: [rows, d] = (dx if `accumulate` else 0) + ∂rmsnorm/∂x given dy: [rows, d], for x: [rows, d] and a
 /// frozen weight: [d].
 pub fn rmsnorm_backward<T: Float>(

@@ -4,6 +4,7 @@
 //! [rows, ceil(G·bits/8)] the same way, the zero point itself, left out when symmetric; `scales` [rows, G] in
 //! the model dtype. An embedding [vocab, hidden] is stored exactly as a linear [out, in].
 
+use rayon::prelude::*;
 use safetensors::Dtype;
 
 use super::{unsupported, PackError, PackedTensor, QuantizedLinear};
@@ -14,11 +15,14 @@ fn pack_to_uint8(levels: &[u8], rows: usize, cols: usize, bits: usize) -> Vec<u8
     let per = 8 / bits;
     let width = cols.div_ceil(per);
     let mut out = vec![0u8; rows * width];
-    for r in 0..rows {
-        for c in 0..cols {
-            out[r * width + c / per] |= levels[r * cols + c] << (bits * (c % per));
-        }
-    }
+    out.par_chunks_mut(width.max(1))
+        .zip(levels.par_chunks(cols.max(1)))
+        .take(rows)
+        .for_each(|(out, levels)| {
+            for (c, &v) in levels.iter().enumerate() {
+                out[c / per] |= v << (bits * (c % per));
+            }
+        });
     out
 }
 

@@ -9,20 +9,18 @@
 //! the host weight as the CPU search applies them. Choices equal the CPU's except where two candidates' losses
 //! tie within the float noise of the products (their summation order differs).
 
-use olive_kernels::cuda::attention_windows::{attention_windows_f32, WindowShape};
 use olive_kernels::cuda::awq_search::{
     clip_best, clip_candidates, scaled_fake_quantize, squared_error_sum, ClipGroup, WeightGrid,
     PARTIALS,
 };
 use olive_kernels::cuda::gemm;
-use olive_kernels::cuda::rows::add_bias;
 use olive_kernels::cuda::silu_mul::silu_mul;
 use olive_kernels::cuda::{CudaSlice, GpuError};
 use olive_nn::{DecoderLayer, Linear, RopeTables};
 use rayon::prelude::*;
 
 use super::{choose, ratio_scales, weight_abs_mean, GroupInput, Inspect};
-use crate::device::{window_tables, Compute, OnDevice};
+use crate::device::{Compute, OnDevice};
 use crate::error::Result;
 use crate::grid::QuantSpec;
 
@@ -66,8 +64,7 @@ pub(super) fn search(
         let gpu = dev.gpu;
         let x = gpu.upload(&input.loss)?; // [tokens, in]
         let tokens = input.loss.len() / in_features.max(1);
-        let (cos, sin) = window_tables(rope, seq_len);
-        let tables = (gpu.upload(cos)?, gpu.upload(sin)?);
+        let tables = dev.window_tables(rope, seq_len)?;
         let reference = inspect_on(dev, layer, inspect, &x, tokens, seq_len, &tables)?;
         let original = match dev.weight(host) {
             Some(w) => gpu.stream().clone_dtod(&w).map_err(GpuError::from)?,
@@ -125,29 +122,9 @@ pub(super) fn search(
     Ok(Some((s, step as f32 / n as f32, margin)))
 }
 
-/// out: [tokens, out_features] = x · Wᵀ + b on the device, W read from its held copy (else uploaded).
-fn linear_on(
-    dev: &OnDevice<'_>,
-    l: &Linear,
-    x: &CudaSlice<f32>,
-    tokens: usize,
-) -> Result<CudaSlice<f32>> {
-    let gpu = dev.gpu;
-    let mut out = gpu.alloc::<f32>(tokens * l.out_features)?;
-    let shape = (tokens, l.out_features, l.in_features);
-    match dev.weight(&l.weight) {
-        Some(w) => gemm::linear(gpu, x, &w, &mut out, shape, false)?,
-        None => gemm::linear(gpu, x, &gpu.upload(&l.weight)?, &mut out, shape, false)?,
-    }
-    if let Some(b) = &l.bias {
-        add_bias(gpu, &mut out, &gpu.upload(b)?)?;
-    }
-    Ok(out)
-}
-
 /// The inspected module's output ([tokens, hidden]) on x (whole windows of `seq_len` for the attention block),
 /// as the parent's `inspect_output` computes it, all on the device (RoPE and attention in f32, like the host's);
-/// `rope` holds a window's cos and sin tables on the device ([`window_tables`]).
+/// `rope` holds a window's cos and sin tables on the device ([`OnDevice::window_tables`]).
 fn inspect_on(
     dev: &OnDevice<'_>,
     layer: &DecoderLayer,
@@ -159,33 +136,21 @@ fn inspect_on(
 ) -> Result<CudaSlice<f32>> {
     let gpu = dev.gpu;
     match inspect {
-        Inspect::O => linear_on(dev, &layer.o_proj, x, tokens),
-        Inspect::Down => linear_on(dev, &layer.down_proj, x, tokens),
+        Inspect::O => dev.linear(&layer.o_proj, x, tokens),
+        Inspect::Down => dev.linear(&layer.down_proj, x, tokens),
         Inspect::Mlp => {
-            let gate_up = linear_on(dev, &layer.gate_up_proj, x, tokens)?; // [tokens, 2·intermediate]
+            let gate_up = dev.linear(&layer.gate_up_proj, x, tokens)?; // [tokens, 2·intermediate]
             let inter = layer.dims.intermediate;
             let mut act = gpu.alloc::<f32>(tokens * inter)?; // [tokens, intermediate]
             silu_mul(gpu, &gate_up, inter, &mut act)?;
             drop(gate_up);
-            linear_on(dev, &layer.down_proj, &act, tokens)
+            dev.linear(&layer.down_proj, &act, tokens)
         }
         Inspect::Attention => {
-            let qkv = linear_on(dev, &layer.qkv_proj, x, tokens)?; // [tokens, q + 2·kv]
-            let d = layer.dims;
-            let shape = WindowShape {
-                windows: tokens / seq_len.max(1),
-                seq: seq_len,
-                heads: d.heads,
-                kv_heads: d.kv_heads,
-                head_dim: d.head_dim,
-                rotary_dim: d.rotary_dim,
-                window: d.sliding_window,
-                scale: (d.head_dim as f32).powf(-0.5),
-            };
-            let mut ctx = gpu.alloc::<f32>(tokens * d.q_width())?; // [tokens, heads · head_dim]
-            attention_windows_f32(gpu, &shape, &qkv, (&rope.0, &rope.1), &mut ctx)?;
+            let qkv = dev.linear(&layer.qkv_proj, x, tokens)?; // [tokens, q + 2·kv]
+            let ctx = dev.attend_windows(layer, &qkv, seq_len, rope)?; // [tokens, heads · head_dim]
             drop(qkv);
-            linear_on(dev, &layer.o_proj, &ctx, tokens)
+            dev.linear(&layer.o_proj, &ctx, tokens)
         }
     }
 }

@@ -20,7 +20,7 @@ use safetensors::Dtype;
 use serde_json::json;
 
 /// Relative difference allowed between the scales of the devices (float noise of the calibration products
-/// through AWQ's x_mean and GPTQ's updated weights), for all but `LEVELS_DIFFERENT` of the groups.
+/// through AWQ's x_mean and GPTQ's updated weights), for all but `SCALES_OFF` (tests/gpu.rs) of the groups.
 pub const SCALE_REL: f32 = 1e-5;
 
 /// A random Llama-family model's shape.
