@@ -534,41 +534,31 @@ impl LayerRun<'_> {
         if opts.true_sequential {
             y_fp = phases.time("forward", || self.composed(layer, hidden, None))?;
             // Each group's Hessian comes from inputs computed with the earlier groups already quantized.
-            let t0 = Instant::now();
-            let mut hq = 0.0;
-            let y_q = self.composed(
+            let y_q = self.composed_timed(
                 layer,
                 hidden,
-                Some(&mut |layer, slot, x| {
-                    let t1 = Instant::now();
+                (phases, "hessians and quantize"),
+                &mut |layer, slot, x| {
                     let (h, hv) = self.hessians(layer, slot, x)?;
                     out.extend(self.quantize_slot(layer, slot, Some((&h, hv.as_ref(), opts)))?);
-                    hq += t1.elapsed().as_secs_f64();
                     Ok(())
-                }),
+                },
             )?;
-            phases.add("forward", t0.elapsed().as_secs_f64() - hq);
-            phases.add("hessians and quantize", hq);
             let error = relative_error(&y_q, &y_fp, hidden);
             *hidden = y_q;
             return Ok((out, error));
         }
         let mut hessians: Vec<(Slot, Hessian, Option<Hessian>)> = Vec::new();
-        let t0 = Instant::now();
-        let mut hs = 0.0;
-        y_fp = self.composed(
+        y_fp = self.composed_timed(
             layer,
             hidden,
-            Some(&mut |layer, slot, x| {
-                let t1 = Instant::now();
+            (phases, "hessians"),
+            &mut |layer, slot, x| {
                 let (h, hv) = self.hessians(layer, slot, x)?;
                 hessians.push((slot, h, hv));
-                hs += t1.elapsed().as_secs_f64();
                 Ok(())
-            }),
+            },
         )?;
-        phases.add("forward", t0.elapsed().as_secs_f64() - hs);
-        phases.add("hessians", hs);
         phases.time("quantize", || -> Result<()> {
             for (slot, h, hv) in &hessians {
                 out.extend(self.quantize_slot(layer, *slot, Some((h, hv.as_ref(), opts)))?);
@@ -610,13 +600,11 @@ impl LayerRun<'_> {
         events: &mut dyn FnMut(Event<'_>) -> bool,
     ) -> Result<(Quantized, f64)> {
         let mut inputs = LayerInputs::new(layer.dims, self.seq_len, opts);
-        let t0 = Instant::now();
-        let mut recording = 0.0;
-        let y_fp = self.composed(
+        let y_fp = self.composed_timed(
             layer,
             hidden,
-            Some(&mut |_, slot, x| {
-                let t1 = Instant::now();
+            (phases, "input statistics"),
+            &mut |_, slot, x| {
                 let group = match slot {
                     Slot::Qkv => InputOf::Qkv,
                     Slot::O => InputOf::O,
@@ -624,12 +612,9 @@ impl LayerRun<'_> {
                     Slot::Down => InputOf::Down,
                 };
                 inputs.record(group, x);
-                recording += t1.elapsed().as_secs_f64();
                 Ok(())
-            }),
+            },
         )?;
-        phases.add("forward", t0.elapsed().as_secs_f64() - recording);
-        phases.add("input statistics", recording);
         let sel = self.selected();
         let stats = awq_layer(
             self.compute,
@@ -793,6 +778,31 @@ impl LayerRun<'_> {
         for (a, b) in y.iter_mut().zip(&h2) {
             *a += b;
         }
+        Ok(y)
+    }
+
+    /// [`LayerRun::composed`] with `before`, its time counted as the phase `hook` and the rest as "forward".
+    fn composed_timed(
+        &self,
+        layer: &mut DecoderLayer,
+        hidden: &[f32],
+        (phases, hook): (&mut Phases, &'static str),
+        before: &mut BeforeGroup<'_>,
+    ) -> Result<Vec<f32>> {
+        let t0 = Instant::now();
+        let mut inside = 0.0;
+        let y = self.composed(
+            layer,
+            hidden,
+            Some(&mut |layer, slot, x| {
+                let t1 = Instant::now();
+                let seen = before(layer, slot, x);
+                inside += t1.elapsed().as_secs_f64();
+                seen
+            }),
+        )?;
+        phases.add("forward", t0.elapsed().as_secs_f64() - inside);
+        phases.add(hook, inside);
         Ok(y)
     }
 

@@ -20,6 +20,17 @@ fn rows_of(x: usize, d: usize) -> Result<u32, GpuError> {
     u32::try_from(x / d).map_err(|_| GpuError::Shape(format!("rmsnorm: {} rows exceed u32", x / d)))
 }
 
+/// Rows of a forward's x for a weight of `d` elements, checking that out has x's shape (`what`: the kernel).
+fn forward_rows(what: &str, x: usize, out: usize, d: usize) -> Result<u32, GpuError> {
+    let rows = rows_of(x, d)?;
+    if out != x {
+        return Err(GpuError::Shape(format!(
+            "{what}: out has {out} elements, x {x}"
+        )));
+    }
+    Ok(rows)
+}
+
 fn config<T>(rows: u32, d: usize, per_thread: usize) -> LaunchConfig {
     LaunchConfig {
         grid_dim: (rows, 1, 1),
@@ -37,14 +48,7 @@ pub fn rmsnorm<T: Float>(
     out: &mut CudaSlice<T>,
 ) -> Result<(), GpuError> {
     let d = weight.len();
-    let rows = rows_of(x.len(), d)?;
-    if out.len() != x.len() {
-        return Err(GpuError::Shape(format!(
-            "rmsnorm: out has {} elements, x {}",
-            out.len(),
-            x.len()
-        )));
-    }
+    let rows = forward_rows("rmsnorm", x.len(), out.len(), d)?;
     if rows == 0 {
         return Ok(());
     }
@@ -75,14 +79,7 @@ pub fn rmsnorm_f32_as_cpu(
     out: &mut CudaSlice<f32>,
 ) -> Result<(), GpuError> {
     let d = weight.len();
-    let rows = rows_of(x.len(), d)?;
-    if out.len() != x.len() {
-        return Err(GpuError::Shape(format!(
-            "rmsnorm_f32_as_cpu: out has {} elements, x {}",
-            out.len(),
-            x.len()
-        )));
-    }
+    let rows = forward_rows("rmsnorm_f32_as_cpu", x.len(), out.len(), d)?;
     if rows == 0 {
         return Ok(());
     }
