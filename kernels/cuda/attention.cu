@@ -654,9 +654,13 @@ extern "C" __global__ void attention_dq_copy(const AttnParams p, int head_dim, c
         attn_bwd<T, D>(p, q, k, v, mask, d_o, lse, delta, dq_acc, dk, dv);                                           \
     }
 
-ATTENTION_KERNELS(bf16, __nv_bfloat16, 64)
-ATTENTION_KERNELS(bf16, __nv_bfloat16, 96)
-ATTENTION_KERNELS(bf16, __nv_bfloat16, 128)
-ATTENTION_KERNELS(f16, __half, 64)
-ATTENTION_KERNELS(f16, __half, 96)
-ATTENTION_KERNELS(f16, __half, 128)
+// One element type and head size a compile (attention.rs passes -DATTN_NAME=bf16|f16 -DATTN_D=64|96|128): NVRTC then
+// does a sixth of the work of all six, which took ~19 s.
+#if !defined(ATTN_NAME) || !defined(ATTN_D)
+#error "attention.cu is compiled with -DATTN_NAME=bf16|f16 -DATTN_D=64|96|128"
+#endif
+#define ATTN_TYPE_bf16 __nv_bfloat16
+#define ATTN_TYPE_f16 __half
+#define ATTN_PASTE(a, b) a##b
+#define ATTENTION_INSTANCE(NAME, D) ATTENTION_KERNELS(NAME, ATTN_PASTE(ATTN_TYPE_, NAME), D)
+ATTENTION_INSTANCE(ATTN_NAME, ATTN_D)

@@ -272,9 +272,24 @@ fn backward_smem(d: usize) -> usize {
     6 * TILE * (d + 8) * 2 + TILE * (TILE + 8) * 2 + 2 * TILE * 4
 }
 
-/// The kernel `name`, allowed `smem` bytes of dynamic shared memory.
-fn kernel(gpu: &Gpu, name: &str, smem: usize) -> Result<cudarc::driver::CudaFunction, GpuError> {
-    let f = gpu.function(&SOURCE, name)?;
+/// attention.cu's kernel `name` from its build for element type T and head size `hd` (each build holds one).
+fn function<T: Half>(
+    gpu: &Gpu,
+    hd: usize,
+    name: &str,
+) -> Result<cudarc::driver::CudaFunction, GpuError> {
+    let hd = hd.to_string();
+    gpu.function_with(&SOURCE, &[("ATTN_NAME", T::SUFFIX), ("ATTN_D", &hd)], name)
+}
+
+/// The kernel `attention_<kind>_<T>_<hd>`, allowed `smem` bytes of dynamic shared memory.
+fn kernel<T: Half>(
+    gpu: &Gpu,
+    kind: &str,
+    hd: usize,
+    smem: usize,
+) -> Result<cudarc::driver::CudaFunction, GpuError> {
+    let f = function::<T>(gpu, hd, &format!("attention_{kind}_{}_{hd}", T::SUFFIX))?;
     if smem > 48 * 1024 {
         f.set_attribute(
             CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
@@ -337,7 +352,7 @@ pub fn forward<T: Half>(
         p.splits = int("splits", splits)?;
         p.chunk = int("chunk", chunk)?;
         let mut part = gpu.alloc::<f32>(rows * splits * (hd + 2))?;
-        let f = kernel(gpu, &format!("attention_decode_{}_{hd}", T::SUFFIX), 0)?;
+        let f = kernel::<T>(gpu, "decode", hd, 0)?;
         let cfg = LaunchConfig {
             grid_dim: (splits as u32, shape.kv_heads as u32, b as u32),
             block_dim: (THREADS, 1, 1),
@@ -357,7 +372,7 @@ pub fn forward<T: Half>(
         // SAFETY: the rows of q, k, v and the mask were checked against their buffers; part holds
         // rows·splits·(head_dim + 2) floats, the kernel's [batch, heads, tokens, splits, D + 2].
         unsafe { launch.launch(cfg) }?;
-        let f = kernel(gpu, &format!("attention_combine_{}_{hd}", T::SUFFIX), 0)?;
+        let f = kernel::<T>(gpu, "combine", hd, 0)?;
         let cfg = LaunchConfig {
             grid_dim: (int("rows", rows)? as u32, 1, 1),
             block_dim: (THREADS, 1, 1),
@@ -374,7 +389,7 @@ pub fn forward<T: Half>(
         return Ok(());
     }
     let smem = forward_smem(hd);
-    let f = kernel(gpu, &format!("attention_fwd_{}_{hd}", T::SUFFIX), smem)?;
+    let f = kernel::<T>(gpu, "fwd", hd, smem)?;
     let cfg = LaunchConfig {
         grid_dim: (
             shape.tokens.div_ceil(TILE) as u32,
@@ -450,7 +465,7 @@ pub fn backward<T: Half>(
     let mut dq_acc = gpu.alloc::<f32>((q_rows * q_width).max(1))?;
     let warps = THREADS as usize / 32;
     if rows > 0 {
-        let f = kernel(gpu, &format!("attention_delta_{}_{hd}", T::SUFFIX), 0)?;
+        let f = kernel::<T>(gpu, "delta", hd, 0)?;
         let cfg = LaunchConfig {
             grid_dim: (int("rows", rows.div_ceil(warps))? as u32, 1, 1),
             block_dim: (THREADS, 1, 1),
@@ -468,7 +483,7 @@ pub fn backward<T: Half>(
         }?;
     }
     let smem = backward_smem(hd);
-    let f = kernel(gpu, &format!("attention_bwd_{}_{hd}", T::SUFFIX), smem)?;
+    let f = kernel::<T>(gpu, "bwd", hd, smem)?;
     let cfg = LaunchConfig {
         grid_dim: (
             shape.kv_len.div_ceil(TILE) as u32,
@@ -498,7 +513,7 @@ pub fn backward<T: Half>(
     // SAFETY: every operand's rows were checked; dq_acc is the zeroed [batch·tokens, heads, head_dim] accumulator.
     unsafe { launch.launch(cfg) }?;
     if rows > 0 {
-        let f = gpu.function(&SOURCE, "attention_dq_copy")?;
+        let f = function::<T>(gpu, hd, "attention_dq_copy")?;
         let n = q_rows * q_width;
         let cfg = LaunchConfig {
             grid_dim: (

@@ -19,6 +19,7 @@ pub mod silu_mul;
 pub mod timing;
 pub mod w4a16;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::io::Write;
@@ -110,7 +111,7 @@ pub struct Gpu {
     name: String,
     arch: (u32, u32),
     sm_count: u32,
-    modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
+    modules: Mutex<HashMap<String, Arc<CudaModule>>>,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -222,7 +223,18 @@ impl Gpu {
 
     /// Kernel `name` of `source`, compiling the file for this device on first use.
     pub fn function(&self, source: &KernelSource, name: &str) -> Result<CudaFunction, GpuError> {
-        let module = self.module(source)?;
+        self.function_with(source, &[], name)
+    }
+
+    /// Kernel `name` of `source` compiled with the preprocessor `defines` (NAME, value), each set of defines a
+    /// module of its own: for files that build only the instances a call needs.
+    pub fn function_with(
+        &self,
+        source: &KernelSource,
+        defines: &[(&str, &str)],
+        name: &str,
+    ) -> Result<CudaFunction, GpuError> {
+        let module = self.module(source, defines)?;
         module
             .load_function(name)
             .map_err(|e| GpuError::MissingKernel {
@@ -232,20 +244,33 @@ impl Gpu {
             })
     }
 
-    fn module(&self, source: &KernelSource) -> Result<Arc<CudaModule>, GpuError> {
+    fn module(
+        &self,
+        source: &KernelSource,
+        defines: &[(&str, &str)],
+    ) -> Result<Arc<CudaModule>, GpuError> {
         let mut modules = self
             .modules
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(module) = modules.get(source.file) {
+        let defines: Vec<String> = defines.iter().map(|(k, v)| format!("-D{k}={v}")).collect();
+        // Looked up on every launch: no allocation for a file without defines.
+        let key: Cow<'_, str> = if defines.is_empty() {
+            Cow::Borrowed(source.file)
+        } else {
+            Cow::Owned(format!("{} {}", source.file, defines.join(" ")))
+        };
+        if let Some(module) = modules.get(key.as_ref()) {
             return Ok(module.clone());
         }
         let arch = match (source.arch_specific, self.arch) {
             (true, (9, 0)) => "sm_90a".to_owned(),
             _ => format!("sm_{}{}", self.arch.0, self.arch.1),
         };
+        let mut compile = vec![format!("--gpu-architecture={arch}"), "--std=c++17".into()];
+        compile.extend(defines);
         let options = CompileOptions {
-            options: vec![format!("--gpu-architecture={arch}"), "--std=c++17".into()],
+            options: compile,
             include_paths: cuda_include_dirs(),
             name: Some(source.file.to_owned()),
             ..Default::default()
@@ -259,7 +284,7 @@ impl Gpu {
             .and_then(|p| std::fs::read_to_string(p).ok())
         {
             if let Ok(module) = self.context.load_module(Ptx::from_src(ptx)) {
-                modules.insert(source.file, module.clone());
+                modules.insert(key.into_owned(), module.clone());
                 return Ok(module);
             }
         }
@@ -272,7 +297,7 @@ impl Gpu {
             store_ptx(path, &ptx.to_src());
         }
         let module = self.context.load_module(ptx)?;
-        modules.insert(source.file, module.clone());
+        modules.insert(key.into_owned(), module.clone());
         Ok(module)
     }
 
