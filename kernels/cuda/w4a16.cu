@@ -503,8 +503,9 @@ extern "C" __global__ void w4_reduce_bf16(__nv_bfloat16 *y, const float *part, i
     w4_reduce(y, part, splits, len);
 }
 
-// The configurations the launcher (kernels/src/cuda/w4a16.rs, CONFIGS) may pick: name w4_mm_<dtype>_<RT>_<NB8>_
-// <WK>_<WN>_<WB>_p<PF>, block = 32 * WK * WN * WB threads, PF chunks' loads in flight a warp.
+// The product kernels, named w4_mm_<dtype>_<RT>_<NB8>_<WK>_<WN>_<WB>_p<PF>: block = 32 * WK * WN * WB threads, PF
+// chunks' loads in flight a warp. One is built a compile, the one a call needs (W4_INSTANCE at the end of
+// w4a16_sm90.cu; the launcher's CONFIGS list those it may pick).
 #define W4_MM(TY, NAME, RT, NB8, WK, WN, WB, PF)                                                                 \
     extern "C" __global__ void __launch_bounds__(32 * WK * WN * WB)                                              \
         w4_mm_##NAME##_##RT##_##NB8##_##WK##_##WN##_##WB##_p##PF(TY *y, const TY *x, const uint4 *tiles,          \
@@ -512,28 +513,6 @@ extern "C" __global__ void w4_reduce_bf16(__nv_bfloat16 *y, const float *part, i
                                                                  int group) {                                    \
         w4_mm<TY, RT, NB8, WK, WN, WB, PF>(y, x, tiles, meta, batch, n, k, group);                             \
     }
-#define W4_MM_BOTH(RT, NB8, WK, WN, WB, PF)                                                                       \
-    W4_MM(__half, f16, RT, NB8, WK, WN, WB, PF)                                                                  \
-    W4_MM(__nv_bfloat16, bf16, RT, NB8, WK, WN, WB, PF)
-
-W4_MM_BOTH(1, 1, 8, 1, 1, 1)
-W4_MM_BOTH(1, 1, 16, 1, 1, 1)
-W4_MM_BOTH(2, 1, 8, 1, 1, 1)
-W4_MM_BOTH(1, 1, 4, 2, 1, 1)
-W4_MM_BOTH(1, 2, 8, 1, 1, 1)
-W4_MM_BOTH(2, 2, 8, 1, 1, 1)
-W4_MM_BOTH(1, 2, 16, 1, 1, 1)
-W4_MM_BOTH(2, 2, 4, 2, 1, 1)
-W4_MM_BOTH(2, 4, 4, 2, 1, 1)
-W4_MM_BOTH(1, 4, 8, 1, 1, 1)
-W4_MM_BOTH(2, 8, 2, 4, 1, 1)
-W4_MM_BOTH(2, 8, 4, 2, 1, 1)
-W4_MM_BOTH(1, 8, 4, 2, 1, 1)
-W4_MM_BOTH(2, 8, 1, 8, 1, 1)
-W4_MM_BOTH(2, 8, 1, 4, 2, 1)
-W4_MM_BOTH(2, 8, 2, 2, 2, 1)
-W4_MM_BOTH(1, 8, 2, 4, 2, 1)
-W4_MM_BOTH(1, 1, 16, 1, 1, 2)
 
 // Pipelined kernels, named w4_mm_<dtype>_<RT>_<NB8>_0_<WN>_<WB>_<S>_<MINB>: S shared-memory stages (dynamic), at
 // least MINB blocks a multiprocessor (the register cap that allows it).
@@ -544,20 +523,6 @@ W4_MM_BOTH(1, 1, 16, 1, 1, 2)
             int group, int chunks_per_split) {                                                                   \
         w4_mm_pipe<TY, RT, NB8, WN, WB, S>(y, part, x, tiles, meta, batch, n, k, group, chunks_per_split);       \
     }
-#define W4_MMP_BOTH(RT, NB8, WN, WB, S, MINB)                                                                     \
-    W4_MMP(__half, f16, RT, NB8, WN, WB, S, MINB)                                                                \
-    W4_MMP(__nv_bfloat16, bf16, RT, NB8, WN, WB, S, MINB)
-
-W4_MMP_BOTH(2, 8, 4, 2, 3, 1)
-W4_MMP_BOTH(2, 8, 4, 2, 4, 1)
-W4_MMP_BOTH(2, 4, 4, 2, 4, 1)
-W4_MMP_BOTH(2, 8, 8, 1, 4, 1)
-W4_MMP_BOTH(1, 8, 8, 2, 3, 1)
-W4_MMP_BOTH(2, 2, 4, 2, 4, 1)
-W4_MMP_BOTH(2, 8, 4, 2, 3, 2)
-W4_MMP_BOTH(2, 8, 4, 2, 4, 2)
-W4_MMP_BOTH(1, 8, 4, 2, 4, 2)
-W4_MMP_BOTH(2, 4, 4, 2, 3, 2)
 
 // Dense W [N, K] (the original input order: column perm[k'] when has_perm) from the tiles, one thread a 16-byte
 // tile load, with the GEMM's own dequantization (so the values are identical).

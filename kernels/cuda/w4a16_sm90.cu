@@ -357,22 +357,6 @@ __device__ __forceinline__ void w4_ws(T *__restrict__ y, float *__restrict__ par
         w4_ws<TY, NWG, RT, COLS, S, CPS, MINB, CL>(y, part, xp, tiles, meta, batch, n, k, group,                 \
                                                    chunks_per_split);                                            \
     }
-#define W4_WSC_BOTH(NWG, RT, COLS, S, CPS, MINB, CL)                                                              \
-    W4_WSC(__half, f16, NWG, RT, COLS, S, CPS, MINB, CL)                                                         \
-    W4_WSC(__nv_bfloat16, bf16, NWG, RT, COLS, S, CPS, MINB, CL)
-#define W4_WS_BOTH(NWG, RT, COLS, S, CPS, MINB)                                                                   \
-    W4_WS(__half, f16, NWG, RT, COLS, S, CPS, MINB)                                                              \
-    W4_WS(__nv_bfloat16, bf16, NWG, RT, COLS, S, CPS, MINB)
-
-W4_WS_BOTH(2, 1, 64, 3, 2, 2)
-W4_WS_BOTH(2, 1, 64, 3, 4, 1)
-W4_WS_BOTH(2, 1, 128, 4, 2, 1)
-W4_WS_BOTH(2, 2, 128, 3, 2, 1)
-W4_WSC_BOTH(2, 1, 64, 3, 4, 1, 2)
-W4_WSC_BOTH(2, 1, 64, 3, 4, 1, 4)
-W4_WSC_BOTH(2, 1, 128, 4, 2, 1, 2)
-W4_WSC_BOTH(2, 1, 128, 4, 2, 1, 4)
-
 // The activations of w4_ws: xp [batch / cols (rounded up)][k / 64][8][cols][8 elements] = x [batch, k] (16-bit
 // elements of either dtype; act-order: stored input j is x[b, perm[j]]) in the B core-matrix layout above, zero
 // past the batch. One thread a 16-byte piece, consecutive threads along a row's chunk (coalesced reads).
@@ -398,4 +382,11 @@ extern "C" __global__ void w4_xperm_u16(uint4 *__restrict__ xp, const unsigned s
         xp[(((size_t)(col / cols) * nchunks + c) * 8 + kk) * cols + col % cols] = make_uint4(v[0], v[1], v[2], v[3]);
     }
 }
+#endif
+
+// The one product kernel of this compile: -DW4_INSTANCE=W4_MM(__nv_bfloat16,bf16,1,1,16,1,1,2) and the like, from
+// the launcher's configuration (kernels/src/cuda/w4a16.rs, MmConfig::instance). Without it, only the helper
+// kernels: NVRTC takes about a second for either, against ~23 s for every configuration at once.
+#ifdef W4_INSTANCE
+W4_INSTANCE
 #endif

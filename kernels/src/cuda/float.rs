@@ -46,17 +46,21 @@ impl Float for f16 {
 /// The 16-bit floats (bf16, f16): the activations of the tensor-core kernels (attention, LoRA, W4A16) and the
 /// narrow side of [`super::convert`].
 pub trait Half: Float + Send + Sync {
+    /// Its CUDA C++ type, for kernels instantiated by name.
+    const CUDA_TYPE: &'static str;
     /// Its bit pattern.
     fn to_bits(self) -> u16;
 }
 
 impl Half for bf16 {
+    const CUDA_TYPE: &'static str = "__nv_bfloat16";
     fn to_bits(self) -> u16 {
         bf16::to_bits(self)
     }
 }
 
 impl Half for f16 {
+    const CUDA_TYPE: &'static str = "__half";
     fn to_bits(self) -> u16 {
         f16::to_bits(self)
     }

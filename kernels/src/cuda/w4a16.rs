@@ -291,6 +291,39 @@ impl MmConfig {
         }
     }
 
+    /// The w4a16.cu macro call that builds [`MmConfig::kernel`] (NVRTC's `-DW4_INSTANCE=`): one product kernel a
+    /// compile.
+    fn instance<T: Half>(&self) -> String {
+        let MmConfig {
+            rt,
+            nb8,
+            wk,
+            wn,
+            wb,
+            stages,
+            min_blocks,
+            cluster,
+            producer,
+            stage_chunks,
+            prefetch,
+        } = *self;
+        let (ty, name) = (T::CUDA_TYPE, T::SUFFIX);
+        if producer {
+            let (nwg, cols) = (wn / 4, 8 * nb8);
+            let head =
+                format!("{ty},{name},{nwg},{rt},{cols},{stages},{stage_chunks},{min_blocks}");
+            if cluster > 1 {
+                format!("W4_WSC({head},{cluster})")
+            } else {
+                format!("W4_WS({head})")
+            }
+        } else if stages == 0 {
+            format!("W4_MM({ty},{name},{rt},{nb8},{wk},{wn},{wb},{prefetch})")
+        } else {
+            format!("W4_MMP({ty},{name},{rt},{nb8},{wn},{wb},{stages},{min_blocks})")
+        }
+    }
+
     /// The configuration [`w4a16`] uses for `batch` rows on a GPU of `sm_count` multiprocessors and compute
     /// capability `arch` (from gpu-bench's per-configuration times on an H100, see benches/RESULTS.md). Up to 32
     /// rows the split-K kernel: the first configuration of a ladder, least split first, that gives every
@@ -461,7 +494,11 @@ pub fn w4a16_with<T: Half>(
             &gathered
         }
     };
-    let f = gpu.function(&SOURCE, &config.kernel::<T>())?;
+    let f = gpu.function_with(
+        &SOURCE,
+        &[("W4_INSTANCE", &config.instance::<T>())],
+        &config.kernel::<T>(),
+    )?;
     if config.stages > 0 {
         return launch_pipe(gpu, config, &f, x, batch, w, y);
     }
