@@ -255,45 +255,9 @@ impl MmConfig {
         (rows / 16 * 512 + 4 * (rows + 8) * 4 + cols * 72 * 2) * self.stages as usize
     }
 
-    fn kernel<T: Half>(&self) -> String {
-        let MmConfig {
-            rt,
-            nb8,
-            wk,
-            wn,
-            wb,
-            stages,
-            min_blocks,
-            cluster,
-            producer,
-            stage_chunks,
-            prefetch,
-        } = *self;
-        if producer {
-            let cl = if cluster > 1 {
-                format!("_c{cluster}")
-            } else {
-                String::new()
-            };
-            format!(
-                "w4_ws_{}_{}_{rt}_{}_{stages}_{stage_chunks}_{min_blocks}{cl}",
-                T::SUFFIX,
-                wn / 4,
-                8 * nb8
-            )
-        } else if stages == 0 {
-            format!("w4_mm_{}_{rt}_{nb8}_{wk}_{wn}_{wb}_p{prefetch}", T::SUFFIX)
-        } else {
-            format!(
-                "w4_mm_{}_{rt}_{nb8}_0_{wn}_{wb}_{stages}_{min_blocks}",
-                T::SUFFIX
-            )
-        }
-    }
-
-    /// The w4a16.cu macro call that builds [`MmConfig::kernel`] (NVRTC's `-DW4_INSTANCE=`): one product kernel a
-    /// compile.
-    fn instance<T: Half>(&self) -> String {
+    /// The kernel's name and the w4a16.cu macro call that builds it (NVRTC's `-DW4_INSTANCE=`, one product
+    /// kernel a compile), side by side so the two cannot drift apart.
+    fn kernel<T: Half>(&self) -> (String, String) {
         let MmConfig {
             rt,
             nb8,
@@ -310,17 +274,28 @@ impl MmConfig {
         let (ty, name) = (T::CUDA_TYPE, T::SUFFIX);
         if producer {
             let (nwg, cols) = (wn / 4, 8 * nb8);
+            let kernel =
+                format!("w4_ws_{name}_{nwg}_{rt}_{cols}_{stages}_{stage_chunks}_{min_blocks}");
             let head =
                 format!("{ty},{name},{nwg},{rt},{cols},{stages},{stage_chunks},{min_blocks}");
             if cluster > 1 {
-                format!("W4_WSC({head},{cluster})")
+                (
+                    format!("{kernel}_c{cluster}"),
+                    format!("W4_WSC({head},{cluster})"),
+                )
             } else {
-                format!("W4_WS({head})")
+                (kernel, format!("W4_WS({head})"))
             }
         } else if stages == 0 {
-            format!("W4_MM({ty},{name},{rt},{nb8},{wk},{wn},{wb},{prefetch})")
+            (
+                format!("w4_mm_{name}_{rt}_{nb8}_{wk}_{wn}_{wb}_p{prefetch}"),
+                format!("W4_MM({ty},{name},{rt},{nb8},{wk},{wn},{wb},{prefetch})"),
+            )
         } else {
-            format!("W4_MMP({ty},{name},{rt},{nb8},{wn},{wb},{stages},{min_blocks})")
+            (
+                format!("w4_mm_{name}_{rt}_{nb8}_0_{wn}_{wb}_{stages}_{min_blocks}"),
+                format!("W4_MMP({ty},{name},{rt},{nb8},{wn},{wb},{stages},{min_blocks})"),
+            )
         }
     }
 
@@ -494,11 +469,8 @@ pub fn w4a16_with<T: Half>(
             &gathered
         }
     };
-    let f = gpu.function_with(
-        &SOURCE,
-        &[("W4_INSTANCE", &config.instance::<T>())],
-        &config.kernel::<T>(),
-    )?;
+    let (kernel, instance) = config.kernel::<T>();
+    let f = gpu.function_with(&SOURCE, &[("W4_INSTANCE", &instance)], &kernel)?;
     if config.stages > 0 {
         return launch_pipe(gpu, config, &f, x, batch, w, y);
     }
