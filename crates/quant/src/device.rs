@@ -26,6 +26,7 @@ use olive_kernels::cuda::attention_windows::{attention_windows_f32, WindowShape}
 use olive_kernels::cuda::gemm::{self, Operand};
 use olive_kernels::cuda::rmsnorm::rmsnorm_f32_as_cpu;
 use olive_kernels::cuda::rows::add_bias;
+use olive_kernels::cuda::silu_mul::silu_mul as gpu_silu_mul;
 use olive_kernels::cuda::{Gpu, GpuError};
 use olive_nn::{DecoderLayer, Linear, RopeTables};
 
@@ -361,9 +362,7 @@ impl OnDevice<'_> {
         }
         None
     }
-}
 
-impl OnDevice<'_> {
     /// out: [tokens, out_features] = x · Wᵀ + b on the device, W read from its held copy (else uploaded).
     pub(crate) fn linear(
         &self,
@@ -382,6 +381,21 @@ impl OnDevice<'_> {
             add_bias(gpu, &mut out, &gpu.upload(b)?)?;
         }
         Ok(out)
+    }
+
+    /// The MLP block up to down_proj's input on the device: silu(gate) · up ([tokens, intermediate]) of x
+    /// ([tokens, hidden]), as the host's [`mlp_activation`].
+    pub(crate) fn mlp_activation(
+        &self,
+        layer: &DecoderLayer,
+        x: &CudaSlice<f32>,
+        tokens: usize,
+    ) -> Result<CudaSlice<f32>> {
+        let inter = layer.dims.intermediate;
+        let gate_up = self.linear(&layer.gate_up_proj, x, tokens)?; // [tokens, 2·intermediate]
+        let mut act = self.gpu.alloc::<f32>(tokens * inter)?;
+        gpu_silu_mul(self.gpu, &gate_up, inter, &mut act)?;
+        Ok(act)
     }
 
     /// out: [rows, weight.len()] = rmsnorm(x) on the device, bit for bit as the host's `rmsnorm` (GPTQ's

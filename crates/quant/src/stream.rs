@@ -22,7 +22,6 @@ use std::time::Instant;
 
 use olive_kernels::cpu::rmsnorm;
 use olive_kernels::cuda::rows::add_assign;
-use olive_kernels::cuda::silu_mul::silu_mul;
 use olive_kernels::cuda::CudaSlice;
 use olive_model::quantized::QuantizedLinear;
 use olive_model::{Checkpoint, ModelConfig};
@@ -849,20 +848,15 @@ impl LayerRun<'_> {
             dev.rmsnorm(&h2, &layer.post_attention_layernorm, d.rms_norm_eps)
         })?;
         show(layer, Slot::GateUp, &x3)?;
-        let act = on_gpu(compute, |dev| {
-            let gate_up = dev.linear(&layer.gate_up_proj, &x3, tokens)?; // [tokens, 2·intermediate]
-            let mut act = dev.gpu.alloc::<f32>(tokens * d.intermediate)?;
-            silu_mul(dev.gpu, &gate_up, d.intermediate, &mut act)?;
-            Ok(act)
-        })?; // [tokens, intermediate]
+        let act = on_gpu(compute, |dev| dev.mlp_activation(layer, &x3, tokens))?; // [tokens, intermediate]
         drop(x3);
         show(layer, Slot::Down, &act)?;
         let y = on_gpu(compute, |dev| {
-            let mut y = dev.linear(&layer.down_proj, &act, tokens)?;
+            let mut y = dev.linear(&layer.down_proj, &act, tokens)?; // [tokens, hidden]
             add_assign(dev.gpu, &mut y, &h2)?;
-            Ok(y)
-        })?; // [tokens, hidden]
-        Ok(Some(on_gpu(compute, |dev| Ok(dev.gpu.download(&y)?))?))
+            Ok(dev.gpu.download(&y)?)
+        })?;
+        Ok(Some(y))
     }
 }
 

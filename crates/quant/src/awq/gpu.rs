@@ -14,7 +14,6 @@ use olive_kernels::cuda::awq_search::{
     PARTIALS,
 };
 use olive_kernels::cuda::gemm;
-use olive_kernels::cuda::silu_mul::silu_mul;
 use olive_kernels::cuda::{CudaSlice, GpuError};
 use olive_nn::{DecoderLayer, Linear, RopeTables};
 use rayon::prelude::*;
@@ -134,16 +133,11 @@ fn inspect_on(
     seq_len: usize,
     rope: &(CudaSlice<f32>, CudaSlice<f32>),
 ) -> Result<CudaSlice<f32>> {
-    let gpu = dev.gpu;
     match inspect {
         Inspect::O => dev.linear(&layer.o_proj, x, tokens),
         Inspect::Down => dev.linear(&layer.down_proj, x, tokens),
         Inspect::Mlp => {
-            let gate_up = dev.linear(&layer.gate_up_proj, x, tokens)?; // [tokens, 2·intermediate]
-            let inter = layer.dims.intermediate;
-            let mut act = gpu.alloc::<f32>(tokens * inter)?; // [tokens, intermediate]
-            silu_mul(gpu, &gate_up, inter, &mut act)?;
-            drop(gate_up);
+            let act = dev.mlp_activation(layer, x, tokens)?; // [tokens, intermediate]
             dev.linear(&layer.down_proj, &act, tokens)
         }
         Inspect::Attention => {
