@@ -1,6 +1,7 @@
 // Row moves of a transformer's forward on [rows, width] row-major data: the embedding lookup (gather rows of a
 // table by token id), a residual add, a bias added to every row, and a strided copy of a block of columns (the
-// k and v columns of a fused qkv row into the KV cache). fp32 math on f32/bf16/f16 data.
+// k and v columns of a fused qkv row into the KV cache). fp32 math on f32/bf16/f16 data. Also the mean |x| of
+// every column of f32 data (AWQ's input statistic).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -61,3 +62,14 @@ __device__ void copy_columns(T *__restrict__ dst, int dst_stride, const T *__res
 ROWS_KERNELS(float, f32)
 ROWS_KERNELS(__nv_bfloat16, bf16)
 ROWS_KERNELS(__half, f16)
+
+// out[c] = the mean over the rows of |x[r, c]|, summed in double in row order, one thread a column: bit for bit
+// the CPU's column_abs_mean (kernels/src/cpu/rows.rs).
+extern "C" __global__ void column_abs_mean_f32(float *__restrict__ out, const float *__restrict__ x, int rows,
+                                               int width) {
+    const int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= width) return;
+    double s = 0.0;
+    for (long long r = 0; r < rows; ++r) s += fabs((double)x[r * width + c]);
+    out[c] = (float)(s / (double)(rows > 0 ? rows : 1));
+}

@@ -21,17 +21,18 @@
 
 use std::time::Instant;
 
+use olive_kernels::cpu::rows::{column_abs_mean, gather_rows_ref};
 use olive_nn::{DecoderLayer, LayerDims, RopeTables};
 use rayon::prelude::*;
 
-use crate::device::{attention_context, Compute};
+use crate::device::{attention_context, Compute, GroupX};
 use crate::error::Result;
 use crate::grid::{dequantize_value, group_params, quantize_value, QuantSpec};
 
 mod gpu;
 mod scales;
 
-use scales::{column_abs_mean, ratio_scales, weight_abs_mean};
+use scales::{ratio_scales, weight_abs_mean};
 
 /// AWQ's search settings.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -128,28 +129,63 @@ impl LayerInputs {
     /// rows are whole windows, evenly spread, for the attention block (q/k/v), and tokens strided over every
     /// window for the token-wise modules (more varied tokens for the same cost).
     pub fn record(&mut self, group: InputOf, x: &[f32]) {
+        let width = self.width(group);
+        let (loss, clip) = self.kept_rows(group, x.len() / width.max(1));
+        *self.input_mut(group) = GroupInput {
+            abs_mean: column_abs_mean(x, width),
+            loss: gather_rows_ref(x, &loss, width),
+            clip: gather_rows_ref(x, &clip, width),
+        };
+    }
+
+    /// [`LayerInputs::record`] for x where the layer's forward left it: on a GPU the means and the kept rows are
+    /// taken there, and only they come back.
+    pub(crate) fn record_from(
+        &mut self,
+        compute: &Compute,
+        group: InputOf,
+        x: &GroupX<'_>,
+    ) -> Result<()> {
+        let width = self.width(group);
+        let (loss, clip) = self.kept_rows(group, x.len() / width.max(1));
+        *self.input_mut(group) = GroupInput {
+            abs_mean: x.column_abs_mean(compute, width)?,
+            loss: x.rows(compute, width, &loss)?,
+            clip: x.rows(compute, width, &clip)?,
+        };
+        Ok(())
+    }
+
+    fn width(&self, group: InputOf) -> usize {
         let d = self.dims;
-        let width = match group {
+        match group {
             InputOf::Qkv | InputOf::GateUp => d.hidden,
             InputOf::O => d.q_width(),
             InputOf::Down => d.intermediate,
-        };
-        let tokens = x.len() / width.max(1);
-        let seqs = loss_sequences(tokens / self.seq_len.max(1), self.seq_len, self.loss_tokens);
-        let input = GroupInput {
-            abs_mean: column_abs_mean(x, width),
-            loss: match group {
-                InputOf::Qkv => gather_sequences(x, width, self.seq_len, &seqs),
-                _ => strided_rows(x, width, seqs.len() * self.seq_len),
-            },
-            clip: strided_rows(x, width, self.clip_tokens),
-        };
-        *match group {
+        }
+    }
+
+    fn input_mut(&mut self, group: InputOf) -> &mut GroupInput {
+        match group {
             InputOf::Qkv => &mut self.qkv,
             InputOf::O => &mut self.o,
             InputOf::GateUp => &mut self.gate_up,
             InputOf::Down => &mut self.down,
-        } = input;
+        }
+    }
+
+    /// The rows of a group's input of `tokens` rows that the loss and the clip search keep.
+    fn kept_rows(&self, group: InputOf, tokens: usize) -> (Vec<u32>, Vec<u32>) {
+        let seq_len = self.seq_len.max(1);
+        let seqs = loss_sequences(tokens / seq_len, seq_len, self.loss_tokens);
+        let loss = match group {
+            InputOf::Qkv => seqs
+                .iter()
+                .flat_map(|&s| (s * seq_len..(s + 1) * seq_len).map(|r| r as u32))
+                .collect(),
+            _ => strided_rows(tokens, seqs.len() * seq_len),
+        };
+        (loss, strided_rows(tokens, self.clip_tokens))
     }
 }
 
@@ -334,22 +370,10 @@ fn loss_sequences(sequences: usize, seq_len: usize, loss_tokens: usize) -> Vec<u
     (0..n).map(|j| j * sequences / n).collect()
 }
 
-/// The rows of the chosen sequences of x: [sequences · seq_len, width] → [seqs.len() · seq_len, width].
-fn gather_sequences(x: &[f32], width: usize, seq_len: usize, seqs: &[usize]) -> Vec<f32> {
-    let len = seq_len * width;
-    seqs.iter()
-        .flat_map(|&s| x[s * len..(s + 1) * len].iter().copied())
-        .collect()
-}
-
-/// About `n` rows of x ([tokens, width]) evenly strided: [≈n, width].
-fn strided_rows(x: &[f32], width: usize, n: usize) -> Vec<f32> {
-    let tokens = x.len() / width;
+/// About `n` rows of `tokens`, evenly strided.
+fn strided_rows(tokens: usize, n: usize) -> Vec<u32> {
     let step = (tokens / n.max(1)).max(1);
-    x.chunks_exact(width)
-        .step_by(step)
-        .flat_map(|r| r.iter().copied())
-        .collect()
+    (0..tokens).step_by(step).map(|r| r as u32).collect()
 }
 
 /// w[:, i] *= s[i] for w: [rows, s.len()].

@@ -15,17 +15,19 @@
 //! ([`layer_gpu`]), each layer calibrated by the [`Compute`] of its GPU with the same products in the same
 //! order, so the output does not depend on the number of GPUs (`placement`).
 
+use std::borrow::Cow;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use cudarc::driver::{CudaSlice, CudaView, CudaViewMut};
+use olive_kernels::cpu::rows::{column_abs_mean as column_abs_mean_cpu, gather_rows_ref};
 use olive_kernels::cpu::{attention, matmul, rope_apply, silu_mul, AttentionDims, RopeLayout};
 use olive_kernels::cuda::attention_windows::{attention_windows_f32, WindowShape};
 use olive_kernels::cuda::gemm::{self, Operand};
 use olive_kernels::cuda::rmsnorm::rmsnorm_f32_as_cpu;
-use olive_kernels::cuda::rows::add_bias;
+use olive_kernels::cuda::rows::{add_bias, column_abs_mean, gather_rows};
 use olive_kernels::cuda::silu_mul::silu_mul as gpu_silu_mul;
 use olive_kernels::cuda::{Gpu, GpuError};
 use olive_nn::{DecoderLayer, Linear, RopeTables};
@@ -475,24 +477,97 @@ impl Compute {
 
 /// xᵀ·y ([n, n]) for x, y: [rows, n] on `gpu`.
 fn gram_on(gpu: &Gpu, x: &[f32], y: &[f32], n: usize) -> Result<Vec<f32>> {
-    let rows = x.len() / n.max(1);
     let dx = gpu.upload(x)?;
     let dy = if std::ptr::eq(x, y) {
         None
     } else {
         Some(gpu.upload(y)?)
     };
+    gram_of(gpu, &dx, dy.as_ref().unwrap_or(&dx), n)
+}
+
+/// xᵀ·y ([n, n], on the host) for x, y: [rows, n] already on `gpu`.
+fn gram_of(gpu: &Gpu, x: &CudaSlice<f32>, y: &CudaSlice<f32>, n: usize) -> Result<Vec<f32>> {
+    let rows = x.len() / n.max(1);
     let mut dg = gpu.alloc::<f32>(n * n)?;
     let a = Operand {
-        data: &dx,
+        data: x,
         transposed: true,
     };
     let b = Operand {
-        data: dy.as_ref().unwrap_or(&dx),
+        data: y,
         transposed: false,
     };
     gemm::matmul(gpu, a, b, &mut dg, (n, n, rows), 1.0, 0.0)?;
     Ok(gpu.download(&dg)?)
+}
+
+/// A linear group's input x ([tokens, width]) as a calibration hook sees it: in host memory (the CPU forward), or
+/// on the GPU where the layer's forward left it. What a hook reads of it (AWQ's column means and row subsets,
+/// GPTQ's xᵀx) is then computed there, and only that comes back.
+pub(crate) enum GroupX<'a> {
+    Host(&'a [f32]),
+    Device(&'a CudaSlice<f32>),
+}
+
+impl GroupX<'_> {
+    /// Elements of x.
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            GroupX::Host(x) => x.len(),
+            GroupX::Device(x) => x.len(),
+        }
+    }
+
+    /// x in host memory (a download from the GPU).
+    pub(crate) fn to_host(&self, compute: &Compute) -> Result<Cow<'_, [f32]>> {
+        match self {
+            GroupX::Host(x) => Ok(Cow::Borrowed(x)),
+            GroupX::Device(x) => Ok(Cow::Owned(device_step(compute, |dev| {
+                Ok(dev.gpu.download(x)?)
+            })?)),
+        }
+    }
+
+    /// The rows `ids` of x: [ids.len(), width].
+    pub(crate) fn rows(&self, compute: &Compute, width: usize, ids: &[u32]) -> Result<Vec<f32>> {
+        match self {
+            GroupX::Host(x) => Ok(gather_rows_ref(x, ids, width)),
+            GroupX::Device(x) => device_step(compute, |dev| {
+                let mut out = dev.gpu.alloc::<f32>(ids.len() * width)?;
+                gather_rows(dev.gpu, x, width, ids, &mut out)?;
+                Ok(dev.gpu.download(&out)?)
+            }),
+        }
+    }
+
+    /// Mean |x| per column (AWQ's x_mean), the same bits either way.
+    pub(crate) fn column_abs_mean(&self, compute: &Compute, width: usize) -> Result<Vec<f32>> {
+        match self {
+            GroupX::Host(x) => Ok(column_abs_mean_cpu(x, width)),
+            GroupX::Device(x) => device_step(compute, |dev| {
+                Ok(dev.gpu.download(&column_abs_mean(dev.gpu, x, width)?)?)
+            }),
+        }
+    }
+
+    /// xᵀ·x ([n, n]) where x is on the GPU; `None` for a host x.
+    pub(crate) fn gram(&self, compute: &Compute, n: usize) -> Result<Option<Vec<f32>>> {
+        match self {
+            GroupX::Host(_) => Ok(None),
+            GroupX::Device(x) => device_step(compute, |dev| gram_of(dev.gpu, x, x, n)).map(Some),
+        }
+    }
+}
+
+/// [`Compute::on_device`] for a step of work already on the GPU.
+pub(crate) fn device_step<R>(
+    compute: &Compute,
+    f: impl FnOnce(&mut OnDevice<'_>) -> Result<R>,
+) -> Result<R> {
+    compute
+        .on_device(f)?
+        .ok_or_else(|| QuantError::Unsupported("internal: the layer's GPU went away".into()))
 }
 
 /// The attention block up to o_proj's input for whole windows of `seq_len` tokens, each starting at

@@ -18,7 +18,7 @@
 use olive_model::quantized::QuantizedLinear;
 use rayon::prelude::*;
 
-use crate::device::Compute;
+use crate::device::{Compute, GroupX};
 use crate::error::{QuantError, Result};
 use crate::grid::{dequantize_value, group_params, quantize_value, QuantSpec};
 use crate::linalg::{product, reversed_cholesky};
@@ -101,6 +101,19 @@ impl Hessian {
         self.add_product_on(compute, x, x, tokens)
     }
 
+    /// [`Hessian::add_on`] for a group's input where the layer's forward left it (on a GPU, xᵀx is computed
+    /// there and only the [in, in] product comes back).
+    pub(crate) fn add_group(&mut self, compute: &Compute, x: &GroupX<'_>) -> Result<()> {
+        let tokens = x.len() / self.n.max(1);
+        match x.gram(compute, self.n)? {
+            Some(g) => {
+                self.add_gram(&g, tokens);
+                Ok(())
+            }
+            None => self.add_on(compute, &x.to_host(compute)?),
+        }
+    }
+
     /// [`Hessian::add_product`] with the product xᵀy computed by `compute` (in place on the CPU; on the GPU
     /// the whole [in, in] product comes back and its lower triangle is folded in and mirrored, as here).
     pub(crate) fn add_product_on(
@@ -115,8 +128,17 @@ impl Hessian {
             compute.timed_cpu(|| self.add_product(x, y, samples));
             return Ok(());
         };
-        if x.len() / n.max(1) == 0 || samples == 0 {
-            return Ok(());
+        if x.len() / n.max(1) > 0 {
+            self.add_gram(&g, samples);
+        }
+        Ok(())
+    }
+
+    /// Folds in g = xᵀy ([in, in]) of `samples` rows: the lower triangle, then mirrored.
+    fn add_gram(&mut self, g: &[f32], samples: usize) {
+        let n = self.n;
+        if samples == 0 {
+            return;
         }
         let total = self.samples + samples;
         let keep = self.samples as f32 / total as f32;
@@ -133,7 +155,6 @@ impl Hessian {
         }
         mirror_lower(&mut self.h, n);
         self.samples = total;
-        Ok(())
     }
 
     /// Calibration rows added so far.

@@ -29,7 +29,7 @@ use olive_nn::{DecoderLayer, Rope, RopeTables};
 
 use crate::awq::{awq_layer, AwqOptions, InputOf, LayerInputs};
 use crate::calibration::{check_calibration, embed};
-use crate::device::{attention_context, mlp_activation, Compute, Device, OnDevice};
+use crate::device::{attention_context, device_step, mlp_activation, Compute, Device, GroupX};
 use crate::error::{QuantError, Result};
 use crate::gptq::{gptq, GptqOptions, Hessian};
 use crate::grid::QuantSpec;
@@ -486,7 +486,7 @@ struct LayerRun<'a> {
 pub(crate) type Quantized = Vec<(usize, QuantizedLinear)>;
 
 /// Sees a linear group's input ([tokens, in]) before the group runs; may change the layer's weights.
-type BeforeGroup<'a> = dyn FnMut(&mut DecoderLayer, Slot, &[f32]) -> Result<()> + 'a;
+type BeforeGroup<'a> = dyn FnMut(&mut DecoderLayer, Slot, &GroupX<'_>) -> Result<()> + 'a;
 
 impl LayerRun<'_> {
     fn rtn(
@@ -576,16 +576,19 @@ impl LayerRun<'_> {
         &self,
         layer: &mut DecoderLayer,
         slot: Slot,
-        x: &[f32],
+        x: &GroupX<'_>,
     ) -> Result<(Hessian, Option<Hessian>)> {
         let mut h = Hessian::new(slot_in_features(layer, slot));
-        h.add_on(self.compute, x)?;
+        h.add_group(self.compute, x)?;
         let separate_v = self
             .modules
             .iter()
             .any(|m| m.slot == Slot::Qkv && m.quantized && is_v_proj(m));
         let hv = (slot == Slot::Qkv && separate_v)
-            .then(|| value_hessian(self.compute, layer, x, self.seq_len, self.rope))
+            .then(|| {
+                let x = x.to_host(self.compute)?;
+                value_hessian(self.compute, layer, &x, self.seq_len, self.rope)
+            })
             .transpose()?;
         Ok((h, hv))
     }
@@ -610,8 +613,7 @@ impl LayerRun<'_> {
                     Slot::GateUp => InputOf::GateUp,
                     Slot::Down => InputOf::Down,
                 };
-                inputs.record(group, x);
-                Ok(())
+                inputs.record_from(self.compute, group, x)
             },
         )?;
         let sel = self.selected();
@@ -742,7 +744,7 @@ impl LayerRun<'_> {
             return Ok(y);
         }
         let mut before = |layer: &mut DecoderLayer, slot: Slot, x: &[f32]| match before.as_mut() {
-            Some(f) => f(layer, slot, x),
+            Some(f) => f(layer, slot, &GroupX::Host(x)),
             None => Ok(()),
         };
         let d = layer.dims;
@@ -806,8 +808,8 @@ impl LayerRun<'_> {
     }
 
     /// [`LayerRun::composed`] on a GPU, every activation kept on the device: only `hidden` goes up and the
-    /// output comes down, plus a host copy of each group's input when there is a `before` to see it (each step
-    /// takes the held weights anew, so `before` may change them). `None` on the CPU.
+    /// output comes down; `before` sees each group's input where it is, on the device, and brings back what it
+    /// needs of it (each step takes the held weights anew, so `before` may change them). `None` on the CPU.
     fn composed_on_gpu(
         &self,
         layer: &mut DecoderLayer,
@@ -819,52 +821,44 @@ impl LayerRun<'_> {
             return Ok(None);
         };
         let mut show = |layer: &mut DecoderLayer, slot: Slot, x: &CudaSlice<f32>| -> Result<()> {
-            if let Some(f) = before.as_mut() {
-                let host = on_gpu(compute, |dev| Ok(dev.gpu.download(x)?))?;
-                f(layer, slot, &host)?;
+            match before.as_mut() {
+                Some(f) => f(layer, slot, &GroupX::Device(x)),
+                None => Ok(()),
             }
-            Ok(())
         };
         let d = layer.dims;
         let tokens = hidden.len() / d.hidden.max(1);
         let (seq_len, rope) = (self.seq_len, self.rope);
-        let x1 = on_gpu(compute, |dev| {
+        let x1 = device_step(compute, |dev| {
             dev.rmsnorm(&h0, &layer.input_layernorm, d.rms_norm_eps)
         })?;
         show(layer, Slot::Qkv, &x1)?;
-        let ctx = on_gpu(compute, |dev| {
+        let ctx = device_step(compute, |dev| {
             let qkv = dev.linear(&layer.qkv_proj, &x1, tokens)?; // [tokens, q + 2·kv]
             dev.attend_windows(layer, &qkv, seq_len, &dev.window_tables(rope, seq_len)?)
         })?; // [tokens, heads · head_dim]
         drop(x1);
         show(layer, Slot::O, &ctx)?;
-        let h2 = on_gpu(compute, |dev| {
+        let h2 = device_step(compute, |dev| {
             let mut h2 = dev.linear(&layer.o_proj, &ctx, tokens)?;
             add_assign(dev.gpu, &mut h2, &h0)?;
             Ok(h2)
         })?; // [tokens, hidden]
         drop((ctx, h0));
-        let x3 = on_gpu(compute, |dev| {
+        let x3 = device_step(compute, |dev| {
             dev.rmsnorm(&h2, &layer.post_attention_layernorm, d.rms_norm_eps)
         })?;
         show(layer, Slot::GateUp, &x3)?;
-        let act = on_gpu(compute, |dev| dev.mlp_activation(layer, &x3, tokens))?; // [tokens, intermediate]
+        let act = device_step(compute, |dev| dev.mlp_activation(layer, &x3, tokens))?; // [tokens, intermediate]
         drop(x3);
         show(layer, Slot::Down, &act)?;
-        let y = on_gpu(compute, |dev| {
+        let y = device_step(compute, |dev| {
             let mut y = dev.linear(&layer.down_proj, &act, tokens)?; // [tokens, hidden]
             add_assign(dev.gpu, &mut y, &h2)?;
             Ok(dev.gpu.download(&y)?)
         })?;
         Ok(Some(y))
     }
-}
-
-/// [`Compute::on_device`] for a step of work already on the GPU.
-fn on_gpu<R>(compute: &Compute, f: impl FnOnce(&mut OnDevice<'_>) -> Result<R>) -> Result<R> {
-    compute
-        .on_device(f)?
-        .ok_or_else(|| QuantError::Unsupported("internal: the layer's GPU went away".into()))
 }
 
 /// A separate v_proj (not a fused qkv_proj).

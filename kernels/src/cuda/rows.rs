@@ -1,5 +1,5 @@
 //! Row moves on the device (kernels/cuda/rows.cu; references in [`crate::cpu::rows`]): the embedding lookup,
-//! residual add, bias add and strided column copy of a transformer's forward.
+//! residual add, bias add and strided column copy of a transformer's forward, and the mean |x| of every column.
 
 use super::attention::Rows;
 use super::float::{as_i32, Float};
@@ -163,4 +163,38 @@ pub fn copy_columns<T: Float>(
             .launch(rows_config(gpu, rows))
     }?;
     Ok(())
+}
+
+/// The mean of |x| over the rows of x: [rows, width], per column ([width]), bit for bit
+/// [`crate::cpu::rows::column_abs_mean`].
+pub fn column_abs_mean(
+    gpu: &Gpu,
+    x: &CudaSlice<f32>,
+    width: usize,
+) -> Result<CudaSlice<f32>, GpuError> {
+    if width == 0 || !x.len().is_multiple_of(width) {
+        return Err(shape(format!(
+            "column_abs_mean: {} elements are not whole rows of {width}",
+            x.len()
+        )));
+    }
+    let mut out = gpu.alloc::<f32>(width)?;
+    let f = gpu.function(&SOURCE, "column_abs_mean_f32")?;
+    let (rows, w) = (as_i32(x.len() / width, "rows")?, as_i32(width, "width")?);
+    let launch = LaunchConfig {
+        grid_dim: (width.div_ceil(THREADS as usize) as u32, 1, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    // SAFETY: x holds rows·width elements (checked) and out width.
+    unsafe {
+        gpu.stream()
+            .launch_builder(&f)
+            .arg(&mut out)
+            .arg(x)
+            .arg(&rows)
+            .arg(&w)
+            .launch(launch)
+    }?;
+    Ok(out)
 }

@@ -1,8 +1,12 @@
-//! rows.cu against kernels/src/cpu/rows.rs: moves are exact, adds round once to the data type.
+//! rows.cu against kernels/src/cpu/rows.rs: moves are exact, adds round once to the data type, column means are
+//! bit for bit the CPU's.
 
-use olive_kernels::cpu::rows::{add_assign_ref, add_bias_ref, copy_columns_ref, gather_rows_ref};
+use olive_kernels::cpu::rows::{
+    add_assign_ref, add_bias_ref, column_abs_mean as column_abs_mean_cpu, copy_columns_ref,
+    gather_rows_ref,
+};
 use olive_kernels::cuda::attention::Rows;
-use olive_kernels::cuda::rows::{add_assign, add_bias, copy_columns, gather_rows};
+use olive_kernels::cuda::rows::{add_assign, add_bias, column_abs_mean, copy_columns, gather_rows};
 use olive_kernels::cuda::{bf16, test_gpu};
 
 use super::common::{random, rel_error};
@@ -87,4 +91,23 @@ fn gather_add_bias_and_copy_match_the_reference() {
     };
     let src_dev = gpu.upload(&to_bf16(&src)).unwrap();
     assert!(copy_columns(&gpu, (&mut dst_dev, far), (&src_dev, s), rows, 64).is_err());
+}
+
+#[test]
+fn column_abs_means_equal_the_cpu_bit_for_bit() {
+    let Some(gpu) = test_gpu("gpu::rows::column_abs_means_equal_the_cpu_bit_for_bit") else {
+        return;
+    };
+    // A width that is not a multiple of the block, and magnitudes over several binades.
+    let (rows, width) = (333, 1000);
+    let x: Vec<f32> = random(rows * width, 7, 1.0)
+        .iter()
+        .enumerate()
+        .map(|(i, v)| v * (1 << (i % 11)) as f32)
+        .collect();
+    let got = column_abs_mean(&gpu, &gpu.upload(&x).unwrap(), width).unwrap();
+    assert_eq!(gpu.download(&got).unwrap(), column_abs_mean_cpu(&x, width));
+    let ragged = gpu.upload(&x[..width + 1]).unwrap();
+    let err = column_abs_mean(&gpu, &ragged, width).unwrap_err();
+    assert!(err.to_string().contains("not whole rows of 1000"), "{err}");
 }

@@ -1,34 +1,16 @@
 //! AWQ's per-channel statistics and candidate scales (AutoAWQ awq/quantize/quantizer.py `_search_best_scale`:
-//! x_mean = mean |x| per input channel, w_mean = mean over rows of |w| / max |w| of its (row, group), and
-//! `_compute_best_scale`'s s = x_mean^r / (w_mean^(1−r) + 1e-4) normalised by sqrt(max·min)). The means run their
-//! column blocks in parallel, each adding over the rows in row order: the sums of a serial row-by-row loop.
+//! x_mean = mean |x| per input channel, `olive_kernels::cpu::rows::column_abs_mean` (and its GPU twin); w_mean =
+//! mean over rows of |w| / max |w| of its (row, group); and `_compute_best_scale`'s s = x_mean^r / (w_mean^(1−r) +
+//! 1e-4) normalised by sqrt(max·min)). The means run their column blocks in parallel, each adding over the rows in
+//! row order: the sums of a serial row-by-row loop.
 
 use rayon::prelude::*;
 
 use crate::grid::QuantSpec;
 
-/// Columns per parallel task of the column means below: each task adds its columns over the rows in row order, so
+/// Columns per parallel task of the weight means below: each task adds its columns over the rows in row order, so
 /// the sums are those of a serial row-by-row loop.
 const COLUMN_BLOCK: usize = 256;
-
-/// Mean |x| per column of x: [tokens, width], summed in f64 in row order.
-pub(super) fn column_abs_mean(x: &[f32], width: usize) -> Vec<f32> {
-    if width == 0 {
-        return Vec::new();
-    }
-    let mut sum = vec![0f64; width];
-    sum.par_chunks_mut(COLUMN_BLOCK)
-        .enumerate()
-        .for_each(|(b, s)| {
-            for row in x.chunks_exact(width) {
-                for (acc, v) in s.iter_mut().zip(&row[b * COLUMN_BLOCK..]) {
-                    *acc += f64::from(v.abs());
-                }
-            }
-        });
-    let tokens = (x.len() / width).max(1) as f64;
-    sum.iter().map(|s| (s / tokens) as f32).collect()
-}
 
 /// AutoAWQ's w_mean: |w| over the max |w| of its (row, group), averaged over rows (in row order): [in].
 pub(super) fn weight_abs_mean(
@@ -105,18 +87,9 @@ mod tests {
     }
 
     #[test]
-    fn column_means_equal_serial_row_order_sums_bit_for_bit() {
+    fn weight_means_equal_serial_row_order_sums_bit_for_bit() {
         let (rows, width) = (37, 700);
         let x = data(rows, width);
-        let mut sum = vec![0f64; width];
-        for row in x.chunks_exact(width) {
-            for (s, v) in sum.iter_mut().zip(row) {
-                *s += f64::from(v.abs());
-            }
-        }
-        let want: Vec<f32> = sum.iter().map(|s| (s / rows as f64) as f32).collect();
-        assert_eq!(column_abs_mean(&x, width), want);
-
         for group_size in [Some(128), Some(100), None] {
             let spec = QuantSpec {
                 bits: 4,
