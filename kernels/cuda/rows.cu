@@ -67,9 +67,9 @@ ROWS_KERNELS(__half, f16)
 // the CPU's column_abs_mean (kernels/src/cpu/rows.rs).
 extern "C" __global__ void column_abs_mean_f32(float *__restrict__ out, const float *__restrict__ x, int rows,
                                                int width) {
-    const int c = blockIdx.x * blockDim.x + threadIdx.x;
-    if (c >= width) return;
-    double s = 0.0;
-    for (long long r = 0; r < rows; ++r) s += fabs((double)x[r * width + c]);
-    out[c] = (float)(s / (double)(rows > 0 ? rows : 1));
+    for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < width; c += gridDim.x * blockDim.x) {
+        double s = 0.0;
+        for (long long r = 0; r < rows; ++r) s += fabs((double)x[r * width + c]);
+        out[c] = (float)(s / (double)(rows > 0 ? rows : 1));
+    }
 }

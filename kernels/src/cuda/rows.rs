@@ -181,11 +181,6 @@ pub fn column_abs_mean(
     let mut out = gpu.alloc::<f32>(width)?;
     let f = gpu.function(&SOURCE, "column_abs_mean_f32")?;
     let (rows, w) = (as_i32(x.len() / width, "rows")?, as_i32(width, "width")?);
-    let launch = LaunchConfig {
-        grid_dim: (width.div_ceil(THREADS as usize) as u32, 1, 1),
-        block_dim: (THREADS, 1, 1),
-        shared_mem_bytes: 0,
-    };
     // SAFETY: x holds rows·width elements (checked) and out width.
     unsafe {
         gpu.stream()
@@ -194,7 +189,7 @@ pub fn column_abs_mean(
             .arg(x)
             .arg(&rows)
             .arg(&w)
-            .launch(launch)
+            .launch(flat_config(gpu, width))
     }?;
     Ok(out)
 }
