@@ -368,6 +368,17 @@ impl Phases {
         }
     }
 
+    /// Adds `other`'s phases to these.
+    fn merge(&mut self, other: Phases) {
+        for (name, seconds) in other.0 {
+            self.add(name, seconds);
+        }
+    }
+
+    fn total(&self) -> f64 {
+        self.0.iter().map(|(_, s)| s).sum()
+    }
+
     fn describe(&self) -> String {
         let parts: Vec<String> = self.0.iter().map(|(n, s)| format!("{n} {s:.2}")).collect();
         parts.join(", ")
@@ -488,6 +499,10 @@ pub(crate) type Quantized = Vec<(usize, QuantizedLinear)>;
 /// Sees a linear group's input ([tokens, in]) before the group runs; may change the layer's weights.
 type BeforeGroup<'a> = dyn FnMut(&mut DecoderLayer, Slot, &GroupX<'_>) -> Result<()> + 'a;
 
+/// A [`BeforeGroup`] that times its own work into the phases it is given.
+type TimedBeforeGroup<'a> =
+    dyn FnMut(&mut DecoderLayer, Slot, &GroupX<'_>, &mut Phases) -> Result<()> + 'a;
+
 impl LayerRun<'_> {
     fn rtn(
         &self,
@@ -533,31 +548,25 @@ impl LayerRun<'_> {
         if opts.true_sequential {
             y_fp = phases.time("forward", || self.composed(layer, hidden, None))?;
             // Each group's Hessian comes from inputs computed with the earlier groups already quantized.
-            let y_q = self.composed_timed(
-                layer,
-                hidden,
-                (phases, "hessians and quantize"),
-                &mut |layer, slot, x| {
-                    let (h, hv) = self.hessians(layer, slot, x)?;
-                    out.extend(self.quantize_slot(layer, slot, Some((&h, hv.as_ref(), opts)))?);
+            let y_q =
+                self.composed_timed(layer, hidden, phases, &mut |layer, slot, x, phases| {
+                    let (h, hv) = self.hessians(layer, slot, x, phases)?;
+                    let q = phases.time("quantize", || {
+                        self.quantize_slot(layer, slot, Some((&h, hv.as_ref(), opts)))
+                    })?;
+                    out.extend(q);
                     Ok(())
-                },
-            )?;
+                })?;
             let error = relative_error(&y_q, &y_fp, hidden);
             *hidden = y_q;
             return Ok((out, error));
         }
         let mut hessians: Vec<(Slot, Hessian, Option<Hessian>)> = Vec::new();
-        y_fp = self.composed_timed(
-            layer,
-            hidden,
-            (phases, "hessians"),
-            &mut |layer, slot, x| {
-                let (h, hv) = self.hessians(layer, slot, x)?;
-                hessians.push((slot, h, hv));
-                Ok(())
-            },
-        )?;
+        y_fp = self.composed_timed(layer, hidden, phases, &mut |layer, slot, x, phases| {
+            let (h, hv) = self.hessians(layer, slot, x, phases)?;
+            hessians.push((slot, h, hv));
+            Ok(())
+        })?;
         phases.time("quantize", || -> Result<()> {
             for (slot, h, hv) in &hessians {
                 out.extend(self.quantize_slot(layer, *slot, Some((h, hv.as_ref(), opts)))?);
@@ -571,23 +580,27 @@ impl LayerRun<'_> {
     }
 
     /// The GPTQ Hessian of a slot's input x ([tokens, in]) and, for the attention slot with a separate v_proj,
-    /// v_proj's attention-weighted one (`value_hessian`; a fused qkv_proj keeps x's).
+    /// v_proj's attention-weighted one (`value_hessian`; a fused qkv_proj keeps x's), timed as the phases
+    /// "hessians" and "value hessian".
     fn hessians(
         &self,
         layer: &mut DecoderLayer,
         slot: Slot,
         x: &GroupX<'_>,
+        phases: &mut Phases,
     ) -> Result<(Hessian, Option<Hessian>)> {
         let mut h = Hessian::new(slot_in_features(layer, slot));
-        h.add_group(self.compute, x)?;
+        phases.time("hessians", || h.add_group(self.compute, x))?;
         let separate_v = self
             .modules
             .iter()
             .any(|m| m.slot == Slot::Qkv && m.quantized && is_v_proj(m));
         let hv = (slot == Slot::Qkv && separate_v)
             .then(|| {
-                let x = x.to_host(self.compute)?;
-                value_hessian(self.compute, layer, &x, self.seq_len, self.rope)
+                phases.time("value hessian", || {
+                    let x = x.to_host(self.compute)?;
+                    value_hessian(self.compute, layer, &x, self.seq_len, self.rope)
+                })
             })
             .transpose()?;
         Ok((h, hv))
@@ -602,20 +615,17 @@ impl LayerRun<'_> {
         events: &mut dyn FnMut(Event<'_>) -> bool,
     ) -> Result<(Quantized, f64)> {
         let mut inputs = LayerInputs::new(layer.dims, self.seq_len, opts);
-        let y_fp = self.composed_timed(
-            layer,
-            hidden,
-            (phases, "input statistics"),
-            &mut |_, slot, x| {
-                let group = match slot {
-                    Slot::Qkv => InputOf::Qkv,
-                    Slot::O => InputOf::O,
-                    Slot::GateUp => InputOf::GateUp,
-                    Slot::Down => InputOf::Down,
-                };
+        let y_fp = self.composed_timed(layer, hidden, phases, &mut |_, slot, x, phases| {
+            let group = match slot {
+                Slot::Qkv => InputOf::Qkv,
+                Slot::O => InputOf::O,
+                Slot::GateUp => InputOf::GateUp,
+                Slot::Down => InputOf::Down,
+            };
+            phases.time("input statistics", || {
                 inputs.record_from(self.compute, group, x)
-            },
-        )?;
+            })
+        })?;
         let sel = self.selected();
         let stats = awq_layer(
             self.compute,
@@ -782,28 +792,24 @@ impl LayerRun<'_> {
         Ok(y)
     }
 
-    /// [`LayerRun::composed`] with `before`, its time counted as the phase `hook` and the rest as "forward".
+    /// [`LayerRun::composed`] with `before`, which times its work into the phases it is given; the rest is counted
+    /// as "forward".
     fn composed_timed(
         &self,
         layer: &mut DecoderLayer,
         hidden: &[f32],
-        (phases, hook): (&mut Phases, &'static str),
-        before: &mut BeforeGroup<'_>,
+        phases: &mut Phases,
+        before: &mut TimedBeforeGroup<'_>,
     ) -> Result<Vec<f32>> {
         let t0 = Instant::now();
-        let mut inside = 0.0;
+        let mut inner = Phases::default();
         let y = self.composed(
             layer,
             hidden,
-            Some(&mut |layer, slot, x| {
-                let t1 = Instant::now();
-                let seen = before(layer, slot, x);
-                inside += t1.elapsed().as_secs_f64();
-                seen
-            }),
+            Some(&mut |layer, slot, x| before(layer, slot, x, &mut inner)),
         )?;
-        phases.add("forward", t0.elapsed().as_secs_f64() - inside);
-        phases.add(hook, inside);
+        phases.add("forward", t0.elapsed().as_secs_f64() - inner.total());
+        phases.merge(inner);
         Ok(y)
     }
 
