@@ -51,7 +51,9 @@ fn bench(c: &mut Criterion) {
         (InputOf::GateUp, d.hidden, 3),
         (InputOf::Down, d.intermediate, 4),
     ] {
-        inputs.record(group, &noise(tokens * width, seed));
+        inputs
+            .record(group, &noise(tokens * width, seed))
+            .unwrap_or_else(|e| panic!("recording {group:?}: {e}"));
     }
     let spec = QuantSpec {
         bits: 4,

@@ -21,7 +21,6 @@
 
 use std::time::Instant;
 
-use olive_kernels::cpu::rows::{column_abs_mean, gather_rows_ref};
 use olive_nn::{DecoderLayer, LayerDims, RopeTables};
 use rayon::prelude::*;
 
@@ -128,14 +127,8 @@ impl LayerInputs {
     /// Keeps what the search reads of a group's input x: [tokens, in], whole windows of `seq_len`; the loss
     /// rows are whole windows, evenly spread, for the attention block (q/k/v), and tokens strided over every
     /// window for the token-wise modules (more varied tokens for the same cost).
-    pub fn record(&mut self, group: InputOf, x: &[f32]) {
-        let width = self.width(group);
-        let (loss, clip) = self.kept_rows(group, x.len() / width.max(1));
-        *self.input_mut(group) = GroupInput {
-            abs_mean: column_abs_mean(x, width),
-            loss: gather_rows_ref(x, &loss, width),
-            clip: gather_rows_ref(x, &clip, width),
-        };
+    pub fn record(&mut self, group: InputOf, x: &[f32]) -> Result<()> {
+        self.record_from(&Compute::cpu(), group, &GroupX::Host(x))
     }
 
     /// [`LayerInputs::record`] for x where the layer's forward left it: on a GPU the means and the kept rows are
