@@ -129,7 +129,8 @@ fn candidates(gpu: &Gpu, batch: usize) -> Vec<MmConfig> {
 fn label(c: &MmConfig) -> String {
     if c.producer {
         format!(
-            "ws {}x{}x{} s{}x{} b{}{}",
+            "ws{} {}x{}x{} s{}x{} b{}{}",
+            if c.natural_x { " nx" } else { "" },
             c.wn / 4,
             64 * c.rt,
             c.cols(),

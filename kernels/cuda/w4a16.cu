@@ -8,8 +8,10 @@
 // kernels need no shared memory shuffles. The weights are the A operand (M = output features, "swap AB"), the
 // activations the B operand (N = batch), so batch 1 wastes only mma lanes, never weight bytes.
 //
-// Tiles: W is cut into 16-row tiles (N % 16 == 0) and 64-input chunks (K % 64 == 0); a (tile, chunk) is 32 lanes x
-// 16 bytes, lane = 4g + t (g = lane / 4, t = lane % 4), its four u32 words j = 0..3 one per k16 mma step. Inputs are
+// Tiles: W is cut into 16-row tiles (N % 16 == 0) and 64-input chunks (K % 64 == 0); a (tile, chunk) is 32 slots x
+// 16 bytes, lane = 4g + t (g = lane / 4, t = lane % 4) in slot tile_slot(lane) = lane ^ (lane / 8) (so that both a
+// warp's own 16-byte reads and w4_ws's reads of quad lane s's words are free of shared-memory bank conflicts), its
+// four u32 words j = 0..3 one per k16 mma step. Inputs are
 // renumbered inside a chunk so that lane t's activations are the 16 contiguous x[64c + 16t .. +16): mma step j of
 // lane (g, t) sees inputs 64c + 16t + 4j + {0, 1, 2, 3} in the fragment places {2t, 2t+1, 2t+8, 2t+9}. The word's
 // nibbles: 0 and 4 = row g, inputs +0 and +1 (fragment a0); 1 and 5 = row g+8, +0/+1 (a1); 2 and 6 = row g,
@@ -121,6 +123,8 @@ __device__ __forceinline__ GroupOf group_of(int group) {
     return GroupOf{(group & (group - 1)) == 0 ? __ffs(group) - 1 : -1, group};
 }
 
+__device__ __forceinline__ int tile_slot(int lane) { return lane ^ (lane >> 3); }
+
 __device__ __forceinline__ u32 word(const uint4 &v, int j) { return j == 0 ? v.x : j == 1 ? v.y : j == 2 ? v.z : v.w; }
 
 __device__ __forceinline__ uint4 ldg_stream(const uint4 *p) {
@@ -206,7 +210,7 @@ __device__ __forceinline__ void w4_mm(T *__restrict__ y, const T *__restrict__ x
     const u32 *mbase[RT];
 #pragma unroll
     for (int r = 0; r < RT; ++r) {
-        wbase[r] = tiles + (size_t)(row_ok[r] ? tile0 + r : 0) * nchunks * 32 + lane;
+        wbase[r] = tiles + (size_t)(row_ok[r] ? tile0 + r : 0) * nchunks * 32 + tile_slot(lane);
         mbase[r] = meta + (row_ok[r] ? tile0 + r : 0) * 16 + g;
     }
     auto load = [&](int c, uint4 (&wv)[RT], u32 (&mv)[RT][2]) {
@@ -445,7 +449,7 @@ __device__ __forceinline__ void w4_mm_pipe(T *__restrict__ y, float *__restrict_
 #pragma unroll
         for (int r = 0; r < RT; ++r) {
             const int tl = wn * RT + r;
-            const uint4 w = ws[tl * 32 + lane];
+            const uint4 w = ws[tl * 32 + tile_slot(lane)];
             const u32 m0 = ms[t * MPITCH + tl * 16 + g], m1 = ms[t * MPITCH + tl * 16 + g + 8];
 #pragma unroll
             for (int j = 0; j < 4; ++j) Op::dequant(word(w, j), m0, m1, a[r][j]);
@@ -533,7 +537,7 @@ __device__ void w4_dequantize(T *__restrict__ w, const uint4 *__restrict__ tiles
     const long long total = (long long)(n >> 4) * nchunks * 32;
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total;
          i += (long long)gridDim.x * blockDim.x) {
-        const int lane = (int)(i & 31), g = lane >> 2, t = lane & 3;
+        const int lane = tile_slot((int)(i & 31)), g = lane >> 2, t = lane & 3;  // tile_slot is its own inverse
         const int c = (int)((i >> 5) % nchunks);
         const int tile = (int)((i >> 5) / nchunks);
         const int row = tile * 16 + g;

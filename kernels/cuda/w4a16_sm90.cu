@@ -72,10 +72,13 @@ template <int N> __device__ __forceinline__ void wg_pin(float (&d)[N]) {
     for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
 }
 
-__device__ __forceinline__ unsigned long long wg_desc(const void *smem, u32 lbo, u32 sbo) {
+// A wgmma shared-memory matrix descriptor: core matrices LBO / SBO bytes apart, no swizzle (`sw128` false) or
+// 128-byte swizzle (`sw128`: rows of 128 bytes as a tensor copy with CU_TENSOR_MAP_SWIZZLE_128B lays them out from a
+// 1024-byte aligned base, SBO = 1024 between 8-row groups, LBO unused).
+__device__ __forceinline__ unsigned long long wg_desc(const void *smem, u32 lbo, u32 sbo, bool sw128 = false) {
     const u32 a = (u32)__cvta_generic_to_shared(smem);
     return (unsigned long long)((a & 0x3ffff) >> 4) | (unsigned long long)(lbo >> 4) << 16 |
-           (unsigned long long)(sbo >> 4) << 32;
+           (unsigned long long)(sbo >> 4) << 32 | (unsigned long long)sw128 << 62;
 }
 
 // w4_ws, the warp-specialised kernel: a producer warp feeds the stages by bulk copies (cp.async.bulk, the copy
@@ -108,6 +111,19 @@ __device__ __forceinline__ void mbar_wait(unsigned long long *bar, u32 parity) {
                  "r"(parity)
                  : "memory");
 }
+// A CUtensorMap (cuTensorMapEncodeTiled's 128 opaque bytes), passed by value as a __grid_constant__ parameter.
+struct __align__(64) TensorMap {
+    unsigned long long opaque[16];
+};
+// The box of 2-D tensor map `map` at (element x0, row x1) into shared memory `dst`, counted on `bar`.
+__device__ __forceinline__ void tensor_copy_2d(void *dst, const TensorMap *map, int x0, int x1,
+                                               unsigned long long *bar) {
+    asm volatile(
+        "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], "
+        "[%4];\n" ::"r"(smem_addr(dst)),
+        "l"(reinterpret_cast<unsigned long long>(map)), "r"(x0), "r"(x1), "r"(smem_addr(bar))
+        : "memory");
+}
 // `bytes` (a multiple of 16, both addresses 16-byte aligned) from global to shared memory by the copy engine,
 // counted on `bar`.
 __device__ __forceinline__ void bulk_copy(void *dst, const void *src, u32 bytes, unsigned long long *bar) {
@@ -117,18 +133,28 @@ __device__ __forceinline__ void bulk_copy(void *dst, const void *src, u32 bytes,
                  : "memory");
 }
 
-template <typename T, int NWG, int RT, int COLS, int S, int CPS, int MINB, int CL>
+//
+// NX (natural activations): no layout pass. The producer copies x [batch, k] itself, one 2-D tensor copy a chunk
+// (`xmap`: boxes of 64 inputs x COLS rows, 128-byte swizzle, rows past the batch zero-filled), which is wgmma's B
+// operand with the inputs in their own order (k16 step s = inputs 16s .. 16s + 15 of the chunk). The weight words
+// are in the tiles' lane-contiguous order, so lane (g, t) builds step s's word from quad lane s's words t / 2 and
+// 2 + t / 2 (one byte_perm: the bytes of its pair, see the file doc of w4a16.cu): eight 4-byte shared-memory reads a
+// tile and chunk, conflict-free by tile_slot. Needs groups of whole chunks (one metadata slice) and no act-order.
+template <typename T, int NWG, int RT, int COLS, int S, int CPS, int MINB, int CL, bool NX>
 __device__ __forceinline__ void w4_ws(T *__restrict__ y, float *__restrict__ part, const uint4 *__restrict__ xp,
-                                      const uint4 *__restrict__ tiles, const u32 *__restrict__ meta, int batch,
-                                      int n, int k, int group, int chunks_per_split) {
+                                      const TensorMap *xmap, const uint4 *__restrict__ tiles,
+                                      const u32 *__restrict__ meta, int batch, int n, int k, int group,
+                                      int chunks_per_split) {
     typedef W4<T> Op;
     constexpr int ROWS = 64 * RT * NWG, MPITCH = ROWS + 8, LBO = COLS * 16;
-    // A stage: CPS chunks. Weights [ROWS / 16 tiles][CPS chunks][512 bytes], metadata [CPS][4 slices][MPITCH],
-    // activations [CPS][COLS * 128 bytes].
+    // A stage: CPS chunks. Activations [CPS][COLS * 128 bytes], weights [ROWS / 16 tiles][CPS chunks][512 bytes],
+    // metadata [CPS][4 slices][MPITCH]; with NX each stage starts 1024-byte aligned (the swizzle's period).
     constexpr int WBYTES = ROWS * 32 * CPS, MBYTES = CPS * 4 * MPITCH * 4, XBYTES = COLS * 128;
-    constexpr int STAGE = WBYTES + MBYTES + CPS * XBYTES;
+    constexpr int XOFF = 0, WOFF = CPS * XBYTES, MOFF = WOFF + WBYTES;
+    constexpr int STAGE = NX ? (MOFF + MBYTES + 1023) / 1024 * 1024 : MOFF + MBYTES;
     static_assert(STAGE % 128 == 0, "stage alignment");
-    extern __shared__ __align__(128) unsigned char smem[];
+    extern __shared__ __align__(128) unsigned char smem_raw[];
+    unsigned char *smem = NX ? smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023) : smem_raw;
     unsigned long long *full = reinterpret_cast<unsigned long long *>(smem + S * STAGE), *empty = full + S;
 
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -164,7 +190,7 @@ __device__ __forceinline__ void w4_ws(T *__restrict__ y, float *__restrict__ par
         const int tiles_here = min(ROWS / 16, (n >> 4) - rowb / 16), rows_here = 16 * tiles_here;
         const int slices = one_slice ? 1 : 4;
         const GroupOf grp_of = group_of(group);
-        const uint4 *xsrc = xp + (size_t)blockIdx.x * nchunks * (XBYTES / 16);
+        const uint4 *xsrc = NX ? nullptr : xp + (size_t)blockIdx.x * nchunks * (XBYTES / 16);
         const uint4 *wsrc = tiles + (size_t)(rowb / 16) * nchunks * 32;
         for (int i = 0; i * CPS < nch; ++i) {
             const int s = i % S, c = c0 + i * CPS, cn = min(CPS, nch - i * CPS);  // chunks c .. c + cn
@@ -173,22 +199,26 @@ __device__ __forceinline__ void w4_ws(T *__restrict__ y, float *__restrict__ par
             if (lane == 0)
                 mbar_expect_tx(&full[s], cn * (tiles_here * 512 + slices * rows_here * 4 + XBYTES));
             __syncwarp();
-            // Lanes 0 .. 15: weight tiles' cn chunks (contiguous) and, lane 0, the activations; 16 .. 16 + 4 CPS - 1:
-            // metadata slices.
+            // Lanes 0 .. 15: weight tiles' cn chunks (contiguous) and, lane 0 (NX: lanes 0 .. cn - 1, a chunk each),
+            // the activations; 16 .. 16 + 4 CPS - 1: metadata slices.
             static_assert(CPS <= 4, "16 lanes for the metadata slices");
             if (lane < 16) {
                 for (int tl = lane; tl < tiles_here; tl += 16)
-                    bulk_copy(base + tl * CPS * 512, wsrc + ((size_t)tl * nchunks + c) * 32, cn * 512, &full[s]);
-                if (lane == 0) {
+                    bulk_copy(base + WOFF + tl * CPS * 512, wsrc + ((size_t)tl * nchunks + c) * 32, cn * 512,
+                              &full[s]);
+                if (NX) {
+                    if (lane < cn) tensor_copy_2d(base + XOFF + lane * XBYTES, xmap, (c + lane) * 64, blockIdx.x * COLS,
+                                                  &full[s]);
+                } else if (lane == 0) {
                     // The activations come from w4_xperm_u16, launched just before this kernel, which may still run
                     // (programmatic dependent launch): wait for it before the first copy.
                     if (i == 0) asm volatile("griddepcontrol.wait;\n" ::: "memory");
-                    bulk_copy(base + WBYTES + MBYTES, xsrc + (size_t)c * (XBYTES / 16), cn * XBYTES, &full[s]);
+                    bulk_copy(base + XOFF, xsrc + (size_t)c * (XBYTES / 16), cn * XBYTES, &full[s]);
                 }
             } else if (lane < 16 + 4 * CPS) {
                 const int q = (lane - 16) >> 2, sl = (lane - 16) & 3;
                 if (q < cn && sl < slices)
-                    bulk_copy(base + WBYTES + (q * 4 + sl) * MPITCH * 4,
+                    bulk_copy(base + MOFF + (q * 4 + sl) * MPITCH * 4,
                               meta + (size_t)grp_of((c + q) * 64 + 16 * sl) * n + rowb, rows_here * 4, &full[s]);
             }
         }
@@ -218,30 +248,46 @@ __device__ __forceinline__ void w4_ws(T *__restrict__ y, float *__restrict__ par
     };
     // Chunk i's weight words and metadata, read from shared memory one chunk ahead (waiting for its stage when it
     // opens one), so the loads' latency hides behind the previous chunk's wgmmas.
-    uint4 fw[RT];
+    // NX: words t / 2 and 2 + t / 2 of quad lane s, for each k16 step s (fw[r] holds the first, fw2[r] the second).
+    uint4 fw[RT], fw2[RT];
     u32 fm0[RT], fm1[RT];
     auto fetch = [&](int i) {
         const int s = (i / CPS) % S, q = i % CPS;
         if (q == 0) mbar_wait(&full[s], (i / CPS / S) & 1);
         const unsigned char *base = smem + s * STAGE;
-        const uint4 *wsm = reinterpret_cast<const uint4 *>(base) + q * 32;
-        const u32 *ms = reinterpret_cast<const u32 *>(base + WBYTES) + (q * 4 + mslice) * MPITCH;
+        const uint4 *wsm = reinterpret_cast<const uint4 *>(base + WOFF) + q * 32;
+        const u32 *ms = reinterpret_cast<const u32 *>(base + MOFF) + (q * 4 + mslice) * MPITCH;
 #pragma unroll
         for (int r = 0; r < RT; ++r) {
             const int tl = (wgi * RT + r) * 4 + wi;
-            fw[r] = wsm[tl * CPS * 32 + lane];
+            if (NX) {
+                const u32 *ww = reinterpret_cast<const u32 *>(wsm + tl * CPS * 32) + (t >> 1);
+                u32 lo[4], hi[4];
+#pragma unroll
+                for (int step = 0; step < 4; ++step) {
+                    lo[step] = ww[tile_slot(4 * g + step) * 4];
+                    hi[step] = ww[tile_slot(4 * g + step) * 4 + 2];
+                }
+                fw[r] = make_uint4(lo[0], lo[1], lo[2], lo[3]);
+                fw2[r] = make_uint4(hi[0], hi[1], hi[2], hi[3]);
+            } else {
+                fw[r] = wsm[tl * CPS * 32 + tile_slot(lane)];
+            }
             fm0[r] = ms[tl * 16 + g];
             fm1[r] = ms[tl * 16 + g + 8];
         }
     };
+    // NX: the bytes of lane t's input pair in quad lane s's words (even t: bytes 0 and 2, odd t: 1 and 3).
+    const u32 pair_bytes = (t & 1) ? 0x7351u : 0x6240u;
     auto chunk = [&](int i, u32 (&a)[RT][4][4], u32 (&prev)[RT][4][4]) {
         const int s = (i / CPS) % S, q = i % CPS;
         const unsigned char *base = smem + s * STAGE;
-        uint4 w[RT];
+        uint4 w[RT], w2[RT];
         u32 m0[RT], m1[RT];
 #pragma unroll
         for (int r = 0; r < RT; ++r) {
             w[r] = fw[r];
+            if (NX) w2[r] = fw2[r];
             m0[r] = fm0[r];
             m1[r] = fm1[r];
         }
@@ -252,15 +298,19 @@ __device__ __forceinline__ void w4_ws(T *__restrict__ y, float *__restrict__ par
 #pragma unroll
         for (int r = 0; r < RT; ++r)
 #pragma unroll
-            for (int j = 0; j < 4; ++j) Op::dequant(word(w[r], j), m0[r], m1[r], a[r][j]);
+            for (int j = 0; j < 4; ++j)
+                Op::dequant(NX ? __byte_perm(word(w[r], j), word(w2[r], j), pair_bytes) : word(w[r], j), m0[r], m1[r],
+                            a[r][j]);
 #pragma unroll
         for (int r = 0; r < RT; ++r) wg_pin(acc[r]);
         asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
-        const unsigned char *xs = base + WBYTES + MBYTES + q * XBYTES;
+        const unsigned char *xs = base + XOFF + q * XBYTES;
 #pragma unroll
         for (int j = 0; j < 4; ++j)
 #pragma unroll
-            for (int r = 0; r < RT; ++r) wg_mma<T, COLS>(acc[r], a[r][j], wg_desc(xs + 2 * j * LBO, LBO, 128));
+            for (int r = 0; r < RT; ++r)
+                wg_mma<T, COLS>(acc[r], a[r][j],
+                                NX ? wg_desc(xs + 32 * j, 16, 1024, true) : wg_desc(xs + 2 * j * LBO, LBO, 128));
         asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
 #pragma unroll
         for (int r = 0; r < RT; ++r) wg_pin(acc[r]);
@@ -346,7 +396,8 @@ __device__ __forceinline__ void w4_ws(T *__restrict__ y, float *__restrict__ par
         w4_ws_##NAME##_##NWG##_##RT##_##COLS##_##S##_##CPS##_##MINB(                                             \
             TY *y, float *part, const uint4 *xp, const uint4 *tiles, const u32 *meta, int batch, int n, int k,   \
             int group, int chunks_per_split) {                                                                   \
-        w4_ws<TY, NWG, RT, COLS, S, CPS, MINB, 1>(y, part, xp, tiles, meta, batch, n, k, group, chunks_per_split); \
+        w4_ws<TY, NWG, RT, COLS, S, CPS, MINB, 1, false>(y, part, xp, nullptr, tiles, meta, batch, n, k, group,  \
+                                                         chunks_per_split);                                      \
     }
 // ..._c<CL>: clusters of CL blocks along z split K (grid.z = CL), reducing through distributed shared memory.
 #define W4_WSC(TY, NAME, NWG, RT, COLS, S, CPS, MINB, CL)                                                        \
@@ -354,8 +405,18 @@ __device__ __forceinline__ void w4_ws(T *__restrict__ y, float *__restrict__ par
         w4_ws_##NAME##_##NWG##_##RT##_##COLS##_##S##_##CPS##_##MINB##_c##CL(                                     \
             TY *y, float *part, const uint4 *xp, const uint4 *tiles, const u32 *meta, int batch, int n, int k,   \
             int group, int chunks_per_split) {                                                                   \
-        w4_ws<TY, NWG, RT, COLS, S, CPS, MINB, CL>(y, part, xp, tiles, meta, batch, n, k, group,                 \
-                                                   chunks_per_split);                                            \
+        w4_ws<TY, NWG, RT, COLS, S, CPS, MINB, CL, false>(y, part, xp, nullptr, tiles, meta, batch, n, k, group, \
+                                                          chunks_per_split);                                     \
+    }
+// ..._x: natural activations (NX above) through the tensor map `xmap` of x; CL 1 or more (a cluster of one is an
+// ordinary launch).
+#define W4_WSX(TY, NAME, NWG, RT, COLS, S, CPS, MINB, CL)                                                        \
+    extern "C" __global__ void __cluster_dims__(1, 1, CL) __launch_bounds__(128 * (NWG + 1), MINB)               \
+        w4_ws_##NAME##_##NWG##_##RT##_##COLS##_##S##_##CPS##_##MINB##_c##CL##_x(                                 \
+            TY *y, float *part, const __grid_constant__ TensorMap xmap, const uint4 *tiles, const u32 *meta,     \
+            int batch, int n, int k, int group, int chunks_per_split) {                                          \
+        w4_ws<TY, NWG, RT, COLS, S, CPS, MINB, CL, true>(y, part, nullptr, &xmap, tiles, meta, batch, n, k, group, \
+                                                         chunks_per_split);                                      \
     }
 // The activations of w4_ws: xp [batch / cols (rounded up)][k / 64][8][cols][8 elements] = x [batch, k] (16-bit
 // elements of either dtype; act-order: stored input j is x[b, perm[j]]) in the B core-matrix layout above, zero
