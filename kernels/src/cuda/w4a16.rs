@@ -197,7 +197,7 @@ const fn pipe2(rt: u32, nb8: u32, wn: u32, wb: u32, stages: u32) -> MmConfig {
 
 /// Every configuration compiled in kernels/cuda/w4a16.cu (its `W4_MM_BOTH` and `W4_MMP_BOTH` lines) and
 /// w4a16_sm90.cu (`W4_WS`, `W4_WSC`, `W4_WSX`); [`MmConfig::runs_on`] says which a device has.
-pub const CONFIGS: [MmConfig; 44] = [
+pub const CONFIGS: [MmConfig; 48] = [
     cfg(1, 1, 8, 1, 1),
     cfg(1, 1, 16, 1, 1),
     cfg(2, 1, 8, 1, 1),
@@ -234,6 +234,8 @@ pub const CONFIGS: [MmConfig; 44] = [
     wsc(2, 1, 64, (3, 4), 4),
     wsc(2, 1, 128, (4, 2), 2),
     wsc(2, 1, 128, (4, 2), 4),
+    wsc(2, 1, 64, (3, 4), 3),
+    wsc(2, 1, 128, (4, 2), 3),
     nx(ws(2, 1, 64, (3, 2), 2)),
     nx(ws(2, 1, 64, (3, 4), 1)),
     nx(ws(2, 1, 128, (4, 2), 1)),
@@ -242,6 +244,8 @@ pub const CONFIGS: [MmConfig; 44] = [
     nx(wsc(2, 1, 64, (3, 4), 4)),
     nx(wsc(2, 1, 128, (4, 2), 2)),
     nx(wsc(2, 1, 128, (4, 2), 4)),
+    nx(wsc(2, 1, 64, (3, 4), 3)),
+    nx(wsc(2, 1, 128, (4, 2), 3)),
 ];
 
 impl MmConfig {
@@ -356,13 +360,16 @@ impl MmConfig {
         // The warp-specialised kernel with few tiles: K split over a cluster (on-chip sums) where the partial-sum
         // split would cut it 2 or 3 ways, or 4 ways when 4-block clusters of every tile still fit in 3/4 of the
         // multiprocessors (more do not all fit the GPCs at once: measured 1.3-1.5x slower at 128 blocks on 132
-        // SMs); otherwise the plain kernel (its partial sums are cheaper than a second wave).
+        // SMs), or else 3 ways under 8192 inputs (Llama-3-8B o: 1.05-1.08x faster than 4 partial sums; with more
+        // inputs a split's run is long and the 4 partial sums win, Llama down 1.07-1.15x); otherwise the plain
+        // kernel (its partial sums are cheaper than a second wave).
         let clustered = |c: MmConfig| {
             let tiles = n.div_ceil(c.rows()) * batch.div_ceil(c.cols());
             let sm = sm_count as usize;
             let cl = match sm / tiles.max(1) {
                 2 | 3 => 2,
                 s if s >= 4 && 16 * tiles <= 3 * sm => 4,
+                s if s >= 4 && k < 8192 => 3,
                 _ => 1,
             };
             if cl > 1 && k / 64 >= 2 * cl {
@@ -915,4 +922,46 @@ pub fn dequantize<T: Half>(gpu: &Gpu, w: &W4Weight<T>) -> Result<CudaSlice<T>, G
             .launch(cfg)
     }?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every configuration `pick` returns is compiled, and so is the layout-pass twin [`w4a16`] falls back to for
+    /// weights the natural order does not accept.
+    #[test]
+    fn every_pick_and_its_layout_pass_twin_are_compiled() {
+        let shapes = [
+            (9216, 3072),
+            (3072, 3072),
+            (16384, 3072),
+            (3072, 8192),
+            (6144, 4096),
+            (4096, 4096),
+            (28672, 4096),
+            (4096, 14336),
+            (272, 640),
+            (2048, 2048),
+        ];
+        for arch in [(8, 0), (8, 9), (9, 0)] {
+            for sm_count in [78, 114, 132] {
+                for (n, k) in shapes {
+                    for batch in 1..=260 {
+                        let c = MmConfig::pick(batch, n, k, sm_count, arch);
+                        assert!(CONFIGS.contains(&c), "{c:?} (batch {batch}, n {n}, k {k})");
+                        let twin = MmConfig {
+                            natural_x: false,
+                            ..c
+                        };
+                        assert!(
+                            CONFIGS.contains(&twin),
+                            "{twin:?} (batch {batch}, n {n}, k {k})"
+                        );
+                        assert!(c.runs_on(arch), "{c:?} on {arch:?}");
+                    }
+                }
+            }
+        }
+    }
 }
