@@ -7,9 +7,9 @@ use std::marker::PhantomData;
 use super::float::Half;
 use cudarc::driver::sys::CUfunction_attribute;
 
-use super::{CudaFunction, CudaSlice, Gpu, GpuError, LaunchConfig, PushKernelArg};
+use super::{CudaFunction, CudaSlice, CudaStream, Gpu, GpuError, LaunchConfig, PushKernelArg};
 use crate::cpu::w4a16_tiles::W4Tiles;
-use cudarc::driver::{DevicePtr, DevicePtrMut};
+use cudarc::driver::{DevicePtr, DevicePtrMut, SyncOnDrop};
 
 /// w4a16.cu with w4a16_sm90.cu appended (its wgmma kernel uses the first's helpers), compiled for sm_90a on Hopper
 /// and for the device's plain target elsewhere (where the wgmma kernel compiles to nothing).
@@ -659,6 +659,91 @@ fn launch_pipe<T: Half>(
     Ok(())
 }
 
+/// The warp-specialised kernel's outputs and weights as device pointers, taken before any of a call's launches
+/// (cudarc's per-buffer event records stay alive, and are recorded, after the launches are queued).
+struct WsBuffers<'a> {
+    y: u64,
+    /// Unread with one split: a null pointer.
+    part: u64,
+    tiles: u64,
+    meta: u64,
+    _records: [Option<SyncOnDrop<'a>>; 4],
+}
+
+impl<'a> WsBuffers<'a> {
+    fn take<T: Half>(
+        stream: &'a CudaStream,
+        w: &'a W4Weight<T>,
+        y: &'a mut CudaSlice<T>,
+        part: Option<&'a mut CudaSlice<f32>>,
+    ) -> Self {
+        let (y, y_record) = y.device_ptr_mut(stream);
+        let (part, part_record) = match part {
+            Some(p) => {
+                let (ptr, record) = p.device_ptr_mut(stream);
+                (ptr, Some(record))
+            }
+            None => (0, None),
+        };
+        let (tiles, tiles_record) = w.tiles.device_ptr(stream);
+        let (meta, meta_record) = w.meta.device_ptr(stream);
+        Self {
+            y,
+            part,
+            tiles,
+            meta,
+            _records: [
+                Some(y_record),
+                part_record,
+                Some(tiles_record),
+                Some(meta_record),
+            ],
+        }
+    }
+
+    /// Launches `f` (`after_previous`: as a programmatic dependent launch) with `x_arg` (the address of its
+    /// activation argument) between these buffers and the sizes.
+    ///
+    /// # Safety
+    /// `x_arg` points at the argument of the type the kernel takes there, describing activations laid out as it
+    /// reads them; `launch` fits the kernel (block size, dynamic shared memory) and `part` holds the splits it
+    /// writes.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn launch<T: Half>(
+        &self,
+        gpu: &Gpu,
+        f: &CudaFunction,
+        launch: LaunchConfig,
+        after_previous: bool,
+        x_arg: *mut std::ffi::c_void,
+        w: &W4Weight<T>,
+        batch: usize,
+        chunks_per_split: i32,
+    ) -> Result<(), GpuError> {
+        let (b, n, k, g) = (batch as i32, w.n as i32, w.k as i32, w.group_size as i32);
+        // SAFETY: the arguments are in the kernel's order and types; the caller vouches for x_arg and the launch.
+        unsafe {
+            gpu.launch_ex(
+                f,
+                launch,
+                after_previous,
+                &mut [
+                    arg(&self.y),
+                    arg(&self.part),
+                    x_arg,
+                    arg(&self.tiles),
+                    arg(&self.meta),
+                    arg(&b),
+                    arg(&n),
+                    arg(&k),
+                    arg(&g),
+                    arg(&chunks_per_split),
+                ],
+            )
+        }
+    }
+}
+
 /// The warp-specialised kernel after `w4_xperm_u16` has laid out its activations: xp, per `cols`-column block and
 /// 64-input chunk, the wgmma B core matrices in the tiles' input order (act-order inputs gathered, zeros past the
 /// batch). The product is a programmatic dependent launch of the layout kernel: its blocks start, and copy their
@@ -695,25 +780,9 @@ fn launch_ws<T: Half>(
         None => (x_ptr, None),
     };
     let (xp_ptr, _xp) = xp.device_ptr_mut(stream);
-    let (y_ptr, _y) = y.device_ptr_mut(stream);
-    // Unread with one split: a null pointer.
-    let (part_ptr, _part) = match part {
-        Some(p) => {
-            let (ptr, record) = p.device_ptr_mut(stream);
-            (ptr, Some(record))
-        }
-        None => (0, None),
-    };
-    let (tiles_ptr, _tiles) = w.tiles.device_ptr(stream);
-    let (meta_ptr, _meta) = w.meta.device_ptr(stream);
+    let buffers = WsBuffers::take(stream, w, y, part);
     let has_perm = i32::from(w.perm.is_some());
-    let (b, n, k, g, c) = (
-        batch as i32,
-        w.n as i32,
-        w.k as i32,
-        w.group_size as i32,
-        cols as i32,
-    );
+    let (b, k, c) = (batch as i32, w.k as i32, cols as i32);
     let layout = LaunchConfig {
         grid_dim: (
             (len / 8).div_ceil(256).min(gpu.sm_count() as usize * 16) as u32,
@@ -741,29 +810,20 @@ fn launch_ws<T: Half>(
             ],
         )
     }?;
-    // SAFETY: xp as laid out above, y [batch, n], part [splits, batch, n] when there are splits; tiles/meta as
-    // sized by `upload`; the dynamic shared memory is what the kernel's S stages take; the kernel waits for the
-    // layout kernel before it reads xp.
+    // SAFETY: xp as laid out above, a pointer as the kernel takes; the launch is sized by `launch_pipe` for this
+    // configuration; the kernel waits for the layout kernel before it reads xp.
     unsafe {
-        gpu.launch_ex(
+        buffers.launch(
+            gpu,
             f,
             launch,
             true,
-            &mut [
-                arg(&y_ptr),
-                arg(&part_ptr),
-                arg(&xp_ptr),
-                arg(&tiles_ptr),
-                arg(&meta_ptr),
-                arg(&b),
-                arg(&n),
-                arg(&k),
-                arg(&g),
-                arg(&chunks_per_split),
-            ],
+            arg(&xp_ptr),
+            w,
+            batch,
+            chunks_per_split,
         )
-    }?;
-    Ok(())
+    }
 }
 
 /// The warp-specialised kernel reading x [batch, k] in its own order: one 2-D tensor copy a chunk and column block
@@ -816,41 +876,10 @@ fn launch_ws_natural<T: Half>(
     .result()?;
     // SAFETY: cuTensorMapEncodeTiled succeeded, so it wrote the map.
     let map = unsafe { map.assume_init() };
-    let (y_ptr, _y) = y.device_ptr_mut(stream);
-    // Unread with one split: a null pointer.
-    let (part_ptr, _part) = match part {
-        Some(p) => {
-            let (ptr, record) = p.device_ptr_mut(stream);
-            (ptr, Some(record))
-        }
-        None => (0, None),
-    };
-    let (tiles_ptr, _tiles) = w.tiles.device_ptr(stream);
-    let (meta_ptr, _meta) = w.meta.device_ptr(stream);
-    let (b, n, k, g) = (batch as i32, w.n as i32, w.k as i32, w.group_size as i32);
-    // SAFETY: the map describes x (above); y [batch, n], part [splits, batch, n] when there are splits; tiles/meta
-    // as sized by `upload`; the dynamic shared memory is what the kernel's S stages take; the arguments are in the
-    // kernel's order and types (the map by value, 128 bytes).
-    unsafe {
-        gpu.launch_ex(
-            f,
-            launch,
-            false,
-            &mut [
-                arg(&y_ptr),
-                arg(&part_ptr),
-                arg(&map),
-                arg(&tiles_ptr),
-                arg(&meta_ptr),
-                arg(&b),
-                arg(&n),
-                arg(&k),
-                arg(&g),
-                arg(&chunks_per_split),
-            ],
-        )
-    }?;
-    Ok(())
+    let buffers = WsBuffers::take(stream, w, y, part);
+    // SAFETY: the map describes x (above) and goes by value (128 bytes), as the kernel takes it; the launch is
+    // sized by `launch_pipe` for this configuration.
+    unsafe { buffers.launch(gpu, f, launch, false, arg(&map), w, batch, chunks_per_split) }
 }
 
 /// A kernel argument for [`Gpu::launch_ex`]: the address of its value.
