@@ -133,7 +133,6 @@ __device__ __forceinline__ void bulk_copy(void *dst, const void *src, u32 bytes,
                  : "memory");
 }
 
-//
 // NX (natural activations): no layout pass. The producer copies x [batch, k] itself, one 2-D tensor copy a chunk
 // (`xmap`: boxes of 64 inputs x COLS rows, 128-byte swizzle, rows past the batch zero-filled), which is wgmma's B
 // operand with the inputs in their own order (k16 step s = inputs 16s .. 16s + 15 of the chunk). The weight words
@@ -207,8 +206,8 @@ __device__ __forceinline__ void w4_ws(T *__restrict__ y, float *__restrict__ par
                     bulk_copy(base + WOFF + tl * CPS * 512, wsrc + ((size_t)tl * nchunks + c) * 32, cn * 512,
                               &full[s]);
                 if (NX) {
-                    if (lane < cn) tensor_copy_2d(base + XOFF + lane * XBYTES, xmap, (c + lane) * 64, blockIdx.x * COLS,
-                                                  &full[s]);
+                    if (lane < cn)
+                        tensor_copy_2d(base + XOFF + lane * XBYTES, xmap, (c + lane) * 64, blockIdx.x * COLS, &full[s]);
                 } else if (lane == 0) {
                     // The activations come from w4_xperm_u16, launched just before this kernel, which may still run
                     // (programmatic dependent launch): wait for it before the first copy.
