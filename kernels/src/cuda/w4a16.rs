@@ -310,19 +310,18 @@ impl MmConfig {
             prefetch,
         } = *self;
         let (ty, name) = (T::CUDA_TYPE, T::SUFFIX);
-        if natural_x {
-            let (nwg, cols) = (wn / 4, 8 * nb8);
-            (
-                format!("w4_ws_{name}_{nwg}_{rt}_{cols}_{stages}_{stage_chunks}_{min_blocks}_c{cluster}_x"),
-                format!("W4_WSX({ty},{name},{nwg},{rt},{cols},{stages},{stage_chunks},{min_blocks},{cluster})"),
-            )
-        } else if producer {
+        if producer {
             let (nwg, cols) = (wn / 4, 8 * nb8);
             let kernel =
                 format!("w4_ws_{name}_{nwg}_{rt}_{cols}_{stages}_{stage_chunks}_{min_blocks}");
             let head =
                 format!("{ty},{name},{nwg},{rt},{cols},{stages},{stage_chunks},{min_blocks}");
-            if cluster > 1 {
+            if natural_x {
+                (
+                    format!("{kernel}_c{cluster}_x"),
+                    format!("W4_WSX({head},{cluster})"),
+                )
+            } else if cluster > 1 {
                 (
                     format!("{kernel}_c{cluster}"),
                     format!("W4_WSC({head},{cluster})"),
@@ -603,9 +602,7 @@ fn launch_pipe<T: Half>(
     } else {
         None
     };
-    if config.natural_x {
-        launch_ws_natural(gpu, config, f, x, w, batch, y, part.as_mut(), launch, cps)?;
-    } else if config.producer {
+    if config.producer {
         launch_ws(gpu, config, f, x, w, batch, y, part.as_mut(), launch, cps)?;
     } else {
         let mut builder = gpu.stream().launch_builder(f);
@@ -744,13 +741,14 @@ impl<'a> WsBuffers<'a> {
     }
 }
 
-/// The warp-specialised kernel after `w4_xperm_u16` has laid out its activations: xp, per `cols`-column block and
+/// The warp-specialised kernel. With `natural_x` it reads x [batch, k] itself through a tensor map
+/// ([`x_tensor_map`]). Otherwise it reads xp, which `w4_xperm_u16` lays out first: per `cols`-column block and
 /// 64-input chunk, the wgmma B core matrices in the tiles' input order (act-order inputs gathered, zeros past the
-/// batch). The product is a programmatic dependent launch of the layout kernel: its blocks start, and copy their
-/// weights, while the layout still runs, and wait for it (griddepcontrol.wait) only before copying activations.
-/// A stream operation between the two launches (cudarc's per-buffer event records and waits) would make it an
-/// ordinary launch, so every pointer is taken, and its events waited for, before the first launch, and the
-/// events are recorded after the second.
+/// batch). The product is then a programmatic dependent launch of the layout kernel: its blocks start, and copy
+/// their weights, while the layout still runs, and wait for it (griddepcontrol.wait) only before copying
+/// activations. A stream operation between the two launches (cudarc's per-buffer event records and waits) would
+/// make it an ordinary launch, so every pointer is taken, and its events waited for, before the first launch, and
+/// the events are recorded after the second.
 #[allow(clippy::too_many_arguments)]
 fn launch_ws<T: Half>(
     gpu: &Gpu,
@@ -764,13 +762,22 @@ fn launch_ws<T: Half>(
     launch: LaunchConfig,
     chunks_per_split: i32,
 ) -> Result<(), GpuError> {
-    let cols = config.cols();
-    let len = batch.div_ceil(cols) * cols * w.k;
-    // SAFETY: uninitialised on purpose: w4_xperm_u16 writes every element (zeros past the batch).
-    let mut xp = unsafe { gpu.stream().alloc::<T>(len) }?;
-    let xperm = gpu.function(&SOURCE, "w4_xperm_u16")?;
     let stream = gpu.stream();
     let (x_ptr, _x) = x.device_ptr(stream);
+    let cols = config.cols();
+    if config.natural_x {
+        let map = x_tensor_map::<T>(x_ptr, w.k, batch, cols)?;
+        let buffers = WsBuffers::take(stream, w, y, part);
+        // SAFETY: the map describes x and goes by value (128 bytes), as the kernel takes it; the launch is sized by
+        // `launch_pipe` for this configuration.
+        return unsafe {
+            buffers.launch(gpu, f, launch, false, arg(&map), w, batch, chunks_per_split)
+        };
+    }
+    let len = batch.div_ceil(cols) * cols * w.k;
+    // SAFETY: uninitialised on purpose: w4_xperm_u16 writes every element (zeros past the batch).
+    let mut xp = unsafe { stream.alloc::<T>(len) }?;
+    let xperm = gpu.function(&SOURCE, "w4_xperm_u16")?;
     // Read only with has_perm; otherwise x stands in for the pointer.
     let (perm_ptr, _perm) = match &w.perm {
         Some(p) => {
@@ -826,33 +833,24 @@ fn launch_ws<T: Half>(
     }
 }
 
-/// The warp-specialised kernel reading x [batch, k] in its own order: one 2-D tensor copy a chunk and column block
-/// (boxes of 64 inputs x `cols` rows, 128-byte swizzle, rows past the batch zero-filled), described by a tensor
-/// map passed by value.
-#[allow(clippy::too_many_arguments)]
-fn launch_ws_natural<T: Half>(
-    gpu: &Gpu,
-    config: MmConfig,
-    f: &CudaFunction,
-    x: &CudaSlice<T>,
-    w: &W4Weight<T>,
+/// The tensor map of x [batch, k] at `x_ptr` for the warp-specialised kernel reading it in its own order: boxes
+/// of 64 inputs x `cols` rows (one 2-D tensor copy a chunk and column block), 128-byte swizzle, rows past the batch
+/// zero-filled.
+fn x_tensor_map<T: Half>(
+    x_ptr: u64,
+    k: usize,
     batch: usize,
-    y: &mut CudaSlice<T>,
-    part: Option<&mut CudaSlice<f32>>,
-    launch: LaunchConfig,
-    chunks_per_split: i32,
-) -> Result<(), GpuError> {
+    cols: usize,
+) -> Result<cudarc::driver::sys::CUtensorMap, GpuError> {
     use cudarc::driver::sys;
-    let stream = gpu.stream();
-    let (x_ptr, _x) = x.device_ptr(stream);
     let dtype = if T::SUFFIX == "bf16" {
         sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16
     } else {
         sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_FLOAT16
     };
-    let dims = [w.k as u64, batch as u64];
-    let row_bytes = [(w.k * 2) as u64];
-    let boxed = [64u32, config.cols() as u32];
+    let dims = [k as u64, batch as u64];
+    let row_bytes = [(k * 2) as u64];
+    let boxed = [64u32, cols as u32];
     let element_strides = [1u32, 1];
     let mut map = std::mem::MaybeUninit::<sys::CUtensorMap>::zeroed();
     // SAFETY: the arrays hold rank (2) entries, rank - 1 for the strides; x is [batch, k] 16-bit elements at a
@@ -875,11 +873,7 @@ fn launch_ws_natural<T: Half>(
     }
     .result()?;
     // SAFETY: cuTensorMapEncodeTiled succeeded, so it wrote the map.
-    let map = unsafe { map.assume_init() };
-    let buffers = WsBuffers::take(stream, w, y, part);
-    // SAFETY: the map describes x (above) and goes by value (128 bytes), as the kernel takes it; the launch is
-    // sized by `launch_pipe` for this configuration.
-    unsafe { buffers.launch(gpu, f, launch, false, arg(&map), w, batch, chunks_per_split) }
+    Ok(unsafe { map.assume_init() })
 }
 
 /// A kernel argument for [`Gpu::launch_ex`]: the address of its value.
