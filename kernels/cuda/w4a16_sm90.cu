@@ -229,7 +229,6 @@ __device__ __forceinline__ void w4_ws(T *__restrict__ y, float *__restrict__ par
     }
     if (CONS_REGS > CAP) asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(CONS_REGS));
     const int wgi = warp >> 2, wi = warp & 3, g = lane >> 2, t = lane & 3;
-    const int mslice = one_slice ? 0 : t;
     float acc[RT][COLS / 2];
 #pragma unroll
     for (int r = 0; r < RT; ++r)
@@ -237,106 +236,134 @@ __device__ __forceinline__ void w4_ws(T *__restrict__ y, float *__restrict__ par
         for (int i = 0; i < COLS / 2; ++i) acc[r][i] = 0.f;
 
     // Two A buffers where the register cap leaves room: the previous chunk's wgmmas stay in flight through this
-    // chunk's dequantization (the wait comes after this chunk's wgmmas, and only then are the previous A registers,
-    // `prev`, free: the empty asm marks their last use); a stage is released once its last chunk's wgmmas are waited for.
+    // chunk's dequantization (the wait comes after this chunk's wgmmas, and only then are the previous A registers
+    // free: the empty asm marks their last use); a stage is released once its last chunk's wgmmas are waited for.
+    // The buffers alternate with the chunk's place in its stage, so that place is a constant (the stage loop is
+    // unrolled) and so is every shared-memory offset but the stage's base.
     constexpr bool DB = RT * (COLS / 2 + 32) + 32 <= CONS_REGS;
-    auto release = [&](int i) {  // chunk i done: its stage is free after its last chunk
-        if ((i + 1) % CPS != 0) return;
-        __syncwarp();
-        if (lane == 0) mbar_arrive(&empty[(i / CPS) % S]);
-    };
-    // Chunk i's weight words and metadata, read from shared memory one chunk ahead (waiting for its stage when it
-    // opens one), so the loads' latency hides behind the previous chunk's wgmmas.
-    // NX: words t / 2 and 2 + t / 2 of quad lane s, for each k16 step s (fw[r] holds the first, fw2[r] the second).
+    static_assert(!DB || CPS % 2 == 0, "double buffering alternates within a stage");
+    // This thread's byte offsets in a stage, for chunk 0 of its warp's first tile (tile r is 4r tiles on, chunk q
+    // of a stage q * 512 bytes on in the weights and q * 4 slices on in the metadata). NX: words t / 2 and
+    // 2 + t / 2 (8 bytes on) of quad lane `step`'s slot, for each k16 step; otherwise this lane's own slot.
+    const int tile0 = wgi * RT * 4 + wi;
+    u32 woff[NX ? 4 : 1];
+#pragma unroll
+    for (int step = 0; step < (NX ? 4 : 1); ++step)
+        woff[step] = WOFF + tile0 * CPS * 512 + (NX ? tile_slot(4 * g + step) * 16 + (t >> 1) * 4 : tile_slot(lane) * 16);
+    const u32 moff = MOFF + (((one_slice ? 0 : t) * MPITCH) + tile0 * 16 + g) * 4;
+    // Chunk q's weight words and metadata of the stage at `sb`, read from shared memory one chunk ahead, so the
+    // loads' latency hides behind the previous chunk's wgmmas. NX: fw[r] holds each step's first word, fw2[r] its
+    // second.
     uint4 fw[RT], fw2[RT];
     u32 fm0[RT], fm1[RT];
-    auto fetch = [&](int i) {
-        const int s = (i / CPS) % S, q = i % CPS;
-        if (q == 0) mbar_wait(&full[s], (i / CPS / S) & 1);
-        const unsigned char *base = smem + s * STAGE;
-        const uint4 *wsm = reinterpret_cast<const uint4 *>(base + WOFF) + q * 32;
-        const u32 *ms = reinterpret_cast<const u32 *>(base + MOFF) + (q * 4 + mslice) * MPITCH;
+    auto fetch = [&](const unsigned char *sb, int q) {
 #pragma unroll
         for (int r = 0; r < RT; ++r) {
-            const int tl = (wgi * RT + r) * 4 + wi;
+            const int wq = (r * 4 * CPS + q) * 512;
             if (NX) {
-                const u32 *ww = reinterpret_cast<const u32 *>(wsm + tl * CPS * 32) + (t >> 1);
                 u32 lo[4], hi[4];
 #pragma unroll
                 for (int step = 0; step < 4; ++step) {
-                    lo[step] = ww[tile_slot(4 * g + step) * 4];
-                    hi[step] = ww[tile_slot(4 * g + step) * 4 + 2];
+                    lo[step] = *reinterpret_cast<const u32 *>(sb + woff[step] + wq);
+                    hi[step] = *reinterpret_cast<const u32 *>(sb + woff[step] + wq + 8);
                 }
                 fw[r] = make_uint4(lo[0], lo[1], lo[2], lo[3]);
                 fw2[r] = make_uint4(hi[0], hi[1], hi[2], hi[3]);
             } else {
-                fw[r] = wsm[tl * CPS * 32 + tile_slot(lane)];
+                fw[r] = *reinterpret_cast<const uint4 *>(sb + woff[0] + wq);
             }
-            fm0[r] = ms[tl * 16 + g];
-            fm1[r] = ms[tl * 16 + g + 8];
+            const u32 *ms = reinterpret_cast<const u32 *>(sb + moff + (q * 4 * MPITCH + r * 64) * 4);
+            fm0[r] = ms[0];
+            fm1[r] = ms[8];
         }
     };
+    // The wgmma B descriptors of the stage at `sb`: chunk q's k16 step j adds (q * XBYTES + j * step bytes) / 16
+    // (the descriptor's address field, which no offset inside shared memory overflows).
+    const unsigned long long desc0 =
+        NX ? wg_desc(smem + XOFF, 16, 1024, true) : wg_desc(smem + XOFF, LBO, 128);
+    constexpr int DSTEP = NX ? 32 : 2 * LBO;
     // NX: the bytes of lane t's input pair in quad lane s's words (even t: bytes 0 and 2, odd t: 1 and 3).
     const u32 pair_bytes = (t & 1) ? 0x7351u : 0x6240u;
-    auto chunk = [&](int i, u32 (&a)[RT][4][4], u32 (&prev)[RT][4][4]) {
-        const int s = (i / CPS) % S, q = i % CPS;
-        const unsigned char *base = smem + s * STAGE;
-        uint4 w[RT], w2[RT];
-        u32 m0[RT], m1[RT];
-#pragma unroll
-        for (int r = 0; r < RT; ++r) {
-            w[r] = fw[r];
-            if (NX) w2[r] = fw2[r];
-            m0[r] = fm0[r];
-            m1[r] = fm1[r];
-        }
-        if (!DB) {
-            asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
-            if (i > 0) release(i - 1);
-        }
+    // Chunk q of the stage whose descriptors start at `dstage`: dequantize what fetch brought into `a` and issue its
+    // wgmmas (one commit group).
+    auto multiply = [&](unsigned long long dstage, int q, u32 (&a)[RT][4][4]) {
 #pragma unroll
         for (int r = 0; r < RT; ++r)
 #pragma unroll
             for (int j = 0; j < 4; ++j)
-                Op::dequant(NX ? __byte_perm(word(w[r], j), word(w2[r], j), pair_bytes) : word(w[r], j), m0[r], m1[r],
-                            a[r][j]);
+                Op::dequant(NX ? __byte_perm(word(fw[r], j), word(fw2[r], j), pair_bytes) : word(fw[r], j), fm0[r],
+                            fm1[r], a[r][j]);
 #pragma unroll
         for (int r = 0; r < RT; ++r) wg_pin(acc[r]);
         asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
-        const unsigned char *xs = base + XOFF + q * XBYTES;
 #pragma unroll
         for (int j = 0; j < 4; ++j)
 #pragma unroll
-            for (int r = 0; r < RT; ++r)
-                wg_mma<T, COLS>(acc[r], a[r][j],
-                                NX ? wg_desc(xs + 32 * j, 16, 1024, true) : wg_desc(xs + 2 * j * LBO, LBO, 128));
+            for (int r = 0; r < RT; ++r) wg_mma<T, COLS>(acc[r], a[r][j], dstage + (q * XBYTES + j * DSTEP) / 16);
         asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
 #pragma unroll
         for (int r = 0; r < RT; ++r) wg_pin(acc[r]);
-        if (i + 1 < nch) fetch(i + 1);
-        if (DB) {
-            asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
-#pragma unroll
-            for (int r = 0; r < RT; ++r)
-#pragma unroll
-                for (int j = 0; j < 4; ++j)
-                    asm volatile("" ::"r"(prev[r][j][0]), "r"(prev[r][j][1]), "r"(prev[r][j][2]), "r"(prev[r][j][3])
-                                 : "memory");
-            if (i > 0) release(i - 1);
-        }
     };
-    u32 a0[RT][4][4] = {}, a1[RT][4][4] = {};
-    u32(&b1)[RT][4][4] = DB ? a1 : a0;
-    fetch(0);
-    for (int i = 0;;) {  // no zero-trip path: the launcher gives every split a chunk
-        chunk(i, a0, b1);
-        if (++i >= nch) break;
-        chunk(i, b1, a0);
-        if (++i >= nch) break;
-    }
-    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+    // Marks the A registers `prev` in use up to here (their wgmmas were just waited for).
+    auto keep = [&](u32 (&prev)[RT][4][4]) {
 #pragma unroll
-    for (int r = 0; r < RT; ++r) wg_pin(acc[r]);
+        for (int r = 0; r < RT; ++r)
+#pragma unroll
+            for (int j = 0; j < 4; ++j)
+                asm volatile("" ::"r"(prev[r][j][0]), "r"(prev[r][j][1]), "r"(prev[r][j][2]), "r"(prev[r][j][3])
+                             : "memory");
+    };
+    auto release = [&](int s) {
+        __syncwarp();
+        if (lane == 0) mbar_arrive(&empty[s]);
+    };
+    u32 a[2][RT][4][4] = {};
+    int s = 0;
+    u32 parity = 0;
+    mbar_wait(&full[0], 0);
+    fetch(smem, 0);
+    for (int i0 = 0;; i0 += CPS) {  // stage s: chunks i0 .. i0 + CPS - 1 (the launcher gives every split one)
+        bool done = false;
+        const unsigned char *sb = smem + s * STAGE;
+        const unsigned long long dstage = desc0 + (unsigned long long)(s * STAGE / 16);
+        const int sn = s + 1 == S ? 0 : s + 1;
+        const u32 parity_n = sn == 0 ? parity ^ 1 : parity;
+#pragma unroll
+        for (int q = 0; q < CPS; ++q) {
+            const int i = i0 + q;
+            u32(&cur)[RT][4][4] = a[DB ? q & 1 : 0];
+            if (!DB) {
+                asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+                if (q == 0 && i > 0) release(s == 0 ? S - 1 : s - 1);
+            }
+            multiply(dstage, q, cur);
+            if (i + 1 < nch) {
+                if (q + 1 < CPS) {
+                    fetch(sb, q + 1);
+                } else {
+                    mbar_wait(&full[sn], parity_n);
+                    fetch(smem + sn * STAGE, 0);
+                }
+            }
+            if (DB) {
+                asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
+                keep(a[(q + 1) & 1]);
+                if (q == 0 && i > 0) release(s == 0 ? S - 1 : s - 1);
+            }
+            // The last chunk, of a full stage or not: every exit waits for the wgmmas in flight first (leaving with
+            // any in flight makes ptxas serialize them all).
+            if (i + 1 >= nch) {
+                asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+#pragma unroll
+                for (int r = 0; r < RT; ++r) wg_pin(acc[r]);
+                done = true;
+                break;
+            }
+        }
+        if (done) break;
+        s = sn;
+        parity = parity_n;
+    }
 
     // The sums leave through shared memory (the idle stages, once every consumer is done with them): [COLS][ROWS + 4]
     // f32, then each thread writes 4 consecutive rows of an output column (coalesced; the fragments' own stores
