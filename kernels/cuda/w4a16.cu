@@ -136,8 +136,9 @@ __device__ __forceinline__ uint4 ldg_stream(const uint4 *p) {
 }
 
 // Thread-block clusters (sm_90, for w4a16_sm90.cu's kernels): this block's rank in its cluster, a barrier over the
-// cluster's threads (release/acquire: shared-memory writes before it are seen after it), and four floats (16-byte
-// aligned) of another block's shared memory at the same offset as `p`.
+// cluster's threads (release/acquire: shared-memory writes before it are seen after it; `cluster_meet` orders no
+// memory, for threads with nothing to publish: a release would wait for their global stores), and four floats
+// (16-byte aligned) of another block's shared memory at the same offset as `p`.
 __device__ __forceinline__ int cluster_rank() {
     u32 r = 0;
 #if __CUDA_ARCH__ >= 900
@@ -148,6 +149,11 @@ __device__ __forceinline__ int cluster_rank() {
 __device__ __forceinline__ void cluster_sync() {
 #if __CUDA_ARCH__ >= 900
     asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void cluster_meet() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("barrier.cluster.arrive.relaxed.aligned;\nbarrier.cluster.wait.aligned;\n" ::: "memory");
 #endif
 }
 __device__ __forceinline__ float4 ld_cluster4(const float *p, int rank) {

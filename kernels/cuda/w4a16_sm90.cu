@@ -81,17 +81,18 @@ __device__ __forceinline__ unsigned long long wg_desc(const void *smem, u32 lbo,
            (unsigned long long)(sbo >> 4) << 32 | (unsigned long long)sw128 << 62;
 }
 
-// w4_ws, the warp-specialised kernel: a producer warp feeds the stages by bulk copies (cp.async.bulk, the copy
+// w4_ws, the warp-specialised kernel: a producer warpgroup feeds the stages by bulk copies (cp.async.bulk, the copy
 // engine) completing on mbarriers, and NWG consumer warpgroups of 64 * RT rows each (RT m64 wgmmas a k16 step
 // sharing one B tile) dequantize and multiply as soon as their stage is in, each at its own pace: no block-wide
 // barrier, so one warpgroup's dequantization overlaps another's wgmmas. The producer is a whole warpgroup (the
-// last), so that its registers can go to the consumers (setmaxnreg); one of its threads does the work. A stage is one chunk: the block's weight
-// tiles (ROWS / 16 copies of 512 bytes, a tile's chunks being contiguous), its group metadata (one slice of ROWS
-// words when groups are whole chunks, else one per 16-input slice, ROWS + 8 apart) and the activations, which
-// w4_xperm_u16 has laid out once per call as the B operand's core matrices (per column block and chunk, COLS * 128
-// contiguous bytes: [8 core columns][COLS rows][16 bytes], the tiles' input order, LBO = COLS * 16, SBO = 128), so
-// one copy brings them. full[s] completes when a stage's bytes are in; empty[s] when every consumer warp is done
-// with it (its wgmmas waited for).
+// last), so that its registers can go to the consumers (setmaxnreg); its four warps issue a stage's copies side by
+// side (a warp issues its lanes' copies one at a time, and one warp issuing them all held the pipeline back). A
+// stage is CPS chunks: for each, the block's weight tiles (ROWS / 16 tiles of 512 bytes, a tile's chunks contiguous,
+// so one copy a tile and stage), its group metadata (one slice of ROWS words when groups are whole chunks, else one
+// per 16-input slice, ROWS + 8 apart) and the activations, which w4_xperm_u16 has laid out once per call as the B
+// operand's core matrices (per column block and chunk, COLS * 128 contiguous bytes: [8 core columns][COLS rows][16
+// bytes], the tiles' input order, LBO = COLS * 16, SBO = 128), so one copy brings them. full[s] completes when a
+// stage's bytes are in; empty[s] when every consumer warp is done with it (its wgmmas waited for).
 __device__ __forceinline__ u32 smem_addr(const void *p) { return (u32)__cvta_generic_to_shared(p); }
 __device__ __forceinline__ void mbar_init(unsigned long long *bar, u32 count) {
     asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_addr(bar)), "r"(count) : "memory");
@@ -147,8 +148,10 @@ __device__ __forceinline__ void w4_ws(T *__restrict__ y, float *__restrict__ par
     typedef W4<T> Op;
     constexpr int ROWS = 64 * RT * NWG, MPITCH = ROWS + 8, LBO = COLS * 16;
     // A stage: CPS chunks. Activations [CPS][COLS * 128 bytes], weights [ROWS / 16 tiles][CPS chunks][512 bytes],
-    // metadata [CPS][4 slices][MPITCH]; with NX each stage starts 1024-byte aligned (the swizzle's period).
-    constexpr int WBYTES = ROWS * 32 * CPS, MBYTES = CPS * 4 * MPITCH * 4, XBYTES = COLS * 128;
+    // metadata [CPS][MSL slices][MPITCH] (NX: one slice, groups being whole chunks); with NX each stage starts
+    // 1024-byte aligned (the swizzle's period).
+    constexpr int MSL = NX ? 1 : 4;
+    constexpr int WBYTES = ROWS * 32 * CPS, MBYTES = CPS * MSL * MPITCH * 4, XBYTES = COLS * 128;
     constexpr int XOFF = 0, WOFF = CPS * XBYTES, MOFF = WOFF + WBYTES;
     constexpr int STAGE = NX ? (MOFF + MBYTES + 1023) / 1024 * 1024 : MOFF + MBYTES;
     static_assert(STAGE % 128 == 0, "stage alignment");
@@ -177,17 +180,11 @@ __device__ __forceinline__ void w4_ws(T *__restrict__ y, float *__restrict__ par
     constexpr int CAP = (65536 / (THREADS * MINB) < 255 ? 65536 / (THREADS * MINB) : 255) / 8 * 8;
     constexpr int CONS_RAW = (CAP * THREADS - PROD_REGS * 128) / (128 * NWG) / 8 * 8;
     constexpr int CONS_REGS = CONS_RAW < 248 ? CONS_RAW : 248;
-    if (warp >= 4 * NWG) {  // the producer warpgroup: its first warp's lanes issue a stage's copies together
+    if (warp >= 4 * NWG) {  // the producer warpgroup: its four warps issue a stage's copies side by side
         asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(PROD_REGS));
-        if (warp != 4 * NWG) {
-            if (CL > 1) {  // the cluster's two barriers of the reduction below
-                cluster_sync();
-                cluster_sync();
-            }
-            return;
-        }
+        const int pw = warp - 4 * NWG;
         const int tiles_here = min(ROWS / 16, (n >> 4) - rowb / 16), rows_here = 16 * tiles_here;
-        const int slices = one_slice ? 1 : 4;
+        const int slices = NX || one_slice ? 1 : 4;
         const GroupOf grp_of = group_of(group);
         const uint4 *xsrc = NX ? nullptr : xp + (size_t)blockIdx.x * nchunks * (XBYTES / 16);
         const uint4 *wsrc = tiles + (size_t)(rowb / 16) * nchunks * 32;
@@ -195,35 +192,36 @@ __device__ __forceinline__ void w4_ws(T *__restrict__ y, float *__restrict__ par
             const int s = i % S, c = c0 + i * CPS, cn = min(CPS, nch - i * CPS);  // chunks c .. c + cn
             if (i >= S) mbar_wait(&empty[s], ((i / S) & 1) ^ 1);
             unsigned char *base = smem + s * STAGE;
-            if (lane == 0)
+            if (pw == 0 && lane == 0)
                 mbar_expect_tx(&full[s], cn * (tiles_here * 512 + slices * rows_here * 4 + XBYTES));
-            __syncwarp();
-            // Lanes 0 .. 15: weight tiles' cn chunks (contiguous) and, lane 0 (NX: lanes 0 .. cn - 1, a chunk each),
-            // the activations; 16 .. 16 + 4 CPS - 1: metadata slices.
-            static_assert(CPS <= 4, "16 lanes for the metadata slices");
-            if (lane < 16) {
-                for (int tl = lane; tl < tiles_here; tl += 16)
+            // A copy is issued one lane at a time, so warp pw takes a quarter: weight tiles pw, pw + 4, ... (their cn
+            // chunks are contiguous) on lanes 0 .. 7, chunk pw's activations (NX; otherwise warp 0 all cn chunks'
+            // at once) on lane 8 and its metadata slices on lanes 16 .. 19.
+            static_assert(CPS <= 4, "a warp per chunk");
+            if (lane < 8) {
+                for (int tl = pw + 4 * lane; tl < tiles_here; tl += 32)
                     bulk_copy(base + WOFF + tl * CPS * 512, wsrc + ((size_t)tl * nchunks + c) * 32, cn * 512,
                               &full[s]);
+            } else if (lane == 8) {
                 if (NX) {
-                    if (lane < cn)
-                        tensor_copy_2d(base + XOFF + lane * XBYTES, xmap, (c + lane) * 64, blockIdx.x * COLS, &full[s]);
-                } else if (lane == 0) {
+                    if (pw < cn)
+                        tensor_copy_2d(base + XOFF + pw * XBYTES, xmap, (c + pw) * 64, blockIdx.x * COLS, &full[s]);
+                } else if (pw == 0) {
                     // The activations come from w4_xperm_u16, launched just before this kernel, which may still run
                     // (programmatic dependent launch): wait for it before the first copy.
                     if (i == 0) asm volatile("griddepcontrol.wait;\n" ::: "memory");
                     bulk_copy(base + XOFF, xsrc + (size_t)c * (XBYTES / 16), cn * XBYTES, &full[s]);
                 }
-            } else if (lane < 16 + 4 * CPS) {
-                const int q = (lane - 16) >> 2, sl = (lane - 16) & 3;
-                if (q < cn && sl < slices)
-                    bulk_copy(base + MOFF + (q * 4 + sl) * MPITCH * 4,
-                              meta + (size_t)grp_of((c + q) * 64 + 16 * sl) * n + rowb, rows_here * 4, &full[s]);
+            } else if (lane >= 16 && lane < 20) {
+                const int sl = lane - 16;
+                if (pw < cn && sl < slices)
+                    bulk_copy(base + MOFF + (pw * MSL + sl) * MPITCH * 4,
+                              meta + (size_t)grp_of((c + pw) * 64 + 16 * sl) * n + rowb, rows_here * 4, &full[s]);
             }
         }
-        if (CL > 1) {
-            cluster_sync();
-            cluster_sync();
+        if (CL > 1) {  // the cluster's two barriers of the reduction below
+            cluster_meet();
+            cluster_meet();
         }
         return;
     }
@@ -243,14 +241,14 @@ __device__ __forceinline__ void w4_ws(T *__restrict__ y, float *__restrict__ par
     constexpr bool DB = RT * (COLS / 2 + 32) + 32 <= CONS_REGS;
     static_assert(!DB || CPS % 2 == 0, "double buffering alternates within a stage");
     // This thread's byte offsets in a stage, for chunk 0 of its warp's first tile (tile r is 4r tiles on, chunk q
-    // of a stage q * 512 bytes on in the weights and q * 4 slices on in the metadata). NX: words t / 2 and
+    // of a stage q * 512 bytes on in the weights and q * MSL slices on in the metadata). NX: words t / 2 and
     // 2 + t / 2 (8 bytes on) of quad lane `step`'s slot, for each k16 step; otherwise this lane's own slot.
     const int tile0 = wgi * RT * 4 + wi;
     u32 woff[NX ? 4 : 1];
 #pragma unroll
     for (int step = 0; step < (NX ? 4 : 1); ++step)
         woff[step] = WOFF + tile0 * CPS * 512 + (NX ? tile_slot(4 * g + step) * 16 + (t >> 1) * 4 : tile_slot(lane) * 16);
-    const u32 moff = MOFF + (((one_slice ? 0 : t) * MPITCH) + tile0 * 16 + g) * 4;
+    const u32 moff = MOFF + (((NX || one_slice ? 0 : t) * MPITCH) + tile0 * 16 + g) * 4;
     // Chunk q's weight words and metadata of the stage at `sb`, read from shared memory one chunk ahead, so the
     // loads' latency hides behind the previous chunk's wgmmas. NX: fw[r] holds each step's first word, fw2[r] its
     // second.
@@ -272,7 +270,7 @@ __device__ __forceinline__ void w4_ws(T *__restrict__ y, float *__restrict__ par
             } else {
                 fw[r] = *reinterpret_cast<const uint4 *>(sb + woff[0] + wq);
             }
-            const u32 *ms = reinterpret_cast<const u32 *>(sb + moff + (q * 4 * MPITCH + r * 64) * 4);
+            const u32 *ms = reinterpret_cast<const u32 *>(sb + moff + (q * MSL * MPITCH + r * 64) * 4);
             fm0[r] = ms[0];
             fm1[r] = ms[8];
         }
@@ -412,7 +410,7 @@ __device__ __forceinline__ void w4_ws(T *__restrict__ y, float *__restrict__ par
             *reinterpret_cast<uint2 *>(y + (size_t)cc * n + rr) = *reinterpret_cast<const uint2 *>(v);
         }
     }
-    if (CL > 1) cluster_sync();
+    if (CL > 1) cluster_meet();
 }
 
 // w4_ws_<dtype>_<NWG>_<RT>_<COLS>_<S>_<CPS>_<MINB>: NWG consumer warpgroups of 64 * RT rows and a producer

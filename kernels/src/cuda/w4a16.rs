@@ -280,9 +280,12 @@ impl MmConfig {
     fn shared_bytes(&self) -> usize {
         let (rows, cols) = (self.rows(), self.cols());
         if self.producer {
-            // Weights, 4 metadata slices and activations a chunk, and the full/empty mbarriers (8 bytes each);
-            // natural_x stages are 1024-byte aligned (the swizzle's period), and so is their base (up to 1 KiB in).
-            let stage = (rows * 32 + 4 * (rows + 8) * 4 + cols * 128) * self.stage_chunks as usize;
+            // Weights, metadata slices (4, or 1 with natural_x) and activations a chunk, and the full/empty mbarriers
+            // (8 bytes each); natural_x stages are 1024-byte aligned (the swizzle's period), and so is their base (up
+            // to 1 KiB in).
+            let slices = if self.natural_x { 1 } else { 4 };
+            let stage =
+                (rows * 32 + slices * (rows + 8) * 4 + cols * 128) * self.stage_chunks as usize;
             let stages = self.stages as usize;
             if self.natural_x {
                 return stage.next_multiple_of(1024) * stages + 16 * stages + 1024;
