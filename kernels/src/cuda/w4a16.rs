@@ -351,10 +351,10 @@ impl MmConfig {
     /// multiprocessor its number of warps (batch 1..8: 2 tiles a warp at 31 warps, 1 at 20, else 16 warps
     /// splitting K, with two chunks' loads in flight a warp over 8192 inputs and more; 9..16: 8 warps splitting K
     /// at 20, else 16). Larger batches on Hopper the warp-specialised wgmma kernel: 128-row blocks of 64 or 128
-    /// columns, over 16384 rows (where the tiles alone fill the GPU, so no K split and its partial sums are needed)
-    /// 2-block-an-SM / 256-row blocks, with few tiles K split over a thread-block cluster where that pays (below);
-    /// it reads x in its own order (`natural_x`, no layout pass: 0.5-2 µs faster at batch 64, 2-6 µs at 128)
-    /// except at batch 64 over 16384 rows (4% slower there). [`w4a16`] takes the layout-pass twin for weights the
+    /// columns (256-row blocks over 16384 rows at batch > 64), with few tiles K split over a thread-block cluster
+    /// where that pays (below); it reads x in its own order (`natural_x`, no layout pass: 0.5-2 µs faster at batch
+    /// 64, 2-6 µs at 128) except over 16384 rows, where the tiles alone fill the GPU and the layout pass's one copy
+    /// of x a stage, instead of one a chunk, is 2-4% faster. [`w4a16`] takes the layout-pass twin for weights the
     /// natural order does not accept. Elsewhere the mma.sync kernels.
     pub fn pick(batch: usize, n: usize, k: usize, sm_count: u32, arch: (u32, u32)) -> MmConfig {
         let hopper = arch == (9, 0);
@@ -391,9 +391,9 @@ impl MmConfig {
             ],
             9..=16 => &[(cfg(1, 2, 8, 1, 1), 20), (cfg(1, 2, 16, 1, 1), 0)],
             17..=32 => &[(cfg(1, 4, 8, 1, 1), 0)],
-            33..=64 if hopper && n > 16384 => return ws(2, 1, 64, (3, 2), 2),
+            33..=64 if hopper && n > 16384 => return ws(2, 1, 64, (3, 4), 1),
             33..=64 if hopper => return nx(clustered(ws(2, 1, 64, (3, 4), 1))),
-            _ if hopper && n > 16384 => return nx(ws(2, 2, 128, (3, 2), 1)),
+            _ if hopper && n > 16384 => return ws(2, 2, 128, (3, 2), 1),
             _ if hopper => return nx(clustered(ws(2, 1, 128, (4, 2), 1))),
             33..=64 if k <= 4096 && n <= 16384 => &[
                 (cfg(2, 8, 2, 4, 1), 4),
