@@ -1,10 +1,11 @@
 //! gpu-bench: timings of our CUDA kernels against the device's ceilings and cuBLAS, measured in one run on the
 //! same GPU (CUDA events around each launch, after a warm-up, median of many, the GPU kept busy by a spin kernel
 //! while the launches are queued). Builds without CUDA; run on a GPU machine:
-//! `gpu-bench [section...]` (sections: w4a16; none = all).
+//! `gpu-bench [section...]` (sections: w4a16, wgmma; none = all).
 
 mod timing;
 mod w4a16;
+mod wgmma;
 
 use std::process::ExitCode;
 
@@ -30,6 +31,12 @@ fn main() -> ExitCode {
     if wants("w4a16") {
         if let Err(e) = w4a16::run(&gpu) {
             eprintln!("gpu-bench w4a16: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    if wants("wgmma") {
+        if let Err(e) = wgmma::run(&gpu) {
+            eprintln!("gpu-bench wgmma: {e}");
             return ExitCode::FAILURE;
         }
     }

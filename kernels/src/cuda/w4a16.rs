@@ -197,7 +197,7 @@ const fn pipe2(rt: u32, nb8: u32, wn: u32, wb: u32, stages: u32) -> MmConfig {
 
 /// Every configuration compiled in kernels/cuda/w4a16.cu (its `W4_MM_BOTH` and `W4_MMP_BOTH` lines) and
 /// w4a16_sm90.cu (`W4_WS`, `W4_WSC`, `W4_WSX`); [`MmConfig::runs_on`] says which a device has.
-pub const CONFIGS: [MmConfig; 48] = [
+pub const CONFIGS: [MmConfig; 49] = [
     cfg(1, 1, 8, 1, 1),
     cfg(1, 1, 16, 1, 1),
     cfg(2, 1, 8, 1, 1),
@@ -246,6 +246,7 @@ pub const CONFIGS: [MmConfig; 48] = [
     nx(wsc(2, 1, 128, (4, 2), 4)),
     nx(wsc(2, 1, 64, (3, 4), 3)),
     nx(wsc(2, 1, 128, (4, 2), 3)),
+    nx(wsc(2, 2, 64, (3, 4), 3)),
 ];
 
 impl MmConfig {
@@ -351,13 +352,31 @@ impl MmConfig {
     /// multiprocessor its number of warps (batch 1..8: 2 tiles a warp at 31 warps, 1 at 20, else 16 warps
     /// splitting K, with two chunks' loads in flight a warp over 8192 inputs and more; 9..16: 8 warps splitting K
     /// at 20, else 16). Larger batches on Hopper the warp-specialised wgmma kernel: 128-row blocks of 64 or 128
-    /// columns (256-row blocks over 16384 rows at batch > 64), with few tiles K split over a thread-block cluster
+    /// columns (256-row blocks over 16384 rows at batch > 64, and at batch 33-64 where 128-row tiles would fill
+    /// the GPU only once and only in part), with few tiles K split over a thread-block cluster
     /// where that pays (below); it reads x in its own order (`natural_x`, no layout pass: 0.5-2 µs faster at batch
     /// 64, 2-6 µs at 128) except over 16384 rows, where the tiles alone fill the GPU and the layout pass's one copy
-    /// of x a stage, instead of one a chunk, is 2-4% faster. [`w4a16`] takes the layout-pass twin for weights the
-    /// natural order does not accept. Elsewhere the mma.sync kernels.
+    /// of x a stage, instead of one a chunk, is 2-4% faster. Elsewhere the mma.sync kernels.
     pub fn pick(batch: usize, n: usize, k: usize, sm_count: u32, arch: (u32, u32)) -> MmConfig {
+        Self::pick_for(batch, n, k, sm_count, arch, true)
+    }
+
+    /// [`MmConfig::pick`], with `natural` false for weights the natural order does not accept (their choice among
+    /// the layout-pass configurations).
+    fn pick_for(
+        batch: usize,
+        n: usize,
+        k: usize,
+        sm_count: u32,
+        arch: (u32, u32),
+        natural: bool,
+    ) -> MmConfig {
         let hopper = arch == (9, 0);
+        let sm = sm_count as usize;
+        let nx = |c: MmConfig| MmConfig {
+            natural_x: natural,
+            ..c
+        };
         // (configuration, warps a multiprocessor it needs); the last is taken when none fills the GPU.
         // The warp-specialised kernel with few tiles: K split over a cluster (on-chip sums) where the partial-sum
         // split would cut it 2 or 3 ways, or 4 ways when 4-block clusters of every tile still fit in 3/4 of the
@@ -367,7 +386,6 @@ impl MmConfig {
         // kernel (its partial sums are cheaper than a second wave).
         let clustered = |c: MmConfig| {
             let tiles = n.div_ceil(c.rows()) * batch.div_ceil(c.cols());
-            let sm = sm_count as usize;
             let cl = match sm / tiles.max(1) {
                 2 | 3 => 2,
                 s if s >= 4 && 16 * tiles <= 3 * sm => 4,
@@ -383,6 +401,15 @@ impl MmConfig {
                 c
             }
         };
+        // 128-row tiles that fill over half the multiprocessors, one each (too many for a cluster split): 256-row
+        // tiles split 3 ways over a cluster occupy more of them (Phi-3.5 qkv at batch 64: 72 tiles, 108 blocks,
+        // 20.3 -> 19.0 us). Natural order only (the layout pass's four metadata slices a chunk do not fit).
+        let tiles_128 = n.div_ceil(128);
+        let wide_split = natural
+            && 2 * tiles_128 > sm
+            && tiles_128 <= sm
+            && 3 * n.div_ceil(256) <= sm
+            && k / 64 >= 6;
         let ladder: &[(MmConfig, usize)] = match batch {
             0..=8 => &[
                 (cfg(2, 1, 8, 1, 1), 31),
@@ -392,6 +419,7 @@ impl MmConfig {
             9..=16 => &[(cfg(1, 2, 8, 1, 1), 20), (cfg(1, 2, 16, 1, 1), 0)],
             17..=32 => &[(cfg(1, 4, 8, 1, 1), 0)],
             33..=64 if hopper && n > 16384 => return ws(2, 1, 64, (3, 4), 1),
+            33..=64 if hopper && wide_split => return nx(wsc(2, 2, 64, (3, 4), 3)),
             33..=64 if hopper => return nx(clustered(ws(2, 1, 64, (3, 4), 1))),
             _ if hopper && n > 16384 => return ws(2, 2, 128, (3, 2), 1),
             _ if hopper => return nx(clustered(ws(2, 1, 128, (4, 2), 1))),
@@ -473,9 +501,10 @@ pub fn w4a16<T: Half>(
     w: &W4Weight<T>,
     y: &mut CudaSlice<T>,
 ) -> Result<(), GpuError> {
-    let mut config = MmConfig::pick(batch, w.n, w.k, gpu.sm_count(), gpu.arch());
+    let (sm, arch) = (gpu.sm_count(), gpu.arch());
+    let mut config = MmConfig::pick(batch, w.n, w.k, sm, arch);
     if !config.accepts(w) {
-        config.natural_x = false;
+        config = MmConfig::pick_for(batch, w.n, w.k, sm, arch, false);
     }
     w4a16_with(gpu, config, x, batch, w, y)
 }
@@ -954,10 +983,10 @@ pub fn dequantize<T: Half>(gpu: &Gpu, w: &W4Weight<T>) -> Result<CudaSlice<T>, G
 mod tests {
     use super::*;
 
-    /// Every configuration `pick` returns is compiled, and so is the layout-pass twin [`w4a16`] falls back to for
+    /// Every configuration `pick` returns is compiled, and so is the layout-pass one [`w4a16`] falls back to for
     /// weights the natural order does not accept.
     #[test]
-    fn every_pick_and_its_layout_pass_twin_are_compiled() {
+    fn every_pick_and_its_layout_pass_fallback_are_compiled() {
         let shapes = [
             (9216, 3072),
             (3072, 3072),
@@ -976,13 +1005,10 @@ mod tests {
                     for batch in 1..=260 {
                         let c = MmConfig::pick(batch, n, k, sm_count, arch);
                         assert!(CONFIGS.contains(&c), "{c:?} (batch {batch}, n {n}, k {k})");
-                        let twin = MmConfig {
-                            natural_x: false,
-                            ..c
-                        };
+                        let fallback = MmConfig::pick_for(batch, n, k, sm_count, arch, false);
                         assert!(
-                            CONFIGS.contains(&twin),
-                            "{twin:?} (batch {batch}, n {n}, k {k})"
+                            CONFIGS.contains(&fallback) && !fallback.natural_x,
+                            "{fallback:?} (batch {batch}, n {n}, k {k})"
                         );
                         assert!(c.runs_on(arch), "{c:?} on {arch:?}");
                     }

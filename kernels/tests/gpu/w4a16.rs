@@ -244,6 +244,26 @@ fn check_configs<T: Half>(gpu: &Gpu, tol: f64) {
             );
         }
     }
+    // One chunk a block (k = 64 · cluster): the warp-specialised kernel's warpgroups that take turns at a stage's
+    // chunks have one chunk among them.
+    for c in CONFIGS
+        .into_iter()
+        .filter(|c| c.producer && c.runs_on(gpu.arch()))
+    {
+        let k = 64 * c.cluster as usize;
+        let l = levels(n, k, 64, 22, false);
+        let w = W4Weight::<T>::upload(gpu, &W4Tiles::from_levels(&l).unwrap()).unwrap();
+        let (xf, xt) = activations::<T>(64, k, 7);
+        let err = rel_error(
+            &gpu_product(gpu, &w, &xt, 64, Some(c)),
+            &w4a16_ref(&xf, 64, &l),
+        );
+        assert!(
+            err < tol,
+            "{} {c:?} k {k}: rel error {err} over {tol}",
+            T::SUFFIX
+        );
+    }
 }
 
 #[test]
