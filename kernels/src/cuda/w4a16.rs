@@ -197,7 +197,7 @@ const fn pipe2(rt: u32, nb8: u32, wn: u32, wb: u32, stages: u32) -> MmConfig {
 
 /// Every configuration compiled in kernels/cuda/w4a16.cu (its `W4_MM_BOTH` and `W4_MMP_BOTH` lines) and
 /// w4a16_sm90.cu (`W4_WS`, `W4_WSC`, `W4_WSX`); [`MmConfig::runs_on`] says which a device has.
-pub const CONFIGS: [MmConfig; 49] = [
+pub const CONFIGS: [MmConfig; 50] = [
     cfg(1, 1, 8, 1, 1),
     cfg(1, 1, 16, 1, 1),
     cfg(2, 1, 8, 1, 1),
@@ -246,7 +246,8 @@ pub const CONFIGS: [MmConfig; 49] = [
     nx(wsc(2, 1, 128, (4, 2), 4)),
     nx(wsc(2, 1, 64, (3, 4), 3)),
     nx(wsc(2, 1, 128, (4, 2), 3)),
-    nx(wsc(2, 2, 64, (3, 4), 3)),
+    wsc(3, 1, 64, (3, 4), 2),
+    nx(wsc(3, 1, 64, (3, 4), 2)),
 ];
 
 impl MmConfig {
@@ -352,8 +353,8 @@ impl MmConfig {
     /// multiprocessor its number of warps (batch 1..8: 2 tiles a warp at 31 warps, 1 at 20, else 16 warps
     /// splitting K, with two chunks' loads in flight a warp over 8192 inputs and more; 9..16: 8 warps splitting K
     /// at 20, else 16). Larger batches on Hopper the warp-specialised wgmma kernel: 128-row blocks of 64 or 128
-    /// columns (256-row blocks over 16384 rows at batch > 64, and at batch 33-64 where 128-row tiles would fill
-    /// the GPU only once and only in part), with few tiles K split over a thread-block cluster
+    /// columns (256-row blocks over 16384 rows at batch > 64, 192-row blocks at batch 33-64 where 128-row tiles
+    /// would fill the GPU only once and only in part), with few tiles K split over a thread-block cluster
     /// where that pays (below); it reads x in its own order (`natural_x`, no layout pass: 0.5-2 µs faster at batch
     /// 64, 2-6 µs at 128) except over 16384 rows, where the tiles alone fill the GPU and the layout pass's one copy
     /// of x a stage, instead of one a chunk, is 2-4% faster. Elsewhere the mma.sync kernels.
@@ -401,15 +402,12 @@ impl MmConfig {
                 c
             }
         };
-        // 128-row tiles that fill over half the multiprocessors, one each (too many for a cluster split): 256-row
-        // tiles split 3 ways over a cluster occupy more of them (Phi-3.5 qkv at batch 64: 72 tiles, 108 blocks,
-        // 20.3 -> 19.0 us). Natural order only (the layout pass's four metadata slices a chunk do not fit).
+        // 128-row tiles that fill over half the multiprocessors, one each (too many for a cluster split): 192-row
+        // tiles (three consumer warpgroups) split 2 ways over a cluster occupy more of them (Phi-3.5 qkv at batch
+        // 64: 72 blocks -> 96, 20.8 -> 17.7 us on an H100).
         let tiles_128 = n.div_ceil(128);
-        let wide_split = natural
-            && 2 * tiles_128 > sm
-            && tiles_128 <= sm
-            && 3 * n.div_ceil(256) <= sm
-            && k / 64 >= 6;
+        let wide_split =
+            2 * tiles_128 > sm && tiles_128 <= sm && 2 * n.div_ceil(192) <= sm && k / 64 >= 4;
         let ladder: &[(MmConfig, usize)] = match batch {
             0..=8 => &[
                 (cfg(2, 1, 8, 1, 1), 31),
@@ -419,7 +417,7 @@ impl MmConfig {
             9..=16 => &[(cfg(1, 2, 8, 1, 1), 20), (cfg(1, 2, 16, 1, 1), 0)],
             17..=32 => &[(cfg(1, 4, 8, 1, 1), 0)],
             33..=64 if hopper && n > 16384 => return ws(2, 1, 64, (3, 4), 1),
-            33..=64 if hopper && wide_split => return nx(wsc(2, 2, 64, (3, 4), 3)),
+            33..=64 if hopper && wide_split => return nx(wsc(3, 1, 64, (3, 4), 2)),
             33..=64 if hopper => return nx(clustered(ws(2, 1, 64, (3, 4), 1))),
             _ if hopper && n > 16384 => return ws(2, 2, 128, (3, 2), 1),
             _ if hopper => return nx(clustered(ws(2, 1, 128, (4, 2), 1))),
