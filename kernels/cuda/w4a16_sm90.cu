@@ -112,6 +112,20 @@ __device__ __forceinline__ void mbar_wait(unsigned long long *bar, u32 parity) {
                  "r"(parity)
                  : "memory");
 }
+// Shared-memory loads at a 32-bit shared address, volatile so that they stay after the mbarrier wait that publishes
+// the data.
+__device__ __forceinline__ u32 lds32(u32 addr) {
+    u32 v;
+    asm volatile("ld.shared.u32 %0, [%1];\n" : "=r"(v) : "r"(addr));
+    return v;
+}
+__device__ __forceinline__ uint4 lds128(u32 addr) {
+    uint4 v;
+    asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "r"(addr));
+    return v;
+}
 // A CUtensorMap (cuTensorMapEncodeTiled's 128 opaque bytes), passed by value as a __grid_constant__ parameter.
 struct __align__(64) TensorMap {
     unsigned long long opaque[16];
@@ -249,12 +263,26 @@ __device__ __forceinline__ void w4_ws(T *__restrict__ y, float *__restrict__ par
     for (int step = 0; step < (NX ? 4 : 1); ++step)
         woff[step] = WOFF + tile0 * CPS * 512 + (NX ? tile_slot(4 * g + step) * 16 + (t >> 1) * 4 : tile_slot(lane) * 16);
     const u32 moff = MOFF + (((NX || one_slice ? 0 : t) * MPITCH) + tile0 * 16 + g) * 4;
-    // Chunk q's weight words and metadata of the stage at `sb`, read from shared memory one chunk ahead, so the
-    // loads' latency hides behind the previous chunk's wgmmas. NX: fw[r] holds each step's first word, fw2[r] its
-    // second.
+    // This thread's load addresses in a stage (its offsets above added to the stage's address once a stage, opaque to
+    // the compiler, which would otherwise add them again for every chunk: each load is then a register plus an
+    // immediate).
+    u32 wbase[NX ? 4 : 1], mbase;
+    auto stage_bases = [&](int stage) {
+        const u32 sa = smem_addr(smem) + stage * STAGE;
+#pragma unroll
+        for (int step = 0; step < (NX ? 4 : 1); ++step) {
+            wbase[step] = sa + woff[step];
+            asm("" : "+r"(wbase[step]));
+        }
+        mbase = sa + moff;
+        asm("" : "+r"(mbase));
+    };
+    // Chunk q's weight words and metadata of the stage whose bases are set, read from shared memory one chunk ahead,
+    // so the loads' latency hides behind the previous chunk's wgmmas. NX: fw[r] holds each step's first word, fw2[r]
+    // its second.
     uint4 fw[RT], fw2[RT];
     u32 fm0[RT], fm1[RT];
-    auto fetch = [&](const unsigned char *sb, int q) {
+    auto fetch = [&](int q) {
 #pragma unroll
         for (int r = 0; r < RT; ++r) {
             const int wq = (r * 4 * CPS + q) * 512;
@@ -262,20 +290,20 @@ __device__ __forceinline__ void w4_ws(T *__restrict__ y, float *__restrict__ par
                 u32 lo[4], hi[4];
 #pragma unroll
                 for (int step = 0; step < 4; ++step) {
-                    lo[step] = *reinterpret_cast<const u32 *>(sb + woff[step] + wq);
-                    hi[step] = *reinterpret_cast<const u32 *>(sb + woff[step] + wq + 8);
+                    lo[step] = lds32(wbase[step] + wq);
+                    hi[step] = lds32(wbase[step] + wq + 8);
                 }
                 fw[r] = make_uint4(lo[0], lo[1], lo[2], lo[3]);
                 fw2[r] = make_uint4(hi[0], hi[1], hi[2], hi[3]);
             } else {
-                fw[r] = *reinterpret_cast<const uint4 *>(sb + woff[0] + wq);
+                fw[r] = lds128(wbase[0] + wq);
             }
-            const u32 *ms = reinterpret_cast<const u32 *>(sb + moff + (q * MSL * MPITCH + r * 64) * 4);
-            fm0[r] = ms[0];
-            fm1[r] = ms[8];
+            const u32 ms = mbase + (q * MSL * MPITCH + r * 64) * 4;
+            fm0[r] = lds32(ms);
+            fm1[r] = lds32(ms + 32);
         }
     };
-    // The wgmma B descriptors of the stage at `sb`: chunk q's k16 step j adds (q * XBYTES + j * step bytes) / 16
+    // The wgmma B descriptors of a stage: chunk q's k16 step j adds (q * XBYTES + j * step bytes) / 16
     // (the descriptor's address field, which no offset inside shared memory overflows).
     const unsigned long long desc0 =
         NX ? wg_desc(smem + XOFF, 16, 1024, true) : wg_desc(smem + XOFF, LBO, 128);
@@ -319,10 +347,10 @@ __device__ __forceinline__ void w4_ws(T *__restrict__ y, float *__restrict__ par
     int s = 0;
     u32 parity = 0;
     mbar_wait(&full[0], 0);
-    fetch(smem, 0);
+    stage_bases(0);
+    fetch(0);
     for (int i0 = 0;; i0 += CPS) {  // stage s: chunks i0 .. i0 + CPS - 1 (the launcher gives every split one)
         bool done = false;
-        const unsigned char *sb = smem + s * STAGE;
         const unsigned long long dstage = desc0 + (unsigned long long)(s * STAGE / 16);
         const int sn = s + 1 == S ? 0 : s + 1;
         const u32 parity_n = sn == 0 ? parity ^ 1 : parity;
@@ -337,10 +365,11 @@ __device__ __forceinline__ void w4_ws(T *__restrict__ y, float *__restrict__ par
             multiply(dstage, q, cur);
             if (i + 1 < nch) {
                 if (q + 1 < CPS) {
-                    fetch(sb, q + 1);
+                    fetch(q + 1);
                 } else {
                     mbar_wait(&full[sn], parity_n);
-                    fetch(smem + sn * STAGE, 0);
+                    stage_bases(sn);
+                    fetch(0);
                 }
             }
             if (DB) {
