@@ -1,6 +1,8 @@
 //! The element types of the kernels: f32, bf16 and f16 data with fp32 math inside ([`Float`]; a kernel for type `T`
 //! is named `<op>_<T::SUFFIX>`), and the 16-bit ones the tensor-core kernels take ([`Half`]).
 
+use cudarc::driver::sys::CUtensorMapDataType;
+
 use super::{bf16, f16, DeviceRepr, ValidAsZeroBits};
 
 /// A float type those kernels take.
@@ -48,12 +50,16 @@ impl Float for f16 {
 pub trait Half: Float + Send + Sync {
     /// Its CUDA C++ type, for kernels instantiated by name.
     const CUDA_TYPE: &'static str;
+    /// Its element type in a tensor map (the copy engine's 2-D copies).
+    const TENSOR_MAP_TYPE: CUtensorMapDataType;
     /// Its bit pattern.
     fn to_bits(self) -> u16;
 }
 
 impl Half for bf16 {
     const CUDA_TYPE: &'static str = "__nv_bfloat16";
+    const TENSOR_MAP_TYPE: CUtensorMapDataType =
+        CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
     fn to_bits(self) -> u16 {
         bf16::to_bits(self)
     }
@@ -61,6 +67,8 @@ impl Half for bf16 {
 
 impl Half for f16 {
     const CUDA_TYPE: &'static str = "__half";
+    const TENSOR_MAP_TYPE: CUtensorMapDataType =
+        CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
     fn to_bits(self) -> u16 {
         f16::to_bits(self)
     }

@@ -873,11 +873,6 @@ fn x_tensor_map<T: Half>(
     cols: usize,
 ) -> Result<cudarc::driver::sys::CUtensorMap, GpuError> {
     use cudarc::driver::sys;
-    let dtype = if T::SUFFIX == "bf16" {
-        sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16
-    } else {
-        sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_FLOAT16
-    };
     let dims = [k as u64, batch as u64];
     let row_bytes = [(k * 2) as u64];
     let boxed = [64u32, cols as u32];
@@ -888,7 +883,7 @@ fn x_tensor_map<T: Half>(
     unsafe {
         sys::cuTensorMapEncodeTiled(
             map.as_mut_ptr(),
-            dtype,
+            T::TENSOR_MAP_TYPE,
             2,
             x_ptr as *mut std::ffi::c_void,
             dims.as_ptr(),
