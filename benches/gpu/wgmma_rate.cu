@@ -1,8 +1,9 @@
 // gpu-bench wgmma: how fast a multiprocessor's warpgroups get through chains of wgmma m64nNk16 (bf16, fp32
 // accumulators) with no data moving, the way w4_ws issues them: per chunk 4 k16 steps of RT m64 tiles, one commit
 // group, then a wait for all but the last DEPTH groups. Appended to kernels/cuda/w4a16.cu + w4a16_sm90.cu (wg_mma,
-// wg_desc, wg_pin). A in registers (RS; MODE 0 rewrites them every chunk as a dequantization would, MODE 1 keeps
-// them) or in shared memory (MODE 2, N = 64 only); B in shared memory. Each warpgroup writes its clock64 cycles.
+// wg_desc, wg_pin, wg_keep). A in registers (RS; MODE 0 rewrites them every chunk as a dequantization would, MODE 1
+// keeps them) or in shared memory (MODE 2, N = 64 only); B in shared memory. Each warpgroup writes its clock64
+// cycles.
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 __device__ __forceinline__ void wg_mma_ss64(float (&d)[32], unsigned long long da, unsigned long long db) {
     asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\nwgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {"
@@ -72,13 +73,7 @@ __device__ __forceinline__ void wgmma_rate(long long *cycles, float *sink, int c
 #pragma unroll
             for (int r = 0; r < RT; ++r) wg_pin(acc[r]);
             asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(DEPTH) : "memory");
-            u32(&prev)[RT][4][4] = a[q ^ 1];  // in use up to here (its wgmmas were just waited for)
-#pragma unroll
-            for (int r = 0; r < RT; ++r)
-#pragma unroll
-                for (int j = 0; j < 4; ++j)
-                    asm volatile("" ::"r"(prev[r][j][0]), "r"(prev[r][j][1]), "r"(prev[r][j][2]), "r"(prev[r][j][3])
-                                 : "memory");
+            wg_keep(a[q ^ 1]);
         }
         it += 2;
     } while (it < chunks);

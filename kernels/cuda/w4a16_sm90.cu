@@ -72,6 +72,16 @@ template <int N> __device__ __forceinline__ void wg_pin(float (&d)[N]) {
     for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
 }
 
+// Marks A registers `a` in use up to here: a wgmma reads them asynchronously, which the compiler does not see, so
+// after the wait_group that retires their wgmmas, this keeps it from reusing them earlier.
+template <int RT> __device__ __forceinline__ void wg_keep(const u32 (&a)[RT][4][4]) {
+#pragma unroll
+    for (int r = 0; r < RT; ++r)
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+            asm volatile("" ::"r"(a[r][j][0]), "r"(a[r][j][1]), "r"(a[r][j][2]), "r"(a[r][j][3]) : "memory");
+}
+
 // A wgmma shared-memory matrix descriptor: core matrices LBO / SBO bytes apart, no swizzle (`sw128` false) or
 // 128-byte swizzle (`sw128`: rows of 128 bytes as a tensor copy with CU_TENSOR_MAP_SWIZZLE_128B lays them out from a
 // 1024-byte aligned base, SBO = 1024 between 8-row groups, LBO unused).
@@ -330,15 +340,6 @@ __device__ __forceinline__ void w4_ws(T *__restrict__ y, float *__restrict__ par
 #pragma unroll
         for (int r = 0; r < RT; ++r) wg_pin(acc[r]);
     };
-    // Marks the A registers `prev` in use up to here (their wgmmas were just waited for).
-    auto keep = [&](u32 (&prev)[RT][4][4]) {
-#pragma unroll
-        for (int r = 0; r < RT; ++r)
-#pragma unroll
-            for (int j = 0; j < 4; ++j)
-                asm volatile("" ::"r"(prev[r][j][0]), "r"(prev[r][j][1]), "r"(prev[r][j][2]), "r"(prev[r][j][3])
-                             : "memory");
-    };
     auto release = [&](int s) {
         __syncwarp();
         if (lane == 0) mbar_arrive(&empty[s]);
@@ -352,7 +353,7 @@ __device__ __forceinline__ void w4_ws(T *__restrict__ y, float *__restrict__ par
     for (int i0 = 0;; i0 += CPS) {  // stage s: chunks i0 .. i0 + CPS - 1 (the launcher gives every split one)
         bool done = false;
         const unsigned long long dstage = desc0 + (unsigned long long)(s * STAGE / 16);
-        const int sn = s + 1 == S ? 0 : s + 1;
+        const int sn = s + 1 == S ? 0 : s + 1, sp = s == 0 ? S - 1 : s - 1;
         const u32 parity_n = sn == 0 ? parity ^ 1 : parity;
 #pragma unroll
         for (int q = 0; q < CPS; ++q) {
@@ -360,7 +361,7 @@ __device__ __forceinline__ void w4_ws(T *__restrict__ y, float *__restrict__ par
             u32(&cur)[RT][4][4] = a[DB ? q & 1 : 0];
             if (!DB) {
                 asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
-                if (q == 0 && i > 0) release(s == 0 ? S - 1 : s - 1);
+                if (q == 0 && i > 0) release(sp);
             }
             multiply(dstage, q, cur);
             if (i + 1 < nch) {
@@ -374,8 +375,8 @@ __device__ __forceinline__ void w4_ws(T *__restrict__ y, float *__restrict__ par
             }
             if (DB) {
                 asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
-                keep(a[(q + 1) & 1]);
-                if (q == 0 && i > 0) release(s == 0 ? S - 1 : s - 1);
+                wg_keep(a[(q + 1) & 1]);
+                if (q == 0 && i > 0) release(sp);
             }
             // The last chunk, of a full stage or not: every exit waits for the wgmmas in flight first (leaving with
             // any in flight makes ptxas serialize them all).

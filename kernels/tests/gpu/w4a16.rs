@@ -244,8 +244,8 @@ fn check_configs<T: Half>(gpu: &Gpu, tol: f64) {
             );
         }
     }
-    // One chunk a block (k = 64 · cluster): the warp-specialised kernel's warpgroups that take turns at a stage's
-    // chunks have one chunk among them.
+    // One chunk a block (k = 64 · cluster, the fewest inputs a cluster split takes): a stage that is the whole run,
+    // its first chunk also its last.
     for c in CONFIGS
         .into_iter()
         .filter(|c| c.producer && c.runs_on(gpu.arch()))
