@@ -47,10 +47,11 @@ template <> struct W4<__half> {
     static constexpr bool BF16 = false;
     // The four A fragments of word `w` as (q - z), exact, for rows g (meta m0) and g+8 (meta m1).
     __device__ static __forceinline__ void levels(u32 w, u32 m0, u32 m1, u32 a[4]) {
-        const __half z0 = __ushort_as_half((unsigned short)(m0 >> 16));
-        const __half z1 = __ushort_as_half((unsigned short)(m1 >> 16));
-        const __half2 lo_off = __half2half2(__hadd(z0, __float2half(1024.f)));  // 1024 + z, exact
-        const __half2 hi_off = __half2half2(__hneg(__hadd(z1, __float2half(64.f))));
+        // (1024 + z0, -(64 + z1)), exact, from the two zero points gathered into one register.
+        const u32 zz = __byte_perm(m0, m1, 0x7632);
+        const __half2 off = __hfma2(*reinterpret_cast<const __half2 *>(&zz), __floats2half2_rn(1.f, -1.f),
+                                    __floats2half2_rn(1024.f, -64.f));
+        const __half2 lo_off = __low2half2(off), hi_off = __high2half2(off);
         const __half2 sixteenth = __float2half2_rn(0.0625f);
         u32 lo = and_or(w, 0x000f000fu, 0x64006400u), hi = and_or(w, 0x00f000f0u, 0x64006400u);
         a[0] = as_u32(__hsub2(*reinterpret_cast<__half2 *>(&lo), lo_off));
@@ -86,10 +87,11 @@ template <> struct W4<__half> {
 template <> struct W4<__nv_bfloat16> {
     static constexpr bool BF16 = true;
     __device__ static __forceinline__ void levels(u32 w, u32 m0, u32 m1, u32 a[4]) {
-        const __nv_bfloat16 z0 = __ushort_as_bfloat16((unsigned short)(m0 >> 16));
-        const __nv_bfloat16 z1 = __ushort_as_bfloat16((unsigned short)(m1 >> 16));
-        const __nv_bfloat162 off0 = __bfloat162bfloat162(__hadd(z0, __float2bfloat16(128.f)));  // 128 + z, exact
-        const __nv_bfloat162 off1 = __bfloat162bfloat162(__hadd(z1, __float2bfloat16(128.f)));
+        // (128 + z0, 128 + z1), exact, from the two zero points gathered into one register.
+        const u32 zz = __byte_perm(m0, m1, 0x7632);
+        const __nv_bfloat162 off =
+            __hadd2(*reinterpret_cast<const __nv_bfloat162 *>(&zz), __float2bfloat162_rn(128.f));
+        const __nv_bfloat162 off0 = __low2bfloat162(off), off1 = __high2bfloat162(off);
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
             u32 v = and_or(w >> (4 * i), 0x000f000fu, 0x43004300u);  // bf16 128 + q
