@@ -268,11 +268,15 @@ __device__ __forceinline__ void w4_ws(T *__restrict__ y, float *__restrict__ par
     // of a stage q * 512 bytes on in the weights and q * MSL slices on in the metadata). NX: words t / 2 and
     // 2 + t / 2 (8 bytes on) of quad lane `step`'s slot, for each k16 step; otherwise this lane's own slot.
     const int tile0 = wgi * RT * 4 + wi;
+    // Opaque to the compiler, which would otherwise compute them again from the thread index every stage.
     u32 woff[NX ? 4 : 1];
 #pragma unroll
-    for (int step = 0; step < (NX ? 4 : 1); ++step)
+    for (int step = 0; step < (NX ? 4 : 1); ++step) {
         woff[step] = WOFF + tile0 * CPS * 512 + (NX ? tile_slot(4 * g + step) * 16 + (t >> 1) * 4 : tile_slot(lane) * 16);
-    const u32 moff = MOFF + (((NX || one_slice ? 0 : t) * MPITCH) + tile0 * 16 + g) * 4;
+        asm("" : "+r"(woff[step]));
+    }
+    u32 moff = MOFF + (((NX || one_slice ? 0 : t) * MPITCH) + tile0 * 16 + g) * 4;
+    asm("" : "+r"(moff));
     // This thread's load addresses in a stage (its offsets above added to the stage's address once a stage, opaque to
     // the compiler, which would otherwise add them again for every chunk: each load is then a register plus an
     // immediate).
