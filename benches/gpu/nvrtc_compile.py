@@ -25,8 +25,14 @@ def nvidia_root() -> Path:
     sys.exit("nvrtc_compile.py: no CUDA 13 nvidia wheels (nvidia/cu13) in this Python")
 
 
-def compile_seconds(nvrtc, include: Path, arch: str, source: bytes, defines: list[str]) -> float | str:
-    """Seconds NVRTC took, or why it could not compile here."""
+def load_nvrtc(root: Path):
+    """libnvrtc of the CUDA wheels at `root` (nvidia_root())."""
+    return ctypes.CDLL(str(next((root / "lib").glob("libnvrtc.so.*"))))
+
+
+def compile_program(nvrtc, include: Path, arch: str, source: bytes, defines: list[str]):
+    """`source` compiled by NVRTC for `arch` as `Gpu::function` does: (program, seconds, log). The log is None on
+    success; the caller destroys the program (nvrtcDestroyProgram)."""
     prog = ctypes.c_void_p()
     if nvrtc.nvrtcCreateProgram(ctypes.byref(prog), source, b"k.cu", 0, None, None) != 0:
         sys.exit("nvrtcCreateProgram failed")
@@ -35,17 +41,24 @@ def compile_seconds(nvrtc, include: Path, arch: str, source: bytes, defines: lis
     t0 = time.perf_counter()
     rc = nvrtc.nvrtcCompileProgram(prog, len(opts), arr)
     seconds = time.perf_counter() - t0
-    if rc != 0:
-        size = ctypes.c_size_t()
-        nvrtc.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
-        log = ctypes.create_string_buffer(size.value)
-        nvrtc.nvrtcGetProgramLog(prog, log)
-        text = log.value.decode()
-        # The wheels' headers lack a toolkit's crt/ folder (mma.h's): such a file is timed on a GPU machine only.
-        if "cannot open source file" in text:
-            return "needs a CUDA toolkit's headers"
-        sys.exit(f"compile failed ({' '.join(defines)}):\n{text[:3000]}")
+    if rc == 0:
+        return prog, seconds, None
+    size = ctypes.c_size_t()
+    nvrtc.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
+    log = ctypes.create_string_buffer(size.value)
+    nvrtc.nvrtcGetProgramLog(prog, log)
+    return prog, seconds, log.value.decode()
+
+
+def compile_seconds(nvrtc, include: Path, arch: str, source: bytes, defines: list[str]) -> float | str:
+    """Seconds NVRTC took, or why it could not compile here."""
+    prog, seconds, log = compile_program(nvrtc, include, arch, source, defines)
     nvrtc.nvrtcDestroyProgram(ctypes.byref(prog))
+    if log is not None:
+        # The wheels' headers lack a toolkit's crt/ folder (mma.h's): such a file is timed on a GPU machine only.
+        if "cannot open source file" in log:
+            return "needs a CUDA toolkit's headers"
+        sys.exit(f"compile failed ({' '.join(defines)}):\n{log[:3000]}")
     return seconds
 
 
@@ -54,7 +67,7 @@ def main() -> None:
     ap.add_argument("--arch", default="sm_90a", help="NVRTC --gpu-architecture (sm_90a: H100/H200)")
     args = ap.parse_args()
     root = nvidia_root()
-    nvrtc = ctypes.CDLL(str(next((root / "lib").glob("libnvrtc.so.*"))))
+    nvrtc = load_nvrtc(root)
     cuda = ROOT / "kernels" / "cuda"
     plain = [p for p in sorted(cuda.glob("*.cu")) if p.name not in ("attention.cu", "w4a16.cu", "w4a16_sm90.cu")]
     w4 = (cuda / "w4a16.cu").read_bytes() + (cuda / "w4a16_sm90.cu").read_bytes()

@@ -13,13 +13,14 @@ by opcode:
 
 import argparse
 import collections
+import ctypes
 import re
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
-import nvrtc_compile
+from nvrtc_compile import compile_program, load_nvrtc, nvidia_root
 
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = Path.home() / ".cache" / "olive-rs" / "nvcc-13.0"
@@ -55,23 +56,12 @@ def cuobjdump() -> Path:
 
 
 def ptx_of(instance: str, work: Path) -> Path:
-    import ctypes
-
-    root = nvrtc_compile.nvidia_root()
-    nvrtc = ctypes.CDLL(str(next((root / "lib").glob("libnvrtc.so.*"))))
+    root = nvidia_root()
+    nvrtc = load_nvrtc(root)
     source = (ROOT / "kernels/cuda/w4a16.cu").read_bytes() + (ROOT / "kernels/cuda/w4a16_sm90.cu").read_bytes()
-    prog = ctypes.c_void_p()
-    nvrtc.nvrtcCreateProgram(ctypes.byref(prog), source, b"w4a16.cu", 0, None, None)
-    include = root / "include"
-    opts = ["--gpu-architecture=sm_90a", "--std=c++17", f"-I{include}", f"-I{include / 'cccl'}",
-            f"-DW4_INSTANCE={instance}"]
-    arr = (ctypes.c_char_p * len(opts))(*[o.encode() for o in opts])
-    if nvrtc.nvrtcCompileProgram(prog, len(opts), arr) != 0:
-        size = ctypes.c_size_t()
-        nvrtc.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
-        log = ctypes.create_string_buffer(size.value)
-        nvrtc.nvrtcGetProgramLog(prog, log)
-        sys.exit(f"sass_mix.py: NVRTC failed on {instance}:\n{log.value.decode()[:3000]}")
+    prog, _, log = compile_program(nvrtc, root / "include", "sm_90a", source, [f"-DW4_INSTANCE={instance}"])
+    if log is not None:
+        sys.exit(f"sass_mix.py: NVRTC failed on {instance}:\n{log[:3000]}")
     size = ctypes.c_size_t()
     nvrtc.nvrtcGetPTXSize(prog, ctypes.byref(size))
     ptx = ctypes.create_string_buffer(size.value)
@@ -115,6 +105,9 @@ def main() -> None:
     if not m:
         sys.exit("sass_mix.py: give a W4_WS, W4_WSC or W4_WSX macro call (the wgmma kernels)")
     fields = m.group(1).split(",")
+    if len(fields) not in (8, 9) or not (fields[3].isdigit() and fields[6].isdigit()):
+        sys.exit(f"sass_mix.py: {args.instance}: expected (type, name, NWG, RT, COLS, S, CPS, MINB[, CL]), integers "
+                 "from NWG on")
     rt, cps = int(fields[3]), int(fields[6])
     args.work.mkdir(parents=True, exist_ok=True)
     ptx = ptx_of(args.instance, args.work)
