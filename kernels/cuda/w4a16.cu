@@ -137,40 +137,6 @@ __device__ __forceinline__ uint4 ldg_stream(const uint4 *p) {
     return v;
 }
 
-// Thread-block clusters (sm_90, for w4a16_sm90.cu's kernels): this block's rank in its cluster, a barrier over the
-// cluster's threads (release/acquire: shared-memory writes before it are seen after it; `cluster_meet` orders no
-// memory, for threads with nothing to publish: a release would wait for their global stores), and four floats
-// (16-byte aligned) of another block's shared memory at the same offset as `p`.
-__device__ __forceinline__ int cluster_rank() {
-    u32 r = 0;
-#if __CUDA_ARCH__ >= 900
-    asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
-#endif
-    return (int)r;
-}
-__device__ __forceinline__ void cluster_sync() {
-#if __CUDA_ARCH__ >= 900
-    asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void cluster_meet() {
-#if __CUDA_ARCH__ >= 900
-    asm volatile("barrier.cluster.arrive.relaxed.aligned;\nbarrier.cluster.wait.aligned;\n" ::: "memory");
-#endif
-}
-__device__ __forceinline__ float4 ld_cluster4(const float *p, int rank) {
-    float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
-#if __CUDA_ARCH__ >= 900
-    u32 remote;
-    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote) : "r"((u32)__cvta_generic_to_shared(p)), "r"(rank));
-    asm volatile("ld.shared::cluster.v4.f32 {%0, %1, %2, %3}, [%4];\n"
-                 : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w)
-                 : "r"(remote)
-                 : "memory");
-#endif
-    return v;
-}
-
 // The product for one block: warps split as WK (input chunks, reduced at the end) x WN (row groups of RT tiles) x
 // WB (batch groups of NB8 x 8 columns). Each warp keeps PF chunks' weight tiles and metadata loading while it
 // consumes one.

@@ -122,6 +122,38 @@ __device__ __forceinline__ void mbar_wait(unsigned long long *bar, u32 parity) {
                  "r"(parity)
                  : "memory");
 }
+// The same wait with acquire semantics at cluster scope: for data other blocks of the cluster stored (st_async).
+__device__ __forceinline__ void mbar_wait_cluster(unsigned long long *bar, u32 parity) {
+    asm volatile("{\n.reg .pred p;\nWS_WAIT_CLUSTER:\n"
+                 "mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%0], %1;\n"
+                 "@!p bra WS_WAIT_CLUSTER;\n}\n" ::"r"(smem_addr(bar)),
+                 "r"(parity)
+                 : "memory");
+}
+// Thread-block clusters: this block's rank; the two halves of a cluster barrier (arrive without ordering memory,
+// wait with acquire); the address in block `rank`'s shared memory of this block's shared address `addr`; and an
+// asynchronous 16-byte store into another block's shared memory (`remote`, from cluster_map) counted in bytes on
+// that block's mbarrier `remote_bar` (its completion releases the data at cluster scope).
+__device__ __forceinline__ int cluster_rank() {
+    u32 r;
+    asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
+    return (int)r;
+}
+__device__ __forceinline__ void cluster_arrive_relaxed() {
+    asm volatile("barrier.cluster.arrive.relaxed.aligned;\n" ::: "memory");
+}
+__device__ __forceinline__ void cluster_wait() { asm volatile("barrier.cluster.wait.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ u32 cluster_map(u32 addr, int rank) {
+    u32 remote;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote) : "r"(addr), "r"(rank));
+    return remote;
+}
+__device__ __forceinline__ void st_async4(u32 remote, float a, float b, float c, float d, u32 remote_bar) {
+    asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.v4.f32 [%0], {%1, %2, %3, %4}, [%5];\n" ::"r"(
+                     remote),
+                 "f"(a), "f"(b), "f"(c), "f"(d), "r"(remote_bar)
+                 : "memory");
+}
 // Shared-memory loads at a 32-bit shared address, volatile so that they stay after the mbarrier wait that publishes
 // the data.
 __device__ __forceinline__ u32 lds32(u32 addr) {
@@ -182,6 +214,13 @@ __device__ __forceinline__ void w4_ws(T *__restrict__ y, float *__restrict__ par
     extern __shared__ __align__(128) unsigned char smem_raw[];
     unsigned char *smem = NX ? smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023) : smem_raw;
     unsigned long long *full = reinterpret_cast<unsigned long long *>(smem + S * STAGE), *empty = full + S;
+    // With a cluster, each block owns OWN or fewer of the tile's NB 8-column blocks (block i: rank i * CL / NB) and
+    // receives the other blocks' sums of them by st_async: recv [RT][CL - 1 senders][OWN][consumer threads] 16-byte
+    // fragments, counted on recv_bar. Its own space: the senders may write while this block still reads its stages.
+    constexpr int NB = COLS / 8, OWN = (NB + CL - 1) / CL, CONS = 128 * NWG;
+    unsigned long long *recv_bar = empty + S;
+    float4 *recv = reinterpret_cast<float4 *>(smem + S * STAGE + 16 * (S + 1));
+    auto first_block = [](int rank) { return (rank * NB + CL - 1) / CL; };  // rank's first column block
 
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int nchunks = k >> 6, rowb = blockIdx.y * ROWS;
@@ -195,9 +234,17 @@ __device__ __forceinline__ void w4_ws(T *__restrict__ y, float *__restrict__ par
             mbar_init(&full[s], 1);
             mbar_init(&empty[s], 4 * NWG);
         }
+        if (CL > 1) {  // the one arrival now; the phase completes when every sender's bytes are in
+            mbar_init(recv_bar, 1);
+            const int me = cluster_rank();
+            mbar_expect_tx(recv_bar, (CL - 1) * RT * (first_block(me + 1) - first_block(me)) * CONS * 16);
+        }
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     }
     __syncthreads();
+    // Every thread's half of the cluster barrier that publishes recv_bar's initialisation to the other blocks; the
+    // consumers wait on it before their first st_async.
+    if (CL > 1) cluster_arrive_relaxed();
 
     // Registers: the producer warpgroup gives its registers back (setmaxnreg) and the consumers take them.
     constexpr int THREADS = 128 * (NWG + 1), PROD_REGS = 40;
@@ -242,10 +289,6 @@ __device__ __forceinline__ void w4_ws(T *__restrict__ y, float *__restrict__ par
                     bulk_copy(base + MOFF + (pw * MSL + sl) * MPITCH * 4,
                               meta + (size_t)grp_of((c + pw) * 64 + 16 * sl) * n + rowb, rows_here * 4, &full[s]);
             }
-        }
-        if (CL > 1) {  // the cluster's two barriers of the reduction below
-            cluster_meet();
-            cluster_meet();
         }
         return;
     }
@@ -397,11 +440,73 @@ __device__ __forceinline__ void w4_ws(T *__restrict__ y, float *__restrict__ par
         parity = parity_n;
     }
 
-    // The sums leave through shared memory (the idle stages, once every consumer is done with them): [COLS][ROWS + 4]
-    // f32, then each thread writes 4 consecutive rows of an output column (coalesced; the fragments' own stores
-    // would be 2-byte scatters). With a cluster, rank z adds up its 1/CL of the tile over the cluster's blocks
-    // (16-byte reads of distributed shared memory) after the cluster barrier, and a second barrier keeps every
-    // block's shared memory alive until all have read it.
+    const int colb = blockIdx.x * COLS;
+    if constexpr (CL > 1) {
+        // The other ranks' column blocks go to their owners by st_async (a fragment of 4 sums, rows g and g + 8 by
+        // columns 2t and 2t + 1, in 16 bytes), once every block's recv_bar is initialised. The owner adds the
+        // cluster's fragments in rank order (its own from registers).
+        static_assert(NB >= CL, "a column block for every rank");
+        const int me = cluster_rank();
+        cluster_wait();
+        const u32 recv_addr = smem_addr(recv), bar_addr = smem_addr(recv_bar);
+        auto slot_of = [](int src, int owner) { return src < owner ? src : src - 1; };  // sender's place
+#pragma unroll
+        for (int r = 0; r < RT; ++r)
+#pragma unroll
+            for (int i = 0; i < NB; ++i) {
+                const int owner = i * CL / NB;
+                if (owner == me) continue;
+                const u32 off =
+                    (((r * (CL - 1) + slot_of(me, owner)) * OWN + i - first_block(owner)) * CONS + threadIdx.x) * 16;
+                st_async4(cluster_map(recv_addr + off, owner), acc[r][4 * i], acc[r][4 * i + 1], acc[r][4 * i + 2],
+                          acc[r][4 * i + 3], cluster_map(bar_addr, owner));
+            }
+        // The owner's column blocks go out through shared memory (the idle stages, once every consumer is done
+        // with them): [8 * OWN][ROWS + 8] of T, then each thread writes 4 consecutive rows of a column (coalesced;
+        // the fragments' own stores would be 2-byte scatters).
+        constexpr int OP = ROWS + 8;
+        static_assert(8 * OWN * OP * (int)sizeof(T) <= S * STAGE, "output tile over the stages");
+        T *tile = reinterpret_cast<T *>(smem);
+        asm volatile("bar.sync 1, %0;\n" ::"n"(CONS) : "memory");
+        mbar_wait_cluster(recv_bar, 0);
+        const int mine = first_block(me), cols_mine = 8 * (first_block(me + 1) - mine);
+#pragma unroll
+        for (int r = 0; r < RT; ++r) {
+            const int row = ((wgi * RT + r) * 4 + wi) * 16 + g;
+#pragma unroll
+            for (int i = 0; i < NB; ++i) {
+                if (i * CL / NB != me) continue;
+                float4 sum = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+                for (int src = 0; src < CL; ++src) {
+                    const float4 v =
+                        src == me ? make_float4(acc[r][4 * i], acc[r][4 * i + 1], acc[r][4 * i + 2], acc[r][4 * i + 3])
+                                  : recv[((r * (CL - 1) + slot_of(src, me)) * OWN + i - mine) * CONS + threadIdx.x];
+                    sum.x += v.x;
+                    sum.y += v.y;
+                    sum.z += v.z;
+                    sum.w += v.w;
+                }
+                const int col = 8 * (i - mine) + 2 * t;
+                tile[col * OP + row] = Op::from_f32(sum.x);
+                tile[(col + 1) * OP + row] = Op::from_f32(sum.y);
+                tile[col * OP + row + 8] = Op::from_f32(sum.z);
+                tile[(col + 1) * OP + row + 8] = Op::from_f32(sum.w);
+            }
+        }
+        asm volatile("bar.sync 1, %0;\n" ::"n"(CONS) : "memory");
+        for (int p = threadIdx.x; p < cols_mine * ROWS / 4; p += CONS) {
+            const int col = p / (ROWS / 4), row = 4 * (p % (ROWS / 4));
+            const int cc = colb + 8 * mine + col, rr = rowb + row;  // n % 16 == 0: 4 rows are in or out together
+            if (cc < batch && rr < n)
+                *reinterpret_cast<uint2 *>(y + (size_t)cc * n + rr) =
+                    *reinterpret_cast<const uint2 *>(&tile[col * OP + row]);
+        }
+        return;
+    }
+    // Without a cluster the sums leave through shared memory (the idle stages, once every consumer is done with
+    // them): [COLS][ROWS + 4] f32, then each thread writes 4 consecutive rows of an output column (coalesced; the
+    // fragments' own stores would be 2-byte scatters), or its f32 partial sums when z splits K.
     constexpr int RP = ROWS + 4;
     static_assert(COLS * RP * 4 <= S * STAGE, "output tile over the stages");
     float *red = reinterpret_cast<float *>(smem);
@@ -414,37 +519,21 @@ __device__ __forceinline__ void w4_ws(T *__restrict__ y, float *__restrict__ par
 #pragma unroll
             for (int e = 0; e < 4; ++e) red[(8 * i + 2 * t + (e & 1)) * RP + row + 8 * (e >> 1)] = acc[r][4 * i + e];
     }
-    if (CL > 1)
-        cluster_sync();
-    else
-        asm volatile("bar.sync 1, %0;\n" ::"n"(128 * NWG) : "memory");
-    const int rank = CL > 1 ? cluster_rank() : 0, colb = blockIdx.x * COLS;
+    asm volatile("bar.sync 1, %0;\n" ::"n"(128 * NWG) : "memory");
     float *out = part + (size_t)blockIdx.z * batch * n;
     constexpr int PIECES = COLS * ROWS / 4;  // 4 rows each
-    for (int p = rank * PIECES / CL + threadIdx.x; p < (rank + 1) * PIECES / CL; p += 128 * NWG) {
+    for (int p = threadIdx.x; p < PIECES; p += 128 * NWG) {
         const int col = p / (ROWS / 4), row = 4 * (p % (ROWS / 4));
-        float4 sum = *reinterpret_cast<const float4 *>(&red[col * RP + row]);
-        if (CL > 1) {
-            sum = make_float4(0.f, 0.f, 0.f, 0.f);
-#pragma unroll
-            for (int src = 0; src < CL; ++src) {
-                const float4 v = ld_cluster4(&red[col * RP + row], src);
-                sum.x += v.x;
-                sum.y += v.y;
-                sum.z += v.z;
-                sum.w += v.w;
-            }
-        }
+        const float4 sum = *reinterpret_cast<const float4 *>(&red[col * RP + row]);
         const int cc = colb + col, rr = rowb + row;  // n % 16 == 0: 4 rows are in or out together
         if (cc >= batch || rr >= n) continue;
-        if (CL == 1 && gridDim.z > 1) {
+        if (gridDim.z > 1) {
             *reinterpret_cast<float4 *>(out + (size_t)cc * n + rr) = sum;
         } else {
             const T v[4] = {Op::from_f32(sum.x), Op::from_f32(sum.y), Op::from_f32(sum.z), Op::from_f32(sum.w)};
             *reinterpret_cast<uint2 *>(y + (size_t)cc * n + rr) = *reinterpret_cast<const uint2 *>(v);
         }
     }
-    if (CL > 1) cluster_meet();
 }
 
 // w4_ws_<dtype>_<NWG>_<RT>_<COLS>_<S>_<CPS>_<MINB>: NWG consumer warpgroups of 64 * RT rows and a producer

@@ -246,7 +246,7 @@ pub const CONFIGS: [MmConfig; 50] = [
     nx(wsc(2, 1, 128, (4, 2), 4)),
     nx(wsc(2, 1, 64, (3, 4), 3)),
     nx(wsc(2, 1, 128, (4, 2), 3)),
-    wsc(3, 1, 64, (3, 4), 2),
+    wsc(3, 1, 64, (3, 2), 2),
     nx(wsc(3, 1, 64, (3, 4), 2)),
 ];
 
@@ -284,15 +284,24 @@ impl MmConfig {
         if self.producer {
             // Weights, metadata slices (4, or 1 with natural_x) and activations a chunk, and the full/empty mbarriers
             // (8 bytes each); natural_x stages are 1024-byte aligned (the swizzle's period), and so is their base (up
-            // to 1 KiB in).
+            // to 1 KiB in). A cluster adds its receive mbarrier (16 bytes with padding) and buffer: the sums of each
+            // other block for this block's 8-column blocks (at most cols / 8 / cluster, rounded up), 16 bytes a
+            // consumer thread and m64 tile.
             let slices = if self.natural_x { 1 } else { 4 };
             let stage =
                 (rows * 32 + slices * (rows + 8) * 4 + cols * 128) * self.stage_chunks as usize;
             let stages = self.stages as usize;
+            let cluster = self.cluster as usize;
+            let receive = if cluster > 1 {
+                let own = (cols / 8).div_ceil(cluster);
+                16 + self.rt as usize * (cluster - 1) * own * 32 * self.wn as usize * 16
+            } else {
+                0
+            };
             if self.natural_x {
-                return stage.next_multiple_of(1024) * stages + 16 * stages + 1024;
+                return stage.next_multiple_of(1024) * stages + 16 * stages + receive + 1024;
             }
-            return (stage + 16) * stages;
+            return stage * stages + 16 * stages + receive;
         }
         (rows / 16 * 512 + 4 * (rows + 8) * 4 + cols * 72 * 2) * self.stages as usize
     }
@@ -417,7 +426,10 @@ impl MmConfig {
             9..=16 => &[(cfg(1, 2, 8, 1, 1), 20), (cfg(1, 2, 16, 1, 1), 0)],
             17..=32 => &[(cfg(1, 4, 8, 1, 1), 0)],
             33..=64 if hopper && n > 16384 => return ws(2, 1, 64, (3, 4), 1),
-            33..=64 if hopper && wide_split => return nx(wsc(3, 1, 64, (3, 4), 2)),
+            // (The layout-pass kernel's 4 metadata slices a chunk and the cluster's receive buffer leave no room for
+            // three stages of 4 chunks of 192 rows: stages of 2 chunks there.)
+            33..=64 if hopper && wide_split && natural => return nx(wsc(3, 1, 64, (3, 4), 2)),
+            33..=64 if hopper && wide_split => return wsc(3, 1, 64, (3, 2), 2),
             33..=64 if hopper => return nx(clustered(ws(2, 1, 64, (3, 4), 1))),
             _ if hopper && n > 16384 => return ws(2, 2, 128, (3, 2), 1),
             _ if hopper => return nx(clustered(ws(2, 1, 128, (4, 2), 1))),
@@ -975,6 +987,20 @@ pub fn dequantize<T: Half>(gpu: &Gpu, w: &W4Weight<T>) -> Result<CudaSlice<T>, G
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every configuration's shared memory fits an sm_90 block (227 KiB of dynamic shared memory); the smaller
+    /// GPUs' pipelined configurations fit their 99-100 KiB.
+    #[test]
+    fn every_configuration_fits_its_shared_memory() {
+        for c in CONFIGS {
+            let limit = if c.producer { 227 } else { 99 } << 10;
+            assert!(
+                c.shared_bytes() <= limit,
+                "{c:?}: {} bytes",
+                c.shared_bytes()
+            );
+        }
+    }
 
     /// Every configuration `pick` returns is compiled, and so is the layout-pass one [`w4a16`] falls back to for
     /// weights the natural order does not accept.
