@@ -11,7 +11,8 @@
 // Tiles: W is cut into 16-row tiles (N % 16 == 0) and 64-input chunks (K % 64 == 0); a (tile, chunk) is 32 slots x
 // 16 bytes, lane = 4g + t (g = lane / 4, t = lane % 4) in slot tile_slot(lane) = lane ^ (lane / 8) (so that both a
 // warp's own 16-byte reads and w4_ws's reads of quad lane s's words are free of shared-memory bank conflicts), its
-// four u32 words j = 0..3 one per k16 mma step. Inputs are
+// four u32 words one per k16 mma step j, stored in the step order 0, 2, 1, 3 (steps j and j + 2 side by side, which
+// w4_ws reads together: `word`). Inputs are
 // renumbered inside a chunk so that lane t's activations are the 16 contiguous x[64c + 16t .. +16): mma step j of
 // lane (g, t) sees inputs 64c + 16t + 4j + {0, 1, 2, 3} in the fragment places {2t, 2t+1, 2t+8, 2t+9}. The word's
 // nibbles: 0 and 4 = row g, inputs +0 and +1 (fragment a0); 1 and 5 = row g+8, +0/+1 (a1); 2 and 6 = row g,
@@ -127,7 +128,9 @@ __device__ __forceinline__ GroupOf group_of(int group) {
 
 __device__ __forceinline__ int tile_slot(int lane) { return lane ^ (lane >> 3); }
 
-__device__ __forceinline__ u32 word(const uint4 &v, int j) { return j == 0 ? v.x : j == 1 ? v.y : j == 2 ? v.z : v.w; }
+// k16 step j's word of a lane's 16 bytes (stored in the step order 0, 2, 1, 3), and plain element i of a uint4.
+__device__ __forceinline__ u32 word(const uint4 &v, int j) { return j == 0 ? v.x : j == 1 ? v.z : j == 2 ? v.y : v.w; }
+__device__ __forceinline__ u32 elem(const uint4 &v, int i) { return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w; }
 
 __device__ __forceinline__ uint4 ldg_stream(const uint4 *p) {
     uint4 v;

@@ -161,6 +161,9 @@ __device__ __forceinline__ u32 lds32(u32 addr) {
     asm volatile("ld.shared.u32 %0, [%1];\n" : "=r"(v) : "r"(addr));
     return v;
 }
+__device__ __forceinline__ void lds64(u32 addr, u32 &lo, u32 &hi) {
+    asm volatile("ld.shared.v2.u32 {%0, %1}, [%2];\n" : "=r"(lo), "=r"(hi) : "r"(addr));
+}
 __device__ __forceinline__ uint4 lds128(u32 addr) {
     uint4 v;
     asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n"
@@ -193,9 +196,9 @@ __device__ __forceinline__ void bulk_copy(void *dst, const void *src, u32 bytes,
 // NX (natural activations): no layout pass. The producer copies x [batch, k] itself, one 2-D tensor copy a chunk
 // (`xmap`: boxes of 64 inputs x COLS rows, 128-byte swizzle, rows past the batch zero-filled), which is wgmma's B
 // operand with the inputs in their own order (k16 step s = inputs 16s .. 16s + 15 of the chunk). The weight words
-// are in the tiles' lane-contiguous order, so lane (g, t) builds step s's word from quad lane s's words t / 2 and
-// 2 + t / 2 (one byte_perm: the bytes of its pair, see the file doc of w4a16.cu): eight 4-byte shared-memory reads a
-// tile and chunk, conflict-free by tile_slot. Needs groups of whole chunks (one metadata slice) and no act-order.
+// are in the tiles' lane-contiguous order, so lane (g, t) builds step s's word from quad lane s's words of steps t / 2
+// and 2 + t / 2 (one byte_perm: the bytes of its pair, see the file doc of w4a16.cu), which sit side by side: four
+// 8-byte shared-memory reads a tile and chunk, conflict-free by tile_slot. Needs groups of whole chunks (one metadata slice) and no act-order.
 template <typename T, int NWG, int RT, int COLS, int S, int CPS, int MINB, int CL, bool NX>
 __device__ __forceinline__ void w4_ws(T *__restrict__ y, float *__restrict__ part, const uint4 *__restrict__ xp,
                                       const TensorMap *xmap, const uint4 *__restrict__ tiles,
@@ -308,14 +311,14 @@ __device__ __forceinline__ void w4_ws(T *__restrict__ y, float *__restrict__ par
     constexpr bool DB = RT * (COLS / 2 + 32) + 32 <= CONS_REGS;
     static_assert(!DB || CPS % 2 == 0, "double buffering alternates within a stage");
     // This thread's byte offsets in a stage, for chunk 0 of its warp's first tile (tile r is 4r tiles on, chunk q
-    // of a stage q * 512 bytes on in the weights and q * MSL slices on in the metadata). NX: words t / 2 and
-    // 2 + t / 2 (8 bytes on) of quad lane `step`'s slot, for each k16 step; otherwise this lane's own slot.
+    // of a stage q * 512 bytes on in the weights and q * MSL slices on in the metadata). NX: the words of steps
+    // t / 2 and 2 + t / 2 (8 bytes) of quad lane `step`'s slot, for each k16 step; otherwise this lane's own slot.
     const int tile0 = wgi * RT * 4 + wi;
     // Opaque to the compiler, which would otherwise compute them again from the thread index every stage.
     u32 woff[NX ? 4 : 1];
 #pragma unroll
     for (int step = 0; step < (NX ? 4 : 1); ++step) {
-        woff[step] = WOFF + tile0 * CPS * 512 + (NX ? tile_slot(4 * g + step) * 16 + (t >> 1) * 4 : tile_slot(lane) * 16);
+        woff[step] = WOFF + tile0 * CPS * 512 + (NX ? tile_slot(4 * g + step) * 16 + (t >> 1) * 8 : tile_slot(lane) * 16);
         asm("" : "+r"(woff[step]));
     }
     u32 moff = MOFF + (((NX || one_slice ? 0 : t) * MPITCH) + tile0 * 16 + g) * 4;
@@ -346,10 +349,7 @@ __device__ __forceinline__ void w4_ws(T *__restrict__ y, float *__restrict__ par
             if (NX) {
                 u32 lo[4], hi[4];
 #pragma unroll
-                for (int step = 0; step < 4; ++step) {
-                    lo[step] = lds32(wbase[step] + wq);
-                    hi[step] = lds32(wbase[step] + wq + 8);
-                }
+                for (int step = 0; step < 4; ++step) lds64(wbase[step] + wq, lo[step], hi[step]);
                 fw[r] = make_uint4(lo[0], lo[1], lo[2], lo[3]);
                 fw2[r] = make_uint4(hi[0], hi[1], hi[2], hi[3]);
             } else {
@@ -374,7 +374,7 @@ __device__ __forceinline__ void w4_ws(T *__restrict__ y, float *__restrict__ par
         for (int r = 0; r < RT; ++r)
 #pragma unroll
             for (int j = 0; j < 4; ++j)
-                Op::dequant(NX ? __byte_perm(word(fw[r], j), word(fw2[r], j), pair_bytes) : word(fw[r], j), fm0[r],
+                Op::dequant(NX ? __byte_perm(elem(fw[r], j), elem(fw2[r], j), pair_bytes) : word(fw[r], j), fm0[r],
                             fm1[r], a[r][j]);
 #pragma unroll
         for (int r = 0; r < RT; ++r) wg_pin(acc[r]);

@@ -18,8 +18,8 @@ pub struct W4Tiles {
     pub k: usize,
     /// Inputs per group (a multiple of 16).
     pub group_size: usize,
-    /// [n/16 tiles][k/64 chunks][32 slots][4 words]: lane l's words in slot [`tile_slot`]`(l)`, nibbles as the
-    /// .cu file's doc says.
+    /// [n/16 tiles][k/64 chunks][32 slots][4 words]: lane l's words in slot [`tile_slot`]`(l)`, those of k16 steps
+    /// 0, 2, 1, 3 in that order (`WORD_AT`), nibbles as the .cu file's doc says.
     pub tiles: Vec<u32>,
     /// Scales [groups, n] (groups along the permuted inputs when `perm` is set).
     pub scales: Vec<f32>,
@@ -86,7 +86,7 @@ impl W4Tiles {
                                 level(r0, k0 + 3),
                                 level(r1, k0 + 3),
                             ];
-                            out[(c * 32 + tile_slot(lane)) * 4 + j] = nib
+                            out[(c * 32 + tile_slot(lane)) * 4 + WORD_AT[j]] = nib
                                 .iter()
                                 .enumerate()
                                 .fold(0, |acc, (p, &v)| acc | v << (4 * p));
@@ -118,12 +118,17 @@ impl W4Tiles {
         let (tile, g) = (o / 16, o % 16);
         let (c, t, j4, e) = (j / 64, (j % 64) / 16, (j % 16) / 4, j % 4);
         let lane = (g % 8) * 4 + t;
-        let word = self.tiles[((tile * (self.k / 64) + c) * 32 + tile_slot(lane)) * 4 + j4];
+        let word =
+            self.tiles[((tile * (self.k / 64) + c) * 32 + tile_slot(lane)) * 4 + WORD_AT[j4]];
         // e 0,1,2,3 -> nibble 0,4,2,6 for row g; 1,5,3,7 for row g+8
         let nib = [0, 4, 2, 6][e] + usize::from(g >= 8);
         ((word >> (4 * nib)) & 0xF) as u8
     }
 }
+
+/// Where k16 step j's word sits among a slot's 4: steps 0, 2, 1, 3 in order, so that steps j and j + 2, which the
+/// Hopper kernel with activations in their own order reads together, are 8 contiguous bytes.
+const WORD_AT: [usize; 4] = [0, 2, 1, 3];
 
 /// Where lane `lane`'s 16 bytes sit among the 32 of a (tile, chunk): lane ^ (lane / 8), its own inverse. A warp
 /// reading its own slots (16 bytes a lane) and one reading the words of quad lane s (`t` ↔ `s`, the Hopper kernel
