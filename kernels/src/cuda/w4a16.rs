@@ -391,15 +391,16 @@ impl MmConfig {
         // The warp-specialised kernel with few tiles: K split over a cluster (on-chip sums) where the partial-sum
         // split would cut it 2 or 3 ways, or 4 ways when 4-block clusters of every tile still fit in 3/4 of the
         // multiprocessors (more do not all fit the GPCs at once: measured 1.3-1.5x slower at 128 blocks on 132
-        // SMs), or else 3 ways under 8192 inputs (Llama-3-8B o: 1.05-1.08x faster than 4 partial sums; with more
-        // inputs a split's run is long and the 4 partial sums win, Llama down 1.07-1.15x); otherwise the plain
-        // kernel (its partial sums are cheaper than a second wave).
+        // SMs), or else 3 ways under 8192 inputs or at 64 columns (Llama-3-8B o: 1.05-1.08x faster than 4 partial
+        // sums; Llama down at batch 64 1.02-1.07x; at 128 columns with more inputs a split's run is long and the 4
+        // partial sums win, Llama down 1.01-1.04x); otherwise the plain kernel (its partial sums are cheaper than a
+        // second wave).
         let clustered = |c: MmConfig| {
             let tiles = n.div_ceil(c.rows()) * batch.div_ceil(c.cols());
             let cl = match sm / tiles.max(1) {
                 2 | 3 => 2,
                 s if s >= 4 && 16 * tiles <= 3 * sm => 4,
-                s if s >= 4 && k < 8192 => 3,
+                s if s >= 4 && (k < 8192 || c.cols() <= 64) => 3,
                 _ => 1,
             };
             if cl > 1 && k / 64 >= 2 * cl {
