@@ -276,6 +276,42 @@ fn every_compiled_configuration_matches_the_reference() {
     check_configs::<bf16>(&gpu, BF16_REL);
 }
 
+/// The warp-specialised kernels over enough inputs that every block refills each of its stages at least once (the
+/// steady state of real shapes; the small shapes above run a split's chunks in one pass over the stages): 64 chunks
+/// and 27 row blocks of 128, so the K splits leave every block 8 chunks or more (3 stages of 2 or 4 of 2 refill at
+/// 8), and 16 or more where a stage holds 4.
+fn check_refills<T: Half>(gpu: &Gpu, tol: f64) {
+    let (n, k) = (3456, 4096);
+    let l = levels(n, k, 128, 23, false);
+    let w = W4Weight::<T>::upload(gpu, &W4Tiles::from_levels(&l).unwrap()).unwrap();
+    for batch in [64, 100] {
+        let (xf, xt) = activations::<T>(batch, k, 200 + batch as u64);
+        let want = w4a16_ref(&xf, batch, &l);
+        for c in CONFIGS
+            .into_iter()
+            .filter(|c| c.producer && c.runs_on(gpu.arch()))
+        {
+            let err = rel_error(&gpu_product(gpu, &w, &xt, batch, Some(c)), &want);
+            assert!(
+                err < tol,
+                "{} {c:?} batch {batch}: rel error {err} over {tol}",
+                T::SUFFIX
+            );
+        }
+    }
+}
+
+#[test]
+fn every_wgmma_configuration_matches_the_reference_with_its_stages_refilled() {
+    let Some(gpu) = test_gpu(
+        "gpu::w4a16::every_wgmma_configuration_matches_the_reference_with_its_stages_refilled",
+    ) else {
+        return;
+    };
+    check_refills::<f16>(&gpu, F16_REL);
+    check_refills::<bf16>(&gpu, BF16_REL);
+}
+
 fn check_dequantize<T: Half>(gpu: &Gpu) {
     for l in [
         via_awq(&levels(48, 256, 128, 31, false)),
