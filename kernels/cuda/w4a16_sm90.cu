@@ -198,7 +198,8 @@ __device__ __forceinline__ void bulk_copy(void *dst, const void *src, u32 bytes,
 // operand with the inputs in their own order (k16 step s = inputs 16s .. 16s + 15 of the chunk). The weight words
 // are in the tiles' lane-contiguous order, so lane (g, t) builds step s's word from quad lane s's words of steps t / 2
 // and 2 + t / 2 (one byte_perm: the bytes of its pair, see the file doc of w4a16.cu), which sit side by side: four
-// 8-byte shared-memory reads a tile and chunk, conflict-free by tile_slot. Needs groups of whole chunks (one metadata slice) and no act-order.
+// 8-byte shared-memory reads a tile and chunk, conflict-free by tile_slot. Needs groups of whole chunks (one metadata
+// slice) and no act-order.
 template <typename T, int NWG, int RT, int COLS, int S, int CPS, int MINB, int CL, bool NX>
 __device__ __forceinline__ void w4_ws(T *__restrict__ y, float *__restrict__ part, const uint4 *__restrict__ xp,
                                       const TensorMap *xmap, const uint4 *__restrict__ tiles,
