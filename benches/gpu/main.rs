@@ -1,6 +1,7 @@
 //! gpu-bench: timings of our CUDA kernels against the device's ceilings and cuBLAS, measured in one run on the
 //! same GPU (CUDA events around each launch, after a warm-up, median of many, the GPU kept busy by a spin kernel
-//! while the launches are queued). Builds without CUDA; run on a GPU machine:
+//! while the launches are queued; w4a16 also from CUDA graphs of back-to-back calls). Builds without CUDA; run on a
+//! GPU machine:
 //! `gpu-bench [section...]` (sections: w4a16, wgmma; none = all).
 
 mod timing;
@@ -21,6 +22,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // One stream only here: cudarc's per-buffer events (recorded and waited for around every launch, for work on
+    // several streams) would put stream operations between the timed calls and into the captured graphs. Buffers
+    // made from now on go without.
+    // SAFETY: everything of this bench runs on the GPU's one stream, in order.
+    unsafe { gpu.context().disable_event_tracking() };
     println!(
         "GPU: {} (sm_{}{}, {} SMs)",
         gpu.name(),

@@ -1,6 +1,9 @@
-// The bench's reference point (not a kernel of the library): a plain device-memory read, 16-byte loads with four
-// in flight per thread over a grid-stride loop (the bandwidth a memory-bound kernel can reach).
+// The bench's reference points (not kernels of the library): a plain device-memory read, 16-byte loads with four
+// in flight per thread over a grid-stride loop (the bandwidth a memory-bound kernel can reach), and an empty kernel
+// (what a launch costs).
 typedef unsigned int u32;
+
+extern "C" __global__ void empty() {}
 
 extern "C" __global__ void read_bytes(u32 *out, const uint4 *__restrict__ in, long long n16) {
     const long long stride = (long long)gridDim.x * blockDim.x;

@@ -1,7 +1,9 @@
 //! W4A16 (kernels/cuda/w4a16.cu) on Phi-3.5-mini and Llama-3-8B linear shapes with random int4 weights (group
 //! 128, bf16 activations): the GEMV's bandwidth against the plain read kernel on the same bytes, and every
-//! product against cuBLAS bf16 (on the same weights, dequantized) at batch 1, 16, 64 and 128. Weights rotate over
-//! copies totalling more than twice the L2, so no timing reads from the cache.
+//! product against cuBLAS bf16 (on the same weights, dequantized) at batch 1, 16, 64 and 128, one launch at a time
+//! and, for the picked configuration, cuBLAS and the read, as CUDA graphs of back-to-back calls (no launch gaps and
+//! timing events between them: an empty kernel costs ~3.9 µs a launch the first way, ~0.9 µs the second). Weights
+//! rotate over copies totalling more than twice the L2, so no timing reads from the cache.
 
 use cudarc::cublas::{sys::cublasOperation_t, Gemm, GemmConfig};
 use olive_kernels::cpu::w4a16::W4Levels;
@@ -9,7 +11,7 @@ use olive_kernels::cpu::w4a16_tiles::W4Tiles;
 use olive_kernels::cuda::w4a16::{dequantize, w4a16_with, MmConfig, W4Weight, CONFIGS};
 use olive_kernels::cuda::{bf16, CudaSlice, Gpu, GpuError};
 
-use crate::timing::{median_us, read_us};
+use crate::timing::{empty_us, graph_us, median_us, read_us};
 
 /// Bytes the rotated copies of one operand must exceed (H100 L2 is 50 MB).
 const ROTATE_BYTES: usize = 120 << 20;
@@ -169,15 +171,20 @@ pub fn run(gpu: &Gpu) -> Result<(), GpuError> {
     );
     let mut sink = gpu.alloc::<u32>(gpu.sm_count() as usize * 8 * 256)?;
     let big: Vec<CudaSlice<u32>> = vec![gpu.alloc::<u32>(1 << 28)?];
-    let t = read_us(gpu, &big, &mut sink)?;
+    let (t, _) = read_us(gpu, &big, &mut sink)?;
     println!(
         "plain read kernel, 1 GiB buffer: {:.0} GB/s",
         (1u64 << 30) as f64 / t / 1e3
     );
     drop(big);
+    let (empty, empty_graph) = empty_us(gpu)?;
+    println!("empty kernel: {empty:.2} µs a launch, {empty_graph:.2} µs a call from a graph");
+    println!(
+        "(\"graph\": the picked configuration and cuBLAS each as a CUDA graph of back-to-back calls, µs a call)"
+    );
     let mut summary = Vec::new();
-    println!("| model | linear | K | N | batch | int4 µs (config) | picked µs | cuBLAS bf16 µs | speed-up | int4 GB/s | read GB/s (same bytes) | % of read | rel err vs cuBLAS |");
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!("| model | linear | K | N | batch | int4 µs (config) | picked µs | cuBLAS bf16 µs | speed-up | graph: picked µs | graph: cuBLAS µs | graph speed-up | int4 GB/s | read GB/s (same bytes) | % of read | graph: % of read | rel err vs cuBLAS |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     // W4A16_SHAPE="Llama-3-8B gate_up" and W4A16_BATCHES="1,128" narrow the run (for a profiler); W4A16_VERBOSE=1
     // prints every configuration's time to stderr.
     let verbose = std::env::var_os("W4A16_VERBOSE").is_some();
@@ -211,7 +218,7 @@ pub fn run(gpu: &Gpu) -> Result<(), GpuError> {
         let reads: Vec<CudaSlice<u32>> = (0..weights.len())
             .map(|_| gpu.alloc::<u32>(wbytes.div_ceil(16) * 4))
             .collect::<Result<_, _>>()?;
-        let read = read_us(gpu, &reads, &mut sink)?;
+        let (read, read_graph) = read_us(gpu, &reads, &mut sink)?;
         drop(reads);
         for &batch in &batches {
             let x = random_bf16(gpu, batch * k, 7 + batch as u64)?;
@@ -236,6 +243,12 @@ pub fn run(gpu: &Gpu) -> Result<(), GpuError> {
             let t_blas = median_us(gpu, |i| {
                 cublas(gpu, &dense[i % dense.len()], &x, &mut y_ref, (batch, k, n))
             })?;
+            let g_pick = graph_us(gpu, |i| {
+                w4a16_with(gpu, picked, &x, batch, &weights[i % weights.len()], &mut y)
+            })?;
+            let g_blas = graph_us(gpu, |i| {
+                cublas(gpu, &dense[i % dense.len()], &x, &mut y_ref, (batch, k, n))
+            })?;
             // Same weights (dense[0] is weights[0] dequantized): the outputs agree up to summation order.
             w4a16_with(gpu, best.1, &x, batch, &weights[0], &mut y)?;
             cublas(gpu, &dense[0], &x, &mut y_ref, (batch, k, n))?;
@@ -243,22 +256,33 @@ pub fn run(gpu: &Gpu) -> Result<(), GpuError> {
             let bytes = (wbytes + 2 * batch * (k + n)) as f64;
             let gbs = bytes / best.0 / 1e3;
             let read_gbs = wbytes as f64 / read / 1e3;
+            let graph_of_read = (bytes / g_pick) / (wbytes as f64 / read_graph);
             let c = best.1;
             println!(
-                "| {model} | {linear} | {k} | {n} | {batch} | {:.1} ({}) | {t_pick:.1} | {t_blas:.1} | {:.2}x | {gbs:.0} | {read_gbs:.0} | {:.0}% | {err:.1e} |",
-                best.0, label(&c), t_blas / best.0, 100.0 * gbs / read_gbs
+                "| {model} | {linear} | {k} | {n} | {batch} | {:.1} ({}) | {t_pick:.1} | {t_blas:.1} | {:.2}x | {g_pick:.1} | {g_blas:.1} | {:.2}x | {gbs:.0} | {read_gbs:.0} | {:.0}% | {:.0}% | {err:.1e} |",
+                best.0, label(&c), t_blas / best.0, g_blas / g_pick, 100.0 * gbs / read_gbs, 100.0 * graph_of_read
             );
-            summary.push((batch, t_blas / best.0, gbs / read_gbs));
+            summary.push((
+                batch,
+                [
+                    t_blas / best.0,
+                    gbs / read_gbs,
+                    g_blas / g_pick,
+                    graph_of_read,
+                ],
+            ));
         }
     }
     for &batch in &BATCHES {
         let rows: Vec<_> = summary.iter().filter(|r| r.0 == batch).collect();
-        let (min_s, min_r) = rows.iter().fold((f64::INFINITY, f64::INFINITY), |a, r| {
-            (a.0.min(r.1), a.1.min(r.2))
-        });
+        let min = |m: usize| rows.iter().map(|r| r.1[m]).fold(f64::INFINITY, f64::min);
         println!(
-            "batch {batch}: speed-up vs cuBLAS bf16 min {min_s:.2}x over the 8 shapes; GB/s vs read min {:.0}%",
-            100.0 * min_r
+            "batch {batch}: speed-up vs cuBLAS bf16 min {:.2}x over the 8 shapes (graph {:.2}x); GB/s vs read min \
+             {:.0}% (graph {:.0}%)",
+            min(0),
+            min(2),
+            100.0 * min(1),
+            100.0 * min(3)
         );
     }
     Ok(())
