@@ -197,7 +197,7 @@ const fn pipe2(rt: u32, nb8: u32, wn: u32, wb: u32, stages: u32) -> MmConfig {
 
 /// Every configuration compiled in kernels/cuda/w4a16.cu (its `W4_MM_BOTH` and `W4_MMP_BOTH` lines) and
 /// w4a16_sm90.cu (`W4_WS`, `W4_WSC`, `W4_WSX`); [`MmConfig::runs_on`] says which a device has.
-pub const CONFIGS: [MmConfig; 50] = [
+pub const CONFIGS: [MmConfig; 54] = [
     cfg(1, 1, 8, 1, 1),
     cfg(1, 1, 16, 1, 1),
     cfg(2, 1, 8, 1, 1),
@@ -248,6 +248,10 @@ pub const CONFIGS: [MmConfig; 50] = [
     nx(wsc(2, 1, 128, (4, 2), 3)),
     wsc(3, 1, 64, (3, 2), 2),
     nx(wsc(3, 1, 64, (3, 4), 2)),
+    wsc(1, 1, 64, (3, 4), 2),
+    nx(wsc(1, 1, 64, (3, 4), 2)),
+    wsc(1, 1, 128, (4, 2), 2),
+    nx(wsc(1, 1, 128, (4, 2), 2)),
 ];
 
 impl MmConfig {
@@ -363,8 +367,8 @@ impl MmConfig {
     /// splitting K, with two chunks' loads in flight a warp over 8192 inputs and more; 9..16: 8 warps splitting K
     /// at 20, else 16). Larger batches on Hopper the warp-specialised wgmma kernel: 128-row blocks of 64 or 128
     /// columns (256-row blocks over 16384 rows at batch > 64, 192-row blocks at batch 33-64 where 128-row tiles
-    /// would fill the GPU only once and only in part), with few tiles K split over a thread-block cluster
-    /// where that pays (below); it reads x in its own order (`natural_x`, no layout pass: 0.5-2 µs faster at batch
+    /// would fill the GPU only once and only in part, 64-row blocks of one consumer warpgroup at 128 columns where
+    /// they fill more of the GPU), with few tiles K split over a thread-block cluster where that pays (below); it reads x in its own order (`natural_x`, no layout pass: 0.5-2 µs faster at batch
     /// 64, 2-6 µs at 128) except over 16384 rows, where the tiles alone fill the GPU and the layout pass's one copy
     /// of x a stage, instead of one a chunk, is 2-4% faster. Elsewhere the mma.sync kernels.
     pub fn pick(batch: usize, n: usize, k: usize, sm_count: u32, arch: (u32, u32)) -> MmConfig {
@@ -412,6 +416,17 @@ impl MmConfig {
                 c
             }
         };
+        // One consumer warpgroup of 64 rows a block, K split 2 ways over a cluster, instead of the 128-row `wide`
+        // choice: where that fills more multiprocessors in one wave and a split's run is short (4096 inputs or
+        // fewer: one warpgroup hides less of its dequantization's latency, which long runs pay for), or at 128
+        // columns (`even`) also with as many (a 2-block cluster adds up for less than a 3- or 4-block one). At 128
+        // columns Llama-3-8B o 16.0 -> 14.7 us (128 blocks for 96), Phi-3.5 o 13.0 -> 12.5-12.8 (96 for 96); at 64
+        // Llama-3-8B o 12.4-12.8 -> 12.1-12.5; Llama-3-8B down (14336 inputs) is slower this way (25 -> 26.5 at 64).
+        let narrow_pays = |wide: MmConfig, cols: usize, even: bool| {
+            let narrow = 2 * n.div_ceil(64) * batch.div_ceil(cols);
+            let wide = wide.blocks(batch, n, k, sm_count);
+            k / 64 >= 4 && k <= 4096 && narrow <= sm && (narrow > wide || (even && narrow == wide))
+        };
         // 128-row tiles that fill over half the multiprocessors, one each (too many for a cluster split): 192-row
         // tiles (three consumer warpgroups) split 2 ways over a cluster occupy more of them (Phi-3.5 qkv at batch
         // 64: 72 blocks -> 96, 20.8 -> 17.7 us on an H100).
@@ -431,9 +446,23 @@ impl MmConfig {
             // three stages of 4 chunks of 192 rows: stages of 2 chunks there.)
             33..=64 if hopper && wide_split && natural => return nx(wsc(3, 1, 64, (3, 4), 2)),
             33..=64 if hopper && wide_split => return wsc(3, 1, 64, (3, 2), 2),
-            33..=64 if hopper => return nx(clustered(ws(2, 1, 64, (3, 4), 1))),
+            33..=64 if hopper => {
+                let wide = clustered(ws(2, 1, 64, (3, 4), 1));
+                return nx(if narrow_pays(wide, 64, false) {
+                    wsc(1, 1, 64, (3, 4), 2)
+                } else {
+                    wide
+                });
+            }
             _ if hopper && n > 16384 => return ws(2, 2, 128, (3, 2), 1),
-            _ if hopper => return nx(clustered(ws(2, 1, 128, (4, 2), 1))),
+            _ if hopper => {
+                let wide = clustered(ws(2, 1, 128, (4, 2), 1));
+                return nx(if narrow_pays(wide, 128, true) {
+                    wsc(1, 1, 128, (4, 2), 2)
+                } else {
+                    wide
+                });
+            }
             33..=64 if k <= 4096 && n <= 16384 => &[
                 (cfg(2, 8, 2, 4, 1), 4),
                 (cfg(2, 8, 4, 2, 1), 4),
@@ -453,6 +482,16 @@ impl MmConfig {
             pf(c, 2)
         } else {
             c
+        }
+    }
+
+    /// Blocks of one call: the output tiles times the K splits (a cluster's blocks or the partial sums).
+    fn blocks(&self, batch: usize, n: usize, k: usize, sm_count: u32) -> usize {
+        let tiles = batch.div_ceil(self.cols()) * n.div_ceil(self.rows());
+        if self.producer && self.cluster > 1 {
+            tiles * self.cluster as usize
+        } else {
+            tiles * self.splits(batch, n, k, sm_count)
         }
     }
 
