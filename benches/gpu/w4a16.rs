@@ -237,18 +237,18 @@ pub fn run(gpu: &Gpu) -> Result<(), GpuError> {
                 }
             }
             let picked = MmConfig::pick(batch, n, k, gpu.sm_count(), gpu.arch());
-            let t_pick = median_us(gpu, |i| {
-                w4a16_with(gpu, picked, &x, batch, &weights[i % weights.len()], &mut y)
-            })?;
-            let t_blas = median_us(gpu, |i| {
-                cublas(gpu, &dense[i % dense.len()], &x, &mut y_ref, (batch, k, n))
-            })?;
-            let g_pick = graph_us(gpu, |i| {
-                w4a16_with(gpu, picked, &x, batch, &weights[i % weights.len()], &mut y)
-            })?;
-            let g_blas = graph_us(gpu, |i| {
-                cublas(gpu, &dense[i % dense.len()], &x, &mut y_ref, (batch, k, n))
-            })?;
+            // Each timed one launch at a time and from a graph.
+            let (t_pick, g_pick) = {
+                let mut call = |i: usize| {
+                    w4a16_with(gpu, picked, &x, batch, &weights[i % weights.len()], &mut y)
+                };
+                (median_us(gpu, &mut call)?, graph_us(gpu, &mut call)?)
+            };
+            let (t_blas, g_blas) = {
+                let mut call =
+                    |i: usize| cublas(gpu, &dense[i % dense.len()], &x, &mut y_ref, (batch, k, n));
+                (median_us(gpu, &mut call)?, graph_us(gpu, &mut call)?)
+            };
             // Same weights (dense[0] is weights[0] dequantized): the outputs agree up to summation order.
             w4a16_with(gpu, best.1, &x, batch, &weights[0], &mut y)?;
             cublas(gpu, &dense[0], &x, &mut y_ref, (batch, k, n))?;
