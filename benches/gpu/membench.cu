@@ -23,3 +23,22 @@ extern "C" __global__ void read_bytes(u32 *out, const uint4 *__restrict__ in, lo
     // Written only on an impossible value, so the loads stay and the writes cost nothing.
     if (acc == 0x9e3779b9u) out[blockIdx.x * blockDim.x + threadIdx.x] = acc;
 }
+
+// The int4 GEMV's access pattern with no arithmetic: one block of `wk` warps a 16-row weight tile, warp w reading
+// the tile's 512-byte chunks w, w + wk, ... (one 16-byte load a lane, four in flight). `chunk_major` places chunk c of
+// tile t at (c * ntiles + t) instead of the tiles' (t * nchunks + c), to see what the layout costs.
+extern "C" __global__ void read_tiles(u32 *out, const uint4 *__restrict__ in, int nchunks, int chunk_major) {
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, wk = blockDim.x >> 5;
+    const long long t = blockIdx.x, ntiles = gridDim.x;
+    u32 acc = 0;
+#pragma unroll 4
+    for (int c = w; c < nchunks; c += wk) {
+        const long long piece = chunk_major ? c * ntiles + t : t * nchunks + c;
+        uint4 v;
+        asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];\n"
+                     : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                     : "l"(in + piece * 32 + lane));
+        acc ^= v.x ^ v.y ^ v.z ^ v.w;
+    }
+    if (acc == 0x9e3779b9u) out[blockIdx.x * blockDim.x + threadIdx.x] = acc;
+}

@@ -102,3 +102,43 @@ pub fn read_us(
     };
     Ok((median_us(gpu, &mut read)?, graph_us(gpu, &mut read)?))
 }
+
+/// The GEMV's reads alone ([`SOURCE`]'s `read_tiles`): the weight tiles of an `n` x `k` int4 matrix in `bufs` (each
+/// at least n * k / 2 bytes, rotated), one block of 16 warps a tile; in the tiles' own order and chunk-major. µs a
+/// call, (tile order, tile order from a graph, chunk-major, chunk-major from a graph).
+pub fn read_tiles_us(
+    gpu: &Gpu,
+    bufs: &[CudaSlice<u32>],
+    sink: &mut CudaSlice<u32>,
+    (n, k): (usize, usize),
+) -> Result<[f64; 4], GpuError> {
+    let f = gpu.function(&SOURCE, "read_tiles")?;
+    let (ntiles, nchunks) = (n / 16, (k / 64) as i32);
+    assert!(sink.len() >= ntiles * 512, "sink too small");
+    let mut times = [0.0; 4];
+    for (chunk_major, out) in [(0i32, 0usize), (1, 2)] {
+        let mut read = |i: usize| -> Result<(), GpuError> {
+            let buf = &bufs[i % bufs.len()];
+            assert!(buf.len() * 4 >= n * k / 2, "buffer too small");
+            let cfg = LaunchConfig {
+                grid_dim: (ntiles as u32, 1, 1),
+                block_dim: (512, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: buf holds the n / 16 x k / 64 tiles of 512 bytes read, sink one word per thread.
+            unsafe {
+                gpu.stream()
+                    .launch_builder(&f)
+                    .arg(&mut *sink)
+                    .arg(buf)
+                    .arg(&nchunks)
+                    .arg(&chunk_major)
+                    .launch(cfg)
+            }?;
+            Ok(())
+        };
+        times[out] = median_us(gpu, &mut read)?;
+        times[out + 1] = graph_us(gpu, &mut read)?;
+    }
+    Ok(times)
+}

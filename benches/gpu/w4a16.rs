@@ -11,7 +11,7 @@ use olive_kernels::cpu::w4a16_tiles::W4Tiles;
 use olive_kernels::cuda::w4a16::{dequantize, w4a16_with, MmConfig, W4Weight, CONFIGS};
 use olive_kernels::cuda::{bf16, CudaSlice, Gpu, GpuError};
 
-use crate::timing::{empty_us, graph_us, median_us, read_us};
+use crate::timing::{empty_us, graph_us, median_us, read_tiles_us, read_us};
 
 /// Bytes the rotated copies of one operand must exceed (H100 L2 is 50 MB).
 const ROTATE_BYTES: usize = 120 << 20;
@@ -170,6 +170,8 @@ pub fn run(gpu: &Gpu) -> Result<(), GpuError> {
         "\n## W4A16 int4 (group {GROUP}, bf16 activations) vs cuBLAS bf16; times are medians in µs"
     );
     let mut sink = gpu.alloc::<u32>(gpu.sm_count() as usize * 8 * 256)?;
+    let most_tiles = SHAPES.iter().map(|s| s.3 / 16).max().unwrap_or(0);
+    let mut tile_sink = gpu.alloc::<u32>(most_tiles * 512)?;
     let big: Vec<CudaSlice<u32>> = vec![gpu.alloc::<u32>(1 << 28)?];
     let (t, _) = read_us(gpu, &big, &mut sink)?;
     println!(
@@ -219,6 +221,12 @@ pub fn run(gpu: &Gpu) -> Result<(), GpuError> {
             .map(|_| gpu.alloc::<u32>(wbytes.div_ceil(16) * 4))
             .collect::<Result<_, _>>()?;
         let (read, read_graph) = read_us(gpu, &reads, &mut sink)?;
+        let tiles = read_tiles_us(gpu, &reads, &mut tile_sink, (n, k))?;
+        eprintln!(
+            "{model} {linear}: the GEMV's reads alone (16 warps a tile): {:.1} µs (graph {:.1}); chunk-major {:.1} \
+             (graph {:.1}); the plain read of those bytes {read:.1} (graph {read_graph:.1})",
+            tiles[0], tiles[1], tiles[2], tiles[3]
+        );
         drop(reads);
         for &batch in &batches {
             let x = random_bf16(gpu, batch * k, 7 + batch as u64)?;
