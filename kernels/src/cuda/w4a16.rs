@@ -367,10 +367,11 @@ impl MmConfig {
     /// splitting K, with two chunks' loads in flight a warp over 8192 inputs and more; 9..16: 8 warps splitting K
     /// at 20, else 16). Larger batches on Hopper the warp-specialised wgmma kernel: 128-row blocks of 64 or 128
     /// columns (256-row blocks over 16384 rows at batch > 64, 192-row blocks at batch 33-64 where 128-row tiles
-    /// would fill the GPU only once and only in part, 64-row blocks of one consumer warpgroup at 128 columns where
-    /// they fill more of the GPU), with few tiles K split over a thread-block cluster where that pays (below); it reads x in its own order (`natural_x`, no layout pass: 0.5-2 µs faster at batch
-    /// 64, 2-6 µs at 128) except over 16384 rows, where the tiles alone fill the GPU and the layout pass's one copy
-    /// of x a stage, instead of one a chunk, is 2-4% faster. Elsewhere the mma.sync kernels.
+    /// would fill the GPU only once and only in part, 64-row blocks of one consumer warpgroup where they fill more
+    /// of it), with few tiles K split over a thread-block cluster where that pays (below); it reads x in its own
+    /// order (`natural_x`, no layout pass: 0.5-2 µs faster at batch 64, 2-6 µs at 128) except over 16384 rows,
+    /// where the tiles alone fill the GPU and the layout pass's one copy of x a stage, instead of one a chunk, is
+    /// 2-4% faster. Elsewhere the mma.sync kernels.
     pub fn pick(batch: usize, n: usize, k: usize, sm_count: u32, arch: (u32, u32)) -> MmConfig {
         Self::pick_for(batch, n, k, sm_count, arch, true)
     }
@@ -488,11 +489,19 @@ impl MmConfig {
     /// Blocks of one call: the output tiles times the K splits (a cluster's blocks or the partial sums).
     fn blocks(&self, batch: usize, n: usize, k: usize, sm_count: u32) -> usize {
         let tiles = batch.div_ceil(self.cols()) * n.div_ceil(self.rows());
+        tiles * self.k_split(batch, n, k, sm_count).0 * self.cluster as usize
+    }
+
+    /// How a launch of the pipelined kernels splits K: (partial-sum splits, chunks a split). A cluster's blocks
+    /// split K evenly among themselves and add up on chip (one split); otherwise [`MmConfig::splits`] ranges of
+    /// whole chunks, the last possibly shorter.
+    fn k_split(&self, batch: usize, n: usize, k: usize, sm_count: u32) -> (usize, usize) {
+        let chunks = k / 64;
         if self.producer && self.cluster > 1 {
-            tiles * self.cluster as usize
-        } else {
-            tiles * self.splits(batch, n, k, sm_count)
+            return (1, chunks.div_ceil(self.cluster as usize));
         }
+        let per_split = chunks.div_ceil(self.splits(batch, n, k, sm_count));
+        (chunks.div_ceil(per_split), per_split)
     }
 
     /// K splits of the pipelined kernels, each at least 2 · stages chunks: enough blocks for every
@@ -653,14 +662,7 @@ fn launch_pipe<T: Half>(
     w: &W4Weight<T>,
     y: &mut CudaSlice<T>,
 ) -> Result<(), GpuError> {
-    let (splits, chunks_per_split) = if config.producer && config.cluster > 1 {
-        // The cluster's blocks split K evenly among themselves and reduce on chip: no partial sums.
-        (1, (w.k / 64).div_ceil(config.cluster as usize))
-    } else {
-        let splits = config.splits(batch, w.n, w.k, gpu.sm_count());
-        let chunks_per_split = (w.k / 64).div_ceil(splits);
-        ((w.k / 64).div_ceil(chunks_per_split), chunks_per_split)
-    };
+    let (splits, chunks_per_split) = config.k_split(batch, w.n, w.k, gpu.sm_count());
     let smem = config.shared_bytes();
     f.set_attribute(
         CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
