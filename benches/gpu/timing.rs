@@ -1,5 +1,6 @@
 //! The bench's timing (olive_kernels::cuda::timing at its repetitions, and the same calls replayed from a CUDA
-//! graph) and its reference points: a plain read of device memory, an empty kernel.
+//! graph) and its reference points as calls to time: a plain read of device memory, the GEMV's reads alone, an empty
+//! kernel.
 
 use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use olive_kernels::cuda::timing::{self, Reps};
@@ -33,10 +34,7 @@ const GRAPH_REPLAYS: Reps = Reps {
 /// Device time of one call of `f` with [`GRAPH_CALLS`] calls (`f(i)` gets the call's number) captured into a CUDA
 /// graph and the graph replayed: the calls follow each other with no host launch and no timing event between them,
 /// as in a captured model step. Median over [`GRAPH_REPLAYS`], divided by the calls.
-pub fn graph_us(
-    gpu: &Gpu,
-    mut f: impl FnMut(usize) -> Result<(), GpuError>,
-) -> Result<f64, GpuError> {
+fn graph_us(gpu: &Gpu, mut f: impl FnMut(usize) -> Result<(), GpuError>) -> Result<f64, GpuError> {
     for i in 0..REPS.warmup {
         f(i)?;
     }
@@ -53,35 +51,41 @@ pub fn graph_us(
     Ok(t / GRAPH_CALLS as f64)
 }
 
-/// An empty kernel's time, one launch at a time ([`median_us`]) and from a graph ([`graph_us`]): what any launch
-/// costs in these timings.
-pub fn empty_us(gpu: &Gpu) -> Result<(f64, f64), GpuError> {
+/// [`median_us`] and [`graph_us`] of the same calls: µs one launch at a time and from a graph.
+pub fn both_us(
+    gpu: &Gpu,
+    mut f: impl FnMut(usize) -> Result<(), GpuError>,
+) -> Result<(f64, f64), GpuError> {
+    Ok((median_us(gpu, &mut f)?, graph_us(gpu, &mut f)?))
+}
+
+/// A launch of the empty kernel (what any launch costs in these timings), as a call for the timings above.
+pub fn empty_call(gpu: &Gpu) -> Result<impl FnMut(usize) -> Result<(), GpuError> + '_, GpuError> {
     let f = gpu.function(&SOURCE, "empty")?;
     let one = LaunchConfig {
         grid_dim: (1, 1, 1),
         block_dim: (32, 1, 1),
         shared_mem_bytes: 0,
     };
-    // SAFETY: the empty kernel takes no arguments and touches no memory.
-    let mut launch = |_| -> Result<(), GpuError> {
+    Ok(move |_| {
+        // SAFETY: the empty kernel takes no arguments and touches no memory.
         unsafe { gpu.stream().launch_builder(&f).launch(one) }?;
         Ok(())
-    };
-    Ok((median_us(gpu, &mut launch)?, graph_us(gpu, &mut launch)?))
+    })
 }
 
-/// Reads of `bytes`-sized buffers (rotating over `bufs`) with the plain read kernel: µs per read, one launch at a time
-/// ([`median_us`]) and from a graph ([`graph_us`]).
-pub fn read_us(
-    gpu: &Gpu,
-    bufs: &[CudaSlice<u32>],
-    sink: &mut CudaSlice<u32>,
-) -> Result<(f64, f64), GpuError> {
+/// A read of one of `bufs` (call i reads `bufs[i % len]`) with the plain read kernel, as a call for the timings
+/// above; `sink` takes a word a thread (at least 8 blocks of 256 a multiprocessor).
+pub fn read_call<'a>(
+    gpu: &'a Gpu,
+    bufs: &'a [CudaSlice<u32>],
+    sink: &'a mut CudaSlice<u32>,
+) -> Result<impl FnMut(usize) -> Result<(), GpuError> + 'a, GpuError> {
     let f = gpu.function(&SOURCE, "read_bytes")?;
     let threads = 256u32;
     let blocks = gpu.sm_count() * 8;
     assert!(sink.len() >= (threads * blocks) as usize, "sink too small");
-    let mut read = |i: usize| -> Result<(), GpuError> {
+    Ok(move |i: usize| {
         let buf = &bufs[i % bufs.len()];
         let n16 = (buf.len() / 4) as i64;
         let cfg = LaunchConfig {
@@ -99,46 +103,42 @@ pub fn read_us(
                 .launch(cfg)
         }?;
         Ok(())
-    };
-    Ok((median_us(gpu, &mut read)?, graph_us(gpu, &mut read)?))
+    })
 }
 
-/// The GEMV's reads alone ([`SOURCE`]'s `read_tiles`): the weight tiles of an `n` x `k` int4 matrix in `bufs` (each
-/// at least n * k / 2 bytes, rotated), one block of 16 warps a tile; in the tiles' own order and chunk-major. µs a
-/// call, (tile order, tile order from a graph, chunk-major, chunk-major from a graph).
-pub fn read_tiles_us(
-    gpu: &Gpu,
-    bufs: &[CudaSlice<u32>],
-    sink: &mut CudaSlice<u32>,
+/// The GEMV's reads alone (`read_tiles`) as a call for the timings above: the weight tiles of an `n` x `k` int4
+/// matrix in one of `bufs` (each at least n * k / 2 bytes; call i reads `bufs[i % len]`), one block of 16 warps a
+/// tile, in the tiles' own order or chunk-major; `sink` takes a word a thread (n / 16 blocks of 512).
+pub fn read_tiles_call<'a>(
+    gpu: &'a Gpu,
+    bufs: &'a [CudaSlice<u32>],
+    sink: &'a mut CudaSlice<u32>,
     (n, k): (usize, usize),
-) -> Result<[f64; 4], GpuError> {
+    chunk_major: bool,
+) -> Result<impl FnMut(usize) -> Result<(), GpuError> + 'a, GpuError> {
     let f = gpu.function(&SOURCE, "read_tiles")?;
-    let (ntiles, nchunks) = (n / 16, (k / 64) as i32);
+    let (ntiles, nchunks, chunk_major) = (n / 16, (k / 64) as i32, i32::from(chunk_major));
     assert!(sink.len() >= ntiles * 512, "sink too small");
-    let mut times = [0.0; 4];
-    for (chunk_major, out) in [(0i32, 0usize), (1, 2)] {
-        let mut read = |i: usize| -> Result<(), GpuError> {
-            let buf = &bufs[i % bufs.len()];
-            assert!(buf.len() * 4 >= n * k / 2, "buffer too small");
-            let cfg = LaunchConfig {
-                grid_dim: (ntiles as u32, 1, 1),
-                block_dim: (512, 1, 1),
-                shared_mem_bytes: 0,
-            };
-            // SAFETY: buf holds the n / 16 x k / 64 tiles of 512 bytes read, sink one word per thread.
-            unsafe {
-                gpu.stream()
-                    .launch_builder(&f)
-                    .arg(&mut *sink)
-                    .arg(buf)
-                    .arg(&nchunks)
-                    .arg(&chunk_major)
-                    .launch(cfg)
-            }?;
-            Ok(())
+    assert!(
+        bufs.iter().all(|b| b.len() * 4 >= n * k / 2),
+        "buffer too small"
+    );
+    Ok(move |i: usize| {
+        let cfg = LaunchConfig {
+            grid_dim: (ntiles as u32, 1, 1),
+            block_dim: (512, 1, 1),
+            shared_mem_bytes: 0,
         };
-        times[out] = median_us(gpu, &mut read)?;
-        times[out + 1] = graph_us(gpu, &mut read)?;
-    }
-    Ok(times)
+        // SAFETY: the buffer holds the n / 16 x k / 64 tiles of 512 bytes read, sink one word per thread.
+        unsafe {
+            gpu.stream()
+                .launch_builder(&f)
+                .arg(&mut *sink)
+                .arg(&bufs[i % bufs.len()])
+                .arg(&nchunks)
+                .arg(&chunk_major)
+                .launch(cfg)
+        }?;
+        Ok(())
+    })
 }

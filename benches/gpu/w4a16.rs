@@ -11,7 +11,7 @@ use olive_kernels::cpu::w4a16_tiles::W4Tiles;
 use olive_kernels::cuda::w4a16::{dequantize, w4a16_with, MmConfig, W4Weight, CONFIGS};
 use olive_kernels::cuda::{bf16, CudaSlice, Gpu, GpuError};
 
-use crate::timing::{empty_us, graph_us, median_us, read_tiles_us, read_us};
+use crate::timing::{both_us, empty_call, median_us, read_call, read_tiles_call};
 
 /// Bytes the rotated copies of one operand must exceed (H100 L2 is 50 MB).
 const ROTATE_BYTES: usize = 120 << 20;
@@ -169,17 +169,18 @@ pub fn run(gpu: &Gpu) -> Result<(), GpuError> {
     println!(
         "\n## W4A16 int4 (group {GROUP}, bf16 activations) vs cuBLAS bf16; times are medians in µs"
     );
-    let mut sink = gpu.alloc::<u32>(gpu.sm_count() as usize * 8 * 256)?;
+    // A word a thread of the read kernels: the plain read's 8 blocks of 256 a multiprocessor, read_tiles' 512 a
+    // 16-row tile.
     let most_tiles = SHAPES.iter().map(|s| s.3 / 16).max().unwrap_or(0);
-    let mut tile_sink = gpu.alloc::<u32>(most_tiles * 512)?;
+    let mut sink = gpu.alloc::<u32>((gpu.sm_count() as usize * 8 * 256).max(most_tiles * 512))?;
     let big: Vec<CudaSlice<u32>> = vec![gpu.alloc::<u32>(1 << 28)?];
-    let (t, _) = read_us(gpu, &big, &mut sink)?;
+    let t = median_us(gpu, read_call(gpu, &big, &mut sink)?)?;
     println!(
         "plain read kernel, 1 GiB buffer: {:.0} GB/s",
         (1u64 << 30) as f64 / t / 1e3
     );
     drop(big);
-    let (empty, empty_graph) = empty_us(gpu)?;
+    let (empty, empty_graph) = both_us(gpu, empty_call(gpu)?)?;
     println!("empty kernel: {empty:.2} µs a launch, {empty_graph:.2} µs a call from a graph");
     println!(
         "(\"graph\": the picked configuration and cuBLAS each as a CUDA graph of back-to-back calls, µs a call)"
@@ -220,12 +221,15 @@ pub fn run(gpu: &Gpu) -> Result<(), GpuError> {
         let reads: Vec<CudaSlice<u32>> = (0..weights.len())
             .map(|_| gpu.alloc::<u32>(wbytes.div_ceil(16) * 4))
             .collect::<Result<_, _>>()?;
-        let (read, read_graph) = read_us(gpu, &reads, &mut sink)?;
-        let tiles = read_tiles_us(gpu, &reads, &mut tile_sink, (n, k))?;
+        let (read, read_graph) = both_us(gpu, read_call(gpu, &reads, &mut sink)?)?;
+        let (tiles, tiles_graph) =
+            both_us(gpu, read_tiles_call(gpu, &reads, &mut sink, (n, k), false)?)?;
+        let (major, major_graph) =
+            both_us(gpu, read_tiles_call(gpu, &reads, &mut sink, (n, k), true)?)?;
         eprintln!(
-            "{model} {linear}: the GEMV's reads alone (16 warps a tile): {:.1} µs (graph {:.1}); chunk-major {:.1} \
-             (graph {:.1}); the plain read of those bytes {read:.1} (graph {read_graph:.1})",
-            tiles[0], tiles[1], tiles[2], tiles[3]
+            "{model} {linear}: the GEMV's reads alone (16 warps a tile): {tiles:.1} µs (graph {tiles_graph:.1}); \
+             chunk-major {major:.1} (graph {major_graph:.1}); the plain read of those bytes {read:.1} (graph \
+             {read_graph:.1})"
         );
         drop(reads);
         for &batch in &batches {
@@ -245,18 +249,12 @@ pub fn run(gpu: &Gpu) -> Result<(), GpuError> {
                 }
             }
             let picked = MmConfig::pick(batch, n, k, gpu.sm_count(), gpu.arch());
-            // Each timed one launch at a time and from a graph.
-            let (t_pick, g_pick) = {
-                let mut call = |i: usize| {
-                    w4a16_with(gpu, picked, &x, batch, &weights[i % weights.len()], &mut y)
-                };
-                (median_us(gpu, &mut call)?, graph_us(gpu, &mut call)?)
-            };
-            let (t_blas, g_blas) = {
-                let mut call =
-                    |i: usize| cublas(gpu, &dense[i % dense.len()], &x, &mut y_ref, (batch, k, n));
-                (median_us(gpu, &mut call)?, graph_us(gpu, &mut call)?)
-            };
+            let (t_pick, g_pick) = both_us(gpu, |i| {
+                w4a16_with(gpu, picked, &x, batch, &weights[i % weights.len()], &mut y)
+            })?;
+            let (t_blas, g_blas) = both_us(gpu, |i| {
+                cublas(gpu, &dense[i % dense.len()], &x, &mut y_ref, (batch, k, n))
+            })?;
             // Same weights (dense[0] is weights[0] dequantized): the outputs agree up to summation order.
             w4a16_with(gpu, best.1, &x, batch, &weights[0], &mut y)?;
             cublas(gpu, &dense[0], &x, &mut y_ref, (batch, k, n))?;
