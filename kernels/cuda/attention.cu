@@ -280,146 +280,178 @@ __device__ void attn_fwd(const AttnParams p, const T *__restrict__ q, const T *_
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Decode: R = group·tokens ≤ MAXR query rows of KV head g (row r: head g·group + r / tokens, token r % tokens) over
-// keys [s·chunk, (s+1)·chunk), 128 keys at a time: thread i scores key i against every row, the warps take the
-// softmax statistics row by row, then thread (kh, c) accumulates output columns 2c, 2c+1 over every KH-th key.
+// Decode: R = group·tokens ≤ MAXR query rows of KV head g (row r: head g·group + r / tokens, token r % tokens), one
+// m16 tile of the tensor cores (rows from R on are zeros and never written), over keys [s·chunk, (s+1)·chunk) in
+// tiles of 64 keys, K/V double-buffered through cp.async as in the forward. Warp w takes keys 16w .. 16w+16 of each
+// tile with its own online softmax (the forward's fragments: S = Q K^T and O += P V by mma.sync); at the end the
+// four warps' (max, sum, output) rows are merged through shared memory into the split's partial row.
 // part: [batch, heads, tokens, splits, D + 2] = the unnormalized output row, its running max (log2 units), its sum.
+// Dynamic shared memory (decode_smem in attention.rs): Q [16, D+8], 2 × K, 2 × V [64, D+8]; the warps' output rows
+// [4, 16, D] f32 reuse the K/V buffers after the last tile.
 constexpr int MAXR = 16;
 
 template <typename T, int D>
 __device__ void attn_decode(const AttnParams p, const T *__restrict__ q, const T *__restrict__ k,
                             const T *__restrict__ v, const unsigned char *__restrict__ mask,
                             float *__restrict__ part) {
-    constexpr int NP = D / 2, KH = THREADS / NP;
-    static_assert(KH >= 2, "column pairs fit one key half");
-    __shared__ float sq[MAXR][D];
-    __shared__ float sp[MAXR][THREADS];
-    __shared__ float sm[MAXR], sl[MAXR], salpha[MAXR];
-    __shared__ float sred[KH - 1][MAXR][D];
+    constexpr int LDT = D + 8, WARPS = THREADS / 32;
+    static_assert(BC == 16 * WARPS, "a warp takes 16 keys of a tile");
+    extern __shared__ __align__(128) unsigned char smem[];
+    T *sQ = reinterpret_cast<T *>(smem);
+    T *sK = sQ + MAXR * LDT;    // two buffers [2][64][LDT]
+    T *sV = sK + 2 * BC * LDT;  // two buffers
+    float *sO = reinterpret_cast<float *>(sK);  // [WARPS][MAXR][D], after the last tile
+    __shared__ float sm_w[WARPS][MAXR], sl_w[WARPS][MAXR];
+
     const int s = blockIdx.x, g = blockIdx.y, b = blockIdx.z;
     const int group = p.heads / p.kv_heads, R = group * p.tokens, start = p.kv_len - p.tokens;
-    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
-    const float sl2 = p.scale * LOG2E;
-    for (int i = tid; i < R * D; i += THREADS) {
-        const int r = i / D, c = i % D, hh = r / p.tokens, t = r % p.tokens;
-        sq[r][c] = to_float(q[((long long)b * p.tokens + t) * p.q_stride + p.q_off + (g * group + hh) * D + c]) * sl2;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gq = lane / 4, cq = lane % 4;
+    for (int i = threadIdx.x; i < MAXR * (D / 8); i += THREADS) {
+        const int r = i / (D / 8), c = (i % (D / 8)) * 8;
+        uint4 val = make_uint4(0, 0, 0, 0);
+        if (r < R) {
+            const int hh = r / p.tokens, t = r % p.tokens;
+            val = *reinterpret_cast<const uint4 *>(q + ((long long)b * p.tokens + t) * p.q_stride + p.q_off +
+                                                   (g * group + hh) * D + c);
+        }
+        *reinterpret_cast<uint4 *>(sQ + r * LDT + c) = val;
     }
-    if (tid < MAXR) sm[tid] = -INFINITY, sl[tid] = 0.f;
     const int j_begin = s * p.chunk, j_end = min(p.kv_len, j_begin + p.chunk);
-    const int cp = tid % NP, kh = tid / NP;
-    float acc[MAXR][2];
-#pragma unroll
-    for (int r = 0; r < MAXR; ++r) acc[r][0] = acc[r][1] = 0.f;
+    const T *kg = k + p.k_off + g * D, *vg = v + p.v_off + g * D;
+    const long long kv0 = (long long)b * p.kv_len;
+    load_kv_async<T, D, LDT>(sK, sV, kg, p.k_stride, vg, p.v_stride, kv0 + j_begin, min(BC, j_end - j_begin));
     __syncthreads();
-    for (int j0 = j_begin; j0 < j_end; j0 += THREADS) {
-        const int j = j0 + tid;
-        float sc[MAXR];
+    unsigned qa[D / 16][4];
 #pragma unroll
-        for (int r = 0; r < MAXR; ++r) sc[r] = 0.f;
-        if (j < j_end) {
-            const T *kr = k + ((long long)b * p.kv_len + j) * p.k_stride + p.k_off + g * D;
-            for (int c = 0; c < D; c += 8) {
-                const uint4 raw = *reinterpret_cast<const uint4 *>(kr + c);
-                const T *e = reinterpret_cast<const T *>(&raw);
-                float kf[8];
+    for (int kk = 0; kk < D / 16; ++kk) ldmatrix_x4(qa[kk], sQ + (lane % 16) * LDT + kk * 16 + (lane / 16) * 8);
+    const float sl2 = p.scale * LOG2E;
+    // This lane's two rows gq and gq + 8: their positions, and whether they are rows at all.
+    const int rows[2] = {gq, gq + 8};
+    const bool row_ok[2] = {rows[0] < R, rows[1] < R};
+    const int pos[2] = {start + rows[0] % p.tokens, start + rows[1] % p.tokens};
+    float o[D / 8][4], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
 #pragma unroll
-                for (int x = 0; x < 8; ++x) kf[x] = to_float(e[x]);
-#pragma unroll
-                for (int r = 0; r < MAXR; ++r) {
-                    if (r < R) {
-#pragma unroll
-                        for (int x = 0; x < 8; ++x) sc[r] += sq[r][c + x] * kf[x];
-                    }
-                }
-            }
-        }
-#pragma unroll
-        for (int r = 0; r < MAXR; ++r) {
-            if (r < R) {
-                const int pos = start + r % p.tokens;
-                sp[r][tid] = j < j_end && visible(p, mask, b, pos, j) ? sc[r] : -INFINITY;
-            }
+    for (int n = 0; n < D / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
+
+    int buf = 0;
+    for (int j0 = j_begin; j0 < j_end; j0 += BC, buf ^= 1) {
+        if (j0 + BC < j_end) {
+            load_kv_async<T, D, LDT>(sK + (buf ^ 1) * BC * LDT, sV + (buf ^ 1) * BC * LDT, kg, p.k_stride, vg,
+                                     p.v_stride, kv0 + j0 + BC, min(BC, j_end - j0 - BC));
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
         }
         __syncthreads();
-        for (int r = warp; r < R; r += THREADS / 32) {
-            float x[THREADS / 32];
-            float mx = -INFINITY;
+        const T *tK = sK + buf * BC * LDT + warp * 16 * LDT, *tV = sV + buf * BC * LDT + warp * 16 * LDT;
+        float sc[2][4];
 #pragma unroll
-            for (int i = 0; i < THREADS / 32; ++i) mx = fmaxf(mx, x[i] = sp[r][lane + 32 * i]);
-            const float mn = fmaxf(sm[r], warp_max(mx));
-            float alpha = 1.f, sum = 0.f;
+        for (int n = 0; n < 2; ++n) sc[n][0] = sc[n][1] = sc[n][2] = sc[n][3] = 0.f;
+        // S = Q K^T over this warp's 16 keys: B(k=d, n=key) = K[key][d], an ldmatrix of K's rows (x4: two 8-key tiles).
 #pragma unroll
-            for (int i = 0; i < THREADS / 32; ++i) {
-                x[i] = mn == -INFINITY ? 0.f : exp2f(x[i] - mn);
-                sum += x[i];
-                sp[r][lane + 32 * i] = x[i];
-            }
-            if (mn != -INFINITY) alpha = exp2f(sm[r] - mn);
-            sum = warp_sum(sum);
-            if (lane == 0) sl[r] = sl[r] * alpha + sum, sm[r] = mn, salpha[r] = alpha;
+        for (int kk = 0; kk < D / 16; ++kk) {
+            unsigned kb[4];
+            ldmatrix_x4(kb, tK + ((lane / 16) * 8 + lane % 8) * LDT + kk * 16 + ((lane / 8) % 2) * 8);
+            mma(sc[0], qa[kk], kb[0], kb[1], T());
+            mma(sc[1], qa[kk], kb[2], kb[3], T());
         }
-        __syncthreads();
-        if (kh < KH) {
+        float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
-            for (int r = 0; r < MAXR; ++r)
-                if (r < R) acc[r][0] *= salpha[r], acc[r][1] *= salpha[r];
-            const int nkeys = min(THREADS, j_end - j0);
-            const T *vcol = v + ((long long)b * p.kv_len + j0) * p.v_stride + p.v_off + g * D + 2 * cp;
-            // Eight keys' loads in flight before their first use (a dependent load per key would serialize on
-            // the memory latency).
-            constexpr int U = 8;
-            for (int jb = kh; jb < nkeys; jb += U * KH) {
-                unsigned raw[U];
+        for (int n = 0; n < 2; ++n) {
 #pragma unroll
-                for (int u = 0; u < U; ++u) {
-                    const int jj = jb + u * KH;
-                    raw[u] = jj < nkeys ? *reinterpret_cast<const unsigned *>(vcol + (long long)jj * p.v_stride) : 0u;
-                }
-#pragma unroll
-                for (int u = 0; u < U; ++u) {
-                    const int jj = jb + u * KH;
-                    if (jj >= nkeys) break;
-                    const float v0 = half_at(raw[u], 0, T()), v1 = half_at(raw[u], 1, T());
-#pragma unroll
-                    for (int r = 0; r < MAXR; ++r)
-                        if (r < R) acc[r][0] += sp[r][jj] * v0, acc[r][1] += sp[r][jj] * v1;
-                }
+            for (int e = 0; e < 4; ++e) {
+                const int r = e / 2, j = j0 + warp * 16 + n * 8 + 2 * cq + e % 2;
+                const bool vis = row_ok[r] && j < j_end && visible(p, mask, b, pos[r], j);
+                sc[n][e] = vis ? sc[n][e] * sl2 : -INFINITY;
+                mx[r] = fmaxf(mx[r], sc[n][e]);
             }
         }
-        __syncthreads();
+        float alpha[2];
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            const float mn = fmaxf(m[r], quad_max(mx[r]));
+            alpha[r] = mn == -INFINITY ? 1.f : exp2f(m[r] - mn);
+            m[r] = mn;
+            l[r] *= alpha[r];
+        }
+#pragma unroll
+        for (int n = 0; n < 2; ++n) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int r = e / 2;
+                sc[n][e] = m[r] == -INFINITY ? 0.f : exp2f(sc[n][e] - m[r]);
+                l[r] += sc[n][e];
+            }
+        }
+#pragma unroll
+        for (int n = 0; n < D / 8; ++n) o[n][0] *= alpha[0], o[n][1] *= alpha[0], o[n][2] *= alpha[1], o[n][3] *= alpha[1];
+        // O += P V: P's A fragment from S's accumulators; B(k=key, n=d) = V[key][d], a transposed ldmatrix.
+        const unsigned pa[4] = {pack2(sc[0][0], sc[0][1], T()), pack2(sc[0][2], sc[0][3], T()),
+                                pack2(sc[1][0], sc[1][1], T()), pack2(sc[1][2], sc[1][3], T())};
+#pragma unroll
+        for (int dp = 0; dp < D / 16; ++dp) {
+            unsigned vb[4];
+            ldmatrix_x4_trans(vb, tV + (((lane / 8) % 2) * 8 + lane % 8) * LDT + dp * 16 + (lane / 16) * 8);
+            mma(o[2 * dp], pa, vb[0], vb[1], T());
+            mma(o[2 * dp + 1], pa, vb[2], vb[3], T());
+        }
+        __syncthreads();  // every warp is done with this buffer before the next iteration refills it
     }
-    if (kh >= 1 && kh < KH) {
+    // The warps' rows into shared memory (the K/V buffers are free now), then merged.
 #pragma unroll
-        for (int r = 0; r < MAXR; ++r)
-            if (r < R) sred[kh - 1][r][2 * cp] = acc[r][0], sred[kh - 1][r][2 * cp + 1] = acc[r][1];
+    for (int r = 0; r < 2; ++r) {
+        const float sum = quad_sum(l[r]);
+        if (cq == 0) sm_w[warp][rows[r]] = m[r], sl_w[warp][rows[r]] = sum;
+#pragma unroll
+        for (int n = 0; n < D / 8; ++n) {
+            float *dst = sO + ((size_t)warp * MAXR + rows[r]) * D + n * 8 + 2 * cq;
+            dst[0] = o[n][2 * r];
+            dst[1] = o[n][2 * r + 1];
+        }
     }
     __syncthreads();
-    if (kh == 0) {
+    for (int i = threadIdx.x; i < R * D; i += THREADS) {
+        const int r = i / D, c = i % D;
+        float mw = -INFINITY;
 #pragma unroll
-        for (int r = 0; r < MAXR; ++r) {
-            if (r >= R) continue;
-            float a0 = acc[r][0], a1 = acc[r][1];
-            for (int x = 0; x < KH - 1; ++x) a0 += sred[x][r][2 * cp], a1 += sred[x][r][2 * cp + 1];
-            const int h = g * group + r / p.tokens, t = r % p.tokens;
-            float *dst = part + ((((long long)b * p.heads + h) * p.tokens + t) * p.splits + s) * (D + 2);
-            dst[2 * cp] = a0, dst[2 * cp + 1] = a1;
-            if (cp == 0) dst[D] = sm[r], dst[D + 1] = sl[r];
+        for (int w = 0; w < WARPS; ++w) mw = fmaxf(mw, sm_w[w][r]);
+        float acc = 0.f, sum = 0.f;
+        if (mw != -INFINITY) {
+#pragma unroll
+            for (int w = 0; w < WARPS; ++w) {
+                const float a = exp2f(sm_w[w][r] - mw);
+                acc += a * sO[((size_t)w * MAXR + r) * D + c];
+                sum += a * sl_w[w][r];
+            }
         }
+        const int h = g * group + r / p.tokens, t = r % p.tokens;
+        float *dst = part + ((((long long)b * p.heads + h) * p.tokens + t) * p.splits + s) * (D + 2);
+        dst[c] = acc;
+        if (c == 0) dst[D] = mw, dst[D + 1] = sum;
     }
 }
 
-// One block per output row (b, t, h), thread c < D a column: merges the splits' partial rows.
+// One block per output row (b, t, h), thread c < D a column: merges the splits' partial rows. The maximum is
+// taken by the block together and the sums' loop is unrolled, so the splits' loads are in flight together rather
+// than one L2 round trip each.
 template <typename T, int D>
 __device__ void attn_combine(const AttnParams p, const float *__restrict__ part, T *__restrict__ out,
                              float *__restrict__ lse) {
     const long long row = blockIdx.x;  // (b·heads + h)·tokens + t
     const int t = row % p.tokens, h = (row / p.tokens) % p.heads, b = row / ((long long)p.tokens * p.heads);
     const float *src = part + row * p.splits * (D + 2);
-    float mx = -INFINITY;
-    for (int s = 0; s < p.splits; ++s) mx = fmaxf(mx, src[s * (D + 2) + D]);
-    float sum = 0.f, o = 0.f;
     const int c = threadIdx.x;
+    __shared__ float warp_mx[THREADS / 32];
+    float mx = -INFINITY;
+    for (int s = c; s < p.splits; s += THREADS) mx = fmaxf(mx, src[s * (D + 2) + D]);
+    mx = warp_max(mx);
+    if (c % 32 == 0) warp_mx[c / 32] = mx;
+    __syncthreads();
+#pragma unroll
+    for (int w = 0; w < THREADS / 32; ++w) mx = fmaxf(mx, warp_mx[w]);
+    float sum = 0.f, o = 0.f;
     if (mx != -INFINITY) {
+#pragma unroll 8
         for (int s = 0; s < p.splits; ++s) {
             const float w = exp2f(src[s * (D + 2) + D] - mx);
             sum += w * src[s * (D + 2) + D + 1];

@@ -15,7 +15,7 @@ const THREADS: u32 = 128;
 const TILE: usize = 64;
 /// The decode kernel's most query rows per KV head (group · tokens), attention.cu's MAXR.
 const DECODE_MAX_ROWS: usize = 16;
-/// Keys the decode kernel scores at a time: a split's chunk is a multiple of this.
+/// A decode split's chunk of keys is a multiple of this (two of the kernel's 64-key tiles).
 const DECODE_KEYS: usize = 128;
 
 /// Where an operand's rows sit in its device buffer: row r of head h starts at element
@@ -266,6 +266,11 @@ fn forward_smem(d: usize) -> usize {
     5 * TILE * (d + 8) * 2
 }
 
+/// Shared memory of the decode kernel: Q [16, D+8] and two buffers each of K and V [64, D+8] (16-bit).
+fn decode_smem(d: usize) -> usize {
+    (DECODE_MAX_ROWS + 4 * TILE) * (d + 8) * 2
+}
+
 /// Shared memory of the backward: K, V and two buffers each of Q and dO [64, D+8], dS [64, 72] (16-bit), lse and
 /// delta [64] (f32).
 fn backward_smem(d: usize) -> usize {
@@ -338,8 +343,8 @@ pub fn forward<T: Half>(
         return Ok(());
     }
     if shape.rows_per_kv_head() <= DECODE_MAX_ROWS {
-        // Blocks per (sequence, KV head): about 8 per multiprocessor in all (a block's keys are read one
-        // dependent pass at a time), each split a multiple of 128 keys.
+        // Blocks per (sequence, KV head): about 8 per multiprocessor in all (more blocks, more loads in
+        // flight), each split a multiple of 128 keys.
         let per_head = b * shape.kv_heads;
         let want = (8 * gpu.sm_count() as usize).div_ceil(per_head).max(1);
         let chunk = shape
@@ -352,11 +357,12 @@ pub fn forward<T: Half>(
         p.splits = int("splits", splits)?;
         p.chunk = int("chunk", chunk)?;
         let mut part = gpu.alloc::<f32>(rows * splits * (hd + 2))?;
-        let f = kernel::<T>(gpu, "decode", hd, 0)?;
+        let smem = decode_smem(hd);
+        let f = kernel::<T>(gpu, "decode", hd, smem)?;
         let cfg = LaunchConfig {
             grid_dim: (splits as u32, shape.kv_heads as u32, b as u32),
             block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: 0,
+            shared_mem_bytes: smem as u32,
         };
         let mut launch = gpu.stream().launch_builder(&f);
         launch

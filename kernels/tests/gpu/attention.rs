@@ -173,7 +173,7 @@ fn forward_matches_reference_over_lengths_heads_and_dtypes() {
     else {
         return;
     };
-    let cases: [Case; 8] = [
+    let cases: [Case; 9] = [
         (1, 1, 1, 4, 2, None),            // one token
         (1, 7, 7, 4, 4, None),            // MHA, a partial tile
         (2, 130, 130, 6, 2, None),        // GQA, two sequences, three query tiles
@@ -182,6 +182,7 @@ fn forward_matches_reference_over_lengths_heads_and_dtypes() {
         (2, 5, 300, 12, 4, Some(100)),    // 15 rows per KV head: split-KV path, windowed
         (1, 20, 530, 4, 2, None),         // prefill after a cache: tiled with an offset
         (3, 1, 77, 9, 3, None),           // SmolLM2's heads, decode, three sequences
+        (4, 1, 9000, 16, 8, None),        // decode, several 128-key tiles a split (under 281 SMs)
     ];
     for (i, case) in cases.into_iter().enumerate() {
         for head_dim in [64, 96, 128] {
