@@ -22,11 +22,6 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    // One stream only here: cudarc's per-buffer events (recorded and waited for around every launch, for work on
-    // several streams) would put stream operations between the timed calls and into the captured graphs. Buffers
-    // made from now on go without.
-    // SAFETY: everything of this bench runs on the GPU's one stream, in order.
-    unsafe { gpu.context().disable_event_tracking() };
     println!(
         "GPU: {} (sm_{}{}, {} SMs)",
         gpu.name(),

@@ -141,8 +141,8 @@ impl Comm {
         queued.and(ended)
     }
 
-    /// Makes the GPU's compute stream wait for every collective queued so far (NCCL launches a group's kernels
-    /// at its end, after cudarc's per-buffer events were recorded, so the wait is on the stream itself).
+    /// Makes the GPU's compute stream wait for every collective queued so far (the wait is on the stream itself:
+    /// the GPU's buffers carry no per-buffer events, see `Gpu`).
     pub fn wait(&self) -> Result<()> {
         self.gpu
             .stream()

@@ -153,6 +153,13 @@ impl Gpu {
         }
         load_nvrtc()?;
         let context = CudaContext::new(ordinal)?;
+        // Every kernel, copy and cuBLAS call runs on the one stream below, in order, so cudarc's per-buffer events
+        // (an event recorded and waited for per buffer around every launch, to order work across streams) order
+        // nothing and cost host time on every launch (a decode step is ~35 launches a layer pair). A second
+        // stream (olive-dist's communicator) joins this one explicitly both ways.
+        // SAFETY: called before any buffer of this context exists; the buffers made after carry no events, and
+        // the only other stream orders itself against this one (`Comm::all_reduce_sum` / `Comm::wait`).
+        unsafe { context.disable_event_tracking() };
         let stream = context.new_stream()?;
         let blas = CudaBlas::new(stream.clone())?;
         let (major, minor) = context.compute_capability()?;

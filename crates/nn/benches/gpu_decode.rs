@@ -1,0 +1,68 @@
+//! Criterion bench of GPU decode speed: tokens/s of greedy single-token steps with the KV cache
+//! (`GpuTransformer::forward_last`, the loop of `generate --device gpu`: bf16, logits back to the host
+//! each step), on the Hugging Face folder named by OLIVE_BENCH_MODEL, on GPU 0. Skipped, saying why,
+//! without the variable or a CUDA device.
+//!
+//! Run: `OLIVE_BENCH_MODEL=<model folder> cargo bench -p olive-nn --bench gpu_decode`
+
+use std::path::PathBuf;
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use olive_kernels::cuda::Gpu;
+use olive_nn::{argmax, GpuTransformer};
+
+/// Prompt tokens before the timed decode steps.
+const PROMPT_LEN: usize = 16;
+/// Decode steps timed per iteration (the throughput unit).
+const STEPS: usize = 32;
+
+fn gpu_decode(c: &mut Criterion) {
+    let Some(dir) = std::env::var_os("OLIVE_BENCH_MODEL").map(PathBuf::from) else {
+        eprintln!("gpu_decode bench skipped: set OLIVE_BENCH_MODEL to a Hugging Face model folder");
+        return;
+    };
+    let gpu = match Gpu::get(0) {
+        Ok(gpu) => gpu,
+        Err(e) => {
+            eprintln!("gpu_decode bench skipped: {e}");
+            return;
+        }
+    };
+    let model = match GpuTransformer::load(&dir, gpu) {
+        Ok(m) => m,
+        Err(e) => panic!("OLIVE_BENCH_MODEL={}: {e}", dir.display()),
+    };
+    let vocab = model.config().vocab_size as u32;
+    let prompt: Vec<u32> = (0..PROMPT_LEN as u32)
+        .map(|i| (i * 7919 + 13) % vocab)
+        .collect();
+    let mut cache = match model.new_cache(PROMPT_LEN + STEPS + 1) {
+        Ok(cache) => cache,
+        Err(e) => panic!("KV cache: {e}"),
+    };
+    let first = match model.forward_last(&prompt, &mut cache) {
+        Ok(logits) => argmax(&logits),
+        Err(e) => panic!("prefill failed: {e}"),
+    };
+
+    let mut group = c.benchmark_group("gpu_decode");
+    group.throughput(Throughput::Elements(STEPS as u64));
+    group.sample_size(20);
+    group.bench_function(format!("{}_tokens_after_{}", STEPS, PROMPT_LEN), |b| {
+        b.iter(|| {
+            cache.truncate(PROMPT_LEN);
+            let mut token = first;
+            for _ in 0..STEPS {
+                match model.forward_last(&[token], &mut cache) {
+                    Ok(logits) => token = argmax(&logits),
+                    Err(e) => panic!("decode step failed: {e}"),
+                }
+            }
+            token
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, gpu_decode);
+criterion_main!(benches);
