@@ -1,16 +1,21 @@
 //! Dense matrix products through cuBLAS (`cublasGemmEx`, fp32 accumulation), on row-major matrices as the rest
 //! of olive-rs stores them: `C[m, n] = alpha · op(A) · op(B) + beta · C`, where `op` transposes on request. A
 //! row-major matrix is its column-major transpose, so the product runs as `Cᵀ = op(B)ᵀ · op(A)ᵀ` with the
-//! operands swapped and no copy.
+//! operands swapped and no copy. A linear layer's product for one token (decode) runs on matmul.cu's `matvec`
+//! kernels instead where they apply: cuBLAS's call costs the host three times a plain launch.
 
 use cudarc::cublas::sys::{
     cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType_t,
 };
 use cudarc::cublas::{Gemm, GemmConfig};
-use cudarc::driver::{DevicePtr, DevicePtrMut};
+use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 
 use super::float::{as_i32, Float};
-use super::{Gpu, GpuError};
+use super::{Gpu, GpuError, KernelSource};
+
+const SOURCE: KernelSource = crate::cuda_source!("matmul");
+/// Output rows a block of matmul.cu's `matvec` kernels computes (one a warp).
+const MATVEC_ROWS_PER_BLOCK: usize = 8;
 
 /// One operand: its data and whether it is used transposed.
 pub struct Operand<'a, P> {
@@ -103,8 +108,54 @@ where
         data: w,
         transposed: true,
     };
+    if m == 1 && n > 0 && x.len() >= k && w.len() >= n * k && out.len() >= n {
+        let stream = gpu.stream();
+        let (x_ptr, _x) = x.device_ptr(stream);
+        let (w_ptr, _w) = w.device_ptr(stream);
+        let (o_ptr, _o) = out.device_ptr_mut(stream);
+        if matvec::<T>(gpu, T::SUFFIX, (o_ptr, x_ptr, w_ptr), (n, k), accumulate)? {
+            return Ok(());
+        }
+    }
     let beta = if accumulate { 1.0 } else { 0.0 };
     matmul(gpu, a, b, out, (m, n, k), 1.0, beta)
+}
+
+/// One row's `y = x · wᵀ (+ y)` through matmul.cu's `matvec_<kernel>` where it applies (16-bit operands, k a
+/// multiple of 8, x and w 16-byte aligned): a plain launch, a third of cuBLAS's host time a call, which decode pays
+/// for every layer. `Ok(false)` when it does not apply (nothing launched). The caller checked that y, x and w (the
+/// device addresses) hold n, k and n · k elements.
+fn matvec<T: Float>(
+    gpu: &Gpu,
+    kernel: &str,
+    (y, x, w): (u64, u64, u64),
+    (n, k): (usize, usize),
+    accumulate: bool,
+) -> Result<bool, GpuError> {
+    if T::SUFFIX == "f32" || k % 8 != 0 || x % 16 != 0 || w % 16 != 0 {
+        return Ok(false);
+    }
+    let f = gpu.function(&SOURCE, &format!("matvec_{kernel}"))?;
+    let (n_i, k_i, acc) = (as_i32(n, "n")?, as_i32(k, "k")?, i32::from(accumulate));
+    let cfg = LaunchConfig {
+        grid_dim: (as_i32(n.div_ceil(MATVEC_ROWS_PER_BLOCK), "n")? as u32, 1, 1),
+        block_dim: (32 * MATVEC_ROWS_PER_BLOCK as u32, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    // SAFETY: y, x and w hold n, k and n·k elements of the kernel's types (the caller checked); k % 8 == 0 and the
+    // 16-byte alignment of x and w (so of every row of w) are what the kernel's vector loads need.
+    unsafe {
+        gpu.stream()
+            .launch_builder(&f)
+            .arg(&y)
+            .arg(&x)
+            .arg(&w)
+            .arg(&n_i)
+            .arg(&k_i)
+            .arg(&acc)
+            .launch(cfg)
+    }?;
+    Ok(true)
 }
 
 /// The cuBLAS data type of `T`.
@@ -150,6 +201,17 @@ where
     let (w_ptr, _w) = w.device_ptr(stream);
     let (x_ptr, _x) = x.device_ptr(stream);
     let (o_ptr, _o) = out.device_ptr_mut(stream);
+    if m == 1
+        && matvec::<T>(
+            gpu,
+            &format!("{}_f32", T::SUFFIX),
+            (o_ptr, x_ptr, w_ptr),
+            (n, k),
+            false,
+        )?
+    {
+        return Ok(());
+    }
     // SAFETY: as in `matmul` (Cᵀ[n, m] = W · xᵀ), the buffers hold what the shapes address (checked above);
     // alpha and beta are f32 for the f32 compute type.
     unsafe {

@@ -2,9 +2,10 @@
 
 use olive_kernels::cuda::float::Float;
 use olive_kernels::cuda::gemm::{linear, matmul, Operand};
-use olive_kernels::cuda::{bf16, test_gpu, Gpu};
+use olive_kernels::cuda::{bf16, f16, test_gpu, Gpu};
 
 use super::common::{random, rel_error};
+use super::floats::{download_f32, poisoned, tol, upload_as};
 
 /// bf16 operands and output: the output's 8-bit mantissa rounds each element by up to 2^-9 relative; fp32
 /// accumulation adds far less.
@@ -152,4 +153,78 @@ fn linear_f32_out_keeps_the_product_in_f32() {
     olive_kernels::cuda::gemm::linear_f32_out(&gpu, &dx, &dw, &mut out, (m, n, k)).unwrap();
     let err = rel_error(&gpu.download(&out).unwrap(), &reference);
     assert!(err <= F32_REL, "rel error {err:.2e}");
+}
+
+/// One token's `linear` (matmul.cu's `matvec` where k % 8 == 0 and x and w are 16-byte aligned, cuBLAS
+/// otherwise) against kernels/src/cpu/matmul.rs at m = 1 on the same rounded inputs, with and without
+/// accumulating, and `linear_f32_out` likewise.
+fn check_one_token<T: Float>(gpu: &Gpu, (n, k): (usize, usize), x_offset: usize, seed: u64)
+where
+    cudarc::cublas::CudaBlas: cudarc::cublas::Gemm<T>,
+{
+    let (x, x_f) = upload_as::<T>(gpu, &random(x_offset + k, seed, 1.0));
+    let (w, w_f) = upload_as::<T>(gpu, &random(n * k, seed + 1, 1.0));
+    let (base, base_f) = upload_as::<T>(gpu, &random(n, seed + 2, 1.0));
+    let x_view = x.slice(x_offset..);
+    let mut product = vec![0f32; n];
+    olive_kernels::cpu::matmul::matmul(&x_f[x_offset..], &w_f, &mut product, 1, k, n);
+    for accumulate in [false, true] {
+        let mut out = if accumulate {
+            base.clone()
+        } else {
+            poisoned::<T>(gpu, n)
+        };
+        linear(gpu, &x_view, &w, &mut out, (1, n, k), accumulate).unwrap();
+        let reference: Vec<f32> = (0..n)
+            .map(|i| product[i] + if accumulate { base_f[i] } else { 0.0 })
+            .collect();
+        let err = rel_error(&download_f32(gpu, &out), &reference);
+        assert!(
+            err <= tol::<T>(),
+            "{} n {n} k {k} x offset {x_offset} accumulate {accumulate}: rel error {err:.2e}",
+            T::SUFFIX
+        );
+    }
+    // f32 logits: against f64 sums (the CPU's f32 sums in their own order would differ by about as much).
+    let exact: Vec<f32> = (0..n)
+        .map(|i| {
+            let row = &w_f[i * k..(i + 1) * k];
+            let dot: f64 = row
+                .iter()
+                .zip(&x_f[x_offset..])
+                .map(|(a, b)| *a as f64 * *b as f64)
+                .sum();
+            dot as f32
+        })
+        .collect();
+    let mut logits = gpu.upload(&vec![f32::NAN; n]).unwrap();
+    olive_kernels::cuda::gemm::linear_f32_out(gpu, &x_view, &w, &mut logits, (1, n, k)).unwrap();
+    let err = rel_error(&gpu.download(&logits).unwrap(), &exact);
+    assert!(
+        err <= F32_REL,
+        "{} f32 out n {n} k {k} x offset {x_offset}: rel error {err:.2e}",
+        T::SUFFIX
+    );
+}
+
+#[test]
+fn one_token_linear_matches_the_cpu_matmul() {
+    let Some(gpu) = test_gpu("gpu::gemm::one_token_linear_matches_the_cpu_matmul") else {
+        return;
+    };
+    // (n, k, x offset): the kernel's shapes (a ragged last block of rows, k not a multiple of 256), then k % 8 != 0
+    // and an x 2 bytes off 16-byte alignment (both cuBLAS).
+    for (i, (n, k, offset)) in [
+        (1001, 576, 0),
+        (17, 40, 0),
+        (3072, 8192, 0),
+        (33, 44, 0),
+        (40, 64, 1),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        check_one_token::<bf16>(&gpu, (n, k), offset, 300 + 10 * i as u64);
+        check_one_token::<f16>(&gpu, (n, k), offset, 305 + 10 * i as u64);
+    }
 }
