@@ -129,6 +129,33 @@ __device__ __forceinline__ float quad_sum(float x) {
     return x + __shfl_xor_sync(0xffffffff, x, 2);
 }
 
+// The online softmax's step (FlashAttention-2's) for a lane's rows gq and gq + 8 over NT 8-key tiles of scores s in
+// log2 units (-inf where hidden; mx: each row's maximum over this lane's keys): the running max m and sum l take the
+// tiles in (the max over the row's quad), s become the probabilities, and the output o is rescaled to the new max.
+template <int NT, int D>
+__device__ __forceinline__ void online_softmax(float (&s)[NT][4], const float (&mx)[2], float (&m)[2], float (&l)[2],
+                                               float (&o)[D / 8][4]) {
+    float alpha[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        const float mn = fmaxf(m[r], quad_max(mx[r]));
+        alpha[r] = mn == -INFINITY ? 1.f : exp2f(m[r] - mn);
+        m[r] = mn;
+        l[r] *= alpha[r];
+    }
+#pragma unroll
+    for (int n = 0; n < NT; ++n) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const int r = e / 2;
+            s[n][e] = m[r] == -INFINITY ? 0.f : exp2f(s[n][e] - m[r]);
+            l[r] += s[n][e];
+        }
+    }
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) o[n][0] *= alpha[0], o[n][1] *= alpha[0], o[n][2] *= alpha[1], o[n][3] *= alpha[1];
+}
+
 // 16 bytes global -> shared without registers (zeros when `valid` is false), in the current commit group.
 __device__ __forceinline__ void cp_async16(void *dst, const void *src, bool valid) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)), "l"(src), "r"(valid ? 16 : 0));
@@ -227,25 +254,7 @@ __device__ void attn_fwd(const AttnParams p, const T *__restrict__ q, const T *_
                 mx[r] = fmaxf(mx[r], s[n][e]);
             }
         }
-        float alpha[2];
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            const float mn = fmaxf(m[r], quad_max(mx[r]));
-            alpha[r] = mn == -INFINITY ? 1.f : exp2f(m[r] - mn);
-            m[r] = mn;
-            l[r] *= alpha[r];
-        }
-#pragma unroll
-        for (int n = 0; n < BC / 8; ++n) {
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int r = e / 2;
-                s[n][e] = m[r] == -INFINITY ? 0.f : exp2f(s[n][e] - m[r]);
-                l[r] += s[n][e];
-            }
-        }
-#pragma unroll
-        for (int n = 0; n < D / 8; ++n) o[n][0] *= alpha[0], o[n][1] *= alpha[0], o[n][2] *= alpha[1], o[n][3] *= alpha[1];
+        online_softmax<BC / 8, D>(s, mx, m, l, o);
         // O += P V: P's A fragment from S's accumulators; B(k=key, n=d) = V[key][d], a transposed ldmatrix.
 #pragma unroll
         for (int kc = 0; kc < BC / 16; ++kc) {
@@ -366,25 +375,7 @@ __device__ void attn_decode(const AttnParams p, const T *__restrict__ q, const T
                 mx[r] = fmaxf(mx[r], sc[n][e]);
             }
         }
-        float alpha[2];
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            const float mn = fmaxf(m[r], quad_max(mx[r]));
-            alpha[r] = mn == -INFINITY ? 1.f : exp2f(m[r] - mn);
-            m[r] = mn;
-            l[r] *= alpha[r];
-        }
-#pragma unroll
-        for (int n = 0; n < 2; ++n) {
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int r = e / 2;
-                sc[n][e] = m[r] == -INFINITY ? 0.f : exp2f(sc[n][e] - m[r]);
-                l[r] += sc[n][e];
-            }
-        }
-#pragma unroll
-        for (int n = 0; n < D / 8; ++n) o[n][0] *= alpha[0], o[n][1] *= alpha[0], o[n][2] *= alpha[1], o[n][3] *= alpha[1];
+        online_softmax<2, D>(sc, mx, m, l, o);
         // O += P V: P's A fragment from S's accumulators; B(k=key, n=d) = V[key][d], a transposed ldmatrix.
         const unsigned pa[4] = {pack2(sc[0][0], sc[0][1], T()), pack2(sc[0][2], sc[0][3], T()),
                                 pack2(sc[1][0], sc[1][1], T()), pack2(sc[1][2], sc[1][3], T())};
