@@ -83,6 +83,7 @@ template <> struct W4<__half> {
                      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
     }
     __device__ static __forceinline__ __half from_f32(float v) { return __float2half_rn(v); }
+    __device__ static __forceinline__ float to_f32(__half v) { return __half2float(v); }
 };
 
 template <> struct W4<__nv_bfloat16> {
@@ -115,6 +116,7 @@ template <> struct W4<__nv_bfloat16> {
                      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
     }
     __device__ static __forceinline__ __nv_bfloat16 from_f32(float v) { return __float2bfloat16_rn(v); }
+    __device__ static __forceinline__ float to_f32(__nv_bfloat16 v) { return __bfloat162float(v); }
 };
 
 // The group of input i: a shift where the group size is a power of two (all the usual sizes), else a division.
@@ -142,10 +144,11 @@ __device__ __forceinline__ uint4 ldg_stream(const uint4 *p) {
 
 // The product for one block: warps split as WK (input chunks, reduced at the end) x WN (row groups of RT tiles) x
 // WB (batch groups of NB8 x 8 columns). Each warp keeps PF chunks' weight tiles and metadata loading while it
-// consumes one.
+// consumes one. With `accumulate` y += the product (the fp32 sum plus y, rounded once).
 template <typename T, int RT, int NB8, int WK, int WN, int WB, int PF>
 __device__ __forceinline__ void w4_mm(T *__restrict__ y, const T *__restrict__ x, const uint4 *__restrict__ tiles,
-                                      const u32 *__restrict__ meta, int batch, int n, int k, int group) {
+                                      const u32 *__restrict__ meta, int batch, int n, int k, int group,
+                                      int accumulate) {
     typedef W4<T> Op;
     constexpr int ACC = RT * NB8 * 4;
     constexpr int RED = (WK - 1) * WN * WB * 32 * ACC;
@@ -321,13 +324,14 @@ __device__ __forceinline__ void w4_mm(T *__restrict__ y, const T *__restrict__ x
 #pragma unroll
         for (int b = 0; b < NB8; ++b) {
             const int col = col0 + b * 8 + 2 * t;
+            auto put = [&](size_t i, float v) { y[i] = Op::from_f32(accumulate ? v + Op::to_f32(y[i]) : v); };
             if (col < batch) {
-                y[(size_t)col * n + row] = Op::from_f32(acc[r][b][0]);
-                y[(size_t)col * n + row + 8] = Op::from_f32(acc[r][b][2]);
+                put((size_t)col * n + row, acc[r][b][0]);
+                put((size_t)col * n + row + 8, acc[r][b][2]);
             }
             if (col + 1 < batch) {
-                y[(size_t)(col + 1) * n + row] = Op::from_f32(acc[r][b][1]);
-                y[(size_t)(col + 1) * n + row + 8] = Op::from_f32(acc[r][b][3]);
+                put((size_t)(col + 1) * n + row, acc[r][b][1]);
+                put((size_t)(col + 1) * n + row + 8, acc[r][b][3]);
             }
         }
     }
@@ -485,14 +489,14 @@ extern "C" __global__ void w4_reduce_bf16(__nv_bfloat16 *y, const float *part, i
 }
 
 // The product kernels, named w4_mm_<dtype>_<RT>_<NB8>_<WK>_<WN>_<WB>_p<PF>: block = 32 * WK * WN * WB threads, PF
-// chunks' loads in flight a warp. One is built a compile, the one a call needs (W4_INSTANCE at the end of
+// chunks' loads in flight a warp; `accumulate` != 0 adds the product to y. One is built a compile, the one a call needs (W4_INSTANCE at the end of
 // w4a16_sm90.cu; the launcher's CONFIGS list those it may pick).
 #define W4_MM(TY, NAME, RT, NB8, WK, WN, WB, PF)                                                                 \
     extern "C" __global__ void __launch_bounds__(32 * WK * WN * WB)                                              \
         w4_mm_##NAME##_##RT##_##NB8##_##WK##_##WN##_##WB##_p##PF(TY *y, const TY *x, const uint4 *tiles,          \
                                                                  const u32 *meta, int batch, int n, int k,       \
-                                                                 int group) {                                    \
-        w4_mm<TY, RT, NB8, WK, WN, WB, PF>(y, x, tiles, meta, batch, n, k, group);                             \
+                                                                 int group, int accumulate) {                    \
+        w4_mm<TY, RT, NB8, WK, WN, WB, PF>(y, x, tiles, meta, batch, n, k, group, accumulate);                 \
     }
 
 // Pipelined kernels, named w4_mm_<dtype>_<RT>_<NB8>_0_<WN>_<WB>_<S>_<MINB>: S shared-memory stages (dynamic), at

@@ -14,8 +14,8 @@ use olive_kernels::cpu::w4a16_tiles::W4Tiles;
 use olive_kernels::cpu::RopeLayout;
 use olive_kernels::cuda::attention::{self, AttentionShape, Inputs, Operand, Rows};
 use olive_kernels::cuda::rope::{Positions, RopeFreqs};
-use olive_kernels::cuda::rows::{add_assign, add_bias, copy_columns, gather_rows};
-use olive_kernels::cuda::w4a16::{w4a16, W4Weight};
+use olive_kernels::cuda::rows::{add_bias, copy_columns, gather_rows};
+use olive_kernels::cuda::w4a16::{w4a16, w4a16_add, W4Weight};
 use olive_kernels::cuda::{
     bf16, gemm, rmsnorm, rope, silu_mul, CudaSlice, DeviceRepr, Gpu, ValidAsZeroBits,
 };
@@ -80,8 +80,7 @@ impl GpuLinear {
         })
     }
 
-    /// out: [tokens, out] = x: [tokens, in] · Wᵀ + b, or `out +=` that with `accumulate` (`scratch` holds
-    /// the product of an int4 weight before it is added).
+    /// out: [tokens, out] = x: [tokens, in] · Wᵀ + b, or `out +=` that with `accumulate`.
     fn forward(
         &self,
         gpu: &Gpu,
@@ -89,7 +88,6 @@ impl GpuLinear {
         tokens: usize,
         out: &mut CudaSlice<Act>,
         accumulate: bool,
-        scratch: &mut CudaSlice<Act>,
     ) -> Result<()> {
         let shape = (tokens, self.out_features, self.in_features);
         match &self.weight {
@@ -107,14 +105,17 @@ impl GpuLinear {
                     }
                 }
             }
-            Weight::Int4(w) => {
-                let target = if accumulate { &mut *scratch } else { &mut *out };
-                w4a16(gpu, x, tokens, w, target)?;
+            // As the dense path: with `accumulate` the bias goes first, then the kernel adds the product.
+            Weight::Int4(w) if accumulate => {
                 if let Some(bias) = &self.bias {
-                    add_bias(gpu, target, bias)?;
+                    add_bias(gpu, out, bias)?;
                 }
-                if accumulate {
-                    add_assign(gpu, out, scratch)?;
+                w4a16_add(gpu, x, tokens, w, out)?;
+            }
+            Weight::Int4(w) => {
+                w4a16(gpu, x, tokens, w, out)?;
+                if let Some(bias) = &self.bias {
+                    add_bias(gpu, out, bias)?;
                 }
             }
         }
@@ -197,8 +198,6 @@ struct Workspace {
     gate_up: Option<CudaSlice<Act>>,
     /// [t, inter]
     act: Option<CudaSlice<Act>>,
-    /// [t, hidden]: an int4 product before it is added to the residual.
-    scratch: Option<CudaSlice<Act>>,
     /// [rows, vocab] f32
     logits: Option<CudaSlice<f32>>,
 }
@@ -383,7 +382,6 @@ impl GpuTransformer {
         let attn = fit(gpu, &mut ws.attn, t * q_w)?; // [t, q]
         let gate_up = fit(gpu, &mut ws.gate_up, t * 2 * d.intermediate)?; // [t, 2·inter]
         let act = fit(gpu, &mut ws.act, t * d.intermediate)?; // [t, inter]
-        let scratch = fit(gpu, &mut ws.scratch, t * hidden_size)?; // [t, hidden]
         let rope_layout = RopeLayout {
             row_stride: qkv_w,
             heads: d.heads + d.kv_heads,
@@ -407,9 +405,7 @@ impl GpuTransformer {
         let eps = d.rms_norm_eps;
         for (i, layer) in self.layers.iter().enumerate() {
             rmsnorm::rmsnorm(gpu, hidden, &layer.input_layernorm, eps, normed)?;
-            layer
-                .qkv_proj
-                .forward(gpu, normed, t, qkv, false, scratch)?;
+            layer.qkv_proj.forward(gpu, normed, t, qkv, false)?;
             rope::rope(gpu, qkv, rope_layout, &self.freqs, positions)?;
             let at_end = Rows {
                 offset: start * kv_w,
@@ -444,15 +440,11 @@ impl GpuTransformer {
                 key_mask: None,
             };
             attention::forward(gpu, &shape, &inputs, (attn, Rows::packed(q_w)), None)?;
-            layer.o_proj.forward(gpu, attn, t, hidden, true, scratch)?;
+            layer.o_proj.forward(gpu, attn, t, hidden, true)?;
             rmsnorm::rmsnorm(gpu, hidden, &layer.post_attention_layernorm, eps, normed)?;
-            layer
-                .gate_up_proj
-                .forward(gpu, normed, t, gate_up, false, scratch)?;
+            layer.gate_up_proj.forward(gpu, normed, t, gate_up, false)?;
             silu_mul::silu_mul(gpu, gate_up, d.intermediate, act)?;
-            layer
-                .down_proj
-                .forward(gpu, act, t, hidden, true, scratch)?;
+            layer.down_proj.forward(gpu, act, t, hidden, true)?;
         }
         cache.len = start + t;
         // The final norm runs over all t rows, in place of copying the wanted rows out first (rmsnorm takes

@@ -560,12 +560,38 @@ pub fn w4a16<T: Half>(
     w: &W4Weight<T>,
     y: &mut CudaSlice<T>,
 ) -> Result<(), GpuError> {
-    let (sm, arch) = (gpu.sm_count(), gpu.arch());
-    let mut config = MmConfig::pick(batch, w.n, w.k, sm, arch);
-    if !config.accepts(w) {
-        config = MmConfig::pick_for(batch, w.n, w.k, sm, arch, false);
+    w4a16_with(gpu, picked(gpu, batch, w), x, batch, w, y)
+}
+
+/// y [batch, n] += x [batch, k] · Wᵀ (the fp32 product plus y, rounded once where the picked configuration is a
+/// decode kernel, `w4_mm`, which adds in its write-out; the larger batches' kernels write the product to a
+/// temporary that is then added).
+pub fn w4a16_add<T: Half>(
+    gpu: &Gpu,
+    x: &CudaSlice<T>,
+    batch: usize,
+    w: &W4Weight<T>,
+    y: &mut CudaSlice<T>,
+) -> Result<(), GpuError> {
+    let config = picked(gpu, batch, w);
+    if config.stages == 0 {
+        return run(gpu, config, x, batch, w, y, true);
     }
-    w4a16_with(gpu, config, x, batch, w, y)
+    check_io(w, x, batch, y)?;
+    let mut product = gpu.alloc::<T>(batch * w.n)?;
+    run(gpu, config, x, batch, w, &mut product, false)?;
+    super::rows::add_assign(gpu, y, &product)
+}
+
+/// The configuration [`MmConfig::pick`] chooses for `w` on this GPU.
+fn picked<T: Half>(gpu: &Gpu, batch: usize, w: &W4Weight<T>) -> MmConfig {
+    let (sm, arch) = (gpu.sm_count(), gpu.arch());
+    let config = MmConfig::pick(batch, w.n, w.k, sm, arch);
+    if config.accepts(w) {
+        config
+    } else {
+        MmConfig::pick_for(batch, w.n, w.k, sm, arch, false)
+    }
 }
 
 /// [`w4a16`] with an explicit configuration (one of [`CONFIGS`]).
@@ -576,6 +602,19 @@ pub fn w4a16_with<T: Half>(
     batch: usize,
     w: &W4Weight<T>,
     y: &mut CudaSlice<T>,
+) -> Result<(), GpuError> {
+    run(gpu, config, x, batch, w, y, false)
+}
+
+/// [`w4a16_with`], adding the product to y with `accumulate` (the decode kernels only: `config.stages == 0`).
+fn run<T: Half>(
+    gpu: &Gpu,
+    config: MmConfig,
+    x: &CudaSlice<T>,
+    batch: usize,
+    w: &W4Weight<T>,
+    y: &mut CudaSlice<T>,
+    accumulate: bool,
 ) -> Result<(), GpuError> {
     check_io(w, x, batch, y)?;
     if !CONFIGS.contains(&config) {
@@ -622,6 +661,7 @@ pub fn w4a16_with<T: Half>(
     let (kernel, instance) = config.kernel::<T>();
     let f = gpu.function_with(&SOURCE, &[("W4_INSTANCE", &instance)], &kernel)?;
     if config.stages > 0 {
+        debug_assert!(!accumulate, "only the decode kernels add to y");
         return launch_pipe(gpu, config, &f, x, batch, w, y);
     }
     let launch = LaunchConfig {
@@ -634,6 +674,7 @@ pub fn w4a16_with<T: Half>(
         shared_mem_bytes: 0,
     };
     let (b, n, k, g) = (batch as i32, w.n as i32, w.k as i32, w.group_size as i32);
+    let acc = i32::from(accumulate);
     // SAFETY: x is [batch, k] and y [batch, n] (checked), tiles/meta were sized by `upload` for n, k and the
     // group size, which the kernel indexes by; the block size matches the kernel's launch bounds.
     unsafe {
@@ -647,6 +688,7 @@ pub fn w4a16_with<T: Half>(
             .arg(&n)
             .arg(&k)
             .arg(&g)
+            .arg(&acc)
             .launch(launch)
     }?;
     Ok(())

@@ -7,7 +7,7 @@ use olive_kernels::cpu::w4a16::{
 };
 use olive_kernels::cpu::w4a16_tiles::{dequantize as dequantize_ref, W4Tiles};
 use olive_kernels::cuda::float::Half;
-use olive_kernels::cuda::w4a16::{dequantize, w4a16, w4a16_with, W4Weight, CONFIGS};
+use olive_kernels::cuda::w4a16::{dequantize, w4a16, w4a16_add, w4a16_with, W4Weight, CONFIGS};
 use olive_kernels::cuda::{bf16, f16, test_gpu, Gpu};
 
 use super::common::{random, rel_error};
@@ -226,6 +226,51 @@ fn products_match_the_reference_for_every_layout_and_batch() {
     };
     check_layouts::<f16>(&gpu, F16_REL);
     check_layouts::<bf16>(&gpu, BF16_REL);
+}
+
+/// `w4a16_add`: y + the product, through the decode kernels' own write-out (batch 1, 5, 16) and through a temporary
+/// for the larger batches' kernels (64, 130), act-order weights (gathered inputs) included.
+fn check_add<T: Half>(gpu: &Gpu, tol: f64) {
+    let (n, k) = (272, 640);
+    let cases = [
+        ("awq g128", via_awq(&levels(n, k, 128, 21, false))),
+        ("gptq act-order g64", via_gptq(&levels(n, k, 64, 22, true))),
+    ];
+    for (name, l) in &cases {
+        let w = W4Weight::<T>::upload(gpu, &W4Tiles::from_levels(l).unwrap()).unwrap();
+        for batch in [1, 5, 16, 64, 130] {
+            let (xf, xt) = activations::<T>(batch, k, 40 + batch as u64);
+            let (y0f, y0t) = activations::<T>(batch, n, 90 + batch as u64);
+            let want: Vec<f32> = w4a16_ref(&xf, batch, l)
+                .iter()
+                .zip(&y0f)
+                .map(|(p, y)| p + y)
+                .collect();
+            let mut y = gpu.upload(&y0t).unwrap();
+            w4a16_add(gpu, &gpu.upload(&xt).unwrap(), batch, &w, &mut y).unwrap();
+            let got: Vec<f32> = gpu
+                .download(&y)
+                .unwrap()
+                .iter()
+                .map(|v| v.to_f32())
+                .collect();
+            let err = rel_error(&got, &want);
+            assert!(
+                err < tol,
+                "{} {name} batch {batch}: w4a16_add rel error {err} over {tol}",
+                T::SUFFIX
+            );
+        }
+    }
+}
+
+#[test]
+fn adding_products_matches_the_reference() {
+    let Some(gpu) = test_gpu("gpu::w4a16::adding_products_matches_the_reference") else {
+        return;
+    };
+    check_add::<f16>(&gpu, F16_REL);
+    check_add::<bf16>(&gpu, BF16_REL);
 }
 
 fn check_configs<T: Half>(gpu: &Gpu, tol: f64) {

@@ -207,13 +207,10 @@ impl GpuLoraTrainer {
         let (q_w, kv_w) = (d.q_width(), d.kv_width());
         let qkv_w = q_w + 2 * kv_w;
         let mut u = vec![None; self.by_layer[i].len()];
-        let mut scratch = gpu.alloc::<Act>(t * d.hidden)?; // an int4 product before it is added
         let mut n1 = gpu.alloc::<Act>(t * d.hidden)?; // [t, hidden]
         rmsnorm::rmsnorm(gpu, &x, &layer.input_layernorm, eps, &mut n1)?;
         let mut qkv = gpu.alloc::<Act>(t * qkv_w)?; // [t, q + 2·kv]
-        layer
-            .qkv_proj
-            .forward(gpu, &n1, t, &mut qkv, false, &mut scratch)?;
+        layer.qkv_proj.forward(gpu, &n1, t, &mut qkv, false)?;
         self.lora_forward(i, Site::Qkv, &n1, &mut qkv, qkv_w, t, &mut u, dropout)?;
         let positions = Positions {
             seq: b.seq,
@@ -238,16 +235,14 @@ impl GpuLoraTrainer {
             Some(&mut lse),
         )?;
         let mut mid = x.try_clone().map_err(GpuError::from)?; // [t, hidden]
-        layer
-            .o_proj
-            .forward(gpu, &attn, t, &mut mid, true, &mut scratch)?;
+        layer.o_proj.forward(gpu, &attn, t, &mut mid, true)?;
         self.lora_forward(i, Site::O, &attn, &mut mid, d.hidden, t, &mut u, dropout)?;
         let mut n2 = gpu.alloc::<Act>(t * d.hidden)?;
         rmsnorm::rmsnorm(gpu, &mid, &layer.post_attention_layernorm, eps, &mut n2)?;
         let mut gate_up = gpu.alloc::<Act>(t * 2 * d.intermediate)?; // [t, 2·inter]
         layer
             .gate_up_proj
-            .forward(gpu, &n2, t, &mut gate_up, false, &mut scratch)?;
+            .forward(gpu, &n2, t, &mut gate_up, false)?;
         self.lora_forward(
             i,
             Site::GateUp,
@@ -261,9 +256,7 @@ impl GpuLoraTrainer {
         let mut act = gpu.alloc::<Act>(t * d.intermediate)?; // [t, inter]
         silu_mul::silu_mul(gpu, &gate_up, d.intermediate, &mut act)?;
         let mut out = mid.try_clone().map_err(GpuError::from)?; // [t, hidden]
-        layer
-            .down_proj
-            .forward(gpu, &act, t, &mut out, true, &mut scratch)?;
+        layer.down_proj.forward(gpu, &act, t, &mut out, true)?;
         self.lora_forward(i, Site::Down, &act, &mut out, d.hidden, t, &mut u, dropout)?;
         let saved = Saved {
             x,
