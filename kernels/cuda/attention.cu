@@ -156,6 +156,22 @@ __device__ __forceinline__ void online_softmax(float (&s)[NT][4], const float (&
     for (int n = 0; n < D / 8; ++n) o[n][0] *= alpha[0], o[n][1] *= alpha[0], o[n][2] *= alpha[1], o[n][3] *= alpha[1];
 }
 
+// O += P V over 16 keys: P's A fragment from the probabilities of two 8-key tiles (S's accumulator layout is P's
+// A-operand layout); B(k=key, n=d) = V[key][d] for tV's 16 rows, a transposed ldmatrix.
+template <typename T, int D, int LDT>
+__device__ __forceinline__ void pv_step(float (&o)[D / 8][4], const float (&s0)[4], const float (&s1)[4], const T *tV,
+                                        int lane) {
+    const unsigned pa[4] = {pack2(s0[0], s0[1], T()), pack2(s0[2], s0[3], T()), pack2(s1[0], s1[1], T()),
+                            pack2(s1[2], s1[3], T())};
+#pragma unroll
+    for (int dp = 0; dp < D / 16; ++dp) {
+        unsigned vb[4];
+        ldmatrix_x4_trans(vb, tV + (((lane / 8) % 2) * 8 + lane % 8) * LDT + dp * 16 + (lane / 16) * 8);
+        mma(o[2 * dp], pa, vb[0], vb[1], T());
+        mma(o[2 * dp + 1], pa, vb[2], vb[3], T());
+    }
+}
+
 // 16 bytes global -> shared without registers (zeros when `valid` is false), in the current commit group.
 __device__ __forceinline__ void cp_async16(void *dst, const void *src, bool valid) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)), "l"(src), "r"(valid ? 16 : 0));
@@ -255,20 +271,8 @@ __device__ void attn_fwd(const AttnParams p, const T *__restrict__ q, const T *_
             }
         }
         online_softmax<BC / 8, D>(s, mx, m, l, o);
-        // O += P V: P's A fragment from S's accumulators; B(k=key, n=d) = V[key][d], a transposed ldmatrix.
 #pragma unroll
-        for (int kc = 0; kc < BC / 16; ++kc) {
-            const unsigned pa[4] = {pack2(s[2 * kc][0], s[2 * kc][1], T()), pack2(s[2 * kc][2], s[2 * kc][3], T()),
-                                    pack2(s[2 * kc + 1][0], s[2 * kc + 1][1], T()),
-                                    pack2(s[2 * kc + 1][2], s[2 * kc + 1][3], T())};
-#pragma unroll
-            for (int dp = 0; dp < D / 16; ++dp) {
-                unsigned vb[4];
-                ldmatrix_x4_trans(vb, tV + (kc * 16 + ((lane / 8) % 2) * 8 + lane % 8) * LDT + dp * 16 + (lane / 16) * 8);
-                mma(o[2 * dp], pa, vb[0], vb[1], T());
-                mma(o[2 * dp + 1], pa, vb[2], vb[3], T());
-            }
-        }
+        for (int kc = 0; kc < BC / 16; ++kc) pv_step<T, D, LDT>(o, s[2 * kc], s[2 * kc + 1], tV + kc * 16 * LDT, lane);
         __syncthreads();  // every warp is done with this buffer before the next iteration refills it
     }
 #pragma unroll
@@ -376,16 +380,7 @@ __device__ void attn_decode(const AttnParams p, const T *__restrict__ q, const T
             }
         }
         online_softmax<2, D>(sc, mx, m, l, o);
-        // O += P V: P's A fragment from S's accumulators; B(k=key, n=d) = V[key][d], a transposed ldmatrix.
-        const unsigned pa[4] = {pack2(sc[0][0], sc[0][1], T()), pack2(sc[0][2], sc[0][3], T()),
-                                pack2(sc[1][0], sc[1][1], T()), pack2(sc[1][2], sc[1][3], T())};
-#pragma unroll
-        for (int dp = 0; dp < D / 16; ++dp) {
-            unsigned vb[4];
-            ldmatrix_x4_trans(vb, tV + (((lane / 8) % 2) * 8 + lane % 8) * LDT + dp * 16 + (lane / 16) * 8);
-            mma(o[2 * dp], pa, vb[0], vb[1], T());
-            mma(o[2 * dp + 1], pa, vb[2], vb[3], T());
-        }
+        pv_step<T, D, LDT>(o, sc[0], sc[1], tV, lane);
         __syncthreads();  // every warp is done with this buffer before the next iteration refills it
     }
     // The warps' rows into shared memory (the K/V buffers are free now), then merged.
