@@ -782,8 +782,9 @@ fn launch_pipe<T: Half>(
     Ok(())
 }
 
-/// The warp-specialised kernel's outputs and weights as device pointers, taken before any of a call's launches
-/// (cudarc's per-buffer event records stay alive, and are recorded, after the launches are queued).
+/// The warp-specialised kernel's outputs and weights as device pointers, taken before any of a call's launches,
+/// with cudarc's guards held until all are queued (where a context tracks per-buffer events the guards record them
+/// on drop; `Gpu` turns tracking off, so they record nothing).
 struct WsBuffers<'a> {
     y: u64,
     /// Unread with one split: a null pointer.
@@ -872,9 +873,9 @@ impl<'a> WsBuffers<'a> {
 /// 64-input chunk, the wgmma B core matrices in the tiles' input order (act-order inputs gathered, zeros past the
 /// batch). The product is then a programmatic dependent launch of the layout kernel: its blocks start, and copy
 /// their weights, while the layout still runs, and wait for it (griddepcontrol.wait) only before copying
-/// activations. A stream operation between the two launches (cudarc's per-buffer event records and waits) would
-/// make it an ordinary launch, so every pointer is taken, and its events waited for, before the first launch, and
-/// the events are recorded after the second.
+/// activations. A stream operation between the two launches would make it an ordinary launch, so every pointer is
+/// taken before the first launch (under event tracking, which `Gpu` turns off, that is where cudarc would wait for
+/// the buffers' events, and it would record them after the second).
 #[allow(clippy::too_many_arguments)]
 fn launch_ws<T: Half>(
     gpu: &Gpu,
