@@ -2,7 +2,6 @@
 //! graph) and its reference points as calls to time: a plain read of device memory, the GEMV's reads alone, an empty
 //! kernel.
 
-use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use olive_kernels::cuda::timing::{self, Reps};
 use olive_kernels::cuda::{CudaSlice, Gpu, GpuError, KernelSource, LaunchConfig, PushKernelArg};
 
@@ -38,16 +37,8 @@ fn graph_us(gpu: &Gpu, mut f: impl FnMut(usize) -> Result<(), GpuError>) -> Resu
     for i in 0..REPS.warmup {
         f(i)?;
     }
-    let stream = gpu.stream();
-    stream.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED)?;
-    let captured = (0..GRAPH_CALLS).try_for_each(&mut f);
-    // The capture ends whether or not a call failed, so the stream is usable again.
-    let graph = stream.end_capture(CUgraphInstantiate_flags(0));
-    captured?;
-    let graph =
-        graph?.ok_or_else(|| GpuError::Shape("graph_us: the capture recorded nothing".into()))?;
-    graph.upload()?;
-    let t = timing::median_us(gpu, GRAPH_REPLAYS, |_| Ok(graph.launch()?))?;
+    let graph = gpu.capture(|| (0..GRAPH_CALLS).try_for_each(&mut f))?;
+    let t = timing::median_us(gpu, GRAPH_REPLAYS, |_| gpu.replay(&graph))?;
     Ok(t / GRAPH_CALLS as f64)
 }
 

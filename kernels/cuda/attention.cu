@@ -8,7 +8,9 @@
 //   attention_decode_<t>_<d>: few queries per KV head (decode): grid (splits, kv_heads, batch); each block takes all
 //                             query rows of one KV head over one chunk of keys (K/V read once per KV head, the KV
 //                             length split across blocks), writing partial (max, sum, output) rows ...
-//   attention_combine_<t>_<d>: ... which this merges: grid (batch·heads·tokens)
+//   attention_combine_<t>_<d>: ... which this merges: grid (batch·heads·tokens). Both take kv_len from device
+//                             memory (`past` + tokens) when `past` is not null: a decode step captured in a CUDA
+//                             graph, the splits sized for the cache's capacity and the live ones found from kv_len.
 //   attention_delta_<t>_<d>:  backward step 1: delta = rowsum(dO ⊙ O) ([batch, heads, tokens])
 //   attention_bwd_<t>_<d>:    backward step 2 (FlashAttention-2's): grid (key blocks, kv_heads, batch); per key block
 //                             the probabilities are recomputed from the stored lse, dK and dV summed over the group's
@@ -26,11 +28,13 @@ struct AttnParams {
     int q_off, q_stride, k_off, k_stride, v_off, v_stride;
     int o_off, o_stride, do_off, do_stride;
     int dk_off, dk_stride, dv_off, dv_stride, dq_off, dq_stride;
-    int window, has_mask, splits, chunk;
+    int window, has_mask, splits;
     float scale;
 };
 
 constexpr int BR = 64, BC = 64, THREADS = 128;
+// A decode split's keys are a multiple of this (two tiles; attention.rs's DECODE_KEYS).
+constexpr int DECODE_KEYS = 2 * BC;
 constexpr float LOG2E = 1.4426950408889634f, LN2 = 0.6931471805599453f;
 #ifndef INFINITY
 #define INFINITY __int_as_float(0x7f800000)
@@ -299,14 +303,29 @@ __device__ void attn_fwd(const AttnParams p, const T *__restrict__ q, const T *_
 // tile with its own online softmax (the forward's fragments: S = Q K^T and O += P V by mma.sync); at the end the
 // four warps' (max, sum, output) rows are merged through shared memory into the split's partial row.
 // part: [batch, heads, tokens, splits, D + 2] = the unnormalized output row, its running max (log2 units), its sum.
+// Splits past the keys (s·chunk ≥ kv_len) write nothing; the combine reads the live ones only.
 // Dynamic shared memory (decode_smem in attention.rs): Q [16, D+8], 2 × K, 2 × V [64, D+8]; the warps' output rows
 // [4, 16, D] f32 reuse the K/V buffers after the last tile.
 constexpr int MAXR = 16;
 
+// The decode launch's parameters as the kernels use them: kv_len from device memory when `past` is not null.
+__device__ __forceinline__ AttnParams decode_params(AttnParams p, const unsigned *past) {
+    if (past != nullptr) p.kv_len = (int)*past + p.tokens;
+    return p;
+}
+
+// Keys a decode split takes: kv_len over the launch's splits, rounded up to whole DECODE_KEYS.
+__device__ __forceinline__ int decode_chunk(const AttnParams &p) {
+    return ((p.kv_len + p.splits - 1) / p.splits + DECODE_KEYS - 1) / DECODE_KEYS * DECODE_KEYS;
+}
+
 template <typename T, int D>
-__device__ void attn_decode(const AttnParams p, const T *__restrict__ q, const T *__restrict__ k,
-                            const T *__restrict__ v, const unsigned char *__restrict__ mask,
+__device__ void attn_decode(const AttnParams params, const unsigned *__restrict__ past, const T *__restrict__ q,
+                            const T *__restrict__ k, const T *__restrict__ v, const unsigned char *__restrict__ mask,
                             float *__restrict__ part) {
+    const AttnParams p = decode_params(params, past);
+    const int chunk = decode_chunk(p);
+    if (blockIdx.x * chunk >= p.kv_len) return;
     constexpr int LDT = D + 8, WARPS = THREADS / 32;
     static_assert(BC == 16 * WARPS, "a warp takes 16 keys of a tile");
     extern __shared__ __align__(128) unsigned char smem[];
@@ -329,7 +348,7 @@ __device__ void attn_decode(const AttnParams p, const T *__restrict__ q, const T
         }
         *reinterpret_cast<uint4 *>(sQ + r * LDT + c) = val;
     }
-    const int j_begin = s * p.chunk, j_end = min(p.kv_len, j_begin + p.chunk);
+    const int j_begin = s * chunk, j_end = min(p.kv_len, j_begin + chunk);
     const T *kg = k + p.k_off + g * D, *vg = v + p.v_off + g * D;
     const long long kv0 = (long long)b * p.kv_len;
     load_kv_async<T, D, LDT>(sK, sV, kg, p.k_stride, vg, p.v_stride, kv0 + j_begin, min(BC, j_end - j_begin));
@@ -421,15 +440,17 @@ __device__ void attn_decode(const AttnParams p, const T *__restrict__ q, const T
 // taken by the block together and the sums' loop is unrolled, so the splits' loads are in flight together rather
 // than one L2 round trip each.
 template <typename T, int D>
-__device__ void attn_combine(const AttnParams p, const float *__restrict__ part, T *__restrict__ out,
-                             float *__restrict__ lse) {
+__device__ void attn_combine(const AttnParams params, const unsigned *__restrict__ past,
+                             const float *__restrict__ part, T *__restrict__ out, float *__restrict__ lse) {
+    const AttnParams p = decode_params(params, past);
+    const int chunk = decode_chunk(p), live = (p.kv_len + chunk - 1) / chunk;
     const long long row = blockIdx.x;  // (b·heads + h)·tokens + t
     const int t = row % p.tokens, h = (row / p.tokens) % p.heads, b = row / ((long long)p.tokens * p.heads);
     const float *src = part + row * p.splits * (D + 2);
     const int c = threadIdx.x;
     __shared__ float warp_mx[THREADS / 32];
     float mx = -INFINITY;
-    for (int s = c; s < p.splits; s += THREADS) mx = fmaxf(mx, src[s * (D + 2) + D]);
+    for (int s = c; s < live; s += THREADS) mx = fmaxf(mx, src[s * (D + 2) + D]);
     mx = warp_max(mx);
     if (c % 32 == 0) warp_mx[c / 32] = mx;
     __syncthreads();
@@ -438,7 +459,7 @@ __device__ void attn_combine(const AttnParams p, const float *__restrict__ part,
     float sum = 0.f, o = 0.f;
     if (mx != -INFINITY) {
 #pragma unroll 8
-        for (int s = 0; s < p.splits; ++s) {
+        for (int s = 0; s < live; ++s) {
             const float w = exp2f(src[s * (D + 2) + D] - mx);
             sum += w * src[s * (D + 2) + D + 1];
             if (c < D) o += w * src[s * (D + 2) + c];
@@ -655,12 +676,13 @@ extern "C" __global__ void attention_dq_copy(const AttnParams p, int head_dim, c
         attn_fwd<T, D>(p, q, k, v, mask, out, lse);                                                                  \
     }                                                                                                                \
     extern "C" __global__ void __launch_bounds__(THREADS) attention_decode_##NAME##_##D(                            \
-        const AttnParams p, const T *q, const T *k, const T *v, const unsigned char *mask, float *part) {             \
-        attn_decode<T, D>(p, q, k, v, mask, part);                                                                   \
+        const AttnParams p, const unsigned *past, const T *q, const T *k, const T *v, const unsigned char *mask,     \
+        float *part) {                                                                                               \
+        attn_decode<T, D>(p, past, q, k, v, mask, part);                                                             \
     }                                                                                                                \
-    extern "C" __global__ void __launch_bounds__(THREADS)                                                            \
-        attention_combine_##NAME##_##D(const AttnParams p, const float *part, T *out, float *lse) {                  \
-        attn_combine<T, D>(p, part, out, lse);                                                                       \
+    extern "C" __global__ void __launch_bounds__(THREADS) attention_combine_##NAME##_##D(                           \
+        const AttnParams p, const unsigned *past, const float *part, T *out, float *lse) {                          \
+        attn_combine<T, D>(p, past, part, out, lse);                                                                 \
     }                                                                                                                \
     extern "C" __global__ void __launch_bounds__(THREADS)                                                            \
         attention_delta_##NAME##_##D(const AttnParams p, const T *o, const T *d_o, float *delta) {                   \

@@ -4,8 +4,10 @@
 // scaling. inv_freq carries the rope type (default, linear, llama3, or LongRoPE's short or long factors) and
 // scaling is LongRoPE's attention factor (1 otherwise); sin_sign = -1 is the backward (the transpose of the
 // rotation). Token t sits at position pos_offset + t % seq (rows of `seq` tokens; pos_offset = the KV cache's
-// length). Dims past rotary_dim pass through. One block per token: its h cos/sin pairs are computed once into
-// shared memory (accurate sincosf), then threadIdx.x walks a head's first half V elements at a time (16-byte
+// length, read from device memory at `past` instead when that is not null, as a decode step captured in a CUDA
+// graph needs; LongRoPE's long factors `long_freq`, when not null, then replace inv_freq once pos_offset + seq
+// passes `original`, as the host picks them otherwise). Dims past rotary_dim pass through. One block per token: its h cos/sin pairs are computed once
+// into shared memory (accurate sincosf), then threadIdx.x walks a head's first half V elements at a time (16-byte
 // accesses where the layout keeps them aligned) and threadIdx.y walks the heads.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -44,11 +46,14 @@ __device__ void rotate(T *row, const float *cs, const float *sn, int heads, int 
 }
 
 template <typename T>
-__device__ void rope(T *x, const float *__restrict__ inv_freq, int seq, int row_stride, int heads, int head_dim,
-                     int rotary_dim, int pos_offset, float scaling, float sin_sign) {
+__device__ void rope(T *x, const float *__restrict__ inv_freq, const float *__restrict__ long_freq, int original,
+                     int seq, int row_stride, int heads, int head_dim, int rotary_dim, int pos_offset,
+                     const unsigned *__restrict__ past, float scaling, float sin_sign) {
     __shared__ float cs[MAX_HALF], sn[MAX_HALF];
     const int t = blockIdx.x;
     const int half = rotary_dim / 2;
+    if (past != nullptr) pos_offset = (int)*past;
+    if (long_freq != nullptr && pos_offset + seq > original) inv_freq = long_freq;
     const float pos = (float)(pos_offset + t % seq);
     const int flat = threadIdx.y * blockDim.x + threadIdx.x;
     for (int i = flat; i < half; i += blockDim.x * blockDim.y) {
@@ -65,11 +70,13 @@ __device__ void rope(T *x, const float *__restrict__ inv_freq, int seq, int row_
     else rotate<T, 1>(row, cs, sn, heads, head_dim, half);
 }
 
-#define ROPE_KERNEL(T, SUFFIX)                                                                               \
-    extern "C" __global__ void rope_##SUFFIX(T *x, const float *inv_freq, int seq, int row_stride, int heads, \
-                                            int head_dim, int rotary_dim, int pos_offset, float scaling,      \
-                                            float sin_sign) {                                                \
-        rope<T>(x, inv_freq, seq, row_stride, heads, head_dim, rotary_dim, pos_offset, scaling, sin_sign);   \
+#define ROPE_KERNEL(T, SUFFIX)                                                                                 \
+    extern "C" __global__ void rope_##SUFFIX(T *x, const float *inv_freq, const float *long_freq, int original,  \
+                                            int seq, int row_stride, int heads, int head_dim, int rotary_dim,   \
+                                            int pos_offset, const unsigned *past, float scaling,                \
+                                            float sin_sign) {                                                  \
+        rope<T>(x, inv_freq, long_freq, original, seq, row_stride, heads, head_dim, rotary_dim, pos_offset,    \
+                past, scaling, sin_sign);                                                                      \
     }
 
 ROPE_KERNEL(float, f32)

@@ -13,14 +13,16 @@ template <> __device__ __forceinline__ float from_f32<float>(float x) { return x
 template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
 template <> __device__ __forceinline__ __half from_f32<__half>(float x) { return __float2half_rn(x); }
 
-// out[r, :] = table[ids[r], :]; one block row per (blockIdx.y-strided) row, width in threads.
+// out[r, :] = table[ids[r], :] (zeros for an id past the table's `vocab` rows); one block a (grid-strided) row,
+// width in threads.
 template <typename T>
 __device__ void gather_rows(T *__restrict__ out, const T *__restrict__ table, const unsigned *__restrict__ ids,
-                            int rows, int width) {
+                            int rows, int width, unsigned vocab) {
     for (int r = blockIdx.x; r < rows; r += gridDim.x) {
-        const T *src = table + (long long)ids[r] * width;
+        const unsigned id = ids[r];
+        const T *src = table + (long long)id * width;
         T *dst = out + (long long)r * width;
-        for (int c = threadIdx.x; c < width; c += blockDim.x) dst[c] = src[c];
+        for (int c = threadIdx.x; c < width; c += blockDim.x) dst[c] = id < vocab ? src[c] : from_f32<T>(0.f);
     }
 }
 
@@ -40,23 +42,27 @@ __device__ void add_bias(T *__restrict__ x, const T *__restrict__ bias, long lon
         x[i] = from_f32<T>(to_f32(x[i]) + to_f32(bias[i % width]));
 }
 
-// dst[r * dst_stride + c] = src[r * src_stride + c] for r < rows, c < width (offsets applied by the caller).
+// dst[r * dst_stride + c] = src[r * src_stride + c] for r < rows, c < width (offsets applied by the caller), dst
+// further on by *past_rows rows when that is not null (a KV cache's length, read on the device: a captured step).
 template <typename T>
 __device__ void copy_columns(T *__restrict__ dst, int dst_stride, const T *__restrict__ src, int src_stride,
-                             int rows, int width) {
+                             int rows, int width, const unsigned *__restrict__ past_rows) {
+    if (past_rows != nullptr) dst += (long long)*past_rows * dst_stride;
     for (int r = blockIdx.x; r < rows; r += gridDim.x)
         for (int c = threadIdx.x; c < width; c += blockDim.x)
             dst[(long long)r * dst_stride + c] = src[(long long)r * src_stride + c];
 }
 
 #define ROWS_KERNELS(T, S)                                                                                       \
-    extern "C" __global__ void gather_rows_##S(T *out, const T *table, const unsigned *ids, int rows, int w) {   \
-        gather_rows(out, table, ids, rows, w);                                                                   \
+    extern "C" __global__ void gather_rows_##S(T *out, const T *table, const unsigned *ids, int rows, int w,     \
+                                               unsigned vocab) {                                                 \
+        gather_rows(out, table, ids, rows, w, vocab);                                                            \
     }                                                                                                            \
     extern "C" __global__ void add_assign_##S(T *x, const T *y, long long n) { add_assign(x, y, n); }            \
     extern "C" __global__ void add_bias_##S(T *x, const T *bias, long long n, int w) { add_bias(x, bias, n, w); } \
-    extern "C" __global__ void copy_columns_##S(T *dst, int ds, const T *src, int ss, int rows, int w) {         \
-        copy_columns(dst, ds, src, ss, rows, w);                                                                 \
+    extern "C" __global__ void copy_columns_##S(T *dst, int ds, const T *src, int ss, int rows, int w,           \
+                                                const unsigned *past_rows) {                                     \
+        copy_columns(dst, ds, src, ss, rows, w, past_rows);                                                      \
     }
 
 ROWS_KERNELS(float, f32)

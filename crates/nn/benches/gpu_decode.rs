@@ -1,7 +1,8 @@
 //! Criterion bench of GPU decode speed: tokens/s of greedy single-token steps with the KV cache
 //! (`GpuTransformer::forward_last`, the loop of `generate --device gpu`: bf16, logits back to the host
-//! each step), on the Hugging Face folder named by OLIVE_BENCH_MODEL, on GPU 0. Skipped, saying why,
-//! without the variable or a CUDA device.
+//! each step), on the Hugging Face folder named by OLIVE_BENCH_MODEL, on GPU 0: `graph` replays the
+//! step captured as a CUDA graph (the default), `launches` queues its kernels one launch at a time
+//! (the baseline, same process). Skipped, saying why, without the variable or a CUDA device.
 //!
 //! Run: `OLIVE_BENCH_MODEL=<model folder> cargo bench -p olive-nn --bench gpu_decode`
 
@@ -36,31 +37,35 @@ fn gpu_decode(c: &mut Criterion) {
     let prompt: Vec<u32> = (0..PROMPT_LEN as u32)
         .map(|i| (i * 7919 + 13) % vocab)
         .collect();
-    let mut cache = match model.new_cache(PROMPT_LEN + STEPS + 1) {
-        Ok(cache) => cache,
-        Err(e) => panic!("KV cache: {e}"),
-    };
-    let first = match model.forward_last(&prompt, &mut cache) {
-        Ok(logits) => argmax(&logits),
-        Err(e) => panic!("prefill failed: {e}"),
-    };
-
     let mut group = c.benchmark_group("gpu_decode");
     group.throughput(Throughput::Elements(STEPS as u64));
     group.sample_size(20);
-    group.bench_function(format!("{}_tokens_after_{}", STEPS, PROMPT_LEN), |b| {
-        b.iter(|| {
-            cache.truncate(PROMPT_LEN);
-            let mut token = first;
-            for _ in 0..STEPS {
-                match model.forward_last(&[token], &mut cache) {
-                    Ok(logits) => token = argmax(&logits),
-                    Err(e) => panic!("decode step failed: {e}"),
+    for graphs in [true, false] {
+        let mut cache = match model.new_cache(PROMPT_LEN + STEPS + 1) {
+            Ok(cache) => cache,
+            Err(e) => panic!("KV cache: {e}"),
+        };
+        cache.set_graphs(graphs);
+        let first = match model.forward_last(&prompt, &mut cache) {
+            Ok(logits) => argmax(&logits),
+            Err(e) => panic!("prefill failed: {e}"),
+        };
+        let mode = if graphs { "graph" } else { "launches" };
+        let name = format!("{mode}/{STEPS}_tokens_after_{PROMPT_LEN}");
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                cache.truncate(PROMPT_LEN);
+                let mut token = first;
+                for _ in 0..STEPS {
+                    match model.forward_last(&[token], &mut cache) {
+                        Ok(logits) => token = argmax(&logits),
+                        Err(e) => panic!("decode step failed: {e}"),
+                    }
                 }
-            }
-            token
-        })
-    });
+                token
+            })
+        });
+    }
     group.finish();
 }
 

@@ -3,24 +3,30 @@
 //! KV cache with a sliding window, SwiGLU, lm_head with f32 logits — on olive-kernels' CUDA kernels. Dense
 //! linears run through cuBLAS; quantized ones (AWQ, GPTQ with act-order, Olive, ≤ 4 bits) stay int4 on the
 //! device and run through the W4A16 kernels. The model is loaded one decoder layer at a time, so the host holds
-//! one layer's weights, not the model's.
+//! one layer's weights, not the model's. A one-token step (decode) is captured as a CUDA graph on its cache's first
+//! such step and replayed after: the step's token and position are read from device memory, so one graph serves
+//! every step, and the host queues one graph instead of a dozen launches a layer.
 
 pub mod train;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use olive_kernels::cpu::w4a16_tiles::W4Tiles;
 use olive_kernels::cpu::RopeLayout;
-use olive_kernels::cuda::attention::{self, AttentionShape, Inputs, Operand, Rows};
+use olive_kernels::cuda::attention::{self, AttentionShape, Inputs as AttnInputs, Operand, Rows};
 use olive_kernels::cuda::rope::{Positions, RopeFreqs};
-use olive_kernels::cuda::rows::{add_bias, copy_columns, gather_rows};
+use olive_kernels::cuda::rows::{
+    add_bias, copy_columns, copy_columns_after, gather_rows, gather_rows_on_device,
+};
 use olive_kernels::cuda::w4a16::{w4a16, w4a16_add, W4Weight};
 use olive_kernels::cuda::{
-    bf16, gemm, rmsnorm, rope, silu_mul, CudaSlice, DeviceRepr, Gpu, ValidAsZeroBits,
+    bf16, gemm, rmsnorm, rope, silu_mul, CachedLen, CudaGraph, CudaSlice, DeviceRepr, Gpu,
+    ValidAsZeroBits,
 };
 use olive_model::{Checkpoint, ModelConfig};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::error::{NnError, Result};
 use crate::layer::{DecoderLayer, LayerDims};
@@ -157,6 +163,10 @@ pub struct GpuKvCache {
     len: usize,
     capacity: usize,
     workspace: Workspace,
+    /// Whether one-token steps replay a captured CUDA graph.
+    graphs: bool,
+    /// The captured one-token step, from the first such step on.
+    decode: Option<DecodeGraph>,
 }
 
 impl GpuKvCache {
@@ -179,6 +189,39 @@ impl GpuKvCache {
     pub fn truncate(&mut self, len: usize) {
         self.len = self.len.min(len);
     }
+
+    /// Whether one-token steps replay a CUDA graph (the default) or queue their kernels one launch at a time.
+    pub fn set_graphs(&mut self, on: bool) {
+        self.graphs = on;
+        if !on {
+            self.decode = None;
+        }
+    }
+}
+
+/// One token's forward captured as a CUDA graph: its own one-row buffers (a prefill refitting the cache's workspace
+/// leaves them be) and the step's inputs, which every replay reads from device memory.
+struct DecodeGraph {
+    /// [token, positions the cache held before it], rewritten before each step.
+    step: CudaSlice<u32>,
+    workspace: Workspace,
+    /// The captured step and the model ([`GpuTransformer`]'s `id`) whose weights it reads; None until a step has
+    /// run once one launch at a time (which compiles and loads its kernels: no module loads while capturing).
+    graph: Option<(CudaGraph, u64)>,
+}
+
+/// Where a forward's tokens and positions come from: the host (any number of tokens), or device memory (one token,
+/// a captured decode step: [token, positions before it] in `step`, at most `max` positions before it).
+#[derive(Clone, Copy)]
+enum Inputs<'a> {
+    Host {
+        tokens: &'a [u32],
+        start: usize,
+    },
+    Device {
+        step: &'a CudaSlice<u32>,
+        max: usize,
+    },
 }
 
 /// The forward pass's scratch buffers. The kernels take a buffer's length as its row count, so each holds
@@ -217,8 +260,13 @@ fn fit<'a, T: DeviceRepr + ValidAsZeroBits>(
     }
 }
 
+/// Tells models apart in a cache's captured step (which holds their weights' addresses).
+static NEXT_MODEL_ID: AtomicU64 = AtomicU64::new(0);
+
 /// A Llama-family causal LM on a CUDA GPU.
 pub struct GpuTransformer {
+    /// Unique in the process.
+    id: u64,
     gpu: Arc<Gpu>,
     config: ModelConfig,
     dims: LayerDims,
@@ -295,6 +343,7 @@ impl GpuTransformer {
             rope.attention_scaling(),
         )?;
         Ok(GpuTransformer {
+            id: NEXT_MODEL_ID.fetch_add(1, Ordering::Relaxed),
             dims: LayerDims::from_config(&config),
             gpu,
             config,
@@ -330,6 +379,8 @@ impl GpuTransformer {
             len: 0,
             capacity,
             workspace: Workspace::default(),
+            graphs: true,
+            decode: None,
         })
     }
 
@@ -344,10 +395,7 @@ impl GpuTransformer {
     }
 
     fn run(&self, tokens: &[u32], cache: &mut GpuKvCache, last_only: bool) -> Result<Vec<f32>> {
-        let gpu = &*self.gpu;
-        let d = self.dims;
-        let (hidden_size, vocab) = (d.hidden, self.config.vocab_size);
-        let t = tokens.len();
+        let (t, vocab) = (tokens.len(), self.config.vocab_size);
         if t == 0 {
             return Ok(Vec::new());
         }
@@ -357,7 +405,7 @@ impl GpuTransformer {
                 vocab_size: vocab,
             });
         }
-        let (q_w, kv_w) = (d.q_width(), d.kv_width());
+        let kv_w = self.dims.kv_width();
         if cache.keys.len() != self.layers.len() || cache.width != kv_w {
             return Err(NnError::CacheMismatch {
                 found_layers: cache.keys.len(),
@@ -372,11 +420,111 @@ impl GpuTransformer {
                 needed: cache.len + t,
             });
         }
-        let qkv_w = q_w + 2 * kv_w;
         let start = cache.len;
-        let ws = &mut cache.workspace;
+        // A step's position is a u32 on the device (the kernels take positions as i32).
+        let logits = if t == 1 && cache.graphs && i32::try_from(cache.capacity).is_ok() {
+            self.decode_step(tokens[0], cache)?
+        } else {
+            let inputs = Inputs::Host { tokens, start };
+            let ws = &mut cache.workspace;
+            let logits = self.queue(inputs, ws, &mut cache.keys, &mut cache.values, last_only)?;
+            self.gpu.download(logits)?
+        };
+        cache.len = start + t;
+        Ok(logits)
+    }
+
+    /// One token's logits through the cache's captured step: the step's inputs written to the device, the graph
+    /// replayed (captured first, after one step queued launch by launch).
+    fn decode_step(&self, token: u32, cache: &mut GpuKvCache) -> Result<Vec<f32>> {
+        let gpu = &*self.gpu;
+        let past = cache.len as u32; // < capacity ≤ i32::MAX (run checks)
+        let state = match &mut cache.decode {
+            Some(state) => state,
+            None => cache.decode.insert(DecodeGraph {
+                step: gpu.alloc::<u32>(2)?,
+                workspace: Workspace::default(),
+                graph: None,
+            }),
+        };
+        gpu.write(&[token, past], &mut state.step)?;
+        let DecodeGraph {
+            step,
+            workspace,
+            graph,
+        } = state;
+        let inputs = Inputs::Device {
+            step,
+            max: cache.capacity - 1,
+        };
+        match graph {
+            Some((g, model)) if *model == self.id => gpu.replay(g)?,
+            _ => {
+                *graph = None;
+                self.queue(inputs, workspace, &mut cache.keys, &mut cache.values, true)?;
+                let captured = gpu.capture(|| {
+                    self.queue(inputs, workspace, &mut cache.keys, &mut cache.values, true)
+                        .map(|_| ())
+                });
+                match captured {
+                    Ok(g) => *graph = Some((g, self.id)),
+                    Err(e) => {
+                        warn!("decode steps run one launch at a time: capturing one as a CUDA graph failed: {e}");
+                        cache.graphs = false;
+                    }
+                }
+            }
+        }
+        let logits = workspace
+            .logits
+            .as_ref()
+            .expect("a queued or captured step has fitted the logits");
+        let logits = gpu.download(logits)?;
+        if !cache.graphs {
+            cache.decode = None;
+        }
+        Ok(logits)
+    }
+
+    /// Queues the forward of `inputs` on the stream: embeddings, the decoder layers (their keys and values written
+    /// to `keys`/`values` after the positions before the step), the final norm and the lm_head into
+    /// `ws.logits` (the last row's only with `last_only`), which it returns. Launches only: nothing waits for the
+    /// device, so a device-input step can be captured as a graph.
+    fn queue<'w>(
+        &self,
+        inputs: Inputs<'_>,
+        ws: &'w mut Workspace,
+        keys: &mut [CudaSlice<Act>],
+        values: &mut [CudaSlice<Act>],
+        last_only: bool,
+    ) -> Result<&'w CudaSlice<f32>> {
+        let gpu = &*self.gpu;
+        let d = self.dims;
+        let (hidden_size, vocab) = (d.hidden, self.config.vocab_size);
+        let t = match inputs {
+            Inputs::Host { tokens, .. } => tokens.len(),
+            Inputs::Device { .. } => 1,
+        };
+        let (q_w, kv_w) = (d.q_width(), d.kv_width());
+        let qkv_w = q_w + 2 * kv_w;
         let hidden = fit(gpu, &mut ws.hidden, t * hidden_size)?; // [t, hidden]
-        gather_rows(gpu, &self.embed_tokens, hidden_size, tokens, hidden)?;
+                                                                 // The step's token and the positions before it, on the device.
+        let (token_view, past_view);
+        let past = match inputs {
+            Inputs::Host { tokens, .. } => {
+                gather_rows(gpu, &self.embed_tokens, hidden_size, tokens, hidden)?;
+                None
+            }
+            Inputs::Device { step, max } => {
+                token_view = step.slice(0..1);
+                past_view = step.slice(1..2);
+                gather_rows_on_device(gpu, &self.embed_tokens, hidden_size, &token_view, hidden)?;
+                Some(CachedLen {
+                    len: &past_view,
+                    max,
+                })
+            }
+        };
         let normed = fit(gpu, &mut ws.normed, t * hidden_size)?; // [t, hidden]
         let qkv = fit(gpu, &mut ws.qkv, t * qkv_w)?; // [t, q + 2·kv]
         let attn = fit(gpu, &mut ws.attn, t * q_w)?; // [t, q]
@@ -388,9 +536,10 @@ impl GpuTransformer {
             head_dim: d.head_dim,
             rotary_dim: d.rotary_dim,
         };
-        let positions = Positions {
-            seq: t,
-            offset: start,
+        // With positions on the device, the host sizes everything for the most there can be.
+        let start = match inputs {
+            Inputs::Host { start, .. } => start,
+            Inputs::Device { max, .. } => max,
         };
         let shape = AttentionShape {
             batch: 1,
@@ -406,22 +555,36 @@ impl GpuTransformer {
         for (i, layer) in self.layers.iter().enumerate() {
             rmsnorm::rmsnorm(gpu, hidden, &layer.input_layernorm, eps, normed)?;
             layer.qkv_proj.forward(gpu, normed, t, qkv, false)?;
-            rope::rope(gpu, qkv, rope_layout, &self.freqs, positions)?;
-            let at_end = Rows {
-                offset: start * kv_w,
-                stride: kv_w,
-            };
-            for (cached, column) in [
-                (&mut cache.keys[i], q_w),
-                (&mut cache.values[i], q_w + kv_w),
-            ] {
+            match past {
+                None => {
+                    let positions = Positions {
+                        seq: t,
+                        offset: start,
+                    };
+                    rope::rope(gpu, qkv, rope_layout, &self.freqs, positions)?;
+                }
+                Some(p) => rope::rope_after(gpu, qkv, rope_layout, &self.freqs, t, p)?,
+            }
+            for (cached, column) in [(&mut keys[i], q_w), (&mut values[i], q_w + kv_w)] {
                 let from = Rows {
                     offset: column,
                     stride: qkv_w,
                 };
-                copy_columns(gpu, (cached, at_end), (qkv, from), t, kv_w)?;
+                match past {
+                    None => {
+                        let at_end = Rows {
+                            offset: start * kv_w,
+                            stride: kv_w,
+                        };
+                        copy_columns(gpu, (cached, at_end), (qkv, from), t, kv_w)?;
+                    }
+                    Some(p) => {
+                        let after = Rows::packed(kv_w);
+                        copy_columns_after(gpu, (cached, after), (qkv, from), t, kv_w, p)?;
+                    }
+                }
             }
-            let inputs = Inputs {
+            let inputs = AttnInputs {
                 q: Operand {
                     data: qkv,
                     rows: Rows {
@@ -430,23 +593,26 @@ impl GpuTransformer {
                     },
                 },
                 k: Operand {
-                    data: &cache.keys[i],
+                    data: &keys[i],
                     rows: Rows::packed(kv_w),
                 },
                 v: Operand {
-                    data: &cache.values[i],
+                    data: &values[i],
                     rows: Rows::packed(kv_w),
                 },
                 key_mask: None,
             };
-            attention::forward(gpu, &shape, &inputs, (attn, Rows::packed(q_w)), None)?;
+            let out = (&mut *attn, Rows::packed(q_w));
+            match past {
+                None => attention::forward(gpu, &shape, &inputs, out, None)?,
+                Some(p) => attention::forward_after(gpu, &shape, &inputs, out, p)?,
+            }
             layer.o_proj.forward(gpu, attn, t, hidden, true)?;
             rmsnorm::rmsnorm(gpu, hidden, &layer.post_attention_layernorm, eps, normed)?;
             layer.gate_up_proj.forward(gpu, normed, t, gate_up, false)?;
             silu_mul::silu_mul(gpu, gate_up, d.intermediate, act)?;
             layer.down_proj.forward(gpu, act, t, hidden, true)?;
         }
-        cache.len = start + t;
         // The final norm runs over all t rows, in place of copying the wanted rows out first (rmsnorm takes
         // whole buffers; forward_last after a prefill norms t rows instead of 1, one elementwise pass), and the
         // lm_head reads the rows wanted.
@@ -456,6 +622,6 @@ impl GpuTransformer {
         let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
         let logits = fit(gpu, &mut ws.logits, rows * vocab)?; // [rows, vocab]
         gemm::linear_f32_out(gpu, &kept, head, logits, (rows, vocab, hidden_size))?;
-        Ok(gpu.download(logits)?)
+        Ok(logits)
     }
 }

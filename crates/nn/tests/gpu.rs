@@ -138,6 +138,47 @@ fn int4_awq_and_act_order_gptq_run_as_int4_on_the_gpu() {
     compare(name, &arch("phi3"), Weights::GptqActOrder);
 }
 
+/// Single-token steps replay a CUDA graph captured on the cache's first one, reading the token and the cache's
+/// length from device memory: its logits are bit for bit those of the same steps queued launch by launch (the same
+/// kernels and launch shapes at a 64-position cache), through Phi-3's LongRoPE switching to its long factors as
+/// the positions pass its original context of 32, a prefill between steps (which refits the cache's own buffers,
+/// not the graph's), and another model taking over the cache (its weights, so its own capture).
+#[test]
+fn captured_decode_steps_match_steps_launched_one_by_one() {
+    let Some(gpu) = test_gpu("gpu::captured_decode_steps_match_steps_launched_one_by_one") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    write_model(dir.path(), &arch("phi3"), Weights::F32);
+    let model = GpuTransformer::load(dir.path(), gpu.clone()).unwrap();
+    let copy = GpuTransformer::from_cpu(&Transformer::load(dir.path()).unwrap(), gpu).unwrap();
+    let prompt: Vec<u32> = (0..20).map(|i| (i * 37 + 11) % VOCAB as u32).collect();
+    let run = |graphs: bool| -> Vec<Vec<f32>> {
+        let mut cache = model.new_cache(64).unwrap();
+        cache.set_graphs(graphs);
+        let mut logits = vec![model.forward_last(&prompt, &mut cache).unwrap()];
+        for i in 0..16u32 {
+            let token = (i * 13 + 5) % VOCAB as u32;
+            logits.push(model.forward_last(&[token], &mut cache).unwrap());
+        }
+        logits.push(model.forward(&[1, 2, 3], &mut cache).unwrap());
+        for token in [4, 9] {
+            logits.push(model.forward(&[token], &mut cache).unwrap());
+            logits.push(copy.forward_last(&[token + 1], &mut cache).unwrap());
+        }
+        assert_eq!(cache.len(), 43);
+        logits
+    };
+    let (captured, launched) = (run(true), run(false));
+    for (i, (a, b)) in captured.iter().zip(&launched).enumerate() {
+        assert!(
+            a == b,
+            "step {i}: replayed logits differ (rel {:.2e})",
+            rel_error(a, b)
+        );
+    }
+}
+
 #[test]
 fn bad_tokens_a_full_cache_and_another_models_cache_are_errors() {
     let Some(gpu) = test_gpu("gpu::bad_tokens_a_full_cache_and_another_models_cache_are_errors")

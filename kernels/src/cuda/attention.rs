@@ -5,7 +5,7 @@
 //! sliding window, and (with a key mask) unmasked.
 
 use super::float::{as_i32, Half};
-use super::{CudaSlice, DeviceRepr, Gpu, GpuError, LaunchConfig, PushKernelArg};
+use super::{CachedLen, CudaSlice, DeviceRepr, Gpu, GpuError, LaunchConfig, PushKernelArg};
 use cudarc::driver::sys::CUfunction_attribute;
 
 const SOURCE: super::KernelSource = crate::cuda_source!("attention");
@@ -141,7 +141,6 @@ struct Params {
     window: i32,
     has_mask: i32,
     splits: i32,
-    chunk: i32,
     scale: f32,
 }
 
@@ -317,82 +316,13 @@ pub fn forward<T: Half>(
     out: (&mut CudaSlice<T>, Rows),
     lse: Option<&mut CudaSlice<f32>>,
 ) -> Result<(), GpuError> {
-    shape.check()?;
-    let mut p = shape.params(inputs)?;
+    let p = forward_params(shape, inputs, &out, lse.as_deref())?;
     let (hd, b) = (shape.head_dim, shape.batch);
-    check_rows(
-        "out",
-        out.1,
-        out.0.len(),
-        b * shape.tokens,
-        shape.heads * hd,
-        true,
-    )?;
-    p.o_off = int("out offset", out.1.offset)?;
-    p.o_stride = int("out stride", out.1.stride)?;
-    let rows = b * shape.heads * shape.tokens;
-    if let Some(lse) = &lse {
-        if lse.len() != rows {
-            return Err(shape_error(format!(
-                "lse has {} entries, expected batch·heads·tokens = {rows}",
-                lse.len()
-            )));
-        }
-    }
-    if rows == 0 {
+    if b * shape.heads * shape.tokens == 0 {
         return Ok(());
     }
     if shape.rows_per_kv_head() <= DECODE_MAX_ROWS {
-        // Blocks per (sequence, KV head): about 8 per multiprocessor in all (more blocks, more loads in
-        // flight), each split a multiple of 128 keys.
-        let per_head = b * shape.kv_heads;
-        let want = (8 * gpu.sm_count() as usize).div_ceil(per_head).max(1);
-        let chunk = shape
-            .kv_len
-            .div_ceil(want)
-            .div_ceil(DECODE_KEYS)
-            .max(1)
-            .saturating_mul(DECODE_KEYS);
-        let splits = shape.kv_len.div_ceil(chunk);
-        p.splits = int("splits", splits)?;
-        p.chunk = int("chunk", chunk)?;
-        let mut part = gpu.alloc::<f32>(rows * splits * (hd + 2))?;
-        let smem = decode_smem(hd);
-        let f = kernel::<T>(gpu, "decode", hd, smem)?;
-        let cfg = LaunchConfig {
-            grid_dim: (splits as u32, shape.kv_heads as u32, b as u32),
-            block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: smem as u32,
-        };
-        let mut launch = gpu.stream().launch_builder(&f);
-        launch
-            .arg(&p)
-            .arg(inputs.q.data)
-            .arg(inputs.k.data)
-            .arg(inputs.v.data);
-        match inputs.key_mask {
-            Some(m) => launch.arg(m),
-            None => launch.arg(&NULL),
-        };
-        launch.arg(&mut part);
-        // SAFETY: the rows of q, k, v and the mask were checked against their buffers; part holds
-        // rows·splits·(head_dim + 2) floats, the kernel's [batch, heads, tokens, splits, D + 2].
-        unsafe { launch.launch(cfg) }?;
-        let f = kernel::<T>(gpu, "combine", hd, 0)?;
-        let cfg = LaunchConfig {
-            grid_dim: (int("rows", rows)? as u32, 1, 1),
-            block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let mut launch = gpu.stream().launch_builder(&f);
-        launch.arg(&p).arg(&part).arg(out.0);
-        match lse {
-            Some(l) => launch.arg(l),
-            None => launch.arg(&NULL),
-        };
-        // SAFETY: out's rows were checked; part was written above; lse has rows entries.
-        unsafe { launch.launch(cfg) }?;
-        return Ok(());
+        return decode(gpu, shape, p, inputs, out.0, lse, None);
     }
     let smem = forward_smem(hd);
     let f = kernel::<T>(gpu, "fwd", hd, smem)?;
@@ -421,6 +351,150 @@ pub fn forward<T: Half>(
         None => launch.arg(&NULL),
     };
     // SAFETY: every operand's rows were checked against its buffer; lse (when given) has batch·heads·tokens entries.
+    unsafe { launch.launch(cfg) }?;
+    Ok(())
+}
+
+/// [`forward`] of a decode step after a KV cache's `past` positions, which the kernels read from device memory when
+/// they run (a decode step captured in a CUDA graph): kv_len = past + shape.tokens. `shape.kv_len` is the most it
+/// can be (past.max + tokens): k and v are checked against it and the KV length's splits sized for it, the kernels
+/// then spreading the live keys over them. One sequence, no key mask, at most 16 query rows per KV head.
+pub fn forward_after<T: Half>(
+    gpu: &Gpu,
+    shape: &AttentionShape,
+    inputs: &Inputs<'_, T>,
+    out: (&mut CudaSlice<T>, Rows),
+    past: CachedLen<'_>,
+) -> Result<(), GpuError> {
+    past.check("attention")?;
+    if shape.batch != 1
+        || inputs.key_mask.is_some()
+        || shape.rows_per_kv_head() > DECODE_MAX_ROWS
+        || shape.kv_len != past.max + shape.tokens
+    {
+        return Err(shape_error(format!(
+            "a step after the cache's length on the device takes one sequence, no key mask, at most \
+             {DECODE_MAX_ROWS} query rows a KV head and kv_len = the most positions held + tokens; got batch {}, \
+             mask {}, {} rows a KV head, kv_len {} for {} + {}",
+            shape.batch,
+            inputs.key_mask.is_some(),
+            shape.rows_per_kv_head(),
+            shape.kv_len,
+            past.max,
+            shape.tokens
+        )));
+    }
+    let p = forward_params(shape, inputs, &out, None)?;
+    if shape.tokens == 0 {
+        return Ok(());
+    }
+    decode(gpu, shape, p, inputs, out.0, None, Some(past))
+}
+
+/// The checked kernel parameters of a forward writing `out` (and `lse`, when given).
+fn forward_params<T: Half>(
+    shape: &AttentionShape,
+    inputs: &Inputs<'_, T>,
+    out: &(&mut CudaSlice<T>, Rows),
+    lse: Option<&CudaSlice<f32>>,
+) -> Result<Params, GpuError> {
+    shape.check()?;
+    let mut p = shape.params(inputs)?;
+    let (hd, b) = (shape.head_dim, shape.batch);
+    check_rows(
+        "out",
+        out.1,
+        out.0.len(),
+        b * shape.tokens,
+        shape.heads * hd,
+        true,
+    )?;
+    p.o_off = int("out offset", out.1.offset)?;
+    p.o_stride = int("out stride", out.1.stride)?;
+    let rows = b * shape.heads * shape.tokens;
+    if let Some(lse) = lse {
+        if lse.len() != rows {
+            return Err(shape_error(format!(
+                "lse has {} entries, expected batch·heads·tokens = {rows}",
+                lse.len()
+            )));
+        }
+    }
+    Ok(p)
+}
+
+/// The decode kernel split over the KV length and the combine of its splits (`p` checked by [`forward_params`]);
+/// with `past`, both read kv_len on the device and `shape.kv_len` is its bound.
+fn decode<T: Half>(
+    gpu: &Gpu,
+    shape: &AttentionShape,
+    mut p: Params,
+    inputs: &Inputs<'_, T>,
+    out: &mut CudaSlice<T>,
+    lse: Option<&mut CudaSlice<f32>>,
+    past: Option<CachedLen<'_>>,
+) -> Result<(), GpuError> {
+    let (hd, b) = (shape.head_dim, shape.batch);
+    let rows = b * shape.heads * shape.tokens;
+    // Blocks per (sequence, KV head): about 8 per multiprocessor in all (more blocks, more loads in flight), each
+    // split a multiple of 128 keys; the kernels spread the keys over them in the same steps.
+    let per_head = b * shape.kv_heads;
+    let want = (8 * gpu.sm_count() as usize).div_ceil(per_head).max(1);
+    let chunk = shape
+        .kv_len
+        .div_ceil(want)
+        .div_ceil(DECODE_KEYS)
+        .max(1)
+        .saturating_mul(DECODE_KEYS);
+    let splits = shape.kv_len.div_ceil(chunk);
+    p.splits = int("splits", splits)?;
+    // SAFETY: uninitialised on purpose: the combine reads only the live splits, each of which the decode kernel
+    // writes in full before.
+    let mut part = unsafe { gpu.stream().alloc::<f32>(rows * splits * (hd + 2)) }?;
+    let smem = decode_smem(hd);
+    let f = kernel::<T>(gpu, "decode", hd, smem)?;
+    let cfg = LaunchConfig {
+        grid_dim: (splits as u32, shape.kv_heads as u32, b as u32),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: smem as u32,
+    };
+    let mut launch = gpu.stream().launch_builder(&f);
+    launch.arg(&p);
+    match past {
+        Some(l) => launch.arg(l.len),
+        None => launch.arg(&NULL),
+    };
+    launch
+        .arg(inputs.q.data)
+        .arg(inputs.k.data)
+        .arg(inputs.v.data);
+    match inputs.key_mask {
+        Some(m) => launch.arg(m),
+        None => launch.arg(&NULL),
+    };
+    launch.arg(&mut part);
+    // SAFETY: the rows of q, k, v and the mask were checked against their buffers for shape.kv_len keys, which
+    // bounds the kernel's kv_len (`past` at most past.max); part holds rows·splits·(head_dim + 2) floats, the
+    // kernel's [batch, heads, tokens, splits, D + 2].
+    unsafe { launch.launch(cfg) }?;
+    let f = kernel::<T>(gpu, "combine", hd, 0)?;
+    let cfg = LaunchConfig {
+        grid_dim: (int("rows", rows)? as u32, 1, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let mut launch = gpu.stream().launch_builder(&f);
+    launch.arg(&p);
+    match past {
+        Some(l) => launch.arg(l.len),
+        None => launch.arg(&NULL),
+    };
+    launch.arg(&part).arg(out);
+    match lse {
+        Some(l) => launch.arg(l),
+        None => launch.arg(&NULL),
+    };
+    // SAFETY: out's rows were checked; the live splits of part were written above; lse has rows entries.
     unsafe { launch.launch(cfg) }?;
     Ok(())
 }

@@ -24,15 +24,17 @@ use std::collections::HashMap;
 use std::ffi::CString;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use cudarc::cublas::CudaBlas;
+use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::{CudaModule, DriverError};
 use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions, Ptx};
 
 pub use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg,
-    ValidAsZeroBits,
+    CudaContext, CudaFunction, CudaGraph, CudaSlice, CudaStream, CudaView, DeviceRepr,
+    LaunchConfig, PushKernelArg, ValidAsZeroBits,
 };
 pub use half::{bf16, f16};
 
@@ -103,11 +105,18 @@ macro_rules! cuda_source {
 }
 
 /// One CUDA device: its context, the one stream everything of ours runs on, cuBLAS on that stream, and the
-/// modules compiled so far.
+/// modules compiled so far; and a second stream with its own cuBLAS that a capture records on (see
+/// [`Gpu::capture`]).
 pub struct Gpu {
     context: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     blas: CudaBlas,
+    capture_stream: Arc<CudaStream>,
+    capture_blas: CudaBlas,
+    /// The [`thread_number`] of the thread capturing, 0 when none.
+    capturing: AtomicU64,
+    /// Held through a capture: one at a time.
+    capture_lock: Mutex<()>,
     name: String,
     arch: (u32, u32),
     sm_count: u32,
@@ -156,12 +165,15 @@ impl Gpu {
         // Every kernel, copy and cuBLAS call runs on the one stream below, in order, so cudarc's per-buffer events
         // (an event recorded and waited for per buffer around every launch, to order work across streams) order
         // nothing and cost host time on every launch (a decode step is ~35 launches a layer pair). A second
-        // stream (olive-dist's communicator) joins this one explicitly both ways.
+        // stream (olive-dist's communicator) joins this one explicitly both ways; the capture stream only records
+        // graphs, which replay on this one.
         // SAFETY: called before any buffer of this context exists; the buffers made after carry no events, and
         // the only other stream orders itself against this one (`Comm::all_reduce_sum` / `Comm::wait`).
         unsafe { context.disable_event_tracking() };
         let stream = context.new_stream()?;
         let blas = CudaBlas::new(stream.clone())?;
+        let capture_stream = context.new_stream()?;
+        let capture_blas = CudaBlas::new(capture_stream.clone())?;
         let (major, minor) = context.compute_capability()?;
         let sm_count = context.attribute(
             cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
@@ -173,6 +185,10 @@ impl Gpu {
             context,
             stream,
             blas,
+            capture_stream,
+            capture_blas,
+            capturing: AtomicU64::new(0),
+            capture_lock: Mutex::default(),
             modules: Mutex::default(),
         })
     }
@@ -218,14 +234,27 @@ impl Gpu {
         self.sm_count
     }
 
-    /// The stream every kernel, copy and cuBLAS call of ours runs on (in order).
+    /// The stream every kernel, copy and cuBLAS call of ours runs on (in order); in a thread capturing
+    /// ([`Gpu::capture`]), the stream the capture records.
     pub fn stream(&self) -> &Arc<CudaStream> {
-        &self.stream
+        if self.capturing_here() {
+            &self.capture_stream
+        } else {
+            &self.stream
+        }
     }
 
     /// cuBLAS, bound to [`Gpu::stream`].
     pub fn blas(&self) -> &CudaBlas {
-        &self.blas
+        if self.capturing_here() {
+            &self.capture_blas
+        } else {
+            &self.blas
+        }
+    }
+
+    fn capturing_here(&self) -> bool {
+        self.capturing.load(Ordering::Relaxed) == thread_number()
     }
 
     /// Kernel `name` of `source`, compiling the file for this device on first use.
@@ -310,7 +339,7 @@ impl Gpu {
 
     /// A device copy of `host`.
     pub fn upload<T: DeviceRepr>(&self, host: &[T]) -> Result<CudaSlice<T>, GpuError> {
-        Ok(self.stream.clone_htod(host)?)
+        Ok(self.stream().clone_htod(host)?)
     }
 
     /// A host copy of `device` (waits for the stream).
@@ -318,7 +347,70 @@ impl Gpu {
         &self,
         device: &CudaSlice<T>,
     ) -> Result<Vec<T>, GpuError> {
-        Ok(self.stream.clone_dtoh(device)?)
+        Ok(self.stream().clone_dtoh(device)?)
+    }
+
+    /// Overwrites `device` with `host` (same length), in stream order.
+    pub fn write<T: DeviceRepr>(
+        &self,
+        host: &[T],
+        device: &mut CudaSlice<T>,
+    ) -> Result<(), GpuError> {
+        if host.len() != device.len() {
+            return Err(GpuError::Shape(format!(
+                "write: {} host elements into a device buffer of {}",
+                host.len(),
+                device.len()
+            )));
+        }
+        Ok(self.stream().memcpy_htod(host, device)?)
+    }
+
+    /// The work `queue` puts on [`Gpu::stream`], captured as a CUDA graph instead of run: its kernels (and copies,
+    /// cuBLAS calls, stream-ordered allocations) with the arguments they were given, replayed by [`Gpu::replay`].
+    /// While `queue` runs, this thread's `stream()` is a second stream that records, so work other threads queue
+    /// meanwhile runs as usual and stays out of the graph; `queue` must not wait on the device (no download). One
+    /// capture at a time; the capture is ended whether or not `queue` fails.
+    pub fn capture<E: From<GpuError>>(
+        &self,
+        queue: impl FnOnce() -> Result<(), E>,
+    ) -> Result<CudaGraph, E> {
+        let _one = self
+            .capture_lock
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        self.capture_stream
+            .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED)
+            .map_err(GpuError::from)?;
+        let queued = {
+            /// Points this thread back at the main stream however `queue` ends.
+            struct Recording<'a>(&'a AtomicU64);
+            impl Drop for Recording<'_> {
+                fn drop(&mut self) {
+                    self.0.store(0, Ordering::Relaxed);
+                }
+            }
+            self.capturing.store(thread_number(), Ordering::Relaxed);
+            let _recording = Recording(&self.capturing);
+            queue()
+        };
+        let graph = self
+            .capture_stream
+            .end_capture(CUgraphInstantiate_flags(0))
+            .map_err(GpuError::from);
+        queued?;
+        Ok(graph?.ok_or_else(|| GpuError::Shape("capture: nothing was queued".into()))?)
+    }
+
+    /// Runs a captured graph on [`Gpu::stream`], in order with the work queued there.
+    pub fn replay(&self, graph: &CudaGraph) -> Result<(), GpuError> {
+        self.context.bind_to_thread()?;
+        // SAFETY: the executable graph is alive (borrowed) and the stream is this context's.
+        unsafe {
+            cudarc::driver::sys::cuGraphLaunch(graph.cu_graph_exec(), self.stream().cu_stream())
+        }
+        .result()?;
+        Ok(())
     }
 
     /// `len` zeroed elements on the device.
@@ -326,7 +418,7 @@ impl Gpu {
         &self,
         len: usize,
     ) -> Result<CudaSlice<T>, GpuError> {
-        Ok(self.stream.alloc_zeros(len)?)
+        Ok(self.stream().alloc_zeros(len)?)
     }
 
     /// Launches `f` on [`Gpu::stream`] through cuLaunchKernelEx; with `after_previous`, as a programmatic dependent
@@ -357,7 +449,7 @@ impl Gpu {
             blockDimY: config.block_dim.1,
             blockDimZ: config.block_dim.2,
             sharedMemBytes: config.shared_mem_bytes,
-            hStream: self.stream.cu_stream(),
+            hStream: self.stream().cu_stream(),
             attrs: &mut attribute,
             numAttrs: u32::from(after_previous),
         };
@@ -377,7 +469,39 @@ impl Gpu {
 
     /// Waits until everything queued on the stream has run, surfacing any asynchronous kernel error.
     pub fn synchronize(&self) -> Result<(), GpuError> {
-        Ok(self.stream.synchronize()?)
+        Ok(self.stream().synchronize()?)
+    }
+}
+
+/// A number for the calling thread, unique in the process and never 0.
+fn thread_number() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    thread_local!(static NUMBER: u64 = NEXT.fetch_add(1, Ordering::Relaxed));
+    NUMBER.with(|n| *n)
+}
+
+/// A KV cache's length before a step (the positions it holds), which the kernels taking it read from device memory
+/// when they run instead of receiving it as a launch argument: one CUDA graph captured for a decode step then
+/// serves every step, the host rewriting `len` before each replay. `max` is the most it will hold (the cache's
+/// capacity less the step's tokens); the launchers check buffers against it.
+#[derive(Clone, Copy)]
+pub struct CachedLen<'a> {
+    /// One u32 on the device.
+    pub len: &'a CudaView<'a, u32>,
+    /// Its largest value.
+    pub max: usize,
+}
+
+impl CachedLen<'_> {
+    /// Refuses a `len` that is not one element (`what` names the launcher).
+    pub(crate) fn check(&self, what: &str) -> Result<(), GpuError> {
+        if self.len.len() != 1 {
+            return Err(GpuError::Shape(format!(
+                "{what}: the cache length on the device must be one u32, got {}",
+                self.len.len()
+            )));
+        }
+        Ok(())
     }
 }
 

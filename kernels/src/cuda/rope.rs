@@ -5,7 +5,7 @@
 //! [`crate::cpu::rope_apply`] and [`crate::cpu::rope_backward`] on those tables.
 
 use super::float::{as_i32, Float};
-use super::{CudaSlice, Gpu, GpuError, LaunchConfig, PushKernelArg};
+use super::{CachedLen, CudaSlice, Gpu, GpuError, LaunchConfig, PushKernelArg};
 use crate::cpu::RopeLayout;
 
 const SOURCE: super::KernelSource = crate::cuda_source!("rope");
@@ -79,7 +79,26 @@ pub fn rope<T: Float>(
     freqs: &RopeFreqs,
     positions: Positions,
 ) -> Result<(), GpuError> {
-    launch(gpu, x, layout, freqs, positions, 1.0)
+    launch(gpu, x, layout, freqs, positions, None, 1.0)
+}
+
+/// [`rope`] on one step of `seq` tokens (x: [seq, layout.row_stride]) after a KV cache's `past` positions, which
+/// the kernel reads from device memory when it runs (a decode step captured in a CUDA graph): token t at position
+/// past + t, and LongRoPE's long factors picked there too, once past + seq passes the original context.
+pub fn rope_after<T: Float>(
+    gpu: &Gpu,
+    x: &mut CudaSlice<T>,
+    layout: RopeLayout,
+    freqs: &RopeFreqs,
+    seq: usize,
+    past: CachedLen<'_>,
+) -> Result<(), GpuError> {
+    past.check("rope")?;
+    let positions = Positions {
+        seq,
+        offset: past.max,
+    };
+    launch(gpu, x, layout, freqs, positions, Some(past), 1.0)
 }
 
 /// The gradient through [`rope`] in place: dx: [tokens, layout.row_stride] rotated back.
@@ -90,15 +109,18 @@ pub fn rope_backward<T: Float>(
     freqs: &RopeFreqs,
     positions: Positions,
 ) -> Result<(), GpuError> {
-    launch(gpu, dx, layout, freqs, positions, -1.0)
+    launch(gpu, dx, layout, freqs, positions, None, -1.0)
 }
 
+/// The kernel over `positions`; with `past`, its offset is read on the device and `positions.offset` is the most
+/// it can be.
 fn launch<T: Float>(
     gpu: &Gpu,
     x: &mut CudaSlice<T>,
     layout: RopeLayout,
     freqs: &RopeFreqs,
     positions: Positions,
+    past: Option<CachedLen<'_>>,
     sin_sign: f32,
 ) -> Result<(), GpuError> {
     let RopeLayout {
@@ -134,7 +156,11 @@ fn launch<T: Float>(
     if tokens == 0 {
         return Ok(());
     }
-    let inv_freq = freqs.inv_freq(positions.offset + positions.seq);
+    // The host picks LongRoPE's set from the positions it knows; with `past` the kernel picks between both.
+    let (inv_freq, long, original) = match (past, &freqs.long) {
+        (Some(_), Some((long, original))) => (&freqs.short, Some(long), *original),
+        _ => (freqs.inv_freq(positions.offset + positions.seq), None, 0),
+    };
     let f = gpu.function(&SOURCE, &format!("rope_{}", T::SUFFIX))?;
     // Threads along a head's first half, each taking the kernel's pack of elements (rope.cu's choice).
     let v = 16 / std::mem::size_of::<T>();
@@ -165,22 +191,25 @@ fn launch<T: Float>(
         as_i32(rotary_dim, "rope: rotary_dim")?,
         positions.offset as i32,
     ];
-    // SAFETY: x holds tokens·row_stride elements of the kernel's type, every head inside its row; inv_freq
-    // holds rotary_dim / 2 floats.
-    unsafe {
-        gpu.stream()
-            .launch_builder(&f)
-            .arg(x)
-            .arg(inv_freq)
-            .arg(&args[0])
-            .arg(&args[1])
-            .arg(&args[2])
-            .arg(&args[3])
-            .arg(&args[4])
-            .arg(&args[5])
-            .arg(&freqs.attention_scaling)
-            .arg(&sin_sign)
-            .launch(cfg)
-    }?;
+    let original = as_i32(original, "rope: original context")?;
+    let null = 0u64;
+    let mut builder = gpu.stream().launch_builder(&f);
+    builder.arg(x).arg(inv_freq);
+    match long {
+        Some(l) => builder.arg(l),
+        None => builder.arg(&null),
+    };
+    builder.arg(&original);
+    for a in &args {
+        builder.arg(a);
+    }
+    match past {
+        Some(p) => builder.arg(p.len),
+        None => builder.arg(&null),
+    };
+    builder.arg(&freqs.attention_scaling).arg(&sin_sign);
+    // SAFETY: x holds tokens·row_stride elements of the kernel's type, every head inside its row; both frequency
+    // sets hold rotary_dim / 2 floats; `past` (when given) is one u32 of at most positions.offset, checked above.
+    unsafe { builder.launch(cfg) }?;
     Ok(())
 }

@@ -3,7 +3,7 @@
 
 use super::attention::Rows;
 use super::float::{as_i32, Float};
-use super::{CudaSlice, Gpu, GpuError, LaunchConfig, PushKernelArg};
+use super::{CachedLen, CudaSlice, CudaView, Gpu, GpuError, LaunchConfig, PushKernelArg};
 
 const SOURCE: super::KernelSource = crate::cuda_source!("rows");
 const THREADS: u32 = 256;
@@ -39,6 +39,22 @@ pub fn gather_rows<T: Float>(
             "token id {bad} is past the table's {vocab} rows"
         )));
     }
+    if ids.is_empty() {
+        return Ok(());
+    }
+    gather_rows_on_device(gpu, table, width, &gpu.upload(ids)?.slice(..), out)
+}
+
+/// [`gather_rows`] with the ids already on the device (a decode step captured in a CUDA graph reads its token from
+/// there); an id past the table gives a row of zeros, so check ids before they are written there.
+pub fn gather_rows_on_device<T: Float>(
+    gpu: &Gpu,
+    table: &CudaSlice<T>,
+    width: usize,
+    ids: &CudaView<'_, u32>,
+    out: &mut CudaSlice<T>,
+) -> Result<(), GpuError> {
+    let vocab = table.len() / width.max(1);
     if out.len() < ids.len() * width {
         return Err(shape(format!(
             "gather_rows: out holds {} elements, {} rows of {width} need {}",
@@ -50,18 +66,21 @@ pub fn gather_rows<T: Float>(
     if ids.is_empty() {
         return Ok(());
     }
-    let ids_dev = gpu.upload(ids)?;
     let f = gpu.function(&SOURCE, &format!("gather_rows_{}", T::SUFFIX))?;
     let (rows, w) = (as_i32(ids.len(), "rows")?, as_i32(width, "width")?);
-    // SAFETY: ids are < vocab, table holds vocab·width elements and out ids.len()·width.
+    let vocab =
+        u32::try_from(vocab).map_err(|_| shape(format!("gather_rows: {vocab} rows exceed u32")))?;
+    // SAFETY: the kernel reads table rows < vocab only (table holds vocab·width elements) and writes
+    // ids.len()·width elements of out (checked).
     unsafe {
         gpu.stream()
             .launch_builder(&f)
             .arg(out)
             .arg(table)
-            .arg(&ids_dev)
+            .arg(ids)
             .arg(&rows)
             .arg(&w)
+            .arg(&vocab)
             .launch(rows_config(gpu, ids.len()))
     }?;
     Ok(())
@@ -130,14 +149,41 @@ pub fn add_bias<T: Float>(
 /// `rows × width` elements of dst at its rows `d` = those of src at its rows `s`.
 pub fn copy_columns<T: Float>(
     gpu: &Gpu,
+    dst: (&mut CudaSlice<T>, Rows),
+    src: (&CudaSlice<T>, Rows),
+    rows: usize,
+    width: usize,
+) -> Result<(), GpuError> {
+    launch_copy(gpu, dst, src, rows, width, None)
+}
+
+/// [`copy_columns`] to dst's rows after `past` of them (d.offset + past·d.stride on), `past` read on the device
+/// when the kernel runs: a step's new keys or values appended to a KV cache in a captured decode step.
+pub fn copy_columns_after<T: Float>(
+    gpu: &Gpu,
+    dst: (&mut CudaSlice<T>, Rows),
+    src: (&CudaSlice<T>, Rows),
+    rows: usize,
+    width: usize,
+    past: CachedLen<'_>,
+) -> Result<(), GpuError> {
+    past.check("copy_columns")?;
+    launch_copy(gpu, dst, src, rows, width, Some(past))
+}
+
+fn launch_copy<T: Float>(
+    gpu: &Gpu,
     (dst, d): (&mut CudaSlice<T>, Rows),
     (src, s): (&CudaSlice<T>, Rows),
     rows: usize,
     width: usize,
+    past: Option<CachedLen<'_>>,
 ) -> Result<(), GpuError> {
-    if !d.fit(rows, width, dst.len()) || !s.fit(rows, width, src.len()) {
+    // With `past`, dst must hold its largest value's rows before the copied ones.
+    let reach = rows + past.map_or(0, |p| p.max);
+    if !d.fit(reach, width, dst.len()) || !s.fit(rows, width, src.len()) {
         return Err(shape(format!(
-            "copy_columns: {rows}x{width} from {s:?} of {} elements to {d:?} of {}",
+            "copy_columns: {rows}x{width} from {s:?} of {} elements to {d:?} of {} ({reach} rows)",
             src.len(),
             dst.len()
         )));
@@ -150,18 +196,21 @@ pub fn copy_columns<T: Float>(
     let src_view = src.slice(s.offset..);
     let (ds, ss) = (as_i32(d.stride, "stride")?, as_i32(s.stride, "stride")?);
     let (r, w) = (as_i32(rows, "rows")?, as_i32(width, "width")?);
-    // SAFETY: both blocks lie inside their buffers (checked above).
-    unsafe {
-        gpu.stream()
-            .launch_builder(&f)
-            .arg(&mut dst_view)
-            .arg(&ds)
-            .arg(&src_view)
-            .arg(&ss)
-            .arg(&r)
-            .arg(&w)
-            .launch(rows_config(gpu, rows))
-    }?;
+    let null = 0u64;
+    let mut builder = gpu.stream().launch_builder(&f);
+    builder
+        .arg(&mut dst_view)
+        .arg(&ds)
+        .arg(&src_view)
+        .arg(&ss)
+        .arg(&r)
+        .arg(&w);
+    match past {
+        Some(p) => builder.arg(p.len),
+        None => builder.arg(&null),
+    };
+    // SAFETY: both blocks lie inside their buffers (checked above, dst's after the most `past` rows).
+    unsafe { builder.launch(rows_config(gpu, rows)) }?;
     Ok(())
 }
 

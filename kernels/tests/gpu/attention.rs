@@ -4,10 +4,10 @@
 
 use olive_kernels::cpu::{attention_backward_ref, attention_ref, AttentionBatch, AttentionDims};
 use olive_kernels::cuda::attention::{
-    backward, forward, AttentionShape, Grads, Inputs, Operand, Rows,
+    backward, forward, forward_after, AttentionShape, Grads, Inputs, Operand, Rows,
 };
 use olive_kernels::cuda::float::Half;
-use olive_kernels::cuda::{bf16, f16, test_gpu, CudaSlice, Gpu};
+use olive_kernels::cuda::{bf16, f16, test_gpu, CachedLen, CudaSlice, Gpu};
 
 use super::common::{random, rel_error};
 
@@ -414,4 +414,125 @@ fn refuses_shapes_it_cannot_take() {
     shape.tokens = 9;
     let err = forward(&gpu, &shape, &inputs, (&mut out, Rows::packed(80)), None).unwrap_err();
     assert!(err.to_string().contains("9 queries over 8 keys"), "{err}");
+}
+
+/// A decode step whose KV length the kernels read from device memory (`forward_after`, a captured decode step):
+/// the splits sized for a cache of `capacity` positions, the live keys spread over as many as they fill, the
+/// rest writing nothing; against `attention_ref` over the live keys. (tokens, keys before the step, capacity,
+/// heads, kv_heads, window).
+fn check_after<T: Dtype>(gpu: &Gpu, case: Case, head_dim: usize, seed: u64) {
+    let (tokens, past, capacity, heads, kv_heads, window) = case;
+    let (qw, kvw) = (heads * head_dim, kv_heads * head_dim);
+    let kv_len = past + tokens;
+    let scale = 1.0 / (head_dim as f32).sqrt();
+    let (q_h, q_f) = rounded::<T>(tokens * qw, seed);
+    // The cache: its live rows random, the rest NaN (never read).
+    let (k_live, k_f) = rounded::<T>(kv_len * kvw, seed + 1);
+    let (v_live, v_f) = rounded::<T>(kv_len * kvw, seed + 2);
+    let cache = |live: Vec<T>| {
+        let mut rows = live;
+        rows.resize(capacity * kvw, T::from_f32(f32::NAN));
+        gpu.upload(&rows).unwrap()
+    };
+    let (q_dev, k_dev, v_dev) = (gpu.upload(&q_h).unwrap(), cache(k_live), cache(v_live));
+    let inputs = Inputs {
+        q: Operand {
+            data: &q_dev,
+            rows: Rows::packed(qw),
+        },
+        k: Operand {
+            data: &k_dev,
+            rows: Rows::packed(kvw),
+        },
+        v: Operand {
+            data: &v_dev,
+            rows: Rows::packed(kvw),
+        },
+        key_mask: None,
+    };
+    let shape = AttentionShape {
+        batch: 1,
+        tokens,
+        kv_len: capacity,
+        heads,
+        kv_heads,
+        head_dim,
+        window,
+        scale,
+    };
+    let len = gpu.upload(&[past as u32]).unwrap();
+    let past_dev = CachedLen {
+        len: &len.slice(..),
+        max: capacity - tokens,
+    };
+    let mut out = gpu
+        .upload(&vec![T::from_f32(f32::NAN); tokens * qw])
+        .unwrap();
+    forward_after(gpu, &shape, &inputs, (&mut out, Rows::packed(qw)), past_dev).unwrap();
+    let dims = AttentionDims {
+        heads,
+        kv_heads,
+        head_dim,
+        q_stride: qw,
+    };
+    let want = attention_ref(&q_f, &k_f, &v_f, dims, window, scale, tokens);
+    let e = rel_error(&widen(gpu, &out), &want);
+    assert!(
+        e <= T::TOL,
+        "{} head_dim {head_dim} after {case:?}: relative error {e}",
+        T::SUFFIX
+    );
+}
+
+#[test]
+fn decode_after_a_cache_length_on_the_device_matches_reference() {
+    let Some(gpu) =
+        test_gpu("gpu::attention::decode_after_a_cache_length_on_the_device_matches_reference")
+    else {
+        return;
+    };
+    let cases: [Case; 5] = [
+        (1, 0, 64, 4, 2, None),         // the first position of a small cache
+        (1, 299, 9000, 8, 2, None),     // a few live splits of many
+        (1, 8999, 9000, 9, 3, None),    // the cache's last position
+        (4, 126, 1000, 8, 2, Some(50)), // 16 rows a KV head, windowed, across a 128-key step
+        (1, 20000, 40000, 32, 8, None), // Llama-3-8B's heads, live splits of 256 keys
+    ];
+    for (i, case) in cases.into_iter().enumerate() {
+        for head_dim in [64, 128] {
+            let seed = 1000 + i as u64 * 10 + head_dim as u64;
+            check_after::<bf16>(&gpu, case, head_dim, seed);
+            check_after::<f16>(&gpu, case, head_dim, seed);
+        }
+    }
+    // Refused: a mask, more than one sequence, kv_len other than the bound.
+    let q = gpu.upload(&vec![bf16::ZERO; 64 * 64]).unwrap();
+    let mut out = gpu.upload(&[bf16::ZERO; 64]).unwrap();
+    let op = Operand {
+        data: &q,
+        rows: Rows::packed(64),
+    };
+    let inputs = Inputs {
+        q: op,
+        k: op,
+        v: op,
+        key_mask: None,
+    };
+    let shape = AttentionShape {
+        batch: 1,
+        tokens: 1,
+        kv_len: 64,
+        heads: 1,
+        kv_heads: 1,
+        head_dim: 64,
+        window: None,
+        scale: 0.1,
+    };
+    let len = gpu.upload(&[0u32]).unwrap();
+    let past = CachedLen {
+        len: &len.slice(..),
+        max: 10,
+    };
+    let err = forward_after(&gpu, &shape, &inputs, (&mut out, Rows::packed(64)), past).unwrap_err();
+    assert!(err.to_string().contains("kv_len 64 for 10 + 1"), "{err}");
 }

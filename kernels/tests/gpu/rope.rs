@@ -6,8 +6,8 @@
 
 use olive_kernels::cpu::{rope_apply_ref, rope_tables, RopeLayout};
 use olive_kernels::cuda::float::Float;
-use olive_kernels::cuda::rope::{rope, rope_backward, Positions, RopeFreqs};
-use olive_kernels::cuda::{bf16, f16, test_gpu, Gpu};
+use olive_kernels::cuda::rope::{rope, rope_after, rope_backward, Positions, RopeFreqs};
+use olive_kernels::cuda::{bf16, f16, test_gpu, CachedLen, Gpu};
 
 use super::common::{random, rel_error};
 use super::floats::{download_f32, tol, upload_as};
@@ -226,4 +226,57 @@ fn longrope_picks_its_factor_set_by_length_and_scales() {
         1,
         430,
     );
+}
+
+/// A decode step's rotation with its position read from device memory (`rope_after`, a captured step) is the
+/// host-offset rotation bit for bit, LongRoPE's set picked on the device: short up to the original context (64
+/// here), long past it.
+#[test]
+fn rope_after_a_cache_length_on_the_device_is_rope_at_that_offset() {
+    let Some(gpu) =
+        test_gpu("gpu::rope::rope_after_a_cache_length_on_the_device_is_rope_at_that_offset")
+    else {
+        return;
+    };
+    let qkv = RopeLayout {
+        row_stride: 96 * 96,
+        heads: 64,
+        head_dim: 96,
+        rotary_dim: 96,
+    };
+    let host = HostFreqs::new(96, Some((400, 64, 1.19)));
+    let freqs = RopeFreqs::new(
+        &gpu,
+        &host.short,
+        host.long.as_ref().map(|(l, o)| (l.as_slice(), *o)),
+        host.scaling,
+    )
+    .unwrap();
+    let x = random(qkv.row_stride, 440, 1.0);
+    for past in [0usize, 63, 64, 500] {
+        let (mut by_host, _) = upload_as::<bf16>(&gpu, &x);
+        rope(
+            &gpu,
+            &mut by_host,
+            qkv,
+            &freqs,
+            Positions {
+                seq: 1,
+                offset: past,
+            },
+        )
+        .unwrap();
+        let len = gpu.upload(&[past as u32]).unwrap();
+        let on_device = CachedLen {
+            len: &len.slice(..),
+            max: 1000,
+        };
+        let (mut by_device, _) = upload_as::<bf16>(&gpu, &x);
+        rope_after(&gpu, &mut by_device, qkv, &freqs, 1, on_device).unwrap();
+        assert_eq!(
+            download_f32(&gpu, &by_device),
+            download_f32(&gpu, &by_host),
+            "position {past}"
+        );
+    }
 }
