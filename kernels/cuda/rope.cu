@@ -6,7 +6,9 @@
 // rotation). Token t sits at position pos_offset + t % seq (rows of `seq` tokens; pos_offset = the KV cache's
 // length, read from device memory at `past` instead when that is not null, as a decode step captured in a CUDA
 // graph needs; LongRoPE's long factors `long_freq`, when not null, then replace inv_freq once pos_offset + seq
-// passes `original`, as the host picks them otherwise). Dims past rotary_dim pass through. One block per token: its h cos/sin pairs are computed once
+// passes `original`, as the host picks them otherwise). With a KV cache (k_cache not null; one sequence), the block
+// then also appends its token's rotated keys and its values: the kv_width columns of the row from k_col, and those
+// from k_col + kv_width, to row pos_offset + t of k_cache and v_cache. Dims past rotary_dim pass through. One block per token: its h cos/sin pairs are computed once
 // into shared memory (accurate sincosf), then threadIdx.x walks a head's first half V elements at a time (16-byte
 // accesses where the layout keeps them aligned) and threadIdx.y walks the heads.
 #include <cuda_bf16.h>
@@ -45,10 +47,17 @@ __device__ void rotate(T *row, const float *cs, const float *sn, int heads, int 
     }
 }
 
+// dst[i] = src[i] for i < n, V elements at a time.
+template <typename T, int V> __device__ void copy_row(T *__restrict__ dst, const T *__restrict__ src, int n) {
+    for (int i = threadIdx.y * blockDim.x + threadIdx.x; i < n / V; i += blockDim.x * blockDim.y)
+        reinterpret_cast<Pack<T, V> *>(dst)[i] = reinterpret_cast<const Pack<T, V> *>(src)[i];
+}
+
 template <typename T>
 __device__ void rope(T *x, const float *__restrict__ inv_freq, const float *__restrict__ long_freq, int original,
                      int seq, int row_stride, int heads, int head_dim, int rotary_dim, int pos_offset,
-                     const unsigned *__restrict__ past, float scaling, float sin_sign) {
+                     const unsigned *__restrict__ past, float scaling, float sin_sign, T *__restrict__ k_cache,
+                     T *__restrict__ v_cache, int k_col, int kv_width) {
     __shared__ float cs[MAX_HALF], sn[MAX_HALF];
     const int t = blockIdx.x;
     const int half = rotary_dim / 2;
@@ -68,15 +77,25 @@ __device__ void rope(T *x, const float *__restrict__ inv_freq, const float *__re
     constexpr int V = 16 / sizeof(T);
     if (half % V == 0 && head_dim % V == 0 && row_stride % V == 0) rotate<T, V>(row, cs, sn, heads, head_dim, half);
     else rotate<T, 1>(row, cs, sn, heads, head_dim, half);
+    if (k_cache == nullptr) return;
+    __syncthreads();  // the keys rotated by every thread
+    const long long at = (long long)(pos_offset + t) * kv_width;
+    if (row_stride % V == 0 && k_col % V == 0 && kv_width % V == 0) {
+        copy_row<T, V>(k_cache + at, row + k_col, kv_width);
+        copy_row<T, V>(v_cache + at, row + k_col + kv_width, kv_width);
+    } else {
+        copy_row<T, 1>(k_cache + at, row + k_col, kv_width);
+        copy_row<T, 1>(v_cache + at, row + k_col + kv_width, kv_width);
+    }
 }
 
 #define ROPE_KERNEL(T, SUFFIX)                                                                                 \
     extern "C" __global__ void rope_##SUFFIX(T *x, const float *inv_freq, const float *long_freq, int original,  \
                                             int seq, int row_stride, int heads, int head_dim, int rotary_dim,   \
-                                            int pos_offset, const unsigned *past, float scaling,                \
-                                            float sin_sign) {                                                  \
+                                            int pos_offset, const unsigned *past, float scaling, float sin_sign, \
+                                            T *k_cache, T *v_cache, int k_col, int kv_width) {                  \
         rope<T>(x, inv_freq, long_freq, original, seq, row_stride, heads, head_dim, rotary_dim, pos_offset,    \
-                past, scaling, sin_sign);                                                                      \
+                past, scaling, sin_sign, k_cache, v_cache, k_col, kv_width);                                   \
     }
 
 ROPE_KERNEL(float, f32)

@@ -42,12 +42,10 @@ __device__ void add_bias(T *__restrict__ x, const T *__restrict__ bias, long lon
         x[i] = from_f32<T>(to_f32(x[i]) + to_f32(bias[i % width]));
 }
 
-// dst[r * dst_stride + c] = src[r * src_stride + c] for r < rows, c < width (offsets applied by the caller), dst
-// further on by *past_rows rows when that is not null (a KV cache's length, read on the device: a captured step).
+// dst[r * dst_stride + c] = src[r * src_stride + c] for r < rows, c < width (offsets applied by the caller).
 template <typename T>
 __device__ void copy_columns(T *__restrict__ dst, int dst_stride, const T *__restrict__ src, int src_stride,
-                             int rows, int width, const unsigned *__restrict__ past_rows) {
-    if (past_rows != nullptr) dst += (long long)*past_rows * dst_stride;
+                             int rows, int width) {
     for (int r = blockIdx.x; r < rows; r += gridDim.x)
         for (int c = threadIdx.x; c < width; c += blockDim.x)
             dst[(long long)r * dst_stride + c] = src[(long long)r * src_stride + c];
@@ -60,9 +58,8 @@ __device__ void copy_columns(T *__restrict__ dst, int dst_stride, const T *__res
     }                                                                                                            \
     extern "C" __global__ void add_assign_##S(T *x, const T *y, long long n) { add_assign(x, y, n); }            \
     extern "C" __global__ void add_bias_##S(T *x, const T *bias, long long n, int w) { add_bias(x, bias, n, w); } \
-    extern "C" __global__ void copy_columns_##S(T *dst, int ds, const T *src, int ss, int rows, int w,           \
-                                                const unsigned *past_rows) {                                     \
-        copy_columns(dst, ds, src, ss, rows, w, past_rows);                                                      \
+    extern "C" __global__ void copy_columns_##S(T *dst, int ds, const T *src, int ss, int rows, int w) {         \
+        copy_columns(dst, ds, src, ss, rows, w);                                                                 \
     }
 
 ROWS_KERNELS(float, f32)

@@ -16,10 +16,8 @@ use std::sync::Arc;
 use olive_kernels::cpu::w4a16_tiles::W4Tiles;
 use olive_kernels::cpu::RopeLayout;
 use olive_kernels::cuda::attention::{self, AttentionShape, Inputs as AttnInputs, Operand, Rows};
-use olive_kernels::cuda::rope::{Positions, RopeFreqs};
-use olive_kernels::cuda::rows::{
-    add_bias, copy_columns, copy_columns_after, gather_rows, gather_rows_on_device,
-};
+use olive_kernels::cuda::rope::{CacheAppend, RopeFreqs, Start};
+use olive_kernels::cuda::rows::{add_bias, gather_rows, gather_rows_on_device};
 use olive_kernels::cuda::w4a16::{w4a16, w4a16_add, W4Weight};
 use olive_kernels::cuda::{
     bf16, gemm, rmsnorm, rope, silu_mul, CachedLen, CudaGraph, CudaSlice, DeviceRepr, Gpu,
@@ -243,6 +241,8 @@ struct Workspace {
     act: Option<CudaSlice<Act>>,
     /// [rows, vocab] f32
     logits: Option<CudaSlice<f32>>,
+    /// A captured step's attention scratch (`attention::decode_part_len`).
+    attention_part: Option<CudaSlice<f32>>,
 }
 
 /// `buf` as a buffer of `len` elements: the one it holds when that has `len`, else a new one.
@@ -551,39 +551,22 @@ impl GpuTransformer {
             window: d.sliding_window,
             scale: 1.0 / (d.head_dim as f32).sqrt(),
         };
+        let from = match past {
+            None => Start::Host(start),
+            Some(p) => Start::Device(p),
+        };
+        let part_len = attention::decode_part_len(gpu, &shape);
         let eps = d.rms_norm_eps;
         for (i, layer) in self.layers.iter().enumerate() {
             rmsnorm::rmsnorm(gpu, hidden, &layer.input_layernorm, eps, normed)?;
             layer.qkv_proj.forward(gpu, normed, t, qkv, false)?;
-            match past {
-                None => {
-                    let positions = Positions {
-                        seq: t,
-                        offset: start,
-                    };
-                    rope::rope(gpu, qkv, rope_layout, &self.freqs, positions)?;
-                }
-                Some(p) => rope::rope_after(gpu, qkv, rope_layout, &self.freqs, t, p)?,
-            }
-            for (cached, column) in [(&mut keys[i], q_w), (&mut values[i], q_w + kv_w)] {
-                let from = Rows {
-                    offset: column,
-                    stride: qkv_w,
-                };
-                match past {
-                    None => {
-                        let at_end = Rows {
-                            offset: start * kv_w,
-                            stride: kv_w,
-                        };
-                        copy_columns(gpu, (cached, at_end), (qkv, from), t, kv_w)?;
-                    }
-                    Some(p) => {
-                        let after = Rows::packed(kv_w);
-                        copy_columns_after(gpu, (cached, after), (qkv, from), t, kv_w, p)?;
-                    }
-                }
-            }
+            let cache = CacheAppend {
+                keys: &mut keys[i],
+                values: &mut values[i],
+                k_column: q_w,
+                width: kv_w,
+            };
+            rope::rope_append(gpu, qkv, rope_layout, &self.freqs, from, cache)?;
             let inputs = AttnInputs {
                 q: Operand {
                     data: qkv,
@@ -605,7 +588,10 @@ impl GpuTransformer {
             let out = (&mut *attn, Rows::packed(q_w));
             match past {
                 None => attention::forward(gpu, &shape, &inputs, out, None)?,
-                Some(p) => attention::forward_after(gpu, &shape, &inputs, out, p)?,
+                Some(p) => {
+                    let part = fit(gpu, &mut ws.attention_part, part_len)?;
+                    attention::forward_after(gpu, &shape, &inputs, out, p, part)?
+                }
             }
             layer.o_proj.forward(gpu, attn, t, hidden, true)?;
             rmsnorm::rmsnorm(gpu, hidden, &layer.post_attention_layernorm, eps, normed)?;

@@ -322,7 +322,7 @@ pub fn forward<T: Half>(
         return Ok(());
     }
     if shape.rows_per_kv_head() <= DECODE_MAX_ROWS {
-        return decode(gpu, shape, p, inputs, out.0, lse, None);
+        return decode(gpu, shape, p, inputs, out.0, lse, None, None);
     }
     let smem = forward_smem(hd);
     let f = kernel::<T>(gpu, "fwd", hd, smem)?;
@@ -358,13 +358,15 @@ pub fn forward<T: Half>(
 /// [`forward`] of a decode step after a KV cache's `past` positions, which the kernels read from device memory when
 /// they run (a decode step captured in a CUDA graph): kv_len = past + shape.tokens. `shape.kv_len` is the most it
 /// can be (past.max + tokens): k and v are checked against it and the KV length's splits sized for it, the kernels
-/// then spreading the live keys over them. One sequence, no key mask, at most 16 query rows per KV head.
+/// then spreading the live keys over them. One sequence, no key mask, at most 16 query rows per KV head. `part` is
+/// the splits' scratch ([`decode_part_len`] floats), kept by the caller so that a captured step allocates nothing.
 pub fn forward_after<T: Half>(
     gpu: &Gpu,
     shape: &AttentionShape,
     inputs: &Inputs<'_, T>,
     out: (&mut CudaSlice<T>, Rows),
     past: CachedLen<'_>,
+    part: &mut CudaSlice<f32>,
 ) -> Result<(), GpuError> {
     past.check("attention")?;
     if shape.batch != 1
@@ -388,7 +390,7 @@ pub fn forward_after<T: Half>(
     if shape.tokens == 0 {
         return Ok(());
     }
-    decode(gpu, shape, p, inputs, out.0, None, Some(past))
+    decode(gpu, shape, p, inputs, out.0, None, Some(past), Some(part))
 }
 
 /// The checked kernel parameters of a forward writing `out` (and `lse`, when given).
@@ -423,8 +425,33 @@ fn forward_params<T: Half>(
     Ok(p)
 }
 
-/// The decode kernel split over the KV length and the combine of its splits (`p` checked by [`forward_params`]);
-/// with `past`, both read kv_len on the device and `shape.kv_len` is its bound.
+/// Splits of the KV length a decode launch takes: blocks per (sequence, KV head) about 8 per multiprocessor in all
+/// (more blocks, more loads in flight), each a multiple of 128 keys; the kernels spread the keys over them in the
+/// same steps.
+fn decode_splits(gpu: &Gpu, shape: &AttentionShape) -> usize {
+    let per_head = shape.batch * shape.kv_heads;
+    let want = (8 * gpu.sm_count() as usize)
+        .div_ceil(per_head.max(1))
+        .max(1);
+    let chunk = shape
+        .kv_len
+        .div_ceil(want)
+        .div_ceil(DECODE_KEYS)
+        .max(1)
+        .saturating_mul(DECODE_KEYS);
+    shape.kv_len.div_ceil(chunk)
+}
+
+/// Floats of the scratch [`forward_after`] takes for `shape`: the splits' partial rows,
+/// [batch, heads, tokens, splits, head_dim + 2].
+pub fn decode_part_len(gpu: &Gpu, shape: &AttentionShape) -> usize {
+    shape.batch * shape.heads * shape.tokens * decode_splits(gpu, shape) * (shape.head_dim + 2)
+}
+
+/// The decode kernel split over the KV length and the combine of its splits (`p` checked by [`forward_params`]),
+/// through `part` (at least [`decode_part_len`] floats) or a buffer of its own; with `past`, both read kv_len on
+/// the device and `shape.kv_len` is its bound.
+#[allow(clippy::too_many_arguments)]
 fn decode<T: Half>(
     gpu: &Gpu,
     shape: &AttentionShape,
@@ -433,24 +460,28 @@ fn decode<T: Half>(
     out: &mut CudaSlice<T>,
     lse: Option<&mut CudaSlice<f32>>,
     past: Option<CachedLen<'_>>,
+    part: Option<&mut CudaSlice<f32>>,
 ) -> Result<(), GpuError> {
     let (hd, b) = (shape.head_dim, shape.batch);
-    let rows = b * shape.heads * shape.tokens;
-    // Blocks per (sequence, KV head): about 8 per multiprocessor in all (more blocks, more loads in flight), each
-    // split a multiple of 128 keys; the kernels spread the keys over them in the same steps.
-    let per_head = b * shape.kv_heads;
-    let want = (8 * gpu.sm_count() as usize).div_ceil(per_head).max(1);
-    let chunk = shape
-        .kv_len
-        .div_ceil(want)
-        .div_ceil(DECODE_KEYS)
-        .max(1)
-        .saturating_mul(DECODE_KEYS);
-    let splits = shape.kv_len.div_ceil(chunk);
+    let splits = decode_splits(gpu, shape);
     p.splits = int("splits", splits)?;
-    // SAFETY: uninitialised on purpose: the combine reads only the live splits, each of which the decode kernel
-    // writes in full before.
-    let mut part = unsafe { gpu.stream().alloc::<f32>(rows * splits * (hd + 2)) }?;
+    let len = decode_part_len(gpu, shape);
+    let mut own;
+    let part = match part {
+        Some(part) if part.len() >= len => part,
+        Some(part) => {
+            return Err(shape_error(format!(
+                "the decode scratch holds {} floats, {len} needed (decode_part_len)",
+                part.len()
+            )))
+        }
+        None => {
+            // SAFETY: uninitialised on purpose: the combine reads only the live splits, each of which the decode
+            // kernel writes in full before.
+            own = unsafe { gpu.stream().alloc::<f32>(len) }?;
+            &mut own
+        }
+    };
     let smem = decode_smem(hd);
     let f = kernel::<T>(gpu, "decode", hd, smem)?;
     let cfg = LaunchConfig {
@@ -472,14 +503,14 @@ fn decode<T: Half>(
         Some(m) => launch.arg(m),
         None => launch.arg(&NULL),
     };
-    launch.arg(&mut part);
+    launch.arg(&mut *part);
     // SAFETY: the rows of q, k, v and the mask were checked against their buffers for shape.kv_len keys, which
     // bounds the kernel's kv_len (`past` at most past.max); part holds rows·splits·(head_dim + 2) floats, the
     // kernel's [batch, heads, tokens, splits, D + 2].
     unsafe { launch.launch(cfg) }?;
     let f = kernel::<T>(gpu, "combine", hd, 0)?;
     let cfg = LaunchConfig {
-        grid_dim: (int("rows", rows)? as u32, 1, 1),
+        grid_dim: (int("rows", b * shape.heads * shape.tokens)? as u32, 1, 1),
         block_dim: (THREADS, 1, 1),
         shared_mem_bytes: 0,
     };
@@ -489,7 +520,7 @@ fn decode<T: Half>(
         Some(l) => launch.arg(l.len),
         None => launch.arg(&NULL),
     };
-    launch.arg(&part).arg(out);
+    launch.arg(&*part).arg(out);
     match lse {
         Some(l) => launch.arg(l),
         None => launch.arg(&NULL),

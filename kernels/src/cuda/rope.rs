@@ -79,26 +79,64 @@ pub fn rope<T: Float>(
     freqs: &RopeFreqs,
     positions: Positions,
 ) -> Result<(), GpuError> {
-    launch(gpu, x, layout, freqs, positions, None, 1.0)
+    launch(gpu, x, layout, freqs, positions, None, 1.0, None)
 }
 
-/// [`rope`] on one step of `seq` tokens (x: [seq, layout.row_stride]) after a KV cache's `past` positions, which
-/// the kernel reads from device memory when it runs (a decode step captured in a CUDA graph): token t at position
-/// past + t, and LongRoPE's long factors picked there too, once past + seq passes the original context.
-pub fn rope_after<T: Float>(
+/// Where the tokens of one sequence start: after `Host(n)` positions, or after a KV cache's length that the kernel
+/// reads from device memory when it runs (a decode step captured in a CUDA graph).
+#[derive(Clone, Copy)]
+pub enum Start<'a> {
+    Host(usize),
+    Device(CachedLen<'a>),
+}
+
+/// The KV cache [`rope_append`] writes to: keys and values [capacity, width] each, taken from the rows of x at
+/// column `k_column` (keys, after their rotation) and `k_column + width` (values).
+pub struct CacheAppend<'a, T> {
+    pub keys: &'a mut CudaSlice<T>,
+    pub values: &'a mut CudaSlice<T>,
+    pub k_column: usize,
+    pub width: usize,
+}
+
+/// [`rope`] on the rows x: [tokens, layout.row_stride] of one sequence from `start` on, and in the same launch the
+/// rows' rotated keys and their values written to `cache` at those positions. With [`Start::Device`], LongRoPE's
+/// set is picked on the device too: the long one once start + tokens passes the original context.
+pub fn rope_append<T: Float>(
     gpu: &Gpu,
     x: &mut CudaSlice<T>,
     layout: RopeLayout,
     freqs: &RopeFreqs,
-    seq: usize,
-    past: CachedLen<'_>,
+    start: Start<'_>,
+    cache: CacheAppend<'_, T>,
 ) -> Result<(), GpuError> {
-    past.check("rope")?;
-    let positions = Positions {
-        seq,
-        offset: past.max,
+    let seq = x.len() / layout.row_stride.max(1);
+    let (offset, past) = match start {
+        Start::Host(n) => (n, None),
+        Start::Device(past) => {
+            past.check("rope")?;
+            (past.max, Some(past))
+        }
     };
-    launch(gpu, x, layout, freqs, positions, Some(past), 1.0)
+    let CacheAppend {
+        k_column, width, ..
+    } = cache;
+    let rows = (offset + seq) * width;
+    if width == 0
+        || k_column + 2 * width > layout.row_stride
+        || cache.keys.len() < rows
+        || cache.values.len() < rows
+    {
+        return Err(GpuError::Shape(format!(
+            "rope: a cache of {} keys and {} values cannot take {seq} rows of {width} after {offset} positions, \
+             nor can rows of {} hold them from column {k_column}",
+            cache.keys.len(),
+            cache.values.len(),
+            layout.row_stride
+        )));
+    }
+    let positions = Positions { seq, offset };
+    launch(gpu, x, layout, freqs, positions, past, 1.0, Some(cache))
 }
 
 /// The gradient through [`rope`] in place: dx: [tokens, layout.row_stride] rotated back.
@@ -109,11 +147,12 @@ pub fn rope_backward<T: Float>(
     freqs: &RopeFreqs,
     positions: Positions,
 ) -> Result<(), GpuError> {
-    launch(gpu, dx, layout, freqs, positions, None, -1.0)
+    launch(gpu, dx, layout, freqs, positions, None, -1.0, None)
 }
 
 /// The kernel over `positions`; with `past`, its offset is read on the device and `positions.offset` is the most
-/// it can be.
+/// it can be; with `append` (checked by the caller), the keys and values also go to the cache.
+#[allow(clippy::too_many_arguments)]
 fn launch<T: Float>(
     gpu: &Gpu,
     x: &mut CudaSlice<T>,
@@ -122,6 +161,7 @@ fn launch<T: Float>(
     positions: Positions,
     past: Option<CachedLen<'_>>,
     sin_sign: f32,
+    append: Option<CacheAppend<'_, T>>,
 ) -> Result<(), GpuError> {
     let RopeLayout {
         row_stride,
@@ -208,8 +248,24 @@ fn launch<T: Float>(
         None => builder.arg(&null),
     };
     builder.arg(&freqs.attention_scaling).arg(&sin_sign);
+    let (k_column, width);
+    match append {
+        Some(cache) => {
+            (k_column, width) = (
+                as_i32(cache.k_column, "rope: k_column")?,
+                as_i32(cache.width, "rope: cache width")?,
+            );
+            builder.arg(cache.keys).arg(cache.values);
+        }
+        None => {
+            (k_column, width) = (0, 0);
+            builder.arg(&null).arg(&null);
+        }
+    }
+    builder.arg(&k_column).arg(&width);
     // SAFETY: x holds tokens·row_stride elements of the kernel's type, every head inside its row; both frequency
-    // sets hold rotary_dim / 2 floats; `past` (when given) is one u32 of at most positions.offset, checked above.
+    // sets hold rotary_dim / 2 floats; `past` (when given) is one u32 of at most positions.offset; the caches
+    // (when given) hold positions.offset + tokens rows of width, which x's rows hold from k_column twice over.
     unsafe { builder.launch(cfg) }?;
     Ok(())
 }

@@ -3,7 +3,7 @@
 
 use super::attention::Rows;
 use super::float::{as_i32, Float};
-use super::{CachedLen, CudaSlice, CudaView, Gpu, GpuError, LaunchConfig, PushKernelArg};
+use super::{CudaSlice, CudaView, Gpu, GpuError, LaunchConfig, PushKernelArg};
 
 const SOURCE: super::KernelSource = crate::cuda_source!("rows");
 const THREADS: u32 = 256;
@@ -149,41 +149,14 @@ pub fn add_bias<T: Float>(
 /// `rows × width` elements of dst at its rows `d` = those of src at its rows `s`.
 pub fn copy_columns<T: Float>(
     gpu: &Gpu,
-    dst: (&mut CudaSlice<T>, Rows),
-    src: (&CudaSlice<T>, Rows),
-    rows: usize,
-    width: usize,
-) -> Result<(), GpuError> {
-    launch_copy(gpu, dst, src, rows, width, None)
-}
-
-/// [`copy_columns`] to dst's rows after `past` of them (d.offset + past·d.stride on), `past` read on the device
-/// when the kernel runs: a step's new keys or values appended to a KV cache in a captured decode step.
-pub fn copy_columns_after<T: Float>(
-    gpu: &Gpu,
-    dst: (&mut CudaSlice<T>, Rows),
-    src: (&CudaSlice<T>, Rows),
-    rows: usize,
-    width: usize,
-    past: CachedLen<'_>,
-) -> Result<(), GpuError> {
-    past.check("copy_columns")?;
-    launch_copy(gpu, dst, src, rows, width, Some(past))
-}
-
-fn launch_copy<T: Float>(
-    gpu: &Gpu,
     (dst, d): (&mut CudaSlice<T>, Rows),
     (src, s): (&CudaSlice<T>, Rows),
     rows: usize,
     width: usize,
-    past: Option<CachedLen<'_>>,
 ) -> Result<(), GpuError> {
-    // With `past`, dst must hold its largest value's rows before the copied ones.
-    let reach = rows + past.map_or(0, |p| p.max);
-    if !d.fit(reach, width, dst.len()) || !s.fit(rows, width, src.len()) {
+    if !d.fit(rows, width, dst.len()) || !s.fit(rows, width, src.len()) {
         return Err(shape(format!(
-            "copy_columns: {rows}x{width} from {s:?} of {} elements to {d:?} of {} ({reach} rows)",
+            "copy_columns: {rows}x{width} from {s:?} of {} elements to {d:?} of {}",
             src.len(),
             dst.len()
         )));
@@ -196,21 +169,18 @@ fn launch_copy<T: Float>(
     let src_view = src.slice(s.offset..);
     let (ds, ss) = (as_i32(d.stride, "stride")?, as_i32(s.stride, "stride")?);
     let (r, w) = (as_i32(rows, "rows")?, as_i32(width, "width")?);
-    let null = 0u64;
-    let mut builder = gpu.stream().launch_builder(&f);
-    builder
-        .arg(&mut dst_view)
-        .arg(&ds)
-        .arg(&src_view)
-        .arg(&ss)
-        .arg(&r)
-        .arg(&w);
-    match past {
-        Some(p) => builder.arg(p.len),
-        None => builder.arg(&null),
-    };
-    // SAFETY: both blocks lie inside their buffers (checked above, dst's after the most `past` rows).
-    unsafe { builder.launch(rows_config(gpu, rows)) }?;
+    // SAFETY: both blocks lie inside their buffers (checked above).
+    unsafe {
+        gpu.stream()
+            .launch_builder(&f)
+            .arg(&mut dst_view)
+            .arg(&ds)
+            .arg(&src_view)
+            .arg(&ss)
+            .arg(&r)
+            .arg(&w)
+            .launch(rows_config(gpu, rows))
+    }?;
     Ok(())
 }
 

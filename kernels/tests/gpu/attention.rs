@@ -4,7 +4,7 @@
 
 use olive_kernels::cpu::{attention_backward_ref, attention_ref, AttentionBatch, AttentionDims};
 use olive_kernels::cuda::attention::{
-    backward, forward, forward_after, AttentionShape, Grads, Inputs, Operand, Rows,
+    backward, decode_part_len, forward, forward_after, AttentionShape, Grads, Inputs, Operand, Rows,
 };
 use olive_kernels::cuda::float::Half;
 use olive_kernels::cuda::{bf16, f16, test_gpu, CachedLen, CudaSlice, Gpu};
@@ -468,7 +468,9 @@ fn check_after<T: Dtype>(gpu: &Gpu, case: Case, head_dim: usize, seed: u64) {
     let mut out = gpu
         .upload(&vec![T::from_f32(f32::NAN); tokens * qw])
         .unwrap();
-    forward_after(gpu, &shape, &inputs, (&mut out, Rows::packed(qw)), past_dev).unwrap();
+    let mut part = gpu.alloc::<f32>(decode_part_len(gpu, &shape)).unwrap();
+    let out_rows = (&mut out, Rows::packed(qw));
+    forward_after(gpu, &shape, &inputs, out_rows, past_dev, &mut part).unwrap();
     let dims = AttentionDims {
         heads,
         kv_heads,
@@ -533,6 +535,17 @@ fn decode_after_a_cache_length_on_the_device_matches_reference() {
         len: &len.slice(..),
         max: 10,
     };
-    let err = forward_after(&gpu, &shape, &inputs, (&mut out, Rows::packed(64)), past).unwrap_err();
+    let mut part = gpu.alloc::<f32>(decode_part_len(&gpu, &shape)).unwrap();
+    let out_rows = (&mut out, Rows::packed(64));
+    let err = forward_after(&gpu, &shape, &inputs, out_rows, past, &mut part).unwrap_err();
     assert!(err.to_string().contains("kv_len 64 for 10 + 1"), "{err}");
+    // A scratch too small for the splits.
+    let past = CachedLen {
+        len: &len.slice(..),
+        max: 63,
+    };
+    let mut small = gpu.alloc::<f32>(decode_part_len(&gpu, &shape) - 1).unwrap();
+    let out_rows = (&mut out, Rows::packed(64));
+    let err = forward_after(&gpu, &shape, &inputs, out_rows, past, &mut small).unwrap_err();
+    assert!(err.to_string().contains("decode scratch"), "{err}");
 }

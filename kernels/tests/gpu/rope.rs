@@ -6,7 +6,9 @@
 
 use olive_kernels::cpu::{rope_apply_ref, rope_tables, RopeLayout};
 use olive_kernels::cuda::float::Float;
-use olive_kernels::cuda::rope::{rope, rope_after, rope_backward, Positions, RopeFreqs};
+use olive_kernels::cuda::rope::{
+    rope, rope_append, rope_backward, CacheAppend, Positions, RopeFreqs, Start,
+};
 use olive_kernels::cuda::{bf16, f16, test_gpu, CachedLen, Gpu};
 
 use super::common::{random, rel_error};
@@ -228,23 +230,27 @@ fn longrope_picks_its_factor_set_by_length_and_scales() {
     );
 }
 
-/// A decode step's rotation with its position read from device memory (`rope_after`, a captured step) is the
-/// host-offset rotation bit for bit, LongRoPE's set picked on the device: short up to the original context (64
-/// here), long past it.
+/// `rope_append`: the rotation of a step of one sequence and its keys and values written to a KV cache in one
+/// launch, the start on the host or read from device memory (a captured decode step), is `rope` at that offset bit
+/// for bit, with the cache rows those of the rotated row; LongRoPE's set picked on the device too, short up to the
+/// original context (64 here) and long past it. A prefill of 5 rows (the 16-byte path) and a decode step with an
+/// odd row stride (one element at a time).
 #[test]
-fn rope_after_a_cache_length_on_the_device_is_rope_at_that_offset() {
+fn rope_append_rotates_and_fills_the_cache_as_rope_then_copies() {
     let Some(gpu) =
-        test_gpu("gpu::rope::rope_after_a_cache_length_on_the_device_is_rope_at_that_offset")
+        test_gpu("gpu::rope::rope_append_rotates_and_fills_the_cache_as_rope_then_copies")
     else {
         return;
     };
-    let qkv = RopeLayout {
-        row_stride: 96 * 96,
-        heads: 64,
-        head_dim: 96,
-        rotary_dim: 96,
+    // Phi-3.5-mini's 32 q heads of 96 and 8 kv heads: the q | k | v row, rotated over q and k.
+    let (head_dim, kv_w) = (96, 8 * 96);
+    let fused = |row_stride| RopeLayout {
+        row_stride,
+        heads: 40,
+        head_dim,
+        rotary_dim: head_dim,
     };
-    let host = HostFreqs::new(96, Some((400, 64, 1.19)));
+    let host = HostFreqs::new(head_dim, Some((400, 64, 1.19)));
     let freqs = RopeFreqs::new(
         &gpu,
         &host.short,
@@ -252,31 +258,60 @@ fn rope_after_a_cache_length_on_the_device_is_rope_at_that_offset() {
         host.scaling,
     )
     .unwrap();
-    let x = random(qkv.row_stride, 440, 1.0);
-    for past in [0usize, 63, 64, 500] {
-        let (mut by_host, _) = upload_as::<bf16>(&gpu, &x);
+    let capacity = 600;
+    for (past, tokens, row_stride, on_device) in [
+        (0, 5, 48 * 96, false),
+        (58, 5, 48 * 96, true),
+        (63, 1, 48 * 96 + 1, true),
+        (64, 1, 48 * 96, true),
+        (500, 1, 48 * 96 + 1, false),
+    ] {
+        let layout = fused(row_stride);
+        let x = random(tokens * row_stride, 440 + past as u64, 1.0);
+        let (mut by_rope, _) = upload_as::<bf16>(&gpu, &x);
         rope(
             &gpu,
-            &mut by_host,
-            qkv,
+            &mut by_rope,
+            layout,
             &freqs,
             Positions {
-                seq: 1,
+                seq: tokens,
                 offset: past,
             },
         )
         .unwrap();
+        let rotated = download_f32(&gpu, &by_rope);
+        let (mut x_dev, _) = upload_as::<bf16>(&gpu, &x);
+        let (mut keys, _) = upload_as::<bf16>(&gpu, &vec![0.5; capacity * kv_w]);
+        let (mut values, _) = upload_as::<bf16>(&gpu, &vec![0.5; capacity * kv_w]);
         let len = gpu.upload(&[past as u32]).unwrap();
-        let on_device = CachedLen {
-            len: &len.slice(..),
-            max: 1000,
+        let len = len.slice(..);
+        let start = if on_device {
+            Start::Device(CachedLen {
+                len: &len,
+                max: capacity - tokens,
+            })
+        } else {
+            Start::Host(past)
         };
-        let (mut by_device, _) = upload_as::<bf16>(&gpu, &x);
-        rope_after(&gpu, &mut by_device, qkv, &freqs, 1, on_device).unwrap();
-        assert_eq!(
-            download_f32(&gpu, &by_device),
-            download_f32(&gpu, &by_host),
-            "position {past}"
-        );
+        let cache = CacheAppend {
+            keys: &mut keys,
+            values: &mut values,
+            k_column: 32 * head_dim,
+            width: kv_w,
+        };
+        rope_append(&gpu, &mut x_dev, layout, &freqs, start, cache).unwrap();
+        let what = format!("{tokens} tokens after {past}, row stride {row_stride}");
+        assert_eq!(download_f32(&gpu, &x_dev), rotated, "{what}: rows");
+        let mut want_k = vec![0.5; capacity * kv_w];
+        let mut want_v = want_k.clone();
+        for (t, row) in rotated.chunks(row_stride).enumerate() {
+            let at = (past + t) * kv_w;
+            want_k[at..at + kv_w].copy_from_slice(&row[32 * head_dim..32 * head_dim + kv_w]);
+            want_v[at..at + kv_w]
+                .copy_from_slice(&row[32 * head_dim + kv_w..32 * head_dim + 2 * kv_w]);
+        }
+        assert_eq!(download_f32(&gpu, &keys), want_k, "{what}: keys");
+        assert_eq!(download_f32(&gpu, &values), want_v, "{what}: values");
     }
 }

@@ -7,10 +7,9 @@ use olive_kernels::cpu::rows::{
 };
 use olive_kernels::cuda::attention::Rows;
 use olive_kernels::cuda::rows::{
-    add_assign, add_bias, column_abs_mean, copy_columns, copy_columns_after, gather_rows,
-    gather_rows_on_device,
+    add_assign, add_bias, column_abs_mean, copy_columns, gather_rows, gather_rows_on_device,
 };
-use olive_kernels::cuda::{bf16, test_gpu, CachedLen};
+use olive_kernels::cuda::{bf16, test_gpu};
 
 use super::common::{random, rel_error};
 
@@ -96,11 +95,10 @@ fn gather_add_bias_and_copy_match_the_reference() {
     assert!(copy_columns(&gpu, (&mut dst_dev, far), (&src_dev, s), rows, 64).is_err());
 }
 
-/// The moves of a captured decode step: token ids from device memory (an id past the table gives zeros) and the
-/// cache row to append at read there too.
+/// A captured decode step's embedding lookup: token ids from device memory (an id past the table gives zeros).
 #[test]
-fn ids_and_cache_rows_read_from_device_memory() {
-    let Some(gpu) = test_gpu("gpu::rows::ids_and_cache_rows_read_from_device_memory") else {
+fn ids_read_from_device_memory() {
+    let Some(gpu) = test_gpu("gpu::rows::ids_read_from_device_memory") else {
         return;
     };
     let (vocab, width) = (100, 72);
@@ -112,43 +110,6 @@ fn ids_and_cache_rows_read_from_device_memory() {
     let mut want = gather_rows_ref(&table, &[41], width);
     want.extend(vec![0.0; width]);
     assert_eq!(to_f32(&gpu.download(&out).unwrap()), want);
-
-    // Two rows of v columns of a fused [2, 3·64] row appended to a [16, 64] cache after its 5 rows.
-    let (rows, src_w, dst_w) = (2, 192, 64);
-    let src = to_f32(&to_bf16(&random(rows * src_w, 8, 1.0)));
-    let mut dst = to_f32(&to_bf16(&random(16 * dst_w, 9, 1.0)));
-    let mut dst_dev = gpu.upload(&to_bf16(&dst)).unwrap();
-    let src_dev = gpu.upload(&to_bf16(&src)).unwrap();
-    let s = Rows {
-        offset: 128,
-        stride: src_w,
-    };
-    let len = gpu.upload(&[5u32]).unwrap();
-    let len = len.slice(..);
-    let past = |max| CachedLen { len: &len, max };
-    let packed = Rows::packed(dst_w);
-    copy_columns_after(
-        &gpu,
-        (&mut dst_dev, packed),
-        (&src_dev, s),
-        rows,
-        64,
-        past(14),
-    )
-    .unwrap();
-    copy_columns_ref(&mut dst[5 * dst_w..], dst_w, &src[128..], src_w, rows, 64);
-    assert_eq!(to_f32(&gpu.download(&dst_dev).unwrap()), dst);
-    // A bound past the cache is refused on the host, whatever the device holds.
-    let err = copy_columns_after(
-        &gpu,
-        (&mut dst_dev, packed),
-        (&src_dev, s),
-        rows,
-        64,
-        past(15),
-    )
-    .unwrap_err();
-    assert!(err.to_string().contains("(17 rows)"), "{err}");
 }
 
 #[test]
