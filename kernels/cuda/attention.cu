@@ -85,9 +85,10 @@ __device__ void load_rows(T *dst, const T *src, int stride, long long row0, int 
 // ---------------------------------------------------------------------------------------------------------------
 // Forward, tiled, FlashAttention-2's register layout: mma.sync m16n8k16 (bf16/f16 in, fp32 accumulators) with
 // fragments loaded by ldmatrix; the scores S, the probabilities P and the output O never leave registers (S's
-// accumulator layout is P's A-operand layout). Shared memory: Q, 2 × K, 2 × V [64, D+8] (K/V double-buffered through
-// cp.async; rows padded by 16 bytes: the 8 rows
-// an ldmatrix reads fall in distinct banks). Warp w owns query rows 16w .. 16w+16; lane (g = lane/4, c = lane%4)
+// accumulator layout is P's A-operand layout). Shared memory: 2 × K, 2 × V [64, D+8] (double-buffered through
+// cp.async; rows padded by 16 bytes: the 8 rows an ldmatrix reads fall in distinct banks), Q passing through the
+// second K buffer into registers at the start: 4 tiles a block, so 3 blocks a multiprocessor at head_dim 128 (the
+// kernel is held to 168 registers for it). Warp w owns query rows 16w .. 16w+16; lane (g = lane/4, c = lane%4)
 // holds rows g and g+8, columns 2c, 2c+1 of each 8-column tile.
 __device__ __forceinline__ unsigned smem_u32(const void *ptr) {
     return static_cast<unsigned>(__cvta_generic_to_shared(ptr));
@@ -133,17 +134,27 @@ __device__ __forceinline__ float quad_sum(float x) {
     return x + __shfl_xor_sync(0xffffffff, x, 2);
 }
 
-// The online softmax's step (FlashAttention-2's) for a lane's rows gq and gq + 8 over NT 8-key tiles of scores s in
-// log2 units (-inf where hidden; mx: each row's maximum over this lane's keys): the running max m and sum l take the
-// tiles in (the max over the row's quad), s become the probabilities, and the output o is rescaled to the new max.
+// 2^x by the special-function unit (flushes subnormal results to zero; ex2(-inf) = 0).
+__device__ __forceinline__ float ex2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
+// The online softmax's step (FlashAttention-2's) for a lane's rows gq and gq + 8 over NT 8-key tiles of raw scores
+// s (-inf where hidden; mx: each row's maximum over this lane's keys) scaled by sl2 (the softmax scale times
+// log2 e): the running max m (log2 units) and sum l take the tiles in (the max over the row's quad), s become the
+// probabilities 2^(s·sl2 − m), one FFMA and one ex2 each, and the output o is rescaled to the new max.
 template <int NT, int D>
-__device__ __forceinline__ void online_softmax(float (&s)[NT][4], const float (&mx)[2], float (&m)[2], float (&l)[2],
-                                               float (&o)[D / 8][4]) {
-    float alpha[2];
+__device__ __forceinline__ void online_softmax(float (&s)[NT][4], const float (&mx)[2], float sl2, float (&m)[2],
+                                               float (&l)[2], float (&o)[D / 8][4]) {
+    float alpha[2], neg_m[2];
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-        const float mn = fmaxf(m[r], quad_max(mx[r]));
-        alpha[r] = mn == -INFINITY ? 1.f : exp2f(m[r] - mn);
+        const float mn = fmaxf(m[r], quad_max(mx[r]) * sl2);
+        alpha[r] = mn == -INFINITY ? 1.f : ex2(m[r] - mn);
+        // A row that has seen no key yet: its scores are all -inf, their probabilities 0.
+        neg_m[r] = mn == -INFINITY ? 0.f : -mn;
         m[r] = mn;
         l[r] *= alpha[r];
     }
@@ -152,7 +163,7 @@ __device__ __forceinline__ void online_softmax(float (&s)[NT][4], const float (&
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
             const int r = e / 2;
-            s[n][e] = m[r] == -INFINITY ? 0.f : exp2f(s[n][e] - m[r]);
+            s[n][e] = ex2(fmaf(s[n][e], sl2, neg_m[r]));
             l[r] += s[n][e];
         }
     }
@@ -207,9 +218,10 @@ __device__ void attn_fwd(const AttnParams p, const T *__restrict__ q, const T *_
                          float *__restrict__ lse) {
     constexpr int LDT = D + 8;
     extern __shared__ __align__(128) unsigned char smem[];
-    T *sQ = reinterpret_cast<T *>(smem);
-    T *sK = sQ + BR * LDT;      // two buffers [2][64][LDT]
-    T *sV = sK + 2 * BC * LDT;  // two buffers
+    T *sK = reinterpret_cast<T *>(smem);  // two buffers [2][64][LDT]
+    T *sV = sK + 2 * BC * LDT;            // two buffers
+    // Q passes through K's second buffer into registers before the first prefetch there.
+    T *sQ = sK + BC * LDT;
 
     // The last query blocks see the most keys: they start first.
     const int t0 = (gridDim.x - 1 - blockIdx.x) * BR, h = blockIdx.y, b = blockIdx.z;
@@ -217,24 +229,25 @@ __device__ void attn_fwd(const AttnParams p, const T *__restrict__ q, const T *_
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gq = lane / 4, cq = lane % 4;
     const int start = p.kv_len - p.tokens;
     const int valid_q = min(BR, p.tokens - t0);
+    const int pos_first = start + t0, pos_last = start + t0 + valid_q - 1;
+    const int j_begin = p.window > 0 ? max(0, pos_first - p.window + 1) : 0;
+    // K/V tiles double-buffered: the next tile's copy runs while this one is computed.
+    const T *kg = k + p.k_off + g * D, *vg = v + p.v_off + g * D;
+    const long long kv0 = (long long)b * p.kv_len;
+    load_kv_async<T, D, LDT>(sK, sV, kg, p.k_stride, vg, p.v_stride, kv0 + j_begin, min(BC, p.kv_len - j_begin));
     load_rows<T, D, LDT>(sQ, q + p.q_off + h * D, p.q_stride, (long long)b * p.tokens + t0, BR, valid_q);
     __syncthreads();
     unsigned qa[D / 16][4];
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) ldmatrix_x4(qa[kk], sQ + (warp * 16 + lane % 16) * LDT + kk * 16 + (lane / 16) * 8);
+    __syncthreads();  // every warp holds its Q before the buffer is refilled
     const float sl2 = p.scale * LOG2E;
-    const int pos_first = start + t0, pos_last = start + t0 + valid_q - 1;
-    const int j_begin = p.window > 0 ? max(0, pos_first - p.window + 1) : 0;
     // This lane's two rows: query t0 + 16w + gq (+ 8).
     const int row_t[2] = {t0 + warp * 16 + gq, t0 + warp * 16 + gq + 8};
     float o[D / 8][4], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
 #pragma unroll
     for (int n = 0; n < D / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
 
-    // K/V tiles double-buffered: the next tile's copy runs while this one is computed.
-    const T *kg = k + p.k_off + g * D, *vg = v + p.v_off + g * D;
-    const long long kv0 = (long long)b * p.kv_len;
-    load_kv_async<T, D, LDT>(sK, sV, kg, p.k_stride, vg, p.v_stride, kv0 + j_begin, min(BC, p.kv_len - j_begin));
     int buf = 0;
     for (int j0 = j_begin; j0 <= pos_last; j0 += BC, buf ^= 1) {
         const int valid_k = min(BC, p.kv_len - j0);
@@ -263,18 +276,23 @@ __device__ void attn_fwd(const AttnParams p, const T *__restrict__ q, const T *_
         }
         // Masks only where a key of the tile can be hidden from a query of the block.
         const bool masked = p.has_mask || p.window > 0 || j0 + BC - 1 > pos_first || valid_k < BC;
+        if (masked) {
+#pragma unroll
+            for (int n = 0; n < BC / 8; ++n) {
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const int r = e / 2, j = j0 + n * 8 + 2 * cq + e % 2;
+                    if (row_t[r] >= p.tokens || !visible(p, mask, b, start + row_t[r], j)) s[n][e] = -INFINITY;
+                }
+            }
+        }
         float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
         for (int n = 0; n < BC / 8; ++n) {
 #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int r = e / 2, j = j0 + n * 8 + 2 * cq + e % 2;
-                const bool vis = !masked || (row_t[r] < p.tokens && visible(p, mask, b, start + row_t[r], j));
-                s[n][e] = vis ? s[n][e] * sl2 : -INFINITY;
-                mx[r] = fmaxf(mx[r], s[n][e]);
-            }
+            for (int e = 0; e < 4; ++e) mx[e / 2] = fmaxf(mx[e / 2], s[n][e]);
         }
-        online_softmax<BC / 8, D>(s, mx, m, l, o);
+        online_softmax<BC / 8, D>(s, mx, sl2, m, l, o);
 #pragma unroll
         for (int kc = 0; kc < BC / 16; ++kc) pv_step<T, D, LDT>(o, s[2 * kc], s[2 * kc + 1], tV + kc * 16 * LDT, lane);
         __syncthreads();  // every warp is done with this buffer before the next iteration refills it
@@ -394,11 +412,11 @@ __device__ void attn_decode(const AttnParams params, const unsigned *__restrict_
             for (int e = 0; e < 4; ++e) {
                 const int r = e / 2, j = j0 + warp * 16 + n * 8 + 2 * cq + e % 2;
                 const bool vis = row_ok[r] && j < j_end && visible(p, mask, b, pos[r], j);
-                sc[n][e] = vis ? sc[n][e] * sl2 : -INFINITY;
+                sc[n][e] = vis ? sc[n][e] : -INFINITY;
                 mx[r] = fmaxf(mx[r], sc[n][e]);
             }
         }
-        online_softmax<2, D>(sc, mx, m, l, o);
+        online_softmax<2, D>(sc, mx, sl2, m, l, o);
         pv_step<T, D, LDT>(o, sc[0], sc[1], tV, lane);
         __syncthreads();  // every warp is done with this buffer before the next iteration refills it
     }
@@ -671,7 +689,7 @@ extern "C" __global__ void attention_dq_copy(const AttnParams p, int head_dim, c
 }
 
 #define ATTENTION_KERNELS(NAME, T, D)                                                                                \
-    extern "C" __global__ void __launch_bounds__(THREADS) attention_fwd_##NAME##_##D(                               \
+    extern "C" __global__ void __launch_bounds__(THREADS, 3) attention_fwd_##NAME##_##D(                            \
         const AttnParams p, const T *q, const T *k, const T *v, const unsigned char *mask, T *out, float *lse) {     \
         attn_fwd<T, D>(p, q, k, v, mask, out, lse);                                                                  \
     }                                                                                                                \

@@ -260,9 +260,9 @@ impl AttentionShape {
     }
 }
 
-/// Shared memory of the tiled forward: Q and two buffers each of K and V, [64, D+8] (16-bit).
+/// Shared memory of the tiled forward: two buffers each of K and V, [64, D+8] (16-bit; Q passes through one).
 fn forward_smem(d: usize) -> usize {
-    5 * TILE * (d + 8) * 2
+    4 * TILE * (d + 8) * 2
 }
 
 /// Shared memory of the decode kernel: Q [16, D+8] and two buffers each of K and V [64, D+8] (16-bit).
