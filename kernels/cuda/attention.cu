@@ -198,8 +198,10 @@ template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile(
 template <typename T, int D, int LD>
 __device__ void load_rows_async(T *dst, const T *src, int stride, long long row0, int valid) {
     constexpr int V = D / 8;
-    for (int i = threadIdx.x; i < BC * V; i += blockDim.x) {
-        const int r = i / V, c = (i % V) * 8;
+    static_assert(BC * V % THREADS == 0, "the block's threads take whole rounds of 16-byte pieces");
+#pragma unroll 1
+    for (int round = 0; round < BC * V / THREADS; ++round) {
+        const int i = threadIdx.x + round * THREADS, r = i / V, c = (i % V) * 8;
         cp_async16(dst + r * LD + c, src + (row0 + min(r, valid - 1)) * stride + c, r < valid);
     }
 }
@@ -277,12 +279,23 @@ __device__ void attn_fwd(const AttnParams p, const T *__restrict__ q, const T *_
         // Masks only where a key of the tile can be hidden from a query of the block.
         const bool masked = p.has_mask || p.window > 0 || j0 + BC - 1 > pos_first || valid_k < BC;
         if (masked) {
+            // Row r sees keys lo .. hi (visible()'s rule: causal, within the window, in the cache; none for a row
+            // past the queries), then the key mask.
+            int lo[2], hi[2];
+#pragma unroll
+            for (int r = 0; r < 2; ++r) {
+                const int pos = start + row_t[r];
+                hi[r] = row_t[r] < p.tokens ? min(pos, p.kv_len - 1) : -1;
+                lo[r] = p.window > 0 ? pos - p.window + 1 : 0;
+            }
 #pragma unroll
             for (int n = 0; n < BC / 8; ++n) {
 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
                     const int r = e / 2, j = j0 + n * 8 + 2 * cq + e % 2;
-                    if (row_t[r] >= p.tokens || !visible(p, mask, b, start + row_t[r], j)) s[n][e] = -INFINITY;
+                    const bool vis = j >= lo[r] && j <= hi[r] &&
+                                     (!p.has_mask || mask[(long long)b * p.kv_len + j] != 0);
+                    if (!vis) s[n][e] = -INFINITY;
                 }
             }
         }
