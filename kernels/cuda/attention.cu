@@ -548,8 +548,16 @@ __device__ void attn_bwd(const AttnParams p, const T *__restrict__ q, const T *_
     load_rows<T, D, LDT>(sK, k + p.k_off + g * D, p.k_stride, krow, BC, valid_k);
     load_rows<T, D, LDT>(sV, v + p.v_off + g * D, p.v_stride, krow, BC, valid_k);
     const float sl2 = p.scale * LOG2E;
-    // This lane's keys: j0 + 16w + gq (+ 8).
+    // This lane's keys: j0 + 16w + gq (+ 8); visible()'s rule for key r: a key of the cache not masked out, seen from
+    // positions key .. last_pos[r] (the window's end).
     const int key[2] = {j0 + warp * 16 + gq, j0 + warp * 16 + gq + 8};
+    bool key_ok[2];
+    int last_pos[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        key_ok[r] = key[r] < p.kv_len && (!p.has_mask || mask[(long long)b * p.kv_len + key[r]] != 0);
+        last_pos[r] = p.window > 0 ? key[r] + p.window - 1 : 0x7fffffff;
+    }
     float dK[D / 8][4], dV[D / 8][4];
 #pragma unroll
     for (int n = 0; n < D / 8; ++n)
@@ -619,9 +627,9 @@ __device__ void attn_bwd(const AttnParams p, const T *__restrict__ q, const T *_
             for (int n = 0; n < BR / 8; ++n) {
 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
-                    const int c = n * 8 + 2 * cq + e % 2, j = key[e / 2], t = tq0 + c;
-                    const bool vis = !masked || (t < p.tokens && visible(p, mask, b, start + t, j));
-                    s[n][e] = vis ? exp2f(s[n][e] * sl2 - sLse[c]) : 0.f;
+                    const int c = n * 8 + 2 * cq + e % 2, r = e / 2, t = tq0 + c, pos = start + t;
+                    const bool vis = !masked || (key_ok[r] && t < p.tokens && pos >= key[r] && pos <= last_pos[r]);
+                    s[n][e] = vis ? ex2(fmaf(s[n][e], sl2, -sLse[c])) : 0.f;
                     dp[n][e] = s[n][e] * (dp[n][e] - sDelta[c]);
                     sdS[c * LDS + warp * 16 + gq + (e / 2) * 8] = from_float<T>(dp[n][e]);
                 }
