@@ -7,6 +7,7 @@
 use super::float::{as_i32, Half};
 use super::{CachedLen, CudaSlice, DeviceRepr, Gpu, GpuError, LaunchConfig, PushKernelArg};
 use cudarc::driver::sys::CUfunction_attribute;
+use cudarc::driver::LaunchArgs;
 
 const SOURCE: super::KernelSource = crate::cuda_source!("attention");
 /// Threads per block of every attention kernel.
@@ -306,6 +307,18 @@ fn kernel<T: Half>(
 /// A null device pointer for an absent optional argument.
 const NULL: u64 = 0;
 
+/// Pushes q, k, v and the key mask (a null pointer without one): every attention kernel takes them in this order.
+fn push_inputs<'a, T>(launch: &mut LaunchArgs<'a>, inputs: &Inputs<'a, T>) {
+    launch
+        .arg(inputs.q.data)
+        .arg(inputs.k.data)
+        .arg(inputs.v.data);
+    match inputs.key_mask {
+        Some(m) => launch.arg(m),
+        None => launch.arg(&NULL),
+    };
+}
+
 /// out (rows `out_rows`, batch·tokens rows of heads·head_dim) = attention of `inputs`; with `lse`, also each row's
 /// natural log-sum-exp of its scaled scores ([batch, heads, tokens]; −∞ for a row that sees no key), which
 /// [`backward`] needs. Few queries per KV head (decode) run split over the KV length, the rest tiled.
@@ -336,15 +349,8 @@ pub fn forward<T: Half>(
         shared_mem_bytes: smem as u32,
     };
     let mut launch = gpu.stream().launch_builder(&f);
-    launch
-        .arg(&p)
-        .arg(inputs.q.data)
-        .arg(inputs.k.data)
-        .arg(inputs.v.data);
-    match inputs.key_mask {
-        Some(m) => launch.arg(m),
-        None => launch.arg(&NULL),
-    };
+    launch.arg(&p);
+    push_inputs(&mut launch, inputs);
     launch.arg(out.0);
     match lse {
         Some(l) => launch.arg(l),
@@ -445,7 +451,12 @@ fn decode_splits(gpu: &Gpu, shape: &AttentionShape) -> usize {
 /// Floats of the scratch [`forward_after`] takes for `shape`: the splits' partial rows,
 /// [batch, heads, tokens, splits, head_dim + 2].
 pub fn decode_part_len(gpu: &Gpu, shape: &AttentionShape) -> usize {
-    shape.batch * shape.heads * shape.tokens * decode_splits(gpu, shape) * (shape.head_dim + 2)
+    part_len(shape, decode_splits(gpu, shape))
+}
+
+/// Floats of the splits' partial rows for `splits` splits.
+fn part_len(shape: &AttentionShape, splits: usize) -> usize {
+    shape.batch * shape.heads * shape.tokens * splits * (shape.head_dim + 2)
 }
 
 /// The decode kernel split over the KV length and the combine of its splits (`p` checked by [`forward_params`]),
@@ -465,7 +476,7 @@ fn decode<T: Half>(
     let (hd, b) = (shape.head_dim, shape.batch);
     let splits = decode_splits(gpu, shape);
     p.splits = int("splits", splits)?;
-    let len = decode_part_len(gpu, shape);
+    let len = part_len(shape, splits);
     let mut own;
     let part = match part {
         Some(part) if part.len() >= len => part,
@@ -495,14 +506,7 @@ fn decode<T: Half>(
         Some(l) => launch.arg(l.len),
         None => launch.arg(&NULL),
     };
-    launch
-        .arg(inputs.q.data)
-        .arg(inputs.k.data)
-        .arg(inputs.v.data);
-    match inputs.key_mask {
-        Some(m) => launch.arg(m),
-        None => launch.arg(&NULL),
-    };
+    push_inputs(&mut launch, inputs);
     launch.arg(&mut *part);
     // SAFETY: the rows of q, k, v and the mask were checked against their buffers for shape.kv_len keys, which
     // bounds the kernel's kv_len (`past` at most past.max); part holds rows·splits·(head_dim + 2) floats, the
@@ -605,15 +609,8 @@ pub fn backward<T: Half>(
         shared_mem_bytes: smem as u32,
     };
     let mut launch = gpu.stream().launch_builder(&f);
-    launch
-        .arg(&p)
-        .arg(inputs.q.data)
-        .arg(inputs.k.data)
-        .arg(inputs.v.data);
-    match inputs.key_mask {
-        Some(m) => launch.arg(m),
-        None => launch.arg(&NULL),
-    };
+    launch.arg(&p);
+    push_inputs(&mut launch, inputs);
     launch
         .arg(d_out.data)
         .arg(lse)
