@@ -69,10 +69,11 @@ def main() -> None:
     root = nvidia_root()
     nvrtc = load_nvrtc(root)
     cuda = ROOT / "kernels" / "cuda"
+    prelude = (cuda / "prelude.cuh").read_bytes()  # put before every file, as kernels/src/cuda does
     plain = [p for p in sorted(cuda.glob("*.cu")) if p.name not in ("attention.cu", "w4a16.cu", "w4a16_sm90.cu")]
-    w4 = (cuda / "w4a16.cu").read_bytes() + (cuda / "w4a16_sm90.cu").read_bytes()
-    jobs = [(p.name, p.read_bytes(), []) for p in plain]
-    jobs += [(f"attention.cu {t} d{d}", (cuda / "attention.cu").read_bytes(), [f"-DATTN_NAME={t}", f"-DATTN_D={d}"])
+    w4 = prelude + (cuda / "w4a16.cu").read_bytes() + (cuda / "w4a16_sm90.cu").read_bytes()
+    jobs = [(p.name, prelude + p.read_bytes(), []) for p in plain]
+    jobs += [(f"attention.cu {t} d{d}", prelude + (cuda / "attention.cu").read_bytes(), [f"-DATTN_NAME={t}", f"-DATTN_D={d}"])
              for t in ("bf16",) for d in (64, 96, 128)]
     jobs += [
         ("w4a16.cu helpers only", w4, []),

@@ -58,7 +58,8 @@ def cuobjdump() -> Path:
 def ptx_of(instance: str, work: Path) -> Path:
     root = nvidia_root()
     nvrtc = load_nvrtc(root)
-    source = (ROOT / "kernels/cuda/w4a16.cu").read_bytes() + (ROOT / "kernels/cuda/w4a16_sm90.cu").read_bytes()
+    cuda = ROOT / "kernels/cuda"
+    source = b"".join((cuda / name).read_bytes() for name in ("prelude.cuh", "w4a16.cu", "w4a16_sm90.cu"))
     prog, _, log = compile_program(nvrtc, root / "include", "sm_90a", source, [f"-DW4_INSTANCE={instance}"])
     if log is not None:
         sys.exit(f"sass_mix.py: NVRTC failed on {instance}:\n{log[:3000]}")

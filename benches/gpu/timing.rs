@@ -3,7 +3,9 @@
 //! kernel.
 
 use olive_kernels::cuda::timing::{self, Reps};
-use olive_kernels::cuda::{CudaSlice, Gpu, GpuError, KernelSource, LaunchConfig, PushKernelArg};
+use olive_kernels::cuda::{
+    CudaSlice, Edges, Gpu, GpuError, KernelSource, LaunchConfig, PushKernelArg,
+};
 
 pub const SOURCE: KernelSource = KernelSource {
     file: "../../benches/gpu/membench.cu",
@@ -37,7 +39,7 @@ fn graph_us(gpu: &Gpu, mut f: impl FnMut(usize) -> Result<(), GpuError>) -> Resu
     for i in 0..REPS.warmup {
         f(i)?;
     }
-    let graph = gpu.capture(|| (0..GRAPH_CALLS).try_for_each(&mut f))?;
+    let graph = gpu.capture(Edges::InOrder, || (0..GRAPH_CALLS).try_for_each(&mut f))?;
     let t = timing::median_us(gpu, GRAPH_REPLAYS, |_| gpu.replay(&graph))?;
     Ok(t / GRAPH_CALLS as f64)
 }

@@ -717,10 +717,12 @@ extern "C" __global__ void attention_dq_copy(const AttnParams p, int head_dim, c
     extern "C" __global__ void __launch_bounds__(THREADS) attention_decode_##NAME##_##D(                            \
         const AttnParams p, const unsigned *past, const T *q, const T *k, const T *v, const unsigned char *mask,     \
         float *part) {                                                                                               \
+        wait_for_previous_kernel();                                                                                  \
         attn_decode<T, D>(p, past, q, k, v, mask, part);                                                             \
     }                                                                                                                \
     extern "C" __global__ void __launch_bounds__(THREADS) attention_combine_##NAME##_##D(                           \
         const AttnParams p, const unsigned *past, const float *part, T *out, float *lse) {                          \
+        wait_for_previous_kernel();                                                                                  \
         attn_combine<T, D>(p, past, part, out, lse);                                                                 \
     }                                                                                                                \
     extern "C" __global__ void __launch_bounds__(THREADS)                                                            \

@@ -60,6 +60,7 @@ __device__ void matvec(O *__restrict__ y, const T *__restrict__ x, const T *__re
 #define MATVEC(NAME, T, O)                                                                                       \
     extern "C" __global__ void __launch_bounds__(32 * ROWS_PER_BLOCK)                                            \
         matvec_##NAME(O *y, const T *x, const T *w, int n, int k, int accumulate) {                              \
+        wait_for_previous_kernel();                                                                              \
         matvec<T, O>(y, x, w, n, k, accumulate);                                                                 \
     }
 MATVEC(bf16, __nv_bfloat16, __nv_bfloat16)

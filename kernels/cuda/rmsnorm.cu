@@ -159,6 +159,7 @@ __device__ void backward(T *dx, const T *__restrict__ x, const T *__restrict__ w
 #define RMSNORM_KERNELS(T, SUFFIX)                                                                           \
     extern "C" __global__ void __launch_bounds__(1024) rmsnorm_##SUFFIX(T *out, const T *x, const T *w, int d, float eps) {          \
         constexpr int V = 16 / sizeof(T);                                                                    \
+        wait_for_previous_kernel();                                                                          \
         if (d % V == 0) forward<T, V>(out, x, w, d, eps);                                                    \
         else forward<T, 1>(out, x, w, d, eps);                                                               \
     }                                                                                                        \

@@ -94,6 +94,7 @@ __device__ void rope(T *x, const float *__restrict__ inv_freq, const float *__re
                                             int seq, int row_stride, int heads, int head_dim, int rotary_dim,   \
                                             int pos_offset, const unsigned *past, float scaling, float sin_sign, \
                                             T *k_cache, T *v_cache, int k_col, int kv_width) {                  \
+        wait_for_previous_kernel();                                                                            \
         rope<T>(x, inv_freq, long_freq, original, seq, row_stride, heads, head_dim, rotary_dim, pos_offset,    \
                 past, scaling, sin_sign, k_cache, v_cache, k_col, kv_width);                                   \
     }

@@ -54,10 +54,14 @@ __device__ void copy_columns(T *__restrict__ dst, int dst_stride, const T *__res
 #define ROWS_KERNELS(T, S)                                                                                       \
     extern "C" __global__ void gather_rows_##S(T *out, const T *table, const unsigned *ids, int rows, int w,     \
                                                unsigned vocab) {                                                 \
+        wait_for_previous_kernel();                                                                              \
         gather_rows(out, table, ids, rows, w, vocab);                                                            \
     }                                                                                                            \
     extern "C" __global__ void add_assign_##S(T *x, const T *y, long long n) { add_assign(x, y, n); }            \
-    extern "C" __global__ void add_bias_##S(T *x, const T *bias, long long n, int w) { add_bias(x, bias, n, w); } \
+    extern "C" __global__ void add_bias_##S(T *x, const T *bias, long long n, int w) {                           \
+        wait_for_previous_kernel();                                                                              \
+        add_bias(x, bias, n, w);                                                                                 \
+    }                                                                                                            \
     extern "C" __global__ void copy_columns_##S(T *dst, int ds, const T *src, int ss, int rows, int w) {         \
         copy_columns(dst, ds, src, ss, rows, w);                                                                 \
     }

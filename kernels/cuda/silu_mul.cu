@@ -64,6 +64,7 @@ __device__ void backward(T *__restrict__ d_gate_up, const T *__restrict__ gate_u
 #define SILU_MUL_KERNELS(T, SUFFIX)                                                                          \
     extern "C" __global__ void silu_mul_##SUFFIX(T *act, const T *gate_up, long long tokens, int inter) {    \
         constexpr int V = 16 / sizeof(T);                                                                    \
+        wait_for_previous_kernel();                                                                          \
         if (inter % V == 0) forward<T, V>(act, gate_up, tokens, inter);                                      \
         else forward<T, 1>(act, gate_up, tokens, inter);                                                     \
     }                                                                                                        \

@@ -281,6 +281,7 @@ __device__ __forceinline__ void w4_mm(T *__restrict__ y, const T *__restrict__ x
 #pragma unroll
     for (int i = 0; i < PF; ++i)
         if (wk + i * WK < nchunks) load(wk + i * WK, wring[i], mring[i]);
+    wait_for_previous_kernel();  // the weights are constant: their first loads go before it, x and y after
     for (int c = wk; c < nchunks; c += (PF + 1) * WK) {
 #pragma unroll
         for (int u = 0; u <= PF; ++u) {
@@ -556,6 +557,7 @@ extern "C" __global__ void w4_dequantize_bf16(__nv_bfloat16 *w, const uint4 *til
 // Act-order: out[b, k'] = x[b, perm[k']] (16-bit elements of either dtype).
 extern "C" __global__ void w4_gather_u16(unsigned short *out, const unsigned short *x, const u32 *perm, int batch,
                                          int k) {
+    wait_for_previous_kernel();
     const long long total = (long long)batch * k;
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total;
          i += (long long)gridDim.x * blockDim.x) {

@@ -1,15 +1,17 @@
 //! Criterion bench of GPU decode speed: tokens/s of greedy single-token steps with the KV cache
 //! (`GpuTransformer::forward_last`, the loop of `generate --device gpu`: bf16, logits back to the host
 //! each step), on the Hugging Face folder named by OLIVE_BENCH_MODEL, on GPU 0: `graph` replays the
-//! step captured as a CUDA graph (the default), `launches` queues its kernels one launch at a time
-//! (the baseline, same process). Skipped, saying why, without the variable or a CUDA device.
+//! step captured as a CUDA graph whose kernels overlap their neighbours (the default),
+//! `graph_in_order` the same graph with each kernel after the previous one's end, `launches` queues
+//! its kernels one launch at a time (the baselines, same process). Skipped, saying why, without the
+//! variable or a CUDA device.
 //!
 //! Run: `OLIVE_BENCH_MODEL=<model folder> cargo bench -p olive-nn --bench gpu_decode`
 
 use std::path::PathBuf;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use olive_kernels::cuda::Gpu;
+use olive_kernels::cuda::{Edges, Gpu};
 use olive_nn::{argmax, GpuTransformer};
 
 /// Prompt tokens before the timed decode steps.
@@ -40,7 +42,12 @@ fn gpu_decode(c: &mut Criterion) {
     let mut group = c.benchmark_group("gpu_decode");
     group.throughput(Throughput::Elements(STEPS as u64));
     group.sample_size(20);
-    for graphs in [true, false] {
+    let modes = [
+        ("graph", Some(Edges::Overlapped)),
+        ("graph_in_order", Some(Edges::InOrder)),
+        ("launches", None),
+    ];
+    for (mode, graphs) in modes {
         let mut cache = match model.new_cache(PROMPT_LEN + STEPS + 1) {
             Ok(cache) => cache,
             Err(e) => panic!("KV cache: {e}"),
@@ -50,7 +57,6 @@ fn gpu_decode(c: &mut Criterion) {
             Ok(logits) => argmax(&logits),
             Err(e) => panic!("prefill failed: {e}"),
         };
-        let mode = if graphs { "graph" } else { "launches" };
         let name = format!("{mode}/{STEPS}_tokens_after_{PROMPT_LEN}");
         group.bench_function(name, |b| {
             b.iter(|| {

@@ -20,7 +20,7 @@ use olive_kernels::cuda::rope::{CacheAppend, RopeFreqs, Start};
 use olive_kernels::cuda::rows::{add_bias, gather_rows, gather_rows_on_device};
 use olive_kernels::cuda::w4a16::{w4a16, w4a16_add, W4Weight};
 use olive_kernels::cuda::{
-    bf16, gemm, rmsnorm, rope, silu_mul, CachedLen, CudaGraph, CudaSlice, DeviceRepr, Gpu,
+    bf16, gemm, rmsnorm, rope, silu_mul, CachedLen, CudaSlice, DeviceRepr, Edges, Gpu, Graph,
     ValidAsZeroBits,
 };
 use olive_model::{Checkpoint, ModelConfig};
@@ -161,8 +161,8 @@ pub struct GpuKvCache {
     len: usize,
     capacity: usize,
     workspace: Workspace,
-    /// Whether one-token steps replay a captured CUDA graph.
-    graphs: bool,
+    /// Whether one-token steps replay a captured CUDA graph, and how its kernels are linked.
+    graphs: Option<Edges>,
     /// The captured one-token step, from the first such step on.
     decode: Option<DecodeGraph>,
 }
@@ -188,12 +188,13 @@ impl GpuKvCache {
         self.len = self.len.min(len);
     }
 
-    /// Whether one-token steps replay a CUDA graph (the default) or queue their kernels one launch at a time.
-    pub fn set_graphs(&mut self, on: bool) {
-        self.graphs = on;
-        if !on {
+    /// Whether one-token steps replay a CUDA graph whose kernels are linked as `Some(edges)` says (the default:
+    /// [`Edges::Overlapped`]), or queue their kernels one launch at a time (`None`).
+    pub fn set_graphs(&mut self, graphs: Option<Edges>) {
+        if graphs != self.graphs {
             self.decode = None;
         }
+        self.graphs = graphs;
     }
 }
 
@@ -205,7 +206,7 @@ struct DecodeGraph {
     workspace: Workspace,
     /// The captured step and the model ([`GpuTransformer`]'s `id`) whose weights it reads; None until a step has
     /// run once one launch at a time (which compiles and loads its kernels: no module loads while capturing).
-    graph: Option<(CudaGraph, u64)>,
+    graph: Option<(Graph, u64)>,
 }
 
 /// Where a forward's tokens and positions come from: the host (any number of tokens), or device memory (one token,
@@ -379,7 +380,7 @@ impl GpuTransformer {
             len: 0,
             capacity,
             workspace: Workspace::default(),
-            graphs: true,
+            graphs: Some(Edges::Overlapped),
             decode: None,
         })
     }
@@ -422,21 +423,25 @@ impl GpuTransformer {
         }
         let start = cache.len;
         // A step's position is a u32 on the device (the kernels take positions as i32).
-        let logits = if t == 1 && cache.graphs && i32::try_from(cache.capacity).is_ok() {
-            self.decode_step(tokens[0], cache)?
-        } else {
-            let inputs = Inputs::Host { tokens, start };
-            let ws = &mut cache.workspace;
-            let logits = self.queue(inputs, ws, &mut cache.keys, &mut cache.values, last_only)?;
-            self.gpu.download(logits)?
+        let logits = match cache.graphs {
+            Some(edges) if t == 1 && i32::try_from(cache.capacity).is_ok() => {
+                self.decode_step(tokens[0], edges, cache)?
+            }
+            _ => {
+                let inputs = Inputs::Host { tokens, start };
+                let ws = &mut cache.workspace;
+                let logits =
+                    self.queue(inputs, ws, &mut cache.keys, &mut cache.values, last_only)?;
+                self.gpu.download(logits)?
+            }
         };
         cache.len = start + t;
         Ok(logits)
     }
 
     /// One token's logits through the cache's captured step: the step's inputs written to the device, the graph
-    /// replayed (captured first, after one step queued launch by launch).
-    fn decode_step(&self, token: u32, cache: &mut GpuKvCache) -> Result<Vec<f32>> {
+    /// replayed (captured first, after one step queued launch by launch, its kernels linked as `edges` says).
+    fn decode_step(&self, token: u32, edges: Edges, cache: &mut GpuKvCache) -> Result<Vec<f32>> {
         let gpu = &*self.gpu;
         let past = cache.len as u32; // < capacity ≤ i32::MAX (run checks)
         let state = match &mut cache.decode {
@@ -462,7 +467,7 @@ impl GpuTransformer {
             _ => {
                 *graph = None;
                 self.queue(inputs, workspace, &mut cache.keys, &mut cache.values, true)?;
-                let captured = gpu.capture(|| {
+                let captured = gpu.capture(edges, || {
                     self.queue(inputs, workspace, &mut cache.keys, &mut cache.values, true)
                         .map(|_| ())
                 });
@@ -470,7 +475,7 @@ impl GpuTransformer {
                     Ok(g) => *graph = Some((g, self.id)),
                     Err(e) => {
                         warn!("decode steps run one launch at a time: capturing one as a CUDA graph failed: {e}");
-                        cache.graphs = false;
+                        cache.graphs = None;
                     }
                 }
             }
@@ -480,7 +485,7 @@ impl GpuTransformer {
             .as_ref()
             .expect("a queued or captured step has fitted the logits");
         let logits = gpu.download(logits)?;
-        if !cache.graphs {
+        if cache.graphs.is_none() {
             cache.decode = None;
         }
         Ok(logits)

@@ -7,7 +7,7 @@ mod gpu_model;
 mod int4;
 
 use gpu_model::{arch, write_model, Arch, Weights, VOCAB};
-use olive_kernels::cuda::test_gpu;
+use olive_kernels::cuda::{test_gpu, Edges};
 use olive_nn::{GpuTransformer, NnError, Transformer};
 
 /// The GPU runs bf16 activations and weights (8-bit mantissa, 2^-9 relative per rounding) with fp32
@@ -153,7 +153,7 @@ fn captured_decode_steps_match_steps_launched_one_by_one() {
     let model = GpuTransformer::load(dir.path(), gpu.clone()).unwrap();
     let copy = GpuTransformer::from_cpu(&Transformer::load(dir.path()).unwrap(), gpu).unwrap();
     let prompt: Vec<u32> = (0..20).map(|i| (i * 37 + 11) % VOCAB as u32).collect();
-    let run = |graphs: bool| -> Vec<Vec<f32>> {
+    let run = |graphs: Option<Edges>| -> Vec<Vec<f32>> {
         let mut cache = model.new_cache(64).unwrap();
         cache.set_graphs(graphs);
         let mut logits = vec![model.forward_last(&prompt, &mut cache).unwrap()];
@@ -169,13 +169,16 @@ fn captured_decode_steps_match_steps_launched_one_by_one() {
         assert_eq!(cache.len(), 43);
         logits
     };
-    let (captured, launched) = (run(true), run(false));
-    for (i, (a, b)) in captured.iter().zip(&launched).enumerate() {
-        assert!(
-            a == b,
-            "step {i}: replayed logits differ (rel {:.2e})",
-            rel_error(a, b)
-        );
+    let launched = run(None);
+    for edges in [Edges::Overlapped, Edges::InOrder] {
+        let captured = run(Some(edges));
+        for (i, (a, b)) in captured.iter().zip(&launched).enumerate() {
+            assert!(
+                a == b,
+                "{edges:?} step {i}: replayed logits differ (rel {:.2e})",
+                rel_error(a, b)
+            );
+        }
     }
 }
 

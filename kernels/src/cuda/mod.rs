@@ -20,7 +20,7 @@ pub mod timing;
 pub mod w4a16;
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::CString;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -28,13 +28,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use cudarc::cublas::CudaBlas;
-use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+use cudarc::driver::sys::{self, CUstreamCaptureMode};
 use cudarc::driver::{CudaModule, DriverError};
 use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions, Ptx};
 
 pub use cudarc::driver::{
-    CudaContext, CudaFunction, CudaGraph, CudaSlice, CudaStream, CudaView, DeviceRepr,
-    LaunchConfig, PushKernelArg, ValidAsZeroBits,
+    CudaContext, CudaFunction, CudaSlice, CudaStream, CudaView, DeviceRepr, LaunchConfig,
+    PushKernelArg, ValidAsZeroBits,
 };
 pub use half::{bf16, f16};
 
@@ -92,13 +92,17 @@ pub struct KernelSource {
     pub arch_specific: bool,
 }
 
-/// The [`KernelSource`] of `kernels/cuda/<name>.cu`, compiled for the device's plain target.
+/// The [`KernelSource`] of `kernels/cuda/<name>.cu` after `kernels/cuda/prelude.cuh`, compiled for the device's
+/// plain target.
 #[macro_export]
 macro_rules! cuda_source {
     ($name:literal) => {
         $crate::cuda::KernelSource {
             file: concat!($name, ".cu"),
-            code: include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/cuda/", $name, ".cu")),
+            code: concat!(
+                include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/cuda/prelude.cuh")),
+                include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/cuda/", $name, ".cu"))
+            ),
             arch_specific: false,
         }
     };
@@ -121,6 +125,8 @@ pub struct Gpu {
     arch: (u32, u32),
     sm_count: u32,
     modules: Mutex<HashMap<String, Arc<CudaModule>>>,
+    /// The kernels loaded so far that call `wait_for_previous_kernel` (kernels/cuda/prelude.cuh), by handle.
+    waiting: Mutex<HashSet<usize>>,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -190,6 +196,7 @@ impl Gpu {
             capturing: AtomicU64::new(0),
             capture_lock: Mutex::default(),
             modules: Mutex::default(),
+            waiting: Mutex::default(),
         })
     }
 
@@ -319,7 +326,8 @@ impl Gpu {
             .as_ref()
             .and_then(|p| std::fs::read_to_string(p).ok())
         {
-            if let Ok(module) = self.context.load_module(Ptx::from_src(ptx)) {
+            if let Ok(module) = self.context.load_module(Ptx::from_src(ptx.clone())) {
+                self.note_waiting(&module, &ptx)?;
                 modules.insert(key.into_owned(), module.clone());
                 return Ok(module);
             }
@@ -329,12 +337,31 @@ impl Gpu {
             arch: arch.clone(),
             log: e.to_string(),
         })?;
+        let text = ptx.to_src();
         if let Some(path) = &cached {
-            store_ptx(path, &ptx.to_src());
+            store_ptx(path, &text);
         }
         let module = self.context.load_module(ptx)?;
+        self.note_waiting(&module, &text)?;
         modules.insert(key.into_owned(), module.clone());
         Ok(module)
+    }
+
+    /// Adds the kernels of `module` whose code (`ptx`) waits for the previous kernel to [`Gpu::waiting`].
+    fn note_waiting(&self, module: &Arc<CudaModule>, ptx: &str) -> Result<(), GpuError> {
+        let names = waiting_kernels(ptx);
+        if names.is_empty() {
+            return Ok(());
+        }
+        let mut waiting = self
+            .waiting
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for name in names {
+            let f = module.load_function(name)?;
+            waiting.insert(f.cu_function() as usize);
+        }
+        Ok(())
     }
 
     /// A device copy of `host`.
@@ -367,14 +394,15 @@ impl Gpu {
     }
 
     /// The work `queue` puts on [`Gpu::stream`], captured as a CUDA graph instead of run: its kernels (and copies,
-    /// cuBLAS calls, stream-ordered allocations) with the arguments they were given, replayed by [`Gpu::replay`].
-    /// While `queue` runs, this thread's `stream()` is a second stream that records, so work other threads queue
-    /// meanwhile runs as usual and stays out of the graph; `queue` must not wait on the device (no download). One
-    /// capture at a time; the capture is ended whether or not `queue` fails.
+    /// cuBLAS calls, stream-ordered allocations) with the arguments they were given, replayed by [`Gpu::replay`],
+    /// linked as `edges` says. While `queue` runs, this thread's `stream()` is a second stream that records, so
+    /// work other threads queue meanwhile runs as usual and stays out of the graph; `queue` must not wait on the
+    /// device (no download). One capture at a time; the capture is ended whether or not `queue` fails.
     pub fn capture<E: From<GpuError>>(
         &self,
+        edges: Edges,
         queue: impl FnOnce() -> Result<(), E>,
-    ) -> Result<CudaGraph, E> {
+    ) -> Result<Graph, E> {
         let _one = self
             .capture_lock
             .lock()
@@ -394,22 +422,89 @@ impl Gpu {
             let _recording = Recording(&self.capturing);
             queue()
         };
-        let graph = self
-            .capture_stream
-            .end_capture(CUgraphInstantiate_flags(0))
-            .map_err(GpuError::from);
+        let ended = self.context.bind_to_thread().and_then(|()| {
+            // SAFETY: the capture stream is this context's and is capturing (begun above).
+            unsafe { cudarc::driver::result::stream::end_capture(self.capture_stream.cu_stream()) }
+        });
+        let mut graph = Graph {
+            graph: ended.map_err(GpuError::from)?,
+            exec: std::ptr::null_mut(),
+            context: self.context.clone(),
+        };
         queued?;
-        Ok(graph?.ok_or_else(|| GpuError::Shape("capture: nothing was queued".into()))?)
+        if graph.graph.is_null() {
+            return Err(GpuError::Shape("capture: nothing was queued".into()).into());
+        }
+        if edges == Edges::Overlapped && self.arch.0 >= 9 {
+            self.overlap(graph.graph)?;
+        }
+        // SAFETY: the graph was just captured and is owned by `graph`, which destroys it (and the executable).
+        graph.exec = unsafe {
+            cudarc::driver::result::graph::instantiate(
+                graph.graph,
+                sys::CUgraphInstantiate_flags(0),
+            )
+        }
+        .map_err(GpuError::from)?;
+        Ok(graph)
+    }
+
+    /// Makes each edge of `graph` from a kernel into a kernel of [`Gpu::waiting`] programmatic: the second kernel is
+    /// launched once every block of the first has started, and its `wait_for_previous_kernel` waits for the rest.
+    fn overlap(&self, graph: sys::CUgraph) -> Result<(), GpuError> {
+        let waiting = self
+            .waiting
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut count = 0usize;
+        let null = std::ptr::null_mut();
+        // SAFETY: with null arrays the call only counts the edges of a valid graph.
+        unsafe { sys::cuGraphGetEdges_v2(graph, null, null, std::ptr::null_mut(), &mut count) }
+            .result()?;
+        let mut from: Vec<sys::CUgraphNode> = vec![std::ptr::null_mut(); count];
+        let mut to: Vec<sys::CUgraphNode> = vec![std::ptr::null_mut(); count];
+        // SAFETY: an all-zero edge datum is valid (the default edge); the call overwrites each.
+        let mut data: Vec<sys::CUgraphEdgeData> = vec![unsafe { std::mem::zeroed() }; count];
+        // SAFETY: the three arrays hold `count` entries, the number of edges just counted.
+        unsafe {
+            sys::cuGraphGetEdges_v2(
+                graph,
+                from.as_mut_ptr(),
+                to.as_mut_ptr(),
+                data.as_mut_ptr(),
+                &mut count,
+            )
+        }
+        .result()?;
+        let programmatic = sys::CUgraphEdgeData {
+            from_port: sys::CU_GRAPH_KERNEL_NODE_PORT_LAUNCH_ORDER as u8,
+            to_port: 0,
+            type_: sys::CUgraphDependencyType::CU_GRAPH_DEPENDENCY_TYPE_PROGRAMMATIC as u8,
+            reserved: [0; 5],
+        };
+        for i in 0..count.min(from.len()) {
+            let plain = data[i].type_
+                == sys::CUgraphDependencyType::CU_GRAPH_DEPENDENCY_TYPE_DEFAULT as u8
+                && data[i].from_port == sys::CU_GRAPH_KERNEL_NODE_PORT_DEFAULT as u8;
+            let waits = kernel_of(to[i])?.is_some_and(|f| waiting.contains(&(f as usize)));
+            if !plain || !waits || kernel_of(from[i])?.is_none() {
+                continue;
+            }
+            // SAFETY: the edge exists (just listed) and both nodes are kernel nodes of `graph`.
+            unsafe {
+                sys::cuGraphRemoveDependencies_v2(graph, &from[i], &to[i], &data[i], 1).result()?;
+                sys::cuGraphAddDependencies_v2(graph, &from[i], &to[i], &programmatic, 1)
+                    .result()?;
+            }
+        }
+        Ok(())
     }
 
     /// Runs a captured graph on [`Gpu::stream`], in order with the work queued there.
-    pub fn replay(&self, graph: &CudaGraph) -> Result<(), GpuError> {
+    pub fn replay(&self, graph: &Graph) -> Result<(), GpuError> {
         self.context.bind_to_thread()?;
         // SAFETY: the executable graph is alive (borrowed) and the stream is this context's.
-        unsafe {
-            cudarc::driver::sys::cuGraphLaunch(graph.cu_graph_exec(), self.stream().cu_stream())
-        }
-        .result()?;
+        unsafe { sys::cuGraphLaunch(graph.exec, self.stream().cu_stream()) }.result()?;
         Ok(())
     }
 
@@ -471,6 +566,76 @@ impl Gpu {
     pub fn synchronize(&self) -> Result<(), GpuError> {
         Ok(self.stream().synchronize()?)
     }
+}
+
+/// How [`Gpu::capture`] links the kernels it records one after the other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Edges {
+    /// Each starts when the one before it has ended, as on a stream.
+    InOrder,
+    /// A kernel that waits for the one before it (`wait_for_previous_kernel`, kernels/cuda/prelude.cuh) is
+    /// launched as soon as every block of that one has started (compute capability 9.0 and up; in order
+    /// elsewhere): its launch, and its loads of constant data before the wait, overlap the previous kernel's end.
+    Overlapped,
+}
+
+/// A captured graph and its executable, replayed by [`Gpu::replay`].
+pub struct Graph {
+    graph: sys::CUgraph,
+    exec: sys::CUgraphExec,
+    context: Arc<CudaContext>,
+}
+
+impl Drop for Graph {
+    fn drop(&mut self) {
+        // SAFETY: both handles are this graph's own (or null), destroyed once, here.
+        unsafe {
+            if !self.exec.is_null() {
+                self.context
+                    .record_err(cudarc::driver::result::graph::exec_destroy(self.exec));
+            }
+            if !self.graph.is_null() {
+                self.context
+                    .record_err(cudarc::driver::result::graph::destroy(self.graph));
+            }
+        }
+    }
+}
+
+/// The function of a kernel node, None for other nodes.
+fn kernel_of(node: sys::CUgraphNode) -> Result<Option<sys::CUfunction>, GpuError> {
+    let mut kind = sys::CUgraphNodeType::CU_GRAPH_NODE_TYPE_EMPTY;
+    // SAFETY: `node` is a node of a live graph.
+    unsafe { sys::cuGraphNodeGetType(node, &mut kind) }.result()?;
+    if kind != sys::CUgraphNodeType::CU_GRAPH_NODE_TYPE_KERNEL {
+        return Ok(None);
+    }
+    // SAFETY: an all-zero parameter block is valid to be overwritten; `node` is a kernel node.
+    let mut params: sys::CUDA_KERNEL_NODE_PARAMS = unsafe { std::mem::zeroed() };
+    unsafe { sys::cuGraphKernelNodeGetParams_v2(node, &mut params) }.result()?;
+    Ok((!params.func.is_null()).then_some(params.func))
+}
+
+/// The kernels (`.entry` names) of a PTX module whose code holds `griddepcontrol.wait`.
+fn waiting_kernels(ptx: &str) -> Vec<&str> {
+    let mut found = Vec::new();
+    let mut current: Option<&str> = None;
+    for line in ptx.lines() {
+        let line = line.trim_start();
+        if let Some(rest) = line
+            .strip_prefix(".visible .entry ")
+            .or_else(|| line.strip_prefix(".entry "))
+        {
+            current = rest.split('(').next().map(str::trim);
+        } else if line.contains(".func ") {
+            current = None; // a device function of its own: not inlined into the entry above
+        } else if line.starts_with("griddepcontrol.wait") {
+            if let Some(name) = current.take() {
+                found.push(name);
+            }
+        }
+    }
+    found
 }
 
 /// A number for the calling thread, unique in the process and never 0.
@@ -644,4 +809,41 @@ fn dlopen_global(path: &Path) -> bool {
     // SAFETY: dlopen of a shared library by path; the handle is deliberately never closed.
     let handle = unsafe { libc::dlopen(path.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };
     !handle.is_null()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::waiting_kernels;
+
+    #[test]
+    fn waiting_kernels_are_the_entries_whose_own_code_waits() {
+        let ptx = "\
+.version 9.0
+.target sm_90a
+.visible .entry first(
+\t.param .u64 first_param_0
+)
+{
+\tgriddepcontrol.wait;
+\tret;
+}
+.visible .entry second(
+)
+{
+\tret;
+}
+.func helper(
+)
+{
+\tgriddepcontrol.wait;
+}
+.entry third()
+{
+\tld.param.u64 %rd1, [third_param_0];
+\tgriddepcontrol.wait;
+\tgriddepcontrol.wait;
+}
+";
+        assert_eq!(waiting_kernels(ptx), ["first", "third"]);
+    }
 }

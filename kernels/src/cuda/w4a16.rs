@@ -16,6 +16,7 @@ use cudarc::driver::{DevicePtr, DevicePtrMut, SyncOnDrop};
 const SOURCE: super::KernelSource = super::KernelSource {
     file: "w4a16.cu",
     code: concat!(
+        include_str!("../../cuda/prelude.cuh"),
         include_str!("../../cuda/w4a16.cu"),
         include_str!("../../cuda/w4a16_sm90.cu")
     ),
