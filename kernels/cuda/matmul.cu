@@ -9,12 +9,6 @@
 
 constexpr int ROWS_PER_BLOCK = 8;
 
-__device__ __forceinline__ float2 pair(unsigned u, __nv_bfloat16) {
-    return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&u));
-}
-__device__ __forceinline__ float2 pair(unsigned u, __half) {
-    return __half22float2(*reinterpret_cast<const __half2 *>(&u));
-}
 __device__ __forceinline__ float widen(__nv_bfloat16 v) { return __bfloat162float(v); }
 __device__ __forceinline__ float widen(__half v) { return __half2float(v); }
 __device__ __forceinline__ float widen(float v) { return v; }
@@ -31,23 +25,26 @@ __device__ __forceinline__ uint4 ldg_stream(const uint4 *p) {
     return v;
 }
 
-template <typename T, typename O>
+// With NORM, x goes through RMSNorm (weight `norm`, epsilon `eps`) first, as rmsnorm.cu would write it.
+template <typename T, typename O, bool NORM>
 __device__ void matvec(O *__restrict__ y, const T *__restrict__ x, const T *__restrict__ w, int n, int k,
-                       int accumulate) {
+                       int accumulate, const T *__restrict__ norm, float eps) {
+    const float factor = NORM ? rms_factor(x, k, eps) : 0.f;  // the whole block, before any warp leaves
     const int lane = threadIdx.x % 32;
     const int row = blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32;
     if (row >= n) return;
     const uint4 *wr = reinterpret_cast<const uint4 *>(w + (long long)row * k);
-    const uint4 *xv = reinterpret_cast<const uint4 *>(x);
+    const uint4 *xv = reinterpret_cast<const uint4 *>(x), *nv = reinterpret_cast<const uint4 *>(norm);
     const int chunks = k / 8;
     float sum = 0.f;
 #pragma unroll 4
     for (int c = lane; c < chunks; c += 32) {
-        const uint4 a = ldg_stream(wr + c), b = __ldg(xv + c);
+        const uint4 a = ldg_stream(wr + c);
+        const uint4 b = NORM ? rms_normed<T>(__ldg(xv + c), __ldg(nv + c), factor) : __ldg(xv + c);
         const unsigned aw[4] = {a.x, a.y, a.z, a.w}, bw[4] = {b.x, b.y, b.z, b.w};
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
-            const float2 p = pair(aw[i], T()), q = pair(bw[i], T());
+            const float2 p = unpack2(aw[i], T()), q = unpack2(bw[i], T());
             sum = fmaf(p.x, q.x, sum);
             sum = fmaf(p.y, q.y, sum);
         }
@@ -61,7 +58,12 @@ __device__ void matvec(O *__restrict__ y, const T *__restrict__ x, const T *__re
     extern "C" __global__ void __launch_bounds__(32 * ROWS_PER_BLOCK)                                            \
         matvec_##NAME(O *y, const T *x, const T *w, int n, int k, int accumulate) {                              \
         wait_for_previous_kernel();                                                                              \
-        matvec<T, O>(y, x, w, n, k, accumulate);                                                                 \
+        matvec<T, O, false>(y, x, w, n, k, accumulate, nullptr, 0.f);                                            \
+    }                                                                                                            \
+    extern "C" __global__ void __launch_bounds__(32 * ROWS_PER_BLOCK) matvec_norm_##NAME(                        \
+        O *y, const T *x, const T *w, int n, int k, int accumulate, const T *norm, float eps) {                  \
+        wait_for_previous_kernel();                                                                              \
+        matvec<T, O, true>(y, x, w, n, k, accumulate, norm, eps);                                                \
     }
 MATVEC(bf16, __nv_bfloat16, __nv_bfloat16)
 MATVEC(f16, __half, __half)

@@ -1,5 +1,8 @@
-// Put before every kernel file when it is compiled (kernels/src/cuda/mod.rs, `cuda_source!`).
-//
+// Put before every kernel file when it is compiled (kernels/src/cuda/mod.rs, `cuda_source!`): helpers more than one
+// file uses.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
 // Programmatic dependent launch, for the kernels of a captured decode step (`Gpu::capture` with
 // `Edges::Overlapped`): a kernel whose code calls `wait_for_previous_kernel` gets a programmatic edge from the kernel
 // before it, so its blocks may start (launch, read what no earlier kernel writes) while that kernel still runs. Every
@@ -10,4 +13,58 @@ __device__ __forceinline__ void wait_for_previous_kernel() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.wait;\n" ::: "memory");
 #endif
+}
+
+// One register of two 16-bit values (the first in the low half) as two floats, and two floats rounded into one.
+__device__ __forceinline__ float2 unpack2(unsigned u, __nv_bfloat16) {
+    return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&u));
+}
+__device__ __forceinline__ float2 unpack2(unsigned u, __half) {
+    return __half22float2(*reinterpret_cast<const __half2 *>(&u));
+}
+__device__ __forceinline__ unsigned pack2(float lo, float hi, __nv_bfloat16) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<unsigned *>(&v);
+}
+__device__ __forceinline__ unsigned pack2(float lo, float hi, __half) {
+    __half2 v = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<unsigned *>(&v);
+}
+
+// RMSNorm folded into a product's input (decode: the norm before the attention's and the MLP's first product, and
+// before the lm_head). `rms_factor`: rsqrt(mean(x²) + eps) over x[0, len) (16-bit elements, len % 8 == 0, 16-byte
+// aligned), summed by the whole block (every thread calls it with the same arguments) and returned to every thread;
+// `rms_normed`: 8 elements of x as rmsnorm.cu writes them, w * (x * factor) rounded once.
+template <typename T> __device__ float rms_factor(const T *__restrict__ x, int len, float eps) {
+    __shared__ float partial[32];
+    const uint4 *v = reinterpret_cast<const uint4 *>(x);
+    float ss = 0.f;
+    for (int i = threadIdx.x; i < len / 8; i += blockDim.x) {
+        const uint4 p = __ldg(v + i);
+        const unsigned w[4] = {p.x, p.y, p.z, p.w};
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const float2 f = unpack2(w[j], T());
+            ss += f.x * f.x;
+            ss += f.y * f.y;
+        }
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+    __syncthreads();  // an earlier call's readers are done with `partial`
+    if ((threadIdx.x & 31) == 0) partial[threadIdx.x >> 5] = ss;
+    __syncthreads();
+    float total = 0.f;
+    for (int w = 0; w < (int)(blockDim.x + 31) / 32; ++w) total += partial[w];
+    return rsqrtf(total / (float)len + eps);
+}
+template <typename T> __device__ __forceinline__ uint4 rms_normed(uint4 x, uint4 w, float factor) {
+    const unsigned xs[4] = {x.x, x.y, x.z, x.w}, ws[4] = {w.x, w.y, w.z, w.w};
+    unsigned o[4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+        const float2 a = unpack2(xs[j], T()), b = unpack2(ws[j], T());
+        o[j] = pack2(b.x * (a.x * factor), b.y * (a.y * factor), T());
+    }
+    return make_uint4(o[0], o[1], o[2], o[3]);
 }

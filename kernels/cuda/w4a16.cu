@@ -144,11 +144,13 @@ __device__ __forceinline__ uint4 ldg_stream(const uint4 *p) {
 
 // The product for one block: warps split as WK (input chunks, reduced at the end) x WN (row groups of RT tiles) x
 // WB (batch groups of NB8 x 8 columns). Each warp keeps PF chunks' weight tiles and metadata loading while it
-// consumes one. With `accumulate` y += the product (the fp32 sum plus y, rounded once).
-template <typename T, int RT, int NB8, int WK, int WN, int WB, int PF>
+// consumes one. With `accumulate` y += the product (the fp32 sum plus y, rounded once). With NORM, x goes through
+// RMSNorm (weight `norm`, epsilon `eps`) first, as rmsnorm.cu would write it (prelude.cuh's rms_factor/rms_normed;
+// x in its original input order: no act-order).
+template <typename T, int RT, int NB8, int WK, int WN, int WB, int PF, bool NORM>
 __device__ __forceinline__ void w4_mm(T *__restrict__ y, const T *__restrict__ x, const uint4 *__restrict__ tiles,
                                       const u32 *__restrict__ meta, int batch, int n, int k, int group,
-                                      int accumulate) {
+                                      int accumulate, const T *__restrict__ norm, float eps) {
     typedef W4<T> Op;
     constexpr int ACC = RT * NB8 * 4;
     constexpr int RED = (WK - 1) * WN * WB * 32 * ACC;
@@ -208,6 +210,15 @@ __device__ __forceinline__ void w4_mm(T *__restrict__ y, const T *__restrict__ x
             }
         }
     };
+    float factor[NB8];  // NORM: RMSNorm's factor of each of the warp's columns (set after the first loads)
+    // Column b's 8 activations h of lane t's 16 in chunk c (normalized with NORM), zeros past the batch.
+    auto load_x = [&](int b, int c, int h) {
+        if (!col_ok[b]) return make_uint4(0, 0, 0, 0);
+        const uint4 v = __ldg(reinterpret_cast<const uint4 *>(xrow[b] + c * 64 + 8 * h));
+        if constexpr (NORM)
+            return rms_normed<T>(v, __ldg(reinterpret_cast<const uint4 *>(norm + c * 64 + 16 * t + 8 * h)), factor[b]);
+        return v;
+    };
     // One chunk's products from its weight words `wcur` and metadata `mcur`.
     auto consume = [&](int c, const uint4 (&wcur)[RT], const u32 (&mcur)[RT][2]) {
         if (scale_after) {
@@ -223,9 +234,7 @@ __device__ __forceinline__ void w4_mm(T *__restrict__ y, const T *__restrict__ x
             for (int h = 0; h < 2; ++h) {
                 uint4 xv[NB8];
 #pragma unroll
-                for (int b = 0; b < NB8; ++b)
-                    xv[b] = col_ok[b] ? __ldg(reinterpret_cast<const uint4 *>(xrow[b] + c * 64 + 8 * h))
-                                      : make_uint4(0, 0, 0, 0);
+                for (int b = 0; b < NB8; ++b) xv[b] = load_x(b, c, h);
 #pragma unroll
                 for (int jj = 0; jj < 2; ++jj) {
                     const int j = 2 * h + jj;
@@ -255,9 +264,7 @@ __device__ __forceinline__ void w4_mm(T *__restrict__ y, const T *__restrict__ x
             for (int h = 0; h < 2; ++h) {
                 uint4 xv[NB8];
 #pragma unroll
-                for (int b = 0; b < NB8; ++b)
-                    xv[b] = col_ok[b] ? __ldg(reinterpret_cast<const uint4 *>(xrow[b] + c * 64 + 8 * h))
-                                      : make_uint4(0, 0, 0, 0);
+                for (int b = 0; b < NB8; ++b) xv[b] = load_x(b, c, h);
 #pragma unroll
                 for (int jj = 0; jj < 2; ++jj) {
                     const int j = 2 * h + jj;
@@ -282,6 +289,18 @@ __device__ __forceinline__ void w4_mm(T *__restrict__ y, const T *__restrict__ x
     for (int i = 0; i < PF; ++i)
         if (wk + i * WK < nchunks) load(wk + i * WK, wring[i], mring[i]);
     wait_for_previous_kernel();  // the weights are constant: their first loads go before it, x and y after
+    if constexpr (NORM) {  // the block's live columns' factors, one column after the other
+        constexpr int COLS = NB8 * 8 * WB;
+        __shared__ float factors[COLS];
+        const int colb = blockIdx.y * COLS;
+        for (int j = 0; j < COLS && colb + j < batch; ++j) {
+            const float f = rms_factor(x + (size_t)(colb + j) * k, k, eps);
+            if (threadIdx.x == 0) factors[j] = f;
+        }
+        __syncthreads();
+#pragma unroll
+        for (int b = 0; b < NB8; ++b) factor[b] = col_ok[b] ? factors[col0 + b * 8 + g - colb] : 0.f;
+    }
     for (int c = wk; c < nchunks; c += (PF + 1) * WK) {
 #pragma unroll
         for (int u = 0; u <= PF; ++u) {
@@ -497,7 +516,15 @@ extern "C" __global__ void w4_reduce_bf16(__nv_bfloat16 *y, const float *part, i
         w4_mm_##NAME##_##RT##_##NB8##_##WK##_##WN##_##WB##_p##PF(TY *y, const TY *x, const uint4 *tiles,          \
                                                                  const u32 *meta, int batch, int n, int k,       \
                                                                  int group, int accumulate) {                    \
-        w4_mm<TY, RT, NB8, WK, WN, WB, PF>(y, x, tiles, meta, batch, n, k, group, accumulate);                 \
+        w4_mm<TY, RT, NB8, WK, WN, WB, PF, false>(y, x, tiles, meta, batch, n, k, group, accumulate, nullptr, 0.f); \
+    }
+// The same with RMSNorm folded into its input (x the norm's input, `norm` its weight): w4_mm_norm_<...>.
+#define W4_MM_NORM(TY, NAME, RT, NB8, WK, WN, WB, PF)                                                            \
+    extern "C" __global__ void __launch_bounds__(32 * WK * WN * WB)                                              \
+        w4_mm_norm_##NAME##_##RT##_##NB8##_##WK##_##WN##_##WB##_p##PF(                                           \
+            TY *y, const TY *x, const uint4 *tiles, const u32 *meta, int batch, int n, int k, int group,         \
+            int accumulate, const TY *norm, float eps) {                                                         \
+        w4_mm<TY, RT, NB8, WK, WN, WB, PF, true>(y, x, tiles, meta, batch, n, k, group, accumulate, norm, eps); \
     }
 
 // Pipelined kernels, named w4_mm_<dtype>_<RT>_<NB8>_0_<WN>_<WB>_<S>_<MINB>: S shared-memory stages (dynamic), at

@@ -16,9 +16,10 @@ use std::sync::Arc;
 use olive_kernels::cpu::w4a16_tiles::W4Tiles;
 use olive_kernels::cpu::RopeLayout;
 use olive_kernels::cuda::attention::{self, AttentionShape, Inputs as AttnInputs, Operand, Rows};
+use olive_kernels::cuda::rmsnorm::InputNorm;
 use olive_kernels::cuda::rope::{CacheAppend, RopeFreqs, Start};
 use olive_kernels::cuda::rows::{add_bias, gather_rows, gather_rows_on_device};
-use olive_kernels::cuda::w4a16::{w4a16, w4a16_add, W4Weight};
+use olive_kernels::cuda::w4a16::{w4a16, w4a16_add, w4a16_normed, W4Weight};
 use olive_kernels::cuda::{
     bf16, gemm, rmsnorm, rope, silu_mul, CachedLen, CudaSlice, DeviceRepr, Edges, Gpu, Graph,
     ValidAsZeroBits,
@@ -124,6 +125,42 @@ impl GpuLinear {
             }
         }
         Ok(())
+    }
+}
+
+impl GpuLinear {
+    /// out: [tokens, out] = rmsnorm(x)·Wᵀ + b: one token's norm folded into the product's kernel where one takes
+    /// it, else the norm written to `normed` first.
+    fn forward_normed(
+        &self,
+        gpu: &Gpu,
+        x: &CudaSlice<Act>,
+        norm: InputNorm<'_, Act>,
+        tokens: usize,
+        normed: &mut CudaSlice<Act>,
+        out: &mut CudaSlice<Act>,
+    ) -> Result<()> {
+        if tokens == 1 {
+            let fused = match &self.weight {
+                Weight::Dense(w) => gemm::linear_normed(
+                    gpu,
+                    x,
+                    norm,
+                    w,
+                    out,
+                    (self.out_features, self.in_features),
+                )?,
+                Weight::Int4(w) => w4a16_normed(gpu, x, norm, 1, w, out)?,
+            };
+            if fused {
+                if let Some(bias) = &self.bias {
+                    add_bias(gpu, out, bias)?;
+                }
+                return Ok(());
+            }
+        }
+        rmsnorm::rmsnorm(gpu, x, norm.weight, norm.eps, normed)?;
+        self.forward(gpu, normed, tokens, out, false)
     }
 }
 
@@ -563,8 +600,13 @@ impl GpuTransformer {
         let part_len = attention::decode_part_len(gpu, &shape);
         let eps = d.rms_norm_eps;
         for (i, layer) in self.layers.iter().enumerate() {
-            rmsnorm::rmsnorm(gpu, hidden, &layer.input_layernorm, eps, normed)?;
-            layer.qkv_proj.forward(gpu, normed, t, qkv, false)?;
+            let norm = InputNorm {
+                weight: &layer.input_layernorm,
+                eps,
+            };
+            layer
+                .qkv_proj
+                .forward_normed(gpu, hidden, norm, t, normed, qkv)?;
             let cache = CacheAppend {
                 keys: &mut keys[i],
                 values: &mut values[i],
@@ -599,19 +641,35 @@ impl GpuTransformer {
                 }
             }
             layer.o_proj.forward(gpu, attn, t, hidden, true)?;
-            rmsnorm::rmsnorm(gpu, hidden, &layer.post_attention_layernorm, eps, normed)?;
-            layer.gate_up_proj.forward(gpu, normed, t, gate_up, false)?;
+            let norm = InputNorm {
+                weight: &layer.post_attention_layernorm,
+                eps,
+            };
+            layer
+                .gate_up_proj
+                .forward_normed(gpu, hidden, norm, t, normed, gate_up)?;
             silu_mul::silu_mul(gpu, gate_up, d.intermediate, act)?;
             layer.down_proj.forward(gpu, act, t, hidden, true)?;
         }
-        // The final norm runs over all t rows, in place of copying the wanted rows out first (rmsnorm takes
+        let rows = if last_only { 1 } else { t };
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
+        let logits = fit(gpu, &mut ws.logits, rows * vocab)?; // [rows, vocab]
+                                                              // One row's final norm folded into the lm_head's kernel where it takes it.
+        if rows == 1 {
+            let last = hidden.slice((t - 1) * hidden_size..);
+            let norm = InputNorm {
+                weight: &self.norm,
+                eps,
+            };
+            if gemm::linear_normed_f32_out(gpu, &last, norm, head, logits, (vocab, hidden_size))? {
+                return Ok(logits);
+            }
+        }
+        // Else the final norm runs over all t rows, in place of copying the wanted rows out first (rmsnorm takes
         // whole buffers; forward_last after a prefill norms t rows instead of 1, one elementwise pass), and the
         // lm_head reads the rows wanted.
         rmsnorm::rmsnorm(gpu, hidden, &self.norm, eps, normed)?;
-        let rows = if last_only { 1 } else { t };
         let kept = normed.slice((t - rows) * hidden_size..); // [rows, hidden]
-        let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
-        let logits = fit(gpu, &mut ws.logits, rows * vocab)?; // [rows, vocab]
         gemm::linear_f32_out(gpu, &kept, head, logits, (rows, vocab, hidden_size))?;
         Ok(logits)
     }

@@ -11,6 +11,7 @@ use cudarc::cublas::{Gemm, GemmConfig};
 use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 
 use super::float::{as_i32, Float};
+use super::rmsnorm::InputNorm;
 use super::{Gpu, GpuError, KernelSource};
 
 const SOURCE: KernelSource = crate::cuda_source!("matmul");
@@ -113,7 +114,14 @@ where
         let (x_ptr, _x) = x.device_ptr(stream);
         let (w_ptr, _w) = w.device_ptr(stream);
         let (o_ptr, _o) = out.device_ptr_mut(stream);
-        if matvec::<T>(gpu, T::SUFFIX, (o_ptr, x_ptr, w_ptr), (n, k), accumulate)? {
+        if matvec::<T>(
+            gpu,
+            T::SUFFIX,
+            (o_ptr, x_ptr, w_ptr),
+            (n, k),
+            accumulate,
+            None,
+        )? {
             return Ok(());
         }
     }
@@ -121,40 +129,129 @@ where
     matmul(gpu, a, b, out, (m, n, k), 1.0, beta)
 }
 
+/// One row's `out[n] = rmsnorm(x[k]) · wᵀ`, the norm folded into matmul.cu's `matvec_norm_*` (decode's norm and
+/// the product after it in one launch); `out` in the operands' type, or f32 (logits). `Ok(false)`, nothing
+/// launched, where that kernel does not apply (as [`linear`]'s one-row path: f32 operands, k % 8 != 0, x or w not
+/// 16-byte aligned).
+pub fn linear_normed<T, X, W, O>(
+    gpu: &Gpu,
+    x: &X,
+    norm: InputNorm<'_, T>,
+    w: &W,
+    out: &mut O,
+    (n, k): (usize, usize),
+) -> Result<bool, GpuError>
+where
+    T: Float,
+    X: DevicePtr<T>,
+    W: DevicePtr<T>,
+    O: DevicePtrMut<T>,
+{
+    normed_matvec(gpu, T::SUFFIX, x, norm, w, out, (n, k))
+}
+
+/// [`linear_normed`] with f32 output.
+pub fn linear_normed_f32_out<T, X, W, O>(
+    gpu: &Gpu,
+    x: &X,
+    norm: InputNorm<'_, T>,
+    w: &W,
+    out: &mut O,
+    (n, k): (usize, usize),
+) -> Result<bool, GpuError>
+where
+    T: Float,
+    X: DevicePtr<T>,
+    W: DevicePtr<T>,
+    O: DevicePtrMut<f32>,
+{
+    normed_matvec(gpu, &format!("{}_f32", T::SUFFIX), x, norm, w, out, (n, k))
+}
+
+fn normed_matvec<T, X, W, O, E>(
+    gpu: &Gpu,
+    kernel: &str,
+    x: &X,
+    norm: InputNorm<'_, T>,
+    w: &W,
+    out: &mut O,
+    (n, k): (usize, usize),
+) -> Result<bool, GpuError>
+where
+    T: Float,
+    X: DevicePtr<T>,
+    W: DevicePtr<T>,
+    O: DevicePtrMut<E>,
+{
+    norm.check("linear_normed", k)?;
+    for (name, have, want) in [
+        ("x", x.len(), k),
+        ("w", w.len(), n * k),
+        ("out", out.len(), n),
+    ] {
+        if have < want {
+            return Err(GpuError::Shape(format!(
+                "linear_normed 1x{k} · ({n}x{k})ᵀ: {name} holds {have} elements, expected {want}"
+            )));
+        }
+    }
+    if n == 0 {
+        return Ok(true);
+    }
+    let stream = gpu.stream();
+    let (x_ptr, _x) = x.device_ptr(stream);
+    let (w_ptr, _w) = w.device_ptr(stream);
+    let (norm_ptr, _norm) = norm.weight.device_ptr(stream);
+    let (o_ptr, _o) = out.device_ptr_mut(stream);
+    matvec::<T>(
+        gpu,
+        kernel,
+        (o_ptr, x_ptr, w_ptr),
+        (n, k),
+        false,
+        Some((norm_ptr, norm.eps)),
+    )
+}
+
 /// One row's `y = x · wᵀ (+ y)` through matmul.cu's `matvec_<kernel>` where it applies (16-bit operands, k a
 /// multiple of 8, x and w 16-byte aligned): a plain launch, a third of cuBLAS's host time a call, which decode pays
-/// for every layer. `Ok(false)` when it does not apply (nothing launched). The caller checked that y, x and w (the
-/// device addresses) hold n, k and n · k elements.
+/// for every layer; with `norm` (its weight's address and epsilon), `matvec_norm_<kernel>`, x through RMSNorm
+/// first. `Ok(false)` when it does not apply (nothing launched). The caller checked that y, x and w (the device
+/// addresses) hold n, k and n · k elements, and the norm's weight k.
 fn matvec<T: Float>(
     gpu: &Gpu,
     kernel: &str,
     (y, x, w): (u64, u64, u64),
     (n, k): (usize, usize),
     accumulate: bool,
+    norm: Option<(u64, f32)>,
 ) -> Result<bool, GpuError> {
     if T::SUFFIX == "f32" || k % 8 != 0 || x % 16 != 0 || w % 16 != 0 {
         return Ok(false);
     }
-    let f = gpu.function(&SOURCE, &format!("matvec_{kernel}"))?;
+    if norm.is_some_and(|(weight, _)| weight % 16 != 0) {
+        return Ok(false);
+    }
+    let name = match norm {
+        Some(_) => format!("matvec_norm_{kernel}"),
+        None => format!("matvec_{kernel}"),
+    };
+    let f = gpu.function(&SOURCE, &name)?;
     let (n_i, k_i, acc) = (as_i32(n, "n")?, as_i32(k, "k")?, i32::from(accumulate));
     let cfg = LaunchConfig {
         grid_dim: (as_i32(n.div_ceil(MATVEC_ROWS_PER_BLOCK), "n")? as u32, 1, 1),
         block_dim: (32 * MATVEC_ROWS_PER_BLOCK as u32, 1, 1),
         shared_mem_bytes: 0,
     };
-    // SAFETY: y, x and w hold n, k and n·k elements of the kernel's types (the caller checked); k % 8 == 0 and the
-    // 16-byte alignment of x and w (so of every row of w) are what the kernel's vector loads need.
-    unsafe {
-        gpu.stream()
-            .launch_builder(&f)
-            .arg(&y)
-            .arg(&x)
-            .arg(&w)
-            .arg(&n_i)
-            .arg(&k_i)
-            .arg(&acc)
-            .launch(cfg)
-    }?;
+    let mut launch = gpu.stream().launch_builder(&f);
+    launch.arg(&y).arg(&x).arg(&w).arg(&n_i).arg(&k_i).arg(&acc);
+    if let Some((weight, eps)) = &norm {
+        launch.arg(weight).arg(eps);
+    }
+    // SAFETY: y, x and w hold n, k and n·k elements of the kernel's types, and the norm's weight k (the caller
+    // checked); k % 8 == 0 and the 16-byte alignment of x, w (so of every row of w) and the norm's weight are what
+    // the kernel's vector loads need; the norm's two arguments go to the `matvec_norm_*` kernel only.
+    unsafe { launch.launch(cfg) }?;
     Ok(true)
 }
 
@@ -208,6 +305,7 @@ where
             (o_ptr, x_ptr, w_ptr),
             (n, k),
             false,
+            None,
         )?
     {
         return Ok(());

@@ -10,6 +10,30 @@ const SOURCE: super::KernelSource = crate::cuda_source!("rmsnorm");
 const CACHE: usize = 4;
 const CACHE_BWD: usize = 2;
 
+/// RMSNorm folded into the product that reads its output (one token's: [`super::gemm::linear_normed`],
+/// [`super::w4a16::w4a16_normed`]): the product's input x is the norm's input, and each of its elements goes in as
+/// [`rmsnorm`] would write it (`weight[i] · (x[i] · r)` rounded once; r summed in another order, so it may differ
+/// in its last bit).
+#[derive(Clone, Copy)]
+pub struct InputNorm<'a, T> {
+    /// The norm's weight: [in_features].
+    pub weight: &'a CudaSlice<T>,
+    pub eps: f32,
+}
+
+impl<T> InputNorm<'_, T> {
+    /// An error unless the weight has `k` elements (`what`: the product).
+    pub(crate) fn check(&self, what: &str, k: usize) -> Result<(), GpuError> {
+        if self.weight.len() != k {
+            return Err(GpuError::Shape(format!(
+                "{what}: the input norm's weight has {} elements, expected in_features = {k}",
+                self.weight.len()
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// Rows of `x` for a weight of `d` elements, checking that x is [rows, d].
 fn rows_of(x: usize, d: usize) -> Result<u32, GpuError> {
     if d == 0 || !x.is_multiple_of(d) {

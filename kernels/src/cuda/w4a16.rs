@@ -7,6 +7,7 @@ use std::marker::PhantomData;
 use super::float::Half;
 use cudarc::driver::sys::CUfunction_attribute;
 
+use super::rmsnorm::InputNorm;
 use super::{CudaFunction, CudaSlice, CudaStream, Gpu, GpuError, LaunchConfig, PushKernelArg};
 use crate::cpu::w4a16_tiles::W4Tiles;
 use cudarc::driver::{DevicePtr, DevicePtrMut, SyncOnDrop};
@@ -313,6 +314,19 @@ impl MmConfig {
 
     /// The kernel's name and the w4a16.cu macro call that builds it (NVRTC's `-DW4_INSTANCE=`, one product
     /// kernel a compile), side by side so the two cannot drift apart.
+    /// A decode configuration's kernel with RMSNorm folded into its input, `w4_mm_norm_*` (name and instance);
+    /// None for the other kinds.
+    fn normed_kernel<T: Half>(&self) -> Option<(String, String)> {
+        if self.stages != 0 || self.producer {
+            return None;
+        }
+        let (kernel, instance) = self.kernel::<T>();
+        Some((
+            kernel.replacen("w4_mm_", "w4_mm_norm_", 1),
+            instance.replacen("W4_MM(", "W4_MM_NORM(", 1),
+        ))
+    }
+
     fn kernel<T: Half>(&self) -> (String, String) {
         let MmConfig {
             rt,
@@ -665,6 +679,50 @@ fn run<T: Half>(
         debug_assert!(!accumulate, "only the decode kernels add to y");
         return launch_pipe(gpu, config, &f, x, batch, w, y);
     }
+    launch_mm(gpu, config, &f, x, batch, w, y, accumulate, None)
+}
+
+/// y [batch, n] = rmsnorm(x [batch, k]) · Wᵀ, the norm folded into the decode kernel (`w4_mm_norm_*`: decode's
+/// norm and the product after it in one launch). `Ok(false)`, nothing launched, where the configuration
+/// [`MmConfig::pick`] chooses is not a decode kernel or W has act-order (its x is gathered into group order first).
+pub fn w4a16_normed<T: Half>(
+    gpu: &Gpu,
+    x: &CudaSlice<T>,
+    norm: InputNorm<'_, T>,
+    batch: usize,
+    w: &W4Weight<T>,
+    y: &mut CudaSlice<T>,
+) -> Result<bool, GpuError> {
+    check_io(w, x, batch, y)?;
+    norm.check("w4a16_normed", w.k)?;
+    let config = picked(gpu, batch, w);
+    let Some((kernel, instance)) = config.normed_kernel::<T>() else {
+        return Ok(false);
+    };
+    if w.perm.is_some() {
+        return Ok(false);
+    }
+    if batch > 0 {
+        let f = gpu.function_with(&SOURCE, &[("W4_INSTANCE", &instance)], &kernel)?;
+        launch_mm(gpu, config, &f, x, batch, w, y, false, Some(norm))?;
+    }
+    Ok(true)
+}
+
+/// Launches `f`, decode kernel `config` (`w4_mm_*`, or `w4_mm_norm_*` with `norm`), on x [batch, k] in W's input
+/// order, checked by the caller with [`check_io`].
+#[allow(clippy::too_many_arguments)]
+fn launch_mm<T: Half>(
+    gpu: &Gpu,
+    config: MmConfig,
+    f: &CudaFunction,
+    x: &CudaSlice<T>,
+    batch: usize,
+    w: &W4Weight<T>,
+    y: &mut CudaSlice<T>,
+    accumulate: bool,
+    norm: Option<InputNorm<'_, T>>,
+) -> Result<(), GpuError> {
     let launch = LaunchConfig {
         grid_dim: (
             w.n.div_ceil(config.rows()) as u32,
@@ -676,22 +734,24 @@ fn run<T: Half>(
     };
     let (b, n, k, g) = (batch as i32, w.n as i32, w.k as i32, w.group_size as i32);
     let acc = i32::from(accumulate);
+    let mut builder = gpu.stream().launch_builder(f);
+    builder
+        .arg(y)
+        .arg(x)
+        .arg(&w.tiles)
+        .arg(&w.meta)
+        .arg(&b)
+        .arg(&n)
+        .arg(&k)
+        .arg(&g)
+        .arg(&acc);
+    if let Some(norm) = &norm {
+        builder.arg(norm.weight).arg(&norm.eps);
+    }
     // SAFETY: x is [batch, k] and y [batch, n] (checked), tiles/meta were sized by `upload` for n, k and the
-    // group size, which the kernel indexes by; the block size matches the kernel's launch bounds.
-    unsafe {
-        gpu.stream()
-            .launch_builder(&f)
-            .arg(y)
-            .arg(x)
-            .arg(&w.tiles)
-            .arg(&w.meta)
-            .arg(&b)
-            .arg(&n)
-            .arg(&k)
-            .arg(&g)
-            .arg(&acc)
-            .launch(launch)
-    }?;
+    // group size, which the kernel indexes by, the norm's weight has k elements (checked); the block size matches
+    // the kernel's launch bounds; the norm's two arguments go to the `w4_mm_norm_*` kernel only.
+    unsafe { builder.launch(launch) }?;
     Ok(())
 }
 

@@ -1,7 +1,8 @@
 //! gemm.rs (cuBLAS) against an f64 product of the same (rounded) inputs, every transpose combination.
 
 use olive_kernels::cuda::float::Float;
-use olive_kernels::cuda::gemm::{linear, matmul, Operand};
+use olive_kernels::cuda::gemm::{linear, linear_normed, linear_normed_f32_out, matmul, Operand};
+use olive_kernels::cuda::rmsnorm::{rmsnorm, InputNorm};
 use olive_kernels::cuda::{bf16, f16, test_gpu, Gpu};
 
 use super::common::{random, rel_error};
@@ -205,6 +206,74 @@ where
         "{} f32 out n {n} k {k} x offset {x_offset}: rel error {err:.2e}",
         T::SUFFIX
     );
+}
+
+/// One row's `linear_normed` / `linear_normed_f32_out` (RMSNorm folded into the GEMV) against the rmsnorm kernel
+/// followed by `linear` / `linear_f32_out`: the same normalized inputs but for r's summation order (an input may
+/// round to its neighbour), so within the 16-bit product's tolerance; declined (nothing launched) where the GEMV
+/// does not apply.
+fn check_one_token_normed<T: Float>(gpu: &Gpu, (n, k): (usize, usize), seed: u64)
+where
+    cudarc::cublas::CudaBlas: cudarc::cublas::Gemm<T>,
+{
+    let (x, _) = upload_as::<T>(gpu, &random(k, seed, 1.0));
+    let (w, _) = upload_as::<T>(gpu, &random(n * k, seed + 1, 1.0));
+    let (norm_w, _) = upload_as::<T>(gpu, &random(k, seed + 2, 1.0));
+    let norm = InputNorm {
+        weight: &norm_w,
+        eps: 1e-6,
+    };
+    let mut normed = poisoned::<T>(gpu, k);
+    rmsnorm(gpu, &x, &norm_w, norm.eps, &mut normed).unwrap();
+    let mut want = poisoned::<T>(gpu, n);
+    linear(gpu, &normed, &w, &mut want, (1, n, k), false).unwrap();
+    let mut out = poisoned::<T>(gpu, n);
+    let applies = k % 8 == 0;
+    assert_eq!(
+        linear_normed(gpu, &x, norm, &w, &mut out, (n, k)).unwrap(),
+        applies,
+        "{} n {n} k {k}",
+        T::SUFFIX
+    );
+    if applies {
+        let err = rel_error(&download_f32(gpu, &out), &download_f32(gpu, &want));
+        assert!(
+            err <= tol::<T>(),
+            "{} n {n} k {k}: rel error {err:.2e}",
+            T::SUFFIX
+        );
+    }
+    let mut want = gpu.upload(&vec![f32::NAN; n]).unwrap();
+    olive_kernels::cuda::gemm::linear_f32_out(gpu, &normed, &w, &mut want, (1, n, k)).unwrap();
+    let mut logits = gpu.upload(&vec![f32::NAN; n]).unwrap();
+    assert_eq!(
+        linear_normed_f32_out(gpu, &x, norm, &w, &mut logits, (n, k)).unwrap(),
+        applies
+    );
+    if applies {
+        let got = gpu.download(&logits).unwrap();
+        let err = rel_error(&got, &gpu.download(&want).unwrap());
+        assert!(
+            err <= tol::<T>(),
+            "{} f32 out n {n} k {k}: rel error {err:.2e}",
+            T::SUFFIX
+        );
+    }
+}
+
+#[test]
+fn one_token_normed_linear_matches_rmsnorm_then_linear() {
+    let Some(gpu) = test_gpu("gpu::gemm::one_token_normed_linear_matches_rmsnorm_then_linear")
+    else {
+        return;
+    };
+    for (i, (n, k)) in [(1001, 576), (3072, 8192), (49152, 576), (33, 44)]
+        .into_iter()
+        .enumerate()
+    {
+        check_one_token_normed::<bf16>(&gpu, (n, k), 700 + 10 * i as u64);
+        check_one_token_normed::<f16>(&gpu, (n, k), 705 + 10 * i as u64);
+    }
 }
 
 #[test]

@@ -7,8 +7,11 @@ use olive_kernels::cpu::w4a16::{
 };
 use olive_kernels::cpu::w4a16_tiles::{dequantize as dequantize_ref, W4Tiles};
 use olive_kernels::cuda::float::Half;
-use olive_kernels::cuda::w4a16::{dequantize, w4a16, w4a16_add, w4a16_with, W4Weight, CONFIGS};
-use olive_kernels::cuda::{bf16, f16, test_gpu, Gpu};
+use olive_kernels::cuda::rmsnorm::{rmsnorm, InputNorm};
+use olive_kernels::cuda::w4a16::{
+    dequantize, w4a16, w4a16_add, w4a16_normed, w4a16_with, W4Weight, CONFIGS,
+};
+use olive_kernels::cuda::{bf16, f16, test_gpu, CudaSlice, Gpu};
 
 use super::common::{random, rel_error};
 
@@ -271,6 +274,81 @@ fn adding_products_matches_the_reference() {
     };
     check_add::<f16>(&gpu, F16_REL);
     check_add::<bf16>(&gpu, BF16_REL);
+}
+
+/// `w4a16_normed` (RMSNorm folded into the decode kernel) against the rmsnorm kernel followed by `w4a16`: the same
+/// normalized inputs but for r's summation order (an input may round to its neighbour), so within the product's
+/// tolerance. Act-order weights and batches past the decode kernels are declined, nothing launched.
+fn check_normed<T: Half>(gpu: &Gpu, tol: f64) {
+    let (n, k) = (272, 640);
+    let cases = [
+        ("awq g128", via_awq(&levels(n, k, 128, 21, false)), true),
+        (
+            "gptq act-order g64",
+            via_gptq(&levels(n, k, 64, 22, true)),
+            false,
+        ),
+    ];
+    let norm_w: Vec<T> = random(k, 5, 1.0).iter().map(|&v| T::from_f32(v)).collect();
+    let norm_w = gpu.upload(&norm_w).unwrap();
+    let eps = 1e-5;
+    for (name, l, fuses) in &cases {
+        let w = W4Weight::<T>::upload(gpu, &W4Tiles::from_levels(l).unwrap()).unwrap();
+        for batch in [1, 5, 16, 64] {
+            let (_, xt) = activations::<T>(batch, k, 60 + batch as u64);
+            let x = gpu.upload(&xt).unwrap();
+            let mut normed = gpu.alloc::<T>(batch * k).unwrap();
+            rmsnorm(gpu, &x, &norm_w, eps, &mut normed).unwrap();
+            let mut want = gpu.alloc::<T>(batch * n).unwrap();
+            w4a16(gpu, &normed, batch, &w, &mut want).unwrap();
+            let poison = vec![T::from_f32(f32::NAN); batch * n];
+            let mut y = gpu.upload(&poison).unwrap();
+            let norm = InputNorm {
+                weight: &norm_w,
+                eps,
+            };
+            let fused = w4a16_normed(gpu, &x, norm, batch, &w, &mut y).unwrap();
+            let to_f32 = |d: &CudaSlice<T>| -> Vec<f32> {
+                gpu.download(d)
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.to_f32())
+                    .collect()
+            };
+            if !fused {
+                assert!(
+                    !fuses || batch > 16,
+                    "{} {name} batch {batch}: declined",
+                    T::SUFFIX
+                );
+                assert!(
+                    to_f32(&y).iter().all(|v| v.is_nan()),
+                    "declined but wrote y"
+                );
+                continue;
+            }
+            assert!(
+                *fuses,
+                "{} {name} batch {batch}: fused an act-order weight",
+                T::SUFFIX
+            );
+            let err = rel_error(&to_f32(&y), &to_f32(&want));
+            assert!(
+                err < tol,
+                "{} {name} batch {batch}: w4a16_normed rel error {err} over {tol}",
+                T::SUFFIX
+            );
+        }
+    }
+}
+
+#[test]
+fn normed_products_match_rmsnorm_then_the_product() {
+    let Some(gpu) = test_gpu("gpu::w4a16::normed_products_match_rmsnorm_then_the_product") else {
+        return;
+    };
+    check_normed::<f16>(&gpu, F16_REL);
+    check_normed::<bf16>(&gpu, BF16_REL);
 }
 
 fn check_configs<T: Half>(gpu: &Gpu, tol: f64) {
