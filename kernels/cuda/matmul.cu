@@ -16,15 +16,6 @@ __device__ __forceinline__ void narrow(__nv_bfloat16 *y, float v) { *y = __float
 __device__ __forceinline__ void narrow(__half *y, float v) { *y = __float2half_rn(v); }
 __device__ __forceinline__ void narrow(float *y, float v) { *y = v; }
 
-// The weights are read once: past L1.
-__device__ __forceinline__ uint4 ldg_stream(const uint4 *p) {
-    uint4 v;
-    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-                 : "l"(p));
-    return v;
-}
-
 // With NORM, x goes through RMSNorm (weight `norm`, epsilon `eps`) first, as rmsnorm.cu would write it.
 template <typename T, typename O, bool NORM>
 __device__ void matvec(O *__restrict__ y, const T *__restrict__ x, const T *__restrict__ w, int n, int k,

@@ -15,6 +15,15 @@ __device__ __forceinline__ void wait_for_previous_kernel() {
 #endif
 }
 
+// 16 bytes of data read once (weights): past L1.
+__device__ __forceinline__ uint4 ldg_stream(const uint4 *p) {
+    uint4 v;
+    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "l"(p));
+    return v;
+}
+
 // One register of two 16-bit values (the first in the low half) as two floats, and two floats rounded into one.
 __device__ __forceinline__ float2 unpack2(unsigned u, __nv_bfloat16) {
     return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&u));

@@ -134,14 +134,6 @@ __device__ __forceinline__ int tile_slot(int lane) { return lane ^ (lane >> 3); 
 __device__ __forceinline__ u32 word(const uint4 &v, int j) { return j == 0 ? v.x : j == 1 ? v.z : j == 2 ? v.y : v.w; }
 __device__ __forceinline__ u32 elem(const uint4 &v, int i) { return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w; }
 
-__device__ __forceinline__ uint4 ldg_stream(const uint4 *p) {
-    uint4 v;
-    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-                 : "l"(p));
-    return v;
-}
-
 // The product for one block: warps split as WK (input chunks, reduced at the end) x WN (row groups of RT tiles) x
 // WB (batch groups of NB8 x 8 columns). Each warp keeps PF chunks' weight tiles and metadata loading while it
 // consumes one. With `accumulate` y += the product (the fp32 sum plus y, rounded once). With NORM, x goes through
