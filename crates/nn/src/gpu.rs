@@ -126,9 +126,7 @@ impl GpuLinear {
         }
         Ok(())
     }
-}
 
-impl GpuLinear {
     /// out: [tokens, out] = rmsnorm(x)·Wᵀ + b: one token's norm folded into the product's kernel where one takes
     /// it, else the norm written to `normed` first.
     fn forward_normed(
@@ -654,7 +652,8 @@ impl GpuTransformer {
         let rows = if last_only { 1 } else { t };
         let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
         let logits = fit(gpu, &mut ws.logits, rows * vocab)?; // [rows, vocab]
-                                                              // One row's final norm folded into the lm_head's kernel where it takes it.
+
+        // One row's final norm folded into the lm_head's kernel where it takes it.
         if rows == 1 {
             let last = hidden.slice((t - 1) * hidden_size..);
             let norm = InputNorm {

@@ -312,8 +312,6 @@ impl MmConfig {
         (rows / 16 * 512 + 4 * (rows + 8) * 4 + cols * 72 * 2) * self.stages as usize
     }
 
-    /// The kernel's name and the w4a16.cu macro call that builds it (NVRTC's `-DW4_INSTANCE=`, one product
-    /// kernel a compile), side by side so the two cannot drift apart.
     /// A decode configuration's kernel with RMSNorm folded into its input, `w4_mm_norm_*` (name and instance);
     /// None for the other kinds.
     fn normed_kernel<T: Half>(&self) -> Option<(String, String)> {
@@ -327,6 +325,8 @@ impl MmConfig {
         ))
     }
 
+    /// The kernel's name and the w4a16.cu macro call that builds it (NVRTC's `-DW4_INSTANCE=`, one product
+    /// kernel a compile), side by side so the two cannot drift apart.
     fn kernel<T: Half>(&self) -> (String, String) {
         let MmConfig {
             rt,
@@ -695,13 +695,13 @@ pub fn w4a16_normed<T: Half>(
 ) -> Result<bool, GpuError> {
     check_io(w, x, batch, y)?;
     norm.check("w4a16_normed", w.k)?;
+    if w.perm.is_some() {
+        return Ok(false);
+    }
     let config = picked(gpu, batch, w);
     let Some((kernel, instance)) = config.normed_kernel::<T>() else {
         return Ok(false);
     };
-    if w.perm.is_some() {
-        return Ok(false);
-    }
     if batch > 0 {
         let f = gpu.function_with(&SOURCE, &[("W4_INSTANCE", &instance)], &kernel)?;
         launch_mm(gpu, config, &f, x, batch, w, y, false, Some(norm))?;
