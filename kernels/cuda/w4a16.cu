@@ -138,8 +138,10 @@ __device__ __forceinline__ u32 elem(const uint4 &v, int i) { return i == 0 ? v.x
 // WB (batch groups of NB8 x 8 columns). Each warp keeps PF chunks' weight tiles and metadata loading while it
 // consumes one. With `accumulate` y += the product (the fp32 sum plus y, rounded once). With NORM, x goes through
 // RMSNorm (weight `norm`, epsilon `eps`) first, as rmsnorm.cu would write it (prelude.cuh's rms_factor/rms_normed;
-// x in its original input order: no act-order).
-template <typename T, int RT, int NB8, int WK, int WN, int WB, int PF, bool NORM>
+// x in its original input order: no act-order). With SWIGLU (RT = 2) W is SwiGLU's gate_up [2·half, k] (gate rows
+// first): a warp's two row tiles are gate tile i and up tile i (half / 16 apart), and y [batch, half] gets
+// silu(gate) * up of the products rounded as written, as silu_mul.cu computes it (prelude.cuh's silu_mul_of).
+template <typename T, int RT, int NB8, int WK, int WN, int WB, int PF, bool NORM, bool SWIGLU>
 __device__ __forceinline__ void w4_mm(T *__restrict__ y, const T *__restrict__ x, const uint4 *__restrict__ tiles,
                                       const u32 *__restrict__ meta, int batch, int n, int k, int group,
                                       int accumulate, const T *__restrict__ norm, float eps) {
@@ -153,7 +155,10 @@ __device__ __forceinline__ void w4_mm(T *__restrict__ y, const T *__restrict__ x
     const int wk = warp % WK, wn = (warp / WK) % WN, wb = warp / (WK * WN);
     const int g = lane >> 2, t = lane & 3;
     const int ntiles = n >> 4, nchunks = k >> 6;
-    const int tile0 = (blockIdx.x * WN + wn) * RT;
+    static_assert(!SWIGLU || RT == 2, "SwiGLU's write-out pairs a gate tile with an up tile");
+    // Row tile r of this warp: RT adjacent tiles, or with SWIGLU gate tile `pair` and up tile `pair` + half / 16.
+    const int pair = blockIdx.x * WN + wn, tile0 = pair * RT;
+    auto tile_of = [&](int r) { return SWIGLU ? pair + r * ((n >> 4) / 2) : tile0 + r; };
     const int col0 = (blockIdx.y * WB + wb) * NB8 * 8;
 
     float acc[RT][NB8][4];
@@ -166,7 +171,7 @@ __device__ __forceinline__ void w4_mm(T *__restrict__ y, const T *__restrict__ x
 
     bool row_ok[RT];
 #pragma unroll
-    for (int r = 0; r < RT; ++r) row_ok[r] = tile0 + r < ntiles;
+    for (int r = 0; r < RT; ++r) row_ok[r] = SWIGLU ? pair < ntiles / 2 : tile0 + r < ntiles;
     const T *xrow[NB8];
     bool col_ok[NB8];
 #pragma unroll
@@ -184,8 +189,8 @@ __device__ __forceinline__ void w4_mm(T *__restrict__ y, const T *__restrict__ x
     const u32 *mbase[RT];
 #pragma unroll
     for (int r = 0; r < RT; ++r) {
-        wbase[r] = tiles + (size_t)(row_ok[r] ? tile0 + r : 0) * nchunks * 32 + tile_slot(lane);
-        mbase[r] = meta + (row_ok[r] ? tile0 + r : 0) * 16 + g;
+        wbase[r] = tiles + (size_t)(row_ok[r] ? tile_of(r) : 0) * nchunks * 32 + tile_slot(lane);
+        mbase[r] = meta + (row_ok[r] ? tile_of(r) : 0) * 16 + g;
     }
     auto load = [&](int c, uint4 (&wv)[RT], u32 (&mv)[RT][2]) {
         const int moff = grp_of(c * 64 + 16 * t) * n;
@@ -329,6 +334,27 @@ __device__ __forceinline__ void w4_mm(T *__restrict__ y, const T *__restrict__ x
             }
     }
 
+    if constexpr (SWIGLU) {
+        if (!row_ok[0]) return;
+        const int half = n / 2, row = pair * 16 + g;
+        // The gate and up products rounded as written, then silu(gate) * up.
+        auto act = [&](float gate, float up) {
+            return Op::from_f32(silu_mul_of(Op::to_f32(Op::from_f32(gate)), Op::to_f32(Op::from_f32(up))));
+        };
+#pragma unroll
+        for (int b = 0; b < NB8; ++b) {
+            const int col = col0 + b * 8 + 2 * t;
+            if (col < batch) {
+                y[(size_t)col * half + row] = act(acc[0][b][0], acc[1][b][0]);
+                y[(size_t)col * half + row + 8] = act(acc[0][b][2], acc[1][b][2]);
+            }
+            if (col + 1 < batch) {
+                y[(size_t)(col + 1) * half + row] = act(acc[0][b][1], acc[1][b][1]);
+                y[(size_t)(col + 1) * half + row + 8] = act(acc[0][b][3], acc[1][b][3]);
+            }
+        }
+        return;
+    }
 #pragma unroll
     for (int r = 0; r < RT; ++r) {
         if (!row_ok[r]) continue;
@@ -508,7 +534,8 @@ extern "C" __global__ void w4_reduce_bf16(__nv_bfloat16 *y, const float *part, i
         w4_mm_##NAME##_##RT##_##NB8##_##WK##_##WN##_##WB##_p##PF(TY *y, const TY *x, const uint4 *tiles,          \
                                                                  const u32 *meta, int batch, int n, int k,       \
                                                                  int group, int accumulate) {                    \
-        w4_mm<TY, RT, NB8, WK, WN, WB, PF, false>(y, x, tiles, meta, batch, n, k, group, accumulate, nullptr, 0.f); \
+        w4_mm<TY, RT, NB8, WK, WN, WB, PF, false, false>(y, x, tiles, meta, batch, n, k, group, accumulate, nullptr, \
+                                                         0.f);                                                   \
     }
 // The same with RMSNorm folded into its input (x the norm's input, `norm` its weight): w4_mm_norm_<...>.
 #define W4_MM_NORM(TY, NAME, RT, NB8, WK, WN, WB, PF)                                                            \
@@ -516,7 +543,17 @@ extern "C" __global__ void w4_reduce_bf16(__nv_bfloat16 *y, const float *part, i
         w4_mm_norm_##NAME##_##RT##_##NB8##_##WK##_##WN##_##WB##_p##PF(                                           \
             TY *y, const TY *x, const uint4 *tiles, const u32 *meta, int batch, int n, int k, int group,         \
             int accumulate, const TY *norm, float eps) {                                                         \
-        w4_mm<TY, RT, NB8, WK, WN, WB, PF, true>(y, x, tiles, meta, batch, n, k, group, accumulate, norm, eps); \
+        w4_mm<TY, RT, NB8, WK, WN, WB, PF, true, false>(y, x, tiles, meta, batch, n, k, group, accumulate, norm,   \
+                                                        eps);                                                    \
+    }
+// The same writing SwiGLU's activation (W the gate_up projection, y [batch, n / 2], RT = 2, no accumulate):
+// w4_mm_norm_swiglu_<...>.
+#define W4_MM_NORM_SWIGLU(TY, NAME, RT, NB8, WK, WN, WB, PF)                                                     \
+    extern "C" __global__ void __launch_bounds__(32 * WK * WN * WB)                                              \
+        w4_mm_norm_swiglu_##NAME##_##RT##_##NB8##_##WK##_##WN##_##WB##_p##PF(                                    \
+            TY *y, const TY *x, const uint4 *tiles, const u32 *meta, int batch, int n, int k, int group,         \
+            int accumulate, const TY *norm, float eps) {                                                         \
+        w4_mm<TY, RT, NB8, WK, WN, WB, PF, true, true>(y, x, tiles, meta, batch, n, k, group, 0, norm, eps);     \
     }
 
 // Pipelined kernels, named w4_mm_<dtype>_<RT>_<NB8>_0_<WN>_<WB>_<S>_<MINB>: S shared-memory stages (dynamic), at

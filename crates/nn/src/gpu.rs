@@ -19,7 +19,7 @@ use olive_kernels::cuda::attention::{self, AttentionShape, Inputs as AttnInputs,
 use olive_kernels::cuda::rmsnorm::InputNorm;
 use olive_kernels::cuda::rope::{CacheAppend, RopeFreqs, Start};
 use olive_kernels::cuda::rows::{add_bias, gather_rows, gather_rows_on_device};
-use olive_kernels::cuda::w4a16::{w4a16, w4a16_add, w4a16_normed, W4Weight};
+use olive_kernels::cuda::w4a16::{w4a16, w4a16_add, w4a16_normed, w4a16_normed_swiglu, W4Weight};
 use olive_kernels::cuda::{
     bf16, gemm, rmsnorm, rope, silu_mul, CachedLen, CudaSlice, DeviceRepr, Edges, Gpu, Graph,
     ValidAsZeroBits,
@@ -159,6 +159,22 @@ impl GpuLinear {
         }
         rmsnorm::rmsnorm(gpu, x, norm.weight, norm.eps, normed)?;
         self.forward(gpu, normed, tokens, out, false)
+    }
+
+    /// SwiGLU's gate_up projection (gate rows, then up) for one token: act [1, out / 2] = silu(gate) ⊙ up of
+    /// rmsnorm(x)·Wᵀ in one int4 kernel where one takes it (no bias); `Ok(false)`, nothing written, otherwise.
+    fn forward_normed_swiglu(
+        &self,
+        gpu: &Gpu,
+        x: &CudaSlice<Act>,
+        norm: InputNorm<'_, Act>,
+        tokens: usize,
+        act: &mut CudaSlice<Act>,
+    ) -> Result<bool> {
+        Ok(match (tokens, &self.weight, &self.bias) {
+            (1, Weight::Int4(w), None) => w4a16_normed_swiglu(gpu, x, norm, 1, w, act)?,
+            _ => false,
+        })
     }
 }
 
@@ -643,10 +659,11 @@ impl GpuTransformer {
                 weight: &layer.post_attention_layernorm,
                 eps,
             };
-            layer
-                .gate_up_proj
-                .forward_normed(gpu, hidden, norm, t, normed, gate_up)?;
-            silu_mul::silu_mul(gpu, gate_up, d.intermediate, act)?;
+            let mlp = &layer.gate_up_proj;
+            if !mlp.forward_normed_swiglu(gpu, hidden, norm, t, act)? {
+                mlp.forward_normed(gpu, hidden, norm, t, normed, gate_up)?;
+                silu_mul::silu_mul(gpu, gate_up, d.intermediate, act)?;
+            }
             layer.down_proj.forward(gpu, act, t, hidden, true)?;
         }
         let rows = if last_only { 1 } else { t };

@@ -199,10 +199,11 @@ const fn pipe2(rt: u32, nb8: u32, wn: u32, wb: u32, stages: u32) -> MmConfig {
 
 /// Every configuration compiled in kernels/cuda/w4a16.cu (its `W4_MM_BOTH` and `W4_MMP_BOTH` lines) and
 /// w4a16_sm90.cu (`W4_WS`, `W4_WSC`, `W4_WSX`); [`MmConfig::runs_on`] says which a device has.
-pub const CONFIGS: [MmConfig; 54] = [
+pub const CONFIGS: [MmConfig; 55] = [
     cfg(1, 1, 8, 1, 1),
     cfg(1, 1, 16, 1, 1),
     cfg(2, 1, 8, 1, 1),
+    cfg(2, 1, 16, 1, 1),
     cfg(1, 1, 4, 2, 1),
     cfg(1, 2, 8, 1, 1),
     cfg(2, 2, 8, 1, 1),
@@ -312,16 +313,22 @@ impl MmConfig {
         (rows / 16 * 512 + 4 * (rows + 8) * 4 + cols * 72 * 2) * self.stages as usize
     }
 
-    /// A decode configuration's kernel with RMSNorm folded into its input, `w4_mm_norm_*` (name and instance);
-    /// None for the other kinds.
-    fn normed_kernel<T: Half>(&self) -> Option<(String, String)> {
-        if self.stages != 0 || self.producer {
+    /// A decode configuration's kernel with RMSNorm folded into its input, `w4_mm_norm_*` (name and instance), or
+    /// with `swiglu` also SwiGLU's gating into its write-out, `w4_mm_norm_swiglu_*` (two row tiles a warp); None for
+    /// the other kinds.
+    fn normed_kernel<T: Half>(&self, swiglu: bool) -> Option<(String, String)> {
+        if self.stages != 0 || self.producer || (swiglu && self.rt != 2) {
             return None;
         }
         let (kernel, instance) = self.kernel::<T>();
+        let (prefix, macro_call) = if swiglu {
+            ("w4_mm_norm_swiglu_", "W4_MM_NORM_SWIGLU(")
+        } else {
+            ("w4_mm_norm_", "W4_MM_NORM(")
+        };
         Some((
-            kernel.replacen("w4_mm_", "w4_mm_norm_", 1),
-            instance.replacen("W4_MM(", "W4_MM_NORM(", 1),
+            kernel.replacen("w4_mm_", prefix, 1),
+            instance.replacen("W4_MM(", macro_call, 1),
         ))
     }
 
@@ -699,7 +706,7 @@ pub fn w4a16_normed<T: Half>(
         return Ok(false);
     }
     let config = picked(gpu, batch, w);
-    let Some((kernel, instance)) = config.normed_kernel::<T>() else {
+    let Some((kernel, instance)) = config.normed_kernel::<T>(false) else {
         return Ok(false);
     };
     if batch > 0 {
@@ -709,8 +716,55 @@ pub fn w4a16_normed<T: Half>(
     Ok(true)
 }
 
-/// Launches `f`, decode kernel `config` (`w4_mm_*`, or `w4_mm_norm_*` with `norm`), on x [batch, k] in W's input
-/// order, checked by the caller with [`check_io`].
+/// act [batch, n / 2] = silu(gate) ⊙ up with [gate | up] = rmsnorm(x [batch, k]) · Wᵀ, W SwiGLU's gate_up
+/// projection (its first n / 2 rows gate, then up, as `silu_mul` takes the product): decode's norm, gate_up product
+/// and silu_mul in one launch (`w4_mm_norm_swiglu_*`, gate and up rounded as the product writes them, then gated as
+/// silu_mul computes it). Each warp takes a gate tile and the up tile of the same rows: the configuration
+/// [`MmConfig::pick`] chooses with two row tiles a warp. `Ok(false)`, nothing launched, where that is not a
+/// compiled decode configuration, W has act-order or its halves are not whole 16-row tiles.
+pub fn w4a16_normed_swiglu<T: Half>(
+    gpu: &Gpu,
+    x: &CudaSlice<T>,
+    norm: InputNorm<'_, T>,
+    batch: usize,
+    w: &W4Weight<T>,
+    act: &mut CudaSlice<T>,
+) -> Result<bool, GpuError> {
+    if x.len() != batch * w.k || act.len() != batch * (w.n / 2) {
+        return Err(GpuError::Shape(format!(
+            "w4a16_normed_swiglu: x must be [batch {batch}, k {}] ({} elements, got {}) and act [batch, n / 2 = {}] \
+             ({} elements, got {})",
+            w.k,
+            batch * w.k,
+            x.len(),
+            w.n / 2,
+            batch * (w.n / 2),
+            act.len()
+        )));
+    }
+    norm.check("w4a16_normed_swiglu", w.k)?;
+    if w.perm.is_some() || !w.n.is_multiple_of(32) || batch > i32::MAX as usize / w.k.max(w.n) {
+        return Ok(false);
+    }
+    let config = MmConfig {
+        rt: 2,
+        ..picked(gpu, batch, w)
+    };
+    if !CONFIGS.contains(&config) {
+        return Ok(false);
+    }
+    let Some((kernel, instance)) = config.normed_kernel::<T>(true) else {
+        return Ok(false);
+    };
+    if batch > 0 {
+        let f = gpu.function_with(&SOURCE, &[("W4_INSTANCE", &instance)], &kernel)?;
+        launch_mm(gpu, config, &f, x, batch, w, act, false, Some(norm))?;
+    }
+    Ok(true)
+}
+
+/// Launches `f`, decode kernel `config` (`w4_mm_*`, or `w4_mm_norm_*` / `w4_mm_norm_swiglu_*` with `norm`), on x
+/// [batch, k] in W's input order, checked by the caller.
 #[allow(clippy::too_many_arguments)]
 fn launch_mm<T: Half>(
     gpu: &Gpu,

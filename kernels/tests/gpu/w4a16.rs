@@ -8,8 +8,9 @@ use olive_kernels::cpu::w4a16::{
 use olive_kernels::cpu::w4a16_tiles::{dequantize as dequantize_ref, W4Tiles};
 use olive_kernels::cuda::float::Half;
 use olive_kernels::cuda::rmsnorm::{rmsnorm, InputNorm};
+use olive_kernels::cuda::silu_mul::silu_mul;
 use olive_kernels::cuda::w4a16::{
-    dequantize, w4a16, w4a16_add, w4a16_normed, w4a16_with, W4Weight, CONFIGS,
+    dequantize, w4a16, w4a16_add, w4a16_normed, w4a16_normed_swiglu, w4a16_with, W4Weight, CONFIGS,
 };
 use olive_kernels::cuda::{bf16, f16, test_gpu, CudaSlice, Gpu};
 
@@ -349,6 +350,78 @@ fn normed_products_match_rmsnorm_then_the_product() {
     };
     check_normed::<f16>(&gpu, F16_REL);
     check_normed::<bf16>(&gpu, BF16_REL);
+}
+
+/// The gate_up projection's decode kernel with the norm before it and SwiGLU's gating after it, against rmsnorm,
+/// the product and silu_mul one after the other; declined (act untouched) for act-order, fused at least up to batch 8.
+fn check_normed_swiglu<T: Half>(gpu: &Gpu, tol: f64) {
+    let (half, k) = (272, 640);
+    let n = 2 * half;
+    let cases = [
+        ("awq g128", via_awq(&levels(n, k, 128, 41, false)), true),
+        (
+            "gptq act-order g64",
+            via_gptq(&levels(n, k, 64, 42, true)),
+            false,
+        ),
+    ];
+    let norm_w: Vec<T> = random(k, 6, 1.0).iter().map(|&v| T::from_f32(v)).collect();
+    let norm_w = gpu.upload(&norm_w).unwrap();
+    let eps = 1e-5;
+    let to_f32 = |d: &CudaSlice<T>| -> Vec<f32> {
+        gpu.download(d)
+            .unwrap()
+            .iter()
+            .map(|v| v.to_f32())
+            .collect()
+    };
+    for (name, l, fuses) in &cases {
+        let w = W4Weight::<T>::upload(gpu, &W4Tiles::from_levels(l).unwrap()).unwrap();
+        for batch in [1, 5, 16, 64] {
+            let what = format!("{} {name} batch {batch}", T::SUFFIX);
+            let (_, xt) = activations::<T>(batch, k, 70 + batch as u64);
+            let x = gpu.upload(&xt).unwrap();
+            let mut normed = gpu.alloc::<T>(batch * k).unwrap();
+            rmsnorm(gpu, &x, &norm_w, eps, &mut normed).unwrap();
+            let mut gate_up = gpu.alloc::<T>(batch * n).unwrap();
+            w4a16(gpu, &normed, batch, &w, &mut gate_up).unwrap();
+            let mut want = gpu.alloc::<T>(batch * half).unwrap();
+            silu_mul(gpu, &gate_up, half, &mut want).unwrap();
+            let mut act = gpu
+                .upload(&vec![T::from_f32(f32::NAN); batch * half])
+                .unwrap();
+            let norm = InputNorm {
+                weight: &norm_w,
+                eps,
+            };
+            let fused = w4a16_normed_swiglu(gpu, &x, norm, batch, &w, &mut act).unwrap();
+            if !fused {
+                assert!(!fuses || batch > 8, "{what}: declined");
+                assert!(
+                    to_f32(&act).iter().all(|v| v.is_nan()),
+                    "{what}: declined but wrote act"
+                );
+                continue;
+            }
+            assert!(*fuses, "{what}: fused an act-order weight");
+            let err = rel_error(&to_f32(&act), &to_f32(&want));
+            assert!(
+                err < tol,
+                "{what}: w4a16_normed_swiglu rel error {err} over {tol}"
+            );
+        }
+    }
+}
+
+#[test]
+fn normed_swiglu_products_match_rmsnorm_the_product_then_silu_mul() {
+    let Some(gpu) =
+        test_gpu("gpu::w4a16::normed_swiglu_products_match_rmsnorm_the_product_then_silu_mul")
+    else {
+        return;
+    };
+    check_normed_swiglu::<f16>(&gpu, F16_REL);
+    check_normed_swiglu::<bf16>(&gpu, BF16_REL);
 }
 
 fn check_configs<T: Half>(gpu: &Gpu, tol: f64) {
