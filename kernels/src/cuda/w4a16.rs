@@ -705,15 +705,7 @@ pub fn w4a16_normed<T: Half>(
     if w.perm.is_some() {
         return Ok(false);
     }
-    let config = picked(gpu, batch, w);
-    let Some((kernel, instance)) = config.normed_kernel::<T>(false) else {
-        return Ok(false);
-    };
-    if batch > 0 {
-        let f = gpu.function_with(&SOURCE, &[("W4_INSTANCE", &instance)], &kernel)?;
-        launch_mm(gpu, config, &f, x, batch, w, y, false, Some(norm))?;
-    }
-    Ok(true)
+    run_normed(gpu, picked(gpu, batch, w), false, x, norm, batch, w, y)
 }
 
 /// act [batch, n / 2] = silu(gate) ⊙ up with [gate | up] = rmsnorm(x [batch, k]) · Wᵀ, W SwiGLU's gate_up
@@ -753,12 +745,28 @@ pub fn w4a16_normed_swiglu<T: Half>(
     if !CONFIGS.contains(&config) {
         return Ok(false);
     }
-    let Some((kernel, instance)) = config.normed_kernel::<T>(true) else {
+    run_normed(gpu, config, true, x, norm, batch, w, act)
+}
+
+/// Launches decode configuration `config`'s normed kernel (with `swiglu` its SwiGLU write-out) on x, checked by the
+/// caller; `Ok(false)`, nothing launched, where `config` has none.
+#[allow(clippy::too_many_arguments)]
+fn run_normed<T: Half>(
+    gpu: &Gpu,
+    config: MmConfig,
+    swiglu: bool,
+    x: &CudaSlice<T>,
+    norm: InputNorm<'_, T>,
+    batch: usize,
+    w: &W4Weight<T>,
+    y: &mut CudaSlice<T>,
+) -> Result<bool, GpuError> {
+    let Some((kernel, instance)) = config.normed_kernel::<T>(swiglu) else {
         return Ok(false);
     };
     if batch > 0 {
         let f = gpu.function_with(&SOURCE, &[("W4_INSTANCE", &instance)], &kernel)?;
-        launch_mm(gpu, config, &f, x, batch, w, act, false, Some(norm))?;
+        launch_mm(gpu, config, &f, x, batch, w, y, false, Some(norm))?;
     }
     Ok(true)
 }

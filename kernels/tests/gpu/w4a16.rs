@@ -277,23 +277,45 @@ fn adding_products_matches_the_reference() {
     check_add::<bf16>(&gpu, BF16_REL);
 }
 
+/// The weights the folded decode kernels are checked on: AutoAWQ groups of 128 (folded) and GPTQ act-order groups
+/// of 64 (declined: act-order gathers x first), levels from `seed` and `seed + 1`.
+fn fold_cases(n: usize, k: usize, seed: u64) -> [(&'static str, W4Levels, bool); 2] {
+    [
+        ("awq g128", via_awq(&levels(n, k, 128, seed, false)), true),
+        (
+            "gptq act-order g64",
+            via_gptq(&levels(n, k, 64, seed + 1, true)),
+            false,
+        ),
+    ]
+}
+
+/// A random RMSNorm weight of k elements on the device.
+fn norm_weight<T: Half>(gpu: &Gpu, k: usize, seed: u64) -> CudaSlice<T> {
+    let w: Vec<T> = random(k, seed, 1.0)
+        .iter()
+        .map(|&v| T::from_f32(v))
+        .collect();
+    gpu.upload(&w).unwrap()
+}
+
+fn download_f32<T: Half>(gpu: &Gpu, d: &CudaSlice<T>) -> Vec<f32> {
+    gpu.download(d)
+        .unwrap()
+        .iter()
+        .map(|v| v.to_f32())
+        .collect()
+}
+
 /// `w4a16_normed` (RMSNorm folded into the decode kernel) against the rmsnorm kernel followed by `w4a16`: the same
 /// normalized inputs but for r's summation order (an input may round to its neighbour), so within the product's
 /// tolerance. Act-order weights and batches past the decode kernels are declined, nothing launched.
 fn check_normed<T: Half>(gpu: &Gpu, tol: f64) {
     let (n, k) = (272, 640);
-    let cases = [
-        ("awq g128", via_awq(&levels(n, k, 128, 21, false)), true),
-        (
-            "gptq act-order g64",
-            via_gptq(&levels(n, k, 64, 22, true)),
-            false,
-        ),
-    ];
-    let norm_w: Vec<T> = random(k, 5, 1.0).iter().map(|&v| T::from_f32(v)).collect();
-    let norm_w = gpu.upload(&norm_w).unwrap();
+    let norm_w = norm_weight::<T>(gpu, k, 5);
     let eps = 1e-5;
-    for (name, l, fuses) in &cases {
+    let to_f32 = |d: &CudaSlice<T>| download_f32(gpu, d);
+    for (name, l, fuses) in &fold_cases(n, k, 21) {
         let w = W4Weight::<T>::upload(gpu, &W4Tiles::from_levels(l).unwrap()).unwrap();
         for batch in [1, 5, 16, 64] {
             let (_, xt) = activations::<T>(batch, k, 60 + batch as u64);
@@ -309,13 +331,6 @@ fn check_normed<T: Half>(gpu: &Gpu, tol: f64) {
                 eps,
             };
             let fused = w4a16_normed(gpu, &x, norm, batch, &w, &mut y).unwrap();
-            let to_f32 = |d: &CudaSlice<T>| -> Vec<f32> {
-                gpu.download(d)
-                    .unwrap()
-                    .iter()
-                    .map(|v| v.to_f32())
-                    .collect()
-            };
             if !fused {
                 assert!(
                     !fuses || batch > 16,
@@ -357,25 +372,10 @@ fn normed_products_match_rmsnorm_then_the_product() {
 fn check_normed_swiglu<T: Half>(gpu: &Gpu, tol: f64) {
     let (half, k) = (272, 640);
     let n = 2 * half;
-    let cases = [
-        ("awq g128", via_awq(&levels(n, k, 128, 41, false)), true),
-        (
-            "gptq act-order g64",
-            via_gptq(&levels(n, k, 64, 42, true)),
-            false,
-        ),
-    ];
-    let norm_w: Vec<T> = random(k, 6, 1.0).iter().map(|&v| T::from_f32(v)).collect();
-    let norm_w = gpu.upload(&norm_w).unwrap();
+    let norm_w = norm_weight::<T>(gpu, k, 6);
     let eps = 1e-5;
-    let to_f32 = |d: &CudaSlice<T>| -> Vec<f32> {
-        gpu.download(d)
-            .unwrap()
-            .iter()
-            .map(|v| v.to_f32())
-            .collect()
-    };
-    for (name, l, fuses) in &cases {
+    let to_f32 = |d: &CudaSlice<T>| download_f32(gpu, d);
+    for (name, l, fuses) in &fold_cases(n, k, 41) {
         let w = W4Weight::<T>::upload(gpu, &W4Tiles::from_levels(l).unwrap()).unwrap();
         for batch in [1, 5, 16, 64] {
             let what = format!("{} {name} batch {batch}", T::SUFFIX);
