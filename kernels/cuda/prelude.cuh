@@ -78,5 +78,6 @@ template <typename T> __device__ __forceinline__ uint4 rms_normed(uint4 x, uint4
     return make_uint4(o[0], o[1], o[2], o[3]);
 }
 
-// SwiGLU's gating of one pair as silu_mul.cu computes it: silu(gate) * up = gate / (1 + exp(-gate)) * up.
+// SwiGLU's gating of one pair, silu(gate) * up = gate / (1 + exp(-gate)) * up: silu_mul.cu's forward and w4_mm's
+// SwiGLU write-out, so that the two round alike.
 __device__ __forceinline__ float silu_mul_of(float gate, float up) { return gate / (1.f + expf(-gate)) * up; }

@@ -29,8 +29,7 @@ __device__ void forward(T *__restrict__ act, const T *__restrict__ gate_up, long
         Pack<T, V> o;
 #pragma unroll
         for (int k = 0; k < V; ++k) {
-            const float x = to_f32(g.v[k]);
-            o.v[k] = from_f32<T>(x / (1.f + expf(-x)) * to_f32(u.v[k]));
+            o.v[k] = from_f32<T>(silu_mul_of(to_f32(g.v[k]), to_f32(u.v[k])));
         }
         *reinterpret_cast<Pack<T, V> *>(act + t * inter + c) = o;
     }

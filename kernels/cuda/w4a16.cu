@@ -158,7 +158,7 @@ __device__ __forceinline__ void w4_mm(T *__restrict__ y, const T *__restrict__ x
     static_assert(!SWIGLU || RT == 2, "SwiGLU's write-out pairs a gate tile with an up tile");
     // Row tile r of this warp: RT adjacent tiles, or with SWIGLU gate tile `pair` and up tile `pair` + half / 16.
     const int pair = blockIdx.x * WN + wn, tile0 = pair * RT;
-    auto tile_of = [&](int r) { return SWIGLU ? pair + r * ((n >> 4) / 2) : tile0 + r; };
+    auto tile_of = [&](int r) { return SWIGLU ? pair + r * (ntiles / 2) : tile0 + r; };
     const int col0 = (blockIdx.y * WB + wb) * NB8 * 8;
 
     float acc[RT][NB8][4];

@@ -555,20 +555,31 @@ fn check_io<T: Half>(
     batch: usize,
     y: &CudaSlice<T>,
 ) -> Result<(), GpuError> {
-    if x.len() != batch * w.k || y.len() != batch * w.n {
+    check_shapes("w4a16", w, x, batch, (y, "n", w.n))
+}
+
+/// x [batch, k] and y [batch, `y_cols`] (`y_name` in the message), and the kernels' 32-bit indexing bound.
+fn check_shapes<T: Half>(
+    op: &str,
+    w: &W4Weight<T>,
+    x: &CudaSlice<T>,
+    batch: usize,
+    (y, y_name, y_cols): (&CudaSlice<T>, &str, usize),
+) -> Result<(), GpuError> {
+    if x.len() != batch * w.k || y.len() != batch * y_cols {
         return Err(GpuError::Shape(format!(
-            "w4a16: x must be [batch {batch}, k {}] ({} elements, got {}) and y [batch, n {}] ({} elements, got {})",
+            "{op}: x must be [batch {batch}, k {}] ({} elements, got {}) and y [batch, {y_name} {y_cols}] ({} \
+             elements, got {})",
             w.k,
             batch * w.k,
             x.len(),
-            w.n,
-            batch * w.n,
+            batch * y_cols,
             y.len()
         )));
     }
     if batch > i32::MAX as usize / w.k.max(w.n) {
         return Err(GpuError::Shape(format!(
-            "w4a16: batch {batch} too large for 32-bit indexing"
+            "{op}: batch {batch} too large for 32-bit indexing"
         )));
     }
     Ok(())
@@ -722,20 +733,9 @@ pub fn w4a16_normed_swiglu<T: Half>(
     w: &W4Weight<T>,
     act: &mut CudaSlice<T>,
 ) -> Result<bool, GpuError> {
-    if x.len() != batch * w.k || act.len() != batch * (w.n / 2) {
-        return Err(GpuError::Shape(format!(
-            "w4a16_normed_swiglu: x must be [batch {batch}, k {}] ({} elements, got {}) and act [batch, n / 2 = {}] \
-             ({} elements, got {})",
-            w.k,
-            batch * w.k,
-            x.len(),
-            w.n / 2,
-            batch * (w.n / 2),
-            act.len()
-        )));
-    }
+    check_shapes("w4a16_normed_swiglu", w, x, batch, (act, "n / 2", w.n / 2))?;
     norm.check("w4a16_normed_swiglu", w.k)?;
-    if w.perm.is_some() || !w.n.is_multiple_of(32) || batch > i32::MAX as usize / w.k.max(w.n) {
+    if w.perm.is_some() || !w.n.is_multiple_of(32) {
         return Ok(false);
     }
     let config = MmConfig {
