@@ -3,11 +3,14 @@
 // product of kernels/src/cpu/matmul.rs at m = 1. gemm.rs takes it instead of cuBLAS for one row, whose call costs
 // the host 8-9 us against a plain launch's ~3 us (decode is host-bound). A warp a row: each lane reads 16 bytes
 // (8 elements) of the row and of x at a time, 512 contiguous bytes a warp, then a shuffle sum. Needs k % 8 == 0
-// and 16-byte-aligned x and w (gemm.rs checks; cuBLAS otherwise).
+// and 16-byte-aligned x and w (gemm.rs checks; cuBLAS otherwise). The `matvec_norm_swiglu` kernels end SwiGLU's
+// gate_up product in its gating: half a block's warps take gate rows, the other half the same outputs' up rows.
+// w is read before the wait for the previous kernel: in an overlapped capture (prelude.cuh) no kernel before it may
+// write w (decode's weights: none does).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
-constexpr int ROWS_PER_BLOCK = 8;
+constexpr int ROWS_PER_BLOCK = 8;  // weight rows: one a warp
 
 __device__ __forceinline__ float widen(__nv_bfloat16 v) { return __bfloat162float(v); }
 __device__ __forceinline__ float widen(__half v) { return __half2float(v); }
@@ -16,47 +19,102 @@ __device__ __forceinline__ void narrow(__nv_bfloat16 *y, float v) { *y = __float
 __device__ __forceinline__ void narrow(__half *y, float v) { *y = __float2half_rn(v); }
 __device__ __forceinline__ void narrow(float *y, float v) { *y = v; }
 
-// With NORM, x goes through RMSNorm (weight `norm`, epsilon `eps`) first, as rmsnorm.cu would write it.
-template <typename T, typename O, bool NORM>
+// v rounded to the output type and back: the value a separate kernel would read.
+template <typename O> __device__ __forceinline__ float as_written(float v) {
+    O o;
+    narrow(&o, v);
+    return widen(o);
+}
+
+// Chunks of 8 inputs a lane has loading at a time: a row of up to 32 * 8 * CHUNKS_IN_FLIGHT inputs is one memory
+// round trip a warp, not one a chunk.
+constexpr int CHUNKS_IN_FLIGHT = 4;
+
+// With NORM, x goes through RMSNorm (weight `norm`, epsilon `eps`) first, as rmsnorm.cu would write it. With SWIGLU,
+// w is SwiGLU's gate_up [2n, k] (gate rows first) and y [n] gets silu(gate) * up of the two products rounded as
+// written, as silu_mul.cu computes it (prelude.cuh's silu_mul_of): the block's first ROWS_PER_BLOCK / 2 warps take
+// gate rows, the others the same outputs' up rows (each warp reads one row, as the plain product's do), and the up
+// sums reach the gate warps through shared memory. Lane l takes chunks l, l + 32, ...; the weights are constant, so
+// the first chunks' loads go before the wait for the previous kernel (and the norm's factor), x and y after it.
+template <typename T, typename O, bool NORM, bool SWIGLU>
 __device__ void matvec(O *__restrict__ y, const T *__restrict__ x, const T *__restrict__ w, int n, int k,
                        int accumulate, const T *__restrict__ norm, float eps) {
-    const float factor = NORM ? rms_factor(x, k, eps) : 0.f;  // the whole block, before any warp leaves
-    const int lane = threadIdx.x % 32;
-    const int row = blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32;
-    if (row >= n) return;
-    const uint4 *wr = reinterpret_cast<const uint4 *>(w + (long long)row * k);
+    constexpr int OUTS = SWIGLU ? ROWS_PER_BLOCK / 2 : ROWS_PER_BLOCK;  // outputs a block
+    constexpr int U = CHUNKS_IN_FLIGHT;
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    const int out = blockIdx.x * OUTS + warp % OUTS;
+    const bool up = SWIGLU && warp >= OUTS;
+    const int chunks = out < n ? k / 8 : 0;  // a warp past the outputs loads and sums nothing
+    const uint4 *wr = reinterpret_cast<const uint4 *>(w + (long long)(up ? out + n : out) * k);
     const uint4 *xv = reinterpret_cast<const uint4 *>(x), *nv = reinterpret_cast<const uint4 *>(norm);
-    const int chunks = k / 8;
-    float sum = 0.f;
-#pragma unroll 4
-    for (int c = lane; c < chunks; c += 32) {
-        const uint4 a = ldg_stream(wr + c);
-        const uint4 b = NORM ? rms_normed<T>(__ldg(xv + c), __ldg(nv + c), factor) : __ldg(xv + c);
-        const unsigned aw[4] = {a.x, a.y, a.z, a.w}, bw[4] = {b.x, b.y, b.z, b.w};
+    // The U chunks from c0 on (lane's: c0 + 32u), zeros past the row.
+    auto load = [&](int c0, uint4 (&wv)[U]) {
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            const float2 p = unpack2(aw[i], T()), q = unpack2(bw[i], T());
-            sum = fmaf(p.x, q.x, sum);
-            sum = fmaf(p.y, q.y, sum);
+        for (int u = 0; u < U; ++u)
+            wv[u] = c0 + 32 * u < chunks ? ldg_stream(wr + c0 + 32 * u) : make_uint4(0, 0, 0, 0);
+    };
+    float sum = 0.f, factor = 0.f;
+    auto consume = [&](int c0, const uint4 (&wv)[U]) {
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            const int c = c0 + 32 * u;
+            if (c >= chunks) break;
+            const uint4 b = NORM ? rms_normed<T>(__ldg(xv + c), __ldg(nv + c), factor) : __ldg(xv + c);
+            const unsigned aw[4] = {wv[u].x, wv[u].y, wv[u].z, wv[u].w}, bw[4] = {b.x, b.y, b.z, b.w};
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                const float2 p = unpack2(aw[i], T()), q = unpack2(bw[i], T());
+                sum = fmaf(p.x, q.x, sum);
+                sum = fmaf(p.y, q.y, sum);
+            }
         }
+    };
+    uint4 ring[2][U];  // the chunks being summed and the next ones loading (unrolled by two: no register copies)
+    load(lane, ring[0]);
+    unsigned token = 0;
+#pragma unroll
+    for (int u = 0; u < U; ++u) token ^= ring[0][u].x;
+    wait_for_previous_kernel_after(token);
+    if constexpr (NORM) factor = rms_factor(x, k, eps);  // the whole block: no warp has left
+    for (int c0 = lane; c0 < chunks; c0 += 64 * U) {
+        load(c0 + 32 * U, ring[1]);
+        consume(c0, ring[0]);
+        if (c0 + 32 * U >= chunks) break;
+        load(c0 + 64 * U, ring[0]);
+        consume(c0 + 32 * U, ring[1]);
     }
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffff, sum, o);
-    if (lane == 0) narrow(y + row, accumulate ? sum + widen(y[row]) : sum);
+    if constexpr (SWIGLU) {
+        __shared__ float up_sums[OUTS];
+        if (up && lane == 0) up_sums[warp - OUTS] = sum;
+        __syncthreads();
+        if (!up && lane == 0 && out < n)
+            narrow(y + out, silu_mul_of(as_written<O>(sum), as_written<O>(up_sums[warp])));
+    } else if (lane == 0 && out < n) {
+        narrow(y + out, accumulate ? sum + widen(y[out]) : sum);
+    }
 }
 
 #define MATVEC(NAME, T, O)                                                                                       \
     extern "C" __global__ void __launch_bounds__(32 * ROWS_PER_BLOCK)                                            \
         matvec_##NAME(O *y, const T *x, const T *w, int n, int k, int accumulate) {                              \
-        wait_for_previous_kernel();                                                                              \
-        matvec<T, O, false>(y, x, w, n, k, accumulate, nullptr, 0.f);                                            \
+        matvec<T, O, false, false>(y, x, w, n, k, accumulate, nullptr, 0.f);                                     \
     }                                                                                                            \
     extern "C" __global__ void __launch_bounds__(32 * ROWS_PER_BLOCK) matvec_norm_##NAME(                        \
-        O *y, const T *x, const T *w, int n, int k, int accumulate, const T *norm, float eps) {                  \
-        wait_for_previous_kernel();                                                                              \
-        matvec<T, O, true>(y, x, w, n, k, accumulate, norm, eps);                                                \
+        O *y, const T *x, const T *w, int n, int k, const T *norm, float eps) {                                  \
+        matvec<T, O, true, false>(y, x, w, n, k, 0, norm, eps);                                                  \
     }
 MATVEC(bf16, __nv_bfloat16, __nv_bfloat16)
 MATVEC(f16, __half, __half)
 MATVEC(bf16_f32, __nv_bfloat16, float)
 MATVEC(f16_f32, __half, float)
+
+// y [n] = silu(gate) * up of rmsnorm(x) · [gate; up]ᵀ, w [2n, k] (output in the operands' type only).
+#define MATVEC_SWIGLU(NAME, T)                                                                                   \
+    extern "C" __global__ void __launch_bounds__(32 * ROWS_PER_BLOCK) matvec_norm_swiglu_##NAME(                 \
+        T *y, const T *x, const T *w, int n, int k, const T *norm, float eps) {                                  \
+        matvec<T, T, true, true>(y, x, w, n, k, 0, norm, eps);                                                   \
+    }
+MATVEC_SWIGLU(bf16, __nv_bfloat16)
+MATVEC_SWIGLU(f16, __half)

@@ -14,6 +14,19 @@ __device__ __forceinline__ void wait_for_previous_kernel() {
     asm volatile("griddepcontrol.wait;\n" ::: "memory");
 #endif
 }
+// The same wait, issued only once `token` (made from loads the kernel issued before it: constant weights) has
+// arrived, so those loads overlap the previous kernel: ptxas (CUDA 13.0) otherwise hoists the wait above loads it
+// does not depend on, to the kernel's first instructions. The wait's predicate, token != ~token, always holds: every
+// thread waits, unconditionally.
+__device__ __forceinline__ void wait_for_previous_kernel_after(unsigned token) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile(
+        "{\n .reg .pred p;\n .reg .b32 t;\n not.b32 t, %0;\n setp.ne.u32 p, %0, t;\n @p griddepcontrol.wait;\n}\n"
+        :
+        : "r"(token)
+        : "memory");
+#endif
+}
 
 // 16 bytes of data read once (weights): past L1.
 __device__ __forceinline__ uint4 ldg_stream(const uint4 *p) {

@@ -282,10 +282,14 @@ __device__ __forceinline__ void w4_mm(T *__restrict__ y, const T *__restrict__ x
     // Warp wk takes chunks wk, wk + WK, ...
     uint4 wring[PF + 1][RT];
     u32 mring[PF + 1][RT][2];
+    unsigned token = 0;  // of the first loads: the weights are constant, so they go before the wait, x and y after
 #pragma unroll
     for (int i = 0; i < PF; ++i)
-        if (wk + i * WK < nchunks) load(wk + i * WK, wring[i], mring[i]);
-    wait_for_previous_kernel();  // the weights are constant: their first loads go before it, x and y after
+        if (wk + i * WK < nchunks) {
+            load(wk + i * WK, wring[i], mring[i]);
+            token ^= wring[i][0].x ^ mring[i][0][0];
+        }
+    wait_for_previous_kernel_after(token);
     if constexpr (NORM) {  // the block's live columns' factors, one column after the other
         constexpr int COLS = NB8 * 8 * WB;
         __shared__ float factors[COLS];

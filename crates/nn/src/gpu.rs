@@ -162,7 +162,7 @@ impl GpuLinear {
     }
 
     /// SwiGLU's gate_up projection (gate rows, then up) for one token: act [1, out / 2] = silu(gate) ⊙ up of
-    /// rmsnorm(x)·Wᵀ in one int4 kernel where one takes it (no bias); `Ok(false)`, nothing written, otherwise.
+    /// rmsnorm(x)·Wᵀ in one kernel where one takes it (no bias); `Ok(false)`, nothing written, otherwise.
     fn forward_normed_swiglu(
         &self,
         gpu: &Gpu,
@@ -172,6 +172,14 @@ impl GpuLinear {
         act: &mut CudaSlice<Act>,
     ) -> Result<bool> {
         Ok(match (tokens, &self.weight, &self.bias) {
+            (1, Weight::Dense(w), None) => gemm::linear_normed_swiglu(
+                gpu,
+                x,
+                norm,
+                w,
+                act,
+                (self.out_features / 2, self.in_features),
+            )?,
             (1, Weight::Int4(w), None) => w4a16_normed_swiglu(gpu, x, norm, 1, w, act)?,
             _ => false,
         })

@@ -15,7 +15,8 @@ use super::rmsnorm::InputNorm;
 use super::{Gpu, GpuError, KernelSource};
 
 const SOURCE: KernelSource = crate::cuda_source!("matmul");
-/// Output rows a block of matmul.cu's `matvec` kernels computes (one a warp).
+/// Weight rows a block of matmul.cu's `matvec` kernels reads (one a warp): its ROWS_PER_BLOCK, so as many outputs,
+/// or half as many for the SwiGLU kernels (a gate and an up row an output).
 const MATVEC_ROWS_PER_BLOCK: usize = 8;
 
 /// One operand: its data and whether it is used transposed.
@@ -119,8 +120,7 @@ where
             T::SUFFIX,
             (o_ptr, x_ptr, w_ptr),
             (n, k),
-            accumulate,
-            None,
+            Matvec::Plain { accumulate },
         )? {
             return Ok(());
         }
@@ -147,7 +147,7 @@ where
     W: DevicePtr<T>,
     O: DevicePtrMut<T>,
 {
-    normed_matvec(gpu, T::SUFFIX, x, norm, w, out, (n, k))
+    normed_matvec(gpu, T::SUFFIX, x, norm, w, out, (n, k), false)
 }
 
 /// [`linear_normed`] with f32 output.
@@ -165,9 +165,41 @@ where
     W: DevicePtr<T>,
     O: DevicePtrMut<f32>,
 {
-    normed_matvec(gpu, &format!("{}_f32", T::SUFFIX), x, norm, w, out, (n, k))
+    normed_matvec(
+        gpu,
+        &format!("{}_f32", T::SUFFIX),
+        x,
+        norm,
+        w,
+        out,
+        (n, k),
+        false,
+    )
 }
 
+/// SwiGLU's gate_up product for one token with its gating in the write-out: `act[n] = silu(gate) ⊙ up` where
+/// `[gate; up] = rmsnorm(x[k]) · w[2n, k]ᵀ` (gate rows first), each product rounded to `T` as written, then
+/// silu_mul.cu's formula: matmul.cu's `matvec_norm_swiglu_*` (decode's norm, gate_up product and silu_mul in one
+/// launch). `Ok(false)`, nothing launched, where that kernel does not apply (as [`linear_normed`]).
+pub fn linear_normed_swiglu<T, X, W, O>(
+    gpu: &Gpu,
+    x: &X,
+    norm: InputNorm<'_, T>,
+    w: &W,
+    act: &mut O,
+    (n, k): (usize, usize),
+) -> Result<bool, GpuError>
+where
+    T: Float,
+    X: DevicePtr<T>,
+    W: DevicePtr<T>,
+    O: DevicePtrMut<T>,
+{
+    normed_matvec(gpu, T::SUFFIX, x, norm, w, act, (n, k), true)
+}
+
+/// `out[n]` from rmsnorm(x) and w: [n, k], or with `swiglu` SwiGLU's gate_up [2n, k] and its gated output.
+#[allow(clippy::too_many_arguments)]
 fn normed_matvec<T, X, W, O, E>(
     gpu: &Gpu,
     kernel: &str,
@@ -176,6 +208,7 @@ fn normed_matvec<T, X, W, O, E>(
     w: &W,
     out: &mut O,
     (n, k): (usize, usize),
+    swiglu: bool,
 ) -> Result<bool, GpuError>
 where
     T: Float,
@@ -183,15 +216,20 @@ where
     W: DevicePtr<T>,
     O: DevicePtrMut<E>,
 {
-    norm.check("linear_normed", k)?;
+    let (op, w_rows) = if swiglu {
+        ("linear_normed_swiglu", 2 * n)
+    } else {
+        ("linear_normed", n)
+    };
+    norm.check(op, k)?;
     for (name, have, want) in [
         ("x", x.len(), k),
-        ("w", w.len(), n * k),
+        ("w", w.len(), w_rows * k),
         ("out", out.len(), n),
     ] {
         if have < want {
             return Err(GpuError::Shape(format!(
-                "linear_normed 1x{k} · ({n}x{k})ᵀ: {name} holds {have} elements, expected {want}"
+                "{op} 1x{k} · ({w_rows}x{k})ᵀ: {name} holds {have} elements, expected {want}"
             )));
         }
     }
@@ -208,49 +246,72 @@ where
         kernel,
         (o_ptr, x_ptr, w_ptr),
         (n, k),
-        false,
-        Some((norm_ptr, norm.eps)),
+        Matvec::Normed {
+            weight: norm_ptr,
+            eps: norm.eps,
+            swiglu,
+        },
     )
 }
 
-/// One row's `y = x · wᵀ (+ y)` through matmul.cu's `matvec_<kernel>` where it applies (16-bit operands, k a
-/// multiple of 8, x and w 16-byte aligned): a plain launch, a third of cuBLAS's host time a call, which decode pays
-/// for every layer; with `norm` (its weight's address and epsilon), `matvec_norm_<kernel>`, x through RMSNorm
-/// first. `Ok(false)` when it does not apply (nothing launched). The caller checked that y, x and w (the device
-/// addresses) hold n, k and n · k elements, and the norm's weight k.
+/// What a [`matvec`] launch computes.
+#[derive(Clone, Copy)]
+enum Matvec {
+    /// `matvec_<kernel>`: y = x · wᵀ, or y += with `accumulate`.
+    Plain { accumulate: bool },
+    /// `matvec_norm_<kernel>`: x through RMSNorm first (its weight's device address, epsilon); with `swiglu`
+    /// `matvec_norm_swiglu_<kernel>`: w SwiGLU's gate_up [2n, k], y its gated [n].
+    Normed { weight: u64, eps: f32, swiglu: bool },
+}
+
+/// One row's product through matmul.cu's `matvec` kernels where they apply (16-bit operands, k a multiple of 8, x,
+/// w and the norm's weight 16-byte aligned): a plain launch, a third of cuBLAS's host time a call, which decode pays
+/// for every layer. `Ok(false)` when it does not apply (nothing launched). The caller checked that y, x and w (the
+/// device addresses) hold n, k and n · k (2n · k for SwiGLU) elements, and the norm's weight k.
 fn matvec<T: Float>(
     gpu: &Gpu,
     kernel: &str,
     (y, x, w): (u64, u64, u64),
     (n, k): (usize, usize),
-    accumulate: bool,
-    norm: Option<(u64, f32)>,
+    what: Matvec,
 ) -> Result<bool, GpuError> {
     if T::SUFFIX == "f32" || k % 8 != 0 || x % 16 != 0 || w % 16 != 0 {
         return Ok(false);
     }
-    if norm.is_some_and(|(weight, _)| weight % 16 != 0) {
+    if matches!(what, Matvec::Normed { weight, .. } if weight % 16 != 0) {
         return Ok(false);
     }
-    let name = match norm {
-        Some(_) => format!("matvec_norm_{kernel}"),
-        None => format!("matvec_{kernel}"),
+    let name = match what {
+        Matvec::Plain { .. } => format!("matvec_{kernel}"),
+        Matvec::Normed { swiglu: false, .. } => format!("matvec_norm_{kernel}"),
+        Matvec::Normed { swiglu: true, .. } => format!("matvec_norm_swiglu_{kernel}"),
     };
     let f = gpu.function(&SOURCE, &name)?;
-    let (n_i, k_i, acc) = (as_i32(n, "n")?, as_i32(k, "k")?, i32::from(accumulate));
+    let (n_i, k_i) = (as_i32(n, "n")?, as_i32(k, "k")?);
+    let outputs_per_block = match what {
+        Matvec::Normed { swiglu: true, .. } => MATVEC_ROWS_PER_BLOCK / 2,
+        _ => MATVEC_ROWS_PER_BLOCK,
+    };
     let cfg = LaunchConfig {
-        grid_dim: (as_i32(n.div_ceil(MATVEC_ROWS_PER_BLOCK), "n")? as u32, 1, 1),
+        grid_dim: (as_i32(n.div_ceil(outputs_per_block), "n")? as u32, 1, 1),
         block_dim: (32 * MATVEC_ROWS_PER_BLOCK as u32, 1, 1),
         shared_mem_bytes: 0,
     };
     let mut launch = gpu.stream().launch_builder(&f);
-    launch.arg(&y).arg(&x).arg(&w).arg(&n_i).arg(&k_i).arg(&acc);
-    if let Some((weight, eps)) = &norm {
-        launch.arg(weight).arg(eps);
+    launch.arg(&y).arg(&x).arg(&w).arg(&n_i).arg(&k_i);
+    let accumulate;
+    match &what {
+        Matvec::Plain { accumulate: acc } => {
+            accumulate = i32::from(*acc);
+            launch.arg(&accumulate);
+        }
+        Matvec::Normed { weight, eps, .. } => {
+            launch.arg(weight).arg(eps);
+        }
     }
-    // SAFETY: y, x and w hold n, k and n·k elements of the kernel's types, and the norm's weight k (the caller
-    // checked); k % 8 == 0 and the 16-byte alignment of x, w (so of every row of w) and the norm's weight are what
-    // the kernel's vector loads need; the norm's two arguments go to the `matvec_norm_*` kernel only.
+    // SAFETY: y, x and w hold n, k and n·k (2n·k for SwiGLU) elements of the kernel's types, and the norm's weight
+    // k (the caller checked); k % 8 == 0 and the 16-byte alignment of x, w (so of every row of w) and the norm's
+    // weight are what the kernel's vector loads need; the arguments are the named kernel's.
     unsafe { launch.launch(cfg) }?;
     Ok(true)
 }
@@ -304,8 +365,7 @@ where
             &format!("{}_f32", T::SUFFIX),
             (o_ptr, x_ptr, w_ptr),
             (n, k),
-            false,
-            None,
+            Matvec::Plain { accumulate: false },
         )?
     {
         return Ok(());

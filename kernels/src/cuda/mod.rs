@@ -616,7 +616,8 @@ fn kernel_of(node: sys::CUgraphNode) -> Result<Option<sys::CUfunction>, GpuError
     Ok((!params.func.is_null()).then_some(params.func))
 }
 
-/// The kernels (`.entry` names) of a PTX module whose code holds `griddepcontrol.wait`.
+/// The kernels (`.entry` names) of a PTX module whose code holds `griddepcontrol.wait`, guarded by a predicate or not
+/// (prelude.cuh's `wait_for_previous_kernel_after` guards it with one that always holds).
 fn waiting_kernels(ptx: &str) -> Vec<&str> {
     let mut found = Vec::new();
     let mut current: Option<&str> = None;
@@ -629,13 +630,23 @@ fn waiting_kernels(ptx: &str) -> Vec<&str> {
             current = rest.split('(').next().map(str::trim);
         } else if line.contains(".func ") {
             current = None; // a device function of its own: not inlined into the entry above
-        } else if line.starts_with("griddepcontrol.wait") {
+        } else if unguarded(line).starts_with("griddepcontrol.wait") {
             if let Some(name) = current.take() {
                 found.push(name);
             }
         }
     }
     found
+}
+
+/// A PTX instruction line without its `@p` / `@!p` guard.
+fn unguarded(line: &str) -> &str {
+    match line.strip_prefix('@') {
+        Some(guarded) => guarded
+            .split_once(char::is_whitespace)
+            .map_or("", |(_, instruction)| instruction.trim_start()),
+        None => line,
+    }
 }
 
 /// A number for the calling thread, unique in the process and never 0.
@@ -843,7 +854,20 @@ mod tests {
 \tgriddepcontrol.wait;
 \tgriddepcontrol.wait;
 }
+.visible .entry fourth()
+{
+\t{
+\t.reg .pred p;
+\tsetp.ne.u32 p, %r1, %r2;
+\t@p griddepcontrol.wait;
+\t}
+}
+.visible .entry fifth()
+{
+\t@%p1 bra $L__BB0_2;
+\tgriddepcontrol.launch_dependents;
+}
 ";
-        assert_eq!(waiting_kernels(ptx), ["first", "third"]);
+        assert_eq!(waiting_kernels(ptx), ["first", "third", "fourth"]);
     }
 }

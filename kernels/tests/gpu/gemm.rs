@@ -1,8 +1,11 @@
 //! gemm.rs (cuBLAS) against an f64 product of the same (rounded) inputs, every transpose combination.
 
 use olive_kernels::cuda::float::Float;
-use olive_kernels::cuda::gemm::{linear, linear_normed, linear_normed_f32_out, matmul, Operand};
+use olive_kernels::cuda::gemm::{
+    linear, linear_normed, linear_normed_f32_out, linear_normed_swiglu, matmul, Operand,
+};
 use olive_kernels::cuda::rmsnorm::{rmsnorm, InputNorm};
+use olive_kernels::cuda::silu_mul::silu_mul;
 use olive_kernels::cuda::{bf16, f16, test_gpu, Gpu};
 
 use super::common::{random, rel_error};
@@ -273,6 +276,70 @@ fn one_token_normed_linear_matches_rmsnorm_then_linear() {
     {
         check_one_token_normed::<bf16>(&gpu, (n, k), 700 + 10 * i as u64);
         check_one_token_normed::<f16>(&gpu, (n, k), 705 + 10 * i as u64);
+    }
+}
+
+/// One row's `linear_normed_swiglu` (RMSNorm, SwiGLU's gate_up product and its gating in one kernel) against
+/// rmsnorm, `linear` and silu_mul one after the other: both round the gate and up products as written, so they
+/// differ by the products' summation order only (an input of silu_mul may round to its neighbour), within the
+/// 16-bit product's tolerance; declined (act untouched) where the GEMV does not apply; a gate_up of n rows, not 2n,
+/// is a shape error.
+fn check_one_token_normed_swiglu<T: Float>(gpu: &Gpu, (half, k): (usize, usize), seed: u64)
+where
+    cudarc::cublas::CudaBlas: cudarc::cublas::Gemm<T>,
+{
+    let (x, _) = upload_as::<T>(gpu, &random(k, seed, 1.0));
+    let (w, _) = upload_as::<T>(gpu, &random(2 * half * k, seed + 1, 1.0));
+    let (norm_w, _) = upload_as::<T>(gpu, &random(k, seed + 2, 1.0));
+    let norm = InputNorm {
+        weight: &norm_w,
+        eps: 1e-6,
+    };
+    let mut normed = poisoned::<T>(gpu, k);
+    rmsnorm(gpu, &x, &norm_w, norm.eps, &mut normed).unwrap();
+    let mut gate_up = poisoned::<T>(gpu, 2 * half);
+    linear(gpu, &normed, &w, &mut gate_up, (1, 2 * half, k), false).unwrap();
+    let mut want = poisoned::<T>(gpu, half);
+    silu_mul(gpu, &gate_up, half, &mut want).unwrap();
+    let mut act = poisoned::<T>(gpu, half);
+    let applies = k % 8 == 0;
+    assert_eq!(
+        linear_normed_swiglu(gpu, &x, norm, &w, &mut act, (half, k)).unwrap(),
+        applies,
+        "{} half {half} k {k}",
+        T::SUFFIX
+    );
+    let got = download_f32(gpu, &act);
+    if applies {
+        let err = rel_error(&got, &download_f32(gpu, &want));
+        assert!(
+            err <= tol::<T>(),
+            "{} half {half} k {k}: rel error {err:.2e}",
+            T::SUFFIX
+        );
+    } else {
+        assert!(
+            got.iter().all(|v| v.is_nan()),
+            "declined, yet act was written"
+        );
+    }
+    let up_missing = w.slice(..half * k);
+    assert!(linear_normed_swiglu(gpu, &x, norm, &up_missing, &mut act, (half, k)).is_err());
+}
+
+#[test]
+fn one_token_normed_swiglu_matches_rmsnorm_linear_then_silu_mul() {
+    let Some(gpu) =
+        test_gpu("gpu::gemm::one_token_normed_swiglu_matches_rmsnorm_linear_then_silu_mul")
+    else {
+        return;
+    };
+    for (i, (half, k)) in [(1536, 576), (8192, 3072), (1001, 2048), (33, 44)]
+        .into_iter()
+        .enumerate()
+    {
+        check_one_token_normed_swiglu::<bf16>(&gpu, (half, k), 800 + 10 * i as u64);
+        check_one_token_normed_swiglu::<f16>(&gpu, (half, k), 805 + 10 * i as u64);
     }
 }
 
