@@ -12,9 +12,10 @@ use olive_kernels::cuda::silu_mul::silu_mul;
 use olive_kernels::cuda::w4a16::{
     dequantize, w4a16, w4a16_add, w4a16_normed, w4a16_normed_swiglu, w4a16_with, W4Weight, CONFIGS,
 };
-use olive_kernels::cuda::{bf16, f16, test_gpu, CudaSlice, Gpu};
+use olive_kernels::cuda::{bf16, f16, test_gpu, Gpu};
 
 use super::common::{random, rel_error};
+use super::floats::{download_f32, poisoned, upload_as};
 
 /// fp16: the weight is rounded twice (scale to fp16, (q − z)·s to fp16) and the output once, 2^-12 relative
 /// each, with fp32 accumulation; measured errors sit near 3e-4.
@@ -154,18 +155,12 @@ fn gpu_product<T: Half>(
     config: Option<olive_kernels::cuda::w4a16::MmConfig>,
 ) -> Vec<f32> {
     let xd = gpu.upload(x).unwrap();
-    let mut y = gpu
-        .upload(&vec![T::from_f32(f32::NAN); batch * w.n()])
-        .unwrap();
+    let mut y = poisoned::<T>(gpu, batch * w.n());
     match config {
         None => w4a16(gpu, &xd, batch, w, &mut y).unwrap(),
         Some(c) => w4a16_with(gpu, c, &xd, batch, w, &mut y).unwrap(),
     }
-    gpu.download(&y)
-        .unwrap()
-        .iter()
-        .map(|v| v.to_f32())
-        .collect()
+    download_f32(gpu, &y)
 }
 
 fn check_layouts<T: Half>(gpu: &Gpu, tol: f64) {
@@ -252,12 +247,7 @@ fn check_add<T: Half>(gpu: &Gpu, tol: f64) {
                 .collect();
             let mut y = gpu.upload(&y0t).unwrap();
             w4a16_add(gpu, &gpu.upload(&xt).unwrap(), batch, &w, &mut y).unwrap();
-            let got: Vec<f32> = gpu
-                .download(&y)
-                .unwrap()
-                .iter()
-                .map(|v| v.to_f32())
-                .collect();
+            let got = download_f32(gpu, &y);
             let err = rel_error(&got, &want);
             assert!(
                 err < tol,
@@ -290,31 +280,13 @@ fn fold_cases(n: usize, k: usize, seed: u64) -> [(&'static str, W4Levels, bool);
     ]
 }
 
-/// A random RMSNorm weight of k elements on the device.
-fn norm_weight<T: Half>(gpu: &Gpu, k: usize, seed: u64) -> CudaSlice<T> {
-    let w: Vec<T> = random(k, seed, 1.0)
-        .iter()
-        .map(|&v| T::from_f32(v))
-        .collect();
-    gpu.upload(&w).unwrap()
-}
-
-fn download_f32<T: Half>(gpu: &Gpu, d: &CudaSlice<T>) -> Vec<f32> {
-    gpu.download(d)
-        .unwrap()
-        .iter()
-        .map(|v| v.to_f32())
-        .collect()
-}
-
 /// `w4a16_normed` (RMSNorm folded into the decode kernel) against the rmsnorm kernel followed by `w4a16`: the same
 /// normalized inputs but for r's summation order (an input may round to its neighbour), so within the product's
 /// tolerance. Act-order weights and batches past the decode kernels are declined, nothing launched.
 fn check_normed<T: Half>(gpu: &Gpu, tol: f64) {
     let (n, k) = (272, 640);
-    let norm_w = norm_weight::<T>(gpu, k, 5);
+    let (norm_w, _) = upload_as::<T>(gpu, &random(k, 5, 1.0));
     let eps = 1e-5;
-    let to_f32 = |d: &CudaSlice<T>| download_f32(gpu, d);
     for (name, l, fuses) in &fold_cases(n, k, 21) {
         let w = W4Weight::<T>::upload(gpu, &W4Tiles::from_levels(l).unwrap()).unwrap();
         for batch in [1, 5, 16, 64] {
@@ -324,8 +296,7 @@ fn check_normed<T: Half>(gpu: &Gpu, tol: f64) {
             rmsnorm(gpu, &x, &norm_w, eps, &mut normed).unwrap();
             let mut want = gpu.alloc::<T>(batch * n).unwrap();
             w4a16(gpu, &normed, batch, &w, &mut want).unwrap();
-            let poison = vec![T::from_f32(f32::NAN); batch * n];
-            let mut y = gpu.upload(&poison).unwrap();
+            let mut y = poisoned::<T>(gpu, batch * n);
             let norm = InputNorm {
                 weight: &norm_w,
                 eps,
@@ -338,7 +309,7 @@ fn check_normed<T: Half>(gpu: &Gpu, tol: f64) {
                     T::SUFFIX
                 );
                 assert!(
-                    to_f32(&y).iter().all(|v| v.is_nan()),
+                    download_f32(gpu, &y).iter().all(|v| v.is_nan()),
                     "declined but wrote y"
                 );
                 continue;
@@ -348,7 +319,7 @@ fn check_normed<T: Half>(gpu: &Gpu, tol: f64) {
                 "{} {name} batch {batch}: fused an act-order weight",
                 T::SUFFIX
             );
-            let err = rel_error(&to_f32(&y), &to_f32(&want));
+            let err = rel_error(&download_f32(gpu, &y), &download_f32(gpu, &want));
             assert!(
                 err < tol,
                 "{} {name} batch {batch}: w4a16_normed rel error {err} over {tol}",
@@ -372,9 +343,8 @@ fn normed_products_match_rmsnorm_then_the_product() {
 fn check_normed_swiglu<T: Half>(gpu: &Gpu, tol: f64) {
     let (half, k) = (272, 640);
     let n = 2 * half;
-    let norm_w = norm_weight::<T>(gpu, k, 6);
+    let (norm_w, _) = upload_as::<T>(gpu, &random(k, 6, 1.0));
     let eps = 1e-5;
-    let to_f32 = |d: &CudaSlice<T>| download_f32(gpu, d);
     for (name, l, fuses) in &fold_cases(n, k, 41) {
         let w = W4Weight::<T>::upload(gpu, &W4Tiles::from_levels(l).unwrap()).unwrap();
         for batch in [1, 5, 16, 64] {
@@ -387,9 +357,7 @@ fn check_normed_swiglu<T: Half>(gpu: &Gpu, tol: f64) {
             w4a16(gpu, &normed, batch, &w, &mut gate_up).unwrap();
             let mut want = gpu.alloc::<T>(batch * half).unwrap();
             silu_mul(gpu, &gate_up, half, &mut want).unwrap();
-            let mut act = gpu
-                .upload(&vec![T::from_f32(f32::NAN); batch * half])
-                .unwrap();
+            let mut act = poisoned::<T>(gpu, batch * half);
             let norm = InputNorm {
                 weight: &norm_w,
                 eps,
@@ -398,13 +366,13 @@ fn check_normed_swiglu<T: Half>(gpu: &Gpu, tol: f64) {
             if !fused {
                 assert!(!fuses || batch > 8, "{what}: declined");
                 assert!(
-                    to_f32(&act).iter().all(|v| v.is_nan()),
+                    download_f32(gpu, &act).iter().all(|v| v.is_nan()),
                     "{what}: declined but wrote act"
                 );
                 continue;
             }
             assert!(*fuses, "{what}: fused an act-order weight");
-            let err = rel_error(&to_f32(&act), &to_f32(&want));
+            let err = rel_error(&download_f32(gpu, &act), &download_f32(gpu, &want));
             assert!(
                 err < tol,
                 "{what}: w4a16_normed_swiglu rel error {err} over {tol}"
