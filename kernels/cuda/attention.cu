@@ -700,6 +700,7 @@ extern "C" __global__ void attention_dq_copy(const AttnParams p, int head_dim, c
         dq[(i / width) * p.dq_stride + p.dq_off + i % width] = acc[i];
 }
 
+// The decode kernels do not wait_for_previous_kernel (see rope.cu): they start once the kernel before has ended.
 #define ATTENTION_KERNELS(NAME, T, D)                                                                                \
     extern "C" __global__ void __launch_bounds__(THREADS, 3) attention_fwd_##NAME##_##D(                            \
         const AttnParams p, const T *q, const T *k, const T *v, const unsigned char *mask, T *out, float *lse) {     \
@@ -708,12 +709,10 @@ extern "C" __global__ void attention_dq_copy(const AttnParams p, int head_dim, c
     extern "C" __global__ void __launch_bounds__(THREADS) attention_decode_##NAME##_##D(                            \
         const AttnParams p, const unsigned *past, const T *q, const T *k, const T *v, const unsigned char *mask,     \
         float *part) {                                                                                               \
-        wait_for_previous_kernel();                                                                                  \
         attn_decode<T, D>(p, past, q, k, v, mask, part);                                                             \
     }                                                                                                                \
     extern "C" __global__ void __launch_bounds__(THREADS) attention_combine_##NAME##_##D(                           \
         const AttnParams p, const unsigned *past, const float *part, T *out, float *lse) {                          \
-        wait_for_previous_kernel();                                                                                  \
         attn_combine<T, D>(p, past, part, out, lse);                                                                 \
     }                                                                                                                \
     extern "C" __global__ void __launch_bounds__(THREADS)                                                            \
