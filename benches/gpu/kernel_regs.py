@@ -1,0 +1,84 @@
+#!/usr/bin/env python3
+"""Registers, spills, shared memory and SASS length of every kernel of some kernels/cuda files as the GPU machine's
+CUDA 13.0 builds them for sm_90a, with no GPU: NVRTC (the CUDA 13 wheel of this Python) compiles prelude.cuh + the
+files as `Gpu::function` does, ptxas 13.0 assembles the PTX, cuobjdump disassembles it (as sass_mix.py). With --sass,
+each kernel's instructions go to <dir>/<kernel>.sass, one a line, to read or diff:
+
+    source target/olive-env.sh && "$OLIVE_TEST_VENV/bin/python" benches/gpu/kernel_regs.py matmul.cu
+    "$OLIVE_TEST_VENV/bin/python" benches/gpu/kernel_regs.py w4a16.cu w4a16_sm90.cu \\
+        -D 'W4_INSTANCE=W4_MM(__nv_bfloat16,bf16,1,1,16,1,1,1)' --sass /tmp/w4
+"""
+
+import argparse
+import ctypes
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from nvrtc_compile import compile_program, load_nvrtc, nvidia_root
+from sass_mix import cuobjdump, ptxas_13_0
+
+ROOT = Path(__file__).resolve().parents[2]
+INSTRUCTION = re.compile(r"^\s+/\*[0-9a-f]{4}\*/\s+(.*?)\s*;")
+
+
+def ptx_of(files: list[str], defines: list[str]) -> bytes:
+    """PTX of prelude.cuh + `files` (under kernels/cuda), its version lowered to the 9.0 that ptxas 13.0 reads."""
+    cuda = ROOT / "kernels/cuda"
+    missing = [name for name in files if not (cuda / name).is_file()]
+    if missing:
+        sys.exit(f"kernel_regs.py: not in kernels/cuda: {', '.join(missing)}")
+    source = b"".join((cuda / name).read_bytes() for name in ["prelude.cuh", *files])
+    root = nvidia_root()
+    nvrtc = load_nvrtc(root)
+    prog, _, log = compile_program(nvrtc, root / "include", "sm_90a", source, [f"-D{d}" for d in defines])
+    if log is not None:
+        sys.exit(f"kernel_regs.py: NVRTC failed:\n{log[:3000]}")
+    size = ctypes.c_size_t()
+    nvrtc.nvrtcGetPTXSize(prog, ctypes.byref(size))
+    ptx = ctypes.create_string_buffer(size.value)
+    nvrtc.nvrtcGetPTX(prog, ptx)
+    nvrtc.nvrtcDestroyProgram(ctypes.byref(prog))
+    return re.sub(rb"^\.version 9\.\d+", b".version 9.0", ptx.value, flags=re.M)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("files", nargs="+", help="kernel files under kernels/cuda, compiled together after prelude.cuh")
+    ap.add_argument("-D", dest="defines", action="append", default=[], help="NAME=VALUE for the compile")
+    ap.add_argument("--sass", type=Path, help="folder for each kernel's instructions")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/olive-kernel-regs"), help="folder for the PTX and cubin")
+    args = ap.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    ptx, cubin = args.work / "k.ptx", args.work / "k.cubin"
+    ptx.write_bytes(ptx_of(args.files, args.defines))
+    out = subprocess.run([str(ptxas_13_0()), "-arch=sm_90a", "-v", str(ptx), "-o", str(cubin)], capture_output=True,
+                         text=True)
+    if out.returncode != 0:
+        sys.exit(f"kernel_regs.py: ptxas failed:\n{out.stderr[:3000]}")
+    dump = subprocess.run([str(cuobjdump()), "-sass", str(cubin)], capture_output=True, text=True, check=True).stdout
+    sass: dict[str, list[str]] = {}
+    for part in dump.split("Function : ")[1:]:
+        name = part.split()[0]
+        sass[name] = [m.group(1) for m in map(INSTRUCTION.match, part.splitlines()) if m]
+    if args.sass:
+        args.sass.mkdir(parents=True, exist_ok=True)
+        for name, lines in sass.items():
+            (args.sass / f"{name}.sass").write_text("\n".join(lines) + "\n")
+    print("| kernel | registers | spill stores / loads (bytes) | stack | shared | instructions |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    name, stack, spills = None, 0, "0 / 0"
+    for line in out.stderr.splitlines():
+        if m := re.search(r"Compiling entry function '(\w+)'", line):
+            name, stack, spills = m.group(1), 0, "0 / 0"
+        elif m := re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", line):
+            stack, spills = int(m.group(1)), f"{m.group(2)} / {m.group(3)}"
+        elif (m := re.search(r"Used (\d+) registers", line)) and name:
+            shared = re.search(r"(\d+) bytes smem", line)
+            print(f"| {name} | {m.group(1)} | {spills} | {stack} | {shared.group(1) if shared else 0} | "
+                  f"{len(sass.get(name, []))} |")
+
+
+if __name__ == "__main__":
+    main()
