@@ -10,37 +10,15 @@ each kernel's instructions go to <dir>/<kernel>.sass, one a line, to read or dif
 """
 
 import argparse
-import ctypes
 import re
 import subprocess
 import sys
 from pathlib import Path
 
-from nvrtc_compile import compile_program, load_nvrtc, nvidia_root
-from sass_mix import cuobjdump, ptxas_13_0
+from sass_mix import cuobjdump, ptxas_13_0, sm90a_ptx
 
 ROOT = Path(__file__).resolve().parents[2]
 INSTRUCTION = re.compile(r"^\s+/\*[0-9a-f]{4}\*/\s+(.*?)\s*;")
-
-
-def ptx_of(files: list[str], defines: list[str]) -> bytes:
-    """PTX of prelude.cuh + `files` (under kernels/cuda), its version lowered to the 9.0 that ptxas 13.0 reads."""
-    cuda = ROOT / "kernels/cuda"
-    missing = [name for name in files if not (cuda / name).is_file()]
-    if missing:
-        sys.exit(f"kernel_regs.py: not in kernels/cuda: {', '.join(missing)}")
-    source = b"".join((cuda / name).read_bytes() for name in ["prelude.cuh", *files])
-    root = nvidia_root()
-    nvrtc = load_nvrtc(root)
-    prog, _, log = compile_program(nvrtc, root / "include", "sm_90a", source, [f"-D{d}" for d in defines])
-    if log is not None:
-        sys.exit(f"kernel_regs.py: NVRTC failed:\n{log[:3000]}")
-    size = ctypes.c_size_t()
-    nvrtc.nvrtcGetPTXSize(prog, ctypes.byref(size))
-    ptx = ctypes.create_string_buffer(size.value)
-    nvrtc.nvrtcGetPTX(prog, ptx)
-    nvrtc.nvrtcDestroyProgram(ctypes.byref(prog))
-    return re.sub(rb"^\.version 9\.\d+", b".version 9.0", ptx.value, flags=re.M)
 
 
 def main() -> None:
@@ -52,7 +30,10 @@ def main() -> None:
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     ptx, cubin = args.work / "k.ptx", args.work / "k.cubin"
-    ptx.write_bytes(ptx_of(args.files, args.defines))
+    missing = [name for name in args.files if not (ROOT / "kernels/cuda" / name).is_file()]
+    if missing:
+        sys.exit(f"kernel_regs.py: not in kernels/cuda: {', '.join(missing)}")
+    ptx.write_bytes(sm90a_ptx(args.files, [f"-D{d}" for d in args.defines], "kernel_regs.py"))
     out = subprocess.run([str(ptxas_13_0()), "-arch=sm_90a", "-v", str(ptx), "-o", str(cubin)], capture_output=True,
                          text=True)
     if out.returncode != 0:

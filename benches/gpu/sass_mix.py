@@ -55,23 +55,27 @@ def cuobjdump() -> Path:
     return Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
 
 
-def ptx_of(instance: str, work: Path) -> Path:
+def sm90a_ptx(files: list[str], defines: list[str], tool: str) -> bytes:
+    """PTX of prelude.cuh + `files` (under kernels/cuda) for sm_90a, its version lowered to the 9.0 that ptxas 13.0
+    reads (a newer NVRTC writes a later version for the same instructions); `tool` names the caller in errors."""
     root = nvidia_root()
     nvrtc = load_nvrtc(root)
     cuda = ROOT / "kernels/cuda"
-    source = b"".join((cuda / name).read_bytes() for name in ("prelude.cuh", "w4a16.cu", "w4a16_sm90.cu"))
-    prog, _, log = compile_program(nvrtc, root / "include", "sm_90a", source, [f"-DW4_INSTANCE={instance}"])
+    source = b"".join((cuda / name).read_bytes() for name in ("prelude.cuh", *files))
+    prog, _, log = compile_program(nvrtc, root / "include", "sm_90a", source, defines)
     if log is not None:
-        sys.exit(f"sass_mix.py: NVRTC failed on {instance}:\n{log[:3000]}")
+        sys.exit(f"{tool}: NVRTC failed ({' '.join(defines)}):\n{log[:3000]}")
     size = ctypes.c_size_t()
     nvrtc.nvrtcGetPTXSize(prog, ctypes.byref(size))
     ptx = ctypes.create_string_buffer(size.value)
     nvrtc.nvrtcGetPTX(prog, ptx)
     nvrtc.nvrtcDestroyProgram(ctypes.byref(prog))
-    # ptxas 13.0 reads PTX ISA 9.0; a newer NVRTC writes a later version for the same instructions.
-    text = re.sub(rb"^\.version 9\.\d+", b".version 9.0", ptx.value, flags=re.M)
+    return re.sub(rb"^\.version 9\.\d+", b".version 9.0", ptx.value, flags=re.M)
+
+
+def ptx_of(instance: str, work: Path) -> Path:
     path = work / "w4a16.ptx"
-    path.write_bytes(text)
+    path.write_bytes(sm90a_ptx(["w4a16.cu", "w4a16_sm90.cu"], [f"-DW4_INSTANCE={instance}"], "sass_mix.py"))
     return path
 
 
