@@ -15,9 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from sass_mix import cuobjdump, ptxas_13_0, sm90a_ptx
+from sass_mix import ROOT, cuobjdump, ptxas_13_0, sm90a_ptx
 
-ROOT = Path(__file__).resolve().parents[2]
 INSTRUCTION = re.compile(r"^\s+/\*[0-9a-f]{4}\*/\s+(.*?)\s*;")
 
 

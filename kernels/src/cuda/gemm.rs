@@ -288,6 +288,7 @@ fn matvec<T: Float>(
     };
     let f = gpu.function(&SOURCE, &name)?;
     let (n_i, k_i) = (as_i32(n, "n")?, as_i32(k, "k")?);
+    let accumulate = i32::from(matches!(what, Matvec::Plain { accumulate: true }));
     let outputs_per_block = match what {
         Matvec::Normed { swiglu: true, .. } => MATVEC_ROWS_PER_BLOCK / 2,
         _ => MATVEC_ROWS_PER_BLOCK,
@@ -299,10 +300,8 @@ fn matvec<T: Float>(
     };
     let mut launch = gpu.stream().launch_builder(&f);
     launch.arg(&y).arg(&x).arg(&w).arg(&n_i).arg(&k_i);
-    let accumulate;
     match &what {
-        Matvec::Plain { accumulate: acc } => {
-            accumulate = i32::from(*acc);
+        Matvec::Plain { .. } => {
             launch.arg(&accumulate);
         }
         Matvec::Normed { weight, eps, .. } => {
