@@ -179,6 +179,7 @@ __device__ __forceinline__ void w4_mm(T *__restrict__ y, const T *__restrict__ x
         const int col = col0 + b * 8 + g;
         col_ok[b] = col < batch;
         xrow[b] = x + (size_t)(col_ok[b] ? col : 0) * k + 16 * t;
+        asm volatile("" : "+l"(xrow[b]));  // kept in a register (see wbase below)
     }
 
     // Small batch tiles with groups of whole chunks scale after the mma (fewer instructions, exact levels).
@@ -191,6 +192,9 @@ __device__ __forceinline__ void w4_mm(T *__restrict__ y, const T *__restrict__ x
     for (int r = 0; r < RT; ++r) {
         wbase[r] = tiles + (size_t)(row_ok[r] ? tile_of(r) : 0) * nchunks * 32 + tile_slot(lane);
         mbase[r] = meta + (row_ok[r] ? tile_of(r) : 0) * 16 + g;
+        // Opaque to the compiler, so it keeps them in registers: it recomputed them every chunk (about 20 of a
+        // chunk's 145 instructions a warp, ptxas 13.0), and the batch-1 kernel is bound by its issue rate.
+        asm volatile("" : "+l"(wbase[r]), "+l"(mbase[r]));
     }
     auto load = [&](int c, uint4 (&wv)[RT], u32 (&mv)[RT][2]) {
         const int moff = grp_of(c * 64 + 16 * t) * n;
@@ -208,9 +212,9 @@ __device__ __forceinline__ void w4_mm(T *__restrict__ y, const T *__restrict__ x
         }
     };
     float factor[NB8];  // NORM: RMSNorm's factor of each of the warp's columns (set after the first loads)
-    // Column b's 8 activations h of lane t's 16 in chunk c (normalized with NORM), zeros past the batch.
+    // Column b's 8 activations h of lane t's 16 in chunk c (normalized with NORM). Past the batch, column 0's: an
+    // mma's output column reads only its own input column, and those outputs are never written.
     auto load_x = [&](int b, int c, int h) {
-        if (!col_ok[b]) return make_uint4(0, 0, 0, 0);
         const uint4 v = __ldg(reinterpret_cast<const uint4 *>(xrow[b] + c * 64 + 8 * h));
         if constexpr (NORM)
             return rms_normed<T>(v, __ldg(reinterpret_cast<const uint4 *>(norm + c * 64 + 16 * t + 8 * h)), factor[b]);
