@@ -385,15 +385,16 @@ impl MmConfig {
     /// The configuration [`w4a16`] uses for `batch` rows on a GPU of `sm_count` multiprocessors and compute
     /// capability `arch` (from gpu-bench's per-configuration times on an H100, see benches/RESULTS.md). Up to 32
     /// rows the split-K kernel: the first configuration of a ladder, least split first, that gives every
-    /// multiprocessor its number of warps (batch 1..8: 2 tiles a warp at 31 warps, 1 at 20, else 16 warps
-    /// splitting K, with two chunks' loads in flight a warp over 8192 inputs and more; 9..16: 8 warps splitting K
-    /// at 20, else 16). Larger batches on Hopper the warp-specialised wgmma kernel: 128-row blocks of 64 or 128
-    /// columns (256-row blocks over 16384 rows at batch > 64, 192-row blocks at batch 33-64 where 128-row tiles
-    /// would fill the GPU only once and only in part, 64-row blocks of one consumer warpgroup where they fill more
-    /// of it), with few tiles K split over a thread-block cluster where that pays (below); it reads x in its own
-    /// order (`natural_x`, no layout pass: 0.5-2 µs faster at batch 64, 2-6 µs at 128) except over 16384 rows,
-    /// where the tiles alone fill the GPU and the layout pass's one copy of x a stage, instead of one a chunk, is
-    /// 2-4% faster. Elsewhere the mma.sync kernels.
+    /// multiprocessor its number of warps (batch 1..8: 8 warps splitting K at 20, else 16; 9..16: the same with two
+    /// tiles of columns; two row tiles a warp or a second chunk's loads in flight no longer pay since w4_mm keeps
+    /// its addressing in registers, 73 registers for two row tiles: see benches/RESULTS.md). Larger batches on
+    /// Hopper the warp-specialised wgmma kernel: 128-row blocks of 64 or 128 columns (256-row blocks over 16384
+    /// rows at batch > 64, 192-row blocks at batch 33-64 where 128-row tiles would fill the GPU only once and only
+    /// in part, 64-row blocks of one consumer warpgroup where they fill more of it), with few tiles K split over a
+    /// thread-block cluster where that pays (below); it reads x in its own order (`natural_x`, no layout pass:
+    /// 0.5-2 µs faster at batch 64, 2-6 µs at 128) except over 16384 rows, where the tiles alone fill the GPU and
+    /// the layout pass's one copy of x a stage, instead of one a chunk, is 2-4% faster. Elsewhere the mma.sync
+    /// kernels.
     pub fn pick(batch: usize, n: usize, k: usize, sm_count: u32, arch: (u32, u32)) -> MmConfig {
         Self::pick_for(batch, n, k, sm_count, arch, true)
     }
@@ -457,11 +458,7 @@ impl MmConfig {
         let wide_split =
             2 * tiles_128 > sm && tiles_128 <= sm && 2 * n.div_ceil(192) <= sm && k / 64 >= 4;
         let ladder: &[(MmConfig, usize)] = match batch {
-            0..=8 => &[
-                (cfg(2, 1, 8, 1, 1), 31),
-                (cfg(1, 1, 8, 1, 1), 20),
-                (cfg(1, 1, 16, 1, 1), 0),
-            ],
+            0..=8 => &[(cfg(1, 1, 8, 1, 1), 20), (cfg(1, 1, 16, 1, 1), 0)],
             9..=16 => &[(cfg(1, 2, 8, 1, 1), 20), (cfg(1, 2, 16, 1, 1), 0)],
             17..=32 => &[(cfg(1, 4, 8, 1, 1), 0)],
             33..=64 if hopper && n > 16384 => return ws(2, 1, 64, (3, 4), 1),
@@ -495,17 +492,11 @@ impl MmConfig {
             _ => return pipe2(2, 8, 4, 2, 3),
         };
         let warps = |c: &MmConfig| n.div_ceil(c.rows()) * c.threads() as usize / 32;
-        let c = ladder
+        ladder
             .iter()
             .find(|(c, per_sm)| warps(c) >= per_sm * sm_count as usize)
             .or(ladder.last())
-            .map_or(CONFIGS[0], |&(c, _)| c);
-        // 16 warps splitting 8192 inputs or more: each warp's run of 8+ chunks pays for a second load in flight.
-        if c == cfg(1, 1, 16, 1, 1) && k >= 8192 {
-            pf(c, 2)
-        } else {
-            c
-        }
+            .map_or(CONFIGS[0], |&(c, _)| c)
     }
 
     /// Blocks of one call: the output tiles times the K splits (a cluster's blocks or the partial sums).
