@@ -4,7 +4,8 @@
 //! step captured as a CUDA graph whose kernels overlap their neighbours (the default),
 //! `graph_in_order` the same graph with each kernel after the previous one's end, `launches` queues
 //! its kernels one launch at a time (the baselines, same process). Skipped, saying why, without the
-//! variable or a CUDA device.
+//! variable or a CUDA device. OLIVE_BENCH_PROMPT sets the prompt's length (16 by default; a long one
+//! times decode over a long KV cache).
 //!
 //! Run: `OLIVE_BENCH_MODEL=<model folder> cargo bench -p olive-nn --bench gpu_decode`
 
@@ -14,7 +15,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use olive_kernels::cuda::{Edges, Gpu};
 use olive_nn::{argmax, GpuTransformer};
 
-/// Prompt tokens before the timed decode steps.
+/// Prompt tokens before the timed decode steps, unless OLIVE_BENCH_PROMPT says otherwise.
 const PROMPT_LEN: usize = 16;
 /// Decode steps timed per iteration (the throughput unit).
 const STEPS: usize = 32;
@@ -35,8 +36,15 @@ fn gpu_decode(c: &mut Criterion) {
         Ok(m) => m,
         Err(e) => panic!("OLIVE_BENCH_MODEL={}: {e}", dir.display()),
     };
+    let prompt_len = match std::env::var("OLIVE_BENCH_PROMPT") {
+        Ok(v) => match v.parse::<usize>() {
+            Ok(n) if n > 0 => n,
+            _ => panic!("OLIVE_BENCH_PROMPT={v}: expected a number of tokens above 0"),
+        },
+        Err(_) => PROMPT_LEN,
+    };
     let vocab = model.config().vocab_size as u32;
-    let prompt: Vec<u32> = (0..PROMPT_LEN as u32)
+    let prompt: Vec<u32> = (0..prompt_len as u32)
         .map(|i| (i * 7919 + 13) % vocab)
         .collect();
     let mut group = c.benchmark_group("gpu_decode");
@@ -48,7 +56,7 @@ fn gpu_decode(c: &mut Criterion) {
         ("launches", None),
     ];
     for (mode, graphs) in modes {
-        let mut cache = match model.new_cache(PROMPT_LEN + STEPS + 1) {
+        let mut cache = match model.new_cache(prompt_len + STEPS + 1) {
             Ok(cache) => cache,
             Err(e) => panic!("KV cache: {e}"),
         };
@@ -57,10 +65,10 @@ fn gpu_decode(c: &mut Criterion) {
             Ok(logits) => argmax(&logits),
             Err(e) => panic!("prefill failed: {e}"),
         };
-        let name = format!("{mode}/{STEPS}_tokens_after_{PROMPT_LEN}");
+        let name = format!("{mode}/{STEPS}_tokens_after_{prompt_len}");
         group.bench_function(name, |b| {
             b.iter(|| {
-                cache.truncate(PROMPT_LEN);
+                cache.truncate(prompt_len);
                 let mut token = first;
                 for _ in 0..STEPS {
                     match model.forward_last(&[token], &mut cache) {
