@@ -11,11 +11,10 @@ each kernel's instructions go to <dir>/<kernel>.sass, one a line, to read or dif
 
 import argparse
 import re
-import subprocess
 import sys
 from pathlib import Path
 
-from sass_mix import ROOT, cuobjdump, ptxas_13_0, sm90a_ptx
+from sass_mix import ROOT, assemble, sm90a_ptx
 
 INSTRUCTION = re.compile(r"^\s+/\*[0-9a-f]{4}\*/\s+(.*?)\s*;")
 
@@ -28,16 +27,11 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/olive-kernel-regs"), help="folder for the PTX and cubin")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    ptx, cubin = args.work / "k.ptx", args.work / "k.cubin"
     missing = [name for name in args.files if not (ROOT / "kernels/cuda" / name).is_file()]
     if missing:
         sys.exit(f"kernel_regs.py: not in kernels/cuda: {', '.join(missing)}")
-    ptx.write_bytes(sm90a_ptx(args.files, [f"-D{d}" for d in args.defines], "kernel_regs.py"))
-    out = subprocess.run([str(ptxas_13_0()), "-arch=sm_90a", "-v", str(ptx), "-o", str(cubin)], capture_output=True,
-                         text=True)
-    if out.returncode != 0:
-        sys.exit(f"kernel_regs.py: ptxas failed:\n{out.stderr[:3000]}")
-    dump = subprocess.run([str(cuobjdump()), "-sass", str(cubin)], capture_output=True, text=True, check=True).stdout
+    ptx = sm90a_ptx(args.files, [f"-D{d}" for d in args.defines], "kernel_regs.py")
+    report, dump = assemble(ptx, args.work, "kernel_regs.py")
     sass: dict[str, list[str]] = {}
     for part in dump.split("Function : ")[1:]:
         name = part.split()[0]
@@ -49,7 +43,7 @@ def main() -> None:
     print("| kernel | registers | spill stores / loads (bytes) | stack | shared | instructions |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     name, stack, spills = None, 0, "0 / 0"
-    for line in out.stderr.splitlines():
+    for line in report.splitlines():
         if m := re.search(r"Compiling entry function '(\w+)'", line):
             name, stack, spills = m.group(1), 0, "0 / 0"
         elif m := re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", line):

@@ -73,10 +73,19 @@ def sm90a_ptx(files: list[str], defines: list[str], tool: str) -> bytes:
     return re.sub(rb"^\.version 9\.\d+", b".version 9.0", ptx.value, flags=re.M)
 
 
-def ptx_of(instance: str, work: Path) -> Path:
-    path = work / "w4a16.ptx"
-    path.write_bytes(sm90a_ptx(["w4a16.cu", "w4a16_sm90.cu"], [f"-DW4_INSTANCE={instance}"], "sass_mix.py"))
-    return path
+def assemble(ptx: bytes, work: Path, tool: str, ptxas: Path | None = None,
+             disassembler: Path | None = None) -> tuple[str, str]:
+    """ptxas (-v, CUDA 13.0's by default) on `ptx` for sm_90a in `work`, then cuobjdump -sass (triton's by default):
+    (ptxas's report, the SASS dump); `tool` names the caller in errors."""
+    source, cubin = work / "k.ptx", work / "k.cubin"
+    source.write_bytes(ptx)
+    out = subprocess.run([str(ptxas or ptxas_13_0()), "-arch=sm_90a", "-v", str(source), "-o", str(cubin)],
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.exit(f"{tool}: ptxas failed:\n{out.stderr[:3000]}")
+    dump = subprocess.run([str(disassembler or cuobjdump()), "-sass", str(cubin)], capture_output=True, text=True,
+                          check=True).stdout
+    return out.stderr, dump
 
 
 def opcode(line: str) -> str:
@@ -115,21 +124,15 @@ def main() -> None:
                  "from NWG on")
     rt, cps = int(fields[3]), int(fields[6])
     args.work.mkdir(parents=True, exist_ok=True)
-    ptx = ptx_of(args.instance, args.work)
-    cubin = args.work / "w4a16.cubin"
-    out = subprocess.run([str(args.ptxas or ptxas_13_0()), "-arch=sm_90a", "-v", str(ptx), "-o", str(cubin)],
-                         capture_output=True, text=True)
-    if out.returncode != 0:
-        sys.exit(f"sass_mix.py: ptxas failed:\n{out.stderr[:3000]}")
+    ptx = sm90a_ptx(["w4a16.cu", "w4a16_sm90.cu"], [f"-DW4_INSTANCE={args.instance}"], "sass_mix.py")
+    report, dump = assemble(ptx, args.work, "sass_mix.py", args.ptxas, args.cuobjdump)
     # The product kernel's lines of the report (its entry's line and the ones up to the next entry).
     ours = False
-    for line in out.stderr.splitlines():
+    for line in report.splitlines():
         if "Compiling entry function" in line:
             ours = "w4_ws" in line
         if ours or "C75" in line:
             print(line.strip())
-    dump = subprocess.run([str(args.cuobjdump or cuobjdump()), "-sass", str(cubin)], capture_output=True, text=True,
-                          check=True).stdout
     sass = [line for line in dump.splitlines() if re.match(r"\s+/\*[0-9a-f]{4}\*/", line)]
     loop = stage_loop(sass, 4 * rt * cps)
     if loop is None:
