@@ -25,6 +25,13 @@ fn gpu_decode(c: &mut Criterion) {
         eprintln!("gpu_decode bench skipped: set OLIVE_BENCH_MODEL to a Hugging Face model folder");
         return;
     };
+    let prompt_len = match std::env::var("OLIVE_BENCH_PROMPT") {
+        Ok(v) => match v.parse::<usize>() {
+            Ok(n) if n > 0 => n,
+            _ => panic!("OLIVE_BENCH_PROMPT={v}: expected a number of tokens above 0"),
+        },
+        Err(_) => PROMPT_LEN,
+    };
     let gpu = match Gpu::get(0) {
         Ok(gpu) => gpu,
         Err(e) => {
@@ -35,13 +42,6 @@ fn gpu_decode(c: &mut Criterion) {
     let model = match GpuTransformer::load(&dir, gpu) {
         Ok(m) => m,
         Err(e) => panic!("OLIVE_BENCH_MODEL={}: {e}", dir.display()),
-    };
-    let prompt_len = match std::env::var("OLIVE_BENCH_PROMPT") {
-        Ok(v) => match v.parse::<usize>() {
-            Ok(n) if n > 0 => n,
-            _ => panic!("OLIVE_BENCH_PROMPT={v}: expected a number of tokens above 0"),
-        },
-        Err(_) => PROMPT_LEN,
     };
     let vocab = model.config().vocab_size as u32;
     let prompt: Vec<u32> = (0..prompt_len as u32)
