@@ -11,6 +11,8 @@
 //   attention_combine_<t>_<d>: ... which this merges: grid (batch·heads·tokens). Both take kv_len from device
 //                             memory (`past` + tokens) when `past` is not null: a decode step captured in a CUDA
 //                             graph, the splits sized for the cache's capacity and the live ones found from kv_len.
+//                             Given `done` (counters, one a KV head: attention.rs passes them for a captured step
+//                             whose merge is small), the decode kernel merges its splits itself: no combine launch.
 //   attention_delta_<t>_<d>:  backward step 1: delta = rowsum(dO ⊙ O) ([batch, heads, tokens])
 //   attention_bwd_<t>_<d>:    backward step 2 (FlashAttention-2's): grid (key blocks, kv_heads, batch); per key block
 //                             the probabilities are recomputed from the stored lse, dK and dV summed over the group's
@@ -326,9 +328,14 @@ __device__ void attn_fwd(const AttnParams p, const T *__restrict__ q, const T *_
 // four warps' (max, sum, output) rows are merged through shared memory into the split's partial row.
 // part: [batch, heads, tokens, splits, D + 2] = the unnormalized output row, its running max (log2 units), its sum.
 // Splits past the keys (s·chunk ≥ kv_len) write nothing; the combine reads the live ones only.
+// With `done` ([batch, kv_heads] counters, zero before the launch) the kernel writes `out` itself: a lone live split
+// directly; else each live split writes its partial rows, counts itself in done (after a fence: threadFenceReduction
+// of the CUDA samples) and the last one of its KV head merges them all and sets the counter back to zero.
 // Dynamic shared memory (decode_smem in attention.rs): Q [16, D+8], 2 × K, 2 × V [64, D+8]; the warps' output rows
 // [4, 16, D] f32 reuse the K/V buffers after the last tile.
 constexpr int MAXR = 16;
+// The most splits a decode launch with `done` merges itself (attention.rs's DECODE_FUSED_SPLITS).
+constexpr int FUSED_SPLITS = 64;
 
 // The decode launch's parameters as the kernels use them: kv_len from device memory when `past` is not null.
 __device__ __forceinline__ AttnParams decode_params(AttnParams p, const unsigned *past) {
@@ -344,10 +351,10 @@ __device__ __forceinline__ int decode_chunk(const AttnParams &p) {
 template <typename T, int D>
 __device__ void attn_decode(const AttnParams params, const unsigned *__restrict__ past, const T *__restrict__ q,
                             const T *__restrict__ k, const T *__restrict__ v, const unsigned char *__restrict__ mask,
-                            float *__restrict__ part) {
+                            float *__restrict__ part, T *__restrict__ out, unsigned *__restrict__ done) {
     const AttnParams p = decode_params(params, past);
-    const int chunk = decode_chunk(p);
-    if (blockIdx.x * chunk >= p.kv_len) return;
+    const int chunk = decode_chunk(p), live = (p.kv_len + chunk - 1) / chunk;
+    if ((int)blockIdx.x >= live) return;
     constexpr int LDT = D + 8, WARPS = THREADS / 32;
     static_assert(BC == 16 * WARPS, "a warp takes 16 keys of a tile");
     extern __shared__ __align__(128) unsigned char smem[];
@@ -355,6 +362,7 @@ __device__ void attn_decode(const AttnParams params, const unsigned *__restrict_
     T *sK = sQ + MAXR * LDT;    // two buffers [2][64][LDT]
     T *sV = sK + 2 * BC * LDT;  // two buffers
     float *sO = reinterpret_cast<float *>(sK);  // [WARPS][MAXR][D], after the last tile
+    static_assert(MAXR * FUSED_SPLITS <= WARPS * MAXR * D, "the merge's weights fit where the warps' rows were");
     __shared__ float sm_w[WARPS][MAXR], sl_w[WARPS][MAXR];
 
     const int s = blockIdx.x, g = blockIdx.y, b = blockIdx.z;
@@ -437,6 +445,7 @@ __device__ void attn_decode(const AttnParams params, const unsigned *__restrict_
         }
     }
     __syncthreads();
+    const bool direct = done != nullptr && live == 1;
     for (int i = threadIdx.x; i < R * D; i += THREADS) {
         const int r = i / D, c = i % D;
         float mw = -INFINITY;
@@ -452,10 +461,55 @@ __device__ void attn_decode(const AttnParams params, const unsigned *__restrict_
             }
         }
         const int h = g * group + r / p.tokens, t = r % p.tokens;
+        if (direct) {
+            out[((long long)b * p.tokens + t) * p.o_stride + p.o_off + h * D + c] =
+                from_float<T>(sum > 0.f ? acc / sum : 0.f);
+            continue;
+        }
         float *dst = part + ((((long long)b * p.heads + h) * p.tokens + t) * p.splits + s) * (D + 2);
         dst[c] = acc;
         if (c == 0) dst[D] = mw, dst[D + 1] = sum;
     }
+    if (done == nullptr || direct) return;
+    // The last live split of this KV head to finish merges the others' rows (read through L2: other blocks wrote them).
+    __shared__ bool last;
+    __threadfence();
+    __syncthreads();
+    unsigned *count = done + (long long)b * p.kv_heads + g;
+    if (threadIdx.x == 0) last = atomicAdd(count, 1u) == (unsigned)live - 1;
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    // Each row's weights of its splits, exp2(m_j - max) / Σ exp2(m_j - max)·l_j: a warp a row, a lane two splits.
+    float *wts = sO;  // [MAXR][FUSED_SPLITS], in the K/V buffers (free since the first merge)
+    for (int r = warp; r < R; r += WARPS) {
+        const int h = g * group + r / p.tokens, t = r % p.tokens;
+        const float *src = part + (((long long)b * p.heads + h) * p.tokens + t) * p.splits * (D + 2);
+        float mj[2], lj[2];
+#pragma unroll
+        for (int u = 0; u < 2; ++u) {
+            const int j = lane + 32 * u;
+            mj[u] = j < live ? __ldcg(src + j * (D + 2) + D) : -INFINITY;
+            lj[u] = j < live ? __ldcg(src + j * (D + 2) + D + 1) : 0.f;
+        }
+        const float mx = warp_max(fmaxf(mj[0], mj[1]));
+        float wj[2];
+#pragma unroll
+        for (int u = 0; u < 2; ++u) wj[u] = mx == -INFINITY ? 0.f : exp2f(mj[u] - mx);
+        const float sum = warp_sum(wj[0] * lj[0] + wj[1] * lj[1]);
+#pragma unroll
+        for (int u = 0; u < 2; ++u) wts[r * FUSED_SPLITS + lane + 32 * u] = sum > 0.f ? wj[u] / sum : 0.f;
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < R * D; i += THREADS) {
+        const int r = i / D, c = i % D, h = g * group + r / p.tokens, t = r % p.tokens;
+        const float *src = part + (((long long)b * p.heads + h) * p.tokens + t) * p.splits * (D + 2) + c;
+        float acc = 0.f;
+#pragma unroll 8
+        for (int j = 0; j < live; ++j) acc += wts[r * FUSED_SPLITS + j] * __ldcg(src + j * (D + 2));
+        out[((long long)b * p.tokens + t) * p.o_stride + p.o_off + h * D + c] = from_float<T>(acc);
+    }
+    if (threadIdx.x == 0) *count = 0;
 }
 
 // One block per output row (b, t, h), thread c < D a column: merges the splits' partial rows. The maximum is
@@ -708,8 +762,8 @@ extern "C" __global__ void attention_dq_copy(const AttnParams p, int head_dim, c
     }                                                                                                                \
     extern "C" __global__ void __launch_bounds__(THREADS) attention_decode_##NAME##_##D(                            \
         const AttnParams p, const unsigned *past, const T *q, const T *k, const T *v, const unsigned char *mask,     \
-        float *part) {                                                                                               \
-        attn_decode<T, D>(p, past, q, k, v, mask, part);                                                             \
+        float *part, T *out, unsigned *done) {                                                                       \
+        attn_decode<T, D>(p, past, q, k, v, mask, part, out, done);                                                  \
     }                                                                                                                \
     extern "C" __global__ void __launch_bounds__(THREADS) attention_combine_##NAME##_##D(                           \
         const AttnParams p, const unsigned *past, const float *part, T *out, float *lse) {                          \

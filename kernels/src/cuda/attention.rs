@@ -18,6 +18,13 @@ const TILE: usize = 64;
 const DECODE_MAX_ROWS: usize = 16;
 /// A decode split's chunk of keys is a multiple of this (two of the kernel's 64-key tiles).
 const DECODE_KEYS: usize = 128;
+/// The most KV splits a captured decode step merges in its last split's block (attention.cu's FUSED_SPLITS).
+const DECODE_FUSED_SPLITS: usize = 64;
+/// The most partial-row floats (query rows a KV head · head_dim · splits) that block merges; over it the combine
+/// kernel, whose blocks share the merge, is faster (H200, int4 decode after a 2000-token prompt, 16 splits:
+/// TinyLlama's shapes, 8 rows of 64 a KV head, −6% merged in-kernel; SmolLM2's, 3 rows, +5%; Phi-3.5's, 1 row of
+/// 96, even).
+const DECODE_FUSED_FLOATS: usize = 4096;
 
 /// Where an operand's rows sit in its device buffer: row r of head h starts at element
 /// `offset + r·stride + h·head_dim` (a fused qkv row: q at offset 0, k at heads·head_dim, stride its width).
@@ -365,7 +372,8 @@ pub fn forward<T: Half>(
 /// they run (a decode step captured in a CUDA graph): kv_len = past + shape.tokens. `shape.kv_len` is the most it
 /// can be (past.max + tokens): k and v are checked against it and the KV length's splits sized for it, the kernels
 /// then spreading the live keys over them. One sequence, no key mask, at most 16 query rows per KV head. `part` is
-/// the splits' scratch ([`decode_part_len`] floats), kept by the caller so that a captured step allocates nothing.
+/// the splits' scratch, kept by the caller so that a captured step allocates nothing: exactly [`decode_part_len`]
+/// floats, zero when allocated ([`Gpu::alloc`]); its last ones are counters that each call leaves zero.
 pub fn forward_after<T: Half>(
     gpu: &Gpu,
     shape: &AttentionShape,
@@ -449,9 +457,9 @@ fn decode_splits(gpu: &Gpu, shape: &AttentionShape) -> usize {
 }
 
 /// Floats of the scratch [`forward_after`] takes for `shape`: the splits' partial rows,
-/// [batch, heads, tokens, splits, head_dim + 2].
+/// [batch, heads, tokens, splits, head_dim + 2], then one u32 counter a (sequence, KV head).
 pub fn decode_part_len(gpu: &Gpu, shape: &AttentionShape) -> usize {
-    part_len(shape, decode_splits(gpu, shape))
+    part_len(shape, decode_splits(gpu, shape)) + shape.batch * shape.kv_heads
 }
 
 /// Floats of the splits' partial rows for `splits` splits.
@@ -460,8 +468,10 @@ fn part_len(shape: &AttentionShape, splits: usize) -> usize {
 }
 
 /// The decode kernel split over the KV length and the combine of its splits (`p` checked by [`forward_params`]),
-/// through `part` (at least [`decode_part_len`] floats) or a buffer of its own; with `past`, both read kv_len on
-/// the device and `shape.kv_len` is its bound.
+/// through `part` (exactly [`decode_part_len`] floats, its counters zero) or a buffer of its own; with `past`, both
+/// read kv_len on the device and `shape.kv_len` is its bound, and where the merge is small
+/// ([`DECODE_FUSED_FLOATS`]) the decode kernel merges its splits itself (counting finished splits in part's
+/// counters): one launch.
 #[allow(clippy::too_many_arguments)]
 fn decode<T: Half>(
     gpu: &Gpu,
@@ -476,23 +486,26 @@ fn decode<T: Half>(
     let (hd, b) = (shape.head_dim, shape.batch);
     let splits = decode_splits(gpu, shape);
     p.splits = int("splits", splits)?;
-    let len = part_len(shape, splits);
+    let rows_len = part_len(shape, splits);
     let mut own;
     let part = match part {
-        Some(part) if part.len() >= len => part,
+        Some(part) if part.len() == rows_len + b * shape.kv_heads => part,
         Some(part) => {
             return Err(shape_error(format!(
-                "the decode scratch holds {} floats, {len} needed (decode_part_len)",
-                part.len()
+                "the decode scratch holds {} floats, {} expected (decode_part_len)",
+                part.len(),
+                rows_len + b * shape.kv_heads
             )))
         }
         None => {
             // SAFETY: uninitialised on purpose: the combine reads only the live splits, each of which the decode
             // kernel writes in full before.
-            own = unsafe { gpu.stream().alloc::<f32>(len) }?;
+            own = unsafe { gpu.stream().alloc::<f32>(rows_len) }?;
             &mut own
         }
     };
+    let merged = shape.rows_per_kv_head() * hd * splits;
+    let fused = past.is_some() && splits <= DECODE_FUSED_SPLITS && merged <= DECODE_FUSED_FLOATS;
     let smem = decode_smem(hd);
     let f = kernel::<T>(gpu, "decode", hd, smem)?;
     let cfg = LaunchConfig {
@@ -507,11 +520,21 @@ fn decode<T: Half>(
         None => launch.arg(&NULL),
     };
     push_inputs(&mut launch, inputs);
-    launch.arg(&mut *part);
+    let (mut rows, mut counters) = part.split_at_mut(rows_len);
+    launch.arg(&mut rows);
+    if fused {
+        launch.arg(&mut *out).arg(&mut counters);
+    } else {
+        launch.arg(&NULL).arg(&NULL);
+    }
     // SAFETY: the rows of q, k, v and the mask were checked against their buffers for shape.kv_len keys, which
     // bounds the kernel's kv_len (`past` at most past.max); part holds rows·splits·(head_dim + 2) floats, the
-    // kernel's [batch, heads, tokens, splits, D + 2].
+    // kernel's [batch, heads, tokens, splits, D + 2], then (fused) batch·kv_heads counters, zero as the kernel
+    // leaves them; out's rows were checked.
     unsafe { launch.launch(cfg) }?;
+    if fused {
+        return Ok(());
+    }
     let f = kernel::<T>(gpu, "combine", hd, 0)?;
     let cfg = LaunchConfig {
         grid_dim: (int("rows", b * shape.heads * shape.tokens)? as u32, 1, 1),

@@ -418,8 +418,8 @@ fn refuses_shapes_it_cannot_take() {
 
 /// A decode step whose KV length the kernels read from device memory (`forward_after`, a captured decode step):
 /// the splits sized for a cache of `capacity` positions, the live keys spread over as many as they fill, the
-/// rest writing nothing; against `attention_ref` over the live keys. (tokens, keys before the step, capacity,
-/// heads, kv_heads, window).
+/// rest writing nothing; against `attention_ref` over the live keys, twice through the same scratch (whose
+/// counters the first call must leave zero). (tokens, keys before the step, capacity, heads, kv_heads, window).
 fn check_after<T: Dtype>(gpu: &Gpu, case: Case, head_dim: usize, seed: u64) {
     let (tokens, past, capacity, heads, kv_heads, window) = case;
     let (qw, kvw) = (heads * head_dim, kv_heads * head_dim);
@@ -469,8 +469,6 @@ fn check_after<T: Dtype>(gpu: &Gpu, case: Case, head_dim: usize, seed: u64) {
         .upload(&vec![T::from_f32(f32::NAN); tokens * qw])
         .unwrap();
     let mut part = gpu.alloc::<f32>(decode_part_len(gpu, &shape)).unwrap();
-    let out_rows = (&mut out, Rows::packed(qw));
-    forward_after(gpu, &shape, &inputs, out_rows, past_dev, &mut part).unwrap();
     let dims = AttentionDims {
         heads,
         kv_heads,
@@ -478,12 +476,19 @@ fn check_after<T: Dtype>(gpu: &Gpu, case: Case, head_dim: usize, seed: u64) {
         q_stride: qw,
     };
     let want = attention_ref(&q_f, &k_f, &v_f, dims, window, scale, tokens);
-    let e = rel_error(&widen(gpu, &out), &want);
-    assert!(
-        e <= T::TOL,
-        "{} head_dim {head_dim} after {case:?}: relative error {e}",
-        T::SUFFIX
-    );
+    for call in 0..2 {
+        let out_rows = (&mut out, Rows::packed(qw));
+        forward_after(gpu, &shape, &inputs, out_rows, past_dev, &mut part).unwrap();
+        let e = rel_error(&widen(gpu, &out), &want);
+        assert!(
+            e <= T::TOL,
+            "{} head_dim {head_dim} after {case:?}, call {call}: relative error {e}",
+            T::SUFFIX
+        );
+        out = gpu
+            .upload(&vec![T::from_f32(f32::NAN); tokens * qw])
+            .unwrap();
+    }
 }
 
 #[test]
@@ -493,10 +498,12 @@ fn decode_after_a_cache_length_on_the_device_matches_reference() {
     else {
         return;
     };
-    let cases: [Case; 5] = [
-        (1, 0, 64, 4, 2, None),         // the first position of a small cache
-        (1, 299, 9000, 8, 2, None),     // a few live splits of many
-        (1, 8999, 9000, 9, 3, None),    // the cache's last position
+    let cases: [Case; 7] = [
+        (1, 0, 64, 4, 2, None), // the first position of a small cache: one split, written directly
+        (1, 299, 9000, 8, 2, None), // a few live splits of many (more than the kernel merges: combine)
+        (1, 600, 1000, 4, 4, Some(300)), // 5 live splits of 8 (2 fully windowed out), merged in the kernel
+        (1, 5000, 8000, 4, 4, None), // 40 live of 63: merged in the kernel at head_dim 64, combined at 128
+        (1, 8999, 9000, 9, 3, None), // the cache's last position
         (4, 126, 1000, 8, 2, Some(50)), // 16 rows a KV head, windowed, across a 128-key step
         (1, 20000, 40000, 32, 8, None), // Llama-3-8B's heads, live splits of 256 keys
     ];
