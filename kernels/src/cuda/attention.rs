@@ -22,8 +22,8 @@ const DECODE_KEYS: usize = 128;
 const DECODE_FUSED_SPLITS: usize = 64;
 /// The most partial-row floats (query rows a KV head · head_dim · splits) that block merges; over it the combine
 /// kernel, whose blocks share the merge, is faster (H200, int4 decode after a 2000-token prompt, 16 splits:
-/// TinyLlama's shapes, 8 rows of 64 a KV head, −6% merged in-kernel; SmolLM2's, 3 rows, +5%; Phi-3.5's, 1 row of
-/// 96, even).
+/// TinyLlama's shapes, 8 rows of 64 a KV head, −6% merged in-kernel; SmolLM2's, 3 rows, +4%; Phi-3.5's, 1 row of
+/// 96, −1%).
 const DECODE_FUSED_FLOATS: usize = 4096;
 
 /// Where an operand's rows sit in its device buffer: row r of head h starts at element
