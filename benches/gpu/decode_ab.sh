@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# GPU decode A/B, run on the GPU machine over what scripts/gpu-decode-ab.sh built into .gpu-ab/: random Llama models
+# of SmolLM2-135M's, TinyLlama-1.1B's and 8 layers of Phi-3.5-mini's shapes (random_llama.py, bf16, then int4 by
+# `olive-host quantize --algorithm rtn`), then the gpu_decode bench's `graph` mode (tok/s, 32 steps) of the base
+# build and the new one, alternated in the same call (these machines drift by a few percent between runs):
+#   bash benches/gpu/decode_ab.sh [ROUNDS [MODELS [PROMPTS]]]
+# ROUNDS: base/new pairs a case (2); MODELS: of smol tiny phi8 smol-int4 tiny-int4 phi8-int4 ("tiny-int4 smol-int4
+# phi8-int4"); PROMPTS: prompt lengths (OLIVE_BENCH_PROMPT, "16"). Models go to $AB_MODELS (/tmp/ab-models), kept
+# for the next call while the machine stays warm. Prints one line a run, then each case's mean ratio new / base.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd)
+ab=$root/.gpu-ab
+rounds=${1:-2}
+models=${2:-tiny-int4 smol-int4 phi8-int4}
+prompts=${3:-16}
+dir=${AB_MODELS:-/tmp/ab-models}
+for f in base/bench new/bench olive-host; do
+    [ -x "$ab/$f" ] || { echo "decode_ab.sh: $ab/$f is missing: run scripts/gpu-decode-ab.sh first" >&2; exit 1; }
+done
+for m in $models; do
+    case $m in
+        smol | tiny | phi8 | smol-int4 | tiny-int4 | phi8-int4) ;;
+        *) echo "decode_ab.sh: unknown model $m, expected smol, tiny, phi8 or one of them with -int4" >&2; exit 1 ;;
+    esac
+done
+mkdir -p "$dir"
+for m in $models; do
+    shape=${m%-int4}
+    [ -f "$dir/$shape/config.json" ] || python3 "$root/benches/gpu/random_llama.py" "$dir" "$shape" >&2
+    if [ "$m" != "$shape" ] && [ ! -f "$dir/$m/model/config.json" ]; then
+        "$ab/olive-host" quantize --model_name_or_path "$dir/$shape" --algorithm rtn --precision int4 \
+            --output_path "$dir/$m" --log_level 3 >&2
+    fi
+done
+# tok/s of one bench run (criterion's middle throughput estimate).
+run() {  # run BUILD MODEL PROMPT
+    local folder=$dir/$2
+    [ -d "$folder/model" ] && folder=$folder/model
+    OLIVE_BENCH_PROMPT=$3 OLIVE_BENCH_MODEL=$folder "$ab/$1/bench" --bench --warm-up-time 1 --measurement-time 3 \
+        --noplot graph/ 2>&1 | python3 -c 'import re, sys
+text = sys.stdin.read()
+m = re.search(r"thrpt:\s+\[\s*[\d.]+\s+\S+\s+([\d.]+)\s+(\S+)", text)
+if not m:
+    sys.exit("no throughput in the bench output:\n" + text[-2000:])
+scale = {"elem/s": 1, "Kelem/s": 1e3, "Melem/s": 1e6}[m.group(2)]
+print(f"{float(m.group(1)) * scale:.0f}")'
+}
+summary=""
+for p in $prompts; do
+    for m in $models; do
+        base_sum=0 new_sum=0
+        for _ in $(seq "$rounds"); do
+            b=$(run base "$m" "$p")
+            n=$(run new "$m" "$p")
+            echo "$m prompt $p: base $b new $n tok/s"
+            base_sum=$((base_sum + b)) new_sum=$((new_sum + n))
+        done
+        summary+="$m prompt $p: new / base $(python3 -c "print(f'{$new_sum / $base_sum:.3f}')")"$'\n'
+    done
+done
+printf '%s' "$summary"

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Builds, here (Rust, no GPU), what benches/gpu/decode_ab.sh runs on a GPU machine: the gpu_decode bench of git
+# revision BASE (.gpu-ab/base/bench, built in a temporary worktree sharing target/) and of the work tree
+# (.gpu-ab/new/bench), and olive-host with the RTN plugin beside it (to quantize the random models there). Then
+# carry .gpu-ab (git-ignored) to the GPU machine and run `bash benches/gpu/decode_ab.sh` there.
+#   scripts/gpu-decode-ab.sh BASE      e.g. scripts/gpu-decode-ab.sh main
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+base=${1:?usage: scripts/gpu-decode-ab.sh BASE_REVISION}
+rev=$(git rev-parse --verify "$base^{commit}") || { echo "gpu-decode-ab.sh: $base is not a revision here" >&2; exit 1; }
+out=$root/.gpu-ab
+rm -rf "$out.tmp"
+mkdir -p "$out.tmp/base" "$out.tmp/new"
+# The gpu_decode bench executable of the crate tree at $1 (cargo's own report of what it built).
+bench_of() {
+    (cd "$1" && CARGO_TARGET_DIR=$root/target cargo bench -p olive-nn --bench gpu_decode --no-run \
+        --message-format=json-render-diagnostics) | python3 -c 'import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "gpu_decode":
+        print(m["executable"])'
+}
+tree=$(mktemp -d)
+trap 'git worktree remove --force "$tree" 2>/dev/null || true; rm -rf "$tree"' EXIT
+git worktree add --detach --quiet "$tree" "$rev"
+cp "$(bench_of "$tree")" "$out.tmp/base/bench"
+cp "$(bench_of "$root")" "$out.tmp/new/bench"
+cargo build --release -p olive-host -p olive-quant-rtn
+bash scripts/write-plugin-manifests.sh >/dev/null
+cp target/release/olive-host target/release/libolive_quant_rtn.so target/release/olive_quant_rtn.olive-plugin.json \
+    "$out.tmp/"
+strip --strip-all "$out.tmp/base/bench" "$out.tmp/new/bench" "$out.tmp/olive-host" "$out.tmp/libolive_quant_rtn.so"
+rm -rf "$out"
+mv "$out.tmp" "$out"
+echo "base $rev, new: the work tree ($(git rev-parse --short HEAD)$(git diff --quiet HEAD || echo ' + changes'))" \
+    >"$out/BUILDS"
+du -sh "$out"
