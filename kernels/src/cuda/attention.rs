@@ -459,7 +459,12 @@ fn decode_splits(gpu: &Gpu, shape: &AttentionShape) -> usize {
 /// Floats of the scratch [`forward_after`] takes for `shape`: the splits' partial rows,
 /// [batch, heads, tokens, splits, head_dim + 2], then one u32 counter a (sequence, KV head).
 pub fn decode_part_len(gpu: &Gpu, shape: &AttentionShape) -> usize {
-    part_len(shape, decode_splits(gpu, shape)) + shape.batch * shape.kv_heads
+    scratch_len(shape, decode_splits(gpu, shape))
+}
+
+/// Floats of the decode scratch for `splits` splits: their partial rows, then the counters.
+fn scratch_len(shape: &AttentionShape, splits: usize) -> usize {
+    part_len(shape, splits) + shape.batch * shape.kv_heads
 }
 
 /// Floats of the splits' partial rows for `splits` splits.
@@ -487,14 +492,14 @@ fn decode<T: Half>(
     let splits = decode_splits(gpu, shape);
     p.splits = int("splits", splits)?;
     let rows_len = part_len(shape, splits);
+    let scratch_len = scratch_len(shape, splits);
     let mut own;
     let part = match part {
-        Some(part) if part.len() == rows_len + b * shape.kv_heads => part,
+        Some(part) if part.len() == scratch_len => part,
         Some(part) => {
             return Err(shape_error(format!(
-                "the decode scratch holds {} floats, {} expected (decode_part_len)",
-                part.len(),
-                rows_len + b * shape.kv_heads
+                "the decode scratch holds {} floats, {scratch_len} expected (decode_part_len)",
+                part.len()
             )))
         }
         None => {

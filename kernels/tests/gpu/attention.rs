@@ -465,9 +465,6 @@ fn check_after<T: Dtype>(gpu: &Gpu, case: Case, head_dim: usize, seed: u64) {
         len: &len.slice(..),
         max: capacity - tokens,
     };
-    let mut out = gpu
-        .upload(&vec![T::from_f32(f32::NAN); tokens * qw])
-        .unwrap();
     let mut part = gpu.alloc::<f32>(decode_part_len(gpu, &shape)).unwrap();
     let dims = AttentionDims {
         heads,
@@ -477,6 +474,9 @@ fn check_after<T: Dtype>(gpu: &Gpu, case: Case, head_dim: usize, seed: u64) {
     };
     let want = attention_ref(&q_f, &k_f, &v_f, dims, window, scale, tokens);
     for call in 0..2 {
+        let mut out = gpu
+            .upload(&vec![T::from_f32(f32::NAN); tokens * qw])
+            .unwrap();
         let out_rows = (&mut out, Rows::packed(qw));
         forward_after(gpu, &shape, &inputs, out_rows, past_dev, &mut part).unwrap();
         let e = rel_error(&widen(gpu, &out), &want);
@@ -485,9 +485,6 @@ fn check_after<T: Dtype>(gpu: &Gpu, case: Case, head_dim: usize, seed: u64) {
             "{} head_dim {head_dim} after {case:?}, call {call}: relative error {e}",
             T::SUFFIX
         );
-        out = gpu
-            .upload(&vec![T::from_f32(f32::NAN); tokens * qw])
-            .unwrap();
     }
 }
 
