@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds, here (Rust, no GPU), what benches/gpu/decode_ab.sh runs on a GPU machine: the gpu_decode bench of git
-# revision BASE (.gpu-ab/base/bench, built in a temporary worktree sharing target/) and of the work tree
+# revision BASE (.gpu-ab/base/bench, built in a temporary worktree into target/ab-base/) and of the work tree
 # (.gpu-ab/new/bench), and olive-host with the RTN plugin beside it (to quantize the random models there). Then
 # carry .gpu-ab (git-ignored) to the GPU machine and run `bash benches/gpu/decode_ab.sh` there.
 #   scripts/gpu-decode-ab.sh BASE      e.g. scripts/gpu-decode-ab.sh main
@@ -12,9 +12,11 @@ rev=$(git rev-parse --verify "$base^{commit}") || { echo "gpu-decode-ab.sh: $bas
 out=$root/.gpu-ab
 rm -rf "$out.tmp"
 mkdir -p "$out.tmp/base" "$out.tmp/new"
-# The gpu_decode bench executable of the crate tree at $1 (cargo's own report of what it built).
+# The gpu_decode bench executable of the crate tree at $1 built in target dir $2 (cargo's own report of what it
+# built). Each tree has its own target dir: cargo's freshness check goes by file times, so a dir shared between
+# trees can hand one tree's build to the other.
 bench_of() {
-    (cd "$1" && CARGO_TARGET_DIR=$root/target cargo bench -p olive-nn --bench gpu_decode --no-run \
+    (cd "$1" && CARGO_TARGET_DIR=$2 cargo bench -p olive-nn --bench gpu_decode --no-run \
         --message-format=json-render-diagnostics) | python3 -c 'import json, sys
 for line in sys.stdin:
     m = json.loads(line)
@@ -24,8 +26,8 @@ for line in sys.stdin:
 tree=$(mktemp -d)
 trap 'git worktree remove --force "$tree" 2>/dev/null || true; rm -rf "$tree"' EXIT
 git worktree add --detach --quiet "$tree" "$rev"
-cp "$(bench_of "$tree")" "$out.tmp/base/bench"
-cp "$(bench_of "$root")" "$out.tmp/new/bench"
+cp "$(bench_of "$tree" "$root/target/ab-base")" "$out.tmp/base/bench"
+cp "$(bench_of "$root" "$root/target")" "$out.tmp/new/bench"
 cargo build --release -p olive-host -p olive-quant-rtn
 bash scripts/write-plugin-manifests.sh >/dev/null
 cp target/release/olive-host target/release/libolive_quant_rtn.so target/release/olive_quant_rtn.olive-plugin.json \
