@@ -13,6 +13,9 @@
 //                             graph, the splits sized for the cache's capacity and the live ones found from kv_len.
 //                             Given `done` (counters, one a KV head: attention.rs passes them for a captured step
 //                             whose merge is small), the decode kernel merges its splits itself: no combine launch.
+//                             Given `inv_freq` (a captured step), q's rows hold the step's queries and its own
+//                             keys and values unrotated: the kernel rotates them as rope.cu does and the split
+//                             holding their positions writes them to the cache: no rope launch.
 //   attention_delta_<t>_<d>:  backward step 1: delta = rowsum(dO ⊙ O) ([batch, heads, tokens])
 //   attention_bwd_<t>_<d>:    backward step 2 (FlashAttention-2's): grid (key blocks, kv_heads, batch); per key block
 //                             the probabilities are recomputed from the stored lse, dK and dV summed over the group's
@@ -70,6 +73,16 @@ __device__ __forceinline__ float warp_sum(float x) {
 __device__ __forceinline__ bool visible(const AttnParams &p, const unsigned char *mask, int b, int pos, int j) {
     return j <= pos && j < p.kv_len && (p.window == 0 || pos - j < p.window) &&
            (!p.has_mask || mask[(long long)b * p.kv_len + j] != 0);
+}
+
+// Query row t of sequence b, head h, in out (o_off, o_stride).
+template <typename T, int D> __device__ __forceinline__ T *out_row(const AttnParams &p, T *out, int b, int t, int h) {
+    return out + ((long long)b * p.tokens + t) * p.o_stride + p.o_off + h * D;
+}
+// The decode splits' partial rows [splits][D + 2] of query row t of sequence b, head h.
+template <int D, typename F>
+__device__ __forceinline__ F *part_rows(const AttnParams &p, F *part, int b, int t, int h) {
+    return part + (((long long)b * p.heads + h) * p.tokens + t) * p.splits * (D + 2);
 }
 
 // dst: [rows, LD] in shared memory = rows row0 .. of src (row stride `stride`), zeros from row `valid` on.
@@ -309,7 +322,7 @@ __device__ void attn_fwd(const AttnParams p, const T *__restrict__ q, const T *_
         const int t = row_t[r];
         if (t >= p.tokens) continue;
         const float inv = sum > 0.f ? 1.f / sum : 0.f;
-        T *dst = out + ((long long)b * p.tokens + t) * p.o_stride + p.o_off + h * D;
+        T *dst = out_row<T, D>(p, out, b, t, h);
 #pragma unroll
         for (int n = 0; n < D / 8; ++n) {
             const unsigned pair = pack2(o[n][2 * r] * inv, o[n][2 * r + 1] * inv, T());
@@ -331,6 +344,11 @@ __device__ void attn_fwd(const AttnParams p, const T *__restrict__ q, const T *_
 // With `done` ([batch, kv_heads] counters, zero before the launch) the kernel writes `out` itself: a lone live split
 // directly; else each live split writes its partial rows, counts itself in done (after a fence: threadFenceReduction
 // of the CUDA samples) and the last one of its KV head merges them all and sets the counter back to zero.
+// With `inv_freq` (RopeStep), q's rows hold the step's queries, its keys from column k_col and its values after
+// them, all unrotated: every block rotates its query rows in shared memory (rope.cu's rotation, cos/sin of the
+// step's positions computed once into K's second buffer, free until the first prefetch), and the block whose split
+// holds a new position rotates that key and writes it and its value to the cache rows k and v, before it loads that
+// tile from there (the barrier between orders the stores before the block's copies).
 // Dynamic shared memory (decode_smem in attention.rs): Q [16, D+8], 2 × K, 2 × V [64, D+8]; the warps' output rows
 // [4, 16, D] f32 reuse the K/V buffers after the last tile.
 constexpr int MAXR = 16;
@@ -348,10 +366,26 @@ __device__ __forceinline__ int decode_chunk(const AttnParams &p) {
     return ((p.kv_len + p.splits - 1) / p.splits + DECODE_KEYS - 1) / DECODE_KEYS * DECODE_KEYS;
 }
 
+// A captured decode step's rotation: LongRoPE's long set (when not null) replaces inv_freq once kv_len passes
+// `original`; `scaling` multiplies cos and sin; the keys start at column k_col of q's rows (from q_off), the values
+// kv_heads·D after.
+struct RopeStep {
+    int original, rotary_dim, k_col;
+    float scaling;
+};
+
+// The pair xa = x[i], xb = x[i + rotary_dim / 2] rotated in place (prelude's rope_rotate, as rope.cu).
+template <typename T> __device__ __forceinline__ void rotate_pair(T &xa, T &xb, float c, float s) {
+    const float2 r = rope_rotate(to_float(xa), to_float(xb), c, s);
+    xa = from_float<T>(r.x);
+    xb = from_float<T>(r.y);
+}
+
 template <typename T, int D>
 __device__ void attn_decode(const AttnParams params, const unsigned *__restrict__ past, const T *__restrict__ q,
-                            const T *__restrict__ k, const T *__restrict__ v, const unsigned char *__restrict__ mask,
-                            float *__restrict__ part, T *__restrict__ out, unsigned *__restrict__ done) {
+                            T *k, T *v, const unsigned char *__restrict__ mask, float *__restrict__ part,
+                            T *__restrict__ out, unsigned *__restrict__ done, const float *__restrict__ inv_freq,
+                            const float *__restrict__ long_freq, const RopeStep rope) {
     const AttnParams p = decode_params(params, past);
     const int chunk = decode_chunk(p), live = (p.kv_len + chunk - 1) / chunk;
     if ((int)blockIdx.x >= live) return;
@@ -368,6 +402,20 @@ __device__ void attn_decode(const AttnParams params, const unsigned *__restrict_
     const int s = blockIdx.x, g = blockIdx.y, b = blockIdx.z;
     const int group = p.heads / p.kv_heads, R = group * p.tokens, start = p.kv_len - p.tokens;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gq = lane / 4, cq = lane % 4;
+    const bool fresh = inv_freq != nullptr;
+    const int half = rope.rotary_dim / 2;
+    // The step's cos and sin [tokens][half] (times the scaling), in K's second buffer.
+    float *sCos = reinterpret_cast<float *>(sK + BC * LDT), *sSin = sCos + MAXR * (D / 2);
+    static_assert(2 * MAXR * (D / 2) * sizeof(float) <= BC * LDT * sizeof(T), "cos/sin fit in a K buffer");
+    if (fresh) {
+        const float *freq = long_freq != nullptr && p.kv_len > rope.original ? long_freq : inv_freq;
+        for (int i = threadIdx.x; i < p.tokens * half; i += THREADS) {
+            float sn, cs;
+            sincosf((float)(start + i / half) * freq[i % half], &sn, &cs);
+            sCos[i] = cs * rope.scaling;
+            sSin[i] = sn * rope.scaling;
+        }
+    }
     for (int i = threadIdx.x; i < MAXR * (D / 8); i += THREADS) {
         const int r = i / (D / 8), c = (i % (D / 8)) * 8;
         uint4 val = make_uint4(0, 0, 0, 0);
@@ -379,10 +427,38 @@ __device__ void attn_decode(const AttnParams params, const unsigned *__restrict_
         *reinterpret_cast<uint4 *>(sQ + r * LDT + c) = val;
     }
     const int j_begin = s * chunk, j_end = min(p.kv_len, j_begin + chunk);
-    const T *kg = k + p.k_off + g * D, *vg = v + p.v_off + g * D;
+    T *kg = k + p.k_off + g * D, *vg = v + p.v_off + g * D;
     const long long kv0 = (long long)b * p.kv_len;
-    load_kv_async<T, D, LDT>(sK, sV, kg, p.k_stride, vg, p.v_stride, kv0 + j_begin, min(BC, j_end - j_begin));
+    // The step's keys this split holds: [new_begin, j_end); its first tile is loaded once they are in the cache.
+    const int new_begin = max(start, j_begin);
+    const bool defer = fresh && new_begin < min(j_end, j_begin + BC);
+    if (!defer)
+        load_kv_async<T, D, LDT>(sK, sV, kg, p.k_stride, vg, p.v_stride, kv0 + j_begin, min(BC, j_end - j_begin));
     __syncthreads();
+    if (fresh) {
+        for (int i = threadIdx.x; i < R * half; i += THREADS) {
+            const int r = i / half, f = i % half, at = (r % p.tokens) * half + f;
+            rotate_pair(sQ[r * LDT + f], sQ[r * LDT + f + half], sCos[at], sSin[at]);
+        }
+        // Element e < half takes its pair e + half along; those from rotary_dim on pass through.
+        for (int i = threadIdx.x; i < max(0, j_end - new_begin) * D; i += THREADS) {
+            const int j = new_begin + i / D, e = i % D, t = j - start;
+            const T *src = q + ((long long)b * p.tokens + t) * p.q_stride + p.q_off + rope.k_col + g * D;
+            T *dk = kg + (kv0 + j) * p.k_stride;
+            vg[(kv0 + j) * p.v_stride + e] = src[p.kv_heads * D + e];
+            if (e < half) {
+                T xa = src[e], xb = src[e + half];
+                rotate_pair(xa, xb, sCos[t * half + e], sSin[t * half + e]);
+                dk[e] = xa;
+                dk[e + half] = xb;
+            } else if (e >= rope.rotary_dim) {
+                dk[e] = src[e];
+            }
+        }
+        __syncthreads();
+        if (defer)
+            load_kv_async<T, D, LDT>(sK, sV, kg, p.k_stride, vg, p.v_stride, kv0 + j_begin, min(BC, j_end - j_begin));
+    }
     unsigned qa[D / 16][4];
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) ldmatrix_x4(qa[kk], sQ + (lane % 16) * LDT + kk * 16 + (lane / 16) * 8);
@@ -462,11 +538,10 @@ __device__ void attn_decode(const AttnParams params, const unsigned *__restrict_
         }
         const int h = g * group + r / p.tokens, t = r % p.tokens;
         if (direct) {
-            out[((long long)b * p.tokens + t) * p.o_stride + p.o_off + h * D + c] =
-                from_float<T>(sum > 0.f ? acc / sum : 0.f);
+            out_row<T, D>(p, out, b, t, h)[c] = from_float<T>(sum > 0.f ? acc / sum : 0.f);
             continue;
         }
-        float *dst = part + ((((long long)b * p.heads + h) * p.tokens + t) * p.splits + s) * (D + 2);
+        float *dst = part_rows<D>(p, part, b, t, h) + s * (D + 2);
         dst[c] = acc;
         if (c == 0) dst[D] = mw, dst[D + 1] = sum;
     }
@@ -484,7 +559,7 @@ __device__ void attn_decode(const AttnParams params, const unsigned *__restrict_
     float *wts = sO;  // [MAXR][FUSED_SPLITS], in the K/V buffers (free since the first merge)
     for (int r = warp; r < R; r += WARPS) {
         const int h = g * group + r / p.tokens, t = r % p.tokens;
-        const float *src = part + (((long long)b * p.heads + h) * p.tokens + t) * p.splits * (D + 2);
+        const float *src = part_rows<D>(p, part, b, t, h);
         float mj[2], lj[2];
 #pragma unroll
         for (int u = 0; u < 2; ++u) {
@@ -503,11 +578,11 @@ __device__ void attn_decode(const AttnParams params, const unsigned *__restrict_
     __syncthreads();
     for (int i = threadIdx.x; i < R * D; i += THREADS) {
         const int r = i / D, c = i % D, h = g * group + r / p.tokens, t = r % p.tokens;
-        const float *src = part + (((long long)b * p.heads + h) * p.tokens + t) * p.splits * (D + 2) + c;
+        const float *src = part_rows<D>(p, part, b, t, h) + c;
         float acc = 0.f;
 #pragma unroll 8
         for (int j = 0; j < live; ++j) acc += wts[r * FUSED_SPLITS + j] * __ldcg(src + j * (D + 2));
-        out[((long long)b * p.tokens + t) * p.o_stride + p.o_off + h * D + c] = from_float<T>(acc);
+        out_row<T, D>(p, out, b, t, h)[c] = from_float<T>(acc);
     }
     if (threadIdx.x == 0) *count = 0;
 }
@@ -522,7 +597,7 @@ __device__ void attn_combine(const AttnParams params, const unsigned *__restrict
     const int chunk = decode_chunk(p), live = (p.kv_len + chunk - 1) / chunk;
     const long long row = blockIdx.x;  // (b·heads + h)·tokens + t
     const int t = row % p.tokens, h = (row / p.tokens) % p.heads, b = row / ((long long)p.tokens * p.heads);
-    const float *src = part + row * p.splits * (D + 2);
+    const float *src = part_rows<D>(p, part, b, t, h);
     const int c = threadIdx.x;
     __shared__ float warp_mx[THREADS / 32];
     float mx = -INFINITY;
@@ -542,7 +617,7 @@ __device__ void attn_combine(const AttnParams params, const unsigned *__restrict
         }
     }
     if (c < D)
-        out[((long long)b * p.tokens + t) * p.o_stride + p.o_off + h * D + c] = from_float<T>(sum > 0.f ? o / sum : 0.f);
+        out_row<T, D>(p, out, b, t, h)[c] = from_float<T>(sum > 0.f ? o / sum : 0.f);
     if (lse != nullptr && c == 0) lse[row] = sum > 0.f ? (mx + log2f(sum)) * LN2 : -INFINITY;
 }
 
@@ -754,16 +829,17 @@ extern "C" __global__ void attention_dq_copy(const AttnParams p, int head_dim, c
         dq[(i / width) * p.dq_stride + p.dq_off + i % width] = acc[i];
 }
 
-// The decode kernels do not wait_for_previous_kernel (see rope.cu): they start once the kernel before has ended.
+// The decode kernels do not wait_for_previous_kernel: in a captured decode step a programmatic edge into them made
+// int4 decode 3-8% slower (H200, benches/RESULTS.md), so they start once the kernel before has ended.
 #define ATTENTION_KERNELS(NAME, T, D)                                                                                \
     extern "C" __global__ void __launch_bounds__(THREADS, 3) attention_fwd_##NAME##_##D(                            \
         const AttnParams p, const T *q, const T *k, const T *v, const unsigned char *mask, T *out, float *lse) {     \
         attn_fwd<T, D>(p, q, k, v, mask, out, lse);                                                                  \
     }                                                                                                                \
     extern "C" __global__ void __launch_bounds__(THREADS) attention_decode_##NAME##_##D(                            \
-        const AttnParams p, const unsigned *past, const T *q, const T *k, const T *v, const unsigned char *mask,     \
-        float *part, T *out, unsigned *done) {                                                                       \
-        attn_decode<T, D>(p, past, q, k, v, mask, part, out, done);                                                  \
+        const AttnParams p, const unsigned *past, const T *q, T *k, T *v, const unsigned char *mask, float *part,    \
+        T *out, unsigned *done, const float *inv_freq, const float *long_freq, const RopeStep rope) {                \
+        attn_decode<T, D>(p, past, q, k, v, mask, part, out, done, inv_freq, long_freq, rope);                       \
     }                                                                                                                \
     extern "C" __global__ void __launch_bounds__(THREADS) attention_combine_##NAME##_##D(                           \
         const AttnParams p, const unsigned *past, const float *part, T *out, float *lse) {                          \

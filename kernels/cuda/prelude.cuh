@@ -37,6 +37,13 @@ __device__ __forceinline__ uint4 ldg_stream(const uint4 *p) {
     return v;
 }
 
+// RoPE's rotation of the pair (x, y) = (x[i], x[i + rotary_dim / 2]) by the angle whose cos and sin (times the
+// scaling) are c and s: (x·c − y·s, y·c + x·s), each an FMA on a rounded product, spelled out so that rope.cu and
+// the decode step's fold in attention.cu give the same bits.
+__device__ __forceinline__ float2 rope_rotate(float x, float y, float c, float s) {
+    return make_float2(fmaf(x, c, -__fmul_rn(y, s)), fmaf(y, c, __fmul_rn(x, s)));
+}
+
 // One register of two 16-bit values (the first in the low half) as two floats, and two floats rounded into one.
 __device__ __forceinline__ float2 unpack2(unsigned u, __nv_bfloat16) {
     return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&u));

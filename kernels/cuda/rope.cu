@@ -1,16 +1,15 @@
 // Rotary position embedding (Su et al. 2021, RoFormer) in transformers' rotate-half layout, in place on the q/k
 // heads of rows [tokens, row_stride]: with h = rotary_dim / 2 and the angle a = pos * inv_freq[i] (f32, as
 // torch), y[i] = x[i]*c - x[i+h]*s, y[i+h] = x[i+h]*c + x[i]*s, c = cos(a) * scaling, s = sin_sign * sin(a) *
-// scaling. inv_freq carries the rope type (default, linear, llama3, or LongRoPE's short or long factors) and
-// scaling is LongRoPE's attention factor (1 otherwise); sin_sign = -1 is the backward (the transpose of the
-// rotation). Token t sits at position pos_offset + t % seq (rows of `seq` tokens; pos_offset = the KV cache's
-// length, read from device memory at `past` instead when that is not null, as a decode step captured in a CUDA
-// graph needs; LongRoPE's long factors `long_freq`, when not null, then replace inv_freq once pos_offset + seq
-// passes `original`, as the host picks them otherwise). With a KV cache (k_cache not null; one sequence), the block
-// then also appends its token's rotated keys and its values: the kv_width columns of the row from k_col, and those
-// from k_col + kv_width, to row pos_offset + t of k_cache and v_cache. Dims past rotary_dim pass through. One block per token: its h cos/sin pairs are computed once
-// into shared memory (accurate sincosf), then threadIdx.x walks a head's first half V elements at a time (16-byte
-// accesses where the layout keeps them aligned) and threadIdx.y walks the heads.
+// scaling. inv_freq carries the rope type (default, linear, llama3, or LongRoPE's short or long factors, the host
+// picking) and scaling is LongRoPE's attention factor (1 otherwise); sin_sign = -1 is the backward (the transpose
+// of the rotation). Token t sits at position pos_offset + t % seq (rows of `seq` tokens; pos_offset = the KV cache's
+// length). With a KV cache (k_cache not null; one sequence), the block then also appends its token's rotated keys
+// and its values: the kv_width columns of the row from k_col, and those from k_col + kv_width, to row
+// pos_offset + t of k_cache and v_cache. (A decode step captured in a CUDA graph does this in its attention
+// kernel: attention.cu's RopeStep.) Dims past rotary_dim pass through. One block per token: its h cos/sin pairs
+// are computed once into shared memory (accurate sincosf), then threadIdx.x walks a head's first half V elements at
+// a time (16-byte accesses where the layout keeps them aligned) and threadIdx.y walks the heads.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -37,9 +36,9 @@ __device__ void rotate(T *row, const float *cs, const float *sn, int heads, int 
             Pack<T, V> b = *reinterpret_cast<const Pack<T, V> *>(head + i + half);
 #pragma unroll
             for (int k = 0; k < V; ++k) {
-                const float x = to_f32(a.v[k]), y = to_f32(b.v[k]), c = cs[i + k], s = sn[i + k];
-                a.v[k] = from_f32<T>(x * c - y * s);
-                b.v[k] = from_f32<T>(y * c + x * s);
+                const float2 r = rope_rotate(to_f32(a.v[k]), to_f32(b.v[k]), cs[i + k], sn[i + k]);
+                a.v[k] = from_f32<T>(r.x);
+                b.v[k] = from_f32<T>(r.y);
             }
             *reinterpret_cast<Pack<T, V> *>(head + i) = a;
             *reinterpret_cast<Pack<T, V> *>(head + i + half) = b;
@@ -54,15 +53,12 @@ template <typename T, int V> __device__ void copy_row(T *__restrict__ dst, const
 }
 
 template <typename T>
-__device__ void rope(T *x, const float *__restrict__ inv_freq, const float *__restrict__ long_freq, int original,
-                     int seq, int row_stride, int heads, int head_dim, int rotary_dim, int pos_offset,
-                     const unsigned *__restrict__ past, float scaling, float sin_sign, T *__restrict__ k_cache,
+__device__ void rope(T *x, const float *__restrict__ inv_freq, int seq, int row_stride, int heads, int head_dim,
+                     int rotary_dim, int pos_offset, float scaling, float sin_sign, T *__restrict__ k_cache,
                      T *__restrict__ v_cache, int k_col, int kv_width) {
     __shared__ float cs[MAX_HALF], sn[MAX_HALF];
     const int t = blockIdx.x;
     const int half = rotary_dim / 2;
-    if (past != nullptr) pos_offset = (int)*past;
-    if (long_freq != nullptr && pos_offset + seq > original) inv_freq = long_freq;
     const float pos = (float)(pos_offset + t % seq);
     const int flat = threadIdx.y * blockDim.x + threadIdx.x;
     for (int i = flat; i < half; i += blockDim.x * blockDim.y) {
@@ -89,15 +85,12 @@ __device__ void rope(T *x, const float *__restrict__ inv_freq, const float *__re
     }
 }
 
-// No wait_for_previous_kernel here nor in attention decode's kernels: in a captured decode step a programmatic edge
-// into them made int4 decode 3-8% slower (H200, benches/RESULTS.md), so they start once the kernel before has ended.
-#define ROPE_KERNEL(T, SUFFIX)                                                                                 \
-    extern "C" __global__ void rope_##SUFFIX(T *x, const float *inv_freq, const float *long_freq, int original,  \
-                                            int seq, int row_stride, int heads, int head_dim, int rotary_dim,   \
-                                            int pos_offset, const unsigned *past, float scaling, float sin_sign, \
-                                            T *k_cache, T *v_cache, int k_col, int kv_width) {                  \
-        rope<T>(x, inv_freq, long_freq, original, seq, row_stride, heads, head_dim, rotary_dim, pos_offset,    \
-                past, scaling, sin_sign, k_cache, v_cache, k_col, kv_width);                                   \
+#define ROPE_KERNEL(T, SUFFIX)                                                                                         \
+    extern "C" __global__ void rope_##SUFFIX(T *x, const float *inv_freq, int seq, int row_stride, int heads,          \
+                                            int head_dim, int rotary_dim, int pos_offset, float scaling,               \
+                                            float sin_sign, T *k_cache, T *v_cache, int k_col, int kv_width) {         \
+        rope<T>(x, inv_freq, seq, row_stride, heads, head_dim, rotary_dim, pos_offset, scaling, sin_sign, k_cache,     \
+                v_cache, k_col, kv_width);                                                                             \
     }
 
 ROPE_KERNEL(float, f32)

@@ -15,9 +15,11 @@ use std::sync::Arc;
 
 use olive_kernels::cpu::w4a16_tiles::W4Tiles;
 use olive_kernels::cpu::RopeLayout;
-use olive_kernels::cuda::attention::{self, AttentionShape, Inputs as AttnInputs, Operand, Rows};
+use olive_kernels::cuda::attention::{
+    self, AttentionShape, Inputs as AttnInputs, Operand, Rows, Step,
+};
 use olive_kernels::cuda::rmsnorm::InputNorm;
-use olive_kernels::cuda::rope::{CacheAppend, RopeFreqs, Start};
+use olive_kernels::cuda::rope::{CacheAppend, RopeFreqs};
 use olive_kernels::cuda::rows::{add_bias, gather_rows, gather_rows_on_device};
 use olive_kernels::cuda::w4a16::{w4a16, w4a16_add, w4a16_normed, w4a16_normed_swiglu, W4Weight};
 use olive_kernels::cuda::{
@@ -615,10 +617,6 @@ impl GpuTransformer {
             window: d.sliding_window,
             scale: 1.0 / (d.head_dim as f32).sqrt(),
         };
-        let from = match past {
-            None => Start::Host(start),
-            Some(p) => Start::Device(p),
-        };
         let part_len = attention::decode_part_len(gpu, &shape);
         let eps = d.rms_norm_eps;
         for (i, layer) in self.layers.iter().enumerate() {
@@ -629,37 +627,48 @@ impl GpuTransformer {
             layer
                 .qkv_proj
                 .forward_normed(gpu, hidden, norm, t, normed, qkv)?;
-            let cache = CacheAppend {
-                keys: &mut keys[i],
-                values: &mut values[i],
-                k_column: q_w,
-                width: kv_w,
-            };
-            rope::rope_append(gpu, qkv, rope_layout, &self.freqs, from, cache)?;
-            let inputs = AttnInputs {
-                q: Operand {
-                    data: qkv,
-                    rows: Rows {
-                        offset: 0,
-                        stride: qkv_w,
-                    },
-                },
-                k: Operand {
-                    data: &keys[i],
-                    rows: Rows::packed(kv_w),
-                },
-                v: Operand {
-                    data: &values[i],
-                    rows: Rows::packed(kv_w),
-                },
-                key_mask: None,
-            };
             let out = (&mut *attn, Rows::packed(q_w));
             match past {
-                None => attention::forward(gpu, &shape, &inputs, out, None)?,
+                // A captured step: the attention rotates the step's rows and appends them to the cache itself.
                 Some(p) => {
+                    let step = Step {
+                        qkv: Operand {
+                            data: qkv,
+                            rows: Rows::packed(qkv_w),
+                        },
+                        k_column: q_w,
+                        keys: &mut keys[i],
+                        values: &mut values[i],
+                        freqs: &self.freqs,
+                        rotary_dim: d.rotary_dim,
+                    };
                     let part = fit(gpu, &mut ws.attention_part, part_len)?;
-                    attention::forward_after(gpu, &shape, &inputs, out, p, part)?
+                    attention::forward_after(gpu, &shape, step, out, p, part)?
+                }
+                None => {
+                    let cache = CacheAppend {
+                        keys: &mut keys[i],
+                        values: &mut values[i],
+                        k_column: q_w,
+                        width: kv_w,
+                    };
+                    rope::rope_append(gpu, qkv, rope_layout, &self.freqs, start, cache)?;
+                    let inputs = AttnInputs {
+                        q: Operand {
+                            data: qkv,
+                            rows: Rows::packed(qkv_w),
+                        },
+                        k: Operand {
+                            data: &keys[i],
+                            rows: Rows::packed(kv_w),
+                        },
+                        v: Operand {
+                            data: &values[i],
+                            rows: Rows::packed(kv_w),
+                        },
+                        key_mask: None,
+                    };
+                    attention::forward(gpu, &shape, &inputs, out, None)?
                 }
             }
             layer.o_proj.forward(gpu, attn, t, hidden, true)?;

@@ -5,6 +5,7 @@
 //! sliding window, and (with a key mask) unmasked.
 
 use super::float::{as_i32, Half};
+use super::rope::RopeFreqs;
 use super::{CachedLen, CudaSlice, DeviceRepr, Gpu, GpuError, LaunchConfig, PushKernelArg};
 use cudarc::driver::sys::CUfunction_attribute;
 use cudarc::driver::LaunchArgs;
@@ -110,6 +111,26 @@ impl<T> Clone for Inputs<'_, T> {
 
 impl<T> Copy for Inputs<'_, T> {}
 
+/// A captured decode step's own rows for [`forward_after`], which folds [`super::rope::rope_append`]'s work into
+/// the attention (no launch of its own): `qkv`'s rows hold the step's queries, its keys from column `k_column` and
+/// its values kv_heads·head_dim after them, all unrotated; the kernel rotates the queries and keys as
+/// [`super::rope::rope`] does at the step's positions (LongRoPE's long set once kv_len passes its original context)
+/// and writes the keys and values to the cache there.
+pub struct Step<'a, T> {
+    /// The step's rows (the queries' heads from column 0).
+    pub qkv: Operand<'a, T>,
+    /// The keys' first column in a row.
+    pub k_column: usize,
+    /// The KV cache's keys: [kv_len, kv_heads·head_dim], rows past the step's positions unread.
+    pub keys: &'a mut CudaSlice<T>,
+    /// Its values: as the keys.
+    pub values: &'a mut CudaSlice<T>,
+    /// The model's rotary frequencies.
+    pub freqs: &'a RopeFreqs,
+    /// The dims of a head they rotate (the rest pass through); twice the frequencies.
+    pub rotary_dim: usize,
+}
+
 /// The gradients [`backward`] writes (f32, overwritten): dq like q, dk and dv like k and v.
 #[derive(Debug)]
 pub struct Grads<'a> {
@@ -154,6 +175,25 @@ struct Params {
 
 // SAFETY: a plain #[repr(C)] struct of 4-byte numbers, laid out as attention.cu's AttnParams.
 unsafe impl DeviceRepr for Params {}
+
+/// attention.cu's RopeStep, field for field (all zero: no rotation).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+struct RopeParams {
+    original: i32,
+    rotary_dim: i32,
+    k_col: i32,
+    scaling: f32,
+}
+
+// SAFETY: a plain #[repr(C)] struct of 4-byte numbers, laid out as attention.cu's RopeStep.
+unsafe impl DeviceRepr for RopeParams {}
+
+/// What a decode launch reads: the inputs as given, or a captured step's rows that it rotates and appends.
+enum DecodeInputs<'i, 'a, T> {
+    Given(&'i Inputs<'a, T>),
+    Step(Step<'a, T>),
+}
 
 fn shape_error(what: String) -> GpuError {
     GpuError::Shape(format!("attention: {what}"))
@@ -342,6 +382,7 @@ pub fn forward<T: Half>(
         return Ok(());
     }
     if shape.rows_per_kv_head() <= DECODE_MAX_ROWS {
+        let inputs = DecodeInputs::Given(inputs);
         return decode(gpu, shape, p, inputs, out.0, lse, None, None);
     }
     let smem = forward_smem(hd);
@@ -369,41 +410,75 @@ pub fn forward<T: Half>(
 }
 
 /// [`forward`] of a decode step after a KV cache's `past` positions, which the kernels read from device memory when
-/// they run (a decode step captured in a CUDA graph): kv_len = past + shape.tokens. `shape.kv_len` is the most it
-/// can be (past.max + tokens): k and v are checked against it and the KV length's splits sized for it, the kernels
-/// then spreading the live keys over them. One sequence, no key mask, at most 16 query rows per KV head. `part` is
-/// the splits' scratch, kept by the caller so that a captured step allocates nothing: exactly [`decode_part_len`]
+/// they run (a decode step captured in a CUDA graph): kv_len = past + shape.tokens, the step's keys and values
+/// rotated and appended to the cache by the same launch ([`Step`]). `shape.kv_len` is the most it can be
+/// (past.max + tokens): the cache is checked against it and the KV length's splits sized for it, the kernels then
+/// spreading the live keys over them. One sequence, no key mask, at most 16 query rows per KV head. `part` is the
+/// splits' scratch, kept by the caller so that a captured step allocates nothing: exactly [`decode_part_len`]
 /// floats, zero when allocated ([`Gpu::alloc`]); its last ones are counters that each call leaves zero.
 pub fn forward_after<T: Half>(
     gpu: &Gpu,
     shape: &AttentionShape,
-    inputs: &Inputs<'_, T>,
+    step: Step<'_, T>,
     out: (&mut CudaSlice<T>, Rows),
     past: CachedLen<'_>,
     part: &mut CudaSlice<f32>,
 ) -> Result<(), GpuError> {
     past.check("attention")?;
     if shape.batch != 1
-        || inputs.key_mask.is_some()
         || shape.rows_per_kv_head() > DECODE_MAX_ROWS
         || shape.kv_len != past.max + shape.tokens
     {
         return Err(shape_error(format!(
-            "a step after the cache's length on the device takes one sequence, no key mask, at most \
-             {DECODE_MAX_ROWS} query rows a KV head and kv_len = the most positions held + tokens; got batch {}, \
-             mask {}, {} rows a KV head, kv_len {} for {} + {}",
+            "a step after the cache's length on the device takes one sequence, at most {DECODE_MAX_ROWS} query \
+             rows a KV head and kv_len = the most positions held + tokens; got batch {}, {} rows a KV head, kv_len \
+             {} for {} + {}",
             shape.batch,
-            inputs.key_mask.is_some(),
             shape.rows_per_kv_head(),
             shape.kv_len,
             past.max,
             shape.tokens
         )));
     }
-    let p = forward_params(shape, inputs, &out, None)?;
+    let (hd, kv_w) = (shape.head_dim, shape.kv_heads * shape.head_dim);
+    let rotary = step.rotary_dim;
+    if rotary == 0 || !rotary.is_multiple_of(2) || rotary > hd || rotary / 2 != step.freqs.half() {
+        return Err(shape_error(format!(
+            "rotary_dim {rotary} must be even, > 0, <= head_dim {hd} and twice the {} frequencies",
+            step.freqs.half()
+        )));
+    }
+    let new_rows = Rows {
+        offset: step.qkv.rows.offset + step.k_column,
+        stride: step.qkv.rows.stride,
+    };
+    check_rows(
+        "the step's keys and values",
+        new_rows,
+        step.qkv.data.len(),
+        shape.tokens,
+        2 * kv_w,
+        false,
+    )?;
+    let p = {
+        let inputs = Inputs {
+            q: step.qkv,
+            k: Operand {
+                data: &*step.keys,
+                rows: Rows::packed(kv_w),
+            },
+            v: Operand {
+                data: &*step.values,
+                rows: Rows::packed(kv_w),
+            },
+            key_mask: None,
+        };
+        forward_params(shape, &inputs, &out, None)?
+    };
     if shape.tokens == 0 {
         return Ok(());
     }
+    let inputs = DecodeInputs::Step(step);
     decode(gpu, shape, p, inputs, out.0, None, Some(past), Some(part))
 }
 
@@ -482,7 +557,7 @@ fn decode<T: Half>(
     gpu: &Gpu,
     shape: &AttentionShape,
     mut p: Params,
-    inputs: &Inputs<'_, T>,
+    inputs: DecodeInputs<'_, '_, T>,
     out: &mut CudaSlice<T>,
     lse: Option<&mut CudaSlice<f32>>,
     past: Option<CachedLen<'_>>,
@@ -524,7 +599,30 @@ fn decode<T: Half>(
         Some(l) => launch.arg(l.len),
         None => launch.arg(&NULL),
     };
-    push_inputs(&mut launch, inputs);
+    let mut rope = RopeParams::default();
+    let mut freqs = None;
+    match inputs {
+        DecodeInputs::Given(inputs) => push_inputs(&mut launch, inputs),
+        DecodeInputs::Step(step) => {
+            // Both of LongRoPE's sets: the kernel picks by the kv_len it reads.
+            let f = step.freqs;
+            rope = RopeParams {
+                original: f
+                    .long
+                    .as_ref()
+                    .map_or(Ok(0), |(_, o)| int("original context", *o))?,
+                rotary_dim: int("rotary_dim", step.rotary_dim)?,
+                k_col: int("k_column", step.k_column)?,
+                scaling: f.attention_scaling,
+            };
+            freqs = Some((&f.short, f.long.as_ref().map(|(l, _)| l)));
+            launch
+                .arg(step.qkv.data)
+                .arg(step.keys)
+                .arg(step.values)
+                .arg(&NULL);
+        }
+    }
     let (mut rows, mut counters) = part.split_at_mut(rows_len);
     launch.arg(&mut rows);
     if fused {
@@ -532,8 +630,20 @@ fn decode<T: Half>(
     } else {
         launch.arg(&NULL).arg(&NULL);
     }
+    match freqs {
+        Some((short, long)) => {
+            launch.arg(short);
+            match long {
+                Some(l) => launch.arg(l),
+                None => launch.arg(&NULL),
+            }
+        }
+        None => launch.arg(&NULL).arg(&NULL),
+    };
+    launch.arg(&rope);
     // SAFETY: the rows of q, k, v and the mask were checked against their buffers for shape.kv_len keys, which
-    // bounds the kernel's kv_len (`past` at most past.max); part holds rows·splits·(head_dim + 2) floats, the
+    // bounds the kernel's kv_len (`past` at most past.max), and a step's own keys and values against q's buffer;
+    // inv_freq (and the long set) hold rotary_dim / 2 frequencies; part holds rows·splits·(head_dim + 2) floats, the
     // kernel's [batch, heads, tokens, splits, D + 2], then (fused) batch·kv_heads counters, zero as the kernel
     // leaves them; out's rows were checked.
     unsafe { launch.launch(cfg) }?;

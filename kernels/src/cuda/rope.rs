@@ -5,7 +5,7 @@
 //! [`crate::cpu::rope_apply`] and [`crate::cpu::rope_backward`] on those tables.
 
 use super::float::{as_i32, Float};
-use super::{CachedLen, CudaSlice, Gpu, GpuError, LaunchConfig, PushKernelArg};
+use super::{CudaSlice, Gpu, GpuError, LaunchConfig, PushKernelArg};
 use crate::cpu::RopeLayout;
 
 const SOURCE: super::KernelSource = crate::cuda_source!("rope");
@@ -18,9 +18,9 @@ const MAX_HALF: usize = 256;
 /// with the original context it takes over beyond (nn's `Rope::inv_freq` rule: picked per call from the
 /// sequence length the call reaches), and the factor on cos and sin.
 pub struct RopeFreqs {
-    short: CudaSlice<f32>,
-    long: Option<(CudaSlice<f32>, usize)>,
-    attention_scaling: f32,
+    pub(crate) short: CudaSlice<f32>,
+    pub(crate) long: Option<(CudaSlice<f32>, usize)>,
+    pub(crate) attention_scaling: f32,
 }
 
 impl RopeFreqs {
@@ -79,15 +79,7 @@ pub fn rope<T: Float>(
     freqs: &RopeFreqs,
     positions: Positions,
 ) -> Result<(), GpuError> {
-    launch(gpu, x, layout, freqs, positions, None, 1.0, None)
-}
-
-/// Where the tokens of one sequence start: after `Host(n)` positions, or after a KV cache's length that the kernel
-/// reads from device memory when it runs (a decode step captured in a CUDA graph).
-#[derive(Clone, Copy)]
-pub enum Start<'a> {
-    Host(usize),
-    Device(CachedLen<'a>),
+    launch(gpu, x, layout, freqs, positions, 1.0, None)
 }
 
 /// The KV cache [`rope_append`] writes to: keys and values [capacity, width] each, taken from the rows of x at
@@ -99,25 +91,18 @@ pub struct CacheAppend<'a, T> {
     pub width: usize,
 }
 
-/// [`rope`] on the rows x: [tokens, layout.row_stride] of one sequence from `start` on, and in the same launch the
-/// rows' rotated keys and their values written to `cache` at those positions. With [`Start::Device`], LongRoPE's
-/// set is picked on the device too: the long one once start + tokens passes the original context.
+/// [`rope`] on the rows x: [tokens, layout.row_stride] of one sequence after `offset` positions, and in the same
+/// launch the rows' rotated keys and their values written to `cache` at their positions. (A decode step captured in
+/// a CUDA graph has its attention do this: [`super::attention::forward_after`].)
 pub fn rope_append<T: Float>(
     gpu: &Gpu,
     x: &mut CudaSlice<T>,
     layout: RopeLayout,
     freqs: &RopeFreqs,
-    start: Start<'_>,
+    offset: usize,
     cache: CacheAppend<'_, T>,
 ) -> Result<(), GpuError> {
     let seq = x.len() / layout.row_stride.max(1);
-    let (offset, past) = match start {
-        Start::Host(n) => (n, None),
-        Start::Device(past) => {
-            past.check("rope")?;
-            (past.max, Some(past))
-        }
-    };
     let CacheAppend {
         k_column, width, ..
     } = cache;
@@ -136,7 +121,7 @@ pub fn rope_append<T: Float>(
         )));
     }
     let positions = Positions { seq, offset };
-    launch(gpu, x, layout, freqs, positions, past, 1.0, Some(cache))
+    launch(gpu, x, layout, freqs, positions, 1.0, Some(cache))
 }
 
 /// The gradient through [`rope`] in place: dx: [tokens, layout.row_stride] rotated back.
@@ -147,19 +132,16 @@ pub fn rope_backward<T: Float>(
     freqs: &RopeFreqs,
     positions: Positions,
 ) -> Result<(), GpuError> {
-    launch(gpu, dx, layout, freqs, positions, None, -1.0, None)
+    launch(gpu, dx, layout, freqs, positions, -1.0, None)
 }
 
-/// The kernel over `positions`; with `past`, its offset is read on the device and `positions.offset` is the most
-/// it can be; with `append` (checked by the caller), the keys and values also go to the cache.
-#[allow(clippy::too_many_arguments)]
+/// The kernel over `positions`; with `append` (checked by the caller), the keys and values also go to the cache.
 fn launch<T: Float>(
     gpu: &Gpu,
     x: &mut CudaSlice<T>,
     layout: RopeLayout,
     freqs: &RopeFreqs,
     positions: Positions,
-    past: Option<CachedLen<'_>>,
     sin_sign: f32,
     append: Option<CacheAppend<'_, T>>,
 ) -> Result<(), GpuError> {
@@ -196,11 +178,7 @@ fn launch<T: Float>(
     if tokens == 0 {
         return Ok(());
     }
-    // The host picks LongRoPE's set from the positions it knows; with `past` the kernel picks between both.
-    let (inv_freq, long, original) = match (past, &freqs.long) {
-        (Some(_), Some((long, original))) => (&freqs.short, Some(long), *original),
-        _ => (freqs.inv_freq(positions.offset + positions.seq), None, 0),
-    };
+    let inv_freq = freqs.inv_freq(positions.offset + positions.seq);
     let f = gpu.function(&SOURCE, &format!("rope_{}", T::SUFFIX))?;
     // Threads along a head's first half, each taking the kernel's pack of elements (rope.cu's choice).
     let v = 16 / std::mem::size_of::<T>();
@@ -231,22 +209,12 @@ fn launch<T: Float>(
         as_i32(rotary_dim, "rope: rotary_dim")?,
         positions.offset as i32,
     ];
-    let original = as_i32(original, "rope: original context")?;
     let null = 0u64;
     let mut builder = gpu.stream().launch_builder(&f);
     builder.arg(x).arg(inv_freq);
-    match long {
-        Some(l) => builder.arg(l),
-        None => builder.arg(&null),
-    };
-    builder.arg(&original);
     for a in &args {
         builder.arg(a);
     }
-    match past {
-        Some(p) => builder.arg(p.len),
-        None => builder.arg(&null),
-    };
     builder.arg(&freqs.attention_scaling).arg(&sin_sign);
     let (k_column, width);
     match append {
@@ -263,9 +231,9 @@ fn launch<T: Float>(
         }
     }
     builder.arg(&k_column).arg(&width);
-    // SAFETY: x holds tokens·row_stride elements of the kernel's type, every head inside its row; both frequency
-    // sets hold rotary_dim / 2 floats; `past` (when given) is one u32 of at most positions.offset; the caches
-    // (when given) hold positions.offset + tokens rows of width, which x's rows hold from k_column twice over.
+    // SAFETY: x holds tokens·row_stride elements of the kernel's type, every head inside its row; inv_freq holds
+    // rotary_dim / 2 floats; the caches (when given) hold positions.offset + tokens rows of width, which x's rows
+    // hold from k_column twice over.
     unsafe { builder.launch(cfg) }?;
     Ok(())
 }

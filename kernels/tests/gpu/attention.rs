@@ -1,15 +1,22 @@
 //! attention.cu against the f64 references `cpu::attention_ref` (forward) and `cpu::attention_backward_ref`
 //! (log-sum-exp, key mask, dq/dk/dv): prefill tiles, the split-KV decode path, GQA, a KV-cache offset, sliding
-//! windows, fused-qkv strides, odd lengths (1, 7, 130, 1000), bf16 and f16, head_dim 64/96/128.
+//! windows, fused-qkv strides, odd lengths (1, 7, 130, 1000), bf16 and f16, head_dim 64/96/128; a captured
+//! decode step's rotation and cache append against `cpu::rope_apply_ref`.
 
-use olive_kernels::cpu::{attention_backward_ref, attention_ref, AttentionBatch, AttentionDims};
+use olive_kernels::cpu::{
+    attention_backward_ref, attention_ref, rope_apply_ref, rope_tables, AttentionBatch,
+    AttentionDims, RopeLayout,
+};
 use olive_kernels::cuda::attention::{
-    backward, decode_part_len, forward, forward_after, AttentionShape, Grads, Inputs, Operand, Rows,
+    backward, decode_part_len, forward, forward_after, AttentionShape, Grads, Inputs, Operand,
+    Rows, Step,
 };
 use olive_kernels::cuda::float::Half;
+use olive_kernels::cuda::rope::RopeFreqs;
 use olive_kernels::cuda::{bf16, f16, test_gpu, CachedLen, CudaSlice, Gpu};
 
 use super::common::{random, rel_error};
+use super::rope::HostFreqs;
 
 /// bf16 operands (8-bit mantissa), probabilities rounded to bf16 before P·V, fp32 accumulation, a bf16 output:
 /// a few 2⁻⁹ relative roundings per element.
@@ -416,40 +423,66 @@ fn refuses_shapes_it_cannot_take() {
     assert!(err.to_string().contains("9 queries over 8 keys"), "{err}");
 }
 
-/// A decode step whose KV length the kernels read from device memory (`forward_after`, a captured decode step):
-/// the splits sized for a cache of `capacity` positions, the live keys spread over as many as they fill, the
-/// rest writing nothing; against `attention_ref` over the live keys, twice through the same scratch (whose
-/// counters the first call must leave zero). (tokens, keys before the step, capacity, heads, kv_heads, window).
-fn check_after<T: Dtype>(gpu: &Gpu, case: Case, head_dim: usize, seed: u64) {
+/// A captured decode step (`forward_after`): the KV length read from device memory, the splits sized for a cache
+/// of `capacity` positions, the live keys spread over as many as they fill, the rest writing nothing; the step's
+/// rows in one unrotated qkv row, rotated by the kernel (`rotary_dim` of each head; LongRoPE's sets, the long one
+/// past 64 positions, and its attention factor) and its keys and values appended to the cache. Against rope then
+/// `attention_ref` on the CPU over the live keys, and the cache's rows against the rotated ones (rows past the step
+/// untouched), twice through the same scratch (whose counters the first call must leave zero).
+/// (tokens, keys before the step, capacity, heads, kv_heads, window).
+fn check_after<T: Dtype>(gpu: &Gpu, case: Case, head_dim: usize, rotary_dim: usize, seed: u64) {
     let (tokens, past, capacity, heads, kv_heads, window) = case;
     let (qw, kvw) = (heads * head_dim, kv_heads * head_dim);
+    let width = qw + 2 * kvw;
     let kv_len = past + tokens;
     let scale = 1.0 / (head_dim as f32).sqrt();
-    let (q_h, q_f) = rounded::<T>(tokens * qw, seed);
-    // The cache: its live rows random, the rest NaN (never read).
-    let (k_live, k_f) = rounded::<T>(kv_len * kvw, seed + 1);
-    let (v_live, v_f) = rounded::<T>(kv_len * kvw, seed + 2);
+    let (qkv_h, qkv_f) = rounded::<T>(tokens * width, seed);
+    // The cache: the keys and values before the step random, the rest NaN (the step's rows are the kernel's to write).
+    let (k_live, k_f) = rounded::<T>(past * kvw, seed + 1);
+    let (v_live, v_f) = rounded::<T>(past * kvw, seed + 2);
     let cache = |live: Vec<T>| {
         let mut rows = live;
         rows.resize(capacity * kvw, T::from_f32(f32::NAN));
         gpu.upload(&rows).unwrap()
     };
-    let (q_dev, k_dev, v_dev) = (gpu.upload(&q_h).unwrap(), cache(k_live), cache(v_live));
-    let inputs = Inputs {
-        q: Operand {
-            data: &q_dev,
-            rows: Rows::packed(qw),
-        },
-        k: Operand {
-            data: &k_dev,
-            rows: Rows::packed(kvw),
-        },
-        v: Operand {
-            data: &v_dev,
-            rows: Rows::packed(kvw),
-        },
-        key_mask: None,
+    let (qkv_dev, mut k_dev, mut v_dev) =
+        (gpu.upload(&qkv_h).unwrap(), cache(k_live), cache(v_live));
+    let host = HostFreqs::new(rotary_dim, Some((seed, 64, 1.19)));
+    let freqs = RopeFreqs::new(
+        gpu,
+        &host.short,
+        host.long.as_ref().map(|(l, o)| (l.as_slice(), *o)),
+        host.scaling,
+    )
+    .unwrap();
+    // The step's rows rotated on the CPU and rounded to T, as the kernel keeps them.
+    let (mut cos, mut sin) = (Vec::new(), Vec::new());
+    rope_tables(
+        host.inv_freq(kv_len),
+        past,
+        tokens,
+        host.scaling,
+        &mut cos,
+        &mut sin,
+    );
+    let layout = RopeLayout {
+        row_stride: width,
+        heads: heads + kv_heads,
+        head_dim,
+        rotary_dim,
     };
+    let rotated: Vec<f32> = rope_apply_ref(&qkv_f, layout, &cos, &sin)
+        .into_iter()
+        .map(|x| T::from_f32(x).to_f32())
+        .collect();
+    let (new_k, new_v) = (
+        columns(&rotated, width, qw, kvw),
+        columns(&qkv_f, width, qw + kvw, kvw),
+    );
+    let (k_all, v_all) = (
+        [k_f.as_slice(), &new_k].concat(),
+        [v_f.as_slice(), &new_v].concat(),
+    );
     let shape = AttentionShape {
         batch: 1,
         tokens,
@@ -470,20 +503,53 @@ fn check_after<T: Dtype>(gpu: &Gpu, case: Case, head_dim: usize, seed: u64) {
         heads,
         kv_heads,
         head_dim,
-        q_stride: qw,
+        q_stride: width,
     };
-    let want = attention_ref(&q_f, &k_f, &v_f, dims, window, scale, tokens);
+    let want = attention_ref(&rotated, &k_all, &v_all, dims, window, scale, tokens);
+    let what = format!(
+        "{} head_dim {head_dim} rotary {rotary_dim} after {case:?}",
+        T::SUFFIX
+    );
     for call in 0..2 {
         let mut out = gpu
             .upload(&vec![T::from_f32(f32::NAN); tokens * qw])
             .unwrap();
-        let out_rows = (&mut out, Rows::packed(qw));
-        forward_after(gpu, &shape, &inputs, out_rows, past_dev, &mut part).unwrap();
+        let step = Step {
+            qkv: Operand {
+                data: &qkv_dev,
+                rows: Rows::packed(width),
+            },
+            k_column: qw,
+            keys: &mut k_dev,
+            values: &mut v_dev,
+            freqs: &freqs,
+            rotary_dim,
+        };
+        forward_after(
+            gpu,
+            &shape,
+            step,
+            (&mut out, Rows::packed(qw)),
+            past_dev,
+            &mut part,
+        )
+        .unwrap();
         let e = rel_error(&widen(gpu, &out), &want);
+        assert!(e <= T::TOL, "{what}, call {call}: relative error {e}");
+        let (keys, values) = (widen(gpu, &k_dev), widen(gpu, &v_dev));
+        let e = rel_error(&keys[past * kvw..kv_len * kvw], &new_k);
         assert!(
             e <= T::TOL,
-            "{} head_dim {head_dim} after {case:?}, call {call}: relative error {e}",
-            T::SUFFIX
+            "{what}, call {call}: the step's keys, relative error {e}"
+        );
+        assert_eq!(keys[..past * kvw], k_f, "{what}: the keys before the step");
+        assert_eq!(values[..kv_len * kvw], v_all, "{what}: the values");
+        assert!(
+            keys[kv_len * kvw..]
+                .iter()
+                .chain(&values[kv_len * kvw..])
+                .all(|x| x.is_nan()),
+            "{what}: the cache past the step written"
         );
     }
 }
@@ -507,23 +573,38 @@ fn decode_after_a_cache_length_on_the_device_matches_reference() {
     for (i, case) in cases.into_iter().enumerate() {
         for head_dim in [64, 128] {
             let seed = 1000 + i as u64 * 10 + head_dim as u64;
-            check_after::<bf16>(&gpu, case, head_dim, seed);
-            check_after::<f16>(&gpu, case, head_dim, seed);
+            // Whole heads; Phi-2's half; 40, whose halves are not whole 16-byte pieces.
+            let rotary_dim = [head_dim, head_dim / 2, 40][i % 3];
+            check_after::<bf16>(&gpu, case, head_dim, rotary_dim, seed);
+            check_after::<f16>(&gpu, case, head_dim, rotary_dim, seed);
         }
     }
-    // Refused: a mask, more than one sequence, kv_len other than the bound.
-    let q = gpu.upload(&vec![bf16::ZERO; 64 * 64]).unwrap();
+    // Refused: kv_len other than the bound, a scratch of another size, a rotary_dim the frequencies do not make.
+    let qkv = gpu.upload(&vec![bf16::ZERO; 3 * 64]).unwrap();
+    let mut keys = gpu.upload(&vec![bf16::ZERO; 64 * 64]).unwrap();
+    let mut values = keys.clone();
     let mut out = gpu.upload(&[bf16::ZERO; 64]).unwrap();
-    let op = Operand {
-        data: &q,
-        rows: Rows::packed(64),
-    };
-    let inputs = Inputs {
-        q: op,
-        k: op,
-        v: op,
-        key_mask: None,
-    };
+    let host = HostFreqs::new(64, None);
+    let freqs = RopeFreqs::new(&gpu, &host.short, None, 1.0).unwrap();
+    // A step of one 64-wide head each of q, k and v.
+    fn step<'a>(
+        qkv: &'a CudaSlice<bf16>,
+        cache: (&'a mut CudaSlice<bf16>, &'a mut CudaSlice<bf16>),
+        freqs: &'a RopeFreqs,
+        rotary_dim: usize,
+    ) -> Step<'a, bf16> {
+        Step {
+            qkv: Operand {
+                data: qkv,
+                rows: Rows::packed(3 * 64),
+            },
+            k_column: 64,
+            keys: cache.0,
+            values: cache.1,
+            freqs,
+            rotary_dim,
+        }
+    }
     let shape = AttentionShape {
         batch: 1,
         tokens: 1,
@@ -541,15 +622,20 @@ fn decode_after_a_cache_length_on_the_device_matches_reference() {
     };
     let mut part = gpu.alloc::<f32>(decode_part_len(&gpu, &shape)).unwrap();
     let out_rows = (&mut out, Rows::packed(64));
-    let err = forward_after(&gpu, &shape, &inputs, out_rows, past, &mut part).unwrap_err();
+    let s64 = step(&qkv, (&mut keys, &mut values), &freqs, 64);
+    let err = forward_after(&gpu, &shape, s64, out_rows, past, &mut part).unwrap_err();
     assert!(err.to_string().contains("kv_len 64 for 10 + 1"), "{err}");
-    // A scratch too small for the splits.
     let past = CachedLen {
         len: &len.slice(..),
         max: 63,
     };
+    let out_rows = (&mut out, Rows::packed(64));
+    let s32 = step(&qkv, (&mut keys, &mut values), &freqs, 32);
+    let err = forward_after(&gpu, &shape, s32, out_rows, past, &mut part).unwrap_err();
+    assert!(err.to_string().contains("rotary_dim 32"), "{err}");
     let mut small = gpu.alloc::<f32>(decode_part_len(&gpu, &shape) - 1).unwrap();
     let out_rows = (&mut out, Rows::packed(64));
-    let err = forward_after(&gpu, &shape, &inputs, out_rows, past, &mut small).unwrap_err();
+    let s64 = step(&qkv, (&mut keys, &mut values), &freqs, 64);
+    let err = forward_after(&gpu, &shape, s64, out_rows, past, &mut small).unwrap_err();
     assert!(err.to_string().contains("decode scratch"), "{err}");
 }

@@ -7,22 +7,22 @@
 use olive_kernels::cpu::{rope_apply_ref, rope_tables, RopeLayout};
 use olive_kernels::cuda::float::Float;
 use olive_kernels::cuda::rope::{
-    rope, rope_append, rope_backward, CacheAppend, Positions, RopeFreqs, Start,
+    rope, rope_append, rope_backward, CacheAppend, Positions, RopeFreqs,
 };
-use olive_kernels::cuda::{bf16, f16, test_gpu, CachedLen, Gpu};
+use olive_kernels::cuda::{bf16, f16, test_gpu, Gpu};
 
 use super::common::{random, rel_error};
 use super::floats::{download_f32, tol, upload_as};
 
 /// A model's frequencies on the host: inv_freq = 1 / (factor · base^(2i / rotary_dim)) as transformers.
-struct HostFreqs {
-    short: Vec<f32>,
-    long: Option<(Vec<f32>, usize)>,
-    scaling: f32,
+pub(super) struct HostFreqs {
+    pub(super) short: Vec<f32>,
+    pub(super) long: Option<(Vec<f32>, usize)>,
+    pub(super) scaling: f32,
 }
 
 impl HostFreqs {
-    fn new(rotary_dim: usize, longrope: Option<(u64, usize, f32)>) -> Self {
+    pub(super) fn new(rotary_dim: usize, longrope: Option<(u64, usize, f32)>) -> Self {
         let half = rotary_dim / 2;
         let inv = |factors: &[f32]| -> Vec<f32> {
             (0..half)
@@ -51,7 +51,7 @@ impl HostFreqs {
         }
     }
 
-    fn inv_freq(&self, seq_len: usize) -> &[f32] {
+    pub(super) fn inv_freq(&self, seq_len: usize) -> &[f32] {
         match &self.long {
             Some((long, original)) if seq_len > *original => long,
             _ => &self.short,
@@ -231,10 +231,9 @@ fn longrope_picks_its_factor_set_by_length_and_scales() {
 }
 
 /// `rope_append`: the rotation of a step of one sequence and its keys and values written to a KV cache in one
-/// launch, the start on the host or read from device memory (a captured decode step), is `rope` at that offset bit
-/// for bit, with the cache rows those of the rotated row; LongRoPE's set picked on the device too, short up to the
-/// original context (64 here) and long past it. A prefill of 5 rows (the 16-byte path) and a decode step with an
-/// odd row stride (one element at a time).
+/// launch is `rope` at that offset bit for bit, with the cache rows those of the rotated row; LongRoPE's set short
+/// up to the original context (64 here) and long past it. Prefills of 5 rows (the 16-byte path) and decode steps,
+/// some with an odd row stride (one element at a time).
 #[test]
 fn rope_append_rotates_and_fills_the_cache_as_rope_then_copies() {
     let Some(gpu) =
@@ -259,12 +258,12 @@ fn rope_append_rotates_and_fills_the_cache_as_rope_then_copies() {
     )
     .unwrap();
     let capacity = 600;
-    for (past, tokens, row_stride, on_device) in [
-        (0, 5, 48 * 96, false),
-        (58, 5, 48 * 96, true),
-        (63, 1, 48 * 96 + 1, true),
-        (64, 1, 48 * 96, true),
-        (500, 1, 48 * 96 + 1, false),
+    for (past, tokens, row_stride) in [
+        (0, 5, 48 * 96),
+        (58, 5, 48 * 96),
+        (63, 1, 48 * 96 + 1),
+        (64, 1, 48 * 96),
+        (500, 1, 48 * 96 + 1),
     ] {
         let layout = fused(row_stride);
         let x = random(tokens * row_stride, 440 + past as u64, 1.0);
@@ -284,23 +283,13 @@ fn rope_append_rotates_and_fills_the_cache_as_rope_then_copies() {
         let (mut x_dev, _) = upload_as::<bf16>(&gpu, &x);
         let (mut keys, _) = upload_as::<bf16>(&gpu, &vec![0.5; capacity * kv_w]);
         let (mut values, _) = upload_as::<bf16>(&gpu, &vec![0.5; capacity * kv_w]);
-        let len = gpu.upload(&[past as u32]).unwrap();
-        let len = len.slice(..);
-        let start = if on_device {
-            Start::Device(CachedLen {
-                len: &len,
-                max: capacity - tokens,
-            })
-        } else {
-            Start::Host(past)
-        };
         let cache = CacheAppend {
             keys: &mut keys,
             values: &mut values,
             k_column: 32 * head_dim,
             width: kv_w,
         };
-        rope_append(&gpu, &mut x_dev, layout, &freqs, start, cache).unwrap();
+        rope_append(&gpu, &mut x_dev, layout, &freqs, past, cache).unwrap();
         let what = format!("{tokens} tokens after {past}, row stride {row_stride}");
         assert_eq!(download_f32(&gpu, &x_dev), rotated, "{what}: rows");
         let mut want_k = vec![0.5; capacity * kv_w];
