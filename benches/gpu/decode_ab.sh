@@ -5,8 +5,10 @@
 # build and the new one, alternated in the same call (these machines drift by a few percent between runs):
 #   bash benches/gpu/decode_ab.sh [ROUNDS [MODELS [PROMPTS]]]
 # ROUNDS: base/new pairs a case (2); MODELS: of smol tiny phi8 smol-int4 tiny-int4 phi8-int4 ("tiny-int4 smol-int4
-# phi8-int4"); PROMPTS: prompt lengths (OLIVE_BENCH_PROMPT, "16"). Models go to $AB_MODELS (/tmp/ab-models), kept
-# for the next call while the machine stays warm. Prints one line a run, then each case's mean ratio new / base.
+# phi8-int4"); PROMPTS: prompt lengths (OLIVE_BENCH_PROMPT, "16"); AB_MAX_LENGTH, when set, the KV cache's capacity
+# (OLIVE_BENCH_MAX_LENGTH: generate's --max_length; else what the steps reach). Models go to $AB_MODELS
+# (/tmp/ab-models), kept for the next call while the machine stays warm. Prints one line a run, then each case's mean
+# ratio new / base.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 ab=$root/.gpu-ab
@@ -36,7 +38,8 @@ done
 run() {  # run BUILD MODEL PROMPT
     local folder=$dir/$2
     [ -d "$folder/model" ] && folder=$folder/model
-    OLIVE_BENCH_PROMPT=$3 OLIVE_BENCH_MODEL=$folder "$ab/$1/bench" --bench --warm-up-time 1 --measurement-time 3 \
+    env ${AB_MAX_LENGTH:+OLIVE_BENCH_MAX_LENGTH=$AB_MAX_LENGTH} OLIVE_BENCH_PROMPT=$3 OLIVE_BENCH_MODEL=$folder \
+        "$ab/$1/bench" --bench --warm-up-time 1 --measurement-time 3 \
         --noplot graph/ 2>&1 | python3 -c 'import re, sys
 text = sys.stdin.read()
 m = re.search(r"thrpt:\s+\[\s*[\d.]+\s+\S+\s+([\d.]+)\s+(\S+)", text)

@@ -5,7 +5,8 @@
 //! `graph_in_order` the same graph with each kernel after the previous one's end, `launches` queues
 //! its kernels one launch at a time (the baselines, same process). Skipped, saying why, without the
 //! variable or a CUDA device. OLIVE_BENCH_PROMPT sets the prompt's length (16 by default; a long one
-//! times decode over a long KV cache).
+//! times decode over a long KV cache), OLIVE_BENCH_MAX_LENGTH the cache's capacity (generate's
+//! --max_length; by default just what the timed steps reach).
 //!
 //! Run: `OLIVE_BENCH_MODEL=<model folder> cargo bench -p olive-nn --bench gpu_decode`
 
@@ -32,6 +33,14 @@ fn gpu_decode(c: &mut Criterion) {
         },
         Err(_) => PROMPT_LEN,
     };
+    let capacity = prompt_len + STEPS + 1;
+    let capacity = match std::env::var("OLIVE_BENCH_MAX_LENGTH") {
+        Ok(v) => match v.parse::<usize>() {
+            Ok(n) if n >= capacity => n,
+            _ => panic!("OLIVE_BENCH_MAX_LENGTH={v}: expected a number of positions >= {capacity}"),
+        },
+        Err(_) => capacity,
+    };
     let gpu = match Gpu::get(0) {
         Ok(gpu) => gpu,
         Err(e) => {
@@ -56,7 +65,7 @@ fn gpu_decode(c: &mut Criterion) {
         ("launches", None),
     ];
     for (mode, graphs) in modes {
-        let mut cache = match model.new_cache(prompt_len + STEPS + 1) {
+        let mut cache = match model.new_cache(capacity) {
             Ok(cache) => cache,
             Err(e) => panic!("KV cache: {e}"),
         };
