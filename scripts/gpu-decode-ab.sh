@@ -17,11 +17,7 @@ mkdir -p "$out.tmp/base" "$out.tmp/new"
 # trees can hand one tree's build to the other.
 bench_of() {
     (cd "$1" && CARGO_TARGET_DIR=$2 cargo bench -p olive-nn --bench gpu_decode --no-run \
-        --message-format=json-render-diagnostics) | python3 -c 'import json, sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "gpu_decode":
-        print(m["executable"])'
+        --message-format=json-render-diagnostics) | python3 "$root/scripts/cargo-executable.py" gpu_decode
 }
 tree=$(mktemp -d)
 trap 'git worktree remove --force "$tree" 2>/dev/null || true; rm -rf "$tree"' EXIT

@@ -22,11 +22,7 @@ for spec in "olive-kernels gpu gpu-tests" "olive-nn gpu nn-gpu-tests" "olive-nn 
         echo "the GPU tests of $package did not build (the errors are above)" >&2
         exit 1
     fi
-    built=$(python3 -c 'import json,sys
-for line in open(sys.argv[1]):
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == sys.argv[2]:
-        print(m["executable"])' "$log" "$target")
+    built=$(python3 scripts/cargo-executable.py "$target" <"$log")
     cp "$built" ".gpu/$name" && strip --strip-debug ".gpu/$name"
 done
 if cargo metadata --no-deps --format-version 1 | grep -q '"name":"gpu-bench"'; then
@@ -34,11 +30,7 @@ if cargo metadata --no-deps --format-version 1 | grep -q '"name":"gpu-bench"'; t
     cp target/release/gpu-bench .gpu/gpu-bench && strip --strip-debug .gpu/gpu-bench
 fi
 bench=$(cargo bench -p olive-quant --bench gpu_calibration --no-run --message-format=json-render-diagnostics |
-    python3 -c 'import json,sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "gpu_calibration":
-        print(m["executable"])')
+    python3 scripts/cargo-executable.py gpu_calibration)
 cp "$bench" .gpu/gpu-calibration-bench && strip --strip-debug .gpu/gpu-calibration-bench
 cargo build --release -p olive-host -p olive-lora -p olive-quant-awq -p olive-quant-gptq
 cp target/release/olive-host .gpu/olive-host && strip --strip-all .gpu/olive-host
