@@ -6,6 +6,7 @@ mod gpu {
     pub mod floats;
 
     mod adamw;
+    mod argmax;
     mod attention;
     mod attention_windows;
     mod convert;

@@ -1,6 +1,6 @@
 //! Criterion bench of GPU decode speed: tokens/s of greedy single-token steps with the KV cache
-//! (`GpuTransformer::forward_last`, the loop of `generate --device gpu`: bf16, logits back to the host
-//! each step), on the Hugging Face folder named by OLIVE_BENCH_MODEL, on GPU 0: `graph` replays the
+//! (`GpuTransformer::next_token`, the loop of `generate --device gpu`: bf16, the chosen token back to
+//! the host each step), on the Hugging Face folder named by OLIVE_BENCH_MODEL, on GPU 0: `graph` replays the
 //! step captured as a CUDA graph whose kernels overlap their neighbours (the default),
 //! `graph_in_order` the same graph with each kernel after the previous one's end, `launches` queues
 //! its kernels one launch at a time (the baselines, same process). Skipped, saying why, without the
@@ -14,7 +14,7 @@ use std::path::PathBuf;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use olive_kernels::cuda::{Edges, Gpu};
-use olive_nn::{argmax, GpuTransformer};
+use olive_nn::GpuTransformer;
 
 /// Prompt tokens before the timed decode steps, unless OLIVE_BENCH_PROMPT says otherwise.
 const PROMPT_LEN: usize = 16;
@@ -70,8 +70,8 @@ fn gpu_decode(c: &mut Criterion) {
             Err(e) => panic!("KV cache: {e}"),
         };
         cache.set_graphs(graphs);
-        let first = match model.forward_last(&prompt, &mut cache) {
-            Ok(logits) => argmax(&logits),
+        let first = match model.next_token(&prompt, &mut cache) {
+            Ok(token) => token,
             Err(e) => panic!("prefill failed: {e}"),
         };
         let name = format!("{mode}/{STEPS}_tokens_after_{prompt_len}");
@@ -80,8 +80,8 @@ fn gpu_decode(c: &mut Criterion) {
                 cache.truncate(prompt_len);
                 let mut token = first;
                 for _ in 0..STEPS {
-                    match model.forward_last(&[token], &mut cache) {
-                        Ok(logits) => token = argmax(&logits),
+                    match model.next_token(&[token], &mut cache) {
+                        Ok(next) => token = next,
                         Err(e) => panic!("decode step failed: {e}"),
                     }
                 }

@@ -29,7 +29,7 @@ impl Transformer {
 }
 
 impl GpuTransformer {
-    /// [`Transformer::generate`] on the GPU.
+    /// [`Transformer::generate`] on the GPU, each token chosen on the device ([`GpuTransformer::next_token`]).
     pub fn generate(
         &self,
         prompt: &[u32],
@@ -39,7 +39,7 @@ impl GpuTransformer {
     ) -> Result<Vec<u32>> {
         let mut cache = self.new_cache(max_length)?;
         greedy(prompt, max_length, eos, on_token, |tokens| {
-            Ok(argmax(&self.forward_last(tokens, &mut cache)?))
+            self.next_token(tokens, &mut cache)
         })
     }
 }

@@ -23,8 +23,8 @@ use olive_kernels::cuda::rope::{CacheAppend, RopeFreqs};
 use olive_kernels::cuda::rows::{add_bias, gather_rows, gather_rows_on_device};
 use olive_kernels::cuda::w4a16::{w4a16, w4a16_add, w4a16_normed, w4a16_normed_swiglu, W4Weight};
 use olive_kernels::cuda::{
-    bf16, gemm, rmsnorm, rope, silu_mul, CachedLen, CudaSlice, DeviceRepr, Edges, Gpu, Graph,
-    ValidAsZeroBits,
+    argmax, bf16, gemm, rmsnorm, rope, silu_mul, CachedLen, CudaSlice, DeviceRepr, Edges, Gpu,
+    Graph, ValidAsZeroBits,
 };
 use olive_model::{Checkpoint, ModelConfig};
 use tracing::{debug, info, warn};
@@ -268,6 +268,23 @@ struct DecodeGraph {
     /// The captured step and the model ([`GpuTransformer`]'s `id`) whose weights it reads; None until a step has
     /// run once one launch at a time (which compiles and loads its kernels: no module loads while capturing).
     graph: Option<(Graph, u64)>,
+    /// Whether the captured step ends in the greedy choice (`token`) or at the logits.
+    greedy: bool,
+}
+
+/// What a forward brings back: every row's logits, the last row's, or the greedy choice from the last row's.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fetch {
+    AllLogits,
+    LastLogits,
+    NextToken,
+}
+
+/// The logits a forward left in `ws`.
+fn logits_of(ws: &Workspace) -> &CudaSlice<f32> {
+    ws.logits
+        .as_ref()
+        .expect("a forward of at least one token has fitted the logits")
 }
 
 /// Where a forward's tokens and positions come from: the host (any number of tokens), or device memory (one token,
@@ -303,6 +320,8 @@ struct Workspace {
     act: Option<CudaSlice<Act>>,
     /// [rows, vocab] f32
     logits: Option<CudaSlice<f32>>,
+    /// [1]: the greedy choice from the last row's logits ([`GpuTransformer::next_token`]).
+    token: Option<CudaSlice<u32>>,
     /// A captured step's attention scratch (`attention::decode_part_len`).
     attention_part: Option<CudaSlice<f32>>,
 }
@@ -448,19 +467,45 @@ impl GpuTransformer {
 
     /// Logits: [tokens.len(), vocab] (f32) for `tokens` at positions `cache.len() ..`, appended to the cache.
     pub fn forward(&self, tokens: &[u32], cache: &mut GpuKvCache) -> Result<Vec<f32>> {
-        self.run(tokens, cache, false)
+        if tokens.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ws = self.run(tokens, cache, Fetch::AllLogits)?;
+        Ok(self.gpu.download(logits_of(ws))?)
     }
 
     /// Logits of the last token only: [vocab].
     pub fn forward_last(&self, tokens: &[u32], cache: &mut GpuKvCache) -> Result<Vec<f32>> {
-        self.run(tokens, cache, true)
-    }
-
-    fn run(&self, tokens: &[u32], cache: &mut GpuKvCache, last_only: bool) -> Result<Vec<f32>> {
-        let (t, vocab) = (tokens.len(), self.config.vocab_size);
-        if t == 0 {
+        if tokens.is_empty() {
             return Ok(Vec::new());
         }
+        let ws = self.run(tokens, cache, Fetch::LastLogits)?;
+        Ok(self.gpu.download(logits_of(ws))?)
+    }
+
+    /// The greedy next token after `tokens` ([`crate::argmax`] of [`Self::forward_last`]'s logits), chosen on the
+    /// device: a decode step brings one index back to the host, not its logits.
+    pub fn next_token(&self, tokens: &[u32], cache: &mut GpuKvCache) -> Result<u32> {
+        if tokens.is_empty() {
+            return Err(NnError::EmptyPrompt);
+        }
+        let ws = self.run(tokens, cache, Fetch::NextToken)?;
+        let token = ws
+            .token
+            .as_ref()
+            .expect("a forward fetching the next token has fitted it");
+        Ok(self.gpu.download(token)?[0])
+    }
+
+    /// Queues `tokens` (at least one) at the cache's next positions and what `fetch` asks for from them, then
+    /// returns the workspace that holds it.
+    fn run<'c>(
+        &self,
+        tokens: &[u32],
+        cache: &'c mut GpuKvCache,
+        fetch: Fetch,
+    ) -> Result<&'c Workspace> {
+        let (t, vocab) = (tokens.len(), self.config.vocab_size);
         if let Some(&token) = tokens.iter().find(|&&id| id as usize >= vocab) {
             return Err(NnError::TokenOutOfRange {
                 token,
@@ -482,27 +527,58 @@ impl GpuTransformer {
                 needed: cache.len + t,
             });
         }
+        // A capture that failed turned graphs off: its step's buffers go once the step has been read.
+        if cache.graphs.is_none() {
+            cache.decode = None;
+        }
         let start = cache.len;
+        let greedy = fetch == Fetch::NextToken;
         // A step's position is a u32 on the device (the kernels take positions as i32).
-        let logits = match cache.graphs {
+        let stepped = match cache.graphs {
             Some(edges) if t == 1 && i32::try_from(cache.capacity).is_ok() => {
-                self.decode_step(tokens[0], edges, cache)?
+                self.decode_step(tokens[0], edges, greedy, cache)?;
+                true
             }
             _ => {
                 let inputs = Inputs::Host { tokens, start };
                 let ws = &mut cache.workspace;
-                let logits =
-                    self.queue(inputs, ws, &mut cache.keys, &mut cache.values, last_only)?;
-                self.gpu.download(logits)?
+                let last_only = fetch != Fetch::AllLogits;
+                self.queue(inputs, ws, &mut cache.keys, &mut cache.values, last_only)?;
+                if greedy {
+                    self.queue_argmax(ws)?;
+                }
+                false
             }
         };
         cache.len = start + t;
-        Ok(logits)
+        Ok(match &cache.decode {
+            Some(state) if stepped => &state.workspace,
+            _ => &cache.workspace,
+        })
+    }
+
+    /// Queues the greedy choice from `ws`'s last logits row into `ws.token`.
+    fn queue_argmax(&self, ws: &mut Workspace) -> Result<()> {
+        let vocab = self.config.vocab_size;
+        let logits = ws
+            .logits
+            .as_ref()
+            .expect("the forward queued before has fitted the logits");
+        let last = logits.slice(logits.len() - vocab..);
+        let token = fit(&self.gpu, &mut ws.token, 1)?;
+        argmax::argmax_rows(&self.gpu, &last, vocab, token)?;
+        Ok(())
     }
 
     /// One token's logits through the cache's captured step: the step's inputs written to the device, the graph
     /// replayed (captured first, after one step queued launch by launch, its kernels linked as `edges` says).
-    fn decode_step(&self, token: u32, edges: Edges, cache: &mut GpuKvCache) -> Result<Vec<f32>> {
+    fn decode_step(
+        &self,
+        token: u32,
+        edges: Edges,
+        greedy: bool,
+        cache: &mut GpuKvCache,
+    ) -> Result<()> {
         let gpu = &*self.gpu;
         let past = cache.len as u32; // < capacity ≤ i32::MAX (run checks)
         let state = match &mut cache.decode {
@@ -511,6 +587,7 @@ impl GpuTransformer {
                 step: gpu.alloc::<u32>(2)?,
                 workspace: Workspace::default(),
                 graph: None,
+                greedy,
             }),
         };
         gpu.write(&[token, past], &mut state.step)?;
@@ -518,19 +595,27 @@ impl GpuTransformer {
             step,
             workspace,
             graph,
+            greedy: captured_greedy,
         } = state;
         let inputs = Inputs::Device {
             step,
             max: cache.capacity - 1,
         };
+        let queue = |workspace: &mut Workspace, keys: &mut [_], values: &mut [_]| -> Result<()> {
+            self.queue(inputs, workspace, keys, values, true)?;
+            if greedy {
+                self.queue_argmax(workspace)?;
+            }
+            Ok(())
+        };
         match graph {
-            Some((g, model)) if *model == self.id => gpu.replay(g)?,
+            Some((g, model)) if *model == self.id && *captured_greedy == greedy => gpu.replay(g)?,
             _ => {
                 *graph = None;
-                self.queue(inputs, workspace, &mut cache.keys, &mut cache.values, true)?;
+                *captured_greedy = greedy;
+                queue(workspace, &mut cache.keys, &mut cache.values)?;
                 let captured = gpu.capture(edges, || {
-                    self.queue(inputs, workspace, &mut cache.keys, &mut cache.values, true)
-                        .map(|_| ())
+                    queue(workspace, &mut cache.keys, &mut cache.values)
                 });
                 match captured {
                     Ok(g) => *graph = Some((g, self.id)),
@@ -541,15 +626,7 @@ impl GpuTransformer {
                 }
             }
         }
-        let logits = workspace
-            .logits
-            .as_ref()
-            .expect("a queued or captured step has fitted the logits");
-        let logits = gpu.download(logits)?;
-        if cache.graphs.is_none() {
-            cache.decode = None;
-        }
-        Ok(logits)
+        Ok(())
     }
 
     /// Queues the forward of `inputs` on the stream: embeddings, the decoder layers (their keys and values written

@@ -182,6 +182,46 @@ fn captured_decode_steps_match_steps_launched_one_by_one() {
     }
 }
 
+/// `next_token` (the argmax on the device, in the captured step too) is the argmax of `forward_last`'s logits for
+/// the same steps, launched one by one and replayed, switching between the two on one cache (which recaptures).
+#[test]
+fn next_token_is_the_argmax_of_the_last_logits() {
+    let Some(gpu) = test_gpu("gpu::next_token_is_the_argmax_of_the_last_logits") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    write_model(dir.path(), &arch("llama"), Weights::F32);
+    let model = GpuTransformer::load(dir.path(), gpu).unwrap();
+    let prompt: Vec<u32> = (0..9).map(|i| (i * 29 + 3) % VOCAB as u32).collect();
+    for graphs in [None, Some(Edges::Overlapped)] {
+        let (mut by_logits, mut on_device) =
+            (model.new_cache(32).unwrap(), model.new_cache(32).unwrap());
+        by_logits.set_graphs(graphs);
+        on_device.set_graphs(graphs);
+        let mut token = olive_nn::argmax(&model.forward_last(&prompt, &mut by_logits).unwrap());
+        assert_eq!(
+            model.next_token(&prompt, &mut on_device).unwrap(),
+            token,
+            "{graphs:?} prefill"
+        );
+        for step in 0..12 {
+            let want = olive_nn::argmax(&model.forward_last(&[token], &mut by_logits).unwrap());
+            let got = if step % 4 == 3 {
+                olive_nn::argmax(&model.forward_last(&[token], &mut on_device).unwrap())
+            } else {
+                model.next_token(&[token], &mut on_device).unwrap()
+            };
+            assert_eq!(got, want, "{graphs:?} step {step}");
+            token = want;
+        }
+    }
+    let mut cache = model.new_cache(4).unwrap();
+    assert!(matches!(
+        model.next_token(&[], &mut cache),
+        Err(NnError::EmptyPrompt)
+    ));
+}
+
 #[test]
 fn bad_tokens_a_full_cache_and_another_models_cache_are_errors() {
     let Some(gpu) = test_gpu("gpu::bad_tokens_a_full_cache_and_another_models_cache_are_errors")

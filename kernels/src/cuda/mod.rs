@@ -3,6 +3,7 @@
 //! a device gets a [`GpuError`] naming what is missing, never a panic.
 
 pub mod adamw;
+pub mod argmax;
 pub mod attention;
 pub mod attention_windows;
 pub mod awq_search;
