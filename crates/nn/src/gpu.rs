@@ -570,8 +570,9 @@ impl GpuTransformer {
         Ok(())
     }
 
-    /// One token's logits through the cache's captured step: the step's inputs written to the device, the graph
-    /// replayed (captured first, after one step queued launch by launch, its kernels linked as `edges` says).
+    /// One token through the cache's captured step, into its workspace's logits (and with `greedy` its token): the
+    /// step's inputs written to the device, the graph replayed (captured first, after one step queued launch by
+    /// launch, its kernels linked as `edges` says; again when `greedy` differs from the captured step's).
     fn decode_step(
         &self,
         token: u32,
