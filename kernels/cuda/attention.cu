@@ -410,10 +410,7 @@ __device__ void attn_decode(const AttnParams params, const unsigned *__restrict_
     if (fresh) {
         const float *freq = long_freq != nullptr && p.kv_len > rope.original ? long_freq : inv_freq;
         for (int i = threadIdx.x; i < p.tokens * half; i += THREADS) {
-            float sn, cs;
-            sincosf((float)(start + i / half) * freq[i % half], &sn, &cs);
-            sCos[i] = cs * rope.scaling;
-            sSin[i] = sn * rope.scaling;
+            rope_cos_sin((float)(start + i / half), freq[i % half], rope.scaling, sCos[i], sSin[i]);
         }
     }
     for (int i = threadIdx.x; i < MAXR * (D / 8); i += THREADS) {

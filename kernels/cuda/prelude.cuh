@@ -37,6 +37,14 @@ __device__ __forceinline__ uint4 ldg_stream(const uint4 *p) {
     return v;
 }
 
+// RoPE's cos and sin of the angle pos · inv_freq (f32, as torch), times LongRoPE's scaling: one function for rope.cu
+// and the decode step's fold in attention.cu, as rope_rotate below.
+__device__ __forceinline__ void rope_cos_sin(float pos, float inv_freq, float scaling, float &c, float &s) {
+    sincosf(pos * inv_freq, &s, &c);
+    c *= scaling;
+    s *= scaling;
+}
+
 // RoPE's rotation of the pair (x, y) = (x[i], x[i + rotary_dim / 2]) by the angle whose cos and sin (times the
 // scaling) are c and s: (x·c − y·s, y·c + x·s), each an FMA on a rounded product, spelled out so that rope.cu and
 // the decode step's fold in attention.cu give the same bits.

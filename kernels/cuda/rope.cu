@@ -62,10 +62,10 @@ __device__ void rope(T *x, const float *__restrict__ inv_freq, int seq, int row_
     const float pos = (float)(pos_offset + t % seq);
     const int flat = threadIdx.y * blockDim.x + threadIdx.x;
     for (int i = flat; i < half; i += blockDim.x * blockDim.y) {
-        float s, c;
-        sincosf(pos * inv_freq[i], &s, &c);
-        cs[i] = c * scaling;
-        sn[i] = sin_sign * (s * scaling);
+        float c, s;
+        rope_cos_sin(pos, inv_freq[i], scaling, c, s);
+        cs[i] = c;
+        sn[i] = sin_sign * s;
     }
     __syncthreads();
     T *row = x + (long long)t * row_stride;

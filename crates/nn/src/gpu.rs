@@ -280,13 +280,6 @@ enum Fetch {
     NextToken,
 }
 
-/// The logits a forward left in `ws`.
-fn logits_of(ws: &Workspace) -> &CudaSlice<f32> {
-    ws.logits
-        .as_ref()
-        .expect("a forward of at least one token has fitted the logits")
-}
-
 /// Where a forward's tokens and positions come from: the host (any number of tokens), or device memory (one token,
 /// a captured decode step: [token, positions before it] in `step`, at most `max` positions before it).
 #[derive(Clone, Copy)]
@@ -467,20 +460,25 @@ impl GpuTransformer {
 
     /// Logits: [tokens.len(), vocab] (f32) for `tokens` at positions `cache.len() ..`, appended to the cache.
     pub fn forward(&self, tokens: &[u32], cache: &mut GpuKvCache) -> Result<Vec<f32>> {
-        if tokens.is_empty() {
-            return Ok(Vec::new());
-        }
-        let ws = self.run(tokens, cache, Fetch::AllLogits)?;
-        Ok(self.gpu.download(logits_of(ws))?)
+        self.logits(tokens, cache, Fetch::AllLogits)
     }
 
     /// Logits of the last token only: [vocab].
     pub fn forward_last(&self, tokens: &[u32], cache: &mut GpuKvCache) -> Result<Vec<f32>> {
+        self.logits(tokens, cache, Fetch::LastLogits)
+    }
+
+    /// The logits `fetch` asks for, on the host (none for no tokens).
+    fn logits(&self, tokens: &[u32], cache: &mut GpuKvCache, fetch: Fetch) -> Result<Vec<f32>> {
         if tokens.is_empty() {
             return Ok(Vec::new());
         }
-        let ws = self.run(tokens, cache, Fetch::LastLogits)?;
-        Ok(self.gpu.download(logits_of(ws))?)
+        let ws = self.run(tokens, cache, fetch)?;
+        let logits = ws
+            .logits
+            .as_ref()
+            .expect("a forward of at least one token has fitted the logits");
+        Ok(self.gpu.download(logits)?)
     }
 
     /// The greedy next token after `tokens` ([`crate::argmax`] of [`Self::forward_last`]'s logits), chosen on the

@@ -442,7 +442,7 @@ pub fn forward_after<T: Half>(
     }
     let (hd, kv_w) = (shape.head_dim, shape.kv_heads * shape.head_dim);
     let rotary = step.rotary_dim;
-    if rotary == 0 || !rotary.is_multiple_of(2) || rotary > hd || rotary / 2 != step.freqs.half() {
+    if !step.freqs.rotate(rotary, hd) {
         return Err(shape_error(format!(
             "rotary_dim {rotary} must be even, > 0, <= head_dim {hd} and twice the {} frequencies",
             step.freqs.half()

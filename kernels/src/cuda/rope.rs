@@ -59,6 +59,15 @@ impl RopeFreqs {
     pub fn half(&self) -> usize {
         self.short.len()
     }
+
+    /// Whether these frequencies rotate `rotary_dim` dims of heads of `head_dim`: rotary_dim even, above 0, at most
+    /// head_dim and twice the frequencies.
+    pub(crate) fn rotate(&self, rotary_dim: usize, head_dim: usize) -> bool {
+        rotary_dim > 0
+            && rotary_dim.is_multiple_of(2)
+            && rotary_dim <= head_dim
+            && rotary_dim / 2 == self.half()
+    }
 }
 
 /// Where the tokens of a call sit: rows of `seq` tokens, token t of a row at position `offset + t` (offset = the
@@ -153,12 +162,7 @@ fn launch<T: Float>(
     } = layout;
     let half = rotary_dim / 2;
     let bad = |why: String| Err(GpuError::Shape(format!("rope: {why}")));
-    if half == 0
-        || rotary_dim % 2 != 0
-        || rotary_dim > head_dim
-        || half != freqs.half()
-        || half > MAX_HALF
-    {
+    if !freqs.rotate(rotary_dim, head_dim) || half > MAX_HALF {
         return bad(format!(
             "rotary_dim {rotary_dim} must be even, > 0, ≤ head_dim {head_dim}, ≤ {} and twice the {} frequencies",
             2 * MAX_HALF,

@@ -448,13 +448,7 @@ fn check_after<T: Dtype>(gpu: &Gpu, case: Case, head_dim: usize, rotary_dim: usi
     let (qkv_dev, mut k_dev, mut v_dev) =
         (gpu.upload(&qkv_h).unwrap(), cache(k_live), cache(v_live));
     let host = HostFreqs::new(rotary_dim, Some((seed, 64, 1.19)));
-    let freqs = RopeFreqs::new(
-        gpu,
-        &host.short,
-        host.long.as_ref().map(|(l, o)| (l.as_slice(), *o)),
-        host.scaling,
-    )
-    .unwrap();
+    let freqs = host.upload(gpu);
     // The step's rows rotated on the CPU and rounded to T, as the kernel keeps them.
     let (mut cos, mut sin) = (Vec::new(), Vec::new());
     rope_tables(
@@ -584,8 +578,7 @@ fn decode_after_a_cache_length_on_the_device_matches_reference() {
     let mut keys = gpu.upload(&vec![bf16::ZERO; 64 * 64]).unwrap();
     let mut values = keys.clone();
     let mut out = gpu.upload(&[bf16::ZERO; 64]).unwrap();
-    let host = HostFreqs::new(64, None);
-    let freqs = RopeFreqs::new(&gpu, &host.short, None, 1.0).unwrap();
+    let freqs = HostFreqs::new(64, None).upload(&gpu);
     // A step of one 64-wide head each of q, k and v.
     fn step<'a>(
         qkv: &'a CudaSlice<bf16>,

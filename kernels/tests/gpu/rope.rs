@@ -51,6 +51,12 @@ impl HostFreqs {
         }
     }
 
+    /// The same sets on the device.
+    pub(super) fn upload(&self, gpu: &Gpu) -> RopeFreqs {
+        let long = self.long.as_ref().map(|(l, o)| (l.as_slice(), *o));
+        RopeFreqs::new(gpu, &self.short, long, self.scaling).unwrap()
+    }
+
     pub(super) fn inv_freq(&self, seq_len: usize) -> &[f32] {
         match &self.long {
             Some((long, original)) if seq_len > *original => long,
@@ -91,13 +97,7 @@ fn check<T: Float>(
     rows: usize,
     seed: u64,
 ) {
-    let dev_freqs = RopeFreqs::new(
-        gpu,
-        &freqs.short,
-        freqs.long.as_ref().map(|(l, o)| (l.as_slice(), *o)),
-        freqs.scaling,
-    )
-    .unwrap();
+    let dev_freqs = freqs.upload(gpu);
     let n = rows * pos.seq * layout.row_stride;
     let (mut x, xh) = upload_as::<T>(gpu, &random(n, seed, 1.0));
     rope(gpu, &mut x, layout, &dev_freqs, pos).unwrap();
@@ -250,13 +250,7 @@ fn rope_append_rotates_and_fills_the_cache_as_rope_then_copies() {
         rotary_dim: head_dim,
     };
     let host = HostFreqs::new(head_dim, Some((400, 64, 1.19)));
-    let freqs = RopeFreqs::new(
-        &gpu,
-        &host.short,
-        host.long.as_ref().map(|(l, o)| (l.as_slice(), *o)),
-        host.scaling,
-    )
-    .unwrap();
+    let freqs = host.upload(&gpu);
     let capacity = 600;
     for (past, tokens, row_stride) in [
         (0, 5, 48 * 96),
