@@ -5,7 +5,9 @@
 //! device and run through the W4A16 kernels. The model is loaded one decoder layer at a time, so the host holds
 //! one layer's weights, not the model's. A one-token step (decode) is captured as a CUDA graph on its cache's first
 //! such step and replayed after: the step's token and position are read from device memory, so one graph serves
-//! every step, and the host queues one graph instead of a dozen launches a layer.
+//! every step while the cache stays under the graph's bound, and the host queues one graph instead of a dozen
+//! launches a layer. The bounds double ([`graph_bound`]): a graph's attention is sized for the positions its steps
+//! can reach, not for the cache's capacity, at the cost of one capture each time the cache outgrows a bound.
 
 pub mod train;
 
@@ -224,8 +226,8 @@ pub struct GpuKvCache {
     workspace: Workspace,
     /// Whether one-token steps replay a captured CUDA graph, and how its kernels are linked.
     graphs: Option<Edges>,
-    /// The captured one-token step, from the first such step on.
-    decode: Option<DecodeGraph>,
+    /// The captured one-token steps, one a bound ([`graph_bound`]), from the first such step on.
+    decode: Vec<DecodeGraph>,
 }
 
 impl GpuKvCache {
@@ -253,15 +255,18 @@ impl GpuKvCache {
     /// [`Edges::Overlapped`]), or queue their kernels one launch at a time (`None`).
     pub fn set_graphs(&mut self, graphs: Option<Edges>) {
         if graphs != self.graphs {
-            self.decode = None;
+            self.decode.clear();
         }
         self.graphs = graphs;
     }
 }
 
-/// One token's forward captured as a CUDA graph: its own one-row buffers (a prefill refitting the cache's workspace
-/// leaves them be) and the step's inputs, which every replay reads from device memory.
+/// One token's forward captured as a CUDA graph for the steps after at most `max` positions: its own one-row
+/// buffers (a prefill refitting the cache's workspace leaves them be) and the step's inputs, which every replay reads
+/// from device memory.
 struct DecodeGraph {
+    /// The most positions before a step it runs (its attention's KV splits are sized for `max + 1` keys).
+    max: usize,
     /// [token, positions the cache held before it], rewritten before each step.
     step: CudaSlice<u32>,
     workspace: Workspace,
@@ -270,6 +275,18 @@ struct DecodeGraph {
     graph: Option<(Graph, u64)>,
     /// Whether the captured step ends in the greedy choice (`token`) or at the logits.
     greedy: bool,
+}
+
+/// The most positions before a step that the captured graph for a step after `past` positions serves (`past` <
+/// `capacity`): one less than the next power of two over `past`, at least one decode split's keys
+/// ([`attention::DECODE_KEYS`]), at most the cache's capacity. A graph sized for the capacity would split a long cache's attention into chunks too long for a short
+/// one to fill the GPU, and merge more (empty) splits than a short one has.
+fn graph_bound(past: usize, capacity: usize) -> usize {
+    (past + 1)
+        .next_power_of_two()
+        .max(attention::DECODE_KEYS)
+        .min(capacity)
+        - 1
 }
 
 /// What a forward brings back: every row's logits, the last row's, or the greedy choice from the last row's.
@@ -454,7 +471,7 @@ impl GpuTransformer {
             capacity,
             workspace: Workspace::default(),
             graphs: Some(Edges::Overlapped),
-            decode: None,
+            decode: Vec::new(),
         })
     }
 
@@ -527,15 +544,14 @@ impl GpuTransformer {
         }
         // A capture that failed turned graphs off: its step's buffers go once the step has been read.
         if cache.graphs.is_none() {
-            cache.decode = None;
+            cache.decode.clear();
         }
         let start = cache.len;
         let greedy = fetch == Fetch::NextToken;
         // A step's position is a u32 on the device (the kernels take positions as i32).
         let stepped = match cache.graphs {
             Some(edges) if t == 1 && i32::try_from(cache.capacity).is_ok() => {
-                self.decode_step(tokens[0], edges, greedy, cache)?;
-                true
+                Some(self.decode_step(tokens[0], edges, greedy, cache)?)
             }
             _ => {
                 let inputs = Inputs::Host { tokens, start };
@@ -545,13 +561,13 @@ impl GpuTransformer {
                 if greedy {
                     self.queue_argmax(ws)?;
                 }
-                false
+                None
             }
         };
         cache.len = start + t;
-        Ok(match &cache.decode {
-            Some(state) if stepped => &state.workspace,
-            _ => &cache.workspace,
+        Ok(match stepped.and_then(|i| cache.decode.get(i)) {
+            Some(state) => &state.workspace,
+            None => &cache.workspace,
         })
     }
 
@@ -568,38 +584,43 @@ impl GpuTransformer {
         Ok(())
     }
 
-    /// One token through the cache's captured step, into its workspace's logits (and with `greedy` its token): the
-    /// step's inputs written to the device, the graph replayed (captured first, after one step queued launch by
-    /// launch, its kernels linked as `edges` says; again when `greedy` differs from the captured step's).
+    /// One token through the cache's captured step for its length's bound, into that graph's workspace's logits
+    /// (and with `greedy` its token), whose index in `cache.decode` it returns: the step's inputs written to the
+    /// device, the graph replayed (captured first, after one step queued launch by launch, its kernels linked as
+    /// `edges` says; again when `greedy` differs from the captured step's).
     fn decode_step(
         &self,
         token: u32,
         edges: Edges,
         greedy: bool,
         cache: &mut GpuKvCache,
-    ) -> Result<()> {
+    ) -> Result<usize> {
         let gpu = &*self.gpu;
-        let past = cache.len as u32; // < capacity ≤ i32::MAX (run checks)
-        let state = match &mut cache.decode {
-            Some(state) => state,
-            None => cache.decode.insert(DecodeGraph {
-                step: gpu.alloc::<u32>(2)?,
-                workspace: Workspace::default(),
-                graph: None,
-                greedy,
-            }),
+        let max = graph_bound(cache.len, cache.capacity);
+        let index = match cache.decode.iter().position(|state| state.max == max) {
+            Some(index) => index,
+            None => {
+                cache.decode.push(DecodeGraph {
+                    max,
+                    step: gpu.alloc::<u32>(2)?,
+                    workspace: Workspace::default(),
+                    graph: None,
+                    greedy,
+                });
+                cache.decode.len() - 1
+            }
         };
+        let state = &mut cache.decode[index];
+        let past = cache.len as u32; // < capacity ≤ i32::MAX (run checks)
         gpu.write(&[token, past], &mut state.step)?;
         let DecodeGraph {
             step,
             workspace,
             graph,
             greedy: captured_greedy,
+            ..
         } = state;
-        let inputs = Inputs::Device {
-            step,
-            max: cache.capacity - 1,
-        };
+        let inputs = Inputs::Device { step, max };
         let queue = |workspace: &mut Workspace, keys: &mut [_], values: &mut [_]| -> Result<()> {
             self.queue(inputs, workspace, keys, values, true)?;
             if greedy {
@@ -625,7 +646,7 @@ impl GpuTransformer {
                 }
             }
         }
-        Ok(())
+        Ok(index)
     }
 
     /// Queues the forward of `inputs` on the stream: embeddings, the decoder layers (their keys and values written
@@ -781,5 +802,22 @@ impl GpuTransformer {
         let kept = normed.slice((t - rows) * hidden_size..); // [rows, hidden]
         gemm::linear_f32_out(gpu, &kept, head, logits, (rows, vocab, hidden_size))?;
         Ok(logits)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::graph_bound;
+
+    #[test]
+    fn graph_bounds_double_from_one_split_up_to_the_capacity() {
+        let bounds: Vec<usize> = [0, 127, 128, 255, 256, 1000, 3000, 4095]
+            .iter()
+            .map(|&past| graph_bound(past, 4096))
+            .collect();
+        assert_eq!(bounds, [127, 127, 255, 255, 511, 1023, 4095, 4095]);
+        assert_eq!(graph_bound(10, 64), 63);
+        assert_eq!(graph_bound(199, 200), 199);
+        assert_eq!(graph_bound(130, 200), 199);
     }
 }

@@ -182,6 +182,41 @@ fn captured_decode_steps_match_steps_launched_one_by_one() {
     }
 }
 
+/// Captured steps from a 100-token prompt to 330 positions go through three graphs (bounds of 128, 256 and the
+/// 400-position capacity, each attention sized for its bound): their logits match the steps launched one by one
+/// within bf16's tolerance (where a graph's attention merges its KV splits in its decode kernel, the launched step's
+/// combine kernel sums them in another order).
+#[test]
+fn captured_steps_past_a_graphs_bound_run_the_next_graph() {
+    let Some(gpu) = test_gpu("gpu::captured_steps_past_a_graphs_bound_run_the_next_graph") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    write_model(dir.path(), &arch("llama"), Weights::F32);
+    let model = GpuTransformer::load(dir.path(), gpu).unwrap();
+    let prompt: Vec<u32> = (0..100).map(|i| (i * 37 + 11) % VOCAB as u32).collect();
+    let run = |graphs: Option<Edges>| -> Vec<Vec<f32>> {
+        let mut cache = model.new_cache(400).unwrap();
+        cache.set_graphs(graphs);
+        let mut logits = vec![model.forward_last(&prompt, &mut cache).unwrap()];
+        for i in 0..230u32 {
+            let token = (i * 13 + 5) % VOCAB as u32;
+            logits.push(model.forward_last(&[token], &mut cache).unwrap());
+        }
+        logits
+    };
+    let launched = run(None);
+    let captured = run(Some(Edges::Overlapped));
+    for (i, (a, b)) in captured.iter().zip(&launched).enumerate() {
+        let err = rel_error(a, b);
+        assert!(
+            err <= BF16_LOGITS_REL,
+            "step {i} (after {} positions): rel {err:.2e} > {BF16_LOGITS_REL:.0e}",
+            prompt.len() + i
+        );
+    }
+}
+
 /// `next_token` (the argmax on the device, in the captured step too) is the argmax of `forward_last`'s logits for
 /// the same steps, launched one by one and replayed, switching between the two on one cache (which recaptures).
 #[test]

@@ -18,14 +18,14 @@ const TILE: usize = 64;
 /// The decode kernel's most query rows per KV head (group · tokens), attention.cu's MAXR.
 const DECODE_MAX_ROWS: usize = 16;
 /// A decode split's chunk of keys is a multiple of this (two of the kernel's 64-key tiles).
-const DECODE_KEYS: usize = 128;
+pub const DECODE_KEYS: usize = 128;
 /// The most KV splits a captured decode step merges in its last split's block (attention.cu's FUSED_SPLITS).
 const DECODE_FUSED_SPLITS: usize = 64;
 /// The most partial-row floats (query rows a KV head · head_dim · splits) that block merges; over it the combine
-/// kernel, whose blocks share the merge, is faster (H200, int4 decode after a 2000-token prompt, 16 splits:
-/// TinyLlama's shapes, 8 rows of 64 a KV head, −6% merged in-kernel; SmolLM2's, 3 rows, +4%; Phi-3.5's, 1 row of
-/// 96, −1%).
-const DECODE_FUSED_FLOATS: usize = 4096;
+/// kernel, whose blocks share the merge, is faster (H200, int4 decode, merged in-kernel against the combine:
+/// TinyLlama's shapes, 8 rows of 64 a KV head, −6% at 16 splits (8192 floats) and at 8 (4096, with an idle combine
+/// launch after); SmolLM2's, 3 rows of 64, +4% at 16 splits (3072); Phi-3.5's, 1 row of 96, −1% at 16 (1536)).
+const DECODE_FUSED_FLOATS: usize = 3072;
 
 /// Where an operand's rows sit in its device buffer: row r of head h starts at element
 /// `offset + r·stride + h·head_dim` (a fused qkv row: q at offset 0, k at heads·head_dim, stride its width).
