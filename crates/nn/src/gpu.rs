@@ -279,8 +279,8 @@ struct DecodeGraph {
 
 /// The most positions before a step that the captured graph for a step after `past` positions serves (`past` <
 /// `capacity`): one less than the next power of two over `past`, at least one decode split's keys
-/// ([`attention::DECODE_KEYS`]), at most the cache's capacity. A graph sized for the capacity would split a long cache's attention into chunks too long for a short
-/// one to fill the GPU, and merge more (empty) splits than a short one has.
+/// ([`attention::DECODE_KEYS`]), at most the cache's capacity. A graph sized for a long capacity would split a short
+/// cache's attention into chunks too long to fill the GPU, and merge more (empty) splits than the cache has.
 fn graph_bound(past: usize, capacity: usize) -> usize {
     (past + 1)
         .next_power_of_two()
