@@ -671,7 +671,8 @@ impl GpuTransformer {
         let (q_w, kv_w) = (d.q_width(), d.kv_width());
         let qkv_w = q_w + 2 * kv_w;
         let hidden = fit(gpu, &mut ws.hidden, t * hidden_size)?; // [t, hidden]
-                                                                 // The step's token and the positions before it, on the device.
+
+        // The step's token and the positions before it, on the device.
         let (token_view, past_view);
         let past = match inputs {
             Inputs::Host { tokens, .. } => {
