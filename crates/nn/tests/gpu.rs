@@ -7,8 +7,10 @@ mod gpu_model;
 mod int4;
 
 use gpu_model::{arch, write_model, Arch, Weights, VOCAB};
-use olive_kernels::cuda::{test_gpu, Edges};
-use olive_nn::{GpuTransformer, NnError, Transformer};
+use std::sync::Arc;
+
+use olive_kernels::cuda::{test_gpu, Edges, Gpu};
+use olive_nn::{GpuKvCache, GpuTransformer, NnError, Transformer};
 
 /// The GPU runs bf16 activations and weights (8-bit mantissa, 2^-9 relative per rounding) with fp32
 /// accumulation; its roundings through two layers and the lm_head measured 4–5e-3 of the f32 CPU
@@ -27,6 +29,13 @@ fn rel_error(a: &[f32], b: &[f32]) -> f64 {
         .sum();
     let norm: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
     (diff / norm).sqrt()
+}
+
+/// A random-weight f32 model of architecture `a`, written to a temporary folder and loaded onto `gpu`.
+fn f32_model(a: &Arch, gpu: Arc<Gpu>) -> GpuTransformer {
+    let dir = tempfile::tempdir().unwrap();
+    write_model(dir.path(), a, Weights::F32);
+    GpuTransformer::load(dir.path(), gpu).unwrap()
 }
 
 /// Prefill 40 tokens, then decode: single tokens through `forward` and `forward_last` (the cache's workspace
@@ -138,6 +147,28 @@ fn int4_awq_and_act_order_gptq_run_as_int4_on_the_gpu() {
     compare(name, &arch("phi3"), Weights::GptqActOrder);
 }
 
+/// On a new cache of `capacity` positions with `graphs`: a prompt of `prompt_len` tokens, then `steps` single tokens;
+/// the cache and the last logits of each call.
+fn prefill_and_step(
+    model: &GpuTransformer,
+    prompt_len: u32,
+    steps: u32,
+    capacity: usize,
+    graphs: Option<Edges>,
+) -> (GpuKvCache, Vec<Vec<f32>>) {
+    let mut cache = model.new_cache(capacity).unwrap();
+    cache.set_graphs(graphs);
+    let prompt: Vec<u32> = (0..prompt_len)
+        .map(|i| (i * 37 + 11) % VOCAB as u32)
+        .collect();
+    let mut logits = vec![model.forward_last(&prompt, &mut cache).unwrap()];
+    for i in 0..steps {
+        let token = (i * 13 + 5) % VOCAB as u32;
+        logits.push(model.forward_last(&[token], &mut cache).unwrap());
+    }
+    (cache, logits)
+}
+
 /// Single-token steps replay a CUDA graph captured on the cache's first one, reading the token and the cache's
 /// length from device memory: its logits are bit for bit those of the same steps queued launch by launch (the same
 /// kernels and launch shapes at a 64-position cache), through Phi-3's LongRoPE switching to its long factors as
@@ -152,15 +183,8 @@ fn captured_decode_steps_match_steps_launched_one_by_one() {
     write_model(dir.path(), &arch("phi3"), Weights::F32);
     let model = GpuTransformer::load(dir.path(), gpu.clone()).unwrap();
     let copy = GpuTransformer::from_cpu(&Transformer::load(dir.path()).unwrap(), gpu).unwrap();
-    let prompt: Vec<u32> = (0..20).map(|i| (i * 37 + 11) % VOCAB as u32).collect();
     let run = |graphs: Option<Edges>| -> Vec<Vec<f32>> {
-        let mut cache = model.new_cache(64).unwrap();
-        cache.set_graphs(graphs);
-        let mut logits = vec![model.forward_last(&prompt, &mut cache).unwrap()];
-        for i in 0..16u32 {
-            let token = (i * 13 + 5) % VOCAB as u32;
-            logits.push(model.forward_last(&[token], &mut cache).unwrap());
-        }
+        let (mut cache, mut logits) = prefill_and_step(&model, 20, 16, 64, graphs);
         logits.push(model.forward(&[1, 2, 3], &mut cache).unwrap());
         for token in [4, 9] {
             logits.push(model.forward(&[token], &mut cache).unwrap());
@@ -191,20 +215,9 @@ fn captured_steps_past_a_graphs_bound_run_the_next_graph() {
     let Some(gpu) = test_gpu("gpu::captured_steps_past_a_graphs_bound_run_the_next_graph") else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    write_model(dir.path(), &arch("llama"), Weights::F32);
-    let model = GpuTransformer::load(dir.path(), gpu).unwrap();
-    let prompt: Vec<u32> = (0..100).map(|i| (i * 37 + 11) % VOCAB as u32).collect();
-    let run = |graphs: Option<Edges>| -> Vec<Vec<f32>> {
-        let mut cache = model.new_cache(400).unwrap();
-        cache.set_graphs(graphs);
-        let mut logits = vec![model.forward_last(&prompt, &mut cache).unwrap()];
-        for i in 0..230u32 {
-            let token = (i * 13 + 5) % VOCAB as u32;
-            logits.push(model.forward_last(&[token], &mut cache).unwrap());
-        }
-        logits
-    };
+    let model = f32_model(&arch("llama"), gpu);
+    let prompt_len = 100;
+    let run = |graphs| prefill_and_step(&model, prompt_len, 230, 400, graphs).1;
     let launched = run(None);
     let captured = run(Some(Edges::Overlapped));
     for (i, (a, b)) in captured.iter().zip(&launched).enumerate() {
@@ -212,7 +225,7 @@ fn captured_steps_past_a_graphs_bound_run_the_next_graph() {
         assert!(
             err <= BF16_LOGITS_REL,
             "step {i} (after {} positions): rel {err:.2e} > {BF16_LOGITS_REL:.0e}",
-            prompt.len() + i
+            prompt_len as usize + i
         );
     }
 }
@@ -224,9 +237,7 @@ fn next_token_is_the_argmax_of_the_last_logits() {
     let Some(gpu) = test_gpu("gpu::next_token_is_the_argmax_of_the_last_logits") else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    write_model(dir.path(), &arch("llama"), Weights::F32);
-    let model = GpuTransformer::load(dir.path(), gpu).unwrap();
+    let model = f32_model(&arch("llama"), gpu);
     let prompt: Vec<u32> = (0..9).map(|i| (i * 29 + 3) % VOCAB as u32).collect();
     for graphs in [None, Some(Edges::Overlapped)] {
         let (mut by_logits, mut on_device) =
@@ -263,9 +274,7 @@ fn bad_tokens_a_full_cache_and_another_models_cache_are_errors() {
     else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    write_model(dir.path(), &arch("llama"), Weights::F32);
-    let model = GpuTransformer::load(dir.path(), gpu).unwrap();
+    let model = f32_model(&arch("llama"), gpu);
     let mut cache = model.new_cache(4).unwrap();
     let err = model.forward(&[VOCAB as u32], &mut cache).unwrap_err();
     assert!(err.to_string().contains("outside the vocabulary"), "{err}");
@@ -300,9 +309,7 @@ fn bad_tokens_a_full_cache_and_another_models_cache_are_errors() {
     assert_eq!(cache.len(), 3);
 
     // A cache made for a model with wider keys (Phi-3's head_dim 96 against Llama's 64).
-    let other_dir = tempfile::tempdir().unwrap();
-    write_model(other_dir.path(), &arch("phi3"), Weights::F32);
-    let other = GpuTransformer::load(other_dir.path(), model.gpu().clone()).unwrap();
+    let other = f32_model(&arch("phi3"), model.gpu().clone());
     let err = model
         .forward(&[1], &mut other.new_cache(4).unwrap())
         .unwrap_err();
