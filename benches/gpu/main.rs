@@ -2,8 +2,9 @@
 //! same GPU (CUDA events around each launch, after a warm-up, median of many, the GPU kept busy by a spin kernel
 //! while the launches are queued; w4a16 also from CUDA graphs of back-to-back calls). Builds without CUDA; run on a
 //! GPU machine:
-//! `gpu-bench [section...]` (sections: w4a16, wgmma; none = all).
+//! `gpu-bench [section...]` (sections: w4a16, wgmma, attention; none = all).
 
+mod attention;
 mod timing;
 mod w4a16;
 mod wgmma;
@@ -38,6 +39,12 @@ fn main() -> ExitCode {
     if wants("wgmma") {
         if let Err(e) = wgmma::run(&gpu) {
             eprintln!("gpu-bench wgmma: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    if wants("attention") {
+        if let Err(e) = attention::run(&gpu) {
+            eprintln!("gpu-bench attention: {e}");
             return ExitCode::FAILURE;
         }
     }

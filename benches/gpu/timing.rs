@@ -35,13 +35,23 @@ const GRAPH_REPLAYS: Reps = Reps {
 /// Device time of one call of `f` with [`GRAPH_CALLS`] calls (`f(i)` gets the call's number) captured into a CUDA
 /// graph and the graph replayed: the calls follow each other with no host launch and no timing event between them,
 /// as in a captured model step. Median over [`GRAPH_REPLAYS`], divided by the calls.
-fn graph_us(gpu: &Gpu, mut f: impl FnMut(usize) -> Result<(), GpuError>) -> Result<f64, GpuError> {
+fn graph_us(gpu: &Gpu, f: impl FnMut(usize) -> Result<(), GpuError>) -> Result<f64, GpuError> {
+    graph_calls_us(gpu, GRAPH_CALLS, f)
+}
+
+/// [`graph_us`] with `calls` calls in the graph (at least one).
+pub fn graph_calls_us(
+    gpu: &Gpu,
+    calls: usize,
+    mut f: impl FnMut(usize) -> Result<(), GpuError>,
+) -> Result<f64, GpuError> {
     for i in 0..REPS.warmup {
         f(i)?;
     }
-    let graph = gpu.capture(Edges::InOrder, || (0..GRAPH_CALLS).try_for_each(&mut f))?;
+    let calls = calls.max(1);
+    let graph = gpu.capture(Edges::InOrder, || (0..calls).try_for_each(&mut f))?;
     let t = timing::median_us(gpu, GRAPH_REPLAYS, |_| gpu.replay(&graph))?;
-    Ok(t / GRAPH_CALLS as f64)
+    Ok(t / calls as f64)
 }
 
 /// [`median_us`] and [`graph_us`] of the same calls: µs one launch at a time and from a graph.

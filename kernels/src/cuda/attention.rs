@@ -414,8 +414,9 @@ pub fn forward<T: Half>(
 /// rotated and appended to the cache by the same launch ([`Step`]). `shape.kv_len` is the most it can be
 /// (past.max + tokens): the cache is checked against it and the KV length's splits sized for it, the kernels then
 /// spreading the live keys over them. One sequence, no key mask, at most 16 query rows per KV head. `part` is the
-/// splits' scratch, kept by the caller so that a captured step allocates nothing: exactly [`decode_part_len`]
-/// floats, zero when allocated ([`Gpu::alloc`]); its last ones are counters that each call leaves zero.
+/// splits' scratch, kept by the caller so that a captured step allocates nothing, and its length the number of
+/// splits: [`decode_scratch_len`] floats ([`decode_part_len`] for the default splits), zero when allocated
+/// ([`Gpu::alloc`]); its last ones are counters that each call leaves zero.
 pub fn forward_after<T: Half>(
     gpu: &Gpu,
     shape: &AttentionShape,
@@ -514,10 +515,10 @@ fn forward_params<T: Half>(
     Ok(p)
 }
 
-/// Splits of the KV length a decode launch takes: blocks per (sequence, KV head) about 8 per multiprocessor in all
-/// (more blocks, more loads in flight), each a multiple of 128 keys; the kernels spread the keys over them in the
-/// same steps.
-fn decode_splits(gpu: &Gpu, shape: &AttentionShape) -> usize {
+/// Splits of the KV length a decode launch takes by default: blocks per (sequence, KV head) about 8 per
+/// multiprocessor in all (more blocks, more loads in flight), each a multiple of [`DECODE_KEYS`] keys; the kernels
+/// spread the keys over them in the same steps.
+pub fn decode_splits(gpu: &Gpu, shape: &AttentionShape) -> usize {
     let per_head = shape.batch * shape.kv_heads;
     let want = (8 * gpu.sm_count() as usize)
         .div_ceil(per_head.max(1))
@@ -531,15 +532,23 @@ fn decode_splits(gpu: &Gpu, shape: &AttentionShape) -> usize {
     shape.kv_len.div_ceil(chunk)
 }
 
-/// Floats of the scratch [`forward_after`] takes for `shape`: the splits' partial rows,
-/// [batch, heads, tokens, splits, head_dim + 2], then one u32 counter a (sequence, KV head).
+/// Floats of the scratch [`forward_after`] takes for `shape` at the default splits ([`decode_splits`]).
 pub fn decode_part_len(gpu: &Gpu, shape: &AttentionShape) -> usize {
-    scratch_len(shape, decode_splits(gpu, shape))
+    decode_scratch_len(shape, decode_splits(gpu, shape))
 }
 
-/// Floats of the decode scratch for `splits` splits: their partial rows, then the counters.
-fn scratch_len(shape: &AttentionShape, splits: usize) -> usize {
+/// Floats of a scratch that splits `shape`'s KV length `splits` ways: the splits' partial rows,
+/// [batch, heads, tokens, splits, head_dim + 2], then one u32 counter a (sequence, KV head).
+pub fn decode_scratch_len(shape: &AttentionShape, splits: usize) -> usize {
     part_len(shape, splits) + shape.batch * shape.kv_heads
+}
+
+/// The splits a decode scratch of `len` floats holds for `shape` ([`decode_scratch_len`]); None where `len` is no
+/// such length for a whole number of splits ≥ 1.
+fn scratch_splits(shape: &AttentionShape, len: usize) -> Option<usize> {
+    let split = part_len(shape, 1);
+    let rows = len.checked_sub(shape.batch * shape.kv_heads)?;
+    (split > 0 && rows >= split && rows % split == 0).then(|| rows / split)
 }
 
 /// Floats of the splits' partial rows for `splits` splits.
@@ -548,7 +557,8 @@ fn part_len(shape: &AttentionShape, splits: usize) -> usize {
 }
 
 /// The decode kernel split over the KV length and the combine of its splits (`p` checked by [`forward_params`]),
-/// through `part` (exactly [`decode_part_len`] floats, its counters zero) or a buffer of its own; with `past`, both
+/// through `part`'s splits ([`decode_scratch_len`] floats, its counters zero), or the default splits
+/// ([`decode_splits`]) through a buffer of its own; with `past`, both
 /// read kv_len on the device and `shape.kv_len` is its bound, and where the merge is small
 /// ([`DECODE_FUSED_FLOATS`]) the decode kernel merges its splits itself (counting finished splits in part's
 /// counters): one launch.
@@ -564,19 +574,22 @@ fn decode<T: Half>(
     part: Option<&mut CudaSlice<f32>>,
 ) -> Result<(), GpuError> {
     let (hd, b) = (shape.head_dim, shape.batch);
-    let splits = decode_splits(gpu, shape);
+    let splits = match &part {
+        Some(part) => scratch_splits(shape, part.len()).ok_or_else(|| {
+            shape_error(format!(
+                "the decode scratch holds {} floats, expected decode_scratch_len: {} a split plus {} counters",
+                part.len(),
+                part_len(shape, 1),
+                b * shape.kv_heads
+            ))
+        })?,
+        None => decode_splits(gpu, shape),
+    };
     p.splits = int("splits", splits)?;
     let rows_len = part_len(shape, splits);
-    let scratch_len = scratch_len(shape, splits);
     let mut own;
     let part = match part {
-        Some(part) if part.len() == scratch_len => part,
-        Some(part) => {
-            return Err(shape_error(format!(
-                "the decode scratch holds {} floats, {scratch_len} expected (decode_part_len)",
-                part.len()
-            )))
-        }
+        Some(part) => part,
         None => {
             // SAFETY: uninitialised on purpose: the combine reads only the live splits, each of which the decode
             // kernel writes in full before.
@@ -783,4 +796,33 @@ pub fn backward<T: Half>(
         }?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{decode_scratch_len, scratch_splits, AttentionShape};
+
+    #[test]
+    fn a_decode_scratchs_length_says_its_splits() {
+        let shape = AttentionShape {
+            batch: 1,
+            tokens: 2,
+            kv_len: 4096,
+            heads: 8,
+            kv_heads: 2,
+            head_dim: 64,
+            window: None,
+            scale: 0.125,
+        };
+        for splits in 1..70 {
+            let len = decode_scratch_len(&shape, splits);
+            assert_eq!(len, 8 * 2 * splits * 66 + 2);
+            assert_eq!(scratch_splits(&shape, len), Some(splits));
+            assert_eq!(scratch_splits(&shape, len - 1), None);
+            assert_eq!(scratch_splits(&shape, len + 1), None);
+        }
+        for len in [0, 1, 2, 3] {
+            assert_eq!(scratch_splits(&shape, len), None, "{len} floats");
+        }
+    }
 }

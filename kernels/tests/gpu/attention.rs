@@ -8,8 +8,8 @@ use olive_kernels::cpu::{
     AttentionDims, RopeLayout,
 };
 use olive_kernels::cuda::attention::{
-    backward, decode_part_len, forward, forward_after, AttentionShape, Grads, Inputs, Operand,
-    Rows, Step,
+    backward, decode_part_len, decode_scratch_len, forward, forward_after, AttentionShape, Grads,
+    Inputs, Operand, Rows, Step,
 };
 use olive_kernels::cuda::float::Half;
 use olive_kernels::cuda::rope::RopeFreqs;
@@ -428,7 +428,8 @@ fn refuses_shapes_it_cannot_take() {
 /// rows in one unrotated qkv row, rotated by the kernel (`rotary_dim` of each head; LongRoPE's sets, the long one
 /// past 64 positions, and its attention factor) and its keys and values appended to the cache. Against rope then
 /// `attention_ref` on the CPU over the live keys, and the cache's rows against the rotated ones (rows past the step
-/// untouched), twice through the same scratch (whose counters the first call must leave zero).
+/// untouched), twice through the same scratch (whose counters the first call must leave zero), then through one of
+/// 3 splits (`decode_scratch_len`: the caller's choice of splits).
 /// (tokens, keys before the step, capacity, heads, kv_heads, window).
 fn check_after<T: Dtype>(gpu: &Gpu, case: Case, head_dim: usize, rotary_dim: usize, seed: u64) {
     let (tokens, past, capacity, heads, kv_heads, window) = case;
@@ -492,7 +493,8 @@ fn check_after<T: Dtype>(gpu: &Gpu, case: Case, head_dim: usize, rotary_dim: usi
         len: &len.slice(..),
         max: capacity - tokens,
     };
-    let mut part = gpu.alloc::<f32>(decode_part_len(gpu, &shape)).unwrap();
+    let mut default = gpu.alloc::<f32>(decode_part_len(gpu, &shape)).unwrap();
+    let mut three = gpu.alloc::<f32>(decode_scratch_len(&shape, 3)).unwrap();
     let dims = AttentionDims {
         heads,
         kv_heads,
@@ -504,7 +506,8 @@ fn check_after<T: Dtype>(gpu: &Gpu, case: Case, head_dim: usize, rotary_dim: usi
         "{} head_dim {head_dim} rotary {rotary_dim} after {case:?}",
         T::SUFFIX
     );
-    for call in 0..2 {
+    for call in 0..3 {
+        let part = if call < 2 { &mut default } else { &mut three };
         let mut out = gpu
             .upload(&vec![T::from_f32(f32::NAN); tokens * qw])
             .unwrap();
@@ -525,7 +528,7 @@ fn check_after<T: Dtype>(gpu: &Gpu, case: Case, head_dim: usize, rotary_dim: usi
             step,
             (&mut out, Rows::packed(qw)),
             past_dev,
-            &mut part,
+            part,
         )
         .unwrap();
         let e = rel_error(&widen(gpu, &out), &want);
