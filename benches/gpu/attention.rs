@@ -3,11 +3,12 @@
 //! against the number of KV splits: the step after a full cache (the length the splits are sized for), bf16, each
 //! figure a CUDA graph of back-to-back calls as in a captured model step, the calls going round copies of the
 //! caches larger than the L2 together so that their keys come from DRAM, as a model's layer finds them. `*` marks
-//! the default splits (`attention::decode_splits`); GB/s is the cache's bytes over the time.
+//! the default splits (`attention::decode_splits`); "merge" says where the splits are merged (the decode kernel's
+//! last split, or the combine kernel); GB/s is the cache's bytes over the time.
 
 use olive_kernels::cuda::attention::{
-    decode_scratch_len, decode_splits, forward_after, AttentionShape, Operand, Rows, Step,
-    DECODE_KEYS,
+    decode_merges_in_kernel, decode_scratch_len, decode_splits, forward_after, AttentionShape,
+    Operand, Rows, Step, DECODE_KEYS,
 };
 use olive_kernels::cuda::rope::RopeFreqs;
 use olive_kernels::cuda::{bf16, CachedLen, CudaSlice, Gpu, GpuError};
@@ -30,8 +31,8 @@ const GRAPH_CALLS: usize = 8;
 
 pub fn run(gpu: &Gpu) -> Result<(), GpuError> {
     println!("\n## Decode attention after a full cache (bf16) against its KV splits; µs a call from a CUDA graph");
-    println!("| model | keys | splits | live splits × keys | µs | cache GB/s |");
-    println!("| --- | --- | --- | --- | --- | --- |");
+    println!("| model | keys | splits | live splits × keys | merge | µs | cache GB/s |");
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
     for (model, heads, kv_heads, head_dim) in SHAPES {
         for kv_len in KV_LENS {
             let shape = AttentionShape {
@@ -58,9 +59,14 @@ pub fn run(gpu: &Gpu) -> Result<(), GpuError> {
                 let t = step.time(gpu, &shape, s)?;
                 let chunk = kv_len.div_ceil(s).div_ceil(DECODE_KEYS) * DECODE_KEYS;
                 println!(
-                    "| {model} | {kv_len} | {s}{} | {} × {chunk} | {t:.2} | {:.0} |",
+                    "| {model} | {kv_len} | {s}{} | {} × {chunk} | {} | {t:.2} | {:.0} |",
                     if s == default { " *" } else { "" },
                     kv_len.div_ceil(chunk),
+                    if decode_merges_in_kernel(&shape, s) {
+                        "in kernel"
+                    } else {
+                        "combine"
+                    },
                     cache_bytes as f64 / t / 1e3
                 );
             }

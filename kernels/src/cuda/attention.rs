@@ -543,6 +543,13 @@ pub fn decode_scratch_len(shape: &AttentionShape, splits: usize) -> usize {
     part_len(shape, splits) + shape.batch * shape.kv_heads
 }
 
+/// Whether a captured decode step ([`forward_after`]) split `splits` ways merges its splits in the decode kernel
+/// (where the merge is small: [`DECODE_FUSED_SPLITS`], [`DECODE_FUSED_FLOATS`]) rather than in a combine launch.
+pub fn decode_merges_in_kernel(shape: &AttentionShape, splits: usize) -> bool {
+    let merged = shape.rows_per_kv_head() * shape.head_dim * splits;
+    splits <= DECODE_FUSED_SPLITS && merged <= DECODE_FUSED_FLOATS
+}
+
 /// The splits a decode scratch of `len` floats holds for `shape` ([`decode_scratch_len`]); None where `len` is no
 /// such length for a whole number of splits ≥ 1.
 fn scratch_splits(shape: &AttentionShape, len: usize) -> Option<usize> {
@@ -597,8 +604,7 @@ fn decode<T: Half>(
             &mut own
         }
     };
-    let merged = shape.rows_per_kv_head() * hd * splits;
-    let fused = past.is_some() && splits <= DECODE_FUSED_SPLITS && merged <= DECODE_FUSED_FLOATS;
+    let fused = past.is_some() && decode_merges_in_kernel(shape, splits);
     let smem = decode_smem(hd);
     let f = kernel::<T>(gpu, "decode", hd, smem)?;
     let cfg = LaunchConfig {
@@ -800,7 +806,33 @@ pub fn backward<T: Half>(
 
 #[cfg(test)]
 mod tests {
-    use super::{decode_scratch_len, scratch_splits, AttentionShape};
+    use super::{decode_merges_in_kernel, decode_scratch_len, scratch_splits, AttentionShape};
+
+    fn one_token(heads: usize, kv_heads: usize, head_dim: usize) -> AttentionShape {
+        AttentionShape {
+            batch: 1,
+            tokens: 1,
+            kv_len: 4096,
+            heads,
+            kv_heads,
+            head_dim,
+            window: None,
+            scale: 0.125,
+        }
+    }
+
+    #[test]
+    fn the_decode_kernel_merges_few_small_splits_itself() {
+        // TinyLlama: 8 rows of 64 a KV head, 512 floats a split; Phi-3.5: 1 row of 96.
+        let (tiny, phi) = (one_token(32, 4, 64), one_token(32, 32, 96));
+        assert!(decode_merges_in_kernel(&tiny, 6));
+        assert!(!decode_merges_in_kernel(&tiny, 7));
+        assert!(decode_merges_in_kernel(&phi, 32));
+        assert!(!decode_merges_in_kernel(&phi, 33));
+        // No more than 64 splits, however small (3 rows of 16: 64 splits are 3072 floats; 1 row of 16: 65, 1040).
+        assert!(decode_merges_in_kernel(&one_token(3, 1, 16), 64));
+        assert!(!decode_merges_in_kernel(&one_token(1, 1, 16), 65));
+    }
 
     #[test]
     fn a_decode_scratchs_length_says_its_splits() {
