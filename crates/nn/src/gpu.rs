@@ -651,16 +651,16 @@ impl GpuTransformer {
 
     /// Queues the forward of `inputs` on the stream: embeddings, the decoder layers (their keys and values written
     /// to `keys`/`values` after the positions before the step), the final norm and the lm_head into
-    /// `ws.logits` (the last row's only with `last_only`), which it returns. Launches only: nothing waits for the
-    /// device, so a device-input step can be captured as a graph.
-    fn queue<'w>(
+    /// `ws.logits` (the last row's only with `last_only`). Launches only: nothing waits for the device, so a
+    /// device-input step can be captured as a graph.
+    fn queue(
         &self,
         inputs: Inputs<'_>,
-        ws: &'w mut Workspace,
+        ws: &mut Workspace,
         keys: &mut [CudaSlice<Act>],
         values: &mut [CudaSlice<Act>],
         last_only: bool,
-    ) -> Result<&'w CudaSlice<f32>> {
+    ) -> Result<()> {
         let gpu = &*self.gpu;
         let d = self.dims;
         let (hidden_size, vocab) = (d.hidden, self.config.vocab_size);
@@ -793,7 +793,7 @@ impl GpuTransformer {
                 eps,
             };
             if gemm::linear_normed_f32_out(gpu, &last, norm, head, logits, (vocab, hidden_size))? {
-                return Ok(logits);
+                return Ok(());
             }
         }
         // Else the final norm runs over all t rows, in place of copying the wanted rows out first (rmsnorm takes
@@ -802,7 +802,7 @@ impl GpuTransformer {
         rmsnorm::rmsnorm(gpu, hidden, &self.norm, eps, normed)?;
         let kept = normed.slice((t - rows) * hidden_size..); // [rows, hidden]
         gemm::linear_f32_out(gpu, &kept, head, logits, (rows, vocab, hidden_size))?;
-        Ok(logits)
+        Ok(())
     }
 }
 
