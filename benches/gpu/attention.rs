@@ -7,8 +7,8 @@
 //! last split, or the combine kernel); GB/s is the cache's bytes over the time.
 
 use olive_kernels::cuda::attention::{
-    decode_merges_in_kernel, decode_scratch_len, decode_splits, forward_after, AttentionShape,
-    Operand, Rows, Step, DECODE_KEYS,
+    decode_chunk, decode_merges_in_kernel, decode_scratch_len, decode_splits, forward_after,
+    AttentionShape, Operand, Rows, Step, DECODE_KEYS,
 };
 use olive_kernels::cuda::rope::RopeFreqs;
 use olive_kernels::cuda::{bf16, CachedLen, CudaSlice, Gpu, GpuError};
@@ -57,7 +57,7 @@ pub fn run(gpu: &Gpu) -> Result<(), GpuError> {
             let cache_bytes = 2 * kv_len * kv_heads * head_dim * std::mem::size_of::<bf16>();
             for s in splits {
                 let t = step.time(gpu, &shape, s)?;
-                let chunk = kv_len.div_ceil(s).div_ceil(DECODE_KEYS) * DECODE_KEYS;
+                let chunk = decode_chunk(kv_len, s);
                 println!(
                     "| {model} | {kv_len} | {s}{} | {} × {chunk} | {} | {t:.2} | {:.0} |",
                     if s == default { " *" } else { "" },

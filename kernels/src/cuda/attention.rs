@@ -523,13 +523,17 @@ pub fn decode_splits(gpu: &Gpu, shape: &AttentionShape) -> usize {
     let want = (8 * gpu.sm_count() as usize)
         .div_ceil(per_head.max(1))
         .max(1);
-    let chunk = shape
-        .kv_len
-        .div_ceil(want)
+    shape.kv_len.div_ceil(decode_chunk(shape.kv_len, want))
+}
+
+/// Keys a decode split takes of `kv_len` split `splits` ways (`splits` ≥ 1): their share rounded up to whole
+/// [`DECODE_KEYS`] (at least one), as attention.cu's `decode_chunk`; the splits past `kv_len` take none.
+pub fn decode_chunk(kv_len: usize, splits: usize) -> usize {
+    kv_len
+        .div_ceil(splits)
         .div_ceil(DECODE_KEYS)
         .max(1)
-        .saturating_mul(DECODE_KEYS);
-    shape.kv_len.div_ceil(chunk)
+        .saturating_mul(DECODE_KEYS)
 }
 
 /// Floats of the scratch [`forward_after`] takes for `shape` at the default splits ([`decode_splits`]).
