@@ -515,15 +515,22 @@ fn forward_params<T: Half>(
     Ok(p)
 }
 
-/// Splits of the KV length a decode launch takes by default: blocks per (sequence, KV head) about 8 per
-/// multiprocessor in all (more blocks, more loads in flight), each a multiple of [`DECODE_KEYS`] keys; the kernels
-/// spread the keys over them in the same steps.
+/// Splits of the KV length a decode launch takes by default on `gpu` ([`splits_for`] its multiprocessors).
 pub fn decode_splits(gpu: &Gpu, shape: &AttentionShape) -> usize {
-    let per_head = shape.batch * shape.kv_heads;
-    let want = (8 * gpu.sm_count() as usize)
-        .div_ceil(per_head.max(1))
-        .max(1);
-    shape.kv_len.div_ceil(decode_chunk(shape.kv_len, want))
+    splits_for(gpu.sm_count() as usize, shape)
+}
+
+/// Splits of the KV length on a GPU of `sms` multiprocessors. A split takes about 4·√kv_len keys (to the nearest
+/// whole [`DECODE_KEYS`]), where its keys (read one after another) and the merge's splits cost about the same, but no
+/// fewer than leave two blocks a multiprocessor (enough to read the cache at full bandwidth). Chosen from `gpu-bench
+/// attention` on an H200 (SmolLM2/TinyLlama/Phi-3.5/Llama-3-8B shapes at 1K to 64K keys), where it gives the fastest
+/// split count of the sweep in all 16 cases, and from int4 decode at 2K to 8K keys (benches/RESULTS.md).
+fn splits_for(sms: usize, shape: &AttentionShape) -> usize {
+    let kv_len = shape.kv_len;
+    let blocks = (2 * sms / (shape.batch * shape.kv_heads).max(1)).max(1);
+    let balance = ((4 * kv_len.isqrt() + DECODE_KEYS / 2) / DECODE_KEYS).max(1);
+    let fill = kv_len.div_ceil(blocks).div_ceil(DECODE_KEYS);
+    kv_len.div_ceil(balance.max(fill) * DECODE_KEYS)
 }
 
 /// Keys a decode split takes of `kv_len` split `splits` ways (`splits` ≥ 1): their share rounded up to whole
@@ -810,7 +817,9 @@ pub fn backward<T: Half>(
 
 #[cfg(test)]
 mod tests {
-    use super::{decode_merges_in_kernel, decode_scratch_len, scratch_splits, AttentionShape};
+    use super::{
+        decode_merges_in_kernel, decode_scratch_len, scratch_splits, splits_for, AttentionShape,
+    };
 
     fn one_token(heads: usize, kv_heads: usize, head_dim: usize) -> AttentionShape {
         AttentionShape {
@@ -836,6 +845,53 @@ mod tests {
         // No more than 64 splits, however small (3 rows of 16: 64 splits are 3072 floats; 1 row of 16: 65, 1040).
         assert!(decode_merges_in_kernel(&one_token(3, 1, 16), 64));
         assert!(!decode_merges_in_kernel(&one_token(1, 1, 16), 65));
+    }
+
+    #[test]
+    fn decode_splits_are_the_fastest_of_the_h200_sweep() {
+        // (heads, kv_heads, head_dim) of SmolLM2, TinyLlama, Phi-3.5, Llama-3-8B; the split count `gpu-bench
+        // attention` measured fastest at 1K, 4K, 16K and 64K keys on an H200 (132 multiprocessors).
+        let best = [
+            ((9, 3, 64), [8, 16, 32, 64]),
+            ((32, 4, 64), [8, 16, 32, 64]),
+            ((32, 32, 96), [8, 8, 8, 8]),
+            ((32, 8, 128), [8, 16, 32, 32]),
+        ];
+        for ((heads, kv_heads, head_dim), splits) in best {
+            for (kv_len, want) in [1024, 4096, 16384, 65536].into_iter().zip(splits) {
+                let shape = AttentionShape {
+                    kv_len,
+                    ..one_token(heads, kv_heads, head_dim)
+                };
+                assert_eq!(
+                    splits_for(132, &shape),
+                    want,
+                    "{heads}/{kv_heads}/{head_dim} at {kv_len} keys"
+                );
+            }
+        }
+        // 4·√kv_len goes to the nearest 128 keys: 4032 keys take 252 as 256 (16 splits), 2032 take 180 as 128.
+        let under = AttentionShape {
+            kv_len: 4032,
+            ..one_token(9, 3, 64)
+        };
+        assert_eq!(splits_for(132, &under), 16);
+        let under = AttentionShape {
+            kv_len: 2032,
+            ..under
+        };
+        assert_eq!(splits_for(132, &under), 16);
+        // Short caches take one split a 128 keys; a batch that fills the GPU by itself takes one split.
+        let short = AttentionShape {
+            kv_len: 300,
+            ..one_token(32, 4, 64)
+        };
+        assert_eq!(splits_for(132, &short), 3);
+        let wide = AttentionShape {
+            batch: 16,
+            ..one_token(32, 32, 96)
+        };
+        assert_eq!(splits_for(132, &wide), 1);
     }
 
     #[test]
