@@ -23,7 +23,7 @@ const SHAPES: [(&str, usize, usize, usize); 4] = [
     ("Llama-3-8B", 32, 8, 128),
 ];
 /// Cache lengths (keys the step attends to, its own included).
-const KV_LENS: [usize; 4] = [1024, 4096, 16384, 65536];
+const KV_LENS: [usize; 7] = [1024, 2048, 3072, 4096, 8192, 16384, 65536];
 /// Bytes the rotated copies of a cache must exceed (an H100's or H200's L2 is 50 MB).
 const ROTATE_BYTES: usize = 120 << 20;
 /// The fewest calls a graph.
