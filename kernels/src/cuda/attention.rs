@@ -870,23 +870,13 @@ mod tests {
                 );
             }
         }
-        // 4·√kv_len goes to the nearest 128 keys: 4032 keys take 252 as 256 (16 splits), 2032 take 180 as 128.
-        let under = AttentionShape {
-            kv_len: 4032,
-            ..one_token(9, 3, 64)
-        };
-        assert_eq!(splits_for(132, &under), 16);
-        let under = AttentionShape {
-            kv_len: 2032,
-            ..under
-        };
-        assert_eq!(splits_for(132, &under), 16);
-        // Short caches take one split a 128 keys; a batch that fills the GPU by itself takes one split.
-        let short = AttentionShape {
-            kv_len: 300,
-            ..one_token(32, 4, 64)
-        };
-        assert_eq!(splits_for(132, &short), 3);
+        // 4·√kv_len goes to the nearest 128 keys: 4032 keys take 252 as 256 (16 splits), 2032 take 180 as 128;
+        // short caches take one split a 128 keys.
+        let smol = one_token(9, 3, 64);
+        for (kv_len, want) in [(4032, 16), (2032, 16), (300, 3)] {
+            assert_eq!(splits_for(132, &AttentionShape { kv_len, ..smol }), want);
+        }
+        // A batch that fills the GPU by itself takes one split.
         let wide = AttentionShape {
             batch: 16,
             ..one_token(32, 32, 96)
