@@ -562,10 +562,10 @@ fn decode_after_a_cache_length_on_the_device_matches_reference() {
         (1, 0, 64, 4, 2, None), // the first position of a small cache: one split, written directly
         (1, 299, 9000, 8, 2, None), // a few live splits of many (more than the kernel merges: combine)
         (1, 600, 1000, 4, 4, Some(300)), // 5 live splits of 8 (2 fully windowed out), merged in the kernel
-        (1, 5000, 8000, 4, 4, None), // 40 live of 63: merged in the kernel at head_dim 64, combined at 128
-        (1, 8999, 9000, 9, 3, None), // the cache's last position
-        (4, 126, 1000, 8, 2, Some(50)), // 16 rows a KV head, windowed, across a 128-key step
-        (1, 20000, 40000, 32, 8, None), // Llama-3-8B's heads, live splits of 256 keys
+        (1, 5000, 8000, 4, 4, None),     // 20 live splits of 256 keys of 21: merged in the kernel
+        (1, 8999, 9000, 9, 3, None),     // the cache's last position
+        (4, 126, 1000, 8, 2, Some(50)),  // 16 rows a KV head, windowed, across a 128-key step
+        (1, 20000, 40000, 32, 8, None),  // Llama-3-8B's heads, 32 live splits of 640 keys: combined
     ];
     for (i, case) in cases.into_iter().enumerate() {
         for head_dim in [64, 128] {
