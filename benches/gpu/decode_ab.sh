@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # GPU decode A/B, run on the GPU machine over what scripts/gpu-decode-ab.sh built into .gpu-ab/: random Llama models
-# of SmolLM2-135M's, TinyLlama-1.1B's and 8 layers of Phi-3.5-mini's shapes (random_llama.py, bf16, then int4 by
-# `olive-host quantize --algorithm rtn`), then the gpu_decode bench's `graph` mode (tok/s, 32 steps) of the base
-# build and the new one, alternated in the same call (these machines drift by a few percent between runs):
+# of SmolLM2-135M's, TinyLlama-1.1B's and 8 layers of Phi-3.5-mini's shapes, and tinyw, a Mistral one of TinyLlama's
+# with a 2048-key sliding window (random_llama.py, bf16, then int4 by `olive-host quantize --algorithm rtn`), then
+# the gpu_decode bench's `graph` mode (tok/s, 32 steps) of the base build and the new one, alternated in the same
+# call (these machines drift by a few percent between runs):
 #   bash benches/gpu/decode_ab.sh [ROUNDS [MODELS [PROMPTS]]]
-# ROUNDS: base/new pairs a case (2); MODELS: of smol tiny phi8 smol-int4 tiny-int4 phi8-int4 ("tiny-int4 smol-int4
+# ROUNDS: base/new pairs a case (2); MODELS: of smol tiny phi8 tinyw, each also with -int4 ("tiny-int4 smol-int4
 # phi8-int4"); PROMPTS: prompt lengths (OLIVE_BENCH_PROMPT, "16"); AB_MAX_LENGTH, when set, the KV cache's capacity
 # (OLIVE_BENCH_MAX_LENGTH: generate's --max_length; else what the steps reach). Models go to $AB_MODELS
 # (/tmp/ab-models), kept for the next call while the machine stays warm. Prints one line a run, then each case's mean
@@ -21,8 +22,8 @@ for f in base/bench new/bench olive-host; do
 done
 for m in $models; do
     case $m in
-        smol | tiny | phi8 | smol-int4 | tiny-int4 | phi8-int4) ;;
-        *) echo "decode_ab.sh: unknown model $m, expected smol, tiny, phi8 or one of them with -int4" >&2; exit 1 ;;
+        smol | tiny | phi8 | tinyw | smol-int4 | tiny-int4 | phi8-int4 | tinyw-int4) ;;
+        *) echo "decode_ab.sh: unknown model $m, expected smol, tiny, phi8, tinyw or one of them with -int4" >&2; exit 1 ;;
     esac
 done
 mkdir -p "$dir"

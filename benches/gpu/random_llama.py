@@ -1,10 +1,11 @@
-"""Random bf16 Llama models of SmolLM2-135M's, TinyLlama-1.1B's and (8 layers of) Phi-3.5-mini's shapes, for the
-GPU decode bench (benches/gpu/decode_ab.sh): python random_llama.py OUT_DIR [smol|tiny|phi8 ...] writes
-OUT_DIR/<name>/ (config.json + safetensors, on the GPU when there is one)."""
+"""Random bf16 Llama models of SmolLM2-135M's, TinyLlama-1.1B's and (8 layers of) Phi-3.5-mini's shapes, and a
+Mistral model of TinyLlama's shapes with a 2048-key sliding window (tinyw), for the GPU decode bench
+(benches/gpu/decode_ab.sh): python random_llama.py OUT_DIR [smol|tiny|phi8|tinyw ...] writes OUT_DIR/<name>/
+(config.json + safetensors, on the GPU when there is one)."""
 import sys
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
 
 SHAPES = {
     "smol": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
@@ -14,21 +15,29 @@ SHAPES = {
     "phi8": dict(hidden_size=3072, intermediate_size=8192, num_hidden_layers=8, num_attention_heads=32,
                  num_key_value_heads=32, vocab_size=32064, tie_word_embeddings=False, rope_theta=10000.0),
 }
+# Mistral models: a shape above and the sliding window.
+WINDOWED = {"tinyw": ("tiny", 2048)}
 
 
 def main() -> None:
     if len(sys.argv) < 2:
         sys.exit(f"usage: random_llama.py OUT_DIR [{'|'.join(SHAPES)} ...]")
-    root, names = sys.argv[1], sys.argv[2:] or list(SHAPES)
+    known = list(SHAPES) + list(WINDOWED)
+    root, names = sys.argv[1], sys.argv[2:] or known
     for name in names:
-        if name not in SHAPES:
-            sys.exit(f"random_llama.py: unknown shape {name!r}, expected one of {', '.join(SHAPES)}")
+        if name not in known:
+            sys.exit(f"random_llama.py: unknown shape {name!r}, expected one of {', '.join(known)}")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     for name in names:
         torch.manual_seed(0)
-        config = LlamaConfig(max_position_embeddings=8192, rms_norm_eps=1e-5, torch_dtype="bfloat16", **SHAPES[name])
+        common = dict(max_position_embeddings=8192, rms_norm_eps=1e-5, torch_dtype="bfloat16")
+        if name in WINDOWED:
+            shape, window = WINDOWED[name]
+            config, cls = MistralConfig(sliding_window=window, **common, **SHAPES[shape]), MistralForCausalLM
+        else:
+            config, cls = LlamaConfig(**common, **SHAPES[name]), LlamaForCausalLM
         with torch.device(device):
-            model = LlamaForCausalLM(config).to(torch.bfloat16)
+            model = cls(config).to(torch.bfloat16)
         model.save_pretrained(f"{root}/{name}", safe_serialization=True)
         print(f"made {root}/{name}", flush=True)
 
