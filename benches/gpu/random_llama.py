@@ -17,16 +17,16 @@ SHAPES = {
 }
 # Mistral models: a shape above and the sliding window.
 WINDOWED = {"tinyw": ("tiny", 2048)}
+KNOWN = list(SHAPES) + list(WINDOWED)
 
 
 def main() -> None:
     if len(sys.argv) < 2:
-        sys.exit(f"usage: random_llama.py OUT_DIR [{'|'.join(SHAPES)} ...]")
-    known = list(SHAPES) + list(WINDOWED)
-    root, names = sys.argv[1], sys.argv[2:] or known
+        sys.exit(f"usage: random_llama.py OUT_DIR [{'|'.join(KNOWN)} ...]")
+    root, names = sys.argv[1], sys.argv[2:] or KNOWN
     for name in names:
-        if name not in known:
-            sys.exit(f"random_llama.py: unknown shape {name!r}, expected one of {', '.join(known)}")
+        if name not in KNOWN:
+            sys.exit(f"random_llama.py: unknown shape {name!r}, expected one of {', '.join(KNOWN)}")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     for name in names:
         torch.manual_seed(0)
