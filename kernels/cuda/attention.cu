@@ -335,12 +335,13 @@ __device__ void attn_fwd(const AttnParams p, const T *__restrict__ q, const T *_
 
 // ---------------------------------------------------------------------------------------------------------------
 // Decode: R = group·tokens ≤ MAXR query rows of KV head g (row r: head g·group + r / tokens, token r % tokens), one
-// m16 tile of the tensor cores (rows from R on are zeros and never written), over keys [s·chunk, (s+1)·chunk) in
-// tiles of 64 keys, K/V double-buffered through cp.async as in the forward. Warp w takes keys 16w .. 16w+16 of each
-// tile with its own online softmax (the forward's fragments: S = Q K^T and O += P V by mma.sync); at the end the
-// four warps' (max, sum, output) rows are merged through shared memory into the split's partial row.
+// m16 tile of the tensor cores (rows from R on are zeros and never written), over keys [f + s·chunk, f + (s+1)·chunk)
+// (f the first key a row sees: decode_first_key) in tiles of 64 keys, K/V double-buffered through cp.async as in the
+// forward. Warp w takes keys 16w .. 16w+16 of each tile with its own online softmax (the forward's fragments:
+// S = Q K^T and O += P V by mma.sync); at the end the four warps' (max, sum, output) rows are merged through shared
+// memory into the split's partial row.
 // part: [batch, heads, tokens, splits, D + 2] = the unnormalized output row, its running max (log2 units), its sum.
-// Splits past the keys (s·chunk ≥ kv_len) write nothing; the combine reads the live ones only.
+// Splits past the keys (f + s·chunk ≥ kv_len) write nothing; the combine reads the live ones only.
 // With `done` ([batch, kv_heads] counters, zero before the launch) the kernel writes `out` itself: a lone live split
 // directly; else each live split writes its partial rows, counts itself in done (after a fence: threadFenceReduction
 // of the CUDA samples) and the last one of its KV head merges them all and sets the counter back to zero.
@@ -361,9 +362,22 @@ __device__ __forceinline__ AttnParams decode_params(AttnParams p, const unsigned
     return p;
 }
 
-// Keys a decode split takes: kv_len over the launch's splits, rounded up to whole DECODE_KEYS.
+// The first key a decode launch reads: the first the step's first row sees (with a window, the keys before it are
+// seen by no row and no split reads them).
+__device__ __forceinline__ int decode_first_key(const AttnParams &p) {
+    return p.window > 0 ? max(0, p.kv_len - p.tokens - p.window + 1) : 0;
+}
+
+// Keys a decode split takes: the keys from decode_first_key over the launch's splits, rounded up to whole
+// DECODE_KEYS (attention.rs's decode_chunk).
 __device__ __forceinline__ int decode_chunk(const AttnParams &p) {
-    return ((p.kv_len + p.splits - 1) / p.splits + DECODE_KEYS - 1) / DECODE_KEYS * DECODE_KEYS;
+    const int keys = p.kv_len - decode_first_key(p);
+    return ((keys + p.splits - 1) / p.splits + DECODE_KEYS - 1) / DECODE_KEYS * DECODE_KEYS;
+}
+
+// The splits that take keys (a chunk each from decode_first_key); those after take none.
+__device__ __forceinline__ int decode_live(const AttnParams &p, int chunk) {
+    return (p.kv_len - decode_first_key(p) + chunk - 1) / chunk;
 }
 
 // A captured decode step's rotation: LongRoPE's long set (when not null) replaces inv_freq once kv_len passes
@@ -387,7 +401,7 @@ __device__ void attn_decode(const AttnParams params, const unsigned *__restrict_
                             T *__restrict__ out, unsigned *__restrict__ done, const float *__restrict__ inv_freq,
                             const float *__restrict__ long_freq, const RopeStep rope) {
     const AttnParams p = decode_params(params, past);
-    const int chunk = decode_chunk(p), live = (p.kv_len + chunk - 1) / chunk;
+    const int chunk = decode_chunk(p), live = decode_live(p, chunk);
     if ((int)blockIdx.x >= live) return;
     constexpr int LDT = D + 8, WARPS = THREADS / 32;
     static_assert(BC == 16 * WARPS, "a warp takes 16 keys of a tile");
@@ -423,7 +437,7 @@ __device__ void attn_decode(const AttnParams params, const unsigned *__restrict_
         }
         *reinterpret_cast<uint4 *>(sQ + r * LDT + c) = val;
     }
-    const int j_begin = s * chunk, j_end = min(p.kv_len, j_begin + chunk);
+    const int j_begin = decode_first_key(p) + s * chunk, j_end = min(p.kv_len, j_begin + chunk);
     T *kg = k + p.k_off + g * D, *vg = v + p.v_off + g * D;
     const long long kv0 = (long long)b * p.kv_len;
     // The step's keys this split holds: [new_begin, j_end); its first tile is loaded once they are in the cache.
@@ -591,7 +605,7 @@ template <typename T, int D>
 __device__ void attn_combine(const AttnParams params, const unsigned *__restrict__ past,
                              const float *__restrict__ part, T *__restrict__ out, float *__restrict__ lse) {
     const AttnParams p = decode_params(params, past);
-    const int chunk = decode_chunk(p), live = (p.kv_len + chunk - 1) / chunk;
+    const int chunk = decode_chunk(p), live = decode_live(p, chunk);
     const long long row = blockIdx.x;  // (b·heads + h)·tokens + t
     const int t = row % p.tokens, h = (row / p.tokens) % p.heads, b = row / ((long long)p.tokens * p.heads);
     const float *src = part_rows<D>(p, part, b, t, h);

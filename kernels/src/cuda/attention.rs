@@ -520,24 +520,33 @@ pub fn decode_splits(gpu: &Gpu, shape: &AttentionShape) -> usize {
     splits_for(gpu.sm_count() as usize, shape)
 }
 
-/// Splits of the KV length on a GPU of `sms` multiprocessors. A split takes about 4·√kv_len keys (to the nearest
-/// whole [`DECODE_KEYS`]), where its keys (read one after another) and the merge's splits cost about the same, but no
-/// fewer than leave two blocks a multiprocessor (enough to read the cache at full bandwidth). Chosen from `gpu-bench
-/// attention` on an H200 (SmolLM2/TinyLlama/Phi-3.5/Llama-3-8B shapes at 1K to 64K keys), where it gives the fastest
-/// split count of the sweep in all 16 cases, and from int4 decode at 2K to 8K keys (benches/RESULTS.md).
+/// Splits of the keys a decode step reads ([`decode_keys`]) on a GPU of `sms` multiprocessors. A split takes about
+/// 4·√keys keys (to the nearest whole [`DECODE_KEYS`]), where its keys (read one after another) and the merge's
+/// splits cost about the same, but no fewer than leave two blocks a multiprocessor (enough to read the cache at full
+/// bandwidth). Chosen from `gpu-bench attention` on an H200 (SmolLM2/TinyLlama/Phi-3.5/Llama-3-8B shapes at 1K to 64K
+/// keys), where it gives the fastest split count of the sweep in all 16 cases, and from int4 decode at 2K to 8K keys
+/// (benches/RESULTS.md).
 fn splits_for(sms: usize, shape: &AttentionShape) -> usize {
-    let kv_len = shape.kv_len;
+    let keys = decode_keys(shape);
     let blocks = (2 * sms / (shape.batch * shape.kv_heads).max(1)).max(1);
-    let balance = ((4 * kv_len.isqrt() + DECODE_KEYS / 2) / DECODE_KEYS).max(1);
-    let fill = kv_len.div_ceil(blocks).div_ceil(DECODE_KEYS);
-    kv_len.div_ceil(balance.max(fill) * DECODE_KEYS)
+    let balance = ((4 * keys.isqrt() + DECODE_KEYS / 2) / DECODE_KEYS).max(1);
+    let fill = keys.div_ceil(blocks).div_ceil(DECODE_KEYS);
+    keys.div_ceil(balance.max(fill) * DECODE_KEYS)
 }
 
-/// Keys a decode split takes of `kv_len` split `splits` ways (`splits` ≥ 1): their share rounded up to whole
-/// [`DECODE_KEYS`] (at least one), as attention.cu's `decode_chunk`; the splits past `kv_len` take none.
-pub fn decode_chunk(kv_len: usize, splits: usize) -> usize {
-    kv_len
-        .div_ceil(splits)
+/// Keys a decode step over `shape` reads: from the first its first query row sees (the window's first, with a
+/// sliding window) to kv_len, as attention.cu's `decode_first_key`.
+pub fn decode_keys(shape: &AttentionShape) -> usize {
+    match shape.window {
+        Some(window) => shape.kv_len.min(window + shape.tokens - 1),
+        None => shape.kv_len,
+    }
+}
+
+/// Keys a decode split takes of `keys` ([`decode_keys`]) split `splits` ways (`splits` ≥ 1): their share rounded up
+/// to whole [`DECODE_KEYS`] (at least one), as attention.cu's `decode_chunk`; the splits past the keys take none.
+pub fn decode_chunk(keys: usize, splits: usize) -> usize {
+    keys.div_ceil(splits)
         .div_ceil(DECODE_KEYS)
         .max(1)
         .saturating_mul(DECODE_KEYS)
@@ -818,7 +827,8 @@ pub fn backward<T: Half>(
 #[cfg(test)]
 mod tests {
     use super::{
-        decode_merges_in_kernel, decode_scratch_len, scratch_splits, splits_for, AttentionShape,
+        decode_keys, decode_merges_in_kernel, decode_scratch_len, scratch_splits, splits_for,
+        AttentionShape,
     };
 
     fn one_token(heads: usize, kv_heads: usize, head_dim: usize) -> AttentionShape {
@@ -882,6 +892,34 @@ mod tests {
             ..one_token(32, 32, 96)
         };
         assert_eq!(splits_for(132, &wide), 1);
+        // With a sliding window only the window's keys are split: Mistral-7B's 4096 at 32K keys as a 4096-key cache.
+        let mistral = AttentionShape {
+            kv_len: 32768,
+            ..one_token(32, 8, 128)
+        };
+        assert_eq!(splits_for(132, &mistral), 32);
+        let windowed = AttentionShape {
+            window: Some(4096),
+            ..mistral
+        };
+        assert_eq!(decode_keys(&windowed), 4096);
+        assert_eq!(splits_for(132, &windowed), 16);
+        // Four rows read from the first row's window to the last row: 4099 keys.
+        assert_eq!(
+            decode_keys(&AttentionShape {
+                tokens: 4,
+                ..windowed
+            }),
+            4099
+        );
+        // A window longer than the cache leaves all its keys.
+        assert_eq!(
+            decode_keys(&AttentionShape {
+                kv_len: 100,
+                ..windowed
+            }),
+            100
+        );
     }
 
     #[test]
