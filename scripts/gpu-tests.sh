@@ -23,15 +23,15 @@ for spec in "olive-kernels gpu gpu-tests" "olive-nn gpu nn-gpu-tests" "olive-nn 
         exit 1
     fi
     built=$(python3 scripts/cargo-executable.py "$target" <"$log")
-    cp "$built" ".gpu/$name" && strip --strip-debug ".gpu/$name"
+    cp "$built" ".gpu/$name" && strip --strip-all ".gpu/$name"
 done
 if cargo metadata --no-deps --format-version 1 | grep -q '"name":"gpu-bench"'; then
     cargo build --release -p olive-kernels --bin gpu-bench
-    cp target/release/gpu-bench .gpu/gpu-bench && strip --strip-debug .gpu/gpu-bench
+    cp target/release/gpu-bench .gpu/gpu-bench && strip --strip-all .gpu/gpu-bench
 fi
 bench=$(cargo bench -p olive-quant --bench gpu_calibration --no-run --message-format=json-render-diagnostics |
     python3 scripts/cargo-executable.py gpu_calibration)
-cp "$bench" .gpu/gpu-calibration-bench && strip --strip-debug .gpu/gpu-calibration-bench
+cp "$bench" .gpu/gpu-calibration-bench && strip --strip-all .gpu/gpu-calibration-bench
 cargo build --release -p olive-host -p olive-lora -p olive-quant-awq -p olive-quant-gptq
 cp target/release/olive-host .gpu/olive-host && strip --strip-all .gpu/olive-host
 bash scripts/write-plugin-manifests.sh >/dev/null
@@ -39,8 +39,19 @@ for plugin in olive_lora olive_quant_awq olive_quant_gptq; do
     cp "target/release/lib$plugin.so" .gpu/ && strip --strip-all ".gpu/lib$plugin.so"
     cp "target/release/$plugin.olive-plugin.json" .gpu/
 done
+# The default model's tokenizer: from the lab's converted folder, else converted here from the set-up's GGUF.
 default_model=models/smollm2
-[ -f "$default_model/tokenizer.json" ] || { echo "$default_model/tokenizer.json is missing: run the set-up first" >&2; exit 1; }
+if [ ! -f "$default_model/tokenizer.json" ]; then
+    [ -n "${OLIVE_DEFAULT_GGUF:-}" ] || { echo "models/smollm2 is missing and OLIVE_DEFAULT_GGUF is unset: run the set-up and source target/olive-env.sh" >&2; exit 1; }
+    default_model=$(mktemp -d)
+    trap 'rm -f "$log"; rm -rf "$default_model"' EXIT
+    target/release/olive-host convert --model_name_or_path "$OLIVE_DEFAULT_GGUF" --output_path "$default_model" \
+        --overwrite --log_level 3 >/dev/null
+fi
 mkdir -p .gpu/tokenizer
 cp "$default_model"/tokenizer.json "$default_model"/tokenizer_config.json "$default_model"/special_tokens_map.json .gpu/tokenizer/
 ls -la .gpu
+size=$(du -sb .gpu | cut -f1)
+if [ "$size" -gt $((64 << 20)) ]; then
+    echo "warning: .gpu holds $((size >> 20)) MiB, over the device tool's 64 MiB carry: carry part of it" >&2
+fi

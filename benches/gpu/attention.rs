@@ -24,6 +24,10 @@ const SHAPES: [(&str, usize, usize, usize); 4] = [
 ];
 /// Cache lengths (keys the step attends to, its own included).
 const KV_LENS: [usize; 7] = [1024, 2048, 3072, 4096, 8192, 16384, 65536];
+/// Keys a split (in [`DECODE_KEYS`]) the sweep tries: every split count whose splits take these.
+const CHUNKS: [usize; 20] = [
+    1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512,
+];
 /// Bytes the rotated copies of a cache must exceed (an H100's or H200's L2 is 50 MB).
 const ROTATE_BYTES: usize = 120 << 20;
 /// The fewest calls a graph.
@@ -46,9 +50,9 @@ pub fn run(gpu: &Gpu) -> Result<(), GpuError> {
                 scale: 1.0 / (head_dim as f32).sqrt(),
             };
             let default = decode_splits(gpu, &shape);
-            let mut splits: Vec<usize> = (0..10)
-                .map(|i| 1 << i)
-                .filter(|&s| s * DECODE_KEYS <= kv_len)
+            let mut splits: Vec<usize> = CHUNKS
+                .iter()
+                .map(|&c| kv_len.div_ceil(c * DECODE_KEYS))
                 .chain([default])
                 .collect();
             splits.sort_unstable();
