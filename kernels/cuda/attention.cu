@@ -598,38 +598,51 @@ __device__ void attn_decode(const AttnParams params, const unsigned *__restrict_
     if (threadIdx.x == 0) *count = 0;
 }
 
-// One block per output row (b, t, h), thread c < D a column: merges the splits' partial rows. The maximum is
-// taken by the block together and the sums' loop is unrolled, so the splits' loads are in flight together rather
-// than one L2 round trip each.
+// Folds a partial row (its maximum ms, sum ls, column os; log2 units) into a running one (m, l, o).
+__device__ __forceinline__ void merge_partial(float &m, float &l, float &o, float ms, float ls, float os) {
+    const float mn = fmaxf(m, ms);
+    if (mn == -INFINITY) return;  // neither has seen a key
+    const float a = exp2f(m - mn), w = exp2f(ms - mn);
+    m = mn;
+    l = l * a + ls * w;
+    o = o * a + os * w;
+}
+
+// One block per output row (b, t, h): the splits' partial rows merged in one pass by THREADS / D parts of D threads
+// (thread c of a part a column), part q taking splits q, q + parts, ... with a running maximum, its loop unrolled
+// so that several splits' loads are in flight together; part 0 then folds in the other parts' rows.
 template <typename T, int D>
 __device__ void attn_combine(const AttnParams params, const unsigned *__restrict__ past,
                              const float *__restrict__ part, T *__restrict__ out, float *__restrict__ lse) {
+    constexpr int PARTS = THREADS / D;
+    static_assert(PARTS >= 1, "a part is D threads of the block");
     const AttnParams p = decode_params(params, past);
     const int chunk = decode_chunk(p), live = decode_live(p, chunk);
     const long long row = blockIdx.x;  // (b·heads + h)·tokens + t
     const int t = row % p.tokens, h = (row / p.tokens) % p.heads, b = row / ((long long)p.tokens * p.heads);
     const float *src = part_rows<D>(p, part, b, t, h);
-    const int c = threadIdx.x;
-    __shared__ float warp_mx[THREADS / 32];
-    float mx = -INFINITY;
-    for (int s = c; s < live; s += THREADS) mx = fmaxf(mx, src[s * (D + 2) + D]);
-    mx = warp_max(mx);
-    if (c % 32 == 0) warp_mx[c / 32] = mx;
-    __syncthreads();
-#pragma unroll
-    for (int w = 0; w < THREADS / 32; ++w) mx = fmaxf(mx, warp_mx[w]);
-    float sum = 0.f, o = 0.f;
-    if (mx != -INFINITY) {
+    const int c = threadIdx.x % D, q = threadIdx.x / D;
+    float m = -INFINITY, l = 0.f, o = 0.f;
+    if (q < PARTS) {
 #pragma unroll 8
-        for (int s = 0; s < live; ++s) {
-            const float w = exp2f(src[s * (D + 2) + D] - mx);
-            sum += w * src[s * (D + 2) + D + 1];
-            if (c < D) o += w * src[s * (D + 2) + c];
+        for (int s = q; s < live; s += PARTS) {
+            const float *split = src + (long long)s * (D + 2);
+            merge_partial(m, l, o, split[D], split[D + 1], split[c]);
         }
     }
-    if (c < D)
-        out_row<T, D>(p, out, b, t, h)[c] = from_float<T>(sum > 0.f ? o / sum : 0.f);
-    if (lse != nullptr && c == 0) lse[row] = sum > 0.f ? (mx + log2f(sum)) * LN2 : -INFINITY;
+    if constexpr (PARTS > 1) {
+        __shared__ float part_m[PARTS], part_l[PARTS], part_o[PARTS][D];
+        if (q > 0 && q < PARTS) {
+            part_o[q][c] = o;
+            if (c == 0) part_m[q] = m, part_l[q] = l;
+        }
+        __syncthreads();
+        if (q == 0)
+            for (int j = 1; j < PARTS; ++j) merge_partial(m, l, o, part_m[j], part_l[j], part_o[j][c]);
+    }
+    if (q != 0) return;
+    out_row<T, D>(p, out, b, t, h)[c] = from_float<T>(l > 0.f ? o / l : 0.f);
+    if (lse != nullptr && c == 0) lse[row] = l > 0.f ? (m + log2f(l)) * LN2 : -INFINITY;
 }
 
 // ---------------------------------------------------------------------------------------------------------------
