@@ -598,23 +598,34 @@ __device__ void attn_decode(const AttnParams params, const unsigned *__restrict_
     if (threadIdx.x == 0) *count = 0;
 }
 
-// Folds a partial row (its maximum ms, sum ls, column os; log2 units) into a running one (m, l, o).
-__device__ __forceinline__ void merge_partial(float &m, float &l, float &o, float ms, float ls, float os) {
-    const float mn = fmaxf(m, ms);
-    if (mn == -INFINITY) return;  // neither has seen a key
-    const float a = exp2f(m - mn), w = exp2f(ms - mn);
+// Folds N partial rows (maxima ms, sums ls, columns os; log2 units) into a running row (m, l, o): their maximum
+// first, then the running row rescaled once to it and each added.
+template <int N>
+__device__ __forceinline__ void fold_partials(float &m, float &l, float &o, const float *ms, const float *ls,
+                                              const float *os) {
+    float mn = m;
+#pragma unroll
+    for (int u = 0; u < N; ++u) mn = fmaxf(mn, ms[u]);
+    if (mn == -INFINITY) return;  // no keys seen yet
+    const float a = exp2f(m - mn);
+    l *= a;
+    o *= a;
+#pragma unroll
+    for (int u = 0; u < N; ++u) {
+        const float w = exp2f(ms[u] - mn);
+        l += w * ls[u];
+        o += w * os[u];
+    }
     m = mn;
-    l = l * a + ls * w;
-    o = o * a + os * w;
 }
 
 // One block per output row (b, t, h): the splits' partial rows merged in one pass by THREADS / D parts of D threads
-// (thread c of a part a column), part q taking splits q, q + parts, ... with a running maximum, its loop unrolled
-// so that several splits' loads are in flight together; part 0 then folds in the other parts' rows.
+// (thread c of a part a column), part q taking splits q, q + parts, ... IN_FLIGHT at a time: their loads together,
+// then their maximum, the running row rescaled once to it and the batch added. Part 0 then folds in the others.
 template <typename T, int D>
 __device__ void attn_combine(const AttnParams params, const unsigned *__restrict__ past,
                              const float *__restrict__ part, T *__restrict__ out, float *__restrict__ lse) {
-    constexpr int PARTS = THREADS / D;
+    constexpr int PARTS = THREADS / D, IN_FLIGHT = 8;
     static_assert(PARTS >= 1, "a part is D threads of the block");
     const AttnParams p = decode_params(params, past);
     const int chunk = decode_chunk(p), live = decode_live(p, chunk);
@@ -622,12 +633,20 @@ __device__ void attn_combine(const AttnParams params, const unsigned *__restrict
     const int t = row % p.tokens, h = (row / p.tokens) % p.heads, b = row / ((long long)p.tokens * p.heads);
     const float *src = part_rows<D>(p, part, b, t, h);
     const int c = threadIdx.x % D, q = threadIdx.x / D;
+    // The running row: maximum and sum (log2 units) and column c.
     float m = -INFINITY, l = 0.f, o = 0.f;
     if (q < PARTS) {
-#pragma unroll 8
-        for (int s = q; s < live; s += PARTS) {
-            const float *split = src + (long long)s * (D + 2);
-            merge_partial(m, l, o, split[D], split[D + 1], split[c]);
+        for (int s0 = q; s0 < live; s0 += IN_FLIGHT * PARTS) {
+            float ms[IN_FLIGHT], ls[IN_FLIGHT], os[IN_FLIGHT];
+#pragma unroll
+            for (int u = 0; u < IN_FLIGHT; ++u) {
+                const int s = s0 + u * PARTS;
+                const float *split = src + (long long)s * (D + 2);
+                ms[u] = s < live ? split[D] : -INFINITY;
+                ls[u] = s < live ? split[D + 1] : 0.f;
+                os[u] = s < live ? split[c] : 0.f;
+            }
+            fold_partials<IN_FLIGHT>(m, l, o, ms, ls, os);
         }
     }
     if constexpr (PARTS > 1) {
@@ -638,7 +657,7 @@ __device__ void attn_combine(const AttnParams params, const unsigned *__restrict
         }
         __syncthreads();
         if (q == 0)
-            for (int j = 1; j < PARTS; ++j) merge_partial(m, l, o, part_m[j], part_l[j], part_o[j][c]);
+            for (int j = 1; j < PARTS; ++j) fold_partials<1>(m, l, o, &part_m[j], &part_l[j], &part_o[j][c]);
     }
     if (q != 0) return;
     out_row<T, D>(p, out, b, t, h)[c] = from_float<T>(l > 0.f ? o / l : 0.f);
