@@ -521,15 +521,15 @@ pub fn decode_splits(gpu: &Gpu, shape: &AttentionShape) -> usize {
 }
 
 /// Splits of the keys a decode step reads ([`decode_keys`]) on a GPU of `sms` multiprocessors. A split takes about
-/// 4·√keys keys (to the nearest whole [`DECODE_KEYS`]), where its keys (read one after another) and the merge's
+/// 2·√keys keys (to the nearest whole [`DECODE_KEYS`]), where its keys (read one after another) and the merge's
 /// splits cost about the same, but no fewer than leave two blocks a multiprocessor (enough to read the cache at full
 /// bandwidth). Chosen from `gpu-bench attention` on an H200 (SmolLM2/TinyLlama/Phi-3.5/Llama-3-8B shapes at 1K to 64K
-/// keys), where it gives the fastest split count of the sweep in all 16 cases, and from int4 decode at 2K to 8K keys
-/// (benches/RESULTS.md).
+/// keys, with the one-pass combine), where it is within 6% of the sweep's fastest split count in all 28 cases and
+/// the fastest in 26 (benches/RESULTS.md).
 fn splits_for(sms: usize, shape: &AttentionShape) -> usize {
     let keys = decode_keys(shape);
     let blocks = (2 * sms / (shape.batch * shape.kv_heads).max(1)).max(1);
-    let balance = ((4 * keys.isqrt() + DECODE_KEYS / 2) / DECODE_KEYS).max(1);
+    let balance = ((2 * keys.isqrt() + DECODE_KEYS / 2) / DECODE_KEYS).max(1);
     let fill = keys.div_ceil(blocks).div_ceil(DECODE_KEYS);
     keys.div_ceil(balance.max(fill) * DECODE_KEYS)
 }
@@ -858,32 +858,70 @@ mod tests {
     }
 
     #[test]
-    fn decode_splits_are_the_fastest_of_the_h200_sweep() {
-        // (heads, kv_heads, head_dim) of SmolLM2, TinyLlama, Phi-3.5, Llama-3-8B; the split count `gpu-bench
-        // attention` measured fastest at 1K, 4K, 16K and 64K keys on an H200 (132 multiprocessors).
-        let best = [
-            ((9, 3, 64), [8, 16, 32, 64]),
-            ((32, 4, 64), [8, 16, 32, 64]),
-            ((32, 32, 96), [8, 8, 8, 8]),
-            ((32, 8, 128), [8, 16, 32, 32]),
+    fn decode_splits_are_among_the_fastest_of_the_h200_sweep() {
+        // (heads, kv_heads, head_dim) of SmolLM2, TinyLlama, Phi-3.5, Llama-3-8B; the split counts `gpu-bench
+        // attention` measured within 6% of the fastest at 1K, 2K, 3K, 4K, 8K, 16K and 64K keys on an H200 (132
+        // multiprocessors; benches/RESULTS.md).
+        let near_best: [((usize, usize, usize), [&[usize]; 7]); 4] = [
+            (
+                (9, 3, 64),
+                [
+                    &[8],
+                    &[16],
+                    &[24],
+                    &[32],
+                    &[32, 64],
+                    &[43, 64],
+                    &[86, 103, 128],
+                ],
+            ),
+            (
+                (32, 4, 64),
+                [&[8], &[16], &[24], &[32], &[32, 64], &[64], &[64]],
+            ),
+            (
+                (32, 32, 96),
+                [
+                    &[4, 8],
+                    &[8],
+                    &[8],
+                    &[7, 8, 11, 16],
+                    &[8, 16],
+                    &[8, 16],
+                    &[6, 8, 16, 32, 52, 64],
+                ],
+            ),
+            (
+                (32, 8, 128),
+                [
+                    &[8],
+                    &[16],
+                    &[12, 24],
+                    &[16, 32],
+                    &[22, 32],
+                    &[26, 32, 43],
+                    &[32],
+                ],
+            ),
         ];
-        for ((heads, kv_heads, head_dim), splits) in best {
-            for (kv_len, want) in [1024, 4096, 16384, 65536].into_iter().zip(splits) {
+        let lens = [1024, 2048, 3072, 4096, 8192, 16384, 65536];
+        for ((heads, kv_heads, head_dim), splits) in near_best {
+            for (kv_len, good) in lens.into_iter().zip(splits) {
                 let shape = AttentionShape {
                     kv_len,
                     ..one_token(heads, kv_heads, head_dim)
                 };
-                assert_eq!(
-                    splits_for(132, &shape),
-                    want,
-                    "{heads}/{kv_heads}/{head_dim} at {kv_len} keys"
+                let picked = splits_for(132, &shape);
+                assert!(
+                    good.contains(&picked),
+                    "{heads}/{kv_heads}/{head_dim} at {kv_len} keys: {picked} splits, measured near the best {good:?}"
                 );
             }
         }
-        // 4·√kv_len goes to the nearest 128 keys: 4032 keys take 252 as 256 (16 splits), 2032 take 180 as 128;
+        // 2·√kv_len goes to the nearest 128 keys: 9216 keys take 192 as 256 (36 splits), 9000 take 188 as 128;
         // short caches take one split a 128 keys.
         let smol = one_token(9, 3, 64);
-        for (kv_len, want) in [(4032, 16), (2032, 16), (300, 3)] {
+        for (kv_len, want) in [(9216, 36), (9000, 71), (300, 3)] {
             assert_eq!(splits_for(132, &AttentionShape { kv_len, ..smol }), want);
         }
         // A batch that fills the GPU by itself takes one split.
@@ -903,7 +941,11 @@ mod tests {
             ..mistral
         };
         assert_eq!(decode_keys(&windowed), 4096);
-        assert_eq!(splits_for(132, &windowed), 16);
+        let cache_4096 = AttentionShape {
+            kv_len: 4096,
+            ..one_token(32, 8, 128)
+        };
+        assert_eq!(splits_for(132, &windowed), splits_for(132, &cache_4096));
         // Four rows read from the first row's window to the last row: 4099 keys.
         assert_eq!(
             decode_keys(&AttentionShape {
