@@ -862,7 +862,8 @@ mod tests {
         // (heads, kv_heads, head_dim) of SmolLM2, TinyLlama, Phi-3.5, Llama-3-8B; the split counts `gpu-bench
         // attention` measured within 6% of the fastest at 1K, 2K, 3K, 4K, 8K, 16K and 64K keys on an H200 (132
         // multiprocessors; benches/RESULTS.md).
-        let near_best: [((usize, usize, usize), [&[usize]; 7]); 4] = [
+        type NearBest = ((usize, usize, usize), [&'static [usize]; 7]);
+        let near_best: [NearBest; 4] = [
             (
                 (9, 3, 64),
                 [
