@@ -353,8 +353,6 @@ __device__ void attn_fwd(const AttnParams p, const T *__restrict__ q, const T *_
 // Dynamic shared memory (decode_smem in attention.rs): Q [16, D+8], 2 × K, 2 × V [64, D+8]; the warps' output rows
 // [4, 16, D] f32 reuse the K/V buffers after the last tile.
 constexpr int MAXR = 16;
-// The most splits a decode launch with `done` merges itself (attention.rs's DECODE_FUSED_SPLITS).
-constexpr int FUSED_SPLITS = 64;
 
 // The decode launch's parameters as the kernels use them: kv_len from device memory when `past` is not null.
 __device__ __forceinline__ AttnParams decode_params(AttnParams p, const unsigned *past) {
@@ -395,6 +393,80 @@ template <typename T> __device__ __forceinline__ void rotate_pair(T &xa, T &xb, 
     xb = from_float<T>(r.y);
 }
 
+// Folds N partial rows (maxima ms, sums ls, column pairs os; log2 units) into a running row (m, l, o): their
+// maximum first, then the running row rescaled once to it and each added.
+template <int N>
+__device__ __forceinline__ void fold_partials(float &m, float &l, float2 &o, const float *ms, const float *ls,
+                                              const float2 *os) {
+    float mn = m;
+#pragma unroll
+    for (int u = 0; u < N; ++u) mn = fmaxf(mn, ms[u]);
+    if (mn == -INFINITY) return;  // no keys seen yet
+    const float a = exp2f(m - mn);
+    l *= a;
+    o.x *= a;
+    o.y *= a;
+#pragma unroll
+    for (int u = 0; u < N; ++u) {
+        const float w = exp2f(ms[u] - mn);
+        l += w * ls[u];
+        o.x += w * os[u].x;
+        o.y += w * os[u].y;
+    }
+    m = mn;
+}
+
+// Merges `live` splits' partial rows (part_rows' layout) into `rows` output rows in one pass, the whole block
+// calling: a thread a pair of adjacent columns of the rows·D (one 8-byte load a split: a split's D + 2 floats keep
+// the pairs aligned), each folding its splits IN_FLIGHT at a time (their loads together, through L2, as another
+// block may have written them; then their maximum, one rescale, the batch added). Where the pairs are fewer than
+// THREADS, THREADS / pairs parts take every parts-th split and part 0 folds in the others through `stash`
+// (4·THREADS floats of shared memory). row_splits(r): row r's first split; write(r, c, m, l, o): the merged columns
+// c and c + 1 (maximum and sum in log2 units).
+template <int D, typename RowSplits, typename Write>
+__device__ __forceinline__ void merge_splits(int rows, int live, float *stash, RowSplits row_splits, Write write) {
+    constexpr int IN_FLIGHT = 8, PAIRS = D / 2;
+    static_assert(D % 2 == 0, "a thread takes a pair of columns");
+    const int pairs = rows * PAIRS, parts = max(1, THREADS / pairs), q = threadIdx.x / pairs;
+    for (int i = threadIdx.x % pairs; q < parts && i < pairs; i += THREADS) {
+        const int r = i / PAIRS, c = 2 * (i % PAIRS);
+        const float *src = row_splits(r);
+        float m = -INFINITY, l = 0.f;
+        float2 o = make_float2(0.f, 0.f);
+        for (int s0 = q; s0 < live; s0 += IN_FLIGHT * parts) {
+            float ms[IN_FLIGHT], ls[IN_FLIGHT];
+            float2 os[IN_FLIGHT];
+#pragma unroll
+            for (int u = 0; u < IN_FLIGHT; ++u) {
+                const int s = s0 + u * parts;
+                const float *split = src + (long long)s * (D + 2);
+                ms[u] = s < live ? __ldcg(split + D) : -INFINITY;
+                ls[u] = s < live ? __ldcg(split + D + 1) : 0.f;
+                os[u] = s < live ? __ldcg(reinterpret_cast<const float2 *>(split + c)) : make_float2(0.f, 0.f);
+            }
+            fold_partials<IN_FLIGHT>(m, l, o, ms, ls, os);
+        }
+        if (parts == 1) {
+            write(r, c, m, l, o);
+        } else {
+            float *mine = stash + 4 * threadIdx.x;
+            mine[0] = m, mine[1] = l, mine[2] = o.x, mine[3] = o.y;
+        }
+    }
+    if (parts == 1) return;
+    __syncthreads();
+    if (q != 0) return;
+    const float *mine = stash + 4 * threadIdx.x;
+    float m = mine[0], l = mine[1];
+    float2 o = make_float2(mine[2], mine[3]);
+    for (int j = 1; j < parts; ++j) {
+        const float *other = stash + 4 * (threadIdx.x + j * pairs);
+        const float2 oo = make_float2(other[2], other[3]);
+        fold_partials<1>(m, l, o, &other[0], &other[1], &oo);
+    }
+    write(threadIdx.x / PAIRS, 2 * (threadIdx.x % PAIRS), m, l, o);
+}
+
 template <typename T, int D>
 __device__ void attn_decode(const AttnParams params, const unsigned *__restrict__ past, const T *__restrict__ q,
                             T *k, T *v, const unsigned char *__restrict__ mask, float *__restrict__ part,
@@ -410,7 +482,7 @@ __device__ void attn_decode(const AttnParams params, const unsigned *__restrict_
     T *sK = sQ + MAXR * LDT;    // two buffers [2][64][LDT]
     T *sV = sK + 2 * BC * LDT;  // two buffers
     float *sO = reinterpret_cast<float *>(sK);  // [WARPS][MAXR][D], after the last tile
-    static_assert(MAXR * FUSED_SPLITS <= WARPS * MAXR * D, "the merge's weights fit where the warps' rows were");
+    static_assert(4 * THREADS <= WARPS * MAXR * D, "merge_splits' stash fits where the warps' rows were");
     __shared__ float sm_w[WARPS][MAXR], sl_w[WARPS][MAXR];
 
     const int s = blockIdx.x, g = blockIdx.y, b = blockIdx.z;
@@ -566,102 +638,35 @@ __device__ void attn_decode(const AttnParams params, const unsigned *__restrict_
     __syncthreads();
     if (!last) return;
     __threadfence();
-    // Each row's weights of its splits, exp2(m_j - max) / Σ exp2(m_j - max)·l_j: a warp a row, a lane two splits.
-    float *wts = sO;  // [MAXR][FUSED_SPLITS], in the K/V buffers (free since the first merge)
-    for (int r = warp; r < R; r += WARPS) {
-        const int h = g * group + r / p.tokens, t = r % p.tokens;
-        const float *src = part_rows<D>(p, part, b, t, h);
-        float mj[2], lj[2];
-#pragma unroll
-        for (int u = 0; u < 2; ++u) {
-            const int j = lane + 32 * u;
-            mj[u] = j < live ? __ldcg(src + j * (D + 2) + D) : -INFINITY;
-            lj[u] = j < live ? __ldcg(src + j * (D + 2) + D + 1) : 0.f;
-        }
-        const float mx = warp_max(fmaxf(mj[0], mj[1]));
-        float wj[2];
-#pragma unroll
-        for (int u = 0; u < 2; ++u) wj[u] = mx == -INFINITY ? 0.f : exp2f(mj[u] - mx);
-        const float sum = warp_sum(wj[0] * lj[0] + wj[1] * lj[1]);
-#pragma unroll
-        for (int u = 0; u < 2; ++u) wts[r * FUSED_SPLITS + lane + 32 * u] = sum > 0.f ? wj[u] / sum : 0.f;
-    }
-    __syncthreads();
-    for (int i = threadIdx.x; i < R * D; i += THREADS) {
-        const int r = i / D, c = i % D, h = g * group + r / p.tokens, t = r % p.tokens;
-        const float *src = part_rows<D>(p, part, b, t, h) + c;
-        float acc = 0.f;
-#pragma unroll 8
-        for (int j = 0; j < live; ++j) acc += wts[r * FUSED_SPLITS + j] * __ldcg(src + j * (D + 2));
-        out_row<T, D>(p, out, b, t, h)[c] = from_float<T>(acc);
-    }
+    // The heads and tokens of the rows (group · tokens of them) this KV head's blocks hold.
+    const auto head = [&](int r) { return g * group + r / p.tokens; };
+    merge_splits<D>(
+        R, live, sO, [&](int r) { return part_rows<D>(p, part, b, r % p.tokens, head(r)); },
+        [&](int r, int c, float, float l, float2 o) {
+            T *dst = out_row<T, D>(p, out, b, r % p.tokens, head(r)) + c;
+            dst[0] = from_float<T>(l > 0.f ? o.x / l : 0.f);
+            dst[1] = from_float<T>(l > 0.f ? o.y / l : 0.f);
+        });
     if (threadIdx.x == 0) *count = 0;
 }
 
-// Folds N partial rows (maxima ms, sums ls, columns os; log2 units) into a running row (m, l, o): their maximum
-// first, then the running row rescaled once to it and each added.
-template <int N>
-__device__ __forceinline__ void fold_partials(float &m, float &l, float &o, const float *ms, const float *ls,
-                                              const float *os) {
-    float mn = m;
-#pragma unroll
-    for (int u = 0; u < N; ++u) mn = fmaxf(mn, ms[u]);
-    if (mn == -INFINITY) return;  // no keys seen yet
-    const float a = exp2f(m - mn);
-    l *= a;
-    o *= a;
-#pragma unroll
-    for (int u = 0; u < N; ++u) {
-        const float w = exp2f(ms[u] - mn);
-        l += w * ls[u];
-        o += w * os[u];
-    }
-    m = mn;
-}
-
-// One block per output row (b, t, h): the splits' partial rows merged in one pass by THREADS / D parts of D threads
-// (thread c of a part a column), part q taking splits q, q + parts, ... IN_FLIGHT at a time: their loads together,
-// then their maximum, the running row rescaled once to it and the batch added. Part 0 then folds in the others.
+// One block per output row (b, t, h): its splits' partial rows merged by merge_splits.
 template <typename T, int D>
 __device__ void attn_combine(const AttnParams params, const unsigned *__restrict__ past,
                              const float *__restrict__ part, T *__restrict__ out, float *__restrict__ lse) {
-    constexpr int PARTS = THREADS / D, IN_FLIGHT = 8;
-    static_assert(PARTS >= 1, "a part is D threads of the block");
     const AttnParams p = decode_params(params, past);
     const int chunk = decode_chunk(p), live = decode_live(p, chunk);
     const long long row = blockIdx.x;  // (b·heads + h)·tokens + t
     const int t = row % p.tokens, h = (row / p.tokens) % p.heads, b = row / ((long long)p.tokens * p.heads);
-    const float *src = part_rows<D>(p, part, b, t, h);
-    const int c = threadIdx.x % D, q = threadIdx.x / D;
-    // The running row: maximum and sum (log2 units) and column c.
-    float m = -INFINITY, l = 0.f, o = 0.f;
-    if (q < PARTS) {
-        for (int s0 = q; s0 < live; s0 += IN_FLIGHT * PARTS) {
-            float ms[IN_FLIGHT], ls[IN_FLIGHT], os[IN_FLIGHT];
-#pragma unroll
-            for (int u = 0; u < IN_FLIGHT; ++u) {
-                const int s = s0 + u * PARTS;
-                const float *split = src + (long long)s * (D + 2);
-                ms[u] = s < live ? split[D] : -INFINITY;
-                ls[u] = s < live ? split[D + 1] : 0.f;
-                os[u] = s < live ? split[c] : 0.f;
-            }
-            fold_partials<IN_FLIGHT>(m, l, o, ms, ls, os);
-        }
-    }
-    if constexpr (PARTS > 1) {
-        __shared__ float part_m[PARTS], part_l[PARTS], part_o[PARTS][D];
-        if (q > 0 && q < PARTS) {
-            part_o[q][c] = o;
-            if (c == 0) part_m[q] = m, part_l[q] = l;
-        }
-        __syncthreads();
-        if (q == 0)
-            for (int j = 1; j < PARTS; ++j) fold_partials<1>(m, l, o, &part_m[j], &part_l[j], &part_o[j][c]);
-    }
-    if (q != 0) return;
-    out_row<T, D>(p, out, b, t, h)[c] = from_float<T>(l > 0.f ? o / l : 0.f);
-    if (lse != nullptr && c == 0) lse[row] = l > 0.f ? (m + log2f(l)) * LN2 : -INFINITY;
+    __shared__ float stash[4 * THREADS];
+    merge_splits<D>(
+        1, live, stash, [&](int) { return part_rows<D>(p, part, b, t, h); },
+        [&](int, int c, float m, float l, float2 o) {
+            T *dst = out_row<T, D>(p, out, b, t, h) + c;
+            dst[0] = from_float<T>(l > 0.f ? o.x / l : 0.f);
+            dst[1] = from_float<T>(l > 0.f ? o.y / l : 0.f);
+            if (lse != nullptr && c == 0) lse[row] = l > 0.f ? (m + log2f(l)) * LN2 : -INFINITY;
+        });
 }
 
 // ---------------------------------------------------------------------------------------------------------------

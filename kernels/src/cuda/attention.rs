@@ -19,13 +19,12 @@ const TILE: usize = 64;
 const DECODE_MAX_ROWS: usize = 16;
 /// A decode split's chunk of keys is a multiple of this (two of the kernel's 64-key tiles).
 pub const DECODE_KEYS: usize = 128;
-/// The most KV splits a captured decode step merges in its last split's block (attention.cu's FUSED_SPLITS).
-const DECODE_FUSED_SPLITS: usize = 64;
 /// The most partial-row floats (query rows a KV head · head_dim · splits) that block merges; over it the combine
-/// kernel, whose blocks share the merge, is faster (H200, int4 decode, merged in-kernel against the combine:
-/// TinyLlama's shapes, 8 rows of 64 a KV head, −6% at 16 splits (8192 floats) and at 8 (4096, with an idle combine
-/// launch after); SmolLM2's, 3 rows of 64, +4% at 16 splits (3072); Phi-3.5's, 1 row of 96, −1% at 16 (1536)).
-const DECODE_FUSED_FLOATS: usize = 3072;
+/// kernel, whose blocks share the merge, is faster (H200, int4 decode, the one-pass merge in the kernel against the
+/// combine: SmolLM2's shapes, 3 rows of 64 a KV head, +3.3% for the combine at 16 splits (3072 floats) and +1.0% at 8
+/// (1536); TinyLlama's, 8 rows of 64, +4% at 6 and at 4 splits (3072, 2048), −3% at 8 (4096); at 2 splits of
+/// TinyLlama's (1024) +0.8%, kept in the kernel with Phi-3.5's 1 row of 96 (at most 8 splits, 768), not measured).
+const DECODE_FUSED_FLOATS: usize = 1024;
 
 /// Where an operand's rows sit in its device buffer: row r of head h starts at element
 /// `offset + r·stride + h·head_dim` (a fused qkv row: q at offset 0, k at heads·head_dim, stride its width).
@@ -564,10 +563,9 @@ pub fn decode_scratch_len(shape: &AttentionShape, splits: usize) -> usize {
 }
 
 /// Whether a captured decode step ([`forward_after`]) split `splits` ways merges its splits in the decode kernel
-/// (where the merge is small: [`DECODE_FUSED_SPLITS`], [`DECODE_FUSED_FLOATS`]) rather than in a combine launch.
+/// (where the merge is small: [`DECODE_FUSED_FLOATS`]) rather than in a combine launch.
 pub fn decode_merges_in_kernel(shape: &AttentionShape, splits: usize) -> bool {
-    let merged = shape.rows_per_kv_head() * shape.head_dim * splits;
-    splits <= DECODE_FUSED_SPLITS && merged <= DECODE_FUSED_FLOATS
+    shape.rows_per_kv_head() * shape.head_dim * splits <= DECODE_FUSED_FLOATS
 }
 
 /// The splits a decode scratch of `len` floats holds for `shape` ([`decode_scratch_len`]); None where `len` is no
@@ -848,13 +846,10 @@ mod tests {
     fn the_decode_kernel_merges_few_small_splits_itself() {
         // TinyLlama: 8 rows of 64 a KV head, 512 floats a split; Phi-3.5: 1 row of 96.
         let (tiny, phi) = (one_token(32, 4, 64), one_token(32, 32, 96));
-        assert!(decode_merges_in_kernel(&tiny, 6));
-        assert!(!decode_merges_in_kernel(&tiny, 7));
-        assert!(decode_merges_in_kernel(&phi, 32));
-        assert!(!decode_merges_in_kernel(&phi, 33));
-        // No more than 64 splits, however small (3 rows of 16: 64 splits are 3072 floats; 1 row of 16: 65, 1040).
-        assert!(decode_merges_in_kernel(&one_token(3, 1, 16), 64));
-        assert!(!decode_merges_in_kernel(&one_token(1, 1, 16), 65));
+        assert!(decode_merges_in_kernel(&tiny, 2));
+        assert!(!decode_merges_in_kernel(&tiny, 3));
+        assert!(decode_merges_in_kernel(&phi, 10));
+        assert!(!decode_merges_in_kernel(&phi, 11));
     }
 
     #[test]

@@ -559,14 +559,15 @@ fn decode_after_a_cache_length_on_the_device_matches_reference() {
         return;
     };
     // Splits as `decode_splits` makes them on an H200 (132 multiprocessors).
-    let cases: [Case; 10] = [
+    let cases: [Case; 11] = [
         (1, 0, 64, 4, 2, None), // the first position of a small cache: one split, written directly
         (1, 299, 9000, 8, 2, None), // 3 live splits of 71 (more than the kernel merges: combine)
         (1, 600, 1000, 4, 4, Some(300)), // the window's 300 keys in 3 splits from key 301, merged in the kernel
         (1, 5000, 8000, 4, 4, None),     // 40 live splits of 128 keys of 63: combined
-        (1, 2800, 3000, 3, 3, None),     // 22 live splits of 24: merged in the kernel
-        (1, 8999, 9000, 9, 3, None),     // the cache's last position
-        (4, 126, 1000, 8, 2, None),      // 16 rows a KV head, the step's keys across two splits
+        (1, 2800, 3000, 3, 3, None),     // 22 live splits of 24: combined
+        (1, 200, 255, 32, 4, None), // 8 rows a KV head in 2 splits: merged in the kernel (head_dim 64), combined (128)
+        (1, 8999, 9000, 9, 3, None), // the cache's last position
+        (4, 126, 1000, 8, 2, None), // 16 rows a KV head, the step's keys across two splits
         (4, 126, 1000, 8, 2, Some(50)), // 16 rows a KV head, windowed: one split from key 77, written directly
         (4, 600, 1000, 8, 2, Some(255)), // the window's 258 keys in 3 splits, the step's keys across two
         (1, 20000, 40000, 32, 8, None), // Llama-3-8B's heads, 16 live splits of 1280 keys: combined
