@@ -2,14 +2,15 @@
 # GPU decode A/B, run on the GPU machine over what scripts/gpu-decode-ab.sh built into .gpu-ab/: random Llama models
 # of SmolLM2-135M's, TinyLlama-1.1B's and 8 layers of Phi-3.5-mini's shapes, and tinyw, a Mistral one of TinyLlama's
 # with a 2048-key sliding window (random_llama.py, bf16, then int4 by `olive-host quantize --algorithm rtn`), then
-# the gpu_decode bench's `graph` mode (tok/s, 32 steps) of the base build and the new one, alternated in the same
+# the gpu_decode bench's `graph` mode (tok/s, 32 steps) of each build (base and new), alternated in the same
 # call (these machines drift by a few percent between runs):
 #   bash benches/gpu/decode_ab.sh [ROUNDS [MODELS [PROMPTS]]]
-# ROUNDS: base/new pairs a case (2); MODELS: of smol tiny phi8 tinyw, each also with -int4 ("tiny-int4 smol-int4
+# ROUNDS: rounds a case (2); MODELS: of smol tiny phi8 tinyw, each also with -int4 ("tiny-int4 smol-int4
 # phi8-int4"); PROMPTS: prompt lengths (OLIVE_BENCH_PROMPT, "16"); AB_MAX_LENGTH, when set, the KV cache's capacity
-# (OLIVE_BENCH_MAX_LENGTH: generate's --max_length; else what the steps reach). Models go to $AB_MODELS
-# (/tmp/ab-models), kept for the next call while the machine stays warm. Prints one line a run, then each case's mean
-# ratio new / base.
+# (OLIVE_BENCH_MAX_LENGTH: generate's --max_length; else what the steps reach); AB_BUILDS, the builds under .gpu-ab
+# taken in turn ("base new"; a variant built by hand into .gpu-ab/NAME/bench joins as NAME). Models go to
+# $AB_MODELS (/tmp/ab-models), kept for the next call while the machine stays warm. Prints one line a round, then
+# each case's mean ratio of every build to the first.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 ab=$root/.gpu-ab
@@ -17,7 +18,8 @@ rounds=${1:-2}
 models=${2:-tiny-int4 smol-int4 phi8-int4}
 prompts=${3:-16}
 dir=${AB_MODELS:-/tmp/ab-models}
-for f in base/bench new/bench olive-host; do
+read -r -a builds <<<"${AB_BUILDS:-base new}"
+for f in "${builds[@]/%//bench}" olive-host; do
     [ -x "$ab/$f" ] || { echo "decode_ab.sh: $ab/$f is missing: run scripts/gpu-decode-ab.sh first" >&2; exit 1; }
 done
 for m in $models; do
@@ -52,14 +54,21 @@ print(f"{float(m.group(1)) * scale:.0f}")'
 summary=""
 for p in $prompts; do
     for m in $models; do
-        base_sum=0 new_sum=0
+        declare -A sums=()
         for _ in $(seq "$rounds"); do
-            b=$(run base "$m" "$p")
-            n=$(run new "$m" "$p")
-            echo "$m prompt $p: base $b new $n tok/s"
-            base_sum=$((base_sum + b)) new_sum=$((new_sum + n))
+            line="$m prompt $p:"
+            for b in "${builds[@]}"; do
+                t=$(run "$b" "$m" "$p")
+                line+=" $b $t"
+                sums[$b]=$((${sums[$b]:-0} + t))
+            done
+            echo "$line tok/s"
         done
-        summary+="$m prompt $p: new / base $(python3 -c "print(f'{$new_sum / $base_sum:.3f}')")"$'\n'
+        first=${builds[0]}
+        for b in "${builds[@]:1}"; do
+            summary+="$m prompt $p: $b / $first $(python3 -c "print(f'{${sums[$b]} / ${sums[$first]}:.3f}')")"$'\n'
+        done
+        unset sums
     done
 done
 printf '%s' "$summary"
