@@ -20,10 +20,11 @@ const DECODE_MAX_ROWS: usize = 16;
 /// A decode split's chunk of keys is a multiple of this (two of the kernel's 64-key tiles).
 pub const DECODE_KEYS: usize = 128;
 /// The most partial-row floats (query rows a KV head · head_dim · splits) that block merges; over it the combine
-/// kernel, whose blocks share the merge, is faster (H200, int4 decode, the one-pass merge in the kernel against the
-/// combine: SmolLM2's shapes, 3 rows of 64 a KV head, +3.3% for the combine at 16 splits (3072 floats) and +1.0% at 8
-/// (1536); TinyLlama's, 8 rows of 64, +4% at 6 and at 4 splits (3072, 2048), −3% at 8 (4096); at 2 splits of
-/// TinyLlama's (1024) +0.8%, kept in the kernel with Phi-3.5's 1 row of 96 (at most 8 splits, 768), not measured).
+/// kernel, whose blocks share the merge, is faster (H200, int4 decode, the combine against the one-pass merge in the
+/// kernel: SmolLM2's shapes, 3 rows of 64 a KV head, +3.3% at 16 splits (3072 floats) and +1.0% at 8 (1536);
+/// TinyLlama's, 8 rows of 64, +3% at 8 splits (4096), +4% at 6 and at 4 (3072, 2048)). At 1024 floats the combine
+/// was +0.8% (TinyLlama's 2 splits); the bound stays there to keep Phi-3.5's shapes (1 row of 96, at most 8 splits:
+/// 768 floats) in the kernel, where their merge was never measured against the combine.
 const DECODE_FUSED_FLOATS: usize = 1024;
 
 /// Where an operand's rows sit in its device buffer: row r of head h starts at element
