@@ -1,14 +1,14 @@
 //! The captured decode step's attention (`attention::forward_after`: kernels/cuda/attention.cu's decode kernel, and
-//! its combine where the splits are too many to merge in the kernel) on model shapes at several cache lengths,
+//! its combine where there is more than one split) on model shapes at several cache lengths,
 //! against the number of KV splits: the step after a full cache (the length the splits are sized for), bf16, each
 //! figure a CUDA graph of back-to-back calls as in a captured model step, the calls going round copies of the
 //! caches larger than the L2 together so that their keys come from DRAM, as a model's layer finds them. `*` marks
-//! the default splits (`attention::decode_splits`); "merge" says where the splits are merged (the decode kernel's
-//! last split, or the combine kernel); GB/s is the cache's bytes over the time.
+//! the default splits (`attention::decode_splits`); "merge" says whether the decode kernel writes the output itself
+//! (one split) or the combine kernel merges the splits; GB/s is the cache's bytes over the time.
 
 use olive_kernels::cuda::attention::{
-    decode_chunk, decode_merges_in_kernel, decode_scratch_len, decode_splits, forward_after,
-    AttentionShape, Operand, Rows, Step, DECODE_KEYS,
+    decode_chunk, decode_scratch_len, decode_splits, forward_after, AttentionShape, Operand, Rows,
+    Step, DECODE_KEYS,
 };
 use olive_kernels::cuda::rope::RopeFreqs;
 use olive_kernels::cuda::{bf16, CachedLen, CudaSlice, Gpu, GpuError};
@@ -66,11 +66,7 @@ pub fn run(gpu: &Gpu) -> Result<(), GpuError> {
                     "| {model} | {kv_len} | {s}{} | {} × {chunk} | {} | {t:.2} | {:.0} |",
                     if s == default { " *" } else { "" },
                     kv_len.div_ceil(chunk),
-                    if decode_merges_in_kernel(&shape, s) {
-                        "in kernel"
-                    } else {
-                        "combine"
-                    },
+                    if s == 1 { "direct" } else { "combine" },
                     cache_bytes as f64 / t / 1e3
                 );
             }

@@ -11,8 +11,8 @@
 //   attention_combine_<t>_<d>: ... which this merges: grid (batch·heads·tokens). Both take kv_len from device
 //                             memory (`past` + tokens) when `past` is not null: a decode step captured in a CUDA
 //                             graph, the splits sized for the cache's capacity and the live ones found from kv_len.
-//                             Given `done` (counters, one a KV head: attention.rs passes them for a captured step
-//                             whose merge is small), the decode kernel merges its splits itself: no combine launch.
+//                             Given `out` (attention.rs passes it for a captured step of one split), the decode
+//                             kernel writes the output rows itself: no combine launch.
 //                             Given `inv_freq` (a captured step), q's rows hold the step's queries and its own
 //                             keys and values unrotated: the kernel rotates them as rope.cu does and the split
 //                             holding their positions writes them to the cache: no rope launch.
@@ -342,9 +342,7 @@ __device__ void attn_fwd(const AttnParams p, const T *__restrict__ q, const T *_
 // memory into the split's partial row.
 // part: [batch, heads, tokens, splits, D + 2] = the unnormalized output row, its running max (log2 units), its sum.
 // Splits past the keys (f + s·chunk ≥ kv_len) write nothing; the combine reads the live ones only.
-// With `done` ([batch, kv_heads] counters, zero before the launch) the kernel writes `out` itself: a lone live split
-// directly; else each live split writes its partial rows, counts itself in done (after a fence: threadFenceReduction
-// of the CUDA samples) and the last one of its KV head merges them all and sets the counter back to zero.
+// With `out` (a launch of one split) the kernel writes the normalized rows there instead of the partial rows.
 // With `inv_freq` (RopeStep), q's rows hold the step's queries, its keys from column k_col and its values after
 // them, all unrotated: every block rotates its query rows in shared memory (rope.cu's rotation, cos/sin of the
 // step's positions computed once into K's second buffer, free until the first prefetch), and the block whose split
@@ -416,61 +414,10 @@ __device__ __forceinline__ void fold_partials(float &m, float &l, float2 &o, con
     m = mn;
 }
 
-// Merges `live` splits' partial rows (part_rows' layout) into `rows` output rows in one pass, the whole block
-// calling: a thread a pair of adjacent columns of the rows·D (one 8-byte load a split: a split's D + 2 floats keep
-// the pairs aligned), each folding its splits IN_FLIGHT at a time (their loads together, through L2, as another
-// block may have written them; then their maximum, one rescale, the batch added). Where the pairs are fewer than
-// THREADS, THREADS / pairs parts take every parts-th split and part 0 folds in the others through `stash`
-// (4·THREADS floats of shared memory). row_splits(r): row r's first split; write(r, c, m, l, o): the merged columns
-// c and c + 1 (maximum and sum in log2 units).
-template <int D, typename RowSplits, typename Write>
-__device__ __forceinline__ void merge_splits(int rows, int live, float *stash, RowSplits row_splits, Write write) {
-    constexpr int IN_FLIGHT = 8, PAIRS = D / 2;
-    static_assert(D % 2 == 0, "a thread takes a pair of columns");
-    const int pairs = rows * PAIRS, parts = max(1, THREADS / pairs), q = threadIdx.x / pairs;
-    for (int i = threadIdx.x % pairs; q < parts && i < pairs; i += THREADS) {
-        const int r = i / PAIRS, c = 2 * (i % PAIRS);
-        const float *src = row_splits(r);
-        float m = -INFINITY, l = 0.f;
-        float2 o = make_float2(0.f, 0.f);
-        for (int s0 = q; s0 < live; s0 += IN_FLIGHT * parts) {
-            float ms[IN_FLIGHT], ls[IN_FLIGHT];
-            float2 os[IN_FLIGHT];
-#pragma unroll
-            for (int u = 0; u < IN_FLIGHT; ++u) {
-                const int s = s0 + u * parts;
-                const float *split = src + (long long)s * (D + 2);
-                ms[u] = s < live ? __ldcg(split + D) : -INFINITY;
-                ls[u] = s < live ? __ldcg(split + D + 1) : 0.f;
-                os[u] = s < live ? __ldcg(reinterpret_cast<const float2 *>(split + c)) : make_float2(0.f, 0.f);
-            }
-            fold_partials<IN_FLIGHT>(m, l, o, ms, ls, os);
-        }
-        if (parts == 1) {
-            write(r, c, m, l, o);
-        } else {
-            float *mine = stash + 4 * threadIdx.x;
-            mine[0] = m, mine[1] = l, mine[2] = o.x, mine[3] = o.y;
-        }
-    }
-    if (parts == 1) return;
-    __syncthreads();
-    if (q != 0) return;
-    const float *mine = stash + 4 * threadIdx.x;
-    float m = mine[0], l = mine[1];
-    float2 o = make_float2(mine[2], mine[3]);
-    for (int j = 1; j < parts; ++j) {
-        const float *other = stash + 4 * (threadIdx.x + j * pairs);
-        const float2 oo = make_float2(other[2], other[3]);
-        fold_partials<1>(m, l, o, &other[0], &other[1], &oo);
-    }
-    write(threadIdx.x / PAIRS, 2 * (threadIdx.x % PAIRS), m, l, o);
-}
-
 template <typename T, int D>
 __device__ void attn_decode(const AttnParams params, const unsigned *__restrict__ past, const T *__restrict__ q,
                             T *k, T *v, const unsigned char *__restrict__ mask, float *__restrict__ part,
-                            T *__restrict__ out, unsigned *__restrict__ done, const float *__restrict__ inv_freq,
+                            T *__restrict__ out, const float *__restrict__ inv_freq,
                             const float *__restrict__ long_freq, const RopeStep rope) {
     const AttnParams p = decode_params(params, past);
     const int chunk = decode_chunk(p), live = decode_live(p, chunk);
@@ -482,7 +429,6 @@ __device__ void attn_decode(const AttnParams params, const unsigned *__restrict_
     T *sK = sQ + MAXR * LDT;    // two buffers [2][64][LDT]
     T *sV = sK + 2 * BC * LDT;  // two buffers
     float *sO = reinterpret_cast<float *>(sK);  // [WARPS][MAXR][D], after the last tile
-    static_assert(4 * THREADS <= WARPS * MAXR * D, "merge_splits' stash fits where the warps' rows were");
     __shared__ float sm_w[WARPS][MAXR], sl_w[WARPS][MAXR];
 
     const int s = blockIdx.x, g = blockIdx.y, b = blockIdx.z;
@@ -604,7 +550,7 @@ __device__ void attn_decode(const AttnParams params, const unsigned *__restrict_
         }
     }
     __syncthreads();
-    const bool direct = done != nullptr && live == 1;
+    const bool direct = out != nullptr;
     for (int i = threadIdx.x; i < R * D; i += THREADS) {
         const int r = i / D, c = i % D;
         float mw = -INFINITY;
@@ -628,45 +574,58 @@ __device__ void attn_decode(const AttnParams params, const unsigned *__restrict_
         dst[c] = acc;
         if (c == 0) dst[D] = mw, dst[D + 1] = sum;
     }
-    if (done == nullptr || direct) return;
-    // The last live split of this KV head to finish merges the others' rows (read through L2: other blocks wrote them).
-    __shared__ bool last;
-    __threadfence();
-    __syncthreads();
-    unsigned *count = done + (long long)b * p.kv_heads + g;
-    if (threadIdx.x == 0) last = atomicAdd(count, 1u) == (unsigned)live - 1;
-    __syncthreads();
-    if (!last) return;
-    __threadfence();
-    // The heads and tokens of the rows (group · tokens of them) this KV head's blocks hold.
-    const auto head = [&](int r) { return g * group + r / p.tokens; };
-    merge_splits<D>(
-        R, live, sO, [&](int r) { return part_rows<D>(p, part, b, r % p.tokens, head(r)); },
-        [&](int r, int c, float, float l, float2 o) {
-            T *dst = out_row<T, D>(p, out, b, r % p.tokens, head(r)) + c;
-            dst[0] = from_float<T>(l > 0.f ? o.x / l : 0.f);
-            dst[1] = from_float<T>(l > 0.f ? o.y / l : 0.f);
-        });
-    if (threadIdx.x == 0) *count = 0;
 }
 
-// One block per output row (b, t, h): its splits' partial rows merged by merge_splits.
+// One block per output row (b, t, h): its splits' partial rows merged in one pass, a thread a pair of adjacent
+// columns (one 8-byte load a split: a split's D + 2 floats keep pairs aligned, and a pair shares its maximum, sum
+// and exponentials), folding IN_FLIGHT splits at a time (their loads together, then their maximum, one rescale, the
+// batch added); the THREADS / (D / 2) parts of the block take every parts-th split and part 0 folds in the others
+// through shared memory.
 template <typename T, int D>
 __device__ void attn_combine(const AttnParams params, const unsigned *__restrict__ past,
                              const float *__restrict__ part, T *__restrict__ out, float *__restrict__ lse) {
+    constexpr int IN_FLIGHT = 8, PAIRS = D / 2, PARTS = THREADS / PAIRS;
+    static_assert(D % 2 == 0 && PARTS >= 1, "a thread takes a pair of columns");
     const AttnParams p = decode_params(params, past);
     const int chunk = decode_chunk(p), live = decode_live(p, chunk);
     const long long row = blockIdx.x;  // (b·heads + h)·tokens + t
     const int t = row % p.tokens, h = (row / p.tokens) % p.heads, b = row / ((long long)p.tokens * p.heads);
-    __shared__ float stash[4 * THREADS];
-    merge_splits<D>(
-        1, live, stash, [&](int) { return part_rows<D>(p, part, b, t, h); },
-        [&](int, int c, float m, float l, float2 o) {
-            T *dst = out_row<T, D>(p, out, b, t, h) + c;
-            dst[0] = from_float<T>(l > 0.f ? o.x / l : 0.f);
-            dst[1] = from_float<T>(l > 0.f ? o.y / l : 0.f);
-            if (lse != nullptr && c == 0) lse[row] = l > 0.f ? (m + log2f(l)) * LN2 : -INFINITY;
-        });
+    const float *src = part_rows<D>(p, part, b, t, h);
+    const int c = 2 * (threadIdx.x % PAIRS), q = threadIdx.x / PAIRS;
+    // The running row: maximum and sum (log2 units) and columns c, c + 1.
+    float m = -INFINITY, l = 0.f;
+    float2 o = make_float2(0.f, 0.f);
+    if (q < PARTS) {
+        for (int s0 = q; s0 < live; s0 += IN_FLIGHT * PARTS) {
+            float ms[IN_FLIGHT], ls[IN_FLIGHT];
+            float2 os[IN_FLIGHT];
+#pragma unroll
+            for (int u = 0; u < IN_FLIGHT; ++u) {
+                const int s = s0 + u * PARTS;
+                const float *split = src + (long long)s * (D + 2);
+                ms[u] = s < live ? split[D] : -INFINITY;
+                ls[u] = s < live ? split[D + 1] : 0.f;
+                os[u] = s < live ? *reinterpret_cast<const float2 *>(split + c) : make_float2(0.f, 0.f);
+            }
+            fold_partials<IN_FLIGHT>(m, l, o, ms, ls, os);
+        }
+    }
+    if constexpr (PARTS > 1) {
+        __shared__ float part_m[PARTS], part_l[PARTS];
+        __shared__ float2 part_o[PARTS][PAIRS];
+        if (q > 0 && q < PARTS) {
+            part_o[q][c / 2] = o;
+            if (c == 0) part_m[q] = m, part_l[q] = l;
+        }
+        __syncthreads();
+        if (q == 0)
+            for (int j = 1; j < PARTS; ++j) fold_partials<1>(m, l, o, &part_m[j], &part_l[j], &part_o[j][c / 2]);
+    }
+    if (q != 0) return;
+    T *dst = out_row<T, D>(p, out, b, t, h) + c;
+    dst[0] = from_float<T>(l > 0.f ? o.x / l : 0.f);
+    dst[1] = from_float<T>(l > 0.f ? o.y / l : 0.f);
+    if (lse != nullptr && c == 0) lse[row] = l > 0.f ? (m + log2f(l)) * LN2 : -INFINITY;
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -886,8 +845,8 @@ extern "C" __global__ void attention_dq_copy(const AttnParams p, int head_dim, c
     }                                                                                                                \
     extern "C" __global__ void __launch_bounds__(THREADS) attention_decode_##NAME##_##D(                            \
         const AttnParams p, const unsigned *past, const T *q, T *k, T *v, const unsigned char *mask, float *part,    \
-        T *out, unsigned *done, const float *inv_freq, const float *long_freq, const RopeStep rope) {                \
-        attn_decode<T, D>(p, past, q, k, v, mask, part, out, done, inv_freq, long_freq, rope);                       \
+        T *out, const float *inv_freq, const float *long_freq, const RopeStep rope) {                                \
+        attn_decode<T, D>(p, past, q, k, v, mask, part, out, inv_freq, long_freq, rope);                             \
     }                                                                                                                \
     extern "C" __global__ void __launch_bounds__(THREADS) attention_combine_##NAME##_##D(                           \
         const AttnParams p, const unsigned *past, const float *part, T *out, float *lse) {                          \

@@ -208,8 +208,8 @@ fn captured_decode_steps_match_steps_launched_one_by_one() {
 
 /// Captured steps from a 100-token prompt to 330 positions go through three graphs (bounds of 128, 256 and the
 /// 400-position capacity, each attention sized for its bound): their logits match the steps launched one by one
-/// within bf16's tolerance (where a graph's attention merges its KV splits in its decode kernel, the launched step's
-/// combine kernel sums them in another order).
+/// within bf16's tolerance (a graph's attention splits the keys for its bound, the launched step's for its own
+/// length: their sums run in another order).
 #[test]
 fn captured_steps_past_a_graphs_bound_run_the_next_graph() {
     let Some(gpu) = test_gpu("gpu::captured_steps_past_a_graphs_bound_run_the_next_graph") else {

@@ -19,13 +19,6 @@ const TILE: usize = 64;
 const DECODE_MAX_ROWS: usize = 16;
 /// A decode split's chunk of keys is a multiple of this (two of the kernel's 64-key tiles).
 pub const DECODE_KEYS: usize = 128;
-/// The most partial-row floats (query rows a KV head · head_dim · splits) that block merges; over it the combine
-/// kernel, whose blocks share the merge, is faster (H200, int4 decode, the combine against the one-pass merge in the
-/// kernel: SmolLM2's shapes, 3 rows of 64 a KV head, +3.3% at 16 splits (3072 floats) and +1.0% at 8 (1536);
-/// TinyLlama's, 8 rows of 64, +3% at 8 splits (4096), +4% at 6 and at 4 (3072, 2048)). At 1024 floats the combine
-/// was +0.8% (TinyLlama's 2 splits); the bound stays there to keep Phi-3.5's shapes (1 row of 96, at most 8 splits:
-/// 768 floats) in the kernel, where their merge was never measured against the combine.
-const DECODE_FUSED_FLOATS: usize = 1024;
 
 /// Where an operand's rows sit in its device buffer: row r of head h starts at element
 /// `offset + r·stride + h·head_dim` (a fused qkv row: q at offset 0, k at heads·head_dim, stride its width).
@@ -415,8 +408,7 @@ pub fn forward<T: Half>(
 /// (past.max + tokens): the cache is checked against it and the KV length's splits sized for it, the kernels then
 /// spreading the live keys over them. One sequence, no key mask, at most 16 query rows per KV head. `part` is the
 /// splits' scratch, kept by the caller so that a captured step allocates nothing, and its length the number of
-/// splits: [`decode_scratch_len`] floats ([`decode_part_len`] for the default splits), zero when allocated
-/// ([`Gpu::alloc`]); its last ones are counters that each call leaves zero.
+/// splits: [`decode_scratch_len`] floats ([`decode_part_len`] for the default splits).
 pub fn forward_after<T: Half>(
     gpu: &Gpu,
     shape: &AttentionShape,
@@ -558,36 +550,25 @@ pub fn decode_part_len(gpu: &Gpu, shape: &AttentionShape) -> usize {
 }
 
 /// Floats of a scratch that splits `shape`'s KV length `splits` ways: the splits' partial rows,
-/// [batch, heads, tokens, splits, head_dim + 2], then one u32 counter a (sequence, KV head).
+/// [batch, heads, tokens, splits, head_dim + 2].
 pub fn decode_scratch_len(shape: &AttentionShape, splits: usize) -> usize {
-    part_len(shape, splits) + shape.batch * shape.kv_heads
-}
-
-/// Whether a captured decode step ([`forward_after`]) split `splits` ways merges its splits in the decode kernel
-/// (where the merge is small: [`DECODE_FUSED_FLOATS`]) rather than in a combine launch.
-pub fn decode_merges_in_kernel(shape: &AttentionShape, splits: usize) -> bool {
-    shape.rows_per_kv_head() * shape.head_dim * splits <= DECODE_FUSED_FLOATS
+    shape.batch * shape.heads * shape.tokens * splits * (shape.head_dim + 2)
 }
 
 /// The splits a decode scratch of `len` floats holds for `shape` ([`decode_scratch_len`]); None where `len` is no
 /// such length for a whole number of splits ≥ 1.
 fn scratch_splits(shape: &AttentionShape, len: usize) -> Option<usize> {
-    let split = part_len(shape, 1);
-    let rows = len.checked_sub(shape.batch * shape.kv_heads)?;
-    (split > 0 && rows >= split && rows % split == 0).then(|| rows / split)
-}
-
-/// Floats of the splits' partial rows for `splits` splits.
-fn part_len(shape: &AttentionShape, splits: usize) -> usize {
-    shape.batch * shape.heads * shape.tokens * splits * (shape.head_dim + 2)
+    let split = decode_scratch_len(shape, 1);
+    (split > 0 && len >= split && len.is_multiple_of(split)).then(|| len / split)
 }
 
 /// The decode kernel split over the KV length and the combine of its splits (`p` checked by [`forward_params`]),
-/// through `part`'s splits ([`decode_scratch_len`] floats, its counters zero), or the default splits
-/// ([`decode_splits`]) through a buffer of its own; with `past`, both
-/// read kv_len on the device and `shape.kv_len` is its bound, and where the merge is small
-/// ([`DECODE_FUSED_FLOATS`]) the decode kernel merges its splits itself (counting finished splits in part's
-/// counters): one launch.
+/// through `part`'s splits ([`decode_scratch_len`] floats), or the default splits ([`decode_splits`]) through a
+/// buffer of its own; with `past`, both read kv_len on the device and `shape.kv_len` is its bound, and a step of one
+/// split is one launch (the decode kernel writes the output itself). More splits go through the combine, whose
+/// blocks (a row each) merged faster than the decode kernel's last block merging a KV head's rows in the launch
+/// (H200 int4 decode: +0.8% to +4% at 2 to 16 splits of TinyLlama's and SmolLM2's shapes, +1.1% to +1.7% at 2 to 8
+/// of Phi-3.5's; benches/RESULTS.md).
 #[allow(clippy::too_many_arguments)]
 fn decode<T: Half>(
     gpu: &Gpu,
@@ -603,16 +584,15 @@ fn decode<T: Half>(
     let splits = match &part {
         Some(part) => scratch_splits(shape, part.len()).ok_or_else(|| {
             shape_error(format!(
-                "the decode scratch holds {} floats, expected decode_scratch_len: {} a split plus {} counters",
+                "the decode scratch holds {} floats, expected decode_scratch_len: a multiple of {} (a split)",
                 part.len(),
-                part_len(shape, 1),
-                b * shape.kv_heads
+                decode_scratch_len(shape, 1),
             ))
         })?,
         None => decode_splits(gpu, shape),
     };
     p.splits = int("splits", splits)?;
-    let rows_len = part_len(shape, splits);
+    let rows_len = decode_scratch_len(shape, splits);
     let mut own;
     let part = match part {
         Some(part) => part,
@@ -623,7 +603,7 @@ fn decode<T: Half>(
             &mut own
         }
     };
-    let fused = past.is_some() && decode_merges_in_kernel(shape, splits);
+    let direct = past.is_some() && splits == 1;
     let smem = decode_smem(hd);
     let f = kernel::<T>(gpu, "decode", hd, smem)?;
     let cfg = LaunchConfig {
@@ -661,12 +641,11 @@ fn decode<T: Half>(
                 .arg(&NULL);
         }
     }
-    let (mut rows, mut counters) = part.split_at_mut(rows_len);
-    launch.arg(&mut rows);
-    if fused {
-        launch.arg(&mut *out).arg(&mut counters);
+    launch.arg(&mut *part);
+    if direct {
+        launch.arg(&mut *out);
     } else {
-        launch.arg(&NULL).arg(&NULL);
+        launch.arg(&NULL);
     }
     match freqs {
         Some((short, long)) => {
@@ -682,10 +661,9 @@ fn decode<T: Half>(
     // SAFETY: the rows of q, k, v and the mask were checked against their buffers for shape.kv_len keys, which
     // bounds the kernel's kv_len (`past` at most past.max), and a step's own keys and values against q's buffer;
     // inv_freq (and the long set) hold rotary_dim / 2 frequencies; part holds rows·splits·(head_dim + 2) floats, the
-    // kernel's [batch, heads, tokens, splits, D + 2], then (fused) batch·kv_heads counters, zero as the kernel
-    // leaves them; out's rows were checked.
+    // kernel's [batch, heads, tokens, splits, D + 2]; out's rows were checked.
     unsafe { launch.launch(cfg) }?;
-    if fused {
+    if direct {
         return Ok(());
     }
     let f = kernel::<T>(gpu, "combine", hd, 0)?;
@@ -825,10 +803,7 @@ pub fn backward<T: Half>(
 
 #[cfg(test)]
 mod tests {
-    use super::{
-        decode_keys, decode_merges_in_kernel, decode_scratch_len, scratch_splits, splits_for,
-        AttentionShape,
-    };
+    use super::{decode_keys, decode_scratch_len, scratch_splits, splits_for, AttentionShape};
 
     fn one_token(heads: usize, kv_heads: usize, head_dim: usize) -> AttentionShape {
         AttentionShape {
@@ -841,16 +816,6 @@ mod tests {
             window: None,
             scale: 0.125,
         }
-    }
-
-    #[test]
-    fn the_decode_kernel_merges_few_small_splits_itself() {
-        // TinyLlama: 8 rows of 64 a KV head, 512 floats a split; Phi-3.5: 1 row of 96.
-        let (tiny, phi) = (one_token(32, 4, 64), one_token(32, 32, 96));
-        assert!(decode_merges_in_kernel(&tiny, 2));
-        assert!(!decode_merges_in_kernel(&tiny, 3));
-        assert!(decode_merges_in_kernel(&phi, 10));
-        assert!(!decode_merges_in_kernel(&phi, 11));
     }
 
     #[test]
@@ -975,7 +940,7 @@ mod tests {
         };
         for splits in 1..70 {
             let len = decode_scratch_len(&shape, splits);
-            assert_eq!(len, 8 * 2 * splits * 66 + 2);
+            assert_eq!(len, 8 * 2 * splits * 66);
             assert_eq!(scratch_splits(&shape, len), Some(splits));
             assert_eq!(scratch_splits(&shape, len - 1), None);
             assert_eq!(scratch_splits(&shape, len + 1), None);
