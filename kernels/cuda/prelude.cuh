@@ -71,7 +71,12 @@ __device__ __forceinline__ unsigned pack2(float lo, float hi, __half) {
 // RMSNorm folded into a product's input (decode: the norm before the attention's and the MLP's first product, and
 // before the lm_head). `rms_factor`: rsqrt(mean(x²) + eps) over x[0, len) (16-bit elements, len % 8 == 0, 16-byte
 // aligned), summed by the whole block (every thread calls it with the same arguments) and returned to every thread;
-// `rms_normed`: 8 elements of x as rmsnorm.cu writes them, w * (x * factor) rounded once.
+// `rms_normed`: 8 elements of x as rmsnorm.cu writes them, w * (x * factor) rounded once (the dense GEMV's input).
+// The int4 products take w * (x * p) rounded once instead (`rms_scaled`), p the power of two at or under the factor
+// (an exact scaling), and multiply their sums by rest = factor / p (`rms_split`): one rounding an element as
+// rmsnorm.cu's, at another point (an input may round to its neighbour), in two packed multiplies a pair of elements
+// where `rms_normed` takes nine instructions (as many as the int4 product's own work). A column past the batch
+// (factor 0) gets p = 1, rest 0.
 template <typename T> __device__ float rms_factor(const T *__restrict__ x, int len, float eps) {
     __shared__ float partial[32];
     const uint4 *v = reinterpret_cast<const uint4 *>(x);
@@ -104,6 +109,35 @@ template <typename T> __device__ __forceinline__ uint4 rms_normed(uint4 x, uint4
         o[j] = pack2(b.x * (a.x * factor), b.y * (a.y * factor), T());
     }
     return make_uint4(o[0], o[1], o[2], o[3]);
+}
+struct RmsSplit {
+    unsigned p2;  // p in both halves of a pair of the activation dtype
+    float rest;
+};
+__device__ __forceinline__ RmsSplit rms_split(float factor, __nv_bfloat16) {
+    const float p = factor > 0.f ? __uint_as_float(__float_as_uint(factor) & 0x7f800000u) : 1.f;
+    return RmsSplit{pack2(p, p, __nv_bfloat16()), factor / p};
+}
+__device__ __forceinline__ RmsSplit rms_split(float factor, __half) {
+    // Within fp16's normal range, where the scaling stays exact.
+    const float p = factor > 0.f ? fminf(fmaxf(__uint_as_float(__float_as_uint(factor) & 0x7f800000u), 0x1p-14f),
+                                         0x1p15f)
+                                 : 1.f;
+    return RmsSplit{pack2(p, p, __half()), factor / p};
+}
+__device__ __forceinline__ unsigned mul2(unsigned a, unsigned b, __nv_bfloat16) {
+    const __nv_bfloat162 v =
+        __hmul2(*reinterpret_cast<const __nv_bfloat162 *>(&a), *reinterpret_cast<const __nv_bfloat162 *>(&b));
+    return *reinterpret_cast<const unsigned *>(&v);
+}
+__device__ __forceinline__ unsigned mul2(unsigned a, unsigned b, __half) {
+    const __half2 v = __hmul2(*reinterpret_cast<const __half2 *>(&a), *reinterpret_cast<const __half2 *>(&b));
+    return *reinterpret_cast<const unsigned *>(&v);
+}
+// 8 elements of x as w * (x * p), p packed as `RmsSplit::p2`.
+template <typename T> __device__ __forceinline__ uint4 rms_scaled(uint4 x, uint4 w, unsigned p2) {
+    return make_uint4(mul2(mul2(x.x, p2, T()), w.x, T()), mul2(mul2(x.y, p2, T()), w.y, T()),
+                      mul2(mul2(x.z, p2, T()), w.z, T()), mul2(mul2(x.w, p2, T()), w.w, T()));
 }
 
 // SwiGLU's gating of one pair, silu(gate) * up = gate / (1 + exp(-gate)) * up: silu_mul.cu's forward and w4_mm's

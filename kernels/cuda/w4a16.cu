@@ -137,9 +137,9 @@ __device__ __forceinline__ u32 elem(const uint4 &v, int i) { return i == 0 ? v.x
 // The product for one block: warps split as WK (input chunks, reduced at the end) x WN (row groups of RT tiles) x
 // WB (batch groups of NB8 x 8 columns). Each warp keeps PF chunks' weight tiles and metadata loading while it
 // consumes one. With `accumulate` y += the product (the fp32 sum plus y, rounded once). With NORM, x goes through
-// RMSNorm (weight `norm`, epsilon `eps`) first, as rmsnorm.cu would write it (prelude.cuh's rms_factor/rms_normed;
-// x in its original input order: no act-order). With SWIGLU (RT = 2) W is SwiGLU's gate_up [2·half, k] (gate rows
-// first): a warp's two row tiles are gate tile i and up tile i (half / 16 apart), and y [batch, half] gets
+// RMSNorm (weight `norm`, epsilon `eps`) first, rounded once as rmsnorm.cu writes it (prelude.cuh's rms_factor and
+// rms_split; x in its original input order: no act-order). With SWIGLU (RT = 2) W is SwiGLU's gate_up [2·half, k]
+// (gate rows first): a warp's two row tiles are gate tile i and up tile i (half / 16 apart), and y [batch, half] gets
 // silu(gate) * up of the products rounded as written, as silu_mul.cu computes it (prelude.cuh's silu_mul_of).
 template <typename T, int RT, int NB8, int WK, int WN, int WB, int PF, bool NORM, bool SWIGLU>
 __device__ __forceinline__ void w4_mm(T *__restrict__ y, const T *__restrict__ x, const uint4 *__restrict__ tiles,
@@ -211,13 +211,18 @@ __device__ __forceinline__ void w4_mm(T *__restrict__ y, const T *__restrict__ x
             }
         }
     };
-    float factor[NB8];  // NORM: RMSNorm's factor of each of the warp's columns (set after the first loads)
-    // Column b's 8 activations h of lane t's 16 in chunk c (normalized with NORM). Past the batch, column 0's: an
-    // mma's output column reads only its own input column, and those outputs are never written.
+    // NORM: RMSNorm's factor of each of the block's columns (set after the first loads), and the power of two that
+    // scales each of the warp's input columns (prelude.cuh's rms_split: the rest multiplies the sums at the end).
+    constexpr int COLS = NB8 * 8 * WB;
+    __shared__ float factors[NORM ? COLS : 1];
+    const int colb = blockIdx.y * COLS;
+    unsigned xscale[NB8];
+    // Column b's 8 activations h of lane t's 16 in chunk c (normalized with NORM, but for the rest). Past the batch,
+    // column 0's: an mma's output column reads only its own input column, and those outputs are never written.
     auto load_x = [&](int b, int c, int h) {
         const uint4 v = __ldg(reinterpret_cast<const uint4 *>(xrow[b] + c * 64 + 8 * h));
         if constexpr (NORM)
-            return rms_normed<T>(v, __ldg(reinterpret_cast<const uint4 *>(norm + c * 64 + 16 * t + 8 * h)), factor[b]);
+            return rms_scaled<T>(v, __ldg(reinterpret_cast<const uint4 *>(norm + c * 64 + 16 * t + 8 * h)), xscale[b]);
         return v;
     };
     // One chunk's products from its weight words `wcur` and metadata `mcur`.
@@ -295,16 +300,14 @@ __device__ __forceinline__ void w4_mm(T *__restrict__ y, const T *__restrict__ x
         }
     wait_for_previous_kernel_after(token);
     if constexpr (NORM) {  // the block's live columns' factors, one column after the other
-        constexpr int COLS = NB8 * 8 * WB;
-        __shared__ float factors[COLS];
-        const int colb = blockIdx.y * COLS;
         for (int j = 0; j < COLS && colb + j < batch; ++j) {
             const float f = rms_factor(x + (size_t)(colb + j) * k, k, eps);
             if (threadIdx.x == 0) factors[j] = f;
         }
         __syncthreads();
 #pragma unroll
-        for (int b = 0; b < NB8; ++b) factor[b] = col_ok[b] ? factors[col0 + b * 8 + g - colb] : 0.f;
+        for (int b = 0; b < NB8; ++b)
+            xscale[b] = rms_split(col_ok[b] ? factors[col0 + b * 8 + g - colb] : 0.f, T()).p2;
     }
     for (int c = wk; c < nchunks; c += (PF + 1) * WK) {
 #pragma unroll
@@ -342,6 +345,20 @@ __device__ __forceinline__ void w4_mm(T *__restrict__ y, const T *__restrict__ x
             }
     }
 
+    if constexpr (NORM) {  // the rest of each output column's RMSNorm factor
+#pragma unroll
+        for (int b = 0; b < NB8; ++b)
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                const int col = col0 + b * 8 + 2 * t + e;
+                const float rest = rms_split(col < batch ? factors[col - colb] : 0.f, T()).rest;
+#pragma unroll
+                for (int r = 0; r < RT; ++r) {
+                    acc[r][b][e] *= rest;
+                    acc[r][b][e + 2] *= rest;
+                }
+            }
+    }
     if constexpr (SWIGLU) {
         if (!row_ok[0]) return;
         const int half = n / 2, row = pair * 16 + g;
@@ -535,8 +552,8 @@ extern "C" __global__ void w4_reduce_bf16(__nv_bfloat16 *y, const float *part, i
 }
 
 // The product kernels, named w4_mm_<dtype>_<RT>_<NB8>_<WK>_<WN>_<WB>_p<PF>: block = 32 * WK * WN * WB threads, PF
-// chunks' loads in flight a warp; `accumulate` != 0 adds the product to y. One is built a compile, the one a call needs (W4_INSTANCE at the end of
-// w4a16_sm90.cu; the launcher's CONFIGS list those it may pick).
+// chunks' loads in flight a warp; `accumulate` != 0 adds the product to y. One is built a compile, the one a call
+// needs (W4_INSTANCE at the end of w4a16_sm90.cu; the launcher's CONFIGS list those it may pick).
 #define W4_MM(TY, NAME, RT, NB8, WK, WN, WB, PF)                                                                 \
     extern "C" __global__ void __launch_bounds__(32 * WK * WN * WB)                                              \
         w4_mm_##NAME##_##RT##_##NB8##_##WK##_##WN##_##WB##_p##PF(TY *y, const TY *x, const uint4 *tiles,          \

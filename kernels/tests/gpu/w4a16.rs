@@ -281,8 +281,8 @@ fn fold_cases(n: usize, k: usize, seed: u64) -> [(&'static str, W4Levels, bool);
 }
 
 /// `w4a16_normed` (RMSNorm folded into the decode kernel) against the rmsnorm kernel followed by `w4a16`: the same
-/// normalized inputs but for r's summation order (an input may round to its neighbour), so within the product's
-/// tolerance. Act-order weights and batches past the decode kernels are declined, nothing launched.
+/// normalized inputs but rounded at another point (w · (x · p), p a power of two, the rest of the factor applied to
+/// the sums: an input may round to its neighbour), so within the product's tolerance. Act-order weights and batches past the decode kernels are declined, nothing launched.
 fn check_normed<T: Half>(gpu: &Gpu, tol: f64) {
     let (n, k) = (272, 640);
     let (norm_w, _) = upload_as::<T>(gpu, &random(k, 5, 1.0));
