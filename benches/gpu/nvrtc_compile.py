@@ -5,12 +5,19 @@ size, w4a16.cu + w4a16_sm90.cu without a product kernel and with one of each kin
 the `nvidia-cuda-nvrtc` wheel (torch's CUDA 13 wheels bring it; the test venv has it):
 
     source target/olive-env.sh && "$OLIVE_TEST_VENV/bin/python" benches/gpu/nvrtc_compile.py
+
+`--nvrtc-version 13.0` compiles with that NVRTC instead (its wheel fetched from PyPI once into
+~/.cache/olive-rs/nvrtc-<version>): the GPU machine's CUDA 13.0, which refuses code a newer NVRTC takes (a generic
+lambda in a device function, 2026-11-29). Run it on changed kernel code before a GPU call: a compile error exits
+non-zero with NVRTC's log.
 """
 
 import argparse
 import ctypes
+import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,9 +32,21 @@ def nvidia_root() -> Path:
     sys.exit("nvrtc_compile.py: no CUDA 13 nvidia wheels (nvidia/cu13) in this Python")
 
 
-def load_nvrtc(root: Path):
-    """libnvrtc of the CUDA wheels at `root` (nvidia_root())."""
-    return ctypes.CDLL(str(next((root / "lib").glob("libnvrtc.so.*"))))
+def load_nvrtc(root: Path, version: str | None = None):
+    """libnvrtc of the CUDA wheels at `root` (nvidia_root()), or of `nvidia-cuda-nvrtc==<version>.*` from PyPI."""
+    if version is None:
+        return ctypes.CDLL(str(next((root / "lib").glob("libnvrtc.so.*"))))
+    cache = Path.home() / ".cache" / "olive-rs" / f"nvrtc-{version}"
+    if not list(cache.glob("x/nvidia/*/lib/libnvrtc.so.*")):
+        cache.mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps",
+                        f"nvidia-cuda-nvrtc=={version}.*", "-d", str(cache)], check=True)
+        with zipfile.ZipFile(next(cache.glob("nvidia_cuda_nvrtc-*.whl"))) as z:
+            z.extractall(cache / "x")
+    lib = next(cache.glob("x/nvidia/*/lib/libnvrtc.so.*")).parent
+    # libnvrtc opens its builtins library by name: load that first, globally.
+    ctypes.CDLL(str(next(lib.glob("libnvrtc-builtins.so.*"))), mode=ctypes.RTLD_GLOBAL)
+    return ctypes.CDLL(str(next(lib.glob("libnvrtc.so.*"))))
 
 
 def compile_program(nvrtc, include: Path, arch: str, source: bytes, defines: list[str]):
@@ -65,9 +84,10 @@ def compile_seconds(nvrtc, include: Path, arch: str, source: bytes, defines: lis
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--arch", default="sm_90a", help="NVRTC --gpu-architecture (sm_90a: H100/H200)")
+    ap.add_argument("--nvrtc-version", help="NVRTC of this CUDA version from PyPI (13.0: the GPU machine's)")
     args = ap.parse_args()
     root = nvidia_root()
-    nvrtc = load_nvrtc(root)
+    nvrtc = load_nvrtc(root, args.nvrtc_version)
     cuda = ROOT / "kernels" / "cuda"
     prelude = (cuda / "prelude.cuh").read_bytes()  # put before every file, as kernels/src/cuda does
     plain = [p for p in sorted(cuda.glob("*.cu")) if p.name not in ("attention.cu", "w4a16.cu", "w4a16_sm90.cu")]
@@ -78,10 +98,12 @@ def main() -> None:
     jobs += [
         ("w4a16.cu helpers only", w4, []),
         ("w4a16.cu + W4_MM (GEMV)", w4, ["-DW4_INSTANCE=W4_MM(__nv_bfloat16,bf16,1,1,16,1,1,2)"]),
+        ("w4a16.cu + W4_MM_NORM (GEMV, fp16)", w4, ["-DW4_INSTANCE=W4_MM_NORM(__half,f16,1,1,8,1,1,1)"]),
+        ("w4a16.cu + W4_MM_NORM_SWIGLU", w4, ["-DW4_INSTANCE=W4_MM_NORM_SWIGLU(__nv_bfloat16,bf16,2,1,8,1,1,1)"]),
         ("w4a16.cu + W4_MMP (pipelined)", w4, ["-DW4_INSTANCE=W4_MMP(__nv_bfloat16,bf16,2,8,4,2,3,1)"]),
         ("w4a16.cu + W4_WS (wgmma)", w4, ["-DW4_INSTANCE=W4_WS(__nv_bfloat16,bf16,2,1,128,4,2,1)"]),
     ]
-    print(f"| kernels (NVRTC, {args.arch}) | seconds |\n| --- | ---: |")
+    print(f"| kernels (NVRTC {args.nvrtc_version or 'of this Python'}, {args.arch}) | seconds |\n| --- | ---: |")
     for name, source, defines in jobs:
         seconds = compile_seconds(nvrtc, root / "include", args.arch, source, defines)
         print(f"| {name} | {seconds if isinstance(seconds, str) else f'{seconds:.2f}'} |")
