@@ -11,9 +11,10 @@ const CACHE: usize = 4;
 const CACHE_BWD: usize = 2;
 
 /// RMSNorm folded into the product that reads its output (one token's: [`super::gemm::linear_normed`],
-/// [`super::w4a16::w4a16_normed`]): the product's input x is the norm's input, and each of its elements goes in as
-/// [`rmsnorm`] would write it (`weight[i] · (x[i] · r)` rounded once; r summed in another order, so it may differ
-/// in its last bit).
+/// [`super::w4a16::w4a16_normed`]): the product's input x is the norm's input. The dense GEMV takes each element as
+/// [`rmsnorm`] would write it (`weight[i] · (x[i] · r)` rounded once; r summed in another order, so it may differ in
+/// its last bit); the int4 kernels round `weight[i] · (x[i] · p)` once instead, p the power of two at or under r, and
+/// multiply their sums by r / p: one rounding an element too, at another point (prelude.cuh's `rms_split`).
 #[derive(Clone, Copy)]
 pub struct InputNorm<'a, T> {
     /// The norm's weight: [in_features].
