@@ -146,6 +146,22 @@ fn activations<T: Half>(batch: usize, k: usize, seed: u64) -> (Vec<f32>, Vec<T>)
     (t.iter().map(|v| v.to_f32()).collect(), t)
 }
 
+/// Row scales of the folded norm's inputs (about 2^-9 to 2^10: RMSNorm factors from about 2^10 down to 2^-9), so each
+/// row (a batch column of the kernel) has its own power of two and rest (prelude.cuh's rms_split), within fp16's range.
+const NORM_ROW_SCALES: [f32; 7] = [1.0, 0.013, 37.0, 0.41, 900.0, 0.0021, 5.5];
+
+/// [`activations`] with row b scaled by `NORM_ROW_SCALES[b % 7]`, rounded to `T` once.
+fn norm_inputs<T: Half>(batch: usize, k: usize, seed: u64) -> Vec<T> {
+    random(batch * k, seed, 1.0)
+        .chunks(k)
+        .enumerate()
+        .flat_map(|(b, row)| {
+            let scale = NORM_ROW_SCALES[b % NORM_ROW_SCALES.len()];
+            row.iter().map(move |&v| T::from_f32(v * scale))
+        })
+        .collect()
+}
+
 /// The GPU product of `batch` rows (config `None` = the launcher's pick), poisoned with NaN before.
 fn gpu_product<T: Half>(
     gpu: &Gpu,
@@ -282,7 +298,9 @@ fn fold_cases(n: usize, k: usize, seed: u64) -> [(&'static str, W4Levels, bool);
 
 /// `w4a16_normed` (RMSNorm folded into the decode kernel) against the rmsnorm kernel followed by `w4a16`: the same
 /// normalized inputs but rounded at another point (w · (x · p), p a power of two, the rest of the factor applied to
-/// the sums: an input may round to its neighbour), so within the product's tolerance. Act-order weights and batches past the decode kernels are declined, nothing launched.
+/// the sums: an input may round to its neighbour), so within the product's tolerance; rows of scales 2^-9 to 2^10
+/// ([`norm_inputs`]), so that a column's power of two or rest applied to another's shows. Act-order weights and
+/// batches past the decode kernels are declined, nothing launched.
 fn check_normed<T: Half>(gpu: &Gpu, tol: f64) {
     let (n, k) = (272, 640);
     let (norm_w, _) = upload_as::<T>(gpu, &random(k, 5, 1.0));
@@ -290,7 +308,7 @@ fn check_normed<T: Half>(gpu: &Gpu, tol: f64) {
     for (name, l, fuses) in &fold_cases(n, k, 21) {
         let w = W4Weight::<T>::upload(gpu, &W4Tiles::from_levels(l).unwrap()).unwrap();
         for batch in [1, 5, 16, 64] {
-            let (_, xt) = activations::<T>(batch, k, 60 + batch as u64);
+            let xt = norm_inputs::<T>(batch, k, 60 + batch as u64);
             let x = gpu.upload(&xt).unwrap();
             let mut normed = gpu.alloc::<T>(batch * k).unwrap();
             rmsnorm(gpu, &x, &norm_w, eps, &mut normed).unwrap();
@@ -339,7 +357,8 @@ fn normed_products_match_rmsnorm_then_the_product() {
 }
 
 /// The gate_up projection's decode kernel with the norm before it and SwiGLU's gating after it, against rmsnorm,
-/// the product and silu_mul one after the other; declined (act untouched) for act-order, fused at least up to batch 8.
+/// the product and silu_mul one after the other, on [`norm_inputs`]; declined (act untouched) for act-order, fused at
+/// least up to batch 8.
 fn check_normed_swiglu<T: Half>(gpu: &Gpu, tol: f64) {
     let (half, k) = (272, 640);
     let n = 2 * half;
@@ -349,7 +368,7 @@ fn check_normed_swiglu<T: Half>(gpu: &Gpu, tol: f64) {
         let w = W4Weight::<T>::upload(gpu, &W4Tiles::from_levels(l).unwrap()).unwrap();
         for batch in [1, 5, 16, 64] {
             let what = format!("{} {name} batch {batch}", T::SUFFIX);
-            let (_, xt) = activations::<T>(batch, k, 70 + batch as u64);
+            let xt = norm_inputs::<T>(batch, k, 70 + batch as u64);
             let x = gpu.upload(&xt).unwrap();
             let mut normed = gpu.alloc::<T>(batch * k).unwrap();
             rmsnorm(gpu, &x, &norm_w, eps, &mut normed).unwrap();
