@@ -26,7 +26,7 @@ for spec in "$@"; do
 done
 out=$root/.gpu-ab
 rm -rf "$out.tmp"
-mkdir -p "$out.tmp/base" "$out.tmp/new"
+mkdir -p "$out.tmp/new"
 # The gpu_decode bench executable of the crate tree at $1 built in target dir $2 (cargo's own report of what it
 # built). Each tree has its own target dir: cargo's freshness check goes by file times, so a dir shared between
 # trees can hand one tree's build to the other.

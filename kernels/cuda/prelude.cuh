@@ -114,15 +114,15 @@ struct RmsSplit {
     unsigned p2;  // p in both halves of a pair of the activation dtype
     float rest;
 };
+// The power of two at or under a positive normal x: x's exponent bits alone.
+__device__ __forceinline__ float pow2_at_or_under(float x) { return __uint_as_float(__float_as_uint(x) & 0x7f800000u); }
 __device__ __forceinline__ RmsSplit rms_split(float factor, __nv_bfloat16) {
-    const float p = factor > 0.f ? __uint_as_float(__float_as_uint(factor) & 0x7f800000u) : 1.f;
+    const float p = factor > 0.f ? pow2_at_or_under(factor) : 1.f;
     return RmsSplit{pack2(p, p, __nv_bfloat16()), factor / p};
 }
 __device__ __forceinline__ RmsSplit rms_split(float factor, __half) {
     // Within fp16's normal range, where the scaling stays exact.
-    const float p = factor > 0.f ? fminf(fmaxf(__uint_as_float(__float_as_uint(factor) & 0x7f800000u), 0x1p-14f),
-                                         0x1p15f)
-                                 : 1.f;
+    const float p = factor > 0.f ? fminf(fmaxf(pow2_at_or_under(factor), 0x1p-14f), 0x1p15f) : 1.f;
     return RmsSplit{pack2(p, p, __half()), factor / p};
 }
 __device__ __forceinline__ unsigned mul2(unsigned a, unsigned b, __nv_bfloat16) {

@@ -428,8 +428,8 @@ fn refuses_shapes_it_cannot_take() {
 /// rows in one unrotated qkv row, rotated by the kernel (`rotary_dim` of each head; LongRoPE's sets, the long one
 /// past 64 positions, and its attention factor) and its keys and values appended to the cache. Against rope then
 /// `attention_ref` on the CPU over the live keys, and the cache's rows against the rotated ones (rows past the step
-/// untouched), twice through the same scratch, then through one of
-/// 3 splits (`decode_scratch_len`: the caller's choice of splits).
+/// untouched), twice through the same scratch, then through one of 3 splits (`decode_scratch_len`: the caller's
+/// choice of splits).
 /// (tokens, keys before the step, capacity, heads, kv_heads, window).
 fn check_after<T: Dtype>(gpu: &Gpu, case: Case, head_dim: usize, rotary_dim: usize, seed: u64) {
     let (tokens, past, capacity, heads, kv_heads, window) = case;
