@@ -116,14 +116,18 @@ struct RmsSplit {
 };
 // The power of two at or under a positive normal x: x's exponent bits alone.
 __device__ __forceinline__ float pow2_at_or_under(float x) { return __uint_as_float(__float_as_uint(x) & 0x7f800000u); }
+// factor / p as factor times 2^-e (p = 2^e normal): exact, as the division is, without its slow path.
+__device__ __forceinline__ float rms_rest(float factor, float p) {
+    return factor * __uint_as_float(0x7f000000u - __float_as_uint(p));
+}
 __device__ __forceinline__ RmsSplit rms_split(float factor, __nv_bfloat16) {
     const float p = factor > 0.f ? pow2_at_or_under(factor) : 1.f;
-    return RmsSplit{pack2(p, p, __nv_bfloat16()), factor / p};
+    return RmsSplit{pack2(p, p, __nv_bfloat16()), rms_rest(factor, p)};
 }
 __device__ __forceinline__ RmsSplit rms_split(float factor, __half) {
     // Within fp16's normal range, where the scaling stays exact.
     const float p = factor > 0.f ? fminf(fmaxf(pow2_at_or_under(factor), 0x1p-14f), 0x1p15f) : 1.f;
-    return RmsSplit{pack2(p, p, __half()), factor / p};
+    return RmsSplit{pack2(p, p, __half()), rms_rest(factor, p)};
 }
 __device__ __forceinline__ unsigned mul2(unsigned a, unsigned b, __nv_bfloat16) {
     const __nv_bfloat162 v =
