@@ -31,7 +31,9 @@ template <typename O> __device__ __forceinline__ float as_written(float v) {
 // a thread (two: 46-48), fewer blocks a multiprocessor, and lost 10% of TinyLlama-shaped decode (H200).
 constexpr int CHUNKS_IN_FLIGHT = 2;
 
-// With NORM, x goes through RMSNorm (weight `norm`, epsilon `eps`) first, as rmsnorm.cu would write it. With SWIGLU,
+// With NORM, x goes through RMSNorm (weight `norm`, epsilon `eps`) first, as rmsnorm.cu would write it: the block
+// writes the k normalized inputs to its dynamic shared memory (2k bytes) once, for all its warps' rows (each warp
+// normalizing all of x itself cost more instructions than its product). With SWIGLU,
 // w is SwiGLU's gate_up [2n, k] (gate rows first) and y [n] gets silu(gate) * up of the two products rounded as
 // written, as silu_mul.cu computes it (prelude.cuh's silu_mul_of): the block's first ROWS_PER_BLOCK / 2 warps take
 // gate rows, the others the same outputs' up rows (each warp reads one row, as the plain product's do), and the up
@@ -54,13 +56,14 @@ __device__ void matvec(O *__restrict__ y, const T *__restrict__ x, const T *__re
         for (int u = 0; u < U; ++u)
             wv[u] = c0 + 32 * u < chunks ? ldg_stream(wr + c0 + 32 * u) : make_uint4(0, 0, 0, 0);
     };
-    float sum = 0.f, factor = 0.f;
+    extern __shared__ uint4 normed[];  // NORM: x's k / 8 chunks normalized
+    float sum = 0.f;
     auto consume = [&](int c0, const uint4 (&wv)[U]) {
 #pragma unroll
         for (int u = 0; u < U; ++u) {
             const int c = c0 + 32 * u;
             if (c >= chunks) break;
-            const uint4 b = NORM ? rms_normed<T>(__ldg(xv + c), __ldg(nv + c), factor) : __ldg(xv + c);
+            const uint4 b = NORM ? normed[c] : __ldg(xv + c);
             const unsigned aw[4] = {wv[u].x, wv[u].y, wv[u].z, wv[u].w}, bw[4] = {b.x, b.y, b.z, b.w};
 #pragma unroll
             for (int i = 0; i < 4; ++i) {
@@ -76,7 +79,12 @@ __device__ void matvec(O *__restrict__ y, const T *__restrict__ x, const T *__re
 #pragma unroll
     for (int u = 0; u < U; ++u) token ^= ring[0][u].x;
     wait_for_previous_kernel_after(token);
-    if constexpr (NORM) factor = rms_factor(x, k, eps);  // the whole block: no warp has left
+    if constexpr (NORM) {  // the whole block: no warp has left
+        const float factor = rms_factor(x, k, eps);
+        for (int c = threadIdx.x; c < k / 8; c += blockDim.x)
+            normed[c] = rms_normed<T>(__ldg(xv + c), __ldg(nv + c), factor);
+        __syncthreads();
+    }
     for (int c0 = lane; c0 < chunks; c0 += 64 * U) {
         load(c0 + 32 * U, ring[1]);
         consume(c0, ring[0]);

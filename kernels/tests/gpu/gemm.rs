@@ -3,6 +3,7 @@
 use olive_kernels::cuda::float::Float;
 use olive_kernels::cuda::gemm::{
     linear, linear_normed, linear_normed_f32_out, linear_normed_swiglu, matmul, Operand,
+    MATVEC_NORM_MAX_K,
 };
 use olive_kernels::cuda::rmsnorm::{rmsnorm, InputNorm};
 use olive_kernels::cuda::silu_mul::silu_mul;
@@ -231,7 +232,7 @@ where
     let mut want = poisoned::<T>(gpu, n);
     linear(gpu, &normed, &w, &mut want, (1, n, k), false).unwrap();
     let mut out = poisoned::<T>(gpu, n);
-    let applies = k % 8 == 0;
+    let applies = k % 8 == 0 && k <= MATVEC_NORM_MAX_K;
     assert_eq!(
         linear_normed(gpu, &x, norm, &w, &mut out, (n, k)).unwrap(),
         applies,
@@ -270,9 +271,15 @@ fn one_token_normed_linear_matches_rmsnorm_then_linear() {
     else {
         return;
     };
-    for (i, (n, k)) in [(1001, 576), (3072, 8192), (49152, 576), (33, 44)]
-        .into_iter()
-        .enumerate()
+    for (i, (n, k)) in [
+        (1001, 576),
+        (3072, 8192),
+        (49152, 576),
+        (33, 44),
+        (5, MATVEC_NORM_MAX_K + 8),
+    ]
+    .into_iter()
+    .enumerate()
     {
         check_one_token_normed::<bf16>(&gpu, (n, k), 700 + 10 * i as u64);
         check_one_token_normed::<f16>(&gpu, (n, k), 705 + 10 * i as u64);
@@ -302,7 +309,7 @@ where
     let mut want = poisoned::<T>(gpu, half);
     silu_mul(gpu, &gate_up, half, &mut want).unwrap();
     let mut act = poisoned::<T>(gpu, half);
-    let applies = k % 8 == 0;
+    let applies = k % 8 == 0 && k <= MATVEC_NORM_MAX_K;
     assert_eq!(
         linear_normed_swiglu(gpu, &x, norm, &w, &mut act, (half, k)).unwrap(),
         applies,
@@ -334,9 +341,15 @@ fn one_token_normed_swiglu_matches_rmsnorm_linear_then_silu_mul() {
     else {
         return;
     };
-    for (i, (half, k)) in [(1536, 576), (8192, 3072), (1001, 2048), (33, 44)]
-        .into_iter()
-        .enumerate()
+    for (i, (half, k)) in [
+        (1536, 576),
+        (8192, 3072),
+        (1001, 2048),
+        (33, 44),
+        (5, MATVEC_NORM_MAX_K + 8),
+    ]
+    .into_iter()
+    .enumerate()
     {
         check_one_token_normed_swiglu::<bf16>(&gpu, (half, k), 800 + 10 * i as u64);
         check_one_token_normed_swiglu::<f16>(&gpu, (half, k), 805 + 10 * i as u64);
