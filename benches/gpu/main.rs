@@ -2,9 +2,10 @@
 //! same GPU (CUDA events around each launch, after a warm-up, median of many, the GPU kept busy by a spin kernel
 //! while the launches are queued; w4a16 also from CUDA graphs of back-to-back calls). Builds without CUDA; run on a
 //! GPU machine:
-//! `gpu-bench [section...]` (sections: w4a16, wgmma, attention; none = all).
+//! `gpu-bench [section...]` (sections: w4a16, wgmma, attention, gemv; none = all).
 
 mod attention;
+mod gemv;
 mod timing;
 mod w4a16;
 mod wgmma;
@@ -45,6 +46,12 @@ fn main() -> ExitCode {
     if wants("attention") {
         if let Err(e) = attention::run(&gpu) {
             eprintln!("gpu-bench attention: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    if wants("gemv") {
+        if let Err(e) = gemv::run(&gpu) {
+            eprintln!("gpu-bench gemv: {e}");
             return ExitCode::FAILURE;
         }
     }
