@@ -32,9 +32,9 @@ template <typename O> __device__ __forceinline__ float as_written(float v) {
 constexpr int CHUNKS_IN_FLIGHT = 2;
 
 // With NORM, x goes through RMSNorm (weight `norm`, epsilon `eps`) first, as rmsnorm.cu would write it: the block
-// writes the k normalized inputs to its dynamic shared memory (2k bytes) once, for all its warps' rows (each warp
-// normalizing all of x itself cost more instructions than its product). With SWIGLU,
-// w is SwiGLU's gate_up [2n, k] (gate rows first) and y [n] gets silu(gate) * up of the two products rounded as
+// writes the k normalized inputs to its dynamic shared memory (4k bytes, with the norm's weight) once, for all its
+// warps' rows (each warp normalizing all of x itself cost more instructions than its product). With SWIGLU, w is
+// SwiGLU's gate_up [2n, k] (gate rows first) and y [n] gets silu(gate) * up of the two products rounded as
 // written, as silu_mul.cu computes it (prelude.cuh's silu_mul_of): the block's first ROWS_PER_BLOCK / 2 warps take
 // gate rows, the others the same outputs' up rows (each warp reads one row, as the plain product's do), and the up
 // sums reach the gate warps through shared memory. Lane l takes chunks l, l + 32, ...; the weights are constant, so
@@ -56,7 +56,7 @@ __device__ void matvec(O *__restrict__ y, const T *__restrict__ x, const T *__re
         for (int u = 0; u < U; ++u)
             wv[u] = c0 + 32 * u < chunks ? ldg_stream(wr + c0 + 32 * u) : make_uint4(0, 0, 0, 0);
     };
-    extern __shared__ uint4 normed[];  // NORM: x's k / 8 chunks normalized
+    extern __shared__ uint4 normed[];  // NORM: x's k / 8 chunks normalized, then the norm weight's
     float sum = 0.f;
     auto consume = [&](int c0, const uint4 (&wv)[U]) {
 #pragma unroll
@@ -73,24 +73,36 @@ __device__ void matvec(O *__restrict__ y, const T *__restrict__ x, const T *__re
             }
         }
     };
-    uint4 ring[2][U];  // the chunks being summed and the next ones loading (unrolled by two: no register copies)
+    // The chunks being summed and the next ones loading (unrolled by two: no register copies); both sets load before
+    // the wait, so that twice the bytes are in flight while the previous kernel ends (and the norm is taken).
+    uint4 ring[2][U];
     load(lane, ring[0]);
+    load(lane + 32 * U, ring[1]);
     unsigned token = 0;
 #pragma unroll
-    for (int u = 0; u < U; ++u) token ^= ring[0][u].x;
+    for (int u = 0; u < U; ++u) token ^= ring[0][u].x ^ ring[1][u].x;
     wait_for_previous_kernel_after(token);
     if constexpr (NORM) {  // the whole block: no warp has left
-        const float factor = rms_factor(x, k, eps);
-        for (int c = threadIdx.x; c < k / 8; c += blockDim.x)
-            normed[c] = rms_normed<T>(__ldg(xv + c), __ldg(nv + c), factor);
+        // One trip to memory: each thread keeps its chunks of x and of the norm's weight (after x) in shared memory
+        // while summing the squares as rms_factor does, then normalizes those same chunks.
+        uint4 *weight = normed + k / 8;
+        float ss = 0.f;
+        for (int c = threadIdx.x; c < k / 8; c += blockDim.x) {
+            const uint4 v = __ldg(xv + c);
+            weight[c] = __ldg(nv + c);
+            normed[c] = v;
+            ss = add_squares<T>(ss, v);
+        }
+        const float factor = rms_factor_of(ss, k, eps);
+        for (int c = threadIdx.x; c < k / 8; c += blockDim.x) normed[c] = rms_normed<T>(normed[c], weight[c], factor);
         __syncthreads();
     }
     for (int c0 = lane; c0 < chunks; c0 += 64 * U) {
-        load(c0 + 32 * U, ring[1]);
         consume(c0, ring[0]);
         if (c0 + 32 * U >= chunks) break;
         load(c0 + 64 * U, ring[0]);
         consume(c0 + 32 * U, ring[1]);
+        load(c0 + 96 * U, ring[1]);
     }
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffff, sum, o);

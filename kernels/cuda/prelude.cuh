@@ -77,20 +77,20 @@ __device__ __forceinline__ unsigned pack2(float lo, float hi, __half) {
 // rmsnorm.cu's, at another point (an input may round to its neighbour), in two packed multiplies a pair of elements
 // where `rms_normed` takes nine instructions (as many as the int4 product's own work). A column past the batch
 // (factor 0) gets p = 1, rest 0.
-template <typename T> __device__ float rms_factor(const T *__restrict__ x, int len, float eps) {
-    __shared__ float partial[32];
-    const uint4 *v = reinterpret_cast<const uint4 *>(x);
-    float ss = 0.f;
-    for (int i = threadIdx.x; i < len / 8; i += blockDim.x) {
-        const uint4 p = __ldg(v + i);
-        const unsigned w[4] = {p.x, p.y, p.z, p.w};
+// ss plus the squares of 8 elements, in order.
+template <typename T> __device__ __forceinline__ float add_squares(float ss, uint4 p) {
+    const unsigned w[4] = {p.x, p.y, p.z, p.w};
 #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-            const float2 f = unpack2(w[j], T());
-            ss += f.x * f.x;
-            ss += f.y * f.y;
-        }
+    for (int j = 0; j < 4; ++j) {
+        const float2 f = unpack2(w[j], T());
+        ss += f.x * f.x;
+        ss += f.y * f.y;
     }
+    return ss;
+}
+// The factor from each thread's share of the squares (its chunks threadIdx.x, + blockDim.x, ... in order).
+__device__ __forceinline__ float rms_factor_of(float ss, int len, float eps) {
+    __shared__ float partial[32];
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
     __syncthreads();  // an earlier call's readers are done with `partial`
@@ -99,6 +99,12 @@ template <typename T> __device__ float rms_factor(const T *__restrict__ x, int l
     float total = 0.f;
     for (int w = 0; w < (int)(blockDim.x + 31) / 32; ++w) total += partial[w];
     return rsqrtf(total / (float)len + eps);
+}
+template <typename T> __device__ float rms_factor(const T *__restrict__ x, int len, float eps) {
+    const uint4 *v = reinterpret_cast<const uint4 *>(x);
+    float ss = 0.f;
+    for (int i = threadIdx.x; i < len / 8; i += blockDim.x) ss = add_squares<T>(ss, __ldg(v + i));
+    return rms_factor_of(ss, len, eps);
 }
 template <typename T> __device__ __forceinline__ uint4 rms_normed(uint4 x, uint4 w, float factor) {
     const unsigned xs[4] = {x.x, x.y, x.z, x.w}, ws[4] = {w.x, w.y, w.z, w.w};

@@ -18,9 +18,10 @@ const SOURCE: KernelSource = crate::cuda_source!("matmul");
 /// Weight rows a block of matmul.cu's `matvec` kernels reads (one a warp): its ROWS_PER_BLOCK, so as many outputs,
 /// or half as many for the SwiGLU kernels (a gate and an up row an output).
 const MATVEC_ROWS_PER_BLOCK: usize = 8;
-/// The most inputs a `matvec_norm*` block normalizes into its shared memory (2 bytes each, within the 48 KB a launch
-/// gets without opting in); past it [`linear_normed`] and the like decline (the norm goes first, as its own kernel).
-pub const MATVEC_NORM_MAX_K: usize = 24 * 1024;
+/// The most inputs a `matvec_norm*` block normalizes in its shared memory (4 bytes each with the norm's weight,
+/// within the 48 KB a launch gets without opting in); past it [`linear_normed`] and the like decline (the norm goes
+/// first, as its own kernel).
+pub const MATVEC_NORM_MAX_K: usize = 12 * 1024;
 
 /// One operand: its data and whether it is used transposed.
 pub struct Operand<'a, P> {
@@ -135,7 +136,7 @@ where
 /// One row's `out[n] = rmsnorm(x[k]) · wᵀ`, the norm folded into matmul.cu's `matvec_norm_*` (decode's norm and
 /// the product after it in one launch); `out` in the operands' type, or f32 (logits). `Ok(false)`, nothing
 /// launched, where that kernel does not apply (as [`linear`]'s one-row path: f32 operands, k % 8 != 0, x or w not
-/// 16-byte aligned; or k over the 24576 inputs its block normalizes in shared memory).
+/// 16-byte aligned; or k over the 12288 inputs its block normalizes in shared memory).
 pub fn linear_normed<T, X, W, O>(
     gpu: &Gpu,
     x: &X,
@@ -300,7 +301,7 @@ fn matvec<T: Float>(
         grid_dim: (as_i32(n.div_ceil(outputs_per_block), "n")? as u32, 1, 1),
         block_dim: (32 * MATVEC_ROWS_PER_BLOCK as u32, 1, 1),
         shared_mem_bytes: match what {
-            Matvec::Normed { .. } => 2 * k as u32,
+            Matvec::Normed { .. } => 4 * k as u32,
             Matvec::Plain { .. } => 0,
         },
     };
@@ -316,8 +317,8 @@ fn matvec<T: Float>(
     }
     // SAFETY: y, x and w hold n, k and n·k (2n·k for SwiGLU) elements of the kernel's types, and the norm's weight
     // k (the caller checked); k % 8 == 0 and the 16-byte alignment of x, w (so of every row of w) and the norm's
-    // weight are what the kernel's vector loads need; a normed launch's shared memory holds x's k normalized
-    // elements; the arguments are the named kernel's.
+    // weight are what the kernel's vector loads need; a normed launch's shared memory holds x's k elements and the
+    // norm weight's; the arguments are the named kernel's.
     unsafe { launch.launch(cfg) }?;
     Ok(true)
 }
