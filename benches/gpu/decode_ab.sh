@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # GPU decode A/B, run on the GPU machine over what scripts/gpu-decode-ab.sh built into .gpu-ab/: random Llama models
-# of SmolLM2-135M's, TinyLlama-1.1B's and 8 layers of Phi-3.5-mini's shapes, and tinyw, a Mistral one of TinyLlama's
-# with a 2048-key sliding window (random_llama.py, bf16, then int4 by `olive-host quantize --algorithm rtn`), then
-# the gpu_decode bench's `graph` mode (tok/s, 32 steps) of each build (base and new), alternated in the same
-# call (these machines drift by a few percent between runs):
+# of SmolLM2-135M's, TinyLlama-1.1B's, 8 layers of Phi-3.5-mini's and 4 of Llama-3-8B's (llama4) shapes, and tinyw, a
+# Mistral one of TinyLlama's with a 2048-key sliding window (random_llama.py, bf16, then int4 by `olive-host quantize
+# --algorithm rtn`), then the gpu_decode bench's `graph` mode (tok/s, 32 steps) of each build (base and new),
+# alternated in the same call (these machines drift by a few percent between runs):
 #   bash benches/gpu/decode_ab.sh [ROUNDS [MODELS [PROMPTS]]]
-# ROUNDS: rounds a case (2); MODELS: of smol tiny phi8 tinyw, each also with -int4 ("tiny-int4 smol-int4
+# ROUNDS: rounds a case (2); MODELS: of smol tiny phi8 llama4 tinyw, each also with -int4 ("tiny-int4 smol-int4
 # phi8-int4"); PROMPTS: prompt lengths (OLIVE_BENCH_PROMPT, "16"); AB_MAX_LENGTH, when set, the KV cache's capacity
 # (OLIVE_BENCH_MAX_LENGTH: generate's --max_length; else what the steps reach); AB_BUILDS, the builds under .gpu-ab
 # taken in turn ("base new"; a variant built by hand into .gpu-ab/NAME/bench joins as NAME). Models go to
@@ -24,8 +24,9 @@ for f in "${builds[@]/%//bench}" olive-host; do
 done
 for m in $models; do
     case $m in
-        smol | tiny | phi8 | tinyw | smol-int4 | tiny-int4 | phi8-int4 | tinyw-int4) ;;
-        *) echo "decode_ab.sh: unknown model $m, expected smol, tiny, phi8, tinyw or one of them with -int4" >&2; exit 1 ;;
+        smol | tiny | phi8 | llama4 | tinyw | smol-int4 | tiny-int4 | phi8-int4 | llama4-int4 | tinyw-int4) ;;
+        *) echo "decode_ab.sh: unknown model $m, expected smol, tiny, phi8, llama4, tinyw or one of them with -int4" >&2
+           exit 1 ;;
     esac
 done
 mkdir -p "$dir"

@@ -1,6 +1,7 @@
-"""Random bf16 Llama models of SmolLM2-135M's, TinyLlama-1.1B's and (8 layers of) Phi-3.5-mini's shapes, and a
-Mistral model of TinyLlama's shapes with a 2048-key sliding window (tinyw), for the GPU decode bench
-(benches/gpu/decode_ab.sh): python random_llama.py OUT_DIR [smol|tiny|phi8|tinyw ...] writes OUT_DIR/<name>/
+"""Random bf16 Llama models of SmolLM2-135M's, TinyLlama-1.1B's, (8 layers of) Phi-3.5-mini's and (4 layers of)
+Llama-3-8B's shapes, and a Mistral model of TinyLlama's shapes with a 2048-key sliding window (tinyw), for the GPU
+decode bench (benches/gpu/decode_ab.sh): python random_llama.py OUT_DIR [smol|tiny|phi8|llama4|tinyw ...] writes
+OUT_DIR/<name>/
 (config.json + safetensors, on the GPU when there is one)."""
 import sys
 
@@ -14,6 +15,8 @@ SHAPES = {
                  num_key_value_heads=4, vocab_size=32000, tie_word_embeddings=False, rope_theta=10000.0),
     "phi8": dict(hidden_size=3072, intermediate_size=8192, num_hidden_layers=8, num_attention_heads=32,
                  num_key_value_heads=32, vocab_size=32064, tie_word_embeddings=False, rope_theta=10000.0),
+    "llama4": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=4, num_attention_heads=32,
+                   num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=False, rope_theta=500000.0),
 }
 # Mistral models: a shape above and the sliding window.
 WINDOWED = {"tinyw": ("tiny", 2048)}
