@@ -10,6 +10,7 @@ use olive_kernels::cuda::gemm::{linear, linear_normed, linear_normed_swiglu, mat
 use olive_kernels::cuda::rmsnorm::InputNorm;
 use olive_kernels::cuda::{bf16, CudaSlice, Gpu, GpuError};
 
+use crate::random::bf16_values;
 use crate::timing::{both_us, read_call};
 
 /// Bytes the rotated copies of a weight must exceed (an H100's or H200's L2 is 50 MB).
@@ -34,19 +35,6 @@ const SHAPES: [(&str, &str, usize, usize); 15] = [
     ("Llama-3-8B", "lm_head", 4096, 128256),
 ];
 
-/// Values in [-1, 1] from a xorshift stream.
-fn random_bf16(len: usize, seed: u64) -> Vec<bf16> {
-    let mut s = seed | 1;
-    (0..len)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            bf16::from_f32((s % 2001) as f32 / 1000.0 - 1.0)
-        })
-        .collect()
-}
-
 pub fn run(gpu: &Gpu) -> Result<(), GpuError> {
     println!("\n## Dense bf16 one-token product (matmul.cu matvec) vs cuBLAS bf16 and the plain read; µs");
     println!("(graph: µs a call from a CUDA graph of back-to-back calls; normed: the RMSNorm folded in, for gate_up");
@@ -57,13 +45,13 @@ pub fn run(gpu: &Gpu) -> Result<(), GpuError> {
     for (si, &(model, linear_name, k, n)) in SHAPES.iter().enumerate() {
         let bytes = 2 * n * k;
         let copies = ROTATE_BYTES.div_ceil(bytes).clamp(1, 32);
-        let host = random_bf16(n * k, 100 + si as u64);
+        let host = bf16_values(n * k, 100 + si as u64);
         let weights: Vec<CudaSlice<bf16>> = (0..copies)
             .map(|_| gpu.upload(&host))
             .collect::<Result<_, _>>()?;
         drop(host);
-        let x = gpu.upload(&random_bf16(k, 7))?;
-        let norm_weight = gpu.upload(&random_bf16(k, 11))?;
+        let x = gpu.upload(&bf16_values(k, 7))?;
+        let norm_weight = gpu.upload(&bf16_values(k, 11))?;
         let mut y = gpu.alloc::<bf16>(n)?;
         let (t, g) = both_us(gpu, |i| {
             linear(gpu, &x, &weights[i % copies], &mut y, (1, n, k), false)

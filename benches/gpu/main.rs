@@ -6,6 +6,7 @@
 
 mod attention;
 mod gemv;
+mod random;
 mod timing;
 mod w4a16;
 mod wgmma;

@@ -11,6 +11,7 @@ use olive_kernels::cpu::w4a16_tiles::W4Tiles;
 use olive_kernels::cuda::w4a16::{dequantize, w4a16_with, MmConfig, W4Weight, CONFIGS};
 use olive_kernels::cuda::{bf16, CudaSlice, Gpu, GpuError};
 
+use crate::random::{bf16_values, Xorshift};
 use crate::timing::{both_us, empty_call, median_us, read_call, read_tiles_call};
 
 /// Bytes the rotated copies of one operand must exceed (H100 L2 is 50 MB).
@@ -30,19 +31,8 @@ const SHAPES: [(&str, &str, usize, usize); 8] = [
     ("Llama-3-8B", "down", 14336, 4096),
 ];
 
-struct Xorshift(u64);
-
-impl Xorshift {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
 fn random_levels(n: usize, k: usize, seed: u64) -> W4Levels {
-    let mut rng = Xorshift(seed | 1);
+    let mut rng = Xorshift::new(seed);
     let groups = k / GROUP;
     let mut q = vec![0u8; n * k];
     for chunk in q.chunks_mut(16) {
@@ -66,14 +56,6 @@ fn random_levels(n: usize, k: usize, seed: u64) -> W4Levels {
 
 fn copies(bytes: usize) -> usize {
     ROTATE_BYTES.div_ceil(bytes).clamp(1, 32)
-}
-
-fn random_bf16(gpu: &Gpu, len: usize, seed: u64) -> Result<CudaSlice<bf16>, GpuError> {
-    let mut rng = Xorshift(seed | 1);
-    let host: Vec<bf16> = (0..len)
-        .map(|_| bf16::from_f32((rng.next() % 2001) as f32 / 1000.0 - 1.0))
-        .collect();
-    gpu.upload(&host)
 }
 
 /// cuBLAS bf16 y [batch, n] = x [batch, k] · Wᵀ (W [n, k] row-major), fp32 compute.
@@ -233,7 +215,7 @@ pub fn run(gpu: &Gpu) -> Result<(), GpuError> {
         );
         drop(reads);
         for &batch in &batches {
-            let x = random_bf16(gpu, batch * k, 7 + batch as u64)?;
+            let x = gpu.upload(&bf16_values(batch * k, 7 + batch as u64))?;
             let mut y = gpu.alloc::<bf16>(batch * n)?;
             let mut y_ref = gpu.alloc::<bf16>(batch * n)?;
             let mut best = (f64::INFINITY, CONFIGS[0]);
