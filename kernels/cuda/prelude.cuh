@@ -70,7 +70,8 @@ __device__ __forceinline__ unsigned pack2(float lo, float hi, __half) {
 
 // RMSNorm folded into a product's input (decode: the norm before the attention's and the MLP's first product, and
 // before the lm_head). `rms_factor`: rsqrt(mean(x²) + eps) over x[0, len) (16-bit elements, len % 8 == 0, 16-byte
-// aligned), summed by the whole block (every thread calls it with the same arguments) and returned to every thread;
+// aligned), summed by the whole block (every thread calls it with the same arguments) and returned to every thread
+// (`rms_factor_of` the same from squares each thread summed itself with `add_squares`, in rms_factor's order);
 // `rms_normed`: 8 elements of x as rmsnorm.cu writes them, w * (x * factor) rounded once (the dense GEMV's input).
 // The int4 products take w * (x * p) rounded once instead (`rms_scaled`), p the power of two at or under the factor
 // (an exact scaling), and multiply their sums by rest = factor / p (`rms_split`): one rounding an element as
