@@ -6,7 +6,7 @@
 //! one layer's weights, not the model's. A one-token step (decode) is captured as a CUDA graph on its cache's first
 //! such step and replayed after: the step's token and position are read from device memory, so one graph serves
 //! every step while the cache stays under the graph's bound, and the host queues one graph instead of a dozen
-//! launches a layer. The bounds double ([`graph_bound`]): a graph's attention is sized for the positions its steps
+//! launches a layer. The bounds double (`graph_bound`): a graph's attention is sized for the positions its steps
 //! can reach, not for the cache's capacity, at the cost of one capture each time the cache outgrows a bound.
 
 pub mod train;
@@ -226,7 +226,7 @@ pub struct GpuKvCache {
     workspace: Workspace,
     /// Whether one-token steps replay a captured CUDA graph, and how its kernels are linked.
     graphs: Option<Edges>,
-    /// The captured one-token steps, one a bound ([`graph_bound`]), from the first such step on.
+    /// The captured one-token steps, one a bound (`graph_bound`), from the first such step on.
     decode: Vec<DecodeGraph>,
 }
 
@@ -498,7 +498,7 @@ impl GpuTransformer {
         Ok(self.gpu.download(logits)?)
     }
 
-    /// The greedy next token after `tokens` ([`crate::argmax`] of [`Self::forward_last`]'s logits), chosen on the
+    /// The greedy next token after `tokens` ([`fn@crate::argmax`] of [`Self::forward_last`]'s logits), chosen on the
     /// device: a decode step brings one index back to the host, not its logits.
     pub fn next_token(&self, tokens: &[u32], cache: &mut GpuKvCache) -> Result<u32> {
         if tokens.is_empty() {

@@ -2,15 +2,15 @@
 //! (cuBLAS f32 through `olive_kernels::cuda::gemm`, fp32 operands and accumulation, no TF32), so the GPU's
 //! results equal the CPU's up to the order of f32 additions. One code path serves both devices: the
 //! quantizer asks [`Compute`] for x·Wᵀ (layer forwards, AWQ candidates, clip errors) and for the Gram matrices
-//! xᵀy of GPTQ's Hessians. On a GPU a whole layer forward runs on the device through [`OnDevice`] (norms,
+//! xᵀy of GPTQ's Hessians. On a GPU a whole layer forward runs on the device through `OnDevice` (norms,
 //! products, RoPE and attention, SwiGLU, residual adds, all f32; `stream`'s `composed_on_gpu`), as does AWQ's
 //! search (`awq::gpu`); GPTQ's factorisation and column loop, RTN and value_hessian's attention weights stay on
 //! the CPU. The layer pieces here follow `olive_nn::DecoderLayer`'s attention and MLP blocks (transformers' Llama
 //! forward) with their linears computed by [`Compute`], over all calibration windows at once.
 //!
-//! On a GPU the weights of the layer being calibrated stay on it for the whole layer ([`Compute::hold_layer`]):
+//! On a GPU the weights of the layer being calibrated stay on it for the whole layer (`Compute::hold_layer`):
 //! a product whose operand lies in a held weight reads the device copy, and every change the quantizer makes to
-//! a held weight on the host is copied over at once ([`Compute::changed`]). With several GPUs (`Device::Gpu`
+//! a held weight on the host is copied over at once (`Compute::changed`). With several GPUs (`Device::Gpu`
 //! with `count` > 1) the decoder layers are spread in contiguous blocks as pipeline sharding does
 //! ([`layer_gpu`]), each layer calibrated by the [`Compute`] of its GPU with the same products in the same
 //! order, so the output does not depend on the number of GPUs (`placement`).

@@ -1,4 +1,4 @@
-//! Greedy token choice on the GPU (kernels/cuda/argmax.cu): [`crate::cpu::argmax`] of each row, so that a greedy
+//! Greedy token choice on the GPU (kernels/cuda/argmax.cu): [`fn@crate::cpu::argmax`] of each row, so that a greedy
 //! decode step brings one index back to the host instead of its logits.
 
 use super::float::as_i32;
@@ -8,7 +8,7 @@ const SOURCE: super::KernelSource = crate::cuda_source!("argmax");
 /// Threads a row (argmax.cu's THREADS).
 const THREADS: u32 = 1024;
 
-/// out[r] = [`crate::cpu::argmax`] of row r of x: [out.len(), n].
+/// out[r] = [`fn@crate::cpu::argmax`] of row r of x: [out.len(), n].
 pub fn argmax_rows(
     gpu: &Gpu,
     x: &CudaView<'_, f32>,

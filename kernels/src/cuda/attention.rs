@@ -507,7 +507,7 @@ fn forward_params<T: Half>(
     Ok(p)
 }
 
-/// Splits of the KV length a decode launch takes by default on `gpu` ([`splits_for`] its multiprocessors).
+/// Splits of the KV length a decode launch takes by default on `gpu` (`splits_for` of its multiprocessors).
 pub fn decode_splits(gpu: &Gpu, shape: &AttentionShape) -> usize {
     splits_for(gpu.sm_count() as usize, shape)
 }

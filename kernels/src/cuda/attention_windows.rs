@@ -1,7 +1,7 @@
 //! f32 attention of whole calibration windows on the GPU (kernels/cuda/attention_windows.cu), for AWQ's scale
 //! search: RoPE from host tables on q and k, then causal (sliding-window) GQA attention per window, in f32
 //! throughout. The same function as [`crate::cpu::rope_apply`] on a fused qkv row followed by
-//! [`crate::cpu::attention`] per window, up to summation order.
+//! [`fn@crate::cpu::attention`] per window, up to summation order.
 
 use cudarc::driver::sys::CUfunction_attribute;
 

@@ -1,6 +1,6 @@
 //! Cross-entropy over the vocabulary on the GPU (kernels/cuda/cross_entropy.cu): per-row losses of logits against
 //! labels (negative = ignored), one block per row with an online max and sum, and optionally the gradient of
-//! `inv_n · Σ loss` written over the logits; the same function as [`crate::cpu::cross_entropy`].
+//! `inv_n · Σ loss` written over the logits; the same function as [`fn@crate::cpu::cross_entropy`].
 
 use super::float::{as_i32, pack_width, row_threads, Float};
 use super::{CudaSlice, Gpu, GpuError, LaunchConfig, PushKernelArg};

@@ -1,6 +1,6 @@
 //! RMSNorm on the GPU (kernels/cuda/rmsnorm.cu; Zhang & Sennrich 2019, as transformers' LlamaRMSNorm): the
 //! forward and the gradient with respect to x for a frozen weight, one block per row, the same functions as
-//! [`crate::cpu::rmsnorm`] and [`crate::cpu::rmsnorm_backward`].
+//! [`fn@crate::cpu::rmsnorm`] and [`crate::cpu::rmsnorm_backward`].
 
 use super::float::{as_i32, pack_width, row_threads, Float};
 use super::{CudaSlice, Gpu, GpuError, LaunchConfig, PushKernelArg};
@@ -93,7 +93,7 @@ pub fn rmsnorm<T: Float>(
     Ok(())
 }
 
-/// out: [rows, d] = rmsnorm(x: [rows, d]) with weight: [d] in f32, bit for bit as [`crate::cpu::rmsnorm`]
+/// out: [rows, d] = rmsnorm(x: [rows, d]) with weight: [d] in f32, bit for bit as [`fn@crate::cpu::rmsnorm`]
 /// computes it (the same sums in the same order, each operation rounded on its own): for calibration forwards
 /// whose GPU and CPU runs must agree.
 pub fn rmsnorm_f32_as_cpu(

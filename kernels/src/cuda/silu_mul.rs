@@ -1,5 +1,5 @@
 //! SwiGLU's gating on the GPU (kernels/cuda/silu_mul.cu; Shazeer 2020): act = silu(gate) · up from the fused
-//! [gate | up] rows, and its backward; the same functions as [`crate::cpu::silu_mul`] and
+//! [gate | up] rows, and its backward; the same functions as [`fn@crate::cpu::silu_mul`] and
 //! [`crate::cpu::silu_mul_backward`].
 
 use super::float::{as_i32, pack_width, Float};

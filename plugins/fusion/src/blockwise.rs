@@ -4,7 +4,7 @@
 //! `com.microsoft::MatMulNBits(A, B_q, scales[, zero_points])`, quantized to the bytes ONNX Runtime's
 //! MatMulNBitsQuantizer writes (`olive_onnx::matmul_nbits::quantize`). A weight shared by several MatMuls is
 //! quantized once. `OnnxBlockWiseRtnQuantization` also turns Gathers of float32 tables into GatherBlockQuantized as
-//! Olive 0.13 does ([`crate::gather_quant`]).
+//! Olive 0.13 does (`gather_quant`).
 
 use std::collections::{HashMap, HashSet};
 

@@ -1,6 +1,6 @@
 //! Olive's `OnnxPeepholeOptimizer` clean-ups (olive/passes/onnx/peephole_optimizer.py, which runs onnxscript's
 //! optimizer and onnxoptimizer): `Constant` nodes become initializers, constant-only subgraphs are folded
-//! ([`crate::fold`]), `Identity` nodes and `Cast`s to the type a value already has are removed, and nodes and
+//! (`fold`), `Identity` nodes and `Cast`s to the type a value already has are removed, and nodes and
 //! initializers nothing uses are dropped. Graph outputs keep their names.
 
 use std::collections::{HashMap, HashSet};

@@ -5,7 +5,7 @@
 //! Opset imports are fixed up after: com.microsoft version 1 when its ops appear, the default domain raised to 17
 //! when a LayerNormalization (ONNX op from opset 17) is left unfused into SkipLayerNormalization. With `float16`
 //! the fused model is then converted as the optimizer's `convert_float_to_float16` does ([`crate::float16`]); with
-//! `input_int32` its int64 inputs become int32 after ([`crate::int32_inputs`]).
+//! `input_int32` its int64 inputs become int32 after (`int32_inputs`).
 
 use std::collections::BTreeMap;
 
