@@ -18,10 +18,11 @@ const SOURCE: KernelSource = crate::cuda_source!("matmul");
 /// Weight rows a block of matmul.cu's `matvec` kernels reads (one a warp): its ROWS_PER_BLOCK, so as many outputs,
 /// or half as many for the SwiGLU kernels (a gate and an up row an output).
 const MATVEC_ROWS_PER_BLOCK: usize = 8;
-/// The most inputs a `matvec_norm*` block normalizes in its shared memory (4 bytes each with the norm's weight,
-/// within the 48 KB a launch gets without opting in); past it [`linear_normed`] and the like decline (the norm goes
-/// first, as its own kernel).
-pub const MATVEC_NORM_MAX_K: usize = 12 * 1024;
+/// The most inputs a `matvec_norm*` block normalizes in its shared memory: 4 bytes each with the norm's weight,
+/// within the 48 KB a launch gets without opting in less 1 KB for the kernel's static shared memory (the norm's
+/// partial sums, SwiGLU's up sums; dynamic and static count together). Past it [`linear_normed`] and the like
+/// decline (the norm goes first, as its own kernel).
+pub const MATVEC_NORM_MAX_K: usize = (48 * 1024 - 1024) / 4;
 
 /// One operand: its data and whether it is used transposed.
 pub struct Operand<'a, P> {
@@ -136,7 +137,7 @@ where
 /// One row's `out[n] = rmsnorm(x[k]) · wᵀ`, the norm folded into matmul.cu's `matvec_norm_*` (decode's norm and
 /// the product after it in one launch); `out` in the operands' type, or f32 (logits). `Ok(false)`, nothing
 /// launched, where that kernel does not apply (as [`linear`]'s one-row path: f32 operands, k % 8 != 0, x or w not
-/// 16-byte aligned; or k over the 12288 inputs its block normalizes in shared memory).
+/// 16-byte aligned; or k over the [`MATVEC_NORM_MAX_K`] inputs its block normalizes in shared memory).
 pub fn linear_normed<T, X, W, O>(
     gpu: &Gpu,
     x: &X,

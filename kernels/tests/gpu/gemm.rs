@@ -276,6 +276,7 @@ fn one_token_normed_linear_matches_rmsnorm_then_linear() {
         (3072, 8192),
         (49152, 576),
         (33, 44),
+        (5, MATVEC_NORM_MAX_K),
         (5, MATVEC_NORM_MAX_K + 8),
     ]
     .into_iter()
@@ -346,6 +347,7 @@ fn one_token_normed_swiglu_matches_rmsnorm_linear_then_silu_mul() {
         (8192, 3072),
         (1001, 2048),
         (33, 44),
+        (5, MATVEC_NORM_MAX_K),
         (5, MATVEC_NORM_MAX_K + 8),
     ]
     .into_iter()
