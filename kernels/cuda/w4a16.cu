@@ -138,9 +138,10 @@ __device__ __forceinline__ u32 elem(const uint4 &v, int i) { return i == 0 ? v.x
 // WB (batch groups of NB8 x 8 columns). Each warp keeps PF chunks' weight tiles and metadata loading while it
 // consumes one. With `accumulate` y += the product (the fp32 sum plus y, rounded once). With NORM, x goes through
 // RMSNorm (weight `norm`, epsilon `eps`) first, each element rounded once as by rmsnorm.cu but at another point
-// (prelude.cuh's rms_factor and rms_split; x in its original input order: no act-order). With SWIGLU (RT = 2) W is SwiGLU's gate_up [2·half, k]
-// (gate rows first): a warp's two row tiles are gate tile i and up tile i (half / 16 apart), and y [batch, half] gets
-// silu(gate) * up of the products rounded as written, as silu_mul.cu computes it (prelude.cuh's silu_mul_of).
+// (prelude.cuh's rms_factor and rms_split; x in its original input order: no act-order). With SWIGLU (RT = 2) W is
+// SwiGLU's gate_up [2·half, k] (gate rows first): a warp's two row tiles are gate tile i and up tile i (half / 16
+// apart), and y [batch, half] gets silu(gate) * up of the products rounded as written, as silu_mul.cu computes it
+// (prelude.cuh's silu_mul_of).
 template <typename T, int RT, int NB8, int WK, int WN, int WB, int PF, bool NORM, bool SWIGLU>
 __device__ __forceinline__ void w4_mm(T *__restrict__ y, const T *__restrict__ x, const uint4 *__restrict__ tiles,
                                       const u32 *__restrict__ meta, int batch, int n, int k, int group,
