@@ -13,7 +13,7 @@ use olive_kernels::cuda::attention::{
 use olive_kernels::cuda::rope::RopeFreqs;
 use olive_kernels::cuda::{bf16, CachedLen, CudaSlice, Gpu, GpuError};
 
-use crate::timing::graph_calls_us;
+use crate::timing::{graph_calls_us, ROTATE_BYTES};
 
 /// (model, heads, KV heads, head_dim)
 const SHAPES: [(&str, usize, usize, usize); 4] = [
@@ -28,8 +28,6 @@ const KV_LENS: [usize; 7] = [1024, 2048, 3072, 4096, 8192, 16384, 65536];
 const CHUNKS: [usize; 20] = [
     1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512,
 ];
-/// Bytes the rotated copies of a cache must exceed (an H100's or H200's L2 is 50 MB).
-const ROTATE_BYTES: usize = 120 << 20;
 /// The fewest calls a graph.
 const GRAPH_CALLS: usize = 8;
 

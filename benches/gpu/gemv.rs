@@ -11,10 +11,7 @@ use olive_kernels::cuda::rmsnorm::InputNorm;
 use olive_kernels::cuda::{bf16, CudaSlice, Gpu, GpuError};
 
 use crate::random::bf16_values;
-use crate::timing::{both_us, read_call};
-
-/// Bytes the rotated copies of a weight must exceed (an H100's or H200's L2 is 50 MB).
-const ROTATE_BYTES: usize = 120 << 20;
+use crate::timing::{both_us, read_call, rotated_copies};
 
 /// (model, linear, K in, N out)
 const SHAPES: [(&str, &str, usize, usize); 15] = [
@@ -44,7 +41,7 @@ pub fn run(gpu: &Gpu) -> Result<(), GpuError> {
     let mut sink = gpu.alloc::<u32>(gpu.sm_count() as usize * 8 * 256)?;
     for (si, &(model, linear_name, k, n)) in SHAPES.iter().enumerate() {
         let bytes = 2 * n * k;
-        let copies = ROTATE_BYTES.div_ceil(bytes).clamp(1, 32);
+        let copies = rotated_copies(bytes);
         let host = bf16_values(n * k, 100 + si as u64);
         let weights: Vec<CudaSlice<bf16>> = (0..copies)
             .map(|_| gpu.upload(&host))

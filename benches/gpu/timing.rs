@@ -13,6 +13,15 @@ pub const SOURCE: KernelSource = KernelSource {
     arch_specific: false,
 };
 
+/// Bytes the rotated copies of an operand must exceed, so that no timing reads it from the L2 (an H100's or H200's
+/// is 50 MB).
+pub const ROTATE_BYTES: usize = 120 << 20;
+
+/// Copies of an operand of `bytes` that together pass [`ROTATE_BYTES`], at most 32.
+pub fn rotated_copies(bytes: usize) -> usize {
+    ROTATE_BYTES.div_ceil(bytes).clamp(1, 32)
+}
+
 /// The bench's repetitions: 5 untimed calls, then 60 timed one by one.
 pub const REPS: Reps = Reps {
     warmup: 5,

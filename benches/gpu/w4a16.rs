@@ -12,10 +12,8 @@ use olive_kernels::cuda::w4a16::{dequantize, w4a16_with, MmConfig, W4Weight, CON
 use olive_kernels::cuda::{bf16, CudaSlice, Gpu, GpuError};
 
 use crate::random::{bf16_values, Xorshift};
-use crate::timing::{both_us, empty_call, median_us, read_call, read_tiles_call};
+use crate::timing::{both_us, empty_call, median_us, read_call, read_tiles_call, rotated_copies};
 
-/// Bytes the rotated copies of one operand must exceed (H100 L2 is 50 MB).
-const ROTATE_BYTES: usize = 120 << 20;
 const GROUP: usize = 128;
 const BATCHES: [usize; 4] = [1, 16, 64, 128];
 
@@ -52,10 +50,6 @@ fn random_levels(n: usize, k: usize, seed: u64) -> W4Levels {
         zeros: (0..n * groups).map(|_| (rng.next() % 16) as u8).collect(),
         g_idx: None,
     }
-}
-
-fn copies(bytes: usize) -> usize {
-    ROTATE_BYTES.div_ceil(bytes).clamp(1, 32)
 }
 
 /// cuBLAS bf16 y [batch, n] = x [batch, k] · Wᵀ (W [n, k] row-major), fp32 compute.
@@ -193,11 +187,11 @@ pub fn run(gpu: &Gpu) -> Result<(), GpuError> {
         let first = W4Weight::<bf16>::upload(gpu, &tiles)?;
         let wbytes = first.bytes();
         let mut weights = vec![first];
-        for _ in 1..copies(wbytes) {
+        for _ in 1..rotated_copies(wbytes) {
             weights.push(W4Weight::<bf16>::upload(gpu, &tiles)?);
         }
         drop(tiles);
-        let dense: Vec<CudaSlice<bf16>> = (0..copies(2 * n * k))
+        let dense: Vec<CudaSlice<bf16>> = (0..rotated_copies(2 * n * k))
             .map(|i| dequantize(gpu, &weights[i % weights.len()]))
             .collect::<Result<_, _>>()?;
         let reads: Vec<CudaSlice<u32>> = (0..weights.len())
