@@ -73,14 +73,15 @@ __device__ void matvec(O *__restrict__ y, const T *__restrict__ x, const T *__re
             }
         }
     };
-    // The chunks being summed and the next ones loading (unrolled by two: no register copies); both sets load before
-    // the wait, so that twice the bytes are in flight while the previous kernel ends (and the norm is taken).
+    // The chunks being summed and the next ones loading (unrolled by two: no register copies). With NORM both sets
+    // load before the wait, twice the bytes in flight while the previous kernel ends and the norm is taken; the plain
+    // product issues its second set after the wait.
     uint4 ring[2][U];
     load(lane, ring[0]);
-    load(lane + 32 * U, ring[1]);
+    if constexpr (NORM) load(lane + 32 * U, ring[1]);
     unsigned token = 0;
 #pragma unroll
-    for (int u = 0; u < U; ++u) token ^= ring[0][u].x ^ ring[1][u].x;
+    for (int u = 0; u < U; ++u) token ^= NORM ? ring[0][u].x ^ ring[1][u].x : ring[0][u].x;
     wait_for_previous_kernel_after(token);
     if constexpr (NORM) {  // the whole block: no warp has left
         // One trip to memory: each thread keeps its chunks of x and of the norm's weight (after x) in shared memory
@@ -98,11 +99,12 @@ __device__ void matvec(O *__restrict__ y, const T *__restrict__ x, const T *__re
         __syncthreads();
     }
     for (int c0 = lane; c0 < chunks; c0 += 64 * U) {
+        if constexpr (!NORM) load(c0 + 32 * U, ring[1]);
         consume(c0, ring[0]);
         if (c0 + 32 * U >= chunks) break;
         load(c0 + 64 * U, ring[0]);
         consume(c0 + 32 * U, ring[1]);
-        load(c0 + 96 * U, ring[1]);
+        if constexpr (NORM) load(c0 + 96 * U, ring[1]);
     }
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffff, sum, o);
