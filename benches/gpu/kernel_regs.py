@@ -6,7 +6,7 @@ each kernel's instructions go to <dir>/<kernel>.sass, one a line, to read or dif
 
     source target/olive-env.sh && "$OLIVE_TEST_VENV/bin/python" benches/gpu/kernel_regs.py matmul.cu
     "$OLIVE_TEST_VENV/bin/python" benches/gpu/kernel_regs.py w4a16.cu w4a16_sm90.cu \\
-        -D 'W4_INSTANCE=W4_MM(__nv_bfloat16,bf16,1,1,16,1,1,1)' --sass /tmp/w4
+        -D 'W4_INSTANCE=W4_MM(__nv_bfloat16,bf16,1,1,16,1,1,1,3)' --sass /tmp/w4
 """
 
 import argparse

@@ -97,9 +97,9 @@ def main() -> None:
              for t in ("bf16",) for d in (64, 96, 128)]
     jobs += [
         ("w4a16.cu helpers only", w4, []),
-        ("w4a16.cu + W4_MM (GEMV)", w4, ["-DW4_INSTANCE=W4_MM(__nv_bfloat16,bf16,1,1,16,1,1,2)"]),
-        ("w4a16.cu + W4_MM_NORM (GEMV, fp16)", w4, ["-DW4_INSTANCE=W4_MM_NORM(__half,f16,1,1,8,1,1,1)"]),
-        ("w4a16.cu + W4_MM_NORM_SWIGLU", w4, ["-DW4_INSTANCE=W4_MM_NORM_SWIGLU(__nv_bfloat16,bf16,2,1,8,1,1,1)"]),
+        ("w4a16.cu + W4_MM (GEMV)", w4, ["-DW4_INSTANCE=W4_MM(__nv_bfloat16,bf16,1,1,16,1,1,2,3)"]),
+        ("w4a16.cu + W4_MM_NORM (GEMV, fp16)", w4, ["-DW4_INSTANCE=W4_MM_NORM(__half,f16,1,1,8,1,1,1,3)"]),
+        ("w4a16.cu + W4_MM_NORM_SWIGLU", w4, ["-DW4_INSTANCE=W4_MM_NORM_SWIGLU(__nv_bfloat16,bf16,2,1,8,1,1,1,3)"]),
         ("w4a16.cu + W4_MMP (pipelined)", w4, ["-DW4_INSTANCE=W4_MMP(__nv_bfloat16,bf16,2,8,4,2,3,1)"]),
         ("w4a16.cu + W4_WS (wgmma)", w4, ["-DW4_INSTANCE=W4_WS(__nv_bfloat16,bf16,2,1,128,4,2,1)"]),
     ]

@@ -142,11 +142,17 @@ __device__ __forceinline__ u32 elem(const uint4 &v, int i) { return i == 0 ? v.x
 // SwiGLU's gate_up [2·half, k] (gate rows first): a warp's two row tiles are gate tile i and up tile i (half / 16
 // apart), and y [batch, half] gets silu(gate) * up of the products rounded as written, as silu_mul.cu computes it
 // (prelude.cuh's silu_mul_of).
-template <typename T, int RT, int NB8, int WK, int WN, int WB, int PF, bool NORM, bool SWIGLU>
+// The chunk loop's two choices are the kernel's (MODE = 2·SA + P2, picked by the launcher for the weight's group,
+// so that no chunk branches on them and each kernel holds one loop's registers): SA, the chunk's sums scaled after
+// the mma (small batch tiles, groups of whole chunks: fewer instructions, exact levels); P2, the group size a power
+// of two (a shift, not a division).
+template <typename T, int RT, int NB8, int WK, int WN, int WB, int PF, bool NORM, bool SWIGLU, int MODE>
 __device__ __forceinline__ void w4_mm(T *__restrict__ y, const T *__restrict__ x, const uint4 *__restrict__ tiles,
                                       const u32 *__restrict__ meta, int batch, int n, int k, int group,
                                       int accumulate, const T *__restrict__ norm, float eps) {
     typedef W4<T> Op;
+    constexpr bool SA = MODE >> 1, P2 = MODE & 1;
+    static_assert(!SA || NB8 <= 2, "the sums are scaled after the mma for small batch tiles only");
     constexpr int ACC = RT * NB8 * 4;
     constexpr int RED = (WK - 1) * WN * WB * 32 * ACC;
     static_assert(RED * 4 <= 48 * 1024, "reduction buffer over 48 KB");
@@ -183,10 +189,8 @@ __device__ __forceinline__ void w4_mm(T *__restrict__ y, const T *__restrict__ x
         asm volatile("" : "+l"(xrow[b]));  // kept in a register (see wbase below)
     }
 
-    // Small batch tiles with groups of whole chunks scale after the mma (fewer instructions, exact levels).
-    const bool scale_after = NB8 <= 2 && (group & 63) == 0;
-    // Per-row-tile bases, so a chunk's loads cost a 32-bit offset each (and no division for the group).
-    const GroupOf grp_of = group_of(group);
+    // Per-row-tile bases, so a chunk's loads cost a 32-bit offset each.
+    const int group_shift = P2 ? __ffs(group) - 1 : 0;
     const uint4 *wbase[RT];
     const u32 *mbase[RT];
 #pragma unroll
@@ -197,19 +201,15 @@ __device__ __forceinline__ void w4_mm(T *__restrict__ y, const T *__restrict__ x
         // chunk's 145 instructions a warp, ptxas 13.0), and the batch-1 kernel is bound by its issue rate.
         asm volatile("" : "+l"(wbase[r]), "+l"(mbase[r]));
     }
+    // A row tile past n loads tile 0's words (its bases point there): its sums are never written.
     auto load = [&](int c, uint4 (&wv)[RT], u32 (&mv)[RT][2]) {
-        const int moff = grp_of(c * 64 + 16 * t) * n;
+        const int i = c * 64 + 16 * t, moff = (P2 ? i >> group_shift : i / group) * n;
 #pragma unroll
         for (int r = 0; r < RT; ++r) {
-            if (row_ok[r]) {
-                wv[r] = ldg_stream(wbase[r] + c * 32);
-                const u32 *m = mbase[r] + moff;
-                mv[r][0] = __ldg(m);
-                mv[r][1] = __ldg(m + 8);
-            } else {
-                wv[r] = make_uint4(0, 0, 0, 0);
-                mv[r][0] = mv[r][1] = 0;
-            }
+            wv[r] = ldg_stream(wbase[r] + c * 32);
+            const u32 *m = mbase[r] + moff;
+            mv[r][0] = __ldg(m);
+            mv[r][1] = __ldg(m + 8);
         }
     };
     // NORM: RMSNorm's factor of each of the block's columns (set after the first loads), and the power of two that
@@ -228,7 +228,7 @@ __device__ __forceinline__ void w4_mm(T *__restrict__ y, const T *__restrict__ x
     };
     // One chunk's products from its weight words `wcur` and metadata `mcur`.
     auto consume = [&](int c, const uint4 (&wcur)[RT], const u32 (&mcur)[RT][2]) {
-        if (scale_after) {
+        if constexpr (SA) {
             // (q - z) exact in the mma, this chunk's sums scaled in fp32 (one group per chunk).
             float part[RT][NB8][4];
 #pragma unroll
@@ -310,7 +310,16 @@ __device__ __forceinline__ void w4_mm(T *__restrict__ y, const T *__restrict__ x
         for (int b = 0; b < NB8; ++b)
             xscale[b] = rms_split(col_ok[b] ? factors[col0 + b * 8 + g - colb] : 0.f, T()).p2;
     }
-    for (int c = wk; c < nchunks; c += (PF + 1) * WK) {
+    // First the ring passes whose every chunk and load is in range (unchecked), then the rest.
+    int c = wk;
+    for (; c + 2 * PF * WK < nchunks; c += (PF + 1) * WK) {
+#pragma unroll
+        for (int u = 0; u <= PF; ++u) {
+            load(c + (u + PF) * WK, wring[(u + PF) % (PF + 1)], mring[(u + PF) % (PF + 1)]);
+            consume(c + u * WK, wring[u], mring[u]);
+        }
+    }
+    for (; c < nchunks; c += (PF + 1) * WK) {
 #pragma unroll
         for (int u = 0; u <= PF; ++u) {
             const int cu = c + u * WK, slot = (u + PF) % (PF + 1);
@@ -552,34 +561,40 @@ extern "C" __global__ void w4_reduce_bf16(__nv_bfloat16 *y, const float *part, i
     w4_reduce(y, part, splits, len);
 }
 
-// The product kernels, named w4_mm_<dtype>_<RT>_<NB8>_<WK>_<WN>_<WB>_p<PF>: block = 32 * WK * WN * WB threads, PF
-// chunks' loads in flight a warp; `accumulate` != 0 adds the product to y. One is built a compile, the one a call
-// needs (W4_INSTANCE at the end of w4a16_sm90.cu; the launcher's CONFIGS list those it may pick).
-#define W4_MM(TY, NAME, RT, NB8, WK, WN, WB, PF)                                                                 \
-    extern "C" __global__ void __launch_bounds__(32 * WK * WN * WB)                                              \
-        w4_mm_##NAME##_##RT##_##NB8##_##WK##_##WN##_##WB##_p##PF(TY *y, const TY *x, const uint4 *tiles,          \
-                                                                 const u32 *meta, int batch, int n, int k,       \
-                                                                 int group, int accumulate) {                    \
-        w4_mm<TY, RT, NB8, WK, WN, WB, PF, false, false>(y, x, tiles, meta, batch, n, k, group, accumulate, nullptr, \
-                                                         0.f);                                                   \
+// The product kernels, named w4_mm_<dtype>_<RT>_<NB8>_<WK>_<WN>_<WB>_p<PF>_m<MODE>: block = 32 * WK * WN * WB
+// threads, PF chunks' loads in flight a warp, MODE w4_mm's loop; `accumulate` != 0 adds the product to y. One is
+// built a compile, the one a call needs (W4_INSTANCE at the end of w4a16_sm90.cu; the launcher's CONFIGS list those
+// it may pick).
+// A one-column-tile (decode) kernel keeps the blocks a multiprocessor it had before its loop was specialised by
+// MODE (which let ptxas take 4-11 more registers: a 256-thread block 4 a multiprocessor instead of 5, so Phi-3.5's
+// qkv ran in two waves): at most 48 registers (one row tile), 64 (one, with the norm) or 80 (two) a thread.
+#define W4_MIN_BLOCKS(RT, NB8, THREADS, NORM)                                                                    \
+    ((NB8) == 1 && (THREADS) <= 512 ? 65536 / ((THREADS) * ((RT) == 1 ? ((NORM) ? 64 : 48) : 80)) : 1)
+#define W4_MM(TY, NAME, RT, NB8, WK, WN, WB, PF, MODE)                                                           \
+    extern "C" __global__ void __launch_bounds__(32 * WK * WN * WB, W4_MIN_BLOCKS(RT, NB8, 32 * WK * WN * WB, 0)) \
+        w4_mm_##NAME##_##RT##_##NB8##_##WK##_##WN##_##WB##_p##PF##_m##MODE(                                      \
+            TY *y, const TY *x, const uint4 *tiles, const u32 *meta, int batch, int n, int k, int group,         \
+            int accumulate) {                                                                                    \
+        w4_mm<TY, RT, NB8, WK, WN, WB, PF, false, false, MODE>(y, x, tiles, meta, batch, n, k, group, accumulate,  \
+                                                               nullptr, 0.f);                                    \
     }
 // The same with RMSNorm folded into its input (x the norm's input, `norm` its weight): w4_mm_norm_<...>.
-#define W4_MM_NORM(TY, NAME, RT, NB8, WK, WN, WB, PF)                                                            \
-    extern "C" __global__ void __launch_bounds__(32 * WK * WN * WB)                                              \
-        w4_mm_norm_##NAME##_##RT##_##NB8##_##WK##_##WN##_##WB##_p##PF(                                           \
+#define W4_MM_NORM(TY, NAME, RT, NB8, WK, WN, WB, PF, MODE)                                                      \
+    extern "C" __global__ void __launch_bounds__(32 * WK * WN * WB, W4_MIN_BLOCKS(RT, NB8, 32 * WK * WN * WB, 1)) \
+        w4_mm_norm_##NAME##_##RT##_##NB8##_##WK##_##WN##_##WB##_p##PF##_m##MODE(                                 \
             TY *y, const TY *x, const uint4 *tiles, const u32 *meta, int batch, int n, int k, int group,         \
             int accumulate, const TY *norm, float eps) {                                                         \
-        w4_mm<TY, RT, NB8, WK, WN, WB, PF, true, false>(y, x, tiles, meta, batch, n, k, group, accumulate, norm,   \
-                                                        eps);                                                    \
+        w4_mm<TY, RT, NB8, WK, WN, WB, PF, true, false, MODE>(y, x, tiles, meta, batch, n, k, group, accumulate,   \
+                                                              norm, eps);                                        \
     }
 // The same writing SwiGLU's activation (W the gate_up projection, y [batch, n / 2], RT = 2, no accumulate):
 // w4_mm_norm_swiglu_<...>.
-#define W4_MM_NORM_SWIGLU(TY, NAME, RT, NB8, WK, WN, WB, PF)                                                     \
-    extern "C" __global__ void __launch_bounds__(32 * WK * WN * WB)                                              \
-        w4_mm_norm_swiglu_##NAME##_##RT##_##NB8##_##WK##_##WN##_##WB##_p##PF(                                    \
+#define W4_MM_NORM_SWIGLU(TY, NAME, RT, NB8, WK, WN, WB, PF, MODE)                                               \
+    extern "C" __global__ void __launch_bounds__(32 * WK * WN * WB, W4_MIN_BLOCKS(RT, NB8, 32 * WK * WN * WB, 1)) \
+        w4_mm_norm_swiglu_##NAME##_##RT##_##NB8##_##WK##_##WN##_##WB##_p##PF##_m##MODE(                          \
             TY *y, const TY *x, const uint4 *tiles, const u32 *meta, int batch, int n, int k, int group,         \
             int accumulate, const TY *norm, float eps) {                                                         \
-        w4_mm<TY, RT, NB8, WK, WN, WB, PF, true, true>(y, x, tiles, meta, batch, n, k, group, 0, norm, eps);     \
+        w4_mm<TY, RT, NB8, WK, WN, WB, PF, true, true, MODE>(y, x, tiles, meta, batch, n, k, group, 0, norm, eps); \
     }
 
 // Pipelined kernels, named w4_mm_<dtype>_<RT>_<NB8>_0_<WN>_<WB>_<S>_<MINB>: S shared-memory stages (dynamic), at

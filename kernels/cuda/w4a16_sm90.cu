@@ -593,7 +593,7 @@ extern "C" __global__ void w4_xperm_u16(uint4 *__restrict__ xp, const unsigned s
 }
 #endif
 
-// The one product kernel of this compile: -DW4_INSTANCE=W4_MM(__nv_bfloat16,bf16,1,1,16,1,1,2) and the like, from
+// The one product kernel of this compile: -DW4_INSTANCE=W4_MM(__nv_bfloat16,bf16,1,1,16,1,1,2,3) and the like, from
 // the launcher's configuration (kernels/src/cuda/w4a16.rs, MmConfig::kernel). Without it, only the helper
 // kernels: NVRTC takes about a second for either, against ~23 s for every configuration at once.
 #ifdef W4_INSTANCE

@@ -316,11 +316,11 @@ impl MmConfig {
     /// A decode configuration's kernel with RMSNorm folded into its input, `w4_mm_norm_*` (name and instance), or
     /// with `swiglu` also SwiGLU's gating into its write-out, `w4_mm_norm_swiglu_*` (two row tiles a warp); None for
     /// the other kinds.
-    fn normed_kernel<T: Half>(&self, swiglu: bool) -> Option<(String, String)> {
+    fn normed_kernel<T: Half>(&self, swiglu: bool, group: usize) -> Option<(String, String)> {
         if self.stages != 0 || self.producer || (swiglu && self.rt != 2) {
             return None;
         }
-        let (kernel, instance) = self.kernel::<T>();
+        let (kernel, instance) = self.kernel::<T>(group);
         let (prefix, macro_call) = if swiglu {
             ("w4_mm_norm_swiglu_", "W4_MM_NORM_SWIGLU(")
         } else {
@@ -333,8 +333,10 @@ impl MmConfig {
     }
 
     /// The kernel's name and the w4a16.cu macro call that builds it (NVRTC's `-DW4_INSTANCE=`, one product
-    /// kernel a compile), side by side so the two cannot drift apart.
-    fn kernel<T: Half>(&self) -> (String, String) {
+    /// kernel a compile), side by side so the two cannot drift apart; for weights of `group` inputs a group (the
+    /// split-K kernel's loop: its sums scaled after the mma at small batch tiles with groups of whole chunks, and a
+    /// shift for a power-of-two group, each kernel holding one loop's registers).
+    fn kernel<T: Half>(&self, group: usize) -> (String, String) {
         let MmConfig {
             rt,
             nb8,
@@ -370,9 +372,11 @@ impl MmConfig {
                 (kernel, format!("W4_WS({head})"))
             }
         } else if stages == 0 {
+            let scale_after = nb8 <= 2 && group % 64 == 0;
+            let mode = 2 * u32::from(scale_after) + u32::from(group.is_power_of_two());
             (
-                format!("w4_mm_{name}_{rt}_{nb8}_{wk}_{wn}_{wb}_p{prefetch}"),
-                format!("W4_MM({ty},{name},{rt},{nb8},{wk},{wn},{wb},{prefetch})"),
+                format!("w4_mm_{name}_{rt}_{nb8}_{wk}_{wn}_{wb}_p{prefetch}_m{mode}"),
+                format!("W4_MM({ty},{name},{rt},{nb8},{wk},{wn},{wb},{prefetch},{mode})"),
             )
         } else {
             (
@@ -682,7 +686,7 @@ fn run<T: Half>(
             &gathered
         }
     };
-    let (kernel, instance) = config.kernel::<T>();
+    let (kernel, instance) = config.kernel::<T>(w.group_size);
     let f = gpu.function_with(&SOURCE, &[("W4_INSTANCE", &instance)], &kernel)?;
     if config.stages > 0 {
         debug_assert!(!accumulate, "only the decode kernels add to y");
@@ -752,7 +756,7 @@ fn run_normed<T: Half>(
     w: &W4Weight<T>,
     y: &mut CudaSlice<T>,
 ) -> Result<bool, GpuError> {
-    let Some((kernel, instance)) = config.normed_kernel::<T>(swiglu) else {
+    let Some((kernel, instance)) = config.normed_kernel::<T>(swiglu, w.group_size) else {
         return Ok(false);
     };
     if batch > 0 {

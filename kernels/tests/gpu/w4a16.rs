@@ -189,6 +189,10 @@ fn check_layouts<T: Half>(gpu: &Gpu, tol: f64) {
             "matmul_nbits block32",
             via_matmul_nbits(&levels(n, k, 32, 13, false)),
         ),
+        // Group sizes that are no power of two: a division for the group, with the sums scaled after the mma
+        // (whole chunks, 320) and inside it (160).
+        ("awq g320", via_awq(&levels(n, k, 320, 14, false))),
+        ("awq g160", via_awq(&levels(n, k, 160, 15, false))),
     ];
     for (name, l) in &cases {
         assert_eq!(l.g_idx.is_some(), name.contains("act-order"), "{name}");
@@ -412,21 +416,28 @@ fn normed_swiglu_products_match_rmsnorm_the_product_then_silu_mul() {
 }
 
 fn check_configs<T: Half>(gpu: &Gpu, tol: f64) {
-    let (n, k) = (272, 1024);
-    let l = levels(n, k, 128, 21, false);
-    let w = W4Weight::<T>::upload(gpu, &W4Tiles::from_levels(&l).unwrap()).unwrap();
-    for batch in [1, 9, 64, 128] {
-        let (xf, xt) = activations::<T>(batch, k, 100 + batch as u64);
-        let want = w4a16_ref(&xf, batch, &l);
-        for c in CONFIGS.into_iter().filter(|c| c.runs_on(gpu.arch())) {
-            let err = rel_error(&gpu_product(gpu, &w, &xt, batch, Some(c)), &want);
-            assert!(
-                err < tol,
-                "{} {c:?} batch {batch}: rel error {err} over {tol}",
-                T::SUFFIX
-            );
+    // 16 chunks; then 101 (with 16 warps a row tile and 2 chunks in flight, 5 · 16 chunks and more take the split-K
+    // kernel's unchecked ring passes before its checked ones) at the small batches.
+    for (n, k, gs, batches) in [
+        (272, 1024, 128, &[1, 9, 64, 128][..]),
+        (48, 6464, 64, &[1, 9][..]),
+    ] {
+        let l = levels(n, k, gs, 21, false);
+        let w = W4Weight::<T>::upload(gpu, &W4Tiles::from_levels(&l).unwrap()).unwrap();
+        for &batch in batches {
+            let (xf, xt) = activations::<T>(batch, k, 100 + batch as u64);
+            let want = w4a16_ref(&xf, batch, &l);
+            for c in CONFIGS.into_iter().filter(|c| c.runs_on(gpu.arch())) {
+                let err = rel_error(&gpu_product(gpu, &w, &xt, batch, Some(c)), &want);
+                assert!(
+                    err < tol,
+                    "{} {c:?} {n}x{k} batch {batch}: rel error {err} over {tol}",
+                    T::SUFFIX
+                );
+            }
         }
     }
+    let n = 272;
     // One chunk a block (k = 64 · cluster, the fewest inputs a cluster split takes): a stage that is the whole run,
     // its first chunk also its last.
     for c in CONFIGS
