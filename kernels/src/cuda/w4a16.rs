@@ -372,7 +372,7 @@ impl MmConfig {
                 (kernel, format!("W4_WS({head})"))
             }
         } else if stages == 0 {
-            let scale_after = nb8 <= 2 && group % 64 == 0;
+            let scale_after = nb8 <= 2 && group.is_multiple_of(64);
             let mode = 2 * u32::from(scale_after) + u32::from(group.is_power_of_two());
             (
                 format!("w4_mm_{name}_{rt}_{nb8}_{wk}_{wn}_{wb}_p{prefetch}_m{mode}"),
