@@ -3,12 +3,16 @@
 //! product against cuBLAS bf16 (on the same weights, dequantized) at batch 1, 16, 64 and 128, one launch at a time
 //! and, for the picked configuration, cuBLAS and the read, as CUDA graphs of back-to-back calls (no launch gaps and
 //! timing events between them: an empty kernel costs ~3.9 µs a launch the first way, ~0.9 µs the second). Weights
-//! rotate over copies totalling more than twice the L2, so no timing reads from the cache.
+//! rotate over copies totalling more than twice the L2, so no timing reads from the cache. At batch 1 also the
+//! product with the RMSNorm before it folded in (the decode step's qkv and gate_up kernels; a line on stderr).
 
 use cudarc::cublas::{sys::cublasOperation_t, Gemm, GemmConfig};
 use olive_kernels::cpu::w4a16::W4Levels;
 use olive_kernels::cpu::w4a16_tiles::W4Tiles;
-use olive_kernels::cuda::w4a16::{dequantize, w4a16_with, MmConfig, W4Weight, CONFIGS};
+use olive_kernels::cuda::rmsnorm::InputNorm;
+use olive_kernels::cuda::w4a16::{
+    dequantize, w4a16_normed, w4a16_normed_swiglu, w4a16_with, MmConfig, W4Weight, CONFIGS,
+};
 use olive_kernels::cuda::{bf16, CudaSlice, Gpu, GpuError};
 
 use crate::random::{bf16_values, Xorshift};
@@ -141,6 +145,47 @@ fn label(c: &MmConfig) -> String {
     }
 }
 
+/// One token's product with the RMSNorm before it folded in (`w4a16_normed`; for gate_up `w4a16_normed_swiglu`,
+/// SwiGLU's gating in the write-out, as the decode step runs them), from a CUDA graph, against the plain product's
+/// `plain_graph` µs: what the fold costs.
+fn normed_line(
+    gpu: &Gpu,
+    (model, linear, k, n): (&str, &str, usize, usize),
+    x: &CudaSlice<bf16>,
+    weights: &[W4Weight<bf16>],
+    plain_graph: f64,
+) -> Result<(), GpuError> {
+    let swiglu = linear == "gate_up";
+    let norm_weight = gpu.upload(&bf16_values(k, 11))?;
+    let mut y = gpu.alloc::<bf16>(if swiglu { n / 2 } else { n })?;
+    let mut declined = false;
+    let (_, graph) = both_us(gpu, |i| {
+        let norm = InputNorm {
+            weight: &norm_weight,
+            eps: 1e-5,
+        };
+        let w = &weights[i % weights.len()];
+        let ran = if swiglu {
+            w4a16_normed_swiglu(gpu, x, norm, 1, w, &mut y)?
+        } else {
+            w4a16_normed(gpu, x, norm, 1, w, &mut y)?
+        };
+        declined |= !ran;
+        Ok(())
+    })?;
+    let what = if swiglu { "normed + SwiGLU" } else { "normed" };
+    if declined {
+        eprintln!("{model} {linear} batch 1: {what} declined");
+    } else {
+        eprintln!(
+            "{model} {linear} batch 1: {what} graph {graph:.1} µs against the plain product's {plain_graph:.1} \
+             (+{:.1})",
+            graph - plain_graph
+        );
+    }
+    Ok(())
+}
+
 pub fn run(gpu: &Gpu) -> Result<(), GpuError> {
     println!(
         "\n## W4A16 int4 (group {GROUP}, bf16 activations) vs cuBLAS bf16; times are medians in µs"
@@ -244,6 +289,9 @@ pub fn run(gpu: &Gpu) -> Result<(), GpuError> {
                 "| {model} | {linear} | {k} | {n} | {batch} | {:.1} ({}) | {t_pick:.1} | {t_blas:.1} | {:.2}x | {g_pick:.1} | {g_blas:.1} | {:.2}x | {gbs:.0} | {read_gbs:.0} | {:.0}% | {:.0}% | {err:.1e} |",
                 best.0, label(&c), t_blas / best.0, g_blas / g_pick, 100.0 * gbs / read_gbs, 100.0 * graph_of_read
             );
+            if batch == 1 {
+                normed_line(gpu, (model, linear, k, n), &x, &weights, g_pick)?;
+            }
             summary.push((
                 batch,
                 [
