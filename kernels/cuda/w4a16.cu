@@ -123,6 +123,8 @@ template <> struct W4<__nv_bfloat16> {
 struct GroupOf {
     int shift, group;
     __device__ __forceinline__ int operator()(int i) const { return shift >= 0 ? i >> shift : i / group; }
+    // The same where the kernel knows which it is (P2: a power of two, shift >= 0), with no branch.
+    template <bool P2> __device__ __forceinline__ int of(int i) const { return P2 ? i >> shift : i / group; }
 };
 __device__ __forceinline__ GroupOf group_of(int group) {
     return GroupOf{(group & (group - 1)) == 0 ? __ffs(group) - 1 : -1, group};
@@ -190,7 +192,7 @@ __device__ __forceinline__ void w4_mm(T *__restrict__ y, const T *__restrict__ x
     }
 
     // Per-row-tile bases, so a chunk's loads cost a 32-bit offset each.
-    const int group_shift = P2 ? __ffs(group) - 1 : 0;
+    const GroupOf grp_of = group_of(group);
     const uint4 *wbase[RT];
     const u32 *mbase[RT];
 #pragma unroll
@@ -203,7 +205,7 @@ __device__ __forceinline__ void w4_mm(T *__restrict__ y, const T *__restrict__ x
     }
     // A row tile past n loads tile 0's words (its bases point there): its sums are never written.
     auto load = [&](int c, uint4 (&wv)[RT], u32 (&mv)[RT][2]) {
-        const int i = c * 64 + 16 * t, moff = (P2 ? i >> group_shift : i / group) * n;
+        const int moff = grp_of.template of<P2>(c * 64 + 16 * t) * n;
 #pragma unroll
         for (int r = 0; r < RT; ++r) {
             wv[r] = ldg_stream(wbase[r] + c * 32);
