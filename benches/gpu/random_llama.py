@@ -1,8 +1,7 @@
 """Random bf16 Llama models of SmolLM2-135M's, TinyLlama-1.1B's, (8 layers of) Phi-3.5-mini's and (4 layers of)
 Llama-3-8B's shapes, and a Mistral model of TinyLlama's shapes with a 2048-key sliding window (tinyw), for the GPU
 decode bench (benches/gpu/decode_ab.sh): python random_llama.py OUT_DIR [smol|tiny|phi8|llama4|tinyw ...] writes
-OUT_DIR/<name>/
-(config.json + safetensors, on the GPU when there is one)."""
+OUT_DIR/<name>/ (config.json + safetensors, on the GPU when there is one)."""
 import sys
 
 import torch
